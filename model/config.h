@@ -1,0 +1,49 @@
+/* config.h: a Hugging Face model's config.json for the llama, mistral and qwen2 families.
+ *
+ * config_load reads config.json (transformers 4.x or 5.x style: rope_theta/rope_scaling or
+ * rope_parameters, torch_dtype or dtype) and, when present, quantization_config. Any other
+ * model_type is an ERR_DATA naming the supported ones. config_save writes the 4.x style
+ * (sorted keys, indent 2, trailing newline), which transformers 4 and 5, llama.cpp's
+ * converter and vLLM all read. */
+#ifndef MODEL_CONFIG_H
+#define MODEL_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2 } model_arch;
+typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3 } rope_kind;
+
+typedef struct model_config {
+    model_arch arch;
+    int64_t vocab_size, hidden_size, intermediate_size;
+    int num_layers, num_heads, num_kv_heads, head_dim;
+    int64_t max_position_embeddings;
+    double rms_norm_eps, rope_theta, initializer_range;
+    rope_kind rope_type;
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int64_t rope_original_max_position;
+    bool tie_word_embeddings, attention_bias, mlp_bias;
+    int bos_token_id, eos_token_id, pad_token_id; /* -1 when null; eos: the first of a list */
+    char dtype[16];                               /* "bfloat16", "float16", "float32" */
+    int64_t sliding_window;                       /* 0: none */
+    /* quantization_config (bitsandbytes 4-bit), when the checkpoint is pre-quantized */
+    bool quantized;
+    char quant_type[8];     /* "nf4" | "fp4" */
+    bool double_quant;
+    char compute_dtype[16]; /* bnb_4bit_compute_dtype */
+    json_t *skip_modules;   /* llm_int8_skip_modules (array or NULL), owned */
+} model_config;
+
+int config_load(model_config *c, const char *dir);               /* dir/config.json */
+int config_from_json(model_config *c, const json_t *j, const char *path); /* path: for messages */
+json_t *config_to_json(const model_config *c);                   /* new reference */
+int config_save(const model_config *c, const char *dir);         /* atomic */
+void config_free(model_config *c);                               /* frees skip_modules */
+const char *config_arch_name(model_arch a);                      /* "llama" ... */
+/* Presets for init-model: tiny|1b|7b|13b|70b; returns ERR_USAGE for an unknown name. */
+int config_preset(model_config *c, model_arch arch, const char *preset);
+int64_t config_param_count(const model_config *c);
+
+#endif

@@ -1,0 +1,115 @@
+/* stage.h: the stage contract. Every stage kind is one file in stages/ that defines a
+ * `const stage_kind stage_kind_<name>` and is listed once in stages/registry.c.
+ *
+ * A kind declares its parameters once (param_spec table: type, default, bounds, doc);
+ * the runner validates a recipe against the table before anything runs, fills in the
+ * defaults and hands the stage a resolved JSON object of every key. `check` adds
+ * cross-field validation at load time; `run` reads its inputs' artifact directories and
+ * writes its own output directory (a temp dir the runner renames into the cache when run
+ * returns 0). A stage never prints: it reports through stage_logf / stage_metric /
+ * stage_progress, and returns 0 or an ERR_* code with err_set() context. */
+#ifndef STAGES_STAGE_H
+#define STAGES_STAGE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/err.h"
+
+typedef enum param_type {
+    PARAM_STRING,
+    PARAM_INT,
+    PARAM_FLOAT,
+    PARAM_BOOL,
+    PARAM_ENUM,    /* one of `choices` ("a|b|c") */
+    PARAM_LIST,    /* list of strings (a single string is accepted as a list of one) */
+    PARAM_REF,     /* the name of another stage; `choices` lists the allowed kinds ("init_model|fetch_model") */
+    PARAM_FILE,    /* a path relative to the recipe; must exist; its content is part of the cache key */
+    PARAM_FILES,   /* a list of paths or globs; likewise */
+    PARAM_ANY      /* any YAML value, kept as JSON (lists of prompts, maps) */
+} param_type;
+
+enum param_flags {
+    PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
+    PARAM_NOKEY = 1 << 1     /* not part of the cache key (e.g. log_every) */
+};
+
+typedef struct param_spec {
+    const char *name;
+    param_type type;
+    const char *def;     /* default as YAML text ("2e-4", "true", "[q_proj, v_proj]"); NULL: none (absent = null) */
+    double min, max;     /* INT/FLOAT bounds, inclusive; min > max means unbounded */
+    const char *choices; /* ENUM values or REF kinds, '|'-separated */
+    const char *doc;     /* one line, for docs/recipes.md */
+    unsigned flags;
+} param_spec;
+
+typedef struct stage_input {
+    const char *role;  /* the parameter name that referenced it: "model", "data", ... */
+    const char *stage; /* the referenced stage's name */
+    const char *kind;  /* its kind */
+    const char *dir;   /* its artifact directory (complete, read-only) */
+    json_t *manifest;  /* its manifest.json */
+} stage_input;
+
+#define STAGE_MAX_INPUTS 8
+
+typedef struct stage_ctx {
+    const char *name;              /* the stage's name in the recipe */
+    const struct stage_kind *kind;
+    json_t *params;                /* resolved: every key of the kind, defaults filled */
+    const char *out_dir;           /* write the artifact here */
+    const char *recipe_path;       /* for messages */
+    const char *recipe_dir;        /* relative paths in params resolve against this */
+    const char *cache_dir;
+    uint64_t seed;                 /* the recipe's seed */
+    const char *device;            /* "cpu" or "cuda" (auto already resolved) */
+    json_t *hooks;                 /* the recipe's hooks: {point: abs path, "allow": [...], ...} */
+    int n_inputs;
+    stage_input inputs[STAGE_MAX_INPUTS];
+    json_t *metrics;               /* stage_metric() fills it; saved in the manifest */
+    json_t *report;                /* free-form JSON the stage keeps in its manifest (tables) */
+    FILE *log;                     /* the stage's log file in the run directory (may be NULL) */
+    void *events;                  /* core/events.h sink (may be NULL) */
+    volatile int *interrupted;     /* set by SIGINT/SIGTERM; long stages poll it */
+    int jobs;                      /* threads the stage may use */
+} stage_ctx;
+
+typedef struct stage_kind {
+    const char *name;
+    int version; /* bump when the output changes meaning: old artifacts stop matching */
+    const char *doc;
+    const param_spec *params; /* terminated by {0} */
+    /* optional: cross-field checks at load time; return 0 or err_set(ERR_RECIPE, ...) naming the key */
+    int (*check)(const json_t *params);
+    int (*run)(stage_ctx *ctx);
+} stage_kind;
+
+/* registry.c */
+const stage_kind *stage_kind_find(const char *name);
+const stage_kind *const *stage_kind_all(void); /* NULL-terminated */
+const param_spec *stage_param_find(const stage_kind *k, const char *name);
+
+/* Accessors for resolved params (stage.c). Absent or null values give the fallback. */
+const char *stage_str(const stage_ctx *c, const char *key);          /* NULL if null */
+int64_t stage_int(const stage_ctx *c, const char *key);
+double stage_float(const stage_ctx *c, const char *key);
+bool stage_bool(const stage_ctx *c, const char *key);
+json_t *stage_json(const stage_ctx *c, const char *key);             /* borrowed */
+/* a path param resolved against the recipe dir: malloc'd, NULL if unset */
+char *stage_path(const stage_ctx *c, const char *key);
+/* the artifact dir of the input referenced by param `role`, NULL if none */
+const stage_input *stage_input_get(const stage_ctx *c, const char *role);
+
+void stage_logf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);   /* log file + notef */
+void stage_metric(stage_ctx *c, const char *name, double value);
+/* a progress bar on a terminal, an event otherwise; total <= 0: unknown */
+void stage_progress(stage_ctx *c, const char *what, double done, double total, const char *unit);
+void stage_progress_done(stage_ctx *c);
+/* a JSON event into events.jsonl (steals ev) */
+void stage_event(stage_ctx *c, const char *type, json_t *ev);
+bool stage_interrupted(const stage_ctx *c);
+
+#endif
