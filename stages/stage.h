@@ -64,6 +64,8 @@ typedef struct stage_ctx {
     const char *recipe_path;       /* for messages */
     const char *recipe_dir;        /* relative paths in params resolve against this */
     const char *cache_dir;
+    const char *work_dir;          /* persistent scratch for this stage key (checkpoints): it
+                                      survives a killed run and is removed after success */
     uint64_t seed;                 /* the recipe's seed */
     const char *device;            /* "cpu" or "cuda" (auto already resolved) */
     json_t *hooks;                 /* the recipe's hooks: {point: abs path, "allow": [...], ...} */
