@@ -63,13 +63,12 @@ void nf4_dequantize(float *dst, const uint8_t *codes, const float *absmax, const
 
 /* create_dynamic_map(signed=True, 7, 8) bit for bit (torch's fma linspace): 256 ascending f32 */
 void nf4_dynamic_map(float map[NF4_DYNAMIC_MAP_SIZE]);
-/* The map as bitsandbytes' cpu path stores it in nested_quant_map: its C++ blockwise quantizer
- * overwrites entry 0 (-0.99296874) with -1.0 before searching. */
-void nf4_dynamic_map_cpu(float map[NF4_DYNAMIC_MAP_SIZE]);
 /* mean of absmax (the offset), accumulated in double and rounded to f32 once */
 float nf4_absmax_mean(const float *absmax, int64_t nb);
-/* q[b] = nearest map entry to (absmax[b] - offset) / nested_absmax[b/256] (ties to the lower
- * index); nested_absmax [ceil(nb/256)] */
+/* q[b] = the map entry for y = (absmax[b] - offset) * (1/nested_absmax[b/256]), chosen as the cpu
+ * path does: y rounded to a 65536-point grid of [-1, 1], then the entry whose midpoint interval
+ * holds that grid point (nearest up to 3e-5; ties to the lower index). An all-zero nested block
+ * gets index 0. nested_absmax [ceil(nb/256)]. */
 void nf4_double_quant_ref(uint8_t *q, float *nested_absmax, const float *absmax, int64_t nb, float offset,
                           const float *map);
 void nf4_double_quant(uint8_t *q, float *nested_absmax, const float *absmax, int64_t nb, float offset,
