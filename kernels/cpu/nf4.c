@@ -227,6 +227,26 @@ int64_t nf4_quantize_blocks(uint8_t *codes, float *absmax, const void *src, int 
     return bad;
 }
 
+/* absmax only (the first pass of a streaming writer): same values as the quantizer stores */
+static int64_t absmax_blocks(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int64_t b0,
+                             int64_t b1) {
+    float buf[4096];
+    int64_t bad = -1;
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t lo = b * blocksize, len = lo + blocksize < n ? blocksize : n - lo;
+        float m = 0.0f;
+        int64_t off = block_load(buf, &m, src, src_dtype, lo, len);
+        if (off >= 0) {
+            if (bad < 0) bad = lo + off;
+            m = NAN;
+        } else if (len < blocksize && m < NF4_TINY) {
+            m = NF4_TINY;
+        }
+        absmax[b] = m;
+    }
+    return bad;
+}
+
 typedef struct quant_job {
     uint8_t *codes;
     float *absmax;
@@ -237,6 +257,10 @@ typedef struct quant_job {
 
 static void *quant_job_run(void *arg) {
     quant_job *j = arg;
+    if (!j->codes) {
+        j->bad = absmax_blocks(j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->b0, j->b1);
+        return NULL;
+    }
     j->bad = nf4_quantize_blocks(j->codes, j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->quant_type,
                                  j->b0, j->b1);
     return NULL;
@@ -246,12 +270,19 @@ static void *quant_job_run(void *arg) {
 /* below this many elements a thread costs more than it saves */
 #define NF4_THREAD_MIN_ELEMS (1 << 16)
 
+int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads) {
+    return nf4_quantize(NULL, absmax, src, src_dtype, n, blocksize, OPS_NF4, nthreads);
+}
+
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads) {
     int64_t nb = nf4_nblocks(n, blocksize);
     if (nthreads > NF4_MAX_THREADS) nthreads = NF4_MAX_THREADS;
-    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads)
-        return nf4_quantize_blocks(codes, absmax, src, src_dtype, n, blocksize, quant_type, 0, nb);
+    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads) {
+        quant_job one = {codes, absmax, src, src_dtype, blocksize, quant_type, n, 0, nb, -1};
+        quant_job_run(&one);
+        return one.bad;
+    }
     quant_job jobs[NF4_MAX_THREADS];
     pthread_t th[NF4_MAX_THREADS];
     int started[NF4_MAX_THREADS] = {0};
