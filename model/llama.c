@@ -23,6 +23,7 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/nf4.h"
+#include "model/bnb.h"
 
 /* per-layer saved activations; act type unless float * */
 typedef struct layer_acts {
@@ -163,28 +164,53 @@ static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **ds
     return rc;
 }
 
-/* a frozen linear [out, in]: quantized to NF4 here from a float checkpoint */
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
+ * NF4 here from a float one */
 static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
-    int64_t n = out * in, bs = ld->opts.blocksize, nb = nf4_nblocks(n, (int)bs);
-    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
-    float *absmax = carve_take(&ld->cv, nb * 4);
-    lin->in = in;
-    lin->out = out;
-    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = ld->m->quant_map, .rows = out, .cols = in,
-                       .blocksize = (int)bs};
     char name[256];
     lin->bias = NULL;
+    lin->in = in;
+    lin->out = out;
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         int rc = load_dense(ld, name, out, &lin->bias);
         if (rc) return rc;
     }
-    if (!ld->cv.base) return 0;
+    /* a pre-quantized Linear brings its own blocksize and code table (NF4 or FP4) */
+    bnb_linear bl;
+    memset(&bl, 0, sizeof bl);
+    bool pre = bnb_linear_present(ld->st, prefix);
+    int64_t n = out * in, bs = ld->opts.blocksize;
+    if (pre) {
+        int rc = bnb_linear_load(ld->st, prefix, &bl);
+        if (rc) return rc;
+        if (bl.w.rows != out || bl.w.cols != in) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
+                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)out, (long long)in);
+        }
+        bs = bl.w.blocksize;
+    }
+    int64_t nb = nf4_nblocks(n, (int)bs);
+    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
+    float *absmax = carve_take(&ld->cv, nb * 4);
+    float *qmap = carve_take(&ld->cv, 16 * 4);
+    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
+                       .blocksize = (int)bs};
+    if (!ld->cv.base) {
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    const ops_table *o = ld->m->ops;
+    if (pre) {
+        o->upload(codes, bl.w.codes, (size_t)nf4_packed_bytes(n));
+        o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+        o->upload(qmap, bl.qmap, sizeof bl.qmap);
+        bnb_linear_free(&bl);
+        return 0;
+    }
     snprintf(name, sizeof name, "%s.weight", prefix);
-    const st_tensor *t = st_find(ld->st, name);
-    if (t && t->dtype == ST_U8)
-        return err_set(ERR_DATA, "%s: '%s' is stored pre-quantized (bitsandbytes 4-bit); load the float checkpoint "
-                                 "and let the model quantize it", ld->path, name);
+    const st_tensor *t;
     int rc = loader_find(ld, name, n, &t);
     if (rc) return rc;
     int src;
@@ -222,8 +248,9 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(q);
         free(nested);
     }
-    ld->m->ops->upload(codes, hc, (size_t)nf4_packed_bytes(n));
-    ld->m->ops->upload(absmax, ha, sizeof(float) * (size_t)nb);
+    o->upload(codes, hc, (size_t)nf4_packed_bytes(n));
+    o->upload(absmax, ha, sizeof(float) * (size_t)nb);
+    o->upload(qmap, nf4_quant_map(OPS_NF4), 16 * 4);
     free(hc);
     free(ha);
     return 0;
@@ -239,10 +266,8 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
-    m->quant_map = carve_take(&ld->cv, 16 * 4);
     m->inv_freq = carve_take(&ld->cv, (int64_t)m->hd / 2 * 4);
     if (ld->cv.base) {
-        m->ops->upload(m->quant_map, nf4_quant_map(OPS_NF4), 16 * 4);
         float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
         if (!inv) return err_set(ERR_STAGE, "out of memory");
         rope_inv_freq(&m->cfg, m->hd, inv);

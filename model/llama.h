@@ -5,8 +5,10 @@
  * What lives where: every tensor the ops touch is in the backend's memory (ops->alloc/upload);
  * the model struct itself, the configuration and the LoRA tensor directory are host memory.
  *  - frozen: embedding, norms, lm_head (tied: the embedding), q/k/v biases (qwen2): bf16;
- *    the seven linears of each layer: NF4 (blocksize 64; double-quantized absmax de-nested at
- *    load), dequantized tile by tile inside the ops.
+ *    the seven linears of each layer: 4-bit codes + fp32 absmax (+ their 16-entry code table),
+ *    dequantized tile by tile inside the ops. A float checkpoint is quantized to NF4 at load
+ *    (blocksize 64, absmax rounded through double quant as bitsandbytes stores it); a
+ *    bitsandbytes 4-bit checkpoint (NF4 or FP4, any blocksize) is read as stored (model/bnb.h).
  *  - trainable: LoRA A [r, in] and B [out, r] of the targeted linears, fp32, all carved from ONE
  *    contiguous buffer (lora_params), with matching contiguous grads / adam m / adam v, so the
  *    fused AdamW and a data-parallel all-reduce see a single flat vector.
@@ -93,7 +95,6 @@ typedef struct llama_model {
     uint16_t *lm_head;    /* [V, C]; == embed when tied */
     llama_layer *layers;  /* host array [L] */
     float *inv_freq;      /* [hd/2], rope scaling applied */
-    float *quant_map;     /* [16], shared by every linear */
     void *weights;        /* the single allocation carved into the frozen tensors */
     int64_t weight_bytes;
 
