@@ -11,6 +11,7 @@ BIN=$BUILD/qlora-run
 DIR=${BENCH_DIR:-/tmp/qlora-bench}
 mkdir -p "$DIR"
 echo "## $(date -u +%Y-%m-%d) commit $(git -C "$SRC" rev-parse --short HEAD)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine: figures are lower bounds)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem/ {print $2}') GB RAM"
 echo
 echo '### kernels (4096x11008 bf16, best of 3)'
@@ -26,7 +27,7 @@ run_model() { # preset
   echo
   echo "### $p-shaped model: \`qlora-run quantize $m $q\`"
   echo '```'
-  nice /usr/bin/time -v "$BIN" quantize "$m" "$q" 2>"$DIR/time-$p.txt" | tail -n 3
+  nice /usr/bin/time -v -o "$DIR/time-$p.txt" "$BIN" quantize "$m" "$q" 2>&1 | tail -n 3
   grep -E "Maximum resident|Elapsed \(wall|User time|System time" "$DIR/time-$p.txt" | sed 's/^\s*//'
   echo "input $(du -sh "$m" | cut -f1), output $(du -sh "$q" | cut -f1)"
   echo '```'
