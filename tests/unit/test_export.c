@@ -438,6 +438,80 @@ TEST(test_export_errors) {
     free(out);
 }
 
+/* a SentencePiece-style BPE tokenizer (Llama-2 layout, tiny): GGUF gets model "llama",
+ * scores that follow the merge ranks, and SPM token types */
+TEST(test_gguf_spm_tokenizer) {
+    char *tokdir = P("spm"), *base = P("spm_base"), *out = P("spm_out");
+    fs_mkdir_p(tokdir);
+    json_t *vocab = json_object();
+    json_object_set_new(vocab, "<unk>", json_integer(0));
+    json_object_set_new(vocab, "<s>", json_integer(1));
+    json_object_set_new(vocab, "</s>", json_integer(2));
+    for (int b = 0; b < 256; b++) {
+        char k[8];
+        snprintf(k, sizeof k, "<0x%02X>", b);
+        json_object_set_new(vocab, k, json_integer(3 + b));
+    }
+    const char *pieces[] = {"\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab", "\xe2\x96\x81" "ab"};
+    for (int i = 0; i < 6; i++) json_object_set_new(vocab, pieces[i], json_integer(259 + i));
+    json_t *tj = json_pack("{s:s, s:[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}, {s:i, s:s, s:b, s:b, s:b, s:b, s:b}, {s:i, s:s, s:b, s:b, s:b, s:b, s:b}],"
+                           " s:n, s:{s:s, s:s, s:s, s:b}, s:{s:s, s:o, s:[s, s, s], s:b, s:b, s:s}}",
+                           "version", "1.0", "added_tokens", "id", 0, "content", "<unk>", "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1,
+                           "id", 1, "content", "<s>", "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1,
+                           "id", 2, "content", "</s>", "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1,
+                           "normalizer", "pre_tokenizer", "type", "Metaspace", "replacement", "\xe2\x96\x81", "prepend_scheme", "first", "split", 0,
+                           "model", "type", "BPE", "vocab", vocab, "merges", "\xe2\x96\x81 a", "a b", "\xe2\x96\x81" "a b", "byte_fallback", 1, "fuse_unk", 1,
+                           "unk_token", "<unk>");
+    CHECK(tj != NULL);
+    char *tp = fs_join(tokdir, "tokenizer.json"), *cp = fs_join(tokdir, "tokenizer_config.json");
+    json_dump_file(tj, tp, 0);
+    const char *cfg = "{\"add_bos_token\": true, \"add_eos_token\": false, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"unk_token\": \"<unk>\"}";
+    fs_write_atomic(cp, cfg, strlen(cfg));
+    json_decref(tj);
+    init_model_opts o;
+    init_model_opts_default(&o);
+    init_model_shape s = {"llama", "tiny", 64, 1, 4, 2, 96, 0, 0};
+    CHECK_EQ_INT(init_model_resolve(&o, &s), 0);
+    o.tokenizer = tokdir;
+    model_config mc;
+    CHECK_EQ_INT(init_model_write(&o, base, &mc), 0);
+    CHECK_EQ_INT(mc.vocab_size, 265);
+    CHECK_EQ_INT(mc.bos_token_id, 1);
+    CHECK_EQ_INT(mc.eos_token_id, 2);
+    CHECK_EQ_INT(mc.pad_token_id, -1);
+    fs_mkdir_p(out);
+    export_opts e = {.base = base, .formats = EXPORT_GGUF, .gguf_type = GGML_TYPE_Q8_0, .threads = 1};
+    CHECK_EQ_INT(export_run(&e, out), 0);
+    char *pg = fs_join(out, "model-q8_0.gguf");
+    gfile g;
+    CHECK_EQ_INT(gguf_parse(&g, pg), 0);
+    const gkv *model = kv_find(&g, "tokenizer.ggml.model"), *types = kv_find(&g, "tokenizer.ggml.token_type"),
+              *scores = kv_find(&g, "tokenizer.ggml.scores");
+    CHECK(model && !memcmp(g.data + model->at + 8, "llama", 5));
+    CHECK(kv_find(&g, "tokenizer.ggml.merges") == NULL);
+    CHECK(types && types->elem == 5 && types->count == 265 && scores && scores->elem == 6 && scores->count == 265);
+    if (types && scores && types->count == 265 && scores->count == 265) {
+        int32_t ty[265];
+        float sc[265];
+        memcpy(ty, g.data + types->at, sizeof ty);
+        memcpy(sc, g.data + scores->at, sizeof sc);
+        CHECK_EQ_INT(ty[0], 2);   /* unknown */
+        CHECK_EQ_INT(ty[1], 3);   /* control */
+        CHECK_EQ_INT(ty[3], 6);   /* byte */
+        CHECK_EQ_INT(ty[260], 1); /* normal */
+        CHECK(sc[262] == 0.0f && sc[263] == -1.0f && sc[264] == -2.0f); /* merge ranks 0, 1, 2 */
+        CHECK(sc[260] == 0.0f);
+    }
+    CHECK_EQ_INT(kv_u32(&g, "tokenizer.ggml.unknown_token_id"), 0);
+    gguf_done(&g);
+    free(pg);
+    free(tp);
+    free(cp);
+    free(tokdir);
+    free(base);
+    free(out);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_export.%d", (int)getpid());
     fs_mkdir_p(tmpdir);
@@ -446,6 +520,7 @@ int main(void) {
     RUN(test_export_all);
     RUN(test_export_qwen2_and_nf4);
     RUN(test_export_errors);
+    RUN(test_gguf_spm_tokenizer);
     fs_rm_rf(tmpdir);
     return test_summary();
 }
