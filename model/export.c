@@ -106,7 +106,7 @@ int export_run(const export_opts *o, const char *dir) {
         export_gguf_name(o->gguf_type, name, sizeof name);
         char *p = fs_join(dir, name);
         prog pg = {o, "gguf"};
-        rc = gguf_export_write(m, p, o->gguf_type, NULL, on_progress, &pg);
+        rc = gguf_export_write(m, p, o->gguf_type, o->name, on_progress, &pg);
         free(p);
     }
     if (!rc && o->include_nf4) {

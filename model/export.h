@@ -24,6 +24,7 @@ typedef struct export_opts {
     unsigned formats;         /* EXPORT_* bits */
     ggml_type gguf_type;
     bool include_nf4;
+    const char *name;         /* GGUF general.name; NULL: the base directory's name */
     uint64_t max_shard_bytes; /* 0: 5 GB */
     int threads;
     int (*progress)(void *arg, const char *what, uint64_t done, uint64_t total); /* nonzero: stop */

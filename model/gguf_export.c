@@ -275,8 +275,6 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
         char *b = strdup(merge_base_dir(m));
         size_t l = strlen(b);
         while (l > 1 && b[l - 1] == '/') b[--l] = 0;
-        /* a stage's model lives at <artifact>/model: name it after the artifact instead */
-        if (l > 6 && !strcmp(b + l - 6, "/model")) b[l - 6] = 0;
         const char *slash = strrchr(b, '/');
         base_name = strdup(slash ? slash + 1 : b);
         free(b);

@@ -64,6 +64,7 @@ static int run(stage_ctx *c) {
     o.base = base;
     o.adapter = adapter;
     o.include_nf4 = stage_bool(c, "include_nf4");
+    o.name = mi->stage;
     o.threads = c->jobs > 0 ? c->jobs : 2;
     o.progress = on_progress;
     o.progress_arg = c;

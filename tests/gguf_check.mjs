@@ -122,6 +122,7 @@ async function checkFile(baseDir, adapterDir, mergedDir, ggufPath) {
   const merged = readModel(mergedDir), base = readModel(baseDir), ad = readSafetensors(path.join(adapterDir, "adapter_model.safetensors"));
   const infos = Object.fromEntries(tensorInfos.map((t) => [t.name, t]));
   check(tensorInfos.length === Object.keys(merged).length, `tensor count ${tensorInfos.length} vs ${Object.keys(merged).length}`);
+  const buf = fs.readFileSync(ggufPath);
   let sampled = 0, worst = 0;
   for (const [hf, t] of Object.entries(merged)) {
     const gi = infos[ggufName(hf)];
@@ -132,7 +133,6 @@ async function checkFile(baseDir, adapterDir, mergedDir, ggufPath) {
     const cols = t.shape.length > 1 ? t.shape[1] : t.shape[0], rows = t.shape.length > 1 ? t.shape[0] : 1;
     const heads = qwen ? 0 : hf.includes("q_proj") ? cfg.num_attention_heads : hf.includes("k_proj") ? cfg.num_key_value_heads : 0;
     const start = Number(tensorDataOffset) + Number(gi.offset);
-    const buf = t.buf === undefined ? null : fs.readFileSync(ggufPath);
     for (let s = 0; s < 24; s++) {
       const row = Math.floor((rand() + 0.5) * rows) % rows, col = Math.floor((rand() + 0.5) * cols) % cols;
       let hfRow = row;
