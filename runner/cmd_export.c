@@ -6,6 +6,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "formats/pubdir.h"
 #include "model/export.h"
 #include "model/gguf_export.h"
@@ -27,6 +28,11 @@ static const char help[] =
     "  --include-nf4  also copy the 4-bit base checkpoint to OUT/nf4/\n"
     "\n"
     "OUT appears complete or not at all; an existing OUT is replaced.\n";
+
+static int on_progress(void *arg, const char *what, uint64_t done, uint64_t total) {
+    progress_update("export", what, (double)done / 1e6, (double)total / 1e6, "MB");
+    return 0;
+}
 
 int cmd_export(int argc, char **argv) {
     export_opts o = {0};
@@ -71,9 +77,11 @@ int cmd_export(int argc, char **argv) {
     int rc = init_model_parse_size(shard, &o.max_shard_bytes);
     if (rc) return rc;
     o.threads = (int)threads;
+    o.progress = on_progress;
     char *tmp = NULL;
     rc = pubdir_begin(&tmp, out);
     if (!rc) rc = export_run(&o, tmp);
+    progress_finish();
     if (!rc) rc = pubdir_commit(&tmp, out);
     pubdir_abort(&tmp);
     if (!rc) notef("wrote '%s'", out);
