@@ -136,10 +136,10 @@ int64_t train_data_row_targets(const train_data *d, int64_t r) {
 static int batch_reserve(train_batch *b, int need) {
     if (need <= b->cap) return 0;
     int cap = need > 2 * b->cap ? need : 2 * b->cap;
-    int32_t *p[4];
-    for (int k = 0; k < 4; k++) p[k] = malloc((size_t)cap * sizeof(int32_t));
-    if (!p[0] || !p[1] || !p[2] || !p[3]) {
-        for (int k = 0; k < 4; k++) free(p[k]);
+    int32_t *p[5];
+    for (int k = 0; k < 5; k++) p[k] = malloc((size_t)cap * sizeof(int32_t));
+    if (!p[0] || !p[1] || !p[2] || !p[3] || !p[4]) {
+        for (int k = 0; k < 5; k++) free(p[k]);
         return err_set(ERR_STAGE, "out of memory for a batch of %d tokens", need);
     }
     train_batch_free(b);
@@ -147,6 +147,7 @@ static int batch_reserve(train_batch *b, int need) {
     b->targets = p[1];
     b->pos = p[2];
     b->seq_start = p[3];
+    b->labels = p[4];
     b->cap = cap;
     return 0;
 }
@@ -171,6 +172,7 @@ int train_data_batch(const train_data *d, const int64_t *idx, int n, train_batch
         for (int64_t t = a; t < e; t++, o++) {
             if (t == a) start = o;
             b->ids[o] = d->ids[t];
+            b->labels[o] = d->labels[t];
             b->seq_start[o] = start;
             b->pos[o] = o - start;
             bool last = t + 1 == next || t + 1 == e;
@@ -192,5 +194,6 @@ void train_batch_free(train_batch *b) {
     free(b->targets);
     free(b->pos);
     free(b->seq_start);
+    free(b->labels);
     memset(b, 0, sizeof *b);
 }

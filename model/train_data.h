@@ -28,6 +28,7 @@ typedef struct train_data {
 typedef struct train_batch {
     int T;                 /* tokens in the batch */
     int32_t *ids;          /* [T] */
+    int32_t *labels;       /* [T] the artifact's labels, unshifted (-100 masked) */
     int32_t *targets;      /* [T] shifted labels, -1 = no loss */
     int32_t *pos;          /* [T] position inside its sequence */
     int32_t *seq_start;    /* [T] batch index of the first token of t's sequence */

@@ -432,8 +432,10 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     train_batch b = {0};
     int64_t *idx = malloc((size_t)mb * accum * sizeof *idx);
     int64_t *row_targets = NULL;
-    s.adam_m = ops->alloc(nb);
-    s.adam_v = ops->alloc(nb);
+    s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb);
+    s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb);
+    if (m->adam_m) ops->zero(m->adam_m, nb);
+    if (m->adam_v) ops->zero(m->adam_v, nb);
     int rc = 0;
     if (!idx || !s.adam_m || !s.adam_v) {
         rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)m->n_params);
@@ -564,7 +566,7 @@ out:
     free(row_targets);
     free(order.perm);
     train_batch_free(&b);
-    if (s.adam_m) ops->free(s.adam_m);
-    if (s.adam_v) ops->free(s.adam_v);
+    if (s.adam_m && s.adam_m != m->adam_m) ops->free(s.adam_m);
+    if (s.adam_v && s.adam_v != m->adam_v) ops->free(s.adam_v);
     return rc;
 }

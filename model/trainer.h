@@ -40,6 +40,7 @@ typedef struct trainer_model {
     int64_t n_params;
     float *params; /* backend memory: every trainable value, one buffer */
     float *grads;  /* backend memory, same layout; train_step accumulates (+=) into it */
+    float *adam_m, *adam_v; /* optional backend buffers for AdamW state (NULL: the trainer allocates) */
     /* Forward and backward of one micro-batch: grads += grad_scale * d(sum of target-token
      * losses)/d(params); *loss_sum = that (unscaled) sum. dropout_seed varies per micro-step. */
     int (*train_step)(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum);
