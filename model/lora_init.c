@@ -74,21 +74,18 @@ int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_
     a->dropout = o->dropout;
     a->use_rslora = o->use_rslora;
     if (o->base_model) a->base_model = strdup(o->base_model);
-    /* target_modules as the recipe names them (peft keeps "all-linear" as the string) */
-    if (json_is_string(o->targets) && !strcmp(json_string_value(o->targets), "all-linear")) {
-        a->target_regex = strdup("all-linear");
+    /* target_modules as the recipe names them; "all-linear" is saved expanded to the module
+     * names, as peft does once it has seen the model */
+    bool all = json_is_string(o->targets) && !strcmp(json_string_value(o->targets), "all-linear");
+    size_t i;
+    json_t *v;
+    json_array_foreach(o->targets, i, v) all = all || !strcmp(json_string_value(v), "all-linear");
+    if (all) {
+        for (int k = 0; !rc && k < LORA_N_KINDS; k++) rc = peft_adapter_add_target(a, lora_module_kinds[k]);
     } else if (json_is_string(o->targets)) {
         rc = peft_adapter_add_target(a, json_string_value(o->targets));
     } else {
-        size_t i;
-        json_t *v;
-        json_array_foreach(o->targets, i, v) {
-            const char *t = json_string_value(v);
-            if (!strcmp(t, "all-linear")) {
-                free(a->target_regex);
-                a->target_regex = strdup("all-linear");
-            } else if ((rc = peft_adapter_add_target(a, t))) break;
-        }
+        json_array_foreach(o->targets, i, v) if (!rc) rc = peft_adapter_add_target(a, json_string_value(v));
     }
     for (int l = 0; !rc && l < c->num_layers; l++)
         for (int k = 0; !rc && k < LORA_N_KINDS; k++) {
@@ -104,8 +101,8 @@ int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_
             char stream[192]; /* the PEFT tensor name: the engine's llama_lora_init_peft draws the same */
             snprintf(stream, sizeof stream, "base_model.model.%s.lora_A.weight", path);
             uint64_t sid = rng_stream_of(stream);
-            for (int64_t i = 0; i < (int64_t)m->r * in; i++)
-                m->A[i] = (2.0f * rng_uniform(o->seed, sid, (uint64_t)i) - 1.0f) * bound;
+            for (int64_t e = 0; e < (int64_t)m->r * in; e++)
+                m->A[e] = (2.0f * rng_uniform(o->seed, sid, (uint64_t)e) - 1.0f) * bound;
         }
     if (rc) peft_adapter_free(a);
     return rc;
