@@ -97,7 +97,7 @@ int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_
             peft_lora *m;
             if ((rc = peft_adapter_add(a, path, in, out, &m))) break;
             /* kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)), bound gain*sqrt(3/in) = 1/sqrt(in) */
-            float bound = (float)(1.0 / sqrt((double)in));
+            float bound = 1.0f / sqrtf((float)in); /* the same float expression as llama_lora_init_peft */
             char stream[192]; /* the PEFT tensor name: the engine's llama_lora_init_peft draws the same */
             snprintf(stream, sizeof stream, "base_model.model.%s.lora_A.weight", path);
             uint64_t sid = rng_stream_of(stream);
