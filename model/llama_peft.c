@@ -37,6 +37,10 @@ int llama_peft_attach(llama_model *m, const peft_adapter *a, const char *where) 
         return err_set(ERR_DATA, "'%s': %zu LoRA modules, but its targets select %d linears of the model "
                                  "(an adapter for some layers only is not supported)",
                        where, a->n_lora, m->n_lora_tensors / 2);
+    return llama_peft_upload(m, a, where);
+}
+
+int llama_peft_upload(llama_model *m, const peft_adapter *a, const char *where) {
     for (size_t i = 0; i < a->n_lora; i++) {
         const peft_lora *l = &a->lora[i];
         for (int isB = 0; isB < 2; isB++) {
@@ -53,6 +57,11 @@ int llama_peft_attach(llama_model *m, const peft_adapter *a, const char *where) 
     }
     m->ops->sync();
     return 0;
+}
+
+void llama_peft_zero(llama_model *m) {
+    m->ops->zero(m->lora_params, (size_t)m->n_lora_params * sizeof(float));
+    m->ops->sync();
 }
 
 int llama_peft_read(const llama_model *m, peft_adapter *a) {

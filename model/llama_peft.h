@@ -15,6 +15,10 @@
 
 int llama_peft_attach(llama_model *m, const peft_adapter *a, const char *where);
 int llama_peft_read(const llama_model *m, peft_adapter *a);
+/* after attach: load another adapter of the same shape (ERR_DATA naming a mismatch) */
+int llama_peft_upload(llama_model *m, const peft_adapter *a, const char *where);
+/* zero every LoRA value: the model then computes the base model exactly (B = 0) */
+void llama_peft_zero(llama_model *m);
 
 /* "cpu" -> ops_cpu(); "cuda" -> ops_cuda() when built with CUDA and a device is present,
  * else ERR_STAGE saying so; "auto" -> cuda when available, cpu otherwise. */

@@ -24,6 +24,7 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
+#include "model/llama_trainer.h"
 #include "model/trainer.h"
 #include "stages/stage.h"
 
@@ -70,28 +71,6 @@ static int train_check(const json_t *p) {
             return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", mb);
     }
     return 0;
-}
-
-/* ---- the engine behind trainer_model ---- */
-
-static llama_batch to_llama(const train_batch *b) {
-    return (llama_batch){.ids = b->ids, .labels = b->labels, .seq_start = b->seq_start, .T = b->T};
-}
-
-static int engine_step(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum) {
-    llama_batch lb = to_llama(b);
-    int64_t nt = 0;
-    int rc = llama_forward_backward(self, &lb, grad_scale, dropout_seed, loss_sum, &nt);
-    if (!rc && nt != b->n_targets)
-        return err_set(ERR_STAGE, "internal: the model counted %lld target tokens, the trainer %lld", (long long)nt,
-                       (long long)b->n_targets);
-    return rc;
-}
-
-static int engine_eval(void *self, const train_batch *b, double *loss_sum) {
-    llama_batch lb = to_llama(b);
-    int64_t nt = 0;
-    return llama_forward_loss(self, &lb, loss_sum, &nt, NULL);
 }
 
 /* ---- hooks, events and the persistent train log ---- */
@@ -280,9 +259,8 @@ static int train_run_stage(stage_ctx *ctx) {
         if ((rc = train_log_open(&run, log_path, trainer_checkpoint_latest(ctx->work_dir)))) goto out;
     }
 
-    trainer_model tm = {.self = m, .n_params = m->n_lora_params, .params = m->lora_params, .grads = m->lora_grads,
-                        .adam_m = m->lora_m, .adam_v = m->lora_v, .train_step = engine_step,
-                        .eval_loss = engine_eval};
+    trainer_model tm;
+    llama_trainer_bind(m, &tm);
     trainer_hooks th = {.ud = &run, .lr = hooks_has(run.hooks, "lr") ? hook_lr : NULL, .log = hook_log, .event = hook_event,
                         .progress = hook_progress, .on_step = hook_on_step, .on_eval = hook_on_eval,
                         .interrupted = ctx->interrupted};
