@@ -328,6 +328,15 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
     return 0;
 }
 
+int llama_load(llama_model **out, const char *dir, const llama_load_opts *opts, const ops_table *ops) {
+    model_config cfg;
+    int rc = config_load(&cfg, dir);
+    if (rc) return rc;
+    rc = llama_init(out, &cfg, dir, opts, ops);
+    config_free(&cfg);
+    return rc;
+}
+
 static void free_acts(llama_model *m) {
     if (m->acts) {
         free(m->acts->layer);

@@ -12,7 +12,7 @@
  *    fused AdamW and a data-parallel all-reduce see a single flat vector.
  *
  * The sequence of calls:
- *   llama_init (or llama_load) -> llama_lora_attach -> llama_plan -> { llama_lora_zero_grads;
+ *   llama_load (or llama_init) -> llama_lora_attach -> llama_plan -> { llama_lora_zero_grads;
  *   llama_forward_backward ...; optimizer over lora_params } ; llama_forward_loss for
  *   evaluation; llama_generate_begin + llama_decode for generation; llama_free.
  *
@@ -127,6 +127,8 @@ typedef struct llama_load_opts {
  * as stored. cfg is copied (skip_modules is not kept). */
 int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
                const ops_table *ops);
+/* config_load(dir) + llama_init(dir): an HF model directory */
+int llama_load(llama_model **out, const char *dir, const llama_load_opts *opts, const ops_table *ops);
 void llama_free(llama_model **m);
 
 /* Create the LoRA tensors of cfg (all parameters zero: fill them with llama_lora_init_peft or
