@@ -74,24 +74,67 @@ static bool stop_check(void *ud, const int32_t *ids, int n) {
     return at >= 0;
 }
 
-int generate_text(llama_model *m, const tokenizer *tok, const char *prompt, const gen_opts *o, char **text,
-                  int *n_tokens) {
+/* Invalid UTF-8 (a byte token cut a character, or a model emitting junk) becomes U+FFFD, as
+ * the tokenizers library's lossy decode does, so the text is safe for JSON and terminals. */
+char *generate_utf8_lossy(const char *s) {
+    size_t n = strlen(s);
+    char *o = malloc(3 * n + 1), *p = o;
+    if (!o) return NULL;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        bool ok = len > 0 && i + len <= n;
+        for (size_t k = 1; ok && k < len; k++) ok = (u[i + k] & 0xC0) == 0x80;
+        if (ok && len > 1) { /* overlongs, surrogates and values past U+10FFFF are invalid too */
+            uint32_t cp = c & (0x7F >> len);
+            for (size_t k = 1; k < len; k++) cp = (cp << 6) | (u[i + k] & 0x3F);
+            ok = !(cp < (len == 2 ? 0x80u : len == 3 ? 0x800u : 0x10000u)) && !(cp >= 0xD800 && cp <= 0xDFFF) &&
+                 cp <= 0x10FFFF;
+        }
+        if (ok) {
+            memcpy(p, u + i, len);
+            p += len;
+            i += len;
+        } else {
+            memcpy(p, "\xEF\xBF\xBD", 3);
+            p += 3;
+            i++;
+        }
+    }
+    *p = 0;
+    return o;
+}
+
+int generate_text_ids(llama_model *m, const tokenizer *tok, const int32_t *ids, int n, const gen_opts *o, char **text,
+                      int *n_tokens) {
     *text = NULL;
-    int32_t *ids = NULL, *gen = NULL;
-    size_t n = 0;
+    int32_t *gen = NULL;
     int ng = 0;
-    int rc = tokenizer_encode(tok, prompt, strlen(prompt), true, &ids, &n);
-    if (rc) return rc;
     stop_state st = {.tok = tok, .o = o};
-    rc = generate_ids(m, ids, (int)n, o, o->n_stop ? stop_check : NULL, &st, &gen, &ng);
+    int rc = generate_ids(m, ids, n, o, o->n_stop ? stop_check : NULL, &st, &gen, &ng);
     size_t len = 0;
     if (!rc) rc = tokenizer_decode(tok, gen, (size_t)ng, true, text, &len);
     if (!rc) {
         long at = find_stop(o, *text);
         if (at >= 0) (*text)[at] = 0;
+        char *clean = generate_utf8_lossy(*text);
+        free(*text);
+        *text = clean;
+        if (!clean) rc = err_set(ERR_STAGE, "out of memory");
     }
     if (n_tokens) *n_tokens = ng;
-    free(ids);
     free(gen);
+    return rc;
+}
+
+int generate_text(llama_model *m, const tokenizer *tok, const char *prompt, const gen_opts *o, char **text,
+                  int *n_tokens) {
+    *text = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode(tok, prompt, strlen(prompt), true, &ids, &n);
+    if (!rc) rc = generate_text_ids(m, tok, ids, (int)n, o, text, n_tokens);
+    free(ids);
     return rc;
 }

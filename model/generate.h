@@ -28,8 +28,14 @@ typedef struct gen_opts {
 int generate_ids(llama_model *m, const int32_t *prompt, int n_prompt, const gen_opts *o,
                  bool (*stop)(void *ud, const int32_t *ids, int n), void *stop_ud, int32_t **out, int *n_out);
 
+/* the continuation of already-tokenized prompt ids as text, cut at the first stop string */
+int generate_text_ids(llama_model *m, const tokenizer *tok, const int32_t *ids, int n, const gen_opts *o, char **text,
+                      int *n_tokens);
 /* the continuation of prompt as text; *n_tokens: tokens generated (may be NULL) */
 int generate_text(llama_model *m, const tokenizer *tok, const char *prompt, const gen_opts *o, char **text,
                   int *n_tokens);
+
+/* s with invalid UTF-8 replaced by U+FFFD (malloc'd; NULL when out of memory) */
+char *generate_utf8_lossy(const char *s);
 
 #endif

@@ -4,8 +4,11 @@
  *   - generations for the recipe's prompts (strings used verbatim, or records formatted by
  *     the recipe's format hook, as in training) and for prompts_file (JSONL records or
  *     text lines);
- *   - with a `score(prediction, record)` hook: the mean score over the record prompts and
- *     over the val records a dataset keeps in val.records.jsonl (up to score_records).
+ *   - the task metric on up to score_records val sequences of `data`: the prompt is the
+ *     sequence's untrained prefix (token ids as trained), the reference its trained part
+ *     (without EOS); the score is the `score(prediction, record)` hook's, with record =
+ *     {prompt=, response=}, or exact match (whitespace-trimmed) without a hook. Record
+ *     prompts from the recipe are scored by the hook too.
  * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
  * exactly that). Results: <out>/results.json, the manifest's report and metrics, events,
  * and one table in the log. */
@@ -42,7 +45,7 @@ static const param_spec eval_params[] = {
     {"top_p", PARAM_FLOAT, "1", 0, 1, NULL, "nucleus sampling threshold (1: off)", 0},
     {"repetition_penalty", PARAM_FLOAT, "1", 0.01, 100, NULL, "divide the logits of seen tokens (1: off)", 0},
     {"stop", PARAM_LIST, "[]", 0, -1, NULL, "stop strings: generation ends before the first one", 0},
-    {"score_records", PARAM_INT, "64", 0, 1e9, NULL, "val records to generate for and score (0: none)", 0},
+    {"score_records", PARAM_INT, "64", 0, 1e9, NULL, "val sequences of data to generate for and score (0: none)", 0},
     {"batch_rows", PARAM_INT, "8", 1, 65536, NULL, "rows per forward pass for the loss", PARAM_NOKEY},
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "sampling seed (default: the recipe's seed)", 0},
     {0}};
@@ -59,8 +62,11 @@ static int eval_check(const json_t *p) {
 
 /* one prompt: the text given to the model and, for scoring, the record it came from */
 typedef struct prompt_item {
-    char *text;
-    json_t *record; /* NULL for a plain string */
+    char *text;         /* the prompt as text (encoded with BOS unless ids are given) */
+    int32_t *ids;       /* val sequences: the prompt's token ids as trained; NULL otherwise */
+    int n_ids;
+    json_t *record;     /* what score() receives; NULL for a plain string prompt (not scored) */
+    char *reference;    /* val sequences: the trained response, for exact match */
     const char *source; /* "prompts", "prompts_file", "val" */
 } prompt_item;
 
@@ -102,6 +108,18 @@ static int record_prompt(eval_state *e, const json_t *record, const char *what, 
     return 0;
 }
 
+static int push_item(eval_state *e, prompt_item it) {
+    if (e->n_items == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 16;
+        prompt_item *p = realloc(e->items, cap * sizeof *p);
+        if (!p) return err_set(ERR_STAGE, "out of memory");
+        e->items = p;
+        e->cap = cap;
+    }
+    e->items[e->n_items++] = it;
+    return 0;
+}
+
 static int add_item(eval_state *e, const json_t *v, const char *source, size_t index) {
     char what[160];
     snprintf(what, sizeof what, "%s[%zu]", source, index);
@@ -113,13 +131,8 @@ static int add_item(eval_state *e, const json_t *v, const char *source, size_t i
         if (rc) return rc;
         if (!text) return 0; /* the format hook dropped it */
     }
-    if (e->n_items == e->cap) {
-        e->cap = e->cap ? 2 * e->cap : 16;
-        e->items = realloc(e->items, e->cap * sizeof *e->items);
-    }
-    e->items[e->n_items++] = (prompt_item){.text = text, .record = json_is_object(v) ? json_incref((json_t *)v) : NULL,
-                                           .source = source};
-    return 0;
+    return push_item(e, (prompt_item){.text = text, .record = json_is_object(v) ? json_incref((json_t *)v) : NULL,
+                                      .source = source});
 }
 
 static int load_prompts_file(eval_state *e, const char *path) {
@@ -150,33 +163,53 @@ static int load_prompts_file(eval_state *e, const char *path) {
     return rc;
 }
 
-/* the val records a dataset stage keeps beside its splits, up to max */
-static int load_val_records(eval_state *e, const char *data_dir, int64_t max) {
-    char *path = fs_join(data_dir, "val.records.jsonl");
-    if (!fs_exists(path) || max <= 0) {
-        if (max > 0 && hooks_has(e->hooks, "score"))
-            stage_logf(e->ctx, "note: '%s' is missing, so only the recipe's record prompts are scored", path);
-        free(path);
-        return 0;
+/* Up to max val sequences of d as scored prompts: the untrained prefix is the prompt, the
+ * trained tokens (EOS left out) the reference. */
+static int add_val_sequences(eval_state *e, const train_data *d, int64_t max) {
+    int32_t eos = tokenizer_eos(e->tok);
+    int rc = 0;
+    for (int64_t q = 0; !rc && q < d->n_seqs && (int64_t)e->n_items < max; q++) {
+        int64_t a = d->seqs[q], b = d->seqs[q + 1], j = a;
+        while (j < b && d->labels[j] < 0) j++;
+        if (j == a || j == b) continue; /* nothing to prompt with, or nothing trained */
+        int64_t end = b;
+        while (end > j && (d->labels[end - 1] < 0 || d->ids[end - 1] == eos)) end--;
+        prompt_item it = {.n_ids = (int)(j - a), .source = "val"};
+        size_t len;
+        char *resp = NULL;
+        it.ids = malloc(sizeof(int32_t) * (size_t)it.n_ids);
+        if (!it.ids) return err_set(ERR_STAGE, "out of memory");
+        memcpy(it.ids, d->ids + a, sizeof(int32_t) * (size_t)it.n_ids);
+        if ((rc = tokenizer_decode(e->tok, it.ids, (size_t)it.n_ids, true, &it.text, &len)) ||
+            (rc = tokenizer_decode(e->tok, d->ids + j, (size_t)(end - j), true, &resp, &len))) {
+            free(it.ids);
+            free(it.text);
+            return rc;
+        }
+        char *t = generate_utf8_lossy(it.text), *r = generate_utf8_lossy(resp);
+        free(it.text);
+        free(resp);
+        it.text = t;
+        it.reference = r;
+        if (!t || !r) {
+            free(it.ids), free(t), free(r);
+            return err_set(ERR_STAGE, "out of memory");
+        }
+        resp = r;
+        it.record = json_pack("{s:s, s:s}", "prompt", it.text, "response", resp);
+        rc = push_item(e, it);
     }
-    char *buf = NULL;
-    size_t len = 0;
-    int rc = fs_read_all(path, &buf, &len);
-    int64_t k = 0;
-    for (char *line = buf, *nl; !rc && buf && line < buf + len && k < max; line = nl + 1) {
-        nl = strchr(line, '\n');
-        if (!nl) nl = buf + len;
-        *nl = 0;
-        if (!*line) continue;
-        json_t *rec = json_loads(line, 0, NULL);
-        if (!json_is_object(rec)) rc = err_set(ERR_DATA, "'%s': record %lld is not a JSON object", path, (long long)k);
-        else rc = add_item(e, rec, "val", (size_t)k);
-        json_decref(rec);
-        k++;
-    }
-    free(buf);
-    free(path);
     return rc;
+}
+
+/* exact match after trimming whitespace at both ends */
+static double exact_match(const char *pred, const char *ref) {
+    while (*pred == ' ' || *pred == '\n' || *pred == '\t') pred++;
+    while (*ref == ' ' || *ref == '\n' || *ref == '\t') ref++;
+    size_t lp = strlen(pred), lr = strlen(ref);
+    while (lp && strchr(" \n\t", pred[lp - 1])) lp--;
+    while (lr && strchr(" \n\t", ref[lr - 1])) lr--;
+    return lp == lr && !memcmp(pred, ref, lp) ? 1.0 : 0.0;
 }
 
 typedef struct side {
@@ -203,15 +236,19 @@ static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_s
     for (size_t i = 0; i < e->n_items; i++) {
         char *text = NULL;
         int ntok = 0;
-        int rc = generate_text(e->m, e->tok, e->items[i].text, &e->gen, &text, &ntok);
+        const prompt_item *it = &e->items[i];
+        int rc = it->ids ? generate_text_ids(e->m, e->tok, it->ids, it->n_ids, &e->gen, &text, &ntok)
+                         : generate_text(e->m, e->tok, it->text, &e->gen, &text, &ntok);
         if (rc) return err_wrap("generating for %s prompt %zu", e->items[i].source, i);
         json_t *g = json_array_get(gens, i);
         json_object_set_new(g, tuned ? "tuned" : "base", json_string(text));
-        if (e->items[i].record && hooks_has(e->hooks, "score")) {
+        bool hook = hooks_has(e->hooks, "score");
+        if (it->record && (hook || it->reference)) {
             double sc = 0;
             char what[64];
-            snprintf(what, sizeof what, "%s record %zu", e->items[i].source, i);
-            if ((rc = hooks_score(e->hooks, text, e->items[i].record, what, &sc))) {
+            snprintf(what, sizeof what, "%s record %zu", it->source, i);
+            if (!hook) sc = exact_match(text, it->reference);
+            else if ((rc = hooks_score(e->hooks, text, it->record, what, &sc))) {
                 free(text);
                 return rc;
             }
@@ -327,9 +364,6 @@ static int eval_run(stage_ctx *ctx) {
     size_t i;
     json_array_foreach(pr, i, v) if ((rc = add_item(&e, v, "prompts", i))) goto out;
     if (pfile && (rc = load_prompts_file(&e, pfile))) goto out;
-    const stage_input *din = stage_input_get(ctx, "data");
-    if (din && hooks_has(e.hooks, "score") && (rc = load_val_records(&e, din->dir, stage_int(ctx, "score_records"))))
-        goto out;
 
     /* datasets: every dataset input's val split */
     int64_t max_row = 1;
@@ -348,6 +382,9 @@ static int eval_run(stage_ctx *ctx) {
             if (sets[n_sets].rows[r + 1] - sets[n_sets].rows[r] > max_row)
                 max_row = sets[n_sets].rows[r + 1] - sets[n_sets].rows[r];
         sides[n_sets] = (side){.name = ctx->inputs[k].stage};
+        if (!strcmp(ctx->inputs[k].role, "data") &&
+            (rc = add_val_sequences(&e, &sets[n_sets], (int64_t)e.n_items + stage_int(ctx, "score_records"))))
+            goto out;
         n_sets++;
     }
 
@@ -359,7 +396,8 @@ static int eval_run(stage_ctx *ctx) {
     if ((rc = llama_plan(e.m, (int)(max_row * batch_rows), LLAMA_CKPT_NONE))) goto out;
 
     for (i = 0; i < e.n_items; i++)
-        json_array_append_new(gens, json_pack("{s:s, s:s}", "prompt", e.items[i].text, "source", e.items[i].source));
+        json_array_append_new(gens, json_pack("{s:s, s:s, s:s*}", "prompt", e.items[i].text, "source",
+                                              e.items[i].source, "reference", e.items[i].reference));
     bool tuned = ain != NULL, base = !ain || stage_bool(ctx, "compare_base");
     double score[2] = {NAN, NAN};
     int score_n = 0;
@@ -387,7 +425,7 @@ static int eval_run(stage_ctx *ctx) {
     }
     json_object_set_new(results, "val", losses);
     if (score_n) {
-        json_t *s = json_pack("{s:i}", "n", score_n);
+        json_t *s = json_pack("{s:i, s:s}", "n", score_n, "metric", hooks_has(e.hooks, "score") ? "score hook" : "exact_match");
         if (base) json_object_set_new(s, "base", json_real(score[0]));
         if (tuned) json_object_set_new(s, "tuned", json_real(score[1]));
         json_object_set_new(results, "score", s);
@@ -413,13 +451,18 @@ static int eval_run(stage_ctx *ctx) {
     if (rc) goto out;
     json_decref(ctx->report);
     ctx->report = json_incref(results);
-    stage_event(ctx, "eval_results", json_incref(results));
+    stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
     if (hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
 
 out:
     json_decref(results);
     json_decref(gens);
-    for (size_t k = 0; k < e.n_items; k++) free(e.items[k].text), json_decref(e.items[k].record);
+    for (size_t k = 0; k < e.n_items; k++) {
+        free(e.items[k].text);
+        free(e.items[k].ids);
+        free(e.items[k].reference);
+        json_decref(e.items[k].record);
+    }
     free(e.items);
     for (int k = 0; k < n_sets; k++) train_data_free(&sets[k]);
     free(stops);
