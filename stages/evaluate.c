@@ -6,9 +6,11 @@
  *     text lines);
  *   - the task metric on up to score_records val sequences of `data`: the prompt is the
  *     sequence's untrained prefix (token ids as trained), the reference its trained part
- *     (without EOS); the score is the `score(prediction, record)` hook's, with record =
- *     {prompt=, response=}, or exact match (whitespace-trimmed) without a hook. Record
- *     prompts from the recipe are scored by the hook too.
+ *     (without EOS); the score is the `score(prediction, record)` hook's, or exact match
+ *     (whitespace-trimmed) without a hook. The record is the dataset's own record of that
+ *     sequence when the artifact keeps val.records.jsonl (one JSON record a line, in val
+ *     sequence order), else {prompt=, response=, output=} (output: the alpaca name of the
+ *     response). Record prompts from the recipe are scored by the hook too.
  * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
  * exactly that). Results: <out>/results.json, the manifest's report and metrics, events,
  * and one table in the log. */
@@ -165,9 +167,27 @@ static int load_prompts_file(eval_state *e, const char *path) {
 
 /* Up to max val sequences of d as scored prompts: the untrained prefix is the prompt, the
  * trained tokens (EOS left out) the reference. */
-static int add_val_sequences(eval_state *e, const train_data *d, int64_t max) {
+static int add_val_sequences(eval_state *e, const train_data *d, const char *dir, int64_t max) {
     int32_t eos = tokenizer_eos(e->tok);
     int rc = 0;
+    /* the dataset's own records, when it keeps them (line q: val sequence q) */
+    char *rpath = fs_join(dir, "val.records.jsonl"), *rbuf = NULL, **lines = NULL;
+    size_t rlen = 0, n_lines = 0;
+    if (fs_exists(rpath) && !fs_read_all(rpath, &rbuf, &rlen)) {
+        lines = malloc(sizeof(char *) * (size_t)(d->n_seqs + 1));
+        for (char *l = rbuf, *nl; lines && l < rbuf + rlen && n_lines <= (size_t)d->n_seqs; l = nl + 1) {
+            nl = strchr(l, '\n');
+            if (!nl) nl = rbuf + rlen;
+            *nl = 0;
+            lines[n_lines++] = l;
+        }
+        if (n_lines != (size_t)d->n_seqs) {
+            stage_logf(e->ctx, "note: '%s' has %zu records for %lld val sequences: scoring with the decoded text instead",
+                       rpath, n_lines, (long long)d->n_seqs);
+            n_lines = 0;
+        }
+    }
+    err_clear();
     for (int64_t q = 0; !rc && q < d->n_seqs && (int64_t)e->n_items < max; q++) {
         int64_t a = d->seqs[q], b = d->seqs[q + 1], j = a;
         while (j < b && d->labels[j] < 0) j++;
@@ -178,13 +198,16 @@ static int add_val_sequences(eval_state *e, const train_data *d, int64_t max) {
         size_t len;
         char *resp = NULL;
         it.ids = malloc(sizeof(int32_t) * (size_t)it.n_ids);
-        if (!it.ids) return err_set(ERR_STAGE, "out of memory");
+        if (!it.ids) {
+            rc = err_set(ERR_STAGE, "out of memory");
+            break;
+        }
         memcpy(it.ids, d->ids + a, sizeof(int32_t) * (size_t)it.n_ids);
         if ((rc = tokenizer_decode(e->tok, it.ids, (size_t)it.n_ids, true, &it.text, &len)) ||
             (rc = tokenizer_decode(e->tok, d->ids + j, (size_t)(end - j), true, &resp, &len))) {
             free(it.ids);
             free(it.text);
-            return rc;
+            break;
         }
         char *t = generate_utf8_lossy(it.text), *r = generate_utf8_lossy(resp);
         free(it.text);
@@ -193,12 +216,22 @@ static int add_val_sequences(eval_state *e, const train_data *d, int64_t max) {
         it.reference = r;
         if (!t || !r) {
             free(it.ids), free(t), free(r);
-            return err_set(ERR_STAGE, "out of memory");
+            rc = err_set(ERR_STAGE, "out of memory");
+            break;
         }
-        resp = r;
-        it.record = json_pack("{s:s, s:s}", "prompt", it.text, "response", resp);
+        it.record = n_lines ? json_loads(lines[q], 0, NULL) : NULL;
+        if (n_lines && !json_is_object(it.record)) {
+            json_decref(it.record);
+            free(it.ids), free(t), free(r);
+            rc = err_set(ERR_DATA, "'%s': line %lld is not a JSON record", rpath, (long long)q + 1);
+            break;
+        }
+        if (!it.record) it.record = json_pack("{s:s, s:s, s:s}", "prompt", t, "response", r, "output", r);
         rc = push_item(e, it);
     }
+    free(lines);
+    free(rbuf);
+    free(rpath);
     return rc;
 }
 
@@ -383,7 +416,8 @@ static int eval_run(stage_ctx *ctx) {
                 max_row = sets[n_sets].rows[r + 1] - sets[n_sets].rows[r];
         sides[n_sets] = (side){.name = ctx->inputs[k].stage};
         if (!strcmp(ctx->inputs[k].role, "data") &&
-            (rc = add_val_sequences(&e, &sets[n_sets], (int64_t)e.n_items + stage_int(ctx, "score_records"))))
+            (rc = add_val_sequences(&e, &sets[n_sets], ctx->inputs[k].dir,
+                                    (int64_t)e.n_items + stage_int(ctx, "score_records"))))
             goto out;
         n_sets++;
     }
