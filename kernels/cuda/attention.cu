@@ -6,7 +6,8 @@
 // Head dims up to 128 are padded to HDP = 64 or 128 with zeros on load. Scores are kept in the
 // log2 domain (scale * log2(e) folded in) so exp2 does the softmax; lse is saved in natural log.
 //
-// Forward (one block of 4 warps per 64 queries and one head; warp w owns 16 query rows):
+// Forward (one block of 4 warps per 64 queries and one head; warp w owns 16 query rows; the
+// same kernel serves generation, where queries sit at an offset into the cached keys):
 //   for each key tile of BC keys from seq_start[first query] to the last query:
 //     S = Q K^T (shared), online softmax per row (running max m, sum l; P in bf16),
 //     O = O * exp2(m_old - m_new) + P V with O in fp32 shared memory.
@@ -69,7 +70,7 @@ struct fwd_layout {
 template <int HDP, int BC>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                    int T, int nh, int nkv, int hd, float scale_log2, int vec) {
+                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, float scale_log2, int vec) {
     typedef fwd_layout<HDP, BC> L;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Qs = (bf16 *)smem;
@@ -83,7 +84,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int h = blockIdx.y, kvh = h / (nh / nkv), q0 = blockIdx.x * ATT_BR;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int64_t ldq = (int64_t)nh * hd, ldk = (int64_t)nkv * hd;
-    const int qvalid = min(ATT_BR, T - q0);
+    const int qvalid = min(ATT_BR, Tq - q0);
 
     load_tile<HDP>(Qs, L::LDQ, q + (int64_t)q0 * ldq + (int64_t)h * hd, ldq, ATT_BR, qvalid, hd, vec);
     for (int i = threadIdx.x; i < ATT_BR * L::LDO; i += ATT_THREADS) Os[i] = 0.0f;
@@ -91,15 +92,16 @@ __global__ void __launch_bounds__(ATT_THREADS)
         m_s[threadIdx.x] = -INFINITY;
         l_s[threadIdx.x] = 0.0f;
     }
-    const int kbeg = seq_start[q0], kend = q0 + qvalid; // keys [kbeg, kend) can matter to this tile
+    // query i sits at key position q_off + i; keys [kbeg, kend) can matter to this tile
+    const int kbeg = seq_start ? seq_start[q0] : 0, kend = q_off + q0 + qvalid;
 
-    // this lane's row for the softmax (two lanes a row) and its sequence start
-    const int srow = warp * 16 + lane / 2, half = lane & 1, t_row = q0 + srow;
-    const int ss_row = t_row < T ? seq_start[t_row] : INT_MAX;
+    // this lane's row for the softmax (two lanes a row), its key position and sequence start
+    const int srow = warp * 16 + lane / 2, half = lane & 1, t_row = q0 + srow, p_row = q_off + t_row;
+    const int ss_row = t_row < Tq ? (seq_start ? seq_start[t_row] : 0) : INT_MAX;
 
     for (int k0 = kbeg; k0 < kend; k0 += BC) {
         __syncthreads(); // the previous tile's readers are done
-        int kvalid = min(BC, T - k0);
+        int kvalid = min(BC, Tk - k0);
         load_tile<HDP>(Ks, L::LDQ, k + (int64_t)k0 * ldk + (int64_t)kvh * hd, ldk, BC, kvalid, hd, vec);
         load_tile<HDP>(Vs, L::LDQ, v + (int64_t)k0 * ldk + (int64_t)kvh * hd, ldk, BC, kvalid, hd, vec);
         __syncthreads();
@@ -128,7 +130,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             float mloc = -INFINITY;
             for (int j = half; j < BC; j += 2) {
                 int key = k0 + j;
-                bool ok = t_row < T && key >= ss_row && key <= t_row;
+                bool ok = key >= ss_row && key <= p_row; // ss_row > every key past Tq
                 float sv = ok ? sr[j] * scale_log2 : -INFINITY;
                 sr[j] = sv;
                 mloc = fmaxf(mloc, sv);
@@ -177,16 +179,16 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
     for (int i = threadIdx.x; i < ATT_BR * HDP; i += ATT_THREADS) {
         int r = i / HDP, c = i % HDP, t = q0 + r;
-        if (t < T && c < hd)
+        if (t < Tq && c < hd)
             out[(int64_t)t * ldq + (int64_t)h * hd + c] = __float2bfloat16_rn(Os[r * L::LDO + c] / l_s[r]);
     }
-    if (threadIdx.x < ATT_BR && q0 + (int)threadIdx.x < T)
-        lse[(int64_t)h * T + q0 + threadIdx.x] = (m_s[threadIdx.x] + log2f(l_s[threadIdx.x])) * LN2;
+    if (lse && threadIdx.x < ATT_BR && q0 + (int)threadIdx.x < Tq)
+        lse[(int64_t)h * Tq + q0 + threadIdx.x] = (m_s[threadIdx.x] + log2f(l_s[threadIdx.x])) * LN2;
 }
 
 template <int HDP, int BC>
 static void attn_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                            const int32_t *seq_start, int T, int nh, int nkv, int hd, int vec) {
+                            const int32_t *seq_start, int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec) {
     size_t smem = fwd_layout<HDP, BC>::bytes;
     static bool attr_set = false;
     if (!attr_set) {
@@ -194,10 +196,10 @@ static void attn_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                                         (int)smem));
         attr_set = true;
     }
-    dim3 grid(CEIL_DIV(T, ATT_BR), nh);
+    dim3 grid(CEIL_DIV(Tq, ATT_BR), nh);
     float scale_log2 = LOG2E / sqrtf((float)hd);
-    attn_fwd_kernel<HDP, BC><<<grid, ATT_THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seq_start, T, nh, nkv, hd,
-                                                                          scale_log2, vec);
+    attn_fwd_kernel<HDP, BC><<<grid, ATT_THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seq_start, Tq, Tk, q_off,
+                                                                          nh, nkv, hd, scale_log2, vec);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -212,9 +214,23 @@ void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, c
     if (T == 0) return;
     int vec = attn_vec(q, k, v, hd);
     if (hd <= 64)
-        attn_fwd_launch<64, 64>(out, lse, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        attn_fwd_launch<64, 64>(out, lse, q, k, v, seq_start, T, T, 0, nh, nkv, hd, vec);
     else
-        attn_fwd_launch<128, 32>(out, lse, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        attn_fwd_launch<128, 32>(out, lse, q, k, v, seq_start, T, T, 0, nh, nkv, hd, vec);
+}
+
+// generation: the Tq queries are the last Tq of Tk cached positions, one sequence
+void launch_attention_cached(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int Tk, int nh,
+                             int nkv, int hd) {
+    CUDA_REQUIRE(hd > 0 && hd <= 128, "attention: head dim must be in 1..128");
+    CUDA_REQUIRE(nkv > 0 && nh % nkv == 0, "attention: heads must be a multiple of kv heads");
+    CUDA_REQUIRE(Tq <= Tk, "attention: more queries than cached positions");
+    if (Tq == 0) return;
+    int vec = attn_vec(q, kc, vc, hd);
+    if (hd <= 64)
+        attn_fwd_launch<64, 64>(out, NULL, q, kc, vc, NULL, Tq, Tk, Tk - Tq, nh, nkv, hd, vec);
+    else
+        attn_fwd_launch<128, 32>(out, NULL, q, kc, vc, NULL, Tq, Tk, Tk - Tq, nh, nkv, hd, vec);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ enum cuda_scratch_slot {
     SCRATCH_DROP_X,      // dropout(x) [T, in] (bf16)
     SCRATCH_LORA_DX,     // (dy B) A before the dropout mask [T, in] (bf16)
     SCRATCH_XENT,        // logits chunk [Tc, V] fp32
-    SCRATCH_XENT_ROW,    // per-row loss / lse
     SCRATCH_ATTN_DQ,     // fp32 dq accumulator [T, nh*hd]
     SCRATCH_ATTN_D,      // rowsum(dout*out) [nh, T]
     SCRATCH_REDUCE,      // double accumulators

@@ -1,7 +1,6 @@
 // elementwise.cu: embedding, RMSNorm forward/backward, residual add, RoPE, SwiGLU, and the
 // small helpers of the qlinear op (fp32 -> bf16 copies, bias, dropout). All memory-bound: bf16
 // in and out, fp32 arithmetic, 16-byte (8 x bf16) accesses where the shape and alignment allow.
-#include "kernels/ops_dropout.h"
 #include "launch.cuh"
 
 #define EW_THREADS 256

@@ -22,6 +22,8 @@ void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t s
 // attention.cu
 void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                           const int32_t *seq_start, int T, int nh, int nkv, int hd);
+void launch_attention_cached(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int Tk, int nh,
+                             int nkv, int hd);
 void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
                           int T, int nh, int nkv, int hd);
@@ -33,10 +35,9 @@ void launch_sum_squares(double *acc, const float *g, int64_t n); // acc must be 
 void launch_scale(float *g, int64_t n, float s);
 
 // xent.cu
-// per-row loss (0 where target < 0) into row_loss[T]; dlogits written in place as bf16
+// per-row loss (0 where target < 0) into row_loss[Tc]; dlogits written in place as bf16
 void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
                       const int32_t *target, int Tc, int V, float grad_scale, int want_grad);
-void launch_sum_f32_to_f64(double *acc, const float *x, int64_t n); // acc must be zeroed
 
 // nf4.cu (see nf4_cuda.h for the exported C API)
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map,

@@ -157,6 +157,10 @@ static void cu_download(void *dst, const void *src, size_t bytes) {
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
 }
 
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+}
+
 static void cu_zero(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream())); }
 
 static void cu_sync(void) { CUDA_CHECK(cudaStreamSynchronize(cuda_stream())); }
@@ -191,6 +195,12 @@ static void cu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, con
                              int nkv, int hd) {
     launch_attention_bwd((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)out, lse,
                          (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv, hd);
+}
+
+static void cu_attention_cached(void *out, const void *q, const void *kcache, const void *vcache, int Tq, int Tk,
+                                int nh, int nkv, int hd) {
+    launch_attention_cached((bf16 *)out, (const bf16 *)q, (const bf16 *)kcache, (const bf16 *)vcache, Tq, Tk, nh, nkv,
+                            hd);
 }
 
 static void cu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n) {
@@ -231,8 +241,12 @@ static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint1
         launch_dropout_bf16(xd, xin, (int64_t)T * in, lora->dropout, lora->dropout_seed);
         xin = xd;
     }
-    gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa, r, 1);
-    launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+    if (xa) { // kept in fp32 for the backward's dB
+        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa, r, 1);
+        launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+    } else {
+        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa16, r, 0);
+    }
     gemm_rm(0, 1, T, out, r, lora->scale, xa16, r, b16, r, 1.0f, y, out, 0);
 }
 
@@ -274,7 +288,9 @@ static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf
     }
 }
 
-// lm_head + cross-entropy + its backward, in chunks of tokens each over the whole vocabulary:
+// lm_head + cross-entropy + its backward, in chunks of tokens each over the whole vocabulary
+// (two GEMMs per chunk, where vocabulary chunks with an online softmax need a third to recompute
+// the logits for the gradient):
 // one chunk's fp32 logits [Tc, V] (at most XENT_CHUNK_BYTES) is the only logits memory there
 // is. The row kernel overwrites each logits row with its bf16 gradient in place (the bf16 row
 // fits in the first half of the fp32 row), which the dx GEMM then reads with a stride of 2V.
@@ -287,24 +303,19 @@ static int xent_chunk_rows(int T, int V) {
     return (int)rows;
 }
 
-static void cu_xent_fwd_bwd(double *loss_sum, void *dx, const void *x, const uint16_t *E, const int32_t *target,
-                            int T, int C, int V, float grad_scale) {
+static void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
+                            int C, int V, float grad_scale) {
     int Tc = xent_chunk_rows(T, V);
     float *logits = (float *)cuda_scratch(SCRATCH_XENT, (size_t)Tc * V * sizeof(float));
-    float *row_loss = (float *)cuda_scratch(SCRATCH_XENT_ROW, (size_t)T * sizeof(float));
-    double *acc = (double *)cuda_scratch(SCRATCH_REDUCE, sizeof(double));
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
         const bf16 *xc = (const bf16 *)x + (size_t)t0 * C;
         gemm_rm(0, 1, n, V, C, 1.0f, xc, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
-        launch_xent_rows(row_loss + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL);
+        launch_xent_rows(losses + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL);
         if (dx)
             gemm_rm(0, 0, n, C, V, 1.0f, (const bf16 *)logits, 2 * V, (const bf16 *)E, C, 0.0f,
                     (bf16 *)dx + (size_t)t0 * C, C, 0);
     }
-    CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), cuda_stream()));
-    launch_sum_f32_to_f64(acc, row_loss, T);
-    cu_download(loss_sum, acc, sizeof(double));
 }
 
 static void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
@@ -334,6 +345,7 @@ static const ops_table g_table = {
     cu_free,
     cu_upload,
     cu_download,
+    cu_copy,
     cu_zero,
     cu_sync,
     cu_embedding_fwd,
@@ -343,6 +355,7 @@ static const ops_table g_table = {
     cu_rope,
     cu_attention_fwd,
     cu_attention_bwd,
+    cu_attention_cached,
     cu_swiglu_fwd,
     cu_swiglu_bwd,
     cu_qlinear_fwd,

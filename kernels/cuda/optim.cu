@@ -50,9 +50,6 @@ __global__ void reduce_f64_kernel(double *acc, const float *x, int64_t n, F f) {
 struct square_f {
     __device__ float operator()(float v) const { return v * v; }
 };
-struct ident_f {
-    __device__ float operator()(float v) const { return v; }
-};
 
 static unsigned reduce_grid(int64_t n) {
     int64_t g = CEIL_DIV(n, (int64_t)256 * 16); // ~16 elements a thread
@@ -64,12 +61,6 @@ static unsigned reduce_grid(int64_t n) {
 void launch_sum_squares(double *acc, const float *g, int64_t n) {
     if (n <= 0) return;
     reduce_f64_kernel<<<reduce_grid(n), 256, 0, cuda_stream()>>>(acc, g, n, square_f{});
-    CUDA_CHECK_LAUNCH();
-}
-
-void launch_sum_f32_to_f64(double *acc, const float *x, int64_t n) {
-    if (n <= 0) return;
-    reduce_f64_kernel<<<reduce_grid(n), 256, 0, cuda_stream()>>>(acc, x, n, ident_f{});
     CUDA_CHECK_LAUNCH();
 }
 
