@@ -4,7 +4,11 @@
  *
  * Inputs are drawn once, rounded to bf16, and given to both backends (fp32 on the CPU, bf16 on
  * the GPU), so the only differences are the GPU's bf16 outputs and intermediates. An element
- * passes when |gpu - ref| <= atol + eps * |ref|, with atol a fraction of the reference's RMS.
+ * passes when |gpu - ref| <= atol + eps * |ref|, with atol a fraction of the reference's RMS (or an
+ * absolute floor where the reference can be exactly zero). Outputs of matrix products get an
+ * atol of 2.5% of the RMS: their bf16 operands and bf16 partial results (the base output before
+ * the LoRA branch is added, as peft does too) put single elements that far off where large
+ * terms cancel; the normalised squared error of every output must also stay under 1e-4.
  * Outputs the op must overwrite are poisoned with NaN first, so an unwritten element fails.
  * NF4 dequantization must be bit-identical to the CPU one rounded to bf16; quantization must
  * write the same bytes. The seed changes every run and is printed (QLORA_TEST_SEED repeats one). */
@@ -119,13 +123,14 @@ static void *dev_i32(const int32_t *h, int64_t n) {
     return d;
 }
 
-/* |g - r| <= atol_frac * rms(ref) + eps * |r| for every element; prints the worst one */
-static void check_close(const char *what, const tens *out, double eps, double atol_frac) {
+/* |g - r| <= max(atol_frac * rms(ref), atol_abs) + eps * |r| for every element and
+ * nmse <= 1e-4; prints the worst element */
+static void check_close_abs(const char *what, const tens *out, double eps, double atol_frac, double atol_abs) {
     float *g = tens_download(out);
     const float *r = out->h;
     double ss = 0, err2 = 0;
     for (int64_t i = 0; i < out->n; i++) ss += (double)r[i] * r[i];
-    double rms = out->n ? sqrt(ss / (double)out->n) : 0, atol = atol_frac * rms + 1e-30;
+    double rms = out->n ? sqrt(ss / (double)out->n) : 0, atol = fmax(atol_frac * rms, atol_abs) + 1e-30;
     int64_t bad = 0, worst = -1;
     double worst_ratio = 0;
     for (int64_t i = 0; i < out->n; i++) {
@@ -138,7 +143,11 @@ static void check_close(const char *what, const tens *out, double eps, double at
         }
     }
     double nmse = ss > 0 ? err2 / ss : err2;
-    if (bad) {
+    if (!bad && !(nmse <= 1e-4)) {
+        test_cur_failed = 1;
+        test_failed_checks++;
+        fprintf(stderr, "  %s: nmse %.3g over 1e-4\n", what, nmse);
+    } else if (bad) {
         test_cur_failed = 1;
         test_failed_checks++;
         fprintf(stderr, "  %s: %lld of %lld elements off (worst [%lld]: gpu %.6g ref %.6g, atol %.3g); nmse %.3g\n",
@@ -147,6 +156,10 @@ static void check_close(const char *what, const tens *out, double eps, double at
         fprintf(stderr, "  %s: ok (%lld elements, nmse %.3g)\n", what, (long long)out->n, nmse);
     }
     free(g);
+}
+
+static void check_close(const char *what, const tens *out, double eps, double atol_frac) {
+    check_close_abs(what, out, eps, atol_frac, 0.0);
 }
 
 #define EPS_BF 1.6e-2 /* two bf16 roundings */
@@ -370,11 +383,11 @@ TEST(attention) {
         cpu->attention_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
         gpu->attention_bwd(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close(what, &dq, 3e-2, 3e-2);
+        check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
         snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close(what, &dk, 3e-2, 3e-2);
+        check_close_abs(what, &dk, 3e-2, 3e-2, 1e-4);
         snprintf(what, sizeof what, "attention_bwd dv T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close(what, &dv, 3e-2, 3e-2);
+        check_close_abs(what, &dv, 3e-2, 3e-2, 1e-4);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
         tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
         free(ss), gpu->free(ssd);
@@ -450,7 +463,7 @@ TEST(qlinear) {
         gpu->qlinear_fwd(y.d, x.d, &W.wd, cfgs[c][5] ? bias.d : NULL, r ? &Ld : NULL, r ? xa.d : NULL, T);
         char what[128];
         snprintf(what, sizeof what, "qlinear_fwd y T=%d in=%d out=%d r=%d p=%.2f", T, in, out, r, p);
-        check_close(what, &y, EPS_BF, 1e-2);
+        check_close(what, &y, EPS_BF, 2.5e-2);
         if (r) {
             snprintf(what, sizeof what, "qlinear_fwd xa T=%d in=%d r=%d p=%.2f", T, in, r, p);
             check_close(what, &xa, 1e-2, 1e-2);
@@ -462,7 +475,7 @@ TEST(qlinear) {
         cpu->qlinear_bwd(dx.h, dy.h, x.h, &W.wh, r ? &Lh : NULL, r ? xa_ref.h : NULL, T, accumulate);
         gpu->qlinear_bwd(dx.d, dy.d, x.d, &W.wd, r ? &Ld : NULL, r ? xa_ref.d : NULL, T, accumulate);
         snprintf(what, sizeof what, "qlinear_bwd dx T=%d in=%d out=%d r=%d acc=%d", T, in, out, r, accumulate);
-        check_close(what, &dx, EPS_BF, 1e-2);
+        check_close(what, &dx, EPS_BF, 2.5e-2);
         if (r) {
             snprintf(what, sizeof what, "qlinear_bwd dA T=%d in=%d r=%d p=%.2f", T, in, r, p);
             check_close(what, &dA, 2e-2, 2e-2);
@@ -534,6 +547,8 @@ TEST(adamw_norm_scale) {
         check_close("adamw param", &p, 1e-5, 1e-5);
         check_close("adamw m", &m, 1e-5, 1e-6);
         check_close("adamw v", &v, 1e-5, 1e-6);
+        /* the reduction and the scaling start from the same values on both sides */
+        tens_upload(&p);
         double ref = cpu->sum_squares(p.h, n), got = gpu->sum_squares(p.d, n);
         CHECK_NEAR(got, ref, 1e-5 * ref + 1e-30);
         cpu->scale(p.h, n, 0.37f);
