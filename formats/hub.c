@@ -417,8 +417,13 @@ static void set_str(char **dst, const char *v, size_t n) {
 static void headers_line(resp_headers *h, const char *line, size_t len) {
     if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
         headers_reset(h);
-        const char *sp = memchr(line, ' ', len);
-        if (sp) h->status = strtol(sp + 1, NULL, 10);
+        /* the status code: up to three digits after the first space (the line is not
+         * NUL-terminated, so no strtol on it) */
+        const char *sp = memchr(line, ' ', len), *end = line + len;
+        long st = 0;
+        if (sp)
+            for (const char *p = sp + 1; p < end && p < sp + 4 && *p >= '0' && *p <= '9'; p++) st = st * 10 + (*p - '0');
+        h->status = st;
         return;
     }
     const char *colon = memchr(line, ':', len);
