@@ -116,6 +116,8 @@ TEST(checkpointing_changes_nothing) {
     CHECK(la == lc);
     CHECK(!memcmp(ga, gc, sizeof(float) * (size_t)a->n_lora_params));
     CHECK(c->act_bytes < a->act_bytes);
+    CHECK(llama_plan_bytes(a, T, LLAMA_CKPT_EVERY) == c->act_bytes);
+    CHECK(llama_plan_bytes(c, T, LLAMA_CKPT_NONE) == a->act_bytes);
     /* another dropout seed draws another mask */
     grads_of(c, &b, 78, gc, &lc);
     CHECK(la != lc);
