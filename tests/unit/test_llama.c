@@ -13,6 +13,7 @@
 #include "core/err.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "model/config.h"
 #include "model/llama.h"
 #include "test.h"
 
@@ -226,11 +227,31 @@ TEST(bad_inputs) {
     CHECK(llama_targets_parse(&mask, bad, 1) == ERR_USAGE);
 }
 
+TEST(rope_scaling_linear) {
+    model_config c;
+    CHECK(config_load(&c, QWEN2_DIR) == 0);
+    float base[8], lin[8];
+    for (int k = 0; k < 2; k++) {
+        if (k) c.rope_type = ROPE_LINEAR, c.rope_factor = 4.0;
+        llama_model *m = NULL;
+        CHECK(llama_init(&m, &c, QWEN2_DIR, NULL, ops_cpu()) == 0);
+        if (!m) return;
+        CHECK(m->hd == 16);
+        m->ops->download(k ? lin : base, m->inv_freq, sizeof base);
+        llama_free(&m);
+    }
+    CHECK_NEAR(base[0], 1.0, 1e-7);
+    CHECK_NEAR(base[1], pow(1e6, -2.0 / 16), 1e-7);
+    for (int i = 0; i < 8; i++) CHECK_NEAR(lin[i], base[i] / 4, 1e-7);
+    config_free(&c);
+}
+
 int main(void) {
     RUN(bnb_checkpoint_logits);
     RUN(checkpointing_changes_nothing);
     RUN(model_grad_with_dropout);
     RUN(kv_cache_matches_forward);
     RUN(bad_inputs);
+    RUN(rope_scaling_linear);
     return test_summary();
 }
