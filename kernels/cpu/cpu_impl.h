@@ -23,6 +23,9 @@ void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx);
  * and blocked over K so a strip of B stays in cache; edges fall back to plain loops. */
 void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
                   int64_t N, int64_t K);
+/* the same over CPU_THREADS threads, splitting the rows of C, or its columns when M is small */
+void cpu_gemm_acc_mt(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                     int64_t N, int64_t K);
 /* dst[cols, rows] = src[rows, cols]^T */
 void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols);
 

@@ -180,6 +180,31 @@ void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const floa
     }
 }
 
+typedef struct gemm_job {
+    float *C;
+    const float *A, *B;
+    int64_t ldc, lda, ldb, M, N, K;
+    int by_cols;
+} gemm_job;
+
+/* rows [lo, hi) of C, or column blocks [lo, hi) of GEMM_NR columns */
+static void gemm_range(void *ctx, int64_t lo, int64_t hi) {
+    const gemm_job *j = ctx;
+    if (j->by_cols) {
+        int64_t c0 = lo * GEMM_NR, c1 = hi * GEMM_NR < j->N ? hi * GEMM_NR : j->N;
+        cpu_gemm_acc(j->C + c0, j->ldc, j->A, j->lda, j->B + c0, j->ldb, j->M, c1 - c0, j->K);
+    } else {
+        cpu_gemm_acc(j->C + lo * j->ldc, j->ldc, j->A + lo * j->lda, j->lda, j->B, j->ldb, hi - lo, j->N, j->K);
+    }
+}
+
+void cpu_gemm_acc_mt(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                     int64_t N, int64_t K) {
+    gemm_job j = {C, A, B, ldc, lda, ldb, M, N, K, M < 4 * CPU_THREADS * GEMM_MR};
+    int64_t units = j.by_cols ? (N + GEMM_NR - 1) / GEMM_NR : M;
+    cpu_parallel_for(units, (double)M * N * K, gemm_range, &j);
+}
+
 void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
     for (int64_t r0 = 0; r0 < rows; r0 += 32) /* 32x32 tiles: both sides stay in cache */
         for (int64_t c0 = 0; c0 < cols; c0 += 32)
