@@ -1,9 +1,10 @@
 /* cpu_impl.h: internals shared by the plain C reference ops (kernels/cpu/), not a public header.
  *
  * Activations are fp32 on this backend, so every `void *` act argument of ops.h is a float *.
- * Work is split over at most CPU_THREADS threads (pthreads) where it pays: the matmul-shaped ops
- * (qlinear, lm_head + cross-entropy, attention). Each op runs a loop body over a range of rows;
- * cpu_parallel_for hands the ranges out and joins before returning, so ops stay synchronous. */
+ * Work is split over cpu_threads() threads (pthreads; 2 unless QLORA_CPU_THREADS says 1..16)
+ * where it pays: the matmul-shaped ops (qlinear, lm_head + cross-entropy, attention). Each op runs
+ * a loop body over a range of rows; cpu_parallel_for hands the ranges out and joins before
+ * returning, so ops stay synchronous. */
 #ifndef KERNELS_CPU_IMPL_H
 #define KERNELS_CPU_IMPL_H
 
@@ -11,7 +12,9 @@
 
 #include "kernels/ops.h"
 
-#define CPU_THREADS 2
+#define CPU_THREADS 2      /* the default */
+#define CPU_MAX_THREADS 16
+int cpu_threads(void);
 
 /* body(ctx, lo, hi) over [0, n) split into contiguous ranges, one per thread. work is a rough
  * count of multiply-adds: small jobs run on the calling thread alone (a thread costs ~20 us). */
