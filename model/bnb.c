@@ -511,7 +511,7 @@ done:
     if (w) st_writer_free(&w);
     if (tmp) pubdir_abort(&tmp);
     double e2 = 0, r2 = 0;
-    for (size_t i = 0; i < nt && ql; i++) {
+    for (size_t i = 0; i < nt && ql && rep->t; i++) {
         bnb_tensor_stat *s = &rep->t[i];
         rep->params += s->numel;
         rep->bytes_before += s->bytes_before;
@@ -538,8 +538,8 @@ done:
 /* ---- reading ---- */
 
 static const st_tensor *find2(const st_model *m, const char *prefix, const char *suffix) {
-    char name[600];
-    snprintf(name, sizeof name, "%s%s", prefix, suffix);
+    char name[1024];
+    if (snprintf(name, sizeof name, "%s%s", prefix, suffix) >= (int)sizeof name) return NULL;
     return st_find(m, name);
 }
 
@@ -639,4 +639,179 @@ int bnb_linear_load(const st_model *m, const char *prefix, bnb_linear *out) {
 
 void bnb_linear_dequant(const bnb_linear *l, float *dst) {
     nf4_dequantize(dst, l->w.codes, l->w.absmax, l->w.quant_map, l->w.blocksize, 0, l->w.rows * l->w.cols, 2);
+}
+
+/* ---- reports ---- */
+
+typedef struct type_row {
+    char type[32];
+    int tensors;
+    int64_t params;
+    uint64_t before, after;
+    double err2, ref2;
+    bool quantized;
+} type_row;
+
+void bnb_report_lines(const bnb_report *r, void (*line)(void *arg, const char *text), void *arg) {
+    type_row *rows = calloc(r->n + 1, sizeof *rows);
+    size_t nr = 0;
+    if (!rows) return;
+    for (size_t i = 0; i < r->n; i++) {
+        const bnb_tensor_stat *t = &r->t[i];
+        /* quantized and kept tensors of one type are separate rows */
+        size_t k = 0;
+        while (k < nr && (strcmp(rows[k].type, t->module_type) || rows[k].quantized != t->quantized)) k++;
+        if (k == nr) {
+            snprintf(rows[nr].type, sizeof rows[nr].type, "%s", t->module_type);
+            rows[nr++].quantized = t->quantized;
+        }
+        rows[k].tensors++;
+        rows[k].params += t->numel;
+        rows[k].before += t->bytes_before;
+        rows[k].after += t->bytes_after;
+        rows[k].err2 += t->rel_rmse * t->rel_rmse; /* mean of per-tensor squares, for the row */
+    }
+    char buf[200];
+    snprintf(buf, sizeof buf, "%-32s %7s %14s %11s %11s %10s %9s", "module", "tensors", "params", "before MB",
+             "after MB", "bits/param", "rel RMSE");
+    line(arg, buf);
+    for (size_t k = 0; k < nr; k++) {
+        const type_row *w = &rows[k];
+        char name[40];
+        snprintf(name, sizeof name, "%s%s", w->type, w->quantized ? "" : " (kept)");
+        char rmse[16] = "-";
+        if (w->quantized) snprintf(rmse, sizeof rmse, "%.4f", sqrt(w->err2 / w->tensors));
+        snprintf(buf, sizeof buf, "%-32s %7d %14lld %11.1f %11.1f %10.3f %9s", name, w->tensors,
+                 (long long)w->params, w->before / 1e6, w->after / 1e6,
+                 w->params ? 8.0 * (double)w->after / (double)w->params : 0.0, rmse);
+        line(arg, buf);
+    }
+    snprintf(buf, sizeof buf, "%-32s %7zu %14lld %11.1f %11.1f %10.3f %9.4f", "total", r->n, (long long)r->params,
+             r->bytes_before / 1e6, r->bytes_after / 1e6,
+             r->params ? 8.0 * (double)r->bytes_after / (double)r->params : 0.0, r->rel_rmse);
+    line(arg, buf);
+    snprintf(buf, sizeof buf,
+             "quantized %lld of %lld parameters at %.3f bits each (%.1f MB -> %.1f MB); %d file(s); %.1f s, %.0f MB/s",
+             (long long)r->params_quantized, (long long)r->params, r->bits_per_param, r->quant_bytes_before / 1e6,
+             r->quant_bytes_after / 1e6, r->shards, r->seconds,
+             r->seconds > 0 ? r->quant_bytes_before / 1e6 / r->seconds : 0.0);
+    line(arg, buf);
+    free(rows);
+}
+
+json_t *bnb_report_json(const bnb_report *r) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < r->n; i++) {
+        const bnb_tensor_stat *t = &r->t[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "name", json_string(t->name));
+        json_object_set_new(o, "module", json_string(t->module_type));
+        json_object_set_new(o, "numel", json_integer(t->numel));
+        json_object_set_new(o, "quantized", json_boolean(t->quantized));
+        json_object_set_new(o, "bytes_before", json_integer((json_int_t)t->bytes_before));
+        json_object_set_new(o, "bytes_after", json_integer((json_int_t)t->bytes_after));
+        if (t->quantized) json_object_set_new(o, "rel_rmse", json_real(t->rel_rmse));
+        json_array_append_new(a, o);
+    }
+    json_t *tot = json_object();
+    json_object_set_new(tot, "params", json_integer(r->params));
+    json_object_set_new(tot, "params_quantized", json_integer(r->params_quantized));
+    json_object_set_new(tot, "bytes_before", json_integer((json_int_t)r->bytes_before));
+    json_object_set_new(tot, "bytes_after", json_integer((json_int_t)r->bytes_after));
+    json_object_set_new(tot, "bits_per_param", json_real(r->bits_per_param));
+    json_object_set_new(tot, "rel_rmse", json_real(r->rel_rmse));
+    json_object_set_new(tot, "seconds", json_real(r->seconds));
+    json_object_set_new(tot, "files", json_integer(r->shards));
+    json_t *j = json_object();
+    json_object_set_new(j, "tensors", a);
+    json_object_set_new(j, "totals", tot);
+    return j;
+}
+
+/* ---- inspect ---- */
+
+static bool is_bnb_aux(const char *name) {
+    static const char *const aux[] = {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax",
+                                      ".weight.nested_quant_map", ".weight.quant_state.", NULL};
+    for (int i = 0; aux[i]; i++)
+        if (strstr(name, aux[i])) return true;
+    return false;
+}
+
+int bnb_inspect(const char *dir, bnb_inspect_row **rows_out, size_t *n_out) {
+    st_model *m = NULL;
+    int rc = st_open(&m, dir);
+    if (rc) return rc;
+    size_t nt = st_count(m), nr = 0;
+    bnb_inspect_row *rows = calloc(nt + 1, sizeof *rows);
+    if (!rows) {
+        st_close(&m);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    /* stored bytes of the bnb pieces go to their Linear's row */
+    for (size_t i = 0; i < nt; i++) {
+        const st_tensor *t = st_at(m, i);
+        char type[32];
+        int64_t params = st_numel(t);
+        bool quantized = false, quantizable = bnb_should_quantize(t->name, t->ndim, NULL, 0);
+        double stored = (double)t->nbytes;
+        if (is_bnb_aux(t->name)) continue;
+        char prefix[600];
+        size_t l = strlen(t->name);
+        if (l > 7 && !strcmp(t->name + l - 7, ".weight") && l - 7 < sizeof prefix) {
+            snprintf(prefix, sizeof prefix, "%.*s", (int)(l - 7), t->name);
+            if (bnb_linear_present(m, prefix)) {
+                bnb_linear bl;
+                if ((rc = bnb_linear_load(m, prefix, &bl))) break;
+                params = bl.w.rows * bl.w.cols;
+                bnb_linear_free(&bl);
+                quantized = quantizable = true;
+                static const char *const sfx[] = {".weight.absmax", ".weight.quant_map", ".weight.nested_absmax",
+                                                  ".weight.nested_quant_map", ".weight.quant_state.bitsandbytes__nf4",
+                                                  ".weight.quant_state.bitsandbytes__fp4", NULL};
+                for (int k = 0; sfx[k]; k++) {
+                    const st_tensor *a = find2(m, prefix, sfx[k]);
+                    if (a) stored += (double)a->nbytes;
+                }
+            }
+        }
+        bnb_module_type(t->name, type, sizeof type);
+        size_t k = 0;
+        while (k < nr && strcmp(rows[k].module_type, type)) k++;
+        if (k == nr) snprintf(rows[nr++].module_type, sizeof rows[0].module_type, "%s", type);
+        bnb_inspect_row *r = &rows[k];
+        r->tensors++;
+        r->params += params;
+        r->quantizable |= quantizable;
+        r->bytes_bf16 += 2.0 * (double)params;
+        r->bytes_stored += stored;
+        if (quantizable) {
+            double nb = (double)nf4_nblocks(params, 64);
+            r->bytes_nf4 += (double)nf4_packed_bytes(params) + 4.0 * nb + 64 + 140;
+            r->bytes_nf4_dq += (double)nf4_packed_bytes(params) + nb + 4.0 * (double)nf4_nblocks((int64_t)nb, 256) + 64 +
+                               1024 + 200;
+        } else {
+            r->bytes_nf4 += 2.0 * (double)params; /* kept in the model dtype (bf16 here) */
+            r->bytes_nf4_dq += 2.0 * (double)params;
+        }
+        (void)quantized;
+    }
+    st_close(&m);
+    if (rc) {
+        free(rows);
+        return rc;
+    }
+    bnb_inspect_row *tot = &rows[nr];
+    snprintf(tot->module_type, sizeof tot->module_type, "total");
+    for (size_t k = 0; k < nr; k++) {
+        tot->tensors += rows[k].tensors;
+        tot->params += rows[k].params;
+        tot->bytes_bf16 += rows[k].bytes_bf16;
+        tot->bytes_nf4 += rows[k].bytes_nf4;
+        tot->bytes_nf4_dq += rows[k].bytes_nf4_dq;
+        tot->bytes_stored += rows[k].bytes_stored;
+    }
+    *rows_out = rows;
+    *n_out = nr + 1;
+    return 0;
 }

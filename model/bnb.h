@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "formats/safetensors.h"
 #include "kernels/ops.h"
 
@@ -64,6 +66,24 @@ typedef struct bnb_report {
 } bnb_report;
 
 void bnb_report_free(bnb_report *r);
+/* The end-of-run table (per module type, then the totals), handed out one line at a time so the
+ * stage (stage_logf) and the command (outf) print the same text. */
+void bnb_report_lines(const bnb_report *r, void (*line)(void *arg, const char *text), void *arg);
+/* {"tensors": [{name, module, numel, quantized, bytes_before, bytes_after, rel_rmse}...],
+ *  "totals": {...}} for a manifest (new reference) */
+json_t *bnb_report_json(const bnb_report *r);
+
+/* ---- inspect: what a model's weights take in each format, from the headers alone ---- */
+typedef struct bnb_inspect_row {
+    char module_type[32]; /* "q_proj", ...; the last row is "total" */
+    int tensors;
+    int64_t params;
+    bool quantizable;     /* a Linear bitsandbytes would quantize */
+    double bytes_bf16, bytes_nf4, bytes_nf4_dq, bytes_stored; /* nf4: blocksize 64, f32 absmax */
+} bnb_inspect_row;
+/* rows: malloc'd (caller frees), grouped by module type in first-seen order, then "total".
+ * A quantized checkpoint counts each Linear by its quant_state shape. */
+int bnb_inspect(const char *dir, bnb_inspect_row **rows, size_t *n);
 
 /* Quantize the model directory in_dir into out_dir (replaced atomically if it exists).
  * Errors (nothing is left under out_dir): ERR_DATA for an input that is not a safetensors
