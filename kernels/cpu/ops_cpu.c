@@ -389,3 +389,9 @@ static const ops_table cpu_table = {
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }
+
+#ifndef QLORA_HAVE_CUDA
+/* A build without the CUDA kernels has no device table; ops.h promises NULL rather than a
+ * missing symbol, so callers need no #ifdef. */
+const ops_table *ops_cuda(void) { return NULL; }
+#endif
