@@ -20,13 +20,6 @@
 #include "model/tokenizer.h"
 #include "stages/dataset.h"
 
-#pragma weak tokenizer_load
-#pragma weak tokenizer_encode
-#pragma weak tokenizer_bos
-#pragma weak tokenizer_eos
-#pragma weak tokenizer_vocab_size
-#pragma weak tokenizer_token
-
 static const char *words[] = {
     "the", "of", "and", "a", "to", "in", "is", "you", "that", "it", "for", "on", "are", "with", "as", "be", "this",
     "can", "data", "model", "write", "describe", "explain", "list", "generate", "story", "poem", "sentence", "word",
@@ -111,10 +104,6 @@ int main(int argc, char **argv) {
     const char *tok_name = "byte (built-in, id = byte)";
     tokenizer *t = NULL;
     if (tokdir) {
-        if (!tokenizer_load) {
-            fprintf(stderr, "this build has no tokenizer (model/tokenizer.c)\n");
-            return 1;
-        }
         if (tokenizer_load(&t, tokdir)) {
             fprintf(stderr, "%s\n", err_msg());
             return 1;
