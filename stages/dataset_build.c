@@ -322,7 +322,11 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     }
     bool add_bos = tok->bos >= 0;
     bool add_eos = tok->eos >= 0;
-    bool last_trained = o->train_on_inputs || f->seg[f->n - 1].train;
+    /* EOS is trained when the response is: the last segment with more than white space
+     * decides (a chat template's trailing newline does not) */
+    int last = f->n - 1;
+    while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
+    bool last_trained = o->train_on_inputs || f->seg[last].train;
     if (it->kind == ITEM_SEGMENTS && nf > 0 && full[nf - 1] == tok->eos) add_eos = false; /* template ended a turn with it */
     size_t n = nf + add_bos + add_eos;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids), *labels = malloc((n ? n : 1) * sizeof *labels);

@@ -507,6 +507,28 @@ TEST(test_chat_llama2_layout) {
     free(data);
 }
 
+TEST(test_chat_chatml_eos) {
+    /* ChatML ends with <|im_end|>\n: the newline stays masked, the appended EOS is trained */
+    char *data = write_data("cm.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"},"
+                                        " {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n");
+    dataset_opts o = default_opts();
+    o.format = DATASET_FORMAT_CHAT;
+    o.chat_template = DATASET_CHAT_CHATML;
+    char *out;
+    CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), 0);
+    arts a;
+    load_split(out, "train", &a);
+    size_t n = a.n_ids;
+    CHECK_EQ_INT(a.ids[n - 1], EOS);
+    CHECK_EQ_INT(a.labels[n - 1], EOS);
+    CHECK_EQ_INT(a.ids[n - 2], '\n');
+    CHECK_EQ_INT(a.labels[n - 2], IGN);
+    CHECK_EQ_INT(a.labels[n - 3], '>'); /* the end of <|im_end|>, trained */
+    free_split(&a);
+    free(out);
+    free(data);
+}
+
 TEST(test_chat_errors) {
     char *data = write_data("badchat.jsonl", "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n");
     dataset_opts o = default_opts();
@@ -572,6 +594,7 @@ int main(void) {
     RUN(test_on_error);
     RUN(test_lua_twins);
     RUN(test_chat_llama2_layout);
+    RUN(test_chat_chatml_eos);
     RUN(test_chat_errors);
     RUN(test_generator_hook);
     fs_rm_rf(tmp);
