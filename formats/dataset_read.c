@@ -151,7 +151,7 @@ static int utf8_error(const dataset_reader *r, size_t bad) {
 /* parse the object at start; *used: the bytes it took */
 static int json_parse_object(dataset_reader *r, size_t start, size_t len, json_t **rec, size_t *used) {
     json_error_t e;
-    json_t *j = json_loadb(r->buf + start, len, JSON_DISABLE_EOF_CHECK | JSON_ALLOW_NUL, &e);
+    json_t *j = json_loadb(r->buf + start, len, JSON_DISABLE_EOF_CHECK, &e); /* \u0000 refused: C strings downstream */
     if (!j) {
         /* jansson reports non-UTF-8 input as a decode error; name it plainly */
         size_t bad;
@@ -451,6 +451,12 @@ int dataset_reader_open(dataset_reader **out, const char *path, dataset_type typ
         size_t bad;
         if (!dataset_utf8_valid(r->buf, r->len, &bad)) {
             int rc = utf8_error(r, bad);
+            dataset_reader_close(&r);
+            return rc;
+        }
+        const char *nul = memchr(r->buf, 0, r->len);
+        if (nul) {
+            int rc = error_at(r, (size_t)(nul - r->buf), "NUL byte (is this a binary file?)");
             dataset_reader_close(&r);
             return rc;
         }

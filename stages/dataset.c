@@ -194,6 +194,8 @@ static int dataset_run(stage_ctx *c) {
     } else if (!rc && stage_json(c, "path") && !json_is_null(stage_json(c, "path")) && !stage_str(c, "generator")) {
         rc = resolve_paths(c, &paths, &n_paths);
     }
+    if (!rc && o.format != DATASET_FORMAT_LUA && hooks_has(hk, "format"))
+        stage_logf(c, "note: hooks.format is set but format is %s, so the hook is not used here (format: lua uses it)", fmt);
     if (!rc && n_paths == 0 && !hooks_has(hk, "generate"))
         rc = err_set(ERR_RECIPE, "%s: no data: set path, url or generator (or hooks.generate in the recipe)", c->name);
     if (!rc) {

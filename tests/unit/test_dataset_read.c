@@ -165,6 +165,12 @@ TEST(test_text) {
     CHECK(strstr(err_msg(), "overlong.txt:2:1: invalid UTF-8"));
     p = PUT("surrogate.txt", "\xED\xA0\x80");
     CHECK_EQ_INT(read_all(p, DATASET_TYPE_TEXT, &n, NULL), ERR_DATA);
+    p = put("nul.txt", "ab\0cd", 5);
+    CHECK_EQ_INT(read_all(p, DATASET_TYPE_TEXT, &n, NULL), ERR_DATA);
+    CHECK(strstr(err_msg(), "nul.txt:1:3: NUL byte"));
+    p = PUT("nul.json", "[{\"a\": \"x\\u0000y\"}]");
+    CHECK_EQ_INT(read_all(p, DATASET_TYPE_JSON, &n, NULL), ERR_DATA);
+    CHECK(strstr(err_msg(), "nul.json:1:"));
     size_t bad;
     CHECK(dataset_utf8_valid("h\xC3\xA9llo \xF0\x9F\x98\x80", 11, &bad));
 }
