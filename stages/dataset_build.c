@@ -809,7 +809,15 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
         dataset_reader *r;
         if ((rc = dataset_reader_open(&r, src->paths[f], src->type))) break;
         json_t *rec;
-        while (!b.full && !(rc = dataset_reader_next(r, &rec)) && rec) {
+        while (!b.full) {
+            rc = dataset_reader_next(r, &rec);
+            if (rc == ERR_DATA && o->skip_errors && dataset_reader_can_go_on(r)) {
+                b.read++; /* a bad JSONL line or CSV row: counted, skipped */
+                if ((rc = note_skip(&b, rc))) break;
+                if (o->max_records > 0 && b.read >= (size_t)o->max_records) b.full = true;
+                continue;
+            }
+            if (rc || !rec) break;
             char what[600];
             snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
             rc = add_record(&b, rec, what);

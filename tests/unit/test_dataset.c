@@ -423,6 +423,28 @@ TEST(test_on_error) {
     CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
     json_decref(stats);
     free(out);
+    /* JSONL and CSV go on after a bad line or row; a JSON array cannot */
+    char *jl = write_data("bad.jsonl", "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": tru}\n"
+                                       "[1]\n{\"instruction\": \"d\", \"output\": \"e\"}\n");
+    CHECK_EQ_INT(build(&o, jl, &tok_plain, NULL, &out, &stats), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(stats, "dropped"), "errors")), 2);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "records_read")), 4);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
+    json_decref(stats);
+    free(out);
+    free(jl);
+    char *csv = write_data("bad.csv", "instruction,output\na,b\nc\nd,e\n");
+    CHECK_EQ_INT(build(&o, csv, &tok_plain, NULL, &out, &stats), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(stats, "dropped"), "errors")), 1);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
+    json_decref(stats);
+    free(out);
+    free(csv);
+    char *arr = write_data("badarr.json", "[{\"instruction\": \"a\", \"output\": \"b\"}, {\"x\" 1}]");
+    CHECK_EQ_INT(build(&o, arr, &tok_plain, NULL, &out, &stats), ERR_DATA);
+    CHECK(strstr(err_msg(), "badarr.json:1:"));
+    free(out);
+    free(arr);
     o.max_records = 1;
     CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, &stats), 0);
     CHECK_EQ_INT(json_integer_value(json_object_get(stats, "records_read")), 1);
