@@ -228,9 +228,9 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
                 if (!rc) rc = seg_add(f, c, "<|eot_id|>", NULL, false);
             }
             break;
-        case DATASET_CHAT_CHATML:
+        case DATASET_CHAT_CHATML: /* content as it is: ChatML templates do not trim */
             rc = seg_add(f, "<|im_start|>", m[i].role, "\n", false);
-            if (!rc) rc = seg_add(f, c, "<|im_end|>", NULL, asst);
+            if (!rc) rc = seg_add(f, m[i].content, "<|im_end|>", NULL, asst);
             if (!rc) rc = seg_add(f, "\n", NULL, NULL, false);
             break;
         case DATASET_CHAT_LLAMA2:
@@ -240,10 +240,12 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
                     rc = err_set(ERR_DATA, "%s: llama-2 needs a user message after the system message", what);
                     break;
                 }
-                char *u = strip_dup(m[i + 1].content), *t = NULL;
-                if (!u || asprintf(&t, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", c, u) < 0) t = NULL;
-                free(u);
-                rc = t ? seg_add(f, t, NULL, NULL, false) : err_set(ERR_STAGE, "out of memory");
+                /* the template strips the combined text, not its parts */
+                char *joined = NULL, *t = NULL;
+                if (asprintf(&joined, "<<SYS>>\n%s\n<</SYS>>\n\n%s", m[i].content, m[i + 1].content) < 0) joined = NULL;
+                t = joined ? strip_dup(joined) : NULL;
+                free(joined);
+                rc = t ? seg_add(f, "[INST] ", t, " [/INST]", false) : err_set(ERR_STAGE, "out of memory");
                 free(t);
                 users++;
                 i++;

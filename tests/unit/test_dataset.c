@@ -529,6 +529,28 @@ TEST(test_chat_llama2_layout) {
     free(data);
 }
 
+TEST(test_chat_llama2_system) {
+    /* the template strips the joined system + user text, not the system message itself */
+    char *data = write_data("l2s.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \" Be brief. \"},"
+                                         " {\"role\": \"user\", \"content\": \" Hi \"}, {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n");
+    dataset_opts o = default_opts();
+    o.format = DATASET_FORMAT_CHAT;
+    o.chat_template = DATASET_CHAT_LLAMA2;
+    char *out;
+    CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), 0);
+    arts a;
+    load_split(out, "train", &a);
+    const char *want = "[INST] <<SYS>>\n Be brief. \n<</SYS>>\n\n Hi [/INST] Yo ";
+    size_t n = strlen(want);
+    CHECK_EQ_INT(a.n_ids, 1 + n + 1);
+    bool same = a.n_ids == 1 + n + 1;
+    for (size_t i = 0; same && i < n; i++) same = a.ids[1 + i] == (unsigned char)want[i];
+    CHECK(same);
+    free_split(&a);
+    free(out);
+    free(data);
+}
+
 TEST(test_chat_chatml_eos) {
     /* ChatML ends with <|im_end|>\n: the newline stays masked, the appended EOS is trained */
     char *data = write_data("cm.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"},"
@@ -616,6 +638,7 @@ int main(void) {
     RUN(test_on_error);
     RUN(test_lua_twins);
     RUN(test_chat_llama2_layout);
+    RUN(test_chat_llama2_system);
     RUN(test_chat_chatml_eos);
     RUN(test_chat_errors);
     RUN(test_generator_hook);
