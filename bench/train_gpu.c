@@ -2,6 +2,7 @@
  *
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
+ *                   [--attention mma|tiled]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -25,6 +26,7 @@
 #include "core/half.h"
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/cuda_ext.h"
 #include "kernels/cuda/nf4_cuda.h"
 #include "kernels/ops.h"
 #include "model/config.h"
@@ -217,6 +219,7 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--ckpt")) ckpt_s = v;
         else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
         else if (!strcmp(a, "--r")) r = atoi(v);
+        else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
@@ -325,6 +328,7 @@ static int bench_train(int argc, char **argv) {
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
            seq, batch, ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none", tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
+    fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state), activations "
                     "%.2f GiB (estimated %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
@@ -392,6 +396,30 @@ static int bench_nf4(int argc, char **argv) {
         double gbs = bytes / (us * 1e-6) / 1e9;
         printf("| %lld x %lld | %lld | %.1f | %.0f | %.0f%% | %.0f%% |\n", (long long)shapes[s][0],
                (long long)shapes[s][1], (long long)n, us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / 4300.0);
+        /* double-quantized absmax (1 byte a block, de-nested in the kernel) */
+        int64_t nn = nb / 256 + 1;
+        uint8_t *aq = ops->alloc((size_t)nb);
+        float *nested = ops->alloc((size_t)nn * 4), *nmap = ops->alloc(256 * 4), hmap[256];
+        float *hn = malloc(sizeof(float) * (size_t)nn);
+        for (int64_t i = 0; i < nn; i++) hn[i] = 0.01f + 0.001f * (float)(i % 7);
+        ops->upload(nested, hn, sizeof(float) * (size_t)nn);
+        free(hn);
+        nf4_dynamic_map(hmap);
+        ops->upload(nmap, hmap, sizeof hmap);
+        ops->copy(aq, codes[0], (size_t)nb); /* random bytes as absmax codes */
+        cuda_or_die(cudaEventRecord(e0, st), "record");
+        for (int i = 0; i < reps; i++)
+            nf4_cuda_dequant_dq_bf16(out, codes[i % ROT], aq, nested, nmap, 0.03f, qm, n, 64);
+        cuda_or_die(cudaEventRecord(e1, st), "record");
+        cuda_or_die(cudaEventSynchronize(e1), "sync");
+        us = time_ms(e0, e1) * 1e3 / reps;
+        bytes = (double)nf4_packed_bytes(n) + (double)nb + 2.0 * (double)n;
+        gbs = bytes / (us * 1e-6) / 1e9;
+        printf("| %lld x %lld, double-quant absmax | %lld | %.1f | %.0f | %.0f%% | %.0f%% |\n", (long long)shapes[s][0],
+               (long long)shapes[s][1], (long long)n, us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / 4300.0);
+        ops->free(aq);
+        ops->free(nested);
+        ops->free(nmap);
         for (int k = 0; k < ROT; k++) {
             ops->free(codes[k]);
             ops->free(absmax[k]);
@@ -456,7 +484,9 @@ static int bench_ops(int argc, char **argv) {
         double us_ = time_ms(e0, e1) * 1e3 / reps;                                                           \
         printf("| %s | %.1f | %.1f |\n", name, us_, (flops) > 0 ? (flops) / (us_ * 1e-6) / 1e12 : 0.0);    \
     } while (0)
-    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(y, codes, absmax, qm, nw, 64));
+    uint16_t *wbuf = ops->alloc((size_t)nw * 2);
+    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, nw, 64));
+    TIME_OP("nf4 dequant 4096x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, (int64_t)C * C, 64));
     TIME_OP("qlinear_fwd q (4096x4096, no LoRA)", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, NULL, NULL, T));
     TIME_OP("qlinear_fwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &L, xa, T));
     TIME_OP("qlinear_fwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &Ld, xa, T));
@@ -464,8 +494,18 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
-    TIME_OP("attention_fwd", attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
-    TIME_OP("attention_bwd", 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+    for (int kern = 1; kern >= 0; kern--) {
+        char name[96];
+        cuda_attention_select(kern);
+        snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
+        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_fwd %s, GQA 32/8", cuda_attention_name(kern));
+        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+    }
     TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
     TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
     TIME_OP("swiglu_fwd", 0, ops->swiglu_fwd(dx, x, y, (int64_t)T * I));
@@ -483,6 +523,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
+               "                       [--attention mma|tiled]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n");
         return argc < 2 ? 2 : 0;

@@ -6,6 +6,7 @@
 // Everything runs on one non-blocking stream (cuda_stream()), so a training step can be
 // captured into a CUDA graph; cuBLAS gets a fixed workspace so it never allocates inside a step.
 #include "launch.cuh"
+#include "cuda_ext.h"
 #include "nf4_cuda.h"
 
 #include <stdio.h>
