@@ -169,7 +169,8 @@ static int64_t plan_act_bytes(const llama_model *m, int64_t T, llama_checkpointi
 }
 
 /* the CUDA ops' own scratch at T tokens (kernels/cuda: dequantized weight, LoRA copies, dropout
- * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq and D, cuBLAS workspace) */
+ * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq, D and (grouped-query) dk, dv,
+ * cuBLAS workspace) */
 static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
@@ -183,6 +184,7 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
     int64_t b = max_w * 2 + r * (max_in + max_out) * 2 + 2 * T * r * 2 + xent_rows * m->V * 4 +
                 T * m->nh * m->hd * 4 + T * m->nh * 4 + (32 << 20);
     if (m->lora.dropout > 0) b += 2 * T * max_in * 2;
+    if (m->nkv < m->nh) b += 2 * T * m->nkv * m->hd * 4; /* split grouped-query heads: fp32 dk, dv */
     return b;
 }
 

@@ -13,7 +13,9 @@
 // Q, the running max/sum and O (16 x HDP) in registers. Key/value tiles of 64 rows stream
 // through shared memory, double-buffered with cp.async so the next tile loads during the math.
 // Backward: a block takes 64 keys of one kv head (warp w: 16 keys, with dK and dV in registers)
-// and walks the query heads of the group and the 32-query steps that can see those keys:
+// and walks the query heads of the group (or a share of them, when grouped-query attention
+// leaves too few blocks) and the 32-query steps that can see those keys (their Q and dO tiles
+// double-buffered with cp.async):
 // S^T = K Q^T and dP^T = V dO^T per warp, P^T and dS^T in registers feed dV += P^T dO and
 // dK += dS^T Q; dS^T goes through shared memory once for dQ += dS K, added to an fp32 buffer
 // with atomics.
@@ -253,20 +255,21 @@ void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf1
 
 template <int HDP>
 __global__ void __launch_bounds__(MMA_THREADS)
-    mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *Dv,
-                   const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
-                   int hd, float scale, float scale_log2, int vec) {
+    mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout, const float *lse,
+                   const float *Dv, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T,
+                   int nh, int nkv, int hd, float scale, float scale_log2, int vec) {
     constexpr int LD = HDP + 8, LDS = MMA_BQ + 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    bf16 *Ks = (bf16 *)smem;                // [64][LD]
-    bf16 *Vs = Ks + MMA_BC * LD;            // [64][LD]
-    bf16 *Qs = Vs + MMA_BC * LD;            // [32][LD]
-    bf16 *dOs = Qs + MMA_BQ * LD;           // [32][LD]
-    bf16 *dSs = dOs + MMA_BQ * LD;          // [64 keys][LDS]: dS^T
-    float *lse_s = (float *)(dSs + MMA_BC * LDS), *D_s = lse_s + MMA_BQ;
-    int *ss_s = (int *)(D_s + MMA_BQ);
+    bf16 *Ks = (bf16 *)smem;                     // [64][LD]
+    bf16 *Vs = Ks + MMA_BC * LD;                 // [64][LD]
+    bf16 *QdO = Vs + MMA_BC * LD;                // [2 buffers][Q, dO][32][LD]
+    bf16 *dSs = QdO + 4 * MMA_BQ * LD;           // [64 keys][LDS]: dS^T
+    float *side = (float *)(dSs + MMA_BC * LDS); // [2 buffers][lse * log2(e), D, seq_start][32]
 
-    const int kvh = blockIdx.y, k0 = blockIdx.x * MMA_BC, rep = nh / nkv;
+    // blockIdx.z picks a share of the group's query heads (gridDim.z shares; then dK and dV are
+    // partial sums, added in fp32 to dkv_acc)
+    const int kvh = blockIdx.y, k0 = blockIdx.x * MMA_BC, rep = nh / nkv / gridDim.z;
+    const int h_first = kvh * (nh / nkv) + blockIdx.z * rep;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int64_t ldq = (int64_t)nh * hd, ldk = (int64_t)nkv * hd;
     const int kvalid = min(MMA_BC, T - k0), klast = k0 + kvalid - 1;
@@ -284,20 +287,46 @@ __global__ void __launch_bounds__(MMA_THREADS)
     // dQ split: warp w computes query rows 16 (w & 1) .. +15 and head dims [(w >> 1) HDP/2, +HDP/2)
     const int dq_m = warp & 1, dq_n0 = (warp >> 1) * (HDP / 16);
 
-    for (int hq = kvh * rep; hq < (kvh + 1) * rep; hq++) {
-        for (int q0 = k0; q0 < T && seq_start[q0] <= klast; q0 += MMA_BQ) {
-            __syncthreads(); // the previous step's readers of Qs, dOs, dSs are done
-            int qvalid = min(MMA_BQ, T - q0);
-            load_tile<HDP>(Qs, LD, q + (int64_t)q0 * ldq + (int64_t)hq * hd, ldq, MMA_BQ, qvalid, hd, vec);
-            load_tile<HDP>(dOs, LD, dout + (int64_t)q0 * ldq + (int64_t)hq * hd, ldq, MMA_BQ, qvalid, hd, vec);
-            if (threadIdx.x < MMA_BQ) {
-                int t = q0 + threadIdx.x;
-                bool in = t < T;
-                lse_s[threadIdx.x] = in ? lse[(int64_t)hq * T + t] * LOG2E : 0.0f;
-                D_s[threadIdx.x] = in ? Dv[(int64_t)hq * T + t] : 0.0f;
-                ss_s[threadIdx.x] = in ? seq_start[t] : INT_MAX;
-            }
-            __syncthreads();
+    // The query steps that can see these keys: from k0 (causal) up to the first query whose
+    // sequence starts after the last key (seq_start never decreases); the same for every head.
+    int nsteps = 0;
+    for (int q0 = k0; q0 < T && seq_start[q0] <= klast; q0 += MMA_BQ) nsteps++;
+    const int total = rep * nsteps; // step i: head h_first + i / nsteps, queries k0 + (i % nsteps) * 32
+    // step i's Q and dO tiles (cp.async, so they load while step i - 1 computes) and side values
+    auto issue = [&](int i, int buf) {
+        int hq = h_first + i / nsteps, q0 = k0 + (i % nsteps) * MMA_BQ, qvalid = min(MMA_BQ, T - q0);
+        bf16 *Qd = QdO + buf * 2 * MMA_BQ * LD, *dOd = Qd + MMA_BQ * LD;
+        const bf16 *qs = q + (int64_t)q0 * ldq + (int64_t)hq * hd, *ds = dout + (int64_t)q0 * ldq + (int64_t)hq * hd;
+        if (vec) {
+            load_tile_async<HDP>(Qd, LD, qs, ldq, MMA_BQ, qvalid, hd);
+            load_tile_async<HDP>(dOd, LD, ds, ldq, MMA_BQ, qvalid, hd);
+        } else {
+            load_tile<HDP>(Qd, LD, qs, ldq, MMA_BQ, qvalid, hd, false);
+            load_tile<HDP>(dOd, LD, ds, ldq, MMA_BQ, qvalid, hd, false);
+        }
+        if (threadIdx.x < MMA_BQ) {
+            float *sd = side + buf * 3 * MMA_BQ;
+            int t = q0 + threadIdx.x;
+            bool in = t < T;
+            sd[threadIdx.x] = in ? lse[(int64_t)hq * T + t] * LOG2E : 0.0f;
+            sd[MMA_BQ + threadIdx.x] = in ? Dv[(int64_t)hq * T + t] : 0.0f;
+            ((int *)sd)[2 * MMA_BQ + threadIdx.x] = in ? seq_start[t] : INT_MAX;
+        }
+    };
+    issue(0, 0);
+    cp_async_commit();
+
+    for (int i = 0; i < total; i++) {
+        {
+            const int buf = i & 1, hq = h_first + i / nsteps, q0 = k0 + (i % nsteps) * MMA_BQ;
+            // buffer buf ^ 1 was last read before the previous step's middle barrier
+            if (i + 1 < total) issue(i + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait1(); // this step's tiles are in
+            __syncthreads();  // ... for every thread; and the previous step's dQ readers of dSs are done
+            const bf16 *Qs = QdO + buf * 2 * MMA_BQ * LD, *dOs = Qs + MMA_BQ * LD;
+            const float *lse_s = side + buf * 3 * MMA_BQ, *D_s = lse_s + MMA_BQ;
+            const int *ss_s = (const int *)(D_s + MMA_BQ);
 
             // S^T = K_w Q^T and dP^T = V_w dO^T: [16 keys x 32 queries] each
             float st[MMA_BQ / 8][4], dpt[MMA_BQ / 8][4];
@@ -402,6 +431,22 @@ __global__ void __launch_bounds__(MMA_THREADS)
     for (int r = 0; r < 2; r++) {
         int key = r ? key1 : key0;
         if (key > klast) continue;
+        if (dkv_acc) {
+            float *ka = dkv_acc + (int64_t)key * ldk + (int64_t)kvh * hd, *va = ka + (int64_t)T * ldk;
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n++) {
+                int d = n * 8 + 2 * tq;
+                if (d < hd) {
+                    atomicAdd(ka + d, dkf[n][2 * r]);
+                    atomicAdd(va + d, dvf[n][2 * r]);
+                }
+                if (d + 1 < hd) {
+                    atomicAdd(ka + d + 1, dkf[n][2 * r + 1]);
+                    atomicAdd(va + d + 1, dvf[n][2 * r + 1]);
+                }
+            }
+            continue;
+        }
         bf16 *kr = dk + (int64_t)key * ldk + (int64_t)kvh * hd, *vr = dv + (int64_t)key * ldk + (int64_t)kvh * hd;
 #pragma unroll
         for (int n = 0; n < HDP / 8; n++) {
@@ -422,18 +467,36 @@ template <int HDP>
 static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh,
                            int nkv, int hd, int vec) {
-    size_t smem = (size_t)(2 * MMA_BC + 2 * MMA_BQ) * (HDP + 8) * sizeof(bf16) +
-                  (size_t)MMA_BC * (MMA_BQ + 8) * sizeof(bf16) + 3 * MMA_BQ * sizeof(float);
+    size_t smem = (size_t)(2 * MMA_BC + 4 * MMA_BQ) * (HDP + 8) * sizeof(bf16) +
+                  (size_t)MMA_BC * (MMA_BQ + 8) * sizeof(bf16) + 2 * 3 * MMA_BQ * sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
         CUDA_CHECK(cudaFuncSetAttribute(mma_bwd_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         attr_set = true;
     }
-    dim3 grid(CEIL_DIV(T, MMA_BC), nkv);
+    // With grouped-query attention there are only T/64 * nkv (key tile, kv head) pairs: when that
+    // is under ~6 blocks a multiprocessor, split each group's query heads over more blocks and
+    // add their dK, dV partial sums in fp32.
+    static int sms = 0;
+    if (!sms) CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    int tiles = CEIL_DIV(T, MMA_BC), rep = nh / nkv, split = 1;
+    while (rep % (2 * split) == 0 && (int64_t)tiles * nkv * split < 6 * sms) split *= 2;
+    float *dkv_acc = NULL;
+    size_t nkvel = (size_t)T * nkv * hd;
+    if (split > 1) {
+        dkv_acc = (float *)cuda_scratch(SCRATCH_ATTN_DKV, 2 * nkvel * sizeof(float));
+        CUDA_CHECK(cudaMemsetAsync(dkv_acc, 0, 2 * nkvel * sizeof(float), cuda_stream()));
+    }
+    dim3 grid(tiles, nkv, split);
     float scale = 1.0f / sqrtf((float)hd);
-    mma_bwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T,
-                                                                     nh, nkv, hd, scale, scale * LOG2E, vec);
+    mma_bwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, dout, lse, D, q, k, v,
+                                                                     seq_start, T, nh, nkv, hd, scale, scale * LOG2E,
+                                                                     vec);
     CUDA_CHECK_LAUNCH();
+    if (dkv_acc) {
+        launch_f32_to_bf16(dk, dkv_acc, (int64_t)nkvel);
+        launch_f32_to_bf16(dv, dkv_acc + nkvel, (int64_t)nkvel);
+    }
 }
 
 void attn_mma_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,

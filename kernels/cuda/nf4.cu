@@ -111,10 +111,9 @@ __global__ void nf4_dequant_bf16_scalar_kernel(bf16 *__restrict__ dst, const uin
 }
 
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map, int64_t n,
-                             int blocksize) {
+                             int blocksize, cudaStream_t s) {
     CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     if (n <= 0) return;
-    cudaStream_t s = cuda_stream();
     int64_t vec_units = 0;
     if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
         vec_units = n / 8;
@@ -164,7 +163,7 @@ extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, c
 
 extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax,
                                       const float *quant_map, int64_t n, int blocksize) {
-    launch_nf4_dequant_bf16((bf16 *)dst, codes, absmax, quant_map, n, blocksize);
+    launch_nf4_dequant_bf16((bf16 *)dst, codes, absmax, quant_map, n, blocksize, cuda_stream());
 }
 
 // One warp per quantization block. The thresholds are the fp32 midpoints of adjacent entries
