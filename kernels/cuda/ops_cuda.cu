@@ -5,9 +5,12 @@
 //
 // Everything runs on one non-blocking stream (cuda_stream()), so a training step can be
 // captured into a CUDA graph; cuBLAS gets a fixed workspace so it never allocates inside a step.
-// The one exception is the NF4 dequantization that feeds a large GEMM: it runs in row chunks
-// on a side stream, so chunk i+1 dequantizes (memory-bound) while the GEMM of chunk i runs
-// (compute-bound); the main stream waits on each chunk's event, which also joins the streams.
+// The one exception is the NF4 dequantization that feeds a GEMM: it runs on a side stream that
+// the main stream waits on through events. With QLORA_CUDA_DQ_CHUNKS=2..4 a large weight goes in
+// row chunks, so chunk i+1 dequantizes (memory-bound) while the GEMM of chunk i runs
+// (compute-bound). Measured on the H200 that overlap loses (7B q,v 2048x1: 143.2 ms a step with
+// 4 chunks, 134.0 ms with 1: the smaller GEMMs and the contention cost more than the 10 ms of
+// dequantization it hides), so the default is one chunk.
 #include "launch.cuh"
 #include "cuda_ext.h"
 #include "nf4_cuda.h"
@@ -235,11 +238,11 @@ static wchunks dequant_weight(const ops_nf4 *W) {
     wchunks c;
     c.w = w;
     // chunk starts must fall on whole quantization blocks, even elements and 16-byte rows;
-    // QLORA_CUDA_DQ_CHUNKS=1 turns the overlap off (one dequantization, then the GEMM)
+    // one chunk unless QLORA_CUDA_DQ_CHUNKS asks for the overlap (see the top of this file)
     static int max_chunks = -1;
     if (max_chunks < 0) {
         const char *e = getenv("QLORA_CUDA_DQ_CHUNKS");
-        max_chunks = e && atoi(e) >= 1 && atoi(e) <= DQ_CHUNKS ? atoi(e) : DQ_CHUNKS;
+        max_chunks = e && atoi(e) >= 1 && atoi(e) <= DQ_CHUNKS ? atoi(e) : 1;
     }
     int chunks = n >= ((size_t)8 << 20) ? max_chunks : 1;
     for (int i = 1; i < chunks; i++) {
