@@ -53,6 +53,10 @@ int64_t nf4_quantize_ref(uint8_t *codes, float *absmax, const void *src, int src
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads);
 
+/* absmax only, exactly as nf4_quantize stores it (a first pass that needs no code buffer);
+ * same return */
+int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads);
+
 /* elements [first, first+count) to f32: dst[i] = quant_map[code] * absmax[block] */
 void nf4_dequantize_ref(float *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
                         int blocksize, int64_t first, int64_t count);
@@ -63,13 +67,12 @@ void nf4_dequantize(float *dst, const uint8_t *codes, const float *absmax, const
 
 /* create_dynamic_map(signed=True, 7, 8) bit for bit (torch's fma linspace): 256 ascending f32 */
 void nf4_dynamic_map(float map[NF4_DYNAMIC_MAP_SIZE]);
-/* The map as bitsandbytes' cpu path stores it in nested_quant_map: its C++ blockwise quantizer
- * overwrites entry 0 (-0.99296874) with -1.0 before searching. */
-void nf4_dynamic_map_cpu(float map[NF4_DYNAMIC_MAP_SIZE]);
 /* mean of absmax (the offset), accumulated in double and rounded to f32 once */
 float nf4_absmax_mean(const float *absmax, int64_t nb);
-/* q[b] = nearest map entry to (absmax[b] - offset) / nested_absmax[b/256] (ties to the lower
- * index); nested_absmax [ceil(nb/256)] */
+/* q[b] = the map entry for y = (absmax[b] - offset) * (1/nested_absmax[b/256]), chosen as the cpu
+ * path does: y rounded to a 65536-point grid of [-1, 1], then the entry whose midpoint interval
+ * holds that grid point (nearest up to 3e-5; ties to the lower index). An all-zero nested block
+ * gets index 0. nested_absmax [ceil(nb/256)]. */
 void nf4_double_quant_ref(uint8_t *q, float *nested_absmax, const float *absmax, int64_t nb, float offset,
                           const float *map);
 void nf4_double_quant(uint8_t *q, float *nested_absmax, const float *absmax, int64_t nb, float offset,
