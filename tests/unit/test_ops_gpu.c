@@ -610,7 +610,7 @@ TEST(adamw_norm_scale) {
 }
 
 #else
-/* a build without CUDA promises no backend (kernels/cpu/cuda_absent.c) */
+/* a build without CUDA promises no backend (ops.h) */
 TEST(no_cuda_backend) { CHECK(ops_cuda() == NULL); }
 #endif /* QLORA_HAVE_CUDA */
 
