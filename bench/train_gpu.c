@@ -105,12 +105,12 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     m->weight_bytes = bytes;
     char *p = m->weights;
 #define TAKE(sz) (p += align256(sz), (void *)(p - align256(sz)))
-    m->quant_map = TAKE(64);
+    float *quant_map = TAKE(64); /* [16], shared by every linear */
     m->inv_freq = TAKE(m->hd / 2 * 4);
     m->embed = TAKE((int64_t)m->V * C * 2);
     m->final_norm = TAKE(C * 2);
     m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
-    ops->upload(m->quant_map, nf4_quant_map(OPS_NF4), 64);
+    ops->upload(quant_map, nf4_quant_map(OPS_NF4), 64);
     float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
     for (int i = 0; i < m->hd / 2; i++) inv[i] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / m->hd));
     ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
@@ -120,9 +120,9 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     ops->upload(m->final_norm, ones, 2 * (size_t)C);
     uint8_t *tmp_codes = ops->alloc((size_t)SYNTH_CHUNK / 2);
     float *tmp_absmax = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
-    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, m->quant_map);
+    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, quant_map);
     if (!cfg->tie_word_embeddings)
-        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, m->quant_map);
+        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, quant_map);
     ops->free(tmp_codes);
     ops->free(tmp_absmax);
     for (int l = 0; l < m->L; l++) {
@@ -140,7 +140,7 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
             float sigma = 1.0f / sqrtf((float)ins[t]);
             nf4_cuda_fill_random(codes, absmax, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
                                  2.0f * sigma, 2.8f * sigma);
-            lin->w = (ops_nf4){codes, absmax, m->quant_map, outs[t], ins[t], 64};
+            lin->w = (ops_nf4){codes, absmax, quant_map, outs[t], ins[t], 64};
             lin->in = ins[t];
             lin->out = outs[t];
         }
@@ -153,20 +153,6 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
 }
 
 /* ---- the memory plan ---- */
-
-/* bytes of llama_plan's activations for T tokens (mirrors model/llama.c's plan_layout) */
-static int64_t plan_act_bytes(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd, es = 2;
-    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L, nlora = 0;
-    for (int t = 0; t < LLAMA_NTARGETS; t++) nlora += m->layers[0].lin[t].lora.A != NULL;
-    int64_t layer = 3 * align256(T * C * es) + 2 * align256(T * qd * es) + 2 * align256(T * kvd * es) +
-                    3 * align256(T * I * es) + 2 * align256(T * 4) + align256(m->nh * T * 4) +
-                    nlora * align256(T * m->lora.r * 4);
-    int64_t shared = (m->L + 1) * align256(T * C * es) + 4 * align256(T * C * es) + align256(T * 4) +
-                     2 * align256(T * qd * es) + 2 * align256(T * kvd * es) + 3 * align256(T * I * es) +
-                     align256(T * 4) + align256((int64_t)m->V * 4) + 4 * align256(T * 4);
-    return nla * layer + shared;
-}
 
 /* the CUDA ops' own scratch at T tokens (kernels/cuda: dequantized weight, LoRA copies, dropout
  * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq, D and (grouped-query) dk, dv,
@@ -189,7 +175,7 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
 }
 
 static int64_t plan_total(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    return m->weight_bytes + 4 * m->n_lora_params * 4 + plan_act_bytes(m, T, ckpt) + plan_scratch_bytes(m, T);
+    return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) + plan_scratch_bytes(m, T);
 }
 
 /* ---- train ---- */
@@ -332,9 +318,9 @@ static int bench_train(int argc, char **argv) {
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
     fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state), activations "
-                    "%.2f GiB (estimated %.2f), GFLOP/token %.2f\n",
+                    "%.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
-            m->act_bytes / GIB, plan_act_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+            m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
     free(ids);
     free(ss);
     free(times);
