@@ -44,6 +44,14 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* ids are most of the output: format them without printf */
+static void put_id(int32_t v) {
+    char b[12], *p = b + sizeof b;
+    uint32_t u = (uint32_t)v;
+    do *--p = (char)('0' + u % 10); while (u /= 10);
+    fwrite(p, 1, (size_t)(b + sizeof b - p), stdout);
+}
+
 static int decode_lines(const tokenizer *t, bool skip_special) {
     char *line = NULL;
     size_t cap = 0, lineno = 0;
@@ -148,7 +156,7 @@ int cmd_tokenize(int argc, char **argv) {
             for (size_t k = 0; k < nid; k++) {
                 if (k) fputc(' ', stdout);
                 if (tokens) fputs(tokenizer_token(t, ids[k]), stdout);
-                else fprintf(stdout, "%d", ids[k]);
+                else put_id(ids[k]);
             }
             fputc('\n', stdout);
             free(ids);
