@@ -271,6 +271,31 @@ TEST(long_inputs) {
     tokenizer_free(&t);
 }
 
+TEST(generated_byte_tokenizer_loads) {
+    /* the byte-level tokenizer init-model writes (model/tokenizer_byte.c): id = byte value */
+    char dir[] = "/tmp/qlora-tokbyte-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_EQ_INT(tokenizer_write_byte(dir), 0);
+    tokenizer *t = load(dir);
+    if (!t) { CHECK(0); return; }
+    CHECK_EQ_INT(tokenizer_vocab_size(t), 259);
+    CHECK_EQ_INT(tokenizer_bos(t), 256);
+    CHECK_EQ_INT(tokenizer_eos(t), 257);
+    CHECK_EQ_INT(tokenizer_pad(t), 258);
+    CHECK(tokenizer_adds_bos(t));
+    ENC(t, "h\xc3\xa9 \n", true, 256, 'h', 0xC3, 0xA9, ' ', '\n');
+    ENC(t, "a</s>", false, 'a', 257);
+    CHECK(round_trips(t, "h\xc3\xa9llo, \xe4\xb8\x96\xe7\x95\x8c \xf0\x9f\x91\x8d\t"));
+    tokenizer_free(&t);
+    const char *files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"};
+    for (int i = 0; i < 3; i++) {
+        char *p = fs_join(dir, files[i]);
+        unlink(p);
+        free(p);
+    }
+    rmdir(dir);
+}
+
 TEST(missing_files) {
     tokenizer *t = NULL;
     CHECK_EQ_INT(tokenizer_load(&t, "tokenizer/no-such-dir"), ERR_DATA);
@@ -347,6 +372,7 @@ int main(void) {
     RUN(invalid_utf8_names_the_offset);
     RUN(concurrent_encodes_agree);
     RUN(long_inputs);
+    RUN(generated_byte_tokenizer_loads);
     RUN(missing_files);
     RUN(malformed_files_are_refused);
     return test_summary();
