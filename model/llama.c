@@ -23,6 +23,7 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/nf4.h"
+#include "model/bnb.h"
 
 /* per-layer saved activations; act type unless float * */
 typedef struct layer_acts {
@@ -163,28 +164,53 @@ static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **ds
     return rc;
 }
 
-/* a frozen linear [out, in]: quantized to NF4 here from a float checkpoint */
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
+ * NF4 here from a float one */
 static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
-    int64_t n = out * in, bs = ld->opts.blocksize, nb = nf4_nblocks(n, (int)bs);
-    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
-    float *absmax = carve_take(&ld->cv, nb * 4);
-    lin->in = in;
-    lin->out = out;
-    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = ld->m->quant_map, .rows = out, .cols = in,
-                       .blocksize = (int)bs};
     char name[256];
     lin->bias = NULL;
+    lin->in = in;
+    lin->out = out;
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
         int rc = load_dense(ld, name, out, &lin->bias);
         if (rc) return rc;
     }
-    if (!ld->cv.base) return 0;
+    /* a pre-quantized Linear brings its own blocksize and code table (NF4 or FP4) */
+    bnb_linear bl;
+    memset(&bl, 0, sizeof bl);
+    bool pre = bnb_linear_present(ld->st, prefix);
+    int64_t n = out * in, bs = ld->opts.blocksize;
+    if (pre) {
+        int rc = bnb_linear_load(ld->st, prefix, &bl);
+        if (rc) return rc;
+        if (bl.w.rows != out || bl.w.cols != in) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
+                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)out, (long long)in);
+        }
+        bs = bl.w.blocksize;
+    }
+    int64_t nb = nf4_nblocks(n, (int)bs);
+    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
+    float *absmax = carve_take(&ld->cv, nb * 4);
+    float *qmap = carve_take(&ld->cv, 16 * 4);
+    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
+                       .blocksize = (int)bs};
+    if (!ld->cv.base) {
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    const ops_table *o = ld->m->ops;
+    if (pre) {
+        o->upload(codes, bl.w.codes, (size_t)nf4_packed_bytes(n));
+        o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+        o->upload(qmap, bl.qmap, sizeof bl.qmap);
+        bnb_linear_free(&bl);
+        return 0;
+    }
     snprintf(name, sizeof name, "%s.weight", prefix);
-    const st_tensor *t = st_find(ld->st, name);
-    if (t && t->dtype == ST_U8)
-        return err_set(ERR_DATA, "%s: '%s' is stored pre-quantized (bitsandbytes 4-bit); load the float checkpoint "
-                                 "and let the model quantize it", ld->path, name);
+    const st_tensor *t;
     int rc = loader_find(ld, name, n, &t);
     if (rc) return rc;
     int src;
@@ -222,8 +248,9 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(q);
         free(nested);
     }
-    ld->m->ops->upload(codes, hc, (size_t)nf4_packed_bytes(n));
-    ld->m->ops->upload(absmax, ha, sizeof(float) * (size_t)nb);
+    o->upload(codes, hc, (size_t)nf4_packed_bytes(n));
+    o->upload(absmax, ha, sizeof(float) * (size_t)nb);
+    o->upload(qmap, nf4_quant_map(OPS_NF4), 16 * 4);
     free(hc);
     free(ha);
     return 0;
@@ -239,10 +266,8 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
-    m->quant_map = carve_take(&ld->cv, 16 * 4);
     m->inv_freq = carve_take(&ld->cv, (int64_t)m->hd / 2 * 4);
     if (ld->cv.base) {
-        m->ops->upload(m->quant_map, nf4_quant_map(OPS_NF4), 16 * 4);
         float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
         if (!inv) return err_set(ERR_STAGE, "out of memory");
         rope_inv_freq(&m->cfg, m->hd, inv);
@@ -449,11 +474,10 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
 
 /* ---- activation plan ---- */
 
-static void plan_layout(llama_model *m, carve *cv, int T) {
-    llama_acts *A = m->acts;
+static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t es = (int64_t)ops_act_size(m->ops);
-    int nla = m->ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
+    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
     for (int l = 0; l < nla; l++) {
         layer_acts *a = &A->layer[l];
         a->n1 = carve_take(cv, T * C * es);
@@ -511,7 +535,7 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
         return err_set(ERR_STAGE, "out of memory");
     }
     carve cv = {0};
-    plan_layout(m, &cv, max_T);
+    plan_layout(m, A, &cv, max_T, ckpt);
     m->act_bytes = cv.off;
     m->act_mem = m->ops->alloc((size_t)cv.off);
     if (!m->act_mem) {
@@ -521,9 +545,21 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
                        ckpt == LLAMA_CKPT_NONE ? " (activation checkpointing would need less)" : "");
     }
     cv = (carve){.base = m->act_mem};
-    plan_layout(m, &cv, max_T);
+    plan_layout(m, A, &cv, max_T, ckpt);
     m->plan_T = max_T;
     return 0;
+}
+
+int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {
+    llama_acts A;
+    memset(&A, 0, sizeof A);
+    A.layer = calloc((size_t)m->L, sizeof(layer_acts));
+    A.res = calloc((size_t)m->L + 1, sizeof(void *));
+    carve cv = {0};
+    if (A.layer && A.res) plan_layout(m, &A, &cv, max_T, ckpt);
+    free(A.layer);
+    free(A.res);
+    return cv.off;
 }
 
 /* ---- forward and backward ---- */
@@ -632,6 +668,10 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         A->h_seq_start[t] = s;
         A->h_pos[t] = t - s;
         A->h_target[t] = -100;
+        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window)
+            return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens), which this "
+                                     "engine does not implement; use a shorter sequence_len",
+                           (long long)m->cfg.sliding_window);
     }
     if (b->labels)
         for (int t = 0; t + 1 < T; t++) {
@@ -773,6 +813,9 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
+    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window)
+        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions)",
+                       (long long)m->cfg.sliding_window);
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);

@@ -5,8 +5,10 @@
  * What lives where: every tensor the ops touch is in the backend's memory (ops->alloc/upload);
  * the model struct itself, the configuration and the LoRA tensor directory are host memory.
  *  - frozen: embedding, norms, lm_head (tied: the embedding), q/k/v biases (qwen2): bf16;
- *    the seven linears of each layer: NF4 (blocksize 64; double-quantized absmax de-nested at
- *    load), dequantized tile by tile inside the ops.
+ *    the seven linears of each layer: 4-bit codes + fp32 absmax (+ their 16-entry code table),
+ *    dequantized tile by tile inside the ops. A float checkpoint is quantized to NF4 at load
+ *    (blocksize 64, absmax rounded through double quant as bitsandbytes stores it); a
+ *    bitsandbytes 4-bit checkpoint (NF4 or FP4, any blocksize) is read as stored (model/bnb.h).
  *  - trainable: LoRA A [r, in] and B [out, r] of the targeted linears, fp32, all carved from ONE
  *    contiguous buffer (lora_params), with matching contiguous grads / adam m / adam v, so the
  *    fused AdamW and a data-parallel all-reduce see a single flat vector.
@@ -20,6 +22,7 @@
  * (NOT shifted, -100 masked: logits at t predict labels[t+1]) and seq_start[t] = index of the first
  * token of t's packed sequence. Attention never crosses a sequence start, positions restart at
  * each one, and the last token of a sequence predicts nothing (as if sequences ran separately).
+ * Sliding-window attention (mistral v0.1) is not implemented: a longer sequence is an ERR_DATA.
  *
  * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
 #ifndef MODEL_LLAMA_H
@@ -93,7 +96,6 @@ typedef struct llama_model {
     uint16_t *lm_head;    /* [V, C]; == embed when tied */
     llama_layer *layers;  /* host array [L] */
     float *inv_freq;      /* [hd/2], rope scaling applied */
-    float *quant_map;     /* [16], shared by every linear */
     void *weights;        /* the single allocation carved into the frozen tensors */
     int64_t weight_bytes;
 
@@ -140,8 +142,11 @@ void llama_lora_init_peft(llama_model *m, uint64_t seed);
 void llama_lora_zero_grads(llama_model *m);
 const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name); /* NULL if absent */
 
-/* Allocate activations for micro-batches of up to max_T tokens; again to re-plan. */
+/* Allocate activations for micro-batches of up to max_T tokens (one allocation, act_bytes); again
+ * to re-plan. llama_plan_bytes: what such a plan would take, allocating nothing (for an "auto"
+ * checkpointing choice or a memory report before the first step). */
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
+int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt);
 
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */

@@ -18,6 +18,14 @@
 typedef void (*cpu_range_fn)(void *ctx, int64_t lo, int64_t hi);
 void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx);
 
+/* C[M, N] += A[M, K] B[K, N], row-major with leading dimensions (elements). Register-blocked
+ * (4 rows x 16 columns of C held in a local accumulator the compiler keeps in vector registers)
+ * and blocked over K so a strip of B stays in cache; edges fall back to plain loops. */
+void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                  int64_t N, int64_t K);
+/* dst[cols, rows] = src[rows, cols]^T */
+void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols);
+
 /* fp32 dot product with independent partial sums (vectorisable without -ffast-math) */
 float cpu_dot(const float *a, const float *b, int64_t n);
 /* y += a * x */

@@ -44,9 +44,90 @@ void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx) {
     }
 }
 
-/* ---- small vector helpers ---- */
+/* ---- small vector helpers and the GEMM block ---- */
+
+#define GEMM_MR 4
+#define GEMM_NR 16
+#define GEMM_KB 256
+
+/* The 4x16 block of C in eight 8-float vector accumulators (GNU vector extensions: one AVX
+ * register each), updated with a broadcast of A times a row strip of B. The project compiles for
+ * the baseline ISA, so on x86-64 this is built for AVX2+FMA and used only when the CPU has them
+ * (checked once); elsewhere, and on older CPUs, the plain loops of gemm_edge do the work. */
+typedef float v8f __attribute__((vector_size(32)));
+
+/* unaligned loads and stores as macros: a function taking or returning a v8f would change the ABI */
+#define V8F_LOAD(v, p) memcpy(&(v), (p), sizeof(v8f))
+#define V8F_STORE(p, v) memcpy((p), &(v), sizeof(v8f))
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GEMM_HAVE_BLOCK 1
+__attribute__((target("avx2,fma")))
+static void gemm_block(float *restrict C, int64_t ldc, const float *restrict A, int64_t lda,
+                       const float *restrict B, int64_t ldb, int64_t K) {
+    v8f c00, c01, c10, c11, c20, c21, c30, c31, b0, b1;
+    V8F_LOAD(c00, C), V8F_LOAD(c01, C + 8);
+    V8F_LOAD(c10, C + ldc), V8F_LOAD(c11, C + ldc + 8);
+    V8F_LOAD(c20, C + 2 * ldc), V8F_LOAD(c21, C + 2 * ldc + 8);
+    V8F_LOAD(c30, C + 3 * ldc), V8F_LOAD(c31, C + 3 * ldc + 8);
+    for (int64_t k = 0; k < K; k++) {
+        V8F_LOAD(b0, B + k * ldb), V8F_LOAD(b1, B + k * ldb + 8);
+        float a0 = A[k], a1 = A[lda + k], a2 = A[2 * lda + k], a3 = A[3 * lda + k];
+        c00 += a0 * b0, c01 += a0 * b1;
+        c10 += a1 * b0, c11 += a1 * b1;
+        c20 += a2 * b0, c21 += a2 * b1;
+        c30 += a3 * b0, c31 += a3 * b1;
+    }
+    V8F_STORE(C, c00), V8F_STORE(C + 8, c01);
+    V8F_STORE(C + ldc, c10), V8F_STORE(C + ldc + 8, c11);
+    V8F_STORE(C + 2 * ldc, c20), V8F_STORE(C + 2 * ldc + 8, c21);
+    V8F_STORE(C + 3 * ldc, c30), V8F_STORE(C + 3 * ldc + 8, c31);
+}
+
+static int gemm_block_usable(void) {
+    static int usable = -1; /* a benign race: every thread computes the same answer */
+    if (usable < 0) {
+        __builtin_cpu_init();
+        usable = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return usable;
+}
+#else
+#define GEMM_HAVE_BLOCK 0
+#endif
+
+#if GEMM_HAVE_BLOCK
+__attribute__((target("avx2,fma")))
+static float dot_avx2(const float *restrict a, const float *restrict b, int64_t n) {
+    v8f s0 = {0}, s1 = {0}, va, vb;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        V8F_LOAD(va, a + i), V8F_LOAD(vb, b + i), s0 += va * vb;
+        V8F_LOAD(va, a + i + 8), V8F_LOAD(vb, b + i + 8), s1 += va * vb;
+    }
+    s0 += s1;
+    float r = ((s0[0] + s0[4]) + (s0[1] + s0[5])) + ((s0[2] + s0[6]) + (s0[3] + s0[7]));
+    for (; i < n; i++) r += a[i] * b[i];
+    return r;
+}
+
+__attribute__((target("avx2,fma")))
+static void axpy_avx2(float *restrict y, float a, const float *restrict x, int64_t n) {
+    v8f vx, vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        V8F_LOAD(vx, x + i), V8F_LOAD(vy, y + i);
+        vy += a * vx;
+        V8F_STORE(y + i, vy);
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
 
 float cpu_dot(const float *a, const float *b, int64_t n) {
+#if GEMM_HAVE_BLOCK
+    if (gemm_block_usable()) return dot_avx2(a, b, n);
+#endif
     float s[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -57,7 +138,53 @@ float cpu_dot(const float *a, const float *b, int64_t n) {
 }
 
 void cpu_axpy(float *y, float a, const float *x, int64_t n) {
+#if GEMM_HAVE_BLOCK
+    if (gemm_block_usable()) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* any shape: rows i, columns [j0, j1) */
+static void gemm_edge(float *restrict C, int64_t ldc, const float *restrict A, int64_t lda, const float *restrict B,
+                      int64_t ldb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K) {
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t k = 0; k < K; k++) {
+            float a = A[i * lda + k];
+            if (a == 0.0f) continue;
+            const float *b = B + k * ldb;
+            float *c = C + i * ldc;
+            for (int64_t j = j0; j < j1; j++) c[j] += a * b[j];
+        }
+}
+
+void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                  int64_t N, int64_t K) {
+#if GEMM_HAVE_BLOCK
+    int64_t Mb = gemm_block_usable() ? M - M % GEMM_MR : 0, Nb = N - N % GEMM_NR;
+#else
+    int64_t Mb = 0, Nb = N - N % GEMM_NR;
+#endif
+    for (int64_t k0 = 0; k0 < K; k0 += GEMM_KB) {
+        int64_t kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
+        const float *Ak = A + k0, *Bk = B + k0 * ldb;
+#if GEMM_HAVE_BLOCK
+        for (int64_t j0 = 0; j0 < Nb; j0 += GEMM_NR)
+            for (int64_t i0 = 0; i0 < Mb; i0 += GEMM_MR)
+                gemm_block(C + i0 * ldc + j0, ldc, Ak + i0 * lda, lda, Bk + j0, ldb, kb);
+#endif
+        if (Nb < N) gemm_edge(C, ldc, Ak, lda, Bk, ldb, 0, Mb, Nb, N, kb);
+        if (Mb < M) gemm_edge(C, ldc, Ak, lda, Bk, ldb, Mb, M, 0, N, kb);
+    }
+}
+
+void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) /* 32x32 tiles: both sides stay in cache */
+        for (int64_t c0 = 0; c0 < cols; c0 += 32)
+            for (int64_t r = r0; r < rows && r < r0 + 32; r++)
+                for (int64_t c = c0; c < cols && c < c0 + 32; c++) dst[c * rows + r] = src[r * cols + c];
 }
 
 void cpu_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {

@@ -9,7 +9,8 @@
  *
  * lm_head + cross-entropy: the vocabulary is walked in XENT_CHUNK-row chunks of E (converted
  * to fp32 once per chunk and thread) with an online softmax (running max and sum), so no [T, V]
- * logits tensor exists; the backward makes a second pass that recomputes each chunk's logits. */
+ * logits tensor exists; the backward makes a second pass that recomputes each chunk's logits.
+ * Every matmul-shaped loop goes through cpu_gemm_acc (register-blocked, see ops_cpu.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,52 +32,46 @@ static void lora_drop_row(float *dst, const float *xt, int64_t t, int64_t in, co
 }
 
 typedef struct ql_args {
-    float *y, *dx, *xa, *g;
-    const float *x, *dy;
+    float *y, *dx, *xa, *g, *xd;
+    const float *x, *dy, *At, *Bt;
     const ops_nf4 *W;
     const uint16_t *bias;
     const ops_lora *lora;
     int T, accumulate;
 } ql_args;
 
-/* forward over output tiles [lo, hi) */
+/* forward over output tiles [lo, hi): y[:, tile] = bias + x tile^T */
 static void ql_fwd_tiles(void *ctx, int64_t lo, int64_t hi) {
     const ql_args *a = ctx;
     int64_t out = a->W->rows, in = a->W->cols;
-    float *w = malloc(sizeof(float) * (size_t)(QL_TILE * in));
+    float *w = malloc(sizeof(float) * (size_t)(QL_TILE * in)), *wt = malloc(sizeof(float) * (size_t)(QL_TILE * in));
     for (int64_t tile = lo; tile < hi; tile++) {
         int64_t o0 = tile * QL_TILE, no = out - o0 < QL_TILE ? out - o0 : QL_TILE;
         ops_nf4_dequant_rows(a->W, o0, no, w);
-        for (int t = 0; t < a->T; t++) {
-            const float *xt = a->x + (int64_t)t * in;
-            float *yt = a->y + (int64_t)t * out + o0;
-            for (int64_t o = 0; o < no; o++) {
-                float b = 0.0f;
-                if (a->bias) {
-                    uint32_t u = (uint32_t)a->bias[o0 + o] << 16;
-                    memcpy(&b, &u, 4);
-                }
-                yt[o] = cpu_dot(xt, w + o * in, in) + b;
-            }
-        }
+        cpu_transpose(wt, w, no, in); /* [in, no]: the GEMM's B */
+        float b[QL_TILE] = {0};
+        if (a->bias) cpu_bf16_to_f32(b, a->bias + o0, no);
+        for (int t = 0; t < a->T; t++) memcpy(a->y + (int64_t)t * out + o0, b, sizeof(float) * (size_t)no);
+        cpu_gemm_acc(a->y + o0, out, a->x, in, wt, no, a->T, no, in);
     }
     free(w);
+    free(wt);
 }
 
 /* the LoRA branch for tokens [lo, hi): xa = drop(x) A^T, y += scale * xa B^T */
 static void ql_fwd_lora_rows(void *ctx, int64_t lo, int64_t hi) {
     const ql_args *a = ctx;
     const ops_lora *L = a->lora;
-    int64_t out = a->W->rows, in = a->W->cols, r = L->r;
-    float *xd = malloc(sizeof(float) * (size_t)in);
-    for (int64_t t = lo; t < hi; t++) {
-        lora_drop_row(xd, a->x + t * in, t, in, L);
-        float *xat = a->xa + t * r;
-        for (int64_t j = 0; j < r; j++) xat[j] = cpu_dot(xd, L->A + j * in, in);
-        float *yt = a->y + t * out;
-        for (int64_t o = 0; o < out; o++) yt[o] += L->scale * cpu_dot(xat, L->B + o * r, r);
-    }
+    int64_t out = a->W->rows, in = a->W->cols, r = L->r, n = hi - lo;
+    float *xd = malloc(sizeof(float) * (size_t)(n * in)), *sxa = malloc(sizeof(float) * (size_t)(n * r));
+    for (int64_t t = lo; t < hi; t++) lora_drop_row(xd + (t - lo) * in, a->x + t * in, t, in, L);
+    float *xa = a->xa + lo * r;
+    memset(xa, 0, sizeof(float) * (size_t)(n * r));
+    cpu_gemm_acc(xa, r, xd, in, a->At, r, n, r, in);
+    for (int64_t i = 0; i < n * r; i++) sxa[i] = L->scale * xa[i];
+    cpu_gemm_acc(a->y + lo * out, out, sxa, r, a->Bt, out, n, out, r);
     free(xd);
+    free(sxa);
 }
 
 void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
@@ -85,66 +80,54 @@ void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *b
     int64_t tiles = (W->rows + QL_TILE - 1) / QL_TILE;
     cpu_parallel_for(tiles, (double)T * W->rows * W->cols, ql_fwd_tiles, &a);
     if (!lora) return;
-    float *own = NULL;
-    if (!a.xa) a.xa = own = malloc(sizeof(float) * (size_t)T * (size_t)lora->r);
-    cpu_parallel_for(T, (double)T * lora->r * (W->rows + W->cols), ql_fwd_lora_rows, &a);
+    int64_t r = lora->r, in = W->cols, out = W->rows;
+    float *own = NULL, *At = malloc(sizeof(float) * (size_t)(in * r)), *Bt = malloc(sizeof(float) * (size_t)(out * r));
+    if (!a.xa) a.xa = own = malloc(sizeof(float) * (size_t)T * (size_t)r);
+    cpu_transpose(At, lora->A, r, in);
+    cpu_transpose(Bt, lora->B, out, r);
+    a.At = At, a.Bt = Bt;
+    cpu_parallel_for(T, (double)T * r * (in + out), ql_fwd_lora_rows, &a);
     free(own);
+    free(At);
+    free(Bt);
 }
 
-/* backward over tokens [lo, hi): dx = dy W (+ scale * g A masked), g = dy B precomputed */
+/* backward over tokens [lo, hi): dx = dy W (+ scale * (g A) masked), g = dy B precomputed */
 static void ql_bwd_rows(void *ctx, int64_t lo, int64_t hi) {
     const ql_args *a = ctx;
-    int64_t out = a->W->rows, in = a->W->cols;
+    int64_t out = a->W->rows, in = a->W->cols, n = hi - lo;
+    float *dx = a->dx + lo * in;
+    if (!a->accumulate) memset(dx, 0, sizeof(float) * (size_t)(n * in));
     float *w = malloc(sizeof(float) * (size_t)(QL_TILE * in));
-    if (!a->accumulate)
-        for (int64_t t = lo; t < hi; t++) memset(a->dx + t * in, 0, sizeof(float) * (size_t)in);
     for (int64_t o0 = 0; o0 < out; o0 += QL_TILE) {
         int64_t no = out - o0 < QL_TILE ? out - o0 : QL_TILE;
         ops_nf4_dequant_rows(a->W, o0, no, w);
-        for (int64_t t = lo; t < hi; t++) {
-            const float *dyt = a->dy + t * out + o0;
-            float *dxt = a->dx + t * in;
-            for (int64_t o = 0; o < no; o++)
-                if (dyt[o] != 0.0f) cpu_axpy(dxt, dyt[o], w + o * in, in);
-        }
+        cpu_gemm_acc(dx, in, a->dy + lo * out + o0, out, w, in, n, in, no);
     }
     free(w);
     const ops_lora *L = a->lora;
     if (!L) return;
-    float *tmp = malloc(sizeof(float) * (size_t)in);
-    float keep_scale = L->dropout > 0.0f ? 1.0f / (1.0f - L->dropout) : 1.0f;
+    float *tmp = calloc((size_t)(n * in), sizeof(float));
+    cpu_gemm_acc(tmp, in, a->g + lo * L->r, L->r, L->A, in, n, in, L->r);
+    float keep_scale = L->dropout > 0.0f ? 1.0f / (1.0f - L->dropout) : 1.0f, s = L->scale * keep_scale;
     for (int64_t t = lo; t < hi; t++) {
-        memset(tmp, 0, sizeof(float) * (size_t)in);
-        for (int64_t j = 0; j < L->r; j++) cpu_axpy(tmp, a->g[t * L->r + j], L->A + j * in, in);
+        const float *tt = tmp + (t - lo) * in;
         float *dxt = a->dx + t * in;
-        for (int64_t i = 0; i < in; i++) {
-            int keep = L->dropout <= 0.0f || ops_dropout_keep(L->dropout_seed, (uint64_t)(t * in + i), L->dropout);
-            if (keep) dxt[i] += L->scale * keep_scale * tmp[i];
+        if (L->dropout <= 0.0f) {
+            for (int64_t i = 0; i < in; i++) dxt[i] += s * tt[i];
+        } else {
+            for (int64_t i = 0; i < in; i++)
+                if (ops_dropout_keep(L->dropout_seed, (uint64_t)(t * in + i), L->dropout)) dxt[i] += s * tt[i];
         }
     }
     free(tmp);
 }
 
-/* dA rows [lo, hi): dA[j] += scale * sum_t g[t, j] drop(x[t]) */
+/* dA columns [lo, hi): dA[:, lo:hi] += (scale g)^T drop(x)[:, lo:hi]  (a->g holds (scale g)^T [r, T]) */
 static void ql_bwd_dA(void *ctx, int64_t lo, int64_t hi) {
     const ql_args *a = ctx;
-    const ops_lora *L = a->lora;
-    int64_t in = a->W->cols, r = L->r;
-    float *xd = malloc(sizeof(float) * (size_t)in);
-    for (int64_t t = 0; t < a->T; t++) {
-        lora_drop_row(xd, a->x + t * in, t, in, L);
-        for (int64_t j = lo; j < hi; j++) cpu_axpy(L->dA + j * in, L->scale * a->g[t * r + j], xd, in);
-    }
-    free(xd);
-}
-
-/* dB rows [lo, hi): dB[o] += scale * sum_t dy[t, o] xa[t] */
-static void ql_bwd_dB(void *ctx, int64_t lo, int64_t hi) {
-    const ql_args *a = ctx;
-    const ops_lora *L = a->lora;
-    int64_t out = a->W->rows, r = L->r;
-    for (int64_t t = 0; t < a->T; t++)
-        for (int64_t o = lo; o < hi; o++) cpu_axpy(L->dB + o * r, L->scale * a->dy[t * out + o], a->xa + t * r, r);
+    int64_t in = a->W->cols;
+    cpu_gemm_acc(a->lora->dA + lo, in, a->g, a->T, a->xd + lo, in, a->lora->r, hi - lo, a->T);
 }
 
 void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
@@ -152,18 +135,32 @@ void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, 
     ql_args a = {.dx = dx, .dy = dy, .x = x, .W = W, .lora = lora, .xa = (float *)xa, .T = T,
                  .accumulate = accumulate};
     int64_t out = W->rows, in = W->cols;
+    float *g = NULL;
     if (lora) { /* g = dy B  [T, r] */
-        int64_t r = lora->r;
-        a.g = calloc((size_t)(T * r), sizeof(float));
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t o = 0; o < out; o++) cpu_axpy(a.g + t * r, a.dy[t * out + o], lora->B + o * r, r);
+        g = a.g = calloc((size_t)(T * lora->r), sizeof(float));
+        cpu_gemm_acc(g, lora->r, a.dy, out, lora->B, lora->r, T, lora->r, out);
     }
     cpu_parallel_for(T, (double)T * out * in, ql_bwd_rows, &a);
-    if (lora) {
-        cpu_parallel_for(lora->r, (double)T * lora->r * in, ql_bwd_dA, &a);
-        cpu_parallel_for(out, (double)T * lora->r * out, ql_bwd_dB, &a);
-        free(a.g);
-    }
+    if (!lora) return;
+    int64_t r = lora->r;
+    /* dA += scale g^T drop(x) */
+    float *gt = malloc(sizeof(float) * (size_t)(r * T)), *xd = malloc(sizeof(float) * (size_t)(T * in));
+    cpu_transpose(gt, g, T, r);
+    for (int64_t i = 0; i < r * T; i++) gt[i] *= lora->scale;
+    for (int64_t t = 0; t < T; t++) lora_drop_row(xd + t * in, a.x + t * in, t, in, lora);
+    a.g = gt, a.xd = xd;
+    cpu_parallel_for(in, (double)T * r * in, ql_bwd_dA, &a);
+    /* dB += scale dy^T xa, computed as its transpose (xa^T dy: [r, out]) so the GEMM runs wide */
+    float *xat = malloc(sizeof(float) * (size_t)(r * T)), *dbt = calloc((size_t)(r * out), sizeof(float));
+    cpu_transpose(xat, xa, T, r);
+    cpu_gemm_acc(dbt, out, xat, T, a.dy, out, r, out, T);
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t j = 0; j < r; j++) lora->dB[o * r + j] += lora->scale * dbt[j * out + o];
+    free(gt);
+    free(xd);
+    free(xat);
+    free(dbt);
+    free(g);
 }
 
 /* ---- lm_head + cross-entropy ---- */
@@ -177,62 +174,68 @@ typedef struct xent_args {
     float grad_scale;
 } xent_args;
 
+/* logits of rows [lo, hi) for one vocabulary chunk: L[n, nv] = x E^T (Et: the chunk transposed) */
+static void xent_chunk_logits(const xent_args *a, int64_t lo, int64_t n, const float *Et, int nv, float *L) {
+    memset(L, 0, sizeof(float) * (size_t)(n * nv));
+    cpu_gemm_acc(L, nv, a->x + lo * a->C, a->C, Et, nv, n, nv, a->C);
+}
+
 static void xent_rows(void *ctx, int64_t lo, int64_t hi) {
     const xent_args *a = ctx;
     int C = a->C, V = a->V;
     int64_t n = hi - lo;
     float *e = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *et = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *L = malloc(sizeof(float) * (size_t)(n * XENT_CHUNK));
     float *mx = malloc(sizeof(float) * (size_t)n), *sum = malloc(sizeof(float) * (size_t)n);
-    for (int64_t t = 0; t < n; t++) mx[t] = -INFINITY, sum[t] = 0.0f;
-    /* pass 1: online softmax statistics; the target's logit is picked up on the way */
+    for (int64_t t = 0; t < n; t++) mx[t] = -INFINITY, sum[t] = 0.0f, a->losses[lo + t] = 0.0f;
+    /* pass 1: online softmax statistics (running max and sum); the target's logit on the way */
     for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
         int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
         cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
+        cpu_transpose(et, e, nv, C);
+        xent_chunk_logits(a, lo, n, et, nv, L);
         for (int64_t t = 0; t < n; t++) {
             int tg = a->target[lo + t];
             if (tg < 0) continue;
-            const float *xt = a->x + (lo + t) * C;
-            for (int v = 0; v < nv; v++) {
-                float z = cpu_dot(xt, e + (int64_t)v * C, C);
-                if (z > mx[t]) {
-                    sum[t] = sum[t] * expf(mx[t] - z) + 1.0f;
-                    mx[t] = z;
-                } else {
-                    sum[t] += expf(z - mx[t]);
-                }
-                if (v0 + v == tg) a->losses[lo + t] = -z; /* completed below */
-            }
+            const float *z = L + t * nv;
+            float cm = mx[t];
+            for (int v = 0; v < nv; v++) cm = fmaxf(cm, z[v]);
+            float s = sum[t] * expf(mx[t] - cm);
+            for (int v = 0; v < nv; v++) s += expf(z[v] - cm);
+            mx[t] = cm, sum[t] = s;
+            if (tg >= v0 && tg < v0 + nv) a->losses[lo + t] = -z[tg - v0]; /* completed below */
         }
     }
     for (int64_t t = 0; t < n; t++) {
-        if (a->target[lo + t] < 0) {
-            a->losses[lo + t] = 0.0f;
-            mx[t] = 0.0f; /* lse, reused below */
-        } else {
-            mx[t] += logf(sum[t]);
-            a->losses[lo + t] += mx[t];
-        }
+        if (a->target[lo + t] < 0) continue;
+        mx[t] += logf(sum[t]); /* now the log-sum-exp */
+        a->losses[lo + t] += mx[t];
     }
-    /* pass 2: dx = grad_scale * (softmax - onehot) E */
+    /* pass 2: dx = grad_scale * (softmax - onehot) E, chunk by chunk */
     if (a->dx) {
-        for (int64_t t = 0; t < n; t++) memset(a->dx + (lo + t) * C, 0, sizeof(float) * (size_t)C);
+        memset(a->dx + lo * C, 0, sizeof(float) * (size_t)(n * C));
         for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
             int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
             cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
+            cpu_transpose(et, e, nv, C);
+            xent_chunk_logits(a, lo, n, et, nv, L);
             for (int64_t t = 0; t < n; t++) {
                 int tg = a->target[lo + t];
-                if (tg < 0) continue;
-                const float *xt = a->x + (lo + t) * C;
-                float *dxt = a->dx + (lo + t) * C;
-                for (int v = 0; v < nv; v++) {
-                    float p = expf(cpu_dot(xt, e + (int64_t)v * C, C) - mx[t]);
-                    if (v0 + v == tg) p -= 1.0f;
-                    cpu_axpy(dxt, a->grad_scale * p, e + (int64_t)v * C, C);
+                float *p = L + t * nv;
+                if (tg < 0) {
+                    memset(p, 0, sizeof(float) * (size_t)nv);
+                    continue;
                 }
+                for (int v = 0; v < nv; v++) p[v] = a->grad_scale * expf(p[v] - mx[t]);
+                if (tg >= v0 && tg < v0 + nv) p[tg - v0] -= a->grad_scale;
             }
+            cpu_gemm_acc(a->dx + lo * C, C, L, nv, e, C, n, C, nv);
         }
     }
     free(e);
+    free(et);
+    free(L);
     free(mx);
     free(sum);
 }
@@ -248,13 +251,16 @@ static void logits_rows(void *ctx, int64_t lo, int64_t hi) {
     const xent_args *a = ctx;
     int C = a->C, V = a->V;
     float *e = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *et = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    for (int64_t t = lo; t < hi; t++) memset(a->logits + t * V, 0, sizeof(float) * (size_t)V);
     for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
         int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
         cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
-        for (int64_t t = lo; t < hi; t++)
-            for (int v = 0; v < nv; v++) a->logits[t * V + v0 + v] = cpu_dot(a->x + t * C, e + (int64_t)v * C, C);
+        cpu_transpose(et, e, nv, C);
+        cpu_gemm_acc(a->logits + lo * V + v0, V, a->x + lo * C, C, et, nv, hi - lo, nv, C);
     }
     free(e);
+    free(et);
 }
 
 void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
