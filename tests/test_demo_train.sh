@@ -33,3 +33,17 @@ awk -v s="$secs" 'BEGIN { exit !(s <= 60) }' || fail "the demo took ${secs}s (li
 # a second run computes nothing
 "$BIN" "$SRC/recipes/demo.yaml" >"$tmp/out2.txt" 2>&1 || { cat "$tmp/out2.txt"; fail "the second run failed"; }
 grep -q "0 ran, 7 cached" "$tmp/out2.txt" || { cat "$tmp/out2.txt"; fail "the second run recomputed a stage"; }
+
+# qlora-run generate on the demo's artifacts: the tuned model sorts, --help and misuse behave
+nf4=$(dirname "$(find "$QLORA_CACHE/artifacts/quantize_nf4" -name config.json | head -1)")
+tuned=$(find "$QLORA_CACHE/artifacts/train" -mindepth 1 -maxdepth 1 -type d | head -1)
+out=$("$BIN" generate --model "$nf4" --adapter "$tuned" --prompt $'Sort the letters.\nhgfe\n=' \
+      --max-new-tokens 8 --stop $'\n') || fail "generate failed"
+[ "$out" = "efgh" ] || fail "generate: expected 'efgh', got '$out'"
+"$BIN" generate --help | grep -q -- "--max-new-tokens" || fail "generate --help"
+set +e
+"$BIN" generate --prompt x >/dev/null 2>&1
+rc=$?
+set -e
+[ "$rc" -eq 2 ] || fail "generate without --model: exit $rc, expected 2"
+echo "generate: ok"
