@@ -10,7 +10,7 @@ KILLS=${KILLS:-20}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export QLORA_RUNS="$tmp/runs"
-SET=(--set stages.train.max_steps=60 --set stages.train.save_steps=5 --set stages.train.eval_steps=0 --quiet)
+SET=(--set stages.train.max_steps=40 --set stages.train.save_steps=4 --set stages.train.eval_steps=0 --quiet)
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # the trained adapter of the run whose cache is $1
@@ -26,8 +26,8 @@ ok=0
 for i in $(seq 1 "$KILLS"); do
   c="$tmp/k$i"
   cp -r "$tmp/base" "$c"
-  # kill after 50..1049 ms: anywhere in loading, stepping, checkpointing or writing the artifact
-  delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.05 + (r % 1000) / 1000 }')
+  # kill after 50..849 ms: anywhere in loading, stepping, checkpointing or writing the artifact
+  delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.05 + (r % 800) / 1000 }')
   QLORA_CACHE="$c" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until train >/dev/null 2>&1 &
   pid=$!
   sleep "$delay"
