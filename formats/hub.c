@@ -417,8 +417,13 @@ static void set_str(char **dst, const char *v, size_t n) {
 static void headers_line(resp_headers *h, const char *line, size_t len) {
     if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
         headers_reset(h);
-        const char *sp = memchr(line, ' ', len);
-        if (sp) h->status = strtol(sp + 1, NULL, 10);
+        /* the status code: up to three digits after the first space (the line is not
+         * NUL-terminated, so no strtol on it) */
+        const char *sp = memchr(line, ' ', len), *end = line + len;
+        long st = 0;
+        if (sp)
+            for (const char *p = sp + 1; p < end && p < sp + 4 && *p >= '0' && *p <= '9'; p++) st = st * 10 + (*p - '0');
+        h->status = st;
         return;
     }
     const char *colon = memchr(line, ':', len);
@@ -454,6 +459,36 @@ static void headers_line(resp_headers *h, const char *line, size_t len) {
 static size_t on_header(char *buf, size_t size, size_t n, void *user) {
     headers_line(user, buf, size * n);
     return size * n;
+}
+
+/* What a HEAD on resolve says about a file (formats.md section 8): all three are required. */
+static int meta_from_headers(const resp_headers *h, hub_file_meta *m) {
+    memset(m, 0, sizeof *m);
+    m->status = h->status;
+    const char *raw = h->linked_etag ? h->linked_etag : h->etag;
+    if (!h->commit || !is_hex(h->commit, 40))
+        return err_set(ERR_DATA, "no commit in the answer (X-Repo-Commit): is HF_ENDPOINT a hub?");
+    memcpy(m->commit, h->commit, 41);
+    if (!raw || !hub_etag_normalize(raw, m->etag, sizeof m->etag))
+        return err_set(ERR_DATA, "no usable ETag in the answer");
+    m->size = h->linked_size >= 0 ? h->linked_size : (h->status / 100 == 3 ? -1 : h->content_length);
+    if (m->size < 0) return err_set(ERR_DATA, "no file size in the answer (X-Linked-Size or Content-Length)");
+    return 0;
+}
+
+int hub_file_meta_parse(const char *raw, size_t len, hub_file_meta *m) {
+    resp_headers h;
+    memset(&h, 0, sizeof h);
+    headers_reset(&h);
+    for (size_t i = 0; i < len;) {
+        const char *nl = memchr(raw + i, '\n', len - i);
+        size_t n = nl ? (size_t)(nl - (raw + i)) + 1 : len - i;
+        headers_line(&h, raw + i, n);
+        i += n;
+    }
+    int rc = meta_from_headers(&h, m);
+    headers_reset(&h);
+    return rc;
 }
 
 /* ---------- messages ---------- */
@@ -966,20 +1001,15 @@ static int xfer_claim(engine *g, xfer *x);
 
 /* After a HEAD: decide the blob, reuse it if cached, else take the lock and queue the GET. */
 static int xfer_after_head(engine *g, xfer *x, const char *download_url) {
-    resp_headers *h = &x->h;
-    const char *raw = h->linked_etag ? h->linked_etag : h->etag;
-    if (!h->commit || !is_hex(h->commit, 40))
-        return err_set(ERR_DATA, "'%s': the server sent no commit (X-Repo-Commit): is HF_ENDPOINT '%s' a hub?",
-                       x->name, g->cfg->endpoint);
-    if (x->commit && strcasecmp(x->commit, h->commit))
-        return err_set(ERR_DATA, "'%s': the server answered for commit %.40s, not the listed %s", x->name, h->commit,
+    hub_file_meta m;
+    int rc = meta_from_headers(&x->h, &m);
+    if (rc) return err_wrap("'%s' from %s", x->name, g->cfg->endpoint);
+    if (x->commit && strcasecmp(x->commit, m.commit))
+        return err_set(ERR_DATA, "'%s': the server answered for commit %s, not the listed %s", x->name, m.commit,
                        x->commit);
-    if (!raw || !hub_etag_normalize(raw, x->etag, sizeof x->etag))
-        return err_set(ERR_DATA, "'%s': the server sent no usable ETag", x->name);
-    int64_t size = h->linked_size >= 0 ? h->linked_size : (h->status / 100 == 3 ? -1 : h->content_length);
-    if (size < 0) return err_set(ERR_DATA, "'%s': the server sent no file size", x->name);
-    x->size = size;
-    if (!x->commit) x->commit = strdup(h->commit);
+    memcpy(x->etag, m.etag, sizeof x->etag);
+    x->size = m.size;
+    if (!x->commit) x->commit = strdup(m.commit);
     if (!x->snapshot_root) {
         char *repo_dir = fs_dirname(x->blob_dir);
         x->snapshot_root = xasprintf("%s/snapshots/%s", repo_dir, x->commit);
@@ -1058,8 +1088,6 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     long st = 0;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
     x->h.status = st;
-    char *eff = NULL;
-    curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &eff);
     char *redirect = NULL;
     if (st >= 300 && st < 400 && x->h.location) redirect = url_resolve(x->url, x->h.location);
     engine_detach(g, x);

@@ -126,6 +126,16 @@ bool hub_path_is_pickle(const char *path);
 int hub_listing_parse(const char *json, size_t len, char **commit, char ***files, int *n_files);
 /* Retry-After: seconds or an HTTP date; -1 if unparseable */
 double hub_retry_after_parse(const char *value, double now_epoch);
+/* What the HEAD's raw header block ("HTTP/1.1 302 Found\r\nX-Repo-Commit: ...") says about a
+ * file: commit, ETag (X-Linked-Etag first), size (X-Linked-Size, else Content-Length unless a
+ * redirect). ERR_DATA if one is missing or unusable. */
+typedef struct hub_file_meta {
+    long status;
+    char commit[41];
+    char etag[130];
+    int64_t size;
+} hub_file_meta;
+int hub_file_meta_parse(const char *raw, size_t len, hub_file_meta *m);
 /* the relative symlink target for a snapshot file: "../../blobs/<etag>" plus one "../" per subfolder */
 char *hub_blob_link_target(const char *rel_path, const char *etag);
 

@@ -511,7 +511,7 @@ done:
     if (w) st_writer_free(&w);
     if (tmp) pubdir_abort(&tmp);
     double e2 = 0, r2 = 0;
-    for (size_t i = 0; i < nt && ql; i++) {
+    for (size_t i = 0; i < nt && ql && rep->t; i++) {
         bnb_tensor_stat *s = &rep->t[i];
         rep->params += s->numel;
         rep->bytes_before += s->bytes_before;

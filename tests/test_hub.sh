@@ -293,7 +293,28 @@ check "resume asked for the rest" grep -q "range=\"bytes=700000-\"" "$T/logs/hub
 run --dataset org/data --file alpaca.json
 check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
 
-# 9. offline: cached snapshot served without a request; nothing cached: a clear error
+# 9. the fetch_model stage, driven without the runner (tests/unit/test_hub_parse.c --stage)
+DRV=${QLORA_BUILD:-build}/tests/test_hub_parse
+if [ -x "$DRV" ]; then
+    stage() { "$DRV" --stage "$@" > "$OUT.out" 2> "$OUT.err"; rc=$?; cat "$OUT.out" "$OUT.err" >> "$T/all-output"; }
+    stage "$T/art-hub" '{"repo":"org/tiny"}'
+    check "stage hub: model links to the snapshot" test "$rc" = 0 -a "$(readlink "$T/art-hub/model")" = "$SNAP"
+    check "stage hub: report records the commit" grep -q "\"commit\": \"$C1\"" "$OUT.out"
+    stage "$T/art-path" "{\"source\":\"path\",\"path\":\"$SRC\"}"
+    check "stage path: model links to the folder" test "$rc" = 0 -a "$(readlink "$T/art-path/model")" = "$(realpath "$SRC")"
+    stage "$T/art-url" "{\"source\":\"url\",\"url\":\"$HF_ENDPOINT/org/tiny/resolve/$C1\"}"
+    check "stage url: files fetched" test "$rc" = 0 -a -f "$T/art-url/model/config.json" -a -f "$T/art-url/model/tokenizer.json"
+    check "stage url: weights identical" cmp -s "$T/art-url/model/model.safetensors" "$SRC/model.safetensors"
+    check "stage url: no partial files" test -z "$(find "$T/art-url" -name '*.incomplete')"
+    stage "$T/art-bad" '{"source":"hub"}'
+    check "stage: repo required" test "$rc" = 3
+    stage "$T/art-gated" '{"repo":"org/gated"}'
+    check "stage gated: exit 8, nothing linked" test "$rc" = 8 -a ! -e "$T/art-gated/model"
+else
+    fail "stage driver $DRV not built"
+fi
+
+# 10. offline: cached snapshot served without a request; nothing cached: a clear error
 n0=$(wc -l < "$T/logs/hub.log")
 HF_HUB_OFFLINE=1 run org/tiny
 check "offline with a cached snapshot" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP" -a "$(wc -l < "$T/logs/hub.log")" = "$n0"
@@ -301,7 +322,7 @@ HF_HUB_OFFLINE=1 run org/never; check "offline without cache: exit 8" test "$rc"
 HF_ENDPOINT=http://127.0.0.1:1 run org/tiny
 check "hub unreachable: the cached snapshot serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
 
-# 10. the token never appears in anything we printed
+# 11. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
 if [ $fails -gt 0 ]; then

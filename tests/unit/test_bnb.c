@@ -252,25 +252,39 @@ TEST(fp4_and_plain_absmax_round_trip) {
     free(out);
 }
 
-/* a copy of the bf16 fixture with one weight poisoned */
-static char *poisoned_copy(void) {
-    char *dir = tmp_path("poison");
+/* a copy of the bf16 fixture with model.layers.1.mlp.up_proj.weight altered:
+ * 'n': a NaN at row 3, column 77 and an Inf later; 'd': stored as F64; 'z': shape [0, 128] */
+static char *altered_copy(char how) {
+    char sub[16] = "alter-x";
+    sub[6] = how;
+    char *dir = tmp_path(sub);
     fs_mkdir_p(dir);
     st_model *src = NULL;
     if (st_open(&src, BF16_DIR)) return dir;
     st_writer *w;
     st_writer_open(&w, dir, "model", 0);
     static uint16_t buf[256 * 128];
+    static double wide[256 * 128];
     for (size_t i = 0; i < st_count(src); i++) {
         const st_tensor *t = st_at(src, i);
         const void *data = t->data;
+        st_dtype dt = t->dtype;
+        int64_t shape[2] = {t->shape[0], t->ndim > 1 ? t->shape[1] : 0};
         if (!strcmp(t->name, "model.layers.1.mlp.up_proj.weight")) {
             memcpy(buf, t->data, t->nbytes);
-            buf[3 * 128 + 77] = 0x7fc0; /* NaN at row 3, column 77 */
-            buf[9 * 128] = 0x7f80;      /* Inf later */
-            data = buf;
+            if (how == 'n') {
+                buf[3 * 128 + 77] = 0x7fc0; /* NaN */
+                buf[9 * 128] = 0x7f80;      /* Inf later */
+                data = buf;
+            } else if (how == 'd') {
+                for (int k = 0; k < 256 * 128; k++) wide[k] = bf16_to_f32(buf[k]);
+                data = wide;
+                dt = ST_F64;
+            } else {
+                shape[0] = 0;
+            }
         }
-        st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, data, NULL, NULL);
+        st_writer_add(w, t->name, dt, t->ndim, shape, data, NULL, NULL);
     }
     st_writer_finish(&w);
     st_close(&src);
@@ -285,7 +299,7 @@ static char *poisoned_copy(void) {
 }
 
 TEST(nan_weight_is_named_and_nothing_written) {
-    char *in = poisoned_copy(), *out = tmp_path("poison-out");
+    char *in = altered_copy('n'), *out = tmp_path("poison-out");
     bnb_opts o;
     bnb_opts_default(&o);
     bnb_report rep;
@@ -335,6 +349,15 @@ TEST(bad_inputs) {
     bnb_opts_default(&o);
     bnb_report rep;
     char *out = tmp_path("bad");
+    char *f64 = altered_copy('d'), *empty = altered_copy('z');
+    CHECK_EQ_INT(bnb_quantize_dir(f64, out, &o, &rep), ERR_DATA);
+    CHECK(strstr(err_msg(), "tensor 'model.layers.1.mlp.up_proj.weight' is F64") != NULL);
+    bnb_report_free(&rep);
+    CHECK_EQ_INT(bnb_quantize_dir(empty, out, &o, &rep), ERR_DATA);
+    CHECK(strstr(err_msg(), "has 0 elements") != NULL);
+    bnb_report_free(&rep);
+    free(f64);
+    free(empty);
     CHECK_EQ_INT(bnb_quantize_dir(NF4_DIR, out, &o, &rep), ERR_DATA); /* already quantized */
     CHECK(strstr(err_msg(), "already quantized") != NULL);
     bnb_report_free(&rep);

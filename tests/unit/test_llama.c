@@ -75,7 +75,7 @@ TEST(bnb_checkpoint_logits) {
         ids[t] = (int32_t)v;
     }
     const char *dirs[2] = {"fixtures/bnb/tiny-llama-nf4", "fixtures/bnb/tiny-llama-bf16"};
-    float *logits = malloc(sizeof(float) * (size_t)(T * V));
+    float *logits = malloc(sizeof(float) * (size_t)(T * V)), *first = malloc(sizeof(float) * (size_t)(T * V));
     for (int d = 0; d < 2; d++) {
         llama_model *m = NULL;
         int rc = llama_load(&m, dirs[d], NULL, ops_cpu());
@@ -89,8 +89,14 @@ TEST(bnb_checkpoint_logits) {
         /* bitsandbytes computed in bf16: ~3 significant digits */
         fprintf(stderr, "  %s: logits rel err vs bitsandbytes %.2e\n", dirs[d], e);
         CHECK(e < 2e-2);
+        if (d == 0) memcpy(first, logits, sizeof(float) * (size_t)(T * V));
         llama_free(&m);
     }
+    /* our quantization at load reproduces bitsandbytes' (up to its torch-mean double-quant offset) */
+    double e = rel_err(logits, first, (int64_t)T * V);
+    fprintf(stderr, "  bf16 quantized at load vs the bitsandbytes checkpoint: logits rel err %.2e\n", e);
+    CHECK(e < 1e-3);
+    free(first);
     free(logits);
     st_close(&st);
 }
