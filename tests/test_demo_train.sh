@@ -28,7 +28,12 @@ read -r sb st < <(awk '/score \(mean of/ { print $(NF-1), $NF }' "$tmp/out.txt")
 awk -v b="$sb" -v t="$st" 'BEGIN { exit !(t >= b + 0.3) }' || fail "tuned exact match $st is not clearly above base $sb"
 
 echo "demo: ${secs}s, val loss $v0 -> $v1, exact match base $sb -> tuned $st"
-awk -v s="$secs" 'BEGIN { exit !(s <= 60) }' || fail "the demo took ${secs}s (limit 60 s)"
+# the 60 s limit is for a normal build; sanitizer builds run several times slower
+if [ -n "${QLORA_BUILD:-}" ] && grep -q '^SANITIZE:STRING=.' "$QLORA_BUILD/CMakeCache.txt" 2>/dev/null; then
+  echo "sanitizer build: time limit not checked"
+else
+  awk -v s="$secs" 'BEGIN { exit !(s <= 60) }' || fail "the demo took ${secs}s (limit 60 s)"
+fi
 
 # a second run computes nothing
 "$BIN" "$SRC/recipes/demo.yaml" >"$tmp/out2.txt" 2>&1 || { cat "$tmp/out2.txt"; fail "the second run failed"; }
