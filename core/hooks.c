@@ -145,6 +145,7 @@ static int add_segment(hooks_format_result *r, lua_State *L, int idx, bool train
 static int format_result_read(lua_State *L, int idx, const char *path, const char *what, hooks_format_result *r) {
     const char *shape = "format() must return {prompt=..., response=...}, {segments={{text=..., train=...}, ...}} or nil";
     memset(r, 0, sizeof *r);
+    idx = lua_absindex(L, idx);
     if (lua_isnil(L, idx) || (lua_isboolean(L, idx) && !lua_toboolean(L, idx))) {
         r->kind = HOOKS_FORMAT_DROP;
         return 0;
@@ -285,7 +286,7 @@ int hooks_generate(hooks *h, const json_t *ctx, hooks_emit_fn emit, void *ud) {
         break;
     }
     lua_settop(L, top);
-    return rc;
+    return rc == HOOKS_STOP ? 0 : rc;
 }
 
 /* ---- numbers and notifications ---- */

@@ -66,7 +66,9 @@ int hooks_format(hooks *h, const json_t *record, const json_t *ctx, const char *
 
 /* generate(ctx): a function that yields records with coroutine.yield(record), or returns
  * an array of them (or both). emit receives each record (a new reference it owns) and
- * returns 0 to go on or an ERR_* code to stop. */
+ * returns 0 to go on, HOOKS_STOP to end the generator early (enough records), or an ERR_*
+ * code to fail. */
+#define HOOKS_STOP (-1)
 typedef int (*hooks_emit_fn)(void *ud, json_t *record);
 int hooks_generate(hooks *h, const json_t *ctx, hooks_emit_fn emit, void *ud);
 

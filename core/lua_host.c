@@ -618,7 +618,7 @@ static int sandbox_require(lua_State *L) {
         }
     }
     lua_pushvalue(L, -1);
-    lua_setfield(L, -3, name);
+    lua_setfield(L, 2, name); /* the loaded table */
     return 1;
 }
 

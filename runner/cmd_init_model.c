@@ -6,6 +6,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "model/init_model.h"
 #include "runner/commands.h"
 
@@ -36,6 +37,11 @@ static int parse_int(const char *opt, const char *v, int64_t *out) {
     long long x = strtoll(v, &end, 10);
     if (!*v || *end || x < 0) return err_set(ERR_USAGE, "%s needs a non-negative integer, not '%s' (see qlora-run init-model --help)", opt, v);
     *out = x;
+    return 0;
+}
+
+static int on_progress(void *arg, uint64_t done, uint64_t total) {
+    progress_update("init-model", "weights", (double)done / 1e6, (double)total / 1e6, "MB");
     return 0;
 }
 
@@ -79,7 +85,9 @@ int cmd_init_model(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     o.threads = (int)(threads > 0 ? threads : 1);
     model_config cfg;
+    o.progress = on_progress;
     rc = init_model_write(&o, out, &cfg);
+    progress_finish();
     if (rc) return rc;
     notef("wrote '%s': %s, %lld parameters (%d layers, hidden %lld, %d heads, %d kv heads, vocab %lld), %s, seed %llu", out,
           config_arch_name(cfg.arch), (long long)config_param_count(&cfg), cfg.num_layers, (long long)cfg.hidden_size, cfg.num_heads,

@@ -108,5 +108,15 @@ n=$("$BIN" "$R" --json | grep -c '"type":"stage_cached"')
 "$BIN" cache gc --keep-last 1 | grep -q removed && ok "cache gc" || bad "cache gc"
 "$BIN" "$R" -q; expect_ran "gc kept the last run's artifacts" ""
 
+# notification hooks: on_stage_end per stage that ran, on_run_end once
+cp "$SRC/tests/recipes/runner/hooked.yaml" "$SRC/tests/recipes/runner/notify.lua" "$W/"
+NOTIFY_FILE=$W/notes.txt "$BIN" "$W/hooked.yaml" -q; rc=$?
+got=$(tr '\n' '|' < "$W/notes.txt" 2>/dev/null)
+[ $rc -eq 0 ] && [ "$got" = "stage a test_echo|stage b test_echo|run true ran=2|" ] && ok "on_stage_end and on_run_end hooks" || bad "hooks: rc $rc notes '$got'"
+# without the io allowance the same hook cannot write: a warning, the run still succeeds
+sed -i 's/allow: \[io\]/allow: []/' "$W/hooked.yaml"
+out=$(NOTIFY_FILE=$W/notes2.txt "$BIN" "$W/hooked.yaml" --force a 2>&1); rc=$?
+[ $rc -eq 0 ] && [ ! -f "$W/notes2.txt" ] && grep -q "warning: on_stage_end hook" <<<"$out" && ok "sandboxed hook cannot write files" || bad "sandbox: rc $rc out $out"
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
