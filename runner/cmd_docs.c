@@ -45,7 +45,7 @@ static void table(const param_spec *ps) {
             if (p->type == PARAM_REF) fputs("a stage of kind ", stdout);
             cell(p->choices);
         } else if ((p->type == PARAM_INT || p->type == PARAM_FLOAT) && p->min <= p->max) {
-            printf("%g .. %g", p->min, p->max);
+            printf("%.15g .. %.15g", p->min, p->max);
         } else {
             fputs("-", stdout);
         }

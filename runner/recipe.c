@@ -12,6 +12,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/hooks.h"
 
 #define MAX_ERRORS 20
 #define MAX_EXTENDS 16
@@ -688,24 +689,31 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         if (!valid_stage_name(r->name))
             errs_add(&e, yt_map_get(root, "name"), "recipe: 'name' must be letters, digits, '_' or '-' (it names directories), not '%s'", r->name);
     }
-    /* hooks */
+    /* hk */
     yt_node *hn = yt_map_get(root, "hooks");
-    json_t *hooks = NULL;
+    json_t *hk = NULL;
     if (hn && !yt_is_null(hn)) {
         if (hn->type != YT_MAP) errs_add(&e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
         else {
             vctx hv = {&e, "hooks", NULL};
-            hooks = validate_map(&hv, hook_params, hn, NULL);
+            hk = validate_map(&hv, hook_params, hn, NULL);
         }
     } else {
-        hooks = json_object();
+        hk = json_object();
         vctx hv = {&e, "hooks", NULL};
         yt_node *empty = yt_new_map(NULL);
-        json_decref(hooks);
-        hooks = validate_map(&hv, hook_params, empty, NULL);
+        json_decref(hk);
+        hk = validate_map(&hv, hook_params, empty, NULL);
         yt_free(&empty);
     }
-    r->hooks = hooks;
+    /* unset hook points are left out: stages see only the hooks that exist */
+    if (hk) {
+        const char *hkey;
+        json_t *hval;
+        void *tmp;
+        json_object_foreach_safe(hk, tmp, hkey, hval) if (json_is_null(hval)) json_object_del(hk, hkey);
+    }
+    r->hooks = hk;
     /* stages */
     yt_node *sn = yt_map_get(root, "stages");
     size_t nk;
@@ -761,18 +769,18 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
                     err_clear();
                 }
             }
-            /* hooks that shape this kind's output */
+            /* hk that shape this kind's output */
             const char *kh = key_hooks_of(kind->name);
-            if (hooks && *kh) {
+            if (hk && *kh) {
                 size_t nh;
                 const char **pts = split_choices(kh, &nh);
                 for (size_t h = 0; h < nh; h++) {
-                    const char *f = json_string_value(json_object_get(hooks, pts[h]));
+                    const char *f = json_string_value(json_object_get(hk, pts[h]));
                     if (f) add_key_file(&sv, f);
                 }
                 free(pts);
             }
-            rs->hooks = hooks ? json_incref(hooks) : NULL;
+            rs->hooks = hk ? json_incref(hk) : NULL;
         }
         /* references */
         for (int i = 0; i < r->n_stages; i++) {
@@ -820,6 +828,15 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
     }
     free(kinds);
     if (!e.n) toposort(r, &e);
+    /* open every hook now: a syntax error or a missing function fails before any work */
+    if (!e.n && hk) {
+        hooks *h = NULL;
+        if (hooks_open(&h, hk)) {
+            errs_add(&e, hn, "hooks: %s", err_msg());
+            err_clear();
+        }
+        hooks_free(&h);
+    }
     if (e.n) {
         json_decref(top);
         recipe_free(&r);

@@ -14,6 +14,7 @@
 #include "core/err.h"
 #include "core/events.h"
 #include "core/fsutil.h"
+#include "core/hooks.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "runner/cache.h"
@@ -38,6 +39,7 @@ typedef struct runner {
     plan p;
     cache c;
     events *ev;
+    hooks *hooks; /* for on_stage_end and on_run_end */
     char *run_dir;
     int *state;
     int failed_rc;
@@ -270,6 +272,11 @@ static void *worker(void *arg) {
             json_t *ie = plan_index_entry(&R->p, pick);
             cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
             json_decref(ie);
+            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") &&
+                hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
+                warnf("on_stage_end hook: %s", err_msg());
+                err_clear();
+            }
         }
         pthread_cond_broadcast(&R->cv);
     }
@@ -350,6 +357,7 @@ int run_recipe(const char *path, const run_opts *o) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
     double t0 = now_s();
     int jobs = o->jobs > 0 ? o->jobs : 1;
@@ -384,6 +392,18 @@ int run_recipe(const char *path, const run_opts *o) {
     json_object_set_new(end, "cached", json_integer(R.n_cached));
     json_object_set_new(end, "code", json_integer(rc));
     if (rc) json_object_set_new(end, "error", json_string(err_msg()));
+    if (R.hooks && hooks_has(R.hooks, "on_run_end")) {
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        json_t *summary = json_deep_copy(end);
+        json_object_set_new(summary, "recipe", json_string(r->name));
+        json_object_set_new(summary, "run_dir", json_string(R.run_dir));
+        json_object_set_new(summary, "ok", json_boolean(rc == 0));
+        if (hooks_on_run_end(R.hooks, summary)) warnf("on_run_end hook: %s", err_msg());
+        json_decref(summary);
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     events_emit(R.ev, "run_end", end);
     if (!rc) {
         outf("done in %.1f s: %d ran, %d cached; run record in %s", secs, R.n_ran, R.n_cached, R.run_dir);
@@ -401,6 +421,7 @@ int run_recipe(const char *path, const run_opts *o) {
         }
     }
 done:
+    hooks_free(&R.hooks);
     if (R.ev) events_close(&R.ev);
     fs_unlock(&lockfd);
     plan_free(&R.p);

@@ -72,6 +72,7 @@ static const param_spec echo_params[] = {
     {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "an input stage", 0},
     {"input2", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "a second input stage", 0},
     {"file", PARAM_FILE, NULL, 1, 0, NULL, "a file whose content is copied", 0},
+    {"files", PARAM_FILES, NULL, 1, 0, NULL, "files or globs (their content enters the key)", 0},
     {"count", PARAM_INT, "1", 0, 100, NULL, "a bounded integer", 0},
     {"ratio", PARAM_FLOAT, "0.5", 0, 1, NULL, "a bounded number", 0},
     {"mode", PARAM_ENUM, "fast", 1, 0, "fast|slow|careful", "an enum", 0},
@@ -85,7 +86,7 @@ static const param_spec echo_params[] = {
 static const param_spec sleep_params[] = {
     {"text", PARAM_STRING, "", 1, 0, NULL, "text to write", 0},
     {"ms", PARAM_INT, "100", 0, 600000, NULL, "milliseconds to sleep", PARAM_REQUIRED},
-    {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "an input stage", 0},
+    {"input", PARAM_REF, NULL, 1, 0, "test_echo", "an input stage", 0},
     {"input2", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "a second input stage", 0},
     {"file", PARAM_FILE, NULL, 1, 0, NULL, "a file whose content is copied", 0},
     {"fail", PARAM_BOOL, "false", 1, 0, NULL, "fail after writing", 0},

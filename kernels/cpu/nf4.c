@@ -98,11 +98,23 @@ uint8_t nf4_encode(float y, int quant_type) {
 /* the partial last block's absmax is clamped to 1e-38 (as f32, a subnormal) and stored so */
 #define NF4_TINY 1e-38f
 
+/* Loads through memcpy: a safetensors file whose header length is not a multiple of 8 leaves
+ * its tensors unaligned in the mapping (such files exist); the compiler makes these plain loads. */
+static inline uint16_t load_u16(const void *p, int64_t i) {
+    uint16_t v;
+    memcpy(&v, (const uint8_t *)p + 2 * i, 2);
+    return v;
+}
+
 static inline float src_at(const void *src, int src_dtype, int64_t i) {
     switch (src_dtype) {
-    case NF4_SRC_F16: return f16_to_f32(((const uint16_t *)src)[i]);
-    case NF4_SRC_BF16: return bf16_to_f32(((const uint16_t *)src)[i]);
-    default: return ((const float *)src)[i];
+    case NF4_SRC_F16: return f16_to_f32(load_u16(src, i));
+    case NF4_SRC_BF16: return bf16_to_f32(load_u16(src, i));
+    default: {
+        float f;
+        memcpy(&f, (const uint8_t *)src + 4 * i, 4);
+        return f;
+    }
     }
 }
 
@@ -152,31 +164,34 @@ static int64_t block_load(float *restrict buf, float *restrict amax, const void 
                           int64_t len) {
     int nonfinite;
     if (src_dtype == NF4_SRC_BF16) {
-        const uint16_t *s = (const uint16_t *)src + lo;
+        const uint8_t *s = (const uint8_t *)src + 2 * lo;
         unsigned worst = 0;
         for (int64_t i = 0; i < len; i++) {
-            unsigned a = s[i] & 0x7fffu;
+            uint16_t h = load_u16(s, i);
+            unsigned a = h & 0x7fffu;
             worst = a > worst ? a : worst;
-            buf[i] = bf16_to_f32(s[i]);
+            buf[i] = bf16_to_f32(h);
         }
         nonfinite = worst >= 0x7f80u;
     } else if (src_dtype == NF4_SRC_F16) {
-        const uint16_t *s = (const uint16_t *)src + lo;
+        const uint8_t *s = (const uint8_t *)src + 2 * lo;
         unsigned worst = 0;
         for (int64_t i = 0; i < len; i++) {
-            unsigned a = s[i] & 0x7fffu;
+            uint16_t h = load_u16(s, i);
+            unsigned a = h & 0x7fffu;
             worst = a > worst ? a : worst;
-            buf[i] = f16_to_f32(s[i]);
+            buf[i] = f16_to_f32(h);
         }
         nonfinite = worst >= 0x7c00u;
     } else {
-        const uint32_t *s = (const uint32_t *)src + lo;
+        memcpy(buf, (const uint8_t *)src + 4 * lo, (size_t)len * 4);
         uint32_t worst = 0;
         for (int64_t i = 0; i < len; i++) {
-            uint32_t a = s[i] & 0x7fffffffu;
+            uint32_t a;
+            memcpy(&a, &buf[i], 4);
+            a &= 0x7fffffffu;
             worst = a > worst ? a : worst;
         }
-        memcpy(buf, s, (size_t)len * 4);
         nonfinite = worst >= 0x7f800000u;
     }
     if (nonfinite) {
@@ -227,6 +242,26 @@ int64_t nf4_quantize_blocks(uint8_t *codes, float *absmax, const void *src, int 
     return bad;
 }
 
+/* absmax only (the first pass of a streaming writer): same values as the quantizer stores */
+static int64_t absmax_blocks(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int64_t b0,
+                             int64_t b1) {
+    float buf[4096];
+    int64_t bad = -1;
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t lo = b * blocksize, len = lo + blocksize < n ? blocksize : n - lo;
+        float m = 0.0f;
+        int64_t off = block_load(buf, &m, src, src_dtype, lo, len);
+        if (off >= 0) {
+            if (bad < 0) bad = lo + off;
+            m = NAN;
+        } else if (len < blocksize && m < NF4_TINY) {
+            m = NF4_TINY;
+        }
+        absmax[b] = m;
+    }
+    return bad;
+}
+
 typedef struct quant_job {
     uint8_t *codes;
     float *absmax;
@@ -237,6 +272,10 @@ typedef struct quant_job {
 
 static void *quant_job_run(void *arg) {
     quant_job *j = arg;
+    if (!j->codes) {
+        j->bad = absmax_blocks(j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->b0, j->b1);
+        return NULL;
+    }
     j->bad = nf4_quantize_blocks(j->codes, j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->quant_type,
                                  j->b0, j->b1);
     return NULL;
@@ -246,12 +285,19 @@ static void *quant_job_run(void *arg) {
 /* below this many elements a thread costs more than it saves */
 #define NF4_THREAD_MIN_ELEMS (1 << 16)
 
+int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads) {
+    return nf4_quantize(NULL, absmax, src, src_dtype, n, blocksize, OPS_NF4, nthreads);
+}
+
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads) {
     int64_t nb = nf4_nblocks(n, blocksize);
     if (nthreads > NF4_MAX_THREADS) nthreads = NF4_MAX_THREADS;
-    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads)
-        return nf4_quantize_blocks(codes, absmax, src, src_dtype, n, blocksize, quant_type, 0, nb);
+    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads) {
+        quant_job one = {codes, absmax, src, src_dtype, blocksize, quant_type, n, 0, nb, -1};
+        quant_job_run(&one);
+        return one.bad;
+    }
     quant_job jobs[NF4_MAX_THREADS];
     pthread_t th[NF4_MAX_THREADS];
     int started[NF4_MAX_THREADS] = {0};

@@ -53,6 +53,10 @@ int64_t nf4_quantize_ref(uint8_t *codes, float *absmax, const void *src, int src
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads);
 
+/* absmax only, exactly as nf4_quantize stores it (a first pass that needs no code buffer);
+ * same return */
+int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads);
+
 /* elements [first, first+count) to f32: dst[i] = quant_map[code] * absmax[block] */
 void nf4_dequantize_ref(float *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
                         int blocksize, int64_t first, int64_t count);

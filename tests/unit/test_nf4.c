@@ -54,9 +54,13 @@ static long diff_bytes(const char *what, const char *cs, const void *a, const vo
 }
 
 static float value_at(const void *p, int64_t i, st_dtype d) {
-    if (d == ST_BF16) return bf16_to_f32(((const uint16_t *)p)[i]);
-    if (d == ST_F16) return f16_to_f32(((const uint16_t *)p)[i]);
-    return ((const float *)p)[i];
+    uint16_t h;
+    memcpy(&h, (const uint8_t *)p + 2 * i, 2);
+    if (d == ST_BF16) return bf16_to_f32(h);
+    if (d == ST_F16) return f16_to_f32(h);
+    float f;
+    memcpy(&f, (const uint8_t *)p + i * 4, 4);
+    return f;
 }
 
 /* element values equal (so +0 == -0: bitsandbytes' native FP4 dequantization turns code 8 into
@@ -151,7 +155,9 @@ static long fixture_case(const char *key, json_t *info) {
         own_absmax = malloc((size_t)nb * 4);
         nf4_double_dequant(own_absmax, q, nabs, map, nb, own);
         for (int64_t b = 0; b < nb; b++) {
-            float want = map[((const uint8_t *)qa->data)[b]] * ((const float *)na->data)[b / 256] + offset;
+            float nab;
+            memcpy(&nab, (const uint8_t *)na->data + (b / 256) * 4, 4); /* fixture data may be unaligned */
+            float want = map[((const uint8_t *)qa->data)[b]] * nab + offset;
             if (!(fabsf(own_absmax[b] - want) <= 1e-6f * fabsf(want) + 1e-7f)) {
                 if (!bad) fprintf(stderr, "  %s: own-offset absmax %lld: %.9g vs %.9g\n", key, (long long)b, own_absmax[b], want);
                 bad++;

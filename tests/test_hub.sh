@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# test_hub.sh: the hub client against a real HTTP server on loopback.
+#
+# Starts nginx (Debian's, /usr/sbin/nginx) with its own prefix and config in a temp dir,
+# serving a hub-like tree: the API listing (/api/models/ORG/NAME/revision/REV), the resolve
+# paths (/ORG/NAME/resolve/COMMIT/PATH) with the headers the hub sends (X-Repo-Commit, ETag,
+# X-Linked-Etag, X-Linked-Size, X-Error-Code), and a small safetensors model written here.
+# Faults come from nginx itself: a proxy that times out mid-body cuts the connection; round-robin
+# upstreams alternate a failing server with a good one (a 500, then success; a 429 with
+# Retry-After, then success); a second server on 127.0.0.2 plays the CDN and logs the
+# Authorization header it receives. Run from the repo root with QLORA_BIN set (ctest does it).
+set -u
+BIN=${QLORA_BIN:-build/qlora-run}
+NGINX=${NGINX:-/usr/sbin/nginx}
+[ -x "$NGINX" ] || { echo "SKIP: no nginx at $NGINX (apt-get install nginx-light)"; exit 0; }
+if ! "$BIN" fetch --help 2>/dev/null | grep -q "usage: qlora-run fetch"; then
+    echo "SKIP: '$BIN fetch' is not wired into main.c yet"; exit 0
+fi
+
+T=$(mktemp -d /tmp/qlora-hub-test.XXXXXX)
+cleanup() {
+    [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
+    sleep 0.2
+    rm -rf "$T"
+}
+trap cleanup EXIT
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy HF_TOKEN HUGGING_FACE_HUB_TOKEN \
+      HF_HUB_CACHE HUGGINGFACE_HUB_CACHE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE
+export no_proxy='*'
+
+fails=0
+pass() { echo "ok   $1"; }
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
+
+TOKEN=hf_SecretTestToken0123456789
+WWW=$T/www CDN=$T/cdn
+mkdir -p "$WWW" "$CDN/blobs" "$T/logs" "$T/tmp" "$T/home"
+
+# ---- the model files ----
+# a safetensors file: one F32 tensor of n floats, random bytes
+make_safetensors() { # out n
+    local out=$1 n=$2 hdr len pad
+    hdr="{\"w\":{\"dtype\":\"F32\",\"shape\":[$n],\"data_offsets\":[0,$((n * 4))]}}"
+    pad=$(( (8 - ${#hdr} % 8) % 8 )); hdr="$hdr$(printf '%*s' $pad '')"; len=${#hdr}
+    printf "$(printf '\\x%02x\\x%02x\\x00\\x00\\x00\\x00\\x00\\x00' $((len & 255)) $((len >> 8)))" > "$out"
+    printf '%s' "$hdr" >> "$out"
+    head -c $((n * 4)) /dev/urandom >> "$out"
+}
+SRC=$T/src; mkdir -p "$SRC"
+echo '{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":8}' > "$SRC/config.json"
+echo '{"bos_token_id":1,"eos_token_id":2}' > "$SRC/generation_config.json"
+echo '{"version":"1.0","model":{"type":"BPE","vocab":{}}}' > "$SRC/tokenizer.json"
+echo '# a readme nobody asked for' > "$SRC/README.md"
+printf 'PK\003\004 pickle' > "$SRC/pytorch_model.bin"
+make_safetensors "$SRC/model.safetensors" 400000        # 1.6 MB: big enough to cut
+make_safetensors "$SRC/small.safetensors" 1000
+echo '[{"instruction":"say hi","input":"","output":"hi"}]' > "$SRC/alpaca.json"
+
+commit_of() { printf '%s' "$1" | sha1sum | cut -c1-40; }
+MAPS=$T/maps.conf; : > "$MAPS.etag"; : > "$MAPS.letag"; : > "$MAPS.lsize"; : > "$MAPS.commit"
+# serve SRC/file as PATH of REPO at COMMIT; lfs=1: the hub's LFS headers (sha256 ETag, size)
+add_file() { # prefix repo commit path srcfile lfs
+    local uri="/$1$2/resolve/$3/$4" f="$WWW/$1$2/resolve/$3/$4"
+    mkdir -p "$(dirname "$f")"; cp "$5" "$f"
+    if [ "$6" = 1 ]; then
+        echo "\"$uri\" \"\\\"$(sha256sum < "$5" | cut -c1-64)\\\"\";" >> "$MAPS.letag"
+        echo "\"$uri\" $(stat -c %s "$5");" >> "$MAPS.lsize"
+    else
+        echo "\"$uri\" \"\\\"$(git hash-object "$5")\\\"\";" >> "$MAPS.etag"
+    fi
+}
+# the API answer for REV of REPO: commit + listing
+add_api() { # kind repo rev commit files...
+    local kind=$1 repo=$2 rev=$3 commit=$4; shift 4
+    local f="$WWW/api/$kind/$repo/revision/$rev" sib="" x
+    for x in "$@"; do sib="$sib${sib:+,}{\"rfilename\":\"$x\"}"; done
+    mkdir -p "$(dirname "$f")"
+    echo "{\"id\":\"$repo\",\"sha\":\"$commit\",\"private\":false,\"siblings\":[$sib]}" > "$f"
+}
+
+C1=$(commit_of tiny-main); C2=$(commit_of tiny-pr1)
+for f in config.json generation_config.json tokenizer.json README.md pytorch_model.bin; do add_file "" org/tiny $C1 $f "$SRC/$f" 0; done
+add_file "" org/tiny $C1 model.safetensors "$SRC/model.safetensors" 1
+add_file "" org/tiny $C2 config.json "$SRC/generation_config.json" 0
+add_file "" org/tiny $C2 model.safetensors "$SRC/small.safetensors" 1
+TINY_FILES="config.json generation_config.json tokenizer.json README.md pytorch_model.bin model.safetensors"
+add_api models org/tiny main $C1 $TINY_FILES
+echo "~^/org/tiny/resolve/main/ $C1;" >> "$MAPS.commit"
+add_api models org/tiny v1.0 $C1 $TINY_FILES
+add_api models org/tiny $C1 $C1 $TINY_FILES
+add_api models org/tiny refs/pr/1 $C2 config.json model.safetensors
+
+# fault repos: each serves config.json normally and model.safetensors through its fault
+for r in cut badsha flaky ratelimited cdn private gated; do
+    c=$(commit_of $r); eval "C_$r=$c"
+    add_file "" org/$r $c config.json "$SRC/config.json" 0
+    add_api models org/$r main $c config.json model.safetensors
+done
+for r in cut flaky ratelimited cdn private; do add_file "" org/$r $(commit_of $r) model.safetensors "$SRC/model.safetensors" 1; done
+# badsha: the bytes are the model, the advertised sha256 is of other bytes
+f="$WWW/org/badsha/resolve/$C_badsha/model.safetensors"; mkdir -p "$(dirname "$f")"; cp "$SRC/model.safetensors" "$f"
+echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" \"$(sha256sum < "$SRC/small.safetensors" | cut -c1-64)\";" >> "$MAPS.letag"
+echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" $(stat -c %s "$SRC/model.safetensors");" >> "$MAPS.lsize"
+# cdn: the blob lives on the other server
+cp "$SRC/model.safetensors" "$CDN/blobs/$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)"
+# pickle-only repo, and a listing that tries to escape
+C_pickle=$(commit_of pickle)
+add_file "" org/pickle $C_pickle config.json "$SRC/config.json" 0
+add_file "" org/pickle $C_pickle pytorch_model.bin "$SRC/pytorch_model.bin" 0
+add_api models org/pickle main $C_pickle config.json pytorch_model.bin
+add_api models org/evil main $(commit_of evil) config.json ../../../../escaped.json
+# a dataset repo, fetched by branch
+C_data=$(commit_of data)
+add_file datasets/ org/data main alpaca.json "$SRC/alpaca.json" 0
+echo "~^/datasets/org/data/resolve/main/ $C_data;" >> "$MAPS.commit"
+add_api datasets org/data main $C_data alpaca.json
+
+# ---- nginx ----
+free_port() {
+    local p
+    for p in $(shuf -i 20000-60000 -n 50); do
+        (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
+    done
+}
+P1=$(free_port); P2=$(free_port); P3=$(free_port)
+CDN_BLOB=$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)
+cat > "$T/hubhdrs.conf" <<EOF
+etag off;
+add_header X-Repo-Commit \$hub_commit always;
+add_header ETag \$hub_etag always;
+add_header X-Linked-Etag \$hub_linked_etag always;
+add_header X-Linked-Size \$hub_linked_size always;
+add_header X-Error-Code \$hub_entry_err always;
+EOF
+cat > "$T/nginx.conf" <<EOF
+$( [ "$(id -u)" = 0 ] && echo "user $(id -un) $(id -gn);" )
+worker_processes 1;
+pid $T/nginx.pid;
+error_log $T/logs/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path $T/tmp/body; proxy_temp_path $T/tmp/proxy; fastcgi_temp_path $T/tmp/fcgi;
+    uwsgi_temp_path $T/tmp/uwsgi; scgi_temp_path $T/tmp/scgi;
+    default_type application/octet-stream;
+    map_hash_bucket_size 256;
+    sendfile on;
+    log_format hdrs '\$server_port \$request_method \$uri \$status auth="\$http_authorization" range="\$http_range"';
+    map \$uri \$hub_etag { default ""; $(cat "$MAPS.etag") }
+    map \$uri \$hub_linked_etag { default ""; $(cat "$MAPS.letag") }
+    map \$uri \$hub_linked_size { default ""; $(cat "$MAPS.lsize") }
+    map \$uri \$hub_commit { default ""; $(cat "$MAPS.commit") "~^/(datasets/)?[^/]+/[^/]+/resolve/(?<c>[0-9a-f]{40})/" \$c; }
+    map \$status \$hub_entry_err { 404 EntryNotFound; default ""; }
+    map \$status \$api_err { 404 RepoNotFound; default ""; }
+    map \$status \$rev_err { 404 RevisionNotFound; default ""; }
+    map \$http_authorization \$auth_ok { "Bearer $TOKEN" 1; default 0; }
+    upstream flaky_rr { server 127.0.0.2:$P2; server 127.0.0.1:$P3; }
+    upstream ratelimited_rr { server 127.0.0.2:$P2; server 127.0.0.1:$P3; }
+
+    # the hub
+    server {
+        listen 127.0.0.1:$P1;
+        root $WWW;
+        access_log $T/logs/hub.log hdrs;
+        location /api/ { add_header X-Error-Code \$api_err always; }
+        location ^~ /api/models/org/tiny/ { add_header X-Error-Code \$rev_err always; }
+        location ^~ /api/models/org/private/ {
+            add_header X-Error-Code RepoNotFound always;
+            if (\$auth_ok = 0) { return 401; }
+        }
+        location ~ ^/(datasets/)?[^/]+/[^/]+/resolve/ { include $T/hubhdrs.conf; }
+        location ^~ /org/private/resolve/ {
+            include $T/hubhdrs.conf;
+            if (\$auth_ok = 0) { return 401; }
+        }
+        location ^~ /org/gated/resolve/ {
+            add_header X-Error-Code GatedRepo always;
+            add_header X-Error-Message "Access to model org/gated is restricted and you are not in the authorized list." always;
+            return 403;
+        }
+        location = /org/cdn/resolve/$C_cdn/model.safetensors {
+            include $T/hubhdrs.conf;
+            return 302 http://127.0.0.2:$P2/blobs/$CDN_BLOB?signature=abc;
+        }
+        # the cut: the inner location stalls after 1 MB, the proxy gives up after 1 s and
+        # closes the client's connection mid-body; a resumed request (< 1 MB left) passes
+        location = /org/cut/resolve/$C_cut/model.safetensors {
+            include $T/hubhdrs.conf;
+            proxy_pass http://127.0.0.1:$P3/slow/org/cut/resolve/$C_cut/model.safetensors;
+            proxy_buffering off;
+            proxy_read_timeout 1s;
+        }
+        location = /org/flaky/resolve/$C_flaky/model.safetensors { proxy_pass http://flaky_rr; }
+        location = /org/ratelimited/resolve/$C_ratelimited/model.safetensors { proxy_pass http://ratelimited_rr; }
+    }
+    # the backend of the round robins, and the slow source of the cut
+    server {
+        listen 127.0.0.1:$P3;
+        root $WWW;
+        access_log $T/logs/backend.log hdrs;
+        location / { include $T/hubhdrs.conf; }
+        location /slow/ { alias $WWW/; limit_rate_after 1000k; limit_rate 1; }
+    }
+    # the CDN on another host, and the failing half of the round robins
+    server {
+        listen 127.0.0.2:$P2;
+        root $CDN;
+        access_log $T/logs/cdn.log hdrs;
+        location /blobs/ { }
+        location /org/flaky/ { return 500; }
+        location /org/ratelimited/ { add_header Retry-After 2 always; return 429; }
+    }
+}
+EOF
+"$NGINX" -p "$T" -c "$T/nginx.conf" -e "$T/logs/error.log" || { cat "$T/logs/error.log"; echo "FAIL nginx did not start"; exit 1; }
+for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$P1) 2>/dev/null && break; sleep 0.1; done
+
+export HF_ENDPOINT=http://127.0.0.1:$P1 HF_HOME=$T/home
+CACHE=$T/home/hub
+OUT=$T/out; : > "$T/all-output"
+run() { # run the client; output in $OUT.{out,err}, also appended to all-output; rc in $rc
+    "$BIN" fetch "$@" > "$OUT.out" 2> "$OUT.err"; rc=$?
+    cat "$OUT.out" "$OUT.err" >> "$T/all-output"
+}
+has() { grep -q -- "$1" "$OUT.err"; }
+
+# 1. a plain fetch: default files only, cache layout as the Python tools write it
+run org/tiny
+SNAP=$CACHE/models--org--tiny/snapshots/$C1
+check "fetch prints the snapshot" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
+check "default files fetched" test -f "$SNAP/config.json" -a -f "$SNAP/generation_config.json" -a -f "$SNAP/tokenizer.json"
+check "safetensors identical" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
+check "README and pickle not fetched" test ! -e "$SNAP/README.md" -a ! -e "$SNAP/pytorch_model.bin"
+check "relative symlink to the blob" test "$(readlink "$SNAP/model.safetensors")" = "../../blobs/$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)"
+check "refs/main holds the commit, no newline" test "$(cat "$CACHE/models--org--tiny/refs/main")" = "$C1" -a "$(stat -c %s "$CACHE/models--org--tiny/refs/main")" = 40
+check "no partial files" test -z "$(find "$CACHE" -name '*.incomplete')"
+
+# 2. again: everything cached, only the listing is asked for
+n0=$(grep -c resolve "$T/logs/hub.log")
+run org/tiny
+check "second fetch is cached" test "$rc" = 0 -a "$(grep -c resolve "$T/logs/hub.log")" = "$n0"
+
+# 3. revisions: a tag, a commit, a PR ref, a bad one
+run org/tiny@v1.0; check "tag resolves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
+run org/tiny@$C1; check "commit resolves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
+run org/tiny@refs/pr/1
+check "refs/pr/1 resolves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$CACHE/models--org--tiny/snapshots/$C2" -a -f "$CACHE/models--org--tiny/refs/refs/pr/1"
+run org/tiny@nosuch; check "bad revision: exit 8" test "$rc" = 8; check "bad revision: says so" has "revision 'nosuch' not found"
+
+# 4. include/exclude, pickle refused
+run org/tiny --include 'README*'; check "--include" test "$rc" = 0 -a -f "$SNAP/README.md"
+run org/tiny --include '*.bin'; check "pickle refused by --include: exit 4" test "$rc" = 4; check "pickle: says why" has "can run arbitrary code"
+run org/pickle; check "pickle-only repo refused: exit 4" test "$rc" = 4; check "pickle-only: says so" has "no .safetensors weights"
+run org/pickle --include '*.bin' --allow-pickle; check "--allow-pickle" test "$rc" = 0
+
+# 5. errors: missing repo, 401 private, 403 gated, missing file, unsafe listing
+run org/nope; check "missing repo: exit 8" test "$rc" = 8; check "missing repo: says so" has "'org/nope' not found"
+run org/private; check "private without token: exit 8" test "$rc" = 8; check "private: mentions HF_TOKEN" has "HF_TOKEN"
+HF_TOKEN=$TOKEN run org/private; check "private with HF_TOKEN" test "$rc" = 0
+rm -rf "$CACHE/models--org--private"
+echo "$TOKEN" > "$T/home/token"; run org/private; check "private with \$HF_HOME/token" test "$rc" = 0; rm "$T/home/token"
+run org/gated; check "gated: exit 8" test "$rc" = 8; check "gated: accept the licence" has "accept its licence on $HF_ENDPOINT/org/gated"
+run org/tiny --file nosuch.txt; check "missing file: exit 8" test "$rc" = 8
+check "missing file remembered in .no_exist" test -e "$CACHE/models--org--tiny/.no_exist/$C1/nosuch.txt"
+run org/evil --include '*'; check "escaping listing: exit 4" test "$rc" = 4; check "escaping listing: says unsafe" has "unsafe path"
+check "nothing written outside" test -z "$(find "$T" -name escaped.json)"
+
+# 6. faults: cut mid-file, wrong sha, 500 then success, 429 with Retry-After, CDN redirect
+run org/cut
+check "cut: resumed" test "$rc" = 0 && check "cut: identical bytes" cmp -s "$CACHE/models--org--cut/snapshots/$C_cut/model.safetensors" "$SRC/model.safetensors"
+check "cut: second request used Range" grep -q "model.safetensors 206 .*range=\"bytes=[1-9]" "$T/logs/backend.log"
+run org/badsha; check "wrong sha: exit 4" test "$rc" = 4; check "wrong sha: says checksum" has "checksum"
+check "wrong sha: no blob kept" test -z "$(find "$CACHE/models--org--badsha/blobs/" -size +1000k)" -a ! -e "$CACHE/models--org--badsha/snapshots/$C_badsha/model.safetensors"
+run org/flaky; check "500 then success" test "$rc" = 0 && check "500: identical" cmp -s "$CACHE/models--org--flaky/snapshots/$C_flaky/model.safetensors" "$SRC/model.safetensors"
+t0=$(date +%s.%N); run org/ratelimited; t1=$(date +%s.%N)
+check "429 then success" test "$rc" = 0
+check "429: Retry-After honoured (>= 4 s for two waits of 2 s)" awk "BEGIN{exit !($t1 - $t0 >= 4)}"
+HF_TOKEN=$TOKEN run org/cdn
+check "cdn redirect: fetched" test "$rc" = 0 && check "cdn: identical" cmp -s "$CACHE/models--org--cdn/snapshots/$C_cdn/model.safetensors" "$SRC/model.safetensors"
+check "cdn: the hub got the token" grep -q "/org/cdn/resolve/.* auth=\"Bearer " "$T/logs/hub.log"
+check "cdn: the token did not follow the redirect" test "$(grep -c 'auth="Bearer' "$T/logs/cdn.log")" = 0 -a "$(grep -c /blobs/ "$T/logs/cdn.log")" -gt 0
+
+# 7. a resumed partial blob: a .incomplete left from an earlier cut is continued, not restarted
+rm -rf "$CACHE/models--org--tiny"
+BLOB=$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)
+mkdir -p "$CACHE/models--org--tiny/blobs"; head -c 700000 "$SRC/model.safetensors" > "$CACHE/models--org--tiny/blobs/$BLOB.incomplete"
+run org/tiny
+check "partial blob resumed" test "$rc" = 0 && check "resumed bytes identical" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
+check "resume asked for the rest" grep -q "range=\"bytes=700000-\"" "$T/logs/hub.log"
+
+# 8. a dataset file by branch
+run --dataset org/data --file alpaca.json
+check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
+
+# 9. the fetch_model stage, driven without the runner (tests/unit/test_hub_parse.c --stage)
+DRV=${QLORA_BUILD:-build}/tests/test_hub_parse
+if [ -x "$DRV" ]; then
+    stage() { "$DRV" --stage "$@" > "$OUT.out" 2> "$OUT.err"; rc=$?; cat "$OUT.out" "$OUT.err" >> "$T/all-output"; }
+    stage "$T/art-hub" '{"repo":"org/tiny"}'
+    check "stage hub: model links to the snapshot" test "$rc" = 0 -a "$(readlink "$T/art-hub/model")" = "$SNAP"
+    check "stage hub: report records the commit" grep -q "\"commit\": \"$C1\"" "$OUT.out"
+    stage "$T/art-path" "{\"source\":\"path\",\"path\":\"$SRC\"}"
+    check "stage path: model links to the folder" test "$rc" = 0 -a "$(readlink "$T/art-path/model")" = "$(realpath "$SRC")"
+    stage "$T/art-url" "{\"source\":\"url\",\"url\":\"$HF_ENDPOINT/org/tiny/resolve/$C1\"}"
+    check "stage url: files fetched" test "$rc" = 0 -a -f "$T/art-url/model/config.json" -a -f "$T/art-url/model/tokenizer.json"
+    check "stage url: weights identical" cmp -s "$T/art-url/model/model.safetensors" "$SRC/model.safetensors"
+    check "stage url: no partial files" test -z "$(find "$T/art-url" -name '*.incomplete')"
+    stage "$T/art-bad" '{"source":"hub"}'
+    check "stage: repo required" test "$rc" = 3
+    stage "$T/art-gated" '{"repo":"org/gated"}'
+    check "stage gated: exit 8, nothing linked" test "$rc" = 8 -a ! -e "$T/art-gated/model"
+else
+    fail "stage driver $DRV not built"
+fi
+
+# 10. offline: cached snapshot served without a request; nothing cached: a clear error
+n0=$(wc -l < "$T/logs/hub.log")
+HF_HUB_OFFLINE=1 run org/tiny
+check "offline with a cached snapshot" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP" -a "$(wc -l < "$T/logs/hub.log")" = "$n0"
+HF_HUB_OFFLINE=1 run org/never; check "offline without cache: exit 8" test "$rc" = 8; check "offline: says so" has "HF_HUB_OFFLINE"
+HF_ENDPOINT=http://127.0.0.1:1 run org/tiny
+check "hub unreachable: the cached snapshot serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
+
+# 11. the token never appears in anything we printed
+check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
+
+if [ $fails -gt 0 ]; then
+    echo "--- last stderr:"; cat "$OUT.err"; echo "--- nginx error log:"; tail -20 "$T/logs/error.log"
+    echo "$fails failed"; exit 1
+fi
+echo "all passed"
