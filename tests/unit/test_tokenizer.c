@@ -71,13 +71,16 @@ TEST(byte_level_bpe) {
     /* special tokens in the text; <mask> strips the spaces around it */
     ENC(t, "a <mask> b<|end|>c", false, 97, 266, 98, 265, 99);
     ENC(t, "", true, 265);
-    CHECK_EQ_INT(tokenizer_vocab_size(t), 267);
+    /* "xy" is a single_word token: only where no word character touches it */
+    ENC(t, "xy xyz", false, 267, 32, 120, 121, 122);
+    ENC(t, "axy xy_ (xy)", false, 97, 120, 121, 32, 120, 121, 95, 32, 40, 267, 41);
+    CHECK_EQ_INT(tokenizer_vocab_size(t), 268);
     CHECK_EQ_INT(tokenizer_eos(t), 265);
     CHECK_EQ_INT(tokenizer_pad(t), 265);
     CHECK_EQ_INT(tokenizer_bos(t), -1);
     CHECK(!tokenizer_adds_bos(t));
     CHECK_EQ_STR(tokenizer_token(t, 258), "Ġthe");
-    CHECK(tokenizer_token(t, 267) == NULL);
+    CHECK(tokenizer_token(t, 268) == NULL);
     CHECK_EQ_INT(tokenizer_token_id(t, "Ġthe"), 258);
     CHECK_EQ_INT(tokenizer_token_id(t, "<mask>"), 266);
     CHECK_EQ_INT(tokenizer_token_id(t, "nope"), -1);
