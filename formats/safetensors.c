@@ -283,6 +283,14 @@ const char *st_metadata(const st_model *m, const char *key) {
     return json_string_value(json_object_get(m->maps[0].meta, key));
 }
 
+void st_release(const st_tensor *t) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)t->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t e = ((uintptr_t)t->data + t->nbytes) & ~((uintptr_t)page - 1);
+    /* whole pages inside the tensor only: neighbours may still be in use */
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
 int st_read_f32(const st_tensor *t, int64_t first, int64_t n, float *dst) {
     if (first < 0 || n < 0 || first + n > st_numel(t)) return err_set(ERR_STAGE, "tensor '%s': read of [%lld, %lld) out of range", t->name, (long long)first, (long long)(first + n));
     const uint8_t *p = t->data + (uint64_t)first * dtype_sizes[t->dtype];

@@ -50,6 +50,11 @@ const char *st_dtype_name(st_dtype d);
 int st_dtype_from_name(const char *s); /* -1 if unknown */
 size_t st_dtype_size(st_dtype d);
 
+/* Drop the tensor's pages from this process's resident set once read (the mapping stays
+ * valid: a later access reads them from the page cache again). Streaming converters call it
+ * after each tensor so the RSS of reading a 13 GB checkpoint stays at one tensor. */
+void st_release(const st_tensor *t);
+
 /* Convert any float tensor (F32, F16, BF16, F64) element range to f32. */
 int st_read_f32(const st_tensor *t, int64_t first, int64_t n, float *dst);
 

@@ -3,20 +3,28 @@
  * The model (model/llama.c) is written once against this table; ops_cpu() is the plain C
  * reference (kernels/cpu/, the truth CI runs) and ops_cuda() the fast one (kernels/cuda/,
  * checked against the reference on the GPU machine). Every buffer argument lives in the
- * backend's memory (host for cpu, device for cuda), allocated with the table's alloc.
+ * backend's memory (host for cpu, device for cuda), allocated with the table's alloc; the
+ * model never dereferences one (it may offset a pointer by whole rows, e.g. into a KV cache).
+ * Struct arguments (ops_nf4, ops_lora) are host structs holding backend pointers.
  *
  * Types:
  *  - activations ("act"): the backend's activation type, act_dtype: OPS_F32 on cpu,
- *    OPS_BF16 on cuda. Passed as void *.
+ *    OPS_BF16 on cuda. Passed as void *; an act buffer of n elements is n * ops_act_size().
  *  - frozen dense weights (embedding, norms, lm_head, biases): bf16 (uint16_t) on both.
  *  - frozen linear weights: NF4 (ops_nf4: packed codes + fp32 absmax, already de-nested
  *    from double quant at load; bitsandbytes layout, first element in the high nibble).
  *  - LoRA A/B: fp32 master weights, fp32 gradients, fp32 AdamW state on both.
+ *  - small per-token side arrays (rstd, lse, xa, losses): fp32 on both.
  * Shapes use T (tokens in the micro-batch, rows flattened), C (hidden), nh/nkv (heads),
  * hd (head dim), V (vocab). A linear weight is [out, in] and y = x W^T (nn.Linear).
+ * Integer arrays (ids, pos, seq_start, target) are int32 in backend memory.
  *
  * Packing: seq_start[t] is the index of the first token of the sequence token t belongs to;
  * attention of t covers [seq_start[t], t] only, and positions restart per sequence (pos[t]).
+ *
+ * LoRA dropout: element i of the [T, in] input of a LoRA branch is kept when
+ * ops_dropout_keep(seed, i, p) (below; a pure function, so forward, backward, recompute and
+ * both backends draw the same mask) and then scaled by 1/(1-p), as torch.nn.Dropout does.
  *
  * Ownership: the caller owns every buffer; ops allocate nothing but their own scratch,
  * which they keep between calls (no allocation inside a training step after the first). */
@@ -30,14 +38,20 @@
 extern "C" {
 #endif
 
+#ifdef __CUDACC__
+#define OPS_HD __host__ __device__
+#else
+#define OPS_HD
+#endif
+
 enum ops_dtype { OPS_F32 = 0, OPS_BF16 = 1 };
 enum ops_quant { OPS_NF4 = 0, OPS_FP4 = 1 };
 
 typedef struct ops_nf4 {
-    const uint8_t *codes; /* (rows*cols+1)/2 bytes */
-    const float *absmax;  /* ceil(rows*cols/blocksize) */
+    const uint8_t *codes;   /* (rows*cols+1)/2 bytes */
+    const float *absmax;    /* ceil(rows*cols/blocksize) */
     const float *quant_map; /* 16 entries (the table stored in the checkpoint) */
-    int64_t rows, cols;   /* out_features, in_features */
+    int64_t rows, cols;     /* out_features, in_features */
     int blocksize;
 } ops_nf4;
 
@@ -47,19 +61,32 @@ typedef struct ops_lora {
     float *dA, *dB;  /* gradients, accumulated (+=) by backward */
     int r;
     float scale;     /* alpha/r, or alpha/sqrt(r) with rslora */
-    float dropout;   /* probability; the mask is a pure function of (seed, index) */
-    uint64_t dropout_seed; /* set per layer and micro-step by the caller */
+    float dropout;   /* probability p in [0, 1); 0 disables (evaluation, generation) */
+    uint64_t dropout_seed; /* set per layer, module and micro-step by the caller */
 } ops_lora;
+
+/* The dropout hash: splitmix64's finaliser over seed and index (both backends use this one).
+ * keep when the top 24 bits, as a uniform in [0, 1), are >= p. */
+static inline OPS_HD uint64_t ops_hash_u64(uint64_t seed, uint64_t i) {
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + i * 0xd1b54a32d192ed03ull + 0x632be59bd9b4e019ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static inline OPS_HD int ops_dropout_keep(uint64_t seed, uint64_t i, float p) {
+    return (float)(ops_hash_u64(seed, i) >> 40) * (1.0f / 16777216.0f) >= p;
+}
 
 typedef struct ops_table {
     const char *name; /* "cpu" | "cuda" */
     int act_dtype;    /* enum ops_dtype */
 
     /* memory */
-    void *(*alloc)(size_t bytes); /* zeroed */
+    void *(*alloc)(size_t bytes); /* zeroed; NULL when out of memory */
     void (*free)(void *p);
     void (*upload)(void *dst, const void *src, size_t bytes);   /* host -> backend */
     void (*download)(void *dst, const void *src, size_t bytes); /* backend -> host */
+    void (*copy)(void *dst, const void *src, size_t bytes);     /* backend -> backend */
     void (*zero)(void *p, size_t bytes);
     void (*sync)(void);
 
@@ -71,50 +98,64 @@ typedef struct ops_table {
     void (*rmsnorm_bwd)(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T, int C);
     /* y += x  (residual add), n elements */
     void (*add_inplace)(void *y, const void *x, int64_t n);
-    /* in-place rotate_half RoPE on q [T, nh*hd] (heads contiguous) with inv_freq[hd/2] at
-     * positions pos[T]; inverse = 1 applies the transpose (backward) */
+    /* in-place rotate_half RoPE on rows of q [T, ld] (nh heads of hd, contiguous from the row start;
+     * ld = nh*hd) with inv_freq[hd/2] (fp32, computed by the model incl. rope scaling) at positions
+     * pos[T]: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) for dims (j, j+hd/2).
+     * inverse = 1 applies the transpose (the backward). */
     void (*rope)(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
-    /* causal attention inside each packed sequence, GQA (head h reads kv head h/(nh/nkv)).
-     * q [T, nh*hd], k/v [T, nkv*hd], out [T, nh*hd], lse [nh, T] (log-sum-exp saved). */
+    /* causal attention inside each packed sequence, GQA (head h reads kv head h/(nh/nkv)),
+     * softmax scale 1/sqrt(hd). q [T, nh*hd], k/v [T, nkv*hd], out [T, nh*hd],
+     * lse [nh, T] (natural-log log-sum-exp of the scaled scores, saved for backward). */
     void (*attention_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
                           const int32_t *seq_start, int T, int nh, int nkv, int hd);
     /* dq, dk, dv overwritten */
     void (*attention_bwd)(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
                           const void *q, const void *k, const void *v, const int32_t *seq_start,
                           int T, int nh, int nkv, int hd);
+    /* generation with a KV cache (one sequence): q [Tq, nh*hd] are the last Tq of Tk positions,
+     * k/v cache [Tk, nkv*hd]; query i attends to keys [0, Tk-Tq+i]. out [Tq, nh*hd]. */
+    void (*attention_cached)(void *out, const void *q, const void *kcache, const void *vcache,
+                             int Tq, int Tk, int nh, int nkv, int hd);
     /* out = silu(gate) * up */
     void (*swiglu_fwd)(void *out, const void *gate, const void *up, int64_t n);
     /* dgate, dup overwritten */
     void (*swiglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
-    /* y[T, out] = x W^T + bias + scale * (drop(x) A^T) B^T.
-     * bias: bf16 [out] or NULL; lora NULL for a frozen-only layer; xa [T, r] (fp32) saved for backward. */
+    /* y[T, out] = x W^T + bias + scale * (drop(x) A^T) B^T, W dequantized tile by tile.
+     * bias: bf16 [out] or NULL; lora NULL for a frozen-only layer; xa [T, r] (fp32) receives
+     * drop(x) A^T for the backward (NULL when no backward follows). */
     void (*qlinear_fwd)(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                         float *xa, int T);
-    /* dx (overwritten, or accumulated when accumulate=1) = dy W + scale * (dy B) A * dropmask;
-     * lora->dA/dB accumulate. No gradient for W or bias (frozen). */
+    /* dx (overwritten, or accumulated when accumulate=1) = dy W + scale * ((dy B) A) * dropmask/(1-p);
+     * lora->dA += scale * (dy B)^T drop(x), lora->dB += scale * dy^T xa. No gradient for W or bias. */
     void (*qlinear_bwd)(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                         const float *xa, int T, int accumulate);
-    /* Fused lm_head + cross-entropy + backward, over vocabulary chunks (no [T, V] logits tensor):
-     * for each t with target[t] >= 0: loss_sum += -log softmax(x[t] E^T)[target[t]],
-     * dx[t] = grad_scale * (softmax - onehot) E; rows with target < 0 get dx = 0.
-     * dx may be NULL (evaluation). Returns the summed loss through *loss_sum (fp32 accumulate, double out). */
-    void (*xent_fwd_bwd)(double *loss_sum, void *dx, const void *x, const uint16_t *E, const int32_t *target,
+    /* Fused lm_head + cross-entropy (+ backward), over vocabulary chunks (no [T, V] logits tensor):
+     * for each t with target[t] >= 0: losses[t] = -log softmax(x[t] E^T)[target[t]],
+     * dx[t] = grad_scale * (softmax - onehot) E; rows with target < 0 get losses[t] = 0, dx[t] = 0.
+     * losses [T] fp32 in backend memory (the model sums it in double on the host);
+     * dx may be NULL (evaluation). E bf16 [V, C]. */
+    void (*xent_fwd_bwd)(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target,
                          int T, int C, int V, float grad_scale);
     /* logits[T, V] (fp32, backend memory) = x E^T: evaluation and generation only */
     void (*logits)(float *logits, const void *x, const uint16_t *E, int T, int C, int V);
 
-    /* optimizer over fp32 tensors */
+    /* optimizer over fp32 tensors, torch.optim.AdamW semantics (step counts from 1):
+     * p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= (lr / (1-b1^step)) * m / (sqrt(v) / sqrt(1-b2^step) + eps) */
     void (*adamw)(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step);
-    double (*sum_squares)(const float *g, int64_t n);
-    void (*scale)(float *g, int64_t n, float s);
+    double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
+    void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 } ops_table;
+
+static inline size_t ops_act_size(const ops_table *ops) { return ops->act_dtype == OPS_F32 ? 4 : 2; }
 
 const ops_table *ops_cpu(void);
 /* NULL when built without CUDA or when no device is present */
 const ops_table *ops_cuda(void);
 
-/* Reference dequantization used by every backend's tests: rows [r0, r0+nr) of W to fp32. */
+/* Reference dequantization used by every backend's tests: rows [r0, r0+nr) of W to fp32
+ * (host memory; kernels/cpu/nf4.c, the nf4 helper's). */
 void ops_nf4_dequant_rows(const ops_nf4 *W, int64_t r0, int64_t nr, float *dst);
 
 #ifdef __cplusplus

@@ -45,5 +45,25 @@ const char *config_arch_name(model_arch a);                      /* "llama" ... 
 /* Presets for init-model: tiny|1b|7b|13b|70b; returns ERR_USAGE for an unknown name. */
 int config_preset(model_config *c, model_arch arch, const char *preset);
 int64_t config_param_count(const model_config *c);
+/* "llama"|"mistral"|"qwen2" -> arch; ERR_USAGE naming the supported ones otherwise */
+int config_arch_from_name(const char *name, model_arch *a);
+/* sizes consistent (positive, heads a multiple of kv heads, even head_dim); ERR_USAGE */
+int config_check(const model_config *c);
+
+/* The checkpoint's tensors as transformers names and shapes them (formats.md section 6),
+ * in state-dict order: embeddings, then per layer, then the final norm and lm_head. */
+typedef enum tensor_role { TROLE_EMBED, TROLE_NORM, TROLE_LINEAR, TROLE_BIAS, TROLE_LM_HEAD } tensor_role;
+typedef struct config_tensor {
+    char name[96];
+    tensor_role role;
+    int layer;        /* -1 outside the decoder layers */
+    int ndim;
+    int64_t shape[2]; /* [out, in] for linears, [n] for norms and biases */
+} config_tensor;
+/* *out: malloc'd array of *n entries (caller frees) */
+int config_tensors(const model_config *c, config_tensor **out, size_t *n);
+/* out/in features of a Linear module path ("model.layers.3.mlp.up_proj", "lm_head");
+ * ERR_DATA if the model has no such module */
+int config_linear_shape(const model_config *c, const char *module, int64_t *out_features, int64_t *in_features);
 
 #endif

@@ -1,0 +1,497 @@
+/* train_gpu.c: GPU benchmarks of the training engine (CUDA builds only).
+ *
+ *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
+ *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
+ *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
+ *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
+ *
+ * `train` runs the engine's own model code (model/llama.c on ops_cuda()) on a model of the
+ * preset's shape whose weights are made directly on the GPU (random NF4 codes and absmax, random
+ * bf16 embeddings; no disk), with QLoRA's standard recipe (r 16, alpha 32, dropout 0.05, AdamW,
+ * grad-norm clip 1.0), random token ids, one sequence per micro-batch row. Before the first
+ * step it plans device memory: activation checkpointing `auto` keeps every activation when the
+ * plan fits the budget (the device's free memory unless --budget-gib) and recomputes each layer
+ * otherwise; a plan that fits neither way stops with what it needs, what there is and what would
+ * fit. It prints the median step, tokens/s, MFU with BASELINE.md's FLOP count (4 N_lin + 6 N_lora
+ * + 6 L s h per token against 790 TFLOP/s), the share of BASELINE.md's floor and peak memory. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "core/half.h"
+#include "kernels/cpu/nf4.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/nf4_cuda.h"
+#include "kernels/ops.h"
+#include "model/config.h"
+#include "model/llama.h"
+
+#define PEAK_TFLOPS 790.0 /* bf16 matmul measured on the H200 (BASELINE.md) */
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void cuda_or_die(cudaError_t e, const char *what) {
+    if (e != cudaSuccess) {
+        fprintf(stderr, "train_gpu: %s: %s\n", what, cudaGetErrorString(e));
+        exit(1);
+    }
+}
+
+/* ---- a model of a preset's shape with weights made on the device ---- */
+
+static int64_t align256(int64_t b) { return (b + 255) & ~(int64_t)255; }
+
+static const int64_t SYNTH_CHUNK = 1 << 24; /* elements of a random bf16 tensor made at once */
+
+/* dst (bf16, n) = random values in about [-amp, amp]: random NF4 codes dequantized in chunks */
+static void synth_bf16(const ops_table *ops, uint16_t *dst, int64_t n, float amp, uint64_t seed, uint8_t *tmp_codes,
+                       float *tmp_absmax, const float *qm) {
+    for (int64_t i = 0; i < n; i += SYNTH_CHUNK) {
+        int64_t k = n - i < SYNTH_CHUNK ? n - i : SYNTH_CHUNK;
+        nf4_cuda_fill_random(tmp_codes, tmp_absmax, k, 64, seed + (uint64_t)i, 0.5f * amp, amp);
+        nf4_cuda_dequant_bf16(dst + i, tmp_codes, tmp_absmax, qm, k, 64);
+    }
+    (void)ops;
+}
+
+static int synth_model(llama_model **out, const model_config *cfg, const ops_table *ops, uint64_t seed) {
+    llama_model *m = calloc(1, sizeof *m);
+    m->cfg = *cfg;
+    m->ops = ops;
+    m->C = (int)cfg->hidden_size;
+    m->I = (int)cfg->intermediate_size;
+    m->V = (int)cfg->vocab_size;
+    m->L = cfg->num_layers;
+    m->nh = cfg->num_heads;
+    m->nkv = cfg->num_kv_heads;
+    m->hd = cfg->head_dim;
+    m->eps = (float)cfg->rms_norm_eps;
+    m->layers = calloc((size_t)m->L, sizeof(llama_layer));
+    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
+    int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
+    /* one allocation carved as llama_init does, so llama_free releases it */
+    int64_t bytes = align256(64) + align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) + align256(C * 2);
+    if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
+    for (int l = 0; l < m->L; l++) {
+        bytes += 2 * align256(C * 2);
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            int64_t n = outs[t] * ins[t];
+            bytes += align256(nf4_packed_bytes(n)) + align256(nf4_nblocks(n, 64) * 4);
+        }
+    }
+    m->weights = ops->alloc((size_t)bytes);
+    if (!m->weights) {
+        free(m->layers);
+        free(m);
+        return err_set(ERR_STAGE, "out of memory: the frozen weights need %.2f GiB", (double)bytes / GIB);
+    }
+    m->weight_bytes = bytes;
+    char *p = m->weights;
+#define TAKE(sz) (p += align256(sz), (void *)(p - align256(sz)))
+    m->quant_map = TAKE(64);
+    m->inv_freq = TAKE(m->hd / 2 * 4);
+    m->embed = TAKE((int64_t)m->V * C * 2);
+    m->final_norm = TAKE(C * 2);
+    m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
+    ops->upload(m->quant_map, nf4_quant_map(OPS_NF4), 64);
+    float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
+    for (int i = 0; i < m->hd / 2; i++) inv[i] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / m->hd));
+    ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
+    free(inv);
+    uint16_t *ones = malloc(2 * (size_t)C);
+    for (int64_t i = 0; i < C; i++) ones[i] = f32_to_bf16(1.0f);
+    ops->upload(m->final_norm, ones, 2 * (size_t)C);
+    uint8_t *tmp_codes = ops->alloc((size_t)SYNTH_CHUNK / 2);
+    float *tmp_absmax = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
+    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, m->quant_map);
+    if (!cfg->tie_word_embeddings)
+        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, m->quant_map);
+    ops->free(tmp_codes);
+    ops->free(tmp_absmax);
+    for (int l = 0; l < m->L; l++) {
+        llama_layer *ly = &m->layers[l];
+        ly->attn_norm = TAKE(C * 2);
+        ly->mlp_norm = TAKE(C * 2);
+        ops->upload(ly->attn_norm, ones, 2 * (size_t)C);
+        ops->upload(ly->mlp_norm, ones, 2 * (size_t)C);
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            llama_linear *lin = &ly->lin[t];
+            int64_t n = outs[t] * ins[t];
+            uint8_t *codes = TAKE(nf4_packed_bytes(n));
+            float *absmax = TAKE(nf4_nblocks(n, 64) * 4);
+            /* absmax of 64 normal draws is about 2.4 sigma: weights of std ~ 1/sqrt(in) */
+            float sigma = 1.0f / sqrtf((float)ins[t]);
+            nf4_cuda_fill_random(codes, absmax, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
+                                 2.0f * sigma, 2.8f * sigma);
+            lin->w = (ops_nf4){codes, absmax, m->quant_map, outs[t], ins[t], 64};
+            lin->in = ins[t];
+            lin->out = outs[t];
+        }
+    }
+#undef TAKE
+    free(ones);
+    ops->sync();
+    *out = m;
+    return 0;
+}
+
+/* ---- the memory plan ---- */
+
+/* bytes of llama_plan's activations for T tokens (mirrors model/llama.c's plan_layout) */
+static int64_t plan_act_bytes(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
+    int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd, es = 2;
+    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L, nlora = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++) nlora += m->layers[0].lin[t].lora.A != NULL;
+    int64_t layer = 3 * align256(T * C * es) + 2 * align256(T * qd * es) + 2 * align256(T * kvd * es) +
+                    3 * align256(T * I * es) + 2 * align256(T * 4) + align256(m->nh * T * 4) +
+                    nlora * align256(T * m->lora.r * 4);
+    int64_t shared = (m->L + 1) * align256(T * C * es) + 4 * align256(T * C * es) + align256(T * 4) +
+                     2 * align256(T * qd * es) + 2 * align256(T * kvd * es) + 3 * align256(T * I * es) +
+                     align256(T * 4) + align256((int64_t)m->V * 4) + 4 * align256(T * 4);
+    return nla * layer + shared;
+}
+
+/* the CUDA ops' own scratch at T tokens (kernels/cuda: dequantized weight, LoRA copies, dropout
+ * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq and D, cuBLAS workspace) */
+static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
+    int64_t max_w = 0, max_in = 0, max_out = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++) {
+        const llama_linear *lin = &m->layers[0].lin[t];
+        if (lin->in * lin->out > max_w) max_w = lin->in * lin->out;
+        if (lin->in > max_in) max_in = lin->in;
+        if (lin->out > max_out) max_out = lin->out;
+    }
+    int64_t r = m->lora.r, xent_rows = (64 << 20) / ((int64_t)m->V * 4);
+    if (xent_rows > T) xent_rows = T;
+    int64_t b = max_w * 2 + r * (max_in + max_out) * 2 + 2 * T * r * 2 + xent_rows * m->V * 4 +
+                T * m->nh * m->hd * 4 + T * m->nh * 4 + (32 << 20);
+    if (m->lora.dropout > 0) b += 2 * T * max_in * 2;
+    return b;
+}
+
+static int64_t plan_total(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
+    return m->weight_bytes + 4 * m->n_lora_params * 4 + plan_act_bytes(m, T, ckpt) + plan_scratch_bytes(m, T);
+}
+
+/* ---- train ---- */
+
+typedef struct floor_row {
+    const char *model;
+    int seq, batch;
+    double tok_s, tok_s_recompute;
+} floor_row;
+
+/* BASELINE.md: every unavoidable GEMM plus flash attention on the H200 */
+static const floor_row floors[] = {{"7b", 2048, 1, 21557, 14806}, {"7b", 2048, 4, 23131, 15821},
+                                   {"7b", 512, 8, 22599, 15518},  {"1b", 2048, 4, 105284, 74296},
+                                   {"70b", 2048, 1, 2391, 1615},  {NULL, 0, 0, 0, 0}};
+
+static int bench_train(int argc, char **argv) {
+    const char *preset = "7b", *targets = "q,v", *ckpt_s = "auto";
+    int seq = 2048, batch = 1, steps = 10, warmup = 2, r = 16;
+    double budget_gib = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
+        if (!strcmp(a, "--model")) preset = v;
+        else if (!strcmp(a, "--targets")) targets = v;
+        else if (!strcmp(a, "--seq")) seq = atoi(v);
+        else if (!strcmp(a, "--batch")) batch = atoi(v);
+        else if (!strcmp(a, "--steps")) steps = atoi(v);
+        else if (!strcmp(a, "--warmup")) warmup = atoi(v);
+        else if (!strcmp(a, "--ckpt")) ckpt_s = v;
+        else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
+        else if (!strcmp(a, "--r")) r = atoi(v);
+        else return err_set(ERR_USAGE, "unknown option '%s'", a);
+        i++;
+    }
+    if (seq <= 0 || batch <= 0 || steps <= 0) return err_set(ERR_USAGE, "--seq, --batch and --steps must be positive");
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    model_config cfg;
+    int rc = config_preset(&cfg, ARCH_LLAMA, preset);
+    if (rc) return rc;
+    uint32_t mask = 0;
+    char tbuf[128];
+    snprintf(tbuf, sizeof tbuf, "%s", targets);
+    const char *names[LLAMA_NTARGETS];
+    int nn = 0;
+    for (char *s = strtok(tbuf, ","); s && nn < LLAMA_NTARGETS; s = strtok(NULL, ",")) names[nn++] = s;
+    if ((rc = llama_targets_parse(&mask, names, nn))) return rc;
+
+    llama_model *m;
+    if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
+    llama_lora_config lc = {.r = r, .alpha = 2.0f * (float)r, .dropout = 0.05f, .rslora = false, .targets = mask};
+    if ((rc = llama_lora_attach(m, &lc))) return rc;
+    llama_lora_init_peft(m, 42);
+
+    int T = seq * batch;
+    cuda_device_info dev;
+    cuda_device_query(&dev);
+    size_t live, peak;
+    cuda_mem_stats(&live, &peak);
+    int64_t has = budget_gib > 0 ? (int64_t)(budget_gib * GIB) : (int64_t)dev.free_bytes + (int64_t)live - (256 << 20);
+    int64_t need_none = plan_total(m, T, LLAMA_CKPT_NONE), need_every = plan_total(m, T, LLAMA_CKPT_EVERY);
+    llama_checkpointing ckpt;
+    if (!strcmp(ckpt_s, "none")) ckpt = LLAMA_CKPT_NONE;
+    else if (!strcmp(ckpt_s, "every")) ckpt = LLAMA_CKPT_EVERY;
+    else if (!strcmp(ckpt_s, "auto")) ckpt = need_none <= has ? LLAMA_CKPT_NONE : LLAMA_CKPT_EVERY;
+    else return err_set(ERR_USAGE, "--ckpt must be auto, none or every");
+    int64_t need = ckpt == LLAMA_CKPT_NONE ? need_none : need_every;
+    if (need > has) {
+        /* what would fit: the longest micro-batch with checkpointing on every layer */
+        int64_t lo = 0, hi = T;
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if (plan_total(m, mid, LLAMA_CKPT_EVERY) <= has) lo = mid;
+            else hi = mid - 1;
+        }
+        char fit[160];
+        if (ckpt == LLAMA_CKPT_NONE && need_every <= has)
+            snprintf(fit, sizeof fit, "activation checkpointing on every layer (%.2f GiB)", need_every / GIB);
+        else if (lo > 0)
+            snprintf(fit, sizeof fit, "checkpointing every layer with micro-batches of at most %lld tokens",
+                     (long long)lo);
+        else
+            snprintf(fit, sizeof fit, "nothing: the frozen weights alone take %.2f GiB", m->weight_bytes / GIB);
+        llama_free(&m);
+        return err_set(ERR_STAGE, "the plan needs %.2f GiB (checkpointing %s, %d tokens) but %.2f GiB is available; "
+                                  "would fit: %s", need / GIB, ckpt == LLAMA_CKPT_NONE ? "none" : "every layer", T,
+                       has / GIB, fit);
+    }
+    if ((rc = llama_plan(m, T, ckpt))) return rc;
+
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)T), *ss = malloc(sizeof(int32_t) * (size_t)T);
+    uint64_t z = 99;
+    for (int t = 0; t < T; t++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        ids[t] = (int32_t)((z >> 33) % (uint64_t)m->V);
+        ss[t] = t - t % seq;
+    }
+    llama_batch b = {.ids = ids, .labels = ids, .seq_start = ss, .T = T};
+    int64_t ntgt = llama_count_targets(&b);
+    double *times = malloc(sizeof(double) * (size_t)steps);
+    double loss0 = 0, loss_last = 0;
+    cuda_mem_reset_peak();
+    for (int s = 0; s < warmup + steps; s++) {
+        double t0 = now_s();
+        llama_lora_zero_grads(m);
+        double loss;
+        int64_t n;
+        if ((rc = llama_forward_backward(m, &b, 1.0f / (float)ntgt, 7000 + (uint64_t)s, &loss, &n))) return rc;
+        double norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
+        if (norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
+        ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
+                   0.0f, s + 1);
+        ops->sync();
+        double dt = now_s() - t0;
+        if (s == 0) loss0 = loss / (double)n;
+        loss_last = loss / (double)n;
+        if (s >= warmup) times[s - warmup] = dt;
+        fprintf(stderr, "step %d/%d | loss %.4f | grad norm %.3f | %.1f ms\n", s + 1, warmup + steps, loss / (double)n,
+                norm, dt * 1e3);
+    }
+    qsort(times, (size_t)steps, sizeof(double), cmp_double);
+    double med = times[steps / 2];
+    cuda_mem_stats(&live, &peak);
+    size_t fr = 0, tot = 0;
+    cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
+
+    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    double n_lin = (double)m->L * (double)(C * qd + 2 * C * kvd + qd * C + 3 * C * m->I) + (double)m->V * C;
+    double flops_tok = 4.0 * n_lin + 6.0 * (double)m->n_lora_params + 6.0 * m->L * (double)seq * (double)C;
+    double tok_s = (double)T / med, mfu = tok_s * flops_tok / (PEAK_TFLOPS * 1e12);
+    double floor_tok = 0;
+    for (const floor_row *f = floors; f->model; f++)
+        if (!strcmp(f->model, preset) && f->seq == seq && f->batch == batch)
+            floor_tok = ckpt == LLAMA_CKPT_EVERY ? f->tok_s_recompute : f->tok_s;
+    char floor_s[32] = "-";
+    if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
+    printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
+           seq, batch, ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none", tok_s, med * 1e3, 100.0 * mfu, floor_s,
+           peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
+    fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state), activations "
+                    "%.2f GiB (estimated %.2f), GFLOP/token %.2f\n",
+            m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
+            m->act_bytes / GIB, plan_act_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+    free(ids);
+    free(ss);
+    free(times);
+    llama_free(&m);
+    return 0;
+}
+
+/* ---- NF4 dequantize bandwidth ---- */
+
+static float time_ms(cudaEvent_t a, cudaEvent_t b) {
+    float ms = 0;
+    cuda_or_die(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    return ms;
+}
+
+static int bench_nf4(int argc, char **argv) {
+    int reps = 50;
+    for (int i = 2; i + 1 < argc; i += 2)
+        if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    cudaStream_t st = (cudaStream_t)cuda_stream_handle();
+    cudaEvent_t e0, e1;
+    cuda_or_die(cudaEventCreate(&e0), "event");
+    cuda_or_die(cudaEventCreate(&e1), "event");
+    /* the copy ceiling: 1 GiB device to device, bytes read plus written */
+    size_t cb = (size_t)1 << 30;
+    void *src = ops->alloc(cb), *dst = ops->alloc(cb);
+    for (int i = 0; i < 3; i++) ops->copy(dst, src, cb);
+    cuda_or_die(cudaEventRecord(e0, st), "record");
+    for (int i = 0; i < reps; i++) ops->copy(dst, src, cb);
+    cuda_or_die(cudaEventRecord(e1, st), "record");
+    cuda_or_die(cudaEventSynchronize(e1), "sync");
+    double copy_gbs = 2.0 * (double)cb * reps / (time_ms(e0, e1) * 1e-3) / 1e9;
+    ops->free(src);
+    ops->free(dst);
+    printf("device copy: %.0f GB/s (read + write)\n", copy_gbs);
+    printf("| weight [out, in] | elements | us | GB/s | of copy | of 4.3 TB/s |\n|---|---|---|---|---|---|\n");
+    const int64_t shapes[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {28672, 8192}, {2048, 5632}};
+    float *qm = ops->alloc(64);
+    ops->upload(qm, nf4_quant_map(OPS_NF4), 64);
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int64_t n = shapes[s][0] * shapes[s][1], nb = nf4_nblocks(n, 64);
+        /* several weights in rotation so the 60 MB L2 does not serve the reads */
+        enum { ROT = 4 };
+        uint8_t *codes[ROT];
+        float *absmax[ROT];
+        for (int k = 0; k < ROT; k++) {
+            codes[k] = ops->alloc((size_t)nf4_packed_bytes(n));
+            absmax[k] = ops->alloc((size_t)nb * 4);
+            nf4_cuda_fill_random(codes[k], absmax[k], n, 64, 17 + (uint64_t)k, 0.01f, 0.05f);
+        }
+        uint16_t *out = ops->alloc((size_t)n * 2);
+        for (int i = 0; i < 3; i++) nf4_cuda_dequant_bf16(out, codes[i % ROT], absmax[i % ROT], qm, n, 64);
+        cuda_or_die(cudaEventRecord(e0, st), "record");
+        for (int i = 0; i < reps; i++) nf4_cuda_dequant_bf16(out, codes[i % ROT], absmax[i % ROT], qm, n, 64);
+        cuda_or_die(cudaEventRecord(e1, st), "record");
+        cuda_or_die(cudaEventSynchronize(e1), "sync");
+        double us = time_ms(e0, e1) * 1e3 / reps;
+        double bytes = (double)nf4_packed_bytes(n) + 4.0 * (double)nb + 2.0 * (double)n;
+        double gbs = bytes / (us * 1e-6) / 1e9;
+        printf("| %lld x %lld | %lld | %.1f | %.0f | %.0f%% | %.0f%% |\n", (long long)shapes[s][0],
+               (long long)shapes[s][1], (long long)n, us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / 4300.0);
+        for (int k = 0; k < ROT; k++) {
+            ops->free(codes[k]);
+            ops->free(absmax[k]);
+        }
+        ops->free(out);
+    }
+    ops->free(qm);
+    return 0;
+}
+
+/* ---- per-op times at the 7B layer shape ---- */
+
+static int bench_ops(int argc, char **argv) {
+    int T = 2048, reps = 20;
+    for (int i = 2; i + 1 < argc; i += 2)
+        if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    cudaStream_t st = (cudaStream_t)cuda_stream_handle();
+    cudaEvent_t e0, e1;
+    cuda_or_die(cudaEventCreate(&e0), "event");
+    cuda_or_die(cudaEventCreate(&e1), "event");
+    const int C = 4096, I = 11008, nh = 32, hd = 128, r = 16, V = 32000;
+    float *qm = ops->alloc(64);
+    ops->upload(qm, nf4_quant_map(OPS_NF4), 64);
+    int64_t nw = (int64_t)I * C;
+    uint8_t *codes = ops->alloc((size_t)nw / 2);
+    float *absmax = ops->alloc((size_t)nw / 64 * 4);
+    nf4_cuda_fill_random(codes, absmax, nw, 64, 3, 0.02f, 0.04f);
+    uint8_t *tc = ops->alloc((size_t)SYNTH_CHUNK / 2);
+    float *ta = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
+    uint16_t *x = ops->alloc((size_t)T * I * 2), *y = ops->alloc((size_t)T * I * 2), *dx = ops->alloc((size_t)T * I * 2);
+    uint16_t *q = ops->alloc((size_t)T * C * 2), *k = ops->alloc((size_t)T * C * 2), *v = ops->alloc((size_t)T * C * 2);
+    uint16_t *o = ops->alloc((size_t)T * C * 2), *dq = ops->alloc((size_t)T * C * 2), *dk = ops->alloc((size_t)T * C * 2);
+    uint16_t *dv = ops->alloc((size_t)T * C * 2), *E = ops->alloc((size_t)V * C * 2);
+    synth_bf16(ops, x, (int64_t)T * I, 1.0f, 1, tc, ta, qm);
+    synth_bf16(ops, y, (int64_t)T * I, 1.0f, 2, tc, ta, qm);
+    synth_bf16(ops, q, (int64_t)T * C, 1.0f, 3, tc, ta, qm);
+    synth_bf16(ops, k, (int64_t)T * C, 1.0f, 4, tc, ta, qm);
+    synth_bf16(ops, v, (int64_t)T * C, 1.0f, 5, tc, ta, qm);
+    synth_bf16(ops, E, (int64_t)V * C, 0.05f, 6, tc, ta, qm);
+    float *lse = ops->alloc((size_t)nh * T * 4), *rstd = ops->alloc((size_t)T * 4), *losses = ops->alloc((size_t)T * 4);
+    float *A = ops->alloc((size_t)r * I * 4), *B = ops->alloc((size_t)I * r * 4), *dA = ops->alloc((size_t)r * I * 4);
+    float *dB = ops->alloc((size_t)I * r * 4), *xa = ops->alloc((size_t)T * r * 4);
+    int32_t *ss = calloc((size_t)T, 4), *tgt = malloc((size_t)T * 4);
+    for (int t = 0; t < T; t++) tgt[t] = (t * 7919) % V;
+    int32_t *ssd = ops->alloc((size_t)T * 4), *tgtd = ops->alloc((size_t)T * 4);
+    ops->upload(ssd, ss, (size_t)T * 4);
+    ops->upload(tgtd, tgt, (size_t)T * 4);
+    ops_nf4 Wqkv = {codes, absmax, qm, C, C, 64}, Wup = {codes, absmax, qm, I, C, 64}, Wdown = {codes, absmax, qm, C, I, 64};
+    ops_lora L = {A, B, dA, dB, r, 2.0f, 0.0f, 0}, Ld = L;
+    Ld.dropout = 0.05f;
+    double attn_f = 4.0 * T * (double)T * hd * nh / 2.0; /* causal */
+    printf("| op (7B layer shape, T=%d) | us | TFLOP/s |\n|---|---|---|\n", T);
+#define TIME_OP(name, flops, stmt)                                                                            \
+    do {                                                                                                      \
+        for (int i_ = 0; i_ < 2; i_++) { stmt; }                                                             \
+        cuda_or_die(cudaEventRecord(e0, st), "record");                                                      \
+        for (int i_ = 0; i_ < reps; i_++) { stmt; }                                                          \
+        cuda_or_die(cudaEventRecord(e1, st), "record");                                                      \
+        cuda_or_die(cudaEventSynchronize(e1), "sync");                                                       \
+        double us_ = time_ms(e0, e1) * 1e3 / reps;                                                           \
+        printf("| %s | %.1f | %.1f |\n", name, us_, (flops) > 0 ? (flops) / (us_ * 1e-6) / 1e12 : 0.0);    \
+    } while (0)
+    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(y, codes, absmax, qm, nw, 64));
+    TIME_OP("qlinear_fwd q (4096x4096, no LoRA)", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, NULL, NULL, T));
+    TIME_OP("qlinear_fwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &L, xa, T));
+    TIME_OP("qlinear_fwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &Ld, xa, T));
+    TIME_OP("qlinear_bwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &L, xa, T, 0));
+    TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
+    TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
+    TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
+    TIME_OP("attention_fwd", attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
+    TIME_OP("attention_bwd", 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+    TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
+    TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
+    TIME_OP("swiglu_fwd", 0, ops->swiglu_fwd(dx, x, y, (int64_t)T * I));
+    TIME_OP("swiglu_bwd", 0, ops->swiglu_bwd(dx, dq, x, y, x, (int64_t)T * C));
+    float *inv = ops->alloc((size_t)hd / 2 * 4), invh[64];
+    for (int i = 0; i < hd / 2; i++) invh[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
+    ops->upload(inv, invh, sizeof(float) * (size_t)hd / 2);
+    TIME_OP("rope q", 0, ops->rope(q, ssd, inv, T, nh, hd, 0));
+    TIME_OP("xent_fwd_bwd (V=32000)", 6.0 * T * C * (double)V, ops->xent_fwd_bwd(losses, dq, o, E, tgtd, T, C, V, 1e-3f));
+#undef TIME_OP
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
+               "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
+               "       train_gpu nf4 [--reps N]\n"
+               "       train_gpu ops [--seq N]\n");
+        return argc < 2 ? 2 : 0;
+    }
+    int rc;
+    if (!strcmp(argv[1], "train")) rc = bench_train(argc, argv);
+    else if (!strcmp(argv[1], "nf4")) rc = bench_nf4(argc, argv);
+    else if (!strcmp(argv[1], "ops")) rc = bench_ops(argc, argv);
+    else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops)", argv[1]);
+    if (rc) fprintf(stderr, "train_gpu: %s\n", err_msg());
+    return rc;
+}

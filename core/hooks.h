@@ -1,0 +1,85 @@
+/* hooks.h: the recipe's Lua hooks, one C call per hook point.
+ *
+ * A recipe's `hooks:` reach a stage as a JSON object (ctx->hooks):
+ *   {"format": "/abs/hooks/alpaca.lua", "lr": "/abs/hooks/cosine.lua", ...,
+ *    "allow": ["io", "http"], "memory_mb": 256, "instructions": 100000000}
+ * hooks_open opens one sandboxed state (core/lua_host.h) per distinct file, runs its top
+ * level and checks that it defines the function named after each point it serves, so a
+ * recipe with a broken hook fails before any work. A point without a hook is a no-op: the
+ * calls below return 0 and leave their outputs untouched (test with hooks_has).
+ *
+ * Errors: data hooks (format, generate, score) fail with ERR_DATA, the others with
+ * ERR_STAGE; messages name the file and line, the function and the record or step.
+ * Not thread-safe: call one hooks object from one thread at a time.
+ * Ownership: hooks_open / hooks_free; results documented per function. */
+#ifndef CORE_HOOKS_H
+#define CORE_HOOKS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lua_host.h"
+
+typedef struct hooks hooks;
+
+/* The hook points, in the order a run meets them. */
+extern const char *const hooks_points[]; /* NULL-terminated */
+
+/* spec may be NULL (no hooks). ERR_RECIPE for unknown points or capabilities, unreadable
+ * files, or a file that lacks its point's function. */
+int hooks_open(hooks **out, const json_t *spec);
+/* Serve `point` from `path` (a stage parameter naming a hook file directly), replacing the
+ * recipe-level binding; the file's state is shared with other points it serves. */
+int hooks_bind(hooks *h, const char *point, const char *path);
+void hooks_free(hooks **h);
+
+bool hooks_has(const hooks *h, const char *point);
+const char *hooks_file(const hooks *h, const char *point); /* NULL if unbound */
+lua_host *hooks_host(hooks *h, const char *point);        /* NULL if unbound */
+/* set the callback slots of every state (tokenizer, metrics, log) */
+void hooks_set_callbacks(hooks *h, const lua_host_callbacks *cb);
+
+/* format(record, ctx) -> {prompt=, response=} | {segments={{text=, train=}, ...}} | nil */
+typedef enum hooks_format_kind {
+    HOOKS_FORMAT_DROP,     /* nil: leave the record out */
+    HOOKS_FORMAT_PAIR,     /* seg[0] the prompt (train false), seg[1] the response (train true) */
+    HOOKS_FORMAT_SEGMENTS  /* seg[0..n) in order, each trained or not */
+} hooks_format_kind;
+
+typedef struct hooks_segment {
+    char *text; /* malloc'd, NUL-terminated */
+    size_t len;
+    bool train;
+} hooks_segment;
+
+typedef struct hooks_format_result {
+    hooks_format_kind kind;
+    int n;
+    hooks_segment *seg; /* malloc'd */
+} hooks_format_result;
+
+void hooks_format_result_free(hooks_format_result *r);
+/* `what` names the record in messages ("data/x.json: record 812"). */
+int hooks_format(hooks *h, const json_t *record, const json_t *ctx, const char *what, hooks_format_result *out);
+
+/* generate(ctx): a function that yields records with coroutine.yield(record), or returns
+ * an array of them (or both). emit receives each record (a new reference it owns) and
+ * returns 0 to go on, HOOKS_STOP to end the generator early (enough records), or an ERR_*
+ * code to fail. */
+#define HOOKS_STOP (-1)
+typedef int (*hooks_emit_fn)(void *ud, json_t *record);
+int hooks_generate(hooks *h, const json_t *ctx, hooks_emit_fn emit, void *ud);
+
+/* lr(step, total_steps, base_lr) -> a finite learning rate >= 0 */
+int hooks_lr(hooks *h, int64_t step, int64_t total_steps, double base_lr, double *lr);
+/* notifications: metrics / results / manifest / summary are passed as Lua tables */
+int hooks_on_step(hooks *h, const json_t *metrics);
+int hooks_on_eval(hooks *h, const json_t *results);
+int hooks_on_stage_end(hooks *h, const char *stage, const json_t *manifest);
+int hooks_on_run_end(hooks *h, const json_t *summary);
+/* score(prediction, record) -> a number, or a boolean (1 or 0) */
+int hooks_score(hooks *h, const char *prediction, const json_t *record, const char *what, double *score);
+
+#endif

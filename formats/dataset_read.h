@@ -1,0 +1,55 @@
+/* dataset_read.h: records from dataset files: a JSON array, JSON lines, CSV or plain text.
+ *
+ * A reader returns one record at a time as a JSON object, so a large JSON array or JSONL file
+ * is never held as one parsed tree (the file itself is memory-mapped):
+ *   json (array of objects)  one record per element
+ *   jsonl                    one object per non-blank line
+ *   csv                      RFC 4180 (quoted fields, "" escapes, CRLF or LF, newlines
+ *                            inside quotes); the first row names the fields; values are strings
+ *   text                     the whole file as one record {"text": ...}
+ * Every byte must be UTF-8 (a leading BOM is skipped). Errors name the place:
+ * "data/x.json:14:7: ..." for JSON, "data/x.csv:9: ..." for CSV rows.
+ * Ownership: dataset_reader_open / dataset_reader_close; records are new references. */
+#ifndef FORMATS_DATASET_READ_H
+#define FORMATS_DATASET_READ_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+typedef enum dataset_type {
+    DATASET_TYPE_AUTO,
+    DATASET_TYPE_JSON,
+    DATASET_TYPE_JSONL,
+    DATASET_TYPE_CSV,
+    DATASET_TYPE_TEXT
+} dataset_type;
+
+/* "auto", "json", "jsonl", "csv", "text"; ERR_RECIPE for anything else */
+int dataset_type_parse(const char *name, dataset_type *out);
+const char *dataset_type_name(dataset_type t);
+
+typedef struct dataset_reader dataset_reader;
+
+/* AUTO picks by extension (.jsonl/.ndjson, .json, .csv, else text); a .json file that does
+ * not start with '[' is read as JSON lines. */
+int dataset_reader_open(dataset_reader **out, const char *path, dataset_type type);
+/* The next record in *rec (a new reference), or *rec = NULL at the end. ERR_DATA with a
+ * "path:line:col: message" on malformed input. */
+int dataset_reader_next(dataset_reader *r, json_t **rec);
+/* where the record last returned starts: its 0-based index and 1-based line */
+size_t dataset_reader_index(const dataset_reader *r);
+size_t dataset_reader_line(const dataset_reader *r);
+const char *dataset_reader_path(const dataset_reader *r);
+dataset_type dataset_reader_type(const dataset_reader *r);
+void dataset_reader_close(dataset_reader **r);
+
+/* Expand paths and glob patterns into a sorted, duplicate-free list of files. A pattern
+ * that matches nothing, or names a directory, is an ERR_DATA. *paths: malloc'd array of
+ * malloc'd strings, freed with dataset_paths_free. */
+int dataset_glob(const char *const *patterns, size_t n_patterns, char ***paths, size_t *n_paths);
+void dataset_paths_free(char ***paths, size_t n);
+
+/* Check that buf is UTF-8; on failure, *bad is the offset of the first bad byte. */
+int dataset_utf8_valid(const char *buf, size_t len, size_t *bad);
+
+#endif

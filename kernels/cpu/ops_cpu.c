@@ -1,0 +1,356 @@
+/* ops_cpu.c: the plain C reference backend: the op table, memory, the thread helper and the
+ * elementwise ops (embedding, RMSNorm, residual add, RoPE, SwiGLU, AdamW, sum of squares,
+ * scale). Everything is fp32 and written for clarity first: this is the truth the CUDA
+ * backend and the golden PyTorch dumps are checked against. */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_impl.h"
+
+/* ---- threads ---- */
+
+typedef struct cpu_job {
+    cpu_range_fn body;
+    void *ctx;
+    int64_t lo, hi;
+} cpu_job;
+
+static void *cpu_job_run(void *arg) {
+    cpu_job *j = arg;
+    j->body(j->ctx, j->lo, j->hi);
+    return NULL;
+}
+
+void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx) {
+    if (n <= 0) return;
+    if (n < 2 || work < 2e5 || CPU_THREADS < 2) {
+        body(ctx, 0, n);
+        return;
+    }
+    cpu_job jobs[CPU_THREADS];
+    pthread_t th[CPU_THREADS];
+    int started[CPU_THREADS] = {0};
+    for (int i = 0; i < CPU_THREADS; i++) {
+        jobs[i] = (cpu_job){body, ctx, n * i / CPU_THREADS, n * (i + 1) / CPU_THREADS};
+    }
+    /* thread 0's range runs here; if a thread cannot start, its range runs here too */
+    for (int i = 1; i < CPU_THREADS; i++) started[i] = pthread_create(&th[i], NULL, cpu_job_run, &jobs[i]) == 0;
+    body(ctx, jobs[0].lo, jobs[0].hi);
+    for (int i = 1; i < CPU_THREADS; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else body(ctx, jobs[i].lo, jobs[i].hi);
+    }
+}
+
+/* ---- small vector helpers and the GEMM block ---- */
+
+#define GEMM_MR 4
+#define GEMM_NR 16
+#define GEMM_KB 256
+
+/* The 4x16 block of C in eight 8-float vector accumulators (GNU vector extensions: one AVX
+ * register each), updated with a broadcast of A times a row strip of B. The project compiles for
+ * the baseline ISA, so on x86-64 this is built for AVX2+FMA and used only when the CPU has them
+ * (checked once); elsewhere, and on older CPUs, the plain loops of gemm_edge do the work. */
+typedef float v8f __attribute__((vector_size(32)));
+
+/* unaligned loads and stores as macros: a function taking or returning a v8f would change the ABI */
+#define V8F_LOAD(v, p) memcpy(&(v), (p), sizeof(v8f))
+#define V8F_STORE(p, v) memcpy((p), &(v), sizeof(v8f))
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GEMM_HAVE_BLOCK 1
+__attribute__((target("avx2,fma")))
+static void gemm_block(float *restrict C, int64_t ldc, const float *restrict A, int64_t lda,
+                       const float *restrict B, int64_t ldb, int64_t K) {
+    v8f c00, c01, c10, c11, c20, c21, c30, c31, b0, b1;
+    V8F_LOAD(c00, C), V8F_LOAD(c01, C + 8);
+    V8F_LOAD(c10, C + ldc), V8F_LOAD(c11, C + ldc + 8);
+    V8F_LOAD(c20, C + 2 * ldc), V8F_LOAD(c21, C + 2 * ldc + 8);
+    V8F_LOAD(c30, C + 3 * ldc), V8F_LOAD(c31, C + 3 * ldc + 8);
+    for (int64_t k = 0; k < K; k++) {
+        V8F_LOAD(b0, B + k * ldb), V8F_LOAD(b1, B + k * ldb + 8);
+        float a0 = A[k], a1 = A[lda + k], a2 = A[2 * lda + k], a3 = A[3 * lda + k];
+        c00 += a0 * b0, c01 += a0 * b1;
+        c10 += a1 * b0, c11 += a1 * b1;
+        c20 += a2 * b0, c21 += a2 * b1;
+        c30 += a3 * b0, c31 += a3 * b1;
+    }
+    V8F_STORE(C, c00), V8F_STORE(C + 8, c01);
+    V8F_STORE(C + ldc, c10), V8F_STORE(C + ldc + 8, c11);
+    V8F_STORE(C + 2 * ldc, c20), V8F_STORE(C + 2 * ldc + 8, c21);
+    V8F_STORE(C + 3 * ldc, c30), V8F_STORE(C + 3 * ldc + 8, c31);
+}
+
+static int gemm_block_usable(void) {
+    static int usable = -1; /* a benign race: every thread computes the same answer */
+    if (usable < 0) {
+        __builtin_cpu_init();
+        usable = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return usable;
+}
+#else
+#define GEMM_HAVE_BLOCK 0
+#endif
+
+#if GEMM_HAVE_BLOCK
+__attribute__((target("avx2,fma")))
+static float dot_avx2(const float *restrict a, const float *restrict b, int64_t n) {
+    v8f s0 = {0}, s1 = {0}, va, vb;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        V8F_LOAD(va, a + i), V8F_LOAD(vb, b + i), s0 += va * vb;
+        V8F_LOAD(va, a + i + 8), V8F_LOAD(vb, b + i + 8), s1 += va * vb;
+    }
+    s0 += s1;
+    float r = ((s0[0] + s0[4]) + (s0[1] + s0[5])) + ((s0[2] + s0[6]) + (s0[3] + s0[7]));
+    for (; i < n; i++) r += a[i] * b[i];
+    return r;
+}
+
+__attribute__((target("avx2,fma")))
+static void axpy_avx2(float *restrict y, float a, const float *restrict x, int64_t n) {
+    v8f vx, vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        V8F_LOAD(vx, x + i), V8F_LOAD(vy, y + i);
+        vy += a * vx;
+        V8F_STORE(y + i, vy);
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
+
+float cpu_dot(const float *a, const float *b, int64_t n) {
+#if GEMM_HAVE_BLOCK
+    if (gemm_block_usable()) return dot_avx2(a, b, n);
+#endif
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += a[i + k] * b[i + k];
+    float r = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; i < n; i++) r += a[i] * b[i];
+    return r;
+}
+
+void cpu_axpy(float *y, float a, const float *x, int64_t n) {
+#if GEMM_HAVE_BLOCK
+    if (gemm_block_usable()) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* any shape: rows i, columns [j0, j1) */
+static void gemm_edge(float *restrict C, int64_t ldc, const float *restrict A, int64_t lda, const float *restrict B,
+                      int64_t ldb, int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K) {
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t k = 0; k < K; k++) {
+            float a = A[i * lda + k];
+            if (a == 0.0f) continue;
+            const float *b = B + k * ldb;
+            float *c = C + i * ldc;
+            for (int64_t j = j0; j < j1; j++) c[j] += a * b[j];
+        }
+}
+
+void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                  int64_t N, int64_t K) {
+#if GEMM_HAVE_BLOCK
+    int64_t Mb = gemm_block_usable() ? M - M % GEMM_MR : 0, Nb = N - N % GEMM_NR;
+#else
+    int64_t Mb = 0, Nb = N - N % GEMM_NR;
+#endif
+    for (int64_t k0 = 0; k0 < K; k0 += GEMM_KB) {
+        int64_t kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
+        const float *Ak = A + k0, *Bk = B + k0 * ldb;
+#if GEMM_HAVE_BLOCK
+        for (int64_t j0 = 0; j0 < Nb; j0 += GEMM_NR)
+            for (int64_t i0 = 0; i0 < Mb; i0 += GEMM_MR)
+                gemm_block(C + i0 * ldc + j0, ldc, Ak + i0 * lda, lda, Bk + j0, ldb, kb);
+#endif
+        if (Nb < N) gemm_edge(C, ldc, Ak, lda, Bk, ldb, 0, Mb, Nb, N, kb);
+        if (Mb < M) gemm_edge(C, ldc, Ak, lda, Bk, ldb, Mb, M, 0, N, kb);
+    }
+}
+
+void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 32) /* 32x32 tiles: both sides stay in cache */
+        for (int64_t c0 = 0; c0 < cols; c0 += 32)
+            for (int64_t r = r0; r < rows && r < r0 + 32; r++)
+                for (int64_t c = c0; c < cols && c < c0 + 32; c++) dst[c * rows + r] = src[r * cols + c];
+}
+
+void cpu_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, 4);
+    }
+}
+
+static inline float bf16f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- memory: plain host memory ---- */
+
+static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
+static void cpu_free(void *p) { free(p); }
+static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
+    if (bytes) memmove(dst, src, bytes);
+}
+static void cpu_zero(void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+static void cpu_sync(void) {}
+
+/* ---- embedding, RMSNorm, residual ---- */
+
+static void cpu_embedding_fwd(void *out_, const int32_t *ids, const uint16_t *table, int T, int C) {
+    float *out = out_;
+    for (int t = 0; t < T; t++) cpu_bf16_to_f32(out + (int64_t)t * C, table + (int64_t)ids[t] * C, C);
+}
+
+/* HF LlamaRMSNorm: y = w * x / sqrt(mean(x^2) + eps), the mean taken in fp32 */
+static void cpu_rmsnorm_fwd(void *out_, float *rstd, const void *x_, const uint16_t *w, int T, int C, float eps) {
+    float *out = out_;
+    const float *x = x_;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (int64_t)t * C;
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)xt[i] * xt[i];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        rstd[t] = r;
+        float *ot = out + (int64_t)t * C;
+        for (int i = 0; i < C; i++) ot[i] = bf16f(w[i]) * (xt[i] * r);
+    }
+}
+
+/* with g = w * dout: dx = r * g - r^3 / C * x * sum(g * x) */
+static void cpu_rmsnorm_bwd(void *dx_, const void *dout_, const void *x_, const uint16_t *w, const float *rstd,
+                            int T, int C) {
+    float *dx = dx_;
+    const float *dout = dout_, *x = x_;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (int64_t)t * C, *dt = dout + (int64_t)t * C;
+        float r = rstd[t];
+        double gx = 0;
+        for (int i = 0; i < C; i++) gx += (double)bf16f(w[i]) * dt[i] * xt[i];
+        float c = (float)(gx * r * r * r / C);
+        float *dxt = dx + (int64_t)t * C;
+        for (int i = 0; i < C; i++) dxt[i] += r * bf16f(w[i]) * dt[i] - c * xt[i];
+    }
+}
+
+static void cpu_add_inplace(void *y_, const void *x_, int64_t n) {
+    float *y = y_;
+    const float *x = x_;
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* ---- RoPE (rotate_half layout: dim j pairs with j + hd/2) ---- */
+
+static void cpu_rope(void *q_, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
+    float *q = q_;
+    int half = hd / 2;
+    float sgn = inverse ? -1.0f : 1.0f;
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < half; j++) {
+            float ang = (float)pos[t] * inv_freq[j]; /* fp32 product, as transformers computes it */
+            float c = cosf(ang), s = sgn * sinf(ang);
+            for (int h = 0; h < nh; h++) {
+                float *qh = q + ((int64_t)t * nh + h) * hd;
+                float x1 = qh[j], x2 = qh[j + half];
+                qh[j] = x1 * c - x2 * s;
+                qh[j + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/* ---- SwiGLU ---- */
+
+static void cpu_swiglu_fwd(void *out_, const void *gate_, const void *up_, int64_t n) {
+    float *out = out_;
+    const float *g = gate_, *u = up_;
+    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* d silu(g)/dg = sig(g) * (1 + g * (1 - sig(g))) */
+static void cpu_swiglu_bwd(void *dgate_, void *dup_, const void *dout_, const void *gate_, const void *up_,
+                           int64_t n) {
+    float *dg = dgate_, *du = dup_;
+    const float *d = dout_, *g = gate_, *u = up_;
+    for (int64_t i = 0; i < n; i++) {
+        float sig = 1.0f / (1.0f + expf(-g[i]));
+        dg[i] = d[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+        du[i] = d[i] * g[i] * sig;
+    }
+}
+
+/* ---- optimizer ---- */
+
+/* torch.optim.AdamW (foreach=False), step by step, so the C and torch curves agree to rounding */
+static void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
+                      float eps, float weight_decay, int step) {
+    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float decay = 1.0f - lr * weight_decay;
+    for (int64_t i = 0; i < n; i++) {
+        p[i] *= decay;
+        m[i] += (g[i] - m[i]) * (1.0f - beta1);
+        v[i] = v[i] * beta2 + (1.0f - beta2) * g[i] * g[i];
+        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        p[i] -= step_size * m[i] / denom;
+    }
+}
+
+static double cpu_sum_squares(const float *g, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+    return s;
+}
+
+static void cpu_scale(float *g, int64_t n, float s) {
+    for (int64_t i = 0; i < n; i++) g[i] *= s;
+}
+
+static const ops_table cpu_table = {
+    .name = "cpu",
+    .act_dtype = OPS_F32,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .copy = cpu_memcpy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .embedding_fwd = cpu_embedding_fwd,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .add_inplace = cpu_add_inplace,
+    .rope = cpu_rope,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .attention_cached = cpu_attention_cached,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .qlinear_fwd = cpu_qlinear_fwd,
+    .qlinear_bwd = cpu_qlinear_bwd,
+    .xent_fwd_bwd = cpu_xent_fwd_bwd,
+    .logits = cpu_logits,
+    .adamw = cpu_adamw,
+    .sum_squares = cpu_sum_squares,
+    .scale = cpu_scale,
+};
+
+const ops_table *ops_cpu(void) { return &cpu_table; }

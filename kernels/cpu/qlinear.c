@@ -1,0 +1,269 @@
+/* qlinear.c: the NF4 linear with its LoRA branch, and the lm_head + cross-entropy (plain C
+ * reference).
+ *
+ * qlinear: y = x W^T + bias + scale * (drop(x) A^T) B^T. W stays 4-bit: QL_TILE rows at a time
+ * are dequantized into a small fp32 scratch (ops_nf4_dequant_rows) and used for every token
+ * before the next tile, so the whole matrix is never materialised and a tile stays in cache.
+ * The forward splits output tiles between threads; the backward splits tokens (each thread
+ * dequantizes the tiles it needs: the dequant is 1/T_thread of the multiply-adds).
+ *
+ * lm_head + cross-entropy: the vocabulary is walked in XENT_CHUNK-row chunks of E (converted
+ * to fp32 once per chunk and thread) with an online softmax (running max and sum), so no [T, V]
+ * logits tensor exists; the backward makes a second pass that recomputes each chunk's logits.
+ * Every matmul-shaped loop goes through cpu_gemm_acc (register-blocked, see ops_cpu.c). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_impl.h"
+
+#define QL_TILE 32
+#define XENT_CHUNK 128
+
+/* drop(x) for row t into dst: the mask is ops_dropout_keep over the flat index t*in + i */
+static void lora_drop_row(float *dst, const float *xt, int64_t t, int64_t in, const ops_lora *lora) {
+    if (lora->dropout <= 0.0f) {
+        memcpy(dst, xt, sizeof(float) * (size_t)in);
+        return;
+    }
+    float keep_scale = 1.0f / (1.0f - lora->dropout);
+    for (int64_t i = 0; i < in; i++)
+        dst[i] = ops_dropout_keep(lora->dropout_seed, (uint64_t)(t * in + i), lora->dropout) ? xt[i] * keep_scale : 0.0f;
+}
+
+typedef struct ql_args {
+    float *y, *dx, *xa, *g, *xd;
+    const float *x, *dy, *At, *Bt;
+    const ops_nf4 *W;
+    const uint16_t *bias;
+    const ops_lora *lora;
+    int T, accumulate;
+} ql_args;
+
+/* forward over output tiles [lo, hi): y[:, tile] = bias + x tile^T */
+static void ql_fwd_tiles(void *ctx, int64_t lo, int64_t hi) {
+    const ql_args *a = ctx;
+    int64_t out = a->W->rows, in = a->W->cols;
+    float *w = malloc(sizeof(float) * (size_t)(QL_TILE * in)), *wt = malloc(sizeof(float) * (size_t)(QL_TILE * in));
+    for (int64_t tile = lo; tile < hi; tile++) {
+        int64_t o0 = tile * QL_TILE, no = out - o0 < QL_TILE ? out - o0 : QL_TILE;
+        ops_nf4_dequant_rows(a->W, o0, no, w);
+        cpu_transpose(wt, w, no, in); /* [in, no]: the GEMM's B */
+        float b[QL_TILE] = {0};
+        if (a->bias) cpu_bf16_to_f32(b, a->bias + o0, no);
+        for (int t = 0; t < a->T; t++) memcpy(a->y + (int64_t)t * out + o0, b, sizeof(float) * (size_t)no);
+        cpu_gemm_acc(a->y + o0, out, a->x, in, wt, no, a->T, no, in);
+    }
+    free(w);
+    free(wt);
+}
+
+/* the LoRA branch for tokens [lo, hi): xa = drop(x) A^T, y += scale * xa B^T */
+static void ql_fwd_lora_rows(void *ctx, int64_t lo, int64_t hi) {
+    const ql_args *a = ctx;
+    const ops_lora *L = a->lora;
+    int64_t out = a->W->rows, in = a->W->cols, r = L->r, n = hi - lo;
+    float *xd = malloc(sizeof(float) * (size_t)(n * in)), *sxa = malloc(sizeof(float) * (size_t)(n * r));
+    for (int64_t t = lo; t < hi; t++) lora_drop_row(xd + (t - lo) * in, a->x + t * in, t, in, L);
+    float *xa = a->xa + lo * r;
+    memset(xa, 0, sizeof(float) * (size_t)(n * r));
+    cpu_gemm_acc(xa, r, xd, in, a->At, r, n, r, in);
+    for (int64_t i = 0; i < n * r; i++) sxa[i] = L->scale * xa[i];
+    cpu_gemm_acc(a->y + lo * out, out, sxa, r, a->Bt, out, n, out, r);
+    free(xd);
+    free(sxa);
+}
+
+void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
+                     float *xa, int T) {
+    ql_args a = {.y = y, .x = x, .W = W, .bias = bias, .lora = lora, .xa = xa, .T = T};
+    int64_t tiles = (W->rows + QL_TILE - 1) / QL_TILE;
+    cpu_parallel_for(tiles, (double)T * W->rows * W->cols, ql_fwd_tiles, &a);
+    if (!lora) return;
+    int64_t r = lora->r, in = W->cols, out = W->rows;
+    float *own = NULL, *At = malloc(sizeof(float) * (size_t)(in * r)), *Bt = malloc(sizeof(float) * (size_t)(out * r));
+    if (!a.xa) a.xa = own = malloc(sizeof(float) * (size_t)T * (size_t)r);
+    cpu_transpose(At, lora->A, r, in);
+    cpu_transpose(Bt, lora->B, out, r);
+    a.At = At, a.Bt = Bt;
+    cpu_parallel_for(T, (double)T * r * (in + out), ql_fwd_lora_rows, &a);
+    free(own);
+    free(At);
+    free(Bt);
+}
+
+/* backward over tokens [lo, hi): dx = dy W (+ scale * (g A) masked), g = dy B precomputed */
+static void ql_bwd_rows(void *ctx, int64_t lo, int64_t hi) {
+    const ql_args *a = ctx;
+    int64_t out = a->W->rows, in = a->W->cols, n = hi - lo;
+    float *dx = a->dx + lo * in;
+    if (!a->accumulate) memset(dx, 0, sizeof(float) * (size_t)(n * in));
+    float *w = malloc(sizeof(float) * (size_t)(QL_TILE * in));
+    for (int64_t o0 = 0; o0 < out; o0 += QL_TILE) {
+        int64_t no = out - o0 < QL_TILE ? out - o0 : QL_TILE;
+        ops_nf4_dequant_rows(a->W, o0, no, w);
+        cpu_gemm_acc(dx, in, a->dy + lo * out + o0, out, w, in, n, in, no);
+    }
+    free(w);
+    const ops_lora *L = a->lora;
+    if (!L) return;
+    float *tmp = calloc((size_t)(n * in), sizeof(float));
+    cpu_gemm_acc(tmp, in, a->g + lo * L->r, L->r, L->A, in, n, in, L->r);
+    float keep_scale = L->dropout > 0.0f ? 1.0f / (1.0f - L->dropout) : 1.0f, s = L->scale * keep_scale;
+    for (int64_t t = lo; t < hi; t++) {
+        const float *tt = tmp + (t - lo) * in;
+        float *dxt = a->dx + t * in;
+        if (L->dropout <= 0.0f) {
+            for (int64_t i = 0; i < in; i++) dxt[i] += s * tt[i];
+        } else {
+            for (int64_t i = 0; i < in; i++)
+                if (ops_dropout_keep(L->dropout_seed, (uint64_t)(t * in + i), L->dropout)) dxt[i] += s * tt[i];
+        }
+    }
+    free(tmp);
+}
+
+/* dA columns [lo, hi): dA[:, lo:hi] += (scale g)^T drop(x)[:, lo:hi]  (a->g holds (scale g)^T [r, T]) */
+static void ql_bwd_dA(void *ctx, int64_t lo, int64_t hi) {
+    const ql_args *a = ctx;
+    int64_t in = a->W->cols;
+    cpu_gemm_acc(a->lora->dA + lo, in, a->g, a->T, a->xd + lo, in, a->lora->r, hi - lo, a->T);
+}
+
+void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
+                     const float *xa, int T, int accumulate) {
+    ql_args a = {.dx = dx, .dy = dy, .x = x, .W = W, .lora = lora, .xa = (float *)xa, .T = T,
+                 .accumulate = accumulate};
+    int64_t out = W->rows, in = W->cols;
+    float *g = NULL;
+    if (lora) { /* g = dy B  [T, r] */
+        g = a.g = calloc((size_t)(T * lora->r), sizeof(float));
+        cpu_gemm_acc(g, lora->r, a.dy, out, lora->B, lora->r, T, lora->r, out);
+    }
+    cpu_parallel_for(T, (double)T * out * in, ql_bwd_rows, &a);
+    if (!lora) return;
+    int64_t r = lora->r;
+    /* dA += scale g^T drop(x) */
+    float *gt = malloc(sizeof(float) * (size_t)(r * T)), *xd = malloc(sizeof(float) * (size_t)(T * in));
+    cpu_transpose(gt, g, T, r);
+    for (int64_t i = 0; i < r * T; i++) gt[i] *= lora->scale;
+    for (int64_t t = 0; t < T; t++) lora_drop_row(xd + t * in, a.x + t * in, t, in, lora);
+    a.g = gt, a.xd = xd;
+    cpu_parallel_for(in, (double)T * r * in, ql_bwd_dA, &a);
+    /* dB += scale dy^T xa, computed as its transpose (xa^T dy: [r, out]) so the GEMM runs wide */
+    float *xat = malloc(sizeof(float) * (size_t)(r * T)), *dbt = calloc((size_t)(r * out), sizeof(float));
+    cpu_transpose(xat, xa, T, r);
+    cpu_gemm_acc(dbt, out, xat, T, a.dy, out, r, out, T);
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t j = 0; j < r; j++) lora->dB[o * r + j] += lora->scale * dbt[j * out + o];
+    free(gt);
+    free(xd);
+    free(xat);
+    free(dbt);
+    free(g);
+}
+
+/* ---- lm_head + cross-entropy ---- */
+
+typedef struct xent_args {
+    float *losses, *dx, *logits;
+    const float *x;
+    const uint16_t *E;
+    const int32_t *target;
+    int T, C, V;
+    float grad_scale;
+} xent_args;
+
+/* logits of rows [lo, hi) for one vocabulary chunk: L[n, nv] = x E^T (Et: the chunk transposed) */
+static void xent_chunk_logits(const xent_args *a, int64_t lo, int64_t n, const float *Et, int nv, float *L) {
+    memset(L, 0, sizeof(float) * (size_t)(n * nv));
+    cpu_gemm_acc(L, nv, a->x + lo * a->C, a->C, Et, nv, n, nv, a->C);
+}
+
+static void xent_rows(void *ctx, int64_t lo, int64_t hi) {
+    const xent_args *a = ctx;
+    int C = a->C, V = a->V;
+    int64_t n = hi - lo;
+    float *e = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *et = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *L = malloc(sizeof(float) * (size_t)(n * XENT_CHUNK));
+    float *mx = malloc(sizeof(float) * (size_t)n), *sum = malloc(sizeof(float) * (size_t)n);
+    for (int64_t t = 0; t < n; t++) mx[t] = -INFINITY, sum[t] = 0.0f, a->losses[lo + t] = 0.0f;
+    /* pass 1: online softmax statistics (running max and sum); the target's logit on the way */
+    for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
+        int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
+        cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
+        cpu_transpose(et, e, nv, C);
+        xent_chunk_logits(a, lo, n, et, nv, L);
+        for (int64_t t = 0; t < n; t++) {
+            int tg = a->target[lo + t];
+            if (tg < 0) continue;
+            const float *z = L + t * nv;
+            float cm = mx[t];
+            for (int v = 0; v < nv; v++) cm = fmaxf(cm, z[v]);
+            float s = sum[t] * expf(mx[t] - cm);
+            for (int v = 0; v < nv; v++) s += expf(z[v] - cm);
+            mx[t] = cm, sum[t] = s;
+            if (tg >= v0 && tg < v0 + nv) a->losses[lo + t] = -z[tg - v0]; /* completed below */
+        }
+    }
+    for (int64_t t = 0; t < n; t++) {
+        if (a->target[lo + t] < 0) continue;
+        mx[t] += logf(sum[t]); /* now the log-sum-exp */
+        a->losses[lo + t] += mx[t];
+    }
+    /* pass 2: dx = grad_scale * (softmax - onehot) E, chunk by chunk */
+    if (a->dx) {
+        memset(a->dx + lo * C, 0, sizeof(float) * (size_t)(n * C));
+        for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
+            int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
+            cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
+            cpu_transpose(et, e, nv, C);
+            xent_chunk_logits(a, lo, n, et, nv, L);
+            for (int64_t t = 0; t < n; t++) {
+                int tg = a->target[lo + t];
+                float *p = L + t * nv;
+                if (tg < 0) {
+                    memset(p, 0, sizeof(float) * (size_t)nv);
+                    continue;
+                }
+                for (int v = 0; v < nv; v++) p[v] = a->grad_scale * expf(p[v] - mx[t]);
+                if (tg >= v0 && tg < v0 + nv) p[tg - v0] -= a->grad_scale;
+            }
+            cpu_gemm_acc(a->dx + lo * C, C, L, nv, e, C, n, C, nv);
+        }
+    }
+    free(e);
+    free(et);
+    free(L);
+    free(mx);
+    free(sum);
+}
+
+void cpu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target,
+                      int T, int C, int V, float grad_scale) {
+    xent_args a = {.losses = losses, .dx = dx, .x = x, .E = E, .target = target, .T = T, .C = C, .V = V,
+                   .grad_scale = grad_scale};
+    cpu_parallel_for(T, (dx ? 3.0 : 1.0) * T * C * V, xent_rows, &a);
+}
+
+static void logits_rows(void *ctx, int64_t lo, int64_t hi) {
+    const xent_args *a = ctx;
+    int C = a->C, V = a->V;
+    float *e = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    float *et = malloc(sizeof(float) * (size_t)XENT_CHUNK * (size_t)C);
+    for (int64_t t = lo; t < hi; t++) memset(a->logits + t * V, 0, sizeof(float) * (size_t)V);
+    for (int v0 = 0; v0 < V; v0 += XENT_CHUNK) {
+        int nv = V - v0 < XENT_CHUNK ? V - v0 : XENT_CHUNK;
+        cpu_bf16_to_f32(e, a->E + (int64_t)v0 * C, (int64_t)nv * C);
+        cpu_transpose(et, e, nv, C);
+        cpu_gemm_acc(a->logits + lo * V + v0, V, a->x + lo * C, C, et, nv, hi - lo, nv, C);
+    }
+    free(e);
+    free(et);
+}
+
+void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
+    xent_args a = {.logits = logits, .x = x, .E = E, .T = T, .C = C, .V = V};
+    cpu_parallel_for(T, (double)T * C * V, logits_rows, &a);
+}

@@ -1,0 +1,360 @@
+// elementwise.cu: embedding, RMSNorm forward/backward, residual add, RoPE, SwiGLU, and the
+// small helpers of the qlinear op (fp32 -> bf16 copies, bias, dropout). All memory-bound: bf16
+// in and out, fp32 arithmetic, 16-byte (8 x bf16) accesses where the shape and alignment allow.
+#include "launch.cuh"
+
+#define EW_THREADS 256
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+struct bf16x8 {
+    __nv_bfloat162 h[4];
+};
+
+__device__ __forceinline__ void load8(float *f, const bf16 *p) {
+    bf16x8 v = *reinterpret_cast<const bf16x8 *>(p);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float2 t = __bfloat1622float2(v.h[j]);
+        f[2 * j] = t.x;
+        f[2 * j + 1] = t.y;
+    }
+}
+
+__device__ __forceinline__ void store8(bf16 *p, const float *f) {
+    bf16x8 v;
+#pragma unroll
+    for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
+    *reinterpret_cast<bf16x8 *>(p) = v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding: out[t] = table[ids[t]]
+
+__global__ void embedding_fwd_kernel(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C, int vec) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int per_row = vec ? C / 8 : C;
+    if (i >= (int64_t)T * per_row) return;
+    int t = (int)(i / per_row), c = (int)(i % per_row);
+    const bf16 *src = table + (int64_t)ids[t] * C;
+    if (vec)
+        reinterpret_cast<uint4 *>(out + (int64_t)t * C)[c] = reinterpret_cast<const uint4 *>(src)[c];
+    else
+        out[(int64_t)t * C + c] = src[c];
+}
+
+void launch_embedding_fwd(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C) {
+    int vec = C % 8 == 0 && aligned16(out) && aligned16(table);
+    int64_t n = (int64_t)T * (vec ? C / 8 : C);
+    if (n == 0) return;
+    embedding_fwd_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(out, ids, table,
+                                                                                                       T, C, vec);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: one warp per row; the second pass over the row hits L1/L2.
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps,
+                                   int vec) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (row >= T) return;
+    const bf16 *xr = x + (int64_t)row * C;
+    bf16 *orow = out + (int64_t)row * C;
+    float ss = 0.0f;
+    if (vec) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float f[8];
+            load8(f, xr + c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += f[j] * f[j];
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) {
+            float f = __bfloat162float(xr[c]);
+            ss += f * f;
+        }
+    }
+    ss = warp_sum(ss);
+    float r = rsqrtf(ss / (float)C + eps);
+    if (lane == 0) rstd[row] = r;
+    if (vec) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float f[8], g[8];
+            load8(f, xr + c);
+            load8(g, w + c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) f[j] = f[j] * r * g[j];
+            store8(orow + c, f);
+        }
+    } else {
+        for (int c = lane; c < C; c += 32)
+            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * __bfloat162float(w[c]));
+    }
+}
+
+void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps) {
+    if (T == 0) return;
+    int vec = C % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w);
+    const int rows_per_block = 8;
+    rmsnorm_fwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(out, rstd, x, w, T, C,
+                                                                                               eps, vec);
+    CUDA_CHECK_LAUNCH();
+}
+
+// dx += rstd * w * dout - x * rstd^3 / C * sum(dout * w * x)
+__global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T,
+                                   int C, int vec) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (row >= T) return;
+    const bf16 *xr = x + (int64_t)row * C, *dr = dout + (int64_t)row * C;
+    bf16 *dxr = dx + (int64_t)row * C;
+    float s = 0.0f;
+    if (vec) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float a[8], b[8], g[8];
+            load8(a, xr + c);
+            load8(b, dr + c);
+            load8(g, w + c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) s += a[j] * b[j] * g[j];
+        }
+    } else {
+        for (int c = lane; c < C; c += 32)
+            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * __bfloat162float(w[c]);
+    }
+    s = warp_sum(s);
+    float r = rstd[row];
+    float k = r * r * r * s / (float)C;
+    if (vec) {
+        for (int c = lane * 8; c < C; c += 256) {
+            float a[8], b[8], g[8], d[8];
+            load8(a, xr + c);
+            load8(b, dr + c);
+            load8(g, w + c);
+            load8(d, dxr + c);
+#pragma unroll
+            for (int j = 0; j < 8; j++) d[j] += r * g[j] * b[j] - a[j] * k;
+            store8(dxr + c, d);
+        }
+    } else {
+        for (int c = lane; c < C; c += 32) {
+            float a = __bfloat162float(xr[c]), b = __bfloat162float(dr[c]), g = __bfloat162float(w[c]);
+            dxr[c] = __float2bfloat16_rn(__bfloat162float(dxr[c]) + r * g * b - a * k);
+        }
+    }
+}
+
+void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T, int C) {
+    if (T == 0) return;
+    int vec = C % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w);
+    const int rows_per_block = 8;
+    rmsnorm_bwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(dx, dout, x, w, rstd, T,
+                                                                                               C, vec);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------------------------
+// n-element maps: thread i covers elements [8i, 8i+8); the vector path needs every pointer
+// 16-byte aligned, else (and for the tail) elements go one by one.
+
+template <typename F>
+__global__ void map8_kernel(int64_t n, int vec, F f) {
+    int64_t i0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i0 >= n) return;
+    if (vec && i0 + 8 <= n)
+        f.vec(i0);
+    else
+        for (int64_t i = i0; i < n && i < i0 + 8; i++) f.one(i);
+}
+
+template <typename F>
+static void launch_map8(int64_t n, int vec, F f) {
+    if (n <= 0) return;
+    map8_kernel<<<(unsigned)CEIL_DIV(CEIL_DIV(n, (int64_t)8), (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(
+        n, vec, f);
+    CUDA_CHECK_LAUNCH();
+}
+
+struct add_op {
+    bf16 *y;
+    const bf16 *x;
+    __device__ void vec(int64_t i) const {
+        float a[8], b[8];
+        load8(a, y + i);
+        load8(b, x + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] += b[j];
+        store8(y + i, a);
+    }
+    __device__ void one(int64_t i) const {
+        y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(x[i]));
+    }
+};
+
+void launch_add_inplace(bf16 *y, const bf16 *x, int64_t n) {
+    launch_map8(n, aligned16(y) && aligned16(x), add_op{y, x});
+}
+
+__device__ __forceinline__ float silu_f(float g) { return g / (1.0f + __expf(-g)); }
+
+struct swiglu_fwd_op {
+    bf16 *out;
+    const bf16 *gate, *up;
+    __device__ void vec(int64_t i) const {
+        float g[8], u[8];
+        load8(g, gate + i);
+        load8(u, up + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) g[j] = silu_f(g[j]) * u[j];
+        store8(out + i, g);
+    }
+    __device__ void one(int64_t i) const {
+        out[i] = __float2bfloat16_rn(silu_f(__bfloat162float(gate[i])) * __bfloat162float(up[i]));
+    }
+};
+
+void launch_swiglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n) {
+    launch_map8(n, aligned16(out) && aligned16(gate) && aligned16(up), swiglu_fwd_op{out, gate, up});
+}
+
+// d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g)
+struct swiglu_bwd_op {
+    bf16 *dgate, *dup;
+    const bf16 *dout, *gate, *up;
+    __device__ static void one_f(float d, float g, float u, float *dg, float *du) {
+        float s = 1.0f / (1.0f + __expf(-g));
+        *du = d * g * s;
+        *dg = d * u * s * (1.0f + g * (1.0f - s));
+    }
+    __device__ void vec(int64_t i) const {
+        float d[8], g[8], u[8], dg[8], du[8];
+        load8(d, dout + i);
+        load8(g, gate + i);
+        load8(u, up + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) one_f(d[j], g[j], u[j], &dg[j], &du[j]);
+        store8(dgate + i, dg);
+        store8(dup + i, du);
+    }
+    __device__ void one(int64_t i) const {
+        float dg, du;
+        one_f(__bfloat162float(dout[i]), __bfloat162float(gate[i]), __bfloat162float(up[i]), &dg, &du);
+        dgate[i] = __float2bfloat16_rn(dg);
+        dup[i] = __float2bfloat16_rn(du);
+    }
+};
+
+void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n) {
+    int vec = aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up);
+    launch_map8(n, vec, swiglu_bwd_op{dgate, dup, dout, gate, up});
+}
+
+struct f32_to_bf16_op {
+    bf16 *dst;
+    const float *src;
+    __device__ void vec(int64_t i) const {
+        float4 a = reinterpret_cast<const float4 *>(src + i)[0], b = reinterpret_cast<const float4 *>(src + i)[1];
+        float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        store8(dst + i, f);
+    }
+    __device__ void one(int64_t i) const { dst[i] = __float2bfloat16_rn(src[i]); }
+};
+
+void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n) {
+    launch_map8(n, aligned16(dst) && aligned16(src), f32_to_bf16_op{dst, src});
+}
+
+// dropout of the LoRA input: dst = x * keep / (1 - p), the mask from ops_dropout.h
+struct dropout_op {
+    bf16 *dst;
+    const bf16 *x;
+    float p, inv;
+    uint64_t seed;
+    __device__ void one(int64_t i) const {
+        dst[i] = __float2bfloat16_rn(ops_dropout_keep(seed, (uint64_t)i, p) ? __bfloat162float(x[i]) * inv : 0.0f);
+    }
+    __device__ void vec(int64_t i) const {
+        float f[8];
+        load8(f, x + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = ops_dropout_keep(seed, (uint64_t)(i + j), p) ? f[j] * inv : 0.0f;
+        store8(dst + i, f);
+    }
+};
+
+void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t seed) {
+    launch_map8(n, aligned16(dst) && aligned16(x), dropout_op{dst, x, p, 1.0f / (1.0f - p), seed});
+}
+
+// dx += src * keep / (1 - p)
+struct add_masked_op {
+    bf16 *dx;
+    const bf16 *src;
+    float p, inv;
+    uint64_t seed;
+    __device__ void one(int64_t i) const {
+        if (ops_dropout_keep(seed, (uint64_t)i, p))
+            dx[i] = __float2bfloat16_rn(__bfloat162float(dx[i]) + __bfloat162float(src[i]) * inv);
+    }
+    __device__ void vec(int64_t i) const {
+        float d[8], s[8];
+        load8(d, dx + i);
+        load8(s, src + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (ops_dropout_keep(seed, (uint64_t)(i + j), p)) d[j] += s[j] * inv;
+        store8(dx + i, d);
+    }
+};
+
+void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed) {
+    launch_map8(n, aligned16(dx) && aligned16(src), add_masked_op{dx, src, p, 1.0f / (1.0f - p), seed});
+}
+
+__global__ void add_bias_kernel(bf16 *y, const bf16 *bias, int64_t n, int n_out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(bias[i % n_out]));
+}
+
+void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out) {
+    int64_t n = (int64_t)T * n_out;
+    if (n == 0) return;
+    add_bias_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(y, bias, n, n_out);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE, rotate_half convention: (x1, x2) = (q[i], q[i + hd/2]) -> (x1 c - x2 s, x2 c + x1 s).
+// The angle is pos * inv_freq in fp32 as the reference computes it; its sine and cosine are
+// taken in double, because fast-math sinf/cosf lose accuracy at angles of thousands of radians.
+
+__global__ void rope_kernel(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
+    int half = hd / 2;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)T * nh * half) return;
+    int j = (int)(i % half);
+    int64_t th = i / half; // t * nh + head
+    int t = (int)(th / nh);
+    float ang = (float)pos[t] * inv_freq[j];
+    double sd, cd;
+    sincos((double)ang, &sd, &cd);
+    float s = inverse ? -(float)sd : (float)sd, c = (float)cd;
+    bf16 *p = q + th * hd;
+    float x1 = __bfloat162float(p[j]), x2 = __bfloat162float(p[j + half]);
+    p[j] = __float2bfloat16_rn(x1 * c - x2 * s);
+    p[j + half] = __float2bfloat16_rn(x2 * c + x1 * s);
+}
+
+void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
+    int64_t n = (int64_t)T * nh * (hd / 2);
+    if (n == 0) return;
+    rope_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(q, pos, inv_freq, T, nh,
+                                                                                              hd, inverse);
+    CUDA_CHECK_LAUNCH();
+}

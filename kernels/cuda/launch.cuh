@@ -1,0 +1,52 @@
+// launch.cuh: the launchers of the CUDA backend, one per kernel, each on cuda_stream().
+// Internal to kernels/cuda (C++ linkage); ops_cuda.cu binds them into the op table.
+#ifndef KERNELS_CUDA_LAUNCH_CUH
+#define KERNELS_CUDA_LAUNCH_CUH
+
+#include "common.cuh"
+#include "kernels/ops.h"
+
+// elementwise.cu
+void launch_embedding_fwd(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C);
+void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps);
+void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T, int C);
+void launch_add_inplace(bf16 *y, const bf16 *x, int64_t n);
+void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
+void launch_swiglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
+void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
+void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n);
+void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out);
+void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t seed);
+void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed);
+
+// attention.cu
+void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                          const int32_t *seq_start, int T, int nh, int nkv, int hd);
+void launch_attention_cached(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int Tk, int nh,
+                             int nkv, int hd);
+void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                          const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                          int T, int nh, int nkv, int hd);
+
+// optim.cu
+void launch_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,
+                  float beta2, float eps, float weight_decay, int step);
+void launch_sum_squares(double *acc, const float *g, int64_t n); // acc must be zeroed
+void launch_scale(float *g, int64_t n, float s);
+
+// xent.cu
+// per-row loss (0 where target < 0) into row_loss[Tc]; dlogits written in place as bf16
+void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
+                      const int32_t *target, int Tc, int V, float grad_scale, int want_grad);
+
+// nf4.cu (see nf4_cuda.h for the exported C API)
+void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
+                             int64_t n, int blocksize);
+
+// ops_cuda.cu: row-major GEMM through cuBLAS, C = alpha op(A) op(B) + beta C, fp32 accumulate.
+// op(A) is [M, K], op(B) is [K, N]; ta/tb say A/B are stored transposed ([K, M] / [N, K]);
+// lda/ldb/ldc are row strides in elements. A and B are bf16; C is bf16 or fp32 (c_f32).
+void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B,
+             int ldb, float beta, void *C, int ldc, int c_f32);
+
+#endif

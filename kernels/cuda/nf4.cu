@@ -1,0 +1,166 @@
+// nf4.cu: 4-bit (NF4/FP4, bitsandbytes layout) dequantize, quantize and random fill kernels.
+//
+// Dequantize is memory-bound: 0.5 byte read and 2 bytes written per element. Each thread turns
+// 4 code bytes (8 elements) into one 16-byte bf16 store, so a warp reads 128 contiguous bytes
+// and writes 512; each thread keeps DQ_UNROLL such loads in flight before its first store.
+// The 16-entry code table sits in shared memory: lanes reading the same entry broadcast and
+// different entries lie in different banks, so the lookup never conflicts.
+#include "launch.cuh"
+#include "nf4_cuda.h"
+
+#define DQ_THREADS 256
+#define DQ_UNROLL 4
+
+__global__ void nf4_dequant_bf16_kernel(bf16 *__restrict__ dst, const uint32_t *__restrict__ codes,
+                                        const float *__restrict__ absmax, const float *__restrict__ quant_map,
+                                        int64_t units, int blocksize) {
+    __shared__ float qm[16];
+    if (threadIdx.x < 16) qm[threadIdx.x] = quant_map[threadIdx.x];
+    __syncthreads();
+    int64_t base = (int64_t)blockIdx.x * DQ_THREADS * DQ_UNROLL + threadIdx.x;
+    uint32_t c[DQ_UNROLL];
+    float am[DQ_UNROLL];
+#pragma unroll
+    for (int k = 0; k < DQ_UNROLL; k++) {
+        int64_t u = base + (int64_t)k * DQ_THREADS;
+        if (u < units) {
+            c[k] = __ldg(codes + u);
+            am[k] = __ldg(absmax + (u * 8) / blocksize);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < DQ_UNROLL; k++) {
+        int64_t u = base + (int64_t)k * DQ_THREADS;
+        if (u >= units) break;
+        // byte j of the little-endian word holds elements 2j (high nibble) and 2j+1 (low nibble)
+        __align__(16) bf16 o[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t b = (c[k] >> (8 * j)) & 0xffu;
+            o[2 * j] = __float2bfloat16_rn(qm[b >> 4] * am[k]);
+            o[2 * j + 1] = __float2bfloat16_rn(qm[b & 15u] * am[k]);
+        }
+        reinterpret_cast<uint4 *>(dst)[u] = *reinterpret_cast<const uint4 *>(o);
+    }
+}
+
+// any alignment and the tail that is not a whole 8-element unit
+__global__ void nf4_dequant_bf16_scalar_kernel(bf16 *__restrict__ dst, const uint8_t *__restrict__ codes,
+                                               const float *__restrict__ absmax, const float *__restrict__ quant_map,
+                                               int64_t start, int64_t n, int blocksize) {
+    int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint8_t b = codes[i >> 1];
+    uint32_t code = (i & 1) ? (b & 15u) : (b >> 4);
+    dst[i] = __float2bfloat16_rn(quant_map[code] * absmax[i / blocksize]);
+}
+
+void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map, int64_t n,
+                             int blocksize) {
+    CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
+    if (n <= 0) return;
+    cudaStream_t s = cuda_stream();
+    int64_t vec_units = 0;
+    if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
+        vec_units = n / 8;
+        if (vec_units > 0) {
+            int64_t grid = CEIL_DIV(vec_units, (int64_t)DQ_THREADS * DQ_UNROLL);
+            nf4_dequant_bf16_kernel<<<(unsigned)grid, DQ_THREADS, 0, s>>>(dst, (const uint32_t *)codes, absmax,
+                                                                          quant_map, vec_units, blocksize);
+            CUDA_CHECK_LAUNCH();
+        }
+    }
+    int64_t start = vec_units * 8;
+    if (start < n) {
+        int64_t grid = CEIL_DIV(n - start, (int64_t)256);
+        nf4_dequant_bf16_scalar_kernel<<<(unsigned)grid, 256, 0, s>>>(dst, codes, absmax, quant_map, start, n,
+                                                                      blocksize);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax,
+                                      const float *quant_map, int64_t n, int blocksize) {
+    launch_nf4_dequant_bf16((bf16 *)dst, codes, absmax, quant_map, n, blocksize);
+}
+
+// One warp per quantization block. The thresholds are the fp32 midpoints of adjacent entries
+// of the sorted table (formats.md: equal to bitsandbytes' literals to the bit); a code is the
+// number of thresholds strictly below y, so ties take the lower code and NaN takes code 0.
+__device__ __forceinline__ uint32_t nf4_code(float y, const float *th) {
+    uint32_t c = 0;
+#pragma unroll
+    for (int k = 0; k < 15; k++) c += (y > th[k]) ? 1u : 0u;
+    return c;
+}
+
+__global__ void nf4_quantize_f32_kernel(uint8_t *__restrict__ codes, float *__restrict__ absmax,
+                                        const float *__restrict__ x, const float *__restrict__ quant_map, int64_t n,
+                                        int blocksize, int64_t nblocks) {
+    __shared__ float th[15];
+    if (threadIdx.x < 15) th[threadIdx.x] = (quant_map[threadIdx.x] + quant_map[threadIdx.x + 1]) * 0.5f;
+    __syncthreads();
+    int lane = threadIdx.x & 31;
+    int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nblocks) return;
+    int64_t b0 = blk * blocksize, b1 = b0 + blocksize < n ? b0 + blocksize : n;
+    float m = 0.0f;
+    for (int64_t i = b0 + lane; i < b1; i += 32) m = fmaxf(m, fabsf(x[i]));
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) absmax[blk] = m;
+    float inv = __frcp_rn(m); // IEEE 1/absmax, as the reference (fast-math would approximate)
+    // pairs (2j, 2j+1) never straddle blocks: block sizes are even
+    for (int64_t i = b0 + 2 * lane; i < b1; i += 64) {
+        uint32_t hi, lo;
+        if (m == 0.0f) {
+            hi = lo = 7u; // all-zero block: code of 0.0 (the torch path's choice)
+        } else {
+            hi = nf4_code(__fmul_rn(x[i], inv), th);
+            lo = i + 1 < n ? nf4_code(__fmul_rn(x[i + 1], inv), th) : 7u; // odd n: pad with 0.0
+        }
+        codes[i >> 1] = (uint8_t)((hi << 4) | lo);
+    }
+}
+
+extern "C" void nf4_cuda_quantize_f32(uint8_t *codes, float *absmax, const float *x, const float *quant_map,
+                                      int64_t n, int blocksize) {
+    CUDA_REQUIRE(blocksize >= 2 && blocksize % 2 == 0, "nf4 blocksize must be even");
+    if (n <= 0) return;
+    int64_t nblocks = CEIL_DIV(n, (int64_t)blocksize);
+    const int warps = 8;
+    nf4_quantize_f32_kernel<<<(unsigned)CEIL_DIV(nblocks, (int64_t)warps), warps * 32, 0, cuda_stream()>>>(
+        codes, absmax, x, quant_map, n, blocksize, nblocks);
+    CUDA_CHECK_LAUNCH();
+}
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__global__ void nf4_fill_random_kernel(uint8_t *codes, float *absmax, int64_t nbytes, int64_t nblocks,
+                                       uint64_t seed, float lo, float hi) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t words = nbytes / 8;
+    if (i < words) {
+        reinterpret_cast<uint64_t *>(codes)[i] = mix64(seed + 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1));
+    } else if (i - words < nbytes % 8) {
+        codes[words * 8 + (i - words)] = (uint8_t)mix64(seed ^ (uint64_t)i);
+    }
+    if (i < nblocks) {
+        float u = (float)(mix64(~seed + 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)) >> 40) * (1.0f / 16777216.0f);
+        absmax[i] = lo + (hi - lo) * u;
+    }
+}
+
+extern "C" void nf4_cuda_fill_random(uint8_t *codes, float *absmax, int64_t n, int blocksize, uint64_t seed,
+                                     float lo, float hi) {
+    CUDA_REQUIRE(((uintptr_t)codes & 7) == 0, "codes must be 8-byte aligned");
+    int64_t nbytes = (n + 1) / 2, nblocks = CEIL_DIV(n, (int64_t)blocksize);
+    int64_t work = nbytes / 8 + 8;
+    if (nblocks > work) work = nblocks;
+    nf4_fill_random_kernel<<<(unsigned)CEIL_DIV(work, (int64_t)256), 256, 0, cuda_stream()>>>(
+        codes, absmax, nbytes, nblocks, seed, lo, hi);
+    CUDA_CHECK_LAUNCH();
+}

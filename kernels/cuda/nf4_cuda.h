@@ -1,0 +1,40 @@
+/* nf4_cuda.h: NF4/FP4 4-bit quantize and dequantize on the GPU (bitsandbytes layout: flat
+ * C-order elements, blocks of `blocksize`, first element of a pair in the high nibble, fp32
+ * absmax per block; double quantization is undone at load, so absmax is plain fp32 here).
+ * All pointers are device memory; work is queued on the ops_cuda() stream. C-callable.
+ *
+ * Dequantize is what training uses (into a bf16 scratch right before each GEMM); its output is
+ * bit-identical to ops_nf4_dequant_rows() rounded to bf16 (round to nearest even). Quantize
+ * follows formats.md section 1: absmax in fp32, y = x * (1/absmax) with an IEEE reciprocal,
+ * code = number of midpoints of adjacent quant_map entries strictly below y. */
+#ifndef KERNELS_CUDA_NF4_CUDA_H
+#define KERNELS_CUDA_NF4_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dst (bf16, n elements) = quant_map[code] * absmax[i / blocksize] */
+void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
+                           int64_t n, int blocksize);
+/* x (fp32, n elements) -> codes ((n+1)/2 bytes) and absmax (ceil(n/blocksize)); quant_map is the
+ * sorted 16-entry code table (NF4). An all-zero block stores absmax 0 and code 7 (0.0) pairs. */
+void nf4_cuda_quantize_f32(uint8_t *codes, float *absmax, const float *x, const float *quant_map, int64_t n,
+                           int blocksize);
+/* Random codes (uniform bytes) and absmax in [lo, hi) from a seed: benchmark weights made on the
+ * device, no disk or host traffic. */
+void nf4_cuda_fill_random(uint8_t *codes, float *absmax, int64_t n, int blocksize, uint64_t seed, float lo, float hi);
+
+/* Live and peak bytes allocated through ops_cuda()'s alloc and the ops' own scratch. */
+void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes);
+void cuda_mem_reset_peak(void);
+/* the cudaStream_t every op runs on (for graph capture and events in benchmarks) */
+void *cuda_stream_handle(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,382 @@
+// ops_cuda.cu: the CUDA op table (ops_cuda()): memory, the cuBLAS GEMM wrapper, and the ops
+// that are compositions of GEMMs and small kernels (qlinear with its LoRA branch, the chunked
+// lm_head + cross-entropy, logits). Elementwise kernels live in elementwise.cu, attention in
+// attention.cu, the optimizer in optim.cu, NF4 in nf4.cu.
+//
+// Everything runs on one non-blocking stream (cuda_stream()), so a training step can be
+// captured into a CUDA graph; cuBLAS gets a fixed workspace so it never allocates inside a step.
+#include "launch.cuh"
+#include "nf4_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <mutex>
+#include <unordered_map>
+
+void cuda_fatal(const char *stmt, const char *func, const char *file, int line, const char *msg) {
+    int dev = -1;
+    cudaGetDevice(&dev);
+    // kernels/ has no logger of its own (it sits below core/): a device fault is a bug, so
+    // say where and stop, as ggml_cuda_error does
+    fprintf(stderr, "qlora-run: CUDA error: %s\n  in %s (%s:%d) on device %d: %s\n", msg, func, file, line, dev,
+            stmt);
+    abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// runtime: stream, cuBLAS, scratch, allocation accounting
+
+static cudaStream_t g_stream;
+static cublasHandle_t g_cublas;
+static void *g_cublas_ws;
+static const size_t CUBLAS_WS_BYTES = 32u << 20;
+static void *g_scratch[SCRATCH_COUNT];
+static size_t g_scratch_bytes[SCRATCH_COUNT];
+static std::mutex g_mem_mu;
+static std::unordered_map<void *, size_t> *g_sizes;
+static size_t g_live_bytes, g_peak_bytes;
+
+static void mem_note_alloc(void *p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    if (!g_sizes) g_sizes = new std::unordered_map<void *, size_t>();
+    (*g_sizes)[p] = bytes;
+    g_live_bytes += bytes;
+    if (g_live_bytes > g_peak_bytes) g_peak_bytes = g_live_bytes;
+}
+
+static void mem_note_free(void *p) {
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    if (!g_sizes) return;
+    auto it = g_sizes->find(p);
+    if (it == g_sizes->end()) return;
+    g_live_bytes -= it->second;
+    g_sizes->erase(it);
+}
+
+static void runtime_init(void) {
+    if (g_stream) return;
+    CUDA_CHECK(cudaSetDevice(0));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasCreate(&g_cublas));
+    CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
+    CUDA_CHECK(cudaMalloc(&g_cublas_ws, CUBLAS_WS_BYTES));
+    mem_note_alloc(g_cublas_ws, CUBLAS_WS_BYTES);
+    CUBLAS_CHECK(cublasSetWorkspace(g_cublas, g_cublas_ws, CUBLAS_WS_BYTES));
+}
+
+cudaStream_t cuda_stream(void) {
+    runtime_init();
+    return g_stream;
+}
+
+cublasHandle_t cuda_cublas(void) {
+    runtime_init();
+    return g_cublas;
+}
+
+void *cuda_cublas_workspace(size_t *bytes) {
+    runtime_init();
+    *bytes = CUBLAS_WS_BYTES;
+    return g_cublas_ws;
+}
+
+void *cuda_scratch(int slot, size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    if (bytes > g_scratch_bytes[slot]) {
+        // grows only on the first call with a larger shape (the first step): the step after it
+        // allocates nothing, which is what lets the step be replayed as a CUDA graph
+        if (g_scratch[slot]) {
+            CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+            mem_note_free(g_scratch[slot]);
+            CUDA_CHECK(cudaFree(g_scratch[slot]));
+        }
+        size_t sz = (bytes + 255) & ~(size_t)255;
+        CUDA_CHECK(cudaMalloc(&g_scratch[slot], sz));
+        mem_note_alloc(g_scratch[slot], sz);
+        g_scratch_bytes[slot] = sz;
+    }
+    return g_scratch[slot];
+}
+
+extern "C" void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes) {
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    *live_bytes = g_live_bytes;
+    *peak_bytes = g_peak_bytes;
+}
+
+extern "C" void cuda_mem_reset_peak(void) {
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    g_peak_bytes = g_live_bytes;
+}
+
+extern "C" void *cuda_stream_handle(void) { return cuda_stream(); }
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+
+void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
+             float beta, void *C, int ldc, int c_f32) {
+    if (M == 0 || N == 0) return;
+    // row-major C[M,N] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasGemmEx(cuda_cublas(), opa, opb, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
+                              &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+}
+
+// ---------------------------------------------------------------------------------------------
+// table entries
+
+static void *cu_alloc(size_t bytes) {
+    runtime_init();
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError(); // out of memory is the caller's to report
+        return NULL;
+    }
+    mem_note_alloc(p, bytes);
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream()));
+    return p;
+}
+
+static void cu_free(void *p) {
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+    mem_note_free(p);
+    CUDA_CHECK(cudaFree(p));
+}
+
+static void cu_upload(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+}
+
+static void cu_download(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+}
+
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+}
+
+static void cu_zero(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream())); }
+
+static void cu_sync(void) { CUDA_CHECK(cudaStreamSynchronize(cuda_stream())); }
+
+static void cu_embedding_fwd(void *out, const int32_t *ids, const uint16_t *table, int T, int C) {
+    launch_embedding_fwd((bf16 *)out, ids, (const bf16 *)table, T, C);
+}
+
+static void cu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, int T, int C, float eps) {
+    launch_rmsnorm_fwd((bf16 *)out, rstd, (const bf16 *)x, (const bf16 *)w, T, C, eps);
+}
+
+static void cu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T,
+                           int C) {
+    launch_rmsnorm_bwd((bf16 *)dx, (const bf16 *)dout, (const bf16 *)x, (const bf16 *)w, rstd, T, C);
+}
+
+static void cu_add_inplace(void *y, const void *x, int64_t n) { launch_add_inplace((bf16 *)y, (const bf16 *)x, n); }
+
+static void cu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
+    launch_rope((bf16 *)q, pos, inv_freq, T, nh, hd, inverse);
+}
+
+static void cu_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seq_start, int T, int nh, int nkv, int hd) {
+    launch_attention_fwd((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv,
+                         hd);
+}
+
+static void cu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                             const void *q, const void *k, const void *v, const int32_t *seq_start, int T, int nh,
+                             int nkv, int hd) {
+    launch_attention_bwd((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)out, lse,
+                         (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv, hd);
+}
+
+static void cu_attention_cached(void *out, const void *q, const void *kcache, const void *vcache, int Tq, int Tk,
+                                int nh, int nkv, int hd) {
+    launch_attention_cached((bf16 *)out, (const bf16 *)q, (const bf16 *)kcache, (const bf16 *)vcache, Tq, Tk, nh, nkv,
+                            hd);
+}
+
+static void cu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n) {
+    launch_swiglu_fwd((bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+}
+
+static void cu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n) {
+    launch_swiglu_bwd((bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
+}
+
+// The frozen weight is dequantized into one reusable bf16 scratch (sized by the largest linear
+// layer, never the whole model) right before the GEMM that reads it.
+static const bf16 *dequant_weight(const ops_nf4 *W) {
+    size_t n = (size_t)W->rows * (size_t)W->cols;
+    bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, n * sizeof(bf16));
+    launch_nf4_dequant_bf16(w, W->codes, W->absmax, W->quant_map, (int64_t)n, W->blocksize);
+    return w;
+}
+
+// y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
+// The LoRA output is accumulated into y by the second GEMM (beta = 1): no extra pass over y.
+static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
+                           float *xa, int T) {
+    int out = (int)W->rows, in = (int)W->cols;
+    const bf16 *w = dequant_weight(W);
+    gemm_rm(0, 1, T, out, in, 1.0f, (const bf16 *)x, in, w, in, 0.0f, y, out, 0);
+    if (bias) launch_add_bias((bf16 *)y, (const bf16 *)bias, T, out);
+    if (!lora) return;
+    int r = lora->r;
+    bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
+    bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
+    bf16 *xa16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16));
+    launch_f32_to_bf16(a16, lora->A, (int64_t)r * in);
+    launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
+    const bf16 *xin = (const bf16 *)x;
+    if (lora->dropout > 0.0f) {
+        bf16 *xd = (bf16 *)cuda_scratch(SCRATCH_DROP_X, (size_t)T * in * sizeof(bf16));
+        launch_dropout_bf16(xd, xin, (int64_t)T * in, lora->dropout, lora->dropout_seed);
+        xin = xd;
+    }
+    if (xa) { // kept in fp32 for the backward's dB
+        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa, r, 1);
+        launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+    } else {
+        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa16, r, 0);
+    }
+    gemm_rm(0, 1, T, out, r, lora->scale, xa16, r, b16, r, 1.0f, y, out, 0);
+}
+
+// dx = dy W + scale (dy B) A * mask; dA += scale (dy B)^T drop(x); dB += scale dy^T xa.
+static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
+                           const float *xa, int T, int accumulate) {
+    int out = (int)W->rows, in = (int)W->cols;
+    const bf16 *w = dequant_weight(W);
+    if (dx) gemm_rm(0, 0, T, in, out, 1.0f, (const bf16 *)dy, out, w, in, accumulate ? 1.0f : 0.0f, dx, in, 0);
+    if (!lora) return;
+    int r = lora->r;
+    bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
+    bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
+    bf16 *g16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16) * 2);
+    bf16 *xa16 = g16 + (size_t)T * r;
+    launch_f32_to_bf16(a16, lora->A, (int64_t)r * in);
+    launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
+    launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+    // dB [out, r] += scale dy^T xa
+    gemm_rm(1, 0, out, r, T, lora->scale, (const bf16 *)dy, out, xa16, r, 1.0f, lora->dB, r, 1);
+    // g [T, r] = scale dy B
+    gemm_rm(0, 0, T, r, out, lora->scale, (const bf16 *)dy, out, b16, r, 0.0f, g16, r, 0);
+    // dA [r, in] += g^T drop(x)
+    const bf16 *xin = (const bf16 *)x;
+    if (lora->dropout > 0.0f) {
+        bf16 *xd = (bf16 *)cuda_scratch(SCRATCH_DROP_X, (size_t)T * in * sizeof(bf16));
+        launch_dropout_bf16(xd, xin, (int64_t)T * in, lora->dropout, lora->dropout_seed);
+        xin = xd;
+    }
+    gemm_rm(1, 0, r, in, T, 1.0f, g16, r, xin, in, 1.0f, lora->dA, in, 1);
+    if (!dx) return;
+    // dx += (g A) * mask / (1 - p): straight into dx when there is no dropout
+    if (lora->dropout > 0.0f) {
+        bf16 *tmp = (bf16 *)cuda_scratch(SCRATCH_LORA_DX, (size_t)T * in * sizeof(bf16));
+        gemm_rm(0, 0, T, in, r, 1.0f, g16, r, a16, in, 0.0f, tmp, in, 0);
+        launch_add_masked((bf16 *)dx, tmp, (int64_t)T * in, lora->dropout, lora->dropout_seed);
+    } else {
+        gemm_rm(0, 0, T, in, r, 1.0f, g16, r, a16, in, 1.0f, dx, in, 0);
+    }
+}
+
+// lm_head + cross-entropy + its backward, in chunks of tokens each over the whole vocabulary
+// (two GEMMs per chunk, where vocabulary chunks with an online softmax need a third to recompute
+// the logits for the gradient):
+// one chunk's fp32 logits [Tc, V] (at most XENT_CHUNK_BYTES) is the only logits memory there
+// is. The row kernel overwrites each logits row with its bf16 gradient in place (the bf16 row
+// fits in the first half of the fp32 row), which the dx GEMM then reads with a stride of 2V.
+static const size_t XENT_CHUNK_BYTES = 64u << 20;
+
+static int xent_chunk_rows(int T, int V) {
+    size_t rows = XENT_CHUNK_BYTES / ((size_t)V * sizeof(float));
+    if (rows < 16) rows = 16;
+    if (rows > (size_t)T) rows = (size_t)T;
+    return (int)rows;
+}
+
+static void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
+                            int C, int V, float grad_scale) {
+    int Tc = xent_chunk_rows(T, V);
+    float *logits = (float *)cuda_scratch(SCRATCH_XENT, (size_t)Tc * V * sizeof(float));
+    for (int t0 = 0; t0 < T; t0 += Tc) {
+        int n = T - t0 < Tc ? T - t0 : Tc;
+        const bf16 *xc = (const bf16 *)x + (size_t)t0 * C;
+        gemm_rm(0, 1, n, V, C, 1.0f, xc, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
+        launch_xent_rows(losses + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL);
+        if (dx)
+            gemm_rm(0, 0, n, C, V, 1.0f, (const bf16 *)logits, 2 * V, (const bf16 *)E, C, 0.0f,
+                    (bf16 *)dx + (size_t)t0 * C, C, 0);
+    }
+}
+
+static void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
+    gemm_rm(0, 1, T, V, C, 1.0f, (const bf16 *)x, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
+}
+
+static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, int step) {
+    launch_adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+}
+
+static double cu_sum_squares(const float *g, int64_t n) {
+    double *acc = (double *)cuda_scratch(SCRATCH_REDUCE, sizeof(double));
+    CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), cuda_stream()));
+    launch_sum_squares(acc, g, n);
+    double r = 0;
+    cu_download(&r, acc, sizeof r);
+    return r;
+}
+
+static void cu_scale(float *g, int64_t n, float s) { launch_scale(g, n, s); }
+
+static const ops_table g_table = {
+    "cuda",
+    OPS_BF16,
+    cu_alloc,
+    cu_free,
+    cu_upload,
+    cu_download,
+    cu_copy,
+    cu_zero,
+    cu_sync,
+    cu_embedding_fwd,
+    cu_rmsnorm_fwd,
+    cu_rmsnorm_bwd,
+    cu_add_inplace,
+    cu_rope,
+    cu_attention_fwd,
+    cu_attention_bwd,
+    cu_attention_cached,
+    cu_swiglu_fwd,
+    cu_swiglu_bwd,
+    cu_qlinear_fwd,
+    cu_qlinear_bwd,
+    cu_xent_fwd_bwd,
+    cu_logits,
+    cu_adamw,
+    cu_sum_squares,
+    cu_scale,
+};
+
+extern "C" const ops_table *ops_cuda(void) {
+    static int have = -1;
+    if (have < 0) {
+        int n = 0;
+        if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+            cudaGetLastError();
+            have = 0;
+        } else {
+            have = 1;
+        }
+    }
+    return have ? &g_table : NULL;
+}

@@ -1,0 +1,461 @@
+/* config.c: config.json of the llama, mistral and qwen2 families (see config.h and
+ * docs/formats.md section 6). Reading accepts both transformers layouts; writing uses the
+ * 4.x one through the Python-compatible dumper, so the file reads like transformers' own. */
+#include "config.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/err.h"
+#include "../core/fsutil.h"
+#include "../formats/pyjson.h"
+
+#define SUPPORTED_ARCHS "llama, mistral, qwen2"
+
+static const char *arch_names[] = {"llama", "mistral", "qwen2"};
+static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+
+const char *config_arch_name(model_arch a) { return (unsigned)a < 3 ? arch_names[a] : "?"; }
+
+int config_arch_from_name(const char *name, model_arch *a) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, arch_names[i])) { *a = (model_arch)i; return 0; }
+    return err_set(ERR_USAGE, "unknown architecture '%s' (supported: " SUPPORTED_ARCHS ")", name);
+}
+
+void config_free(model_config *c) {
+    json_decref(c->skip_modules);
+    c->skip_modules = NULL;
+}
+
+/* ---- reading ---- */
+
+static int get_int(const json_t *j, const char *key, int64_t def, int64_t min, int64_t *out, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) { *out = def; return 0; }
+    if (!json_is_integer(v) || json_integer_value(v) < min)
+        return err_set(ERR_DATA, "%s: \"%s\" must be an integer >= %lld", path, key, (long long)min);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int get_num(const json_t *j, const char *key, double def, double *out, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) { *out = def; return 0; }
+    if (!json_is_number(v)) return err_set(ERR_DATA, "%s: \"%s\" must be a number", path, key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int get_bool(const json_t *j, const char *key, bool def, bool *out, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v || json_is_null(v)) { *out = def; return 0; }
+    if (!json_is_boolean(v)) return err_set(ERR_DATA, "%s: \"%s\" must be true or false", path, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* a token id: an integer, null (-1) or, for eos, a list whose first entry counts */
+static int get_token(const json_t *j, const char *key, int def, int *out, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v) { *out = def; return 0; }
+    if (json_is_null(v)) { *out = -1; return 0; }
+    if (json_is_array(v)) v = json_array_get(v, 0);
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+        return err_set(ERR_DATA, "%s: \"%s\" must be a token id, a list of ids or null", path, key);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+/* rope_scaling (4.x) or rope_parameters (5.x): both are {"rope_type"|"type": ..., ...} */
+static int parse_rope(model_config *c, const json_t *r, const char *key, const char *path) {
+    if (!r || json_is_null(r)) return 0;
+    if (!json_is_object(r)) return err_set(ERR_DATA, "%s: \"%s\" must be an object or null", path, key);
+    json_t *t = json_object_get(r, "rope_type");
+    if (!t) t = json_object_get(r, "type");
+    const char *type = json_is_string(t) ? json_string_value(t) : "default";
+    int rc = 0;
+    if (json_object_get(r, "rope_theta")) rc = get_num(r, "rope_theta", c->rope_theta, &c->rope_theta, path);
+    if (rc) return rc;
+    if (!strcmp(type, "default")) { c->rope_type = ROPE_DEFAULT; return 0; }
+    if (!strcmp(type, "linear")) c->rope_type = ROPE_LINEAR;
+    else if (!strcmp(type, "dynamic")) c->rope_type = ROPE_DYNAMIC;
+    else if (!strcmp(type, "llama3")) c->rope_type = ROPE_LLAMA3;
+    else return err_set(ERR_DATA, "%s: %s type '%s' is not supported (supported: default, linear, dynamic, llama3)", path, key, type);
+    if ((rc = get_num(r, "factor", 1.0, &c->rope_factor, path))) return rc;
+    if (c->rope_factor <= 0) return err_set(ERR_DATA, "%s: %s factor must be positive", path, key);
+    if (c->rope_type == ROPE_LLAMA3) {
+        if ((rc = get_num(r, "low_freq_factor", 1.0, &c->rope_low_freq_factor, path))) return rc;
+        if ((rc = get_num(r, "high_freq_factor", 4.0, &c->rope_high_freq_factor, path))) return rc;
+        if ((rc = get_int(r, "original_max_position_embeddings", 8192, 1, &c->rope_original_max_position, path))) return rc;
+        if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
+            return err_set(ERR_DATA, "%s: %s: high_freq_factor must be larger than low_freq_factor", path, key);
+    }
+    return 0;
+}
+
+static int parse_quant(model_config *c, const json_t *q, const char *path) {
+    if (!q || json_is_null(q)) return 0;
+    if (!json_is_object(q)) return err_set(ERR_DATA, "%s: \"quantization_config\" must be an object", path);
+    json_t *m = json_object_get(q, "quant_method");
+    const char *method = json_is_string(m) ? json_string_value(m) : "?";
+    if (strcmp(method, "bitsandbytes"))
+        return err_set(ERR_DATA, "%s: quantization method '%s' is not supported (only bitsandbytes 4-bit checkpoints)", path, method);
+    if (!json_is_true(json_object_get(q, "load_in_4bit")))
+        return err_set(ERR_DATA, "%s: only bitsandbytes 4-bit checkpoints are supported (load_in_4bit is not true)", path);
+    c->quantized = true;
+    json_t *v = json_object_get(q, "bnb_4bit_quant_type");
+    const char *qt = json_is_string(v) ? json_string_value(v) : "fp4"; /* transformers' default */
+    if (strcmp(qt, "nf4") && strcmp(qt, "fp4")) return err_set(ERR_DATA, "%s: bnb_4bit_quant_type '%s' (expected nf4 or fp4)", path, qt);
+    snprintf(c->quant_type, sizeof c->quant_type, "%s", qt);
+    int rc = get_bool(q, "bnb_4bit_use_double_quant", false, &c->double_quant, path);
+    if (rc) return rc;
+    v = json_object_get(q, "bnb_4bit_compute_dtype");
+    snprintf(c->compute_dtype, sizeof c->compute_dtype, "%s", json_is_string(v) ? json_string_value(v) : "float32");
+    v = json_object_get(q, "llm_int8_skip_modules");
+    if (json_is_array(v)) c->skip_modules = json_deep_copy(v);
+    return 0;
+}
+
+int config_from_json(model_config *c, const json_t *j, const char *path) {
+    memset(c, 0, sizeof *c);
+    if (!json_is_object(j)) return err_set(ERR_DATA, "%s: not a JSON object", path);
+    json_t *mt = json_object_get(j, "model_type");
+    if (!json_is_string(mt)) return err_set(ERR_DATA, "%s: no \"model_type\" (supported: " SUPPORTED_ARCHS ")", path);
+    int a = -1;
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(json_string_value(mt), arch_names[i])) a = i;
+    if (a < 0) return err_set(ERR_DATA, "%s: model_type '%s' is not supported (supported: " SUPPORTED_ARCHS ")", path, json_string_value(mt));
+    c->arch = (model_arch)a;
+    int64_t v;
+    int rc;
+#define INT_FIELD(key, def, min, dst) do { if ((rc = get_int(j, key, def, min, &v, path))) goto fail; dst = v; } while (0)
+    INT_FIELD("vocab_size", 32000, 1, c->vocab_size);
+    INT_FIELD("hidden_size", 4096, 1, c->hidden_size);
+    INT_FIELD("intermediate_size", 11008, 1, c->intermediate_size);
+    INT_FIELD("num_hidden_layers", 32, 1, c->num_layers);
+    INT_FIELD("num_attention_heads", 32, 1, c->num_heads);
+    INT_FIELD("num_key_value_heads", c->num_heads, 1, c->num_kv_heads);
+    if (c->num_heads > 65536 || c->num_layers > 65536) { rc = err_set(ERR_DATA, "%s: absurd head or layer count", path); goto fail; }
+    if (c->num_heads % c->num_kv_heads) {
+        rc = err_set(ERR_DATA, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->num_heads, c->num_kv_heads);
+        goto fail;
+    }
+    if (!json_object_get(j, "head_dim") || json_is_null(json_object_get(j, "head_dim"))) {
+        if (c->hidden_size % c->num_heads) {
+            rc = err_set(ERR_DATA, "%s: hidden_size %lld is not a multiple of num_attention_heads %d (and no head_dim is given)", path, (long long)c->hidden_size, c->num_heads);
+            goto fail;
+        }
+    }
+    INT_FIELD("head_dim", c->hidden_size / c->num_heads, 2, c->head_dim);
+    if (c->head_dim % 2) { rc = err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, c->head_dim); goto fail; }
+    INT_FIELD("max_position_embeddings", 2048, 1, c->max_position_embeddings);
+    if ((rc = get_num(j, "rms_norm_eps", 1e-6, &c->rms_norm_eps, path))) goto fail;
+    if ((rc = get_num(j, "rope_theta", 10000.0, &c->rope_theta, path))) goto fail;
+    if ((rc = get_num(j, "initializer_range", 0.02, &c->initializer_range, path))) goto fail;
+    c->rope_type = ROPE_DEFAULT;
+    c->rope_factor = 1.0;
+    /* 5.x folds rope_theta into rope_parameters; 4.x keeps rope_scaling next to rope_theta */
+    if ((rc = parse_rope(c, json_object_get(j, "rope_parameters"), "rope_parameters", path))) goto fail;
+    if ((rc = parse_rope(c, json_object_get(j, "rope_scaling"), "rope_scaling", path))) goto fail;
+    if ((rc = get_bool(j, "tie_word_embeddings", false, &c->tie_word_embeddings, path))) goto fail;
+    /* Qwen2 always has q/k/v biases (and none on o_proj); its config has no key for it */
+    if ((rc = get_bool(j, "attention_bias", c->arch == ARCH_QWEN2, &c->attention_bias, path))) goto fail;
+    if (c->arch == ARCH_QWEN2) c->attention_bias = true;
+    if ((rc = get_bool(j, "mlp_bias", false, &c->mlp_bias, path))) goto fail;
+    if ((rc = get_token(j, "bos_token_id", 1, &c->bos_token_id, path))) goto fail;
+    if ((rc = get_token(j, "eos_token_id", 2, &c->eos_token_id, path))) goto fail;
+    if ((rc = get_token(j, "pad_token_id", -1, &c->pad_token_id, path))) goto fail;
+    json_t *dt = json_object_get(j, "torch_dtype");
+    if (!json_is_string(dt)) dt = json_object_get(j, "dtype");
+    const char *dts = json_is_string(dt) ? json_string_value(dt) : "float32";
+    if (strcmp(dts, "bfloat16") && strcmp(dts, "float16") && strcmp(dts, "float32")) {
+        rc = err_set(ERR_DATA, "%s: dtype '%s' is not supported (bfloat16, float16 or float32)", path, dts);
+        goto fail;
+    }
+    snprintf(c->dtype, sizeof c->dtype, "%s", dts);
+    bool use_sw = c->arch != ARCH_QWEN2;
+    if ((rc = get_bool(j, "use_sliding_window", use_sw, &use_sw, path))) goto fail;
+    INT_FIELD("sliding_window", 0, 0, c->sliding_window);
+    if (!use_sw) c->sliding_window = 0;
+#undef INT_FIELD
+    if ((rc = parse_quant(c, json_object_get(j, "quantization_config"), path))) goto fail;
+    return 0;
+fail:
+    config_free(c);
+    return rc;
+}
+
+int config_load(model_config *c, const char *dir) {
+    memset(c, 0, sizeof *c);
+    char *path = fs_join(dir, "config.json");
+    json_error_t je;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    int rc;
+    if (!j) rc = fs_exists(path) ? err_set(ERR_DATA, "%s:%d:%d: %s", path, je.line, je.column, je.text)
+                                 : err_set(ERR_DATA, "%s: no config.json (not a Hugging Face model directory)", dir);
+    else rc = config_from_json(c, j, path);
+    json_decref(j);
+    free(path);
+    return rc;
+}
+
+/* ---- writing ---- */
+
+static json_t *token_json(int id) { return id < 0 ? json_null() : json_integer(id); }
+
+json_t *config_to_json(const model_config *c) {
+    json_t *j = json_object();
+    json_object_set_new(j, "architectures", json_pack("[s]", arch_classes[c->arch]));
+    json_object_set_new(j, "model_type", json_string(arch_names[c->arch]));
+    json_object_set_new(j, "vocab_size", json_integer(c->vocab_size));
+    json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
+    json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->num_layers));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->num_heads));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->num_kv_heads));
+    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
+    json_object_set_new(j, "initializer_range", json_real(c->initializer_range));
+    json_object_set_new(j, "rms_norm_eps", json_real(c->rms_norm_eps));
+    json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
+    if (c->rope_type == ROPE_DEFAULT) {
+        json_object_set_new(j, "rope_scaling", json_null());
+    } else {
+        static const char *names[] = {"default", "linear", "dynamic", "llama3"};
+        json_t *r = json_object();
+        json_object_set_new(r, "rope_type", json_string(names[c->rope_type]));
+        json_object_set_new(r, "factor", json_real(c->rope_factor));
+        if (c->rope_type == ROPE_LLAMA3) {
+            json_object_set_new(r, "low_freq_factor", json_real(c->rope_low_freq_factor));
+            json_object_set_new(r, "high_freq_factor", json_real(c->rope_high_freq_factor));
+            json_object_set_new(r, "original_max_position_embeddings", json_integer(c->rope_original_max_position));
+        }
+        json_object_set_new(j, "rope_scaling", r);
+    }
+    json_object_set_new(j, "attention_dropout", json_real(0.0));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tie_word_embeddings));
+    json_object_set_new(j, "bos_token_id", token_json(c->bos_token_id));
+    json_object_set_new(j, "eos_token_id", token_json(c->eos_token_id));
+    json_object_set_new(j, "torch_dtype", json_string(c->dtype[0] ? c->dtype : "float32"));
+    json_object_set_new(j, "transformers_version", json_string("4.46.0"));
+    json_object_set_new(j, "use_cache", json_true());
+    switch (c->arch) {
+    case ARCH_LLAMA:
+        json_object_set_new(j, "attention_bias", json_boolean(c->attention_bias));
+        json_object_set_new(j, "mlp_bias", json_boolean(c->mlp_bias));
+        json_object_set_new(j, "pretraining_tp", json_integer(1));
+        json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
+        break;
+    case ARCH_MISTRAL:
+        json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
+        if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
+        break;
+    case ARCH_QWEN2:
+        json_object_set_new(j, "use_sliding_window", json_boolean(c->sliding_window > 0));
+        json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
+        json_object_set_new(j, "max_window_layers", json_integer(c->num_layers));
+        if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
+        break;
+    }
+    if (c->quantized) {
+        json_t *q = json_object();
+        json_object_set_new(q, "_load_in_4bit", json_true());
+        json_object_set_new(q, "_load_in_8bit", json_false());
+        json_object_set_new(q, "bnb_4bit_compute_dtype", json_string(c->compute_dtype[0] ? c->compute_dtype : "float32"));
+        json_object_set_new(q, "bnb_4bit_quant_storage", json_string("uint8"));
+        json_object_set_new(q, "bnb_4bit_quant_type", json_string(c->quant_type[0] ? c->quant_type : "nf4"));
+        json_object_set_new(q, "bnb_4bit_use_double_quant", json_boolean(c->double_quant));
+        json_object_set_new(q, "llm_int8_enable_fp32_cpu_offload", json_false());
+        json_object_set_new(q, "llm_int8_has_fp16_weight", json_false());
+        json_object_set_new(q, "llm_int8_skip_modules", c->skip_modules ? json_deep_copy(c->skip_modules) : json_null());
+        json_object_set_new(q, "llm_int8_threshold", json_real(6.0));
+        json_object_set_new(q, "load_in_4bit", json_true());
+        json_object_set_new(q, "load_in_8bit", json_false());
+        json_object_set_new(q, "quant_method", json_string("bitsandbytes"));
+        json_object_set_new(j, "quantization_config", q);
+    }
+    return j;
+}
+
+int config_save(const model_config *c, const char *dir) {
+    json_t *j = config_to_json(c);
+    char *s = pyjson_dumps(j, 2, true);
+    json_decref(j);
+    if (!s) return err_set(ERR_STAGE, "out of memory");
+    size_t l = strlen(s);
+    char *t = realloc(s, l + 2);
+    if (!t) { free(s); return err_set(ERR_STAGE, "out of memory"); }
+    t[l] = '\n';
+    t[l + 1] = 0;
+    char *path = fs_join(dir, "config.json");
+    int rc = fs_write_atomic(path, t, l + 1);
+    free(path);
+    free(t);
+    return rc;
+}
+
+/* ---- presets ---- */
+
+typedef struct preset {
+    const char *name;
+    int64_t hidden, inter, vocab, max_pos;
+    int layers, heads, kv;
+    double eps, theta;
+    bool tie;
+} preset;
+
+/* llama: a CPU-trainable demo size, TinyLlama-1.1B, Llama-2-7B/13B/70B */
+static const preset llama_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-5, 10000.0, false},
+    {"1b", 2048, 5632, 32000, 2048, 22, 32, 4, 1e-5, 10000.0, false},
+    {"7b", 4096, 11008, 32000, 4096, 32, 32, 32, 1e-5, 10000.0, false},
+    {"13b", 5120, 13824, 32000, 4096, 40, 40, 40, 1e-5, 10000.0, false},
+    {"70b", 8192, 28672, 32000, 4096, 80, 64, 8, 1e-5, 10000.0, false},
+    {0}};
+/* mistral: Mistral-7B-v0.2's shape at 7b; the llama sizes with 8 kv heads elsewhere */
+static const preset mistral_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-5, 1000000.0, false},
+    {"1b", 2048, 5632, 32000, 32768, 22, 32, 8, 1e-5, 1000000.0, false},
+    {"7b", 4096, 14336, 32000, 32768, 32, 32, 8, 1e-5, 1000000.0, false},
+    {"13b", 5120, 13824, 32000, 32768, 40, 40, 8, 1e-5, 1000000.0, false},
+    {"70b", 8192, 28672, 32000, 32768, 80, 64, 8, 1e-5, 1000000.0, false},
+    {0}};
+/* qwen2: Qwen2-1.5B, Qwen2-7B, Qwen2-72B (there is no 13B Qwen2; 14B is Qwen2.5) */
+static const preset qwen2_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 1000000.0, true},
+    {"1b", 1536, 8960, 151936, 32768, 28, 12, 2, 1e-6, 1000000.0, true},
+    {"7b", 3584, 18944, 152064, 32768, 28, 28, 4, 1e-6, 1000000.0, false},
+    {"13b", 5120, 13824, 152064, 32768, 48, 40, 8, 1e-6, 1000000.0, false},
+    {"70b", 8192, 29568, 152064, 32768, 80, 64, 8, 1e-6, 1000000.0, false},
+    {0}};
+
+int config_preset(model_config *c, model_arch arch, const char *name) {
+    const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets : llama_presets;
+    const preset *p = NULL;
+    for (const preset *q = tab; q->name; q++)
+        if (!strcmp(q->name, name)) p = q;
+    if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: tiny, 1b, 7b, 13b, 70b)", name);
+    memset(c, 0, sizeof *c);
+    c->arch = arch;
+    c->vocab_size = p->vocab;
+    c->hidden_size = p->hidden;
+    c->intermediate_size = p->inter;
+    c->num_layers = p->layers;
+    c->num_heads = p->heads;
+    c->num_kv_heads = p->kv;
+    c->head_dim = (int)(p->hidden / p->heads);
+    c->max_position_embeddings = p->max_pos;
+    c->rms_norm_eps = p->eps;
+    c->rope_theta = p->theta;
+    c->initializer_range = 0.02;
+    c->rope_type = ROPE_DEFAULT;
+    c->rope_factor = 1.0;
+    c->tie_word_embeddings = p->tie;
+    c->attention_bias = arch == ARCH_QWEN2;
+    c->bos_token_id = 1;
+    c->eos_token_id = 2;
+    c->pad_token_id = -1;
+    snprintf(c->dtype, sizeof c->dtype, "bfloat16");
+    return 0;
+}
+
+int config_check(const model_config *c) {
+    if (c->vocab_size < 1 || c->hidden_size < 1 || c->intermediate_size < 1 || c->num_layers < 1 || c->num_heads < 1 || c->num_kv_heads < 1)
+        return err_set(ERR_USAGE, "model sizes must all be positive");
+    if (c->num_heads % c->num_kv_heads)
+        return err_set(ERR_USAGE, "heads (%d) must be a multiple of kv heads (%d)", c->num_heads, c->num_kv_heads);
+    if (c->head_dim < 2 || c->head_dim % 2) return err_set(ERR_USAGE, "head dimension %d must be even (hidden %lld / heads %d)", c->head_dim, (long long)c->hidden_size, c->num_heads);
+    return 0;
+}
+
+int64_t config_param_count(const model_config *c) {
+    int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
+    int64_t layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H;
+    if (c->attention_bias) layer += q + 2 * kv + (c->arch == ARCH_QWEN2 ? 0 : H);
+    if (c->mlp_bias) layer += 2 * I + H;
+    return V * H + c->num_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
+}
+
+/* ---- tensor layout ---- */
+
+static void put_tensor(config_tensor *t, size_t *n, tensor_role role, int layer, int64_t d0, int64_t d1, const char *fmt, ...)
+    ERR_PRINTF(7, 8);
+static void put_tensor(config_tensor *t, size_t *n, tensor_role role, int layer, int64_t d0, int64_t d1, const char *fmt, ...) {
+    config_tensor *e = &t[(*n)++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->name, sizeof e->name, fmt, ap);
+    va_end(ap);
+    e->role = role;
+    e->layer = layer;
+    e->ndim = d1 ? 2 : 1;
+    e->shape[0] = d0;
+    e->shape[1] = d1;
+}
+
+int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
+    int rc = config_check(c);
+    if (rc) return rc;
+    int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
+    int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
+    size_t cap = 3 + (size_t)c->num_layers * 20;
+    config_tensor *t = calloc(cap, sizeof *t);
+    if (!t) return err_set(ERR_STAGE, "out of memory");
+    size_t k = 0;
+    put_tensor(t, &k, TROLE_EMBED, -1, V, H, "model.embed_tokens.weight");
+    bool o_bias = c->attention_bias && c->arch != ARCH_QWEN2;
+    for (int l = 0; l < c->num_layers; l++) {
+        put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.input_layernorm.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, q, H, "model.layers.%d.self_attn.q_proj.weight", l);
+        if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, q, 0, "model.layers.%d.self_attn.q_proj.bias", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, kv, H, "model.layers.%d.self_attn.k_proj.weight", l);
+        if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, kv, 0, "model.layers.%d.self_attn.k_proj.bias", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, kv, H, "model.layers.%d.self_attn.v_proj.weight", l);
+        if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, kv, 0, "model.layers.%d.self_attn.v_proj.bias", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, H, q, "model.layers.%d.self_attn.o_proj.weight", l);
+        if (o_bias) put_tensor(t, &k, TROLE_BIAS, l, H, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.gate_proj.weight", l);
+        if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, I, 0, "model.layers.%d.mlp.gate_proj.bias", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.up_proj.weight", l);
+        if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, I, 0, "model.layers.%d.mlp.up_proj.bias", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, H, I, "model.layers.%d.mlp.down_proj.weight", l);
+        if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, H, 0, "model.layers.%d.mlp.down_proj.bias", l);
+    }
+    put_tensor(t, &k, TROLE_NORM, -1, H, 0, "model.norm.weight");
+    if (!c->tie_word_embeddings) put_tensor(t, &k, TROLE_LM_HEAD, -1, V, H, "lm_head.weight");
+    *out = t;
+    *n = k;
+    return 0;
+}
+
+int config_linear_shape(const model_config *c, const char *module, int64_t *out_features, int64_t *in_features) {
+    int64_t H = c->hidden_size, I = c->intermediate_size;
+    int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
+    if (!strcmp(module, "lm_head")) { *out_features = c->vocab_size; *in_features = H; return 0; }
+    int layer, used = 0;
+    char name[32];
+    if (sscanf(module, "model.layers.%d.%31[a-z_.]%n", &layer, name, &used) == 2 && (size_t)used == strlen(module) &&
+        layer >= 0 && layer < c->num_layers) {
+        static const struct { const char *n; int o, i; } lin[] = {
+            {"self_attn.q_proj", 'q', 'H'}, {"self_attn.k_proj", 'k', 'H'}, {"self_attn.v_proj", 'k', 'H'},
+            {"self_attn.o_proj", 'H', 'q'}, {"mlp.gate_proj", 'I', 'H'}, {"mlp.up_proj", 'I', 'H'}, {"mlp.down_proj", 'H', 'I'}};
+        for (size_t k = 0; k < sizeof lin / sizeof *lin; k++) {
+            if (strcmp(name, lin[k].n)) continue;
+            int64_t dims[2];
+            int sel[2] = {lin[k].o, lin[k].i};
+            for (int d = 0; d < 2; d++) dims[d] = sel[d] == 'q' ? q : sel[d] == 'k' ? kv : sel[d] == 'I' ? I : H;
+            *out_features = dims[0];
+            *in_features = dims[1];
+            return 0;
+        }
+    }
+    return err_set(ERR_DATA, "'%s' is not a linear module of this %s model (%d layers; modules: model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, lm_head)",
+                   module, arch_names[c->arch], c->num_layers);
+}

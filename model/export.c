@@ -1,0 +1,119 @@
+/* export.c: PEFT, merged and GGUF exports (see export.h). */
+#include "export.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/err.h"
+#include "../core/fsutil.h"
+#include "../formats/peft.h"
+#include "../formats/pubdir.h"
+#include "config.h"
+#include "gguf_export.h"
+#include "merge.h"
+
+int export_format_from_name(const char *name, unsigned *bit) {
+    if (!strcmp(name, "peft")) *bit = EXPORT_PEFT;
+    else if (!strcmp(name, "merged")) *bit = EXPORT_MERGED;
+    else if (!strcmp(name, "gguf")) *bit = EXPORT_GGUF;
+    else return err_set(ERR_USAGE, "unknown export format '%s' (peft, merged or gguf)", name);
+    return 0;
+}
+
+void export_gguf_name(ggml_type t, char *out, size_t n) { snprintf(out, n, "model-%s.gguf", ggml_type_name(t)); }
+
+typedef struct prog {
+    const export_opts *o;
+    const char *what;
+} prog;
+
+static int on_progress(void *arg, uint64_t done, uint64_t total) {
+    prog *p = arg;
+    return p->o->progress ? p->o->progress(p->o->progress_arg, p->what, done, total) : 0;
+}
+
+/* copy one file in 8 MB pieces (checkpoints are too big to read whole) */
+static int copy_stream(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb");
+    if (!in) return err_errno(ERR_DATA, "cannot open '%s'", from);
+    fs_file ff;
+    int rc = fs_file_open(&ff, to);
+    size_t cap = 8 << 20;
+    char *buf = rc ? NULL : malloc(cap);
+    if (!rc && !buf) rc = err_set(ERR_STAGE, "out of memory");
+    while (!rc) {
+        size_t k = fread(buf, 1, cap, in);
+        if (k) rc = fs_file_write(&ff, buf, k);
+        if (k < cap) {
+            if (ferror(in)) rc = err_errno(ERR_STAGE, "cannot read '%s'", from);
+            break;
+        }
+    }
+    free(buf);
+    fclose(in);
+    if (rc) { fs_file_abort(&ff); return rc; }
+    return fs_file_commit(&ff);
+}
+
+/* the base's 4-bit checkpoint: every regular file of its directory */
+static int copy_nf4(const char *base, const char *dst) {
+    char *tmp = NULL;
+    int rc = pubdir_begin(&tmp, dst);
+    if (rc) return rc;
+    DIR *d = opendir(base);
+    if (!d) rc = err_errno(ERR_DATA, "cannot open '%s'", base);
+    struct dirent *e;
+    while (!rc && d && (e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char *a = fs_join(base, e->d_name), *b = fs_join(tmp, e->d_name);
+        if (!fs_is_dir(a)) rc = copy_stream(a, b);
+        free(a);
+        free(b);
+    }
+    if (d) closedir(d);
+    if (!rc) rc = pubdir_commit(&tmp, dst);
+    pubdir_abort(&tmp);
+    return rc;
+}
+
+int export_run(const export_opts *o, const char *dir) {
+    if (!o->formats && !o->include_nf4) return err_set(ERR_USAGE, "nothing to export: name at least one format (peft, merged, gguf)");
+    if ((o->formats & EXPORT_PEFT) && !o->adapter) return err_set(ERR_USAGE, "the peft format needs an adapter");
+    /* validate everything first: the base's config and tensors, the adapter against them */
+    merge_src *m = NULL;
+    int rc = merge_open(&m, o->base, o->adapter, o->threads);
+    if (rc) return rc;
+    model_config base_cfg;
+    if (o->include_nf4 && !(rc = config_load(&base_cfg, o->base))) {
+        if (!base_cfg.quantized) rc = err_set(ERR_USAGE, "include_nf4: the base model '%s' is not a bitsandbytes 4-bit checkpoint", o->base);
+        config_free(&base_cfg);
+    }
+    if (!rc && (o->formats & EXPORT_PEFT)) {
+        char *p = fs_join(dir, "adapter");
+        rc = peft_adapter_save(merge_adapter(m), p);
+        free(p);
+    }
+    if (!rc && (o->formats & EXPORT_MERGED)) {
+        char *p = fs_join(dir, "model");
+        prog pg = {o, "merged"};
+        rc = merge_write_model(m, p, o->max_shard_bytes, on_progress, &pg);
+        free(p);
+    }
+    if (!rc && (o->formats & EXPORT_GGUF)) {
+        char name[64];
+        export_gguf_name(o->gguf_type, name, sizeof name);
+        char *p = fs_join(dir, name);
+        prog pg = {o, "gguf"};
+        rc = gguf_export_write(m, p, o->gguf_type, o->name, on_progress, &pg);
+        free(p);
+    }
+    if (!rc && o->include_nf4) {
+        char *p = fs_join(dir, "nf4");
+        rc = copy_nf4(o->base, p);
+        free(p);
+    }
+    merge_close(&m);
+    return rc;
+}

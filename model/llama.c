@@ -1,0 +1,815 @@
+/* llama.c: the llama / mistral / qwen2 decoder with NF4 base weights and LoRA (see llama.h).
+ *
+ * One decoder layer, as transformers computes it (x: the residual stream, [T, C]):
+ *   n1 = rmsnorm(x) ; q, k, v = qlinear(n1) ; rope(q, k) ; a = attention(q, k, v)
+ *   h  = x + o(a)   ; n2 = rmsnorm(h) ; m = silu(gate(n2)) * up(n2) ; out = h + down(m)
+ * The backward walks the same list in reverse with one residual-gradient buffer (dres): the
+ * residual adds pass it through unchanged and each rmsnorm_bwd accumulates into it. Frozen
+ * weights get no gradient; only the LoRA branches of the qlinear ops accumulate dA, dB.
+ *
+ * Memory: the frozen weights are carved from one backend allocation, the activations of a plan
+ * from another (carve_take, run once to count and once to hand out pointers). With
+ * checkpointing, only each layer's input is kept; all layers share one set of per-layer buffers,
+ * and the backward re-runs a layer's forward into them just before its backward. */
+#include "model/llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "core/half.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+#include "kernels/cpu/nf4.h"
+#include "model/bnb.h"
+
+/* per-layer saved activations; act type unless float * */
+typedef struct layer_acts {
+    void *n1, *q, *k, *v, *att, *res_mid, *n2, *gate, *up, *act;
+    float *rstd1, *rstd2; /* [T] */
+    float *lse;           /* [nh, T] */
+    float *xa[LLAMA_NTARGETS]; /* [T, r] for targeted linears */
+} layer_acts;
+
+struct llama_acts {
+    layer_acts *layer; /* [L], or [1] with checkpointing */
+    void **res;        /* [L+1] residual stream at each layer input (res[L]: the last output) */
+    void *nf;          /* final norm output [T, C] */
+    float *rstdf;
+    /* backward scratch, shared by all layers */
+    void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
+    float *losses;     /* [T] */
+    float *logits;     /* [V]: generation */
+    int32_t *ids, *seq_start, *pos, *target; /* [T], backend */
+    /* host staging */
+    int32_t *h_seq_start, *h_pos, *h_target;
+    float *h_losses;
+};
+
+static const char *target_names[LLAMA_NTARGETS] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
+static const char *target_paths[LLAMA_NTARGETS] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                   "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                                   "mlp.down_proj"};
+
+const char *llama_target_name(llama_target t) { return target_names[t]; }
+const char *llama_target_path(llama_target t) { return target_paths[t]; }
+
+int llama_targets_parse(uint32_t *mask, const char *const *names, int n) {
+    *mask = 0;
+    for (int i = 0; i < n; i++) {
+        const char *s = names[i];
+        if (!strcmp(s, "all-linear") || !strcmp(s, "all_linear") || !strcmp(s, "all")) {
+            *mask |= LLAMA_TARGETS_ALL;
+            continue;
+        }
+        int found = -1;
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            size_t len = strlen(target_names[t]) - 5; /* "q" of "q_proj" */
+            if (!strcmp(s, target_names[t]) || (strlen(s) == len && !strncmp(s, target_names[t], len))) found = t;
+        }
+        if (found < 0)
+            return err_set(ERR_USAGE, "unknown LoRA target '%s' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                                      "up_proj, down_proj or all-linear)", s);
+        *mask |= 1u << found;
+    }
+    return 0;
+}
+
+/* ---- carving one allocation into tensors ---- */
+
+typedef struct carve {
+    char *base; /* NULL: counting pass */
+    int64_t off;
+} carve;
+
+static void *carve_take(carve *c, int64_t bytes) {
+    void *p = c->base ? c->base + c->off : NULL;
+    c->off += (bytes + 255) & ~(int64_t)255; /* 256-byte aligned, what vectorised kernels like */
+    return p;
+}
+
+static void *act_at(const llama_model *m, void *p, int64_t elems) {
+    return (char *)p + elems * (int64_t)ops_act_size(m->ops);
+}
+
+/* ---- rotary frequencies (transformers' modeling_rope_utils) ---- */
+
+static void rope_inv_freq(const model_config *c, int hd, float *inv) {
+    for (int i = 0; i < hd / 2; i++) {
+        double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / hd);
+        if (c->rope_type == ROPE_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_type == ROPE_LLAMA3) {
+            /* keep high frequencies, divide low ones by factor, interpolate in between */
+            double orig = (double)c->rope_original_max_position, lo = c->rope_low_freq_factor,
+                   hi = c->rope_high_freq_factor, wavelen = 2 * M_PI / f;
+            if (wavelen > orig / lo) {
+                f /= c->rope_factor;
+            } else if (wavelen >= orig / hi) {
+                double s = (orig / wavelen - lo) / (hi - lo);
+                f = (1 - s) * f / c->rope_factor + s * f;
+            }
+        }
+        /* ROPE_DYNAMIC equals the default up to the original context length, all we train at */
+        inv[i] = (float)f;
+    }
+}
+
+/* ---- loading ---- */
+
+typedef struct loader {
+    llama_model *m;
+    st_model *st;
+    const char *path;
+    llama_load_opts opts;
+    carve cv;
+} loader;
+
+static int loader_find(loader *ld, const char *name, int64_t numel, const st_tensor **out) {
+    const st_tensor *t = st_find(ld->st, name);
+    if (!t) return err_set(ERR_DATA, "%s: missing tensor '%s'", ld->path, name);
+    if (st_numel(t) != numel)
+        return err_set(ERR_DATA, "%s: tensor '%s' has %lld elements where the config implies %lld", ld->path, name,
+                       (long long)st_numel(t), (long long)numel);
+    *out = t;
+    return 0;
+}
+
+/* a frozen dense tensor, stored bf16 */
+static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
+    *dst = carve_take(&ld->cv, numel * 2);
+    if (!ld->cv.base) return 0;
+    const st_tensor *t;
+    int rc = loader_find(ld, name, numel, &t);
+    if (rc) return rc;
+    if (t->dtype == ST_BF16) {
+        ld->m->ops->upload(*dst, t->data, (size_t)numel * 2);
+        return 0;
+    }
+    float *f = malloc(sizeof(float) * (size_t)numel);
+    uint16_t *h = malloc(2 * (size_t)numel);
+    if (!f || !h) {
+        free(f);
+        free(h);
+        return err_set(ERR_STAGE, "out of memory loading '%s'", name);
+    }
+    rc = st_read_f32(t, 0, numel, f);
+    for (int64_t i = 0; !rc && i < numel; i++) h[i] = f32_to_bf16(f[i]);
+    if (!rc) ld->m->ops->upload(*dst, h, (size_t)numel * 2);
+    free(f);
+    free(h);
+    return rc;
+}
+
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
+ * NF4 here from a float one */
+static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
+    char name[256];
+    lin->bias = NULL;
+    lin->in = in;
+    lin->out = out;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        int rc = load_dense(ld, name, out, &lin->bias);
+        if (rc) return rc;
+    }
+    /* a pre-quantized Linear brings its own blocksize and code table (NF4 or FP4) */
+    bnb_linear bl;
+    memset(&bl, 0, sizeof bl);
+    bool pre = bnb_linear_present(ld->st, prefix);
+    int64_t n = out * in, bs = ld->opts.blocksize;
+    if (pre) {
+        int rc = bnb_linear_load(ld->st, prefix, &bl);
+        if (rc) return rc;
+        if (bl.w.rows != out || bl.w.cols != in) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
+                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)out, (long long)in);
+        }
+        bs = bl.w.blocksize;
+    }
+    int64_t nb = nf4_nblocks(n, (int)bs);
+    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
+    float *absmax = carve_take(&ld->cv, nb * 4);
+    float *qmap = carve_take(&ld->cv, 16 * 4);
+    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
+                       .blocksize = (int)bs};
+    if (!ld->cv.base) {
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    const ops_table *o = ld->m->ops;
+    if (pre) {
+        o->upload(codes, bl.w.codes, (size_t)nf4_packed_bytes(n));
+        o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+        o->upload(qmap, bl.qmap, sizeof bl.qmap);
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const st_tensor *t;
+    int rc = loader_find(ld, name, n, &t);
+    if (rc) return rc;
+    int src;
+    switch (t->dtype) {
+    case ST_F32: src = NF4_SRC_F32; break;
+    case ST_F16: src = NF4_SRC_F16; break;
+    case ST_BF16: src = NF4_SRC_BF16; break;
+    default:
+        return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32)", ld->path, name,
+                       st_dtype_name(t->dtype));
+    }
+    uint8_t *hc = malloc((size_t)nf4_packed_bytes(n));
+    float *ha = malloc(sizeof(float) * (size_t)nb);
+    if (!hc || !ha) {
+        free(hc);
+        free(ha);
+        return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
+    }
+    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, 2);
+    if (bad >= 0) {
+        free(hc);
+        free(ha);
+        return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name, (long long)bad);
+    }
+    if (ld->opts.double_quant) { /* what bitsandbytes' compress_statistics keeps of absmax */
+        float map[NF4_DYNAMIC_MAP_SIZE];
+        nf4_dynamic_map(map);
+        float offset = nf4_absmax_mean(ha, nb);
+        uint8_t *q = malloc((size_t)nb);
+        float *nested = malloc(sizeof(float) * (size_t)((nb + NF4_NESTED_BLOCKSIZE - 1) / NF4_NESTED_BLOCKSIZE));
+        if (q && nested) {
+            nf4_double_quant(q, nested, ha, nb, offset, map);
+            nf4_double_dequant(ha, q, nested, map, nb, offset);
+        }
+        free(q);
+        free(nested);
+    }
+    o->upload(codes, hc, (size_t)nf4_packed_bytes(n));
+    o->upload(absmax, ha, sizeof(float) * (size_t)nb);
+    o->upload(qmap, nf4_quant_map(OPS_NF4), 16 * 4);
+    free(hc);
+    free(ha);
+    return 0;
+}
+
+static bool has_bias(const model_config *c, llama_target t) {
+    if (t <= LLAMA_V) return c->arch == ARCH_QWEN2 || c->attention_bias;
+    if (t == LLAMA_O) return c->arch != ARCH_QWEN2 && c->attention_bias;
+    return c->mlp_bias;
+}
+
+/* the whole layout; counting pass when ld->cv.base is NULL */
+static int load_all(loader *ld) {
+    llama_model *m = ld->m;
+    int rc;
+    m->inv_freq = carve_take(&ld->cv, (int64_t)m->hd / 2 * 4);
+    if (ld->cv.base) {
+        float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
+        if (!inv) return err_set(ERR_STAGE, "out of memory");
+        rope_inv_freq(&m->cfg, m->hd, inv);
+        m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
+        free(inv);
+    }
+    if ((rc = load_dense(ld, "model.embed_tokens.weight", (int64_t)m->V * m->C, &m->embed))) return rc;
+    if ((rc = load_dense(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
+    if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
+    else if ((rc = load_dense(ld, "lm_head.weight", (int64_t)m->V * m->C, &m->lm_head))) return rc;
+    int64_t qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, m->C, m->I, m->I, m->C};
+    int64_t ins[LLAMA_NTARGETS] = {m->C, m->C, m->C, qd, m->C, m->C, m->I};
+    for (int l = 0; l < m->L; l++) {
+        llama_layer *ly = &m->layers[l];
+        char name[256];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        if ((rc = load_dense(ld, name, m->C, &ly->attn_norm))) return rc;
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if ((rc = load_dense(ld, name, m->C, &ly->mlp_norm))) return rc;
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            char prefix[200];
+            snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, target_paths[t]);
+            if ((rc = load_linear(ld, prefix, outs[t], ins[t], has_bias(&m->cfg, (llama_target)t), &ly->lin[t])))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
+               const ops_table *ops) {
+    *out = NULL;
+    if (cfg->num_heads <= 0 || cfg->num_kv_heads <= 0 || cfg->num_heads % cfg->num_kv_heads)
+        return err_set(ERR_DATA, "%s: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)", path,
+                       cfg->num_heads, cfg->num_kv_heads);
+    llama_model *m = calloc(1, sizeof *m);
+    if (!m) return err_set(ERR_STAGE, "out of memory");
+    m->cfg = *cfg;
+    m->cfg.skip_modules = NULL;
+    m->ops = ops;
+    m->C = (int)cfg->hidden_size;
+    m->I = (int)cfg->intermediate_size;
+    m->V = (int)cfg->vocab_size;
+    m->L = cfg->num_layers;
+    m->nh = cfg->num_heads;
+    m->nkv = cfg->num_kv_heads;
+    m->hd = cfg->head_dim > 0 ? cfg->head_dim : m->C / m->nh;
+    m->eps = (float)cfg->rms_norm_eps;
+    if (m->hd % 2) {
+        int hd = m->hd;
+        free(m);
+        return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, hd);
+    }
+    m->layers = calloc((size_t)m->L, sizeof(llama_layer));
+    loader ld = {.m = m, .path = path, .opts = opts ? *opts : LLAMA_LOAD_OPTS_DEFAULT};
+    if (!nf4_blocksize_valid(ld.opts.blocksize)) {
+        llama_free(&m);
+        return err_set(ERR_USAGE, "invalid NF4 blocksize %d", ld.opts.blocksize);
+    }
+    int rc = st_open(&ld.st, path);
+    if (rc) {
+        llama_free(&m);
+        return rc;
+    }
+    rc = load_all(&ld); /* counting pass */
+    if (!rc) {
+        m->weight_bytes = ld.cv.off;
+        m->weights = ops->alloc((size_t)ld.cv.off);
+        if (!m->weights)
+            rc = err_set(ERR_STAGE, "out of memory: the frozen weights need %.1f MiB", ld.cv.off / 1048576.0);
+    }
+    if (!rc) {
+        ld.cv = (carve){.base = m->weights};
+        rc = load_all(&ld);
+    }
+    st_close(&ld.st);
+    if (rc) {
+        llama_free(&m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+int llama_load(llama_model **out, const char *dir, const llama_load_opts *opts, const ops_table *ops) {
+    model_config cfg;
+    int rc = config_load(&cfg, dir);
+    if (rc) return rc;
+    rc = llama_init(out, &cfg, dir, opts, ops);
+    config_free(&cfg);
+    return rc;
+}
+
+static void free_acts(llama_model *m) {
+    if (m->acts) {
+        free(m->acts->layer);
+        free(m->acts->res);
+        free(m->acts->h_seq_start);
+        free(m->acts->h_pos);
+        free(m->acts->h_target);
+        free(m->acts->h_losses);
+        free(m->acts);
+        m->acts = NULL;
+    }
+    if (m->act_mem) m->ops->free(m->act_mem);
+    m->act_mem = NULL;
+    m->plan_T = 0;
+}
+
+void llama_free(llama_model **pm) {
+    llama_model *m = *pm;
+    if (!m) return;
+    free_acts(m);
+    if (m->kv_mem) m->ops->free(m->kv_mem);
+    if (m->weights) m->ops->free(m->weights);
+    float *bufs[4] = {m->lora_params, m->lora_grads, m->lora_m, m->lora_v};
+    for (int i = 0; i < 4; i++)
+        if (bufs[i]) m->ops->free(bufs[i]);
+    free(m->lora_tensors);
+    free(m->layers);
+    free(m);
+    *pm = NULL;
+}
+
+/* ---- LoRA ---- */
+
+int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
+    if (m->lora_params) return err_set(ERR_STAGE, "the model already has LoRA tensors");
+    if (cfg->r <= 0) return err_set(ERR_USAGE, "LoRA rank r must be positive (got %d)", cfg->r);
+    if (cfg->dropout < 0 || cfg->dropout >= 1)
+        return err_set(ERR_USAGE, "lora_dropout must be in [0, 1) (got %g)", cfg->dropout);
+    if (!(cfg->targets & LLAMA_TARGETS_ALL)) return err_set(ERR_USAGE, "no LoRA target modules");
+    m->lora = *cfg;
+    int n = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++)
+        if (cfg->targets & (1u << t)) n += 2 * m->L;
+    m->lora_tensors = calloc((size_t)n, sizeof(llama_lora_tensor));
+    if (!m->lora_tensors) return err_set(ERR_STAGE, "out of memory");
+    int64_t off = 0;
+    int k = 0;
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            if (!(cfg->targets & (1u << t))) continue;
+            llama_linear *lin = &m->layers[l].lin[t];
+            for (int b = 0; b < 2; b++) {
+                llama_lora_tensor *lt = &m->lora_tensors[k++];
+                snprintf(lt->name, sizeof lt->name, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
+                         target_paths[t], b ? 'B' : 'A');
+                lt->layer = l;
+                lt->target = (llama_target)t;
+                lt->is_B = b;
+                lt->rows = b ? lin->out : cfg->r;
+                lt->cols = b ? cfg->r : lin->in;
+                lt->offset = off;
+                off += lt->rows * lt->cols;
+            }
+        }
+    m->n_lora_tensors = n;
+    m->n_lora_params = off;
+    size_t bytes = sizeof(float) * (size_t)off;
+    m->lora_params = m->ops->alloc(bytes);
+    m->lora_grads = m->ops->alloc(bytes);
+    m->lora_m = m->ops->alloc(bytes);
+    m->lora_v = m->ops->alloc(bytes);
+    if (!m->lora_params || !m->lora_grads || !m->lora_m || !m->lora_v)
+        return err_set(ERR_STAGE, "out of memory: LoRA state needs %.1f MiB", 4.0 * (double)bytes / 1048576.0);
+    float scale = cfg->rslora ? cfg->alpha / sqrtf((float)cfg->r) : cfg->alpha / (float)cfg->r;
+    for (k = 0; k < n; k += 2) {
+        const llama_lora_tensor *a = &m->lora_tensors[k], *b = &m->lora_tensors[k + 1];
+        ops_lora *L = &m->layers[a->layer].lin[a->target].lora;
+        *L = (ops_lora){.A = m->lora_params + a->offset, .B = m->lora_params + b->offset,
+                        .dA = m->lora_grads + a->offset, .dB = m->lora_grads + b->offset,
+                        .r = cfg->r, .scale = scale, .dropout = cfg->dropout};
+    }
+    if (m->plan_T) return llama_plan(m, m->plan_T, m->ckpt); /* xa buffers for the new branches */
+    return 0;
+}
+
+void llama_lora_init_peft(llama_model *m, uint64_t seed) {
+    float *h = calloc((size_t)m->n_lora_params, sizeof(float));
+    if (!h) return;
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        if (t->is_B) continue;
+        float bound = 1.0f / sqrtf((float)t->cols);
+        uint64_t stream = rng_stream_of(t->name);
+        for (int64_t i = 0; i < t->rows * t->cols; i++)
+            h[t->offset + i] = (2.0f * rng_uniform(seed, stream, (uint64_t)i) - 1.0f) * bound;
+    }
+    m->ops->upload(m->lora_params, h, sizeof(float) * (size_t)m->n_lora_params);
+    free(h);
+}
+
+void llama_lora_zero_grads(llama_model *m) {
+    if (m->lora_grads) m->ops->zero(m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
+}
+
+const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name) {
+    for (int k = 0; k < m->n_lora_tensors; k++)
+        if (!strcmp(m->lora_tensors[k].name, name)) return &m->lora_tensors[k];
+    return NULL;
+}
+
+/* ---- activation plan ---- */
+
+static void plan_layout(llama_model *m, carve *cv, int T) {
+    llama_acts *A = m->acts;
+    int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    int64_t es = (int64_t)ops_act_size(m->ops);
+    int nla = m->ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
+    for (int l = 0; l < nla; l++) {
+        layer_acts *a = &A->layer[l];
+        a->n1 = carve_take(cv, T * C * es);
+        a->q = carve_take(cv, T * qd * es);
+        a->k = carve_take(cv, T * kvd * es);
+        a->v = carve_take(cv, T * kvd * es);
+        a->att = carve_take(cv, T * qd * es);
+        a->res_mid = carve_take(cv, T * C * es);
+        a->n2 = carve_take(cv, T * C * es);
+        a->gate = carve_take(cv, T * I * es);
+        a->up = carve_take(cv, T * I * es);
+        a->act = carve_take(cv, T * I * es);
+        a->rstd1 = carve_take(cv, T * 4);
+        a->rstd2 = carve_take(cv, T * 4);
+        a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
+    }
+    for (int l = 0; l <= m->L; l++) A->res[l] = carve_take(cv, T * C * es);
+    A->nf = carve_take(cv, T * C * es);
+    A->rstdf = carve_take(cv, T * 4);
+    A->dres = carve_take(cv, T * C * es);
+    A->dn = carve_take(cv, T * C * es);
+    A->tmp = carve_take(cv, T * C * es);
+    A->datt = carve_take(cv, T * qd * es);
+    A->dq = carve_take(cv, T * qd * es);
+    A->dk = carve_take(cv, T * kvd * es);
+    A->dv = carve_take(cv, T * kvd * es);
+    A->dgate = carve_take(cv, T * I * es);
+    A->dup = carve_take(cv, T * I * es);
+    A->dact = carve_take(cv, T * I * es);
+    A->losses = carve_take(cv, T * 4);
+    A->logits = carve_take(cv, (int64_t)m->V * 4);
+    A->ids = carve_take(cv, T * 4);
+    A->seq_start = carve_take(cv, T * 4);
+    A->pos = carve_take(cv, T * 4);
+    A->target = carve_take(cv, T * 4);
+}
+
+int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
+    free_acts(m);
+    if (max_T <= 0) return err_set(ERR_USAGE, "micro-batch of %d tokens", max_T);
+    m->ckpt = ckpt;
+    llama_acts *A = calloc(1, sizeof *A);
+    if (!A) return err_set(ERR_STAGE, "out of memory");
+    m->acts = A;
+    A->layer = calloc((size_t)m->L, sizeof(layer_acts));
+    A->res = calloc((size_t)m->L + 1, sizeof(void *));
+    A->h_seq_start = malloc(sizeof(int32_t) * (size_t)max_T);
+    A->h_pos = malloc(sizeof(int32_t) * (size_t)max_T);
+    A->h_target = malloc(sizeof(int32_t) * (size_t)max_T);
+    A->h_losses = malloc(sizeof(float) * (size_t)max_T);
+    if (!A->layer || !A->res || !A->h_seq_start || !A->h_pos || !A->h_target || !A->h_losses) {
+        free_acts(m);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    carve cv = {0};
+    plan_layout(m, &cv, max_T);
+    m->act_bytes = cv.off;
+    m->act_mem = m->ops->alloc((size_t)cv.off);
+    if (!m->act_mem) {
+        free_acts(m);
+        return err_set(ERR_STAGE, "out of memory: activations for %d tokens need %.1f MiB%s", max_T,
+                       (double)cv.off / 1048576.0,
+                       ckpt == LLAMA_CKPT_NONE ? " (activation checkpointing would need less)" : "");
+    }
+    cv = (carve){.base = m->act_mem};
+    plan_layout(m, &cv, max_T);
+    m->plan_T = max_T;
+    return 0;
+}
+
+/* ---- forward and backward ---- */
+
+static uint64_t linear_seed(uint64_t seed, int l, int t) {
+    return ops_hash_u64(seed, (uint64_t)l * LLAMA_NTARGETS + (uint64_t)t);
+}
+
+/* the LoRA branch of one linear for this pass (NULL: frozen-only) */
+static const ops_lora *pass_lora(const llama_model *m, int l, int t, bool train, uint64_t seed, ops_lora *buf) {
+    const ops_lora *L = &m->layers[l].lin[t].lora;
+    if (!L->A) return NULL;
+    *buf = *L;
+    buf->dropout = train ? m->lora.dropout : 0.0f;
+    buf->dropout_seed = linear_seed(seed, l, t);
+    return buf;
+}
+
+static void linear_fwd(llama_model *m, int l, int t, void *y, const void *x, float *xa, int T, bool train,
+                       uint64_t seed) {
+    ops_lora buf;
+    const llama_linear *lin = &m->layers[l].lin[t];
+    m->ops->qlinear_fwd(y, x, &lin->w, lin->bias, pass_lora(m, l, t, train, seed, &buf), train ? xa : NULL, T);
+}
+
+static void linear_bwd(llama_model *m, int l, int t, void *dx, const void *dy, const void *x, const float *xa, int T,
+                       int accumulate, uint64_t seed) {
+    ops_lora buf;
+    const llama_linear *lin = &m->layers[l].lin[t];
+    m->ops->qlinear_bwd(dx, dy, x, &lin->w, pass_lora(m, l, t, true, seed, &buf), xa, T, accumulate);
+}
+
+/* layer l from res_in; writes res_out when not NULL (a recompute only refills the saved acts) */
+static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_in, void *res_out, int T, bool train,
+                          uint64_t seed) {
+    const ops_table *o = m->ops;
+    const llama_acts *A = m->acts;
+    const llama_layer *ly = &m->layers[l];
+    int64_t C = m->C;
+    size_t es = ops_act_size(o);
+    o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
+    linear_fwd(m, l, LLAMA_Q, a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
+    linear_fwd(m, l, LLAMA_K, a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
+    linear_fwd(m, l, LLAMA_V, a->v, a->n1, a->xa[LLAMA_V], T, train, seed);
+    o->rope(a->q, A->pos, m->inv_freq, T, m->nh, m->hd, 0);
+    o->rope(a->k, A->pos, m->inv_freq, T, m->nkv, m->hd, 0);
+    o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
+    linear_fwd(m, l, LLAMA_O, A->tmp, a->att, a->xa[LLAMA_O], T, train, seed);
+    o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
+    o->add_inplace(a->res_mid, A->tmp, T * C);
+    o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, T, m->C, m->eps);
+    linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, a->xa[LLAMA_GATE], T, train, seed);
+    linear_fwd(m, l, LLAMA_UP, a->up, a->n2, a->xa[LLAMA_UP], T, train, seed);
+    o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)T * m->I);
+    linear_fwd(m, l, LLAMA_DOWN, A->tmp, a->act, a->xa[LLAMA_DOWN], T, train, seed);
+    if (res_out) {
+        o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
+        o->add_inplace(res_out, A->tmp, T * C);
+    }
+}
+
+/* A->dres holds d(layer output) on entry and d(layer input) on return */
+static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res_in, int T, uint64_t seed) {
+    const ops_table *o = m->ops;
+    llama_acts *A = m->acts;
+    const llama_layer *ly = &m->layers[l];
+    linear_bwd(m, l, LLAMA_DOWN, A->dact, A->dres, a->act, a->xa[LLAMA_DOWN], T, 0, seed);
+    o->swiglu_bwd(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)T * m->I);
+    linear_bwd(m, l, LLAMA_GATE, A->dn, A->dgate, a->n2, a->xa[LLAMA_GATE], T, 0, seed);
+    linear_bwd(m, l, LLAMA_UP, A->dn, A->dup, a->n2, a->xa[LLAMA_UP], T, 1, seed);
+    o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, a->rstd2, T, m->C);
+    linear_bwd(m, l, LLAMA_O, A->datt, A->dres, a->att, a->xa[LLAMA_O], T, 0, seed);
+    o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv,
+                     m->hd);
+    o->rope(A->dq, A->pos, m->inv_freq, T, m->nh, m->hd, 1);
+    o->rope(A->dk, A->pos, m->inv_freq, T, m->nkv, m->hd, 1);
+    linear_bwd(m, l, LLAMA_Q, A->dn, A->dq, a->n1, a->xa[LLAMA_Q], T, 0, seed);
+    linear_bwd(m, l, LLAMA_K, A->dn, A->dk, a->n1, a->xa[LLAMA_K], T, 1, seed);
+    linear_bwd(m, l, LLAMA_V, A->dn, A->dv, a->n1, a->xa[LLAMA_V], T, 1, seed);
+    o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, a->rstd1, T, m->C);
+}
+
+int64_t llama_count_targets(const llama_batch *b) {
+    int64_t n = 0;
+    for (int t = 0; t + 1 < b->T; t++) {
+        bool same = !b->seq_start || b->seq_start[t + 1] == b->seq_start[t];
+        if (same && b->labels[t + 1] >= 0) n++;
+    }
+    return n;
+}
+
+/* validate b, derive positions and shifted targets, upload; runs the forward up to res[L] */
+static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint64_t seed) {
+    if (!m->acts) return err_set(ERR_STAGE, "llama_plan was not called before the first batch");
+    if (b->T <= 0 || b->T > m->plan_T)
+        return err_set(ERR_STAGE, "micro-batch of %d tokens outside the plan (1..%d)", b->T, m->plan_T);
+    llama_acts *A = m->acts;
+    int T = b->T;
+    for (int t = 0; t < T; t++) {
+        if (b->ids[t] < 0 || b->ids[t] >= m->V)
+            return err_set(ERR_DATA, "token id %d at position %d is outside the vocabulary (0..%d)", b->ids[t], t,
+                           m->V - 1);
+        int s = b->seq_start ? b->seq_start[t] : 0;
+        if (s < 0 || s > t || (t > 0 && s != t && s != A->h_seq_start[t - 1]))
+            return err_set(ERR_DATA, "bad sequence start %d at position %d", s, t);
+        A->h_seq_start[t] = s;
+        A->h_pos[t] = t - s;
+        A->h_target[t] = -100;
+    }
+    if (b->labels)
+        for (int t = 0; t + 1 < T; t++) {
+            int lab = b->labels[t + 1];
+            if (A->h_seq_start[t + 1] != A->h_seq_start[t] || lab < 0) continue;
+            if (lab >= m->V)
+                return err_set(ERR_DATA, "label %d at position %d is outside the vocabulary (0..%d)", lab, t + 1,
+                               m->V - 1);
+            A->h_target[t] = lab;
+        }
+    const ops_table *o = m->ops;
+    o->upload(A->ids, b->ids, sizeof(int32_t) * (size_t)T);
+    o->upload(A->seq_start, A->h_seq_start, sizeof(int32_t) * (size_t)T);
+    o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)T);
+    o->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)T);
+    o->embedding_fwd(A->res[0], A->ids, m->embed, T, m->C);
+    for (int l = 0; l < m->L; l++) {
+        layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
+        layer_forward(m, l, a, A->res[l], A->res[l + 1], T, train, seed);
+    }
+    o->rmsnorm_fwd(A->nf, A->rstdf, A->res[m->L], m->final_norm, T, m->C, m->eps);
+    return 0;
+}
+
+static void sum_losses(llama_model *m, int T, double *loss_sum, int64_t *n_targets, float *token_losses) {
+    llama_acts *A = m->acts;
+    m->ops->download(A->h_losses, A->losses, sizeof(float) * (size_t)T);
+    double s = 0;
+    int64_t n = 0;
+    for (int t = 0; t < T; t++)
+        if (A->h_target[t] >= 0) {
+            s += A->h_losses[t];
+            n++;
+        }
+    if (token_losses) memcpy(token_losses, A->h_losses, sizeof(float) * (size_t)T);
+    *loss_sum = s;
+    *n_targets = n;
+}
+
+int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scale, uint64_t dropout_seed,
+                           double *loss_sum, int64_t *n_targets) {
+    if (!m->lora_params) return err_set(ERR_STAGE, "no LoRA tensors to train (llama_lora_attach)");
+    int rc = batch_forward(m, b, true, dropout_seed);
+    if (rc) return rc;
+    const ops_table *o = m->ops;
+    llama_acts *A = m->acts;
+    int T = b->T;
+    o->xent_fwd_bwd(A->losses, A->dn, A->nf, m->lm_head, A->target, T, m->C, m->V, grad_scale);
+    o->zero(A->dres, (size_t)T * (size_t)m->C * ops_act_size(o));
+    o->rmsnorm_bwd(A->dres, A->dn, A->res[m->L], m->final_norm, A->rstdf, T, m->C);
+    for (int l = m->L - 1; l >= 0; l--) {
+        layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
+        if (m->ckpt == LLAMA_CKPT_EVERY) layer_forward(m, l, a, A->res[l], NULL, T, true, dropout_seed);
+        layer_backward(m, l, a, A->res[l], T, dropout_seed);
+    }
+    sum_losses(m, T, loss_sum, n_targets, NULL);
+    return 0;
+}
+
+int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, int64_t *n_targets,
+                       float *token_losses) {
+    int rc = batch_forward(m, b, false, 0);
+    if (rc) return rc;
+    llama_acts *A = m->acts;
+    m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, b->T, m->C, m->V, 1.0f);
+    sum_losses(m, b->T, loss_sum, n_targets, token_losses);
+    return 0;
+}
+
+int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits) {
+    llama_batch nb = *b;
+    nb.labels = NULL;
+    int rc = batch_forward(m, &nb, false, 0);
+    if (rc) return rc;
+    size_t bytes = sizeof(float) * (size_t)b->T * (size_t)m->V;
+    float *d = m->ops->alloc(bytes);
+    if (!d) return err_set(ERR_STAGE, "out of memory for [%d, %d] logits", b->T, m->V);
+    m->ops->logits(d, m->acts->nf, m->lm_head, b->T, m->C, m->V);
+    m->ops->download(logits, d, bytes);
+    m->ops->free(d);
+    return 0;
+}
+
+/* ---- generation ---- */
+
+int llama_generate_begin(llama_model *m, int max_len) {
+    if (max_len <= 0) return err_set(ERR_USAGE, "generation length %d", max_len);
+    if (!m->acts) {
+        int rc = llama_plan(m, max_len < 512 ? max_len : 512, LLAMA_CKPT_EVERY);
+        if (rc) return rc;
+    }
+    if (max_len > m->kv_max) {
+        if (m->kv_mem) m->ops->free(m->kv_mem);
+        size_t bytes = (size_t)m->L * 2 * (size_t)max_len * (size_t)(m->nkv * m->hd) * ops_act_size(m->ops);
+        m->kv_mem = m->ops->alloc(bytes);
+        m->kv_max = m->kv_mem ? max_len : 0;
+        if (!m->kv_mem) return err_set(ERR_STAGE, "out of memory: a KV cache of %d positions", max_len);
+    }
+    m->kv_len = 0;
+    return 0;
+}
+
+/* n <= plan_T tokens at positions kv_len.. */
+static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
+    const ops_table *o = m->ops;
+    llama_acts *A = m->acts;
+    layer_acts *a = &A->layer[0];
+    int64_t C = m->C, kvd = (int64_t)m->nkv * m->hd, P = m->kv_len;
+    for (int t = 0; t < n; t++) A->h_pos[t] = (int32_t)(P + t);
+    o->upload(A->ids, ids, sizeof(int32_t) * (size_t)n);
+    o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)n);
+    void *x = A->res[0];
+    o->embedding_fwd(x, A->ids, m->embed, n, m->C);
+    for (int l = 0; l < m->L; l++) {
+        const llama_layer *ly = &m->layers[l];
+        void *kc = act_at(m, m->kv_mem, (int64_t)(2 * l) * m->kv_max * kvd);
+        void *vc = act_at(m, m->kv_mem, (int64_t)(2 * l + 1) * m->kv_max * kvd);
+        void *k_new = act_at(m, kc, P * kvd), *v_new = act_at(m, vc, P * kvd);
+        o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, n, m->C, m->eps);
+        linear_fwd(m, l, LLAMA_Q, a->q, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_K, k_new, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_V, v_new, a->n1, NULL, n, false, 0);
+        o->rope(a->q, A->pos, m->inv_freq, n, m->nh, m->hd, 0);
+        o->rope(k_new, A->pos, m->inv_freq, n, m->nkv, m->hd, 0);
+        o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
+        linear_fwd(m, l, LLAMA_O, A->tmp, a->att, NULL, n, false, 0);
+        o->add_inplace(x, A->tmp, n * C);
+        o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, n, m->C, m->eps);
+        linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_UP, a->up, a->n2, NULL, n, false, 0);
+        o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)n * m->I);
+        linear_fwd(m, l, LLAMA_DOWN, A->tmp, a->act, NULL, n, false, 0);
+        o->add_inplace(x, A->tmp, n * C);
+    }
+    m->kv_len += n;
+}
+
+int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+    if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
+    if (n <= 0 || m->kv_len + n > m->kv_max)
+        return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->V)
+            return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
+    int last = 0;
+    for (int done = 0; done < n; done += last) {
+        last = n - done < m->plan_T ? n - done : m->plan_T;
+        decode_chunk(m, ids + done, last);
+    }
+    llama_acts *A = m->acts;
+    void *xl = act_at(m, A->res[0], (int64_t)(last - 1) * m->C);
+    m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+    m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+    m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+    return 0;
+}

@@ -1,0 +1,175 @@
+/* llama.h: the llama, mistral and qwen2 decoder families with frozen NF4 base weights and
+ * trainable LoRA adapters, written once against the op table (kernels/ops.h), so the same code
+ * runs on ops_cpu() and ops_cuda().
+ *
+ * What lives where: every tensor the ops touch is in the backend's memory (ops->alloc/upload);
+ * the model struct itself, the configuration and the LoRA tensor directory are host memory.
+ *  - frozen: embedding, norms, lm_head (tied: the embedding), q/k/v biases (qwen2): bf16;
+ *    the seven linears of each layer: 4-bit codes + fp32 absmax (+ their 16-entry code table),
+ *    dequantized tile by tile inside the ops. A float checkpoint is quantized to NF4 at load
+ *    (blocksize 64, absmax rounded through double quant as bitsandbytes stores it); a
+ *    bitsandbytes 4-bit checkpoint (NF4 or FP4, any blocksize) is read as stored (model/bnb.h).
+ *  - trainable: LoRA A [r, in] and B [out, r] of the targeted linears, fp32, all carved from ONE
+ *    contiguous buffer (lora_params), with matching contiguous grads / adam m / adam v, so the
+ *    fused AdamW and a data-parallel all-reduce see a single flat vector.
+ *
+ * The sequence of calls:
+ *   llama_load (or llama_init) -> llama_lora_attach -> llama_plan -> { llama_lora_zero_grads;
+ *   llama_forward_backward ...; optimizer over lora_params } ; llama_forward_loss for
+ *   evaluation; llama_generate_begin + llama_decode for generation; llama_free.
+ *
+ * Batches: a micro-batch is T tokens (rows concatenated) with labels in the dataset convention
+ * (NOT shifted, -100 masked: logits at t predict labels[t+1]) and seq_start[t] = index of the first
+ * token of t's packed sequence. Attention never crosses a sequence start, positions restart at
+ * each one, and the last token of a sequence predicts nothing (as if sequences ran separately).
+ *
+ * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
+#ifndef MODEL_LLAMA_H
+#define MODEL_LLAMA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "model/config.h"
+
+/* the seven linears of a layer, in the order LoRA tensors are laid out */
+typedef enum llama_target {
+    LLAMA_Q, LLAMA_K, LLAMA_V, LLAMA_O, LLAMA_GATE, LLAMA_UP, LLAMA_DOWN, LLAMA_NTARGETS
+} llama_target;
+
+#define LLAMA_TARGETS_ALL 0x7fu /* all-linear */
+
+/* "q_proj" ...; and the HF module path inside a layer: "self_attn.q_proj", "mlp.down_proj" */
+const char *llama_target_name(llama_target t);
+const char *llama_target_path(llama_target t);
+/* bit mask from names ("q_proj", "q", "all-linear"); ERR_USAGE naming the unknown one */
+int llama_targets_parse(uint32_t *mask, const char *const *names, int n);
+
+typedef struct llama_lora_config {
+    int r;
+    float alpha;
+    float dropout;    /* lora_dropout */
+    bool rslora;      /* scale alpha/sqrt(r) instead of alpha/r */
+    uint32_t targets; /* bit (1 << llama_target) per targeted linear */
+} llama_lora_config;
+
+/* one LoRA tensor inside the flat buffers */
+typedef struct llama_lora_tensor {
+    char name[160];    /* PEFT name: base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight */
+    int layer;
+    llama_target target;
+    bool is_B;         /* false: A [r, in]; true: B [out, r] */
+    int64_t rows, cols;
+    int64_t offset;    /* in floats, into lora_params (and grads, m, v) */
+} llama_lora_tensor;
+
+typedef struct llama_linear {
+    ops_nf4 w;          /* backend pointers */
+    uint16_t *bias;     /* bf16 [out] or NULL */
+    ops_lora lora;      /* A == NULL when not targeted */
+    int64_t in, out;
+} llama_linear;
+
+typedef struct llama_layer {
+    uint16_t *attn_norm, *mlp_norm; /* bf16 [C] */
+    llama_linear lin[LLAMA_NTARGETS];
+} llama_layer;
+
+typedef struct llama_acts llama_acts; /* per-layer saved activations (llama.c) */
+
+typedef enum llama_checkpointing {
+    LLAMA_CKPT_NONE = 0,  /* keep every layer's activations */
+    LLAMA_CKPT_EVERY = 1  /* keep each layer's input only; recompute the layer in backward */
+} llama_checkpointing;
+
+typedef struct llama_model {
+    model_config cfg;
+    const ops_table *ops;
+    int C, I, V, L, nh, nkv, hd; /* hidden, intermediate, vocab, layers, heads, kv heads, head dim */
+    float eps;
+
+    /* frozen weights (backend memory) */
+    uint16_t *embed;      /* [V, C] */
+    uint16_t *final_norm; /* [C] */
+    uint16_t *lm_head;    /* [V, C]; == embed when tied */
+    llama_layer *layers;  /* host array [L] */
+    float *inv_freq;      /* [hd/2], rope scaling applied */
+    void *weights;        /* the single allocation carved into the frozen tensors */
+    int64_t weight_bytes;
+
+    /* LoRA (after llama_lora_attach) */
+    llama_lora_config lora;
+    int n_lora_tensors;
+    llama_lora_tensor *lora_tensors; /* host [n_lora_tensors] */
+    int64_t n_lora_params;
+    float *lora_params, *lora_grads, *lora_m, *lora_v; /* backend [n_lora_params] each */
+
+    /* activation plan (after llama_plan) */
+    int plan_T;
+    llama_checkpointing ckpt;
+    llama_acts *acts;
+    void *act_mem;        /* the single allocation carved into activation buffers */
+    int64_t act_bytes;
+
+    /* generation */
+    int kv_max, kv_len;
+    void *kv_mem;         /* [L][2][kv_max, nkv*hd] acts */
+} llama_model;
+
+typedef struct llama_load_opts {
+    int blocksize;      /* NF4 blocksize when quantizing at load (default 64) */
+    bool double_quant;  /* round absmax through bitsandbytes' double quant (default true) */
+} llama_load_opts;
+#define LLAMA_LOAD_OPTS_DEFAULT ((llama_load_opts){.blocksize = 64, .double_quant = true})
+
+/* Build the model of cfg from the safetensors checkpoint at path (file, dir, or sharded dir):
+ * bf16/f16/f32 weights are quantized to NF4 at load; a bitsandbytes 4-bit checkpoint is read
+ * as stored. cfg is copied (skip_modules is not kept). */
+int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
+               const ops_table *ops);
+/* config_load(dir) + llama_init(dir): an HF model directory */
+int llama_load(llama_model **out, const char *dir, const llama_load_opts *opts, const ops_table *ops);
+void llama_free(llama_model **m);
+
+/* Create the LoRA tensors of cfg (all parameters zero: fill them with llama_lora_init_peft or
+ * by uploading into lora_params at each tensor's offset). Once per model. */
+int llama_lora_attach(llama_model *m, const llama_lora_config *cfg);
+/* PEFT's default init from a seed: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform a=sqrt(5)),
+ * drawn by rng_uniform(seed, rng_stream_of(name), i); B = 0. */
+void llama_lora_init_peft(llama_model *m, uint64_t seed);
+void llama_lora_zero_grads(llama_model *m);
+const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name); /* NULL if absent */
+
+/* Allocate activations for micro-batches of up to max_T tokens; again to re-plan. */
+int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
+
+typedef struct llama_batch {
+    const int32_t *ids;       /* host [T] */
+    const int32_t *labels;    /* host [T], unshifted, -100 masked */
+    const int32_t *seq_start; /* host [T], or NULL: one sequence */
+    int T;
+} llama_batch;
+
+/* Number of tokens that carry a loss in b (the shifted, in-sequence, non-ignored labels). */
+int64_t llama_count_targets(const llama_batch *b);
+
+/* Forward + backward of one micro-batch: LoRA gradients ACCUMULATE (+=) into lora_grads, scaled
+ * by grad_scale (d loss_sum * grad_scale; e.g. 1 / targets over all accumulated micro-batches).
+ * dropout_seed picks the dropout masks (vary it per micro-step; ignored when lora dropout = 0).
+ * Returns the loss summed over targets and their count. */
+int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scale, uint64_t dropout_seed,
+                           double *loss_sum, int64_t *n_targets);
+/* Forward only, no dropout: the loss sum, target count, and optionally each position's loss
+ * (host [T], 0 where no target). */
+int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, int64_t *n_targets,
+                       float *token_losses);
+/* Forward only, no dropout: logits (host [T, V]) of every position of b (labels unused). */
+int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits);
+
+/* Generation with a KV cache of up to max_len positions (one sequence): begin resets the cache;
+ * decode appends n tokens at the next positions and writes the last position's logits (host [V]). */
+int llama_generate_begin(llama_model *m, int max_len);
+int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits);
+
+#endif

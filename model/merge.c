@@ -1,0 +1,366 @@
+/* merge.c: merged weights from a base checkpoint (bf16 or bitsandbytes 4-bit) and a PEFT
+ * LoRA adapter (see merge.h). */
+#include "merge.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/err.h"
+#include "../core/fsutil.h"
+#include "../core/half.h"
+#include "../formats/pubdir.h"
+#include "../formats/pyjson.h"
+#include "../formats/safetensors.h"
+#include "../kernels/cpu/nf4.h"
+#include "adapter.h"
+#include "tokfile.h"
+
+struct merge_src {
+    char *base_dir;
+    model_config cfg;   /* as written: not quantized, bfloat16 */
+    bool quantized;     /* the base is bnb 4-bit */
+    st_model *st;
+    peft_adapter adapter;
+    bool has_adapter;
+    config_tensor *t;
+    size_t n;
+    int threads;
+};
+
+const model_config *merge_config(const merge_src *m) { return &m->cfg; }
+const char *merge_base_dir(const merge_src *m) { return m->base_dir; }
+const peft_adapter *merge_adapter(const merge_src *m) { return m->has_adapter ? &m->adapter : NULL; }
+const config_tensor *merge_tensors(const merge_src *m, size_t *n) {
+    *n = m->n;
+    return m->t;
+}
+
+void merge_close(merge_src **pm) {
+    merge_src *m = *pm;
+    if (!m) return;
+    st_close(&m->st);
+    if (m->has_adapter) peft_adapter_free(&m->adapter);
+    config_free(&m->cfg);
+    free(m->t);
+    free(m->base_dir);
+    free(m);
+    *pm = NULL;
+}
+
+static int64_t numel_of(const config_tensor *t) { return t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1); }
+
+/* ---- bitsandbytes 4-bit tensors (docs/formats.md section 3) ---- */
+
+typedef struct bnb_weight {
+    const st_tensor *codes, *absmax, *quant_map, *nested_absmax, *nested_quant_map;
+    int blocksize;
+    bool nested;
+    float nested_offset;
+    int64_t shape[2];
+} bnb_weight;
+
+static const st_tensor *find_suffix(const st_model *st, const char *name, const char *suffix) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", name, suffix);
+    return st_find(st, key);
+}
+
+/* 0: a 4-bit group, filled into *w; -1: not quantized (a plain float tensor); else an ERR_* */
+static int bnb_lookup(const merge_src *m, const config_tensor *ct, bnb_weight *w) {
+    memset(w, 0, sizeof *w);
+    const char *file = "";
+    w->codes = st_find(m->st, ct->name);
+    const st_tensor *qs = find_suffix(m->st, ct->name, "quant_state.bitsandbytes__nf4");
+    if (!qs) qs = find_suffix(m->st, ct->name, "quant_state.bitsandbytes__fp4");
+    if (!w->codes || !qs) return -1; /* not quantized */
+    file = w->codes->file;
+    if (w->codes->dtype != ST_U8) return err_set(ERR_DATA, "%s: '%s' has quant_state but dtype %s (expected U8 codes)", file, ct->name, st_dtype_name(w->codes->dtype));
+    json_error_t je;
+    json_t *j = json_loadb((const char *)qs->data, qs->nbytes, 0, &je);
+    int rc = 0;
+    if (!json_is_object(j)) {
+        rc = err_set(ERR_DATA, "%s: '%s': quant_state is not a JSON object", file, qs->name);
+    } else {
+        json_t *bs = json_object_get(j, "blocksize"), *sh = json_object_get(j, "shape");
+        if (!json_is_integer(bs) || !nf4_blocksize_valid((int)json_integer_value(bs)))
+            rc = err_set(ERR_DATA, "%s: '%s': bad blocksize in quant_state", file, qs->name);
+        else if (!json_is_array(sh) || json_array_size(sh) != 2 || json_integer_value(json_array_get(sh, 0)) != ct->shape[0] ||
+                 json_integer_value(json_array_get(sh, 1)) != ct->shape[1])
+            rc = err_set(ERR_DATA, "%s: '%s': quant_state shape does not match the config's [%lld, %lld]", file, qs->name,
+                         (long long)ct->shape[0], (long long)ct->shape[1]);
+        else {
+            w->blocksize = (int)json_integer_value(bs);
+            json_t *off = json_object_get(j, "nested_offset");
+            w->nested = off != NULL;
+            w->nested_offset = (float)json_number_value(off);
+            w->shape[0] = ct->shape[0];
+            w->shape[1] = ct->shape[1];
+        }
+    }
+    json_decref(j);
+    if (rc) return rc;
+    int64_t n = ct->shape[0] * ct->shape[1], nb = nf4_nblocks(n, w->blocksize);
+    w->absmax = find_suffix(m->st, ct->name, "absmax");
+    w->quant_map = find_suffix(m->st, ct->name, "quant_map");
+    if (w->nested) {
+        w->nested_absmax = find_suffix(m->st, ct->name, "nested_absmax");
+        w->nested_quant_map = find_suffix(m->st, ct->name, "nested_quant_map");
+    }
+    if ((uint64_t)nf4_packed_bytes(n) != w->codes->nbytes)
+        return err_set(ERR_DATA, "%s: '%s': %llu code bytes for %lld elements (expected %lld)", file, ct->name,
+                       (unsigned long long)w->codes->nbytes, (long long)n, (long long)nf4_packed_bytes(n));
+    if (!w->quant_map || w->quant_map->dtype != ST_F32 || st_numel(w->quant_map) != 16)
+        return err_set(ERR_DATA, "%s: '%s.quant_map' missing or not F32[16]", file, ct->name);
+    if (!w->absmax || st_numel(w->absmax) != nb || w->absmax->dtype != (w->nested ? ST_U8 : ST_F32))
+        return err_set(ERR_DATA, "%s: '%s.absmax' missing or not %s[%lld]", file, ct->name, w->nested ? "U8" : "F32", (long long)nb);
+    if (w->nested) {
+        int64_t nnb = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+        if (!w->nested_absmax || w->nested_absmax->dtype != ST_F32 || st_numel(w->nested_absmax) != nnb)
+            return err_set(ERR_DATA, "%s: '%s.nested_absmax' missing or not F32[%lld]", file, ct->name, (long long)nnb);
+        if (!w->nested_quant_map || w->nested_quant_map->dtype != ST_F32 || st_numel(w->nested_quant_map) != NF4_DYNAMIC_MAP_SIZE)
+            return err_set(ERR_DATA, "%s: '%s.nested_quant_map' missing or not F32[256]", file, ct->name);
+    }
+    return 0;
+}
+
+/* tensors are mmapped and may be unaligned for f32: copy them out */
+static float *f32_copy(const st_tensor *t) {
+    float *p = malloc(t->nbytes ? t->nbytes : 1);
+    if (p) memcpy(p, t->data, t->nbytes);
+    return p;
+}
+
+static int bnb_dequantize(const merge_src *m, const bnb_weight *w, float *dst) {
+    int64_t n = w->shape[0] * w->shape[1], nb = nf4_nblocks(n, w->blocksize);
+    float *absmax = malloc((size_t)nb * sizeof *absmax), *qmap = f32_copy(w->quant_map);
+    int rc = 0;
+    if (!absmax || !qmap) rc = err_set(ERR_STAGE, "out of memory");
+    else if (w->nested) {
+        float *nabs = f32_copy(w->nested_absmax), *nmap = f32_copy(w->nested_quant_map);
+        if (!nabs || !nmap) rc = err_set(ERR_STAGE, "out of memory");
+        else nf4_double_dequant(absmax, w->absmax->data, nabs, nmap, nb, w->nested_offset);
+        free(nabs);
+        free(nmap);
+    } else {
+        memcpy(absmax, w->absmax->data, (size_t)nb * sizeof *absmax);
+    }
+    if (!rc) nf4_dequantize(dst, w->codes->data, absmax, qmap, w->blocksize, 0, n, m->threads);
+    free(absmax);
+    free(qmap);
+    return rc;
+}
+
+/* ---- opening ---- */
+
+static int check_tensors(merge_src *m) {
+    for (size_t i = 0; i < m->n; i++) {
+        const config_tensor *ct = &m->t[i];
+        bnb_weight w;
+        int q = m->quantized && ct->role == TROLE_LINEAR ? bnb_lookup(m, ct, &w) : -1;
+        if (q == 0) continue;
+        if (q > 0) return q;
+        const st_tensor *t = st_find(m->st, ct->name);
+        if (!t) return err_set(ERR_DATA, "%s: tensor '%s' is missing from the checkpoint", m->base_dir, ct->name);
+        if (t->dtype != ST_BF16 && t->dtype != ST_F16 && t->dtype != ST_F32)
+            return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32%s)", t->file, ct->name, st_dtype_name(t->dtype),
+                           m->quantized ? ", or a bitsandbytes 4-bit group" : "");
+        bool same = t->ndim == ct->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = t->shape[d] == ct->shape[d];
+        if (!same)
+            return err_set(ERR_DATA, "%s: tensor '%s' has shape [%lld%s%lld] but config.json implies [%lld%s%lld]", t->file, ct->name,
+                           (long long)t->shape[0], t->ndim > 1 ? ", " : "", (long long)(t->ndim > 1 ? t->shape[1] : 0),
+                           (long long)ct->shape[0], ct->ndim > 1 ? ", " : "", (long long)(ct->ndim > 1 ? ct->shape[1] : 0));
+    }
+    return 0;
+}
+
+int merge_open(merge_src **out, const char *base_dir, const char *adapter_dir, int threads) {
+    *out = NULL;
+    merge_src *m = calloc(1, sizeof *m);
+    if (!m) return err_set(ERR_STAGE, "out of memory");
+    m->base_dir = strdup(base_dir);
+    m->threads = threads > 0 ? threads : 1;
+    int rc = config_load(&m->cfg, base_dir);
+    if (!rc) {
+        m->quantized = m->cfg.quantized;
+        /* llm_int8_skip_modules stay in the model dtype: check_tensors reads them as such */
+        m->cfg.quantized = false;
+        json_decref(m->cfg.skip_modules);
+        m->cfg.skip_modules = NULL;
+        snprintf(m->cfg.dtype, sizeof m->cfg.dtype, "bfloat16");
+        rc = config_tensors(&m->cfg, &m->t, &m->n);
+    }
+    if (!rc) rc = st_open(&m->st, base_dir);
+    if (!rc) rc = check_tensors(m);
+    if (!rc && adapter_dir) {
+        rc = peft_adapter_load(&m->adapter, adapter_dir);
+        m->has_adapter = !rc;
+        if (!rc) rc = adapter_validate(&m->adapter, &m->cfg, adapter_dir);
+    }
+    if (rc) {
+        merge_close(&m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+/* ---- reading merged tensors ---- */
+
+typedef struct delta_job {
+    float *w;
+    const peft_lora *l;
+    float scale;
+    int64_t row0, row1;
+} delta_job;
+
+/* W[o, :] += scale * sum_k B[o, k] * A[k, :]  (fp32, row by row) */
+static void *add_delta(void *arg) {
+    const delta_job *j = arg;
+    const peft_lora *l = j->l;
+    for (int64_t o = j->row0; o < j->row1; o++) {
+        float *row = j->w + o * l->in;
+        for (int k = 0; k < l->r; k++) {
+            float s = j->scale * l->B[o * l->r + k];
+            if (s == 0.0f) continue;
+            const float *a = l->A + (int64_t)k * l->in;
+            for (int64_t i = 0; i < l->in; i++) row[i] += s * a[i];
+        }
+    }
+    return NULL;
+}
+
+static void merge_lora(const merge_src *m, const peft_lora *l, float *w) {
+    float scale = (float)peft_adapter_scale(&m->adapter, l);
+    int nt = m->threads < 1 ? 1 : m->threads > 16 ? 16 : m->threads;
+    delta_job jobs[16];
+    pthread_t tid[16];
+    bool running[16] = {0};
+    for (int k = 0; k < nt; k++) jobs[k] = (delta_job){w, l, scale, l->out * k / nt, l->out * (k + 1) / nt};
+    for (int k = 1; k < nt; k++) running[k] = pthread_create(&tid[k], NULL, add_delta, &jobs[k]) == 0;
+    add_delta(&jobs[0]);
+    for (int k = 1; k < nt; k++) {
+        if (running[k]) pthread_join(tid[k], NULL);
+        else add_delta(&jobs[k]);
+    }
+}
+
+int merge_read(merge_src *m, const char *name, float *dst) {
+    const config_tensor *ct = NULL;
+    for (size_t i = 0; i < m->n && !ct; i++)
+        if (!strcmp(m->t[i].name, name)) ct = &m->t[i];
+    if (!ct) return err_set(ERR_STAGE, "internal: '%s' is not a tensor of this model", name);
+    int rc = 0;
+    bnb_weight w;
+    int q = m->quantized && ct->role == TROLE_LINEAR ? bnb_lookup(m, ct, &w) : -1;
+    if (q > 0) return q;
+    if (q == 0) {
+        rc = bnb_dequantize(m, &w, dst);
+        st_release(w.codes);
+    } else {
+        const st_tensor *t = st_find(m->st, name);
+        rc = st_read_f32(t, 0, numel_of(ct), dst);
+        st_release(t);
+    }
+    if (rc || !m->has_adapter || (ct->role != TROLE_LINEAR && ct->role != TROLE_LM_HEAD)) return rc;
+    char module[96];
+    snprintf(module, sizeof module, "%.*s", (int)(strlen(name) - strlen(".weight")), name);
+    const peft_lora *l = peft_adapter_find(&m->adapter, module);
+    if (l) merge_lora(m, l, dst);
+    return 0;
+}
+
+/* ---- the merged HF model ---- */
+
+typedef struct write_ctx {
+    merge_src *m;
+    float *buf;
+    int64_t cap;
+    uint64_t done, total;
+    int (*progress)(void *, uint64_t, uint64_t);
+    void *arg;
+} write_ctx;
+
+static int fill_bf16(void *arg, const char *name, void *dst, uint64_t nbytes) {
+    write_ctx *c = arg;
+    int64_t n = (int64_t)(nbytes / 2);
+    if (n > c->cap) {
+        free(c->buf);
+        c->cap = n;
+        if (!(c->buf = malloc((size_t)n * sizeof *c->buf))) return err_set(ERR_STAGE, "out of memory for tensor '%s'", name);
+    }
+    int rc = merge_read(c->m, name, c->buf);
+    if (rc) return rc;
+    uint16_t *o = dst;
+    for (int64_t i = 0; i < n; i++) o[i] = f32_to_bf16(c->buf[i]);
+    c->done += nbytes;
+    if (c->progress && c->progress(c->arg, c->done, c->total)) return err_set(ERR_INTERRUPTED, "interrupted while writing '%s'", name);
+    return 0;
+}
+
+static int copy_small_files(const char *from, const char *to) {
+    int rc = 0;
+    for (int i = 0; tokfile_names[i] && !rc; i++) {
+        char *a = fs_join(from, tokfile_names[i]), *b = fs_join(to, tokfile_names[i]);
+        if (fs_exists(a)) {
+            char *data = NULL;
+            size_t len = 0;
+            rc = fs_read_all(a, &data, &len);
+            if (!rc) rc = fs_write_atomic(b, data, len);
+            free(data);
+        }
+        free(a);
+        free(b);
+    }
+    return rc;
+}
+
+static int write_generation_config(const char *base, const char *dir, const model_config *c) {
+    char *src = fs_join(base, "generation_config.json"), *dst = fs_join(dir, "generation_config.json");
+    int rc;
+    if (fs_exists(src)) {
+        char *data = NULL;
+        size_t len = 0;
+        rc = fs_read_all(src, &data, &len);
+        if (!rc) rc = fs_write_atomic(dst, data, len);
+        free(data);
+    } else {
+        json_t *j = json_pack("{s:b}", "_from_model_config", 1);
+        if (c->bos_token_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(c->bos_token_id));
+        if (c->eos_token_id >= 0) json_object_set_new(j, "eos_token_id", json_integer(c->eos_token_id));
+        json_object_set_new(j, "transformers_version", json_string("4.46.0"));
+        char *s = pyjson_dumps(j, 2, true);
+        json_decref(j);
+        rc = s ? fs_write_atomic(dst, s, strlen(s)) : err_set(ERR_STAGE, "out of memory");
+        free(s);
+    }
+    free(src);
+    free(dst);
+    return rc;
+}
+
+int merge_write_model(merge_src *m, const char *out_dir, uint64_t max_shard_bytes,
+                      int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
+    write_ctx c = {m, NULL, 0, 0, 0, progress, arg};
+    char *tmp = NULL;
+    st_writer *w = NULL;
+    int rc = pubdir_begin(&tmp, out_dir);
+    if (!rc) rc = st_writer_open(&w, tmp, "model", max_shard_bytes ? max_shard_bytes : 5000000000ull);
+    for (size_t i = 0; i < m->n && !rc; i++) {
+        c.total += (uint64_t)numel_of(&m->t[i]) * 2;
+        rc = st_writer_add(w, m->t[i].name, ST_BF16, m->t[i].ndim, m->t[i].shape, NULL, fill_bf16, &c);
+    }
+    if (!rc) rc = st_writer_finish(&w);
+    if (!rc) rc = config_save(&m->cfg, tmp);
+    if (!rc) rc = write_generation_config(m->base_dir, tmp, &m->cfg);
+    if (!rc) rc = copy_small_files(m->base_dir, tmp);
+    if (!rc) rc = pubdir_commit(&tmp, out_dir);
+    st_writer_free(&w);
+    pubdir_abort(&tmp);
+    free(c.buf);
+    if (rc) err_wrap("writing the merged model '%s'", out_dir);
+    return rc;
+}

@@ -1,0 +1,469 @@
+/* tokenizer_bpe.c: the BPE model: vocabulary and merge hash maps, the merge loop of one word,
+ * and the word cache.
+ *
+ * The merge loop follows `tokenizers` (models/bpe/word.rs) step for step, since ties decide
+ * ids: symbols form a linked list over the word; a min-heap holds candidate merges ordered by
+ * (rank, position); a popped entry is stale when its left symbol is gone or the pair now at
+ * its position merges to another id. Before merging, each character (each byte for byte-level
+ * vocabularies) becomes a symbol; a character missing from the vocabulary becomes its <0xXX>
+ * byte tokens (byte_fallback) or the unknown token (consecutive ones fused with fuse_unk).
+ *
+ * The cache maps a pre-token's bytes to its ids. English text repeats words, so most words
+ * cost one hash probe; 64 shards, each with its own mutex and a bump arena that is simply
+ * emptied when full, keep it bounded and safe to share between threads. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "core/err.h"
+#include "model/tokenizer_impl.h"
+
+/* ---- small utilities ---- */
+
+uint64_t tok_hash_bytes(const void *p, size_t len) { return XXH3_64bits(p, len); }
+
+int tok_buf_reserve(tok_buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return err_set(ERR_STAGE, "out of memory");
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+int tok_buf_add(tok_buf *b, const void *p, size_t n) {
+    if (tok_buf_reserve(b, n)) return ERR_STAGE;
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
+int tok_ids_push(tok_ids *v, int32_t id) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        int32_t *p = realloc(v->p, cap * sizeof *p);
+        if (!p) return err_set(ERR_STAGE, "out of memory");
+        v->p = p;
+        v->cap = cap;
+    }
+    v->p[v->n++] = id;
+    return 0;
+}
+
+size_t tok_utf8_check(const uint8_t *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        /* eight ASCII bytes at a time: most text is mostly ASCII */
+        while (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ull) break;
+            i += 8;
+        }
+        if (i >= len) break;
+        uint8_t c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t n;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) n = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            n = 3;
+            if (c == 0xE0) lo = 0xA0;      /* overlong */
+            if (c == 0xED) hi = 0x9F;      /* surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 4;
+            if (c == 0xF0) lo = 0x90;      /* overlong */
+            if (c == 0xF4) hi = 0x8F;      /* past U+10FFFF */
+        } else return i;
+        if (i + n > len) return i;
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (size_t k = 2; k < n; k++)
+            if ((s[i + k] & 0xC0) != 0x80) return i;
+        i += n;
+    }
+    return len;
+}
+
+/* GPT-2's alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes map in
+ * order to U+0100.. (formats.md section 7). */
+static bool byte_is_printable(unsigned b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+}
+
+uint32_t tok_byte_to_cp(uint8_t b) {
+    if (byte_is_printable(b)) return b;
+    uint32_t n = 0;
+    for (unsigned k = 0; k < b; k++)
+        if (!byte_is_printable(k)) n++;
+    return 0x100 + n;
+}
+
+int tok_cp_to_byte(uint32_t cp) {
+    if (cp < 0x100) return byte_is_printable(cp) ? (int)cp : -1;
+    if (cp >= 0x100 + 68) return -1;
+    uint32_t n = cp - 0x100;
+    for (unsigned k = 0; k < 256; k++)
+        if (!byte_is_printable(k) && n-- == 0) return (int)k;
+    return -1;
+}
+
+/* ---- string map ---- */
+
+int tok_strmap_init(tok_strmap *m, uint32_t expected) {
+    uint32_t cap = 16;
+    while (cap < expected * 2u + 16) cap *= 2;
+    m->cap = cap;
+    m->n = 0;
+    m->slots = malloc((size_t)cap * sizeof *m->slots);
+    if (!m->slots) return err_set(ERR_STAGE, "out of memory");
+    for (uint32_t i = 0; i < cap; i++) m->slots[i].id = -1;
+    return 0;
+}
+
+void tok_strmap_free(tok_strmap *m) {
+    free(m->slots);
+    m->slots = NULL;
+    m->cap = m->n = 0;
+}
+
+static int strmap_grow(tok_strmap *m) {
+    tok_strmap g;
+    if (tok_strmap_init(&g, m->cap)) return ERR_STAGE;
+    for (uint32_t i = 0; i < m->cap; i++) {
+        struct tok_strmap_slot *s = &m->slots[i];
+        if (s->id < 0) continue;
+        uint32_t j = (uint32_t)s->hash & (g.cap - 1);
+        while (g.slots[j].id >= 0) j = (j + 1) & (g.cap - 1);
+        g.slots[j] = *s;
+        g.n++;
+    }
+    free(m->slots);
+    *m = g;
+    return 0;
+}
+
+int tok_strmap_put(tok_strmap *m, const char *key, uint32_t len, int32_t id) {
+    if ((m->n + 1) * 2 > m->cap && strmap_grow(m)) return ERR_STAGE;
+    uint64_t h = tok_hash_bytes(key, len);
+    uint32_t i = (uint32_t)h & (m->cap - 1);
+    for (;;) {
+        struct tok_strmap_slot *s = &m->slots[i];
+        if (s->id < 0) {
+            *s = (struct tok_strmap_slot){h, key, len, id};
+            m->n++;
+            return 0;
+        }
+        if (s->hash == h && s->len == len && !memcmp(s->key, key, len)) {
+            s->id = id;
+            return 0;
+        }
+        i = (i + 1) & (m->cap - 1);
+    }
+}
+
+int32_t tok_strmap_get(const tok_strmap *m, const char *key, uint32_t len) {
+    if (!m->cap) return -1;
+    uint64_t h = tok_hash_bytes(key, len);
+    uint32_t i = (uint32_t)h & (m->cap - 1);
+    for (;;) {
+        const struct tok_strmap_slot *s = &m->slots[i];
+        if (s->id < 0) return -1;
+        if (s->hash == h && s->len == len && !memcmp(s->key, key, len)) return s->id;
+        i = (i + 1) & (m->cap - 1);
+    }
+}
+
+/* ---- merge map ---- */
+
+int tok_mergemap_init(tok_mergemap *m, uint32_t expected) {
+    uint32_t cap = 16;
+    while (cap < expected * 2u + 16) cap *= 2;
+    m->cap = cap;
+    m->n = 0;
+    m->keys = calloc(cap, sizeof *m->keys);
+    m->rank = malloc((size_t)cap * sizeof *m->rank);
+    m->merged = malloc((size_t)cap * sizeof *m->merged);
+    if (!m->keys || !m->rank || !m->merged) {
+        tok_mergemap_free(m);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    return 0;
+}
+
+void tok_mergemap_free(tok_mergemap *m) {
+    free(m->keys);
+    free(m->rank);
+    free(m->merged);
+    memset(m, 0, sizeof *m);
+}
+
+/* Sized at init for all merges, so no growth. A repeated pair takes the later rank, as a
+ * hash map filled in rank order does in `tokenizers`. */
+void tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, uint32_t rank, int32_t merged) {
+    uint64_t k = tok_merge_key(a, b);
+    uint32_t mask = m->cap - 1;
+    uint32_t i = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & mask;
+    if (!m->keys[i]) m->n++;
+    m->keys[i] = k;
+    m->rank[i] = rank;
+    m->merged[i] = merged;
+}
+
+/* ---- word cache ---- */
+
+#define CACHE_SLOTS 2048            /* per shard, power of two */
+#define CACHE_ARENA (96u * 1024u)   /* per shard */
+
+int tok_cache_init(tokenizer *t) {
+    for (int s = 0; s < TOK_CACHE_SHARDS; s++) {
+        tok_cache_shard *c = &t->cache[s];
+        pthread_mutex_init(&c->mu, NULL);
+        c->cap = CACHE_SLOTS;
+        c->slots = calloc(CACHE_SLOTS, sizeof *c->slots);
+        c->arena = malloc(CACHE_ARENA);
+        c->arena_cap = CACHE_ARENA;
+        c->arena_used = 8; /* offset 0 marks an empty slot */
+        if (!c->slots || !c->arena) return err_set(ERR_STAGE, "out of memory");
+    }
+    return 0;
+}
+
+void tok_cache_free(tokenizer *t) {
+    for (int s = 0; s < TOK_CACHE_SHARDS; s++) {
+        tok_cache_shard *c = &t->cache[s];
+        if (!c->slots && !c->arena) continue;
+        pthread_mutex_destroy(&c->mu);
+        free(c->slots);
+        free(c->arena);
+        c->slots = NULL;
+        c->arena = NULL;
+    }
+}
+
+/* Look the word up; on a hit append its ids to out and return true. */
+static bool cache_get(tok_cache_shard *c, uint64_t h, const char *w, size_t len, tok_ids *out, int *rc) {
+    bool hit = false;
+    pthread_mutex_lock(&c->mu);
+    uint32_t i = (uint32_t)(h >> 8) & (c->cap - 1);
+    for (;;) {
+        struct tok_cache_slot *s = &c->slots[i];
+        if (!s->off) break;
+        if (s->hash == h) {
+            const char *e = c->arena + s->off;
+            uint16_t kl, ni;
+            memcpy(&kl, e, 2);
+            memcpy(&ni, e + 2, 2);
+            if (kl == len && !memcmp(e + 4, w, len)) {
+                const char *ids = e + 4 + ((len + 3) & ~(size_t)3);
+                if (out->n + ni > out->cap) {
+                    size_t cap = out->cap ? out->cap : 64;
+                    while (cap < out->n + ni) cap *= 2;
+                    int32_t *p = realloc(out->p, cap * sizeof *p);
+                    if (!p) { *rc = err_set(ERR_STAGE, "out of memory"); break; }
+                    out->p = p;
+                    out->cap = cap;
+                }
+                memcpy(out->p + out->n, ids, (size_t)ni * 4);
+                out->n += ni;
+                hit = true;
+                break;
+            }
+        }
+        i = (i + 1) & (c->cap - 1);
+    }
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+static void cache_put(tok_cache_shard *c, uint64_t h, const char *w, size_t len, const int32_t *ids, size_t n) {
+    if (n > 0xFFFF) return;
+    size_t need = 4 + ((len + 3) & ~(size_t)3) + n * 4;
+    pthread_mutex_lock(&c->mu);
+    if (c->arena_used + need > c->arena_cap || (c->n + 1) * 4 > c->cap * 3) {
+        /* full: start the shard over (cheaper than LRU bookkeeping, and words that matter
+         * come straight back) */
+        memset(c->slots, 0, (size_t)c->cap * sizeof *c->slots);
+        c->n = 0;
+        c->arena_used = 8;
+    }
+    if (c->arena_used + need <= c->arena_cap) {
+        uint32_t i = (uint32_t)(h >> 8) & (c->cap - 1);
+        bool dup = false;
+        while (c->slots[i].off) {
+            if (c->slots[i].hash == h) {
+                const char *e = c->arena + c->slots[i].off;
+                uint16_t kl;
+                memcpy(&kl, e, 2);
+                if (kl == len && !memcmp(e + 4, w, len)) { dup = true; break; }
+            }
+            i = (i + 1) & (c->cap - 1);
+        }
+        if (!dup) {
+            char *e = c->arena + c->arena_used;
+            uint16_t kl = (uint16_t)len, ni = (uint16_t)n;
+            memcpy(e, &kl, 2);
+            memcpy(e + 2, &ni, 2);
+            memcpy(e + 4, w, len);
+            memcpy(e + 4 + ((len + 3) & ~(size_t)3), ids, n * 4);
+            c->slots[i].hash = h;
+            c->slots[i].off = c->arena_used;
+            c->arena_used += (uint32_t)((need + 7) & ~(size_t)7);
+            c->n++;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- the merge loop ---- */
+
+typedef struct sym { int32_t id, prev, next; } sym;
+typedef struct cand { uint32_t rank; int32_t pos, merged; } cand;
+
+static inline bool cand_less(const cand *a, const cand *b) {
+    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static void heap_push(cand *h, size_t *n, cand c) {
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_less(&c, &h[p])) break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = c;
+}
+
+static cand heap_pop(cand *h, size_t *n) {
+    cand top = h[0];
+    cand last = h[--(*n)];
+    size_t i = 0, m = *n;
+    for (;;) {
+        size_t l = 2 * i + 1;
+        if (l >= m) break;
+        size_t r = l + 1, c = (r < m && cand_less(&h[r], &h[l])) ? r : l;
+        if (!cand_less(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = last;
+    return top;
+}
+
+/* Initial symbols of a word, as word.rs builds them. Returns the count (<= 4 * len). */
+static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s) {
+    size_t n = 0;
+    if (t->byte_level) {
+        for (size_t i = 0; i < len; i++) {
+            int32_t id = t->byte_id[(uint8_t)w[i]];
+            if (id >= 0) s[n++].id = id;
+            else if (t->unk_id >= 0) {
+                if (t->fuse_unk && n > 0 && s[n - 1].id == t->unk_id) continue;
+                s[n++].id = t->unk_id;
+            }
+        }
+        return n;
+    }
+    int32_t pending_unk = 0; /* an unknown run not yet emitted (fuse_unk) */
+    for (size_t i = 0; i < len;) {
+        int cl = tok_utf8_len((uint8_t)w[i]);
+        if (i + (size_t)cl > len) cl = (int)(len - i);
+        int32_t id = tok_strmap_get(t->words, w + i, (uint32_t)cl);
+        if (id >= 0) {
+            if (pending_unk) { s[n++].id = t->unk_id; pending_unk = 0; }
+            s[n++].id = id;
+        } else {
+            bool done = false;
+            if (t->byte_fallback) {
+                bool all = true;
+                for (int k = 0; k < cl; k++)
+                    if (t->byte_fb[(uint8_t)w[i + k]] < 0) all = false;
+                if (all) {
+                    for (int k = 0; k < cl; k++) s[n++].id = t->byte_fb[(uint8_t)w[i + k]];
+                    done = true;
+                }
+            }
+            if (!done && t->unk_id >= 0) {
+                if (pending_unk && !t->fuse_unk) s[n++].id = t->unk_id;
+                pending_unk = 1;
+            }
+        }
+        i += (size_t)cl;
+    }
+    if (pending_unk) s[n++].id = t->unk_id;
+    return n;
+}
+
+static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    sym sbuf[64];
+    cand hbuf[64];
+    sym *s = sbuf;
+    cand *h = hbuf;
+    if (len > 16) { /* up to 4 symbols a byte (byte fallback of a 4-byte char) */
+        s = malloc(len * 4 * sizeof *s);
+        h = malloc(len * 4 * sizeof *h);
+        if (!s || !h) {
+            free(s);
+            free(h);
+            return err_set(ERR_STAGE, "out of memory");
+        }
+    }
+    size_t n = word_symbols(t, w, len, s);
+    size_t nh = 0;
+    for (size_t i = 0; i < n; i++) {
+        s[i].prev = (int32_t)i - 1;
+        s[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
+    }
+    uint32_t rank;
+    int32_t merged;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (tok_mergemap_get(&t->merges, s[i].id, s[i + 1].id, &rank, &merged))
+            heap_push(h, &nh, (cand){rank, (int32_t)i, merged});
+    while (nh) {
+        cand c = heap_pop(h, &nh);
+        sym *a = &s[c.pos];
+        if (a->id < 0 || a->next < 0) continue;
+        sym *b = &s[a->next];
+        if (!tok_mergemap_get(&t->merges, a->id, b->id, &rank, &merged) || merged != c.merged) continue;
+        a->id = c.merged;
+        a->next = b->next;
+        b->id = -1;
+        if (a->next >= 0) s[a->next].prev = c.pos;
+        if (a->prev >= 0 && tok_mergemap_get(&t->merges, s[a->prev].id, a->id, &rank, &merged))
+            heap_push(h, &nh, (cand){rank, a->prev, merged});
+        if (a->next >= 0 && tok_mergemap_get(&t->merges, a->id, s[a->next].id, &rank, &merged))
+            heap_push(h, &nh, (cand){rank, c.pos, merged});
+    }
+    int rc = 0;
+    for (int32_t i = n ? 0 : -1; i >= 0 && !rc; i = s[i].next) rc = tok_ids_push(out, s[i].id);
+    if (s != sbuf) {
+        free(s);
+        free(h);
+    }
+    return rc;
+}
+
+int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    if (!len) return 0;
+    if (t->ignore_merges) {
+        int32_t id = tok_strmap_get(t->words, w, (uint32_t)len);
+        if (id >= 0) return tok_ids_push(out, id);
+    }
+    if (len == 1 && t->byte_level && t->byte_id[(uint8_t)w[0]] >= 0) return tok_ids_push(out, t->byte_id[(uint8_t)w[0]]);
+    if (len > TOK_CACHE_MAX_WORD) return bpe_merge(t, w, len, out);
+    uint64_t h = tok_hash_bytes(w, len);
+    /* the cache is the one mutable part of a loaded tokenizer; its shards carry locks */
+    tok_cache_shard *c = (tok_cache_shard *)&t->cache[h % TOK_CACHE_SHARDS];
+    int rc = 0;
+    if (cache_get(c, h, w, len, out, &rc)) return 0;
+    if (rc) return rc;
+    size_t start = out->n;
+    if ((rc = bpe_merge(t, w, len, out))) return rc;
+    cache_put(c, h, w, len, out->p + start, out->n - start);
+    return 0;
+}

@@ -1,0 +1,572 @@
+/* trainer.c: the training loop, checkpoints and resume (see trainer.h). */
+#define _GNU_SOURCE
+#include "trainer.h"
+
+#include <dirent.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/hash.h"
+#include "core/rng.h"
+
+/* ---- learning-rate schedules (transformers' get_*_schedule_with_warmup, 0-based step) ---- */
+
+static const char *const schedule_names[] = {"constant", "linear", "cosine"};
+
+const char *trainer_schedule_name(trainer_schedule s) { return schedule_names[s]; }
+
+int trainer_schedule_from_name(const char *name) {
+    for (int i = 0; i < 3; i++)
+        if (name && !strcmp(name, schedule_names[i])) return i;
+    return -1;
+}
+
+double trainer_schedule_lr(trainer_schedule s, double base_lr, int64_t step, int64_t warmup, int64_t total) {
+    if (step < warmup) return base_lr * (double)step / (double)(warmup > 1 ? warmup : 1);
+    double rest = (double)(total - warmup > 1 ? total - warmup : 1);
+    double progress = (double)(step - warmup) / rest;
+    switch (s) {
+    case TRAINER_SCHEDULE_LINEAR: return base_lr * fmax(0.0, 1.0 - progress);
+    case TRAINER_SCHEDULE_COSINE: return base_lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * progress)));
+    case TRAINER_SCHEDULE_CONSTANT: break;
+    }
+    return base_lr;
+}
+
+int64_t trainer_total_steps(const trainer_config *cfg, int64_t n_rows) {
+    if (cfg->max_steps > 0) return cfg->max_steps;
+    int64_t per_step = (int64_t)cfg->micro_batch_size * cfg->gradient_accumulation_steps;
+    double rows = cfg->num_epochs * (double)n_rows;
+    int64_t steps = (int64_t)ceil(rows / (double)per_step - 1e-9);
+    return steps > 0 ? steps : 1;
+}
+
+/* ---- helpers ---- */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void hook_log(const trainer_hooks *h, const char *fmt, ...) ERR_PRINTF(2, 3);
+static void hook_log(const trainer_hooks *h, const char *fmt, ...) {
+    if (!h || !h->log) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    h->log(h->ud, buf);
+}
+
+static void hook_event(const trainer_hooks *h, const char *type, json_t *ev) {
+    if (h && h->event) h->event(h->ud, type, ev);
+    else json_decref(ev);
+}
+
+static bool hook_interrupted(const trainer_hooks *h) { return h && h->interrupted && *h->interrupted; }
+
+/* ---- data order: one seeded permutation of the rows per epoch ---- */
+
+typedef struct data_order {
+    int64_t n, epoch;
+    int64_t *perm;
+    uint64_t seed;
+} data_order;
+
+static int order_init(data_order *o, int64_t n, uint64_t seed) {
+    o->n = n;
+    o->epoch = -1;
+    o->seed = seed;
+    o->perm = malloc((size_t)n * sizeof *o->perm);
+    return o->perm ? 0 : err_set(ERR_STAGE, "out of memory for the data order of %lld rows", (long long)n);
+}
+
+/* the row at global position g of the stream (epochs laid end to end) */
+static int64_t order_row(data_order *o, int64_t g) {
+    int64_t e = g / o->n;
+    if (e != o->epoch) {
+        rng_state r;
+        rng_seed(&r, rng_u64(o->seed, rng_stream_of("data_order"), (uint64_t)e));
+        for (int64_t i = 0; i < o->n; i++) o->perm[i] = i;
+        for (int64_t i = o->n - 1; i > 0; i--) {
+            int64_t j = (int64_t)rng_next_below(&r, (uint64_t)i + 1);
+            int64_t t = o->perm[i];
+            o->perm[i] = o->perm[j];
+            o->perm[j] = t;
+        }
+        o->epoch = e;
+    }
+    return o->perm[g % o->n];
+}
+
+/* ---- checkpoints ---- */
+
+/* Fixed-width fields only, so the layout is the same on every build (little-endian hosts). */
+typedef struct trainer_ckpt_header {
+    int64_t step, total_steps;
+    int64_t cursor;       /* rows of the stream consumed */
+    uint64_t rng[4];      /* dropout-seed generator */
+    int64_t n_params;
+    uint64_t config_hash; /* what must match to resume: hyperparameters and data shape */
+    double first_val_loss, last_val_loss, last_train_loss;
+    int64_t tokens;       /* tokens processed up to this step */
+} trainer_ckpt_header;
+
+static uint64_t config_hash(const trainer_config *c, int64_t n_params, const train_data *train) {
+    double f[] = {c->learning_rate, c->num_epochs, c->weight_decay, c->adam_beta1, c->adam_beta2, c->adam_epsilon,
+                  c->max_grad_norm};
+    int64_t i[] = {c->micro_batch_size, c->gradient_accumulation_steps, c->max_steps, c->warmup_steps, c->schedule,
+                   (int64_t)c->seed, n_params, train->n_rows, train->n_tokens};
+    hash_ctx *h = hash_new();
+    hash_update(h, f, sizeof f);
+    hash_update(h, i, sizeof i);
+    char hex[HASH_HEX_LEN];
+    hash_final_hex(h, hex);
+    char head[17];
+    memcpy(head, hex, 16);
+    head[16] = 0;
+    return strtoull(head, NULL, 16);
+}
+
+static char *ckpt_path(const char *dir, int64_t step) {
+    char name[64];
+    snprintf(name, sizeof name, "checkpoint-%08lld.bin", (long long)step);
+    return fs_join(dir, name);
+}
+
+/* host copies of params, m, v (n floats each) */
+typedef struct host_state {
+    float *params, *m, *v;
+} host_state;
+
+static int ckpt_write(const char *dir, const trainer_ckpt_header *hd, const host_state *hs) {
+    int rc = fs_mkdir_p(dir);
+    if (rc) return rc;
+    char *path = ckpt_path(dir, hd->step);
+    fs_file ff;
+    if ((rc = fs_file_open(&ff, path))) {
+        free(path);
+        return rc;
+    }
+    hash_ctx *h = hash_new();
+    uint32_t ver = TRAINER_CKPT_VERSION, hbytes = sizeof *hd;
+    size_t nb = (size_t)hd->n_params * sizeof(float);
+    const void *parts[] = {TRAINER_CKPT_MAGIC, &ver, &hbytes, hd, hs->params, hs->m, hs->v};
+    size_t sizes[] = {8, 4, 4, sizeof *hd, nb, nb, nb};
+    for (int k = 0; k < 7 && !rc; k++) {
+        hash_update(h, parts[k], sizes[k]);
+        rc = fs_file_write(&ff, parts[k], sizes[k]);
+    }
+    char hex[HASH_HEX_LEN];
+    hash_final_hex(h, hex);
+    if (!rc) rc = fs_file_write(&ff, hex, 32);
+    if (!rc) rc = fs_file_commit(&ff);
+    else fs_file_abort(&ff);
+    free(path);
+    return rc;
+}
+
+/* Read and verify a checkpoint; on success hs holds n_params floats each (malloc'd). */
+static int ckpt_read(const char *path, trainer_ckpt_header *hd, host_state *hs) {
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = fs_read_all(path, &buf, &len);
+    if (rc) return rc;
+    size_t head = 16 + sizeof *hd;
+    uint32_t ver = 0, hbytes = 0;
+    if (len < head + 32 || memcmp(buf, TRAINER_CKPT_MAGIC, 8)) {
+        rc = err_set(ERR_DATA, "'%s': not a qlora-run checkpoint (bad magic or truncated)", path);
+        goto out;
+    }
+    memcpy(&ver, buf + 8, 4);
+    memcpy(&hbytes, buf + 12, 4);
+    if (ver != TRAINER_CKPT_VERSION || hbytes != sizeof *hd) {
+        rc = err_set(ERR_DATA, "'%s': checkpoint version %u, expected %d: delete it to start over", path, ver,
+                     TRAINER_CKPT_VERSION);
+        goto out;
+    }
+    memcpy(hd, buf + 16, sizeof *hd);
+    size_t nb = (size_t)hd->n_params * sizeof(float);
+    if (hd->n_params <= 0 || len != head + 3 * nb + 32) {
+        rc = err_set(ERR_DATA, "'%s': truncated checkpoint (%zu bytes)", path, len);
+        goto out;
+    }
+    char hex[HASH_HEX_LEN];
+    hash_bytes_hex(buf, len - 32, hex);
+    if (memcmp(hex, buf + len - 32, 32)) {
+        rc = err_set(ERR_DATA, "'%s': checksum mismatch (a damaged checkpoint)", path);
+        goto out;
+    }
+    hs->params = malloc(nb);
+    hs->m = malloc(nb);
+    hs->v = malloc(nb);
+    if (!hs->params || !hs->m || !hs->v) {
+        rc = err_set(ERR_STAGE, "out of memory reading '%s'", path);
+        goto out;
+    }
+    memcpy(hs->params, buf + head, nb);
+    memcpy(hs->m, buf + head + nb, nb);
+    memcpy(hs->v, buf + head + 2 * nb, nb);
+out:
+    free(buf);
+    return rc;
+}
+
+static void host_state_free(host_state *hs) {
+    free(hs->params);
+    free(hs->m);
+    free(hs->v);
+    memset(hs, 0, sizeof *hs);
+}
+
+/* steps of the checkpoint files in dir, newest first; returns the count (malloc'd *steps) */
+static int ckpt_list(const char *dir, int64_t **steps) {
+    *steps = NULL;
+    DIR *d = dir ? opendir(dir) : NULL;
+    if (!d) return 0;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long s;
+        int used = 0;
+        if (sscanf(e->d_name, "checkpoint-%lld.bin%n", &s, &used) != 1 || used != (int)strlen(e->d_name) || s < 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 8;
+            int64_t *p = realloc(*steps, (size_t)cap * sizeof *p);
+            if (!p) break;
+            *steps = p;
+        }
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort, descending */
+        for (int j = i; j > 0 && (*steps)[j] > (*steps)[j - 1]; j--) {
+            int64_t t = (*steps)[j];
+            (*steps)[j] = (*steps)[j - 1];
+            (*steps)[j - 1] = t;
+        }
+    return n;
+}
+
+int64_t trainer_checkpoint_latest(const char *work_dir) {
+    int64_t *steps;
+    int n = ckpt_list(work_dir, &steps);
+    int64_t best = 0;
+    for (int i = 0; i < n && !best; i++) {
+        char *p = ckpt_path(work_dir, steps[i]);
+        trainer_ckpt_header hd;
+        host_state hs = {0};
+        if (!ckpt_read(p, &hd, &hs)) best = hd.step;
+        host_state_free(&hs);
+        free(p);
+    }
+    free(steps);
+    err_clear();
+    return best;
+}
+
+/* remove all but the newest `keep` checkpoints */
+static void ckpt_prune(const char *dir, int keep) {
+    int64_t *steps;
+    int n = ckpt_list(dir, &steps);
+    for (int i = keep; i < n; i++) {
+        char *p = ckpt_path(dir, steps[i]);
+        unlink(p);
+        free(p);
+    }
+    free(steps);
+}
+
+/* ---- evaluation ---- */
+
+int trainer_evaluate(trainer_model *m, const train_data *d, int micro_batch_size, double *loss, int64_t *n_targets) {
+    train_batch b = {0};
+    int64_t *idx = malloc((size_t)micro_batch_size * sizeof *idx);
+    double sum = 0;
+    int64_t nt = 0;
+    int rc = idx ? 0 : err_set(ERR_STAGE, "out of memory");
+    for (int64_t r = 0; !rc && r < d->n_rows; r += micro_batch_size) {
+        int n = 0;
+        for (int64_t k = r; k < d->n_rows && n < micro_batch_size; k++) idx[n++] = k;
+        if ((rc = train_data_batch(d, idx, n, &b))) break;
+        if (b.n_targets == 0) continue;
+        double s = 0;
+        if ((rc = m->eval_loss(m->self, &b, &s))) break;
+        sum += s;
+        nt += b.n_targets;
+    }
+    free(idx);
+    train_batch_free(&b);
+    *loss = nt ? sum / (double)nt : NAN;
+    if (n_targets) *n_targets = nt;
+    return rc;
+}
+
+/* ---- the loop ---- */
+
+typedef struct run_state {
+    const trainer_config *cfg;
+    const ops_table *ops;
+    trainer_model *m;
+    const trainer_hooks *hooks;
+    float *adam_m, *adam_v; /* backend memory */
+    trainer_ckpt_header hd; /* the state after the last completed step */
+    int64_t last_saved;     /* step of the newest checkpoint on disk (-1: none) */
+} run_state;
+
+static int save_checkpoint(run_state *s) {
+    if (!s->cfg->work_dir || s->last_saved == s->hd.step) return 0;
+    size_t nb = (size_t)s->m->n_params * sizeof(float);
+    host_state hs = {malloc(nb), malloc(nb), malloc(nb)};
+    int rc = (hs.params && hs.m && hs.v) ? 0 : err_set(ERR_STAGE, "out of memory for a checkpoint");
+    if (!rc) {
+        s->ops->download(hs.params, s->m->params, nb);
+        s->ops->download(hs.m, s->adam_m, nb);
+        s->ops->download(hs.v, s->adam_v, nb);
+        rc = ckpt_write(s->cfg->work_dir, &s->hd, &hs);
+    }
+    host_state_free(&hs);
+    if (rc) return err_wrap("cannot write the checkpoint of step %lld", (long long)s->hd.step);
+    s->last_saved = s->hd.step;
+    ckpt_prune(s->cfg->work_dir, 2);
+    return 0;
+}
+
+/* Load the newest usable checkpoint into the model and optimizer; 0 with hd.step = 0 if none. */
+static int try_resume(run_state *s, uint64_t chash) {
+    int64_t *steps;
+    int n = ckpt_list(s->cfg->work_dir, &steps);
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        char *p = ckpt_path(s->cfg->work_dir, steps[i]);
+        trainer_ckpt_header hd;
+        host_state hs = {0};
+        int r = ckpt_read(p, &hd, &hs);
+        if (!r && (hd.config_hash != chash || hd.n_params != s->m->n_params)) {
+            r = err_set(ERR_DATA, "'%s' was written by a different configuration", p);
+        }
+        if (r) {
+            hook_log(s->hooks, "skipping checkpoint: %s", err_msg());
+            err_clear();
+        } else {
+            size_t nb = (size_t)hd.n_params * sizeof(float);
+            s->ops->upload(s->m->params, hs.params, nb);
+            s->ops->upload(s->adam_m, hs.m, nb);
+            s->ops->upload(s->adam_v, hs.v, nb);
+            s->hd = hd;
+            s->last_saved = hd.step;
+            hook_log(s->hooks, "resuming from checkpoint step %lld (%s)", (long long)hd.step, p);
+        }
+        host_state_free(&hs);
+        free(p);
+        if (!r) break;
+    }
+    free(steps);
+    return rc;
+}
+
+static int run_eval(run_state *s, const train_data *val, int64_t step, double *loss_out) {
+    double loss;
+    int64_t nt;
+    int rc = trainer_evaluate(s->m, val, s->cfg->micro_batch_size, &loss, &nt);
+    if (rc) return rc;
+    double ppl = exp(loss);
+    hook_log(s->hooks, "eval step %lld | val_loss %.4f | ppl %.3f | %lld tokens", (long long)step, loss, ppl,
+             (long long)nt);
+    json_t *ev = json_pack("{s:I, s:f, s:f, s:I}", "step", (json_int_t)step, "val_loss", loss, "perplexity", ppl,
+                           "tokens", (json_int_t)nt);
+    hook_event(s->hooks, "eval", ev);
+    if (s->hooks && s->hooks->on_eval && (rc = s->hooks->on_eval(s->hooks->ud, step, loss, ppl))) return rc;
+    *loss_out = loss;
+    return 0;
+}
+
+static void format_rate(char *buf, size_t n, double v) {
+    if (v >= 1e6) snprintf(buf, n, "%.1fM", v / 1e6);
+    else if (v >= 1e3) snprintf(buf, n, "%.1fk", v / 1e3);
+    else snprintf(buf, n, "%.0f", v);
+}
+
+static void log_step(run_state *s, const trainer_step_info *in) {
+    char rate[32];
+    format_rate(rate, sizeof rate, in->tokens_per_s);
+    int64_t every = s->cfg->logging_steps > 0 ? s->cfg->logging_steps : 1;
+    if (in->step % every == 0 || in->step == 1 || in->step == in->total_steps)
+        hook_log(s->hooks, "step %lld/%lld | loss %.4f | gnorm %.3f | lr %.2e | %.0f ms | %s tok/s", (long long)in->step,
+                 (long long)in->total_steps, in->loss, in->grad_norm, in->lr, in->ms, rate);
+    json_t *ev = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:f}", "step", (json_int_t)in->step,
+                           "total_steps", (json_int_t)in->total_steps, "loss", in->loss, "grad_norm", in->grad_norm,
+                           "lr", in->lr, "ms", in->ms, "tokens_per_s", in->tokens_per_s, "tokens",
+                           (json_int_t)in->tokens, "target_tokens", (json_int_t)in->target_tokens, "epoch", in->epoch);
+    hook_event(s->hooks, "step", ev);
+    if (s->hooks && s->hooks->progress) s->hooks->progress(s->hooks->ud, (double)in->step, (double)in->total_steps);
+}
+
+int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *m, const train_data *train,
+                const train_data *val, const trainer_hooks *hooks, trainer_result *res) {
+    memset(res, 0, sizeof *res);
+    res->first_val_loss = res->final_val_loss = res->final_train_loss = NAN;
+    if (cfg->micro_batch_size < 1 || cfg->gradient_accumulation_steps < 1)
+        return err_set(ERR_RECIPE, "micro_batch_size and gradient_accumulation_steps must be at least 1");
+    if (train->n_rows < 1) return err_set(ERR_DATA, "the train split has no rows: nothing to train on");
+    if (val && val->n_rows < 1) val = NULL;
+
+    const int mb = cfg->micro_batch_size, accum = cfg->gradient_accumulation_steps;
+    const int64_t total = trainer_total_steps(cfg, train->n_rows);
+    const size_t nb = (size_t)m->n_params * sizeof(float);
+    const uint64_t chash = config_hash(cfg, m->n_params, train);
+
+    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1};
+    data_order order = {0};
+    train_batch b = {0};
+    int64_t *idx = malloc((size_t)mb * accum * sizeof *idx);
+    int64_t *row_targets = NULL;
+    s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb);
+    s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb);
+    if (m->adam_m) ops->zero(m->adam_m, nb);
+    if (m->adam_v) ops->zero(m->adam_v, nb);
+    int rc = 0;
+    if (!idx || !s.adam_m || !s.adam_v) {
+        rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)m->n_params);
+        goto out;
+    }
+    if ((rc = order_init(&order, train->n_rows, cfg->seed))) goto out;
+    /* target tokens per row, known before a step runs: the step's normaliser */
+    row_targets = malloc((size_t)train->n_rows * sizeof *row_targets);
+    if (!row_targets) {
+        rc = err_set(ERR_STAGE, "out of memory");
+        goto out;
+    }
+    for (int64_t r = 0; r < train->n_rows; r++) row_targets[r] = train_data_row_targets(train, r);
+
+    rng_state rng;
+    rng_seed(&rng, rng_u64(cfg->seed, rng_stream_of("dropout"), 0));
+    s.hd = (trainer_ckpt_header){.total_steps = total, .n_params = m->n_params, .config_hash = chash,
+                                 .first_val_loss = NAN, .last_val_loss = NAN, .last_train_loss = NAN};
+    memcpy(s.hd.rng, rng.s, sizeof rng.s);
+    if (cfg->work_dir && (rc = try_resume(&s, chash))) goto out;
+    memcpy(rng.s, s.hd.rng, sizeof rng.s);
+    res->resumed_from = s.hd.step;
+
+    hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
+             (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)train->n_rows, (long long)m->n_params,
+             s.hd.step ? " (resumed)" : "");
+    if (val && s.hd.step == 0) {
+        if ((rc = run_eval(&s, val, 0, &s.hd.first_val_loss))) goto out;
+        s.hd.last_val_loss = s.hd.first_val_loss;
+    }
+
+    double t_run = now_s();
+    while (s.hd.step < total) {
+        double t0 = now_s();
+        const int64_t step = s.hd.step; /* 0-based index of the step being taken */
+        const int nrows = mb * accum;
+        int64_t n_targets = 0, n_tokens = 0;
+        for (int k = 0; k < nrows; k++) {
+            idx[k] = order_row(&order, s.hd.cursor + k);
+            n_targets += row_targets[idx[k]];
+        }
+        /* a step with no target token at all (fully masked rows) still advances: zero gradient */
+        const float grad_scale = n_targets ? 1.0f / (float)n_targets : 0.0f;
+        ops->zero(m->grads, nb);
+        double loss_sum = 0;
+        bool stop = false;
+        rng_state step_rng = rng;
+        for (int a = 0; a < accum; a++) {
+            if (hook_interrupted(hooks)) {
+                stop = true;
+                break;
+            }
+            if ((rc = train_data_batch(train, idx + (int64_t)a * mb, mb, &b))) goto out;
+            double ls = 0;
+            uint64_t dseed = rng_next(&step_rng);
+            if ((rc = m->train_step(m->self, &b, grad_scale, dseed, &ls))) goto out;
+            loss_sum += ls;
+            n_tokens += b.T;
+        }
+        if (stop || hook_interrupted(hooks)) break; /* the partial step is dropped: the state is the last step's */
+
+        double loss = n_targets ? loss_sum / (double)n_targets : 0.0;
+        double gnorm = sqrt(ops->sum_squares(m->grads, m->n_params));
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            char where[512] = "no checkpoint was written yet";
+            if (s.last_saved >= 0)
+                snprintf(where, sizeof where, "the last good checkpoint is step %lld in '%s'", (long long)s.last_saved,
+                         cfg->work_dir);
+            json_t *ev = json_pack("{s:I, s:f, s:f}", "step", (json_int_t)(step + 1), "loss", isfinite(loss) ? loss : -1.0,
+                                   "grad_norm", isfinite(gnorm) ? gnorm : -1.0);
+            hook_event(hooks, "diverged", ev);
+            rc = err_set(ERR_DIVERGED,
+                         "training diverged at step %lld: loss %g, gradient norm %g; %s; lower learning_rate or set "
+                         "max_grad_norm",
+                         (long long)(step + 1), loss, gnorm, where);
+            goto out;
+        }
+        if (cfg->max_grad_norm > 0 && gnorm > cfg->max_grad_norm)
+            ops->scale(m->grads, m->n_params, (float)(cfg->max_grad_norm / (gnorm + 1e-6)));
+        double lr = trainer_schedule_lr(cfg->schedule, cfg->learning_rate, step, cfg->warmup_steps, total);
+        if (hooks && hooks->lr && (rc = hooks->lr(hooks->ud, step, total, cfg->learning_rate, &lr))) goto out;
+        ops->adamw(m->params, m->grads, s.adam_m, s.adam_v, m->n_params, (float)lr, (float)cfg->adam_beta1,
+                   (float)cfg->adam_beta2, (float)cfg->adam_epsilon, (float)cfg->weight_decay, (int)(step + 1));
+        ops->sync();
+
+        rng = step_rng;
+        s.hd.step = step + 1;
+        s.hd.cursor += nrows;
+        s.hd.tokens += n_tokens;
+        s.hd.last_train_loss = loss;
+        memcpy(s.hd.rng, rng.s, sizeof rng.s);
+        res->tokens += n_tokens;
+
+        double secs = now_s() - t0;
+        trainer_step_info info = {.step = s.hd.step, .total_steps = total, .loss = loss, .grad_norm = gnorm, .lr = lr,
+                                  .ms = secs * 1e3, .tokens_per_s = secs > 0 ? (double)n_tokens / secs : 0,
+                                  .tokens = n_tokens, .target_tokens = n_targets,
+                                  .epoch = (double)s.hd.cursor / (double)train->n_rows};
+        log_step(&s, &info);
+        if (val && cfg->eval_steps > 0 && s.hd.step % cfg->eval_steps == 0 && s.hd.step < total)
+            if ((rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss))) goto out;
+        if (cfg->save_steps > 0 && s.hd.step % cfg->save_steps == 0 && s.hd.step < total)
+            if ((rc = save_checkpoint(&s))) goto out;
+        if (hooks && hooks->on_step && (rc = hooks->on_step(hooks->ud, &info))) goto out;
+    }
+    res->seconds = now_s() - t_run;
+
+    if (hook_interrupted(hooks)) {
+        if ((rc = save_checkpoint(&s))) goto out;
+        rc = err_set(ERR_INTERRUPTED, "interrupted at step %lld of %lld%s%s%s", (long long)s.hd.step, (long long)total,
+                     cfg->work_dir ? ": checkpoint saved in '" : "", cfg->work_dir ? cfg->work_dir : "",
+                     cfg->work_dir ? "'; run again to resume" : "");
+        hook_event(hooks, "interrupted", json_pack("{s:I}", "step", (json_int_t)s.hd.step));
+        goto out;
+    }
+    if (val) {
+        if ((rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss))) goto out;
+    }
+    if ((rc = save_checkpoint(&s))) goto out;
+
+out:
+    res->steps = s.hd.step;
+    res->first_val_loss = s.hd.first_val_loss;
+    res->final_val_loss = s.hd.last_val_loss;
+    res->final_train_loss = s.hd.last_train_loss;
+    if (hooks && hooks->progress) hooks->progress(hooks->ud, -1, -1); /* done */
+    free(idx);
+    free(row_targets);
+    free(order.perm);
+    train_batch_free(&b);
+    if (s.adam_m && s.adam_m != m->adam_m) ops->free(s.adam_m);
+    if (s.adam_v && s.adam_v != m->adam_v) ops->free(s.adam_v);
+    return rc;
+}

@@ -1,0 +1,121 @@
+/* trainer.h: the training loop of the train stage, written once for every backend.
+ *
+ * The loop owns what is not the model: the data order (a seeded permutation per epoch),
+ * micro-batches and gradient accumulation, the loss normalisation, AdamW over the one
+ * contiguous LoRA buffer (ops->adamw), global-norm clipping, the learning-rate schedule,
+ * periodic evaluation, crash-safe checkpoints and resume, the divergence guard, and the
+ * per-step log line. The model is reached only through trainer_model (forward + backward
+ * of one micro-batch), so the loop is tested on a toy model and drives the Llama engine
+ * unchanged.
+ *
+ * Loss normalisation: the loss of one optimizer step is the sum of the token losses of ALL
+ * its micro-batches divided by the number of target tokens in all of them (counted before
+ * the first micro-batch runs), so accumulating 2 x 1 rows gives the same gradient as 1 x 2.
+ *
+ * Determinism: the data order, the dropout seeds (an rng_state saved in checkpoints) and
+ * the op order depend only on the seed and the step, so a run killed at any moment and
+ * resumed from its newest checkpoint ends with the same parameter bytes as one that never
+ * stopped.
+ *
+ * Checkpoint file (habit 7), <work_dir>/checkpoint-<step>.bin, written atomically:
+ *   "QLRACKPT" | u32 version (1) | u32 header bytes | header (trainer_ckpt_header) |
+ *   params f32[n] | adam m f32[n] | adam v f32[n] | 32 hex digits: XXH3-128 of all before.
+ * The newest two are kept; a corrupt or foreign one is skipped with a log line.
+ * Ownership: the caller owns the model, data and hooks; trainer_run allocates and frees
+ * its own optimizer state. */
+#ifndef MODEL_TRAINER_H
+#define MODEL_TRAINER_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "kernels/ops.h"
+#include "model/train_data.h"
+
+#define TRAINER_CKPT_MAGIC "QLRACKPT"
+#define TRAINER_CKPT_VERSION 1
+
+typedef struct trainer_model {
+    void *self;
+    int64_t n_params;
+    float *params; /* backend memory: every trainable value, one buffer */
+    float *grads;  /* backend memory, same layout; train_step accumulates (+=) into it */
+    float *adam_m, *adam_v; /* optional backend buffers for AdamW state (NULL: the trainer allocates) */
+    /* Forward and backward of one micro-batch: grads += grad_scale * d(sum of target-token
+     * losses)/d(params); *loss_sum = that (unscaled) sum. dropout_seed varies per micro-step. */
+    int (*train_step)(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum);
+    /* forward only, no dropout: *loss_sum = summed target-token loss */
+    int (*eval_loss)(void *self, const train_batch *b, double *loss_sum);
+} trainer_model;
+
+typedef enum trainer_schedule { TRAINER_SCHEDULE_CONSTANT, TRAINER_SCHEDULE_LINEAR, TRAINER_SCHEDULE_COSINE } trainer_schedule;
+
+typedef struct trainer_config {
+    double learning_rate;
+    int micro_batch_size;            /* rows per micro-step */
+    int gradient_accumulation_steps; /* micro-steps per optimizer step */
+    double num_epochs;               /* used when max_steps <= 0 */
+    int64_t max_steps;               /* > 0: exactly this many optimizer steps */
+    int64_t warmup_steps;
+    trainer_schedule schedule;
+    double weight_decay, adam_beta1, adam_beta2, adam_epsilon;
+    double max_grad_norm; /* <= 0: no clipping */
+    int64_t eval_steps;   /* <= 0: evaluate only at the start and the end */
+    int64_t save_steps;   /* <= 0: checkpoint only at the end (and on interrupt) */
+    int64_t logging_steps;/* a step line every N steps (and the first and last) */
+    uint64_t seed;
+    const char *work_dir; /* checkpoints; NULL: none, no resume */
+} trainer_config;
+
+/* what one optimizer step did (for the log line, events and the on_step hook) */
+typedef struct trainer_step_info {
+    int64_t step, total_steps; /* step counts from 1 */
+    double loss, grad_norm, lr, ms, tokens_per_s;
+    int64_t tokens, target_tokens;
+    double epoch; /* rows consumed / rows in the split */
+} trainer_step_info;
+
+/* Callbacks into the caller (the stage): logging, events, progress, Lua hooks. Any may be NULL. */
+typedef struct trainer_hooks {
+    void *ud;
+    /* overrides the built-in schedule: *lr for 0-based optimizer step `step` of `total` */
+    int (*lr)(void *ud, int64_t step, int64_t total, double base_lr, double *lr);
+    void (*log)(void *ud, const char *line);
+    void (*event)(void *ud, const char *type, json_t *ev); /* steals ev */
+    void (*progress)(void *ud, double done, double total); /* (-1, -1): finished */
+    /* after each step / each evaluation; a nonzero return stops training with that code */
+    int (*on_step)(void *ud, const trainer_step_info *info);
+    int (*on_eval)(void *ud, int64_t step, double val_loss, double perplexity);
+    volatile int *interrupted; /* polled between micro-steps */
+} trainer_hooks;
+
+typedef struct trainer_result {
+    int64_t steps;          /* optimizer steps done in total */
+    int64_t resumed_from;   /* checkpoint step this run started from (0: fresh) */
+    double first_val_loss;  /* before the first step (NAN without a val split) */
+    double final_val_loss;  /* after the last step */
+    double final_train_loss;/* the last step's loss */
+    int64_t tokens;         /* tokens processed by this run */
+    double seconds;         /* wall time of this run's steps */
+} trainer_result;
+
+/* the learning rate of 0-based optimizer step `step` (transformers' schedules) */
+double trainer_schedule_lr(trainer_schedule s, double base_lr, int64_t step, int64_t warmup, int64_t total);
+const char *trainer_schedule_name(trainer_schedule s);
+int trainer_schedule_from_name(const char *name); /* -1 if unknown */
+
+/* optimizer steps the config gives on a split of n_rows rows */
+int64_t trainer_total_steps(const trainer_config *cfg, int64_t n_rows);
+
+/* mean target-token loss of a whole split (micro_batch_size rows at a time) */
+int trainer_evaluate(trainer_model *m, const train_data *d, int micro_batch_size, double *loss, int64_t *n_targets);
+
+/* Train. val may be NULL. Returns 0, ERR_INTERRUPTED (checkpoint written), ERR_DIVERGED
+ * (nothing written; the last good checkpoint kept and named), or another ERR_* code. */
+int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *m, const train_data *train,
+                const train_data *val, const trainer_hooks *hooks, trainer_result *res);
+
+/* The newest valid checkpoint's step in work_dir (0 if none). */
+int64_t trainer_checkpoint_latest(const char *work_dir);
+
+#endif

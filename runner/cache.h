@@ -1,0 +1,54 @@
+/* cache.h: the artifact cache.
+ *
+ * Layout under the cache root (default ~/.cache/qlora-run, $QLORA_CACHE, or cache_dir):
+ *   artifacts/<kind>/<key>/            a complete artifact: the stage's files + manifest.json
+ *   tmp/<kind>-<key>.<pid>/            an artifact being written (renamed into place when done)
+ *   work/<key>/                        a stage's persistent scratch (training checkpoints)
+ *   locks/<key>.lock                   held while a stage computes (two runs compute it once)
+ *   index/<recipe>/<stage>.json        what the last run used for this stage ("why" in plan)
+ *   index/<recipe>/runs.jsonl          the keys each run used (cache gc --keep-last)
+ *   hash-memo                          (dev, inode, size, mtime) -> content hash
+ * An artifact is used only if its manifest parses and every file listed has its size and
+ * content hash (through the memo: a file whose stat changed is re-hashed). */
+#ifndef RUNNER_CACHE_H
+#define RUNNER_CACHE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#define MANIFEST_VERSION 1
+
+typedef struct cache {
+    char *root, *memo;
+} cache;
+
+int cache_open(cache *c, const char *root); /* root NULL: default */
+void cache_close(cache *c);
+char *cache_artifact_dir(const cache *c, const char *kind, const char *key);
+char *cache_work_dir(const cache *c, const char *key);
+
+/* 0 and *manifest (new ref) if a valid artifact exists; 1 if absent; 2 if present but
+ * corrupt (reason in *why, malloc'd): the caller recomputes it. */
+int cache_lookup(const cache *c, const char *kind, const char *key, json_t **manifest, char **why);
+
+/* Take the key's lock (waiting if another run holds it; on_wait called once then). */
+int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg);
+/* A fresh temp dir for the artifact. */
+int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir);
+/* Hash the files, write manifest.json (adding "files"), rename into place. Steals nothing. */
+int cache_commit(const cache *c, const char *kind, const char *key, const char *tmp, json_t *manifest);
+
+/* Re-hash every file of one artifact dir against its manifest (no memo); 0 if intact. */
+int cache_verify_dir(const char *dir, char **why);
+/* Delete stale tmp dirs of dead processes. */
+void cache_clean_tmp(const cache *c);
+
+/* Index of what a recipe's stage used last, for plan's "why". */
+json_t *cache_index_get(const cache *c, const char *recipe, const char *stage);
+void cache_index_put(const cache *c, const char *recipe, const char *stage, json_t *entry);
+void cache_index_run(const cache *c, const char *recipe, json_t *keys); /* append a line */
+
+/* list files of dir recursively (regular files and symlinks), relative paths, sorted */
+json_t *cache_list_files(const char *dir);
+
+#endif

@@ -1,0 +1,168 @@
+/* cmd_tokenize.c: `qlora-run tokenize`, text <-> token ids with a model's tokenizer.json.
+ *
+ * Line by line, so that a shell pipeline can pair input and output lines: each input line
+ * (without its newline) is encoded on its own and gives one output line. --stats times the
+ * encode calls alone (load and I/O excluded): the figure bench/tokenizer reports. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "core/log.h"
+#include "model/tokenizer.h"
+#include "runner/commands.h"
+
+static const char tokenize_usage[] =
+    "usage: qlora-run tokenize --model DIR [--ids | --tokens] [--no-special] [--stats]\n"
+    "       qlora-run tokenize --model DIR --decode [--no-special]\n"
+    "\n"
+    "Reads UTF-8 text on stdin and prints, for each input line, its token ids separated by\n"
+    "spaces (or its tokens with --tokens). With --decode, reads lines of ids and prints the text.\n"
+    "\n"
+    "  --model DIR    a model directory, or one holding tokenizer.json (and optionally\n"
+    "                 tokenizer_config.json, special_tokens_map.json)\n"
+    "  --ids          print token ids (the default)\n"
+    "  --tokens       print the tokens' vocabulary strings instead of ids\n"
+    "  --no-special   encoding: add no BOS/EOS; decoding: leave special tokens out\n"
+    "  --decode       ids to text\n"
+    "  --stats        at the end, print bytes, tokens and encode throughput to stderr\n"
+    "  -h, --help     this text\n"
+    "\n"
+    "Exit status: 0 ok, 2 usage, 4 invalid tokenizer files or input (invalid UTF-8, bad ids).\n";
+
+static int usage_error(const char *msg, const char *arg) {
+    errorf("tokenize: %s%s%s%s", msg, arg ? " '" : "", arg ? arg : "", arg ? "'" : "");
+    fputs("try 'qlora-run tokenize --help'\n", stderr);
+    return ERR_USAGE;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int decode_lines(const tokenizer *t, bool skip_special) {
+    char *line = NULL;
+    size_t cap = 0, lineno = 0;
+    ssize_t n;
+    int32_t *ids = NULL;
+    size_t ids_cap = 0;
+    int rc = 0;
+    while (!rc && (n = getline(&line, &cap, stdin)) >= 0) {
+        lineno++;
+        size_t nid = 0;
+        char *p = line;
+        for (;;) {
+            while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+            if (!*p) break;
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
+                char *tokend = p;
+                while (*tokend && *tokend != ' ' && *tokend != '\t' && *tokend != '\n') tokend++;
+                *tokend = 0;
+                rc = err_set(ERR_DATA, "stdin: line %zu: '%s' is not a token id", lineno, p);
+                break;
+            }
+            if (nid == ids_cap) {
+                ids_cap = ids_cap ? ids_cap * 2 : 256;
+                int32_t *np = realloc(ids, ids_cap * sizeof *ids);
+                if (!np) { rc = err_set(ERR_STAGE, "out of memory"); break; }
+                ids = np;
+            }
+            ids[nid++] = (int32_t)v;
+            p = end;
+        }
+        if (rc) break;
+        char *text;
+        size_t len;
+        if ((rc = tokenizer_decode(t, ids, nid, skip_special, &text, &len))) {
+            err_wrap("stdin: line %zu", lineno);
+            break;
+        }
+        fwrite(text, 1, len, stdout);
+        fputc('\n', stdout);
+        free(text);
+    }
+    free(line);
+    free(ids);
+    return rc;
+}
+
+int cmd_tokenize(int argc, char **argv) {
+    const char *model = NULL;
+    bool tokens = false, no_special = false, decode = false, stats = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(tokenize_usage, stdout);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
+            if (++i >= argc) return usage_error("--model needs a directory", NULL);
+            model = argv[i];
+        } else if (!strncmp(a, "--model=", 8)) model = a + 8;
+        else if (!strcmp(a, "--ids")) tokens = false;
+        else if (!strcmp(a, "--tokens")) tokens = true;
+        else if (!strcmp(a, "--no-special")) no_special = true;
+        else if (!strcmp(a, "--decode")) decode = true;
+        else if (!strcmp(a, "--stats")) stats = true;
+        else return usage_error("unknown argument", a);
+    }
+    if (!model) return usage_error("--model DIR is required", NULL);
+    if (decode && tokens) return usage_error("--decode and --tokens do not go together", NULL);
+
+    tokenizer *t;
+    int rc = tokenizer_load(&t, model);
+    if (rc) {
+        errorf("%s", err_msg());
+        return rc;
+    }
+    static char outbuf[1 << 16];
+    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+    if (decode) {
+        rc = decode_lines(t, no_special);
+    } else {
+        char *line = NULL;
+        size_t cap = 0, lineno = 0, bytes = 0, ntok = 0;
+        ssize_t n;
+        double secs = 0;
+        while ((n = getline(&line, &cap, stdin)) >= 0) {
+            lineno++;
+            size_t len = (size_t)n;
+            if (len && line[len - 1] == '\n') len--;
+            int32_t *ids;
+            size_t nid;
+            double t0 = stats ? now_s() : 0;
+            rc = tokenizer_encode(t, line, len, !no_special, &ids, &nid);
+            if (stats) secs += now_s() - t0;
+            if (rc) {
+                err_wrap("stdin: line %zu", lineno);
+                break;
+            }
+            bytes += len;
+            ntok += nid;
+            for (size_t k = 0; k < nid; k++) {
+                if (k) fputc(' ', stdout);
+                if (tokens) fputs(tokenizer_token(t, ids[k]), stdout);
+                else fprintf(stdout, "%d", ids[k]);
+            }
+            fputc('\n', stdout);
+            free(ids);
+        }
+        free(line);
+        if (!rc && stats)
+            fprintf(stderr, "tokenize: %zu lines, %zu bytes, %zu tokens, encode %.3f s, %.2f MB/s\n", lineno, bytes, ntok, secs,
+                    secs > 0 ? (double)bytes / 1e6 / secs : 0.0);
+    }
+    if (rc) errorf("%s", err_msg());
+    if (fflush(stdout) && !rc) {
+        errorf("cannot write to stdout: %s", strerror(errno));
+        rc = ERR_STAGE;
+    }
+    tokenizer_free(&t);
+    return rc;
+}

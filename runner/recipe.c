@@ -1,0 +1,867 @@
+/* recipe.c: load, merge and validate a recipe against the stage kinds' param tables. */
+#define _GNU_SOURCE
+#include "recipe.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/hooks.h"
+
+#define MAX_ERRORS 20
+#define MAX_EXTENDS 16
+
+/* ---- schema of the top level and of hooks ---- */
+
+static const param_spec top_params[] = {
+    {"name", PARAM_STRING, NULL, 1, 0, NULL, "the recipe's name: names its run records and its --lock", PARAM_REQUIRED},
+    {"description", PARAM_STRING, NULL, 1, 0, NULL, "free text", 0},
+    {"extends", PARAM_FILE, NULL, 1, 0, NULL, "a base recipe merged key by key under this one", 0},
+    {"seed", PARAM_INT, "0", 0, 4294967295.0, NULL, "the seed every stage's own seed defaults to", 0},
+    {"device", PARAM_ENUM, "auto", 1, 0, "auto|cuda|cpu", "where training runs: auto picks the GPU when there is one", 0},
+    {"cache_dir", PARAM_STRING, NULL, 1, 0, NULL, "the artifact cache (default $QLORA_CACHE or ~/.cache/qlora-run)", 0},
+    {"runs_dir", PARAM_STRING, NULL, 1, 0, NULL, "where run records go (default $QLORA_RUNS or ./runs)", 0},
+    {"hooks", PARAM_ANY, NULL, 1, 0, NULL, "Lua hook files by hook point, and the sandbox's allowances (see below)", 0},
+    {"stages", PARAM_ANY, NULL, 1, 0, NULL, "the stages: a mapping of stage name to {kind: ..., parameters}", PARAM_REQUIRED},
+    {0}};
+
+static const param_spec hook_params[] = {
+    {"format", PARAM_FILE, NULL, 1, 0, NULL, "format(record, ctx): a record to {prompt, response} or {segments}", 0},
+    {"generate", PARAM_FILE, NULL, 1, 0, NULL, "generate(ctx): records for a synthetic dataset", 0},
+    {"lr", PARAM_FILE, NULL, 1, 0, NULL, "lr(step, total_steps, base_lr): the learning rate schedule", 0},
+    {"score", PARAM_FILE, NULL, 1, 0, NULL, "score(prediction, record): a task metric for evaluate", 0},
+    {"on_step", PARAM_FILE, NULL, 1, 0, NULL, "on_step(metrics): after each training step (logging)", 0},
+    {"on_eval", PARAM_FILE, NULL, 1, 0, NULL, "on_eval(results): after each evaluation (logging)", 0},
+    {"on_stage_end", PARAM_FILE, NULL, 1, 0, NULL, "on_stage_end(stage, manifest): after each stage (notifications)", 0},
+    {"on_run_end", PARAM_FILE, NULL, 1, 0, NULL, "on_run_end(summary): at the end of the run (notifications)", 0},
+    {"allow", PARAM_LIST, "[]", 1, 0, "io|http", "capabilities granted to hooks beyond the sandbox", 0},
+    {"memory_mb", PARAM_INT, "256", 1, 65536, NULL, "memory cap of each hook's Lua state", 0},
+    {"instructions", PARAM_INT, "100000000", 1000, 1e12, NULL, "instruction budget of one hook call", 0},
+    {0}};
+
+const param_spec *recipe_top_params(void) { return top_params; }
+const param_spec *recipe_hook_params(void) { return hook_params; }
+
+/* hook points whose content changes a kind's output (so they enter its cache key) */
+static const char *key_hooks_of(const char *kind) {
+    if (!strcmp(kind, "dataset")) return "format|generate";
+    if (!strcmp(kind, "train")) return "lr";
+    if (!strcmp(kind, "evaluate")) return "format|score|generate";
+    return "";
+}
+
+/* ---- error collection ---- */
+
+typedef struct errs {
+    char *buf;
+    size_t len;
+    int n;
+} errs;
+
+static void errs_addv(errs *e, const yt_node *at, const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    e->n++;
+    if (e->n > MAX_ERRORS) return;
+    char *s = yt_located(at, "%s", msg);
+    size_t l = strlen(s);
+    e->buf = realloc(e->buf, e->len + l + 2);
+    if (e->len) e->buf[e->len++] = '\n';
+    memcpy(e->buf + e->len, s, l + 1);
+    e->len += l;
+    free(s);
+}
+
+static void errs_add(errs *e, const yt_node *at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void errs_add(errs *e, const yt_node *at, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    errs_addv(e, at, fmt, ap);
+    va_end(ap);
+}
+
+static int errs_finish(errs *e) {
+    if (!e->n) return 0;
+    if (e->n > MAX_ERRORS) {
+        char more[64];
+        snprintf(more, sizeof more, "\n(%d more errors not shown)", e->n - MAX_ERRORS);
+        e->buf = realloc(e->buf, e->len + strlen(more) + 1);
+        strcpy(e->buf + e->len, more);
+    }
+    err_set(ERR_RECIPE, "%s", e->buf);
+    free(e->buf);
+    e->buf = NULL;
+    return ERR_RECIPE;
+}
+
+/* ---- did you mean ---- */
+
+static size_t lev(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64) return 99;
+    size_t d[65][65];
+    for (size_t i = 0; i <= la; i++) d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            size_t c = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < c) c = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < c) c = d[i][j - 1] + 1;
+            /* a swap of two neighbours counts as one edit */
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < c) c = d[i - 2][j - 2] + 1;
+            d[i][j] = c;
+        }
+    return d[la][lb];
+}
+
+const char *recipe_suggest(const char *word, const char *const *cands, size_t n) {
+    const char *best = NULL;
+    size_t bd = 99, lim = strlen(word) / 3;
+    if (lim < 2) lim = 2;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = lev(word, cands[i]);
+        if (d < bd) { bd = d; best = cands[i]; }
+    }
+    return bd <= lim ? best : NULL;
+}
+
+static char *suggest_suffix(const char *word, const char *const *cands, size_t n) {
+    const char *s = recipe_suggest(word, cands, n);
+    char *out;
+    if (s) {
+        if (asprintf(&out, " (did you mean '%s'?)", s) < 0) out = NULL;
+    } else {
+        out = strdup("");
+    }
+    return out;
+}
+
+/* split "a|b|c" into a NULL-terminated array in one allocation */
+static const char **split_choices(const char *choices, size_t *n) {
+    size_t cnt = 1;
+    for (const char *p = choices; *p; p++) cnt += *p == '|';
+    size_t len = strlen(choices) + 1;
+    char **arr = malloc((cnt + 1) * sizeof *arr + len);
+    char *s = (char *)(arr + cnt + 1);
+    memcpy(s, choices, len);
+    size_t i = 0;
+    arr[i++] = s;
+    for (char *p = s; *p; p++)
+        if (*p == '|') { *p = 0; arr[i++] = p + 1; }
+    arr[i] = NULL;
+    *n = cnt;
+    return (const char **)arr;
+}
+
+static bool in_choices(const char *v, const char *choices) {
+    size_t n;
+    const char **c = split_choices(choices, &n);
+    bool ok = false;
+    for (size_t i = 0; i < n; i++) ok |= !strcmp(c[i], v);
+    free(c);
+    return ok;
+}
+
+static char *choices_text(const char *choices) {
+    char *s = strdup(choices);
+    size_t n = 0;
+    for (char *p = s; *p; p++) n += *p == '|';
+    char *out = malloc(strlen(s) + 3 * n + 1);
+    char *o = out;
+    for (char *p = s; *p; p++) {
+        if (*p == '|') { memcpy(o, ", ", 2); o += 2; }
+        else *o++ = *p;
+    }
+    *o = 0;
+    free(s);
+    return out;
+}
+
+/* ---- merging: extends and --set ---- */
+
+static void merge_into(yt_node *base, const yt_node *over) {
+    for (size_t i = 0; i < over->n; i++) {
+        const char *k = over->keys[i]->text;
+        yt_node *bv = yt_map_get(base, k);
+        const yt_node *ov = over->vals[i];
+        if (bv && bv->type == YT_MAP && ov->type == YT_MAP) {
+            /* a stage that changes its kind is replaced, not merged: old keys would not fit */
+            const yt_node *bk = yt_map_get(bv, "kind"), *ok = yt_map_get(ov, "kind");
+            if (bk && ok && bk->type == YT_SCALAR && ok->type == YT_SCALAR && strcmp(bk->text, ok->text)) {
+                yt_map_set(base, k, yt_clone(ov), over->keys[i]);
+                continue;
+            }
+            merge_into(bv, ov);
+        } else {
+            yt_map_set(base, k, yt_clone(ov), over->keys[i]);
+        }
+    }
+}
+
+static int load_with_extends(const char *path, int depth, char **chain, yt_node **out) {
+    *out = NULL;
+    if (depth >= MAX_EXTENDS) return err_set(ERR_RECIPE, "%s: 'extends' chain deeper than %d", path, MAX_EXTENDS);
+    char *real = realpath(path, NULL);
+    if (!real) return err_errno(ERR_RECIPE, "cannot open recipe '%s'", path);
+    for (int i = 0; i < depth; i++)
+        if (!strcmp(chain[i], real)) {
+            free(real);
+            return err_set(ERR_RECIPE, "%s: 'extends' loops back to a recipe that extends it", path);
+        }
+    chain[depth] = real;
+    yt_node *root;
+    int rc = yt_parse_file(path, &root);
+    if (rc) { free(real); chain[depth] = NULL; return rc; }
+    if (root->type != YT_MAP) {
+        char *m = yt_located(root, "a recipe is a mapping with 'name' and 'stages', not a %s", root->type == YT_SEQ ? "list" : "single value");
+        err_set(ERR_RECIPE, "%s", m);
+        free(m);
+        yt_free(&root);
+        free(real);
+        chain[depth] = NULL;
+        return ERR_RECIPE;
+    }
+    yt_node *ext = yt_map_get(root, "extends");
+    if (ext) {
+        if (ext->type != YT_SCALAR || yt_is_null(ext)) {
+            char *m = yt_located(ext, "'extends' takes the path of a base recipe");
+            err_set(ERR_RECIPE, "%s", m);
+            free(m);
+            rc = ERR_RECIPE;
+        } else {
+            char *dir = fs_dirname(path);
+            char *bp = ext->text[0] == '/' ? strdup(ext->text) : fs_join(dir, ext->text);
+            free(dir);
+            if (!fs_exists(bp)) {
+                char *m = yt_located(ext, "base recipe '%s' does not exist", ext->text);
+                err_set(ERR_RECIPE, "%s", m);
+                free(m);
+                rc = ERR_RECIPE;
+            } else {
+                yt_node *base;
+                rc = load_with_extends(bp, depth + 1, chain, &base);
+                if (!rc) {
+                    merge_into(base, root);
+                    yt_free(&root);
+                    root = base;
+                }
+            }
+            free(bp);
+        }
+    }
+    free(real);
+    chain[depth] = NULL;
+    if (rc) { yt_free(&root); return rc; }
+    *out = root;
+    return 0;
+}
+
+static int apply_set(yt_node *root, const char *set) {
+    const char *eq = strchr(set, '=');
+    if (!eq || eq == set) return err_set(ERR_USAGE, "--set '%s': expected KEY.PATH=VALUE, e.g. stages.train.learning_rate=1e-4", set);
+    char *path = strndup(set, (size_t)(eq - set));
+    char origin[512];
+    snprintf(origin, sizeof origin, "--set %s", path);
+    yt_node *val;
+    int rc = yt_parse_string(*(eq + 1) ? eq + 1 : "''", origin, &val);
+    if (rc) { free(path); return rc; }
+    yt_node *cur = root;
+    char *save, *tok = strtok_r(path, ".", &save);
+    while (tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        if (!next) {
+            yt_map_set(cur, tok, val, val);
+            val = NULL;
+            break;
+        }
+        yt_node *child = yt_map_get(cur, tok);
+        if (!child) {
+            child = yt_new_map(val);
+            yt_map_set(cur, tok, child, val);
+        } else if (child->type != YT_MAP) {
+            rc = err_set(ERR_USAGE, "--set %.*s: '%s' is not a mapping, so it has no key '%s'", (int)(eq - set), set, tok, next);
+            break;
+        }
+        cur = child;
+        tok = next;
+    }
+    if (val) yt_free(&val);
+    free(path);
+    return rc;
+}
+
+/* ---- typed values ---- */
+
+static const char *type_name(param_type t) {
+    switch (t) {
+    case PARAM_STRING: return "a string";
+    case PARAM_INT: return "an integer";
+    case PARAM_FLOAT: return "a number";
+    case PARAM_BOOL: return "true or false";
+    case PARAM_ENUM: return "one of the allowed values";
+    case PARAM_LIST: return "a list";
+    case PARAM_REF: return "a stage name";
+    case PARAM_FILE: return "a file path";
+    case PARAM_FILES: return "a file path, glob or list of them";
+    case PARAM_ANY: return "a value";
+    }
+    return "?";
+}
+
+static const char *node_what(const yt_node *n) {
+    if (n->type == YT_MAP) return "a mapping";
+    if (n->type == YT_SEQ) return "a list";
+    return n->quoted ? "a quoted string" : "a plain value";
+}
+
+static char *resolve_path(const yt_node *at, const char *p) {
+    if (p[0] == '/') return strdup(p);
+    char *dir = at && at->file && at->file[0] != '-' ? fs_dirname(at->file) : strdup(".");
+    char *full = fs_join(dir, p);
+    free(dir);
+    char *real = realpath(full, NULL);
+    if (real) { free(full); return real; }
+    return full;
+}
+
+typedef struct vctx {
+    errs *e;
+    const char *where; /* "stage 'train'" for messages */
+    json_t *key_files; /* paths of files that enter the cache key */
+} vctx;
+
+static void add_key_file(vctx *v, const char *path) {
+    if (!v->key_files) return;
+    size_t i;
+    json_t *x;
+    json_array_foreach(v->key_files, i, x) if (!strcmp(json_string_value(x), path)) return;
+    json_array_append_new(v->key_files, json_string(path));
+}
+
+/* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
+static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
+    errs *e = v->e;
+    if (s->type == PARAM_ANY) return yt_to_json(n);
+    if (s->type == PARAM_LIST || s->type == PARAM_FILES) {
+        json_t *arr = json_array();
+        if (n->type == YT_MAP) {
+            errs_add(e, n, "%s: '%s' must be %s, not a mapping", v->where, s->name, type_name(s->type));
+            json_decref(arr);
+            return NULL;
+        }
+        size_t cnt = n->type == YT_SEQ ? n->n : 1;
+        for (size_t i = 0; i < cnt; i++) {
+            const yt_node *it = n->type == YT_SEQ ? n->vals[i] : n;
+            if (it->type != YT_SCALAR || yt_is_null(it)) {
+                errs_add(e, it, "%s: each item of '%s' must be a plain value", v->where, s->name);
+                json_decref(arr);
+                return NULL;
+            }
+            if (s->type == PARAM_LIST && s->choices && !in_choices(it->text, s->choices)) {
+                size_t nc;
+                const char **c = split_choices(s->choices, &nc);
+                char *sug = suggest_suffix(it->text, c, nc), *all = choices_text(s->choices);
+                errs_add(e, it, "%s: '%s' is not allowed in '%s'%s; allowed: %s", v->where, it->text, s->name, sug, all);
+                free(c); free(sug); free(all);
+                json_decref(arr);
+                return NULL;
+            }
+            if (s->type == PARAM_FILES) {
+                char *p = resolve_path(it, it->text);
+                glob_t g;
+                int gr = glob(p, 0, NULL, &g);
+                if (gr != 0 || g.gl_pathc == 0) {
+                    errs_add(e, it, "%s: '%s' matches no file (looked for '%s')", v->where, it->text, p);
+                    if (gr == 0) globfree(&g);
+                    free(p);
+                    json_decref(arr);
+                    return NULL;
+                }
+                for (size_t k = 0; k < g.gl_pathc; k++) {
+                    char *rp = realpath(g.gl_pathv[k], NULL);
+                    json_array_append_new(arr, json_string(rp ? rp : g.gl_pathv[k]));
+                    add_key_file(v, rp ? rp : g.gl_pathv[k]);
+                    free(rp);
+                }
+                globfree(&g);
+                free(p);
+            } else {
+                json_array_append_new(arr, json_string(it->text));
+            }
+        }
+        return arr;
+    }
+    if (n->type != YT_SCALAR) {
+        errs_add(e, n, "%s: '%s' must be %s, not %s", v->where, s->name, type_name(s->type), node_what(n));
+        return NULL;
+    }
+    const char *t = n->text;
+    switch (s->type) {
+    case PARAM_STRING: return json_string(t);
+    case PARAM_REF: return json_string(t); /* checked once every stage is known */
+    case PARAM_BOOL:
+        if (!n->quoted && (!strcmp(t, "true") || !strcmp(t, "True"))) return json_true();
+        if (!n->quoted && (!strcmp(t, "false") || !strcmp(t, "False"))) return json_false();
+        errs_add(e, n, "%s: '%s' must be true or false, not '%s'", v->where, s->name, t);
+        return NULL;
+    case PARAM_INT: {
+        char *end;
+        errno = 0;
+        long long x = strtoll(t, &end, 10);
+        if (n->quoted || !*t || *end || errno) {
+            /* 1e3 or 1000.0 written for an integer: accept when exact */
+            double d = strtod(t, &end);
+            if (!n->quoted && *t && !*end && isfinite(d) && d == floor(d) && fabs(d) < 9e15) x = (long long)d;
+            else {
+                errs_add(e, n, "%s: '%s' must be an integer, not '%s'", v->where, s->name, t);
+                return NULL;
+            }
+        }
+        if (s->min <= s->max && (x < s->min || x > s->max)) {
+            errs_add(e, n, "%s: '%s' is %lld, out of range [%.15g, %.15g]", v->where, s->name, x, s->min, s->max);
+            return NULL;
+        }
+        return json_integer(x);
+    }
+    case PARAM_FLOAT: {
+        char *end;
+        errno = 0;
+        double d = strtod(t, &end);
+        if (n->quoted || !*t || *end || errno || !isfinite(d)) {
+            errs_add(e, n, "%s: '%s' must be a number, not '%s'", v->where, s->name, t);
+            return NULL;
+        }
+        if (s->min <= s->max && (d < s->min || d > s->max)) {
+            errs_add(e, n, "%s: '%s' is %g, out of range [%g, %g]", v->where, s->name, d, s->min, s->max);
+            return NULL;
+        }
+        return json_real(d);
+    }
+    case PARAM_ENUM:
+        if (!in_choices(t, s->choices)) {
+            size_t nc;
+            const char **c = split_choices(s->choices, &nc);
+            char *sug = suggest_suffix(t, c, nc), *all = choices_text(s->choices);
+            errs_add(e, n, "%s: '%s' must be one of %s, not '%s'%s", v->where, s->name, all, t, sug);
+            free(c); free(sug); free(all);
+            return NULL;
+        }
+        return json_string(t);
+    case PARAM_FILE: {
+        char *p = resolve_path(n, t);
+        if (!fs_exists(p) || fs_is_dir(p)) {
+            errs_add(e, n, "%s: file '%s' does not exist (paths are relative to the recipe's directory)", v->where, t);
+            free(p);
+            return NULL;
+        }
+        add_key_file(v, p);
+        json_t *j = json_string(p);
+        free(p);
+        return j;
+    }
+    default: return yt_to_json(n);
+    }
+}
+
+static json_t *default_value(const param_spec *s) {
+    if (!s->def) return json_null();
+    if (!*s->def) return json_string("");
+    yt_node *n;
+    if (yt_parse_string(s->def, "(default)", &n)) { err_clear(); return json_null(); }
+    errs e = {0};
+    vctx v = {&e, "default", NULL};
+    json_t *j;
+    if (s->type == PARAM_FILE || s->type == PARAM_FILES) j = yt_to_json(n); /* defaults name no files */
+    else j = typed_value(&v, s, n);
+    free(e.buf);
+    yt_free(&n);
+    return j ? j : json_null();
+}
+
+/* Validate mapping `m` against spec; returns a resolved object (NULL on error, recorded). */
+static json_t *validate_map(vctx *v, const param_spec *spec, const yt_node *m, const char *skip_key) {
+    json_t *out = json_object();
+    bool bad = false;
+    size_t nspec = 0;
+    for (const param_spec *s = spec; s->name; s++) nspec++;
+    const char **names = malloc((nspec + 1) * sizeof *names);
+    for (size_t i = 0; i < nspec; i++) names[i] = spec[i].name;
+    for (size_t i = 0; i < m->n; i++) {
+        const char *k = m->keys[i]->text;
+        if (skip_key && !strcmp(k, skip_key)) continue;
+        const param_spec *s = NULL;
+        for (size_t j = 0; j < nspec; j++)
+            if (!strcmp(spec[j].name, k)) s = &spec[j];
+        if (!s) {
+            char *sug = suggest_suffix(k, names, nspec);
+            errs_add(v->e, m->keys[i], "%s: unknown key '%s'%s", v->where, k, sug);
+            free(sug);
+            bad = true;
+            continue;
+        }
+        if (yt_is_null(m->vals[i])) {
+            if (s->flags & PARAM_REQUIRED) {
+                errs_add(v->e, m->vals[i], "%s: '%s' needs a value", v->where, k);
+                bad = true;
+            }
+            json_object_set_new(out, k, json_null());
+            continue;
+        }
+        json_t *j = typed_value(v, s, m->vals[i]);
+        if (!j) { bad = true; continue; }
+        json_object_set_new(out, k, j);
+    }
+    /* defaults and required keys, in table order for a readable `show` */
+    json_t *ordered = json_object();
+    for (size_t j = 0; j < nspec; j++) {
+        const param_spec *s = &spec[j];
+        json_t *have = json_object_get(out, s->name);
+        if (have) {
+            json_object_set(ordered, s->name, have);
+        } else if (s->flags & PARAM_REQUIRED) {
+            errs_add(v->e, m, "%s: missing required key '%s' (%s)", v->where, s->name, s->doc);
+            bad = true;
+        } else {
+            json_object_set_new(ordered, s->name, default_value(s));
+        }
+    }
+    json_decref(out);
+    free(names);
+    if (bad) { json_decref(ordered); return NULL; }
+    return ordered;
+}
+
+/* ---- the whole recipe ---- */
+
+static bool valid_stage_name(const char *s) {
+    if (!*s || strlen(s) > 64) return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
+            return false;
+    return true;
+}
+
+static bool test_kinds_enabled(void) {
+    const char *e = getenv("QLORA_TEST_KINDS");
+    return e && !strcmp(e, "1");
+}
+
+static const char **kind_names(size_t *n) {
+    const stage_kind *const *all = stage_kind_all();
+    size_t c = 0;
+    while (all[c]) c++;
+    const char **names = malloc((c + 1) * sizeof *names);
+    size_t k = 0;
+    for (size_t i = 0; i < c; i++)
+        if (strncmp(all[i]->name, "test_", 5) || test_kinds_enabled()) names[k++] = all[i]->name;
+    names[k] = NULL;
+    *n = k;
+    return names;
+}
+
+int recipe_stage_index(const recipe *r, const char *name) {
+    for (int i = 0; i < r->n_stages; i++)
+        if (!strcmp(r->stages[i].name, name)) return i;
+    return -1;
+}
+
+static void stage_free(recipe_stage *s) {
+    free(s->name);
+    json_decref(s->params);
+    json_decref(s->key_files);
+    json_decref(s->hooks);
+    for (int i = 0; i < s->n_refs; i++) free(s->refs[i].role);
+}
+
+void recipe_free(recipe **pr) {
+    recipe *r = *pr;
+    if (!r) return;
+    for (int i = 0; i < r->n_stages; i++) stage_free(&r->stages[i]);
+    free(r->stages);
+    free(r->path);
+    free(r->dir);
+    free(r->name);
+    free(r->cache_dir);
+    free(r->runs_dir);
+    json_decref(r->hooks);
+    json_decref(r->resolved);
+    yt_free(&r->root);
+    free(r);
+    *pr = NULL;
+}
+
+/* Topological sort (Kahn, stable by recipe order); on a cycle, name it. */
+static int toposort(recipe *r, errs *e) {
+    int n = r->n_stages;
+    int *state = calloc((size_t)n, sizeof *state), *order = malloc((size_t)n * sizeof *order), *stack = malloc((size_t)n * sizeof *stack);
+    int no = 0, rc = 0;
+    /* DFS for a readable cycle message */
+    for (int s = 0; s < n && !rc; s++) {
+        if (state[s]) continue;
+        int sp = 0;
+        int *next = calloc((size_t)n, sizeof *next);
+        stack[sp++] = s;
+        state[s] = 1;
+        while (sp && !rc) {
+            int u = stack[sp - 1];
+            if (next[u] < r->stages[u].n_refs) {
+                int w = r->stages[u].refs[next[u]++].target;
+                if (state[w] == 1) {
+                    /* the cycle is w ... u -> w on the stack */
+                    char buf[2048] = "";
+                    int from = 0;
+                    while (stack[from] != w) from++;
+                    for (int i = from; i < sp; i++) {
+                        strncat(buf, r->stages[stack[i]].name, sizeof buf - strlen(buf) - 5);
+                        strncat(buf, " -> ", sizeof buf - strlen(buf) - 1);
+                    }
+                    strncat(buf, r->stages[w].name, sizeof buf - strlen(buf) - 1);
+                    errs_add(e, r->stages[u].node, "stages form a cycle: %s (a stage's inputs must come before it)", buf);
+                    rc = ERR_RECIPE;
+                } else if (state[w] == 0) {
+                    state[w] = 1;
+                    stack[sp++] = w;
+                }
+            } else {
+                state[u] = 2;
+                order[no++] = u;
+                sp--;
+            }
+        }
+        free(next);
+    }
+    if (!rc) {
+        /* reorder stages; remap ref targets */
+        recipe_stage *ns = malloc((size_t)n * sizeof *ns);
+        int *pos = malloc((size_t)n * sizeof *pos);
+        for (int i = 0; i < n; i++) pos[order[i]] = i;
+        for (int i = 0; i < n; i++) {
+            ns[i] = r->stages[order[i]];
+            for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
+        }
+        free(r->stages);
+        r->stages = ns;
+        free(pos);
+    }
+    free(state);
+    free(order);
+    free(stack);
+    return rc;
+}
+
+int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
+    *out = NULL;
+    char *chain[MAX_EXTENDS] = {0};
+    yt_node *root;
+    int rc = load_with_extends(path, 0, chain, &root);
+    if (rc) return rc;
+    for (int i = 0; i < n_sets && !rc; i++) rc = apply_set(root, sets[i]);
+    if (rc) { yt_free(&root); return rc; }
+
+    recipe *r = calloc(1, sizeof *r);
+    r->root = root;
+    r->path = strdup(path);
+    r->dir = fs_dirname(path);
+    errs e = {0};
+    vctx v = {&e, "recipe", NULL};
+    json_t *top = validate_map(&v, top_params, root, NULL);
+    if (top) {
+        r->name = strdup(json_string_value(json_object_get(top, "name")));
+        r->seed = (uint64_t)json_integer_value(json_object_get(top, "seed"));
+        snprintf(r->device, sizeof r->device, "%s", json_string_value(json_object_get(top, "device")));
+        const char *cd = json_string_value(json_object_get(top, "cache_dir"));
+        const char *rd = json_string_value(json_object_get(top, "runs_dir"));
+        if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
+        if (rd) r->runs_dir = rd[0] == '/' ? strdup(rd) : fs_join(r->dir, rd);
+        /* absolute, so stages may change directory freely */
+        char *absdir = realpath(r->dir, NULL);
+        if (absdir) {
+            if (cd && cd[0] != '/') { free(r->cache_dir); r->cache_dir = fs_join(absdir, cd); }
+            if (rd && rd[0] != '/') { free(r->runs_dir); r->runs_dir = fs_join(absdir, rd); }
+            free(absdir);
+        }
+        if (!valid_stage_name(r->name))
+            errs_add(&e, yt_map_get(root, "name"), "recipe: 'name' must be letters, digits, '_' or '-' (it names directories), not '%s'", r->name);
+    }
+    /* hk */
+    yt_node *hn = yt_map_get(root, "hooks");
+    json_t *hk = NULL;
+    if (hn && !yt_is_null(hn)) {
+        if (hn->type != YT_MAP) errs_add(&e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
+        else {
+            vctx hv = {&e, "hooks", NULL};
+            hk = validate_map(&hv, hook_params, hn, NULL);
+        }
+    } else {
+        hk = json_object();
+        vctx hv = {&e, "hooks", NULL};
+        yt_node *empty = yt_new_map(NULL);
+        json_decref(hk);
+        hk = validate_map(&hv, hook_params, empty, NULL);
+        yt_free(&empty);
+    }
+    /* unset hook points are left out: stages see only the hooks that exist */
+    if (hk) {
+        const char *hkey;
+        json_t *hval;
+        void *tmp;
+        json_object_foreach_safe(hk, tmp, hkey, hval) if (json_is_null(hval)) json_object_del(hk, hkey);
+    }
+    r->hooks = hk;
+    /* stages */
+    yt_node *sn = yt_map_get(root, "stages");
+    size_t nk;
+    const char **kinds = kind_names(&nk);
+    if (sn && sn->type != YT_MAP) errs_add(&e, sn, "recipe: 'stages' must be a mapping of stage name to {kind: ..., ...}");
+    else if (sn && sn->n == 0) errs_add(&e, sn, "recipe: 'stages' is empty: a recipe needs at least one stage");
+    if (sn && sn->type == YT_MAP) {
+        r->stages = calloc(sn->n ? sn->n : 1, sizeof *r->stages);
+        for (size_t i = 0; i < sn->n; i++) {
+            const yt_node *key = sn->keys[i], *st = sn->vals[i];
+            if (!valid_stage_name(key->text)) {
+                errs_add(&e, key, "stage name '%s' must be 1-64 letters, digits, '_' or '-'", key->text);
+                continue;
+            }
+            char where[128];
+            snprintf(where, sizeof where, "stage '%s'", key->text);
+            if (st->type != YT_MAP) {
+                errs_add(&e, st->type == YT_SCALAR ? key : st, "%s: expected a mapping with 'kind' and its parameters", where);
+                continue;
+            }
+            const yt_node *kn = yt_map_get(st, "kind");
+            if (!kn || yt_is_null(kn) || kn->type != YT_SCALAR) {
+                char *all = NULL;
+                size_t tot = 0;
+                for (size_t k = 0; k < nk; k++) tot += strlen(kinds[k]) + 2;
+                all = calloc(1, tot + 1);
+                for (size_t k = 0; k < nk; k++) { if (k) strcat(all, ", "); strcat(all, kinds[k]); }
+                errs_add(&e, kn ? kn : key, "%s: missing 'kind' (one of: %s)", where, all);
+                free(all);
+                continue;
+            }
+            const stage_kind *kind = stage_kind_find(kn->text);
+            if (kind && !strncmp(kind->name, "test_", 5) && !test_kinds_enabled()) kind = NULL;
+            if (!kind) {
+                char *sug = suggest_suffix(kn->text, kinds, nk);
+                errs_add(&e, kn, "%s: unknown kind '%s'%s", where, kn->text, sug);
+                free(sug);
+                continue;
+            }
+            recipe_stage *rs = &r->stages[r->n_stages++];
+            rs->name = strdup(key->text);
+            rs->kind = kind;
+            rs->node = st;
+            rs->key_files = json_array();
+            vctx sv = {&e, where, rs->key_files};
+            rs->params = validate_map(&sv, kind->params, st, "kind");
+            if (rs->params) {
+                /* a kind's own seed defaults to the recipe's */
+                if (stage_param_find(kind, "seed") && json_is_null(json_object_get(rs->params, "seed")))
+                    json_object_set_new(rs->params, "seed", json_integer((json_int_t)r->seed));
+                if (kind->check && kind->check(rs->params)) {
+                    errs_add(&e, st, "%s: %s", where, err_msg());
+                    err_clear();
+                }
+            }
+            /* hk that shape this kind's output */
+            const char *kh = key_hooks_of(kind->name);
+            if (hk && *kh) {
+                size_t nh;
+                const char **pts = split_choices(kh, &nh);
+                for (size_t h = 0; h < nh; h++) {
+                    const char *f = json_string_value(json_object_get(hk, pts[h]));
+                    if (f) add_key_file(&sv, f);
+                }
+                free(pts);
+            }
+            rs->hooks = hk ? json_incref(hk) : NULL;
+        }
+        /* references */
+        for (int i = 0; i < r->n_stages; i++) {
+            recipe_stage *rs = &r->stages[i];
+            if (!rs->params) continue;
+            char where[128];
+            snprintf(where, sizeof where, "stage '%s'", rs->name);
+            for (const param_spec *p = rs->kind->params; p->name; p++) {
+                if (p->type != PARAM_REF) continue;
+                const char *target = json_string_value(json_object_get(rs->params, p->name));
+                if (!target) continue;
+                const yt_node *at = yt_map_get(rs->node, p->name);
+                int t = -1;
+                for (int k = 0; k < r->n_stages; k++)
+                    if (!strcmp(r->stages[k].name, target)) t = k;
+                if (t < 0) {
+                    const char **names = malloc((size_t)r->n_stages * sizeof *names);
+                    for (int k = 0; k < r->n_stages; k++) names[k] = r->stages[k].name;
+                    char *sug = suggest_suffix(target, names, (size_t)r->n_stages);
+                    errs_add(&e, at, "%s: '%s' refers to stage '%s', which does not exist%s", where, p->name, target, sug);
+                    free(sug);
+                    free(names);
+                    continue;
+                }
+                if (t == i) {
+                    errs_add(&e, at, "%s: '%s' refers to the stage itself", where, p->name);
+                    continue;
+                }
+                if (p->choices && !in_choices(r->stages[t].kind->name, p->choices)) {
+                    char *all = choices_text(p->choices);
+                    errs_add(&e, at, "%s: '%s' must name a stage of kind %s, but '%s' is a %s stage", where, p->name, all,
+                             target, r->stages[t].kind->name);
+                    free(all);
+                    continue;
+                }
+                if (rs->n_refs == STAGE_MAX_INPUTS) {
+                    errs_add(&e, at, "%s: more than %d inputs", where, STAGE_MAX_INPUTS);
+                    continue;
+                }
+                rs->refs[rs->n_refs].role = strdup(p->name);
+                rs->refs[rs->n_refs].target = t;
+                rs->n_refs++;
+            }
+        }
+    }
+    free(kinds);
+    if (!e.n) toposort(r, &e);
+    /* open every hook now: a syntax error or a missing function fails before any work */
+    if (!e.n && hk) {
+        hooks *h = NULL;
+        if (hooks_open(&h, hk)) {
+            errs_add(&e, hn, "hooks: %s", err_msg());
+            err_clear();
+        }
+        hooks_free(&h);
+    }
+    if (e.n) {
+        json_decref(top);
+        recipe_free(&r);
+        return errs_finish(&e);
+    }
+    /* the resolved recipe, for show and the run record */
+    json_t *res = json_object();
+    json_object_set_new(res, "name", json_string(r->name));
+    json_t *desc = json_object_get(top, "description");
+    if (json_is_string(desc)) json_object_set(res, "description", desc);
+    json_object_set_new(res, "seed", json_integer((json_int_t)r->seed));
+    json_object_set_new(res, "device", json_string(r->device));
+    json_object_set(res, "cache_dir", json_object_get(top, "cache_dir"));
+    json_object_set(res, "runs_dir", json_object_get(top, "runs_dir"));
+    json_object_set(res, "hooks", r->hooks);
+    json_t *stages = json_object();
+    for (int i = 0; i < r->n_stages; i++) {
+        json_t *s = json_object();
+        json_object_set_new(s, "kind", json_string(r->stages[i].kind->name));
+        json_object_update(s, r->stages[i].params);
+        json_object_set_new(stages, r->stages[i].name, s);
+    }
+    json_object_set_new(res, "stages", stages);
+    r->resolved = res;
+    json_decref(top);
+    *out = r;
+    return 0;
+}

@@ -1,0 +1,59 @@
+/* recipe.h: a recipe loaded, merged (extends, --set), validated and resolved.
+ *
+ * recipe_load does everything that can be checked before any work: YAML syntax, the
+ * top-level schema, every stage's keys against its kind's param table (types, bounds,
+ * allowed values, required keys, unknown keys with a did-you-mean), references between
+ * stages (dangling, wrong kind, cycles, named), and every referenced file. All errors are
+ * collected (up to a limit) and returned as one ERR_RECIPE message, each located
+ * `file:line:col` with the source line and a caret. On success every stage has its
+ * resolved params (defaults filled in) and the stages are in topological order. */
+#ifndef RUNNER_RECIPE_H
+#define RUNNER_RECIPE_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "runner/yaml_tree.h"
+#include "stages/stage.h"
+
+typedef struct recipe_ref {
+    char *role;  /* the param name */
+    int target;  /* index into recipe.stages */
+} recipe_ref;
+
+typedef struct recipe_stage {
+    char *name;
+    const stage_kind *kind;
+    json_t *params;     /* resolved, defaults filled */
+    json_t *key_files;  /* absolute paths whose content is part of the cache key */
+    json_t *hooks;      /* the hooks this stage is given (absolute paths), NULL if none */
+    int n_refs;
+    recipe_ref refs[STAGE_MAX_INPUTS];
+    const yt_node *node; /* the stage's mapping, for messages */
+} recipe_stage;
+
+typedef struct recipe {
+    char *path, *dir;
+    char *name;
+    uint64_t seed;
+    char device[8]; /* auto | cuda | cpu */
+    char *cache_dir, *runs_dir; /* NULL: defaults */
+    json_t *hooks;  /* resolved hooks mapping (absolute paths) */
+    int n_stages;
+    recipe_stage *stages; /* topological order */
+    yt_node *root;
+    json_t *resolved; /* the whole recipe with every default, for `show` and the run record */
+} recipe;
+
+int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets);
+void recipe_free(recipe **r);
+int recipe_stage_index(const recipe *r, const char *name); /* -1 if absent */
+
+/* The schema of the recipe's top level and of `hooks:` (for docs/recipes.md). */
+const param_spec *recipe_top_params(void);
+const param_spec *recipe_hook_params(void);
+
+/* Levenshtein-based suggestion among candidates ('|'-separated or NULL-terminated array). */
+const char *recipe_suggest(const char *word, const char *const *cands, size_t n);
+
+#endif

@@ -1,0 +1,477 @@
+/* run.c: the recipe executor (see run.h). */
+#define _GNU_SOURCE
+#include "run.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/err.h"
+#include "core/events.h"
+#include "core/fsutil.h"
+#include "core/hooks.h"
+#include "core/log.h"
+#include "core/progress.h"
+#include "runner/cache.h"
+#include "runner/plan.h"
+#include "runner/recipe.h"
+#include "runner/yaml_tree.h"
+
+static volatile int interrupted;
+
+static void on_signal(int sig) {
+    if (interrupted) { /* second Ctrl-C: stop now */
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    interrupted = 1;
+}
+
+enum { ST_PENDING, ST_RUNNING, ST_DONE, ST_FAILED };
+
+typedef struct runner {
+    recipe *r;
+    plan p;
+    cache c;
+    events *ev;
+    hooks *hooks; /* for on_stage_end and on_run_end */
+    char *run_dir;
+    int *state;
+    int failed_rc;
+    char *failed_msg;
+    int n_ran, n_cached;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} runner;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void utc_stamp(char *buf, size_t n, bool compact) {
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, compact ? "%Y%m%dT%H%M%SZ" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void wait_note(void *arg) { notef("waiting: another run is computing stage '%s'", (const char *)arg); }
+
+/* Run one stage (not cached): lock, re-check, temp dir, run, commit. */
+static int exec_stage(runner *R, int i) {
+    recipe_stage *s = &R->r->stages[i];
+    plan_stage *ps = &R->p.st[i];
+    int lockfd = -1;
+    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name);
+    if (rc) return rc;
+    /* another run may have produced it while we waited */
+    if (!ps->forced) {
+        json_t *m = NULL;
+        char *why = NULL;
+        if (cache_lookup(&R->c, s->kind->name, ps->key, &m, &why) == 0) {
+            ps->manifest = m;
+            ps->status = PLAN_CACHED;
+            free(why);
+            fs_unlock(&lockfd);
+            return 0;
+        }
+        free(why);
+    }
+    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->key);
+    rc = cache_tmp_dir(&R->c, s->kind->name, ps->key, &tmp);
+    if (!rc) rc = fs_mkdir_p(work);
+    char *logpath = NULL;
+    FILE *log = NULL;
+    if (!rc) {
+        char name[128];
+        snprintf(name, sizeof name, "%s.log", s->name);
+        logpath = fs_join(R->run_dir, name);
+        log = fopen(logpath, "a");
+    }
+    stage_ctx ctx = {0};
+    if (!rc) {
+        ctx.name = s->name;
+        ctx.kind = s->kind;
+        ctx.params = s->params;
+        ctx.out_dir = tmp;
+        ctx.recipe_path = R->r->path;
+        ctx.recipe_dir = R->r->dir;
+        ctx.cache_dir = R->c.root;
+        ctx.work_dir = work;
+        ctx.seed = R->r->seed;
+        ctx.device = R->p.device;
+        ctx.hooks = s->hooks;
+        ctx.log = log;
+        ctx.events = R->ev;
+        ctx.interrupted = &interrupted;
+        ctx.jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        for (int k = 0; k < s->n_refs; k++) {
+            int t = s->refs[k].target;
+            stage_input *in = &ctx.inputs[ctx.n_inputs++];
+            in->role = s->refs[k].role;
+            in->stage = R->r->stages[t].name;
+            in->kind = R->r->stages[t].kind->name;
+            in->dir = cache_artifact_dir(&R->c, in->kind, R->p.st[t].key);
+            in->manifest = R->p.st[t].manifest;
+        }
+        ctx.metrics = json_object();
+        ctx.report = json_object();
+        json_t *ev = json_object();
+        json_object_set_new(ev, "kind", json_string(s->kind->name));
+        json_object_set_new(ev, "key", json_string(ps->key));
+        json_object_set_new(ev, "why", json_string(ps->why ? ps->why : ""));
+        stage_event(&ctx, "stage_start", ev);
+        outf("> %s (%s): %s", s->name, s->kind->name, ps->why ? ps->why : "running");
+        char started[32];
+        utc_stamp(started, sizeof started, false);
+        double t0 = now_s();
+        err_clear();
+        rc = s->kind->run(&ctx);
+        progress_finish();
+        double secs = now_s() - t0;
+        if (!rc && interrupted) rc = err_set(ERR_INTERRUPTED, "interrupted");
+        if (!rc) {
+            char finished[32];
+            utc_stamp(finished, sizeof finished, false);
+            json_t *m = json_object();
+            json_object_set_new(m, "stage", json_string(s->name));
+            json_object_set_new(m, "recipe", json_string(R->r->name));
+            json_object_set_new(m, "kind", json_string(s->kind->name));
+            json_object_set_new(m, "kind_version", json_integer(s->kind->version));
+            json_object_set_new(m, "key", json_string(ps->key));
+            json_object_set(m, "params", s->params);
+            json_object_set(m, "key_doc", ps->key_doc);
+            json_t *inputs = json_object();
+            for (int k = 0; k < s->n_refs; k++) {
+                json_t *in = json_object();
+                int t = s->refs[k].target;
+                json_object_set_new(in, "stage", json_string(R->r->stages[t].name));
+                json_object_set_new(in, "kind", json_string(R->r->stages[t].kind->name));
+                json_object_set_new(in, "key", json_string(R->p.st[t].key));
+                json_object_set_new(inputs, s->refs[k].role, in);
+            }
+            json_object_set_new(m, "inputs", inputs);
+            json_object_set(m, "metrics", ctx.metrics);
+            json_object_set(m, "report", ctx.report);
+            json_object_set_new(m, "device", json_string(R->p.device));
+            json_object_set_new(m, "started", json_string(started));
+            json_object_set_new(m, "finished", json_string(finished));
+            json_object_set_new(m, "seconds", json_real(secs));
+            json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
+            rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
+            if (!rc) {
+                char *why = NULL;
+                cache_lookup(&R->c, s->kind->name, ps->key, &ps->manifest, &why);
+                free(why);
+                fs_rm_rf(work);
+                err_clear();
+                json_t *e2 = json_object();
+                json_object_set_new(e2, "seconds", json_real(secs));
+                json_object_set(e2, "metrics", ctx.metrics);
+                stage_event(&ctx, "stage_end", e2);
+                outf("  %s done in %.1f s", s->name, secs);
+            }
+            json_decref(m);
+        }
+        if (rc) {
+            json_t *e2 = json_object();
+            json_object_set_new(e2, "seconds", json_real(secs));
+            json_object_set_new(e2, "code", json_integer(rc));
+            json_object_set_new(e2, "error", json_string(err_msg()));
+            stage_event(&ctx, "stage_failed", e2);
+            if (log) fprintf(log, "error: %s\n", err_msg());
+            err_wrap("stage '%s'", s->name);
+        }
+        for (int k = 0; k < ctx.n_inputs; k++) free((char *)ctx.inputs[k].dir);
+        json_decref(ctx.metrics);
+        json_decref(ctx.report);
+    }
+    if (rc && tmp) {
+        int keep = err_code();
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        fs_rm_rf(tmp);
+        err_set(keep, "%s", msg);
+    }
+    if (log) fclose(log);
+    free(logpath);
+    free(tmp);
+    free(work);
+    fs_unlock(&lockfd);
+    return rc;
+}
+
+static void record_cached(runner *R, int i) {
+    recipe_stage *s = &R->r->stages[i];
+    json_t *ev = json_object();
+    json_object_set_new(ev, "stage", json_string(s->name));
+    json_object_set_new(ev, "kind", json_string(s->kind->name));
+    json_object_set_new(ev, "key", json_string(R->p.st[i].key));
+    events_emit(R->ev, "stage_cached", ev);
+    outf("= %s (%s): cached", s->name, s->kind->name);
+}
+
+static int ready(runner *R, int i) {
+    recipe_stage *s = &R->r->stages[i];
+    for (int k = 0; k < s->n_refs; k++) {
+        int t = s->refs[k].target;
+        if (R->p.st[t].status == PLAN_SKIP) continue; /* cached input outside the selection */
+        if (R->state[t] != ST_DONE) return 0;
+    }
+    return 1;
+}
+
+static void *worker(void *arg) {
+    runner *R = arg;
+    pthread_mutex_lock(&R->mu);
+    for (;;) {
+        int pick = -1, pending = 0;
+        for (int i = 0; i < R->r->n_stages; i++) {
+            if (R->p.st[i].status == PLAN_SKIP || R->state[i] != ST_PENDING) continue;
+            pending++;
+            if (pick < 0 && ready(R, i)) pick = i;
+        }
+        if (R->failed_rc || interrupted || !pending) break;
+        if (pick < 0) {
+            int running = 0;
+            for (int i = 0; i < R->r->n_stages; i++) running += R->state[i] == ST_RUNNING;
+            if (!running) break; /* cannot happen with a valid DAG */
+            pthread_cond_wait(&R->cv, &R->mu);
+            continue;
+        }
+        R->state[pick] = ST_RUNNING;
+        int cached = R->p.st[pick].status == PLAN_CACHED;
+        pthread_mutex_unlock(&R->mu);
+        int rc = 0;
+        if (cached) record_cached(R, pick);
+        else rc = exec_stage(R, pick);
+        pthread_mutex_lock(&R->mu);
+        if (rc) {
+            R->state[pick] = ST_FAILED;
+            if (!R->failed_rc) {
+                R->failed_rc = rc;
+                R->failed_msg = strdup(err_msg());
+            }
+        } else {
+            R->state[pick] = ST_DONE;
+            if (R->p.st[pick].status == PLAN_CACHED && !cached) {
+                record_cached(R, pick);
+                R->n_cached++;
+            } else if (cached) {
+                R->n_cached++;
+            } else {
+                R->n_ran++;
+            }
+            json_t *ie = plan_index_entry(&R->p, pick);
+            cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
+            json_decref(ie);
+            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") &&
+                hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
+                warnf("on_stage_end hook: %s", err_msg());
+                err_clear();
+            }
+        }
+        pthread_cond_broadcast(&R->cv);
+    }
+    pthread_cond_broadcast(&R->cv);
+    pthread_mutex_unlock(&R->mu);
+    return NULL;
+}
+
+static char *make_run_dir(const recipe *r) {
+    const char *base = r->runs_dir ? r->runs_dir : (getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs");
+    char stamp[32];
+    utc_stamp(stamp, sizeof stamp, true);
+    char *dir;
+    for (int k = 0;; k++) {
+        if (k == 0) { if (asprintf(&dir, "%s/%s/%s", base, r->name, stamp) < 0) return NULL; }
+        else if (asprintf(&dir, "%s/%s/%s-%d", base, r->name, stamp, k) < 0) return NULL;
+        if (!fs_exists(dir)) break;
+        free(dir);
+    }
+    if (fs_mkdir_p(dir)) { free(dir); return NULL; }
+    return dir;
+}
+
+int run_recipe(const char *path, const run_opts *o) {
+    recipe *r;
+    int rc = recipe_load(&r, path, o->sets, o->n_sets);
+    if (rc) return rc;
+    runner R = {0};
+    R.r = r;
+    pthread_mutex_init(&R.mu, NULL);
+    pthread_cond_init(&R.cv, NULL);
+    rc = cache_open(&R.c, r->cache_dir);
+    int lockfd = -1;
+    if (!rc && o->lock) {
+        char *lp;
+        if (asprintf(&lp, "%s/locks/recipe-%s.lock", R.c.root, r->name) < 0) lp = NULL;
+        rc = fs_lock(lp, false, &lockfd);
+        if (rc == ERR_LOCKED) err_set(ERR_LOCKED, "another run of recipe '%s' holds its lock (--lock): not starting", r->name);
+        if (!rc) {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+            if (ftruncate(lockfd, 0) == 0 && write(lockfd, pid, (size_t)n) < 0) { /* best effort */ }
+        }
+        free(lp);
+    }
+    plan_opts po = {o->only, o->until, o->force};
+    if (!rc) {
+        cache_clean_tmp(&R.c);
+        rc = plan_build(&R.p, r, &R.c, &po);
+    }
+    if (rc) goto done;
+    if (o->dry_run) {
+        plan_print(&R.p, stdout, false);
+        goto done;
+    }
+    R.run_dir = make_run_dir(r);
+    if (!R.run_dir) { rc = err_wrap("cannot create the run record directory"); goto done; }
+    {
+        char *y = yt_emit_json(r->resolved);
+        char *rp = fs_join(R.run_dir, "recipe.yaml");
+        fs_write_atomic(rp, y, strlen(y));
+        free(rp);
+        free(y);
+        char *ep = fs_join(R.run_dir, "events.jsonl");
+        rc = events_open(&R.ev, ep, o->json);
+        free(ep);
+        if (rc) goto done;
+    }
+    json_t *ev = json_object();
+    json_object_set_new(ev, "recipe", json_string(r->name));
+    json_object_set_new(ev, "path", json_string(path));
+    json_object_set_new(ev, "device", json_string(R.p.device));
+    json_object_set_new(ev, "run_dir", json_string(R.run_dir));
+    events_emit(R.ev, "run_start", ev);
+    if (!o->quiet) plan_print(&R.p, stderr, false);
+
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
+    R.state = calloc((size_t)r->n_stages, sizeof *R.state);
+    double t0 = now_s();
+    int jobs = o->jobs > 0 ? o->jobs : 1;
+    pthread_t th[64];
+    if (jobs > 64) jobs = 64;
+    for (int j = 0; j < jobs; j++) pthread_create(&th[j], NULL, worker, &R);
+    for (int j = 0; j < jobs; j++) pthread_join(th[j], NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    double secs = now_s() - t0;
+
+    json_t *keys = json_object();
+    for (int i = 0; i < r->n_stages; i++)
+        if (R.state[i] == ST_DONE) json_object_set_new(keys, r->stages[i].name, json_string(R.p.st[i].key));
+    json_t *run_keys = json_object();
+    char stamp[32];
+    utc_stamp(stamp, sizeof stamp, false);
+    json_object_set_new(run_keys, "time", json_string(stamp));
+    json_object_set_new(run_keys, "keys", keys);
+    cache_index_run(&R.c, r->name, run_keys);
+    json_decref(run_keys);
+
+    if (R.failed_rc) {
+        rc = R.failed_rc;
+        err_set(rc, "%s", R.failed_msg);
+    } else if (interrupted) {
+        rc = err_set(ERR_INTERRUPTED, "interrupted: the next run resumes where this one stopped");
+    }
+    json_t *end = json_object();
+    json_object_set_new(end, "seconds", json_real(secs));
+    json_object_set_new(end, "ran", json_integer(R.n_ran));
+    json_object_set_new(end, "cached", json_integer(R.n_cached));
+    json_object_set_new(end, "code", json_integer(rc));
+    if (rc) json_object_set_new(end, "error", json_string(err_msg()));
+    if (R.hooks && hooks_has(R.hooks, "on_run_end")) {
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        json_t *summary = json_deep_copy(end);
+        json_object_set_new(summary, "recipe", json_string(r->name));
+        json_object_set_new(summary, "run_dir", json_string(R.run_dir));
+        json_object_set_new(summary, "ok", json_boolean(rc == 0));
+        if (hooks_on_run_end(R.hooks, summary)) warnf("on_run_end hook: %s", err_msg());
+        json_decref(summary);
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
+    events_emit(R.ev, "run_end", end);
+    if (!rc) {
+        outf("done in %.1f s: %d ran, %d cached; run record in %s", secs, R.n_ran, R.n_cached, R.run_dir);
+        /* where the final artifacts are: stages nothing else consumes */
+        for (int i = 0; i < r->n_stages; i++) {
+            if (R.p.st[i].status == PLAN_SKIP) continue;
+            int used = 0;
+            for (int k = 0; k < r->n_stages; k++)
+                for (int q = 0; q < r->stages[k].n_refs; q++) used |= r->stages[k].refs[q].target == i;
+            if (!used) {
+                char *d = cache_artifact_dir(&R.c, r->stages[i].kind->name, R.p.st[i].key);
+                outf("  %s: %s", r->stages[i].name, d);
+                free(d);
+            }
+        }
+    }
+done:
+    hooks_free(&R.hooks);
+    if (R.ev) events_close(&R.ev);
+    fs_unlock(&lockfd);
+    plan_free(&R.p);
+    free(R.state);
+    free(R.failed_msg);
+    free(R.run_dir);
+    cache_close(&R.c);
+    recipe_free(&r);
+    pthread_mutex_destroy(&R.mu);
+    pthread_cond_destroy(&R.cv);
+    return rc;
+}
+
+void run_opts_free(run_opts *o) { free(o->sets); }
+
+int run_parse_opts(int argc, char **argv, run_opts *o, const char **recipe_path, const char *cmd) {
+    memset(o, 0, sizeof *o);
+    o->jobs = 1;
+    *recipe_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst = NULL;
+        if (!strcmp(a, "--set") || !strncmp(a, "--set=", 6)) {
+            const char *v = a[5] == '=' ? a + 6 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!v) return err_set(ERR_USAGE, "%s: --set needs KEY=VALUE", cmd), -1;
+            o->sets = realloc(o->sets, (size_t)(o->n_sets + 1) * sizeof *o->sets);
+            o->sets[o->n_sets++] = (char *)v;
+            continue;
+        }
+        if (!strcmp(a, "--only")) dst = &o->only;
+        else if (!strcmp(a, "--until")) dst = &o->until;
+        else if (!strcmp(a, "--force")) dst = &o->force;
+        if (dst) {
+            if (i + 1 >= argc) return err_set(ERR_USAGE, "%s: %s needs a stage name", cmd, a), -1;
+            *dst = argv[++i];
+            continue;
+        }
+        if (!strcmp(a, "--jobs") || !strcmp(a, "-j")) {
+            if (i + 1 >= argc || atoi(argv[i + 1]) < 1) return err_set(ERR_USAGE, "%s: %s needs a number >= 1", cmd, a), -1;
+            o->jobs = atoi(argv[++i]);
+        } else if (!strcmp(a, "--dry-run")) o->dry_run = true;
+        else if (!strcmp(a, "--lock")) o->lock = true;
+        else if (!strcmp(a, "--json")) o->json = true;
+        else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) o->quiet = true;
+        else if (a[0] == '-' && a[1]) return err_set(ERR_USAGE, "%s: unknown option '%s' (see qlora-run --help)", cmd, a), -1;
+        else if (!*recipe_path) *recipe_path = a;
+        else return err_set(ERR_USAGE, "%s: one recipe at a time ('%s' and '%s')", cmd, *recipe_path, a), -1;
+    }
+    if (!*recipe_path) return err_set(ERR_USAGE, "%s: which recipe? (qlora-run %sRECIPE.yaml)", cmd, strcmp(cmd, "run") ? "" : ""), -1;
+    if (o->json) o->quiet = true;
+    if (o->quiet) log_set_quiet(true);
+    return 0;
+}

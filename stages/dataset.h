@@ -1,0 +1,99 @@
+/* dataset.h: the dataset stage's machinery, callable without a recipe (tests, bench, the
+ * `data show` command).
+ *
+ * dataset_build turns records (files or a Lua generator) into the dataset artifact that the
+ * trainer reads, in this order: read -> format (alpaca, chat template, completion or a Lua
+ * hook) -> tokenize (several threads) -> mask -> truncate or drop -> shuffle and split ->
+ * pack -> write. The artifact, per split in {train, val}:
+ *   <split>.ids.i32     int32 LE token ids, every row concatenated
+ *   <split>.labels.i32  int32, same length: the id where trained, -100 where masked. Not
+ *                       shifted (logits at t predict labels[t+1]); the first token of every
+ *                       sequence is -100, so no loss crosses a packed sequence boundary
+ *   <split>.rows.i64    int64 offsets, n_rows + 1: row r is [rows[r], rows[r+1]), at most
+ *                       sequence_len tokens (one micro-batch row)
+ *   <split>.seqs.i64    int64 offsets, n_seqs + 1, into the same stream: where each packed
+ *                       sequence starts (positions restart there; attention never crosses it)
+ *   meta.json           {"version":1, "sequence_len":N, "splits":{"train":{"rows","tokens","seqs"},
+ *                        "val":{...}}, "stats":{...}, "tokenizer":{"bos","eos","vocab_size"}}
+ *
+ * Masking follows formats.md section 10: the prompt is tokenized alone and that many tokens
+ * (after BOS) are masked in the tokenized prompt + response; EOS follows the response and is
+ * trained. BOS is added once, by us, never by the templates. */
+#ifndef STAGES_DATASET_H
+#define STAGES_DATASET_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/hooks.h"
+#include "formats/dataset_read.h"
+#include "stages/stage.h"
+
+#define DATASET_IGNORE_INDEX (-100)
+#define DATASET_VERSION 1
+
+/* The tokenizer as the builder needs it. encode must be thread-safe and add no special
+ * tokens of its own (special tokens written as text, such as "</s>", may map to their ids). */
+typedef struct dataset_tokenizer {
+    void *ud;
+    int (*encode)(void *ud, const char *text, size_t len, int32_t **ids, size_t *n); /* *ids malloc'd */
+    int32_t bos, eos;        /* -1: none */
+    int32_t vocab_size;
+    const char *bos_token;   /* their text, for templates ("" if none) */
+    const char *eos_token;
+} dataset_tokenizer;
+
+typedef enum dataset_format {
+    DATASET_FORMAT_ALPACA,
+    DATASET_FORMAT_CHAT,
+    DATASET_FORMAT_COMPLETION,
+    DATASET_FORMAT_LUA
+} dataset_format;
+
+typedef enum dataset_chat_template {
+    DATASET_CHAT_LLAMA2,
+    DATASET_CHAT_LLAMA3,
+    DATASET_CHAT_CHATML
+} dataset_chat_template;
+
+typedef struct dataset_opts {
+    dataset_format format;
+    dataset_chat_template chat_template;
+    int64_t sequence_len;
+    bool drop_long;        /* truncation: drop (true) or truncate (false) */
+    bool train_on_inputs;
+    bool sample_packing;
+    double val_set_size;   /* < 1: a fraction of the sequences; >= 1: a count */
+    bool shuffle;
+    uint64_t seed;
+    bool skip_errors;      /* on_error: skip */
+    int64_t max_records;   /* 0: all */
+    int jobs;              /* tokenizer threads (>= 1) */
+    json_t *hook_args;     /* ctx.args for the format / generate hooks (borrowed, may be NULL) */
+} dataset_opts;
+
+/* Where records come from: files (with a type) or, when paths is empty, hooks' generate. */
+typedef struct dataset_source {
+    char *const *paths;
+    size_t n_paths;
+    dataset_type type;
+    hooks *hooks; /* format (DATASET_FORMAT_LUA) and generate; may be NULL */
+} dataset_source;
+
+/* Build the artifact into out_dir (which must exist). *stats (may be NULL) receives the stats
+ * object also written into meta.json. c (may be NULL) receives log lines, progress and
+ * interruption checks. Errors: ERR_DATA for bad records (with file and record index),
+ * ERR_INTERRUPTED, ERR_STAGE for I/O. */
+int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
+                  stage_ctx *c, json_t **stats);
+
+/* The alpaca prompt of a record (formats.md section 10, exact strings); malloc'd. */
+char *dataset_alpaca_prompt(const char *instruction, const char *input);
+
+/* Print n rows of a dataset artifact decoded with the tokenizer in tokenizer_dir, masked
+ * spans between "[[" and "]]" and each packed sequence on its own paragraph. */
+int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FILE *out);
+
+#endif

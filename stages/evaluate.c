@@ -1,0 +1,521 @@
+/* evaluate.c: the evaluate stage. The base model and the tuned one (base + adapter) side by
+ * side, on the same data and the same prompts:
+ *   - loss and perplexity on the val split of every dataset input (data, extra_data);
+ *   - generations for the recipe's prompts (strings used verbatim, or records formatted by
+ *     the recipe's format hook, as in training) and for prompts_file (JSONL records or
+ *     text lines);
+ *   - the task metric on up to score_records val sequences of `data`: the prompt is the
+ *     sequence's untrained prefix (token ids as trained), the reference its trained part
+ *     (without EOS); the score is the `score(prediction, record)` hook's, or exact match
+ *     (whitespace-trimmed) without a hook. The record is the dataset's own record of that
+ *     sequence when the artifact keeps val.records.jsonl (one JSON record a line, in val
+ *     sequence order), else {prompt=, response=, output=} (output: the alpaca name of the
+ *     response). Record prompts from the recipe are scored by the hook too.
+ * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
+ * exactly that). Results: <out>/results.json, the manifest's report and metrics, events,
+ * and one table in the log. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fsutil.h"
+#include "core/hooks.h"
+#include "formats/peft.h"
+#include "model/adapter.h"
+#include "model/config.h"
+#include "model/generate.h"
+#include "model/llama.h"
+#include "model/llama_peft.h"
+#include "model/llama_trainer.h"
+#include "model/tokenizer.h"
+#include "model/trainer.h"
+#include "stages/stage.h"
+
+static const param_spec eval_params[] = {
+    {"model", PARAM_REF, NULL, 0, -1, "quantize_nf4|init_model|fetch_model", "the base model", PARAM_REQUIRED},
+    {"adapter", PARAM_REF, NULL, 0, -1, "train|attach_lora", "the tuned adapter (none: the base model only)", 0},
+    {"data", PARAM_REF, NULL, 0, -1, "dataset", "loss and perplexity on its val split; val records to score", 0},
+    {"extra_data", PARAM_REF, NULL, 0, -1, "dataset", "another dataset to report loss and perplexity on", 0},
+    {"prompts", PARAM_ANY, "[]", 0, -1, NULL, "prompts: strings (used verbatim) or records (through the format hook)", 0},
+    {"prompts_file", PARAM_FILE, NULL, 0, -1, NULL, "more prompts: a .jsonl of records or a text file, one a line", 0},
+    {"compare_base", PARAM_BOOL, "true", 0, -1, NULL, "also evaluate the base model, side by side", 0},
+    {"max_new_tokens", PARAM_INT, "64", 1, 1e6, NULL, "tokens to generate per prompt", 0},
+    {"temperature", PARAM_FLOAT, "0", 0, 100, NULL, "sampling temperature (0: greedy)", 0},
+    {"top_k", PARAM_INT, "0", 0, 1e9, NULL, "sample from the k most likely tokens (0: off)", 0},
+    {"top_p", PARAM_FLOAT, "1", 0, 1, NULL, "nucleus sampling threshold (1: off)", 0},
+    {"repetition_penalty", PARAM_FLOAT, "1", 0.01, 100, NULL, "divide the logits of seen tokens (1: off)", 0},
+    {"stop", PARAM_LIST, "[]", 0, -1, NULL, "stop strings: generation ends before the first one", 0},
+    {"score_records", PARAM_INT, "64", 0, 1e9, NULL, "val sequences of data to generate for and score (0: none)", 0},
+    {"batch_rows", PARAM_INT, "8", 1, 65536, NULL, "rows per forward pass for the loss", PARAM_NOKEY},
+    {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "sampling seed (default: the recipe's seed)", 0},
+    {0}};
+
+static int eval_check(const json_t *p) {
+    json_t *pr = json_object_get(p, "prompts");
+    if (!json_is_array(pr)) return err_set(ERR_RECIPE, "prompts must be a list of strings or records");
+    size_t i;
+    json_t *v;
+    json_array_foreach(pr, i, v) if (!json_is_string(v) && !json_is_object(v))
+        return err_set(ERR_RECIPE, "prompts[%zu] must be a string or a record (a mapping)", i);
+    return 0;
+}
+
+/* one prompt: the text given to the model and, for scoring, the record it came from */
+typedef struct prompt_item {
+    char *text;         /* the prompt as text (encoded with BOS unless ids are given) */
+    int32_t *ids;       /* val sequences: the prompt's token ids as trained; NULL otherwise */
+    int n_ids;
+    json_t *record;     /* what score() receives; NULL for a plain string prompt (not scored) */
+    char *reference;    /* val sequences: the trained response, for exact match */
+    const char *source; /* "prompts", "prompts_file", "val" */
+} prompt_item;
+
+typedef struct eval_state {
+    stage_ctx *ctx;
+    hooks *hooks;
+    tokenizer *tok;
+    llama_model *m;
+    gen_opts gen;
+    prompt_item *items;
+    size_t n_items, cap;
+} eval_state;
+
+/* the prompt text of a record: the format hook's untrained part, or its "prompt" field */
+static int record_prompt(eval_state *e, const json_t *record, const char *what, char **out) {
+    *out = NULL;
+    if (!hooks_has(e->hooks, "format")) {
+        const char *p = json_string_value(json_object_get(record, "prompt"));
+        if (!p) return err_set(ERR_RECIPE, "%s: a record prompt needs a format hook (hooks: {format: ...}) or a "
+                                           "'prompt' field", what);
+        *out = strdup(p);
+        return 0;
+    }
+    json_t *fctx = json_pack("{s:s, s:s}", "stage", e->ctx->name, "purpose", "evaluate");
+    hooks_format_result r = {0};
+    int rc = hooks_format(e->hooks, record, fctx, what, &r);
+    json_decref(fctx);
+    if (rc) return rc;
+    if (r.kind != HOOKS_FORMAT_DROP) {
+        size_t len = 0;
+        for (int i = 0; i < r.n && !r.seg[i].train; i++) len += r.seg[i].len;
+        char *s = malloc(len + 1);
+        size_t o = 0;
+        for (int i = 0; s && i < r.n && !r.seg[i].train; i++) memcpy(s + o, r.seg[i].text, r.seg[i].len), o += r.seg[i].len;
+        if (s) s[o] = 0;
+        *out = s;
+    }
+    hooks_format_result_free(&r);
+    return 0;
+}
+
+static int push_item(eval_state *e, prompt_item it) {
+    if (e->n_items == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 16;
+        prompt_item *p = realloc(e->items, cap * sizeof *p);
+        if (!p) return err_set(ERR_STAGE, "out of memory");
+        e->items = p;
+        e->cap = cap;
+    }
+    e->items[e->n_items++] = it;
+    return 0;
+}
+
+static int add_item(eval_state *e, const json_t *v, const char *source, size_t index) {
+    char what[160];
+    snprintf(what, sizeof what, "%s[%zu]", source, index);
+    char *text = NULL;
+    if (json_is_string(v)) {
+        text = strdup(json_string_value(v));
+    } else {
+        int rc = record_prompt(e, v, what, &text);
+        if (rc) return rc;
+        if (!text) return 0; /* the format hook dropped it */
+    }
+    return push_item(e, (prompt_item){.text = text, .record = json_is_object(v) ? json_incref((json_t *)v) : NULL,
+                                      .source = source});
+}
+
+static int load_prompts_file(eval_state *e, const char *path) {
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = fs_read_all(path, &buf, &len);
+    if (rc) return rc;
+    bool jsonl = strlen(path) > 6 && !strcmp(path + strlen(path) - 6, ".jsonl");
+    size_t index = 0;
+    for (char *line = buf, *nl; !rc && line < buf + len; line = nl + 1, index++) {
+        nl = strchr(line, '\n');
+        if (!nl) nl = buf + len;
+        *nl = 0;
+        if (!*line) continue;
+        if (jsonl) {
+            json_error_t je;
+            json_t *rec = json_loads(line, 0, &je);
+            if (!json_is_object(rec)) rc = err_set(ERR_DATA, "'%s':%zu: %s", path, index + 1, rec ? "not a record" : je.text);
+            else rc = add_item(e, rec, "prompts_file", index);
+            json_decref(rec);
+        } else {
+            json_t *s = json_string(line);
+            rc = add_item(e, s, "prompts_file", index);
+            json_decref(s);
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+/* Up to max val sequences of d as scored prompts: the untrained prefix is the prompt, the
+ * trained tokens (EOS left out) the reference. */
+static int add_val_sequences(eval_state *e, const train_data *d, const char *dir, int64_t max) {
+    int32_t eos = tokenizer_eos(e->tok);
+    int rc = 0;
+    /* the dataset's own records, when it keeps them (line q: val sequence q) */
+    char *rpath = fs_join(dir, "val.records.jsonl"), *rbuf = NULL, **lines = NULL;
+    size_t rlen = 0, n_lines = 0;
+    if (fs_exists(rpath) && !fs_read_all(rpath, &rbuf, &rlen)) {
+        lines = malloc(sizeof(char *) * (size_t)(d->n_seqs + 1));
+        for (char *l = rbuf, *nl; lines && l < rbuf + rlen && n_lines <= (size_t)d->n_seqs; l = nl + 1) {
+            nl = strchr(l, '\n');
+            if (!nl) nl = rbuf + rlen;
+            *nl = 0;
+            lines[n_lines++] = l;
+        }
+        if (n_lines != (size_t)d->n_seqs) {
+            stage_logf(e->ctx, "note: '%s' has %zu records for %lld val sequences: scoring with the decoded text instead",
+                       rpath, n_lines, (long long)d->n_seqs);
+            n_lines = 0;
+        }
+    }
+    err_clear();
+    for (int64_t q = 0; !rc && q < d->n_seqs && (int64_t)e->n_items < max; q++) {
+        int64_t a = d->seqs[q], b = d->seqs[q + 1], j = a;
+        while (j < b && d->labels[j] < 0) j++;
+        if (j == a || j == b) continue; /* nothing to prompt with, or nothing trained */
+        int64_t end = b;
+        while (end > j && (d->labels[end - 1] < 0 || d->ids[end - 1] == eos)) end--;
+        prompt_item it = {.n_ids = (int)(j - a), .source = "val"};
+        size_t len;
+        char *resp = NULL;
+        it.ids = malloc(sizeof(int32_t) * (size_t)it.n_ids);
+        if (!it.ids) {
+            rc = err_set(ERR_STAGE, "out of memory");
+            break;
+        }
+        memcpy(it.ids, d->ids + a, sizeof(int32_t) * (size_t)it.n_ids);
+        if ((rc = tokenizer_decode(e->tok, it.ids, (size_t)it.n_ids, true, &it.text, &len)) ||
+            (rc = tokenizer_decode(e->tok, d->ids + j, (size_t)(end - j), true, &resp, &len))) {
+            free(it.ids);
+            free(it.text);
+            break;
+        }
+        char *t = generate_utf8_lossy(it.text), *r = generate_utf8_lossy(resp);
+        free(it.text);
+        free(resp);
+        it.text = t;
+        it.reference = r;
+        if (!t || !r) {
+            free(it.ids), free(t), free(r);
+            rc = err_set(ERR_STAGE, "out of memory");
+            break;
+        }
+        it.record = n_lines ? json_loads(lines[q], 0, NULL) : NULL;
+        if (n_lines && !json_is_object(it.record)) {
+            json_decref(it.record);
+            free(it.ids), free(t), free(r);
+            rc = err_set(ERR_DATA, "'%s': line %lld is not a JSON record", rpath, (long long)q + 1);
+            break;
+        }
+        if (!it.record) it.record = json_pack("{s:s, s:s, s:s}", "prompt", t, "response", r, "output", r);
+        rc = push_item(e, it);
+    }
+    free(lines);
+    free(rbuf);
+    free(rpath);
+    return rc;
+}
+
+/* exact match after trimming whitespace at both ends */
+static double exact_match(const char *pred, const char *ref) {
+    while (*pred == ' ' || *pred == '\n' || *pred == '\t') pred++;
+    while (*ref == ' ' || *ref == '\n' || *ref == '\t') ref++;
+    size_t lp = strlen(pred), lr = strlen(ref);
+    while (lp && strchr(" \n\t", pred[lp - 1])) lp--;
+    while (lr && strchr(" \n\t", ref[lr - 1])) lr--;
+    return lp == lr && !memcmp(pred, ref, lp) ? 1.0 : 0.0;
+}
+
+typedef struct side {
+    double loss[2], ppl[2];
+    int64_t tokens;
+    const char *name;
+} side;
+
+static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_sides, const train_data *sets,
+                    int batch_rows, double *score_sum, int *score_n) {
+    for (int i = 0; i < n_sides; i++) {
+        trainer_model tm;
+        llama_trainer_bind(e->m, &tm);
+        double loss = NAN;
+        int64_t nt = 0;
+        int rc = trainer_evaluate(&tm, &sets[i], batch_rows, &loss, &nt);
+        if (rc) return rc;
+        sides[i].loss[tuned] = loss;
+        sides[i].ppl[tuned] = exp(loss);
+        sides[i].tokens = nt;
+    }
+    *score_sum = 0;
+    *score_n = 0;
+    for (size_t i = 0; i < e->n_items; i++) {
+        char *text = NULL;
+        int ntok = 0;
+        const prompt_item *it = &e->items[i];
+        int rc = it->ids ? generate_text_ids(e->m, e->tok, it->ids, it->n_ids, &e->gen, &text, &ntok)
+                         : generate_text(e->m, e->tok, it->text, &e->gen, &text, &ntok);
+        if (rc) return err_wrap("generating for %s prompt %zu", e->items[i].source, i);
+        json_t *g = json_array_get(gens, i);
+        json_object_set_new(g, tuned ? "tuned" : "base", json_string(text));
+        bool hook = hooks_has(e->hooks, "score");
+        if (it->record && (hook || it->reference)) {
+            double sc = 0;
+            char what[64];
+            snprintf(what, sizeof what, "%s record %zu", it->source, i);
+            if (!hook) sc = exact_match(text, it->reference);
+            else if ((rc = hooks_score(e->hooks, text, it->record, what, &sc))) {
+                free(text);
+                return rc;
+            }
+            json_object_set_new(g, tuned ? "score_tuned" : "score_base", json_real(sc));
+            *score_sum += sc;
+            (*score_n)++;
+        }
+        free(text);
+        stage_progress(e->ctx, tuned ? "generating (tuned)" : "generating (base)", (double)(i + 1),
+                       (double)e->n_items, "prompts");
+    }
+    if (e->n_items) stage_progress_done(e->ctx);
+    return 0;
+}
+
+static int cb_tokenize(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
+    return tokenizer_encode(((eval_state *)ud)->tok, text, len, false, ids, n);
+}
+
+static void cb_metric(void *ud, const char *name, double value) { stage_metric(((eval_state *)ud)->ctx, name, value); }
+
+static void cb_log(void *ud, const char *level, const char *msg) {
+    if (!strcmp(level, "info")) stage_logf(((eval_state *)ud)->ctx, "%s", msg);
+    else stage_logf(((eval_state *)ud)->ctx, "%s: %s", level, msg);
+}
+
+/* one line for the log: newlines shown as \n, cut to width */
+static void show(char *dst, size_t n, const char *s, size_t width) {
+    size_t o = 0;
+    for (; *s && o + 3 < n && o < width; s++) {
+        if (*s == '\n') dst[o++] = '\\', dst[o++] = 'n';
+        else dst[o++] = *s;
+    }
+    if (*s && o + 3 < n) dst[o++] = '.', dst[o++] = '.';
+    dst[o] = 0;
+}
+
+static void log_table(stage_ctx *ctx, const side *sides, int n_sides, bool base, bool tuned, int score_n,
+                      const double *score, json_t *gens) {
+    const char *c1 = base ? "base" : "", *c2 = tuned ? "tuned" : "";
+    stage_logf(ctx, "%-32s %12s %12s", "", c1, c2);
+    char label[64], v1[32], v2[32];
+    for (int i = 0; i < n_sides; i++) {
+        for (int k = 0; k < 2; k++) {
+            snprintf(label, sizeof label, "%s (%s)", k ? "val perplexity" : "val loss", sides[i].name);
+            const double *v = k ? sides[i].ppl : sides[i].loss;
+            snprintf(v1, sizeof v1, base ? "%.4f" : "", v[0]);
+            snprintf(v2, sizeof v2, tuned ? "%.4f" : "", v[1]);
+            stage_logf(ctx, "%-32s %12s %12s", label, v1, v2);
+        }
+    }
+    if (score_n) {
+        snprintf(label, sizeof label, "score (mean of %d)", score_n);
+        snprintf(v1, sizeof v1, base ? "%.4f" : "", score[0]);
+        snprintf(v2, sizeof v2, tuned ? "%.4f" : "", score[1]);
+        stage_logf(ctx, "%-32s %12s %12s", label, v1, v2);
+    }
+    size_t i;
+    json_t *g;
+    json_array_foreach(gens, i, g) {
+        if (i >= 4) {
+            stage_logf(ctx, "(%zu more generations in results.json)", json_array_size(gens) - 4);
+            break;
+        }
+        char buf[256];
+        show(buf, sizeof buf, json_string_value(json_object_get(g, "prompt")), 70);
+        stage_logf(ctx, "prompt: %s", buf);
+        if (base) show(buf, sizeof buf, json_string_value(json_object_get(g, "base")), 70), stage_logf(ctx, "  base:  %s", buf);
+        if (tuned) show(buf, sizeof buf, json_string_value(json_object_get(g, "tuned")), 70), stage_logf(ctx, "  tuned: %s", buf);
+    }
+}
+
+static int eval_run(stage_ctx *ctx) {
+    const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter");
+    if (!min) return err_set(ERR_STAGE, "evaluate: no model input");
+    char *mdir = fs_join(min->dir, "model"), *adir = ain ? fs_join(ain->dir, "adapter") : NULL;
+    char *pfile = stage_path(ctx, "prompts_file");
+    model_config cfg = {0};
+    peft_adapter ad;
+    peft_adapter_init(&ad);
+    eval_state e = {.ctx = ctx};
+    train_data sets[STAGE_MAX_INPUTS];
+    side sides[STAGE_MAX_INPUTS];
+    int n_sets = 0;
+    memset(sets, 0, sizeof sets);
+    json_t *gens = json_array(), *results = NULL;
+    const char **stops = NULL;
+    const ops_table *ops;
+    int rc;
+
+    if ((rc = device_ops(ctx->device, &ops))) goto out;
+    if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&e.tok, mdir))) goto out;
+    if ((rc = hooks_open(&e.hooks, ctx->hooks))) goto out;
+    hooks_set_callbacks(e.hooks, &(lua_host_callbacks){.ud = &e, .tokenize = cb_tokenize, .metric = cb_metric,
+                                                        .log = cb_log});
+
+    /* generation options */
+    json_t *seed = stage_json(ctx, "seed"), *stop = stage_json(ctx, "stop");
+    stops = calloc(json_array_size(stop) + 1, sizeof *stops);
+    for (size_t i = 0; i < json_array_size(stop); i++) stops[i] = json_string_value(json_array_get(stop, i));
+    e.gen = (gen_opts){.sample = {.temperature = (float)stage_float(ctx, "temperature"),
+                                  .top_k = (int)stage_int(ctx, "top_k"),
+                                  .top_p = (float)stage_float(ctx, "top_p"),
+                                  .repetition_penalty = (float)stage_float(ctx, "repetition_penalty"),
+                                  .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed},
+                       .max_new_tokens = (int)stage_int(ctx, "max_new_tokens"),
+                       .eos_id = tokenizer_eos(e.tok),
+                       .stop = stops,
+                       .n_stop = (int)json_array_size(stop)};
+
+    /* prompts: the recipe's, the file's, then val records to score */
+    json_t *pr = stage_json(ctx, "prompts"), *v;
+    size_t i;
+    json_array_foreach(pr, i, v) if ((rc = add_item(&e, v, "prompts", i))) goto out;
+    if (pfile && (rc = load_prompts_file(&e, pfile))) goto out;
+
+    /* datasets: every dataset input's val split */
+    int64_t max_row = 1;
+    for (int k = 0; k < ctx->n_inputs; k++) {
+        if (strcmp(ctx->inputs[k].kind, "dataset")) continue;
+        if (train_data_open(&sets[n_sets], ctx->inputs[k].dir, "val")) {
+            stage_logf(ctx, "note: dataset '%s' has no val split: %s", ctx->inputs[k].stage, err_msg());
+            err_clear();
+            continue;
+        }
+        if (sets[n_sets].n_rows == 0) {
+            train_data_free(&sets[n_sets]);
+            continue;
+        }
+        for (int64_t r = 0; r < sets[n_sets].n_rows; r++)
+            if (sets[n_sets].rows[r + 1] - sets[n_sets].rows[r] > max_row)
+                max_row = sets[n_sets].rows[r + 1] - sets[n_sets].rows[r];
+        sides[n_sets] = (side){.name = ctx->inputs[k].stage};
+        if (!strcmp(ctx->inputs[k].role, "data") &&
+            (rc = add_val_sequences(&e, &sets[n_sets], ctx->inputs[k].dir,
+                                    (int64_t)e.n_items + stage_int(ctx, "score_records"))))
+            goto out;
+        n_sets++;
+    }
+
+    if ((rc = llama_init(&e.m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
+    if (ain && ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir)) ||
+                (rc = llama_peft_attach(e.m, &ad, adir))))
+        goto out;
+    int batch_rows = (int)stage_int(ctx, "batch_rows");
+    if ((rc = llama_plan(e.m, (int)(max_row * batch_rows), LLAMA_CKPT_NONE))) goto out;
+
+    for (i = 0; i < e.n_items; i++)
+        json_array_append_new(gens, json_pack("{s:s, s:s, s:s*}", "prompt", e.items[i].text, "source",
+                                              e.items[i].source, "reference", e.items[i].reference));
+    bool tuned = ain != NULL, base = !ain || stage_bool(ctx, "compare_base");
+    double score[2] = {NAN, NAN};
+    int score_n = 0;
+    if (base) {
+        if (ain) llama_peft_zero(e.m);
+        double sum;
+        if ((rc = run_side(&e, 0, gens, sides, n_sets, sets, batch_rows, &sum, &score_n))) goto out;
+        if (score_n) score[0] = sum / score_n;
+    }
+    if (tuned) {
+        if (base && (rc = llama_peft_upload(e.m, &ad, adir))) goto out;
+        double sum;
+        if ((rc = run_side(&e, 1, gens, sides, n_sets, sets, batch_rows, &sum, &score_n))) goto out;
+        if (score_n) score[1] = sum / score_n;
+    }
+
+    /* results: one table, base and tuned side by side */
+    results = json_object();
+    json_t *losses = json_object();
+    for (int k = 0; k < n_sets; k++) {
+        json_t *row = json_pack("{s:I}", "tokens", (json_int_t)sides[k].tokens);
+        if (base) json_object_set_new(row, "base", json_pack("{s:f, s:f}", "loss", sides[k].loss[0], "perplexity", sides[k].ppl[0]));
+        if (tuned) json_object_set_new(row, "tuned", json_pack("{s:f, s:f}", "loss", sides[k].loss[1], "perplexity", sides[k].ppl[1]));
+        json_object_set_new(losses, sides[k].name, row);
+    }
+    json_object_set_new(results, "val", losses);
+    if (score_n) {
+        json_t *s = json_pack("{s:i, s:s}", "n", score_n, "metric", hooks_has(e.hooks, "score") ? "score hook" : "exact_match");
+        if (base) json_object_set_new(s, "base", json_real(score[0]));
+        if (tuned) json_object_set_new(s, "tuned", json_real(score[1]));
+        json_object_set_new(results, "score", s);
+    }
+    json_object_set(results, "generations", gens);
+    json_object_set_new(results, "generation", json_pack("{s:i, s:f, s:i, s:f, s:f}", "max_new_tokens",
+                                                         e.gen.max_new_tokens, "temperature", e.gen.sample.temperature,
+                                                         "top_k", e.gen.sample.top_k, "top_p", e.gen.sample.top_p,
+                                                         "repetition_penalty", e.gen.sample.repetition_penalty));
+    log_table(ctx, sides, n_sets, base, tuned, score_n, score, gens);
+    if (n_sets) {
+        if (tuned) stage_metric(ctx, "val_loss", sides[0].loss[1]), stage_metric(ctx, "perplexity", sides[0].ppl[1]);
+        if (base) stage_metric(ctx, "val_loss_base", sides[0].loss[0]), stage_metric(ctx, "perplexity_base", sides[0].ppl[0]);
+    }
+    if (score_n) {
+        if (tuned) stage_metric(ctx, "score", score[1]);
+        if (base) stage_metric(ctx, "score_base", score[0]);
+    }
+    char *text = json_dumps(results, JSON_INDENT(2) | JSON_SORT_KEYS), *rp = fs_join(ctx->out_dir, "results.json");
+    rc = text ? fs_write_atomic(rp, text, strlen(text)) : err_set(ERR_STAGE, "cannot encode the results");
+    free(text);
+    free(rp);
+    if (rc) goto out;
+    json_decref(ctx->report);
+    ctx->report = json_incref(results);
+    stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
+    if (hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
+
+out:
+    json_decref(results);
+    json_decref(gens);
+    for (size_t k = 0; k < e.n_items; k++) {
+        free(e.items[k].text);
+        free(e.items[k].ids);
+        free(e.items[k].reference);
+        json_decref(e.items[k].record);
+    }
+    free(e.items);
+    for (int k = 0; k < n_sets; k++) train_data_free(&sets[k]);
+    free(stops);
+    llama_free(&e.m);
+    hooks_free(&e.hooks);
+    tokenizer_free(&e.tok);
+    peft_adapter_free(&ad);
+    config_free(&cfg);
+    free(mdir);
+    free(adir);
+    free(pfile);
+    return rc;
+}
+
+const stage_kind stage_kind_evaluate = {
+    .name = "evaluate",
+    .version = 1,
+    .doc = "loss, perplexity, generations and hook scores of the base and tuned model, side by side",
+    .params = eval_params,
+    .check = eval_check,
+    .run = eval_run,
+};

@@ -1,0 +1,327 @@
+/* train.c: the train stage. Loads the base model (NF4) and the adapter from attach_lora,
+ * trains the adapter on a dataset artifact with model/trainer.c, and writes:
+ *   <out>/adapter/        the trained adapter (PEFT format)
+ *   <out>/train_log.jsonl one JSON object per step and evaluation (the whole run, across resumes)
+ *   <out>/metrics.json    final metrics (also in the manifest)
+ * Checkpoints live in ctx->work_dir, which survives a killed run: running the recipe again
+ * resumes from the newest one and ends with the same adapter bytes.
+ *
+ * Lua hooks: lr(step, total_steps, base_lr) -> learning rate (lr_hook or hooks.lr),
+ * on_step(metrics) and on_eval(results) (hooks.on_step / hooks.on_eval). */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "core/fsutil.h"
+#include "core/hooks.h"
+#include "formats/peft.h"
+#include "model/adapter.h"
+#include "model/config.h"
+#include "model/llama.h"
+#include "model/llama_peft.h"
+#include "model/llama_trainer.h"
+#include "model/trainer.h"
+#include "stages/stage.h"
+
+static const param_spec train_params[] = {
+    {"model", PARAM_REF, NULL, 0, -1, "quantize_nf4|init_model|fetch_model", "the base model", PARAM_REQUIRED},
+    {"adapter", PARAM_REF, NULL, 0, -1, "attach_lora", "the adapter to train", PARAM_REQUIRED},
+    {"data", PARAM_REF, NULL, 0, -1, "dataset", "the dataset (train split; val for evaluation)", PARAM_REQUIRED},
+    {"learning_rate", PARAM_FLOAT, "2e-4", 0, 1e6, NULL, "peak learning rate", 0},
+    {"micro_batch_size", PARAM_INT, "1", 1, 65536, NULL, "rows per micro-step", 0},
+    {"gradient_accumulation_steps", PARAM_INT, "1", 1, 65536, NULL, "micro-steps per optimizer step", 0},
+    {"num_epochs", PARAM_FLOAT, "1", 0.001, 1e6, NULL, "passes over the train split (when max_steps is 0)", 0},
+    {"max_steps", PARAM_INT, "0", 0, 1e12, NULL, "optimizer steps; 0: from num_epochs", 0},
+    {"warmup_steps", PARAM_INT, "0", 0, 1e12, NULL, "linear warmup from 0 over this many steps", 0},
+    {"lr_scheduler", PARAM_ENUM, "cosine", 0, -1, "constant|linear|cosine", "decay after warmup", 0},
+    {"lr_hook", PARAM_FILE, NULL, 0, -1, NULL, "Lua file with lr(step, total_steps, base_lr); overrides lr_scheduler", 0},
+    {"weight_decay", PARAM_FLOAT, "0", 0, 10, NULL, "AdamW decoupled weight decay", 0},
+    {"adam_beta1", PARAM_FLOAT, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
+    {"adam_beta2", PARAM_FLOAT, "0.999", 0, 0.999999999, NULL, "AdamW beta2", 0},
+    {"adam_epsilon", PARAM_FLOAT, "1e-8", 0, 1, NULL, "AdamW epsilon", 0},
+    {"max_grad_norm", PARAM_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm to this (0: off)", 0},
+    {"activation_checkpointing", PARAM_ENUM, "auto", 0, -1, "none|every_layer|auto",
+     "recompute each layer in backward (auto: only when memory_budget needs it)", 0},
+    {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
+     "activation memory allowed for auto checkpointing, e.g. 8GB (default: half of RAM or of the GPU)", PARAM_NOKEY},
+    {"eval_steps", PARAM_INT, "0", 0, 1e12, NULL, "evaluate on the val split every N steps (0: start and end only)", 0},
+    {"save_steps", PARAM_INT, "50", 0, 1e12, NULL, "checkpoint every N steps (0: only at the end and on interrupt)",
+     PARAM_NOKEY},
+    {"logging_steps", PARAM_INT, "1", 1, 1e12, NULL, "print a step line every N steps", PARAM_NOKEY},
+    {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "data order and dropout seed (default: the recipe's seed)", 0},
+    {0}};
+
+static int train_check(const json_t *p) {
+    if (json_integer_value(json_object_get(p, "max_steps")) > 0 &&
+        json_integer_value(json_object_get(p, "warmup_steps")) > json_integer_value(json_object_get(p, "max_steps")))
+        return err_set(ERR_RECIPE, "warmup_steps (%lld) is larger than max_steps (%lld)",
+                       (long long)json_integer_value(json_object_get(p, "warmup_steps")),
+                       (long long)json_integer_value(json_object_get(p, "max_steps")));
+    const char *mb = json_string_value(json_object_get(p, "memory_budget"));
+    if (mb) {
+        char *end;
+        double v = strtod(mb, &end);
+        if (!(v > 0) || (*end && strcasecmp(end, "GB") && strcasecmp(end, "MB") && strcasecmp(end, "GiB") &&
+                         strcasecmp(end, "MiB")))
+            return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", mb);
+    }
+    return 0;
+}
+
+/* ---- hooks, events and the persistent train log ---- */
+
+typedef struct train_run {
+    stage_ctx *ctx;
+    hooks *hooks;
+    FILE *log; /* work_dir/train_log.jsonl, appended */
+} train_run;
+
+static int hook_lr(void *ud, int64_t step, int64_t total, double base_lr, double *lr) {
+    return hooks_lr(((train_run *)ud)->hooks, step, total, base_lr, lr);
+}
+
+static int hook_on_step(void *ud, const trainer_step_info *in) {
+    train_run *r = ud;
+    if (!hooks_has(r->hooks, "on_step")) return 0;
+    json_t *m = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:f}", "step", (json_int_t)in->step, "total_steps",
+                          (json_int_t)in->total_steps, "loss", in->loss, "grad_norm", in->grad_norm, "lr", in->lr, "ms",
+                          in->ms, "tokens_per_s", in->tokens_per_s, "tokens", (json_int_t)in->tokens, "epoch",
+                          in->epoch);
+    int rc = hooks_on_step(r->hooks, m);
+    json_decref(m);
+    return rc;
+}
+
+static int hook_on_eval(void *ud, int64_t step, double loss, double ppl) {
+    train_run *r = ud;
+    if (!hooks_has(r->hooks, "on_eval")) return 0;
+    json_t *m = json_pack("{s:s, s:I, s:f, s:f}", "stage", r->ctx->name, "step", (json_int_t)step, "val_loss", loss,
+                          "perplexity", ppl);
+    int rc = hooks_on_eval(r->hooks, m);
+    json_decref(m);
+    return rc;
+}
+
+static void cb_metric(void *ud, const char *name, double value) { stage_metric(ud, name, value); }
+
+static void cb_log(void *ud, const char *level, const char *msg) {
+    if (!strcmp(level, "info")) stage_logf(ud, "%s", msg);
+    else stage_logf(ud, "%s: %s", level, msg);
+}
+
+static void hook_log(void *ud, const char *line) { stage_logf(((train_run *)ud)->ctx, "%s", line); }
+
+static void hook_event(void *ud, const char *type, json_t *ev) {
+    train_run *r = ud;
+    if (r->log) {
+        json_t *line = json_deep_copy(ev);
+        json_object_set_new(line, "type", json_string(type));
+        char *s = json_dumps(line, JSON_COMPACT | JSON_SORT_KEYS);
+        if (s) fprintf(r->log, "%s\n", s), fflush(r->log);
+        free(s);
+        json_decref(line);
+    }
+    stage_event(r->ctx, type, ev);
+}
+
+static void hook_progress(void *ud, double done, double total) {
+    train_run *r = ud;
+    if (done < 0) stage_progress_done(r->ctx);
+    else stage_progress(r->ctx, "steps", done, total, "steps");
+}
+
+/* Keep the lines of the persistent log up to the checkpoint we resume from (the steps after
+ * it run again), then open it for appending. */
+static int train_log_open(train_run *r, const char *path, int64_t resume_step) {
+    char *old = NULL;
+    size_t len = 0;
+    char *kept = NULL;
+    size_t kn = 0;
+    if (resume_step > 0 && fs_exists(path) && !fs_read_all(path, &old, &len)) {
+        kept = malloc(len + 1);
+        for (char *line = old, *nl; kept && line < old + len; line = nl + 1) {
+            nl = strchr(line, '\n');
+            if (!nl) break;
+            *nl = 0;
+            json_t *j = json_loads(line, 0, NULL);
+            json_int_t st = json_integer_value(json_object_get(j, "step"));
+            if (j && st <= resume_step && strcmp(json_string_value(json_object_get(j, "type")) ?: "", "interrupted")) {
+                size_t l = strlen(line);
+                memcpy(kept + kn, line, l);
+                kept[kn + l] = '\n';
+                kn += l + 1;
+            }
+            json_decref(j);
+        }
+    }
+    err_clear();
+    int rc = fs_write_atomic(path, kept ? kept : "", kn);
+    free(old);
+    free(kept);
+    if (rc) return rc;
+    r->log = fopen(path, "a");
+    return r->log ? 0 : err_errno(ERR_STAGE, "cannot open '%s'", path);
+}
+
+/* bytes from "8GB" / "512MB"; 0 if unset */
+static double parse_budget(const char *s) {
+    if (!s) return 0;
+    char *end;
+    double v = strtod(s, &end);
+    return (toupper((unsigned char)*end) == 'G' ? 1073741824.0 : 1048576.0) * v;
+}
+
+static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
+    const char *mode = stage_str(ctx, "activation_checkpointing");
+    llama_checkpointing ck = !strcmp(mode, "every_layer") ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
+    int rc = llama_plan(m, max_T, ck);
+    if (rc || strcmp(mode, "auto")) return rc;
+    double budget = parse_budget(stage_str(ctx, "memory_budget"));
+    if (budget <= 0) {
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
+    }
+    if ((double)m->act_bytes > budget) {
+        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing every "
+                        "layer", (double)m->act_bytes / 1048576.0, budget / 1048576.0);
+        rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
+    }
+    return rc;
+}
+
+static int train_run_stage(stage_ctx *ctx) {
+    const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter"),
+                      *din = stage_input_get(ctx, "data");
+    if (!min || !ain || !din) return err_set(ERR_STAGE, "train: missing an input (model, adapter, data)");
+    char *mdir = fs_join(min->dir, "model"), *adir = fs_join(ain->dir, "adapter");
+    char *out_adir = fs_join(ctx->out_dir, "adapter"), *lr_path = stage_path(ctx, "lr_hook");
+    char *log_path = NULL;
+    model_config cfg = {0};
+    peft_adapter ad;
+    peft_adapter_init(&ad);
+    train_data train = {0}, val = {0};
+    bool have_val = false;
+    llama_model *m = NULL;
+    train_run run = {.ctx = ctx};
+    const ops_table *ops;
+    int rc;
+
+    if ((rc = device_ops(ctx->device, &ops))) goto out;
+    if ((rc = config_load(&cfg, mdir))) goto out;
+    if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
+    if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
+    if (train_data_open(&val, din->dir, "val") == 0) have_val = val.n_rows > 0;
+    else err_clear();
+
+    /* hooks: an explicit lr_hook wins over the recipe's hooks.lr */
+    if ((rc = hooks_open(&run.hooks, ctx->hooks))) goto out;
+    if (lr_path && (rc = hooks_bind(run.hooks, "lr", lr_path))) goto out;
+    hooks_set_callbacks(run.hooks, &(lua_host_callbacks){.ud = ctx, .metric = cb_metric, .log = cb_log});
+
+    stage_logf(ctx, "loading %s model (%d layers, hidden %lld) on %s", config_arch_name(cfg.arch), cfg.num_layers,
+               (long long)cfg.hidden_size, ops->name);
+    if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
+    if ((rc = llama_peft_attach(m, &ad, adir))) goto out;
+
+    json_t *seed = stage_json(ctx, "seed");
+    trainer_config tc = {
+        .learning_rate = stage_float(ctx, "learning_rate"),
+        .micro_batch_size = (int)stage_int(ctx, "micro_batch_size"),
+        .gradient_accumulation_steps = (int)stage_int(ctx, "gradient_accumulation_steps"),
+        .num_epochs = stage_float(ctx, "num_epochs"),
+        .max_steps = stage_int(ctx, "max_steps"),
+        .warmup_steps = stage_int(ctx, "warmup_steps"),
+        .schedule = (trainer_schedule)trainer_schedule_from_name(stage_str(ctx, "lr_scheduler")),
+        .weight_decay = stage_float(ctx, "weight_decay"),
+        .adam_beta1 = stage_float(ctx, "adam_beta1"),
+        .adam_beta2 = stage_float(ctx, "adam_beta2"),
+        .adam_epsilon = stage_float(ctx, "adam_epsilon"),
+        .max_grad_norm = stage_float(ctx, "max_grad_norm"),
+        .eval_steps = stage_int(ctx, "eval_steps"),
+        .save_steps = stage_int(ctx, "save_steps"),
+        .logging_steps = stage_int(ctx, "logging_steps"),
+        .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
+        .work_dir = ctx->work_dir,
+    };
+    int64_t max_row = 0;
+    for (int64_t r = 0; r < train.n_rows; r++) if (train.rows[r + 1] - train.rows[r] > max_row) max_row = train.rows[r + 1] - train.rows[r];
+    for (int64_t r = 0; have_val && r < val.n_rows; r++) if (val.rows[r + 1] - val.rows[r] > max_row) max_row = val.rows[r + 1] - val.rows[r];
+    if ((rc = plan_memory(ctx, m, (int)(max_row * tc.micro_batch_size)))) goto out;
+
+    if (ctx->work_dir) {
+        if ((rc = fs_mkdir_p(ctx->work_dir))) goto out;
+        log_path = fs_join(ctx->work_dir, "train_log.jsonl");
+        if ((rc = train_log_open(&run, log_path, trainer_checkpoint_latest(ctx->work_dir)))) goto out;
+    }
+
+    trainer_model tm;
+    llama_trainer_bind(m, &tm);
+    trainer_hooks th = {.ud = &run, .lr = hooks_has(run.hooks, "lr") ? hook_lr : NULL, .log = hook_log, .event = hook_event,
+                        .progress = hook_progress, .on_step = hook_on_step, .on_eval = hook_on_eval,
+                        .interrupted = ctx->interrupted};
+    trainer_result res;
+    rc = trainer_run(&tc, ops, &tm, &train, have_val ? &val : NULL, &th, &res);
+    if (rc) goto out;
+
+    /* the artifact */
+    if ((rc = llama_peft_read(m, &ad)) || (rc = peft_adapter_save(&ad, out_adir))) goto out;
+    if (run.log) {
+        fclose(run.log);
+        run.log = NULL;
+        char *text = NULL, *dst = fs_join(ctx->out_dir, "train_log.jsonl");
+        size_t len = 0;
+        if (!(rc = fs_read_all(log_path, &text, &len))) rc = fs_write_atomic(dst, text, len);
+        free(text);
+        free(dst);
+        if (rc) goto out;
+    }
+    double tps = res.seconds > 0 ? (double)res.tokens / res.seconds : 0;
+    stage_metric(ctx, "steps", (double)res.steps);
+    stage_metric(ctx, "train_loss", res.final_train_loss);
+    if (have_val) {
+        stage_metric(ctx, "val_loss_start", res.first_val_loss);
+        stage_metric(ctx, "val_loss", res.final_val_loss);
+        stage_metric(ctx, "perplexity", exp(res.final_val_loss));
+    }
+    stage_metric(ctx, "train_seconds", res.seconds);
+    stage_metric(ctx, "tokens_per_s", tps);
+    if (res.resumed_from) stage_metric(ctx, "resumed_from_step", (double)res.resumed_from);
+    char *mp = fs_join(ctx->out_dir, "metrics.json");
+    char *mtext = json_dumps(ctx->metrics, JSON_INDENT(2) | JSON_SORT_KEYS);
+    rc = mtext ? fs_write_atomic(mp, mtext, strlen(mtext)) : err_set(ERR_STAGE, "cannot encode the metrics");
+    free(mtext);
+    free(mp);
+    if (!rc && have_val)
+        stage_logf(ctx, "val loss %.4f -> %.4f (%.1f%% lower), perplexity %.3f", res.first_val_loss,
+                   res.final_val_loss, 100.0 * (1.0 - res.final_val_loss / res.first_val_loss),
+                   exp(res.final_val_loss));
+
+out:
+    if (run.log) fclose(run.log);
+    hooks_free(&run.hooks);
+    llama_free(&m);
+    train_data_free(&train);
+    train_data_free(&val);
+    peft_adapter_free(&ad);
+    config_free(&cfg);
+    free(mdir);
+    free(adir);
+    free(out_adir);
+    free(lr_path);
+    free(log_path);
+    return rc;
+}
+
+const stage_kind stage_kind_train = {
+    .name = "train",
+    .version = 1,
+    .doc = "train a LoRA adapter on a dataset (AdamW, accumulation, schedules, checkpoints and resume)",
+    .params = train_params,
+    .check = train_check,
+    .run = train_run_stage,
+};

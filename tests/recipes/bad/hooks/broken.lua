@@ -1,0 +1,3 @@
+function format(record, ctx)
+  return { prompt = record.x .. , response = "" }
+end

@@ -1,0 +1,2 @@
+-- defines no lr function
+function schedule(step) return 1 end

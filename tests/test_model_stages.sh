@@ -1,0 +1,49 @@
+#!/bin/bash
+# test_model_stages.sh: the init_model and export stage kinds through the runner: a recipe
+# that generates a tiny model and exports it merged and as GGUF runs, is cached on the second
+# run, and recipes with bad export parameters are rejected at validation (exit 3).
+set -euo pipefail
+: "${QLORA_BIN:?}"
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+export QLORA_CACHE="$W/cache"
+cat > "$W/r.yaml" <<'YAML'
+name: model-stages
+seed: 3
+stages:
+  base:
+    kind: init_model
+    arch: qwen2
+    layers: 1
+    hidden: 64
+  out:
+    kind: export
+    model: base
+    formats: [merged, gguf]
+    gguf_type: q8_0
+YAML
+cd "$W"
+"$QLORA_BIN" r.yaml --quiet >/dev/null 2>&1 || { echo "FAIL: the recipe did not run"; "$QLORA_BIN" r.yaml; exit 1; }
+art=$(ls -d cache/artifacts/export/*/ | head -1)
+for f in model/config.json model/model.safetensors model/tokenizer.json model-q8_0.gguf; do
+    [ -s "$art/$f" ] || { echo "FAIL: export artifact lacks $f"; ls -R "$art"; exit 1; }
+done
+grep -q '"model_type": "qwen2"' "$art/model/config.json" || { echo "FAIL: merged config"; exit 1; }
+base=$(ls -d cache/artifacts/init_model/*/ | head -1)
+grep -q '"hidden_size": 64' "$base/model/config.json" || { echo "FAIL: init_model config"; exit 1; }
+"$QLORA_BIN" plan r.yaml 2>&1 | grep -q "cached" || { echo "FAIL: second plan does not reuse the cache"; exit 1; }
+expect_invalid() { # sed-expression expected-text
+    sed "$1" r.yaml > bad.yaml
+    set +e
+    "$QLORA_BIN" validate bad.yaml > out.txt 2>&1
+    rc=$?
+    set -e
+    [ $rc -eq 3 ] || { echo "FAIL: '$1': exit $rc (want 3)"; cat out.txt; exit 1; }
+    grep -q "$2" out.txt || { echo "FAIL: '$1': message lacks '$2'"; cat out.txt; exit 1; }
+}
+expect_invalid "s/gguf_type: q8_0/gguf_type: q4_k/" "q4_k"
+expect_invalid "s/formats: .*/formats: [peft]/" "needs an adapter"
+expect_invalid "s/gguf_type: q8_0/max_shard_size: 5 parsecs/" "bad size"
+expect_invalid "s/formats: .*/formats: [onnx]/" "onnx"
+expect_invalid "s/hidden: 64/hidden: 65/" "multiple of"
+echo ok

@@ -1,0 +1,234 @@
+/* test_llama.c: the model on the CPU backend, beyond the golden dumps.
+ *
+ *  - a transformers + bitsandbytes 4-bit checkpoint loads as stored and gives bitsandbytes'
+ *    logits (up to its bf16 compute); the bf16 original quantized at load gives them too
+ *  - activation checkpointing changes nothing: same loss and bit-identical gradients
+ *  - LoRA dropout: the whole model's gradients match finite differences with dropout on (the mask
+ *    is the same in forward, backward and recompute), and the seed changes the mask
+ *  - generation through the KV cache equals the full forward's logits
+ *  - bad inputs are errors with messages, not crashes */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+#include "model/llama.h"
+#include "test.h"
+
+#define QWEN2_DIR "golden/qwen2-tiny"
+
+static double rel_err(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 1e-30;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)a[i] - b[i]));
+        den = fmax(den, fabs((double)b[i]));
+    }
+    return num / den;
+}
+
+/* the qwen2 golden model with LoRA on every linear, A from PEFT's init and a nonzero B */
+static llama_model *small_model(float dropout, llama_checkpointing ckpt, int T) {
+    llama_model *m = NULL;
+    if (llama_load(&m, QWEN2_DIR, NULL, ops_cpu())) {
+        fprintf(stderr, "%s\n", err_msg());
+        return NULL;
+    }
+    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = dropout, .targets = LLAMA_TARGETS_ALL};
+    if (llama_lora_attach(m, &lc) || llama_plan(m, T, ckpt)) {
+        fprintf(stderr, "%s\n", err_msg());
+        llama_free(&m);
+        return NULL;
+    }
+    llama_lora_init_peft(m, 3);
+    float *p = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    m->ops->download(p, m->lora_params, sizeof(float) * (size_t)m->n_lora_params);
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        if (t->is_B)
+            for (int64_t i = 0; i < t->rows * t->cols; i++) p[t->offset + i] = 0.05f * rng_normal(4, (uint64_t)k, (uint64_t)i);
+    }
+    m->ops->upload(m->lora_params, p, sizeof(float) * (size_t)m->n_lora_params);
+    free(p);
+    return m;
+}
+
+static void small_batch(int32_t *ids, int32_t *labels, int32_t *ss, int T, int V) {
+    for (int t = 0; t < T; t++) {
+        ids[t] = (int32_t)(rng_u64(9, 0, (uint64_t)t) % (uint64_t)V);
+        labels[t] = t % 5 == 0 ? -100 : ids[t];
+        ss[t] = t < 9 ? 0 : 9;
+    }
+}
+
+TEST(bnb_checkpoint_logits) {
+    st_model *st = NULL;
+    CHECK(st_open(&st, "fixtures/bnb/tiny-llama-nf4-logits.safetensors") == 0);
+    if (!st) return;
+    const st_tensor *lt = st_find(st, "logits"), *it = st_find(st, "input_ids");
+    int T = 64, V = 512;
+    int32_t ids[64];
+    for (int t = 0; t < T; t++) {
+        int64_t v;
+        memcpy(&v, it->data + 8 * t, 8);
+        ids[t] = (int32_t)v;
+    }
+    const char *dirs[2] = {"fixtures/bnb/tiny-llama-nf4", "fixtures/bnb/tiny-llama-bf16"};
+    float *logits = malloc(sizeof(float) * (size_t)(T * V));
+    for (int d = 0; d < 2; d++) {
+        llama_model *m = NULL;
+        int rc = llama_load(&m, dirs[d], NULL, ops_cpu());
+        if (rc) fprintf(stderr, "%s\n", err_msg());
+        CHECK(rc == 0);
+        if (rc) continue;
+        CHECK(llama_plan(m, T, LLAMA_CKPT_NONE) == 0);
+        llama_batch b = {.ids = ids, .T = T};
+        CHECK(llama_forward_logits(m, &b, logits) == 0);
+        double e = rel_err(logits, (const float *)lt->data, (int64_t)T * V);
+        /* bitsandbytes computed in bf16: ~3 significant digits */
+        fprintf(stderr, "  %s: logits rel err vs bitsandbytes %.2e\n", dirs[d], e);
+        CHECK(e < 2e-2);
+        llama_free(&m);
+    }
+    free(logits);
+    st_close(&st);
+}
+
+static void grads_of(llama_model *m, const llama_batch *b, uint64_t seed, float *g, double *loss) {
+    int64_t n;
+    llama_lora_zero_grads(m);
+    CHECK(llama_forward_backward(m, b, 1.0f, seed, loss, &n) == 0);
+    m->ops->download(g, m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
+}
+
+TEST(checkpointing_changes_nothing) {
+    enum { T = 20 };
+    llama_model *a = small_model(0.1f, LLAMA_CKPT_NONE, T), *c = small_model(0.1f, LLAMA_CKPT_EVERY, T);
+    CHECK(a && c);
+    if (!a || !c) return;
+    int32_t ids[T], labels[T], ss[T];
+    small_batch(ids, labels, ss, T, a->V);
+    llama_batch b = {ids, labels, ss, T};
+    float *ga = malloc(sizeof(float) * (size_t)a->n_lora_params), *gc = malloc(sizeof(float) * (size_t)a->n_lora_params);
+    double la, lc;
+    grads_of(a, &b, 77, ga, &la);
+    grads_of(c, &b, 77, gc, &lc);
+    CHECK(la == lc);
+    CHECK(!memcmp(ga, gc, sizeof(float) * (size_t)a->n_lora_params));
+    CHECK(c->act_bytes < a->act_bytes);
+    /* another dropout seed draws another mask */
+    grads_of(c, &b, 78, gc, &lc);
+    CHECK(la != lc);
+    free(ga);
+    free(gc);
+    llama_free(&a);
+    llama_free(&c);
+}
+
+TEST(model_grad_with_dropout) {
+    enum { T = 16 };
+    llama_model *m = small_model(0.2f, LLAMA_CKPT_EVERY, T);
+    CHECK(m != NULL);
+    if (!m) return;
+    int32_t ids[T], labels[T], ss[T];
+    small_batch(ids, labels, ss, T, m->V);
+    llama_batch b = {ids, labels, ss, T};
+    int64_t np = m->n_lora_params;
+    float *g = malloc(sizeof(float) * (size_t)np), *p = malloc(sizeof(float) * (size_t)np);
+    double loss;
+    grads_of(m, &b, 5, g, &loss);
+    m->ops->download(p, m->lora_params, sizeof(float) * (size_t)np);
+    /* the 12 largest gradient entries, each by central differences of the loss sum */
+    double gmax = 0;
+    for (int64_t i = 0; i < np; i++) gmax = fmax(gmax, fabs(g[i]));
+    int checked = 0;
+    double worst = 0;
+    for (int64_t i = 0; i < np && checked < 12; i++) {
+        if (fabs(g[i]) < 0.3 * gmax) continue;
+        float keep = p[i], h = 2e-3f;
+        double lp, lm;
+        float *g2 = malloc(sizeof(float) * (size_t)np);
+        p[i] = keep + h;
+        m->ops->upload(m->lora_params, p, sizeof(float) * (size_t)np);
+        grads_of(m, &b, 5, g2, &lp);
+        p[i] = keep - h;
+        m->ops->upload(m->lora_params, p, sizeof(float) * (size_t)np);
+        grads_of(m, &b, 5, g2, &lm);
+        p[i] = keep;
+        free(g2);
+        worst = fmax(worst, fabs((lp - lm) / (2 * h) - g[i]) / gmax);
+        checked++;
+    }
+    m->ops->upload(m->lora_params, p, sizeof(float) * (size_t)np);
+    fprintf(stderr, "  %d entries, worst rel err %.2e\n", checked, worst);
+    CHECK(checked >= 6);
+    CHECK(worst < 1e-2);
+    free(g);
+    free(p);
+    llama_free(&m);
+}
+
+TEST(kv_cache_matches_forward) {
+    enum { T = 13, P = 10 };
+    llama_model *m = small_model(0.1f, LLAMA_CKPT_NONE, T);
+    CHECK(m != NULL);
+    if (!m) return;
+    int32_t ids[T], labels[T], ss[T];
+    small_batch(ids, labels, ss, T, m->V);
+    llama_batch b = {.ids = ids, .T = T};
+    float *full = malloc(sizeof(float) * (size_t)(T * m->V)), *one = malloc(sizeof(float) * (size_t)m->V);
+    CHECK(llama_forward_logits(m, &b, full) == 0);
+    CHECK(llama_generate_begin(m, 16) == 0);
+    CHECK(llama_decode(m, ids, P, one) == 0); /* the prompt at once */
+    CHECK(rel_err(one, full + (P - 1) * m->V, m->V) < 1e-5);
+    for (int t = P; t < T; t++) { /* then one token at a time */
+        CHECK(llama_decode(m, ids + t, 1, one) == 0);
+        CHECK(rel_err(one, full + t * m->V, m->V) < 1e-5);
+    }
+    /* a restart forgets the cache */
+    CHECK(llama_generate_begin(m, 16) == 0);
+    CHECK(llama_decode(m, ids, 1, one) == 0);
+    CHECK(rel_err(one, full, m->V) < 1e-5);
+    free(full);
+    free(one);
+    llama_free(&m);
+}
+
+TEST(bad_inputs) {
+    llama_model *m = small_model(0.0f, LLAMA_CKPT_NONE, 8);
+    CHECK(m != NULL);
+    if (!m) return;
+    int32_t ids[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, labels[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+    double loss;
+    int64_t n;
+    llama_batch b = {ids, labels, NULL, 9};
+    CHECK(llama_forward_loss(m, &b, &loss, &n, NULL) == ERR_STAGE); /* beyond the plan */
+    b.T = 8;
+    ids[3] = 5000;
+    CHECK(llama_forward_loss(m, &b, &loss, &n, NULL) == ERR_DATA);
+    CHECK(strstr(err_msg(), "outside the vocabulary") != NULL);
+    ids[3] = 4;
+    int32_t ss[8] = {0, 0, 2, 2, 2, 2, 2, 2};
+    b.seq_start = ss;
+    CHECK(llama_forward_loss(m, &b, &loss, &n, NULL) == 0 && n == 6); /* 7 shifted labels, one crosses t=2 */
+    ss[2] = 1; /* t=2 cannot belong to a sequence starting at 1 */
+    CHECK(llama_forward_loss(m, &b, &loss, &n, NULL) == ERR_DATA);
+    llama_free(&m);
+    m = NULL;
+    CHECK(llama_load(&m, "fixtures/no-such-model", NULL, ops_cpu()) != 0);
+    CHECK(m == NULL);
+    uint32_t mask;
+    const char *names[2] = {"q", "down_proj"};
+    CHECK(llama_targets_parse(&mask, names, 2) == 0 && mask == ((1u << LLAMA_Q) | (1u << LLAMA_DOWN)));
+    const char *bad[1] = {"qkv"};
+    CHECK(llama_targets_parse(&mask, bad, 1) == ERR_USAGE);
+}
+
+int main(void) {
+    RUN(bnb_checkpoint_logits);
+    RUN(checkpointing_changes_nothing);
+    RUN(model_grad_with_dropout);
+    RUN(kv_cache_matches_forward);
+    RUN(bad_inputs);
+    return test_summary();
+}

@@ -1,0 +1,585 @@
+/* test_ops_gpu.c: every CUDA op (ops_cuda()) against the plain C reference (ops_cpu()) on fresh
+ * random inputs of many shapes, as ggml's test-backend-ops does. Runs only where a GPU is
+ * (ctest label gpu); without one it says so and passes.
+ *
+ * Inputs are drawn once, rounded to bf16, and given to both backends (fp32 on the CPU, bf16 on
+ * the GPU), so the only differences are the GPU's bf16 outputs and intermediates. An element
+ * passes when |gpu - ref| <= atol + eps * |ref|, with atol a fraction of the reference's RMS (or an
+ * absolute floor where the reference can be exactly zero). Outputs of matrix products get an
+ * atol of 2.5% of the RMS: their bf16 operands and bf16 partial results (the base output before
+ * the LoRA branch is added, as peft does too) put single elements that far off where large
+ * terms cancel; the normalised squared error of every output must also stay under 1e-4.
+ * Outputs the op must overwrite are poisoned with NaN first, so an unwritten element fails.
+ * NF4 dequantization must be bit-identical to the CPU one rounded to bf16; quantization must
+ * write the same bytes. The seed changes every run and is printed (QLORA_TEST_SEED repeats one). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/half.h"
+#include "kernels/cpu/nf4.h"
+#include "kernels/ops.h"
+#include "test.h"
+
+#ifdef QLORA_HAVE_CUDA
+#include "kernels/cuda/nf4_cuda.h"
+#endif
+
+static const ops_table *cpu, *gpu;
+static uint64_t g_seed;
+
+/* ---- random numbers (splitmix64) ---- */
+
+static uint64_t rnd_u64(void) {
+    uint64_t z = (g_seed += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static float rnd_uniform(void) { return (float)(rnd_u64() >> 40) * (1.0f / 16777216.0f); }
+static float rnd_normal(void) {
+    float u = rnd_uniform() + 1e-7f, v = rnd_uniform();
+    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
+}
+static int rnd_int(int lo, int hi) { return lo + (int)(rnd_u64() % (uint64_t)(hi - lo + 1)); }
+
+/* ---- tensors on both sides ---- */
+
+typedef struct tens {
+    float *h;   /* host fp32: the reference's input or output */
+    void *d;    /* device: bf16 (act) or fp32 */
+    int64_t n;
+    int bf;     /* device copy is bf16 */
+} tens;
+
+static float bf_round(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+static void tens_upload(tens *t) {
+    if (t->bf) {
+        uint16_t *b = malloc(sizeof(uint16_t) * (size_t)t->n);
+        for (int64_t i = 0; i < t->n; i++) b[i] = f32_to_bf16(t->h[i]);
+        gpu->upload(t->d, b, sizeof(uint16_t) * (size_t)t->n);
+        free(b);
+    } else {
+        gpu->upload(t->d, t->h, sizeof(float) * (size_t)t->n);
+    }
+}
+
+/* random N(0, amp^2) (+ base), bf16-rounded when bf */
+static tens tens_rand(int64_t n, int bf, float amp, float base) {
+    tens t = {malloc(sizeof(float) * (size_t)(n ? n : 1)), gpu->alloc((size_t)(n ? n : 1) * (bf ? 2 : 4)), n, bf};
+    for (int64_t i = 0; i < n; i++) {
+        float v = base + amp * rnd_normal();
+        t.h[i] = bf ? bf_round(v) : v;
+    }
+    tens_upload(&t);
+    return t;
+}
+
+/* an output: host zero, device poisoned with NaN (0xff bytes are NaN in bf16 and fp32) */
+static tens tens_out(int64_t n, int bf) {
+    tens t = {calloc((size_t)(n ? n : 1), sizeof(float)), gpu->alloc((size_t)(n ? n : 1) * (bf ? 2 : 4)), n, bf};
+    uint8_t *p = malloc((size_t)(n ? n : 1) * (bf ? 2 : 4));
+    memset(p, 0xff, (size_t)(n ? n : 1) * (bf ? 2 : 4));
+    gpu->upload(t.d, p, (size_t)(n ? n : 1) * (bf ? 2 : 4));
+    free(p);
+    return t;
+}
+
+static tens tens_copy(const tens *s) {
+    tens t = {malloc(sizeof(float) * (size_t)(s->n ? s->n : 1)), gpu->alloc((size_t)(s->n ? s->n : 1) * (s->bf ? 2 : 4)),
+              s->n, s->bf};
+    memcpy(t.h, s->h, sizeof(float) * (size_t)s->n);
+    tens_upload(&t);
+    return t;
+}
+
+static float *tens_download(const tens *t) {
+    float *f = malloc(sizeof(float) * (size_t)(t->n ? t->n : 1));
+    if (t->bf) {
+        uint16_t *b = malloc(sizeof(uint16_t) * (size_t)(t->n ? t->n : 1));
+        gpu->download(b, t->d, sizeof(uint16_t) * (size_t)t->n);
+        for (int64_t i = 0; i < t->n; i++) f[i] = bf16_to_f32(b[i]);
+        free(b);
+    } else {
+        gpu->download(f, t->d, sizeof(float) * (size_t)t->n);
+    }
+    return f;
+}
+
+static void tens_free(tens *t) {
+    free(t->h);
+    gpu->free(t->d);
+    t->h = NULL;
+    t->d = NULL;
+}
+
+static void *dev_i32(const int32_t *h, int64_t n) {
+    void *d = gpu->alloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    gpu->upload(d, h, sizeof(int32_t) * (size_t)n);
+    return d;
+}
+
+/* |g - r| <= max(atol_frac * rms(ref), atol_abs) + eps * |r| for every element and
+ * nmse <= 1e-4; prints the worst element */
+static void check_close_abs(const char *what, const tens *out, double eps, double atol_frac, double atol_abs) {
+    float *g = tens_download(out);
+    const float *r = out->h;
+    double ss = 0, err2 = 0;
+    for (int64_t i = 0; i < out->n; i++) ss += (double)r[i] * r[i];
+    double rms = out->n ? sqrt(ss / (double)out->n) : 0, atol = fmax(atol_frac * rms, atol_abs) + 1e-30;
+    int64_t bad = 0, worst = -1;
+    double worst_ratio = 0;
+    for (int64_t i = 0; i < out->n; i++) {
+        double d = fabs((double)g[i] - r[i]), lim = atol + eps * fabs(r[i]);
+        err2 += d * d;
+        if (!(d <= lim)) { /* NaN fails too */
+            bad++;
+            double ratio = isnan(d) ? INFINITY : d / lim;
+            if (worst < 0 || ratio > worst_ratio) worst = i, worst_ratio = ratio;
+        }
+    }
+    double nmse = ss > 0 ? err2 / ss : err2;
+    if (!bad && !(nmse <= 1e-4)) {
+        test_cur_failed = 1;
+        test_failed_checks++;
+        fprintf(stderr, "  %s: nmse %.3g over 1e-4\n", what, nmse);
+    } else if (bad) {
+        test_cur_failed = 1;
+        test_failed_checks++;
+        fprintf(stderr, "  %s: %lld of %lld elements off (worst [%lld]: gpu %.6g ref %.6g, atol %.3g); nmse %.3g\n",
+                what, (long long)bad, (long long)out->n, (long long)worst, g[worst], r[worst], atol, nmse);
+    } else if (getenv("QLORA_TEST_VERBOSE")) {
+        fprintf(stderr, "  %s: ok (%lld elements, nmse %.3g)\n", what, (long long)out->n, nmse);
+    }
+    free(g);
+}
+
+static void check_close(const char *what, const tens *out, double eps, double atol_frac) {
+    check_close_abs(what, out, eps, atol_frac, 0.0);
+}
+
+#define EPS_BF 1.6e-2 /* two bf16 roundings */
+
+/* ---- NF4 ---- */
+
+#ifdef QLORA_HAVE_CUDA
+TEST(nf4_dequant_bit_identical) {
+    const int64_t sizes[] = {1, 7, 64, 1000, 4097, 65536 + 24, 4096 * 33 + 5};
+    const int blocks[] = {32, 64, 128, 4096};
+    const float *qm = nf4_quant_map(OPS_NF4);
+    float *qm_d = gpu->alloc(64);
+    gpu->upload(qm_d, qm, 64);
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++)
+            for (int misalign = 0; misalign < 2; misalign++) {
+                int64_t n = sizes[si], nb = nf4_nblocks(n, blocks[bi]), bytes = nf4_packed_bytes(n);
+                uint8_t *codes = malloc((size_t)bytes + 1);
+                float *absmax = malloc(sizeof(float) * (size_t)nb), *ref = malloc(sizeof(float) * (size_t)n);
+                for (int64_t i = 0; i < bytes + 1; i++) codes[i] = (uint8_t)rnd_u64();
+                for (int64_t b = 0; b < nb; b++) absmax[b] = 0.01f + rnd_uniform();
+                /* misaligned: codes start one byte into the buffer (the scalar path) */
+                uint8_t *cd = gpu->alloc((size_t)bytes + 1);
+                float *ad = gpu->alloc(sizeof(float) * (size_t)nb);
+                uint16_t *od = gpu->alloc(sizeof(uint16_t) * (size_t)n + 2);
+                gpu->upload(cd, codes, (size_t)bytes + 1);
+                gpu->upload(ad, absmax, sizeof(float) * (size_t)nb);
+                nf4_cuda_dequant_bf16(od + misalign, cd + misalign, ad, qm_d, n, blocks[bi]);
+                uint16_t *got = malloc(sizeof(uint16_t) * (size_t)n);
+                gpu->download(got, od + misalign, sizeof(uint16_t) * (size_t)n);
+                nf4_dequantize_ref(ref, codes + misalign, absmax, qm, blocks[bi], 0, n);
+                int64_t bad = 0, first = -1;
+                for (int64_t i = 0; i < n; i++)
+                    if (got[i] != f32_to_bf16(ref[i])) {
+                        if (first < 0) first = i;
+                        bad++;
+                    }
+                if (bad) {
+                    test_cur_failed = 1;
+                    test_failed_checks++;
+                    fprintf(stderr, "  dequant n=%lld bs=%d misalign=%d: %lld differ, first [%lld] %04x vs %04x\n",
+                            (long long)n, blocks[bi], misalign, (long long)bad, (long long)first, got[first],
+                            f32_to_bf16(ref[first]));
+                }
+                free(codes), free(absmax), free(ref), free(got);
+                gpu->free(cd), gpu->free(ad), gpu->free(od);
+            }
+    gpu->free(qm_d);
+}
+
+TEST(nf4_quantize_same_bytes) {
+    const int64_t sizes[] = {1, 63, 64, 1001, 70000};
+    const int blocks[] = {32, 64, 256};
+    const float *qm = nf4_quant_map(OPS_NF4);
+    float *qm_d = gpu->alloc(64);
+    gpu->upload(qm_d, qm, 64);
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++)
+        for (size_t bi = 0; bi < sizeof blocks / sizeof *blocks; bi++) {
+            int64_t n = sizes[si], nb = nf4_nblocks(n, blocks[bi]), bytes = nf4_packed_bytes(n);
+            float *x = malloc(sizeof(float) * (size_t)n);
+            for (int64_t i = 0; i < n; i++) x[i] = rnd_normal() * 0.02f;
+            if (n > 2 * blocks[bi]) memset(x + blocks[bi], 0, sizeof(float) * (size_t)blocks[bi]); /* a zero block */
+            uint8_t *c_ref = malloc((size_t)bytes), *c_got = malloc((size_t)bytes);
+            float *a_ref = malloc(sizeof(float) * (size_t)nb), *a_got = malloc(sizeof(float) * (size_t)nb);
+            nf4_quantize_ref(c_ref, a_ref, x, NF4_SRC_F32, n, blocks[bi], OPS_NF4);
+            float *xd = gpu->alloc(sizeof(float) * (size_t)n), *ad = gpu->alloc(sizeof(float) * (size_t)nb);
+            uint8_t *cd = gpu->alloc((size_t)bytes);
+            gpu->upload(xd, x, sizeof(float) * (size_t)n);
+            nf4_cuda_quantize_f32(cd, ad, xd, qm_d, n, blocks[bi]);
+            gpu->download(c_got, cd, (size_t)bytes);
+            gpu->download(a_got, ad, sizeof(float) * (size_t)nb);
+            int64_t bad_c = 0, bad_a = 0;
+            for (int64_t i = 0; i < bytes; i++) bad_c += c_got[i] != c_ref[i];
+            for (int64_t b = 0; b < nb; b++) bad_a += memcmp(&a_got[b], &a_ref[b], 4) != 0;
+            if (bad_c || bad_a) {
+                test_cur_failed = 1;
+                test_failed_checks++;
+                fprintf(stderr, "  quantize n=%lld bs=%d: %lld code bytes and %lld absmax differ\n", (long long)n,
+                        blocks[bi], (long long)bad_c, (long long)bad_a);
+            }
+            free(x), free(c_ref), free(c_got), free(a_ref), free(a_got);
+            gpu->free(xd), gpu->free(ad), gpu->free(cd);
+        }
+    gpu->free(qm_d);
+}
+#endif
+
+/* ---- elementwise ---- */
+
+TEST(embedding) {
+    const int shapes[][3] = {{5, 100, 16}, {37, 1000, 256}, {8, 50, 100}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int T = shapes[s][0], V = shapes[s][1], C = shapes[s][2];
+        tens table = tens_rand((int64_t)V * C, 1, 1.0f, 0.0f);
+        uint16_t *tb = malloc(2 * (size_t)V * C), *tbd = gpu->alloc(2 * (size_t)V * C);
+        for (int64_t i = 0; i < (int64_t)V * C; i++) tb[i] = f32_to_bf16(table.h[i]);
+        gpu->upload(tbd, tb, 2 * (size_t)V * C);
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)T);
+        for (int t = 0; t < T; t++) ids[t] = rnd_int(0, V - 1);
+        int32_t *idsd = dev_i32(ids, T);
+        tens out = tens_out((int64_t)T * C, 1);
+        cpu->embedding_fwd(out.h, ids, tb, T, C);
+        gpu->embedding_fwd(out.d, idsd, tbd, T, C);
+        check_close("embedding", &out, 0, 0);
+        tens_free(&table), tens_free(&out);
+        free(tb), free(ids), gpu->free(tbd), gpu->free(idsd);
+    }
+}
+
+TEST(rmsnorm) {
+    const int shapes[][2] = {{1, 8}, {7, 100}, {64, 4096}, {33, 2056}, {5, 8192}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int T = shapes[s][0], C = shapes[s][1];
+        tens x = tens_rand((int64_t)T * C, 1, 1.5f, 0.0f), w = tens_rand(C, 1, 0.2f, 1.0f);
+        uint16_t *wb = malloc(2 * (size_t)C);
+        for (int i = 0; i < C; i++) wb[i] = f32_to_bf16(w.h[i]);
+        tens out = tens_out((int64_t)T * C, 1), rstd = tens_out(T, 0);
+        cpu->rmsnorm_fwd(out.h, rstd.h, x.h, wb, T, C, 1e-5f);
+        gpu->rmsnorm_fwd(out.d, rstd.d, x.d, w.d, T, C, 1e-5f);
+        check_close("rmsnorm_fwd out", &out, EPS_BF, 1e-3);
+        check_close("rmsnorm_fwd rstd", &rstd, 1e-4, 0);
+        /* backward accumulates into a random dx; rstd from the reference on both sides */
+        tens dout = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f), dx = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f);
+        tens rstd_ref = tens_copy(&rstd);
+        cpu->rmsnorm_bwd(dx.h, dout.h, x.h, wb, rstd.h, T, C);
+        gpu->rmsnorm_bwd(dx.d, dout.d, x.d, w.d, rstd_ref.d, T, C);
+        check_close("rmsnorm_bwd dx", &dx, EPS_BF, 1e-2);
+        tens_free(&x), tens_free(&w), tens_free(&out), tens_free(&rstd), tens_free(&dout), tens_free(&dx);
+        tens_free(&rstd_ref);
+        free(wb);
+    }
+}
+
+TEST(add_swiglu) {
+    const int64_t sizes[] = {1, 7, 12345, 1 << 20};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        int64_t n = sizes[s];
+        tens y = tens_rand(n, 1, 1.0f, 0.0f), x = tens_rand(n, 1, 1.0f, 0.0f);
+        cpu->add_inplace(y.h, x.h, n);
+        gpu->add_inplace(y.d, x.d, n);
+        check_close("add_inplace", &y, 8e-3, 0);
+        tens g = tens_rand(n, 1, 2.0f, 0.0f), u = tens_rand(n, 1, 1.0f, 0.0f), out = tens_out(n, 1);
+        cpu->swiglu_fwd(out.h, g.h, u.h, n);
+        gpu->swiglu_fwd(out.d, g.d, u.d, n);
+        check_close("swiglu_fwd", &out, EPS_BF, 1e-3);
+        tens dout = tens_rand(n, 1, 1.0f, 0.0f), dg = tens_out(n, 1), du = tens_out(n, 1);
+        cpu->swiglu_bwd(dg.h, du.h, dout.h, g.h, u.h, n);
+        gpu->swiglu_bwd(dg.d, du.d, dout.d, g.d, u.d, n);
+        check_close("swiglu_bwd dgate", &dg, EPS_BF, 1e-3);
+        check_close("swiglu_bwd dup", &du, EPS_BF, 1e-3);
+        tens_free(&y), tens_free(&x), tens_free(&g), tens_free(&u), tens_free(&out), tens_free(&dout);
+        tens_free(&dg), tens_free(&du);
+    }
+}
+
+TEST(rope) {
+    const int shapes[][3] = {{37, 3, 64}, {16, 4, 128}, {9, 2, 16}, {100, 1, 80}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int T = shapes[s][0], nh = shapes[s][1], hd = shapes[s][2];
+        int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+        for (int t = 0; t < T; t++) pos[t] = rnd_int(0, 4095);
+        float *inv = malloc(sizeof(float) * (size_t)hd / 2);
+        for (int i = 0; i < hd / 2; i++) inv[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
+        int32_t *posd = dev_i32(pos, T);
+        float *invd = gpu->alloc(sizeof(float) * (size_t)hd / 2);
+        gpu->upload(invd, inv, sizeof(float) * (size_t)hd / 2);
+        for (int inverse = 0; inverse < 2; inverse++) {
+            tens q = tens_rand((int64_t)T * nh * hd, 1, 1.0f, 0.0f);
+            cpu->rope(q.h, pos, inv, T, nh, hd, inverse);
+            gpu->rope(q.d, posd, invd, T, nh, hd, inverse);
+            check_close(inverse ? "rope inverse" : "rope", &q, EPS_BF, 2e-3);
+            tens_free(&q);
+        }
+        free(pos), free(inv), gpu->free(posd), gpu->free(invd);
+    }
+}
+
+/* ---- attention ---- */
+
+/* sequence starts for T tokens cut into pieces of random length (one piece when !packed) */
+static int32_t *make_seq_start(int T, int packed) {
+    int32_t *ss = malloc(sizeof(int32_t) * (size_t)T);
+    int start = 0, left = packed ? rnd_int(1, T) : T;
+    for (int t = 0; t < T; t++) {
+        if (left == 0) {
+            start = t;
+            left = rnd_int(1, T / 2 + 1);
+        }
+        ss[t] = start;
+        left--;
+    }
+    return ss;
+}
+
+TEST(attention) {
+    /* T, nh, nkv, hd, packed */
+    const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
+                           {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
+                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
+        int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
+        int32_t *ss = make_seq_start(T, packed);
+        int32_t *ssd = dev_i32(ss, T);
+        tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+        tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
+        cpu->attention_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
+        gpu->attention_fwd(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        char what[128];
+        snprintf(what, sizeof what, "attention_fwd out T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
+        check_close(what, &out, EPS_BF, 2e-2);
+        snprintf(what, sizeof what, "attention_fwd lse T=%d nh=%d nkv=%d hd=%d", T, nh, nkv, hd);
+        check_close(what, &lse, 1e-3, 1e-3);
+
+        /* backward from the reference's out and lse on both sides */
+        tens out_ref = tens_copy(&out), lse_ref = tens_copy(&lse);
+        for (int64_t i = 0; i < nq; i++) out_ref.h[i] = bf_round(out_ref.h[i]);
+        tens_upload(&out_ref);
+        tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
+        tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
+        cpu->attention_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
+        gpu->attention_bwd(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
+        check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
+        snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
+        check_close_abs(what, &dk, 3e-2, 3e-2, 1e-4);
+        snprintf(what, sizeof what, "attention_bwd dv T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
+        check_close_abs(what, &dv, 3e-2, 3e-2, 1e-4);
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
+        tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
+        free(ss), gpu->free(ssd);
+    }
+}
+
+TEST(attention_cached) {
+    /* Tq, Tk, nh, nkv, hd */
+    const int cfgs[][5] = {{1, 17, 4, 2, 64}, {5, 200, 8, 2, 128}, {64, 64, 2, 2, 64}, {3, 130, 2, 1, 32}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int Tq = cfgs[c][0], Tk = cfgs[c][1], nh = cfgs[c][2], nkv = cfgs[c][3], hd = cfgs[c][4];
+        tens q = tens_rand((int64_t)Tq * nh * hd, 1, 1.0f, 0.0f);
+        tens k = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f), v = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f);
+        tens out = tens_out((int64_t)Tq * nh * hd, 1);
+        cpu->attention_cached(out.h, q.h, k.h, v.h, Tq, Tk, nh, nkv, hd);
+        gpu->attention_cached(out.d, q.d, k.d, v.d, Tq, Tk, nh, nkv, hd);
+        check_close("attention_cached", &out, EPS_BF, 2e-2);
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out);
+    }
+}
+
+/* ---- NF4 linear with LoRA ---- */
+
+typedef struct qlin {
+    ops_nf4 wh, wd;       /* host and device views */
+    uint8_t *codes_h, *codes_d;
+    float *absmax_h, *absmax_d, *qm_d;
+} qlin;
+
+static qlin qlin_make(int out, int in) {
+    qlin q;
+    int64_t n = (int64_t)out * in, nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n);
+    q.codes_h = malloc((size_t)bytes);
+    q.absmax_h = malloc(sizeof(float) * (size_t)nb);
+    for (int64_t i = 0; i < bytes; i++) q.codes_h[i] = (uint8_t)rnd_u64();
+    for (int64_t b = 0; b < nb; b++) q.absmax_h[b] = (0.5f + rnd_uniform()) / sqrtf((float)in);
+    q.codes_d = gpu->alloc((size_t)bytes);
+    q.absmax_d = gpu->alloc(sizeof(float) * (size_t)nb);
+    q.qm_d = gpu->alloc(64);
+    gpu->upload(q.codes_d, q.codes_h, (size_t)bytes);
+    gpu->upload(q.absmax_d, q.absmax_h, sizeof(float) * (size_t)nb);
+    gpu->upload(q.qm_d, nf4_quant_map(OPS_NF4), 64);
+    q.wh = (ops_nf4){q.codes_h, q.absmax_h, nf4_quant_map(OPS_NF4), out, in, 64};
+    q.wd = (ops_nf4){q.codes_d, q.absmax_d, q.qm_d, out, in, 64};
+    return q;
+}
+
+static void qlin_free(qlin *q) {
+    free(q->codes_h), free(q->absmax_h);
+    gpu->free(q->codes_d), gpu->free(q->absmax_d), gpu->free(q->qm_d);
+}
+
+TEST(qlinear) {
+    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate */
+    const int cfgs[][7] = {{16, 64, 96, 8, 0, 0, 0},   {37, 256, 160, 16, 10, 1, 0}, {32, 4096, 4096, 16, 0, 0, 1},
+                           {5, 128, 64, 4, 25, 0, 1},   {64, 512, 1376, 0, 0, 0, 0},  {1, 64, 64, 16, 5, 1, 0},
+                           {128, 1024, 256, 64, 0, 1, 1}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], in = cfgs[c][1], out = cfgs[c][2], r = cfgs[c][3], accumulate = cfgs[c][6];
+        float p = (float)cfgs[c][4] / 100.0f;
+        qlin W = qlin_make(out, in);
+        tens x = tens_rand((int64_t)T * in, 1, 1.0f, 0.0f);
+        tens bias = tens_rand(out, 1, 0.1f, 0.0f);
+        uint16_t *bias_h = malloc(2 * (size_t)out);
+        for (int i = 0; i < out; i++) bias_h[i] = f32_to_bf16(bias.h[i]);
+        tens A = tens_rand((int64_t)(r ? r : 1) * in, 0, 1.0f / sqrtf((float)in), 0.0f);
+        tens B = tens_rand((int64_t)out * (r ? r : 1), 0, 0.05f, 0.0f);
+        tens dA = tens_rand((int64_t)(r ? r : 1) * in, 0, 0.01f, 0.0f), dB = tens_rand((int64_t)out * (r ? r : 1), 0, 0.01f, 0.0f);
+        ops_lora Lh = {A.h, B.h, dA.h, dB.h, r, 2.0f, p, rnd_u64()}, Ld = Lh;
+        Ld.A = A.d, Ld.B = B.d, Ld.dA = dA.d, Ld.dB = dB.d;
+        tens y = tens_out((int64_t)T * out, 1), xa = tens_out((int64_t)T * (r ? r : 1), 0);
+        cpu->qlinear_fwd(y.h, x.h, &W.wh, cfgs[c][5] ? bias_h : NULL, r ? &Lh : NULL, r ? xa.h : NULL, T);
+        gpu->qlinear_fwd(y.d, x.d, &W.wd, cfgs[c][5] ? bias.d : NULL, r ? &Ld : NULL, r ? xa.d : NULL, T);
+        char what[128];
+        snprintf(what, sizeof what, "qlinear_fwd y T=%d in=%d out=%d r=%d p=%.2f", T, in, out, r, p);
+        check_close(what, &y, EPS_BF, 2.5e-2);
+        if (r) {
+            snprintf(what, sizeof what, "qlinear_fwd xa T=%d in=%d r=%d p=%.2f", T, in, r, p);
+            check_close(what, &xa, 1e-2, 1e-2);
+        }
+        /* backward: xa from the reference on both sides */
+        tens xa_ref = tens_copy(&xa);
+        tens dy = tens_rand((int64_t)T * out, 1, 1.0f, 0.0f);
+        tens dx = accumulate ? tens_rand((int64_t)T * in, 1, 1.0f, 0.0f) : tens_out((int64_t)T * in, 1);
+        cpu->qlinear_bwd(dx.h, dy.h, x.h, &W.wh, r ? &Lh : NULL, r ? xa_ref.h : NULL, T, accumulate);
+        gpu->qlinear_bwd(dx.d, dy.d, x.d, &W.wd, r ? &Ld : NULL, r ? xa_ref.d : NULL, T, accumulate);
+        snprintf(what, sizeof what, "qlinear_bwd dx T=%d in=%d out=%d r=%d acc=%d", T, in, out, r, accumulate);
+        check_close(what, &dx, EPS_BF, 2.5e-2);
+        if (r) {
+            snprintf(what, sizeof what, "qlinear_bwd dA T=%d in=%d r=%d p=%.2f", T, in, r, p);
+            check_close(what, &dA, 2e-2, 2e-2);
+            snprintf(what, sizeof what, "qlinear_bwd dB T=%d out=%d r=%d", T, out, r);
+            check_close(what, &dB, 2e-2, 2e-2);
+        }
+        qlin_free(&W);
+        tens_free(&x), tens_free(&bias), tens_free(&A), tens_free(&B), tens_free(&dA), tens_free(&dB);
+        tens_free(&y), tens_free(&xa), tens_free(&xa_ref), tens_free(&dy), tens_free(&dx);
+        free(bias_h);
+    }
+}
+
+/* ---- lm_head + cross-entropy, logits ---- */
+
+TEST(xent_and_logits) {
+    /* T, C, V */
+    const int cfgs[][3] = {{16, 64, 1000}, {40, 256, 32000}, {9, 128, 50}, {3, 64, 131}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], C = cfgs[c][1], V = cfgs[c][2];
+        tens x = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f), E = tens_rand((int64_t)V * C, 1, 0.5f, 0.0f);
+        uint16_t *Eh = malloc(2 * (size_t)V * C);
+        for (int64_t i = 0; i < (int64_t)V * C; i++) Eh[i] = f32_to_bf16(E.h[i]);
+        int32_t *tgt = malloc(sizeof(int32_t) * (size_t)T);
+        int count = 0;
+        for (int t = 0; t < T; t++) {
+            tgt[t] = rnd_uniform() < 0.2f ? -100 : rnd_int(0, V - 1);
+            count += tgt[t] >= 0;
+        }
+        int32_t *tgtd = dev_i32(tgt, T);
+        float gs = 1.0f / (float)(count ? count : 1);
+        for (int with_grad = 0; with_grad < 2; with_grad++) {
+            tens losses = tens_out(T, 0), dx = tens_out((int64_t)T * C, 1);
+            cpu->xent_fwd_bwd(losses.h, with_grad ? dx.h : NULL, x.h, Eh, tgt, T, C, V, gs);
+            gpu->xent_fwd_bwd(losses.d, with_grad ? dx.d : NULL, x.d, E.d, tgtd, T, C, V, gs);
+            char what[128];
+            snprintf(what, sizeof what, "xent losses T=%d C=%d V=%d", T, C, V);
+            check_close(what, &losses, 5e-3, 1e-3);
+            if (with_grad) {
+                snprintf(what, sizeof what, "xent dx T=%d C=%d V=%d", T, C, V);
+                check_close(what, &dx, 3e-2, 2e-2);
+            }
+            tens_free(&losses), tens_free(&dx);
+        }
+        tens logits = tens_out((int64_t)T * V, 0);
+        cpu->logits(logits.h, x.h, Eh, T, C, V);
+        gpu->logits(logits.d, x.d, E.d, T, C, V);
+        check_close("logits", &logits, 1e-2, 1e-3);
+        tens_free(&x), tens_free(&E), tens_free(&logits);
+        free(Eh), free(tgt), gpu->free(tgtd);
+    }
+}
+
+/* ---- optimizer ---- */
+
+TEST(adamw_norm_scale) {
+    const int64_t sizes[] = {1, 10007, 1 << 22};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        int64_t n = sizes[s];
+        tens p = tens_rand(n, 0, 0.05f, 0.0f), m = tens_rand(n, 0, 1e-3f, 0.0f), v = tens_out(n, 0);
+        for (int64_t i = 0; i < n; i++) v.h[i] = 1e-6f * rnd_uniform();
+        tens_upload(&v);
+        for (int step = 1; step <= 3; step++) {
+            tens g = tens_rand(n, 0, 1e-2f, 0.0f);
+            cpu->adamw(p.h, g.h, m.h, v.h, n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+            gpu->adamw(p.d, g.d, m.d, v.d, n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+            tens_free(&g);
+        }
+        check_close("adamw param", &p, 1e-5, 1e-5);
+        check_close("adamw m", &m, 1e-5, 1e-6);
+        check_close("adamw v", &v, 1e-5, 1e-6);
+        /* the reduction and the scaling start from the same values on both sides */
+        tens_upload(&p);
+        double ref = cpu->sum_squares(p.h, n), got = gpu->sum_squares(p.d, n);
+        CHECK_NEAR(got, ref, 1e-5 * ref + 1e-30);
+        cpu->scale(p.h, n, 0.37f);
+        gpu->scale(p.d, n, 0.37f);
+        check_close("scale", &p, 1e-6, 0);
+        tens_free(&p), tens_free(&m), tens_free(&v);
+    }
+}
+
+int main(void) {
+    cpu = ops_cpu();
+    gpu = ops_cuda();
+    if (!gpu) {
+        printf("no CUDA device: GPU op tests skipped\n");
+        return 0;
+    }
+    const char *env = getenv("QLORA_TEST_SEED");
+    g_seed = env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    fprintf(stderr, "seed %llu (QLORA_TEST_SEED repeats it)\n", (unsigned long long)g_seed);
+#ifdef QLORA_HAVE_CUDA
+    RUN(nf4_dequant_bit_identical);
+    RUN(nf4_quantize_same_bytes);
+#endif
+    RUN(embedding);
+    RUN(rmsnorm);
+    RUN(add_swiglu);
+    RUN(rope);
+    RUN(attention);
+    RUN(attention_cached);
+    RUN(qlinear);
+    RUN(xent_and_logits);
+    RUN(adamw_norm_scale);
+    return test_summary();
+}
