@@ -1566,6 +1566,15 @@ static int engine_prepare_hub(engine *g, const repo_paths *p) {
     return rc;
 }
 
+/* dir made absolute (its own symlinks resolved) joined with rel, whose last part stays as it
+ * is: a snapshot file is the link, whose name (and extension) readers go by, not the blob */
+static char *abs_file_path(const char *dir, const char *rel) {
+    char *d = realpath(dir, NULL);
+    char *out = fs_join(d ? d : dir, rel);
+    free(d);
+    return out;
+}
+
 static char *abs_path(const char *p) {
     char *r = realpath(p, NULL);
     return r ? r : strdup(p);
@@ -1719,7 +1728,11 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         free(absent);
         /* a branch may have moved: only a pinned commit, or offline mode, trusts the cache alone */
         if ((cfg->offline || is_hex(rev, 40)) && (have || gone)) {
-            if (have) *local_path = abs_path(local);
+            if (have) {
+                char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
+                *local_path = abs_file_path(snap, path);
+                free(snap);
+            }
             else rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
                               repo_noun(type), repo, rev);
             free(local);
@@ -1755,9 +1768,7 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
     if (!rc) rc = engine_run(&g);
     if (!rc) rc = write_ref(&p, rev, x->commit);
     if (!rc) {
-        char *local = fs_join(x->snapshot_root, path);
-        *local_path = abs_path(local);
-        free(local);
+        *local_path = abs_file_path(x->snapshot_root, path);
     }
     engine_free(&g);
     repo_paths_free(&p);
