@@ -90,7 +90,10 @@ hub_branch datasets/ org/data main $C_data
 add_api datasets org/data main $C_data alpaca.json
 
 # ---- nginx: the hub, plus a backend (P3) and a CDN on another host (P2) ----
-hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT
+hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT
+# a certificate no system store trusts, for the TLS server
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/tls.key" -out "$T/tls.pem" -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 2> /dev/null
 CDN_BLOB=$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)
 HTTP_EXTRA="
     map \$status \$rev_err { 404 RevisionNotFound; default \"\"; }
@@ -143,6 +146,14 @@ SERVERS="
         location /blobs/ { }
         location /org/flaky/ { return 500; }
         location /org/ratelimited/ { add_header Retry-After 2 always; return 429; }
+    }
+    # the hub over TLS, with a self-signed certificate
+    server {
+        listen 127.0.0.1:$P4 ssl;
+        ssl_certificate $T/tls.pem;
+        ssl_certificate_key $T/tls.key;
+        root $WWW;
+        location ~ ^/[^/]+/[^/]+/resolve/ { include $T/hubhdrs.conf; }
     }"
 hub_start "$HUB_LOCATIONS" "$SERVERS" "$HTTP_EXTRA" || { echo "FAIL nginx did not start"; exit 1; }
 P1=$HUB_PORT
@@ -253,7 +264,13 @@ HF_HUB_OFFLINE=1 run org/never; check "offline without cache: exit 8" test "$rc"
 HF_ENDPOINT=http://127.0.0.1:1 run org/tiny
 check "hub unreachable: the cached snapshot serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
 
-# 11. the token never appears in anything we printed
+# 11. TLS: an untrusted certificate fails (verification is never off); its CA file makes it work
+HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls run org/tiny
+check "TLS with an untrusted certificate: exit 8" test "$rc" = 8; check "TLS: says the certificate failed" has "could not be verified"
+HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls CURL_CA_BUNDLE=$T/tls.pem run org/tiny
+check "TLS with CURL_CA_BUNDLE" test "$rc" = 0 && check "TLS: identical bytes" cmp -s "$T/home-tls/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
+
+# 12. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
 if [ $fails -gt 0 ]; then
