@@ -857,6 +857,7 @@ typedef struct xfer {
     xwriter *writer;   /* while a GET writes */
     int64_t have;      /* bytes in part */
     int64_t start_have;
+    int64_t req_have;  /* have when the current request started: progress resets the retry count */
     bool cached;       /* answered from the cache */
     bool write_failed, range_mismatch;
     int lock_fd;
@@ -1125,6 +1126,7 @@ static int xfer_start(engine *g, xfer *x) {
             x->have = 0;
         }
         if (!x->attempts && !x->hops) x->start_have = x->have;
+        x->req_have = x->have;
     }
     x->easy = curl_easy_init();
     if (!x->easy) return err_set(ERR_STAGE, "curl_easy_init failed");
@@ -1273,6 +1275,7 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
 
     if (c != CURLE_OK && !x->range_mismatch) {
         free(redirect);
+        if (x->get_phase && x->have > x->req_have) x->attempts = 0; /* a cut after progress: resume freely */
         if (!curl_retryable(c) || ++x->attempts > g->cfg->max_retries) return curl_error(c, x->errbuf, x->url, x->attempts);
         schedule(x, again, backoff_s(g->cfg, x->attempts));
         return 0;
@@ -1553,6 +1556,26 @@ static int snapshot_from_cache(const hub_config *cfg, const hub_fetch_opts *o, c
     return 0;
 }
 
+/* Re-hash a cached snapshot file against its blob name (the ETag: SHA-256 or git SHA-1). A
+ * corrupt blob is deleted with the link, so the file is fetched again; *ok says it was fine. */
+static int verify_cached(const char *link, bool *ok) {
+    char target[1024];
+    ssize_t k = readlink(link, target, sizeof target - 1);
+    *ok = true;
+    if (k <= 0) return 0;
+    target[k] = 0;
+    const char *etag = strrchr(target, '/');
+    etag = etag ? etag + 1 : target;
+    int rc = verify_blob(link, etag, ok);
+    if (rc || *ok) return rc;
+    char *dir = fs_dirname(link), *blob = fs_join(dir, target);
+    if (unlink(blob) && errno != ENOENT) rc = err_errno(ERR_STAGE, "cannot delete the corrupt blob '%s'", blob);
+    else if (unlink(link)) rc = err_errno(ERR_STAGE, "cannot delete '%s'", link);
+    free(dir);
+    free(blob);
+    return rc;
+}
+
 /* every hub transfer learns its blob name from the HEAD; it needs the folders first */
 static int engine_prepare_hub(engine *g, const repo_paths *p) {
     char *blobs = xasprintf("%s/blobs", p->repo_dir);
@@ -1667,6 +1690,11 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         int64_t s = fs_size(local); /* follows the link: a blob is there */
         struct stat lst;
         bool linked = lstat(local, &lst) == 0 && S_ISLNK(lst.st_mode);
+        if (s >= 0 && linked && o->verify) {
+            rc = verify_cached(local, &linked);
+            if (rc) { free(local); break; }
+            if (!linked) out->n_corrupt++;
+        }
         free(local);
         if (s >= 0 && linked) { out->bytes_total += s; continue; }
         char *qpath = hub_url_quote(want[i], true);
@@ -1683,7 +1711,7 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         engine_add(&g, x);
     }
     free((void *)want);
-    if (g.n) rc = engine_prepare_hub(&g, &p);
+    if (!rc && g.n) rc = engine_prepare_hub(&g, &p);
     if (!rc && g.n) rc = engine_run(&g);
     for (int i = 0; i < g.n; i++) out->bytes_total += g.x[i]->size > 0 ? g.x[i]->size : 0;
     out->bytes_downloaded = g.downloaded;

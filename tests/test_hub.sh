@@ -231,6 +231,14 @@ run org/tiny
 check "partial blob resumed" test "$rc" = 0 && check "resumed bytes identical" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
 check "resume asked for the rest" grep -q "range=\"bytes=700000-\"" "$T/logs/hub.log"
 
+# 7b. a bit flipped in a cached blob: --verify finds it, deletes the blob and fetches it again
+BLOBF=$CACHE/models--org--tiny/blobs/$BLOB
+printf '\x5a' | dd of="$BLOBF" bs=1 seek=5000 conv=notrunc 2> /dev/null
+run org/tiny; check "without --verify a cached blob is trusted" test "$rc" = 0
+run org/tiny --verify
+check "--verify: corrupt blob fetched again" test "$rc" = 0 && check "--verify: says so" has "failed their checksum"
+check "--verify: bytes repaired" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
+
 # 8. a dataset file by branch
 run --dataset org/data --file alpaca.json
 check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
