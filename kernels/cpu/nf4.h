@@ -53,6 +53,11 @@ int64_t nf4_quantize_ref(uint8_t *codes, float *absmax, const void *src, int src
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads);
 
+/* nf4_quantize that also measures the reconstruction: err[0] = sum (x - quant_map[code] * s)^2,
+ * err[1] = sum x^2, with s = recon_absmax[block] when given (what the checkpoint will really
+ * store, e.g. the de-nested absmax) or the computed absmax. Same return. */
+int64_t nf4_quantize_err(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
+                         int quant_type, int nthreads, const float *recon_absmax, double err[2]);
 /* absmax only, exactly as nf4_quantize stores it (a first pass that needs no code buffer);
  * same return */
 int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads);
