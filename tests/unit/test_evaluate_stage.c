@@ -167,8 +167,8 @@ int main(void) {
     if (!rc) rc = fix_write_dataset(data_art, 96, 16);
     if (!rc)
         rc = run_stage(&stage_kind_attach_lora,
-                       json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "r", 8, "alpha", 16.0, "dropout", 0.0,
-                                 "targets", "all-linear", "seed", (json_int_t)5),
+                       json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "lora_r", 8, "lora_alpha", 16.0, "lora_dropout", 0.0,
+                                 "lora_target_modules", "all-linear", "seed", (json_int_t)5),
                        lora_art, NULL, NULL, NULL);
     if (!rc)
         rc = run_stage(&stage_kind_train,

@@ -261,8 +261,8 @@ int main(void) {
     int rc = fix_write_model(model_art, &c, 3);
     if (!rc) rc = fix_write_dataset(data_art, 96, 16);
     stage_ctx ctx;
-    json_t *lp = json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "r", 8, "alpha", 16.0, "dropout", 0.0,
-                           "targets", "all-linear", "seed", (json_int_t)5);
+    json_t *lp = json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "lora_r", 8, "lora_alpha", 16.0, "lora_dropout", 0.0,
+                           "lora_target_modules", "all-linear", "seed", (json_int_t)5);
     fix_ctx(&ctx, &stage_kind_attach_lora, "lora", lp, lora_art, NULL);
     fix_input(&ctx, "model", "init_model", model_art);
     if (!rc) rc = stage_kind_attach_lora.run(&ctx);
