@@ -133,13 +133,11 @@ void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absma
     }
 }
 
-extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, const uint8_t *absmax_q,
-                                         const float *nested_absmax, const float *nested_map, float nested_offset,
-                                         const float *quant_map, int64_t n, int blocksize) {
+void launch_nf4_dequant_dq_bf16(bf16 *dst, const uint8_t *codes, const uint8_t *absmax_q, const float *nested_absmax,
+                                const float *nested_map, float nested_offset, const float *quant_map, int64_t n,
+                                int blocksize, cudaStream_t s) {
     CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     if (n <= 0) return;
-    bf16 *dst = (bf16 *)dst_;
-    cudaStream_t s = cuda_stream();
     int64_t vec_units = 0;
     if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
         vec_units = n / 8;
@@ -159,6 +157,13 @@ extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, c
                                                                          n, blocksize);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst, const uint8_t *codes, const uint8_t *absmax_q,
+                                         const float *nested_absmax, const float *nested_map, float nested_offset,
+                                         const float *quant_map, int64_t n, int blocksize) {
+    launch_nf4_dequant_dq_bf16((bf16 *)dst, codes, absmax_q, nested_absmax, nested_map, nested_offset, quant_map, n,
+                               blocksize, cuda_stream());
 }
 
 extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax,
