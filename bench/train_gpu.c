@@ -181,14 +181,14 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
  * (or a cap-sized row range of it), the cross-entropy's logits chunk and attention's fp32 dq; the
  * LoRA copies, the dropout input (reused for the LoRA dx), attention's D and (grouped-query) dk,
  * dv, and the cuBLAS workspace */
-static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    int64_t cap = ckpt == LLAMA_CKPT_EVERY ? (int64_t)LEAN_SCRATCH_CAP : 0;
+static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
         const llama_linear *lin = &m->layers[0].lin[t];
         int64_t wb = lin->in * lin->out * 2;
-        if (cap && wb > cap) wb = (cap / 2 / lin->in) * lin->in * 2; /* a row range of it (at most) */
+        if (cap && wb > cap) wb = cap; /* a row or column range of it (at most the cap) */
         max_w = max64(max_w, wb);
+        if (!lin->lora.A) continue; /* the LoRA scratch: targeted linears only */
         max_in = max64(max_in, lin->in);
         max_out = max64(max_out, lin->out);
     }
@@ -201,10 +201,33 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, llama_checkpo
     return b;
 }
 
-static int64_t plan_total(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
+/* With checkpointing, the plan's knobs from the fastest to the leanest: the ops' scratch cap
+ * (0: a whole dequantized weight) and the MLP's rows a chunk (0: the whole micro-batch). The
+ * benchmark takes the first that fits the memory it has (--budget-gib). */
+typedef struct lean_opt {
+    int64_t cap;
+    int mlp_rows;
+} lean_opt;
+static const lean_opt lean_opts[] = {{0, 0}, {0, 1024}, {LEAN_SCRATCH_CAP, 1024}, {LEAN_SCRATCH_CAP, 512},
+                                     {LEAN_SCRATCH_CAP, 256}};
+#define N_LEAN_OPTS ((int)(sizeof lean_opts / sizeof *lean_opts))
+
+static int64_t plan_total_opt(llama_model *m, int64_t T, llama_checkpointing ckpt, lean_opt o) {
+    m->mlp_chunk_rows = o.mlp_rows > 0 ? o.mlp_rows : (int)T;
     return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) +
-           plan_scratch_bytes(m, T, ckpt);
+           plan_scratch_bytes(m, T, o.cap);
 }
+
+/* the fastest plan of ckpt that fits has (the leanest when none does); its total in *need */
+static lean_opt plan_pick(llama_model *m, int64_t T, llama_checkpointing ckpt, int64_t has, int64_t *need) {
+    int n = ckpt == LLAMA_CKPT_EVERY ? N_LEAN_OPTS : 1;
+    for (int i = 0; i < n; i++) {
+        *need = plan_total_opt(m, T, ckpt, lean_opts[i]);
+        if (*need <= has || i == n - 1) return lean_opts[i];
+    }
+    return lean_opts[0];
+}
+
 
 /* ---- train ---- */
 
@@ -265,7 +288,9 @@ static int bench_train(int argc, char **argv) {
     size_t live, peak;
     cuda_mem_stats(&live, &peak);
     int64_t has = budget_gib > 0 ? (int64_t)(budget_gib * GIB) : (int64_t)dev.free_bytes + (int64_t)live - (256 << 20);
-    int64_t need_none = plan_total(m, T, LLAMA_CKPT_NONE), need_every = plan_total(m, T, LLAMA_CKPT_EVERY);
+    int64_t need_none, need_every;
+    plan_pick(m, T, LLAMA_CKPT_NONE, has, &need_none);
+    lean_opt lean = plan_pick(m, T, LLAMA_CKPT_EVERY, has, &need_every);
     llama_checkpointing ckpt;
     if (!strcmp(ckpt_s, "none")) ckpt = LLAMA_CKPT_NONE;
     else if (!strcmp(ckpt_s, "every")) ckpt = LLAMA_CKPT_EVERY;
@@ -277,7 +302,9 @@ static int bench_train(int argc, char **argv) {
         int64_t lo = 0, hi = T;
         while (lo < hi) {
             int64_t mid = (lo + hi + 1) / 2;
-            if (plan_total(m, mid, LLAMA_CKPT_EVERY) <= has) lo = mid;
+            int64_t nm;
+            plan_pick(m, mid, LLAMA_CKPT_EVERY, has, &nm);
+            if (nm <= has) lo = mid;
             else hi = mid - 1;
         }
         char fit[160];
@@ -293,8 +320,10 @@ static int bench_train(int argc, char **argv) {
                                   "would fit: %s", need / GIB, ckpt == LLAMA_CKPT_NONE ? "none" : "every layer", T,
                        has / GIB, fit);
     }
-    /* a checkpointed run is the lean one: the ops' largest scratch capped too */
-    cuda_scratch_cap_set(ckpt == LLAMA_CKPT_EVERY ? LEAN_SCRATCH_CAP : 0);
+    /* a checkpointed run takes the fastest knobs that fit (plan_pick) */
+    lean_opt use = ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
+    m->mlp_chunk_rows = use.mlp_rows > 0 ? use.mlp_rows : T;
+    cuda_scratch_cap_set((size_t)use.cap);
     if ((rc = llama_plan(m, T, ckpt))) return rc;
 
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T), *ss = malloc(sizeof(int32_t) * (size_t)T);
@@ -351,8 +380,9 @@ static int bench_train(int argc, char **argv) {
                     "%.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
             m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
-    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB); measured peak %.3f GiB\n",
-            plan_total(m, T, ckpt) / GIB, plan_scratch_bytes(m, T, ckpt) / GIB, cuda_scratch_cap() >> 20, peak / GIB);
+    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
+                    "GiB\n", need / GIB, plan_scratch_bytes(m, T, use.cap) / GIB, cuda_scratch_cap() >> 20,
+            m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     free(ids);
     free(ss);
     free(times);

@@ -513,8 +513,8 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
  * of buffers serves every layer and most of them hold two things in turn (see layer_backward):
  *   X0: n1, then n2, then dq       att: att, then n1 again       res_mid: res_mid, then datt
  *   q: also res[L] (between the last layer's forward and the final norm's backward)
- *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up);
- *               dk, dv during attention's backward
+ *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up;
+ *               dact over act when down_proj has no LoRA); dk, dv during attention's backward
  * so a layer's working set is 8 [T, C] buffers plus the region, beside the L layer inputs. */
 static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
@@ -528,11 +528,13 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         a->v = carve_take(cv, T * kvd * es);
         a->att = carve_take(cv, T * W * es);
         a->res_mid = A->datt = carve_take(cv, T * W * es);
-        char *region = carve_take(cv, max64(4 * rows * I, 2 * T * kvd) * es);
+        /* without a LoRA branch on down_proj, its backward never reads act: dact takes act's slot */
+        int64_t slots = m->layers[0].lin[LLAMA_DOWN].lora.A ? 4 : 3;
+        char *region = carve_take(cv, max64(slots * rows * I, 2 * T * kvd) * es);
         a->gate = A->dgate = region;
         a->up = A->dup = region + rows * I * es;
         a->act = region + 2 * rows * I * es;
-        A->dact = region + 3 * rows * I * es;
+        A->dact = region + (slots - 1) * rows * I * es;
         A->dk = region;
         A->dv = region + T * kvd * es;
         a->rstd1 = carve_take(cv, T * 4);
@@ -724,8 +726,13 @@ static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, int t0, int 
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
-    if (lean) mlp_forward_rows(m, l, a, m->layers[l].lin[LLAMA_DOWN].lora.A ? A->dact : NULL, t0, n, true, seed);
     void *n2 = rows_at(m, a->n2, t0, m->C), *dn = rows_at(m, A->dn, t0, m->C);
+    if (lean && m->layers[l].lin[LLAMA_DOWN].lora.A) {
+        mlp_forward_rows(m, l, a, A->dact, t0, n, true, seed);
+    } else if (lean) { /* gate and up only: act (dact's slot) is not read without down's LoRA */
+        linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, true, seed);
+        linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, true, seed);
+    }
     void *dres = rows_at(m, A->dres, t0, m->C);
     linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
     o->swiglu_bwd(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)n * m->I);

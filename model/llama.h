@@ -81,7 +81,7 @@ typedef struct llama_layer {
 
 typedef struct llama_acts llama_acts; /* per-layer saved activations (llama.c) */
 
-#define LLAMA_MLP_CHUNK_ROWS 512
+#define LLAMA_MLP_CHUNK_ROWS 1024
 
 typedef enum llama_checkpointing {
     LLAMA_CKPT_NONE = 0,  /* keep every layer's activations */

@@ -202,12 +202,32 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
             ck = LLAMA_CKPT_EVERY;
         }
     }
-    device_lean_scratch(m->ops, ck == LLAMA_CKPT_EVERY);
+    /* Checkpointing on a GPU: the lean knobs (the MLP in chunks of rows, the ops' scratch capped)
+     * save a few hundred MB and cost some speed, so they are taken only when the plain checkpointed
+     * plan would not fit the budget (or the device's free memory). */
+    bool lean = false;
+    if (ck == LLAMA_CKPT_EVERY && gpu) {
+        m->mlp_chunk_rows = max_T;
+        double wmax = 0;
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
+        double room = budget;
+        if (room <= 0) {
+            device_info di;
+            device_info_get(m->ops, &di);
+            room = di.free_bytes;
+        }
+        lean = need > room;
+        if (lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+    }
+    device_lean_scratch(m->ops, lean);
     int rc = llama_plan(m, max_T, ck);
     if (rc && gpu && ck == LLAMA_CKPT_NONE && !strcmp(mode, "auto")) { /* the device said no: the lean plan */
         err_clear();
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
         device_lean_scratch(m->ops, true);
+        m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
         rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
     }
     return rc;
@@ -228,7 +248,9 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
                di.live_bytes / MiB);
     stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s",
                di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
-               m->ckpt == LLAMA_CKPT_EVERY ? "every layer (lean plan: one layer's buffers, MLP in chunks)" : "none");
+               m->ckpt == LLAMA_CKPT_NONE            ? "none"
+               : m->mlp_chunk_rows > 0 && m->mlp_chunk_rows < max_T ? "every layer (lean plan: MLP in chunks of rows)"
+                                                                     : "every layer");
 }
 
 static int train_run_stage(stage_ctx *ctx) {

@@ -352,11 +352,25 @@ static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint1
 static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                            const float *xa, int T, int accumulate) {
     int out = (int)W->rows, in = (int)W->cols;
-    if (dx) // dx (+)= dy[:, rows r0..] W[r0..]: the row ranges split the sum
+    size_t wbytes = (size_t)out * (size_t)in * sizeof(bf16);
+    if (dx && g_scratch_cap && wbytes > g_scratch_cap) {
+        // capped: dx[:, c0..c0+w) = dy W[:, c0..c0+w), column range by column range, so each
+        // element of dx comes from one GEMM (row ranges would sum many bf16 partial results)
+        int64_t wc = (int64_t)(g_scratch_cap / sizeof(bf16)) / out / 8 * 8;
+        if (wc < 8) wc = 8;
+        bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, (size_t)wc * out * sizeof(bf16));
+        for (int64_t c0 = 0; c0 < in; c0 += wc) {
+            int64_t nw = in - c0 < wc ? in - c0 : wc;
+            launch_nf4_dequant_cols(w, W, c0, nw, cuda_stream());
+            gemm_rm(0, 0, T, (int)nw, out, 1.0f, (const bf16 *)dy, out, w, (int)nw, accumulate ? 1.0f : 0.0f,
+                    (bf16 *)dx + c0, in, 0);
+        }
+    } else if (dx) { // dx (+)= dy[:, rows r0..] W[r0..]: the row ranges (the overlap's chunks) split the sum
         for_weight_rows(W, [&](int r0, int nr, const bf16 *w) {
             gemm_rm(0, 0, T, in, nr, 1.0f, (const bf16 *)dy + r0, out, w, in, (accumulate || r0 > 0) ? 1.0f : 0.0f,
                     dx, in, 0);
         });
+    }
     if (!lora) return;
     int r = lora->r;
     bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));

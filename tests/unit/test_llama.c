@@ -33,14 +33,17 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
-/* the qwen2 golden model with LoRA on every linear, A from PEFT's init and a nonzero B */
+/* the qwen2 golden model with LoRA on every linear (or small_targets), A from PEFT's init and a
+ * nonzero B */
+static uint32_t small_targets = LLAMA_TARGETS_ALL;
+
 static llama_model *small_model(float dropout, llama_checkpointing ckpt, int T) {
     llama_model *m = NULL;
     if (llama_load(&m, QWEN2_DIR, NULL, ops_cpu())) {
         fprintf(stderr, "%s\n", err_msg());
         return NULL;
     }
-    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = dropout, .targets = LLAMA_TARGETS_ALL};
+    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = dropout, .targets = small_targets};
     if (llama_lora_attach(m, &lc) || llama_plan(m, T, ckpt)) {
         fprintf(stderr, "%s\n", err_msg());
         llama_free(&m);
@@ -177,8 +180,7 @@ TEST(double_quant_kept) {
     llama_free(&m);
 }
 
-/* checkpointing with the MLP in chunks of 6 rows (no dropout: chunks may split the sums) */
-TEST(checkpointing_mlp_chunks) {
+static void mlp_chunks_case(void) {
     enum { T = 20 };
     llama_model *a = small_model(0.0f, LLAMA_CKPT_NONE, T), *c = small_model(0.0f, LLAMA_CKPT_EVERY, T);
     CHECK(a && c);
@@ -205,6 +207,16 @@ TEST(checkpointing_mlp_chunks) {
     free(l1), free(l2), free(ga), free(gc);
     llama_free(&a);
     llama_free(&c);
+}
+
+/* checkpointing with the MLP in chunks of 6 rows (no dropout: chunks may split the sums), with
+ * LoRA on every linear and on q, v only (then dact shares act's buffer) */
+TEST(checkpointing_mlp_chunks) {
+    for (int pass = 0; pass < 2; pass++) {
+        small_targets = pass ? (1u << LLAMA_Q) | (1u << LLAMA_V) : LLAMA_TARGETS_ALL;
+        mlp_chunks_case();
+    }
+    small_targets = LLAMA_TARGETS_ALL;
 }
 
 TEST(model_grad_with_dropout) {
