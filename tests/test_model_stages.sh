@@ -61,8 +61,8 @@ stages:
   lora:
     kind: attach_lora
     model: nf4
-    r: 4
-    targets: [q_proj, v_proj, down_proj]
+    lora_r: 4
+    lora_target_modules: [q_proj, v_proj, down_proj]
   out:
     kind: export
     model: nf4
