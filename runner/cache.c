@@ -102,8 +102,40 @@ json_t *cache_list_files(const char *dir) {
     return a;
 }
 
-/* Check one file entry {path, size, hash|link} of a manifest; memo NULL re-hashes always. */
-static int check_entry(const char *dir, json_t *f, const char *memo, char **why) {
+/* Drop the hash memo's entries for a file's current (dev, inode, size, mtime), so that the
+ * next look-up re-hashes it. The memo trusts a file whose stat is unchanged: a byte flipped
+ * in place with the mtime put back is only seen by a full re-hash (`cache verify`), and after
+ * one has found it, the pre-use check of every later run must see it too. The line format is
+ * core/hash.c's: "dev ino size mtime_ns hash path". */
+static void memo_forget(const char *memo, const char *path) {
+    struct stat st;
+    char *text = NULL;
+    size_t len = 0;
+    if (!memo || stat(path, &st) || !fs_exists(memo) || fs_read_all(memo, &text, &len)) {
+        err_clear();
+        return;
+    }
+    char key[256];
+    long long mt = (long long)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+    int kl = snprintf(key, sizeof key, "%llu %llu %lld %lld ", (unsigned long long)st.st_dev,
+                      (unsigned long long)st.st_ino, (long long)st.st_size, mt);
+    size_t n = 0;
+    bool dropped = false;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t l = nl ? (size_t)(nl - line) + 1 : (size_t)(text + len - line);
+        if (l >= (size_t)kl && !memcmp(line, key, (size_t)kl)) dropped = true;
+        else memmove(text + n, line, l), n += l;
+        line += l;
+    }
+    if (dropped) fs_write_atomic(memo, text, n);
+    err_clear();
+    free(text);
+}
+
+/* Check one file entry {path, size, hash|link} of a manifest; memo NULL re-hashes always,
+ * and then a file whose hash does not match is dropped from the memo `forget` (if not NULL). */
+static int check_entry(const char *dir, json_t *f, const char *memo, const char *forget, char **why) {
     const char *rel = json_string_value(json_object_get(f, "path"));
     if (!rel || !fs_rel_path_safe(rel)) {
         if (asprintf(why, "manifest lists an unsafe path") < 0) *why = NULL;
@@ -135,6 +167,7 @@ static int check_entry(const char *dir, json_t *f, const char *memo, char **why)
         } else if (strcmp(h, json_string_value(json_object_get(f, "hash")) ? json_string_value(json_object_get(f, "hash")) : "")) {
             if (asprintf(why, "file '%s' does not match its hash (corrupt)", rel) < 0) *why = NULL;
             rc = 2;
+            if (!memo) memo_forget(forget, p);
         }
     }
     free(p);
@@ -159,14 +192,14 @@ static int load_manifest(const char *dir, json_t **out, char **why) {
     return 0;
 }
 
-static int verify(const char *dir, const char *memo, json_t **manifest, char **why) {
+static int verify(const char *dir, const char *memo, const char *forget, json_t **manifest, char **why) {
     json_t *m;
     int rc = load_manifest(dir, &m, why);
     if (rc) return rc;
     size_t i;
     json_t *f;
     json_array_foreach(json_object_get(m, "files"), i, f) {
-        rc = check_entry(dir, f, memo, why);
+        rc = check_entry(dir, f, memo, forget, why);
         if (rc) break;
     }
     if (rc || !manifest) json_decref(m);
@@ -180,14 +213,14 @@ int cache_lookup(const cache *c, const char *kind, const char *key, json_t **man
     char *dir = cache_artifact_dir(c, kind, key);
     int rc;
     if (!fs_is_dir(dir)) rc = 1;
-    else rc = verify(dir, c->memo, manifest, why);
+    else rc = verify(dir, c->memo, NULL, manifest, why);
     free(dir);
     return rc;
 }
 
-int cache_verify_dir(const char *dir, char **why) {
+int cache_verify_dir(const cache *c, const char *dir, char **why) {
     *why = NULL;
-    return verify(dir, NULL, NULL, why);
+    return verify(dir, NULL, c->memo, NULL, why);
 }
 
 int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg) {

@@ -9,7 +9,11 @@
  *   index/<recipe>/runs.jsonl          the keys each run used (cache gc --keep-last)
  *   hash-memo                          (dev, inode, size, mtime) -> content hash
  * An artifact is used only if its manifest parses and every file listed has its size and
- * content hash (through the memo: a file whose stat changed is re-hashed). */
+ * content hash (through the memo: a file whose stat changed is re-hashed). Between two
+ * `cache verify` runs, the pre-use check trusts a file whose (dev, inode, size, mtime) is
+ * unchanged: a byte flipped in place with the mtime put back (touch -r) is found only by
+ * `cache verify`, which re-hashes everything and drops the memo entries of what it found
+ * corrupt, so that every later run sees it too and recomputes the artifact. */
 #ifndef RUNNER_CACHE_H
 #define RUNNER_CACHE_H
 
@@ -38,8 +42,10 @@ int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir)
 /* Hash the files, write manifest.json (adding "files"), rename into place. Steals nothing. */
 int cache_commit(const cache *c, const char *kind, const char *key, const char *tmp, json_t *manifest);
 
-/* Re-hash every file of one artifact dir against its manifest (no memo); 0 if intact. */
-int cache_verify_dir(const char *dir, char **why);
+/* Re-hash every file of one artifact dir against its manifest (not trusting the memo); 0 if
+ * intact. A file found corrupt is dropped from the memo, so the next cache_lookup re-hashes
+ * it and sees the corruption too (the memo alone would trust its unchanged stat). */
+int cache_verify_dir(const cache *c, const char *dir, char **why);
 /* Delete stale tmp dirs of dead processes. */
 void cache_clean_tmp(const cache *c);
 

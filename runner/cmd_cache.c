@@ -76,13 +76,14 @@ static void ls_one(const char *dir, const char *kind, const char *key, json_t *m
 }
 
 typedef struct verify_acc {
+    const cache *c;
     int ok, bad;
 } verify_acc;
 
 static void verify_one(const char *dir, const char *kind, const char *key, json_t *m, void *arg) {
     verify_acc *a = arg;
     char *why = NULL;
-    if (cache_verify_dir(dir, &why) == 0) {
+    if (cache_verify_dir(a->c, dir, &why) == 0) {
         a->ok++;
     } else {
         a->bad++;
@@ -172,7 +173,7 @@ int cmd_cache(int argc, char **argv) {
         human(total, sz, sizeof sz);
         printf("total %s\n", sz);
     } else if (!strcmp(sub, "verify")) {
-        verify_acc a = {0};
+        verify_acc a = {&c, 0, 0};
         each_artifact(&c, verify_one, &a);
         printf("%d intact, %d corrupt\n", a.ok, a.bad);
         if (a.bad) rc = err_set(ERR_STAGE, "%d corrupt artifact%s: the next run that needs one recomputes it", a.bad, a.bad == 1 ? "" : "s");
