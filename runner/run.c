@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "run.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -289,15 +290,24 @@ static char *make_run_dir(const recipe *r) {
     const char *base = r->runs_dir ? r->runs_dir : (getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs");
     char stamp[32];
     utc_stamp(stamp, sizeof stamp, true);
-    char *dir;
+    char *dir, *parent;
+    if (asprintf(&parent, "%s/%s", base, r->name) < 0) return NULL;
+    int rc = fs_mkdir_p(parent);
+    free(parent);
+    if (rc) return NULL;
+    /* mkdir itself decides: two runs started in the same second must not share a record */
     for (int k = 0;; k++) {
         if (k == 0) { if (asprintf(&dir, "%s/%s/%s", base, r->name, stamp) < 0) return NULL; }
         else if (asprintf(&dir, "%s/%s/%s-%d", base, r->name, stamp, k) < 0) return NULL;
-        if (!fs_exists(dir)) break;
+        if (mkdir(dir, 0777) == 0) return dir;
+        int e = errno;
         free(dir);
+        if (e != EEXIST) {
+            errno = e;
+            err_errno(ERR_STAGE, "cannot create a run record under '%s/%s'", base, r->name);
+            return NULL;
+        }
     }
-    if (fs_mkdir_p(dir)) { free(dir); return NULL; }
-    return dir;
 }
 
 int run_recipe(const char *path, const run_opts *o) {
