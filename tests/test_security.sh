@@ -118,7 +118,7 @@ free_port() {
     local p
     for p in $(shuf -i 20000-60000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done
 }
-P1=$(free_port); P2=$(free_port)
+write_conf() {
 cat > nginx.conf <<NGX
 $( [ "$(id -u)" = 0 ] && echo "user $(id -un) $(id -gn);" )
 worker_processes 1;
@@ -155,7 +155,15 @@ http {
     }
 }
 NGX
-"$NGINX" -p "$W" -c "$W/nginx.conf" -e "$W/logs/error.log" || { cat logs/error.log; bad "nginx did not start"; finish; exit 1; }
+}
+started=0
+for _ in 1 2 3 4 5; do # ports picked free may be taken by the time nginx binds: try others
+    P1=$(free_port); P2=$(free_port)
+    [ "$P1" = "$P2" ] && continue
+    write_conf
+    if "$NGINX" -p "$W" -c "$W/nginx.conf" -e "$W/logs/error.log" 2>nginx.err; then started=1; break; fi
+done
+[ $started = 1 ] || { cat nginx.err logs/error.log; bad "nginx did not start"; finish; exit 1; }
 rel_cleanup_extra='[ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null; sleep 0.2'
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$P1) 2>/dev/null && break; sleep 0.1; done
 export HF_ENDPOINT=http://127.0.0.1:$P1
