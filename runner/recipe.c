@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "recipe.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <glob.h>
 #include <limits.h>
@@ -9,6 +10,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -342,6 +344,32 @@ static void add_key_file(vctx *v, const char *path) {
     json_t *x;
     json_array_foreach(v->key_files, i, x) if (!strcmp(json_string_value(x), path)) return;
     json_array_append_new(v->key_files, json_string(path));
+}
+
+/* fetch_model with source: path links a local folder instead of copying it: the content of
+ * the folder's files (top level, as in an HF model directory; symlinks followed) enters the
+ * key, so that replacing the weights in place re-runs what was made from them instead of
+ * reusing stale artifacts. The hash memo keeps this to a stat per file after the first run. */
+static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *params) {
+    const char *source = json_string_value(json_object_get(params, "source"));
+    const char *path = json_string_value(json_object_get(params, "path"));
+    if (!source || strcmp(source, "path") || !path) return;
+    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
+    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
+    free(given);
+    DIR *d = dir ? opendir(dir) : NULL;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.') continue;
+            char *f = fs_join(dir, e->d_name);
+            struct stat st;
+            if (stat(f, &st) == 0 && S_ISREG(st.st_mode)) add_key_file(v, f);
+            free(f);
+        }
+        closedir(d);
+    }
+    free(dir);
 }
 
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
@@ -768,6 +796,7 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
                     errs_add(&e, st, "%s: %s", where, err_msg());
                     err_clear();
                 }
+                if (!strcmp(kind->name, "fetch_model")) add_model_folder(&sv, r->dir, rs->params);
             }
             /* hk that shape this kind's output */
             const char *kh = key_hooks_of(kind->name);

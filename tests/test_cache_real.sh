@@ -11,7 +11,8 @@
 #      run sees it and recomputes the artifact;
 #    - a small file (hashed on every use, never memoised), a truncated file and a damaged
 #      manifest.json are detected before use, even with the mtime put back.
-# 2. Two runs of one real recipe at once on one cache (init_model ... train ... export):
+# 2. A local model folder (fetch_model source: path): editing its files re-runs its stage.
+# 3. Two runs of one real recipe at once on one cache (init_model ... train ... export):
 #    both succeed and each stage is computed once (stage_start events across both runs'
 #    events.jsonl), and both end with the same artifact.
 set -u
@@ -101,6 +102,25 @@ damage_and_rerun "weights truncated" "$NF4/model/model.safetensors" truncate -s 
 NF4=$(art cache quantize_nf4)
 damage_and_rerun "manifest.json damaged" "$NF4/manifest.json" truncate -s 100 "$NF4/manifest.json"
 "$BIN" cache verify >/dev/null 2>&1; check "cache verify clean at the end" test $? -eq 0
+
+# --- a local model folder (fetch_model source: path) is linked, not copied: replacing its
+#     weights in place must re-run what was made from them, not reuse a stale artifact
+mkdir -p folder
+cp "$(art cache init_model)"/model/* folder/
+cat > p.yaml <<'YAML'
+name: relp
+stages:
+  m: {kind: fetch_model, source: path, path: folder}
+  nf4: {kind: quantize_nf4, model: m}
+YAML
+"$BIN" p.yaml -q; rc=$?
+check "a local model folder is linked and quantized (rc $rc)" test $rc -eq 0 -a -n "$("$BIN" plan p.yaml | grep -E '^ +nf4 +quantize_nf4 +cached')"
+"$BIN" init-model --out other --preset tiny --hidden 256 --intermediate 704 --seed 9 >/dev/null 2>&1
+cp other/model.safetensors folder/model.safetensors
+plan=$("$BIN" plan p.yaml 2>&1)
+check "weights replaced in the folder: plan re-runs m and nf4" grep -q "why: file 'folder/model.safetensors' changed" <<<"$plan"
+"$BIN" p.yaml -q; rc=$?
+check "and the new quantized weights differ from the stale ones (rc $rc)" test $rc -eq 0 && ! cmp -s orig.safetensors "$(ls -t cache/artifacts/quantize_nf4/*/model/model.safetensors | head -n1)"
 
 # --- two runs of one real recipe at once on one cache
 rel_recipe "$W/r.yaml" 30
