@@ -360,8 +360,7 @@ static int eval_run(stage_ctx *ctx) {
     char *mdir = fs_join(min->dir, "model"), *adir = ain ? fs_join(ain->dir, "adapter") : NULL;
     char *pfile = stage_path(ctx, "prompts_file");
     model_config cfg = {0};
-    peft_adapter ad;
-    peft_adapter_init(&ad);
+    peft_adapter ad = {0}; /* peft_adapter_load fills it (an init first would leak); free is safe on zeros */
     eval_state e = {.ctx = ctx};
     train_data sets[STAGE_MAX_INPUTS];
     side sides[STAGE_MAX_INPUTS];

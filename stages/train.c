@@ -202,8 +202,7 @@ static int train_run_stage(stage_ctx *ctx) {
     char *out_adir = fs_join(ctx->out_dir, "adapter"), *lr_path = stage_path(ctx, "lr_hook");
     char *log_path = NULL;
     model_config cfg = {0};
-    peft_adapter ad;
-    peft_adapter_init(&ad);
+    peft_adapter ad = {0}; /* peft_adapter_load fills it (an init first would leak); free is safe on zeros */
     train_data train = {0}, val = {0};
     bool have_val = false;
     llama_model *m = NULL;
