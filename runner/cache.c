@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/err.h"
@@ -223,14 +224,26 @@ int cache_verify_dir(const cache *c, const char *dir, char **why) {
     return verify(dir, NULL, c->memo, NULL, why);
 }
 
-int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg) {
+int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg,
+               volatile int *interrupted) {
     char *p;
     if (asprintf(&p, "%s/locks/%s.lock", c->root, key) < 0) return err_set(ERR_STAGE, "out of memory");
     int rc = fs_lock(p, false, fd);
     if (rc == ERR_LOCKED) {
         err_clear();
         if (on_wait) on_wait(arg);
-        rc = fs_lock(p, true, fd);
+        /* poll instead of a blocking flock: Ctrl-C reaches the main thread, not this worker,
+         * so a blocked flock would keep a stopped run waiting out the other run's stage */
+        while ((rc = fs_lock(p, false, fd)) == ERR_LOCKED) {
+            err_clear();
+            if (interrupted && *interrupted) {
+                rc = err_set(ERR_INTERRUPTED, "interrupted while waiting for another run to finish stage '%s'",
+                             arg ? (const char *)arg : key);
+                break;
+            }
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
     }
     free(p);
     return rc;

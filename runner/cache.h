@@ -35,8 +35,11 @@ char *cache_work_dir(const cache *c, const char *key);
  * corrupt (reason in *why, malloc'd): the caller recomputes it. */
 int cache_lookup(const cache *c, const char *kind, const char *key, json_t **manifest, char **why);
 
-/* Take the key's lock (waiting if another run holds it; on_wait called once then). */
-int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg);
+/* Take the key's lock (waiting if another run holds it; on_wait called once then, with arg,
+ * the stage's name). While waiting, *interrupted (if not NULL) set ends the wait with
+ * ERR_INTERRUPTED. */
+int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg,
+               volatile int *interrupted);
 /* A fresh temp dir for the artifact. */
 int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir);
 /* Hash the files, write manifest.json (adding "files"), rename into place. Steals nothing. */

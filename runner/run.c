@@ -70,7 +70,7 @@ static int exec_stage(runner *R, int i) {
     recipe_stage *s = &R->r->stages[i];
     plan_stage *ps = &R->p.st[i];
     int lockfd = -1;
-    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name);
+    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted);
     if (rc) return rc;
     /* another run may have produced it while we waited */
     if (!ps->forced) {

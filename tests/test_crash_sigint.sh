@@ -45,4 +45,21 @@ for sig in INT TERM; do
     check "SIG$sig: it resumes from the checkpoint of step $step" grep -q "resuming from checkpoint step $step " again.txt
     check "SIG$sig: the adapter is byte-identical to an uninterrupted run's" cmp -s ref.safetensors "$(art cache export)/adapter/adapter_model.safetensors"
 done
+# Ctrl-C on a run that waits for another run's stage (two runs on one cache): it stops at
+# once with code 7, and the run computing the stage goes on.
+rm -rf cache; cp -a pre cache
+LONG=(--set stages.train.max_steps=100000)
+"$BIN" r.yaml "${LONG[@]}" >a.txt 2>&1 & pa=$!
+for _ in $(seq 400); do [ -n "$(cat cache/work/*/train_log.jsonl 2>/dev/null)" ] && break; sleep 0.01; done
+"$BIN" r.yaml "${LONG[@]}" >b.txt 2>&1 & pb=$!
+for _ in $(seq 400); do grep -q "waiting: another run is computing stage 'train'" b.txt && break; sleep 0.01; done
+t0=$(now_ms)
+kill -INT $pb; wait $pb; rc=$?
+dt=$(( $(now_ms) - t0 ))
+check "SIGINT while waiting for another run's stage: exit 7 (got $rc)" test $rc -eq 7
+check "SIGINT while waiting: at once ($dt ms)" test $dt -lt 3000
+check "SIGINT while waiting: it says so" grep -q "interrupted while waiting for another run to finish stage 'train'" b.txt
+check "SIGINT while waiting: the other run goes on" kill -0 $pa
+kill -INT $pa; wait $pa; rc=$?
+check "and the other run stops with 7 when it gets its own (got $rc)" test $rc -eq 7
 finish
