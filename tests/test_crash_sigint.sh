@@ -4,6 +4,8 @@
 # interrupt writes): the run exits with the interrupted code (7) and says where the checkpoint
 # is, the checkpoint of the interrupted step is on disk, no train artifact is committed, and
 # the next run resumes from it and ends with the same adapter bytes as an uninterrupted run.
+# Also: a damaged newest checkpoint is skipped (resume from the one before, same bytes), and
+# Ctrl-C on a run waiting for another run's stage stops it at once.
 set -u
 . "$(dirname "$0")/reliability/common.sh"
 rel_recipe "$W/r.yaml" 40
@@ -45,6 +47,29 @@ for sig in INT TERM; do
     check "SIG$sig: it resumes from the checkpoint of step $step" grep -q "resuming from checkpoint step $step " again.txt
     check "SIG$sig: the adapter is byte-identical to an uninterrupted run's" cmp -s ref.safetensors "$(art cache export)/adapter/adapter_model.safetensors"
 done
+# A damaged newest checkpoint (a crash of the disk rather than of the program: a flipped byte,
+# a file cut short) is skipped with a message; the run resumes from the one before it and still
+# ends with the same bytes.
+for dmg in flip cut; do
+    rm -rf cache; cp -a pre cache
+    "$BIN" r.yaml >out.txt 2>&1 & pid=$!
+    for _ in $(seq 400); do
+        [ "$(cat cache/work/*/train_log.jsonl 2>/dev/null | grep -c '"type":"step"')" -ge 6 ] && break
+        sleep 0.01
+    done
+    kill -9 $pid; wait $pid 2>/dev/null
+    cks=$(ls cache/work/*/checkpoint-*.bin | sort)
+    newest=$(tail -n1 <<<"$cks"); older=$(tail -n2 <<<"$cks" | head -n1)
+    ostep=$(sed 's/.*checkpoint-0*\([0-9]*\)\.bin/\1/' <<<"$older")
+    if [ $dmg = flip ]; then printf 'X' | dd of="$newest" bs=1 seek=200 conv=notrunc status=none
+    else truncate -s -100 "$newest"; fi
+    "$BIN" r.yaml >again.txt 2>&1; rc=$?
+    check "damaged checkpoint ($dmg): the run succeeds (rc $rc)" test $rc -eq 0
+    check "damaged checkpoint ($dmg): skipped with a message" grep -Eq "skipping checkpoint: .*(checksum mismatch|truncated)" again.txt
+    check "damaged checkpoint ($dmg): resumed from the one before (step $ostep)" grep -q "resuming from checkpoint step $ostep " again.txt
+    check "damaged checkpoint ($dmg): the adapter is byte-identical" cmp -s ref.safetensors "$(art cache export)/adapter/adapter_model.safetensors"
+done
+
 # Ctrl-C on a run that waits for another run's stage (two runs on one cache): it stops at
 # once with code 7, and the run computing the stage goes on.
 rm -rf cache; cp -a pre cache
