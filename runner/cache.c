@@ -4,10 +4,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -247,6 +249,32 @@ int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *)
     }
     free(p);
     return rc;
+}
+
+/* Runs hold <root>/locks/cache-in-use shared for their whole length; gc takes it exclusive, so
+ * it never deletes artifacts a run is reading or has just made (not yet in the run index). */
+static int use_lock(const cache *c, int how, int *fd, const char *what) {
+    char *p = fs_join(c->root, "locks/cache-in-use");
+    *fd = p ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666) : -1;
+    int rc = 0;
+    if (*fd < 0) rc = err_errno(ERR_STAGE, "cannot open lock file '%s'", p ? p : "locks/cache-in-use");
+    else if (flock(*fd, how)) {
+        int e = errno;
+        close(*fd);
+        *fd = -1;
+        if (e == EWOULDBLOCK) rc = err_set(ERR_LOCKED, "%s", what);
+        else errno = e, rc = err_errno(ERR_STAGE, "cannot lock '%s'", p);
+    }
+    free(p);
+    return rc;
+}
+
+int cache_use(const cache *c, int *fd) { return use_lock(c, LOCK_SH, fd, "the cache is being collected"); }
+
+int cache_gc_lock(const cache *c, int *fd) {
+    return use_lock(c, LOCK_EX | LOCK_NB, fd,
+                    "cache gc: a run is using this cache: nothing removed (gc never deletes what a run may be "
+                    "reading; try again when it ends)");
 }
 
 int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir) {

@@ -5,6 +5,7 @@
  *   tmp/<kind>-<key>.<pid>/            an artifact being written (renamed into place when done)
  *   work/<key>/                        a stage's persistent scratch (training checkpoints)
  *   locks/<key>.lock                   held while a stage computes (two runs compute it once)
+ *   locks/cache-in-use                 held shared by every run, exclusive by cache gc
  *   index/<recipe>/<stage>.json        what the last run used for this stage ("why" in plan)
  *   index/<recipe>/runs.jsonl          the keys each run used (cache gc --keep-last)
  *   hash-memo                          (dev, inode, size, mtime) -> content hash
@@ -40,6 +41,11 @@ int cache_lookup(const cache *c, const char *kind, const char *key, json_t **man
  * ERR_INTERRUPTED. */
 int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg,
                volatile int *interrupted);
+/* The cache-wide use lock (release with fs_unlock): a run holds it shared from start to end
+ * (cache_use waits while a gc runs); cache gc takes it exclusive without waiting, ERR_LOCKED
+ * while any run is in progress, so it never deletes what a run reads or has just made. */
+int cache_use(const cache *c, int *fd);
+int cache_gc_lock(const cache *c, int *fd);
 /* A fresh temp dir for the artifact. */
 int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir);
 /* Hash the files, write manifest.json (adding "files"), rename into place. Steals nothing. */

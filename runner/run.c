@@ -319,7 +319,8 @@ int run_recipe(const char *path, const run_opts *o) {
     pthread_mutex_init(&R.mu, NULL);
     pthread_cond_init(&R.cv, NULL);
     rc = cache_open(&R.c, r->cache_dir);
-    int lockfd = -1;
+    int lockfd = -1, usefd = -1;
+    if (!rc) rc = cache_use(&R.c, &usefd);
     if (!rc && o->lock) {
         char *lp;
         if (asprintf(&lp, "%s/locks/recipe-%s.lock", R.c.root, r->name) < 0) lp = NULL;
@@ -434,6 +435,7 @@ done:
     hooks_free(&R.hooks);
     if (R.ev) events_close(&R.ev);
     fs_unlock(&lockfd);
+    fs_unlock(&usefd);
     plan_free(&R.p);
     free(R.state);
     free(R.failed_msg);

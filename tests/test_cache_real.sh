@@ -15,6 +15,8 @@
 # 3. Two runs of one real recipe at once on one cache (init_model ... train ... export):
 #    both succeed and each stage is computed once (stage_start events across both runs'
 #    events.jsonl), and both end with the same artifact.
+# 4. `cache gc` while a run uses the cache removes nothing (exit 6): it would delete the
+#    artifacts the run reads or has just made.
 set -u
 . "$(dirname "$0")/reliability/common.sh"
 cd "$W"
@@ -139,4 +141,16 @@ ends=$(cat runs/rel/*/events.jsonl | grep -c '"type":"run_end","seconds":[0-9.e+
 check "both runs end with code 0 in events.jsonl" test "$ends" -eq 2
 check "one export artifact, verified" test "$(ls cache2/artifacts/export | wc -l)" -eq 1 -a -z "$("$BIN" cache verify | grep '^corrupt')"
 echo "     $(cat run1.out run2.out | grep -c 'waiting: another run is computing stage') times a run waited for the other's lock"
+
+# --- cache gc while a run uses the cache: it removes nothing (exit 6) and the run succeeds;
+#     afterwards it collects
+"$BIN" r.yaml --set stages.train.max_steps=2000 >long.out 2>&1 & pid=$!
+for _ in $(seq 400); do grep -q "step 3/" long.out && break; sleep 0.01; done
+"$BIN" cache gc --keep-last 0 >gc.out 2>&1; rc=$?
+check "cache gc during a run: exit 6 (got $rc), nothing removed" test $rc -eq 6 -a -n "$(art cache2 quantize_nf4)"
+check "cache gc during a run: it says why" grep -q "a run is using this cache: nothing removed" gc.out
+kill -INT $pid; wait $pid; rc=$?
+check "the run was not disturbed (interrupted by us: 7, got $rc)" test $rc -eq 7
+"$BIN" cache gc --keep-last 0 >gc.out 2>&1; rc=$?
+check "cache gc with no run: collects (rc $rc)" test $rc -eq 0 -a -z "$(art cache2 quantize_nf4)"
 finish
