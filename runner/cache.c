@@ -251,6 +251,20 @@ int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *)
     return rc;
 }
 
+void cache_drop_work(const cache *c, const char *key) {
+    char *w = cache_work_dir(c, key), *p = NULL;
+    if (w && fs_exists(w) && asprintf(&p, "%s/locks/%s.lock", c->root, key) >= 0) {
+        int fd = -1;
+        if (fs_lock(p, false, &fd) == 0) { /* not while a --force run recomputes the key */
+            fs_rm_rf(w);
+            fs_unlock(&fd);
+        }
+    }
+    err_clear();
+    free(p);
+    free(w);
+}
+
 /* Runs hold <root>/locks/cache-in-use shared for their whole length; gc takes it exclusive, so
  * it never deletes artifacts a run is reading or has just made (not yet in the run index). */
 static int use_lock(const cache *c, int how, int *fd, const char *what) {

@@ -46,6 +46,10 @@ int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *)
  * while any run is in progress, so it never deletes what a run reads or has just made. */
 int cache_use(const cache *c, int *fd);
 int cache_gc_lock(const cache *c, int *fd);
+/* Remove the work dir (checkpoints) of a key whose artifact is committed, if one is left: a
+ * run killed between the commit and the removal leaves it behind. Skipped while another run
+ * holds the key's lock (a --force recompute uses it). */
+void cache_drop_work(const cache *c, const char *key);
 /* A fresh temp dir for the artifact. */
 int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir);
 /* Hash the files, write manifest.json (adding "files"), rename into place. Steals nothing. */

@@ -217,6 +217,7 @@ static void record_cached(runner *R, int i) {
     json_object_set_new(ev, "key", json_string(R->p.st[i].key));
     events_emit(R->ev, "stage_cached", ev);
     outf("= %s (%s): cached", s->name, s->kind->name);
+    cache_drop_work(&R->c, R->p.st[i].key);
 }
 
 static int ready(runner *R, int i) {
