@@ -361,25 +361,44 @@ int cache_commit(const cache *c, const char *kind, const char *key, const char *
     return rc;
 }
 
+/* remove the entries of dir named "<anything><marker><pid>" whose process is gone */
+static void clean_dead(const char *dir, const char *marker) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *m = strstr(e->d_name, marker);
+        if (!m || e->d_name[0] == '.') continue;
+        const char *dot = strrchr(e->d_name, '.');
+        int pid = atoi(dot + 1);
+        if (pid <= 0 || pid == getpid()) continue;
+        if (kill(pid, 0) == 0 || errno == EPERM) continue; /* still running */
+        char *p = fs_join(dir, e->d_name);
+        fs_rm_rf(p);
+        free(p);
+    }
+    closedir(d);
+}
+
 void cache_clean_tmp(const cache *c) {
     char *dir = fs_join(c->root, "tmp");
-    DIR *d = opendir(dir);
+    clean_dead(dir, ".");
+    free(dir);
+    /* a corrupt artifact moved aside by cache_commit, whose run died while deleting it */
+    char *arts = fs_join(c->root, "artifacts");
+    DIR *d = opendir(arts);
     if (d) {
         struct dirent *e;
         while ((e = readdir(d))) {
-            const char *dot = strrchr(e->d_name, '.');
-            if (!dot || e->d_name[0] == '.') continue;
-            int pid = atoi(dot + 1);
-            if (pid <= 0 || pid == getpid()) continue;
-            if (kill(pid, 0) == 0 || errno == EPERM) continue; /* still running */
-            char *p = fs_join(dir, e->d_name);
-            fs_rm_rf(p);
-            free(p);
+            if (e->d_name[0] == '.') continue;
+            char *kd = fs_join(arts, e->d_name);
+            clean_dead(kd, ".old.");
+            free(kd);
         }
         closedir(d);
     }
+    free(arts);
     err_clear();
-    free(dir);
 }
 
 static char *index_path(const cache *c, const char *recipe, const char *file) {

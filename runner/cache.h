@@ -59,7 +59,7 @@ int cache_commit(const cache *c, const char *kind, const char *key, const char *
  * intact. A file found corrupt is dropped from the memo, so the next cache_lookup re-hashes
  * it and sees the corruption too (the memo alone would trust its unchanged stat). */
 int cache_verify_dir(const cache *c, const char *dir, char **why);
-/* Delete stale tmp dirs of dead processes. */
+/* Delete stale tmp dirs of dead processes, and corrupt artifacts they were deleting. */
 void cache_clean_tmp(const cache *c);
 
 /* Index of what a recipe's stage used last, for plan's "why". */

@@ -104,6 +104,11 @@ damage_and_rerun "weights truncated" "$NF4/model/model.safetensors" truncate -s 
 NF4=$(art cache quantize_nf4)
 damage_and_rerun "manifest.json damaged" "$NF4/manifest.json" truncate -s 100 "$NF4/manifest.json"
 "$BIN" cache verify >/dev/null 2>&1; check "cache verify clean at the end" test $? -eq 0
+# a corrupt artifact moved aside (<key>.old.<pid>) by a run that died while deleting it
+sh -c 'exit 0' & dead=$!; wait $dead
+NF4=$(art cache quantize_nf4); cp -a "$NF4" "${NF4%/}.old.$dead"
+"$BIN" c.yaml -q
+check "a dead run's half-deleted corrupt artifact is removed by the next run" test -z "$(ls -d cache/artifacts/quantize_nf4/*.old.* 2>/dev/null)"
 
 # --- a local model folder (fetch_model source: path) is linked, not copied: replacing its
 #     weights in place must re-run what was made from them, not reuse a stale artifact
