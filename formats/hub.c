@@ -706,6 +706,130 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
 
 /* ---------- the transfer engine ---------- */
 
+/* The checksum of a file being downloaded, computed beside the transfer: the receiving thread
+ * writes each chunk to the file itself (the data is hot in its cache) and copies it into one
+ * of two buffers; a hashing thread feeds the other buffer to SHA-256, so the hash runs on
+ * another core instead of adding to the transfer's time. With fd >= 0 the thread also writes. */
+#define XW_BUF (256u << 10)
+
+typedef struct xwriter {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int fd;
+    EVP_MD_CTX *md;      /* may be NULL; the thread's while it runs */
+    char *buf[2];
+    size_t fill;         /* bytes in buf[cur] */
+    int cur;
+    int64_t off;         /* file offset of buf[cur][0] */
+    char *job;           /* handed to the thread, NULL when it is idle */
+    size_t job_len;
+    int64_t job_off;
+    bool stop;
+    int err;             /* errno of a failed write */
+    int64_t hashed;      /* bytes fed to md by the thread */
+} xwriter;
+
+static void *xwriter_main(void *arg) {
+    xwriter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->job && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->job) break;
+        char *p = w->job;
+        size_t n = w->job_len;
+        int64_t off = w->job_off;
+        pthread_mutex_unlock(&w->mu);
+        int err = 0;
+        for (size_t done = 0; w->fd >= 0 && done < n && !err;) {
+            ssize_t k = pwrite(w->fd, p + done, n - done, (off_t)(off + (int64_t)done));
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) err = k < 0 ? errno : EIO;
+            else done += (size_t)k;
+        }
+        if (!err && w->md) EVP_DigestUpdate(w->md, p, n);
+        pthread_mutex_lock(&w->mu);
+        if (err && !w->err) w->err = err;
+        if (!err) w->hashed += (int64_t)n;
+        w->job = NULL;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static xwriter *xwriter_start(int fd, EVP_MD_CTX *md, int64_t off) {
+    xwriter *w = calloc(1, sizeof *w);
+    w->fd = fd;
+    w->md = md;
+    w->off = off;
+    w->buf[0] = malloc(XW_BUF);
+    w->buf[1] = malloc(XW_BUF);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (!w->buf[0] || !w->buf[1] || pthread_create(&w->th, NULL, xwriter_main, w)) {
+        free(w->buf[0]);
+        free(w->buf[1]);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+/* hand the current buffer to the thread (waiting for it to finish the previous one) */
+static bool xwriter_submit(xwriter *w) {
+    pthread_mutex_lock(&w->mu);
+    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
+    bool ok = !w->err;
+    if (ok && w->fill) {
+        w->job = w->buf[w->cur];
+        w->job_len = w->fill;
+        w->job_off = w->off;
+        pthread_cond_broadcast(&w->cv);
+        w->off += (int64_t)w->fill;
+        w->cur ^= 1;
+        w->fill = 0;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return ok;
+}
+
+static bool xwriter_put(xwriter *w, const char *p, size_t n) {
+    while (n) {
+        size_t k = XW_BUF - w->fill < n ? XW_BUF - w->fill : n;
+        memcpy(w->buf[w->cur] + w->fill, p, k);
+        w->fill += k;
+        p += k;
+        n -= k;
+        if (w->fill == XW_BUF && !xwriter_submit(w)) return false;
+    }
+    return true;
+}
+
+/* write what is left, stop the thread; returns 0 or the errno of a failed write */
+static int xwriter_finish(xwriter **wp, int64_t *hashed) {
+    xwriter *w = *wp;
+    if (!w) return 0;
+    xwriter_submit(w);
+    pthread_mutex_lock(&w->mu);
+    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
+    w->stop = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    int err = w->err;
+    if (hashed) *hashed = w->hashed;
+    free(w->buf[0]);
+    free(w->buf[1]);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    *wp = NULL;
+    return err;
+}
+
 typedef enum xstate { X_WAIT_HEAD, X_WAIT_GET, X_WAIT_LOCK, X_RUNNING, X_DONE, X_MISSING } xstate;
 
 typedef struct xfer {
@@ -731,10 +855,14 @@ typedef struct xfer {
     char errbuf[CURL_ERROR_SIZE];
     resp_headers h;
     membuf errbody;
-    FILE *out;
+    int fd;            /* the open partial file, -1 if none */
     char *part;        /* dest + ".incomplete" */
+    EVP_MD_CTX *md;    /* the checksum, computed while the bytes arrive (no second pass) */
+    int64_t md_off;    /* bytes of part that md has seen */
+    xwriter *writer;   /* while a GET writes */
     int64_t have;      /* bytes in part */
     int64_t start_have;
+    int64_t req_have;  /* have when the current request started: progress resets the retry count */
     bool cached;       /* answered from the cache */
     bool write_failed, range_mismatch;
     int lock_fd;
@@ -768,8 +896,10 @@ static void xfer_free(xfer *x) {
     free(x->lock_path);
     free(x->errbody.data);
     headers_reset(&x->h);
-    if (x->out) fclose(x->out);
-    if (x->lock_fd >= 0) { int fd = x->lock_fd; fs_unlock(&fd); }
+    xwriter_finish(&x->writer, NULL);
+    if (x->fd >= 0) close(x->fd);
+    if (x->md) EVP_MD_CTX_free(x->md);
+    if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
     free(x);
 }
 
@@ -779,9 +909,38 @@ static xfer *xfer_new(const char *name, const char *url) {
     x->url = strdup(url);
     x->size = -1;
     x->lock_fd = -1;
+    x->fd = -1;
     x->errbody.limit = 8192;
     headers_reset(&x->h);
     return x;
+}
+
+/* Start (or continue) the streaming checksum at offset `from` of the partial file: the ETag
+ * names the hash (64 hex: SHA-256 of the bytes; 40 hex: git's SHA-1 of "blob <size>\0" + bytes).
+ * A resumed file's first part is read back once. */
+static bool xfer_hash_begin(xfer *x, int64_t from) {
+    if (x->md && x->md_off == from) return true;
+    const EVP_MD *type = is_hex(x->etag, 64) ? EVP_sha256() : is_hex(x->etag, 40) && x->size >= 0 ? EVP_sha1() : NULL;
+    if (!x->hub || !type) return true;
+    if (!x->md) x->md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(x->md, type, NULL);
+    x->md_off = 0;
+    if (type == EVP_sha1()) {
+        char head[64];
+        int hl = snprintf(head, sizeof head, "blob %lld", (long long)x->size);
+        EVP_DigestUpdate(x->md, head, (size_t)hl + 1);
+    }
+    size_t cap = 1 << 20;
+    char *buf = from > 0 ? malloc(cap) : NULL;
+    while (x->md_off < from) {
+        size_t want = from - x->md_off < (int64_t)cap ? (size_t)(from - x->md_off) : cap;
+        ssize_t k = buf ? pread(x->fd, buf, want, (off_t)x->md_off) : -1;
+        if (k <= 0) { free(buf); return false; }
+        EVP_DigestUpdate(x->md, buf, (size_t)k);
+        x->md_off += k;
+    }
+    free(buf);
+    return true;
 }
 
 static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
@@ -794,12 +953,9 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
         if (room) on_body_mem(buf, 1, k < room ? k : room, &x->errbody);
         return k;
     }
-    if (!x->out) {
-        int fd = open(x->part, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-        if (fd < 0) { x->write_failed = true; return 0; }
-        x->out = fdopen(fd, "wb");
-        if (!x->out) { close(fd); x->write_failed = true; return 0; }
-        setvbuf(x->out, NULL, _IOFBF, 1 << 20);
+    if (x->fd < 0) {
+        x->fd = open(x->part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (x->fd < 0) { x->write_failed = true; return 0; }
         if (st == 206) {
             long long a = -1;
             if (!x->h.content_range || sscanf(x->h.content_range, "bytes %lld-", &a) != 1 || a != x->have) {
@@ -808,21 +964,35 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
             }
         } else { /* 200: the whole file again, even if we asked for a range */
             x->have = 0;
-            if (ftruncate(fd, 0)) { x->write_failed = true; return 0; }
+            if (ftruncate(x->fd, 0)) { x->write_failed = true; return 0; }
         }
-        if (fseeko(x->out, (off_t)x->have, SEEK_SET)) { x->write_failed = true; return 0; }
+        if (!xfer_hash_begin(x, x->have)) { x->write_failed = true; return 0; }
+        if (x->md && !(x->writer = xwriter_start(-1, x->md, x->have))) { x->write_failed = true; return 0; }
     }
-    if (fwrite(buf, 1, k, x->out) != k) { x->write_failed = true; return 0; }
+    for (size_t off = 0; off < k;) {
+        ssize_t w = pwrite(x->fd, buf + off, k - off, (off_t)(x->have + (int64_t)off));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) { x->write_failed = true; return 0; }
+        off += (size_t)w;
+    }
+    if (x->writer && !xwriter_put(x->writer, buf, k)) { x->write_failed = true; return 0; }
     x->have += (int64_t)k;
     return k;
 }
 
+/* Finish the partial file of this request. No fsync: a blob is named by its checksum and
+ * checked before the rename; forcing gigabytes to disk would cost the disk's sync speed (the
+ * Python tools do not either). */
 static int xfer_close_out(xfer *x) {
-    if (!x->out) return 0;
-    int bad = fflush(x->out) != 0 || fsync(fileno(x->out)) != 0;
-    bad |= fclose(x->out) != 0;
-    x->out = NULL;
-    if (bad) return err_errno(ERR_STAGE, "cannot write '%s'", x->part);
+    int64_t hashed = 0;
+    int err = xwriter_finish(&x->writer, &hashed);
+    if (x->md) x->md_off += hashed;
+    if (x->fd >= 0 && close(x->fd) && !err) err = errno;
+    x->fd = -1;
+    if (err) {
+        errno = err;
+        return err_errno(ERR_STAGE, "cannot write '%s'", x->part);
+    }
     return 0;
 }
 
@@ -961,6 +1131,7 @@ static int xfer_start(engine *g, xfer *x) {
             x->have = 0;
         }
         if (!x->attempts && !x->hops) x->start_have = x->have;
+        x->req_have = x->have;
     }
     x->easy = curl_easy_init();
     if (!x->easy) return err_set(ERR_STAGE, "curl_easy_init failed");
@@ -1064,9 +1235,19 @@ static int xfer_after_get(engine *g, xfer *x) {
         return -1;                            /* retry */
     }
     if (x->hub) {
-        bool ok;
-        rc = verify_blob(x->part, x->etag, &ok);
-        if (rc) return rc;
+        bool ok = true;
+        if (x->md && x->md_off == x->have) {
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int n = 0;
+            char hex[2 * EVP_MAX_MD_SIZE + 1];
+            EVP_DigestFinal_ex(x->md, md, &n);
+            for (unsigned i = 0; i < n; i++) sprintf(hex + 2 * i, "%02x", md[i]);
+            ok = !strcasecmp(hex, x->etag);
+            EVP_MD_CTX_free(x->md);
+            x->md = NULL;
+        } else if ((rc = verify_blob(x->part, x->etag, &ok))) {
+            return rc;
+        }
         if (!ok) {
             unlink(x->part); /* never keep bytes that fail their checksum */
             if (++x->checksum_failures >= 2)
@@ -1093,12 +1274,13 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     engine_detach(g, x);
     int rc = 0;
     if (x->get_phase && (rc = xfer_close_out(x))) { free(redirect); return rc; }
-    if (x->range_mismatch) { unlink(x->part); x->have = 0; }
+    if (x->range_mismatch) { unlink(x->part); x->have = 0; x->md_off = -1; }
     if (x->write_failed && !x->range_mismatch) { free(redirect); return err_errno(ERR_STAGE, "cannot write '%s'", x->part); }
     xstate again = x->get_phase ? X_WAIT_GET : X_WAIT_HEAD;
 
     if (c != CURLE_OK && !x->range_mismatch) {
         free(redirect);
+        if (x->get_phase && x->have > x->req_have) x->attempts = 0; /* a cut after progress: resume freely */
         if (!curl_retryable(c) || ++x->attempts > g->cfg->max_retries) return curl_error(c, x->errbuf, x->url, x->attempts);
         schedule(x, again, backoff_s(g->cfg, x->attempts));
         return 0;
@@ -1208,7 +1390,10 @@ static int engine_run(engine *g) {
     for (int i = 0; i < g->n; i++) {
         xfer *x = g->x[i];
         engine_detach(g, x);
-        if (x->out) { fclose(x->out); x->out = NULL; }
+        int64_t hashed = 0; /* partial files stay for a resume; errors here would hide the real one */
+        xwriter_finish(&x->writer, &hashed);
+        if (x->md) x->md_off += hashed;
+        if (x->fd >= 0) { close(x->fd); x->fd = -1; }
         if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
     }
     for (int i = 0; i < g->n; i++) g->downloaded += g->x[i]->have - g->x[i]->start_have;
@@ -1376,6 +1561,26 @@ static int snapshot_from_cache(const hub_config *cfg, const hub_fetch_opts *o, c
     return 0;
 }
 
+/* Re-hash a cached snapshot file against its blob name (the ETag: SHA-256 or git SHA-1). A
+ * corrupt blob is deleted with the link, so the file is fetched again; *ok says it was fine. */
+static int verify_cached(const char *link, bool *ok) {
+    char target[1024];
+    ssize_t k = readlink(link, target, sizeof target - 1);
+    *ok = true;
+    if (k <= 0) return 0;
+    target[k] = 0;
+    const char *etag = strrchr(target, '/');
+    etag = etag ? etag + 1 : target;
+    int rc = verify_blob(link, etag, ok);
+    if (rc || *ok) return rc;
+    char *dir = fs_dirname(link), *blob = fs_join(dir, target);
+    if (unlink(blob) && errno != ENOENT) rc = err_errno(ERR_STAGE, "cannot delete the corrupt blob '%s'", blob);
+    else if (unlink(link)) rc = err_errno(ERR_STAGE, "cannot delete '%s'", link);
+    free(dir);
+    free(blob);
+    return rc;
+}
+
 /* every hub transfer learns its blob name from the HEAD; it needs the folders first */
 static int engine_prepare_hub(engine *g, const repo_paths *p) {
     char *blobs = xasprintf("%s/blobs", p->repo_dir);
@@ -1387,6 +1592,15 @@ static int engine_prepare_hub(engine *g, const repo_paths *p) {
     }
     free(blobs);
     return rc;
+}
+
+/* dir made absolute (its own symlinks resolved) joined with rel, whose last part stays as it
+ * is: a snapshot file is the link, whose name (and extension) readers go by, not the blob */
+static char *abs_file_path(const char *dir, const char *rel) {
+    char *d = realpath(dir, NULL);
+    char *out = fs_join(d ? d : dir, rel);
+    free(d);
+    return out;
 }
 
 static char *abs_path(const char *p) {
@@ -1481,6 +1695,11 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         int64_t s = fs_size(local); /* follows the link: a blob is there */
         struct stat lst;
         bool linked = lstat(local, &lst) == 0 && S_ISLNK(lst.st_mode);
+        if (s >= 0 && linked && o->verify) {
+            rc = verify_cached(local, &linked);
+            if (rc) { free(local); break; }
+            if (!linked) out->n_corrupt++;
+        }
         free(local);
         if (s >= 0 && linked) { out->bytes_total += s; continue; }
         char *qpath = hub_url_quote(want[i], true);
@@ -1497,7 +1716,7 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         engine_add(&g, x);
     }
     free((void *)want);
-    if (g.n) rc = engine_prepare_hub(&g, &p);
+    if (!rc && g.n) rc = engine_prepare_hub(&g, &p);
     if (!rc && g.n) rc = engine_run(&g);
     for (int i = 0; i < g.n; i++) out->bytes_total += g.x[i]->size > 0 ? g.x[i]->size : 0;
     out->bytes_downloaded = g.downloaded;
@@ -1542,7 +1761,11 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         free(absent);
         /* a branch may have moved: only a pinned commit, or offline mode, trusts the cache alone */
         if ((cfg->offline || is_hex(rev, 40)) && (have || gone)) {
-            if (have) *local_path = abs_path(local);
+            if (have) {
+                char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
+                *local_path = abs_file_path(snap, path);
+                free(snap);
+            }
             else rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
                               repo_noun(type), repo, rev);
             free(local);
@@ -1578,9 +1801,7 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
     if (!rc) rc = engine_run(&g);
     if (!rc) rc = write_ref(&p, rev, x->commit);
     if (!rc) {
-        char *local = fs_join(x->snapshot_root, path);
-        *local_path = abs_path(local);
-        free(local);
+        *local_path = abs_file_path(x->snapshot_root, path);
     }
     engine_free(&g);
     repo_paths_free(&p);

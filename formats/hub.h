@@ -69,6 +69,7 @@ typedef struct hub_fetch_opts {
     const char *const *include;    /* fnmatch patterns, NULL-terminated; NULL: hub_default_include */
     const char *const *exclude;    /* NULL-terminated or NULL */
     bool allow_pickle;             /* .bin/.pt/.pth/.ckpt/.pkl weights (they can run code) */
+    bool verify;                   /* re-hash cached files; a corrupt blob is deleted and fetched again */
     hub_progress_fn progress;
     void *progress_user;
     volatile int *interrupted;     /* polled; may be NULL */
@@ -82,6 +83,7 @@ typedef struct hub_snapshot {
     int64_t bytes_total;      /* of the wanted files */
     int64_t bytes_downloaded; /* by this call (0 when all were cached) */
     bool offline;             /* answered from the cache without network */
+    int n_corrupt;            /* cached blobs that failed verify (and were fetched again) */
 } hub_snapshot;
 
 /* Resolve, list, filter and download; out->dir then holds every wanted file. */

@@ -22,6 +22,7 @@ static const char fetch_usage[] =
     "                      generation_config.json, *.safetensors and its index, tokenizer files)\n"
     "  --exclude PATTERN   skip files matching PATTERN (repeatable)\n"
     "  --allow-pickle      allow PyTorch pickle weights (.bin/.pt/.pth/.ckpt: they can run code)\n"
+    "  --verify            re-hash files already cached; a corrupt one is deleted and fetched again\n"
     "  --dataset           REPO is a dataset repo\n"
     "  --file PATH         fetch only this file of the repo and print its path\n"
     "  -q, --quiet         no progress or notes\n"
@@ -38,7 +39,7 @@ int cmd_fetch(int argc, char **argv) {
     const char **inc = calloc((size_t)argc + 1, sizeof *inc), **exc = calloc((size_t)argc + 1, sizeof *exc);
     int n_inc = 0, n_exc = 0, rc = 0;
     const char *spec = NULL, *file = NULL;
-    bool allow_pickle = false, dataset = false;
+    bool allow_pickle = false, dataset = false, verify = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **val = NULL;
@@ -54,6 +55,8 @@ int cmd_fetch(int argc, char **argv) {
             val = &tmp;
         } else if (!strcmp(a, "--allow-pickle")) {
             allow_pickle = true;
+        } else if (!strcmp(a, "--verify")) {
+            verify = true;
         } else if (!strcmp(a, "--dataset")) {
             dataset = true;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
@@ -108,12 +111,13 @@ int cmd_fetch(int argc, char **argv) {
         free(local);
     } else {
         hub_fetch_opts o = {.type = type, .repo = repo, .revision = rev, .include = n_inc ? inc : NULL,
-                            .exclude = n_exc ? exc : NULL, .allow_pickle = allow_pickle, .progress = on_progress};
+                            .exclude = n_exc ? exc : NULL, .allow_pickle = allow_pickle, .verify = verify, .progress = on_progress};
         hub_snapshot s;
         rc = hub_snapshot_download(&cfg, &o, &s);
         progress_finish();
         if (!rc) {
             if (s.offline && !cfg.offline) warnf("the hub is unreachable: using the cached snapshot");
+            if (s.n_corrupt) warnf("%d cached file(s) failed their checksum and were fetched again", s.n_corrupt);
             notef("%s@%s is commit %s: %d files, %.1f MB, %.1f MB downloaded", repo, rev ? rev : "main", s.commit,
                   s.n_files, (double)s.bytes_total / 1e6, (double)s.bytes_downloaded / 1e6);
             printf("%s\n", s.dir);

@@ -2,7 +2,6 @@
 #define _GNU_SOURCE
 #include "recipe.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <glob.h>
 #include <limits.h>
@@ -10,7 +9,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -346,10 +344,10 @@ static void add_key_file(vctx *v, const char *path) {
     json_array_append_new(v->key_files, json_string(path));
 }
 
-/* fetch_model with source: path links a local folder instead of copying it: the content of
- * the folder's files (top level, as in an HF model directory; symlinks followed) enters the
- * key, so that replacing the weights in place re-runs what was made from them instead of
- * reusing stale artifacts. The hash memo keeps this to a stat per file after the first run. */
+/* fetch_model with source: path links a local folder instead of copying it: the folder enters
+ * the key as a directory (the content of every file in it, as for a tokenizer directory), so
+ * that replacing the weights in place re-runs what was made from them instead of reusing stale
+ * artifacts. The hash memo keeps this to a stat per file after the first run. */
 static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *params) {
     const char *source = json_string_value(json_object_get(params, "source"));
     const char *path = json_string_value(json_object_get(params, "path"));
@@ -357,18 +355,7 @@ static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *para
     char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
     char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
     free(given);
-    DIR *d = dir ? opendir(dir) : NULL;
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.') continue;
-            char *f = fs_join(dir, e->d_name);
-            struct stat st;
-            if (stat(f, &st) == 0 && S_ISREG(st.st_mode)) add_key_file(v, f);
-            free(f);
-        }
-        closedir(d);
-    }
+    if (dir && fs_is_dir(dir)) add_key_file(v, dir);
     free(dir);
 }
 
@@ -431,7 +418,23 @@ static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     }
     const char *t = n->text;
     switch (s->type) {
-    case PARAM_STRING: return json_string(t);
+    case PARAM_STRING: {
+        char *p = (s->flags & PARAM_PATH_OR_WORD) ? resolve_path(n, t) : NULL;
+        if (p && (strchr(t, '/') || strchr(t, '.') || fs_exists(p))) {
+            /* a path: it must exist, and its content (a directory's files) enters the key */
+            if (!fs_exists(p)) {
+                errs_add(e, n, "%s: '%s' names '%s', which does not exist (paths are relative to the recipe's directory)", v->where, s->name, t);
+                free(p);
+                return NULL;
+            }
+            add_key_file(v, p);
+            json_t *j = json_string(p);
+            free(p);
+            return j;
+        }
+        free(p);
+        return json_string(t);
+    }
     case PARAM_REF: return json_string(t); /* checked once every stage is known */
     case PARAM_BOOL:
         if (!n->quoted && (!strcmp(t, "true") || !strcmp(t, "True"))) return json_true();

@@ -29,6 +29,8 @@ static const param_spec fetch_params[] = {
      "file patterns to fetch (default: config, generation config, safetensors + index, tokenizer files)", 0},
     {"exclude", PARAM_LIST, NULL, 1, 0, NULL, "file patterns to skip", 0},
     {"allow_pickle", PARAM_BOOL, "false", 1, 0, NULL, "allow PyTorch pickle weights (.bin/.pt: they can run code)", 0},
+    {"verify", PARAM_BOOL, "false", 1, 0, NULL,
+     "re-hash files already in the HF cache; a corrupt one is deleted and fetched again", PARAM_NOKEY},
     {0},
 };
 
@@ -98,6 +100,7 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
         .include = inc,
         .exclude = exc,
         .allow_pickle = stage_bool(c, "allow_pickle"),
+        .verify = stage_bool(c, "verify"),
         .progress = on_progress,
         .progress_user = c,
         .interrupted = c->interrupted,
@@ -119,6 +122,7 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
     if (!rc) {
         const char *rev = o.revision ? o.revision : "main";
         if (s.offline && !cfg.offline) stage_logf(c, "the hub is unreachable: using the cached snapshot");
+        if (s.n_corrupt) stage_logf(c, "%d cached file(s) failed their checksum and were fetched again", s.n_corrupt);
         stage_logf(c, "%s@%s is commit %s: %d files, %.1f MB (%.1f MB downloaded%s)", o.repo, rev, s.commit, s.n_files,
                    (double)s.bytes_total / 1e6, (double)s.bytes_downloaded / 1e6,
                    s.bytes_downloaded > 0 && dt > 0 ? "" : ", all cached");

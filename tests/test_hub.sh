@@ -13,20 +13,11 @@ set -u
 BIN=${QLORA_BIN:-build/qlora-run}
 NGINX=${NGINX:-/usr/sbin/nginx}
 [ -x "$NGINX" ] || { echo "SKIP: no nginx at $NGINX (apt-get install nginx-light)"; exit 0; }
-if ! "$BIN" fetch --help 2>/dev/null | grep -q "usage: qlora-run fetch"; then
-    echo "SKIP: '$BIN fetch' is not wired into main.c yet"; exit 0
-fi
 
-T=$(mktemp -d /tmp/qlora-hub-test.XXXXXX)
-cleanup() {
-    [ -f "$T/nginx.pid" ] && kill "$(cat "$T/nginx.pid")" 2>/dev/null
-    sleep 0.2
-    rm -rf "$T"
-}
-trap cleanup EXIT
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY all_proxy HF_TOKEN HUGGING_FACE_HUB_TOKEN \
-      HF_HUB_CACHE HUGGINGFACE_HUB_CACHE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE
-export no_proxy='*'
+. "$(dirname "$0")/hub_server.sh"
+hub_init
+T=$HUB_T
+unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_HUB_CACHE HUGGINGFACE_HUB_CACHE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE
 
 fails=0
 pass() { echo "ok   $1"; }
@@ -34,8 +25,8 @@ fail() { echo "FAIL $1"; fails=$((fails + 1)); }
 check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
 
 TOKEN=hf_SecretTestToken0123456789
-WWW=$T/www CDN=$T/cdn
-mkdir -p "$WWW" "$CDN/blobs" "$T/logs" "$T/tmp" "$T/home"
+WWW=$HUB_WWW CDN=$T/cdn
+mkdir -p "$CDN/blobs" "$T/home"
 
 # ---- the model files ----
 # a safetensors file: one F32 tensor of n floats, random bytes
@@ -57,27 +48,9 @@ make_safetensors "$SRC/model.safetensors" 400000        # 1.6 MB: big enough to 
 make_safetensors "$SRC/small.safetensors" 1000
 echo '[{"instruction":"say hi","input":"","output":"hi"}]' > "$SRC/alpaca.json"
 
-commit_of() { printf '%s' "$1" | sha1sum | cut -c1-40; }
-MAPS=$T/maps.conf; : > "$MAPS.etag"; : > "$MAPS.letag"; : > "$MAPS.lsize"; : > "$MAPS.commit"
-# serve SRC/file as PATH of REPO at COMMIT; lfs=1: the hub's LFS headers (sha256 ETag, size)
-add_file() { # prefix repo commit path srcfile lfs
-    local uri="/$1$2/resolve/$3/$4" f="$WWW/$1$2/resolve/$3/$4"
-    mkdir -p "$(dirname "$f")"; cp "$5" "$f"
-    if [ "$6" = 1 ]; then
-        echo "\"$uri\" \"\\\"$(sha256sum < "$5" | cut -c1-64)\\\"\";" >> "$MAPS.letag"
-        echo "\"$uri\" $(stat -c %s "$5");" >> "$MAPS.lsize"
-    else
-        echo "\"$uri\" \"\\\"$(git hash-object "$5")\\\"\";" >> "$MAPS.etag"
-    fi
-}
-# the API answer for REV of REPO: commit + listing
-add_api() { # kind repo rev commit files...
-    local kind=$1 repo=$2 rev=$3 commit=$4; shift 4
-    local f="$WWW/api/$kind/$repo/revision/$rev" sib="" x
-    for x in "$@"; do sib="$sib${sib:+,}{\"rfilename\":\"$x\"}"; done
-    mkdir -p "$(dirname "$f")"
-    echo "{\"id\":\"$repo\",\"sha\":\"$commit\",\"private\":false,\"siblings\":[$sib]}" > "$f"
-}
+commit_of() { hub_commit_of "$@"; }
+add_file() { hub_add_file "$@"; }
+add_api() { hub_add_api "$@"; }
 
 C1=$(commit_of tiny-main); C2=$(commit_of tiny-pr1)
 for f in config.json generation_config.json tokenizer.json README.md pytorch_model.bin; do add_file "" org/tiny $C1 $f "$SRC/$f" 0; done
@@ -86,7 +59,7 @@ add_file "" org/tiny $C2 config.json "$SRC/generation_config.json" 0
 add_file "" org/tiny $C2 model.safetensors "$SRC/small.safetensors" 1
 TINY_FILES="config.json generation_config.json tokenizer.json README.md pytorch_model.bin model.safetensors"
 add_api models org/tiny main $C1 $TINY_FILES
-echo "~^/org/tiny/resolve/main/ $C1;" >> "$MAPS.commit"
+hub_branch "" org/tiny main $C1
 add_api models org/tiny v1.0 $C1 $TINY_FILES
 add_api models org/tiny $C1 $C1 $TINY_FILES
 add_api models org/tiny refs/pr/1 $C2 config.json model.safetensors
@@ -100,8 +73,8 @@ done
 for r in cut flaky ratelimited cdn private; do add_file "" org/$r $(commit_of $r) model.safetensors "$SRC/model.safetensors" 1; done
 # badsha: the bytes are the model, the advertised sha256 is of other bytes
 f="$WWW/org/badsha/resolve/$C_badsha/model.safetensors"; mkdir -p "$(dirname "$f")"; cp "$SRC/model.safetensors" "$f"
-echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" \"$(sha256sum < "$SRC/small.safetensors" | cut -c1-64)\";" >> "$MAPS.letag"
-echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" $(stat -c %s "$SRC/model.safetensors");" >> "$MAPS.lsize"
+echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" \"$(sha256sum < "$SRC/small.safetensors" | cut -c1-64)\";" >> "$T/map.letag"
+echo "\"/org/badsha/resolve/$C_badsha/model.safetensors\" $(stat -c %s "$SRC/model.safetensors");" >> "$T/map.lsize"
 # cdn: the blob lives on the other server
 cp "$SRC/model.safetensors" "$CDN/blobs/$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)"
 # pickle-only repo, and a listing that tries to escape
@@ -113,70 +86,33 @@ add_api models org/evil main $(commit_of evil) config.json ../../../../escaped.j
 # a dataset repo, fetched by branch
 C_data=$(commit_of data)
 add_file datasets/ org/data main alpaca.json "$SRC/alpaca.json" 0
-echo "~^/datasets/org/data/resolve/main/ $C_data;" >> "$MAPS.commit"
+hub_branch datasets/ org/data main $C_data
 add_api datasets org/data main $C_data alpaca.json
 
-# ---- nginx ----
-free_port() {
-    local p
-    for p in $(shuf -i 20000-60000 -n 50); do
-        (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }
-    done
-}
-P1=$(free_port); P2=$(free_port); P3=$(free_port)
+# ---- nginx: the hub, plus a backend (P3) and a CDN on another host (P2) ----
+hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT
+# a certificate no system store trusts, for the TLS server
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/tls.key" -out "$T/tls.pem" -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 2> /dev/null
 CDN_BLOB=$(sha256sum < "$SRC/model.safetensors" | cut -c1-64)
-cat > "$T/hubhdrs.conf" <<EOF
-etag off;
-add_header X-Repo-Commit \$hub_commit always;
-add_header ETag \$hub_etag always;
-add_header X-Linked-Etag \$hub_linked_etag always;
-add_header X-Linked-Size \$hub_linked_size always;
-add_header X-Error-Code \$hub_entry_err always;
-EOF
-cat > "$T/nginx.conf" <<EOF
-$( [ "$(id -u)" = 0 ] && echo "user $(id -un) $(id -gn);" )
-worker_processes 1;
-pid $T/nginx.pid;
-error_log $T/logs/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $T/tmp/body; proxy_temp_path $T/tmp/proxy; fastcgi_temp_path $T/tmp/fcgi;
-    uwsgi_temp_path $T/tmp/uwsgi; scgi_temp_path $T/tmp/scgi;
-    default_type application/octet-stream;
-    map_hash_bucket_size 256;
-    sendfile on;
-    log_format hdrs '\$server_port \$request_method \$uri \$status auth="\$http_authorization" range="\$http_range"';
-    map \$uri \$hub_etag { default ""; $(cat "$MAPS.etag") }
-    map \$uri \$hub_linked_etag { default ""; $(cat "$MAPS.letag") }
-    map \$uri \$hub_linked_size { default ""; $(cat "$MAPS.lsize") }
-    map \$uri \$hub_commit { default ""; $(cat "$MAPS.commit") "~^/(datasets/)?[^/]+/[^/]+/resolve/(?<c>[0-9a-f]{40})/" \$c; }
-    map \$status \$hub_entry_err { 404 EntryNotFound; default ""; }
-    map \$status \$api_err { 404 RepoNotFound; default ""; }
-    map \$status \$rev_err { 404 RevisionNotFound; default ""; }
-    map \$http_authorization \$auth_ok { "Bearer $TOKEN" 1; default 0; }
+HTTP_EXTRA="
+    map \$status \$rev_err { 404 RevisionNotFound; default \"\"; }
+    map \$http_authorization \$auth_ok { \"Bearer $TOKEN\" 1; default 0; }
     upstream flaky_rr { server 127.0.0.2:$P2; server 127.0.0.1:$P3; }
-    upstream ratelimited_rr { server 127.0.0.2:$P2; server 127.0.0.1:$P3; }
-
-    # the hub
-    server {
-        listen 127.0.0.1:$P1;
-        root $WWW;
-        access_log $T/logs/hub.log hdrs;
-        location /api/ { add_header X-Error-Code \$api_err always; }
+    upstream ratelimited_rr { server 127.0.0.2:$P2; server 127.0.0.1:$P3; }"
+HUB_LOCATIONS="
         location ^~ /api/models/org/tiny/ { add_header X-Error-Code \$rev_err always; }
         location ^~ /api/models/org/private/ {
             add_header X-Error-Code RepoNotFound always;
             if (\$auth_ok = 0) { return 401; }
         }
-        location ~ ^/(datasets/)?[^/]+/[^/]+/resolve/ { include $T/hubhdrs.conf; }
         location ^~ /org/private/resolve/ {
             include $T/hubhdrs.conf;
             if (\$auth_ok = 0) { return 401; }
         }
         location ^~ /org/gated/resolve/ {
             add_header X-Error-Code GatedRepo always;
-            add_header X-Error-Message "Access to model org/gated is restricted and you are not in the authorized list." always;
+            add_header X-Error-Message \"Access to model org/gated is restricted and you are not in the authorized list.\" always;
             return 403;
         }
         location = /org/cdn/resolve/$C_cdn/model.safetensors {
@@ -192,8 +128,8 @@ http {
             proxy_read_timeout 1s;
         }
         location = /org/flaky/resolve/$C_flaky/model.safetensors { proxy_pass http://flaky_rr; }
-        location = /org/ratelimited/resolve/$C_ratelimited/model.safetensors { proxy_pass http://ratelimited_rr; }
-    }
+        location = /org/ratelimited/resolve/$C_ratelimited/model.safetensors { proxy_pass http://ratelimited_rr; }"
+SERVERS="
     # the backend of the round robins, and the slow source of the cut
     server {
         listen 127.0.0.1:$P3;
@@ -211,10 +147,16 @@ http {
         location /org/flaky/ { return 500; }
         location /org/ratelimited/ { add_header Retry-After 2 always; return 429; }
     }
-}
-EOF
-"$NGINX" -p "$T" -c "$T/nginx.conf" -e "$T/logs/error.log" || { cat "$T/logs/error.log"; echo "FAIL nginx did not start"; exit 1; }
-for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$P1) 2>/dev/null && break; sleep 0.1; done
+    # the hub over TLS, with a self-signed certificate
+    server {
+        listen 127.0.0.1:$P4 ssl;
+        ssl_certificate $T/tls.pem;
+        ssl_certificate_key $T/tls.key;
+        root $WWW;
+        location ~ ^/[^/]+/[^/]+/resolve/ { include $T/hubhdrs.conf; }
+    }"
+hub_start "$HUB_LOCATIONS" "$SERVERS" "$HTTP_EXTRA" || { echo "FAIL nginx did not start"; exit 1; }
+P1=$HUB_PORT
 
 export HF_ENDPOINT=http://127.0.0.1:$P1 HF_HOME=$T/home
 CACHE=$T/home/hub
@@ -289,6 +231,14 @@ run org/tiny
 check "partial blob resumed" test "$rc" = 0 && check "resumed bytes identical" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
 check "resume asked for the rest" grep -q "range=\"bytes=700000-\"" "$T/logs/hub.log"
 
+# 7b. a bit flipped in a cached blob: --verify finds it, deletes the blob and fetches it again
+BLOBF=$CACHE/models--org--tiny/blobs/$BLOB
+printf '\x5a' | dd of="$BLOBF" bs=1 seek=5000 conv=notrunc 2> /dev/null
+run org/tiny; check "without --verify a cached blob is trusted" test "$rc" = 0
+run org/tiny --verify
+check "--verify: corrupt blob fetched again" test "$rc" = 0 && check "--verify: says so" has "failed their checksum"
+check "--verify: bytes repaired" cmp -s "$SNAP/model.safetensors" "$SRC/model.safetensors"
+
 # 8. a dataset file by branch
 run --dataset org/data --file alpaca.json
 check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
@@ -322,7 +272,13 @@ HF_HUB_OFFLINE=1 run org/never; check "offline without cache: exit 8" test "$rc"
 HF_ENDPOINT=http://127.0.0.1:1 run org/tiny
 check "hub unreachable: the cached snapshot serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$SNAP"
 
-# 11. the token never appears in anything we printed
+# 11. TLS: an untrusted certificate fails (verification is never off); its CA file makes it work
+HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls run org/tiny
+check "TLS with an untrusted certificate: exit 8" test "$rc" = 8; check "TLS: says the certificate failed" has "could not be verified"
+HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls CURL_CA_BUNDLE=$T/tls.pem run org/tiny
+check "TLS with CURL_CA_BUNDLE" test "$rc" = 0 && check "TLS: identical bytes" cmp -s "$T/home-tls/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
+
+# 12. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
 if [ $fails -gt 0 ]; then

@@ -36,7 +36,7 @@ stages:
   lora:
     kind: attach_lora
     model: nf4
-    targets: [q_proj, v_proj, down_proj]
+    lora_target_modules: [q_proj, v_proj, down_proj]
   data:
     kind: dataset
     model: nf4
