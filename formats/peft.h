@@ -70,6 +70,6 @@ char *peft_config_text(const peft_adapter *a);
 int peft_adapter_save(const peft_adapter *a, const char *dir);
 /* read and validate an adapter directory: every lora_A has its lora_B, shapes agree with r,
  * dtypes are float (F32/F16/BF16, converted to f32); ERR_DATA naming the file and tensor */
-int peft_adapter_load(peft_adapter *a, const char *dir);
+int peft_adapter_load(peft_adapter *a, const char *dir); /* a: uninitialised or zeroed (not init: it would leak) */
 
 #endif

@@ -4,11 +4,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/err.h"
@@ -102,8 +105,40 @@ json_t *cache_list_files(const char *dir) {
     return a;
 }
 
-/* Check one file entry {path, size, hash|link} of a manifest; memo NULL re-hashes always. */
-static int check_entry(const char *dir, json_t *f, const char *memo, char **why) {
+/* Drop the hash memo's entries for a file's current (dev, inode, size, mtime), so that the
+ * next look-up re-hashes it. The memo trusts a file whose stat is unchanged: a byte flipped
+ * in place with the mtime put back is only seen by a full re-hash (`cache verify`), and after
+ * one has found it, the pre-use check of every later run must see it too. The line format is
+ * core/hash.c's: "dev ino size mtime_ns hash path". */
+static void memo_forget(const char *memo, const char *path) {
+    struct stat st;
+    char *text = NULL;
+    size_t len = 0;
+    if (!memo || stat(path, &st) || !fs_exists(memo) || fs_read_all(memo, &text, &len)) {
+        err_clear();
+        return;
+    }
+    char key[256];
+    long long mt = (long long)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
+    int kl = snprintf(key, sizeof key, "%llu %llu %lld %lld ", (unsigned long long)st.st_dev,
+                      (unsigned long long)st.st_ino, (long long)st.st_size, mt);
+    size_t n = 0;
+    bool dropped = false;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t l = nl ? (size_t)(nl - line) + 1 : (size_t)(text + len - line);
+        if (l >= (size_t)kl && !memcmp(line, key, (size_t)kl)) dropped = true;
+        else memmove(text + n, line, l), n += l;
+        line += l;
+    }
+    if (dropped) fs_write_atomic(memo, text, n);
+    err_clear();
+    free(text);
+}
+
+/* Check one file entry {path, size, hash|link} of a manifest; memo NULL re-hashes always,
+ * and then a file whose hash does not match is dropped from the memo `forget` (if not NULL). */
+static int check_entry(const char *dir, json_t *f, const char *memo, const char *forget, char **why) {
     const char *rel = json_string_value(json_object_get(f, "path"));
     if (!rel || !fs_rel_path_safe(rel)) {
         if (asprintf(why, "manifest lists an unsafe path") < 0) *why = NULL;
@@ -135,6 +170,7 @@ static int check_entry(const char *dir, json_t *f, const char *memo, char **why)
         } else if (strcmp(h, json_string_value(json_object_get(f, "hash")) ? json_string_value(json_object_get(f, "hash")) : "")) {
             if (asprintf(why, "file '%s' does not match its hash (corrupt)", rel) < 0) *why = NULL;
             rc = 2;
+            if (!memo) memo_forget(forget, p);
         }
     }
     free(p);
@@ -159,14 +195,14 @@ static int load_manifest(const char *dir, json_t **out, char **why) {
     return 0;
 }
 
-static int verify(const char *dir, const char *memo, json_t **manifest, char **why) {
+static int verify(const char *dir, const char *memo, const char *forget, json_t **manifest, char **why) {
     json_t *m;
     int rc = load_manifest(dir, &m, why);
     if (rc) return rc;
     size_t i;
     json_t *f;
     json_array_foreach(json_object_get(m, "files"), i, f) {
-        rc = check_entry(dir, f, memo, why);
+        rc = check_entry(dir, f, memo, forget, why);
         if (rc) break;
     }
     if (rc || !manifest) json_decref(m);
@@ -180,27 +216,79 @@ int cache_lookup(const cache *c, const char *kind, const char *key, json_t **man
     char *dir = cache_artifact_dir(c, kind, key);
     int rc;
     if (!fs_is_dir(dir)) rc = 1;
-    else rc = verify(dir, c->memo, manifest, why);
+    else rc = verify(dir, c->memo, NULL, manifest, why);
     free(dir);
     return rc;
 }
 
-int cache_verify_dir(const char *dir, char **why) {
+int cache_verify_dir(const cache *c, const char *dir, char **why) {
     *why = NULL;
-    return verify(dir, NULL, NULL, why);
+    return verify(dir, NULL, c->memo, NULL, why);
 }
 
-int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg) {
+int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *), void *arg,
+               volatile int *interrupted) {
     char *p;
     if (asprintf(&p, "%s/locks/%s.lock", c->root, key) < 0) return err_set(ERR_STAGE, "out of memory");
     int rc = fs_lock(p, false, fd);
     if (rc == ERR_LOCKED) {
         err_clear();
         if (on_wait) on_wait(arg);
-        rc = fs_lock(p, true, fd);
+        /* poll instead of a blocking flock: Ctrl-C reaches the main thread, not this worker,
+         * so a blocked flock would keep a stopped run waiting out the other run's stage */
+        while ((rc = fs_lock(p, false, fd)) == ERR_LOCKED) {
+            err_clear();
+            if (interrupted && *interrupted) {
+                rc = err_set(ERR_INTERRUPTED, "interrupted while waiting for another run to finish stage '%s'",
+                             arg ? (const char *)arg : key);
+                break;
+            }
+            struct timespec ts = {0, 50 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
     }
     free(p);
     return rc;
+}
+
+void cache_drop_work(const cache *c, const char *key) {
+    char *w = cache_work_dir(c, key), *p = NULL;
+    if (w && fs_exists(w) && asprintf(&p, "%s/locks/%s.lock", c->root, key) >= 0) {
+        int fd = -1;
+        if (fs_lock(p, false, &fd) == 0) { /* not while a --force run recomputes the key */
+            fs_rm_rf(w);
+            fs_unlock(&fd);
+        }
+    }
+    err_clear();
+    free(p);
+    free(w);
+}
+
+/* Runs hold <root>/locks/cache-in-use shared for their whole length; gc takes it exclusive, so
+ * it never deletes artifacts a run is reading or has just made (not yet in the run index). */
+static int use_lock(const cache *c, int how, int *fd, const char *what) {
+    char *p = fs_join(c->root, "locks/cache-in-use");
+    *fd = p ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666) : -1;
+    int rc = 0;
+    if (*fd < 0) rc = err_errno(ERR_STAGE, "cannot open lock file '%s'", p ? p : "locks/cache-in-use");
+    else if (flock(*fd, how)) {
+        int e = errno;
+        close(*fd);
+        *fd = -1;
+        if (e == EWOULDBLOCK) rc = err_set(ERR_LOCKED, "%s", what);
+        else errno = e, rc = err_errno(ERR_STAGE, "cannot lock '%s'", p);
+    }
+    free(p);
+    return rc;
+}
+
+int cache_use(const cache *c, int *fd) { return use_lock(c, LOCK_SH, fd, "the cache is being collected"); }
+
+int cache_gc_lock(const cache *c, int *fd) {
+    return use_lock(c, LOCK_EX | LOCK_NB, fd,
+                    "cache gc: a run is using this cache: nothing removed (gc never deletes what a run may be "
+                    "reading; try again when it ends)");
 }
 
 int cache_tmp_dir(const cache *c, const char *kind, const char *key, char **dir) {
@@ -273,25 +361,44 @@ int cache_commit(const cache *c, const char *kind, const char *key, const char *
     return rc;
 }
 
+/* remove the entries of dir named "<anything><marker><pid>" whose process is gone */
+static void clean_dead(const char *dir, const char *marker) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *m = strstr(e->d_name, marker);
+        if (!m || e->d_name[0] == '.') continue;
+        const char *dot = strrchr(e->d_name, '.');
+        int pid = atoi(dot + 1);
+        if (pid <= 0 || pid == getpid()) continue;
+        if (kill(pid, 0) == 0 || errno == EPERM) continue; /* still running */
+        char *p = fs_join(dir, e->d_name);
+        fs_rm_rf(p);
+        free(p);
+    }
+    closedir(d);
+}
+
 void cache_clean_tmp(const cache *c) {
     char *dir = fs_join(c->root, "tmp");
-    DIR *d = opendir(dir);
+    clean_dead(dir, ".");
+    free(dir);
+    /* a corrupt artifact moved aside by cache_commit, whose run died while deleting it */
+    char *arts = fs_join(c->root, "artifacts");
+    DIR *d = opendir(arts);
     if (d) {
         struct dirent *e;
         while ((e = readdir(d))) {
-            const char *dot = strrchr(e->d_name, '.');
-            if (!dot || e->d_name[0] == '.') continue;
-            int pid = atoi(dot + 1);
-            if (pid <= 0 || pid == getpid()) continue;
-            if (kill(pid, 0) == 0 || errno == EPERM) continue; /* still running */
-            char *p = fs_join(dir, e->d_name);
-            fs_rm_rf(p);
-            free(p);
+            if (e->d_name[0] == '.') continue;
+            char *kd = fs_join(arts, e->d_name);
+            clean_dead(kd, ".old.");
+            free(kd);
         }
         closedir(d);
     }
+    free(arts);
     err_clear();
-    free(dir);
 }
 
 static char *index_path(const cache *c, const char *recipe, const char *file) {

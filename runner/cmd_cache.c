@@ -21,7 +21,8 @@ static const char cache_help[] =
     "verify  re-hash every file of every artifact; corrupt ones are reported (exit 1) and\n"
     "        are recomputed by the next run that needs them\n"
     "gc      delete artifacts no recent run used: keeps those of each recipe's last N runs\n"
-    "        (default 3), and stale temporary directories\n"
+    "        (default 3), and stale temporary directories; while a run uses the cache it\n"
+    "        removes nothing and exits 6\n"
     "The cache is $QLORA_CACHE, or ~/.cache/qlora-run; a recipe's cache_dir names another.\n";
 
 typedef void (*artifact_fn)(const char *dir, const char *kind, const char *key, json_t *manifest, void *arg);
@@ -76,13 +77,14 @@ static void ls_one(const char *dir, const char *kind, const char *key, json_t *m
 }
 
 typedef struct verify_acc {
+    const cache *c;
     int ok, bad;
 } verify_acc;
 
 static void verify_one(const char *dir, const char *kind, const char *key, json_t *m, void *arg) {
     verify_acc *a = arg;
     char *why = NULL;
-    if (cache_verify_dir(dir, &why) == 0) {
+    if (cache_verify_dir(a->c, dir, &why) == 0) {
         a->ok++;
     } else {
         a->bad++;
@@ -172,11 +174,16 @@ int cmd_cache(int argc, char **argv) {
         human(total, sz, sizeof sz);
         printf("total %s\n", sz);
     } else if (!strcmp(sub, "verify")) {
-        verify_acc a = {0};
+        verify_acc a = {&c, 0, 0};
         each_artifact(&c, verify_one, &a);
         printf("%d intact, %d corrupt\n", a.ok, a.bad);
         if (a.bad) rc = err_set(ERR_STAGE, "%d corrupt artifact%s: the next run that needs one recomputes it", a.bad, a.bad == 1 ? "" : "s");
     } else if (!strcmp(sub, "gc")) {
+        int usefd = -1;
+        if ((rc = cache_gc_lock(&c, &usefd))) {
+            cache_close(&c);
+            return rc;
+        }
         gc_acc a = {recent_keys(&c, keep), 0, 0};
         each_artifact(&c, gc_one, &a);
         cache_clean_tmp(&c);
@@ -184,6 +191,7 @@ int cmd_cache(int argc, char **argv) {
         human(a.freed, sz, sizeof sz);
         printf("removed %d artifacts (%s); kept those of each recipe's last %d runs\n", a.removed, sz, keep);
         json_decref(a.keep);
+        fs_unlock(&usefd);
     } else {
         rc = err_set(ERR_USAGE, "cache: unknown subcommand '%s' (ls, verify or gc)", sub);
     }

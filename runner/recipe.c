@@ -344,6 +344,21 @@ static void add_key_file(vctx *v, const char *path) {
     json_array_append_new(v->key_files, json_string(path));
 }
 
+/* fetch_model with source: path links a local folder instead of copying it: the folder enters
+ * the key as a directory (the content of every file in it, as for a tokenizer directory), so
+ * that replacing the weights in place re-runs what was made from them instead of reusing stale
+ * artifacts. The hash memo keeps this to a stat per file after the first run. */
+static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *params) {
+    const char *source = json_string_value(json_object_get(params, "source"));
+    const char *path = json_string_value(json_object_get(params, "path"));
+    if (!source || strcmp(source, "path") || !path) return;
+    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
+    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
+    free(given);
+    if (dir && fs_is_dir(dir)) add_key_file(v, dir);
+    free(dir);
+}
+
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
 static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     errs *e = v->e;
@@ -784,6 +799,7 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
                     errs_add(&e, st, "%s: %s", where, err_msg());
                     err_clear();
                 }
+                if (!strcmp(kind->name, "fetch_model")) add_model_folder(&sv, r->dir, rs->params);
             }
             /* hk that shape this kind's output */
             const char *kh = key_hooks_of(kind->name);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "run.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -69,7 +70,7 @@ static int exec_stage(runner *R, int i) {
     recipe_stage *s = &R->r->stages[i];
     plan_stage *ps = &R->p.st[i];
     int lockfd = -1;
-    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name);
+    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted);
     if (rc) return rc;
     /* another run may have produced it while we waited */
     if (!ps->forced) {
@@ -216,6 +217,7 @@ static void record_cached(runner *R, int i) {
     json_object_set_new(ev, "key", json_string(R->p.st[i].key));
     events_emit(R->ev, "stage_cached", ev);
     outf("= %s (%s): cached", s->name, s->kind->name);
+    cache_drop_work(&R->c, R->p.st[i].key);
 }
 
 static int ready(runner *R, int i) {
@@ -289,15 +291,24 @@ static char *make_run_dir(const recipe *r) {
     const char *base = r->runs_dir ? r->runs_dir : (getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs");
     char stamp[32];
     utc_stamp(stamp, sizeof stamp, true);
-    char *dir;
+    char *dir, *parent;
+    if (asprintf(&parent, "%s/%s", base, r->name) < 0) return NULL;
+    int rc = fs_mkdir_p(parent);
+    free(parent);
+    if (rc) return NULL;
+    /* mkdir itself decides: two runs started in the same second must not share a record */
     for (int k = 0;; k++) {
         if (k == 0) { if (asprintf(&dir, "%s/%s/%s", base, r->name, stamp) < 0) return NULL; }
         else if (asprintf(&dir, "%s/%s/%s-%d", base, r->name, stamp, k) < 0) return NULL;
-        if (!fs_exists(dir)) break;
+        if (mkdir(dir, 0777) == 0) return dir;
+        int e = errno;
         free(dir);
+        if (e != EEXIST) {
+            errno = e;
+            err_errno(ERR_STAGE, "cannot create a run record under '%s/%s'", base, r->name);
+            return NULL;
+        }
     }
-    if (fs_mkdir_p(dir)) { free(dir); return NULL; }
-    return dir;
 }
 
 int run_recipe(const char *path, const run_opts *o) {
@@ -309,7 +320,8 @@ int run_recipe(const char *path, const run_opts *o) {
     pthread_mutex_init(&R.mu, NULL);
     pthread_cond_init(&R.cv, NULL);
     rc = cache_open(&R.c, r->cache_dir);
-    int lockfd = -1;
+    int lockfd = -1, usefd = -1;
+    if (!rc) rc = cache_use(&R.c, &usefd);
     if (!rc && o->lock) {
         char *lp;
         if (asprintf(&lp, "%s/locks/recipe-%s.lock", R.c.root, r->name) < 0) lp = NULL;
@@ -424,6 +436,7 @@ done:
     hooks_free(&R.hooks);
     if (R.ev) events_close(&R.ev);
     fs_unlock(&lockfd);
+    fs_unlock(&usefd);
     plan_free(&R.p);
     free(R.state);
     free(R.failed_msg);

@@ -54,7 +54,7 @@ static int attach_run(stage_ctx *ctx) {
     model_config cfg;
     int rc = config_load(&cfg, mdir);
     free(mdir);
-    if (rc) return err_wrap("stage '%s'", ctx->name);
+    if (rc) return rc;
 
     json_t *seed = stage_json(ctx, "seed");
     lora_init_opts o = {.r = (int)stage_int(ctx, "lora_r"),

@@ -51,7 +51,7 @@ static int lua_stage_run(stage_ctx *c) {
     lua_host *h = NULL;
     rc = lua_host_open(&h, script, &o);
     free(script);
-    if (rc) return err_wrap("stage '%s'", c->name);
+    if (rc) return rc;
     lua_host_callbacks cb = {.ud = c, .metric = cb_metric, .log = cb_log};
     lua_host_set_callbacks(h, &cb);
 
