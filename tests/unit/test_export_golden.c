@@ -195,7 +195,8 @@ static float *exact_logits(const char *dir, const char *adir) {
         CHECK(st_read_f32(w, 0, lin->out * lin->in, exact) == 0);
         for (int64_t o = 0; o < lin->out; o++) {
             for (int i = 0; l && i < ra; i++) dst[o * t->cols + i] = (float)(s * l->B[o * ra + i]);
-            for (int64_t i = 0; i < lin->in; i++) dst[o * t->cols + ra + i] = exact[o * lin->in + i] - q[o * lin->in + i];
+            for (int64_t i = 0; i < lin->in; i++)
+                dst[o * t->cols + ra + i] = exact[o * lin->in + i] - q[o * lin->in + i];
         }
         free(exact);
         free(q);
