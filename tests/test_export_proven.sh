@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# test_export_proven.sh: the exports proven loadable by transformers and peft (tests/golden/export,
+# check_export.py, test_export_golden.c) are still what `qlora-run export` writes today. Re-exports
+# the committed adapter against the committed base and compares: the adapter byte for byte, the
+# merged model's config, tokenizer files and safetensors header (names, dtypes, shapes, offsets)
+# byte for byte (its values differ in the last bit here and there: this merge starts from the
+# bf16 base/, the committed one from the NF4 checkpoint). A failure means the export format
+# changed: regenerate as tests/golden/README.md says and rerun check_export.py where torch is.
+set -euo pipefail
+BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+SRC=${QLORA_SRC:-.}
+G="$SRC/tests/golden/export"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$BIN" export --base "$G/base" --adapter "$G/adapter_list" --format peft,merged --out "$tmp/out" >"$tmp/log" 2>&1 ||
+  { cat "$tmp/log"; fail "qlora-run export failed"; }
+for f in adapter_config.json adapter_model.safetensors; do
+  cmp -s "$tmp/out/adapter/$f" "$G/adapter_list/$f" || fail "adapter/$f differs from the proven tests/golden/export/adapter_list/$f"
+done
+for f in config.json generation_config.json tokenizer.json tokenizer_config.json special_tokens_map.json; do
+  cmp -s "$tmp/out/model/$f" "$G/merged/$f" || fail "model/$f differs from the proven tests/golden/export/merged/$f"
+done
+header() { local n; n=$(od -An -tu8 -N8 "$1" | tr -d ' '); head -c $((8 + n)) "$1"; }
+cmp -s <(header "$tmp/out/model/model.safetensors") <(header "$G/merged/model.safetensors") ||
+  fail "model/model.safetensors: header differs from the proven tests/golden/export/merged/model.safetensors"
+[ "$(ls "$tmp/out/model" | sort)" = "$(ls "$G/merged" | sort)" ] || fail "model/ holds other files than the proven merged/"
+echo "export golden: adapter and merged model as proven"
