@@ -61,14 +61,41 @@ int hash_file_hex(const char *path, char out[HASH_HEX_LEN]) {
 
 /* The memo is a text file of lines "dev ino size mtime_ns hash path". Small files are
  * hashed directly: the memo only pays for files of 1 MiB and more. */
+static int memo_key(const struct stat *st, char *key, size_t n) {
+    long long mt = (long long)st->st_mtim.tv_sec * 1000000000ll + st->st_mtim.tv_nsec;
+    return snprintf(key, n, "%llu %llu %lld %lld ", (unsigned long long)st->st_dev, (unsigned long long)st->st_ino,
+                    (long long)st->st_size, mt);
+}
+
+void hash_memo_forget(const char *memo_path, const char *path) {
+    struct stat st;
+    char *text = NULL;
+    size_t len = 0;
+    if (!memo_path || stat(path, &st) || !fs_exists(memo_path) || fs_read_all(memo_path, &text, &len)) {
+        err_clear();
+        return;
+    }
+    char key[256];
+    size_t kl = (size_t)memo_key(&st, key, sizeof key), n = 0;
+    int dropped = 0;
+    for (char *line = text; line < text + len;) {
+        char *nl = memchr(line, '\n', (size_t)(text + len - line));
+        size_t l = nl ? (size_t)(nl - line) + 1 : (size_t)(text + len - line);
+        if (l >= kl && !memcmp(line, key, kl)) dropped = 1;
+        else memmove(text + n, line, l), n += l;
+        line += l;
+    }
+    if (dropped) fs_write_atomic(memo_path, text, n);
+    err_clear();
+    free(text);
+}
+
 int hash_file_memo(const char *memo_path, const char *path, char out[HASH_HEX_LEN]) {
     struct stat st;
     if (stat(path, &st)) return err_errno(ERR_DATA, "cannot stat '%s'", path);
     if (!memo_path || st.st_size < (1 << 20)) return hash_file_hex(path, out);
     char key[256];
-    long long mt = (long long)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
-    snprintf(key, sizeof key, "%llu %llu %lld %lld ", (unsigned long long)st.st_dev,
-             (unsigned long long)st.st_ino, (long long)st.st_size, mt);
+    memo_key(&st, key, sizeof key);
     char *memo = NULL;
     size_t len = 0;
     if (fs_exists(memo_path) && fs_read_all(memo_path, &memo, &len) == 0) {

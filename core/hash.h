@@ -24,6 +24,10 @@ int hash_file_hex(const char *path, char out[HASH_HEX_LEN]);
 /* memo_path may be NULL (no memo) */
 int hash_file_memo(const char *memo_path, const char *path, char out[HASH_HEX_LEN]);
 
+/* Drop the memo's entry for path's current (dev, inode, size, mtime), so the next
+ * hash_file_memo re-reads the file: for a file found corrupt by a full re-hash. */
+void hash_memo_forget(const char *memo_path, const char *path);
+
 /* SHA-256 of a file, 64 hex digits + NUL */
 int sha256_file_hex(const char *path, char out[65]);
 

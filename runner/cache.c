@@ -110,32 +110,6 @@ json_t *cache_list_files(const char *dir) {
  * in place with the mtime put back is only seen by a full re-hash (`cache verify`), and after
  * one has found it, the pre-use check of every later run must see it too. The line format is
  * core/hash.c's: "dev ino size mtime_ns hash path". */
-static void memo_forget(const char *memo, const char *path) {
-    struct stat st;
-    char *text = NULL;
-    size_t len = 0;
-    if (!memo || stat(path, &st) || !fs_exists(memo) || fs_read_all(memo, &text, &len)) {
-        err_clear();
-        return;
-    }
-    char key[256];
-    long long mt = (long long)st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec;
-    int kl = snprintf(key, sizeof key, "%llu %llu %lld %lld ", (unsigned long long)st.st_dev,
-                      (unsigned long long)st.st_ino, (long long)st.st_size, mt);
-    size_t n = 0;
-    bool dropped = false;
-    for (char *line = text; line < text + len;) {
-        char *nl = memchr(line, '\n', (size_t)(text + len - line));
-        size_t l = nl ? (size_t)(nl - line) + 1 : (size_t)(text + len - line);
-        if (l >= (size_t)kl && !memcmp(line, key, (size_t)kl)) dropped = true;
-        else memmove(text + n, line, l), n += l;
-        line += l;
-    }
-    if (dropped) fs_write_atomic(memo, text, n);
-    err_clear();
-    free(text);
-}
-
 /* Check one file entry {path, size, hash|link} of a manifest; memo NULL re-hashes always,
  * and then a file whose hash does not match is dropped from the memo `forget` (if not NULL). */
 static int check_entry(const char *dir, json_t *f, const char *memo, const char *forget, char **why) {
@@ -170,7 +144,7 @@ static int check_entry(const char *dir, json_t *f, const char *memo, const char 
         } else if (strcmp(h, json_string_value(json_object_get(f, "hash")) ? json_string_value(json_object_get(f, "hash")) : "")) {
             if (asprintf(why, "file '%s' does not match its hash (corrupt)", rel) < 0) *why = NULL;
             rc = 2;
-            if (!memo) memo_forget(forget, p);
+            if (!memo) hash_memo_forget(forget, p);
         }
     }
     free(p);
