@@ -502,8 +502,12 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         if (!isfinite(loss) || !isfinite(gnorm)) {
             char where[512] = "no checkpoint was written yet";
             if (s.last_saved >= 0)
-                snprintf(where, sizeof where, "the last good checkpoint is step %lld in '%s'", (long long)s.last_saved,
-                         cfg->work_dir);
+                snprintf(where, sizeof where, "the newest checkpoint is step %lld in '%s' (%s)", (long long)s.last_saved,
+                         cfg->work_dir,
+                         s.last_saved == step ? "the weights this step started from" : "written before the divergence");
+            char lbuf[32], gbuf[32]; /* "nan", not printf's "-nan" */
+            if (isnan(loss)) snprintf(lbuf, sizeof lbuf, "nan"); else snprintf(lbuf, sizeof lbuf, "%g", loss);
+            if (isnan(gnorm)) snprintf(gbuf, sizeof gbuf, "nan"); else snprintf(gbuf, sizeof gbuf, "%g", gnorm);
             /* JSON has no NaN or Inf: a non-finite value is a null */
             json_t *ev = json_pack("{s:I, s:o, s:o, s:I}", "step", (json_int_t)(step + 1), "loss",
                                    isfinite(loss) ? json_real(loss) : json_null(), "grad_norm",
@@ -511,9 +515,9 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
                                    (json_int_t)s.last_saved);
             hook_event(hooks, "diverged", ev);
             rc = err_set(ERR_DIVERGED,
-                         "training diverged at step %lld: loss %g, gradient norm %g; %s; lower learning_rate or set "
+                         "training diverged at step %lld: loss %s, gradient norm %s; %s; lower learning_rate or set "
                          "max_grad_norm",
-                         (long long)(step + 1), loss, gnorm, where);
+                         (long long)(step + 1), lbuf, gbuf, where);
             goto out;
         }
         if (cfg->max_grad_norm > 0 && gnorm > cfg->max_grad_norm)

@@ -55,8 +55,8 @@ expect 4 "a truncated safetensors file" "model.safetensors: tensor '[^']+': .*th
 
 # 5: a huge learning rate (from an lr hook: the recipe's learning_rate stops at 1e6) diverges
 printf 'function lr(step, total, base)\n  if step >= 4 then return 1e30 end\n  return base\nend\n' > huge.lua
-expect 5 "training diverged, naming the step and the last good checkpoint" \
-    "stage 'train': training diverged at step [0-9]+: loss .*the last good checkpoint is step [0-9]+ in '" \
+expect 5 "training diverged, naming the step and the newest checkpoint" \
+    "stage 'train': training diverged at step [0-9]+: loss .*the newest checkpoint is step [0-9]+ in '" \
     "$BIN" r.yaml -q --set stages.train.lr_hook=huge.lua
 check "exit 5: events.jsonl records the divergence" grep -q '"type":"diverged"' "$(ls -d runs/rel/* | sort | tail -n1)/events.jsonl"
 
