@@ -417,8 +417,11 @@ static void set_str(char **dst, const char *v, size_t n) {
 static void headers_line(resp_headers *h, const char *line, size_t len) {
     if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
         headers_reset(h);
-        const char *sp = memchr(line, ' ', len);
-        if (sp) h->status = strtol(sp + 1, NULL, 10);
+        const char *sp = memchr(line, ' ', len); /* the line is not NUL-terminated: parse by hand */
+        long st = 0;
+        for (const char *p = sp ? sp + 1 : line + len; p < line + len && p < sp + 4 && isdigit((unsigned char)*p); p++)
+            st = st * 10 + (*p - '0');
+        h->status = st;
         return;
     }
     const char *colon = memchr(line, ':', len);
