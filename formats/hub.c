@@ -1000,6 +1000,8 @@ static void engine_emit(engine *g, const char *file, bool force) {
     if (!force && t - g->t_last_progress < 0.1) return;
     g->t_last_progress = t;
     hub_progress p = {.file = file};
+    for (int i = 0; i < g->n && !p.file; i++) /* name a file that is moving */
+        if (g->x[i]->state == X_RUNNING && g->x[i]->get_phase) p.file = g->x[i]->name;
     int64_t dl = 0;
     for (int i = 0; i < g->n; i++) {
         xfer *x = g->x[i];
