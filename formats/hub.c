@@ -511,9 +511,9 @@ static int http_error(const err_subject *s, const resp_headers *h, const char *u
     if (*msg) snprintf(extra, sizeof extra, " (hub: %s)", msg);
     long st = h->status;
     if (s->repo && !strcmp(code, "GatedRepo"))
-        return err_set(ERR_NETWORK, "%s is gated: accept its licence on %s/%s%s while logged in, then set HF_TOKEN "
-                                    "to a read token of that account; %s%s",
-                       what, s->cfg->endpoint, repo_prefix(s->type), s->repo, tok, extra);
+        return err_set(ERR_NETWORK, "%s '%s' is gated: accept its licence on %s/%s%s while logged in, then set "
+                                    "HF_TOKEN to a read token of that account; %s%s",
+                       noun, s->repo, s->cfg->endpoint, repo_prefix(s->type), s->repo, tok, extra);
     if (s->repo && (!strcmp(code, "RepoNotFound") || (st == 401 && !*code)))
         return err_set(ERR_NETWORK, "%s %s '%s' not found on %s, or it is private: check the name; for a private "
                                     "repo %s%s", noun, s->repo[0] ? "repo" : "", s->repo, s->cfg->endpoint, tok, extra);
