@@ -47,6 +47,8 @@ hub_stop() {
     if [ -n "${HUB_T:-}" ] && [ -d "$HUB_T" ]; then
         [ -f "$HUB_T/nginx.pid" ] && kill "$(cat "$HUB_T/nginx.pid")" 2>/dev/null
         sleep 0.2
+        local m # a test that mounted something below HUB_T and stopped early
+        for m in $(awk -v t="$HUB_T/" 'index($2, t) == 1 {print $2}' /proc/mounts 2> /dev/null); do umount "$m"; done
         rm -rf "$HUB_T"
     fi
 }

@@ -278,7 +278,18 @@ check "TLS with an untrusted certificate: exit 8" test "$rc" = 8; check "TLS: sa
 HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls CURL_CA_BUNDLE=$T/tls.pem run org/tiny
 check "TLS with CURL_CA_BUNDLE" test "$rc" = 0 && check "TLS: identical bytes" cmp -s "$T/home-tls/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
 
-# 12. the token never appears in anything we printed
+# 12. a full disk (a 1 MB tmpfs, where mounting is allowed): a clear error, no blob, no link
+mkdir -p "$T/full"
+if mount -t tmpfs -o size=1m tmpfs "$T/full" 2> /dev/null; then
+    HF_HOME=$T/full run org/tiny
+    check "full disk: exit 1" test "$rc" = 1; check "full disk: says so" has "No space left on device"
+    check "full disk: no blob under its final name" test -z "$(find "$T/full" -path '*blobs/*' ! -name '*.incomplete' -size +1000k)"
+    umount "$T/full"
+else
+    echo "skip full-disk check (cannot mount a tmpfs here)"
+fi
+
+# 13. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
 if [ $fails -gt 0 ]; then
