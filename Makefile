@@ -6,16 +6,17 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SANITIZE ?=
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
-	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light
+	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF
 endif
 ifneq ($(CI),)
-CMAKE_FLAGS += -DQLORA_WERROR=ON
+# CI: warnings are errors; CUDA code is compiled for one architecture (sm_90) to save time
+CMAKE_FLAGS += -DQLORA_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90
 endif
 
-.PHONY: all deps build demo test test-gpu clean
+.PHONY: all deps build demo test test-gpu fuzz fuzz-smoke clean
 
 all: build
 
@@ -48,5 +49,17 @@ test: build
 test-gpu: build
 	cd $(BUILD) && ctest --output-on-failure -L gpu
 
+# libFuzzer targets (clang): `make fuzz` builds them in build-fuzz/fuzz/; `make fuzz-smoke`
+# runs each for FUZZ_SECONDS (CI); tests/fuzz/run.sh TARGET SECONDS for a long run.
+FUZZ_SECONDS ?= 15
+fuzz: deps
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DQLORA_FUZZ=ON -DQLORA_CUDA=OFF
+	cmake --build build-fuzz -j $(JOBS) --target $$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$$//' | tr '\n' ' ')
+
+fuzz-smoke: fuzz
+	@for t in $$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$$//'); do \
+	  tests/fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; \
+	done
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz

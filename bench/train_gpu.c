@@ -2,6 +2,7 @@
  *
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
+ *                   [--attention mma|tiled]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -25,6 +26,7 @@
 #include "core/half.h"
 #include "kernels/cpu/nf4.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/cuda_ext.h"
 #include "kernels/cuda/nf4_cuda.h"
 #include "kernels/ops.h"
 #include "model/config.h"
@@ -103,12 +105,12 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     m->weight_bytes = bytes;
     char *p = m->weights;
 #define TAKE(sz) (p += align256(sz), (void *)(p - align256(sz)))
-    m->quant_map = TAKE(64);
+    float *quant_map = TAKE(64); /* [16], shared by every linear */
     m->inv_freq = TAKE(m->hd / 2 * 4);
     m->embed = TAKE((int64_t)m->V * C * 2);
     m->final_norm = TAKE(C * 2);
     m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
-    ops->upload(m->quant_map, nf4_quant_map(OPS_NF4), 64);
+    ops->upload(quant_map, nf4_quant_map(OPS_NF4), 64);
     float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
     for (int i = 0; i < m->hd / 2; i++) inv[i] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / m->hd));
     ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
@@ -118,9 +120,9 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     ops->upload(m->final_norm, ones, 2 * (size_t)C);
     uint8_t *tmp_codes = ops->alloc((size_t)SYNTH_CHUNK / 2);
     float *tmp_absmax = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
-    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, m->quant_map);
+    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, quant_map);
     if (!cfg->tie_word_embeddings)
-        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, m->quant_map);
+        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, quant_map);
     ops->free(tmp_codes);
     ops->free(tmp_absmax);
     for (int l = 0; l < m->L; l++) {
@@ -138,7 +140,7 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
             float sigma = 1.0f / sqrtf((float)ins[t]);
             nf4_cuda_fill_random(codes, absmax, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
                                  2.0f * sigma, 2.8f * sigma);
-            lin->w = (ops_nf4){codes, absmax, m->quant_map, outs[t], ins[t], 64};
+            lin->w = (ops_nf4){codes, absmax, quant_map, outs[t], ins[t], 64};
             lin->in = ins[t];
             lin->out = outs[t];
         }
@@ -152,22 +154,9 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
 
 /* ---- the memory plan ---- */
 
-/* bytes of llama_plan's activations for T tokens (mirrors model/llama.c's plan_layout) */
-static int64_t plan_act_bytes(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd, es = 2;
-    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L, nlora = 0;
-    for (int t = 0; t < LLAMA_NTARGETS; t++) nlora += m->layers[0].lin[t].lora.A != NULL;
-    int64_t layer = 3 * align256(T * C * es) + 2 * align256(T * qd * es) + 2 * align256(T * kvd * es) +
-                    3 * align256(T * I * es) + 2 * align256(T * 4) + align256(m->nh * T * 4) +
-                    nlora * align256(T * m->lora.r * 4);
-    int64_t shared = (m->L + 1) * align256(T * C * es) + 4 * align256(T * C * es) + align256(T * 4) +
-                     2 * align256(T * qd * es) + 2 * align256(T * kvd * es) + 3 * align256(T * I * es) +
-                     align256(T * 4) + align256((int64_t)m->V * 4) + 4 * align256(T * 4);
-    return nla * layer + shared;
-}
-
 /* the CUDA ops' own scratch at T tokens (kernels/cuda: dequantized weight, LoRA copies, dropout
- * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq and D, cuBLAS workspace) */
+ * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq, D and (grouped-query) dk, dv,
+ * cuBLAS workspace) */
 static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
@@ -181,11 +170,12 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
     int64_t b = max_w * 2 + r * (max_in + max_out) * 2 + 2 * T * r * 2 + xent_rows * m->V * 4 +
                 T * m->nh * m->hd * 4 + T * m->nh * 4 + (32 << 20);
     if (m->lora.dropout > 0) b += 2 * T * max_in * 2;
+    if (m->nkv < m->nh) b += 2 * T * m->nkv * m->hd * 4; /* split grouped-query heads: fp32 dk, dv */
     return b;
 }
 
 static int64_t plan_total(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    return m->weight_bytes + 4 * m->n_lora_params * 4 + plan_act_bytes(m, T, ckpt) + plan_scratch_bytes(m, T);
+    return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) + plan_scratch_bytes(m, T);
 }
 
 /* ---- train ---- */
@@ -217,6 +207,7 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--ckpt")) ckpt_s = v;
         else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
         else if (!strcmp(a, "--r")) r = atoi(v);
+        else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
@@ -325,10 +316,11 @@ static int bench_train(int argc, char **argv) {
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
            seq, batch, ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none", tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
+    fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state), activations "
-                    "%.2f GiB (estimated %.2f), GFLOP/token %.2f\n",
+                    "%.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
-            m->act_bytes / GIB, plan_act_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+            m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
     free(ids);
     free(ss);
     free(times);
@@ -392,6 +384,30 @@ static int bench_nf4(int argc, char **argv) {
         double gbs = bytes / (us * 1e-6) / 1e9;
         printf("| %lld x %lld | %lld | %.1f | %.0f | %.0f%% | %.0f%% |\n", (long long)shapes[s][0],
                (long long)shapes[s][1], (long long)n, us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / 4300.0);
+        /* double-quantized absmax (1 byte a block, de-nested in the kernel) */
+        int64_t nn = nb / 256 + 1;
+        uint8_t *aq = ops->alloc((size_t)nb);
+        float *nested = ops->alloc((size_t)nn * 4), *nmap = ops->alloc(256 * 4), hmap[256];
+        float *hn = malloc(sizeof(float) * (size_t)nn);
+        for (int64_t i = 0; i < nn; i++) hn[i] = 0.01f + 0.001f * (float)(i % 7);
+        ops->upload(nested, hn, sizeof(float) * (size_t)nn);
+        free(hn);
+        nf4_dynamic_map(hmap);
+        ops->upload(nmap, hmap, sizeof hmap);
+        ops->copy(aq, codes[0], (size_t)nb); /* random bytes as absmax codes */
+        cuda_or_die(cudaEventRecord(e0, st), "record");
+        for (int i = 0; i < reps; i++)
+            nf4_cuda_dequant_dq_bf16(out, codes[i % ROT], aq, nested, nmap, 0.03f, qm, n, 64);
+        cuda_or_die(cudaEventRecord(e1, st), "record");
+        cuda_or_die(cudaEventSynchronize(e1), "sync");
+        us = time_ms(e0, e1) * 1e3 / reps;
+        bytes = (double)nf4_packed_bytes(n) + (double)nb + 2.0 * (double)n;
+        gbs = bytes / (us * 1e-6) / 1e9;
+        printf("| %lld x %lld, double-quant absmax | %lld | %.1f | %.0f | %.0f%% | %.0f%% |\n", (long long)shapes[s][0],
+               (long long)shapes[s][1], (long long)n, us, gbs, 100.0 * gbs / copy_gbs, 100.0 * gbs / 4300.0);
+        ops->free(aq);
+        ops->free(nested);
+        ops->free(nmap);
         for (int k = 0; k < ROT; k++) {
             ops->free(codes[k]);
             ops->free(absmax[k]);
@@ -456,7 +472,9 @@ static int bench_ops(int argc, char **argv) {
         double us_ = time_ms(e0, e1) * 1e3 / reps;                                                           \
         printf("| %s | %.1f | %.1f |\n", name, us_, (flops) > 0 ? (flops) / (us_ * 1e-6) / 1e12 : 0.0);    \
     } while (0)
-    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(y, codes, absmax, qm, nw, 64));
+    uint16_t *wbuf = ops->alloc((size_t)nw * 2);
+    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, nw, 64));
+    TIME_OP("nf4 dequant 4096x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, (int64_t)C * C, 64));
     TIME_OP("qlinear_fwd q (4096x4096, no LoRA)", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, NULL, NULL, T));
     TIME_OP("qlinear_fwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &L, xa, T));
     TIME_OP("qlinear_fwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &Ld, xa, T));
@@ -464,8 +482,18 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
-    TIME_OP("attention_fwd", attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
-    TIME_OP("attention_bwd", 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+    for (int kern = 1; kern >= 0; kern--) {
+        char name[96];
+        cuda_attention_select(kern);
+        snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
+        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_fwd %s, GQA 32/8", cuda_attention_name(kern));
+        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+    }
     TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
     TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
     TIME_OP("swiglu_fwd", 0, ops->swiglu_fwd(dx, x, y, (int64_t)T * I));
@@ -483,6 +511,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
+               "                       [--attention mma|tiled]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n");
         return argc < 2 ? 2 : 0;

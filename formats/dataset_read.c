@@ -33,6 +33,7 @@ struct dataset_reader {
     size_t index;      /* records returned so far */
     size_t rec_line;   /* line of the record last returned */
     int state;         /* JSON: 0 before '[', 1 inside, 2 after ']' */
+    bool broken;       /* a CSV quoting error: the row structure is lost from here on */
     /* CSV */
     char **header;
     size_t n_header;
@@ -151,7 +152,7 @@ static int utf8_error(const dataset_reader *r, size_t bad) {
 /* parse the object at start; *used: the bytes it took */
 static int json_parse_object(dataset_reader *r, size_t start, size_t len, json_t **rec, size_t *used) {
     json_error_t e;
-    json_t *j = json_loadb(r->buf + start, len, JSON_DISABLE_EOF_CHECK | JSON_ALLOW_NUL, &e);
+    json_t *j = json_loadb(r->buf + start, len, JSON_DISABLE_EOF_CHECK, &e); /* \u0000 refused: C strings downstream */
     if (!j) {
         /* jansson reports non-UTF-8 input as a decode error; name it plainly */
         size_t bad;
@@ -215,29 +216,32 @@ static int next_jsonl(dataset_reader *r, json_t **rec) {
         const char *b = r->buf + r->pos;
         const char *nl = memchr(b, '\n', r->len - r->pos);
         size_t n = nl ? (size_t)(nl - b) : r->len - r->pos;
+        size_t next = r->pos + n + (nl ? 1 : 0);
         size_t k = 0;
         while (k < n && (b[k] == ' ' || b[k] == '\t' || b[k] == '\r')) k++;
         if (k == n) { /* blank line */
-            advance(r, r->pos + n + (nl ? 1 : 0));
+            advance(r, next);
             continue;
         }
+        int rc = 0;
         if (b[k] != '{') {
             char msg[96];
             snprintf(msg, sizeof msg, "record %zu is not a JSON object (one object per line)", r->index);
-            return error_at(r, r->pos + k, msg);
+            rc = error_at(r, r->pos + k, msg);
+        } else {
+            size_t used;
+            rc = json_parse_object(r, r->pos + k, n - k, rec, &used);
+            for (size_t t = k + used; !rc && t < n; t++)
+                if (b[t] != ' ' && b[t] != '\t' && b[t] != '\r') {
+                    json_decref(*rec);
+                    *rec = NULL;
+                    rc = error_at(r, r->pos + t, "unexpected text after the record (one object per line)");
+                }
         }
-        size_t used;
-        int rc = json_parse_object(r, r->pos + k, n - k, rec, &used);
-        if (rc) return rc;
-        for (size_t t = k + used; t < n; t++)
-            if (b[t] != ' ' && b[t] != '\t' && b[t] != '\r') {
-                json_decref(*rec);
-                *rec = NULL;
-                return error_at(r, r->pos + t, "unexpected text after the record (one object per line)");
-            }
         r->rec_line = r->line;
-        advance(r, r->pos + n + (nl ? 1 : 0));
-        return 0;
+        advance(r, next); /* past the line even when it was bad: a caller may skip it and go on */
+        if (rc) r->index++; /* the bad line still counts as a record */
+        return rc;
     }
     return 0;
 }
@@ -314,6 +318,7 @@ static int csv_row(dataset_reader *r, char ***fields, size_t *n_fields) {
         if (rc) {
             for (size_t i = 0; i < nf; i++) free(fs[i]);
             free(fs);
+            r->broken = true;
             return rc;
         }
         if (p < r->len && b[p] == ',') {
@@ -367,6 +372,7 @@ static int next_csv(dataset_reader *r, json_t **rec) {
         break;
     }
     if (nf != r->n_header) {
+        r->index++;
         rc = err_set(ERR_DATA, "%s:%zu: row has %zu fields, the header has %zu", r->path, r->rec_line, nf, r->n_header);
         fields_free(f, nf);
         return rc;
@@ -454,6 +460,12 @@ int dataset_reader_open(dataset_reader **out, const char *path, dataset_type typ
             dataset_reader_close(&r);
             return rc;
         }
+        const char *nul = memchr(r->buf, 0, r->len);
+        if (nul) {
+            int rc = error_at(r, (size_t)(nul - r->buf), "NUL byte (is this a binary file?)");
+            dataset_reader_close(&r);
+            return rc;
+        }
     }
     *out = r;
     return 0;
@@ -478,6 +490,9 @@ int dataset_reader_next(dataset_reader *r, json_t **rec) {
 }
 
 size_t dataset_reader_index(const dataset_reader *r) { return r->index ? r->index - 1 : 0; }
+bool dataset_reader_can_go_on(const dataset_reader *r) {
+    return r->type == DATASET_TYPE_JSONL || (r->type == DATASET_TYPE_CSV && r->header && !r->broken);
+}
 size_t dataset_reader_line(const dataset_reader *r) { return r->rec_line; }
 const char *dataset_reader_path(const dataset_reader *r) { return r->path; }
 dataset_type dataset_reader_type(const dataset_reader *r) { return r->type; }

@@ -14,6 +14,7 @@
 #define FORMATS_DATASET_READ_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef enum dataset_type {
@@ -36,7 +37,11 @@ int dataset_reader_open(dataset_reader **out, const char *path, dataset_type typ
 /* The next record in *rec (a new reference), or *rec = NULL at the end. ERR_DATA with a
  * "path:line:col: message" on malformed input. */
 int dataset_reader_next(dataset_reader *r, json_t **rec);
-/* where the record last returned starts: its 0-based index and 1-based line */
+/* After an ERR_DATA from dataset_reader_next, whether the reader moved past the bad line (JSONL)
+ * or row (CSV) so that calling it again goes on with the next record (on_error: skip). A JSON
+ * array cannot resynchronise. */
+bool dataset_reader_can_go_on(const dataset_reader *r);
+/* where the record last returned (or the bad one) starts: its 0-based index and 1-based line */
 size_t dataset_reader_index(const dataset_reader *r);
 size_t dataset_reader_line(const dataset_reader *r);
 const char *dataset_reader_path(const dataset_reader *r);

@@ -417,10 +417,12 @@ static void set_str(char **dst, const char *v, size_t n) {
 static void headers_line(resp_headers *h, const char *line, size_t len) {
     if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
         headers_reset(h);
-        const char *sp = memchr(line, ' ', len); /* the line is not NUL-terminated: parse by hand */
+        /* the status code: up to three digits after the first space (the line is not
+         * NUL-terminated, so no strtol on it) */
+        const char *sp = memchr(line, ' ', len), *end = line + len;
         long st = 0;
-        for (const char *p = sp ? sp + 1 : line + len; p < line + len && p < sp + 4 && isdigit((unsigned char)*p); p++)
-            st = st * 10 + (*p - '0');
+        if (sp)
+            for (const char *p = sp + 1; p < end && p < sp + 4 && *p >= '0' && *p <= '9'; p++) st = st * 10 + (*p - '0');
         h->status = st;
         return;
     }

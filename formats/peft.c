@@ -205,12 +205,12 @@ int peft_adapter_save(const peft_adapter *a, const char *dir) {
 
 /* ---- load ---- */
 
-static int take_string(json_t *cfg, const char *key, char **dst) {
+/* move a string field out of the config (null or absent -> NULL) */
+static void take_string(json_t *cfg, const char *key, char **dst) {
     json_t *v = json_object_get(cfg, key);
     free(*dst);
     *dst = json_is_string(v) ? strdup(json_string_value(v)) : NULL;
     json_object_del(cfg, key);
-    return 0;
 }
 
 static int parse_config(peft_adapter *a, json_t *cfg, const char *path) {

@@ -284,6 +284,7 @@ const char *st_metadata(const st_model *m, const char *key) {
 }
 
 void st_release(const st_tensor *t) {
+    if (!t) return;
     long page = sysconf(_SC_PAGESIZE);
     uintptr_t b = ((uintptr_t)t->data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
     uintptr_t e = ((uintptr_t)t->data + t->nbytes) & ~((uintptr_t)page - 1);

@@ -13,8 +13,10 @@ function format(record, ctx)
     if m.role == "system" then
       local u = msgs[i + 1]
       if not u or u.role ~= "user" then error("llama-2 needs a user message after the system message", 0) end
+      -- the template strips the combined text, not its parts
       segments[#segments + 1] = {
-        text = "[INST] <<SYS>>\n" .. c .. "\n<</SYS>>\n\n" .. chat.strip(u.content) .. " [/INST]", train = false }
+        text = "[INST] " .. chat.strip("<<SYS>>\n" .. m.content .. "\n<</SYS>>\n\n" .. u.content) .. " [/INST]",
+        train = false }
       users = users + 1
       i = i + 1
     elseif m.role == "assistant" then

@@ -1,12 +1,13 @@
 -- metrics_log.lua: every training step and evaluation into a file, one row each.
 --   hooks: {on_step: hooks/metrics_log.lua, on_eval: hooks/metrics_log.lua, allow: [io]}
--- The file is $QLORA_METRICS_LOG (default metrics.jsonl in the working directory); a name
--- ending in .csv gets CSV with a header from the first row's keys, anything else JSON lines.
+-- The file is $QLORA_METRICS_LOG (default metrics.jsonl in the working directory). A name
+-- ending in .csv gets CSV in long form, one row per value: event,step,name,value (steps and
+-- evaluations carry different keys, so no fixed set of columns would fit both); anything else
+-- gets JSON lines, one object per call.
 local qlora = require "qlora"
 
 local path = qlora.env("QLORA_METRICS_LOG") or "metrics.jsonl"
 local csv = path:sub(-4):lower() == ".csv"
-local columns -- CSV: fixed by the first row written
 
 local function csv_field(v)
   if v == nil then return "" end
@@ -18,21 +19,13 @@ end
 local function append(kind, row)
   local f = assert(io.open(path, "a"))
   if csv then
-    if not columns then
-      columns = { "event" }
-      local keys = {}
-      for k in pairs(row) do keys[#keys + 1] = k end
-      table.sort(keys)
-      for _, k in ipairs(keys) do columns[#columns + 1] = k end
-      if f:seek("end") == 0 then
-        local names = {}
-        for i, c in ipairs(columns) do names[i] = csv_field(c) end
-        f:write(table.concat(names, ","), "\n")
-      end
+    if f:seek("end") == 0 then f:write("event,step,name,value\n") end
+    local keys = {}
+    for k in pairs(row) do if k ~= "step" then keys[#keys + 1] = k end end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      f:write(csv_field(kind), ",", csv_field(row.step), ",", csv_field(k), ",", csv_field(row[k]), "\n")
     end
-    local cells = {}
-    for i, c in ipairs(columns) do cells[i] = csv_field(c == "event" and kind or row[c]) end
-    f:write(table.concat(cells, ","), "\n")
   else
     local copy = { event = kind }
     for k, v in pairs(row) do copy[k] = v end

@@ -187,65 +187,30 @@ static void qlinear_free(qlinear *q) {
     free(q->state);
 }
 
-/* reconstruction error over [first, first+count), on one thread */
-typedef struct rmse_job {
-    const qlinear *q;
-    const uint8_t *codes;
-    const float *absmax;
-    int64_t first, count;
-    double err2, ref2;
-} rmse_job;
-
-static void *rmse_run(void *arg) {
-    rmse_job *j = arg;
-    enum { CHUNK = 16384 };
-    float *x = malloc(CHUNK * sizeof(float)), *y = malloc(CHUNK * sizeof(float));
-    const float *qmap = nf4_quant_map(j->q->o->quant_type);
-    double e = 0, r = 0;
-    for (int64_t i = j->first; x && y && i < j->first + j->count; i += CHUNK) {
-        int64_t c = j->first + j->count - i < CHUNK ? j->first + j->count - i : CHUNK;
-        st_read_f32(j->q->src, i, c, x);
-        nf4_dequantize(y, j->codes, j->absmax, qmap, j->q->o->blocksize, i, c, 1);
-        for (int64_t k = 0; k < c; k++) {
-            double d = (double)x[k] - (double)y[k];
-            e += d * d;
-            r += (double)x[k] * (double)x[k];
-        }
-    }
-    free(x);
-    free(y);
-    j->err2 = e;
-    j->ref2 = r;
-    return NULL;
-}
-
-/* pass 2, inside the writer: the packed codes of one Linear, and its reconstruction error */
+/* pass 2, inside the writer: the packed codes of one Linear, and its reconstruction error
+ * against what the file stores (the de-nested absmax when double-quantized) */
 static int fill_codes(void *arg, const char *name, void *dst, uint64_t nbytes) {
     qlinear *q = arg;
     if (q->o->interrupted && *q->o->interrupted) return err_set(ERR_INTERRUPTED, "interrupted");
     float *am = malloc((size_t)q->nb * sizeof(float)), *stored = NULL;
-    if (!am) return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
-    int64_t bad = nf4_quantize(dst, am, q->src->data, src_dtype(q->src->dtype), q->n, q->o->blocksize,
-                               q->o->quant_type, q->o->nthreads);
-    if (bad >= 0) { /* the file changed under us between the passes */
+    if (q->o->double_quant) {
+        stored = malloc((size_t)q->nb * sizeof(float));
+        if (stored) nf4_double_dequant(stored, q->qabs, q->nabs, q->dmap, q->nb, q->offset);
+    }
+    if (!am || (q->o->double_quant && !stored)) {
         free(am);
-        return first_bad_error(q->src, bad);
+        free(stored);
+        return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
-    if (q->o->double_quant) { /* the error is the one of what is stored: de-nested absmax */
-        nf4_double_dequant(am, q->qabs, q->nabs, q->dmap, q->nb, q->offset);
-        stored = am;
-    } else {
-        stored = q->absmax;
-    }
-    rmse_job jobs[2] = {{q, dst, stored, 0, q->n / 2, 0, 0}, {q, dst, stored, q->n / 2, q->n - q->n / 2, 0, 0}};
-    pthread_t th;
-    bool threaded = q->o->nthreads > 1 && q->n >= (1 << 16) && pthread_create(&th, NULL, rmse_run, &jobs[1]) == 0;
-    rmse_run(&jobs[0]);
-    if (threaded) pthread_join(th, NULL);
-    else rmse_run(&jobs[1]);
-    q->err2 = jobs[0].err2 + jobs[1].err2;
-    q->ref2 = jobs[0].ref2 + jobs[1].ref2;
+    double err[2];
+    int64_t bad = nf4_quantize_err(dst, am, q->src->data, src_dtype(q->src->dtype), q->n, q->o->blocksize,
+                                   q->o->quant_type, q->o->nthreads, stored, err);
     free(am);
+    free(stored);
+    if (bad >= 0) /* the file changed under us between the passes */
+        return first_bad_error(q->src, bad);
+    q->err2 = err[0];
+    q->ref2 = err[1];
     drop_pages(q->src->data, q->src->nbytes);
     qlinear_progress(q);
     (void)nbytes;

@@ -55,7 +55,8 @@ typedef struct gen_job {
     float std;
     st_dtype dtype;
     void *dst;
-    int64_t first, count, row_len;
+    int64_t first, count;
+    int64_t zero_lo, zero_hi; /* elements [lo, hi) are 0: the padding row */
 } gen_job;
 
 static void *gen_range(void *arg) {
@@ -65,7 +66,7 @@ static void *gen_range(void *arg) {
         float v;
         if (t->role == TROLE_NORM) v = 1.0f;
         else if (t->role == TROLE_BIAS) v = 0.0f;
-        else if (j->g->pad_row >= 0 && i / j->row_len == j->g->pad_row) v = 0.0f;
+        else if (i >= j->zero_lo && i < j->zero_hi) v = 0.0f;
         else v = j->std * rng_normal(j->seed, j->stream, (uint64_t)i);
         switch (j->dtype) {
         case ST_F32: ((float *)j->dst)[i] = v; break;
@@ -89,10 +90,11 @@ static int gen_fill(void *arg, const char *name, void *dst, uint64_t nbytes) {
     gen_job jobs[64];
     pthread_t tid[64];
     bool running[64] = {0};
+    int64_t row_len = g->t->ndim > 1 ? g->t->shape[1] : numel;
+    int64_t zlo = g->pad_row >= 0 ? g->pad_row * row_len : 0, zhi = g->pad_row >= 0 ? zlo + row_len : 0;
     for (int k = 0; k < nt; k++) {
         int64_t a = numel * k / nt, b = numel * (k + 1) / nt;
-        jobs[k] = (gen_job){g, c->o->seed, rng_stream_of(name), (float)c->o->cfg.initializer_range, c->o->dtype, dst, a, b - a,
-                            g->t->ndim > 1 ? g->t->shape[1] : numel};
+        jobs[k] = (gen_job){g, c->o->seed, rng_stream_of(name), (float)c->o->cfg.initializer_range, c->o->dtype, dst, a, b - a, zlo, zhi};
     }
     /* the last range runs on this thread, as does any range whose thread fails to start */
     for (int k = 0; k < nt - 1; k++) running[k] = pthread_create(&tid[k], NULL, gen_range, &jobs[k]) == 0;

@@ -474,11 +474,10 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
 
 /* ---- activation plan ---- */
 
-static void plan_layout(llama_model *m, carve *cv, int T) {
-    llama_acts *A = m->acts;
+static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t es = (int64_t)ops_act_size(m->ops);
-    int nla = m->ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
+    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
     for (int l = 0; l < nla; l++) {
         layer_acts *a = &A->layer[l];
         a->n1 = carve_take(cv, T * C * es);
@@ -536,7 +535,7 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
         return err_set(ERR_STAGE, "out of memory");
     }
     carve cv = {0};
-    plan_layout(m, &cv, max_T);
+    plan_layout(m, A, &cv, max_T, ckpt);
     m->act_bytes = cv.off;
     m->act_mem = m->ops->alloc((size_t)cv.off);
     if (!m->act_mem) {
@@ -546,9 +545,21 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
                        ckpt == LLAMA_CKPT_NONE ? " (activation checkpointing would need less)" : "");
     }
     cv = (carve){.base = m->act_mem};
-    plan_layout(m, &cv, max_T);
+    plan_layout(m, A, &cv, max_T, ckpt);
     m->plan_T = max_T;
     return 0;
+}
+
+int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {
+    llama_acts A;
+    memset(&A, 0, sizeof A);
+    A.layer = calloc((size_t)m->L, sizeof(layer_acts));
+    A.res = calloc((size_t)m->L + 1, sizeof(void *));
+    carve cv = {0};
+    if (A.layer && A.res) plan_layout(m, &A, &cv, max_T, ckpt);
+    free(A.layer);
+    free(A.res);
+    return cv.off;
 }
 
 /* ---- forward and backward ---- */
@@ -657,6 +668,10 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         A->h_seq_start[t] = s;
         A->h_pos[t] = t - s;
         A->h_target[t] = -100;
+        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window)
+            return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens), which this "
+                                     "engine does not implement; use a shorter sequence_len",
+                           (long long)m->cfg.sliding_window);
     }
     if (b->labels)
         for (int t = 0; t + 1 < T; t++) {
@@ -798,6 +813,9 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
+    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window)
+        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions)",
+                       (long long)m->cfg.sliding_window);
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);

@@ -22,6 +22,7 @@
  * (NOT shifted, -100 masked: logits at t predict labels[t+1]) and seq_start[t] = index of the first
  * token of t's packed sequence. Attention never crosses a sequence start, positions restart at
  * each one, and the last token of a sequence predicts nothing (as if sequences ran separately).
+ * Sliding-window attention (mistral v0.1) is not implemented: a longer sequence is an ERR_DATA.
  *
  * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
 #ifndef MODEL_LLAMA_H
@@ -141,8 +142,11 @@ void llama_lora_init_peft(llama_model *m, uint64_t seed);
 void llama_lora_zero_grads(llama_model *m);
 const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name); /* NULL if absent */
 
-/* Allocate activations for micro-batches of up to max_T tokens; again to re-plan. */
+/* Allocate activations for micro-batches of up to max_T tokens (one allocation, act_bytes); again
+ * to re-plan. llama_plan_bytes: what such a plan would take, allocating nothing (for an "auto"
+ * checkpointing choice or a memory report before the first step). */
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
+int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt);
 
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */

@@ -14,8 +14,8 @@
 #include "../formats/pubdir.h"
 #include "../formats/pyjson.h"
 #include "../formats/safetensors.h"
-#include "../kernels/cpu/nf4.h"
 #include "adapter.h"
+#include "bnb.h"
 #include "tokfile.h"
 
 struct merge_src {
@@ -52,105 +52,28 @@ void merge_close(merge_src **pm) {
 
 static int64_t numel_of(const config_tensor *t) { return t->shape[0] * (t->ndim > 1 ? t->shape[1] : 1); }
 
-/* ---- bitsandbytes 4-bit tensors (docs/formats.md section 3) ---- */
+/* ---- bitsandbytes 4-bit tensors (model/bnb.h reads them) ---- */
 
-typedef struct bnb_weight {
-    const st_tensor *codes, *absmax, *quant_map, *nested_absmax, *nested_quant_map;
-    int blocksize;
-    bool nested;
-    float nested_offset;
-    int64_t shape[2];
-} bnb_weight;
-
-static const st_tensor *find_suffix(const st_model *st, const char *name, const char *suffix) {
-    char key[256];
-    snprintf(key, sizeof key, "%s.%s", name, suffix);
-    return st_find(st, key);
-}
-
-/* 0: a 4-bit group, filled into *w; -1: not quantized (a plain float tensor); else an ERR_* */
-static int bnb_lookup(const merge_src *m, const config_tensor *ct, bnb_weight *w) {
-    memset(w, 0, sizeof *w);
-    const char *file = "";
-    w->codes = st_find(m->st, ct->name);
-    const st_tensor *qs = find_suffix(m->st, ct->name, "quant_state.bitsandbytes__nf4");
-    if (!qs) qs = find_suffix(m->st, ct->name, "quant_state.bitsandbytes__fp4");
-    if (!w->codes || !qs) return -1; /* not quantized */
-    file = w->codes->file;
-    if (w->codes->dtype != ST_U8) return err_set(ERR_DATA, "%s: '%s' has quant_state but dtype %s (expected U8 codes)", file, ct->name, st_dtype_name(w->codes->dtype));
-    json_error_t je;
-    json_t *j = json_loadb((const char *)qs->data, qs->nbytes, 0, &je);
-    int rc = 0;
-    if (!json_is_object(j)) {
-        rc = err_set(ERR_DATA, "%s: '%s': quant_state is not a JSON object", file, qs->name);
-    } else {
-        json_t *bs = json_object_get(j, "blocksize"), *sh = json_object_get(j, "shape");
-        if (!json_is_integer(bs) || !nf4_blocksize_valid((int)json_integer_value(bs)))
-            rc = err_set(ERR_DATA, "%s: '%s': bad blocksize in quant_state", file, qs->name);
-        else if (!json_is_array(sh) || json_array_size(sh) != 2 || json_integer_value(json_array_get(sh, 0)) != ct->shape[0] ||
-                 json_integer_value(json_array_get(sh, 1)) != ct->shape[1])
-            rc = err_set(ERR_DATA, "%s: '%s': quant_state shape does not match the config's [%lld, %lld]", file, qs->name,
-                         (long long)ct->shape[0], (long long)ct->shape[1]);
-        else {
-            w->blocksize = (int)json_integer_value(bs);
-            json_t *off = json_object_get(j, "nested_offset");
-            w->nested = off != NULL;
-            w->nested_offset = (float)json_number_value(off);
-            w->shape[0] = ct->shape[0];
-            w->shape[1] = ct->shape[1];
-        }
+/* load the 4-bit Linear of tensor ct ("<prefix>.weight"); its shape must be the config's */
+static int quant_load(const merge_src *m, const config_tensor *ct, bnb_linear *l) {
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(ct->name) - strlen(".weight")), ct->name);
+    int rc = bnb_linear_load(m->st, prefix, l);
+    if (rc) return err_wrap("%s", m->base_dir);
+    if (l->w.rows != ct->shape[0] || l->w.cols != ct->shape[1]) {
+        rc = err_set(ERR_DATA, "%s: '%s' is quantized with shape [%lld, %lld] but config.json implies [%lld, %lld]", m->base_dir, ct->name,
+                     (long long)l->w.rows, (long long)l->w.cols, (long long)ct->shape[0], (long long)ct->shape[1]);
+        bnb_linear_free(l);
     }
-    json_decref(j);
-    if (rc) return rc;
-    int64_t n = ct->shape[0] * ct->shape[1], nb = nf4_nblocks(n, w->blocksize);
-    w->absmax = find_suffix(m->st, ct->name, "absmax");
-    w->quant_map = find_suffix(m->st, ct->name, "quant_map");
-    if (w->nested) {
-        w->nested_absmax = find_suffix(m->st, ct->name, "nested_absmax");
-        w->nested_quant_map = find_suffix(m->st, ct->name, "nested_quant_map");
-    }
-    if ((uint64_t)nf4_packed_bytes(n) != w->codes->nbytes)
-        return err_set(ERR_DATA, "%s: '%s': %llu code bytes for %lld elements (expected %lld)", file, ct->name,
-                       (unsigned long long)w->codes->nbytes, (long long)n, (long long)nf4_packed_bytes(n));
-    if (!w->quant_map || w->quant_map->dtype != ST_F32 || st_numel(w->quant_map) != 16)
-        return err_set(ERR_DATA, "%s: '%s.quant_map' missing or not F32[16]", file, ct->name);
-    if (!w->absmax || st_numel(w->absmax) != nb || w->absmax->dtype != (w->nested ? ST_U8 : ST_F32))
-        return err_set(ERR_DATA, "%s: '%s.absmax' missing or not %s[%lld]", file, ct->name, w->nested ? "U8" : "F32", (long long)nb);
-    if (w->nested) {
-        int64_t nnb = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
-        if (!w->nested_absmax || w->nested_absmax->dtype != ST_F32 || st_numel(w->nested_absmax) != nnb)
-            return err_set(ERR_DATA, "%s: '%s.nested_absmax' missing or not F32[%lld]", file, ct->name, (long long)nnb);
-        if (!w->nested_quant_map || w->nested_quant_map->dtype != ST_F32 || st_numel(w->nested_quant_map) != NF4_DYNAMIC_MAP_SIZE)
-            return err_set(ERR_DATA, "%s: '%s.nested_quant_map' missing or not F32[256]", file, ct->name);
-    }
-    return 0;
-}
-
-/* tensors are mmapped and may be unaligned for f32: copy them out */
-static float *f32_copy(const st_tensor *t) {
-    float *p = malloc(t->nbytes ? t->nbytes : 1);
-    if (p) memcpy(p, t->data, t->nbytes);
-    return p;
-}
-
-static int bnb_dequantize(const merge_src *m, const bnb_weight *w, float *dst) {
-    int64_t n = w->shape[0] * w->shape[1], nb = nf4_nblocks(n, w->blocksize);
-    float *absmax = malloc((size_t)nb * sizeof *absmax), *qmap = f32_copy(w->quant_map);
-    int rc = 0;
-    if (!absmax || !qmap) rc = err_set(ERR_STAGE, "out of memory");
-    else if (w->nested) {
-        float *nabs = f32_copy(w->nested_absmax), *nmap = f32_copy(w->nested_quant_map);
-        if (!nabs || !nmap) rc = err_set(ERR_STAGE, "out of memory");
-        else nf4_double_dequant(absmax, w->absmax->data, nabs, nmap, nb, w->nested_offset);
-        free(nabs);
-        free(nmap);
-    } else {
-        memcpy(absmax, w->absmax->data, (size_t)nb * sizeof *absmax);
-    }
-    if (!rc) nf4_dequantize(dst, w->codes->data, absmax, qmap, w->blocksize, 0, n, m->threads);
-    free(absmax);
-    free(qmap);
     return rc;
+}
+
+/* true when the base stores ct as a bitsandbytes 4-bit group */
+static bool is_quantized(const merge_src *m, const config_tensor *ct) {
+    if (!m->quantized || ct->role != TROLE_LINEAR) return false;
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "%.*s", (int)(strlen(ct->name) - strlen(".weight")), ct->name);
+    return bnb_linear_present(m->st, prefix);
 }
 
 /* ---- opening ---- */
@@ -158,10 +81,13 @@ static int bnb_dequantize(const merge_src *m, const bnb_weight *w, float *dst) {
 static int check_tensors(merge_src *m) {
     for (size_t i = 0; i < m->n; i++) {
         const config_tensor *ct = &m->t[i];
-        bnb_weight w;
-        int q = m->quantized && ct->role == TROLE_LINEAR ? bnb_lookup(m, ct, &w) : -1;
-        if (q == 0) continue;
-        if (q > 0) return q;
+        if (is_quantized(m, ct)) {
+            bnb_linear l;
+            int rc = quant_load(m, ct, &l);
+            if (rc) return rc;
+            bnb_linear_free(&l);
+            continue;
+        }
         const st_tensor *t = st_find(m->st, ct->name);
         if (!t) return err_set(ERR_DATA, "%s: tensor '%s' is missing from the checkpoint", m->base_dir, ct->name);
         if (t->dtype != ST_BF16 && t->dtype != ST_F16 && t->dtype != ST_F32)
@@ -254,12 +180,12 @@ int merge_read(merge_src *m, const char *name, float *dst) {
         if (!strcmp(m->t[i].name, name)) ct = &m->t[i];
     if (!ct) return err_set(ERR_STAGE, "internal: '%s' is not a tensor of this model", name);
     int rc = 0;
-    bnb_weight w;
-    int q = m->quantized && ct->role == TROLE_LINEAR ? bnb_lookup(m, ct, &w) : -1;
-    if (q > 0) return q;
-    if (q == 0) {
-        rc = bnb_dequantize(m, &w, dst);
-        st_release(w.codes);
+    if (is_quantized(m, ct)) {
+        bnb_linear l;
+        if ((rc = quant_load(m, ct, &l))) return rc;
+        bnb_linear_dequant(&l, dst);
+        bnb_linear_free(&l);
+        st_release(st_find(m->st, name));
     } else {
         const st_tensor *t = st_find(m->st, name);
         rc = st_read_f32(t, 0, numel_of(ct), dst);

@@ -1,7 +1,7 @@
 /* merge.h: a base model plus a LoRA adapter, read tensor by tensor as merged f32 weights.
  *
  * The base is a Hugging Face checkpoint in bf16/f16/f32, or a bitsandbytes 4-bit one (NF4 or
- * FP4, with or without double quantization), which is dequantized first: merging into the
+ * FP4, with or without double quantization), which is dequantized first (model/bnb.h): merging into the
  * 4-bit codes is what loses quality, so we never do it. For every linear the adapter targets,
  * W' = W + scale * (B @ A), computed in fp32 (peft's get_delta_weight). Each tensor is
  * produced on demand into a caller buffer, so exporters (merged safetensors, GGUF) hold one

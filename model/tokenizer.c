@@ -723,8 +723,13 @@ static int load_json_file(const char *path, json_t **out, bool required) {
         if (required) return err_set(ERR_DATA, "'%s': no such file (a model directory needs tokenizer.json)", path);
         return 0;
     }
+    char *text;
+    size_t len;
+    int rc = fs_read_all(path, &text, &len);
+    if (rc) return rc;
     json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
+    json_t *j = json_loadb(text, len, 0, &je);
+    free(text);
     if (!j) return err_set(ERR_DATA, "'%s':%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
     if (!json_is_object(j)) {
         json_decref(j);

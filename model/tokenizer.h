@@ -3,9 +3,18 @@
  * tokenizer_load reads DIR/tokenizer.json plus, when present, tokenizer_config.json and
  * special_tokens_map.json (BOS/EOS/PAD tokens, add_bos_token/add_eos_token). Encoding
  * matches the `tokenizers` library id for id; added and special tokens are matched before
- * BPE. Encode with add_special adds BOS (and EOS if the config says so) as the
- * post-processor would. Thread-safe after load (encode from several threads at once).
- * Ownership: tokenizer_load/tokenizer_free; returned id and text buffers are malloc'd. */
+ * BPE. Encode with add_special adds what the post-processor's TemplateProcessing adds; when
+ * tokenizer_config.json states add_bos_token or add_eos_token, those decide instead, as
+ * transformers' Llama tokenizers rebuild the template from them.
+ * Supported (GPT-2, Llama-2, Mistral, TinyLlama, Llama-3, Qwen2/3): model BPE (merges as
+ * "a b" strings or pairs, byte_fallback, fuse_unk, ignore_merges); normalizers NFC, Prepend,
+ * Replace; pre-tokenizers Split (PCRE2 regex or string), ByteLevel, Metaspace; decoders
+ * ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace. Any other component is refused
+ * at load (ERR_DATA naming it) rather than encoded differently.
+ * Thread-safe after load: any number of threads may encode and decode at once (the shared
+ * word cache locks itself).
+ * Ownership: tokenizer_load/tokenizer_free; returned id and text buffers are malloc'd and
+ * the caller frees them. */
 #ifndef MODEL_TOKENIZER_H
 #define MODEL_TOKENIZER_H
 
@@ -18,9 +27,14 @@ typedef struct tokenizer tokenizer;
 int tokenizer_load(tokenizer **out, const char *dir);
 void tokenizer_free(tokenizer **t);
 
-/* Encode UTF-8 text. Invalid UTF-8 is an ERR_DATA naming the byte offset. ids: malloc'd. */
+/* Encode len bytes of UTF-8 text (NUL bytes are ordinary characters). ids: malloc'd, never
+ * NULL on success (an empty result has *n == 0). Text that is not valid UTF-8 (a stray or
+ * missing continuation byte, an overlong form, a surrogate, past U+10FFFF) is refused, not
+ * replaced: ERR_DATA with "invalid UTF-8 at byte offset N (byte 0xXX)", N counted from text. */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids, size_t *n);
-/* Decode ids to UTF-8 text (malloc'd, NUL-terminated). */
+/* Decode ids to UTF-8 text (malloc'd, NUL-terminated); skip_special leaves special tokens
+ * out. Bytes that do not form UTF-8 (half a character) come out as U+FFFD, as in
+ * `tokenizers`. An id outside the vocabulary is an ERR_DATA. */
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out, size_t *len);
 
 int32_t tokenizer_vocab_size(const tokenizer *t); /* including added tokens */

@@ -105,10 +105,9 @@ uint32_t tok_byte_to_cp(uint8_t b) {
 int tok_cp_to_byte(uint32_t cp) {
     if (cp < 0x100) return byte_is_printable(cp) ? (int)cp : -1;
     if (cp >= 0x100 + 68) return -1;
+    /* the 68 shifted bytes, in order: 0x00-0x20, 0x7F-0xA0, 0xAD */
     uint32_t n = cp - 0x100;
-    for (unsigned k = 0; k < 256; k++)
-        if (!byte_is_printable(k) && n-- == 0) return (int)k;
-    return -1;
+    return n <= 0x20 ? (int)n : n <= 0x20 + 34 ? (int)(0x7F + n - 0x21) : 0xAD;
 }
 
 /* ---- string map ---- */

@@ -51,11 +51,11 @@ static bool is_ws(uint32_t c) {
            c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-/* Rust's char::is_alphanumeric, approximated: ASCII letters and digits, and every non-ASCII
- * character that is not whitespace (only single_word tokens ask, and no supported family has
- * one) */
+/* The regex \w that `tokenizers` checks around single_word tokens, approximated: ASCII
+ * letters, digits and '_', and every non-ASCII character that is not whitespace (no
+ * supported family has a single_word token) */
 static bool is_wordch(uint32_t c) {
-    if (c < 0x80) return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+    if (c < 0x80) return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || c == '_';
     return !is_ws(c);
 }
 
@@ -402,7 +402,10 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
     if (!rc && pos < len) rc = encode_segment(&es, text + pos, len - pos, pos == 0);
     if (add_special)
         for (size_t k = 0; k < t->n_suffix && !rc; k++) rc = tok_ids_push(&es.out, t->suffix[k]);
-    if (!rc && !es.out.p) rc = tok_ids_push(&es.out, 0), es.out.n = 0; /* never hand back NULL */
+    if (!rc && !es.out.p) { /* an empty result is still an allocation, never NULL */
+        rc = tok_ids_push(&es.out, 0);
+        es.out.n = 0;
+    }
     for (int k = 0; k < 2; k++) {
         free(es.norm[k].p);
         free(es.work[k].p);

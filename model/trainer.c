@@ -504,8 +504,11 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
             if (s.last_saved >= 0)
                 snprintf(where, sizeof where, "the last good checkpoint is step %lld in '%s'", (long long)s.last_saved,
                          cfg->work_dir);
-            json_t *ev = json_pack("{s:I, s:f, s:f}", "step", (json_int_t)(step + 1), "loss", isfinite(loss) ? loss : -1.0,
-                                   "grad_norm", isfinite(gnorm) ? gnorm : -1.0);
+            /* JSON has no NaN or Inf: a non-finite value is a null */
+            json_t *ev = json_pack("{s:I, s:o, s:o, s:I}", "step", (json_int_t)(step + 1), "loss",
+                                   isfinite(loss) ? json_real(loss) : json_null(), "grad_norm",
+                                   isfinite(gnorm) ? json_real(gnorm) : json_null(), "last_checkpoint",
+                                   (json_int_t)s.last_saved);
             hook_event(hooks, "diverged", ev);
             rc = err_set(ERR_DIVERGED,
                          "training diverged at step %lld: loss %g, gradient norm %g; %s; lower learning_rate or set "

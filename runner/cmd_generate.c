@@ -120,8 +120,7 @@ int cmd_generate(int argc, char **argv) {
     char *adir = adapter ? artifact_subdir(adapter, "adapter", PEFT_CONFIG_FILE) : NULL;
     char *text_in = !strcmp(prompt, "-") ? read_stdin() : NULL, *out = NULL;
     model_config cfg = {0};
-    peft_adapter ad;
-    peft_adapter_init(&ad);
+    peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
     tokenizer *tok = NULL;
     llama_model *m = NULL;
     const ops_table *ops;

@@ -14,10 +14,10 @@
 
 static const param_spec attach_params[] = {
     {"model", PARAM_REF, NULL, 0, -1, "quantize_nf4|init_model|fetch_model", "the base model", PARAM_REQUIRED},
-    {"r", PARAM_INT, "8", 1, 4096, NULL, "LoRA rank (axolotl: lora_r)", 0},
-    {"alpha", PARAM_FLOAT, "16", 0, 1e9, NULL, "LoRA alpha: the update is scaled by alpha/r (lora_alpha)", 0},
-    {"dropout", PARAM_FLOAT, "0.05", 0, 0.999, NULL, "dropout on the LoRA branch input (lora_dropout)", 0},
-    {"targets", PARAM_LIST, "[q_proj, v_proj]", 0, -1, NULL,
+    {"lora_r", PARAM_INT, "8", 1, 4096, NULL, "LoRA rank r", 0},
+    {"lora_alpha", PARAM_FLOAT, "16", 0, 1e9, NULL, "LoRA alpha: the update is scaled by alpha/r", 0},
+    {"lora_dropout", PARAM_FLOAT, "0.05", 0, 0.999, NULL, "dropout on the LoRA branch input", 0},
+    {"lora_target_modules", PARAM_LIST, "[q_proj, v_proj]", 0, -1, NULL,
      "modules that get LoRA (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj) or all-linear", 0},
     {"use_rslora", PARAM_BOOL, "false", 0, -1, NULL, "scale by alpha/sqrt(r) (rank-stabilized LoRA)", 0},
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "seed for A's initialisation (default: the recipe's seed)", 0},
@@ -25,7 +25,7 @@ static const param_spec attach_params[] = {
 
 static int attach_check(const json_t *params) {
     bool sel[LORA_N_KINDS];
-    return lora_targets_select(json_object_get(params, "targets"), sel);
+    return lora_targets_select(json_object_get(params, "lora_target_modules"), sel);
 }
 
 /* "1,234,567" */
@@ -57,12 +57,12 @@ static int attach_run(stage_ctx *ctx) {
     if (rc) return err_wrap("stage '%s'", ctx->name);
 
     json_t *seed = stage_json(ctx, "seed");
-    lora_init_opts o = {.r = (int)stage_int(ctx, "r"),
-                        .alpha = stage_float(ctx, "alpha"),
-                        .dropout = stage_float(ctx, "dropout"),
+    lora_init_opts o = {.r = (int)stage_int(ctx, "lora_r"),
+                        .alpha = stage_float(ctx, "lora_alpha"),
+                        .dropout = stage_float(ctx, "lora_dropout"),
                         .use_rslora = stage_bool(ctx, "use_rslora"),
                         .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
-                        .targets = stage_json(ctx, "targets"),
+                        .targets = stage_json(ctx, "lora_target_modules"),
                         .base_model = base_model_name(in)};
     peft_adapter a;
     if ((rc = lora_adapter_create(&a, &cfg, &o))) {

@@ -17,23 +17,6 @@
 #include "model/tokenizer.h"
 #include "stage.h"
 
-/* model/tokenizer.c arrives with the `tokenizer` branch. Until it is merged these references
- * are weak, so the library links and the stage reports the missing piece instead of the
- * whole build failing; tests drive dataset_build with their own tokenizer meanwhile. */
-#pragma weak tokenizer_load
-#pragma weak tokenizer_free
-#pragma weak tokenizer_encode
-#pragma weak tokenizer_decode
-#pragma weak tokenizer_bos
-#pragma weak tokenizer_eos
-#pragma weak tokenizer_vocab_size
-#pragma weak tokenizer_token
-
-static int tokenizer_open(tokenizer **t, const char *dir) {
-    if (!tokenizer_load) return err_set(ERR_STAGE, "this build has no tokenizer (model/tokenizer.c is missing)");
-    return tokenizer_load(t, dir);
-}
-
 static const param_spec dataset_params[] = {
     {"model", PARAM_REF, NULL, 1, 0, "init_model|fetch_model|quantize_nf4",
      "the stage whose model directory holds the tokenizer", PARAM_REQUIRED},
@@ -211,11 +194,13 @@ static int dataset_run(stage_ctx *c) {
     } else if (!rc && stage_json(c, "path") && !json_is_null(stage_json(c, "path")) && !stage_str(c, "generator")) {
         rc = resolve_paths(c, &paths, &n_paths);
     }
+    if (!rc && o.format != DATASET_FORMAT_LUA && hooks_has(hk, "format"))
+        stage_logf(c, "note: hooks.format is set but format is %s, so the hook is not used here (format: lua uses it)", fmt);
     if (!rc && n_paths == 0 && !hooks_has(hk, "generate"))
         rc = err_set(ERR_RECIPE, "%s: no data: set path, url or generator (or hooks.generate in the recipe)", c->name);
     if (!rc) {
         char *dir = fs_join(in->dir, "model");
-        rc = tokenizer_open(&t, dir);
+        rc = tokenizer_load(&t, dir);
         if (rc) err_wrap("%s: the tokenizer of '%s'", c->name, in->stage);
         free(dir);
     }
@@ -238,7 +223,7 @@ static int dataset_run(stage_ctx *c) {
             json_object_set_new(c->report, "dataset", stats);
         }
     }
-    if (t) tokenizer_free(&t);
+    tokenizer_free(&t);
     hooks_free(&hk);
     if (paths == &fetched) free(fetched);
     else dataset_paths_free(&paths, n_paths);
@@ -292,7 +277,7 @@ int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FIL
     if (!rc && (n_ids != n_labels || n_rows < 1 || n_seqs < 1 || rows[n_rows - 1] != (int64_t)n_ids ||
                 seqs[n_seqs - 1] != (int64_t)n_ids))
         rc = err_set(ERR_DATA, "'%s' is not a consistent dataset artifact (sizes disagree)", artifact_dir);
-    if (!rc) rc = tokenizer_open(&t, tokenizer_dir);
+    if (!rc) rc = tokenizer_load(&t, tokenizer_dir);
     if (!rc) {
         fprintf(out, "%zu training rows; masked spans (not trained) are shown in [[...]]\n", n_rows - 1);
         size_t s = 0;
@@ -315,7 +300,7 @@ int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FIL
             }
         }
     }
-    if (t) tokenizer_free(&t);
+    tokenizer_free(&t);
     free(ids);
     free(labels);
     free(rows);

@@ -228,9 +228,9 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
                 if (!rc) rc = seg_add(f, c, "<|eot_id|>", NULL, false);
             }
             break;
-        case DATASET_CHAT_CHATML:
+        case DATASET_CHAT_CHATML: /* content as it is: ChatML templates do not trim */
             rc = seg_add(f, "<|im_start|>", m[i].role, "\n", false);
-            if (!rc) rc = seg_add(f, c, "<|im_end|>", NULL, asst);
+            if (!rc) rc = seg_add(f, m[i].content, "<|im_end|>", NULL, asst);
             if (!rc) rc = seg_add(f, "\n", NULL, NULL, false);
             break;
         case DATASET_CHAT_LLAMA2:
@@ -240,10 +240,12 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
                     rc = err_set(ERR_DATA, "%s: llama-2 needs a user message after the system message", what);
                     break;
                 }
-                char *u = strip_dup(m[i + 1].content), *t = NULL;
-                if (!u || asprintf(&t, "[INST] <<SYS>>\n%s\n<</SYS>>\n\n%s [/INST]", c, u) < 0) t = NULL;
-                free(u);
-                rc = t ? seg_add(f, t, NULL, NULL, false) : err_set(ERR_STAGE, "out of memory");
+                /* the template strips the combined text, not its parts */
+                char *joined = NULL, *t = NULL;
+                if (asprintf(&joined, "<<SYS>>\n%s\n<</SYS>>\n\n%s", m[i].content, m[i + 1].content) < 0) joined = NULL;
+                t = joined ? strip_dup(joined) : NULL;
+                free(joined);
+                rc = t ? seg_add(f, "[INST] ", t, " [/INST]", false) : err_set(ERR_STAGE, "out of memory");
                 free(t);
                 users++;
                 i++;
@@ -322,7 +324,11 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     }
     bool add_bos = tok->bos >= 0;
     bool add_eos = tok->eos >= 0;
-    bool last_trained = o->train_on_inputs || f->seg[f->n - 1].train;
+    /* EOS is trained when the response is: the last segment with more than white space
+     * decides (a chat template's trailing newline does not) */
+    int last = f->n - 1;
+    while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
+    bool last_trained = o->train_on_inputs || f->seg[last].train;
     if (it->kind == ITEM_SEGMENTS && nf > 0 && full[nf - 1] == tok->eos) add_eos = false; /* template ended a turn with it */
     size_t n = nf + add_bos + add_eos;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids), *labels = malloc((n ? n : 1) * sizeof *labels);
@@ -805,7 +811,15 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
         dataset_reader *r;
         if ((rc = dataset_reader_open(&r, src->paths[f], src->type))) break;
         json_t *rec;
-        while (!b.full && !(rc = dataset_reader_next(r, &rec)) && rec) {
+        while (!b.full) {
+            rc = dataset_reader_next(r, &rec);
+            if (rc == ERR_DATA && o->skip_errors && dataset_reader_can_go_on(r)) {
+                b.read++; /* a bad JSONL line or CSV row: counted, skipped */
+                if ((rc = note_skip(&b, rc))) break;
+                if (o->max_records > 0 && b.read >= (size_t)o->max_records) b.full = true;
+                continue;
+            }
+            if (rc || !rec) break;
             char what[600];
             snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
             rc = add_record(&b, rec, what);

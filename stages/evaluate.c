@@ -31,6 +31,7 @@
 #include "model/llama_trainer.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
+#include "stages/dataset.h"
 #include "stages/stage.h"
 
 static const param_spec eval_params[] = {
@@ -75,6 +76,8 @@ typedef struct prompt_item {
 typedef struct eval_state {
     stage_ctx *ctx;
     hooks *hooks;
+    json_t *fmt_ctx; /* ctx of format(record, ctx), as the dataset stage passes it */
+    bool alpaca;     /* the data used the built-in alpaca format */
     tokenizer *tok;
     llama_model *m;
     gen_opts gen;
@@ -85,17 +88,20 @@ typedef struct eval_state {
 /* the prompt text of a record: the format hook's untrained part, or its "prompt" field */
 static int record_prompt(eval_state *e, const json_t *record, const char *what, char **out) {
     *out = NULL;
+    const char *instruction = json_string_value(json_object_get(record, "instruction"));
+    if (!hooks_has(e->hooks, "format") && e->alpaca && instruction) {
+        *out = dataset_alpaca_prompt(instruction, json_string_value(json_object_get(record, "input")));
+        return *out ? 0 : err_set(ERR_STAGE, "out of memory");
+    }
     if (!hooks_has(e->hooks, "format")) {
         const char *p = json_string_value(json_object_get(record, "prompt"));
-        if (!p) return err_set(ERR_RECIPE, "%s: a record prompt needs a format hook (hooks: {format: ...}) or a "
-                                           "'prompt' field", what);
+        if (!p) return err_set(ERR_RECIPE, "%s: a record prompt needs a format hook (hooks: {format: ...}, or the data's "
+                                           "format_hook), alpaca data, or a 'prompt' field", what);
         *out = strdup(p);
         return 0;
     }
-    json_t *fctx = json_pack("{s:s, s:s}", "stage", e->ctx->name, "purpose", "evaluate");
     hooks_format_result r = {0};
-    int rc = hooks_format(e->hooks, record, fctx, what, &r);
-    json_decref(fctx);
+    int rc = hooks_format(e->hooks, record, e->fmt_ctx, what, &r);
     if (rc) return rc;
     if (r.kind != HOOKS_FORMAT_DROP) {
         size_t len = 0;
@@ -360,8 +366,7 @@ static int eval_run(stage_ctx *ctx) {
     char *mdir = fs_join(min->dir, "model"), *adir = ain ? fs_join(ain->dir, "adapter") : NULL;
     char *pfile = stage_path(ctx, "prompts_file");
     model_config cfg = {0};
-    peft_adapter ad;
-    peft_adapter_init(&ad);
+    peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
     eval_state e = {.ctx = ctx};
     train_data sets[STAGE_MAX_INPUTS];
     side sides[STAGE_MAX_INPUTS];
@@ -375,6 +380,24 @@ static int eval_run(stage_ctx *ctx) {
     if ((rc = device_ops(ctx->device, &ops))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&e.tok, mdir))) goto out;
     if ((rc = hooks_open(&e.hooks, ctx->hooks))) goto out;
+    /* prompts are formatted as the data was: the recipe's format hook, else the data stage's
+     * format_hook or built-in alpaca format, with the same ctx.args */
+    const stage_input *fin = stage_input_get(ctx, "data");
+    json_t *dparams = fin ? json_object_get(fin->manifest, "params") : NULL;
+    const char *dformat = json_string_value(json_object_get(dparams, "format"));
+    const char *dhook = json_string_value(json_object_get(dparams, "format_hook"));
+    if (!hooks_has(e.hooks, "format") && dformat && !strcmp(dformat, "lua") && dhook &&
+        (rc = hooks_bind(e.hooks, "format", dhook)))
+        goto out;
+    e.alpaca = dformat && !strcmp(dformat, "alpaca");
+    int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
+    const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
+    json_t *dargs = json_object_get(dparams, "hook_args");
+    e.fmt_ctx = json_pack("{s:s, s:s, s:s, s:s, s:b, s:O}", "stage", ctx->name, "purpose", "evaluate", "bos_token",
+                          bos_t ? bos_t : "", "eos_token", eos_t ? eos_t : "", "train_on_inputs", 0, "args",
+                          dargs ? dargs : json_null());
+    if (json_is_integer(json_object_get(dparams, "sequence_len")))
+        json_object_set(e.fmt_ctx, "sequence_len", json_object_get(dparams, "sequence_len"));
     hooks_set_callbacks(e.hooks, &(lua_host_callbacks){.ud = &e, .tokenize = cb_tokenize, .metric = cb_metric,
                                                         .log = cb_log});
 
@@ -502,6 +525,7 @@ out:
     free(stops);
     llama_free(&e.m);
     hooks_free(&e.hooks);
+    json_decref(e.fmt_ctx);
     tokenizer_free(&e.tok);
     peft_adapter_free(&ad);
     config_free(&cfg);

@@ -64,7 +64,7 @@ static int run(stage_ctx *c) {
     int rc = bnb_quantize_dir(src, dst, &o, &rep);
     stage_progress_done(c);
     if (rc) {
-        err_wrap("stage '%s': quantizing '%s'", c->name, src);
+        err_wrap("quantizing '%s'", src); /* the runner adds the stage's name */
     } else {
         bnb_report_lines(&rep, on_line, c);
         stage_metric(c, "bits_per_param", rep.bits_per_param);

@@ -20,6 +20,7 @@
 #include "core/fsutil.h"
 #include "core/hooks.h"
 #include "formats/peft.h"
+#include "kernels/cuda/device.h"
 #include "model/adapter.h"
 #include "model/config.h"
 #include "model/llama.h"
@@ -176,21 +177,35 @@ static double parse_budget(const char *s) {
     return (toupper((unsigned char)*end) == 'G' ? 1073741824.0 : 1048576.0) * v;
 }
 
+/* half of the device's free memory (GPU), or of the RAM (CPU) */
+static double default_budget(const llama_model *m) {
+#ifdef QLORA_HAVE_CUDA
+    cuda_device_info info;
+    if (!strcmp(m->ops->name, "cuda") && cuda_device_query(&info) == 0 && info.count > 0)
+        return 0.5 * (double)info.free_bytes;
+#endif
+    (void)m;
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
+}
+
+/* none | every_layer as asked; auto: no recomputation when the activations of a whole
+ * micro-batch fit the budget (memory_budget, or half the RAM / GPU memory), else every layer */
 static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     const char *mode = stage_str(ctx, "activation_checkpointing");
     llama_checkpointing ck = !strcmp(mode, "every_layer") ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
+    if (!strcmp(mode, "auto")) {
+        double budget = parse_budget(stage_str(ctx, "memory_budget"));
+        if (budget <= 0) budget = default_budget(m);
+        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE);
+        if (need > budget) {
+            ck = LLAMA_CKPT_EVERY;
+            stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: recomputing "
+                            "every layer in the backward", need / 1048576.0, budget / 1048576.0);
+        }
+    }
     int rc = llama_plan(m, max_T, ck);
-    if (rc || strcmp(mode, "auto")) return rc;
-    double budget = parse_budget(stage_str(ctx, "memory_budget"));
-    if (budget <= 0) {
-        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-        budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
-    }
-    if ((double)m->act_bytes > budget) {
-        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing every "
-                        "layer", (double)m->act_bytes / 1048576.0, budget / 1048576.0);
-        rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
-    }
+    if (!rc) stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
     return rc;
 }
 
@@ -202,8 +217,7 @@ static int train_run_stage(stage_ctx *ctx) {
     char *out_adir = fs_join(ctx->out_dir, "adapter"), *lr_path = stage_path(ctx, "lr_hook");
     char *log_path = NULL;
     model_config cfg = {0};
-    peft_adapter ad;
-    peft_adapter_init(&ad);
+    peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
     train_data train = {0}, val = {0};
     bool have_val = false;
     llama_model *m = NULL;

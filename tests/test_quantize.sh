@@ -44,5 +44,21 @@ grep -q '"rel_rmse"' "$man" && grep -q '"bits_per_param"' "$man" && ok "the mani
 out=$("$BIN" "$W/tiny.yaml" 2>&1)
 grep -q "bits each" <<<"$out" && bad "second run re-quantized" || ok "second run is cached"
 
+# a NaN in a weight, through fetch_model (source: path): exit 4, the tensor and index named,
+# no quantize_nf4 artifact left in the cache
+cp -r "$FIX/tiny-llama-bf16" "$W/nan"
+f=$W/nan/model.safetensors
+hdr=$(od -An -tu8 -N8 "$f" | tr -d ' ')
+off=$(grep -ao '"model.layers.0.self_attn.q_proj.weight":{[^}]*}' "$f" | sed 's/.*"data_offsets":\[\([0-9]*\),.*/\1/')
+printf '\xc0\x7f' | dd of="$f" bs=1 seek=$((8 + hdr + off + 2 * 1000)) conv=notrunc 2>/dev/null
+cp "$SRC/tests/recipes/quantize/from_path.yaml" "$W/"
+before=$(ls "$W"/cache/artifacts/quantize_nf4 2>/dev/null | wc -l)
+out=$(MODEL_DIR=$W/nan "$BIN" "$W/from_path.yaml" 2>&1); rc=$?
+[ $rc -eq 4 ] && ok "a NaN weight fails the stage with exit 4" || bad "NaN rc $rc: $out"
+grep -q "tensor 'model.layers.0.self_attn.q_proj.weight' holds NaN at flat index 1000 (row 7, column 104)" <<<"$out" \
+  && ok "the error names the tensor and the first bad index" || bad "NaN message: $out"
+n=$(ls "$W"/cache/artifacts/quantize_nf4 2>/dev/null | wc -l)
+[ "$n" -eq "$before" ] && ok "nothing committed for the failed stage" || bad "quantize_nf4 artifacts: $before -> $n"
+
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -1,9 +1,10 @@
 /* cpu_impl.h: internals shared by the plain C reference ops (kernels/cpu/), not a public header.
  *
  * Activations are fp32 on this backend, so every `void *` act argument of ops.h is a float *.
- * Work is split over at most CPU_THREADS threads (pthreads) where it pays: the matmul-shaped ops
- * (qlinear, lm_head + cross-entropy, attention). Each op runs a loop body over a range of rows;
- * cpu_parallel_for hands the ranges out and joins before returning, so ops stay synchronous. */
+ * Work is split over cpu_threads() threads (pthreads; 2 unless QLORA_CPU_THREADS says 1..16)
+ * where it pays: the matmul-shaped ops (qlinear, lm_head + cross-entropy, attention). Each op runs
+ * a loop body over a range of rows; cpu_parallel_for hands the ranges out and joins before
+ * returning, so ops stay synchronous. */
 #ifndef KERNELS_CPU_IMPL_H
 #define KERNELS_CPU_IMPL_H
 
@@ -11,7 +12,9 @@
 
 #include "kernels/ops.h"
 
-#define CPU_THREADS 2
+#define CPU_THREADS 2      /* the default */
+#define CPU_MAX_THREADS 16
+int cpu_threads(void);
 
 /* body(ctx, lo, hi) over [0, n) split into contiguous ranges, one per thread. work is a rough
  * count of multiply-adds: small jobs run on the calling thread alone (a thread costs ~20 us). */
@@ -23,6 +26,9 @@ void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx);
  * and blocked over K so a strip of B stays in cache; edges fall back to plain loops. */
 void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
                   int64_t N, int64_t K);
+/* the same over CPU_THREADS threads, splitting the rows of C, or its columns when M is small */
+void cpu_gemm_acc_mt(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                     int64_t N, int64_t K);
 /* dst[cols, rows] = src[rows, cols]^T */
 void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols);
 

@@ -207,13 +207,19 @@ static int64_t block_load(float *restrict buf, float *restrict amax, const void 
     return -1;
 }
 
-int64_t nf4_quantize_blocks(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n,
-                            int blocksize, int quant_type, int64_t b0, int64_t b1) {
+/* The block loop of the fast quantizer. With err != NULL it also sums, in double, the squared
+ * reconstruction error (x - quant_map[code] * scale)^2 and x^2, where scale is recon[b] when
+ * given (the absmax a checkpoint really stores, e.g. de-nested) and the computed absmax
+ * otherwise: the error report then costs no second pass over the weights. */
+static int64_t quantize_range(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
+                              int quant_type, int64_t b0, int64_t b1, const float *recon, double err[2]) {
     pthread_once(&tables_once, tables_init);
     const code_search *cs = quant_type == OPS_FP4 ? &search_fp4 : &search_nf4;
+    const float *qmap = quant_type == OPS_FP4 ? fp4_map : nf4_map;
     const uint8_t zero_code = encode(cs, 0.0f);
     float buf[4096];
     int64_t bad = -1;
+    double e2 = 0.0, r2 = 0.0;
     for (int64_t b = b0; b < b1; b++) {
         int64_t lo = b * blocksize, len = lo + blocksize < n ? blocksize : n - lo;
         float m = 0.0f;
@@ -238,8 +244,29 @@ int64_t nf4_quantize_blocks(uint8_t *codes, float *absmax, const void *src, int 
                 out[p] = (uint8_t)(encode(cs, buf[2 * p] / d) << 4 | encode(cs, buf[2 * p + 1] / d));
             if (len & 1) out[pairs] = (uint8_t)(encode(cs, buf[len - 1] / d) << 4 | zero_code);
         }
+        if (err) {
+            float sc = recon ? recon[b] : absmax[b];
+            float be = 0.0f, br = 0.0f; /* one block in f32, the sum over blocks in double */
+            for (int64_t i = 0; i < len; i++) {
+                uint8_t c = (i & 1) ? out[i >> 1] & 0x0f : out[i >> 1] >> 4;
+                float dlt = buf[i] - qmap[c] * sc;
+                be += dlt * dlt;
+                br += buf[i] * buf[i];
+            }
+            e2 += be;
+            r2 += br;
+        }
+    }
+    if (err) {
+        err[0] += e2;
+        err[1] += r2;
     }
     return bad;
+}
+
+int64_t nf4_quantize_blocks(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n,
+                            int blocksize, int quant_type, int64_t b0, int64_t b1) {
+    return quantize_range(codes, absmax, src, src_dtype, n, blocksize, quant_type, b0, b1, NULL, NULL);
 }
 
 /* absmax only (the first pass of a streaming writer): same values as the quantizer stores */
@@ -268,6 +295,9 @@ typedef struct quant_job {
     const void *src;
     int src_dtype, blocksize, quant_type;
     int64_t n, b0, b1, bad;
+    const float *recon;
+    double *err; /* NULL, or this job's own [2] */
+    double err_own[2];
 } quant_job;
 
 static void *quant_job_run(void *arg) {
@@ -276,8 +306,8 @@ static void *quant_job_run(void *arg) {
         j->bad = absmax_blocks(j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->b0, j->b1);
         return NULL;
     }
-    j->bad = nf4_quantize_blocks(j->codes, j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->quant_type,
-                                 j->b0, j->b1);
+    j->bad = quantize_range(j->codes, j->absmax, j->src, j->src_dtype, j->n, j->blocksize, j->quant_type, j->b0, j->b1,
+                            j->recon, j->err);
     return NULL;
 }
 
@@ -286,32 +316,41 @@ static void *quant_job_run(void *arg) {
 #define NF4_THREAD_MIN_ELEMS (1 << 16)
 
 int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads) {
-    return nf4_quantize(NULL, absmax, src, src_dtype, n, blocksize, OPS_NF4, nthreads);
+    return nf4_quantize_err(NULL, absmax, src, src_dtype, n, blocksize, OPS_NF4, nthreads, NULL, NULL);
 }
 
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads) {
+    return nf4_quantize_err(codes, absmax, src, src_dtype, n, blocksize, quant_type, nthreads, NULL, NULL);
+}
+
+int64_t nf4_quantize_err(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
+                         int quant_type, int nthreads, const float *recon_absmax, double err[2]) {
     int64_t nb = nf4_nblocks(n, blocksize);
+    if (err) err[0] = err[1] = 0.0;
     if (nthreads > NF4_MAX_THREADS) nthreads = NF4_MAX_THREADS;
-    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads) {
-        quant_job one = {codes, absmax, src, src_dtype, blocksize, quant_type, n, 0, nb, -1};
-        quant_job_run(&one);
-        return one.bad;
-    }
+    if (nthreads < 2 || n < NF4_THREAD_MIN_ELEMS || nb < nthreads) nthreads = 1;
     quant_job jobs[NF4_MAX_THREADS];
     pthread_t th[NF4_MAX_THREADS];
     int started[NF4_MAX_THREADS] = {0};
     for (int t = 0; t < nthreads; t++) {
         jobs[t] = (quant_job){codes, absmax, src, src_dtype, blocksize, quant_type, n,
-                              nb * t / nthreads, nb * (t + 1) / nthreads, -1};
+                              nb * t / nthreads, nb * (t + 1) / nthreads, -1, recon_absmax, NULL, {0, 0}};
+        if (err) jobs[t].err = jobs[t].err_own;
         if (t > 0) started[t] = pthread_create(&th[t], NULL, quant_job_run, &jobs[t]) == 0;
     }
     quant_job_run(&jobs[0]);
-    int64_t bad = jobs[0].bad;
     for (int t = 1; t < nthreads; t++) {
         if (started[t]) pthread_join(th[t], NULL);
         else quant_job_run(&jobs[t]); /* no thread available: do it here */
+    }
+    int64_t bad = -1;
+    for (int t = 0; t < nthreads; t++) { /* the first bad index in tensor order */
         if (bad < 0) bad = jobs[t].bad;
+        if (err) {
+            err[0] += jobs[t].err_own[0];
+            err[1] += jobs[t].err_own[1];
+        }
     }
     return bad;
 }

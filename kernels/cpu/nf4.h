@@ -3,14 +3,17 @@
  *
  * Layout (formats.md sections 1-2): a tensor of n elements, flattened in C order, is cut into
  * blocks of `blocksize` elements (the last one may be partial); absmax[b] (f32) is the largest
- * |x| of block b; every element becomes the 4-bit code nearest to x * (1/absmax[b]); two codes
- * share a byte, the first (even) element in the high nibble, and an odd n ends with the padding
- * code of 0.0. Double quantization stores absmax as u8 codes of the 256-entry dynamic map:
- * c = absmax - offset, blocks of 256, nested_absmax[j] = max |c| of nested block j.
+ * |x| of block b; every element becomes the 4-bit code nearest to x * (1/absmax[b]) (ties to
+ * the lower value; the partial last block divides by max(absmax, 1e-38) instead, and stores
+ * that); two codes share a byte, the first (even) element in the high nibble, and an odd n ends
+ * with the padding code of 0.0. Double quantization stores absmax as u8 codes of the 256-entry
+ * dynamic map: c = absmax - offset, blocks of 256, nested_absmax[j] = max |c| of nested block j.
+ * These are bitsandbytes' cpu-path numerics at 95f9af30, reproduced bit for bit (test_nf4).
  *
  * Every quantizer has a scalar `_ref` twin (the plain statement of the rule, for tests); the
  * unsuffixed functions are the fast ones, split over `nthreads` pthreads where it pays.
- * Nothing here allocates more than per-call thread bookkeeping; the caller owns every buffer. */
+ * Nothing here allocates more than per-call thread bookkeeping and the 64 KiB table of
+ * nf4_double_quant; the caller owns every buffer. */
 #ifndef KERNELS_CPU_NF4_H
 #define KERNELS_CPU_NF4_H
 
@@ -53,6 +56,11 @@ int64_t nf4_quantize_ref(uint8_t *codes, float *absmax, const void *src, int src
 int64_t nf4_quantize(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
                      int quant_type, int nthreads);
 
+/* nf4_quantize that also measures the reconstruction: err[0] = sum (x - quant_map[code] * s)^2,
+ * err[1] = sum x^2, with s = recon_absmax[block] when given (what the checkpoint will really
+ * store, e.g. the de-nested absmax) or the computed absmax. Same return. */
+int64_t nf4_quantize_err(uint8_t *codes, float *absmax, const void *src, int src_dtype, int64_t n, int blocksize,
+                         int quant_type, int nthreads, const float *recon_absmax, double err[2]);
 /* absmax only, exactly as nf4_quantize stores it (a first pass that needs no code buffer);
  * same return */
 int64_t nf4_absmax(float *absmax, const void *src, int src_dtype, int64_t n, int blocksize, int nthreads);

@@ -23,22 +23,32 @@ static void *cpu_job_run(void *arg) {
     return NULL;
 }
 
+int cpu_threads(void) {
+    static int n = 0; /* a benign race: every thread computes the same answer */
+    if (!n) {
+        const char *e = getenv("QLORA_CPU_THREADS");
+        int v = e ? atoi(e) : CPU_THREADS;
+        n = v < 1 ? 1 : v > CPU_MAX_THREADS ? CPU_MAX_THREADS : v;
+    }
+    return n;
+}
+
 void cpu_parallel_for(int64_t n, double work, cpu_range_fn body, void *ctx) {
     if (n <= 0) return;
-    if (n < 2 || work < 2e5 || CPU_THREADS < 2) {
+    int nt = cpu_threads();
+    if (nt > n) nt = (int)n;
+    if (nt < 2 || work < 2e5) {
         body(ctx, 0, n);
         return;
     }
-    cpu_job jobs[CPU_THREADS];
-    pthread_t th[CPU_THREADS];
-    int started[CPU_THREADS] = {0};
-    for (int i = 0; i < CPU_THREADS; i++) {
-        jobs[i] = (cpu_job){body, ctx, n * i / CPU_THREADS, n * (i + 1) / CPU_THREADS};
-    }
+    cpu_job jobs[CPU_MAX_THREADS];
+    pthread_t th[CPU_MAX_THREADS];
+    int started[CPU_MAX_THREADS] = {0};
+    for (int i = 0; i < nt; i++) jobs[i] = (cpu_job){body, ctx, n * i / nt, n * (i + 1) / nt};
     /* thread 0's range runs here; if a thread cannot start, its range runs here too */
-    for (int i = 1; i < CPU_THREADS; i++) started[i] = pthread_create(&th[i], NULL, cpu_job_run, &jobs[i]) == 0;
+    for (int i = 1; i < nt; i++) started[i] = pthread_create(&th[i], NULL, cpu_job_run, &jobs[i]) == 0;
     body(ctx, jobs[0].lo, jobs[0].hi);
-    for (int i = 1; i < CPU_THREADS; i++) {
+    for (int i = 1; i < nt; i++) {
         if (started[i]) pthread_join(th[i], NULL);
         else body(ctx, jobs[i].lo, jobs[i].hi);
     }
@@ -178,6 +188,31 @@ void cpu_gemm_acc(float *C, int64_t ldc, const float *A, int64_t lda, const floa
         if (Nb < N) gemm_edge(C, ldc, Ak, lda, Bk, ldb, 0, Mb, Nb, N, kb);
         if (Mb < M) gemm_edge(C, ldc, Ak, lda, Bk, ldb, Mb, M, 0, N, kb);
     }
+}
+
+typedef struct gemm_job {
+    float *C;
+    const float *A, *B;
+    int64_t ldc, lda, ldb, M, N, K;
+    int by_cols;
+} gemm_job;
+
+/* rows [lo, hi) of C, or column blocks [lo, hi) of GEMM_NR columns */
+static void gemm_range(void *ctx, int64_t lo, int64_t hi) {
+    const gemm_job *j = ctx;
+    if (j->by_cols) {
+        int64_t c0 = lo * GEMM_NR, c1 = hi * GEMM_NR < j->N ? hi * GEMM_NR : j->N;
+        cpu_gemm_acc(j->C + c0, j->ldc, j->A, j->lda, j->B + c0, j->ldb, j->M, c1 - c0, j->K);
+    } else {
+        cpu_gemm_acc(j->C + lo * j->ldc, j->ldc, j->A + lo * j->lda, j->lda, j->B, j->ldb, hi - lo, j->N, j->K);
+    }
+}
+
+void cpu_gemm_acc_mt(float *C, int64_t ldc, const float *A, int64_t lda, const float *B, int64_t ldb, int64_t M,
+                     int64_t N, int64_t K) {
+    gemm_job j = {C, A, B, ldc, lda, ldb, M, N, K, M < 4 * cpu_threads() * GEMM_MR};
+    int64_t units = j.by_cols ? (N + GEMM_NR - 1) / GEMM_NR : M;
+    cpu_parallel_for(units, (double)M * N * K, gemm_range, &j);
 }
 
 void cpu_transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
@@ -354,3 +389,9 @@ static const ops_table cpu_table = {
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }
+
+#ifndef QLORA_HAVE_CUDA
+/* A build without the CUDA kernels has no device table; ops.h promises NULL rather than a
+ * missing symbol, so callers need no #ifdef. */
+const ops_table *ops_cuda(void) { return NULL; }
+#endif

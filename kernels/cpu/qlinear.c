@@ -58,20 +58,11 @@ static void ql_fwd_tiles(void *ctx, int64_t lo, int64_t hi) {
     free(wt);
 }
 
-/* the LoRA branch for tokens [lo, hi): xa = drop(x) A^T, y += scale * xa B^T */
-static void ql_fwd_lora_rows(void *ctx, int64_t lo, int64_t hi) {
+/* drop(x) for rows [lo, hi) into a->xd */
+static void ql_drop_rows(void *ctx, int64_t lo, int64_t hi) {
     const ql_args *a = ctx;
-    const ops_lora *L = a->lora;
-    int64_t out = a->W->rows, in = a->W->cols, r = L->r, n = hi - lo;
-    float *xd = malloc(sizeof(float) * (size_t)(n * in)), *sxa = malloc(sizeof(float) * (size_t)(n * r));
-    for (int64_t t = lo; t < hi; t++) lora_drop_row(xd + (t - lo) * in, a->x + t * in, t, in, L);
-    float *xa = a->xa + lo * r;
-    memset(xa, 0, sizeof(float) * (size_t)(n * r));
-    cpu_gemm_acc(xa, r, xd, in, a->At, r, n, r, in);
-    for (int64_t i = 0; i < n * r; i++) sxa[i] = L->scale * xa[i];
-    cpu_gemm_acc(a->y + lo * out, out, sxa, r, a->Bt, out, n, out, r);
-    free(xd);
-    free(sxa);
+    int64_t in = a->W->cols;
+    for (int64_t t = lo; t < hi; t++) lora_drop_row(a->xd + t * in, a->x + t * in, t, in, a->lora);
 }
 
 void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
@@ -80,15 +71,28 @@ void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *b
     int64_t tiles = (W->rows + QL_TILE - 1) / QL_TILE;
     cpu_parallel_for(tiles, (double)T * W->rows * W->cols, ql_fwd_tiles, &a);
     if (!lora) return;
+    /* The LoRA branch: xa = drop(x) A^T, y += scale * xa B^T. The first product has only r
+     * columns, so it runs transposed (xa^T = A drop(x)^T, r rows and T columns) to keep the
+     * GEMM's vector width busy. */
     int64_t r = lora->r, in = W->cols, out = W->rows;
-    float *own = NULL, *At = malloc(sizeof(float) * (size_t)(in * r)), *Bt = malloc(sizeof(float) * (size_t)(out * r));
-    if (!a.xa) a.xa = own = malloc(sizeof(float) * (size_t)T * (size_t)r);
-    cpu_transpose(At, lora->A, r, in);
+    float *xd = (float *)a.x, *own_xd = NULL;
+    if (lora->dropout > 0.0f) {
+        xd = a.xd = own_xd = malloc(sizeof(float) * (size_t)(T * in));
+        cpu_parallel_for(T, (double)T * in * 8, ql_drop_rows, &a);
+    }
+    float *xdt = malloc(sizeof(float) * (size_t)(T * in)), *xat = calloc((size_t)(r * T), sizeof(float));
+    float *sxa = malloc(sizeof(float) * (size_t)(T * r)), *Bt = malloc(sizeof(float) * (size_t)(out * r));
+    cpu_transpose(xdt, xd, T, in);
+    cpu_gemm_acc_mt(xat, T, lora->A, in, xdt, T, r, T, in);
+    cpu_transpose(sxa, xat, r, T);
+    if (xa) memcpy(xa, sxa, sizeof(float) * (size_t)(T * r));
+    for (int64_t i = 0; i < T * r; i++) sxa[i] *= lora->scale;
     cpu_transpose(Bt, lora->B, out, r);
-    a.At = At, a.Bt = Bt;
-    cpu_parallel_for(T, (double)T * r * (in + out), ql_fwd_lora_rows, &a);
-    free(own);
-    free(At);
+    cpu_gemm_acc_mt(a.y, out, sxa, r, Bt, out, T, out, r);
+    free(own_xd);
+    free(xdt);
+    free(xat);
+    free(sxa);
     free(Bt);
 }
 
@@ -123,44 +127,46 @@ static void ql_bwd_rows(void *ctx, int64_t lo, int64_t hi) {
     free(tmp);
 }
 
-/* dA columns [lo, hi): dA[:, lo:hi] += (scale g)^T drop(x)[:, lo:hi]  (a->g holds (scale g)^T [r, T]) */
-static void ql_bwd_dA(void *ctx, int64_t lo, int64_t hi) {
-    const ql_args *a = ctx;
-    int64_t in = a->W->cols;
-    cpu_gemm_acc(a->lora->dA + lo, in, a->g, a->T, a->xd + lo, in, a->lora->r, hi - lo, a->T);
-}
-
 void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                      const float *xa, int T, int accumulate) {
     ql_args a = {.dx = dx, .dy = dy, .x = x, .W = W, .lora = lora, .xa = (float *)xa, .T = T,
                  .accumulate = accumulate};
     int64_t out = W->rows, in = W->cols;
-    float *g = NULL;
-    if (lora) { /* g = dy B  [T, r] */
-        g = a.g = calloc((size_t)(T * lora->r), sizeof(float));
-        cpu_gemm_acc(g, lora->r, a.dy, out, lora->B, lora->r, T, lora->r, out);
+    if (!lora) {
+        cpu_parallel_for(T, (double)T * out * in, ql_bwd_rows, &a);
+        return;
     }
-    cpu_parallel_for(T, (double)T * out * in, ql_bwd_rows, &a);
-    if (!lora) return;
+    /* g = dy B [T, r], computed transposed (g^T = B^T dy^T: r rows, T columns) like xa forward */
     int64_t r = lora->r;
+    float *dyt = malloc(sizeof(float) * (size_t)(out * T)), *Bt = malloc(sizeof(float) * (size_t)(r * out));
+    float *gt = calloc((size_t)(r * T), sizeof(float)), *g = malloc(sizeof(float) * (size_t)(T * r));
+    cpu_transpose(dyt, a.dy, T, out);
+    cpu_transpose(Bt, lora->B, out, r);
+    cpu_gemm_acc_mt(gt, T, Bt, out, dyt, T, r, T, out);
+    cpu_transpose(g, gt, r, T);
+    a.g = g;
+    cpu_parallel_for(T, (double)T * out * in, ql_bwd_rows, &a);
     /* dA += scale g^T drop(x) */
-    float *gt = malloc(sizeof(float) * (size_t)(r * T)), *xd = malloc(sizeof(float) * (size_t)(T * in));
-    cpu_transpose(gt, g, T, r);
+    float *xd = (float *)a.x, *own_xd = NULL;
+    if (lora->dropout > 0.0f) {
+        xd = a.xd = own_xd = malloc(sizeof(float) * (size_t)(T * in));
+        cpu_parallel_for(T, (double)T * in * 8, ql_drop_rows, &a);
+    }
     for (int64_t i = 0; i < r * T; i++) gt[i] *= lora->scale;
-    for (int64_t t = 0; t < T; t++) lora_drop_row(xd + t * in, a.x + t * in, t, in, lora);
-    a.g = gt, a.xd = xd;
-    cpu_parallel_for(in, (double)T * r * in, ql_bwd_dA, &a);
+    cpu_gemm_acc_mt(lora->dA, in, gt, T, xd, in, r, in, T);
     /* dB += scale dy^T xa, computed as its transpose (xa^T dy: [r, out]) so the GEMM runs wide */
     float *xat = malloc(sizeof(float) * (size_t)(r * T)), *dbt = calloc((size_t)(r * out), sizeof(float));
     cpu_transpose(xat, xa, T, r);
-    cpu_gemm_acc(dbt, out, xat, T, a.dy, out, r, out, T);
+    cpu_gemm_acc_mt(dbt, out, xat, T, a.dy, out, r, out, T);
     for (int64_t o = 0; o < out; o++)
         for (int64_t j = 0; j < r; j++) lora->dB[o * r + j] += lora->scale * dbt[j * out + o];
+    free(dyt);
+    free(Bt);
     free(gt);
-    free(xd);
+    free(g);
+    free(own_xd);
     free(xat);
     free(dbt);
-    free(g);
 }
 
 /* ---- lm_head + cross-entropy ---- */

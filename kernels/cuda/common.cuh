@@ -51,6 +51,7 @@ enum cuda_scratch_slot {
     SCRATCH_XENT,        // logits chunk [Tc, V] fp32
     SCRATCH_ATTN_DQ,     // fp32 dq accumulator [T, nh*hd]
     SCRATCH_ATTN_D,      // rowsum(dout*out) [nh, T]
+    SCRATCH_ATTN_DKV,    // fp32 dk, dv partial sums [2][T, nkv*hd] (grouped-query heads split over blocks)
     SCRATCH_REDUCE,      // double accumulators
     SCRATCH_COUNT
 };

@@ -41,7 +41,7 @@ void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogi
 
 // nf4.cu (see nf4_cuda.h for the exported C API)
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
-                             int64_t n, int blocksize);
+                             int64_t n, int blocksize, cudaStream_t s);
 
 // ops_cuda.cu: row-major GEMM through cuBLAS, C = alpha op(A) op(B) + beta C, fp32 accumulate.
 // op(A) is [M, K], op(B) is [K, N]; ta/tb say A/B are stored transposed ([K, M] / [N, K]);

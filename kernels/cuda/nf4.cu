@@ -44,6 +44,61 @@ __global__ void nf4_dequant_bf16_kernel(bf16 *__restrict__ dst, const uint32_t *
     }
 }
 
+// The same with double-quantized absmax (bitsandbytes' compress_statistics kept on the device:
+// 1 byte a block instead of 4): absmax[b] = nested_map[aq[b]] * nested_absmax[b / 256] + offset,
+// multiplied and added in two roundings as the CPU reference does (no FMA contraction).
+__device__ __forceinline__ float nf4_dq_absmax(const uint8_t *aq, const float *nested_absmax, const float *nmap,
+                                               float offset, int64_t b) {
+    return __fadd_rn(__fmul_rn(nmap[aq[b]], __ldg(nested_absmax + b / 256)), offset);
+}
+
+__global__ void nf4_dequant_dq_bf16_kernel(bf16 *__restrict__ dst, const uint32_t *__restrict__ codes,
+                                           const uint8_t *__restrict__ aq, const float *__restrict__ nested_absmax,
+                                           const float *__restrict__ nested_map, float offset,
+                                           const float *__restrict__ quant_map, int64_t units, int blocksize) {
+    __shared__ float qm[16], nmap[256];
+    if (threadIdx.x < 16) qm[threadIdx.x] = quant_map[threadIdx.x];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) nmap[i] = nested_map[i];
+    __syncthreads();
+    int64_t base = (int64_t)blockIdx.x * DQ_THREADS * DQ_UNROLL + threadIdx.x;
+    uint32_t c[DQ_UNROLL];
+    float am[DQ_UNROLL];
+#pragma unroll
+    for (int k = 0; k < DQ_UNROLL; k++) {
+        int64_t u = base + (int64_t)k * DQ_THREADS;
+        if (u < units) {
+            c[k] = __ldg(codes + u);
+            am[k] = nf4_dq_absmax(aq, nested_absmax, nmap, offset, (u * 8) / blocksize);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < DQ_UNROLL; k++) {
+        int64_t u = base + (int64_t)k * DQ_THREADS;
+        if (u >= units) break;
+        __align__(16) bf16 o[8];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t b = (c[k] >> (8 * j)) & 0xffu;
+            o[2 * j] = __float2bfloat16_rn(qm[b >> 4] * am[k]);
+            o[2 * j + 1] = __float2bfloat16_rn(qm[b & 15u] * am[k]);
+        }
+        reinterpret_cast<uint4 *>(dst)[u] = *reinterpret_cast<const uint4 *>(o);
+    }
+}
+
+__global__ void nf4_dequant_dq_bf16_scalar_kernel(bf16 *__restrict__ dst, const uint8_t *__restrict__ codes,
+                                                  const uint8_t *__restrict__ aq,
+                                                  const float *__restrict__ nested_absmax,
+                                                  const float *__restrict__ nested_map, float offset,
+                                                  const float *__restrict__ quant_map, int64_t start, int64_t n,
+                                                  int blocksize) {
+    int64_t i = start + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    uint8_t b = codes[i >> 1];
+    uint32_t code = (i & 1) ? (b & 15u) : (b >> 4);
+    dst[i] = __float2bfloat16_rn(quant_map[code] * nf4_dq_absmax(aq, nested_absmax, nested_map, offset, i / blocksize));
+}
+
 // any alignment and the tail that is not a whole 8-element unit
 __global__ void nf4_dequant_bf16_scalar_kernel(bf16 *__restrict__ dst, const uint8_t *__restrict__ codes,
                                                const float *__restrict__ absmax, const float *__restrict__ quant_map,
@@ -56,10 +111,9 @@ __global__ void nf4_dequant_bf16_scalar_kernel(bf16 *__restrict__ dst, const uin
 }
 
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map, int64_t n,
-                             int blocksize) {
+                             int blocksize, cudaStream_t s) {
     CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     if (n <= 0) return;
-    cudaStream_t s = cuda_stream();
     int64_t vec_units = 0;
     if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
         vec_units = n / 8;
@@ -79,9 +133,37 @@ void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absma
     }
 }
 
+extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, const uint8_t *absmax_q,
+                                         const float *nested_absmax, const float *nested_map, float nested_offset,
+                                         const float *quant_map, int64_t n, int blocksize) {
+    CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
+    if (n <= 0) return;
+    bf16 *dst = (bf16 *)dst_;
+    cudaStream_t s = cuda_stream();
+    int64_t vec_units = 0;
+    if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
+        vec_units = n / 8;
+        if (vec_units > 0) {
+            int64_t grid = CEIL_DIV(vec_units, (int64_t)DQ_THREADS * DQ_UNROLL);
+            nf4_dequant_dq_bf16_kernel<<<(unsigned)grid, DQ_THREADS, 0, s>>>(
+                dst, (const uint32_t *)codes, absmax_q, nested_absmax, nested_map, nested_offset, quant_map, vec_units,
+                blocksize);
+            CUDA_CHECK_LAUNCH();
+        }
+    }
+    int64_t start = vec_units * 8;
+    if (start < n) {
+        int64_t grid = CEIL_DIV(n - start, (int64_t)256);
+        nf4_dequant_dq_bf16_scalar_kernel<<<(unsigned)grid, 256, 0, s>>>(dst, codes, absmax_q, nested_absmax,
+                                                                         nested_map, nested_offset, quant_map, start,
+                                                                         n, blocksize);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
 extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax,
                                       const float *quant_map, int64_t n, int blocksize) {
-    launch_nf4_dequant_bf16((bf16 *)dst, codes, absmax, quant_map, n, blocksize);
+    launch_nf4_dequant_bf16((bf16 *)dst, codes, absmax, quant_map, n, blocksize, cuda_stream());
 }
 
 // One warp per quantization block. The thresholds are the fp32 midpoints of adjacent entries

@@ -5,7 +5,14 @@
 //
 // Everything runs on one non-blocking stream (cuda_stream()), so a training step can be
 // captured into a CUDA graph; cuBLAS gets a fixed workspace so it never allocates inside a step.
+// The one exception is the NF4 dequantization that feeds a GEMM: it runs on a side stream that
+// the main stream waits on through events. With QLORA_CUDA_DQ_CHUNKS=2..4 a large weight goes in
+// row chunks, so chunk i+1 dequantizes (memory-bound) while the GEMM of chunk i runs
+// (compute-bound). Measured on the H200 that overlap loses (7B q,v 2048x1: 143.2 ms a step with
+// 4 chunks, 134.0 ms with 1: the smaller GEMMs and the contention cost more than the 10 ms of
+// dequantization it hides), so the default is one chunk.
 #include "launch.cuh"
+#include "cuda_ext.h"
 #include "nf4_cuda.h"
 
 #include <stdio.h>
@@ -26,7 +33,9 @@ void cuda_fatal(const char *stmt, const char *func, const char *file, int line, 
 // ---------------------------------------------------------------------------------------------
 // runtime: stream, cuBLAS, scratch, allocation accounting
 
-static cudaStream_t g_stream;
+static cudaStream_t g_stream, g_side;
+#define DQ_CHUNKS 4
+static cudaEvent_t g_ev_start, g_ev_chunk[DQ_CHUNKS];
 static cublasHandle_t g_cublas;
 static void *g_cublas_ws;
 static const size_t CUBLAS_WS_BYTES = 32u << 20;
@@ -57,6 +66,9 @@ static void runtime_init(void) {
     if (g_stream) return;
     CUDA_CHECK(cudaSetDevice(0));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_start, cudaEventDisableTiming));
+    for (int i = 0; i < DQ_CHUNKS; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_chunk[i], cudaEventDisableTiming));
     CUBLAS_CHECK(cublasCreate(&g_cublas));
     CUBLAS_CHECK(cublasSetStream(g_cublas, g_stream));
     CUDA_CHECK(cudaMalloc(&g_cublas_ws, CUBLAS_WS_BYTES));
@@ -86,7 +98,7 @@ void *cuda_scratch(int slot, size_t bytes) {
         // grows only on the first call with a larger shape (the first step): the step after it
         // allocates nothing, which is what lets the step be replayed as a CUDA graph
         if (g_scratch[slot]) {
-            CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
+            CUDA_CHECK(cudaDeviceSynchronize()); // both streams may still use the old buffer
             mem_note_free(g_scratch[slot]);
             CUDA_CHECK(cudaFree(g_scratch[slot]));
         }
@@ -212,21 +224,59 @@ static void cu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *
 }
 
 // The frozen weight is dequantized into one reusable bf16 scratch (sized by the largest linear
-// layer, never the whole model) right before the GEMM that reads it.
-static const bf16 *dequant_weight(const ops_nf4 *W) {
+// layer, never the whole model) right before the GEMMs that read it, in row chunks on the side
+// stream: chunk c covers rows [bound[c], bound[c+1]) and is ready when g_ev_chunk[c] fires.
+typedef struct wchunks {
+    const bf16 *w; // [rows, cols]
+    int n;         // chunks
+    int bound[DQ_CHUNKS + 1];
+} wchunks;
+
+static wchunks dequant_weight(const ops_nf4 *W) {
     size_t n = (size_t)W->rows * (size_t)W->cols;
     bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, n * sizeof(bf16));
-    launch_nf4_dequant_bf16(w, W->codes, W->absmax, W->quant_map, (int64_t)n, W->blocksize);
-    return w;
+    wchunks c;
+    c.w = w;
+    // chunk starts must fall on whole quantization blocks, even elements and 16-byte rows;
+    // one chunk unless QLORA_CUDA_DQ_CHUNKS asks for the overlap (see the top of this file)
+    static int max_chunks = -1;
+    if (max_chunks < 0) {
+        const char *e = getenv("QLORA_CUDA_DQ_CHUNKS");
+        max_chunks = e && atoi(e) >= 1 && atoi(e) <= DQ_CHUNKS ? atoi(e) : 1;
+    }
+    int chunks = n >= ((size_t)8 << 20) ? max_chunks : 1;
+    for (int i = 1; i < chunks; i++) {
+        int64_t r = W->rows * i / chunks, e = r * W->cols;
+        if (e % W->blocksize || e % 8) chunks = 1;
+    }
+    c.n = chunks;
+    for (int i = 0; i <= chunks; i++) c.bound[i] = (int)(W->rows * i / chunks);
+    cudaStream_t main_s = cuda_stream();
+    // the side stream may overwrite the scratch only after the previous op's GEMMs read it
+    CUDA_CHECK(cudaEventRecord(g_ev_start, main_s));
+    CUDA_CHECK(cudaStreamWaitEvent(g_side, g_ev_start, 0));
+    for (int i = 0; i < chunks; i++) {
+        int64_t e0 = (int64_t)c.bound[i] * W->cols, e1 = (int64_t)c.bound[i + 1] * W->cols;
+        launch_nf4_dequant_bf16(w + e0, W->codes + e0 / 2, W->absmax + e0 / W->blocksize, W->quant_map, e1 - e0,
+                                W->blocksize, g_side);
+        CUDA_CHECK(cudaEventRecord(g_ev_chunk[i], g_side));
+    }
+    return c;
 }
+
+static void wait_chunk(int i) { CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), g_ev_chunk[i], 0)); }
 
 // y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
 // The LoRA output is accumulated into y by the second GEMM (beta = 1): no extra pass over y.
 static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                            float *xa, int T) {
     int out = (int)W->rows, in = (int)W->cols;
-    const bf16 *w = dequant_weight(W);
-    gemm_rm(0, 1, T, out, in, 1.0f, (const bf16 *)x, in, w, in, 0.0f, y, out, 0);
+    wchunks wc = dequant_weight(W);
+    for (int i = 0; i < wc.n; i++) { // y[:, rows of chunk i] = x W[chunk i]^T
+        int r0 = wc.bound[i], nr = wc.bound[i + 1] - r0;
+        wait_chunk(i);
+        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, wc.w + (size_t)r0 * in, in, 0.0f, (bf16 *)y + r0, out, 0);
+    }
     if (bias) launch_add_bias((bf16 *)y, (const bf16 *)bias, T, out);
     if (!lora) return;
     int r = lora->r;
@@ -254,8 +304,14 @@ static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint1
 static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                            const float *xa, int T, int accumulate) {
     int out = (int)W->rows, in = (int)W->cols;
-    const bf16 *w = dequant_weight(W);
-    if (dx) gemm_rm(0, 0, T, in, out, 1.0f, (const bf16 *)dy, out, w, in, accumulate ? 1.0f : 0.0f, dx, in, 0);
+    wchunks wc = dequant_weight(W);
+    for (int i = 0; i < wc.n; i++) { // dx (+)= dy[:, chunk i] W[chunk i]: the chunks split the sum
+        int r0 = wc.bound[i], nr = wc.bound[i + 1] - r0;
+        wait_chunk(i);
+        if (dx)
+            gemm_rm(0, 0, T, in, nr, 1.0f, (const bf16 *)dy + r0, out, wc.w + (size_t)r0 * in, in,
+                    (accumulate || i > 0) ? 1.0f : 0.0f, dx, in, 0);
+    }
     if (!lora) return;
     int r = lora->r;
     bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));

@@ -1,10 +1,10 @@
 // oracle.mjs: reference output from @huggingface/tokenizers (the JavaScript port of
 // `tokenizers` that transformers.js uses), one tokenizer load for many files.
 //
-//   node oracle.mjs NODE_MODULES TOKENIZER_DIR batch OUTDIR FILE...
-//     for each FILE (one text per line) writes OUTDIR/<name>.ids (ids with the
-//     post-processor's specials), <name>.plain.ids (without), <name>.dec (decode of the plain
-//     ids) and <name>.nfc (each line in Unicode NFC)
+//   node oracle.mjs NODE_MODULES TOKENIZER_DIR batch OUTDIR PLAIN_FILE SPECIAL_FILE
+//     texts are one a line; writes OUTDIR/plain.ids (ids of PLAIN_FILE without specials),
+//     plain.dec (their decode), plain.nfc (PLAIN_FILE in Unicode NFC) and special.ids (ids
+//     of SPECIAL_FILE with the post-processor's specials)
 //   node oracle.mjs NODE_MODULES TOKENIZER_DIR time FILE
 //     encodes every line (after a warm-up pass) and prints the MB/s of the encode calls
 import fs from 'node:fs';
@@ -25,16 +25,13 @@ const readLines = (f) => {
 const write = (f, rows) => fs.writeFileSync(f, rows.map((l) => l + '\n').join(''));
 
 if (mode === 'batch') {
-  const [outdir, ...files] = rest;
-  for (const f of files) {
-    const lines = readLines(f);
-    const base = path.join(outdir, path.basename(f));
-    write(base + '.ids', lines.map((l) => tok.encode(l).ids.join(' ')));
-    const plain = lines.map((l) => tok.encode(l, { add_special_tokens: false }).ids);
-    write(base + '.plain.ids', plain.map((ids) => ids.join(' ')));
-    write(base + '.dec', plain.map((ids) => (ids.length ? tok.decode(ids, { clean_up_tokenization_spaces: false }) : '')));
-    write(base + '.nfc', lines.map((l) => l.normalize('NFC')));
-  }
+  const [outdir, plainFile, specialFile] = rest;
+  const lines = readLines(plainFile);
+  const plain = lines.map((l) => tok.encode(l, { add_special_tokens: false }).ids);
+  write(path.join(outdir, 'plain.ids'), plain.map((ids) => ids.join(' ')));
+  write(path.join(outdir, 'plain.dec'), plain.map((ids) => (ids.length ? tok.decode(ids, { clean_up_tokenization_spaces: false }) : '')));
+  write(path.join(outdir, 'plain.nfc'), lines.map((l) => l.normalize('NFC')));
+  write(path.join(outdir, 'special.ids'), readLines(specialFile).map((l) => tok.encode(l).ids.join(' ')));
 } else if (mode === 'time') {
   const lines = readLines(rest[0]);
   let bytes = 0;
@@ -44,6 +41,6 @@ if (mode === 'batch') {
   const s = Number(process.hrtime.bigint() - t0) / 1e9;
   console.log(`${(bytes / 1e6 / s).toFixed(2)} MB/s (${bytes} bytes, ${s.toFixed(3)} s)`);
 } else {
-  console.error('usage: oracle.mjs NODE_MODULES TOKENIZER_DIR batch OUTDIR FILE... | time FILE');
+  console.error('usage: oracle.mjs NODE_MODULES TOKENIZER_DIR batch OUTDIR PLAIN_FILE SPECIAL_FILE | time FILE');
   process.exit(2);
 }

@@ -22,8 +22,8 @@ static int run_attach(const char *out, const char *targets_json, int64_t seed, j
     char *model_art = fs_join(root, "model-art"), *mdir = fs_join(model_art, "model");
     fs_mkdir_p(mdir);
     config_save(&cfg, mdir);
-    json_t *params = json_pack("{s:s, s:i, s:f, s:f, s:o, s:b, s:I}", "model", "m", "r", 4, "alpha", 8.0, "dropout",
-                               0.05, "targets", json_loads(targets_json, 0, NULL), "use_rslora", 0, "seed",
+    json_t *params = json_pack("{s:s, s:i, s:f, s:f, s:o, s:b, s:I}", "model", "m", "lora_r", 4, "lora_alpha", 8.0, "lora_dropout",
+                               0.05, "lora_target_modules", json_loads(targets_json, 0, NULL), "use_rslora", 0, "seed",
                                (json_int_t)seed);
     json_t *manifest = json_object();
     stage_ctx ctx = {.name = "lora", .kind = &stage_kind_attach_lora, .params = params, .out_dir = out, .seed = 1,

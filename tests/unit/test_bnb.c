@@ -23,6 +23,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/half.h"
+#include "formats/pyjson.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/nf4.h"
 #include "model/bnb.h"
@@ -116,6 +117,9 @@ TEST(reproduces_transformers_checkpoint) {
         char a[512], b[512], rep_off[64];
         const char *k = strstr((const char *)r->data, "\"nested_offset\": ");
         snprintf(rep_off, sizeof rep_off, "%.*s", (int)((const char *)r->data + r->nbytes - k - 18), k + 17);
+        char repr[40]; /* our repr of their offset is Python's */
+        pyjson_float_repr((double)their, repr, sizeof repr);
+        CHECK_EQ_STR(repr, rep_off);
         with_offset((const char *)t->data, t->nbytes, rep_off, a, sizeof a);
         with_offset((const char *)r->data, r->nbytes, rep_off, b, sizeof b);
         CHECK_EQ_STR(a, b);

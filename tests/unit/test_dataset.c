@@ -423,6 +423,28 @@ TEST(test_on_error) {
     CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
     json_decref(stats);
     free(out);
+    /* JSONL and CSV go on after a bad line or row; a JSON array cannot */
+    char *jl = write_data("bad.jsonl", "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": tru}\n"
+                                       "[1]\n{\"instruction\": \"d\", \"output\": \"e\"}\n");
+    CHECK_EQ_INT(build(&o, jl, &tok_plain, NULL, &out, &stats), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(stats, "dropped"), "errors")), 2);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "records_read")), 4);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
+    json_decref(stats);
+    free(out);
+    free(jl);
+    char *csv = write_data("bad.csv", "instruction,output\na,b\nc\nd,e\n");
+    CHECK_EQ_INT(build(&o, csv, &tok_plain, NULL, &out, &stats), 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(stats, "dropped"), "errors")), 1);
+    CHECK_EQ_INT(json_integer_value(json_object_get(stats, "sequences")), 2);
+    json_decref(stats);
+    free(out);
+    free(csv);
+    char *arr = write_data("badarr.json", "[{\"instruction\": \"a\", \"output\": \"b\"}, {\"x\" 1}]");
+    CHECK_EQ_INT(build(&o, arr, &tok_plain, NULL, &out, &stats), ERR_DATA);
+    CHECK(strstr(err_msg(), "badarr.json:1:"));
+    free(out);
+    free(arr);
     o.max_records = 1;
     CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, &stats), 0);
     CHECK_EQ_INT(json_integer_value(json_object_get(stats, "records_read")), 1);
@@ -507,6 +529,50 @@ TEST(test_chat_llama2_layout) {
     free(data);
 }
 
+TEST(test_chat_llama2_system) {
+    /* the template strips the joined system + user text, not the system message itself */
+    char *data = write_data("l2s.jsonl", "{\"messages\": [{\"role\": \"system\", \"content\": \" Be brief. \"},"
+                                         " {\"role\": \"user\", \"content\": \" Hi \"}, {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n");
+    dataset_opts o = default_opts();
+    o.format = DATASET_FORMAT_CHAT;
+    o.chat_template = DATASET_CHAT_LLAMA2;
+    char *out;
+    CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), 0);
+    arts a;
+    load_split(out, "train", &a);
+    const char *want = "[INST] <<SYS>>\n Be brief. \n<</SYS>>\n\n Hi [/INST] Yo ";
+    size_t n = strlen(want);
+    CHECK_EQ_INT(a.n_ids, 1 + n + 1);
+    bool same = a.n_ids == 1 + n + 1;
+    for (size_t i = 0; same && i < n; i++) same = a.ids[1 + i] == (unsigned char)want[i];
+    CHECK(same);
+    free_split(&a);
+    free(out);
+    free(data);
+}
+
+TEST(test_chat_chatml_eos) {
+    /* ChatML ends with <|im_end|>\n: the newline stays masked, the appended EOS is trained */
+    char *data = write_data("cm.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"},"
+                                        " {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n");
+    dataset_opts o = default_opts();
+    o.format = DATASET_FORMAT_CHAT;
+    o.chat_template = DATASET_CHAT_CHATML;
+    char *out;
+    CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), 0);
+    arts a;
+    load_split(out, "train", &a);
+    size_t n = a.n_ids;
+    CHECK_EQ_INT(a.ids[n - 1], EOS);
+    CHECK_EQ_INT(a.labels[n - 1], EOS);
+    CHECK_EQ_INT(a.ids[n - 2], '\n');
+    CHECK_EQ_INT(a.labels[n - 2], IGN);
+    CHECK_EQ_INT(a.labels[n - 3], '>'); /* the end of <|im_end|>, trained */
+    free_split(&a);
+    free(out);
+    free(data);
+}
+
 TEST(test_chat_errors) {
     char *data = write_data("badchat.jsonl", "{\"messages\": [{\"role\": \"robot\", \"content\": \"x\"}]}\n");
     dataset_opts o = default_opts();
@@ -572,6 +638,8 @@ int main(void) {
     RUN(test_on_error);
     RUN(test_lua_twins);
     RUN(test_chat_llama2_layout);
+    RUN(test_chat_llama2_system);
+    RUN(test_chat_chatml_eos);
     RUN(test_chat_errors);
     RUN(test_generator_hook);
     fs_rm_rf(tmp);

@@ -165,6 +165,12 @@ TEST(test_text) {
     CHECK(strstr(err_msg(), "overlong.txt:2:1: invalid UTF-8"));
     p = PUT("surrogate.txt", "\xED\xA0\x80");
     CHECK_EQ_INT(read_all(p, DATASET_TYPE_TEXT, &n, NULL), ERR_DATA);
+    p = put("nul.txt", "ab\0cd", 5);
+    CHECK_EQ_INT(read_all(p, DATASET_TYPE_TEXT, &n, NULL), ERR_DATA);
+    CHECK(strstr(err_msg(), "nul.txt:1:3: NUL byte"));
+    p = PUT("nul.json", "[{\"a\": \"x\\u0000y\"}]");
+    CHECK_EQ_INT(read_all(p, DATASET_TYPE_JSON, &n, NULL), ERR_DATA);
+    CHECK(strstr(err_msg(), "nul.json:1:"));
     size_t bad;
     CHECK(dataset_utf8_valid("h\xC3\xA9llo \xF0\x9F\x98\x80", 11, &bad));
 }
@@ -193,6 +199,32 @@ TEST(test_glob) {
     CHECK_EQ_INT(dataset_type_parse("parquet", &t), ERR_RECIPE);
 }
 
+/* every prefix of a good file reads cleanly or fails with ERR_DATA naming the file: never a
+ * crash, a hang or a silent partial record */
+TEST(test_truncated_files) {
+    static const struct {
+        const char *name, *text;
+    } good[] = {
+        {"t.json", "[\n {\"instruction\": \"caf\u00e9 \\\"q\\\"\", \"output\": \"\u65e5\u672c\"},\n {\"a\": [1, {\"b\": null}]}\n]\n"},
+        {"t.jsonl", "{\"text\": \"one\"}\n{\"text\": \"t\u00e9o\"}\n"},
+        {"t.csv", "a,b\r\n\"x,\"\"y\"\"\",\"multi\nline\"\r\nplain,\u00e9\n"},
+    };
+    for (size_t g = 0; g < sizeof good / sizeof good[0]; g++) {
+        size_t len = strlen(good[g].text), full_n = 0;
+        CHECK_EQ_INT(read_all(put(good[g].name, good[g].text, len), DATASET_TYPE_AUTO, &full_n, NULL), 0);
+        for (size_t cut = 0; cut < len; cut++) {
+            size_t n;
+            const char *p = put(good[g].name, good[g].text, cut);
+            int rc = read_all(p, DATASET_TYPE_AUTO, &n, NULL);
+            if (rc) {
+                CHECK_EQ_INT(rc, ERR_DATA);
+                CHECK(strstr(err_msg(), good[g].name) != NULL);
+            }
+            CHECK(n <= full_n);
+        }
+    }
+}
+
 int main(void) {
     if (!mkdtemp(tmpdir)) return 1;
     RUN(test_json_array);
@@ -201,6 +233,7 @@ int main(void) {
     RUN(test_csv);
     RUN(test_text);
     RUN(test_glob);
+    RUN(test_truncated_files);
     fs_rm_rf(tmpdir);
     return test_summary();
 }

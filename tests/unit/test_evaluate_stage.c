@@ -17,6 +17,8 @@ extern const stage_kind stage_kind_attach_lora, stage_kind_train, stage_kind_eva
 static char root[256];
 static char *model_art, *data_art, *lora_art, *train_art;
 
+static json_t *data_manifest; /* the data input's manifest (NULL: none) */
+
 static int run_stage(const stage_kind *k, json_t *params, const char *out, json_t **report, json_t **metrics,
                      json_t *hooks) {
     stage_ctx ctx;
@@ -25,7 +27,10 @@ static int run_stage(const stage_kind *k, json_t *params, const char *out, json_
     if (json_object_get(params, "adapter"))
         fix_input(&ctx, "adapter", k == &stage_kind_train ? "attach_lora" : "train",
                   k == &stage_kind_train ? lora_art : train_art);
-    if (json_object_get(params, "data")) fix_input(&ctx, "data", "dataset", data_art);
+    if (json_object_get(params, "data")) {
+        fix_input(&ctx, "data", "dataset", data_art);
+        ctx.inputs[ctx.n_inputs - 1].manifest = data_manifest;
+    }
     ctx.hooks = hooks;
     fs_mkdir_p(out);
     int rc = k->check ? k->check(params) : 0;
@@ -89,6 +94,22 @@ TEST(test_evaluate_score_hook) {
     free(out);
 }
 
+/* record prompts are formatted as the data was: here the built-in alpaca template */
+TEST(test_evaluate_alpaca_prompts) {
+    char *out = fs_join(root, "eval3");
+    data_manifest = json_pack("{s:{s:s}}", "params", "format", "alpaca");
+    json_t *report = NULL;
+    json_t *p = json_pack("{s:s, s:s, s:[{s:s, s:s}], s:i, s:i}", "model", "m", "data", "d", "prompts", "instruction",
+                          "Sort the letters.", "input", "dbca", "max_new_tokens", 2, "score_records", 0);
+    CHECK_EQ_INT(run_stage(&stage_kind_evaluate, p, out, &report, NULL, NULL), 0);
+    const char *prompt = json_string_value(json_object_get(json_array_get(json_object_get(report, "generations"), 0), "prompt"));
+    CHECK(prompt && strstr(prompt, "Below is an instruction") == prompt && strstr(prompt, "dbca") != NULL);
+    json_decref(report);
+    json_decref(data_manifest);
+    data_manifest = NULL;
+    free(out);
+}
+
 TEST(test_generate_loop) {
     model_config c;
     char *mdir = fs_join(model_art, "model");
@@ -146,8 +167,8 @@ int main(void) {
     if (!rc) rc = fix_write_dataset(data_art, 96, 16);
     if (!rc)
         rc = run_stage(&stage_kind_attach_lora,
-                       json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "r", 8, "alpha", 16.0, "dropout", 0.0,
-                                 "targets", "all-linear", "seed", (json_int_t)5),
+                       json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "lora_r", 8, "lora_alpha", 16.0, "lora_dropout", 0.0,
+                                 "lora_target_modules", "all-linear", "seed", (json_int_t)5),
                        lora_art, NULL, NULL, NULL);
     if (!rc)
         rc = run_stage(&stage_kind_train,
@@ -158,6 +179,7 @@ int main(void) {
     if (rc) return 1;
     RUN(test_evaluate_side_by_side);
     RUN(test_evaluate_score_hook);
+    RUN(test_evaluate_alpaca_prompts);
     RUN(test_generate_loop);
     config_free(&c);
     free(model_art), free(data_art), free(lora_art), free(train_art);

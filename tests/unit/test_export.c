@@ -140,7 +140,7 @@ static void make_model(const char *dir, const char *arch) {
     init_model_write(&o, dir, NULL);
 }
 
-static void make_adapter(const char *dir, int64_t hidden, int64_t kv) {
+static void make_adapter(const char *dir, int64_t hidden, int64_t kv, int64_t inter) {
     peft_adapter a;
     peft_adapter_init(&a);
     a.r = 4;
@@ -150,7 +150,7 @@ static void make_adapter(const char *dir, int64_t hidden, int64_t kv) {
     peft_adapter_add_target(&a, "down_proj");
     char mod[96];
     for (int l = 0; l < 2; l++) {
-        struct { const char *m; int64_t in, out; } lin[] = {{"self_attn.q_proj", hidden, hidden}, {"self_attn.k_proj", hidden, kv}, {"mlp.down_proj", 96, hidden}};
+        struct { const char *m; int64_t in, out; } lin[] = {{"self_attn.q_proj", hidden, hidden}, {"self_attn.k_proj", hidden, kv}, {"mlp.down_proj", inter, hidden}};
         for (int k = 0; k < 3; k++) {
             snprintf(mod, sizeof mod, "model.layers.%d.%s", l, lin[k].m);
             peft_lora *p;
@@ -219,7 +219,7 @@ TEST(test_gguf_writer_layout) {
 TEST(test_export_all) {
     char *base = P("base"), *ad = P("adapter"), *out = P("out");
     make_model(base, "llama");
-    make_adapter(ad, 64, 32);
+    make_adapter(ad, 64, 32, 96);
     fs_mkdir_p(out);
     export_opts o = {.base = base, .adapter = ad, .formats = EXPORT_PEFT | EXPORT_MERGED | EXPORT_GGUF, .gguf_type = GGML_TYPE_F16, .threads = 2};
     CHECK_EQ_INT(export_run(&o, out), 0);
@@ -391,6 +391,33 @@ TEST(test_export_qwen2_and_nf4) {
     CHECK_EQ_INT(config_load(&c, mo), 0);
     CHECK(!c.quantized);
     config_free(&c);
+    /* NF4 base + adapter: the delta is added to the dequantized weight, in fp32 */
+    char *ad = P("nf4_adapter");
+    make_adapter(ad, 128, 64, 256);
+    merge_src *plain, *lora;
+    CHECK_EQ_INT(merge_open(&plain, "fixtures/bnb/tiny-llama-nf4", NULL, 1), 0);
+    CHECK_EQ_INT(merge_open(&lora, "fixtures/bnb/tiny-llama-nf4", ad, 2), 0);
+    if (plain && lora) {
+        const char *name = "model.layers.1.mlp.down_proj.weight";
+        float *w0 = malloc(128 * 256 * 4), *w1 = malloc(128 * 256 * 4);
+        CHECK_EQ_INT(merge_read(plain, name, w0), 0);
+        CHECK_EQ_INT(merge_read(lora, name, w1), 0);
+        const peft_lora *l = peft_adapter_find(merge_adapter(lora), "model.layers.1.mlp.down_proj");
+        CHECK(l != NULL);
+        double worst = 0;
+        for (int o2 = 0; l && o2 < 128; o2++)
+            for (int i = 0; i < 256; i++) {
+                double d = 0;
+                for (int k = 0; k < 4; k++) d += (double)l->B[o2 * 4 + k] * l->A[k * 256 + i];
+                worst = fmax(worst, fabs(w0[o2 * 256 + i] + 2.0 * d - w1[o2 * 256 + i]));
+            }
+        CHECK(worst < 1e-5);
+        free(w0);
+        free(w1);
+    }
+    merge_close(&plain);
+    merge_close(&lora);
+    free(ad);
     free(mo);
     free(base);
     free(out);
@@ -398,7 +425,7 @@ TEST(test_export_qwen2_and_nf4) {
 
 TEST(test_export_errors) {
     char *base = P("base"), *bad = P("bad_adapter"), *out = P("eout");
-    make_adapter(bad, 128, 64); /* made for a wider model */
+    make_adapter(bad, 128, 64, 96); /* made for a wider model */
     fs_mkdir_p(out);
     export_opts o = {.base = base, .adapter = bad, .formats = EXPORT_MERGED, .threads = 1};
     CHECK_EQ_INT(export_run(&o, out), ERR_DATA);

@@ -92,12 +92,14 @@ TEST(test_metrics_log) {
     free(s);
 
     setenv("QLORA_METRICS_LOG", csv, 1);
-    h = open_spec("{\"on_step\": \"../hooks/metrics_log.lua\", \"allow\": [\"io\"]}");
+    h = open_spec("{\"on_step\": \"../hooks/metrics_log.lua\", \"on_eval\": \"../hooks/metrics_log.lua\", \"allow\": [\"io\"]}");
     CHECK_EQ_INT(hooks_on_step(h, m1), 0);
-    CHECK_EQ_INT(hooks_on_step(h, m2), 0);
+    json_t *ev2 = json_pack("{s:i, s:f, s:s}", "step", 2, "val_loss", 2.0, "stage", "tr,ain");
+    CHECK_EQ_INT(hooks_on_eval(h, ev2), 0);
+    json_decref(ev2);
     hooks_free(&h);
     s = slurp(csv);
-    CHECK_EQ_STR(s, "event,loss,step\nstep,2.5,1\nstep,2.25,2\n");
+    CHECK_EQ_STR(s, "event,step,name,value\nstep,1,loss,2.5\neval,2,stage,\"tr,ain\"\neval,2,val_loss,2.0\n");
     free(s);
     unsetenv("QLORA_METRICS_LOG");
     json_decref(m1);

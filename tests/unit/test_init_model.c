@@ -256,6 +256,44 @@ TEST(test_malformed_corpus) {
     free(dir);
 }
 
+/* tokenizer.json files the tokfile reader must refuse with a message, not a crash */
+TEST(test_tokfile_rejects) {
+    const char *bad[] = {
+        "{",                                                                    /* bad JSON */
+        "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}",                      /* not BPE */
+        "{\"model\": {\"type\": \"BPE\"}}",                                      /* no vocab */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -1}}}",                /* bad id */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 0}}}",        /* two tokens, one id */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [3]}}", /* bad merge */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"ab\"]}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}, \"added_tokens\": [{\"id\": 0, \"content\": \"b\"}]}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}",                         /* empty */
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 99999999}}}",          /* absurd id */
+    };
+    char *dir = tmp_path("badtok"), *p;
+    fs_mkdir_p(dir);
+    p = fs_join(dir, "tokenizer.json");
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        fs_write_atomic(p, bad[i], strlen(bad[i]));
+        tokfile t;
+        int rc = tokfile_load(&t, dir);
+        if (rc != ERR_DATA) fprintf(stderr, "case %zu: %d\n", i, rc);
+        CHECK_EQ_INT(rc, ERR_DATA);
+        CHECK(strstr(err_msg(), "tokenizer.json") != NULL);
+    }
+    /* merges as pairs and as strings give the same list */
+    const char *pairs = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [[\"a\", \"b\"]]}}";
+    fs_write_atomic(p, pairs, strlen(pairs));
+    tokfile t;
+    CHECK_EQ_INT(tokfile_load(&t, dir), 0);
+    CHECK_EQ_INT(t.n_merges, 1);
+    CHECK_EQ_STR(t.merges[0], "a b");
+    CHECK_EQ_INT(tokfile_id(&t, "ab"), 2);
+    tokfile_free(&t);
+    free(p);
+    free(dir);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_init_model.%d", (int)getpid());
     fs_mkdir_p(tmpdir);
@@ -264,6 +302,7 @@ int main(void) {
     RUN(test_arches_and_tokenizer_dir);
     RUN(test_errors);
     RUN(test_malformed_corpus);
+    RUN(test_tokfile_rejects);
     fs_rm_rf(tmpdir);
     return test_summary();
 }

@@ -13,6 +13,7 @@
 #include "core/err.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "model/config.h"
 #include "model/llama.h"
 #include "test.h"
 
@@ -74,7 +75,7 @@ TEST(bnb_checkpoint_logits) {
         ids[t] = (int32_t)v;
     }
     const char *dirs[2] = {"fixtures/bnb/tiny-llama-nf4", "fixtures/bnb/tiny-llama-bf16"};
-    float *logits = malloc(sizeof(float) * (size_t)(T * V));
+    float *logits = malloc(sizeof(float) * (size_t)(T * V)), *first = malloc(sizeof(float) * (size_t)(T * V));
     for (int d = 0; d < 2; d++) {
         llama_model *m = NULL;
         int rc = llama_load(&m, dirs[d], NULL, ops_cpu());
@@ -88,8 +89,14 @@ TEST(bnb_checkpoint_logits) {
         /* bitsandbytes computed in bf16: ~3 significant digits */
         fprintf(stderr, "  %s: logits rel err vs bitsandbytes %.2e\n", dirs[d], e);
         CHECK(e < 2e-2);
+        if (d == 0) memcpy(first, logits, sizeof(float) * (size_t)(T * V));
         llama_free(&m);
     }
+    /* our quantization at load reproduces bitsandbytes' (up to its torch-mean double-quant offset) */
+    double e = rel_err(logits, first, (int64_t)T * V);
+    fprintf(stderr, "  bf16 quantized at load vs the bitsandbytes checkpoint: logits rel err %.2e\n", e);
+    CHECK(e < 1e-3);
+    free(first);
     free(logits);
     st_close(&st);
 }
@@ -116,6 +123,8 @@ TEST(checkpointing_changes_nothing) {
     CHECK(la == lc);
     CHECK(!memcmp(ga, gc, sizeof(float) * (size_t)a->n_lora_params));
     CHECK(c->act_bytes < a->act_bytes);
+    CHECK(llama_plan_bytes(a, T, LLAMA_CKPT_EVERY) == c->act_bytes);
+    CHECK(llama_plan_bytes(c, T, LLAMA_CKPT_NONE) == a->act_bytes);
     /* another dropout seed draws another mask */
     grads_of(c, &b, 78, gc, &lc);
     CHECK(la != lc);
@@ -224,11 +233,31 @@ TEST(bad_inputs) {
     CHECK(llama_targets_parse(&mask, bad, 1) == ERR_USAGE);
 }
 
+TEST(rope_scaling_linear) {
+    model_config c;
+    CHECK(config_load(&c, QWEN2_DIR) == 0);
+    float base[8], lin[8];
+    for (int k = 0; k < 2; k++) {
+        if (k) c.rope_type = ROPE_LINEAR, c.rope_factor = 4.0;
+        llama_model *m = NULL;
+        CHECK(llama_init(&m, &c, QWEN2_DIR, NULL, ops_cpu()) == 0);
+        if (!m) return;
+        CHECK(m->hd == 16);
+        m->ops->download(k ? lin : base, m->inv_freq, sizeof base);
+        llama_free(&m);
+    }
+    CHECK_NEAR(base[0], 1.0, 1e-7);
+    CHECK_NEAR(base[1], pow(1e6, -2.0 / 16), 1e-7);
+    for (int i = 0; i < 8; i++) CHECK_NEAR(lin[i], base[i] / 4, 1e-7);
+    config_free(&c);
+}
+
 int main(void) {
     RUN(bnb_checkpoint_logits);
     RUN(checkpointing_changes_nothing);
     RUN(model_grad_with_dropout);
     RUN(kv_cache_matches_forward);
     RUN(bad_inputs);
+    RUN(rope_scaling_linear);
     return test_summary();
 }

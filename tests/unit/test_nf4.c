@@ -332,6 +332,33 @@ TEST(nonfinite_reported_at_first_index) {
     free(h);
 }
 
+TEST(quantize_err_matches_dequantize) {
+    int64_t n = 200003; /* a partial last block */
+    float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) x[i] = rnd_normal() * 0.02f;
+    int64_t nb = nf4_nblocks(n, 64);
+    uint8_t *c1 = malloc((size_t)nf4_packed_bytes(n)), *c2 = malloc((size_t)nf4_packed_bytes(n));
+    float *a1 = malloc((size_t)nb * 4), *a2 = malloc((size_t)nb * 4), *rec = malloc((size_t)nb * 4);
+    for (int qt = 0; qt < 2; qt++) {
+        double err[2];
+        nf4_quantize(c2, a2, x, NF4_SRC_F32, n, 64, qt, 1);
+        for (int64_t b = 0; b < nb; b++) rec[b] = a2[b] * 1.001f; /* a stored absmax that differs */
+        for (int with_rec = 0; with_rec < 2; with_rec++) {
+            CHECK_EQ_INT(nf4_quantize_err(c1, a1, x, NF4_SRC_F32, n, 64, qt, 2, with_rec ? rec : NULL, err), -1);
+            CHECK(memcmp(c1, c2, (size_t)nf4_packed_bytes(n)) == 0);
+            nf4_dequantize_ref(y, c1, with_rec ? rec : a1, nf4_quant_map(qt), 64, 0, n);
+            double e = 0, r = 0;
+            for (int64_t i = 0; i < n; i++) {
+                e += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+                r += (double)x[i] * x[i];
+            }
+            CHECK_NEAR(err[0], e, e * 1e-5);
+            CHECK_NEAR(err[1], r, r * 1e-5);
+        }
+    }
+    free(x); free(y); free(c1); free(c2); free(a1); free(a2); free(rec);
+}
+
 TEST(blocksizes) {
     CHECK(nf4_blocksize_valid(32) && nf4_blocksize_valid(64) && nf4_blocksize_valid(4096));
     CHECK(!nf4_blocksize_valid(16) && !nf4_blocksize_valid(96) && !nf4_blocksize_valid(8192));
@@ -343,6 +370,7 @@ int main(void) {
     RUN(fast_equals_ref_all_blocksizes);
     RUN(dequant_rows);
     RUN(nonfinite_reported_at_first_index);
+    RUN(quantize_err_matches_dequantize);
     RUN(blocksizes);
     return test_summary();
 }

@@ -25,8 +25,8 @@
 #include "test.h"
 
 #ifdef QLORA_HAVE_CUDA
+#include "kernels/cuda/cuda_ext.h"
 #include "kernels/cuda/nf4_cuda.h"
-#endif
 
 static const ops_table *cpu, *gpu;
 static uint64_t g_seed;
@@ -166,7 +166,6 @@ static void check_close(const char *what, const tens *out, double eps, double at
 
 /* ---- NF4 ---- */
 
-#ifdef QLORA_HAVE_CUDA
 TEST(nf4_dequant_bit_identical) {
     const int64_t sizes[] = {1, 7, 64, 1000, 4097, 65536 + 24, 4096 * 33 + 5};
     const int blocks[] = {32, 64, 128, 4096};
@@ -210,6 +209,48 @@ TEST(nf4_dequant_bit_identical) {
     gpu->free(qm_d);
 }
 
+/* double-quantized absmax de-nested in the kernel: the same bits as de-nesting on the CPU first */
+TEST(nf4_dequant_double_quant_bit_identical) {
+    const int64_t sizes[] = {64, 4096 * 3 + 7, 256 * 64 * 5 + 64 * 3, 1 << 20};
+    const float *qm = nf4_quant_map(OPS_NF4);
+    float map[NF4_DYNAMIC_MAP_SIZE];
+    nf4_dynamic_map(map);
+    float *qm_d = gpu->alloc(64), *map_d = gpu->alloc(sizeof map);
+    gpu->upload(qm_d, qm, 64);
+    gpu->upload(map_d, map, sizeof map);
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        int64_t n = sizes[si], nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n);
+        int64_t nn = (nb + NF4_NESTED_BLOCKSIZE - 1) / NF4_NESTED_BLOCKSIZE;
+        uint8_t *codes = malloc((size_t)bytes), *aq = malloc((size_t)nb);
+        float *absmax = malloc(sizeof(float) * (size_t)nb), *nested = malloc(sizeof(float) * (size_t)nn);
+        float *ref = malloc(sizeof(float) * (size_t)n);
+        for (int64_t i = 0; i < bytes; i++) codes[i] = (uint8_t)rnd_u64();
+        for (int64_t b = 0; b < nb; b++) absmax[b] = 0.01f + 0.05f * rnd_uniform();
+        float offset = nf4_absmax_mean(absmax, nb);
+        nf4_double_quant(aq, nested, absmax, nb, offset, map);
+        nf4_double_dequant(absmax, aq, nested, map, nb, offset);
+        nf4_dequantize_ref(ref, codes, absmax, qm, 64, 0, n);
+        uint8_t *cd = gpu->alloc((size_t)bytes), *aqd = gpu->alloc((size_t)nb);
+        float *nd = gpu->alloc(sizeof(float) * (size_t)nn);
+        uint16_t *od = gpu->alloc(sizeof(uint16_t) * (size_t)n), *got = malloc(sizeof(uint16_t) * (size_t)n);
+        gpu->upload(cd, codes, (size_t)bytes);
+        gpu->upload(aqd, aq, (size_t)nb);
+        gpu->upload(nd, nested, sizeof(float) * (size_t)nn);
+        nf4_cuda_dequant_dq_bf16(od, cd, aqd, nd, map_d, offset, qm_d, n, 64);
+        gpu->download(got, od, sizeof(uint16_t) * (size_t)n);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += got[i] != f32_to_bf16(ref[i]);
+        if (bad) {
+            test_cur_failed = 1;
+            test_failed_checks++;
+            fprintf(stderr, "  double-quant dequant n=%lld: %lld elements differ\n", (long long)n, (long long)bad);
+        }
+        free(codes), free(aq), free(absmax), free(nested), free(ref), free(got);
+        gpu->free(cd), gpu->free(aqd), gpu->free(nd), gpu->free(od);
+    }
+    gpu->free(qm_d), gpu->free(map_d);
+}
+
 TEST(nf4_quantize_same_bytes) {
     const int64_t sizes[] = {1, 63, 64, 1001, 70000};
     const int blocks[] = {32, 64, 256};
@@ -245,7 +286,6 @@ TEST(nf4_quantize_same_bytes) {
         }
     gpu->free(qm_d);
 }
-#endif
 
 /* ---- elementwise ---- */
 
@@ -354,7 +394,8 @@ static int32_t *make_seq_start(int T, int packed) {
     return ss;
 }
 
-TEST(attention) {
+/* both kernel families (cuda_ext.h), each against the reference */
+static void attention_check(void) {
     /* T, nh, nkv, hd, packed */
     const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
@@ -394,7 +435,7 @@ TEST(attention) {
     }
 }
 
-TEST(attention_cached) {
+static void attention_cached_check(void) {
     /* Tq, Tk, nh, nkv, hd */
     const int cfgs[][5] = {{1, 17, 4, 2, 64}, {5, 200, 8, 2, 128}, {64, 64, 2, 2, 64}, {3, 130, 2, 1, 32}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
@@ -407,6 +448,16 @@ TEST(attention_cached) {
         check_close("attention_cached", &out, EPS_BF, 2e-2);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out);
     }
+}
+
+TEST(attention) {
+    for (int kernel = 0; kernel < 2; kernel++) {
+        cuda_attention_select(kernel);
+        fprintf(stderr, "  kernels: %s\n", cuda_attention_name(kernel));
+        attention_check();
+        attention_cached_check();
+    }
+    cuda_attention_select(CUDA_ATTN_MMA);
 }
 
 /* ---- NF4 linear with LoRA ---- */
@@ -558,7 +609,17 @@ TEST(adamw_norm_scale) {
     }
 }
 
+#else
+/* a build without CUDA promises no backend (ops.h) */
+TEST(no_cuda_backend) { CHECK(ops_cuda() == NULL); }
+#endif /* QLORA_HAVE_CUDA */
+
 int main(void) {
+#ifndef QLORA_HAVE_CUDA
+    printf("built without CUDA: GPU op tests skipped\n");
+    RUN(no_cuda_backend);
+    return test_summary();
+#else
     cpu = ops_cpu();
     gpu = ops_cuda();
     if (!gpu) {
@@ -568,18 +629,17 @@ int main(void) {
     const char *env = getenv("QLORA_TEST_SEED");
     g_seed = env ? strtoull(env, NULL, 0) : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
     fprintf(stderr, "seed %llu (QLORA_TEST_SEED repeats it)\n", (unsigned long long)g_seed);
-#ifdef QLORA_HAVE_CUDA
     RUN(nf4_dequant_bit_identical);
+    RUN(nf4_dequant_double_quant_bit_identical);
     RUN(nf4_quantize_same_bytes);
-#endif
     RUN(embedding);
     RUN(rmsnorm);
     RUN(add_swiglu);
     RUN(rope);
     RUN(attention);
-    RUN(attention_cached);
     RUN(qlinear);
     RUN(xent_and_logits);
     RUN(adamw_norm_scale);
     return test_summary();
+#endif
 }

@@ -11,6 +11,9 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "formats/peft.h"
+#include "formats/peft.h"
+#include "model/llama_peft.h"
+#include "model/llama_trainer.h"
 #include "model/trainer.h"
 #include "test.h"
 #include "train_fixture.h"
@@ -195,6 +198,57 @@ TEST(test_train_lr_hook) {
     free(log), free(work), free(out), free(hook), free(work2), free(out2);
 }
 
+/* with the real engine: one step of 2 micro-batches x 1 row and of 1 x 2 rows give the same
+ * gradient (the loss is normalised by the target tokens of the whole step) */
+static float *one_step_grads(int mb, int accum, int64_t *n) {
+    model_config c;
+    char *mdir = fs_join(model_art, "model"), *adir = fs_join(lora_art, "adapter");
+    peft_adapter ad;
+    llama_model *m = NULL;
+    train_data tr = {0};
+    float *g = NULL;
+    if (config_load(&c, mdir) || peft_adapter_load(&ad, adir)) return NULL;
+    if (!llama_init(&m, &c, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops_cpu()) && !llama_peft_attach(m, &ad, adir) &&
+        !llama_plan(m, 64, LLAMA_CKPT_NONE) && !train_data_open(&tr, data_art, "train")) {
+        /* a nonzero B, so that every LoRA tensor gets a gradient */
+        float *p = malloc(sizeof(float) * (size_t)m->n_lora_params);
+        for (int64_t i = 0; i < m->n_lora_params; i++) p[i] = 0.05f * rng_normal(9, 0, (uint64_t)i);
+        ops_cpu()->upload(m->lora_params, p, sizeof(float) * (size_t)m->n_lora_params);
+        free(p);
+        trainer_model tm;
+        llama_trainer_bind(m, &tm);
+        trainer_config tc = {.learning_rate = 1e-3, .micro_batch_size = mb, .gradient_accumulation_steps = accum,
+                             .max_steps = 1, .adam_beta1 = 0.9, .adam_beta2 = 0.999, .adam_epsilon = 1e-8,
+                             .seed = 3};
+        trainer_result res;
+        if (!trainer_run(&tc, ops_cpu(), &tm, &tr, NULL, NULL, &res)) {
+            *n = m->n_lora_params;
+            g = malloc(sizeof(float) * (size_t)*n);
+            memcpy(g, m->lora_grads, sizeof(float) * (size_t)*n);
+        }
+    }
+    train_data_free(&tr);
+    llama_free(&m);
+    peft_adapter_free(&ad);
+    config_free(&c);
+    free(mdir), free(adir);
+    return g;
+}
+
+TEST(test_train_accumulation_engine) {
+    int64_t n1 = 0, n2 = 0;
+    float *a = one_step_grads(1, 2, &n1), *b = one_step_grads(2, 1, &n2);
+    CHECK(a && b && n1 == n2);
+    double maxd = 0, maxg = 0;
+    for (int64_t i = 0; a && b && i < n1; i++) {
+        maxd = fmax(maxd, fabs((double)a[i] - b[i]));
+        maxg = fmax(maxg, fabs((double)a[i]));
+    }
+    CHECK(maxg > 0);
+    CHECK(maxd <= 1e-5 * maxg);
+    free(a), free(b);
+}
+
 int main(void) {
     snprintf(root, sizeof root, "/tmp/qlora-test-train-%d", (int)getpid());
     fs_rm_rf(root);
@@ -207,8 +261,8 @@ int main(void) {
     int rc = fix_write_model(model_art, &c, 3);
     if (!rc) rc = fix_write_dataset(data_art, 96, 16);
     stage_ctx ctx;
-    json_t *lp = json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "r", 8, "alpha", 16.0, "dropout", 0.0,
-                           "targets", "all-linear", "seed", (json_int_t)5);
+    json_t *lp = json_pack("{s:s, s:i, s:f, s:f, s:[s], s:I}", "model", "m", "lora_r", 8, "lora_alpha", 16.0, "lora_dropout", 0.0,
+                           "lora_target_modules", "all-linear", "seed", (json_int_t)5);
     fix_ctx(&ctx, &stage_kind_attach_lora, "lora", lp, lora_art, NULL);
     fix_input(&ctx, "model", "init_model", model_art);
     if (!rc) rc = stage_kind_attach_lora.run(&ctx);
@@ -218,6 +272,7 @@ int main(void) {
         fprintf(stderr, "fixture: %s\n", err_msg());
         return 1;
     }
+    RUN(test_train_accumulation_engine);
     RUN(test_train_loss_falls);
     RUN(test_train_kill_resume);
     RUN(test_train_sigint);

@@ -1,0 +1,50 @@
+// attention_common.cuh: what the two attention kernel families (attention_tiled.cu,
+// attention_mma.cu) share: tile loading, constants, and their launchers, which attention.cu
+// dispatches to. Shapes and conventions as in ops.h: q [Tq, nh*hd], k/v [Tk, nkv*hd], lse
+// [nh, Tq] in natural log; query i sits at key position q_off + i and attends to keys
+// [seq_start[i] (0 when seq_start is NULL), q_off + i]. Head dims up to 128 are zero-padded to
+// 64 or 128 on load. Backward kernels accumulate dq in fp32 (dq_acc, zeroed by the caller)
+// and take D[h, t] = sum_d dout * out precomputed.
+#ifndef KERNELS_CUDA_ATTENTION_COMMON_CUH
+#define KERNELS_CUDA_ATTENTION_COMMON_CUH
+
+#include "launch.cuh"
+
+#include <limits.h>
+
+static const float LOG2E = 1.4426950408889634f;
+static const float LN2 = 0.6931471805599453f;
+
+// rows x HDP tile into shared memory (row stride ldd), zero beyond rows_valid and hd; 16-byte
+// loads when vec (hd % 8 == 0 and 16-byte aligned rows)
+template <int HDP>
+__device__ __forceinline__ void load_tile(bf16 *dst, int ldd, const bf16 *src, int64_t lds, int rows, int rows_valid,
+                                          int hd, bool vec) {
+    if (vec) {
+        const int CH = HDP / 8;
+        for (int i = threadIdx.x; i < rows * CH; i += blockDim.x) {
+            int r = i / CH, c = (i % CH) * 8;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (r < rows_valid && c < hd) val = *reinterpret_cast<const uint4 *>(src + (int64_t)r * lds + c);
+            *reinterpret_cast<uint4 *>(dst + r * ldd + c) = val;
+        }
+    } else {
+        for (int i = threadIdx.x; i < rows * HDP; i += blockDim.x) {
+            int r = i / HDP, c = i % HDP;
+            dst[r * ldd + c] = (r < rows_valid && c < hd) ? src[(int64_t)r * lds + c] : __float2bfloat16_rn(0.0f);
+        }
+    }
+}
+
+void attn_tiled_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec);
+void attn_tiled_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
+                    const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
+                    int hd, int vec);
+void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                  int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec);
+void attn_mma_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
+                  const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
+                  int hd, int vec);
+
+#endif

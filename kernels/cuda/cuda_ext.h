@@ -1,0 +1,31 @@
+/* cuda_ext.h: what the CUDA backend offers beyond the op table (kernels/ops.h), for tests,
+ * benchmarks and the training stage's start-up report. C-callable; device code stays internal. */
+#ifndef KERNELS_CUDA_CUDA_EXT_H
+#define KERNELS_CUDA_CUDA_EXT_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Live and peak bytes allocated through ops_cuda()'s alloc and the ops' own scratch (what
+ * torch.cuda.max_memory_allocated counts; the CUDA context is not included). */
+void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes);
+void cuda_mem_reset_peak(void);
+/* the cudaStream_t every op runs on (for events and graph capture in benchmarks) */
+void *cuda_stream_handle(void);
+
+/* The attention kernels: CUDA_ATTN_MMA (default: register-resident FlashAttention-2 order on
+ * mma.sync tensor-core instructions) or CUDA_ATTN_TILED (the first, simpler tiled kernels on
+ * WMMA with shared-memory accumulators, kept as a cross-check). The environment variable
+ * QLORA_CUDA_ATTENTION=tiled|mma sets the initial choice. */
+enum cuda_attn_kernel { CUDA_ATTN_MMA = 0, CUDA_ATTN_TILED = 1 };
+void cuda_attention_select(int kernel);
+int cuda_attention_selected(void);
+const char *cuda_attention_name(int kernel);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

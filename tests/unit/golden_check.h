@@ -1,0 +1,275 @@
+/* golden_check.h: the golden comparison shared by test_golden (ops_cpu, tight tolerances) and
+ * test_golden_gpu (ops_cuda, bf16 tolerances); the cases and files are described in
+ * test_golden.c. Include once, from a test file (static functions). */
+#ifndef TESTS_GOLDEN_CHECK_H
+#define TESTS_GOLDEN_CHECK_H
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/err.h"
+#include "core/half.h"
+#include "core/rng.h"
+#include "formats/safetensors.h"
+#include "model/config.h"
+#include "model/llama.h"
+#include "test.h"
+
+#define GT 24     /* tokens in the row */
+#define GSPLIT 13 /* the packed row: [0, 13) and [13, 24) */
+#define ADAM_STEPS 10
+#define ADAM_LR 1e-2f
+#define ADAM_WD 0.01f
+
+typedef struct gmodel {
+    const char *name, *dir; /* checkpoint dir, relative to tests/ */
+    int r;
+    float alpha;
+    bool rslora;
+    uint32_t targets;
+} gmodel;
+
+static const gmodel models[] = {
+    {"llama", "fixtures/bnb/tiny-llama-bf16", 4, 8.0f, false, LLAMA_TARGETS_ALL},
+    {"qwen2", "golden/qwen2-tiny", 8, 16.0f, true,
+     (1u << LLAMA_Q) | (1u << LLAMA_V) | (1u << LLAMA_O) | (1u << LLAMA_UP) | (1u << LLAMA_DOWN)},
+};
+
+static int model_config_of(const gmodel *g, model_config *c) {
+    int rc = config_load(c, g->dir);
+    if (rc) return rc;
+    if (!strcmp(g->name, "llama")) { /* exercise llama3 scaling: its middle band covers some of hd=32 */
+        c->rope_type = ROPE_LLAMA3;
+        c->rope_factor = 8.0;
+        c->rope_low_freq_factor = 1.0;
+        c->rope_high_freq_factor = 4.0;
+        c->rope_original_max_position = 64;
+    }
+    return 0;
+}
+
+/* the batch: ids from a fixed stream; a masked prompt at the start of each sequence */
+static void golden_batch(int V, int32_t *ids, int32_t *labels, int32_t *seq_start, bool packed) {
+    for (int t = 0; t < GT; t++) {
+        ids[t] = (int32_t)(rng_u64(2024, 1, (uint64_t)t) % (uint64_t)V);
+        labels[t] = ids[t];
+        seq_start[t] = packed && t >= GSPLIT ? GSPLIT : 0;
+    }
+    for (int t = 0; t < 4; t++) labels[t] = -100;
+    for (int t = GSPLIT; t < GSPLIT + 3; t++) labels[t] = -100;
+}
+
+/* fp32 host copy of a whole tensor of the loaded model, dequantizing NF4 linears */
+static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
+    int64_t numel = t->ndim == 2 ? t->shape[0] * t->shape[1] : t->shape[0];
+    float *f = malloc(sizeof(float) * (size_t)numel);
+    const ops_table *o = m->ops;
+    const uint16_t *dense = NULL;
+    char prefix[96];
+    int l = t->layer;
+    if (t->role == TROLE_LINEAR || t->role == TROLE_BIAS) {
+        for (int k = 0; k < LLAMA_NTARGETS; k++) {
+            snprintf(prefix, sizeof prefix, "model.layers.%d.%s.", l, llama_target_path((llama_target)k));
+            if (strncmp(t->name, prefix, strlen(prefix))) continue;
+            const llama_linear *lin = &m->layers[l].lin[k];
+            if (t->role == TROLE_BIAS) {
+                dense = lin->bias;
+                break;
+            }
+            /* download the packed codes and absmax, dequantize on the host */
+            int64_t nb = (numel + lin->w.blocksize - 1) / lin->w.blocksize;
+            uint8_t *codes = malloc((size_t)(numel + 1) / 2);
+            float *absmax = malloc(sizeof(float) * (size_t)nb), qm[16];
+            o->download(codes, lin->w.codes, (size_t)(numel + 1) / 2);
+            o->download(absmax, lin->w.absmax, sizeof(float) * (size_t)nb);
+            o->download(qm, lin->w.quant_map, sizeof qm);
+            ops_nf4 h = lin->w;
+            h.codes = codes, h.absmax = absmax, h.quant_map = qm;
+            ops_nf4_dequant_rows(&h, 0, h.rows, f);
+            free(codes);
+            free(absmax);
+            return f;
+        }
+    } else if (t->role == TROLE_EMBED) {
+        dense = m->embed;
+    } else if (t->role == TROLE_LM_HEAD) {
+        dense = m->lm_head;
+    } else if (!strcmp(t->name, "model.norm.weight")) {
+        dense = m->final_norm;
+    } else if (strstr(t->name, "input_layernorm")) {
+        dense = m->layers[l].attn_norm;
+    } else {
+        dense = m->layers[l].mlp_norm;
+    }
+    uint16_t *h = malloc(2 * (size_t)numel);
+    o->download(h, dense, 2 * (size_t)numel);
+    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]);
+    free(h);
+    return f;
+}
+
+/* weights: g's bf16 checkpoint quantized at load (making inputs), or the inputs file itself */
+static llama_model *golden_model(const gmodel *g, model_config *c, const char *weights, const ops_table *ops) {
+    llama_model *m = NULL;
+    /* Re-quantizing dequantized NF4 weights without double quant is the identity (each block's
+     * absmax is its largest |w|, a code of +-1, and every w/absmax is a code value), so loading
+     * the inputs file gives bit for bit the weights torch used, whatever our quantizer does now. */
+    llama_load_opts opts = {.blocksize = 64, .double_quant = weights == NULL};
+    if (model_config_of(g, c) || llama_init(&m, c, weights ? weights : g->dir, &opts, ops)) {
+        fprintf(stderr, "%s: %s\n", g->name, err_msg());
+        return NULL;
+    }
+    llama_lora_config lc = {.r = g->r, .alpha = g->alpha, .dropout = 0.0f, .rslora = g->rslora, .targets = g->targets};
+    if (llama_lora_attach(m, &lc)) {
+        fprintf(stderr, "%s: %s\n", g->name, err_msg());
+        llama_free(&m);
+    }
+    return m;
+}
+
+/* ---- the comparison ---- */
+
+static double rel_err(const float *ours, const float *ref, int64_t n) {
+    double num = 0, den = 1e-30;
+    for (int64_t i = 0; i < n; i++) {
+        num = fmax(num, fabs((double)ours[i] - ref[i]));
+        den = fmax(den, fabs((double)ref[i]));
+    }
+    return num / den;
+}
+
+static const float *golden_f32(st_model *st, const char *name, int64_t numel) {
+    const st_tensor *t = st_find(st, name);
+    if (!t || t->dtype != ST_F32 || st_numel(t) != numel) {
+        fprintf(stderr, "golden file lacks '%s' (F32, %lld elements)\n", name, (long long)numel);
+        return NULL;
+    }
+    return (const float *)t->data;
+}
+
+/* tolerances (relative errors, see test_golden.c); the CPU reference uses the tightest */
+typedef struct golden_tol {
+    double inv_freq, logits, loss, grads, curve;
+} golden_tol;
+#define GOLDEN_TOL_CPU ((golden_tol){1e-6, 1e-4, 1e-4, 1e-3, 1e-3})
+
+static void check_case(const gmodel *g, bool packed, const ops_table *ops, golden_tol tol) {
+    char path[128];
+    snprintf(path, sizeof path, "golden/%s_inputs.safetensors", g->name);
+    st_model *in = NULL, *gold = NULL;
+    if (st_open(&in, path)) {
+        fprintf(stderr, "%s\n", err_msg());
+        CHECK(0);
+        return;
+    }
+    snprintf(path, sizeof path, "golden/%s%s_golden.safetensors", g->name, packed ? "_packed" : "");
+    if (st_open(&gold, path)) {
+        fprintf(stderr, "%s\n", err_msg());
+        st_close(&in);
+        CHECK(0);
+        return;
+    }
+    model_config c;
+    snprintf(path, sizeof path, "golden/%s_inputs.safetensors", g->name);
+    llama_model *m = golden_model(g, &c, path, ops);
+    CHECK(m != NULL);
+    if (!m) goto out;
+    /* the weights torch used, bit for bit */
+    config_tensor *ts;
+    size_t n;
+    config_tensors(&c, &ts, &n);
+    for (size_t i = 0; i < n; i++) {
+        int64_t numel = ts[i].ndim == 2 ? ts[i].shape[0] * ts[i].shape[1] : ts[i].shape[0];
+        float *f = model_tensor_f32(m, &ts[i]);
+        const float *ref = golden_f32(in, ts[i].name, numel);
+        bool same = ref && !memcmp(f, ref, sizeof(float) * (size_t)numel);
+        if (!same) fprintf(stderr, "  %s: differs from the inputs file (rel err %.2e)\n", ts[i].name, ref ? rel_err(f, ref, numel) : 1.0);
+        CHECK(same);
+        free(f);
+    }
+    free(ts);
+    /* LoRA A/B from the inputs file */
+    float *lp = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        const float *src = golden_f32(in, t->name, t->rows * t->cols);
+        CHECK(src != NULL);
+        if (src) memcpy(lp + t->offset, src, sizeof(float) * (size_t)(t->rows * t->cols));
+    }
+    m->ops->upload(m->lora_params, lp, sizeof(float) * (size_t)m->n_lora_params);
+    /* the packed case also exercises checkpointing: recomputed layers must give the same gradients */
+    CHECK(llama_plan(m, GT, packed ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE) == 0);
+    int32_t ids[GT], labels[GT], ss[GT];
+    golden_batch(m->V, ids, labels, ss, packed);
+    llama_batch b = {.ids = ids, .labels = labels, .seq_start = ss, .T = GT};
+
+    float inv[64];
+    m->ops->download(inv, m->inv_freq, sizeof(float) * (size_t)(m->hd / 2));
+    const float *ginv = golden_f32(gold, "inv_freq", m->hd / 2);
+    CHECK(ginv && rel_err(inv, ginv, m->hd / 2) <= tol.inv_freq);
+
+    float *logits = malloc(sizeof(float) * (size_t)GT * (size_t)m->V);
+    CHECK(llama_forward_logits(m, &b, logits) == 0);
+    const float *glog = golden_f32(gold, "logits", (int64_t)GT * m->V);
+    double e = glog ? rel_err(logits, glog, (int64_t)GT * m->V) : 1;
+    fprintf(stderr, "  %s%s: logits rel err %.2e\n", g->name, packed ? " packed" : "", e);
+    CHECK(e <= tol.logits);
+
+    int64_t nt = llama_count_targets(&b), nt2;
+    double loss_sum;
+    llama_lora_zero_grads(m);
+    CHECK(llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2) == 0);
+    CHECK_EQ_INT(nt, nt2);
+    float loss = (float)(loss_sum / (double)nt);
+    const float *gloss = golden_f32(gold, "loss", 1);
+    e = gloss ? fabs(loss - gloss[0]) / fabs(gloss[0]) : 1;
+    fprintf(stderr, "  %s%s: loss %.6f (torch %.6f) rel err %.2e\n", g->name, packed ? " packed" : "", loss,
+            gloss ? gloss[0] : 0.0f, e);
+    CHECK(e <= tol.loss);
+
+    float *grads = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    m->ops->download(grads, m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
+    double worst = 0;
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        char name[200];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        const float *gg = golden_f32(gold, name, t->rows * t->cols);
+        double ek = gg ? rel_err(grads + t->offset, gg, t->rows * t->cols) : 1;
+        if (ek > tol.grads) fprintf(stderr, "  %s: rel err %.2e\n", name, ek);
+        worst = fmax(worst, ek);
+    }
+    fprintf(stderr, "  %s%s: worst LoRA gradient rel err %.2e over %d tensors\n", g->name, packed ? " packed" : "",
+            worst, m->n_lora_tensors);
+    CHECK(worst <= tol.grads);
+
+    /* 10 AdamW steps on the same batch; the loss before each step */
+    const float *gcurve = golden_f32(gold, "adam_losses", ADAM_STEPS);
+    float curve[ADAM_STEPS];
+    for (int s = 0; s < ADAM_STEPS; s++) {
+        llama_lora_zero_grads(m);
+        llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2);
+        curve[s] = (float)(loss_sum / (double)nt);
+        m->ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, ADAM_LR, 0.9f, 0.999f,
+                      1e-8f, ADAM_WD, s + 1);
+    }
+    e = gcurve ? rel_err(curve, gcurve, ADAM_STEPS) : 1;
+    fprintf(stderr, "  %s%s: adam curve %.5f -> %.5f (torch %.5f -> %.5f) rel err %.2e\n", g->name,
+            packed ? " packed" : "", curve[0], curve[ADAM_STEPS - 1], gcurve ? gcurve[0] : 0.0f,
+            gcurve ? gcurve[ADAM_STEPS - 1] : 0.0f, e);
+    CHECK(e <= tol.curve);
+    CHECK(curve[ADAM_STEPS - 1] < curve[0]);
+    free(grads);
+    free(logits);
+    free(lp);
+    config_free(&c);
+    llama_free(&m);
+out:
+    st_close(&in);
+    st_close(&gold);
+}
+
+#endif
