@@ -75,7 +75,7 @@ hub_add_api() { # kind repo rev commit files...
 hub_branch() { echo "~^/$1$2/resolve/$3/ $4;" >> "$HUB_T/map.commit"; }
 
 hub_start() {
-    hub_free_port; HUB_PORT=$HUB_FREE_PORT
+    [ -n "${HUB_PORT:-}" ] || { hub_free_port; HUB_PORT=$HUB_FREE_PORT; } # a caller may pick it first
     HUB_ENDPOINT=http://127.0.0.1:$HUB_PORT
     cat > "$HUB_T/hubhdrs.conf" <<EOF
 etag off;

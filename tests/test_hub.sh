@@ -90,7 +90,8 @@ hub_branch datasets/ org/data main $C_data
 add_api datasets org/data main $C_data alpaca.json
 
 # ---- nginx: the hub, plus a backend (P3) and a CDN on another host (P2) ----
-hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT
+hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT; hub_free_port; P5=$HUB_FREE_PORT
+hub_free_port; HUB_PORT=$HUB_FREE_PORT # chosen here: the proxy below points at the hub
 # a certificate no system store trusts, for the TLS server
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/tls.key" -out "$T/tls.pem" -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 2> /dev/null
@@ -146,6 +147,12 @@ SERVERS="
         location /blobs/ { }
         location /org/flaky/ { return 500; }
         location /org/ratelimited/ { add_header Retry-After 2 always; return 429; }
+    }
+    # a forward proxy in front of the hub (it forwards whatever host was asked for to the hub)
+    server {
+        listen 127.0.0.1:$P5;
+        access_log $T/logs/proxy.log hdrs;
+        location / { proxy_pass http://127.0.0.1:$HUB_PORT; }
     }
     # the hub over TLS, with a self-signed certificate
     server {
@@ -277,6 +284,16 @@ HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls run org/tiny
 check "TLS with an untrusted certificate: exit 8" test "$rc" = 8; check "TLS: says the certificate failed" has "could not be verified"
 HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls CURL_CA_BUNDLE=$T/tls.pem run org/tiny
 check "TLS with CURL_CA_BUNDLE" test "$rc" = 0 && check "TLS: identical bytes" cmp -s "$T/home-tls/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
+
+# 11b. a proxy from the environment (libcurl's http_proxy): the hub's name resolves nowhere
+# but at the proxy, so the fetch works only through it
+rm -rf "$T/home-proxy"
+unset no_proxy
+http_proxy=http://127.0.0.1:$P5 HF_ENDPOINT=http://hub.invalid HF_HOME=$T/home-proxy HF_TOKEN=$TOKEN run org/tiny
+export no_proxy='*'
+check "proxy from http_proxy" test "$rc" = 0
+check "proxy: the requests went through it" grep -q "/api/models/org/tiny/revision/main 200" "$T/logs/proxy.log"
+check "proxy: identical bytes" cmp -s "$T/home-proxy/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
 
 # 12. a full disk (a 1 MB tmpfs, where mounting is allowed): a clear error, no blob, no link
 mkdir -p "$T/full"
