@@ -23,7 +23,7 @@ hub_commit_of() { printf '%s' "$1" | sha1sum | cut -c1-40; }
 HUB_USED_PORTS=" "
 hub_free_port() { # sets HUB_FREE_PORT (not a subshell: it remembers the ports it gave out)
     local p
-    for p in $(shuf -i 20000-60000 -n 50); do
+    for p in $(shuf -i 20000-32000 -n 50); do # below the ephemeral range (32768-)
         case "$HUB_USED_PORTS" in *" $p "*) continue ;; esac
         (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && continue
         HUB_USED_PORTS="$HUB_USED_PORTS$p "

@@ -216,16 +216,16 @@ run org/evil --include '*'; check "escaping listing: exit 4" test "$rc" = 4; che
 check "nothing written outside" test -z "$(find "$T" -name escaped.json)"
 
 # 6. faults: cut mid-file, wrong sha, 500 then success, 429 with Retry-After, CDN redirect
-run org/cut
+QLORA_HUB_HASH=thread run org/cut # the checksum in its thread, across the resume
 check "cut: resumed" test "$rc" = 0 && check "cut: identical bytes" cmp -s "$CACHE/models--org--cut/snapshots/$C_cut/model.safetensors" "$SRC/model.safetensors"
 check "cut: second request used Range" grep -q "model.safetensors 206 .*range=\"bytes=[1-9]" "$T/logs/backend.log"
-run org/badsha; check "wrong sha: exit 4" test "$rc" = 4; check "wrong sha: says checksum" has "checksum"
+QLORA_HUB_HASH=thread run org/badsha; check "wrong sha: exit 4" test "$rc" = 4; check "wrong sha: says checksum" has "checksum"
 check "wrong sha: no blob kept" test -z "$(find "$CACHE/models--org--badsha/blobs/" -size +1000k)" -a ! -e "$CACHE/models--org--badsha/snapshots/$C_badsha/model.safetensors"
 run org/flaky; check "500 then success" test "$rc" = 0 && check "500: identical" cmp -s "$CACHE/models--org--flaky/snapshots/$C_flaky/model.safetensors" "$SRC/model.safetensors"
 t0=$(date +%s.%N); run org/ratelimited; t1=$(date +%s.%N)
 check "429 then success" test "$rc" = 0
 check "429: Retry-After honoured (>= 4 s for two waits of 2 s)" awk "BEGIN{exit !($t1 - $t0 >= 4)}"
-HF_TOKEN=$TOKEN run org/cdn
+QLORA_HUB_HASH=inline HF_TOKEN=$TOKEN run org/cdn
 check "cdn redirect: fetched" test "$rc" = 0 && check "cdn: identical" cmp -s "$CACHE/models--org--cdn/snapshots/$C_cdn/model.safetensors" "$SRC/model.safetensors"
 check "cdn: the hub got the token" grep -q "/org/cdn/resolve/.* auth=\"Bearer " "$T/logs/hub.log"
 check "cdn: the token did not follow the redirect" test "$(grep -c 'auth="Bearer' "$T/logs/cdn.log")" = 0 -a "$(grep -c /blobs/ "$T/logs/cdn.log")" -gt 0

@@ -23,7 +23,7 @@ head -c $((SIZE_MB * 1048576)) /dev/urandom > "$D/big.safetensors"
 SHA=$(sha256sum < "$D/big.safetensors" | cut -c1-64)
 echo "{\"sha\":\"$COMMIT\",\"siblings\":[{\"rfilename\":\"config.json\"},{\"rfilename\":\"big.safetensors\"}]}" \
     > "$T/www/api/models/org/big/revision/main"
-for p in $(shuf -i 20000-60000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { PORT=$p; break; }; done
+for p in $(shuf -i 20000-32000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { PORT=$p; break; }; done
 cat > "$T/nginx.conf" <<CONF
 $( [ "$(id -u)" = 0 ] && echo "user $(id -un) $(id -gn);" )
 worker_processes 1;
