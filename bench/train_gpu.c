@@ -87,13 +87,14 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
     int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
     /* one allocation carved as llama_init does, so llama_free releases it */
-    int64_t bytes = align256(64) + align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) + align256(C * 2);
+    int64_t bytes = align256(64) + align256(256 * 4) + align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) + align256(C * 2);
     if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
     for (int l = 0; l < m->L; l++) {
         bytes += 2 * align256(C * 2);
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            int64_t n = outs[t] * ins[t];
-            bytes += align256(nf4_packed_bytes(n)) + align256(nf4_nblocks(n, 64) * 4);
+            int64_t n = outs[t] * ins[t], nb = nf4_nblocks(n, 64);
+            /* double quant kept as bitsandbytes stores it: 1 byte a block + a scale per 256 */
+            bytes += align256(nf4_packed_bytes(n)) + align256(nb) + align256(nf4_nblocks(nb, 256) * 4);
         }
     }
     m->weights = ops->alloc((size_t)bytes);
@@ -106,6 +107,9 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     char *p = m->weights;
 #define TAKE(sz) (p += align256(sz), (void *)(p - align256(sz)))
     float *quant_map = TAKE(64); /* [16], shared by every linear */
+    float *nested_map = TAKE(256 * 4), hmap[256]; /* bitsandbytes' dynamic map, shared too */
+    nf4_dynamic_map(hmap);
+    ops->upload(nested_map, hmap, sizeof hmap);
     m->inv_freq = TAKE(m->hd / 2 * 4);
     m->embed = TAKE((int64_t)m->V * C * 2);
     m->final_norm = TAKE(C * 2);
@@ -125,6 +129,10 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
         synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, quant_map);
     ops->free(tmp_codes);
     ops->free(tmp_absmax);
+    int64_t max_nb = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++)
+        if (nf4_nblocks(outs[t] * ins[t], 64) > max_nb) max_nb = nf4_nblocks(outs[t] * ins[t], 64);
+    float *tmp_f32 = ops->alloc((size_t)max_nb * 4), *hnest = malloc(sizeof(float) * (size_t)(max_nb / 256 + 1));
     for (int l = 0; l < m->L; l++) {
         llama_layer *ly = &m->layers[l];
         ly->attn_norm = TAKE(C * 2);
@@ -134,19 +142,29 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             llama_linear *lin = &ly->lin[t];
             int64_t n = outs[t] * ins[t];
+            int64_t nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, 256);
             uint8_t *codes = TAKE(nf4_packed_bytes(n));
-            float *absmax = TAKE(nf4_nblocks(n, 64) * 4);
-            /* absmax of 64 normal draws is about 2.4 sigma: weights of std ~ 1/sqrt(in) */
+            uint8_t *absmax_q = TAKE(nb);
+            float *nested = TAKE(nn * 4);
+            /* absmax of 64 normal draws is about 2.4 sigma: weights of std ~ 1/sqrt(in); as double
+             * quant: offset 2.4 sigma plus map[code] (in [-1, 1]) * 0.4 sigma, codes random bytes */
             float sigma = 1.0f / sqrtf((float)ins[t]);
-            nf4_cuda_fill_random(codes, absmax, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
+            nf4_cuda_fill_random(codes, tmp_f32, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
                                  2.0f * sigma, 2.8f * sigma);
-            lin->w = (ops_nf4){codes, absmax, quant_map, outs[t], ins[t], 64};
+            ops->copy(absmax_q, codes + (nf4_packed_bytes(n) - nb), (size_t)nb);
+            for (int64_t i = 0; i < nn; i++) hnest[i] = 0.4f * sigma;
+            ops->upload(nested, hnest, sizeof(float) * (size_t)nn);
+            lin->w = (ops_nf4){.codes = codes, .quant_map = quant_map, .rows = outs[t], .cols = ins[t],
+                               .blocksize = 64, .absmax_q = absmax_q, .nested_absmax = nested,
+                               .nested_map = nested_map, .nested_offset = 2.4f * sigma};
             lin->in = ins[t];
             lin->out = outs[t];
         }
     }
 #undef TAKE
     free(ones);
+    free(hnest);
+    ops->free(tmp_f32);
     ops->sync();
     *out = m;
     return 0;
@@ -154,29 +172,62 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
 
 /* ---- the memory plan ---- */
 
-/* the CUDA ops' own scratch at T tokens (kernels/cuda: dequantized weight, LoRA copies, dropout
- * input and LoRA dx, one cross-entropy chunk, attention's fp32 dq, D and (grouped-query) dk, dv,
- * cuBLAS workspace) */
-static int64_t plan_scratch_bytes(const llama_model *m, int64_t T) {
+/* the scratch cap of a checkpointed run (cuda_scratch_cap_set): the lean plan */
+#define LEAN_SCRATCH_CAP ((size_t)32 << 20)
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* the CUDA ops' own scratch at T tokens (kernels/cuda): one slot shared by the dequantized weight
+ * (or a cap-sized row range of it), the cross-entropy's logits chunk and attention's fp32 dq; the
+ * LoRA copies, the dropout input (reused for the LoRA dx), attention's D and (grouped-query) dk,
+ * dv, and the cuBLAS workspace */
+static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
         const llama_linear *lin = &m->layers[0].lin[t];
-        if (lin->in * lin->out > max_w) max_w = lin->in * lin->out;
-        if (lin->in > max_in) max_in = lin->in;
-        if (lin->out > max_out) max_out = lin->out;
+        int64_t wb = lin->in * lin->out * 2;
+        if (cap && wb > cap) wb = cap; /* a row or column range of it (at most the cap) */
+        max_w = max64(max_w, wb);
+        if (!lin->lora.A) continue; /* the LoRA scratch: targeted linears only */
+        max_in = max64(max_in, lin->in);
+        max_out = max64(max_out, lin->out);
     }
-    int64_t r = m->lora.r, xent_rows = (64 << 20) / ((int64_t)m->V * 4);
+    int64_t r = m->lora.r, xent_rows = (cap ? cap : (64 << 20)) / ((int64_t)m->V * 4);
     if (xent_rows > T) xent_rows = T;
-    int64_t b = max_w * 2 + r * (max_in + max_out) * 2 + 2 * T * r * 2 + xent_rows * m->V * 4 +
-                T * m->nh * m->hd * 4 + T * m->nh * 4 + (32 << 20);
-    if (m->lora.dropout > 0) b += 2 * T * max_in * 2;
+    int64_t shared = max64(max_w, max64(xent_rows * m->V * 4, T * m->nh * m->hd * 4));
+    int64_t b = shared + r * (max_in + max_out) * 2 + 2 * T * r * 2 + T * m->nh * 4 + (32 << 20);
+    if (m->lora.dropout > 0) b += T * max_in * 2;
     if (m->nkv < m->nh) b += 2 * T * m->nkv * m->hd * 4; /* split grouped-query heads: fp32 dk, dv */
     return b;
 }
 
-static int64_t plan_total(const llama_model *m, int64_t T, llama_checkpointing ckpt) {
-    return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) + plan_scratch_bytes(m, T);
+/* With checkpointing, the plan's knobs from the fastest to the leanest: the ops' scratch cap
+ * (0: a whole dequantized weight) and the MLP's rows a chunk (0: the whole micro-batch). The
+ * benchmark takes the first that fits the memory it has (--budget-gib). */
+typedef struct lean_opt {
+    int64_t cap;
+    int mlp_rows;
+} lean_opt;
+static const lean_opt lean_opts[] = {{0, 0}, {0, 1024}, {LEAN_SCRATCH_CAP, 1024}, {LEAN_SCRATCH_CAP, 512},
+                                     {LEAN_SCRATCH_CAP, 256}};
+#define N_LEAN_OPTS ((int)(sizeof lean_opts / sizeof *lean_opts))
+
+static int64_t plan_total_opt(llama_model *m, int64_t T, llama_checkpointing ckpt, lean_opt o) {
+    m->mlp_chunk_rows = o.mlp_rows > 0 ? o.mlp_rows : (int)T;
+    return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) +
+           plan_scratch_bytes(m, T, o.cap);
 }
+
+/* the fastest plan of ckpt that fits has (the leanest when none does); its total in *need */
+static lean_opt plan_pick(llama_model *m, int64_t T, llama_checkpointing ckpt, int64_t has, int64_t *need) {
+    int n = ckpt == LLAMA_CKPT_EVERY ? N_LEAN_OPTS : 1;
+    for (int i = 0; i < n; i++) {
+        *need = plan_total_opt(m, T, ckpt, lean_opts[i]);
+        if (*need <= has || i == n - 1) return lean_opts[i];
+    }
+    return lean_opts[0];
+}
+
 
 /* ---- train ---- */
 
@@ -237,7 +288,9 @@ static int bench_train(int argc, char **argv) {
     size_t live, peak;
     cuda_mem_stats(&live, &peak);
     int64_t has = budget_gib > 0 ? (int64_t)(budget_gib * GIB) : (int64_t)dev.free_bytes + (int64_t)live - (256 << 20);
-    int64_t need_none = plan_total(m, T, LLAMA_CKPT_NONE), need_every = plan_total(m, T, LLAMA_CKPT_EVERY);
+    int64_t need_none, need_every;
+    plan_pick(m, T, LLAMA_CKPT_NONE, has, &need_none);
+    lean_opt lean = plan_pick(m, T, LLAMA_CKPT_EVERY, has, &need_every);
     llama_checkpointing ckpt;
     if (!strcmp(ckpt_s, "none")) ckpt = LLAMA_CKPT_NONE;
     else if (!strcmp(ckpt_s, "every")) ckpt = LLAMA_CKPT_EVERY;
@@ -249,7 +302,9 @@ static int bench_train(int argc, char **argv) {
         int64_t lo = 0, hi = T;
         while (lo < hi) {
             int64_t mid = (lo + hi + 1) / 2;
-            if (plan_total(m, mid, LLAMA_CKPT_EVERY) <= has) lo = mid;
+            int64_t nm;
+            plan_pick(m, mid, LLAMA_CKPT_EVERY, has, &nm);
+            if (nm <= has) lo = mid;
             else hi = mid - 1;
         }
         char fit[160];
@@ -265,6 +320,10 @@ static int bench_train(int argc, char **argv) {
                                   "would fit: %s", need / GIB, ckpt == LLAMA_CKPT_NONE ? "none" : "every layer", T,
                        has / GIB, fit);
     }
+    /* a checkpointed run takes the fastest knobs that fit (plan_pick) */
+    lean_opt use = ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
+    m->mlp_chunk_rows = use.mlp_rows > 0 ? use.mlp_rows : T;
+    cuda_scratch_cap_set((size_t)use.cap);
     if ((rc = llama_plan(m, T, ckpt))) return rc;
 
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T), *ss = malloc(sizeof(int32_t) * (size_t)T);
@@ -321,6 +380,9 @@ static int bench_train(int argc, char **argv) {
                     "%.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
             m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
+                    "GiB\n", need / GIB, plan_scratch_bytes(m, T, use.cap) / GIB, cuda_scratch_cap() >> 20,
+            m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     free(ids);
     free(ss);
     free(times);
@@ -457,7 +519,10 @@ static int bench_ops(int argc, char **argv) {
     int32_t *ssd = ops->alloc((size_t)T * 4), *tgtd = ops->alloc((size_t)T * 4);
     ops->upload(ssd, ss, (size_t)T * 4);
     ops->upload(tgtd, tgt, (size_t)T * 4);
-    ops_nf4 Wqkv = {codes, absmax, qm, C, C, 64}, Wup = {codes, absmax, qm, I, C, 64}, Wdown = {codes, absmax, qm, C, I, 64};
+    ops_nf4 Wqkv = {.codes = codes, .absmax = absmax, .quant_map = qm, .rows = C, .cols = C, .blocksize = 64};
+    ops_nf4 Wup = Wqkv, Wdown = Wqkv;
+    Wup.rows = I;
+    Wdown.cols = I;
     ops_lora L = {A, B, dA, dB, r, 2.0f, 0.0f, 0}, Ld = L;
     Ld.dropout = 0.05f;
     double attn_f = 4.0 * T * (double)T * hd * nh / 2.0; /* causal */

@@ -11,8 +11,10 @@
  *  - activations ("act"): the backend's activation type, act_dtype: OPS_F32 on cpu,
  *    OPS_BF16 on cuda. Passed as void *; an act buffer of n elements is n * ops_act_size().
  *  - frozen dense weights (embedding, norms, lm_head, biases): bf16 (uint16_t) on both.
- *  - frozen linear weights: NF4 (ops_nf4: packed codes + fp32 absmax, already de-nested
- *    from double quant at load; bitsandbytes layout, first element in the high nibble).
+ *  - frozen linear weights: NF4 (ops_nf4: packed codes + a scale per block, either fp32 absmax
+ *    or bitsandbytes' double-quantized form kept as stored: 1 byte a block plus an fp32 scale per
+ *    256 blocks, de-nested block by block inside the ops; bitsandbytes layout, first element in
+ *    the high nibble).
  *  - LoRA A/B: fp32 master weights, fp32 gradients, fp32 AdamW state on both.
  *  - small per-token side arrays (rstd, lse, xa, losses): fp32 on both.
  * Shapes use T (tokens in the micro-batch, rows flattened), C (hidden), nh/nkv (heads),
@@ -49,11 +51,25 @@ enum ops_quant { OPS_NF4 = 0, OPS_FP4 = 1 };
 
 typedef struct ops_nf4 {
     const uint8_t *codes;   /* (rows*cols+1)/2 bytes */
-    const float *absmax;    /* ceil(rows*cols/blocksize) */
+    const float *absmax;    /* ceil(rows*cols/blocksize); NULL when absmax_q is set */
     const float *quant_map; /* 16 entries (the table stored in the checkpoint) */
     int64_t rows, cols;     /* out_features, in_features */
     int blocksize;
+    /* double quant (bitsandbytes' compress_statistics), used when absmax_q is not NULL:
+     * absmax[b] = nested_map[absmax_q[b]] * nested_absmax[b / 256] + nested_offset, the product
+     * and the sum rounded separately to fp32 (ops_nf4_block_scale) */
+    const uint8_t *absmax_q;     /* ceil(rows*cols/blocksize) */
+    const float *nested_absmax;  /* ceil(blocks / 256) */
+    const float *nested_map;     /* 256 entries (bitsandbytes' dynamic map) */
+    float nested_offset;
 } ops_nf4;
+
+/* the scale of block b of a host-memory W (either form) */
+static inline float ops_nf4_block_scale(const ops_nf4 *W, int64_t b) {
+    if (!W->absmax_q) return W->absmax[b];
+    float v = W->nested_map[W->absmax_q[b]] * W->nested_absmax[b / 256];
+    return v + W->nested_offset;
+}
 
 typedef struct ops_lora {
     float *A;        /* [r, in]  fp32 master */
@@ -118,7 +134,7 @@ typedef struct ops_table {
                              int Tq, int Tk, int nh, int nkv, int hd);
     /* out = silu(gate) * up */
     void (*swiglu_fwd)(void *out, const void *gate, const void *up, int64_t n);
-    /* dgate, dup overwritten */
+    /* dgate, dup overwritten; they may be gate and up themselves (in place) */
     void (*swiglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
     /* y[T, out] = x W^T + bias + scale * (drop(x) A^T) B^T, W dequantized tile by tile.
      * bias: bf16 [out] or NULL; lora NULL for a frozen-only layer; xa [T, r] (fp32) receives

@@ -515,6 +515,7 @@ bool bnb_linear_present(const st_model *m, const char *prefix) {
 
 void bnb_linear_free(bnb_linear *l) {
     free(l->absmax);
+    free(l->nested_absmax);
     memset(l, 0, sizeof *l);
 }
 
@@ -591,8 +592,16 @@ int bnb_linear_load(const st_model *m, const char *prefix, bnb_linear *out) {
         if (!rc) rc = f32_tensor(find2(m, prefix, ".weight.nested_absmax"), pname, nn, nabs);
         snprintf(pname, sizeof pname, "%s.weight.nested_quant_map", prefix);
         if (!rc) rc = f32_tensor(find2(m, prefix, ".weight.nested_quant_map"), pname, NF4_DYNAMIC_MAP_SIZE, map);
-        if (!rc) nf4_double_dequant(out->absmax, am->data, nabs, map, nb, offset);
-        free(nabs);
+        if (!rc) {
+            nf4_double_dequant(out->absmax, am->data, nabs, map, nb, offset);
+            out->absmax_q = am->data;
+            out->nested_absmax = nabs;
+            out->n_nested = nn;
+            memcpy(out->nested_map, map, sizeof map);
+            out->nested_offset = offset;
+        } else {
+            free(nabs);
+        }
     }
     if (rc) {
         bnb_linear_free(out);

@@ -105,6 +105,12 @@ typedef struct bnb_linear {
     float *absmax;        /* [ceil(rows*cols/blocksize)], de-nested, owned */
     int quant_type;       /* OPS_NF4 | OPS_FP4 */
     bool nested;
+    /* when nested: the stored double-quant form, for engines that keep it (1 byte a block) */
+    const uint8_t *absmax_q; /* [blocks] -> the mapping */
+    float *nested_absmax;    /* [n_nested], owned */
+    int64_t n_nested;
+    float nested_map[256];
+    float nested_offset;
     char dtype[16];       /* the original weight dtype: "bfloat16", "float16", "float32" */
 } bnb_linear;
 

@@ -10,7 +10,8 @@
  * Memory: the frozen weights are carved from one backend allocation, the activations of a plan
  * from another (carve_take, run once to count and once to hand out pointers). With
  * checkpointing, only each layer's input is kept; all layers share one set of per-layer buffers,
- * and the backward re-runs a layer's forward into them just before its backward. */
+ * and the backward re-runs a layer's forward into them just before its backward (the MLP part
+ * chunk by chunk of rows, inside the backward: plan_layout says which buffer holds what when). */
 #include "model/llama.h"
 
 #include <math.h>
@@ -40,6 +41,7 @@ struct llama_acts {
     float *rstdf;
     /* backward scratch, shared by all layers */
     void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
+    int mlp_rows;      /* tokens per MLP chunk (checkpointing: the [rows, I] buffers; T otherwise) */
     float *losses;     /* [T] */
     float *logits;     /* [V]: generation */
     int32_t *ids, *seq_start, *pos, *target; /* [T], backend */
@@ -191,12 +193,18 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         }
         bs = bl.w.blocksize;
     }
-    int64_t nb = nf4_nblocks(n, (int)bs);
+    int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+    /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
+     * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
+    bool dq = pre ? bl.nested : ld->opts.double_quant;
     uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
-    float *absmax = carve_take(&ld->cv, nb * 4);
+    float *absmax = dq ? NULL : carve_take(&ld->cv, nb * 4);
+    uint8_t *absmax_q = dq ? carve_take(&ld->cv, nb) : NULL;
+    float *nested = dq ? carve_take(&ld->cv, nn * 4) : NULL;
+    float *nmap = dq ? carve_take(&ld->cv, NF4_DYNAMIC_MAP_SIZE * 4) : NULL;
     float *qmap = carve_take(&ld->cv, 16 * 4);
     lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
-                       .blocksize = (int)bs};
+                       .blocksize = (int)bs, .absmax_q = absmax_q, .nested_absmax = nested, .nested_map = nmap};
     if (!ld->cv.base) {
         bnb_linear_free(&bl);
         return 0;
@@ -204,7 +212,14 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
     const ops_table *o = ld->m->ops;
     if (pre) {
         o->upload(codes, bl.w.codes, (size_t)nf4_packed_bytes(n));
-        o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+        if (dq) {
+            o->upload(absmax_q, bl.absmax_q, (size_t)nb);
+            o->upload(nested, bl.nested_absmax, sizeof(float) * (size_t)nn);
+            o->upload(nmap, bl.nested_map, sizeof bl.nested_map);
+            lin->w.nested_offset = bl.nested_offset;
+        } else {
+            o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+        }
         o->upload(qmap, bl.qmap, sizeof bl.qmap);
         bnb_linear_free(&bl);
         return 0;
@@ -235,21 +250,27 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(ha);
         return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name, (long long)bad);
     }
-    if (ld->opts.double_quant) { /* what bitsandbytes' compress_statistics keeps of absmax */
+    if (dq) { /* what bitsandbytes' compress_statistics keeps of absmax */
         float map[NF4_DYNAMIC_MAP_SIZE];
         nf4_dynamic_map(map);
         float offset = nf4_absmax_mean(ha, nb);
         uint8_t *q = malloc((size_t)nb);
-        float *nested = malloc(sizeof(float) * (size_t)((nb + NF4_NESTED_BLOCKSIZE - 1) / NF4_NESTED_BLOCKSIZE));
-        if (q && nested) {
-            nf4_double_quant(q, nested, ha, nb, offset, map);
-            nf4_double_dequant(ha, q, nested, map, nb, offset);
+        float *hn = malloc(sizeof(float) * (size_t)nn);
+        if (!q || !hn) {
+            free(q), free(hn), free(hc), free(ha);
+            return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
         }
+        nf4_double_quant(q, hn, ha, nb, offset, map);
+        o->upload(absmax_q, q, (size_t)nb);
+        o->upload(nested, hn, sizeof(float) * (size_t)nn);
+        o->upload(nmap, map, sizeof map);
+        lin->w.nested_offset = offset;
         free(q);
-        free(nested);
+        free(hn);
+    } else {
+        o->upload(absmax, ha, sizeof(float) * (size_t)nb);
     }
     o->upload(codes, hc, (size_t)nf4_packed_bytes(n));
-    o->upload(absmax, ha, sizeof(float) * (size_t)nb);
     o->upload(qmap, nf4_quant_map(OPS_NF4), 16 * 4);
     free(hc);
     free(ha);
@@ -474,41 +495,91 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
 
 /* ---- activation plan ---- */
 
+/* tokens per MLP chunk under checkpointing: the [T, I] intermediates are the largest buffers of a
+ * layer, so the MLP runs over row chunks of the micro-batch. A LoRA branch on an MLP linear with
+ * dropout draws its mask from the flat index t*in + i of the whole micro-batch, which a chunk
+ * cannot see, so such a model keeps one chunk. */
+static int plan_mlp_rows(const llama_model *m, int T) {
+    const llama_layer *ly = &m->layers[0];
+    bool drop = m->lora.dropout > 0 && (ly->lin[LLAMA_GATE].lora.A || ly->lin[LLAMA_UP].lora.A ||
+                                        ly->lin[LLAMA_DOWN].lora.A);
+    int rows = m->mlp_chunk_rows > 0 ? m->mlp_chunk_rows : LLAMA_MLP_CHUNK_ROWS;
+    return drop || rows >= T ? T : rows;
+}
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Without checkpointing every layer keeps its own activations. With it (the lean plan), one set
+ * of buffers serves every layer and most of them hold two things in turn (see layer_backward):
+ *   X0: n1, then n2, then dq       att: att, then n1 again       res_mid: res_mid, then datt
+ *   q: also res[L] (between the last layer's forward and the final norm's backward)
+ *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up;
+ *               dact over act when down_proj has no LoRA); dk, dv during attention's backward
+ * so a layer's working set is 8 [T, C] buffers plus the region, beside the L layer inputs. */
 static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t es = (int64_t)ops_act_size(m->ops);
-    int nla = ckpt == LLAMA_CKPT_EVERY ? 1 : m->L;
-    for (int l = 0; l < nla; l++) {
-        layer_acts *a = &A->layer[l];
-        a->n1 = carve_take(cv, T * C * es);
-        a->q = carve_take(cv, T * qd * es);
+    if (ckpt == LLAMA_CKPT_EVERY) {
+        int64_t W = max64(C, qd), rows = plan_mlp_rows(m, T);
+        layer_acts *a = &A->layer[0];
+        a->n1 = a->n2 = A->dq = A->nf = carve_take(cv, T * W * es);
+        a->q = A->res[m->L] = carve_take(cv, T * W * es);
         a->k = carve_take(cv, T * kvd * es);
         a->v = carve_take(cv, T * kvd * es);
-        a->att = carve_take(cv, T * qd * es);
-        a->res_mid = carve_take(cv, T * C * es);
-        a->n2 = carve_take(cv, T * C * es);
-        a->gate = carve_take(cv, T * I * es);
-        a->up = carve_take(cv, T * I * es);
-        a->act = carve_take(cv, T * I * es);
+        a->att = carve_take(cv, T * W * es);
+        a->res_mid = A->datt = carve_take(cv, T * W * es);
+        /* without a LoRA branch on down_proj, its backward never reads act: dact takes act's slot */
+        int64_t slots = m->layers[0].lin[LLAMA_DOWN].lora.A ? 4 : 3;
+        char *region = carve_take(cv, max64(slots * rows * I, 2 * T * kvd) * es);
+        a->gate = A->dgate = region;
+        a->up = A->dup = region + rows * I * es;
+        a->act = region + 2 * rows * I * es;
+        A->dact = region + (slots - 1) * rows * I * es;
+        A->dk = region;
+        A->dv = region + T * kvd * es;
         a->rstd1 = carve_take(cv, T * 4);
         a->rstd2 = carve_take(cv, T * 4);
         a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
+        for (int l = 0; l < m->L; l++) A->res[l] = carve_take(cv, T * C * es);
+        A->mlp_rows = (int)rows;
+        A->rstdf = carve_take(cv, T * 4);
+        A->dres = carve_take(cv, T * C * es);
+        A->dn = A->tmp = carve_take(cv, T * W * es);
+    } else {
+        for (int l = 0; l < m->L; l++) {
+            layer_acts *a = &A->layer[l];
+            a->n1 = carve_take(cv, T * C * es);
+            a->q = carve_take(cv, T * qd * es);
+            a->k = carve_take(cv, T * kvd * es);
+            a->v = carve_take(cv, T * kvd * es);
+            a->att = carve_take(cv, T * qd * es);
+            a->res_mid = carve_take(cv, T * C * es);
+            a->n2 = carve_take(cv, T * C * es);
+            a->gate = carve_take(cv, T * I * es);
+            a->up = carve_take(cv, T * I * es);
+            a->act = carve_take(cv, T * I * es);
+            a->rstd1 = carve_take(cv, T * 4);
+            a->rstd2 = carve_take(cv, T * 4);
+            a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+            for (int t = 0; t < LLAMA_NTARGETS; t++)
+                a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
+        }
+        for (int l = 0; l <= m->L; l++) A->res[l] = carve_take(cv, T * C * es);
+        A->mlp_rows = T;
+        A->nf = carve_take(cv, T * C * es);
+        A->rstdf = carve_take(cv, T * 4);
+        A->dres = carve_take(cv, T * C * es);
+        A->dn = A->tmp = carve_take(cv, T * max64(C, qd) * es); /* tmp: forward only, dn: backward only */
+        A->datt = carve_take(cv, T * qd * es);
+        A->dq = carve_take(cv, T * qd * es);
+        A->dk = carve_take(cv, T * kvd * es);
+        A->dv = carve_take(cv, T * kvd * es);
+        A->dgate = carve_take(cv, T * I * es);
+        A->dup = carve_take(cv, T * I * es);
+        A->dact = carve_take(cv, T * I * es);
     }
-    for (int l = 0; l <= m->L; l++) A->res[l] = carve_take(cv, T * C * es);
-    A->nf = carve_take(cv, T * C * es);
-    A->rstdf = carve_take(cv, T * 4);
-    A->dres = carve_take(cv, T * C * es);
-    A->dn = carve_take(cv, T * C * es);
-    A->tmp = carve_take(cv, T * C * es);
-    A->datt = carve_take(cv, T * qd * es);
-    A->dq = carve_take(cv, T * qd * es);
-    A->dk = carve_take(cv, T * kvd * es);
-    A->dv = carve_take(cv, T * kvd * es);
-    A->dgate = carve_take(cv, T * I * es);
-    A->dup = carve_take(cv, T * I * es);
-    A->dact = carve_take(cv, T * I * es);
     A->losses = carve_take(cv, T * 4);
     A->logits = carve_take(cv, (int64_t)m->V * 4);
     A->ids = carve_take(cv, T * 4);
@@ -592,7 +663,23 @@ static void linear_bwd(llama_model *m, int l, int t, void *dx, const void *dy, c
     m->ops->qlinear_bwd(dx, dy, x, &lin->w, pass_lora(m, l, t, true, seed, &buf), xa, T, accumulate);
 }
 
-/* layer l from res_in; writes res_out when not NULL (a recompute only refills the saved acts) */
+static void *rows_at(const llama_model *m, void *p, int64_t t0, int64_t width) { return act_at(m, p, t0 * width); }
+
+static float *xa_at(const llama_model *m, float *xa, int64_t t0) { return xa ? xa + t0 * m->lora.r : NULL; }
+
+/* the MLP forward of rows [t0, t0+n) into out rows (down's output, before the residual add) */
+static void mlp_forward_rows(llama_model *m, int l, layer_acts *a, void *out, int t0, int n, bool train,
+                             uint64_t seed) {
+    const ops_table *o = m->ops;
+    void *n2 = rows_at(m, a->n2, t0, m->C);
+    linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, train, seed);
+    linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, train, seed);
+    o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)n * m->I);
+    if (out) linear_fwd(m, l, LLAMA_DOWN, out, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, train, seed);
+}
+
+/* layer l from res_in; writes res_out when not NULL (a recompute only refills the saved acts).
+ * Checkpointed, the recompute stops at n2: the backward runs the MLP forward chunk by chunk. */
 static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_in, void *res_out, int T, bool train,
                           uint64_t seed) {
     const ops_table *o = m->ops;
@@ -600,6 +687,7 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     const llama_layer *ly = &m->layers[l];
     int64_t C = m->C;
     size_t es = ops_act_size(o);
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY;
     o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
     linear_fwd(m, l, LLAMA_Q, a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
     linear_fwd(m, l, LLAMA_K, a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
@@ -607,18 +695,49 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     o->rope(a->q, A->pos, m->inv_freq, T, m->nh, m->hd, 0);
     o->rope(a->k, A->pos, m->inv_freq, T, m->nkv, m->hd, 0);
     o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
-    linear_fwd(m, l, LLAMA_O, A->tmp, a->att, a->xa[LLAMA_O], T, train, seed);
-    o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
-    o->add_inplace(a->res_mid, A->tmp, T * C);
+    if (lean) { /* o's output straight into res_mid: x + o(a) == o(a) + x, bit for bit */
+        linear_fwd(m, l, LLAMA_O, a->res_mid, a->att, a->xa[LLAMA_O], T, train, seed);
+        o->add_inplace(a->res_mid, res_in, T * C);
+    } else {
+        linear_fwd(m, l, LLAMA_O, A->tmp, a->att, a->xa[LLAMA_O], T, train, seed);
+        o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
+        o->add_inplace(a->res_mid, A->tmp, T * C);
+    }
     o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, T, m->C, m->eps);
-    linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, a->xa[LLAMA_GATE], T, train, seed);
-    linear_fwd(m, l, LLAMA_UP, a->up, a->n2, a->xa[LLAMA_UP], T, train, seed);
-    o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)T * m->I);
-    linear_fwd(m, l, LLAMA_DOWN, A->tmp, a->act, a->xa[LLAMA_DOWN], T, train, seed);
+    if (lean) {
+        if (!res_out) return;
+        for (int t0 = 0; t0 < T; t0 += A->mlp_rows) {
+            int n = T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows;
+            mlp_forward_rows(m, l, a, rows_at(m, res_out, t0, C), t0, n, train, seed);
+        }
+        o->add_inplace(res_out, a->res_mid, T * C);
+        return;
+    }
+    mlp_forward_rows(m, l, a, A->tmp, 0, T, train, seed);
     if (res_out) {
         o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
         o->add_inplace(res_out, A->tmp, T * C);
     }
+}
+
+/* the MLP backward of rows [t0, t0+n): dn rows = d(n2 rows); the lean plan first recomputes the
+ * chunk's forward (and down's LoRA input product xa, into dact's buffer, which is free then) */
+static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, int t0, int n, uint64_t seed) {
+    const ops_table *o = m->ops;
+    llama_acts *A = m->acts;
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY;
+    void *n2 = rows_at(m, a->n2, t0, m->C), *dn = rows_at(m, A->dn, t0, m->C);
+    if (lean && m->layers[l].lin[LLAMA_DOWN].lora.A) {
+        mlp_forward_rows(m, l, a, A->dact, t0, n, true, seed);
+    } else if (lean) { /* gate and up only: act (dact's slot) is not read without down's LoRA */
+        linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, true, seed);
+        linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, true, seed);
+    }
+    void *dres = rows_at(m, A->dres, t0, m->C);
+    linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
+    o->swiglu_bwd(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)n * m->I);
+    linear_bwd(m, l, LLAMA_GATE, dn, A->dgate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, 0, seed);
+    linear_bwd(m, l, LLAMA_UP, dn, A->dup, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, 1, seed);
 }
 
 /* A->dres holds d(layer output) on entry and d(layer input) on return */
@@ -626,19 +745,24 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     const llama_layer *ly = &m->layers[l];
-    linear_bwd(m, l, LLAMA_DOWN, A->dact, A->dres, a->act, a->xa[LLAMA_DOWN], T, 0, seed);
-    o->swiglu_bwd(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)T * m->I);
-    linear_bwd(m, l, LLAMA_GATE, A->dn, A->dgate, a->n2, a->xa[LLAMA_GATE], T, 0, seed);
-    linear_bwd(m, l, LLAMA_UP, A->dn, A->dup, a->n2, a->xa[LLAMA_UP], T, 1, seed);
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY;
+    for (int t0 = 0; t0 < T; t0 += A->mlp_rows)
+        mlp_backward_rows(m, l, a, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
     o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, a->rstd2, T, m->C);
     linear_bwd(m, l, LLAMA_O, A->datt, A->dres, a->att, a->xa[LLAMA_O], T, 0, seed);
     o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv,
                      m->hd);
     o->rope(A->dq, A->pos, m->inv_freq, T, m->nh, m->hd, 1);
     o->rope(A->dk, A->pos, m->inv_freq, T, m->nkv, m->hd, 1);
-    linear_bwd(m, l, LLAMA_Q, A->dn, A->dq, a->n1, a->xa[LLAMA_Q], T, 0, seed);
-    linear_bwd(m, l, LLAMA_K, A->dn, A->dk, a->n1, a->xa[LLAMA_K], T, 1, seed);
-    linear_bwd(m, l, LLAMA_V, A->dn, A->dv, a->n1, a->xa[LLAMA_V], T, 1, seed);
+    /* lean: n1's buffer now holds dq; n1 comes back into att's (attention's backward is done) */
+    void *n1 = a->n1;
+    if (lean) {
+        n1 = a->att;
+        o->rmsnorm_fwd(n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
+    }
+    linear_bwd(m, l, LLAMA_Q, A->dn, A->dq, n1, a->xa[LLAMA_Q], T, 0, seed);
+    linear_bwd(m, l, LLAMA_K, A->dn, A->dk, n1, a->xa[LLAMA_K], T, 1, seed);
+    linear_bwd(m, l, LLAMA_V, A->dn, A->dv, n1, a->xa[LLAMA_V], T, 1, seed);
     o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, a->rstd1, T, m->C);
 }
 
@@ -819,9 +943,9 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
-    int last = 0;
+    int last = 0, most = m->plan_T < m->acts->mlp_rows ? m->plan_T : m->acts->mlp_rows; /* MLP buffer rows */
     for (int done = 0; done < n; done += last) {
-        last = n - done < m->plan_T ? n - done : m->plan_T;
+        last = n - done < most ? n - done : most;
         decode_chunk(m, ids + done, last);
     }
     llama_acts *A = m->acts;

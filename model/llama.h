@@ -5,10 +5,12 @@
  * What lives where: every tensor the ops touch is in the backend's memory (ops->alloc/upload);
  * the model struct itself, the configuration and the LoRA tensor directory are host memory.
  *  - frozen: embedding, norms, lm_head (tied: the embedding), q/k/v biases (qwen2): bf16;
- *    the seven linears of each layer: 4-bit codes + fp32 absmax (+ their 16-entry code table),
- *    dequantized tile by tile inside the ops. A float checkpoint is quantized to NF4 at load
- *    (blocksize 64, absmax rounded through double quant as bitsandbytes stores it); a
- *    bitsandbytes 4-bit checkpoint (NF4 or FP4, any blocksize) is read as stored (model/bnb.h).
+ *    the seven linears of each layer: 4-bit codes + a scale per block (+ their 16-entry code
+ *    table), dequantized tile by tile inside the ops. The scales stay double-quantized as
+ *    bitsandbytes stores them (1 byte a block + an fp32 scale per 256 blocks; ops_nf4.absmax_q)
+ *    unless the checkpoint or the options say otherwise. A float checkpoint is quantized to NF4 at
+ *    load (blocksize 64, double quant on by default); a bitsandbytes 4-bit checkpoint (NF4 or FP4,
+ *    any blocksize) is read as stored (model/bnb.h).
  *  - trainable: LoRA A [r, in] and B [out, r] of the targeted linears, fp32, all carved from ONE
  *    contiguous buffer (lora_params), with matching contiguous grads / adam m / adam v, so the
  *    fused AdamW and a data-parallel all-reduce see a single flat vector.
@@ -79,9 +81,12 @@ typedef struct llama_layer {
 
 typedef struct llama_acts llama_acts; /* per-layer saved activations (llama.c) */
 
+#define LLAMA_MLP_CHUNK_ROWS 1024
+
 typedef enum llama_checkpointing {
     LLAMA_CKPT_NONE = 0,  /* keep every layer's activations */
-    LLAMA_CKPT_EVERY = 1  /* keep each layer's input only; recompute the layer in backward */
+    LLAMA_CKPT_EVERY = 1  /* keep each layer's input only; recompute the layer in backward, with one
+                           * layer's buffers reused in turn and the MLP in chunks of rows (llama.c) */
 } llama_checkpointing;
 
 typedef struct llama_model {
@@ -107,6 +112,7 @@ typedef struct llama_model {
     float *lora_params, *lora_grads, *lora_m, *lora_v; /* backend [n_lora_params] each */
 
     /* activation plan (after llama_plan) */
+    int mlp_chunk_rows;   /* tokens per MLP chunk with checkpointing; 0: LLAMA_MLP_CHUNK_ROWS (set before llama_plan) */
     int plan_T;
     llama_checkpointing ckpt;
     llama_acts *acts;
@@ -120,7 +126,7 @@ typedef struct llama_model {
 
 typedef struct llama_load_opts {
     int blocksize;      /* NF4 blocksize when quantizing at load (default 64) */
-    bool double_quant;  /* round absmax through bitsandbytes' double quant (default true) */
+    bool double_quant;  /* keep absmax double-quantized as bitsandbytes does (default true) */
 } llama_load_opts;
 #define LLAMA_LOAD_OPTS_DEFAULT ((llama_load_opts){.blocksize = 64, .double_quant = true})
 

@@ -9,6 +9,9 @@
 #ifndef MODEL_LLAMA_PEFT_H
 #define MODEL_LLAMA_PEFT_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
 #include "formats/peft.h"
 #include "kernels/ops.h"
 #include "model/llama.h"
@@ -23,5 +26,22 @@ void llama_peft_zero(llama_model *m);
 /* "cpu" -> ops_cpu(); "cuda" -> ops_cuda() when built with CUDA and a device is present,
  * else ERR_STAGE saying so; "auto" -> cuda when available, cpu otherwise. */
 int device_ops(const char *device, const ops_table **out);
+
+/* What a training run says at start about the backend: for cuda the device's name, its total and
+ * free memory, the attention kernels, the bytes allocated so far and their peak; for cpu only
+ * name = "cpu" (the other fields 0 / ""). */
+typedef struct device_info {
+    char name[256];
+    double total_bytes, free_bytes; /* cudaMemGetInfo */
+    double live_bytes, peak_bytes;  /* allocated through the op table and the ops' scratch */
+    const char *attention;          /* "mma" | "tiled" | "" */
+    size_t scratch_cap;             /* device_lean_scratch: 0 when uncapped */
+} device_info;
+void device_info_get(const ops_table *ops, device_info *out);
+/* The lean plan of a run that checkpoints every layer: cap the backend's largest scratch (the
+ * dequantized weight, shared with the cross-entropy chunk and attention's dq) at
+ * DEVICE_LEAN_SCRATCH bytes, or lift the cap. No-op on cpu. */
+#define DEVICE_LEAN_SCRATCH ((size_t)32 << 20)
+void device_lean_scratch(const ops_table *ops, bool lean);
 
 #endif

@@ -69,9 +69,24 @@ static json_t *key_doc(const plan *p, int i) {
     size_t k;
     json_t *x;
     json_array_foreach(s->key_files, k, x) {
+        const char *path = json_string_value(x);
+        if (fs_is_dir(path)) { /* every file of a directory (a tokenizer directory, say) */
+            json_t *list = cache_list_files(path);
+            size_t q;
+            json_t *rel;
+            json_array_foreach(list, q, rel) {
+                char *full = fs_join(path, json_string_value(rel)), h[HASH_HEX_LEN], name[4200];
+                if (hash_file_memo(p->c->memo, full, h)) { err_clear(); snprintf(h, sizeof h, "unreadable"); }
+                snprintf(name, sizeof name, "%s/%s", file_label(r, path, lab, sizeof lab), json_string_value(rel));
+                json_object_set_new(files, name, json_string(h));
+                free(full);
+            }
+            json_decref(list);
+            continue;
+        }
         char h[HASH_HEX_LEN];
-        if (hash_file_memo(p->c->memo, json_string_value(x), h)) { err_clear(); snprintf(h, sizeof h, "unreadable"); }
-        json_object_set_new(files, file_label(r, json_string_value(x), lab, sizeof lab), json_string(h));
+        if (hash_file_memo(p->c->memo, path, h)) { err_clear(); snprintf(h, sizeof h, "unreadable"); }
+        json_object_set_new(files, file_label(r, path, lab, sizeof lab), json_string(h));
     }
     if (json_array_size(s->key_files) && s->hooks && json_array_size(json_object_get(s->hooks, "allow")))
         json_object_set(d, "hook_allow", json_object_get(s->hooks, "allow"));

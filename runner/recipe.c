@@ -403,7 +403,23 @@ static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     }
     const char *t = n->text;
     switch (s->type) {
-    case PARAM_STRING: return json_string(t);
+    case PARAM_STRING: {
+        char *p = (s->flags & PARAM_PATH_OR_WORD) ? resolve_path(n, t) : NULL;
+        if (p && (strchr(t, '/') || strchr(t, '.') || fs_exists(p))) {
+            /* a path: it must exist, and its content (a directory's files) enters the key */
+            if (!fs_exists(p)) {
+                errs_add(e, n, "%s: '%s' names '%s', which does not exist (paths are relative to the recipe's directory)", v->where, s->name, t);
+                free(p);
+                return NULL;
+            }
+            add_key_file(v, p);
+            json_t *j = json_string(p);
+            free(p);
+            return j;
+        }
+        free(p);
+        return json_string(t);
+    }
     case PARAM_REF: return json_string(t); /* checked once every stage is known */
     case PARAM_BOOL:
         if (!n->quoted && (!strcmp(t, "true") || !strcmp(t, "True"))) return json_true();

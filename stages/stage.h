@@ -33,7 +33,10 @@ typedef enum param_type {
 
 enum param_flags {
     PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
-    PARAM_NOKEY = 1 << 1     /* not part of the cache key (e.g. log_every) */
+    PARAM_NOKEY = 1 << 1,    /* not part of the cache key (e.g. log_every) */
+    PARAM_PATH_OR_WORD = 1 << 2 /* STRING: a keyword ("byte"), or else a file or directory
+                                   relative to the recipe, which must exist and whose content
+                                   is part of the cache key */
 };
 
 typedef struct param_spec {

@@ -73,6 +73,7 @@ static const param_spec echo_params[] = {
     {"input2", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "a second input stage", 0},
     {"file", PARAM_FILE, NULL, 1, 0, NULL, "a file whose content is copied", 0},
     {"files", PARAM_FILES, NULL, 1, 0, NULL, "files or globs (their content enters the key)", 0},
+    {"source", PARAM_STRING, "none", 1, 0, NULL, "a keyword, or a file or directory whose content enters the key", PARAM_PATH_OR_WORD},
     {"count", PARAM_INT, "1", 0, 100, NULL, "a bounded integer", 0},
     {"ratio", PARAM_FLOAT, "0.5", 0, 1, NULL, "a bounded number", 0},
     {"mode", PARAM_ENUM, "fast", 1, 0, "fast|slow|careful", "an enum", 0},

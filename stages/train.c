@@ -177,36 +177,82 @@ static double parse_budget(const char *s) {
     return (toupper((unsigned char)*end) == 'G' ? 1073741824.0 : 1048576.0) * v;
 }
 
-/* half of the device's free memory (GPU), or of the RAM (CPU) */
-static double default_budget(const llama_model *m) {
-#ifdef QLORA_HAVE_CUDA
-    cuda_device_info info;
-    if (!strcmp(m->ops->name, "cuda") && cuda_device_query(&info) == 0 && info.count > 0)
-        return 0.5 * (double)info.free_bytes;
-#endif
-    (void)m;
-    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-    return pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
-}
+/* the ops' scratch beside the plan on a GPU (dequantized weight or its cap, LoRA copies, the
+ * dropout input, attention's and the cross-entropy's buffers, cuBLAS's workspace): a margin the
+ * auto choice keeps free */
+#define GPU_SCRATCH_MARGIN (1024.0 * 1048576.0)
 
-/* none | every_layer as asked; auto: no recomputation when the activations of a whole
- * micro-batch fit the budget (memory_budget, or half the RAM / GPU memory), else every layer */
 static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     const char *mode = stage_str(ctx, "activation_checkpointing");
     llama_checkpointing ck = !strcmp(mode, "every_layer") ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
+    bool gpu = !strcmp(m->ops->name, "cuda");
+    double budget = parse_budget(stage_str(ctx, "memory_budget"));
     if (!strcmp(mode, "auto")) {
-        double budget = parse_budget(stage_str(ctx, "memory_budget"));
-        if (budget <= 0) budget = default_budget(m);
+        if (budget <= 0 && gpu) { /* what the device has left after the weights and LoRA state */
+            device_info di;
+            device_info_get(m->ops, &di);
+            budget = di.free_bytes - GPU_SCRATCH_MARGIN;
+        } else if (budget <= 0) {
+            long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+            budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
+        }
         double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE);
         if (need > budget) {
+            stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing "
+                            "every layer", need / 1048576.0, budget / 1048576.0);
             ck = LLAMA_CKPT_EVERY;
-            stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: recomputing "
-                            "every layer in the backward", need / 1048576.0, budget / 1048576.0);
         }
     }
+    /* Checkpointing on a GPU: the lean knobs (the MLP in chunks of rows, the ops' scratch capped)
+     * save a few hundred MB and cost some speed, so they are taken only when the plain checkpointed
+     * plan would not fit the budget (or the device's free memory). */
+    bool lean = false;
+    if (ck == LLAMA_CKPT_EVERY && gpu) {
+        m->mlp_chunk_rows = max_T;
+        double wmax = 0;
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
+        double room = budget;
+        if (room <= 0) {
+            device_info di;
+            device_info_get(m->ops, &di);
+            room = di.free_bytes;
+        }
+        lean = need > room;
+        if (lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+    }
+    device_lean_scratch(m->ops, lean);
     int rc = llama_plan(m, max_T, ck);
+    if (rc && gpu && ck == LLAMA_CKPT_NONE && !strcmp(mode, "auto")) { /* the device said no: the lean plan */
+        err_clear();
+        stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
+        device_lean_scratch(m->ops, true);
+        m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+        rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
+    }
     if (!rc) stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
     return rc;
+}
+
+/* the start-up report on a GPU: device, memory, the plan, kernels, checkpointing */
+static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
+    if (strcmp(m->ops->name, "cuda")) return;
+    device_info di;
+    device_info_get(m->ops, &di);
+    const double MiB = 1048576.0;
+    stage_logf(ctx, "device: %s, %.1f GiB total, %.1f GiB free after the plan", di.name, di.total_bytes / (1024 * MiB),
+               di.free_bytes / (1024 * MiB));
+    stage_logf(ctx, "plan: frozen weights %.1f MiB (NF4%s), LoRA %lld params (%.1f MiB with grads and AdamW state), "
+                    "activations %.1f MiB for %d tokens; %.1f MiB allocated so far",
+               (double)m->weight_bytes / MiB, m->layers[0].lin[0].w.absmax_q ? " + double-quant absmax" : "",
+               (long long)m->n_lora_params, 16.0 * (double)m->n_lora_params / MiB, (double)m->act_bytes / MiB, max_T,
+               di.live_bytes / MiB);
+    stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s",
+               di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
+               m->ckpt == LLAMA_CKPT_NONE            ? "none"
+               : m->mlp_chunk_rows > 0 && m->mlp_chunk_rows < max_T ? "every layer (lean plan: MLP in chunks of rows)"
+                                                                     : "every layer");
 }
 
 static int train_run_stage(stage_ctx *ctx) {
@@ -266,6 +312,7 @@ static int train_run_stage(stage_ctx *ctx) {
     for (int64_t r = 0; r < train.n_rows; r++) if (train.rows[r + 1] - train.rows[r] > max_row) max_row = train.rows[r + 1] - train.rows[r];
     for (int64_t r = 0; have_val && r < val.n_rows; r++) if (val.rows[r + 1] - val.rows[r] > max_row) max_row = val.rows[r + 1] - val.rows[r];
     if ((rc = plan_memory(ctx, m, (int)(max_row * tc.micro_batch_size)))) goto out;
+    log_device(ctx, m, (int)(max_row * tc.micro_batch_size));
 
     if (ctx->work_dir) {
         if ((rc = fs_mkdir_p(ctx->work_dir))) goto out;

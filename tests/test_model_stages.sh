@@ -46,4 +46,41 @@ expect_invalid "s/formats: .*/formats: [peft]/" "needs an adapter"
 expect_invalid "s/gguf_type: q8_0/max_shard_size: 5 parsecs/" "bad size"
 expect_invalid "s/formats: .*/formats: [onnx]/" "onnx"
 expect_invalid "s/hidden: 64/hidden: 65/" "multiple of"
+
+# the QLoRA path: generated -> NF4 -> LoRA attached -> every export, with the 4-bit checkpoint
+cat > q.yaml <<'YAML'
+name: model-stages-qlora
+seed: 4
+stages:
+  base:
+    kind: init_model
+    layers: 2
+  nf4:
+    kind: quantize_nf4
+    model: base
+  lora:
+    kind: attach_lora
+    model: nf4
+    lora_r: 4
+    lora_target_modules: [q_proj, v_proj, down_proj]
+  out:
+    kind: export
+    model: nf4
+    adapter: lora
+    formats: [peft, merged, gguf]
+    gguf_type: f16
+    include_nf4: true
+YAML
+"$QLORA_BIN" q.yaml --quiet >/dev/null 2>&1 || { echo "FAIL: the QLoRA recipe did not run"; "$QLORA_BIN" q.yaml; exit 1; }
+nf4dir=$(ls -d cache/artifacts/export/*/nf4 2>/dev/null | head -1 || true)
+[ -n "$nf4dir" ] || { echo "FAIL: no export artifact with nf4/"; exit 1; }
+art=$(dirname "$nf4dir")
+for f in adapter/adapter_config.json adapter/adapter_model.safetensors model/config.json model-f16.gguf nf4/config.json nf4/model.safetensors; do
+    [ -s "$art/$f" ] || { echo "FAIL: export artifact lacks $f"; ls -R "$art"; exit 1; }
+done
+lora=$(ls -d cache/artifacts/attach_lora/*/ | head -1)
+cmp -s "$lora/adapter/adapter_config.json" "$art/adapter/adapter_config.json" ||
+    { echo "FAIL: the exported adapter_config.json differs from attach_lora's"; diff "$lora/adapter/adapter_config.json" "$art/adapter/adapter_config.json"; exit 1; }
+grep -q quantization_config "$art/model/config.json" && { echo "FAIL: merged config keeps quantization_config"; exit 1; }
+grep -q quantization_config "$art/nf4/config.json" || { echo "FAIL: nf4/config.json lacks quantization_config"; exit 1; }
 echo ok

@@ -108,6 +108,14 @@ n=$("$BIN" "$R" --json | grep -c '"type":"stage_cached"')
 "$BIN" cache gc --keep-last 1 | grep -q removed && ok "cache gc" || bad "cache gc"
 "$BIN" "$R" -q; expect_ran "gc kept the last run's artifacts" ""
 
+# a keyword-or-directory parameter: a file edited inside the directory re-runs the stage
+mkdir -p "$W/tokdir"; echo v1 > "$W/tokdir/tokenizer.json"
+"$BIN" "$R" -q --set stages.a.source="$W/tokdir"; ran >/dev/null
+echo v2 > "$W/tokdir/tokenizer.json"
+out=$("$BIN" plan "$R" --set stages.a.source="$W/tokdir" 2>&1)
+grep -q "file 'tokdir/tokenizer.json' changed" <<<"$out" && ok "a directory parameter's content is in the key" || bad "dir param: $out"
+"$BIN" validate "$R" --set stages.a.source=no/such/dir >/dev/null 2>&1; [ $? -eq 3 ] && ok "a missing directory is a recipe error" || bad "missing dir accepted"
+
 # notification hooks: on_stage_end per stage that ran, on_run_end once
 cp "$SRC/tests/recipes/runner/hooked.yaml" "$SRC/tests/recipes/runner/notify.lua" "$W/"
 NOTIFY_FILE=$W/notes.txt "$BIN" "$W/hooked.yaml" -q; rc=$?

@@ -428,7 +428,21 @@ void nf4_dequantize(float *dst, const uint8_t *codes, const float *absmax, const
 }
 
 void ops_nf4_dequant_rows(const ops_nf4 *W, int64_t r0, int64_t nr, float *dst) {
-    dequant_range(dst, W->codes, W->absmax, W->quant_map, W->blocksize, r0 * W->cols, nr * W->cols);
+    int64_t first = r0 * W->cols, count = nr * W->cols;
+    if (!W->absmax_q) {
+        dequant_range(dst, W->codes, W->absmax, W->quant_map, W->blocksize, first, count);
+        return;
+    }
+    if (count <= 0) return;
+    /* double quant: de-nest the blocks this range touches into a small table, then dequantize
+     * relative to the first of them (b0 * blocksize is even, so nibble parity is unchanged) */
+    int64_t b0 = first / W->blocksize, b1 = (first + count - 1) / W->blocksize, nb = b1 - b0 + 1;
+    float local[256] = {0}, *scales = nb <= 256 ? local : malloc(sizeof(float) * (size_t)nb);
+    if (!scales) abort(); /* a few KB for any tile the ops ask for */
+    for (int64_t b = 0; b < nb; b++) scales[b] = ops_nf4_block_scale(W, b0 + b);
+    int64_t e0 = b0 * W->blocksize;
+    dequant_range(dst, W->codes + e0 / 2, scales, W->quant_map, W->blocksize, first - e0, count);
+    if (scales != local) free(scales);
 }
 
 /* ---- double quantization ---- */

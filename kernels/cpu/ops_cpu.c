@@ -325,10 +325,11 @@ static void cpu_swiglu_bwd(void *dgate_, void *dup_, const void *dout_, const vo
                            int64_t n) {
     float *dg = dgate_, *du = dup_;
     const float *d = dout_, *g = gate_, *u = up_;
-    for (int64_t i = 0; i < n; i++) {
-        float sig = 1.0f / (1.0f + expf(-g[i]));
-        dg[i] = d[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
-        du[i] = d[i] * g[i] * sig;
+    for (int64_t i = 0; i < n; i++) { /* read before writing: dgate/dup may be gate/up */
+        float gi = g[i], ui = u[i], di = d[i];
+        float sig = 1.0f / (1.0f + expf(-gi));
+        dg[i] = di * ui * sig * (1.0f + gi * (1.0f - sig));
+        du[i] = di * gi * sig;
     }
 }
 

@@ -13,6 +13,12 @@ extern "C" {
  * torch.cuda.max_memory_allocated counts; the CUDA context is not included). */
 void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes);
 void cuda_mem_reset_peak(void);
+/* Cap the ops' largest scratch (the dequantized weight, shared with the cross-entropy's logits
+ * chunk and attention's fp32 dq accumulator) at bytes; 0 (the default) is no cap. A weight over
+ * the cap is dequantized and multiplied in row ranges through one cap-sized buffer: what a run
+ * that checkpoints every layer wants (7B: 86 MiB -> the cap; 70B: 448 MiB -> the cap). */
+void cuda_scratch_cap_set(size_t bytes);
+size_t cuda_scratch_cap(void);
 /* the cudaStream_t every op runs on (for events and graph capture in benchmarks) */
 void *cuda_stream_handle(void);
 

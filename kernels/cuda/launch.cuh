@@ -42,6 +42,13 @@ void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogi
 // nf4.cu (see nf4_cuda.h for the exported C API)
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map,
                              int64_t n, int blocksize, cudaStream_t s);
+// double-quantized absmax (ops_nf4.absmax_q); nested_absmax indexed by (block / 256) from the
+// pointers given, so a range must start on a multiple of 256 blocks
+void launch_nf4_dequant_dq_bf16(bf16 *dst, const uint8_t *codes, const uint8_t *absmax_q, const float *nested_absmax,
+                                const float *nested_map, float nested_offset, const float *quant_map, int64_t n,
+                                int blocksize, cudaStream_t s);
+// columns [c0, c0+w) of W (either absmax form) into dst [rows, w]
+void launch_nf4_dequant_cols(bf16 *dst, const ops_nf4 *W, int64_t c0, int64_t w, cudaStream_t s);
 
 // ops_cuda.cu: row-major GEMM through cuBLAS, C = alpha op(A) op(B) + beta C, fp32 accumulate.
 // op(A) is [M, K], op(B) is [K, N]; ta/tb say A/B are stored transposed ([K, M] / [N, K]);

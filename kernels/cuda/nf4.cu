@@ -133,13 +133,11 @@ void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absma
     }
 }
 
-extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, const uint8_t *absmax_q,
-                                         const float *nested_absmax, const float *nested_map, float nested_offset,
-                                         const float *quant_map, int64_t n, int blocksize) {
+void launch_nf4_dequant_dq_bf16(bf16 *dst, const uint8_t *codes, const uint8_t *absmax_q, const float *nested_absmax,
+                                const float *nested_map, float nested_offset, const float *quant_map, int64_t n,
+                                int blocksize, cudaStream_t s) {
     CUDA_REQUIRE(blocksize >= 8 && blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     if (n <= 0) return;
-    bf16 *dst = (bf16 *)dst_;
-    cudaStream_t s = cuda_stream();
     int64_t vec_units = 0;
     if (((uintptr_t)codes & 3) == 0 && ((uintptr_t)dst & 15) == 0) {
         vec_units = n / 8;
@@ -159,6 +157,65 @@ extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst_, const uint8_t *codes, c
                                                                          n, blocksize);
         CUDA_CHECK_LAUNCH();
     }
+}
+
+// Columns [c0, c0+w) of a [rows, cols] weight into dst [rows, w] (either form of absmax: aq
+// non-NULL selects double quant). The capped backward uses it: dx[:, c0..] = dy W[:, c0..] is
+// one GEMM per column range with nothing summed across ranges, so the rounding is that of one
+// GEMM. One thread per 8 elements when c0, w and cols are multiples of 8; else one per element.
+__global__ void nf4_dequant_cols_kernel(bf16 *__restrict__ dst, const uint8_t *__restrict__ codes,
+                                        const float *__restrict__ absmax, const uint8_t *__restrict__ aq,
+                                        const float *__restrict__ nested_absmax,
+                                        const float *__restrict__ nested_map, float offset,
+                                        const float *__restrict__ quant_map, int64_t rows, int64_t cols, int64_t c0,
+                                        int64_t w, int blocksize, int vec) {
+    __shared__ float qm[16], nmap[256];
+    if (threadIdx.x < 16) qm[threadIdx.x] = quant_map[threadIdx.x];
+    if (aq)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) nmap[i] = nested_map[i];
+    __syncthreads();
+    int64_t u = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (vec) {
+        int64_t per_row = w / 8;
+        if (u >= rows * per_row) return;
+        int64_t r = u / per_row, j = (u % per_row) * 8, i = r * cols + c0 + j;
+        int64_t b = i / blocksize;
+        float am = aq ? nf4_dq_absmax(aq, nested_absmax, nmap, offset, b) : __ldg(absmax + b);
+        uint32_t c = __ldg(reinterpret_cast<const uint32_t *>(codes + i / 2));
+        __align__(16) bf16 o[8];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint32_t byte = (c >> (8 * k)) & 0xffu;
+            o[2 * k] = __float2bfloat16_rn(qm[byte >> 4] * am);
+            o[2 * k + 1] = __float2bfloat16_rn(qm[byte & 15u] * am);
+        }
+        *reinterpret_cast<uint4 *>(dst + r * w + j) = *reinterpret_cast<const uint4 *>(o);
+    } else {
+        if (u >= rows * w) return;
+        int64_t r = u / w, j = u % w, i = r * cols + c0 + j, b = i / blocksize;
+        float am = aq ? nf4_dq_absmax(aq, nested_absmax, nmap, offset, b) : absmax[b];
+        uint8_t byte = codes[i >> 1];
+        dst[r * w + j] = __float2bfloat16_rn(qm[(i & 1) ? (byte & 15u) : (byte >> 4)] * am);
+    }
+}
+
+void launch_nf4_dequant_cols(bf16 *dst, const ops_nf4 *W, int64_t c0, int64_t w, cudaStream_t s) {
+    CUDA_REQUIRE(W->blocksize >= 8 && W->blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
+    if (w <= 0 || W->rows <= 0) return;
+    int vec = c0 % 8 == 0 && w % 8 == 0 && W->cols % 8 == 0 && ((uintptr_t)W->codes & 3) == 0 &&
+              ((uintptr_t)dst & 15) == 0;
+    int64_t threads = vec ? W->rows * (w / 8) : W->rows * w;
+    nf4_dequant_cols_kernel<<<(unsigned)CEIL_DIV(threads, (int64_t)256), 256, 0, s>>>(
+        dst, W->codes, W->absmax, W->absmax_q, W->nested_absmax, W->nested_map, W->nested_offset, W->quant_map,
+        W->rows, W->cols, c0, w, W->blocksize, vec);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void nf4_cuda_dequant_dq_bf16(uint16_t *dst, const uint8_t *codes, const uint8_t *absmax_q,
+                                         const float *nested_absmax, const float *nested_map, float nested_offset,
+                                         const float *quant_map, int64_t n, int blocksize) {
+    launch_nf4_dequant_dq_bf16((bf16 *)dst, codes, absmax_q, nested_absmax, nested_map, nested_offset, quant_map, n,
+                               blocksize, cuda_stream());
 }
 
 extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const float *absmax,

@@ -1,6 +1,6 @@
 /* nf4_cuda.h: NF4/FP4 4-bit quantize and dequantize on the GPU (bitsandbytes layout: flat
  * C-order elements, blocks of `blocksize`, first element of a pair in the high nibble, fp32
- * absmax per block; double quantization is undone at load, so absmax is plain fp32 here).
+ * absmax per block, or the double-quantized form as stored: the _dq_ variant).
  * All pointers are device memory; work is queued on the ops_cuda() stream. C-callable.
  *
  * Dequantize is what training uses (into a bf16 scratch right before each GEMM); its output is

@@ -92,7 +92,16 @@ void *cuda_cublas_workspace(size_t *bytes) {
     return g_cublas_ws;
 }
 
+// The logits chunk of the cross-entropy and the fp32 dq accumulator of attention's backward
+// share the dequantized-weight slot: all three are used by one op at a time on the main stream,
+// and the side stream's dequantization waits for the main stream's earlier work (g_ev_start).
+static size_t g_scratch_cap; // 0: unlimited (cuda_scratch_cap_set)
+
+extern "C" void cuda_scratch_cap_set(size_t bytes) { g_scratch_cap = bytes; }
+extern "C" size_t cuda_scratch_cap(void) { return g_scratch_cap; }
+
 void *cuda_scratch(int slot, size_t bytes) {
+    if (slot == SCRATCH_XENT || slot == SCRATCH_ATTN_DQ) slot = SCRATCH_W_BF16;
     if (bytes == 0) bytes = 1;
     if (bytes > g_scratch_bytes[slot]) {
         // grows only on the first call with a larger shape (the first step): the step after it
@@ -223,6 +232,23 @@ static void cu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *
     launch_swiglu_bwd((bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
 }
 
+// rows [r0, r0+nr) of W to bf16 at dst, queued on stream s (either form of absmax)
+static void dequant_rows(bf16 *dst, const ops_nf4 *W, int64_t r0, int64_t nr, cudaStream_t s) {
+    int64_t e0 = r0 * W->cols, n = nr * W->cols, b0 = e0 / W->blocksize;
+    if (W->absmax_q)
+        launch_nf4_dequant_dq_bf16(dst, W->codes + e0 / 2, W->absmax_q + b0, W->nested_absmax + b0 / 256,
+                                   W->nested_map, W->nested_offset, W->quant_map, n, W->blocksize, s);
+    else
+        launch_nf4_dequant_bf16(dst, W->codes + e0 / 2, W->absmax + b0, W->quant_map, n, W->blocksize, s);
+}
+
+// a chunk may start at element e when e is a whole number of blocks (and of 256 blocks with
+// double quant, whose nested scales cover 256 blocks each) and of 8 elements (vector stores)
+static bool chunk_start_ok(const ops_nf4 *W, int64_t e) {
+    int64_t unit = (int64_t)W->blocksize * (W->absmax_q ? 256 : 1);
+    return e % unit == 0 && e % 8 == 0;
+}
+
 // The frozen weight is dequantized into one reusable bf16 scratch (sized by the largest linear
 // layer, never the whole model) right before the GEMMs that read it, in row chunks on the side
 // stream: chunk c covers rows [bound[c], bound[c+1]) and is ready when g_ev_chunk[c] fires.
@@ -245,10 +271,8 @@ static wchunks dequant_weight(const ops_nf4 *W) {
         max_chunks = e && atoi(e) >= 1 && atoi(e) <= DQ_CHUNKS ? atoi(e) : 1;
     }
     int chunks = n >= ((size_t)8 << 20) ? max_chunks : 1;
-    for (int i = 1; i < chunks; i++) {
-        int64_t r = W->rows * i / chunks, e = r * W->cols;
-        if (e % W->blocksize || e % 8) chunks = 1;
-    }
+    for (int i = 1; i < chunks; i++)
+        if (!chunk_start_ok(W, W->rows * i / chunks * W->cols)) chunks = 1;
     c.n = chunks;
     for (int i = 0; i <= chunks; i++) c.bound[i] = (int)(W->rows * i / chunks);
     cudaStream_t main_s = cuda_stream();
@@ -256,9 +280,7 @@ static wchunks dequant_weight(const ops_nf4 *W) {
     CUDA_CHECK(cudaEventRecord(g_ev_start, main_s));
     CUDA_CHECK(cudaStreamWaitEvent(g_side, g_ev_start, 0));
     for (int i = 0; i < chunks; i++) {
-        int64_t e0 = (int64_t)c.bound[i] * W->cols, e1 = (int64_t)c.bound[i + 1] * W->cols;
-        launch_nf4_dequant_bf16(w + e0, W->codes + e0 / 2, W->absmax + e0 / W->blocksize, W->quant_map, e1 - e0,
-                                W->blocksize, g_side);
+        dequant_rows(w + (size_t)c.bound[i] * W->cols, W, c.bound[i], c.bound[i + 1] - c.bound[i], g_side);
         CUDA_CHECK(cudaEventRecord(g_ev_chunk[i], g_side));
     }
     return c;
@@ -266,17 +288,43 @@ static wchunks dequant_weight(const ops_nf4 *W) {
 
 static void wait_chunk(int i) { CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), g_ev_chunk[i], 0)); }
 
+// Runs f(r0, nr, rows) over row ranges of W dequantized to bf16. Under a scratch cap
+// (cuda_scratch_cap_set: the lean plan of a checkpointed run) a weight larger than the cap goes
+// through one cap-sized buffer in sequence on the main stream, so the scratch never holds more
+// than the cap, whatever the model (a 70B down_proj is 448 MiB in bf16).
+template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
+    size_t bytes = (size_t)W->rows * (size_t)W->cols * sizeof(bf16);
+    if (g_scratch_cap && bytes > g_scratch_cap) {
+        int64_t rc = (int64_t)(g_scratch_cap / sizeof(bf16)) / W->cols;
+        while (rc > 1 && !chunk_start_ok(W, rc * W->cols)) rc--;
+        if (rc < 1 || !chunk_start_ok(W, rc * W->cols)) { // no aligned row count under the cap
+            rc = 1;
+            while (rc < W->rows && !chunk_start_ok(W, rc * W->cols)) rc++;
+        }
+        bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, (size_t)rc * W->cols * sizeof(bf16));
+        for (int64_t r0 = 0; r0 < W->rows; r0 += rc) {
+            int64_t nr = W->rows - r0 < rc ? W->rows - r0 : rc;
+            dequant_rows(w, W, r0, nr, cuda_stream());
+            f((int)r0, (int)nr, (const bf16 *)w);
+        }
+        return;
+    }
+    wchunks wc = dequant_weight(W);
+    for (int i = 0; i < wc.n; i++) {
+        int r0 = wc.bound[i], nr = wc.bound[i + 1] - r0;
+        wait_chunk(i);
+        f(r0, nr, wc.w + (size_t)r0 * W->cols);
+    }
+}
+
 // y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
 // The LoRA output is accumulated into y by the second GEMM (beta = 1): no extra pass over y.
 static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                            float *xa, int T) {
     int out = (int)W->rows, in = (int)W->cols;
-    wchunks wc = dequant_weight(W);
-    for (int i = 0; i < wc.n; i++) { // y[:, rows of chunk i] = x W[chunk i]^T
-        int r0 = wc.bound[i], nr = wc.bound[i + 1] - r0;
-        wait_chunk(i);
-        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, wc.w + (size_t)r0 * in, in, 0.0f, (bf16 *)y + r0, out, 0);
-    }
+    for_weight_rows(W, [&](int r0, int nr, const bf16 *w) { // y[:, rows r0..] = x W[r0..]^T
+        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, w, in, 0.0f, (bf16 *)y + r0, out, 0);
+    });
     if (bias) launch_add_bias((bf16 *)y, (const bf16 *)bias, T, out);
     if (!lora) return;
     int r = lora->r;
@@ -304,13 +352,24 @@ static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint1
 static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                            const float *xa, int T, int accumulate) {
     int out = (int)W->rows, in = (int)W->cols;
-    wchunks wc = dequant_weight(W);
-    for (int i = 0; i < wc.n; i++) { // dx (+)= dy[:, chunk i] W[chunk i]: the chunks split the sum
-        int r0 = wc.bound[i], nr = wc.bound[i + 1] - r0;
-        wait_chunk(i);
-        if (dx)
-            gemm_rm(0, 0, T, in, nr, 1.0f, (const bf16 *)dy + r0, out, wc.w + (size_t)r0 * in, in,
-                    (accumulate || i > 0) ? 1.0f : 0.0f, dx, in, 0);
+    size_t wbytes = (size_t)out * (size_t)in * sizeof(bf16);
+    if (dx && g_scratch_cap && wbytes > g_scratch_cap) {
+        // capped: dx[:, c0..c0+w) = dy W[:, c0..c0+w), column range by column range, so each
+        // element of dx comes from one GEMM (row ranges would sum many bf16 partial results)
+        int64_t wc = (int64_t)(g_scratch_cap / sizeof(bf16)) / out / 8 * 8;
+        if (wc < 8) wc = 8;
+        bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, (size_t)wc * out * sizeof(bf16));
+        for (int64_t c0 = 0; c0 < in; c0 += wc) {
+            int64_t nw = in - c0 < wc ? in - c0 : wc;
+            launch_nf4_dequant_cols(w, W, c0, nw, cuda_stream());
+            gemm_rm(0, 0, T, (int)nw, out, 1.0f, (const bf16 *)dy, out, w, (int)nw, accumulate ? 1.0f : 0.0f,
+                    (bf16 *)dx + c0, in, 0);
+        }
+    } else if (dx) { // dx (+)= dy[:, rows r0..] W[r0..]: the row ranges (the overlap's chunks) split the sum
+        for_weight_rows(W, [&](int r0, int nr, const bf16 *w) {
+            gemm_rm(0, 0, T, in, nr, 1.0f, (const bf16 *)dy + r0, out, w, in, (accumulate || r0 > 0) ? 1.0f : 0.0f,
+                    dx, in, 0);
+        });
     }
     if (!lora) return;
     int r = lora->r;
@@ -336,7 +395,8 @@ static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf
     if (!dx) return;
     // dx += (g A) * mask / (1 - p): straight into dx when there is no dropout
     if (lora->dropout > 0.0f) {
-        bf16 *tmp = (bf16 *)cuda_scratch(SCRATCH_LORA_DX, (size_t)T * in * sizeof(bf16));
+        // drop(x) is no longer needed: its buffer takes (dy B) A (same stream, in order)
+        bf16 *tmp = (bf16 *)cuda_scratch(SCRATCH_DROP_X, (size_t)T * in * sizeof(bf16));
         gemm_rm(0, 0, T, in, r, 1.0f, g16, r, a16, in, 0.0f, tmp, in, 0);
         launch_add_masked((bf16 *)dx, tmp, (int64_t)T * in, lora->dropout, lora->dropout_seed);
     } else {
@@ -353,7 +413,8 @@ static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf
 static const size_t XENT_CHUNK_BYTES = 64u << 20;
 
 static int xent_chunk_rows(int T, int V) {
-    size_t rows = XENT_CHUNK_BYTES / ((size_t)V * sizeof(float));
+    size_t cap = g_scratch_cap && g_scratch_cap < XENT_CHUNK_BYTES ? g_scratch_cap : XENT_CHUNK_BYTES;
+    size_t rows = cap / ((size_t)V * sizeof(float));
     if (rows < 16) rows = 16;
     if (rows > (size_t)T) rows = (size_t)T;
     return (int)rows;

@@ -2,17 +2,22 @@
  *
  *  - a transformers + bitsandbytes 4-bit checkpoint loads as stored and gives bitsandbytes'
  *    logits (up to its bf16 compute); the bf16 original quantized at load gives them too
- *  - activation checkpointing changes nothing: same loss and bit-identical gradients
+ *  - double-quantized absmax stays as stored (1 byte a block) and dequantizes to what the
+ *    de-nested fp32 absmax gives
+ *  - activation checkpointing changes nothing: same loss and bit-identical gradients; with the
+ *    MLP in chunks of rows, the same up to the order of the LoRA gradient sums
  *  - LoRA dropout: the whole model's gradients match finite differences with dropout on (the mask
  *    is the same in forward, backward and recompute), and the seed changes the mask
  *  - generation through the KV cache equals the full forward's logits
  *  - bad inputs are errors with messages, not crashes */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/err.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "model/bnb.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "test.h"
@@ -28,14 +33,17 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
-/* the qwen2 golden model with LoRA on every linear, A from PEFT's init and a nonzero B */
+/* the qwen2 golden model with LoRA on every linear (or small_targets), A from PEFT's init and a
+ * nonzero B */
+static uint32_t small_targets = LLAMA_TARGETS_ALL;
+
 static llama_model *small_model(float dropout, llama_checkpointing ckpt, int T) {
     llama_model *m = NULL;
     if (llama_load(&m, QWEN2_DIR, NULL, ops_cpu())) {
         fprintf(stderr, "%s\n", err_msg());
         return NULL;
     }
-    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = dropout, .targets = LLAMA_TARGETS_ALL};
+    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = dropout, .targets = small_targets};
     if (llama_lora_attach(m, &lc) || llama_plan(m, T, ckpt)) {
         fprintf(stderr, "%s\n", err_msg());
         llama_free(&m);
@@ -132,6 +140,83 @@ TEST(checkpointing_changes_nothing) {
     free(gc);
     llama_free(&a);
     llama_free(&c);
+}
+
+/* the bitsandbytes checkpoint (double quant) is kept nested; the rows match bnb's de-nested ones */
+TEST(double_quant_kept) {
+    llama_model *m = NULL;
+    CHECK(llama_load(&m, "fixtures/bnb/tiny-llama-nf4", NULL, ops_cpu()) == 0);
+    if (!m) return;
+    st_model *st = NULL;
+    CHECK(st_open(&st, "fixtures/bnb/tiny-llama-nf4/model.safetensors") == 0);
+    const ops_nf4 *w = &m->layers[0].lin[LLAMA_UP].w;
+    CHECK(w->absmax_q != NULL && w->absmax == NULL && w->nested_absmax && w->nested_map);
+    bnb_linear bl;
+    if (st && bnb_linear_load(st, "model.layers.0.mlp.up_proj", &bl) == 0) {
+        int64_t n = w->rows * w->cols;
+        float *a = malloc(sizeof(float) * (size_t)n), *b = malloc(sizeof(float) * (size_t)n);
+        ops_nf4_dequant_rows(w, 0, w->rows, a);
+        bnb_linear_dequant(&bl, b);
+        CHECK(!memcmp(a, b, sizeof(float) * (size_t)n));
+        /* a range that starts inside a block and ends inside another */
+        ops_nf4_dequant_rows(w, 3, 5, a);
+        CHECK(!memcmp(a, b + 3 * w->cols, sizeof(float) * (size_t)(5 * w->cols)));
+        free(a);
+        free(b);
+        bnb_linear_free(&bl);
+    } else {
+        CHECK(0);
+    }
+    st_close(&st);
+    llama_free(&m);
+    /* a float checkpoint quantized at load keeps double quant too, or fp32 absmax when asked */
+    llama_load_opts o = LLAMA_LOAD_OPTS_DEFAULT;
+    CHECK(llama_load(&m, "fixtures/bnb/tiny-llama-bf16", &o, ops_cpu()) == 0);
+    if (m) CHECK(m->layers[0].lin[LLAMA_Q].w.absmax_q != NULL);
+    llama_free(&m);
+    o.double_quant = false;
+    CHECK(llama_load(&m, "fixtures/bnb/tiny-llama-bf16", &o, ops_cpu()) == 0);
+    if (m) CHECK(m->layers[0].lin[LLAMA_Q].w.absmax_q == NULL && m->layers[0].lin[LLAMA_Q].w.absmax != NULL);
+    llama_free(&m);
+}
+
+static void mlp_chunks_case(void) {
+    enum { T = 20 };
+    llama_model *a = small_model(0.0f, LLAMA_CKPT_NONE, T), *c = small_model(0.0f, LLAMA_CKPT_EVERY, T);
+    CHECK(a && c);
+    if (!a || !c) return;
+    c->mlp_chunk_rows = 6;
+    CHECK(llama_plan(c, T, LLAMA_CKPT_EVERY) == 0);
+    int32_t ids[T], labels[T], ss[T];
+    small_batch(ids, labels, ss, T, a->V);
+    llama_batch b = {ids, labels, ss, T};
+    int64_t np = a->n_lora_params;
+    float *ga = malloc(sizeof(float) * (size_t)np), *gc = malloc(sizeof(float) * (size_t)np);
+    double la, lc;
+    grads_of(a, &b, 5, ga, &la);
+    grads_of(c, &b, 5, gc, &lc);
+    CHECK(fabs(la - lc) <= 1e-6 * fabs(la));
+    double e = rel_err(gc, ga, np);
+    fprintf(stderr, "  MLP in chunks of 6 rows: grads rel err %.2e\n", e);
+    CHECK(e < 1e-5);
+    /* generation through the chunked plan equals the unchunked one */
+    float *l1 = malloc(sizeof(float) * (size_t)a->V), *l2 = malloc(sizeof(float) * (size_t)a->V);
+    CHECK(llama_generate_begin(a, T) == 0 && llama_decode(a, ids, 15, l1) == 0);
+    CHECK(llama_generate_begin(c, T) == 0 && llama_decode(c, ids, 15, l2) == 0);
+    CHECK(rel_err(l2, l1, a->V) < 1e-5);
+    free(l1), free(l2), free(ga), free(gc);
+    llama_free(&a);
+    llama_free(&c);
+}
+
+/* checkpointing with the MLP in chunks of 6 rows (no dropout: chunks may split the sums), with
+ * LoRA on every linear and on q, v only (then dact shares act's buffer) */
+TEST(checkpointing_mlp_chunks) {
+    for (int pass = 0; pass < 2; pass++) {
+        small_targets = pass ? (1u << LLAMA_Q) | (1u << LLAMA_V) : LLAMA_TARGETS_ALL;
+        mlp_chunks_case();
+    }
+    small_targets = LLAMA_TARGETS_ALL;
 }
 
 TEST(model_grad_with_dropout) {
@@ -254,7 +339,9 @@ TEST(rope_scaling_linear) {
 
 int main(void) {
     RUN(bnb_checkpoint_logits);
+    RUN(double_quant_kept);
     RUN(checkpointing_changes_nothing);
+    RUN(checkpointing_mlp_chunks);
     RUN(model_grad_with_dropout);
     RUN(kv_cache_matches_forward);
     RUN(bad_inputs);

@@ -303,7 +303,8 @@ TEST(dequant_rows) {
     uint8_t *codes = malloc((size_t)nf4_packed_bytes(n));
     float *absmax = malloc((size_t)nf4_nblocks(n, 64) * 4);
     nf4_quantize(codes, absmax, x, NF4_SRC_F32, n, 64, OPS_NF4, 1);
-    ops_nf4 W = {codes, absmax, nf4_quant_map(OPS_NF4), rows, cols, 64};
+    ops_nf4 W = {.codes = codes, .absmax = absmax, .quant_map = nf4_quant_map(OPS_NF4), .rows = rows, .cols = cols,
+                 .blocksize = 64};
     nf4_dequantize_ref(full, codes, absmax, W.quant_map, 64, 0, n);
     for (int64_t r0 = 0; r0 < rows; r0 += 5) {
         int64_t nr = r0 + 7 <= rows ? 7 : rows - r0;
@@ -311,6 +312,32 @@ TEST(dequant_rows) {
         CHECK(memcmp(part, full + r0 * cols, (size_t)(nr * cols) * 4) == 0);
     }
     free(x); free(full); free(part); free(codes); free(absmax);
+}
+
+/* double-quantized absmax kept as stored: rows de-nest block by block to what de-nesting the
+ * whole absmax first gives (over several nested groups of 256 blocks) */
+TEST(dequant_rows_double_quant) {
+    const int64_t rows = 301, cols = 129;
+    int64_t n = rows * cols, nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+    float *x = malloc((size_t)n * 4), *full = malloc((size_t)n * 4), *part = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) x[i] = rnd_normal() * (1.0f + (float)(i % 977) / 100.0f);
+    uint8_t *codes = malloc((size_t)nf4_packed_bytes(n)), *aq = malloc((size_t)nb);
+    float *absmax = malloc((size_t)nb * 4), *nested = malloc((size_t)nn * 4), map[NF4_DYNAMIC_MAP_SIZE];
+    nf4_quantize(codes, absmax, x, NF4_SRC_F32, n, 64, OPS_NF4, 1);
+    nf4_dynamic_map(map);
+    float offset = nf4_absmax_mean(absmax, nb);
+    nf4_double_quant(aq, nested, absmax, nb, offset, map);
+    nf4_double_dequant(absmax, aq, nested, map, nb, offset);
+    nf4_dequantize_ref(full, codes, absmax, nf4_quant_map(OPS_NF4), 64, 0, n);
+    ops_nf4 W = {.codes = codes, .quant_map = nf4_quant_map(OPS_NF4), .rows = rows, .cols = cols, .blocksize = 64,
+                 .absmax_q = aq, .nested_absmax = nested, .nested_map = map, .nested_offset = offset};
+    for (int64_t r0 = 0; r0 < rows; r0 += 13) {
+        int64_t nr = r0 + 40 <= rows ? 40 : rows - r0;
+        ops_nf4_dequant_rows(&W, r0, nr, part);
+        CHECK(memcmp(part, full + r0 * cols, (size_t)(nr * cols) * 4) == 0);
+    }
+    for (int64_t b = 0; b < nb; b += 97) CHECK(ops_nf4_block_scale(&W, b) == absmax[b]);
+    free(x); free(full); free(part); free(codes); free(aq); free(absmax); free(nested);
 }
 
 TEST(nonfinite_reported_at_first_index) {
@@ -369,6 +396,7 @@ int main(void) {
     RUN(fixtures_match_bitsandbytes_cpu);
     RUN(fast_equals_ref_all_blocksizes);
     RUN(dequant_rows);
+    RUN(dequant_rows_double_quant);
     RUN(nonfinite_reported_at_first_index);
     RUN(quantize_err_matches_dequantize);
     RUN(blocksizes);

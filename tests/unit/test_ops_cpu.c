@@ -211,7 +211,8 @@ static void ql_setup(ql_ctx *c, float dropout) {
     static float w[QIN * QOUT];
     fill(w, QIN * QOUT, 50, 0.1f);
     nf4_quantize(c->codes, c->absmax, w, NF4_SRC_F32, QIN * QOUT, 64, OPS_NF4, 1);
-    c->W = (ops_nf4){c->codes, c->absmax, nf4_quant_map(OPS_NF4), QOUT, QIN, 64};
+    c->W = (ops_nf4){.codes = c->codes, .absmax = c->absmax, .quant_map = nf4_quant_map(OPS_NF4), .rows = QOUT,
+                     .cols = QIN, .blocksize = 64};
     fill(c->x, QT * QIN, 51, 1.0f), fill(c->R, QT * QOUT, 52, 1.0f);
     fill(c->A, QR * QIN, 53, 0.1f), fill(c->B, QOUT * QR, 54, 0.1f);
     fill_bf16(c->bias, QOUT, 55, 0.1f, 0.0f);

@@ -464,42 +464,71 @@ TEST(attention) {
 
 typedef struct qlin {
     ops_nf4 wh, wd;       /* host and device views */
-    uint8_t *codes_h, *codes_d;
-    float *absmax_h, *absmax_d, *qm_d;
+    uint8_t *codes_h, *codes_d, *aq_h, *aq_d;
+    float *absmax_h, *absmax_d, *qm_d, *nest_h, *nest_d, *nmap_h, *nmap_d;
 } qlin;
 
-static qlin qlin_make(int out, int in) {
+/* dq: absmax double-quantized as bitsandbytes stores it (random codes and nested scales) */
+static qlin qlin_make(int out, int in, int dq) {
     qlin q;
-    int64_t n = (int64_t)out * in, nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n);
+    memset(&q, 0, sizeof q);
+    int64_t n = (int64_t)out * in, nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n), nn = nf4_nblocks(nb, 256);
     q.codes_h = malloc((size_t)bytes);
-    q.absmax_h = malloc(sizeof(float) * (size_t)nb);
     for (int64_t i = 0; i < bytes; i++) q.codes_h[i] = (uint8_t)rnd_u64();
-    for (int64_t b = 0; b < nb; b++) q.absmax_h[b] = (0.5f + rnd_uniform()) / sqrtf((float)in);
     q.codes_d = gpu->alloc((size_t)bytes);
-    q.absmax_d = gpu->alloc(sizeof(float) * (size_t)nb);
     q.qm_d = gpu->alloc(64);
     gpu->upload(q.codes_d, q.codes_h, (size_t)bytes);
-    gpu->upload(q.absmax_d, q.absmax_h, sizeof(float) * (size_t)nb);
     gpu->upload(q.qm_d, nf4_quant_map(OPS_NF4), 64);
-    q.wh = (ops_nf4){q.codes_h, q.absmax_h, nf4_quant_map(OPS_NF4), out, in, 64};
-    q.wd = (ops_nf4){q.codes_d, q.absmax_d, q.qm_d, out, in, 64};
+    q.wh = (ops_nf4){.codes = q.codes_h, .quant_map = nf4_quant_map(OPS_NF4), .rows = out, .cols = in, .blocksize = 64};
+    q.wd = (ops_nf4){.codes = q.codes_d, .quant_map = q.qm_d, .rows = out, .cols = in, .blocksize = 64};
+    if (dq) {
+        q.aq_h = malloc((size_t)nb);
+        q.nest_h = malloc(sizeof(float) * (size_t)nn);
+        q.nmap_h = malloc(256 * sizeof(float));
+        for (int64_t b = 0; b < nb; b++) q.aq_h[b] = (uint8_t)rnd_u64();
+        for (int64_t j = 0; j < nn; j++) q.nest_h[j] = (0.2f + 0.3f * rnd_uniform()) / sqrtf((float)in);
+        nf4_dynamic_map(q.nmap_h);
+        q.aq_d = gpu->alloc((size_t)nb);
+        q.nest_d = gpu->alloc(sizeof(float) * (size_t)nn);
+        q.nmap_d = gpu->alloc(256 * sizeof(float));
+        gpu->upload(q.aq_d, q.aq_h, (size_t)nb);
+        gpu->upload(q.nest_d, q.nest_h, sizeof(float) * (size_t)nn);
+        gpu->upload(q.nmap_d, q.nmap_h, 256 * sizeof(float));
+        float off = 1.0f / sqrtf((float)in);
+        q.wh.absmax_q = q.aq_h, q.wh.nested_absmax = q.nest_h, q.wh.nested_map = q.nmap_h, q.wh.nested_offset = off;
+        q.wd.absmax_q = q.aq_d, q.wd.nested_absmax = q.nest_d, q.wd.nested_map = q.nmap_d, q.wd.nested_offset = off;
+    } else {
+        q.absmax_h = malloc(sizeof(float) * (size_t)nb);
+        for (int64_t b = 0; b < nb; b++) q.absmax_h[b] = (0.5f + rnd_uniform()) / sqrtf((float)in);
+        q.absmax_d = gpu->alloc(sizeof(float) * (size_t)nb);
+        gpu->upload(q.absmax_d, q.absmax_h, sizeof(float) * (size_t)nb);
+        q.wh.absmax = q.absmax_h;
+        q.wd.absmax = q.absmax_d;
+    }
     return q;
 }
 
 static void qlin_free(qlin *q) {
-    free(q->codes_h), free(q->absmax_h);
-    gpu->free(q->codes_d), gpu->free(q->absmax_d), gpu->free(q->qm_d);
+    free(q->codes_h), free(q->absmax_h), free(q->aq_h), free(q->nest_h), free(q->nmap_h);
+    gpu->free(q->codes_d), gpu->free(q->qm_d);
+    if (q->absmax_d) gpu->free(q->absmax_d);
+    if (q->aq_d) gpu->free(q->aq_d), gpu->free(q->nest_d), gpu->free(q->nmap_d);
 }
 
 TEST(qlinear) {
-    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate */
-    const int cfgs[][7] = {{16, 64, 96, 8, 0, 0, 0},   {37, 256, 160, 16, 10, 1, 0}, {32, 4096, 4096, 16, 0, 0, 1},
-                           {5, 128, 64, 4, 25, 0, 1},   {64, 512, 1376, 0, 0, 0, 0},  {1, 64, 64, 16, 5, 1, 0},
-                           {128, 1024, 256, 64, 0, 1, 1}};
+    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax,
+     * scratch cap in KiB (0: none; else the weight goes in row ranges through one buffer) */
+    const int cfgs[][9] = {{16, 64, 96, 8, 0, 0, 0, 0, 0},     {37, 256, 160, 16, 10, 1, 0, 0, 0},
+                           {32, 4096, 4096, 16, 0, 0, 1, 0, 0}, {5, 128, 64, 4, 25, 0, 1, 0, 0},
+                           {64, 512, 1376, 0, 0, 0, 0, 0, 0},   {1, 64, 64, 16, 5, 1, 0, 0, 0},
+                           {128, 1024, 256, 64, 0, 1, 1, 0, 0}, {32, 4096, 4096, 16, 0, 0, 1, 1, 0},
+                           {37, 256, 160, 16, 10, 1, 0, 1, 0},  {64, 512, 1376, 16, 5, 0, 1, 1, 64},
+                           {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], in = cfgs[c][1], out = cfgs[c][2], r = cfgs[c][3], accumulate = cfgs[c][6];
         float p = (float)cfgs[c][4] / 100.0f;
-        qlin W = qlin_make(out, in);
+        qlin W = qlin_make(out, in, cfgs[c][7]);
+        cuda_scratch_cap_set((size_t)cfgs[c][8] << 10);
         tens x = tens_rand((int64_t)T * in, 1, 1.0f, 0.0f);
         tens bias = tens_rand(out, 1, 0.1f, 0.0f);
         uint16_t *bias_h = malloc(2 * (size_t)out);
@@ -513,7 +542,8 @@ TEST(qlinear) {
         cpu->qlinear_fwd(y.h, x.h, &W.wh, cfgs[c][5] ? bias_h : NULL, r ? &Lh : NULL, r ? xa.h : NULL, T);
         gpu->qlinear_fwd(y.d, x.d, &W.wd, cfgs[c][5] ? bias.d : NULL, r ? &Ld : NULL, r ? xa.d : NULL, T);
         char what[128];
-        snprintf(what, sizeof what, "qlinear_fwd y T=%d in=%d out=%d r=%d p=%.2f", T, in, out, r, p);
+        snprintf(what, sizeof what, "qlinear_fwd y T=%d in=%d out=%d r=%d p=%.2f dq=%d cap=%dK", T, in, out, r, p,
+                 cfgs[c][7], cfgs[c][8]);
         check_close(what, &y, EPS_BF, 2.5e-2);
         if (r) {
             snprintf(what, sizeof what, "qlinear_fwd xa T=%d in=%d r=%d p=%.2f", T, in, r, p);
@@ -525,7 +555,8 @@ TEST(qlinear) {
         tens dx = accumulate ? tens_rand((int64_t)T * in, 1, 1.0f, 0.0f) : tens_out((int64_t)T * in, 1);
         cpu->qlinear_bwd(dx.h, dy.h, x.h, &W.wh, r ? &Lh : NULL, r ? xa_ref.h : NULL, T, accumulate);
         gpu->qlinear_bwd(dx.d, dy.d, x.d, &W.wd, r ? &Ld : NULL, r ? xa_ref.d : NULL, T, accumulate);
-        snprintf(what, sizeof what, "qlinear_bwd dx T=%d in=%d out=%d r=%d acc=%d", T, in, out, r, accumulate);
+        snprintf(what, sizeof what, "qlinear_bwd dx T=%d in=%d out=%d r=%d acc=%d dq=%d cap=%dK", T, in, out, r,
+                 accumulate, cfgs[c][7], cfgs[c][8]);
         check_close(what, &dx, EPS_BF, 2.5e-2);
         if (r) {
             snprintf(what, sizeof what, "qlinear_bwd dA T=%d in=%d r=%d p=%.2f", T, in, r, p);
@@ -533,6 +564,7 @@ TEST(qlinear) {
             snprintf(what, sizeof what, "qlinear_bwd dB T=%d out=%d r=%d", T, out, r);
             check_close(what, &dB, 2e-2, 2e-2);
         }
+        cuda_scratch_cap_set(0);
         qlin_free(&W);
         tens_free(&x), tens_free(&bias), tens_free(&A), tens_free(&B), tens_free(&dA), tens_free(&dB);
         tens_free(&y), tens_free(&xa), tens_free(&xa_ref), tens_free(&dy), tens_free(&dx);
