@@ -874,6 +874,7 @@ typedef struct engine {
     void *user;
     volatile int *interrupted;
     int64_t downloaded;
+    bool unreachable;  /* the failure was getting no answer at all */
     double t_last_progress, rate, rate_t, rate_bytes;
 } engine;
 
@@ -1294,7 +1295,14 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     if (c != CURLE_OK && !x->range_mismatch) {
         free(redirect);
         if (x->get_phase && x->have > x->req_have) x->attempts = 0; /* a cut after progress: resume freely */
-        if (!curl_retryable(c) || ++x->attempts > g->cfg->max_retries) return curl_error(c, x->errbuf, x->url, x->attempts);
+        /* a refused connection before any answer is a hub that is down, not a blip: fail at once
+         * (the caller may have the file cached); during the download it is worth a retry */
+        bool down = c == CURLE_COULDNT_CONNECT && !x->get_phase;
+        if (!curl_retryable(c) || down || ++x->attempts > g->cfg->max_retries) {
+            g->unreachable = c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST ||
+                             c == CURLE_COULDNT_RESOLVE_PROXY || c == CURLE_OPERATION_TIMEDOUT;
+            return curl_error(c, x->errbuf, x->url, x->attempts);
+        }
         schedule(x, again, backoff_s(g->cfg, x->attempts));
         return 0;
     }
@@ -1778,9 +1786,10 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
                 char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
                 *local_path = abs_file_path(snap, path);
                 free(snap);
+            } else {
+                rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
+                             repo_noun(type), repo, rev);
             }
-            else rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
-                              repo_noun(type), repo, rev);
             free(local);
             free(commit);
             repo_paths_free(&p);
@@ -1788,8 +1797,8 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         }
         free(local);
     }
-    free(commit);
     if (cfg->offline) {
+        free(commit);
         repo_paths_free(&p);
         return err_set(ERR_NETWORK, "HF_HUB_OFFLINE is set, and '%s' of %s '%s' at revision '%s' is not in the cache "
                                     "(%s): download it once online", path, repo_noun(type), repo, rev, cfg->cache_dir);
@@ -1812,10 +1821,20 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
     engine_add(&g, x);
     rc = engine_prepare_hub(&g, &p);
     if (!rc) rc = engine_run(&g);
-    if (!rc) rc = write_ref(&p, rev, x->commit);
-    if (!rc) {
-        *local_path = abs_file_path(x->snapshot_root, path);
+    if (rc == ERR_NETWORK && g.unreachable && commit) { /* the hub is down: the cached file serves */
+        char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit), *local = fs_join(snap, path);
+        if (fs_size(local) >= 0) {
+            err_clear();
+            rc = 0;
+            *local_path = abs_file_path(snap, path);
+        }
+        free(snap);
+        free(local);
+    } else {
+        if (!rc) rc = write_ref(&p, rev, x->commit);
+        if (!rc) *local_path = abs_file_path(x->snapshot_root, path);
     }
+    free(commit);
     engine_free(&g);
     repo_paths_free(&p);
     return rc;

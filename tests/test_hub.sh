@@ -249,6 +249,10 @@ check "--verify: bytes repaired" cmp -s "$SNAP/model.safetensors" "$SRC/model.sa
 # 8. a dataset file by branch
 run --dataset org/data --file alpaca.json
 check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
+DSF=$(cat "$OUT.out")
+t0=$(date +%s); HF_ENDPOINT=http://127.0.0.1:1 run --dataset org/data --file alpaca.json; t1=$(date +%s)
+check "dataset file, hub down: the cached file serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$DSF"
+check "hub down: no waiting on retries" test $((t1 - t0)) -lt 3
 
 # 9. the fetch_model stage, driven without the runner (tests/unit/test_hub_parse.c --stage)
 DRV=${QLORA_BUILD:-build}/tests/test_hub_parse
