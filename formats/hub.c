@@ -513,9 +513,9 @@ static int http_error(const err_subject *s, const resp_headers *h, const char *u
     if (*msg) snprintf(extra, sizeof extra, " (hub: %s)", msg);
     long st = h->status;
     if (s->repo && !strcmp(code, "GatedRepo"))
-        return err_set(ERR_NETWORK, "%s is gated: accept its licence on %s/%s%s while logged in, then set HF_TOKEN "
-                                    "to a read token of that account; %s%s",
-                       what, s->cfg->endpoint, repo_prefix(s->type), s->repo, tok, extra);
+        return err_set(ERR_NETWORK, "%s '%s' is gated: accept its licence on %s/%s%s while logged in, then set "
+                                    "HF_TOKEN to a read token of that account; %s%s",
+                       noun, s->repo, s->cfg->endpoint, repo_prefix(s->type), s->repo, tok, extra);
     if (s->repo && (!strcmp(code, "RepoNotFound") || (st == 401 && !*code)))
         return err_set(ERR_NETWORK, "%s %s '%s' not found on %s, or it is private: check the name; for a private "
                                     "repo %s%s", noun, s->repo[0] ? "repo" : "", s->repo, s->cfg->endpoint, tok, extra);
@@ -706,51 +706,41 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
 
 /* ---------- the transfer engine ---------- */
 
-/* The checksum of a file being downloaded, computed beside the transfer: the receiving thread
- * writes each chunk to the file itself (the data is hot in its cache) and copies it into one
- * of two buffers; a hashing thread feeds the other buffer to SHA-256, so the hash runs on
- * another core instead of adding to the transfer's time. With fd >= 0 the thread also writes. */
-#define XW_BUF (256u << 10)
+/* The checksum of a file being downloaded, computed while the bytes arrive. SHA-256 costs about
+ * 0.5 s of CPU a GB, as much as receiving and writing the bytes: where a core is idle, a hashing
+ * thread takes it (the receiving thread writes each chunk itself, while it is hot in its cache,
+ * and copies it into one of two buffers; the thread digests the other), so the hash adds nothing
+ * to the transfer's time. On a busy machine the thread would only compete for the same cores and
+ * make both wait on each other, so the receiving thread hashes inline (measured: on 2 loaded
+ * cores the thread made a loopback download 30% slower). QLORA_HUB_HASH=thread|inline forces one. */
+#define XH_BUF (256u << 10)
 
-typedef struct xwriter {
+typedef struct xhasher {
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int fd;
-    EVP_MD_CTX *md;      /* may be NULL; the thread's while it runs */
+    EVP_MD_CTX *md;      /* the thread's while it runs */
     char *buf[2];
     size_t fill;         /* bytes in buf[cur] */
     int cur;
-    int64_t off;         /* file offset of buf[cur][0] */
     char *job;           /* handed to the thread, NULL when it is idle */
     size_t job_len;
-    int64_t job_off;
     bool stop;
-    int err;             /* errno of a failed write */
-    int64_t hashed;      /* bytes fed to md by the thread */
-} xwriter;
+    int64_t hashed;      /* bytes fed to md */
+} xhasher;
 
-static void *xwriter_main(void *arg) {
-    xwriter *w = arg;
+static void *xhasher_main(void *arg) {
+    xhasher *w = arg;
     pthread_mutex_lock(&w->mu);
     for (;;) {
         while (!w->job && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
         if (!w->job) break;
         char *p = w->job;
         size_t n = w->job_len;
-        int64_t off = w->job_off;
         pthread_mutex_unlock(&w->mu);
-        int err = 0;
-        for (size_t done = 0; w->fd >= 0 && done < n && !err;) {
-            ssize_t k = pwrite(w->fd, p + done, n - done, (off_t)(off + (int64_t)done));
-            if (k < 0 && errno == EINTR) continue;
-            if (k <= 0) err = k < 0 ? errno : EIO;
-            else done += (size_t)k;
-        }
-        if (!err && w->md) EVP_DigestUpdate(w->md, p, n);
+        EVP_DigestUpdate(w->md, p, n);
         pthread_mutex_lock(&w->mu);
-        if (err && !w->err) w->err = err;
-        if (!err) w->hashed += (int64_t)n;
+        w->hashed += (int64_t)n;
         w->job = NULL;
         pthread_cond_broadcast(&w->cv);
     }
@@ -758,16 +748,26 @@ static void *xwriter_main(void *arg) {
     return NULL;
 }
 
-static xwriter *xwriter_start(int fd, EVP_MD_CTX *md, int64_t off) {
-    xwriter *w = calloc(1, sizeof *w);
-    w->fd = fd;
+/* a thread only when a core is idle: online CPUs minus the 1-minute load average */
+static bool hash_thread_wanted(void) {
+    const char *force = getenv("QLORA_HUB_HASH");
+    if (force && !strcmp(force, "thread")) return true;
+    if (force && !strcmp(force, "inline")) return false;
+    double load[1];
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (getloadavg(load, 1) != 1 || cpus < 2) return false;
+    return (double)cpus - load[0] >= 1.5;
+}
+
+static xhasher *xhasher_start(EVP_MD_CTX *md) {
+    xhasher *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
     w->md = md;
-    w->off = off;
-    w->buf[0] = malloc(XW_BUF);
-    w->buf[1] = malloc(XW_BUF);
+    w->buf[0] = malloc(XH_BUF);
+    w->buf[1] = malloc(XH_BUF);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    if (!w->buf[0] || !w->buf[1] || pthread_create(&w->th, NULL, xwriter_main, w)) {
+    if (!w->buf[0] || !w->buf[1] || pthread_create(&w->th, NULL, xhasher_main, w)) {
         free(w->buf[0]);
         free(w->buf[1]);
         pthread_mutex_destroy(&w->mu);
@@ -778,56 +778,50 @@ static xwriter *xwriter_start(int fd, EVP_MD_CTX *md, int64_t off) {
     return w;
 }
 
-/* hand the current buffer to the thread (waiting for it to finish the previous one) */
-static bool xwriter_submit(xwriter *w) {
+/* hand the current buffer to the thread (after it finished the previous one) */
+static void xhasher_submit(xhasher *w) {
     pthread_mutex_lock(&w->mu);
     while (w->job) pthread_cond_wait(&w->cv, &w->mu);
-    bool ok = !w->err;
-    if (ok && w->fill) {
+    if (w->fill) {
         w->job = w->buf[w->cur];
         w->job_len = w->fill;
-        w->job_off = w->off;
         pthread_cond_broadcast(&w->cv);
-        w->off += (int64_t)w->fill;
         w->cur ^= 1;
         w->fill = 0;
     }
     pthread_mutex_unlock(&w->mu);
-    return ok;
 }
 
-static bool xwriter_put(xwriter *w, const char *p, size_t n) {
+static void xhasher_put(xhasher *w, const char *p, size_t n) {
     while (n) {
-        size_t k = XW_BUF - w->fill < n ? XW_BUF - w->fill : n;
+        size_t k = XH_BUF - w->fill < n ? XH_BUF - w->fill : n;
         memcpy(w->buf[w->cur] + w->fill, p, k);
         w->fill += k;
         p += k;
         n -= k;
-        if (w->fill == XW_BUF && !xwriter_submit(w)) return false;
+        if (w->fill == XH_BUF) xhasher_submit(w);
     }
-    return true;
 }
 
-/* write what is left, stop the thread; returns 0 or the errno of a failed write */
-static int xwriter_finish(xwriter **wp, int64_t *hashed) {
-    xwriter *w = *wp;
-    if (!w) return 0;
-    xwriter_submit(w);
+/* hash what is left, stop the thread; *hashed: the bytes it fed to the digest */
+static void xhasher_finish(xhasher **wp, int64_t *hashed) {
+    xhasher *w = *wp;
+    *hashed = 0;
+    if (!w) return;
+    xhasher_submit(w);
     pthread_mutex_lock(&w->mu);
     while (w->job) pthread_cond_wait(&w->cv, &w->mu);
     w->stop = true;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->th, NULL);
-    int err = w->err;
-    if (hashed) *hashed = w->hashed;
+    *hashed = w->hashed;
     free(w->buf[0]);
     free(w->buf[1]);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);
     *wp = NULL;
-    return err;
 }
 
 typedef enum xstate { X_WAIT_HEAD, X_WAIT_GET, X_WAIT_LOCK, X_RUNNING, X_DONE, X_MISSING } xstate;
@@ -859,12 +853,13 @@ typedef struct xfer {
     char *part;        /* dest + ".incomplete" */
     EVP_MD_CTX *md;    /* the checksum, computed while the bytes arrive (no second pass) */
     int64_t md_off;    /* bytes of part that md has seen */
-    xwriter *writer;   /* while a GET writes */
+    xhasher *hasher;   /* while a GET writes */
     int64_t have;      /* bytes in part */
     int64_t start_have;
     int64_t req_have;  /* have when the current request started: progress resets the retry count */
     bool cached;       /* answered from the cache */
     bool write_failed, range_mismatch;
+    int write_errno;   /* why the write failed (ENOSPC, ...) */
     int lock_fd;
     char *lock_path;
 } xfer;
@@ -879,6 +874,7 @@ typedef struct engine {
     void *user;
     volatile int *interrupted;
     int64_t downloaded;
+    bool unreachable;  /* the failure was getting no answer at all */
     double t_last_progress, rate, rate_t, rate_bytes;
 } engine;
 
@@ -896,7 +892,8 @@ static void xfer_free(xfer *x) {
     free(x->lock_path);
     free(x->errbody.data);
     headers_reset(&x->h);
-    xwriter_finish(&x->writer, NULL);
+    int64_t hashed;
+    xhasher_finish(&x->hasher, &hashed);
     if (x->fd >= 0) close(x->fd);
     if (x->md) EVP_MD_CTX_free(x->md);
     if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
@@ -955,7 +952,7 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
     }
     if (x->fd < 0) {
         x->fd = open(x->part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (x->fd < 0) { x->write_failed = true; return 0; }
+        if (x->fd < 0) { x->write_failed = true; x->write_errno = errno; return 0; }
         if (st == 206) {
             long long a = -1;
             if (!x->h.content_range || sscanf(x->h.content_range, "bytes %lld-", &a) != 1 || a != x->have) {
@@ -964,18 +961,27 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
             }
         } else { /* 200: the whole file again, even if we asked for a range */
             x->have = 0;
-            if (ftruncate(x->fd, 0)) { x->write_failed = true; return 0; }
+            if (ftruncate(x->fd, 0)) { x->write_failed = true; x->write_errno = errno; return 0; }
         }
-        if (!xfer_hash_begin(x, x->have)) { x->write_failed = true; return 0; }
-        if (x->md && !(x->writer = xwriter_start(-1, x->md, x->have))) { x->write_failed = true; return 0; }
+        if (!xfer_hash_begin(x, x->have)) { x->write_failed = true; x->write_errno = errno; return 0; }
+        if (x->md && hash_thread_wanted() && !(x->hasher = xhasher_start(x->md))) {
+            x->write_failed = true;
+            x->write_errno = errno;
+            return 0;
+        }
     }
     for (size_t off = 0; off < k;) {
         ssize_t w = pwrite(x->fd, buf + off, k - off, (off_t)(x->have + (int64_t)off));
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) { x->write_failed = true; return 0; }
+        if (w <= 0) { x->write_failed = true; x->write_errno = errno; return 0; }
         off += (size_t)w;
     }
-    if (x->writer && !xwriter_put(x->writer, buf, k)) { x->write_failed = true; return 0; }
+    if (x->hasher) {
+        xhasher_put(x->hasher, buf, k);
+    } else if (x->md) {
+        EVP_DigestUpdate(x->md, buf, k);
+        x->md_off += (int64_t)k;
+    }
     x->have += (int64_t)k;
     return k;
 }
@@ -984,10 +990,11 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
  * checked before the rename; forcing gigabytes to disk would cost the disk's sync speed (the
  * Python tools do not either). */
 static int xfer_close_out(xfer *x) {
-    int64_t hashed = 0;
-    int err = xwriter_finish(&x->writer, &hashed);
+    int64_t hashed;
+    xhasher_finish(&x->hasher, &hashed);
     if (x->md) x->md_off += hashed;
-    if (x->fd >= 0 && close(x->fd) && !err) err = errno;
+    int err = 0;
+    if (x->fd >= 0 && close(x->fd)) err = errno;
     x->fd = -1;
     if (err) {
         errno = err;
@@ -1002,6 +1009,8 @@ static void engine_emit(engine *g, const char *file, bool force) {
     if (!force && t - g->t_last_progress < 0.1) return;
     g->t_last_progress = t;
     hub_progress p = {.file = file};
+    for (int i = 0; i < g->n && !p.file; i++) /* name a file that is moving */
+        if (g->x[i]->state == X_RUNNING && g->x[i]->get_phase) p.file = g->x[i]->name;
     int64_t dl = 0;
     for (int i = 0; i < g->n; i++) {
         xfer *x = g->x[i];
@@ -1123,6 +1132,7 @@ static int xfer_start(engine *g, xfer *x) {
     headers_reset(&x->h);
     x->errbody.len = 0;
     x->write_failed = x->range_mismatch = false;
+    x->write_errno = 0;
     if (x->get_phase) {
         x->have = fs_size(x->part);
         if (x->have < 0) x->have = 0;
@@ -1275,13 +1285,24 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     int rc = 0;
     if (x->get_phase && (rc = xfer_close_out(x))) { free(redirect); return rc; }
     if (x->range_mismatch) { unlink(x->part); x->have = 0; x->md_off = -1; }
-    if (x->write_failed && !x->range_mismatch) { free(redirect); return err_errno(ERR_STAGE, "cannot write '%s'", x->part); }
+    if (x->write_failed && !x->range_mismatch) {
+        free(redirect);
+        errno = x->write_errno ? x->write_errno : EIO;
+        return err_errno(ERR_STAGE, "cannot write '%s'", x->part);
+    }
     xstate again = x->get_phase ? X_WAIT_GET : X_WAIT_HEAD;
 
     if (c != CURLE_OK && !x->range_mismatch) {
         free(redirect);
         if (x->get_phase && x->have > x->req_have) x->attempts = 0; /* a cut after progress: resume freely */
-        if (!curl_retryable(c) || ++x->attempts > g->cfg->max_retries) return curl_error(c, x->errbuf, x->url, x->attempts);
+        /* a refused connection before any answer is a hub that is down, not a blip: fail at once
+         * (the caller may have the file cached); during the download it is worth a retry */
+        bool down = c == CURLE_COULDNT_CONNECT && !x->get_phase;
+        if (!curl_retryable(c) || down || ++x->attempts > g->cfg->max_retries) {
+            g->unreachable = c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST ||
+                             c == CURLE_COULDNT_RESOLVE_PROXY || c == CURLE_OPERATION_TIMEDOUT;
+            return curl_error(c, x->errbuf, x->url, x->attempts);
+        }
         schedule(x, again, backoff_s(g->cfg, x->attempts));
         return 0;
     }
@@ -1390,8 +1411,8 @@ static int engine_run(engine *g) {
     for (int i = 0; i < g->n; i++) {
         xfer *x = g->x[i];
         engine_detach(g, x);
-        int64_t hashed = 0; /* partial files stay for a resume; errors here would hide the real one */
-        xwriter_finish(&x->writer, &hashed);
+        int64_t hashed; /* partial files stay for a resume; errors here would hide the real one */
+        xhasher_finish(&x->hasher, &hashed);
         if (x->md) x->md_off += hashed;
         if (x->fd >= 0) { close(x->fd); x->fd = -1; }
         if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
@@ -1765,9 +1786,10 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
                 char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
                 *local_path = abs_file_path(snap, path);
                 free(snap);
+            } else {
+                rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
+                             repo_noun(type), repo, rev);
             }
-            else rc = err_set(ERR_NETWORK, "'%s' not found in %s '%s' at revision '%s' (remembered in the cache)", path,
-                              repo_noun(type), repo, rev);
             free(local);
             free(commit);
             repo_paths_free(&p);
@@ -1775,8 +1797,8 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         }
         free(local);
     }
-    free(commit);
     if (cfg->offline) {
+        free(commit);
         repo_paths_free(&p);
         return err_set(ERR_NETWORK, "HF_HUB_OFFLINE is set, and '%s' of %s '%s' at revision '%s' is not in the cache "
                                     "(%s): download it once online", path, repo_noun(type), repo, rev, cfg->cache_dir);
@@ -1799,10 +1821,20 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
     engine_add(&g, x);
     rc = engine_prepare_hub(&g, &p);
     if (!rc) rc = engine_run(&g);
-    if (!rc) rc = write_ref(&p, rev, x->commit);
-    if (!rc) {
-        *local_path = abs_file_path(x->snapshot_root, path);
+    if (rc == ERR_NETWORK && g.unreachable && commit) { /* the hub is down: the cached file serves */
+        char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit), *local = fs_join(snap, path);
+        if (fs_size(local) >= 0) {
+            err_clear();
+            rc = 0;
+            *local_path = abs_file_path(snap, path);
+        }
+        free(snap);
+        free(local);
+    } else {
+        if (!rc) rc = write_ref(&p, rev, x->commit);
+        if (!rc) *local_path = abs_file_path(x->snapshot_root, path);
     }
+    free(commit);
     engine_free(&g);
     repo_paths_free(&p);
     return rc;

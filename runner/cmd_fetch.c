@@ -1,7 +1,7 @@
 /* cmd_fetch.c: `qlora-run fetch REPO[@REV]`: a hub download into the shared HF cache, outside
  * any recipe. Prints the snapshot folder (or, with --file, the one file's path) on stdout, so
- * `cd $(qlora-run fetch org/name)` works; progress and notes go to stderr. The work is the
- * fetch_model stage's: formats/hub.c. */
+ * `cd $(qlora-run fetch org/name)` works; progress and notes go to stderr, and an error stays
+ * in err_msg() for main to print. The work is the fetch_model stage's: formats/hub.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,13 +91,9 @@ int cmd_fetch(int argc, char **argv) {
         goto out;
     }
     char *repo = NULL, *rev = NULL;
-    if ((rc = hub_parse_repo_spec(spec, &repo, &rev))) {
-        errorf("%s", err_msg());
-        goto out;
-    }
+    if ((rc = hub_parse_repo_spec(spec, &repo, &rev))) goto out; /* main prints err_msg() */
     hub_config cfg;
     if ((rc = hub_config_from_env(&cfg))) {
-        errorf("%s", err_msg());
         free(repo);
         free(rev);
         goto out;
@@ -124,7 +120,6 @@ int cmd_fetch(int argc, char **argv) {
         }
         hub_snapshot_free(&s);
     }
-    if (rc) errorf("%s", err_msg());
     hub_config_free(&cfg);
     free(repo);
     free(rev);

@@ -16,6 +16,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/log.h"
 #include "formats/hub.h"
 #include "stages/stage.h"
 
@@ -69,9 +70,30 @@ static const char **patterns(const stage_ctx *c, const char *key) {
     return a;
 }
 
+typedef struct fetch_state {
+    stage_ctx *ctx;
+    double last_event;
+} fetch_state;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* a bar on a terminal; without one, a progress event every 10 s for the run's log */
 static void on_progress(void *user, const hub_progress *p) {
-    stage_ctx *c = user;
+    fetch_state *st = user;
+    stage_ctx *c = st->ctx;
     stage_progress(c, p->file ? p->file : "", (double)p->done / 1e6, (double)p->total / 1e6, "MB");
+    double t = now_s();
+    if (!log_is_tty() && t - st->last_event >= 10.0) {
+        st->last_event = t;
+        stage_event(c, "fetch_progress",
+                    json_pack("{s:I, s:I, s:f, s:i, s:i}", "bytes_done", (json_int_t)p->done, "bytes_total",
+                              (json_int_t)p->total, "bytes_per_s", p->rate, "files_done", p->files_done,
+                              "files_total", p->files_total));
+    }
 }
 
 static int link_model(stage_ctx *c, const char *target) {
@@ -82,17 +104,12 @@ static int link_model(stage_ctx *c, const char *target) {
     return rc;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int fetch_hub(stage_ctx *c, json_t *report) {
     hub_config cfg;
     int rc = hub_config_from_env(&cfg);
     if (rc) return rc;
     const char **inc = patterns(c, "include"), **exc = patterns(c, "exclude");
+    fetch_state st = {c, now_s()};
     hub_fetch_opts o = {
         .type = HUB_REPO_MODEL,
         .repo = stage_str(c, "repo"),
@@ -102,7 +119,7 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
         .allow_pickle = stage_bool(c, "allow_pickle"),
         .verify = stage_bool(c, "verify"),
         .progress = on_progress,
-        .progress_user = c,
+        .progress_user = &st,
         .interrupted = c->interrupted,
     };
     hub_snapshot s;
@@ -181,7 +198,8 @@ static int fetch_url(stage_ctx *c, json_t *report) {
                            "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"};
     const bool optional[] = {false, true, true, true, true, true, true};
     bool found[7] = {0};
-    rc = hub_url_fetch_files(&cfg, url, first, optional, 7, dir, on_progress, c, found);
+    fetch_state st = {c, now_s()};
+    rc = hub_url_fetch_files(&cfg, url, first, optional, 7, dir, on_progress, &st, found);
     json_t *files = json_array();
     for (int i = 0; i < 7 && !rc; i++)
         if (found[i]) json_array_append_new(files, json_string(first[i]));
@@ -209,7 +227,7 @@ static int fetch_url(stage_ctx *c, json_t *report) {
             shards[n++] = "model.safetensors";
         }
         bool *got = calloc((size_t)n + 1, sizeof *got);
-        if (!rc) rc = hub_url_fetch_files(&cfg, url, shards, NULL, n, dir, on_progress, c, got);
+        if (!rc) rc = hub_url_fetch_files(&cfg, url, shards, NULL, n, dir, on_progress, &st, got);
         for (int i = 0; i < n && !rc; i++) json_array_append_new(files, json_string(shards[i]));
         free(got);
         free((void *)shards);

@@ -23,7 +23,7 @@ hub_commit_of() { printf '%s' "$1" | sha1sum | cut -c1-40; }
 HUB_USED_PORTS=" "
 hub_free_port() { # sets HUB_FREE_PORT (not a subshell: it remembers the ports it gave out)
     local p
-    for p in $(shuf -i 20000-60000 -n 50); do
+    for p in $(shuf -i 20000-32000 -n 50); do # below the ephemeral range (32768-)
         case "$HUB_USED_PORTS" in *" $p "*) continue ;; esac
         (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null && continue
         HUB_USED_PORTS="$HUB_USED_PORTS$p "
@@ -47,6 +47,8 @@ hub_stop() {
     if [ -n "${HUB_T:-}" ] && [ -d "$HUB_T" ]; then
         [ -f "$HUB_T/nginx.pid" ] && kill "$(cat "$HUB_T/nginx.pid")" 2>/dev/null
         sleep 0.2
+        local m # a test that mounted something below HUB_T and stopped early
+        for m in $(awk -v t="$HUB_T/" 'index($2, t) == 1 {print $2}' /proc/mounts 2> /dev/null); do umount "$m"; done
         rm -rf "$HUB_T"
     fi
 }
@@ -73,7 +75,7 @@ hub_add_api() { # kind repo rev commit files...
 hub_branch() { echo "~^/$1$2/resolve/$3/ $4;" >> "$HUB_T/map.commit"; }
 
 hub_start() {
-    hub_free_port; HUB_PORT=$HUB_FREE_PORT
+    [ -n "${HUB_PORT:-}" ] || { hub_free_port; HUB_PORT=$HUB_FREE_PORT; } # a caller may pick it first
     HUB_ENDPOINT=http://127.0.0.1:$HUB_PORT
     cat > "$HUB_T/hubhdrs.conf" <<EOF
 etag off;

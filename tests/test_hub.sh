@@ -90,7 +90,8 @@ hub_branch datasets/ org/data main $C_data
 add_api datasets org/data main $C_data alpaca.json
 
 # ---- nginx: the hub, plus a backend (P3) and a CDN on another host (P2) ----
-hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT
+hub_free_port; P2=$HUB_FREE_PORT; hub_free_port; P3=$HUB_FREE_PORT; hub_free_port; P4=$HUB_FREE_PORT; hub_free_port; P5=$HUB_FREE_PORT
+hub_free_port; HUB_PORT=$HUB_FREE_PORT # chosen here: the proxy below points at the hub
 # a certificate no system store trusts, for the TLS server
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/tls.key" -out "$T/tls.pem" -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 2> /dev/null
@@ -146,6 +147,12 @@ SERVERS="
         location /blobs/ { }
         location /org/flaky/ { return 500; }
         location /org/ratelimited/ { add_header Retry-After 2 always; return 429; }
+    }
+    # a forward proxy in front of the hub (it forwards whatever host was asked for to the hub)
+    server {
+        listen 127.0.0.1:$P5;
+        access_log $T/logs/proxy.log hdrs;
+        location / { proxy_pass http://127.0.0.1:$HUB_PORT; }
     }
     # the hub over TLS, with a self-signed certificate
     server {
@@ -209,16 +216,16 @@ run org/evil --include '*'; check "escaping listing: exit 4" test "$rc" = 4; che
 check "nothing written outside" test -z "$(find "$T" -name escaped.json)"
 
 # 6. faults: cut mid-file, wrong sha, 500 then success, 429 with Retry-After, CDN redirect
-run org/cut
+QLORA_HUB_HASH=thread run org/cut # the checksum in its thread, across the resume
 check "cut: resumed" test "$rc" = 0 && check "cut: identical bytes" cmp -s "$CACHE/models--org--cut/snapshots/$C_cut/model.safetensors" "$SRC/model.safetensors"
 check "cut: second request used Range" grep -q "model.safetensors 206 .*range=\"bytes=[1-9]" "$T/logs/backend.log"
-run org/badsha; check "wrong sha: exit 4" test "$rc" = 4; check "wrong sha: says checksum" has "checksum"
+QLORA_HUB_HASH=thread run org/badsha; check "wrong sha: exit 4" test "$rc" = 4; check "wrong sha: says checksum" has "checksum"
 check "wrong sha: no blob kept" test -z "$(find "$CACHE/models--org--badsha/blobs/" -size +1000k)" -a ! -e "$CACHE/models--org--badsha/snapshots/$C_badsha/model.safetensors"
 run org/flaky; check "500 then success" test "$rc" = 0 && check "500: identical" cmp -s "$CACHE/models--org--flaky/snapshots/$C_flaky/model.safetensors" "$SRC/model.safetensors"
 t0=$(date +%s.%N); run org/ratelimited; t1=$(date +%s.%N)
 check "429 then success" test "$rc" = 0
 check "429: Retry-After honoured (>= 4 s for two waits of 2 s)" awk "BEGIN{exit !($t1 - $t0 >= 4)}"
-HF_TOKEN=$TOKEN run org/cdn
+QLORA_HUB_HASH=inline HF_TOKEN=$TOKEN run org/cdn
 check "cdn redirect: fetched" test "$rc" = 0 && check "cdn: identical" cmp -s "$CACHE/models--org--cdn/snapshots/$C_cdn/model.safetensors" "$SRC/model.safetensors"
 check "cdn: the hub got the token" grep -q "/org/cdn/resolve/.* auth=\"Bearer " "$T/logs/hub.log"
 check "cdn: the token did not follow the redirect" test "$(grep -c 'auth="Bearer' "$T/logs/cdn.log")" = 0 -a "$(grep -c /blobs/ "$T/logs/cdn.log")" -gt 0
@@ -242,6 +249,10 @@ check "--verify: bytes repaired" cmp -s "$SNAP/model.safetensors" "$SRC/model.sa
 # 8. a dataset file by branch
 run --dataset org/data --file alpaca.json
 check "dataset file" test "$rc" = 0 && check "dataset file content" cmp -s "$(cat "$OUT.out")" "$SRC/alpaca.json"
+DSF=$(cat "$OUT.out")
+t0=$(date +%s); HF_ENDPOINT=http://127.0.0.1:1 run --dataset org/data --file alpaca.json; t1=$(date +%s)
+check "dataset file, hub down: the cached file serves" test "$rc" = 0 -a "$(cat "$OUT.out")" = "$DSF"
+check "hub down: no waiting on retries" test $((t1 - t0)) -lt 3
 
 # 9. the fetch_model stage, driven without the runner (tests/unit/test_hub_parse.c --stage)
 DRV=${QLORA_BUILD:-build}/tests/test_hub_parse
@@ -278,7 +289,28 @@ check "TLS with an untrusted certificate: exit 8" test "$rc" = 8; check "TLS: sa
 HF_ENDPOINT=https://127.0.0.1:$P4 HF_HOME=$T/home-tls CURL_CA_BUNDLE=$T/tls.pem run org/tiny
 check "TLS with CURL_CA_BUNDLE" test "$rc" = 0 && check "TLS: identical bytes" cmp -s "$T/home-tls/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
 
-# 12. the token never appears in anything we printed
+# 11b. a proxy from the environment (libcurl's http_proxy): the hub's name resolves nowhere
+# but at the proxy, so the fetch works only through it
+rm -rf "$T/home-proxy"
+unset no_proxy
+http_proxy=http://127.0.0.1:$P5 HF_ENDPOINT=http://hub.invalid HF_HOME=$T/home-proxy HF_TOKEN=$TOKEN run org/tiny
+export no_proxy='*'
+check "proxy from http_proxy" test "$rc" = 0
+check "proxy: the requests went through it" grep -q "/api/models/org/tiny/revision/main 200" "$T/logs/proxy.log"
+check "proxy: identical bytes" cmp -s "$T/home-proxy/hub/models--org--tiny/snapshots/$C1/model.safetensors" "$SRC/model.safetensors"
+
+# 12. a full disk (a 1 MB tmpfs, where mounting is allowed): a clear error, no blob, no link
+mkdir -p "$T/full"
+if mount -t tmpfs -o size=1m tmpfs "$T/full" 2> /dev/null; then
+    HF_HOME=$T/full run org/tiny
+    check "full disk: exit 1" test "$rc" = 1; check "full disk: says so" has "No space left on device"
+    check "full disk: no blob under its final name" test -z "$(find "$T/full" -path '*blobs/*' ! -name '*.incomplete' -size +1000k)"
+    umount "$T/full"
+else
+    echo "skip full-disk check (cannot mount a tmpfs here)"
+fi
+
+# 13. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
 if [ $fails -gt 0 ]; then

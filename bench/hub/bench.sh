@@ -2,7 +2,8 @@
 # bench/hub/bench.sh: download throughput of `qlora-run fetch` against the curl command line,
 # one large LFS-style file from nginx on loopback (the same server, file and disk for both).
 #
-#   bench/hub/bench.sh [SIZE_MB=2048] [ROUNDS=3]      (QLORA_BIN: the program, default build/qlora-run)
+#   bench/hub/bench.sh [SIZE_MB=2048] [ROUNDS=3]      (QLORA_BIN: the program, default build/qlora-run;
+#                                                     QLORA_HUB_HASH=thread|inline forces the hashing mode)
 #
 # Our client does the whole hub protocol: API listing, HEAD, GET into blobs/<sha>.incomplete,
 # SHA-256 of every byte (streamed while it arrives), fsync, rename, snapshot symlink. curl only
@@ -23,7 +24,7 @@ head -c $((SIZE_MB * 1048576)) /dev/urandom > "$D/big.safetensors"
 SHA=$(sha256sum < "$D/big.safetensors" | cut -c1-64)
 echo "{\"sha\":\"$COMMIT\",\"siblings\":[{\"rfilename\":\"config.json\"},{\"rfilename\":\"big.safetensors\"}]}" \
     > "$T/www/api/models/org/big/revision/main"
-for p in $(shuf -i 20000-60000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { PORT=$p; break; }; done
+for p in $(shuf -i 20000-32000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { PORT=$p; break; }; done
 cat > "$T/nginx.conf" <<CONF
 $( [ "$(id -u)" = 0 ] && echo "user $(id -un) $(id -gn);" )
 worker_processes 1;
@@ -52,6 +53,8 @@ cat "$D/big.safetensors" > /dev/null # into the page cache
 
 now() { date +%s.%N; }
 mbps() { awk "BEGIN{printf \"%.1f\", $SIZE_MB * 1.048576 / ($2 - $1)}"; }
+echo "# $(date -u +%FT%TZ) commit $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null) size ${SIZE_MB} MB," \
+     "hash ${QLORA_HUB_HASH:-auto}, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "round curl_MBps qlora_MBps ratio curl_cpu_s qlora_cpu_s"
 TF="%U %S"
 for r in $(seq "$ROUNDS"); do
