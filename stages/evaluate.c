@@ -334,15 +334,15 @@ static void log_table(stage_ctx *ctx, const side *sides, int n_sides, bool base,
         for (int k = 0; k < 2; k++) {
             snprintf(label, sizeof label, "%s (%s)", k ? "val perplexity" : "val loss", sides[i].name);
             const double *v = k ? sides[i].ppl : sides[i].loss;
-            snprintf(v1, sizeof v1, base ? "%.4f" : "", v[0]);
-            snprintf(v2, sizeof v2, tuned ? "%.4f" : "", v[1]);
+            if (base) snprintf(v1, sizeof v1, "%.4f", v[0]); else v1[0] = 0;
+            if (tuned) snprintf(v2, sizeof v2, "%.4f", v[1]); else v2[0] = 0;
             stage_logf(ctx, "%-32s %12s %12s", label, v1, v2);
         }
     }
     if (score_n) {
         snprintf(label, sizeof label, "score (mean of %d)", score_n);
-        snprintf(v1, sizeof v1, base ? "%.4f" : "", score[0]);
-        snprintf(v2, sizeof v2, tuned ? "%.4f" : "", score[1]);
+        if (base) snprintf(v1, sizeof v1, "%.4f", score[0]); else v1[0] = 0;
+        if (tuned) snprintf(v2, sizeof v2, "%.4f", score[1]); else v2[0] = 0;
         stage_logf(ctx, "%-32s %12s %12s", label, v1, v2);
     }
     size_t i;

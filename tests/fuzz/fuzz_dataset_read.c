@@ -5,7 +5,7 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I. $(pkg-config --cflags jansson) \
  *     tests/fuzz/fuzz_dataset_read.c formats/dataset_read.c core/err.c \
  *     $(pkg-config --libs jansson) -o fuzz_dataset_read
- *   ./fuzz_dataset_read -max_total_time=600 corpus/ tests/fuzz/corpus_dataset_read/ */
+ *   ./fuzz_dataset_read -max_total_time=600 corpus/ tests/fuzz/corpus/fuzz_dataset_read/ (or: tests/fuzz/run.sh fuzz_dataset_read 600) */
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
