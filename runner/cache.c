@@ -408,10 +408,14 @@ void cache_index_run(const cache *c, const char *recipe, json_t *keys) {
     char *p = index_path(c, recipe, "runs.jsonl");
     char *d = fs_dirname(p);
     fs_mkdir_p(d);
-    FILE *f = fopen(p, "a");
+    FILE *f = fopen(p, "a+");
     if (f) {
+        /* a run killed mid-append leaves a line without its newline: start a fresh line, so
+         * only that run's record is lost, not this one too */
+        int partial = 0;
+        if (fseek(f, -1, SEEK_END) == 0) partial = fgetc(f) != '\n';
         char *s = json_dumps(keys, JSON_COMPACT);
-        fprintf(f, "%s\n", s);
+        fprintf(f, "%s%s\n", partial ? "\n" : "", s);
         free(s);
         fclose(f);
     }

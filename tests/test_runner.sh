@@ -107,6 +107,11 @@ n=$("$BIN" "$R" --json | grep -c '"type":"stage_cached"')
 "$BIN" runs ls | grep -q chain && ok "runs ls lists run records" || bad "runs ls"
 "$BIN" cache gc --keep-last 1 | grep -q removed && ok "cache gc" || bad "cache gc"
 "$BIN" "$R" -q; expect_ran "gc kept the last run's artifacts" ""
+# a run killed while appending its record leaves half a line: the next record still counts
+printf '{"time":"x","keys":{"a":' >> "$W/cache/index/chain/runs.jsonl"
+"$BIN" "$R" -q; ran >/dev/null
+"$BIN" cache gc --keep-last 1 >/dev/null
+"$BIN" "$R" -q; expect_ran "a torn runs.jsonl line costs only that run's record" ""
 
 # a keyword-or-directory parameter: a file edited inside the directory re-runs the stage
 mkdir -p "$W/tokdir"; echo v1 > "$W/tokdir/tokenizer.json"
