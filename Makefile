@@ -10,6 +10,9 @@ DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcur
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF
+# every test runs under the sanitizers; the kill-and-resume loops (20 kills each in the plain
+# run) take 6 kills here, since the sanitizers slow the CPU training they interrupt 3-4x
+TEST_ENV = KILL_TRIALS=6 KILLS=6
 endif
 ifneq ($(CI),)
 # CI: warnings are errors; CUDA code is compiled for one architecture (sm_90) to save time
@@ -44,7 +47,7 @@ demo: build
 	$(BUILD)/qlora-run recipes/demo.yaml
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE gpu
+	cd $(BUILD) && $(TEST_ENV) ctest --output-on-failure -j $(JOBS) -LE gpu
 
 test-gpu: build
 	cd $(BUILD) && ctest --output-on-failure -L gpu

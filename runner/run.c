@@ -169,6 +169,8 @@ static int exec_stage(runner *R, int i) {
             rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
             if (!rc) {
                 char *why = NULL;
+                json_decref(ps->manifest); /* a forced stage had the old artifact's manifest */
+                ps->manifest = NULL;
                 cache_lookup(&R->c, s->kind->name, ps->key, &ps->manifest, &why);
                 free(why);
                 fs_rm_rf(work);
