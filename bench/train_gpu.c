@@ -2,7 +2,7 @@
  *
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
- *                   [--attention mma|tiled]
+ *                   [--attention mma|tiled] [--optimizer-offload off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -13,7 +13,8 @@
  * step it plans device memory: activation checkpointing `auto` keeps every activation when the
  * plan fits the budget (the device's free memory unless --budget-gib) and recomputes each layer
  * otherwise; a plan that fits neither way stops with what it needs, what there is and what would
- * fit. It prints the median step, tokens/s, MFU with BASELINE.md's FLOP count (4 N_lin + 6 N_lora
+ * fit. --optimizer-offload on keeps AdamW's m and v in pinned host memory (ops->alloc_host), out
+ * of the device plan, as the train stage's optimizer_offload does. It prints the median step, tokens/s, MFU with BASELINE.md's FLOP count (4 N_lin + 6 N_lora
  * + 6 L s h per token against 790 TFLOP/s), the share of BASELINE.md's floor and peak memory. */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -214,7 +215,8 @@ static const lean_opt lean_opts[] = {{0, 0}, {0, 1024}, {LEAN_SCRATCH_CAP, 1024}
 
 static int64_t plan_total_opt(llama_model *m, int64_t T, llama_checkpointing ckpt, lean_opt o) {
     m->mlp_chunk_rows = o.mlp_rows > 0 ? o.mlp_rows : (int)T;
-    return m->weight_bytes + 4 * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) +
+    int64_t lora_bufs = m->adam_host ? 2 : 4; /* params, grads (+ AdamW m, v unless on the host) */
+    return m->weight_bytes + lora_bufs * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) +
            plan_scratch_bytes(m, T, o.cap);
 }
 
@@ -246,6 +248,7 @@ static int bench_train(int argc, char **argv) {
     const char *preset = "7b", *targets = "q,v", *ckpt_s = "auto";
     int seq = 2048, batch = 1, steps = 10, warmup = 2, r = 16;
     double budget_gib = 0;
+    bool offload = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
@@ -258,6 +261,7 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--ckpt")) ckpt_s = v;
         else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
         else if (!strcmp(a, "--r")) r = atoi(v);
+        else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
@@ -279,6 +283,7 @@ static int bench_train(int argc, char **argv) {
     llama_model *m;
     if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
     llama_lora_config lc = {.r = r, .alpha = 2.0f * (float)r, .dropout = 0.05f, .rslora = false, .targets = mask};
+    m->adam_host = offload;
     if ((rc = llama_lora_attach(m, &lc))) return rc;
     llama_lora_init_peft(m, 42);
 
@@ -376,10 +381,10 @@ static int bench_train(int argc, char **argv) {
            seq, batch, ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none", tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
     fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
-    fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state), activations "
-                    "%.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
+    fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
+                    "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
-            m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+            cuda_host_mem_live() / 1048576.0, m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
     fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
                     "GiB\n", need / GIB, plan_scratch_bytes(m, T, use.cap) / GIB, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
@@ -576,7 +581,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled]\n"
+               "                       [--attention mma|tiled] [--optimizer-offload off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n");
         return argc < 2 ? 2 : 0;

@@ -105,6 +105,14 @@ typedef struct ops_table {
     void (*copy)(void *dst, const void *src, size_t bytes);     /* backend -> backend */
     void (*zero)(void *p, size_t bytes);
     void (*sync)(void);
+    /* Host memory the ops also accept as a backend buffer (zeroed; NULL when it cannot be had):
+     * plain memory on cpu; on cuda pinned, device-mapped host memory whose pointer is valid on
+     * both sides (unified addressing), so a kernel reads and writes it over PCIe with no copy and
+     * it takes no device memory. The host may memcpy it only after sync(); upload, download,
+     * copy and zero accept it too. Freed with free_host (which waits for the ops in flight).
+     * For state a step streams over once (the AdamW m and v: the "paged optimizer" saving). */
+    void *(*alloc_host)(size_t bytes);
+    void (*free_host)(void *p);
 
     /* out[t] = table[ids[t]]  (table bf16 [V, C]) */
     void (*embedding_fwd)(void *out, const int32_t *ids, const uint16_t *table, int T, int C);

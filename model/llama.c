@@ -407,7 +407,7 @@ void llama_free(llama_model **pm) {
     if (m->weights) m->ops->free(m->weights);
     float *bufs[4] = {m->lora_params, m->lora_grads, m->lora_m, m->lora_v};
     for (int i = 0; i < 4; i++)
-        if (bufs[i]) m->ops->free(bufs[i]);
+        if (bufs[i]) (i >= 2 && m->adam_host ? m->ops->free_host : m->ops->free)(bufs[i]);
     free(m->lora_tensors);
     free(m->layers);
     free(m);
@@ -452,8 +452,12 @@ int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
     size_t bytes = sizeof(float) * (size_t)off;
     m->lora_params = m->ops->alloc(bytes);
     m->lora_grads = m->ops->alloc(bytes);
-    m->lora_m = m->ops->alloc(bytes);
-    m->lora_v = m->ops->alloc(bytes);
+    void *(*adam_alloc)(size_t) = m->adam_host ? m->ops->alloc_host : m->ops->alloc;
+    m->lora_m = adam_alloc(bytes);
+    m->lora_v = adam_alloc(bytes);
+    if (m->adam_host && (!m->lora_m || !m->lora_v))
+        return err_set(ERR_STAGE, "cannot allocate %.1f MiB of pinned host memory for the AdamW state: turn "
+                                  "optimizer_offload off", 2.0 * (double)bytes / 1048576.0);
     if (!m->lora_params || !m->lora_grads || !m->lora_m || !m->lora_v)
         return err_set(ERR_STAGE, "out of memory: LoRA state needs %.1f MiB", 4.0 * (double)bytes / 1048576.0);
     float scale = cfg->rslora ? cfg->alpha / sqrtf((float)cfg->r) : cfg->alpha / (float)cfg->r;

@@ -110,6 +110,9 @@ typedef struct llama_model {
     llama_lora_tensor *lora_tensors; /* host [n_lora_tensors] */
     int64_t n_lora_params;
     float *lora_params, *lora_grads, *lora_m, *lora_v; /* backend [n_lora_params] each */
+    bool adam_host; /* set before llama_lora_attach: lora_m, lora_v in ops->alloc_host memory (pinned,
+                     * device-mapped host RAM on cuda: the fused AdamW reads them over PCIe, the
+                     * device keeps 8 bytes a LoRA parameter fewer; the same kernel, the same bits) */
 
     /* activation plan (after llama_plan) */
     int mlp_chunk_rows;   /* tokens per MLP chunk with checkpointing; 0: LLAMA_MLP_CHUNK_ROWS (set before llama_plan) */

@@ -50,6 +50,9 @@ static const param_spec train_params[] = {
      "recompute each layer in backward (auto: only when memory_budget needs it)", 0},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
      "activation memory allowed for auto checkpointing, e.g. 8GB (default: half of RAM or of the GPU)", PARAM_NOKEY},
+    {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
+     "AdamW's m and v in pinned host memory; the device reads them over PCIe in the optimizer step "
+     "(no effect on cpu)", PARAM_NOKEY},
     {"eval_steps", PARAM_INT, "0", 0, 1e12, NULL, "evaluate on the val split every N steps (0: start and end only)", 0},
     {"save_steps", PARAM_INT, "50", 0, 1e12, NULL, "checkpoint every N steps (0: only at the end and on interrupt)",
      PARAM_NOKEY},
@@ -243,11 +246,15 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
     const double MiB = 1048576.0;
     stage_logf(ctx, "device: %s, %.1f GiB total, %.1f GiB free after the plan", di.name, di.total_bytes / (1024 * MiB),
                di.free_bytes / (1024 * MiB));
-    stage_logf(ctx, "plan: frozen weights %.1f MiB (NF4%s), LoRA %lld params (%.1f MiB with grads and AdamW state), "
-                    "activations %.1f MiB for %d tokens; %.1f MiB allocated so far",
+    double lora_mib = 8.0 * (double)m->n_lora_params / MiB; /* params + grads; m, v as much again */
+    char adam[96];
+    if (m->adam_host) snprintf(adam, sizeof adam, "; AdamW state %.1f MiB in pinned host memory", lora_mib);
+    else snprintf(adam, sizeof adam, " and AdamW state");
+    stage_logf(ctx, "plan: frozen weights %.1f MiB (NF4%s), LoRA %lld params (%.1f MiB with grads%s), "
+                    "activations %.1f MiB for %d tokens; %.1f MiB allocated so far on the device",
                (double)m->weight_bytes / MiB, m->layers[0].lin[0].w.absmax_q ? " + double-quant absmax" : "",
-               (long long)m->n_lora_params, 16.0 * (double)m->n_lora_params / MiB, (double)m->act_bytes / MiB, max_T,
-               di.live_bytes / MiB);
+               (long long)m->n_lora_params, m->adam_host ? lora_mib : 2 * lora_mib, adam, (double)m->act_bytes / MiB,
+               max_T, di.live_bytes / MiB);
     stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s",
                di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
                m->ckpt == LLAMA_CKPT_NONE            ? "none"
@@ -286,6 +293,11 @@ static int train_run_stage(stage_ctx *ctx) {
     stage_logf(ctx, "loading %s model (%d layers, hidden %lld) on %s", config_arch_name(cfg.arch), cfg.num_layers,
                (long long)cfg.hidden_size, ops->name);
     if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
+    /* the AdamW state off the device: placed before the plan, so the plan counts it out */
+    m->adam_host = stage_bool(ctx, "optimizer_offload");
+    if (m->adam_host && strcmp(ops->name, "cuda")) /* alloc_host is its plain allocation there */
+        stage_logf(ctx, "optimizer_offload: the %s backend keeps everything in host memory already (no effect)",
+                   ops->name);
     if ((rc = llama_peft_attach(m, &ad, adir))) goto out;
 
     json_t *seed = stage_json(ctx, "seed");

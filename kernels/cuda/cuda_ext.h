@@ -13,6 +13,9 @@ extern "C" {
  * torch.cuda.max_memory_allocated counts; the CUDA context is not included). */
 void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes);
 void cuda_mem_reset_peak(void);
+/* Bytes of pinned, device-mapped host memory live through ops_cuda()'s alloc_host (not in the
+ * figures above: that memory is host RAM the kernels reach over PCIe). */
+size_t cuda_host_mem_live(void);
 /* Cap the ops' largest scratch (the dequantized weight, shared with the cross-entropy's logits
  * chunk and attention's fp32 dq accumulator) at bytes; 0 (the default) is no cap. A weight over
  * the cap is dequantized and multiplied in row ranges through one cap-sized buffer: what a run

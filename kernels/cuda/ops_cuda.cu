@@ -17,6 +17,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <mutex>
 #include <unordered_map>
 
@@ -168,18 +169,66 @@ static void cu_free(void *p) {
     CUDA_CHECK(cudaFree(p));
 }
 
+// Pinned, device-mapped host memory (ops.h alloc_host): with unified addressing the device alias
+// cudaHostGetDevicePointer gives is the host pointer itself, so one pointer serves the kernels and
+// the host; a platform where they differ gets NULL (the caller keeps the state on the device).
+// Counted apart from the device bytes: it is what the plan moved off the device.
+static size_t g_host_live_bytes;
+static std::unordered_map<void *, size_t> *g_host_sizes;
+
+static void *cu_alloc_host(size_t bytes) {
+    runtime_init();
+    void *p = NULL, *dev = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped) != cudaSuccess) {
+        cudaGetLastError(); // out of pinned memory is the caller's to report
+        return NULL;
+    }
+    if (cudaHostGetDevicePointer(&dev, p, 0) != cudaSuccess || dev != p) {
+        cudaGetLastError();
+        cudaFreeHost(p);
+        return NULL;
+    }
+    memset(p, 0, bytes);
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    if (!g_host_sizes) g_host_sizes = new std::unordered_map<void *, size_t>();
+    (*g_host_sizes)[p] = bytes;
+    g_host_live_bytes += bytes;
+    return p;
+}
+
+static void cu_free_host(void *p) {
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream())); // a kernel may still stream over it
+    {
+        std::lock_guard<std::mutex> lock(g_mem_mu);
+        auto it = g_host_sizes ? g_host_sizes->find(p) : std::unordered_map<void *, size_t>::iterator();
+        if (g_host_sizes && it != g_host_sizes->end()) {
+            g_host_live_bytes -= it->second;
+            g_host_sizes->erase(it);
+        }
+    }
+    CUDA_CHECK(cudaFreeHost(p));
+}
+
+extern "C" size_t cuda_host_mem_live(void) {
+    std::lock_guard<std::mutex> lock(g_mem_mu);
+    return g_host_live_bytes;
+}
+
+// cudaMemcpyDefault: the pointers say where they live, so a buffer of alloc_host (host memory
+// standing in for a device one) is copied as correctly as a device buffer
 static void cu_upload(void *dst, const void *src, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cuda_stream()));
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
 }
 
 static void cu_download(void *dst, const void *src, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cuda_stream()));
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream()));
 }
 
 static void cu_copy(void *dst, const void *src, size_t bytes) {
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda_stream()));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cuda_stream()));
 }
 
 static void cu_zero(void *p, size_t bytes) { CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda_stream())); }
@@ -465,6 +514,8 @@ static const ops_table g_table = {
     cu_copy,
     cu_zero,
     cu_sync,
+    cu_alloc_host,
+    cu_free_host,
     cu_embedding_fwd,
     cu_rmsnorm_fwd,
     cu_rmsnorm_bwd,

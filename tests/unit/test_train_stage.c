@@ -1,7 +1,7 @@
 /* test_train_stage.c: attach_lora + train stages on a generated tiny llama and a synthetic
  * task, run directly (no runner): the loss falls, the artifact is complete, a run killed
  * with SIGKILL or stopped by SIGINT resumes to the same adapter bytes, a huge learning rate
- * is reported as divergence, and a bad lr hook is a clear error. */
+ * is reported as divergence, a bad lr hook is a clear error, and optimizer_offload is a no-op. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <sys/wait.h>
@@ -128,6 +128,25 @@ TEST(test_train_kill_resume) {
         free(out);
     }
     free(ref);
+}
+
+/* optimizer_offload on the CPU backend: accepted, and the same bits (m and v were host memory
+ * already): the adapter and the final checkpoint (params, m, v) equal the reference run's */
+TEST(test_train_offload_cpu) {
+    size_t nref = 0, n = 0, nc_ref = 0, nc = 0;
+    char *ref = read_adapter(ref_out, &nref);
+    char *out = fs_join(root, "out-offload"), *work = fs_join(root, "work-offload");
+    json_t *p = train_params(3e-3, 30);
+    json_object_set_new(p, "optimizer_offload", json_true());
+    CHECK_EQ_INT(run_train(p, out, work, NULL, NULL), 0);
+    char *got = read_adapter(out, &n);
+    CHECK(ref && got && n == nref && memcmp(got, ref, n) == 0);
+    char *cref_path = fs_join(root, "work-ref/checkpoint-00000030.bin"), *c_path = fs_join(work, "checkpoint-00000030.bin");
+    char *cref = NULL, *c = NULL;
+    CHECK_EQ_INT(fs_read_all(cref_path, &cref, &nc_ref), 0);
+    CHECK_EQ_INT(fs_read_all(c_path, &c, &nc), 0);
+    CHECK(cref && c && nc == nc_ref && memcmp(c, cref, nc) == 0);
+    free(ref), free(got), free(cref), free(c), free(cref_path), free(c_path), free(out), free(work);
 }
 
 static volatile int int_flag;
@@ -275,6 +294,7 @@ int main(void) {
     RUN(test_train_accumulation_engine);
     RUN(test_train_loss_falls);
     RUN(test_train_kill_resume);
+    RUN(test_train_offload_cpu);
     RUN(test_train_sigint);
     RUN(test_train_diverges);
     RUN(test_train_lr_hook);
