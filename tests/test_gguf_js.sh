@@ -8,20 +8,8 @@
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 GGUF_VERSION=0.4.6
-mkdir -p "$QLORA_BUILD/npm"
-export GGUF_JS_DIR="$(cd "$QLORA_BUILD/npm" && pwd)/gguf-$GGUF_VERSION"
-if [ ! -f "$GGUF_JS_DIR/node_modules/@huggingface/gguf/package.json" ]; then
-    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
-        echo "SKIP: node/npm are not installed"; exit 0
-    fi
-    mkdir -p "$GGUF_JS_DIR"
-    if ! timeout 300 npm install --prefix "$GGUF_JS_DIR" --no-audit --no-fund --loglevel=error "@huggingface/gguf@$GGUF_VERSION"; then
-        if ! timeout 30 npm ping >/dev/null 2>&1; then
-            echo "SKIP: the npm registry is unreachable, cannot install @huggingface/gguf@$GGUF_VERSION"; exit 0
-        fi
-        echo "FAIL: npm install @huggingface/gguf@$GGUF_VERSION failed"; exit 1
-    fi
-fi
+. "$QLORA_SRC/tests/npm_pkg.sh"
+npm_pkg GGUF_JS_DIR @huggingface/gguf "$GGUF_VERSION"
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 CHECK="$QLORA_SRC/tests/gguf_check.mjs"

@@ -9,16 +9,8 @@ set -u
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 HUB_VERSION=2.17.5
 [ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "SKIP: no nginx (apt-get install nginx-light)"; exit 0; }
-mkdir -p "$QLORA_BUILD/npm"
-export HUB_JS_DIR="$(cd "$QLORA_BUILD/npm" && pwd)/hub-$HUB_VERSION"
-if [ ! -f "$HUB_JS_DIR/node_modules/@huggingface/hub/package.json" ]; then
-    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then echo "SKIP: node/npm are not installed"; exit 0; fi
-    mkdir -p "$HUB_JS_DIR"
-    if ! timeout 300 npm install --prefix "$HUB_JS_DIR" --no-audit --no-fund --loglevel=error "@huggingface/hub@$HUB_VERSION"; then
-        timeout 30 npm ping >/dev/null 2>&1 || { echo "SKIP: the npm registry is unreachable"; exit 0; }
-        echo "FAIL: npm install @huggingface/hub@$HUB_VERSION failed"; exit 1
-    fi
-fi
+. "$QLORA_SRC/tests/npm_pkg.sh"
+npm_pkg HUB_JS_DIR @huggingface/hub "$HUB_VERSION"
 . "$QLORA_SRC/tests/hub_server.sh"
 hub_init
 T=$HUB_T
