@@ -1,6 +1,9 @@
 /* pyjson.c: Python json.dumps-compatible serialisation (see pyjson.h). */
 #include "pyjson.h"
 
+#include "core/err.h"
+#include "core/fsutil.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -174,4 +177,22 @@ char *pyjson_dumps(const json_t *j, int indent, bool sort_keys) {
     put_value(&b, j, indent, 0, sort_keys);
     if (b.oom) { free(b.s); return NULL; }
     return b.s;
+}
+
+int pyjson_write_config(const json_t *j, const char *dir, const char *name) {
+    char *s = pyjson_dumps(j, 2, true);
+    if (!s) return err_set(ERR_STAGE, "out of memory");
+    size_t l = strlen(s);
+    char *t = realloc(s, l + 2);
+    if (!t) {
+        free(s);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    t[l] = '\n';
+    t[l + 1] = 0;
+    char *path = fs_join(dir, name);
+    int rc = fs_write_atomic(path, t, l + 1);
+    free(path);
+    free(t);
+    return rc;
 }

@@ -15,6 +15,9 @@
 
 /* indent < 0: compact with Python's default separators (", " and ": ") */
 char *pyjson_dumps(const json_t *j, int indent, bool sort_keys);
+/* Write dir/name atomically as transformers writes config.json and generation_config.json:
+ * json.dumps(indent=2, sort_keys=True) plus a trailing newline. 0 or an ERR_* code. */
+int pyjson_write_config(const json_t *j, const char *dir, const char *name);
 /* Python's repr() of a double into buf (at least 32 bytes): "0.1", "1e-05", "inf" */
 void pyjson_float_repr(double x, char *buf, size_t n);
 

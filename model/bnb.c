@@ -289,21 +289,7 @@ static int write_config(json_t *cfg, const bnb_opts *o, const char *out_dir) {
     json_object_set_new(q, "load_in_8bit", json_false());
     json_object_set_new(q, "quant_method", json_string("bitsandbytes"));
     json_object_set_new(cfg, "quantization_config", q);
-    char *s = pyjson_dumps(cfg, 2, true);
-    if (!s) return err_set(ERR_STAGE, "out of memory");
-    size_t l = strlen(s);
-    char *t = realloc(s, l + 2);
-    if (!t) {
-        free(s);
-        return err_set(ERR_STAGE, "out of memory");
-    }
-    t[l] = '\n';
-    t[l + 1] = 0;
-    char *path = fs_join(out_dir, "config.json");
-    int rc = fs_write_atomic(path, t, l + 1);
-    free(path);
-    free(t);
-    return rc;
+    return pyjson_write_config(cfg, out_dir, "config.json");
 }
 
 static int check_opts(const bnb_opts *o) {

@@ -284,18 +284,8 @@ json_t *config_to_json(const model_config *c) {
 
 int config_save(const model_config *c, const char *dir) {
     json_t *j = config_to_json(c);
-    char *s = pyjson_dumps(j, 2, true);
+    int rc = pyjson_write_config(j, dir, "config.json");
     json_decref(j);
-    if (!s) return err_set(ERR_STAGE, "out of memory");
-    size_t l = strlen(s);
-    char *t = realloc(s, l + 2);
-    if (!t) { free(s); return err_set(ERR_STAGE, "out of memory"); }
-    t[l] = '\n';
-    t[l + 1] = 0;
-    char *path = fs_join(dir, "config.json");
-    int rc = fs_write_atomic(path, t, l + 1);
-    free(path);
-    free(t);
     return rc;
 }
 

@@ -118,18 +118,8 @@ static int write_generation_config(const model_config *c, const char *dir) {
     if (c->eos_token_id >= 0) json_object_set_new(j, "eos_token_id", json_integer(c->eos_token_id));
     if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
     json_object_set_new(j, "transformers_version", json_string("4.46.0"));
-    char *s = pyjson_dumps(j, 2, true);
+    int rc = pyjson_write_config(j, dir, "generation_config.json");
     json_decref(j);
-    if (!s) return err_set(ERR_STAGE, "out of memory");
-    size_t l = strlen(s);
-    char *t = realloc(s, l + 2);
-    if (!t) { free(s); return err_set(ERR_STAGE, "out of memory"); }
-    t[l] = '\n';
-    t[l + 1] = 0;
-    char *p = fs_join(dir, "generation_config.json");
-    int rc = fs_write_atomic(p, t, l + 1);
-    free(p);
-    free(t);
     return rc;
 }
 

@@ -258,10 +258,8 @@ static int write_generation_config(const char *base, const char *dir, const mode
         if (c->bos_token_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(c->bos_token_id));
         if (c->eos_token_id >= 0) json_object_set_new(j, "eos_token_id", json_integer(c->eos_token_id));
         json_object_set_new(j, "transformers_version", json_string("4.46.0"));
-        char *s = pyjson_dumps(j, 2, true);
+        rc = pyjson_write_config(j, dir, "generation_config.json");
         json_decref(j);
-        rc = s ? fs_write_atomic(dst, s, strlen(s)) : err_set(ERR_STAGE, "out of memory");
-        free(s);
     }
     free(src);
     free(dst);
