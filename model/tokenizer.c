@@ -814,6 +814,7 @@ int tokenizer_load(tokenizer **out, const char *dir) {
         if (t->suffix[k] >= t->n_ids) { rc = bad(&c, "post_processor", "a template id is past the vocabulary"); goto fail; }
     if ((rc = configure_specials(t, dir))) goto fail;
     if ((rc = tok_cache_init(t))) goto fail;
+    tok_word_cut_init(t);
     json_decref(root);
     free(path);
     *out = t;

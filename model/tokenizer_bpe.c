@@ -11,6 +11,7 @@
  * The cache maps a pre-token's bytes to its ids. English text repeats words, so most words
  * cost one hash probe; 64 shards, each with its own mutex and a bump arena that is simply
  * emptied when full, keep it bounded and safe to share between threads. */
+#define _GNU_SOURCE /* memmem */
 #include <stdlib.h>
 #include <string.h>
 
@@ -447,7 +448,9 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
     return rc;
 }
 
-int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+/* One word (or one part of a cut word): a whole-word lookup with ignore_merges, the cache,
+ * then the merge loop. */
+static int bpe_part(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     if (!len) return 0;
     if (t->ignore_merges) {
         int32_t id = tok_strmap_get(t->words, w, (uint32_t)len);
@@ -465,4 +468,74 @@ int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     if ((rc = bpe_merge(t, w, len, out))) return rc;
     cache_put(c, h, w, len, out->p + start, out->n - start);
     return 0;
+}
+
+/* ---- cutting SentencePiece words ----
+ *
+ * A word may be merged in parts when no merge can ever join the two symbols on either side
+ * of a cut; then every merge inside a part is applied in the same relative (rank, position)
+ * order as in the whole word, and the ids are the same. Cuts go where a run of the character
+ * c starts after another character. The symbol right of such a cut starts with c (c is a
+ * vocabulary token, so it is its own initial symbol, and merging only appends to it). The
+ * symbol left of it is a concatenation of initial symbols whose last one is the character
+ * before the cut, a <0xXX> byte token or the unknown token, so its string does not end with c
+ * as long as neither "<0xXX>" nor the unknown token's string ends with c. Then it suffices
+ * that no merge (l, r) has r starting with c and l not ending with c, which holds for
+ * SentencePiece vocabularies (their pieces hold the space marker only at the start or in
+ * runs of it) and is checked here on the merges themselves: a vocabulary that breaks it is
+ * encoded whole, as before. With the paragraph cut into words the word cache works again
+ * and the merge heap stays small: without it, a paragraph costs O(n log n) with large
+ * constants and never hits the cache. */
+
+static bool str_starts(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s, p, pn); }
+static bool str_ends(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s + n - pn, p, pn); }
+
+void tok_word_cut_init(tokenizer *t) {
+    t->word_cut_len = 0;
+    if (t->byte_level || t->ignore_merges) return; /* byte-level words are already short; ignore_merges looks whole words up */
+    /* the space marker: Metaspace's replacement, or what a Replace normalizer turns spaces into */
+    const char *c = NULL;
+    size_t cl = 0;
+    for (size_t k = 0; k < t->n_pre; k++)
+        if (t->pre[k].kind == TOK_PRE_METASPACE) {
+            c = t->pre[k].replacement;
+            cl = t->pre[k].replacement_len;
+        }
+    for (size_t k = 0; !c && k < t->n_norm; k++) {
+        const tok_norm *n = &t->norm[k];
+        if (n->kind == TOK_NORM_REPLACE && n->alen == 1 && n->a[0] == ' ' && n->blen && tok_utf8_len((uint8_t)n->b[0]) == (int)n->blen) {
+            c = n->b;
+            cl = n->blen;
+        }
+    }
+    if (!c || cl > sizeof t->word_cut) return;
+    if (tok_strmap_get(&t->vocab, c, (uint32_t)cl) < 0) return;
+    if (str_ends(">", 1, c, cl)) return; /* "<0xXX>" ends with it */
+    if (t->unk_id >= 0 && str_ends(t->tok[t->unk_id], t->tok_len[t->unk_id], c, cl)) return;
+    const tok_mergemap *m = &t->merges;
+    for (uint32_t i = 0; i < m->cap; i++) {
+        if (!m->keys[i]) continue;
+        uint64_t k = m->keys[i] - 1;
+        int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
+        if (str_starts(t->tok[r], t->tok_len[r], c, cl) && !str_ends(t->tok[l], t->tok_len[l], c, cl)) return;
+    }
+    memcpy(t->word_cut, c, cl);
+    t->word_cut_len = cl;
+}
+
+int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    size_t cl = t->word_cut_len;
+    if (!cl) return bpe_part(t, w, len, out);
+    size_t a = 0, i = 1; /* a: where the current part starts; cuts are searched from i */
+    while (i < len) {
+        const char *hit = memmem(w + i, len - i, t->word_cut, cl);
+        if (!hit) break;
+        size_t h = (size_t)(hit - w);
+        i = h + cl;
+        if (h >= cl && !memcmp(w + h - cl, t->word_cut, cl)) continue; /* inside a run of c */
+        int rc = bpe_part(t, w + a, h - a, out);
+        if (rc) return rc;
+        a = h;
+    }
+    return bpe_part(t, w + a, len - a, out);
 }

@@ -116,6 +116,12 @@ struct tokenizer {
     int32_t byte_fb[256];   /* byte_fallback: id of <0xXX> (-1: absent) */
     bool byte_fallback, fuse_unk, ignore_merges, has_byte_fb_all;
     int32_t unk_id;         /* -1: none */
+    /* SentencePiece-style vocabularies with no pre-tokenizer see a whole paragraph as one
+     * word; when no merge can join a symbol to a following word_cut character (the space
+     * marker, "\u2581"), the word is cut before each run of it and the parts are merged on
+     * their own, with the same ids (tok_word_cut_init says when). 0: never cut. */
+    char word_cut[8];
+    size_t word_cut_len;
 
     tok_added *added;       /* sorted by content */
     size_t n_added;
@@ -198,6 +204,9 @@ static inline bool tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b,
     }
 }
 int tok_cache_init(tokenizer *t);
+/* After the model, normalizer and pre-tokenizers are loaded: set word_cut when cutting
+ * words is safe. */
+void tok_word_cut_init(tokenizer *t);
 void tok_cache_free(tokenizer *t);
 
 /* An id vector (encode output). */
