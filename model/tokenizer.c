@@ -554,6 +554,10 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
         }
     } else {
         for (int b2 = 0; b2 < 256; b2++) t->byte_id[b2] = -1;
+        for (int b2 = 0; b2 < 128; b2++) { /* initial symbols of ASCII text without a hash probe each */
+            char ch = (char)b2;
+            t->ascii_id[b2] = tok_strmap_get(&t->vocab, &ch, 1);
+        }
     }
     for (int b2 = 0; b2 < 256; b2++) {
         char name[8];

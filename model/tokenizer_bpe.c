@@ -11,7 +11,6 @@
  * The cache maps a pre-token's bytes to its ids. English text repeats words, so most words
  * cost one hash probe; 64 shards, each with its own mutex and a bump arena that is simply
  * emptied when full, keep it bounded and safe to share between threads. */
-#define _GNU_SOURCE /* memmem */
 #include <stdlib.h>
 #include <string.h>
 
@@ -373,7 +372,7 @@ static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s
     for (size_t i = 0; i < len;) {
         int cl = tok_utf8_len((uint8_t)w[i]);
         if (i + (size_t)cl > len) cl = (int)(len - i);
-        int32_t id = tok_strmap_get(t->words, w + i, (uint32_t)cl);
+        int32_t id = cl == 1 && (uint8_t)w[i] < 0x80 ? t->ascii_id[(uint8_t)w[i]] : tok_strmap_get(t->words, w + i, (uint32_t)cl);
         if (id >= 0) {
             if (pending_unk) { s[n++].id = t->unk_id; pending_unk = 0; }
             s[n++].id = id;
@@ -400,11 +399,11 @@ static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s
 }
 
 static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
-    sym sbuf[64];
-    cand hbuf[64];
+    sym sbuf[256];
+    cand hbuf[256];
     sym *s = sbuf;
     cand *h = hbuf;
-    if (len > 16) { /* up to 4 symbols a byte (byte fallback of a 4-byte char) */
+    if (len > 64) { /* up to 4 symbols a byte (byte fallback of a 4-byte char) */
         s = malloc(len * 4 * sizeof *s);
         h = malloc(len * 4 * sizeof *h);
         if (!s || !h) {
@@ -528,7 +527,7 @@ int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     if (!cl) return bpe_part(t, w, len, out);
     size_t a = 0, i = 1; /* a: where the current part starts; cuts are searched from i */
     while (i < len) {
-        const char *hit = memmem(w + i, len - i, t->word_cut, cl);
+        const char *hit = tok_find(w + i, len - i, t->word_cut, cl);
         if (!hit) break;
         size_t h = (size_t)(hit - w);
         i = h + cl;

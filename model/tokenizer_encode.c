@@ -131,7 +131,7 @@ int tok_normalize(const tokenizer *t, const char *s, size_t len, tok_buf *out) {
     int rc = 0;
     for (size_t k = 0; k < t->n_norm && !rc; k++) {
         const tok_norm *n = &t->norm[k];
-        tok_buf *dst = (k % 2 == 0) ? out : &tmp;
+        tok_buf *dst = ((t->n_norm - 1 - k) % 2 == 0) ? out : &tmp; /* the last step writes out */
         dst->len = 0;
         switch (n->kind) {
         case TOK_NORM_NFC:
@@ -144,7 +144,7 @@ int tok_normalize(const tokenizer *t, const char *s, size_t len, tok_buf *out) {
         case TOK_NORM_REPLACE: {
             size_t i = 0;
             while (!rc && i < cur_len) {
-                const char *hit = cur_len - i >= n->alen ? memmem(cur + i, cur_len - i, n->a, n->alen) : NULL;
+                const char *hit = tok_find(cur + i, cur_len - i, n->a, n->alen);
                 size_t upto = hit ? (size_t)(hit - cur) : cur_len;
                 rc = tok_buf_add(dst, cur + i, upto - i);
                 if (!rc && hit) rc = tok_buf_add(dst, n->b, n->blen);
@@ -157,7 +157,7 @@ int tok_normalize(const tokenizer *t, const char *s, size_t len, tok_buf *out) {
         cur = dst->p;
         cur_len = dst->len;
     }
-    if (!rc && t->n_norm % 2 == 0) { /* the last step wrote tmp (or there were none) */
+    if (!rc && !t->n_norm) {
         out->len = 0;
         rc = tok_buf_add(out, cur, cur_len);
     }

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -114,6 +115,7 @@ struct tokenizer {
     bool byte_level;        /* a ByteLevel pre-tokenizer maps bytes to the GPT-2 alphabet */
     int32_t byte_id[256];   /* byte-level: initial symbol of each byte (-1: not in vocab) */
     int32_t byte_fb[256];   /* byte_fallback: id of <0xXX> (-1: absent) */
+    int32_t ascii_id[128];  /* not byte-level: id of each ASCII character (-1: not in vocab) */
     bool byte_fallback, fuse_unk, ignore_merges, has_byte_fb_all;
     int32_t unk_id;         /* -1: none */
     /* SentencePiece-style vocabularies with no pre-tokenizer see a whole paragraph as one
@@ -177,6 +179,20 @@ static inline int tok_utf8_put(uint8_t *o, uint32_t cp) {
     return 4;
 }
 static inline int tok_utf8_len(uint8_t c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
+
+/* First occurrence of p (pn >= 1 bytes) in s[0..n), or NULL. For the short needles of the
+ * pipeline (a space, the space marker) memchr on the first byte beats memmem, whose set-up
+ * per call dominates when it is called once per word. */
+static inline const char *tok_find(const char *s, size_t n, const char *p, size_t pn) {
+    const char *end = s + n;
+    while ((size_t)(end - s) >= pn) {
+        const char *h = memchr(s, p[0], (size_t)(end - s) - pn + 1);
+        if (!h) return NULL;
+        if (!memcmp(h + 1, p + 1, pn - 1)) return h;
+        s = h + 1;
+    }
+    return NULL;
+}
 
 /* A growable byte buffer. */
 typedef struct tok_buf { char *p; size_t len, cap; } tok_buf;
