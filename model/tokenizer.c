@@ -818,7 +818,7 @@ int tokenizer_load(tokenizer **out, const char *dir) {
         if (t->suffix[k] >= t->n_ids) { rc = bad(&c, "post_processor", "a template id is past the vocabulary"); goto fail; }
     if ((rc = configure_specials(t, dir))) goto fail;
     if ((rc = tok_cache_init(t))) goto fail;
-    tok_word_cut_init(t);
+    if ((rc = tok_word_cut_init(t))) goto fail;
     json_decref(root);
     free(path);
     *out = t;
@@ -837,6 +837,7 @@ void tokenizer_free(tokenizer **tp) {
     tok_strmap_free(&t->vocab);
     tok_strmap_free(&t->vocab_raw);
     tok_mergemap_free(&t->merges);
+    free(t->join);
     for (size_t i = 0; i < t->n_pre; i++)
         if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
     free(t->pre);

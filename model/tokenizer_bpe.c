@@ -469,30 +469,91 @@ static int bpe_part(const tokenizer *t, const char *w, size_t len, tok_ids *out)
     return 0;
 }
 
-/* ---- cutting SentencePiece words ----
+/* ---- cutting long words ----
  *
  * A word may be merged in parts when no merge can ever join the two symbols on either side
- * of a cut; then every merge inside a part is applied in the same relative (rank, position)
- * order as in the whole word, and the ids are the same. Cuts go where a run of the character
- * c starts after another character. The symbol right of such a cut starts with c (c is a
- * vocabulary token, so it is its own initial symbol, and merging only appends to it). The
- * symbol left of it is a concatenation of initial symbols whose last one is the character
- * before the cut, a <0xXX> byte token or the unknown token, so its string does not end with c
- * as long as neither "<0xXX>" nor the unknown token's string ends with c. Then it suffices
- * that no merge (l, r) has r starting with c and l not ending with c, which holds for
- * SentencePiece vocabularies (their pieces hold the space marker only at the start or in
- * runs of it) and is checked here on the merges themselves: a vocabulary that breaks it is
- * encoded whole, as before. With the paragraph cut into words the word cache works again
- * and the merge heap stays small: without it, a paragraph costs O(n log n) with large
- * constants and never hits the cache. */
+ * of a cut: then every merge inside a part is applied in the same relative (rank, position)
+ * order as in the whole word, and the ids are the same. SentencePiece-style vocabularies
+ * without a pre-tokenizer need this, since a whole paragraph reaches BPE as one word: merged
+ * whole it never hits the word cache and the merge heap grows with the paragraph (O(n log n),
+ * with a cache miss per heap level once it outgrows the CPU caches).
+ *
+ * What a cut needs: the symbol left of it is a concatenation of initial symbols ending with
+ * the character p before the cut, and the symbol right of it one starting with the character
+ * q after it, provided both characters are vocabulary tokens (then each is its own initial
+ * symbol, never a <0xXX> byte or the unknown token). So no merge can join across the cut if
+ * no merge (l, r) has l ending with p and r starting with q. Two rules use this:
+ *  - the space marker c (Metaspace's replacement, or what a Replace normalizer turns spaces
+ *    into): a cut before each run of c is safe when no merge has r starting with c and l
+ *    ending with anything but c (the character before the cut may be missing from the
+ *    vocabulary, so c must not end "<0xXX>" or the unknown token either). SentencePiece pieces hold c only at the start or in runs,
+ *    so this holds for them; it is checked on the merges at load, and a vocabulary that
+ *    breaks it is not cut. Found with memchr, this turns paragraphs into words.
+ *  - any pair: a part still longer than BPE_LONG bytes (text without spaces: CJK, long
+ *    URLs, code) is cut between every two vocabulary characters p q that no merge joins,
+ *    from the set of (last character of l, first character of r) over all merges. That
+ *    bounds the heap by the longest run of joinable characters, not by the text. */
+
+#define BPE_LONG 64
 
 static bool str_starts(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s, p, pn); }
 static bool str_ends(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s + n - pn, p, pn); }
 
-void tok_word_cut_init(tokenizer *t) {
+static uint32_t str_first_cp(const char *s) {
+    uint32_t cp;
+    tok_utf8_next((const uint8_t *)s, &cp);
+    return cp;
+}
+
+static uint32_t str_last_cp(const char *s, size_t n) {
+    size_t k = n - 1;
+    while (k > 0 && ((uint8_t)s[k] & 0xC0) == 0x80) k--;
+    return str_first_cp(s + k);
+}
+
+static inline uint32_t join_slot(uint64_t key, uint32_t cap) { return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1); }
+
+/* Does some merge join a token ending with p to one starting with q? */
+static bool pair_joins(const tokenizer *t, uint32_t p, uint32_t q) {
+    if (p < 128 && q < 128) return t->join_ascii[(p << 7 | q) >> 3] & (1u << (q & 7));
+    uint64_t key = ((uint64_t)p << 32 | q) + 1;
+    for (uint32_t i = join_slot(key, t->join_cap);; i = (i + 1) & (t->join_cap - 1)) {
+        if (t->join[i] == key) return true;
+        if (!t->join[i]) return false;
+    }
+}
+
+static int pairs_init(tokenizer *t) {
+    const tok_mergemap *m = &t->merges;
+    t->join_cap = 16;
+    while (t->join_cap < m->n * 2u + 16) t->join_cap *= 2;
+    t->join = calloc(t->join_cap, sizeof *t->join);
+    if (!t->join) return err_set(ERR_STAGE, "out of memory");
+    for (uint32_t i = 0; i < m->cap; i++) {
+        if (!m->keys[i]) continue;
+        uint64_t k = m->keys[i] - 1;
+        int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
+        uint32_t p = str_last_cp(t->tok[l], t->tok_len[l]), q = str_first_cp(t->tok[r]);
+        if (p < 128 && q < 128) {
+            t->join_ascii[(p << 7 | q) >> 3] |= (uint8_t)(1u << (q & 7));
+            continue;
+        }
+        uint64_t key = ((uint64_t)p << 32 | q) + 1;
+        uint32_t j = join_slot(key, t->join_cap);
+        while (t->join[j] && t->join[j] != key) j = (j + 1) & (t->join_cap - 1);
+        t->join[j] = key;
+    }
+    return 0;
+}
+
+int tok_word_cut_init(tokenizer *t) {
     t->word_cut_len = 0;
-    if (t->byte_level || t->ignore_merges) return; /* byte-level words are already short; ignore_merges looks whole words up */
-    /* the space marker: Metaspace's replacement, or what a Replace normalizer turns spaces into */
+    if (t->byte_level || t->ignore_merges) return 0; /* byte-level words are already short; ignore_merges looks whole words up */
+    for (int32_t id = 0; id < t->n_ids; id++)
+        if (t->tok[id] && !t->tok_len[id]) return 0; /* an empty token has no first or last character */
+    int rc = pairs_init(t);
+    if (rc) return rc;
+    /* the space marker */
     const char *c = NULL;
     size_t cl = 0;
     for (size_t k = 0; k < t->n_pre; k++)
@@ -507,34 +568,61 @@ void tok_word_cut_init(tokenizer *t) {
             cl = n->blen;
         }
     }
-    if (!c || cl > sizeof t->word_cut) return;
-    if (tok_strmap_get(&t->vocab, c, (uint32_t)cl) < 0) return;
-    if (str_ends(">", 1, c, cl)) return; /* "<0xXX>" ends with it */
-    if (t->unk_id >= 0 && str_ends(t->tok[t->unk_id], t->tok_len[t->unk_id], c, cl)) return;
+    if (!c || cl > sizeof t->word_cut || tok_strmap_get(&t->vocab, c, (uint32_t)cl) < 0) return 0;
+    /* the character before a cut need not be in the vocabulary: its symbol may be a <0xXX>
+     * byte or the unknown token, whose strings must not end with c either */
+    if (str_ends(">", 1, c, cl) || (t->unk_id >= 0 && str_ends(t->tok[t->unk_id], t->tok_len[t->unk_id], c, cl))) return 0;
     const tok_mergemap *m = &t->merges;
     for (uint32_t i = 0; i < m->cap; i++) {
         if (!m->keys[i]) continue;
         uint64_t k = m->keys[i] - 1;
         int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
-        if (str_starts(t->tok[r], t->tok_len[r], c, cl) && !str_ends(t->tok[l], t->tok_len[l], c, cl)) return;
+        if (str_starts(t->tok[r], t->tok_len[r], c, cl) && !str_ends(t->tok[l], t->tok_len[l], c, cl)) return 0;
     }
     memcpy(t->word_cut, c, cl);
     t->word_cut_len = cl;
+    return 0;
+}
+
+static bool char_in_vocab(const tokenizer *t, const char *s, int n) {
+    return n == 1 ? t->ascii_id[(uint8_t)s[0]] >= 0 : tok_strmap_get(&t->vocab, s, (uint32_t)n) >= 0;
+}
+
+/* A long part: cut between vocabulary characters that no merge joins. */
+static int bpe_long(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    size_t a = 0;
+    uint32_t p;
+    int pn = tok_utf8_next((const uint8_t *)w, &p);
+    bool p_in = char_in_vocab(t, w, pn);
+    for (size_t i = (size_t)pn; i < len;) {
+        uint32_t q;
+        int qn = tok_utf8_next((const uint8_t *)w + i, &q);
+        bool q_in = char_in_vocab(t, w + i, qn);
+        if (p_in && q_in && !pair_joins(t, p, q)) {
+            int rc = bpe_part(t, w + a, i - a, out);
+            if (rc) return rc;
+            a = i;
+        }
+        p = q;
+        p_in = q_in;
+        i += (size_t)qn;
+    }
+    return bpe_part(t, w + a, len - a, out);
 }
 
 int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    if (!t->join_cap) return bpe_part(t, w, len, out);
     size_t cl = t->word_cut_len;
-    if (!cl) return bpe_part(t, w, len, out);
     size_t a = 0, i = 1; /* a: where the current part starts; cuts are searched from i */
-    while (i < len) {
+    while (cl && i < len) {
         const char *hit = tok_find(w + i, len - i, t->word_cut, cl);
         if (!hit) break;
         size_t h = (size_t)(hit - w);
         i = h + cl;
         if (h >= cl && !memcmp(w + h - cl, t->word_cut, cl)) continue; /* inside a run of c */
-        int rc = bpe_part(t, w + a, h - a, out);
+        int rc = h - a > BPE_LONG ? bpe_long(t, w + a, h - a, out) : bpe_part(t, w + a, h - a, out);
         if (rc) return rc;
         a = h;
     }
-    return bpe_part(t, w + a, len - a, out);
+    return len - a > BPE_LONG ? bpe_long(t, w + a, len - a, out) : bpe_part(t, w + a, len - a, out);
 }

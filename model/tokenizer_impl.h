@@ -118,12 +118,16 @@ struct tokenizer {
     int32_t ascii_id[128];  /* not byte-level: id of each ASCII character (-1: not in vocab) */
     bool byte_fallback, fuse_unk, ignore_merges, has_byte_fb_all;
     int32_t unk_id;         /* -1: none */
-    /* SentencePiece-style vocabularies with no pre-tokenizer see a whole paragraph as one
-     * word; when no merge can join a symbol to a following word_cut character (the space
-     * marker, "\u2581"), the word is cut before each run of it and the parts are merged on
-     * their own, with the same ids (tok_word_cut_init says when). 0: never cut. */
+    /* Cutting long words where no merge can join (tokenizer_bpe.c says why the ids stay
+     * the same): before each run of the space marker word_cut (word_cut_len 0: not safe for
+     * this vocabulary), and, in what is still longer, between characters p q when the
+     * (p, q) pair is not in join_ascii (bit p * 128 + q) or join (open addressing over
+     * (p << 32 | q) + 1; 0 empty). join_cap 0: words are never cut. */
     char word_cut[8];
     size_t word_cut_len;
+    uint8_t join_ascii[128 * 128 / 8];
+    uint64_t *join;
+    uint32_t join_cap;
 
     tok_added *added;       /* sorted by content */
     size_t n_added;
@@ -220,9 +224,9 @@ static inline bool tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b,
     }
 }
 int tok_cache_init(tokenizer *t);
-/* After the model, normalizer and pre-tokenizers are loaded: set word_cut when cutting
- * words is safe. */
-void tok_word_cut_init(tokenizer *t);
+/* After the model, normalizer and pre-tokenizers are loaded: the tables for cutting long
+ * words (left empty where cutting is not safe). */
+int tok_word_cut_init(tokenizer *t);
 void tok_cache_free(tokenizer *t);
 
 /* An id vector (encode output). */
