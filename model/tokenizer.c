@@ -697,6 +697,9 @@ static int parse_added(const loadctx *c, json_t *added) {
             if (t->added[i].normalized == (pass == 1))
                 t->added_idx[pass][fill[(uint8_t)(pass ? t->added[i].norm : t->added[i].content)[0]]++] = (int32_t)i;
         t->n_added_pass[pass] = st[256];
+        t->added_first[pass] = -1;
+        for (int b2 = 0, firsts = 0; b2 < 256; b2++)
+            if (st[b2] != st[b2 + 1]) t->added_first[pass] = ++firsts == 1 ? b2 : -1;
     }
     rc = 0;
 out:
@@ -794,6 +797,7 @@ int tokenizer_load(tokenizer **out, const char *dir) {
         return err_set(ERR_STAGE, "out of memory");
     }
     t->unk_id = t->bos = t->eos = t->pad = -1;
+    t->added_first[0] = t->added_first[1] = -1;
     loadctx c = {t, path};
     json_t *added = json_object_get(root, "added_tokens");
     if (added && !json_is_null(added) && !json_is_array(added)) {

@@ -183,20 +183,13 @@ int tok_mergemap_init(tok_mergemap *m, uint32_t expected) {
     while (cap < expected * 2u + 16) cap *= 2;
     m->cap = cap;
     m->n = 0;
-    m->keys = calloc(cap, sizeof *m->keys);
-    m->rank = malloc((size_t)cap * sizeof *m->rank);
-    m->merged = malloc((size_t)cap * sizeof *m->merged);
-    if (!m->keys || !m->rank || !m->merged) {
-        tok_mergemap_free(m);
-        return err_set(ERR_STAGE, "out of memory");
-    }
+    m->slots = calloc(cap, sizeof *m->slots);
+    if (!m->slots) return err_set(ERR_STAGE, "out of memory");
     return 0;
 }
 
 void tok_mergemap_free(tok_mergemap *m) {
-    free(m->keys);
-    free(m->rank);
-    free(m->merged);
+    free(m->slots);
     memset(m, 0, sizeof *m);
 }
 
@@ -206,11 +199,9 @@ void tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, uint32_t rank, int3
     uint64_t k = tok_merge_key(a, b);
     uint32_t mask = m->cap - 1;
     uint32_t i = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask;
-    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & mask;
-    if (!m->keys[i]) m->n++;
-    m->keys[i] = k;
-    m->rank[i] = rank;
-    m->merged[i] = merged;
+    while (m->slots[i].key && m->slots[i].key != k) i = (i + 1) & mask;
+    if (!m->slots[i].key) m->n++;
+    m->slots[i] = (struct tok_merge_slot){k, rank, merged};
 }
 
 /* ---- word cache ---- */
@@ -321,7 +312,7 @@ static void cache_put(tok_cache_shard *c, uint64_t h, const char *w, size_t len,
 /* ---- the merge loop ---- */
 
 typedef struct sym { int32_t id, prev, next; } sym;
-typedef struct cand { uint32_t rank; int32_t pos, merged; } cand;
+typedef struct cand { uint32_t rank; int32_t pos, merged, left, right; } cand; /* left, right: the pair's ids when found */
 
 static inline bool cand_less(const cand *a, const cand *b) {
     return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
@@ -422,21 +413,24 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
     int32_t merged;
     for (size_t i = 0; i + 1 < n; i++)
         if (tok_mergemap_get(&t->merges, s[i].id, s[i + 1].id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, (int32_t)i, merged});
+            heap_push(h, &nh, (cand){rank, (int32_t)i, merged, s[i].id, s[i + 1].id});
     while (nh) {
         cand c = heap_pop(h, &nh);
         sym *a = &s[c.pos];
         if (a->id < 0 || a->next < 0) continue;
         sym *b = &s[a->next];
-        if (!tok_mergemap_get(&t->merges, a->id, b->id, &rank, &merged) || merged != c.merged) continue;
+        /* stale unless the pair is the one it was found for, or (word.rs's rule) whatever pair
+         * is there now merges to the same id */
+        if ((a->id != c.left || b->id != c.right) && (!tok_mergemap_get(&t->merges, a->id, b->id, &rank, &merged) || merged != c.merged))
+            continue;
         a->id = c.merged;
         a->next = b->next;
         b->id = -1;
         if (a->next >= 0) s[a->next].prev = c.pos;
         if (a->prev >= 0 && tok_mergemap_get(&t->merges, s[a->prev].id, a->id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, a->prev, merged});
+            heap_push(h, &nh, (cand){rank, a->prev, merged, s[a->prev].id, a->id});
         if (a->next >= 0 && tok_mergemap_get(&t->merges, a->id, s[a->next].id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, c.pos, merged});
+            heap_push(h, &nh, (cand){rank, c.pos, merged, a->id, s[a->next].id});
     }
     int rc = 0;
     for (int32_t i = n ? 0 : -1; i >= 0 && !rc; i = s[i].next) rc = tok_ids_push(out, s[i].id);
@@ -530,8 +524,8 @@ static int pairs_init(tokenizer *t) {
     t->join = calloc(t->join_cap, sizeof *t->join);
     if (!t->join) return err_set(ERR_STAGE, "out of memory");
     for (uint32_t i = 0; i < m->cap; i++) {
-        if (!m->keys[i]) continue;
-        uint64_t k = m->keys[i] - 1;
+        if (!m->slots[i].key) continue;
+        uint64_t k = m->slots[i].key - 1;
         int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
         uint32_t p = str_last_cp(t->tok[l], t->tok_len[l]), q = str_first_cp(t->tok[r]);
         if (p < 128 && q < 128) {
@@ -574,8 +568,8 @@ int tok_word_cut_init(tokenizer *t) {
     if (str_ends(">", 1, c, cl) || (t->unk_id >= 0 && str_ends(t->tok[t->unk_id], t->tok_len[t->unk_id], c, cl))) return 0;
     const tok_mergemap *m = &t->merges;
     for (uint32_t i = 0; i < m->cap; i++) {
-        if (!m->keys[i]) continue;
-        uint64_t k = m->keys[i] - 1;
+        if (!m->slots[i].key) continue;
+        uint64_t k = m->slots[i].key - 1;
         int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
         if (str_starts(t->tok[r], t->tok_len[r], c, cl) && !str_ends(t->tok[l], t->tok_len[l], c, cl)) return 0;
     }
@@ -619,7 +613,7 @@ int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
         if (!hit) break;
         size_t h = (size_t)(hit - w);
         i = h + cl;
-        if (h >= cl && !memcmp(w + h - cl, t->word_cut, cl)) continue; /* inside a run of c */
+        if (h >= cl && tok_same(w + h - cl, t->word_cut, cl)) continue; /* inside a run of c */
         int rc = h - a > BPE_LONG ? bpe_long(t, w + a, h - a, out) : bpe_part(t, w + a, h - a, out);
         if (rc) return rc;
         a = h;

@@ -41,9 +41,11 @@ uint64_t tok_hash_bytes(const void *p, size_t len);
 /* ---- (left id, right id) -> (rank, merged id) ---- */
 typedef struct tok_mergemap {
     uint32_t cap, n;
-    uint64_t *keys;   /* (left << 32 | right) + 1; 0 = empty */
-    uint32_t *rank;
-    int32_t *merged;
+    struct tok_merge_slot { /* one cache line serves a probe: the merge loop's lookups miss */
+        uint64_t key;     /* (left << 32 | right) + 1; 0 = empty */
+        uint32_t rank;
+        int32_t merged;
+    } *slots;
 } tok_mergemap;
 
 /* ---- the word cache: pre-token bytes -> ids, sharded, each shard under a mutex ---- */
@@ -137,6 +139,7 @@ struct tokenizer {
     int32_t *added_idx[2];
     uint32_t added_start[2][257];
     size_t n_added_pass[2];
+    int added_first[2];     /* the first byte all of a pass's tokens share (found with memchr), -1: several */
 
     tok_norm *norm;
     size_t n_norm;
@@ -187,12 +190,17 @@ static inline int tok_utf8_len(uint8_t c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 :
 /* First occurrence of p (pn >= 1 bytes) in s[0..n), or NULL. For the short needles of the
  * pipeline (a space, the space marker) memchr on the first byte beats memmem, whose set-up
  * per call dominates when it is called once per word. */
+static inline bool tok_same(const char *a, const char *b, size_t n) { /* memcmp without a call, for a few bytes */
+    for (size_t k = 0; k < n; k++)
+        if (a[k] != b[k]) return false;
+    return true;
+}
 static inline const char *tok_find(const char *s, size_t n, const char *p, size_t pn) {
     const char *end = s + n;
     while ((size_t)(end - s) >= pn) {
         const char *h = memchr(s, p[0], (size_t)(end - s) - pn + 1);
         if (!h) return NULL;
-        if (!memcmp(h + 1, p + 1, pn - 1)) return h;
+        if (tok_same(h + 1, p + 1, pn - 1)) return h;
         s = h + 1;
     }
     return NULL;
@@ -217,8 +225,8 @@ static inline bool tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b,
     uint32_t mask = m->cap - 1;
     uint32_t i = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask;
     for (;;) {
-        uint64_t s = m->keys[i];
-        if (s == k) { *rank = m->rank[i]; *merged = m->merged[i]; return true; }
+        uint64_t s = m->slots[i].key;
+        if (s == k) { *rank = m->slots[i].rank; *merged = m->slots[i].merged; return true; }
         if (!s) return false;
         i = (i + 1) & mask;
     }
