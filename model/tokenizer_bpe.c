@@ -389,6 +389,37 @@ static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s
     return n;
 }
 
+/* A short word: rescan its few pairs for the lowest rank after each merge instead of keeping
+ * a heap. The merges are word.rs's: it applies the lowest (rank, position) pair still present,
+ * which is the pair the scan finds (strict < keeps the leftmost of equal ranks); a stale heap
+ * entry only ever applies when its pair is still there. Returns the new symbol count; the ids
+ * are s[0..n). */
+#define BPE_SMALL 16
+static size_t merge_small(const tokenizer *t, sym *s, size_t n) {
+    uint32_t rank[BPE_SMALL];   /* rank[i], merged[i]: the pair (s[i], s[i + 1]); UINT32_MAX: none */
+    int32_t merged[BPE_SMALL];
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!tok_mergemap_get(&t->merges, s[i].id, s[i + 1].id, &rank[i], &merged[i])) rank[i] = UINT32_MAX;
+    while (n > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < n; i++)
+            if (rank[i] < rank[best]) best = i;
+        if (rank[best] == UINT32_MAX) break;
+        s[best].id = merged[best];
+        for (size_t i = best + 1; i + 1 < n; i++) s[i].id = s[i + 1].id; /* the right symbol goes */
+        for (size_t i = best + 1; i + 2 < n; i++) { /* and the pairs after it move down */
+            rank[i] = rank[i + 1];
+            merged[i] = merged[i + 1];
+        }
+        n--;
+        if (best > 0 && !tok_mergemap_get(&t->merges, s[best - 1].id, s[best].id, &rank[best - 1], &merged[best - 1]))
+            rank[best - 1] = UINT32_MAX;
+        if (best + 1 < n && !tok_mergemap_get(&t->merges, s[best].id, s[best + 1].id, &rank[best], &merged[best]))
+            rank[best] = UINT32_MAX;
+    }
+    return n;
+}
+
 static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     sym sbuf[256];
     cand hbuf[256];
@@ -404,6 +435,16 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
         }
     }
     size_t n = word_symbols(t, w, len, s);
+    if (n <= BPE_SMALL) {
+        n = merge_small(t, s, n);
+        int rc = 0;
+        for (size_t i = 0; i < n && !rc; i++) rc = tok_ids_push(out, s[i].id);
+        if (s != sbuf) {
+            free(s);
+            free(h);
+        }
+        return rc;
+    }
     size_t nh = 0;
     for (size_t i = 0; i < n; i++) {
         s[i].prev = (int32_t)i - 1;
