@@ -554,6 +554,10 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
         }
     } else {
         for (int b2 = 0; b2 < 256; b2++) t->byte_id[b2] = -1;
+        for (int b2 = 0; b2 < 128; b2++) { /* initial symbols of ASCII text without a hash probe each */
+            char ch = (char)b2;
+            t->ascii_id[b2] = tok_strmap_get(&t->vocab, &ch, 1);
+        }
     }
     for (int b2 = 0; b2 < 256; b2++) {
         char name[8];
@@ -693,6 +697,9 @@ static int parse_added(const loadctx *c, json_t *added) {
             if (t->added[i].normalized == (pass == 1))
                 t->added_idx[pass][fill[(uint8_t)(pass ? t->added[i].norm : t->added[i].content)[0]]++] = (int32_t)i;
         t->n_added_pass[pass] = st[256];
+        t->added_first[pass] = -1;
+        for (int b2 = 0, firsts = 0; b2 < 256; b2++)
+            if (st[b2] != st[b2 + 1]) t->added_first[pass] = ++firsts == 1 ? b2 : -1;
     }
     rc = 0;
 out:
@@ -790,6 +797,7 @@ int tokenizer_load(tokenizer **out, const char *dir) {
         return err_set(ERR_STAGE, "out of memory");
     }
     t->unk_id = t->bos = t->eos = t->pad = -1;
+    t->added_first[0] = t->added_first[1] = -1;
     loadctx c = {t, path};
     json_t *added = json_object_get(root, "added_tokens");
     if (added && !json_is_null(added) && !json_is_array(added)) {
@@ -814,6 +822,7 @@ int tokenizer_load(tokenizer **out, const char *dir) {
         if (t->suffix[k] >= t->n_ids) { rc = bad(&c, "post_processor", "a template id is past the vocabulary"); goto fail; }
     if ((rc = configure_specials(t, dir))) goto fail;
     if ((rc = tok_cache_init(t))) goto fail;
+    if ((rc = tok_word_cut_init(t))) goto fail;
     json_decref(root);
     free(path);
     *out = t;
@@ -832,6 +841,7 @@ void tokenizer_free(tokenizer **tp) {
     tok_strmap_free(&t->vocab);
     tok_strmap_free(&t->vocab_raw);
     tok_mergemap_free(&t->merges);
+    free(t->join);
     for (size_t i = 0; i < t->n_pre; i++)
         if (t->pre[i].re) pcre2_code_free(t->pre[i].re);
     free(t->pre);

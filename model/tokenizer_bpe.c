@@ -183,20 +183,13 @@ int tok_mergemap_init(tok_mergemap *m, uint32_t expected) {
     while (cap < expected * 2u + 16) cap *= 2;
     m->cap = cap;
     m->n = 0;
-    m->keys = calloc(cap, sizeof *m->keys);
-    m->rank = malloc((size_t)cap * sizeof *m->rank);
-    m->merged = malloc((size_t)cap * sizeof *m->merged);
-    if (!m->keys || !m->rank || !m->merged) {
-        tok_mergemap_free(m);
-        return err_set(ERR_STAGE, "out of memory");
-    }
+    m->slots = calloc(cap, sizeof *m->slots);
+    if (!m->slots) return err_set(ERR_STAGE, "out of memory");
     return 0;
 }
 
 void tok_mergemap_free(tok_mergemap *m) {
-    free(m->keys);
-    free(m->rank);
-    free(m->merged);
+    free(m->slots);
     memset(m, 0, sizeof *m);
 }
 
@@ -206,11 +199,9 @@ void tok_mergemap_put(tok_mergemap *m, int32_t a, int32_t b, uint32_t rank, int3
     uint64_t k = tok_merge_key(a, b);
     uint32_t mask = m->cap - 1;
     uint32_t i = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask;
-    while (m->keys[i] && m->keys[i] != k) i = (i + 1) & mask;
-    if (!m->keys[i]) m->n++;
-    m->keys[i] = k;
-    m->rank[i] = rank;
-    m->merged[i] = merged;
+    while (m->slots[i].key && m->slots[i].key != k) i = (i + 1) & mask;
+    if (!m->slots[i].key) m->n++;
+    m->slots[i] = (struct tok_merge_slot){k, rank, merged};
 }
 
 /* ---- word cache ---- */
@@ -321,7 +312,7 @@ static void cache_put(tok_cache_shard *c, uint64_t h, const char *w, size_t len,
 /* ---- the merge loop ---- */
 
 typedef struct sym { int32_t id, prev, next; } sym;
-typedef struct cand { uint32_t rank; int32_t pos, merged; } cand;
+typedef struct cand { uint32_t rank; int32_t pos, merged, left, right; } cand; /* left, right: the pair's ids when found */
 
 static inline bool cand_less(const cand *a, const cand *b) {
     return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
@@ -372,7 +363,7 @@ static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s
     for (size_t i = 0; i < len;) {
         int cl = tok_utf8_len((uint8_t)w[i]);
         if (i + (size_t)cl > len) cl = (int)(len - i);
-        int32_t id = tok_strmap_get(t->words, w + i, (uint32_t)cl);
+        int32_t id = cl == 1 && (uint8_t)w[i] < 0x80 ? t->ascii_id[(uint8_t)w[i]] : tok_strmap_get(t->words, w + i, (uint32_t)cl);
         if (id >= 0) {
             if (pending_unk) { s[n++].id = t->unk_id; pending_unk = 0; }
             s[n++].id = id;
@@ -398,12 +389,43 @@ static size_t word_symbols(const tokenizer *t, const char *w, size_t len, sym *s
     return n;
 }
 
+/* A short word: rescan its few pairs for the lowest rank after each merge instead of keeping
+ * a heap. The merges are word.rs's: it applies the lowest (rank, position) pair still present,
+ * which is the pair the scan finds (strict < keeps the leftmost of equal ranks); a stale heap
+ * entry only ever applies when its pair is still there. Returns the new symbol count; the ids
+ * are s[0..n). */
+#define BPE_SMALL 16
+static size_t merge_small(const tokenizer *t, sym *s, size_t n) {
+    uint32_t rank[BPE_SMALL];   /* rank[i], merged[i]: the pair (s[i], s[i + 1]); UINT32_MAX: none */
+    int32_t merged[BPE_SMALL];
+    for (size_t i = 0; i + 1 < n; i++)
+        if (!tok_mergemap_get(&t->merges, s[i].id, s[i + 1].id, &rank[i], &merged[i])) rank[i] = UINT32_MAX;
+    while (n > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < n; i++)
+            if (rank[i] < rank[best]) best = i;
+        if (rank[best] == UINT32_MAX) break;
+        s[best].id = merged[best];
+        for (size_t i = best + 1; i + 1 < n; i++) s[i].id = s[i + 1].id; /* the right symbol goes */
+        for (size_t i = best + 1; i + 2 < n; i++) { /* and the pairs after it move down */
+            rank[i] = rank[i + 1];
+            merged[i] = merged[i + 1];
+        }
+        n--;
+        if (best > 0 && !tok_mergemap_get(&t->merges, s[best - 1].id, s[best].id, &rank[best - 1], &merged[best - 1]))
+            rank[best - 1] = UINT32_MAX;
+        if (best + 1 < n && !tok_mergemap_get(&t->merges, s[best].id, s[best + 1].id, &rank[best], &merged[best]))
+            rank[best] = UINT32_MAX;
+    }
+    return n;
+}
+
 static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
-    sym sbuf[64];
-    cand hbuf[64];
+    sym sbuf[256];
+    cand hbuf[256];
     sym *s = sbuf;
     cand *h = hbuf;
-    if (len > 16) { /* up to 4 symbols a byte (byte fallback of a 4-byte char) */
+    if (len > 64) { /* up to 4 symbols a byte (byte fallback of a 4-byte char) */
         s = malloc(len * 4 * sizeof *s);
         h = malloc(len * 4 * sizeof *h);
         if (!s || !h) {
@@ -413,6 +435,16 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
         }
     }
     size_t n = word_symbols(t, w, len, s);
+    if (n <= BPE_SMALL) {
+        n = merge_small(t, s, n);
+        int rc = 0;
+        for (size_t i = 0; i < n && !rc; i++) rc = tok_ids_push(out, s[i].id);
+        if (s != sbuf) {
+            free(s);
+            free(h);
+        }
+        return rc;
+    }
     size_t nh = 0;
     for (size_t i = 0; i < n; i++) {
         s[i].prev = (int32_t)i - 1;
@@ -422,21 +454,24 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
     int32_t merged;
     for (size_t i = 0; i + 1 < n; i++)
         if (tok_mergemap_get(&t->merges, s[i].id, s[i + 1].id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, (int32_t)i, merged});
+            heap_push(h, &nh, (cand){rank, (int32_t)i, merged, s[i].id, s[i + 1].id});
     while (nh) {
         cand c = heap_pop(h, &nh);
         sym *a = &s[c.pos];
         if (a->id < 0 || a->next < 0) continue;
         sym *b = &s[a->next];
-        if (!tok_mergemap_get(&t->merges, a->id, b->id, &rank, &merged) || merged != c.merged) continue;
+        /* stale unless the pair is the one it was found for, or (word.rs's rule) whatever pair
+         * is there now merges to the same id */
+        if ((a->id != c.left || b->id != c.right) && (!tok_mergemap_get(&t->merges, a->id, b->id, &rank, &merged) || merged != c.merged))
+            continue;
         a->id = c.merged;
         a->next = b->next;
         b->id = -1;
         if (a->next >= 0) s[a->next].prev = c.pos;
         if (a->prev >= 0 && tok_mergemap_get(&t->merges, s[a->prev].id, a->id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, a->prev, merged});
+            heap_push(h, &nh, (cand){rank, a->prev, merged, s[a->prev].id, a->id});
         if (a->next >= 0 && tok_mergemap_get(&t->merges, a->id, s[a->next].id, &rank, &merged))
-            heap_push(h, &nh, (cand){rank, c.pos, merged});
+            heap_push(h, &nh, (cand){rank, c.pos, merged, a->id, s[a->next].id});
     }
     int rc = 0;
     for (int32_t i = n ? 0 : -1; i >= 0 && !rc; i = s[i].next) rc = tok_ids_push(out, s[i].id);
@@ -447,7 +482,9 @@ static int bpe_merge(const tokenizer *t, const char *w, size_t len, tok_ids *out
     return rc;
 }
 
-int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+/* One word (or one part of a cut word): a whole-word lookup with ignore_merges, the cache,
+ * then the merge loop. */
+static int bpe_part(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     if (!len) return 0;
     if (t->ignore_merges) {
         int32_t id = tok_strmap_get(t->words, w, (uint32_t)len);
@@ -465,4 +502,162 @@ int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
     if ((rc = bpe_merge(t, w, len, out))) return rc;
     cache_put(c, h, w, len, out->p + start, out->n - start);
     return 0;
+}
+
+/* ---- cutting long words ----
+ *
+ * A word may be merged in parts when no merge can ever join the two symbols on either side
+ * of a cut: then every merge inside a part is applied in the same relative (rank, position)
+ * order as in the whole word, and the ids are the same. SentencePiece-style vocabularies
+ * without a pre-tokenizer need this, since a whole paragraph reaches BPE as one word: merged
+ * whole it never hits the word cache and the merge heap grows with the paragraph (O(n log n),
+ * with a cache miss per heap level once it outgrows the CPU caches).
+ *
+ * What a cut needs: the symbol left of it is a concatenation of initial symbols ending with
+ * the character p before the cut, and the symbol right of it one starting with the character
+ * q after it, provided both characters are vocabulary tokens (then each is its own initial
+ * symbol, never a <0xXX> byte or the unknown token). So no merge can join across the cut if
+ * no merge (l, r) has l ending with p and r starting with q. Two rules use this:
+ *  - the space marker c (Metaspace's replacement, or what a Replace normalizer turns spaces
+ *    into): a cut before each run of c is safe when no merge has r starting with c and l
+ *    ending with anything but c (the character before the cut may be missing from the
+ *    vocabulary, so c must not end "<0xXX>" or the unknown token either). SentencePiece pieces hold c only at the start or in runs,
+ *    so this holds for them; it is checked on the merges at load, and a vocabulary that
+ *    breaks it is not cut. Found with memchr, this turns paragraphs into words.
+ *  - any pair: a part still longer than BPE_LONG bytes (text without spaces: CJK, long
+ *    URLs, code) is cut between every two vocabulary characters p q that no merge joins,
+ *    from the set of (last character of l, first character of r) over all merges. That
+ *    bounds the heap by the longest run of joinable characters, not by the text. */
+
+#define BPE_LONG 64
+
+static bool str_starts(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s, p, pn); }
+static bool str_ends(const char *s, size_t n, const char *p, size_t pn) { return n >= pn && !memcmp(s + n - pn, p, pn); }
+
+static uint32_t str_first_cp(const char *s) {
+    uint32_t cp;
+    tok_utf8_next((const uint8_t *)s, &cp);
+    return cp;
+}
+
+static uint32_t str_last_cp(const char *s, size_t n) {
+    size_t k = n - 1;
+    while (k > 0 && ((uint8_t)s[k] & 0xC0) == 0x80) k--;
+    return str_first_cp(s + k);
+}
+
+static inline uint32_t join_slot(uint64_t key, uint32_t cap) { return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 40) & (cap - 1); }
+
+/* Does some merge join a token ending with p to one starting with q? */
+static bool pair_joins(const tokenizer *t, uint32_t p, uint32_t q) {
+    if (p < 128 && q < 128) return t->join_ascii[(p << 7 | q) >> 3] & (1u << (q & 7));
+    uint64_t key = ((uint64_t)p << 32 | q) + 1;
+    for (uint32_t i = join_slot(key, t->join_cap);; i = (i + 1) & (t->join_cap - 1)) {
+        if (t->join[i] == key) return true;
+        if (!t->join[i]) return false;
+    }
+}
+
+static int pairs_init(tokenizer *t) {
+    const tok_mergemap *m = &t->merges;
+    t->join_cap = 16;
+    while (t->join_cap < m->n * 2u + 16) t->join_cap *= 2;
+    t->join = calloc(t->join_cap, sizeof *t->join);
+    if (!t->join) return err_set(ERR_STAGE, "out of memory");
+    for (uint32_t i = 0; i < m->cap; i++) {
+        if (!m->slots[i].key) continue;
+        uint64_t k = m->slots[i].key - 1;
+        int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
+        uint32_t p = str_last_cp(t->tok[l], t->tok_len[l]), q = str_first_cp(t->tok[r]);
+        if (p < 128 && q < 128) {
+            t->join_ascii[(p << 7 | q) >> 3] |= (uint8_t)(1u << (q & 7));
+            continue;
+        }
+        uint64_t key = ((uint64_t)p << 32 | q) + 1;
+        uint32_t j = join_slot(key, t->join_cap);
+        while (t->join[j] && t->join[j] != key) j = (j + 1) & (t->join_cap - 1);
+        t->join[j] = key;
+    }
+    return 0;
+}
+
+int tok_word_cut_init(tokenizer *t) {
+    t->word_cut_len = 0;
+    if (t->byte_level || t->ignore_merges) return 0; /* byte-level words are already short; ignore_merges looks whole words up */
+    for (int32_t id = 0; id < t->n_ids; id++)
+        if (t->tok[id] && !t->tok_len[id]) return 0; /* an empty token has no first or last character */
+    int rc = pairs_init(t);
+    if (rc) return rc;
+    /* the space marker */
+    const char *c = NULL;
+    size_t cl = 0;
+    for (size_t k = 0; k < t->n_pre; k++)
+        if (t->pre[k].kind == TOK_PRE_METASPACE) {
+            c = t->pre[k].replacement;
+            cl = t->pre[k].replacement_len;
+        }
+    for (size_t k = 0; !c && k < t->n_norm; k++) {
+        const tok_norm *n = &t->norm[k];
+        if (n->kind == TOK_NORM_REPLACE && n->alen == 1 && n->a[0] == ' ' && n->blen && tok_utf8_len((uint8_t)n->b[0]) == (int)n->blen) {
+            c = n->b;
+            cl = n->blen;
+        }
+    }
+    if (!c || cl > sizeof t->word_cut || tok_strmap_get(&t->vocab, c, (uint32_t)cl) < 0) return 0;
+    /* the character before a cut need not be in the vocabulary: its symbol may be a <0xXX>
+     * byte or the unknown token, whose strings must not end with c either */
+    if (str_ends(">", 1, c, cl) || (t->unk_id >= 0 && str_ends(t->tok[t->unk_id], t->tok_len[t->unk_id], c, cl))) return 0;
+    const tok_mergemap *m = &t->merges;
+    for (uint32_t i = 0; i < m->cap; i++) {
+        if (!m->slots[i].key) continue;
+        uint64_t k = m->slots[i].key - 1;
+        int32_t l = (int32_t)(k >> 32), r = (int32_t)(uint32_t)k;
+        if (str_starts(t->tok[r], t->tok_len[r], c, cl) && !str_ends(t->tok[l], t->tok_len[l], c, cl)) return 0;
+    }
+    memcpy(t->word_cut, c, cl);
+    t->word_cut_len = cl;
+    return 0;
+}
+
+static bool char_in_vocab(const tokenizer *t, const char *s, int n) {
+    return n == 1 ? t->ascii_id[(uint8_t)s[0]] >= 0 : tok_strmap_get(&t->vocab, s, (uint32_t)n) >= 0;
+}
+
+/* A long part: cut between vocabulary characters that no merge joins. */
+static int bpe_long(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    size_t a = 0;
+    uint32_t p;
+    int pn = tok_utf8_next((const uint8_t *)w, &p);
+    bool p_in = char_in_vocab(t, w, pn);
+    for (size_t i = (size_t)pn; i < len;) {
+        uint32_t q;
+        int qn = tok_utf8_next((const uint8_t *)w + i, &q);
+        bool q_in = char_in_vocab(t, w + i, qn);
+        if (p_in && q_in && !pair_joins(t, p, q)) {
+            int rc = bpe_part(t, w + a, i - a, out);
+            if (rc) return rc;
+            a = i;
+        }
+        p = q;
+        p_in = q_in;
+        i += (size_t)qn;
+    }
+    return bpe_part(t, w + a, len - a, out);
+}
+
+int tok_bpe_word(const tokenizer *t, const char *w, size_t len, tok_ids *out) {
+    if (!t->join_cap) return bpe_part(t, w, len, out);
+    size_t cl = t->word_cut_len;
+    size_t a = 0, i = 1; /* a: where the current part starts; cuts are searched from i */
+    while (cl && i < len) {
+        const char *hit = tok_find(w + i, len - i, t->word_cut, cl);
+        if (!hit) break;
+        size_t h = (size_t)(hit - w);
+        i = h + cl;
+        if (h >= cl && tok_same(w + h - cl, t->word_cut, cl)) continue; /* inside a run of c */
+        int rc = h - a > BPE_LONG ? bpe_long(t, w + a, h - a, out) : bpe_part(t, w + a, h - a, out);
+        if (rc) return rc;
+        a = h;
+    }
+    return len - a > BPE_LONG ? bpe_long(t, w + a, len - a, out) : bpe_part(t, w + a, len - a, out);
 }

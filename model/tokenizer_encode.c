@@ -73,6 +73,11 @@ static bool added_find(const tokenizer *t, int pass, const char *s, size_t len, 
     const uint32_t *st = t->added_start[pass];
     const int32_t *idx = t->added_idx[pass];
     for (size_t i = from; i < len; i++) {
+        if (t->added_first[pass] >= 0) { /* typically '<': skip to the next one */
+            const char *h = memchr(s + i, t->added_first[pass], len - i);
+            if (!h) return false;
+            i = (size_t)(h - s);
+        }
         uint8_t b = (uint8_t)s[i];
         if (st[b] == st[b + 1]) continue;
         const tok_added *best = NULL;
@@ -131,7 +136,7 @@ int tok_normalize(const tokenizer *t, const char *s, size_t len, tok_buf *out) {
     int rc = 0;
     for (size_t k = 0; k < t->n_norm && !rc; k++) {
         const tok_norm *n = &t->norm[k];
-        tok_buf *dst = (k % 2 == 0) ? out : &tmp;
+        tok_buf *dst = ((t->n_norm - 1 - k) % 2 == 0) ? out : &tmp; /* the last step writes out */
         dst->len = 0;
         switch (n->kind) {
         case TOK_NORM_NFC:
@@ -142,22 +147,29 @@ int tok_normalize(const tokenizer *t, const char *s, size_t len, tok_buf *out) {
             if (!rc) rc = tok_buf_add(dst, cur, cur_len);
             break;
         case TOK_NORM_REPLACE: {
-            size_t i = 0;
-            while (!rc && i < cur_len) {
-                const char *hit = cur_len - i >= n->alen ? memmem(cur + i, cur_len - i, n->a, n->alen) : NULL;
+            /* room for the worst case up front, then plain copies (this runs once a word) */
+            size_t most = n->blen > n->alen ? cur_len / n->alen * n->blen + cur_len % n->alen : cur_len;
+            if ((rc = tok_buf_reserve(dst, most))) break;
+            char *o = dst->p;
+            for (size_t i = 0; i < cur_len;) {
+                const char *hit = tok_find(cur + i, cur_len - i, n->a, n->alen);
                 size_t upto = hit ? (size_t)(hit - cur) : cur_len;
-                rc = tok_buf_add(dst, cur + i, upto - i);
-                if (!rc && hit) rc = tok_buf_add(dst, n->b, n->blen);
-                i = hit ? upto + n->alen : cur_len;
+                memcpy(o, cur + i, upto - i);
+                o += upto - i;
+                if (!hit) break;
+                memcpy(o, n->b, n->blen);
+                o += n->blen;
+                i = upto + n->alen;
             }
-            if (!rc) rc = tok_buf_add(dst, "", 0);
+            dst->len = (size_t)(o - dst->p);
+            dst->p[dst->len] = 0;
             break;
         }
         }
         cur = dst->p;
         cur_len = dst->len;
     }
-    if (!rc && t->n_norm % 2 == 0) { /* the last step wrote tmp (or there were none) */
+    if (!rc && !t->n_norm) {
         out->len = 0;
         rc = tok_buf_add(out, cur, cur_len);
     }

