@@ -1,6 +1,6 @@
 #!/bin/bash
 # gpu-session.sh: every GPU check and benchmark of issue 9 in one sitting on the GPU machine
-# (bench/RESULTS-gpu.md). Run from a checkout's root, with the programs bundled beside this
+# (bench/RESULTS.md, GPU engine details). Run from a checkout's root, with the programs bundled beside this
 # script by ../shared/tools/device-bundle (B/run PROGRAM) and B/q a wrapper running qlora-run:
 #   B/session.sh            logs under $OUT (or /tmp/gpu-session)
 # B also holds bench/curve-check.{yaml,sh}, hooks/ and recipes/bench-7b.yaml of this commit.

@@ -3,7 +3,7 @@
 #   bench/quantize.sh [BUILD_DIR]          kernel MB/s, then a generated 1B-shaped model end to end
 #   BENCH_7B=1 bench/quantize.sh [BUILD]   also a 7B-shaped model (13.5 GB of bf16; about 20 GB of
 #                                          disk under ${BENCH_DIR:-/tmp/qlora-bench}), with peak RSS
-# Prints a markdown block for bench/RESULTS-nf4.md. Runs under nice: the machine may be shared.
+# Prints a markdown block for bench/RESULTS.md (NF4 section). Runs under nice: the machine may be shared.
 set -eu
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$SRC/build}
