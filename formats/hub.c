@@ -709,8 +709,8 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
 /* Where the bytes of a GET go: the partial file and, for a hub blob, the checksum, computed
  * while the bytes arrive (no second pass). libcurl hands over 16 KB pieces at arbitrary file
  * offsets; writing each as it comes made the page cache zero the part of every page a piece
- * did not cover and cost a syscall per 16 KB (measured: 5% of the transfer in memset alone).
- * So the pieces are gathered into page-aligned 256 KB blocks, each written with one pwrite and
+ * did not cover (measured: 5% of the transfer in memset alone). So the pieces are gathered into
+ * page-aligned 256 KB blocks, each written (in page-aligned 16 KB writes, see XS_WRITE) and
  * hashed from the same memory while it is hot.
  *
  * SHA-256 costs about 0.5 s of CPU a GB, as much as receiving and writing the bytes: with a
@@ -797,9 +797,16 @@ fail:
     return NULL;
 }
 
+/* A block goes out in 16 KB writes: one write of 256 KB makes the page cache take a large folio,
+ * and on the benchmark's VM (free memory handed back to the host) those cost 1.5-3x the CPU of
+ * small ones and vary wildly (2 GB, loopback, median of 4: 16 KB writes 978 MB/s, 64 KB 600,
+ * 256 KB 720 with runs from 350 to 990; curl writes ~8 KB at a time). */
+#define XS_WRITE (16u << 10)
+
 static bool xsink_pwrite(xsink *s, const char *p, size_t n) {
     for (size_t done = 0; done < n;) {
-        ssize_t w = pwrite(s->fd, p + done, n - done, (off_t)(s->off + (int64_t)done));
+        size_t want = n - done < XS_WRITE ? n - done : XS_WRITE;
+        ssize_t w = pwrite(s->fd, p + done, want, (off_t)(s->off + (int64_t)done));
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
             s->err = w < 0 ? errno : EIO;
