@@ -801,9 +801,9 @@ fail:
 }
 
 /* A block goes out in 16 KB writes: one write of 256 KB makes the page cache take a large folio,
- * and on the benchmark's VM (free memory handed back to the host) those cost up to twice the CPU of
- * small ones and vary wildly (2 GB, loopback, median of 4: 16 KB writes 978 MB/s, 64 KB 600,
- * 256 KB 720 with runs from 350 to 990; curl writes ~8 KB at a time). */
+ * and on the benchmark's VM (free memory handed back to the host) those cost up to twice the
+ * CPU of small ones and vary wildly (2 GB, loopback, median of 4: 16 KB writes 978 MB/s, 64 KB
+ * 600, 256 KB 720 with runs from 350 to 990; curl writes ~8 KB at a time). */
 #define XS_WRITE (16u << 10)
 
 static bool xsink_pwrite(xsink *s, const char *p, size_t n) {
