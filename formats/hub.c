@@ -612,7 +612,10 @@ static void easy_setup(CURL *e, const hub_config *cfg, const char *url, struct c
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, cfg->timeout_s);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+    /* the curl tool's receive buffer: with 512 KB the loopback benchmark ran ~8% slower (median
+     * 976 against 1060 MB/s over 4 rounds; 32 KB: 1057), the bigger reads leaving the socket
+     * full longer and the bytes out of the cache by the time they are copied on */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 100L * 1024);
     errbuf[0] = 0;
 }
 
@@ -706,122 +709,184 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
 
 /* ---------- the transfer engine ---------- */
 
-/* The checksum of a file being downloaded, computed while the bytes arrive. SHA-256 costs about
- * 0.5 s of CPU a GB, as much as receiving and writing the bytes: where a core is idle, a hashing
- * thread takes it (the receiving thread writes each chunk itself, while it is hot in its cache,
- * and copies it into one of two buffers; the thread digests the other), so the hash adds nothing
- * to the transfer's time. On a busy machine the thread would only compete for the same cores and
- * make both wait on each other, so the receiving thread hashes inline (measured: on 2 loaded
- * cores the thread made a loopback download 30% slower). QLORA_HUB_HASH=thread|inline forces one. */
-#define XH_BUF (256u << 10)
+/* Where the bytes of a GET go: the partial file and, for a hub blob, the checksum, computed
+ * while the bytes arrive (no second pass). libcurl hands over 16 KB pieces at arbitrary file
+ * offsets; writing each as it comes made the page cache zero the part of every page a piece
+ * did not cover (measured: 5% of the transfer in memset alone). So the pieces are gathered into
+ * page-aligned 256 KB blocks, each written (in page-aligned 16 KB writes, see XS_WRITE) and
+ * hashed from the same memory while it is hot.
+ *
+ * SHA-256 costs about 0.5 s of CPU a GB, as much as receiving and writing the bytes: with a
+ * second core, a hashing thread digests the blocks (a ring of 16, so a thread that is briefly
+ * descheduled does not stall the receiver) while the receiving thread goes on writing; without
+ * one, the receiving thread hashes each block after writing it. QLORA_HUB_HASH=thread|inline
+ * forces one. */
+#define XS_BLOCK (256u << 10)
+#define XS_RING 16
+#define XS_PAGE 4096
 
-typedef struct xhasher {
+typedef struct xsink {
+    int fd;
+    EVP_MD_CTX *md;          /* NULL: nothing to check */
+    char *buf[XS_RING];
+    size_t len[XS_RING];     /* bytes of each submitted block */
+    size_t fill;             /* bytes in the block being filled, buf[submitted % XS_RING] */
+    int64_t off;             /* file offset of that block's first byte */
+    int64_t hashed;          /* bytes fed to md */
+    int err;                 /* errno of a failed write */
+    bool threaded;
+    /* with a thread: blocks [done, submitted) are its to hash */
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    EVP_MD_CTX *md;      /* the thread's while it runs */
-    char *buf[2];
-    size_t fill;         /* bytes in buf[cur] */
-    int cur;
-    char *job;           /* handed to the thread, NULL when it is idle */
-    size_t job_len;
-    bool stop;
-    int64_t hashed;      /* bytes fed to md */
-} xhasher;
+    uint64_t submitted, done;
+    bool stop, waiting;
+} xsink;
 
-static void *xhasher_main(void *arg) {
-    xhasher *w = arg;
-    pthread_mutex_lock(&w->mu);
+static void *xsink_main(void *arg) {
+    xsink *s = arg;
+    pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!w->job && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
-        if (!w->job) break;
-        char *p = w->job;
-        size_t n = w->job_len;
-        pthread_mutex_unlock(&w->mu);
-        EVP_DigestUpdate(w->md, p, n);
-        pthread_mutex_lock(&w->mu);
-        w->hashed += (int64_t)n;
-        w->job = NULL;
-        pthread_cond_broadcast(&w->cv);
+        while (s->done == s->submitted && !s->stop) pthread_cond_wait(&s->cv, &s->mu);
+        if (s->done == s->submitted) break;
+        int i = (int)(s->done % XS_RING);
+        size_t n = s->len[i];
+        pthread_mutex_unlock(&s->mu);
+        EVP_DigestUpdate(s->md, s->buf[i], n);
+        pthread_mutex_lock(&s->mu);
+        s->hashed += (int64_t)n;
+        s->done++;
+        if (s->waiting) pthread_cond_broadcast(&s->cv);
     }
-    pthread_mutex_unlock(&w->mu);
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
-/* a thread only when a core is idle: online CPUs minus the 1-minute load average */
+/* a thread wherever there is a second core: both ways do the same work (gather, write, hash),
+ * the thread only moves the hash off the receiving thread (2 cores, loopback, 2 GB: median
+ * 797 MB/s with the thread against 700 inline; choosing by the load average picked inline
+ * whenever the previous download had raised it) */
 static bool hash_thread_wanted(void) {
     const char *force = getenv("QLORA_HUB_HASH");
     if (force && !strcmp(force, "thread")) return true;
     if (force && !strcmp(force, "inline")) return false;
-    double load[1];
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    if (getloadavg(load, 1) != 1 || cpus < 2) return false;
-    return (double)cpus - load[0] >= 1.5;
+    return sysconf(_SC_NPROCESSORS_ONLN) >= 2;
 }
 
-static xhasher *xhasher_start(EVP_MD_CTX *md) {
-    xhasher *w = calloc(1, sizeof *w);
-    if (!w) return NULL;
-    w->md = md;
-    w->buf[0] = malloc(XH_BUF);
-    w->buf[1] = malloc(XH_BUF);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    if (!w->buf[0] || !w->buf[1] || pthread_create(&w->th, NULL, xhasher_main, w)) {
-        free(w->buf[0]);
-        free(w->buf[1]);
-        pthread_mutex_destroy(&w->mu);
-        pthread_cond_destroy(&w->cv);
-        free(w);
-        return NULL;
+/* bytes go to fd from offset `off`; md (may be NULL) has seen everything before it */
+static xsink *xsink_start(int fd, int64_t off, EVP_MD_CTX *md) {
+    xsink *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->fd = fd;
+    s->off = off;
+    s->md = md;
+    s->threaded = md && hash_thread_wanted();
+    int nbuf = s->threaded ? XS_RING : 1;
+    for (int i = 0; i < nbuf; i++)
+        if (!(s->buf[i] = malloc(XS_BLOCK))) goto fail;
+    if (s->threaded) {
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->cv, NULL);
+        if (pthread_create(&s->th, NULL, xsink_main, s)) {
+            pthread_mutex_destroy(&s->mu);
+            pthread_cond_destroy(&s->cv);
+            goto fail;
+        }
     }
-    return w;
+    return s;
+fail:
+    for (int i = 0; i < XS_RING; i++) free(s->buf[i]);
+    free(s);
+    return NULL;
 }
 
-/* hand the current buffer to the thread (after it finished the previous one) */
-static void xhasher_submit(xhasher *w) {
-    pthread_mutex_lock(&w->mu);
-    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
-    if (w->fill) {
-        w->job = w->buf[w->cur];
-        w->job_len = w->fill;
-        pthread_cond_broadcast(&w->cv);
-        w->cur ^= 1;
-        w->fill = 0;
+/* A block goes out in 16 KB writes: one write of 256 KB makes the page cache take a large folio,
+ * and on the benchmark's VM (free memory handed back to the host) those cost up to twice the
+ * CPU of small ones and vary wildly (2 GB, loopback, median of 4: 16 KB writes 978 MB/s, 64 KB
+ * 600, 256 KB 720 with runs from 350 to 990; curl writes ~8 KB at a time). */
+#define XS_WRITE (16u << 10)
+
+static bool xsink_pwrite(xsink *s, const char *p, size_t n) {
+    for (size_t done = 0; done < n;) {
+        size_t want = n - done < XS_WRITE ? n - done : XS_WRITE;
+        ssize_t w = pwrite(s->fd, p + done, want, (off_t)(s->off + (int64_t)done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            s->err = w < 0 ? errno : EIO;
+            return false;
+        }
+        done += (size_t)w;
     }
-    pthread_mutex_unlock(&w->mu);
+    return true;
 }
 
-static void xhasher_put(xhasher *w, const char *p, size_t n) {
+/* write the block being filled, hand it to the hash, start the next one */
+static bool xsink_flush(xsink *s) {
+    if (!s->fill) return !s->err;
+    int i = s->threaded ? (int)(s->submitted % XS_RING) : 0;
+    char *p = s->buf[i];
+    size_t n = s->fill;
+    if (s->threaded) { /* the thread reads the block while we write it */
+        pthread_mutex_lock(&s->mu);
+        s->len[i] = n;
+        s->submitted++;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    bool ok = !s->err && xsink_pwrite(s, p, n);
+    if (!s->threaded && s->md) {
+        EVP_DigestUpdate(s->md, p, n);
+        s->hashed += (int64_t)n;
+    }
+    s->off += (int64_t)n;
+    s->fill = 0;
+    if (s->threaded) { /* the next block to fill must be hashed already */
+        pthread_mutex_lock(&s->mu);
+        s->waiting = true;
+        while (s->submitted - s->done >= XS_RING) pthread_cond_wait(&s->cv, &s->mu);
+        s->waiting = false;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return ok;
+}
+
+static bool xsink_put(xsink *s, const char *p, size_t n) {
     while (n) {
-        size_t k = XH_BUF - w->fill < n ? XH_BUF - w->fill : n;
-        memcpy(w->buf[w->cur] + w->fill, p, k);
-        w->fill += k;
+        /* the first block ends on a page boundary of the file (a resume starts anywhere) */
+        size_t cap = XS_BLOCK - (size_t)(s->off % XS_PAGE);
+        char *b = s->buf[s->threaded ? s->submitted % XS_RING : 0];
+        size_t k = cap - s->fill < n ? cap - s->fill : n;
+        memcpy(b + s->fill, p, k);
+        s->fill += k;
         p += k;
         n -= k;
-        if (w->fill == XH_BUF) xhasher_submit(w);
+        if (s->fill == cap && !xsink_flush(s)) return false;
     }
+    return !s->err;
 }
 
-/* hash what is left, stop the thread; *hashed: the bytes it fed to the digest */
-static void xhasher_finish(xhasher **wp, int64_t *hashed) {
-    xhasher *w = *wp;
+/* write what is left, finish the hash; *hashed: the bytes fed to md. 0, or the errno of a
+ * failed write (the file then holds an unknown prefix of the bytes) */
+static int xsink_finish(xsink **sp, int64_t *hashed) {
+    xsink *s = *sp;
     *hashed = 0;
-    if (!w) return;
-    xhasher_submit(w);
-    pthread_mutex_lock(&w->mu);
-    while (w->job) pthread_cond_wait(&w->cv, &w->mu);
-    w->stop = true;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->th, NULL);
-    *hashed = w->hashed;
-    free(w->buf[0]);
-    free(w->buf[1]);
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
-    *wp = NULL;
+    if (!s) return 0;
+    xsink_flush(s);
+    if (s->threaded) {
+        pthread_mutex_lock(&s->mu);
+        s->stop = true;
+        pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        pthread_join(s->th, NULL);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+    }
+    *hashed = s->hashed;
+    int err = s->err;
+    for (int i = 0; i < XS_RING; i++) free(s->buf[i]);
+    free(s);
+    *sp = NULL;
+    return err;
 }
 
 typedef enum xstate { X_WAIT_HEAD, X_WAIT_GET, X_WAIT_LOCK, X_RUNNING, X_DONE, X_MISSING } xstate;
@@ -853,7 +918,7 @@ typedef struct xfer {
     char *part;        /* dest + ".incomplete" */
     EVP_MD_CTX *md;    /* the checksum, computed while the bytes arrive (no second pass) */
     int64_t md_off;    /* bytes of part that md has seen */
-    xhasher *hasher;   /* while a GET writes */
+    xsink *sink;       /* while a GET writes */
     int64_t have;      /* bytes in part */
     int64_t start_have;
     int64_t req_have;  /* have when the current request started: progress resets the retry count */
@@ -893,7 +958,7 @@ static void xfer_free(xfer *x) {
     free(x->errbody.data);
     headers_reset(&x->h);
     int64_t hashed;
-    xhasher_finish(&x->hasher, &hashed);
+    xsink_finish(&x->sink, &hashed);
     if (x->fd >= 0) close(x->fd);
     if (x->md) EVP_MD_CTX_free(x->md);
     if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
@@ -960,27 +1025,28 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
                 return 0;
             }
         } else { /* 200: the whole file again, even if we asked for a range */
+            /* truncate only a file that has bytes: on ext4 a truncation to 0 marks the file as
+             * "replaced by truncation", and its close then starts writeback of every byte written
+             * since (measured: close took ~1 s on a 2 GB blob) */
+            struct stat sb;
             x->have = 0;
-            if (ftruncate(x->fd, 0)) { x->write_failed = true; x->write_errno = errno; return 0; }
+            if (fstat(x->fd, &sb) || (sb.st_size > 0 && ftruncate(x->fd, 0))) {
+                x->write_failed = true;
+                x->write_errno = errno;
+                return 0;
+            }
         }
         if (!xfer_hash_begin(x, x->have)) { x->write_failed = true; x->write_errno = errno; return 0; }
-        if (x->md && hash_thread_wanted() && !(x->hasher = xhasher_start(x->md))) {
+        if (!(x->sink = xsink_start(x->fd, x->have, x->md))) {
             x->write_failed = true;
-            x->write_errno = errno;
+            x->write_errno = ENOMEM;
             return 0;
         }
     }
-    for (size_t off = 0; off < k;) {
-        ssize_t w = pwrite(x->fd, buf + off, k - off, (off_t)(x->have + (int64_t)off));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) { x->write_failed = true; x->write_errno = errno; return 0; }
-        off += (size_t)w;
-    }
-    if (x->hasher) {
-        xhasher_put(x->hasher, buf, k);
-    } else if (x->md) {
-        EVP_DigestUpdate(x->md, buf, k);
-        x->md_off += (int64_t)k;
+    if (!xsink_put(x->sink, buf, k)) {
+        x->write_failed = true;
+        x->write_errno = x->sink->err;
+        return 0;
     }
     x->have += (int64_t)k;
     return k;
@@ -991,10 +1057,9 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
  * Python tools do not either). */
 static int xfer_close_out(xfer *x) {
     int64_t hashed;
-    xhasher_finish(&x->hasher, &hashed);
+    int err = xsink_finish(&x->sink, &hashed);
     if (x->md) x->md_off += hashed;
-    int err = 0;
-    if (x->fd >= 0 && close(x->fd)) err = errno;
+    if (x->fd >= 0 && close(x->fd) && !err) err = errno;
     x->fd = -1;
     if (err) {
         errno = err;
@@ -1391,15 +1456,19 @@ static int engine_run(engine *g) {
         int still = 0;
         curl_multi_perform(g->multi, &still);
         CURLMsg *m;
-        int left;
+        int left, finished = 0;
         while (!rc && (m = curl_multi_info_read(g->multi, &left))) {
             if (m->msg != CURLMSG_DONE) continue;
             xfer *x = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
             rc = xfer_done(g, x, m->data.result);
+            finished++;
         }
         if (rc) break;
         engine_emit(g, NULL, false);
+        /* a request ended: start what it queued (the GET after a HEAD) or finish, without
+         * first sleeping in the poll below (that cost up to 100 ms a file) */
+        if (finished) continue;
         if (running) {
             int ms = (int)(wait * 1000);
             curl_multi_poll(g->multi, NULL, 0, ms < 100 ? (ms < 1 ? 1 : ms) : 100, NULL);
@@ -1412,7 +1481,7 @@ static int engine_run(engine *g) {
         xfer *x = g->x[i];
         engine_detach(g, x);
         int64_t hashed; /* partial files stay for a resume; errors here would hide the real one */
-        xhasher_finish(&x->hasher, &hashed);
+        xsink_finish(&x->sink, &hashed);
         if (x->md) x->md_off += hashed;
         if (x->fd >= 0) { close(x->fd); x->fd = -1; }
         if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
