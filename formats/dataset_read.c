@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 
 struct dataset_reader {
     char *path;
@@ -66,43 +67,6 @@ const char *dataset_type_name(dataset_type t) {
 }
 
 /* ---- UTF-8 ---- */
-
-int dataset_utf8_valid(const char *buf, size_t len, size_t *bad) {
-    const unsigned char *s = (const unsigned char *)buf;
-    size_t i = 0;
-    while (i < len) {
-        /* ASCII fast path, 8 bytes at a time */
-        while (i + 8 <= len) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (w & 0x8080808080808080ull) break;
-            i += 8;
-        }
-        if (i >= len) break;
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        unsigned cp, min;
-        if ((c & 0xE0) == 0xC0) n = 2, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) n = 3, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) n = 4, cp = c & 0x07, min = 0x10000;
-        else goto invalid;
-        if (i + n > len) goto invalid;
-        for (size_t k = 1; k < n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) goto invalid;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) goto invalid;
-        i += n;
-    }
-    return 1;
-invalid:
-    if (bad) *bad = i;
-    return 0;
-}
 
 /* ---- positions ---- */
 
@@ -155,9 +119,9 @@ static int json_parse_object(dataset_reader *r, size_t start, size_t len, json_t
     json_t *j = json_loadb(r->buf + start, len, JSON_DISABLE_EOF_CHECK, &e); /* \u0000 refused: C strings downstream */
     if (!j) {
         /* jansson reports non-UTF-8 input as a decode error; name it plainly */
-        size_t bad;
-        if (dataset_utf8_valid(r->buf + start, (size_t)e.position + 4 < len ? (size_t)e.position + 4 : len, &bad) == 0)
-            return utf8_error(r, start + bad);
+        size_t span = (size_t)e.position + 4 < len ? (size_t)e.position + 4 : len;
+        size_t ok = utf8_valid_prefix(r->buf + start, span);
+        if (ok < span) return utf8_error(r, start + ok);
         return error_at(r, start + (size_t)(e.position > 0 ? e.position - 1 : 0), e.text);
     }
     *rec = j;
@@ -454,9 +418,9 @@ int dataset_reader_open(dataset_reader **out, const char *path, dataset_type typ
     r->type = type == DATASET_TYPE_AUTO ? guess_type(path, r->buf, r->len) : type;
     if (r->type == DATASET_TYPE_CSV || r->type == DATASET_TYPE_TEXT) {
         /* one pass up front: these formats carry no structure that would catch bad bytes */
-        size_t bad;
-        if (!dataset_utf8_valid(r->buf, r->len, &bad)) {
-            int rc = utf8_error(r, bad);
+        size_t ok = utf8_valid_prefix(r->buf, r->len);
+        if (ok < r->len) {
+            int rc = utf8_error(r, ok);
             dataset_reader_close(&r);
             return rc;
         }

@@ -54,7 +54,4 @@ void dataset_reader_close(dataset_reader **r);
 int dataset_glob(const char *const *patterns, size_t n_patterns, char ***paths, size_t *n_paths);
 void dataset_paths_free(char ***paths, size_t n);
 
-/* Check that buf is UTF-8; on failure, *bad is the offset of the first bad byte. */
-int dataset_utf8_valid(const char *buf, size_t len, size_t *bad);
-
 #endif

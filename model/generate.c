@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 
 int generate_ids(llama_model *m, const int32_t *prompt, int n_prompt, const gen_opts *o,
                  bool (*stop)(void *ud, const int32_t *ids, int n), void *stop_ud, int32_t **out, int *n_out) {
@@ -80,23 +81,12 @@ char *generate_utf8_lossy(const char *s) {
     size_t n = strlen(s);
     char *o = malloc(3 * n + 1), *p = o;
     if (!o) return NULL;
-    const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        bool ok = len > 0 && i + len <= n;
-        for (size_t k = 1; ok && k < len; k++) ok = (u[i + k] & 0xC0) == 0x80;
-        if (ok && len > 1) { /* overlongs, surrogates and values past U+10FFFF are invalid too */
-            uint32_t cp = c & (0x7F >> len);
-            for (size_t k = 1; k < len; k++) cp = (cp << 6) | (u[i + k] & 0x3F);
-            ok = !(cp < (len == 2 ? 0x80u : len == 3 ? 0x800u : 0x10000u)) && !(cp >= 0xD800 && cp <= 0xDFFF) &&
-                 cp <= 0x10FFFF;
-        }
-        if (ok) {
-            memcpy(p, u + i, len);
-            p += len;
-            i += len;
-        } else {
+        size_t ok = utf8_valid_prefix(s + i, n - i);
+        memcpy(p, s + i, ok);
+        p += ok;
+        i += ok;
+        if (i < n) { /* one replacement character a bad byte */
             memcpy(p, "\xEF\xBF\xBD", 3);
             p += 3;
             i++;

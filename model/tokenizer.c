@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 #include "core/fsutil.h"
 #include "model/tokenizer_impl.h"
 
@@ -646,7 +647,7 @@ static int parse_added(const loadctx *c, json_t *added) {
         const char *content;
         size_t len;
         if ((rc = get_str(c, a, "content", where, true, &content, &len))) goto out;
-        if (tok_utf8_check((const uint8_t *)content, len) != len) { rc = bad(c, where, "content is not valid UTF-8"); goto out; }
+        if (utf8_valid_prefix((const uint8_t *)content, len) != len) { rc = bad(c, where, "content is not valid UTF-8"); goto out; }
         x->id = (int32_t)json_integer_value(json_object_get(a, "id"));
         if ((rc = get_bool(c, a, "special", where, false, &x->special)) ||
             (rc = get_bool(c, a, "lstrip", where, false, &x->lstrip)) ||

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 #include "model/tokenizer_impl.h"
 
 typedef struct toklist { tok_buf *v; size_t n, cap; } toklist;
@@ -42,7 +43,7 @@ static const char FFFD[] = "\xEF\xBF\xBD";
 static int add_lossy(tok_buf *out, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
-        size_t ok = tok_utf8_check(s + i, len - i);
+        size_t ok = utf8_valid_prefix(s + i, len - i);
         if (tok_buf_add(out, s + i, ok)) return ERR_STAGE;
         i += ok;
         if (i >= len) break;
@@ -140,7 +141,7 @@ static int run_step(const tokenizer *t, const tok_dec *d, toklist *in, const int
             }
             if (run.len) { /* flush: valid UTF-8 as one token, else one U+FFFD a byte */
                 if (!(o = toklist_add(out))) rc = err_set(ERR_STAGE, "out of memory");
-                else if (tok_utf8_check((const uint8_t *)run.p, run.len) == run.len) rc = tok_buf_add(o, run.p, run.len);
+                else if (utf8_valid_prefix((const uint8_t *)run.p, run.len) == run.len) rc = tok_buf_add(o, run.p, run.len);
                 else
                     for (size_t k = 0; k < run.len && !rc; k++) rc = tok_buf_add(o, FFFD, 3);
                 run.len = 0;

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/utf8.h"
 #include "model/tokenizer_impl.h"
 
 typedef struct piece { size_t off, len; } piece;
@@ -397,7 +398,7 @@ static int encode_segment(encode_state *es, const char *s, size_t len, bool at_s
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_special, int32_t **ids, size_t *n) {
     *ids = NULL;
     *n = 0;
-    size_t bad = tok_utf8_check((const uint8_t *)text, len);
+    size_t bad = utf8_valid_prefix((const uint8_t *)text, len);
     if (bad != len)
         return err_set(ERR_DATA, "invalid UTF-8 at byte offset %zu (byte 0x%02X): text must be UTF-8", bad, (uint8_t)text[bad]);
     encode_state es = {.t = t};

@@ -164,7 +164,6 @@ int tok_cp_to_byte(uint32_t cp); /* -1 if cp is not in the alphabet */
 /* UTF-8 helpers */
 /* Strict validation (no overlongs, surrogates or code points past U+10FFFF). Returns the
  * offset of the first invalid byte, or len if the text is valid. */
-size_t tok_utf8_check(const uint8_t *s, size_t len);
 /* Decode one code point of valid UTF-8 at s; returns its byte length. */
 static inline int tok_utf8_next(const uint8_t *s, uint32_t *cp) {
     uint8_t c = s[0];
