@@ -32,14 +32,6 @@ static int formats_of(const json_t *list, unsigned *bits) {
     return 0;
 }
 
-/* the shared helpers answer ERR_USAGE; in a recipe the same mistake is ERR_RECIPE */
-static int as_recipe_error(void) {
-    char *msg = strdup(err_msg());
-    int rc = err_set(ERR_RECIPE, "%s", msg ? msg : "invalid parameters");
-    free(msg);
-    return rc;
-}
-
 static int check(const json_t *p) {
     unsigned bits;
     uint64_t shard;
@@ -50,7 +42,7 @@ static int check(const json_t *p) {
         rc = err_set(ERR_RECIPE, "formats: 'peft' needs an adapter (set adapter: to a train or attach_lora stage)");
     if (!rc && !bits && !json_is_true(json_object_get(p, "include_nf4")))
         rc = err_set(ERR_RECIPE, "formats: name at least one of peft, merged, gguf");
-    return rc && rc != ERR_RECIPE ? as_recipe_error() : rc;
+    return rc && rc != ERR_RECIPE ? stage_error_as_recipe() : rc;
 }
 
 static int on_progress(void *arg, const char *what, uint64_t done, uint64_t total) {

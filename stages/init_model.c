@@ -28,14 +28,6 @@ static const param_spec params[] = {
     {"max_shard_size", PARAM_STRING, "5GB", 0, -1, NULL, "safetensors shard size limit (5GB, 500MB, ...)", 0},
     {0}};
 
-/* the shared helpers answer ERR_USAGE; in a recipe the same mistake is ERR_RECIPE */
-static int as_recipe_error(void) {
-    char *msg = strdup(err_msg());
-    int rc = err_set(ERR_RECIPE, "%s", msg ? msg : "invalid parameters");
-    free(msg);
-    return rc;
-}
-
 static int check(const json_t *p) {
     init_model_opts o;
     init_model_opts_default(&o);
@@ -48,7 +40,7 @@ static int check(const json_t *p) {
     int rc = init_model_resolve(&o, &s);
     const char *ms = json_string_value(json_object_get(p, "max_shard_size"));
     if (!rc && ms) rc = init_model_parse_size(ms, &shard);
-    return rc ? as_recipe_error() : 0;
+    return rc ? stage_error_as_recipe() : 0;
 }
 
 typedef struct progress_arg {

@@ -72,3 +72,10 @@ void stage_event(stage_ctx *c, const char *type, json_t *ev) {
 }
 
 bool stage_interrupted(const stage_ctx *c) { return c->interrupted && *c->interrupted; }
+
+int stage_error_as_recipe(void) {
+    char *msg = strdup(err_msg());
+    int rc = err_set(ERR_RECIPE, "%s", msg ? msg : "invalid parameters");
+    free(msg);
+    return rc;
+}

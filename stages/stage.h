@@ -116,5 +116,8 @@ void stage_progress_done(stage_ctx *c);
 /* a JSON event into events.jsonl (steals ev) */
 void stage_event(stage_ctx *c, const char *type, json_t *ev);
 bool stage_interrupted(const stage_ctx *c);
+/* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
+ * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
+int stage_error_as_recipe(void);
 
 #endif
