@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../core/half.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/half.h"
 
 /* ---- encodings ---- */
 

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "pubdir.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/pubdir.h"
 #include "pyjson.h"
 #include "safetensors.h"
 

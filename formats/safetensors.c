@@ -11,9 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../core/half.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/half.h"
 
 #define ST_HEADER_MAX 100000000ull
 

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
+#include "core/err.h"
 
 int adapter_validate(const peft_adapter *a, const model_config *c, const char *where) {
     for (size_t i = 0; i < a->n_lora; i++) {

@@ -8,7 +8,7 @@
 #ifndef MODEL_ADAPTER_H
 #define MODEL_ADAPTER_H
 
-#include "../formats/peft.h"
+#include "formats/peft.h"
 #include "config.h"
 
 /* where: the adapter's directory, for messages */

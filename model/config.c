@@ -9,9 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../formats/pyjson.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "formats/pyjson.h"
 
 #define SUPPORTED_ARCHS "llama, mistral, qwen2"
 

@@ -7,14 +7,14 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../core/half.h"
-#include "../core/rng.h"
-#include "../formats/pubdir.h"
-#include "../formats/pyjson.h"
-#include "tokenizer_byte.h"
-#include "tokfile.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/half.h"
+#include "core/rng.h"
+#include "core/pubdir.h"
+#include "formats/pyjson.h"
+#include "tokenizer/tokenizer_byte.h"
+#include "tokenizer/tokfile.h"
 
 void init_model_opts_default(init_model_opts *o) {
     memset(o, 0, sizeof *o);

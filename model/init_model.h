@@ -16,7 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../formats/safetensors.h"
+#include "formats/safetensors.h"
 #include "config.h"
 
 typedef enum init_vocab_mode {

@@ -24,7 +24,7 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/nf4.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 
 /* per-layer saved activations; act type unless float * */
 typedef struct layer_acts {

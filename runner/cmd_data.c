@@ -11,7 +11,7 @@
 #include "runner/commands.h"
 #include "runner/plan.h"
 #include "runner/recipe.h"
-#include "stages/dataset.h"
+#include "train/dataset_build.h"
 
 static const char data_help[] =
     "usage: qlora-run data show RECIPE STAGE [--n N] [--set KEY=VALUE]...\n"

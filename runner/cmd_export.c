@@ -7,9 +7,9 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/progress.h"
-#include "formats/pubdir.h"
-#include "model/export.h"
-#include "model/gguf_export.h"
+#include "core/pubdir.h"
+#include "export/export.h"
+#include "export/gguf_export.h"
 #include "model/init_model.h"
 #include "runner/commands.h"
 

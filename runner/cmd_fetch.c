@@ -9,7 +9,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "core/progress.h"
-#include "formats/hub.h"
+#include "hub/hub.h"
 #include "runner/commands.h"
 
 static const char fetch_usage[] =

@@ -12,10 +12,10 @@
 #include "formats/peft.h"
 #include "model/adapter.h"
 #include "model/config.h"
-#include "model/generate.h"
+#include "generate/generate.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "runner/commands.h"
 
 static const char generate_usage[] =

@@ -6,7 +6,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 #include "runner/commands.h"
 
 static const char inspect_help[] =

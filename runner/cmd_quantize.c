@@ -8,7 +8,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "kernels/cpu/nf4.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 #include "runner/commands.h"
 
 static const char quantize_help[] =

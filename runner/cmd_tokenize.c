@@ -12,7 +12,7 @@
 
 #include "core/err.h"
 #include "core/log.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "runner/commands.h"
 
 static const char tokenize_usage[] =

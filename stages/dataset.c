@@ -11,11 +11,11 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
-#include "dataset.h"
-#include "formats/dataset_read.h"
-#include "formats/hub.h"
-#include "model/tokenizer.h"
-#include "stage.h"
+#include "train/dataset_build.h"
+#include "data/dataset_read.h"
+#include "hub/hub.h"
+#include "tokenizer/tokenizer.h"
+#include "stages/stage.h"
 
 static const param_spec dataset_params[] = {
     {"model", PARAM_REF, NULL, 1, 0, "init_model|fetch_model|quantize_nf4",
@@ -146,6 +146,15 @@ static json_t *data_hooks_spec(const json_t *all) {
     return s;
 }
 
+/* the builder's callbacks, onto this stage's context */
+static void on_log(void *ud, const char *line) { stage_logf(ud, "%s", line); }
+static void on_metric(void *ud, const char *name, double v) { stage_metric(ud, name, v); }
+static void on_progress(void *ud, const char *what, double done, const char *unit) {
+    stage_progress(ud, what, done, 0, unit);
+}
+static void on_progress_done(void *ud) { stage_progress_done(ud); }
+static bool on_interrupted(void *ud) { return stage_interrupted(ud); }
+
 static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
@@ -211,7 +220,9 @@ static int dataset_run(stage_ctx *c) {
         src.n_paths = n_paths;
         src.hooks = hk;
         json_t *stats = NULL;
-        rc = dataset_build(&o, &src, &tok, c->out_dir, c, &stats);
+        dataset_callbacks cb = {.ud = c, .log = on_log, .metric = on_metric, .progress = on_progress,
+                                .progress_done = on_progress_done, .interrupted = on_interrupted};
+        rc = dataset_build(&o, &src, &tok, c->out_dir, &cb, &stats);
         if (!rc) {
             stage_logf(c, "%lld records -> %lld sequences, %lld tokens (%.1f%% masked), packing efficiency %.1f%%",
                        (long long)json_integer_value(json_object_get(stats, "records_read")),
@@ -238,72 +249,3 @@ const stage_kind stage_kind_dataset = {
     .check = dataset_check,
     .run = dataset_run,
 };
-
-/* ---- dataset show ---- */
-
-static int read_array(const char *dir, const char *name, void **out, size_t elem, size_t *n) {
-    char *p = fs_join(dir, name);
-    char *buf;
-    size_t len;
-    int rc = fs_read_all(p, &buf, &len);
-    if (!rc && len % elem) rc = err_set(ERR_DATA, "'%s' is truncated (%zu bytes)", p, len);
-    free(p);
-    if (rc) return rc;
-    *out = buf;
-    *n = len / elem;
-    return 0;
-}
-
-static void show_span(const tokenizer *t, const int32_t *ids, size_t n, bool masked, FILE *out) {
-    char *text = NULL;
-    size_t len = 0;
-    if (tokenizer_decode(t, ids, n, false, &text, &len)) {
-        fprintf(out, "<cannot decode: %s>", err_msg());
-        return;
-    }
-    fprintf(out, "%s%.*s%s", masked ? "[[" : "", (int)len, text, masked ? "]]" : "");
-    free(text);
-}
-
-int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FILE *out) {
-    int32_t *ids = NULL, *labels = NULL;
-    int64_t *rows = NULL, *seqs = NULL;
-    size_t n_ids, n_labels, n_rows, n_seqs;
-    tokenizer *t = NULL;
-    int rc = read_array(artifact_dir, "train.ids.i32", (void **)&ids, 4, &n_ids);
-    if (!rc) rc = read_array(artifact_dir, "train.labels.i32", (void **)&labels, 4, &n_labels);
-    if (!rc) rc = read_array(artifact_dir, "train.rows.i64", (void **)&rows, 8, &n_rows);
-    if (!rc) rc = read_array(artifact_dir, "train.seqs.i64", (void **)&seqs, 8, &n_seqs);
-    if (!rc && (n_ids != n_labels || n_rows < 1 || n_seqs < 1 || rows[n_rows - 1] != (int64_t)n_ids ||
-                seqs[n_seqs - 1] != (int64_t)n_ids))
-        rc = err_set(ERR_DATA, "'%s' is not a consistent dataset artifact (sizes disagree)", artifact_dir);
-    if (!rc) rc = tokenizer_load(&t, tokenizer_dir);
-    if (!rc) {
-        fprintf(out, "%zu training rows; masked spans (not trained) are shown in [[...]]\n", n_rows - 1);
-        size_t s = 0;
-        for (size_t r = 0; r + 1 < n_rows && (int)r < n; r++) {
-            size_t trained = 0;
-            for (int64_t k = rows[r]; k < rows[r + 1]; k++) trained += labels[k] != DATASET_IGNORE_INDEX;
-            fprintf(out, "\n=== row %zu: %lld tokens, %zu trained ===\n", r, (long long)(rows[r + 1] - rows[r]), trained);
-            while (s + 1 < n_seqs && seqs[s] < rows[r]) s++;
-            for (; s + 1 < n_seqs && seqs[s] < rows[r + 1]; s++) {
-                if (seqs[s] != rows[r]) fprintf(out, "\n--- next sequence ---\n");
-                int64_t a = seqs[s], e = seqs[s + 1];
-                while (a < e) {
-                    bool m = labels[a] == DATASET_IGNORE_INDEX;
-                    int64_t b = a;
-                    while (b < e && (labels[b] == DATASET_IGNORE_INDEX) == m) b++;
-                    show_span(t, ids + a, (size_t)(b - a), m, out);
-                    a = b;
-                }
-                fputc('\n', out);
-            }
-        }
-    }
-    tokenizer_free(&t);
-    free(ids);
-    free(labels);
-    free(rows);
-    free(seqs);
-    return rc;
-}

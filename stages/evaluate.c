@@ -25,13 +25,13 @@
 #include "formats/peft.h"
 #include "model/adapter.h"
 #include "model/config.h"
-#include "model/generate.h"
+#include "generate/generate.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
-#include "model/llama_trainer.h"
-#include "model/tokenizer.h"
-#include "model/trainer.h"
-#include "stages/dataset.h"
+#include "train/llama_trainer.h"
+#include "tokenizer/tokenizer.h"
+#include "train/trainer.h"
+#include "train/dataset_build.h"
 #include "stages/stage.h"
 
 static const param_spec eval_params[] = {

@@ -4,8 +4,8 @@
 #include <string.h>
 
 #include "core/fsutil.h"
-#include "model/export.h"
-#include "model/gguf_export.h"
+#include "export/export.h"
+#include "export/gguf_export.h"
 #include "model/init_model.h"
 #include "stage.h"
 

@@ -17,7 +17,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
-#include "formats/hub.h"
+#include "hub/hub.h"
 #include "stages/stage.h"
 
 static const param_spec fetch_params[] = {

@@ -7,7 +7,7 @@
 
 #include "core/fsutil.h"
 #include "kernels/cpu/nf4.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 #include "stage.h"
 
 static const param_spec params[] = {

@@ -25,8 +25,8 @@
 #include "model/config.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
-#include "model/llama_trainer.h"
-#include "model/trainer.h"
+#include "train/llama_trainer.h"
+#include "train/trainer.h"
 #include "stages/stage.h"
 
 static const param_spec train_params[] = {

@@ -17,8 +17,8 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "core/rng.h"
-#include "model/tokenizer.h"
-#include "stages/dataset.h"
+#include "tokenizer/tokenizer.h"
+#include "train/dataset_build.h"
 
 static const char *words[] = {
     "the", "of", "and", "a", "to", "in", "is", "you", "that", "it", "for", "on", "are", "with", "as", "be", "this",

@@ -14,8 +14,8 @@
 #include <time.h>
 
 #include "core/err.h"
-#include "model/tokenizer.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_impl.h"
 
 static double cpu_now(void) {
     struct timespec t;

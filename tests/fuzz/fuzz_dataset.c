@@ -1,6 +1,6 @@
 /* fuzz_dataset.c: the JSON array, JSONL, CSV and text readers on arbitrary bytes (the first
  * byte picks the type). */
-#include "formats/dataset_read.h"
+#include "data/dataset_read.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

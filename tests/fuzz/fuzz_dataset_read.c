@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "core/err.h"
-#include "formats/dataset_read.h"
+#include "data/dataset_read.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

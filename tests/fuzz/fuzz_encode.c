@@ -3,7 +3,7 @@
 #include "core/fsutil.h"
 #include "core/utf8.h"
 #include "fuzz_common.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -2,7 +2,7 @@
  * repository listing JSON, ETags, file names from listings, Retry-After values and REPO@REV
  * specs. Besides crashes it checks the promises the downloader relies on: a listed name is
  * a safe relative path, an ETag (a blob's file name) has no '/' and no leading '.'. */
-#include "formats/hub.h"
+#include "hub/hub.h"
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

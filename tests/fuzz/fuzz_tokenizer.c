@@ -2,7 +2,7 @@
  * decode a few fixed texts and the input itself. */
 #include "core/fsutil.h"
 #include "fuzz_common.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

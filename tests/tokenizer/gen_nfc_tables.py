@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""gen_nfc_tables.py: writes model/tokenizer_nfc_tables.h, the Unicode tables behind the NFC
+"""gen_nfc_tables.py: writes tokenizer/tokenizer_nfc_tables.h, the Unicode tables behind the NFC
 normalizer (Qwen's tokenizer.json asks for NFC), from Python's unicodedata.
 
-Run from the repository root: python3 tests/tokenizer/gen_nfc_tables.py > model/tokenizer_nfc_tables.h
+Run from the repository root: python3 tests/tokenizer/gen_nfc_tables.py > tokenizer/tokenizer_nfc_tables.h
 Tables: canonical combining classes (ranges), full canonical decompositions (recursively
 expanded, Hangul excluded: it is algorithmic), primary composites (pairs that NFC recomposes)
 and the code points that may change under NFC (anything else is copied through untouched)."""

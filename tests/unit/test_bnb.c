@@ -26,7 +26,7 @@
 #include "formats/pyjson.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/nf4.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 #include "test.h"
 
 #define BF16_DIR "fixtures/bnb/tiny-llama-bf16"

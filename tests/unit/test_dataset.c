@@ -15,7 +15,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
-#include "stages/dataset.h"
+#include "train/dataset_build.h"
 #include "test.h"
 
 #define BOS 256

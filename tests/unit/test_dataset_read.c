@@ -7,7 +7,7 @@
 #include "core/err.h"
 #include "core/utf8.h"
 #include "core/fsutil.h"
-#include "formats/dataset_read.h"
+#include "data/dataset_read.h"
 #include "test.h"
 
 static char tmpdir[] = "/tmp/qlora_dsread_XXXXXX";

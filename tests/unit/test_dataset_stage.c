@@ -9,8 +9,8 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
-#include "model/tokenizer.h"
-#include "stages/dataset.h"
+#include "tokenizer/tokenizer.h"
+#include "train/dataset_build.h"
 #include "stages/stage.h"
 #include "test.h"
 

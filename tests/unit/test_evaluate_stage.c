@@ -6,9 +6,9 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
-#include "model/generate.h"
+#include "generate/generate.h"
 #include "model/llama_peft.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "test.h"
 #include "train_fixture.h"
 

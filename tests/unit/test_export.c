@@ -15,10 +15,10 @@
 #include "formats/gguf.h"
 #include "formats/peft.h"
 #include "formats/safetensors.h"
-#include "model/export.h"
-#include "model/gguf_export.h"
+#include "export/export.h"
+#include "export/gguf_export.h"
 #include "model/init_model.h"
-#include "model/merge.h"
+#include "export/merge.h"
 #include "test.h"
 
 static char tmpdir[256];

@@ -40,7 +40,7 @@
 #include "formats/safetensors.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "test.h"
 
 #define DIR "golden/export"

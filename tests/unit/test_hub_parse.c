@@ -11,7 +11,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
-#include "formats/hub.h"
+#include "hub/hub.h"
 #include "stages/stage.h"
 #include "test.h"
 

@@ -11,8 +11,8 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "model/init_model.h"
-#include "model/tokenizer_byte.h"
-#include "model/tokfile.h"
+#include "tokenizer/tokenizer_byte.h"
+#include "tokenizer/tokfile.h"
 #include "test.h"
 
 static char tmpdir[256];

@@ -17,7 +17,7 @@
 #include "core/err.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
-#include "model/bnb.h"
+#include "formats/bnb.h"
 #include "model/config.h"
 #include "model/llama.h"
 #include "test.h"

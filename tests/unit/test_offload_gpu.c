@@ -20,7 +20,7 @@
 #include "formats/peft.h"
 #include "model/llama.h"
 #include "model/llama_peft.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "test.h"
 #include "train_fixture.h"
 

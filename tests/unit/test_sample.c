@@ -1,7 +1,7 @@
 /* test_sample.c: the logits processors and draws of model/sample.c. */
 #include <stdlib.h>
 
-#include "model/sample.h"
+#include "generate/sample.h"
 #include "test.h"
 
 TEST(test_greedy_and_penalty) {

@@ -10,8 +10,8 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
-#include "model/tokenizer.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_impl.h"
 #include "test.h"
 
 static tokenizer *load(const char *dir) {

@@ -13,8 +13,8 @@
 #include "formats/peft.h"
 #include "formats/peft.h"
 #include "model/llama_peft.h"
-#include "model/llama_trainer.h"
-#include "model/trainer.h"
+#include "train/llama_trainer.h"
+#include "train/trainer.h"
 #include "test.h"
 #include "train_fixture.h"
 

@@ -13,7 +13,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 #include "test.h"
 
 /* ---- host "backend": only what the trainer calls ---- */

@@ -1,5 +1,5 @@
 /* llama_trainer.c: the engine behind trainer_model (see llama_trainer.h). */
-#include "llama_trainer.h"
+#include "train/llama_trainer.h"
 
 #include "core/err.h"
 

@@ -1,5 +1,5 @@
 /* sample.c: logits processors and the draw (see sample.h). */
-#include "sample.h"
+#include "generate/sample.h"
 
 #include <math.h>
 #include <stdbool.h>

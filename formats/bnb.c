@@ -1,5 +1,5 @@
 /* bnb.c: write and read the transformers + bitsandbytes 4-bit checkpoint layout (see bnb.h). */
-#include "model/bnb.h"
+#include "formats/bnb.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -16,7 +16,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
-#include "formats/pubdir.h"
+#include "core/pubdir.h"
 #include "formats/pyjson.h"
 #include "kernels/cpu/nf4.h"
 

@@ -1,12 +1,12 @@
 /* tokfile.c: read tokenizer.json / tokenizer_config.json as data (see tokfile.h). */
-#include "tokfile.h"
+#include "tokenizer/tokfile.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
+#include "core/err.h"
+#include "core/fsutil.h"
 
 const char *const tokfile_names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                                      "chat_template.jinja", "added_tokens.json", NULL};

@@ -5,7 +5,7 @@
  * memory stays at one record whatever the file size. Line and column numbers are counted by
  * the reader, not taken from jansson, because jansson only sees one element at a time. */
 #define _GNU_SOURCE
-#include "dataset_read.h"
+#include "data/dataset_read.h"
 
 #include <errno.h>
 #include <fcntl.h>

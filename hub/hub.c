@@ -5,7 +5,7 @@
  * runs every file as a little state machine (HEAD -> GET -> verify -> rename -> link),
  * with retries scheduled by time so one slow or rate-limited file never blocks the rest. */
 #define _GNU_SOURCE
-#include "hub.h"
+#include "hub/hub.h"
 
 #include <ctype.h>
 #include <curl/curl.h>

@@ -1,14 +1,14 @@
 /* gguf_export.c: merged model -> GGUF (see gguf_export.h). */
-#include "gguf_export.h"
+#include "export/gguf_export.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "tokfile.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "tokenizer/tokfile.h"
 
 int gguf_export_type(const char *name, ggml_type *t) {
     if (!strcmp(name, "f16")) *t = GGML_TYPE_F16;

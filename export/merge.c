@@ -1,6 +1,6 @@
 /* merge.c: merged weights from a base checkpoint (bf16 or bitsandbytes 4-bit) and a PEFT
  * LoRA adapter (see merge.h). */
-#include "merge.h"
+#include "export/merge.h"
 
 #include <jansson.h>
 #include <pthread.h>
@@ -8,15 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../core/half.h"
-#include "../formats/pubdir.h"
-#include "../formats/pyjson.h"
-#include "../formats/safetensors.h"
-#include "adapter.h"
-#include "bnb.h"
-#include "tokfile.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/half.h"
+#include "core/pubdir.h"
+#include "formats/pyjson.h"
+#include "formats/safetensors.h"
+#include "model/adapter.h"
+#include "formats/bnb.h"
+#include "tokenizer/tokfile.h"
 
 struct merge_src {
     char *base_dir;

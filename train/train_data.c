@@ -1,6 +1,6 @@
 /* train_data.c: the dataset artifact reader and micro-batch builder (see train_data.h). */
 #define _GNU_SOURCE
-#include "train_data.h"
+#include "train/train_data.h"
 
 #include <jansson.h>
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 /* pubdir.c: build a directory under a temp name, then rename it into place (see pubdir.h). */
-#include "pubdir.h"
+#include "core/pubdir.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
+#include "core/err.h"
+#include "core/fsutil.h"
 
 static char *path_with_suffix(const char *final, const char *what) {
     size_t n = strlen(final) + 64;

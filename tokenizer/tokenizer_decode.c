@@ -12,7 +12,7 @@
 
 #include "core/err.h"
 #include "core/utf8.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer_impl.h"
 
 typedef struct toklist { tok_buf *v; size_t n, cap; } toklist;
 

@@ -17,7 +17,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /* ---- string -> id hash (open addressing, keys point into the tokenizer's arena) ---- */
 typedef struct tok_strmap {

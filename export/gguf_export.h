@@ -11,8 +11,8 @@
 #ifndef MODEL_GGUF_EXPORT_H
 #define MODEL_GGUF_EXPORT_H
 
-#include "../formats/gguf.h"
-#include "merge.h"
+#include "formats/gguf.h"
+#include "export/merge.h"
 
 /* "f16"|"bf16"|"q8_0"|"f32" -> type; ERR_USAGE otherwise */
 int gguf_export_type(const char *name, ggml_type *t);

@@ -5,7 +5,7 @@
 #define MODEL_LLAMA_TRAINER_H
 
 #include "model/llama.h"
-#include "model/trainer.h"
+#include "train/trainer.h"
 
 void llama_trainer_bind(llama_model *m, trainer_model *tm);
 

@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "core/err.h"
-#include "model/tokenizer_impl.h"
-#include "model/tokenizer_nfc_tables.h"
+#include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/tokenizer_nfc_tables.h"
 
 #define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 

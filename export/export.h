@@ -14,7 +14,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../formats/gguf.h"
+#include "formats/gguf.h"
 
 enum export_format { EXPORT_PEFT = 1, EXPORT_MERGED = 2, EXPORT_GGUF = 4 };
 

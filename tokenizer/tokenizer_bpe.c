@@ -17,7 +17,7 @@
 #include <xxhash.h>
 
 #include "core/err.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer_impl.h"
 
 /* ---- small utilities ---- */
 

@@ -1,6 +1,6 @@
 /* trainer.c: the training loop, checkpoints and resume (see trainer.h). */
 #define _GNU_SOURCE
-#include "trainer.h"
+#include "train/trainer.h"
 
 #include <dirent.h>
 #include <math.h>

@@ -1,6 +1,6 @@
 /* generate.c: KV-cache generation loop and stop strings (see generate.h). */
 #define _GNU_SOURCE
-#include "generate.h"
+#include "generate/generate.h"
 
 #include <stdlib.h>
 #include <string.h>

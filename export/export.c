@@ -1,18 +1,18 @@
 /* export.c: PEFT, merged and GGUF exports (see export.h). */
-#include "export.h"
+#include "export/export.h"
 
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "../formats/peft.h"
-#include "../formats/pubdir.h"
-#include "config.h"
-#include "gguf_export.h"
-#include "merge.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "formats/peft.h"
+#include "core/pubdir.h"
+#include "model/config.h"
+#include "export/gguf_export.h"
+#include "export/merge.h"
 
 int export_format_from_name(const char *name, unsigned *bit) {
     if (!strcmp(name, "peft")) *bit = EXPORT_PEFT;

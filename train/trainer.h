@@ -30,7 +30,7 @@
 #include <stdint.h>
 
 #include "kernels/ops.h"
-#include "model/train_data.h"
+#include "train/train_data.h"
 
 #define TRAINER_CKPT_MAGIC "QLRACKPT"
 #define TRAINER_CKPT_VERSION 1

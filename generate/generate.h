@@ -13,8 +13,8 @@
 #include <stdint.h>
 
 #include "model/llama.h"
-#include "model/sample.h"
-#include "model/tokenizer.h"
+#include "generate/sample.h"
+#include "tokenizer/tokenizer.h"
 
 typedef struct gen_opts {
     sample_opts sample;

@@ -1,4 +1,4 @@
-/* dataset.h: the dataset stage's machinery, callable without a recipe (tests, bench, the
+/* dataset_build.h: the dataset stage's machinery, callable without a recipe (tests, bench, the
  * `data show` command).
  *
  * dataset_build turns records (files or a Lua generator) into the dataset artifact that the
@@ -19,8 +19,8 @@
  * Masking follows formats.md section 10: the prompt is tokenized alone and that many tokens
  * (after BOS) are masked in the tokenized prompt + response; EOS follows the response and is
  * trained. BOS is added once, by us, never by the templates. */
-#ifndef STAGES_DATASET_H
-#define STAGES_DATASET_H
+#ifndef TRAIN_DATASET_BUILD_H
+#define TRAIN_DATASET_BUILD_H
 
 #include <jansson.h>
 #include <stdbool.h>
@@ -28,8 +28,7 @@
 #include <stdio.h>
 
 #include "core/hooks.h"
-#include "formats/dataset_read.h"
-#include "stages/stage.h"
+#include "data/dataset_read.h"
 
 #define DATASET_IGNORE_INDEX (-100)
 #define DATASET_VERSION 1
@@ -82,12 +81,23 @@ typedef struct dataset_source {
     hooks *hooks; /* format (DATASET_FORMAT_LUA) and generate; may be NULL */
 } dataset_source;
 
+/* What the builder reports while it runs, given by its caller (the dataset stage passes its
+ * stage context through these; tests and the benchmark pass NULL). Every member may be NULL. */
+typedef struct dataset_callbacks {
+    void *ud;
+    void (*log)(void *ud, const char *line);                        /* one log line */
+    void (*metric)(void *ud, const char *name, double value);       /* recorded in the manifest */
+    void (*progress)(void *ud, const char *what, double done, const char *unit);
+    void (*progress_done)(void *ud);
+    bool (*interrupted)(void *ud);                                  /* true: stop now */
+} dataset_callbacks;
+
 /* Build the artifact into out_dir (which must exist). *stats (may be NULL) receives the stats
- * object also written into meta.json. c (may be NULL) receives log lines, progress and
- * interruption checks. Errors: ERR_DATA for bad records (with file and record index),
+ * object also written into meta.json. cb (may be NULL) receives log lines, metrics,
+ * progress and interruption checks. Errors: ERR_DATA for bad records (with file and record index),
  * ERR_INTERRUPTED, ERR_STAGE for I/O. */
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
-                  stage_ctx *c, json_t **stats);
+                  const dataset_callbacks *cb, json_t **stats);
 
 /* The alpaca prompt of a record (formats.md section 10, exact strings); malloc'd. */
 char *dataset_alpaca_prompt(const char *instruction, const char *input);

@@ -20,7 +20,7 @@
 #include "core/err.h"
 #include "core/utf8.h"
 #include "core/fsutil.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer_impl.h"
 
 /* ---- string arena: chunks that never move ---- */
 struct tok_chunk { struct tok_chunk *next; size_t used, cap; char data[]; };

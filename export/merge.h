@@ -12,8 +12,8 @@
 
 #include <stdint.h>
 
-#include "../formats/peft.h"
-#include "config.h"
+#include "formats/peft.h"
+#include "model/config.h"
 
 typedef struct merge_src merge_src;
 

@@ -16,7 +16,7 @@
 
 #include "core/err.h"
 #include "core/utf8.h"
-#include "model/tokenizer_impl.h"
+#include "tokenizer/tokenizer_impl.h"
 
 typedef struct piece { size_t off, len; } piece;
 typedef struct pieces { piece *p; size_t n, cap; } pieces;

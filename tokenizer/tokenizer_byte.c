@@ -3,15 +3,15 @@
  * vocabulary is the 256 bytes and which has no merges: every byte of the UTF-8 input
  * becomes one token (id = byte value), ByteLevel pre-tokenizing without the GPT-2 regex,
  * a TemplateProcessing post-processor that prepends <s>, and a ByteLevel decoder. */
-#include "tokenizer_byte.h"
+#include "tokenizer/tokenizer_byte.h"
 
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../core/err.h"
-#include "../core/fsutil.h"
-#include "tokenizer.h"
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "tokenizer/tokenizer.h"
 
 static const char *special_names[3] = {"<s>", "</s>", "<pad>"};
 

@@ -7,6 +7,8 @@
  * written split by split. */
 #define _GNU_SOURCE
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +16,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
-#include "dataset.h"
+#include "train/dataset_build.h"
 
 #define BATCH 4096
 #define HIST_BINS 16
@@ -385,7 +387,7 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
 typedef struct builder {
     const dataset_opts *o;
     const dataset_tokenizer *tok;
-    stage_ctx *c;
+    const dataset_callbacks *cb; /* never NULL: a table of NULLs when the caller gave none */
     hooks *hooks;
     json_t *hook_ctx;
     item *batch;
@@ -396,6 +398,23 @@ typedef struct builder {
     size_t read, dropped_hook, dropped_long, dropped_no_labels, skipped, truncated;
     bool full; /* max_records reached */
 } builder;
+
+/* ---- reporting to the caller ---- */
+
+static void say(const builder *b, const char *fmt, ...) ERR_PRINTF(2, 3);
+static void say(const builder *b, const char *fmt, ...) {
+    if (!b->cb->log) return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    b->cb->log(b->cb->ud, line);
+}
+
+static void metric(const builder *b, const char *name, double v) {
+    if (b->cb->metric) b->cb->metric(b->cb->ud, name, v);
+}
 
 typedef struct worker_arg {
     builder *b;
@@ -420,7 +439,7 @@ static void *tokenize_worker(void *p) {
 
 static int note_skip(builder *b, int rc) {
     if (!b->o->skip_errors || rc == ERR_STAGE || rc == ERR_INTERRUPTED) return rc;
-    if (b->skipped < LOG_SKIPPED && b->c) stage_logf(b->c, "skipped: %s", err_msg());
+    if (b->skipped < LOG_SKIPPED) say(b, "skipped: %s", err_msg());
     b->skipped++;
     err_clear();
     return 0;
@@ -473,8 +492,8 @@ static int flush(builder *b) {
         item_free(it);
     }
     b->n_batch = 0;
-    if (b->c) stage_progress(b->c, "records", (double)b->read, 0, "records");
-    if (!rc && b->c && stage_interrupted(b->c)) rc = err_set(ERR_INTERRUPTED, "interrupted");
+    if (b->cb->progress) b->cb->progress(b->cb->ud, "records", (double)b->read, "records");
+    if (!rc && b->cb->interrupted && b->cb->interrupted(b->cb->ud)) rc = err_set(ERR_INTERRUPTED, "interrupted");
     return rc;
 }
 
@@ -544,12 +563,12 @@ static int cb_tokenize(void *ud, const char *text, size_t len, int32_t **ids, si
 
 static void cb_metric(void *ud, const char *name, double v) {
     builder *b = ud;
-    if (b->c) stage_metric(b->c, name, v);
+    metric(b, name, v);
 }
 
 static void cb_log(void *ud, const char *level, const char *msg) {
     builder *b = ud;
-    if (b->c && strcmp(level, "debug")) stage_logf(b->c, "hook %s: %s", level, msg);
+    if (strcmp(level, "debug")) say(b, "hook %s: %s", level, msg);
 }
 
 /* ---- split, pack, write ---- */
@@ -765,34 +784,33 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
         json_decref(stats);
         return rc;
     }
-    if (b->c) {
-        stage_metric(b->c, "records_read", (double)b->read);
-        stage_metric(b->c, "records_dropped", json_number_value(json_object_get(stats, "records_dropped")));
-        stage_metric(b->c, "records_truncated", (double)b->truncated);
-        stage_metric(b->c, "sequences", (double)n_seq);
-        stage_metric(b->c, "tokens", (double)b->ids.n);
-        stage_metric(b->c, "masked_share", json_number_value(json_object_get(stats, "masked_share")));
-        stage_metric(b->c, "packing_efficiency", json_number_value(json_object_get(stats, "packing_efficiency")));
-        stage_metric(b->c, "train_rows", (double)train_rows);
-        if (b->skipped) stage_logf(b->c, "skipped %zu records with errors (on_error: skip)", b->skipped);
-    }
+    metric(b, "records_read", (double)b->read);
+    metric(b, "records_dropped", json_number_value(json_object_get(stats, "records_dropped")));
+    metric(b, "records_truncated", (double)b->truncated);
+    metric(b, "sequences", (double)n_seq);
+    metric(b, "tokens", (double)b->ids.n);
+    metric(b, "masked_share", json_number_value(json_object_get(stats, "masked_share")));
+    metric(b, "packing_efficiency", json_number_value(json_object_get(stats, "packing_efficiency")));
+    metric(b, "train_rows", (double)train_rows);
+    if (b->skipped) say(b, "skipped %zu records with errors (on_error: skip)", b->skipped);
     if (stats_out) *stats_out = stats;
     else json_decref(stats);
     return 0;
 }
 
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
-                  stage_ctx *c, json_t **stats) {
+                  const dataset_callbacks *cb, json_t **stats) {
+    static const dataset_callbacks none;
     if (stats) *stats = NULL;
     if (o->sequence_len < 2) return err_set(ERR_RECIPE, "sequence_len must be at least 2");
     if (o->format == DATASET_FORMAT_LUA && !hooks_has(src->hooks, "format"))
         return err_set(ERR_RECIPE, "format: lua needs a format hook (format_hook, or hooks.format in the recipe)");
-    builder b = {.o = o, .tok = tok, .c = c, .hooks = src->hooks};
+    builder b = {.o = o, .tok = tok, .cb = cb ? cb : &none, .hooks = src->hooks};
     b.batch = calloc(BATCH, sizeof *b.batch);
     int rc = b.batch ? vec64_push(&b.seq, 0) : err_set(ERR_STAGE, "out of memory");
     if (!rc && src->hooks) {
-        lua_host_callbacks cb = {.ud = &b, .tokenize = cb_tokenize, .metric = cb_metric, .log = cb_log};
-        hooks_set_callbacks(src->hooks, &cb);
+        lua_host_callbacks lcb = {.ud = &b, .tokenize = cb_tokenize, .metric = cb_metric, .log = cb_log};
+        hooks_set_callbacks(src->hooks, &lcb);
         b.hook_ctx = json_pack("{s:s, s:s, s:I, s:b, s:I, s:O}", "bos_token", tok->bos_token ? tok->bos_token : "",
                                "eos_token", tok->eos_token ? tok->eos_token : "", "sequence_len",
                                (json_int_t)o->sequence_len, "train_on_inputs", o->train_on_inputs, "seed",
@@ -829,7 +847,7 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
         dataset_reader_close(&r);
     }
     if (!rc) rc = flush(&b);
-    if (c) stage_progress_done(c);
+    if (b.cb->progress_done) b.cb->progress_done(b.cb->ud);
     if (!rc) rc = finish(&b, out_dir, stats);
     for (size_t i = 0; i < b.n_batch; i++) item_free(&b.batch[i]);
     if (src->hooks) hooks_set_callbacks(src->hooks, NULL);
