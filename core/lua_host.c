@@ -9,7 +9,6 @@
 #define _GNU_SOURCE
 #include "lua_host.h"
 
-#include <curl/curl.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
@@ -444,31 +443,14 @@ static int q_env(lua_State *L) {
     return 1;
 }
 
+/* The HTTP client behind qlora.http_post, given by the program (the runner passes net/'s):
+ * core/ knows nothing of libcurl. NULL: http_post answers that it is not available. */
+static lua_host_http_post_fn http_post_fn;
+void lua_host_set_http_post(lua_host_http_post_fn fn) { http_post_fn = fn; }
+
 typedef struct http_buf {
     char *p;
-    size_t n, cap;
-    bool too_big;
 } http_buf;
-
-static size_t http_write(char *data, size_t size, size_t nmemb, void *ud) {
-    http_buf *b = ud;
-    size_t n = size * nmemb;
-    if (b->n + n > HTTP_MAX_BODY) {
-        b->too_big = true;
-        return 0;
-    }
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 4096;
-        while (cap < b->n + n) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return 0;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, data, n);
-    b->n += n;
-    return n;
-}
 
 static int http_buf_gc(lua_State *L) {
     http_buf *b = lua_touserdata(L, 1);
@@ -477,8 +459,7 @@ static int http_buf_gc(lua_State *L) {
     return 0;
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+#define HTTP_MAX_HEADERS 64
 
 /* qlora.http_post(url, body [, headers]) -> status, body | nil, message */
 static int q_http_post(lua_State *L) {
@@ -491,12 +472,14 @@ static int q_http_post(lua_State *L) {
         return luaL_error(L, "qlora.http_post: network access needs `allow: [http]` in the recipe's hooks");
     if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8))
         return luaL_argerror(L, 1, "only http:// and https:// URLs are allowed");
+    if (!http_post_fn) return luaL_error(L, "qlora.http_post: no HTTP client in this program");
 
-    /* build the header list on the Lua side first: luaL_ errors must not leak curl objects */
+    /* the header lines stay on the Lua stack (so a luaL_ error leaks nothing) until the call */
     int nh = 0;
     if (lua_istable(L, 3)) {
         lua_pushnil(L);
         while (lua_next(L, 3)) {
+            if (nh == HTTP_MAX_HEADERS) return luaL_error(L, "qlora.http_post: more than %d headers", HTTP_MAX_HEADERS);
             const char *v = luaL_tolstring(L, -1, NULL); /* stack: key value vcopy */
             if (lua_type(L, -3) == LUA_TSTRING)
                 lua_pushfstring(L, "%s: %s", lua_tostring(L, -3), v);
@@ -510,50 +493,24 @@ static int q_http_post(lua_State *L) {
         }
     }
     int first = lua_gettop(L) - nh + 1;
-    http_buf *b = lua_newuserdatauv(L, sizeof *b, 0); /* freed by __gc even if a later push throws */
-    memset(b, 0, sizeof *b);
+    const char *lines[HTTP_MAX_HEADERS];
+    for (int i = 0; i < nh; i++) lines[i] = lua_tostring(L, first + i);
+    http_buf *b = lua_newuserdatauv(L, sizeof *b, 0); /* frees the response even if a later push throws */
+    b->p = NULL;
     if (luaL_newmetatable(L, "qlora.http_buf")) {
         lua_pushcfunction(L, http_buf_gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
-
-    pthread_once(&curl_once, curl_init_once);
-    CURL *c = curl_easy_init();
-    if (!c) return luaL_error(L, "qlora.http_post: cannot start libcurl");
-    struct curl_slist *hdrs = NULL;
-    for (int i = 0; i < nh; i++) hdrs = curl_slist_append(hdrs, lua_tostring(L, first + i));
-    char errbuf[CURL_ERROR_SIZE] = "";
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_POST, 1L);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, http_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "qlora-run/" QLORA_VERSION);
-#if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-#endif
-    CURLcode rc = curl_easy_perform(c);
     long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(hdrs);
-    curl_easy_cleanup(c);
-    if (rc != CURLE_OK) {
+    size_t n = 0;
+    if (http_post_fn(url, lines, nh, body, body_len, 30, &status, &b->p, &n, HTTP_MAX_BODY)) {
         lua_pushnil(L);
-        if (b->too_big)
-            lua_pushfstring(L, "http_post %s: response larger than %d MiB", url, (int)(HTTP_MAX_BODY >> 20));
-        else
-            lua_pushfstring(L, "http_post %s: %s", url, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        lua_pushfstring(L, "http_post %s", err_msg());
         return 2;
     }
     lua_pushinteger(L, status);
-    lua_pushlstring(L, b->p ? b->p : "", b->n);
+    lua_pushlstring(L, b->p ? b->p : "", n);
     return 2;
 }
 

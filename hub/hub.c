@@ -1,6 +1,7 @@
 /* hub.c: the Hugging Face Hub client (see hub.h for the protocol and the cache layout).
  *
- * Three parts: small parsers (exposed for tests and fuzzing), a blocking request for the
+ * Three parts, on the libcurl plumbing of net/http.c (init, retry policy, handle setup, error
+ * messages): small parsers (exposed for tests and fuzzing), a blocking request for the
  * API listing and HEAD revalidation, and a transfer engine on one curl multi handle that
  * runs every file as a little state machine (HEAD -> GET -> verify -> rename -> link),
  * with retries scheduled by time so one slow or rate-limited file never blocks the rest. */
@@ -27,25 +28,16 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
+#include "net/http.h"
 
 #ifndef QLORA_VERSION
 #define QLORA_VERSION "dev"
 #endif
 
 #define HUB_MAX_HOPS 10
-#define HUB_BACKOFF_CAP_S 30.0
 #define HUB_RETRY_AFTER_CAP_S 120.0
 
 /* ---------- small helpers ---------- */
-
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-static double now_mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static char *xasprintf(const char *fmt, ...) ERR_PRINTF(1, 2);
 static char *xasprintf(const char *fmt, ...) {
@@ -64,50 +56,11 @@ static bool is_hex(const char *s, size_t n) {
     return true;
 }
 
-/* Text from a server, made safe to print: control characters become '?', long text is cut. */
-static void clean_text(char *dst, size_t cap, const char *src) {
-    size_t j = 0;
-    for (size_t i = 0; src && src[i] && j + 1 < cap; i++) {
-        unsigned char ch = (unsigned char)src[i];
-        dst[j++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-    }
-    dst[j] = 0;
-}
-
 static const char *repo_prefix(hub_repo_type t) {
     return t == HUB_REPO_DATASET ? "datasets/" : t == HUB_REPO_SPACE ? "spaces/" : "";
 }
 static const char *repo_noun(hub_repo_type t) {
     return t == HUB_REPO_DATASET ? "dataset" : t == HUB_REPO_SPACE ? "space" : "model";
-}
-
-/* "scheme://host:port" of a URL, lowercased host (malloc'd, NULL if unparseable): the token
- * goes only to the endpoint's origin. */
-static char *url_origin(const char *url) {
-    CURLU *u = curl_url();
-    char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
-    if (u && !curl_url_set(u, CURLUPART_URL, url, 0) && !curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) &&
-        !curl_url_get(u, CURLUPART_HOST, &host, 0) && !curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT)) {
-        for (char *p = host; *p; p++) *p = (char)tolower((unsigned char)*p);
-        out = xasprintf("%s://%s:%s", scheme, host, port);
-    }
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(port);
-    if (u) curl_url_cleanup(u);
-    return out;
-}
-
-/* base + relative reference -> absolute URL (malloc'd) */
-static char *url_resolve(const char *base, const char *ref) {
-    CURLU *u = curl_url();
-    char *abs = NULL, *out = NULL;
-    if (u && !curl_url_set(u, CURLUPART_URL, base, 0) && !curl_url_set(u, CURLUPART_URL, ref, 0) &&
-        !curl_url_get(u, CURLUPART_URL, &abs, 0))
-        out = strdup(abs);
-    curl_free(abs);
-    if (u) curl_url_cleanup(u);
-    return out;
 }
 
 /* ---------- configuration ---------- */
@@ -129,7 +82,7 @@ int hub_config_from_env(hub_config *cfg) {
     if (!cfg->endpoint) cfg->endpoint = strdup("https://huggingface.co");
     size_t n = strlen(cfg->endpoint);
     while (n > 0 && cfg->endpoint[n - 1] == '/') cfg->endpoint[--n] = 0;
-    char *origin = url_origin(cfg->endpoint);
+    char *origin = net_url_origin(cfg->endpoint);
     if (!origin) {
         hub_config_free(cfg);
         return err_set(ERR_USAGE, "HF_ENDPOINT is not a URL: '%s'", getenv("HF_ENDPOINT"));
@@ -339,7 +292,7 @@ int hub_listing_parse(const char *json, size_t len, char **commit, char ***files
         }
         if (!hub_path_safe(name)) {
             char clean[256];
-            clean_text(clean, sizeof clean, name);
+            net_clean_text(clean, sizeof clean, name);
             rc = err_set(ERR_DATA, "the hub's file list names an unsafe path '%s' (absolute, '..' or "
                                    "control characters): refusing to write it", clean);
             break;
@@ -501,8 +454,8 @@ typedef struct err_subject {
 
 static int http_error(const err_subject *s, const resp_headers *h, const char *url) {
     char code[64] = "", msg[300] = "", what[700];
-    clean_text(code, sizeof code, h->error_code);
-    clean_text(msg, sizeof msg, h->error_message);
+    net_clean_text(code, sizeof code, h->error_code);
+    net_clean_text(msg, sizeof msg, h->error_message);
     const char *noun = repo_noun(s->type);
     if (s->repo && s->file) snprintf(what, sizeof what, "'%s' in %s '%s'", s->file, noun, s->repo);
     else if (s->repo) snprintf(what, sizeof what, "%s '%s'", noun, s->repo);
@@ -534,39 +487,7 @@ static int http_error(const err_subject *s, const resp_headers *h, const char *u
     return err_set(ERR_NETWORK, "%s: the server answered HTTP %ld%s", what, st, extra);
 }
 
-static bool curl_retryable(CURLcode c) {
-    switch (c) {
-    case CURLE_OPERATION_TIMEDOUT: case CURLE_PARTIAL_FILE: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR:
-    case CURLE_GOT_NOTHING: case CURLE_COULDNT_CONNECT: case CURLE_HTTP2: case CURLE_HTTP2_STREAM:
-    case CURLE_SSL_CONNECT_ERROR:
-        return true;
-    default:
-        return false;
-    }
-}
-
-static int curl_error(CURLcode c, const char *errbuf, const char *url, int attempts) {
-    char host[256] = "";
-    char *origin = url_origin(url);
-    clean_text(host, sizeof host, origin ? origin : url);
-    free(origin);
-    const char *detail = errbuf && *errbuf ? errbuf : curl_easy_strerror(c);
-    if (c == CURLE_PEER_FAILED_VERIFICATION || c == CURLE_SSL_CACERT_BADFILE)
-        return err_set(ERR_NETWORK, "TLS certificate of %s could not be verified: %s (verification stays on; for a "
-                                    "private CA set CURL_CA_BUNDLE to its certificate file)", host, detail);
-    if (c == CURLE_COULDNT_RESOLVE_HOST || c == CURLE_COULDNT_RESOLVE_PROXY)
-        return err_set(ERR_NETWORK, "cannot resolve %s: %s (check the network or HF_ENDPOINT; with the files "
-                                    "already cached, set HF_HUB_OFFLINE=1)", host, detail);
-    if (attempts > 1)
-        return err_set(ERR_NETWORK, "download from %s failed after %d attempts: %s", host, attempts, detail);
-    return err_set(ERR_NETWORK, "request to %s failed: %s", host, detail);
-}
-
-static double backoff_s(const hub_config *cfg, int attempt) {
-    double d = cfg->retry_base_s;
-    for (int i = 1; i < attempt && d < HUB_BACKOFF_CAP_S; i++) d *= 2;
-    return d > HUB_BACKOFF_CAP_S ? HUB_BACKOFF_CAP_S : d;
-}
+static double backoff_s(const hub_config *cfg, int attempt) { return net_backoff_s(cfg->retry_base_s, attempt); }
 
 static double retry_delay(const hub_config *cfg, const resp_headers *h, int attempt) {
     if (h && h->status == 429) {
@@ -576,15 +497,13 @@ static double retry_delay(const hub_config *cfg, const resp_headers *h, int atte
     return backoff_s(cfg, attempt);
 }
 
-static bool status_retryable(long st) { return st == 429 || st == 500 || st == 502 || st == 503 || st == 504; }
-
 /* ---------- one easy handle, set up the same way everywhere ---------- */
 
 static struct curl_slist *base_headers(const hub_config *cfg, const char *url, bool send_token) {
     struct curl_slist *l = NULL;
     l = curl_slist_append(l, "Accept-Encoding: identity");
     if (send_token && cfg->token) {
-        char *a = url_origin(url), *b = url_origin(cfg->endpoint);
+        char *a = net_url_origin(url), *b = net_url_origin(cfg->endpoint);
         if (a && b && !strcmp(a, b)) {
             char *line = xasprintf("Authorization: Bearer %s", cfg->token);
             l = curl_slist_append(l, line);
@@ -598,51 +517,11 @@ static struct curl_slist *base_headers(const hub_config *cfg, const char *url, b
 }
 
 static void easy_setup(CURL *e, const hub_config *cfg, const char *url, struct curl_slist *hdrs, char *errbuf) {
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "qlora-run/" QLORA_VERSION " (libcurl)");
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* redirects are followed by hand (token rules) */
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (cfg->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, cfg->ca_file);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, cfg->timeout_s);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, cfg->timeout_s);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
-    /* the curl tool's receive buffer: with 512 KB the loopback benchmark ran ~8% slower (median
-     * 976 against 1060 MB/s over 4 rounds; 32 KB: 1057), the bigger reads leaving the socket
-     * full longer and the bytes out of the cache by the time they are copied on */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 100L * 1024);
-    errbuf[0] = 0;
+    net_opts o = {.timeout_s = cfg->timeout_s, .ca_file = cfg->ca_file};
+    net_easy_setup(e, &o, url, hdrs, errbuf);
 }
 
 /* ---------- blocking requests: API listing and HEAD revalidation ---------- */
-
-typedef struct membuf {
-    char *data;
-    size_t len, cap, limit;
-} membuf;
-
-static size_t on_body_mem(char *buf, size_t size, size_t n, void *user) {
-    membuf *m = user;
-    size_t k = size * n;
-    if (m->len + k > m->limit) return 0; /* a listing larger than this is not a listing */
-    if (m->len + k + 1 > m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 65536;
-        while (cap < m->len + k + 1) cap *= 2;
-        char *d = realloc(m->data, cap);
-        if (!d) return 0;
-        m->data = d;
-        m->cap = cap;
-    }
-    memcpy(m->data + m->len, buf, k);
-    m->len += k;
-    m->data[m->len] = 0;
-    return k;
-}
 
 /* GET (or HEAD) url with retries on transient failures; redirects followed by hand, the token
  * only ever sent to the endpoint's origin. On return h holds the final answer's headers and
@@ -650,8 +529,8 @@ static size_t on_body_mem(char *buf, size_t size, size_t n, void *user) {
  * *unreachable tells a failure to get any answer (no retry for a refused connection: the
  * caller may have the answer cached, as the Python tools do). */
 static int request_blocking(const hub_config *cfg, const char *url0, bool head, bool send_token,
-                            volatile int *interrupted, resp_headers *h, membuf *body, bool *unreachable) {
-    pthread_once(&curl_once, curl_init_once);
+                            volatile int *interrupted, resp_headers *h, net_buf *body, bool *unreachable) {
+    net_init();
     char *url = strdup(url0);
     char errbuf[CURL_ERROR_SIZE];
     int rc = 0, attempt = 0, hops = 0;
@@ -665,7 +544,7 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
         easy_setup(e, cfg, url, hdrs, errbuf);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body_mem);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, net_buf_write);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, body);
         if (head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
         CURLcode c = curl_easy_perform(e);
@@ -673,8 +552,8 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
         attempt++;
         double delay = -1;
         if (c != CURLE_OK) {
-            if (!curl_retryable(c) || c == CURLE_COULDNT_CONNECT || attempt > cfg->max_retries) {
-                rc = curl_error(c, errbuf, url, attempt);
+            if (!net_curl_retryable(c) || c == CURLE_COULDNT_CONNECT || attempt > cfg->max_retries) {
+                rc = net_curl_error(c, errbuf, url, attempt);
                 if (unreachable) *unreachable = c != CURLE_PEER_FAILED_VERIFICATION && c != CURLE_SSL_CACERT_BADFILE;
                 break;
             }
@@ -682,7 +561,7 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
         } else {
             curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &h->status);
             if (h->status >= 300 && h->status < 400 && h->location) {
-                char *next = url_resolve(url, h->location);
+                char *next = net_url_resolve(url, h->location);
                 if (!next || ++hops > HUB_MAX_HOPS) {
                     free(next);
                     rc = err_set(ERR_NETWORK, "too many or broken redirects from '%s'", url0);
@@ -693,10 +572,10 @@ static int request_blocking(const hub_config *cfg, const char *url0, bool head, 
                 attempt = 0;
                 continue;
             }
-            if (status_retryable(h->status) && attempt <= cfg->max_retries) delay = retry_delay(cfg, h, attempt);
+            if (net_status_retryable(h->status) && attempt <= cfg->max_retries) delay = retry_delay(cfg, h, attempt);
         }
         if (delay < 0) break;
-        for (double end = now_mono() + delay; now_mono() < end;) {
+        for (double end = net_now() + delay; net_now() < end;) {
             if (interrupted && *interrupted) break;
             struct timespec ts = {0, 50 * 1000 * 1000};
             nanosleep(&ts, NULL);
@@ -913,7 +792,7 @@ typedef struct xfer {
     struct curl_slist *hdrs;
     char errbuf[CURL_ERROR_SIZE];
     resp_headers h;
-    membuf errbody;
+    net_buf errbody;
     int fd;            /* the open partial file, -1 if none */
     char *part;        /* dest + ".incomplete" */
     EVP_MD_CTX *md;    /* the checksum, computed while the bytes arrive (no second pass) */
@@ -1012,7 +891,7 @@ static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
     if (st != 200 && st != 206) { /* an error page: keep its start for the message */
         size_t room = x->errbody.limit > x->errbody.len ? x->errbody.limit - x->errbody.len : 0;
-        if (room) on_body_mem(buf, 1, k < room ? k : room, &x->errbody);
+        if (room) net_buf_write(buf, 1, k < room ? k : room, &x->errbody);
         return k;
     }
     if (x->fd < 0) {
@@ -1070,7 +949,7 @@ static int xfer_close_out(xfer *x) {
 
 static void engine_emit(engine *g, const char *file, bool force) {
     if (!g->progress) return;
-    double t = now_mono();
+    double t = net_now();
     if (!force && t - g->t_last_progress < 0.1) return;
     g->t_last_progress = t;
     hub_progress p = {.file = file};
@@ -1189,7 +1068,7 @@ static void engine_detach(engine *g, xfer *x) {
 
 static void schedule(xfer *x, xstate st, double delay) {
     x->state = st;
-    x->not_before = now_mono() + delay;
+    x->not_before = net_now() + delay;
 }
 
 static int xfer_start(engine *g, xfer *x) {
@@ -1345,7 +1224,7 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
     x->h.status = st;
     char *redirect = NULL;
-    if (st >= 300 && st < 400 && x->h.location) redirect = url_resolve(x->url, x->h.location);
+    if (st >= 300 && st < 400 && x->h.location) redirect = net_url_resolve(x->url, x->h.location);
     engine_detach(g, x);
     int rc = 0;
     if (x->get_phase && (rc = xfer_close_out(x))) { free(redirect); return rc; }
@@ -1363,10 +1242,10 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
         /* a refused connection before any answer is a hub that is down, not a blip: fail at once
          * (the caller may have the file cached); during the download it is worth a retry */
         bool down = c == CURLE_COULDNT_CONNECT && !x->get_phase;
-        if (!curl_retryable(c) || down || ++x->attempts > g->cfg->max_retries) {
+        if (!net_curl_retryable(c) || down || ++x->attempts > g->cfg->max_retries) {
             g->unreachable = c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST ||
                              c == CURLE_COULDNT_RESOLVE_PROXY || c == CURLE_OPERATION_TIMEDOUT;
-            return curl_error(c, x->errbuf, x->url, x->attempts);
+            return net_curl_error(c, x->errbuf, x->url, x->attempts);
         }
         schedule(x, again, backoff_s(g->cfg, x->attempts));
         return 0;
@@ -1374,7 +1253,7 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
     if (x->range_mismatch) { free(redirect); schedule(x, again, 0); return 0; }
     if (redirect) {
         if (++x->hops > HUB_MAX_HOPS) { free(redirect); return err_set(ERR_NETWORK, "'%s': too many redirects", x->name); }
-        char *a = url_origin(redirect), *b = url_origin(x->url);
+        char *a = net_url_origin(redirect), *b = net_url_origin(x->url);
         bool same = a && b && !strcmp(a, b);
         free(a);
         free(b);
@@ -1406,7 +1285,7 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
         }
         return rc;
     }
-    if (status_retryable(st) && ++x->attempts <= g->cfg->max_retries) {
+    if (net_status_retryable(st) && ++x->attempts <= g->cfg->max_retries) {
         schedule(x, again, retry_delay(g->cfg, &x->h, x->attempts));
         return 0;
     }
@@ -1438,7 +1317,7 @@ static int engine_run(engine *g) {
     int rc = 0;
     for (;;) {
         if (g->interrupted && *g->interrupted) { rc = err_set(ERR_INTERRUPTED, "download interrupted"); break; }
-        double t = now_mono(), wait = 1.0;
+        double t = net_now(), wait = 1.0;
         int running = 0, pending = 0;
         for (int i = 0; i < g->n; i++) running += g->x[i]->state == X_RUNNING;
         for (int i = 0; i < g->n && !rc; i++) {
@@ -1493,7 +1372,7 @@ static int engine_run(engine *g) {
 
 static void engine_init(engine *g, const hub_config *cfg) {
     memset(g, 0, sizeof *g);
-    pthread_once(&curl_once, curl_init_once);
+    net_init();
     g->cfg = cfg;
     g->multi = curl_multi_init();
     /* separate connections for parallel files: bulk transfers multiplexed on one HTTP/2
@@ -1725,7 +1604,7 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
     resp_headers h;
     memset(&h, 0, sizeof h);
     headers_reset(&h);
-    membuf body = {.limit = 64u << 20};
+    net_buf body = {.limit = 64u << 20};
     bool unreachable = false;
     rc = request_blocking(cfg, api, false, true, o->interrupted, &h, &body, &unreachable);
     if (rc == ERR_NETWORK && unreachable) {
@@ -1938,7 +1817,7 @@ static char *url_basename(const char *url) {
 int hub_url_download(const hub_config *cfg, const char *url, hub_progress_fn progress, void *user,
                      char **local_path) {
     *local_path = NULL;
-    char *origin = url_origin(url);
+    char *origin = net_url_origin(url);
     if (!origin || (strncmp(url, "http://", 7) && strncmp(url, "https://", 8))) {
         free(origin);
         return err_set(ERR_USAGE, "not an http(s) URL: '%s'", url);
@@ -1963,7 +1842,7 @@ int hub_url_download(const hub_config *cfg, const char *url, hub_progress_fn pro
     resp_headers h;
     memset(&h, 0, sizeof h);
     headers_reset(&h);
-    membuf body = {.limit = 1 << 16};
+    net_buf body = {.limit = 1 << 16};
     bool unreachable = false;
     rc = request_blocking(cfg, url, true, false, NULL, &h, &body, &unreachable);
     if (rc && unreachable && complete) { /* keep working with what we have */

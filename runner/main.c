@@ -5,6 +5,8 @@
 
 #include "core/err.h"
 #include "core/log.h"
+#include "core/lua_host.h"
+#include "net/http.h"
 #include "runner/commands.h"
 
 int cmd_schema(int argc, char **argv);
@@ -41,6 +43,8 @@ typedef struct command {
 } command;
 
 int main(int argc, char **argv) {
+    net_init(); /* before any thread: libcurl asks for it */
+    lua_host_set_http_post(net_post);
     if (argc < 2) {
         fputs(usage, stderr);
         return ERR_USAGE;
