@@ -12,18 +12,30 @@
 #include "runner/cache.h"
 #include "runner/commands.h"
 
-static const char cache_help[] =
-    "usage: qlora-run cache ls [--cache DIR]\n"
-    "       qlora-run cache verify [--cache DIR]\n"
-    "       qlora-run cache gc [--keep-last N] [--cache DIR]\n"
-    "\n"
-    "ls      every artifact: kind, key, producing recipe and stage, size, date\n"
-    "verify  re-hash every file of every artifact; corrupt ones are reported (exit 1) and\n"
-    "        are recomputed by the next run that needs them\n"
-    "gc      delete artifacts no recent run used: keeps those of each recipe's last N runs\n"
-    "        (default 3), and stale temporary directories; while a run uses the cache it\n"
-    "        removes nothing and exits 6\n"
-    "The cache is $QLORA_CACHE, or ~/.cache/qlora-run; a recipe's cache_dir names another.\n";
+typedef struct cache_args {
+    const char *dir;
+    int64_t keep;
+} cache_args;
+
+static const cli_opt cache_opts[] = {
+    {"cache", 0, CLI_STR, "DIR", "the cache directory (default $QLORA_CACHE, or ~/.cache/qlora-run)", CLI_AT(cache_args, dir), 0, 0},
+    {"keep-last", 0, CLI_INT, "N", "gc: keep the artifacts of each recipe's last N runs (3)", CLI_AT(cache_args, keep), 0, 1e9},
+    {0},
+};
+
+const cli_cmd cli_cache = {
+    .name = "cache",
+    .usage = "cache ls [--cache DIR]\ncache verify [--cache DIR]\ncache gc [--keep-last N] [--cache DIR]",
+    .summary = "the artifact cache: ls, verify, gc",
+    .args = "ls      every artifact: kind, key, producing recipe and stage, size, date\n"
+            "verify  re-hash every file of every artifact; corrupt ones are reported (exit 1) and\n"
+            "        are recomputed by the next run that needs them\n"
+            "gc      delete artifacts no recent run used: keeps those of each recipe's last N runs\n"
+            "        (default 3), and stale temporary directories; while a run uses the cache it\n"
+            "        removes nothing and exits 6",
+    .footer = "The cache is $QLORA_CACHE, or ~/.cache/qlora-run; a recipe's cache_dir names another.",
+    .min_pos = 1, .max_pos = 1, .opts = cache_opts,
+};
 
 typedef void (*artifact_fn)(const char *dir, const char *kind, const char *key, json_t *manifest, void *arg);
 
@@ -150,21 +162,16 @@ static json_t *recent_keys(const cache *c, int n) {
 }
 
 int cmd_cache(int argc, char **argv) {
-    const char *sub = NULL, *dir = NULL;
-    int keep = 3;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(cache_help, stdout); return 0; }
-        if (!strcmp(argv[i], "--cache") && i + 1 < argc) dir = argv[++i];
-        else if (!strcmp(argv[i], "--keep-last") && i + 1 < argc) {
-            keep = atoi(argv[++i]);
-            if (keep < 0) return err_set(ERR_USAGE, "cache gc: --keep-last needs a number >= 0");
-        } else if (argv[i][0] == '-') return err_set(ERR_USAGE, "cache: unknown option '%s' (see qlora-run cache --help)", argv[i]);
-        else if (!sub) sub = argv[i];
-        else return err_set(ERR_USAGE, "cache: unexpected argument '%s'", argv[i]);
-    }
-    if (!sub) return err_set(ERR_USAGE, "cache: which one: ls, verify or gc? (see qlora-run cache --help)");
+    cache_args o = {.keep = 3};
+    const char *pos[2];
+    int n_pos, rc = cli_parse(&cli_cache, &o, argc, argv, pos, &n_pos);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    const char *sub = pos[0], *dir = o.dir;
+    int keep = (int)o.keep;
+    if (strcmp(sub, "ls") && strcmp(sub, "verify") && strcmp(sub, "gc"))
+        return cli_usage_error(&cli_cache, "unknown subcommand '%s' (ls, verify or gc)", sub);
     cache c;
-    int rc = cache_open(&c, dir);
+    rc = cache_open(&c, dir);
     if (rc) return rc;
     if (!strcmp(sub, "ls")) {
         double total = 0;
@@ -201,19 +208,30 @@ int cmd_cache(int argc, char **argv) {
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+typedef struct runs_args {
+    const char *dir;
+} runs_args;
+
+static const cli_opt runs_opts[] = {
+    {"dir", 0, CLI_STR, "RUNS_DIR", "where the run records are (default $QLORA_RUNS, or runs)", CLI_AT(runs_args, dir), 0, 0},
+    {0},
+};
+
+const cli_cmd cli_runs = {
+    .name = "runs",
+    .usage = "runs ls [--dir RUNS_DIR]",
+    .summary = "run records",
+    .about = "Lists run records (runs/<recipe>/<UTC time>/) with their outcome.",
+    .min_pos = 1, .max_pos = 1, .opts = runs_opts,
+};
+
 int cmd_runs(int argc, char **argv) {
-    const char *base = getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs";
-    const char *sub = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fputs("usage: qlora-run runs ls [--dir RUNS_DIR]\n\nLists run records (runs/<recipe>/<UTC time>/) with their outcome.\n", stdout);
-            return 0;
-        }
-        if (!strcmp(argv[i], "--dir") && i + 1 < argc) base = argv[++i];
-        else if (!sub) sub = argv[i];
-        else return err_set(ERR_USAGE, "runs: unexpected argument '%s'", argv[i]);
-    }
-    if (!sub || strcmp(sub, "ls")) return err_set(ERR_USAGE, "runs: the subcommand is 'ls' (see qlora-run runs --help)");
+    runs_args o = {getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs"};
+    const char *pos[2];
+    int n_pos, rc = cli_parse(&cli_runs, &o, argc, argv, pos, &n_pos);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (strcmp(pos[0], "ls")) return cli_usage_error(&cli_runs, "unknown subcommand '%s' (the subcommand is 'ls')", pos[0]);
+    const char *base = o.dir;
     DIR *d = opendir(base);
     if (!d) { printf("no runs in '%s'\n", base); return 0; }
     struct dirent *e;

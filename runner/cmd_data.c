@@ -13,40 +13,43 @@
 #include "runner/recipe.h"
 #include "train/dataset_build.h"
 
-static const char data_help[] =
-    "usage: qlora-run data show RECIPE STAGE [--n N] [--set KEY=VALUE]...\n"
-    "\n"
-    "Prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
-    "that are masked out of the loss marked. The stage must have run (it is read from the cache).\n";
+typedef struct data_args {
+    int64_t n;
+    cli_list sets;
+} data_args;
+
+static const cli_opt data_opts[] = {
+    {"n", 0, CLI_INT, "N", "how many rows (3)", CLI_AT(data_args, n), 1, 1e9},
+    {"set", 0, CLI_LIST, "KEY=VALUE", "override a recipe key; repeatable", CLI_AT(data_args, sets), 0, 0},
+    {0},
+};
+
+const cli_cmd cli_data = {
+    .name = "data",
+    .usage = "data show RECIPE STAGE [--n N] [--set KEY=VALUE]...",
+    .summary = "decoded training samples, masked spans marked",
+    .about = "Prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
+             "that are masked out of the loss marked. The stage must have run (it is read from the cache).",
+    .min_pos = 3, .max_pos = 3, .opts = data_opts,
+};
 
 int cmd_data(int argc, char **argv) {
-    const char *sub = NULL, *path = NULL, *stage = NULL;
-    int n = 3;
-    char **sets = NULL;
-    int n_sets = 0, rc = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(data_help, stdout); free(sets); return 0; }
-        if (!strcmp(argv[i], "--n") && i + 1 < argc) {
-            n = atoi(argv[++i]);
-            if (n < 1) { free(sets); return err_set(ERR_USAGE, "data show: --n needs a number >= 1"); }
-        } else if (!strcmp(argv[i], "--set") && i + 1 < argc) {
-            sets = realloc(sets, (size_t)(n_sets + 1) * sizeof *sets);
-            sets[n_sets++] = argv[++i];
-        } else if (argv[i][0] == '-') {
-            free(sets);
-            return err_set(ERR_USAGE, "data: unknown option '%s' (see qlora-run data --help)", argv[i]);
-        } else if (!sub) sub = argv[i];
-        else if (!path) path = argv[i];
-        else if (!stage) stage = argv[i];
-        else { free(sets); return err_set(ERR_USAGE, "data: unexpected argument '%s'", argv[i]); }
+    data_args o = {.n = 3};
+    const char *pos[4];
+    int n_pos, rc = cli_parse(&cli_data, &o, argc, argv, pos, &n_pos);
+    if (rc) {
+        cli_list_free(&o.sets);
+        return rc == CLI_HELP ? 0 : rc;
     }
-    if (!sub || strcmp(sub, "show") || !path || !stage) {
-        free(sets);
-        return err_set(ERR_USAGE, "data: usage: qlora-run data show RECIPE STAGE [--n N] (see --help)");
+    const char *path = pos[1], *stage = pos[2];
+    int n = (int)o.n;
+    if (strcmp(pos[0], "show")) {
+        cli_list_free(&o.sets);
+        return cli_usage_error(&cli_data, "unknown subcommand '%s' (the subcommand is 'show')", pos[0]);
     }
     recipe *r = NULL;
-    rc = recipe_load(&r, path, sets, n_sets);
-    free(sets);
+    rc = recipe_load(&r, path, (char *const *)o.sets.v, o.sets.n);
+    cli_list_free(&o.sets);
     if (rc) return rc;
     int i = recipe_stage_index(r, stage);
     if (i < 0) rc = err_set(ERR_USAGE, "data show: recipe '%s' has no stage '%s'", r->name, stage);

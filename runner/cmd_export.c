@@ -13,21 +13,39 @@
 #include "model/init_model.h"
 #include "runner/commands.h"
 
-static const char help[] =
-    "usage: qlora-run export --base DIR [--adapter DIR] --format peft|merged|gguf[,...] --out DIR\n"
-    "                        [--gguf-type f16|bf16|q8_0|f32] [--include-nf4] [--max-shard-size 5GB]\n"
-    "                        [--threads N]\n"
-    "\n"
-    "  --base      a Hugging Face model directory: bf16/f16/f32, or a bitsandbytes 4-bit checkpoint\n"
-    "              (dequantized before merging; the 4-bit codes are never merged into)\n"
-    "  --adapter   a PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)\n"
-    "  --format    peft:   OUT/adapter/, checked against the base and saved as peft writes it\n"
-    "              merged: OUT/model/, W + scale*B@A in fp32, saved as bf16 safetensors shards\n"
-    "              gguf:   OUT/model-<type>.gguf for llama.cpp (default type f16)\n"
-    "              repeat the option or separate formats with commas\n"
-    "  --include-nf4  also copy the 4-bit base checkpoint to OUT/nf4/\n"
-    "\n"
-    "OUT appears complete or not at all; an existing OUT is replaced.\n";
+typedef struct export_args {
+    const char *base, *adapter, *out, *gguf_type, *shard;
+    cli_list formats;
+    bool include_nf4;
+    int64_t threads;
+} export_args;
+
+static const cli_opt export_opts_table[] = {
+    {"base", 0, CLI_STR, "DIR", "a Hugging Face model directory: bf16/f16/f32, or a bitsandbytes 4-bit\n"
+                                "checkpoint (dequantized before merging)", CLI_AT(export_args, base), 0, 0},
+    {"adapter", 0, CLI_STR, "DIR", "a PEFT LoRA adapter directory (adapter_config.json +\nadapter_model.safetensors)",
+     CLI_AT(export_args, adapter), 0, 0},
+    {"format", 0, CLI_LIST, "FMT", "peft:   OUT/adapter/, checked against the base, saved as peft writes it\n"
+                                   "merged: OUT/model/, W + scale*B@A in fp32, saved as bf16 safetensors\n"
+                                   "gguf:   OUT/model-<type>.gguf for llama.cpp (default type f16)\n"
+                                   "repeat the option or separate formats with commas",
+     CLI_AT(export_args, formats), 0, 0},
+    {"out", 0, CLI_STR, "DIR", "where the exports go", CLI_AT(export_args, out), 0, 0},
+    {"gguf-type", 0, CLI_STR, "TYPE", "f16, bf16, q8_0 or f32 (f16)", CLI_AT(export_args, gguf_type), 0, 0},
+    {"include-nf4", 0, CLI_FLAG, NULL, "also copy the 4-bit base checkpoint to OUT/nf4/", CLI_AT(export_args, include_nf4), 0, 0},
+    {"max-shard-size", 0, CLI_STR, "SIZE", "largest safetensors shard of a merged model (5GB)", CLI_AT(export_args, shard), 0, 0},
+    {"threads", 0, CLI_INT, "N", "threads for merging and writing (2)", CLI_AT(export_args, threads), 1, 1024},
+    {0},
+};
+
+const cli_cmd cli_export = {
+    .name = "export",
+    .usage = "export --base DIR [--adapter DIR] --format peft|merged|gguf[,...] --out DIR\n"
+             "       [--gguf-type f16|bf16|q8_0|f32] [--include-nf4] [--max-shard-size 5GB] [--threads N]",
+    .summary = "PEFT adapter, merged model or GGUF",
+    .footer = "OUT appears complete or not at all.",
+    .max_pos = 0, .opts = export_opts_table,
+};
 
 static int on_progress(void *arg, const char *what, uint64_t done, uint64_t total) {
     progress_update("export", what, (double)done / 1e6, (double)total / 1e6, "MB");
@@ -36,45 +54,29 @@ static int on_progress(void *arg, const char *what, uint64_t done, uint64_t tota
 
 int cmd_export(int argc, char **argv) {
     export_opts o = {0};
-    const char *out = NULL, *shard = "5GB";
-    int64_t threads = 2;
+    export_args a = {.shard = "5GB", .threads = 2};
     o.gguf_type = GGML_TYPE_F16;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(help, stdout);
-            return 0;
+    int n_pos, rc = cli_parse(&cli_export, &a, argc, argv, NULL, &n_pos);
+    for (int i = 0; !rc && i < a.formats.n; i++) {
+        char *list = strdup(a.formats.v[i]), *save = NULL;
+        for (char *f = strtok_r(list, ",", &save); f && !rc; f = strtok_r(NULL, ",", &save)) {
+            unsigned bit;
+            rc = export_format_from_name(f, &bit);
+            o.formats |= bit;
         }
-        if (!strcmp(a, "--include-nf4")) { o.include_nf4 = true; continue; }
-        if (a[0] != '-' || a[1] != '-') return err_set(ERR_USAGE, "unexpected argument '%s' (see qlora-run export --help)", a);
-        if (i + 1 >= argc) return err_set(ERR_USAGE, "%s needs a value (see qlora-run export --help)", a);
-        const char *v = argv[++i];
-        int rc = 0;
-        if (!strcmp(a, "--base")) o.base = v;
-        else if (!strcmp(a, "--adapter")) o.adapter = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--gguf-type")) rc = gguf_export_type(v, &o.gguf_type);
-        else if (!strcmp(a, "--max-shard-size")) shard = v;
-        else if (!strcmp(a, "--threads")) {
-            char *end;
-            threads = strtoll(v, &end, 10);
-            if (*end || threads < 1) rc = err_set(ERR_USAGE, "--threads needs a positive integer, not '%s'", v);
-        } else if (!strcmp(a, "--format")) {
-            char *list = strdup(v), *save = NULL;
-            for (char *f = strtok_r(list, ",", &save); f && !rc; f = strtok_r(NULL, ",", &save)) {
-                unsigned bit;
-                rc = export_format_from_name(f, &bit);
-                o.formats |= bit;
-            }
-            free(list);
-        } else {
-            rc = err_set(ERR_USAGE, "unknown option '%s' (see qlora-run export --help)", a);
-        }
-        if (rc) return rc;
+        free(list);
     }
-    if (!o.base || !out) return err_set(ERR_USAGE, "--base DIR and --out DIR are required (see qlora-run export --help)");
-    if (!o.formats && !o.include_nf4) return err_set(ERR_USAGE, "--format is required: peft, merged or gguf (see qlora-run export --help)");
-    int rc = init_model_parse_size(shard, &o.max_shard_bytes);
+    cli_list_free(&a.formats);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (a.gguf_type && (rc = gguf_export_type(a.gguf_type, &o.gguf_type))) return rc;
+    o.base = a.base;
+    o.adapter = a.adapter;
+    o.include_nf4 = a.include_nf4;
+    const char *out = a.out, *shard = a.shard;
+    int64_t threads = a.threads;
+    if (!o.base || !out) return cli_usage_error(&cli_export, "--base DIR and --out DIR are required");
+    if (!o.formats && !o.include_nf4) return cli_usage_error(&cli_export, "--format is required: peft, merged or gguf");
+    rc = init_model_parse_size(shard, &o.max_shard_bytes);
     if (rc) return rc;
     o.threads = (int)threads;
     o.progress = on_progress;

@@ -12,23 +12,37 @@
 #include "hub/hub.h"
 #include "runner/commands.h"
 
-static const char fetch_usage[] =
-    "usage: qlora-run fetch REPO[@REVISION] [options]\n"
-    "\n"
-    "Download a model (or dataset) repo from the Hugging Face hub into the shared cache\n"
-    "($HF_HUB_CACHE, else $HF_HOME/hub) and print the snapshot folder.\n"
-    "\n"
-    "  --include PATTERN   fetch files matching PATTERN (repeatable; default: config.json,\n"
-    "                      generation_config.json, *.safetensors and its index, tokenizer files)\n"
-    "  --exclude PATTERN   skip files matching PATTERN (repeatable)\n"
-    "  --allow-pickle      allow PyTorch pickle weights (.bin/.pt/.pth/.ckpt: they can run code)\n"
-    "  --verify            re-hash files already cached; a corrupt one is deleted and fetched again\n"
-    "  --dataset           REPO is a dataset repo\n"
-    "  --file PATH         fetch only this file of the repo and print its path\n"
-    "  -q, --quiet         no progress or notes\n"
-    "\n"
-    "Environment: HF_TOKEN (or $HF_HOME/token) for gated and private repos, HF_ENDPOINT,\n"
-    "HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE=1 (cache only), https_proxy, CURL_CA_BUNDLE.\n";
+typedef struct fetch_args {
+    cli_list inc, exc;
+    const char *file;
+    bool allow_pickle, verify, dataset, quiet;
+} fetch_args;
+
+static const cli_opt fetch_opts[] = {
+    {"include", 0, CLI_LIST, "PATTERN", "fetch files matching PATTERN (repeatable; default: config.json,\n"
+                                        "generation_config.json, *.safetensors and its index, tokenizer files)",
+     CLI_AT(fetch_args, inc), 0, 0},
+    {"exclude", 0, CLI_LIST, "PATTERN", "skip files matching PATTERN (repeatable)", CLI_AT(fetch_args, exc), 0, 0},
+    {"allow-pickle", 0, CLI_FLAG, NULL, "allow PyTorch pickle weights (.bin/.pt/.pth/.ckpt: they can run code)",
+     CLI_AT(fetch_args, allow_pickle), 0, 0},
+    {"verify", 0, CLI_FLAG, NULL, "re-hash files already cached; a corrupt one is deleted and fetched again",
+     CLI_AT(fetch_args, verify), 0, 0},
+    {"dataset", 0, CLI_FLAG, NULL, "REPO is a dataset repo", CLI_AT(fetch_args, dataset), 0, 0},
+    {"file", 0, CLI_STR, "PATH", "fetch only this file of the repo and print its path", CLI_AT(fetch_args, file), 0, 0},
+    {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes", CLI_AT(fetch_args, quiet), 0, 0},
+    {0},
+};
+
+const cli_cmd cli_fetch = {
+    .name = "fetch",
+    .usage = "fetch REPO[@REVISION] [options]",
+    .summary = "download from the Hugging Face hub into its cache",
+    .about = "Download a model (or dataset) repo from the Hugging Face hub into the shared cache\n"
+             "($HF_HUB_CACHE, else $HF_HOME/hub) and print the snapshot folder.",
+    .footer = "Environment: HF_TOKEN (or $HF_HOME/token) for gated and private repos, HF_ENDPOINT,\n"
+              "HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE=1 (cache only), https_proxy, CURL_CA_BUNDLE.",
+    .min_pos = 1, .max_pos = 1, .opts = fetch_opts,
+};
 
 static void on_progress(void *user, const hub_progress *p) {
     (void)user;
@@ -36,60 +50,19 @@ static void on_progress(void *user, const hub_progress *p) {
 }
 
 int cmd_fetch(int argc, char **argv) {
-    const char **inc = calloc((size_t)argc + 1, sizeof *inc), **exc = calloc((size_t)argc + 1, sizeof *exc);
-    int n_inc = 0, n_exc = 0, rc = 0;
-    const char *spec = NULL, *file = NULL;
-    bool allow_pickle = false, dataset = false, verify = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char **val = NULL;
-        const char *tmp = NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(fetch_usage, stdout);
-            goto out;
-        } else if (!strcmp(a, "--include") || !strncmp(a, "--include=", 10)) {
-            val = &inc[n_inc++];
-        } else if (!strcmp(a, "--exclude") || !strncmp(a, "--exclude=", 10)) {
-            val = &exc[n_exc++];
-        } else if (!strcmp(a, "--file") || !strncmp(a, "--file=", 7)) {
-            val = &tmp;
-        } else if (!strcmp(a, "--allow-pickle")) {
-            allow_pickle = true;
-        } else if (!strcmp(a, "--verify")) {
-            verify = true;
-        } else if (!strcmp(a, "--dataset")) {
-            dataset = true;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            log_set_quiet(true);
-            log_set_tty(false);
-        } else if (a[0] == '-' && a[1]) {
-            errorf("unknown option '%s' (see 'qlora-run fetch --help')", a);
-            rc = ERR_USAGE;
-            goto out;
-        } else if (!spec) {
-            spec = a;
-        } else {
-            errorf("one repo at a time: unexpected '%s' (see 'qlora-run fetch --help')", a);
-            rc = ERR_USAGE;
-            goto out;
-        }
-        if (val) {
-            const char *eq = strchr(a, '=');
-            if (eq) *val = eq + 1;
-            else if (i + 1 < argc) *val = argv[++i];
-            else {
-                errorf("'%s' needs a value (see 'qlora-run fetch --help')", a);
-                rc = ERR_USAGE;
-                goto out;
-            }
-            if (tmp) file = tmp;
-        }
-    }
-    if (!spec) {
-        errorf("which repo? usage: qlora-run fetch REPO[@REVISION] (see 'qlora-run fetch --help')");
-        rc = ERR_USAGE;
+    fetch_args a = {0};
+    const char *pos[2];
+    int n_pos, rc = cli_parse(&cli_fetch, &a, argc, argv, pos, &n_pos);
+    if (rc) {
+        if (rc == CLI_HELP) rc = 0;
         goto out;
     }
+    if (a.quiet) {
+        log_set_quiet(true);
+        log_set_tty(false);
+    }
+    const char *spec = pos[0], *file = a.file;
+    bool allow_pickle = a.allow_pickle, dataset = a.dataset, verify = a.verify;
     char *repo = NULL, *rev = NULL;
     if ((rc = hub_parse_repo_spec(spec, &repo, &rev))) goto out; /* main prints err_msg() */
     hub_config cfg;
@@ -106,8 +79,8 @@ int cmd_fetch(int argc, char **argv) {
         if (!rc) printf("%s\n", local);
         free(local);
     } else {
-        hub_fetch_opts o = {.type = type, .repo = repo, .revision = rev, .include = n_inc ? inc : NULL,
-                            .exclude = n_exc ? exc : NULL, .allow_pickle = allow_pickle, .verify = verify, .progress = on_progress};
+        hub_fetch_opts o = {.type = type, .repo = repo, .revision = rev, .include = a.inc.v,
+                            .exclude = a.exc.v, .allow_pickle = allow_pickle, .verify = verify, .progress = on_progress};
         hub_snapshot s;
         rc = hub_snapshot_download(&cfg, &o, &s);
         progress_finish();
@@ -124,7 +97,7 @@ int cmd_fetch(int argc, char **argv) {
     free(repo);
     free(rev);
 out:
-    free((void *)inc);
-    free((void *)exc);
+    cli_list_free(&a.inc);
+    cli_list_free(&a.exc);
     return rc;
 }

@@ -1,7 +1,6 @@
 /* cmd_generate.c: `qlora-run generate`, text generation outside a recipe. The same code as
  * the evaluate stage: model/generate.c over the engine's KV cache, LoRA from a PEFT adapter. */
 #define _GNU_SOURCE
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,24 +17,36 @@
 #include "tokenizer/tokenizer.h"
 #include "runner/commands.h"
 
-static const char generate_usage[] =
-    "usage: qlora-run generate --model DIR [--adapter DIR] --prompt TEXT [options]\n"
-    "\n"
-    "Continue TEXT with the model (an HF model directory, or an artifact holding model/),\n"
-    "optionally with a LoRA adapter (a PEFT directory, or an artifact holding adapter/).\n"
-    "\n"
-    "  --model DIR               base model (NF4-quantized at load when not already)\n"
-    "  --adapter DIR             PEFT LoRA adapter\n"
-    "  --prompt TEXT             the prompt ('-' reads it from stdin)\n"
-    "  --max-new-tokens N        tokens to generate (default 128)\n"
-    "  --temperature T           0 for greedy (default 0)\n"
-    "  --top-k K                 sample among the K most likely tokens (default 0: off)\n"
-    "  --top-p P                 nucleus sampling (default 1: off)\n"
-    "  --repetition-penalty R    penalise tokens already seen (default 1: off)\n"
-    "  --stop STR                stop before STR (repeatable)\n"
-    "  --seed N                  sampling seed (default 0)\n"
-    "  --device cpu|cuda|auto    where to run (default auto)\n"
-    "  -h, --help                this text\n";
+typedef struct generate_args {
+    const char *model, *adapter, *prompt, *device;
+    int64_t max_new_tokens, top_k, seed;
+    double temperature, top_p, repetition_penalty;
+    cli_list stops;
+} generate_args;
+
+static const cli_opt generate_opts[] = {
+    {"model", 0, CLI_STR, "DIR", "base model (NF4-quantized at load when not already)", CLI_AT(generate_args, model), 0, 0},
+    {"adapter", 0, CLI_STR, "DIR", "PEFT LoRA adapter", CLI_AT(generate_args, adapter), 0, 0},
+    {"prompt", 0, CLI_STR, "TEXT", "the prompt ('-' reads it from stdin)", CLI_AT(generate_args, prompt), 0, 0},
+    {"max-new-tokens", 0, CLI_INT, "N", "tokens to generate (128)", CLI_AT(generate_args, max_new_tokens), 1, 1e7},
+    {"temperature", 0, CLI_NUM, "T", "0 for greedy (0)", CLI_AT(generate_args, temperature), 0, 100},
+    {"top-k", 0, CLI_INT, "K", "sample among the K most likely tokens (0: off)", CLI_AT(generate_args, top_k), 0, 1e9},
+    {"top-p", 0, CLI_NUM, "P", "nucleus sampling (1: off)", CLI_AT(generate_args, top_p), 0, 1},
+    {"repetition-penalty", 0, CLI_NUM, "R", "penalise tokens already seen (1: off)", CLI_AT(generate_args, repetition_penalty), 0.01, 100},
+    {"stop", 0, CLI_LIST, "STR", "stop before STR (repeatable)", CLI_AT(generate_args, stops), 0, 0},
+    {"seed", 0, CLI_INT, "N", "sampling seed (0)", CLI_AT(generate_args, seed), 0, 9e18},
+    {"device", 0, CLI_STR, "cpu|cuda|auto", "where to run (auto)", CLI_AT(generate_args, device), 0, 0},
+    {0},
+};
+
+const cli_cmd cli_generate = {
+    .name = "generate",
+    .usage = "generate --model DIR [--adapter DIR] --prompt TEXT [options]",
+    .summary = "text generation (with --adapter DIR)",
+    .about = "Continue TEXT with the model (an HF model directory, or an artifact holding model/),\n"
+             "optionally with a LoRA adapter (a PEFT directory, or an artifact holding adapter/).",
+    .max_pos = 0, .opts = generate_opts,
+};
 
 /* DIR/sub when it exists, else DIR (malloc'd) */
 static char *artifact_subdir(const char *dir, const char *sub, const char *marker) {
@@ -45,17 +56,6 @@ static char *artifact_subdir(const char *dir, const char *sub, const char *marke
     if (inside) return s;
     free(s);
     return strdup(dir);
-}
-
-static int parse_num(const char *opt, const char *v, double lo, double hi, double *out) {
-    char *end;
-    double x = strtod(v, &end);
-    if (*end || end == v || x < lo || x > hi) {
-        errorf("%s: '%s' is not a number in [%g, %g]", opt, v, lo, hi);
-        return ERR_USAGE;
-    }
-    *out = x;
-    return 0;
 }
 
 static char *read_stdin(void) {
@@ -71,50 +71,25 @@ static char *read_stdin(void) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},       {"adapter", required_argument, 0, 'a'},
-        {"prompt", required_argument, 0, 'p'},      {"max-new-tokens", required_argument, 0, 'n'},
-        {"temperature", required_argument, 0, 't'}, {"top-k", required_argument, 0, 'k'},
-        {"top-p", required_argument, 0, 'P'},       {"repetition-penalty", required_argument, 0, 'r'},
-        {"stop", required_argument, 0, 's'},        {"seed", required_argument, 0, 'S'},
-        {"device", required_argument, 0, 'd'},      {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *model = NULL, *adapter = NULL, *prompt = NULL, *device = "auto";
-    const char **stops = calloc((size_t)argc + 1, sizeof *stops);
-    int n_stop = 0;
     gen_opts go = {.sample = SAMPLE_OPTS_GREEDY, .max_new_tokens = 128};
-    double x;
-    int c, rc = 0;
-    optind = 1;
-    while (!rc && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm': model = optarg; break;
-        case 'a': adapter = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'd': device = optarg; break;
-        case 's': stops[n_stop++] = optarg; break;
-        case 'n': if (!(rc = parse_num("--max-new-tokens", optarg, 1, 1e7, &x))) go.max_new_tokens = (int)x; break;
-        case 't': if (!(rc = parse_num("--temperature", optarg, 0, 100, &x))) go.sample.temperature = (float)x; break;
-        case 'k': if (!(rc = parse_num("--top-k", optarg, 0, 1e9, &x))) go.sample.top_k = (int)x; break;
-        case 'P': if (!(rc = parse_num("--top-p", optarg, 0, 1, &x))) go.sample.top_p = (float)x; break;
-        case 'r': if (!(rc = parse_num("--repetition-penalty", optarg, 0.01, 100, &x))) go.sample.repetition_penalty = (float)x; break;
-        case 'S': if (!(rc = parse_num("--seed", optarg, 0, 9e18, &x))) go.sample.seed = (uint64_t)x; break;
-        case 'h': fputs(generate_usage, stdout); free(stops); return 0;
-        default: rc = ERR_USAGE; break;
-        }
-    }
-    if (!rc && (!model || !prompt || optind < argc)) {
-        errorf(optind < argc ? "unexpected argument '%s'" : "--model and --prompt are required%s",
-               optind < argc ? argv[optind] : "");
-        rc = ERR_USAGE;
-    }
+    generate_args a = {.device = "auto", .max_new_tokens = go.max_new_tokens, .temperature = go.sample.temperature,
+                       .top_k = go.sample.top_k, .top_p = go.sample.top_p,
+                       .repetition_penalty = go.sample.repetition_penalty, .seed = (int64_t)go.sample.seed};
+    int n_pos, rc = cli_parse(&cli_generate, &a, argc, argv, NULL, &n_pos);
+    if (!rc && (!a.model || !a.prompt)) rc = cli_usage_error(&cli_generate, "--model and --prompt are required");
     if (rc) {
-        fputs("see 'qlora-run generate --help'\n", stderr);
-        free(stops);
-        return rc;
+        cli_list_free(&a.stops);
+        return rc == CLI_HELP ? 0 : rc;
     }
-    go.stop = stops;
-    go.n_stop = n_stop;
+    const char *model = a.model, *adapter = a.adapter, *prompt = a.prompt, *device = a.device;
+    go.max_new_tokens = (int)a.max_new_tokens;
+    go.sample.temperature = (float)a.temperature;
+    go.sample.top_k = (int)a.top_k;
+    go.sample.top_p = (float)a.top_p;
+    go.sample.repetition_penalty = (float)a.repetition_penalty;
+    go.sample.seed = (uint64_t)a.seed;
+    go.stop = a.stops.v;
+    go.n_stop = a.stops.n;
 
     char *mdir = artifact_subdir(model, "model", "config.json");
     char *adir = adapter ? artifact_subdir(adapter, "adapter", PEFT_CONFIG_FILE) : NULL;
@@ -134,8 +109,7 @@ int cmd_generate(int argc, char **argv) {
     if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) goto out;
     fputs(out, stdout);
     fputc('\n', stdout);
-out:
-    if (rc) errorf("%s", err_msg());
+out: /* main prints the message */
     free(out);
     free(text_in);
     llama_free(&m);
@@ -144,6 +118,6 @@ out:
     config_free(&cfg);
     free(mdir);
     free(adir);
-    free(stops);
+    cli_list_free(&a.stops);
     return rc;
 }

@@ -9,28 +9,24 @@
 #include "formats/bnb.h"
 #include "runner/commands.h"
 
-static const char inspect_help[] =
-    "usage: qlora-run inspect DIR\n"
-    "\n"
-    "Prints the parameter count of the model in DIR and the memory its weights take in bf16,\n"
-    "NF4 (blocksize 64, f32 absmax) and NF4 with double quantization, per module type, with bits\n"
-    "per parameter; 'stored' is what the files hold now (a quantized DIR is read as such).\n";
+const cli_cmd cli_inspect = {
+    .name = "inspect",
+    .usage = "inspect DIR",
+    .summary = "parameter count and weight memory per format",
+    .about = "Prints the parameter count of the model in DIR and the memory its weights take in bf16,\n"
+             "NF4 (blocksize 64, f32 absmax) and NF4 with double quantization, per module type, with bits\n"
+             "per parameter; 'stored' is what the files hold now (a quantized DIR is read as such).",
+    .min_pos = 1, .max_pos = 1,
+};
 
 int cmd_inspect(int argc, char **argv) {
-    const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fputs(inspect_help, stdout);
-            return 0;
-        }
-        if (argv[i][0] == '-' || dir)
-            return err_set(ERR_USAGE, "unexpected argument '%s' (see qlora-run inspect --help)", argv[i]);
-        dir = argv[i];
-    }
-    if (!dir) return err_set(ERR_USAGE, "inspect needs a model directory (see qlora-run inspect --help)");
+    const char *pos[2];
+    int n_pos, rc = cli_parse(&cli_inspect, NULL, argc, argv, pos, &n_pos);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    const char *dir = pos[0];
     bnb_inspect_row *rows = NULL;
     size_t n = 0;
-    int rc = bnb_inspect(dir, &rows, &n);
+    rc = bnb_inspect(dir, &rows, &n);
     if (rc) return err_wrap("inspecting '%s'", dir);
     outf("%-32s %7s %14s %10s %10s %10s %10s %8s", "module", "tensors", "params", "bf16 MB", "nf4 MB", "nf4+dq MB",
          "stored MB", "dq bits");

@@ -11,20 +11,35 @@
 #include "formats/bnb.h"
 #include "runner/commands.h"
 
-static const char quantize_help[] =
-    "usage: qlora-run quantize IN_DIR OUT_DIR [--quant-type nf4|fp4] [--blocksize N] [--no-double-quant]\n"
-    "                          [--compute-dtype bf16|f16|f32] [--skip MODULE]... [--threads N]\n"
-    "\n"
-    "Quantizes the linear weights of the Hugging Face model in IN_DIR (bf16, f16 or f32\n"
-    "safetensors) and writes OUT_DIR in the layout transformers + bitsandbytes save, so that\n"
-    "AutoModelForCausalLM.from_pretrained(OUT_DIR) loads it. Embeddings, norms and lm_head are kept.\n"
-    "\n"
-    "  --quant-type       nf4 (default) or fp4\n"
-    "  --blocksize        elements per absmax block: 32, 64 (default), 128, ..., 4096\n"
-    "  --no-double-quant  keep absmax in f32 (4.5 bits a parameter instead of 4.127)\n"
-    "  --compute-dtype    recorded as bnb_4bit_compute_dtype (default bf16)\n"
-    "  --skip MODULE      keep this module in full precision (repeatable), e.g. mlp.down_proj\n"
-    "  --threads N        default 2\n";
+typedef struct quantize_args {
+    const char *quant_type, *compute_dtype;
+    int64_t blocksize, threads;
+    bool no_double_quant;
+    cli_list skip;
+} quantize_args;
+
+static const cli_opt quantize_opts[] = {
+    {"quant-type", 0, CLI_STR, "nf4|fp4", "the 4-bit code (nf4)", CLI_AT(quantize_args, quant_type), 0, 0},
+    {"blocksize", 0, CLI_INT, "N", "elements per absmax block: 32, 64 (default), 128, ..., 4096", CLI_AT(quantize_args, blocksize), 0, 0},
+    {"no-double-quant", 0, CLI_FLAG, NULL, "keep absmax in f32 (4.5 bits a parameter instead of 4.127)",
+     CLI_AT(quantize_args, no_double_quant), 0, 0},
+    {"compute-dtype", 0, CLI_STR, "bf16|f16|f32", "recorded as bnb_4bit_compute_dtype (bf16)", CLI_AT(quantize_args, compute_dtype), 0, 0},
+    {"skip", 0, CLI_LIST, "MODULE", "keep this module in full precision (repeatable), e.g. mlp.down_proj",
+     CLI_AT(quantize_args, skip), 0, 0},
+    {"threads", 0, CLI_INT, "N", "threads (2)", CLI_AT(quantize_args, threads), 1, 64},
+    {0},
+};
+
+const cli_cmd cli_quantize = {
+    .name = "quantize",
+    .usage = "quantize IN_DIR OUT_DIR [--quant-type nf4|fp4] [--blocksize N] [--no-double-quant]\n"
+             "       [--compute-dtype bf16|f16|f32] [--skip MODULE]... [--threads N]",
+    .summary = "NF4/FP4 quantization in the bitsandbytes layout",
+    .about = "Quantizes the linear weights of the Hugging Face model in IN_DIR (bf16, f16 or f32\n"
+             "safetensors) and writes OUT_DIR in the layout transformers + bitsandbytes save, so that\n"
+             "AutoModelForCausalLM.from_pretrained(OUT_DIR) loads it. Embeddings, norms and lm_head are kept.",
+    .min_pos = 2, .max_pos = 2, .opts = quantize_opts,
+};
 
 static void print_line(void *arg, const char *text) {
     (void)arg;
@@ -36,69 +51,34 @@ static void print_progress(void *arg, double done, double total) {
     progress_update("quantize", "weights", done / 1e6, total / 1e6, "MB");
 }
 
-static int usage(const char *fmt, const char *arg) {
-    char msg[256];
-    snprintf(msg, sizeof msg, fmt, arg);
-    return err_set(ERR_USAGE, "%s (see qlora-run quantize --help)", msg);
-}
-
 int cmd_quantize(int argc, char **argv) {
     bnb_opts o;
     bnb_opts_default(&o);
-    const char *pos[2] = {NULL, NULL};
-    int npos = 0;
-    const char **skip = calloc((size_t)argc + 1, sizeof *skip);
-    int rc = 0;
-    for (int i = 1; i < argc && !rc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(quantize_help, stdout);
-            free(skip);
-            return 0;
-        }
-        if (!strcmp(a, "--no-double-quant")) {
-            o.double_quant = false;
-            continue;
-        }
-        if (a[0] != '-') {
-            if (npos == 2) rc = usage("unexpected argument '%s'", a);
-            else pos[npos++] = a;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            rc = usage("%s needs a value", a);
-            break;
-        }
-        const char *v = argv[++i];
-        char *end;
-        if (!strcmp(a, "--quant-type")) {
-            if (!strcmp(v, "nf4")) o.quant_type = OPS_NF4;
-            else if (!strcmp(v, "fp4")) o.quant_type = OPS_FP4;
-            else rc = usage("--quant-type must be nf4 or fp4, not '%s'", v);
-        } else if (!strcmp(a, "--blocksize")) {
-            long b = strtol(v, &end, 10);
-            if (*end || !nf4_blocksize_valid((int)b)) rc = usage("--blocksize must be 32, 64, 128, ..., 4096, not '%s'", v);
-            o.blocksize = (int)b;
-        } else if (!strcmp(a, "--compute-dtype")) {
-            if (!strcmp(v, "bf16")) o.compute_dtype = "bfloat16";
-            else if (!strcmp(v, "f16")) o.compute_dtype = "float16";
-            else if (!strcmp(v, "f32")) o.compute_dtype = "float32";
-            else rc = usage("--compute-dtype must be bf16, f16 or f32, not '%s'", v);
-        } else if (!strcmp(a, "--skip")) {
-            skip[o.n_skip++] = v;
-        } else if (!strcmp(a, "--threads")) {
-            long t = strtol(v, &end, 10);
-            if (*end || t < 1 || t > 64) rc = usage("--threads must be 1..64, not '%s'", v);
-            o.nthreads = (int)t;
-        } else {
-            rc = usage("unknown option '%s'", a);
-        }
+    quantize_args a = {.blocksize = o.blocksize, .threads = o.nthreads};
+    const char *pos[3];
+    int n_pos, rc = cli_parse(&cli_quantize, &a, argc, argv, pos, &n_pos);
+    if (!rc && a.quant_type) {
+        if (!strcmp(a.quant_type, "nf4")) o.quant_type = OPS_NF4;
+        else if (!strcmp(a.quant_type, "fp4")) o.quant_type = OPS_FP4;
+        else rc = cli_usage_error(&cli_quantize, "--quant-type must be nf4 or fp4, not '%s'", a.quant_type);
     }
-    if (!rc && npos != 2) rc = err_set(ERR_USAGE, "quantize needs IN_DIR and OUT_DIR (see qlora-run quantize --help)");
+    if (!rc && !nf4_blocksize_valid((int)a.blocksize))
+        rc = cli_usage_error(&cli_quantize, "--blocksize must be 32, 64, 128, ..., 4096, not %lld", (long long)a.blocksize);
+    if (!rc && a.compute_dtype) {
+        if (!strcmp(a.compute_dtype, "bf16")) o.compute_dtype = "bfloat16";
+        else if (!strcmp(a.compute_dtype, "f16")) o.compute_dtype = "float16";
+        else if (!strcmp(a.compute_dtype, "f32")) o.compute_dtype = "float32";
+        else rc = cli_usage_error(&cli_quantize, "--compute-dtype must be bf16, f16 or f32, not '%s'", a.compute_dtype);
+    }
     if (rc) {
-        free(skip);
-        return rc;
+        cli_list_free(&a.skip);
+        return rc == CLI_HELP ? 0 : rc;
     }
+    o.blocksize = (int)a.blocksize;
+    o.nthreads = (int)a.threads;
+    o.double_quant = !a.no_double_quant;
+    o.n_skip = a.skip.n;
+    const char **skip = a.skip.v;
     o.skip = skip;
     o.progress = print_progress;
     bnb_report rep;
@@ -111,6 +91,6 @@ int cmd_quantize(int argc, char **argv) {
         err_wrap("quantizing '%s'", pos[0]);
     }
     bnb_report_free(&rep);
-    free(skip);
+    cli_list_free(&a.skip);
     return rc;
 }

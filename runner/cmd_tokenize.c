@@ -15,29 +15,33 @@
 #include "tokenizer/tokenizer.h"
 #include "runner/commands.h"
 
-static const char tokenize_usage[] =
-    "usage: qlora-run tokenize --model DIR [--ids | --tokens] [--no-special] [--stats]\n"
-    "       qlora-run tokenize --model DIR --decode [--no-special]\n"
-    "\n"
-    "Reads UTF-8 text on stdin and prints, for each input line, its token ids separated by\n"
-    "spaces (or its tokens with --tokens). With --decode, reads lines of ids and prints the text.\n"
-    "\n"
-    "  --model DIR    a model directory, or one holding tokenizer.json (and optionally\n"
-    "                 tokenizer_config.json, special_tokens_map.json)\n"
-    "  --ids          print token ids (the default)\n"
-    "  --tokens       print the tokens' vocabulary strings instead of ids\n"
-    "  --no-special   encoding: add no BOS/EOS; decoding: leave special tokens out\n"
-    "  --decode       ids to text\n"
-    "  --stats        at the end, print bytes, tokens and encode throughput to stderr\n"
-    "  -h, --help     this text\n"
-    "\n"
-    "Exit status: 0 ok, 2 usage, 4 invalid tokenizer files or input (invalid UTF-8, bad ids).\n";
+typedef struct tokenize_args {
+    const char *model;
+    bool ids, tokens, no_special, decode, stats;
+} tokenize_args;
 
-static int usage_error(const char *msg, const char *arg) {
-    errorf("tokenize: %s%s%s%s", msg, arg ? " '" : "", arg ? arg : "", arg ? "'" : "");
-    fputs("try 'qlora-run tokenize --help'\n", stderr);
-    return ERR_USAGE;
-}
+static const cli_opt tokenize_opts[] = {
+    {"model", 0, CLI_STR, "DIR", "a model directory, or one holding tokenizer.json (and optionally\n"
+                                 "tokenizer_config.json, special_tokens_map.json)", CLI_AT(tokenize_args, model), 0, 0},
+    {"ids", 0, CLI_FLAG, NULL, "print token ids (the default)", CLI_AT(tokenize_args, ids), 0, 0},
+    {"tokens", 0, CLI_FLAG, NULL, "print the tokens' vocabulary strings instead of ids", CLI_AT(tokenize_args, tokens), 0, 0},
+    {"no-special", 0, CLI_FLAG, NULL, "encoding: add no BOS/EOS; decoding: leave special tokens out",
+     CLI_AT(tokenize_args, no_special), 0, 0},
+    {"decode", 0, CLI_FLAG, NULL, "ids to text", CLI_AT(tokenize_args, decode), 0, 0},
+    {"stats", 0, CLI_FLAG, NULL, "at the end, print bytes, tokens and encode throughput to stderr", CLI_AT(tokenize_args, stats), 0, 0},
+    {0},
+};
+
+const cli_cmd cli_tokenize = {
+    .name = "tokenize",
+    .usage = "tokenize --model DIR [--ids | --tokens] [--no-special] [--stats]\n"
+             "tokenize --model DIR --decode [--no-special]",
+    .summary = "token ids of text on stdin (--decode for the reverse)",
+    .about = "Reads UTF-8 text on stdin and prints, for each input line, its token ids separated by\n"
+             "spaces (or its tokens with --tokens). With --decode, reads lines of ids and prints the text.",
+    .footer = "Exit status: 0 ok, 2 usage, 4 invalid tokenizer files or input (invalid UTF-8, bad ids).",
+    .max_pos = 0, .opts = tokenize_opts,
+};
 
 static double now_s(clockid_t clk) {
     struct timespec ts;
@@ -103,33 +107,18 @@ static int decode_lines(const tokenizer *t, bool skip_special) {
 }
 
 int cmd_tokenize(int argc, char **argv) {
-    const char *model = NULL;
-    bool tokens = false, no_special = false, decode = false, stats = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            fputs(tokenize_usage, stdout);
-            return 0;
-        } else if (!strcmp(a, "--model")) {
-            if (++i >= argc) return usage_error("--model needs a directory", NULL);
-            model = argv[i];
-        } else if (!strncmp(a, "--model=", 8)) model = a + 8;
-        else if (!strcmp(a, "--ids")) tokens = false;
-        else if (!strcmp(a, "--tokens")) tokens = true;
-        else if (!strcmp(a, "--no-special")) no_special = true;
-        else if (!strcmp(a, "--decode")) decode = true;
-        else if (!strcmp(a, "--stats")) stats = true;
-        else return usage_error("unknown argument", a);
-    }
-    if (!model) return usage_error("--model DIR is required", NULL);
-    if (decode && tokens) return usage_error("--decode and --tokens do not go together", NULL);
+    tokenize_args a = {0};
+    int n_pos, rc = cli_parse(&cli_tokenize, &a, argc, argv, NULL, &n_pos);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (!a.model) return cli_usage_error(&cli_tokenize, "--model DIR is required");
+    if (a.ids && a.tokens) return cli_usage_error(&cli_tokenize, "--ids and --tokens do not go together");
+    if (a.decode && a.tokens) return cli_usage_error(&cli_tokenize, "--decode and --tokens do not go together");
+    const char *model = a.model;
+    bool tokens = a.tokens, no_special = a.no_special, decode = a.decode, stats = a.stats;
 
     tokenizer *t;
-    int rc = tokenizer_load(&t, model);
-    if (rc) {
-        errorf("%s", err_msg());
-        return rc;
-    }
+    rc = tokenizer_load(&t, model);
+    if (rc) return rc; /* main prints the message */
     static char outbuf[1 << 16];
     setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
     if (decode) {
@@ -170,7 +159,6 @@ int cmd_tokenize(int argc, char **argv) {
             fprintf(stderr, "tokenize: %zu lines, %zu bytes, %zu tokens, encode %.3f s (cpu %.3f s), %.2f MB/s (cpu %.2f MB/s)\n",
                     lineno, bytes, ntok, secs, cpu, secs > 0 ? (double)bytes / 1e6 / secs : 0.0, cpu > 0 ? (double)bytes / 1e6 / cpu : 0.0);
     }
-    if (rc) errorf("%s", err_msg());
     if (fflush(stdout) && !rc) {
         errorf("cannot write to stdout: %s", strerror(errno));
         rc = ERR_STAGE;

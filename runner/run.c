@@ -1,6 +1,6 @@
 /* run.c: the recipe executor (see run.h). */
 #define _GNU_SOURCE
-#include "run.h"
+#include "runner/run.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -315,7 +315,7 @@ static char *make_run_dir(const recipe *r) {
 
 int run_recipe(const char *path, const run_opts *o) {
     recipe *r;
-    int rc = recipe_load(&r, path, o->sets, o->n_sets);
+    int rc = recipe_load(&r, path, (char *const *)o->sets.v, o->sets.n);
     if (rc) return rc;
     runner R = {0};
     R.r = r;
@@ -374,7 +374,7 @@ int run_recipe(const char *path, const run_opts *o) {
     if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
     double t0 = now_s();
-    int jobs = o->jobs > 0 ? o->jobs : 1;
+    int jobs = o->jobs > 0 ? (int)o->jobs : 1;
     pthread_t th[64];
     if (jobs > 64) jobs = 64;
     for (int j = 0; j < jobs; j++) pthread_create(&th[j], NULL, worker, &R);
@@ -450,42 +450,37 @@ done:
     return rc;
 }
 
-void run_opts_free(run_opts *o) { free(o->sets); }
+void run_opts_free(run_opts *o) { cli_list_free(&o->sets); }
 
-int run_parse_opts(int argc, char **argv, run_opts *o, const char **recipe_path, const char *cmd) {
+#define SET_OPT {"set", 0, CLI_LIST, "KEY=VALUE", "override a recipe key (e.g. stages.train.learning_rate=1e-4);\nrepeatable", CLI_AT(run_opts, sets), 0, 0}
+#define STAGE_OPTS \
+    {"only", 0, CLI_STR, "STAGE", "run only STAGE (its inputs must be cached)", CLI_AT(run_opts, only), 0, 0}, \
+    {"until", 0, CLI_STR, "STAGE", "run STAGE and what it needs, nothing after it", CLI_AT(run_opts, until), 0, 0}, \
+    {"force", 0, CLI_STR, "STAGE", "re-run STAGE and every stage after it, even if cached", CLI_AT(run_opts, force), 0, 0}
+
+const cli_opt recipe_cli_opts[] = {SET_OPT, {0}};
+const cli_opt plan_cli_opts[] = {SET_OPT, STAGE_OPTS, {0}};
+const cli_opt run_cli_opts[] = {
+    SET_OPT,
+    STAGE_OPTS,
+    {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
+    {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
+    {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
+    {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout (implies --quiet)", CLI_AT(run_opts, json), 0, 0},
+    {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes, errors only", CLI_AT(run_opts, quiet), 0, 0},
+    {0},
+};
+
+int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const char **recipe_path) {
     memset(o, 0, sizeof *o);
     o->jobs = 1;
     *recipe_path = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char **dst = NULL;
-        if (!strcmp(a, "--set") || !strncmp(a, "--set=", 6)) {
-            const char *v = a[5] == '=' ? a + 6 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!v) return err_set(ERR_USAGE, "%s: --set needs KEY=VALUE", cmd), -1;
-            o->sets = realloc(o->sets, (size_t)(o->n_sets + 1) * sizeof *o->sets);
-            o->sets[o->n_sets++] = (char *)v;
-            continue;
-        }
-        if (!strcmp(a, "--only")) dst = &o->only;
-        else if (!strcmp(a, "--until")) dst = &o->until;
-        else if (!strcmp(a, "--force")) dst = &o->force;
-        if (dst) {
-            if (i + 1 >= argc) return err_set(ERR_USAGE, "%s: %s needs a stage name", cmd, a), -1;
-            *dst = argv[++i];
-            continue;
-        }
-        if (!strcmp(a, "--jobs") || !strcmp(a, "-j")) {
-            if (i + 1 >= argc || atoi(argv[i + 1]) < 1) return err_set(ERR_USAGE, "%s: %s needs a number >= 1", cmd, a), -1;
-            o->jobs = atoi(argv[++i]);
-        } else if (!strcmp(a, "--dry-run")) o->dry_run = true;
-        else if (!strcmp(a, "--lock")) o->lock = true;
-        else if (!strcmp(a, "--json")) o->json = true;
-        else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) o->quiet = true;
-        else if (a[0] == '-' && a[1]) return err_set(ERR_USAGE, "%s: unknown option '%s' (see qlora-run --help)", cmd, a), -1;
-        else if (!*recipe_path) *recipe_path = a;
-        else return err_set(ERR_USAGE, "%s: one recipe at a time ('%s' and '%s')", cmd, *recipe_path, a), -1;
-    }
-    if (!*recipe_path) return err_set(ERR_USAGE, "%s: which recipe? (qlora-run %sRECIPE.yaml)", cmd, strcmp(cmd, "run") ? "" : ""), -1;
+    const char **pos = calloc((size_t)argc + 1, sizeof *pos);
+    int n_pos = 0;
+    int rc = pos ? cli_parse(c, o, argc, argv, pos, &n_pos) : ERR_USAGE;
+    if (!rc) *recipe_path = pos[0];
+    free(pos);
+    if (rc) return rc;
     if (o->json) o->quiet = true;
     if (o->quiet) log_set_quiet(true);
     return 0;

@@ -5,18 +5,28 @@
 #define RUNNER_RUN_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
+#include "runner/cli.h"
+
+/* The options of `qlora-run RECIPE` (and of validate, show, plan, data show, which take the
+ * recipe ones): filled by cli_parse from run_cli_opts. */
 typedef struct run_opts {
-    char **sets;
-    int n_sets;
+    cli_list sets;                    /* --set KEY=VALUE, in order */
     const char *only, *until, *force;
     bool dry_run, lock, json, quiet;
-    int jobs;
+    int64_t jobs;
 } run_opts;
 
+/* the option table of `qlora-run RECIPE`; recipe_cli_opts: only --set (validate, show, data),
+ * plan_cli_opts: --set and the stage selection */
+extern const cli_opt run_cli_opts[], recipe_cli_opts[], plan_cli_opts[];
+
 int run_recipe(const char *path, const run_opts *o);
-/* shared by commands: parse the common recipe options; returns index of first unused arg or -1 */
-int run_parse_opts(int argc, char **argv, run_opts *o, const char **recipe_path, const char *cmd);
+/* Parse a recipe command's argv against c (whose positional argument is the recipe) into o and
+ * *recipe_path: 0, CLI_HELP (help printed) or ERR_USAGE (printed). Applies --quiet/--json to
+ * the log. Free o with run_opts_free whatever it returned. */
+int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const char **recipe_path);
 void run_opts_free(run_opts *o);
 
 #endif

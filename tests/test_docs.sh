@@ -11,6 +11,18 @@ else
   fail=$((fail+1)); echo "FAIL docs/recipes.md is stale: regenerate with 'build/qlora-run schema > docs/recipes.md'"; head -40 /tmp/qlora-docs-diff.$$
 fi
 rm -f /tmp/qlora-docs-diff.$$
+# docs/commands.md is generated from the command and option tables (the same --help prints)
+if diff -u "$SRC/docs/commands.md" <("$BIN" schema --commands) >/tmp/qlora-docs-diff.$$; then
+  pass=$((pass+1)); echo "ok   docs/commands.md matches the command tables"
+else
+  fail=$((fail+1)); echo "FAIL docs/commands.md is stale: regenerate with 'build/qlora-run schema --commands > docs/commands.md'"; head -40 /tmp/qlora-docs-diff.$$
+fi
+rm -f /tmp/qlora-docs-diff.$$
+# every command of the table is in README's command list, and every command answers --help with exit 0
+for c in $("$BIN" --help | awk '/^  [a-z-]+ /{print $1}'); do
+  if grep -qE "qlora-run ([a-z-]+\\\\?\|)*$c[ \\\`]" "$SRC/README.md"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL README's command table lacks '$c'"; fi
+  if "$BIN" "$c" --help >/dev/null 2>&1; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL qlora-run $c --help does not exit 0"; fi
+done
 for c in "make demo" "make test"; do
   if grep -q "$c" "$SRC/README.md"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL README lacks '$c'"; fi
 done

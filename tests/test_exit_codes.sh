@@ -30,9 +30,9 @@ check "exit 1: the run record says which stage failed" grep -q '"type":"stage_fa
 rm cache/artifacts/export; mv exported cache/artifacts/export
 
 # 2
-expect 2 "an unknown option" "unknown option '--fast' \(see qlora-run --help\)" "$BIN" r.yaml --fast
+expect 2 "an unknown option" "run: unknown option '--fast'" "$BIN" r.yaml --fast
 expect 2 "--only names no stage" "--only 'nosuch': the recipe has no such stage" "$BIN" r.yaml --only nosuch
-expect 2 "--jobs 0" "--jobs needs a number >= 1" "$BIN" r.yaml --jobs 0
+expect 2 "--jobs 0" "--jobs must be between 1 and 1024, not 0" "$BIN" r.yaml --jobs 0
 QLORA_CACHE=$W/empty expect 2 "--only a stage whose inputs are not cached" "" "$BIN" r.yaml --only train
 
 # 3
