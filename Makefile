@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SANITIZE ?=
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
-	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece
+	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF
@@ -19,7 +19,7 @@ ifneq ($(CI),)
 CMAKE_FLAGS += -DQLORA_WERROR=ON -DCMAKE_CUDA_ARCHITECTURES=90
 endif
 
-.PHONY: all deps build demo test test-gpu fuzz fuzz-smoke clean
+.PHONY: all deps build demo test test-gpu fuzz fuzz-smoke clean install uninstall deb
 
 all: build
 
@@ -51,6 +51,28 @@ test: build
 
 test-gpu: build
 	cd $(BUILD) && ctest --output-on-failure -L gpu
+
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the program, ready recipes and hooks under
+# share/qlora-run, docs, the man page and bash/zsh completions. make uninstall removes exactly the
+# files the install wrote (build/install_manifest.txt), nothing else. make deb: a Debian package.
+PREFIX ?= /usr/local
+install:
+	@[ -x $(BUILD)/qlora-run ] || $(MAKE) build
+	@d="$(DESTDIR)$(PREFIX)"; while [ ! -e "$$d" ]; do d=$$(dirname "$$d"); done; \
+	if [ ! -w "$$d" ]; then \
+	  echo "make install: cannot write to '$$d' (for $(DESTDIR)$(PREFIX)): run as root, or choose another PREFIX=..." >&2; exit 1; \
+	fi
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+uninstall:
+	@[ -f $(BUILD)/install_manifest.txt ] || { echo "make uninstall: nothing was installed from $(BUILD)" >&2; exit 1; }
+	@while read -r f; do \
+	  if [ -f "$$f" ] || [ -L "$$f" ]; then rm -f "$$f" && echo "removed $$f"; fi; \
+	done < $(BUILD)/install_manifest.txt
+	@rm -f $(BUILD)/install_manifest.txt
+
+deb: build
+	cd $(BUILD) && cpack -G DEB
 
 # libFuzzer targets (clang): `make fuzz` builds them in build-fuzz/fuzz/; `make fuzz-smoke`
 # runs each for FUZZ_SECONDS (CI); tests/fuzz/run.sh TARGET SECONDS for a long run.

@@ -2,7 +2,10 @@
  * param tables themselves, and `qlora-run schema --commands` the command reference
  * (docs/commands.md) from the command and option tables, so the documentation cannot drift
  * from the code: a test compares the committed files with this output. */
+#define _GNU_SOURCE
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runner/commands.h"
@@ -10,20 +13,24 @@
 #include "stages/stage.h"
 
 typedef struct schema_args {
-    bool commands;
+    bool commands, man;
+    const char *completion;
 } schema_args;
 
 static const cli_opt schema_opts[] = {
     {"commands", 0, CLI_FLAG, NULL, "print the command reference (docs/commands.md) instead", CLI_AT(schema_args, commands), 0, 0},
+    {"man", 0, CLI_FLAG, NULL, "print the manual page qlora-run(1) in roff instead", CLI_AT(schema_args, man), 0, 0},
+    {"completion", 0, CLI_STR, "bash|zsh", "print the shell completion script instead", CLI_AT(schema_args, completion), 0, 0},
     {0},
 };
 
 const cli_cmd cli_schema = {
     .name = "schema",
-    .usage = "schema [--commands]",
+    .usage = "schema [--commands | --man | --completion bash|zsh]",
     .summary = "the recipe reference (docs/recipes.md)",
     .about = "Prints the recipe reference, every key of every stage kind with its type, default,\n"
-             "allowed values and doc, as Markdown (what docs/recipes.md holds).",
+             "allowed values and doc, as Markdown (what docs/recipes.md holds). The other references\n"
+             "come from the same tables: the command reference, the manual page, shell completion.",
     .max_pos = 0, .opts = schema_opts,
 };
 
@@ -92,12 +99,199 @@ static void table(const param_spec *ps) {
     }
 }
 
+
+/* ---- the manual page, qlora-run(1), from the command table ---- */
+
+/* text as roff: backslashes escaped, hyphens as minus signs (so options can be searched and
+ * copied), a line that would start with a control character guarded */
+static void roff(const char *t) {
+    bool bol = true;
+    for (; *t; t++) {
+        if (bol && (*t == '.' || *t == '\'')) fputs("\\&", stdout);
+        bol = *t == '\n';
+        if (*t == '\\') fputs("\\e", stdout);
+        else if (*t == '-') fputs("\\-", stdout);
+        else putchar(*t);
+    }
+}
+
+static void man_page(void) {
+    puts(".TH QLORA\\-RUN 1 \"\" \"qlora-run " QLORA_VERSION "\" \"User Commands\"");
+    puts(".SH NAME");
+    puts("qlora\\-run \\- fine\\-tune large language models with QLoRA from declarative YAML recipes");
+    puts(".SH SYNOPSIS");
+    for (size_t i = 0; i < n_commands; i++) {
+        const char *u = commands[i].cli->usage;
+        size_t n = strcspn(u, "\n");
+        printf(".B qlora\\-run\n");
+        char *first = strndup(u, n);
+        roff(first);
+        free(first);
+        puts("\n.br");
+    }
+    puts(".SH DESCRIPTION");
+    puts("A recipe names stages (fetch a model from the Hugging Face hub, quantize it to NF4 with double");
+    puts("quantization, attach LoRA, build the dataset, train, evaluate, export);");
+    puts(".B qlora\\-run");
+    puts("plans them as a DAG, takes every stage whose artifact is already cached from the cache, and runs");
+    puts("the rest: on the GPU when there is one, on the CPU otherwise. Lua hooks shape the data, the");
+    puts("learning\\-rate schedule and the logging. The recipe reference is");
+    puts(".IR /usr/share/doc/qlora\\-run/recipes.md ;");
+    puts("ready recipes and hooks are in");
+    puts(".IR /usr/share/qlora\\-run .");
+    puts(".SH COMMANDS");
+    for (size_t i = 0; i < n_commands; i++) {
+        const cli_cmd *c = commands[i].cli;
+        printf(".SS \"qlora\\-run %s\"\n", c->name[0] ? c->name : "RECIPE");
+        for (const char *u = c->usage; *u;) {
+            size_t n = strcspn(u, "\n");
+            char *l = strndup(u, n);
+            puts(".nf");
+            roff(l);
+            puts("\n.fi");
+            free(l);
+            u += n + (u[n] == '\n');
+        }
+        puts(".PP");
+        roff(c->summary);
+        putchar('\n');
+        if (c->about) { puts(".PP"); roff(c->about); putchar('\n'); }
+        if (c->args) { puts(".PP\n.nf"); roff(c->args); puts("\n.fi"); }
+        for (const cli_opt *o = c->opts; o && o->name; o++) {
+            puts(".TP");
+            if (o->short_name) printf("\\fB\\-%c\\fR, ", o->short_name);
+            printf("\\fB\\-\\-");
+            roff(o->name);
+            printf("\\fR");
+            if (o->arg) { printf(" \\fI"); roff(o->arg); printf("\\fR"); }
+            putchar('\n');
+            roff(o->help);
+            putchar('\n');
+        }
+        if (c->footer) { puts(".PP"); roff(c->footer); putchar('\n'); }
+    }
+    puts(".SH EXIT STATUS");
+    static const char *codes[][2] = {
+        {"0", "success"}, {"1", "a stage failed (I/O error, full disk, internal error)"}, {"2", "usage: a bad command line"},
+        {"3", "the recipe is invalid"}, {"4", "input data or model files are invalid"},
+        {"5", "training diverged (NaN/Inf loss or gradient); the last good checkpoint is kept"},
+        {"6", "locked: another run of this recipe is in progress (--lock), or cache gc while a run uses the cache"},
+        {"7", "interrupted (Ctrl\\-C, SIGTERM): state was saved, the next run resumes"},
+        {"8", "a download failed (hub unreachable, authentication, not found)"}};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) printf(".TP\n.B %s\n%s\n", codes[i][0], codes[i][1]);
+    puts(".SH ENVIRONMENT");
+    static const char *env[][2] = {
+        {"QLORA_CACHE", "the artifact cache (default ~/.cache/qlora\\-run)"},
+        {"QLORA_RUNS", "where run records go (default runs/ in the current directory)"},
+        {"HF_TOKEN", "a Hugging Face token for gated and private repos (else $HF_HOME/token); never printed"},
+        {"HF_ENDPOINT, HF_HOME, HF_HUB_CACHE", "the hub and its shared cache, as the Python tools read them"},
+        {"HF_HUB_OFFLINE", "1: use only what is cached"}};
+    for (size_t i = 0; i < sizeof env / sizeof env[0]; i++) printf(".TP\n.B %s\n%s\n", env[i][0], env[i][1]);
+    puts(".SH SEE ALSO");
+    puts("The README and docs/ of the source tree; \\fBqlora\\-run doctor\\fR checks a machine.");
+}
+
+/* ---- shell completion, from the same tables ---- */
+
+static void options_of(const cli_cmd *c, bool with_help) {
+    bool first = true;
+    for (const cli_opt *o = c->opts; o && o->name; o++, first = false) printf("%s--%s", first ? "" : " ", o->name);
+    if (with_help) printf("%s--help", c->opts && c->opts->name ? " " : "");
+}
+
+static void completion_bash(void) {
+    puts("# bash completion for qlora-run, generated by `qlora-run schema --completion bash`");
+    puts("_qlora_run() {");
+    puts("    local cur prev cmd i recipe");
+    puts("    cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}");
+    puts("    cmd=; recipe=");
+    puts("    for ((i = 1; i < COMP_CWORD; i++)); do");
+    puts("        case ${COMP_WORDS[i]} in -*) ;; *.yaml|*.yml) recipe=${COMP_WORDS[i]} ;; *) [ -z \"$cmd\" ] && cmd=${COMP_WORDS[i]} ;; esac");
+    puts("    done");
+    puts("    case $prev in");
+    puts("        --only|--until|--force)");
+    puts("            [ -n \"$recipe\" ] && COMPREPLY=($(compgen -W \"$(qlora-run show \"$recipe\" --stages 2>/dev/null)\" -- \"$cur\"))");
+    puts("            return ;;");
+    puts("        --model|--adapter|--base|--out|--cache|--dir|--tokenizer)");
+    puts("            COMPREPLY=($(compgen -d -- \"$cur\")); return ;;");
+    puts("    esac");
+    puts("    local opts");
+    puts("    case $cmd in");
+    for (size_t i = 0; i < n_commands; i++) {
+        if (!commands[i].name[0]) continue;
+        printf("        %s) opts=\"", commands[i].name);
+        options_of(commands[i].cli, true);
+        puts("\" ;;");
+    }
+    printf("        *) opts=\"");
+    options_of(commands[0].cli, true);
+    puts("\" ;;");
+    puts("    esac");
+    puts("    if [[ $cur == -* ]]; then COMPREPLY=($(compgen -W \"$opts\" -- \"$cur\")); return; fi");
+    printf("    if [ -z \"$cmd\" ] && [ -z \"$recipe\" ]; then COMPREPLY=($(compgen -W \"");
+    bool first = true;
+    for (size_t i = 0; i < n_commands; i++)
+        if (commands[i].name[0]) printf("%s%s", first ? "" : " ", commands[i].name), first = false;
+    puts("\" -- \"$cur\") $(compgen -f -X '!*.y*ml' -- \"$cur\") $(compgen -d -- \"$cur\")); return; fi");
+    puts("    case $cmd in data) [ \"$COMP_CWORD\" -ge 3 ] && [ -n \"$recipe\" ] &&");
+    puts("        COMPREPLY=($(compgen -W \"$(qlora-run show \"$recipe\" --stages 2>/dev/null)\" -- \"$cur\")) && return ;; esac");
+    puts("    COMPREPLY=($(compgen -f -- \"$cur\"))");
+    puts("}");
+    puts("complete -o filenames -F _qlora_run qlora-run");
+}
+
+static void completion_zsh(void) {
+    puts("#compdef qlora-run");
+    puts("# zsh completion for qlora-run, generated by `qlora-run schema --completion zsh`");
+    puts("_qlora_run() {");
+    puts("    local cmd recipe w");
+    puts("    for w in ${words[2,CURRENT-1]}; do");
+    puts("        case $w in -*) ;; *.yaml|*.yml) recipe=$w ;; *) [[ -z $cmd ]] && cmd=$w ;; esac");
+    puts("    done");
+    puts("    case ${words[CURRENT-1]} in");
+    puts("        --only|--until|--force) [[ -n $recipe ]] && compadd -- ${(f)\"$(qlora-run show $recipe --stages 2>/dev/null)\"}; return ;;");
+    puts("        --model|--adapter|--base|--out|--cache|--dir|--tokenizer) _files -/; return ;;");
+    puts("    esac");
+    puts("    local -a opts");
+    puts("    case $cmd in");
+    for (size_t i = 0; i < n_commands; i++) {
+        if (!commands[i].name[0]) continue;
+        printf("        %s) opts=(", commands[i].name);
+        options_of(commands[i].cli, true);
+        puts(") ;;");
+    }
+    printf("        *) opts=(");
+    options_of(commands[0].cli, true);
+    puts(") ;;");
+    puts("    esac");
+    puts("    if [[ $PREFIX == -* ]]; then compadd -- $opts; return; fi");
+    printf("    if [[ -z $cmd && -z $recipe ]]; then compadd --");
+    for (size_t i = 0; i < n_commands; i++)
+        if (commands[i].name[0]) printf(" %s", commands[i].name);
+    puts("; _files -g '*.y(a|)ml'; return; fi");
+    puts("    _files");
+    puts("}");
+    puts("compdef _qlora_run qlora-run");
+}
+
 int cmd_schema(int argc, char **argv) {
     schema_args o = {0};
     int n_pos, rc = cli_parse(&cli_schema, &o, argc, argv, NULL, &n_pos);
     if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (o.commands + o.man + (o.completion != NULL) > 1)
+        return cli_usage_error(&cli_schema, "--commands, --man and --completion do not go together");
     if (o.commands) {
         commands_md();
+        return 0;
+    }
+    if (o.man) {
+        man_page();
+        return 0;
+    }
+    if (o.completion) {
+        if (!strcmp(o.completion, "bash")) completion_bash();
+        else if (!strcmp(o.completion, "zsh")) completion_zsh();
+        else return cli_usage_error(&cli_schema, "--completion takes bash or zsh, not '%s'", o.completion);
         return 0;
     }
     puts("# Recipe reference");

@@ -26,10 +26,10 @@ const cli_cmd cli_validate = {
     .min_pos = 1, .max_pos = 1, .opts = recipe_cli_opts,
 };
 const cli_cmd cli_show = {
-    .name = "show", .usage = "show RECIPE.yaml [--set KEY=VALUE]...",
+    .name = "show", .usage = "show RECIPE.yaml [--set KEY=VALUE]... [--stages]",
     .summary = "print the resolved recipe with every default",
     .about = "Prints the resolved recipe (extends merged, overrides applied, every default filled in).",
-    .min_pos = 1, .max_pos = 1, .opts = recipe_cli_opts,
+    .min_pos = 1, .max_pos = 1, .opts = show_cli_opts,
 };
 const cli_cmd cli_plan = {
     .name = "plan", .usage = "plan RECIPE.yaml [--set KEY=VALUE]... [--only|--until|--force STAGE]",
@@ -69,7 +69,9 @@ int cmd_show(int argc, char **argv) {
     recipe *r = NULL;
     run_opts o;
     int rc = load_for(&cli_show, argc, argv, &r, &o);
-    if (!rc) {
+    if (!rc && o.stages) {
+        for (int i = 0; i < r->n_stages; i++) puts(r->stages[i].name);
+    } else if (!rc) {
         char *y = yt_emit_json(r->resolved);
         fputs(y, stdout);
         free(y);

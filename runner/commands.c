@@ -20,6 +20,7 @@ const command commands[] = {
     {"tokenize", "models", cmd_tokenize, &cli_tokenize},
     {"generate", "models", cmd_generate, &cli_generate},
     {"export", "models", cmd_export, &cli_export},
+    {"doctor", "setup", cmd_doctor, &cli_doctor},
 };
 const size_t n_commands = sizeof commands / sizeof commands[0];
 
@@ -33,7 +34,7 @@ const command *command_find(const char *name) {
 void commands_print_usage(FILE *out) {
     fprintf(out, "usage: qlora-run %s\n", cli_run.usage);
     fprintf(out, "       qlora-run COMMAND [ARGS]\n");
-    const char *groups[] = {"recipes", "models"};
+    const char *groups[] = {"recipes", "models", "setup"};
     for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
         fprintf(out, "\n%s:\n", groups[g]);
         for (size_t i = 0; i < n_commands; i++) {

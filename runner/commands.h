@@ -45,6 +45,7 @@ CMD(inspect)
 CMD(tokenize)
 CMD(generate)
 CMD(export)
+CMD(doctor)
 #undef CMD
 
 #endif

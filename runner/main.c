@@ -8,6 +8,7 @@
 #include "core/lua_host.h"
 #include "net/http.h"
 #include "runner/commands.h"
+#include "runner/version.h"
 
 int main(int argc, char **argv) {
     net_init(); /* before any thread: libcurl asks for it */
@@ -20,8 +21,8 @@ int main(int argc, char **argv) {
         commands_print_usage(stdout);
         return 0;
     }
-    if (!strcmp(argv[1], "--version")) {
-        printf("qlora-run %s\n", QLORA_VERSION);
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        version_print(stdout);
         return 0;
     }
     int rc = -1;

@@ -21,6 +21,7 @@
 #include "runner/cache.h"
 #include "runner/plan.h"
 #include "runner/recipe.h"
+#include "runner/version.h"
 #include "runner/yaml_tree.h"
 
 static volatile int interrupted;
@@ -166,6 +167,7 @@ static int exec_stage(runner *R, int i) {
             json_object_set_new(m, "finished", json_string(finished));
             json_object_set_new(m, "seconds", json_real(secs));
             json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
+            json_object_set_new(m, "program", version_json());
             rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
             if (!rc) {
                 char *why = NULL;
@@ -364,6 +366,7 @@ int run_recipe(const char *path, const run_opts *o) {
     json_object_set_new(ev, "path", json_string(path));
     json_object_set_new(ev, "device", json_string(R.p.device));
     json_object_set_new(ev, "run_dir", json_string(R.run_dir));
+    json_object_set_new(ev, "program", version_json());
     events_emit(R.ev, "run_start", ev);
     if (!o->quiet) plan_print(&R.p, stderr, false);
 
@@ -459,6 +462,11 @@ void run_opts_free(run_opts *o) { cli_list_free(&o->sets); }
     {"force", 0, CLI_STR, "STAGE", "re-run STAGE and every stage after it, even if cached", CLI_AT(run_opts, force), 0, 0}
 
 const cli_opt recipe_cli_opts[] = {SET_OPT, {0}};
+const cli_opt show_cli_opts[] = {
+    SET_OPT,
+    {"stages", 0, CLI_FLAG, NULL, "print only the stage names, one a line (shell completion uses it)", CLI_AT(run_opts, stages), 0, 0},
+    {0},
+};
 const cli_opt plan_cli_opts[] = {SET_OPT, STAGE_OPTS, {0}};
 const cli_opt run_cli_opts[] = {
     SET_OPT,

@@ -15,12 +15,13 @@ typedef struct run_opts {
     cli_list sets;                    /* --set KEY=VALUE, in order */
     const char *only, *until, *force;
     bool dry_run, lock, json, quiet;
+    bool stages;                      /* show --stages: stage names only */
     int64_t jobs;
 } run_opts;
 
 /* the option table of `qlora-run RECIPE`; recipe_cli_opts: only --set (validate, show, data),
  * plan_cli_opts: --set and the stage selection */
-extern const cli_opt run_cli_opts[], recipe_cli_opts[], plan_cli_opts[];
+extern const cli_opt run_cli_opts[], recipe_cli_opts[], plan_cli_opts[], show_cli_opts[];
 
 int run_recipe(const char *path, const run_opts *o);
 /* Parse a recipe command's argv against c (whose positional argument is the recipe) into o and

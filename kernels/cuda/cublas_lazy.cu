@@ -34,6 +34,13 @@ static void *sym(const char *name) {
     return g_lib ? dlsym(g_lib, name) : nullptr;
 }
 
+extern "C" int cuda_cublas_probe(char *msg, size_t cap) {
+    pthread_once(&g_once, open_lib);
+    if (g_lib) return 0;
+    snprintf(msg, cap, "%s", g_err);
+    return -1;
+}
+
 #define FORWARD(ret, name, params, args)                              \
     extern "C" ret CUBLASWINAPI name params {                          \
         typedef ret(*fn_t) params;                                     \

@@ -22,3 +22,10 @@ extern "C" int cuda_device_query(cuda_device_info *info) {
     cudaMemGetInfo(&info->free_bytes, &info->total_bytes);
     return 0;
 }
+
+extern "C" void cuda_versions(int *driver, int *runtime) {
+    *driver = *runtime = 0;
+    if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
+    if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
+    cudaGetLastError();
+}

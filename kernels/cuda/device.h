@@ -20,6 +20,14 @@ typedef struct cuda_device_info {
 /* Fills info for device 0; returns 0 with info->count == 0 when there is no usable GPU. */
 int cuda_device_query(cuda_device_info *info);
 
+/* The CUDA driver's and this program's runtime version as CUDA writes them (13000 = 13.0);
+ * *driver is 0 when no driver is installed. */
+void cuda_versions(int *driver, int *runtime);
+
+/* Whether cuBLAS can be loaded (it is opened on first use, see cublas_lazy.cu): 0, or -1 with
+ * the reason and what to do in msg. */
+int cuda_cublas_probe(char *msg, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif
