@@ -359,6 +359,24 @@ static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *para
     free(dir);
 }
 
+/* a kind's own key files (stage_kind.key_files): resolved against the recipe's folder; one that
+ * does not exist is a recipe error at the stage */
+typedef struct kind_files {
+    vctx *v;
+    const char *recipe_dir;
+    const yt_node *at;
+} kind_files;
+
+static void add_kind_file(void *ud, const char *path) {
+    kind_files *k = ud;
+    char *given = path[0] == '/' ? strdup(path) : fs_join(k->recipe_dir, path);
+    char *real = given ? realpath(given, NULL) : NULL;
+    if (!real || fs_is_dir(real)) errs_add(k->v->e, k->at, "%s: file '%s' does not exist (looked for '%s')", k->v->where, path, given ? given : path);
+    else add_key_file(k->v, real);
+    free(real);
+    free(given);
+}
+
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
 static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     errs *e = v->e;
@@ -800,6 +818,10 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
                     err_clear();
                 }
                 if (!strcmp(kind->name, "fetch_model")) add_model_folder(&sv, r->dir, rs->params);
+                if (kind->key_files) {
+                    kind_files kf = {&sv, r->dir, st};
+                    kind->key_files(rs->params, add_kind_file, &kf);
+                }
             }
             /* hk that shape this kind's output */
             const char *kh = key_hooks_of(kind->name);

@@ -11,6 +11,8 @@
  *     sequence when the artifact keeps val.records.jsonl (one JSON record a line, in val
  *     sequence order), else {prompt=, response=, output=} (output: the alpaca name of the
  *     response). Record prompts from the recipe are scored by the hook too.
+ *   - multiple-choice benchmark tasks (`tasks:`, eval/mc.h): MMLU, ARC, HellaSwag scored as
+ *     lm-evaluation-harness scores them; NAME.acc and NAME.acc_norm (and _base) as metrics.
  * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
  * exactly that). Results: <out>/results.json, the manifest's report and metrics, events,
  * and one table in the log. */
@@ -32,6 +34,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/trainer.h"
 #include "train/dataset_build.h"
+#include "eval/mc.h"
 #include "stages/stage.h"
 
 static const param_spec eval_params[] = {
@@ -51,9 +54,63 @@ static const param_spec eval_params[] = {
     {"score_records", PARAM_INT, "64", 0, 1e9, NULL, "val sequences of data to generate for and score (0: none)", 0},
     {"batch_rows", PARAM_INT, "8", 1, 65536, NULL, "rows per forward pass for the loss", PARAM_NOKEY},
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "sampling seed (default: the recipe's seed)", 0},
+    {"tasks", PARAM_ANY, "[]", 0, -1, NULL,
+     "multiple-choice benchmarks scored as lm-evaluation-harness does: [{name, format: mmlu|arc|hellaswag, "
+     "path, num_fewshot, fewshot_path, limit}]", 0},
+    {"task_max_tokens", PARAM_INT, "2048", 16, 1 << 20, NULL,
+     "longest task sequence (context + answer); longer ones are cut from the left, as the harness does", 0},
     {0}};
 
+/* the keys of one `tasks:` entry */
+static const char *const task_keys[] = {"name", "format", "path", "num_fewshot", "fewshot_path", "limit"};
+
+static int check_tasks(const json_t *tasks) {
+    if (!json_is_array(tasks)) return err_set(ERR_RECIPE, "tasks must be a list of mappings");
+    size_t i;
+    json_t *t;
+    json_array_foreach(tasks, i, t) {
+        if (!json_is_object(t)) return err_set(ERR_RECIPE, "tasks[%zu] must be a mapping {name, format, path, ...}", i);
+        const char *k;
+        json_t *v;
+        json_object_foreach(t, k, v) {
+            bool known = false;
+            for (size_t j = 0; j < sizeof task_keys / sizeof *task_keys; j++) known |= !strcmp(k, task_keys[j]);
+            if (!known) return err_set(ERR_RECIPE, "tasks[%zu]: unknown key '%s' (name, format, path, num_fewshot, fewshot_path, limit)", i, k);
+        }
+        const char *name = json_string_value(json_object_get(t, "name")), *fmt = json_string_value(json_object_get(t, "format"));
+        if (!name || !*name || strchr(name, '.')) return err_set(ERR_RECIPE, "tasks[%zu] needs a 'name' (no dots: it names the metrics NAME.acc)", i);
+        mc_format f;
+        if (!fmt) return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'format': mmlu, arc or hellaswag", i, name);
+        if (mc_format_parse(fmt, &f)) return err_wrap("tasks[%zu] ('%s')", i, name);
+        if (!json_is_string(json_object_get(t, "path"))) return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'path' (a JSON, JSONL or CSV file of records)", i, name);
+        json_t *k1 = json_object_get(t, "num_fewshot"), *lim = json_object_get(t, "limit"), *fp = json_object_get(t, "fewshot_path");
+        if (k1 && (!json_is_integer(k1) || json_integer_value(k1) < 0 || json_integer_value(k1) > 64))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): num_fewshot must be a whole number from 0 to 64", i, name);
+        if (lim && (!json_is_integer(lim) || json_integer_value(lim) < 0))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): limit must be a whole number >= 0", i, name);
+        if (fp && !json_is_string(fp)) return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): fewshot_path must be a file", i, name);
+    }
+    return 0;
+}
+
+/* tasks[].path and fewshot_path: their content is part of the key */
+static void eval_key_files(const json_t *p, void (*add)(void *ud, const char *path), void *ud) {
+    size_t i;
+    json_t *t;
+    json_array_foreach(json_object_get(p, "tasks"), i, t) {
+        if (json_is_string(json_object_get(t, "path"))) add(ud, json_string_value(json_object_get(t, "path")));
+        if (json_is_string(json_object_get(t, "fewshot_path"))) add(ud, json_string_value(json_object_get(t, "fewshot_path")));
+    }
+}
+
+/* a path of the recipe, resolved against its folder (malloc'd) */
+static char *recipe_file(const stage_ctx *ctx, const char *path) {
+    return path[0] == '/' || !ctx->recipe_dir ? strdup(path) : fs_join(ctx->recipe_dir, path);
+}
+
 static int eval_check(const json_t *p) {
+    int trc = check_tasks(json_object_get(p, "tasks"));
+    if (trc) return trc;
     json_t *pr = json_object_get(p, "prompts");
     if (!json_is_array(pr)) return err_set(ERR_RECIPE, "prompts must be a list of strings or records");
     size_t i;
@@ -360,6 +417,118 @@ static void log_table(stage_ctx *ctx, const side *sides, int n_sides, bool base,
     }
 }
 
+/* ---- multiple-choice tasks (eval/mc.h) on the model ---- */
+
+typedef struct task_scorer {
+    llama_model *m;
+    int max_T; /* the plan's tokens a forward */
+    int32_t *ids, *labels, *seq_start;
+    float *losses;
+} task_scorer;
+
+static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
+    return tokenizer_encode(ud, text, len, false, ids, n);
+}
+
+/* sequences packed into forwards of up to max_T tokens; the continuation's tokens are the labels,
+ * so the per-position losses are -log p of each continuation token */
+static int score_seqs(void *ud, const mc_seq *seqs, size_t n, double *loglik) {
+    task_scorer *s = ud;
+    for (size_t i = 0; i < n;) {
+        int T = 0;
+        size_t j = i;
+        while (j < n && T + (int)seqs[j].len <= s->max_T) {
+            for (size_t t = 0; t < seqs[j].len; t++) {
+                s->ids[T + (int)t] = seqs[j].ids[t];
+                s->labels[T + (int)t] = t >= seqs[j].cont_start ? seqs[j].ids[t] : -100;
+                s->seq_start[T + (int)t] = T;
+            }
+            T += (int)seqs[j].len;
+            j++;
+        }
+        if (j == i) return err_set(ERR_DATA, "a task sequence of %zu tokens is longer than the plan's %d", seqs[i].len, s->max_T);
+        llama_batch b = {.ids = s->ids, .labels = s->labels, .seq_start = s->seq_start, .T = T};
+        double sum;
+        int64_t nt;
+        int rc = llama_forward_loss(s->m, &b, &sum, &nt, s->losses);
+        if (rc) return rc;
+        for (size_t k = i, off = 0; k < j; off += seqs[k].len, k++) {
+            double ll = 0;
+            for (size_t t = seqs[k].cont_start; t < seqs[k].len; t++) ll -= s->losses[off + t - 1];
+            loglik[k] = ll;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+static void task_progress(void *ud, size_t done, size_t total) {
+    stage_progress(ud, "tasks", (double)done, (double)total, "questions");
+}
+
+/* every task on the model as it is now; results under results[name][side], metrics NAME.acc... */
+static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, bool tuned, json_t *results) {
+    json_t *tasks = stage_json(ctx, "tasks");
+    size_t i;
+    json_t *t;
+    task_scorer sc = {.m = m, .max_T = max_T};
+    sc.ids = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.labels = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.seq_start = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.losses = malloc(sizeof(float) * (size_t)max_T);
+    int rc = sc.ids && sc.labels && sc.seq_start && sc.losses ? 0 : err_set(ERR_STAGE, "out of memory");
+    json_array_foreach(tasks, i, t) {
+        if (rc) break;
+        const char *name = json_string_value(json_object_get(t, "name"));
+        mc_format f;
+        mc_format_parse(json_string_value(json_object_get(t, "format")), &f);
+        char *path = recipe_file(ctx, json_string_value(json_object_get(t, "path")));
+        const char *fps = json_string_value(json_object_get(t, "fewshot_path"));
+        char *fpath = fps ? recipe_file(ctx, fps) : NULL;
+        mc_doc *docs = NULL, *shots = NULL;
+        size_t n = 0, ns = 0;
+        rc = mc_load_docs(f, path, json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);
+        if (!rc && fpath) rc = mc_load_docs(f, fpath, 0, 0, &shots, &ns);
+        if (!rc) {
+            mc_task task = {.name = name, .format = f, .docs = docs, .n_docs = n, .shots = shots, .n_shots = ns,
+                            .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
+                            .max_len = (size_t)max_T, .bos = -1};
+            mc_result r;
+            rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, 64, task_progress, ctx, &r);
+            stage_progress_done(ctx);
+            if (!rc) {
+                const char *which = tuned ? "tuned" : "base";
+                json_t *tr = json_object_get(results, name);
+                if (!tr) json_object_set_new(results, name, tr = json_object());
+                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O}", "acc", r.acc, "acc_norm", r.acc_norm,
+                                                        "n", (json_int_t)r.n, "truncated", (json_int_t)r.truncated,
+                                                        "subjects", r.subjects, "docs", r.per_doc));
+                char metric[300];
+                snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
+                stage_metric(ctx, metric, r.acc);
+                snprintf(metric, sizeof metric, "%s.acc_norm%s", name, tuned ? "" : "_base");
+                stage_metric(ctx, metric, r.acc_norm);
+                stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r.acc, r.acc_norm,
+                           r.n, r.truncated ? " (some contexts cut from the left)" : "");
+                if (r.truncated)
+                    stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name,
+                               r.truncated, max_T);
+                mc_result_free(&r);
+            }
+        }
+        if (rc) err_wrap("task '%s'", name);
+        mc_docs_free(&docs, n);
+        mc_docs_free(&shots, ns);
+        free(path);
+        free(fpath);
+    }
+    free(sc.ids);
+    free(sc.labels);
+    free(sc.seq_start);
+    free(sc.losses);
+    return rc;
+}
+
 static int eval_run(stage_ctx *ctx) {
     const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter");
     if (!min) return err_set(ERR_STAGE, "evaluate: no model input");
@@ -372,7 +541,7 @@ static int eval_run(stage_ctx *ctx) {
     side sides[STAGE_MAX_INPUTS];
     int n_sets = 0;
     memset(sets, 0, sizeof sets);
-    json_t *gens = json_array(), *results = NULL;
+    json_t *gens = json_array(), *results = NULL, *task_results = NULL;
     const char **stops = NULL;
     const ops_table *ops;
     int rc;
@@ -450,7 +619,14 @@ static int eval_run(stage_ctx *ctx) {
                 (rc = llama_peft_attach(e.m, &ad, adir))))
         goto out;
     int batch_rows = (int)stage_int(ctx, "batch_rows");
-    if ((rc = llama_plan(e.m, (int)(max_row * batch_rows), LLAMA_CKPT_NONE))) goto out;
+    int plan_T = (int)(max_row * batch_rows);
+    bool has_tasks = json_array_size(stage_json(ctx, "tasks")) > 0;
+    int task_T = (int)stage_int(ctx, "task_max_tokens");
+    if (has_tasks && cfg.max_position_embeddings > 0 && task_T > cfg.max_position_embeddings)
+        task_T = (int)cfg.max_position_embeddings;
+    if (has_tasks && task_T > plan_T) plan_T = task_T;
+    if ((rc = llama_plan(e.m, plan_T, LLAMA_CKPT_NONE))) goto out;
+    task_results = json_object();
 
     for (i = 0; i < e.n_items; i++)
         json_array_append_new(gens, json_pack("{s:s, s:s, s:s*}", "prompt", e.items[i].text, "source",
@@ -463,12 +639,14 @@ static int eval_run(stage_ctx *ctx) {
         double sum;
         if ((rc = run_side(&e, 0, gens, sides, n_sets, sets, batch_rows, &sum, &score_n))) goto out;
         if (score_n) score[0] = sum / score_n;
+        if (has_tasks && (rc = run_tasks(ctx, e.m, e.tok, task_T, false, task_results))) goto out;
     }
     if (tuned) {
         if (base && (rc = llama_peft_upload(e.m, &ad, adir))) goto out;
         double sum;
         if ((rc = run_side(&e, 1, gens, sides, n_sets, sets, batch_rows, &sum, &score_n))) goto out;
         if (score_n) score[1] = sum / score_n;
+        if (has_tasks && (rc = run_tasks(ctx, e.m, e.tok, task_T, true, task_results))) goto out;
     }
 
     /* results: one table, base and tuned side by side */
@@ -488,6 +666,7 @@ static int eval_run(stage_ctx *ctx) {
         json_object_set_new(results, "score", s);
     }
     json_object_set(results, "generations", gens);
+    if (has_tasks) json_object_set(results, "tasks", task_results);
     json_object_set_new(results, "generation", json_pack("{s:i, s:f, s:i, s:f, s:f}", "max_new_tokens",
                                                          e.gen.max_new_tokens, "temperature", e.gen.sample.temperature,
                                                          "top_k", e.gen.sample.top_k, "top_p", e.gen.sample.top_p,
@@ -512,6 +691,7 @@ static int eval_run(stage_ctx *ctx) {
     if (hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
 
 out:
+    json_decref(task_results);
     json_decref(results);
     json_decref(gens);
     for (size_t k = 0; k < e.n_items; k++) {
@@ -541,5 +721,6 @@ const stage_kind stage_kind_evaluate = {
     .doc = "loss, perplexity, generations and hook scores of the base and tuned model, side by side",
     .params = eval_params,
     .check = eval_check,
+    .key_files = eval_key_files,
     .run = eval_run,
 };

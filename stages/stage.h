@@ -90,6 +90,10 @@ typedef struct stage_kind {
     /* optional: cross-field checks at load time; return 0 or err_set(ERR_RECIPE, ...) naming the key */
     int (*check)(const json_t *params);
     int (*run)(stage_ctx *ctx);
+    /* optional: files named inside structured params (e.g. evaluate's tasks[].path), as written
+     * in the recipe; the loader resolves each against the recipe's folder, checks it exists and
+     * puts its content in the stage's cache key. Call add once a file. */
+    void (*key_files)(const json_t *params, void (*add)(void *ud, const char *path), void *ud);
 } stage_kind;
 
 /* registry.c */

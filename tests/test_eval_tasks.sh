@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# evaluate's `tasks:` (eval/mc.c) through the real program: MMLU (2-shot from a dev file), ARC
+# (a seeded subset) and HellaSwag on a generated model; metrics in the manifest, per-subject
+# results, the task files in the cache key, and bad tasks refused with their position.
+set -u
+BIN=${QLORA_BIN:?}
+SRC=${QLORA_SRC:-$(pwd)}
+pass=0 fail=0
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+ok() { pass=$((pass+1)); echo "ok   $1"; }
+bad() { fail=$((fail+1)); echo "FAIL $1"; }
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+cp "$SRC"/tests/recipes/tasks/* "$T/"
+cd "$T"
+export QLORA_CACHE=$T/cache QLORA_RUNS=$T/runs
+"$BIN" tasks.yaml --quiet >"$T/run.log" 2>&1
+rc=$?
+check "the recipe with tasks runs (rc $rc)" test $rc -eq 0
+[ $rc -eq 0 ] || cat "$T/run.log"
+art=$(ls -d "$T"/cache/artifacts/evaluate/*/ 2>/dev/null | head -1)
+m="$art/manifest.json"
+check "manifest has mmlu.acc_base and acc_norm_base" jq -e >/dev/null '.metrics["mmlu.acc_base"] >= 0 and .metrics["mmlu.acc_norm_base"] <= 1' "$m"
+check "manifest has arc and hellaswag" jq -e >/dev/null '.metrics["arc.acc_base"] != null and .metrics["hellaswag.acc_base"] != null' "$m"
+r="$art/results.json"
+check "per-subject MMLU results" jq -e >/dev/null '.tasks.mmlu.base.subjects | has("anatomy") and has("high school mathematics")' "$r"
+check "every MMLU question scored with four log-likelihoods below 0" jq -e >/dev/null '[.tasks.mmlu.base.docs[] | .loglik | length == 4 and all(. < 0)] | all and length == 12' "$r"
+check "limit: 4 ARC questions" jq -e >/dev/null '.tasks.arc.base.n == 4' "$r"
+check "acc is the share of argmax == gold" jq -e >/dev/null '(.tasks.mmlu.base.docs | map(if .pred == .gold then 1 else 0 end) | add / length) == .tasks.mmlu.base.acc' "$r"
+# a second run: cached; an edited task file: evaluate runs again
+out=$("$BIN" plan tasks.yaml 2>&1)
+check "unchanged: evaluate cached" grep -qE "eval +evaluate +cached" <<<"$out"
+sed -i '1s/which one/which two/' mmlu.jsonl
+out=$("$BIN" plan tasks.yaml 2>&1)
+check "an edited task file re-runs evaluate" grep -qE "eval +evaluate +run" <<<"$out"
+check "... and plan says why" grep -q "why: file 'mmlu.jsonl' changed" <<<"$out"
+# bad tasks: position and fix
+cat > bad1.yaml <<'Y'
+name: bad1
+stages:
+  base: {kind: init_model, preset: tiny, hidden: 64, layers: 2}
+  eval:
+    kind: evaluate
+    model: base
+    tasks:
+      - {name: mmlu, format: mmmlu, path: mmlu.jsonl}
+Y
+"$BIN" validate bad1.yaml >"$T/b1" 2>&1; rc=$?
+check "unknown format: exit 3 (got $rc)" test $rc -eq 3
+check "... with the position and the choices" grep -q "bad1.yaml:[0-9]*:[0-9]*: .*tasks\[0\] ('mmlu'): unknown task format 'mmmlu' (mmlu, arc or hellaswag)" "$T/b1"
+sed 's/format: mmmlu, path: mmlu.jsonl/format: mmlu, path: nosuch.jsonl/' bad1.yaml > bad2.yaml
+"$BIN" validate bad2.yaml >"$T/b2" 2>&1; rc=$?
+check "missing task file: exit 3 naming it (got $rc)" bash -c "test $rc -eq 3 && grep -q \"file 'nosuch.jsonl' does not exist\" '$T/b2'"
+printf '%s\n' '{"question":"q","subject":"s","choices":["a","b","c","d"],"answer":7}' > broken.jsonl
+sed 's/format: mmmlu, path: mmlu.jsonl/format: mmlu, path: broken.jsonl/' bad1.yaml > bad3.yaml
+"$BIN" bad3.yaml --quiet >"$T/b3" 2>&1; rc=$?
+check "an answer out of range: exit 4 (got $rc)" test $rc -eq 4
+check "... naming the file and record" grep -q "broken.jsonl: record 0: answer index 7 is out of range (4 choices)" "$T/b3"
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
