@@ -353,8 +353,8 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
             k += (size_t)d->n_choices;
             double a = best == d->gold, an = bestn == d->gold;
             acc += a, accn += an;
-            json_array_append_new(r->per_doc, json_pack("{s:o, s:i, s:i, s:i}", "loglik", lls, "pred", best,
-                                                        "pred_norm", bestn, "gold", d->gold));
+            json_array_append_new(r->per_doc, json_pack("{s:I, s:o, s:i, s:i, s:i}", "record", (json_int_t)d->record,
+                                                        "loglik", lls, "pred", best, "pred_norm", bestn, "gold", d->gold));
             if (d->subject[0]) {
                 json_t *sj = json_object_get(r->subjects, d->subject);
                 if (!sj) json_object_set_new(r->subjects, d->subject, sj = json_pack("{s:f, s:f, s:i}", "acc", 0.0, "acc_norm", 0.0, "n", 0));
@@ -414,6 +414,7 @@ int mc_load_docs(mc_format f, const char *path, int64_t limit, uint64_t seed, mc
         rc = mc_doc_from_record(f, rec, what, &(*docs)[*n]);
         json_decref(rec);
         if (rc) break;
+        (*docs)[*n].record = dataset_reader_index(rd);
         (*n)++;
     }
     dataset_reader_close(&rd);

@@ -35,6 +35,7 @@ typedef struct mc_doc {
     int n_choices;
     int gold;       /* index into choices */
     char *subject;  /* MMLU's subject ("" otherwise) */
+    size_t record;  /* its record's index in the task file (mc_load_docs) */
 } mc_doc;
 
 /* record -> doc; ERR_DATA naming `what` (file and record) when a field is missing, the answer
@@ -78,7 +79,7 @@ typedef struct mc_result {
     double acc, acc_norm; /* micro-averaged over the docs */
     size_t n, truncated;  /* docs scored; sequences cut from the left */
     json_t *subjects;     /* {subject: {acc, acc_norm, n}} (new reference; empty object if none) */
-    json_t *per_doc;      /* [{loglik: [...], pred, pred_norm, gold}] (new reference) */
+    json_t *per_doc;      /* [{record, loglik: [...], pred, pred_norm, gold}] (new reference) */
 } mc_result;
 
 /* Build every request, score them through score (batches of up to batch sequences), and fill r.

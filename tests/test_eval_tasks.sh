@@ -10,6 +10,7 @@ T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 ok() { pass=$((pass+1)); echo "ok   $1"; }
 bad() { fail=$((fail+1)); echo "FAIL $1"; }
 check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+jqt() { jq -e "$@" >/dev/null; }
 cp "$SRC"/tests/recipes/tasks/* "$T/"
 cd "$T"
 export QLORA_CACHE=$T/cache QLORA_RUNS=$T/runs
@@ -19,13 +20,25 @@ check "the recipe with tasks runs (rc $rc)" test $rc -eq 0
 [ $rc -eq 0 ] || cat "$T/run.log"
 art=$(ls -d "$T"/cache/artifacts/evaluate/*/ 2>/dev/null | head -1)
 m="$art/manifest.json"
-check "manifest has mmlu.acc_base and acc_norm_base" jq -e >/dev/null '.metrics["mmlu.acc_base"] >= 0 and .metrics["mmlu.acc_norm_base"] <= 1' "$m"
-check "manifest has arc and hellaswag" jq -e >/dev/null '.metrics["arc.acc_base"] != null and .metrics["hellaswag.acc_base"] != null' "$m"
+check "manifest has mmlu.acc_base and acc_norm_base" jqt '.metrics["mmlu.acc_base"] >= 0 and .metrics["mmlu.acc_norm_base"] <= 1' "$m"
+check "manifest has arc and hellaswag" jqt '.metrics["arc.acc_base"] != null and .metrics["hellaswag.acc_base"] != null' "$m"
 r="$art/results.json"
-check "per-subject MMLU results" jq -e >/dev/null '.tasks.mmlu.base.subjects | has("anatomy") and has("high school mathematics")' "$r"
-check "every MMLU question scored with four log-likelihoods below 0" jq -e >/dev/null '[.tasks.mmlu.base.docs[] | .loglik | length == 4 and all(. < 0)] | all and length == 12' "$r"
-check "limit: 4 ARC questions" jq -e >/dev/null '.tasks.arc.base.n == 4' "$r"
-check "acc is the share of argmax == gold" jq -e >/dev/null '(.tasks.mmlu.base.docs | map(if .pred == .gold then 1 else 0 end) | add / length) == .tasks.mmlu.base.acc' "$r"
+check "per-subject MMLU results" jqt '.tasks.mmlu.base.subjects | has("anatomy") and has("high school mathematics")' "$r"
+check "every MMLU question scored with four log-likelihoods below 0" jqt '[.tasks.mmlu.base.docs[] | .loglik | length == 4 and all(. < 0)] | all and length == 12' "$r"
+check "limit: 4 ARC questions" jqt '.tasks.arc.base.n == 4' "$r"
+check "acc is the share of argmax == gold" jqt '(.tasks.mmlu.base.docs | map(if .pred == .gold then 1 else 0 end) | add / length) == .tasks.mmlu.base.acc' "$r"
+# the log-likelihoods and accuracies against transformers (tests/golden/make_mc_golden.py, run on
+# the model our engine computes with: the NF4 base dequantized to bf16)
+G=$SRC/tests/golden/mc/golden.json
+worst=$(jq -n --slurpfile g "$G" --slurpfile r "$r" '
+  [ $g[0] | to_entries[] | .key as $t | .value.loglik | to_entries[] | .key as $i | .value | to_entries[]
+    | (.value - $r[0].tasks[$t].base.docs[$i].loglik[.key]) | fabs ] | max')
+check "every choice's log-likelihood within ${MC_TOL:=2e-3} of transformers' (worst $worst)" \
+  awk -v w="$worst" -v t="$MC_TOL" 'BEGIN { exit !(w != "" && w + 0 <= t + 0) }'
+for t in mmlu arc hellaswag; do
+  check "$t: acc and acc_norm equal transformers'" jqt -n --slurpfile g "$G" --slurpfile r "$r" \
+    "\$g[0].$t.acc == \$r[0].tasks.$t.base.acc and \$g[0].$t.acc_norm == \$r[0].tasks.$t.base.acc_norm"
+done
 # a second run: cached; an edited task file: evaluate runs again
 out=$("$BIN" plan tasks.yaml 2>&1)
 check "unchanged: evaluate cached" grep -qE "eval +evaluate +cached" <<<"$out"
