@@ -24,8 +24,6 @@ const char *plan_resolve_device(const char *want) {
     return "cpu";
 }
 
-static bool device_dependent(const char *kind) { return !strcmp(kind, "train") || !strcmp(kind, "evaluate"); }
-
 /* a name for a file that survives moving the checkout: relative to the recipe dir when inside it */
 static const char *file_label(const recipe *r, const char *path, char *buf, size_t n) {
     char *rd = realpath(r->dir, NULL);
@@ -93,7 +91,7 @@ static json_t *key_doc(const plan *p, int i) {
     json_object_set_new(d, "params", params);
     json_object_set_new(d, "inputs", inputs);
     json_object_set_new(d, "files", files);
-    if (device_dependent(s->kind->name)) json_object_set_new(d, "device", json_string(p->device));
+    if (s->kind->device_dependent) json_object_set_new(d, "device", json_string(p->device));
     return d;
 }
 

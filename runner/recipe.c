@@ -31,29 +31,27 @@ static const param_spec top_params[] = {
     {"stages", PARAM_ANY, NULL, 1, 0, NULL, "the stages: a mapping of stage name to {kind: ..., parameters}", PARAM_REQUIRED},
     {0}};
 
-static const param_spec hook_params[] = {
-    {"format", PARAM_FILE, NULL, 1, 0, NULL, "format(record, ctx): a record to {prompt, response} or {segments}", 0},
-    {"generate", PARAM_FILE, NULL, 1, 0, NULL, "generate(ctx): records for a synthetic dataset", 0},
-    {"lr", PARAM_FILE, NULL, 1, 0, NULL, "lr(step, total_steps, base_lr): the learning rate schedule", 0},
-    {"score", PARAM_FILE, NULL, 1, 0, NULL, "score(prediction, record): a task metric for evaluate", 0},
-    {"on_step", PARAM_FILE, NULL, 1, 0, NULL, "on_step(metrics): after each training step (logging)", 0},
-    {"on_eval", PARAM_FILE, NULL, 1, 0, NULL, "on_eval(results): after each evaluation (logging)", 0},
-    {"on_stage_end", PARAM_FILE, NULL, 1, 0, NULL, "on_stage_end(stage, manifest): after each stage (notifications)", 0},
-    {"on_run_end", PARAM_FILE, NULL, 1, 0, NULL, "on_run_end(summary): at the end of the run (notifications)", 0},
-    {"allow", PARAM_LIST, "[]", 1, 0, "io|http", "capabilities granted to hooks beyond the sandbox", 0},
-    {"memory_mb", PARAM_INT, "256", 1, 65536, NULL, "memory cap of each hook's Lua state", 0},
-    {"instructions", PARAM_INT, "100000000", 1000, 1e12, NULL, "instruction budget of one hook call", 0},
-    {0}};
-
 const param_spec *recipe_top_params(void) { return top_params; }
-const param_spec *recipe_hook_params(void) { return hook_params; }
 
-/* hook points whose content changes a kind's output (so they enter its cache key) */
-static const char *key_hooks_of(const char *kind) {
-    if (!strcmp(kind, "dataset")) return "format|generate";
-    if (!strcmp(kind, "train")) return "lr";
-    if (!strcmp(kind, "evaluate")) return "format|score|generate";
-    return "";
+/* The schema of `hooks:`, built once from core/hooks.h's table: a file for each hook point,
+ * the capabilities, and the limits the Lua host applies. */
+#define N_HOOK_PARAMS 24
+static param_spec hook_params[N_HOOK_PARAMS];
+static char hook_defaults[4][32];
+
+const param_spec *recipe_hook_params(void) {
+    if (hook_params[0].name) return hook_params;
+    int n = 0, nd = 0;
+    for (const hooks_point_info *p = hooks_point_table; p->name; p++)
+        hook_params[n++] = (param_spec){p->name, PARAM_FILE, NULL, 1, 0, NULL, p->doc, 0};
+    hook_params[n++] = (param_spec){"allow", PARAM_LIST, "[]", 1, 0, HOOKS_ALLOW_CHOICES,
+                                    "capabilities granted to hooks beyond the sandbox", 0};
+    for (const hooks_limit_info *l = hooks_limit_table; l->name; l++) {
+        snprintf(hook_defaults[nd], sizeof hook_defaults[nd], "%lld", (long long)l->def);
+        hook_params[n++] = (param_spec){l->name, PARAM_INT, hook_defaults[nd++], (double)l->min, (double)l->max, NULL, l->doc, 0};
+    }
+    hook_params[n] = (param_spec){0};
+    return hook_params;
 }
 
 /* ---- error collection ---- */
@@ -342,21 +340,6 @@ static void add_key_file(vctx *v, const char *path) {
     json_t *x;
     json_array_foreach(v->key_files, i, x) if (!strcmp(json_string_value(x), path)) return;
     json_array_append_new(v->key_files, json_string(path));
-}
-
-/* fetch_model with source: path links a local folder instead of copying it: the folder enters
- * the key as a directory (the content of every file in it, as for a tokenizer directory), so
- * that replacing the weights in place re-runs what was made from them instead of reusing stale
- * artifacts. The hash memo keeps this to a stat per file after the first run. */
-static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *params) {
-    const char *source = json_string_value(json_object_get(params, "source"));
-    const char *path = json_string_value(json_object_get(params, "path"));
-    if (!source || strcmp(source, "path") || !path) return;
-    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
-    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
-    free(given);
-    if (dir && fs_is_dir(dir)) add_key_file(v, dir);
-    free(dir);
 }
 
 /* a kind's own key files (stage_kind.key_files): resolved against the recipe's folder; one that
@@ -745,14 +728,14 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         if (hn->type != YT_MAP) errs_add(&e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
         else {
             vctx hv = {&e, "hooks", NULL};
-            hk = validate_map(&hv, hook_params, hn, NULL);
+            hk = validate_map(&hv, recipe_hook_params(), hn, NULL);
         }
     } else {
         hk = json_object();
         vctx hv = {&e, "hooks", NULL};
         yt_node *empty = yt_new_map(NULL);
         json_decref(hk);
-        hk = validate_map(&hv, hook_params, empty, NULL);
+        hk = validate_map(&hv, recipe_hook_params(), empty, NULL);
         yt_free(&empty);
     }
     /* unset hook points are left out: stages see only the hooks that exist */
@@ -817,17 +800,23 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
                     errs_add(&e, st, "%s: %s", where, err_msg());
                     err_clear();
                 }
-                if (!strcmp(kind->name, "fetch_model")) add_model_folder(&sv, r->dir, rs->params);
                 if (kind->key_files) {
                     kind_files kf = {&sv, r->dir, st};
                     kind->key_files(rs->params, add_kind_file, &kf);
                 }
+                if (kind->key_paths) {
+                    json_t *paths = json_array();
+                    kind->key_paths(rs->params, r->dir, paths);
+                    size_t pi;
+                    json_t *pv;
+                    json_array_foreach(paths, pi, pv) add_key_file(&sv, json_string_value(pv));
+                    json_decref(paths);
+                }
             }
-            /* hk that shape this kind's output */
-            const char *kh = key_hooks_of(kind->name);
-            if (hk && *kh) {
+            /* the hooks that shape this kind's output */
+            if (hk && kind->key_hooks) {
                 size_t nh;
-                const char **pts = split_choices(kh, &nh);
+                const char **pts = split_choices(kind->key_hooks, &nh);
                 for (size_t h = 0; h < nh; h++) {
                     const char *f = json_string_value(json_object_get(hk, pts[h]));
                     if (f) add_key_file(&sv, f);

@@ -248,4 +248,5 @@ const stage_kind stage_kind_dataset = {
     .params = dataset_params,
     .check = dataset_check,
     .run = dataset_run,
+    .key_hooks = "format|generate",
 };

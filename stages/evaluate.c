@@ -723,4 +723,6 @@ const stage_kind stage_kind_evaluate = {
     .check = eval_check,
     .key_files = eval_key_files,
     .run = eval_run,
+    .key_hooks = "format|score|generate",
+    .device_dependent = true,
 };

@@ -397,4 +397,6 @@ const stage_kind stage_kind_train = {
     .params = train_params,
     .check = train_check,
     .run = train_run_stage,
+    .key_hooks = "lr",
+    .device_dependent = true,
 };
