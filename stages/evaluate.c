@@ -29,6 +29,7 @@
 #include "model/config.h"
 #include "generate/generate.h"
 #include "model/llama.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/llama_trainer.h"
 #include "tokenizer/tokenizer.h"
