@@ -299,8 +299,8 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     int32_t *full;
     size_t nf;
     int rc = encode(tok, all, total, &full, &nf);
-    /* token boundary of each segment: the prefix ending there tokenized alone (formats.md
-     * section 10: the prompt is tokenized alone), only where the train flag changes */
+    /* token boundary of each segment: the prefix ending there tokenized alone (docs/alpaca.md:
+     * the prompt is tokenized alone), only where the train flag changes */
     size_t *tb = calloc((size_t)f->n + 1, sizeof *tb);
     if (!rc && !tb) rc = err_set(ERR_STAGE, "out of memory");
     if (!rc) {
