@@ -99,5 +99,18 @@ static int echo_check(const json_t *p) {
     return 0;
 }
 
-const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL};
-const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL};
+const stage_kind stage_kind_test_echo = {
+    .name = "test_echo",
+    .version = 1,
+    .doc = "test only: writes its text and its inputs' texts",
+    .params = echo_params,
+    .check = echo_check,
+    .run = echo_run,
+};
+const stage_kind stage_kind_test_sleep = {
+    .name = "test_sleep",
+    .version = 1,
+    .doc = "test only: sleeps, then writes its text",
+    .params = sleep_params,
+    .run = sleep_run,
+};
