@@ -78,13 +78,14 @@ char *dataset_alpaca_prompt(const char *instruction, const char *input) {
 
 /* ---- formatted records ---- */
 
-enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT };
+enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT, ITEM_CHAT /* rendered by a Jinja template in the tokenizer threads */ };
 enum item_drop { DROP_NONE, DROP_LONG, DROP_NO_LABELS };
 
 typedef struct item {
     enum item_kind kind;
     hooks_format_result f; /* the segments (PAIR: prompt, response; TEXT: one) */
     char *what;            /* "data/x.json: record 12" */
+    json_t *rec;           /* ITEM_CHAT: the record, rendered by the tokenizer thread */
     /* filled by the tokenizer threads */
     int32_t *ids, *labels;
     size_t n;
@@ -96,6 +97,7 @@ typedef struct item {
 
 static void item_free(item *it) {
     hooks_format_result_free(&it->f);
+    json_decref(it->rec);
     free(it->what);
     free(it->ids);
     free(it->labels);
@@ -278,6 +280,7 @@ static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32
 }
 
 static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, item *it) {
+    if (it->kind == ITEM_CHAT && chat_format_record(o->chat, it->rec, &it->f)) return err_wrap("%s", it->what);
     const hooks_format_result *f = &it->f;
     size_t total = 0;
     for (int i = 0; i < f->n; i++) total += f->seg[i].len;
@@ -324,8 +327,8 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
         free(full);
         return err_wrap("%s", it->what);
     }
-    bool add_bos = tok->bos >= 0;
-    bool add_eos = tok->eos >= 0;
+    bool add_bos = tok->bos >= 0 && it->kind != ITEM_CHAT;
+    bool add_eos = tok->eos >= 0 && it->kind != ITEM_CHAT;
     /* EOS is trained when the response is: the last segment with more than white space
      * decides (a chat template's trailing newline does not) */
     int last = f->n - 1;
@@ -514,7 +517,14 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
     } else {
         switch (o->format) {
         case DATASET_FORMAT_ALPACA: rc = format_alpaca(rec, what, &it->f); break;
-        case DATASET_FORMAT_CHAT: rc = format_chat(rec, what, o->chat_template, b->tok, &it->f); break;
+        case DATASET_FORMAT_CHAT:
+            if (o->chat) {
+                it->rec = json_incref((json_t *)rec);
+                it->kind = ITEM_CHAT;
+            } else {
+                rc = format_chat(rec, what, o->chat_template, b->tok, &it->f);
+            }
+            break;
         case DATASET_FORMAT_COMPLETION: {
             const char *text;
             rc = field_str(rec, "text", true, what, &text);
@@ -530,11 +540,11 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
         hooks_format_result_free(&it->f);
         return note_skip(b, rc);
     }
-    if (it->f.kind == HOOKS_FORMAT_DROP) {
+    if (it->kind != ITEM_CHAT && it->f.kind == HOOKS_FORMAT_DROP) {
         b->dropped_hook++;
         return 0;
     }
-    if (it->kind != ITEM_TEXT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
+    if (it->kind != ITEM_TEXT && it->kind != ITEM_CHAT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
     it->what = strdup(what);
     if (++b->n_batch == BATCH) return flush(b);
     return 0;
