@@ -443,6 +443,7 @@ static jv eval(jrender *r, const jnode *n, jframe *f) {
         jlist *l = jlist_new(&r->arena, n->n);
         for (size_t i = 0; i < n->n; i++) l->v[i] = eval(r, n->kids[i], f);
         l->n = n->n;
+        l->tuple = n->kind == N_TUPLE;
         return jv_list(l);
     }
     case N_DICT: {

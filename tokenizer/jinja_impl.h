@@ -60,6 +60,7 @@ typedef struct jv {
 typedef struct jlist {
     size_t n, cap;
     jv *v;
+    bool tuple; /* printed as (a, b): items() pairs and (a, b) literals */
 } jlist;
 
 typedef struct jdict {

@@ -69,6 +69,13 @@ static jv recase(jrender *r, jv s, int mode) {
         size_t adv;
         uint32_t c = ju8_decode(t->p + i, t->len - i, &adv);
         uint32_t o;
+        if (c == 0xdf && (mode == 1 || (mode == 2 && k == 0) || (mode == 3 && !prev_cased))) {
+            /* Python upper-cases sharp s to "SS" (title and capitalize to "Ss") */
+            jbuf_puts(&b, mode == 1 ? "SS" : "Ss");
+            prev_cased = true;
+            i += adv;
+            continue;
+        }
         if (mode == 0) o = cp_lower(c);
         else if (mode == 1) o = cp_upper(c);
         else if (mode == 2) o = k == 0 ? cp_upper(c) : cp_lower(c);
@@ -311,6 +318,7 @@ static jv items_of(jrender *r, jv d) {
         p->v[0] = d.u.d->k[i];
         p->v[1] = d.u.d->v[i];
         p->n = 2;
+        p->tuple = true;
         l->v[l->n++] = jv_list(p);
     }
     jr_step(r, l->n);

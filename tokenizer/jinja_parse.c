@@ -314,6 +314,8 @@ static jnode *parse_postfix(parser *P, jnode *n) {
         } else if (is_op(t, "(")) {
             jnode *c = mk(P, N_CALL, t);
             c->a = n;
+            c->line = n->line; /* errors of a call point at its callee */
+            c->col = n->col;
             enter(P);
             parse_args(P, c);
             P->depth--;
@@ -445,8 +447,9 @@ static jnode *parse_math1(parser *P) {
     }
 }
 
+/* a < b < c is (a < b) and (b < c), as in Python */
 static jnode *parse_compare(parser *P) {
-    jnode *l = parse_math1(P);
+    jnode *l = parse_math1(P), *last = NULL;
     for (;;) {
         const jtok *t = peek(P);
         int op = is_op(t, "==") ? OP_EQ : is_op(t, "!=") ? OP_NE : is_op(t, "<") ? OP_LT : is_op(t, "<=") ? OP_LE
@@ -457,7 +460,16 @@ static jnode *parse_compare(parser *P) {
         }
         if (op < 0) return l;
         next(P);
-        l = binop(P, t, op, l, parse_math1(P));
+        jnode *rhs = parse_math1(P);
+        if (!last) {
+            l = binop(P, t, op, l, rhs);
+        } else {
+            jnode *and = mk(P, N_AND, t);
+            and->a = l;
+            and->b = binop(P, t, op, last, rhs);
+            l = and;
+        }
+        last = rhs;
     }
 }
 

@@ -349,12 +349,13 @@ void jv_write_repr(jbuf *b, jv x) {
     switch (x.t) {
     case JV_STR: write_str_repr(b, x.u.s); return;
     case JV_LIST:
-        jbuf_put(b, "[", 1);
+        jbuf_put(b, x.u.l->tuple ? "(" : "[", 1);
         for (size_t i = 0; i < x.u.l->n; i++) {
             if (i) jbuf_put(b, ", ", 2);
             jv_write_repr(b, x.u.l->v[i]);
         }
-        jbuf_put(b, "]", 1);
+        if (x.u.l->tuple && x.u.l->n == 1) jbuf_put(b, ",", 1);
+        jbuf_put(b, x.u.l->tuple ? ")" : "]", 1);
         return;
     case JV_DICT:
         jbuf_put(b, "{", 1);
