@@ -9,6 +9,12 @@
 // strings, then the record's chat_template_kwargs. The outputs must be byte-identical, and a
 // record the template rejects (raise_exception) must be rejected by both. JINJA_JS_DIR names
 // the directory @huggingface/jinja is installed under (tests/npm_pkg.sh).
+//
+// GOLDEN_DIR (optional) holds NAME.jsonl from tests/chat_template/render_goldens.py: what
+// transformers' apply_chat_template (jinja2) rendered on the GPU machine. Ours must equal it on
+// every record. Where @huggingface/jinja itself differs from jinja2 (its str.lstrip(chars)
+// strips white space too, for one) jinja2 is the truth: those records are counted and shown,
+// and ours must still equal jinja2's.
 import fs from "node:fs";
 import { createRequire } from "node:module";
 import { spawnSync } from "node:child_process";
@@ -19,7 +25,8 @@ const [bin, corpusPath, ...models] = process.argv.slice(2);
 const corpus = fs.readFileSync(corpusPath, "utf8").split("\n").filter((l) => l.trim());
 const tokenText = (v) => (typeof v === "string" ? v : v && typeof v === "object" ? v.content : undefined);
 
-let failures = 0, compared = 0, rejected = 0;
+let failures = 0, compared = 0, rejected = 0, jsWrong = 0, goldenCompared = 0;
+const goldenDir = process.env.GOLDEN_DIR;
 for (const spec of models) {
   const [name, dir] = spec.split("=");
   const cfg = JSON.parse(fs.readFileSync(dir + "/tokenizer_config.json", "utf8"));
@@ -46,10 +53,32 @@ for (const spec of models) {
     failures++;
     continue;
   }
+  let golden = null;
+  if (goldenDir && fs.existsSync(`${goldenDir}/${name}.jsonl`)) {
+    golden = fs.readFileSync(`${goldenDir}/${name}.jsonl`, "utf8").split("\n").filter((l) => l.length).map((l) => JSON.parse(l));
+    if (golden.length !== corpus.length) {
+      console.error(`FAIL ${name}: the golden file has ${golden.length} lines for ${corpus.length} records`);
+      failures++;
+      continue;
+    }
+  }
   let bad = 0;
   for (let i = 0; i < corpus.length; i++) {
     compared++;
     if (want[i] === null) rejected++;
+    if (golden) {
+      goldenCompared++;
+      if (got[i] !== golden[i]) {
+        bad++;
+        if (bad <= 3) console.error(`FAIL ${name} record ${i}: differs from transformers' rendering (golden)\n  ours:   ${JSON.stringify(got[i])}\n  golden: ${JSON.stringify(golden[i])}`);
+        continue;
+      }
+      if (want[i] !== golden[i]) {
+        jsWrong++;
+        if (jsWrong <= 2) console.log(`note: ${name} record ${i}: @huggingface/jinja differs from jinja2 here; ours equals jinja2`);
+        continue;
+      }
+    }
     if (got[i] === want[i]) continue;
     bad++;
     if (bad <= 3) {
@@ -67,4 +96,5 @@ for (const spec of models) {
   }
 }
 if (failures) process.exit(1);
-console.log(`chat templates: ${compared} renderings identical to @huggingface/jinja (${rejected} rejections agree)`);
+console.log(`chat templates: ${compared} renderings, ${compared - jsWrong} identical to @huggingface/jinja (${rejected} rejections agree), ` +
+  (goldenDir ? `${goldenCompared} identical to transformers' goldens; ${jsWrong} where only @huggingface/jinja differs` : "no goldens"));

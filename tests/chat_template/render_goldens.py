@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """render_goldens.py: the corpus through transformers' own chat-template renderer (jinja2).
 
-    python3 render_goldens.py CORPUS.jsonl OUT_DIR NAME=MODEL_DIR ...
+    python3 render_goldens.py CORPUS.jsonl OUT_DIR NAME=MODEL_DIR ... [--spans NAME=TEMPLATE.jinja]
 
 For each model directory (only its tokenizer_config.json is read: the template and the special
 tokens) writes OUT_DIR/NAME.jsonl: one line per corpus record, the JSON string that
@@ -10,7 +10,10 @@ tokenize=False) returns, or null when the template rejects the record. It calls
 transformers.utils.chat_template_utils.render_jinja_template, the function apply_chat_template
 renders with, with the special tokens as apply_chat_template passes them. Run where transformers
 is installed (the GPU machine); tests/test_chat_template_js.sh compares our output with the
-files it writes (tests/chat_template/golden/). With --plain-jinja2 (for development without
+files it writes (tests/chat_template/golden/). --spans renders a template with {% generation %}
+blocks with return_assistant_tokens_mask=True and writes NAME.spans.jsonl: per record
+{"text": ..., "spans": [[start, end], ...]} in characters, the generation indices transformers
+turns into the assistant mask. With --plain-jinja2 (for development without
 transformers) it builds the same sandboxed environment from jinja2 directly, and says so in
 OUT_DIR/SOURCE.
 """
@@ -68,6 +71,8 @@ def main():
     args = sys.argv[1:]
     plain = "--plain-jinja2" in args
     args = [a for a in args if a != "--plain-jinja2"]
+    spans = [args[i + 1] for i, a in enumerate(args) if a == "--spans"]
+    args = [a for i, a in enumerate(args) if a != "--spans" and (i == 0 or args[i - 1] != "--spans")]
     corpus_path, out_dir, models = args[0], args[1], args[2:]
     records = [json.loads(l) for l in open(corpus_path, encoding="utf-8") if l.strip()]
     if plain:
@@ -99,6 +104,20 @@ def main():
         with open(f"{out_dir}/{name}.jsonl", "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         print(f"{name}: {len(records)} records, {rejected} rejected", flush=True)
+    for spec in spans:
+        from transformers.utils.chat_template_utils import render_jinja_template
+        name, path = spec.split("=", 1)
+        template = open(path, encoding="utf-8").read()
+        lines = []
+        for rec in records:
+            msgs = [m for m in rec["messages"] if isinstance(m.get("content"), str)]
+            texts, gen = render_jinja_template(conversations=[msgs], tools=None, documents=None, chat_template=template,
+                                               return_assistant_tokens_mask=True,
+                                               add_generation_prompt=bool(rec.get("add_generation_prompt")))
+            lines.append(json.dumps({"text": texts[0], "spans": [list(s) for s in gen[0]]}, ensure_ascii=False))
+        with open(f"{out_dir}/{name}.spans.jsonl", "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        print(f"{name}: generation spans of {len(records)} records", flush=True)
 
 
 if __name__ == "__main__":
