@@ -26,8 +26,9 @@ typedef struct spans {
     size_t n, cap;
 } spans;
 
+/* empty spans are kept: an empty turn still has its end-of-turn marker trained */
 static int span_add(spans *s, size_t b, size_t e) {
-    if (e <= b) return 0;
+    if (e < b) return 0;
     if (s->n == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 8;
         span *v = realloc(s->v, cap * sizeof *v);
