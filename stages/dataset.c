@@ -70,8 +70,7 @@ static int chat_params_check(const json_t *p, const char *fmt) {
     bool is_chat = fmt && !strcmp(fmt, "chat");
     const char *tpl = json_string_value(json_object_get(p, "chat_template"));
     bool has_file = json_is_string(json_object_get(p, "chat_template_file"));
-    if (!is_chat && (tpl || has_file))
-        return err_set(ERR_RECIPE, "chat_template and chat_template_file are used only with format: chat");
+    if (!is_chat && has_file) return err_set(ERR_RECIPE, "chat_template_file is used only with format: chat");
     if (tpl && has_file)
         return err_set(ERR_RECIPE, "chat_template and chat_template_file are alternatives: set one of them");
     json_t *kw = json_object_get(p, "chat_template_kwargs");
