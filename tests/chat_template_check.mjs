@@ -92,7 +92,8 @@ for (const spec of models) {
     failures += bad;
     console.error(`FAIL ${name}: ${bad} of ${corpus.length} records differ`);
   } else {
-    console.log(`${name}: ${corpus.length} records byte-identical (${want.filter((w) => w === null).length} rejected by both)`);
+    console.log(`${name}: ${corpus.length} records byte-identical to ${golden ? "transformers' goldens and " : ""}` +
+                `@huggingface/jinja (${want.filter((w) => w === null).length} rejected by both)`);
   }
 }
 if (failures) process.exit(1);

@@ -215,8 +215,7 @@ static int lex_tag(lexer *L, size_t *pos, char kind, bool *strip_after) {
                 if (left >= n && !memcmp(s, *op, n)) break;
             }
             if (!*op) {
-                char what[8] = {0};
-                memcpy(what, s, (unsigned char)c >= 0x80 ? 1 : 1);
+                char what[4] = {c, 0};
                 return lex_error(L, i, "unexpected character in a tag: ", (unsigned char)c < 0x80 ? what : "(non-ASCII)");
             }
             if (c == '(' || c == '[' || c == '{') depth++;
