@@ -18,6 +18,7 @@ const command commands[] = {
     {"quantize", "models", cmd_quantize, &cli_quantize},
     {"inspect", "models", cmd_inspect, &cli_inspect},
     {"tokenize", "models", cmd_tokenize, &cli_tokenize},
+    {"chat-template", "models", cmd_chat_template, &cli_chat_template},
     {"generate", "models", cmd_generate, &cli_generate},
     {"export", "models", cmd_export, &cli_export},
     {"doctor", "setup", cmd_doctor, &cli_doctor},

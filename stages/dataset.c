@@ -14,8 +14,28 @@
 #include "train/dataset_build.h"
 #include "data/dataset_read.h"
 #include "hub/hub.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "stages/stage.h"
+
+/* The keys of format: chat, as axolotl names them. One macro so that a per-dataset entry's
+ * table can take the same keys (chat_opts_load reads them from any JSON object). */
+#define DATASET_CHAT_PARAMS                                                                                           \
+    {"chat_template", PARAM_ENUM, NULL, 1, 0, "tokenizer_default|llama-2|llama-3|chatml",                             \
+     "format: chat: the model's own Jinja template (tokenizer_default; the default when the model has one, "         \
+     "else llama-3) or a built-in one", 0},                                                                           \
+    {"chat_template_file", PARAM_FILE, NULL, 1, 0, NULL, "format: chat: a Jinja chat template file instead", 0},     \
+    {"chat_template_kwargs", PARAM_ANY, NULL, 1, 0, NULL,                                                             \
+     "extra variables for the Jinja template (e.g. {enable_thinking: false})", 0},                                    \
+    {"field_messages", PARAM_STRING, NULL, 1, 0, NULL,                                                                \
+     "the record's key holding the messages (default messages, or ShareGPT conversations)", 0},                       \
+    {"message_property_mappings", PARAM_ANY, NULL, 1, 0, NULL,                                                        \
+     "the message keys of role and content, e.g. {role: from, content: value}", 0},                                  \
+    {"roles_to_train", PARAM_LIST, "[assistant]", 0, -1, NULL, "Jinja templates: the roles whose turns are trained", 0}, \
+    {"train_on_eos", PARAM_ENUM, "turn", 1, 0, "turn|last|all|none",                                                 \
+     "Jinja templates: train the end-of-turn marker after each trained turn, the last one, all, or none", 0},        \
+    {"eot_tokens", PARAM_LIST, NULL, 0, -1, NULL,                                                                     \
+     "Jinja templates: the end-of-turn texts (default: the EOS token and the known markers the vocabulary has)", 0}
 
 static const param_spec dataset_params[] = {
     {"model", PARAM_REF, NULL, 1, 0, "init_model|fetch_model|quantize_nf4",
@@ -28,7 +48,7 @@ static const param_spec dataset_params[] = {
     {"format", PARAM_ENUM, "alpaca", 1, 0, "alpaca|chat|completion|lua",
      "how a record becomes prompt and response: alpaca templates, a chat template, raw text, or a Lua format hook", 0},
     {"format_hook", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file with format(record, ctx) (format: lua)", 0},
-    {"chat_template", PARAM_ENUM, "llama-3", 1, 0, "llama-2|llama-3|chatml", "the chat template of format: chat", 0},
+    DATASET_CHAT_PARAMS,
     {"sequence_len", PARAM_INT, "512", 2, 1048576, NULL, "tokens per row (and the longest sequence)", 0},
     {"truncation", PARAM_ENUM, "truncate", 1, 0, "truncate|drop", "what to do with a sequence longer than sequence_len", 0},
     {"train_on_inputs", PARAM_BOOL, "false", 1, 0, NULL, "train on prompt tokens too (false: they are masked)", 0},
@@ -43,6 +63,130 @@ static const param_spec dataset_params[] = {
     {0},
 };
 
+/* ---- format: chat with a Jinja template: the keys of DATASET_CHAT_PARAMS ---- */
+
+/* load-time checks of the chat keys in p (a stage's params or a per-dataset entry) */
+static int chat_params_check(const json_t *p, const char *fmt) {
+    bool is_chat = fmt && !strcmp(fmt, "chat");
+    const char *tpl = json_string_value(json_object_get(p, "chat_template"));
+    bool has_file = json_is_string(json_object_get(p, "chat_template_file"));
+    if (!is_chat && has_file) return err_set(ERR_RECIPE, "chat_template_file is used only with format: chat");
+    if (tpl && has_file)
+        return err_set(ERR_RECIPE, "chat_template and chat_template_file are alternatives: set one of them");
+    json_t *kw = json_object_get(p, "chat_template_kwargs");
+    if (kw && !json_is_null(kw) && !json_is_object(kw))
+        return err_set(ERR_RECIPE, "chat_template_kwargs: expected a mapping of template variables, e.g. {enable_thinking: false}");
+    json_t *mp = json_object_get(p, "message_property_mappings");
+    if (mp && !json_is_null(mp)) {
+        if (!json_is_object(mp)) return err_set(ERR_RECIPE, "message_property_mappings: expected {role: KEY, content: KEY}");
+        const char *k;
+        json_t *v;
+        json_object_foreach(mp, k, v) {
+            if (strcmp(k, "role") && strcmp(k, "content"))
+                return err_set(ERR_RECIPE, "message_property_mappings: unknown key '%s' (role or content)", k);
+            if (!json_is_string(v)) return err_set(ERR_RECIPE, "message_property_mappings.%s: expected a key name", k);
+        }
+    }
+    return 0;
+}
+
+/* what chat_opts_load builds; chat_opts_free releases it */
+typedef struct dataset_chat {
+    chat_format_opts o;
+    chat_template *tpl;
+    const char **roles, **eot; /* borrowed strings (params, tokenizer) */
+    char *eos_copy;
+} dataset_chat;
+
+static void chat_opts_free(dataset_chat *d) {
+    chat_template_free(&d->tpl);
+    free(d->roles);
+    free(d->eot);
+    free(d->eos_copy);
+    memset(d, 0, sizeof *d);
+}
+
+/* end-of-turn markers that chat templates close turns with; those the vocabulary holds as one
+ * token are looked for after each trained turn, with the EOS token */
+static const char *const KNOWN_EOT[] = {"<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|eom_id|>",
+                                        "<｜end▁of▁sentence｜>", NULL};
+
+static bool one_token(tokenizer *t, const char *s) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    bool one = !tokenizer_encode(t, s, strlen(s), false, &ids, &n) && n == 1;
+    free(ids);
+    if (!one) err_clear();
+    return one;
+}
+
+/* Read the chat keys of p. *use_jinja false: the built-in template *builtin (by name) is used.
+ * file: chat_template_file resolved (or NULL). log (may be NULL) gets one line saying which. */
+static int chat_opts_load(const json_t *p, const char *file, const char *model_dir, tokenizer *t, dataset_chat *d,
+                          bool *use_jinja, const char **builtin, char *log, size_t log_len) {
+    memset(d, 0, sizeof *d);
+    *use_jinja = false;
+    const char *tpl = json_string_value(json_object_get(p, "chat_template"));
+    *builtin = tpl && strcmp(tpl, "tokenizer_default") ? tpl : "llama-3";
+    if (tpl && strcmp(tpl, "tokenizer_default")) {
+        snprintf(log, log_len, "chat template: the built-in %s", tpl);
+        return 0;
+    }
+    int rc = chat_template_load(&d->tpl, model_dir, file);
+    if (rc) {
+        /* unset and the model has none: the built-in default, as before there were Jinja templates */
+        if (!tpl && !file && err_code() == ERR_DATA && strstr(err_msg(), "has no chat template")) {
+            err_clear();
+            snprintf(log, log_len, "chat template: the model has none, so the built-in llama-3 (set chat_template to choose)");
+            return 0;
+        }
+        return rc;
+    }
+    snprintf(log, log_len, "chat template: %s%s", d->tpl->source, jinja_has_generation(d->tpl->tpl) ? " ({% generation %} spans)" : "");
+    *use_jinja = true;
+    chat_format_opts *o = &d->o;
+    o->tpl = d->tpl;
+    o->field_messages = json_string_value(json_object_get(p, "field_messages"));
+    json_t *mp = json_object_get(p, "message_property_mappings");
+    o->role_key = json_string_value(json_object_get(mp, "role"));
+    o->content_key = json_string_value(json_object_get(mp, "content"));
+    json_t *kw = json_object_get(p, "chat_template_kwargs");
+    o->kwargs = json_is_object(kw) ? kw : NULL;
+    const char *eot = json_string_value(json_object_get(p, "train_on_eos"));
+    o->train_on_eos = !eot || !strcmp(eot, "turn") ? CHAT_EOS_TURN : !strcmp(eot, "last") ? CHAT_EOS_LAST
+                      : !strcmp(eot, "all") ? CHAT_EOS_ALL : CHAT_EOS_NONE;
+    json_t *roles = json_object_get(p, "roles_to_train");
+    if (json_is_string(roles) || json_is_array(roles)) {
+        size_t n = json_is_string(roles) ? 1 : json_array_size(roles);
+        d->roles = calloc(n + 1, sizeof *d->roles);
+        if (!d->roles) return err_set(ERR_STAGE, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            d->roles[i] = json_string_value(json_is_string(roles) ? roles : json_array_get(roles, i));
+        o->roles_to_train = d->roles;
+        o->n_roles = n;
+    }
+    json_t *eots = json_object_get(p, "eot_tokens");
+    size_t n_user = json_is_array(eots) ? json_array_size(eots) : json_is_string(eots) ? 1 : 0;
+    d->eot = calloc(n_user + sizeof KNOWN_EOT / sizeof KNOWN_EOT[0] + 1, sizeof *d->eot);
+    if (!d->eot) return err_set(ERR_STAGE, "out of memory");
+    size_t k = 0;
+    if (n_user) {
+        for (size_t i = 0; i < n_user; i++) d->eot[k++] = json_string_value(json_is_string(eots) ? eots : json_array_get(eots, i));
+    } else {
+        int32_t eos = tokenizer_eos(t);
+        const char *e = eos >= 0 ? tokenizer_token(t, eos) : NULL;
+        if (e) {
+            d->eos_copy = strdup(e);
+            if (d->eos_copy) d->eot[k++] = d->eos_copy;
+        }
+        for (size_t i = 0; KNOWN_EOT[i]; i++)
+            if ((!e || strcmp(e, KNOWN_EOT[i])) && one_token(t, KNOWN_EOT[i])) d->eot[k++] = KNOWN_EOT[i];
+    }
+    o->eot = d->eot;
+    o->n_eot = k;
+    return 0;
+}
+
 static int dataset_check(const json_t *p) {
     bool has_path = json_array_size(json_object_get(p, "path")) > 0 || json_is_string(json_object_get(p, "path"));
     bool has_url = json_is_string(json_object_get(p, "url"));
@@ -56,7 +200,7 @@ static int dataset_check(const json_t *p) {
     const char *type = json_string_value(json_object_get(p, "type"));
     if (type && !strcmp(type, "text") && fmt && strcmp(fmt, "completion") && strcmp(fmt, "lua"))
         return err_set(ERR_RECIPE, "type: text gives records with only 'text': use format: completion (or lua)");
-    return 0;
+    return chat_params_check(p, fmt);
 }
 
 /* ---- the tokenizer behind dataset_tokenizer ---- */
@@ -159,14 +303,11 @@ static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
     dataset_opts o = {0};
-    const char *fmt = stage_str(c, "format"), *tpl = stage_str(c, "chat_template");
+    const char *fmt = stage_str(c, "format");
     o.format = !strcmp(fmt, "chat")         ? DATASET_FORMAT_CHAT
                : !strcmp(fmt, "completion") ? DATASET_FORMAT_COMPLETION
                : !strcmp(fmt, "lua")        ? DATASET_FORMAT_LUA
                                             : DATASET_FORMAT_ALPACA;
-    o.chat_template = !strcmp(tpl, "llama-2")  ? DATASET_CHAT_LLAMA2
-                      : !strcmp(tpl, "chatml") ? DATASET_CHAT_CHATML
-                                               : DATASET_CHAT_LLAMA3;
     o.sequence_len = stage_int(c, "sequence_len");
     o.drop_long = !strcmp(stage_str(c, "truncation"), "drop");
     o.train_on_inputs = stage_bool(c, "train_on_inputs");
@@ -213,6 +354,22 @@ static int dataset_run(stage_ctx *c) {
         if (rc) err_wrap("%s: the tokenizer of '%s'", c->name, in->stage);
         free(dir);
     }
+    dataset_chat chat = {0};
+    char *chat_file = NULL; /* kept until the build has written meta.json */
+    if (!rc && o.format == DATASET_FORMAT_CHAT) {
+        char *dir = fs_join(in->dir, "model"), *file = stage_path(c, "chat_template_file"), line[1024];
+        bool jinja;
+        const char *builtin;
+        rc = chat_opts_load(c->params, file, dir, t, &chat, &jinja, &builtin, line, sizeof line);
+        if (rc) err_wrap("%s", c->name);
+        else stage_logf(c, "%s", line);
+        if (!rc && jinja) o.chat = &chat.o, o.chat_file = chat_file = file, file = NULL;
+        o.chat_template = !strcmp(builtin, "llama-2") ? DATASET_CHAT_LLAMA2
+                          : !strcmp(builtin, "chatml") ? DATASET_CHAT_CHATML
+                                                       : DATASET_CHAT_LLAMA3;
+        free(dir);
+        free(file);
+    }
     if (!rc) {
         dataset_tokenizer tok;
         tok_adapt(t, &tok);
@@ -234,6 +391,8 @@ static int dataset_run(stage_ctx *c) {
             json_object_set_new(c->report, "dataset", stats);
         }
     }
+    chat_opts_free(&chat);
+    free(chat_file);
     tokenizer_free(&t);
     hooks_free(&hk);
     if (paths == &fetched) free(fetched);
@@ -243,7 +402,8 @@ static int dataset_run(stage_ctx *c) {
 
 const stage_kind stage_kind_dataset = {
     .name = "dataset",
-    .version = 2, /* 2: meta.json says how records were formatted (evaluate reads it) */
+    .version = 2, /* 2: format: chat renders the model's own Jinja template by default, and
+                     meta.json says how records were formatted (evaluate reads it) */
     .doc = "tokenize, mask, pack and split training data (Alpaca, chat, completion or a Lua format)",
     .params = dataset_params,
     .check = dataset_check,

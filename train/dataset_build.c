@@ -78,13 +78,14 @@ char *dataset_alpaca_prompt(const char *instruction, const char *input) {
 
 /* ---- formatted records ---- */
 
-enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT };
+enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT, ITEM_CHAT /* rendered by a Jinja template in the tokenizer threads */ };
 enum item_drop { DROP_NONE, DROP_LONG, DROP_NO_LABELS };
 
 typedef struct item {
     enum item_kind kind;
     hooks_format_result f; /* the segments (PAIR: prompt, response; TEXT: one) */
     char *what;            /* "data/x.json: record 12" */
+    json_t *rec;           /* ITEM_CHAT: the record, rendered by the tokenizer thread */
     /* filled by the tokenizer threads */
     int32_t *ids, *labels;
     size_t n;
@@ -96,6 +97,7 @@ typedef struct item {
 
 static void item_free(item *it) {
     hooks_format_result_free(&it->f);
+    json_decref(it->rec);
     free(it->what);
     free(it->ids);
     free(it->labels);
@@ -278,6 +280,7 @@ static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32
 }
 
 static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, item *it) {
+    if (it->kind == ITEM_CHAT && chat_format_record(o->chat, it->rec, &it->f)) return err_wrap("%s", it->what);
     const hooks_format_result *f = &it->f;
     size_t total = 0;
     for (int i = 0; i < f->n; i++) total += f->seg[i].len;
@@ -324,8 +327,8 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
         free(full);
         return err_wrap("%s", it->what);
     }
-    bool add_bos = tok->bos >= 0;
-    bool add_eos = tok->eos >= 0;
+    bool add_bos = tok->bos >= 0 && it->kind != ITEM_CHAT;
+    bool add_eos = tok->eos >= 0 && it->kind != ITEM_CHAT;
     /* EOS is trained when the response is: the last segment with more than white space
      * decides (a chat template's trailing newline does not) */
     int last = f->n - 1;
@@ -514,7 +517,14 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
     } else {
         switch (o->format) {
         case DATASET_FORMAT_ALPACA: rc = format_alpaca(rec, what, &it->f); break;
-        case DATASET_FORMAT_CHAT: rc = format_chat(rec, what, o->chat_template, b->tok, &it->f); break;
+        case DATASET_FORMAT_CHAT:
+            if (o->chat) {
+                it->rec = json_incref((json_t *)rec);
+                it->kind = ITEM_CHAT;
+            } else {
+                rc = format_chat(rec, what, o->chat_template, b->tok, &it->f);
+            }
+            break;
         case DATASET_FORMAT_COMPLETION: {
             const char *text;
             rc = field_str(rec, "text", true, what, &text);
@@ -530,11 +540,11 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
         hooks_format_result_free(&it->f);
         return note_skip(b, rc);
     }
-    if (it->f.kind == HOOKS_FORMAT_DROP) {
+    if (it->kind != ITEM_CHAT && it->f.kind == HOOKS_FORMAT_DROP) {
         b->dropped_hook++;
         return 0;
     }
-    if (it->kind != ITEM_TEXT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
+    if (it->kind != ITEM_TEXT && it->kind != ITEM_CHAT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
     it->what = strdup(what);
     if (++b->n_batch == BATCH) return flush(b);
     return 0;
@@ -727,9 +737,22 @@ static json_t *formatting_json(const builder *b) {
     static const char *const templates[] = {"llama-2", "llama-3", "chatml"};
     const dataset_opts *o = b->o;
     const char *hook = o->format == DATASET_FORMAT_LUA ? hooks_file(b->hooks, "format") : NULL;
-    return json_pack("{s:s, s:s?, s:s?, s:b, s:O}", "format", formats[o->format], "chat_template",
-                     o->format == DATASET_FORMAT_CHAT ? templates[o->chat_template] : NULL, "format_hook", hook,
-                     "train_on_inputs", o->train_on_inputs, "hook_args", o->hook_args ? o->hook_args : json_null());
+    const char *tpl = o->format != DATASET_FORMAT_CHAT ? NULL
+                      : o->chat ? (o->chat_file ? "file" : "tokenizer_default")
+                                : templates[o->chat_template];
+    json_t *f = json_pack("{s:s, s:s?, s:s?, s:b, s:O}", "format", formats[o->format], "chat_template", tpl,
+                          "format_hook", hook, "train_on_inputs", o->train_on_inputs, "hook_args",
+                          o->hook_args ? o->hook_args : json_null());
+    if (o->chat) { /* what the Jinja path needs to render prompts as the data was rendered */
+        const chat_format_opts *c = o->chat;
+        if (o->chat_file) json_object_set_new(f, "chat_template_file", json_string(o->chat_file));
+        if (c->field_messages) json_object_set_new(f, "field_messages", json_string(c->field_messages));
+        if (c->role_key || c->content_key)
+            json_object_set_new(f, "message_property_mappings", json_pack("{s:s?, s:s?}", "role", c->role_key,
+                                                                          "content", c->content_key));
+        if (c->kwargs) json_object_set(f, "chat_template_kwargs", (json_t *)c->kwargs);
+    }
+    return f;
 }
 
 static int finish(builder *b, const char *out_dir, json_t **stats_out) {

@@ -29,6 +29,7 @@
 
 #include "core/hooks.h"
 #include "data/dataset_read.h"
+#include "train/chat_format.h"
 
 #define DATASET_IGNORE_INDEX (-100)
 #define DATASET_VERSION 1
@@ -60,6 +61,11 @@ typedef enum dataset_chat_template {
 typedef struct dataset_opts {
     dataset_format format;
     dataset_chat_template chat_template;
+    const char *chat_file;        /* the chat_template_file the Jinja template came from (NULL: the
+                                     model's own); recorded in meta.json for evaluate */
+    const chat_format_opts *chat; /* format: chat with a Jinja template (then chat_template is not
+                                   * used): the text is exactly what the template renders, with no
+                                   * BOS or EOS added (the template writes them); borrowed */
     int64_t sequence_len;
     bool drop_long;        /* truncation: drop (true) or truncate (false) */
     bool train_on_inputs;
