@@ -798,6 +798,20 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     return 0;
 }
 
+/* The fields a built-in format reads, so that a columnar file decodes only those; format lua
+ * sees every field. Alpaca's instruction and output are required of the file itself. */
+static int read_columns(dataset_reader *r, dataset_format format) {
+    static const char *const alpaca[] = {"instruction", "input", "output"}, *const chat[] = {"messages", "conversations"},
+                             *const completion[] = {"text"};
+    static const int alpaca_req[] = {1, 0, 1}, completion_req[] = {1};
+    switch (format) {
+    case DATASET_FORMAT_ALPACA: return dataset_reader_columns(r, alpaca, alpaca_req, 3);
+    case DATASET_FORMAT_CHAT: return dataset_reader_columns(r, chat, NULL, 2);
+    case DATASET_FORMAT_COMPLETION: return dataset_reader_columns(r, completion, completion_req, 1);
+    default: return 0;
+    }
+}
+
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats) {
     static const dataset_callbacks none;
@@ -828,6 +842,10 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     for (size_t f = 0; !rc && f < src->n_paths && !b.full; f++) {
         dataset_reader *r;
         if ((rc = dataset_reader_open(&r, src->paths[f], src->type))) break;
+        if ((rc = read_columns(r, o->format))) {
+            dataset_reader_close(&r);
+            break;
+        }
         json_t *rec;
         while (!b.full) {
             rc = dataset_reader_next(r, &rec);
