@@ -101,8 +101,9 @@ typedef struct pq_col {
     size_t n_val, cap_val;
     pq_val *dict;
     size_t n_dict;
-    uint8_t **bufs; /* page buffers the values point into */
-    size_t n_bufs, cap_bufs;
+    uint8_t **bufs; /* page buffers the values point into, kept for the next row group */
+    size_t *buf_cap;
+    size_t n_bufs, n_alloc, cap_bufs; /* in use, allocated, slots */
     size_t lpos, vpos; /* assembly cursors */
     size_t string_bytes;
 } pq_col;
@@ -490,8 +491,7 @@ static int parse_footer(pq_file *f, const uint8_t *p, size_t n) {
 /* ---- open / close / projection ---- */
 
 static void col_reset(pq_col *c) {
-    for (size_t i = 0; i < c->n_bufs; i++) free(c->bufs[i]);
-    c->n_bufs = 0;
+    c->n_bufs = 0; /* the buffers stay allocated: the next row group reuses them */
     c->n_lev = c->n_val = c->n_dict = 0;
     c->lpos = c->vpos = 0;
     c->string_bytes = 0;
@@ -501,7 +501,9 @@ static void col_reset(pq_col *c) {
 
 static void col_free(pq_col *c) {
     col_reset(c);
+    for (size_t i = 0; i < c->n_alloc; i++) free(c->bufs[i]);
     free(c->bufs);
+    free(c->buf_cap);
     free(c->def);
     free(c->rep);
     free(c->val);
@@ -663,12 +665,19 @@ static const char *codec_name(int c) {
     return c >= 0 && c <= 7 ? names[c] : "unknown";
 }
 
-/* src[0..n) -> a new buffer of exactly want bytes */
-static int decompress(const where *w, int codec, const uint8_t *src, size_t n, size_t want, uint8_t **out) {
+static int col_buffer(pq_col *c, size_t n, uint8_t **out);
+
+
+/* src[0..n) -> a buffer of c's (reused from row group to row group) of exactly want bytes */
+static int decompress(const where *w, pq_col *c, int codec, const uint8_t *src, size_t n, size_t want, uint8_t **out) {
     *out = NULL;
     if (want > MAX_PAGE_BYTES) return bad(w, "a page of %zu bytes is larger than qlora-run reads (1 GiB)", want);
-    uint8_t *dst = malloc(want ? want : 1);
-    if (!dst) return err_set(ERR_STAGE, "out of memory (a page of %zu bytes)", want);
+    if (codec < C_NONE || codec == C_LZO || codec == C_LZ4 || codec > C_ZSTD)
+        return bad(w, "codec %s (%d) is not supported (qlora-run reads UNCOMPRESSED, SNAPPY, GZIP, BROTLI and "
+                      "ZSTD); rewrite the file with one of those", codec_name(codec), codec);
+    uint8_t *dst;
+    int rc = col_buffer(c, want, &dst);
+    if (rc) return rc;
     bool ok = false;
     switch (codec) {
     case C_SNAPPY: {
@@ -700,13 +709,10 @@ static int decompress(const where *w, int codec, const uint8_t *src, size_t n, s
         ok = !ZSTD_isError(r) && r == want;
         break;
     }
-    default:
-        free(dst);
-        return bad(w, "codec %s (%d) is not supported (qlora-run reads UNCOMPRESSED, SNAPPY, GZIP, BROTLI and "
-                      "ZSTD); rewrite the file with one of those", codec_name(codec), codec);
+    default: break;
     }
     if (!ok) {
-        free(dst);
+        c->n_bufs--; /* the buffer goes back */
         return bad(w, "the %s data does not decompress to the %zu bytes the page header says; the file is damaged",
                    codec_name(codec), want);
     }
@@ -880,18 +886,32 @@ static int col_grow_vals(pq_col *c, size_t more) {
     return 0;
 }
 
-static int col_keep(pq_col *c, uint8_t *buf) {
-    if (c->n_bufs == c->cap_bufs) {
-        size_t cap = c->cap_bufs ? c->cap_bufs * 2 : 16;
-        uint8_t **b = realloc(c->bufs, cap * sizeof *b);
-        if (!b) {
-            free(buf);
-            return err_set(ERR_STAGE, "out of memory");
+/* a buffer of at least n bytes that lives until the next row group: one already allocated by an
+ * earlier row group when there is one (fresh pages cost a page fault every 4 KiB) */
+static int col_buffer(pq_col *c, size_t n, uint8_t **out) {
+    if (c->n_bufs == c->n_alloc) {
+        if (c->n_alloc == c->cap_bufs) {
+            size_t cap = c->cap_bufs ? c->cap_bufs * 2 : 16;
+            uint8_t **b = realloc(c->bufs, cap * sizeof *b);
+            if (!b) return err_set(ERR_STAGE, "out of memory");
+            c->bufs = b;
+            size_t *bc = realloc(c->buf_cap, cap * sizeof *bc);
+            if (!bc) return err_set(ERR_STAGE, "out of memory");
+            c->buf_cap = bc;
+            c->cap_bufs = cap;
         }
-        c->bufs = b;
-        c->cap_bufs = cap;
+        c->bufs[c->n_alloc] = NULL;
+        c->buf_cap[c->n_alloc++] = 0;
     }
-    c->bufs[c->n_bufs++] = buf;
+    size_t i = c->n_bufs;
+    if (c->buf_cap[i] < n) {
+        free(c->bufs[i]);
+        c->bufs[i] = malloc(n ? n : 1);
+        c->buf_cap[i] = c->bufs[i] ? n : 0;
+        if (!c->bufs[i]) return err_set(ERR_STAGE, "out of memory (a page of %zu bytes)", n);
+    }
+    c->n_bufs++;
+    *out = c->bufs[i];
     return 0;
 }
 
@@ -1044,11 +1064,11 @@ static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col
         if (!why && !pre) {
             for (size_t i = 0; i < nn; i++) out[i].u.p = p, p += out[i].n;
         } else if (!why) {
-            uint8_t *buf = malloc(total ? total : 1);
-            if (!buf) {
+            uint8_t *buf;
+            if ((rc = col_buffer(c, (size_t)total, &buf))) {
                 free(pre);
                 free(len);
-                return err_set(ERR_STAGE, "out of memory");
+                return rc;
             }
             uint8_t *q = buf;
             for (size_t i = 0; i < nn; i++) {
@@ -1058,7 +1078,6 @@ static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col
                 out[i].u.p = q;
                 q += out[i].n;
             }
-            rc = col_keep(c, buf);
         }
         free(pre);
         free(len);
@@ -1274,8 +1293,7 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
             uint8_t *buf = NULL;
             const uint8_t *data = body;
             if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                if ((rc = col_keep(c, buf))) return rc;
+                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
                 data = buf;
             }
             rc = dict_page(f, &w, node, c, &h, data, m->codec != C_NONE ? (size_t)h.usize : (size_t)h.csize);
@@ -1295,8 +1313,7 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
             q = body;
             qend = body + h.csize;
             if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                if ((rc = col_keep(c, buf))) return rc;
+                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
                 q = buf;
                 qend = buf + h.usize;
             }
@@ -1321,8 +1338,7 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
             q = body + lv;
             qend = body + h.csize;
             if (m->codec != C_NONE && h.is_compressed) {
-                if ((rc = decompress(&w, m->codec, q, (size_t)h.csize - lv, (size_t)h.usize - lv, &buf))) return rc;
-                if ((rc = col_keep(c, buf))) return rc;
+                if ((rc = decompress(&w, c, m->codec, q, (size_t)h.csize - lv, (size_t)h.usize - lv, &buf))) return rc;
                 q = buf;
                 qend = buf + (h.usize - lv);
             }
