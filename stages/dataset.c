@@ -13,6 +13,7 @@
 #include "core/hooks.h"
 #include "train/dataset_build.h"
 #include "data/dataset_read.h"
+#include "hub/datasets.h"
 #include "hub/hub.h"
 #include "tokenizer/tokenizer.h"
 #include "stages/stage.h"
@@ -22,7 +23,13 @@ static const param_spec dataset_params[] = {
      "the stage whose model directory holds the tokenizer", PARAM_REQUIRED},
     {"path", PARAM_FILES, NULL, 1, 0, NULL, "data files or globs (JSON array, JSONL, CSV, text or Parquet), relative to the recipe", 0},
     {"url", PARAM_STRING, NULL, 1, 0, NULL,
-     "a data file by URL (https://...) or in a hub dataset repo (hf://datasets/org/name[@rev]/path)", 0},
+     "a data file by URL (https://...) or in a hub dataset repo (hf://datasets/org/name[@rev]/path), or a whole hub "
+     "dataset (hf://datasets/org/name[@rev]: its config and split)", 0},
+    {"config", PARAM_STRING, NULL, 1, 0, NULL,
+     "a hub dataset's config (subset), as in load_dataset(name, config); default: its default or only one", 0},
+    {"split", PARAM_STRING, "train", 1, 0, NULL, "a hub dataset's split (train, validation, test or its own names)", 0},
+    {"revision", PARAM_STRING, NULL, 1, 0, NULL,
+     "a hub dataset's branch, tag or commit (default main); its commit and files are part of the cache key", 0},
     {"generator", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file whose generate(ctx) yields records (instead of path)", 0},
     {"type", PARAM_ENUM, "auto", 1, 0, "auto|json|jsonl|csv|text|parquet",
      "file type; auto goes by the extension (and reads a file that starts with PAR1 as Parquet)", 0},
@@ -82,6 +89,67 @@ static void tok_adapt(tokenizer *t, dataset_tokenizer *out) {
 
 static void hub_progress_cb(void *user, const hub_progress *p) {
     stage_progress(user, p->file, (double)p->done, (double)p->total, "B");
+}
+
+/* "hf://datasets/org/name[@rev]" without a file path: a whole dataset; *repo, *rev malloc'd */
+static bool hub_dataset_url(const char *url, char **repo, char **rev) {
+    *repo = *rev = NULL;
+    if (!url || strncmp(url, "hf://datasets/", 14)) return false;
+    const char *s = url + 14, *slash1 = strchr(s, '/');
+    if (!slash1 || strchr(slash1 + 1, '/')) return false;
+    size_t n = strlen(s);
+    char *spec = strndup(s, n && s[n - 1] == '/' ? n - 1 : n);
+    bool ok = spec && !hub_parse_repo_spec(spec, repo, rev) && hub_repo_id_valid(*repo);
+    free(spec);
+    if (!ok) {
+        err_clear();
+        free(*repo);
+        free(*rev);
+        *repo = *rev = NULL;
+    }
+    return ok;
+}
+
+/* the resolution of a whole hub dataset: params -> commit and files (download: fetched too) */
+static int resolve_hub_dataset(const json_t *params, bool download, stage_ctx *c, hub_dataset *d) {
+    char *repo, *rev;
+    if (!hub_dataset_url(json_string_value(json_object_get(params, "url")), &repo, &rev)) return 1;
+    const char *prev = json_string_value(json_object_get(params, "revision"));
+    hub_config cfg;
+    int rc = hub_config_from_env(&cfg);
+    if (!rc && rev && prev && strcmp(rev, prev))
+        rc = err_set(ERR_RECIPE, "url names revision '%s' and revision '%s': keep one", rev, prev);
+    if (!rc) {
+        hub_dataset_opts o = {.repo = repo, .revision = prev ? prev : rev,
+                              .config = json_string_value(json_object_get(params, "config")),
+                              .split = json_string_value(json_object_get(params, "split")), .download = download,
+                              .progress = c ? hub_progress_cb : NULL, .progress_user = c,
+                              .interrupted = c ? c->interrupted : NULL};
+        rc = hub_dataset_resolve(&cfg, &o, d);
+        hub_config_free(&cfg);
+    }
+    free(repo);
+    free(rev);
+    return rc;
+}
+
+static json_t *hub_dataset_json(const hub_dataset *d) {
+    json_t *files = json_array();
+    for (int i = 0; i < d->n_files; i++) json_array_append_new(files, json_string(d->files[i]));
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:o}", "repo", d->repo, "revision", d->revision, "commit", d->commit,
+                     "config", d->config ? d->config : "default", "split", d->split, "files", files);
+}
+
+/* the plan's key: a whole hub dataset's commit and file list (stage_kind.resolve) */
+static int dataset_resolve(const json_t *params, json_t **out) {
+    *out = NULL;
+    hub_dataset d;
+    int rc = resolve_hub_dataset(params, false, NULL, &d);
+    if (rc == 1) return 0; /* not a whole hub dataset: nothing to resolve */
+    if (rc) return rc;
+    *out = hub_dataset_json(&d);
+    hub_dataset_free(&d);
+    return 0;
 }
 
 /* url: https://... or hf://datasets/org/name[@rev]/path -> a local file (malloc'd) */
@@ -195,7 +263,23 @@ static int dataset_run(stage_ctx *c) {
     if (!rc && gen) rc = hooks_bind(hk, "generate", gen);
     free(fh);
     free(gen);
-    if (!rc && stage_str(c, "url")) {
+    hub_dataset hd = {0};
+    char *hrepo = NULL, *hrev = NULL;
+    bool whole = hub_dataset_url(stage_str(c, "url"), &hrepo, &hrev);
+    free(hrepo);
+    free(hrev);
+    if (!rc && whole) {
+        rc = resolve_hub_dataset(c->params, true, c, &hd);
+        stage_progress_done(c);
+        if (!rc) {
+            stage_logf(c, "hub dataset %s: config '%s', split '%s', %s at commit %.12s: %d file(s)", hd.repo, hd.config,
+                       hd.split, hd.revision, hd.commit, hd.n_files);
+            if (!c->report) c->report = json_object();
+            json_object_set_new(c->report, "hub_dataset", hub_dataset_json(&hd));
+            paths = hd.local;
+            n_paths = (size_t)hd.n_files;
+        }
+    } else if (!rc && stage_str(c, "url")) {
         rc = fetch_url(c, stage_str(c, "url"), &fetched);
         if (!rc) {
             paths = &fetched;
@@ -238,6 +322,7 @@ static int dataset_run(stage_ctx *c) {
     tokenizer_free(&t);
     hooks_free(&hk);
     if (paths == &fetched) free(fetched);
+    else if (whole) hub_dataset_free(&hd);
     else dataset_paths_free(&paths, n_paths);
     return rc;
 }
@@ -249,4 +334,5 @@ const stage_kind stage_kind_dataset = {
     .params = dataset_params,
     .check = dataset_check,
     .run = dataset_run,
+    .resolve = dataset_resolve,
 };

@@ -94,6 +94,11 @@ typedef struct stage_kind {
      * in the recipe; the loader resolves each against the recipe's folder, checks it exists and
      * puts its content in the stage's cache key. Call add once a file. */
     void (*key_files)(const json_t *params, void (*add)(void *ud, const char *path), void *ud);
+    /* optional: what the params name but do not pin, resolved when the plan is made (a hub
+     * dataset's branch -> its commit and file list); *out becomes part of the cache key, so a
+     * new commit re-runs the stage and the same one does not. An error leaves the reason in
+     * the key instead (the run then reports it). */
+    int (*resolve)(const json_t *params, json_t **out);
 } stage_kind;
 
 /* registry.c */
