@@ -146,7 +146,7 @@ int main(int argc, char **argv) {
     dataset_opts o = {.format = DATASET_FORMAT_ALPACA, .sequence_len = 512, .sample_packing = true,
                       .val_set_size = 0.02, .shuffle = true, .seed = 1, .jobs = jobs};
     char *paths[1] = {(char *)path};
-    dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL};
+    dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL, NULL, 0};
     log_set_quiet(true);
     best = 1e9;
     long long tokens = 0;
