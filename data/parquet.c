@@ -1370,7 +1370,22 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
     return 0;
 }
 
+/* let the kernel drop the mapped pages of row group rg's chunks: nothing points into them once
+ * the next row group is loaded, so the file's pages in memory stay at about one row group too */
+static void unmap_row_group(pq_file *f, int rg) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    for (int l = 0; l < f->n_leaves; l++) {
+        if (!f->leaf_used[l]) continue;
+        const chunk_meta *m = &f->rgs[rg].cols[l];
+        uintptr_t a = ((uintptr_t)(f->map + m->start) + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t e = (uintptr_t)(f->map + m->start + m->size) & ~((uintptr_t)page - 1);
+        if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+    }
+}
+
 static int load_row_group(pq_file *f, int rg) {
+    if (f->rg >= 0 && f->rg < f->n_rgs) unmap_row_group(f, f->rg);
     for (int l = 0; l < f->n_leaves; l++) col_reset(&f->cols[l]);
     f->rg = rg;
     f->rg_row = 0;
