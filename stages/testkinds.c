@@ -99,5 +99,5 @@ static int echo_check(const json_t *p) {
     return 0;
 }
 
-const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL};
-const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL};
+const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL, NULL};
+const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL, NULL};
