@@ -305,6 +305,10 @@ static int build_tree(pq_file *f, schema_el *els, int i, int parent, int depth, 
     }
     schema_el *e = &els[i];
     pq_node *n = &f->nodes[i];
+    if (!e->name) {
+        *rc = bad(w, "schema element %d has no name", i);
+        return i;
+    }
     if (utf8_valid_prefix(e->name, e->name_len) < e->name_len || memchr(e->name, 0, e->name_len)) {
         *rc = bad(w, "schema element %d has a name that is not UTF-8 text", i);
         return i;
@@ -876,7 +880,7 @@ static const char *delta_decode(const uint8_t **pp, const uint8_t *end, int64_t 
 /* ---- values ---- */
 
 static int col_grow_vals(pq_col *c, size_t more) {
-    if (c->n_val + more <= c->cap_val) return 0;
+    if (c->cap_val && c->n_val + more <= c->cap_val) return 0; /* (never NULL: no arithmetic on it) */
     size_t cap = c->cap_val ? c->cap_val : 1024;
     while (cap < c->n_val + more) cap *= 2;
     pq_val *v = realloc(c->val, cap * sizeof *v);
@@ -1182,7 +1186,7 @@ static const char *parse_page_header(thrift_in *t, page_header *h) {
 }
 
 static int levels_grow(pq_col *c, size_t more, bool def, bool rep) {
-    if (c->n_lev + more <= c->cap_lev) return 0;
+    if (c->cap_lev && c->n_lev + more <= c->cap_lev) return 0; /* (never NULL: no arithmetic on it) */
     size_t cap = c->cap_lev ? c->cap_lev : 1024;
     while (cap < c->n_lev + more) cap *= 2;
     if (def) {
