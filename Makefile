@@ -6,7 +6,8 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SANITIZE ?=
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
-	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq
+	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq \
+	libsnappy-dev libzstd-dev zlib1g-dev libbrotli-dev
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF

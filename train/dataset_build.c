@@ -400,6 +400,7 @@ typedef struct builder {
     /* stats */
     size_t read, dropped_hook, dropped_long, dropped_no_labels, skipped, truncated;
     bool full; /* max_records reached */
+    json_t *mix; /* the counts of a mix (stats "mix") */
 } builder;
 
 /* ---- reporting to the caller ---- */
@@ -835,6 +836,162 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     return 0;
 }
 
+/* The fields a built-in format reads (under the part's names), so that a columnar file decodes
+ * only those; format lua sees every field. Alpaca's instruction and output, and completion's
+ * text, are required of the file itself. */
+static int read_columns(dataset_reader *r, dataset_format format, const dataset_part *p) {
+    const char *ins = p && p->field_instruction ? p->field_instruction : "instruction";
+    const char *in = p && p->field_input ? p->field_input : "input";
+    const char *out = p && p->field_output ? p->field_output : "output";
+    const char *text = p && p->field_text ? p->field_text : "text";
+    const char *alpaca[] = {ins, in, out}, *const chat[] = {"messages", "conversations"}, *completion[] = {text};
+    static const int alpaca_req[] = {1, 0, 1}, completion_req[] = {1};
+    switch (format) {
+    case DATASET_FORMAT_ALPACA: return dataset_reader_columns(r, alpaca, alpaca_req, 3);
+    case DATASET_FORMAT_CHAT: return dataset_reader_columns(r, chat, NULL, 2);
+    case DATASET_FORMAT_COMPLETION: return dataset_reader_columns(r, completion, completion_req, 1);
+    default: return 0;
+    }
+}
+
+/* a record with the part's field names renamed to the format's (a new reference) */
+static json_t *remap(json_t *rec, const dataset_part *p) {
+    const char *from[4] = {p->field_instruction, p->field_input, p->field_output, p->field_text};
+    static const char *const to[4] = {"instruction", "input", "output", "text"};
+    json_t *o = NULL;
+    for (int k = 0; k < 4; k++) {
+        if (!from[k] || !strcmp(from[k], to[k]) || !json_is_object(rec)) continue;
+        if (!o) o = json_copy(rec);
+        json_t *v = json_object_get(rec, from[k]);
+        if (v) json_object_set(o, to[k], v);
+        else json_object_del(o, to[k]);
+    }
+    return o ? o : json_incref(rec);
+}
+
+/* records of one part's files: counted (add == false) or added; pick (may be NULL) chooses by
+ * index; the part's max_records ends it */
+static int read_part(builder *b, const dataset_part *p, const bool *pick, bool add, size_t *count) {
+    const dataset_opts *o = b->o;
+    size_t idx = 0;
+    int rc = 0;
+    *count = 0;
+    for (size_t f = 0; !rc && f < p->n_paths; f++) {
+        dataset_reader *r;
+        if ((rc = dataset_reader_open(&r, p->paths[f], p->type))) break;
+        rc = read_columns(r, p->format, p);
+        json_t *rec;
+        while (!rc && !b->full && !(p->max_records > 0 && idx >= (size_t)p->max_records)) {
+            rc = dataset_reader_next(r, &rec);
+            if (rc == ERR_DATA && o->skip_errors && dataset_reader_can_go_on(r)) {
+                rc = 0;
+                if (add) { /* a bad line is a record too, as without a mix */
+                    b->read++;
+                    rc = note_skip(b, ERR_DATA);
+                }
+                idx++;
+                continue;
+            }
+            if (rc || !rec) break;
+            bool take = !pick || pick[idx];
+            idx++;
+            if (add && take) {
+                char what[600];
+                snprintf(what, sizeof what, "%s: record %zu", p->paths[f], dataset_reader_index(r));
+                json_t *m = remap(rec, p);
+                rc = add_record(b, m, what);
+                json_decref(m);
+                ++*count;
+            } else if (!add) {
+                ++*count;
+            }
+            json_decref(rec);
+        }
+        dataset_reader_close(&r);
+    }
+    return rc;
+}
+
+/* the parts of a mix, each with its own format, in the shares of their weights */
+static int build_mix(builder *b, const dataset_source *src) {
+    const dataset_opts *o = b->o;
+    size_t n = src->n_parts;
+    size_t *avail = calloc(n, sizeof *avail), *take = calloc(n, sizeof *take);
+    int rc = avail && take ? 0 : err_set(ERR_STAGE, "out of memory");
+    double wsum = 0;
+    bool uniform = true;
+    for (size_t i = 0; i < n; i++) {
+        wsum += src->parts[i].weight;
+        uniform &= src->parts[i].weight == src->parts[0].weight;
+    }
+    if (!rc && !(wsum > 0)) rc = err_set(ERR_RECIPE, "datasets: every weight is 0: nothing to train on");
+    if (!rc && !uniform) { /* count first: the shares need every part's size */
+        double t = -1;
+        for (size_t i = 0; !rc && i < n; i++) {
+            rc = read_part(b, &src->parts[i], NULL, false, &avail[i]);
+            double share = src->parts[i].weight / wsum;
+            if (!rc && share > 0 && (t < 0 || (double)avail[i] / share < t)) t = (double)avail[i] / share;
+        }
+        for (size_t i = 0; !rc && i < n; i++) {
+            double want = src->parts[i].weight / wsum * t + 0.5;
+            take[i] = want < (double)avail[i] ? (size_t)want : avail[i];
+        }
+    }
+    json_t *mix = json_array();
+    for (size_t i = 0; !rc && i < n && !b->full; i++) {
+        const dataset_part *p = &src->parts[i];
+        bool *pick = NULL;
+        if (!uniform) {
+            pick = calloc(avail[i] + 1, sizeof *pick);
+            size_t *idx = malloc((avail[i] + 1) * sizeof *idx);
+            if (!pick || !idx) {
+                free(pick);
+                free(idx);
+                rc = err_set(ERR_STAGE, "out of memory");
+                break;
+            }
+            /* take[i] of avail[i] without replacement: a partial Fisher-Yates shuffle */
+            rng_state r;
+            rng_seed(&r, o->seed ^ (0x9E3779B97F4A7C15ull * (i + 1)));
+            for (size_t k = 0; k < avail[i]; k++) idx[k] = k;
+            for (size_t k = 0; k < take[i]; k++) {
+                size_t j = k + (size_t)rng_next_below(&r, (uint64_t)(avail[i] - k));
+                size_t tmp = idx[k];
+                idx[k] = idx[j];
+                idx[j] = tmp;
+                pick[idx[k]] = true;
+            }
+            free(idx);
+        }
+        dataset_opts po = *o;
+        po.format = p->format;
+        po.chat_template = p->chat_template;
+        if (p->chat_builtin) po.chat = NULL;
+        po.max_records = 0; /* the parts have their own */
+        b->o = &po;
+        size_t used = 0;
+        rc = read_part(b, p, pick, true, &used);
+        if (!rc) rc = flush(b); /* formatted with po: tokenize before po goes */
+        b->o = o;
+        free(pick);
+        if (uniform) avail[i] = used;
+        double share = p->weight / wsum;
+        say(b, "mix: %s: %zu of %zu records (weight %g, %.1f%% of the weights)", p->name, used, avail[i], p->weight,
+            100 * share);
+        json_array_append_new(mix, json_pack("{s:s, s:I, s:I, s:f, s:f}", "name", p->name, "available",
+                                             (json_int_t)avail[i], "used", (json_int_t)used, "weight", p->weight,
+                                             "share", share));
+        if (!rc && used == 0 && p->weight > 0)
+            rc = err_set(ERR_DATA, "datasets: '%s' gives no records%s", p->name,
+                         avail[i] ? "" : " (its files hold none)");
+    }
+    if (!rc) b->mix = mix;
+    else json_decref(mix);
+    free(avail);
+    free(take);
+    return rc;
+}
+
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats) {
     static const dataset_callbacks none;
@@ -854,7 +1011,7 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
                                (json_int_t)o->seed, "args", o->hook_args ? o->hook_args : json_null());
         if (o->max_records > 0) json_object_set_new(b.hook_ctx, "max_records", json_integer(o->max_records));
     }
-    if (!rc && src->n_paths == 0) {
+    if (!rc && src->n_paths == 0 && src->n_parts == 0) {
         if (!hooks_has(src->hooks, "generate"))
             rc = err_set(ERR_RECIPE, "no data: set path (files), or a generator hook");
         else {
@@ -862,9 +1019,14 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
             rc = hooks_generate(src->hooks, b.hook_ctx, on_generated, &g);
         }
     }
-    for (size_t f = 0; !rc && f < src->n_paths && !b.full; f++) {
+    if (!rc && src->n_parts) rc = build_mix(&b, src);
+    for (size_t f = 0; !rc && !src->n_parts && f < src->n_paths && !b.full; f++) {
         dataset_reader *r;
         if ((rc = dataset_reader_open(&r, src->paths[f], src->type))) break;
+        if ((rc = read_columns(r, o->format, NULL))) {
+            dataset_reader_close(&r);
+            break;
+        }
         json_t *rec;
         while (!b.full) {
             rc = dataset_reader_next(r, &rec);
@@ -886,6 +1048,8 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     if (!rc) rc = flush(&b);
     if (b.cb->progress_done) b.cb->progress_done(b.cb->ud);
     if (!rc) rc = finish(&b, out_dir, stats);
+    if (!rc && b.mix && stats && *stats) json_object_set(*stats, "mix", b.mix);
+    json_decref(b.mix);
     for (size_t i = 0; i < b.n_batch; i++) item_free(&b.batch[i]);
     if (src->hooks) hooks_set_callbacks(src->hooks, NULL);
     json_decref(b.hook_ctx);

@@ -130,7 +130,7 @@ int main(int argc, char **argv) {
     dataset_opts o = {.format = DATASET_FORMAT_ALPACA, .sequence_len = 512, .sample_packing = true,
                       .val_set_size = 0.02, .shuffle = true, .seed = 1, .jobs = jobs};
     char *paths[1] = {data};
-    dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL};
+    dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL, NULL, 0};
     if (hook) {
         json_t *spec = json_pack("{s:s}", "format", hook);
         int hrc = hooks_open(&src.hooks, spec);
