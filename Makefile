@@ -5,9 +5,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SANITIZE ?=
-# besides the build and `make deb` (file, dpkg-dev, jq), the tests need: nginx (the hub server of the hub tests), spm_encode
-# (sentencepiece), python3 (a plain HTTP server), openssl (test certificates), git (hash-object for
-# the hub's ETags), clang (the fuzz targets); node and npm below. A test whose tool is missing fails.
+# Besides the build and `make deb` (file, dpkg-dev, jq), the tests' tools: nginx (the hub tests'
+# server), spm_encode (sentencepiece), python3 (a plain HTTP server), openssl (test certificates),
+# git (hash-object for the hub's ETags), jq, clang (the fuzz targets); node and npm below. A test
+# whose tool is missing fails.
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
 	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq \
 	python3 openssl git clang
