@@ -13,8 +13,6 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
-#include "core/lua_host.h"
-#include "net/http.h"
 #include "test.h"
 
 static char tmp[] = "/tmp/qlora_hooks_XXXXXX";
@@ -257,7 +255,6 @@ TEST(test_hooks_spec_errors) {
 
 int main(void) {
     if (!mkdtemp(tmp)) return 1;
-    lua_host_set_http_post(net_post); /* as runner/main.c does: qlora.http_post goes through net/ */
     RUN(test_cosine);
     RUN(test_wsd);
     RUN(test_metrics_log);
