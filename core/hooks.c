@@ -140,6 +140,18 @@ const char *hooks_file(const hooks *h, const char *point) {
     return lh ? lua_host_path(lh) : NULL;
 }
 
+void hooks_loaded_files(hooks *h, const char *point, json_t *into) {
+    lua_host *lh = hooks_host(h, point);
+    if (!lh) return;
+    size_t i, k;
+    json_t *x, *y;
+    json_array_foreach(lua_host_loaded_files(lh), i, x) {
+        bool have = false;
+        json_array_foreach(into, k, y) if (json_equal(x, y)) have = true;
+        if (!have) json_array_append(into, x);
+    }
+}
+
 void hooks_set_callbacks(hooks *h, const lua_host_callbacks *cb) {
     if (cb) h->cb = *cb;
     else memset(&h->cb, 0, sizeof h->cb);

@@ -54,6 +54,9 @@ void hooks_free(hooks **h);
 bool hooks_has(const hooks *h, const char *point);
 const char *hooks_file(const hooks *h, const char *point); /* NULL if unbound */
 lua_host *hooks_host(hooks *h, const char *point);        /* NULL if unbound */
+/* Append to the array `into` the files the state serving `point` has read (require, io
+ * reads; lua_host_loaded_files), skipping those already there. Nothing if unbound. */
+void hooks_loaded_files(hooks *h, const char *point, json_t *into);
 /* set the callback slots of every state (tokenizer, metrics, log) */
 void hooks_set_callbacks(hooks *h, const lua_host_callbacks *cb);
 

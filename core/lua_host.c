@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "fsutil.h"
@@ -34,6 +35,7 @@ struct lua_host {
     uint64_t instr_count, instr_limit;
     lua_host_callbacks cb;
     int module_ref; /* the table the file returned, or LUA_NOREF */
+    json_t *loaded; /* absolute paths of the files read through require, io.open(r), io.lines */
 };
 
 static lua_host *host_of(lua_State *L) { return *(lua_host **)lua_getextraspace(L); }
@@ -540,6 +542,27 @@ static void push_qlora_module(lua_State *L) {
 
 /* ---- the sandbox ---- */
 
+/* Remember a file the hook read: its content shapes what the hook returns, so the stages the
+ * hook serves key on it (docs/hooks.md). Relative paths resolve against the working directory,
+ * as io.open resolves them; a file that does not exist is recorded too (creating it matters). */
+static void note_loaded(lua_host *h, const char *path) {
+    char *abs = realpath(path, NULL);
+    if (!abs) {
+        char cwd[4096];
+        if (path[0] == '/' || !getcwd(cwd, sizeof cwd)) abs = strdup(path);
+        else abs = fs_join(cwd, path);
+    }
+    if (!abs) return;
+    size_t i;
+    json_t *x;
+    json_array_foreach(h->loaded, i, x) if (!strcmp(json_string_value(x), abs)) {
+        free(abs);
+        return;
+    }
+    json_array_append_new(h->loaded, json_string(abs));
+    free(abs);
+}
+
 /* require "qlora", or "name" from name.lua next to the hook file */
 static int sandbox_require(lua_State *L) {
     lua_host *h = host_of(L);
@@ -564,6 +587,7 @@ static int sandbox_require(lua_State *L) {
         luaL_addstring(&b, ".lua");
         luaL_pushresult(&b);
         const char *file = lua_tostring(L, -1);
+        note_loaded(h, file);
         if (luaL_loadfilex(L, file, "t") != LUA_OK)
             return luaL_error(L, "module '%s' not found: %s (hooks may require only 'qlora' and .lua files next to them)",
                               name, lua_tostring(L, -1));
@@ -619,6 +643,7 @@ static int sandbox_io_open(lua_State *L) {
     const char *mode = luaL_optstring(L, 2, "r");
     bool writes = strpbrk(mode, "wa+") != NULL;
     sandbox_path(L, h, path, writes);
+    if (!writes) note_loaded(h, lua_tostring(L, -1));
     lua_replace(L, 1);
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -631,6 +656,7 @@ static int sandbox_io_lines(lua_State *L) {
     lua_host *h = host_of(L);
     const char *path = luaL_checkstring(L, 1); /* no filename would mean stdin */
     sandbox_path(L, h, path, false);
+    note_loaded(h, lua_tostring(L, -1));
     lua_replace(L, 1);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
@@ -764,6 +790,7 @@ int lua_host_open(lua_host **out, const char *path, const lua_host_opts *opts) {
     h->mem_limit = SIZE_MAX;
     h->instr_limit = opts->instruction_limit ? opts->instruction_limit : LUA_HOST_DEFAULT_INSTRUCTIONS;
     h->module_ref = LUA_NOREF;
+    h->loaded = json_array();
     h->L = lua_newstate(host_alloc, h);
     if (!h->L) {
         lua_host_free(&h);
@@ -803,6 +830,7 @@ void lua_host_free(lua_host **hp) {
     free(h->path);
     free(h->dir);
     free(h->write_root);
+    json_decref(h->loaded);
     free(h);
     *hp = NULL;
 }
@@ -813,6 +841,7 @@ void lua_host_set_callbacks(lua_host *h, const lua_host_callbacks *cb) {
 }
 
 const char *lua_host_path(const lua_host *h) { return h->path; }
+const json_t *lua_host_loaded_files(const lua_host *h) { return h->loaded; }
 lua_State *lua_host_state(lua_host *h) { return h->L; }
 size_t lua_host_memory_used(const lua_host *h) { return h->mem_used; }
 

@@ -360,6 +360,54 @@ static void add_kind_file(void *ud, const char *path) {
     free(given);
 }
 
+/* The hooks that shape stage rs: the recipe's hooks for its kind's points (already open in h)
+ * and its own hook-file params (PARAM_HOOK), opened here with the recipe's allowances so a
+ * syntax error or a missing function is found now, located at the param. The files those
+ * hooks loaded while their top level ran (require "helper") enter the stage's key; files
+ * they read only when called are recorded by the run (stage_note_hook_files). */
+static void open_stage_hooks(errs *e, recipe_stage *rs, hooks *h, const json_t *hk) {
+    vctx v = {e, NULL, rs->key_files};
+    json_t *loaded = json_array();
+    const char *kh = key_hooks_of(rs->kind->name);
+    if (*kh) {
+        size_t nh;
+        const char **pts = split_choices(kh, &nh);
+        for (size_t k = 0; k < nh; k++)
+            if (hooks_has(h, pts[k])) {
+                rs->hook_shaped = true;
+                hooks_loaded_files(h, pts[k], loaded);
+            }
+        free(pts);
+    }
+    json_t *opts = json_object();
+    const char *settings[] = {"allow", "memory_mb", "instructions"};
+    for (int k = 0; k < 3; k++)
+        if (json_object_get(hk, settings[k])) json_object_set(opts, settings[k], json_object_get(hk, settings[k]));
+    hooks *own = NULL;
+    for (const param_spec *p = rs->kind->params; rs->params && p->name; p++) {
+        const char *path = json_string_value(json_object_get(rs->params, p->name));
+        if (!(p->flags & PARAM_HOOK) || !path) continue;
+        rs->hook_shaped = true;
+        if (!own && hooks_open(&own, opts)) {
+            err_clear();
+            break;
+        }
+        const yt_node *at = yt_map_get(rs->node, p->name);
+        if (hooks_bind(own, p->choices, path)) {
+            errs_add(e, at ? at : rs->node, "stage '%s': %s: %s", rs->name, p->name, err_msg());
+            err_clear();
+            continue;
+        }
+        hooks_loaded_files(own, p->choices, loaded);
+    }
+    hooks_free(&own);
+    json_decref(opts);
+    size_t i;
+    json_t *x;
+    json_array_foreach(loaded, i, x) add_key_file(&v, json_string_value(x));
+    json_decref(loaded);
+}
+
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
 static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     errs *e = v->e;
@@ -780,6 +828,8 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
         if (kind->check && kind->check(rs->params)) {
             errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
+        } else {
+            for (int i = 0; i < r->n_stages; i++) open_stage_hooks(&e, &r->stages[i], h, hk);
         }
         if (kind->key_files) {
             kind_files kf = {&sv, r->dir, st};

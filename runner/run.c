@@ -168,6 +168,7 @@ static int exec_stage(runner *R, int i) {
             json_object_set_new(m, "seconds", json_real(secs));
             json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
             json_object_set_new(m, "program", version_json());
+            if (json_array_size(ctx.hook_files)) json_object_set_new(m, "hook_files", plan_file_hashes(&R->c, ctx.hook_files));
             rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
             if (!rc) {
                 char *why = NULL;
@@ -197,6 +198,7 @@ static int exec_stage(runner *R, int i) {
         for (int k = 0; k < ctx.n_inputs; k++) free((char *)ctx.inputs[k].dir);
         json_decref(ctx.metrics);
         json_decref(ctx.report);
+        json_decref(ctx.hook_files);
     }
     if (rc && tmp) {
         int keep = err_code();

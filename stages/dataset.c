@@ -23,11 +23,11 @@ static const param_spec dataset_params[] = {
     {"path", PARAM_FILES, NULL, 1, 0, NULL, "data files or globs (JSON array, JSONL, CSV or text), relative to the recipe", 0},
     {"url", PARAM_STRING, NULL, 1, 0, NULL,
      "a data file by URL (https://...) or in a hub dataset repo (hf://datasets/org/name[@rev]/path)", 0},
-    {"generator", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file whose generate(ctx) yields records (instead of path)", 0},
+    {"generator", PARAM_FILE, NULL, 1, 0, "generate", "a Lua file whose generate(ctx) yields records (instead of path)", PARAM_HOOK},
     {"type", PARAM_ENUM, "auto", 1, 0, "auto|json|jsonl|csv|text", "file type; auto goes by the extension", 0},
     {"format", PARAM_ENUM, "alpaca", 1, 0, "alpaca|chat|completion|lua",
      "how a record becomes prompt and response: alpaca templates, a chat template, raw text, or a Lua format hook", 0},
-    {"format_hook", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file with format(record, ctx) (format: lua)", 0},
+    {"format_hook", PARAM_FILE, NULL, 1, 0, "format", "a Lua file with format(record, ctx) (format: lua)", PARAM_HOOK},
     {"chat_template", PARAM_ENUM, "llama-3", 1, 0, "llama-2|llama-3|chatml", "the chat template of format: chat", 0},
     {"sequence_len", PARAM_INT, "512", 2, 1048576, NULL, "tokens per row (and the longest sequence)", 0},
     {"truncation", PARAM_ENUM, "truncate", 1, 0, "truncate|drop", "what to do with a sequence longer than sequence_len", 0},
@@ -234,6 +234,7 @@ static int dataset_run(stage_ctx *c) {
             json_object_set_new(c->report, "dataset", stats);
         }
     }
+    if (!rc) stage_note_hook_files(c, hk, "format|generate");
     tokenizer_free(&t);
     hooks_free(&hk);
     if (paths == &fetched) free(fetched);

@@ -707,6 +707,7 @@ out:
     for (int k = 0; k < n_sets; k++) train_data_free(&sets[k]);
     free(stops);
     llama_free(&e.m);
+    if (!rc) stage_note_hook_files(ctx, e.hooks, "format|score|generate");
     hooks_free(&e.hooks);
     json_decref(e.fmt_ctx);
     tokenizer_free(&e.tok);

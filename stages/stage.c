@@ -8,6 +8,7 @@
 
 #include "core/events.h"
 #include "core/fsutil.h"
+#include "core/hooks.h"
 #include "core/log.h"
 #include "core/progress.h"
 
@@ -78,4 +79,28 @@ int stage_error_as_recipe(void) {
     int rc = err_set(ERR_RECIPE, "%s", msg ? msg : "invalid parameters");
     free(msg);
     return rc;
+}
+
+void stage_note_files(stage_ctx *c, const json_t *paths) {
+    if (!c->hook_files) c->hook_files = json_array();
+    size_t cl = c->cache_dir ? strlen(c->cache_dir) : 0, i, k;
+    json_t *x, *y;
+    json_array_foreach(paths, i, x) {
+        const char *p = json_string_value(x);
+        /* artifacts of the inputs are keyed through the inputs' keys already */
+        if (!p || (cl && !strncmp(p, c->cache_dir, cl) && p[cl] == '/')) continue;
+        bool have = false;
+        json_array_foreach(c->hook_files, k, y) if (json_equal(x, y)) have = true;
+        if (!have) json_array_append(c->hook_files, x);
+    }
+}
+
+void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points) {
+    if (!h || !points) return;
+    json_t *all = json_array();
+    char *list = strdup(points), *save = NULL;
+    for (char *p = strtok_r(list, "|", &save); p; p = strtok_r(NULL, "|", &save)) hooks_loaded_files(h, p, all);
+    free(list);
+    stage_note_files(c, all);
+    json_decref(all);
 }

@@ -34,9 +34,12 @@ typedef enum param_type {
 enum param_flags {
     PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
     PARAM_NOKEY = 1 << 1,    /* not part of the cache key (e.g. log_every) */
-    PARAM_PATH_OR_WORD = 1 << 2 /* STRING: a keyword ("byte"), or else a file or directory
+    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte"), or else a file or directory
                                    relative to the recipe, which must exist and whose content
                                    is part of the cache key */
+    PARAM_HOOK = 1 << 3 /* FILE: a Lua hook file serving the point named in `choices`: the
+                           recipe loader opens it and checks the function as for a recipe-level
+                           hook, and the files it loads enter this stage's key */
 };
 
 typedef struct param_spec {
@@ -72,6 +75,10 @@ typedef struct stage_ctx {
     uint64_t seed;                 /* the recipe's seed */
     const char *device;            /* "cpu" or "cuda" (auto already resolved) */
     json_t *hooks;                 /* the recipe's hooks: {point: abs path, "allow": [...], ...} */
+    json_t *hook_files;            /* files the stage's hooks read while it ran (absolute paths,
+                                      stage_note_hook_files fills it); the runner keeps their
+                                      hashes in the manifest, and plan re-runs the stage when
+                                      one changes */
     int n_inputs;
     stage_input inputs[STAGE_MAX_INPUTS];
     json_t *metrics;               /* stage_metric() fills it; saved in the manifest */
@@ -132,6 +139,13 @@ void stage_progress_done(stage_ctx *c);
 /* a JSON event into events.jsonl (steals ev) */
 void stage_event(stage_ctx *c, const char *type, json_t *ev);
 bool stage_interrupted(const stage_ctx *c);
+/* Note the files read by the hook states serving `points` ('|'-separated): call it after the
+ * hooks ran (a failed run records nothing). */
+struct hooks;
+void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points);
+/* The same for a list of absolute paths (a `kind: lua` script's lua_host_loaded_files); paths
+ * inside the cache are skipped (the inputs' keys cover them). */
+void stage_note_files(stage_ctx *c, const json_t *paths);
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);

@@ -39,7 +39,7 @@ static const param_spec train_params[] = {
     {"max_steps", PARAM_INT, "0", 0, 1e12, NULL, "optimizer steps; 0: from num_epochs", 0},
     {"warmup_steps", PARAM_INT, "0", 0, 1e12, NULL, "linear warmup from 0 over this many steps", 0},
     {"lr_scheduler", PARAM_ENUM, "cosine", 0, -1, "constant|linear|cosine", "decay after warmup", 0},
-    {"lr_hook", PARAM_FILE, NULL, 0, -1, NULL, "Lua file with lr(step, total_steps, base_lr); overrides lr_scheduler", 0},
+    {"lr_hook", PARAM_FILE, NULL, 0, -1, "lr", "Lua file with lr(step, total_steps, base_lr); overrides lr_scheduler", PARAM_HOOK},
     {"weight_decay", PARAM_FLOAT, "0", 0, 10, NULL, "AdamW decoupled weight decay", 0},
     {"adam_beta1", PARAM_FLOAT, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
     {"adam_beta2", PARAM_FLOAT, "0.999", 0, 0.999999999, NULL, "AdamW beta2", 0},
@@ -338,6 +338,7 @@ static int train_run_stage(stage_ctx *ctx) {
 
 out:
     if (run.log) fclose(run.log);
+    if (!rc) stage_note_hook_files(ctx, run.hooks, "lr");
     hooks_free(&run.hooks);
     llama_free(&m);
     train_data_free(&train);

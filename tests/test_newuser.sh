@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# test_newuser.sh: what a new user tripped over (issue 14), one check per item, through the
+# program as a user runs it. Each check names its item; every one failed before its fix.
+set -uo pipefail
+: "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+W=$(mktemp -d)
+trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
+export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
+cd "$W"
+pass=0 failed=0
+ok() { pass=$((pass+1)); echo "ok   $*"; }
+bad() { failed=$((failed+1)); echo "FAIL $*"; [ -f out.txt ] && sed 's/^/    /' out.txt | head -30; }
+run() { "$QLORA_BIN" "$@" > out.txt 2>&1; }
+
+base_yaml() { # name, then extra stages on stdin
+    printf 'name: %s\nseed: 3\nstages:\n  base:\n    kind: init_model\n    arch: llama\n    layers: 1\n    hidden: 64\n' "$1"
+    cat
+}
+
+# ---- item 1: a file a hook loads (require at the top, an io read inside format) is keyed
+mkdir -p i1 && cd i1
+cat > helper.lua <<'LUA'
+return {head = "Q: "}
+LUA
+echo "A: " > answer_prefix.txt
+cat > fmt.lua <<'LUA'
+local h = require "helper"
+function format(r)
+  local f = assert(io.open("answer_prefix.txt"))
+  local a = f:read("l")
+  f:close()
+  return {prompt = h.head .. r.q .. "\n", response = a .. r.a}
+end
+LUA
+printf '{"q": "one", "a": "1"}\n{"q": "two", "a": "2"}\n' > d.jsonl
+base_yaml i1 > r.yaml <<'YAML'
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: lua
+    format_hook: fmt.lua
+    sequence_len: 64
+  stats:
+    kind: lua
+    script: stats.lua
+    input: data
+YAML
+echo 'function run(ctx) return {n = 1} end' > stats.lua
+if run r.yaml && run r.yaml && grep -q "0 ran" out.txt; then
+    echo 'return {head = "Question: "}' > helper.lua
+    run plan r.yaml
+    if grep -A1 "^  data" out.txt | grep -q "file 'helper.lua' changed"; then ok "1 require'd helper in the key"
+    else bad "1 a changed require'd helper left the dataset cached"; fi
+    run r.yaml
+    run data show r.yaml data
+    if grep -q "Question: one" out.txt; then ok "1 data show shows the new prompt"; else bad "1 data show after a helper change"; fi
+    echo "Answer: " > answer_prefix.txt
+    run plan r.yaml
+    if grep -A1 "^  data" out.txt | grep -q "answer_prefix.txt' (read by a hook) changed" &&
+       grep -A1 "^  stats" out.txt | grep -q "input 'data' is made again"; then ok "1 a file read inside format() re-runs data and what follows"
+    else bad "1 a file read by format() at run time left the dataset cached"; fi
+    run r.yaml
+    run r.yaml
+    grep -q "0 ran" out.txt && ok "1 cached again after the re-run" || bad "1 not cached after the re-run"
+else bad "1 first runs"; fi
+cd "$W"
+
+# ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
+mkdir -p i4 && cd i4
+echo 'function on_step(m) end' > step.lua
+printf '{"instruction": "a", "output": "b"}\n' > d.jsonl
+{ printf 'hooks:\n  on_step: step.lua\n  allow: [io]\n'; base_yaml i4 <<'YAML'
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: alpaca
+    sequence_len: 512
+YAML
+} > r.yaml
+run r.yaml
+sed -i '/allow: \[io\]/d' r.yaml
+run plan r.yaml
+if grep -A1 "^  data" out.txt | grep -q "cached"; then ok "4 dropping allow: [io] keeps the dataset cached"
+else bad "4 dropping allow: [io] re-made the dataset"; fi
+cd "$W"
+
+echo "$pass passed, $failed failed"
+[ $failed -eq 0 ]
