@@ -66,6 +66,24 @@ if run r.yaml && run r.yaml && grep -q "0 ran" out.txt; then
 else bad "1 first runs"; fi
 cd "$W"
 
+# ---- item 2: export --out never deletes a user's files
+mkdir -p i2 && cd i2
+"$QLORA_BIN" init-model --out base --hidden 64 --layers 1 > /dev/null 2>&1
+mkdir mywork && echo "my notes" > mywork/notes.txt
+run export --base base --format gguf --out mywork
+if [ $? -eq 2 ] && [ -f mywork/notes.txt ] && grep -q "notes.txt" out.txt; then ok "2 export refuses a folder with a user's file"
+else bad "2 export --out into a user's folder (notes.txt: $(cat mywork/notes.txt 2>&1))"; fi
+run export --base base --format gguf --out fresh && run export --base base --format gguf,merged --out fresh
+if [ $? -eq 0 ] && [ -f fresh/model-f16.gguf ] && [ -d fresh/model ]; then ok "2 export replaces a previous export"
+else bad "2 re-export over a previous export"; fi
+mkdir empty && (cd empty && "$QLORA_BIN" export --base ../base --format gguf --out . > ../out.txt 2>&1)
+if [ $? -eq 0 ] && [ -f empty/model-f16.gguf ]; then ok "2 export --out . into an empty folder"
+else bad "2 export --out . (an empty working directory)"; fi
+(cd mywork && "$QLORA_BIN" export --base ../base --format gguf --out . > ../out.txt 2>&1)
+if [ $? -eq 2 ] && [ -f mywork/notes.txt ] && grep -q "an export did not write" out.txt; then ok "2 export --out . in a user's folder is refused clearly"
+else bad "2 export --out . in a user's folder"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
