@@ -84,6 +84,32 @@ if [ $? -eq 2 ] && [ -f mywork/notes.txt ] && grep -q "an export did not write" 
 else bad "2 export --out . in a user's folder"; fi
 cd "$W"
 
+# ---- item 3: a fully cached run needs no write access to the cache
+mkdir -p i3 && cd i3
+printf '{"instruction": "a", "output": "b"}\n' > d.jsonl
+base_yaml i3 > r.yaml <<'YAML'
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: alpaca
+    sequence_len: 512
+YAML
+export QLORA_CACHE="$W/i3/cache"
+run r.yaml
+mkdir -p "$W/i3/runs" && chmod 777 "$W/i3/runs" && chmod 755 "$W" "$W/i3"
+if [ "$(id -u)" = 0 ] && command -v setpriv > /dev/null; then as_reader() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+else chmod -R a-w cache; as_reader() { "$@"; }; fi
+QLORA_RUNS="$W/i3/runs" as_reader "$QLORA_BIN" r.yaml > out.txt 2>&1
+if [ $? -eq 0 ] && grep -q "0 ran, 2 cached" out.txt; then ok "3 a cached run on a read-only cache"
+else bad "3 a cached run on a read-only cache failed"; fi
+QLORA_RUNS="$W/i3/runs" as_reader "$QLORA_BIN" r.yaml --set stages.data.sequence_len=500 > out.txt 2>&1
+if [ $? -eq 1 ] && grep -q "is read-only, and stage 'data' is not in it" out.txt; then ok "3 a stage to compute on a read-only cache is named"
+else bad "3 computing on a read-only cache: unclear error"; fi
+chmod -R u+w cache
+export QLORA_CACHE="$W/cache"
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
