@@ -43,7 +43,7 @@ static const param_spec eval_params[] = {
     {"adapter", PARAM_REF, NULL, 0, -1, "train|attach_lora", "the tuned adapter (none: the base model only)", 0},
     {"data", PARAM_REF, NULL, 0, -1, "dataset", "loss and perplexity on its val split; val records to score", 0},
     {"extra_data", PARAM_REF, NULL, 0, -1, "dataset", "another dataset to report loss and perplexity on", 0},
-    {"prompts", PARAM_ANY, "[]", 0, -1, NULL, "prompts: strings (used verbatim) or records (through the format hook)", 0},
+    {"prompts", PARAM_ANY, "[]", 0, -1, NULL, "prompts: strings (used verbatim) or records (formatted as the data was: its format hook, alpaca, or chat template)", 0},
     {"prompts_file", PARAM_FILE, NULL, 0, -1, NULL, "more prompts: a .jsonl of records or a text file, one a line", 0},
     {"compare_base", PARAM_BOOL, "true", 0, -1, NULL, "also evaluate the base model, side by side", 0},
     {"max_new_tokens", PARAM_INT, "64", 1, 1e6, NULL, "tokens to generate per prompt", 0},
@@ -136,6 +136,8 @@ typedef struct eval_state {
     hooks *hooks;
     json_t *fmt_ctx; /* ctx of format(record, ctx), as the dataset stage passes it */
     bool alpaca;     /* the data used the built-in alpaca format */
+    bool chat;       /* ... or format: chat with chat_template */
+    dataset_chat_template chat_template;
     tokenizer *tok;
     llama_model *m;
     gen_opts gen;
@@ -151,10 +153,18 @@ static int record_prompt(eval_state *e, const json_t *record, const char *what, 
         *out = dataset_alpaca_prompt(instruction, json_string_value(json_object_get(record, "input")));
         return *out ? 0 : err_set(ERR_STAGE, "out of memory");
     }
+    if (!hooks_has(e->hooks, "format") && e->chat &&
+        (json_object_get(record, "messages") || json_object_get(record, "conversations"))) {
+        int32_t bos = tokenizer_bos(e->tok), eos = tokenizer_eos(e->tok);
+        dataset_tokenizer dt = {.bos = bos, .eos = eos,
+                                .bos_token = bos >= 0 ? tokenizer_token(e->tok, bos) : "",
+                                .eos_token = eos >= 0 ? tokenizer_token(e->tok, eos) : ""};
+        return dataset_chat_prompt(record, what, e->chat_template, &dt, out);
+    }
     if (!hooks_has(e->hooks, "format")) {
         const char *p = json_string_value(json_object_get(record, "prompt"));
         if (!p) return err_set(ERR_RECIPE, "%s: a record prompt needs a format hook (hooks: {format: ...}, or the data's "
-                                           "format_hook), alpaca data, or a 'prompt' field", what);
+                                           "format_hook), alpaca or chat data (with 'messages'), or a 'prompt' field", what);
         *out = strdup(p);
         return 0;
     }
@@ -561,6 +571,9 @@ static int eval_run(stage_ctx *ctx) {
         (rc = hooks_bind(e.hooks, "format", dhook)))
         goto out;
     e.alpaca = dformat && !strcmp(dformat, "alpaca");
+    e.chat = dformat && !strcmp(dformat, "chat");
+    const char *dtpl = json_string_value(json_object_get(dparams, "chat_template"));
+    if (e.chat && (rc = dataset_chat_template_from_name(dtpl ? dtpl : "llama-3", &e.chat_template))) goto out;
     int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
     const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
     json_t *dargs = json_object_get(dfmt, "hook_args");

@@ -110,6 +110,37 @@ chmod -R u+w cache
 export QLORA_CACHE="$W/cache"
 cd "$W"
 
+# ---- item 6: evaluate prompts given as chat records, formatted with the dataset's template
+mkdir -p i6 && cd i6
+printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n%.0s' 1 2 3 4 > d.jsonl
+base_yaml i6 > r.yaml <<'YAML'
+  lora: {kind: attach_lora, model: base}
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: chat
+    chat_template: llama-2
+    sequence_len: 128
+  eval:
+    kind: evaluate
+    model: base
+    adapter: lora
+    data: data
+    compare_base: false
+    score_records: 0
+    max_new_tokens: 2
+    prompts:
+      - {messages: [{role: user, content: "what is two?"}]}
+      - {conversations: [{from: human, value: "and three?"}, {from: gpt, value: "3"}]}
+YAML
+run r.yaml
+res=$(ls "$QLORA_CACHE"/artifacts/evaluate/*/results.json 2>/dev/null | head -1)
+if [ -n "$res" ] && grep -qF '[INST] what is two? [/INST]' "$res" && grep -qF '[INST] and three? [/INST]' "$res" &&
+   ! grep -qF '[/INST] 3' "$res"; then ok "6 chat prompts rendered with the dataset's template"
+else bad "6 chat records as evaluate prompts"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

@@ -268,6 +268,52 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
     return rc;
 }
 
+int dataset_chat_template_from_name(const char *name, dataset_chat_template *out) {
+    if (!strcmp(name, "llama-2")) *out = DATASET_CHAT_LLAMA2;
+    else if (!strcmp(name, "llama-3")) *out = DATASET_CHAT_LLAMA3;
+    else if (!strcmp(name, "chatml")) *out = DATASET_CHAT_CHATML;
+    else return err_set(ERR_RECIPE, "unknown chat template '%s' (llama-2, llama-3 or chatml)", name);
+    return 0;
+}
+
+int dataset_chat_prompt(const json_t *rec, const char *what, dataset_chat_template tpl, const dataset_tokenizer *tok,
+                        char **out) {
+    *out = NULL;
+    /* with an empty assistant turn appended when the conversation does not end with one, the
+     * prompt is everything before the last trained run: the assistant header included */
+    json_t *copy = json_deep_copy(rec);
+    bool sharegpt = !json_object_get(copy, "messages");
+    json_t *list = json_object_get(copy, sharegpt ? "conversations" : "messages");
+    if (json_is_array(list) && json_array_size(list)) {
+        json_t *last = json_array_get(list, json_array_size(list) - 1);
+        const char *role = json_string_value(json_object_get(last, sharegpt ? "from" : "role"));
+        if (!role || (strcmp(role, "assistant") && strcmp(role, "gpt") && strcmp(role, "model")))
+            json_array_append_new(list, sharegpt ? json_pack("{s:s, s:s}", "from", "gpt", "value", "")
+                                                 : json_pack("{s:s, s:s}", "role", "assistant", "content", ""));
+    }
+    hooks_format_result f = {0};
+    int rc = format_chat(copy, what, tpl, tok, &f);
+    json_decref(copy);
+    if (rc) {
+        hooks_format_result_free(&f);
+        return rc;
+    }
+    int end = f.n;
+    while (end > 0 && !f.seg[end - 1].train) end--;
+    while (end > 0 && f.seg[end - 1].train) end--;
+    size_t len = 0;
+    for (int i = 0; i < end; i++) len += f.seg[i].len;
+    char *s = malloc(len + 1);
+    if (s) {
+        size_t o = 0;
+        for (int i = 0; i < end; i++) memcpy(s + o, f.seg[i].text, f.seg[i].len), o += f.seg[i].len;
+        s[o] = 0;
+    }
+    hooks_format_result_free(&f);
+    *out = s;
+    return s ? 0 : err_set(ERR_STAGE, "out of memory");
+}
+
 /* ---- tokenizing one item (tokenizer threads) ---- */
 
 static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32_t **ids, size_t *n) {
