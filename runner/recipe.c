@@ -482,6 +482,17 @@ static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
             return j;
         }
         free(p);
+        if ((s->flags & PARAM_PATH_OR_WORD) && s->choices && !in_choices(t, s->choices)) {
+            size_t nc;
+            const char **c = split_choices(s->choices, &nc);
+            char *sug = suggest_suffix(t, c, nc), *all = choices_text(s->choices);
+            errs_add(e, n, "%s: %s '%s' is neither a keyword (%s) nor a file or directory next to the recipe%s",
+                     v->where, s->name, t, all, sug);
+            free(c);
+            free(sug);
+            free(all);
+            return NULL;
+        }
         return json_string(t);
     }
     case PARAM_REF: return json_string(t); /* checked once every stage is known */

@@ -34,9 +34,10 @@ typedef enum param_type {
 enum param_flags {
     PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
     PARAM_NOKEY = 1 << 1,    /* not part of the cache key (e.g. log_every) */
-    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte"), or else a file or directory
-                                   relative to the recipe, which must exist and whose content
-                                   is part of the cache key */
+    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte", listed in `choices` when the
+                                   kind has a fixed set), or else a file or directory relative to
+                                   the recipe, which must exist and whose content is part of the
+                                   cache key */
     PARAM_HOOK = 1 << 3 /* FILE: a Lua hook file serving the point named in `choices`: the
                            recipe loader opens it and checks the function as for a recipe-level
                            hook, and the files it loads enter this stage's key */
