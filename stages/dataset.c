@@ -28,7 +28,7 @@ static const param_spec dataset_params[] = {
     {"format", PARAM_ENUM, "alpaca", 1, 0, "alpaca|chat|completion|lua",
      "how a record becomes prompt and response: alpaca templates, a chat template, raw text, or a Lua format hook", 0},
     {"format_hook", PARAM_FILE, NULL, 1, 0, "format", "a Lua file with format(record, ctx) (format: lua)", PARAM_HOOK},
-    {"chat_template", PARAM_ENUM, "llama-3", 1, 0, "llama-2|llama-3|chatml", "the chat template of format: chat", 0},
+    {"chat_template", PARAM_ENUM, "llama-3", 1, 0, "llama-2|llama-3|chatml", "the chat template of format: chat (its special tokens must be tokens of the model: chatml for Qwen)", 0},
     {"sequence_len", PARAM_INT, "512", 2, 1048576, NULL, "tokens per row (and the longest sequence)", 0},
     {"truncation", PARAM_ENUM, "truncate", 1, 0, "truncate|drop", "what to do with a sequence longer than sequence_len", 0},
     {"train_on_inputs", PARAM_BOOL, "false", 1, 0, NULL, "train on prompt tokens too (false: they are masked)", 0},
@@ -155,6 +155,29 @@ static void on_progress(void *ud, const char *what, double done, const char *uni
 static void on_progress_done(void *ud) { stage_progress_done(ud); }
 static bool on_interrupted(void *ud) { return stage_interrupted(ud); }
 
+/* A built-in template's special tokens must be tokens of the model: otherwise "<|eot_id|>" is
+ * tokenized as ordinary text (the count doubles, the mask boundary falls inside a token) and
+ * the model never learns its own end of turn. */
+static int check_template_tokens(const tokenizer *t, const char *tpl_name, const char *model_stage) {
+    dataset_chat_template tpl;
+    int rc = dataset_chat_template_from_name(tpl_name, &tpl);
+    if (rc) return rc;
+    char missing[256] = "";
+    int n = 0;
+    for (const char *const *s = dataset_chat_special_tokens(tpl); *s; s++) {
+        if (tokenizer_token_id(t, *s) >= 0) continue;
+        if (n++) strncat(missing, ", ", sizeof missing - strlen(missing) - 1);
+        strncat(missing, *s, sizeof missing - strlen(missing) - 1);
+    }
+    if (!n) return 0;
+    return err_set(ERR_RECIPE,
+                   "chat_template: %s needs the special token%s %s, which the tokenizer of '%s' lacks (they would "
+                   "be split into ordinary text and the masks would fall inside tokens): set chat_template to the model's own template "
+                   "(chatml for Qwen, llama-3 for Llama 3, llama-2 for Llama 2 and Mistral), or use format: lua "
+                   "with a hook",
+                   tpl_name, n > 1 ? "s" : "", missing, model_stage);
+}
+
 static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
@@ -213,6 +236,7 @@ static int dataset_run(stage_ctx *c) {
         if (rc) err_wrap("%s: the tokenizer of '%s'", c->name, in->stage);
         free(dir);
     }
+    if (!rc && o.format == DATASET_FORMAT_CHAT) rc = check_template_tokens(t, tpl, in->stage);
     if (!rc) {
         dataset_tokenizer tok;
         tok_adapt(t, &tok);

@@ -141,6 +141,23 @@ if [ -n "$res" ] && grep -qF '[INST] what is two? [/INST]' "$res" && grep -qF '[
 else bad "6 chat records as evaluate prompts"; fi
 cd "$W"
 
+# ---- item 8: a built-in template's special tokens must be in the vocabulary
+mkdir -p i8 && cd i8
+printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' > d.jsonl
+base_yaml i8 > r.yaml <<'YAML'
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: chat
+    sequence_len: 256
+YAML
+run r.yaml
+if [ $? -eq 3 ] && grep -q "chat_template: llama-3 needs the special tokens <|start_header_id|>, <|end_header_id|>, <|eot_id|>, which the tokenizer of 'base' lacks" out.txt
+then ok "8 llama-3 template on a tokenizer without its tokens is an error"
+else bad "8 llama-3 template on a byte tokenizer was accepted"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

@@ -268,6 +268,13 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
     return rc;
 }
 
+const char *const *dataset_chat_special_tokens(dataset_chat_template tpl) {
+    static const char *const llama3[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", NULL};
+    static const char *const chatml[] = {"<|im_start|>", "<|im_end|>", NULL};
+    static const char *const none[] = {NULL}; /* llama-2 writes [INST] as text, BOS and EOS by id */
+    return tpl == DATASET_CHAT_LLAMA3 ? llama3 : tpl == DATASET_CHAT_CHATML ? chatml : none;
+}
+
 int dataset_chat_template_from_name(const char *name, dataset_chat_template *out) {
     if (!strcmp(name, "llama-2")) *out = DATASET_CHAT_LLAMA2;
     else if (!strcmp(name, "llama-3")) *out = DATASET_CHAT_LLAMA3;
@@ -378,6 +385,13 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
     bool last_trained = o->train_on_inputs || f->seg[last].train;
     if (it->kind == ITEM_SEGMENTS && nf > 0 && full[nf - 1] == tok->eos) add_eos = false; /* template ended a turn with it */
+    /* ... or ended it with EOS followed by white space (ChatML's "<|im_end|>\n" where EOS is
+     * <|im_end|>): the turn's own EOS is the trained stop, a second one would teach a double stop */
+    if (it->kind == ITEM_SEGMENTS && add_eos && tok->eos_token && tok->eos_token[0]) {
+        size_t tl = total, el = strlen(tok->eos_token);
+        while (tl && (all[tl - 1] == ' ' || all[tl - 1] == '\t' || all[tl - 1] == '\r' || all[tl - 1] == '\n')) tl--;
+        if (tl >= el && !memcmp(all + tl - el, tok->eos_token, el)) add_eos = false;
+    }
     size_t n = nf + add_bos + add_eos;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids), *labels = malloc((n ? n : 1) * sizeof *labels);
     if (!ids || !labels) {

@@ -99,6 +99,9 @@ typedef struct dataset_callbacks {
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats);
 
+/* The special tokens a built-in template writes as text and means as one token each
+ * (NULL-terminated): a tokenizer without them would split them into ordinary pieces. */
+const char *const *dataset_chat_special_tokens(dataset_chat_template tpl);
 /* "llama-2" | "llama-3" | "chatml" -> the template; ERR_RECIPE naming the choices otherwise */
 int dataset_chat_template_from_name(const char *name, dataset_chat_template *out);
 /* The prompt of a chat record ({messages} or ShareGPT {conversations}) as format: chat renders
