@@ -190,7 +190,15 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
     for (int k = 0; k < 3; k++) {
         if (!names[k]) continue;
         idx[k] = recipe_stage_index(r, names[k]);
-        if (idx[k] < 0) return err_set(ERR_USAGE, "%s '%s': the recipe has no such stage", flags[k], names[k]);
+        if (idx[k] < 0) {
+            const char **all = malloc((size_t)(n ? n : 1) * sizeof *all);
+            for (int i = 0; all && i < n; i++) all[i] = r->stages[i].name;
+            const char *sug = all ? recipe_suggest(names[k], all, (size_t)n) : NULL;
+            int rc = err_set(ERR_USAGE, "%s '%s': the recipe has no such stage%s%s%s", flags[k], names[k],
+                             sug ? " (did you mean '" : "", sug ? sug : "", sug ? "'?)" : "");
+            free(all);
+            return rc;
+        }
     }
     /* selection */
     for (int i = 0; i < n; i++) p->st[i].selected = idx[0] < 0 && idx[1] < 0;

@@ -279,6 +279,18 @@ static int apply_set(yt_node *root, const char *set) {
             break;
         }
         yt_node *child = yt_map_get(cur, tok);
+        if (!child && cur != root && cur == yt_map_get(root, "stages") && strcmp(next, "kind")) {
+            /* a typo in a stage name would otherwise make a new stage without a kind */
+            const char **names = malloc((cur->n ? cur->n : 1) * sizeof *names);
+            for (size_t k = 0; names && k < cur->n; k++) names[k] = cur->keys[k]->text;
+            const char *sug = names ? recipe_suggest(tok, names, cur->n) : NULL;
+            char hint[160] = "";
+            if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
+            rc = err_set(ERR_USAGE, "--set %.*s: the recipe has no stage '%s'%s; a new stage needs its kind first "
+                                    "(--set stages.%s.kind=...)", (int)(eq - set), set, tok, hint, tok);
+            free(names);
+            break;
+        }
         if (!child) {
             child = yt_new_map(val);
             yt_map_set(cur, tok, child, val);

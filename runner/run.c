@@ -476,7 +476,7 @@ const cli_opt run_cli_opts[] = {
     {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
     {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
     {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
-    {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout (implies --quiet)", CLI_AT(run_opts, json), 0, 0},
+    {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout and nothing else (so not with --quiet)", CLI_AT(run_opts, json), 0, 0},
     {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes, errors only", CLI_AT(run_opts, quiet), 0, 0},
     {0},
 };
@@ -491,6 +491,12 @@ int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const c
     if (!rc) *recipe_path = pos[0];
     free(pos);
     if (rc) return rc;
+    if (o->only && o->until)
+        return err_set(ERR_USAGE, "--only and --until are alternatives: --only %s runs that stage alone, --until %s "
+                                  "runs it with what it needs", o->only, o->until);
+    if (o->json && o->quiet)
+        return err_set(ERR_USAGE, "--json and --quiet are alternatives (--json already prints nothing but JSON "
+                                  "events on stdout)");
     if (o->json) o->quiet = true;
     if (o->quiet) log_set_quiet(true);
     return 0;

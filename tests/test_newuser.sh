@@ -158,6 +158,17 @@ then ok "8 llama-3 template on a tokenizer without its tokens is an error"
 else bad "8 llama-3 template on a byte tokenizer was accepted"; fi
 cd "$W"
 
+# ---- item 9: option conflicts and stage-name typos on the command line
+mkdir -p i9 && cd i9
+printf 'name: i9\nstages:\n  data: {kind: test_echo}\n  train: {kind: test_echo, input: data}\n' > r.yaml
+QLORA_TEST_KINDS=1 "$QLORA_BIN" r.yaml --only train --until data > out.txt 2>&1
+[ $? -eq 2 ] && grep -q "\-\-only and --until are alternatives" out.txt && ok "9 --only with --until refused" || bad "9 --only --until accepted"
+QLORA_TEST_KINDS=1 "$QLORA_BIN" r.yaml --json --quiet > out.txt 2>&1
+[ $? -eq 2 ] && grep -q "\-\-json and --quiet are alternatives" out.txt && ok "9 --json with --quiet refused" || bad "9 --json --quiet accepted"
+QLORA_TEST_KINDS=1 "$QLORA_BIN" r.yaml --only trian > out.txt 2>&1
+[ $? -eq 2 ] && grep -q "(did you mean 'train'?)" out.txt && ok "9 --only trian: did you mean" || bad "9 --only trian has no did-you-mean"
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
