@@ -178,6 +178,30 @@ static int check_template_tokens(const tokenizer *t, const char *tpl_name, const
                    tpl_name, n > 1 ? "s" : "", missing, model_stage);
 }
 
+/* Truncated and dropped records, said out loud: a truncated answer loses its end and its EOS
+ * ("30" becomes "3"), a dropped one is gone; past a few percent it is a warning naming the fix. */
+#define LOSS_WARN_SHARE 0.02
+static void report_losses(stage_ctx *c, const json_t *stats) {
+    json_t *d = json_object_get(stats, "dropped");
+    long long read = json_integer_value(json_object_get(stats, "records_read"));
+    long long trunc = json_integer_value(json_object_get(stats, "records_truncated"));
+    long long longr = json_integer_value(json_object_get(d, "too_long"));
+    long long nolab = json_integer_value(json_object_get(d, "no_trained_tokens"));
+    long long hook = json_integer_value(json_object_get(d, "by_hook"));
+    long long len = stage_int(c, "sequence_len");
+    if (trunc)
+        stage_logf(c, "%lld of %lld records truncated to sequence_len %lld (their answers lose their end and EOS)",
+                   trunc, read, len);
+    if (longr || nolab || hook)
+        stage_logf(c, "%lld of %lld records dropped: %lld longer than sequence_len %lld (truncation: drop), %lld with "
+                      "nothing left to train within it, %lld by the format hook",
+                   longr + nolab + hook, read, longr, len, nolab, hook);
+    if (read > 0 && (double)(trunc + longr + nolab) > LOSS_WARN_SHARE * (double)read)
+        stage_warnf(c, "%.0f%% of the records do not fit in sequence_len %lld (%lld truncated, %lld dropped): "
+                       "raise sequence_len if the answers matter",
+                       100.0 * (double)(trunc + longr + nolab) / (double)read, len, trunc, longr + nolab);
+}
+
 static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
@@ -254,6 +278,7 @@ static int dataset_run(stage_ctx *c) {
                        (long long)json_integer_value(json_object_get(stats, "tokens")),
                        100 * json_number_value(json_object_get(stats, "masked_share")),
                        100 * json_number_value(json_object_get(stats, "packing_efficiency")));
+            report_losses(c, stats);
             if (!c->report) c->report = json_object();
             json_object_set_new(c->report, "dataset", stats);
         }

@@ -55,6 +55,22 @@ void stage_logf(stage_ctx *c, const char *fmt, ...) {
     outf("  %s", buf);
 }
 
+void stage_warnf(stage_ctx *c, const char *fmt, ...) {
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (c && c->log) { fprintf(c->log, "warning: %s\n", buf); fflush(c->log); }
+    progress_clear();
+    warnf("stage '%s': %s", c && c->name ? c->name : "?", buf);
+    if (c && c->events) {
+        json_t *ev = json_object();
+        json_object_set_new(ev, "message", json_string(buf));
+        stage_event(c, "warning", ev);
+    }
+}
+
 void stage_metric(stage_ctx *c, const char *name, double value) {
     if (!c->metrics) c->metrics = json_object();
     json_object_set_new(c->metrics, name, json_real(value));

@@ -133,6 +133,8 @@ char *stage_path(const stage_ctx *c, const char *key);
 const stage_input *stage_input_get(const stage_ctx *c, const char *role);
 
 void stage_logf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);   /* log file + notef */
+/* a warning: stderr (even with --quiet), the log file and a "warning" event */
+void stage_warnf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);
 void stage_metric(stage_ctx *c, const char *name, double value);
 /* a progress bar on a terminal, an event otherwise; total <= 0: unknown */
 void stage_progress(stage_ctx *c, const char *what, double done, double total, const char *unit);

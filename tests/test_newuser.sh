@@ -169,6 +169,29 @@ QLORA_TEST_KINDS=1 "$QLORA_BIN" r.yaml --only trian > out.txt 2>&1
 [ $? -eq 2 ] && grep -q "(did you mean 'train'?)" out.txt && ok "9 --only trian: did you mean" || bad "9 --only trian has no did-you-mean"
 cd "$W"
 
+# ---- item 10: truncated and dropped records are counted and warned about
+mkdir -p i10 && cd i10
+{ for i in $(seq 8); do printf '{"instruction": "a%s", "output": "b"}\n' $i; done
+  printf '{"instruction": "%s", "output": "%s"}\n' "$(printf 'x%.0s' $(seq 40))" "$(printf 'y%.0s' $(seq 40))"
+  printf '{"instruction": "%s", "output": "z"}\n' "$(printf 'w%.0s' $(seq 90))"; } > d.jsonl
+base_yaml i10 > r.yaml <<'YAML'
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: alpaca
+    sequence_len: 200
+YAML
+run r.yaml
+if grep -q "1 of 10 records truncated to sequence_len 200" out.txt && grep -q "1 of 10 records dropped: 0 longer than sequence_len 200 (truncation: drop), 1 with nothing left to train" out.txt &&
+   grep -q "warning: stage 'data': 20% of the records do not fit in sequence_len 200" out.txt; then ok "10 truncated and dropped records are reported"
+else bad "10 truncation and dropping are silent"; fi
+sed -i 's/sequence_len: 200/sequence_len: 100/' r.yaml
+run r.yaml
+if [ $? -eq 4 ] && grep -q "without trained tokens 10, errors 0; sequence_len 100)" out.txt && grep -q "raise sequence_len" out.txt; then ok "10 an empty dataset names sequence_len"
+else bad "10 an empty dataset does not name sequence_len"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

@@ -798,8 +798,12 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     if (n_seq == 0)
         return err_set(ERR_DATA,
                        "the dataset is empty: %zu records read, none left (dropped by the hook %zu, too long %zu, "
-                       "without trained tokens %zu, errors %zu)",
-                       b->read, b->dropped_hook, b->dropped_long, b->dropped_no_labels, b->skipped);
+                       "without trained tokens %zu, errors %zu; sequence_len %lld)%s",
+                       b->read, b->dropped_hook, b->dropped_long, b->dropped_no_labels, b->skipped,
+                       (long long)o->sequence_len,
+                       b->dropped_long + b->dropped_no_labels
+                           ? ": raise sequence_len (or use truncation: truncate) so that prompts and answers fit"
+                           : "");
     size_t n_val = o->val_set_size >= 1 ? (size_t)o->val_set_size
                                          : (size_t)((double)n_seq * o->val_set_size + 0.5);
     if (n_val >= n_seq)
