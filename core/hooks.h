@@ -100,5 +100,9 @@ int hooks_on_stage_end(hooks *h, const char *stage, const json_t *manifest);
 int hooks_on_run_end(hooks *h, const json_t *summary);
 /* score(prediction, record) -> a number, or a boolean (1 or 0) */
 int hooks_score(hooks *h, const char *prediction, const json_t *record, const char *what, double *score);
+/* score(prediction, record, info): info is what the prompt became ({prompt=, reference=,
+ * source=}), passed as a third argument (NULL: none) */
+int hooks_score_info(hooks *h, const char *prediction, const json_t *record, const json_t *info, const char *what,
+                     double *score);
 
 #endif

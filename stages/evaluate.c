@@ -8,9 +8,11 @@
  *     sequence's untrained prefix (token ids as trained), the reference its trained part
  *     (without EOS); the score is the `score(prediction, record)` hook's, or exact match
  *     (whitespace-trimmed) without a hook. The record is the dataset's own record of that
- *     sequence when the artifact keeps val.records.jsonl (one JSON record a line, in val
- *     sequence order), else {prompt=, response=, output=} (output: the alpaca name of the
- *     response). Record prompts from the recipe are scored by the hook too.
+ *     sequence (the dataset stage keeps val.records.jsonl: one JSON record a line, in val
+ *     sequence order), else, for an artifact made before it did, {prompt=, response=,
+ *     output=} (output: the alpaca name of the response). Record prompts from the recipe are
+ *     scored by the hook too, with the record as written. A third argument says what the
+ *     prompt became: {prompt=, reference= (val only), source="val"|"prompts"|"prompts_file"}.
  *   - multiple-choice benchmark tasks (`tasks:`, eval/mc.h): MMLU, ARC, HellaSwag scored as
  *     lm-evaluation-harness scores them; NAME.acc and NAME.acc_norm (and _base) as metrics.
  * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
@@ -355,9 +357,15 @@ static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_s
             char what[64];
             snprintf(what, sizeof what, "%s record %zu", it->source, i);
             if (!hook) sc = exact_match(text, it->reference);
-            else if ((rc = hooks_score(e->hooks, text, it->record, what, &sc))) {
-                free(text);
-                return rc;
+            else {
+                json_t *info = json_pack("{s:s, s:s}", "prompt", it->text, "source", it->source);
+                if (it->reference) json_object_set_new(info, "reference", json_string(it->reference));
+                rc = hooks_score_info(e->hooks, text, it->record, info, what, &sc);
+                json_decref(info);
+                if (rc) {
+                    free(text);
+                    return rc;
+                }
             }
             json_object_set_new(g, tuned ? "score_tuned" : "score_base", json_real(sc));
             *score_sum += sc;

@@ -192,6 +192,42 @@ if [ $? -eq 4 ] && grep -q "without trained tokens 10, errors 0; sequence_len 10
 else bad "10 an empty dataset does not name sequence_len"; fi
 cd "$W"
 
+# ---- item 11: score() gets the original record for val records and prompts alike
+mkdir -p i11 && cd i11
+for i in $(seq 10); do printf '{"instruction": "n%s", "output": "o%s", "answer": "a%s"}\n' $i $i $i; done > d.jsonl
+cat > score.lua <<'LUA'
+function score(pred, rec, info)
+  assert(rec.answer, "no record.answer")
+  assert(info and info.source and info.prompt, "no info")
+  if info.source == "val" then assert(info.reference == rec.output, "reference") end
+  return rec.answer:sub(1, 1) == "a"
+end
+LUA
+{ printf 'hooks:\n  score: score.lua\n'; base_yaml i11 <<'YAML'
+  lora: {kind: attach_lora, model: base}
+  data:
+    kind: dataset
+    model: base
+    path: d.jsonl
+    format: alpaca
+    sequence_len: 256
+    val_set_size: 3
+  eval:
+    kind: evaluate
+    model: base
+    adapter: lora
+    data: data
+    compare_base: false
+    max_new_tokens: 1
+    prompts:
+      - {instruction: "extra", answer: "a0"}
+YAML
+} > r.yaml
+run r.yaml
+if grep -qE "score \(mean of 4\) +1\.0000" out.txt; then ok "11 score() sees record.answer for val records and prompts"
+else bad "11 score() without the original record"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -92,6 +93,7 @@ typedef struct item {
     enum item_drop drop;
     int rc;
     char *err;
+    char *rec; /* the record as compact JSON, for val.records.jsonl (NULL when there is no val split) */
 } item;
 
 static void item_free(item *it) {
@@ -100,6 +102,7 @@ static void item_free(item *it) {
     free(it->ids);
     free(it->labels);
     free(it->err);
+    free(it->rec);
     memset(it, 0, sizeof *it);
 }
 
@@ -454,6 +457,11 @@ typedef struct builder {
     size_t n_batch;
     vec32 ids, labels;
     vec64 seq; /* sequence start offsets, plus the end */
+    /* the record of each sequence (offset, length pairs into rec_file), so the val split keeps
+     * its records for evaluate's score(prediction, record); on disk, not in memory */
+    FILE *rec_file;
+    char *rec_path;
+    vec64 rec_at;
     /* stats */
     size_t read, dropped_hook, dropped_long, dropped_no_labels, skipped, truncated;
     bool full; /* max_records reached */
@@ -505,11 +513,27 @@ static int note_skip(builder *b, int rc) {
     return 0;
 }
 
-static int append_seq(builder *b, const int32_t *ids, const int32_t *labels, size_t n) {
+static int append_seq(builder *b, const int32_t *ids, const int32_t *labels, size_t n, int64_t rec_off,
+                      int64_t rec_len) {
     int rc = vec32_put(&b->ids, ids, n);
     if (!rc) rc = vec32_put(&b->labels, labels, n);
     if (!rc) rc = vec64_push(&b->seq, (int64_t)b->ids.n);
+    if (!rc && b->rec_file) rc = vec64_push(&b->rec_at, rec_off);
+    if (!rc && b->rec_file) rc = vec64_push(&b->rec_at, rec_len);
     return rc;
+}
+
+/* write an item's record once; its sequences point at it */
+static int keep_record(builder *b, const item *it, int64_t *off, int64_t *len) {
+    *off = *len = 0;
+    if (!b->rec_file || !it->rec) return 0;
+    long at = ftell(b->rec_file);
+    size_t n = strlen(it->rec);
+    if (at < 0 || fwrite(it->rec, 1, n, b->rec_file) != n)
+        return err_errno(ERR_STAGE, "cannot write '%s'", b->rec_path);
+    *off = at;
+    *len = (int64_t)n;
+    return 0;
 }
 
 static int flush(builder *b) {
@@ -538,16 +562,20 @@ static int flush(builder *b) {
         } else if (!rc && it->kind == ITEM_TEXT) {
             /* completion: cut into sequence_len pieces; each piece's first label is masked */
             size_t L = (size_t)b->o->sequence_len;
+            int64_t ro, rl;
+            rc = keep_record(b, it, &ro, &rl);
             for (size_t off = 0; off + 1 < it->n && !rc; off += L) {
                 size_t m = it->n - off < L ? it->n - off : L;
                 int32_t first = it->labels[off];
                 it->labels[off] = DATASET_IGNORE_INDEX;
-                rc = append_seq(b, it->ids + off, it->labels + off, m);
+                rc = append_seq(b, it->ids + off, it->labels + off, m, ro, rl);
                 it->labels[off] = first;
             }
         } else if (!rc) {
             b->truncated += it->truncated;
-            rc = append_seq(b, it->ids, it->labels, it->n);
+            int64_t ro, rl;
+            rc = keep_record(b, it, &ro, &rl);
+            if (!rc) rc = append_seq(b, it->ids, it->labels, it->n, ro, rl);
         }
         item_free(it);
     }
@@ -596,6 +624,7 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
     }
     if (it->kind != ITEM_TEXT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
     it->what = strdup(what);
+    if (b->rec_file) it->rec = json_dumps(rec, JSON_COMPACT | JSON_ENCODE_ANY);
     if (++b->n_batch == BATCH) return flush(b);
     return 0;
 }
@@ -715,6 +744,40 @@ done:
     return rc;
 }
 
+/* <dir>/val.records.jsonl: line q is the record of val sequence q, in the order written */
+static int write_records(const builder *b, const char *dir, const split_rows *sr) {
+    if (fflush(b->rec_file)) return err_errno(ERR_STAGE, "cannot write '%s'", b->rec_path);
+    char *p = fs_join(dir, "val.records.jsonl"), *buf = NULL;
+    fs_file ff = {0};
+    int rc = fs_file_open(&ff, p);
+    size_t cap = 0;
+    int fd = fileno(b->rec_file);
+    for (size_t r = 0; r < sr->n_rows && !rc; r++)
+        for (size_t k = sr->row_start[r]; k < sr->row_start[r + 1] && !rc; k++) {
+            size_t s = sr->order[k];
+            int64_t off = b->rec_at.p[2 * s], len = b->rec_at.p[2 * s + 1];
+            if ((size_t)len + 1 > cap) {
+                char *nb = realloc(buf, (size_t)len + 1);
+                if (!nb) { rc = err_set(ERR_STAGE, "out of memory"); break; }
+                buf = nb;
+                cap = (size_t)len + 1;
+            }
+            if (pread(fd, buf, (size_t)len, off) != (ssize_t)len) {
+                rc = err_errno(ERR_STAGE, "cannot read '%s'", b->rec_path);
+                break;
+            }
+            buf[len] = '\n';
+            rc = fs_file_write(&ff, buf, (size_t)len + 1);
+        }
+    if (ff.path) {
+        if (rc) fs_file_abort(&ff);
+        else rc = fs_file_commit(&ff);
+    }
+    free(buf);
+    free(p);
+    return rc;
+}
+
 static int write_split(const builder *b, const char *dir, const char *name, const split_rows *sr, json_t *splits,
                        size_t *tokens_out) {
     const char *ext[4] = {"ids.i32", "labels.i32", "rows.i64", "seqs.i64"};
@@ -744,6 +807,7 @@ static int write_split(const builder *b, const char *dir, const char *name, cons
     }
     if (!rc) rc = fs_file_write(&ff[2], &off, sizeof off);
     if (!rc) rc = fs_file_write(&ff[3], &off, sizeof off);
+    if (!rc && b->rec_file && !strcmp(name, "val")) rc = write_records(b, dir, sr);
     for (int i = 0; i < 4; i++) {
         if (!ff[i].path) continue;
         if (rc) fs_file_abort(&ff[i]);
@@ -886,6 +950,11 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     builder b = {.o = o, .tok = tok, .cb = cb ? cb : &none, .hooks = src->hooks};
     b.batch = calloc(BATCH, sizeof *b.batch);
     int rc = b.batch ? vec64_push(&b.seq, 0) : err_set(ERR_STAGE, "out of memory");
+    if (!rc && o->val_set_size > 0) { /* scratch beside the artifact's files, removed below */
+        b.rec_path = fs_join(out_dir, ".records.tmp");
+        b.rec_file = b.rec_path ? fopen(b.rec_path, "w+") : NULL;
+        if (!b.rec_file) rc = err_errno(ERR_STAGE, "cannot create '%s'", b.rec_path ? b.rec_path : out_dir);
+    }
     if (!rc && src->hooks) {
         lua_host_callbacks lcb = {.ud = &b, .tokenize = cb_tokenize, .metric = cb_metric, .log = cb_log};
         hooks_set_callbacks(src->hooks, &lcb);
@@ -930,6 +999,10 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     for (size_t i = 0; i < b.n_batch; i++) item_free(&b.batch[i]);
     if (src->hooks) hooks_set_callbacks(src->hooks, NULL);
     json_decref(b.hook_ctx);
+    if (b.rec_file) fclose(b.rec_file);
+    if (b.rec_path) unlink(b.rec_path);
+    free(b.rec_path);
+    free(b.rec_at.p);
     free(b.batch);
     free(b.ids.p);
     free(b.labels.p);
