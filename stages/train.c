@@ -282,6 +282,12 @@ static int train_run_stage(stage_ctx *ctx) {
         .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
         .work_dir = ctx->work_dir,
     };
+    if (tc.micro_batch_size > train.n_rows)
+        stage_warnf(ctx, "micro_batch_size %d is more than the %lld training rows: every micro-batch repeats rows "
+                         "(each about %.1f times); set micro_batch_size to at most %lld (gradient_accumulation_steps "
+                         "gives larger batches)",
+                    tc.micro_batch_size, (long long)train.n_rows, (double)tc.micro_batch_size / (double)train.n_rows,
+                    (long long)train.n_rows);
     int64_t max_row = 0;
     for (int64_t r = 0; r < train.n_rows; r++) if (train.rows[r + 1] - train.rows[r] > max_row) max_row = train.rows[r + 1] - train.rows[r];
     for (int64_t r = 0; have_val && r < val.n_rows; r++) if (val.rows[r + 1] - val.rows[r] > max_row) max_row = val.rows[r + 1] - val.rows[r];

@@ -228,6 +228,19 @@ if grep -qE "score \(mean of 4\) +1\.0000" out.txt; then ok "11 score() sees rec
 else bad "11 score() without the original record"; fi
 cd "$W"
 
+# ---- item 13: a micro-batch larger than the data says so
+mkdir -p i13 && cd i13
+for i in $(seq 12); do printf '{"instruction": "n%s", "output": "o%s"}\n' $i $i; done > d.jsonl
+base_yaml i13 > r.yaml <<'YAML'
+  lora: {kind: attach_lora, model: base}
+  data: {kind: dataset, model: base, path: d.jsonl, format: alpaca, sequence_len: 256, sample_packing: false}
+  train: {kind: train, model: base, adapter: lora, data: data, micro_batch_size: 100, max_steps: 1}
+YAML
+run r.yaml
+if grep -q "warning: stage 'train': micro_batch_size 100 is more than the 12 training rows" out.txt; then ok "13 micro_batch_size above the row count warns"
+else bad "13 micro_batch_size 100 on 12 rows was silent"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
