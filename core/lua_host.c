@@ -103,6 +103,36 @@ static int msg_handler(lua_State *L) {
     return 1;
 }
 
+/* What a hook that calls a function the sandbox leaves out is told, instead of Lua's bare
+ * "attempt to call a nil value (field 'execute')": which capability it would need, if any. */
+static const char *sandbox_hint(const char *msg, unsigned caps) {
+    static const struct {
+        const char *pattern, *hint;
+        bool io_cap; /* allow: [io] provides it */
+    } hints[] = {
+        {"(field 'execute')", "os.execute is not available to hooks: no capability runs programs", false},
+        {"(field 'popen')", "io.popen is not available to hooks: no capability runs programs", false},
+        {"(field 'getenv')", "os.getenv is not available to hooks: use qlora.env(name) (secrets such as HF_TOKEN "
+                             "stay unreadable)", false},
+        {"(field 'exit')", "os.exit is not available to hooks: raise an error with error(...) instead", false},
+        {"(global 'dofile')", "dofile is not available to hooks: require \"name\" loads name.lua next to the hook",
+         false},
+        {"(global 'loadfile')", "loadfile is not available to hooks: require \"name\" loads name.lua next to the "
+                                "hook", false},
+        {"(field 'remove')", "os.remove needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'rename')", "os.rename needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'tmpname')", "os.tmpname needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'write')", "io.write needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'read')", "io.read needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'output')", "io.output needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'input')", "io.input needs `allow: [io]` in the recipe's hooks", true},
+    };
+    if (!strstr(msg, "attempt to call a nil value")) return NULL;
+    for (size_t i = 0; i < sizeof hints / sizeof hints[0]; i++)
+        if (strstr(msg, hints[i].pattern) && !(hints[i].io_cap && (caps & LUA_HOST_CAP_IO))) return hints[i].hint;
+    return NULL;
+}
+
 /* Turn the error on top of L1 into err_set: "<msg> (in fn() for what)\n<traceback>". */
 static int host_error(lua_host *h, lua_State *L1, int status, int code, const char *fn, const char *what) {
     char ctx[256];
@@ -119,7 +149,8 @@ static int host_error(lua_host *h, lua_State *L1, int status, int code, const ch
         if (!m) m = "error object is not a string";
         const char *tb = strstr(m, "\nstack traceback:");
         int head = tb ? (int)(tb - m) : (int)strlen(m);
-        rc = err_set(code, "%.*s%s%s", head, m, ctx, tb ? tb : "");
+        const char *hint = sandbox_hint(m, h->caps);
+        rc = err_set(code, "%.*s%s%s%s%s", head, m, hint ? ": " : "", hint ? hint : "", ctx, tb ? tb : "");
     }
     lua_pop(L1, 1);
     return rc;
