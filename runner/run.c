@@ -47,6 +47,7 @@ typedef struct runner {
     int failed_rc;
     char *failed_msg;
     int n_ran, n_cached;
+    int notify_failures; /* on_stage_end failures: warned about; after a few, not called again */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } runner;
@@ -62,6 +63,15 @@ static void utc_stamp(char *buf, size_t n, bool compact) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(buf, n, compact ? "%Y%m%dT%H%M%SZ" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* print and qlora.log from on_stage_end / on_run_end: the console and the run's events */
+static void run_hook_log(void *ud, const char *level, const char *msg) {
+    runner *R = ud;
+    if (!strcmp(level, "debug")) return;
+    if (!strcmp(level, "warn") || !strcmp(level, "error")) warnf("hook: %s", msg);
+    else outf("  hook: %s", msg);
+    if (R->ev) events_emit(R->ev, "hook_log", json_pack("{s:s, s:s}", "level", level, "message", msg));
 }
 
 static void wait_note(void *arg) { notef("waiting: another run is computing stage '%s'", (const char *)arg); }
@@ -280,9 +290,10 @@ static void *worker(void *arg) {
             json_t *ie = plan_index_entry(&R->p, pick);
             cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
             json_decref(ie);
-            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") &&
+            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") && R->notify_failures < 3 &&
                 hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
-                warnf("on_stage_end hook: %s", err_msg());
+                warnf("on_stage_end hook failed (%d of 3 failures allowed): %s", ++R->notify_failures, err_msg());
+                if (R->notify_failures == 3) warnf("on_stage_end is not called again in this run");
                 err_clear();
             }
         }
@@ -377,6 +388,7 @@ int run_recipe(const char *path, const run_opts *o) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
+    hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
     double t0 = now_s();
     int jobs = o->jobs > 0 ? (int)o->jobs : 1;

@@ -91,7 +91,21 @@ typedef struct train_run {
     stage_ctx *ctx;
     hooks *hooks;
     FILE *log; /* work_dir/train_log.jsonl, appended */
+    int notify_failures; /* on_step / on_eval calls that failed: warned about, never fatal */
 } train_run;
+
+/* A logging hook that fails must not end a long run: warn, and after a few failures stop
+ * calling it (a broken logger would fail the same way every step). */
+#define NOTIFY_MAX_FAILURES 3
+static int notify_failed(train_run *r, const char *point) {
+    r->notify_failures++;
+    stage_warnf(r->ctx, "%s hook failed (%d of %d failures allowed, training goes on): %s", point, r->notify_failures,
+                NOTIFY_MAX_FAILURES, err_msg());
+    if (r->notify_failures == NOTIFY_MAX_FAILURES)
+        stage_warnf(r->ctx, "the on_step and on_eval hooks are not called again in this run");
+    err_clear();
+    return 0;
+}
 
 static int hook_lr(void *ud, int64_t step, int64_t total, double base_lr, double *lr) {
     return hooks_lr(((train_run *)ud)->hooks, step, total, base_lr, lr);
@@ -99,24 +113,26 @@ static int hook_lr(void *ud, int64_t step, int64_t total, double base_lr, double
 
 static int hook_on_step(void *ud, const trainer_step_info *in) {
     train_run *r = ud;
-    if (!hooks_has(r->hooks, "on_step")) return 0;
+    if (!hooks_has(r->hooks, "on_step") || r->notify_failures >= NOTIFY_MAX_FAILURES) return 0;
     json_t *m = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:f}", "step", (json_int_t)in->step, "total_steps",
                           (json_int_t)in->total_steps, "loss", in->loss, "grad_norm", in->grad_norm, "lr", in->lr, "ms",
                           in->ms, "tokens_per_s", in->tokens_per_s, "tokens", (json_int_t)in->tokens, "epoch",
                           in->epoch);
     int rc = hooks_on_step(r->hooks, m);
     json_decref(m);
-    return rc;
+    if (rc == ERR_INTERRUPTED) return rc;
+    return rc ? notify_failed(r, "on_step") : 0;
 }
 
 static int hook_on_eval(void *ud, int64_t step, double loss, double ppl) {
     train_run *r = ud;
-    if (!hooks_has(r->hooks, "on_eval")) return 0;
+    if (!hooks_has(r->hooks, "on_eval") || r->notify_failures >= NOTIFY_MAX_FAILURES) return 0;
     json_t *m = json_pack("{s:s, s:I, s:f, s:f}", "stage", r->ctx->name, "step", (json_int_t)step, "val_loss", loss,
                           "perplexity", ppl);
     int rc = hooks_on_eval(r->hooks, m);
     json_decref(m);
-    return rc;
+    if (rc == ERR_INTERRUPTED) return rc;
+    return rc ? notify_failed(r, "on_eval") : 0;
 }
 
 static void cb_metric(void *ud, const char *name, double value) { stage_metric(ud, name, value); }

@@ -241,6 +241,32 @@ if grep -q "warning: stage 'train': micro_batch_size 100 is more than the 12 tra
 else bad "13 micro_batch_size 100 on 12 rows was silent"; fi
 cd "$W"
 
+# ---- item 12: logging hooks log; a failing logger warns and the run goes on
+mkdir -p i12 && cd i12
+for i in $(seq 12); do printf '{"instruction": "n%s", "output": "o%s"}\n' $i $i; done > d.jsonl
+cat > notes.lua <<'LUA'
+local qlora = require "qlora"
+function on_stage_end(stage, manifest) print("finished " .. stage) end
+function on_run_end(summary) qlora.log("info", "run over, ok=" .. tostring(summary.ok)) end
+function on_step(m) error("logger down") end
+LUA
+{ printf 'hooks:\n  on_step: notes.lua\n  on_stage_end: notes.lua\n  on_run_end: notes.lua\n'; base_yaml i12 <<'YAML'
+  lora: {kind: attach_lora, model: base}
+  data: {kind: dataset, model: base, path: d.jsonl, format: alpaca, sequence_len: 256}
+  train: {kind: train, model: base, adapter: lora, data: data, micro_batch_size: 2, max_steps: 6}
+YAML
+} > r.yaml
+run r.yaml
+rc=$?
+ev=$(ls -d "$QLORA_RUNS"/i12/*/ | tail -1)events.jsonl
+if [ $rc -eq 0 ] && grep -q "hook: finished train" out.txt && grep -q "hook: run over, ok=true" out.txt &&
+   grep -q '"hook_log"' "$ev" && grep -q "finished train" "$ev"; then ok "12 print and qlora.log in on_stage_end/on_run_end reach the console and events"
+else bad "12 on_stage_end/on_run_end output lost (exit $rc)"; fi
+if [ $rc -eq 0 ] && [ "$(grep -c "on_step hook failed" out.txt)" = 3 ] && grep -q "logger down" out.txt &&
+   grep -q "not called again" out.txt; then ok "12 a failing on_step warns three times and training finishes"
+else bad "12 a failing on_step hook"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
