@@ -267,6 +267,29 @@ if [ $rc -eq 0 ] && [ "$(grep -c "on_step hook failed" out.txt)" = 3 ] && grep -
 else bad "12 a failing on_step hook"; fi
 cd "$W"
 
+# ---- items 16, 17: export and generate accept the same forms; generate's errors
+mkdir -p i16 && cd i16
+export QLORA_CACHE="$W/i16/cache"
+printf 'name: i16\nseed: 3\nstages:\n  base: {kind: init_model, arch: llama, layers: 2, hidden: 64}\n  small: {kind: init_model, arch: llama, layers: 1, hidden: 64}\n  lora: {kind: attach_lora, model: base}\n  lora1: {kind: attach_lora, model: small}\n  export: {kind: export, model: base, adapter: lora, formats: [peft, merged]}\n' > r.yaml
+run r.yaml
+art() { for d in "$QLORA_CACHE"/artifacts/$1/*; do grep -q "^  \"stage\": \"$2\"" "$d/manifest.json" && echo "$d"; done | head -1; }
+B=$(art init_model base) S=$(art init_model small) L=$(art attach_lora lora) L1=$(art attach_lora lora1) E=$(art export export)
+run export --base "$B" --adapter "$L" --format peft --out ex16
+if [ $? -eq 0 ] && [ -f ex16/adapter/adapter_config.json ]; then ok "16 export --base takes an artifact directory, as generate --model does"
+else bad "16 export --base rejects an artifact directory"; fi
+run generate --model "$E" --adapter "$E" --prompt hi --max-new-tokens 1
+if [ $? -eq 2 ] && grep -q "is a merged export of the adapter" out.txt; then ok "17 generate refuses an export's adapter on its own merged model"
+else bad "17 generate applied LoRA on a merged export"; fi
+run generate --model "$W/nowhere" --prompt hi
+if [ $? -ne 0 ] && [ "$(grep -c "error:" out.txt)" = 1 ]; then ok "17 generate prints an error once"
+else bad "17 generate prints its error $(grep -c "error:" out.txt) times"; fi
+run generate --model "$B" --adapter "$L1" --prompt hi --max-new-tokens 1
+if [ $? -ne 0 ] && grep -q "the adapter has LoRA weights for 1 layer (highest layers.0) but the model has 2 layers" out.txt
+then ok "17 a 1-layer adapter on a 2-layer model names the mismatch"
+else bad "17 an adapter for another model: unclear message"; fi
+export QLORA_CACHE="$W/cache"
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
