@@ -120,3 +120,11 @@ void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points) {
     stage_note_files(c, all);
     json_decref(all);
 }
+
+const char *stage_model_name(const stage_input *in) {
+    if (!in) return NULL;
+    const char *n = json_string_value(json_object_get(json_object_get(in->manifest, "report"), "model_name"));
+    if (n) return n;
+    /* artifacts made before model_name was recorded: a fetched hub repo still names itself */
+    return json_string_value(json_object_get(json_object_get(in->manifest, "params"), "repo"));
+}

@@ -131,6 +131,10 @@ json_t *stage_json(const stage_ctx *c, const char *key);             /* borrowed
 char *stage_path(const stage_ctx *c, const char *key);
 /* the artifact dir of the input referenced by param `role`, NULL if none */
 const stage_input *stage_input_get(const stage_ctx *c, const char *role);
+/* The name users know an input's model by (its manifest's report "model_name", written by
+ * fetch_model and carried on by quantize_nf4): the hub repo id, or the local folder or URL it
+ * came from. NULL for a generated model. Borrowed from the input's manifest. */
+const char *stage_model_name(const stage_input *in);
 
 void stage_logf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);   /* log file + notef */
 /* a warning: stderr (even with --quiet), the log file and a "warning" event */

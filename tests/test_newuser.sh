@@ -290,6 +290,17 @@ else bad "17 an adapter for another model: unclear message"; fi
 export QLORA_CACHE="$W/cache"
 cd "$W"
 
+# ---- item 15: exports name the base model as peft and llama.cpp expect
+mkdir -p i15 && cd i15
+"$QLORA_BIN" init-model --out mybase --hidden 64 --layers 1 > /dev/null 2>&1
+printf 'name: i15\nstages:\n  base: {kind: fetch_model, source: path, path: mybase}\n  nf4: {kind: quantize_nf4, model: base}\n  lora: {kind: attach_lora, model: nf4}\n  export: {kind: export, model: nf4, adapter: lora, formats: [peft, gguf]}\n' > r.yaml
+run r.yaml
+E=$(sed -n 's/^  export: //p' out.txt)
+if [ -n "$E" ] && grep -q "\"base_model_name_or_path\": \"$W/i15/mybase\"" "$E/adapter/adapter_config.json" &&
+   grep -aq "mybase" "$E"/model-f16.gguf; then ok "15 adapter_config.json and GGUF name the base model's folder"
+else bad "15 exports name the stage: $(grep base_model_name_or_path "$E/adapter/adapter_config.json" 2>&1)"; fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
