@@ -301,6 +301,25 @@ if [ -n "$E" ] && grep -q "\"base_model_name_or_path\": \"$W/i15/mybase\"" "$E/a
 else bad "15 exports name the stage: $(grep base_model_name_or_path "$E/adapter/adapter_config.json" 2>&1)"; fi
 cd "$W"
 
+# ---- item 19: record errors name the line; JSONL parse errors say "end of the line"; roles listed
+mkdir -p i19 && cd i19
+printf '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n' > missing.jsonl
+printf '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"\n{"instruction": "e", "output": "f"}\n' > broken.jsonl
+printf '{"conversations": [{"from": "robot", "value": "x"}]}\n' > roles.jsonl
+for f in missing broken roles; do
+  fmt=alpaca; [ $f = roles ] && fmt="chat, chat_template: llama-2"
+  base_yaml i19$f > $f.yaml <<YAML
+  data: {kind: dataset, model: base, path: $f.jsonl, format: $fmt, sequence_len: 512}
+YAML
+done
+run missing.yaml
+grep -q "missing.jsonl:2: record 1: missing 'output'" out.txt && ok "19 a record error names its line" || bad "19 record error without its line"
+run broken.yaml
+grep -q "broken.jsonl:2:.*expected near end of the line" out.txt && ok "19 a bad JSONL line ends at the end of the line" || bad "19 a bad JSONL line: 'end of file'"
+run roles.yaml
+grep -q "unknown role 'robot' (system, user or assistant; human and gpt" out.txt && ok "19 the unknown-role message lists human and gpt" || bad "19 unknown role message omits human/gpt"
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

@@ -193,7 +193,8 @@ static int chat_messages(const json_t *rec, const char *what, chat_msg **out, si
         else if (!strcmp(role, "system")) role = "system";
         else {
             free(m);
-            return err_set(ERR_DATA, "%s: message %zu has unknown role '%s' (system, user or assistant)", what, i, role);
+            return err_set(ERR_DATA, "%s: message %zu has unknown role '%s' (system, user or assistant; human and "
+                                     "gpt in ShareGPT data; model)", what, i, role);
         }
         if (!strcmp(role, "system") && i != 0) {
             free(m);
@@ -986,7 +987,12 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
             }
             if (rc || !rec) break;
             char what[600];
-            snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
+            /* "file:LINE: record N": records count from 0, lines (as in parse errors) from 1 */
+            if (dataset_reader_line(r))
+                snprintf(what, sizeof what, "%s:%zu: record %zu", src->paths[f], dataset_reader_line(r),
+                         dataset_reader_index(r));
+            else
+                snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
             rc = add_record(&b, rec, what);
             json_decref(rec);
             if (rc) break;
