@@ -15,18 +15,20 @@
 
 typedef struct data_args {
     int64_t n;
+    const char *split;
     cli_list sets;
 } data_args;
 
 static const cli_opt data_opts[] = {
     {"n", 0, CLI_INT, "N", "how many rows (3)", CLI_AT(data_args, n), 1, 1e9},
+    {"split", 0, CLI_STR, "SPLIT", "train (the default) or val", CLI_AT(data_args, split), 0, 0},
     {"set", 0, CLI_LIST, "KEY=VALUE", "override a recipe key; repeatable", CLI_AT(data_args, sets), 0, 0},
     {0},
 };
 
 const cli_cmd cli_data = {
     .name = "data",
-    .usage = "data show RECIPE STAGE [--n N] [--set KEY=VALUE]...",
+    .usage = "data show RECIPE STAGE [--n N] [--split train|val] [--set KEY=VALUE]...",
     .summary = "decoded training samples, masked spans marked",
     .about = "Prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
              "that are masked out of the loss marked. The stage must have run (it is read from the cache).",
@@ -46,6 +48,10 @@ int cmd_data(int argc, char **argv) {
     if (strcmp(pos[0], "show")) {
         cli_list_free(&o.sets);
         return cli_usage_error(&cli_data, "unknown subcommand '%s' (the subcommand is 'show')", pos[0]);
+    }
+    if (o.split && strcmp(o.split, "train") && strcmp(o.split, "val")) {
+        cli_list_free(&o.sets);
+        return cli_usage_error(&cli_data, "--split '%s': a dataset has the splits train and val", o.split);
     }
     recipe *r = NULL;
     rc = recipe_load(&r, path, (char *const *)o.sets.v, o.sets.n);
@@ -76,7 +82,7 @@ int cmd_data(int argc, char **argv) {
         char *adir = cache_artifact_dir(&c, "dataset", p.st[i].key);
         char *mdir = cache_artifact_dir(&c, r->stages[model].kind->name, p.st[model].key);
         char *tokdir = fs_join(mdir, "model");
-        rc = dataset_show(adir, tokdir, n, stdout);
+        rc = dataset_show_split(adir, tokdir, o.split ? o.split : "train", n, stdout);
         free(tokdir);
         free(mdir);
         free(adir);

@@ -11,6 +11,7 @@
 #include "core/hash.h"
 #include "core/log.h"
 #include "model/device.h"
+#include "runner/yaml_tree.h"
 
 #define KEY_FORMAT 1 /* bump when the key document's shape changes */
 
@@ -140,6 +141,11 @@ static void append(char **why, const char *fmt, ...) {
 static bool same(const json_t *a, const json_t *b) { return (!a && !b) || (a && b && json_equal((json_t *)a, (json_t *)b)); }
 
 static char *short_json(const json_t *v) {
+    if (json_is_real(v)) { /* 0.005, not 0.0050000000000000001 */
+        char buf[48];
+        yt_format_real(json_real_value(v), buf, sizeof buf);
+        return strdup(buf);
+    }
     char *s = json_dumps(v ? v : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (s && strlen(s) > 40) strcpy(s + 37, "...");
     return s;

@@ -320,6 +320,31 @@ run roles.yaml
 grep -q "unknown role 'robot' (system, user or assistant; human and gpt" out.txt && ok "19 the unknown-role message lists human and gpt" || bad "19 unknown role message omits human/gpt"
 cd "$W"
 
+# ---- item 21: numbers as written, the progress bar's unit once, data show --split val
+mkdir -p i21 && cd i21
+cp -r "$QLORA_SRC/hooks" hooks
+base_yaml i21 > r.yaml <<'YAML'
+  data: {kind: dataset, model: base, generator: hooks/demo_task.lua, format: lua, format_hook: hooks/demo_task.lua, hook_args: {n: 60}, sequence_len: 128, val_set_size: 20}
+  lora: {kind: attach_lora, model: base}
+  train: {kind: train, model: base, adapter: lora, data: data, learning_rate: 0.005, max_steps: 3}
+YAML
+run show r.yaml
+if grep -q "val_set_size: 20.0" out.txt && grep -q "learning_rate: 0.005$" out.txt; then ok "21 show prints 20.0 and 0.005"
+else bad "21 show: $(grep -E 'val_set_size|learning_rate' out.txt | tr -d '\n')"; fi
+run r.yaml
+run plan r.yaml --set stages.train.learning_rate=0.004
+if grep -q "learning_rate: 0.005 -> 0.004$" out.txt; then ok "21 plan prints 0.005 -> 0.004"
+else bad "21 plan: $(grep learning_rate out.txt)"; fi
+run data show r.yaml data --split val --n 1
+if [ $? -eq 0 ] && grep -q "^20 val rows" out.txt; then ok "21 data show --split val"
+else bad "21 data show cannot show the val split"; fi
+if command -v script > /dev/null; then
+  script -qec "$QLORA_BIN r.yaml --force train" /dev/null > tty.txt 2>&1
+  if grep -q "steps/s" tty.txt && ! grep -aE "steps/s +ETA [0-9]+:[0-9]+ +steps" tty.txt > /dev/null; then ok "21 the progress bar names its unit once"
+  else bad "21 the progress bar ends with a stray ' steps'"; fi
+fi
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua

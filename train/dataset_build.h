@@ -117,5 +117,7 @@ char *dataset_alpaca_prompt(const char *instruction, const char *input);
 /* Print n rows of a dataset artifact decoded with the tokenizer in tokenizer_dir, masked
  * spans between "[[" and "]]" and each packed sequence on its own paragraph. */
 int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FILE *out);
+/* The same for a split by name ("train" or "val"). */
+int dataset_show_split(const char *artifact_dir, const char *tokenizer_dir, const char *split, int n, FILE *out);
 
 #endif
