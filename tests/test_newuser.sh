@@ -345,6 +345,27 @@ if command -v script > /dev/null; then
 fi
 cd "$W"
 
+# ---- item 20: runs ls sorted across recipes with the failed stage; cache ls headers; gc leaves nothing
+mkdir -p i20 && cd i20
+export QLORA_CACHE="$W/i20/cache" QLORA_RUNS="$W/i20/runs" QLORA_TEST_KINDS=1
+printf 'name: zeta\nstages:\n  a: {kind: test_echo}\n' > zeta.yaml
+printf 'name: alpha\nstages:\n  a: {kind: test_echo}\n  b: {kind: test_echo, input: a, fail: true}\n' > alpha.yaml
+run zeta.yaml; sleep 1.1; run alpha.yaml; sleep 1.1; run zeta.yaml
+run runs ls
+order=$(awk 'NR > 1 {print $2}' out.txt | tr '\n' ' ')
+if head -1 out.txt | grep -q "TIME (UTC).*RECIPE.*STATUS.*FAILED STAGE" && [ "$order" = "zeta alpha zeta " ] &&
+   grep -E "alpha +failed .* b$" out.txt > /dev/null; then ok "20 runs ls: one time order across recipes, header, failed stage"
+else bad "20 runs ls (order: $order)"; fi
+run cache ls
+grep -q "KIND.*KEY.*SIZE" out.txt && ok "20 cache ls has a header" || bad "20 cache ls has no header"
+run cache gc --keep-last 0
+left=$(ls cache/work cache/locks | grep -v -e '^cache/' -e '^$' -e '^cache-in-use$' | tr '\n' ' ')
+if [ -z "$left" ]; then ok "20 cache gc leaves no work dirs or lock files of removed keys"
+else bad "20 cache gc left: $left"; fi
+export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
+unset QLORA_TEST_KINDS
+cd "$W"
+
 # ---- item 4: allow: [io] (used only by on_step) is not in the dataset's key
 mkdir -p i4 && cd i4
 echo 'function on_step(m) end' > step.lua
