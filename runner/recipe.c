@@ -380,8 +380,8 @@ static void add_kind_file(void *ud, const char *path) {
 static void open_stage_hooks(errs *e, recipe_stage *rs, hooks *h, const json_t *hk) {
     vctx v = {e, NULL, rs->key_files};
     json_t *loaded = json_array();
-    const char *kh = key_hooks_of(rs->kind->name);
-    if (*kh) {
+    const char *kh = rs->kind->key_hooks;
+    if (kh && *kh) {
         size_t nh;
         const char **pts = split_choices(kh, &nh);
         for (size_t k = 0; k < nh; k++)
@@ -851,8 +851,6 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
         if (kind->check && kind->check(rs->params)) {
             errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
-        } else {
-            for (int i = 0; i < r->n_stages; i++) open_stage_hooks(&e, &r->stages[i], h, hk);
         }
         if (kind->key_files) {
             kind_files kf = {&sv, r->dir, st};
@@ -981,6 +979,8 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         if (hooks_open(&h, r->hooks)) {
             errs_add(&e, hn, "hooks: %s", err_msg());
             err_clear();
+        } else {
+            for (int i = 0; i < r->n_stages; i++) open_stage_hooks(&e, &r->stages[i], h, r->hooks);
         }
         hooks_free(&h);
     }

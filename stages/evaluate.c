@@ -580,7 +580,7 @@ static int eval_run(stage_ctx *ctx) {
         goto out;
     e.alpaca = dformat && !strcmp(dformat, "alpaca");
     e.chat = dformat && !strcmp(dformat, "chat");
-    const char *dtpl = json_string_value(json_object_get(dparams, "chat_template"));
+    const char *dtpl = json_string_value(json_object_get(dfmt, "chat_template"));
     if (e.chat && (rc = dataset_chat_template_from_name(dtpl ? dtpl : "llama-3", &e.chat_template))) goto out;
     int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
     const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
