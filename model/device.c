@@ -2,9 +2,21 @@
 #include "model/device.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/err.h"
+#include "kernels/cuda/cuda_ext.h"
+
+/* The CUDA extras exist only in builds with the CUDA kernels: without them a weak reference reads
+ * NULL (with them the references must be strong, to pull the members out of the static library). */
+#ifndef QLORA_HAVE_CUDA
+#pragma weak cuda_stream_handle
+#define HAVE_FN(f) ((f) != NULL)
+#else
+#define HAVE_FN(f) 1
+#endif
 
 int device_ops(const char *device, const ops_table **out) {
     const ops_table *cuda = ops_cuda();
@@ -37,4 +49,11 @@ void device_info_get(const ops_table *ops, device_info *out) {
 
 void device_lean_scratch(const ops_table *ops, bool lean) {
     if (ops->scratch_cap_set) ops->scratch_cap_set(lean ? DEVICE_LEAN_SCRATCH : 0);
+}
+
+int device_collective(const ops_table *ops, int world) {
+    const char *force = getenv("QLORA_NCCL");
+    bool want = world > 1 || (force && !strcmp(force, "1"));
+    if (strcmp(ops->name, "cuda") || !want || !HAVE_FN(cuda_stream_handle)) return 0;
+    return coll_nccl_init(cuda_stream_handle());
 }

@@ -29,4 +29,9 @@ void device_info_get(const ops_table *ops, device_info *out);
 #define DEVICE_LEAN_SCRATCH ((size_t)32 << 20)
 void device_lean_scratch(const ops_table *ops, bool lean);
 
+/* Data parallel: the gradient all-reduce of this backend (core/collective.h). On cuda, NCCL on a
+ * stream of its own when world > 1 (or on one rank with QLORA_NCCL=1, to measure that path); on
+ * cpu nothing to start: MPI sums host memory. A collective: every rank calls it. */
+int device_collective(const ops_table *ops, int world);
+
 #endif

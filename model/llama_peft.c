@@ -2,6 +2,7 @@
 #include "llama_peft.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/err.h"

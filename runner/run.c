@@ -86,7 +86,7 @@ static int exec_stage(runner *R, int i) {
         }
         free(why);
     }
-    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->key);
+    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->work_key);
     rc = cache_tmp_dir(&R->c, s->kind->name, ps->key, &tmp);
     if (!rc) rc = fs_mkdir_p(work);
     char *logpath = NULL;
@@ -221,7 +221,7 @@ static void record_cached(runner *R, int i) {
     json_object_set_new(ev, "key", json_string(R->p.st[i].key));
     events_emit(R->ev, "stage_cached", ev);
     outf("= %s (%s): cached", s->name, s->kind->name);
-    cache_drop_work(&R->c, R->p.st[i].key);
+    cache_drop_work(&R->c, R->p.st[i].work_key);
 }
 
 static int ready(runner *R, int i) {

@@ -116,6 +116,10 @@ typedef struct stage_kind {
      * new commit re-runs the stage and the same one does not. An error leaves the reason in
      * the key instead (the run then reports it). */
     int (*resolve)(const json_t *params, json_t **out);
+    /* Data parallel (docs/multi-gpu.md): every rank runs it together (the others run a stage
+     * once, on rank 0, and read its artifact from the shared cache); its key holds the world
+     * size when that is over one. */
+    bool data_parallel;
 } stage_kind;
 
 /* registry.c */

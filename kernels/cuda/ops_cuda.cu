@@ -66,7 +66,7 @@ static void mem_note_free(void *p) {
 
 static void runtime_init(void) {
     if (g_stream) return;
-    CUDA_CHECK(cudaSetDevice(0));
+    CUDA_CHECK(cudaSetDevice(cuda_device_selected()));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_start, cudaEventDisableTiming));
