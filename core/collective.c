@@ -181,10 +181,9 @@ int coll_bcast_str(char **s, int root) {
     if (g.world == 1) return 0;
     int64_t len = g.rank == root && *s ? (int64_t)strlen(*s) : -1;
     int rc = coll_bcast(&len, sizeof len, root);
-    if (rc || g.rank == root) return rc;
+    if (rc || len < 0) return rc;
+    if (g.rank == root) return coll_bcast(*s, (size_t)len, root);
     free(*s);
-    *s = NULL;
-    if (len < 0) return 0;
     *s = malloc((size_t)len + 1);
     if (!*s) return err_set(ERR_STAGE, "out of memory");
     (*s)[len] = 0;
