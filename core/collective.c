@@ -234,6 +234,7 @@ static struct {
     void *lib;
     nccl_comm comm;
     void *stream;
+    void (*before)(void), (*after)(void);
     int (*get_unique_id)(nccl_unique_id *);
     int (*comm_init_rank)(nccl_comm *, int, nccl_unique_id, int);
     int (*all_reduce)(const void *, void *, size_t, int, int, nccl_comm, void *);
@@ -268,7 +269,7 @@ static int nccl_open(void) {
     return 0;
 }
 
-int coll_nccl_init(void *stream) {
+int coll_nccl_init(void *stream, void (*before)(void), void (*after)(void)) {
     if (nccl.comm) return 0;
     int rc = nccl_open();
     nccl_unique_id id;
@@ -287,6 +288,8 @@ int coll_nccl_init(void *stream) {
     }
     if ((rc = coll_agree(rc, NULL))) return rc;
     nccl.stream = stream;
+    nccl.before = before;
+    nccl.after = after;
     return 0;
 }
 
@@ -294,10 +297,15 @@ bool coll_nccl_active(void) { return nccl.comm != NULL; }
 
 int coll_allreduce_grads(float *buf, int64_t n) {
     if (nccl.comm) {
+        if (nccl.before) nccl.before();
         int r = nccl.all_reduce(buf, buf, (size_t)n, NCCL_FLOAT32, NCCL_SUM, nccl.comm, nccl.stream);
         return r ? err_set(ERR_STAGE, "ncclAllReduce of %lld gradients: %s", (long long)n, nccl_err(r)) : 0;
     }
     return coll_allreduce_f32(buf, n);
+}
+
+void coll_grads_wait(void) {
+    if (nccl.comm && nccl.after) nccl.after();
 }
 
 void coll_finalize(void) {

@@ -60,13 +60,18 @@ int coll_bcast(void *buf, size_t bytes, int root);
 /* A string from root: on other ranks *s is replaced by a malloc'd copy (the old one freed). */
 int coll_bcast_str(char **s, int root);
 
-/* NCCL over the ranks, on the current CUDA device; stream is the cudaStream_t the gradients are
- * written on. Opens libnccl.so.2 ($QLORA_NCCL_LIB names another path). Returns ERR_STAGE with
- * what is missing when NCCL cannot start. */
-int coll_nccl_init(void *stream);
+/* NCCL over the ranks, on the current CUDA device. stream is the cudaStream_t the all-reduces are
+ * queued on (a stream of their own); before() makes it wait for the work queued so far on the
+ * compute stream, after() makes the compute stream wait for it. Opens libnccl.so.2
+ * ($QLORA_NCCL_LIB names another path). Returns ERR_STAGE with what is missing when NCCL cannot
+ * start. */
+int coll_nccl_init(void *stream, void (*before)(void), void (*after)(void));
 bool coll_nccl_active(void);
-/* The gradient all-reduce: through NCCL on the device buffer when coll_nccl_init succeeded,
- * else through MPI on host memory. Sums; a world of one returns at once. */
+/* One bucket of the gradient all-reduce (sums in place): with NCCL queued on its stream after
+ * everything queued on the compute stream so far, and returns at once; with MPI done on return
+ * (host memory). A world of one without NCCL returns at once. coll_grads_wait() orders the
+ * compute stream after every bucket queued (no-op with MPI). */
 int coll_allreduce_grads(float *buf, int64_t n);
+void coll_grads_wait(void);
 
 #endif

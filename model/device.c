@@ -12,7 +12,9 @@
 /* The CUDA extras exist only in builds with the CUDA kernels: without them a weak reference reads
  * NULL (with them the references must be strong, to pull the members out of the static library). */
 #ifndef QLORA_HAVE_CUDA
-#pragma weak cuda_stream_handle
+#pragma weak cuda_comm_stream
+#pragma weak cuda_comm_after_main
+#pragma weak cuda_main_after_comm
 #define HAVE_FN(f) ((f) != NULL)
 #else
 #define HAVE_FN(f) 1
@@ -54,6 +56,6 @@ void device_lean_scratch(const ops_table *ops, bool lean) {
 int device_collective(const ops_table *ops, int world) {
     const char *force = getenv("QLORA_NCCL");
     bool want = world > 1 || (force && !strcmp(force, "1"));
-    if (strcmp(ops->name, "cuda") || !want || !HAVE_FN(cuda_stream_handle)) return 0;
-    return coll_nccl_init(cuda_stream_handle());
+    if (strcmp(ops->name, "cuda") || !want || !HAVE_FN(cuda_comm_stream)) return 0;
+    return coll_nccl_init(cuda_comm_stream(), cuda_comm_after_main, cuda_main_after_comm);
 }

@@ -24,7 +24,9 @@ command -v node >/dev/null || fail "node is missing (make deps)"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl=self,vader NCCL_NVLS_ENABLE=0 QLORA_RUNS="$tmp/runs"
 MPI=(mpirun -np 2 --oversubscribe)
-LOUD=(--until train --set device=cpu --set stages.train.micro_batch_size=4 --set stages.train.save_steps=4
+# LoRA dropout on, so each rank must also take its own run of the dropout seeds
+DROP=(--set stages.lora.lora_dropout=0.1)
+LOUD=(--until train --set device=cpu "${DROP[@]}" --set stages.train.micro_batch_size=4 --set stages.train.save_steps=4
       --set stages.train.eval_steps=0)
 BASE=("${LOUD[@]}" --quiet)
 STEPS=(--set stages.train.max_steps=12)
@@ -33,7 +35,7 @@ CMP="node $SRC/tests/dp_compare.mjs"
 artifact_of() { find "$1/artifacts/train" -mindepth 1 -maxdepth 1 -type d | head -1; }
 
 # the stages before train, shared by every run below
-QLORA_CACHE="$tmp/base" "$BIN" "$SRC/recipes/demo.yaml" --until lora --quiet --set device=cpu >/dev/null 2>&1 ||
+QLORA_CACHE="$tmp/base" "$BIN" "$SRC/recipes/demo.yaml" --until lora --quiet --set device=cpu "${DROP[@]}" >/dev/null 2>&1 ||
   fail "the stages before train failed"
 fresh() { rm -rf "$1" && cp -r "$tmp/base" "$1"; }
 

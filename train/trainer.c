@@ -433,6 +433,33 @@ static void log_step(run_state *s, const trainer_step_info *in) {
     if (s->hooks && s->hooks->progress) s->hooks->progress(s->hooks->ud, (double)in->step, (double)in->total_steps);
 }
 
+/* ---- the gradient all-reduce in buckets, one a layer, started as the backward finishes each ---- */
+
+typedef struct buckets {
+    trainer_model *m;
+    int next; /* buckets issued this step: layer n_layers-1-next is due */
+    int rc;
+} buckets;
+
+static bool buckets_usable(const trainer_model *m) {
+    return m->set_layer_done && m->n_layers > 0 && m->layer_off && m->layer_off[0] == 0 &&
+           m->layer_off[m->n_layers] == m->n_params;
+}
+
+static void bucket_issue(buckets *b, int layer) {
+    int expect = b->m->n_layers - 1 - b->next;
+    if (layer != expect) { /* the model finished layers in another order: issue the due one anyway */
+        if (!b->rc) b->rc = err_set(ERR_STAGE, "internal: layer %d's gradients came before layer %d's", layer, expect);
+        layer = expect;
+    }
+    int64_t off = b->m->layer_off[layer], n = b->m->layer_off[layer + 1] - off;
+    int c = n > 0 ? coll_allreduce_grads(b->m->grads + off, n) : 0;
+    if (c && !b->rc) b->rc = c;
+    b->next++;
+}
+
+static void bucket_ready(void *ud, int layer) { bucket_issue(ud, layer); }
+
 /* the divergence error: every rank sees the same loss and norm, so each reaches it at once */
 static int diverged(run_state *s, int64_t step, double loss, double gnorm) {
     char where[512] = "no checkpoint was written yet";
@@ -527,6 +554,10 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         if (rc && world == 1) goto out;
     }
 
+    /* the gradients travel (several ranks, or NCCL asked for on one to measure its path) in one
+     * bucket a layer while the backward goes on, or in one piece after it for a model without layers */
+    const bool reduce = world > 1 || coll_nccl_active(), bucketed = reduce && buckets_usable(m);
+    buckets bk = {.m = m};
     double t_run = now_s();
     bool interrupted = false;
     for (;;) {
@@ -555,11 +586,14 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         bool stop = false;
         rng_state step_rng = rng;
         for (int k = 0; k < rank * accum; k++) rng_next(&step_rng); /* the seeds of the ranks before */
+        bk.next = 0;
+        bk.rc = 0;
         for (int a = 0; a < accum && !rc; a++) {
             if (world == 1 && hook_interrupted(hooks)) { /* alone: stop between micro-steps */
                 stop = true;
                 break;
             }
+            if (bucketed && a == accum - 1) m->set_layer_done(m->self, bucket_ready, &bk); /* the final pass */
             uint64_t dseed = rng_next(&step_rng);
             double ls = 0;
             if ((rc = train_data_batch(train, mine + (int64_t)a * mb, mb, &b))) break;
@@ -567,16 +601,28 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
             loss_sum += ls;
             n_tokens += b.T;
         }
+        if (bucketed) {
+            m->set_layer_done(m->self, NULL, NULL);
+            /* a rank that failed before its final pass still issues every bucket: all ranks pass the
+             * same collectives */
+            while (world > 1 && bk.next < m->n_layers) bucket_issue(&bk, m->n_layers - 1 - bk.next);
+            coll_grads_wait();
+            if (!rc) rc = bk.rc;
+        }
         if (rc && world == 1) goto out;
         if (world == 1 && (stop || hook_interrupted(hooks))) { /* the partial step is dropped */
             interrupted = true;
             break;
         }
         for (int k = (rank + 1) * accum; k < world * accum; k++) rng_next(&step_rng); /* and of those after */
-        if (world > 1) { /* every rank, failed or not, joins the sums; a failure shows at the boundary */
+        if (reduce && !bucketed) { /* every rank, failed or not, joins the sums; a failure shows at the boundary */
             int c = coll_allreduce_grads(m->grads, m->n_params);
+            coll_grads_wait();
+            if (!rc) rc = c;
+        }
+        if (world > 1) {
             double v[2] = {loss_sum, (double)n_tokens};
-            if (!c) c = coll_allreduce_f64(v, 2);
+            int c = coll_allreduce_f64(v, 2);
             if (!rc) rc = c;
             loss_sum = v[0];
             n_tokens = (int64_t)v[1];
@@ -637,6 +683,7 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if ((rc = save_checkpoint(&s))) goto out;
 
 out:
+    if (m->set_layer_done) m->set_layer_done(m->self, NULL, NULL);
     res->steps = s.hd.step;
     res->first_val_loss = s.hd.first_val_loss;
     res->final_val_loss = s.hd.last_val_loss;

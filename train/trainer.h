@@ -58,6 +58,14 @@ typedef struct trainer_model {
     int (*train_step)(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum);
     /* forward only, no dropout: *loss_sum = summed target-token loss */
     int (*eval_loss)(void *self, const train_batch *b, double *loss_sum);
+    /* Optional, for data parallel: the gradients in buckets, one a layer. layer_off[0..n_layers]
+     * ascending: bucket l is grads[layer_off[l] .. layer_off[l+1]); the backward finishes layer
+     * n_layers-1 first. set_layer_done(self, cb, ud) makes train_step call cb(ud, l) once layer l's
+     * gradients are final (cb NULL: off). Without them the gradients go in one all-reduce after
+     * the backward. */
+    int n_layers;
+    const int64_t *layer_off;
+    void (*set_layer_done)(void *self, void (*cb)(void *ud, int layer), void *ud);
 } trainer_model;
 
 typedef enum trainer_schedule { TRAINER_SCHEDULE_CONSTANT, TRAINER_SCHEDULE_LINEAR, TRAINER_SCHEDULE_COSINE } trainer_schedule;
