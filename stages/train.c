@@ -246,6 +246,12 @@ static int train_run_stage(stage_ctx *ctx) {
     if ((rc = device_ops(ctx->device, &ops))) goto out;
     /* data parallel: the gradient all-reduce's communicator (NCCL on a GPU), before any weight is loaded */
     if ((rc = device_collective(ops, coll_world()))) goto out;
+    if (coll_nccl_active())
+        stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), one bucket a decoder layer on a "
+                        "stream of their own", coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher());
+    else if (coll_world() > 1)
+        stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), one bucket a decoder layer",
+                   coll_world(), coll_rank(), coll_launcher());
     if ((rc = config_load(&cfg, mdir))) goto out;
     if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
     if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
