@@ -215,7 +215,7 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
         hash_bytes_hex(s, strlen(s), ps->work_key);
         free(s);
         memcpy(ps->key, ps->work_key, sizeof ps->key);
-        if (r->stages[i].kind->data_parallel && coll_world() > 1) {
+        if (r->stages[i].kind->ranks_in_key && coll_world() > 1) {
             json_object_set_new(ps->key_doc, "world", json_integer(coll_world()));
             s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
             hash_bytes_hex(s, strlen(s), ps->key);

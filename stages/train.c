@@ -375,4 +375,5 @@ const stage_kind stage_kind_train = {
     .key_hooks = "lr",
     .device_dependent = true,
     .data_parallel = true,
+    .ranks_in_key = true,
 };

@@ -4,6 +4,8 @@
 //   node dp_compare.mjs adapter A.safetensors B.safetensors TOL
 //     the same tensors; in each, the largest difference within TOL of the tensor's largest value
 //     (element by element, a value near zero that AdamW moved by 1e-9 would count as "different")
+//   node dp_compare.mjs results A/results.json B/results.json TOL
+//     an evaluate stage's table: losses within TOL relative, every generation and score the same
 // Prints the largest relative difference; exits 1 with the first offending value.
 import { readFileSync } from 'node:fs';
 
@@ -78,7 +80,26 @@ if (mode === 'losses') {
     n += x.length;
   }
   console.log(`${A.size} tensors, ${n} values, largest difference ${worst.toExponential(2)} of a tensor's scale`);
+} else if (mode === 'results') {
+  const A = JSON.parse(readFileSync(a, 'utf8')), B = JSON.parse(readFileSync(b, 'utf8'));
+  for (const [set, row] of Object.entries(A.val || {})) {
+    for (const side of ['base', 'tuned']) {
+      if (!row[side]) continue;
+      near(row[side].loss, B.val[set][side].loss, `val ${set} ${side} loss`);
+    }
+    if (row.tokens !== B.val[set].tokens) { console.error(`val ${set}: ${row.tokens} vs ${B.val[set].tokens} tokens`); process.exit(1); }
+  }
+  const ga = A.generations || [], gb = B.generations || [];
+  if (ga.length === 0 || ga.length !== gb.length) { console.error(`generations: ${ga.length} vs ${gb.length}`); process.exit(1); }
+  for (let i = 0; i < ga.length; i++)
+    for (const k of ['base', 'tuned', 'score_base', 'score_tuned'])
+      if (JSON.stringify(ga[i][k]) !== JSON.stringify(gb[i][k])) {
+        console.error(`generation ${i} ${k}: ${JSON.stringify(ga[i][k])} vs ${JSON.stringify(gb[i][k])}`);
+        process.exit(1);
+      }
+  if (JSON.stringify(A.score) !== JSON.stringify(B.score)) { console.error(`score: ${JSON.stringify(A.score)} vs ${JSON.stringify(B.score)}`); process.exit(1); }
+  console.log(`${ga.length} generations the same, losses within ${worst.toExponential(2)}`);
 } else {
-  console.error('usage: node dp_compare.mjs losses|adapter A B TOL');
+  console.error('usage: node dp_compare.mjs losses|adapter|results A B TOL');
   process.exit(2);
 }

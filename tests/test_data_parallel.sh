@@ -69,6 +69,18 @@ grep -q "data parallel: 2 ranks (mpirun)" "$tmp/gpus.txt" || { cat "$tmp/gpus.tx
 cmp -s "$two/adapter/adapter_model.safetensors" "$(artifact_of "$tmp/gpus")/adapter/adapter_model.safetensors" ||
   fail "--gpus 2 and mpirun -np 2 trained different adapters"
 
+# 3b. evaluate split over two ranks (val batches, prompts) gives one process's table; sampling on,
+# so each prompt's seed must not depend on which rank generates it
+EVAL=(--until eval --quiet --set device=cpu "${DROP[@]}" --set stages.eval.adapter=lora --set stages.eval.score_records=9
+      --set stages.eval.temperature=0.8 --set stages.eval.max_new_tokens=6)
+fresh "$tmp/ev1"
+QLORA_CACHE="$tmp/ev1" "$BIN" "$SRC/recipes/demo.yaml" "${EVAL[@]}" >/dev/null 2>&1 || fail "evaluate in one process failed"
+fresh "$tmp/ev2"
+QLORA_CACHE="$tmp/ev2" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${EVAL[@]}" >"$tmp/ev2.txt" 2>&1 ||
+  { cat "$tmp/ev2.txt"; fail "evaluate on two ranks failed"; }
+$CMP results "$(find "$tmp/ev1/artifacts/evaluate" -name results.json)" "$(find "$tmp/ev2/artifacts/evaluate" -name results.json)" 1e-12 ||
+  fail "evaluate on two ranks differs from one process"
+
 # 4. rank 1 killed in the middle of a longer run; the next run resumes and matches a whole run
 LONG=(--set stages.train.max_steps=160 --set stages.train.gradient_accumulation_steps=2)
 fresh "$tmp/ref"
