@@ -604,7 +604,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled] [--optimizer-offload off|on]\n"
+               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n");
         return argc < 2 ? 2 : 0;
