@@ -546,8 +546,15 @@ done:
 int run_recipe(const char *path, const run_opts *o) {
     int rc = ranks_start();
     if (!rc) rc = run_ranked(path, o);
-    /* rank 0 prints the one message (the agreement gave it the failing rank's); the rest end quietly */
-    if (rc && coll_rank() > 0) err_set(rc, "%s", "");
+    if (coll_world() > 1) {
+        /* rank 0 prints the one message (the agreement gave it the failing rank's), the others end
+         * quietly, and none exits before rank 0 has printed: mpirun ends the whole job as soon as
+         * one rank exits with a failure */
+        if (rc && coll_rank() == 0 && err_msg()[0]) errorf("%s", err_msg());
+        if (rc) err_set(rc, "%s", "");
+        int32_t done = 1;
+        coll_bcast(&done, sizeof done, 0);
+    }
     coll_finalize();
     return rc;
 }

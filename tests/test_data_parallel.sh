@@ -7,7 +7,8 @@
 # gradients of the zero-initialised B matrices by their own size, which carries a 1e-7
 # difference into the update). The ranks are started once with mpirun and once by --gpus 2.
 # Then: rank 1 killed mid-run, the next run resumes from rank 0's checkpoint and ends with the
-# same bytes as an uninterrupted run; the same checkpoint resumed by one process; and bad input
+# same bytes as an uninterrupted run; SIGINT on rank 1 stops both with a checkpoint (exit 7); a
+# checkpoint of two ranks resumed by one process; evaluate split over the ranks; and bad input
 # (a recipe that differs between ranks, a global batch larger than the data), each one error
 # from rank 0 and one exit code.
 set -uo pipefail
@@ -114,6 +115,28 @@ grep -q "resuming from checkpoint step" "$tmp/resume.txt" || { cat "$tmp/resume.
 echo "rank 1 killed (mpirun exit $krc); $(grep -o 'resuming from checkpoint step [0-9]*' "$tmp/resume.txt" | head -1)"
 cmp -s "$ref" "$(artifact_of "$tmp/kill")/adapter/adapter_model.safetensors" ||
   fail "after a killed rank and a resume the adapter differs from an uninterrupted run's"
+
+# 4b. Ctrl-C on rank 1 alone: every rank stops at the next step boundary, rank 0 saves, exit 7
+fresh "$tmp/int"
+QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/int.txt" 2>&1 &
+mpid=$!
+rank1=""
+for _ in $(seq 1 600); do
+  if [ -z "$rank1" ]; then
+    for p in $(ps -o pid= --ppid "$mpid" 2>/dev/null); do
+      tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' && rank1=$p
+    done
+  fi
+  [ -n "$rank1" ] && [ "$(find "$tmp/int/work" -name 'checkpoint-*.bin' 2>/dev/null | wc -l)" -ge 1 ] && break
+  sleep 0.05
+done
+[ -n "$rank1" ] || fail "rank 1 of the run to interrupt was not found"
+kill -INT "$rank1" 2>/dev/null
+wait "$mpid"
+irc=$?
+mpid=""
+[ "$irc" = 7 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: exit $irc, expected 7"; }
+[ "$(grep -c 'qlora-run: error: .*interrupted at step' "$tmp/int.txt")" = 1 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: expected one 'interrupted at step' message"; }
 
 # 5. a checkpoint of two ranks resumed by one process (another number of ranks)
 fresh "$tmp/kill1"

@@ -495,7 +495,7 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     const int64_t local_rows = (int64_t)mb * accum, global_rows = local_rows * world;
     const int64_t total = trainer_total_steps(cfg, train->n_rows);
     const size_t nb = (size_t)m->n_params * sizeof(float);
-    /* the batch geometry is left out on purpose: a run resumes with another number of ranks */
+    /* the number of ranks is left out on purpose: a run resumes with another number of ranks */
     const uint64_t chash = config_hash(cfg, m->n_params, train);
 
     run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world};
