@@ -24,7 +24,11 @@ command -v node >/dev/null || fail "node is missing (make deps)"
 # CI runs as root on 2 cores: Open MPI's consent to root, and two ranks on whatever cores there are
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl=self,vader NCCL_NVLS_ENABLE=0 QLORA_RUNS="$tmp/runs"
-MPI=(mpirun -np 2 --oversubscribe)
+# Under SANITIZE=address the ranks run without LeakSanitizer: Open MPI keeps allocations past
+# MPI_Finalize in plugins it has unloaded, which no suppression can name; the one-process runs
+# below still check the same code for leaks
+NOLEAK="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+MPI=(env ASAN_OPTIONS="$NOLEAK" mpirun -np 2 --oversubscribe)
 # LoRA dropout on, so each rank must also take its own run of the dropout seeds
 DROP=(--set stages.lora.lora_dropout=0.1)
 LOUD=(--until train --set device=cpu "${DROP[@]}" --set stages.train.micro_batch_size=4 --set stages.train.save_steps=4
@@ -61,7 +65,7 @@ ls "$tmp"/runs/demo/*/train.rank1.log >/dev/null 2>&1 || fail "no per-rank step 
 # 3. the same through --gpus 2 (qlora-run starts mpirun itself); the run record is written once
 fresh "$tmp/gpus"
 rm -rf "$tmp/runs"
-QLORA_CACHE="$tmp/gpus" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${STEPS[@]}" --gpus 2 \
+QLORA_CACHE="$tmp/gpus" ASAN_OPTIONS="$NOLEAK" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${STEPS[@]}" --gpus 2 \
   --set stages.train.gradient_accumulation_steps=2 >"$tmp/gpus.txt" 2>&1 || { cat "$tmp/gpus.txt"; fail "--gpus 2 failed"; }
 grep -q "data parallel: 2 ranks (mpirun)" "$tmp/gpus.txt" || { cat "$tmp/gpus.txt"; fail "--gpus 2 did not start 2 ranks"; }
 [ "$(grep -c '^done in' "$tmp/gpus.txt")" = 1 ] || { cat "$tmp/gpus.txt"; fail "expected one 'done' line (rank 0's)"; }
@@ -83,7 +87,7 @@ $CMP results "$(find "$tmp/ev1/artifacts/evaluate" -name results.json)" "$(find 
   fail "evaluate on two ranks differs from one process"
 
 # 4. rank 1 killed in the middle of a longer run; the next run resumes and matches a whole run
-LONG=(--set stages.train.max_steps=160 --set stages.train.gradient_accumulation_steps=2)
+LONG=(--set stages.train.max_steps=80 --set stages.train.gradient_accumulation_steps=2)
 fresh "$tmp/ref"
 QLORA_CACHE="$tmp/ref" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${BASE[@]}" "${LONG[@]}" >/dev/null 2>&1 ||
   fail "the uninterrupted two-rank run failed"
