@@ -17,24 +17,6 @@
 
 const char *plan_resolve_device(const char *want) { return device_resolve(want); }
 
-int plan_select_device(const char *want, int rank, int local_rank, int local_world) {
-    if (!strcmp(want, "cpu")) return 0;
-#ifdef QLORA_HAVE_CUDA
-    cuda_device_info info;
-    if (cuda_device_query(&info) || info.count == 0) return 0; /* no GPU: device_ops says so if cuda is wanted */
-    /* one GPU visible per process (Slurm's --gpus-per-task, a CUDA_VISIBLE_DEVICES per rank): that one */
-    if (info.count == 1) return 0;
-    if (local_rank >= info.count)
-        return err_set(ERR_USAGE,
-                       "rank %d cannot see a GPU of its own: it is local rank %d of %d on this machine, which shows "
-                       "%d GPUs; start at most %d processes a machine",
-                       rank, local_rank, local_world, info.count, info.count);
-    cuda_device_select(local_rank);
-#else
-    (void)rank, (void)local_rank, (void)local_world;
-#endif
-    return 0;
-}
 
 
 /* a name for a file that survives moving the checkout: relative to the recipe dir when inside it */

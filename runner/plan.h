@@ -48,8 +48,5 @@ void plan_print(const plan *p, FILE *f, bool with_keys);
 json_t *plan_index_entry(const plan *p, int i);
 /* resolve `device: auto` */
 const char *plan_resolve_device(const char *want);
-/* Data parallel: the GPU of this process, by its local rank (core/collective.h); an error naming
- * the rank when the machine shows too few GPUs. No-op for device cpu or without CUDA. */
-int plan_select_device(const char *want, int rank, int local_rank, int local_world);
 
 #endif

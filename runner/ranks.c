@@ -11,7 +11,7 @@
 #include "core/err.h"
 #include "core/hash.h"
 #include "core/log.h"
-#include "kernels/cuda/device.h"
+#include "model/device.h"
 #include "runner/yaml_tree.h"
 
 int ranks_start(void) {
@@ -58,13 +58,7 @@ int ranks_check_same(const recipe *r, int load_rc) {
 int ranks_wanted(int want, int *n) {
     *n = want > 0 ? want : 1;
     if (want != 0) return 0;
-#ifdef QLORA_HAVE_CUDA
-    cuda_device_info info;
-    if (cuda_device_query(&info) == 0 && info.count > 0) {
-        *n = info.count;
-        return 0;
-    }
-#endif
+    if ((*n = device_count()) > 0) return 0;
     return err_set(ERR_USAGE, "gpus: all, but this machine shows no GPU (or qlora-run was built without CUDA)");
 }
 

@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "runner/cache.h"
+#include "model/device.h"
 #include "runner/plan.h"
 #include "runner/ranks.h"
 #include "runner/recipe.h"
@@ -421,7 +422,7 @@ static int run_ranked(const char *path, const run_opts *o) {
     }
     plan_opts po = {o->only, o->until, o->force};
     if (!rc && lead) cache_clean_tmp(&R.c);
-    if (!rc) rc = plan_select_device(r->device, coll_rank(), coll_local_rank(), coll_local_world());
+    if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
     if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
     rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
     if (!rc) rc = share_plan(&R);
