@@ -11,7 +11,8 @@ SANITIZE ?=
 # whose tool is missing fails.
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
 	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq \
-	libsnappy-dev libzstd-dev zlib1g-dev libbrotli-dev python3 openssl git clang
+	libsnappy-dev libzstd-dev zlib1g-dev libbrotli-dev python3 openssl git clang \
+	libopenmpi-dev openmpi-bin
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF

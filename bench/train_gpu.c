@@ -2,7 +2,7 @@
  *
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
- *                   [--attention mma|tiled] [--optimizer-offload off|on]
+ *                   [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -14,9 +14,11 @@
  * plan fits the budget (the device's free memory unless --budget-gib) and recomputes each layer
  * otherwise; a plan that fits neither way stops with what it needs, what there is and what would
  * fit. --optimizer-offload on keeps AdamW's m and v in pinned host memory (ops->alloc_host), out
- * of the device plan, as the train stage's optimizer_offload does. It prints the median step,
- * tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per token against
- * 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md). */
+ * of the device plan, as the train stage's optimizer_offload does. --nccl on takes the data-parallel
+ * path on one rank (docs/multi-gpu.md): a NCCL communicator of one, and each layer's LoRA
+ * gradients all-reduced on the comm stream as soon as the backward has queued them. It prints the
+ * median step, tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per
+ * token against 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/half.h"
 #include "kernels/cpu/nf4.h"
@@ -245,11 +248,20 @@ static const floor_row floors[] = {{"7b", 2048, 1, 21557, 14806}, {"7b", 2048, 4
                                    {"7b", 512, 8, 22599, 15518},  {"1b", 2048, 4, 105284, 74296},
                                    {"70b", 2048, 1, 2391, 1615},  {NULL, 0, 0, 0, 0}};
 
+static void bench_layer_done(void *ud, int l) {
+    llama_model *m = ud;
+    int64_t off = m->lora_layer_off[l], n = m->lora_layer_off[l + 1] - off;
+    if (n > 0 && coll_allreduce_grads(m->lora_grads + off, n)) {
+        fprintf(stderr, "train_gpu: %s\n", err_msg());
+        exit(1);
+    }
+}
+
 static int bench_train(int argc, char **argv) {
     const char *preset = "7b", *targets = "q,v", *ckpt_s = "auto";
     int seq = 2048, batch = 1, steps = 10, warmup = 2, r = 16;
     double budget_gib = 0;
-    bool offload = false;
+    bool offload = false, nccl = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
@@ -263,6 +275,7 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
         else if (!strcmp(a, "--r")) r = atoi(v);
         else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
+        else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
@@ -343,6 +356,13 @@ static int bench_train(int argc, char **argv) {
     int64_t ntgt = llama_count_targets(&b);
     double *times = malloc(sizeof(double) * (size_t)steps);
     double loss0 = 0, loss_last = 0;
+    if (nccl) { /* the trainer's bucketed all-reduce (train/trainer.c), on a world of one */
+        if ((rc = coll_init()) || (rc = coll_nccl_init(cuda_comm_stream(), cuda_comm_after_main, cuda_main_after_comm)))
+            return rc;
+        m->layer_done = bench_layer_done;
+        m->layer_done_ud = m;
+        fprintf(stderr, "nccl: a communicator of %d rank, one all-reduce a layer on the comm stream\n", coll_world());
+    }
     cuda_mem_reset_peak();
     for (int s = 0; s < warmup + steps; s++) {
         double t0 = now_s();
@@ -350,6 +370,7 @@ static int bench_train(int argc, char **argv) {
         double loss;
         int64_t n;
         if ((rc = llama_forward_backward(m, &b, 1.0f / (float)ntgt, 7000 + (uint64_t)s, &loss, &n))) return rc;
+        if (nccl) coll_grads_wait();
         double norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
         if (norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
         ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
@@ -379,7 +400,7 @@ static int bench_train(int argc, char **argv) {
     char floor_s[32] = "-";
     if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
-           seq, batch, ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none", tok_s, med * 1e3, 100.0 * mfu, floor_s,
+           seq, batch, ckpt == LLAMA_CKPT_EVERY ? (nccl ? "every layer, NCCL" : "every layer") : (nccl ? "none, NCCL" : "none"), tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
     fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
@@ -393,6 +414,7 @@ static int bench_train(int argc, char **argv) {
     free(ss);
     free(times);
     llama_free(&m);
+    if (nccl) coll_finalize();
     return 0;
 }
 
@@ -582,7 +604,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled] [--optimizer-offload off|on]\n"
+               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n");
         return argc < 2 ? 2 : 0;

@@ -2,9 +2,26 @@
 #include "model/device.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/err.h"
+#include "kernels/cuda/cuda_ext.h"
+#include "kernels/cuda/device.h"
+
+/* The CUDA extras exist only in builds with the CUDA kernels: without them a weak reference reads
+ * NULL (with them the references must be strong, to pull the members out of the static library). */
+#ifndef QLORA_HAVE_CUDA
+#pragma weak cuda_comm_stream
+#pragma weak cuda_device_query
+#pragma weak cuda_device_select
+#pragma weak cuda_comm_after_main
+#pragma weak cuda_main_after_comm
+#define HAVE_FN(f) ((f) != NULL)
+#else
+#define HAVE_FN(f) 1
+#endif
 
 int device_ops(const char *device, const ops_table **out) {
     const ops_table *cuda = ops_cuda();
@@ -37,4 +54,33 @@ void device_info_get(const ops_table *ops, device_info *out) {
 
 void device_lean_scratch(const ops_table *ops, bool lean) {
     if (ops->scratch_cap_set) ops->scratch_cap_set(lean ? DEVICE_LEAN_SCRATCH : 0);
+}
+
+int device_collective(const ops_table *ops, int world) {
+    const char *force = getenv("QLORA_NCCL");
+    bool want = world > 1 || (force && !strcmp(force, "1"));
+    if (strcmp(ops->name, "cuda") || !want || !HAVE_FN(cuda_comm_stream)) return 0;
+    return coll_nccl_init(cuda_comm_stream(), cuda_comm_after_main, cuda_main_after_comm);
+}
+
+int device_select_rank(const char *want, int rank, int local_rank, int local_world) {
+    if (!strcmp(want, "cpu")) return 0;
+    if (!HAVE_FN(cuda_device_query) || !HAVE_FN(cuda_device_select)) return 0;
+    cuda_device_info info;
+    if (cuda_device_query(&info) || info.count == 0) return 0; /* no GPU: device_ops says so if cuda is wanted */
+    /* one GPU visible per process (Slurm's --gpus-per-task, a CUDA_VISIBLE_DEVICES per rank): that one */
+    if (info.count == 1) return 0;
+    if (local_rank >= info.count)
+        return err_set(ERR_USAGE,
+                       "rank %d cannot see a GPU of its own: it is local rank %d of %d on this machine, which shows "
+                       "%d GPUs; start at most %d processes a machine",
+                       rank, local_rank, local_world, info.count, info.count);
+    cuda_device_select(local_rank);
+    return 0;
+}
+
+int device_count(void) {
+    cuda_device_info info;
+    if (!HAVE_FN(cuda_device_query) || cuda_device_query(&info)) return 0;
+    return info.count;
 }

@@ -29,4 +29,14 @@ void device_info_get(const ops_table *ops, device_info *out);
 #define DEVICE_LEAN_SCRATCH ((size_t)32 << 20)
 void device_lean_scratch(const ops_table *ops, bool lean);
 
+/* Data parallel: the gradient all-reduce of this backend (core/collective.h). On cuda, NCCL on a
+ * stream of its own when world > 1 (or on one rank with QLORA_NCCL=1, to measure that path); on
+ * cpu nothing to start: MPI sums host memory. A collective: every rank calls it. */
+int device_collective(const ops_table *ops, int world);
+/* Data parallel: the GPU of this process, by its local rank (core/collective.h); an error naming
+ * the rank when the machine shows too few GPUs. No-op for device cpu or without a GPU. */
+int device_select_rank(const char *want, int rank, int local_rank, int local_world);
+/* GPUs this process sees (0 without CUDA or a GPU) */
+int device_count(void);
+
 #endif

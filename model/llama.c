@@ -409,6 +409,7 @@ void llama_free(llama_model **pm) {
     for (int i = 0; i < 4; i++)
         if (bufs[i]) (i >= 2 && m->adam_host ? m->ops->free_host : m->ops->free)(bufs[i]);
     free(m->lora_tensors);
+    free(m->lora_layer_off);
     free(m->layers);
     free(m);
     *pm = NULL;
@@ -449,6 +450,12 @@ int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
         }
     m->n_lora_tensors = n;
     m->n_lora_params = off;
+    m->lora_layer_off = calloc((size_t)m->L + 1, sizeof *m->lora_layer_off);
+    if (!m->lora_layer_off) return err_set(ERR_STAGE, "out of memory");
+    for (int l = 0, t = 0; l <= m->L; l++) {
+        while (t < n && m->lora_tensors[t].layer < l) t++;
+        m->lora_layer_off[l] = t < n ? m->lora_tensors[t].offset : off;
+    }
     size_t bytes = sizeof(float) * (size_t)off;
     m->lora_params = m->ops->alloc(bytes);
     m->lora_grads = m->ops->alloc(bytes);
@@ -854,6 +861,7 @@ int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scal
         layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
         if (m->ckpt == LLAMA_CKPT_EVERY) layer_forward(m, l, a, A->res[l], NULL, T, true, dropout_seed);
         layer_backward(m, l, a, A->res[l], T, dropout_seed);
+        if (m->layer_done) m->layer_done(m->layer_done_ud, l);
     }
     sum_losses(m, T, loss_sum, n_targets, NULL);
     return 0;

@@ -110,6 +110,14 @@ typedef struct llama_model {
     llama_lora_tensor *lora_tensors; /* host [n_lora_tensors] */
     int64_t n_lora_params;
     float *lora_params, *lora_grads, *lora_m, *lora_v; /* backend [n_lora_params] each */
+    /* host [L+1]: layer l's LoRA values are [lora_layer_off[l], lora_layer_off[l+1]) of the buffers
+     * (tensors are laid out layer by layer) */
+    int64_t *lora_layer_off;
+    /* optional: called by llama_forward_backward as soon as layer l's gradients are final for this
+     * micro-batch (its backward is queued), layer L-1 first: data parallel starts the all-reduce of
+     * that layer's bucket while the backward goes on (train/trainer.c) */
+    void (*layer_done)(void *ud, int layer);
+    void *layer_done_ud;
     bool adam_host; /* set before llama_lora_attach: lora_m, lora_v in ops->alloc_host memory (pinned,
                      * device-mapped host RAM on cuda: the fused AdamW reads them over PCIe, the
                      * device keeps 8 bytes a LoRA parameter fewer; the same kernel, the same bits) */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
@@ -16,6 +17,8 @@
 #define KEY_FORMAT 1 /* bump when the key document's shape changes */
 
 const char *plan_resolve_device(const char *want) { return device_resolve(want); }
+
+
 
 /* a name for a file that survives moving the checkout: relative to the recipe dir when inside it */
 static const char *file_label(const recipe *r, const char *path, char *buf, size_t n) {
@@ -194,6 +197,7 @@ static char *explain(const json_t *old, const json_t *now) {
         if (oc && nc && strcmp(oc, nc)) append(&why, "the source moved to commit %.12s (was %.12s)", nc, oc);
         else append(&why, "the resolved source changed");
     }
+    if (!same(json_object_get(old, "world"), json_object_get(now, "world"))) append(&why, "number of ranks changed");
     if (!same(json_object_get(old, "hook_allow"), json_object_get(now, "hook_allow"))) append(&why, "hook allowances changed");
     return why;
 }
@@ -241,8 +245,15 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
         plan_stage *ps = &p->st[i];
         ps->key_doc = key_doc(p, i);
         char *s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
-        hash_bytes_hex(s, strlen(s), ps->key);
+        hash_bytes_hex(s, strlen(s), ps->work_key);
         free(s);
+        memcpy(ps->key, ps->work_key, sizeof ps->key);
+        if (r->stages[i].kind->ranks_in_key && coll_world() > 1) {
+            json_object_set_new(ps->key_doc, "world", json_integer(coll_world()));
+            s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
+            hash_bytes_hex(s, strlen(s), ps->key);
+            free(s);
+        }
         char *why = NULL;
         int lk = cache_lookup(c, r->stages[i].kind->name, ps->key, &ps->manifest, &why);
         if (lk == 0 && !ps->forced && ps->selected) {

@@ -4,7 +4,8 @@
  * A stage's key is XXH3-128 of a canonical JSON document: its kind and kind version, its
  * resolved params (sorted keys; NOKEY params left out; references replaced by the referenced
  * stage's key; file params by their content hash), the content hash of every file it reads
- * (hook scripts, local data), and the device for stages whose numbers depend on it. */
+ * (hook scripts, local data), the device for stages whose numbers depend on it, and the world
+ * size for data-parallel kinds run on more than one rank (their global batch depends on it). */
 #ifndef RUNNER_PLAN_H
 #define RUNNER_PLAN_H
 
@@ -19,6 +20,9 @@ enum plan_status { PLAN_SKIP, PLAN_CACHED, PLAN_RUN };
 
 typedef struct plan_stage {
     char key[33];
+    /* the key of the stage's work dir (checkpoints): the key without the world size, so a
+     * data-parallel run killed on N ranks resumes on M */
+    char work_key[33];
     json_t *key_doc;  /* what the key hashes */
     int status;       /* enum plan_status */
     bool selected, forced;

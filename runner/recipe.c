@@ -17,6 +17,20 @@
 #define MAX_ERRORS 20
 #define MAX_EXTENDS 16
 
+int recipe_parse_gpus(const char *text, int *gpus) {
+    *gpus = 1;
+    if (!text) return 0;
+    if (!strcmp(text, "all")) {
+        *gpus = 0;
+        return 0;
+    }
+    char *end;
+    long n = strtol(text, &end, 10);
+    if (end == text || *end || n < 1 || n > 4096) return -1;
+    *gpus = (int)n;
+    return 0;
+}
+
 /* ---- schema of the top level and of hooks ---- */
 
 static const param_spec top_params[] = {
@@ -25,6 +39,9 @@ static const param_spec top_params[] = {
     {"extends", PARAM_FILE, NULL, 1, 0, NULL, "a base recipe merged key by key under this one", 0},
     {"seed", PARAM_INT, "0", 0, 4294967295.0, NULL, "the seed every stage's own seed defaults to", 0},
     {"device", PARAM_ENUM, "auto", 1, 0, "auto|cuda|cpu", "where training runs: auto picks the GPU when there is one", 0},
+    {"gpus", PARAM_STRING, "1", 1, 0, NULL,
+     "processes to train with on this machine, one a GPU: a number or 'all' (started through mpirun; "
+     "docs/multi-gpu.md)", 0},
     {"cache_dir", PARAM_STRING, NULL, 1, 0, NULL, "the artifact cache (default $QLORA_CACHE or ~/.cache/qlora-run)", 0},
     {"runs_dir", PARAM_STRING, NULL, 1, 0, NULL, "where run records go (default $QLORA_RUNS or ./runs)", 0},
     {"hooks", PARAM_ANY, NULL, 1, 0, NULL, "Lua hook files by hook point, and the sandbox's allowances (see below)", 0},
@@ -825,6 +842,9 @@ static json_t *load_top(recipe *r, errs *e) {
     r->name = strdup(json_string_value(json_object_get(top, "name")));
     r->seed = (uint64_t)json_integer_value(json_object_get(top, "seed"));
     snprintf(r->device, sizeof r->device, "%s", json_string_value(json_object_get(top, "device")));
+    const char *g = json_string_value(json_object_get(top, "gpus"));
+    if (recipe_parse_gpus(g, &r->gpus))
+        errs_add(e, yt_map_get(r->root, "gpus"), "recipe: 'gpus' must be a number of GPUs (1 to 4096) or 'all', not '%s'", g);
     const char *cd = json_string_value(json_object_get(top, "cache_dir"));
     const char *rd = json_string_value(json_object_get(top, "runs_dir"));
     if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
@@ -987,6 +1007,7 @@ static json_t *build_resolved(const recipe *r, const json_t *top) {
     if (json_is_string(desc)) json_object_set(res, "description", desc);
     json_object_set_new(res, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(res, "device", json_string(r->device));
+    json_object_set(res, "gpus", json_object_get(top, "gpus"));
     json_object_set(res, "cache_dir", json_object_get(top, "cache_dir"));
     json_object_set(res, "runs_dir", json_object_get(top, "runs_dir"));
     json_object_set(res, "hooks", r->hooks);

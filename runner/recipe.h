@@ -40,6 +40,7 @@ typedef struct recipe {
     char *name;
     uint64_t seed;
     char device[8]; /* auto | cuda | cpu */
+    int gpus;       /* processes to start on this machine (gpus: N); 0 = all its GPUs */
     char *cache_dir, *runs_dir; /* NULL: defaults */
     json_t *hooks;  /* resolved hooks mapping (absolute paths) */
     int n_stages;
@@ -49,6 +50,8 @@ typedef struct recipe {
 } recipe;
 
 int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets);
+/* "all" -> 0, "N" -> N (1..4096); -1 for anything else (gpus stays 1) */
+int recipe_parse_gpus(const char *text, int *gpus);
 void recipe_free(recipe **r);
 int recipe_stage_index(const recipe *r, const char *name); /* -1 if absent */
 

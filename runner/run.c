@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/events.h"
 #include "core/fsutil.h"
@@ -19,7 +20,9 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "runner/cache.h"
+#include "model/device.h"
 #include "runner/plan.h"
+#include "runner/ranks.h"
 #include "runner/recipe.h"
 #include "runner/version.h"
 #include "runner/yaml_tree.h"
@@ -76,15 +79,19 @@ static void run_hook_log(void *ud, const char *level, const char *msg) {
 
 static void wait_note(void *arg) { notef("waiting: another run is computing stage '%s'", (const char *)arg); }
 
-/* Run one stage (not cached): lock, re-check, temp dir, run, commit. */
+/* Run one stage (not cached): lock, re-check, temp dir, run, commit. Data parallel, the other
+ * ranks of a data_parallel stage run it into a temp dir of their own that nothing commits, and
+ * rank 0 runs it even if another run committed it while rank 0 waited for the lock (the other
+ * ranks are already running it). */
 static int exec_stage(runner *R, int i) {
     recipe_stage *s = &R->r->stages[i];
     plan_stage *ps = &R->p.st[i];
+    const bool lead = coll_rank() == 0, together = coll_world() > 1;
     int lockfd = -1;
-    int rc = cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted);
+    int rc = lead ? cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted) : 0;
     if (rc) return rc;
     /* another run may have produced it while we waited */
-    if (!ps->forced) {
+    if (!ps->forced && !together) {
         json_t *m = NULL;
         char *why = NULL;
         if (cache_lookup(&R->c, s->kind->name, ps->key, &m, &why) == 0) {
@@ -96,14 +103,15 @@ static int exec_stage(runner *R, int i) {
         }
         free(why);
     }
-    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->key);
+    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->work_key);
     rc = cache_tmp_dir(&R->c, s->kind->name, ps->key, &tmp);
     if (!rc) rc = fs_mkdir_p(work);
     char *logpath = NULL;
     FILE *log = NULL;
     if (!rc) {
         char name[128];
-        snprintf(name, sizeof name, "%s.log", s->name);
+        if (lead) snprintf(name, sizeof name, "%s.log", s->name);
+        else snprintf(name, sizeof name, "%s.rank%d.log", s->name, coll_rank()); /* the per-rank step log */
         logpath = fs_join(R->run_dir, name);
         log = fopen(logpath, "a");
     }
@@ -149,7 +157,9 @@ static int exec_stage(runner *R, int i) {
         progress_finish();
         double secs = now_s() - t0;
         if (!rc && interrupted) rc = err_set(ERR_INTERRUPTED, "interrupted");
-        if (!rc) {
+        if (!rc && !lead) { /* rank 0 commits the artifact; this rank's copy goes */
+            fs_rm_rf(tmp);
+        } else if (!rc) {
             char finished[32];
             utc_stamp(finished, sizeof finished, false);
             json_t *m = json_object();
@@ -233,7 +243,40 @@ static void record_cached(runner *R, int i) {
     json_object_set_new(ev, "key", json_string(R->p.st[i].key));
     events_emit(R->ev, "stage_cached", ev);
     outf("= %s (%s): cached", s->name, s->kind->name);
-    cache_drop_work(&R->c, R->p.st[i].key);
+    cache_drop_work(&R->c, R->p.st[i].work_key);
+}
+
+/* A stage in a run of several ranks (ranks.h): a data_parallel kind on every rank, any other on
+ * rank 0 alone; then every rank agrees on the outcome, and the others read the artifact rank 0
+ * committed. Every rank passes here for every stage in the same order (one worker thread). */
+static int exec_ranked(runner *R, int i, int cached) {
+    coll_agree_reset();
+    int intr = interrupted;
+    int rc = coll_agree(0, &intr); /* a Ctrl-C on one rank between stages stops them all here */
+    if (rc) return rc;
+    if (intr) {
+        interrupted = 1;
+        return err_set(ERR_INTERRUPTED, "interrupted: the next run resumes where this one stopped");
+    }
+    const bool lead = coll_rank() == 0;
+    if (cached) {
+        if (lead) record_cached(R, i);
+        return 0;
+    }
+    if (lead || R->r->stages[i].kind->data_parallel) rc = exec_stage(R, i);
+    rc = coll_agree(rc, NULL);
+    plan_stage *ps = &R->p.st[i];
+    if (!rc && !lead) {
+        char *why = NULL;
+        json_decref(ps->manifest);
+        ps->manifest = NULL;
+        if (cache_lookup(&R->c, R->r->stages[i].kind->name, ps->key, &ps->manifest, &why))
+            rc = err_set(ERR_STAGE, "stage '%s' was done by rank 0, but its artifact is not in the cache of this "
+                                    "rank (%s): every rank needs the same cache_dir on a shared filesystem",
+                         R->r->stages[i].name, why ? why : "missing");
+        free(why);
+    }
+    return coll_agree(rc, NULL);
 }
 
 static int ready(runner *R, int i) {
@@ -256,7 +299,8 @@ static void *worker(void *arg) {
             pending++;
             if (pick < 0 && ready(R, i)) pick = i;
         }
-        if (R->failed_rc || interrupted || !pending) break;
+        /* several ranks: an interrupt stops them at the next agreement, together */
+        if (R->failed_rc || (interrupted && coll_world() == 1) || !pending) break;
         if (pick < 0) {
             int running = 0;
             for (int i = 0; i < R->r->n_stages; i++) running += R->state[i] == ST_RUNNING;
@@ -268,7 +312,8 @@ static void *worker(void *arg) {
         int cached = R->p.st[pick].status == PLAN_CACHED;
         pthread_mutex_unlock(&R->mu);
         int rc = 0;
-        if (cached) record_cached(R, pick);
+        if (coll_world() > 1) rc = exec_ranked(R, pick, cached);
+        else if (cached) record_cached(R, pick);
         else rc = exec_stage(R, pick);
         pthread_mutex_lock(&R->mu);
         if (rc) {
@@ -287,9 +332,11 @@ static void *worker(void *arg) {
             } else {
                 R->n_ran++;
             }
-            json_t *ie = plan_index_entry(&R->p, pick);
-            cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
-            json_decref(ie);
+            if (coll_rank() == 0) {
+                json_t *ie = plan_index_entry(&R->p, pick);
+                cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
+                json_decref(ie);
+            }
             if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") && R->notify_failures < 3 &&
                 hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
                 warnf("on_stage_end hook failed (%d of 3 failures allowed): %s", ++R->notify_failures, err_msg());
@@ -328,10 +375,45 @@ static char *make_run_dir(const recipe *r) {
     }
 }
 
-int run_recipe(const char *path, const run_opts *o) {
-    recipe *r;
+/* Several ranks follow rank 0's plan: a stage another run committed between two ranks' planning
+ * must not be cached for one rank and run by another. */
+static int share_plan(runner *R) {
+    int n = R->r->n_stages;
+    if (coll_world() == 1 || n == 0) return 0;
+    int *st = calloc((size_t)n, sizeof *st);
+    if (!st) return err_set(ERR_STAGE, "out of memory");
+    for (int i = 0; i < n; i++) st[i] = R->p.st[i].status;
+    int rc = coll_bcast(st, (size_t)n * sizeof *st, 0);
+    for (int i = 0; !rc && i < n; i++) {
+        plan_stage *ps = &R->p.st[i];
+        ps->status = st[i];
+        if (ps->status == PLAN_CACHED && !ps->manifest) {
+            char *why = NULL;
+            if (cache_lookup(&R->c, R->r->stages[i].kind->name, ps->key, &ps->manifest, &why))
+                rc = err_set(ERR_STAGE, "stage '%s' is cached for rank 0 but not in the cache of this rank (%s): every "
+                                        "rank needs the same cache_dir on a shared filesystem",
+                             R->r->stages[i].name, why ? why : "missing");
+            free(why);
+        }
+    }
+    free(st);
+    return coll_agree(rc, NULL);
+}
+
+static int run_ranked(const char *path, const run_opts *o) {
+    recipe *r = NULL;
     int rc = recipe_load(&r, path, (char *const *)o->sets.v, o->sets.n);
-    if (rc) return rc;
+    rc = ranks_check_same(r, rc);
+    if (!rc && coll_world() == 1 && coll_env_world() == 0) { /* --gpus N / gpus: N: start the ranks */
+        int n = 1;
+        rc = ranks_wanted(o->gpus >= 0 ? o->gpus : r->gpus, &n);
+        if (!rc && n > 1) rc = ranks_spawn(n, o->argc, o->argv);
+    }
+    if (rc) {
+        recipe_free(&r);
+        return rc;
+    }
+    const bool lead = coll_rank() == 0;
     runner R = {0};
     R.r = r;
     pthread_mutex_init(&R.mu, NULL);
@@ -339,7 +421,7 @@ int run_recipe(const char *path, const run_opts *o) {
     rc = cache_open(&R.c, r->cache_dir);
     int lockfd = -1, usefd = -1;
     if (!rc) rc = cache_use(&R.c, &usefd);
-    if (!rc && o->lock) {
+    if (!rc && o->lock && lead) {
         char *lp;
         if (asprintf(&lp, "%s/locks/recipe-%s.lock", R.c.root, r->name) < 0) lp = NULL;
         rc = fs_lock(lp, false, &lockfd);
@@ -352,18 +434,23 @@ int run_recipe(const char *path, const run_opts *o) {
         free(lp);
     }
     plan_opts po = {o->only, o->until, o->force};
-    if (!rc) {
-        cache_clean_tmp(&R.c);
-        rc = plan_build(&R.p, r, &R.c, &po);
-    }
+    if (!rc && lead) cache_clean_tmp(&R.c);
+    if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
+    if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
+    rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
+    if (!rc) rc = share_plan(&R);
     if (rc) goto done;
     if (o->dry_run) {
-        plan_print(&R.p, stdout, false);
+        if (lead) plan_print(&R.p, stdout, false);
         goto done;
     }
-    R.run_dir = make_run_dir(r);
-    if (!R.run_dir) { rc = err_wrap("cannot create the run record directory"); goto done; }
-    {
+    if (lead) { /* the run record is rank 0's; the others write their stage logs into it */
+        R.run_dir = make_run_dir(r);
+        if (!R.run_dir) rc = err_wrap("cannot create the run record directory");
+    }
+    if (!(rc = coll_agree(rc, NULL))) rc = coll_bcast_str(&R.run_dir, 0);
+    if (rc) goto done;
+    if (lead) {
         char *y = yt_emit_json(r->resolved);
         char *rp = fs_join(R.run_dir, "recipe.yaml");
         fs_write_atomic(rp, y, strlen(y));
@@ -372,8 +459,8 @@ int run_recipe(const char *path, const run_opts *o) {
         char *ep = fs_join(R.run_dir, "events.jsonl");
         rc = events_open(&R.ev, ep, o->json);
         free(ep);
-        if (rc) goto done;
     }
+    if ((rc = coll_agree(rc, NULL))) goto done;
     json_t *ev = json_object();
     json_object_set_new(ev, "recipe", json_string(r->name));
     json_object_set_new(ev, "path", json_string(path));
@@ -381,17 +468,21 @@ int run_recipe(const char *path, const run_opts *o) {
     json_object_set_new(ev, "run_dir", json_string(R.run_dir));
     json_object_set_new(ev, "program", version_json());
     events_emit(R.ev, "run_start", ev);
-    if (!o->quiet) plan_print(&R.p, stderr, false);
+    if (!o->quiet && lead) plan_print(&R.p, stderr, false);
+    if (coll_world() > 1)
+        outf("data parallel: %d ranks (%s), rank 0 on %s", coll_world(), coll_launcher(), R.p.device);
 
     struct sigaction sa = {0}, old_int, old_term;
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
-    hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
+    if (lead && hooks_open(&R.hooks, r->hooks)) rc = err_code();
+    if ((rc = coll_agree(rc, NULL))) goto done;
+    if (R.hooks) hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
     double t0 = now_s();
-    int jobs = o->jobs > 0 ? (int)o->jobs : 1;
+    /* several ranks: one worker, so every rank meets the agreements in the same order */
+    int jobs = o->jobs > 0 && coll_world() == 1 ? (int)o->jobs : 1;
     pthread_t th[64];
     if (jobs > 64) jobs = 64;
     for (int j = 0; j < jobs; j++) pthread_create(&th[j], NULL, worker, &R);
@@ -408,13 +499,13 @@ int run_recipe(const char *path, const run_opts *o) {
     utc_stamp(stamp, sizeof stamp, false);
     json_object_set_new(run_keys, "time", json_string(stamp));
     json_object_set_new(run_keys, "keys", keys);
-    cache_index_run(&R.c, r->name, run_keys);
+    if (lead) cache_index_run(&R.c, r->name, run_keys);
     json_decref(run_keys);
 
     if (R.failed_rc) {
         rc = R.failed_rc;
         err_set(rc, "%s", R.failed_msg);
-    } else if (interrupted) {
+    } else if (interrupted && coll_world() == 1) {
         rc = err_set(ERR_INTERRUPTED, "interrupted: the next run resumes where this one stopped");
     }
     json_t *end = json_object();
@@ -467,6 +558,22 @@ done:
     return rc;
 }
 
+int run_recipe(const char *path, const run_opts *o) {
+    int rc = ranks_start();
+    if (!rc) rc = run_ranked(path, o);
+    if (coll_world() > 1) {
+        /* rank 0 prints the one message (the agreement gave it the failing rank's), the others end
+         * quietly, and none exits before rank 0 has printed: mpirun ends the whole job as soon as
+         * one rank exits with a failure */
+        if (rc && coll_rank() == 0 && err_msg()[0]) errorf("%s", err_msg());
+        if (rc) err_set(rc, "%s", "");
+        int32_t done = 1;
+        coll_bcast(&done, sizeof done, 0);
+    }
+    coll_finalize();
+    return rc;
+}
+
 void run_opts_free(run_opts *o) { cli_list_free(&o->sets); }
 
 #define SET_OPT {"set", 0, CLI_LIST, "KEY=VALUE", "override a recipe key (e.g. stages.train.learning_rate=1e-4);\nrepeatable", CLI_AT(run_opts, sets), 0, 0}
@@ -486,6 +593,7 @@ const cli_opt run_cli_opts[] = {
     SET_OPT,
     STAGE_OPTS,
     {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
+    {"gpus", 0, CLI_STR, "N|all", "train data parallel on N GPUs of this machine (ranks started by mpirun;\ndocs/multi-gpu.md)", CLI_AT(run_opts, gpus_text), 0, 0},
     {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
     {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
     {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout and nothing else (so not with --quiet)", CLI_AT(run_opts, json), 0, 0},
@@ -496,6 +604,9 @@ const cli_opt run_cli_opts[] = {
 int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const char **recipe_path) {
     memset(o, 0, sizeof *o);
     o->jobs = 1;
+    o->gpus = -1;
+    o->argc = argc;
+    o->argv = argv;
     *recipe_path = NULL;
     const char **pos = calloc((size_t)argc + 1, sizeof *pos);
     int n_pos = 0;
@@ -504,11 +615,13 @@ int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const c
     free(pos);
     if (rc) return rc;
     if (o->only && o->until)
-        return err_set(ERR_USAGE, "--only and --until are alternatives: --only %s runs that stage alone, --until %s "
+        return cli_usage_error(c, "--only and --until are alternatives: --only %s runs that stage alone, --until %s "
                                   "runs it with what it needs", o->only, o->until);
     if (o->json && o->quiet)
-        return err_set(ERR_USAGE, "--json and --quiet are alternatives (--json already prints nothing but JSON "
+        return cli_usage_error(c, "--json and --quiet are alternatives (--json already prints nothing but JSON "
                                   "events on stdout)");
+    if (o->gpus_text && recipe_parse_gpus(o->gpus_text, &o->gpus))
+        return cli_usage_error(c, "--gpus needs a number of GPUs (1 to 4096) or 'all', not '%s'", o->gpus_text);
     if (o->json) o->quiet = true;
     if (o->quiet) log_set_quiet(true);
     return 0;

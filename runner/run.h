@@ -17,6 +17,10 @@ typedef struct run_opts {
     bool dry_run, lock, json, quiet;
     bool stages;                      /* show --stages: stage names only */
     int64_t jobs;
+    const char *gpus_text; /* --gpus as given */
+    int gpus;     /* --gpus: -1 unset, 0 all, N */
+    int argc;     /* the command line, for --gpus to start the ranks with */
+    char **argv;
 } run_opts;
 
 /* the option table of `qlora-run RECIPE`; recipe_cli_opts: only --set (validate, show, data),

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
 #include "formats/peft.h"
@@ -367,15 +368,24 @@ typedef struct side {
     const char *name;
 } side;
 
+/* One side (base or tuned). Data parallel (several ranks): the val micro-batches and the prompts
+ * are split over the ranks (prompt i on rank i mod world), the loss sums all-reduced and each
+ * generation and score sent from its rank to all, so every rank ends with the one merged table.
+ * A failure on a rank waits for the end of the side (every rank passes the same collectives) and
+ * then stops all with its message. Generation seeds its sampler per prompt, so the split does
+ * not change a text. */
 static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_sides, const train_data *sets,
                     int batch_rows, double *score_sum, int *score_n) {
+    const int world = coll_world(), rank = coll_rank();
+    int rc = 0;
     for (int i = 0; i < n_sides; i++) {
         trainer_model tm;
         llama_trainer_bind(e->m, &tm);
         double loss = NAN;
         int64_t nt = 0;
-        int rc = trainer_evaluate(&tm, &sets[i], batch_rows, &loss, &nt);
-        if (rc) return rc;
+        int r = trainer_evaluate_shared(&tm, &sets[i], batch_rows, rank, world, &loss, &nt);
+        if (r && !rc) rc = r;
+        if (rc && world == 1) return rc;
         sides[i].loss[tuned] = loss;
         sides[i].ppl[tuned] = exp(loss);
         sides[i].tokens = nt;
@@ -386,29 +396,40 @@ static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_s
         char *text = NULL;
         int ntok = 0;
         const prompt_item *it = &e->items[i];
-        int rc = it->ids ? generate_text_ids(e->m, e->tok, it->ids, it->n_ids, &e->gen, &text, &ntok)
-                         : generate_text(e->m, e->tok, it->text, &e->gen, &text, &ntok);
-        if (rc) return err_wrap("generating for %s prompt %zu", e->items[i].source, i);
-        json_t *g = json_array_get(gens, i);
-        json_object_set_new(g, tuned ? "tuned" : "base", json_string(text));
+        const int owner = (int)(i % (size_t)world);
         bool hook = hooks_has(e->hooks, "score");
-        if (it->record && (hook || it->reference)) {
-            double sc = 0;
-            char what[64];
-            snprintf(what, sizeof what, "%s record %zu", it->source, i);
-            if (!hook) sc = exact_match(text, it->reference);
-            else {
-                json_t *info = json_pack("{s:s, s:s}", "prompt", it->text, "source", it->source);
-                if (it->reference) json_object_set_new(info, "reference", json_string(it->reference));
-                rc = hooks_score_info(e->hooks, text, it->record, info, what, &sc);
-                json_decref(info);
-                if (rc) {
-                    free(text);
-                    return rc;
+        double sc[2] = {0, 0}; /* score, scored */
+        if (owner == rank && !rc) {
+            int r = it->ids ? generate_text_ids(e->m, e->tok, it->ids, it->n_ids, &e->gen, &text, &ntok)
+                            : generate_text(e->m, e->tok, it->text, &e->gen, &text, &ntok);
+            if (r) rc = err_wrap("generating for %s prompt %zu", e->items[i].source, i);
+            if (!rc && it->record && (hook || it->reference)) {
+                char what[64];
+                snprintf(what, sizeof what, "%s record %zu", it->source, i);
+                if (!hook) sc[0] = exact_match(text, it->reference);
+                else {
+                    json_t *info = json_pack("{s:s, s:s}", "prompt", it->text, "source", it->source);
+                    if (it->reference) json_object_set_new(info, "reference", json_string(it->reference));
+                    rc = hooks_score_info(e->hooks, text, it->record, info, what, &sc[0]);
+                    json_decref(info);
                 }
+                sc[1] = 1;
             }
-            json_object_set_new(g, tuned ? "score_tuned" : "score_base", json_real(sc));
-            *score_sum += sc;
+        }
+        if (world > 1) {
+            int b = coll_bcast_str(&text, owner);
+            if (!b) b = coll_bcast(sc, sizeof sc, owner);
+            if (b && !rc) rc = b;
+        }
+        if (rc && world == 1) {
+            free(text);
+            return rc;
+        }
+        json_t *g = json_array_get(gens, i);
+        json_object_set_new(g, tuned ? "tuned" : "base", json_string(text ? text : ""));
+        if (sc[1] > 0) {
+            json_object_set_new(g, tuned ? "score_tuned" : "score_base", json_real(sc[0]));
+            *score_sum += sc[0];
             (*score_n)++;
         }
         free(text);
@@ -416,7 +437,7 @@ static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_s
                        (double)e->n_items, "prompts");
     }
     if (e->n_items) stage_progress_done(e->ctx);
-    return 0;
+    return world > 1 ? coll_agree(rc, NULL) : rc;
 }
 
 static int cb_tokenize(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
@@ -714,6 +735,8 @@ static int eval_run(stage_ctx *ctx) {
     bool tuned = ain != NULL, base = !ain || stage_bool(ctx, "compare_base");
     double score[2] = {NAN, NAN};
     int score_n = 0;
+    /* several ranks: all set up (or one failed) before the first collective of the sides */
+    if (coll_world() > 1 && (rc = coll_agree(0, NULL))) goto out;
     if (base) {
         if (ain) llama_peft_zero(e.m);
         double sum;
@@ -768,7 +791,7 @@ static int eval_run(stage_ctx *ctx) {
     json_decref(ctx->report);
     ctx->report = json_incref(results);
     stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
-    if (hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
+    if (coll_rank() == 0 && hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
 
 out:
     json_decref(task_results);
@@ -808,4 +831,5 @@ const stage_kind stage_kind_evaluate = {
     .run = eval_run,
     .key_hooks = "format|score|generate",
     .device_dependent = true,
+    .data_parallel = true,
 };

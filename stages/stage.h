@@ -124,6 +124,11 @@ typedef struct stage_kind {
      * new commit re-runs the stage and the same one does not. An error leaves the reason in
      * the key instead (the run then reports it). */
     int (*resolve)(const json_t *params, json_t **out);
+    /* Data parallel (docs/multi-gpu.md): every rank runs it together (the others run a stage
+     * once, on rank 0, and read its artifact from the shared cache). ranks_in_key: its result
+     * depends on the number of ranks (train's global batch grows with them), so its key holds
+     * that number when it is over one. */
+    bool data_parallel, ranks_in_key;
 } stage_kind;
 
 /* registry.c */

@@ -5,6 +5,8 @@
  *   <out>/metrics.json    final metrics (also in the manifest)
  * Checkpoints live in ctx->work_dir, which survives a killed run: running the recipe again
  * resumes from the newest one and ends with the same adapter bytes.
+ * Data parallel (the kind's data_parallel flag): every rank runs this stage; rank 0 keeps the
+ * train log and writes the checkpoints, the runner commits rank 0's artifact.
  *
  * Lua hooks: lr(step, total_steps, base_lr) -> learning rate (lr_hook or hooks.lr),
  * on_step(metrics) and on_eval(results) (hooks.on_step / hooks.on_eval). */
@@ -16,6 +18,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "core/collective.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
 #include "formats/peft.h"
@@ -257,6 +260,14 @@ static int train_run_stage(stage_ctx *ctx) {
     int rc;
 
     if ((rc = device_ops(ctx->device, &ops))) goto out;
+    /* data parallel: the gradient all-reduce's communicator (NCCL on a GPU), before any weight is loaded */
+    if ((rc = device_collective(ops, coll_world()))) goto out;
+    if (coll_nccl_active())
+        stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), one bucket a decoder layer on a "
+                        "stream of their own", coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher());
+    else if (coll_world() > 1)
+        stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), one bucket a decoder layer",
+                   coll_world(), coll_rank(), coll_launcher());
     if ((rc = config_load(&cfg, mdir))) goto out;
     if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
     if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
@@ -297,6 +308,8 @@ static int train_run_stage(stage_ctx *ctx) {
         .logging_steps = stage_int(ctx, "logging_steps"),
         .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
         .work_dir = ctx->work_dir,
+        .rank = coll_rank(),
+        .world = coll_world(),
     };
     if (tc.micro_batch_size > train.n_rows)
         stage_warnf(ctx, "micro_batch_size %d is more than the %lld training rows: every micro-batch repeats rows "
@@ -310,7 +323,7 @@ static int train_run_stage(stage_ctx *ctx) {
     if ((rc = plan_memory(ctx, m, (int)(max_row * tc.micro_batch_size)))) goto out;
     log_device(ctx, m, (int)(max_row * tc.micro_batch_size));
 
-    if (ctx->work_dir) {
+    if (ctx->work_dir && coll_rank() == 0) { /* the other ranks' step lines are in their own stage logs */
         if ((rc = fs_mkdir_p(ctx->work_dir))) goto out;
         log_path = fs_join(ctx->work_dir, "train_log.jsonl");
         if ((rc = train_log_open(&run, log_path, trainer_checkpoint_latest(ctx->work_dir)))) goto out;
@@ -384,4 +397,6 @@ const stage_kind stage_kind_train = {
     .run = train_run_stage,
     .key_hooks = "lr",
     .device_dependent = true,
+    .data_parallel = true,
+    .ranks_in_key = true,
 };

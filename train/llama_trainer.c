@@ -24,8 +24,15 @@ static int engine_eval(void *self, const train_batch *b, double *loss_sum) {
     return llama_forward_loss(self, &lb, loss_sum, &nt, NULL);
 }
 
+static void engine_set_layer_done(void *self, void (*cb)(void *ud, int layer), void *ud) {
+    llama_model *m = self;
+    m->layer_done = cb;
+    m->layer_done_ud = ud;
+}
+
 void llama_trainer_bind(llama_model *m, trainer_model *tm) {
     *tm = (trainer_model){.self = m, .n_params = m->n_lora_params, .params = m->lora_params, .grads = m->lora_grads,
                           .adam_m = m->lora_m, .adam_v = m->lora_v, .train_step = engine_step,
-                          .eval_loss = engine_eval};
+                          .eval_loss = engine_eval, .n_layers = m->lora_layer_off ? m->L : 0,
+                          .layer_off = m->lora_layer_off, .set_layer_done = engine_set_layer_done};
 }

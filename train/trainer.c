@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
@@ -43,7 +44,7 @@ double trainer_schedule_lr(trainer_schedule s, double base_lr, int64_t step, int
 
 int64_t trainer_total_steps(const trainer_config *cfg, int64_t n_rows) {
     if (cfg->max_steps > 0) return cfg->max_steps;
-    int64_t per_step = (int64_t)cfg->micro_batch_size * cfg->gradient_accumulation_steps;
+    int64_t per_step = (int64_t)cfg->micro_batch_size * cfg->gradient_accumulation_steps * (cfg->world > 1 ? cfg->world : 1);
     double rows = cfg->num_epochs * (double)n_rows;
     int64_t steps = (int64_t)ceil(rows / (double)per_step - 1e-9);
     return steps > 0 ? steps : 1;
@@ -291,12 +292,18 @@ static void ckpt_prune(const char *dir, int keep) {
 /* ---- evaluation ---- */
 
 int trainer_evaluate(trainer_model *m, const train_data *d, int micro_batch_size, double *loss, int64_t *n_targets) {
+    return trainer_evaluate_shared(m, d, micro_batch_size, 0, 1, loss, n_targets);
+}
+
+int trainer_evaluate_shared(trainer_model *m, const train_data *d, int micro_batch_size, int rank, int world,
+                            double *loss, int64_t *n_targets) {
     train_batch b = {0};
     int64_t *idx = malloc((size_t)micro_batch_size * sizeof *idx);
     double sum = 0;
     int64_t nt = 0;
     int rc = idx ? 0 : err_set(ERR_STAGE, "out of memory");
-    for (int64_t r = 0; !rc && r < d->n_rows; r += micro_batch_size) {
+    const int64_t stride = (int64_t)micro_batch_size * (world > 1 ? world : 1);
+    for (int64_t r = (int64_t)micro_batch_size * (world > 1 ? rank : 0); !rc && r < d->n_rows; r += stride) {
         int n = 0;
         for (int64_t k = r; k < d->n_rows && n < micro_batch_size; k++) idx[n++] = k;
         if ((rc = train_data_batch(d, idx, n, &b))) break;
@@ -308,6 +315,13 @@ int trainer_evaluate(trainer_model *m, const train_data *d, int micro_batch_size
     }
     free(idx);
     train_batch_free(&b);
+    if (world > 1) { /* every rank reaches this, failed or not: the sums travel, the failure is agreed later */
+        double v[2] = {sum, (double)nt};
+        int c = coll_allreduce_f64(v, 2);
+        if (!rc) rc = c;
+        sum = v[0];
+        nt = (int64_t)v[1];
+    }
     *loss = nt ? sum / (double)nt : NAN;
     if (n_targets) *n_targets = nt;
     return rc;
@@ -323,10 +337,15 @@ typedef struct run_state {
     float *adam_m, *adam_v; /* backend memory */
     trainer_ckpt_header hd; /* the state after the last completed step */
     int64_t last_saved;     /* step of the newest checkpoint on disk (-1: none) */
+    int rank, world;
 } run_state;
 
 static int save_checkpoint(run_state *s) {
     if (!s->cfg->work_dir || s->last_saved == s->hd.step) return 0;
+    if (s->rank != 0) { /* rank 0 writes; the others' state is the same bytes */
+        s->last_saved = s->hd.step;
+        return 0;
+    }
     size_t nb = (size_t)s->m->n_params * sizeof(float);
     host_state hs = {malloc(nb), malloc(nb), malloc(nb)};
     int rc = (hs.params && hs.m && hs.v) ? 0 : err_set(ERR_STAGE, "out of memory for a checkpoint");
@@ -379,7 +398,7 @@ static int try_resume(run_state *s, uint64_t chash) {
 static int run_eval(run_state *s, const train_data *val, int64_t step, double *loss_out) {
     double loss;
     int64_t nt;
-    int rc = trainer_evaluate(s->m, val, s->cfg->micro_batch_size, &loss, &nt);
+    int rc = trainer_evaluate_shared(s->m, val, s->cfg->micro_batch_size, s->rank, s->world, &loss, &nt);
     if (rc) return rc;
     double ppl = exp(loss);
     hook_log(s->hooks, "eval step %lld | val_loss %.4f | ppl %.3f | %lld tokens", (long long)step, loss, ppl,
@@ -387,8 +406,9 @@ static int run_eval(run_state *s, const train_data *val, int64_t step, double *l
     json_t *ev = json_pack("{s:I, s:f, s:f, s:I}", "step", (json_int_t)step, "val_loss", loss, "perplexity", ppl,
                            "tokens", (json_int_t)nt);
     hook_event(s->hooks, "eval", ev);
-    if (s->hooks && s->hooks->on_eval && (rc = s->hooks->on_eval(s->hooks->ud, step, loss, ppl))) return rc;
     *loss_out = loss;
+    if (s->rank == 0 && s->hooks && s->hooks->on_eval && (rc = s->hooks->on_eval(s->hooks->ud, step, loss, ppl)))
+        return rc;
     return 0;
 }
 
@@ -413,6 +433,54 @@ static void log_step(run_state *s, const trainer_step_info *in) {
     if (s->hooks && s->hooks->progress) s->hooks->progress(s->hooks->ud, (double)in->step, (double)in->total_steps);
 }
 
+/* ---- the gradient all-reduce in buckets, one a layer, started as the backward finishes each ---- */
+
+typedef struct buckets {
+    trainer_model *m;
+    int next; /* buckets issued this step: layer n_layers-1-next is due */
+    int rc;
+} buckets;
+
+static bool buckets_usable(const trainer_model *m) {
+    return m->set_layer_done && m->n_layers > 0 && m->layer_off && m->layer_off[0] == 0 &&
+           m->layer_off[m->n_layers] == m->n_params;
+}
+
+static void bucket_issue(buckets *b, int layer) {
+    int expect = b->m->n_layers - 1 - b->next;
+    if (layer != expect) { /* the model finished layers in another order: issue the due one anyway */
+        if (!b->rc) b->rc = err_set(ERR_STAGE, "internal: layer %d's gradients came before layer %d's", layer, expect);
+        layer = expect;
+    }
+    int64_t off = b->m->layer_off[layer], n = b->m->layer_off[layer + 1] - off;
+    int c = n > 0 ? coll_allreduce_grads(b->m->grads + off, n) : 0;
+    if (c && !b->rc) b->rc = c;
+    b->next++;
+}
+
+static void bucket_ready(void *ud, int layer) { bucket_issue(ud, layer); }
+
+/* the divergence error: every rank sees the same loss and norm, so each reaches it at once */
+static int diverged(run_state *s, int64_t step, double loss, double gnorm) {
+    char where[512] = "no checkpoint was written yet";
+    if (s->last_saved >= 0)
+        snprintf(where, sizeof where, "the newest checkpoint is step %lld in '%s' (%s)", (long long)s->last_saved,
+                 s->cfg->work_dir,
+                 s->last_saved == step ? "the weights this step started from" : "written before the divergence");
+    char lbuf[32], gbuf[32]; /* "nan", not printf's "-nan" */
+    if (isnan(loss)) snprintf(lbuf, sizeof lbuf, "nan"); else snprintf(lbuf, sizeof lbuf, "%g", loss);
+    if (isnan(gnorm)) snprintf(gbuf, sizeof gbuf, "nan"); else snprintf(gbuf, sizeof gbuf, "%g", gnorm);
+    /* JSON has no NaN or Inf: a non-finite value is a null */
+    json_t *ev = json_pack("{s:I, s:o, s:o, s:I}", "step", (json_int_t)(step + 1), "loss",
+                           isfinite(loss) ? json_real(loss) : json_null(), "grad_norm",
+                           isfinite(gnorm) ? json_real(gnorm) : json_null(), "last_checkpoint", (json_int_t)s->last_saved);
+    hook_event(s->hooks, "diverged", ev);
+    return err_set(ERR_DIVERGED,
+                   "training diverged at step %lld: loss %s, gradient norm %s; %s; lower learning_rate or set "
+                   "max_grad_norm",
+                   (long long)(step + 1), lbuf, gbuf, where);
+}
+
 int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *m, const train_data *train,
                 const train_data *val, const trainer_hooks *hooks, trainer_result *res) {
     memset(res, 0, sizeof *res);
@@ -422,15 +490,18 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if (train->n_rows < 1) return err_set(ERR_DATA, "the train split has no rows: nothing to train on");
     if (val && val->n_rows < 1) val = NULL;
 
+    const int world = cfg->world > 1 ? cfg->world : 1, rank = world > 1 ? cfg->rank : 0;
     const int mb = cfg->micro_batch_size, accum = cfg->gradient_accumulation_steps;
+    const int64_t local_rows = (int64_t)mb * accum, global_rows = local_rows * world;
     const int64_t total = trainer_total_steps(cfg, train->n_rows);
     const size_t nb = (size_t)m->n_params * sizeof(float);
+    /* the number of ranks is left out on purpose: a run resumes with another number of ranks */
     const uint64_t chash = config_hash(cfg, m->n_params, train);
 
-    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1};
+    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world};
     data_order order = {0};
     train_batch b = {0};
-    int64_t *idx = malloc((size_t)mb * accum * sizeof *idx);
+    int64_t *idx = malloc((size_t)global_rows * sizeof *idx);
     int64_t *row_targets = NULL;
     s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb);
     s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb);
@@ -439,6 +510,13 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     int rc = 0;
     if (!idx || !s.adam_m || !s.adam_v) {
         rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)m->n_params);
+        goto out;
+    }
+    if (world > 1 && global_rows > train->n_rows) {
+        rc = err_set(ERR_RECIPE,
+                     "the global batch of %lld rows (micro_batch_size %d x gradient_accumulation_steps %d x %d ranks) "
+                     "is larger than the train split (%lld rows): run fewer ranks or lower the batch",
+                     (long long)global_rows, mb, accum, world, (long long)train->n_rows);
         goto out;
     }
     if ((rc = order_init(&order, train->n_rows, cfg->seed))) goto out;
@@ -458,79 +536,120 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if (cfg->work_dir && (rc = try_resume(&s, chash))) goto out;
     memcpy(rng.s, s.hd.rng, sizeof rng.s);
     res->resumed_from = s.hd.step;
+    /* every rank set up (or failed to) and read the same checkpoint before rank 0 writes one */
+    if (world > 1 && (rc = coll_agree(0, NULL))) goto out;
 
-    hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
-             (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)train->n_rows, (long long)m->n_params,
-             s.hd.step ? " (resumed)" : "");
+    if (world > 1)
+        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation x %d ranks (rank %d), %lld rows, %lld "
+                        "trainable parameters%s",
+                 (long long)total, mb, mb == 1 ? "" : "s", accum, world, rank, (long long)train->n_rows,
+                 (long long)m->n_params, s.hd.step ? " (resumed)" : "");
+    else
+        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
+                 (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)train->n_rows, (long long)m->n_params,
+                 s.hd.step ? " (resumed)" : "");
     if (val && s.hd.step == 0) {
-        if ((rc = run_eval(&s, val, 0, &s.hd.first_val_loss))) goto out;
+        rc = run_eval(&s, val, 0, &s.hd.first_val_loss);
         s.hd.last_val_loss = s.hd.first_val_loss;
+        if (rc && world == 1) goto out;
     }
 
+    /* the gradients travel (several ranks, or NCCL asked for on one to measure its path) in one
+     * bucket a layer while the backward goes on, or in one piece after it for a model without layers */
+    const bool reduce = world > 1 || coll_nccl_active(), bucketed = reduce && buckets_usable(m);
+    buckets bk = {.m = m};
     double t_run = now_s();
-    while (s.hd.step < total) {
+    bool interrupted = false;
+    for (;;) {
+        /* the step boundary: with several ranks, everyone learns here whether anyone failed or
+         * was interrupted; a failure after this point waits for the next boundary */
+        int intr = hook_interrupted(hooks);
+        if (world > 1) rc = coll_agree(rc, &intr);
+        if (rc) goto out;
+        if (intr) {
+            interrupted = true;
+            break;
+        }
+        if (s.hd.step >= total) break;
         double t0 = now_s();
         const int64_t step = s.hd.step; /* 0-based index of the step being taken */
-        const int nrows = mb * accum;
         int64_t n_targets = 0, n_tokens = 0;
-        for (int k = 0; k < nrows; k++) {
+        for (int64_t k = 0; k < global_rows; k++) {
             idx[k] = order_row(&order, s.hd.cursor + k);
             n_targets += row_targets[idx[k]];
         }
+        const int64_t *mine = idx + (int64_t)rank * local_rows; /* this rank's share */
         /* a step with no target token at all (fully masked rows) still advances: zero gradient */
         const float grad_scale = n_targets ? 1.0f / (float)n_targets : 0.0f;
         ops->zero(m->grads, nb);
         double loss_sum = 0;
         bool stop = false;
         rng_state step_rng = rng;
-        for (int a = 0; a < accum; a++) {
-            if (hook_interrupted(hooks)) {
+        for (int k = 0; k < rank * accum; k++) rng_next(&step_rng); /* the seeds of the ranks before */
+        bk.next = 0;
+        bk.rc = 0;
+        for (int a = 0; a < accum && !rc; a++) {
+            if (world == 1 && hook_interrupted(hooks)) { /* alone: stop between micro-steps */
                 stop = true;
                 break;
             }
-            if ((rc = train_data_batch(train, idx + (int64_t)a * mb, mb, &b))) goto out;
-            double ls = 0;
+            if (bucketed && a == accum - 1) m->set_layer_done(m->self, bucket_ready, &bk); /* the final pass */
             uint64_t dseed = rng_next(&step_rng);
-            if ((rc = m->train_step(m->self, &b, grad_scale, dseed, &ls))) goto out;
+            double ls = 0;
+            if ((rc = train_data_batch(train, mine + (int64_t)a * mb, mb, &b))) break;
+            if ((rc = m->train_step(m->self, &b, grad_scale, dseed, &ls))) break;
             loss_sum += ls;
             n_tokens += b.T;
         }
-        if (stop || hook_interrupted(hooks)) break; /* the partial step is dropped: the state is the last step's */
+        if (bucketed) {
+            m->set_layer_done(m->self, NULL, NULL);
+            /* a rank that failed before its final pass still issues every bucket: all ranks pass the
+             * same collectives */
+            while (world > 1 && bk.next < m->n_layers) bucket_issue(&bk, m->n_layers - 1 - bk.next);
+            coll_grads_wait();
+            if (!rc) rc = bk.rc;
+        }
+        if (rc && world == 1) goto out;
+        if (world == 1 && (stop || hook_interrupted(hooks))) { /* the partial step is dropped */
+            interrupted = true;
+            break;
+        }
+        for (int k = (rank + 1) * accum; k < world * accum; k++) rng_next(&step_rng); /* and of those after */
+        if (reduce && !bucketed) { /* every rank, failed or not, joins the sums; a failure shows at the boundary */
+            int c = coll_allreduce_grads(m->grads, m->n_params);
+            coll_grads_wait();
+            if (!rc) rc = c;
+        }
+        if (world > 1) {
+            double v[2] = {loss_sum, (double)n_tokens};
+            int c = coll_allreduce_f64(v, 2);
+            if (!rc) rc = c;
+            loss_sum = v[0];
+            n_tokens = (int64_t)v[1];
+            if (rc) continue;
+        }
 
         double loss = n_targets ? loss_sum / (double)n_targets : 0.0;
         double gnorm = sqrt(ops->sum_squares(m->grads, m->n_params));
         if (!isfinite(loss) || !isfinite(gnorm)) {
-            char where[512] = "no checkpoint was written yet";
-            if (s.last_saved >= 0)
-                snprintf(where, sizeof where, "the newest checkpoint is step %lld in '%s' (%s)", (long long)s.last_saved,
-                         cfg->work_dir,
-                         s.last_saved == step ? "the weights this step started from" : "written before the divergence");
-            char lbuf[32], gbuf[32]; /* "nan", not printf's "-nan" */
-            if (isnan(loss)) snprintf(lbuf, sizeof lbuf, "nan"); else snprintf(lbuf, sizeof lbuf, "%g", loss);
-            if (isnan(gnorm)) snprintf(gbuf, sizeof gbuf, "nan"); else snprintf(gbuf, sizeof gbuf, "%g", gnorm);
-            /* JSON has no NaN or Inf: a non-finite value is a null */
-            json_t *ev = json_pack("{s:I, s:o, s:o, s:I}", "step", (json_int_t)(step + 1), "loss",
-                                   isfinite(loss) ? json_real(loss) : json_null(), "grad_norm",
-                                   isfinite(gnorm) ? json_real(gnorm) : json_null(), "last_checkpoint",
-                                   (json_int_t)s.last_saved);
-            hook_event(hooks, "diverged", ev);
-            rc = err_set(ERR_DIVERGED,
-                         "training diverged at step %lld: loss %s, gradient norm %s; %s; lower learning_rate or set "
-                         "max_grad_norm",
-                         (long long)(step + 1), lbuf, gbuf, where);
-            goto out;
+            rc = diverged(&s, step, loss, gnorm);
+            if (world == 1) goto out;
+            continue;
         }
         if (cfg->max_grad_norm > 0 && gnorm > cfg->max_grad_norm)
             ops->scale(m->grads, m->n_params, (float)(cfg->max_grad_norm / (gnorm + 1e-6)));
         double lr = trainer_schedule_lr(cfg->schedule, cfg->learning_rate, step, cfg->warmup_steps, total);
-        if (hooks && hooks->lr && (rc = hooks->lr(hooks->ud, step, total, cfg->learning_rate, &lr))) goto out;
+        if (hooks && hooks->lr && (rc = hooks->lr(hooks->ud, step, total, cfg->learning_rate, &lr))) {
+            if (world == 1) goto out;
+            continue;
+        }
         ops->adamw(m->params, m->grads, s.adam_m, s.adam_v, m->n_params, (float)lr, (float)cfg->adam_beta1,
                    (float)cfg->adam_beta2, (float)cfg->adam_epsilon, (float)cfg->weight_decay, (int)(step + 1));
         ops->sync();
 
         rng = step_rng;
         s.hd.step = step + 1;
-        s.hd.cursor += nrows;
+        s.hd.cursor += global_rows;
         s.hd.tokens += n_tokens;
         s.hd.last_train_loss = loss;
         memcpy(s.hd.rng, rng.s, sizeof rng.s);
@@ -543,14 +662,14 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
                                   .epoch = (double)s.hd.cursor / (double)train->n_rows};
         log_step(&s, &info);
         if (val && cfg->eval_steps > 0 && s.hd.step % cfg->eval_steps == 0 && s.hd.step < total)
-            if ((rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss))) goto out;
-        if (cfg->save_steps > 0 && s.hd.step % cfg->save_steps == 0 && s.hd.step < total)
-            if ((rc = save_checkpoint(&s))) goto out;
-        if (hooks && hooks->on_step && (rc = hooks->on_step(hooks->ud, &info))) goto out;
+            rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss);
+        if (!rc && cfg->save_steps > 0 && s.hd.step % cfg->save_steps == 0 && s.hd.step < total)
+            rc = save_checkpoint(&s);
+        if (!rc && rank == 0 && hooks && hooks->on_step) rc = hooks->on_step(hooks->ud, &info);
     }
     res->seconds = now_s() - t_run;
 
-    if (hook_interrupted(hooks)) {
+    if (interrupted) {
         if ((rc = save_checkpoint(&s))) goto out;
         rc = err_set(ERR_INTERRUPTED, "interrupted at step %lld of %lld%s%s%s", (long long)s.hd.step, (long long)total,
                      cfg->work_dir ? ": checkpoint saved in '" : "", cfg->work_dir ? cfg->work_dir : "",
@@ -564,6 +683,7 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if ((rc = save_checkpoint(&s))) goto out;
 
 out:
+    if (m->set_layer_done) m->set_layer_done(m->self, NULL, NULL);
     res->steps = s.hd.step;
     res->first_val_loss = s.hd.first_val_loss;
     res->final_val_loss = s.hd.last_val_loss;

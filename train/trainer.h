@@ -12,6 +12,18 @@
  * its micro-batches divided by the number of target tokens in all of them (counted before
  * the first micro-batch runs), so accumulating 2 x 1 rows gives the same gradient as 1 x 2.
  *
+ * Data parallel (docs/multi-gpu.md): with world > 1 every rank runs this loop on the same model
+ * and data. A step takes micro_batch_size x gradient_accumulation_steps x world rows of the one
+ * seeded stream; rank r takes the r-th run of micro_batch_size x accum of them, and the r-th
+ * run of dropout seeds, so the ranks together take exactly the rows and seeds one process with
+ * accum x world takes. The normaliser is the target tokens of the whole global batch (every
+ * rank knows every row's count, so it is summed before the step, as one process sums it); the
+ * gradients are all-reduced (core/collective.h: MPI on the CPU, NCCL on CUDA) before the norm,
+ * the clipping and AdamW, which every rank then applies to identical bytes. Only rank 0 writes
+ * checkpoints and calls the on_step / on_eval hooks; evaluation splits the val micro-batches
+ * over the ranks. A failure or an interrupt on any rank stops every rank at the next step
+ * boundary (coll_agree), the last checkpoint intact.
+ *
  * Determinism: the data order, the dropout seeds (an rng_state saved in checkpoints) and
  * the op order depend only on the seed and the step, so a run killed at any moment and
  * resumed from its newest checkpoint ends with the same parameter bytes as one that never
@@ -46,6 +58,14 @@ typedef struct trainer_model {
     int (*train_step)(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum);
     /* forward only, no dropout: *loss_sum = summed target-token loss */
     int (*eval_loss)(void *self, const train_batch *b, double *loss_sum);
+    /* Optional, for data parallel: the gradients in buckets, one a layer. layer_off[0..n_layers]
+     * ascending: bucket l is grads[layer_off[l] .. layer_off[l+1]); the backward finishes layer
+     * n_layers-1 first. set_layer_done(self, cb, ud) makes train_step call cb(ud, l) once layer l's
+     * gradients are final (cb NULL: off). Without them the gradients go in one all-reduce after
+     * the backward. */
+    int n_layers;
+    const int64_t *layer_off;
+    void (*set_layer_done)(void *self, void (*cb)(void *ud, int layer), void *ud);
 } trainer_model;
 
 typedef enum trainer_schedule { TRAINER_SCHEDULE_CONSTANT, TRAINER_SCHEDULE_LINEAR, TRAINER_SCHEDULE_COSINE } trainer_schedule;
@@ -65,6 +85,7 @@ typedef struct trainer_config {
     int64_t logging_steps;/* a step line every N steps (and the first and last) */
     uint64_t seed;
     const char *work_dir; /* checkpoints; NULL: none, no resume */
+    int rank, world;      /* data parallel: this process is rank of world (world 0 or 1: alone) */
 } trainer_config;
 
 /* what one optimizer step did (for the log line, events and the on_step hook) */
@@ -104,11 +125,15 @@ double trainer_schedule_lr(trainer_schedule s, double base_lr, int64_t step, int
 const char *trainer_schedule_name(trainer_schedule s);
 int trainer_schedule_from_name(const char *name); /* -1 if unknown */
 
-/* optimizer steps the config gives on a split of n_rows rows */
+/* optimizer steps the config gives on a split of n_rows rows (global batch: micro x accum x world) */
 int64_t trainer_total_steps(const trainer_config *cfg, int64_t n_rows);
 
 /* mean target-token loss of a whole split (micro_batch_size rows at a time) */
 int trainer_evaluate(trainer_model *m, const train_data *d, int micro_batch_size, double *loss, int64_t *n_targets);
+/* the same over ranks: rank takes micro-batches rank, rank + world, ...; the sums are all-reduced
+ * (a collective: every rank calls it) */
+int trainer_evaluate_shared(trainer_model *m, const train_data *d, int micro_batch_size, int rank, int world,
+                            double *loss, int64_t *n_targets);
 
 /* Train. val may be NULL. Returns 0, ERR_INTERRUPTED (checkpoint written), ERR_DIVERGED
  * (nothing written; the last good checkpoint kept and named), or another ERR_* code. */

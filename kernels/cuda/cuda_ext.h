@@ -24,6 +24,14 @@ void cuda_scratch_cap_set(size_t bytes);
 size_t cuda_scratch_cap(void);
 /* the cudaStream_t every op runs on (for events and graph capture in benchmarks) */
 void *cuda_stream_handle(void);
+/* Data parallel: a second stream for the gradient all-reduce, so that NCCL sums the LoRA gradients
+ * of one layer while the main stream computes the backward of the next (llm.c's overlap).
+ * cuda_comm_after_main: the comm stream waits for everything queued on the main stream so far (a
+ * bucket's gradients are final); cuda_main_after_comm: the main stream waits for everything queued
+ * on the comm stream (before the norm and the optimizer read the gradients). */
+void *cuda_comm_stream(void);
+void cuda_comm_after_main(void);
+void cuda_main_after_comm(void);
 
 /* The attention kernels: CUDA_ATTN_MMA (default: register-resident FlashAttention-2 order on
  * mma.sync tensor-core instructions) or CUDA_ATTN_TILED (the first, simpler tiled kernels on

@@ -4,6 +4,11 @@
 #include <cuda_runtime.h>
 #include <string.h>
 
+static int g_device;
+
+extern "C" void cuda_device_select(int device) { g_device = device; }
+extern "C" int cuda_device_selected(void) { return g_device; }
+
 extern "C" int cuda_device_query(cuda_device_info *info) {
     memset(info, 0, sizeof *info);
     int n = 0;
@@ -12,13 +17,13 @@ extern "C" int cuda_device_query(cuda_device_info *info) {
         return 0;
     }
     cudaDeviceProp p;
-    if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) return 0;
+    if (g_device >= n || cudaGetDeviceProperties(&p, g_device) != cudaSuccess) return 0;
     info->count = n;
     strncpy(info->name, p.name, sizeof info->name - 1);
     info->cc_major = p.major;
     info->cc_minor = p.minor;
     info->sm_count = p.multiProcessorCount;
-    cudaSetDevice(0);
+    cudaSetDevice(g_device);
     cudaMemGetInfo(&info->free_bytes, &info->total_bytes);
     return 0;
 }

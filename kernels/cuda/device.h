@@ -17,8 +17,13 @@ typedef struct cuda_device_info {
     int sm_count;
 } cuda_device_info;
 
-/* Fills info for device 0; returns 0 with info->count == 0 when there is no usable GPU. */
+/* Fills info for the selected device (0 unless cuda_device_select said otherwise); returns 0 with
+ * info->count == 0 when there is no usable GPU. */
 int cuda_device_query(cuda_device_info *info);
+/* The device every op runs on: one process a GPU, the process's local rank (data parallel). Call
+ * before the first op; later calls have no effect on the ops' stream. */
+void cuda_device_select(int device);
+int cuda_device_selected(void);
 
 /* The CUDA driver's and this program's runtime version as CUDA writes them (13000 = 13.0);
  * *driver is 0 when no driver is installed. */

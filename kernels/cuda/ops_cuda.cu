@@ -66,7 +66,7 @@ static void mem_note_free(void *p) {
 
 static void runtime_init(void) {
     if (g_stream) return;
-    CUDA_CHECK(cudaSetDevice(0));
+    CUDA_CHECK(cudaSetDevice(cuda_device_selected()));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_side, cudaStreamNonBlocking));
     CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_start, cudaEventDisableTiming));
@@ -133,6 +133,31 @@ extern "C" void cuda_mem_reset_peak(void) {
 }
 
 extern "C" void *cuda_stream_handle(void) { return cuda_stream(); }
+
+static cudaStream_t g_comm;
+static cudaEvent_t g_ev_main, g_ev_comm;
+
+extern "C" void *cuda_comm_stream(void) {
+    runtime_init();
+    if (!g_comm) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g_comm, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_main, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_comm, cudaEventDisableTiming));
+    }
+    return g_comm;
+}
+
+extern "C" void cuda_comm_after_main(void) {
+    cuda_comm_stream();
+    CUDA_CHECK(cudaEventRecord(g_ev_main, g_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(g_comm, g_ev_main, 0));
+}
+
+extern "C" void cuda_main_after_comm(void) {
+    cuda_comm_stream();
+    CUDA_CHECK(cudaEventRecord(g_ev_comm, g_comm));
+    CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_ev_comm, 0));
+}
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
