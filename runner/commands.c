@@ -45,5 +45,5 @@ void commands_print_usage(FILE *out) {
     }
     fputs("\n`qlora-run COMMAND --help` says more. Exit codes: 0 ok, 1 stage failed, 2 usage,\n"
           "3 invalid recipe, 4 invalid data, 5 training diverged, 6 locked, 7 interrupted,\n"
-          "8 download failed.\n", out);
+          "8 download or upload failed, 9 a quality gate failed.\n", out);
 }

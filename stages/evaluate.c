@@ -715,6 +715,16 @@ out:
     return rc;
 }
 
+static const metric_spec eval_metrics[] = {
+    {"val_loss", METRIC_LOWER, "tuned model's loss on the val split of data"},
+    {"perplexity", METRIC_LOWER, "tuned model's perplexity on the val split of data"},
+    {"val_loss_base", METRIC_LOWER, "base model's loss on the same split"},
+    {"perplexity_base", METRIC_LOWER, "base model's perplexity"},
+    {"score", METRIC_HIGHER, "tuned model's mean task score (score hook, or exact match)"},
+    {"score_base", METRIC_HIGHER, "base model's mean task score"},
+    {"*", METRIC_ANY, "a metric a score hook records (qlora.metric): the gate says which way is better"},
+    {0}};
+
 const stage_kind stage_kind_evaluate = {
     .name = "evaluate",
     .version = 1,
@@ -723,4 +733,5 @@ const stage_kind stage_kind_evaluate = {
     .check = eval_check,
     .key_files = eval_key_files,
     .run = eval_run,
+    .metrics = eval_metrics,
 };

@@ -264,6 +264,12 @@ static int fetch_run(stage_ctx *c) {
     return rc;
 }
 
+static const metric_spec fetch_metrics[] = {
+    {"bytes_total", METRIC_NEITHER, "size of the model's files"},
+    {"bytes_downloaded", METRIC_NEITHER, "bytes this run downloaded"},
+    {"download_s", METRIC_LOWER, "seconds spent downloading"},
+    {0}};
+
 const stage_kind stage_kind_fetch_model = {
     .name = "fetch_model",
     .version = 1,
@@ -271,4 +277,5 @@ const stage_kind stage_kind_fetch_model = {
     .params = fetch_params,
     .check = fetch_check,
     .run = fetch_run,
+    .metrics = fetch_metrics,
 };

@@ -17,6 +17,15 @@ const param_spec *stage_param_find(const stage_kind *k, const char *name) {
     return NULL;
 }
 
+const metric_spec *stage_metric_find(const stage_kind *k, const char *name) {
+    const metric_spec *any = NULL;
+    for (const metric_spec *m = k->metrics; m && m->name; m++) {
+        if (!strcmp(m->name, name)) return m;
+        if (!strcmp(m->name, "*")) any = m;
+    }
+    return any;
+}
+
 const char *stage_str(const stage_ctx *c, const char *key) {
     return json_string_value(json_object_get(c->params, key));
 }

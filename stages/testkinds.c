@@ -3,7 +3,8 @@
  * test_echo writes out.txt: its `text`, then the out.txt of each input, so a test can see
  * which stages ran and what they read; it appends one line to $QLORA_TEST_LOG per run
  * (how a test counts executions across processes). test_sleep sleeps `ms` milliseconds in
- * small steps, polling for interruption, then writes its text (for kill and concurrency tests). */
+ * small steps, polling for interruption, then writes its text (for kill and concurrency tests).
+ * test_publish is test_echo held back by gates as an export is (for tests/test_gates.sh). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +70,7 @@ static int sleep_run(stage_ctx *c) {
 
 static const param_spec echo_params[] = {
     {"text", PARAM_STRING, "", 1, 0, NULL, "text to write", 0},
-    {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "an input stage", 0},
+    {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep|test_publish", "an input stage", 0},
     {"input2", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "a second input stage", 0},
     {"file", PARAM_FILE, NULL, 1, 0, NULL, "a file whose content is copied", 0},
     {"files", PARAM_FILES, NULL, 1, 0, NULL, "files or globs (their content enters the key)", 0},
@@ -99,5 +100,8 @@ static int echo_check(const json_t *p) {
     return 0;
 }
 
-const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL};
-const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL};
+static const metric_spec echo_metrics[] = {{"bytes", METRIC_HIGHER, "bytes written to out.txt"}, {0}};
+
+const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL, echo_metrics, 0};
+const stage_kind stage_kind_test_publish = {"test_publish", 1, "test only: an echo held back by gates, as export is", echo_params, echo_check, echo_run, NULL, echo_metrics, STAGE_KIND_PUBLISHES};
+const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL, echo_metrics, 0};
