@@ -46,6 +46,8 @@ CMD(tokenize)
 CMD(generate)
 CMD(export)
 CMD(doctor)
+CMD(report)
 #undef CMD
+extern const cli_cmd cli_runs_diff; /* cmd_report.c, reached through cmd_runs */
 
 #endif

@@ -22,6 +22,7 @@
 #include "runner/gates.h"
 #include "runner/plan.h"
 #include "runner/recipe.h"
+#include "runner/report.h"
 #include "runner/runrec.h"
 #include "runner/version.h"
 #include "runner/yaml_tree.h"
@@ -371,6 +372,11 @@ static json_t *run_summary(runner *R, int rc, double secs) {
         if (ps->manifest && (R->state[i] == ST_DONE || ps->status == PLAN_SKIP)) {
             json_object_set(st, "metrics", json_object_get(ps->manifest, "metrics"));
             json_object_set(st, "seconds", json_object_get(ps->manifest, "seconds"));
+            /* the stage's tables (evaluate's results, fetch's commit) for the report, when small */
+            json_t *rep = json_object_get(ps->manifest, "report");
+            char *txt = rep && json_object_size(rep) ? json_dumps(rep, JSON_COMPACT) : NULL;
+            if (txt && strlen(txt) < 256 * 1024) json_object_set(st, "report", rep);
+            free(txt);
         }
         json_object_set_new(stages, r->stages[i].name, st);
     }
@@ -536,6 +542,14 @@ int run_recipe(const char *path, const run_opts *o) {
         else err_clear();
     }
     events_emit(R.ev, "run_end", end);
+    {
+        /* the report is for people: a failure to write it warns and never changes the outcome */
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        if (report_write(R.run_dir)) warnf("report.html not written: %s", err_msg());
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     if (!rc) {
         outf("done in %.1f s: %d ran, %d cached; run record in %s", secs, R.n_ran, R.n_cached, R.run_dir);
         /* where the final artifacts are: stages nothing else consumes */

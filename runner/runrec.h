@@ -4,7 +4,8 @@
  * stage logs and, written at the end of the run, summary.json:
  *   {"format": "qlora-run-summary", "version": 1, "recipe", "run", "time", "ok", "code",
  *    "error", "seconds", "device", "program_version",
- *    "stages": {NAME: {"kind", "key", "status": ran|cached|failed|not run, "seconds", "metrics"}},
+ *    "stages": {NAME: {"kind", "key", "status": ran|cached|failed|not run|not selected, "seconds",
+ *                      "metrics", "report" (the manifest's tables, when under 256 KiB)}},
  *    "gates": [gate rows, see gates.h]}
  * A record without summary.json (an older program, or a run that was killed) is summarised
  * from its events.jsonl instead, so history and gates see every run that ended.
