@@ -22,6 +22,7 @@ const command commands[] = {
     {"tokenize", "models", cmd_tokenize, &cli_tokenize},
     {"generate", "models", cmd_generate, &cli_generate},
     {"export", "models", cmd_export, &cli_export},
+    {"push", "models", cmd_push, &cli_push},
     {"doctor", "setup", cmd_doctor, &cli_doctor},
 };
 const size_t n_commands = sizeof commands / sizeof commands[0];

@@ -47,6 +47,7 @@ CMD(generate)
 CMD(export)
 CMD(doctor)
 CMD(report)
+CMD(push)
 #undef CMD
 extern const cli_cmd cli_runs_diff; /* cmd_report.c, reached through cmd_runs */
 

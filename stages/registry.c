@@ -15,6 +15,7 @@ KIND(dataset)
 KIND(train)
 KIND(evaluate)
 KIND(export)
+KIND(push_to_hub)
 KIND(lua)
 KIND(test_echo) /* test-only kinds (stages/testkinds.c), enabled by QLORA_TEST_KINDS=1 */
 KIND(test_sleep)
@@ -27,7 +28,7 @@ const stage_kind *const *stage_kind_all(void) {
     if (!all[0]) {
         const stage_kind *cand[] = {&stage_kind_fetch_model, &stage_kind_init_model, &stage_kind_quantize_nf4,
                                     &stage_kind_attach_lora, &stage_kind_dataset, &stage_kind_train,
-                                    &stage_kind_evaluate, &stage_kind_export, &stage_kind_lua,
+                                    &stage_kind_evaluate, &stage_kind_export, &stage_kind_push_to_hub, &stage_kind_lua,
                                     &stage_kind_test_echo, &stage_kind_test_sleep, &stage_kind_test_publish};
         int n = 0;
         for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
