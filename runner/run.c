@@ -24,6 +24,7 @@
 #include "runner/recipe.h"
 #include "runner/report.h"
 #include "runner/runrec.h"
+#include "runner/tensorboard.h"
 #include "runner/version.h"
 #include "runner/yaml_tree.h"
 
@@ -52,6 +53,7 @@ typedef struct runner {
     int n_ran, n_cached;
     json_t *history;   /* summaries of this recipe's earlier runs, oldest first (max_regression) */
     json_t *gate_rows; /* gates.h rows, in the order they were checked */
+    tb_sink *tb;       /* report_to: [tensorboard] */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } runner;
@@ -458,6 +460,11 @@ int run_recipe(const char *path, const run_opts *o) {
         rc = events_open(&R.ev, ep, o->json);
         free(ep);
         if (rc) goto done;
+        /* TensorBoard files are a view for people, as the report is: a failure warns */
+        if (r->tensorboard && tb_open(&R.tb, R.run_dir, R.ev)) {
+            warnf("TensorBoard events not written: %s", err_msg());
+            err_clear();
+        }
     }
     json_t *ev = json_object();
     json_object_set_new(ev, "recipe", json_string(r->name));
@@ -566,6 +573,13 @@ int run_recipe(const char *path, const run_opts *o) {
         }
     }
 done:
+    if (R.tb) {
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        if (tb_close(&R.tb, R.ev)) warnf("%s", err_msg());
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     hooks_free(&R.hooks);
     if (R.ev) events_close(&R.ev);
     fs_unlock(&lockfd);
