@@ -32,5 +32,12 @@ if "$BIN" schema | grep -E '^\| `[a-z_0-9]+` \|' | awk -F'|' 'NF >= 7 && $6 ~ /^
 else
   pass=$((pass+1))
 fi
+# docs/nightly.md shows recipes/nightly.yaml as it is, and the recipe is valid
+if awk '/^<!-- recipes\/nightly.yaml/{f=1; next} f && /^```yaml/{g=1; next} g && /^```/{exit} g' "$SRC/docs/nightly.md" | diff -q - "$SRC/recipes/nightly.yaml" >/dev/null \
+   && "$BIN" validate "$SRC/recipes/nightly.yaml" >/dev/null 2>&1; then
+  pass=$((pass+1))
+else
+  fail=$((fail+1)); echo "FAIL docs/nightly.md's recipe differs from recipes/nightly.yaml, or it does not validate"
+fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]
