@@ -95,13 +95,16 @@ static void chart(FILE *f, const char *id, const char *title, const char *xlabel
     fputs("</text>\n", f);
     double ys = nice_step(y1 - y0, 4);
     char b[64];
-    for (double v = ceil(y0 / ys) * ys; v <= y1 + ys * 1e-9; v += ys) {
+    /* k bounds the loops: a step too small to move v (a huge offset, a tiny range) draws no more ticks */
+    int nt = 0;
+    for (double v = ceil(y0 / ys) * ys; v <= y1 + ys * 1e-9 && nt < 12; v += ys, nt++) {
         num(b, sizeof b, fabs(v) < ys * 1e-9 ? 0 : v);
         fprintf(f, "<line class=\"grid\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/><text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>\n",
                 L, W - R, PY(v), PY(v), L - 6, PY(v) + 4, b);
     }
     double xs = nice_step(x1 - x0, 5);
-    for (double v = ceil(x0 / xs) * xs; v <= x1 + xs * 1e-9; v += xs) {
+    nt = 0;
+    for (double v = ceil(x0 / xs) * xs; v <= x1 + xs * 1e-9 && nt < 12; v += xs, nt++) {
         num(b, sizeof b, v);
         fprintf(f, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", PX(v), H - B + 16, b);
     }

@@ -80,7 +80,18 @@ out=$(TEXT=new-text "$BIN" "$R" -q --only pub 2>&1); rc=$?; ran >/dev/null
 [ $rc -eq 2 ] && grep -q "stage 'pub' needs 'a', which is not in the cache" <<<"$out" \
   && ok "--only pub with an uncached gated stage is refused" || bad "--only uncached rc $rc: $out"
 
-# 6. recipe errors, each with its position
+# 6. --jobs: the held-back stage waits for the gated stage even when it does not read it
+out=$("$BIN" "$W/parallel.yaml" -q --jobs 3 2>&1); rc=$?
+got=$(ran)
+ev="$(ls -d "$W"/runs/parallel/* | sort | tail -n1)/events.jsonl"
+order=$(python3 -c "import json,sys; print(' '.join(e['type'] + ':' + e.get('stage', '') for e in map(json.loads, open(sys.argv[1])) if e['type'] in ('stage_start', 'stage_end', 'gate')))" "$ev")
+[ $rc -eq 0 ] && grep -q "stage_end:slow gate:slow stage_start:pub" <<<"$order" && ok "with --jobs 3 the publishing stage starts after the gate" \
+  || bad "parallel: rc $rc order '$order' $out"
+out=$(TEXT=s "$BIN" "$W/parallel.yaml" -q --jobs 3 --set stages.pub.text=p2 2>&1); rc=$?
+got=$(ran)
+[ $rc -eq 9 ] && ! grep -q pub <<<"$got" && ok "and does not start when the gate fails" || bad "parallel fail: rc $rc ran '$got'"
+
+# 7. recipe errors, each with its position
 out=$("$BIN" validate "$W/bad.yaml" 2>&1); rc=$?
 [ $rc -eq 3 ] && ok "bad gates: exit 3" || bad "bad gates rc $rc"
 grep -q "bad.yaml:7:3: gates: 'aa.bytes' names stage 'aa', which does not exist (did you mean 'a'?)" <<<"$out" \
@@ -102,7 +113,7 @@ printf 'name: g4\nstages:\n  a: {kind: test_echo}\ngates: [a.bytes]\n' > "$W/g4.
 out=$("$BIN" validate "$W/g4.yaml" 2>&1); rc=$?
 [ $rc -eq 3 ] && grep -q "g4.yaml:4:8: recipe: 'gates' must be a mapping" <<<"$out" && ok "gates as a list is refused" || bad "list: rc $rc $out"
 
-# 7. the README documents exit code 9
+# 8. the README documents exit code 9
 grep -q "^| 9 | a quality gate failed" "$SRC/README.md" && ok "README documents exit 9" || bad "README exit 9"
 
 echo "$pass passed, $fail failed"
