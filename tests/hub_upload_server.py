@@ -84,6 +84,10 @@ class H(BaseHTTPRequestHandler):
     def answer(self, status, body=b"", ctype="application/json", headers=None, problem=""):
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
+        # logged before answering: the client sends its next request only after this answer
+        auth = "yes" if self.headers.get("Authorization") else "no"
+        with LOCK, open(os.path.join(STATE, "requests.log"), "a") as f:
+            f.write(f"{self.command} {self.path.split('?')[0]} {auth} {status} {problem}\n")
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -91,9 +95,6 @@ class H(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
-        auth = "yes" if self.headers.get("Authorization") else "no"
-        with LOCK, open(os.path.join(STATE, "requests.log"), "a") as f:
-            f.write(f"{self.command} {self.path.split('?')[0]} {auth} {status} {problem}\n")
 
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
