@@ -18,14 +18,17 @@ pass=0 fail=0
 ok() { pass=$((pass+1)); echo "ok   $1"; }
 bad() { fail=$((fail+1)); echo "FAIL $1"; }
 TOKEN=hf_test_Secret_Token_123
-export HF_TOKEN=$TOKEN QLORA_HUB_RETRY_BASE_S=0.01 HF_HOME=$W/hf QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
+# HF_HUB_DOWNLOAD_TIMEOUT: a stalled transfer is given up after this many seconds; the server is
+# slow on a loaded machine, and a test that fails on load proves nothing
+export HF_TOKEN=$TOKEN QLORA_HUB_RETRY_BASE_S=0.01 HF_HOME=$W/hf QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs HF_HUB_DOWNLOAD_TIMEOUT=60
 
 start() { # start [ENV=VALUE...]: a fresh server with its own state dir in $S
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
   S=$(mktemp -d -p "$W")
   env EXPECT_TOKEN=$TOKEN LFS_THRESHOLD=4096 CHUNK=65536 MULTIPART_THRESHOLD=200000 "$@" \
     python3 "$SRC/tests/hub_upload_server.py" "$S" > "$S/port" 2>"$S/server.err" & SERVER_PID=$!
-  for _ in $(seq 100); do [ -s "$S/port" ] && break; sleep 0.05; done
+  for _ in $(seq 300); do [ -s "$S/port" ] && break; sleep 0.1; done # a loaded CI machine starts Python slowly
+  [ -s "$S/port" ] || { echo "FAIL the test server did not start: $(cat "$S/server.err")"; exit 1; }
   export HF_ENDPOINT=http://127.0.0.1:$(cat "$S/port")
 }
 reqs() { cut -d' ' -f1,2 "$S/requests.log" | sed -E 's/[0-9a-f]{64}/OID/g' | tr '\n' ';'; }
