@@ -716,7 +716,7 @@ static int list_into(const char *root, const char *rel, const char *prefix, hub_
         names[nn++] = strdup(e->d_name);
     }
     closedir(d);
-    qsort(names, nn, sizeof *names, strcmp_ptr);
+    if (nn) qsort(names, nn, sizeof *names, strcmp_ptr);
     for (size_t i = 0; i < nn; i++) {
         char *r2 = *rel ? fs_join(rel, names[i]) : strdup(names[i]), *full = fs_join(root, r2);
         struct stat st;

@@ -34,7 +34,7 @@ start() { # start [ENV=VALUE...]: a fresh server with its own state dir in $S
 reqs() { cut -d' ' -f1,2 "$S/requests.log" | sed -E 's/[0-9a-f]{64}/OID/g' | tr '\n' ';'; }
 
 D=$W/folder
-mkdir -p "$D/sub"
+mkdir -p "$D/sub" "$D/empty"                                    # an empty folder: nothing to send
 echo '{"r": 4}' > "$D/adapter_config.json"                    # regular
 head -c 3000 /dev/urandom > "$D/weights.bin.part"              # binary: LFS, basic
 head -c 300000 /dev/urandom > "$D/sub/model.safetensors"       # LFS, multipart (5 parts of 64 KiB)
