@@ -5,6 +5,7 @@
 #include "report.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,10 @@ static void chart(FILE *f, const char *id, const char *title, const char *xlabel
                 L, W - R, PY(v), PY(v), L - 6, PY(v) + 4, b);
     }
     double xs = nice_step(x1 - x0, 5);
+    bool int_x = true; /* steps and run numbers: no tick between two integers */
+    for (int i = 0; i < ns; i++)
+        for (int k = 0; k < ss[i].n; k++) int_x &= ss[i].x[k] == floor(ss[i].x[k]);
+    if (int_x && xs < 1) xs = 1;
     nt = 0;
     for (double v = ceil(x0 / xs) * xs; v <= x1 + xs * 1e-9 && nt < 12; v += xs, nt++) {
         num(b, sizeof b, v);
@@ -294,7 +299,7 @@ static const char css[] =
     "svg .grid{stroke:#eef0f3}svg .axis{stroke:#9ca3af}svg .line{stroke-width:1.6}"
     ".scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}table{border-collapse:collapse;background:#fff;min-width:100%}"
     "th,td{border:1px solid var(--bd);padding:4px 8px;text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}"
-    "pre{background:#fff;border:1px solid var(--bd);padding:8px;overflow-x:auto;font-size:12px}"
+    "pre{background:#fff;border:1px solid var(--bd);padding:8px;overflow-x:auto;font-size:12px}pre.error{white-space:pre-wrap;border-color:var(--bad)}"
     "code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em;white-space:pre-wrap;word-break:break-word}"
     "details{margin:.6em 0}summary{cursor:pointer;font-weight:600}";
 
