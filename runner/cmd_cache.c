@@ -219,8 +219,8 @@ static const cli_opt runs_opts[] = {
 
 const cli_cmd cli_runs = {
     .name = "runs",
-    .usage = "runs ls [--dir RUNS_DIR]",
-    .summary = "run records",
+    .usage = "runs ls [--dir RUNS_DIR]\nruns diff A B [--dir RUNS_DIR]",
+    .summary = "run records; the differences between two runs",
     .about = "Lists run records (runs/<recipe>/<UTC time>/) with their outcome.",
     .min_pos = 1, .max_pos = 1, .opts = runs_opts,
 };

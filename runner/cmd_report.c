@@ -116,7 +116,7 @@ static const cli_opt diff_opts[] = {
     {0},
 };
 
-const cli_cmd cli_runs_diff = {
+static const cli_cmd cli_runs_diff = {
     .name = "runs diff",
     .usage = "runs diff A B [--dir RUNS_DIR]",
     .summary = "parameters and metrics that differ between two runs",

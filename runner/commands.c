@@ -11,7 +11,6 @@ const command commands[] = {
     {"plan", "recipes", cmd_plan, &cli_plan},
     {"cache", "recipes", cmd_cache, &cli_cache},
     {"runs", "recipes", cmd_runs, &cli_runs},
-    {"runs diff", "recipes", cmd_runs, &cli_runs_diff}, /* cmd_runs hands `runs diff` to runs_diff */
     {"report", "recipes", cmd_report, &cli_report},
     {"data", "recipes", cmd_data, &cli_data},
     {"schema", "recipes", cmd_schema, &cli_schema},

@@ -49,6 +49,5 @@ CMD(doctor)
 CMD(report)
 CMD(push)
 #undef CMD
-extern const cli_cmd cli_runs_diff; /* cmd_report.c, reached through cmd_runs */
 
 #endif

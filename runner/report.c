@@ -600,6 +600,18 @@ static void section_recipe_env(FILE *f, page *pg, const char *run_dir) {
         esc(f, v);
         fputs("</td></tr>\n", f);
     }
+    /* the program: version, commit, build type, libraries (runner/version.c) */
+    const char *pk;
+    json_t *pv;
+    json_object_foreach(json_object_get(pg->summary, "program"), pk, pv) {
+        char *txt = json_is_string(pv) ? strdup(json_string_value(pv)) : json_dumps(pv, JSON_COMPACT | JSON_ENCODE_ANY);
+        fputs("<tr><th>program ", f);
+        esc(f, pk);
+        fputs("</th><td class=\"mono\">", f);
+        esc(f, txt);
+        fputs("</td></tr>\n", f);
+        free(txt);
+    }
     /* the models' sources: the hub commit a fetch resolved to */
     const char *name;
     json_t *st;
