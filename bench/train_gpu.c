@@ -14,8 +14,9 @@
  * plan fits the budget (the device's free memory unless --budget-gib) and recomputes each layer
  * otherwise; a plan that fits neither way stops with what it needs, what there is and what would
  * fit. --optimizer-offload on keeps AdamW's m and v in pinned host memory (ops->alloc_host), out
- * of the device plan, as the train stage's optimizer_offload does. It prints the median step, tokens/s, MFU with BASELINE.md's FLOP count (4 N_lin + 6 N_lora
- * + 6 L s h per token against 790 TFLOP/s), the share of BASELINE.md's floor and peak memory. */
+ * of the device plan, as the train stage's optimizer_offload does. It prints the median step,
+ * tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per token against
+ * 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -33,7 +34,7 @@
 #include "model/config.h"
 #include "model/llama.h"
 
-#define PEAK_TFLOPS 790.0 /* bf16 matmul measured on the H200 (BASELINE.md) */
+#define PEAK_TFLOPS 790.0 /* bf16 matmul measured on the H200 (the baseline, bench/RESULTS.md) */
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 static double now_s(void) {
@@ -239,7 +240,7 @@ typedef struct floor_row {
     double tok_s, tok_s_recompute;
 } floor_row;
 
-/* BASELINE.md: every unavoidable GEMM plus flash attention on the H200 */
+/* the baseline's floors (bench/RESULTS.md): every unavoidable GEMM plus flash attention on the H200 */
 static const floor_row floors[] = {{"7b", 2048, 1, 21557, 14806}, {"7b", 2048, 4, 23131, 15821},
                                    {"7b", 512, 8, 22599, 15518},  {"1b", 2048, 4, 105284, 74296},
                                    {"70b", 2048, 1, 2391, 1615},  {NULL, 0, 0, 0, 0}};

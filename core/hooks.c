@@ -9,9 +9,42 @@
 
 #include "err.h"
 
-const char *const hooks_points[] = {"generate", "format", "lr",           "on_step",
-                                    "on_eval",  "score",  "on_stage_end", "on_run_end", NULL};
+const hooks_point_info hooks_point_table[] = {
+    {"format", "format(record, ctx): a record to {prompt, response} or {segments}"},
+    {"generate", "generate(ctx): records for a synthetic dataset"},
+    {"lr", "lr(step, total_steps, base_lr): the learning rate schedule"},
+    {"score", "score(prediction, record): a task metric for evaluate"},
+    {"on_step", "on_step(metrics): after each training step (logging)"},
+    {"on_eval", "on_eval(results): after each evaluation (logging)"},
+    {"on_stage_end", "on_stage_end(stage, manifest): after each stage (notifications)"},
+    {"on_run_end", "on_run_end(summary): at the end of the run (notifications)"},
+    {0}};
 #define N_POINTS 8
+
+const hooks_limit_info hooks_limit_table[] = {
+    {"memory_mb", LUA_HOST_MEMORY_MB_MIN, LUA_HOST_MEMORY_MB_MAX, LUA_HOST_MEMORY_MB_DEFAULT,
+     "memory cap of each hook's Lua state"},
+    {"instructions", LUA_HOST_INSTRUCTIONS_MIN, LUA_HOST_INSTRUCTIONS_MAX, LUA_HOST_INSTRUCTIONS_DEFAULT,
+     "instruction budget of one hook call"},
+    {0}};
+
+static bool is_setting(const char *key) {
+    if (!strcmp(key, "allow")) return true;
+    for (const hooks_limit_info *l = hooks_limit_table; l->name; l++)
+        if (!strcmp(l->name, key)) return true;
+    return false;
+}
+
+/* "format, generate, ...; settings: allow, memory_mb, instructions" for messages */
+static void keys_text(char *buf, size_t n) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; hooks_point_table[i].name && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%s", i ? ", " : "", hooks_point_table[i].name);
+    if (o < n) o += (size_t)snprintf(buf + o, n - o, "; settings: allow");
+    for (const hooks_limit_info *l = hooks_limit_table; l->name && o < n; l++)
+        o += (size_t)snprintf(buf + o, n - o, ", %s", l->name);
+}
 
 struct hooks {
     lua_host_opts opts;
@@ -22,8 +55,8 @@ struct hooks {
 };
 
 static int point_index(const char *point) {
-    for (int i = 0; hooks_points[i]; i++)
-        if (!strcmp(hooks_points[i], point)) return i;
+    for (int i = 0; hooks_point_table[i].name; i++)
+        if (!strcmp(hooks_point_table[i].name, point)) return i;
     return -1;
 }
 
@@ -64,11 +97,11 @@ int hooks_open(hooks **out, const json_t *spec) {
     json_t *v;
     if (!rc && spec) {
         json_object_foreach((json_t *)spec, k, v) {
-            if (!strcmp(k, "allow") || !strcmp(k, "memory_mb") || !strcmp(k, "instructions")) continue;
+            if (is_setting(k)) continue;
             if (point_index(k) < 0) {
-                rc = err_set(ERR_RECIPE,
-                             "hooks: unknown key '%s' (hook points: generate, format, lr, on_step, on_eval, score, "
-                             "on_stage_end, on_run_end; settings: allow, memory_mb, instructions)", k);
+                char keys[512];
+                keys_text(keys, sizeof keys);
+                rc = err_set(ERR_RECIPE, "hooks: unknown key '%s' (hook points: %s)", k, keys);
                 break;
             }
             if (!json_is_string(v)) {

@@ -24,8 +24,24 @@
 
 typedef struct hooks hooks;
 
-/* The hook points, in the order a run meets them. */
-extern const char *const hooks_points[]; /* NULL-terminated */
+/* The one table of hook points and hook settings. The recipe checker builds its schema of
+ * `hooks:` from it (runner/recipe.c), hooks_open accepts exactly these keys, and the limits are
+ * the ones lua_host_opts_from_json applies (core/lua_host.h), so a limit has one value. */
+typedef struct hooks_point_info {
+    const char *name; /* the hook point, and the name of the function its file defines */
+    const char *doc;  /* its signature and what it is for, one line */
+} hooks_point_info;
+extern const hooks_point_info hooks_point_table[]; /* terminated by {0} */
+
+typedef struct hooks_limit_info {
+    const char *name; /* the key under hooks: */
+    int64_t min, max, def;
+    const char *doc;
+} hooks_limit_info;
+extern const hooks_limit_info hooks_limit_table[]; /* memory_mb, instructions; terminated by {0} */
+
+/* The capabilities hooks.allow may grant, '|'-separated */
+#define HOOKS_ALLOW_CHOICES "io|http"
 
 /* spec may be NULL (no hooks). ERR_RECIPE for unknown points or capabilities, unreadable
  * files, or a file that lacks its point's function. */

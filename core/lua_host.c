@@ -729,14 +729,18 @@ int lua_host_opts_from_json(lua_host_opts *o, const json_t *spec) {
     json_decref(one);
     json_t *m = json_object_get(spec, "memory_mb");
     if (m) {
-        if (!json_is_integer(m) || json_integer_value(m) < 1 || json_integer_value(m) > (1 << 20))
-            return err_set(ERR_RECIPE, "hooks.memory_mb: expected an integer from 1 to 1048576");
+        if (!json_is_integer(m) || json_integer_value(m) < LUA_HOST_MEMORY_MB_MIN ||
+            json_integer_value(m) > LUA_HOST_MEMORY_MB_MAX)
+            return err_set(ERR_RECIPE, "hooks.memory_mb: expected an integer from %d to %d", LUA_HOST_MEMORY_MB_MIN,
+                           LUA_HOST_MEMORY_MB_MAX);
         o->memory_limit = (size_t)json_integer_value(m) << 20;
     }
     json_t *ins = json_object_get(spec, "instructions");
     if (ins) {
-        if (!json_is_integer(ins) || json_integer_value(ins) < 1000)
-            return err_set(ERR_RECIPE, "hooks.instructions: expected an integer of at least 1000");
+        if (!json_is_integer(ins) || json_integer_value(ins) < LUA_HOST_INSTRUCTIONS_MIN ||
+            json_integer_value(ins) > LUA_HOST_INSTRUCTIONS_MAX)
+            return err_set(ERR_RECIPE, "hooks.instructions: expected an integer from %lld to %lld",
+                           (long long)LUA_HOST_INSTRUCTIONS_MIN, (long long)LUA_HOST_INSTRUCTIONS_MAX);
         o->instruction_limit = (uint64_t)json_integer_value(ins);
     }
     return 0;

@@ -33,8 +33,18 @@ enum lua_host_cap {
     LUA_HOST_CAP_HTTP = 1 << 1 /* qlora.http_post */
 };
 
-#define LUA_HOST_DEFAULT_MEMORY (256u << 20)          /* bytes */
-#define LUA_HOST_DEFAULT_INSTRUCTIONS 2000000000ull /* per call */
+/* The limits of a recipe's hooks (hooks.memory_mb, hooks.instructions): their one set of
+ * values, which lua_host_opts_from_json applies and core/hooks.h's table gives the recipe
+ * checker. The `lua` stage sets its own, larger limits directly in lua_host_opts. */
+#define LUA_HOST_MEMORY_MB_MIN 1
+#define LUA_HOST_MEMORY_MB_MAX 65536
+#define LUA_HOST_MEMORY_MB_DEFAULT 256
+#define LUA_HOST_INSTRUCTIONS_MIN 1000
+#define LUA_HOST_INSTRUCTIONS_MAX 1000000000000ll
+#define LUA_HOST_INSTRUCTIONS_DEFAULT 100000000ll
+
+#define LUA_HOST_DEFAULT_MEMORY ((size_t)LUA_HOST_MEMORY_MB_DEFAULT << 20)      /* bytes */
+#define LUA_HOST_DEFAULT_INSTRUCTIONS ((uint64_t)LUA_HOST_INSTRUCTIONS_DEFAULT) /* per call */
 
 typedef struct lua_host_opts {
     unsigned caps;              /* LUA_HOST_CAP_* */

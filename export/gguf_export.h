@@ -1,6 +1,6 @@
 /* gguf_export.h: a merged model as one GGUF file that llama.cpp loads.
  *
- * Follows llama.cpp's convert_hf_to_gguf for these architectures (docs/formats.md section 9):
+ * Follows llama.cpp's convert_hf_to_gguf for these architectures (docs/gguf.md):
  * llama and mistral are written as arch "llama" with the q/k rows permuted from HF's
  * rotate_half layout back to interleaved pairs; qwen2 as arch "qwen2", unpermuted (NEOX
  * rope). Norms and other 1-D tensors are F32; 2-D tensors take the requested type (a row

@@ -309,67 +309,50 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-int bnb_quantize_dir(const char *in_dir, const char *out_dir, const bnb_opts *o, bnb_report *rep) {
-    double t0 = now_s();
-    memset(rep, 0, sizeof *rep);
-    int rc = check_opts(o);
-    if (rc) return rc;
-    pthread_once(&dynamic_once, dynamic_init);
+/* ---- bnb_quantize_dir, in its steps ---- */
 
+/* the input's config.json, which must be an unquantized Hugging Face model's */
+static int load_input_config(const char *in_dir, json_t **out) {
+    *out = NULL;
     char *cfg_path = fs_join(in_dir, "config.json");
     json_error_t je;
     json_t *cfg = json_load_file(cfg_path, 0, &je);
-    if (!cfg || !json_is_object(cfg)) {
+    int rc = 0;
+    if (!cfg || !json_is_object(cfg))
         rc = fs_exists(cfg_path) ? err_set(ERR_DATA, "%s:%d:%d: %s", cfg_path, je.line, je.column, je.text)
                                  : err_set(ERR_DATA, "'%s' has no config.json: not a Hugging Face model directory", in_dir);
-        free(cfg_path);
-        json_decref(cfg);
-        return rc;
-    }
+    else if (json_object_get(cfg, "quantization_config"))
+        rc = err_set(ERR_DATA, "'%s' is already quantized (config.json has quantization_config)", in_dir);
     free(cfg_path);
-    if (json_object_get(cfg, "quantization_config")) {
-        json_decref(cfg);
-        return err_set(ERR_DATA, "'%s' is already quantized (config.json has quantization_config)", in_dir);
-    }
-    st_model *m = NULL;
-    rc = st_open(&m, in_dir);
-    if (rc) {
-        json_decref(cfg);
-        return rc;
-    }
+    if (rc) json_decref(cfg);
+    else *out = cfg;
+    return rc;
+}
 
-    size_t nt = st_count(m);
-    double done_bytes = 0;
-    qlinear *ql = calloc(nt ? nt : 1, sizeof *ql);
-    rep->t = calloc(nt ? nt : 1, sizeof *rep->t);
-    rep->n = nt;
-    st_writer *w = NULL;
-    char *tmp = NULL;
-    uint64_t quant_in = 0;
-    if (!ql || !rep->t) {
-        rc = err_set(ERR_STAGE, "out of memory");
-        goto done;
-    }
-    /* validate every tensor before any expensive work */
-    for (size_t i = 0; i < nt && !rc; i++) {
+/* every tensor checked before any expensive work; *quant_in: the bytes to quantize */
+static int check_tensors(const st_model *m, const char *in_dir, const bnb_opts *o, uint64_t *quant_in) {
+    *quant_in = 0;
+    for (size_t i = 0; i < st_count(m); i++) {
         const st_tensor *t = st_at(m, i);
-        if (strstr(t->name, ".quant_state.") || strstr(t->name, ".weight.absmax")) {
-            rc = err_set(ERR_DATA, "'%s' is already quantized (tensor '%s')", in_dir, t->name);
-            break;
-        }
+        if (strstr(t->name, ".quant_state.") || strstr(t->name, ".weight.absmax"))
+            return err_set(ERR_DATA, "'%s' is already quantized (tensor '%s')", in_dir, t->name);
         if (!bnb_should_quantize(t->name, t->ndim, o->skip, o->n_skip)) continue;
-        quant_in += t->nbytes;
+        *quant_in += t->nbytes;
         if (!torch_dtype_name(t->dtype))
-            rc = err_set(ERR_DATA, "tensor '%s' is %s: only bf16, f16 and f32 weights can be quantized", t->name,
-                         st_dtype_name(t->dtype));
-        else if (st_numel(t) == 0 || st_numel(t) > INT32_MAX)
-            rc = err_set(ERR_DATA, "tensor '%s' has %lld elements: bitsandbytes quantizes 1 to 2^31-1", t->name,
-                         (long long)st_numel(t));
+            return err_set(ERR_DATA, "tensor '%s' is %s: only bf16, f16 and f32 weights can be quantized", t->name,
+                           st_dtype_name(t->dtype));
+        if (st_numel(t) == 0 || st_numel(t) > INT32_MAX)
+            return err_set(ERR_DATA, "tensor '%s' has %lld elements: bitsandbytes quantizes 1 to 2^31-1", t->name,
+                           (long long)st_numel(t));
     }
-    if (rc) goto done;
+    return 0;
+}
 
-    /* pass 1: absmax and nested pieces of every Linear */
-    for (size_t i = 0; i < nt && !rc; i++) {
+/* pass 1: the report's row of every tensor, and absmax and nested pieces of every Linear */
+static int prepare_all(const st_model *m, const bnb_opts *o, uint64_t quant_in, double *done_bytes, qlinear *ql,
+                       bnb_report *rep) {
+    int rc = 0;
+    for (size_t i = 0; i < st_count(m) && !rc; i++) {
         const st_tensor *t = st_at(m, i);
         bnb_tensor_stat *s = &rep->t[i];
         s->name = strdup(t->name);
@@ -377,90 +360,79 @@ int bnb_quantize_dir(const char *in_dir, const char *out_dir, const bnb_opts *o,
         s->numel = st_numel(t);
         s->bytes_before = t->nbytes;
         if (!bnb_should_quantize(t->name, t->ndim, o->skip, o->n_skip)) continue;
-        if (o->interrupted && *o->interrupted) {
-            rc = err_set(ERR_INTERRUPTED, "interrupted");
-            break;
-        }
+        if (o->interrupted && *o->interrupted) return err_set(ERR_INTERRUPTED, "interrupted");
         qlinear *q = &ql[i];
         q->src = t;
         q->o = o;
         q->n = st_numel(t);
         q->nb = nf4_nblocks(q->n, o->blocksize);
         q->dmap = dynamic_map;
-        q->done = &done_bytes;
+        q->done = done_bytes;
         q->total = 2.0 * (double)quant_in;
         rc = qlinear_prepare(q);
         s->quantized = true;
         if (!rc) qlinear_progress(q);
     }
-    if (rc) goto done;
+    return rc;
+}
 
-    /* shard like the input: a sharded input sets the shard limit to its largest file */
+/* shard like the input: a sharded input sets the shard limit to its largest file (0: one file) */
+static uint64_t input_shard_limit(const st_model *m, const char *in_dir) {
     uint64_t max_shard = 0;
     char *idx = fs_join(in_dir, "model.safetensors.index.json");
     if (fs_exists(idx))
-        for (size_t i = 0; i < nt; i++) {
+        for (size_t i = 0; i < st_count(m); i++) {
             int64_t sz = fs_size(st_at(m, i)->file);
             if (sz > 0 && (uint64_t)sz > max_shard) max_shard = (uint64_t)sz;
         }
     free(idx);
+    return max_shard;
+}
 
-    if ((rc = pubdir_begin(&tmp, out_dir))) goto done;
-    if ((rc = st_writer_open(&w, tmp, "model", max_shard))) goto done;
+/* the tensors of one quantized Linear (docs/bitsandbytes.md); the codes are filled in pass 2 */
+static int add_quantized(st_writer *w, const st_tensor *t, qlinear *q, const bnb_opts *o, bnb_tensor_stat *s) {
     const float *qmap = nf4_quant_map(o->quant_type);
     const char *qs = o->quant_type == OPS_FP4 ? "bitsandbytes__fp4" : "bitsandbytes__nf4";
-    for (size_t i = 0; i < nt && !rc; i++) {
-        const st_tensor *t = st_at(m, i);
-        qlinear *q = &ql[i];
-        bnb_tensor_stat *s = &rep->t[i];
-        if (!q->src) { /* kept as it is */
-            rc = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, NULL, fill_copy, (void *)t);
-            s->bytes_after = t->nbytes;
-            continue;
-        }
-        char name[600];
-        int64_t shp[2] = {nf4_packed_bytes(q->n), 1};
-        rc = st_writer_add(w, t->name, ST_U8, 2, shp, NULL, fill_codes, q);
-        s->bytes_after = (uint64_t)shp[0];
-        snprintf(name, sizeof name, "%s.absmax", t->name);
-        if (!rc && o->double_quant) {
-            rc = st_writer_add(w, name, ST_U8, 1, &q->nb, q->qabs, NULL, NULL);
-            s->bytes_after += (uint64_t)q->nb;
-            snprintf(name, sizeof name, "%s.nested_absmax", t->name);
-            if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &q->nn, q->nabs, NULL, NULL);
-            int64_t n256 = NF4_DYNAMIC_MAP_SIZE;
-            snprintf(name, sizeof name, "%s.nested_quant_map", t->name);
-            if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &n256, dynamic_map, NULL, NULL);
-            s->bytes_after += (uint64_t)q->nn * 4 + NF4_DYNAMIC_MAP_SIZE * 4;
-        } else if (!rc) {
-            rc = st_writer_add(w, name, ST_F32, 1, &q->nb, q->absmax, NULL, NULL);
-            s->bytes_after += (uint64_t)q->nb * 4;
-        }
-        int64_t n16 = 16, nst = (int64_t)q->state_len;
-        snprintf(name, sizeof name, "%s.quant_map", t->name);
-        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &n16, qmap, NULL, NULL);
-        snprintf(name, sizeof name, "%s.quant_state.%s", t->name, qs);
-        if (!rc) rc = st_writer_add(w, name, ST_U8, 1, &nst, q->state, NULL, NULL);
-        s->bytes_after += 64 + q->state_len;
+    char name[600];
+    int64_t shp[2] = {nf4_packed_bytes(q->n), 1};
+    int rc = st_writer_add(w, t->name, ST_U8, 2, shp, NULL, fill_codes, q);
+    s->bytes_after = (uint64_t)shp[0];
+    snprintf(name, sizeof name, "%s.absmax", t->name);
+    if (!rc && o->double_quant) {
+        rc = st_writer_add(w, name, ST_U8, 1, &q->nb, q->qabs, NULL, NULL);
+        s->bytes_after += (uint64_t)q->nb;
+        snprintf(name, sizeof name, "%s.nested_absmax", t->name);
+        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &q->nn, q->nabs, NULL, NULL);
+        int64_t n256 = NF4_DYNAMIC_MAP_SIZE;
+        snprintf(name, sizeof name, "%s.nested_quant_map", t->name);
+        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &n256, dynamic_map, NULL, NULL);
+        s->bytes_after += (uint64_t)q->nn * 4 + NF4_DYNAMIC_MAP_SIZE * 4;
+    } else if (!rc) {
+        rc = st_writer_add(w, name, ST_F32, 1, &q->nb, q->absmax, NULL, NULL);
+        s->bytes_after += (uint64_t)q->nb * 4;
     }
-    if (rc) goto done;
-    rc = st_writer_finish(&w); /* pass 2 runs inside, through fill_codes */
-    if (rc) goto done;
-    if ((rc = write_config(cfg, o, tmp))) goto done;
-    if ((rc = copy_side_files(in_dir, tmp))) goto done;
-    {
-        /* count the files written (model.safetensors or shards) */
-        DIR *d = opendir(tmp);
-        struct dirent *e;
-        while (d && (e = readdir(d)))
-            if (strstr(e->d_name, ".safetensors") && !strstr(e->d_name, ".index.json")) rep->shards++;
-        if (d) closedir(d);
-    }
-    rc = pubdir_commit(&tmp, out_dir);
+    int64_t n16 = 16, nst = (int64_t)q->state_len;
+    snprintf(name, sizeof name, "%s.quant_map", t->name);
+    if (!rc) rc = st_writer_add(w, name, ST_F32, 1, &n16, qmap, NULL, NULL);
+    snprintf(name, sizeof name, "%s.quant_state.%s", t->name, qs);
+    if (!rc) rc = st_writer_add(w, name, ST_U8, 1, &nst, q->state, NULL, NULL);
+    s->bytes_after += 64 + q->state_len;
+    return rc;
+}
 
-done:
-    if (w) st_writer_free(&w);
-    if (tmp) pubdir_abort(&tmp);
+/* the output directory's safetensors files (model.safetensors or its shards) */
+static int count_shards(const char *dir) {
+    int n = 0;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strstr(e->d_name, ".safetensors") && !strstr(e->d_name, ".index.json")) n++;
+    if (d) closedir(d);
+    return n;
+}
+
+/* the report's totals and errors; frees every qlinear */
+static void report_totals(bnb_report *rep, qlinear *ql, size_t nt) {
     double e2 = 0, r2 = 0;
     for (size_t i = 0; i < nt && ql && rep->t; i++) {
         bnb_tensor_stat *s = &rep->t[i];
@@ -479,6 +451,57 @@ done:
     }
     rep->rel_rmse = r2 > 0 ? sqrt(e2 / r2) : 0.0;
     rep->bits_per_param = rep->params_quantized ? 8.0 * (double)rep->quant_bytes_after / (double)rep->params_quantized : 0;
+}
+
+int bnb_quantize_dir(const char *in_dir, const char *out_dir, const bnb_opts *o, bnb_report *rep) {
+    double t0 = now_s();
+    memset(rep, 0, sizeof *rep);
+    int rc = check_opts(o);
+    if (rc) return rc;
+    pthread_once(&dynamic_once, dynamic_init);
+    json_t *cfg;
+    if ((rc = load_input_config(in_dir, &cfg))) return rc;
+    st_model *m = NULL;
+    if ((rc = st_open(&m, in_dir))) {
+        json_decref(cfg);
+        return rc;
+    }
+    size_t nt = st_count(m);
+    double done_bytes = 0;
+    qlinear *ql = calloc(nt ? nt : 1, sizeof *ql);
+    rep->t = calloc(nt ? nt : 1, sizeof *rep->t);
+    rep->n = nt;
+    st_writer *w = NULL;
+    char *tmp = NULL;
+    uint64_t quant_in = 0;
+    if (!ql || !rep->t) {
+        rc = err_set(ERR_STAGE, "out of memory");
+        goto done;
+    }
+    if ((rc = check_tensors(m, in_dir, o, &quant_in))) goto done;
+    if ((rc = prepare_all(m, o, quant_in, &done_bytes, ql, rep))) goto done;
+    if ((rc = pubdir_begin(&tmp, out_dir))) goto done;
+    if ((rc = st_writer_open(&w, tmp, "model", input_shard_limit(m, in_dir)))) goto done;
+    for (size_t i = 0; i < nt && !rc; i++) {
+        const st_tensor *t = st_at(m, i);
+        if (ql[i].src) {
+            rc = add_quantized(w, t, &ql[i], o, &rep->t[i]);
+        } else { /* kept as it is */
+            rc = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, NULL, fill_copy, (void *)t);
+            rep->t[i].bytes_after = t->nbytes;
+        }
+    }
+    if (rc) goto done;
+    if ((rc = st_writer_finish(&w))) goto done; /* pass 2 runs inside, through fill_codes */
+    if ((rc = write_config(cfg, o, tmp))) goto done;
+    if ((rc = copy_side_files(in_dir, tmp))) goto done;
+    rep->shards = count_shards(tmp);
+    rc = pubdir_commit(&tmp, out_dir);
+
+done:
+    if (w) st_writer_free(&w);
+    if (tmp) pubdir_abort(&tmp);
+    report_totals(rep, ql, nt);
     rep->seconds = now_s() - t0;
     free(ql);
     st_close(&m);

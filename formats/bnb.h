@@ -2,7 +2,7 @@
  *
  * Writing: bnb_quantize_dir turns an HF model directory (bf16/f16/f32 safetensors, single file
  * or sharded) into the directory transformers writes after loading it with
- * BitsAndBytesConfig(load_in_4bit=True, ...) and save_pretrained (formats.md section 3): every
+ * BitsAndBytesConfig(load_in_4bit=True, ...) and save_pretrained (docs/bitsandbytes.md): every
  * Linear weight P.weight becomes P.weight (U8 [(n+1)/2, 1]), P.weight.absmax (U8 codes when
  * double-quantized, else F32), P.weight.quant_map, P.weight.nested_absmax,
  * P.weight.nested_quant_map and P.weight.quant_state.bitsandbytes__nf4|__fp4 (Python json.dumps

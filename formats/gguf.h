@@ -1,6 +1,6 @@
 /* gguf.h: a GGUF v3 writer (the file format llama.cpp loads), streaming tensor data.
  *
- * Layout (docs/formats.md section 9): "GGUF", u32 version 3, u64 tensor count, u64 KV count;
+ * Layout (docs/gguf.md): "GGUF", u32 version 3, u64 tensor count, u64 KV count;
  * the KV pairs (u64-length strings, u32 value type, value); the tensor infos (name, u32
  * n_dims, u64 ne[] in ggml order = the PyTorch shape reversed, u32 ggml type, u64 offset into
  * the data section); zero padding to the alignment (32); the tensor data, each tensor padded

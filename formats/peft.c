@@ -1,4 +1,4 @@
-/* peft.c: PEFT LoRA adapter directories (see peft.h and docs/formats.md section 4). */
+/* peft.c: PEFT LoRA adapter directories (see peft.h and docs/peft.md). */
 #include "peft.h"
 
 #include <math.h>

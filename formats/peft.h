@@ -3,7 +3,7 @@
  * A directory holds adapter_config.json (json.dumps(indent=2, sort_keys=True), no trailing
  * newline, every key peft 0.21 writes) and adapter_model.safetensors (F32 tensors
  * `base_model.model.<module>.lora_A.weight` [r, in] and `.lora_B.weight` [out, r], with
- * __metadata__ {"format": "pt"}). See docs/formats.md section 4.
+ * __metadata__ {"format": "pt"}). See docs/peft.md.
  *
  * Keys of a loaded adapter_config.json that this struct does not model (rank_pattern,
  * modules_to_save, ...) are kept in `extra` and written back unchanged on save, so a

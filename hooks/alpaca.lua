@@ -1,4 +1,4 @@
--- alpaca.lua: the Alpaca prompt as a format hook (formats.md section 10, exact strings).
+-- alpaca.lua: the Alpaca prompt as a format hook (docs/alpaca.md, exact strings).
 -- `format: alpaca` does the same in C; this file is the starting point for your own variant:
 --   format: lua
 --   format_hook: hooks/alpaca.lua

@@ -414,7 +414,7 @@ static size_t on_header(char *buf, size_t size, size_t n, void *user) {
     return size * n;
 }
 
-/* What a HEAD on resolve says about a file (formats.md section 8): all three are required. */
+/* What a HEAD on resolve says about a file (docs/hub-protocol.md): all three are required. */
 static int meta_from_headers(const resp_headers *h, hub_file_meta *m) {
     memset(m, 0, sizeof *m);
     m->status = h->status;

@@ -1,6 +1,6 @@
 /* hub.h: a Hugging Face Hub client on libcurl that reads and writes the hub cache.
  *
- * Files land in the layout the Python tools use (formats.md section 8), so a model that
+ * Files land in the layout the Python tools use (docs/hub-protocol.md), so a model that
  * transformers already downloaded is reused, and the other way round:
  *   $HF_HUB_CACHE/models--org--name/blobs/<etag>               the bytes
  *   $HF_HUB_CACHE/models--org--name/snapshots/<commit>/<path>  relative symlink to the blob

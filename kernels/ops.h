@@ -93,8 +93,18 @@ static inline OPS_HD int ops_dropout_keep(uint64_t seed, uint64_t i, float p) {
     return (float)(ops_hash_u64(seed, i) >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
+/* What a backend says about its device (ops_table.info): what callers would otherwise learn by
+ * comparing the table's name. */
+typedef struct ops_backend_info {
+    char name[256];                 /* the device's name; the backend's name when it has none */
+    double total_bytes, free_bytes; /* the device's own memory (cudaMemGetInfo); 0 on cpu */
+    double live_bytes, peak_bytes;  /* allocated through the table and the ops' scratch */
+    const char *attention;          /* the attention kernels in use ("mma" | "tiled"), or "" */
+    size_t scratch_cap;             /* the cap scratch_cap_set set: 0 when uncapped */
+} ops_backend_info;
+
 typedef struct ops_table {
-    const char *name; /* "cpu" | "cuda" */
+    const char *name; /* "cpu" | "cuda": for messages and the resolved `device`, not for questions */
     int act_dtype;    /* enum ops_dtype */
 
     /* memory */
@@ -170,7 +180,24 @@ typedef struct ops_table {
                   float beta2, float eps, float weight_decay, int step);
     double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
+
+    /* questions about the backend (last, so the positional CUDA table stays readable) */
+    int own_memory; /* 1: memory apart from the host's (a GPU): plans must fit it, and alloc_host
+                       is host memory distinct from alloc's; 0: backend memory is host memory */
+    /* fill out with the device's name, memory and kernels; NULL: only name, the rest 0 / "" */
+    void (*info)(ops_backend_info *out);
+    /* cap the ops' largest scratch (the dequantized weight, shared with the cross-entropy chunk
+     * and attention's dq) at bytes, 0 lifting the cap; NULL: the backend has no such scratch */
+    void (*scratch_cap_set)(size_t bytes);
 } ops_table;
+
+/* Every op of the table, in table order: the function pointers from embedding_fwd to scale. A
+ * static assertion (ops_cpu.c) keeps the list and the struct in step, and test_ops_gpu fails for
+ * an op of the list that it does not check against the reference. */
+#define OPS_TABLE_OPS(X)                                                                                    \
+    X(embedding_fwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(add_inplace) X(rope) X(attention_fwd) X(attention_bwd) \
+    X(attention_cached) X(swiglu_fwd) X(swiglu_bwd) X(qlinear_fwd) X(qlinear_bwd) X(xent_fwd_bwd) X(logits)  \
+    X(adamw) X(sum_squares) X(scale)
 
 static inline size_t ops_act_size(const ops_table *ops) { return ops->act_dtype == OPS_F32 ? 4 : 2; }
 

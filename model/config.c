@@ -1,5 +1,5 @@
 /* config.c: config.json of the llama, mistral and qwen2 families (see config.h and
- * docs/formats.md section 6). Reading accepts both transformers layouts; writing uses the
+ * docs/llama-checkpoint.md). Reading accepts both transformers layouts; writing uses the
  * 4.x one through the Python-compatible dumper, so the file reads like transformers' own. */
 #include "config.h"
 

@@ -50,7 +50,7 @@ int config_arch_from_name(const char *name, model_arch *a);
 /* sizes consistent (positive, heads a multiple of kv heads, even head_dim); ERR_USAGE */
 int config_check(const model_config *c);
 
-/* The checkpoint's tensors as transformers names and shapes them (formats.md section 6),
+/* The checkpoint's tensors as transformers names and shapes them (docs/llama-checkpoint.md),
  * in state-dict order: embeddings, then per layer, then the final norm and lm_head. */
 typedef enum tensor_role { TROLE_EMBED, TROLE_NORM, TROLE_LINEAR, TROLE_BIAS, TROLE_LM_HEAD } tensor_role;
 typedef struct config_tensor {

@@ -157,6 +157,23 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt);
 
+/* The plan a run asks for by mode (llama_plan.c): LLAMA_PLAN_NONE and LLAMA_PLAN_EVERY as told,
+ * LLAMA_PLAN_AUTO checkpointing every layer only when the activations without it would not fit
+ * budget_bytes (0: what the device has free after the weights, less a margin for the ops'
+ * scratch; on a backend without its own memory, half of RAM), or when the device refuses the
+ * plain plan. With checkpointing on a device, the lean knobs (the MLP in row chunks, the ops'
+ * scratch capped: slower, a few hundred MB smaller) are taken only when the plain checkpointed
+ * plan would not fit. What was decided is in *out (may be NULL) for the caller to report. */
+typedef enum llama_plan_mode { LLAMA_PLAN_NONE, LLAMA_PLAN_EVERY, LLAMA_PLAN_AUTO } llama_plan_mode;
+typedef struct llama_plan_choice {
+    double budget_bytes;     /* what auto planned against (after defaults) */
+    double plain_bytes;      /* auto: activations without checkpointing */
+    bool over_budget;        /* auto: plain_bytes > budget_bytes, so checkpointing */
+    bool device_refused;     /* auto: the plain plan did not fit the device, so checkpointing */
+    bool lean;               /* the lean knobs were taken */
+} llama_plan_choice;
+int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, double budget_bytes, llama_plan_choice *out);
+
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */
     const int32_t *labels;    /* host [T], unshifted, -100 masked */

@@ -6,25 +6,6 @@
 
 #include "core/err.h"
 
-#include "kernels/cuda/cuda_ext.h"
-#include "kernels/cuda/device.h"
-
-/* The CUDA extras are defined only in builds with the CUDA kernels: without them a weak reference
- * reads NULL. With them the references must be strong: the kernels are a static library, and a
- * weak reference alone does not pull a member out of an archive, so qlora-run would link without
- * its GPU backend (ops_cpu.c defines ops_cuda() returning NULL in builds without CUDA). */
-#ifndef QLORA_HAVE_CUDA
-#pragma weak cuda_device_query
-#pragma weak cuda_mem_stats
-#pragma weak cuda_attention_selected
-#pragma weak cuda_attention_name
-#pragma weak cuda_scratch_cap_set
-#pragma weak cuda_scratch_cap
-#define HAVE_FN(f) ((f) != NULL)
-#else
-#define HAVE_FN(f) 1
-#endif
-
 static int module_target(const char *module) {
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
         const char *p = llama_target_path((llama_target)t);
@@ -94,45 +75,4 @@ int llama_peft_read(const llama_model *m, peft_adapter *a) {
         }
     }
     return 0;
-}
-
-int device_ops(const char *device, const ops_table **out) {
-    const ops_table *cuda = ops_cuda();
-    if (!device || !strcmp(device, "cpu")) {
-        *out = ops_cpu();
-    } else if (!strcmp(device, "cuda")) {
-        if (!cuda) return err_set(ERR_STAGE, "device 'cuda' requested but no CUDA device is usable (built without "
-                                             "CUDA, or no GPU): use device: cpu");
-        *out = cuda;
-    } else if (!strcmp(device, "auto")) {
-        *out = cuda ? cuda : ops_cpu();
-    } else {
-        return err_set(ERR_USAGE, "unknown device '%s' (cpu, cuda or auto)", device);
-    }
-    return 0;
-}
-
-void device_info_get(const ops_table *ops, device_info *out) {
-    memset(out, 0, sizeof *out);
-    out->attention = "";
-    snprintf(out->name, sizeof out->name, "%s", ops->name);
-    if (strcmp(ops->name, "cuda") || !HAVE_FN(cuda_device_query)) return;
-    cuda_device_info d;
-    if (cuda_device_query(&d) == 0 && d.count > 0) {
-        snprintf(out->name, sizeof out->name, "%s", d.name);
-        out->total_bytes = (double)d.total_bytes;
-        out->free_bytes = (double)d.free_bytes;
-    }
-    if (HAVE_FN(cuda_mem_stats)) {
-        size_t live = 0, peak = 0;
-        cuda_mem_stats(&live, &peak);
-        out->live_bytes = (double)live;
-        out->peak_bytes = (double)peak;
-    }
-    if (HAVE_FN(cuda_attention_selected) && HAVE_FN(cuda_attention_name)) out->attention = cuda_attention_name(cuda_attention_selected());
-    if (HAVE_FN(cuda_scratch_cap)) out->scratch_cap = cuda_scratch_cap();
-}
-
-void device_lean_scratch(const ops_table *ops, bool lean) {
-    if (!strcmp(ops->name, "cuda") && HAVE_FN(cuda_scratch_cap_set)) cuda_scratch_cap_set(lean ? DEVICE_LEAN_SCRATCH : 0);
 }

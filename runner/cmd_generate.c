@@ -13,6 +13,7 @@
 #include "model/config.h"
 #include "generate/generate.h"
 #include "model/llama.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "tokenizer/tokenizer.h"
 #include "runner/commands.h"

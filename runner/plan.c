@@ -10,22 +10,12 @@
 #include "core/fsutil.h"
 #include "core/hash.h"
 #include "core/log.h"
-#include "kernels/cuda/device.h"
+#include "model/device.h"
 #include "runner/gates.h"
 
 #define KEY_FORMAT 1 /* bump when the key document's shape changes */
 
-const char *plan_resolve_device(const char *want) {
-    if (!strcmp(want, "cpu")) return "cpu";
-    if (!strcmp(want, "cuda")) return "cuda";
-#ifdef QLORA_HAVE_CUDA
-    cuda_device_info info;
-    if (cuda_device_query(&info) == 0 && info.count > 0) return "cuda";
-#endif
-    return "cpu";
-}
-
-static bool device_dependent(const char *kind) { return !strcmp(kind, "train") || !strcmp(kind, "evaluate"); }
+const char *plan_resolve_device(const char *want) { return device_resolve(want); }
 
 /* a name for a file that survives moving the checkout: relative to the recipe dir when inside it */
 static const char *file_label(const recipe *r, const char *path, char *buf, size_t n) {
@@ -94,7 +84,7 @@ static json_t *key_doc(const plan *p, int i) {
     json_object_set_new(d, "params", params);
     json_object_set_new(d, "inputs", inputs);
     json_object_set_new(d, "files", files);
-    if (device_dependent(s->kind->name)) json_object_set_new(d, "device", json_string(p->device));
+    if (s->kind->device_dependent) json_object_set_new(d, "device", json_string(p->device));
     return d;
 }
 

@@ -40,30 +40,28 @@ static const param_spec gate_params[] = {
     {"better", PARAM_ENUM, NULL, 1, 0, "lower|higher", "which way is better, for a metric whose kind does not say (Lua stages, score hooks)", 0},
     {0}};
 
-static const param_spec hook_params[] = {
-    {"format", PARAM_FILE, NULL, 1, 0, NULL, "format(record, ctx): a record to {prompt, response} or {segments}", 0},
-    {"generate", PARAM_FILE, NULL, 1, 0, NULL, "generate(ctx): records for a synthetic dataset", 0},
-    {"lr", PARAM_FILE, NULL, 1, 0, NULL, "lr(step, total_steps, base_lr): the learning rate schedule", 0},
-    {"score", PARAM_FILE, NULL, 1, 0, NULL, "score(prediction, record): a task metric for evaluate", 0},
-    {"on_step", PARAM_FILE, NULL, 1, 0, NULL, "on_step(metrics): after each training step (logging)", 0},
-    {"on_eval", PARAM_FILE, NULL, 1, 0, NULL, "on_eval(results): after each evaluation (logging)", 0},
-    {"on_stage_end", PARAM_FILE, NULL, 1, 0, NULL, "on_stage_end(stage, manifest): after each stage (notifications)", 0},
-    {"on_run_end", PARAM_FILE, NULL, 1, 0, NULL, "on_run_end(summary): at the end of the run (notifications)", 0},
-    {"allow", PARAM_LIST, "[]", 1, 0, "io|http", "capabilities granted to hooks beyond the sandbox", 0},
-    {"memory_mb", PARAM_INT, "256", 1, 65536, NULL, "memory cap of each hook's Lua state", 0},
-    {"instructions", PARAM_INT, "100000000", 1000, 1e12, NULL, "instruction budget of one hook call", 0},
-    {0}};
-
 const param_spec *recipe_top_params(void) { return top_params; }
-const param_spec *recipe_hook_params(void) { return hook_params; }
 const param_spec *recipe_gate_params(void) { return gate_params; }
 
-/* hook points whose content changes a kind's output (so they enter its cache key) */
-static const char *key_hooks_of(const char *kind) {
-    if (!strcmp(kind, "dataset")) return "format|generate";
-    if (!strcmp(kind, "train")) return "lr";
-    if (!strcmp(kind, "evaluate")) return "format|score|generate";
-    return "";
+/* The schema of `hooks:`, built once from core/hooks.h's table: a file for each hook point,
+ * the capabilities, and the limits the Lua host applies. */
+#define N_HOOK_PARAMS 24
+static param_spec hook_params[N_HOOK_PARAMS];
+static char hook_defaults[4][32];
+
+const param_spec *recipe_hook_params(void) {
+    if (hook_params[0].name) return hook_params;
+    int n = 0, nd = 0;
+    for (const hooks_point_info *p = hooks_point_table; p->name; p++)
+        hook_params[n++] = (param_spec){p->name, PARAM_FILE, NULL, 1, 0, NULL, p->doc, 0};
+    hook_params[n++] = (param_spec){"allow", PARAM_LIST, "[]", 1, 0, HOOKS_ALLOW_CHOICES,
+                                    "capabilities granted to hooks beyond the sandbox", 0};
+    for (const hooks_limit_info *l = hooks_limit_table; l->name; l++) {
+        snprintf(hook_defaults[nd], sizeof hook_defaults[nd], "%lld", (long long)l->def);
+        hook_params[n++] = (param_spec){l->name, PARAM_INT, hook_defaults[nd++], (double)l->min, (double)l->max, NULL, l->doc, 0};
+    }
+    hook_params[n] = (param_spec){0};
+    return hook_params;
 }
 
 /* ---- error collection ---- */
@@ -352,21 +350,6 @@ static void add_key_file(vctx *v, const char *path) {
     json_t *x;
     json_array_foreach(v->key_files, i, x) if (!strcmp(json_string_value(x), path)) return;
     json_array_append_new(v->key_files, json_string(path));
-}
-
-/* fetch_model with source: path links a local folder instead of copying it: the folder enters
- * the key as a directory (the content of every file in it, as for a tokenizer directory), so
- * that replacing the weights in place re-runs what was made from them instead of reusing stale
- * artifacts. The hash memo keeps this to a stat per file after the first run. */
-static void add_model_folder(vctx *v, const char *recipe_dir, const json_t *params) {
-    const char *source = json_string_value(json_object_get(params, "source"));
-    const char *path = json_string_value(json_object_get(params, "path"));
-    if (!source || strcmp(source, "path") || !path) return;
-    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
-    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
-    free(given);
-    if (dir && fs_is_dir(dir)) add_key_file(v, dir);
-    free(dir);
 }
 
 /* a kind's own key files (stage_kind.key_files): resolved against the recipe's folder; one that
@@ -873,207 +856,172 @@ static json_t *gates_json(const recipe *r) {
     return o;
 }
 
-int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
-    *out = NULL;
-    char *chain[MAX_EXTENDS] = {0};
-    yt_node *root;
-    int rc = load_with_extends(path, 0, chain, &root);
-    if (rc) return rc;
-    for (int i = 0; i < n_sets && !rc; i++) rc = apply_set(root, sets[i]);
-    if (rc) { yt_free(&root); return rc; }
+/* ---- recipe_load, in its steps ---- */
 
-    recipe *r = calloc(1, sizeof *r);
-    r->root = root;
-    r->path = strdup(path);
-    r->dir = fs_dirname(path);
-    errs e = {0};
-    vctx v = {&e, "recipe", NULL};
-    json_t *top = validate_map(&v, top_params, root, NULL);
-    if (top) {
-        r->name = strdup(json_string_value(json_object_get(top, "name")));
-        r->seed = (uint64_t)json_integer_value(json_object_get(top, "seed"));
-        snprintf(r->device, sizeof r->device, "%s", json_string_value(json_object_get(top, "device")));
-        const char *cd = json_string_value(json_object_get(top, "cache_dir"));
-        const char *rd = json_string_value(json_object_get(top, "runs_dir"));
-        if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
-        if (rd) r->runs_dir = rd[0] == '/' ? strdup(rd) : fs_join(r->dir, rd);
-        /* absolute, so stages may change directory freely */
-        char *absdir = realpath(r->dir, NULL);
-        if (absdir) {
-            if (cd && cd[0] != '/') { free(r->cache_dir); r->cache_dir = fs_join(absdir, cd); }
-            if (rd && rd[0] != '/') { free(r->runs_dir); r->runs_dir = fs_join(absdir, rd); }
-            free(absdir);
-        }
-        if (!valid_stage_name(r->name))
-            errs_add(&e, yt_map_get(root, "name"), "recipe: 'name' must be letters, digits, '_' or '-' (it names directories), not '%s'", r->name);
+/* the top-level keys: name, seed, device, cache and runs directories (absolute) */
+static json_t *load_top(recipe *r, errs *e) {
+    vctx v = {e, "recipe", NULL};
+    json_t *top = validate_map(&v, top_params, r->root, NULL);
+    if (!top) return NULL;
+    r->name = strdup(json_string_value(json_object_get(top, "name")));
+    r->seed = (uint64_t)json_integer_value(json_object_get(top, "seed"));
+    snprintf(r->device, sizeof r->device, "%s", json_string_value(json_object_get(top, "device")));
+    const char *cd = json_string_value(json_object_get(top, "cache_dir"));
+    const char *rd = json_string_value(json_object_get(top, "runs_dir"));
+    if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
+    if (rd) r->runs_dir = rd[0] == '/' ? strdup(rd) : fs_join(r->dir, rd);
+    /* absolute, so stages may change directory freely */
+    char *absdir = realpath(r->dir, NULL);
+    if (absdir) {
+        if (cd && cd[0] != '/') { free(r->cache_dir); r->cache_dir = fs_join(absdir, cd); }
+        if (rd && rd[0] != '/') { free(r->runs_dir); r->runs_dir = fs_join(absdir, rd); }
+        free(absdir);
     }
-    /* hk */
-    yt_node *hn = yt_map_get(root, "hooks");
+    if (!valid_stage_name(r->name))
+        errs_add(e, yt_map_get(r->root, "name"), "recipe: 'name' must be letters, digits, '_' or '-' (it names directories), not '%s'", r->name);
+    return top;
+}
+
+/* `hooks:` against the hook table, defaults filled; unset hook points are left out, so
+ * stages see only the hooks that exist. NULL when invalid. */
+static json_t *load_hooks(const yt_node *hn, errs *e) {
+    vctx hv = {e, "hooks", NULL};
     json_t *hk = NULL;
     if (hn && !yt_is_null(hn)) {
-        if (hn->type != YT_MAP) errs_add(&e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
-        else {
-            vctx hv = {&e, "hooks", NULL};
-            hk = validate_map(&hv, hook_params, hn, NULL);
-        }
+        if (hn->type != YT_MAP) errs_add(e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
+        else hk = validate_map(&hv, recipe_hook_params(), hn, NULL);
     } else {
-        hk = json_object();
-        vctx hv = {&e, "hooks", NULL};
         yt_node *empty = yt_new_map(NULL);
-        json_decref(hk);
-        hk = validate_map(&hv, hook_params, empty, NULL);
+        hk = validate_map(&hv, recipe_hook_params(), empty, NULL);
         yt_free(&empty);
     }
-    /* unset hook points are left out: stages see only the hooks that exist */
     if (hk) {
         const char *hkey;
         json_t *hval;
         void *tmp;
         json_object_foreach_safe(hk, tmp, hkey, hval) if (json_is_null(hval)) json_object_del(hk, hkey);
     }
-    r->hooks = hk;
-    /* stages */
-    yt_node *sn = yt_map_get(root, "stages");
-    size_t nk;
-    const char **kinds = kind_names(&nk);
-    if (sn && sn->type != YT_MAP) errs_add(&e, sn, "recipe: 'stages' must be a mapping of stage name to {kind: ..., ...}");
-    else if (sn && sn->n == 0) errs_add(&e, sn, "recipe: 'stages' is empty: a recipe needs at least one stage");
-    if (sn && sn->type == YT_MAP) {
-        r->stages = calloc(sn->n ? sn->n : 1, sizeof *r->stages);
-        for (size_t i = 0; i < sn->n; i++) {
-            const yt_node *key = sn->keys[i], *st = sn->vals[i];
-            if (!valid_stage_name(key->text)) {
-                errs_add(&e, key, "stage name '%s' must be 1-64 letters, digits, '_' or '-'", key->text);
-                continue;
-            }
-            char where[128];
-            snprintf(where, sizeof where, "stage '%s'", key->text);
-            if (st->type != YT_MAP) {
-                errs_add(&e, st->type == YT_SCALAR ? key : st, "%s: expected a mapping with 'kind' and its parameters", where);
-                continue;
-            }
-            const yt_node *kn = yt_map_get(st, "kind");
-            if (!kn || yt_is_null(kn) || kn->type != YT_SCALAR) {
-                char *all = NULL;
-                size_t tot = 0;
-                for (size_t k = 0; k < nk; k++) tot += strlen(kinds[k]) + 2;
-                all = calloc(1, tot + 1);
-                for (size_t k = 0; k < nk; k++) { if (k) strcat(all, ", "); strcat(all, kinds[k]); }
-                errs_add(&e, kn ? kn : key, "%s: missing 'kind' (one of: %s)", where, all);
-                free(all);
-                continue;
-            }
-            const stage_kind *kind = stage_kind_find(kn->text);
-            if (kind && !strncmp(kind->name, "test_", 5) && !test_kinds_enabled()) kind = NULL;
-            if (!kind) {
-                char *sug = suggest_suffix(kn->text, kinds, nk);
-                errs_add(&e, kn, "%s: unknown kind '%s'%s", where, kn->text, sug);
-                free(sug);
-                continue;
-            }
-            recipe_stage *rs = &r->stages[r->n_stages++];
-            rs->name = strdup(key->text);
-            rs->kind = kind;
-            rs->node = st;
-            rs->key_files = json_array();
-            vctx sv = {&e, where, rs->key_files};
-            rs->params = validate_map(&sv, kind->params, st, "kind");
-            if (rs->params) {
-                /* a kind's own seed defaults to the recipe's */
-                if (stage_param_find(kind, "seed") && json_is_null(json_object_get(rs->params, "seed")))
-                    json_object_set_new(rs->params, "seed", json_integer((json_int_t)r->seed));
-                if (kind->check && kind->check(rs->params)) {
-                    errs_add(&e, st, "%s: %s", where, err_msg());
-                    err_clear();
-                }
-                if (!strcmp(kind->name, "fetch_model")) add_model_folder(&sv, r->dir, rs->params);
-                if (kind->key_files) {
-                    kind_files kf = {&sv, r->dir, st};
-                    kind->key_files(rs->params, add_kind_file, &kf);
-                }
-            }
-            /* hk that shape this kind's output */
-            const char *kh = key_hooks_of(kind->name);
-            if (hk && *kh) {
-                size_t nh;
-                const char **pts = split_choices(kh, &nh);
-                for (size_t h = 0; h < nh; h++) {
-                    const char *f = json_string_value(json_object_get(hk, pts[h]));
-                    if (f) add_key_file(&sv, f);
-                }
-                free(pts);
-            }
-            rs->hooks = hk ? json_incref(hk) : NULL;
-        }
-        /* references */
-        for (int i = 0; i < r->n_stages; i++) {
-            recipe_stage *rs = &r->stages[i];
-            if (!rs->params) continue;
-            char where[128];
-            snprintf(where, sizeof where, "stage '%s'", rs->name);
-            for (const param_spec *p = rs->kind->params; p->name; p++) {
-                if (p->type != PARAM_REF) continue;
-                const char *target = json_string_value(json_object_get(rs->params, p->name));
-                if (!target) continue;
-                const yt_node *at = yt_map_get(rs->node, p->name);
-                int t = -1;
-                for (int k = 0; k < r->n_stages; k++)
-                    if (!strcmp(r->stages[k].name, target)) t = k;
-                if (t < 0) {
-                    const char **names = malloc((size_t)r->n_stages * sizeof *names);
-                    for (int k = 0; k < r->n_stages; k++) names[k] = r->stages[k].name;
-                    char *sug = suggest_suffix(target, names, (size_t)r->n_stages);
-                    errs_add(&e, at, "%s: '%s' refers to stage '%s', which does not exist%s", where, p->name, target, sug);
-                    free(sug);
-                    free(names);
-                    continue;
-                }
-                if (t == i) {
-                    errs_add(&e, at, "%s: '%s' refers to the stage itself", where, p->name);
-                    continue;
-                }
-                if (p->choices && !in_choices(r->stages[t].kind->name, p->choices)) {
-                    char *all = choices_text(p->choices);
-                    errs_add(&e, at, "%s: '%s' must name a stage of kind %s, but '%s' is a %s stage", where, p->name, all,
-                             target, r->stages[t].kind->name);
-                    free(all);
-                    continue;
-                }
-                if (rs->n_refs == STAGE_MAX_INPUTS) {
-                    errs_add(&e, at, "%s: more than %d inputs", where, STAGE_MAX_INPUTS);
-                    continue;
-                }
-                rs->refs[rs->n_refs].role = strdup(p->name);
-                rs->refs[rs->n_refs].target = t;
-                rs->n_refs++;
-            }
-        }
+    return hk;
+}
+
+/* one stage: its kind, its parameters, its check, the files and hooks in its key */
+static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t *hk, const char **kinds, size_t nk,
+                       errs *e) {
+    if (!valid_stage_name(key->text)) {
+        errs_add(e, key, "stage name '%s' must be 1-64 letters, digits, '_' or '-'", key->text);
+        return;
     }
-    free(kinds);
-    if (!e.n) toposort(r, &e);
-    if (!e.n) load_gates(r, yt_map_get(root, "gates"), &e);
-    if (!e.n && r->n_gates) order_held_last(r);
-    if (top) {
-        json_t *rt = json_object_get(top, "report_to");
-        size_t q;
-        json_t *x;
-        json_array_foreach(rt, q, x) r->tensorboard |= !strcmp(json_string_value(x), "tensorboard");
+    char where[128];
+    snprintf(where, sizeof where, "stage '%s'", key->text);
+    if (st->type != YT_MAP) {
+        errs_add(e, st->type == YT_SCALAR ? key : st, "%s: expected a mapping with 'kind' and its parameters", where);
+        return;
     }
-    /* open every hook now: a syntax error or a missing function fails before any work */
-    if (!e.n && hk) {
-        hooks *h = NULL;
-        if (hooks_open(&h, hk)) {
-            errs_add(&e, hn, "hooks: %s", err_msg());
+    const yt_node *kn = yt_map_get(st, "kind");
+    if (!kn || yt_is_null(kn) || kn->type != YT_SCALAR) {
+        size_t tot = 0;
+        for (size_t k = 0; k < nk; k++) tot += strlen(kinds[k]) + 2;
+        char *all = calloc(1, tot + 1);
+        for (size_t k = 0; k < nk; k++) { if (k) strcat(all, ", "); strcat(all, kinds[k]); }
+        errs_add(e, kn ? kn : key, "%s: missing 'kind' (one of: %s)", where, all);
+        free(all);
+        return;
+    }
+    const stage_kind *kind = stage_kind_find(kn->text);
+    if (kind && !strncmp(kind->name, "test_", 5) && !test_kinds_enabled()) kind = NULL;
+    if (!kind) {
+        char *sug = suggest_suffix(kn->text, kinds, nk);
+        errs_add(e, kn, "%s: unknown kind '%s'%s", where, kn->text, sug);
+        free(sug);
+        return;
+    }
+    recipe_stage *rs = &r->stages[r->n_stages++];
+    rs->name = strdup(key->text);
+    rs->kind = kind;
+    rs->node = st;
+    rs->key_files = json_array();
+    vctx sv = {e, where, rs->key_files};
+    rs->params = validate_map(&sv, kind->params, st, "kind");
+    if (rs->params) {
+        /* a kind's own seed defaults to the recipe's */
+        if (stage_param_find(kind, "seed") && json_is_null(json_object_get(rs->params, "seed")))
+            json_object_set_new(rs->params, "seed", json_integer((json_int_t)r->seed));
+        if (kind->check && kind->check(rs->params)) {
+            errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
         }
-        hooks_free(&h);
+        if (kind->key_files) {
+            kind_files kf = {&sv, r->dir, st};
+            kind->key_files(rs->params, add_kind_file, &kf);
+        }
+        if (kind->key_paths) {
+            json_t *paths = json_array();
+            kind->key_paths(rs->params, r->dir, paths);
+            size_t pi;
+            json_t *pv;
+            json_array_foreach(paths, pi, pv) add_key_file(&sv, json_string_value(pv));
+            json_decref(paths);
+        }
     }
-    if (e.n) {
-        json_decref(top);
-        recipe_free(&r);
-        return errs_finish(&e);
+    /* the hooks that shape this kind's output */
+    if (hk && kind->key_hooks) {
+        size_t nh;
+        const char **pts = split_choices(kind->key_hooks, &nh);
+        for (size_t h = 0; h < nh; h++) {
+            const char *f = json_string_value(json_object_get(hk, pts[h]));
+            if (f) add_key_file(&sv, f);
+        }
+        free(pts);
     }
-    /* the resolved recipe, for show and the run record */
+    rs->hooks = hk ? json_incref(hk) : NULL;
+}
+
+/* every PARAM_REF of stage i to the stage it names, checked for existence, self and kind */
+static void resolve_refs(recipe *r, int i, errs *e) {
+    recipe_stage *rs = &r->stages[i];
+    if (!rs->params) return;
+    char where[128];
+    snprintf(where, sizeof where, "stage '%s'", rs->name);
+    for (const param_spec *p = rs->kind->params; p->name; p++) {
+        if (p->type != PARAM_REF) continue;
+        const char *target = json_string_value(json_object_get(rs->params, p->name));
+        if (!target) continue;
+        const yt_node *at = yt_map_get(rs->node, p->name);
+        int t = -1;
+        for (int k = 0; k < r->n_stages; k++)
+            if (!strcmp(r->stages[k].name, target)) t = k;
+        if (t < 0) {
+            const char **names = malloc((size_t)r->n_stages * sizeof *names);
+            for (int k = 0; k < r->n_stages; k++) names[k] = r->stages[k].name;
+            char *sug = suggest_suffix(target, names, (size_t)r->n_stages);
+            errs_add(e, at, "%s: '%s' refers to stage '%s', which does not exist%s", where, p->name, target, sug);
+            free(sug);
+            free(names);
+            continue;
+        }
+        if (t == i) {
+            errs_add(e, at, "%s: '%s' refers to the stage itself", where, p->name);
+            continue;
+        }
+        if (p->choices && !in_choices(r->stages[t].kind->name, p->choices)) {
+            char *all = choices_text(p->choices);
+            errs_add(e, at, "%s: '%s' must name a stage of kind %s, but '%s' is a %s stage", where, p->name, all,
+                     target, r->stages[t].kind->name);
+            free(all);
+            continue;
+        }
+        if (rs->n_refs == STAGE_MAX_INPUTS) {
+            errs_add(e, at, "%s: more than %d inputs", where, STAGE_MAX_INPUTS);
+            continue;
+        }
+        rs->refs[rs->n_refs].role = strdup(p->name);
+        rs->refs[rs->n_refs].target = t;
+        rs->n_refs++;
+    }
+}
+
+/* the resolved recipe, for show and the run record */
+static json_t *build_resolved(const recipe *r, const json_t *top) {
     json_t *res = json_object();
     json_object_set_new(res, "name", json_string(r->name));
     json_t *desc = json_object_get(top, "description");
@@ -1093,7 +1041,61 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
     json_object_set_new(res, "stages", stages);
     if (r->n_gates) json_object_set_new(res, "gates", gates_json(r));
     json_object_set(res, "report_to", json_object_get(top, "report_to"));
-    r->resolved = res;
+    return res;
+}
+
+int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
+    *out = NULL;
+    char *chain[MAX_EXTENDS] = {0};
+    yt_node *root;
+    int rc = load_with_extends(path, 0, chain, &root);
+    if (rc) return rc;
+    for (int i = 0; i < n_sets && !rc; i++) rc = apply_set(root, sets[i]);
+    if (rc) { yt_free(&root); return rc; }
+
+    recipe *r = calloc(1, sizeof *r);
+    r->root = root;
+    r->path = strdup(path);
+    r->dir = fs_dirname(path);
+    errs e = {0};
+    json_t *top = load_top(r, &e);
+    yt_node *hn = yt_map_get(root, "hooks");
+    r->hooks = load_hooks(hn, &e);
+    yt_node *sn = yt_map_get(root, "stages");
+    if (sn && sn->type != YT_MAP) errs_add(&e, sn, "recipe: 'stages' must be a mapping of stage name to {kind: ..., ...}");
+    else if (sn && sn->n == 0) errs_add(&e, sn, "recipe: 'stages' is empty: a recipe needs at least one stage");
+    if (sn && sn->type == YT_MAP) {
+        size_t nk;
+        const char **kinds = kind_names(&nk);
+        r->stages = calloc(sn->n ? sn->n : 1, sizeof *r->stages);
+        for (size_t i = 0; i < sn->n; i++) load_stage(r, sn->keys[i], sn->vals[i], r->hooks, kinds, nk, &e);
+        for (int i = 0; i < r->n_stages; i++) resolve_refs(r, i, &e);
+        free(kinds);
+    }
+    if (!e.n) toposort(r, &e);
+    if (!e.n) load_gates(r, yt_map_get(root, "gates"), &e);
+    if (!e.n && r->n_gates) order_held_last(r);
+    if (top) {
+        json_t *rt = json_object_get(top, "report_to");
+        size_t q;
+        json_t *x;
+        json_array_foreach(rt, q, x) r->tensorboard |= !strcmp(json_string_value(x), "tensorboard");
+    }
+    /* open every hook now: a syntax error or a missing function fails before any work */
+    if (!e.n && r->hooks) {
+        hooks *h = NULL;
+        if (hooks_open(&h, r->hooks)) {
+            errs_add(&e, hn, "hooks: %s", err_msg());
+            err_clear();
+        }
+        hooks_free(&h);
+    }
+    if (e.n) {
+        json_decref(top);
+        recipe_free(&r);
+        return errs_finish(&e);
+    }
+    r->resolved = build_resolved(r, top);
     json_decref(top);
     *out = r;
     return 0;

@@ -254,10 +254,11 @@ static const metric_spec dataset_metrics[] = {
 
 const stage_kind stage_kind_dataset = {
     .name = "dataset",
-    .version = 1,
+    .version = 2, /* 2: meta.json says how records were formatted (evaluate reads it) */
     .doc = "tokenize, mask, pack and split training data (Alpaca, chat, completion or a Lua format)",
     .params = dataset_params,
     .check = dataset_check,
     .run = dataset_run,
+    .key_hooks = "format|generate",
     .metrics = dataset_metrics,
 };

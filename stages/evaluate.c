@@ -29,6 +29,7 @@
 #include "model/config.h"
 #include "generate/generate.h"
 #include "model/llama.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/llama_trainer.h"
 #include "tokenizer/tokenizer.h"
@@ -541,7 +542,7 @@ static int eval_run(stage_ctx *ctx) {
     side sides[STAGE_MAX_INPUTS];
     int n_sets = 0;
     memset(sets, 0, sizeof sets);
-    json_t *gens = json_array(), *results = NULL, *task_results = NULL;
+    json_t *gens = json_array(), *results = NULL, *task_results = NULL, *dfmt = NULL;
     const char **stops = NULL;
     const ops_table *ops;
     int rc;
@@ -549,24 +550,25 @@ static int eval_run(stage_ctx *ctx) {
     if ((rc = device_ops(ctx->device, &ops))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&e.tok, mdir))) goto out;
     if ((rc = hooks_open(&e.hooks, ctx->hooks))) goto out;
-    /* prompts are formatted as the data was: the recipe's format hook, else the data stage's
-     * format_hook or built-in alpaca format, with the same ctx.args */
+    /* prompts are formatted as the data was (the dataset artifact's meta.json says how): the
+     * recipe's format hook, else the data's format hook or built-in alpaca format, with the same
+     * ctx.args */
     const stage_input *fin = stage_input_get(ctx, "data");
-    json_t *dparams = fin ? json_object_get(fin->manifest, "params") : NULL;
-    const char *dformat = json_string_value(json_object_get(dparams, "format"));
-    const char *dhook = json_string_value(json_object_get(dparams, "format_hook"));
+    if (fin && (rc = train_data_formatting(fin->dir, &dfmt))) goto out;
+    const char *dformat = json_string_value(json_object_get(dfmt, "format"));
+    const char *dhook = json_string_value(json_object_get(dfmt, "format_hook"));
     if (!hooks_has(e.hooks, "format") && dformat && !strcmp(dformat, "lua") && dhook &&
         (rc = hooks_bind(e.hooks, "format", dhook)))
         goto out;
     e.alpaca = dformat && !strcmp(dformat, "alpaca");
     int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
     const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
-    json_t *dargs = json_object_get(dparams, "hook_args");
+    json_t *dargs = json_object_get(dfmt, "hook_args");
     e.fmt_ctx = json_pack("{s:s, s:s, s:s, s:s, s:b, s:O}", "stage", ctx->name, "purpose", "evaluate", "bos_token",
                           bos_t ? bos_t : "", "eos_token", eos_t ? eos_t : "", "train_on_inputs", 0, "args",
                           dargs ? dargs : json_null());
-    if (json_is_integer(json_object_get(dparams, "sequence_len")))
-        json_object_set(e.fmt_ctx, "sequence_len", json_object_get(dparams, "sequence_len"));
+    if (json_is_integer(json_object_get(dfmt, "sequence_len")))
+        json_object_set(e.fmt_ctx, "sequence_len", json_object_get(dfmt, "sequence_len"));
     hooks_set_callbacks(e.hooks, &(lua_host_callbacks){.ud = &e, .tokenize = cb_tokenize, .metric = cb_metric,
                                                         .log = cb_log});
 
@@ -694,6 +696,7 @@ out:
     json_decref(task_results);
     json_decref(results);
     json_decref(gens);
+    json_decref(dfmt);
     for (size_t k = 0; k < e.n_items; k++) {
         free(e.items[k].text);
         free(e.items[k].ids);
@@ -733,5 +736,7 @@ const stage_kind stage_kind_evaluate = {
     .check = eval_check,
     .key_files = eval_key_files,
     .run = eval_run,
+    .key_hooks = "format|score|generate",
+    .device_dependent = true,
     .metrics = eval_metrics,
 };

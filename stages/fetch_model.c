@@ -264,6 +264,20 @@ static int fetch_run(stage_ctx *c) {
     return rc;
 }
 
+/* source: path links a local folder instead of copying it: the folder enters the key as a
+ * directory (the content of every file in it, as for a tokenizer directory), so that replacing
+ * the weights in place re-runs what was made from them instead of reusing stale artifacts. The
+ * hash memo keeps this to a stat per file after the first run. */
+static void fetch_key_paths(const json_t *params, const char *recipe_dir, json_t *paths) {
+    const char *source = json_string_value(json_object_get(params, "source"));
+    const char *path = json_string_value(json_object_get(params, "path"));
+    if (!source || strcmp(source, "path") || !path) return;
+    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
+    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
+    free(given);
+    if (dir && fs_is_dir(dir)) json_array_append_new(paths, json_string(dir));
+    free(dir);
+}
 static const metric_spec fetch_metrics[] = {
     {"bytes_total", METRIC_NEITHER, "size of the model's files"},
     {"bytes_downloaded", METRIC_NEITHER, "bytes this run downloaded"},
@@ -277,5 +291,6 @@ const stage_kind stage_kind_fetch_model = {
     .params = fetch_params,
     .check = fetch_check,
     .run = fetch_run,
+    .key_paths = fetch_key_paths,
     .metrics = fetch_metrics,
 };

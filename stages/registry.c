@@ -6,33 +6,38 @@
 
 #include "stage.h"
 
-#define KIND(n) extern const stage_kind stage_kind_##n __attribute__((weak));
-KIND(fetch_model)
-KIND(init_model)
-KIND(quantize_nf4)
-KIND(attach_lora)
-KIND(dataset)
-KIND(train)
-KIND(evaluate)
-KIND(export)
-KIND(push_to_hub)
-KIND(lua)
-KIND(test_echo) /* test-only kinds (stages/testkinds.c), enabled by QLORA_TEST_KINDS=1 */
-KIND(test_sleep)
-KIND(test_publish)
-#undef KIND
+/* The one list of kinds, in the order docs and messages show them. The last three are test-only
+ * kinds (stages/testkinds.c), enabled by QLORA_TEST_KINDS=1. */
+#define STAGE_KINDS(X) \
+    X(fetch_model)     \
+    X(init_model)      \
+    X(quantize_nf4)    \
+    X(attach_lora)     \
+    X(dataset)         \
+    X(train)           \
+    X(evaluate)        \
+    X(export)          \
+    X(push_to_hub)     \
+    X(lua)             \
+    X(test_echo)       \
+    X(test_sleep)      \
+    X(test_publish)
 
-static const stage_kind *all[16];
+#define DECLARE(n) extern const stage_kind stage_kind_##n __attribute__((weak));
+STAGE_KINDS(DECLARE)
+#undef DECLARE
+
+#define ADDRESS(n) &stage_kind_##n,
+static const stage_kind *const candidates[] = {STAGE_KINDS(ADDRESS)};
+#undef ADDRESS
+
+static const stage_kind *all[sizeof candidates / sizeof candidates[0] + 1];
 
 const stage_kind *const *stage_kind_all(void) {
     if (!all[0]) {
-        const stage_kind *cand[] = {&stage_kind_fetch_model, &stage_kind_init_model, &stage_kind_quantize_nf4,
-                                    &stage_kind_attach_lora, &stage_kind_dataset, &stage_kind_train,
-                                    &stage_kind_evaluate, &stage_kind_export, &stage_kind_push_to_hub, &stage_kind_lua,
-                                    &stage_kind_test_echo, &stage_kind_test_sleep, &stage_kind_test_publish};
         int n = 0;
-        for (size_t i = 0; i < sizeof cand / sizeof cand[0]; i++)
-            if (cand[i]) all[n++] = cand[i];
+        for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++)
+            if (candidates[i]) all[n++] = candidates[i];
         all[n] = NULL;
     }
     return all;

@@ -116,6 +116,18 @@ typedef struct stage_kind {
      * in the recipe; the loader resolves each against the recipe's folder, checks it exists and
      * puts its content in the stage's cache key. Call add once a file. */
     void (*key_files)(const json_t *params, void (*add)(void *ud, const char *path), void *ud);
+    /* Everything else the runner knows about the kind, so that no runner code asks for a kind
+     * by name:
+     * key_hooks: the hook points ('|'-separated, from core/hooks.h) whose files shape the
+     *   output, so their content enters this kind's cache key (and no other kind's); NULL: none.
+     * device_dependent: the output differs between cpu and cuda, so the resolved device enters
+     *   the key.
+     * key_paths: optional; files or directories the key hashes beyond the PARAM_FILE,
+     *   PARAM_FILES and PARAM_PATH_OR_WORD parameters (fetch_model's linked local folder).
+     *   Appends absolute paths (JSON strings) to `paths`; params are resolved and valid. */
+    const char *key_hooks;
+    bool device_dependent;
+    void (*key_paths)(const json_t *params, const char *recipe_dir, json_t *paths);
     const metric_spec *metrics; /* terminated by {0}; NULL: records none */
     unsigned flags;             /* enum stage_kind_flags */
 } stage_kind;

@@ -102,6 +102,30 @@ static int echo_check(const json_t *p) {
 
 static const metric_spec echo_metrics[] = {{"bytes", METRIC_HIGHER, "bytes written to out.txt"}, {0}};
 
-const stage_kind stage_kind_test_echo = {"test_echo", 1, "test only: writes its text and its inputs' texts", echo_params, echo_check, echo_run, NULL, echo_metrics, 0};
-const stage_kind stage_kind_test_publish = {"test_publish", 1, "test only: an echo held back by gates, as export is", echo_params, echo_check, echo_run, NULL, echo_metrics, STAGE_KIND_PUBLISHES};
-const stage_kind stage_kind_test_sleep = {"test_sleep", 1, "test only: sleeps, then writes its text", sleep_params, NULL, sleep_run, NULL, echo_metrics, 0};
+const stage_kind stage_kind_test_echo = {
+    .name = "test_echo",
+    .version = 1,
+    .doc = "test only: writes its text and its inputs' texts",
+    .params = echo_params,
+    .check = echo_check,
+    .run = echo_run,
+    .metrics = echo_metrics,
+};
+const stage_kind stage_kind_test_publish = {
+    .name = "test_publish",
+    .version = 1,
+    .doc = "test only: an echo held back by gates, as export is",
+    .params = echo_params,
+    .check = echo_check,
+    .run = echo_run,
+    .metrics = echo_metrics,
+    .flags = STAGE_KIND_PUBLISHES,
+};
+const stage_kind stage_kind_test_sleep = {
+    .name = "test_sleep",
+    .version = 1,
+    .doc = "test only: sleeps, then writes its text",
+    .params = sleep_params,
+    .run = sleep_run,
+    .metrics = echo_metrics,
+};

@@ -9,7 +9,6 @@
  * Lua hooks: lr(step, total_steps, base_lr) -> learning rate (lr_hook or hooks.lr),
  * on_step(metrics) and on_eval(results) (hooks.on_step / hooks.on_eval). */
 #define _GNU_SOURCE
-#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +19,10 @@
 #include "core/fsutil.h"
 #include "core/hooks.h"
 #include "formats/peft.h"
-#include "kernels/cuda/device.h"
 #include "model/adapter.h"
 #include "model/config.h"
 #include "model/llama.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/llama_trainer.h"
 #include "train/trainer.h"
@@ -60,21 +59,30 @@ static const param_spec train_params[] = {
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "data order and dropout seed (default: the recipe's seed)", 0},
     {0}};
 
+/* memory_budget: "8GB" / "512MB" (GiB and MiB alike: powers of 1024) to bytes; 0 if unset. The one
+ * parser, for check() at load time and for the run. A bare number is refused: it used to mean MB. */
+static int parse_budget(const char *s, double *bytes) {
+    *bytes = 0;
+    if (!s) return 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (v > 0 && end != s && !*end)
+        return err_set(ERR_RECIPE, "memory_budget '%s' needs a unit: write %sGB or %sMB", s, s, s);
+    bool gb = !strcasecmp(end, "GB") || !strcasecmp(end, "GiB"), mb = !strcasecmp(end, "MB") || !strcasecmp(end, "MiB");
+    if (!(v > 0) || !isfinite(v) || !(gb || mb))
+        return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", s);
+    *bytes = v * (gb ? 1073741824.0 : 1048576.0);
+    return 0;
+}
+
 static int train_check(const json_t *p) {
     if (json_integer_value(json_object_get(p, "max_steps")) > 0 &&
         json_integer_value(json_object_get(p, "warmup_steps")) > json_integer_value(json_object_get(p, "max_steps")))
         return err_set(ERR_RECIPE, "warmup_steps (%lld) is larger than max_steps (%lld)",
                        (long long)json_integer_value(json_object_get(p, "warmup_steps")),
                        (long long)json_integer_value(json_object_get(p, "max_steps")));
-    const char *mb = json_string_value(json_object_get(p, "memory_budget"));
-    if (mb) {
-        char *end;
-        double v = strtod(mb, &end);
-        if (!(v > 0) || (*end && strcasecmp(end, "GB") && strcasecmp(end, "MB") && strcasecmp(end, "GiB") &&
-                         strcasecmp(end, "MiB")))
-            return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", mb);
-    }
-    return 0;
+    double budget;
+    return parse_budget(json_string_value(json_object_get(p, "memory_budget")), &budget);
 }
 
 /* ---- hooks, events and the persistent train log ---- */
@@ -172,75 +180,29 @@ static int train_log_open(train_run *r, const char *path, int64_t resume_step) {
     return r->log ? 0 : err_errno(ERR_STAGE, "cannot open '%s'", path);
 }
 
-/* bytes from "8GB" / "512MB"; 0 if unset */
-static double parse_budget(const char *s) {
-    if (!s) return 0;
-    char *end;
-    double v = strtod(s, &end);
-    return (toupper((unsigned char)*end) == 'G' ? 1073741824.0 : 1048576.0) * v;
-}
-
-/* the ops' scratch beside the plan on a GPU (dequantized weight or its cap, LoRA copies, the
- * dropout input, attention's and the cross-entropy's buffers, cuBLAS's workspace): a margin the
- * auto choice keeps free */
-#define GPU_SCRATCH_MARGIN (1024.0 * 1048576.0)
-
 static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     const char *mode = stage_str(ctx, "activation_checkpointing");
-    llama_checkpointing ck = !strcmp(mode, "every_layer") ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
-    bool gpu = !strcmp(m->ops->name, "cuda");
-    double budget = parse_budget(stage_str(ctx, "memory_budget"));
-    if (!strcmp(mode, "auto")) {
-        if (budget <= 0 && gpu) { /* what the device has left after the weights and LoRA state */
-            device_info di;
-            device_info_get(m->ops, &di);
-            budget = di.free_bytes - GPU_SCRATCH_MARGIN;
-        } else if (budget <= 0) {
-            long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
-            budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
-        }
-        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE);
-        if (need > budget) {
-            stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing "
-                            "every layer", need / 1048576.0, budget / 1048576.0);
-            ck = LLAMA_CKPT_EVERY;
-        }
-    }
-    /* Checkpointing on a GPU: the lean knobs (the MLP in chunks of rows, the ops' scratch capped)
-     * save a few hundred MB and cost some speed, so they are taken only when the plain checkpointed
-     * plan would not fit the budget (or the device's free memory). */
-    bool lean = false;
-    if (ck == LLAMA_CKPT_EVERY && gpu) {
-        m->mlp_chunk_rows = max_T;
-        double wmax = 0;
-        for (int t = 0; t < LLAMA_NTARGETS; t++)
-            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
-        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
-        double room = budget;
-        if (room <= 0) {
-            device_info di;
-            device_info_get(m->ops, &di);
-            room = di.free_bytes;
-        }
-        lean = need > room;
-        if (lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
-    }
-    device_lean_scratch(m->ops, lean);
-    int rc = llama_plan(m, max_T, ck);
-    if (rc && gpu && ck == LLAMA_CKPT_NONE && !strcmp(mode, "auto")) { /* the device said no: the lean plan */
-        err_clear();
+    double budget;
+    int rc = parse_budget(stage_str(ctx, "memory_budget"), &budget);
+    if (rc) return rc;
+    llama_plan_choice ch;
+    rc = llama_plan_auto(m, max_T,
+                         !strcmp(mode, "auto")          ? LLAMA_PLAN_AUTO
+                         : !strcmp(mode, "every_layer") ? LLAMA_PLAN_EVERY
+                                                        : LLAMA_PLAN_NONE,
+                         budget, &ch);
+    if (ch.over_budget)
+        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing "
+                        "every layer", ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0);
+    if (ch.device_refused)
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
-        device_lean_scratch(m->ops, true);
-        m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
-        rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
-    }
     if (!rc) stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
     return rc;
 }
 
 /* the start-up report on a GPU: device, memory, the plan, kernels, checkpointing */
 static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
-    if (strcmp(m->ops->name, "cuda")) return;
+    if (!m->ops->own_memory) return;
     device_info di;
     device_info_get(m->ops, &di);
     const double MiB = 1048576.0;
@@ -295,7 +257,7 @@ static int train_run_stage(stage_ctx *ctx) {
     if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
     /* the AdamW state off the device: placed before the plan, so the plan counts it out */
     m->adam_host = stage_bool(ctx, "optimizer_offload");
-    if (m->adam_host && strcmp(ops->name, "cuda")) /* alloc_host is its plain allocation there */
+    if (m->adam_host && !ops->own_memory) /* alloc_host is its plain allocation there */
         stage_logf(ctx, "optimizer_offload: the %s backend keeps everything in host memory already (no effect)",
                    ops->name);
     if ((rc = llama_peft_attach(m, &ad, adir))) goto out;
@@ -409,5 +371,7 @@ const stage_kind stage_kind_train = {
     .params = train_params,
     .check = train_check,
     .run = train_run_stage,
+    .key_hooks = "lr",
+    .device_dependent = true,
     .metrics = train_metrics,
 };

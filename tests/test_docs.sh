@@ -32,6 +32,23 @@ if "$BIN" schema | grep -E '^\| `[a-z_0-9]+` \|' | awk -F'|' 'NF >= 7 && $6 ~ /^
 else
   pass=$((pass+1))
 fi
+# every document a comment cites is in the repository: a user who clones it can follow it
+# (a citation: docs/NAME.md, an upper-case NAME.md such as README.md, or the old formats.md)
+cited=$(cd "$SRC" && grep -rhoE '(^|[^.A-Za-z0-9_/-])(docs/[A-Za-z0-9_-]+|[A-Z][A-Z0-9_-]*|formats)\.md' \
+          --include='*.c' --include='*.h' --include='*.cu' --include='*.cuh' --include='*.lua' \
+          --include='*.sh' --include='*.mjs' --include='*.py' --include='CMakeLists.txt' --include='Makefile' \
+          --exclude-dir='build*' --exclude-dir=.git --exclude-dir=node_modules --exclude=test_docs.sh \
+          core formats net hub data kernels model tokenizer train export generate eval stages runner \
+          hooks tests bench recipes CMakeLists.txt Makefile 2>/dev/null | sed -E 's|^[^A-Za-z0-9_-]||' | sort -u)
+for doc in $cited; do
+  case $doc in
+    docs/*) [ -f "$SRC/$doc" ] || { fail=$((fail+1)); echo "FAIL the code cites $doc, which is not in the repository"; } ;;
+    README.md|RESULTS.md|DESIGN.md|STYLE.md) ;;
+    *) [ -f "$SRC/docs/$doc" ] || [ -f "$SRC/$doc" ] || [ -f "$SRC/bench/$doc" ] ||
+         { fail=$((fail+1)); echo "FAIL the code cites $doc, which is not in the repository (cite a file under docs/)"; } ;;
+  esac
+done
+[ -n "$cited" ] && pass=$((pass+1))
 # docs/nightly.md shows recipes/nightly.yaml as it is, and the recipe is valid
 if awk '/^<!-- recipes\/nightly.yaml/{f=1; next} f && /^```yaml/{g=1; next} g && /^```/{exit} g' "$SRC/docs/nightly.md" | diff -q - "$SRC/recipes/nightly.yaml" >/dev/null \
    && "$BIN" validate "$SRC/recipes/nightly.yaml" >/dev/null 2>&1; then

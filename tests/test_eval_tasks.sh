@@ -33,7 +33,7 @@ G=$SRC/tests/golden/mc/golden.json
 worst=$(jq -n --slurpfile g "$G" --slurpfile r "$r" '
   [ $g[0] | to_entries[] | .key as $t | .value.loglik | to_entries[] | .key as $i | .value | to_entries[]
     | (.value - $r[0].tasks[$t].base.docs[$i].loglik[.key]) | fabs ] | max')
-check "every choice's log-likelihood within ${MC_TOL:=2e-3} of transformers' (worst $worst)" \
+check "every choice's log-likelihood within ${MC_TOL:=1e-3} of transformers' (worst $worst)" \
   awk -v w="$worst" -v t="$MC_TOL" 'BEGIN { exit !(w != "" && w + 0 <= t + 0) }'
 for t in mmlu arc hellaswag; do
   check "$t: acc and acc_norm equal transformers'" jqt -n --slurpfile g "$G" --slurpfile r "$r" \

@@ -55,7 +55,7 @@ int tok_ids_push(tok_ids *v, int32_t id) {
 }
 
 /* GPT-2's alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes map in
- * order to U+0100.. (formats.md section 7). */
+ * order to U+0100.. (docs/tokenizer-json.md). */
 static bool byte_is_printable(unsigned b) {
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
 }

@@ -299,8 +299,8 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     int32_t *full;
     size_t nf;
     int rc = encode(tok, all, total, &full, &nf);
-    /* token boundary of each segment: the prefix ending there tokenized alone (formats.md
-     * section 10: the prompt is tokenized alone), only where the train flag changes */
+    /* token boundary of each segment: the prefix ending there tokenized alone (docs/alpaca.md:
+     * the prompt is tokenized alone), only where the train flag changes */
     size_t *tb = calloc((size_t)f->n + 1, sizeof *tb);
     if (!rc && !tb) rc = err_set(ERR_STAGE, "out of memory");
     if (!rc) {
@@ -720,6 +720,18 @@ static json_t *stats_json(const builder *b, size_t n_seq, size_t train_rows, siz
                      (json_int_t)width, "counts", hist, "packing_efficiency", eff);
 }
 
+/* How records became text, for whoever formats prompts as the training data was (evaluate):
+ * the format, its template or hook file, and the hook's ctx.args. */
+static json_t *formatting_json(const builder *b) {
+    static const char *const formats[] = {"alpaca", "chat", "completion", "lua"};
+    static const char *const templates[] = {"llama-2", "llama-3", "chatml"};
+    const dataset_opts *o = b->o;
+    const char *hook = o->format == DATASET_FORMAT_LUA ? hooks_file(b->hooks, "format") : NULL;
+    return json_pack("{s:s, s:s?, s:s?, s:b, s:O}", "format", formats[o->format], "chat_template",
+                     o->format == DATASET_FORMAT_CHAT ? templates[o->chat_template] : NULL, "format_hook", hook,
+                     "train_on_inputs", o->train_on_inputs, "hook_args", o->hook_args ? o->hook_args : json_null());
+}
+
 static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     const dataset_opts *o = b->o;
     size_t n_seq = b->seq.n - 1;
@@ -770,10 +782,12 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
         return rc;
     }
     json_t *stats = stats_json(b, n_seq, train_rows, train_tokens);
+    json_t *formatting = formatting_json(b);
     json_t *meta = json_pack("{s:i, s:I, s:o, s:O, s:{s:i, s:i, s:i}, s:i}", "version", DATASET_VERSION, "sequence_len",
                              (json_int_t)o->sequence_len, "splits", splits, "stats", stats, "tokenizer", "bos",
                              b->tok->bos, "eos", b->tok->eos, "vocab_size", b->tok->vocab_size, "label_ignore",
                              DATASET_IGNORE_INDEX);
+    json_object_set_new(meta, "formatting", formatting);
     char *text = json_dumps(meta, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(meta);
     char *p = fs_join(out_dir, "meta.json");

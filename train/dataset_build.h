@@ -16,7 +16,7 @@
  *   meta.json           {"version":1, "sequence_len":N, "splits":{"train":{"rows","tokens","seqs"},
  *                        "val":{...}}, "stats":{...}, "tokenizer":{"bos","eos","vocab_size"}}
  *
- * Masking follows formats.md section 10: the prompt is tokenized alone and that many tokens
+ * Masking follows docs/alpaca.md: the prompt is tokenized alone and that many tokens
  * (after BOS) are masked in the tokenized prompt + response; EOS follows the response and is
  * trained. BOS is added once, by us, never by the templates. */
 #ifndef TRAIN_DATASET_BUILD_H
@@ -99,7 +99,7 @@ typedef struct dataset_callbacks {
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats);
 
-/* The alpaca prompt of a record (formats.md section 10, exact strings); malloc'd. */
+/* The alpaca prompt of a record (docs/alpaca.md, exact strings); malloc'd. */
 char *dataset_alpaca_prompt(const char *instruction, const char *input);
 
 /* Print n rows of a dataset artifact decoded with the tokenizer in tokenizer_dir, masked

@@ -44,6 +44,27 @@ static int check_offsets(const int64_t *off, int64_t n, int64_t n_tokens, const 
     return 0;
 }
 
+int train_data_formatting(const char *dir, json_t **out) {
+    *out = NULL;
+    char *meta_path = fs_join(dir, "meta.json");
+    json_error_t je;
+    json_t *meta = json_load_file(meta_path, 0, &je);
+    int rc = 0;
+    json_t *f = json_object_get(meta, "formatting");
+    if (!meta) {
+        rc = err_set(ERR_DATA, "'%s': %s (line %d): rebuild the dataset stage", meta_path, je.text, je.line);
+    } else if (!json_is_object(f) || !json_is_string(json_object_get(f, "format"))) {
+        rc = err_set(ERR_DATA, "'%s' does not say how its records were formatted (an older qlora-run wrote it): "
+                               "rebuild the dataset stage with --force", meta_path);
+    } else {
+        *out = json_deep_copy(f);
+        json_object_set(*out, "sequence_len", json_object_get(meta, "sequence_len"));
+    }
+    json_decref(meta);
+    free(meta_path);
+    return rc;
+}
+
 int train_data_open(train_data *d, const char *dir, const char *split) {
     memset(d, 0, sizeof *d);
     char *meta_path = fs_join(dir, "meta.json");

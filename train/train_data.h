@@ -14,6 +14,7 @@
 #ifndef MODEL_TRAIN_DATA_H
 #define MODEL_TRAIN_DATA_H
 
+#include <jansson.h>
 #include <stdint.h>
 
 typedef struct train_data {
@@ -40,6 +41,10 @@ typedef struct train_batch {
  * offsets are ERR_DATA naming the file. */
 int train_data_open(train_data *d, const char *dir, const char *split);
 void train_data_free(train_data *d);
+/* How the dataset stage formatted records (meta.json's "formatting": format, chat_template,
+ * format_hook, train_on_inputs, hook_args) and its sequence_len, as one object *out (new
+ * reference). ERR_DATA when meta.json lacks it (an artifact of an older build: rebuild it). */
+int train_data_formatting(const char *dir, json_t **out);
 
 /* target tokens of row r (labels >= 0 that a preceding token of the same sequence predicts) */
 int64_t train_data_row_targets(const train_data *d, int64_t r);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/tokenizer/bench.sh: tokenizer throughput, MB/s of one thread encoding ~1 MB of English
-# (Moby-Dick, one paragraph a line, each line encoded on its own as the Rust peer in
-# BASELINE.md was measured), for the Llama-3, Qwen3 and Llama-2 tokenizer.json, ours against
+# (Moby-Dick, one paragraph a line, each line encoded on its own, as the Rust peer of
+# bench/RESULTS.md was measured), for the Llama-3, Qwen3 and Llama-2 tokenizer.json, ours against
 # @huggingface/tokenizers (JavaScript) on the same machine.
 #
 #   bench/tokenizer/bench.sh [BUILD_DIR]     (default: build; needs node + npm the first time)

@@ -9,6 +9,7 @@
 #define KERNELS_CPU_IMPL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/ops.h"
 
@@ -38,7 +39,27 @@ float cpu_dot(const float *a, const float *b, int64_t n);
 void cpu_axpy(float *y, float a, const float *x, int64_t n);
 void cpu_bf16_to_f32(float *dst, const uint16_t *src, int64_t n);
 
-/* the matmul-shaped ops, in their own files */
+static inline float bf16f(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* the ops, each in the file named as its CUDA kernels' file: elementwise.c */
+void cpu_embedding_fwd(void *out, const int32_t *ids, const uint16_t *table, int T, int C);
+void cpu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, int T, int C, float eps);
+void cpu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T, int C);
+void cpu_add_inplace(void *y, const void *x, int64_t n);
+void cpu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
+void cpu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n);
+void cpu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+/* optim.c */
+void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
+               float weight_decay, int step);
+double cpu_sum_squares(const float *g, int64_t n);
+void cpu_scale(float *g, int64_t n, float s);
+/* attention.c, qlinear.c, xent.c */
 void cpu_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
                        const int32_t *seq_start, int T, int nh, int nkv, int hd);
 void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,

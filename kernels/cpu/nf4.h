@@ -1,7 +1,7 @@
 /* nf4.h: bitsandbytes 4-bit blockwise quantization (NF4 and FP4) and its double quantization,
  * on the CPU: the bit-exact reference of what bitsandbytes' cpu path writes.
  *
- * Layout (formats.md sections 1-2): a tensor of n elements, flattened in C order, is cut into
+ * Layout (docs/nf4.md): a tensor of n elements, flattened in C order, is cut into
  * blocks of `blocksize` elements (the last one may be partial); absmax[b] (f32) is the largest
  * |x| of block b; every element becomes the 4-bit code nearest to x * (1/absmax[b]) (ties to
  * the lower value; the partial last block divides by max(absmax, 1e-38) instead, and stores

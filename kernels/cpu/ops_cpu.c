@@ -1,6 +1,6 @@
 /* ops_cpu.c: the plain C reference backend: the op table, memory, the thread helper and the
- * elementwise ops (embedding, RMSNorm, residual add, RoPE, SwiGLU, AdamW, sum of squares,
- * scale). Everything is fp32 and written for clarity first: this is the truth the CUDA
+ * GEMM and vector helpers the ops share. The ops live in the files their CUDA kernels live in
+ * (elementwise.c, attention.c, qlinear.c, xent.c, optim.c, nf4.c). Everything is fp32 and written for clarity first: this is the truth the CUDA
  * backend and the golden PyTorch dumps are checked against. */
 #include <math.h>
 #include <pthread.h>
@@ -229,13 +229,6 @@ void cpu_bf16_to_f32(float *dst, const uint16_t *src, int64_t n) {
     }
 }
 
-static inline float bf16f(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* ---- memory: plain host memory ---- */
 
 static void *cpu_alloc(size_t bytes) { return calloc(1, bytes ? bytes : 1); }
@@ -247,118 +240,6 @@ static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_sync(void) {}
-
-/* ---- embedding, RMSNorm, residual ---- */
-
-static void cpu_embedding_fwd(void *out_, const int32_t *ids, const uint16_t *table, int T, int C) {
-    float *out = out_;
-    for (int t = 0; t < T; t++) cpu_bf16_to_f32(out + (int64_t)t * C, table + (int64_t)ids[t] * C, C);
-}
-
-/* HF LlamaRMSNorm: y = w * x / sqrt(mean(x^2) + eps), the mean taken in fp32 */
-static void cpu_rmsnorm_fwd(void *out_, float *rstd, const void *x_, const uint16_t *w, int T, int C, float eps) {
-    float *out = out_;
-    const float *x = x_;
-    for (int t = 0; t < T; t++) {
-        const float *xt = x + (int64_t)t * C;
-        double ss = 0;
-        for (int i = 0; i < C; i++) ss += (double)xt[i] * xt[i];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
-        rstd[t] = r;
-        float *ot = out + (int64_t)t * C;
-        for (int i = 0; i < C; i++) ot[i] = bf16f(w[i]) * (xt[i] * r);
-    }
-}
-
-/* with g = w * dout: dx = r * g - r^3 / C * x * sum(g * x) */
-static void cpu_rmsnorm_bwd(void *dx_, const void *dout_, const void *x_, const uint16_t *w, const float *rstd,
-                            int T, int C) {
-    float *dx = dx_;
-    const float *dout = dout_, *x = x_;
-    for (int t = 0; t < T; t++) {
-        const float *xt = x + (int64_t)t * C, *dt = dout + (int64_t)t * C;
-        float r = rstd[t];
-        double gx = 0;
-        for (int i = 0; i < C; i++) gx += (double)bf16f(w[i]) * dt[i] * xt[i];
-        float c = (float)(gx * r * r * r / C);
-        float *dxt = dx + (int64_t)t * C;
-        for (int i = 0; i < C; i++) dxt[i] += r * bf16f(w[i]) * dt[i] - c * xt[i];
-    }
-}
-
-static void cpu_add_inplace(void *y_, const void *x_, int64_t n) {
-    float *y = y_;
-    const float *x = x_;
-    for (int64_t i = 0; i < n; i++) y[i] += x[i];
-}
-
-/* ---- RoPE (rotate_half layout: dim j pairs with j + hd/2) ---- */
-
-static void cpu_rope(void *q_, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
-    float *q = q_;
-    int half = hd / 2;
-    float sgn = inverse ? -1.0f : 1.0f;
-    for (int t = 0; t < T; t++) {
-        for (int j = 0; j < half; j++) {
-            float ang = (float)pos[t] * inv_freq[j]; /* fp32 product, as transformers computes it */
-            float c = cosf(ang), s = sgn * sinf(ang);
-            for (int h = 0; h < nh; h++) {
-                float *qh = q + ((int64_t)t * nh + h) * hd;
-                float x1 = qh[j], x2 = qh[j + half];
-                qh[j] = x1 * c - x2 * s;
-                qh[j + half] = x2 * c + x1 * s;
-            }
-        }
-    }
-}
-
-/* ---- SwiGLU ---- */
-
-static void cpu_swiglu_fwd(void *out_, const void *gate_, const void *up_, int64_t n) {
-    float *out = out_;
-    const float *g = gate_, *u = up_;
-    for (int64_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
-/* d silu(g)/dg = sig(g) * (1 + g * (1 - sig(g))) */
-static void cpu_swiglu_bwd(void *dgate_, void *dup_, const void *dout_, const void *gate_, const void *up_,
-                           int64_t n) {
-    float *dg = dgate_, *du = dup_;
-    const float *d = dout_, *g = gate_, *u = up_;
-    for (int64_t i = 0; i < n; i++) { /* read before writing: dgate/dup may be gate/up */
-        float gi = g[i], ui = u[i], di = d[i];
-        float sig = 1.0f / (1.0f + expf(-gi));
-        dg[i] = di * ui * sig * (1.0f + gi * (1.0f - sig));
-        du[i] = di * gi * sig;
-    }
-}
-
-/* ---- optimizer ---- */
-
-/* torch.optim.AdamW (foreach=False), step by step, so the C and torch curves agree to rounding */
-static void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
-                      float eps, float weight_decay, int step) {
-    double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    float decay = 1.0f - lr * weight_decay;
-    for (int64_t i = 0; i < n; i++) {
-        p[i] *= decay;
-        m[i] += (g[i] - m[i]) * (1.0f - beta1);
-        v[i] = v[i] * beta2 + (1.0f - beta2) * g[i] * g[i];
-        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-        p[i] -= step_size * m[i] / denom;
-    }
-}
-
-static double cpu_sum_squares(const float *g, int64_t n) {
-    double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)g[i] * g[i];
-    return s;
-}
-
-static void cpu_scale(float *g, int64_t n, float s) {
-    for (int64_t i = 0; i < n; i++) g[i] *= s;
-}
 
 static const ops_table cpu_table = {
     .name = "cpu",
@@ -389,9 +270,17 @@ static const ops_table cpu_table = {
     .adamw = cpu_adamw,
     .sum_squares = cpu_sum_squares,
     .scale = cpu_scale,
+    .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }
+
+/* OPS_TABLE_OPS names every op, in order, and nothing else lies between its first and last */
+#define OPS_COUNT_ONE(op) +1
+_Static_assert(offsetof(ops_table, scale) - offsetof(ops_table, embedding_fwd) ==
+                   (0 OPS_TABLE_OPS(OPS_COUNT_ONE) - 1) * sizeof(void (*)(void)),
+               "OPS_TABLE_OPS in kernels/ops.h must list every op of ops_table");
+#undef OPS_COUNT_ONE
 
 #ifndef QLORA_HAVE_CUDA
 /* A build without the CUDA kernels has no device table; ops.h promises NULL rather than a

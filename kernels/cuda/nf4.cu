@@ -224,7 +224,7 @@ extern "C" void nf4_cuda_dequant_bf16(uint16_t *dst, const uint8_t *codes, const
 }
 
 // One warp per quantization block. The thresholds are the fp32 midpoints of adjacent entries
-// of the sorted table (formats.md: equal to bitsandbytes' literals to the bit); a code is the
+// of the sorted table (docs/nf4.md: equal to bitsandbytes' literals to the bit); a code is the
 // number of thresholds strictly below y, so ties take the lower code and NaN takes code 0.
 __device__ __forceinline__ uint32_t nf4_code(float y, const float *th) {
     uint32_t c = 0;

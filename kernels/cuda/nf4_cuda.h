@@ -5,7 +5,7 @@
  *
  * Dequantize is what training uses (into a bf16 scratch right before each GEMM); its output is
  * bit-identical to ops_nf4_dequant_rows() rounded to bf16 (round to nearest even). Quantize
- * follows formats.md section 1: absmax in fp32, y = x * (1/absmax) with an IEEE reciprocal,
+ * follows docs/nf4.md: absmax in fp32, y = x * (1/absmax) with an IEEE reciprocal,
  * code = number of midpoints of adjacent quant_map entries strictly below y. */
 #ifndef KERNELS_CUDA_NF4_CUDA_H
 #define KERNELS_CUDA_NF4_CUDA_H

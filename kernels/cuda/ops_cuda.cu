@@ -13,6 +13,7 @@
 // dequantization it hides), so the default is one chunk.
 #include "launch.cuh"
 #include "cuda_ext.h"
+#include "device.h"
 #include "nf4_cuda.h"
 
 #include <stdio.h>
@@ -504,6 +505,21 @@ static double cu_sum_squares(const float *g, int64_t n) {
 
 static void cu_scale(float *g, int64_t n, float s) { launch_scale(g, n, s); }
 
+static void cu_info(ops_backend_info *out) {
+    cuda_device_info d;
+    if (cuda_device_query(&d) == 0 && d.count > 0) {
+        snprintf(out->name, sizeof out->name, "%s", d.name);
+        out->total_bytes = (double)d.total_bytes;
+        out->free_bytes = (double)d.free_bytes;
+    }
+    size_t live = 0, peak = 0;
+    cuda_mem_stats(&live, &peak);
+    out->live_bytes = (double)live;
+    out->peak_bytes = (double)peak;
+    out->attention = cuda_attention_name(cuda_attention_selected());
+    out->scratch_cap = cuda_scratch_cap();
+}
+
 static const ops_table g_table = {
     "cuda",
     OPS_BF16,
@@ -533,6 +549,9 @@ static const ops_table g_table = {
     cu_adamw,
     cu_sum_squares,
     cu_scale,
+    1, /* own_memory */
+    cu_info,
+    cuda_scratch_cap_set,
 };
 
 extern "C" const ops_table *ops_cuda(void) {

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "tokenizer/tokenizer.h"
 #include "train/dataset_build.h"
+#include "train/train_data.h"
 #include "stages/stage.h"
 #include "test.h"
 
@@ -70,6 +71,14 @@ TEST(test_stage_run_and_show) {
     CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(meta, "tokenizer"), "bos")), 256);
     CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(json_object_get(meta, "splits"), "train"), "rows")), 1);
     json_decref(meta);
+    /* how the records were formatted, for evaluate to format prompts alike */
+    json_t *fmt = NULL;
+    CHECK_EQ_INT(train_data_formatting(out, &fmt), 0);
+    CHECK_EQ_STR(json_string_value(json_object_get(fmt, "format")), "alpaca");
+    CHECK(json_is_null(json_object_get(fmt, "format_hook")) && json_is_null(json_object_get(fmt, "chat_template")));
+    CHECK_EQ_INT(json_integer_value(json_object_get(fmt, "sequence_len")), 512);
+    CHECK(json_is_false(json_object_get(fmt, "train_on_inputs")));
+    json_decref(fmt);
 
     char *shown = NULL;
     size_t shown_len = 0;

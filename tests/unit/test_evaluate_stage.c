@@ -17,8 +17,6 @@ extern const stage_kind stage_kind_attach_lora, stage_kind_train, stage_kind_eva
 static char root[256];
 static char *model_art, *data_art, *lora_art, *train_art;
 
-static json_t *data_manifest; /* the data input's manifest (NULL: none) */
-
 static int run_stage(const stage_kind *k, json_t *params, const char *out, json_t **report, json_t **metrics,
                      json_t *hooks) {
     stage_ctx ctx;
@@ -29,7 +27,6 @@ static int run_stage(const stage_kind *k, json_t *params, const char *out, json_
                   k == &stage_kind_train ? lora_art : train_art);
     if (json_object_get(params, "data")) {
         fix_input(&ctx, "data", "dataset", data_art);
-        ctx.inputs[ctx.n_inputs - 1].manifest = data_manifest;
     }
     ctx.hooks = hooks;
     fs_mkdir_p(out);
@@ -97,7 +94,7 @@ TEST(test_evaluate_score_hook) {
 /* record prompts are formatted as the data was: here the built-in alpaca template */
 TEST(test_evaluate_alpaca_prompts) {
     char *out = fs_join(root, "eval3");
-    data_manifest = json_pack("{s:{s:s}}", "params", "format", "alpaca");
+    CHECK_EQ_INT(fix_write_dataset_meta(data_art, "alpaca"), 0); /* what the dataset stage wrote */
     json_t *report = NULL;
     json_t *p = json_pack("{s:s, s:s, s:[{s:s, s:s}], s:i, s:i}", "model", "m", "data", "d", "prompts", "instruction",
                           "Sort the letters.", "input", "dbca", "max_new_tokens", 2, "score_records", 0);
@@ -105,8 +102,7 @@ TEST(test_evaluate_alpaca_prompts) {
     const char *prompt = json_string_value(json_object_get(json_array_get(json_object_get(report, "generations"), 0), "prompt"));
     CHECK(prompt && strstr(prompt, "Below is an instruction") == prompt && strstr(prompt, "dbca") != NULL);
     json_decref(report);
-    json_decref(data_manifest);
-    data_manifest = NULL;
+    CHECK_EQ_INT(fix_write_dataset_meta(data_art, "completion"), 0);
     free(out);
 }
 

@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "formats/peft.h"
 #include "model/llama.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/trainer.h"
 #include "test.h"

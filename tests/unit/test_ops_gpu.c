@@ -31,6 +31,25 @@
 static const ops_table *cpu, *gpu;
 static uint64_t g_seed;
 
+/* Which ops of the table the tests called: GPU(op) marks op and gives the CUDA function, and
+ * main fails for every op of OPS_TABLE_OPS that no test called (a new op needs a test here). */
+#define OP_INDEX(op) OP_##op,
+enum { OPS_TABLE_OPS(OP_INDEX) OP_COUNT };
+#undef OP_INDEX
+#define OP_NAME(op) #op,
+static const char *const op_names[OP_COUNT] = {OPS_TABLE_OPS(OP_NAME)};
+#undef OP_NAME
+static int op_called[OP_COUNT];
+#define GPU(op) (op_called[OP_##op] = 1, gpu->op)
+
+TEST(every_op_checked) {
+    for (int i = 0; i < OP_COUNT; i++)
+        if (!op_called[i]) {
+            fprintf(stderr, "  op '%s' of the table is not checked against the reference: add a test\n", op_names[i]);
+            CHECK(op_called[i]);
+        }
+}
+
 /* ---- random numbers (splitmix64) ---- */
 
 static uint64_t rnd_u64(void) {
@@ -302,7 +321,7 @@ TEST(embedding) {
         int32_t *idsd = dev_i32(ids, T);
         tens out = tens_out((int64_t)T * C, 1);
         cpu->embedding_fwd(out.h, ids, tb, T, C);
-        gpu->embedding_fwd(out.d, idsd, tbd, T, C);
+        GPU(embedding_fwd)(out.d, idsd, tbd, T, C);
         check_close("embedding", &out, 0, 0);
         tens_free(&table), tens_free(&out);
         free(tb), free(ids), gpu->free(tbd), gpu->free(idsd);
@@ -318,14 +337,14 @@ TEST(rmsnorm) {
         for (int i = 0; i < C; i++) wb[i] = f32_to_bf16(w.h[i]);
         tens out = tens_out((int64_t)T * C, 1), rstd = tens_out(T, 0);
         cpu->rmsnorm_fwd(out.h, rstd.h, x.h, wb, T, C, 1e-5f);
-        gpu->rmsnorm_fwd(out.d, rstd.d, x.d, w.d, T, C, 1e-5f);
+        GPU(rmsnorm_fwd)(out.d, rstd.d, x.d, w.d, T, C, 1e-5f);
         check_close("rmsnorm_fwd out", &out, EPS_BF, 1e-3);
         check_close("rmsnorm_fwd rstd", &rstd, 1e-4, 0);
         /* backward accumulates into a random dx; rstd from the reference on both sides */
         tens dout = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f), dx = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f);
         tens rstd_ref = tens_copy(&rstd);
         cpu->rmsnorm_bwd(dx.h, dout.h, x.h, wb, rstd.h, T, C);
-        gpu->rmsnorm_bwd(dx.d, dout.d, x.d, w.d, rstd_ref.d, T, C);
+        GPU(rmsnorm_bwd)(dx.d, dout.d, x.d, w.d, rstd_ref.d, T, C);
         check_close("rmsnorm_bwd dx", &dx, EPS_BF, 1e-2);
         tens_free(&x), tens_free(&w), tens_free(&out), tens_free(&rstd), tens_free(&dout), tens_free(&dx);
         tens_free(&rstd_ref);
@@ -339,15 +358,15 @@ TEST(add_swiglu) {
         int64_t n = sizes[s];
         tens y = tens_rand(n, 1, 1.0f, 0.0f), x = tens_rand(n, 1, 1.0f, 0.0f);
         cpu->add_inplace(y.h, x.h, n);
-        gpu->add_inplace(y.d, x.d, n);
+        GPU(add_inplace)(y.d, x.d, n);
         check_close("add_inplace", &y, 8e-3, 0);
         tens g = tens_rand(n, 1, 2.0f, 0.0f), u = tens_rand(n, 1, 1.0f, 0.0f), out = tens_out(n, 1);
         cpu->swiglu_fwd(out.h, g.h, u.h, n);
-        gpu->swiglu_fwd(out.d, g.d, u.d, n);
+        GPU(swiglu_fwd)(out.d, g.d, u.d, n);
         check_close("swiglu_fwd", &out, EPS_BF, 1e-3);
         tens dout = tens_rand(n, 1, 1.0f, 0.0f), dg = tens_out(n, 1), du = tens_out(n, 1);
         cpu->swiglu_bwd(dg.h, du.h, dout.h, g.h, u.h, n);
-        gpu->swiglu_bwd(dg.d, du.d, dout.d, g.d, u.d, n);
+        GPU(swiglu_bwd)(dg.d, du.d, dout.d, g.d, u.d, n);
         check_close("swiglu_bwd dgate", &dg, EPS_BF, 1e-3);
         check_close("swiglu_bwd dup", &du, EPS_BF, 1e-3);
         tens_free(&y), tens_free(&x), tens_free(&g), tens_free(&u), tens_free(&out), tens_free(&dout);
@@ -369,7 +388,7 @@ TEST(rope) {
         for (int inverse = 0; inverse < 2; inverse++) {
             tens q = tens_rand((int64_t)T * nh * hd, 1, 1.0f, 0.0f);
             cpu->rope(q.h, pos, inv, T, nh, hd, inverse);
-            gpu->rope(q.d, posd, invd, T, nh, hd, inverse);
+            GPU(rope)(q.d, posd, invd, T, nh, hd, inverse);
             check_close(inverse ? "rope inverse" : "rope", &q, EPS_BF, 2e-3);
             tens_free(&q);
         }
@@ -408,7 +427,7 @@ static void attention_check(void) {
         tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
         tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
         cpu->attention_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
-        gpu->attention_fwd(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        GPU(attention_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         char what[128];
         snprintf(what, sizeof what, "attention_fwd out T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
         check_close(what, &out, EPS_BF, 2e-2);
@@ -422,7 +441,7 @@ static void attention_check(void) {
         tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
         tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
         cpu->attention_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
-        gpu->attention_bwd(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        GPU(attention_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
         check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
         snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
@@ -444,7 +463,7 @@ static void attention_cached_check(void) {
         tens k = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f), v = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f);
         tens out = tens_out((int64_t)Tq * nh * hd, 1);
         cpu->attention_cached(out.h, q.h, k.h, v.h, Tq, Tk, nh, nkv, hd);
-        gpu->attention_cached(out.d, q.d, k.d, v.d, Tq, Tk, nh, nkv, hd);
+        GPU(attention_cached)(out.d, q.d, k.d, v.d, Tq, Tk, nh, nkv, hd);
         check_close("attention_cached", &out, EPS_BF, 2e-2);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out);
     }
@@ -540,7 +559,7 @@ TEST(qlinear) {
         Ld.A = A.d, Ld.B = B.d, Ld.dA = dA.d, Ld.dB = dB.d;
         tens y = tens_out((int64_t)T * out, 1), xa = tens_out((int64_t)T * (r ? r : 1), 0);
         cpu->qlinear_fwd(y.h, x.h, &W.wh, cfgs[c][5] ? bias_h : NULL, r ? &Lh : NULL, r ? xa.h : NULL, T);
-        gpu->qlinear_fwd(y.d, x.d, &W.wd, cfgs[c][5] ? bias.d : NULL, r ? &Ld : NULL, r ? xa.d : NULL, T);
+        GPU(qlinear_fwd)(y.d, x.d, &W.wd, cfgs[c][5] ? bias.d : NULL, r ? &Ld : NULL, r ? xa.d : NULL, T);
         char what[128];
         snprintf(what, sizeof what, "qlinear_fwd y T=%d in=%d out=%d r=%d p=%.2f dq=%d cap=%dK", T, in, out, r, p,
                  cfgs[c][7], cfgs[c][8]);
@@ -554,7 +573,7 @@ TEST(qlinear) {
         tens dy = tens_rand((int64_t)T * out, 1, 1.0f, 0.0f);
         tens dx = accumulate ? tens_rand((int64_t)T * in, 1, 1.0f, 0.0f) : tens_out((int64_t)T * in, 1);
         cpu->qlinear_bwd(dx.h, dy.h, x.h, &W.wh, r ? &Lh : NULL, r ? xa_ref.h : NULL, T, accumulate);
-        gpu->qlinear_bwd(dx.d, dy.d, x.d, &W.wd, r ? &Ld : NULL, r ? xa_ref.d : NULL, T, accumulate);
+        GPU(qlinear_bwd)(dx.d, dy.d, x.d, &W.wd, r ? &Ld : NULL, r ? xa_ref.d : NULL, T, accumulate);
         snprintf(what, sizeof what, "qlinear_bwd dx T=%d in=%d out=%d r=%d acc=%d dq=%d cap=%dK", T, in, out, r,
                  accumulate, cfgs[c][7], cfgs[c][8]);
         check_close(what, &dx, EPS_BF, 2.5e-2);
@@ -593,7 +612,7 @@ TEST(xent_and_logits) {
         for (int with_grad = 0; with_grad < 2; with_grad++) {
             tens losses = tens_out(T, 0), dx = tens_out((int64_t)T * C, 1);
             cpu->xent_fwd_bwd(losses.h, with_grad ? dx.h : NULL, x.h, Eh, tgt, T, C, V, gs);
-            gpu->xent_fwd_bwd(losses.d, with_grad ? dx.d : NULL, x.d, E.d, tgtd, T, C, V, gs);
+            GPU(xent_fwd_bwd)(losses.d, with_grad ? dx.d : NULL, x.d, E.d, tgtd, T, C, V, gs);
             char what[128];
             snprintf(what, sizeof what, "xent losses T=%d C=%d V=%d", T, C, V);
             check_close(what, &losses, 5e-3, 1e-3);
@@ -605,7 +624,7 @@ TEST(xent_and_logits) {
         }
         tens logits = tens_out((int64_t)T * V, 0);
         cpu->logits(logits.h, x.h, Eh, T, C, V);
-        gpu->logits(logits.d, x.d, E.d, T, C, V);
+        GPU(logits)(logits.d, x.d, E.d, T, C, V);
         check_close("logits", &logits, 1e-2, 1e-3);
         tens_free(&x), tens_free(&E), tens_free(&logits);
         free(Eh), free(tgt), gpu->free(tgtd);
@@ -624,7 +643,7 @@ TEST(adamw_norm_scale) {
         for (int step = 1; step <= 3; step++) {
             tens g = tens_rand(n, 0, 1e-2f, 0.0f);
             cpu->adamw(p.h, g.h, m.h, v.h, n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-            gpu->adamw(p.d, g.d, m.d, v.d, n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+            GPU(adamw)(p.d, g.d, m.d, v.d, n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
             tens_free(&g);
         }
         check_close("adamw param", &p, 1e-5, 1e-5);
@@ -632,10 +651,10 @@ TEST(adamw_norm_scale) {
         check_close("adamw v", &v, 1e-5, 1e-6);
         /* the reduction and the scaling start from the same values on both sides */
         tens_upload(&p);
-        double ref = cpu->sum_squares(p.h, n), got = gpu->sum_squares(p.d, n);
+        double ref = cpu->sum_squares(p.h, n), got = GPU(sum_squares)(p.d, n);
         CHECK_NEAR(got, ref, 1e-5 * ref + 1e-30);
         cpu->scale(p.h, n, 0.37f);
-        gpu->scale(p.d, n, 0.37f);
+        GPU(scale)(p.d, n, 0.37f);
         check_close("scale", &p, 1e-6, 0);
         tens_free(&p), tens_free(&m), tens_free(&v);
     }
@@ -672,6 +691,7 @@ int main(void) {
     RUN(qlinear);
     RUN(xent_and_logits);
     RUN(adamw_norm_scale);
+    RUN(every_op_checked);
     return test_summary();
 #endif
 }

@@ -112,12 +112,21 @@ static inline int fix_write_split(const char *dir, const char *split, int n_rows
     return rc;
 }
 
+/* the dataset artifact's meta.json, saying its records were formatted with `format` */
+static inline int fix_write_dataset_meta(const char *art, const char *format) {
+    char meta[512];
+    snprintf(meta, sizeof meta,
+             "{\"version\":1,\"sequence_len\":16,\"splits\":{\"train\":{},\"val\":{}},\"stats\":{},"
+             "\"formatting\":{\"format\":\"%s\",\"train_on_inputs\":false,\"hook_args\":null}}",
+             format);
+    return fix_write_file(art, "meta.json", meta, strlen(meta));
+}
+
 static inline int fix_write_dataset(const char *art, int n_train, int n_val) {
     int rc = fs_mkdir_p(art);
     if (!rc) rc = fix_write_split(art, "train", n_train, 11);
     if (!rc) rc = fix_write_split(art, "val", n_val, 12);
-    const char *meta = "{\"version\":1,\"sequence_len\":16,\"splits\":{\"train\":{},\"val\":{}},\"stats\":{}}";
-    if (!rc) rc = fix_write_file(art, "meta.json", meta, strlen(meta));
+    if (!rc) rc = fix_write_dataset_meta(art, "completion");
     return rc;
 }
 

@@ -1,0 +1,32 @@
+/* device.h: the one backend selector (a stage's or a command's `device` to an op table) and
+ * what a run asks the chosen backend, through the table's own questions (kernels/ops.h), never
+ * by comparing its name. Train, evaluate, generate and the planner's `auto` all come here. */
+#ifndef MODEL_DEVICE_H
+#define MODEL_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kernels/ops.h"
+
+/* "cpu" -> ops_cpu(); "cuda" -> ops_cuda() when built with CUDA and a device is present,
+ * else ERR_STAGE saying so (NULL: cpu); "auto" -> cuda when available, cpu otherwise; anything
+ * else is ERR_USAGE. */
+int device_ops(const char *device, const ops_table **out);
+/* "auto" resolved to the name of the table device_ops would pick ("cpu" or "cuda"); "cpu" and
+ * "cuda" as given (a missing device is reported when a stage asks for its table) */
+const char *device_resolve(const char *device);
+
+/* What a training run says at start about the backend: for cuda the device's name, its total and
+ * free memory, the attention kernels, the bytes allocated so far and their peak; for cpu only
+ * name = "cpu" (the other fields 0 / ""). */
+typedef ops_backend_info device_info;
+void device_info_get(const ops_table *ops, device_info *out);
+
+/* The lean plan of a run that checkpoints every layer: cap the backend's largest scratch (the
+ * dequantized weight, shared with the cross-entropy chunk and attention's dq) at
+ * DEVICE_LEAN_SCRATCH bytes, or lift the cap. No-op on a backend without that scratch (cpu). */
+#define DEVICE_LEAN_SCRATCH ((size_t)32 << 20)
+void device_lean_scratch(const ops_table *ops, bool lean);
+
+#endif
