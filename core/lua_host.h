@@ -75,8 +75,8 @@ void lua_host_set_callbacks(lua_host *h, const lua_host_callbacks *cb);
 
 /* The process's HTTP client for qlora.http_post (hooks under `allow: [http]`): POST body with
  * the header lines to url within timeout_s; *status and the response (malloc'd into *resp,
- * *resp_len bytes, at most limit) on success; 0 or ERR_NETWORK with err_set() context. Set once
- * at start (runner/main.c gives net/'s); until then http_post says there is no client. */
+ * *resp_len bytes, at most limit) on success; 0 or ERR_NETWORK with err_set() context. net/http.c
+ * registers its client when the program starts; without one http_post says there is none. */
 typedef int (*lua_host_http_post_fn)(const char *url, const char *const *headers, int n_headers, const char *body,
                                      size_t body_len, long timeout_s, long *status, char **resp, size_t *resp_len,
                                      size_t limit);

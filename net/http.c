@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/err.h"
+#include "core/lua_host.h"
 
 #ifndef QLORA_VERSION
 #define QLORA_VERSION "dev"
@@ -172,3 +173,7 @@ int net_post(const char *url, const char *const *headers, int n_headers, const c
     *resp_len = buf.len;
     return 0;
 }
+
+/* net/ is the program's HTTP client for the Lua hooks' qlora.http_post (core/ knows nothing of
+ * libcurl): registered when the program starts, in every program linked with the library */
+__attribute__((constructor)) static void register_lua_http(void) { lua_host_set_http_post(net_post); }

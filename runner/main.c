@@ -5,14 +5,12 @@
 
 #include "core/err.h"
 #include "core/log.h"
-#include "core/lua_host.h"
 #include "net/http.h"
 #include "runner/commands.h"
 #include "runner/version.h"
 
 int main(int argc, char **argv) {
     net_init(); /* before any thread: libcurl asks for it */
-    lua_host_set_http_post(net_post);
     if (argc < 2) {
         commands_print_usage(stderr);
         return ERR_USAGE;

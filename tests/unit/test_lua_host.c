@@ -9,7 +9,6 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/lua_host.h"
-#include "net/http.h"
 #include "test.h"
 
 #define SANDBOX "lua/sandbox.lua"
@@ -280,7 +279,6 @@ TEST(test_opts_from_json) {
 }
 
 int main(void) {
-    lua_host_set_http_post(net_post);
     RUN(test_safe_libraries_only);
     RUN(test_writes_need_allow_io);
     RUN(test_write_root);
