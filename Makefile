@@ -5,8 +5,13 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SANITIZE ?=
+# Besides the build and `make deb` (file, dpkg-dev, jq), the tests' tools: nginx (the hub tests'
+# server), spm_encode (sentencepiece), python3 (a plain HTTP server), openssl (test certificates),
+# git (hash-object for the hub's ETags), jq, clang (the fuzz targets); node and npm below. A test
+# whose tool is missing fails.
 DEB_PACKAGES = build-essential cmake pkg-config libyaml-dev liblua5.4-dev libcurl4-openssl-dev \
-	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq
+	libjansson-dev libpcre2-dev libxxhash-dev libssl-dev nginx-light sentencepiece file dpkg-dev jq \
+	libsnappy-dev libzstd-dev zlib1g-dev libbrotli-dev python3 openssl git clang
 ifneq ($(SANITIZE),)
 BUILD := build-san
 CMAKE_FLAGS += -DSANITIZE=$(SANITIZE) -DQLORA_CUDA=OFF
@@ -32,8 +37,9 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi; \
-	if ! command -v npm >/dev/null; then \
-	  echo "installing: nodejs npm (the tokenizer tests fetch reference vocabularies with npm)"; \
+	if ! command -v npm >/dev/null || ! command -v node >/dev/null; then \
+	  echo "installing: nodejs npm (the tests install their JavaScript references with npm; Debian 12's node 18 and npm 9 do)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install: nodejs npm)" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
 	fi
 

@@ -20,6 +20,7 @@
 
 #include "core/err.h"
 #include "core/utf8.h"
+#include "data/parquet.h"
 
 struct dataset_reader {
     char *path;
@@ -40,6 +41,7 @@ struct dataset_reader {
     size_t n_header;
     char *field;       /* scratch for one field */
     size_t field_cap;
+    pq_file *pq;       /* Parquet */
 };
 
 static const struct {
@@ -49,7 +51,8 @@ static const struct {
                   {"json", DATASET_TYPE_JSON},
                   {"jsonl", DATASET_TYPE_JSONL},
                   {"csv", DATASET_TYPE_CSV},
-                  {"text", DATASET_TYPE_TEXT}};
+                  {"text", DATASET_TYPE_TEXT},
+                  {"parquet", DATASET_TYPE_PARQUET}};
 
 int dataset_type_parse(const char *name, dataset_type *out) {
     for (size_t i = 0; i < sizeof type_names / sizeof type_names[0]; i++)
@@ -57,7 +60,7 @@ int dataset_type_parse(const char *name, dataset_type *out) {
             *out = type_names[i].type;
             return 0;
         }
-    return err_set(ERR_RECIPE, "unknown dataset type '%s' (expected auto, json, jsonl, csv or text)", name);
+    return err_set(ERR_RECIPE, "unknown dataset type '%s' (expected auto, json, jsonl, csv, text or parquet)", name);
 }
 
 const char *dataset_type_name(dataset_type t) {
@@ -366,6 +369,7 @@ static dataset_type guess_type(const char *path, const char *buf, size_t len) {
     const char *ext = dot && !strchr(dot, '/') ? dot + 1 : "";
     if (!strcasecmp(ext, "jsonl") || !strcasecmp(ext, "ndjson")) return DATASET_TYPE_JSONL;
     if (!strcasecmp(ext, "csv")) return DATASET_TYPE_CSV;
+    if (!strcasecmp(ext, "parquet") || (len >= 4 && !memcmp(buf, "PAR1", 4))) return DATASET_TYPE_PARQUET;
     if (!strcasecmp(ext, "json")) {
         size_t i = 0;
         while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n' || buf[i] == '\r')) i++;
@@ -411,6 +415,21 @@ int dataset_reader_open(dataset_reader **out, const char *path, dataset_type typ
         r->len = r->map_len;
     }
     close(fd);
+    if (type == DATASET_TYPE_PARQUET || (type == DATASET_TYPE_AUTO && guess_type(path, r->buf, r->len) == DATASET_TYPE_PARQUET)) {
+        /* the Parquet reader maps the file itself */
+        if (r->map) munmap(r->map, r->map_len);
+        r->map = NULL;
+        r->buf = "";
+        r->len = 0;
+        r->type = DATASET_TYPE_PARQUET;
+        int rc = pq_open(&r->pq, path);
+        if (rc) {
+            dataset_reader_close(&r);
+            return rc;
+        }
+        *out = r;
+        return 0;
+    }
     if (r->len >= 3 && !memcmp(r->buf, "\xEF\xBB\xBF", 3)) {
         r->buf += 3;
         r->len -= 3;
@@ -442,6 +461,7 @@ int dataset_reader_next(dataset_reader *r, json_t **rec) {
     case DATASET_TYPE_JSON: rc = next_json(r, rec); break;
     case DATASET_TYPE_JSONL: rc = next_jsonl(r, rec); break;
     case DATASET_TYPE_CSV: rc = next_csv(r, rec); break;
+    case DATASET_TYPE_PARQUET: rc = pq_next(r->pq, rec); break;
     default: rc = next_text(r, rec); break;
     }
     if (rc) {
@@ -453,7 +473,13 @@ int dataset_reader_next(dataset_reader *r, json_t **rec) {
     return 0;
 }
 
-size_t dataset_reader_index(const dataset_reader *r) { return r->index ? r->index - 1 : 0; }
+size_t dataset_reader_index(const dataset_reader *r) {
+    return r->index ? r->index - 1 : 0;
+}
+
+int dataset_reader_columns(dataset_reader *r, const char *const *names, const int *required, size_t n) {
+    return r->pq ? pq_project(r->pq, names, required, n) : 0;
+}
 bool dataset_reader_can_go_on(const dataset_reader *r) {
     return r->type == DATASET_TYPE_JSONL || (r->type == DATASET_TYPE_CSV && r->header && !r->broken);
 }
@@ -465,6 +491,7 @@ void dataset_reader_close(dataset_reader **rp) {
     dataset_reader *r = *rp;
     if (!r) return;
     if (r->map) munmap(r->map, r->map_len);
+    pq_close(&r->pq);
     fields_free(r->header, r->n_header);
     free(r->field);
     free(r->path);

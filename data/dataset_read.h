@@ -1,4 +1,4 @@
-/* dataset_read.h: records from dataset files: a JSON array, JSON lines, CSV or plain text.
+/* dataset_read.h: records from dataset files: a JSON array, JSON lines, CSV, plain text or Parquet.
  *
  * A reader returns one record at a time as a JSON object, so a large JSON array or JSONL file
  * is never held as one parsed tree (the file itself is memory-mapped):
@@ -7,6 +7,7 @@
  *   csv                      RFC 4180 (quoted fields, "" escapes, CRLF or LF, newlines
  *                            inside quotes); the first row names the fields; values are strings
  *   text                     the whole file as one record {"text": ...}
+ *   parquet                  one record per row (data/parquet.h), one row group in memory at a time
  * Every byte must be UTF-8 (a leading BOM is skipped). Errors name the place:
  * "data/x.json:14:7: ..." for JSON, "data/x.csv:9: ..." for CSV rows.
  * Ownership: dataset_reader_open / dataset_reader_close; records are new references. */
@@ -22,18 +23,24 @@ typedef enum dataset_type {
     DATASET_TYPE_JSON,
     DATASET_TYPE_JSONL,
     DATASET_TYPE_CSV,
-    DATASET_TYPE_TEXT
+    DATASET_TYPE_TEXT,
+    DATASET_TYPE_PARQUET
 } dataset_type;
 
-/* "auto", "json", "jsonl", "csv", "text"; ERR_RECIPE for anything else */
+/* "auto", "json", "jsonl", "csv", "text", "parquet"; ERR_RECIPE for anything else */
 int dataset_type_parse(const char *name, dataset_type *out);
 const char *dataset_type_name(dataset_type t);
 
 typedef struct dataset_reader dataset_reader;
 
-/* AUTO picks by extension (.jsonl/.ndjson, .json, .csv, else text); a .json file that does
- * not start with '[' is read as JSON lines. */
+/* AUTO picks by extension (.jsonl/.ndjson, .json, .csv, .parquet, else text); a .json file that
+ * does not start with '[' is read as JSON lines; a file that starts with Parquet's magic "PAR1"
+ * is Parquet whatever its name. */
 int dataset_reader_open(dataset_reader **out, const char *path, dataset_type type);
+/* The fields the caller reads (formats read only theirs). Parquet decodes only these columns,
+ * and a required one the file lacks is an ERR_DATA naming the columns it has; the text formats
+ * carry every field anyway, so this changes nothing for them. required may be NULL. */
+int dataset_reader_columns(dataset_reader *r, const char *const *names, const int *required, size_t n);
 /* The next record in *rec (a new reference), or *rec = NULL at the end. ERR_DATA with a
  * "path:line:col: message" on malformed input. */
 int dataset_reader_next(dataset_reader *r, json_t **rec);

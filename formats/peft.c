@@ -112,9 +112,10 @@ double peft_adapter_scale(const peft_adapter *a, const peft_lora *l) {
 /* The keys peft 0.21 writes for features we do not use, with the values it writes. */
 static json_t *config_defaults(void) {
     static const char *nulls[] = {"alora_invocation_tokens", "arrow_config", "auto_mapping", "corda_config",
-                                  "eva_config", "exclude_modules", "layer_replication", "layers_pattern",
-                                  "layers_to_transform", "lora_ga_config", "megatron_config", "modules_to_save",
-                                  "revision", "target_parameters", "trainable_token_indices", "use_bdlora"};
+                                  "eva_config", "exclude_modules", "kasa_config", "layer_replication",
+                                  "layers_pattern", "layers_to_transform", "lora_ga_config", "megatron_config",
+                                  "modules_to_save", "monteclora_config", "revision", "target_parameters",
+                                  "trainable_token_indices", "use_bdlora", "velora_config"};
     static const char *falses[] = {"ensure_weight_tying", "fan_in_fan_out", "lora_bias", "use_dora", "use_qalora"};
     static const char *empties[] = {"alpha_pattern", "loftq_config", "rank_pattern"};
     json_t *j = json_object();

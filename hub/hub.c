@@ -1629,12 +1629,24 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
 
     /* 2. the wanted files, pickle refused */
     const char **want = calloc((size_t)n_files + 1, sizeof *want);
+    bool *picked = o->select ? calloc((size_t)n_files + 1, sizeof *picked) : NULL;
+    if (!want || (o->select && !picked)) {
+        free((void *)want);
+        free(picked);
+        rc = err_set(ERR_STAGE, "out of memory");
+        goto done;
+    }
+    if (o->select && (rc = o->select(o->select_user, commit, files, n_files, picked))) {
+        free((void *)want);
+        free(picked);
+        goto done;
+    }
     int n_want = 0, n_safetensors = 0;
     const char *a_pickle = NULL;
     for (int i = 0; i < n_files; i++) {
         const char *f = files[i];
         if (hub_path_is_pickle(f) && !a_pickle) a_pickle = f;
-        if (!wanted(o, f)) continue;
+        if (picked ? !picked[i] : !wanted(o, f)) continue;
         if (hub_path_is_pickle(f) && !o->allow_pickle) {
             rc = err_set(ERR_DATA, "refusing '%s' of '%s': PyTorch pickle files can run arbitrary code when loaded; "
                                    "use the repo's .safetensors files, or set allow_pickle if you trust it", f, o->repo);
@@ -1648,6 +1660,12 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         rc = err_set(ERR_DATA, "model '%s' at '%s' has no .safetensors weights, only PyTorch pickle files such as '%s' "
                                "(refused: a pickle can run code when loaded); pick a revision or repo with "
                                "safetensors weights, or set allow_pickle if you trust it", o->repo, rev, a_pickle);
+    free(picked);
+    if (!rc && !n_want && o->select) { /* the listing was all the caller wanted */
+        free((void *)want);
+        out->commit = strdup(commit);
+        goto done;
+    }
     if (!rc && !n_want)
         rc = err_set(ERR_NETWORK, "no file of %s '%s' at '%s' matches the include/exclude patterns", repo_noun(o->type),
                      o->repo, rev);

@@ -62,6 +62,11 @@ typedef void (*hub_progress_fn)(void *user, const hub_progress *p);
 /* The default allow list: what a model stage needs, nothing else. */
 extern const char *const hub_default_include[]; /* NULL-terminated */
 
+/* Picks the wanted files from a revision's whole listing (sorted repo paths), instead of the
+ * include/exclude patterns: sets want[i]. Returns 0 or an error (with err_set) that ends the call.
+ * Picking none ends the call after the listing: out->commit is set, nothing is downloaded. */
+typedef int (*hub_select_fn)(void *user, const char *commit, char *const *files, int n, bool *want);
+
 typedef struct hub_fetch_opts {
     hub_repo_type type;
     const char *repo;              /* "org/name" */
@@ -73,6 +78,8 @@ typedef struct hub_fetch_opts {
     hub_progress_fn progress;
     void *progress_user;
     volatile int *interrupted;     /* polled; may be NULL */
+    hub_select_fn select;          /* NULL: include/exclude pick the files */
+    void *select_user;
 } hub_fetch_opts;
 
 typedef struct hub_snapshot {

@@ -1,12 +1,15 @@
 /* cmd_data.c: `qlora-run data show RECIPE STAGE [--n N]`: decoded training samples of a
  * dataset stage's artifact with the masked spans marked, so users see exactly what the model
- * is trained on. The artifact must be in the cache: the command offers the run that makes it. */
+ * is trained on. The artifact must be in the cache: the command offers the run that makes it.
+ * `qlora-run data read FILE [--type T] [--columns A,B] [--n N]`: the records the dataset stage
+ * reads from a file, one JSON object a line (what a Parquet file looks like to qlora-run). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "data/dataset_read.h"
 #include "runner/cache.h"
 #include "runner/commands.h"
 #include "runner/plan.h"
@@ -14,39 +17,90 @@
 #include "train/dataset_build.h"
 
 typedef struct data_args {
-    int64_t n;
+    int64_t n; /* 0: not given */
     cli_list sets;
+    const char *type, *columns;
 } data_args;
 
 static const cli_opt data_opts[] = {
-    {"n", 0, CLI_INT, "N", "how many rows (3)", CLI_AT(data_args, n), 1, 1e9},
-    {"set", 0, CLI_LIST, "KEY=VALUE", "override a recipe key; repeatable", CLI_AT(data_args, sets), 0, 0},
+    {"n", 0, CLI_INT, "N", "how many rows (show: 3) or records (read: all)", CLI_AT(data_args, n), 1, 1e15},
+    {"set", 0, CLI_LIST, "KEY=VALUE", "show: override a recipe key; repeatable", CLI_AT(data_args, sets), 0, 0},
+    {"type", 0, CLI_STR, "TYPE", "read: the file type, as the dataset stage's type (auto)", CLI_AT(data_args, type), 0, 0},
+    {"columns", 0, CLI_STR, "A,B", "read: only these fields (each one must exist)", CLI_AT(data_args, columns), 0, 0},
     {0},
 };
 
 const cli_cmd cli_data = {
     .name = "data",
-    .usage = "data show RECIPE STAGE [--n N] [--set KEY=VALUE]...",
-    .summary = "decoded training samples, masked spans marked",
-    .about = "Prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
-             "that are masked out of the loss marked. The stage must have run (it is read from the cache).",
-    .min_pos = 3, .max_pos = 3, .opts = data_opts,
+    .usage = "data show RECIPE STAGE [--n N] [--set KEY=VALUE]...\n"
+             "data read FILE [--type TYPE] [--columns A,B] [--n N]",
+    .summary = "decoded training samples, masked spans marked; the records of a data file",
+    .about = "show: prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
+             "that are masked out of the loss marked. The stage must have run (it is read from the cache).\n"
+             "read: prints the records of a data file (JSON, JSONL, CSV, text or Parquet) one JSON object a\n"
+             "line, as the dataset stage reads them.",
+    .min_pos = 2, .max_pos = 3, .opts = data_opts,
 };
 
+/* data read FILE: the records as JSON lines */
+static int data_read(const char *file, const data_args *o) {
+    dataset_type t;
+    int rc = dataset_type_parse(o->type ? o->type : "auto", &t);
+    if (rc) return cli_usage_error(&cli_data, "%s", err_msg());
+    dataset_reader *r = NULL;
+    if ((rc = dataset_reader_open(&r, file, t))) return rc;
+    if (o->columns) {
+        char *copy = strdup(o->columns), *save = NULL;
+        const char *names[256];
+        int req[256];
+        size_t k = 0;
+        for (char *tok = strtok_r(copy, ",", &save); tok && k < 256; tok = strtok_r(NULL, ",", &save)) {
+            names[k] = tok;
+            req[k++] = 1;
+        }
+        rc = dataset_reader_columns(r, names, req, k);
+        free(copy);
+    }
+    for (int64_t i = 0; !rc && (o->n <= 0 || i < o->n); i++) {
+        json_t *rec;
+        if ((rc = dataset_reader_next(r, &rec)) || !rec) break;
+        char *line = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+        json_decref(rec);
+        if (!line) rc = err_set(ERR_STAGE, "out of memory");
+        else {
+            fputs(line, stdout);
+            fputc('\n', stdout);
+            free(line);
+        }
+    }
+    dataset_reader_close(&r);
+    if (!rc && fflush(stdout)) rc = err_errno(ERR_STAGE, "cannot write the records");
+    return rc;
+}
+
 int cmd_data(int argc, char **argv) {
-    data_args o = {.n = 3};
+    data_args o = {0};
     const char *pos[4];
     int n_pos, rc = cli_parse(&cli_data, &o, argc, argv, pos, &n_pos);
     if (rc) {
         cli_list_free(&o.sets);
         return rc == CLI_HELP ? 0 : rc;
     }
-    const char *path = pos[1], *stage = pos[2];
-    int n = (int)o.n;
+    if (!strcmp(pos[0], "read")) {
+        cli_list_free(&o.sets);
+        if (n_pos != 2) return cli_usage_error(&cli_data, "read takes one file (data read FILE)");
+        return data_read(pos[1], &o);
+    }
     if (strcmp(pos[0], "show")) {
         cli_list_free(&o.sets);
-        return cli_usage_error(&cli_data, "unknown subcommand '%s' (the subcommand is 'show')", pos[0]);
+        return cli_usage_error(&cli_data, "unknown subcommand '%s' (show or read)", pos[0]);
     }
+    if (n_pos != 3) {
+        cli_list_free(&o.sets);
+        return cli_usage_error(&cli_data, "show takes a recipe and a stage (data show RECIPE STAGE)");
+    }
+    const char *path = pos[1], *stage = pos[2];
+    int n = o.n > 0 ? (int)(o.n < 1000000000 ? o.n : 1000000000) : 3;
     recipe *r = NULL;
     rc = recipe_load(&r, path, (char *const *)o.sets.v, o.sets.n);
     cli_list_free(&o.sets);

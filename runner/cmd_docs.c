@@ -64,6 +64,7 @@ static const char *type_word(param_type t) {
     case PARAM_FILE: return "file";
     case PARAM_FILES: return "files";
     case PARAM_ANY: return "any";
+    case PARAM_ENTRIES: return "list of entries";
     }
     return "?";
 }

@@ -15,11 +15,13 @@
 #include "model/llama.h"
 #include "model/device.h"
 #include "model/llama_peft.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include "runner/commands.h"
 
 typedef struct generate_args {
-    const char *model, *adapter, *prompt, *device;
+    const char *model, *adapter, *prompt, *device, *chat_kwargs;
+    bool chat;
     int64_t max_new_tokens, top_k, seed;
     double temperature, top_p, repetition_penalty;
     cli_list stops;
@@ -37,6 +39,11 @@ static const cli_opt generate_opts[] = {
     {"stop", 0, CLI_LIST, "STR", "stop before STR (repeatable)", CLI_AT(generate_args, stops), 0, 0},
     {"seed", 0, CLI_INT, "N", "sampling seed (0)", CLI_AT(generate_args, seed), 0, 9e18},
     {"device", 0, CLI_STR, "cpu|cuda|auto", "where to run (auto)", CLI_AT(generate_args, device), 0, 0},
+    {"chat", 0, CLI_FLAG, NULL, "TEXT is a user message (or a JSON record {\"messages\": [...], \"tools\": ...}):\n"
+                                "the model's chat template renders it with the generation prompt",
+     CLI_AT(generate_args, chat), 0, 0},
+    {"chat-kwargs", 0, CLI_STR, "JSON", "template variables for --chat, e.g. '{\"enable_thinking\": false}'",
+     CLI_AT(generate_args, chat_kwargs), 0, 0},
     {0},
 };
 
@@ -69,6 +76,34 @@ static char *read_stdin(void) {
     }
     if (buf) buf[n] = 0;
     return buf;
+}
+
+/* --chat: the text as a user message, or a JSON record with messages (and tools, ...), through
+ * the model's chat template with add_generation_prompt (malloc'd) */
+static int chat_prompt(const char *model_dir, const char *text, const char *kwargs_text, char **out) {
+    chat_template *ct = NULL;
+    int rc = chat_template_load(&ct, model_dir, NULL);
+    if (rc) return rc;
+    json_t *rec = text[0] == '{' ? json_loads(text, 0, NULL) : NULL;
+    if (!json_is_array(json_object_get(rec, "messages"))) {
+        json_decref(rec);
+        rec = json_pack("{s:[{s:s, s:s}]}", "messages", "role", "user", "content", text);
+    }
+    json_t *kw = kwargs_text ? json_loads(kwargs_text, 0, NULL) : NULL;
+    if (kwargs_text && !json_is_object(kw)) rc = err_set(ERR_USAGE, "--chat-kwargs needs a JSON object, not '%s'", kwargs_text);
+    jinja_result r = {0};
+    if (!rc && !rec) rc = err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = chat_template_render(ct, json_object_get(rec, "messages"), json_object_get(rec, "tools"),
+                                       json_object_get(rec, "documents"), kw, true, NULL, &r);
+    if (!rc) {
+        *out = r.text;
+        r.text = NULL;
+    }
+    jinja_result_free(&r);
+    json_decref(rec);
+    json_decref(kw);
+    chat_template_free(&ct);
+    return rc;
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -107,7 +142,20 @@ int cmd_generate(int argc, char **argv) {
                  (rc = llama_peft_attach(m, &ad, adir))))
         goto out;
     go.eos_id = tokenizer_eos(tok);
-    if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) goto out;
+    if (a.chat || a.chat_kwargs) {
+        /* the template writes the special tokens itself: encode its text without adding any */
+        char *rendered = NULL;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if ((rc = chat_prompt(mdir, text_in ? text_in : prompt, a.chat_kwargs, &rendered))) goto out;
+        rc = tokenizer_encode(tok, rendered, strlen(rendered), false, &ids, &n);
+        free(rendered);
+        if (!rc) rc = generate_text_ids(m, tok, ids, (int)n, &go, &out, NULL);
+        free(ids);
+        if (rc) goto out;
+    } else if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) {
+        goto out;
+    }
     fputs(out, stdout);
     fputc('\n', stdout);
 out: /* main prints the message */

@@ -19,6 +19,7 @@ const command commands[] = {
     {"quantize", "models", cmd_quantize, &cli_quantize},
     {"inspect", "models", cmd_inspect, &cli_inspect},
     {"tokenize", "models", cmd_tokenize, &cli_tokenize},
+    {"chat-template", "models", cmd_chat_template, &cli_chat_template},
     {"generate", "models", cmd_generate, &cli_generate},
     {"export", "models", cmd_export, &cli_export},
     {"push", "models", cmd_push, &cli_push},

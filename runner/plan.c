@@ -81,6 +81,15 @@ static json_t *key_doc(const plan *p, int i) {
     }
     if (json_array_size(s->key_files) && s->hooks && json_array_size(json_object_get(s->hooks, "allow")))
         json_object_set(d, "hook_allow", json_object_get(s->hooks, "allow"));
+    if (s->kind->resolve) {
+        json_t *res = NULL;
+        if (s->kind->resolve(s->params, &res)) {
+            json_decref(res);
+            res = json_pack("{s:s}", "unresolved", err_msg());
+            err_clear();
+        }
+        if (res) json_object_set_new(d, "resolved", res);
+    }
     json_object_set_new(d, "params", params);
     json_object_set_new(d, "inputs", inputs);
     json_object_set_new(d, "files", files);
@@ -137,6 +146,12 @@ static char *explain(const json_t *old, const json_t *now) {
         else if (!same(json_object_get(of, k), v)) append(&why, "file '%s' changed", k);
     }
     if (!same(json_object_get(old, "device"), json_object_get(now, "device"))) append(&why, "device changed");
+    json_t *ores = json_object_get(old, "resolved"), *nres = json_object_get(now, "resolved");
+    if (!same(ores, nres)) {
+        const char *oc = json_string_value(json_object_get(ores, "commit")), *nc = json_string_value(json_object_get(nres, "commit"));
+        if (oc && nc && strcmp(oc, nc)) append(&why, "the source moved to commit %.12s (was %.12s)", nc, oc);
+        else append(&why, "the resolved source changed");
+    }
     if (!same(json_object_get(old, "hook_allow"), json_object_get(now, "hook_allow"))) append(&why, "hook allowances changed");
     return why;
 }

@@ -318,6 +318,7 @@ static const char *type_name(param_type t) {
     case PARAM_FILE: return "a file path";
     case PARAM_FILES: return "a file path, glob or list of them";
     case PARAM_ANY: return "a value";
+    case PARAM_ENTRIES: return "a list of entries";
     }
     return "?";
 }
@@ -342,6 +343,7 @@ typedef struct vctx {
     errs *e;
     const char *where; /* "stage 'train'" for messages */
     json_t *key_files; /* paths of files that enter the cache key */
+    const param_spec *table; /* the kind's params (for PARAM_ENTRIES) */
 } vctx;
 
 static void add_key_file(vctx *v, const char *path) {
@@ -370,10 +372,55 @@ static void add_kind_file(void *ud, const char *path) {
     free(given);
 }
 
+static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n);
+
+/* PARAM_ENTRIES: each entry a mapping of the kind's PARAM_ENTRY keys, typed by their own specs */
+static json_t *entries_value(vctx *v, const param_spec *s, const yt_node *n) {
+    if (n->type != YT_SEQ) {
+        errs_add(v->e, n, "%s: '%s' must be a list of entries (- key: value ...)", v->where, s->name);
+        return NULL;
+    }
+    size_t nspec = 0;
+    const char *names[128];
+    for (const param_spec *t = v->table; t && t->name && nspec < 128; t++)
+        if (t->flags & (PARAM_ENTRY | PARAM_ENTRY_ONLY)) names[nspec++] = t->name;
+    json_t *arr = json_array();
+    bool bad = false;
+    for (size_t i = 0; i < n->n; i++) {
+        const yt_node *m = n->vals[i];
+        if (m->type != YT_MAP) {
+            errs_add(v->e, m, "%s: each entry of '%s' must be a mapping (- path: ...)", v->where, s->name);
+            bad = true;
+            continue;
+        }
+        json_t *o = json_object();
+        for (size_t k = 0; k < m->n; k++) {
+            const char *key = m->keys[k]->text;
+            const param_spec *es = NULL;
+            for (const param_spec *t = v->table; t && t->name; t++)
+                if ((t->flags & (PARAM_ENTRY | PARAM_ENTRY_ONLY)) && !strcmp(t->name, key)) es = t;
+            if (!es) {
+                char *sug = suggest_suffix(key, names, nspec);
+                errs_add(v->e, m->keys[k], "%s: '%s' entry %zu: unknown key '%s'%s", v->where, s->name, i, key, sug);
+                free(sug);
+                bad = true;
+                continue;
+            }
+            json_t *j = yt_is_null(m->vals[k]) ? json_null() : typed_value(v, es, m->vals[k]);
+            if (!j) { bad = true; continue; }
+            json_object_set_new(o, key, j);
+        }
+        json_array_append_new(arr, o);
+    }
+    if (bad) { json_decref(arr); return NULL; }
+    return arr;
+}
+
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
 static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     errs *e = v->e;
     if (s->type == PARAM_ANY) return yt_to_json(n);
+    if (s->type == PARAM_ENTRIES) return entries_value(v, s, n);
     if (s->type == PARAM_LIST || s->type == PARAM_FILES) {
         json_t *arr = json_array();
         if (n->type == YT_MAP) {
@@ -517,7 +564,7 @@ static json_t *default_value(const param_spec *s) {
     yt_node *n;
     if (yt_parse_string(s->def, "(default)", &n)) { err_clear(); return json_null(); }
     errs e = {0};
-    vctx v = {&e, "default", NULL};
+    vctx v = {&e, "default", NULL, NULL};
     json_t *j;
     if (s->type == PARAM_FILE || s->type == PARAM_FILES) j = yt_to_json(n); /* defaults name no files */
     else j = typed_value(&v, s, n);
@@ -547,6 +594,14 @@ static json_t *validate_map(vctx *v, const param_spec *spec, const yt_node *m, c
             bad = true;
             continue;
         }
+        if (s->flags & PARAM_ENTRY_ONLY) {
+            const char *list = "the list";
+            for (const param_spec *t = spec; t->name; t++)
+                if (t->type == PARAM_ENTRIES) list = t->name;
+            errs_add(v->e, m->keys[i], "%s: '%s' is set per entry of '%s', not for the whole stage", v->where, k, list);
+            bad = true;
+            continue;
+        }
         if (yt_is_null(m->vals[i])) {
             if (s->flags & PARAM_REQUIRED) {
                 errs_add(v->e, m->vals[i], "%s: '%s' needs a value", v->where, k);
@@ -566,6 +621,8 @@ static json_t *validate_map(vctx *v, const param_spec *spec, const yt_node *m, c
         json_t *have = json_object_get(out, s->name);
         if (have) {
             json_object_set(ordered, s->name, have);
+        } else if (s->flags & PARAM_ENTRY_ONLY) {
+            continue; /* never at the top */
         } else if (s->flags & PARAM_REQUIRED) {
             errs_add(v->e, m, "%s: missing required key '%s' (%s)", v->where, s->name, s->doc);
             bad = true;
@@ -759,7 +816,7 @@ static bool load_gate(recipe *r, errs *e, const yt_node *key, const yt_node *val
     }
     char where[256];
     snprintf(where, sizeof where, "gate '%s'", label);
-    vctx v = {e, where, NULL};
+    vctx v = {e, where, NULL, gate_params};
     json_t *c = validate_map(&v, gate_params, val, NULL);
     if (!c) { free(stage); return false; }
     bool ok = true;
@@ -860,7 +917,7 @@ static json_t *gates_json(const recipe *r) {
 
 /* the top-level keys: name, seed, device, cache and runs directories (absolute) */
 static json_t *load_top(recipe *r, errs *e) {
-    vctx v = {e, "recipe", NULL};
+    vctx v = {e, "recipe", NULL, NULL};
     json_t *top = validate_map(&v, top_params, r->root, NULL);
     if (!top) return NULL;
     r->name = strdup(json_string_value(json_object_get(top, "name")));
@@ -885,7 +942,7 @@ static json_t *load_top(recipe *r, errs *e) {
 /* `hooks:` against the hook table, defaults filled; unset hook points are left out, so
  * stages see only the hooks that exist. NULL when invalid. */
 static json_t *load_hooks(const yt_node *hn, errs *e) {
-    vctx hv = {e, "hooks", NULL};
+    vctx hv = {e, "hooks", NULL, NULL};
     json_t *hk = NULL;
     if (hn && !yt_is_null(hn)) {
         if (hn->type != YT_MAP) errs_add(e, hn, "recipe: 'hooks' must be a mapping of hook point to Lua file");
@@ -940,7 +997,7 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
     rs->kind = kind;
     rs->node = st;
     rs->key_files = json_array();
-    vctx sv = {e, where, rs->key_files};
+    vctx sv = {e, where, rs->key_files, kind->params};
     rs->params = validate_map(&sv, kind->params, st, "kind");
     if (rs->params) {
         /* a kind's own seed defaults to the recipe's */

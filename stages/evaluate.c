@@ -32,7 +32,9 @@
 #include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/llama_trainer.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "train/chat_format.h"
 #include "train/trainer.h"
 #include "train/dataset_build.h"
 #include "eval/mc.h"
@@ -136,6 +138,8 @@ typedef struct eval_state {
     hooks *hooks;
     json_t *fmt_ctx; /* ctx of format(record, ctx), as the dataset stage passes it */
     bool alpaca;     /* the data used the built-in alpaca format */
+    chat_template *chat;    /* the data used format: chat with this Jinja template, else NULL */
+    chat_format_opts chat_o; /* its record keys (field_messages, mappings) and kwargs */
     tokenizer *tok;
     llama_model *m;
     gen_opts gen;
@@ -186,10 +190,46 @@ static int push_item(eval_state *e, prompt_item it) {
     return 0;
 }
 
+/* A chat record as the data was rendered: its messages up to the last user turn (a final
+ * assistant turn is the reference answer) through the template with add_generation_prompt.
+ * The template writes the special tokens, so the ids are encoded without adding any. */
+static int chat_prompt(eval_state *e, const json_t *record, char **text, int32_t **ids, int *n_ids) {
+    json_t *msgs = NULL;
+    int rc = chat_format_messages(&e->chat_o, record, &msgs, NULL);
+    if (rc) return rc;
+    size_t n = json_array_size(msgs);
+    while (n > 1 && !strcmp(json_string_value(json_object_get(json_array_get(msgs, n - 1), "role")), "assistant"))
+        json_array_remove(msgs, --n);
+    jinja_result r = {0};
+    rc = chat_template_render(e->chat, msgs, json_object_get(record, "tools"), json_object_get(record, "documents"),
+                              e->chat_o.kwargs, true, NULL, &r);
+    json_decref(msgs);
+    size_t k = 0;
+    if (!rc) rc = tokenizer_encode(e->tok, r.text, r.len, false, ids, &k);
+    if (!rc && k > INT32_MAX) rc = err_set(ERR_DATA, "the prompt is too long");
+    if (rc) {
+        jinja_result_free(&r);
+        return rc;
+    }
+    *n_ids = (int)k;
+    *text = r.text;
+    r.text = NULL;
+    jinja_result_free(&r);
+    return 0;
+}
+
 static int add_item(eval_state *e, const json_t *v, const char *source, size_t index) {
     char what[160];
     snprintf(what, sizeof what, "%s[%zu]", source, index);
     char *text = NULL;
+    if (e->chat && json_is_object(v) && !hooks_has(e->hooks, "format")) {
+        int32_t *ids = NULL;
+        int n_ids = 0;
+        int rc = chat_prompt(e, v, &text, &ids, &n_ids);
+        if (rc) return err_wrap("%s", what);
+        return push_item(e, (prompt_item){.text = text, .ids = ids, .n_ids = n_ids, .record = json_incref((json_t *)v),
+                                          .source = source});
+    }
     if (json_is_string(v)) {
         text = strdup(json_string_value(v));
     } else {
@@ -561,6 +601,21 @@ static int eval_run(stage_ctx *ctx) {
         (rc = hooks_bind(e.hooks, "format", dhook)))
         goto out;
     e.alpaca = dformat && !strcmp(dformat, "alpaca");
+    if (dformat && !strcmp(dformat, "chat")) {
+        /* the Jinja template the data was rendered with, when it was one (docs/chat-templates.md) */
+        const char *dtpl = json_string_value(json_object_get(dfmt, "chat_template"));
+        const char *dfile = json_string_value(json_object_get(dfmt, "chat_template_file")); /* absolute */
+        if (dtpl && (!strcmp(dtpl, "tokenizer_default") || !strcmp(dtpl, "file")) &&
+            (rc = chat_template_load(&e.chat, mdir, dfile)))
+            goto out;
+        json_t *mp = json_object_get(dfmt, "message_property_mappings");
+        json_t *kw = json_object_get(dfmt, "chat_template_kwargs");
+        e.chat_o = (chat_format_opts){.tpl = e.chat,
+                                      .field_messages = json_string_value(json_object_get(dfmt, "field_messages")),
+                                      .role_key = json_string_value(json_object_get(mp, "role")),
+                                      .content_key = json_string_value(json_object_get(mp, "content")),
+                                      .kwargs = json_is_object(kw) ? kw : NULL};
+    }
     int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
     const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
     json_t *dargs = json_object_get(dfmt, "hook_args");
@@ -704,6 +759,7 @@ out:
         json_decref(e.items[k].record);
     }
     free(e.items);
+    chat_template_free(&e.chat);
     for (int k = 0; k < n_sets; k++) train_data_free(&sets[k]);
     free(stops);
     llama_free(&e.m);

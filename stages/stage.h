@@ -28,15 +28,20 @@ typedef enum param_type {
     PARAM_REF,     /* the name of another stage; `choices` lists the allowed kinds ("init_model|fetch_model") */
     PARAM_FILE,    /* a path relative to the recipe; must exist; its content is part of the cache key */
     PARAM_FILES,   /* a list of paths or globs; likewise */
-    PARAM_ANY      /* any YAML value, kept as JSON (lists of prompts, maps) */
+    PARAM_ANY,     /* any YAML value, kept as JSON (lists of prompts, maps) */
+    PARAM_ENTRIES  /* a list of mappings whose keys are the kind's own PARAM_ENTRY params, each
+                      validated by its own spec (files globbed and keyed as at the top); an entry
+                      holds only the keys it sets: the rest come from the stage */
 } param_type;
 
 enum param_flags {
     PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
     PARAM_NOKEY = 1 << 1,    /* not part of the cache key (e.g. log_every) */
-    PARAM_PATH_OR_WORD = 1 << 2 /* STRING: a keyword ("byte"), or else a file or directory
+    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte"), or else a file or directory
                                    relative to the recipe, which must exist and whose content
                                    is part of the cache key */
+    PARAM_ENTRY = 1 << 3,        /* may also be set per entry of the kind's PARAM_ENTRIES list */
+    PARAM_ENTRY_ONLY = 1 << 4    /* only in an entry (a dataset's weight), never at the top */
 };
 
 typedef struct param_spec {
@@ -128,6 +133,11 @@ typedef struct stage_kind {
     const char *key_hooks;
     bool device_dependent;
     void (*key_paths)(const json_t *params, const char *recipe_dir, json_t *paths);
+    /* optional: what the params name but do not pin, resolved when the plan is made (a hub
+     * dataset's branch -> its commit and file list); *out becomes part of the cache key, so a
+     * new commit re-runs the stage and the same one does not. An error leaves the reason in
+     * the key instead (the run then reports it). */
+    int (*resolve)(const json_t *params, json_t **out);
     const metric_spec *metrics; /* terminated by {0}; NULL: records none */
     unsigned flags;             /* enum stage_kind_flags */
 } stage_kind;

@@ -123,6 +123,17 @@ async function checkFile(baseDir, adapterDir, mergedDir, ggufPath) {
   const infos = Object.fromEntries(tensorInfos.map((t) => [t.name, t]));
   check(tensorInfos.length === Object.keys(merged).length, `tensor count ${tensorInfos.length} vs ${Object.keys(merged).length}`);
   const buf = fs.readFileSync(ggufPath);
+  // the merged value before rounding: base + (alpha / r) * B[row] . A[:, col] (alpha 8, make-adapter's)
+  const exact = (hf, hfRow, col, cols) => {
+    const mod = hf.replace(/\.weight$/, ""), A = ad[`base_model.model.${mod}.lora_A.weight`], B = ad[`base_model.model.${mod}.lora_B.weight`];
+    let x = value(base[hf], hfRow * cols + col);
+    if (A) {
+      let delta = 0;
+      for (let k = 0; k < A.shape[0]; k++) delta += value(B, hfRow * A.shape[0] + k) * value(A, k * cols + col);
+      x += (8 / A.shape[0]) * delta;
+    }
+    return x;
+  };
   let sampled = 0, worst = 0;
   for (const [hf, t] of Object.entries(merged)) {
     const gi = infos[ggufName(hf)];
@@ -144,7 +155,21 @@ async function checkFile(baseDir, adapterDir, mergedDir, ggufPath) {
         case 0: gv = buf.readFloatLE(start + 4 * e); tol = 1e-7; break;
         case 1: gv = f16(buf.readUInt16LE(start + 2 * e)); tol = 0.008 * Math.abs(mv) + 1e-6; break;
         case 30: { const b = Buffer.alloc(4); b.writeUInt16LE(buf.readUInt16LE(start + 2 * e), 2); gv = b.readFloatLE(0); tol = 0.008 * Math.abs(mv) + 1e-7; break; }
-        case 8: { const blk = start + 34 * Math.floor(e / 32), dd = f16(buf.readUInt16LE(blk)); gv = dd * buf.readInt8(blk + 2 + (e % 32)); tol = dd + 0.008 * Math.abs(mv); break; }
+        case 8: {
+          // the block (32 columns of this row) against the reference q8_0 rule, from the exact merged
+          // values (base + scale * B.A before the bf16 rounding of the merged file): the scale is
+          // max |x| / 127 rounded to f16 (half an f16 step), and every code is x / scale rounded to
+          // the nearest integer (off by at most half a step: truncation is off by up to a whole one)
+          const blk = start + 34 * Math.floor(e / 32), d16 = f16(buf.readUInt16LE(blk)), q = buf.readInt8(blk + 2 + (e % 32));
+          const c0 = col - (col % 32), xs = [];
+          for (let c = c0; c < c0 + 32; c++) xs.push(exact(hf, hfRow, c, cols));
+          const amax = Math.max(...xs.map(Math.abs)), dd = amax / 127, x = xs[col - c0];
+          check(Math.abs(d16 - dd) <= 1.01 * Math.max(dd * 2 ** -11, 2 ** -25), `${gi.name} block of [${row},${col}]: scale ${d16}, max|x|/127 = ${dd}`);
+          const ratio = dd ? x / dd : 0; // an all-zero block (unused token rows) is all zero codes
+          check(Math.abs(q - ratio) <= 0.5 + 1e-3, `${gi.name}[${row},${col}]: code ${q}, x / scale = ${ratio} (not rounded to nearest)`);
+          gv = d16 * q; tol = 0.5 * dd * 1.002 + 127 * Math.abs(d16 - dd) + 2 ** -8 * Math.abs(x);
+          break;
+        }
         default: check(false, `${gi.name}: unexpected type ${gi.dtype}`); continue;
       }
       if (t.shape.length === 1) check(gi.dtype === 0, `${gi.name}: 1-D tensors are F32`);

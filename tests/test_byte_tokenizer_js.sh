@@ -1,7 +1,7 @@
 #!/bin/bash
 # test_byte_tokenizer_js.sh: the byte-level tokenizer that `init-model --tokenizer byte` writes
 # is loaded by npm's @huggingface/tokenizers (pinned, installed under $QLORA_BUILD/npm) and
-# encodes every byte to its own id with <s> first. Skips (exit 0) only when npm is unreachable.
+# encodes every byte to its own id with <s> first. Fails when node, npm or the package are missing.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 VERSION=0.2.0

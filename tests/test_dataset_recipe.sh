@@ -98,18 +98,15 @@ set -e
 grep -q "record 1" out.txt && grep -q "missing 'output'" out.txt || { cat out.txt; fail "missing field message"; }
 
 # a url source goes through the hub client's plain-URL download (python3's http.server here)
-if command -v python3 >/dev/null; then
-    mkdir -p www
-    printf '{"instruction": "Say hi.", "output": "Hi!"}\n{"instruction": "Bye.", "output": "Bye!"}\n' > www/d.jsonl
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    python3 -m http.server "$port" --bind 127.0.0.1 --directory www > /dev/null 2>&1 &
-    srv=$!
-    trap 'kill $srv 2>/dev/null; rm -rf "$W"' EXIT
-    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-    sed -e "s|    path: alpaca.json|    url: http://127.0.0.1:$port/d.jsonl|" -e 's|format: lua|format: alpaca|' file.yaml > url.yaml
-    HF_HOME="$W/hf" "$QLORA_BIN" url.yaml > out.txt 2>&1 || { cat out.txt; fail "url recipe"; }
-    grep -q "2 records -> 2 sequences" out.txt || { cat out.txt; fail "url stats"; }
-else
-    echo "note: no python3, url source not tested"
-fi
+command -v python3 >/dev/null || fail "python3 is needed to serve the url source (make deps, or apt-get install python3)"
+mkdir -p www
+printf '{"instruction": "Say hi.", "output": "Hi!"}\n{"instruction": "Bye.", "output": "Bye!"}\n' > www/d.jsonl
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory www > /dev/null 2>&1 &
+srv=$!
+trap 'kill $srv 2>/dev/null; rm -rf "$W"' EXIT
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+sed -e "s|    path: alpaca.json|    url: http://127.0.0.1:$port/d.jsonl|" -e 's|format: lua|format: alpaca|' file.yaml > url.yaml
+HF_HOME="$W/hf" "$QLORA_BIN" url.yaml > out.txt 2>&1 || { cat out.txt; fail "url recipe"; }
+grep -q "2 records -> 2 sequences" out.txt || { cat out.txt; fail "url stats"; }
 echo "ok"

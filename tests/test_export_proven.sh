@@ -3,9 +3,11 @@
 # check_export.py, test_export_golden.c) are still what `qlora-run export` writes today. Re-exports
 # the committed adapter against the committed base and compares: the adapter byte for byte, the
 # merged model's config, tokenizer files and safetensors header (names, dtypes, shapes, offsets)
-# byte for byte (its values differ in the last bit here and there: this merge starts from the
-# bf16 base/, the committed one from the NF4 checkpoint). A failure means the export format
-# changed: regenerate as tests/golden/README.md says and rerun check_export.py where torch is.
+# byte for byte, and its values (tests/merged_check.py): each targeted weight is base + scale *
+# B @ A rounded to bf16, the others the base's bytes, and all within 1.5 bf16 steps of the proven
+# merged/ (which started from the NF4 checkpoint's fp32 weights, this one from their bf16 copy).
+# A failure means the export changed: regenerate as tests/golden/README.md says and rerun
+# check_export.py where torch is.
 set -euo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
 SRC=${QLORA_SRC:-.}
@@ -26,4 +28,6 @@ header() { local n; n=$(od -An -tu8 -N8 "$1" | tr -d ' '); head -c $((8 + n)) "$
 cmp -s <(header "$tmp/out/model/model.safetensors") <(header "$G/merged/model.safetensors") ||
   fail "model/model.safetensors: header differs from the proven tests/golden/export/merged/model.safetensors"
 [ "$(ls "$tmp/out/model" | sort)" = "$(ls "$G/merged" | sort)" ] || fail "model/ holds other files than the proven merged/"
+command -v python3 >/dev/null || fail "python3 is needed to compare the merged values (make deps, or apt-get install python3)"
+python3 "$SRC/tests/merged_check.py" "$G/base" "$G/adapter_list" "$tmp/out/model" "$G/merged" || fail "model/model.safetensors: values"
 echo "export golden: adapter and merged model as proven"

@@ -4,7 +4,7 @@
 # (pinned, installed under $QLORA_BUILD/npm), checking metadata, tensor names, shapes and
 # sampled values against the merged model and against base + adapter. Also the CLI's
 # failure paths: a mismatched adapter and an unknown format leave nothing behind.
-# Skips (exit 0) only when the npm registry cannot be reached.
+# Fails when node, npm or the package are missing (tests/npm_pkg.sh).
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 GGUF_VERSION=0.4.6

@@ -4,11 +4,11 @@
 # ETag, relative snapshot links, refs). Against the nginx test hub (tests/hub_server.sh):
 #   1. it downloads a model; `qlora-run fetch` then finds every file and sends no file request;
 #   2. `qlora-run fetch` downloads into a fresh cache; it then finds every file there too.
-# Skips (exit 0) only when node/npm are missing or the npm registry cannot be reached.
+# Fails when nginx, node, npm or the package are missing.
 set -u
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 HUB_VERSION=2.17.5
-[ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "SKIP: no nginx (apt-get install nginx-light)"; exit 0; }
+[ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "FAIL: no nginx at ${NGINX:-/usr/sbin/nginx} (make deps, or apt-get install nginx-light)"; exit 1; }
 . "$QLORA_SRC/tests/npm_pkg.sh"
 npm_pkg HUB_JS_DIR @huggingface/hub "$HUB_VERSION"
 . "$QLORA_SRC/tests/hub_server.sh"

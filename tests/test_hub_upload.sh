@@ -36,7 +36,7 @@ reqs() { cut -d' ' -f1,2 "$S/requests.log" | sed -E 's/[0-9a-f]{64}/OID/g' | tr 
 D=$W/folder
 mkdir -p "$D/sub" "$D/empty"                                    # an empty folder: nothing to send
 echo '{"r": 4}' > "$D/adapter_config.json"                    # regular
-head -c 3000 /dev/urandom > "$D/weights.bin.part"              # binary: LFS, basic
+{ printf '\0\1\2'; head -c 2997 /dev/urandom; } > "$D/weights.bin.part"  # binary (a NUL byte): LFS, basic
 head -c 300000 /dev/urandom > "$D/sub/model.safetensors"       # LFS, multipart (5 parts of 64 KiB)
 printf 'x%.0s' $(seq 5000) > "$D/sub/notes.txt"                # text but large: LFS
 

@@ -31,7 +31,11 @@ done
 grep -q '"model_type": "qwen2"' "$art/model/config.json" || { echo "FAIL: merged config"; exit 1; }
 base=$(ls -d cache/artifacts/init_model/*/ | head -1)
 grep -q '"hidden_size": 64' "$base/model/config.json" || { echo "FAIL: init_model config"; exit 1; }
-"$QLORA_BIN" plan r.yaml 2>&1 | grep -q "cached" || { echo "FAIL: second plan does not reuse the cache"; exit 1; }
+# every stage cached (the export too, not just one of them)
+"$QLORA_BIN" plan r.yaml > plan.txt 2>&1 || { cat plan.txt; echo "FAIL: plan failed"; exit 1; }
+for s in base out; do
+    grep -Eq "^  $s +[a-z_]+ +cached " plan.txt || { cat plan.txt; echo "FAIL: stage '$s' is not cached in the second plan"; exit 1; }
+done
 expect_invalid() { # sed-expression expected-text
     sed "$1" r.yaml > bad.yaml
     set +e

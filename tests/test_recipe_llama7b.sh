@@ -9,7 +9,7 @@
 # event or manifest.
 set -u
 BIN=${QLORA_BIN:-build/qlora-run}
-[ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "SKIP: no nginx (apt-get install nginx-light)"; exit 0; }
+[ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "FAIL: no nginx at ${NGINX:-/usr/sbin/nginx} (make deps, or apt-get install nginx-light)"; exit 1; }
 . "$(dirname "$0")/hub_server.sh"
 hub_init
 T=$HUB_T

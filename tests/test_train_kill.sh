@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test_train_kill.sh: crash safety of training through the real program. The demo recipe
-# (shortened) is killed with SIGKILL at KILLS (default 8) random moments, run again after each
-# kill, and must end with an adapter byte-identical to an uninterrupted run's every time.
+# (shortened) is killed with SIGKILL at KILLS (default 8) moments spread over an uninterrupted
+# train run's wall time (kill i at (i + r)/KILLS of it, r random in [0, 1)), run again after each
+# kill, and must end with an adapter byte-identical to an uninterrupted run's every time. Where
+# each kill landed is read from the cache (before the first checkpoint, in training, after the
+# artifact): at least a quarter must land in training, or the test proved nothing about resuming.
 # Then SIGINT: the run stops with exit code 7 (interrupted), and the next run resumes.
 set -uo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
@@ -16,31 +19,39 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # the trained adapter of the run whose cache is $1
 adapter_of() { find "$1/artifacts/train" -name adapter_model.safetensors | head -1; }
 
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# the stages before train, reused by every run below, so the kills land in the train stage
+QLORA_CACHE="$tmp/base" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until lora >/dev/null 2>&1 || fail "the stages before train failed"
+rm -rf "$tmp/base/work"
+cp -r "$tmp/base" "$tmp/ref"
+t0=$(now_ms)
 QLORA_CACHE="$tmp/ref" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until train >/dev/null 2>&1 || fail "reference run failed"
+T=$(( $(now_ms) - t0 ))
 ref=$(adapter_of "$tmp/ref")
 [ -f "$ref" ] || fail "no reference adapter"
-# the stages before train, reused by every killed run, so the kills land in training
-cp -r "$tmp/ref" "$tmp/base" && rm -rf "$tmp/base/artifacts/train" "$tmp/base/work"
 
-ok=0
-for i in $(seq 1 "$KILLS"); do
+ok=0 before=0 in_train=0 after=0
+for i in $(seq 0 $((KILLS - 1))); do
   c="$tmp/k$i"
   cp -r "$tmp/base" "$c"
-  # kill after 50..849 ms: anywhere in loading, stepping, checkpointing or writing the artifact
-  delay=$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", 0.05 + (r % 800) / 1000 }')
+  d=$(( (i * 32768 + RANDOM) * T / (KILLS * 32768) )) # ms into the run
   QLORA_CACHE="$c" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until train >/dev/null 2>&1 &
   pid=$!
-  sleep "$delay"
+  sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
   kill -9 "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
+  if [ -n "$(adapter_of "$c" 2>/dev/null)" ]; then where="after the train artifact"; after=$((after + 1))
+  elif ls "$c"/work/*/checkpoint-*.bin >/dev/null 2>&1; then where="in training"; in_train=$((in_train + 1))
+  else where="before the first checkpoint"; before=$((before + 1)); fi
   QLORA_CACHE="$c" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until train >"$tmp/resume$i.txt" 2>&1 ||
-    { cat "$tmp/resume$i.txt"; fail "run after kill $i (at ${delay}s) failed"; }
+    { cat "$tmp/resume$i.txt"; fail "run after kill $i (at $d ms, $where) failed"; }
   got=$(adapter_of "$c")
-  if cmp -s "$ref" "$got"; then ok=$((ok + 1)); else echo "kill $i at ${delay}s: adapter differs"; fi
+  if cmp -s "$ref" "$got"; then ok=$((ok + 1)); else echo "kill $i at $d ms ($where): adapter differs"; fi
   rm -rf "$c"
 done
-echo "kill -9 and resume: $ok of $KILLS identical"
+echo "kill -9 and resume: $ok of $KILLS identical; kills over a $T ms run: $before before the first checkpoint, $in_train in training, $after after"
 [ "$ok" -eq "$KILLS" ] || fail "resumed adapters differ"
+[ "$in_train" -ge $(( (KILLS + 3) / 4 )) ] || fail "only $in_train of $KILLS kills landed in training (want a quarter): the resume path was not tested"
 
 # SIGINT: checkpoint, exit code 7, then the next run resumes to the same bytes
 c="$tmp/int"

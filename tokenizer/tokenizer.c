@@ -737,6 +737,8 @@ static int load_json_file(const char *path, json_t **out, bool required) {
     if (rc) return rc;
     json_error_t je;
     json_t *j = json_loadb(text, len, 0, &je);
+    /* real tokenizer_config.json files hold model_max_length 1e30 as an integer literal */
+    if (!j && strstr(je.text, "too big integer")) j = json_loadb(text, len, JSON_DECODE_INT_AS_REAL, &je);
     free(text);
     if (!j) return err_set(ERR_DATA, "'%s':%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
     if (!json_is_object(j)) {

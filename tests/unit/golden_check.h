@@ -256,10 +256,15 @@ static void check_case(const gmodel *g, bool packed, const ops_table *ops, golde
         m->ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, ADAM_LR, 0.9f, 0.999f,
                       1e-8f, ADAM_WD, s + 1);
     }
-    e = gcurve ? rel_err(curve, gcurve, ADAM_STEPS) : 1;
-    fprintf(stderr, "  %s%s: adam curve %.5f -> %.5f (torch %.5f -> %.5f) rel err %.2e\n", g->name,
+    /* each step against that step's torch loss: the curve falls 10.5 -> 0.05 on qwen2, so an error
+     * measured against the first (largest) value would let the last steps be off many times over */
+    e = gcurve ? 0 : 1;
+    for (int s = 0; gcurve && s < ADAM_STEPS; s++) e = fmax(e, fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
+    fprintf(stderr, "  %s%s: adam curve %.5f -> %.5f (torch %.5f -> %.5f) worst step rel err %.2e; per step:", g->name,
             packed ? " packed" : "", curve[0], curve[ADAM_STEPS - 1], gcurve ? gcurve[0] : 0.0f,
             gcurve ? gcurve[ADAM_STEPS - 1] : 0.0f, e);
+    for (int s = 0; gcurve && s < ADAM_STEPS; s++) fprintf(stderr, " %.1e", fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
+    fprintf(stderr, "\n");
     CHECK(e <= tol.curve);
     CHECK(curve[ADAM_STEPS - 1] < curve[0]);
     free(grads);

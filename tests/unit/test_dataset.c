@@ -121,7 +121,7 @@ static void free_split(arts *a) {
 static int build(const dataset_opts *o, const char *data, const dataset_tokenizer *tok, hooks *hk, char **out,
                  json_t **stats) {
     char *paths[1] = {(char *)data};
-    dataset_source src = {paths, data ? 1 : 0, DATASET_TYPE_AUTO, hk};
+    dataset_source src = {paths, data ? 1 : 0, DATASET_TYPE_AUTO, hk, NULL, 0};
     *out = new_out();
     return dataset_build(o, &src, tok, *out, NULL, stats);
 }

@@ -1,4 +1,4 @@
-/* test_dataset_read.c: JSON / JSONL / CSV / text readers and their error messages. */
+/* test_dataset_read.c: JSON / JSONL / CSV / text / Parquet readers and their error messages. */
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
@@ -196,7 +196,40 @@ TEST(test_glob) {
     CHECK_EQ_INT(dataset_glob(dirs, 1, &paths, &n), ERR_DATA);
     CHECK(strstr(err_msg(), "is a directory"));
     dataset_type t;
-    CHECK_EQ_INT(dataset_type_parse("parquet", &t), ERR_RECIPE);
+    CHECK_EQ_INT(dataset_type_parse("xlsx", &t), ERR_RECIPE);
+    CHECK_EQ_INT(dataset_type_parse("parquet", &t), 0);
+    CHECK_EQ_INT(t, DATASET_TYPE_PARQUET);
+}
+
+/* Parquet (fixtures written by pyarrow, tests/golden/parquet/): every prefix fails with ERR_DATA
+ * naming the file (the footer sits at the end); a byte changed anywhere reads, or fails with
+ * ERR_DATA naming the file, never worse (the sanitizer build checks memory on the way) */
+TEST(test_parquet_damaged) {
+    const char *const fixtures[] = {"golden/parquet/types_v2.parquet", "golden/parquet/nested.parquet",
+                                    "golden/parquet/delta_v1.parquet", "golden/parquet/chat_item.parquet"};
+    for (size_t k = 0; k < sizeof fixtures / sizeof fixtures[0]; k++) {
+        char *buf;
+        size_t len, full_n = 0, n;
+        CHECK_EQ_INT(fs_read_all(fixtures[k], &buf, &len), 0);
+        CHECK_EQ_INT(read_all(put("d.parquet", buf, len), DATASET_TYPE_AUTO, &full_n, NULL), 0);
+        CHECK(full_n > 0);
+        for (size_t cut = 0; cut < len; cut += 1 + cut / 8) {
+            int rc = read_all(put("d.parquet", buf, cut), DATASET_TYPE_PARQUET, &n, NULL);
+            CHECK_EQ_INT(rc, ERR_DATA);
+            CHECK(strstr(err_msg(), "d.parquet") != NULL);
+        }
+        for (size_t at = 4; at + 8 < len; at += 13) {
+            char keep = buf[at];
+            buf[at] = (char)(buf[at] ^ 0x5a);
+            int rc = read_all(put("d.parquet", buf, len), DATASET_TYPE_PARQUET, &n, NULL);
+            if (rc) {
+                CHECK_EQ_INT(rc, ERR_DATA);
+                CHECK(strstr(err_msg(), "d.parquet") != NULL);
+            }
+            buf[at] = keep;
+        }
+        free(buf);
+    }
 }
 
 /* every prefix of a good file reads cleanly or fails with ERR_DATA naming the file: never a
@@ -234,6 +267,7 @@ int main(void) {
     RUN(test_text);
     RUN(test_glob);
     RUN(test_truncated_files);
+    RUN(test_parquet_damaged);
     fs_rm_rf(tmpdir);
     return test_summary();
 }

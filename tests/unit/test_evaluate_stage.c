@@ -106,6 +106,32 @@ TEST(test_evaluate_alpaca_prompts) {
     free(out);
 }
 
+/* format: chat data with the model's Jinja template: a record prompt is its messages up to the
+ * last user turn, rendered with the generation prompt (the final assistant turn is the reference) */
+TEST(test_evaluate_chat_prompts) {
+    char *out = fs_join(root, "eval4"), *mdir = fs_join(model_art, "model"), *tpl = fs_join(mdir, "chat_template.jinja");
+    const char *src = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}"
+                      "{% if add_generation_prompt %}<assistant>{% endif %}";
+    CHECK_EQ_INT(fs_write_atomic(tpl, src, strlen(src)), 0);
+    const char *meta = "{\"version\":1,\"sequence_len\":16,\"splits\":{\"train\":{},\"val\":{}},\"stats\":{},"
+                       "\"formatting\":{\"format\":\"chat\",\"chat_template\":\"tokenizer_default\","
+                       "\"train_on_inputs\":false,\"hook_args\":null}}";
+    CHECK_EQ_INT(fix_write_file(data_art, "meta.json", meta, strlen(meta)), 0); /* what the dataset stage wrote */
+    json_t *report = NULL;
+    json_t *p = json_pack("{s:s, s:s, s:[{s:[{s:s, s:s}, {s:s, s:s}]}], s:i, s:i}", "model", "m", "data", "d", "prompts",
+                          "messages", "role", "user", "content", "Hi", "role", "assistant", "content", "ref",
+                          "max_new_tokens", 2, "score_records", 0);
+    CHECK_EQ_INT(run_stage(&stage_kind_evaluate, p, out, &report, NULL, NULL), 0);
+    const char *prompt = json_string_value(json_object_get(json_array_get(json_object_get(report, "generations"), 0), "prompt"));
+    CHECK_EQ_STR(prompt, "<s><user>Hi</s><assistant>");
+    json_decref(report);
+    CHECK_EQ_INT(fix_write_dataset_meta(data_art, "completion"), 0);
+    unlink(tpl);
+    free(tpl);
+    free(mdir);
+    free(out);
+}
+
 TEST(test_generate_loop) {
     model_config c;
     char *mdir = fs_join(model_art, "model");
@@ -176,6 +202,7 @@ int main(void) {
     RUN(test_evaluate_side_by_side);
     RUN(test_evaluate_score_hook);
     RUN(test_evaluate_alpaca_prompts);
+    RUN(test_evaluate_chat_prompts);
     RUN(test_generate_loop);
     config_free(&c);
     free(model_art), free(data_art), free(lora_art), free(train_art);

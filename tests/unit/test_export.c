@@ -176,7 +176,14 @@ TEST(test_q8_0_and_permute) {
     CHECK(h == f32_to_f16(7.4f / 127.0f));
     CHECK_EQ_INT((int8_t)q[2], -127);
     ggml_dequantize_q8_0(q, y, 64);
-    for (int i = 0; i < 64; i++) CHECK_NEAR(y[i], x[i], 0.1);
+    /* each value within half a step of its block (plus what the f16 scale rounding adds) */
+    for (int b = 0; b < 2; b++) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[32 * b + i]));
+        memcpy(&h, q + GGML_Q8_0_BYTES * b, 2);
+        double d = amax / 127.0, tol = 0.5 * d + 127 * fabs(f16_to_f32(h) - d) + 1e-6;
+        for (int i = 0; i < 32; i++) CHECK_NEAR(y[32 * b + i], x[32 * b + i], tol);
+    }
     /* permutation: within a head of d=4 rows, GGUF row 2i+j = HF row j*2+i: [0,2,1,3] */
     float w[8 * 2];
     for (int i = 0; i < 16; i++) w[i] = (float)(i / 2); /* row r holds r */
@@ -190,6 +197,28 @@ TEST(test_q8_0_and_permute) {
     CHECK_EQ_STR(name, "blk.0.ffn_down.weight");
     CHECK_EQ_INT(gguf_export_tensor_name("lm_head.weight", name, sizeof name), 0);
     CHECK_EQ_STR(name, "output.weight");
+}
+
+/* q8_0 on a block whose answer is known by hand: max |x| = 127, so d = 1 (f16 0x3c00) and q is x
+ * rounded half away from zero; truncation or round-half-even give other bytes */
+TEST(test_q8_0_block_by_hand) {
+    float x[32] = {127, 2.5f, -2.5f, 2.49f, 63.5f, -0.5f, 0.5f, -126.6f, 1.75f, -1.25f};
+    for (int i = 10; i < 32; i++) x[i] = (float)(i - 20) * 0.75f; /* -7.5 .. 8.25 */
+    uint8_t blk[GGML_Q8_0_BYTES];
+    ggml_quantize_q8_0(x, blk, 32);
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    CHECK_EQ_INT(h, 0x3c00);
+    const int want[10] = {127, 3, -3, 2, 64, -1, 1, -127, 2, -1};
+    for (int i = 0; i < 10; i++) CHECK_EQ_INT((int8_t)blk[2 + i], want[i]);
+    for (int i = 10; i < 32; i++) { /* (i - 20) * 0.75: a .25, .5 or .75 fraction or none */
+        int q4 = (i - 20) * 3, q = q4 / 4, r = q4 % 4; /* x = q4 / 4 */
+        int want_q = r == 0 ? q : (q4 > 0 ? (r >= 2 ? q + 1 : q) : (r <= -2 ? q - 1 : q));
+        CHECK_EQ_INT((int8_t)blk[2 + i], want_q);
+    }
+    float back[32];
+    ggml_dequantize_q8_0(blk, back, 32);
+    CHECK(back[1] == 3.0f && back[7] == -127.0f);
 }
 
 TEST(test_gguf_writer_layout) {
@@ -312,13 +341,25 @@ TEST(test_export_all) {
     const gten *tv = t_find(&g, "blk.0.attn_v.weight");
     CHECK(tv && tv->type == GGML_TYPE_Q8_0);
     if (tv) {
-        float *deq = malloc(32 * 64 * 4), *vv = malloc(32 * 64 * 4);
-        ggml_dequantize_q8_0(g.data + g.data_start + tv->off, deq, 32 * 64);
+        /* bit for bit the reference q8_0 rule (llama.cpp's quantize_row_q8_0_ref): per block of 32,
+         * d = max |x| / 127 stored as f16, q = round-half-away-from-zero(x * (1 / d)). v_proj has no
+         * LoRA, so x is the base's bf16 value exactly. */
+        float *vv = malloc(32 * 64 * 4);
         st_read_f32(vm, 0, 32 * 64, vv);
-        double err = 0;
-        for (int i = 0; i < 32 * 64; i++) err = fmax(err, fabs(deq[i] - vv[i]));
-        CHECK(err < 0.001);
-        free(deq);
+        const uint8_t *qb = (const uint8_t *)g.data + g.data_start + tv->off;
+        int bad_d = 0, bad_q = 0;
+        for (int b = 0; b < 32 * 64 / 32; b++) {
+            const float *x = vv + 32 * b;
+            float amax = 0;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+            float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+            uint16_t h;
+            memcpy(&h, qb + 34 * b, 2);
+            bad_d += h != f32_to_f16(d);
+            for (int i = 0; i < 32; i++) bad_q += (int8_t)qb[34 * b + 2 + i] != (int8_t)roundf(x[i] * id);
+        }
+        CHECK_EQ_INT(bad_d, 0);
+        CHECK_EQ_INT(bad_q, 0);
         free(vv);
     }
     gguf_done(&g);
@@ -543,6 +584,7 @@ int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_export.%d", (int)getpid());
     fs_mkdir_p(tmpdir);
     RUN(test_q8_0_and_permute);
+    RUN(test_q8_0_block_by_hand);
     RUN(test_gguf_writer_layout);
     RUN(test_export_all);
     RUN(test_export_qwen2_and_nf4);

@@ -14,7 +14,8 @@
  *   test_golden (CI) loads each model from its inputs file (NF4 again, see golden_model) and
  *       compares: the dequantized weights exactly, then logits and loss (relative error <= 1e-4),
  *       gradients (<= 1e-3) and the 10-step loss curve (<= 1e-3).
- *       Relative error = max |ours - torch| / max |torch|.
+ *       Relative error = max |ours - torch| / max |torch|, except for the loss curve, where each
+ *       step's loss is compared with torch's loss at that step (measured worst 1.1e-4, llama packed).
  * The bf16 -> NF4 path at load is tested against bitsandbytes itself in test_llama and test_nf4. */
 #include "golden_check.h"
 

@@ -1,11 +1,16 @@
 /* test_golden_gpu.c: the golden PyTorch dumps of test_golden, run through ops_cuda() (bf16
  * activations): the same model code on the GPU backend, within bf16 tolerances. The dumps are fp32
- * torch; bf16 keeps ~3 significant digits, so logits and loss are held to 2e-2 and gradients and
- * the 10-step curve to 5e-2 (relative to each tensor's largest value). Skipped without a device. */
+ * torch; bf16 keeps ~3 significant digits, so logits and loss are held to 2e-2 and gradients to
+ * 5e-2 (relative to each tensor's largest value). The 10-step AdamW curve is compared step by step,
+ * each loss relative to torch's loss at that step: the bf16 differences compound as qwen2's loss
+ * falls 10.5 -> 0.045, and the last steps measured (H200, this commit) 0.11 (qwen2), 0.063 (qwen2
+ * packed), 0.0058 and 0.0028 (llama, packed): the limit is 0.2. The old limit, 5e-2 of the
+ * first step's loss, allowed the last step to be off by 11 times its value.
+ * Skipped without a device. */
 #include "golden_check.h"
 
 static const ops_table *gpu;
-static const golden_tol tol_bf16 = {1e-6, 2e-2, 2e-2, 5e-2, 5e-2};
+static const golden_tol tol_bf16 = {1e-6, 2e-2, 2e-2, 5e-2, 2e-1};
 
 TEST(golden_llama_gpu) { check_case(&models[0], false, gpu, tol_bf16); }
 TEST(golden_llama_packed_gpu) { check_case(&models[0], true, gpu, tol_bf16); }

@@ -33,6 +33,17 @@ static double rel_err(const float *a, const float *b, int64_t n) {
     return num / den;
 }
 
+/* root mean square of a - b over that of b: bf16 rounding noise averages out here, while an error
+ * in the model (a wrong rope base, say) moves every logit */
+static double rms_rel(const float *a, const float *b, int64_t n) {
+    double num = 0, den = 1e-30;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / den);
+}
+
 /* the qwen2 golden model with LoRA on every linear (or small_targets), A from PEFT's init and a
  * nonzero B */
 static uint32_t small_targets = LLAMA_TARGETS_ALL;
@@ -94,9 +105,13 @@ TEST(bnb_checkpoint_logits) {
         llama_batch b = {.ids = ids, .T = T};
         CHECK(llama_forward_logits(m, &b, logits) == 0);
         double e = rel_err(logits, (const float *)lt->data, (int64_t)T * V);
-        /* bitsandbytes computed in bf16: ~3 significant digits */
-        fprintf(stderr, "  %s: logits rel err vs bitsandbytes %.2e\n", dirs[d], e);
-        CHECK(e < 2e-2);
+        double r = rms_rel(logits, (const float *)lt->data, (int64_t)T * V);
+        /* bitsandbytes computed in bf16, we in fp32: measured max 6.5e-3 and rms 5.9e-3 (both dirs).
+         * The limits sit between that and a wrong model: rope_theta 5e5 instead of 1e4 in the
+         * config gives max 1.7e-2 and rms 1.4e-2 (2e4: 7.8e-3 and 7.4e-3) */
+        fprintf(stderr, "  %s: logits vs bitsandbytes: max rel err %.2e, rms rel err %.2e\n", dirs[d], e, r);
+        CHECK(e < 1e-2);
+        CHECK(r < 8e-3);
         if (d == 0) memcpy(first, logits, sizeof(float) * (size_t)(T * V));
         llama_free(&m);
     }

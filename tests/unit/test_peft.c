@@ -1,5 +1,7 @@
-/* test_peft.c: PEFT adapter round trip, the exact adapter_config.json bytes peft writes,
- * Python-compatible JSON floats and strings, and rejection of malformed adapters. */
+/* test_peft.c: PEFT adapter round trip; the exact adapter_config.json and adapter_model.safetensors
+ * bytes peft 0.21.0 writes for the same adapter (tests/fixtures/peft, written by peft itself:
+ * tests/golden/make_peft_fixture.py); Python-compatible JSON floats and strings; rejection of
+ * malformed adapters. */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -19,8 +21,10 @@ static void make_adapter(peft_adapter *a) {
     a->alpha = 16;
     a->dropout = 0.05;
     a->base_model = strdup("tiny-llama");
-    peft_adapter_add_target(a, "q_proj");
+    /* peft keeps target_modules in a Python set and writes it in hash order: this is the order
+     * it wrote for the fixture (make_peft_fixture.py, PYTHONHASHSEED=0) */
     peft_adapter_add_target(a, "v_proj");
+    peft_adapter_add_target(a, "q_proj");
     peft_lora *l;
     peft_adapter_add(a, "model.layers.0.self_attn.q_proj", 32, 32, &l);
     for (int i = 0; i < 4 * 32; i++) l->A[i] = (float)i * 0.01f;
@@ -69,6 +73,18 @@ TEST(test_config_bytes) {
     }
     free(want);
     free(text);
+    /* the weights file: the same bytes as peft's (header, tensor order, padding, data) */
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/bytes", tmpdir);
+    CHECK_EQ_INT(peft_adapter_save(&a, dir), 0);
+    char *wp = fs_join(dir, PEFT_WEIGHTS_FILE), *got = NULL;
+    size_t gl = 0;
+    CHECK_EQ_INT(fs_read_all(wp, &got, &gl), 0);
+    CHECK_EQ_INT(fs_read_all("fixtures/peft/adapter_model_expected.safetensors", &want, &wl), 0);
+    CHECK(got && want && gl == wl && !memcmp(got, want, wl));
+    free(got);
+    free(want);
+    free(wp);
     peft_adapter_free(&a);
 }
 

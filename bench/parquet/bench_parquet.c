@@ -1,0 +1,178 @@
+/* bench_parquet.c: the Parquet reader on an Alpaca-shaped file, three ways.
+ *
+ *   bench/parquet/run.sh FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N]
+ *
+ *   decode    the projected columns (instruction, input, output) of every row group decoded
+ *             into value arrays on one thread (pq_decode_row_group): MB/s of string bytes
+ *   records   every row assembled into a JSON object (pq_next), one thread
+ *   dataset   dataset_build end to end from the file, as the dataset stage runs it: read,
+ *             Alpaca formatting, tokenizing (N threads), masking, packing into 512-token rows,
+ *             2% validation split, writing the artifact
+ * The file: tests/golden/make_parquet.py --bench writes alpaca_52k.parquet (52,002 rows, snappy,
+ * pyarrow's defaults). The tokenizer is the byte layout of the generated tokenizer unless
+ * --tokenizer names a directory with a tokenizer.json. Prints the best of --repeat runs. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "core/fsutil.h"
+#include "core/log.h"
+#include "data/parquet.h"
+#include "tokenizer/tokenizer.h"
+#include "train/dataset_build.h"
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* CPU time of this thread: on a shared machine the wall clock also counts other jobs' turns */
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int byte_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
+    (void)ud;
+    int32_t *o = malloc((len + 1) * sizeof *o);
+    if (!o) return err_set(ERR_STAGE, "out of memory");
+    for (size_t i = 0; i < len; i++) o[i] = (unsigned char)text[i];
+    *ids = o;
+    *n = len;
+    return 0;
+}
+
+static int real_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
+    return tokenizer_encode(ud, text, len, false, ids, n);
+}
+
+static const char *const cols[] = {"instruction", "input", "output"};
+
+static int open_projected(pq_file **f, const char *path) {
+    int rc = pq_open(f, path);
+    if (!rc) rc = pq_project(*f, cols, NULL, 3);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    const char *path = NULL, *tokdir = NULL;
+    int jobs = 2, repeat = 3;
+    const char *only = NULL; /* --only decode|records|dataset (profiling) */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--jobs") && i + 1 < argc) jobs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokdir = argv[++i];
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (argv[i][0] != '-' && !path) path = argv[i];
+        else {
+            fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
+        return 2;
+    }
+    pq_file *f;
+    if (open_projected(&f, path)) {
+        fprintf(stderr, "%s\n", err_msg());
+        return 1;
+    }
+    printf("file               %s (%.1f MB, %lld rows, %d row groups)\n", path, (double)fs_size(path) / 1e6,
+           (long long)pq_num_rows(f), pq_num_row_groups(f));
+    /* decode */
+    double best = 1e9, best_cpu = 1e9, first = 0, first_cpu = 0;
+    size_t bytes = 0;
+    for (int r = 0; r < repeat && (!only || !strcmp(only, "decode")); r++) {
+        double t0 = now(), c0 = cpu_now();
+        bytes = 0;
+        for (int g = 0; g < pq_num_row_groups(f); g++) {
+            size_t b;
+            if (pq_decode_row_group(f, g, &b)) {
+                fprintf(stderr, "%s\n", err_msg());
+                return 1;
+            }
+            bytes += b;
+        }
+        double dt = now() - t0, dc = cpu_now() - c0;
+        if (r == 0) first = dt, first_cpu = dc;
+        if (dt < best) best = dt;
+        if (dc < best_cpu) best_cpu = dc;
+    }
+    pq_close(&f);
+    double mb = (double)bytes / 1e6;
+    printf("decode             %.1f MB of strings, 1 thread: first pass %.3f s wall (%.3f s CPU, %.0f MB/s); "
+           "best of %d %.3f s wall, %.3f s CPU: %.0f MB/s of CPU time\n", mb, first, first_cpu, mb / first_cpu, repeat,
+           best, best_cpu, mb / best_cpu);
+    /* records */
+    best = best_cpu = 1e9;
+    long long rows = 0;
+    for (int r = 0; r < repeat && (!only || !strcmp(only, "records")); r++) {
+        if (open_projected(&f, path)) return 1;
+        double t0 = now(), c0 = cpu_now();
+        json_t *rec;
+        rows = 0;
+        while (!pq_next(f, &rec) && rec) {
+            json_decref(rec);
+            rows++;
+        }
+        double dt = now() - t0, dc = cpu_now() - c0;
+        if (err_code()) {
+            fprintf(stderr, "%s\n", err_msg());
+            return 1;
+        }
+        pq_close(&f);
+        if (dt < best) best = dt;
+        if (dc < best_cpu) best_cpu = dc;
+    }
+    printf("records            %lld JSON objects, 1 thread, best of %d: %.3f s wall, %.3f s CPU (%.0f K rows/s)\n", rows,
+           repeat, best, best_cpu, rows / best_cpu / 1e3);
+    /* dataset_build */
+    dataset_tokenizer tok = {NULL, byte_encode, 256, 257, 259, "<s>", "</s>"};
+    tokenizer *t = NULL;
+    if (tokdir) {
+        if (tokenizer_load(&t, tokdir)) {
+            fprintf(stderr, "%s\n", err_msg());
+            return 1;
+        }
+        tok = (dataset_tokenizer){t, real_encode, tokenizer_bos(t), tokenizer_eos(t), tokenizer_vocab_size(t),
+                                  tokenizer_token(t, tokenizer_bos(t)), tokenizer_token(t, tokenizer_eos(t))};
+    }
+    dataset_opts o = {.format = DATASET_FORMAT_ALPACA, .sequence_len = 512, .sample_packing = true,
+                      .val_set_size = 0.02, .shuffle = true, .seed = 1, .jobs = jobs};
+    char *paths[1] = {(char *)path};
+    dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL, NULL, 0};
+    log_set_quiet(true);
+    best = 1e9;
+    long long tokens = 0;
+    struct timespec p0;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p0);
+    for (int r = 0; r < repeat && (!only || !strcmp(only, "dataset")); r++) {
+        char dir[] = "/tmp/qlora_bench_pq_XXXXXX";
+        if (!mkdtemp(dir)) return 1;
+        json_t *stats = NULL;
+        double t0 = now();
+        int rc = dataset_build(&o, &src, &tok, dir, NULL, &stats);
+        double dt = now() - t0;
+        fs_rm_rf(dir);
+        if (rc) {
+            fprintf(stderr, "%s\n", err_msg());
+            return 1;
+        }
+        tokens = (long long)json_integer_value(json_object_get(stats, "tokens"));
+        json_decref(stats);
+        if (dt < best) best = dt;
+    }
+    struct timespec p1;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p1);
+    double cpu = (double)(p1.tv_sec - p0.tv_sec) + 1e-9 * (double)(p1.tv_nsec - p0.tv_nsec);
+    printf("dataset            read + format + tokenize (%s, %d threads) + pack + write: best of %d %.2f s wall "
+           "(%.2f s CPU a run), %lld tokens\n", tokdir ? tokdir : "byte tokenizer", jobs, repeat, best, cpu / repeat, tokens);
+    tokenizer_free(&t);
+    return 0;
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# test_chat_template_recipe.sh: format: chat with a Jinja template through the runner. A
+# generated model (byte tokenizer) and a template file: the stage renders each record, trains
+# the assistant turns with their end-of-turn marker (data show puts the rest in [[...]]),
+# reads ShareGPT records and per-turn train: false; a changed template file means a new cache
+# key. Bad input exits 4 with the template's line:col or the record, and caches nothing; a model
+# without a template and chat_template: tokenizer_default names the built-in templates.
+set -euo pipefail
+: "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
+cd "$W"
+fail() { echo "FAIL: $*"; exit 1; }
+
+cat > tpl.jinja <<'EOF2'
+{{- bos_token }}
+{%- for m in messages %}
+    {%- if (m.role == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('roles must alternate user/assistant') }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content | trim + '<|eot_id|>' }}
+{%- endfor %}
+EOF2
+cat > chat.jsonl <<'EOF2'
+{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]}
+{"conversations": [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1", "train": false}, {"from": "human", "value": "Q2"}, {"from": "gpt", "value": " A2 "}]}
+EOF2
+recipe() { # $1 name, $2 extra dataset lines
+    cat > "$1.yaml" <<EOF2
+name: $1
+stages:
+  base:
+    kind: init_model
+    arch: llama
+    layers: 1
+    hidden: 64
+  data:
+    kind: dataset
+    model: base
+    path: ${3:-chat.jsonl}
+    format: chat
+    sequence_len: 256
+    shuffle: false
+$2
+EOF2
+}
+recipe good "    chat_template_file: tpl.jinja
+    eot_tokens: ['<|eot_id|>']"
+"$QLORA_BIN" good.yaml > out.txt 2>&1 || { cat out.txt; fail "the recipe with a template file"; }
+grep -q "chat template: .*tpl.jinja" out.txt || { cat out.txt; fail "the log does not name the template"; }
+"$QLORA_BIN" data show good.yaml data > show.txt 2>&1 || { cat show.txt; fail "data show"; }
+grep -qF '[[<s><|start_header_id|>user<|end_header_id|>
+
+Hi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+]]Hello!<|eot_id|>' show.txt || { cat show.txt; fail "record 0: the assistant turn and its marker are not the trained span"; }
+grep -qF '[[<s><|start_header_id|>user<|end_header_id|>
+
+Q1<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+A1<|eot_id|><|start_header_id|>user<|end_header_id|>
+
+Q2<|eot_id|><|start_header_id|>assistant<|end_header_id|>
+
+]]A2<|eot_id|>' show.txt || { cat show.txt; fail "record 1 (ShareGPT, train: false on A1)"; }
+"$QLORA_BIN" good.yaml > out2.txt 2>&1
+grep -q "0 ran, 2 cached" out2.txt || { cat out2.txt; fail "second run not cached"; }
+echo "{#- changed -#}" >> tpl.jinja
+"$QLORA_BIN" plan good.yaml > plan.txt 2>&1
+grep -A1 "^  data" plan.txt | grep -q "run" || { cat plan.txt; fail "a changed template did not invalidate the dataset"; }
+
+expect4() { # $1 recipe, $2 message pattern
+    local rc=0 before after
+    before=$(ls cache/artifacts/dataset 2>/dev/null | wc -l)
+    "$QLORA_BIN" "$1.yaml" > "$1.txt" 2>&1 || rc=$?
+    [ "$rc" = 4 ] || { cat "$1.txt"; fail "$1: exit $rc, expected 4"; }
+    grep -q -- "$2" "$1.txt" || { cat "$1.txt"; fail "$1: the message lacks '$2'"; }
+    after=$(ls cache/artifacts/dataset 2>/dev/null | wc -l)
+    [ "$before" = "$after" ] || fail "$1: a dataset artifact was cached ($before -> $after)"
+}
+printf '{%% if messages %%}\n{{ messages[0].content }\n' > bad.jinja
+recipe badtpl "    chat_template_file: bad.jinja"
+expect4 badtpl "bad.jinja:2:"
+echo '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}' > alt.jsonl
+recipe reject "    chat_template_file: tpl.jinja" alt.jsonl
+expect4 reject "record 0: .*tpl.jinja:4:13: template error: roles must alternate"
+recipe nodefault "    chat_template: tokenizer_default"
+expect4 nodefault "has no chat template.*llama-2, llama-3, chatml"
+recipe unset ""
+"$QLORA_BIN" unset.yaml > unset.txt 2>&1 || { cat unset.txt; fail "no template, chat_template unset"; }
+grep -q "the model has none, so the built-in llama-3" unset.txt || { cat unset.txt; fail "the fallback is not logged"; }
+echo "ok: chat template recipe, masks, cache key, errors"
