@@ -140,6 +140,18 @@ const char *hooks_file(const hooks *h, const char *point) {
     return lh ? lua_host_path(lh) : NULL;
 }
 
+void hooks_loaded_files(hooks *h, const char *point, json_t *into) {
+    lua_host *lh = hooks_host(h, point);
+    if (!lh) return;
+    size_t i, k;
+    json_t *x, *y;
+    json_array_foreach(lua_host_loaded_files(lh), i, x) {
+        bool have = false;
+        json_array_foreach(into, k, y) if (json_equal(x, y)) have = true;
+        if (!have) json_array_append(into, x);
+    }
+}
+
 void hooks_set_callbacks(hooks *h, const lua_host_callbacks *cb) {
     if (cb) h->cb = *cb;
     else memset(&h->cb, 0, sizeof h->cb);
@@ -388,6 +400,11 @@ int hooks_on_stage_end(hooks *h, const char *stage, const json_t *manifest) {
 int hooks_on_run_end(hooks *h, const json_t *summary) { return notify(h, "on_run_end", NULL, NULL, summary); }
 
 int hooks_score(hooks *h, const char *prediction, const json_t *record, const char *what, double *score) {
+    return hooks_score_info(h, prediction, record, NULL, what, score);
+}
+
+int hooks_score_info(hooks *h, const char *prediction, const json_t *record, const json_t *info, const char *what,
+                     double *score) {
     lua_host *lh = hooks_host(h, "score");
     if (!lh) return 0;
     lua_State *L = lua_host_state(lh);
@@ -397,11 +414,12 @@ int hooks_score(hooks *h, const char *prediction, const json_t *record, const ch
         lua_pushstring(L, prediction);
         rc = lua_host_push_json(lh, record);
     }
+    if (!rc && info) rc = lua_host_push_json(lh, info);
     if (rc) {
         lua_settop(L, top);
         return rc;
     }
-    if ((rc = lua_host_call(lh, 2, 1, ERR_DATA, "score", what))) return rc;
+    if ((rc = lua_host_call(lh, info ? 3 : 2, 1, ERR_DATA, "score", what))) return rc;
     int isnum = 0;
     double v = lua_isboolean(L, -1) ? (double)lua_toboolean(L, -1) : lua_tonumberx(L, -1, &isnum);
     if (lua_isboolean(L, -1)) isnum = 1;

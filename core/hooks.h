@@ -54,6 +54,9 @@ void hooks_free(hooks **h);
 bool hooks_has(const hooks *h, const char *point);
 const char *hooks_file(const hooks *h, const char *point); /* NULL if unbound */
 lua_host *hooks_host(hooks *h, const char *point);        /* NULL if unbound */
+/* Append to the array `into` the files the state serving `point` has read (require, io
+ * reads; lua_host_loaded_files), skipping those already there. Nothing if unbound. */
+void hooks_loaded_files(hooks *h, const char *point, json_t *into);
 /* set the callback slots of every state (tokenizer, metrics, log) */
 void hooks_set_callbacks(hooks *h, const lua_host_callbacks *cb);
 
@@ -97,5 +100,9 @@ int hooks_on_stage_end(hooks *h, const char *stage, const json_t *manifest);
 int hooks_on_run_end(hooks *h, const json_t *summary);
 /* score(prediction, record) -> a number, or a boolean (1 or 0) */
 int hooks_score(hooks *h, const char *prediction, const json_t *record, const char *what, double *score);
+/* score(prediction, record, info): info is what the prompt became ({prompt=, reference=,
+ * source=}), passed as a third argument (NULL: none) */
+int hooks_score_info(hooks *h, const char *prediction, const json_t *record, const json_t *info, const char *what,
+                     double *score);
 
 #endif

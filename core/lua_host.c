@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "fsutil.h"
@@ -34,6 +35,7 @@ struct lua_host {
     uint64_t instr_count, instr_limit;
     lua_host_callbacks cb;
     int module_ref; /* the table the file returned, or LUA_NOREF */
+    json_t *loaded; /* absolute paths of the files read through require, io.open(r), io.lines */
 };
 
 static lua_host *host_of(lua_State *L) { return *(lua_host **)lua_getextraspace(L); }
@@ -101,6 +103,36 @@ static int msg_handler(lua_State *L) {
     return 1;
 }
 
+/* What a hook that calls a function the sandbox leaves out is told, instead of Lua's bare
+ * "attempt to call a nil value (field 'execute')": which capability it would need, if any. */
+static const char *sandbox_hint(const char *msg, unsigned caps) {
+    static const struct {
+        const char *pattern, *hint;
+        bool io_cap; /* allow: [io] provides it */
+    } hints[] = {
+        {"(field 'execute')", "os.execute is not available to hooks: no capability runs programs", false},
+        {"(field 'popen')", "io.popen is not available to hooks: no capability runs programs", false},
+        {"(field 'getenv')", "os.getenv is not available to hooks: use qlora.env(name) (secrets such as HF_TOKEN "
+                             "stay unreadable)", false},
+        {"(field 'exit')", "os.exit is not available to hooks: raise an error with error(...) instead", false},
+        {"(global 'dofile')", "dofile is not available to hooks: require \"name\" loads name.lua next to the hook",
+         false},
+        {"(global 'loadfile')", "loadfile is not available to hooks: require \"name\" loads name.lua next to the "
+                                "hook", false},
+        {"(field 'remove')", "os.remove needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'rename')", "os.rename needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'tmpname')", "os.tmpname needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'write')", "io.write needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'read')", "io.read needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'output')", "io.output needs `allow: [io]` in the recipe's hooks", true},
+        {"(field 'input')", "io.input needs `allow: [io]` in the recipe's hooks", true},
+    };
+    if (!strstr(msg, "attempt to call a nil value")) return NULL;
+    for (size_t i = 0; i < sizeof hints / sizeof hints[0]; i++)
+        if (strstr(msg, hints[i].pattern) && !(hints[i].io_cap && (caps & LUA_HOST_CAP_IO))) return hints[i].hint;
+    return NULL;
+}
+
 /* Turn the error on top of L1 into err_set: "<msg> (in fn() for what)\n<traceback>". */
 static int host_error(lua_host *h, lua_State *L1, int status, int code, const char *fn, const char *what) {
     char ctx[256];
@@ -117,7 +149,8 @@ static int host_error(lua_host *h, lua_State *L1, int status, int code, const ch
         if (!m) m = "error object is not a string";
         const char *tb = strstr(m, "\nstack traceback:");
         int head = tb ? (int)(tb - m) : (int)strlen(m);
-        rc = err_set(code, "%.*s%s%s", head, m, ctx, tb ? tb : "");
+        const char *hint = sandbox_hint(m, h->caps);
+        rc = err_set(code, "%.*s%s%s%s%s", head, m, hint ? ": " : "", hint ? hint : "", ctx, tb ? tb : "");
     }
     lua_pop(L1, 1);
     return rc;
@@ -540,6 +573,27 @@ static void push_qlora_module(lua_State *L) {
 
 /* ---- the sandbox ---- */
 
+/* Remember a file the hook read: its content shapes what the hook returns, so the stages the
+ * hook serves key on it (docs/hooks.md). Relative paths resolve against the working directory,
+ * as io.open resolves them; a file that does not exist is recorded too (creating it matters). */
+static void note_loaded(lua_host *h, const char *path) {
+    char *abs = realpath(path, NULL);
+    if (!abs) {
+        char cwd[4096];
+        if (path[0] == '/' || !getcwd(cwd, sizeof cwd)) abs = strdup(path);
+        else abs = fs_join(cwd, path);
+    }
+    if (!abs) return;
+    size_t i;
+    json_t *x;
+    json_array_foreach(h->loaded, i, x) if (!strcmp(json_string_value(x), abs)) {
+        free(abs);
+        return;
+    }
+    json_array_append_new(h->loaded, json_string(abs));
+    free(abs);
+}
+
 /* require "qlora", or "name" from name.lua next to the hook file */
 static int sandbox_require(lua_State *L) {
     lua_host *h = host_of(L);
@@ -564,6 +618,7 @@ static int sandbox_require(lua_State *L) {
         luaL_addstring(&b, ".lua");
         luaL_pushresult(&b);
         const char *file = lua_tostring(L, -1);
+        note_loaded(h, file);
         if (luaL_loadfilex(L, file, "t") != LUA_OK)
             return luaL_error(L, "module '%s' not found: %s (hooks may require only 'qlora' and .lua files next to them)",
                               name, lua_tostring(L, -1));
@@ -619,6 +674,7 @@ static int sandbox_io_open(lua_State *L) {
     const char *mode = luaL_optstring(L, 2, "r");
     bool writes = strpbrk(mode, "wa+") != NULL;
     sandbox_path(L, h, path, writes);
+    if (!writes) note_loaded(h, lua_tostring(L, -1));
     lua_replace(L, 1);
     lua_settop(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
@@ -631,6 +687,7 @@ static int sandbox_io_lines(lua_State *L) {
     lua_host *h = host_of(L);
     const char *path = luaL_checkstring(L, 1); /* no filename would mean stdin */
     sandbox_path(L, h, path, false);
+    note_loaded(h, lua_tostring(L, -1));
     lua_replace(L, 1);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
@@ -764,6 +821,7 @@ int lua_host_open(lua_host **out, const char *path, const lua_host_opts *opts) {
     h->mem_limit = SIZE_MAX;
     h->instr_limit = opts->instruction_limit ? opts->instruction_limit : LUA_HOST_DEFAULT_INSTRUCTIONS;
     h->module_ref = LUA_NOREF;
+    h->loaded = json_array();
     h->L = lua_newstate(host_alloc, h);
     if (!h->L) {
         lua_host_free(&h);
@@ -803,6 +861,7 @@ void lua_host_free(lua_host **hp) {
     free(h->path);
     free(h->dir);
     free(h->write_root);
+    json_decref(h->loaded);
     free(h);
     *hp = NULL;
 }
@@ -813,6 +872,7 @@ void lua_host_set_callbacks(lua_host *h, const lua_host_callbacks *cb) {
 }
 
 const char *lua_host_path(const lua_host *h) { return h->path; }
+const json_t *lua_host_loaded_files(const lua_host *h) { return h->loaded; }
 lua_State *lua_host_state(lua_host *h) { return h->L; }
 size_t lua_host_memory_used(const lua_host *h) { return h->mem_used; }
 

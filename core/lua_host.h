@@ -82,6 +82,10 @@ typedef int (*lua_host_http_post_fn)(const char *url, const char *const *headers
                                      size_t limit);
 void lua_host_set_http_post(lua_host_http_post_fn fn);
 const char *lua_host_path(const lua_host *h);
+/* Absolute paths of the files the state has read so far: modules through require, files
+ * opened for reading with io.open or io.lines (missing ones too), in order, each once. The
+ * hook file itself is not among them. Borrowed: valid until lua_host_free. */
+const json_t *lua_host_loaded_files(const lua_host *h);
 lua_State *lua_host_state(lua_host *h);
 size_t lua_host_memory_used(const lua_host *h);
 

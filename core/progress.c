@@ -33,6 +33,7 @@ void progress_update(const char *label, const char *what, double done, double to
     for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '-';
     bar[width] = 0;
     double el = t - t_start, rate = el > 0 ? done / el : 0;
+    if (what && unit && !strcmp(what, unit)) what = NULL; /* "5/10 steps ... steps" says it twice */
     if (total > 0) {
         double eta = rate > 0 ? (total - done) / rate : 0;
         fprintf(stderr, "\r\033[K  %-10s [%s] %3.0f%%  %.0f/%.0f %s  %.1f %s/s  ETA %d:%02d  %s", label, bar,

@@ -125,7 +125,14 @@ static int json_parse_object(dataset_reader *r, size_t start, size_t len, json_t
         size_t span = (size_t)e.position + 4 < len ? (size_t)e.position + 4 : len;
         size_t ok = utf8_valid_prefix(r->buf + start, span);
         if (ok < span) return utf8_error(r, start + ok);
-        return error_at(r, start + (size_t)(e.position > 0 ? e.position - 1 : 0), e.text);
+        /* a JSONL record is parsed alone: what jansson calls the end of the file is the end of the line */
+        char msg[sizeof e.text + 32];
+        const char *eof = strstr(e.text, "end of file");
+        if (r->type == DATASET_TYPE_JSONL && eof)
+            snprintf(msg, sizeof msg, "%.*send of the line%s", (int)(eof - e.text), e.text, eof + strlen("end of file"));
+        else
+            snprintf(msg, sizeof msg, "%s", e.text);
+        return error_at(r, start + (size_t)(e.position > 0 ? e.position - 1 : 0), msg);
     }
     *rec = j;
     *used = e.position > 0 ? (size_t)e.position : 1; /* bytes consumed (JSON_DISABLE_EOF_CHECK) */

@@ -17,7 +17,7 @@ function M.messages(record)
       error(string.format("message %d needs string '%s' and '%s'", i - 1, rk, ck), 0)
     end
     local r = ROLES[role]
-    if not r then error(string.format("message %d has unknown role '%s' (system, user or assistant)", i - 1, role), 0) end
+    if not r then error(string.format("message %d has unknown role '%s' (system, user or assistant; human and gpt in ShareGPT data; model)", i - 1, role), 0) end
     if r == "system" and i ~= 1 then error(string.format("message %d: a system message may only come first", i - 1), 0) end
     out[i] = { role = r, content = content }
   end

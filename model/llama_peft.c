@@ -2,6 +2,7 @@
 #include "llama_peft.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/err.h"
@@ -30,10 +31,28 @@ int llama_peft_attach(llama_model *m, const peft_adapter *a, const char *where) 
     int rc = llama_lora_attach(m, &lc);
     if (rc) return err_wrap("'%s'", where);
     /* every tensor of the engine must come from the adapter, and no adapter tensor may be left over */
-    if ((size_t)m->n_lora_tensors != 2 * a->n_lora)
+    if ((size_t)m->n_lora_tensors != 2 * a->n_lora) {
+        /* most often an adapter made for another model: say which layers it covers */
+        int top = -1, n_in = 0;
+        for (size_t i = 0; i < a->n_lora; i++) {
+            const char *l = strstr(a->lora[i].module, "layers.");
+            int k = l ? atoi(l + 7) : -1;
+            if (k > top) top = k;
+        }
+        for (int k = 0; k <= top; k++) {
+            char pat[32];
+            snprintf(pat, sizeof pat, "layers.%d.", k);
+            for (size_t i = 0; i < a->n_lora; i++)
+                if (strstr(a->lora[i].module, pat)) { n_in++; break; }
+        }
+        if (top + 1 != m->cfg.num_layers || n_in != m->cfg.num_layers)
+            return err_set(ERR_DATA, "'%s': the adapter has LoRA weights for %d layer%s (highest layers.%d) but the model "
+                                     "has %d layers: it was made for another model (use the base it was trained on)",
+                           where, n_in, n_in == 1 ? "" : "s", top, m->cfg.num_layers);
         return err_set(ERR_DATA, "'%s': %zu LoRA modules, but its targets select %d linears of the model "
                                  "(an adapter for some layers only is not supported)",
                        where, a->n_lora, m->n_lora_tensors / 2);
+    }
     return llama_peft_upload(m, a, where);
 }
 

@@ -205,6 +205,13 @@ int cache_lock(const cache *c, const char *key, int *fd, void (*on_wait)(void *)
     char *p;
     if (asprintf(&p, "%s/locks/%s.lock", c->root, key) < 0) return err_set(ERR_STAGE, "out of memory");
     int rc = fs_lock(p, false, fd);
+    if (rc && rc != ERR_LOCKED && access(c->root, W_OK) != 0) {
+        free(p);
+        return err_set(ERR_STAGE,
+                       "the cache '%s' is read-only, and stage '%s' is not in it: point QLORA_CACHE (or the "
+                       "recipe's cache_dir) at a writable cache, or run it where the cache is writable",
+                       c->root, arg ? (const char *)arg : key);
+    }
     if (rc == ERR_LOCKED) {
         err_clear();
         if (on_wait) on_wait(arg);
@@ -244,6 +251,16 @@ void cache_drop_work(const cache *c, const char *key) {
 static int use_lock(const cache *c, int how, int *fd, const char *what) {
     char *p = fs_join(c->root, "locks/cache-in-use");
     *fd = p ? open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666) : -1;
+    /* a cache we may only read (a shared, read-only copy): a shared lock needs no write access,
+     * and with no lock file to open at all, nobody can collect it either; a stage that must
+     * be computed fails later, naming the cache (cache_tmp_dir) */
+    if (*fd < 0 && p && (errno == EACCES || errno == EROFS || errno == EPERM) && how == LOCK_SH) {
+        *fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (*fd < 0) {
+            free(p);
+            return 0;
+        }
+    }
     int rc = 0;
     if (*fd < 0) rc = err_errno(ERR_STAGE, "cannot open lock file '%s'", p ? p : "locks/cache-in-use");
     else if (flock(*fd, how)) {

@@ -3,8 +3,10 @@
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -106,6 +108,7 @@ static void verify_one(const char *dir, const char *kind, const char *key, json_
 }
 
 typedef struct gc_acc {
+    const cache *c;
     json_t *keep;
     int removed;
     double freed;
@@ -116,7 +119,67 @@ static void gc_one(const char *dir, const char *kind, const char *key, json_t *m
     if (json_object_get(a->keep, key)) return;
     a->freed += (double)json_integer_value(json_object_get(m, "bytes"));
     if (fs_rm_rf(dir) == 0) a->removed++;
+    /* what the key left besides its artifact: checkpoints of its training, its lock file */
+    char *w = cache_work_dir(a->c, key), *l = NULL;
+    if (w) fs_rm_rf(w);
+    if (asprintf(&l, "%s/locks/%s.lock", a->c->root, key) >= 0) unlink(l);
+    free(w);
+    free(l);
     err_clear();
+}
+
+/* Work dirs left empty by stages that failed before writing a checkpoint (a non-empty one
+ * holds checkpoints that the next run resumes from: kept). Returns how many were kept. */
+static int gc_empty_work(const cache *c) {
+    char *wd = fs_join(c->root, "work");
+    DIR *d = opendir(wd);
+    int kept = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char *p = fs_join(wd, e->d_name);
+        if (p && rmdir(p) != 0) kept++;
+        free(p);
+    }
+    if (d) closedir(d);
+    free(wd);
+    return kept;
+}
+
+/* Lock files whose key has neither an artifact nor a work dir any more (gc holds the cache
+ * exclusively, so no run is using them), and the --lock files of recipes. */
+static int gc_locks(const cache *c) {
+    char *ld = fs_join(c->root, "locks");
+    DIR *d = opendir(ld);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) {
+        size_t l = strlen(e->d_name);
+        if (l < 6 || strcmp(e->d_name + l - 5, ".lock")) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)(l - 5), e->d_name);
+        bool used = false;
+        if (strncmp(key, "recipe-", 7)) {
+            char *w = cache_work_dir(c, key);
+            used = w && fs_exists(w);
+            free(w);
+            char *ad = fs_join(c->root, "artifacts");
+            DIR *kd = opendir(ad);
+            for (struct dirent *k; !used && kd && (k = readdir(kd));) {
+                if (k->d_name[0] == '.') continue;
+                char *a = cache_artifact_dir(c, k->d_name, key);
+                used = fs_exists(a);
+                free(a);
+            }
+            if (kd) closedir(kd);
+            free(ad);
+        }
+        if (used) continue;
+        char *p = fs_join(ld, e->d_name);
+        if (p && unlink(p) == 0) n++;
+        free(p);
+    }
+    if (d) closedir(d);
+    free(ld);
+    return n;
 }
 
 /* keys used by the last n runs of every recipe */
@@ -176,6 +239,8 @@ int cmd_cache(int argc, char **argv) {
     if (!strcmp(sub, "ls")) {
         double total = 0;
         printf("cache %s\n", c.root);
+        printf("%-14s %-12s  %-24s %10s  %s\n", "KIND", "KEY", "", "SIZE", "FINISHED (UTC)");
+        printf("%-14s %12s  %s\n", "", "", "RECIPE/STAGE");
         each_artifact(&c, ls_one, &total);
         char sz[32];
         human(total, sz, sizeof sz);
@@ -191,12 +256,17 @@ int cmd_cache(int argc, char **argv) {
             cache_close(&c);
             return rc;
         }
-        gc_acc a = {recent_keys(&c, keep), 0, 0};
+        gc_acc a = {&c, recent_keys(&c, keep), 0, 0};
         each_artifact(&c, gc_one, &a);
         cache_clean_tmp(&c);
+        int kept_work = gc_empty_work(&c);
+        gc_locks(&c);
         char sz[32];
         human(a.freed, sz, sizeof sz);
         printf("removed %d artifacts (%s); kept those of each recipe's last %d runs\n", a.removed, sz, keep);
+        if (kept_work)
+            printf("kept %d work dir%s under %s/work: checkpoints of unfinished stages, which their next run resumes\n",
+                   kept_work, kept_work == 1 ? "" : "s", c.root);
         json_decref(a.keep);
         fs_unlock(&usefd);
     } else {
@@ -206,7 +276,51 @@ int cmd_cache(int argc, char **argv) {
     return rc;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+typedef struct run_row {
+    char *recipe, *time;
+    const char *status;  /* ok | failed | interrupted | incomplete (no run_end: killed, or running) */
+    char *failed_stage;  /* the stage whose stage_failed event is last, NULL if none */
+    double secs;
+    long ran, cached;
+} run_row;
+
+static int cmp_run(const void *a, const void *b) {
+    const run_row *x = a, *y = b;
+    int c = strcmp(x->time, y->time);
+    return c ? c : strcmp(x->recipe, y->recipe);
+}
+
+/* the outcome of one run from its events.jsonl: the run_end event and the last stage_failed */
+static void read_run(const char *events_path, run_row *r) {
+    char *text = NULL;
+    size_t len;
+    if (fs_read_all(events_path, &text, &len) == 0) {
+        for (char *ls = text; ls < text + len;) {
+            char *le = memchr(ls, '\n', (size_t)(text + len - ls));
+            size_t n = le ? (size_t)(le - ls) : (size_t)(text + len - ls);
+            bool end = memmem(ls, n, "\"type\":\"run_end\"", 16) != NULL;
+            bool failed = memmem(ls, n, "\"type\":\"stage_failed\"", 21) != NULL;
+            if (end || failed) {
+                json_t *j = json_loadb(ls, n, 0, NULL);
+                if (j && failed) {
+                    free(r->failed_stage);
+                    const char *st = json_string_value(json_object_get(j, "stage"));
+                    r->failed_stage = st ? strdup(st) : NULL;
+                } else if (j) {
+                    json_int_t code = json_integer_value(json_object_get(j, "code"));
+                    r->status = code == ERR_INTERRUPTED ? "interrupted" : code ? "failed" : "ok";
+                    r->secs = json_number_value(json_object_get(j, "seconds"));
+                    r->ran = (long)json_integer_value(json_object_get(j, "ran"));
+                    r->cached = (long)json_integer_value(json_object_get(j, "cached"));
+                }
+                json_decref(j);
+            }
+            ls += n + 1;
+        }
+    }
+    err_clear();
+    free(text);
+}
 
 typedef struct runs_args {
     const char *dir;
@@ -237,52 +351,41 @@ int cmd_runs(int argc, char **argv) {
     const char *base = o.dir;
     DIR *d = opendir(base);
     if (!d) { printf("no runs in '%s'\n", base); return 0; }
-    struct dirent *e;
-    while ((e = readdir(d))) {
+    run_row *rows = NULL;
+    size_t n_rows = 0;
+    for (struct dirent *e; (e = readdir(d));) {
         if (e->d_name[0] == '.') continue;
         char *rdir = fs_join(base, e->d_name);
         DIR *d2 = opendir(rdir);
-        if (!d2) { free(rdir); continue; }
-        char **names = NULL;
-        size_t n = 0;
-        struct dirent *e2;
-        while ((e2 = readdir(d2)))
-            if (e2->d_name[0] != '.') { names = realloc(names, (n + 1) * sizeof *names); names[n++] = strdup(e2->d_name); }
-        closedir(d2);
-        if (n) qsort(names, n, sizeof *names, cmp_str);
-        for (size_t i = 0; i < n; i++) {
+        for (struct dirent *e2; d2 && (e2 = readdir(d2));) {
+            if (e2->d_name[0] == '.') continue;
+            run_row *nr = realloc(rows, (n_rows + 1) * sizeof *rows);
+            if (!nr) break;
+            rows = nr;
+            run_row *r = &rows[n_rows++];
+            *r = (run_row){strdup(e->d_name), strdup(e2->d_name), "incomplete", NULL, 0, 0, 0};
             char *ep;
-            if (asprintf(&ep, "%s/%s/events.jsonl", rdir, names[i]) < 0) continue;
-            char *text = NULL;
-            size_t len;
-            const char *status = "incomplete";
-            double secs = 0;
-            long ran = 0, cached = 0;
-            if (fs_read_all(ep, &text, &len) == 0) {
-                char *last = strstr(text, "\"type\":\"run_end\"");
-                if (last) {
-                    char *ls = last;
-                    while (ls > text && ls[-1] != '\n') ls--;
-                    char *le = strchr(ls, '\n');
-                    json_t *j = json_loadb(ls, le ? (size_t)(le - ls) : strlen(ls), 0, NULL);
-                    if (j) {
-                        status = json_integer_value(json_object_get(j, "code")) ? "failed" : "ok";
-                        secs = json_number_value(json_object_get(j, "seconds"));
-                        ran = (long)json_integer_value(json_object_get(j, "ran"));
-                        cached = (long)json_integer_value(json_object_get(j, "cached"));
-                        json_decref(j);
-                    }
-                }
+            if (asprintf(&ep, "%s/%s/events.jsonl", rdir, e2->d_name) >= 0) {
+                read_run(ep, r);
+                free(ep);
             }
-            err_clear();
-            printf("%-24s %-20s %-10s %7.1f s  %ld ran, %ld cached\n", e->d_name, names[i], status, secs, ran, cached);
-            free(text);
-            free(ep);
-            free(names[i]);
         }
-        free(names);
+        if (d2) closedir(d2);
         free(rdir);
     }
     closedir(d);
+    /* newest last, across recipes: the time stamp first, then the recipe */
+    if (n_rows) qsort(rows, n_rows, sizeof *rows, cmp_run);
+    printf("%-17s  %-20s  %-11s  %9s  %4s  %6s  %s\n", "TIME (UTC)", "RECIPE", "STATUS", "SECONDS", "RAN", "CACHED",
+           "FAILED STAGE");
+    for (size_t i = 0; i < n_rows; i++) {
+        run_row *r = &rows[i];
+        printf("%-17s  %-20s  %-11s  %9.1f  %4ld  %6ld  %s\n", r->time, r->recipe, r->status, r->secs, r->ran, r->cached,
+               r->failed_stage ? r->failed_stage : "-");
+        free(r->recipe);
+        free(r->time);
+        free(r->failed_stage);
+    }
+    free(rows);
     return 0;
 }

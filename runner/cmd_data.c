@@ -18,12 +18,14 @@
 
 typedef struct data_args {
     int64_t n; /* 0: not given */
+    const char *split;
     cli_list sets;
     const char *type, *columns;
 } data_args;
 
 static const cli_opt data_opts[] = {
     {"n", 0, CLI_INT, "N", "how many rows (show: 3) or records (read: all)", CLI_AT(data_args, n), 1, 1e15},
+    {"split", 0, CLI_STR, "SPLIT", "show: train (the default) or val", CLI_AT(data_args, split), 0, 0},
     {"set", 0, CLI_LIST, "KEY=VALUE", "show: override a recipe key; repeatable", CLI_AT(data_args, sets), 0, 0},
     {"type", 0, CLI_STR, "TYPE", "read: the file type, as the dataset stage's type (auto)", CLI_AT(data_args, type), 0, 0},
     {"columns", 0, CLI_STR, "A,B", "read: only these fields (each one must exist)", CLI_AT(data_args, columns), 0, 0},
@@ -32,11 +34,12 @@ static const cli_opt data_opts[] = {
 
 const cli_cmd cli_data = {
     .name = "data",
-    .usage = "data show RECIPE STAGE [--n N] [--set KEY=VALUE]...\n"
+    .usage = "data show RECIPE STAGE [--n N] [--split train|val] [--set KEY=VALUE]...\n"
              "data read FILE [--type TYPE] [--columns A,B] [--n N]",
     .summary = "decoded training samples, masked spans marked; the records of a data file",
-    .about = "show: prints the first N (default 3) training rows of a dataset stage, decoded, with the spans\n"
-             "that are masked out of the loss marked. The stage must have run (it is read from the cache).\n"
+    .about = "show: prints the first N (default 3) rows of a dataset stage's train (or val) split, decoded,\n"
+             "with the spans that are masked out of the loss marked. The stage must have run (it is read from\n"
+             "the cache).\n"
              "read: prints the records of a data file (JSON, JSONL, CSV, text or Parquet) one JSON object a\n"
              "line, as the dataset stage reads them.",
     .min_pos = 2, .max_pos = 3, .opts = data_opts,
@@ -99,6 +102,10 @@ int cmd_data(int argc, char **argv) {
         cli_list_free(&o.sets);
         return cli_usage_error(&cli_data, "show takes a recipe and a stage (data show RECIPE STAGE)");
     }
+    if (o.split && strcmp(o.split, "train") && strcmp(o.split, "val")) {
+        cli_list_free(&o.sets);
+        return cli_usage_error(&cli_data, "--split '%s': a dataset has the splits train and val", o.split);
+    }
     const char *path = pos[1], *stage = pos[2];
     int n = o.n > 0 ? (int)(o.n < 1000000000 ? o.n : 1000000000) : 3;
     recipe *r = NULL;
@@ -130,7 +137,7 @@ int cmd_data(int argc, char **argv) {
         char *adir = cache_artifact_dir(&c, "dataset", p.st[i].key);
         char *mdir = cache_artifact_dir(&c, r->stages[model].kind->name, p.st[model].key);
         char *tokdir = fs_join(mdir, "model");
-        rc = dataset_show(adir, tokdir, n, stdout);
+        rc = dataset_show_split(adir, tokdir, o.split ? o.split : "train", n, stdout);
         free(tokdir);
         free(mdir);
         free(adir);

@@ -85,7 +85,9 @@ static void table(const param_spec *ps) {
         else if (p->def) { putchar('`'); cell(p->def); putchar('`'); }
         else fputs("-", stdout);
         fputs(" | ", stdout);
-        if (p->choices) {
+        if (p->choices && (p->flags & PARAM_HOOK)) {
+            printf("a Lua file defining `%s`", p->choices);
+        } else if (p->choices) {
             if (p->type == PARAM_REF) fputs("a stage of kind ", stdout);
             cell(p->choices);
         } else if ((p->type == PARAM_INT || p->type == PARAM_FLOAT) && p->min <= p->max) {

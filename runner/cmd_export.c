@@ -1,8 +1,13 @@
 /* cmd_export.c: qlora-run export: PEFT adapter, merged model or GGUF outside a recipe
  * (model/export.c, shared with the export stage). */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fnmatch.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/err.h"
 #include "core/log.h"
@@ -22,8 +27,9 @@ typedef struct export_args {
 
 static const cli_opt export_opts_table[] = {
     {"base", 0, CLI_STR, "DIR", "a Hugging Face model directory: bf16/f16/f32, or a bitsandbytes 4-bit\n"
-                                "checkpoint (dequantized before merging)", CLI_AT(export_args, base), 0, 0},
-    {"adapter", 0, CLI_STR, "DIR", "a PEFT LoRA adapter directory (adapter_config.json +\nadapter_model.safetensors)",
+                                "checkpoint (dequantized before merging), or a stage artifact or export\nholding one in model/",
+     CLI_AT(export_args, base), 0, 0},
+    {"adapter", 0, CLI_STR, "DIR", "a PEFT LoRA adapter directory (adapter_config.json +\nadapter_model.safetensors), or an artifact or export holding one in adapter/",
      CLI_AT(export_args, adapter), 0, 0},
     {"format", 0, CLI_LIST, "FMT", "peft:   OUT/adapter/, checked against the base, saved as peft writes it\n"
                                    "merged: OUT/model/, W + scale*B@A in fp32, saved as bf16 safetensors\n"
@@ -43,9 +49,44 @@ const cli_cmd cli_export = {
     .usage = "export --base DIR [--adapter DIR] --format peft|merged|gguf[,...] --out DIR\n"
              "       [--gguf-type f16|bf16|q8_0|f32] [--include-nf4] [--max-shard-size 5GB] [--threads N]",
     .summary = "PEFT adapter, merged model or GGUF",
-    .footer = "OUT appears complete or not at all.",
+    .footer = "OUT appears complete or not at all. An existing OUT is replaced only when it holds nothing\n"
+              "but a previous export (adapter/, model/, nf4/, model-*.gguf); a folder with other files is refused.",
     .max_pos = 0, .opts = export_opts_table,
 };
+
+/* What export writes into OUT: an OUT holding anything else is a user's folder, never replaced
+ * (replacing means removing what is there). */
+static bool export_entry(const char *name) {
+    return !strcmp(name, "adapter") || !strcmp(name, "model") || !strcmp(name, "nf4") ||
+           !fnmatch("model-*.gguf", name, 0) || !fnmatch("model-*.gguf.tmp*", name, 0);
+}
+
+static int check_out(const char *out) {
+    struct stat st;
+    if (stat(out, &st)) return 0; /* a new directory */
+    if (!S_ISDIR(st.st_mode))
+        return err_set(ERR_USAGE, "--out '%s' is a file: name a new directory for the export", out);
+    DIR *d = opendir(out);
+    if (!d) return err_errno(ERR_USAGE, "--out '%s': cannot read the directory", out);
+    char list[256] = "";
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || export_entry(e->d_name)) continue;
+        if (n++ >= 3) continue;
+        if (n > 1) strncat(list, ", ", sizeof list - strlen(list) - 1);
+        strncat(list, "'", sizeof list - strlen(list) - 1);
+        strncat(list, e->d_name, sizeof list - strlen(list) - 1);
+        strncat(list, "'", sizeof list - strlen(list) - 1);
+    }
+    closedir(d);
+    if (n)
+        return err_set(ERR_USAGE,
+                       "--out '%s' holds %d file%s that an export did not write (%s%s): export replaces its folder "
+                       "as a whole, so it writes only into a new or empty directory or over a previous export; "
+                       "name another directory (e.g. --out %s/export)",
+                       out, n, n > 1 ? "s" : "", list, n > 3 ? ", ..." : "", out);
+    return 0;
+}
 
 static int on_progress(void *arg, const char *what, uint64_t done, uint64_t total) {
     progress_update("export", what, (double)done / 1e6, (double)total / 1e6, "MB");
@@ -80,6 +121,19 @@ int cmd_export(int argc, char **argv) {
     if (rc) return rc;
     o.threads = (int)threads;
     o.progress = on_progress;
+    if ((rc = check_out(out))) return rc;
+    /* the same forms as generate: a stage artifact or an export holding model/ or adapter/ */
+    char *bdir = command_artifact_subdir(o.base, "model", "config.json");
+    char *adir = o.adapter ? command_artifact_subdir(o.adapter, "adapter", "adapter_config.json") : NULL;
+    o.base = bdir;
+    o.adapter = adir;
+    /* "." or "dir/..": publish under the directory's real name (rename cannot move "." aside) */
+    char *real = NULL;
+    const char *last = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
+    if (!strcmp(last, ".") || !strcmp(last, "..")) {
+        real = realpath(out, NULL);
+        if (real) out = real;
+    }
     char *tmp = NULL;
     rc = pubdir_begin(&tmp, out);
     if (!rc) rc = export_run(&o, tmp);
@@ -87,5 +141,8 @@ int cmd_export(int argc, char **argv) {
     if (!rc) rc = pubdir_commit(&tmp, out);
     pubdir_abort(&tmp);
     if (!rc) notef("wrote '%s'", out);
+    free(real);
+    free(bdir);
+    free(adir);
     return rc;
 }

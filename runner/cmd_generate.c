@@ -7,6 +7,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/hash.h"
 #include "core/log.h"
 #include "formats/peft.h"
 #include "model/adapter.h"
@@ -57,7 +58,32 @@ const cli_cmd cli_generate = {
 };
 
 /* DIR/sub when it exists, else DIR (malloc'd) */
-static char *artifact_subdir(const char *dir, const char *sub, const char *marker) {
+/* An export's model/ already holds its adapter/ merged into the weights: applying that adapter
+ * again would add the update twice. Exports write both side by side, so the adapter that sits
+ * next to the merged model (the same export), or has the same bytes, is that adapter. */
+static int check_not_merged(const char *mdir, const char *adir) {
+    char *mreal = realpath(mdir, NULL), *areal = realpath(adir, NULL);
+    int rc = 0;
+    if (mreal && areal) {
+        char *mp = fs_dirname(mreal), *ap = fs_dirname(areal);
+        char *twin = fs_join(mp, "adapter");
+        char *t1 = fs_join(twin, "adapter_model.safetensors"), *t2 = fs_join(areal, "adapter_model.safetensors");
+        char h1[HASH_HEX_LEN] = "", h2[HASH_HEX_LEN] = "";
+        bool export_model = !strcmp(mreal + strlen(mp), "/model") && fs_is_dir(twin);
+        bool same = export_model && (!strcmp(mp, ap) || (fs_exists(t1) && fs_exists(t2) && !hash_file_hex(t1, h1) &&
+                                                          !hash_file_hex(t2, h2) && !strcmp(h1, h2)));
+        err_clear();
+        if (same)
+            rc = err_set(ERR_USAGE, "--model '%s' is a merged export of the adapter '%s' (the LoRA update is already in "
+                                    "its weights): drop --adapter, or give the base model with --model", mdir, adir);
+        free(t1), free(t2), free(twin), free(mp), free(ap);
+    }
+    free(mreal);
+    free(areal);
+    return rc;
+}
+
+char *command_artifact_subdir(const char *dir, const char *sub, const char *marker) {
     char *s = fs_join(dir, sub), *m = fs_join(s, marker);
     bool inside = fs_exists(m);
     free(m);
@@ -127,14 +153,15 @@ int cmd_generate(int argc, char **argv) {
     go.stop = a.stops.v;
     go.n_stop = a.stops.n;
 
-    char *mdir = artifact_subdir(model, "model", "config.json");
-    char *adir = adapter ? artifact_subdir(adapter, "adapter", PEFT_CONFIG_FILE) : NULL;
+    char *mdir = command_artifact_subdir(model, "model", "config.json");
+    char *adir = adapter ? command_artifact_subdir(adapter, "adapter", PEFT_CONFIG_FILE) : NULL;
     char *text_in = !strcmp(prompt, "-") ? read_stdin() : NULL, *out = NULL;
     model_config cfg = {0};
     peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
     tokenizer *tok = NULL;
     llama_model *m = NULL;
     const ops_table *ops;
+    if (adir && (rc = check_not_merged(mdir, adir))) goto out;
     if ((rc = device_ops(device, &ops))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&tok, mdir))) goto out;
     if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;

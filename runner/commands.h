@@ -51,4 +51,9 @@ CMD(report)
 CMD(push)
 #undef CMD
 
+/* The directory a command reads for `sub` ("model", "adapter"): dir/sub when dir is a stage
+ * artifact or an export holding it (dir/sub/marker exists), dir itself otherwise. malloc'd.
+ * generate --model/--adapter and export --base/--adapter accept the same forms through it. */
+char *command_artifact_subdir(const char *dir, const char *sub, const char *marker);
+
 #endif

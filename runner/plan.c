@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "model/device.h"
 #include "runner/gates.h"
+#include "runner/yaml_tree.h"
 
 #define KEY_FORMAT 1 /* bump when the key document's shape changes */
 
@@ -79,7 +80,7 @@ static json_t *key_doc(const plan *p, int i) {
         if (hash_file_memo(p->c->memo, path, h)) { err_clear(); snprintf(h, sizeof h, "unreadable"); }
         json_object_set_new(files, file_label(r, path, lab, sizeof lab), json_string(h));
     }
-    if (json_array_size(s->key_files) && s->hooks && json_array_size(json_object_get(s->hooks, "allow")))
+    if (s->hook_shaped && s->hooks && json_array_size(json_object_get(s->hooks, "allow")))
         json_object_set(d, "hook_allow", json_object_get(s->hooks, "allow"));
     if (s->kind->resolve) {
         json_t *res = NULL;
@@ -95,6 +96,43 @@ static json_t *key_doc(const plan *p, int i) {
     json_object_set_new(d, "files", files);
     if (s->kind->device_dependent) json_object_set_new(d, "device", json_string(p->device));
     return d;
+}
+
+json_t *plan_file_hashes(const cache *c, const json_t *paths) {
+    json_t *o = json_object();
+    size_t i;
+    json_t *x;
+    json_array_foreach(paths, i, x) {
+        char h[HASH_HEX_LEN];
+        if (!fs_exists(json_string_value(x)) || fs_is_dir(json_string_value(x)) || hash_file_memo(c->memo, json_string_value(x), h)) {
+            err_clear();
+            snprintf(h, sizeof h, "missing");
+        }
+        json_object_set_new(o, json_string_value(x), json_string(h));
+    }
+    return o;
+}
+
+/* The first file a cached stage's hooks read (manifest "hook_files") that differs now, as a
+ * reason; NULL when all are as they were. Files a hook loads at its top level are in the key
+ * already; these are the ones found only while it ran (io reads, a require inside a function). */
+static char *hook_files_changed(const plan *p, const json_t *manifest) {
+    const char *path;
+    json_t *v;
+    json_object_foreach(json_object_get(manifest, "hook_files"), path, v) {
+        json_t *one = json_array();
+        json_array_append_new(one, json_string(path));
+        json_t *now = plan_file_hashes(p->c, one);
+        bool same_hash = json_equal(json_object_get(now, path), v);
+        json_decref(now);
+        json_decref(one);
+        if (!same_hash) {
+            char lab[4096], *why = NULL;
+            if (asprintf(&why, "file '%s' (read by a hook) changed", file_label(p->r, path, lab, sizeof lab)) < 0) why = NULL;
+            return why;
+        }
+    }
+    return NULL;
 }
 
 static void append(char **why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -113,6 +151,11 @@ static void append(char **why, const char *fmt, ...) {
 static bool same(const json_t *a, const json_t *b) { return (!a && !b) || (a && b && json_equal((json_t *)a, (json_t *)b)); }
 
 static char *short_json(const json_t *v) {
+    if (json_is_real(v)) { /* 0.005, not 0.0050000000000000001 */
+        char buf[48];
+        yt_format_real(json_real_value(v), buf, sizeof buf);
+        return strdup(buf);
+    }
     char *s = json_dumps(v ? v : json_null(), JSON_COMPACT | JSON_ENCODE_ANY);
     if (s && strlen(s) > 40) strcpy(s + 37, "...");
     return s;
@@ -169,7 +212,15 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
     for (int k = 0; k < 3; k++) {
         if (!names[k]) continue;
         idx[k] = recipe_stage_index(r, names[k]);
-        if (idx[k] < 0) return err_set(ERR_USAGE, "%s '%s': the recipe has no such stage", flags[k], names[k]);
+        if (idx[k] < 0) {
+            const char **all = malloc((size_t)(n ? n : 1) * sizeof *all);
+            for (int i = 0; all && i < n; i++) all[i] = r->stages[i].name;
+            const char *sug = all ? recipe_suggest(names[k], all, (size_t)n) : NULL;
+            int rc = err_set(ERR_USAGE, "%s '%s': the recipe has no such stage%s%s%s", flags[k], names[k],
+                             sug ? " (did you mean '" : "", sug ? sug : "", sug ? "'?)" : "");
+            free(all);
+            return rc;
+        }
     }
     /* selection */
     for (int i = 0; i < n; i++) p->st[i].selected = idx[0] < 0 && idx[1] < 0;
@@ -195,6 +246,22 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
         free(s);
         char *why = NULL;
         int lk = cache_lookup(c, r->stages[i].kind->name, ps->key, &ps->manifest, &why);
+        if (lk == 0 && !ps->forced && ps->selected) {
+            char *changed = NULL;
+            for (int k = 0; k < r->stages[i].n_refs && !changed; k++)
+                if (p->st[r->stages[i].refs[k].target].stale) {
+                    if (asprintf(&changed, "input '%s' is made again", r->stages[r->stages[i].refs[k].target].name) < 0)
+                        changed = NULL;
+                }
+            if (!changed) changed = hook_files_changed(p, ps->manifest);
+            if (changed) { /* same key, stale content: recompute as --force would */
+                ps->status = PLAN_RUN;
+                ps->forced = ps->stale = true;
+                ps->why = changed;
+                free(why);
+                continue;
+            }
+        }
         if (lk == 0 && !ps->forced) {
             ps->status = ps->selected ? PLAN_CACHED : PLAN_SKIP;
             free(why);

@@ -22,6 +22,9 @@ typedef struct plan_stage {
     json_t *key_doc;  /* what the key hashes */
     int status;       /* enum plan_status */
     bool selected, forced;
+    bool stale;       /* cached under the same key, but a file its hooks read while it ran (the
+                         manifest's hook_files) has changed since: it re-runs, and so does every
+                         stage made from it */
     char *why;        /* why it runs (or NULL when cached) */
     json_t *manifest; /* the cached artifact's manifest when cached */
 } plan_stage;
@@ -42,6 +45,9 @@ void plan_free(plan *p);
 void plan_print(const plan *p, FILE *f, bool with_keys);
 /* the index entry recorded after a stage completes */
 json_t *plan_index_entry(const plan *p, int i);
+/* {path: content hash} of the given absolute paths ("missing" for one that cannot be read):
+ * what a manifest keeps of the files a stage's hooks read (its hook_files) */
+json_t *plan_file_hashes(const cache *c, const json_t *paths);
 /* resolve `device: auto` */
 const char *plan_resolve_device(const char *want);
 

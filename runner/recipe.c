@@ -289,6 +289,18 @@ static int apply_set(yt_node *root, const char *set) {
             break;
         }
         yt_node *child = yt_map_get(cur, tok);
+        if (!child && cur != root && cur == yt_map_get(root, "stages") && strcmp(next, "kind")) {
+            /* a typo in a stage name would otherwise make a new stage without a kind */
+            const char **names = malloc((cur->n ? cur->n : 1) * sizeof *names);
+            for (size_t k = 0; names && k < cur->n; k++) names[k] = cur->keys[k]->text;
+            const char *sug = names ? recipe_suggest(tok, names, cur->n) : NULL;
+            char hint[160] = "";
+            if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
+            rc = err_set(ERR_USAGE, "--set %.*s: the recipe has no stage '%s'%s; a new stage needs its kind first "
+                                    "(--set stages.%s.kind=...)", (int)(eq - set), set, tok, hint, tok);
+            free(names);
+            break;
+        }
         if (!child) {
             child = yt_new_map(val);
             yt_map_set(cur, tok, child, val);
@@ -416,6 +428,54 @@ static json_t *entries_value(vctx *v, const param_spec *s, const yt_node *n) {
     return arr;
 }
 
+/* The hooks that shape stage rs: the recipe's hooks for its kind's points (already open in h)
+ * and its own hook-file params (PARAM_HOOK), opened here with the recipe's allowances so a
+ * syntax error or a missing function is found now, located at the param. The files those
+ * hooks loaded while their top level ran (require "helper") enter the stage's key; files
+ * they read only when called are recorded by the run (stage_note_hook_files). */
+static void open_stage_hooks(errs *e, recipe_stage *rs, hooks *h, const json_t *hk) {
+    vctx v = {e, NULL, rs->key_files, NULL};
+    json_t *loaded = json_array();
+    const char *kh = rs->kind->key_hooks;
+    if (kh && *kh) {
+        size_t nh;
+        const char **pts = split_choices(kh, &nh);
+        for (size_t k = 0; k < nh; k++)
+            if (hooks_has(h, pts[k])) {
+                rs->hook_shaped = true;
+                hooks_loaded_files(h, pts[k], loaded);
+            }
+        free(pts);
+    }
+    json_t *opts = json_object();
+    const char *settings[] = {"allow", "memory_mb", "instructions"};
+    for (int k = 0; k < 3; k++)
+        if (json_object_get(hk, settings[k])) json_object_set(opts, settings[k], json_object_get(hk, settings[k]));
+    hooks *own = NULL;
+    for (const param_spec *p = rs->kind->params; rs->params && p->name; p++) {
+        const char *path = json_string_value(json_object_get(rs->params, p->name));
+        if (!(p->flags & PARAM_HOOK) || !path) continue;
+        rs->hook_shaped = true;
+        if (!own && hooks_open(&own, opts)) {
+            err_clear();
+            break;
+        }
+        const yt_node *at = yt_map_get(rs->node, p->name);
+        if (hooks_bind(own, p->choices, path)) {
+            errs_add(e, at ? at : rs->node, "stage '%s': %s: %s", rs->name, p->name, err_msg());
+            err_clear();
+            continue;
+        }
+        hooks_loaded_files(own, p->choices, loaded);
+    }
+    hooks_free(&own);
+    json_decref(opts);
+    size_t i;
+    json_t *x;
+    json_array_foreach(loaded, i, x) add_key_file(&v, json_string_value(x));
+    json_decref(loaded);
+}
+
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
 static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
     errs *e = v->e;
@@ -491,6 +551,17 @@ static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
             return j;
         }
         free(p);
+        if ((s->flags & PARAM_PATH_OR_WORD) && s->choices && !in_choices(t, s->choices)) {
+            size_t nc;
+            const char **c = split_choices(s->choices, &nc);
+            char *sug = suggest_suffix(t, c, nc), *all = choices_text(s->choices);
+            errs_add(e, n, "%s: %s '%s' is neither a keyword (%s) nor a file or directory next to the recipe%s",
+                     v->where, s->name, t, all, sug);
+            free(c);
+            free(sug);
+            free(all);
+            return NULL;
+        }
         return json_string(t);
     }
     case PARAM_REF: return json_string(t); /* checked once every stage is known */
@@ -1144,6 +1215,8 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         if (hooks_open(&h, r->hooks)) {
             errs_add(&e, hn, "hooks: %s", err_msg());
             err_clear();
+        } else {
+            for (int i = 0; i < r->n_stages; i++) open_stage_hooks(&e, &r->stages[i], h, r->hooks);
         }
         hooks_free(&h);
     }

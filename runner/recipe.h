@@ -30,6 +30,8 @@ typedef struct recipe_stage {
     json_t *params;     /* resolved, defaults filled */
     json_t *key_files;  /* absolute paths whose content is part of the cache key */
     json_t *hooks;      /* the hooks this stage is given (absolute paths), NULL if none */
+    bool hook_shaped;   /* a hook shapes its output (hooks.format, format_hook, ...): only then
+                           do the hooks' allowances enter its key */
     int n_refs;
     recipe_ref refs[STAGE_MAX_INPUTS];
     const yt_node *node; /* the stage's mapping, for messages */

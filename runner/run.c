@@ -54,6 +54,7 @@ typedef struct runner {
     json_t *history;   /* summaries of this recipe's earlier runs, oldest first (max_regression) */
     json_t *gate_rows; /* gates.h rows, in the order they were checked */
     tb_sink *tb;       /* report_to: [tensorboard] */
+    int notify_failures; /* on_stage_end failures: warned about; after a few, not called again */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } runner;
@@ -69,6 +70,15 @@ static void utc_stamp(char *buf, size_t n, bool compact) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(buf, n, compact ? "%Y%m%dT%H%M%SZ" : "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* print and qlora.log from on_stage_end / on_run_end: the console and the run's events */
+static void run_hook_log(void *ud, const char *level, const char *msg) {
+    runner *R = ud;
+    if (!strcmp(level, "debug")) return;
+    if (!strcmp(level, "warn") || !strcmp(level, "error")) warnf("hook: %s", msg);
+    else outf("  hook: %s", msg);
+    if (R->ev) events_emit(R->ev, "hook_log", json_pack("{s:s, s:s}", "level", level, "message", msg));
 }
 
 static void wait_note(void *arg) { notef("waiting: another run is computing stage '%s'", (const char *)arg); }
@@ -175,6 +185,7 @@ static int exec_stage(runner *R, int i) {
             json_object_set_new(m, "seconds", json_real(secs));
             json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
             json_object_set_new(m, "program", version_json());
+            if (json_array_size(ctx.hook_files)) json_object_set_new(m, "hook_files", plan_file_hashes(&R->c, ctx.hook_files));
             rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
             if (!rc) {
                 char *why = NULL;
@@ -204,6 +215,7 @@ static int exec_stage(runner *R, int i) {
         for (int k = 0; k < ctx.n_inputs; k++) free((char *)ctx.inputs[k].dir);
         json_decref(ctx.metrics);
         json_decref(ctx.report);
+        json_decref(ctx.hook_files);
     }
     if (rc && tmp) {
         int keep = err_code();
@@ -330,9 +342,10 @@ static void *worker(void *arg) {
             cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
             json_decref(ie);
             check_gates(R, pick);
-            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") &&
+            if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") && R->notify_failures < 3 &&
                 hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
-                warnf("on_stage_end hook: %s", err_msg());
+                warnf("on_stage_end hook failed (%d of 3 failures allowed): %s", ++R->notify_failures, err_msg());
+                if (R->notify_failures == 3) warnf("on_stage_end is not called again in this run");
                 err_clear();
             }
         }
@@ -480,6 +493,7 @@ int run_recipe(const char *path, const run_opts *o) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     if (hooks_open(&R.hooks, r->hooks)) { rc = err_code(); goto done; }
+    hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
     R.gate_rows = json_array();
     {
@@ -618,7 +632,7 @@ const cli_opt run_cli_opts[] = {
     {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
     {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
     {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
-    {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout (implies --quiet)", CLI_AT(run_opts, json), 0, 0},
+    {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout and nothing else (so not with --quiet)", CLI_AT(run_opts, json), 0, 0},
     {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes, errors only", CLI_AT(run_opts, quiet), 0, 0},
     {0},
 };
@@ -633,6 +647,12 @@ int run_parse_opts(const cli_cmd *c, int argc, char **argv, run_opts *o, const c
     if (!rc) *recipe_path = pos[0];
     free(pos);
     if (rc) return rc;
+    if (o->only && o->until)
+        return err_set(ERR_USAGE, "--only and --until are alternatives: --only %s runs that stage alone, --until %s "
+                                  "runs it with what it needs", o->only, o->until);
+    if (o->json && o->quiet)
+        return err_set(ERR_USAGE, "--json and --quiet are alternatives (--json already prints nothing but JSON "
+                                  "events on stdout)");
     if (o->json) o->quiet = true;
     if (o->quiet) log_set_quiet(true);
     return 0;

@@ -422,6 +422,28 @@ static bool needs_quotes(const char *s) {
     return *end == 0; /* looks like a number */
 }
 
+void yt_format_real(double d, char *out, size_t n) {
+    char g[64], f[48];
+    snprintf(g, sizeof g, "%.17g", d);
+    /* the shortest form that reads back as the same double ... */
+    for (int p = 1; p <= 17; p++) {
+        snprintf(g, sizeof g, "%.*g", p, d);
+        if (strtod(g, NULL) == d) break;
+    }
+    /* ... written out when %g chose an exponent for a plain number (20, not 2e+01) */
+    if (strpbrk(g, "eE") && fabs(d) >= 1e-4 && fabs(d) < 1e15) {
+        for (int p = 0; p <= 17; p++) {
+            snprintf(f, sizeof f, "%.*f", p, d);
+            if (strtod(f, NULL) == d) {
+                snprintf(g, sizeof g, "%s", f);
+                break;
+            }
+        }
+    }
+    if (!strpbrk(g, ".eEni")) strcat(g, ".0"); /* stays a float in YAML (not inf/nan) */
+    snprintf(out, n, "%s", g);
+}
+
 static void emit_scalar(sbuf *b, const json_t *j) {
     char tmp[64];
     switch (json_typeof(j)) {
@@ -430,14 +452,7 @@ static void emit_scalar(sbuf *b, const json_t *j) {
     case JSON_FALSE: sb_puts(b, "false"); break;
     case JSON_INTEGER: snprintf(tmp, sizeof tmp, "%lld", (long long)json_integer_value(j)); sb_puts(b, tmp); break;
     case JSON_REAL: {
-        double d = json_real_value(j);
-        snprintf(tmp, sizeof tmp, "%.17g", d);
-        /* shortest representation that round-trips */
-        for (int p = 1; p <= 17; p++) {
-            snprintf(tmp, sizeof tmp, "%.*g", p, d);
-            if (strtod(tmp, NULL) == d) break;
-        }
-        if (!strpbrk(tmp, ".eE")) strcat(tmp, ".0");
+        yt_format_real(json_real_value(j), tmp, sizeof tmp);
         sb_puts(b, tmp);
         break;
     }

@@ -49,4 +49,8 @@ json_t *yt_to_json(const yt_node *n);
 /* Emit JSON as block YAML (for `qlora-run show`), keys in object order. */
 char *yt_emit_json(const json_t *j);
 
+/* A double as a person writes it: the shortest text that reads back as the same value, in plain
+ * notation where it is short (0.005, 20.0, 1e-08), always with a '.' or exponent. */
+void yt_format_real(double d, char *out, size_t n);
+
 #endif

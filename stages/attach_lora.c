@@ -40,11 +40,12 @@ static void format_thousands(char *buf, size_t n, int64_t v) {
     buf[o] = 0;
 }
 
-/* the base model's name for adapter_config.json: the hub repo when the model was fetched */
-static const char *base_model_name(const stage_input *in) {
-    json_t *params = json_object_get(in->manifest, "params");
-    const char *repo = json_string_value(json_object_get(params, "repo"));
-    return repo ? repo : json_string_value(json_object_get(params, "model"));
+/* the base model's name for adapter_config.json, as peft writes it: the hub repo id or the
+ * folder the model was loaded from (a generated model's own folder in the cache), so that
+ * AutoPeftModelForCausalLM finds the base */
+static char *base_model_name(const stage_input *in) {
+    const char *name = stage_model_name(in);
+    return name ? strdup(name) : fs_join(in->dir, "model");
 }
 
 static int attach_run(stage_ctx *ctx) {
@@ -57,15 +58,18 @@ static int attach_run(stage_ctx *ctx) {
     if (rc) return rc;
 
     json_t *seed = stage_json(ctx, "seed");
+    char *base_name = base_model_name(in);
     lora_init_opts o = {.r = (int)stage_int(ctx, "lora_r"),
                         .alpha = stage_float(ctx, "lora_alpha"),
                         .dropout = stage_float(ctx, "lora_dropout"),
                         .use_rslora = stage_bool(ctx, "use_rslora"),
                         .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
                         .targets = stage_json(ctx, "lora_target_modules"),
-                        .base_model = base_model_name(in)};
+                        .base_model = base_name};
     peft_adapter a;
-    if ((rc = lora_adapter_create(&a, &cfg, &o))) {
+    rc = lora_adapter_create(&a, &cfg, &o);
+    free(base_name);
+    if (rc) {
         config_free(&cfg);
         return rc;
     }

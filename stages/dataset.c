@@ -55,7 +55,7 @@ static const param_spec dataset_params[] = {
     {"split", PARAM_STRING, "train", 1, 0, NULL, "a hub dataset's split (train, validation, test or its own names)", PARAM_ENTRY},
     {"revision", PARAM_STRING, NULL, 1, 0, NULL,
      "a hub dataset's branch, tag or commit (default main); its commit and files are part of the cache key", PARAM_ENTRY},
-    {"generator", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file whose generate(ctx) yields records (instead of path)", 0},
+    {"generator", PARAM_FILE, NULL, 1, 0, "generate", "a Lua file whose generate(ctx) yields records (instead of path)", PARAM_HOOK},
     {"type", PARAM_ENUM, "auto", 1, 0, "auto|json|jsonl|csv|text|parquet",
      "file type; auto goes by the extension (and reads a file that starts with PAR1 as Parquet)", PARAM_ENTRY},
     {"format", PARAM_ENUM, "alpaca", 1, 0, "alpaca|chat|completion|lua",
@@ -64,7 +64,7 @@ static const param_spec dataset_params[] = {
     {"field_input", PARAM_STRING, NULL, 1, 0, NULL, "format alpaca: the field holding the input (default input)", PARAM_ENTRY},
     {"field_output", PARAM_STRING, NULL, 1, 0, NULL, "format alpaca: the field holding the output (default output)", PARAM_ENTRY},
     {"field", PARAM_STRING, NULL, 1, 0, NULL, "format completion: the field holding the text (default text)", PARAM_ENTRY},
-    {"format_hook", PARAM_FILE, NULL, 1, 0, NULL, "a Lua file with format(record, ctx) (format: lua)", 0},
+    {"format_hook", PARAM_FILE, NULL, 1, 0, "format", "a Lua file with format(record, ctx) (format: lua)", PARAM_HOOK},
     DATASET_CHAT_PARAMS,
     {"sequence_len", PARAM_INT, "512", 2, 1048576, NULL, "tokens per row (and the longest sequence)", 0},
     {"truncation", PARAM_ENUM, "truncate", 1, 0, "truncate|drop", "what to do with a sequence longer than sequence_len", 0},
@@ -561,6 +561,53 @@ static int build_parts(stage_ctx *c, part_src **srcs_out, dataset_part **parts_o
     return 0;
 }
 
+/* A built-in template's special tokens must be tokens of the model: otherwise "<|eot_id|>" is
+ * tokenized as ordinary text (the count doubles, the mask boundary falls inside a token) and
+ * the model never learns its own end of turn. */
+static int check_template_tokens(const tokenizer *t, const char *tpl_name, const char *model_stage) {
+    dataset_chat_template tpl;
+    int rc = dataset_chat_template_from_name(tpl_name, &tpl);
+    if (rc) return rc;
+    char missing[256] = "";
+    int n = 0;
+    for (const char *const *s = dataset_chat_special_tokens(tpl); *s; s++) {
+        if (tokenizer_token_id(t, *s) >= 0) continue;
+        if (n++) strncat(missing, ", ", sizeof missing - strlen(missing) - 1);
+        strncat(missing, *s, sizeof missing - strlen(missing) - 1);
+    }
+    if (!n) return 0;
+    return err_set(ERR_RECIPE,
+                   "chat_template: %s needs the special token%s %s, which the tokenizer of '%s' lacks (they would "
+                   "be split into ordinary text and the masks would fall inside tokens): set chat_template to the model's own template "
+                   "(chatml for Qwen, llama-3 for Llama 3, llama-2 for Llama 2 and Mistral), or use format: lua "
+                   "with a hook",
+                   tpl_name, n > 1 ? "s" : "", missing, model_stage);
+}
+
+/* Truncated and dropped records, said out loud: a truncated answer loses its end and its EOS
+ * ("30" becomes "3"), a dropped one is gone; past a few percent it is a warning naming the fix. */
+#define LOSS_WARN_SHARE 0.02
+static void report_losses(stage_ctx *c, const json_t *stats) {
+    json_t *d = json_object_get(stats, "dropped");
+    long long read = json_integer_value(json_object_get(stats, "records_read"));
+    long long trunc = json_integer_value(json_object_get(stats, "records_truncated"));
+    long long longr = json_integer_value(json_object_get(d, "too_long"));
+    long long nolab = json_integer_value(json_object_get(d, "no_trained_tokens"));
+    long long hook = json_integer_value(json_object_get(d, "by_hook"));
+    long long len = stage_int(c, "sequence_len");
+    if (trunc)
+        stage_logf(c, "%lld of %lld records truncated to sequence_len %lld (their answers lose their end and EOS)",
+                   trunc, read, len);
+    if (longr || nolab || hook)
+        stage_logf(c, "%lld of %lld records dropped: %lld longer than sequence_len %lld (truncation: drop), %lld with "
+                      "nothing left to train within it, %lld by the format hook",
+                   longr + nolab + hook, read, longr, len, nolab, hook);
+    if (read > 0 && (double)(trunc + longr + nolab) > LOSS_WARN_SHARE * (double)read)
+        stage_warnf(c, "%.0f%% of the records do not fit in sequence_len %lld (%lld truncated, %lld dropped): "
+                       "raise sequence_len if the answers matter",
+                       100.0 * (double)(trunc + longr + nolab) / (double)read, len, trunc, longr + nolab);
+}
+
 static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
@@ -646,14 +693,25 @@ static int dataset_run(stage_ctx *c) {
     char *chat_file = NULL; /* kept until the build has written meta.json */
     bool any_chat = o.format == DATASET_FORMAT_CHAT;
     for (size_t i = 0; i < n_parts; i++) any_chat |= parts[i].format == DATASET_FORMAT_CHAT;
-    if (!rc && any_chat) { /* the stage's chat keys: its Jinja template serves every chat entry */
-        char *dir = fs_join(in->dir, "model"), *file = stage_path(c, "chat_template_file"), line[1024];
+    if (!rc && any_chat) {
+        /* the chat keys: the stage's, or in a mix whose stage is not chat, the first chat entry's;
+         * that Jinja template serves every chat entry */
+        const json_t *cp = c->params;
+        for (size_t i = 0; o.format != DATASET_FORMAT_CHAT && i < n_parts; i++)
+            if (parts[i].format == DATASET_FORMAT_CHAT) {
+                cp = psrc[i].params;
+                break;
+            }
+        const char *cf = json_string_value(json_object_get(cp, "chat_template_file"));
+        char *dir = fs_join(in->dir, "model"), line[1024];
+        char *file = !cf ? NULL : cf[0] == '/' || !c->recipe_dir ? strdup(cf) : fs_join(c->recipe_dir, cf);
         bool jinja;
         const char *builtin;
-        rc = chat_opts_load(c->params, file, dir, t, &chat, &jinja, &builtin, line, sizeof line);
+        rc = chat_opts_load(cp, file, dir, t, &chat, &jinja, &builtin, line, sizeof line);
         if (rc) err_wrap("%s", c->name);
         else stage_logf(c, "%s", line);
         if (!rc && jinja) o.chat = &chat.o, o.chat_file = chat_file = file, file = NULL;
+        if (!rc && !jinja) rc = check_template_tokens(t, builtin, in->stage);
         o.chat_template = !strcmp(builtin, "llama-2") ? DATASET_CHAT_LLAMA2
                           : !strcmp(builtin, "chatml") ? DATASET_CHAT_CHATML
                                                        : DATASET_CHAT_LLAMA3;
@@ -679,12 +737,14 @@ static int dataset_run(stage_ctx *c) {
                        (long long)json_integer_value(json_object_get(stats, "tokens")),
                        100 * json_number_value(json_object_get(stats, "masked_share")),
                        100 * json_number_value(json_object_get(stats, "packing_efficiency")));
+            report_losses(c, stats);
             if (!c->report) c->report = json_object();
             json_object_set_new(c->report, "dataset", stats);
         }
     }
     chat_opts_free(&chat);
     free(chat_file);
+    if (!rc) stage_note_hook_files(c, hk, "format|generate");
     tokenizer_free(&t);
     hooks_free(&hk);
     for (size_t i = 0; i < n_parts; i++) part_src_free(&psrc[i]);

@@ -8,9 +8,11 @@
  *     sequence's untrained prefix (token ids as trained), the reference its trained part
  *     (without EOS); the score is the `score(prediction, record)` hook's, or exact match
  *     (whitespace-trimmed) without a hook. The record is the dataset's own record of that
- *     sequence when the artifact keeps val.records.jsonl (one JSON record a line, in val
- *     sequence order), else {prompt=, response=, output=} (output: the alpaca name of the
- *     response). Record prompts from the recipe are scored by the hook too.
+ *     sequence (the dataset stage keeps val.records.jsonl: one JSON record a line, in val
+ *     sequence order), else, for an artifact made before it did, {prompt=, response=,
+ *     output=} (output: the alpaca name of the response). Record prompts from the recipe are
+ *     scored by the hook too, with the record as written. A third argument says what the
+ *     prompt became: {prompt=, reference= (val only), source="val"|"prompts"|"prompts_file"}.
  *   - multiple-choice benchmark tasks (`tasks:`, eval/mc.h): MMLU, ARC, HellaSwag scored as
  *     lm-evaluation-harness scores them; NAME.acc and NAME.acc_norm (and _base) as metrics.
  * The base is the model with the LoRA update zeroed (an untrained adapter, B = 0, computes
@@ -45,7 +47,7 @@ static const param_spec eval_params[] = {
     {"adapter", PARAM_REF, NULL, 0, -1, "train|attach_lora", "the tuned adapter (none: the base model only)", 0},
     {"data", PARAM_REF, NULL, 0, -1, "dataset", "loss and perplexity on its val split; val records to score", 0},
     {"extra_data", PARAM_REF, NULL, 0, -1, "dataset", "another dataset to report loss and perplexity on", 0},
-    {"prompts", PARAM_ANY, "[]", 0, -1, NULL, "prompts: strings (used verbatim) or records (through the format hook)", 0},
+    {"prompts", PARAM_ANY, "[]", 0, -1, NULL, "prompts: strings (used verbatim) or records (formatted as the data was: its format hook, alpaca, or chat template)", 0},
     {"prompts_file", PARAM_FILE, NULL, 0, -1, NULL, "more prompts: a .jsonl of records or a text file, one a line", 0},
     {"compare_base", PARAM_BOOL, "true", 0, -1, NULL, "also evaluate the base model, side by side", 0},
     {"max_new_tokens", PARAM_INT, "64", 1, 1e6, NULL, "tokens to generate per prompt", 0},
@@ -140,6 +142,8 @@ typedef struct eval_state {
     bool alpaca;     /* the data used the built-in alpaca format */
     chat_template *chat;    /* the data used format: chat with this Jinja template, else NULL */
     chat_format_opts chat_o; /* its record keys (field_messages, mappings) and kwargs */
+    bool chat_builtin;      /* ... or format: chat with the built-in template chat_builtin_tpl */
+    dataset_chat_template chat_builtin_tpl;
     tokenizer *tok;
     llama_model *m;
     gen_opts gen;
@@ -155,10 +159,18 @@ static int record_prompt(eval_state *e, const json_t *record, const char *what, 
         *out = dataset_alpaca_prompt(instruction, json_string_value(json_object_get(record, "input")));
         return *out ? 0 : err_set(ERR_STAGE, "out of memory");
     }
+    if (!hooks_has(e->hooks, "format") && e->chat_builtin &&
+        (json_object_get(record, "messages") || json_object_get(record, "conversations"))) {
+        int32_t bos = tokenizer_bos(e->tok), eos = tokenizer_eos(e->tok);
+        dataset_tokenizer dt = {.bos = bos, .eos = eos,
+                                .bos_token = bos >= 0 ? tokenizer_token(e->tok, bos) : "",
+                                .eos_token = eos >= 0 ? tokenizer_token(e->tok, eos) : ""};
+        return dataset_chat_prompt(record, what, e->chat_builtin_tpl, &dt, out);
+    }
     if (!hooks_has(e->hooks, "format")) {
         const char *p = json_string_value(json_object_get(record, "prompt"));
         if (!p) return err_set(ERR_RECIPE, "%s: a record prompt needs a format hook (hooks: {format: ...}, or the data's "
-                                           "format_hook), alpaca data, or a 'prompt' field", what);
+                                           "format_hook), alpaca or chat data (with 'messages'), or a 'prompt' field", what);
         *out = strdup(p);
         return 0;
     }
@@ -385,9 +397,15 @@ static int run_side(eval_state *e, int tuned, json_t *gens, side *sides, int n_s
             char what[64];
             snprintf(what, sizeof what, "%s record %zu", it->source, i);
             if (!hook) sc = exact_match(text, it->reference);
-            else if ((rc = hooks_score(e->hooks, text, it->record, what, &sc))) {
-                free(text);
-                return rc;
+            else {
+                json_t *info = json_pack("{s:s, s:s}", "prompt", it->text, "source", it->source);
+                if (it->reference) json_object_set_new(info, "reference", json_string(it->reference));
+                rc = hooks_score_info(e->hooks, text, it->record, info, what, &sc);
+                json_decref(info);
+                if (rc) {
+                    free(text);
+                    return rc;
+                }
             }
             json_object_set_new(g, tuned ? "score_tuned" : "score_base", json_real(sc));
             *score_sum += sc;
@@ -616,6 +634,11 @@ static int eval_run(stage_ctx *ctx) {
                                       .content_key = json_string_value(json_object_get(mp, "content")),
                                       .kwargs = json_is_object(kw) ? kw : NULL};
     }
+    e.chat_builtin = !e.chat && dformat && !strcmp(dformat, "chat");
+    if (e.chat_builtin) {
+        const char *btpl = json_string_value(json_object_get(dfmt, "chat_template"));
+        if ((rc = dataset_chat_template_from_name(btpl ? btpl : "llama-3", &e.chat_builtin_tpl))) goto out;
+    }
     int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
     const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
     json_t *dargs = json_object_get(dfmt, "hook_args");
@@ -763,6 +786,7 @@ out:
     for (int k = 0; k < n_sets; k++) train_data_free(&sets[k]);
     free(stops);
     llama_free(&e.m);
+    if (!rc) stage_note_hook_files(ctx, e.hooks, "format|score|generate");
     hooks_free(&e.hooks);
     json_decref(e.fmt_ctx);
     tokenizer_free(&e.tok);

@@ -63,7 +63,10 @@ static int run(stage_ctx *c) {
     o.base = base;
     o.adapter = adapter;
     o.include_nf4 = stage_bool(c, "include_nf4");
-    o.name = mi->stage;
+    /* GGUF general.name: the model's own name (the repo's last part, or its folder's), as
+     * llama.cpp's converter writes it; a generated model keeps its stage's name */
+    const char *mname = stage_model_name(mi);
+    o.name = mname ? (strrchr(mname, '/') && strrchr(mname, '/')[1] ? strrchr(mname, '/') + 1 : mname) : mi->stage;
     o.threads = c->jobs > 0 ? c->jobs : 2;
     o.progress = on_progress;
     o.progress_arg = c;

@@ -257,6 +257,13 @@ static int fetch_run(stage_ctx *c) {
     else rc = fetch_hub(c, report);
     if (!rc) {
         if (!c->report) c->report = json_object();
+        /* what peft's base_model_name_or_path and GGUF's general.name should say */
+        const char *name = !strcmp(source, "path") ? NULL : !strcmp(source, "url") ? stage_str(c, "url") : stage_str(c, "repo");
+        char *path = !strcmp(source, "path") ? stage_path(c, "path") : NULL, *real = path ? realpath(path, NULL) : NULL;
+        if (path) name = real ? real : path;
+        if (name) json_object_set_new(c->report, "model_name", json_string(name));
+        free(real);
+        free(path);
         json_object_set_new(c->report, "fetch", report);
     } else {
         json_decref(report);

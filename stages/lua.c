@@ -82,6 +82,7 @@ static int lua_stage_run(stage_ctx *c) {
             json_object_set_new(c->report, "result", result);
         }
     }
+    if (!rc) stage_note_files(c, lua_host_loaded_files(h));
     lua_host_free(&h);
     return rc;
 }

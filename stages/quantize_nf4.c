@@ -75,6 +75,7 @@ static int run(stage_ctx *c) {
         stage_metric(c, "bytes_after", (double)rep.bytes_after);
         stage_metric(c, "seconds", rep.seconds);
         if (c->report) json_object_set_new(c->report, "quantize", bnb_report_json(&rep));
+        if (c->report && stage_model_name(in)) json_object_set_new(c->report, "model_name", json_string(stage_model_name(in)));
     }
     bnb_report_free(&rep);
     free(src);

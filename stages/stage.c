@@ -8,6 +8,7 @@
 
 #include "core/events.h"
 #include "core/fsutil.h"
+#include "core/hooks.h"
 #include "core/log.h"
 #include "core/progress.h"
 
@@ -63,6 +64,22 @@ void stage_logf(stage_ctx *c, const char *fmt, ...) {
     outf("  %s", buf);
 }
 
+void stage_warnf(stage_ctx *c, const char *fmt, ...) {
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (c && c->log) { fprintf(c->log, "warning: %s\n", buf); fflush(c->log); }
+    progress_clear();
+    warnf("stage '%s': %s", c && c->name ? c->name : "?", buf);
+    if (c && c->events) {
+        json_t *ev = json_object();
+        json_object_set_new(ev, "message", json_string(buf));
+        stage_event(c, "warning", ev);
+    }
+}
+
 void stage_metric(stage_ctx *c, const char *name, double value) {
     if (!c->metrics) c->metrics = json_object();
     json_object_set_new(c->metrics, name, json_real(value));
@@ -87,4 +104,36 @@ int stage_error_as_recipe(void) {
     int rc = err_set(ERR_RECIPE, "%s", msg ? msg : "invalid parameters");
     free(msg);
     return rc;
+}
+
+void stage_note_files(stage_ctx *c, const json_t *paths) {
+    if (!c->hook_files) c->hook_files = json_array();
+    size_t cl = c->cache_dir ? strlen(c->cache_dir) : 0, i, k;
+    json_t *x, *y;
+    json_array_foreach(paths, i, x) {
+        const char *p = json_string_value(x);
+        /* artifacts of the inputs are keyed through the inputs' keys already */
+        if (!p || (cl && !strncmp(p, c->cache_dir, cl) && p[cl] == '/')) continue;
+        bool have = false;
+        json_array_foreach(c->hook_files, k, y) if (json_equal(x, y)) have = true;
+        if (!have) json_array_append(c->hook_files, x);
+    }
+}
+
+void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points) {
+    if (!h || !points) return;
+    json_t *all = json_array();
+    char *list = strdup(points), *save = NULL;
+    for (char *p = strtok_r(list, "|", &save); p; p = strtok_r(NULL, "|", &save)) hooks_loaded_files(h, p, all);
+    free(list);
+    stage_note_files(c, all);
+    json_decref(all);
+}
+
+const char *stage_model_name(const stage_input *in) {
+    if (!in) return NULL;
+    const char *n = json_string_value(json_object_get(json_object_get(in->manifest, "report"), "model_name"));
+    if (n) return n;
+    /* artifacts made before model_name was recorded: a fetched hub repo still names itself */
+    return json_string_value(json_object_get(json_object_get(in->manifest, "params"), "repo"));
 }

@@ -37,11 +37,15 @@ typedef enum param_type {
 enum param_flags {
     PARAM_REQUIRED = 1 << 0, /* no default: the recipe must set it */
     PARAM_NOKEY = 1 << 1,    /* not part of the cache key (e.g. log_every) */
-    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte"), or else a file or directory
-                                   relative to the recipe, which must exist and whose content
-                                   is part of the cache key */
+    PARAM_PATH_OR_WORD = 1 << 2, /* STRING: a keyword ("byte", listed in `choices` when the
+                                   kind has a fixed set), or else a file or directory relative to
+                                   the recipe, which must exist and whose content is part of the
+                                   cache key */
     PARAM_ENTRY = 1 << 3,        /* may also be set per entry of the kind's PARAM_ENTRIES list */
-    PARAM_ENTRY_ONLY = 1 << 4    /* only in an entry (a dataset's weight), never at the top */
+    PARAM_ENTRY_ONLY = 1 << 4,   /* only in an entry (a dataset's weight), never at the top */
+    PARAM_HOOK = 1 << 5 /* FILE: a Lua hook file serving the point named in `choices`: the
+                           recipe loader opens it and checks the function as for a recipe-level
+                           hook, and the files it loads enter this stage's key */
 };
 
 typedef struct param_spec {
@@ -77,6 +81,10 @@ typedef struct stage_ctx {
     uint64_t seed;                 /* the recipe's seed */
     const char *device;            /* "cpu" or "cuda" (auto already resolved) */
     json_t *hooks;                 /* the recipe's hooks: {point: abs path, "allow": [...], ...} */
+    json_t *hook_files;            /* files the stage's hooks read while it ran (absolute paths,
+                                      stage_note_hook_files fills it); the runner keeps their
+                                      hashes in the manifest, and plan re-runs the stage when
+                                      one changes */
     int n_inputs;
     stage_input inputs[STAGE_MAX_INPUTS];
     json_t *metrics;               /* stage_metric() fills it; saved in the manifest */
@@ -159,8 +167,14 @@ json_t *stage_json(const stage_ctx *c, const char *key);             /* borrowed
 char *stage_path(const stage_ctx *c, const char *key);
 /* the artifact dir of the input referenced by param `role`, NULL if none */
 const stage_input *stage_input_get(const stage_ctx *c, const char *role);
+/* The name users know an input's model by (its manifest's report "model_name", written by
+ * fetch_model and carried on by quantize_nf4): the hub repo id, or the local folder or URL it
+ * came from. NULL for a generated model. Borrowed from the input's manifest. */
+const char *stage_model_name(const stage_input *in);
 
 void stage_logf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);   /* log file + notef */
+/* a warning: stderr (even with --quiet), the log file and a "warning" event */
+void stage_warnf(stage_ctx *c, const char *fmt, ...) ERR_PRINTF(2, 3);
 void stage_metric(stage_ctx *c, const char *name, double value);
 /* a progress bar on a terminal, an event otherwise; total <= 0: unknown */
 void stage_progress(stage_ctx *c, const char *what, double done, double total, const char *unit);
@@ -168,6 +182,13 @@ void stage_progress_done(stage_ctx *c);
 /* a JSON event into events.jsonl (steals ev) */
 void stage_event(stage_ctx *c, const char *type, json_t *ev);
 bool stage_interrupted(const stage_ctx *c);
+/* Note the files read by the hook states serving `points` ('|'-separated): call it after the
+ * hooks ran (a failed run records nothing). */
+struct hooks;
+void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points);
+/* The same for a list of absolute paths (a `kind: lua` script's lua_host_loaded_files); paths
+ * inside the cache are skipped (the inputs' keys cover them). */
+void stage_note_files(stage_ctx *c, const json_t *paths);
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);

@@ -39,7 +39,7 @@ static const param_spec train_params[] = {
     {"max_steps", PARAM_INT, "0", 0, 1e12, NULL, "optimizer steps; 0: from num_epochs", 0},
     {"warmup_steps", PARAM_INT, "0", 0, 1e12, NULL, "linear warmup from 0 over this many steps", 0},
     {"lr_scheduler", PARAM_ENUM, "cosine", 0, -1, "constant|linear|cosine", "decay after warmup", 0},
-    {"lr_hook", PARAM_FILE, NULL, 0, -1, NULL, "Lua file with lr(step, total_steps, base_lr); overrides lr_scheduler", 0},
+    {"lr_hook", PARAM_FILE, NULL, 0, -1, "lr", "Lua file with lr(step, total_steps, base_lr); overrides lr_scheduler", PARAM_HOOK},
     {"weight_decay", PARAM_FLOAT, "0", 0, 10, NULL, "AdamW decoupled weight decay", 0},
     {"adam_beta1", PARAM_FLOAT, "0.9", 0, 0.999999, NULL, "AdamW beta1", 0},
     {"adam_beta2", PARAM_FLOAT, "0.999", 0, 0.999999999, NULL, "AdamW beta2", 0},
@@ -91,7 +91,21 @@ typedef struct train_run {
     stage_ctx *ctx;
     hooks *hooks;
     FILE *log; /* work_dir/train_log.jsonl, appended */
+    int notify_failures; /* on_step / on_eval calls that failed: warned about, never fatal */
 } train_run;
+
+/* A logging hook that fails must not end a long run: warn, and after a few failures stop
+ * calling it (a broken logger would fail the same way every step). */
+#define NOTIFY_MAX_FAILURES 3
+static int notify_failed(train_run *r, const char *point) {
+    r->notify_failures++;
+    stage_warnf(r->ctx, "%s hook failed (%d of %d failures allowed, training goes on): %s", point, r->notify_failures,
+                NOTIFY_MAX_FAILURES, err_msg());
+    if (r->notify_failures == NOTIFY_MAX_FAILURES)
+        stage_warnf(r->ctx, "the on_step and on_eval hooks are not called again in this run");
+    err_clear();
+    return 0;
+}
 
 static int hook_lr(void *ud, int64_t step, int64_t total, double base_lr, double *lr) {
     return hooks_lr(((train_run *)ud)->hooks, step, total, base_lr, lr);
@@ -99,24 +113,26 @@ static int hook_lr(void *ud, int64_t step, int64_t total, double base_lr, double
 
 static int hook_on_step(void *ud, const trainer_step_info *in) {
     train_run *r = ud;
-    if (!hooks_has(r->hooks, "on_step")) return 0;
+    if (!hooks_has(r->hooks, "on_step") || r->notify_failures >= NOTIFY_MAX_FAILURES) return 0;
     json_t *m = json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:I, s:f}", "step", (json_int_t)in->step, "total_steps",
                           (json_int_t)in->total_steps, "loss", in->loss, "grad_norm", in->grad_norm, "lr", in->lr, "ms",
                           in->ms, "tokens_per_s", in->tokens_per_s, "tokens", (json_int_t)in->tokens, "epoch",
                           in->epoch);
     int rc = hooks_on_step(r->hooks, m);
     json_decref(m);
-    return rc;
+    if (rc == ERR_INTERRUPTED) return rc;
+    return rc ? notify_failed(r, "on_step") : 0;
 }
 
 static int hook_on_eval(void *ud, int64_t step, double loss, double ppl) {
     train_run *r = ud;
-    if (!hooks_has(r->hooks, "on_eval")) return 0;
+    if (!hooks_has(r->hooks, "on_eval") || r->notify_failures >= NOTIFY_MAX_FAILURES) return 0;
     json_t *m = json_pack("{s:s, s:I, s:f, s:f}", "stage", r->ctx->name, "step", (json_int_t)step, "val_loss", loss,
                           "perplexity", ppl);
     int rc = hooks_on_eval(r->hooks, m);
     json_decref(m);
-    return rc;
+    if (rc == ERR_INTERRUPTED) return rc;
+    return rc ? notify_failed(r, "on_eval") : 0;
 }
 
 static void cb_metric(void *ud, const char *name, double value) { stage_metric(ud, name, value); }
@@ -282,6 +298,12 @@ static int train_run_stage(stage_ctx *ctx) {
         .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed,
         .work_dir = ctx->work_dir,
     };
+    if (tc.micro_batch_size > train.n_rows)
+        stage_warnf(ctx, "micro_batch_size %d is more than the %lld training rows: every micro-batch repeats rows "
+                         "(each about %.1f times); set micro_batch_size to at most %lld (gradient_accumulation_steps "
+                         "gives larger batches)",
+                    tc.micro_batch_size, (long long)train.n_rows, (double)tc.micro_batch_size / (double)train.n_rows,
+                    (long long)train.n_rows);
     int64_t max_row = 0;
     for (int64_t r = 0; r < train.n_rows; r++) if (train.rows[r + 1] - train.rows[r] > max_row) max_row = train.rows[r + 1] - train.rows[r];
     for (int64_t r = 0; have_val && r < val.n_rows; r++) if (val.rows[r + 1] - val.rows[r] > max_row) max_row = val.rows[r + 1] - val.rows[r];
@@ -338,6 +360,7 @@ static int train_run_stage(stage_ctx *ctx) {
 
 out:
     if (run.log) fclose(run.log);
+    if (!rc) stage_note_hook_files(ctx, run.hooks, "lr");
     hooks_free(&run.hooks);
     llama_free(&m);
     train_data_free(&train);

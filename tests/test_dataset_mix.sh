@@ -52,12 +52,15 @@ mix() { # mix NAME SEED
         field_output: a
       - path: chat.parquet
         format: chat
+        chat_template_file: plain.jinja
         max_records: 20
 YAML
 }
 run() { QLORA_CACHE="$W/cache-$1" "$QLORA_BIN" "$1.yaml" > "$1.log" 2>&1; }
 art() { ls -d "$W/cache-$1"/artifacts/dataset/*/; }
 
+# a byte tokenizer has no chat template and no special tokens: a plain Jinja template file
+printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}' > plain.jinja
 mix m1 7 > m1.yaml
 run m1 || { cat m1.log; fail "the mix"; }
 grep -q "mix: a.parquet: 40 of 60 records (weight 2, 50.0% of the weights)" m1.log &&

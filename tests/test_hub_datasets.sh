@@ -120,7 +120,9 @@ rc=0; "$QLORA_BIN" nosplit.yaml > nosplit.log 2>&1 || rc=$?
     { cat nosplit.log; fail "unknown split: exit $rc"; }
 
 # README configs
-recipe cfgchat hf://datasets/tst/cfg chat
+# a byte tokenizer has no chat template and no special tokens: a plain Jinja template file
+printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}' > plain.jinja
+recipe cfgchat hf://datasets/tst/cfg chat "chat_template_file: plain.jinja"
 "$QLORA_BIN" cfgchat.yaml > cfgchat.log 2>&1 || { cat cfgchat.log; fail "README configs, default config"; }
 grep -q "config 'chat', split 'train'" cfgchat.log && grep -q "30 records" cfgchat.log || { cat cfgchat.log; fail "chat"; }
 recipe cfgalp hf://datasets/tst/cfg alpaca "config: alpaca"

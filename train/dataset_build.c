@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -93,6 +94,7 @@ typedef struct item {
     enum item_drop drop;
     int rc;
     char *err;
+    char *rec_json; /* the record as compact JSON, for val.records.jsonl (NULL when there is no val split) */
 } item;
 
 static void item_free(item *it) {
@@ -102,6 +104,7 @@ static void item_free(item *it) {
     free(it->ids);
     free(it->labels);
     free(it->err);
+    free(it->rec_json);
     memset(it, 0, sizeof *it);
 }
 
@@ -192,7 +195,8 @@ static int chat_messages(const json_t *rec, const char *what, chat_msg **out, si
         else if (!strcmp(role, "system")) role = "system";
         else {
             free(m);
-            return err_set(ERR_DATA, "%s: message %zu has unknown role '%s' (system, user or assistant)", what, i, role);
+            return err_set(ERR_DATA, "%s: message %zu has unknown role '%s' (system, user or assistant; human and "
+                                     "gpt in ShareGPT data; model)", what, i, role);
         }
         if (!strcmp(role, "system") && i != 0) {
             free(m);
@@ -270,6 +274,59 @@ static int format_chat(const json_t *rec, const char *what, dataset_chat_templat
     return rc;
 }
 
+const char *const *dataset_chat_special_tokens(dataset_chat_template tpl) {
+    static const char *const llama3[] = {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", NULL};
+    static const char *const chatml[] = {"<|im_start|>", "<|im_end|>", NULL};
+    static const char *const none[] = {NULL}; /* llama-2 writes [INST] as text, BOS and EOS by id */
+    return tpl == DATASET_CHAT_LLAMA3 ? llama3 : tpl == DATASET_CHAT_CHATML ? chatml : none;
+}
+
+int dataset_chat_template_from_name(const char *name, dataset_chat_template *out) {
+    if (!strcmp(name, "llama-2")) *out = DATASET_CHAT_LLAMA2;
+    else if (!strcmp(name, "llama-3")) *out = DATASET_CHAT_LLAMA3;
+    else if (!strcmp(name, "chatml")) *out = DATASET_CHAT_CHATML;
+    else return err_set(ERR_RECIPE, "unknown chat template '%s' (llama-2, llama-3 or chatml)", name);
+    return 0;
+}
+
+int dataset_chat_prompt(const json_t *rec, const char *what, dataset_chat_template tpl, const dataset_tokenizer *tok,
+                        char **out) {
+    *out = NULL;
+    /* with an empty assistant turn appended when the conversation does not end with one, the
+     * prompt is everything before the last trained run: the assistant header included */
+    json_t *copy = json_deep_copy(rec);
+    bool sharegpt = !json_object_get(copy, "messages");
+    json_t *list = json_object_get(copy, sharegpt ? "conversations" : "messages");
+    if (json_is_array(list) && json_array_size(list)) {
+        json_t *last = json_array_get(list, json_array_size(list) - 1);
+        const char *role = json_string_value(json_object_get(last, sharegpt ? "from" : "role"));
+        if (!role || (strcmp(role, "assistant") && strcmp(role, "gpt") && strcmp(role, "model")))
+            json_array_append_new(list, sharegpt ? json_pack("{s:s, s:s}", "from", "gpt", "value", "")
+                                                 : json_pack("{s:s, s:s}", "role", "assistant", "content", ""));
+    }
+    hooks_format_result f = {0};
+    int rc = format_chat(copy, what, tpl, tok, &f);
+    json_decref(copy);
+    if (rc) {
+        hooks_format_result_free(&f);
+        return rc;
+    }
+    int end = f.n;
+    while (end > 0 && !f.seg[end - 1].train) end--;
+    while (end > 0 && f.seg[end - 1].train) end--;
+    size_t len = 0;
+    for (int i = 0; i < end; i++) len += f.seg[i].len;
+    char *s = malloc(len + 1);
+    if (s) {
+        size_t o = 0;
+        for (int i = 0; i < end; i++) memcpy(s + o, f.seg[i].text, f.seg[i].len), o += f.seg[i].len;
+        s[o] = 0;
+    }
+    hooks_format_result_free(&f);
+    *out = s;
+    return s ? 0 : err_set(ERR_STAGE, "out of memory");
+}
+
 /* ---- tokenizing one item (tokenizer threads) ---- */
 
 static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32_t **ids, size_t *n) {
@@ -335,6 +392,13 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
     bool last_trained = o->train_on_inputs || f->seg[last].train;
     if (it->kind == ITEM_SEGMENTS && nf > 0 && full[nf - 1] == tok->eos) add_eos = false; /* template ended a turn with it */
+    /* ... or ended it with EOS followed by white space (ChatML's "<|im_end|>\n" where EOS is
+     * <|im_end|>): the turn's own EOS is the trained stop, a second one would teach a double stop */
+    if (it->kind == ITEM_SEGMENTS && add_eos && tok->eos_token && tok->eos_token[0]) {
+        size_t tl = total, el = strlen(tok->eos_token);
+        while (tl && (all[tl - 1] == ' ' || all[tl - 1] == '\t' || all[tl - 1] == '\r' || all[tl - 1] == '\n')) tl--;
+        if (tl >= el && !memcmp(all + tl - el, tok->eos_token, el)) add_eos = false;
+    }
     size_t n = nf + add_bos + add_eos;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids), *labels = malloc((n ? n : 1) * sizeof *labels);
     if (!ids || !labels) {
@@ -397,6 +461,11 @@ typedef struct builder {
     size_t n_batch;
     vec32 ids, labels;
     vec64 seq; /* sequence start offsets, plus the end */
+    /* the record of each sequence (offset, length pairs into rec_file), so the val split keeps
+     * its records for evaluate's score(prediction, record); on disk, not in memory */
+    FILE *rec_file;
+    char *rec_path;
+    vec64 rec_at;
     /* stats */
     size_t read, dropped_hook, dropped_long, dropped_no_labels, skipped, truncated;
     bool full; /* max_records reached */
@@ -449,11 +518,27 @@ static int note_skip(builder *b, int rc) {
     return 0;
 }
 
-static int append_seq(builder *b, const int32_t *ids, const int32_t *labels, size_t n) {
+static int append_seq(builder *b, const int32_t *ids, const int32_t *labels, size_t n, int64_t rec_off,
+                      int64_t rec_len) {
     int rc = vec32_put(&b->ids, ids, n);
     if (!rc) rc = vec32_put(&b->labels, labels, n);
     if (!rc) rc = vec64_push(&b->seq, (int64_t)b->ids.n);
+    if (!rc && b->rec_file) rc = vec64_push(&b->rec_at, rec_off);
+    if (!rc && b->rec_file) rc = vec64_push(&b->rec_at, rec_len);
     return rc;
+}
+
+/* write an item's record once; its sequences point at it */
+static int keep_record(builder *b, const item *it, int64_t *off, int64_t *len) {
+    *off = *len = 0;
+    if (!b->rec_file || !it->rec_json) return 0;
+    long at = ftell(b->rec_file);
+    size_t n = strlen(it->rec_json);
+    if (at < 0 || fwrite(it->rec_json, 1, n, b->rec_file) != n)
+        return err_errno(ERR_STAGE, "cannot write '%s'", b->rec_path);
+    *off = at;
+    *len = (int64_t)n;
+    return 0;
 }
 
 static int flush(builder *b) {
@@ -482,16 +567,20 @@ static int flush(builder *b) {
         } else if (!rc && it->kind == ITEM_TEXT) {
             /* completion: cut into sequence_len pieces; each piece's first label is masked */
             size_t L = (size_t)b->o->sequence_len;
+            int64_t ro, rl;
+            rc = keep_record(b, it, &ro, &rl);
             for (size_t off = 0; off + 1 < it->n && !rc; off += L) {
                 size_t m = it->n - off < L ? it->n - off : L;
                 int32_t first = it->labels[off];
                 it->labels[off] = DATASET_IGNORE_INDEX;
-                rc = append_seq(b, it->ids + off, it->labels + off, m);
+                rc = append_seq(b, it->ids + off, it->labels + off, m, ro, rl);
                 it->labels[off] = first;
             }
         } else if (!rc) {
             b->truncated += it->truncated;
-            rc = append_seq(b, it->ids, it->labels, it->n);
+            int64_t ro, rl;
+            rc = keep_record(b, it, &ro, &rl);
+            if (!rc) rc = append_seq(b, it->ids, it->labels, it->n, ro, rl);
         }
         item_free(it);
     }
@@ -547,6 +636,7 @@ static int add_record(builder *b, const json_t *rec, const char *what) {
     }
     if (it->kind != ITEM_TEXT && it->kind != ITEM_CHAT) it->kind = it->f.kind == HOOKS_FORMAT_PAIR ? ITEM_PAIR : ITEM_SEGMENTS;
     it->what = strdup(what);
+    if (b->rec_file) it->rec_json = json_dumps(rec, JSON_COMPACT | JSON_ENCODE_ANY);
     if (++b->n_batch == BATCH) return flush(b);
     return 0;
 }
@@ -666,6 +756,40 @@ done:
     return rc;
 }
 
+/* <dir>/val.records.jsonl: line q is the record of val sequence q, in the order written */
+static int write_records(const builder *b, const char *dir, const split_rows *sr) {
+    if (fflush(b->rec_file)) return err_errno(ERR_STAGE, "cannot write '%s'", b->rec_path);
+    char *p = fs_join(dir, "val.records.jsonl"), *buf = NULL;
+    fs_file ff = {0};
+    int rc = fs_file_open(&ff, p);
+    size_t cap = 0;
+    int fd = fileno(b->rec_file);
+    for (size_t r = 0; r < sr->n_rows && !rc; r++)
+        for (size_t k = sr->row_start[r]; k < sr->row_start[r + 1] && !rc; k++) {
+            size_t s = sr->order[k];
+            int64_t off = b->rec_at.p[2 * s], len = b->rec_at.p[2 * s + 1];
+            if ((size_t)len + 1 > cap) {
+                char *nb = realloc(buf, (size_t)len + 1);
+                if (!nb) { rc = err_set(ERR_STAGE, "out of memory"); break; }
+                buf = nb;
+                cap = (size_t)len + 1;
+            }
+            if (pread(fd, buf, (size_t)len, off) != (ssize_t)len) {
+                rc = err_errno(ERR_STAGE, "cannot read '%s'", b->rec_path);
+                break;
+            }
+            buf[len] = '\n';
+            rc = fs_file_write(&ff, buf, (size_t)len + 1);
+        }
+    if (ff.path) {
+        if (rc) fs_file_abort(&ff);
+        else rc = fs_file_commit(&ff);
+    }
+    free(buf);
+    free(p);
+    return rc;
+}
+
 static int write_split(const builder *b, const char *dir, const char *name, const split_rows *sr, json_t *splits,
                        size_t *tokens_out) {
     const char *ext[4] = {"ids.i32", "labels.i32", "rows.i64", "seqs.i64"};
@@ -695,6 +819,7 @@ static int write_split(const builder *b, const char *dir, const char *name, cons
     }
     if (!rc) rc = fs_file_write(&ff[2], &off, sizeof off);
     if (!rc) rc = fs_file_write(&ff[3], &off, sizeof off);
+    if (!rc && b->rec_file && !strcmp(name, "val")) rc = write_records(b, dir, sr);
     for (int i = 0; i < 4; i++) {
         if (!ff[i].path) continue;
         if (rc) fs_file_abort(&ff[i]);
@@ -762,8 +887,12 @@ static int finish(builder *b, const char *out_dir, json_t **stats_out) {
     if (n_seq == 0)
         return err_set(ERR_DATA,
                        "the dataset is empty: %zu records read, none left (dropped by the hook %zu, too long %zu, "
-                       "without trained tokens %zu, errors %zu)",
-                       b->read, b->dropped_hook, b->dropped_long, b->dropped_no_labels, b->skipped);
+                       "without trained tokens %zu, errors %zu; sequence_len %lld)%s",
+                       b->read, b->dropped_hook, b->dropped_long, b->dropped_no_labels, b->skipped,
+                       (long long)o->sequence_len,
+                       b->dropped_long + b->dropped_no_labels
+                           ? ": raise sequence_len (or use truncation: truncate) so that prompts and answers fit"
+                           : "");
     size_t n_val = o->val_set_size >= 1 ? (size_t)o->val_set_size
                                          : (size_t)((double)n_seq * o->val_set_size + 0.5);
     if (n_val >= n_seq)
@@ -1002,6 +1131,11 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     builder b = {.o = o, .tok = tok, .cb = cb ? cb : &none, .hooks = src->hooks};
     b.batch = calloc(BATCH, sizeof *b.batch);
     int rc = b.batch ? vec64_push(&b.seq, 0) : err_set(ERR_STAGE, "out of memory");
+    if (!rc && o->val_set_size > 0) { /* scratch beside the artifact's files, removed below */
+        b.rec_path = fs_join(out_dir, ".records.tmp");
+        b.rec_file = b.rec_path ? fopen(b.rec_path, "w+") : NULL;
+        if (!b.rec_file) rc = err_errno(ERR_STAGE, "cannot create '%s'", b.rec_path ? b.rec_path : out_dir);
+    }
     if (!rc && src->hooks) {
         lua_host_callbacks lcb = {.ud = &b, .tokenize = cb_tokenize, .metric = cb_metric, .log = cb_log};
         hooks_set_callbacks(src->hooks, &lcb);
@@ -1038,7 +1172,12 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
             }
             if (rc || !rec) break;
             char what[600];
-            snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
+            /* "file:LINE: record N": records count from 0, lines (as in parse errors) from 1 */
+            if (dataset_reader_line(r))
+                snprintf(what, sizeof what, "%s:%zu: record %zu", src->paths[f], dataset_reader_line(r),
+                         dataset_reader_index(r));
+            else
+                snprintf(what, sizeof what, "%s: record %zu", src->paths[f], dataset_reader_index(r));
             rc = add_record(&b, rec, what);
             json_decref(rec);
             if (rc) break;
@@ -1053,6 +1192,10 @@ int dataset_build(const dataset_opts *o, const dataset_source *src, const datase
     for (size_t i = 0; i < b.n_batch; i++) item_free(&b.batch[i]);
     if (src->hooks) hooks_set_callbacks(src->hooks, NULL);
     json_decref(b.hook_ctx);
+    if (b.rec_file) fclose(b.rec_file);
+    if (b.rec_path) unlink(b.rec_path);
+    free(b.rec_path);
+    free(b.rec_at.p);
     free(b.batch);
     free(b.ids.p);
     free(b.labels.p);

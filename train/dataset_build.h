@@ -129,11 +129,25 @@ typedef struct dataset_callbacks {
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,
                   const dataset_callbacks *cb, json_t **stats);
 
+/* The special tokens a built-in template writes as text and means as one token each
+ * (NULL-terminated): a tokenizer without them would split them into ordinary pieces. */
+const char *const *dataset_chat_special_tokens(dataset_chat_template tpl);
+/* "llama-2" | "llama-3" | "chatml" -> the template; ERR_RECIPE naming the choices otherwise */
+int dataset_chat_template_from_name(const char *name, dataset_chat_template *out);
+/* The prompt of a chat record ({messages} or ShareGPT {conversations}) as format: chat renders
+ * it, ready for generation: every turn before the last assistant one (which is left out, or
+ * absent) and the assistant header. No BOS (the caller adds it); malloc'd. ERR_DATA as the
+ * dataset stage reports a bad record. */
+int dataset_chat_prompt(const json_t *rec, const char *what, dataset_chat_template tpl, const dataset_tokenizer *tok,
+                        char **out);
+
 /* The alpaca prompt of a record (docs/alpaca.md, exact strings); malloc'd. */
 char *dataset_alpaca_prompt(const char *instruction, const char *input);
 
 /* Print n rows of a dataset artifact decoded with the tokenizer in tokenizer_dir, masked
  * spans between "[[" and "]]" and each packed sequence on its own paragraph. */
 int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FILE *out);
+/* The same for a split by name ("train" or "val"). */
+int dataset_show_split(const char *artifact_dir, const char *tokenizer_dir, const char *split, int n, FILE *out);
 
 #endif

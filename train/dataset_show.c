@@ -34,20 +34,30 @@ static void show_span(const tokenizer *t, const int32_t *ids, size_t n, bool mas
 }
 
 int dataset_show(const char *artifact_dir, const char *tokenizer_dir, int n, FILE *out) {
+    return dataset_show_split(artifact_dir, tokenizer_dir, "train", n, out);
+}
+
+int dataset_show_split(const char *artifact_dir, const char *tokenizer_dir, const char *split, int n, FILE *out) {
+    char f_ids[64], f_labels[64], f_rows[64], f_seqs[64];
+    snprintf(f_ids, sizeof f_ids, "%s.ids.i32", split);
+    snprintf(f_labels, sizeof f_labels, "%s.labels.i32", split);
+    snprintf(f_rows, sizeof f_rows, "%s.rows.i64", split);
+    snprintf(f_seqs, sizeof f_seqs, "%s.seqs.i64", split);
     int32_t *ids = NULL, *labels = NULL;
     int64_t *rows = NULL, *seqs = NULL;
     size_t n_ids, n_labels, n_rows, n_seqs;
     tokenizer *t = NULL;
-    int rc = read_array(artifact_dir, "train.ids.i32", (void **)&ids, 4, &n_ids);
-    if (!rc) rc = read_array(artifact_dir, "train.labels.i32", (void **)&labels, 4, &n_labels);
-    if (!rc) rc = read_array(artifact_dir, "train.rows.i64", (void **)&rows, 8, &n_rows);
-    if (!rc) rc = read_array(artifact_dir, "train.seqs.i64", (void **)&seqs, 8, &n_seqs);
+    int rc = read_array(artifact_dir, f_ids, (void **)&ids, 4, &n_ids);
+    if (!rc) rc = read_array(artifact_dir, f_labels, (void **)&labels, 4, &n_labels);
+    if (!rc) rc = read_array(artifact_dir, f_rows, (void **)&rows, 8, &n_rows);
+    if (!rc) rc = read_array(artifact_dir, f_seqs, (void **)&seqs, 8, &n_seqs);
     if (!rc && (n_ids != n_labels || n_rows < 1 || n_seqs < 1 || rows[n_rows - 1] != (int64_t)n_ids ||
                 seqs[n_seqs - 1] != (int64_t)n_ids))
         rc = err_set(ERR_DATA, "'%s' is not a consistent dataset artifact (sizes disagree)", artifact_dir);
     if (!rc) rc = tokenizer_load(&t, tokenizer_dir);
     if (!rc) {
-        fprintf(out, "%zu training rows; masked spans (not trained) are shown in [[...]]\n", n_rows - 1);
+        fprintf(out, "%zu %s rows; masked spans (not trained) are shown in [[...]]\n", n_rows - 1,
+                strcmp(split, "train") ? split : "training");
         size_t s = 0;
         for (size_t r = 0; r + 1 < n_rows && (int)r < n; r++) {
             size_t trained = 0;

@@ -413,7 +413,7 @@ TEST(test_on_error) {
     dataset_opts o = default_opts();
     char *out;
     CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), ERR_DATA);
-    CHECK(strstr(err_msg(), "bad.json: record 1: missing 'output'"));
+    CHECK(strstr(err_msg(), "bad.json:1: record 1: missing 'output'"));
     free(out);
     o.skip_errors = true;
     json_t *stats;
@@ -579,7 +579,7 @@ TEST(test_chat_errors) {
     o.format = DATASET_FORMAT_CHAT;
     char *out;
     CHECK_EQ_INT(build(&o, data, &tok_plain, NULL, &out, NULL), ERR_DATA);
-    CHECK(strstr(err_msg(), "badchat.jsonl: record 0: message 0 has unknown role 'robot'"));
+    CHECK(strstr(err_msg(), "badchat.jsonl:1: record 0: message 0 has unknown role 'robot'"));
     free(out);
     /* the Lua twin names its own file, line and record */
     hooks *h = hooks_for("format", "../hooks/llama3.lua");
@@ -587,7 +587,7 @@ TEST(test_chat_errors) {
     CHECK_EQ_INT(build(&o, data, &tok_plain, h, &out, NULL), ERR_DATA);
     CHECK(strstr(err_msg(), "unknown role 'robot'"));
     CHECK(strstr(err_msg(), "(in format() for "));
-    CHECK(strstr(err_msg(), "badchat.jsonl: record 0)"));
+    CHECK(strstr(err_msg(), "badchat.jsonl:1: record 0)"));
     hooks_free(&h);
     free(out);
     free(data);

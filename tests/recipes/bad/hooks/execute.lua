@@ -1,0 +1,2 @@
+os.execute("true")
+function format(r) return nil end
