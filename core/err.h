@@ -20,7 +20,8 @@ enum err_code {
     ERR_DIVERGED = 5,    /* training produced NaN/Inf */
     ERR_LOCKED = 6,      /* --lock: another run of this recipe holds the lock */
     ERR_INTERRUPTED = 7, /* SIGINT/SIGTERM: state saved, run stopped */
-    ERR_NETWORK = 8      /* download failed (hub unreachable, auth, not found) */
+    ERR_NETWORK = 8,     /* download or upload failed (hub unreachable, auth, not found) */
+    ERR_GATE = 9         /* a quality gate failed: nothing was exported or published */
 };
 
 #if defined(__GNUC__)

@@ -13,7 +13,16 @@ struct events {
     FILE *f;
     bool to_stdout;
     pthread_mutex_t mu;
+    events_tap_fn tap;
+    void *tap_ud;
 };
+
+void events_set_tap(events *e, events_tap_fn fn, void *ud) {
+    pthread_mutex_lock(&e->mu);
+    e->tap = fn;
+    e->tap_ud = ud;
+    pthread_mutex_unlock(&e->mu);
+}
 
 int events_open(events **out, const char *path, bool to_stdout) {
     events *e = calloc(1, sizeof *e);
@@ -55,10 +64,11 @@ void events_emit(events *e, const char *type, json_t *ev) {
     json_object_update(o, ev);
     json_decref(ev);
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(o);
     pthread_mutex_lock(&e->mu);
     if (e->f) { fputs(s, e->f); fputc('\n', e->f); fflush(e->f); }
     if (e->to_stdout) { fputs(s, stdout); fputc('\n', stdout); fflush(stdout); }
+    if (e->tap) e->tap(e->tap_ud, type, o);
     pthread_mutex_unlock(&e->mu);
+    json_decref(o);
     free(s);
 }

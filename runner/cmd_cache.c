@@ -333,13 +333,16 @@ static const cli_opt runs_opts[] = {
 
 const cli_cmd cli_runs = {
     .name = "runs",
-    .usage = "runs ls [--dir RUNS_DIR]",
-    .summary = "run records",
+    .usage = "runs ls [--dir RUNS_DIR]\nruns diff A B [--dir RUNS_DIR]",
+    .summary = "run records; the differences between two runs",
     .about = "Lists run records (runs/<recipe>/<UTC time>/) with their outcome.",
     .min_pos = 1, .max_pos = 1, .opts = runs_opts,
 };
 
+int runs_diff(int argc, char **argv); /* cmd_report.c */
+
 int cmd_runs(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "diff")) return runs_diff(argc - 1, argv + 1);
     runs_args o = {getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs"};
     const char *pos[2];
     int n_pos, rc = cli_parse(&cli_runs, &o, argc, argv, pos, &n_pos);

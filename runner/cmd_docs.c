@@ -277,6 +277,22 @@ static void completion_zsh(void) {
     puts("compdef _qlora_run qlora-run");
 }
 
+static void metrics_table(const stage_kind *k) {
+    if (!k->metrics || !k->metrics[0].name) return;
+    puts("");
+    puts("Metrics it records (what `gates:` may name as `STAGE.METRIC`):");
+    puts("");
+    puts("| metric | better | description |");
+    puts("| --- | --- | --- |");
+    for (const metric_spec *m = k->metrics; m->name; m++) {
+        const char *b = m->better == METRIC_LOWER ? "lower" : m->better == METRIC_HIGHER ? "higher"
+                        : m->better == METRIC_ANY ? "the gate's `better:`" : "-";
+        printf("| `%s` | %s | ", m->name, b);
+        cell(m->doc ? m->doc : "");
+        puts(" |");
+    }
+}
+
 int cmd_schema(int argc, char **argv) {
     schema_args o = {0};
     int n_pos, rc = cli_parse(&cli_schema, &o, argc, argv, NULL, &n_pos);
@@ -309,10 +325,22 @@ int cmd_schema(int argc, char **argv) {
     puts("## `hooks:`");
     puts("");
     table(recipe_hook_params());
+    puts("");
+    puts("## `gates:`");
+    puts("");
+    puts("Each key is `STAGE.METRIC` (a metric the stage's kind records, listed under the kind below);");
+    puts("each value a mapping of conditions. A gate is checked as soon as its stage ends (ran or");
+    puts("cached); stages that export or publish, and what reads them, wait until every gate passed.");
+    puts("A failed gate starts nothing more and the run exits with code 9. `max_regression`");
+    puts("compares with the newest successful run of the same recipe (its run records).");
+    puts("");
+    table(recipe_gate_params());
     for (const stage_kind *const *k = stage_kind_all(); *k; k++) {
         if (!strncmp((*k)->name, "test_", 5)) continue;
         printf("\n## kind: `%s` (version %d)\n\n%s\n\n", (*k)->name, (*k)->version, (*k)->doc ? (*k)->doc : "");
         table((*k)->params);
+        if ((*k)->flags & STAGE_KIND_PUBLISHES) puts("\nHeld back by `gates:`: it starts only after every gate passed.");
+        metrics_table(*k);
     }
     return 0;
 }

@@ -11,6 +11,7 @@ const command commands[] = {
     {"plan", "recipes", cmd_plan, &cli_plan},
     {"cache", "recipes", cmd_cache, &cli_cache},
     {"runs", "recipes", cmd_runs, &cli_runs},
+    {"report", "recipes", cmd_report, &cli_report},
     {"data", "recipes", cmd_data, &cli_data},
     {"schema", "recipes", cmd_schema, &cli_schema},
     {"fetch", "models", cmd_fetch, &cli_fetch},
@@ -21,6 +22,7 @@ const command commands[] = {
     {"chat-template", "models", cmd_chat_template, &cli_chat_template},
     {"generate", "models", cmd_generate, &cli_generate},
     {"export", "models", cmd_export, &cli_export},
+    {"push", "models", cmd_push, &cli_push},
     {"doctor", "setup", cmd_doctor, &cli_doctor},
 };
 const size_t n_commands = sizeof commands / sizeof commands[0];
@@ -46,5 +48,5 @@ void commands_print_usage(FILE *out) {
     }
     fputs("\n`qlora-run COMMAND --help` says more. Exit codes: 0 ok, 1 stage failed, 2 usage,\n"
           "3 invalid recipe, 4 invalid data, 5 training diverged, 6 locked, 7 interrupted,\n"
-          "8 download failed.\n", out);
+          "8 download or upload failed, 9 a quality gate failed.\n", out);
 }

@@ -47,6 +47,8 @@ CMD(chat_template)
 CMD(generate)
 CMD(export)
 CMD(doctor)
+CMD(report)
+CMD(push)
 #undef CMD
 
 /* The directory a command reads for `sub` ("model", "adapter"): dir/sub when dir is a stage

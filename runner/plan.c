@@ -12,6 +12,7 @@
 #include "core/hash.h"
 #include "core/log.h"
 #include "model/device.h"
+#include "runner/gates.h"
 #include "runner/yaml_tree.h"
 
 #define KEY_FORMAT 1 /* bump when the key document's shape changes */
@@ -347,6 +348,20 @@ void plan_print(const plan *p, FILE *f, bool with_keys) {
             fprintf(f, "  %-*s  %-*s  %-6s  %s\n", wn, r->stages[i].name, wk, r->stages[i].kind->name, st, inputs);
         if (ps->status == PLAN_RUN && ps->why) fprintf(f, "  %-*s  why: %s\n", wn, "", ps->why);
     }
+    if (!r->n_gates) return;
+    fprintf(f, "gates (checked when their stage ends; a failure stops the run with exit 9):\n");
+    for (int i = 0; i < r->n_gates; i++) {
+        char *c = gates_conditions_text(&r->gates[i]);
+        fprintf(f, "  gate %s: %s\n", r->gates[i].label, c);
+        free(c);
+    }
+    char held[1024] = "";
+    for (int i = 0; i < r->n_stages; i++)
+        if (recipe_stage_held(r, i)) {
+            if (*held) strncat(held, ", ", sizeof held - strlen(held) - 1);
+            strncat(held, r->stages[i].name, sizeof held - strlen(held) - 1);
+        }
+    fprintf(f, "  holds back: %s\n", *held ? held : "(no export or publishing stage)");
 }
 
 json_t *plan_index_entry(const plan *p, int i) {

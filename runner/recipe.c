@@ -46,9 +46,19 @@ static const param_spec top_params[] = {
     {"runs_dir", PARAM_STRING, NULL, 1, 0, NULL, "where run records go (default $QLORA_RUNS or ./runs)", 0},
     {"hooks", PARAM_ANY, NULL, 1, 0, NULL, "Lua hook files by hook point, and the sandbox's allowances (see below)", 0},
     {"stages", PARAM_ANY, NULL, 1, 0, NULL, "the stages: a mapping of stage name to {kind: ..., parameters}", PARAM_REQUIRED},
+    {"gates", PARAM_ANY, NULL, 1, 0, NULL, "quality gates: STAGE.METRIC to {min, max, max_regression}; exports and publishing run only when all pass (see below)", 0},
+    {"report_to", PARAM_LIST, "[]", 1, 0, "tensorboard", "also write the run's scalars as TensorBoard event files in the run record", 0},
+    {0}};
+
+static const param_spec gate_params[] = {
+    {"min", PARAM_FLOAT, NULL, 1, 0, NULL, "the metric must be at least this", 0},
+    {"max", PARAM_FLOAT, NULL, 1, 0, NULL, "the metric must be at most this", 0},
+    {"max_regression", PARAM_FLOAT, NULL, 0, 1000, NULL, "at most this much worse, relative, than the last successful run (0.02: 2%)", 0},
+    {"better", PARAM_ENUM, NULL, 1, 0, "lower|higher", "which way is better, for a metric whose kind does not say (Lua stages, score hooks)", 0},
     {0}};
 
 const param_spec *recipe_top_params(void) { return top_params; }
+const param_spec *recipe_gate_params(void) { return gate_params; }
 
 /* The schema of `hooks:`, built once from core/hooks.h's table: a file for each hook point,
  * the capabilities, and the limits the Lua host applies. */
@@ -768,6 +778,12 @@ void recipe_free(recipe **pr) {
     free(r->runs_dir);
     json_decref(r->hooks);
     json_decref(r->resolved);
+    for (int i = 0; i < r->n_gates; i++) {
+        free(r->gates[i].label);
+        free(r->gates[i].stage);
+        free(r->gates[i].metric);
+    }
+    free(r->gates);
     yt_free(&r->root);
     free(r);
     *pr = NULL;
@@ -830,6 +846,159 @@ static int toposort(recipe *r, errs *e) {
     free(order);
     free(stack);
     return rc;
+}
+
+bool recipe_stage_held(const recipe *r, int i) {
+    if (r->stages[i].kind->flags & STAGE_KIND_PUBLISHES) return true;
+    for (int k = 0; k < r->stages[i].n_refs; k++)
+        if (recipe_stage_held(r, r->stages[i].refs[k].target)) return true;
+    return false;
+}
+
+/* ---- gates ---- */
+
+static const char *better_word(metric_better b) { return b == METRIC_LOWER ? "lower" : b == METRIC_HIGHER ? "higher" : "neither"; }
+
+/* One `STAGE.METRIC: {conditions}` entry; false (with errors recorded) when it does not fit. */
+static bool load_gate(recipe *r, errs *e, const yt_node *key, const yt_node *val, recipe_gate *g) {
+    const char *label = key->text, *dot = strchr(label, '.');
+    if (!dot || dot == label || !dot[1]) {
+        errs_add(e, key, "gates: '%s' must name STAGE.METRIC, e.g. eval.val_loss", label);
+        return false;
+    }
+    char *stage = strndup(label, (size_t)(dot - label));
+    int si = recipe_stage_index(r, stage);
+    if (si < 0) {
+        const char **names = malloc((size_t)(r->n_stages + 1) * sizeof *names);
+        for (int k = 0; k < r->n_stages; k++) names[k] = r->stages[k].name;
+        char *sug = suggest_suffix(stage, names, (size_t)r->n_stages);
+        errs_add(e, key, "gates: '%s' names stage '%s', which does not exist%s", label, stage, sug);
+        free(sug);
+        free(names);
+        free(stage);
+        return false;
+    }
+    const stage_kind *kind = r->stages[si].kind;
+    const metric_spec *ms = stage_metric_find(kind, dot + 1);
+    if (!ms) {
+        size_t nm = 0;
+        for (const metric_spec *m = kind->metrics; m && m->name; m++) nm++;
+        const char **names = malloc((nm + 1) * sizeof *names);
+        size_t tot = 1;
+        for (size_t k = 0; k < nm; k++) names[k] = kind->metrics[k].name, tot += strlen(names[k]) + 2;
+        char *all = calloc(1, tot);
+        for (size_t k = 0; k < nm; k++) { if (k) strcat(all, ", "); strcat(all, names[k]); }
+        char *sug = suggest_suffix(dot + 1, names, nm);
+        if (nm) errs_add(e, key, "gates: a %s stage records no metric '%s'%s; it records: %s", kind->name, dot + 1, sug, all);
+        else errs_add(e, key, "gates: a %s stage records no metrics, so '%s' cannot be gated", kind->name, label);
+        free(sug);
+        free(all);
+        free(names);
+        free(stage);
+        return false;
+    }
+    if (val->type != YT_MAP) {
+        errs_add(e, val, "gates: '%s' takes a mapping of conditions, e.g. {max: 1.2, max_regression: 0.02}", label);
+        free(stage);
+        return false;
+    }
+    char where[256];
+    snprintf(where, sizeof where, "gate '%s'", label);
+    vctx v = {e, where, NULL, gate_params};
+    json_t *c = validate_map(&v, gate_params, val, NULL);
+    if (!c) { free(stage); return false; }
+    bool ok = true;
+    *g = (recipe_gate){.label = strdup(label), .stage = stage, .metric = strdup(dot + 1), .better = ms->better, .node = key};
+    json_t *x;
+    if (json_is_number(x = json_object_get(c, "min"))) g->has_min = true, g->min = json_number_value(x);
+    if (json_is_number(x = json_object_get(c, "max"))) g->has_max = true, g->max = json_number_value(x);
+    if (json_is_number(x = json_object_get(c, "max_regression")))
+        g->has_regression = true, g->max_regression = json_number_value(x);
+    const char *bw = json_string_value(json_object_get(c, "better"));
+    if (bw) {
+        metric_better want = !strcmp(bw, "lower") ? METRIC_LOWER : METRIC_HIGHER;
+        if (ms->better != METRIC_ANY && ms->better != want) {
+            errs_add(e, yt_map_get(val, "better"), "%s: a %s stage's '%s' is better %s; 'better: %s' contradicts it", where,
+                     kind->name, g->metric, better_word(ms->better), bw);
+            ok = false;
+        }
+        g->better = want;
+    } else if (ms->better == METRIC_ANY) {
+        g->better = METRIC_NEITHER;
+    }
+    if (!g->has_min && !g->has_max && !g->has_regression) {
+        errs_add(e, val, "%s: no condition: give min, max or max_regression", where);
+        ok = false;
+    }
+    if (g->has_min && g->has_max && g->min > g->max) {
+        errs_add(e, val, "%s: min %g is above max %g: no value can pass", where, g->min, g->max);
+        ok = false;
+    }
+    if (g->has_regression && g->better == METRIC_NEITHER) {
+        if (ms->better == METRIC_ANY)
+            errs_add(e, yt_map_get(val, "max_regression"), "%s: max_regression needs to know which way is worse: add 'better: lower' or 'better: higher'", where);
+        else
+            errs_add(e, yt_map_get(val, "max_regression"), "%s: a %s stage's '%s' is neither better high nor low; use min or max", where, kind->name, g->metric);
+        ok = false;
+    }
+    json_decref(c);
+    return ok;
+}
+
+static void load_gates(recipe *r, const yt_node *gn, errs *e) {
+    if (!gn || yt_is_null(gn)) return;
+    if (gn->type != YT_MAP) {
+        errs_add(e, gn, "recipe: 'gates' must be a mapping of STAGE.METRIC to conditions, e.g. {eval.val_loss: {max: 1.2}}");
+        return;
+    }
+    r->gates = calloc(gn->n ? gn->n : 1, sizeof *r->gates);
+    for (size_t i = 0; i < gn->n; i++) {
+        recipe_gate g = {0};
+        if (load_gate(r, e, gn->keys[i], gn->vals[i], &g)) {
+            int si = recipe_stage_index(r, g.stage);
+            if (recipe_stage_held(r, si))
+                errs_add(e, gn->keys[i], "gates: '%s' gates stage '%s', which exports or publishes (or reads what does): a gate must hold such stages back, so it cannot wait for one",
+                         g.label, g.stage);
+            r->gates[r->n_gates++] = g;
+        } else {
+            free(g.label);
+            free(g.stage);
+            free(g.metric);
+        }
+    }
+}
+
+/* With gates, the held-back stages go last (stable): a valid topological order still, since
+ * every stage that reads a held one is held too. */
+static void order_held_last(recipe *r) {
+    int n = r->n_stages, *order = malloc((size_t)n * sizeof *order), *pos = malloc((size_t)n * sizeof *pos), no = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++)
+            if (recipe_stage_held(r, i) == (pass == 1)) order[no++] = i;
+    recipe_stage *ns = malloc((size_t)n * sizeof *ns);
+    for (int i = 0; i < n; i++) pos[order[i]] = i;
+    for (int i = 0; i < n; i++) {
+        ns[i] = r->stages[order[i]];
+        for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
+    }
+    free(r->stages);
+    r->stages = ns;
+    free(order);
+    free(pos);
+}
+
+static json_t *gates_json(const recipe *r) {
+    json_t *o = json_object();
+    for (int i = 0; i < r->n_gates; i++) {
+        const recipe_gate *g = &r->gates[i];
+        json_t *c = json_object();
+        if (g->has_min) json_object_set_new(c, "min", json_real(g->min));
+        if (g->has_max) json_object_set_new(c, "max", json_real(g->max));
+        if (g->has_regression) json_object_set_new(c, "max_regression", json_real(g->max_regression));
+        if (g->better != METRIC_NEITHER) json_object_set_new(c, "better", json_string(better_word(g->better)));
+        json_object_set_new(o, g->label, c);
+    }
+    return o;
 }
 
 /* ---- recipe_load, in its steps ---- */
@@ -1019,6 +1188,8 @@ static json_t *build_resolved(const recipe *r, const json_t *top) {
         json_object_set_new(stages, r->stages[i].name, s);
     }
     json_object_set_new(res, "stages", stages);
+    if (r->n_gates) json_object_set_new(res, "gates", gates_json(r));
+    json_object_set(res, "report_to", json_object_get(top, "report_to"));
     return res;
 }
 
@@ -1051,6 +1222,14 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         free(kinds);
     }
     if (!e.n) toposort(r, &e);
+    if (!e.n) load_gates(r, yt_map_get(root, "gates"), &e);
+    if (!e.n && r->n_gates) order_held_last(r);
+    if (top) {
+        json_t *rt = json_object_get(top, "report_to");
+        size_t q;
+        json_t *x;
+        json_array_foreach(rt, q, x) r->tensorboard |= !strcmp(json_string_value(x), "tensorboard");
+    }
     /* open every hook now: a syntax error or a missing function fails before any work */
     if (!e.n && r->hooks) {
         hooks *h = NULL;

@@ -6,7 +6,9 @@
  * stages (dangling, wrong kind, cycles, named), and every referenced file. All errors are
  * collected (up to a limit) and returned as one ERR_RECIPE message, each located
  * `file:line:col` with the source line and a caret. On success every stage has its
- * resolved params (defaults filled in) and the stages are in topological order. */
+ * resolved params (defaults filled in) and the stages are in topological order; when the
+ * recipe has gates, the stages they hold back (exports, publishing and what reads them) come
+ * after every other stage. */
 #ifndef RUNNER_RECIPE_H
 #define RUNNER_RECIPE_H
 
@@ -35,6 +37,16 @@ typedef struct recipe_stage {
     const yt_node *node; /* the stage's mapping, for messages */
 } recipe_stage;
 
+/* One entry of `gates:`: STAGE.METRIC and its conditions (see runner/gates.h). */
+typedef struct recipe_gate {
+    char *label;             /* "eval.val_loss" as written */
+    char *stage, *metric;
+    metric_better better;    /* METRIC_LOWER/HIGHER, or NEITHER (min/max only) */
+    bool has_min, has_max, has_regression;
+    double min, max, max_regression; /* max_regression: 0.02 allows 2% worse than the last good run */
+    const yt_node *node;     /* for messages */
+} recipe_gate;
+
 typedef struct recipe {
     char *path, *dir;
     char *name;
@@ -47,6 +59,9 @@ typedef struct recipe {
     recipe_stage *stages; /* topological order */
     yt_node *root;
     json_t *resolved; /* the whole recipe with every default, for `show` and the run record */
+    int n_gates;
+    recipe_gate *gates;
+    bool tensorboard; /* report_to: [tensorboard] */
 } recipe;
 
 int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets);
@@ -54,10 +69,13 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets);
 int recipe_parse_gpus(const char *text, int *gpus);
 void recipe_free(recipe **r);
 int recipe_stage_index(const recipe *r, const char *name); /* -1 if absent */
+/* true when stage i exports or publishes, or reads from one that does: held back by gates */
+bool recipe_stage_held(const recipe *r, int i);
 
 /* The schema of the recipe's top level and of `hooks:` (for docs/recipes.md). */
 const param_spec *recipe_top_params(void);
 const param_spec *recipe_hook_params(void);
+const param_spec *recipe_gate_params(void);
 
 /* Levenshtein-based suggestion among candidates ('|'-separated or NULL-terminated array). */
 const char *recipe_suggest(const char *word, const char *const *cands, size_t n);

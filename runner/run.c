@@ -21,9 +21,13 @@
 #include "core/progress.h"
 #include "runner/cache.h"
 #include "model/device.h"
+#include "runner/gates.h"
 #include "runner/plan.h"
 #include "runner/ranks.h"
 #include "runner/recipe.h"
+#include "runner/report.h"
+#include "runner/runrec.h"
+#include "runner/tensorboard.h"
 #include "runner/version.h"
 #include "runner/yaml_tree.h"
 
@@ -50,6 +54,9 @@ typedef struct runner {
     int failed_rc;
     char *failed_msg;
     int n_ran, n_cached;
+    json_t *history;   /* summaries of this recipe's earlier runs, oldest first (max_regression) */
+    json_t *gate_rows; /* gates.h rows, in the order they were checked */
+    tb_sink *tb;       /* report_to: [tensorboard] */
     int notify_failures; /* on_stage_end failures: warned about; after a few, not called again */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -279,8 +286,52 @@ static int exec_ranked(runner *R, int i, int cached) {
     return coll_agree(rc, NULL);
 }
 
+/* Check the gates on stage i (just ended, ran or cached); a failure stops the run. Called
+ * with R->mu held. */
+static void check_gates(runner *R, int i) {
+    const char *name = R->r->stages[i].name;
+    if (!gates_on_stage(R->r, name)) return;
+    size_t before = json_array_size(R->gate_rows);
+    char *why = NULL;
+    int failed = gates_check_stage(R->r, name, R->p.st[i].manifest, R->history, R->gate_rows, &why);
+    for (size_t k = before; k < json_array_size(R->gate_rows); k++) {
+        json_t *row = json_array_get(R->gate_rows, k);
+        events_emit(R->ev, "gate", json_deep_copy(row));
+        const char *res = json_string_value(json_object_get(row, "result"));
+        outf("  gate %s: %s (%s)", json_string_value(json_object_get(row, "gate")), res,
+             json_string_value(json_object_get(row, "why")));
+    }
+    if (failed && !R->failed_rc) {
+        R->failed_rc = ERR_GATE;
+        if (asprintf(&R->failed_msg, "quality gate failed: %s%s; nothing was exported or published", why ? why : name,
+                     failed > 1 ? " (and more: see the run's summary.json)" : "") < 0)
+            R->failed_msg = NULL;
+    }
+    free(why);
+}
+
+/* Gated stages outside the selection (--only/--until) are checked from their cached manifest
+ * at the start; when one is not cached and a held-back stage would run, refuse. */
+static int check_skipped_gates(runner *R) {
+    const recipe *r = R->r;
+    bool held_selected = false;
+    for (int i = 0; i < r->n_stages; i++) held_selected |= R->p.st[i].status != PLAN_SKIP && recipe_stage_held(r, i);
+    for (int i = 0; i < r->n_stages; i++) {
+        if (R->p.st[i].status != PLAN_SKIP || !gates_on_stage(r, r->stages[i].name)) continue;
+        if (R->p.st[i].manifest) check_gates(R, i);
+        else if (held_selected)
+            return err_set(ERR_USAGE, "stage '%s' has a gate but is neither cached nor selected, so the exports and uploads it holds back cannot run: run it first (drop --only, or use --until %s)",
+                           r->stages[i].name, r->stages[i].name);
+    }
+    return 0;
+}
+
 static int ready(runner *R, int i) {
     recipe_stage *s = &R->r->stages[i];
+    if (R->r->n_gates && recipe_stage_held(R->r, i)) /* after every gated stage has ended */
+        for (int k = 0; k < R->r->n_stages; k++)
+            if (gates_on_stage(R->r, R->r->stages[k].name) && R->p.st[k].status != PLAN_SKIP && R->state[k] != ST_DONE)
+                return 0;
     for (int k = 0; k < s->n_refs; k++) {
         int t = s->refs[k].target;
         if (R->p.st[t].status == PLAN_SKIP) continue; /* cached input outside the selection */
@@ -337,6 +388,7 @@ static void *worker(void *arg) {
                 cache_index_put(&R->c, R->r->name, R->r->stages[pick].name, ie);
                 json_decref(ie);
             }
+            check_gates(R, pick);
             if (!cached && R->hooks && hooks_has(R->hooks, "on_stage_end") && R->notify_failures < 3 &&
                 hooks_on_stage_end(R->hooks, R->r->stages[pick].name, R->p.st[pick].manifest)) {
                 warnf("on_stage_end hook failed (%d of 3 failures allowed): %s", ++R->notify_failures, err_msg());
@@ -351,28 +403,76 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* summary.json (runrec.h): every stage's outcome and metrics (a cached stage's from its
+ * manifest), and the gate table */
+static json_t *run_summary(runner *R, int rc, double secs) {
+    const recipe *r = R->r;
+    json_t *s = json_object(), *stages = json_object();
+    char stamp[32];
+    utc_stamp(stamp, sizeof stamp, false);
+    json_object_set_new(s, "format", json_string("qlora-run-summary"));
+    json_object_set_new(s, "version", json_integer(RUNREC_SUMMARY_VERSION));
+    json_object_set_new(s, "recipe", json_string(r->name));
+    json_object_set_new(s, "time", json_string(stamp));
+    json_object_set_new(s, "ok", json_boolean(rc == 0));
+    json_object_set_new(s, "status", json_string(rc == 0 ? "ok" : rc == ERR_GATE ? "gate failed" : "failed"));
+    json_object_set_new(s, "code", json_integer(rc));
+    if (rc) json_object_set_new(s, "error", json_string(err_msg()));
+    json_object_set_new(s, "seconds", json_real(secs));
+    json_object_set_new(s, "device", json_string(R->p.device));
+    json_object_set_new(s, "program_version", json_string(QLORA_VERSION));
+    json_object_set_new(s, "program", version_json());
+    for (int i = 0; i < r->n_stages; i++) {
+        const plan_stage *ps = &R->p.st[i];
+        json_t *st = json_object();
+        json_object_set_new(st, "kind", json_string(r->stages[i].kind->name));
+        json_object_set_new(st, "key", json_string(ps->key));
+        const char *status = ps->status == PLAN_SKIP ? "not selected"
+                             : R->state[i] == ST_DONE ? (ps->status == PLAN_CACHED ? "cached" : "ran")
+                             : R->state[i] == ST_FAILED ? "failed" : "not run";
+        json_object_set_new(st, "status", json_string(status));
+        if (ps->manifest && (R->state[i] == ST_DONE || ps->status == PLAN_SKIP)) {
+            json_object_set(st, "metrics", json_object_get(ps->manifest, "metrics"));
+            json_object_set(st, "seconds", json_object_get(ps->manifest, "seconds"));
+            /* the stage's tables (evaluate's results, fetch's commit) for the report, when small */
+            json_t *rep = json_object_get(ps->manifest, "report");
+            char *txt = rep && json_object_size(rep) ? json_dumps(rep, JSON_COMPACT) : NULL;
+            if (txt && strlen(txt) < 256 * 1024) json_object_set(st, "report", rep);
+            free(txt);
+        }
+        json_object_set_new(stages, r->stages[i].name, st);
+    }
+    json_object_set_new(s, "stages", stages);
+    json_object_set(s, "gates", R->gate_rows);
+    return s;
+}
+
 static char *make_run_dir(const recipe *r) {
-    const char *base = r->runs_dir ? r->runs_dir : (getenv("QLORA_RUNS") && *getenv("QLORA_RUNS") ? getenv("QLORA_RUNS") : "runs");
+    char *base = runrec_base(r->runs_dir);
     char stamp[32];
     utc_stamp(stamp, sizeof stamp, true);
     char *dir, *parent;
-    if (asprintf(&parent, "%s/%s", base, r->name) < 0) return NULL;
-    int rc = fs_mkdir_p(parent);
+    if (asprintf(&parent, "%s/%s", base, r->name) < 0) parent = NULL;
+    int rc = parent ? fs_mkdir_p(parent) : ERR_STAGE;
     free(parent);
-    if (rc) return NULL;
     /* mkdir itself decides: two runs started in the same second must not share a record */
-    for (int k = 0;; k++) {
-        if (k == 0) { if (asprintf(&dir, "%s/%s/%s", base, r->name, stamp) < 0) return NULL; }
-        else if (asprintf(&dir, "%s/%s/%s-%d", base, r->name, stamp, k) < 0) return NULL;
-        if (mkdir(dir, 0777) == 0) return dir;
+    for (int k = 0; !rc; k++) {
+        if (k == 0) { if (asprintf(&dir, "%s/%s/%s", base, r->name, stamp) < 0) break; }
+        else if (asprintf(&dir, "%s/%s/%s-%d", base, r->name, stamp, k) < 0) break;
+        if (mkdir(dir, 0777) == 0) {
+            free(base);
+            return dir;
+        }
         int e = errno;
         free(dir);
         if (e != EEXIST) {
             errno = e;
             err_errno(ERR_STAGE, "cannot create a run record under '%s/%s'", base, r->name);
-            return NULL;
+            break;
         }
     }
+    free(base);
+    return NULL;
 }
 
 /* Several ranks follow rank 0's plan: a stage another run committed between two ranks' planning
@@ -459,6 +559,11 @@ static int run_ranked(const char *path, const run_opts *o) {
         char *ep = fs_join(R.run_dir, "events.jsonl");
         rc = events_open(&R.ev, ep, o->json);
         free(ep);
+        /* TensorBoard files are a view for people, as the report is: a failure warns */
+        if (!rc && r->tensorboard && tb_open(&R.tb, R.run_dir, R.ev)) {
+            warnf("TensorBoard events not written: %s", err_msg());
+            err_clear();
+        }
     }
     if ((rc = coll_agree(rc, NULL))) goto done;
     json_t *ev = json_object();
@@ -480,6 +585,14 @@ static int run_ranked(const char *path, const run_opts *o) {
     if ((rc = coll_agree(rc, NULL))) goto done;
     if (R.hooks) hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
     R.state = calloc((size_t)r->n_stages, sizeof *R.state);
+    R.gate_rows = json_array();
+    {
+        char *parent = fs_dirname(R.run_dir);
+        const char *self = strrchr(R.run_dir, '/');
+        R.history = runrec_history(parent, self ? self + 1 : R.run_dir, 60);
+        free(parent);
+    }
+    if ((rc = check_skipped_gates(&R)) != 0) goto done; /* a failed gate there: the workers start nothing */
     double t0 = now_s();
     /* several ranks: one worker, so every rank meets the agreements in the same order */
     int jobs = o->jobs > 0 && coll_world() == 1 ? (int)o->jobs : 1;
@@ -514,6 +627,19 @@ static int run_ranked(const char *path, const run_opts *o) {
     json_object_set_new(end, "cached", json_integer(R.n_cached));
     json_object_set_new(end, "code", json_integer(rc));
     if (rc) json_object_set_new(end, "error", json_string(err_msg()));
+    if (r->n_gates) {
+        gates_add_unchecked(r, R.gate_rows);
+        events_emit(R.ev, "gates", json_pack("{s:O}", "gates", R.gate_rows));
+    }
+    {
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        json_t *sum = run_summary(&R, rc, secs);
+        if (runrec_write_summary(R.run_dir, sum)) warnf("run summary not written: %s", err_msg());
+        json_decref(sum);
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     if (R.hooks && hooks_has(R.hooks, "on_run_end")) {
         char msg[4096];
         snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
@@ -521,12 +647,21 @@ static int run_ranked(const char *path, const run_opts *o) {
         json_object_set_new(summary, "recipe", json_string(r->name));
         json_object_set_new(summary, "run_dir", json_string(R.run_dir));
         json_object_set_new(summary, "ok", json_boolean(rc == 0));
+        json_object_set(summary, "gates", R.gate_rows);
         if (hooks_on_run_end(R.hooks, summary)) warnf("on_run_end hook: %s", err_msg());
         json_decref(summary);
         if (rc) err_set(rc, "%s", msg);
         else err_clear();
     }
     events_emit(R.ev, "run_end", end);
+    {
+        /* the report is for people: a failure to write it warns and never changes the outcome */
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        if (report_write(R.run_dir)) warnf("report.html not written: %s", err_msg());
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     if (!rc) {
         outf("done in %.1f s: %d ran, %d cached; run record in %s", secs, R.n_ran, R.n_cached, R.run_dir);
         /* where the final artifacts are: stages nothing else consumes */
@@ -543,6 +678,13 @@ static int run_ranked(const char *path, const run_opts *o) {
         }
     }
 done:
+    if (R.tb) {
+        char msg[4096];
+        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
+        if (tb_close(&R.tb, R.ev)) warnf("%s", err_msg());
+        if (rc) err_set(rc, "%s", msg);
+        else err_clear();
+    }
     hooks_free(&R.hooks);
     if (R.ev) events_close(&R.ev);
     fs_unlock(&lockfd);
@@ -550,6 +692,8 @@ done:
     plan_free(&R.p);
     free(R.state);
     free(R.failed_msg);
+    json_decref(R.history);
+    json_decref(R.gate_rows);
     free(R.run_dir);
     cache_close(&R.c);
     recipe_free(&r);

@@ -96,6 +96,13 @@ static int attach_run(stage_ctx *ctx) {
     return rc;
 }
 
+static const metric_spec attach_metrics[] = {
+    {"trainable_params", METRIC_NEITHER, "LoRA parameters that train"},
+    {"total_params", METRIC_NEITHER, "parameters of the model with the adapter"},
+    {"trainable_percent", METRIC_NEITHER, "trainable share, in percent"},
+    {"lora_modules", METRIC_NEITHER, "linear layers that got an adapter"},
+    {0}};
+
 const stage_kind stage_kind_attach_lora = {
     .name = "attach_lora",
     .version = 1,
@@ -103,4 +110,5 @@ const stage_kind stage_kind_attach_lora = {
     .params = attach_params,
     .check = attach_check,
     .run = attach_run,
+    .metrics = attach_metrics,
 };

@@ -756,6 +756,17 @@ static int dataset_run(stage_ctx *c) {
     return rc;
 }
 
+static const metric_spec dataset_metrics[] = {
+    {"records_read", METRIC_NEITHER, "records read from every source"},
+    {"records_dropped", METRIC_NEITHER, "records the format skipped"},
+    {"records_truncated", METRIC_NEITHER, "records cut to max_seq_len"},
+    {"sequences", METRIC_NEITHER, "training sequences after packing"},
+    {"tokens", METRIC_NEITHER, "tokens in all sequences"},
+    {"masked_share", METRIC_NEITHER, "share of tokens without a training target"},
+    {"packing_efficiency", METRIC_HIGHER, "share of packed rows filled with tokens"},
+    {"train_rows", METRIC_NEITHER, "rows in the train split"},
+    {0}};
+
 const stage_kind stage_kind_dataset = {
     .name = "dataset",
     .version = 2, /* 2: format: chat renders the model's own Jinja template by default, and
@@ -766,4 +777,5 @@ const stage_kind stage_kind_dataset = {
     .run = dataset_run,
     .key_hooks = "format|generate",
     .resolve = dataset_resolve,
+    .metrics = dataset_metrics,
 };

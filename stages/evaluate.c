@@ -821,6 +821,20 @@ out:
     return rc;
 }
 
+static const metric_spec eval_metrics[] = {
+    {"val_loss", METRIC_LOWER, "tuned model's loss on the val split of data"},
+    {"perplexity", METRIC_LOWER, "tuned model's perplexity on the val split of data"},
+    {"val_loss_base", METRIC_LOWER, "base model's loss on the same split"},
+    {"perplexity_base", METRIC_LOWER, "base model's perplexity"},
+    {"score", METRIC_HIGHER, "tuned model's mean task score (score hook, or exact match)"},
+    {"score_base", METRIC_HIGHER, "base model's mean task score"},
+    {"*.acc", METRIC_HIGHER, "a multiple-choice task's accuracy, tuned (tasks: NAME.acc)"},
+    {"*.acc_norm", METRIC_HIGHER, "a task's length-normalised accuracy, tuned (NAME.acc_norm)"},
+    {"*.acc_base", METRIC_HIGHER, "a task's accuracy, base model (NAME.acc_base)"},
+    {"*.acc_norm_base", METRIC_HIGHER, "a task's length-normalised accuracy, base model"},
+    {"*", METRIC_ANY, "a metric a score hook records (qlora.metric): the gate says which way is better"},
+    {0}};
+
 const stage_kind stage_kind_evaluate = {
     .name = "evaluate",
     .version = 1,
@@ -832,4 +846,5 @@ const stage_kind stage_kind_evaluate = {
     .key_hooks = "format|score|generate",
     .device_dependent = true,
     .data_parallel = true,
+    .metrics = eval_metrics,
 };

@@ -88,4 +88,5 @@ const stage_kind stage_kind_export = {
     .params = params,
     .check = check,
     .run = run,
+    .flags = STAGE_KIND_PUBLISHES,
 };

@@ -285,6 +285,11 @@ static void fetch_key_paths(const json_t *params, const char *recipe_dir, json_t
     if (dir && fs_is_dir(dir)) json_array_append_new(paths, json_string(dir));
     free(dir);
 }
+static const metric_spec fetch_metrics[] = {
+    {"bytes_total", METRIC_NEITHER, "size of the model's files"},
+    {"bytes_downloaded", METRIC_NEITHER, "bytes this run downloaded"},
+    {"download_s", METRIC_LOWER, "seconds spent downloading"},
+    {0}};
 
 const stage_kind stage_kind_fetch_model = {
     .name = "fetch_model",
@@ -294,4 +299,5 @@ const stage_kind stage_kind_fetch_model = {
     .check = fetch_check,
     .run = fetch_run,
     .key_paths = fetch_key_paths,
+    .metrics = fetch_metrics,
 };

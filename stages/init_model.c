@@ -91,6 +91,10 @@ static int run(stage_ctx *c) {
     return rc;
 }
 
+static const metric_spec init_metrics[] = {
+    {"parameters", METRIC_NEITHER, "parameters of the generated model"},
+    {0}};
+
 const stage_kind stage_kind_init_model = {
     .name = "init_model",
     .version = 1,
@@ -98,4 +102,5 @@ const stage_kind stage_kind_init_model = {
     .params = params,
     .check = check,
     .run = run,
+    .metrics = init_metrics,
 };

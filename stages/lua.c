@@ -87,6 +87,10 @@ static int lua_stage_run(stage_ctx *c) {
     return rc;
 }
 
+static const metric_spec lua_metrics[] = {
+    {"*", METRIC_ANY, "whatever run(ctx) records with qlora.metric: the gate says which way is better"},
+    {0}};
+
 const stage_kind stage_kind_lua = {
     .name = "lua",
     .version = 1,
@@ -94,4 +98,5 @@ const stage_kind stage_kind_lua = {
     .params = lua_params,
     .check = NULL,
     .run = lua_stage_run,
+    .metrics = lua_metrics,
 };

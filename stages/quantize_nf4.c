@@ -84,6 +84,16 @@ static int run(stage_ctx *c) {
     return rc;
 }
 
+static const metric_spec quantize_metrics[] = {
+    {"bits_per_param", METRIC_LOWER, "stored bits per parameter"},
+    {"rel_rmse", METRIC_LOWER, "relative RMS error of the quantized weights"},
+    {"params", METRIC_NEITHER, "parameters"},
+    {"params_quantized", METRIC_NEITHER, "parameters stored in 4 bits"},
+    {"bytes_before", METRIC_NEITHER, "weight bytes before"},
+    {"bytes_after", METRIC_NEITHER, "weight bytes after"},
+    {"seconds", METRIC_LOWER, "seconds spent"},
+    {0}};
+
 const stage_kind stage_kind_quantize_nf4 = {
     .name = "quantize_nf4",
     .version = 1,
@@ -91,4 +101,5 @@ const stage_kind stage_kind_quantize_nf4 = {
     .params = params,
     .check = check,
     .run = run,
+    .metrics = quantize_metrics,
 };

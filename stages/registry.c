@@ -6,7 +6,7 @@
 
 #include "stage.h"
 
-/* The one list of kinds, in the order docs and messages show them. The last two are test-only
+/* The one list of kinds, in the order docs and messages show them. The last three are test-only
  * kinds (stages/testkinds.c), enabled by QLORA_TEST_KINDS=1. */
 #define STAGE_KINDS(X) \
     X(fetch_model)     \
@@ -17,9 +17,11 @@
     X(train)           \
     X(evaluate)        \
     X(export)          \
+    X(push_to_hub)     \
     X(lua)             \
     X(test_echo)       \
-    X(test_sleep)
+    X(test_sleep)      \
+    X(test_publish)
 
 #define DECLARE(n) extern const stage_kind stage_kind_##n __attribute__((weak));
 STAGE_KINDS(DECLARE)

@@ -18,6 +18,20 @@ const param_spec *stage_param_find(const stage_kind *k, const char *name) {
     return NULL;
 }
 
+const metric_spec *stage_metric_find(const stage_kind *k, const char *name) {
+    const metric_spec *any = NULL, *suffix = NULL;
+    size_t ln = strlen(name);
+    for (const metric_spec *m = k->metrics; m && m->name; m++) {
+        if (!strcmp(m->name, name)) return m;
+        if (!strcmp(m->name, "*")) any = m;
+        /* "*.acc": any name ending in ".acc" (evaluate's tasks: NAME.acc) */
+        size_t lm = strlen(m->name);
+        if (!suffix && m->name[0] == '*' && lm > 1 && ln > lm - 1 && !strcmp(name + ln - (lm - 1), m->name + 1))
+            suffix = m;
+    }
+    return suffix ? suffix : any;
+}
+
 const char *stage_str(const stage_ctx *c, const char *key) {
     return json_string_value(json_object_get(c->params, key));
 }

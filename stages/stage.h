@@ -95,6 +95,28 @@ typedef struct stage_ctx {
     int jobs;                      /* threads the stage may use */
 } stage_ctx;
 
+/* A metric a kind records in its manifest (stage_metric), and which way is better: what a
+ * `gates:` entry may name, and how max_regression reads "worse". A kind whose metrics come
+ * from the user (a Lua stage, score hooks) lists {"*", METRIC_ANY}: any name is accepted and
+ * the gate says which way is better. */
+typedef enum metric_better {
+    METRIC_NEITHER = 0, /* informative (counts, sizes): min/max only */
+    METRIC_LOWER,       /* a loss: higher is worse */
+    METRIC_HIGHER,      /* a score: lower is worse */
+    METRIC_ANY          /* "*" only: a name and direction the recipe gives */
+} metric_better;
+
+typedef struct metric_spec {
+    const char *name;
+    metric_better better;
+    const char *doc;
+} metric_spec;
+
+enum stage_kind_flags {
+    STAGE_KIND_PUBLISHES = 1 << 0 /* exports or publishes: starts only after every gate of the
+                                     recipe passed, and is ordered after the gated stages */
+};
+
 typedef struct stage_kind {
     const char *name;
     int version; /* bump when the output changes meaning: old artifacts stop matching */
@@ -129,12 +151,16 @@ typedef struct stage_kind {
      * depends on the number of ranks (train's global batch grows with them), so its key holds
      * that number when it is over one. */
     bool data_parallel, ranks_in_key;
+    const metric_spec *metrics; /* terminated by {0}; NULL: records none */
+    unsigned flags;             /* enum stage_kind_flags */
 } stage_kind;
 
 /* registry.c */
 const stage_kind *stage_kind_find(const char *name);
 const stage_kind *const *stage_kind_all(void); /* NULL-terminated */
 const param_spec *stage_param_find(const stage_kind *k, const char *name);
+/* the kind's declaration of metric `name` (or its "*" entry), NULL if it records no such metric */
+const metric_spec *stage_metric_find(const stage_kind *k, const char *name);
 
 /* Accessors for resolved params (stage.c). Absent or null values give the fallback. */
 const char *stage_str(const stage_ctx *c, const char *key);          /* NULL if null */

@@ -3,7 +3,8 @@
  * test_echo writes out.txt: its `text`, then the out.txt of each input, so a test can see
  * which stages ran and what they read; it appends one line to $QLORA_TEST_LOG per run
  * (how a test counts executions across processes). test_sleep sleeps `ms` milliseconds in
- * small steps, polling for interruption, then writes its text (for kill and concurrency tests). */
+ * small steps, polling for interruption, then writes its text (for kill and concurrency tests).
+ * test_publish is test_echo held back by gates as an export is (for tests/test_gates.sh). */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +70,7 @@ static int sleep_run(stage_ctx *c) {
 
 static const param_spec echo_params[] = {
     {"text", PARAM_STRING, "", 1, 0, NULL, "text to write", 0},
-    {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "an input stage", 0},
+    {"input", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep|test_publish", "an input stage", 0},
     {"input2", PARAM_REF, NULL, 1, 0, "test_echo|test_sleep", "a second input stage", 0},
     {"file", PARAM_FILE, NULL, 1, 0, NULL, "a file whose content is copied", 0},
     {"files", PARAM_FILES, NULL, 1, 0, NULL, "files or globs (their content enters the key)", 0},
@@ -99,6 +100,8 @@ static int echo_check(const json_t *p) {
     return 0;
 }
 
+static const metric_spec echo_metrics[] = {{"bytes", METRIC_HIGHER, "bytes written to out.txt"}, {0}};
+
 const stage_kind stage_kind_test_echo = {
     .name = "test_echo",
     .version = 1,
@@ -106,6 +109,17 @@ const stage_kind stage_kind_test_echo = {
     .params = echo_params,
     .check = echo_check,
     .run = echo_run,
+    .metrics = echo_metrics,
+};
+const stage_kind stage_kind_test_publish = {
+    .name = "test_publish",
+    .version = 1,
+    .doc = "test only: an echo held back by gates, as export is",
+    .params = echo_params,
+    .check = echo_check,
+    .run = echo_run,
+    .metrics = echo_metrics,
+    .flags = STAGE_KIND_PUBLISHES,
 };
 const stage_kind stage_kind_test_sleep = {
     .name = "test_sleep",
@@ -113,4 +127,5 @@ const stage_kind stage_kind_test_sleep = {
     .doc = "test only: sleeps, then writes its text",
     .params = sleep_params,
     .run = sleep_run,
+    .metrics = echo_metrics,
 };

@@ -388,6 +388,18 @@ out:
     return rc;
 }
 
+static const metric_spec train_metrics[] = {
+    {"steps", METRIC_NEITHER, "optimizer steps taken"},
+    {"train_loss", METRIC_LOWER, "training loss at the last step"},
+    {"val_loss_start", METRIC_LOWER, "validation loss before training"},
+    {"val_loss", METRIC_LOWER, "validation loss after training"},
+    {"perplexity", METRIC_LOWER, "validation perplexity after training"},
+    {"train_seconds", METRIC_LOWER, "seconds spent training"},
+    {"tokens_per_s", METRIC_HIGHER, "training throughput"},
+    {"activation_mb", METRIC_LOWER, "planned activation memory"},
+    {"resumed_from_step", METRIC_NEITHER, "the checkpoint step a resumed run started from"},
+    {0}};
+
 const stage_kind stage_kind_train = {
     .name = "train",
     .version = 1,
@@ -399,4 +411,5 @@ const stage_kind stage_kind_train = {
     .device_dependent = true,
     .data_parallel = true,
     .ranks_in_key = true,
+    .metrics = train_metrics,
 };

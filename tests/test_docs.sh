@@ -27,7 +27,7 @@ for c in "make demo" "make test"; do
   if grep -q "$c" "$SRC/README.md"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL README lacks '$c'"; fi
 done
 # every kind's parameters have a doc line
-if "$BIN" schema | grep -E '^\| `[a-z_0-9]+` \|' | awk -F'|' '$6 ~ /^ *$/' | grep -q .; then
+if "$BIN" schema | grep -E '^\| `[a-z_0-9]+` \|' | awk -F'|' 'NF >= 7 && $6 ~ /^ *$/' | grep -q .; then
   fail=$((fail+1)); echo "FAIL some parameter has no description"
 else
   pass=$((pass+1))
@@ -49,5 +49,12 @@ for doc in $cited; do
   esac
 done
 [ -n "$cited" ] && pass=$((pass+1))
+# docs/nightly.md shows recipes/nightly.yaml as it is, and the recipe is valid
+if awk '/^<!-- recipes\/nightly.yaml/{f=1; next} f && /^```yaml/{g=1; next} g && /^```/{exit} g' "$SRC/docs/nightly.md" | diff -q - "$SRC/recipes/nightly.yaml" >/dev/null \
+   && "$BIN" validate "$SRC/recipes/nightly.yaml" >/dev/null 2>&1; then
+  pass=$((pass+1))
+else
+  fail=$((fail+1)); echo "FAIL docs/nightly.md's recipe differs from recipes/nightly.yaml, or it does not validate"
+fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -46,6 +46,10 @@ sed -i '1s/which one/which two/' mmlu.jsonl
 out=$("$BIN" plan tasks.yaml 2>&1)
 check "an edited task file re-runs evaluate" grep -qE "eval +evaluate +run" <<<"$out"
 check "... and plan says why" grep -q "why: file 'mmlu.jsonl' changed" <<<"$out"
+# task metrics are gate-able, higher being better (issue 22 with the nightly gates)
+printf 'extends: tasks.yaml\ngates:\n  eval.mmlu.acc_base: {min: 0.0, max_regression: 0.5}\n' > gated.yaml
+out=$("$BIN" plan gated.yaml 2>&1)
+check "a gate on eval.mmlu.acc_base: higher is better" grep -q "gate eval.mmlu.acc_base: min 0, max_regression 50% (higher is better)" <<<"$out"
 # bad tasks: position and fix
 cat > bad1.yaml <<'Y'
 name: bad1
