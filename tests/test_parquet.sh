@@ -32,7 +32,12 @@ grep -q '"messages":\[\]' chat_item.out || fail "chat_item: an empty list"
 [ "$(cat proj.out)" = '{"id":0,"source":null}' ] || { cat proj.out; fail "--columns"; }
 
 # ---- the same records as JSONL or Parquet give the same artifact ----
+# format chat with the byte tokenizer of init_model: a plain template file (the built-in ones
+# need their special tokens)
+printf '%s' '{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}' > plain.jinja
 build() { # build NAME FILE FORMAT [TYPE]: the dataset artifact of FILE in cache-NAME
+    local tpl=""
+    [ "$3" = chat ] && tpl="    chat_template_file: plain.jinja"
     cat > "$1.yaml" <<YAML
 name: pq-$1
 stages:
@@ -49,6 +54,7 @@ stages:
     type: ${4:-auto}
     sequence_len: 2048
     val_set_size: 0.1
+$tpl
 YAML
     QLORA_CACHE="$W/cache-$1" "$QLORA_BIN" "$1.yaml" > "$1.log" 2>&1
 }
