@@ -12,6 +12,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "formats/pyjson.h"
+#include "core/json_in.h"
 
 #define SUPPORTED_ARCHS "llama, mistral, qwen2"
 
@@ -34,28 +35,15 @@ void config_free(model_config *c) {
 /* ---- reading ---- */
 
 static int get_int(const json_t *j, const char *key, int64_t def, int64_t min, int64_t *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_integer(v) || json_integer_value(v) < min)
-        return err_set(ERR_DATA, "%s: \"%s\" must be an integer >= %lld", path, key, (long long)min);
-    *out = json_integer_value(v);
-    return 0;
+    return json_in_int(j, key, path, def, min, INT64_MAX, out);
 }
 
 static int get_num(const json_t *j, const char *key, double def, double *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_number(v)) return err_set(ERR_DATA, "%s: \"%s\" must be a number", path, key);
-    *out = json_number_value(v);
-    return 0;
+    return json_in_num(j, key, path, def, out);
 }
 
 static int get_bool(const json_t *j, const char *key, bool def, bool *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_boolean(v)) return err_set(ERR_DATA, "%s: \"%s\" must be true or false", path, key);
-    *out = json_is_true(v);
-    return 0;
+    return json_in_bool(j, key, path, def, out);
 }
 
 /* a token id: an integer, null (-1) or, for eos, a list whose first entry counts */
@@ -65,7 +53,8 @@ static int get_token(const json_t *j, const char *key, int def, int *out, const 
     if (json_is_null(v)) { *out = -1; return 0; }
     if (json_is_array(v)) v = json_array_get(v, 0);
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-        return err_set(ERR_DATA, "%s: \"%s\" must be a token id, a list of ids or null", path, key);
+        return err_set(ERR_DATA, "%s: \"%s\" must be a token id, a list of ids or null (got %s)", path, key,
+                       v ? json_in_type_name(v) : "an empty list");
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -192,12 +181,10 @@ fail:
 int config_load(model_config *c, const char *dir) {
     memset(c, 0, sizeof *c);
     char *path = fs_join(dir, "config.json");
-    json_error_t je;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *j = NULL;
     int rc;
-    if (!j) rc = fs_exists(path) ? err_set(ERR_DATA, "%s:%d:%d: %s", path, je.line, je.column, je.text)
-                                 : err_set(ERR_DATA, "%s: no config.json (not a Hugging Face model directory)", dir);
-    else rc = config_from_json(c, j, path);
+    if (!fs_exists(path)) rc = err_set(ERR_DATA, "%s: no config.json (not a Hugging Face model directory)", dir);
+    else if (!(rc = json_in_load_file(path, JSON_REJECT_DUPLICATES, &j))) rc = config_from_json(c, j, path);
     json_decref(j);
     free(path);
     return rc;
