@@ -14,15 +14,15 @@
 #include "formats/pyjson.h"
 #include "core/json_in.h"
 
-#define SUPPORTED_ARCHS "llama, mistral, qwen2"
+#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3"
 
-static const char *arch_names[] = {"llama", "mistral", "qwen2"};
-static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3"};
+static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
 
-const char *config_arch_name(model_arch a) { return (unsigned)a < 3 ? arch_names[a] : "?"; }
+const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
 int config_arch_from_name(const char *name, model_arch *a) {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(name, arch_names[i])) { *a = (model_arch)i; return 0; }
     return err_set(ERR_USAGE, "unknown architecture '%s' (supported: " SUPPORTED_ARCHS ")", name);
 }
@@ -109,13 +109,37 @@ static int parse_quant(model_config *c, const json_t *q, const char *path) {
     return 0;
 }
 
+/* transformers 5.x writes layer_types, one per layer; it must agree with the window rule of the
+ * family (config_layer_window), the only layouts this engine runs */
+static int check_layer_types(const model_config *c, const json_t *lt, const char *path) {
+    if (!lt || json_is_null(lt)) return 0;
+    if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->num_layers)
+        return err_set(ERR_DATA, "%s: \"layer_types\" must be a list of %d entries (one per layer)", path, c->num_layers);
+    for (int l = 0; l < c->num_layers; l++) {
+        const char *t = json_string_value(json_array_get(lt, (size_t)l));
+        bool sliding = t && !strcmp(t, "sliding_attention");
+        if (!t || (!sliding && strcmp(t, "full_attention")))
+            return err_set(ERR_DATA, "%s: \"layer_types\"[%d] must be \"full_attention\" or \"sliding_attention\"", path, l);
+        if (sliding != (config_layer_window(c, l) > 0))
+            return err_set(ERR_DATA, "%s: \"layer_types\"[%d] is \"%s\", which disagrees with sliding_window, "
+                                     "use_sliding_window and max_window_layers (a layout this engine does not run)", path, l, t);
+    }
+    return 0;
+}
+
+int64_t config_layer_window(const model_config *c, int l) {
+    if (c->sliding_window <= 0) return 0;
+    if ((c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3) && l < c->max_window_layers) return 0;
+    return c->sliding_window;
+}
+
 int config_from_json(model_config *c, const json_t *j, const char *path) {
     memset(c, 0, sizeof *c);
     if (!json_is_object(j)) return err_set(ERR_DATA, "%s: not a JSON object", path);
     json_t *mt = json_object_get(j, "model_type");
     if (!json_is_string(mt)) return err_set(ERR_DATA, "%s: no \"model_type\" (supported: " SUPPORTED_ARCHS ")", path);
     int a = -1;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(json_string_value(mt), arch_names[i])) a = i;
     if (a < 0) return err_set(ERR_DATA, "%s: model_type '%s' is not supported (supported: " SUPPORTED_ARCHS ")", path, json_string_value(mt));
     c->arch = (model_arch)a;
@@ -166,10 +190,16 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
         goto fail;
     }
     snprintf(c->dtype, sizeof c->dtype, "%s", dts);
-    bool use_sw = c->arch != ARCH_QWEN2;
+    /* Qwen2/3 only slide when use_sliding_window says so, and then from max_window_layers on */
+    bool qwen = c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3;
+    bool use_sw = !qwen;
     if ((rc = get_bool(j, "use_sliding_window", use_sw, &use_sw, path))) goto fail;
     INT_FIELD("sliding_window", 0, 0, c->sliding_window);
     if (!use_sw) c->sliding_window = 0;
+    INT_FIELD("max_window_layers", 28, 0, c->max_window_layers);
+    if (!qwen) c->max_window_layers = 0;
+    c->qk_norm = c->arch == ARCH_QWEN3;
+    if ((rc = check_layer_types(c, json_object_get(j, "layer_types"), path))) goto fail;
 #undef INT_FIELD
     if ((rc = parse_quant(c, json_object_get(j, "quantization_config"), path))) goto fail;
     return 0;
@@ -243,10 +273,14 @@ json_t *config_to_json(const model_config *c) {
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
         break;
     case ARCH_QWEN2:
+    case ARCH_QWEN3:
+        if (c->arch == ARCH_QWEN3) json_object_set_new(j, "attention_bias", json_boolean(c->attention_bias));
         json_object_set_new(j, "use_sliding_window", json_boolean(c->sliding_window > 0));
         json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
-        json_object_set_new(j, "max_window_layers", json_integer(c->num_layers));
+        json_object_set_new(j, "max_window_layers", json_integer(c->sliding_window ? c->max_window_layers : c->num_layers));
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
+        break;
+    case ARCH_COUNT:
         break;
     }
     if (c->quantized) {
@@ -311,12 +345,38 @@ static const preset qwen2_presets[] = {
     {"70b", 8192, 29568, 152064, 32768, 80, 64, 8, 1e-6, 1000000.0, false},
     {0}};
 
-int config_preset(model_config *c, model_arch arch, const char *name) {
-    const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets : llama_presets;
-    const preset *p = NULL;
-    for (const preset *q = tab; q->name; q++)
-        if (!strcmp(q->name, name)) p = q;
-    if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: tiny, 1b, 7b, 13b, 70b)", name);
+/* qwen3: heads of 48 at tiny (4 x 48 != 128: head_dim independent of hidden/heads, as in Qwen3) */
+static const preset qwen3_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 1000000.0, true},
+    {0}}; /* the real sizes are the named presets qwen3-0.6b, qwen3-8b, qwen3-32b */
+
+/* The shapes of real models, as their config.json gives them (the weights are random): for the
+ * benchmarks and the memory reports, and the named presets of init-model. */
+typedef struct named_preset {
+    const char *name;
+    model_arch arch;
+    preset p;
+    int head_dim;        /* 0: hidden / heads */
+    bool llama3_rope;    /* Llama-3.1's rope_scaling: factor 8, low 1, high 4, original 8192 */
+    int bos, eos;
+} named_preset;
+
+static const named_preset named_presets[] = {
+    /* Llama-3.1-8B / -70B (meta-llama, config.json of the Instruct and base repos) */
+    {"llama3-8b", ARCH_LLAMA, {"", 4096, 14336, 128256, 131072, 32, 32, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001},
+    {"llama3-70b", ARCH_LLAMA, {"", 8192, 28672, 128256, 131072, 80, 64, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001},
+    /* Qwen3-0.6B / -8B / -32B */
+    {"qwen3-0.6b", ARCH_QWEN3, {"", 1024, 3072, 151936, 40960, 28, 16, 8, 1e-6, 1000000.0, true}, 128, false, 151643, 151645},
+    {"qwen3-8b", ARCH_QWEN3, {"", 4096, 12288, 151936, 40960, 36, 32, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645},
+    {"qwen3-32b", ARCH_QWEN3, {"", 5120, 25600, 151936, 40960, 64, 64, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645},
+    /* Mistral-7B-v0.3 (32768-token vocabulary, no sliding window) */
+    {"mistral-7b", ARCH_MISTRAL, {"", 4096, 14336, 32768, 32768, 32, 32, 8, 1e-5, 1000000.0, false}, 0, false, 1, 2},
+    {0}};
+
+#define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b"
+const char *const config_preset_names = PRESET_NAMES;
+
+static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {
     memset(c, 0, sizeof *c);
     c->arch = arch;
     c->vocab_size = p->vocab;
@@ -325,7 +385,7 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
     c->num_layers = p->layers;
     c->num_heads = p->heads;
     c->num_kv_heads = p->kv;
-    c->head_dim = (int)(p->hidden / p->heads);
+    c->head_dim = head_dim ? head_dim : (int)(p->hidden / p->heads);
     c->max_position_embeddings = p->max_pos;
     c->rms_norm_eps = p->eps;
     c->rope_theta = p->theta;
@@ -334,10 +394,46 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
     c->rope_factor = 1.0;
     c->tie_word_embeddings = p->tie;
     c->attention_bias = arch == ARCH_QWEN2;
+    c->qk_norm = arch == ARCH_QWEN3;
+    c->max_window_layers = arch == ARCH_QWEN2 || arch == ARCH_QWEN3 ? p->layers : 0;
     c->bos_token_id = 1;
     c->eos_token_id = 2;
     c->pad_token_id = -1;
     snprintf(c->dtype, sizeof c->dtype, "bfloat16");
+}
+
+bool config_preset_is_named(const char *name, model_arch *arch) {
+    for (const named_preset *n = named_presets; n->name; n++)
+        if (!strcmp(n->name, name)) {
+            if (arch) *arch = n->arch;
+            return true;
+        }
+    return false;
+}
+
+int config_preset(model_config *c, model_arch arch, const char *name) {
+    for (const named_preset *n = named_presets; n->name; n++) {
+        if (strcmp(n->name, name)) continue;
+        fill_preset(c, n->arch, &n->p, n->head_dim);
+        if (n->llama3_rope) {
+            c->rope_type = ROPE_LLAMA3;
+            c->rope_factor = 8.0;
+            c->rope_low_freq_factor = 1.0;
+            c->rope_high_freq_factor = 4.0;
+            c->rope_original_max_position = 8192;
+        }
+        c->bos_token_id = n->bos;
+        c->eos_token_id = n->eos;
+        return 0;
+    }
+    const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets
+                      : arch == ARCH_QWEN3 ? qwen3_presets : llama_presets;
+    const preset *p = NULL;
+    for (const preset *q = tab; q->name; q++)
+        if (!strcmp(q->name, name)) p = q;
+    if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: " PRESET_NAMES ")", name);
+    /* qwen3's heads are 128 wide whatever the hidden size; tiny keeps them independent too (48) */
+    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : 0);
     return 0;
 }
 
@@ -355,6 +451,7 @@ int64_t config_param_count(const model_config *c) {
     int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
     int64_t layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H;
     if (c->attention_bias) layer += q + 2 * kv + (c->arch == ARCH_QWEN2 ? 0 : H);
+    if (c->qk_norm) layer += 2 * c->head_dim;
     if (c->mlp_bias) layer += 2 * I + H;
     return V * H + c->num_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
 }
@@ -397,6 +494,10 @@ int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
         if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, kv, 0, "model.layers.%d.self_attn.v_proj.bias", l);
         put_tensor(t, &k, TROLE_LINEAR, l, H, q, "model.layers.%d.self_attn.o_proj.weight", l);
         if (o_bias) put_tensor(t, &k, TROLE_BIAS, l, H, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        if (c->qk_norm) {
+            put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.q_norm.weight", l);
+            put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+        }
         put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
         put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.gate_proj.weight", l);
         if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, I, 0, "model.layers.%d.mlp.gate_proj.bias", l);

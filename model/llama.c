@@ -1,7 +1,8 @@
-/* llama.c: the llama / mistral / qwen2 decoder with NF4 base weights and LoRA (see llama.h).
+/* llama.c: the llama / mistral / qwen2 / qwen3 decoder with NF4 base weights and LoRA (see llama.h).
  *
  * One decoder layer, as transformers computes it (x: the residual stream, [T, C]):
- *   n1 = rmsnorm(x) ; q, k, v = qlinear(n1) ; rope(q, k) ; a = attention(q, k, v)
+ *   n1 = rmsnorm(x) ; q, k, v = qlinear(n1) ; [qwen3: q, k = rmsnorm per head(qr, kr)]
+ *   rope(q, k) ; a = attention(q, k, v) [sliding window where the layer has one]
  *   h  = x + o(a)   ; n2 = rmsnorm(h) ; m = silu(gate(n2)) * up(n2) ; out = h + down(m)
  * The backward walks the same list in reverse with one residual-gradient buffer (dres): the
  * residual adds pass it through unchanged and each rmsnorm_bwd accumulates into it. Frozen
@@ -29,6 +30,8 @@
 /* per-layer saved activations; act type unless float * */
 typedef struct layer_acts {
     void *n1, *q, *k, *v, *att, *res_mid, *n2, *gate, *up, *act;
+    void *qr, *kr;        /* qwen3: q, k before their per-head norm (NULL otherwise) */
+    float *rstdq, *rstdk; /* [T * nh], [T * nkv] */
     float *rstd1, *rstd2; /* [T] */
     float *lse;           /* [nh, T] */
     float *xa[LLAMA_NTARGETS]; /* [T, r] for targeted linears */
@@ -41,6 +44,8 @@ struct llama_acts {
     float *rstdf;
     /* backward scratch, shared by all layers */
     void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
+    void *dqr, *dkr;   /* qwen3: gradients of q, k before their norm */
+    bool windowed;     /* the batch has a sequence longer than a layer's sliding window */
     int mlp_rows;      /* tokens per MLP chunk (checkpointing: the [rows, I] buffers; T otherwise) */
     float *losses;     /* [T] */
     float *logits;     /* [V]: generation */
@@ -309,6 +314,12 @@ static int load_all(loader *ld) {
         if ((rc = load_dense(ld, name, m->C, &ly->attn_norm))) return rc;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         if ((rc = load_dense(ld, name, m->C, &ly->mlp_norm))) return rc;
+        if (m->cfg.qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((rc = load_dense(ld, name, m->hd, &ly->q_norm))) return rc;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((rc = load_dense(ld, name, m->hd, &ly->k_norm))) return rc;
+        }
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             char prefix[200];
             snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, target_paths[t]);
@@ -527,6 +538,20 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
  *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up;
  *               dact over act when down_proj has no LoRA); dk, dv during attention's backward
  * so a layer's working set is 8 [T, C] buffers plus the region, beside the L layer inputs. */
+/* qwen3's q/k before their norm, the norms' rstd, and (once) their gradients: own buffers in both
+ * plans, a small cost ((nh + nkv) * hd values a token) beside the rest of a layer */
+static void plan_qk_norm(const llama_model *m, llama_acts *A, layer_acts *a, carve *cv, int64_t T, bool scratch) {
+    if (!m->cfg.qk_norm) return;
+    int64_t qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd, es = (int64_t)ops_act_size(m->ops);
+    a->qr = carve_take(cv, T * qd * es);
+    a->kr = carve_take(cv, T * kvd * es);
+    a->rstdq = carve_take(cv, T * m->nh * 4);
+    a->rstdk = carve_take(cv, T * m->nkv * 4);
+    if (!scratch) return;
+    A->dqr = carve_take(cv, T * qd * es);
+    A->dkr = carve_take(cv, T * kvd * es);
+}
+
 static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t es = (int64_t)ops_act_size(m->ops);
@@ -551,6 +576,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         a->rstd1 = carve_take(cv, T * 4);
         a->rstd2 = carve_take(cv, T * 4);
         a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+        plan_qk_norm(m, A, a, cv, T, true);
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
         for (int l = 0; l < m->L; l++) A->res[l] = carve_take(cv, T * C * es);
@@ -574,6 +600,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
             a->rstd1 = carve_take(cv, T * 4);
             a->rstd2 = carve_take(cv, T * 4);
             a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+            plan_qk_norm(m, A, a, cv, T, l == 0);
             for (int t = 0; t < LLAMA_NTARGETS; t++)
                 a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
         }
@@ -689,6 +716,13 @@ static void mlp_forward_rows(llama_model *m, int l, layer_acts *a, void *out, in
     if (out) linear_fwd(m, l, LLAMA_DOWN, out, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, train, seed);
 }
 
+/* the attention options of layer l: its sliding window, if any */
+static ops_attn layer_attn(const llama_model *m, int l) {
+    ops_attn a = {0};
+    a.window = (int)config_layer_window(&m->cfg, l);
+    return a;
+}
+
 /* layer l from res_in; writes res_out when not NULL (a recompute only refills the saved acts).
  * Checkpointed, the recompute stops at n2: the backward runs the MLP forward chunk by chunk. */
 static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_in, void *res_out, int T, bool train,
@@ -700,12 +734,21 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     size_t es = ops_act_size(o);
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
     o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
-    linear_fwd(m, l, LLAMA_Q, a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
-    linear_fwd(m, l, LLAMA_K, a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
+    bool qkn = m->cfg.qk_norm;
+    linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
+    linear_fwd(m, l, LLAMA_K, qkn ? a->kr : a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
     linear_fwd(m, l, LLAMA_V, a->v, a->n1, a->xa[LLAMA_V], T, train, seed);
+    if (qkn) { /* each head's hd values are one row of the norm */
+        o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, T * m->nh, m->hd, m->eps);
+        o->rmsnorm_fwd(a->k, a->rstdk, a->kr, ly->k_norm, T * m->nkv, m->hd, m->eps);
+    }
     o->rope(a->q, A->pos, m->inv_freq, T, m->nh, m->hd, 0);
     o->rope(a->k, A->pos, m->inv_freq, T, m->nkv, m->hd, 0);
-    o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
+    ops_attn opt = layer_attn(m, l);
+    if (A->windowed && opt.window > 0)
+        o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
+    else
+        o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
     if (lean) { /* o's output straight into res_mid: x + o(a) == o(a) + x, bit for bit */
         linear_fwd(m, l, LLAMA_O, a->res_mid, a->att, a->xa[LLAMA_O], T, train, seed);
         o->add_inplace(a->res_mid, res_in, T * C);
@@ -761,18 +804,33 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
         mlp_backward_rows(m, l, a, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
     o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, a->rstd2, T, m->C);
     linear_bwd(m, l, LLAMA_O, A->datt, A->dres, a->att, a->xa[LLAMA_O], T, 0, seed);
-    o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv,
-                     m->hd);
+    ops_attn opt = layer_attn(m, l);
+    if (A->windowed && opt.window > 0)
+        o->attention_ex_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh,
+                            m->nkv, m->hd, &opt);
+    else
+        o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh,
+                         m->nkv, m->hd);
     o->rope(A->dq, A->pos, m->inv_freq, T, m->nh, m->hd, 1);
     o->rope(A->dk, A->pos, m->inv_freq, T, m->nkv, m->hd, 1);
+    void *dq = A->dq, *dk = A->dk;
+    if (m->cfg.qk_norm) { /* through the per-head norms (rmsnorm_bwd accumulates: start from zero) */
+        size_t es = ops_act_size(o);
+        o->zero(A->dqr, (size_t)T * (size_t)m->nh * (size_t)m->hd * es);
+        o->zero(A->dkr, (size_t)T * (size_t)m->nkv * (size_t)m->hd * es);
+        o->rmsnorm_bwd(A->dqr, A->dq, a->qr, ly->q_norm, a->rstdq, T * m->nh, m->hd);
+        o->rmsnorm_bwd(A->dkr, A->dk, a->kr, ly->k_norm, a->rstdk, T * m->nkv, m->hd);
+        dq = A->dqr;
+        dk = A->dkr;
+    }
     /* lean: n1's buffer now holds dq; n1 comes back into att's (attention's backward is done) */
     void *n1 = a->n1;
     if (lean) {
         n1 = a->att;
         o->rmsnorm_fwd(n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
     }
-    linear_bwd(m, l, LLAMA_Q, A->dn, A->dq, n1, a->xa[LLAMA_Q], T, 0, seed);
-    linear_bwd(m, l, LLAMA_K, A->dn, A->dk, n1, a->xa[LLAMA_K], T, 1, seed);
+    linear_bwd(m, l, LLAMA_Q, A->dn, dq, n1, a->xa[LLAMA_Q], T, 0, seed);
+    linear_bwd(m, l, LLAMA_K, A->dn, dk, n1, a->xa[LLAMA_K], T, 1, seed);
     linear_bwd(m, l, LLAMA_V, A->dn, A->dv, n1, a->xa[LLAMA_V], T, 1, seed);
     o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, a->rstd1, T, m->C);
 }
@@ -793,6 +851,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         return err_set(ERR_STAGE, "micro-batch of %d tokens outside the plan (1..%d)", b->T, m->plan_T);
     llama_acts *A = m->acts;
     int T = b->T;
+    bool windowed = false;
     for (int t = 0; t < T; t++) {
         if (b->ids[t] < 0 || b->ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d at position %d is outside the vocabulary (0..%d)", b->ids[t], t,
@@ -803,11 +862,17 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         A->h_seq_start[t] = s;
         A->h_pos[t] = t - s;
         A->h_target[t] = -100;
-        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window)
-            return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens), which this "
-                                     "engine does not implement; use a shorter sequence_len",
-                           (long long)m->cfg.sliding_window);
+        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window) windowed = true;
+        if (m->cfg.rope_type == ROPE_DYNAMIC && t - s >= m->cfg.max_position_embeddings)
+            return err_set(ERR_DATA, "position %d is beyond max_position_embeddings (%lld), where rope_scaling "
+                                     "'dynamic' changes the frequencies, which this engine does not implement; "
+                                     "use a shorter sequence_len", t - s, (long long)m->cfg.max_position_embeddings);
     }
+    if (windowed && !m->ops->attention_ex_fwd)
+        return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens): sliding-window "
+                                 "attention is not implemented on the %s backend; use a shorter sequence_len or "
+                                 "device: cpu", (long long)m->cfg.sliding_window, m->ops->name);
+    A->windowed = windowed;
     if (b->labels)
         for (int t = 0; t + 1 < T; t++) {
             int lab = b->labels[t + 1];
@@ -927,12 +992,21 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
         void *vc = act_at(m, m->kv_mem, (int64_t)(2 * l + 1) * m->kv_max * kvd);
         void *k_new = act_at(m, kc, P * kvd), *v_new = act_at(m, vc, P * kvd);
         o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, n, m->C, m->eps);
-        linear_fwd(m, l, LLAMA_Q, a->q, a->n1, NULL, n, false, 0);
-        linear_fwd(m, l, LLAMA_K, k_new, a->n1, NULL, n, false, 0);
+        bool qkn = m->cfg.qk_norm;
+        linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_K, qkn ? a->kr : k_new, a->n1, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_V, v_new, a->n1, NULL, n, false, 0);
+        if (qkn) {
+            o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, n * m->nh, m->hd, m->eps);
+            o->rmsnorm_fwd(k_new, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
+        }
         o->rope(a->q, A->pos, m->inv_freq, n, m->nh, m->hd, 0);
         o->rope(k_new, A->pos, m->inv_freq, n, m->nkv, m->hd, 0);
-        o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
+        ops_attn opt = layer_attn(m, l);
+        if (opt.window > 0 && P + n > opt.window)
+            o->attention_ex_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd, &opt);
+        else
+            o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
         linear_fwd(m, l, LLAMA_O, A->tmp, a->att, NULL, n, false, 0);
         o->add_inplace(x, A->tmp, n * C);
         o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, n, m->C, m->eps);
@@ -949,9 +1023,13 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
-    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window)
-        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions)",
-                       (long long)m->cfg.sliding_window);
+    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window && !m->ops->attention_ex_cached)
+        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions), which the %s "
+                                  "backend does not implement", (long long)m->cfg.sliding_window, m->ops->name);
+    if (m->cfg.rope_type == ROPE_DYNAMIC && m->kv_len + n > m->cfg.max_position_embeddings)
+        return err_set(ERR_USAGE, "generation reached max_position_embeddings (%lld), beyond which rope_scaling "
+                                  "'dynamic' changes the frequencies (not implemented)",
+                       (long long)m->cfg.max_position_embeddings);
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);

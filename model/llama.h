@@ -1,4 +1,4 @@
-/* llama.h: the llama, mistral and qwen2 decoder families with frozen NF4 base weights and
+/* llama.h: the llama, mistral, qwen2 and qwen3 decoder families with frozen NF4 base weights and
  * trainable LoRA adapters, written once against the op table (kernels/ops.h), so the same code
  * runs on ops_cpu() and ops_cuda().
  *
@@ -24,7 +24,10 @@
  * (NOT shifted, -100 masked: logits at t predict labels[t+1]) and seq_start[t] = index of the first
  * token of t's packed sequence. Attention never crosses a sequence start, positions restart at
  * each one, and the last token of a sequence predicts nothing (as if sequences ran separately).
- * Sliding-window attention (mistral v0.1) is not implemented: a longer sequence is an ERR_DATA.
+ * Sliding-window attention (mistral v0.1, qwen2/3 with use_sliding_window): a key more than
+ * sliding_window - 1 positions back is masked, through the ops' attention_ex_* (a backend without
+ * them refuses a sequence longer than the window). Qwen3 normalises each head of q and k with its
+ * own RMSNorm (q_norm, k_norm: [head_dim]) before RoPE.
  *
  * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
 #ifndef MODEL_LLAMA_H
@@ -76,6 +79,7 @@ typedef struct llama_linear {
 
 typedef struct llama_layer {
     uint16_t *attn_norm, *mlp_norm; /* bf16 [C] */
+    uint16_t *q_norm, *k_norm;      /* bf16 [hd] (qwen3), else NULL */
     llama_linear lin[LLAMA_NTARGETS];
 } llama_layer;
 

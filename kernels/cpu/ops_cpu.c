@@ -270,6 +270,9 @@ static const ops_table cpu_table = {
     .adamw = cpu_adamw,
     .sum_squares = cpu_sum_squares,
     .scale = cpu_scale,
+    .attention_ex_fwd = cpu_attention_ex_fwd,
+    .attention_ex_bwd = cpu_attention_ex_bwd,
+    .attention_ex_cached = cpu_attention_ex_cached,
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
 };
 
