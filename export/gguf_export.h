@@ -2,8 +2,8 @@
  *
  * Follows llama.cpp's convert_hf_to_gguf for these architectures (docs/gguf.md):
  * llama and mistral are written as arch "llama" with the q/k rows permuted from HF's
- * rotate_half layout back to interleaved pairs; qwen2 as arch "qwen2", unpermuted (NEOX
- * rope). Norms and other 1-D tensors are F32; 2-D tensors take the requested type (a row
+ * rotate_half layout back to interleaved pairs; qwen2 and qwen3 as arch "qwen2" / "qwen3",
+ * unpermuted (NEOX rope), qwen3's q/k norms as attn_q_norm / attn_k_norm. Norms and other 1-D tensors are F32; 2-D tensors take the requested type (a row
  * that q8_0 cannot hold falls back to f16, as the converter does). llama3 rope scaling
  * becomes the rope_freqs.weight tensor. The tokenizer (tokenizer.json of the base) becomes
  * the tokenizer.ggml.* keys: "gpt2" for byte-level BPE, "llama" with scores and token types
