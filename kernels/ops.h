@@ -193,7 +193,8 @@ typedef struct ops_table {
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 
     /* Optional ops, NULL where a backend lacks them: the model refuses a configuration that needs
-     * one before it runs (llama_init names the op and the backend). */
+     * one before it runs (llama_init names the op and the backend). They stay outside
+     * OPS_TABLE_OPS (below) until the cuda table has them and test_ops_gpu checks them. */
     /* attention_fwd / _bwd / _cached with the ops_attn options (host struct) */
     void (*attention_ex_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
                              const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
@@ -202,6 +203,11 @@ typedef struct ops_table {
                              int T, int nh, int nkv, int hd, const ops_attn *opt);
     void (*attention_ex_cached)(void *out, const void *q, const void *kcache, const void *vcache,
                                 int Tq, int Tk, int nh, int nkv, int hd, const ops_attn *opt);
+    /* out = gelu_tanh(gate) * up (torch's gelu(approximate="tanh")); the backward as swiglu_bwd's */
+    void (*geglu_fwd)(void *out, const void *gate, const void *up, int64_t n);
+    void (*geglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+    /* x *= s over n activations (Gemma's embedding scale) */
+    void (*act_scale)(void *x, int64_t n, float s);
     /* questions about the backend (last, so the positional CUDA table stays readable) */
     int own_memory; /* 1: memory apart from the host's (a GPU): plans must fit it, and alloc_host
                        is host memory distinct from alloc's; 0: backend memory is host memory */

@@ -14,10 +14,11 @@
 #include "formats/pyjson.h"
 #include "core/json_in.h"
 
-#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3"
+#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma3_text"
 
-static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3"};
-static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"};
+static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"};
+static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                     "Gemma3ForCausalLM"};
 
 const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
@@ -109,6 +110,40 @@ static int parse_quant(model_config *c, const json_t *q, const char *path) {
     return 0;
 }
 
+/* gemma3_text's own keys (transformers' Gemma3TextConfig defaults where a key is absent) */
+static int parse_gemma3(model_config *c, const json_t *j, const char *path) {
+    int64_t v;
+    int rc = json_in_num(j, "query_pre_attn_scalar", path, 256, &c->query_pre_attn_scalar);
+    if (!rc) rc = json_in_num(j, "rope_local_base_freq", path, 10000.0, &c->rope_local_theta);
+    if (!rc) rc = json_in_int(j, "sliding_window_pattern", path, 6, 1, 1 << 20, &v);
+    if (rc) return rc;
+    c->sliding_window_pattern = (int)v;
+    if (c->query_pre_attn_scalar <= 0) return err_set(ERR_DATA, "%s: \"query_pre_attn_scalar\" must be positive", path);
+    if (!json_object_get(j, "sliding_window")) c->sliding_window = 4096;
+    const char *act;
+    if ((rc = json_in_str(j, "hidden_activation", path, "gelu_pytorch_tanh", &act))) return rc;
+    if (strcmp(act, "gelu_pytorch_tanh"))
+        return err_set(ERR_DATA, "%s: hidden_activation '%s' is not supported (supported: gelu_pytorch_tanh)", path, act);
+    static const char *caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        json_t *cap = json_object_get(j, caps[i]);
+        if (cap && !json_is_null(cap))
+            return err_set(ERR_DATA, "%s: \"%s\" (Gemma-2's soft-capping) is not supported; it must be null", path, caps[i]);
+    }
+    /* 5.x: rope_parameters per layer type, {"full_attention": {...}, "sliding_attention": {...}} */
+    json_t *rp = json_object_get(j, "rope_parameters");
+    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) {
+        json_t *sl = json_object_get(rp, "sliding_attention"), *fu = json_object_get(rp, "full_attention");
+        if ((rc = json_in_num(sl, "rope_theta", path, c->rope_local_theta, &c->rope_local_theta))) return rc;
+        const char *t;
+        if ((rc = json_in_str(sl, "rope_type", path, "default", &t))) return rc;
+        if (strcmp(t, "default"))
+            return err_set(ERR_DATA, "%s: rope_parameters.sliding_attention type '%s' is not supported (supported: default)", path, t);
+        if ((rc = parse_rope(c, fu, "rope_parameters.full_attention", path))) return rc;
+    }
+    return 0;
+}
+
 /* transformers 5.x writes layer_types, one per layer; it must agree with the window rule of the
  * family (config_layer_window), the only layouts this engine runs */
 static int check_layer_types(const model_config *c, const json_t *lt, const char *path) {
@@ -129,6 +164,7 @@ static int check_layer_types(const model_config *c, const json_t *lt, const char
 
 int64_t config_layer_window(const model_config *c, int l) {
     if (c->sliding_window <= 0) return 0;
+    if (c->arch == ARCH_GEMMA3) return (l + 1) % c->sliding_window_pattern ? c->sliding_window : 0;
     if ((c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3) && l < c->max_window_layers) return 0;
     return c->sliding_window;
 }
@@ -141,6 +177,10 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     int a = -1;
     for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(json_string_value(mt), arch_names[i])) a = i;
+    if (a < 0 && !strcmp(json_string_value(mt), "gemma3"))
+        return err_set(ERR_DATA, "%s: model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration (its text "
+                                 "model's weights live under language_model.); only the text model (model_type "
+                                 "'gemma3_text', Gemma3ForCausalLM, e.g. gemma-3-1b) is supported", path);
     if (a < 0) return err_set(ERR_DATA, "%s: model_type '%s' is not supported (supported: " SUPPORTED_ARCHS ")", path, json_string_value(mt));
     c->arch = (model_arch)a;
     int64_t v;
@@ -172,7 +212,9 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     c->rope_type = ROPE_DEFAULT;
     c->rope_factor = 1.0;
     /* 5.x folds rope_theta into rope_parameters; 4.x keeps rope_scaling next to rope_theta */
-    if ((rc = parse_rope(c, json_object_get(j, "rope_parameters"), "rope_parameters", path))) goto fail;
+    json_t *rp = json_object_get(j, "rope_parameters");
+    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) rp = NULL; /* gemma3: parse_gemma3 */
+    if ((rc = parse_rope(c, rp, "rope_parameters", path))) goto fail;
     if ((rc = parse_rope(c, json_object_get(j, "rope_scaling"), "rope_scaling", path))) goto fail;
     if ((rc = get_bool(j, "tie_word_embeddings", false, &c->tie_word_embeddings, path))) goto fail;
     /* Qwen2 always has q/k/v biases (and none on o_proj); its config has no key for it */
@@ -198,7 +240,8 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     if (!use_sw) c->sliding_window = 0;
     INT_FIELD("max_window_layers", 28, 0, c->max_window_layers);
     if (!qwen) c->max_window_layers = 0;
-    c->qk_norm = c->arch == ARCH_QWEN3;
+    c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_GEMMA3;
+    if (c->arch == ARCH_GEMMA3 && (rc = parse_gemma3(c, j, path))) goto fail;
     if ((rc = check_layer_types(c, json_object_get(j, "layer_types"), path))) goto fail;
 #undef INT_FIELD
     if ((rc = parse_quant(c, json_object_get(j, "quantization_config"), path))) goto fail;
@@ -279,6 +322,23 @@ json_t *config_to_json(const model_config *c) {
         json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
         json_object_set_new(j, "max_window_layers", json_integer(c->sliding_window ? c->max_window_layers : c->num_layers));
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
+        break;
+    case ARCH_GEMMA3:
+        json_object_set_new(j, "attention_bias", json_false());
+        json_object_set_new(j, "hidden_activation", json_string("gelu_pytorch_tanh"));
+        /* an int in transformers 5.x (its strict config refuses 24.0) */
+        json_object_set_new(j, "query_pre_attn_scalar", c->query_pre_attn_scalar == floor(c->query_pre_attn_scalar) ? json_integer((json_int_t)c->query_pre_attn_scalar) : json_real(c->query_pre_attn_scalar));
+        json_object_set_new(j, "rope_local_base_freq", json_real(c->rope_local_theta));
+        json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
+        json_object_set_new(j, "sliding_window_pattern", json_integer(c->sliding_window_pattern));
+        json_t *lt = json_array(); /* what transformers >= 4.53 and 5.x read */
+        for (int l = 0; l < c->num_layers; l++)
+            json_array_append_new(lt, json_string(config_layer_window(c, l) ? "sliding_attention" : "full_attention"));
+        json_object_set_new(j, "layer_types", lt);
+        json_object_set_new(j, "final_logit_softcapping", json_null());
+        json_object_set_new(j, "attn_logit_softcapping", json_null());
+        json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
+        json_object_del(j, "hidden_act");
         break;
     case ARCH_COUNT:
         break;
@@ -452,6 +512,7 @@ int64_t config_param_count(const model_config *c) {
     int64_t layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H;
     if (c->attention_bias) layer += q + 2 * kv + (c->arch == ARCH_QWEN2 ? 0 : H);
     if (c->qk_norm) layer += 2 * c->head_dim;
+    if (c->arch == ARCH_GEMMA3) layer += 2 * H;
     if (c->mlp_bias) layer += 2 * I + H;
     return V * H + c->num_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
 }
@@ -499,6 +560,10 @@ int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
             put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight", l);
         }
         put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (c->arch == ARCH_GEMMA3) {
+            put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+            put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_feedforward_layernorm.weight", l);
+        }
         put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.gate_proj.weight", l);
         if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, I, 0, "model.layers.%d.mlp.gate_proj.bias", l);
         put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.up_proj.weight", l);

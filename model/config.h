@@ -1,4 +1,5 @@
-/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2 and qwen3 families.
+/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3 and gemma3
+ * (text) families.
  *
  * config_load reads config.json (transformers 4.x or 5.x style: rope_theta/rope_scaling or
  * rope_parameters, torch_dtype or dtype) and, when present, quantization_config. Any other
@@ -12,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_COUNT } model_arch;
+typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_COUNT } model_arch;
 typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3 } rope_kind;
 
 typedef struct model_config {
@@ -29,7 +30,14 @@ typedef struct model_config {
     char dtype[16];                               /* "bfloat16", "float16", "float32" */
     int64_t sliding_window;                       /* 0: none */
     int max_window_layers;                        /* qwen2/3: layers >= this one use the window */
-    bool qk_norm;                                 /* qwen3: RMSNorm over each head of q and k before RoPE */
+    bool qk_norm;                                 /* qwen3, gemma3: RMSNorm over each head of q and k before RoPE */
+    /* gemma3 (model_type gemma3_text): norms scale by (1 + w), four norms a layer, embeddings
+     * times sqrt(hidden), GeGLU (tanh GELU), scores scaled by query_pre_attn_scalar^-0.5, every
+     * sliding_window_pattern-th layer global (rope_theta + scaling), the others local
+     * (sliding_window, rope_local_base_freq, no scaling) */
+    double query_pre_attn_scalar;
+    double rope_local_theta;
+    int sliding_window_pattern;
     /* quantization_config (bitsandbytes 4-bit), when the checkpoint is pre-quantized */
     bool quantized;
     char quant_type[8];     /* "nf4" | "fp4" */

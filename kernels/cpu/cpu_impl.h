@@ -54,6 +54,9 @@ void cpu_add_inplace(void *y, const void *x, int64_t n);
 void cpu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
 void cpu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n);
 void cpu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+void cpu_geglu_fwd(void *out, const void *gate, const void *up, int64_t n);
+void cpu_geglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+void cpu_act_scale(void *x, int64_t n, float s);
 /* optim.c */
 void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
                float weight_decay, int step);

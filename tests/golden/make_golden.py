@@ -14,7 +14,8 @@ separately here, as the C engine must reproduce with packing):
   adam_losses    the loss before each of 10 torch.optim.AdamW steps on this batch
 
 Models: llama (llama3 rope scaling), qwen2 (biases, tied), qwen3 (q/k per-head norms, head_dim
-independent of hidden/heads), mistral (sliding window 6, linear rope scaling).
+independent of hidden/heads), mistral (sliding window 6, linear rope scaling), gemma3 (gemma3_text:
+(1 + w) norms, GeGLU, local and global layers).
 
 Usage (where torch, transformers and peft are installed; no GPU needed):
   python3 make_golden.py IN_DIR OUT_DIR [MODEL...]     (default: all of them)
@@ -59,7 +60,13 @@ def build_base(config, tensors):
     if cfg.tie_word_embeddings:
         model.tie_weights()
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    inv_freq = getattr(model.model.rotary_emb, "inv_freq", None)
+    rot = model.model.rotary_emb  # gemma3 in 5.x: one inv_freq per layer type; the global one here
+    inv_freq = getattr(rot, "inv_freq", None)
+    if inv_freq is None:
+        inv_freq = getattr(rot, "full_attention_inv_freq", None)
+        local = getattr(rot, "sliding_attention_inv_freq", None)
+        if local is not None:
+            print(f"  sliding layers' inv_freq[:4] {local[:4].tolist()}, layer_types {cfg.layer_types}", flush=True)
     if inv_freq is None:
         print("warning: no rotary_emb.inv_freq", flush=True)
         inv_freq = torch.zeros(cfg.head_dim // 2)
@@ -174,7 +181,7 @@ def main():
     peft_version = peft.__version__ if peft is not None else "none (LoRA by hand)"
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft_version}", flush=True)
     failed = 0
-    for name in sys.argv[3:] or ("llama", "qwen2", "qwen3", "mistral"):
+    for name in sys.argv[3:] or ("llama", "qwen2", "qwen3", "mistral", "gemma3"):
         config, lora, tensors = load_inputs(f"{src}/{name}_inputs.safetensors")
         model, params, inv_freq = build(config, lora, tensors)
         for packed in (False, True):

@@ -42,6 +42,7 @@ static const gmodel models[] = {
      * rope scaling (factor 2) */
     {"mistral", "golden/mistral-tiny", 4, 8.0f, false,
      (1u << LLAMA_Q) | (1u << LLAMA_K) | (1u << LLAMA_V) | (1u << LLAMA_O) | (1u << LLAMA_DOWN)},
+    {"gemma3", "golden/gemma3-tiny", 4, 8.0f, false, LLAMA_TARGETS_ALL},
 };
 
 static int model_config_of(const gmodel *g, model_config *c) {
@@ -126,12 +127,18 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
         dense = m->layers[l].k_norm;
     } else if (strstr(t->name, "input_layernorm")) {
         dense = m->layers[l].attn_norm;
+    } else if (m->cfg.arch == ARCH_GEMMA3 && strstr(t->name, "post_attention_layernorm")) {
+        dense = m->layers[l].post_attn_norm;
+    } else if (strstr(t->name, "post_feedforward_layernorm")) {
+        dense = m->layers[l].post_mlp_norm;
     } else {
         dense = m->layers[l].mlp_norm;
     }
     uint16_t *h = malloc(2 * (size_t)numel);
     o->download(h, dense, 2 * (size_t)numel);
-    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]);
+    /* gemma3 keeps 1 + w: the checkpoint's w is one less */
+    float minus = m->cfg.arch == ARCH_GEMMA3 && t->role == TROLE_NORM ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]) - minus;
     free(h);
     return f;
 }

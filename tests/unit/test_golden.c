@@ -5,7 +5,10 @@
  * this program; q/k/v biases, tied embeddings, rope_theta 1e6; rslora r=8 on q, v, o, up, down).
  * `qwen3` (golden/qwen3-tiny: q/k per-head RMSNorm, head_dim 24 on hidden 64 with 4 heads; LoRA r=4
  * on all linears) and `mistral` (golden/mistral-tiny: a sliding window of 6 tokens, linear rope
- * scaling x2, one kv head; LoRA on q, k, v, o, down).
+ * scaling x2, one kv head; LoRA on q, k, v, o, down) and `gemma3` (golden/gemma3-tiny, gemma3_text:
+ * (1 + w) norms, four a layer, embeddings x sqrt(hidden), GeGLU, q/k norms, head_dim 32 on hidden
+ * 64, scores x 24^-0.5, layer 0 local (window 6, rope base 1e4), layer 1 global (base 1e6, linear
+ * x4), tied; LoRA r=4 on all linears).
  * Each runs one 24-token row as one sequence and as two packed sequences (13 + 11 tokens).
  *
  *   test_golden --make-inputs [MODEL...]  (run from tests/) quantizes the models with our NF4 code and
@@ -64,7 +67,8 @@ static int make_checkpoint(const model_config *cp, const char *dir) {
         for (int64_t k = 0; k < numel; k++) {
             float z = rng_normal(11, stream, (uint64_t)k), v;
             switch (ts[i].role) {
-            case TROLE_NORM: v = 1.0f + 0.1f * z; break;
+            /* gemma3 scales by 1 + w: a w whose 1 + w is exact in bf16 (see llama.h) */
+            case TROLE_NORM: v = c.arch == ARCH_GEMMA3 ? bf16_to_f32(f32_to_bf16(1.0f + 0.1f * z)) - 1.0f : 1.0f + 0.1f * z; break;
             case TROLE_BIAS: v = 0.1f * z; break;
             case TROLE_EMBED: case TROLE_LM_HEAD: v = 0.3f * z; break;
             default: v = 0.08f * z; break;
@@ -120,6 +124,23 @@ static int make_mistral(void) {
     c.rope_factor = 2.0;
     c.rms_norm_eps = 1e-5;
     return make_checkpoint(&c, "golden/mistral-tiny");
+}
+
+static int make_gemma3(void) {
+    model_config c;
+    tiny_config(&c, ARCH_GEMMA3);
+    c.num_kv_heads = 1;
+    c.head_dim = 32;                 /* 4 heads of 32 on a hidden size of 64 */
+    c.query_pre_attn_scalar = 24;    /* scores scaled by 24^-0.5, not hd^-0.5 */
+    c.qk_norm = true;
+    c.sliding_window = 6;            /* layer 0 local (window 6, base 10000), layer 1 global */
+    c.sliding_window_pattern = 2;
+    c.rope_local_theta = 10000.0;
+    c.rope_type = ROPE_LINEAR;       /* on the global layers only */
+    c.rope_factor = 4.0;
+    c.tie_word_embeddings = true;
+    c.bos_token_id = 2, c.eos_token_id = 1, c.pad_token_id = 0;
+    return make_checkpoint(&c, "golden/gemma3-tiny");
 }
 
 static int make_inputs(const gmodel *g) {
@@ -238,7 +259,10 @@ static void check_adapter(const gmodel *g) {
 TEST(golden_adapters_as_peft_loaded_them) {
     check_adapter(&models[2]);
     check_adapter(&models[3]);
+    check_adapter(&models[4]);
 }
+TEST(golden_gemma3) { check_case(&models[4], false, ops_cpu(), GOLDEN_TOL_CPU); }
+TEST(golden_gemma3_packed) { check_case(&models[4], true, ops_cpu(), GOLDEN_TOL_CPU); }
 
 TEST(golden_qwen3) { check_case(&models[2], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_qwen3_packed) { check_case(&models[2], true, ops_cpu(), GOLDEN_TOL_CPU); }
@@ -253,7 +277,7 @@ int main(int argc, char **argv) {
             for (int i = 2; i < argc; i++) want |= !strcmp(argv[i], models[k].name);
             if (!want) continue;
             int rc = !strcmp(models[k].name, "qwen2") ? make_qwen2() : !strcmp(models[k].name, "qwen3") ? make_qwen3()
-                   : !strcmp(models[k].name, "mistral") ? make_mistral() : 0;
+                   : !strcmp(models[k].name, "mistral") ? make_mistral() : !strcmp(models[k].name, "gemma3") ? make_gemma3() : 0;
             if (rc || make_inputs(&models[k])) {
                 fprintf(stderr, "%s: %s\n", models[k].name, err_msg());
                 return 1;
@@ -269,6 +293,8 @@ int main(int argc, char **argv) {
     RUN(golden_qwen3_packed);
     RUN(golden_mistral_window);
     RUN(golden_mistral_window_packed);
+    RUN(golden_gemma3);
+    RUN(golden_gemma3_packed);
     RUN(golden_adapters_as_peft_loaded_them);
     return test_summary();
 }
