@@ -23,6 +23,7 @@ static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "
 const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
 int config_arch_from_name(const char *name, model_arch *a) {
+    if (!strcmp(name, "gemma3")) name = "gemma3_text"; /* the text model is the one we build */
     for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(name, arch_names[i])) { *a = (model_arch)i; return 0; }
     return err_set(ERR_USAGE, "unknown architecture '%s' (supported: " SUPPORTED_ARCHS ")", name);
@@ -405,6 +406,11 @@ static const preset qwen2_presets[] = {
     {"70b", 8192, 29568, 152064, 32768, 80, 64, 8, 1e-6, 1000000.0, false},
     {0}};
 
+/* gemma3 (text): a tiny of the 1b's layout (one kv head, heads wider than hidden / heads) */
+static const preset gemma3_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 1, 1e-6, 1000000.0, true},
+    {0}}; /* the real sizes are the named presets gemma3-1b ... gemma3-27b */
+
 /* qwen3: heads of 48 at tiny (4 x 48 != 128: head_dim independent of hidden/heads, as in Qwen3) */
 static const preset qwen3_presets[] = {
     {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 1000000.0, true},
@@ -419,21 +425,30 @@ typedef struct named_preset {
     int head_dim;        /* 0: hidden / heads */
     bool llama3_rope;    /* Llama-3.1's rope_scaling: factor 8, low 1, high 4, original 8192 */
     int bos, eos;
+    /* gemma3: sliding window, query_pre_attn_scalar, linear rope factor of the global layers (0: none) */
+    int window;
+    double qpas, rope_linear;
 } named_preset;
 
 static const named_preset named_presets[] = {
     /* Llama-3.1-8B / -70B (meta-llama, config.json of the Instruct and base repos) */
-    {"llama3-8b", ARCH_LLAMA, {"", 4096, 14336, 128256, 131072, 32, 32, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001},
-    {"llama3-70b", ARCH_LLAMA, {"", 8192, 28672, 128256, 131072, 80, 64, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001},
+    {"llama3-8b", ARCH_LLAMA, {"", 4096, 14336, 128256, 131072, 32, 32, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001, 0, 0, 0},
+    {"llama3-70b", ARCH_LLAMA, {"", 8192, 28672, 128256, 131072, 80, 64, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001, 0, 0, 0},
     /* Qwen3-0.6B / -8B / -32B */
-    {"qwen3-0.6b", ARCH_QWEN3, {"", 1024, 3072, 151936, 40960, 28, 16, 8, 1e-6, 1000000.0, true}, 128, false, 151643, 151645},
-    {"qwen3-8b", ARCH_QWEN3, {"", 4096, 12288, 151936, 40960, 36, 32, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645},
-    {"qwen3-32b", ARCH_QWEN3, {"", 5120, 25600, 151936, 40960, 64, 64, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645},
+    {"qwen3-0.6b", ARCH_QWEN3, {"", 1024, 3072, 151936, 40960, 28, 16, 8, 1e-6, 1000000.0, true}, 128, false, 151643, 151645, 0, 0, 0},
+    {"qwen3-8b", ARCH_QWEN3, {"", 4096, 12288, 151936, 40960, 36, 32, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645, 0, 0, 0},
+    {"qwen3-32b", ARCH_QWEN3, {"", 5120, 25600, 151936, 40960, 64, 64, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645, 0, 0, 0},
     /* Mistral-7B-v0.3 (32768-token vocabulary, no sliding window) */
-    {"mistral-7b", ARCH_MISTRAL, {"", 4096, 14336, 32768, 32768, 32, 32, 8, 1e-5, 1000000.0, false}, 0, false, 1, 2},
+    {"mistral-7b", ARCH_MISTRAL, {"", 4096, 14336, 32768, 32768, 32, 32, 8, 1e-5, 1000000.0, false}, 0, false, 1, 2, 0, 0, 0},
+    /* Gemma-3 1B (gemma-3-1b-pt) and the text models of 4B / 12B / 27B (their language_model) */
+    {"gemma3-1b", ARCH_GEMMA3, {"", 1152, 6912, 262144, 32768, 26, 4, 1, 1e-6, 1000000.0, true}, 256, false, 2, 1, 512, 256, 0},
+    {"gemma3-4b", ARCH_GEMMA3, {"", 2560, 10240, 262208, 131072, 34, 8, 4, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
+    {"gemma3-12b", ARCH_GEMMA3, {"", 3840, 15360, 262208, 131072, 48, 16, 8, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
+    {"gemma3-27b", ARCH_GEMMA3, {"", 5376, 21504, 262208, 131072, 62, 32, 16, 1e-6, 1000000.0, true}, 128, false, 2, 1, 1024, 168, 8},
     {0}};
 
-#define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b"
+#define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b, " \
+                     "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b"
 const char *const config_preset_names = PRESET_NAMES;
 
 static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {
@@ -454,7 +469,13 @@ static void fill_preset(model_config *c, model_arch arch, const preset *p, int h
     c->rope_factor = 1.0;
     c->tie_word_embeddings = p->tie;
     c->attention_bias = arch == ARCH_QWEN2;
-    c->qk_norm = arch == ARCH_QWEN3;
+    c->qk_norm = arch == ARCH_QWEN3 || arch == ARCH_GEMMA3;
+    if (arch == ARCH_GEMMA3) {
+        c->query_pre_attn_scalar = c->head_dim;
+        c->rope_local_theta = 10000.0;
+        c->sliding_window_pattern = 6;
+        c->sliding_window = 512;
+    }
     c->max_window_layers = arch == ARCH_QWEN2 || arch == ARCH_QWEN3 ? p->layers : 0;
     c->bos_token_id = 1;
     c->eos_token_id = 2;
@@ -484,16 +505,25 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
         }
         c->bos_token_id = n->bos;
         c->eos_token_id = n->eos;
+        if (n->arch == ARCH_GEMMA3) {
+            c->sliding_window = n->window;
+            c->query_pre_attn_scalar = n->qpas;
+            c->pad_token_id = 0;
+            if (n->rope_linear > 0) {
+                c->rope_type = ROPE_LINEAR;
+                c->rope_factor = n->rope_linear;
+            }
+        }
         return 0;
     }
     const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets
-                      : arch == ARCH_QWEN3 ? qwen3_presets : llama_presets;
+                      : arch == ARCH_QWEN3 ? qwen3_presets : arch == ARCH_GEMMA3 ? gemma3_presets : llama_presets;
     const preset *p = NULL;
     for (const preset *q = tab; q->name; q++)
         if (!strcmp(q->name, name)) p = q;
     if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: " PRESET_NAMES ")", name);
     /* qwen3's heads are 128 wide whatever the hidden size; tiny keeps them independent too (48) */
-    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : 0);
+    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : arch == ARCH_GEMMA3 ? 64 : 0);
     return 0;
 }
 
