@@ -19,6 +19,24 @@ int gguf_export_type(const char *name, ggml_type *t) {
     return 0;
 }
 
+/* gemma3's four norms a layer, as llama.cpp names them (its post_attention_layernorm follows o) */
+static int gemma_norm_name(const char *hf, char *out, size_t n) {
+    static const struct { const char *hf, *gg; } g[] = {
+        {"post_attention_layernorm", "post_attention_norm"}, {"pre_feedforward_layernorm", "ffn_norm"},
+        {"post_feedforward_layernorm", "post_ffw_norm"}};
+    int layer, used = 0;
+    char mod[64];
+    if (sscanf(hf, "model.layers.%d.%63[a-z_].weight%n", &layer, mod, &used) != 2 || (size_t)used != strlen(hf)) return -1;
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++)
+        if (!strcmp(mod, g[i].hf)) { snprintf(out, n, "blk.%d.%s.weight", layer, g[i].gg); return 0; }
+    return -1;
+}
+
+int gguf_export_tensor_name_arch(const model_config *c, const char *hf, char *out, size_t n) {
+    if (c->arch == ARCH_GEMMA3 && gemma_norm_name(hf, out, n) == 0) return 0;
+    return gguf_export_tensor_name(hf, out, n);
+}
+
 int gguf_export_tensor_name(const char *hf, char *out, size_t n) {
     static const struct { const char *hf, *gg; } top[] = {
         {"model.embed_tokens.weight", "token_embd.weight"}, {"model.norm.weight", "output_norm.weight"}, {"lm_head.weight", "output.weight"}};
@@ -114,6 +132,9 @@ static int ex_fill(void *arg, const char *name, void *dst, uint64_t nbytes) {
     }
     int rc = merge_read(c->m, e->ct->name, c->buf);
     if (rc) return rc;
+    /* gemma3's norms scale by 1 + w; llama.cpp's converter stores 1 + w */
+    if (cfg->arch == ARCH_GEMMA3 && e->ct->role == TROLE_NORM)
+        for (int64_t i = 0; i < n; i++) c->buf[i] += 1.0f;
     if (e->permute_heads) gguf_permute_qk(c->buf, e->permute_heads, e->ct->shape[0], e->ct->ndim > 1 ? e->ct->shape[1] : 1);
     ggml_encode(e->type, c->buf, dst, n);
     c->done += nbytes;
@@ -269,6 +290,7 @@ static int model_keys(gguf_writer *w, const model_config *c, const char *arch, c
         rc = gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim);
         if (!rc) rc = gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim);
     }
+    if (!rc && c->sliding_window > 0) rc = gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
     if (!rc && c->rope_type == ROPE_LINEAR) {
         rc = gguf_set_str(w, KEY("rope.scaling.type"), "linear");
         if (!rc) rc = gguf_set_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
@@ -281,8 +303,18 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
                       int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
     const model_config *c = merge_config(m);
     if (c->rope_type == ROPE_DYNAMIC) return err_set(ERR_DATA, "dynamic rope scaling has no GGUF form");
+    /* llama.cpp fixes these for gemma3 (every sixth layer global, local rope base 1e4, scores
+     * scaled by head_dim^-0.5, or (hidden/heads)^-0.5 for the 62-layer 27B) */
+    if (c->arch == ARCH_GEMMA3) {
+        double want = c->num_layers == 62 ? (double)c->hidden_size / c->num_heads : c->head_dim;
+        if (c->sliding_window_pattern != 6 || c->rope_local_theta != 10000.0 || c->query_pre_attn_scalar != want)
+            return err_set(ERR_DATA, "this gemma3 (sliding_window_pattern %d, rope_local_base_freq %g, "
+                                     "query_pre_attn_scalar %g) has no GGUF form llama.cpp runs as it is: llama.cpp "
+                                     "assumes 6, 10000 and %g", c->sliding_window_pattern, c->rope_local_theta,
+                           c->query_pre_attn_scalar, want);
+    }
     /* llama.cpp's names; llama and mistral share "llama" (interleaved rope: q/k rows permuted) */
-    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : "llama";
+    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3" : "llama";
     bool permute = c->arch == ARCH_LLAMA || c->arch == ARCH_MISTRAL;
     size_t n;
     const config_tensor *ts = merge_tensors(m, &n);
@@ -311,7 +343,7 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
     for (size_t i = 0; i < n && !rc; i++) {
         ex_tensor *e = &x.t[x.n];
         e->ct = &ts[i];
-        rc = gguf_export_tensor_name(ts[i].name, x.names[x.n], 64);
+        rc = gguf_export_tensor_name_arch(c, ts[i].name, x.names[x.n], 64);
         if (rc) break;
         bool one_d = ts[i].ndim == 1;
         e->type = one_d ? GGML_TYPE_F32 : type;

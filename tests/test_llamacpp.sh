@@ -3,7 +3,8 @@
 #
 # llama.cpp comes from npm with its prebuilt CPU binary (node-llama-cpp and
 # @node-llama-cpp/linux-x64, pinned; no build, no GPU). For llama (with llama3 rope scaling),
-# mistral, qwen2 and qwen3 (q/k norms, head_dim 48 on hidden 64) a tiny generated model with
+# mistral, qwen2, qwen3 (q/k norms, head_dim 48 on hidden 64) and gemma3 (its (1 + w) norms,
+# four a layer, GeGLU, 5 local layers and a global one) a tiny generated model with
 # peaked logits (initializer range 0.5) is quantized to NF4, given a random LoRA adapter, and
 # exported to an f32 GGUF (the NF4 base dequantized + the adapter merged, what the engine
 # computes). llama.cpp's greedy continuation of fixed prompt ids must equal ours
@@ -64,9 +65,13 @@ compare() { # NAME
 }
 
 shape="--preset tiny --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 96 --initializer-range 0.5"
-for arch in llama mistral qwen2 qwen3; do
+for arch in llama mistral qwen2 qwen3 gemma3; do
   mkdir -p "$W/$arch"
-  "$QLORA_BIN" init-model --arch $arch $shape --seed 7 --out "$W/$arch/bf16" > "$W/$arch/log" 2>&1 || { bad "$arch: init-model"; continue; }
+  s=$shape
+  # llama.cpp fixes gemma3's pattern (5 local layers, 1 global); 0.1: its sqrt(hidden)-scaled embeddings
+  # at 0.5 give one token over and over, which would prove little
+  [ $arch = gemma3 ] && s="$shape --layers 6 --kv-heads 1 --initializer-range 0.1"
+  "$QLORA_BIN" init-model --arch $arch $s --seed 7 --out "$W/$arch/bf16" > "$W/$arch/log" 2>&1 || { bad "$arch: init-model"; continue; }
   [ $arch = llama ] && set_json "$W/llama/bf16/config.json" rope_scaling \
     '{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64}'
   compare $arch
