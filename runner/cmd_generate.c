@@ -132,6 +132,9 @@ static int chat_prompt(const char *model_dir, const char *text, const char *kwar
     json_decref(rec);
     json_decref(kw);
     chat_template_free(&ct);
+    return rc;
+}
+
 /* --ids: the prompt as ids, the continuation printed as ids (what tests compare with llama.cpp) */
 static int generate_print_ids(llama_model *m, const char *text, gen_opts *go) {
     size_t cap = strlen(text) / 2 + 1;
