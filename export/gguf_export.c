@@ -19,6 +19,24 @@ int gguf_export_type(const char *name, ggml_type *t) {
     return 0;
 }
 
+/* gemma3's four norms a layer, as llama.cpp names them (its post_attention_layernorm follows o) */
+static int gemma_norm_name(const char *hf, char *out, size_t n) {
+    static const struct { const char *hf, *gg; } g[] = {
+        {"post_attention_layernorm", "post_attention_norm"}, {"pre_feedforward_layernorm", "ffn_norm"},
+        {"post_feedforward_layernorm", "post_ffw_norm"}};
+    int layer, used = 0;
+    char mod[64];
+    if (sscanf(hf, "model.layers.%d.%63[a-z_].weight%n", &layer, mod, &used) != 2 || (size_t)used != strlen(hf)) return -1;
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++)
+        if (!strcmp(mod, g[i].hf)) { snprintf(out, n, "blk.%d.%s.weight", layer, g[i].gg); return 0; }
+    return -1;
+}
+
+int gguf_export_tensor_name_arch(const model_config *c, const char *hf, char *out, size_t n) {
+    if (c->arch == ARCH_GEMMA3 && gemma_norm_name(hf, out, n) == 0) return 0;
+    return gguf_export_tensor_name(hf, out, n);
+}
+
 int gguf_export_tensor_name(const char *hf, char *out, size_t n) {
     static const struct { const char *hf, *gg; } top[] = {
         {"model.embed_tokens.weight", "token_embd.weight"}, {"model.norm.weight", "output_norm.weight"}, {"lm_head.weight", "output.weight"}};
@@ -27,7 +45,8 @@ int gguf_export_tensor_name(const char *hf, char *out, size_t n) {
     static const struct { const char *hf, *gg; } blk[] = {
         {"input_layernorm", "attn_norm"}, {"self_attn.q_proj", "attn_q"}, {"self_attn.k_proj", "attn_k"},
         {"self_attn.v_proj", "attn_v"}, {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
-        {"mlp.gate_proj", "ffn_gate"}, {"mlp.up_proj", "ffn_up"}, {"mlp.down_proj", "ffn_down"}};
+        {"mlp.gate_proj", "ffn_gate"}, {"mlp.up_proj", "ffn_up"}, {"mlp.down_proj", "ffn_down"},
+        {"self_attn.q_norm", "attn_q_norm"}, {"self_attn.k_norm", "attn_k_norm"}};
     int layer, used = 0;
     char mod[64], kind[16];
     if (sscanf(hf, "model.layers.%d.%63[a-z_.]%n", &layer, mod, &used) == 2 && (size_t)used == strlen(hf)) {
@@ -113,6 +132,9 @@ static int ex_fill(void *arg, const char *name, void *dst, uint64_t nbytes) {
     }
     int rc = merge_read(c->m, e->ct->name, c->buf);
     if (rc) return rc;
+    /* gemma3's norms scale by 1 + w; llama.cpp's converter stores 1 + w */
+    if (cfg->arch == ARCH_GEMMA3 && e->ct->role == TROLE_NORM)
+        for (int64_t i = 0; i < n; i++) c->buf[i] += 1.0f;
     if (e->permute_heads) gguf_permute_qk(c->buf, e->permute_heads, e->ct->shape[0], e->ct->ndim > 1 ? e->ct->shape[1] : 1);
     ggml_encode(e->type, c->buf, dst, n);
     c->done += nbytes;
@@ -167,7 +189,25 @@ static bool is_byte_token(const char *s) {
     return strlen(s) == 6 && !strncmp(s, "<0x", 3) && s[5] == '>' && strchr("0123456789ABCDEF", s[3]) && strchr("0123456789ABCDEF", s[4]);
 }
 
-static int tokenizer_keys(gguf_writer *w, const tokfile *tf, int64_t n_vocab) {
+/* An added token that tokenizer.json marks non-special but that looks like a control token
+ * ("<|im_start|>"-like, DeepSeek's "<｜...｜>", Gemma's "<unusedN>", "<pad>", "<mask>"): llama.cpp's
+ * converter writes it as a control token, and llama.cpp warns about a user-defined one of that
+ * shape ("this is probably a bug in the model"), so it is written as control here too. */
+static bool token_looks_special(const char *s) {
+    size_t n = strlen(s);
+    static const char *named[] = {"<pad>", "<mask>", "<2mass>", "[@BOS@]"};
+    for (size_t i = 0; i < sizeof named / sizeof *named; i++)
+        if (!strcmp(s, named[i])) return true;
+    if (n >= 4 && !strncmp(s, "<|", 2) && !strcmp(s + n - 2, "|>")) return true;
+    static const char fw_open[] = "<\xef\xbd\x9c", fw_close[] = "\xef\xbd\x9c>"; /* "<｜", "｜>" */
+    if (n >= 8 && !strncmp(s, fw_open, 4) && !strcmp(s + n - 4, fw_close)) return true;
+    return n >= 8 && !strncmp(s, "<unused", 7) && s[n - 1] == '>';
+}
+
+/* tokenizer.ggml.*: bos/eos fall back to config.json's ids when the tokenizer names none (Qwen's
+ * tokenizer_config.json has bos_token null; without the key llama.cpp takes token 11 as BOS) */
+static int tokenizer_keys(gguf_writer *w, const tokfile *tf, const model_config *c) {
+    int64_t n_vocab = c->vocab_size;
     if (n_vocab < tf->n_vocab)
         return err_set(ERR_DATA, "the tokenizer has %d ids but the model's vocabulary only %lld rows", tf->n_vocab, (long long)n_vocab);
     const char **tokens = calloc((size_t)n_vocab, sizeof *tokens);
@@ -189,7 +229,7 @@ static int tokenizer_keys(gguf_writer *w, const tokfile *tf, int64_t n_vocab) {
         tokens[i] = s;
         strmap_put(&map, s, (int32_t)i);
         if (i == tf->unk) types[i] = 2;
-        else if (tf->added[i]) types[i] = tf->special[i] ? 3 : 4;
+        else if (tf->added[i]) types[i] = tf->special[i] || token_looks_special(s) ? 3 : 4;
         else if (spm && is_byte_token(s)) types[i] = 6;
         else types[i] = 1;
     }
@@ -209,8 +249,9 @@ static int tokenizer_keys(gguf_writer *w, const tokfile *tf, int64_t n_vocab) {
     if (!rc && spm) rc = gguf_set_array(w, "tokenizer.ggml.scores", GGUF_VALUE_F32, scores, (uint64_t)n_vocab);
     if (!rc) rc = gguf_set_array(w, "tokenizer.ggml.token_type", GGUF_VALUE_I32, types, (uint64_t)n_vocab);
     if (!rc && !spm) rc = gguf_set_str_array(w, "tokenizer.ggml.merges", (const char *const *)tf->merges, tf->n_merges);
-    if (!rc && tf->bos >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)tf->bos);
-    if (!rc && tf->eos >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)tf->eos);
+    int64_t bos = tf->bos >= 0 ? tf->bos : c->bos_token_id, eos = tf->eos >= 0 ? tf->eos : c->eos_token_id;
+    if (!rc && bos >= 0 && bos < n_vocab) rc = gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    if (!rc && eos >= 0 && eos < n_vocab) rc = gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
     if (!rc && tf->unk >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)tf->unk);
     if (!rc && tf->pad >= 0) rc = gguf_set_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)tf->pad);
     if (!rc) rc = gguf_set_bool(w, "tokenizer.ggml.add_bos_token", tf->add_bos);
@@ -249,6 +290,7 @@ static int model_keys(gguf_writer *w, const model_config *c, const char *arch, c
         rc = gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim);
         if (!rc) rc = gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim);
     }
+    if (!rc && c->sliding_window > 0) rc = gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
     if (!rc && c->rope_type == ROPE_LINEAR) {
         rc = gguf_set_str(w, KEY("rope.scaling.type"), "linear");
         if (!rc) rc = gguf_set_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
@@ -261,8 +303,19 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
                       int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
     const model_config *c = merge_config(m);
     if (c->rope_type == ROPE_DYNAMIC) return err_set(ERR_DATA, "dynamic rope scaling has no GGUF form");
-    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : "llama";
-    bool permute = c->arch != ARCH_QWEN2;
+    /* llama.cpp fixes these for gemma3 (every sixth layer global, local rope base 1e4, scores
+     * scaled by head_dim^-0.5, or (hidden/heads)^-0.5 for the 62-layer 27B) */
+    if (c->arch == ARCH_GEMMA3) {
+        double want = c->num_layers == 62 ? (double)c->hidden_size / c->num_heads : c->head_dim;
+        if (c->sliding_window_pattern != 6 || c->rope_local_theta != 10000.0 || c->query_pre_attn_scalar != want)
+            return err_set(ERR_DATA, "this gemma3 (sliding_window_pattern %d, rope_local_base_freq %g, "
+                                     "query_pre_attn_scalar %g) has no GGUF form llama.cpp runs as it is: llama.cpp "
+                                     "assumes 6, 10000 and %g", c->sliding_window_pattern, c->rope_local_theta,
+                           c->query_pre_attn_scalar, want);
+    }
+    /* llama.cpp's names; llama and mistral share "llama" (interleaved rope: q/k rows permuted) */
+    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3" : "llama";
+    bool permute = c->arch == ARCH_LLAMA || c->arch == ARCH_MISTRAL;
     size_t n;
     const config_tensor *ts = merge_tensors(m, &n);
     ex_ctx x = {m, calloc(n + 1, sizeof(ex_tensor)), 0, calloc(n + 1, 64), NULL, 0, 0, 0, progress, arg};
@@ -286,11 +339,11 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
         have_tf = !rc;
         if (rc) err_wrap("the base model's tokenizer");
     }
-    if (!rc) rc = tokenizer_keys(w, &tf, c->vocab_size);
+    if (!rc) rc = tokenizer_keys(w, &tf, c);
     for (size_t i = 0; i < n && !rc; i++) {
         ex_tensor *e = &x.t[x.n];
         e->ct = &ts[i];
-        rc = gguf_export_tensor_name(ts[i].name, x.names[x.n], 64);
+        rc = gguf_export_tensor_name_arch(c, ts[i].name, x.names[x.n], 64);
         if (rc) break;
         bool one_d = ts[i].ndim == 1;
         e->type = one_d ? GGML_TYPE_F32 : type;

@@ -17,6 +17,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/pubdir.h"
+#include "core/json_in.h"
 #include "formats/pyjson.h"
 #include "kernels/cpu/nf4.h"
 
@@ -315,13 +316,13 @@ static double now_s(void) {
 static int load_input_config(const char *in_dir, json_t **out) {
     *out = NULL;
     char *cfg_path = fs_join(in_dir, "config.json");
-    json_error_t je;
-    json_t *cfg = json_load_file(cfg_path, 0, &je);
+    json_t *cfg = NULL;
     int rc = 0;
-    if (!cfg || !json_is_object(cfg))
-        rc = fs_exists(cfg_path) ? err_set(ERR_DATA, "%s:%d:%d: %s", cfg_path, je.line, je.column, je.text)
-                                 : err_set(ERR_DATA, "'%s' has no config.json: not a Hugging Face model directory", in_dir);
-    else if (json_object_get(cfg, "quantization_config"))
+    if (!fs_exists(cfg_path))
+        rc = err_set(ERR_DATA, "'%s' has no config.json: not a Hugging Face model directory", in_dir);
+    else if (!(rc = json_in_load_file(cfg_path, 0, &cfg)) && !json_is_object(cfg))
+        rc = err_set(ERR_DATA, "%s: not a JSON object", cfg_path);
+    else if (!rc && json_object_get(cfg, "quantization_config"))
         rc = err_set(ERR_DATA, "'%s' is already quantized (config.json has quantization_config)", in_dir);
     free(cfg_path);
     if (rc) json_decref(cfg);

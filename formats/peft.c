@@ -9,6 +9,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/pubdir.h"
+#include "core/json_in.h"
 #include "pyjson.h"
 #include "safetensors.h"
 
@@ -334,10 +335,8 @@ int peft_adapter_load(peft_adapter *a, const char *dir) {
         else rc = err_set(ERR_DATA, "%s: no %s here", dir, PEFT_WEIGHTS_FILE);
         free(bin);
     } else {
-        json_error_t je;
-        cfg = json_load_file(cpath, JSON_REJECT_DUPLICATES, &je);
-        if (!cfg) rc = err_set(ERR_DATA, "%s:%d:%d: %s", cpath, je.line, je.column, je.text);
-        else if (!json_is_object(cfg)) rc = err_set(ERR_DATA, "%s: not a JSON object", cpath);
+        rc = json_in_load_file(cpath, JSON_REJECT_DUPLICATES, &cfg);
+        if (!rc && !json_is_object(cfg)) rc = err_set(ERR_DATA, "%s: not a JSON object", cpath);
     }
     if (!rc) rc = parse_config(a, cfg, cpath);
     if (!rc) rc = load_tensors(a, wpath);

@@ -28,6 +28,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
+#include "core/json_in.h"
 #include "net/http.h"
 
 #ifndef QLORA_VERSION
@@ -267,9 +268,8 @@ int hub_listing_parse(const char *json, size_t len, char **commit, char ***files
     *commit = NULL;
     *files = NULL;
     *n_files = 0;
-    json_error_t je;
-    json_t *root = json_loadb(json, len, 0, &je);
-    if (!root) return err_set(ERR_DATA, "the hub's answer is not JSON (line %d: %s)", je.line, je.text);
+    json_t *root = NULL;
+    if (json_in_loadb(json, len, 0, "the hub's answer", &root)) return err_code();
     int rc = 0;
     const char *sha = json_string_value(json_object_get(root, "sha"));
     json_t *sib = json_object_get(root, "siblings");

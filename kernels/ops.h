@@ -103,6 +103,17 @@ typedef struct ops_backend_info {
     size_t scratch_cap;             /* the cap scratch_cap_set set: 0 when uncapped */
 } ops_backend_info;
 
+/* what the _ex attention ops add to plain causal attention (all zero: the same as attention_fwd)
+ *  window:  sliding window: key s is visible to query t only when t - s < window (0: none), as
+ *           transformers' sliding-window masks (Mistral, Qwen2/3 with use_sliding_window, Gemma)
+ *  scale:   the score scale (0: 1/sqrt(hd)); Gemma's is query_pre_attn_scalar^-0.5
+ *  softcap: Gemma-2's attention soft-capping, score = softcap * tanh(score / softcap) (0: none) */
+typedef struct ops_attn {
+    int window;
+    float scale;
+    float softcap;
+} ops_attn;
+
 typedef struct ops_table {
     const char *name; /* "cpu" | "cuda": for messages and the resolved `device`, not for questions */
     int act_dtype;    /* enum ops_dtype */
@@ -181,6 +192,22 @@ typedef struct ops_table {
     double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 
+    /* Optional ops, NULL where a backend lacks them: the model refuses a configuration that needs
+     * one before it runs (llama_init names the op and the backend). They stay outside
+     * OPS_TABLE_OPS (below) until the cuda table has them and test_ops_gpu checks them. */
+    /* attention_fwd / _bwd / _cached with the ops_attn options (host struct) */
+    void (*attention_ex_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
+    void (*attention_ex_bwd)(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                             const void *q, const void *k, const void *v, const int32_t *seq_start,
+                             int T, int nh, int nkv, int hd, const ops_attn *opt);
+    void (*attention_ex_cached)(void *out, const void *q, const void *kcache, const void *vcache,
+                                int Tq, int Tk, int nh, int nkv, int hd, const ops_attn *opt);
+    /* out = gelu_tanh(gate) * up (torch's gelu(approximate="tanh")); the backward as swiglu_bwd's */
+    void (*geglu_fwd)(void *out, const void *gate, const void *up, int64_t n);
+    void (*geglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+    /* x *= s over n activations (Gemma's embedding scale) */
+    void (*act_scale)(void *x, int64_t n, float s);
     /* questions about the backend (last, so the positional CUDA table stays readable) */
     int own_memory; /* 1: memory apart from the host's (a GPU): plans must fit it, and alloc_host
                        is host memory distinct from alloc's; 0: backend memory is host memory */

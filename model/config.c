@@ -12,16 +12,19 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "formats/pyjson.h"
+#include "core/json_in.h"
 
-#define SUPPORTED_ARCHS "llama, mistral, qwen2"
+#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma3_text"
 
-static const char *arch_names[] = {"llama", "mistral", "qwen2"};
-static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"};
+static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"};
+static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                                     "Gemma3ForCausalLM"};
 
-const char *config_arch_name(model_arch a) { return (unsigned)a < 3 ? arch_names[a] : "?"; }
+const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
 int config_arch_from_name(const char *name, model_arch *a) {
-    for (int i = 0; i < 3; i++)
+    if (!strcmp(name, "gemma3")) name = "gemma3_text"; /* the text model is the one we build */
+    for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(name, arch_names[i])) { *a = (model_arch)i; return 0; }
     return err_set(ERR_USAGE, "unknown architecture '%s' (supported: " SUPPORTED_ARCHS ")", name);
 }
@@ -34,28 +37,15 @@ void config_free(model_config *c) {
 /* ---- reading ---- */
 
 static int get_int(const json_t *j, const char *key, int64_t def, int64_t min, int64_t *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_integer(v) || json_integer_value(v) < min)
-        return err_set(ERR_DATA, "%s: \"%s\" must be an integer >= %lld", path, key, (long long)min);
-    *out = json_integer_value(v);
-    return 0;
+    return json_in_int(j, key, path, def, min, INT64_MAX, out);
 }
 
 static int get_num(const json_t *j, const char *key, double def, double *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_number(v)) return err_set(ERR_DATA, "%s: \"%s\" must be a number", path, key);
-    *out = json_number_value(v);
-    return 0;
+    return json_in_num(j, key, path, def, out);
 }
 
 static int get_bool(const json_t *j, const char *key, bool def, bool *out, const char *path) {
-    json_t *v = json_object_get(j, key);
-    if (!v || json_is_null(v)) { *out = def; return 0; }
-    if (!json_is_boolean(v)) return err_set(ERR_DATA, "%s: \"%s\" must be true or false", path, key);
-    *out = json_is_true(v);
-    return 0;
+    return json_in_bool(j, key, path, def, out);
 }
 
 /* a token id: an integer, null (-1) or, for eos, a list whose first entry counts */
@@ -65,7 +55,8 @@ static int get_token(const json_t *j, const char *key, int def, int *out, const 
     if (json_is_null(v)) { *out = -1; return 0; }
     if (json_is_array(v)) v = json_array_get(v, 0);
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
-        return err_set(ERR_DATA, "%s: \"%s\" must be a token id, a list of ids or null", path, key);
+        return err_set(ERR_DATA, "%s: \"%s\" must be a token id, a list of ids or null (got %s)", path, key,
+                       v ? json_in_type_name(v) : "an empty list");
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -120,14 +111,77 @@ static int parse_quant(model_config *c, const json_t *q, const char *path) {
     return 0;
 }
 
+/* gemma3_text's own keys (transformers' Gemma3TextConfig defaults where a key is absent) */
+static int parse_gemma3(model_config *c, const json_t *j, const char *path) {
+    int64_t v;
+    int rc = json_in_num(j, "query_pre_attn_scalar", path, 256, &c->query_pre_attn_scalar);
+    if (!rc) rc = json_in_num(j, "rope_local_base_freq", path, 10000.0, &c->rope_local_theta);
+    if (!rc) rc = json_in_int(j, "sliding_window_pattern", path, 6, 1, 1 << 20, &v);
+    if (rc) return rc;
+    c->sliding_window_pattern = (int)v;
+    if (c->query_pre_attn_scalar <= 0) return err_set(ERR_DATA, "%s: \"query_pre_attn_scalar\" must be positive", path);
+    if (!json_object_get(j, "sliding_window")) c->sliding_window = 4096;
+    const char *act;
+    if ((rc = json_in_str(j, "hidden_activation", path, "gelu_pytorch_tanh", &act))) return rc;
+    if (strcmp(act, "gelu_pytorch_tanh"))
+        return err_set(ERR_DATA, "%s: hidden_activation '%s' is not supported (supported: gelu_pytorch_tanh)", path, act);
+    static const char *caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        json_t *cap = json_object_get(j, caps[i]);
+        if (cap && !json_is_null(cap))
+            return err_set(ERR_DATA, "%s: \"%s\" (Gemma-2's soft-capping) is not supported; it must be null", path, caps[i]);
+    }
+    /* 5.x: rope_parameters per layer type, {"full_attention": {...}, "sliding_attention": {...}} */
+    json_t *rp = json_object_get(j, "rope_parameters");
+    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) {
+        json_t *sl = json_object_get(rp, "sliding_attention"), *fu = json_object_get(rp, "full_attention");
+        if ((rc = json_in_num(sl, "rope_theta", path, c->rope_local_theta, &c->rope_local_theta))) return rc;
+        const char *t;
+        if ((rc = json_in_str(sl, "rope_type", path, "default", &t))) return rc;
+        if (strcmp(t, "default"))
+            return err_set(ERR_DATA, "%s: rope_parameters.sliding_attention type '%s' is not supported (supported: default)", path, t);
+        if ((rc = parse_rope(c, fu, "rope_parameters.full_attention", path))) return rc;
+    }
+    return 0;
+}
+
+/* transformers 5.x writes layer_types, one per layer; it must agree with the window rule of the
+ * family (config_layer_window), the only layouts this engine runs */
+static int check_layer_types(const model_config *c, const json_t *lt, const char *path) {
+    if (!lt || json_is_null(lt)) return 0;
+    if (!json_is_array(lt) || json_array_size(lt) != (size_t)c->num_layers)
+        return err_set(ERR_DATA, "%s: \"layer_types\" must be a list of %d entries (one per layer)", path, c->num_layers);
+    for (int l = 0; l < c->num_layers; l++) {
+        const char *t = json_string_value(json_array_get(lt, (size_t)l));
+        bool sliding = t && !strcmp(t, "sliding_attention");
+        if (!t || (!sliding && strcmp(t, "full_attention")))
+            return err_set(ERR_DATA, "%s: \"layer_types\"[%d] must be \"full_attention\" or \"sliding_attention\"", path, l);
+        if (sliding != (config_layer_window(c, l) > 0))
+            return err_set(ERR_DATA, "%s: \"layer_types\"[%d] is \"%s\", which disagrees with sliding_window, "
+                                     "use_sliding_window and max_window_layers (a layout this engine does not run)", path, l, t);
+    }
+    return 0;
+}
+
+int64_t config_layer_window(const model_config *c, int l) {
+    if (c->sliding_window <= 0) return 0;
+    if (c->arch == ARCH_GEMMA3) return (l + 1) % c->sliding_window_pattern ? c->sliding_window : 0;
+    if ((c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3) && l < c->max_window_layers) return 0;
+    return c->sliding_window;
+}
+
 int config_from_json(model_config *c, const json_t *j, const char *path) {
     memset(c, 0, sizeof *c);
     if (!json_is_object(j)) return err_set(ERR_DATA, "%s: not a JSON object", path);
     json_t *mt = json_object_get(j, "model_type");
     if (!json_is_string(mt)) return err_set(ERR_DATA, "%s: no \"model_type\" (supported: " SUPPORTED_ARCHS ")", path);
     int a = -1;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < ARCH_COUNT; i++)
         if (!strcmp(json_string_value(mt), arch_names[i])) a = i;
+    if (a < 0 && !strcmp(json_string_value(mt), "gemma3"))
+        return err_set(ERR_DATA, "%s: model_type 'gemma3' is the multimodal Gemma3ForConditionalGeneration (its text "
+                                 "model's weights live under language_model.); only the text model (model_type "
+                                 "'gemma3_text', Gemma3ForCausalLM, e.g. gemma-3-1b) is supported", path);
     if (a < 0) return err_set(ERR_DATA, "%s: model_type '%s' is not supported (supported: " SUPPORTED_ARCHS ")", path, json_string_value(mt));
     c->arch = (model_arch)a;
     int64_t v;
@@ -159,7 +213,9 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     c->rope_type = ROPE_DEFAULT;
     c->rope_factor = 1.0;
     /* 5.x folds rope_theta into rope_parameters; 4.x keeps rope_scaling next to rope_theta */
-    if ((rc = parse_rope(c, json_object_get(j, "rope_parameters"), "rope_parameters", path))) goto fail;
+    json_t *rp = json_object_get(j, "rope_parameters");
+    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) rp = NULL; /* gemma3: parse_gemma3 */
+    if ((rc = parse_rope(c, rp, "rope_parameters", path))) goto fail;
     if ((rc = parse_rope(c, json_object_get(j, "rope_scaling"), "rope_scaling", path))) goto fail;
     if ((rc = get_bool(j, "tie_word_embeddings", false, &c->tie_word_embeddings, path))) goto fail;
     /* Qwen2 always has q/k/v biases (and none on o_proj); its config has no key for it */
@@ -177,10 +233,17 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
         goto fail;
     }
     snprintf(c->dtype, sizeof c->dtype, "%s", dts);
-    bool use_sw = c->arch != ARCH_QWEN2;
+    /* Qwen2/3 only slide when use_sliding_window says so, and then from max_window_layers on */
+    bool qwen = c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3;
+    bool use_sw = !qwen;
     if ((rc = get_bool(j, "use_sliding_window", use_sw, &use_sw, path))) goto fail;
     INT_FIELD("sliding_window", 0, 0, c->sliding_window);
     if (!use_sw) c->sliding_window = 0;
+    INT_FIELD("max_window_layers", 28, 0, c->max_window_layers);
+    if (!qwen) c->max_window_layers = 0;
+    c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_GEMMA3;
+    if (c->arch == ARCH_GEMMA3 && (rc = parse_gemma3(c, j, path))) goto fail;
+    if ((rc = check_layer_types(c, json_object_get(j, "layer_types"), path))) goto fail;
 #undef INT_FIELD
     if ((rc = parse_quant(c, json_object_get(j, "quantization_config"), path))) goto fail;
     return 0;
@@ -192,12 +255,10 @@ fail:
 int config_load(model_config *c, const char *dir) {
     memset(c, 0, sizeof *c);
     char *path = fs_join(dir, "config.json");
-    json_error_t je;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *j = NULL;
     int rc;
-    if (!j) rc = fs_exists(path) ? err_set(ERR_DATA, "%s:%d:%d: %s", path, je.line, je.column, je.text)
-                                 : err_set(ERR_DATA, "%s: no config.json (not a Hugging Face model directory)", dir);
-    else rc = config_from_json(c, j, path);
+    if (!fs_exists(path)) rc = err_set(ERR_DATA, "%s: no config.json (not a Hugging Face model directory)", dir);
+    else if (!(rc = json_in_load_file(path, JSON_REJECT_DUPLICATES, &j))) rc = config_from_json(c, j, path);
     json_decref(j);
     free(path);
     return rc;
@@ -256,10 +317,31 @@ json_t *config_to_json(const model_config *c) {
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
         break;
     case ARCH_QWEN2:
+    case ARCH_QWEN3:
+        if (c->arch == ARCH_QWEN3) json_object_set_new(j, "attention_bias", json_boolean(c->attention_bias));
         json_object_set_new(j, "use_sliding_window", json_boolean(c->sliding_window > 0));
         json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
-        json_object_set_new(j, "max_window_layers", json_integer(c->num_layers));
+        json_object_set_new(j, "max_window_layers", json_integer(c->sliding_window ? c->max_window_layers : c->num_layers));
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
+        break;
+    case ARCH_GEMMA3:
+        json_object_set_new(j, "attention_bias", json_false());
+        json_object_set_new(j, "hidden_activation", json_string("gelu_pytorch_tanh"));
+        /* an int in transformers 5.x (its strict config refuses 24.0) */
+        json_object_set_new(j, "query_pre_attn_scalar", c->query_pre_attn_scalar == floor(c->query_pre_attn_scalar) ? json_integer((json_int_t)c->query_pre_attn_scalar) : json_real(c->query_pre_attn_scalar));
+        json_object_set_new(j, "rope_local_base_freq", json_real(c->rope_local_theta));
+        json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
+        json_object_set_new(j, "sliding_window_pattern", json_integer(c->sliding_window_pattern));
+        json_t *lt = json_array(); /* what transformers >= 4.53 and 5.x read */
+        for (int l = 0; l < c->num_layers; l++)
+            json_array_append_new(lt, json_string(config_layer_window(c, l) ? "sliding_attention" : "full_attention"));
+        json_object_set_new(j, "layer_types", lt);
+        json_object_set_new(j, "final_logit_softcapping", json_null());
+        json_object_set_new(j, "attn_logit_softcapping", json_null());
+        json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
+        json_object_del(j, "hidden_act");
+        break;
+    case ARCH_COUNT:
         break;
     }
     if (c->quantized) {
@@ -324,12 +406,52 @@ static const preset qwen2_presets[] = {
     {"70b", 8192, 29568, 152064, 32768, 80, 64, 8, 1e-6, 1000000.0, false},
     {0}};
 
-int config_preset(model_config *c, model_arch arch, const char *name) {
-    const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets : llama_presets;
-    const preset *p = NULL;
-    for (const preset *q = tab; q->name; q++)
-        if (!strcmp(q->name, name)) p = q;
-    if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: tiny, 1b, 7b, 13b, 70b)", name);
+/* gemma3 (text): a tiny of the 1b's layout (one kv head, heads wider than hidden / heads) */
+static const preset gemma3_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 1, 1e-6, 1000000.0, true},
+    {0}}; /* the real sizes are the named presets gemma3-1b ... gemma3-27b */
+
+/* qwen3: heads of 48 at tiny (4 x 48 != 128: head_dim independent of hidden/heads, as in Qwen3) */
+static const preset qwen3_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 1000000.0, true},
+    {0}}; /* the real sizes are the named presets qwen3-0.6b, qwen3-8b, qwen3-32b */
+
+/* The shapes of real models, as their config.json gives them (the weights are random): for the
+ * benchmarks and the memory reports, and the named presets of init-model. */
+typedef struct named_preset {
+    const char *name;
+    model_arch arch;
+    preset p;
+    int head_dim;        /* 0: hidden / heads */
+    bool llama3_rope;    /* Llama-3.1's rope_scaling: factor 8, low 1, high 4, original 8192 */
+    int bos, eos;
+    /* gemma3: sliding window, query_pre_attn_scalar, linear rope factor of the global layers (0: none) */
+    int window;
+    double qpas, rope_linear;
+} named_preset;
+
+static const named_preset named_presets[] = {
+    /* Llama-3.1-8B / -70B (meta-llama, config.json of the Instruct and base repos) */
+    {"llama3-8b", ARCH_LLAMA, {"", 4096, 14336, 128256, 131072, 32, 32, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001, 0, 0, 0},
+    {"llama3-70b", ARCH_LLAMA, {"", 8192, 28672, 128256, 131072, 80, 64, 8, 1e-5, 500000.0, false}, 0, true, 128000, 128001, 0, 0, 0},
+    /* Qwen3-0.6B / -8B / -32B */
+    {"qwen3-0.6b", ARCH_QWEN3, {"", 1024, 3072, 151936, 40960, 28, 16, 8, 1e-6, 1000000.0, true}, 128, false, 151643, 151645, 0, 0, 0},
+    {"qwen3-8b", ARCH_QWEN3, {"", 4096, 12288, 151936, 40960, 36, 32, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645, 0, 0, 0},
+    {"qwen3-32b", ARCH_QWEN3, {"", 5120, 25600, 151936, 40960, 64, 64, 8, 1e-6, 1000000.0, false}, 128, false, 151643, 151645, 0, 0, 0},
+    /* Mistral-7B-v0.3 (32768-token vocabulary, no sliding window) */
+    {"mistral-7b", ARCH_MISTRAL, {"", 4096, 14336, 32768, 32768, 32, 32, 8, 1e-5, 1000000.0, false}, 0, false, 1, 2, 0, 0, 0},
+    /* Gemma-3 1B (gemma-3-1b-pt) and the text models of 4B / 12B / 27B (their language_model) */
+    {"gemma3-1b", ARCH_GEMMA3, {"", 1152, 6912, 262144, 32768, 26, 4, 1, 1e-6, 1000000.0, true}, 256, false, 2, 1, 512, 256, 0},
+    {"gemma3-4b", ARCH_GEMMA3, {"", 2560, 10240, 262208, 131072, 34, 8, 4, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
+    {"gemma3-12b", ARCH_GEMMA3, {"", 3840, 15360, 262208, 131072, 48, 16, 8, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
+    {"gemma3-27b", ARCH_GEMMA3, {"", 5376, 21504, 262208, 131072, 62, 32, 16, 1e-6, 1000000.0, true}, 128, false, 2, 1, 1024, 168, 8},
+    {0}};
+
+#define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b, " \
+                     "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b"
+const char *const config_preset_names = PRESET_NAMES;
+
+static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {
     memset(c, 0, sizeof *c);
     c->arch = arch;
     c->vocab_size = p->vocab;
@@ -338,7 +460,7 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
     c->num_layers = p->layers;
     c->num_heads = p->heads;
     c->num_kv_heads = p->kv;
-    c->head_dim = (int)(p->hidden / p->heads);
+    c->head_dim = head_dim ? head_dim : (int)(p->hidden / p->heads);
     c->max_position_embeddings = p->max_pos;
     c->rms_norm_eps = p->eps;
     c->rope_theta = p->theta;
@@ -347,10 +469,61 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
     c->rope_factor = 1.0;
     c->tie_word_embeddings = p->tie;
     c->attention_bias = arch == ARCH_QWEN2;
+    c->qk_norm = arch == ARCH_QWEN3 || arch == ARCH_GEMMA3;
+    if (arch == ARCH_GEMMA3) {
+        c->query_pre_attn_scalar = c->head_dim;
+        c->rope_local_theta = 10000.0;
+        c->sliding_window_pattern = 6;
+        c->sliding_window = 512;
+    }
+    c->max_window_layers = arch == ARCH_QWEN2 || arch == ARCH_QWEN3 ? p->layers : 0;
     c->bos_token_id = 1;
     c->eos_token_id = 2;
     c->pad_token_id = -1;
     snprintf(c->dtype, sizeof c->dtype, "bfloat16");
+}
+
+bool config_preset_is_named(const char *name, model_arch *arch) {
+    for (const named_preset *n = named_presets; n->name; n++)
+        if (!strcmp(n->name, name)) {
+            if (arch) *arch = n->arch;
+            return true;
+        }
+    return false;
+}
+
+int config_preset(model_config *c, model_arch arch, const char *name) {
+    for (const named_preset *n = named_presets; n->name; n++) {
+        if (strcmp(n->name, name)) continue;
+        fill_preset(c, n->arch, &n->p, n->head_dim);
+        if (n->llama3_rope) {
+            c->rope_type = ROPE_LLAMA3;
+            c->rope_factor = 8.0;
+            c->rope_low_freq_factor = 1.0;
+            c->rope_high_freq_factor = 4.0;
+            c->rope_original_max_position = 8192;
+        }
+        c->bos_token_id = n->bos;
+        c->eos_token_id = n->eos;
+        if (n->arch == ARCH_GEMMA3) {
+            c->sliding_window = n->window;
+            c->query_pre_attn_scalar = n->qpas;
+            c->pad_token_id = 0;
+            if (n->rope_linear > 0) {
+                c->rope_type = ROPE_LINEAR;
+                c->rope_factor = n->rope_linear;
+            }
+        }
+        return 0;
+    }
+    const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets
+                      : arch == ARCH_QWEN3 ? qwen3_presets : arch == ARCH_GEMMA3 ? gemma3_presets : llama_presets;
+    const preset *p = NULL;
+    for (const preset *q = tab; q->name; q++)
+        if (!strcmp(q->name, name)) p = q;
+    if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: " PRESET_NAMES ")", name);
+    /* qwen3's heads are 128 wide whatever the hidden size; tiny keeps them independent too (48) */
+    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : arch == ARCH_GEMMA3 ? 64 : 0);
     return 0;
 }
 
@@ -368,6 +541,8 @@ int64_t config_param_count(const model_config *c) {
     int64_t q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
     int64_t layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H;
     if (c->attention_bias) layer += q + 2 * kv + (c->arch == ARCH_QWEN2 ? 0 : H);
+    if (c->qk_norm) layer += 2 * c->head_dim;
+    if (c->arch == ARCH_GEMMA3) layer += 2 * H;
     if (c->mlp_bias) layer += 2 * I + H;
     return V * H + c->num_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
 }
@@ -410,7 +585,15 @@ int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
         if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, kv, 0, "model.layers.%d.self_attn.v_proj.bias", l);
         put_tensor(t, &k, TROLE_LINEAR, l, H, q, "model.layers.%d.self_attn.o_proj.weight", l);
         if (o_bias) put_tensor(t, &k, TROLE_BIAS, l, H, 0, "model.layers.%d.self_attn.o_proj.bias", l);
+        if (c->qk_norm) {
+            put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.q_norm.weight", l);
+            put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+        }
         put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        if (c->arch == ARCH_GEMMA3) {
+            put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.pre_feedforward_layernorm.weight", l);
+            put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_feedforward_layernorm.weight", l);
+        }
         put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.gate_proj.weight", l);
         if (c->mlp_bias) put_tensor(t, &k, TROLE_BIAS, l, I, 0, "model.layers.%d.mlp.gate_proj.bias", l);
         put_tensor(t, &k, TROLE_LINEAR, l, I, H, "model.layers.%d.mlp.up_proj.weight", l);

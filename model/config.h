@@ -1,4 +1,5 @@
-/* config.h: a Hugging Face model's config.json for the llama, mistral and qwen2 families.
+/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3 and gemma3
+ * (text) families.
  *
  * config_load reads config.json (transformers 4.x or 5.x style: rope_theta/rope_scaling or
  * rope_parameters, torch_dtype or dtype) and, when present, quantization_config. Any other
@@ -12,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2 } model_arch;
+typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_COUNT } model_arch;
 typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3 } rope_kind;
 
 typedef struct model_config {
@@ -28,6 +29,15 @@ typedef struct model_config {
     int bos_token_id, eos_token_id, pad_token_id; /* -1 when null; eos: the first of a list */
     char dtype[16];                               /* "bfloat16", "float16", "float32" */
     int64_t sliding_window;                       /* 0: none */
+    int max_window_layers;                        /* qwen2/3: layers >= this one use the window */
+    bool qk_norm;                                 /* qwen3, gemma3: RMSNorm over each head of q and k before RoPE */
+    /* gemma3 (model_type gemma3_text): norms scale by (1 + w), four norms a layer, embeddings
+     * times sqrt(hidden), GeGLU (tanh GELU), scores scaled by query_pre_attn_scalar^-0.5, every
+     * sliding_window_pattern-th layer global (rope_theta + scaling), the others local
+     * (sliding_window, rope_local_base_freq, no scaling) */
+    double query_pre_attn_scalar;
+    double rope_local_theta;
+    int sliding_window_pattern;
     /* quantization_config (bitsandbytes 4-bit), when the checkpoint is pre-quantized */
     bool quantized;
     char quant_type[8];     /* "nf4" | "fp4" */
@@ -42,13 +52,19 @@ json_t *config_to_json(const model_config *c);                   /* new referenc
 int config_save(const model_config *c, const char *dir);         /* atomic */
 void config_free(model_config *c);                               /* frees skip_modules */
 const char *config_arch_name(model_arch a);                      /* "llama" ... */
-/* Presets for init-model: tiny|1b|7b|13b|70b; returns ERR_USAGE for an unknown name. */
+/* Presets for init-model: tiny|1b|7b|13b|70b and the named shapes of real models (llama3-8b,
+ * qwen3-8b, ...: config_preset_names); returns ERR_USAGE naming them for an unknown name. */
 int config_preset(model_config *c, model_arch arch, const char *preset);
+/* a real model's shape ("qwen3-8b"), which fixes the architecture (*arch, may be NULL) */
+bool config_preset_is_named(const char *name, model_arch *arch);
+extern const char *const config_preset_names; /* "tiny, 1b, ..., mistral-7b" for messages */
 int64_t config_param_count(const model_config *c);
 /* "llama"|"mistral"|"qwen2" -> arch; ERR_USAGE naming the supported ones otherwise */
 int config_arch_from_name(const char *name, model_arch *a);
 /* sizes consistent (positive, heads a multiple of kv heads, even head_dim); ERR_USAGE */
 int config_check(const model_config *c);
+/* the sliding window of layer l (0: full attention) */
+int64_t config_layer_window(const model_config *c, int l);
 
 /* The checkpoint's tensors as transformers names and shapes them (docs/llama-checkpoint.md),
  * in state-dict order: embeddings, then per layer, then the final norm and lm_head. */

@@ -218,15 +218,24 @@ out:
 /* ---- shapes from names and overrides ---- */
 
 int init_model_resolve(init_model_opts *o, const init_model_shape *s) {
-    model_arch arch = ARCH_LLAMA;
+    model_arch arch = ARCH_LLAMA, named_arch;
     int rc = s->arch ? config_arch_from_name(s->arch, &arch) : 0;
     const char *preset = s->preset ? s->preset : "tiny";
+    if (!rc && config_preset_is_named(preset, &named_arch)) {
+        if (s->arch && named_arch != arch)
+            return err_set(ERR_USAGE, "preset '%s' is a %s model, not %s (leave the architecture out)", preset,
+                           config_arch_name(named_arch), s->arch);
+        arch = named_arch;
+    }
     if (!rc) rc = config_preset(&o->cfg, arch, preset);
     if (rc) return rc;
     model_config *c = &o->cfg;
     bool custom = s->hidden || s->layers || s->heads || s->intermediate;
     if (s->hidden) c->hidden_size = s->hidden;
-    if (s->layers) c->num_layers = (int)s->layers;
+    if (s->layers) {
+        c->num_layers = (int)s->layers;
+        if (c->max_window_layers) c->max_window_layers = c->num_layers;
+    }
     if (s->intermediate) c->intermediate_size = s->intermediate;
     if (s->heads) {
         c->num_heads = (int)s->heads;
@@ -237,9 +246,12 @@ int init_model_resolve(init_model_opts *o, const init_model_shape *s) {
     if (s->max_position) c->max_position_embeddings = s->max_position;
     if (s->hidden > 1 << 20 || s->layers > 4096 || s->heads > 4096 || s->kv_heads > 4096 || s->vocab > 1 << 24 || s->intermediate > 1 << 22)
         return err_set(ERR_USAGE, "model sizes out of range");
-    if (c->hidden_size % c->num_heads)
-        return err_set(ERR_USAGE, "hidden size %lld is not a multiple of the %d heads", (long long)c->hidden_size, c->num_heads);
-    c->head_dim = (int)(c->hidden_size / c->num_heads);
+    /* qwen3's and gemma3's head_dim is their own (the preset's); elsewhere it follows hidden / heads */
+    if (arch != ARCH_QWEN3 && arch != ARCH_GEMMA3) {
+        if (c->hidden_size % c->num_heads)
+            return err_set(ERR_USAGE, "hidden size %lld is not a multiple of the %d heads", (long long)c->hidden_size, c->num_heads);
+        c->head_dim = (int)(c->hidden_size / c->num_heads);
+    }
     if (s->vocab) {
         c->vocab_size = s->vocab;
         o->vocab_mode = INIT_VOCAB_KEEP;

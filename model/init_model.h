@@ -48,8 +48,8 @@ int init_model_write(const init_model_opts *o, const char *dir, model_config *fi
 /* What a user asks for: an architecture, a preset and per-field overrides (0: from the
  * preset). The init_model stage and `qlora-run init-model` both go through this. */
 typedef struct init_model_shape {
-    const char *arch;      /* "llama" | "mistral" | "qwen2"; NULL: llama */
-    const char *preset;    /* "tiny" | "1b" | "7b" | "13b" | "70b"; NULL: tiny */
+    const char *arch;      /* "llama" | "mistral" | "qwen2" | "qwen3"; NULL: the named preset's, else llama */
+    const char *preset;    /* "tiny" | "1b" | ... | a real shape ("qwen3-8b", config_preset_names); NULL: tiny */
     int64_t hidden, layers, heads, kv_heads, intermediate, vocab, max_position;
 } init_model_shape;
 /* fill o->cfg and o->vocab_mode: an explicit vocab is kept as given; the tiny preset (and

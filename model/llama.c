@@ -1,7 +1,8 @@
-/* llama.c: the llama / mistral / qwen2 decoder with NF4 base weights and LoRA (see llama.h).
+/* llama.c: the llama / mistral / qwen2 / qwen3 decoder with NF4 base weights and LoRA (see llama.h).
  *
  * One decoder layer, as transformers computes it (x: the residual stream, [T, C]):
- *   n1 = rmsnorm(x) ; q, k, v = qlinear(n1) ; rope(q, k) ; a = attention(q, k, v)
+ *   n1 = rmsnorm(x) ; q, k, v = qlinear(n1) ; [qwen3: q, k = rmsnorm per head(qr, kr)]
+ *   rope(q, k) ; a = attention(q, k, v) [sliding window where the layer has one]
  *   h  = x + o(a)   ; n2 = rmsnorm(h) ; m = silu(gate(n2)) * up(n2) ; out = h + down(m)
  * The backward walks the same list in reverse with one residual-gradient buffer (dres): the
  * residual adds pass it through unchanged and each rmsnorm_bwd accumulates into it. Frozen
@@ -29,6 +30,10 @@
 /* per-layer saved activations; act type unless float * */
 typedef struct layer_acts {
     void *n1, *q, *k, *v, *att, *res_mid, *n2, *gate, *up, *act;
+    void *qr, *kr;        /* qwen3: q, k before their per-head norm (NULL otherwise) */
+    void *o_raw, *d_raw;  /* gemma3: o's and down's outputs before their norms [T, C] */
+    float *rstd_po, *rstd_pd;
+    float *rstdq, *rstdk; /* [T * nh], [T * nkv] */
     float *rstd1, *rstd2; /* [T] */
     float *lse;           /* [nh, T] */
     float *xa[LLAMA_NTARGETS]; /* [T, r] for targeted linears */
@@ -41,6 +46,9 @@ struct llama_acts {
     float *rstdf;
     /* backward scratch, shared by all layers */
     void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
+    void *dqr, *dkr;   /* qwen3: gradients of q, k before their norm */
+    void *dtmp;        /* gemma3: d(o_raw), then d(d_raw) [T, C] */
+    bool windowed;     /* the batch has a sequence longer than a layer's sliding window */
     int mlp_rows;      /* tokens per MLP chunk (checkpointing: the [rows, I] buffers; T otherwise) */
     float *losses;     /* [T] */
     float *logits;     /* [V]: generation */
@@ -99,9 +107,13 @@ static void *act_at(const llama_model *m, void *p, int64_t elems) {
 
 /* ---- rotary frequencies (transformers' modeling_rope_utils) ---- */
 
-static void rope_inv_freq(const model_config *c, int hd, float *inv) {
+static void rope_inv_freq(const model_config *c, int hd, float *inv, bool local) {
     for (int i = 0; i < hd / 2; i++) {
-        double f = 1.0 / pow(c->rope_theta, (double)(2 * i) / hd);
+        double f = 1.0 / pow(local ? c->rope_local_theta : c->rope_theta, (double)(2 * i) / hd);
+        if (local) { /* gemma3's sliding layers: the default rope of their own base */
+            inv[i] = (float)f;
+            continue;
+        }
         if (c->rope_type == ROPE_LINEAR) {
             f /= c->rope_factor;
         } else if (c->rope_type == ROPE_LLAMA3) {
@@ -128,6 +140,7 @@ typedef struct loader {
     const char *path;
     llama_load_opts opts;
     carve cv;
+    bool plus_one; /* gemma3: norms are stored as 1 + w */
 } loader;
 
 static int loader_find(loader *ld, const char *name, int64_t numel, const st_tensor **out) {
@@ -140,14 +153,14 @@ static int loader_find(loader *ld, const char *name, int64_t numel, const st_ten
     return 0;
 }
 
-/* a frozen dense tensor, stored bf16 */
-static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
+/* a frozen dense tensor, stored bf16 (norms plus one: gemma3's (1 + w), summed in fp32) */
+static int load_dense_as(loader *ld, const char *name, int64_t numel, uint16_t **dst, bool plus_one) {
     *dst = carve_take(&ld->cv, numel * 2);
     if (!ld->cv.base) return 0;
     const st_tensor *t;
     int rc = loader_find(ld, name, numel, &t);
     if (rc) return rc;
-    if (t->dtype == ST_BF16) {
+    if (t->dtype == ST_BF16 && !plus_one) {
         ld->m->ops->upload(*dst, t->data, (size_t)numel * 2);
         return 0;
     }
@@ -159,11 +172,19 @@ static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **ds
         return err_set(ERR_STAGE, "out of memory loading '%s'", name);
     }
     rc = st_read_f32(t, 0, numel, f);
-    for (int64_t i = 0; !rc && i < numel; i++) h[i] = f32_to_bf16(f[i]);
+    for (int64_t i = 0; !rc && i < numel; i++) h[i] = f32_to_bf16(plus_one ? 1.0f + f[i] : f[i]);
     if (!rc) ld->m->ops->upload(*dst, h, (size_t)numel * 2);
     free(f);
     free(h);
     return rc;
+}
+
+static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
+    return load_dense_as(ld, name, numel, dst, false);
+}
+
+static int load_norm(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
+    return load_dense_as(ld, name, numel, dst, ld->plus_one);
 }
 
 /* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
@@ -287,16 +308,23 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
+    bool gemma = m->cfg.arch == ARCH_GEMMA3;
     m->inv_freq = carve_take(&ld->cv, (int64_t)m->hd / 2 * 4);
+    m->inv_freq_local = gemma ? carve_take(&ld->cv, (int64_t)m->hd / 2 * 4) : m->inv_freq;
     if (ld->cv.base) {
         float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
         if (!inv) return err_set(ERR_STAGE, "out of memory");
-        rope_inv_freq(&m->cfg, m->hd, inv);
+        rope_inv_freq(&m->cfg, m->hd, inv, false);
         m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
+        if (gemma) {
+            rope_inv_freq(&m->cfg, m->hd, inv, true);
+            m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)(m->hd / 2));
+        }
         free(inv);
     }
+    ld->plus_one = gemma;
     if ((rc = load_dense(ld, "model.embed_tokens.weight", (int64_t)m->V * m->C, &m->embed))) return rc;
-    if ((rc = load_dense(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
+    if ((rc = load_norm(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     else if ((rc = load_dense(ld, "lm_head.weight", (int64_t)m->V * m->C, &m->lm_head))) return rc;
     int64_t qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
@@ -306,9 +334,22 @@ static int load_all(loader *ld) {
         llama_layer *ly = &m->layers[l];
         char name[256];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((rc = load_dense(ld, name, m->C, &ly->attn_norm))) return rc;
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((rc = load_dense(ld, name, m->C, &ly->mlp_norm))) return rc;
+        if ((rc = load_norm(ld, name, m->C, &ly->attn_norm))) return rc;
+        /* gemma3's post_attention_layernorm follows o; its pre_feedforward_layernorm is the MLP's */
+        snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, gemma ? "pre_feedforward_layernorm" : "post_attention_layernorm");
+        if ((rc = load_norm(ld, name, m->C, &ly->mlp_norm))) return rc;
+        if (gemma) {
+            snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+            if ((rc = load_norm(ld, name, m->C, &ly->post_attn_norm))) return rc;
+            snprintf(name, sizeof name, "model.layers.%d.post_feedforward_layernorm.weight", l);
+            if ((rc = load_norm(ld, name, m->C, &ly->post_mlp_norm))) return rc;
+        }
+        if (m->cfg.qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((rc = load_norm(ld, name, m->hd, &ly->q_norm))) return rc;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((rc = load_norm(ld, name, m->hd, &ly->k_norm))) return rc;
+        }
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             char prefix[200];
             snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, target_paths[t]);
@@ -342,6 +383,17 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         int hd = m->hd;
         free(m);
         return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, hd);
+    }
+    if (cfg->arch == ARCH_GEMMA3) {
+        if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {
+            free(m);
+            return err_set(ERR_DATA, "%s: gemma3 needs ops the %s backend does not have yet (GeGLU, the embedding "
+                                     "scale, scaled and windowed attention); use device: cpu", path, ops->name);
+        }
+        /* transformers multiplies in the weights' dtype: sqrt(hidden) rounded to it */
+        float sc = sqrtf((float)m->C);
+        m->embed_scale = !strcmp(cfg->dtype, "bfloat16") ? bf16_to_f32(f32_to_bf16(sc))
+                       : !strcmp(cfg->dtype, "float16") ? f16_to_f32(f32_to_f16(sc)) : sc;
     }
     m->layers = calloc((size_t)m->L, sizeof(llama_layer));
     loader ld = {.m = m, .path = path, .opts = opts ? *opts : LLAMA_LOAD_OPTS_DEFAULT};
@@ -527,6 +579,20 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
  *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up;
  *               dact over act when down_proj has no LoRA); dk, dv during attention's backward
  * so a layer's working set is 8 [T, C] buffers plus the region, beside the L layer inputs. */
+/* qwen3's q/k before their norm, the norms' rstd, and (once) their gradients: own buffers in both
+ * plans, a small cost ((nh + nkv) * hd values a token) beside the rest of a layer */
+static void plan_qk_norm(const llama_model *m, llama_acts *A, layer_acts *a, carve *cv, int64_t T, bool scratch) {
+    if (!m->cfg.qk_norm) return;
+    int64_t qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd, es = (int64_t)ops_act_size(m->ops);
+    a->qr = carve_take(cv, T * qd * es);
+    a->kr = carve_take(cv, T * kvd * es);
+    a->rstdq = carve_take(cv, T * m->nh * 4);
+    a->rstdk = carve_take(cv, T * m->nkv * 4);
+    if (!scratch) return;
+    A->dqr = carve_take(cv, T * qd * es);
+    A->dkr = carve_take(cv, T * kvd * es);
+}
+
 static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, llama_checkpointing ckpt) {
     int64_t C = m->C, I = m->I, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t es = (int64_t)ops_act_size(m->ops);
@@ -551,6 +617,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         a->rstd1 = carve_take(cv, T * 4);
         a->rstd2 = carve_take(cv, T * 4);
         a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+        plan_qk_norm(m, A, a, cv, T, true);
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
         for (int l = 0; l < m->L; l++) A->res[l] = carve_take(cv, T * C * es);
@@ -574,6 +641,14 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
             a->rstd1 = carve_take(cv, T * 4);
             a->rstd2 = carve_take(cv, T * 4);
             a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
+            plan_qk_norm(m, A, a, cv, T, l == 0);
+            if (m->cfg.arch == ARCH_GEMMA3) {
+                a->o_raw = carve_take(cv, T * C * es);
+                a->d_raw = carve_take(cv, T * C * es);
+                a->rstd_po = carve_take(cv, T * 4);
+                a->rstd_pd = carve_take(cv, T * 4);
+                if (l == 0) A->dtmp = carve_take(cv, T * C * es);
+            }
             for (int t = 0; t < LLAMA_NTARGETS; t++)
                 a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
         }
@@ -601,6 +676,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
 
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
     free_acts(m);
+    if (m->cfg.arch == ARCH_GEMMA3) ckpt = LLAMA_CKPT_NONE; /* see llama.h */
     if (max_T <= 0) return err_set(ERR_USAGE, "micro-batch of %d tokens", max_T);
     m->ckpt = ckpt;
     llama_acts *A = calloc(1, sizeof *A);
@@ -633,6 +709,7 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
 }
 
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {
+    if (m->cfg.arch == ARCH_GEMMA3) ckpt = LLAMA_CKPT_NONE;
     llama_acts A;
     memset(&A, 0, sizeof A);
     A.layer = calloc((size_t)m->L, sizeof(layer_acts));
@@ -678,14 +755,35 @@ static void *rows_at(const llama_model *m, void *p, int64_t t0, int64_t width) {
 
 static float *xa_at(const llama_model *m, float *xa, int64_t t0) { return xa ? xa + t0 * m->lora.r : NULL; }
 
+/* the attention options of layer l: its sliding window, if any; gemma3's score scale */
+static ops_attn layer_attn(const llama_model *m, int l) {
+    ops_attn a = {0};
+    a.window = (int)config_layer_window(&m->cfg, l);
+    if (m->cfg.arch == ARCH_GEMMA3) a.scale = (float)(1.0 / sqrt(m->cfg.query_pre_attn_scalar));
+    return a;
+}
+
+/* the ex attention ops are needed: a window this batch reaches, or another scale */
+static bool attn_ex(const llama_model *m, const ops_attn *opt) {
+    return (m->acts->windowed && opt->window > 0) || opt->scale > 0;
+}
+
+/* the rotary frequencies of layer l (gemma3's sliding layers have their own) */
+static const float *layer_inv_freq(const llama_model *m, int l) {
+    return config_layer_window(&m->cfg, l) > 0 ? m->inv_freq_local : m->inv_freq;
+}
+
+static void glu_fwd(const llama_model *m, void *out, const void *gate, const void *up, int64_t n) {
+    (m->cfg.arch == ARCH_GEMMA3 ? m->ops->geglu_fwd : m->ops->swiglu_fwd)(out, gate, up, n);
+}
+
 /* the MLP forward of rows [t0, t0+n) into out rows (down's output, before the residual add) */
 static void mlp_forward_rows(llama_model *m, int l, layer_acts *a, void *out, int t0, int n, bool train,
                              uint64_t seed) {
-    const ops_table *o = m->ops;
     void *n2 = rows_at(m, a->n2, t0, m->C);
     linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, train, seed);
     linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, train, seed);
-    o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)n * m->I);
+    glu_fwd(m, a->act, a->gate, a->up, (int64_t)n * m->I);
     if (out) linear_fwd(m, l, LLAMA_DOWN, out, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, train, seed);
 }
 
@@ -700,12 +798,36 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     size_t es = ops_act_size(o);
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
     o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
-    linear_fwd(m, l, LLAMA_Q, a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
-    linear_fwd(m, l, LLAMA_K, a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
+    bool qkn = m->cfg.qk_norm;
+    linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
+    linear_fwd(m, l, LLAMA_K, qkn ? a->kr : a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
     linear_fwd(m, l, LLAMA_V, a->v, a->n1, a->xa[LLAMA_V], T, train, seed);
-    o->rope(a->q, A->pos, m->inv_freq, T, m->nh, m->hd, 0);
-    o->rope(a->k, A->pos, m->inv_freq, T, m->nkv, m->hd, 0);
-    o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
+    if (qkn) { /* each head's hd values are one row of the norm */
+        o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, T * m->nh, m->hd, m->eps);
+        o->rmsnorm_fwd(a->k, a->rstdk, a->kr, ly->k_norm, T * m->nkv, m->hd, m->eps);
+    }
+    const float *inv = layer_inv_freq(m, l);
+    o->rope(a->q, A->pos, inv, T, m->nh, m->hd, 0);
+    o->rope(a->k, A->pos, inv, T, m->nkv, m->hd, 0);
+    ops_attn opt = layer_attn(m, l);
+    if (attn_ex(m, &opt))
+        o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
+    else
+        o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
+    if (m->cfg.arch == ARCH_GEMMA3) { /* never lean (llama_plan): norms after o and after down */
+        linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
+        o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, T, m->C, m->eps);
+        o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
+        o->add_inplace(a->res_mid, A->tmp, T * C);
+        o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, T, m->C, m->eps);
+        mlp_forward_rows(m, l, a, a->d_raw, 0, T, train, seed);
+        if (res_out) {
+            o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, T, m->C, m->eps);
+            o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
+            o->add_inplace(res_out, A->tmp, T * C);
+        }
+        return;
+    }
     if (lean) { /* o's output straight into res_mid: x + o(a) == o(a) + x, bit for bit */
         linear_fwd(m, l, LLAMA_O, a->res_mid, a->att, a->xa[LLAMA_O], T, train, seed);
         o->add_inplace(a->res_mid, res_in, T * C);
@@ -733,7 +855,7 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
 
 /* the MLP backward of rows [t0, t0+n): dn rows = d(n2 rows); the lean plan first recomputes the
  * chunk's forward (and down's LoRA input product xa, into dact's buffer, which is free then) */
-static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, int t0, int n, uint64_t seed) {
+static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, const void *dout, int t0, int n, uint64_t seed) {
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
@@ -744,9 +866,10 @@ static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, int t0, int 
         linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, true, seed);
         linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, true, seed);
     }
-    void *dres = rows_at(m, A->dres, t0, m->C);
+    void *dres = rows_at(m, (void *)dout, t0, m->C);
     linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
-    o->swiglu_bwd(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)n * m->I);
+    (m->cfg.arch == ARCH_GEMMA3 ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up,
+                                                                 (int64_t)n * m->I);
     linear_bwd(m, l, LLAMA_GATE, dn, A->dgate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, 0, seed);
     linear_bwd(m, l, LLAMA_UP, dn, A->dup, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, 1, seed);
 }
@@ -756,23 +879,52 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     const llama_layer *ly = &m->layers[l];
-    bool lean = m->ckpt == LLAMA_CKPT_EVERY;
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = m->cfg.arch == ARCH_GEMMA3;
+    size_t es = ops_act_size(o);
+    /* gemma3: through down's output norm first (rmsnorm_bwd accumulates: from zero) */
+    const void *dmlp = A->dres;
+    if (gemma) {
+        o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
+        o->rmsnorm_bwd(A->dtmp, A->dres, a->d_raw, ly->post_mlp_norm, a->rstd_pd, T, m->C);
+        dmlp = A->dtmp;
+    }
     for (int t0 = 0; t0 < T; t0 += A->mlp_rows)
-        mlp_backward_rows(m, l, a, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
+        mlp_backward_rows(m, l, a, dmlp, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
     o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, a->rstd2, T, m->C);
-    linear_bwd(m, l, LLAMA_O, A->datt, A->dres, a->att, a->xa[LLAMA_O], T, 0, seed);
-    o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv,
-                     m->hd);
-    o->rope(A->dq, A->pos, m->inv_freq, T, m->nh, m->hd, 1);
-    o->rope(A->dk, A->pos, m->inv_freq, T, m->nkv, m->hd, 1);
+    const void *dO = A->dres;
+    if (gemma) {
+        o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
+        o->rmsnorm_bwd(A->dtmp, A->dres, a->o_raw, ly->post_attn_norm, a->rstd_po, T, m->C);
+        dO = A->dtmp;
+    }
+    linear_bwd(m, l, LLAMA_O, A->datt, dO, a->att, a->xa[LLAMA_O], T, 0, seed);
+    ops_attn opt = layer_attn(m, l);
+    if (attn_ex(m, &opt))
+        o->attention_ex_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh,
+                            m->nkv, m->hd, &opt);
+    else
+        o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh,
+                         m->nkv, m->hd);
+    const float *inv = layer_inv_freq(m, l);
+    o->rope(A->dq, A->pos, inv, T, m->nh, m->hd, 1);
+    o->rope(A->dk, A->pos, inv, T, m->nkv, m->hd, 1);
+    void *dq = A->dq, *dk = A->dk;
+    if (m->cfg.qk_norm) { /* through the per-head norms (rmsnorm_bwd accumulates: start from zero) */
+        o->zero(A->dqr, (size_t)T * (size_t)m->nh * (size_t)m->hd * es);
+        o->zero(A->dkr, (size_t)T * (size_t)m->nkv * (size_t)m->hd * es);
+        o->rmsnorm_bwd(A->dqr, A->dq, a->qr, ly->q_norm, a->rstdq, T * m->nh, m->hd);
+        o->rmsnorm_bwd(A->dkr, A->dk, a->kr, ly->k_norm, a->rstdk, T * m->nkv, m->hd);
+        dq = A->dqr;
+        dk = A->dkr;
+    }
     /* lean: n1's buffer now holds dq; n1 comes back into att's (attention's backward is done) */
     void *n1 = a->n1;
     if (lean) {
         n1 = a->att;
         o->rmsnorm_fwd(n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
     }
-    linear_bwd(m, l, LLAMA_Q, A->dn, A->dq, n1, a->xa[LLAMA_Q], T, 0, seed);
-    linear_bwd(m, l, LLAMA_K, A->dn, A->dk, n1, a->xa[LLAMA_K], T, 1, seed);
+    linear_bwd(m, l, LLAMA_Q, A->dn, dq, n1, a->xa[LLAMA_Q], T, 0, seed);
+    linear_bwd(m, l, LLAMA_K, A->dn, dk, n1, a->xa[LLAMA_K], T, 1, seed);
     linear_bwd(m, l, LLAMA_V, A->dn, A->dv, n1, a->xa[LLAMA_V], T, 1, seed);
     o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, a->rstd1, T, m->C);
 }
@@ -793,6 +945,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         return err_set(ERR_STAGE, "micro-batch of %d tokens outside the plan (1..%d)", b->T, m->plan_T);
     llama_acts *A = m->acts;
     int T = b->T;
+    bool windowed = false;
     for (int t = 0; t < T; t++) {
         if (b->ids[t] < 0 || b->ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d at position %d is outside the vocabulary (0..%d)", b->ids[t], t,
@@ -803,11 +956,17 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         A->h_seq_start[t] = s;
         A->h_pos[t] = t - s;
         A->h_target[t] = -100;
-        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window)
-            return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens), which this "
-                                     "engine does not implement; use a shorter sequence_len",
-                           (long long)m->cfg.sliding_window);
+        if (m->cfg.sliding_window > 0 && t - s >= m->cfg.sliding_window) windowed = true;
+        if (m->cfg.rope_type == ROPE_DYNAMIC && t - s >= m->cfg.max_position_embeddings)
+            return err_set(ERR_DATA, "position %d is beyond max_position_embeddings (%lld), where rope_scaling "
+                                     "'dynamic' changes the frequencies, which this engine does not implement; "
+                                     "use a shorter sequence_len", t - s, (long long)m->cfg.max_position_embeddings);
     }
+    if (windowed && !m->ops->attention_ex_fwd)
+        return err_set(ERR_DATA, "a sequence longer than the model's sliding window (%lld tokens): sliding-window "
+                                 "attention is not implemented on the %s backend; use a shorter sequence_len or "
+                                 "device: cpu", (long long)m->cfg.sliding_window, m->ops->name);
+    A->windowed = windowed;
     if (b->labels)
         for (int t = 0; t + 1 < T; t++) {
             int lab = b->labels[t + 1];
@@ -823,6 +982,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
     o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)T);
     o->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)T);
     o->embedding_fwd(A->res[0], A->ids, m->embed, T, m->C);
+    if (m->embed_scale > 0) o->act_scale(A->res[0], (int64_t)T * m->C, m->embed_scale);
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
         layer_forward(m, l, a, A->res[l], A->res[l + 1], T, train, seed);
@@ -921,25 +1081,39 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
     o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)n);
     void *x = A->res[0];
     o->embedding_fwd(x, A->ids, m->embed, n, m->C);
+    if (m->embed_scale > 0) o->act_scale(x, (int64_t)n * m->C, m->embed_scale);
     for (int l = 0; l < m->L; l++) {
         const llama_layer *ly = &m->layers[l];
         void *kc = act_at(m, m->kv_mem, (int64_t)(2 * l) * m->kv_max * kvd);
         void *vc = act_at(m, m->kv_mem, (int64_t)(2 * l + 1) * m->kv_max * kvd);
         void *k_new = act_at(m, kc, P * kvd), *v_new = act_at(m, vc, P * kvd);
         o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, n, m->C, m->eps);
-        linear_fwd(m, l, LLAMA_Q, a->q, a->n1, NULL, n, false, 0);
-        linear_fwd(m, l, LLAMA_K, k_new, a->n1, NULL, n, false, 0);
+        bool qkn = m->cfg.qk_norm;
+        linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_K, qkn ? a->kr : k_new, a->n1, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_V, v_new, a->n1, NULL, n, false, 0);
-        o->rope(a->q, A->pos, m->inv_freq, n, m->nh, m->hd, 0);
-        o->rope(k_new, A->pos, m->inv_freq, n, m->nkv, m->hd, 0);
-        o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
-        linear_fwd(m, l, LLAMA_O, A->tmp, a->att, NULL, n, false, 0);
+        if (qkn) {
+            o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, n * m->nh, m->hd, m->eps);
+            o->rmsnorm_fwd(k_new, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
+        }
+        const float *inv = layer_inv_freq(m, l);
+        o->rope(a->q, A->pos, inv, n, m->nh, m->hd, 0);
+        o->rope(k_new, A->pos, inv, n, m->nkv, m->hd, 0);
+        ops_attn opt = layer_attn(m, l);
+        if ((opt.window > 0 && P + n > opt.window) || opt.scale > 0)
+            o->attention_ex_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd, &opt);
+        else
+            o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
+        bool gemma = m->cfg.arch == ARCH_GEMMA3; /* its plan is never lean: o_raw, d_raw exist */
+        linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
+        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
         o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, n, m->C, m->eps);
         linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_UP, a->up, a->n2, NULL, n, false, 0);
-        o->swiglu_fwd(a->act, a->gate, a->up, (int64_t)n * m->I);
-        linear_fwd(m, l, LLAMA_DOWN, A->tmp, a->act, NULL, n, false, 0);
+        glu_fwd(m, a->act, a->gate, a->up, (int64_t)n * m->I);
+        linear_fwd(m, l, LLAMA_DOWN, gemma ? a->d_raw : A->tmp, a->act, NULL, n, false, 0);
+        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
     }
     m->kv_len += n;
@@ -949,9 +1123,13 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
-    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window)
-        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions)",
-                       (long long)m->cfg.sliding_window);
+    if (m->cfg.sliding_window > 0 && m->kv_len + n > m->cfg.sliding_window && !m->ops->attention_ex_cached)
+        return err_set(ERR_USAGE, "generation reached the model's sliding window (%lld positions), which the %s "
+                                  "backend does not implement", (long long)m->cfg.sliding_window, m->ops->name);
+    if (m->cfg.rope_type == ROPE_DYNAMIC && m->kv_len + n > m->cfg.max_position_embeddings)
+        return err_set(ERR_USAGE, "generation reached max_position_embeddings (%lld), beyond which rope_scaling "
+                                  "'dynamic' changes the frequencies (not implemented)",
+                       (long long)m->cfg.max_position_embeddings);
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);

@@ -1,4 +1,4 @@
-/* llama.h: the llama, mistral and qwen2 decoder families with frozen NF4 base weights and
+/* llama.h: the llama, mistral, qwen2 and qwen3 decoder families with frozen NF4 base weights and
  * trainable LoRA adapters, written once against the op table (kernels/ops.h), so the same code
  * runs on ops_cpu() and ops_cuda().
  *
@@ -24,7 +24,16 @@
  * (NOT shifted, -100 masked: logits at t predict labels[t+1]) and seq_start[t] = index of the first
  * token of t's packed sequence. Attention never crosses a sequence start, positions restart at
  * each one, and the last token of a sequence predicts nothing (as if sequences ran separately).
- * Sliding-window attention (mistral v0.1) is not implemented: a longer sequence is an ERR_DATA.
+ * Sliding-window attention (mistral v0.1, qwen2/3 with use_sliding_window): a key more than
+ * sliding_window - 1 positions back is masked, through the ops' attention_ex_* (a backend without
+ * them refuses a sequence longer than the window). Qwen3 normalises each head of q and k with its
+ * own RMSNorm (q_norm, k_norm: [head_dim]) before RoPE.
+ * Gemma-3 (text): norms scale by (1 + w), stored so at load (bf16(1 + w): exact for the weights
+ * of the golden test, a bf16 rounding of the scale otherwise); embeddings times sqrt(hidden);
+ * o's and down's outputs normed before their residual add; GeGLU; its local layers slide with
+ * their own rope base. It keeps every layer's activations (a checkpointed plan is taken as
+ * LLAMA_CKPT_NONE) and runs on a backend with the optional ops it needs (geglu, act_scale,
+ * attention_ex: the CPU reference today).
  *
  * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
 #ifndef MODEL_LLAMA_H
@@ -76,6 +85,8 @@ typedef struct llama_linear {
 
 typedef struct llama_layer {
     uint16_t *attn_norm, *mlp_norm; /* bf16 [C] */
+    uint16_t *q_norm, *k_norm;      /* bf16 [hd] (qwen3, gemma3), else NULL */
+    uint16_t *post_attn_norm, *post_mlp_norm; /* bf16 [C] (gemma3: applied to o's and down's output) */
     llama_linear lin[LLAMA_NTARGETS];
 } llama_layer;
 
@@ -101,6 +112,8 @@ typedef struct llama_model {
     uint16_t *lm_head;    /* [V, C]; == embed when tied */
     llama_layer *layers;  /* host array [L] */
     float *inv_freq;      /* [hd/2], rope scaling applied */
+    float *inv_freq_local; /* gemma3's sliding layers: [hd/2] from rope_local_base_freq, no scaling */
+    float embed_scale;    /* gemma3: sqrt(hidden) rounded to the checkpoint's dtype; 0: none */
     void *weights;        /* the single allocation carved into the frozen tensors */
     int64_t weight_bytes;
 

@@ -26,6 +26,7 @@ typedef struct generate_args {
     int64_t max_new_tokens, top_k, seed;
     double temperature, top_p, repetition_penalty;
     cli_list stops;
+    bool ids;
 } generate_args;
 
 static const cli_opt generate_opts[] = {
@@ -45,6 +46,8 @@ static const cli_opt generate_opts[] = {
      CLI_AT(generate_args, chat), 0, 0},
     {"chat-kwargs", 0, CLI_STR, "JSON", "template variables for --chat, e.g. '{\"enable_thinking\": false}'",
      CLI_AT(generate_args, chat_kwargs), 0, 0},
+    {"ids", 0, CLI_FLAG, NULL, "TEXT is token ids (\"1 2 3\", no BOS added) and the output the new ids,\n"
+                               "exactly --max-new-tokens of them (EOS does not stop)", CLI_AT(generate_args, ids), 0, 0},
     {0},
 };
 
@@ -132,6 +135,34 @@ static int chat_prompt(const char *model_dir, const char *text, const char *kwar
     return rc;
 }
 
+/* --ids: the prompt as ids, the continuation printed as ids (what tests compare with llama.cpp) */
+static int generate_print_ids(llama_model *m, const char *text, gen_opts *go) {
+    size_t cap = strlen(text) / 2 + 1;
+    int32_t *ids = malloc(sizeof *ids * cap), *out = NULL;
+    int n = 0, n_out = 0, rc = 0;
+    for (const char *p = text; ids && *p;) {
+        char *end;
+        while (*p == ' ' || *p == '\n' || *p == '\t') p++;
+        if (!*p) break;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v > INT32_MAX || (*end && *end != ' ' && *end != '\n' && *end != '\t')) {
+            free(ids);
+            return err_set(ERR_USAGE, "--ids: '%.20s' is not a token id", p);
+        }
+        ids[n++] = (int32_t)v;
+        p = end;
+    }
+    if (!ids) return err_set(ERR_STAGE, "out of memory");
+    if (!n) rc = err_set(ERR_USAGE, "--ids: the prompt holds no token id");
+    go->eos_id = -1;
+    if (!rc) rc = generate_ids(m, ids, n, go, NULL, NULL, &out, &n_out);
+    for (int i = 0; !rc && i < n_out; i++) printf(i ? " %d" : "%d", out[i]);
+    if (!rc) putchar('\n');
+    free(ids);
+    free(out);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv) {
     gen_opts go = {.sample = SAMPLE_OPTS_GREEDY, .max_new_tokens = 128};
     generate_args a = {.device = "auto", .max_new_tokens = go.max_new_tokens, .temperature = go.sample.temperature,
@@ -183,6 +214,11 @@ int cmd_generate(int argc, char **argv) {
     } else if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) {
         goto out;
     }
+    if (a.ids) {
+        rc = generate_print_ids(m, text_in ? text_in : prompt, &go);
+        goto out;
+    }
+    if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) goto out;
     fputs(out, stdout);
     fputc('\n', stdout);
 out: /* main prints the message */

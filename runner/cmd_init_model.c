@@ -14,14 +14,19 @@ typedef struct init_args {
     init_model_shape s;
     const char *out, *tokenizer, *dtype, *shard;
     int64_t seed, threads;
+    double init_range; /* < 0: the preset's */
 } init_args;
 
 #define SIZE_OPT(n, f, h) {n, 0, CLI_INT, "N", h, CLI_AT(init_args, s.f), 0, 1e12}
 static const cli_opt init_opts[] = {
     {"out", 0, CLI_STR, "DIR", "where to write the model (required)", CLI_AT(init_args, out), 0, 0},
-    {"arch", 0, CLI_STR, "ARCH", "llama, mistral or qwen2 (llama)", CLI_AT(init_args, s.arch), 0, 0},
+    {"arch", 0, CLI_STR, "ARCH", "llama, mistral, qwen2, qwen3 or gemma3 (the named preset's, else llama)",
+     CLI_AT(init_args, s.arch), 0, 0},
     {"preset", 0, CLI_STR, "NAME", "tiny: hidden 128, 4 layers (a CPU demo); 1b: TinyLlama-1.1B's shape;\n"
-                                   "7b/13b/70b: Llama-2's (mistral and qwen2 have their own); default tiny",
+                                   "7b/13b/70b: Llama-2's (mistral and qwen2 have their own); default tiny;\n"
+                                   "or a real model's shape, which sets the architecture: llama3-8b, llama3-70b\n"
+                                   "(Llama-3.1), qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b (v0.3), gemma3-1b,\n"
+                                   "gemma3-4b, gemma3-12b, gemma3-27b (the text models)",
      CLI_AT(init_args, s.preset), 0, 0},
     SIZE_OPT("hidden", hidden, "override one size of the preset (likewise the next five)"),
     SIZE_OPT("layers", layers, "number of decoder layers"),
@@ -37,6 +42,8 @@ static const cli_opt init_opts[] = {
     {"dtype", 0, CLI_STR, "bf16|f16|f32", "weight type (bf16)", CLI_AT(init_args, dtype), 0, 0},
     {"max-shard-size", 0, CLI_STR, "SIZE", "largest safetensors shard (5GB)", CLI_AT(init_args, shard), 0, 0},
     {"threads", 0, CLI_INT, "N", "threads writing weights (2)", CLI_AT(init_args, threads), 1, 1024},
+    {"initializer-range", 0, CLI_NUM, "X", "standard deviation of the random weights (0.02)",
+     CLI_AT(init_args, init_range), 0, 10},
     {0},
 };
 #undef SIZE_OPT
@@ -59,7 +66,7 @@ static int on_progress(void *arg, uint64_t done, uint64_t total) {
 int cmd_init_model(int argc, char **argv) {
     init_model_opts o;
     init_model_opts_default(&o);
-    init_args a = {.dtype = "bf16", .shard = "5GB", .threads = 2, .tokenizer = o.tokenizer};
+    init_args a = {.dtype = "bf16", .shard = "5GB", .threads = 2, .tokenizer = o.tokenizer, .init_range = -1};
     int n_pos, rc = cli_parse(&cli_init_model, &a, argc, argv, NULL, &n_pos);
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (!a.out) return cli_usage_error(&cli_init_model, "--out DIR is required");
@@ -71,6 +78,7 @@ int cmd_init_model(int argc, char **argv) {
     if (!rc) rc = init_model_dtype(dtype, &o.dtype);
     if (!rc) rc = init_model_parse_size(shard, &o.max_shard_bytes);
     if (rc) return rc;
+    if (a.init_range >= 0) o.cfg.initializer_range = a.init_range;
     o.seed = (uint64_t)seed;
     o.threads = (int)(threads > 0 ? threads : 1);
     model_config cfg;

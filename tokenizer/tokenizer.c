@@ -21,6 +21,7 @@
 #include "core/utf8.h"
 #include "core/fsutil.h"
 #include "tokenizer/tokenizer_impl.h"
+#include "core/json_in.h"
 
 /* ---- string arena: chunks that never move ---- */
 struct tok_chunk { struct tok_chunk *next; size_t used, cap; char data[]; };
@@ -717,12 +718,17 @@ static int32_t lookup_any(const tokenizer *t, const char *s) {
 }
 
 /* "bos_token": "<s>" or {"content": "<s>", ...}; absent keeps *id as it was, null clears it */
-static void config_token(const tokenizer *t, json_t *cfg, const char *key, int32_t *id) {
+/* a special token of tokenizer_config.json or special_tokens_map.json: a string, an AddedToken
+ * object ({"content": ...}) or null */
+static int config_token(const tokenizer *t, json_t *cfg, const char *key, const char *path, int32_t *id) {
     json_t *v = json_object_get(cfg, key);
-    if (!v) return;
+    if (!v) return 0;
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (json_is_null(v)) *id = -1;
     else if (json_is_string(v)) *id = lookup_any(t, json_string_value(v));
+    else return err_set(ERR_DATA, "'%s': \"%s\" must be a token string, an object with \"content\" or null (got %s)",
+                        path, key, v ? json_in_type_name(v) : "an object without \"content\"");
+    return 0;
 }
 
 static int load_json_file(const char *path, json_t **out, bool required) {
@@ -731,16 +737,9 @@ static int load_json_file(const char *path, json_t **out, bool required) {
         if (required) return err_set(ERR_DATA, "'%s': no such file (a model directory needs tokenizer.json)", path);
         return 0;
     }
-    char *text;
-    size_t len;
-    int rc = fs_read_all(path, &text, &len);
+    json_t *j;
+    int rc = json_in_load_file(path, 0, &j);
     if (rc) return rc;
-    json_error_t je;
-    json_t *j = json_loadb(text, len, 0, &je);
-    /* real tokenizer_config.json files hold model_max_length 1e30 as an integer literal */
-    if (!j && strstr(je.text, "too big integer")) j = json_loadb(text, len, JSON_DECODE_INT_AS_REAL, &je);
-    free(text);
-    if (!j) return err_set(ERR_DATA, "'%s':%d:%d: invalid JSON: %s", path, je.line, je.column, je.text);
     if (!json_is_object(j)) {
         json_decref(j);
         return err_set(ERR_DATA, "'%s': expected a JSON object at the top level", path);
@@ -758,12 +757,18 @@ static int configure_specials(tokenizer *t, const char *dir) {
     t->bos = t->eos = t->pad = -1;
     /* the config first; special_tokens_map.json, when present, has the last word */
     json_t *srcs[2] = {cfg, map};
+    const char *paths[2] = {p1, p2};
     for (int k = 0; k < 2; k++) {
         if (!srcs[k]) continue;
-        config_token(t, srcs[k], "bos_token", &t->bos);
-        config_token(t, srcs[k], "eos_token", &t->eos);
-        config_token(t, srcs[k], "pad_token", &t->pad);
+        if ((rc = config_token(t, srcs[k], "bos_token", paths[k], &t->bos)) ||
+            (rc = config_token(t, srcs[k], "eos_token", paths[k], &t->eos)) ||
+            (rc = config_token(t, srcs[k], "pad_token", paths[k], &t->pad)))
+            goto out;
     }
+    bool flag;
+    if ((rc = json_in_bool(cfg, "add_bos_token", p1, false, &flag)) ||
+        (rc = json_in_bool(cfg, "add_eos_token", p1, false, &flag)))
+        goto out;
     /* transformers rebuilds the post-processor from add_bos_token/add_eos_token when the
      * config states them; otherwise tokenizer.json's TemplateProcessing stands */
     json_t *ab = json_object_get(cfg, "add_bos_token"), *ae = json_object_get(cfg, "add_eos_token");

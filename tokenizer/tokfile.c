@@ -7,6 +7,7 @@
 
 #include "core/err.h"
 #include "core/fsutil.h"
+#include "core/json_in.h"
 
 const char *const tokfile_names[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                                      "chat_template.jinja", "added_tokens.json", NULL};
@@ -154,21 +155,27 @@ static int parse(tokfile *t, json_t *tj, json_t *cfg, const char *path) {
     return 0;
 }
 
+/* the tokenizer_config.json keys read here, with a clear error for a wrong type (parse reads
+ * them leniently afterwards) */
+static int check_config_types(const json_t *cfg, const char *path) {
+    if (!json_is_object(cfg)) return err_set(ERR_DATA, "%s: not a JSON object", path);
+    bool b;
+    int rc = json_in_bool(cfg, "add_bos_token", path, false, &b);
+    if (!rc) rc = json_in_bool(cfg, "add_eos_token", path, false, &b);
+    return rc;
+}
+
 int tokfile_load(tokfile *t, const char *dir) {
     memset(t, 0, sizeof *t);
     char *tp = fs_join(dir, "tokenizer.json"), *cp = fs_join(dir, "tokenizer_config.json"), *jp = fs_join(dir, "chat_template.jinja");
-    json_error_t je;
     json_t *tj = NULL, *cfg = NULL;
     int rc = 0;
-    if (!fs_exists(tp)) {
+    if (!fs_exists(tp))
         rc = err_set(ERR_DATA, "%s: no tokenizer.json (only tokenizers saved by the `tokenizers` library are supported)", dir);
-    } else if (!(tj = json_load_file(tp, 0, &je))) {
-        rc = err_set(ERR_DATA, "%s:%d:%d: %s", tp, je.line, je.column, je.text);
-    } else if (fs_exists(cp) && !(cfg = json_load_file(cp, 0, &je))) {
-        rc = err_set(ERR_DATA, "%s:%d:%d: %s", cp, je.line, je.column, je.text);
-    } else {
-        rc = parse(t, tj, cfg, tp);
-    }
+    if (!rc) rc = json_in_load_file(tp, 0, &tj);
+    if (!rc && fs_exists(cp)) rc = json_in_load_file(cp, 0, &cfg);
+    if (!rc && cfg) rc = check_config_types(cfg, cp);
+    if (!rc) rc = parse(t, tj, cfg, tp);
     if (!rc && !t->chat_template && fs_exists(jp)) {
         char *s = NULL;
         size_t len;

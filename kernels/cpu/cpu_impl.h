@@ -54,6 +54,9 @@ void cpu_add_inplace(void *y, const void *x, int64_t n);
 void cpu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
 void cpu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n);
 void cpu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+void cpu_geglu_fwd(void *out, const void *gate, const void *up, int64_t n);
+void cpu_geglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
+void cpu_act_scale(void *x, int64_t n, float s);
 /* optim.c */
 void cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
                float weight_decay, int step);
@@ -67,6 +70,13 @@ void cpu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const voi
                        int T, int nh, int nkv, int hd);
 void cpu_attention_cached(void *out, const void *q, const void *kcache, const void *vcache,
                           int Tq, int Tk, int nh, int nkv, int hd);
+void cpu_attention_ex_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                          const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
+void cpu_attention_ex_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                          const void *q, const void *k, const void *v, const int32_t *seq_start,
+                          int T, int nh, int nkv, int hd, const ops_attn *opt);
+void cpu_attention_ex_cached(void *out, const void *q, const void *kcache, const void *vcache,
+                             int Tq, int Tk, int nh, int nkv, int hd, const ops_attn *opt);
 void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                      float *xa, int T);
 void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,

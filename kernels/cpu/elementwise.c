@@ -88,3 +88,37 @@ void cpu_swiglu_bwd(void *dgate_, void *dup_, const void *dout_, const void *gat
         du[i] = di * gi * sig;
     }
 }
+
+/* ---- GeGLU (Gemma) and the activation scale ---- */
+
+/* GeGLU with the tanh GELU (torch's gelu(approximate="tanh"), Gemma's gelu_pytorch_tanh):
+ * gelu(g) = 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3);
+ * d gelu/dg = 0.5 (1 + tanh u) + 0.5 g (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 g^2) */
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+void cpu_geglu_fwd(void *out_, const void *gate_, const void *up_, int64_t n) {
+    float *out = out_;
+    const float *g = gate_, *u = up_;
+    for (int64_t i = 0; i < n; i++) {
+        float x = g[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
+
+void cpu_geglu_bwd(void *dgate_, void *dup_, const void *dout_, const void *gate_, const void *up_, int64_t n) {
+    float *dg = dgate_, *du = dup_;
+    const float *d = dout_, *g = gate_, *u = up_;
+    for (int64_t i = 0; i < n; i++) { /* read before writing: dgate/dup may be gate/up */
+        float x = g[i], ui = u[i], di = d[i];
+        float th = tanhf(GELU_K * (x + 0.044715f * x * x * x));
+        float gelu = 0.5f * x * (1.0f + th);
+        float dgelu = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        dg[i] = di * ui * dgelu;
+        du[i] = di * gelu;
+    }
+}
+
+/* x *= s over n activations (Gemma's embedding scale) */
+void cpu_act_scale(void *x_, int64_t n, float s) {
+    float *x = x_;
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}

@@ -270,6 +270,12 @@ static const ops_table cpu_table = {
     .adamw = cpu_adamw,
     .sum_squares = cpu_sum_squares,
     .scale = cpu_scale,
+    .attention_ex_fwd = cpu_attention_ex_fwd,
+    .attention_ex_bwd = cpu_attention_ex_bwd,
+    .attention_ex_cached = cpu_attention_ex_cached,
+    .geglu_fwd = cpu_geglu_fwd,
+    .geglu_bwd = cpu_geglu_bwd,
+    .act_scale = cpu_act_scale,
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
 };
 

@@ -574,6 +574,12 @@ static const ops_table g_table = {
     cu_adamw,
     cu_sum_squares,
     cu_scale,
+    nullptr, /* attention_ex_fwd: sliding window, scale and soft-capping are CPU-only for now */
+    nullptr, /* attention_ex_bwd */
+    nullptr, /* attention_ex_cached */
+    nullptr, /* geglu_fwd: gemma3 runs on the CPU reference only for now */
+    nullptr, /* geglu_bwd */
+    nullptr, /* act_scale */
     1, /* own_memory */
     cu_info,
     cuda_scratch_cap_set,

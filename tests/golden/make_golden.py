@@ -13,10 +13,15 @@ separately here, as the C engine must reproduce with packing):
   grad.<name>    d loss / d every LoRA tensor (PEFT names without the adapter name)
   adam_losses    the loss before each of 10 torch.optim.AdamW steps on this batch
 
+Models: llama (llama3 rope scaling), qwen2 (biases, tied), qwen3 (q/k per-head norms, head_dim
+independent of hidden/heads), mistral (sliding window 6, linear rope scaling), gemma3 (gemma3_text:
+(1 + w) norms, GeGLU, local and global layers).
+
 Usage (where torch, transformers and peft are installed; no GPU needed):
-  python3 make_golden.py IN_DIR OUT_DIR
+  python3 make_golden.py IN_DIR OUT_DIR [MODEL...]     (default: all of them)
 """
 import json
+import os
 import sys
 
 import torch
@@ -41,7 +46,7 @@ def load_inputs(path):
     return json.loads(meta["config"]), json.loads(meta["lora"]), tensors
 
 
-def build(config, lora, tensors):
+def build_base(config, tensors):
     config = dict(config)
     for k in ("architectures", "torch_dtype", "transformers_version"):
         config.pop(k, None)
@@ -55,11 +60,22 @@ def build(config, lora, tensors):
     if cfg.tie_word_embeddings:
         model.tie_weights()
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    inv_freq = getattr(model.model.rotary_emb, "inv_freq", None)
+    rot = model.model.rotary_emb  # gemma3 in 5.x: one inv_freq per layer type; the global one here
+    inv_freq = getattr(rot, "inv_freq", None)
+    if inv_freq is None:
+        inv_freq = getattr(rot, "full_attention_inv_freq", None)
+        local = getattr(rot, "sliding_attention_inv_freq", None)
+        if local is not None:
+            print(f"  sliding layers' inv_freq[:4] {local[:4].tolist()}, layer_types {cfg.layer_types}", flush=True)
     if inv_freq is None:
         print("warning: no rotary_emb.inv_freq", flush=True)
         inv_freq = torch.zeros(cfg.head_dim // 2)
     inv_freq = inv_freq.detach().clone().float()
+    return model, inv_freq
+
+
+def build(config, lora, tensors):
+    model, inv_freq = build_base(config, tensors)
     params = {}
     if peft is not None:
         lcfg = peft.LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=lora["targets"],
@@ -134,12 +150,38 @@ def golden_case(model, params, inv_freq, lora, tensors, packed):
     return out
 
 
+def peft_load_check(config, tensors, adapter_dir, want_logits):
+    """our PEFT adapter (written by test_golden --make-inputs with the inputs' A and B) loaded by
+    PeftModel.from_pretrained: every LoRA tensor arrives unchanged and the logits are the golden's"""
+    base, _ = build_base(config, tensors)
+    model = peft.PeftModel.from_pretrained(base, adapter_dir)
+    model.eval()
+    n, bad = 0, []
+    for name, p in model.named_parameters():
+        if "lora_" not in name:
+            continue
+        key = name.replace(".default", "")
+        n += 1
+        if key not in tensors or not torch.equal(p.detach(), tensors[key]):
+            bad.append(key)
+    expected = sum(1 for k in tensors if ".lora_" in k)
+    ids = tensors["batch.ids"].long()
+    with torch.no_grad():
+        logits = model(input_ids=ids[None], use_cache=False).logits[0].float()
+    rel = float((logits - want_logits).abs().max() / want_logits.abs().max())
+    ok = not bad and n == expected and rel < 1e-5
+    print(f"  peft load {adapter_dir}: {n}/{expected} LoRA tensors, {len(bad)} differ, logits rel err {rel:.2e}: "
+          f"{'ok' if ok else 'FAILED'}", flush=True)
+    return ok
+
+
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     torch.set_grad_enabled(True)
     peft_version = peft.__version__ if peft is not None else "none (LoRA by hand)"
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft_version}", flush=True)
-    for name in ("llama", "qwen2"):
+    failed = 0
+    for name in sys.argv[3:] or ("llama", "qwen2", "qwen3", "mistral", "gemma3"):
         config, lora, tensors = load_inputs(f"{src}/{name}_inputs.safetensors")
         model, params, inv_freq = build(config, lora, tensors)
         for packed in (False, True):
@@ -149,6 +191,10 @@ def main():
             save_file(out, f"{dst}/{case}_golden.safetensors", metadata={
                 "format": "pt", "torch": torch.__version__, "transformers": transformers.__version__,
                 "peft": peft_version})
+            adapter = f"{src}/{name}_adapter"
+            if not packed and peft is not None and os.path.isdir(adapter):
+                failed += not peft_load_check(config, tensors, adapter, out["logits"])
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

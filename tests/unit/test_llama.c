@@ -47,10 +47,11 @@ static double rms_rel(const float *a, const float *b, int64_t n) {
 /* the qwen2 golden model with LoRA on every linear (or small_targets), A from PEFT's init and a
  * nonzero B */
 static uint32_t small_targets = LLAMA_TARGETS_ALL;
+static const char *small_dir = QWEN2_DIR; /* the other families' golden models too (below) */
 
 static llama_model *small_model(float dropout, llama_checkpointing ckpt, int T) {
     llama_model *m = NULL;
-    if (llama_load(&m, QWEN2_DIR, NULL, ops_cpu())) {
+    if (llama_load(&m, small_dir, NULL, ops_cpu())) {
         fprintf(stderr, "%s\n", err_msg());
         return NULL;
     }
@@ -234,7 +235,7 @@ TEST(checkpointing_mlp_chunks) {
     small_targets = LLAMA_TARGETS_ALL;
 }
 
-TEST(model_grad_with_dropout) {
+static void grad_check(void) {
     enum { T = 16 };
     llama_model *m = small_model(0.2f, LLAMA_CKPT_EVERY, T);
     CHECK(m != NULL);
@@ -277,7 +278,9 @@ TEST(model_grad_with_dropout) {
     llama_free(&m);
 }
 
-TEST(kv_cache_matches_forward) {
+TEST(model_grad_with_dropout) { grad_check(); }
+
+static void kv_check(void) {
     enum { T = 13, P = 10 };
     llama_model *m = small_model(0.1f, LLAMA_CKPT_NONE, T);
     CHECK(m != NULL);
@@ -301,6 +304,22 @@ TEST(kv_cache_matches_forward) {
     free(full);
     free(one);
     llama_free(&m);
+}
+
+TEST(kv_cache_matches_forward) { kv_check(); }
+
+/* the same two checks on qwen3 (q/k norms), a mistral with a sliding window of 6 (shorter than
+ * the sequences here: the windowed ops forward, backward and through the KV cache) and gemma3
+ * (its four norms, GeGLU, local and global layers) */
+TEST(families_grads_and_kv_cache) {
+    static const char *dirs[] = {"golden/qwen3-tiny", "golden/mistral-tiny", "golden/gemma3-tiny"};
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+        small_dir = dirs[i];
+        fprintf(stderr, "  %s\n", dirs[i]);
+        grad_check();
+        kv_check();
+    }
+    small_dir = QWEN2_DIR;
 }
 
 TEST(bad_inputs) {
@@ -359,6 +378,7 @@ int main(void) {
     RUN(checkpointing_mlp_chunks);
     RUN(model_grad_with_dropout);
     RUN(kv_cache_matches_forward);
+    RUN(families_grads_and_kv_cache);
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
     return test_summary();

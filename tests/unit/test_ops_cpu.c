@@ -169,6 +169,73 @@ TEST(attention_cached_equals_full) {
     for (int i = 0; i < 2 * ANH * AHD; i++) CHECK_NEAR(out[i], c.out[5 * ANH * AHD + i], 1e-6);
 }
 
+/* the _ex attention: a window of 3, another scale and soft-capping (Gemma-2's formula; no model
+ * uses it yet, so this is its test), by finite differences; and a window the sequences never reach
+ * equal to plain attention; and the cached form equal to the full one */
+static ops_attn ex_opt = {3, 0.6f, 1.5f};
+
+static double attn_ex_loss(void *p) {
+    attn_ctx *c = p;
+    ops->attention_ex_fwd(c->out, c->lse, c->q, c->k, c->v, c->ss, AT, ANH, ANKV, AHD, &ex_opt);
+    return probe(c->out, c->R, AT * ANH * AHD);
+}
+
+TEST(attention_ex_window_scale_softcap) {
+    static attn_ctx c;
+    fill(c.q, sizeof c.q / 4, 50, 1.5f), fill(c.k, sizeof c.k / 4, 51, 1.5f), fill(c.v, sizeof c.v / 4, 52, 1.0f);
+    fill(c.R, sizeof c.R / 4, 53, 1.0f);
+    int32_t ss[AT] = {0, 0, 0, 0, 0, 5, 5};
+    memcpy(c.ss, ss, sizeof ss);
+    attn_ex_loss(&c);
+    static float dq[AT * ANH * AHD], dk[AT * ANKV * AHD], dv[AT * ANKV * AHD];
+    ops->attention_ex_bwd(dq, dk, dv, c.R, c.out, c.lse, c.q, c.k, c.v, c.ss, AT, ANH, ANKV, AHD, &ex_opt);
+    CHECK(fd_max_err(c.q, sizeof c.q / 4, dq, attn_ex_loss, &c, 60) < 1e-2);
+    CHECK(fd_max_err(c.k, sizeof c.k / 4, dk, attn_ex_loss, &c, 60) < 1e-2);
+    CHECK(fd_max_err(c.v, sizeof c.v / 4, dv, attn_ex_loss, &c, 60) < 1e-2);
+    /* row 4 sees keys 2..4 only: moving key 1 changes nothing there */
+    static float before[AT * ANH * AHD];
+    attn_ex_loss(&c); /* the probes above left out at a perturbed input */
+    memcpy(before, c.out, sizeof before);
+    for (int i = 0; i < ANKV * AHD; i++) c.k[1 * ANKV * AHD + i] += 3.0f;
+    attn_ex_loss(&c);
+    for (int i = 0; i < ANH * AHD; i++) CHECK(c.out[4 * ANH * AHD + i] == before[4 * ANH * AHD + i]);
+    CHECK(c.out[3 * ANH * AHD] != before[3 * ANH * AHD]); /* row 3 sees it */
+    /* the cached form: the last 2 rows of the one sequence [0, 5) */
+    static float out[2 * ANH * AHD];
+    ops->attention_ex_cached(out, c.q + 3 * ANH * AHD, c.k, c.v, 2, 5, ANH, ANKV, AHD, &ex_opt);
+    for (int i = 0; i < 2 * ANH * AHD; i++) CHECK_NEAR(out[i], c.out[3 * ANH * AHD + i], 1e-6);
+    /* a window no sequence reaches, default scale, no cap: plain attention */
+    ops_attn none = {100, 0, 0};
+    static float out_ex[AT * ANH * AHD], lse_ex[ANH * AT];
+    ops->attention_ex_fwd(out_ex, lse_ex, c.q, c.k, c.v, c.ss, AT, ANH, ANKV, AHD, &none);
+    ops->attention_fwd(c.out, c.lse, c.q, c.k, c.v, c.ss, AT, ANH, ANKV, AHD);
+    CHECK(!memcmp(out_ex, c.out, sizeof out_ex));
+}
+
+/* ---- GeGLU (tanh) ---- */
+
+typedef struct { float g[40], u[40], out[40], R[40]; } geglu_ctx;
+
+static double geglu_loss(void *p) {
+    geglu_ctx *c = p;
+    ops->geglu_fwd(c->out, c->g, c->u, 40);
+    return probe(c->out, c->R, 40);
+}
+
+TEST(geglu_grad) {
+    geglu_ctx c;
+    fill(c.g, 40, 60, 2.0f), fill(c.u, 40, 61, 1.0f), fill(c.R, 40, 62, 1.0f);
+    float dg[40], du[40];
+    ops->geglu_bwd(dg, du, c.R, c.g, c.u, 40);
+    CHECK(fd_max_err(c.g, 40, dg, geglu_loss, &c, 40) < 1e-2);
+    CHECK(fd_max_err(c.u, 40, du, geglu_loss, &c, 40) < 1e-2);
+    double x = c.g[3]; /* torch's gelu(approximate="tanh") */
+    CHECK_NEAR(c.out[3], 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))) * c.u[3], 1e-5);
+    float y[3] = {1, -2, 0.5f};
+    ops->act_scale(y, 3, 4.0f);
+    CHECK(y[0] == 4 && y[1] == -8 && y[2] == 2);
+}
+
 /* ---- SwiGLU ---- */
 
 typedef struct { float g[40], u[40], out[40], R[40]; } swiglu_ctx;
@@ -348,6 +415,8 @@ int main(void) {
     RUN(attention_grad_packed);
     RUN(attention_packing_equals_separate);
     RUN(attention_cached_equals_full);
+    RUN(attention_ex_window_scale_softcap);
+    RUN(geglu_grad);
     RUN(swiglu_grad);
     RUN(qlinear_matches_dense);
     RUN(qlinear_grad);
