@@ -107,7 +107,7 @@ TEST(test_stage_run_and_show) {
     free(ids);
     free(labels);
     json_decref(c.params);
-    json_decref(c.metrics);
+    { json_decref(c.metrics); json_decref(c.hook_files); }
     json_decref(c.report);
     free(data);
     free(in);

@@ -229,7 +229,7 @@ static int drive_stage(const char *out_dir, const char *params_json) {
         free(s);
     }
     json_decref(c.report);
-    json_decref(c.metrics);
+    { json_decref(c.metrics); json_decref(c.hook_files); }
     json_decref(params);
     return rc;
 }

@@ -55,7 +55,7 @@ TEST(test_lua_stage_reads_input_writes_output) {
     free(text);
     free(copy);
     json_decref(c.params);
-    json_decref(c.metrics);
+    { json_decref(c.metrics); json_decref(c.hook_files); }
     json_decref(c.report);
     fs_rm_rf(tmp);
     free(data);

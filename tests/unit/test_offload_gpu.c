@@ -130,7 +130,7 @@ static int run_train(bool offload, const char *out, const char *work) {
     int rc = stage_kind_train.check(p);
     if (!rc) rc = stage_kind_train.run(&ctx);
     if (rc) fprintf(stderr, "train: %s\n", err_msg());
-    json_decref(ctx.metrics);
+    { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
     json_decref(p);
     return rc;
 }
@@ -244,7 +244,7 @@ int main(void) {
     fix_ctx(&ctx, &stage_kind_attach_lora, "lora", lp, lora_art, NULL);
     fix_input(&ctx, "model", "init_model", model_art);
     if (!rc) rc = stage_kind_attach_lora.run(&ctx);
-    json_decref(ctx.metrics);
+    { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
     json_decref(lp);
     if (rc) {
         fprintf(stderr, "fixture: %s\n", err_msg());

@@ -41,7 +41,7 @@ static int run_train(json_t *params, const char *out, const char *work, volatile
     int rc = stage_kind_train.check(params);
     if (!rc) rc = stage_kind_train.run(&ctx);
     if (metrics) *metrics = ctx.metrics;
-    else json_decref(ctx.metrics);
+    else { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
     json_decref(params);
     return rc;
 }
@@ -288,7 +288,7 @@ int main(void) {
     fix_ctx(&ctx, &stage_kind_attach_lora, "lora", lp, lora_art, NULL);
     fix_input(&ctx, "model", "init_model", model_art);
     if (!rc) rc = stage_kind_attach_lora.run(&ctx);
-    json_decref(ctx.metrics);
+    { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
     json_decref(lp);
     if (rc) {
         fprintf(stderr, "fixture: %s\n", err_msg());
