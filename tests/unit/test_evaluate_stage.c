@@ -36,7 +36,8 @@ static int run_stage(const stage_kind *k, json_t *params, const char *out, json_
     if (report) *report = ctx.report;
     else json_decref(ctx.report);
     if (metrics) *metrics = ctx.metrics;
-    else { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
+    else json_decref(ctx.metrics);
+    json_decref(ctx.hook_files);
     json_decref(params);
     return rc;
 }

@@ -41,7 +41,8 @@ static int run_train(json_t *params, const char *out, const char *work, volatile
     int rc = stage_kind_train.check(params);
     if (!rc) rc = stage_kind_train.run(&ctx);
     if (metrics) *metrics = ctx.metrics;
-    else { json_decref(ctx.metrics); json_decref(ctx.hook_files); }
+    else json_decref(ctx.metrics);
+    json_decref(ctx.hook_files);
     json_decref(params);
     return rc;
 }
