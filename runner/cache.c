@@ -38,7 +38,11 @@ int cache_open(cache *c, const char *root) {
         char *p = fs_join(c->root, subs[i]);
         int rc = fs_mkdir_p(p);
         free(p);
-        if (rc) return err_wrap("cache '%s'", c->root);
+        if (rc) {
+            rc = err_wrap("cache '%s'", c->root);
+            cache_close(c); /* nothing half-open for the caller to free */
+            return rc;
+        }
     }
     c->memo = fs_join(c->root, "hash-memo");
     return 0;

@@ -200,6 +200,10 @@ int cmd_generate(int argc, char **argv) {
                  (rc = llama_peft_attach(m, &ad, adir))))
         goto out;
     go.eos_id = tokenizer_eos(tok);
+    if (a.ids) { /* token ids in and out (llama.cpp comparisons) */
+        rc = generate_print_ids(m, text_in ? text_in : prompt, &go);
+        goto out;
+    }
     if (a.chat || a.chat_kwargs) {
         /* the template writes the special tokens itself: encode its text without adding any */
         char *rendered = NULL;
@@ -214,11 +218,6 @@ int cmd_generate(int argc, char **argv) {
     } else if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) {
         goto out;
     }
-    if (a.ids) {
-        rc = generate_print_ids(m, text_in ? text_in : prompt, &go);
-        goto out;
-    }
-    if ((rc = generate_text(m, tok, text_in ? text_in : prompt, &go, &out, NULL))) goto out;
     fputs(out, stdout);
     fputc('\n', stdout);
 out: /* main prints the message */
