@@ -408,7 +408,7 @@ static int resolve_paths(stage_ctx *c, json_t *p, char ***paths, size_t *n) {
     for (size_t i = 0; i < k && !rc; i++) {
         const char *s = json_string_value(json_array_get(p, i));
         if (!s) rc = err_set(ERR_RECIPE, "path: expected file names or globs");
-        else pats[i] = s[0] == '/' || !c->recipe_dir ? strdup(s) : fs_join(c->recipe_dir, s);
+        else pats[i] = stage_recipe_path(c, s);
     }
     if (!rc) rc = dataset_glob((const char *const *)pats, k, paths, n);
     for (size_t i = 0; pats && i < k; i++) free(pats[i]);
@@ -704,7 +704,7 @@ static int dataset_run(stage_ctx *c) {
             }
         const char *cf = json_string_value(json_object_get(cp, "chat_template_file"));
         char *dir = fs_join(in->dir, "model"), line[1024];
-        char *file = !cf ? NULL : cf[0] == '/' || !c->recipe_dir ? strdup(cf) : fs_join(c->recipe_dir, cf);
+        char *file = stage_recipe_path(c, cf);
         bool jinja;
         const char *builtin;
         rc = chat_opts_load(cp, file, dir, t, &chat, &jinja, &builtin, line, sizeof line);

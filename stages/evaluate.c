@@ -109,10 +109,6 @@ static void eval_key_files(const json_t *p, void (*add)(void *ud, const char *pa
     }
 }
 
-/* a path of the recipe, resolved against its folder (malloc'd) */
-static char *recipe_file(const stage_ctx *ctx, const char *path) {
-    return path[0] == '/' || !ctx->recipe_dir ? strdup(path) : fs_join(ctx->recipe_dir, path);
-}
 
 static int eval_check(const json_t *p) {
     int trc = check_tasks(json_object_get(p, "tasks"));
@@ -562,9 +558,9 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
         const char *name = json_string_value(json_object_get(t, "name"));
         mc_format f;
         mc_format_parse(json_string_value(json_object_get(t, "format")), &f);
-        char *path = recipe_file(ctx, json_string_value(json_object_get(t, "path")));
+        char *path = stage_recipe_path(ctx, json_string_value(json_object_get(t, "path")));
         const char *fps = json_string_value(json_object_get(t, "fewshot_path"));
-        char *fpath = fps ? recipe_file(ctx, fps) : NULL;
+        char *fpath = fps ? stage_recipe_path(ctx, fps) : NULL;
         mc_doc *docs = NULL, *shots = NULL;
         size_t n = 0, ns = 0;
         rc = mc_load_docs(f, path, json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);

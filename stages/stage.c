@@ -45,12 +45,13 @@ double stage_float(const stage_ctx *c, const char *key) { return json_number_val
 bool stage_bool(const stage_ctx *c, const char *key) { return json_is_true(json_object_get(c->params, key)); }
 json_t *stage_json(const stage_ctx *c, const char *key) { return json_object_get(c->params, key); }
 
-char *stage_path(const stage_ctx *c, const char *key) {
-    const char *p = stage_str(c, key);
+char *stage_recipe_path(const stage_ctx *c, const char *p) {
     if (!p) return NULL;
     if (p[0] == '/' || !c->recipe_dir) return strdup(p);
     return fs_join(c->recipe_dir, p);
 }
+
+char *stage_path(const stage_ctx *c, const char *key) { return stage_recipe_path(c, stage_str(c, key)); }
 
 const stage_input *stage_input_get(const stage_ctx *c, const char *role) {
     for (int i = 0; i < c->n_inputs; i++)

@@ -170,6 +170,9 @@ bool stage_bool(const stage_ctx *c, const char *key);
 json_t *stage_json(const stage_ctx *c, const char *key);             /* borrowed */
 /* a path param resolved against the recipe dir: malloc'd, NULL if unset */
 char *stage_path(const stage_ctx *c, const char *key);
+/* a path as written in the recipe (in a structured param, say), resolved against its folder;
+ * malloc'd, NULL for NULL */
+char *stage_recipe_path(const stage_ctx *c, const char *path);
 /* the artifact dir of the input referenced by param `role`, NULL if none */
 const stage_input *stage_input_get(const stage_ctx *c, const char *role);
 /* The name users know an input's model by (its manifest's report "model_name", written by
