@@ -11,5 +11,6 @@ objs=$(find "$build/CMakeFiles/qlora.dir" -name '*.o')
 cc -std=gnu11 -O2 -I"$src" -DQLORA_VERSION='"bench"' $(pkg-config --cflags lua5.4 jansson libcurl) \
   -o "$build/bench_parquet" "$here/bench_parquet.c" $objs \
   $(pkg-config --libs yaml-0.1 lua5.4 libcurl jansson libpcre2-8 libxxhash openssl snappy libzstd zlib libbrotlidec) \
+  $(pkg-config --libs ompi-c 2>/dev/null) \
   -lpthread -lm
 exec "$build/bench_parquet" "$@"
