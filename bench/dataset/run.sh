@@ -12,5 +12,5 @@ cuda=""
 [ -f "$build/libqlora_cuda.a" ] && cuda="$build/libqlora_cuda.a -L/usr/local/cuda/lib64 -lcudart_static -lcublas -lcublasLt -ldl -lrt -lstdc++"
 cc -std=gnu11 -O2 -I"$src" -DQLORA_VERSION='"bench"' $(pkg-config --cflags lua5.4 jansson libcurl) \
   -o "$build/bench_dataset" "$here/bench_dataset.c" $objs $cuda \
-  $(pkg-config --libs yaml-0.1 lua5.4 libcurl jansson libpcre2-8 libxxhash openssl snappy libzstd zlib libbrotlidec) -lpthread -lm
+  $(pkg-config --libs yaml-0.1 lua5.4 libcurl jansson libpcre2-8 libxxhash openssl snappy libzstd zlib libbrotlidec) $(pkg-config --libs ompi-c 2>/dev/null) -lpthread -lm
 exec "$build/bench_dataset" "$@"
