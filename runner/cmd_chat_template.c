@@ -16,7 +16,7 @@
 
 typedef struct chat_template_args {
     const char *model, *template_file, *kwargs;
-    bool add_generation_prompt, keep_going;
+    bool add_generation_prompt, keep_going, spans;
     int64_t now;
 } chat_template_args;
 
@@ -35,6 +35,10 @@ static const cli_opt chat_template_opts[] = {
     {"keep-going", 0, CLI_FLAG, NULL, "a record that fails prints null (its error goes to stderr) and the rest\n"
                                       "are rendered; the exit status is still 4",
      CLI_AT(chat_template_args, keep_going), 0, 0},
+    {"spans", 0, CLI_FLAG, NULL, "print {\"text\": ..., \"spans\": [[start, end], ...]} per record: the characters each\n"
+                                 "{% generation %} block wrote, as transformers' return_assistant_tokens_mask\n"
+                                 "finds them (the assistant tokens the training mask keeps)",
+     CLI_AT(chat_template_args, spans), 0, 0},
     {0},
 };
 
@@ -52,7 +56,30 @@ const cli_cmd cli_chat_template = {
     .max_pos = 0, .opts = chat_template_opts,
 };
 
-static int render_record(const chat_template *ct, const json_t *rec, const json_t *kwargs, bool agp,
+/* chars_before: the number of characters (code points, Python's string index) in the first
+ * `byte` bytes of a UTF-8 text */
+static size_t chars_before(const char *text, size_t byte) {
+    size_t n = 0;
+    for (size_t i = 0; i < byte; i++) n += ((unsigned char)text[i] & 0xC0) != 0x80;
+    return n;
+}
+
+/* spans_json: {"text": TEXT, "spans": [[start, end], ...]} with character offsets */
+static json_t *spans_json(const jinja_result *res) {
+    json_t *o = json_object(), *arr = json_array();
+    json_object_set_new(o, "text", json_stringn(res->text, res->len));
+    json_object_set_new(o, "spans", arr);
+    for (size_t i = 0; i < res->n_gen; i++)
+        json_array_append_new(arr, json_pack("[II]", (json_int_t)chars_before(res->text, res->gen[i].begin),
+                                             (json_int_t)chars_before(res->text, res->gen[i].end)));
+    if (!json_is_string(json_object_get(o, "text"))) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+static int render_record(const chat_template *ct, const json_t *rec, const json_t *kwargs, bool agp, bool spans,
                          const jinja_limits *lim) {
     if (!json_is_object(rec)) return err_set(ERR_DATA, "expected a JSON object");
     json_t *msgs = json_object_get(rec, "messages");
@@ -70,7 +97,7 @@ static int render_record(const chat_template *ct, const json_t *rec, const json_
                                   lim, &res);
     json_decref(all);
     if (rc) return rc;
-    json_t *s = json_stringn(res.text, res.len);
+    json_t *s = spans ? spans_json(&res) : json_stringn(res.text, res.len);
     char *out = s ? json_dumps(s, JSON_ENCODE_ANY) : NULL;
     json_decref(s);
     jinja_result_free(&res);
@@ -87,7 +114,7 @@ int cmd_chat_template(int argc, char **argv) {
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (!a.model) return cli_usage_error(&cli_chat_template, "--model DIR is required");
     const char *model = a.model, *file = a.template_file, *kwargs_text = a.kwargs;
-    bool agp = a.add_generation_prompt, keep_going = a.keep_going;
+    bool agp = a.add_generation_prompt, keep_going = a.keep_going, spans = a.spans;
     int failed = 0, fail_code = 0;
     jinja_limits lim = {.now = a.now};
     json_t *kwargs = NULL;
@@ -119,7 +146,7 @@ int cmd_chat_template(int argc, char **argv) {
         json_t *rec = json_loadb(line, len, 0, &je);
         if (!rec) rc = err_set(ERR_DATA, "stdin:%zu:%d: record %zu: invalid JSON: %s", lineno, je.column, record, je.text);
         else {
-            rc = render_record(ct, rec, kwargs, agp, &lim);
+            rc = render_record(ct, rec, kwargs, agp, spans, &lim);
             if (rc) err_wrap("stdin:%zu: record %zu", lineno, record);
         }
         if (rc && keep_going) {
