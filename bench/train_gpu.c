@@ -3,6 +3,7 @@
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
  *                   [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
+ *                   [--act-offload auto|on|off]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -212,13 +213,22 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) 
 typedef struct lean_opt {
     int64_t cap;
     int mlp_rows;
+    bool offload; /* the layer inputs in pinned host memory (llama.h offload_inputs) */
 } lean_opt;
-static const lean_opt lean_opts[] = {{0, 0}, {0, 1024}, {LEAN_SCRATCH_CAP, 1024}, {LEAN_SCRATCH_CAP, 512},
-                                     {LEAN_SCRATCH_CAP, 256}};
+static const lean_opt lean_opts[] = {{0, 0, false},
+                                     {0, 0, true},
+                                     {0, 1024, false},
+                                     {0, 1024, true},
+                                     {LEAN_SCRATCH_CAP, 1024, false},
+                                     {LEAN_SCRATCH_CAP, 1024, true},
+                                     {LEAN_SCRATCH_CAP, 512, true},
+                                     {LEAN_SCRATCH_CAP, 256, true}};
 #define N_LEAN_OPTS ((int)(sizeof lean_opts / sizeof *lean_opts))
+static int act_offload = 2; /* --act-offload: 0 off, 1 on, 2 auto (when nothing else fits) */
 
 static int64_t plan_total_opt(llama_model *m, int64_t T, llama_checkpointing ckpt, lean_opt o) {
     m->mlp_chunk_rows = o.mlp_rows > 0 ? o.mlp_rows : (int)T;
+    m->offload_inputs = o.offload;
     int64_t lora_bufs = m->adam_host ? 2 : 4; /* params, grads (+ AdamW m, v unless on the host) */
     return m->weight_bytes + lora_bufs * m->n_lora_params * 4 + llama_plan_bytes(m, (int)T, ckpt) +
            plan_scratch_bytes(m, T, o.cap);
@@ -226,12 +236,17 @@ static int64_t plan_total_opt(llama_model *m, int64_t T, llama_checkpointing ckp
 
 /* the fastest plan of ckpt that fits has (the leanest when none does); its total in *need */
 static lean_opt plan_pick(llama_model *m, int64_t T, llama_checkpointing ckpt, int64_t has, int64_t *need) {
-    int n = ckpt == LLAMA_CKPT_EVERY ? N_LEAN_OPTS : 1;
+    int n = ckpt == LLAMA_CKPT_EVERY ? N_LEAN_OPTS : 1, last = -1;
     for (int i = 0; i < n; i++) {
+        if (ckpt == LLAMA_CKPT_EVERY && ((act_offload == 0 && lean_opts[i].offload) ||
+                                         (act_offload == 1 && !lean_opts[i].offload)))
+            continue;
+        last = i;
         *need = plan_total_opt(m, T, ckpt, lean_opts[i]);
-        if (*need <= has || i == n - 1) return lean_opts[i];
+        if (*need <= has) return lean_opts[i];
     }
-    return lean_opts[0];
+    if (last >= 0) *need = plan_total_opt(m, T, ckpt, lean_opts[last]);
+    return lean_opts[last >= 0 ? last : 0];
 }
 
 
@@ -276,6 +291,7 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--r")) r = atoi(v);
         else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
+        else if (!strcmp(a, "--act-offload")) act_offload = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : 2;
         else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
@@ -342,6 +358,7 @@ static int bench_train(int argc, char **argv) {
     /* a checkpointed run takes the fastest knobs that fit (plan_pick) */
     lean_opt use = ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
     m->mlp_chunk_rows = use.mlp_rows > 0 ? use.mlp_rows : T;
+    m->offload_inputs = ckpt == LLAMA_CKPT_EVERY && use.offload;
     cuda_scratch_cap_set((size_t)use.cap);
     if ((rc = llama_plan(m, T, ckpt))) return rc;
 
@@ -400,13 +417,20 @@ static int bench_train(int argc, char **argv) {
     char floor_s[32] = "-";
     if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
-           seq, batch, ckpt == LLAMA_CKPT_EVERY ? (nccl ? "every layer, NCCL" : "every layer") : (nccl ? "none, NCCL" : "none"), tok_s, med * 1e3, 100.0 * mfu, floor_s,
+           seq, batch,
+           ckpt == LLAMA_CKPT_EVERY ? (m->offload_inputs ? (nccl ? "every layer, inputs on host, NCCL" : "every layer, inputs on host")
+                                                         : (nccl ? "every layer, NCCL" : "every layer"))
+                                    : (nccl ? "none, NCCL" : "none"),
+           tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
     fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
                     "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
-            cuda_host_mem_live() / 1048576.0, m->act_bytes / GIB, llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+            (cuda_host_mem_live() - (double)m->host_act_bytes) / 1048576.0, m->act_bytes / GIB,
+            llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
+    if (m->host_act_bytes)
+        fprintf(stderr, "layer inputs offloaded: %.2f GiB in pinned host memory\n", m->host_act_bytes / GIB);
     fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
                     "GiB\n", need / GIB, plan_scratch_bytes(m, T, use.cap) / GIB, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);

@@ -216,7 +216,15 @@ typedef struct ops_table {
     /* cap the ops' largest scratch (the dequantized weight, shared with the cross-entropy chunk
      * and attention's dq) at bytes, 0 lifting the cap; NULL: the backend has no such scratch */
     void (*scratch_cap_set)(size_t bytes);
+    /* Copies beside the compute (activation offload, model/llama.c): side_copy queues a copy of
+     * bytes from src to dst (backend or alloc_host memory) that starts once the work queued so far
+     * has run and overlaps the work queued after it; side_wait(slot) makes the work queued after
+     * it wait until the last copy queued on that slot (0..OPS_SIDE_SLOTS-1) has ended. Copies run
+     * in the order they were queued. The CPU copies at once (a test of the bookkeeping). */
+    void (*side_copy)(int slot, void *dst, const void *src, size_t bytes);
+    void (*side_wait)(int slot);
 } ops_table;
+#define OPS_SIDE_SLOTS 8
 
 /* Every op of the table, in table order: the function pointers from embedding_fwd to scale. A
  * static assertion (ops_cpu.c) keeps the list and the struct in step, and test_ops_gpu fails for

@@ -41,7 +41,10 @@ typedef struct layer_acts {
 
 struct llama_acts {
     layer_acts *layer; /* [L], or [1] with checkpointing */
-    void **res;        /* [L+1] residual stream at each layer input (res[L]: the last output) */
+    void **res;        /* [L+1] residual stream at each layer input (res[L]: the last output); offloaded:
+                        * res[l] is ring buffer l % 3, the input itself is host_in + l * T*C */
+    char *host_in;     /* offload_inputs: the layer inputs in host memory (ops->alloc_host) */
+    size_t in_bytes;   /* one layer input of the plan's T tokens */
     void *nf;          /* final norm output [T, C] */
     float *rstdf;
     /* backward scratch, shared by all layers */
@@ -448,6 +451,9 @@ static void free_acts(llama_model *m) {
     }
     if (m->act_mem) m->ops->free(m->act_mem);
     m->act_mem = NULL;
+    if (m->acts_host) m->ops->free_host(m->acts_host);
+    m->acts_host = NULL;
+    m->host_act_bytes = 0;
     m->plan_T = 0;
 }
 
@@ -572,6 +578,11 @@ static int plan_mlp_rows(const llama_model *m, int T) {
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* the layer inputs go to host memory (see offload_input_out) */
+static bool offloaded(const llama_model *m) {
+    return m->offload_inputs && m->ckpt == LLAMA_CKPT_EVERY && m->L > 3 && m->ops->side_copy;
+}
+
 /* Without checkpointing every layer keeps its own activations. With it (the lean plan), one set
  * of buffers serves every layer and most of them hold two things in turn (see layer_backward):
  *   X0: n1, then n2, then dq       att: att, then n1 again       res_mid: res_mid, then datt
@@ -620,7 +631,13 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         plan_qk_norm(m, A, a, cv, T, true);
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
-        for (int l = 0; l < m->L; l++) A->res[l] = carve_take(cv, T * C * es);
+        if (m->offload_inputs && m->L > 3 && m->ops->side_copy) { /* three on the device in turn (see offload_after_forward) */
+            void *ring[3];
+            for (int i = 0; i < 3; i++) ring[i] = carve_take(cv, T * C * es);
+            for (int l = 0; l < m->L; l++) A->res[l] = ring[l % 3];
+        } else {
+            for (int l = 0; l < m->L; l++) A->res[l] = carve_take(cv, T * C * es);
+        }
         A->mlp_rows = (int)rows;
         A->rstdf = carve_take(cv, T * 4);
         A->dres = carve_take(cv, T * C * es);
@@ -704,6 +721,19 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
     }
     cv = (carve){.base = m->act_mem};
     plan_layout(m, A, &cv, max_T, ckpt);
+    if (offloaded(m)) {
+        A->in_bytes = (size_t)max_T * (size_t)m->C * ops_act_size(m->ops);
+        m->host_act_bytes = (int64_t)(A->in_bytes * (size_t)(m->L - 3));
+        m->acts_host = m->ops->alloc_host((size_t)m->host_act_bytes);
+        if (!m->acts_host) {
+            double mib = (double)m->host_act_bytes / 1048576.0;
+            free_acts(m);
+            return err_set(ERR_STAGE, "out of pinned host memory: offloading the layer inputs of %d tokens needs "
+                                      "%.1f MiB of host RAM; use a shorter sequence_len or activation_offload: false",
+                           max_T, mib);
+        }
+        A->host_in = m->acts_host;
+    }
     m->plan_T = max_T;
     return 0;
 }
@@ -785,6 +815,35 @@ static void mlp_forward_rows(llama_model *m, int l, layer_acts *a, void *out, in
     linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, train, seed);
     glu_fwd(m, a->act, a->gate, a->up, (int64_t)n * m->I);
     if (out) linear_fwd(m, l, LLAMA_DOWN, out, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, train, seed);
+}
+
+/* offload_inputs with checkpointing: layer l's input is ring buffer l % 3 (A->res[l]); the inputs
+ * of layers 0..L-4 go to host memory during the forward and come back during the backward, each
+ * copy on the side stream, slot = ring buffer. The last three inputs stay in their buffers. */
+
+/* forward: before anything writes ring buffer (l+1) % 3 (layer l's output), the copy of its
+ * earlier content (input l-2) must have ended */
+static void offload_before_layer(llama_model *m, int l) {
+    if (offloaded(m) && l >= 2 && l + 1 < m->L) m->ops->side_wait((l + 1) % 3);
+}
+
+/* forward: input l is complete (embedding or layer l-1 queued): send it to host memory */
+static void offload_input_out(llama_model *m, int l) {
+    if (!offloaded(m) || l >= m->L - 3) return;
+    llama_acts *A = m->acts;
+    m->ops->side_copy(l % 3, A->host_in + (size_t)l * A->in_bytes, A->res[l], A->in_bytes);
+}
+
+/* backward, before layer l: its input must be back in its buffer */
+static void offload_input_ready(llama_model *m, int l) {
+    if (offloaded(m) && l < m->L - 3) m->ops->side_wait(l % 3);
+}
+
+/* backward, layer l queued: its buffer is free once that work has run; fetch input l-3 into it */
+static void offload_fetch_next(llama_model *m, int l) {
+    if (!offloaded(m) || l < 3) return;
+    llama_acts *A = m->acts;
+    m->ops->side_copy(l % 3, A->res[l - 3], A->host_in + (size_t)(l - 3) * A->in_bytes, A->in_bytes);
 }
 
 /* layer l from res_in; writes res_out when not NULL (a recompute only refills the saved acts).
@@ -983,9 +1042,12 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
     o->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)T);
     o->embedding_fwd(A->res[0], A->ids, m->embed, T, m->C);
     if (m->embed_scale > 0) o->act_scale(A->res[0], (int64_t)T * m->C, m->embed_scale);
+    if (train) offload_input_out(m, 0);
     for (int l = 0; l < m->L; l++) {
         layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
+        if (train) offload_before_layer(m, l);
         layer_forward(m, l, a, A->res[l], A->res[l + 1], T, train, seed);
+        if (train && l + 1 < m->L) offload_input_out(m, l + 1);
     }
     o->rmsnorm_fwd(A->nf, A->rstdf, A->res[m->L], m->final_norm, T, m->C, m->eps);
     return 0;
@@ -1019,8 +1081,10 @@ int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scal
     o->rmsnorm_bwd(A->dres, A->dn, A->res[m->L], m->final_norm, A->rstdf, T, m->C);
     for (int l = m->L - 1; l >= 0; l--) {
         layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
+        offload_input_ready(m, l);
         if (m->ckpt == LLAMA_CKPT_EVERY) layer_forward(m, l, a, A->res[l], NULL, T, true, dropout_seed);
         layer_backward(m, l, a, A->res[l], T, dropout_seed);
+        offload_fetch_next(m, l);
         if (m->layer_done) m->layer_done(m->layer_done_ud, l);
     }
     sum_losses(m, T, loss_sum, n_targets, NULL);

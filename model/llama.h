@@ -137,10 +137,16 @@ typedef struct llama_model {
 
     /* activation plan (after llama_plan) */
     int mlp_chunk_rows;   /* tokens per MLP chunk with checkpointing; 0: LLAMA_MLP_CHUNK_ROWS (set before llama_plan) */
+    bool offload_inputs;  /* set before llama_plan; with checkpointing: the layer inputs live in pinned host
+                           * memory (ops->alloc_host), the device holds three of them in turn, copied out
+                           * during the forward and back during the backward beside the compute
+                           * (ops->side_copy); the same arithmetic, the same bits */
+    int64_t host_act_bytes; /* host memory of the plan (the offloaded layer inputs) */
     int plan_T;
     llama_checkpointing ckpt;
     llama_acts *acts;
     void *act_mem;        /* the single allocation carved into activation buffers */
+    void *acts_host;      /* offload_inputs: the host allocation of the layer inputs (host_act_bytes) */
     int64_t act_bytes;
 
     /* generation */
@@ -192,8 +198,14 @@ typedef struct llama_plan_choice {
     bool over_budget;        /* auto: plain_bytes > budget_bytes, so checkpointing */
     bool device_refused;     /* auto: the plain plan did not fit the device, so checkpointing */
     bool lean;               /* the lean knobs were taken */
+    bool offload;            /* the layer inputs went to host memory (offload_inputs) */
 } llama_plan_choice;
-int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, double budget_bytes, llama_plan_choice *out);
+/* offload: LLAMA_OFFLOAD_AUTO moves the checkpointed layer inputs to host memory (offload_inputs)
+ * when the checkpointed plan does not fit the budget, first without the lean knobs, then with
+ * them; ON always does with checkpointing; OFF never does */
+typedef enum llama_offload_mode { LLAMA_OFFLOAD_AUTO, LLAMA_OFFLOAD_ON, LLAMA_OFFLOAD_OFF } llama_offload_mode;
+int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget_bytes,
+                    llama_plan_choice *out);
 
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */

@@ -19,7 +19,8 @@ static double device_free_bytes(const ops_table *ops) {
     return di.free_bytes;
 }
 
-int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, double budget, llama_plan_choice *out) {
+int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget,
+                    llama_plan_choice *out) {
     llama_plan_choice ch = {0};
     llama_checkpointing ck = mode == LLAMA_PLAN_EVERY ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
     bool dev = m->ops->own_memory;
@@ -40,16 +41,22 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, double budg
     /* Checkpointing on a device: the lean knobs save a few hundred MB and cost some speed, so
      * they are taken only when the plain checkpointed plan would not fit the budget (or the
      * device's free memory). */
+    m->offload_inputs = ck == LLAMA_CKPT_EVERY && offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     if (ck == LLAMA_CKPT_EVERY && dev) {
         m->mlp_chunk_rows = max_T;
         double wmax = 0;
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
-        double need = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
         double room = budget > 0 ? budget : device_free_bytes(m->ops);
-        ch.lean = need > room;
+#define NEED() ((double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN)
+        /* what does not fit: first the layer inputs go to host memory (copied beside the compute),
+         * then the lean knobs */
+        if (NEED() > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy) m->offload_inputs = true;
+        ch.lean = NEED() > room;
+#undef NEED
         if (ch.lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
     }
+    ch.offload = m->offload_inputs;
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);
     if (rc && dev && ck == LLAMA_CKPT_NONE && mode == LLAMA_PLAN_AUTO) { /* the device said no: the lean plan */
@@ -58,8 +65,10 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, double budg
         ch.lean = true;
         device_lean_scratch(m->ops, true);
         m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+        m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
         rc = llama_plan(m, max_T, LLAMA_CKPT_EVERY);
     }
+    ch.offload = m->offload_inputs && m->ckpt == LLAMA_CKPT_EVERY;
     if (out) *out = ch;
     return rc;
 }

@@ -50,6 +50,10 @@ static const param_spec train_params[] = {
     {"max_grad_norm", PARAM_FLOAT, "1.0", 0, 1e9, NULL, "clip the global gradient norm to this (0: off)", 0},
     {"activation_checkpointing", PARAM_ENUM, "auto", 0, -1, "none|every_layer|auto",
      "recompute each layer in backward (auto: only when memory_budget needs it)", 0},
+    {"activation_offload", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
+     "with checkpointing, keep the layer inputs in pinned host memory, copied out and back beside the "
+     "compute (auto: when the checkpointed plan does not fit memory_budget or the device; the same bits)",
+     PARAM_NOKEY},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
      "activation memory allowed for auto checkpointing, e.g. 8GB (default: half of RAM or of the GPU)", PARAM_NOKEY},
     {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
@@ -205,11 +209,15 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     int rc = parse_budget(stage_str(ctx, "memory_budget"), &budget);
     if (rc) return rc;
     llama_plan_choice ch;
+    const char *off = stage_str(ctx, "activation_offload");
     rc = llama_plan_auto(m, max_T,
                          !strcmp(mode, "auto")          ? LLAMA_PLAN_AUTO
                          : !strcmp(mode, "every_layer") ? LLAMA_PLAN_EVERY
                                                         : LLAMA_PLAN_NONE,
+                         !strcmp(off, "on") ? LLAMA_OFFLOAD_ON : !strcmp(off, "off") ? LLAMA_OFFLOAD_OFF : LLAMA_OFFLOAD_AUTO,
                          budget, &ch);
+    if (!rc && ch.offload)
+        stage_logf(ctx, "layer inputs offloaded to pinned host memory: %.1f MiB on the host", (double)m->host_act_bytes / 1048576.0);
     if (ch.over_budget)
         stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing "
                         "every layer", ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0);
@@ -236,11 +244,12 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
                (double)m->weight_bytes / MiB, m->layers[0].lin[0].w.absmax_q ? " + double-quant absmax" : "",
                (long long)m->n_lora_params, m->adam_host ? lora_mib : 2 * lora_mib, adam, (double)m->act_bytes / MiB,
                max_T, di.live_bytes / MiB);
-    stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s",
+    stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s%s",
                di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
                m->ckpt == LLAMA_CKPT_NONE            ? "none"
                : m->mlp_chunk_rows > 0 && m->mlp_chunk_rows < max_T ? "every layer (lean plan: MLP in chunks of rows)"
-                                                                     : "every layer");
+                                                                     : "every layer",
+               m->ckpt != LLAMA_CKPT_NONE && m->offload_inputs ? "; layer inputs in pinned host memory" : "");
 }
 
 static int train_run_stage(stage_ctx *ctx) {

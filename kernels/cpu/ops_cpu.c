@@ -240,6 +240,11 @@ static void cpu_zero(void *p, size_t bytes) {
     if (bytes) memset(p, 0, bytes);
 }
 static void cpu_sync(void) {}
+static void cpu_side_copy(int slot, void *dst, const void *src, size_t bytes) {
+    (void)slot;
+    memcpy(dst, src, bytes);
+}
+static void cpu_side_wait(int slot) { (void)slot; }
 
 static const ops_table cpu_table = {
     .name = "cpu",
@@ -277,6 +282,8 @@ static const ops_table cpu_table = {
     .geglu_bwd = cpu_geglu_bwd,
     .act_scale = cpu_act_scale,
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
+    .side_copy = cpu_side_copy,
+    .side_wait = cpu_side_wait,
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }

@@ -236,6 +236,28 @@ static void cu_free_host(void *p) {
     CUDA_CHECK(cudaFreeHost(p));
 }
 
+// Side copies (ops.h side_copy): one copy stream of their own, an event per slot. A copy waits
+// for the main stream's work so far (g_ev_side_start), then records its slot's event.
+static cudaStream_t g_copy;
+static cudaEvent_t g_ev_side_start, g_ev_slot[OPS_SIDE_SLOTS];
+
+static void cu_side_copy(int slot, void *dst, const void *src, size_t bytes) {
+    runtime_init();
+    if (!g_copy) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g_copy, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_side_start, cudaEventDisableTiming));
+        for (int i = 0; i < OPS_SIDE_SLOTS; i++) CUDA_CHECK(cudaEventCreateWithFlags(&g_ev_slot[i], cudaEventDisableTiming));
+    }
+    CUDA_CHECK(cudaEventRecord(g_ev_side_start, g_stream));
+    CUDA_CHECK(cudaStreamWaitEvent(g_copy, g_ev_side_start, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, g_copy));
+    CUDA_CHECK(cudaEventRecord(g_ev_slot[slot], g_copy));
+}
+
+static void cu_side_wait(int slot) {
+    if (g_copy) CUDA_CHECK(cudaStreamWaitEvent(g_stream, g_ev_slot[slot], 0));
+}
+
 extern "C" size_t cuda_host_mem_live(void) {
     std::lock_guard<std::mutex> lock(g_mem_mu);
     return g_host_live_bytes;
@@ -583,6 +605,8 @@ static const ops_table g_table = {
     1, /* own_memory */
     cu_info,
     cuda_scratch_cap_set,
+    cu_side_copy,
+    cu_side_wait,
 };
 
 extern "C" const ops_table *ops_cuda(void) {
