@@ -186,14 +186,17 @@ int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ck
 
 /* The plan a run asks for by mode (llama_plan.c): LLAMA_PLAN_NONE and LLAMA_PLAN_EVERY as told,
  * LLAMA_PLAN_AUTO checkpointing every layer only when the activations without it would not fit
- * budget_bytes (0: what the device has free after the weights, less a margin for the ops'
+ * budget_bytes (on a device the whole process's memory: what it uses already comes off first;
+ * 0: what the device has free after the weights, less a margin for the ops'
  * scratch; on a backend without its own memory, half of RAM), or when the device refuses the
  * plain plan. With checkpointing on a device, the lean knobs (the MLP in row chunks, the ops'
  * scratch capped: slower, a few hundred MB smaller) are taken only when the plain checkpointed
  * plan would not fit. What was decided is in *out (may be NULL) for the caller to report. */
 typedef enum llama_plan_mode { LLAMA_PLAN_NONE, LLAMA_PLAN_EVERY, LLAMA_PLAN_AUTO } llama_plan_mode;
 typedef struct llama_plan_choice {
-    double budget_bytes;     /* what auto planned against (after defaults) */
+    double budget_bytes;     /* what the activations were planned against (after defaults; on a device, the
+                              * budget less in_use_bytes) */
+    double in_use_bytes;     /* on a device with a budget: its memory in use before the plan */
     double plain_bytes;      /* auto: activations without checkpointing */
     bool over_budget;        /* auto: plain_bytes > budget_bytes, so checkpointing */
     bool device_refused;     /* auto: the plain plan did not fit the device, so checkpointing */

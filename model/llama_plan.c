@@ -24,6 +24,18 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     llama_plan_choice ch = {0};
     llama_checkpointing ck = mode == LLAMA_PLAN_EVERY ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
     bool dev = m->ops->own_memory;
+    if (budget > 0 && dev) {
+        /* on a device the budget is the whole process's memory: what is in use already (the CUDA
+         * context, the weights, the LoRA state) comes off it before the activations */
+        device_info di;
+        device_info_get(m->ops, &di);
+        ch.in_use_bytes = di.total_bytes - di.free_bytes;
+        budget -= ch.in_use_bytes;
+        if (budget <= 0)
+            return err_set(ERR_STAGE, "memory_budget %.2f GiB is below what the model already uses on the device "
+                                      "(%.2f GiB: CUDA context, frozen weights, LoRA state); raise it",
+                           (budget + ch.in_use_bytes) / 1073741824.0, ch.in_use_bytes / 1073741824.0);
+    }
     if (mode == LLAMA_PLAN_AUTO) {
         if (budget <= 0 && dev) { /* what the device has left after the weights and LoRA state */
             budget = device_free_bytes(m->ops) - GPU_SCRATCH_MARGIN;

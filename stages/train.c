@@ -55,7 +55,9 @@ static const param_spec train_params[] = {
      "compute (auto: when the checkpointed plan does not fit memory_budget or the device; the same bits)",
      PARAM_NOKEY},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
-     "activation memory allowed for auto checkpointing, e.g. 8GB (default: half of RAM or of the GPU)", PARAM_NOKEY},
+     "memory the run may use, e.g. 24GB: on a GPU all of the process's device memory (CUDA context, weights, LoRA "
+     "state, activations, scratch), which decides checkpointing and offload; on the CPU the activations' "
+     "(default: what the device has free; half of RAM on the CPU)", PARAM_NOKEY},
     {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
      "AdamW's m and v in pinned host memory; the device reads them over PCIe in the optimizer step "
      "(no effect on cpu)", PARAM_NOKEY},
@@ -219,8 +221,9 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     if (!rc && ch.offload)
         stage_logf(ctx, "layer inputs offloaded to pinned host memory: %.1f MiB on the host", (double)m->host_act_bytes / 1048576.0);
     if (ch.over_budget)
-        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB budget: checkpointing "
-                        "every layer", ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0);
+        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB the budget leaves them%s: "
+                        "checkpointing every layer", ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0,
+                   ch.in_use_bytes > 0 ? " beside what the device holds already" : "");
     if (ch.device_refused)
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
     if (!rc) stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
