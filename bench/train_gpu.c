@@ -450,6 +450,75 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) {
     return ms;
 }
 
+/* ---- fit: the longest sequence each memory budget trains ---- */
+
+/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80]: for each budget (GiB of
+ * device memory in all: the CUDA context as measured here, the frozen weights, LoRA with AdamW
+ * state, activations and scratch), the longest single sequence (a multiple of 256 tokens) whose
+ * plan fits with every layer checkpointed, taking the knobs plan_pick takes (the layer inputs
+ * offloaded to host memory, then the lean knobs): the plan's own arithmetic over the real
+ * allocation sizes; `train` at that length measures it. */
+static int bench_fit(int argc, char **argv) {
+    const char *preset = "llama3-8b", *targets = "q,v", *budgets = "8,12,16,24,48,80";
+    for (int i = 2; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
+        if (!strcmp(a, "--model")) preset = v;
+        else if (!strcmp(a, "--targets")) targets = v;
+        else if (!strcmp(a, "--budgets")) budgets = v;
+        else return err_set(ERR_USAGE, "unknown option '%s'", a);
+    }
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    model_config cfg;
+    int rc = config_preset(&cfg, ARCH_LLAMA, preset);
+    if (rc) return rc;
+    if (cfg.arch == ARCH_GEMMA3) return err_set(ERR_USAGE, "fit plans the llama-family layer (not gemma3)");
+    uint32_t mask = 0;
+    char tbuf[128];
+    snprintf(tbuf, sizeof tbuf, "%s", targets);
+    const char *names[LLAMA_NTARGETS];
+    int nn = 0;
+    for (char *t = strtok(tbuf, ","); t && nn < LLAMA_NTARGETS; t = strtok(NULL, ",")) names[nn++] = t;
+    if ((rc = llama_targets_parse(&mask, names, nn))) return rc;
+    llama_model *m;
+    if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
+    llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
+    if ((rc = llama_lora_attach(m, &lc))) return rc;
+    size_t live, peak, fr = 0, tot = 0;
+    cuda_mem_stats(&live, &peak);
+    cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
+    double ctx = (double)(tot - fr) - (double)live; /* the CUDA context and what is not ours */
+    printf("| model | LoRA | budget GiB | longest sequence | plan GiB (+ context %.2f) | knobs |\n| --- | --- | --- | --- | --- | --- |\n",
+           ctx / GIB);
+    char bbuf[128];
+    snprintf(bbuf, sizeof bbuf, "%s", budgets);
+    for (char *t = strtok(bbuf, ","); t; t = strtok(NULL, ",")) {
+        double b = atof(t);
+        int64_t has = (int64_t)(b * GIB - ctx), need = 0, lo = 0, hi = (int64_t)1 << 22;
+        while (lo < hi) { /* in units of 256 tokens */
+            int64_t mid = (lo + hi + 1) / 2;
+            plan_pick(m, mid * 256, LLAMA_CKPT_EVERY, has, &need);
+            if (need <= has) lo = mid;
+            else hi = mid - 1;
+        }
+        if (!lo) {
+            printf("| %s | %s | %g | does not fit (weights and LoRA state %.2f GiB) | - | - |\n", preset, targets, b,
+                   (m->weight_bytes + 16.0 * m->n_lora_params) / GIB);
+            continue;
+        }
+        lean_opt o = plan_pick(m, lo * 256, LLAMA_CKPT_EVERY, has, &need);
+        char mlp[48] = "MLP whole";
+        if (o.mlp_rows) snprintf(mlp, sizeof mlp, "MLP in %d-row chunks", o.mlp_rows);
+        printf("| %s | %s | %g | %lld | %.2f | %s%s, %s |\n", preset, targets, b, (long long)(lo * 256),
+               (need + ctx) / GIB, o.offload ? "inputs on host" : "inputs on device", o.cap ? ", scratch capped" : "",
+               mlp);
+        fflush(stdout);
+    }
+    llama_free(&m);
+    return 0;
+}
+
 static int bench_nf4(int argc, char **argv) {
     int reps = 50;
     for (int i = 2; i + 1 < argc; i += 2)
@@ -630,13 +699,15 @@ int main(int argc, char **argv) {
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
                "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
-               "       train_gpu ops [--seq N]\n");
+               "       train_gpu ops [--seq N]\n"
+               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");
         return argc < 2 ? 2 : 0;
     }
     int rc;
     if (!strcmp(argv[1], "train")) rc = bench_train(argc, argv);
     else if (!strcmp(argv[1], "nf4")) rc = bench_nf4(argc, argv);
     else if (!strcmp(argv[1], "ops")) rc = bench_ops(argc, argv);
+    else if (!strcmp(argv[1], "fit")) rc = bench_fit(argc, argv);
     else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops)", argv[1]);
     if (rc) fprintf(stderr, "train_gpu: %s\n", err_msg());
     return rc;
