@@ -3,7 +3,7 @@
  *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
  *                   [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
- *                   [--act-offload auto|on|off]
+ *                   [--act-offload auto|on|off] [--deterministic off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -276,7 +276,7 @@ static int bench_train(int argc, char **argv) {
     const char *preset = "7b", *targets = "q,v", *ckpt_s = "auto";
     int seq = 2048, batch = 1, steps = 10, warmup = 2, r = 16;
     double budget_gib = 0;
-    bool offload = false, nccl = false;
+    bool offload = false, nccl = false, det = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
@@ -293,12 +293,15 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--act-offload")) act_offload = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : 2;
         else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
+        else if (!strcmp(a, "--deterministic")) det = !strcmp(v, "on") || !strcmp(v, "1");
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
     if (seq <= 0 || batch <= 0 || steps <= 0) return err_set(ERR_USAGE, "--seq, --batch and --steps must be positive");
     const ops_table *ops = ops_cuda();
     if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    char why[512];
+    if (ops->deterministic_set(det, why, sizeof why)) return err_set(ERR_USAGE, "--deterministic on: %s", why);
     model_config cfg;
     int rc = config_preset(&cfg, ARCH_LLAMA, preset);
     if (rc) return rc;
@@ -372,7 +375,7 @@ static int bench_train(int argc, char **argv) {
     llama_batch b = {.ids = ids, .labels = ids, .seq_start = ss, .T = T};
     int64_t ntgt = llama_count_targets(&b);
     double *times = malloc(sizeof(double) * (size_t)steps);
-    double loss0 = 0, loss_last = 0;
+    double loss0 = 0, loss_last = 0, loss_sum = 0;
     if (nccl) { /* the trainer's bucketed all-reduce (train/trainer.c), on a world of one */
         if ((rc = coll_init()) || (rc = coll_nccl_init(cuda_comm_stream(), cuda_comm_after_main, cuda_main_after_comm)))
             return rc;
@@ -396,9 +399,20 @@ static int bench_train(int argc, char **argv) {
         double dt = now_s() - t0;
         if (s == 0) loss0 = loss / (double)n;
         loss_last = loss / (double)n;
+        loss_sum += loss;
         if (s >= warmup) times[s - warmup] = dt;
         fprintf(stderr, "step %d/%d | loss %.4f | grad norm %.3f | %.1f ms\n", s + 1, warmup + steps, loss / (double)n,
                 norm, dt * 1e3);
+    }
+    { /* what two runs compare bit for bit (bench/RESULTS.md, deterministic mode) */
+        size_t nb = sizeof(float) * (size_t)m->n_lora_params;
+        unsigned char *hp = malloc(nb);
+        ops->download(hp, m->lora_params, nb);
+        uint64_t h = 1469598103934665603ull;
+        for (size_t i = 0; i < nb; i++) h = (h ^ hp[i]) * 1099511628211ull;
+        free(hp);
+        fprintf(stderr, "checksum: LoRA params fnv1a64 %016llx, loss sum over the steps %.17g (deterministic %s)\n",
+                (unsigned long long)h, loss_sum, det ? "on" : "off");
     }
     qsort(times, (size_t)steps, sizeof(double), cmp_double);
     double med = times[steps / 2];
@@ -416,11 +430,14 @@ static int bench_train(int argc, char **argv) {
             floor_tok = ckpt == LLAMA_CKPT_EVERY ? f->tok_s_recompute : f->tok_s;
     char floor_s[32] = "-";
     if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
+    char mode_s[96];
+    snprintf(mode_s, sizeof mode_s, "%s%s",
+             ckpt == LLAMA_CKPT_EVERY ? (m->offload_inputs ? (nccl ? "every layer, inputs on host, NCCL" : "every layer, inputs on host")
+                                                           : (nccl ? "every layer, NCCL" : "every layer"))
+                                      : (nccl ? "none, NCCL" : "none"),
+             det ? ", deterministic" : "");
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
-           seq, batch,
-           ckpt == LLAMA_CKPT_EVERY ? (m->offload_inputs ? (nccl ? "every layer, inputs on host, NCCL" : "every layer, inputs on host")
-                                                         : (nccl ? "every layer, NCCL" : "every layer"))
-                                    : (nccl ? "none, NCCL" : "none"),
+           seq, batch, mode_s,
            tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
     fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
@@ -680,6 +697,13 @@ static int bench_ops(int argc, char **argv) {
         snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
         TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
     }
+    /* the deterministic mode's backward (ordered dq hand-off; GQA: per-share dK/dV slices) */
+    cuda_deterministic_set(1, NULL, 0);
+    TIME_OP("attention_bwd mma, deterministic", 2.5 * attn_f,
+            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
+    TIME_OP("attention_bwd mma, GQA 32/8, deterministic", 2.5 * attn_f,
+            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+    cuda_deterministic_set(0, NULL, 0);
     TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
     TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
     TIME_OP("swiglu_fwd", 0, ops->swiglu_fwd(dx, x, y, (int64_t)T * I));
@@ -697,7 +721,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
+               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");

@@ -101,6 +101,9 @@ typedef struct ops_backend_info {
     double live_bytes, peak_bytes;  /* allocated through the table and the ops' scratch */
     const char *attention;          /* the attention kernels in use ("mma" | "tiled"), or "" */
     size_t scratch_cap;             /* the cap scratch_cap_set set: 0 when uncapped */
+    int deterministic;              /* 1 when every op sums in a fixed order (always 1 on cpu) */
+    char driver[64];                /* the GPU driver's release ("580.159.04"); "" on cpu */
+    int cuda_driver, cuda_runtime;  /* CUDA versions as CUDA writes them (13000 = 13.0); 0 on cpu */
 } ops_backend_info;
 
 /* what the _ex attention ops add to plain causal attention (all zero: the same as attention_fwd)
@@ -223,6 +226,11 @@ typedef struct ops_table {
      * in the order they were queued. The CPU copies at once (a test of the bookkeeping). */
     void (*side_copy)(int slot, void *dst, const void *src, size_t bytes);
     void (*side_wait)(int slot);
+    /* deterministic mode (docs/determinism.md): on, every op reduces in a fixed order, so equal
+     * inputs give equal bits run after run; 0, or -1 with the reason in why (naming the op or
+     * kernel without a fixed-order form) when the backend cannot honour it. NULL: the backend is
+     * deterministic always (cpu: its reductions run in a fixed order whatever the thread count). */
+    int (*deterministic_set)(int on, char *why, size_t cap);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 

@@ -1,4 +1,5 @@
 /* device.c: the backend selector and the questions a run asks it (see device.h). */
+#define _GNU_SOURCE /* strcasestr */
 #include "model/device.h"
 
 #include <stdio.h>
@@ -49,7 +50,32 @@ void device_info_get(const ops_table *ops, device_info *out) {
     memset(out, 0, sizeof *out);
     out->attention = "";
     snprintf(out->name, sizeof out->name, "%s", ops->name);
+    out->deterministic = ops->deterministic_set == NULL; /* such a backend is deterministic always */
     if (ops->info) ops->info(out);
+}
+
+int device_deterministic(const ops_table *ops, bool on, int world) {
+    char why[512] = "";
+    if (ops->deterministic_set && ops->deterministic_set(on ? 1 : 0, why, sizeof why))
+        return err_set(ERR_RECIPE, "deterministic: true cannot be honoured on device %s: %s", ops->name, why);
+    if (!on || world <= 1 || strcmp(ops->name, "cuda")) return 0;
+    /* NCCL's ring and tree all-reduce add in an order fixed by the world size, the topology and
+     * the NCCL version; NVLink SHARP (NVLS) and CollNet reduce inside the switch or the network,
+     * in an order NCCL does not document as fixed: refuse them, and keep NCCL from picking them */
+    const char *algo = getenv("NCCL_ALGO");
+    if (algo && (strcasestr(algo, "nvls") || strcasestr(algo, "collnet")))
+        return err_set(ERR_RECIPE, "deterministic: true with %d GPUs cannot be honoured with NCCL_ALGO=%s: NVLS and "
+                                   "CollNet reduce in the switch in no documented order; use NCCL_ALGO=Ring (or "
+                                   "unset it) or set deterministic: false", world, algo);
+    const char *nvls = getenv("NCCL_NVLS_ENABLE"), *cn = getenv("NCCL_COLLNET_ENABLE");
+    if ((nvls && strcmp(nvls, "0")) || (cn && strcmp(cn, "0")))
+        return err_set(ERR_RECIPE, "deterministic: true with %d GPUs cannot be honoured with %s=%s: those "
+                                   "reductions run in the switch in no documented order; set it to 0 or set "
+                                   "deterministic: false", world, nvls && strcmp(nvls, "0") ? "NCCL_NVLS_ENABLE" : "NCCL_COLLNET_ENABLE",
+                       nvls && strcmp(nvls, "0") ? nvls : cn);
+    setenv("NCCL_NVLS_ENABLE", "0", 0);
+    setenv("NCCL_COLLNET_ENABLE", "0", 0);
+    return 0;
 }
 
 void device_lean_scratch(const ops_table *ops, bool lean) {

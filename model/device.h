@@ -23,6 +23,12 @@ const char *device_resolve(const char *device);
 typedef ops_backend_info device_info;
 void device_info_get(const ops_table *ops, device_info *out);
 
+/* Deterministic mode (a recipe's `deterministic`, docs/determinism.md): tell the backend, before
+ * any op runs. 0, or ERR_RECIPE naming what cannot be made fixed-order (the tiled attention
+ * backward; with world > 1 on cuda an NCCL reduction that runs in the switch: NCCL_ALGO with NVLS
+ * or CollNet, NCCL_NVLS_ENABLE or NCCL_COLLNET_ENABLE other than 0; unset ones are set to 0). */
+int device_deterministic(const ops_table *ops, bool on, int world);
+
 /* The lean plan of a run that checkpoints every layer: cap the backend's largest scratch (the
  * dequantized weight, shared with the cross-entropy chunk and attention's dq) at
  * DEVICE_LEAN_SCRATCH bytes, or lift the cap. No-op on a backend without that scratch (cpu). */

@@ -121,7 +121,8 @@ static const cli_cmd cli_runs_diff = {
     .usage = "runs diff A B [--dir RUNS_DIR]",
     .summary = "parameters and metrics that differ between two runs",
     .about = "Prints what differs between two runs: resolved recipe parameters (path: old -> new),\n"
-             "stage outcomes and cache keys, and every metric (old -> new, with the change in %).\n"
+             "stage outcomes and cache keys, what produced each artifact (deterministic mode, device,\n"
+             "driver, CUDA and program versions), and every metric (old -> new, with the change in %).\n"
              "A and B are run record directories or recipe names (their newest run).",
     .min_pos = 2, .max_pos = 2, .opts = diff_opts,
 };
@@ -169,6 +170,28 @@ int runs_diff(int argc, char **argv) {
     }
     json_object_foreach(stB, name, a) if (!json_object_get(stA, name)) printf("  %s: only in B\n", name), nd++;
     if (!nd) printf("  (same artifacts)\n");
+    /* what produced each artifact (stage_note_environment): deterministic mode, device, driver,
+     * CUDA and program versions; a bit-for-bit comparison needs all of them equal */
+    printf("environment:\n");
+    nd = 0;
+    json_object_foreach(stA, name, a) {
+        json_t *ea = json_object_get(json_object_get(a, "report"), "environment");
+        json_t *eb = json_object_get(json_object_get(json_object_get(stB, name), "report"), "environment");
+        if (!ea && !eb) continue;
+        char path[256];
+        snprintf(path, sizeof path, "%s", name);
+        int n = diff_json(path, ea, eb);
+        if (!n) {
+            printf("  %s: same (deterministic %s, %s, driver %s, CUDA %s, qlora-run %s)\n", name,
+                   json_is_true(json_object_get(ea, "deterministic")) ? "true" : "false",
+                   json_string_value(json_object_get(ea, "device")) ?: "?",
+                   *(json_string_value(json_object_get(ea, "driver")) ?: "") ? json_string_value(json_object_get(ea, "driver")) : "-",
+                   *(json_string_value(json_object_get(ea, "cuda_runtime")) ?: "") ? json_string_value(json_object_get(ea, "cuda_runtime")) : "-",
+                   json_string_value(json_object_get(ea, "program_version")) ?: "?");
+        }
+        nd++;
+    }
+    if (!nd) printf("  (not recorded)\n");
     printf("metrics:\n");
     nd = 0;
     json_object_foreach(stA, name, a) {

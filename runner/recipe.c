@@ -39,6 +39,9 @@ static const param_spec top_params[] = {
     {"extends", PARAM_FILE, NULL, 1, 0, NULL, "a base recipe merged key by key under this one", 0},
     {"seed", PARAM_INT, "0", 0, 4294967295.0, NULL, "the seed every stage's own seed defaults to", 0},
     {"device", PARAM_ENUM, "auto", 1, 0, "auto|cuda|cpu", "where training runs: auto picks the GPU when there is one", 0},
+    {"deterministic", PARAM_BOOL, "false", 0, -1, NULL,
+     "every GPU kernel sums in a fixed order, so the same recipe and seed give bit-identical losses and adapters "
+     "on the same GPU model, driver and build (docs/determinism.md); train and evaluate default to it", 0},
     {"gpus", PARAM_STRING, "1", 1, 0, NULL,
      "processes to train with on this machine, one a GPU: a number or 'all' (started through mpirun; "
      "docs/multi-gpu.md)", 0},
@@ -1011,6 +1014,7 @@ static json_t *load_top(recipe *r, errs *e) {
     r->name = strdup(json_string_value(json_object_get(top, "name")));
     r->seed = (uint64_t)json_integer_value(json_object_get(top, "seed"));
     snprintf(r->device, sizeof r->device, "%s", json_string_value(json_object_get(top, "device")));
+    r->deterministic = json_is_true(json_object_get(top, "deterministic"));
     const char *g = json_string_value(json_object_get(top, "gpus"));
     if (recipe_parse_gpus(g, &r->gpus))
         errs_add(e, yt_map_get(r->root, "gpus"), "recipe: 'gpus' must be a number of GPUs (1 to 4096) or 'all', not '%s'", g);
@@ -1094,6 +1098,9 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
         /* a kind's own seed defaults to the recipe's */
         if (stage_param_find(kind, "seed") && json_is_null(json_object_get(rs->params, "seed")))
             json_object_set_new(rs->params, "seed", json_integer((json_int_t)r->seed));
+        /* and its deterministic mode to the recipe's */
+        if (stage_param_find(kind, "deterministic") && json_is_null(json_object_get(rs->params, "deterministic")))
+            json_object_set_new(rs->params, "deterministic", json_boolean(r->deterministic));
         if (kind->check && kind->check(rs->params)) {
             errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
@@ -1176,6 +1183,7 @@ static json_t *build_resolved(const recipe *r, const json_t *top) {
     if (json_is_string(desc)) json_object_set(res, "description", desc);
     json_object_set_new(res, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(res, "device", json_string(r->device));
+    json_object_set_new(res, "deterministic", json_boolean(r->deterministic));
     json_object_set(res, "gpus", json_object_get(top, "gpus"));
     json_object_set(res, "cache_dir", json_object_get(top, "cache_dir"));
     json_object_set(res, "runs_dir", json_object_get(top, "runs_dir"));

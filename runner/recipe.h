@@ -51,6 +51,7 @@ typedef struct recipe {
     char *path, *dir;
     char *name;
     uint64_t seed;
+    bool deterministic; /* the top-level `deterministic`: what train and evaluate default to */
     char device[8]; /* auto | cuda | cpu */
     int gpus;       /* processes to start on this machine (gpus: N); 0 = all its GPUs */
     char *cache_dir, *runs_dir; /* NULL: defaults */

@@ -60,6 +60,9 @@ static const param_spec eval_params[] = {
     {"score_records", PARAM_INT, "64", 0, 1e9, NULL, "val sequences of data to generate for and score (0: none)", 0},
     {"batch_rows", PARAM_INT, "8", 1, 65536, NULL, "rows per forward pass for the loss", PARAM_NOKEY},
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "sampling seed (default: the recipe's seed)", 0},
+    {"deterministic", PARAM_BOOL, NULL, 0, -1, NULL,
+     "fixed-order GPU reductions: the same losses and greedy generations run after run (default: the recipe's "
+     "deterministic; docs/determinism.md)", 0},
     {"tasks", PARAM_ANY, "[]", 0, -1, NULL,
      "multiple-choice benchmarks scored as lm-evaluation-harness does: [{name, format: mmlu|arc|hellaswag, "
      "path, num_fewshot, fewshot_path, limit}]", 0},
@@ -623,6 +626,7 @@ static int eval_run(stage_ctx *ctx) {
     int rc;
 
     if ((rc = device_ops(ctx->device, &ops))) goto out;
+    if ((rc = device_deterministic(ops, stage_bool(ctx, "deterministic"), 1))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&e.tok, mdir))) goto out;
     if ((rc = hooks_open(&e.hooks, ctx->hooks))) goto out;
     /* prompts are formatted as the data was (the dataset artifact's meta.json says how): the
@@ -787,6 +791,7 @@ static int eval_run(stage_ctx *ctx) {
     json_decref(ctx->report);
     ctx->report = json_incref(results);
     stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
+    stage_note_environment(ctx, ops); /* after results.json: the report only */
     if (coll_rank() == 0 && hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
 
 out:

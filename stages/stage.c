@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/events.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
 #include "core/log.h"
 #include "core/progress.h"
+#include "model/device.h"
 
 const param_spec *stage_param_find(const stage_kind *k, const char *name) {
     for (const param_spec *p = k->params; p && p->name; p++)
@@ -142,4 +144,23 @@ const char *stage_model_name(const stage_input *in) {
     if (n) return n;
     /* artifacts made before model_name was recorded: a fetched hub repo still names itself */
     return json_string_value(json_object_get(json_object_get(in->manifest, "params"), "repo"));
+}
+
+void stage_note_environment(stage_ctx *c, const ops_table *ops) {
+    device_info di;
+    device_info_get(ops, &di);
+    char cd[32] = "", cr[32] = "";
+    if (di.cuda_driver) snprintf(cd, sizeof cd, "%d.%d", di.cuda_driver / 1000, di.cuda_driver % 1000 / 10);
+    if (di.cuda_runtime) snprintf(cr, sizeof cr, "%d.%d", di.cuda_runtime / 1000, di.cuda_runtime % 1000 / 10);
+    json_t *env = json_pack("{s:b, s:s, s:s, s:s, s:s, s:s, s:i}", "deterministic", di.deterministic, "device", di.name,
+                            "driver", di.driver, "cuda_driver", cd, "cuda_runtime", cr, "program_version",
+#ifdef QLORA_VERSION
+                            QLORA_VERSION,
+#else
+                            "dev",
+#endif
+                            "ranks", coll_world());
+    if (!env) return;
+    if (c->report) json_object_set_new(c->report, "environment", env);
+    else json_decref(env);
 }

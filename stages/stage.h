@@ -197,6 +197,12 @@ void stage_note_hook_files(stage_ctx *c, struct hooks *h, const char *points);
 /* The same for a list of absolute paths (a `kind: lua` script's lua_host_loaded_files); paths
  * inside the cache are skipped (the inputs' keys cover them). */
 void stage_note_files(stage_ctx *c, const json_t *paths);
+/* What produced the artifact, for reproducing it (docs/determinism.md), into the report's
+ * "environment" (so into the manifest and the run's summary, where `runs diff` compares it):
+ * deterministic (as the backend applied it), device, driver, cuda_driver, cuda_runtime (""
+ * on cpu), program_version and ranks. Nothing when the context has no report. */
+struct ops_table;
+void stage_note_environment(stage_ctx *c, const struct ops_table *ops);
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);

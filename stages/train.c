@@ -66,6 +66,9 @@ static const param_spec train_params[] = {
      PARAM_NOKEY},
     {"logging_steps", PARAM_INT, "1", 1, 1e12, NULL, "print a step line every N steps", PARAM_NOKEY},
     {"seed", PARAM_INT, NULL, 0, 9.2e18, NULL, "data order and dropout seed (default: the recipe's seed)", 0},
+    {"deterministic", PARAM_BOOL, NULL, 0, -1, NULL,
+     "fixed-order GPU reductions: bit-identical losses, checkpoints and adapter run after run (default: the "
+     "recipe's deterministic; docs/determinism.md)", 0},
     {0}};
 
 /* memory_budget: "8GB" / "512MB" (GiB and MiB alike: powers of 1024) to bytes; 0 if unset. The one
@@ -272,6 +275,11 @@ static int train_run_stage(stage_ctx *ctx) {
     int rc;
 
     if ((rc = device_ops(ctx->device, &ops))) goto out;
+    /* deterministic mode: refused here, before any weight is loaded, where it cannot be honoured */
+    if ((rc = device_deterministic(ops, stage_bool(ctx, "deterministic"), coll_world()))) goto out;
+    if (stage_bool(ctx, "deterministic") && ops->deterministic_set)
+        stage_logf(ctx, "deterministic: every reduction in a fixed order (bit-identical on the same GPU model, "
+                        "driver and build)");
     /* data parallel: the gradient all-reduce's communicator (NCCL on a GPU), before any weight is loaded */
     if ((rc = device_collective(ops, coll_world()))) goto out;
     if (coll_nccl_active())
@@ -351,6 +359,7 @@ static int train_run_stage(stage_ctx *ctx) {
     if (rc) goto out;
 
     /* the artifact */
+    stage_note_environment(ctx, ops);
     if ((rc = llama_peft_read(m, &ad)) || (rc = peft_adapter_save(&ad, out_adir))) goto out;
     if (run.log) {
         fclose(run.log);

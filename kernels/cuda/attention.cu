@@ -1,6 +1,7 @@
 // attention.cu: the attention ops (forward, backward, KV-cache generation): argument checks,
 // the backward's shared preparation (D = rowsum(dout * out), the fp32 dq accumulator and its
-// conversion to bf16), and the choice between the two kernel families (cuda_ext.h).
+// conversion to bf16), and the choice between the two kernel families (cuda_ext.h). In
+// deterministic mode only the mma family runs the backward (it has the fixed-order dq sum).
 #include "attention_common.cuh"
 #include "cuda_ext.h"
 
@@ -82,6 +83,9 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
     attn_bwd_dot_kernel<<<(unsigned)CEIL_DIV(warps * 32, (int64_t)256), 256, 0, s>>>(D, dout, out, T, nh, hd);
     CUDA_CHECK_LAUNCH();
     int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd);
+    // cuda_deterministic_set refuses the tiled kernels; a later cuda_attention_select is a bug
+    CUDA_REQUIRE(!(cuda_det() && cuda_attention_selected() == CUDA_ATTN_TILED),
+                 "attention: the tiled backward has no fixed-order (deterministic) form");
     if (cuda_attention_selected() == CUDA_ATTN_TILED)
         attn_tiled_bwd(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
     else

@@ -19,6 +19,17 @@
 // S^T = K Q^T and dP^T = V dO^T per warp, P^T and dS^T in registers feed dV += P^T dO and
 // dK += dS^T Q; dS^T goes through shared memory once for dQ += dS K, added to an fp32 buffer
 // with atomics.
+// Deterministic mode (cuda_det()): the same work, summed in a fixed order. The dQ of one
+// (query head, 32-query step) gets one part from each key block that sees it, blocks lo..hi with
+// hi = q0 / 64 (the diagonal block) and lo = seq_start[q0] / 64; they add their parts in the order
+// hi, hi - 1, ..., lo, through a turn counter per (head, step): block kb waits until the counter
+// says hi - kb, adds its part with plain loads and stores, and passes the turn on (release/acquire
+// at GPU scope). Blocks are numbered so that the block it waits for (kb + 1) has the lower linear
+// index: blocks start in index order, so the lowest unfinished block never waits on an unstarted
+// one and the hand-off cannot deadlock. The diagonal-first order means a block rarely waits: the
+// block before it in the chain started earlier and walks the same query steps ahead of it. With
+// the grouped-query head split, each share writes its dK, dV partial sums to a slice of its own
+// and a second pass adds the slices in share order.
 #include "attention_common.cuh"
 
 #define MMA_THREADS 128
@@ -50,6 +61,15 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const bf16 *p) {
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (lo) in the low half: the lower column
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ int ld_acquire_gpu(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release_gpu(int *p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
 __device__ __forceinline__ void cp_async16(bf16 *dst, const bf16 *src, bool valid) {
@@ -255,9 +275,9 @@ void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf1
 
 template <int HDP>
 __global__ void __launch_bounds__(MMA_THREADS)
-    mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, const bf16 *dout, const float *lse,
-                   const float *Dv, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T,
-                   int nh, int nkv, int hd, float scale, float scale_log2, int vec) {
+    mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, int *dq_turn, const bf16 *dout,
+                   const float *lse, const float *Dv, const bf16 *q, const bf16 *k, const bf16 *v,
+                   const int32_t *seq_start, int T, int nh, int nkv, int hd, float scale, float scale_log2, int vec) {
     constexpr int LD = HDP + 8, LDS = MMA_BQ + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Ks = (bf16 *)smem;                     // [64][LD]
@@ -267,8 +287,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
     float *side = (float *)(dSs + MMA_BC * LDS); // [2 buffers][lse * log2(e), D, seq_start][32]
 
     // blockIdx.z picks a share of the group's query heads (gridDim.z shares; then dK and dV are
-    // partial sums, added in fp32 to dkv_acc)
-    const int kvh = blockIdx.y, k0 = blockIdx.x * MMA_BC, rep = nh / nkv / gridDim.z;
+    // partial sums, added in fp32 to dkv_acc). dq_turn (deterministic mode): the key blocks
+    // are numbered from the end (see the top of the file) and each share has its own dkv slice.
+    const bool det = dq_turn != NULL;
+    const int kb = det ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int kvh = blockIdx.y, k0 = kb * MMA_BC, rep = nh / nkv / gridDim.z;
     const int h_first = kvh * (nh / nkv) + blockIdx.z * rep;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int64_t ldq = (int64_t)nh * hd, ldk = (int64_t)nkv * hd;
@@ -411,16 +434,44 @@ __global__ void __launch_bounds__(MMA_THREADS)
                     mma_bf16_16816(dqf[2 * np + 1], a, b + 2);
                 }
             }
+            if (det) {
+                // this block's turn for (hq, q0): the blocks from the diagonal one (hi) down to ours
+                // have added theirs
+                int *turn = dq_turn + (int64_t)hq * CEIL_DIV(T, MMA_BQ) + q0 / MMA_BQ;
+                const int want = q0 / MMA_BC - kb;
+                if (threadIdx.x == 0)
+                    while (ld_acquire_gpu(turn) != want) __nanosleep(64);
+                __syncthreads();
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                int t = q0 + dq_m * 16 + g + 8 * r;
-                if (t >= T) continue;
-                float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
+                for (int r = 0; r < 2; r++) {
+                    int t = q0 + dq_m * 16 + g + 8 * r;
+                    if (t >= T) continue;
+                    float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
 #pragma unroll
-                for (int n = 0; n < HDP / 16; n++) {
-                    int d = (dq_n0 + n) * 8 + 2 * tq;
-                    if (d < hd) atomicAdd(dst + d, dqf[n][2 * r]);
-                    if (d + 1 < hd) atomicAdd(dst + d + 1, dqf[n][2 * r + 1]);
+                    for (int n = 0; n < HDP / 16; n++) {
+                        int d = (dq_n0 + n) * 8 + 2 * tq;
+                        // L2 loads and stores: another multiprocessor wrote these last
+                        if (d < hd) __stcg(dst + d, __ldcg(dst + d) + dqf[n][2 * r]);
+                        if (d + 1 < hd) __stcg(dst + d + 1, __ldcg(dst + d + 1) + dqf[n][2 * r + 1]);
+                    }
+                }
+                __syncthreads(); // every part of this block is written ...
+                if (threadIdx.x == 0) {
+                    __threadfence(); // ... and visible at GPU scope before the next block's turn
+                    st_release_gpu(turn, want + 1);
+                }
+            } else {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    int t = q0 + dq_m * 16 + g + 8 * r;
+                    if (t >= T) continue;
+                    float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
+#pragma unroll
+                    for (int n = 0; n < HDP / 16; n++) {
+                        int d = (dq_n0 + n) * 8 + 2 * tq;
+                        if (d < hd) atomicAdd(dst + d, dqf[n][2 * r]);
+                        if (d + 1 < hd) atomicAdd(dst + d + 1, dqf[n][2 * r + 1]);
+                    }
                 }
             }
         }
@@ -431,6 +482,23 @@ __global__ void __launch_bounds__(MMA_THREADS)
     for (int r = 0; r < 2; r++) {
         int key = r ? key1 : key0;
         if (key > klast) continue;
+        if (dkv_acc && det) { // this share's own slice: plain stores, added in share order later
+            float *ka = dkv_acc + (int64_t)blockIdx.z * 2 * T * ldk + (int64_t)key * ldk + (int64_t)kvh * hd,
+                  *va = ka + (int64_t)T * ldk;
+#pragma unroll
+            for (int n = 0; n < HDP / 8; n++) {
+                int d = n * 8 + 2 * tq;
+                if (d < hd) {
+                    ka[d] = dkf[n][2 * r];
+                    va[d] = dvf[n][2 * r];
+                }
+                if (d + 1 < hd) {
+                    ka[d + 1] = dkf[n][2 * r + 1];
+                    va[d + 1] = dvf[n][2 * r + 1];
+                }
+            }
+            continue;
+        }
         if (dkv_acc) {
             float *ka = dkv_acc + (int64_t)key * ldk + (int64_t)kvh * hd, *va = ka + (int64_t)T * ldk;
 #pragma unroll
@@ -481,19 +549,31 @@ static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, 
     if (!sms) CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     int tiles = CEIL_DIV(T, MMA_BC), rep = nh / nkv, split = 1;
     while (rep % (2 * split) == 0 && (int64_t)tiles * nkv * split < 6 * sms) split *= 2;
+    const bool det = cuda_det();
     float *dkv_acc = NULL;
     size_t nkvel = (size_t)T * nkv * hd;
-    if (split > 1) {
+    if (split > 1 && det) { // every element of every share's slice is written: no zeroing
+        dkv_acc = (float *)cuda_scratch(SCRATCH_ATTN_DKV, (size_t)split * 2 * nkvel * sizeof(float));
+    } else if (split > 1) {
         dkv_acc = (float *)cuda_scratch(SCRATCH_ATTN_DKV, 2 * nkvel * sizeof(float));
         CUDA_CHECK(cudaMemsetAsync(dkv_acc, 0, 2 * nkvel * sizeof(float), cuda_stream()));
     }
+    int *dq_turn = NULL;
+    if (det) {
+        size_t nturn = (size_t)nh * CEIL_DIV(T, MMA_BQ);
+        dq_turn = (int *)cuda_scratch(SCRATCH_ATTN_TURN, nturn * sizeof(int));
+        CUDA_CHECK(cudaMemsetAsync(dq_turn, 0, nturn * sizeof(int), cuda_stream()));
+    }
     dim3 grid(tiles, nkv, split);
     float scale = 1.0f / sqrtf((float)hd);
-    mma_bwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, dout, lse, D, q, k, v,
-                                                                     seq_start, T, nh, nkv, hd, scale, scale * LOG2E,
-                                                                     vec);
+    mma_bwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, dq_turn, dout, lse, D, q,
+                                                                     k, v, seq_start, T, nh, nkv, hd, scale,
+                                                                     scale * LOG2E, vec);
     CUDA_CHECK_LAUNCH();
-    if (dkv_acc) {
+    if (dkv_acc && det) {
+        launch_sum_slices_bf16(dk, dkv_acc, split, 2 * (int64_t)nkvel, (int64_t)nkvel);
+        launch_sum_slices_bf16(dv, dkv_acc + nkvel, split, 2 * (int64_t)nkvel, (int64_t)nkvel);
+    } else if (dkv_acc) {
         launch_f32_to_bf16(dk, dkv_acc, (int64_t)nkvel);
         launch_f32_to_bf16(dv, dkv_acc + nkvel, (int64_t)nkvel);
     }

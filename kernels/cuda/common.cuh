@@ -51,11 +51,17 @@ enum cuda_scratch_slot {
     SCRATCH_XENT,        // logits chunk [Tc, V] fp32
     SCRATCH_ATTN_DQ,     // fp32 dq accumulator [T, nh*hd]
     SCRATCH_ATTN_D,      // rowsum(dout*out) [nh, T]
-    SCRATCH_ATTN_DKV,    // fp32 dk, dv partial sums [2][T, nkv*hd] (grouped-query heads split over blocks)
-    SCRATCH_REDUCE,      // double accumulators
+    SCRATCH_ATTN_DKV,    // fp32 dk, dv partial sums [2][T, nkv*hd] (grouped-query heads split over blocks);
+                         // deterministic mode: one [2][T, nkv*hd] slice per share of the heads
+    SCRATCH_ATTN_TURN,   // deterministic mode: int turn counters of the ordered dq sum [nh, T/32]
+    SCRATCH_REDUCE,      // double accumulators and the per-block partial sums of the reductions
     SCRATCH_COUNT
 };
 void *cuda_scratch(int slot, size_t bytes);
+
+// Deterministic mode (cuda_ext.h, docs/determinism.md): when set, every kernel that would sum
+// in an order the scheduler picks (floating-point atomics) sums in a fixed order instead.
+bool cuda_det(void);
 
 // Preconditions: shapes the caller must respect (a bug if not); aborts with the message.
 #define CUDA_REQUIRE(cond, msg) do { if (!(cond)) cuda_fatal(#cond, __func__, __FILE__, __LINE__, msg); } while (0)

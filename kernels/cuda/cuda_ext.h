@@ -42,6 +42,17 @@ void cuda_attention_select(int kernel);
 int cuda_attention_selected(void);
 const char *cuda_attention_name(int kernel);
 
+/* Deterministic mode (docs/determinism.md): on, every op sums in a fixed order, so the same
+ * inputs give the same bits on every run (same GPU model, driver and build): attention's backward
+ * adds each dq tile's per-key-block parts in a fixed order (ordered hand-off between blocks) and
+ * its split grouped-query dK/dV partial sums through a fixed-order second pass. The reductions of
+ * sum_squares, the cross-entropy rows and cuBLAS (one stream, one fixed workspace) are fixed-order
+ * in both modes. Returns 0, or -1 with the reason in why when the mode cannot be honoured: the
+ * tiled attention kernels (QLORA_CUDA_ATTENTION=tiled) have no fixed-order backward. Off by
+ * default; QLORA_CUDA_DETERMINISTIC=1 sets the initial value (benchmarks). */
+int cuda_deterministic_set(int on, char *why, size_t cap);
+int cuda_deterministic(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,7 @@
 #include "device.h"
 
 #include <cuda_runtime.h>
+#include <stdio.h>
 #include <string.h>
 
 static int g_device;
@@ -33,4 +34,27 @@ extern "C" void cuda_versions(int *driver, int *runtime) {
     if (cudaDriverGetVersion(driver) != cudaSuccess) *driver = 0;
     if (cudaRuntimeGetVersion(runtime) != cudaSuccess) *runtime = 0;
     cudaGetLastError();
+}
+
+// The first line reads "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  <date>": the
+// release is the first word after "Kernel Module" (the open kernel modules write "Open Kernel
+// Module"; both end in "Kernel Module").
+extern "C" void cuda_driver_release(char *out, size_t cap) {
+    if (!cap) return;
+    out[0] = 0;
+    FILE *f = fopen("/proc/driver/nvidia/version", "r");
+    if (!f) return;
+    char line[512];
+    if (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "Kernel Module");
+        if (p) {
+            p += strlen("Kernel Module");
+            while (*p == ' ' || *p == '\t') p++;
+            size_t n = strcspn(p, " \t\n");
+            if (n >= cap) n = cap - 1;
+            memcpy(out, p, n);
+            out[n] = 0;
+        }
+    }
+    fclose(f);
 }

@@ -29,6 +29,10 @@ int cuda_device_selected(void);
  * *driver is 0 when no driver is installed. */
 void cuda_versions(int *driver, int *runtime);
 
+/* The NVIDIA kernel driver's release ("580.159.04"), read from /proc/driver/nvidia/version;
+ * "" when there is none. */
+void cuda_driver_release(char *out, size_t cap);
+
 /* Whether cuBLAS can be loaded (it is opened on first use, see cublas_lazy.cu): 0, or -1 with
  * the reason and what to do in msg. */
 int cuda_cublas_probe(char *msg, size_t cap);

@@ -270,6 +270,22 @@ void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n) {
     launch_map8(n, aligned16(dst) && aligned16(src), f32_to_bf16_op{dst, src});
 }
 
+// dst[i] = bf16(src[i] + src[stride + i] + ... ) over ns slices, added in slice order (the
+// deterministic mode's fixed-order sum of partial results)
+__global__ void sum_slices_bf16_kernel(bf16 *dst, const float *src, int ns, int64_t stride, int64_t n) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = src[i];
+    for (int z = 1; z < ns; z++) s += src[(int64_t)z * stride + i];
+    dst[i] = __float2bfloat16_rn(s);
+}
+
+void launch_sum_slices_bf16(bf16 *dst, const float *src, int ns, int64_t stride, int64_t n) {
+    if (n <= 0) return;
+    sum_slices_bf16_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)256), 256, 0, cuda_stream()>>>(dst, src, ns, stride, n);
+    CUDA_CHECK_LAUNCH();
+}
+
 // dropout of the LoRA input: dst = x * keep / (1 - p), the mask from ops_dropout.h
 struct dropout_op {
     bf16 *dst;

@@ -15,6 +15,8 @@ void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int 
 void launch_swiglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n);
+// dst[i] = bf16(sum over z = 0..ns-1, in that order, of src[z * stride + i])
+void launch_sum_slices_bf16(bf16 *dst, const float *src, int ns, int64_t stride, int64_t n);
 void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out);
 void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t seed);
 void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed);
@@ -31,7 +33,10 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
 // optim.cu
 void launch_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step);
-void launch_sum_squares(double *acc, const float *g, int64_t n); // acc must be zeroed
+// *acc = sum of g[i]^2, summed in a fixed order (one fp64 partial a block into part[], then one
+// block adds the partials in index order): the same bits on every run, in either mode
+#define SUM_SQUARES_MAX_BLOCKS 4096
+void launch_sum_squares(double *acc, double *part, const float *g, int64_t n);
 void launch_scale(float *g, int64_t n, float s);
 
 // xent.cu

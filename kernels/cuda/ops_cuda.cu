@@ -160,6 +160,36 @@ extern "C" void cuda_main_after_comm(void) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// deterministic mode (cuda_ext.h)
+
+static int g_det = -1;
+
+static void det_init(void) {
+    if (g_det >= 0) return;
+    const char *e = getenv("QLORA_CUDA_DETERMINISTIC");
+    g_det = e && (!strcmp(e, "1") || !strcmp(e, "true"));
+}
+
+bool cuda_det(void) {
+    det_init();
+    return g_det == 1;
+}
+
+extern "C" int cuda_deterministic(void) { return cuda_det() ? 1 : 0; }
+
+extern "C" int cuda_deterministic_set(int on, char *why, size_t cap) {
+    if (on && cuda_attention_selected() == CUDA_ATTN_TILED) {
+        if (why && cap)
+            snprintf(why, cap, "the tiled attention kernels (QLORA_CUDA_ATTENTION=tiled) have no fixed-order "
+                               "backward: unset QLORA_CUDA_ATTENTION (the default mma kernels have one) or set "
+                               "deterministic: false");
+        return -1;
+    }
+    g_det = on ? 1 : 0;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // GEMM
 
 void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
@@ -168,6 +198,10 @@ void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, in
     // row-major C[M,N] = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    // Deterministic in both modes: cuBLAS picks its algorithm from the shape, the types and the
+    // device alone, and gives the same bits run to run on one GPU model when every call goes to
+    // one stream with one fixed workspace (runtime_init: cublasSetWorkspace, never a second
+    // stream for the handle). Its split-K variants reduce through that workspace in a fixed order.
     CUBLAS_CHECK(cublasGemmEx(cuda_cublas(), opa, opb, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
                               &beta, C, c_f32 ? CUDA_R_32F : CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
@@ -542,9 +576,8 @@ static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_
 }
 
 static double cu_sum_squares(const float *g, int64_t n) {
-    double *acc = (double *)cuda_scratch(SCRATCH_REDUCE, sizeof(double));
-    CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), cuda_stream()));
-    launch_sum_squares(acc, g, n);
+    double *acc = (double *)cuda_scratch(SCRATCH_REDUCE, (1 + SUM_SQUARES_MAX_BLOCKS) * sizeof(double));
+    launch_sum_squares(acc, acc + 1, g, n);
     double r = 0;
     cu_download(&r, acc, sizeof r);
     return r;
@@ -565,7 +598,12 @@ static void cu_info(ops_backend_info *out) {
     out->peak_bytes = (double)peak;
     out->attention = cuda_attention_name(cuda_attention_selected());
     out->scratch_cap = cuda_scratch_cap();
+    out->deterministic = cuda_det() ? 1 : 0;
+    cuda_versions(&out->cuda_driver, &out->cuda_runtime);
+    cuda_driver_release(out->driver, sizeof out->driver);
 }
+
+static int cu_deterministic_set(int on, char *why, size_t cap) { return cuda_deterministic_set(on, why, cap); }
 
 static const ops_table g_table = {
     "cuda",
@@ -607,6 +645,7 @@ static const ops_table g_table = {
     cuda_scratch_cap_set,
     cu_side_copy,
     cu_side_wait,
+    cu_deterministic_set,
 };
 
 extern "C" const ops_table *ops_cuda(void) {

@@ -1,6 +1,7 @@
 // optim.cu: AdamW over one contiguous fp32 buffer (all LoRA tensors of the model live in one
 // allocation, so one launch updates them all), the global sum of squares for the grad norm,
 // and in-place scaling for clipping.
+// Nothing here sums through atomics: the results are the same bits on every run.
 #include "launch.cuh"
 
 #include <math.h>
@@ -30,20 +31,37 @@ void launch_adamw(float *param, const float *grad, float *m, float *v, int64_t n
     CUDA_CHECK_LAUNCH();
 }
 
-// grid-stride partial sums in fp32 per thread, fp32 block reduction, one fp64 atomic per block
+// The global sum of squares, in a fixed order: grid-stride partial sums in fp32 per thread, an
+// fp32 tree within the block (fixed shuffle pattern), one fp64 partial a block into part[b];
+// then one block adds part[0..nb) in fp64, thread j taking b = j, j + 256, ... and a fixed tree
+// after. The grid size depends on n only, so the same gradients give the same bits every run.
 template <typename F>
-__global__ void reduce_f64_kernel(double *acc, const float *x, int64_t n, F f) {
-    __shared__ float part[32];
+__global__ void reduce_part_kernel(double *part, const float *x, int64_t n, F f) {
+    __shared__ float sh[32];
     float s = 0.0f;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
         s += f(x[i]);
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = s;
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x / 32] = s;
     __syncthreads();
     if (threadIdx.x < 32) {
-        s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
+        s = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0f;
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (threadIdx.x == 0) atomicAdd(acc, (double)s);
+        if (threadIdx.x == 0) part[blockIdx.x] = (double)s;
+    }
+}
+
+__global__ void reduce_final_kernel(double *acc, const double *part, int nb) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (int b = threadIdx.x; b < nb; b += blockDim.x) s += part[b];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) *acc = s;
     }
 }
 
@@ -54,13 +72,19 @@ struct square_f {
 static unsigned reduce_grid(int64_t n) {
     int64_t g = CEIL_DIV(n, (int64_t)256 * 16); // ~16 elements a thread
     if (g < 1) g = 1;
-    if (g > 4096) g = 4096;
+    if (g > SUM_SQUARES_MAX_BLOCKS) g = SUM_SQUARES_MAX_BLOCKS;
     return (unsigned)g;
 }
 
-void launch_sum_squares(double *acc, const float *g, int64_t n) {
-    if (n <= 0) return;
-    reduce_f64_kernel<<<reduce_grid(n), 256, 0, cuda_stream()>>>(acc, g, n, square_f{});
+void launch_sum_squares(double *acc, double *part, const float *g, int64_t n) {
+    if (n <= 0) {
+        CUDA_CHECK(cudaMemsetAsync(acc, 0, sizeof(double), cuda_stream()));
+        return;
+    }
+    unsigned nb = reduce_grid(n);
+    reduce_part_kernel<<<nb, 256, 0, cuda_stream()>>>(part, g, n, square_f{});
+    CUDA_CHECK_LAUNCH();
+    reduce_final_kernel<<<1, 256, 0, cuda_stream()>>>(acc, part, (int)nb);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -477,6 +477,115 @@ TEST(attention) {
         attention_cached_check();
     }
     cuda_attention_select(CUDA_ATTN_MMA);
+    /* the deterministic mode's ordered dq sum and per-share dK/dV slices, against the reference */
+    CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+    fprintf(stderr, "  kernels: mma, deterministic\n");
+    attention_check();
+    CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
+}
+
+/* ---- deterministic mode (cuda_ext.h): every op it changes, twice on one input, the same bits ---- */
+
+static int same_bits(const char *what, const void *da, const void *db, size_t bytes) {
+    uint8_t *x = malloc(bytes ? bytes : 1), *y = malloc(bytes ? bytes : 1);
+    gpu->download(x, da, bytes);
+    gpu->download(y, db, bytes);
+    size_t diff = 0, first = 0;
+    for (size_t i = 0; i < bytes; i++)
+        if (x[i] != y[i] && !diff++) first = i;
+    if (diff) fprintf(stderr, "  %s: %zu of %zu bytes differ between two runs (first: byte %zu)\n", what, diff, bytes, first);
+    free(x), free(y);
+    return diff == 0;
+}
+
+TEST(deterministic_refuses_tiled) {
+    char why[512] = "";
+    cuda_attention_select(CUDA_ATTN_TILED);
+    CHECK(gpu->deterministic_set(1, why, sizeof why) == -1);
+    CHECK(strstr(why, "tiled") != NULL);
+    CHECK(cuda_deterministic() == 0);
+    cuda_attention_select(CUDA_ATTN_MMA);
+    CHECK(gpu->deterministic_set(1, why, sizeof why) == 0 && cuda_deterministic() == 1);
+    CHECK(gpu->deterministic_set(0, why, sizeof why) == 0 && cuda_deterministic() == 0);
+}
+
+/* attention backward twice (dq, dk, dv bits); returns whether the two runs agreed */
+static int attention_bwd_twice(int T, int nh, int nkv, int hd, int packed, int report) {
+    int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
+    int32_t *ss = make_seq_start(T, packed);
+    int32_t *ssd = dev_i32(ss, T);
+    tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+    tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
+    tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
+    GPU(attention_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+    tens g[2][3];
+    for (int r = 0; r < 2; r++) {
+        g[r][0] = tens_out(nq, 1), g[r][1] = tens_out(nk, 1), g[r][2] = tens_out(nk, 1);
+        GPU(attention_bwd)(g[r][0].d, g[r][1].d, g[r][2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+    }
+    int ok = 1;
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        char what[128];
+        snprintf(what, sizeof what, "attention_bwd %s T=%d nh=%d nkv=%d hd=%d packed=%d", names[i], T, nh, nkv, hd,
+                 packed);
+        if (report) ok &= same_bits(what, g[0][i].d, g[1][i].d, (size_t)g[0][i].n * 2);
+        else {
+            uint8_t *x = malloc((size_t)g[0][i].n * 2), *y = malloc((size_t)g[0][i].n * 2);
+            gpu->download(x, g[0][i].d, (size_t)g[0][i].n * 2);
+            gpu->download(y, g[1][i].d, (size_t)g[0][i].n * 2);
+            ok &= memcmp(x, y, (size_t)g[0][i].n * 2) == 0;
+            free(x), free(y);
+        }
+    }
+    for (int r = 0; r < 2; r++) tens_free(&g[r][0]), tens_free(&g[r][1]), tens_free(&g[r][2]);
+    tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&dout), tens_free(&out), tens_free(&lse);
+    free(ss), gpu->free(ssd);
+    return ok;
+}
+
+TEST(deterministic_same_bits) {
+    /* T, nh, nkv, hd, packed: the Llama-2-7B layer (MHA), a GQA 32/8 layer (its dK/dV split over
+     * shares), packed sequences, odd head dims, a grid larger than the machine holds at once */
+    const int cfgs[][5] = {{2048, 32, 32, 128, 0}, {2048, 32, 8, 128, 1}, {4096, 32, 8, 128, 1}, {300, 8, 2, 128, 1},
+                           {1024, 16, 4, 64, 1},   {77, 6, 3, 80, 1},     {129, 4, 1, 64, 0}};
+    /* the default mode first, for the record: its dq atomics usually differ run to run */
+    int nd_same = attention_bwd_twice(2048, 32, 8, 128, 1, 0);
+    fprintf(stderr, "  default mode, attention_bwd T=2048 GQA 32/8 twice: %s\n",
+            nd_same ? "the same bits (by chance)" : "different bits (atomics)");
+    CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++)
+        for (int rep = 0; rep < 2; rep++)
+            CHECK(attention_bwd_twice(cfgs[c][0], cfgs[c][1], cfgs[c][2], cfgs[c][3], cfgs[c][4], 1));
+
+    /* the grad norm's sum of squares (fixed order in both modes) */
+    const int64_t sizes[] = {10007, (1 << 24) + 13};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        tens p = tens_rand(sizes[s], 0, 0.05f, 0.0f);
+        double a = GPU(sum_squares)(p.d, sizes[s]), b = GPU(sum_squares)(p.d, sizes[s]);
+        CHECK(memcmp(&a, &b, sizeof a) == 0);
+        tens_free(&p);
+    }
+
+    /* the chunked lm_head + cross-entropy (row reductions in a fixed tree; cuBLAS on one stream) */
+    {
+        int T = 700, C = 512, V = 32000;
+        tens x = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f), E = tens_rand((int64_t)V * C, 1, 0.5f, 0.0f);
+        int32_t *tgt = malloc(sizeof(int32_t) * (size_t)T);
+        for (int t = 0; t < T; t++) tgt[t] = rnd_int(0, V - 1);
+        int32_t *tgtd = dev_i32(tgt, T);
+        tens l[2], dx[2];
+        for (int r = 0; r < 2; r++) {
+            l[r] = tens_out(T, 0), dx[r] = tens_out((int64_t)T * C, 1);
+            GPU(xent_fwd_bwd)(l[r].d, dx[r].d, x.d, E.d, tgtd, T, C, V, 1.0f / (float)T);
+        }
+        CHECK(same_bits("xent losses", l[0].d, l[1].d, (size_t)T * 4));
+        CHECK(same_bits("xent dx", dx[0].d, dx[1].d, (size_t)T * C * 2));
+        for (int r = 0; r < 2; r++) tens_free(&l[r]), tens_free(&dx[r]);
+        tens_free(&x), tens_free(&E);
+        free(tgt), gpu->free(tgtd);
+    }
+    CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
 }
 
 /* ---- NF4 linear with LoRA ---- */
@@ -688,6 +797,8 @@ int main(void) {
     RUN(add_swiglu);
     RUN(rope);
     RUN(attention);
+    RUN(deterministic_refuses_tiled);
+    RUN(deterministic_same_bits);
     RUN(qlinear);
     RUN(xent_and_logits);
     RUN(adamw_norm_scale);

@@ -114,6 +114,54 @@ TEST(test_plan_keys) {
     free(path), free(cdir);
 }
 
+/* deterministic: the top level fills train's and evaluate's own (a stage may override it), and it
+ * is in the key of the stages it shapes and of no other */
+TEST(test_deterministic_key) {
+    char *path = fs_join(tmp, "recipe.yaml"), *cdir = fs_join(tmp, "cache");
+    recipe *r = NULL;
+    cache c;
+    CHECK_EQ_INT(cache_open(&c, cdir), 0);
+    plan p;
+    char keval[33] = "", kbase[33] = "";
+    CHECK_EQ_INT(recipe_load(&r, path, NULL, 0), 0);
+    if (!r) { cache_close(&c), free(path), free(cdir); return; }
+    int ei = stage_of(r, "eval"), bi = stage_of(r, "base");
+    CHECK(json_is_false(json_object_get(r->stages[ei].params, "deterministic")));
+    CHECK(json_object_get(r->stages[bi].params, "deterministic") == NULL);
+    CHECK(json_is_false(json_object_get(r->resolved, "deterministic")));
+    CHECK_EQ_INT(plan_build(&p, r, &c, &(plan_opts){0}), 0);
+    snprintf(keval, sizeof keval, "%s", p.st[ei].key);
+    snprintf(kbase, sizeof kbase, "%s", p.st[bi].key);
+    plan_free(&p);
+    recipe_free(&r);
+
+    char *on[] = {"deterministic=true"};
+    CHECK_EQ_INT(recipe_load(&r, path, on, 1), 0);
+    if (r) {
+        CHECK(json_is_true(json_object_get(r->stages[ei].params, "deterministic")));
+        CHECK_EQ_INT(plan_build(&p, r, &c, &(plan_opts){0}), 0);
+        CHECK(strcmp(p.st[ei].key, keval) != 0);
+        CHECK_EQ_STR(p.st[bi].key, kbase);
+        plan_free(&p);
+        recipe_free(&r);
+    }
+    char *off[] = {"deterministic=true", "stages.eval.deterministic=false"};
+    CHECK_EQ_INT(recipe_load(&r, path, off, 2), 0);
+    if (r) {
+        CHECK(json_is_false(json_object_get(r->stages[ei].params, "deterministic")));
+        CHECK_EQ_INT(plan_build(&p, r, &c, &(plan_opts){0}), 0);
+        CHECK_EQ_STR(p.st[ei].key, keval);
+        plan_free(&p);
+        recipe_free(&r);
+    }
+    char *bad[] = {"deterministic=yes"};
+    CHECK_EQ_INT(recipe_load(&r, path, bad, 1), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "deterministic"));
+    err_clear();
+    cache_close(&c);
+    free(path), free(cdir);
+}
+
 TEST(test_cache_commit_lookup) {
     char *cdir = fs_join(tmp, "cache2");
     cache c;
@@ -157,6 +205,7 @@ int main(void) {
     free(write_in("data.jsonl", "{\"text\": \"a\"}\n"));
     RUN(test_recipe_resolves);
     RUN(test_plan_keys);
+    RUN(test_deterministic_key);
     RUN(test_cache_commit_lookup);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);

@@ -12,7 +12,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "formats/peft.h"
-#include "formats/peft.h"
+#include "model/device.h"
 #include "model/llama_peft.h"
 #include "train/llama_trainer.h"
 #include "train/trainer.h"
@@ -31,9 +31,12 @@ static json_t *train_params(double lr, int max_steps) {
                      "max_grad_norm", 1.0);
 }
 
+static json_t *last_report; /* the report of the last run_train */
+
 static int run_train(json_t *params, const char *out, const char *work, volatile int *interrupted, json_t **metrics) {
     stage_ctx ctx;
     fix_ctx(&ctx, &stage_kind_train, "train", params, out, work);
+    ctx.report = json_object();
     fix_input(&ctx, "model", "init_model", model_art);
     fix_input(&ctx, "adapter", "attach_lora", lora_art);
     fix_input(&ctx, "data", "dataset", data_art);
@@ -43,6 +46,8 @@ static int run_train(json_t *params, const char *out, const char *work, volatile
     if (metrics) *metrics = ctx.metrics;
     else json_decref(ctx.metrics);
     json_decref(ctx.hook_files);
+    json_decref(last_report);
+    last_report = ctx.report;
     json_decref(params);
     return rc;
 }
@@ -150,6 +155,70 @@ TEST(test_train_offload_cpu_is_noop) {
     CHECK_EQ_INT(fs_read_all(c_path, &c, &nc), 0);
     CHECK(cref && c && nc == nc_ref && memcmp(c, cref, nc) == 0);
     free(ref), free(got), free(cref), free(c), free(cref_path), free(c_path), free(out), free(work);
+}
+
+/* deterministic: true on the CPU: accepted (its reductions are fixed-order whatever the thread
+ * count), the same adapter bytes as the reference run, and the artifact records what produced it */
+TEST(test_train_deterministic_cpu) {
+    size_t nref = 0, n = 0;
+    char *ref = read_adapter(ref_out, &nref);
+    char *out = fs_join(root, "out-det"), *work = fs_join(root, "work-det");
+    json_t *p = train_params(3e-3, 30);
+    json_object_set_new(p, "deterministic", json_true());
+    CHECK_EQ_INT(run_train(p, out, work, NULL, NULL), 0);
+    char *got = read_adapter(out, &n);
+    CHECK(ref && got && n == nref && memcmp(got, ref, n) == 0);
+    json_t *env = json_object_get(last_report, "environment");
+    CHECK(json_is_true(json_object_get(env, "deterministic")));
+    CHECK_EQ_STR(json_string_value(json_object_get(env, "device")), "cpu");
+    CHECK_EQ_STR(json_string_value(json_object_get(env, "driver")), "");
+    CHECK_EQ_STR(json_string_value(json_object_get(env, "cuda_runtime")), "");
+    CHECK(json_string_value(json_object_get(env, "program_version")) != NULL);
+    CHECK_EQ_INT(json_integer_value(json_object_get(env, "ranks")), 1);
+    free(ref), free(got), free(out), free(work);
+}
+
+/* a backend that cannot honour the mode, and a data-parallel all-reduce in the switch: errors
+ * before anything runs, naming the path and the fix */
+static int refuse_det(int on, char *why, size_t cap) {
+    if (on) snprintf(why, cap, "the tiled attention kernels have no fixed-order backward");
+    return on ? -1 : 0;
+}
+static int accept_det(int on, char *why, size_t cap) {
+    (void)on, (void)why, (void)cap;
+    return 0;
+}
+
+TEST(test_deterministic_refusals) {
+    ops_table t = *ops_cpu();
+    t.name = "cuda";
+    t.deterministic_set = refuse_det;
+    CHECK_EQ_INT(device_deterministic(&t, false, 1), 0);
+    CHECK_EQ_INT(device_deterministic(&t, true, 1), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "deterministic: true") && strstr(err_msg(), "tiled"));
+    err_clear();
+    t.deterministic_set = accept_det;
+    CHECK_EQ_INT(device_deterministic(&t, true, 1), 0);
+    setenv("NCCL_ALGO", "NVLS,Ring", 1);
+    CHECK_EQ_INT(device_deterministic(&t, true, 1), 0); /* one rank: no all-reduce */
+    CHECK_EQ_INT(device_deterministic(&t, true, 2), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "NCCL_ALGO=NVLS,Ring"));
+    err_clear();
+    CHECK_EQ_INT(device_deterministic(&t, false, 2), 0);
+    unsetenv("NCCL_ALGO");
+    setenv("NCCL_NVLS_ENABLE", "1", 1);
+    CHECK_EQ_INT(device_deterministic(&t, true, 2), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "NCCL_NVLS_ENABLE=1"));
+    err_clear();
+    unsetenv("NCCL_NVLS_ENABLE");
+    unsetenv("NCCL_COLLNET_ENABLE");
+    CHECK_EQ_INT(device_deterministic(&t, true, 2), 0); /* and keeps NCCL from picking them */
+    CHECK_EQ_STR(getenv("NCCL_NVLS_ENABLE"), "0");
+    CHECK_EQ_STR(getenv("NCCL_COLLNET_ENABLE"), "0");
+    unsetenv("NCCL_NVLS_ENABLE");
+    unsetenv("NCCL_COLLNET_ENABLE");
+    /* the cpu backend is deterministic always: accepted at any world size */
+    CHECK_EQ_INT(device_deterministic(ops_cpu(), true, 4), 0);
 }
 
 static volatile int int_flag;
@@ -298,12 +367,15 @@ int main(void) {
     RUN(test_train_accumulation_engine);
     RUN(test_train_loss_falls);
     RUN(test_train_kill_resume);
+    RUN(test_train_deterministic_cpu);
+    RUN(test_deterministic_refusals);
     RUN(test_train_offload_cpu_is_noop);
     RUN(test_train_sigint);
     RUN(test_train_diverges);
     RUN(test_train_lr_hook);
     config_free(&c);
     free(model_art), free(data_art), free(lora_art), free(ref_out);
+    json_decref(last_report);
     fs_rm_rf(root);
     return test_summary();
 }
