@@ -411,8 +411,8 @@ static int bench_train(int argc, char **argv) {
         uint64_t h = 1469598103934665603ull;
         for (size_t i = 0; i < nb; i++) h = (h ^ hp[i]) * 1099511628211ull;
         free(hp);
-        fprintf(stderr, "checksum: LoRA params fnv1a64 %016llx, loss sum over the steps %.17g (deterministic %s)\n",
-                (unsigned long long)h, loss_sum, det ? "on" : "off");
+        fprintf(stderr, "checksum: LoRA params fnv1a64 %016llx, loss sum over the steps %.17g, last loss %.9g "
+                        "(deterministic %s)\n", (unsigned long long)h, loss_sum, loss_last, det ? "on" : "off");
     }
     qsort(times, (size_t)steps, sizeof(double), cmp_double);
     double med = times[steps / 2];

@@ -23,8 +23,10 @@
 // (query head, 32-query step) gets one part from each key block that sees it, blocks lo..hi with
 // hi = q0 / 64 (the diagonal block) and lo = seq_start[q0] / 64; they add their parts in the order
 // hi, hi - 1, ..., lo, through a turn counter per (head, step): block kb waits until the counter
-// says hi - kb, adds its part with plain loads and stores, and passes the turn on (release/acquire
-// at GPU scope). Blocks are numbered so that the block it waits for (kb + 1) has the lower linear
+// says hi - kb (thread 0 polls before the barrier the step has anyway), starts its dQ accumulators
+// from the stored sum, stores the new sum with plain stores, and passes the turn on after the next
+// barrier (release/acquire at GPU scope). The kernel is compiled twice (DET), so the default mode
+// runs the atomics code as it was. Blocks are numbered so that the block it waits for (kb + 1) has the lower linear
 // index: blocks start in index order, so the lowest unfinished block never waits on an unstarted
 // one and the hand-off cannot deadlock. The diagonal-first order means a block rarely waits: the
 // block before it in the chain started earlier and walks the same query steps ahead of it. With
@@ -273,7 +275,7 @@ void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf1
 // ---------------------------------------------------------------------------------------------
 // backward
 
-template <int HDP>
+template <int HDP, bool DET>
 __global__ void __launch_bounds__(MMA_THREADS)
     mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, int *dq_turn, const bf16 *dout,
                    const float *lse, const float *Dv, const bf16 *q, const bf16 *k, const bf16 *v,
@@ -289,8 +291,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     // blockIdx.z picks a share of the group's query heads (gridDim.z shares; then dK and dV are
     // partial sums, added in fp32 to dkv_acc). dq_turn (deterministic mode): the key blocks
     // are numbered from the end (see the top of the file) and each share has its own dkv slice.
-    const bool det = dq_turn != NULL;
-    const int kb = det ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int kb = DET ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
     const int kvh = blockIdx.y, k0 = kb * MMA_BC, rep = nh / nkv / gridDim.z;
     const int h_first = kvh * (nh / nkv) + blockIdx.z * rep;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -338,6 +339,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
     };
     issue(0, 0);
     cp_async_commit();
+    // DET: the turn this block passes on once the barrier after its dQ stores is behind it (thread 0)
+    int *pass_turn = NULL, pass_value = 0;
 
     for (int i = 0; i < total; i++) {
         {
@@ -347,6 +350,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
             cp_async_commit();
             cp_async_wait1(); // this step's tiles are in
             __syncthreads();  // ... for every thread; and the previous step's dQ readers of dSs are done
+            // DET: every thread's dQ stores of the previous step are before this barrier: pass its turn on
+            if (DET && threadIdx.x == 0 && pass_turn) st_release_gpu(pass_turn, pass_value);
             const bf16 *Qs = QdO + buf * 2 * MMA_BQ * LD, *dOs = Qs + MMA_BQ * LD;
             const float *lse_s = side + buf * 3 * MMA_BQ, *D_s = lse_s + MMA_BQ;
             const int *ss_s = (const int *)(D_s + MMA_BQ);
@@ -415,12 +420,38 @@ __global__ void __launch_bounds__(MMA_THREADS)
                     mma_bf16_16816(dkf[2 * np + 1], as, b + 2);
                 }
             }
-            __syncthreads(); // all of dS^T is in shared memory
+            if (DET && threadIdx.x == 0) {
+                // wait for this block's turn at (hq, q0): the blocks from the diagonal one (hi =
+                // q0 / 64) down to kb + 1 have added theirs (polled here, so the wait ends at the
+                // barrier that is there anyway)
+                int *turn = dq_turn + (int64_t)hq * CEIL_DIV(T, MMA_BQ) + q0 / MMA_BQ;
+                const int want = q0 / MMA_BC - kb;
+                while (ld_acquire_gpu(turn) != want) __nanosleep(32);
+                pass_turn = turn;
+                pass_value = want + 1;
+            }
+            __syncthreads(); // all of dS^T is in shared memory (DET: and it is this block's turn)
 
-            // dQ[16 queries x HDP/2] += dS K; dS (query x key) is dS^T read through ldmatrix.trans
+            // dQ[16 queries x HDP/2] += dS K; dS (query x key) is dS^T read through ldmatrix.trans.
+            // DET: the accumulators start from dQ as the blocks before this one left it (L2 loads:
+            // another multiprocessor wrote it), and the sum is stored back with plain stores.
             float dqf[HDP / 16][4];
 #pragma unroll
             for (int n = 0; n < HDP / 16; n++) dqf[n][0] = dqf[n][1] = dqf[n][2] = dqf[n][3] = 0.0f;
+            if (DET) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    int t = q0 + dq_m * 16 + g + 8 * r;
+                    if (t >= T) continue;
+                    const float *src = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
+#pragma unroll
+                    for (int n = 0; n < HDP / 16; n++) {
+                        int d = (dq_n0 + n) * 8 + 2 * tq;
+                        if (d < hd) dqf[n][2 * r] = __ldcg(src + d);
+                        if (d + 1 < hd) dqf[n][2 * r + 1] = __ldcg(src + d + 1);
+                    }
+                }
+            }
 #pragma unroll
             for (int kk = 0; kk < MMA_BC / 16; kk++) {
                 uint32_t a[4];
@@ -434,14 +465,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
                     mma_bf16_16816(dqf[2 * np + 1], a, b + 2);
                 }
             }
-            if (det) {
-                // this block's turn for (hq, q0): the blocks from the diagonal one (hi) down to ours
-                // have added theirs
-                int *turn = dq_turn + (int64_t)hq * CEIL_DIV(T, MMA_BQ) + q0 / MMA_BQ;
-                const int want = q0 / MMA_BC - kb;
-                if (threadIdx.x == 0)
-                    while (ld_acquire_gpu(turn) != want) __nanosleep(64);
-                __syncthreads();
+            if (DET) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
                     int t = q0 + dq_m * 16 + g + 8 * r;
@@ -450,15 +474,9 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
                     for (int n = 0; n < HDP / 16; n++) {
                         int d = (dq_n0 + n) * 8 + 2 * tq;
-                        // L2 loads and stores: another multiprocessor wrote these last
-                        if (d < hd) __stcg(dst + d, __ldcg(dst + d) + dqf[n][2 * r]);
-                        if (d + 1 < hd) __stcg(dst + d + 1, __ldcg(dst + d + 1) + dqf[n][2 * r + 1]);
+                        if (d < hd) __stcg(dst + d, dqf[n][2 * r]);
+                        if (d + 1 < hd) __stcg(dst + d + 1, dqf[n][2 * r + 1]);
                     }
-                }
-                __syncthreads(); // every part of this block is written ...
-                if (threadIdx.x == 0) {
-                    __threadfence(); // ... and visible at GPU scope before the next block's turn
-                    st_release_gpu(turn, want + 1);
                 }
             } else {
 #pragma unroll
@@ -477,12 +495,17 @@ __global__ void __launch_bounds__(MMA_THREADS)
         }
     }
 
+    if (DET) { // the last step's turn: after every thread's stores
+        __syncthreads();
+        if (threadIdx.x == 0 && pass_turn) st_release_gpu(pass_turn, pass_value);
+    }
+
     // dK, dV of this warp's 16 keys, rows g and g + 8
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         int key = r ? key1 : key0;
         if (key > klast) continue;
-        if (dkv_acc && det) { // this share's own slice: plain stores, added in share order later
+        if (DET && dkv_acc) { // this share's own slice: plain stores, added in share order later
             float *ka = dkv_acc + (int64_t)blockIdx.z * 2 * T * ldk + (int64_t)key * ldk + (int64_t)kvh * hd,
                   *va = ka + (int64_t)T * ldk;
 #pragma unroll
@@ -539,7 +562,10 @@ static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, 
                   (size_t)MMA_BC * (MMA_BQ + 8) * sizeof(bf16) + 2 * 3 * MMA_BQ * sizeof(float);
     static bool attr_set = false;
     if (!attr_set) {
-        CUDA_CHECK(cudaFuncSetAttribute(mma_bwd_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(mma_bwd_kernel<HDP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(mma_bwd_kernel<HDP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
         attr_set = true;
     }
     // With grouped-query attention there are only T/64 * nkv (key tile, kv head) pairs: when that
@@ -566,9 +592,12 @@ static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, 
     }
     dim3 grid(tiles, nkv, split);
     float scale = 1.0f / sqrtf((float)hd);
-    mma_bwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, dq_turn, dout, lse, D, q,
-                                                                     k, v, seq_start, T, nh, nkv, hd, scale,
-                                                                     scale * LOG2E, vec);
+    if (det)
+        mma_bwd_kernel<HDP, true><<<grid, MMA_THREADS, smem, cuda_stream()>>>(
+            dq_acc, dk, dv, dkv_acc, dq_turn, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, scale, scale * LOG2E, vec);
+    else
+        mma_bwd_kernel<HDP, false><<<grid, MMA_THREADS, smem, cuda_stream()>>>(
+            dq_acc, dk, dv, dkv_acc, NULL, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, scale, scale * LOG2E, vec);
     CUDA_CHECK_LAUNCH();
     if (dkv_acc && det) {
         launch_sum_slices_bf16(dk, dkv_acc, split, 2 * (int64_t)nkvel, (int64_t)nkvel);

@@ -36,9 +36,9 @@ extern "C" void cuda_versions(int *driver, int *runtime) {
     cudaGetLastError();
 }
 
-// The first line reads "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  <date>": the
-// release is the first word after "Kernel Module" (the open kernel modules write "Open Kernel
-// Module"; both end in "Kernel Module").
+// The first line reads "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  <date>" or, for
+// the open kernel modules, "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04
+// Release Build ...": the release is the first word after "Kernel Module" that starts with a digit.
 extern "C" void cuda_driver_release(char *out, size_t cap) {
     if (!cap) return;
     out[0] = 0;
@@ -47,13 +47,16 @@ extern "C" void cuda_driver_release(char *out, size_t cap) {
     char line[512];
     if (fgets(line, sizeof line, f)) {
         const char *p = strstr(line, "Kernel Module");
-        if (p) {
-            p += strlen("Kernel Module");
-            while (*p == ' ' || *p == '\t') p++;
-            size_t n = strcspn(p, " \t\n");
-            if (n >= cap) n = cap - 1;
-            memcpy(out, p, n);
-            out[n] = 0;
+        while (p && *p) {
+            p += strcspn(p, " \t\n");
+            p += strspn(p, " \t\n");
+            if (*p >= '0' && *p <= '9') {
+                size_t n = strcspn(p, " \t\n");
+                if (n >= cap) n = cap - 1;
+                memcpy(out, p, n);
+                out[n] = 0;
+                break;
+            }
         }
     }
     fclose(f);
