@@ -783,6 +783,7 @@ static int eval_run(stage_ctx *ctx) {
         if (tuned) stage_metric(ctx, "score", score[1]);
         if (base) stage_metric(ctx, "score_base", score[0]);
     }
+    json_object_set_new(results, "environment", stage_environment(ops)); /* what produced them */
     char *text = json_dumps(results, JSON_INDENT(2) | JSON_SORT_KEYS), *rp = fs_join(ctx->out_dir, "results.json");
     rc = text ? fs_write_atomic(rp, text, strlen(text)) : err_set(ERR_STAGE, "cannot encode the results");
     free(text);
@@ -791,7 +792,6 @@ static int eval_run(stage_ctx *ctx) {
     json_decref(ctx->report);
     ctx->report = json_incref(results);
     stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
-    stage_note_environment(ctx, ops); /* after results.json: the report only */
     if (coll_rank() == 0 && hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
 
 out:

@@ -146,7 +146,7 @@ const char *stage_model_name(const stage_input *in) {
     return json_string_value(json_object_get(json_object_get(in->manifest, "params"), "repo"));
 }
 
-void stage_note_environment(stage_ctx *c, const ops_table *ops) {
+json_t *stage_environment(const ops_table *ops) {
     device_info di;
     device_info_get(ops, &di);
     char cd[32] = "", cr[32] = "";
@@ -160,7 +160,9 @@ void stage_note_environment(stage_ctx *c, const ops_table *ops) {
                             "dev",
 #endif
                             "ranks", coll_world());
-    if (!env) return;
-    if (c->report) json_object_set_new(c->report, "environment", env);
-    else json_decref(env);
+    return env ? env : json_object();
+}
+
+void stage_note_environment(stage_ctx *c, const ops_table *ops) {
+    if (c->report) json_object_set_new(c->report, "environment", stage_environment(ops));
 }

@@ -203,6 +203,7 @@ void stage_note_files(stage_ctx *c, const json_t *paths);
  * on cpu), program_version and ranks. Nothing when the context has no report. */
 struct ops_table;
 void stage_note_environment(stage_ctx *c, const struct ops_table *ops);
+json_t *stage_environment(const struct ops_table *ops); /* the object itself (new reference) */
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);
