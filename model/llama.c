@@ -190,8 +190,47 @@ static int load_norm(loader *ld, const char *name, int64_t numel, uint16_t **dst
     return load_dense_as(ld, name, numel, dst, ld->plus_one);
 }
 
-/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
- * NF4 here from a float one */
+/* a float linear kept as it is (llama_load_opts.dense): its values in the backend's activation
+ * dtype (exact on the cpu, whose activations are fp32) */
+static int load_linear_dense(loader *ld, const char *prefix, int64_t out, int64_t in, llama_linear *lin) {
+    const ops_table *o = ld->m->ops;
+    int64_t n = out * in, esz = (int64_t)ops_act_size(o);
+    void *w = carve_take(&ld->cv, n * esz);
+    lin->w = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = w};
+    if (!ld->cv.base) return 0;
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const st_tensor *t;
+    int rc = loader_find(ld, name, n, &t);
+    if (rc) return rc;
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32)", ld->path, name,
+                       st_dtype_name(t->dtype));
+    if (t->dtype == ST_BF16 && esz == 2) {
+        o->upload(w, t->data, (size_t)n * 2);
+        return 0;
+    }
+    void *h = malloc((size_t)(n * esz));
+    if (!h) return err_set(ERR_STAGE, "out of memory loading '%s'", name);
+    const uint8_t *src = t->data;
+    for (int64_t i = 0; i < n; i++) {
+        float v;
+        if (t->dtype == ST_F32) memcpy(&v, src + 4 * i, 4);
+        else {
+            uint16_t u;
+            memcpy(&u, src + 2 * i, 2);
+            v = t->dtype == ST_F16 ? f16_to_f32(u) : bf16_to_f32(u);
+        }
+        if (esz == 4) ((float *)h)[i] = v;
+        else ((uint16_t *)h)[i] = f32_to_bf16(v);
+    }
+    o->upload(w, h, (size_t)(n * esz));
+    free(h);
+    return 0;
+}
+
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, quantized to
+ * NF4 here from a float one, or kept as it is (dense) when the options say so */
 static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
     char name[256];
     lin->bias = NULL;
@@ -217,6 +256,7 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         }
         bs = bl.w.blocksize;
     }
+    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, out, in, lin);
     int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
     /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
      * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */

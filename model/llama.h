@@ -157,6 +157,9 @@ typedef struct llama_model {
 typedef struct llama_load_opts {
     int blocksize;      /* NF4 blocksize when quantizing at load (default 64) */
     bool double_quant;  /* keep absmax double-quantized as bitsandbytes does (default true) */
+    bool dense;         /* keep float linears as they are (ops_nf4.dense, in the backend's activation
+                         * dtype) instead of quantizing them: generation of a model as it is. A
+                         * bitsandbytes 4-bit checkpoint stays 4-bit. */
 } llama_load_opts;
 #define LLAMA_LOAD_OPTS_DEFAULT ((llama_load_opts){.blocksize = 64, .double_quant = true})
 

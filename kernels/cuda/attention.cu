@@ -1,6 +1,8 @@
 // attention.cu: the attention ops (forward, backward, KV-cache generation): argument checks,
 // the backward's shared preparation (D = rowsum(dout * out), the fp32 dq accumulator and its
-// conversion to bf16), and the choice between the two kernel families (cuda_ext.h).
+// conversion to bf16), the choice between the two kernel families (cuda_ext.h; head dims over 128
+// always take the tiled one), and the ops_attn options (sliding window, score scale, soft-capping)
+// resolved into attn_params.
 #include "attention_common.cuh"
 #include "cuda_ext.h"
 
@@ -26,33 +28,47 @@ static int attn_vec(const void *a, const void *b, const void *c, int hd) {
 }
 
 static void attn_check(int hd, int nh, int nkv) {
-    CUDA_REQUIRE(hd > 0 && hd <= 128, "attention: head dim must be in 1..128");
+    CUDA_REQUIRE(hd > 0 && hd <= 256, "attention: head dim must be in 1..256");
     CUDA_REQUIRE(nkv > 0 && nh % nkv == 0, "attention: heads must be a multiple of kv heads");
 }
 
+// ops_attn (NULL: plain causal attention) as the kernels take it
+static attn_params attn_resolve(const ops_attn *opt, int hd) {
+    attn_params p = {0, 1.0f / sqrtf((float)hd), 0.0f};
+    if (opt) {
+        CUDA_REQUIRE(opt->window >= 0 && opt->scale >= 0 && opt->softcap >= 0, "attention: negative option");
+        p.window = opt->window;
+        if (opt->scale > 0) p.scale = opt->scale;
+        p.softcap = opt->softcap;
+    }
+    return p;
+}
+
+static bool attn_use_tiled(int hd) { return hd > 128 || cuda_attention_selected() == CUDA_ATTN_TILED; }
+
 static void attn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                     int Tq, int Tk, int q_off, int nh, int nkv, int hd) {
+                     int Tq, int Tk, int q_off, int nh, int nkv, int hd, attn_params ap) {
     int vec = attn_vec(q, k, v, hd);
-    if (cuda_attention_selected() == CUDA_ATTN_TILED)
-        attn_tiled_fwd(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+    if (attn_use_tiled(hd))
+        attn_tiled_fwd(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
     else
-        attn_mma_fwd(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+        attn_mma_fwd(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
 }
 
 void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                          const int32_t *seq_start, int T, int nh, int nkv, int hd) {
+                          const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt) {
     attn_check(hd, nh, nkv);
     if (T == 0) return;
-    attn_fwd(out, lse, q, k, v, seq_start, T, T, 0, nh, nkv, hd);
+    attn_fwd(out, lse, q, k, v, seq_start, T, T, 0, nh, nkv, hd, attn_resolve(opt, hd));
 }
 
 // generation: the Tq queries are the last Tq of Tk cached positions, one sequence
 void launch_attention_cached(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int Tk, int nh,
-                             int nkv, int hd) {
+                             int nkv, int hd, const ops_attn *opt) {
     attn_check(hd, nh, nkv);
     CUDA_REQUIRE(Tq <= Tk, "attention: more queries than cached positions");
     if (Tq == 0) return;
-    attn_fwd(out, NULL, q, kc, vc, NULL, Tq, Tk, Tk - Tq, nh, nkv, hd);
+    attn_fwd(out, NULL, q, kc, vc, NULL, Tq, Tk, Tk - Tq, nh, nkv, hd, attn_resolve(opt, hd));
 }
 
 // D[h, t] = sum_d dout[t, h, d] * out[t, h, d]: one warp per (t, h)
@@ -70,9 +86,10 @@ __global__ void attn_bwd_dot_kernel(float *D, const bf16 *dout, const bf16 *out,
 
 void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh,
-                          int nkv, int hd) {
+                          int nkv, int hd, const ops_attn *opt) {
     attn_check(hd, nh, nkv);
     if (T == 0) return;
+    attn_params ap = attn_resolve(opt, hd);
     cudaStream_t s = cuda_stream();
     size_t nq = (size_t)T * nh * hd;
     float *dq_acc = (float *)cuda_scratch(SCRATCH_ATTN_DQ, nq * sizeof(float));
@@ -82,9 +99,9 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
     attn_bwd_dot_kernel<<<(unsigned)CEIL_DIV(warps * 32, (int64_t)256), 256, 0, s>>>(D, dout, out, T, nh, hd);
     CUDA_CHECK_LAUNCH();
     int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd);
-    if (cuda_attention_selected() == CUDA_ATTN_TILED)
-        attn_tiled_bwd(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+    if (attn_use_tiled(hd))
+        attn_tiled_bwd(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
     else
-        attn_mma_bwd(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        attn_mma_bwd(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
     launch_f32_to_bf16(dq, dq_acc, (int64_t)nq);
 }

@@ -374,6 +374,36 @@ TEST(add_swiglu) {
     }
 }
 
+TEST(geglu_act_scale) {
+    const int64_t sizes[] = {1, 7, 12345, 1 << 20};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        int64_t n = sizes[s];
+        tens g = tens_rand(n, 1, 2.0f, 0.0f), u = tens_rand(n, 1, 1.0f, 0.0f), out = tens_out(n, 1);
+        cpu->geglu_fwd(out.h, g.h, u.h, n);
+        GPU(geglu_fwd)(out.d, g.d, u.d, n);
+        check_close("geglu_fwd", &out, EPS_BF, 1e-3);
+        tens dout = tens_rand(n, 1, 1.0f, 0.0f), dg = tens_out(n, 1), du = tens_out(n, 1);
+        cpu->geglu_bwd(dg.h, du.h, dout.h, g.h, u.h, n);
+        GPU(geglu_bwd)(dg.d, du.d, dout.d, g.d, u.d, n);
+        check_close("geglu_bwd dgate", &dg, EPS_BF, 1e-3);
+        check_close("geglu_bwd dup", &du, EPS_BF, 1e-3);
+        /* in place, as the model calls it (dgate, dup = gate, up) */
+        tens g2 = tens_copy(&g), u2 = tens_copy(&u);
+        GPU(geglu_bwd)(g2.d, u2.d, dout.d, g2.d, u2.d, n);
+        memcpy(g2.h, dg.h, sizeof(float) * (size_t)n), memcpy(u2.h, du.h, sizeof(float) * (size_t)n);
+        check_close("geglu_bwd in place dgate", &g2, EPS_BF, 1e-3);
+        check_close("geglu_bwd in place dup", &u2, EPS_BF, 1e-3);
+        /* Gemma's embedding scale: sqrt(2560) rounded to bf16 */
+        tens x = tens_rand(n, 1, 0.05f, 0.0f);
+        float sc = bf_round(sqrtf(2560.0f));
+        cpu->act_scale(x.h, n, sc);
+        GPU(act_scale)(x.d, n, sc);
+        check_close("act_scale", &x, 8e-3, 0);
+        tens_free(&g), tens_free(&u), tens_free(&out), tens_free(&dout), tens_free(&dg), tens_free(&du);
+        tens_free(&g2), tens_free(&u2), tens_free(&x);
+    }
+}
+
 TEST(rope) {
     const int shapes[][3] = {{37, 3, 64}, {16, 4, 128}, {9, 2, 16}, {100, 1, 80}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
@@ -469,12 +499,78 @@ static void attention_cached_check(void) {
     }
 }
 
+/* the _ex ops: sliding windows (shorter and longer than the packed pieces, 1 = the token alone),
+ * another score scale (Gemma's query_pre_attn_scalar^-0.5), Gemma-2's soft-capping, head dims
+ * up to Gemma-3's 256 */
+static void attention_ex_check(void) {
+    /* T, nh, nkv, hd, packed, window, scale (x1000; 0: default), softcap (0: none) */
+    const int cfgs[][8] = {{200, 4, 2, 64, 1, 17, 0, 0},     {300, 4, 1, 128, 0, 64, 0, 0},
+                           {130, 2, 2, 32, 1, 1, 0, 0},      {257, 8, 4, 256, 1, 100, 62, 0},
+                           {100, 4, 2, 256, 0, 0, 62, 0},    {150, 4, 4, 64, 1, 0, 0, 50},
+                           {190, 6, 3, 128, 1, 33, 88, 30},  {70, 2, 1, 80, 0, 500, 0, 0},
+                           {129, 4, 2, 256, 0, 40, 0, 20},   {64, 2, 2, 64, 0, 64, 125, 0}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
+        ops_attn opt = {.window = cfgs[c][5], .scale = cfgs[c][6] / 1000.0f, .softcap = (float)cfgs[c][7]};
+        int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
+        int32_t *ss = make_seq_start(T, packed);
+        int32_t *ssd = dev_i32(ss, T);
+        /* larger scores, so that the soft-capping bites */
+        float amp = opt.softcap > 0 ? 3.0f : 1.0f;
+        tens q = tens_rand(nq, 1, amp, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+        tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
+        cpu->attention_ex_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd, &opt);
+        GPU(attention_ex_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd, &opt);
+        char what[160];
+        snprintf(what, sizeof what, "attention_ex_fwd out T=%d nh=%d nkv=%d hd=%d packed=%d window=%d scale=%g cap=%g",
+                 T, nh, nkv, hd, packed, opt.window, opt.scale, opt.softcap);
+        check_close(what, &out, EPS_BF, 2e-2);
+        snprintf(what, sizeof what, "attention_ex_fwd lse T=%d hd=%d window=%d", T, hd, opt.window);
+        check_close(what, &lse, 1e-3, 1e-3);
+
+        tens out_ref = tens_copy(&out), lse_ref = tens_copy(&lse);
+        for (int64_t i = 0; i < nq; i++) out_ref.h[i] = bf_round(out_ref.h[i]);
+        tens_upload(&out_ref);
+        tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
+        tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
+        cpu->attention_ex_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd, &opt);
+        GPU(attention_ex_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd, &opt);
+        const char *names[3] = {"dq", "dk", "dv"};
+        tens *grads[3] = {&dq, &dk, &dv};
+        for (int i = 0; i < 3; i++) {
+            snprintf(what, sizeof what, "attention_ex_bwd %s T=%d nh=%d nkv=%d hd=%d packed=%d window=%d scale=%g cap=%g",
+                     names[i], T, nh, nkv, hd, packed, opt.window, opt.scale, opt.softcap);
+            check_close_abs(what, grads[i], 3e-2, 3e-2, 1e-4);
+        }
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
+        tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
+        free(ss), gpu->free(ssd);
+    }
+    /* generation: Tq, Tk, nh, nkv, hd, window, scale (x1000), softcap */
+    const int ccfgs[][8] = {{1, 300, 4, 2, 64, 100, 0, 0}, {5, 200, 8, 2, 256, 64, 62, 0},
+                            {3, 130, 2, 1, 32, 0, 0, 30},  {64, 64, 2, 2, 128, 16, 0, 0}};
+    for (size_t c = 0; c < sizeof ccfgs / sizeof *ccfgs; c++) {
+        int Tq = ccfgs[c][0], Tk = ccfgs[c][1], nh = ccfgs[c][2], nkv = ccfgs[c][3], hd = ccfgs[c][4];
+        ops_attn opt = {.window = ccfgs[c][5], .scale = ccfgs[c][6] / 1000.0f, .softcap = (float)ccfgs[c][7]};
+        tens q = tens_rand((int64_t)Tq * nh * hd, 1, 1.0f, 0.0f);
+        tens k = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f), v = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f);
+        tens out = tens_out((int64_t)Tq * nh * hd, 1);
+        cpu->attention_ex_cached(out.h, q.h, k.h, v.h, Tq, Tk, nh, nkv, hd, &opt);
+        GPU(attention_ex_cached)(out.d, q.d, k.d, v.d, Tq, Tk, nh, nkv, hd, &opt);
+        char what[128];
+        snprintf(what, sizeof what, "attention_ex_cached Tq=%d Tk=%d hd=%d window=%d", Tq, Tk, hd, opt.window);
+        check_close(what, &out, EPS_BF, 2e-2);
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out);
+    }
+}
+
 TEST(attention) {
     for (int kernel = 0; kernel < 2; kernel++) {
         cuda_attention_select(kernel);
         fprintf(stderr, "  kernels: %s\n", cuda_attention_name(kernel));
         attention_check();
         attention_cached_check();
+        attention_ex_check();
     }
     cuda_attention_select(CUDA_ATTN_MMA);
 }
@@ -686,6 +782,7 @@ int main(void) {
     RUN(embedding);
     RUN(rmsnorm);
     RUN(add_swiglu);
+    RUN(geglu_act_scale);
     RUN(rope);
     RUN(attention);
     RUN(qlinear);
