@@ -581,12 +581,22 @@ typedef struct qlin {
     ops_nf4 wh, wd;       /* host and device views */
     uint8_t *codes_h, *codes_d, *aq_h, *aq_d;
     float *absmax_h, *absmax_d, *qm_d, *nest_h, *nest_d, *nmap_h, *nmap_d;
+    float *dense_h;  /* dense: fp32 host values (bf16-rounded) */
+    void *dense_d;   /* dense: bf16 on the device */
 } qlin;
 
-/* dq: absmax double-quantized as bitsandbytes stores it (random codes and nested scales) */
+/* dq: 1 absmax double-quantized as bitsandbytes stores it (random codes and nested scales);
+ * 2 not quantized at all (ops_nf4.dense: a float model run as it is) */
 static qlin qlin_make(int out, int in, int dq) {
     qlin q;
     memset(&q, 0, sizeof q);
+    if (dq == 2) {
+        tens w = tens_rand((int64_t)out * in, 1, 1.0f / sqrtf((float)in), 0.0f);
+        q.dense_h = w.h, q.dense_d = w.d;
+        q.wh = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = q.dense_h};
+        q.wd = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = q.dense_d};
+        return q;
+    }
     int64_t n = (int64_t)out * in, nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n), nn = nf4_nblocks(nb, 256);
     q.codes_h = malloc((size_t)bytes);
     for (int64_t i = 0; i < bytes; i++) q.codes_h[i] = (uint8_t)rnd_u64();
@@ -624,6 +634,11 @@ static qlin qlin_make(int out, int in, int dq) {
 }
 
 static void qlin_free(qlin *q) {
+    if (q->dense_h) {
+        free(q->dense_h);
+        gpu->free(q->dense_d);
+        return;
+    }
     free(q->codes_h), free(q->absmax_h), free(q->aq_h), free(q->nest_h), free(q->nmap_h);
     gpu->free(q->codes_d), gpu->free(q->qm_d);
     if (q->absmax_d) gpu->free(q->absmax_d);
@@ -631,14 +646,17 @@ static void qlin_free(qlin *q) {
 }
 
 TEST(qlinear) {
-    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax,
-     * scratch cap in KiB (0: none; else the weight goes in row ranges through one buffer) */
+    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax (2: a dense
+     * weight, not quantized), scratch cap in KiB (0: none; else the weight goes in row ranges
+     * through one buffer) */
     const int cfgs[][9] = {{16, 64, 96, 8, 0, 0, 0, 0, 0},     {37, 256, 160, 16, 10, 1, 0, 0, 0},
                            {32, 4096, 4096, 16, 0, 0, 1, 0, 0}, {5, 128, 64, 4, 25, 0, 1, 0, 0},
                            {64, 512, 1376, 0, 0, 0, 0, 0, 0},   {1, 64, 64, 16, 5, 1, 0, 0, 0},
                            {128, 1024, 256, 64, 0, 1, 1, 0, 0}, {32, 4096, 4096, 16, 0, 0, 1, 1, 0},
                            {37, 256, 160, 16, 10, 1, 0, 1, 0},  {64, 512, 1376, 16, 5, 0, 1, 1, 64},
-                           {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256}};
+                           {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256},
+                           {16, 64, 96, 8, 0, 1, 0, 2, 0},      {37, 256, 160, 16, 10, 0, 1, 2, 0},
+                           {64, 512, 1376, 16, 5, 0, 1, 2, 64}, {20, 11008, 512, 16, 5, 0, 1, 2, 256}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], in = cfgs[c][1], out = cfgs[c][2], r = cfgs[c][3], accumulate = cfgs[c][6];
         float p = (float)cfgs[c][4] / 100.0f;
