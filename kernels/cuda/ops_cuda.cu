@@ -602,6 +602,7 @@ static const ops_table g_table = {
     nullptr, /* geglu_fwd: gemma3 runs on the CPU reference only for now */
     nullptr, /* geglu_bwd */
     nullptr, /* act_scale */
+    cuda_attention_layout,
     1, /* own_memory */
     cu_info,
     cuda_scratch_cap_set,

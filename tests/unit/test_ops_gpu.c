@@ -398,9 +398,14 @@ TEST(rope) {
 
 /* ---- attention ---- */
 
-/* sequence starts for T tokens cut into pieces of random length (one piece when !packed) */
+/* sequence starts for T tokens cut into pieces of random length (packed 1), four pieces of T/4
+ * tokens (packed 2: the layout cuDNN's fused attention takes as a batch) or one piece (0) */
 static int32_t *make_seq_start(int T, int packed) {
     int32_t *ss = malloc(sizeof(int32_t) * (size_t)T);
+    if (packed == 2) {
+        for (int t = 0; t < T; t++) ss[t] = t - t % (T / 4);
+        return ss;
+    }
     int start = 0, left = packed ? rnd_int(1, T) : T;
     for (int t = 0; t < T; t++) {
         if (left == 0) {
@@ -413,17 +418,21 @@ static int32_t *make_seq_start(int T, int packed) {
     return ss;
 }
 
-/* both kernel families (cuda_ext.h), each against the reference */
+/* each kernel choice (cuda_ext.h) against the reference: with cuDNN selected, the layouts it
+ * takes (one sequence, equal sequences; head dims that are multiples of 8) run there and the
+ * rest on the mma kernels */
 static void attention_check(void) {
     /* T, nh, nkv, hd, packed */
     const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
-                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}};
+                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 8, 2, 128, 2},
+                           {384, 4, 1, 64, 0},  {768, 8, 8, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
         int32_t *ss = make_seq_start(T, packed);
         int32_t *ssd = dev_i32(ss, T);
+        cuda_attention_layout(ssd, ss, T);
         tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
         tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
         cpu->attention_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
@@ -470,11 +479,24 @@ static void attention_cached_check(void) {
 }
 
 TEST(attention) {
-    for (int kernel = 0; kernel < 2; kernel++) {
+    for (int kernel = 0; kernel < 3; kernel++) {
         cuda_attention_select(kernel);
         fprintf(stderr, "  kernels: %s\n", cuda_attention_name(kernel));
+        long before = cuda_attention_cudnn_calls();
         attention_check();
         attention_cached_check();
+        long ran = cuda_attention_cudnn_calls() - before;
+        char why[512];
+        if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
+            /* most of the 10 cuDNN-eligible shapes above (forward and backward): the check must not pass on
+             * the fallback alone */
+            fprintf(stderr, "  %s: %ld attention calls ran on cuDNN\n", why, ran);
+            CHECK(ran >= 6);
+        } else if (kernel == CUDA_ATTN_CUDNN) {
+            fprintf(stderr, "  cuDNN not checked here: %s\n", why);
+        } else {
+            CHECK_EQ_INT(ran, 0); /* mma and tiled selected: nothing runs on cuDNN */
+        }
     }
     cuda_attention_select(CUDA_ATTN_MMA);
 }
