@@ -674,8 +674,18 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
+    /* a packed row: four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN) */
+    int32_t *pk = malloc((size_t)T * 4), *pkd = ops->alloc((size_t)T * 4);
+    int cut[5] = {0, T * 35 / 100, T * 60 / 100, T * 90 / 100, T};
+    double pk_f = 0;
+    for (int i = 0; i < 4; i++) {
+        for (int t = cut[i]; t < cut[i + 1]; t++) pk[t] = cut[i];
+        pk_f += 4.0 * (double)(cut[i + 1] - cut[i]) * (cut[i + 1] - cut[i]) * hd * nh / 2.0;
+    }
+    ops->upload(pkd, pk, (size_t)T * 4);
     for (int kern = 2; kern >= 0; kern--) {
-        char name[96];
+        cuda_attention_layout(ssd, ss, T); /* the backend knows the layout of the seq_start told last */
+        char name[160];
         cuda_attention_select(kern);
         snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
@@ -685,6 +695,11 @@ static int bench_ops(int argc, char **argv) {
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
         snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
         TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+        cuda_attention_layout(pkd, pk, T);
+        snprintf(name, sizeof name, "attention_fwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, pk_f, ops->attention_fwd(o, lse, q, k, v, pkd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * pk_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, pkd, T, nh, nh, hd));
     }
     TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
     TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));

@@ -48,33 +48,87 @@ extern "C" const char *cuda_attention_name(int kernel) {
 
 extern "C" long cuda_attention_cudnn_calls(void) { return g_cudnn_calls; }
 
-// the layout of the last seq_start uploaded (cuda_attention_layout): its device address, T and
-// the common sequence length L (0: the sequences differ in length)
+// The layout of the last seq_start uploaded (cuda_attention_layout): its device address, T,
+// the common sequence length L (0: the sequences differ in length) and, for the ragged case,
+// where each sequence starts (g_starts[0..g_nseq], the last entry T) and a generation count.
 static const int32_t *g_layout_dev;
-static int g_layout_T, g_layout_L;
+static int g_layout_T, g_layout_L, g_nseq, g_max_len;
+static int *g_starts;
+static long g_layout_gen;
 
 extern "C" void cuda_attention_layout(const int32_t *seq_start, const int32_t *h_seq_start, int T) {
-    int L = T;
-    for (int t = 1; t < T; t++)
-        if (h_seq_start[t] != 0) {
-            L = t;
-            break;
-        }
-    if (L <= 0 || T % L) L = 0;
-    for (int t = 0; t < T && L; t++)
-        if (h_seq_start[t] != t - t % L) L = 0;
-    g_layout_dev = seq_start, g_layout_T = T, g_layout_L = L;
+    g_layout_dev = nullptr, g_layout_T = 0, g_layout_L = 0, g_nseq = 0, g_layout_gen++;
+    int n = 0, max_len = 0;
+    for (int t = 0; t < T; t++) n += h_seq_start[t] == t;
+    int *starts = (int *)realloc(g_starts, sizeof(int) * (size_t)(n + 1));
+    if (!starts) return; // no memory for the table: every layout runs on mma
+    g_starts = starts;
+    n = 0;
+    for (int t = 0; t < T; t++)
+        if (h_seq_start[t] == t) starts[n++] = t;
+    starts[n] = T;
+    int L = n > 0 && T % n == 0 ? T / n : 0;
+    for (int i = 0; i < n; i++) {
+        int len = starts[i + 1] - starts[i];
+        if (len != L) L = 0;
+        if (len > max_len) max_len = len;
+    }
+    g_layout_dev = seq_start, g_layout_T = T, g_layout_L = L, g_nseq = n, g_max_len = max_len;
 }
 
-// b sequences of s tokens when seq_start is one that cuDNN can take; 0 otherwise
-static int cudnn_shape(const int32_t *seq_start, int T, int *b, int *s) {
+// the ragged layout's device arrays for the current layout and these head counts (uploaded once
+// per layout and shape: lengths [b], offsets [b+1] of q-, kv- and lse-shaped tensors)
+static const int32_t *ragged_arrays(int b, int nh, int nkv, int hd) {
+    static int32_t *dev, *host;
+    static size_t cap;
+    static long gen = -1;
+    static int key[4];
+    size_t need = (size_t)4 * b + 3;
+    if (gen == g_layout_gen && key[0] == b && key[1] == nh && key[2] == nkv && key[3] == hd) return dev;
+    if (need > cap) {
+        if (dev) CUDA_CHECK(cudaFree(dev)); // waits for the work that may still read it
+        free(host);
+        dev = nullptr, host = (int32_t *)malloc(need * sizeof(int32_t));
+        if (!host || cudaMalloc((void **)&dev, need * sizeof(int32_t)) != cudaSuccess) {
+            cudaGetLastError();
+            free(host), host = nullptr, dev = nullptr, cap = 0, gen = -1;
+            return nullptr;
+        }
+        cap = need;
+    }
+    int32_t *len = host, *oq = host + b, *okv = oq + b + 1, *ost = okv + b + 1;
+    for (int i = 0; i <= b; i++) {
+        int st = g_starts[i < g_nseq ? i : g_nseq]; // sequences past g_nseq are empty, at T
+        if (i < b) len[i] = i < g_nseq ? g_starts[i + 1] - g_starts[i] : 0;
+        oq[i] = st * nh * hd, okv[i] = st * nkv * hd, ost[i] = st;
+    }
+    // pageable source: staged before the call returns, so host can be rewritten at once
+    CUDA_CHECK(cudaMemcpyAsync(dev, host, need * sizeof(int32_t), cudaMemcpyHostToDevice, cuda_stream()));
+    gen = g_layout_gen, key[0] = b, key[1] = nh, key[2] = nkv, key[3] = hd;
+    return dev;
+}
+
+// The cuDNN layout of seq_start for these heads: dense (one sequence, or equal sequences) or
+// ragged (b rounded up to a power of two with empty sequences, s to a multiple of 64, so that
+// few plans serve many batches); 0 when seq_start is not the one cuda_attention_layout was told
+// about, or the offsets would not fit int32.
+static int cudnn_layout(const int32_t *seq_start, int T, int nh, int nkv, int hd, attn_cudnn_layout *L) {
+    L->T = T, L->dev = nullptr;
     if (!seq_start) {
-        *b = 1, *s = T;
+        L->b = 1, L->s = T;
         return 1;
     }
-    if (seq_start != g_layout_dev || T != g_layout_T || g_layout_L <= 0) return 0;
-    *b = T / g_layout_L, *s = g_layout_L;
-    return 1;
+    if (seq_start != g_layout_dev || T != g_layout_T || g_nseq <= 0) return 0;
+    if (g_layout_L > 0) {
+        L->b = T / g_layout_L, L->s = g_layout_L;
+        return 1;
+    }
+    if ((int64_t)T * nh * hd >= INT32_MAX || (int64_t)T * nkv * hd >= INT32_MAX) return 0;
+    int b = 1;
+    while (b < g_nseq) b *= 2;
+    L->b = b, L->s = (g_max_len + 63) / 64 * 64;
+    L->dev = ragged_arrays(b, nh, nkv, hd);
+    return L->dev != nullptr;
 }
 
 // cuDNN was asked for by name and is missing: stop with why
@@ -97,10 +151,11 @@ static void attn_check(int hd, int nh, int nkv) {
 static void attn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
                      int Tq, int Tk, int q_off, int nh, int nkv, int hd) {
     int vec = attn_vec(q, k, v, hd);
-    int sel = cuda_attention_selected(), b, s;
+    int sel = cuda_attention_selected();
+    attn_cudnn_layout L;
     if (sel == CUDA_ATTN_CUDNN && Tq == Tk && vec && lse && attn_vec(out, lse, q, 8)) {
         cudnn_missing();
-        if (cudnn_shape(seq_start, Tq, &b, &s) && attn_cudnn_fwd(out, lse, q, k, v, b, s, nh, nkv, hd) == 0) {
+        if (cudnn_layout(seq_start, Tq, nh, nkv, hd, &L) && attn_cudnn_fwd(out, lse, q, k, v, &L, nh, nkv, hd) == 0) {
             g_cudnn_calls++;
             return;
         }
@@ -145,11 +200,12 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
                           int nkv, int hd) {
     attn_check(hd, nh, nkv);
     if (T == 0) return;
-    int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd), sel = cuda_attention_selected(), nb, ns;
+    int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd), sel = cuda_attention_selected();
+    attn_cudnn_layout L;
     if (sel == CUDA_ATTN_CUDNN && vec && attn_vec(dq, out, lse, 8)) {
         cudnn_missing();
-        if (cudnn_shape(seq_start, T, &nb, &ns) &&
-            attn_cudnn_bwd(dq, dk, dv, dout, out, lse, q, k, v, nb, ns, nh, nkv, hd) == 0) {
+        if (cudnn_layout(seq_start, T, nh, nkv, hd, &L) &&
+            attn_cudnn_bwd(dq, dk, dv, dout, out, lse, q, k, v, &L, nh, nkv, hd) == 0) {
             g_cudnn_calls++;
             return;
         }

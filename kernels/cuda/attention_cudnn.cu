@@ -9,8 +9,10 @@
 // nodes): bf16 Q, K, V, O in the [b, h, s, d] view of our token-major rows, fp32 scores, a
 // causal mask from generated row/column indices, softmax statistics (natural-log
 // log-sum-exp) written to our lse, and for the backward dQ through an fp32 accumulator.
-// Only equal-length sequences are expressed (b sequences of s tokens; attention.cu decides);
-// everything else stays on our kernels. Plans are built once per shape and cached.
+// Two layouts: dense (b sequences of s tokens each) and ragged (b sequences of at most s tokens,
+// packed back to back: per-sequence lengths bound the products, a padding mask hides the rest,
+// and per-sequence offsets place each sequence's rows); attention.cu decides which. Plans are
+// built once per shape and cached.
 #include "attention_common.cuh"
 #include "cuda_ext.h"
 
@@ -34,9 +36,12 @@ extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
     snprintf(msg, cap, "built without the cuDNN headers (cudnn_graph.h)");
     return -1;
 }
-int attn_cudnn_fwd(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, int, int, int, int, int) { return -1; }
+int attn_cudnn_fwd(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const attn_cudnn_layout *, int, int,
+                   int) {
+    return -1;
+}
 int attn_cudnn_bwd(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
-                   const bf16 *, int, int, int, int, int) {
+                   const bf16 *, const attn_cudnn_layout *, int, int, int) {
     return -1;
 }
 #else
@@ -166,7 +171,7 @@ struct tns {
 };
 
 static tns tensor(builder *b, cudnnDataType_t dt, const int64_t dim[4], const int64_t str[4], bool virt,
-                  bool by_value = false) {
+                  bool by_value = false, const tns *ragged = nullptr) {
     tns t;
     t.uid = ++b->uid;
     memcpy(t.dim, dim, sizeof t.dim);
@@ -180,6 +185,8 @@ static tns tensor(builder *b, cudnnDataType_t dt, const int64_t dim[4], const in
     set(b, t.d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
     set(b, t.d, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &virt, "tensor virtual");
     if (by_value) set(b, t.d, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &by_value, "tensor by value");
+    if (ragged)
+        set(b, t.d, CUDNN_ATTR_TENSOR_RAGGED_OFFSET_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ragged->d, "ragged offset");
     fin(b, t.d, "tensor");
     return t;
 }
@@ -226,7 +233,9 @@ static Desc reduce(builder *b, cudnnReduceTensorOp_t mode, const tns &x, const t
     return op;
 }
 
-static Desc matmul(builder *b, const tns &a, const tns &bm, const tns &c) {
+// c = a bm; m, n, k: the per-sequence lengths that bound the product (ragged layouts), or NULL
+static Desc matmul(builder *b, const tns &a, const tns &bm, const tns &c, const tns *m_ov = nullptr,
+                   const tns *n_ov = nullptr, const tns *k_ov = nullptr) {
     Desc m = mk(b, CUDNN_BACKEND_MATMUL_DESCRIPTOR);
     cudnnDataType_t prec = CUDNN_DATA_FLOAT;
     set(b, m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &prec, "matmul precision");
@@ -236,6 +245,9 @@ static Desc matmul(builder *b, const tns &a, const tns &bm, const tns &c) {
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &bm.d, "matmul b");
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c.d, "matmul c");
     set(b, op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m, "matmul op");
+    if (m_ov) set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_M_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &m_ov->d, "m");
+    if (n_ov) set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_N_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n_ov->d, "n");
+    if (k_ov) set(b, op, CUDNN_ATTR_OPERATION_MATMUL_GEMM_K_OVERRIDE_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k_ov->d, "k");
     fin(b, op, "matmul operation");
     return op;
 }
@@ -255,6 +267,20 @@ static tns causal(builder *b, Desc *ops, int *n, const tns &s, const tns &neg_in
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, CUDNN_DATA_FLOAT, 3);
     tns keep = like(b, s, CUDNN_DATA_BOOLEAN);
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
+    tns out = like(b, s);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_BINARY_SELECT, s, &neg_inf, &keep, out);
+    return out;
+}
+
+// the padding mask of a ragged batch: keep row < seq_len[b] and col < seq_len[b], -inf elsewhere
+static tns padding(builder *b, Desc *ops, int *n, const tns &s, const tns &seq_len, const tns &neg_inf) {
+    tns row = like(b, s, CUDNN_DATA_INT32), col = like(b, s, CUDNN_DATA_INT32);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, row, CUDNN_DATA_INT32, 2);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, CUDNN_DATA_INT32, 3);
+    tns rin = like(b, s, CUDNN_DATA_BOOLEAN), cin = like(b, s, CUDNN_DATA_BOOLEAN), keep = like(b, s, CUDNN_DATA_BOOLEAN);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_CMP_LT, row, &seq_len, nullptr, rin, CUDNN_DATA_BOOLEAN);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_CMP_LT, col, &seq_len, nullptr, cin, CUDNN_DATA_BOOLEAN);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_LOGICAL_AND, rin, &cin, nullptr, keep, CUDNN_DATA_BOOLEAN);
     tns out = like(b, s);
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_BINARY_SELECT, s, &neg_inf, &keep, out);
     return out;
@@ -311,10 +337,13 @@ static Desc build_plan(builder *b, Desc *ops, int n, int64_t *ws) {
 
 // ---- the two graphs ----
 
-enum { U_Q, U_K, U_V, U_O, U_LSE, U_SCALE, U_NEGINF, U_DO, U_DQ, U_DK, U_DV, U_D, U_DQACC, U_ONE, U_COUNT };
+enum {
+    U_Q, U_K, U_V, U_O, U_LSE, U_SCALE, U_NEGINF, U_DO, U_DQ, U_DK, U_DV, U_D, U_DQACC, U_ONE,
+    U_SEQ, U_OFFQ, U_OFFKV, U_OFFST, U_COUNT
+};
 
 struct plan {
-    int bwd, b, s, nh, nkv, hd;
+    int bwd, ragged, b, s, T, nh, nkv, hd;
     Desc p;
     int64_t ws;
     int64_t uid[U_COUNT];
@@ -340,52 +369,82 @@ static void transposed(int64_t dim[4], int64_t str[4]) { // [.., s, d] -> [.., d
 static void report(const plan *pl, builder *b) {
     char last[512] = "";
     F.GetLastErrorString(last, sizeof last);
-    fprintf(stderr, "cuDNN attention %s (b=%d s=%d heads=%d/%d hd=%d): %s failed (%s)%s%s; that shape runs on the "
-            "mma kernels\n", pl->bwd ? "backward" : "forward", pl->b, pl->s, pl->nh, pl->nkv, pl->hd, b->fail,
-            F.GetErrorString(b->st), last[0] ? ": " : "", last);
+    fprintf(stderr, "cuDNN attention %s (%s b=%d s=%d T=%d heads=%d/%d hd=%d): %s failed (%s)%s%s; that shape runs "
+            "on the mma kernels\n", pl->bwd ? "backward" : "forward", pl->ragged ? "ragged" : "dense", pl->b, pl->s,
+            pl->T, pl->nh, pl->nkv, pl->hd, b->fail, F.GetErrorString(b->st), last[0] ? ": " : "", last);
+}
+
+// what both graphs share: the ragged layout's tensors (sequence lengths; element offsets of
+// each sequence's first row in q-shaped, kv-shaped and lse-shaped tensors), the scalars
+struct common {
+    const tns *seq, *offq, *offkv, *offst; // all NULL for a dense batch
+    tns seq_t, offq_t, offkv_t, offst_t, scale, neg_inf;
+};
+
+static void make_common(builder *b, const plan *pl, common *c) {
+    memset(c, 0, sizeof *c);
+    if (pl->ragged) {
+        int64_t sd[4] = {pl->b, 1, 1, 1}, od[4] = {pl->b + 1, 1, 1, 1}, one[4] = {1, 1, 1, 1};
+        c->seq_t = tensor(b, CUDNN_DATA_INT32, sd, one, false);
+        c->offq_t = tensor(b, CUDNN_DATA_INT32, od, one, false);
+        c->offkv_t = tensor(b, CUDNN_DATA_INT32, od, one, false);
+        c->offst_t = tensor(b, CUDNN_DATA_INT32, od, one, false);
+        c->seq = &c->seq_t, c->offq = &c->offq_t, c->offkv = &c->offkv_t, c->offst = &c->offst_t;
+    }
+    c->scale = scalar(b), c->neg_inf = scalar(b);
+}
+
+// scale * Q K^T with the padding (ragged) and causal masks
+static tns masked_scores(builder *b, Desc *ops, int *n, const plan *pl, common *c, const tns &Q, const tns &KT) {
+    int bs = pl->b, s = pl->s, h = pl->nh;
+    int64_t sdim[4] = {bs, h, s, s}, sstr[4] = {(int64_t)h * s * s, (int64_t)s * s, s, 1};
+    tns S = tensor(b, CUDNN_DATA_FLOAT, sdim, sstr, true);
+    ops[(*n)++] = matmul(b, Q, KT, S, c->seq, c->seq);
+    tns S1 = like(b, S);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_MUL, S, &c->scale, nullptr, S1);
+    if (c->seq) S1 = padding(b, ops, n, S1, *c->seq, c->neg_inf);
+    return causal(b, ops, n, S1, c->neg_inf);
 }
 
 static void build_fwd(plan *pl) {
     builder B = {};
     builder *b = &B;
     int bs = pl->b, s = pl->s, h = pl->nh, hk = pl->nkv, d = pl->hd;
-    int64_t T = (int64_t)bs * s;
+    common c;
+    make_common(b, pl, &c);
     int64_t dim[4], str[4];
     bshd(dim, str, bs, h, s, d);
-    tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
+    tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
+    tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     bshd(dim, str, bs, hk, s, d);
-    tns V = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
+    tns V = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     transposed(dim, str);
-    tns KT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    int64_t sdim[4] = {bs, h, s, s}, sstr[4] = {(int64_t)h * s * s, (int64_t)s * s, s, 1};
+    tns KT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     int64_t rdim[4] = {bs, h, s, 1}, rstr[4] = {(int64_t)h * s, s, 1, 1};
-    int64_t ldim[4] = {bs, h, s, 1}, lstr[4] = {s, T, 1, 1}; // our lse [nh, T]
-    tns LSE = tensor(b, CUDNN_DATA_FLOAT, ldim, lstr, false);
-    tns scale = scalar(b), neg_inf = scalar(b);
-    Desc ops[32];
+    int64_t lstr[4] = {s, pl->T, 1, 1}; // our lse [nh, T]
+    tns LSE = tensor(b, CUDNN_DATA_FLOAT, rdim, lstr, false, false, c.offst);
+    Desc ops[48];
     int n = 0;
-    tns S = tensor(b, CUDNN_DATA_FLOAT, sdim, sstr, true);
-    ops[n++] = matmul(b, Q, KT, S);
-    tns S1 = like(b, S);
-    ops[n++] = pw(b, CUDNN_POINTWISE_MUL, S, &scale, nullptr, S1);
-    tns S2 = causal(b, ops, &n, S1, neg_inf);
+    tns S2 = masked_scores(b, ops, &n, pl, &c, Q, KT);
     tns M = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, true);
     ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_MAX, S2, M);
-    tns S3 = like(b, S);
+    tns S3 = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_SUB, S2, &M, nullptr, S3);
-    tns E = like(b, S);
+    tns E = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_EXP, S3, nullptr, nullptr, E);
     tns Z = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, true);
     ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_ADD, E, Z);
     tns LZ = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, true);
     ops[n++] = pw(b, CUDNN_POINTWISE_LOG, Z, nullptr, nullptr, LZ);
     ops[n++] = pw(b, CUDNN_POINTWISE_ADD, M, &LZ, nullptr, LSE);
-    tns P = like(b, S, CUDNN_DATA_BFLOAT16);
+    tns P = like(b, S2, CUDNN_DATA_BFLOAT16);
     ops[n++] = pw(b, CUDNN_POINTWISE_DIV, E, &Z, nullptr, P);
-    ops[n++] = matmul(b, P, V, O);
+    ops[n++] = matmul(b, P, V, O, c.seq, nullptr, c.seq);
     pl->uid[U_Q] = Q.uid, pl->uid[U_K] = KT.uid, pl->uid[U_V] = V.uid, pl->uid[U_O] = O.uid;
-    pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = scale.uid, pl->uid[U_NEGINF] = neg_inf.uid;
+    pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = c.scale.uid, pl->uid[U_NEGINF] = c.neg_inf.uid;
+    if (c.seq)
+        pl->uid[U_SEQ] = c.seq->uid, pl->uid[U_OFFQ] = c.offq->uid, pl->uid[U_OFFKV] = c.offkv->uid,
+        pl->uid[U_OFFST] = c.offst->uid;
     pl->p = build_plan(b, ops, n, &pl->ws);
     if (!pl->p) report(pl, b), pl->failed = 1;
     release(b);
@@ -395,29 +454,34 @@ static void build_bwd(plan *pl) {
     builder B = {};
     builder *b = &B;
     int bs = pl->b, s = pl->s, h = pl->nh, hk = pl->nkv, d = pl->hd;
-    int64_t T = (int64_t)bs * s;
+    common c;
+    make_common(b, pl, &c);
     int64_t dim[4], str[4];
     bshd(dim, str, bs, h, s, d);
-    tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns dO = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns dQ = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
+    tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
+    tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
+    tns dO = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
+    tns dQ = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     bshd(dim, str, bs, hk, s, d);
-    tns dK = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns dV = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
+    tns dK = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
+    tns dV = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     transposed(dim, str);
-    tns KT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    tns VT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false);
-    int64_t sdim[4] = {bs, h, s, s}, sstr[4] = {(int64_t)h * s * s, (int64_t)s * s, s, 1};
+    tns KT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
+    tns VT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     int64_t tdim[4] = {bs, h, s, s}, tstr[4] = {(int64_t)h * s * s, (int64_t)s * s, 1, s}; // [.., kv, q] views
     int64_t rdim[4] = {bs, h, s, 1}, rstr[4] = {(int64_t)h * s, s, 1, 1};
-    int64_t ldim[4] = {bs, h, s, 1}, lstr[4] = {s, T, 1, 1};
+    int64_t lstr[4] = {s, pl->T, 1, 1};
     int64_t fdim[4] = {bs, h, s, d}, fstr[4] = {(int64_t)h * s * d, (int64_t)s * d, d, 1};
-    tns LSE = tensor(b, CUDNN_DATA_FLOAT, ldim, lstr, false);
-    tns Dsum = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, false);   // rowsum(dO * O), SCRATCH_ATTN_D
-    tns dQacc = tensor(b, CUDNN_DATA_FLOAT, fdim, fstr, false);  // SCRATCH_ATTN_DQ
-    tns scale = scalar(b), neg_inf = scalar(b), one = scalar(b);
-    Desc ops[48];
+    tns LSE = tensor(b, CUDNN_DATA_FLOAT, rdim, lstr, false, false, c.offst);
+    // rowsum(dO * O) and the fp32 dQ accumulator (SCRATCH_ATTN_D, SCRATCH_ATTN_DQ): dense
+    // [b, h, s, 1] and [b, h, s, d]; ragged in the layouts of lse and dq (T rows, not b*s)
+    tns Dsum = c.seq ? tensor(b, CUDNN_DATA_FLOAT, rdim, lstr, false, false, c.offst)
+                     : tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, false);
+    bshd(dim, str, bs, h, s, d);
+    tns dQacc = c.seq ? tensor(b, CUDNN_DATA_FLOAT, dim, str, false, false, c.offq)
+                      : tensor(b, CUDNN_DATA_FLOAT, fdim, fstr, false);
+    tns one = scalar(b);
+    Desc ops[64];
     int n = 0;
     // D = rowsum(dO * O)
     int64_t pdim[4] = {bs, h, s, d}, pstr[4] = {(int64_t)h * s * d, (int64_t)s * d, (int64_t)h * d, 1};
@@ -426,73 +490,73 @@ static void build_bwd(plan *pl) {
     tns Dr = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, true);
     ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_ADD, DO, Dr);
     ops[n++] = pw(b, CUDNN_POINTWISE_MUL, Dr, &one, nullptr, Dsum);
-    // P = exp(scale * Q K^T (causal) - lse)
-    tns S = tensor(b, CUDNN_DATA_FLOAT, sdim, sstr, true);
-    ops[n++] = matmul(b, Q, KT, S);
-    tns S1 = like(b, S);
-    ops[n++] = pw(b, CUDNN_POINTWISE_MUL, S, &scale, nullptr, S1);
-    tns S2 = causal(b, ops, &n, S1, neg_inf);
-    tns S3 = like(b, S);
+    // P = exp(mask(scale * Q K^T) - lse)
+    tns S2 = masked_scores(b, ops, &n, pl, &c, Q, KT);
+    tns S3 = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_SUB, S2, &LSE, nullptr, S3);
-    tns P = like(b, S);
+    tns P = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_EXP, S3, nullptr, nullptr, P);
     // dV = P^T dO
     tns PT = tensor(b, CUDNN_DATA_BFLOAT16, tdim, tstr, true);
     ops[n++] = reshape(b, P, PT);
     if (h == hk) {
-        ops[n++] = matmul(b, PT, dO, dV);
+        ops[n++] = matmul(b, PT, dO, dV, c.seq, nullptr, c.seq);
     } else {
         tns dVf = tensor(b, CUDNN_DATA_BFLOAT16, fdim, fstr, true);
-        ops[n++] = matmul(b, PT, dO, dVf);
+        ops[n++] = matmul(b, PT, dO, dVf, c.seq, nullptr, c.seq);
         ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_ADD, dVf, dV);
     }
     // dS = P * (dO V^T - D) * scale
-    tns dP = tensor(b, CUDNN_DATA_FLOAT, sdim, sstr, true);
-    ops[n++] = matmul(b, dO, VT, dP);
-    tns dP1 = like(b, S);
+    tns dP = like(b, S2);
+    ops[n++] = matmul(b, dO, VT, dP, c.seq, c.seq);
+    tns dP1 = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_SUB, dP, &Dsum, nullptr, dP1);
-    tns dP2 = like(b, S);
+    tns dP2 = like(b, S2);
     ops[n++] = pw(b, CUDNN_POINTWISE_MUL, dP1, &P, nullptr, dP2);
-    tns dS = like(b, S);
-    ops[n++] = pw(b, CUDNN_POINTWISE_MUL, dP2, &scale, nullptr, dS);
+    tns dS = like(b, S2);
+    ops[n++] = pw(b, CUDNN_POINTWISE_MUL, dP2, &c.scale, nullptr, dS);
     // dK = dS^T Q
     tns dST = tensor(b, CUDNN_DATA_BFLOAT16, tdim, tstr, true);
     ops[n++] = reshape(b, dS, dST);
     if (h == hk) {
-        ops[n++] = matmul(b, dST, Q, dK);
+        ops[n++] = matmul(b, dST, Q, dK, c.seq, nullptr, c.seq);
     } else {
         tns dKf = tensor(b, CUDNN_DATA_BFLOAT16, fdim, fstr, true);
-        ops[n++] = matmul(b, dST, Q, dKf);
+        ops[n++] = matmul(b, dST, Q, dKf, c.seq, nullptr, c.seq);
         ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_ADD, dKf, dK);
     }
     // dQ = dS K, through the fp32 accumulator
     int64_t kdim[4], kstr[4];
     memcpy(kdim, KT.dim, sizeof kdim), memcpy(kstr, KT.str, sizeof kstr);
     transposed(kdim, kstr);
-    tns K = tensor(b, CUDNN_DATA_BFLOAT16, kdim, kstr, true);
+    tns K = tensor(b, CUDNN_DATA_BFLOAT16, kdim, kstr, true, false, c.offkv);
     ops[n++] = reshape(b, KT, K);
-    ops[n++] = matmul(b, dS, K, dQacc);
+    ops[n++] = matmul(b, dS, K, dQacc, c.seq, nullptr, c.seq);
     ops[n++] = pw(b, CUDNN_POINTWISE_IDENTITY, dQacc, nullptr, nullptr, dQ);
     pl->uid[U_Q] = Q.uid, pl->uid[U_K] = KT.uid, pl->uid[U_V] = VT.uid, pl->uid[U_O] = O.uid;
-    pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = scale.uid, pl->uid[U_NEGINF] = neg_inf.uid;
+    pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = c.scale.uid, pl->uid[U_NEGINF] = c.neg_inf.uid;
     pl->uid[U_DO] = dO.uid, pl->uid[U_DQ] = dQ.uid, pl->uid[U_DK] = dK.uid, pl->uid[U_DV] = dV.uid;
     pl->uid[U_D] = Dsum.uid, pl->uid[U_DQACC] = dQacc.uid, pl->uid[U_ONE] = one.uid;
+    if (c.seq)
+        pl->uid[U_SEQ] = c.seq->uid, pl->uid[U_OFFQ] = c.offq->uid, pl->uid[U_OFFKV] = c.offkv->uid,
+        pl->uid[U_OFFST] = c.offst->uid;
     pl->p = build_plan(b, ops, n, &pl->ws);
     if (!pl->p) report(pl, b), pl->failed = 1;
     release(b);
 }
 
-static plan *get_plan(int bwd, int b, int s, int nh, int nkv, int hd) {
-    if (cuda_attention_cudnn_probe(nullptr, 0)) return nullptr;
+static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
+    int ragged = L->dev != nullptr, T = L->T;
     for (int i = 0; i < g_nplans; i++) {
         plan *p = &g_plans[i];
-        if (p->bwd == bwd && p->b == b && p->s == s && p->nh == nh && p->nkv == nkv && p->hd == hd)
+        if (p->bwd == bwd && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T && p->nh == nh &&
+            p->nkv == nkv && p->hd == hd)
             return p->failed ? nullptr : p;
     }
     plan *p = &g_plans[g_nplans < 32 ? g_nplans++ : 31]; // past 32 shapes the last slot is rebuilt
     if (g_nplans == 32 && p->p) F.DestroyDescriptor(p->p);
     memset(p, 0, sizeof *p);
-    p->bwd = bwd, p->b = b, p->s = s, p->nh = nh, p->nkv = nkv, p->hd = hd;
+    p->bwd = bwd, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv, p->hd = hd;
     if (bwd)
         build_bwd(p);
     else
@@ -514,14 +578,9 @@ static int run(plan *pl, int n, const int64_t *uids, void *const *ptrs) {
         if (st != CUDNN_STATUS_SUCCESS) B.fail = "execute", B.st = st;
     }
     int rc = 0;
-    if (B.fail) {
-        char last[512] = "";
-        F.GetLastErrorString(last, sizeof last);
-        char msg[900];
-        snprintf(msg, sizeof msg, "cuDNN attention %s: %s failed (%s) %s", pl->bwd ? "backward" : "forward", B.fail,
-                 F.GetErrorString(B.st), last);
-        // a plan that built but does not run is a broken installation, not a shape to fall back from
-        CUDA_REQUIRE(0, msg);
+    if (B.fail) { // a plan that built but does not run: say so once and keep that shape on mma
+        report(pl, &B);
+        pl->failed = 1;
         rc = -1;
     }
     release(&B);
@@ -531,34 +590,47 @@ static int run(plan *pl, int n, const int64_t *uids, void *const *ptrs) {
 // the score of a masked position: cuDNN before 9.10 wants the lowest finite float there
 static float mask_value(void) { return g_version < 91000 ? -FLT_MAX : -INFINITY; }
 
-int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int b, int s, int nh, int nkv,
-                   int hd) {
-    plan *pl = get_plan(0, b, s, nh, nkv, hd);
+// the ragged layout's device arrays: sequence lengths [b], then offsets [b+1] for q-, kv- and
+// lse-shaped tensors (attention.cu fills them)
+static void ragged_ptrs(const attn_cudnn_layout *L, void **ptrs) {
+    int32_t *p = (int32_t *)L->dev;
+    ptrs[0] = p, ptrs[1] = p + L->b, ptrs[2] = p + 2 * L->b + 1, ptrs[3] = p + 3 * L->b + 2;
+}
+
+int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L,
+                   int nh, int nkv, int hd) {
+    if (cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000)) return -1;
+    plan *pl = get_plan(0, L, nh, nkv, hd);
     if (!pl) return -1;
     float scale = 1.0f / sqrtf((float)hd), neg_inf = mask_value();
-    int64_t uids[] = {pl->uid[U_Q], pl->uid[U_K], pl->uid[U_V], pl->uid[U_O], pl->uid[U_LSE], pl->uid[U_SCALE],
-                      pl->uid[U_NEGINF]};
-    void *ptrs[] = {(void *)q, (void *)k, (void *)v, out, lse, &scale, &neg_inf};
-    return run(pl, 7, uids, ptrs);
+    int64_t uids[11] = {pl->uid[U_Q], pl->uid[U_K], pl->uid[U_V], pl->uid[U_O], pl->uid[U_LSE], pl->uid[U_SCALE],
+                        pl->uid[U_NEGINF], pl->uid[U_SEQ], pl->uid[U_OFFQ], pl->uid[U_OFFKV], pl->uid[U_OFFST]};
+    void *ptrs[11] = {(void *)q, (void *)k, (void *)v, out, lse, &scale, &neg_inf};
+    if (L->dev) ragged_ptrs(L, ptrs + 7);
+    return run(pl, L->dev ? 11 : 7, uids, ptrs);
 }
 
 int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                   const bf16 *k, const bf16 *v, int b, int s, int nh, int nkv, int hd) {
+                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
     // cuDNN up to 9.15 needs a padding-mask workaround when s is not a multiple of 128
-    if (cuda_attention_cudnn_probe(nullptr, 0) || (g_version <= 91500 && s % 128)) return -1;
-    plan *pl = get_plan(1, b, s, nh, nkv, hd);
+    if (cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
+        (!L->dev && g_version <= 91500 && L->s % 128))
+        return -1;
+    plan *pl = get_plan(1, L, nh, nkv, hd);
     if (!pl) return -1;
-    size_t T = (size_t)b * s;
+    size_t T = (size_t)L->T;
     float *D = (float *)cuda_scratch(SCRATCH_ATTN_D, T * nh * sizeof(float));
     float *dq_acc = (float *)cuda_scratch(SCRATCH_ATTN_DQ, T * nh * hd * sizeof(float));
     if (g_version < 90600) CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, T * nh * hd * sizeof(float), cuda_stream()));
     float scale = 1.0f / sqrtf((float)hd), neg_inf = mask_value(), one = 1.0f;
-    int64_t uids[] = {pl->uid[U_Q],  pl->uid[U_K],  pl->uid[U_V],  pl->uid[U_O],     pl->uid[U_LSE],
-                      pl->uid[U_DO], pl->uid[U_DQ], pl->uid[U_DK], pl->uid[U_DV],    pl->uid[U_D],
-                      pl->uid[U_DQACC], pl->uid[U_SCALE], pl->uid[U_NEGINF], pl->uid[U_ONE]};
-    void *ptrs[] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, (void *)dout, dq, dk, dv, D, dq_acc,
-                    &scale, &neg_inf, &one};
-    return run(pl, 14, uids, ptrs);
+    int64_t uids[18] = {pl->uid[U_Q],  pl->uid[U_K],  pl->uid[U_V],     pl->uid[U_O],     pl->uid[U_LSE],
+                        pl->uid[U_DO], pl->uid[U_DQ], pl->uid[U_DK],    pl->uid[U_DV],    pl->uid[U_D],
+                        pl->uid[U_DQACC], pl->uid[U_SCALE], pl->uid[U_NEGINF], pl->uid[U_ONE], pl->uid[U_SEQ],
+                        pl->uid[U_OFFQ], pl->uid[U_OFFKV], pl->uid[U_OFFST]};
+    void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, (void *)dout, dq, dk, dv, D, dq_acc,
+                      &scale, &neg_inf, &one};
+    if (L->dev) ragged_ptrs(L, ptrs + 14);
+    return run(pl, L->dev ? 18 : 14, uids, ptrs);
 }
 
 #endif

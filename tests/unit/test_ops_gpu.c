@@ -418,15 +418,16 @@ static int32_t *make_seq_start(int T, int packed) {
     return ss;
 }
 
-/* each kernel choice (cuda_ext.h) against the reference: with cuDNN selected, the layouts it
- * takes (one sequence, equal sequences; head dims that are multiples of 8) run there and the
- * rest on the mma kernels */
+/* each kernel choice (cuda_ext.h) against the reference: with cuDNN selected, head dims that are
+ * multiples of 8 run there (one sequence, equal sequences as a batch, sequences of different
+ * lengths as a ragged batch) and the rest on the mma kernels */
 static void attention_check(void) {
     /* T, nh, nkv, hd, packed */
     const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
-                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 8, 2, 128, 2},
-                           {384, 4, 1, 64, 0},  {768, 8, 8, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2}};
+                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 4, 2, 64, 2},
+                           {384, 4, 1, 64, 0},  {768, 2, 2, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2},
+                           {700, 4, 2, 128, 1}, {333, 2, 1, 64, 1}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
@@ -488,10 +489,10 @@ TEST(attention) {
         long ran = cuda_attention_cudnn_calls() - before;
         char why[512];
         if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
-            /* most of the 10 cuDNN-eligible shapes above (forward and backward): the check must not pass on
-             * the fallback alone */
+            /* 17 of the 18 shapes above have head dims cuDNN takes: most of their forwards and
+             * backwards must have run there (the check must not pass on the fallback alone) */
             fprintf(stderr, "  %s: %ld attention calls ran on cuDNN\n", why, ran);
-            CHECK(ran >= 6);
+            CHECK(ran >= 28);
         } else if (kernel == CUDA_ATTN_CUDNN) {
             fprintf(stderr, "  cuDNN not checked here: %s\n", why);
         } else {
