@@ -427,7 +427,8 @@ static void attention_check(void) {
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
                            {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 4, 2, 64, 2},
                            {384, 4, 1, 64, 0},  {768, 2, 2, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2},
-                           {700, 4, 2, 128, 1}, {333, 2, 1, 64, 1}};
+                           {700, 4, 2, 128, 1}, {333, 2, 1, 64, 1}, {90, 4, 2, 24, 1},   {150, 4, 2, 32, 1},
+                           {160, 2, 2, 96, 1}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
@@ -454,10 +455,14 @@ static void attention_check(void) {
         GPU(attention_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
         check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
+        /* cuDNN sums grouped-query dk, dv over the heads of a group from bf16 per-head partials
+         * (ours sum in fp32): the key most queries attend to carries the largest partials and
+         * their rounding, about 2^-9 of each, so those checks get 5% of the rms instead of 3% */
+        double kv_frac = cuda_attention_selected() == CUDA_ATTN_CUDNN && nkv < nh ? 5e-2 : 3e-2;
         snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dk, 3e-2, 3e-2, 1e-4);
+        check_close_abs(what, &dk, 3e-2, kv_frac, 1e-4);
         snprintf(what, sizeof what, "attention_bwd dv T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dv, 3e-2, 3e-2, 1e-4);
+        check_close_abs(what, &dv, 3e-2, kv_frac, 1e-4);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
         tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
         free(ss), gpu->free(ssd);
@@ -489,10 +494,10 @@ TEST(attention) {
         long ran = cuda_attention_cudnn_calls() - before;
         char why[512];
         if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
-            /* 17 of the 18 shapes above have head dims cuDNN takes: most of their forwards and
-             * backwards must have run there (the check must not pass on the fallback alone) */
+            /* 19 of the 21 shapes above are layouts and head dims cuDNN takes: most of their
+             * forwards and backwards must have run there (the check must not pass on the fallback) */
             fprintf(stderr, "  %s: %ld attention calls ran on cuDNN\n", why, ran);
-            CHECK(ran >= 28);
+            CHECK(ran >= 32);
         } else if (kernel == CUDA_ATTN_CUDNN) {
             fprintf(stderr, "  cuDNN not checked here: %s\n", why);
         } else {
