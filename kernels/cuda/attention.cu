@@ -109,9 +109,10 @@ static const int32_t *ragged_arrays(int b, int nh, int nkv, int hd) {
 }
 
 // The cuDNN layout of seq_start for these heads: dense (one sequence, or equal sequences) or
-// ragged (b rounded up to a power of two with empty sequences, s to a multiple of 64, so that
-// few plans serve many batches); 0 when seq_start is not the one cuda_attention_layout was told
-// about, or the offsets would not fit int32.
+// ragged (the sequence count rounded up to a power of two with empty sequences, the longest
+// sequence to a power of two of 64 or more: a plan costs 0.1-1 s to build, so a few cached plans
+// serve batches of any lengths; the padding costs only idle thread blocks); 0 when seq_start is
+// not the one cuda_attention_layout was told about, or the offsets would not fit int32.
 static int cudnn_layout(const int32_t *seq_start, int T, int nh, int nkv, int hd, attn_cudnn_layout *L) {
     L->T = T, L->dev = nullptr;
     if (!seq_start) {
@@ -126,9 +127,10 @@ static int cudnn_layout(const int32_t *seq_start, int T, int nh, int nkv, int hd
     // ragged: head dims that are multiples of 16 only (the backward gave wrong gradients at hd 24
     // on cuDNN 9.19 while 32, 64, 80 and 128 matched the reference; dense batches take hd 24)
     if (hd % 16 || (int64_t)T * nh * hd >= INT32_MAX || (int64_t)T * nkv * hd >= INT32_MAX) return 0;
-    int b = 1;
+    int b = 1, sp = 64;
     while (b < g_nseq) b *= 2;
-    L->b = b, L->s = (g_max_len + 63) / 64 * 64;
+    while (sp < g_max_len) sp *= 2;
+    L->b = b, L->s = sp;
     L->dev = ragged_arrays(b, nh, nkv, hd);
     return L->dev != nullptr;
 }

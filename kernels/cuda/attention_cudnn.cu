@@ -350,8 +350,8 @@ struct plan {
     int failed;
 };
 
-static plan g_plans[32];
-static int g_nplans;
+static plan g_plans[64];
+static int g_nplans, g_evict;
 
 // the [b, h, s, d] view of token-major rows [b*s, h*d]
 static void bshd(int64_t out_dim[4], int64_t out_str[4], int b, int h, int s, int d) {
@@ -553,8 +553,9 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
             p->nkv == nkv && p->hd == hd)
             return p->failed ? nullptr : p;
     }
-    plan *p = &g_plans[g_nplans < 32 ? g_nplans++ : 31]; // past 32 shapes the last slot is rebuilt
-    if (g_nplans == 32 && p->p) F.DestroyDescriptor(p->p);
+    const int cap = (int)(sizeof g_plans / sizeof *g_plans);
+    plan *p = &g_plans[g_nplans < cap ? g_nplans++ : g_evict++ % cap]; // then oldest first
+    if (p->p) F.DestroyDescriptor(p->p);
     memset(p, 0, sizeof *p);
     p->bwd = bwd, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv, p->hd = hd;
     if (bwd)
