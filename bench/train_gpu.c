@@ -2,7 +2,7 @@
  *
  *   train_gpu train [--model 7b|1b|13b|70b|tiny|NAMED] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
- *                   [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
+ *                   [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
  *                   [--act-offload auto|on|off]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
@@ -318,7 +318,11 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--act-offload")) act_offload = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : 2;
-        else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
+        else if (!strcmp(a, "--attention")) {
+            if (strcmp(v, "cudnn") && strcmp(v, "mma") && strcmp(v, "tiled"))
+                return err_set(ERR_USAGE, "--attention must be cudnn, mma or tiled, not '%s'", v);
+            cuda_attention_select(!strcmp(v, "tiled") ? CUDA_ATTN_TILED : !strcmp(v, "mma") ? CUDA_ATTN_MMA : CUDA_ATTN_CUDNN);
+        }
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
@@ -450,7 +454,8 @@ static int bench_train(int argc, char **argv) {
                                     : (nccl ? "none, NCCL" : "none"),
            tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
-    fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
+    fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
+            cuda_attention_cudnn_calls());
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
                     "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
@@ -666,6 +671,7 @@ static int bench_ops(int argc, char **argv) {
     for (int t = 0; t < T; t++) tgt[t] = (t * 7919) % V;
     int32_t *ssd = ops->alloc((size_t)T * 4), *tgtd = ops->alloc((size_t)T * 4);
     ops->upload(ssd, ss, (size_t)T * 4);
+    cuda_attention_layout(ssd, ss, T);
     ops->upload(tgtd, tgt, (size_t)T * 4);
     ops_nf4 Wqkv = {.codes = codes, .absmax = absmax, .quant_map = qm, .rows = C, .cols = C, .blocksize = 64};
     ops_nf4 Wup = Wqkv, Wdown = Wqkv;
@@ -695,8 +701,18 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
-    for (int kern = 1; kern >= 0; kern--) {
-        char name[96];
+    /* a packed row: four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN) */
+    int32_t *pk = malloc((size_t)T * 4), *pkd = ops->alloc((size_t)T * 4);
+    int cut[5] = {0, T * 35 / 100, T * 60 / 100, T * 90 / 100, T};
+    double pk_f = 0;
+    for (int i = 0; i < 4; i++) {
+        for (int t = cut[i]; t < cut[i + 1]; t++) pk[t] = cut[i];
+        pk_f += 4.0 * (double)(cut[i + 1] - cut[i]) * (cut[i + 1] - cut[i]) * hd * nh / 2.0;
+    }
+    ops->upload(pkd, pk, (size_t)T * 4);
+    for (int kern = 2; kern >= 0; kern--) {
+        cuda_attention_layout(ssd, ss, T); /* the backend knows the layout of the seq_start told last */
+        char name[160];
         cuda_attention_select(kern);
         snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
@@ -706,6 +722,11 @@ static int bench_ops(int argc, char **argv) {
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
         snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
         TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+        cuda_attention_layout(pkd, pk, T);
+        snprintf(name, sizeof name, "attention_fwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, pk_f, ops->attention_fwd(o, lse, q, k, v, pkd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * pk_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, pkd, T, nh, nh, hd));
     }
     TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
     TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
@@ -724,7 +745,7 @@ int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
+               "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");

@@ -213,6 +213,10 @@ typedef struct ops_table {
     void (*geglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
     /* x *= s over n activations (Gemma's embedding scale) */
     void (*act_scale)(void *x, int64_t n, float s);
+    /* seq_start [T] (backend memory) now holds h_seq_start [T] (host): called by the model after
+     * each upload, so that the backend can pick an attention kernel for the layout without reading
+     * device memory back (the CUDA backend runs equal-length sequences on cuDNN's fused attention) */
+    void (*attention_layout)(const int32_t *seq_start, const int32_t *h_seq_start, int T);
     /* questions about the backend (last, so the positional CUDA table stays readable) */
     int own_memory; /* 1: memory apart from the host's (a GPU): plans must fit it, and alloc_host
                        is host memory distinct from alloc's; 0: backend memory is host memory */

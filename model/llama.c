@@ -1078,6 +1078,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
     const ops_table *o = m->ops;
     o->upload(A->ids, b->ids, sizeof(int32_t) * (size_t)T);
     o->upload(A->seq_start, A->h_seq_start, sizeof(int32_t) * (size_t)T);
+    if (o->attention_layout) o->attention_layout(A->seq_start, A->h_seq_start, T);
     o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)T);
     o->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)T);
     o->embedding_fwd(A->res[0], A->ids, m->embed, T, m->C);

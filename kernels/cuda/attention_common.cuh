@@ -80,5 +80,19 @@ void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf1
 void attn_mma_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                   const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
                   int hd, int vec, attn_params ap);
+// cuDNN's fused attention (attention_cudnn.cu). Layout of the T tokens: dev NULL: b sequences of
+// s tokens (T = b*s); dev set: b sequences of at most s tokens back to back (some may be empty),
+// dev pointing to int32 device arrays: lengths [b], then the first element of each sequence (and
+// one past the last) [b+1] in q-shaped ([T, nh*hd]), kv-shaped ([T, nkv*hd]) and lse-shaped
+// ([nh, T]: the token index) tensors. Same tensor layouts as above; it uses the dq/D scratch
+// slots itself. -1 when cuDNN is missing or cannot take the shape: the caller runs mma instead.
+struct attn_cudnn_layout {
+    int b, s, T;
+    const int32_t *dev;
+};
+int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L,
+                   int nh, int nkv, int hd);
+int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
+                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd);
 
 #endif

@@ -53,6 +53,7 @@ enum cuda_scratch_slot {
     SCRATCH_ATTN_D,      // rowsum(dout*out) [nh, T]
     SCRATCH_ATTN_DKV,    // fp32 dk, dv partial sums [2][T, nkv*hd] (grouped-query heads split over blocks)
     SCRATCH_REDUCE,      // double accumulators
+    SCRATCH_CUDNN_WS,    // cuDNN attention plan workspace (attention_cudnn.cu)
     SCRATCH_COUNT
 };
 void *cuda_scratch(int slot, size_t bytes);

@@ -633,6 +633,7 @@ static const ops_table g_table = {
     cu_geglu_fwd,
     cu_geglu_bwd,
     cu_act_scale,
+    cuda_attention_layout,
     1, /* own_memory */
     cu_info,
     cuda_scratch_cap_set,

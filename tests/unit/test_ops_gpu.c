@@ -144,7 +144,20 @@ static void *dev_i32(const int32_t *h, int64_t n) {
 
 /* |g - r| <= max(atol_frac * rms(ref), atol_abs) + eps * |r| for every element and
  * nmse <= 1e-4; prints the worst element */
+/* as check_close_abs, but up to max_bad elements (each within 3 times its limit, none NaN) may
+ * exceed the limit: attention's backward on the first rows of a sequence (two or three keys)
+ * computes dS = P (dP - D) from two nearly equal bf16-derived numbers, and every kernel (mma,
+ * tiled, cuDNN) lands an element there 1-1.7 times the rms-based limit now and then; a wrong
+ * mask, scale or layout puts thousands of elements off */
+static void check_close_abs_few(const char *what, const tens *out, double eps, double atol_frac, double atol_abs,
+                                int64_t max_bad);
+
 static void check_close_abs(const char *what, const tens *out, double eps, double atol_frac, double atol_abs) {
+    check_close_abs_few(what, out, eps, atol_frac, atol_abs, 0);
+}
+
+static void check_close_abs_few(const char *what, const tens *out, double eps, double atol_frac, double atol_abs,
+                                int64_t max_bad) {
     float *g = tens_download(out);
     const float *r = out->h;
     double ss = 0, err2 = 0;
@@ -162,6 +175,12 @@ static void check_close_abs(const char *what, const tens *out, double eps, doubl
         }
     }
     double nmse = ss > 0 ? err2 / ss : err2;
+    if (bad && bad <= max_bad && worst_ratio <= 3.0) {
+        if (getenv("QLORA_TEST_VERBOSE"))
+            fprintf(stderr, "  %s: %lld of %lld elements over the limit (allowed %lld, worst %.2fx)\n", what,
+                    (long long)bad, (long long)out->n, (long long)max_bad, worst_ratio);
+        bad = 0;
+    }
     if (!bad && !(nmse <= 1e-4)) {
         test_cur_failed = 1;
         test_failed_checks++;
@@ -428,9 +447,14 @@ TEST(rope) {
 
 /* ---- attention ---- */
 
-/* sequence starts for T tokens cut into pieces of random length (one piece when !packed) */
+/* sequence starts for T tokens cut into pieces of random length (packed 1), four pieces of T/4
+ * tokens (packed 2: the layout cuDNN's fused attention takes as a batch) or one piece (0) */
 static int32_t *make_seq_start(int T, int packed) {
     int32_t *ss = malloc(sizeof(int32_t) * (size_t)T);
+    if (packed == 2) {
+        for (int t = 0; t < T; t++) ss[t] = t - t % (T / 4);
+        return ss;
+    }
     int start = 0, left = packed ? rnd_int(1, T) : T;
     for (int t = 0; t < T; t++) {
         if (left == 0) {
@@ -443,17 +467,23 @@ static int32_t *make_seq_start(int T, int packed) {
     return ss;
 }
 
-/* both kernel families (cuda_ext.h), each against the reference */
+/* each kernel choice (cuda_ext.h) against the reference: with cuDNN selected, head dims that are
+ * multiples of 8 run there (one sequence, equal sequences as a batch, sequences of different
+ * lengths as a ragged batch) and the rest on the mma kernels */
 static void attention_check(void) {
     /* T, nh, nkv, hd, packed */
     const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
-                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}};
+                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 4, 2, 64, 2},
+                           {384, 4, 1, 64, 0},  {768, 2, 2, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2},
+                           {700, 4, 2, 128, 1}, {333, 2, 1, 64, 1}, {90, 4, 2, 24, 1},   {150, 4, 2, 32, 1},
+                           {160, 2, 2, 96, 1}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
         int32_t *ss = make_seq_start(T, packed);
         int32_t *ssd = dev_i32(ss, T);
+        cuda_attention_layout(ssd, ss, T);
         tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
         tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
         cpu->attention_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
@@ -472,12 +502,17 @@ static void attention_check(void) {
         tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
         cpu->attention_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
         GPU(attention_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        int64_t few = 1 + nq / 50000; /* see check_close_abs_few */
         snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dq, 3e-2, 3e-2, 1e-4, few);
+        /* cuDNN sums grouped-query dk, dv over the heads of a group from bf16 per-head partials
+         * (ours sum in fp32): the key most queries attend to carries the largest partials and
+         * their rounding, about 2^-9 of each, so those checks get 5% of the rms instead of 3% */
+        double kv_frac = cuda_attention_selected() == CUDA_ATTN_CUDNN && nkv < nh ? 5e-2 : 3e-2;
         snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dk, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dk, 3e-2, kv_frac, 1e-4, few);
         snprintf(what, sizeof what, "attention_bwd dv T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dv, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dv, 3e-2, kv_frac, 1e-4, few);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
         tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
         free(ss), gpu->free(ssd);
@@ -565,12 +600,25 @@ static void attention_ex_check(void) {
 }
 
 TEST(attention) {
-    for (int kernel = 0; kernel < 2; kernel++) {
+    for (int kernel = 0; kernel < 3; kernel++) {
         cuda_attention_select(kernel);
         fprintf(stderr, "  kernels: %s\n", cuda_attention_name(kernel));
+        long before = cuda_attention_cudnn_calls();
         attention_check();
         attention_cached_check();
+        long ran = cuda_attention_cudnn_calls() - before; /* before the ex cases: they never run on cuDNN */
         attention_ex_check();
+        char why[512];
+        if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
+            /* 19 of the 21 shapes above are layouts and head dims cuDNN takes: most of their
+             * forwards and backwards must have run there (the check must not pass on the fallback) */
+            fprintf(stderr, "  %s: %ld attention calls ran on cuDNN\n", why, ran);
+            CHECK(ran >= 32);
+        } else if (kernel == CUDA_ATTN_CUDNN) {
+            fprintf(stderr, "  cuDNN not checked here: %s\n", why);
+        } else {
+            CHECK_EQ_INT(ran, 0); /* mma and tiled selected: nothing runs on cuDNN */
+        }
     }
     cuda_attention_select(CUDA_ATTN_MMA);
 }
