@@ -279,6 +279,17 @@ typedef struct request {
     int choice;
 } request;
 
+/* requests by their tokens (then by length); ties keep the file's order */
+static int cmp_req(const void *a, const void *b, void *ud) {
+    const request *ra = &((const request *)ud)[*(const size_t *)a], *rb = &((const request *)ud)[*(const size_t *)b];
+    size_t n = ra->len < rb->len ? ra->len : rb->len;
+    for (size_t i = 0; i < n; i++)
+        if (ra->ids[i] != rb->ids[i]) return ra->ids[i] < rb->ids[i] ? -1 : 1;
+    if (ra->len != rb->len) return ra->len < rb->len ? -1 : 1;
+    size_t ia = *(const size_t *)a, ib = *(const size_t *)b;
+    return ia < ib ? -1 : ia > ib;
+}
+
 int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn score, void *score_ud, size_t batch,
            void (*progress)(void *ud, size_t done, size_t total), void *progress_ud, mc_result *r) {
     memset(r, 0, sizeof *r);
@@ -328,14 +339,27 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
         }
         free(ctx);
     }
-    /* score in batches, docs kept whole for the progress count */
+    /* score in batches, in the order of the requests' tokens: the choices of a question, and
+     * questions with the same few-shot examples, come one after the other, so a scorer that keeps
+     * the last context computed (stages/evaluate.c) computes a shared prefix once */
+    size_t *ord = malloc(sizeof(size_t) * (n_req ? n_req : 1));
+    double *out = malloc(sizeof(double) * (batch ? batch : 1));
+    if (!rc && (!ord || !out)) rc = err_set(ERR_STAGE, "out of memory");
+    for (size_t k = 0; !rc && k < n_req; k++) ord[k] = k;
+    if (!rc) qsort_r(ord, n_req, sizeof *ord, cmp_req, req);
     for (size_t s = 0; !rc && s < n_req;) {
         size_t n = n_req - s < batch ? n_req - s : batch;
-        for (size_t k = 0; k < n; k++) seqs[k] = (mc_seq){req[s + k].ids, req[s + k].len, req[s + k].cont_start};
-        rc = score(score_ud, seqs, n, ll + s);
+        for (size_t k = 0; k < n; k++) {
+            const request *rq = &req[ord[s + k]];
+            seqs[k] = (mc_seq){rq->ids, rq->len, rq->cont_start};
+        }
+        rc = score(score_ud, seqs, n, out);
+        for (size_t k = 0; !rc && k < n; k++) ll[ord[s + k]] = out[k];
         s += n;
-        if (progress) progress(progress_ud, req[s - 1].doc + 1, t->n_docs);
+        if (progress) progress(progress_ud, (size_t)((double)t->n_docs * (double)s / (double)n_req), t->n_docs);
     }
+    free(ord);
+    free(out);
     if (!rc) {
         r->subjects = json_object();
         r->per_doc = json_array();

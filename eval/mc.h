@@ -56,7 +56,8 @@ typedef int (*mc_encode_fn)(void *ud, const char *text, size_t len, int32_t **id
 int mc_encode_pair(mc_encode_fn encode, void *ud, int32_t bos, const char *context, const char *continuation,
                    int32_t **ids, size_t *n_ids, size_t *cont_start);
 
-/* The model: for n sequences, the sum of log p(seq[t] | seq[<t]) over t in [cont_start, len). */
+/* The model: for n sequences, the sum of log p(seq[t] | seq[<t]) over t in [cont_start, len). mc_run
+ * hands the requests over sorted by their tokens (shared contexts next to each other). */
 typedef struct mc_seq {
     const int32_t *ids;
     size_t len, cont_start;

@@ -1183,7 +1183,8 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
     m->kv_len += n;
 }
 
-int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+/* the checks llama_decode and llama_decode_losses share */
+static int decode_check(llama_model *m, const int32_t *ids, int n) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
@@ -1197,6 +1198,43 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
+    return 0;
+}
+
+int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
+    for (int t = 0; t < n; t++)
+        if (targets[t] >= m->V) return err_set(ERR_DATA, "target id %d is outside the vocabulary (0..%d)", targets[t], m->V - 1);
+    llama_acts *A = m->acts;
+    int most = m->plan_T < A->mlp_rows ? m->plan_T : A->mlp_rows;
+    for (int done = 0, k; done < n; done += k) {
+        k = n - done < most ? n - done : most;
+        decode_chunk(m, ids + done, k);
+        bool any = false;
+        for (int t = 0; t < k; t++) any |= targets[done + t] >= 0;
+        if (!any) {
+            memset(losses + done, 0, sizeof(float) * (size_t)k);
+            continue;
+        }
+        for (int t = 0; t < k; t++) A->h_target[t] = targets[done + t] >= 0 ? targets[done + t] : -100;
+        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)k);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, A->res[0], m->final_norm, k, m->C, m->eps);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, k, m->C, m->V, 1.0f);
+        m->ops->download(losses + done, A->losses, sizeof(float) * (size_t)k);
+    }
+    return 0;
+}
+
+int llama_kv_truncate(llama_model *m, int len) {
+    if (len < 0 || len > m->kv_len) return err_set(ERR_USAGE, "cannot cut the KV cache of %d positions to %d", m->kv_len, len);
+    m->kv_len = len;
+    return 0;
+}
+
+int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
     int last = 0, most = m->plan_T < m->acts->mlp_rows ? m->plan_T : m->acts->mlp_rows; /* MLP buffer rows */
     for (int done = 0; done < n; done += last) {
         last = n - done < most ? n - done : most;

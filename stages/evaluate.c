@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/collective.h"
 #include "core/fsutil.h"
@@ -497,43 +498,77 @@ static void log_table(stage_ctx *ctx, const side *sides, int n_sides, bool base,
 
 typedef struct task_scorer {
     llama_model *m;
-    int max_T; /* the plan's tokens a forward */
-    int32_t *ids, *labels, *seq_start;
-    float *losses;
+    int max_T;           /* the KV cache's positions (the longest task sequence) */
+    int32_t *cache;      /* host copy of the tokens in the KV cache [cache_len] */
+    int cache_len;
+    bool lp_valid;       /* lp holds log p(. | cache) (the last cached position's distribution) */
+    double *lp;          /* [V] */
+    float *logits, *losses;
+    int32_t *targets;
+    int64_t fed, total;  /* tokens through the model, tokens in the requests */
 } task_scorer;
 
 static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
     return tokenizer_encode(ud, text, len, false, ids, n);
 }
 
-/* sequences packed into forwards of up to max_T tokens; the continuation's tokens are the labels,
- * so the per-position losses are -log p of each continuation token */
+/* log-softmax of logits into lp, in double */
+static void log_softmax(const float *logits, int V, double *lp) {
+    double mx = -INFINITY, z = 0;
+    for (int v = 0; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
+    for (int v = 0; v < V; v++) z += exp((double)logits[v] - mx);
+    double lz = mx + log(z);
+    for (int v = 0; v < V; v++) lp[v] = (double)logits[v] - lz;
+}
+
+/* One request on the KV cache: the context's tokens that the cache already holds (the longest
+ * common prefix: the few-shot examples of the previous question, the whole context for the other
+ * choices of the same question) are not computed again; the rest of the context is decoded once,
+ * its last position's distribution kept for the first continuation token of every choice, and a
+ * longer continuation decoded after it and then cut off the cache again. The requests come sorted
+ * by their tokens (mc_run), so the sharing is as large as the order allows. */
+static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
+    llama_model *m = s->m;
+    int len = (int)q->len, cs = (int)q->cont_start;
+    if (cs < 1) return err_set(ERR_DATA, "a task context encodes to no token");
+    if (len > s->max_T) return err_set(ERR_DATA, "a task sequence of %d tokens is longer than the %d planned", len, s->max_T);
+    int lcp = 0;
+    while (lcp < s->cache_len && lcp < cs && s->cache[lcp] == q->ids[lcp]) lcp++;
+    int rc = 0;
+    s->total += len - 1;
+    if (!(s->lp_valid && lcp == cs && s->cache_len == cs)) {
+        int keep = lcp < cs - 1 ? lcp : cs - 1; /* at least the context's last token, for its logits */
+        s->lp_valid = false;
+        if ((rc = llama_kv_truncate(m, keep))) return rc;
+        s->cache_len = keep;
+        if ((rc = llama_decode(m, q->ids + keep, cs - keep, s->logits))) return rc;
+        memcpy(s->cache + keep, q->ids + keep, sizeof(int32_t) * (size_t)(cs - keep));
+        s->cache_len = cs;
+        s->fed += cs - keep;
+        log_softmax(s->logits, m->V, s->lp);
+        s->lp_valid = true;
+    }
+    double ll = s->lp[q->ids[cs]];
+    int rest = len - cs - 1; /* continuation tokens after the first, each predicted by the one before */
+    if (rest > 0) {
+        for (int t = 0; t < rest; t++) s->targets[t] = q->ids[cs + 1 + t];
+        rc = llama_decode_losses(m, q->ids + cs, rest, s->targets, s->losses);
+        s->fed += rest;
+        int r2 = llama_kv_truncate(m, cs); /* the context stays cached for the next choice */
+        if (rc || (rc = r2)) {
+            s->lp_valid = false, s->cache_len = 0;
+            return rc;
+        }
+        for (int t = 0; t < rest; t++) ll -= s->losses[t];
+    }
+    *loglik = ll;
+    return 0;
+}
+
 static int score_seqs(void *ud, const mc_seq *seqs, size_t n, double *loglik) {
-    task_scorer *s = ud;
-    for (size_t i = 0; i < n;) {
-        int T = 0;
-        size_t j = i;
-        while (j < n && T + (int)seqs[j].len <= s->max_T) {
-            for (size_t t = 0; t < seqs[j].len; t++) {
-                s->ids[T + (int)t] = seqs[j].ids[t];
-                s->labels[T + (int)t] = t >= seqs[j].cont_start ? seqs[j].ids[t] : -100;
-                s->seq_start[T + (int)t] = T;
-            }
-            T += (int)seqs[j].len;
-            j++;
-        }
-        if (j == i) return err_set(ERR_DATA, "a task sequence of %zu tokens is longer than the plan's %d", seqs[i].len, s->max_T);
-        llama_batch b = {.ids = s->ids, .labels = s->labels, .seq_start = s->seq_start, .T = T};
-        double sum;
-        int64_t nt;
-        int rc = llama_forward_loss(s->m, &b, &sum, &nt, s->losses);
+    for (size_t i = 0; i < n; i++) {
+        int rc = score_one(ud, &seqs[i], &loglik[i]);
         if (rc) return rc;
-        for (size_t k = i, off = 0; k < j; off += seqs[k].len, k++) {
-            double ll = 0;
-            for (size_t t = seqs[k].cont_start; t < seqs[k].len; t++) ll -= s->losses[off + t - 1];
-            loglik[k] = ll;
-        }
-        i = j;
     }
     return 0;
 }
@@ -548,11 +583,13 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
     size_t i;
     json_t *t;
     task_scorer sc = {.m = m, .max_T = max_T};
-    sc.ids = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.labels = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.seq_start = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.cache = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.targets = malloc(sizeof(int32_t) * (size_t)max_T);
     sc.losses = malloc(sizeof(float) * (size_t)max_T);
-    int rc = sc.ids && sc.labels && sc.seq_start && sc.losses ? 0 : err_set(ERR_STAGE, "out of memory");
+    sc.logits = malloc(sizeof(float) * (size_t)m->V);
+    sc.lp = malloc(sizeof(double) * (size_t)m->V);
+    int rc = sc.cache && sc.targets && sc.losses && sc.logits && sc.lp ? 0 : err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = llama_generate_begin(m, max_T); /* the KV cache the requests share */
     json_array_foreach(tasks, i, t) {
         if (rc) break;
         const char *name = json_string_value(json_object_get(t, "name"));
@@ -570,15 +607,23 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
                             .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
                             .max_len = (size_t)max_T, .bos = -1};
             mc_result r;
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            int64_t fed0 = sc.fed, total0 = sc.total;
             rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, 64, task_progress, ctx, &r);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
             stage_progress_done(ctx);
+            double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            int64_t fed = sc.fed - fed0, total = sc.total - total0;
             if (!rc) {
                 const char *which = tuned ? "tuned" : "base";
                 json_t *tr = json_object_get(results, name);
                 if (!tr) json_object_set_new(results, name, tr = json_object());
-                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O}", "acc", r.acc, "acc_norm", r.acc_norm,
-                                                        "n", (json_int_t)r.n, "truncated", (json_int_t)r.truncated,
-                                                        "subjects", r.subjects, "docs", r.per_doc));
+                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:f}", "acc", r.acc,
+                                                        "acc_norm", r.acc_norm, "n", (json_int_t)r.n, "truncated",
+                                                        (json_int_t)r.truncated, "subjects", r.subjects, "docs", r.per_doc,
+                                                        "tokens", (json_int_t)total, "tokens_computed", (json_int_t)fed,
+                                                        "seconds", secs));
                 char metric[300];
                 snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
                 stage_metric(ctx, metric, r.acc);
@@ -586,6 +631,9 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
                 stage_metric(ctx, metric, r.acc_norm);
                 stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r.acc, r.acc_norm,
                            r.n, r.truncated ? " (some contexts cut from the left)" : "");
+                stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed, "
+                           "the rest shared with a context already in the cache", name, which, (long long)total, secs,
+                           secs > 0 ? (double)total / secs : 0.0, (long long)fed);
                 if (r.truncated)
                     stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name,
                                r.truncated, max_T);
@@ -598,10 +646,11 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
         free(path);
         free(fpath);
     }
-    free(sc.ids);
-    free(sc.labels);
-    free(sc.seq_start);
+    free(sc.cache);
+    free(sc.targets);
     free(sc.losses);
+    free(sc.logits);
+    free(sc.lp);
     return rc;
 }
 
