@@ -279,6 +279,12 @@ typedef struct request {
     int choice;
 } request;
 
+static size_t common_prefix(const request *a, const request *b) {
+    size_t n = 0;
+    while (n < a->len && n < b->len && a->ids[n] == b->ids[n]) n++;
+    return n;
+}
+
 /* requests by their tokens (then by length); ties keep the file's order */
 static int cmp_req(const void *a, const void *b, void *ud) {
     const request *ra = &((const request *)ud)[*(const size_t *)a], *rb = &((const request *)ud)[*(const size_t *)b];
@@ -351,7 +357,9 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
         size_t n = n_req - s < batch ? n_req - s : batch;
         for (size_t k = 0; k < n; k++) {
             const request *rq = &req[ord[s + k]];
-            seqs[k] = (mc_seq){rq->ids, rq->len, rq->cont_start};
+            size_t a = s + k > 0 ? common_prefix(rq, &req[ord[s + k - 1]]) : 0;
+            size_t b = s + k + 1 < n_req ? common_prefix(rq, &req[ord[s + k + 1]]) : 0;
+            seqs[k] = (mc_seq){rq->ids, rq->len, rq->cont_start, a > b ? a : b};
         }
         rc = score(score_ud, seqs, n, out);
         for (size_t k = 0; !rc && k < n; k++) ll[ord[s + k]] = out[k];

@@ -61,6 +61,8 @@ int mc_encode_pair(mc_encode_fn encode, void *ud, int32_t bos, const char *conte
 typedef struct mc_seq {
     const int32_t *ids;
     size_t len, cont_start;
+    size_t shared; /* leading tokens it has in common with the requests before and after it in
+                    * that order (the most of the two): what a scorer may compute once for both */
 } mc_seq;
 typedef int (*mc_score_fn)(void *ud, const mc_seq *seqs, size_t n, double *loglik);
 

@@ -1201,7 +1201,8 @@ static int decode_check(llama_model *m, const int32_t *ids, int n) {
     return 0;
 }
 
-int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses) {
+int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses,
+                        float *logits) {
     int rc = decode_check(m, ids, n);
     if (rc) return rc;
     for (int t = 0; t < n; t++)
@@ -1222,6 +1223,17 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
         m->ops->rmsnorm_fwd(A->nf, A->rstdf, A->res[0], m->final_norm, k, m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, k, m->C, m->V, 1.0f);
         m->ops->download(losses + done, A->losses, sizeof(float) * (size_t)k);
+        if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(k - 1) * m->C), m->lm_head, 1, m->C, m->V);
+            m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+            return 0;
+        }
+    }
+    if (logits) {
+        void *xl = act_at(m, A->res[0], (int64_t)((n - 1) % most) * m->C);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+        m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+        m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
     }
     return 0;
 }

@@ -506,6 +506,8 @@ typedef struct task_scorer {
     float *logits, *losses;
     int32_t *targets;
     int64_t fed, total;  /* tokens through the model, tokens in the requests */
+    double shared_ll;    /* log-likelihood of the cached continuation tokens after shared_cs */
+    int shared_cs;
 } task_scorer;
 
 static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
@@ -521,40 +523,51 @@ static void log_softmax(const float *logits, int V, double *lp) {
     for (int v = 0; v < V; v++) lp[v] = (double)logits[v] - lz;
 }
 
-/* One request on the KV cache: the context's tokens that the cache already holds (the longest
- * common prefix: the few-shot examples of the previous question, the whole context for the other
- * choices of the same question) are not computed again; the rest of the context is decoded once,
- * its last position's distribution kept for the first continuation token of every choice, and a
- * longer continuation decoded after it and then cut off the cache again. The requests come sorted
- * by their tokens (mc_run), so the sharing is as large as the order allows. */
+/* One request on the KV cache. Its tokens up to X (the context, and the first tokens of the
+ * continuation that the neighbouring requests share: " " before each letter with a byte-level
+ * tokenizer) are computed once: the part already in the cache (the longest common prefix: the
+ * few-shot examples of the previous question) is not computed again, the rest is decoded with the
+ * log-likelihood of its continuation tokens and the distribution after its last token kept. Each
+ * choice then reads its next token from that distribution, and a longer remainder is decoded after
+ * it and cut off the cache again. mc_run hands the requests over sorted by their tokens, so the
+ * choices of a question and questions with the same examples come one after the other. */
 static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
     llama_model *m = s->m;
     int len = (int)q->len, cs = (int)q->cont_start;
     if (cs < 1) return err_set(ERR_DATA, "a task context encodes to no token");
     if (len > s->max_T) return err_set(ERR_DATA, "a task sequence of %d tokens is longer than the %d planned", len, s->max_T);
+    int X = (int)q->shared; /* the tokens computed once: [cs, len - 1] */
+    if (X < cs) X = cs;
+    if (X > len - 1) X = len - 1;
     int lcp = 0;
-    while (lcp < s->cache_len && lcp < cs && s->cache[lcp] == q->ids[lcp]) lcp++;
+    while (lcp < s->cache_len && lcp < X && s->cache[lcp] == q->ids[lcp]) lcp++;
     int rc = 0;
     s->total += len - 1;
-    if (!(s->lp_valid && lcp == cs && s->cache_len == cs)) {
-        int keep = lcp < cs - 1 ? lcp : cs - 1; /* at least the context's last token, for its logits */
+    if (!(s->lp_valid && lcp == X && s->cache_len == X && s->shared_cs == cs)) {
+        int keep = lcp < cs - 1 ? lcp : cs - 1; /* from the context's last token on: its logits are needed */
         s->lp_valid = false;
         if ((rc = llama_kv_truncate(m, keep))) return rc;
         s->cache_len = keep;
-        if ((rc = llama_decode(m, q->ids + keep, cs - keep, s->logits))) return rc;
-        memcpy(s->cache + keep, q->ids + keep, sizeof(int32_t) * (size_t)(cs - keep));
-        s->cache_len = cs;
-        s->fed += cs - keep;
+        int n = X - keep;
+        for (int t = 0; t < n - 1; t++) s->targets[t] = keep + t >= cs - 1 ? q->ids[keep + t + 1] : -1;
+        s->targets[n - 1] = -1;
+        if ((rc = llama_decode_losses(m, q->ids + keep, n, s->targets, s->losses, s->logits))) return rc;
+        memcpy(s->cache + keep, q->ids + keep, sizeof(int32_t) * (size_t)n);
+        s->cache_len = X;
+        s->fed += n;
+        s->shared_ll = 0;
+        for (int t = 0; t < n - 1; t++) s->shared_ll -= s->losses[t];
+        s->shared_cs = cs;
         log_softmax(s->logits, m->V, s->lp);
         s->lp_valid = true;
     }
-    double ll = s->lp[q->ids[cs]];
-    int rest = len - cs - 1; /* continuation tokens after the first, each predicted by the one before */
+    double ll = s->shared_ll + s->lp[q->ids[X]];
+    int rest = len - X - 1; /* tokens after that, each predicted by the one before */
     if (rest > 0) {
-        for (int t = 0; t < rest; t++) s->targets[t] = q->ids[cs + 1 + t];
-        rc = llama_decode_losses(m, q->ids + cs, rest, s->targets, s->losses);
+        for (int t = 0; t < rest; t++) s->targets[t] = q->ids[X + 1 + t];
+        rc = llama_decode_losses(m, q->ids + X, rest, s->targets, s->losses, NULL);
         s->fed += rest;
-        int r2 = llama_kv_truncate(m, cs); /* the context stays cached for the next choice */
+        int r2 = llama_kv_truncate(m, X); /* the shared part stays cached for the next choice */
         if (rc || (rc = r2)) {
             s->lp_valid = false, s->cache_len = 0;
             return rc;
