@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/half.h"
@@ -268,7 +269,8 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(ha);
         return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
-    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, 2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the machine's cores, up to 16: a 7B loads in seconds */
+    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
     if (bad >= 0) {
         free(hc);
         free(ha);
