@@ -17,7 +17,8 @@ int mc_format_parse(const char *name, mc_format *out) {
     if (!strcmp(name, "mmlu")) *out = MC_MMLU;
     else if (!strcmp(name, "arc")) *out = MC_ARC;
     else if (!strcmp(name, "hellaswag")) *out = MC_HELLASWAG;
-    else return err_set(ERR_RECIPE, "unknown task format '%s' (mmlu, arc or hellaswag)", name);
+    else if (!strcmp(name, "lua")) *out = MC_LUA;
+    else return err_set(ERR_RECIPE, "unknown task format '%s' (mmlu, arc, hellaswag or lua)", name);
     return 0;
 }
 
@@ -159,6 +160,14 @@ int mc_doc_from_record(mc_format f, const json_t *rec, const char *what, mc_doc 
         if ((rc = set_gold(d, ans, what, "answerKey", labels))) goto fail;
         d->text = xasprintf("Question: %s\nAnswer:", q);
         d->subject = strdup("");
+    } else if (f == MC_LUA) {
+        const char *q = str_field(rec, "text"), *subj = str_field(rec, "subject");
+        if (!q) return err_set(ERR_DATA, "%s: the task hook's table has no 'text' (the question as asked)", what);
+        const json_t *ch = json_object_get(rec, "choices");
+        if ((rc = set_choices(d, ch, what, "choices"))) goto fail;
+        if ((rc = set_gold(d, json_object_get(rec, "gold"), what, "gold", ch))) goto fail;
+        d->text = strdup(q);
+        d->subject = strdup(subj ? subj : "");
     } else {
         const char *label = str_field(rec, "activity_label"), *a = str_field(rec, "ctx_a"), *b = str_field(rec, "ctx_b");
         if (!label || !a || !b) return err_set(ERR_DATA, "%s: HellaSwag needs 'activity_label', 'ctx_a' and 'ctx_b'", what);
@@ -426,30 +435,44 @@ void mc_docs_free(mc_doc **docs, size_t n) {
     *docs = NULL;
 }
 
-int mc_load_docs(mc_format f, const char *path, int64_t limit, uint64_t seed, mc_doc **docs, size_t *n) {
+int mc_load_docs(mc_format f, char *const *paths, size_t n_paths, mc_record_fn transform, void *transform_ud,
+                 int64_t limit, uint64_t seed, mc_doc **docs, size_t *n) {
     *docs = NULL;
     *n = 0;
-    dataset_reader *rd;
-    int rc = dataset_reader_open(&rd, path, DATASET_TYPE_AUTO);
-    if (rc) return rc;
-    size_t cap = 0;
-    json_t *rec;
-    while (!(rc = dataset_reader_next(rd, &rec)) && rec) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 64;
-            mc_doc *p = realloc(*docs, cap * sizeof *p);
-            if (!p) { json_decref(rec); rc = err_set(ERR_STAGE, "out of memory"); break; }
-            *docs = p;
+    size_t cap = 0, base = 0;
+    int rc = 0;
+    for (size_t p = 0; !rc && p < n_paths; p++) {
+        dataset_reader *rd;
+        if ((rc = dataset_reader_open(&rd, paths[p], DATASET_TYPE_AUTO))) break;
+        json_t *rec;
+        size_t last = 0;
+        while (!(rc = dataset_reader_next(rd, &rec)) && rec) {
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 64;
+                mc_doc *np = realloc(*docs, cap * sizeof *np);
+                if (!np) { json_decref(rec); rc = err_set(ERR_STAGE, "out of memory"); break; }
+                *docs = np;
+            }
+            char what[600];
+            last = dataset_reader_index(rd);
+            snprintf(what, sizeof what, "%s: record %zu", paths[p], last);
+            json_t *use = rec;
+            if (transform) {
+                rc = transform(transform_ud, rec, what, &use);
+                json_decref(rec);
+                if (rc) break;
+                if (!use) continue; /* left out */
+            }
+            rc = mc_doc_from_record(f, use, what, &(*docs)[*n]);
+            json_decref(use);
+            if (rc) break;
+            (*docs)[*n].record = base + last;
+            (*n)++;
         }
-        char what[600];
-        snprintf(what, sizeof what, "%s: record %zu", path, dataset_reader_index(rd));
-        rc = mc_doc_from_record(f, rec, what, &(*docs)[*n]);
-        json_decref(rec);
-        if (rc) break;
-        (*docs)[*n].record = dataset_reader_index(rd);
-        (*n)++;
+        dataset_reader_close(&rd);
+        base += last + 1;
     }
-    dataset_reader_close(&rd);
+    const char *path = n_paths == 1 ? paths[0] : "the task's files";
     if (!rc && *n == 0) rc = err_set(ERR_DATA, "'%s' holds no records", path);
     if (!rc && limit > 0 && (size_t)limit < *n) {
         /* a seeded subset, in file order: pick by a partial Fisher-Yates over indices */
