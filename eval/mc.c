@@ -114,13 +114,15 @@ static int set_gold(mc_doc *d, const json_t *v, const char *what, const char *ke
         for (size_t i = 0; json_is_array(labels) && i < json_array_size(labels); i++)
             if (!strcmp(s, json_string_value(json_array_get(labels, i)) ? json_string_value(json_array_get(labels, i)) : ""))
                 g = (long)i;
-        if (g < 0 && s[0] >= 'A' && s[0] <= 'Z' && !s[1]) g = s[0] - 'A';
-        else if (g < 0 && *s) {
+        /* without labels (MMLU's "C", HellaSwag's "2"): a letter or an index as text */
+        if (g < 0 && !labels && s[0] >= 'A' && s[0] <= 'Z' && !s[1]) g = s[0] - 'A';
+        else if (g < 0 && !labels && *s) {
             char *e;
             long x = strtol(s, &e, 10);
             if (!*e) g = x;
         }
-        if (g < 0) return err_set(ERR_DATA, "%s: the answer '%s' is not among the choices", what, s);
+        if (g < 0) return err_set(ERR_DATA, "%s: the answer '%s' is not among the choices%s", what, s,
+                                  labels ? " (nor their labels)" : "");
     } else {
         return err_set(ERR_DATA, "%s: missing '%s' (the right choice: an index or a letter)", what, key);
     }

@@ -802,6 +802,7 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
             struct timespec t0, t1;
             clock_gettime(CLOCK_MONOTONIC, &t0);
             int64_t fed0 = sc.fed, total0 = sc.total;
+            sc.cache_len = 0, sc.lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
             rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, 64, task_progress, ctx, &r);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             stage_progress_done(ctx);
