@@ -1214,19 +1214,18 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
     for (int done = 0, k; done < n; done += k) {
         k = n - done < most ? n - done : most;
         decode_chunk(m, ids + done, k);
-        bool any = false;
-        for (int t = 0; t < k; t++) any |= targets[done + t] >= 0;
-        if (!any) {
-            memset(losses + done, 0, sizeof(float) * (size_t)k);
-            continue;
-        }
-        for (int t = 0; t < k; t++) A->h_target[t] = targets[done + t] >= 0 ? targets[done + t] : -100;
-        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)k);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, A->res[0], m->final_norm, k, m->C, m->eps);
-        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, k, m->C, m->V, 1.0f);
-        m->ops->download(losses + done, A->losses, sizeof(float) * (size_t)k);
+        int f = 0; /* the rows from the first with a target (a context's rows before it need none) */
+        while (f < k && targets[done + f] < 0) f++;
+        memset(losses + done, 0, sizeof(float) * (size_t)f);
+        if (f == k) continue;
+        int r = k - f;
+        for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
+        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f);
+        m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
         if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
-            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(k - 1) * m->C), m->lm_head, 1, m->C, m->V);
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V);
             m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
             return 0;
         }

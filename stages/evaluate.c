@@ -613,12 +613,14 @@ static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t
     return tokenizer_encode(ud, text, len, false, ids, n);
 }
 
-/* log-softmax of logits into lp, in double */
+/* log-softmax of logits into lp: the terms exp(l - max) <= 1 in float (a vector loop; once a
+ * question, on the host), summed in double */
 static void log_softmax(const float *logits, int V, double *lp) {
-    double mx = -INFINITY, z = 0;
+    float mx = -INFINITY;
     for (int v = 0; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
-    for (int v = 0; v < V; v++) z += exp((double)logits[v] - mx);
-    double lz = mx + log(z);
+    double z = 0;
+    for (int v = 0; v < V; v++) z += (double)expf(logits[v] - mx);
+    double lz = (double)mx + log(z);
     for (int v = 0; v < V; v++) lp[v] = (double)logits[v] - lz;
 }
 

@@ -6,9 +6,12 @@ examples of the subject, "\n\n" between shots; continuation " A".." D"; the pair
 split at the context's length, no special tokens) and scored in file order, question by question,
 for SECONDS seconds. Tokens counted as qlora-run counts them: each request's length less one.
 
-    python3 hf_loop.py MODEL_DIR TASK_DIR SECONDS
+    python3 hf_loop.py MODEL_DIR TASK_DIR SECONDS [START_FILE]
+
+START_FILE: load the model, then wait until that file exists before the timed loop (run.sh loads
+while qlora-run scores, and times this loop after it, on an idle GPU).
 """
-import json, sys, time
+import json, os, sys, time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,6 +29,9 @@ def text(d):
     return f"{d['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
 
 dev, test = jl("dev.jsonl"), jl("test.jsonl")
+if len(sys.argv) > 4:
+    while not os.path.exists(sys.argv[4]):
+        time.sleep(0.2)
 
 def requests(d):
     shots = [s for s in dev if s["subject"] == d["subject"]][:5]
