@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/half.h"
@@ -308,7 +309,8 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(ha);
         return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
-    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, 2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the machine's cores, up to 16: a 7B loads in seconds */
+    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
     if (bad >= 0) {
         free(hc);
         free(ha);
@@ -1224,7 +1226,8 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
     m->kv_len += n;
 }
 
-int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+/* the checks llama_decode and llama_decode_losses share */
+static int decode_check(llama_model *m, const int32_t *ids, int n) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
@@ -1238,6 +1241,54 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
+    return 0;
+}
+
+int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses,
+                        float *logits) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
+    for (int t = 0; t < n; t++)
+        if (targets[t] >= m->V) return err_set(ERR_DATA, "target id %d is outside the vocabulary (0..%d)", targets[t], m->V - 1);
+    llama_acts *A = m->acts;
+    int most = m->plan_T < A->mlp_rows ? m->plan_T : A->mlp_rows;
+    for (int done = 0, k; done < n; done += k) {
+        k = n - done < most ? n - done : most;
+        decode_chunk(m, ids + done, k);
+        int f = 0; /* the rows from the first with a target (a context's rows before it need none) */
+        while (f < k && targets[done + f] < 0) f++;
+        memset(losses + done, 0, sizeof(float) * (size_t)f);
+        if (f == k) continue;
+        int r = k - f;
+        for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
+        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f);
+        m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
+        if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V);
+            m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+            return 0;
+        }
+    }
+    if (logits) {
+        void *xl = act_at(m, A->res[0], (int64_t)((n - 1) % most) * m->C);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+        m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+        m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+    }
+    return 0;
+}
+
+int llama_kv_truncate(llama_model *m, int len) {
+    if (len < 0 || len > m->kv_len) return err_set(ERR_USAGE, "cannot cut the KV cache of %d positions to %d", m->kv_len, len);
+    m->kv_len = len;
+    return 0;
+}
+
+int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
     int last = 0, most = m->plan_T < m->acts->mlp_rows ? m->plan_T : m->acts->mlp_rows; /* MLP buffer rows */
     for (int done = 0; done < n; done += last) {
         last = n - done < most ? n - done : most;
