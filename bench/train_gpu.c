@@ -1,8 +1,8 @@
 /* train_gpu.c: GPU benchmarks of the training engine (CUDA builds only).
  *
- *   train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
+ *   train_gpu train [--model 7b|1b|13b|70b|tiny|NAMED] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
- *                   [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
+ *                   [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
  *                   [--act-offload auto|on|off] [--deterministic off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
@@ -10,7 +10,11 @@
  * `train` runs the engine's own model code (model/llama.c on ops_cuda()) on a model of the
  * preset's shape whose weights are made directly on the GPU (random NF4 codes and absmax, random
  * bf16 embeddings; no disk), with QLoRA's standard recipe (r 16, alpha 32, dropout 0.05, AdamW,
- * grad-norm clip 1.0), random token ids, one sequence per micro-batch row. Before the first
+ * grad-norm clip 1.0), random token ids, one sequence per micro-batch row. NAMED is a named preset of
+ * init-model (llama3-8b, qwen3-8b, gemma3-12b, mistral-7b, ...: model/config.c) with its family's
+ * layer (qwen3's and gemma3's q/k norms, gemma3's four norms, GeGLU, embedding scale, score scale
+ * and interleaved sliding-window layers; Llama-3's rope scaling is left out: it changes no cost).
+ * Before the first
  * step it plans device memory: activation checkpointing `auto` keeps every activation when the
  * plan fits the budget (the device's free memory unless --budget-gib) and recomputes each layer
  * otherwise; a plan that fits neither way stops with what it needs, what there is and what would
@@ -93,10 +97,12 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
     int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
     /* one allocation carved as llama_init does, so llama_free releases it */
-    int64_t bytes = align256(64) + align256(256 * 4) + align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) + align256(C * 2);
+    bool gemma = cfg->arch == ARCH_GEMMA3;
+    int64_t bytes = align256(64) + align256(256 * 4) + 2 * align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) +
+                    align256(C * 2);
     if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
     for (int l = 0; l < m->L; l++) {
-        bytes += 2 * align256(C * 2);
+        bytes += (gemma ? 4 : 2) * align256(C * 2) + (cfg->qk_norm ? 2 * align256(m->hd * 2) : 0);
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             int64_t n = outs[t] * ins[t], nb = nf4_nblocks(n, 64);
             /* double quant kept as bitsandbytes stores it: 1 byte a block + a scale per 256 */
@@ -117,6 +123,8 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     nf4_dynamic_map(hmap);
     ops->upload(nested_map, hmap, sizeof hmap);
     m->inv_freq = TAKE(m->hd / 2 * 4);
+    /* the sliding layers' own frequencies (gemma3's rope_local_base_freq; the same elsewhere) */
+    m->inv_freq_local = TAKE(m->hd / 2 * 4);
     m->embed = TAKE((int64_t)m->V * C * 2);
     m->final_norm = TAKE(C * 2);
     m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
@@ -124,9 +132,15 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
     for (int i = 0; i < m->hd / 2; i++) inv[i] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / m->hd));
     ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
+    for (int i = 0; i < m->hd / 2; i++)
+        inv[i] = (float)(1.0 / pow(gemma ? cfg->rope_local_theta : cfg->rope_theta, (double)(2 * i) / m->hd));
+    ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)(m->hd / 2));
+    /* gemma3: embeddings times sqrt(hidden) rounded to bf16, as llama_init does */
+    if (gemma) m->embed_scale = bf16_to_f32(f32_to_bf16(sqrtf((float)C)));
     free(inv);
-    uint16_t *ones = malloc(2 * (size_t)C);
-    for (int64_t i = 0; i < C; i++) ones[i] = f32_to_bf16(1.0f);
+    int64_t n_ones = C > m->hd ? C : m->hd;
+    uint16_t *ones = malloc(2 * (size_t)n_ones);
+    for (int64_t i = 0; i < n_ones; i++) ones[i] = f32_to_bf16(1.0f);
     ops->upload(m->final_norm, ones, 2 * (size_t)C);
     uint8_t *tmp_codes = ops->alloc((size_t)SYNTH_CHUNK / 2);
     float *tmp_absmax = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
@@ -145,6 +159,18 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
         ly->mlp_norm = TAKE(C * 2);
         ops->upload(ly->attn_norm, ones, 2 * (size_t)C);
         ops->upload(ly->mlp_norm, ones, 2 * (size_t)C);
+        if (cfg->qk_norm) { /* qwen3, gemma3: per-head norms of q and k */
+            ly->q_norm = TAKE(m->hd * 2);
+            ly->k_norm = TAKE(m->hd * 2);
+            ops->upload(ly->q_norm, ones, 2 * (size_t)m->hd);
+            ops->upload(ly->k_norm, ones, 2 * (size_t)m->hd);
+        }
+        if (gemma) { /* gemma3's norms of o's and down's outputs */
+            ly->post_attn_norm = TAKE(C * 2);
+            ly->post_mlp_norm = TAKE(C * 2);
+            ops->upload(ly->post_attn_norm, ones, 2 * (size_t)C);
+            ops->upload(ly->post_mlp_norm, ones, 2 * (size_t)C);
+        }
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             llama_linear *lin = &ly->lin[t];
             int64_t n = outs[t] * ins[t];
@@ -292,7 +318,11 @@ static int bench_train(int argc, char **argv) {
         else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
         else if (!strcmp(a, "--act-offload")) act_offload = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : 2;
-        else if (!strcmp(a, "--attention")) cuda_attention_select(strcmp(v, "tiled") ? CUDA_ATTN_MMA : CUDA_ATTN_TILED);
+        else if (!strcmp(a, "--attention")) {
+            if (strcmp(v, "cudnn") && strcmp(v, "mma") && strcmp(v, "tiled"))
+                return err_set(ERR_USAGE, "--attention must be cudnn, mma or tiled, not '%s'", v);
+            cuda_attention_select(!strcmp(v, "tiled") ? CUDA_ATTN_TILED : !strcmp(v, "mma") ? CUDA_ATTN_MMA : CUDA_ATTN_CUDNN);
+        }
         else if (!strcmp(a, "--deterministic")) det = !strcmp(v, "on") || !strcmp(v, "1");
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
@@ -422,7 +452,8 @@ static int bench_train(int argc, char **argv) {
 
     int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     double n_lin = (double)m->L * (double)(C * qd + 2 * C * kvd + qd * C + 3 * C * m->I) + (double)m->V * C;
-    double flops_tok = 4.0 * n_lin + 6.0 * (double)m->n_lora_params + 6.0 * m->L * (double)seq * (double)C;
+    /* the attention term at the attention width (nh * hd: hidden for Llama, not for Qwen3 or Gemma-3) */
+    double flops_tok = 4.0 * n_lin + 6.0 * (double)m->n_lora_params + 6.0 * m->L * (double)seq * (double)qd;
     double tok_s = (double)T / med, mfu = tok_s * flops_tok / (PEAK_TFLOPS * 1e12);
     double floor_tok = 0;
     for (const floor_row *f = floors; f->model; f++)
@@ -440,7 +471,8 @@ static int bench_train(int argc, char **argv) {
            seq, batch, mode_s,
            tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
-    fprintf(stderr, "attention kernels: %s\n", cuda_attention_name(cuda_attention_selected()));
+    fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
+            cuda_attention_cudnn_calls());
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
                     "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
@@ -656,6 +688,7 @@ static int bench_ops(int argc, char **argv) {
     for (int t = 0; t < T; t++) tgt[t] = (t * 7919) % V;
     int32_t *ssd = ops->alloc((size_t)T * 4), *tgtd = ops->alloc((size_t)T * 4);
     ops->upload(ssd, ss, (size_t)T * 4);
+    cuda_attention_layout(ssd, ss, T);
     ops->upload(tgtd, tgt, (size_t)T * 4);
     ops_nf4 Wqkv = {.codes = codes, .absmax = absmax, .quant_map = qm, .rows = C, .cols = C, .blocksize = 64};
     ops_nf4 Wup = Wqkv, Wdown = Wqkv;
@@ -685,8 +718,18 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
-    for (int kern = 1; kern >= 0; kern--) {
-        char name[96];
+    /* a packed row: four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN) */
+    int32_t *pk = malloc((size_t)T * 4), *pkd = ops->alloc((size_t)T * 4);
+    int cut[5] = {0, T * 35 / 100, T * 60 / 100, T * 90 / 100, T};
+    double pk_f = 0;
+    for (int i = 0; i < 4; i++) {
+        for (int t = cut[i]; t < cut[i + 1]; t++) pk[t] = cut[i];
+        pk_f += 4.0 * (double)(cut[i + 1] - cut[i]) * (cut[i + 1] - cut[i]) * hd * nh / 2.0;
+    }
+    ops->upload(pkd, pk, (size_t)T * 4);
+    for (int kern = 2; kern >= 0; kern--) {
+        cuda_attention_layout(ssd, ss, T); /* the backend knows the layout of the seq_start told last */
+        char name[160];
         cuda_attention_select(kern);
         snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
@@ -696,6 +739,11 @@ static int bench_ops(int argc, char **argv) {
         TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
         snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
         TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+        cuda_attention_layout(pkd, pk, T);
+        snprintf(name, sizeof name, "attention_fwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, pk_f, ops->attention_fwd(o, lse, q, k, v, pkd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
+        TIME_OP(name, 2.5 * pk_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, pkd, T, nh, nh, hd));
     }
     /* the deterministic mode's backward (ordered dq hand-off; GQA: per-share dK/dV slices) */
     cuda_deterministic_set(1, NULL, 0);
@@ -719,9 +767,9 @@ static int bench_ops(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
+        printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
-               "                       [--attention mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
+               "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");

@@ -18,8 +18,9 @@ const hooks_point_info hooks_point_table[] = {
     {"on_eval", "on_eval(results): after each evaluation (logging)"},
     {"on_stage_end", "on_stage_end(stage, manifest): after each stage (notifications)"},
     {"on_run_end", "on_run_end(summary): at the end of the run (notifications)"},
+    {"task", "task(record, ctx): a benchmark record to {text, choices, gold[, subject]} (evaluate tasks, format lua)"},
     {0}};
-#define N_POINTS 8
+#define N_POINTS 9
 
 const hooks_limit_info hooks_limit_table[] = {
     {"memory_mb", LUA_HOST_MEMORY_MB_MIN, LUA_HOST_MEMORY_MB_MAX, LUA_HOST_MEMORY_MB_DEFAULT,
@@ -429,4 +430,29 @@ int hooks_score_info(hooks *h, const char *prediction, const json_t *record, con
                        what ? what : "a record");
     *score = v;
     return 0;
+}
+
+int hooks_task(hooks *h, const json_t *record, const json_t *ctx, const char *what, json_t **out) {
+    *out = NULL;
+    lua_host *lh = hooks_host(h, "task");
+    if (!lh) return 0;
+    lua_State *L = lua_host_state(lh);
+    int top = lua_gettop(L);
+    int rc = lua_host_push_function(lh, "task");
+    if (!rc) rc = lua_host_push_json(lh, record);
+    if (!rc) rc = lua_host_push_json(lh, ctx);
+    if (rc) {
+        lua_settop(L, top);
+        return rc;
+    }
+    if ((rc = lua_host_call(lh, 2, 1, ERR_DATA, "task", what))) return rc;
+    if (!lua_isnil(L, -1) && !lua_istable(L, -1)) {
+        lua_settop(L, top);
+        return err_set(ERR_DATA, "%s: task() for %s must return a table {text=, choices=, gold=} or nil, not a %s",
+                       lua_host_path(lh), what ? what : "a record", luaL_typename(L, -1));
+    }
+    if (lua_istable(L, -1)) rc = lua_host_to_json(lh, L, -1, out);
+    lua_settop(L, top);
+    if (rc) err_wrap("%s: task() for %s", lua_host_path(lh), what ? what : "a record");
+    return rc;
 }

@@ -105,4 +105,9 @@ int hooks_score(hooks *h, const char *prediction, const json_t *record, const ch
 int hooks_score_info(hooks *h, const char *prediction, const json_t *record, const json_t *info, const char *what,
                      double *score);
 
+/* task(record, ctx) -> {text=, choices={...}, gold=, subject=} | nil: a record of a benchmark
+ * task in evaluate's `format: lua` (eval/mc.h says what each field is). *out: the table as JSON
+ * (new reference), NULL for nil (the record is left out). */
+int hooks_task(hooks *h, const json_t *record, const json_t *ctx, const char *what, json_t **out);
+
 #endif

@@ -17,7 +17,8 @@ int mc_format_parse(const char *name, mc_format *out) {
     if (!strcmp(name, "mmlu")) *out = MC_MMLU;
     else if (!strcmp(name, "arc")) *out = MC_ARC;
     else if (!strcmp(name, "hellaswag")) *out = MC_HELLASWAG;
-    else return err_set(ERR_RECIPE, "unknown task format '%s' (mmlu, arc or hellaswag)", name);
+    else if (!strcmp(name, "lua")) *out = MC_LUA;
+    else return err_set(ERR_RECIPE, "unknown task format '%s' (mmlu, arc, hellaswag or lua)", name);
     return 0;
 }
 
@@ -113,13 +114,15 @@ static int set_gold(mc_doc *d, const json_t *v, const char *what, const char *ke
         for (size_t i = 0; json_is_array(labels) && i < json_array_size(labels); i++)
             if (!strcmp(s, json_string_value(json_array_get(labels, i)) ? json_string_value(json_array_get(labels, i)) : ""))
                 g = (long)i;
-        if (g < 0 && s[0] >= 'A' && s[0] <= 'Z' && !s[1]) g = s[0] - 'A';
-        else if (g < 0 && *s) {
+        /* without labels (MMLU's "C", HellaSwag's "2"): a letter or an index as text */
+        if (g < 0 && !labels && s[0] >= 'A' && s[0] <= 'Z' && !s[1]) g = s[0] - 'A';
+        else if (g < 0 && !labels && *s) {
             char *e;
             long x = strtol(s, &e, 10);
             if (!*e) g = x;
         }
-        if (g < 0) return err_set(ERR_DATA, "%s: the answer '%s' is not among the choices", what, s);
+        if (g < 0) return err_set(ERR_DATA, "%s: the answer '%s' is not among the choices%s", what, s,
+                                  labels ? " (nor their labels)" : "");
     } else {
         return err_set(ERR_DATA, "%s: missing '%s' (the right choice: an index or a letter)", what, key);
     }
@@ -159,6 +162,14 @@ int mc_doc_from_record(mc_format f, const json_t *rec, const char *what, mc_doc 
         if ((rc = set_gold(d, ans, what, "answerKey", labels))) goto fail;
         d->text = xasprintf("Question: %s\nAnswer:", q);
         d->subject = strdup("");
+    } else if (f == MC_LUA) {
+        const char *q = str_field(rec, "text"), *subj = str_field(rec, "subject");
+        if (!q) return err_set(ERR_DATA, "%s: the task hook's table has no 'text' (the question as asked)", what);
+        const json_t *ch = json_object_get(rec, "choices");
+        if ((rc = set_choices(d, ch, what, "choices"))) goto fail;
+        if ((rc = set_gold(d, json_object_get(rec, "gold"), what, "gold", ch))) goto fail;
+        d->text = strdup(q);
+        d->subject = strdup(subj ? subj : "");
     } else {
         const char *label = str_field(rec, "activity_label"), *a = str_field(rec, "ctx_a"), *b = str_field(rec, "ctx_b");
         if (!label || !a || !b) return err_set(ERR_DATA, "%s: HellaSwag needs 'activity_label', 'ctx_a' and 'ctx_b'", what);
@@ -279,6 +290,23 @@ typedef struct request {
     int choice;
 } request;
 
+static size_t common_prefix(const request *a, const request *b) {
+    size_t n = 0;
+    while (n < a->len && n < b->len && a->ids[n] == b->ids[n]) n++;
+    return n;
+}
+
+/* requests by their tokens (then by length); ties keep the file's order */
+static int cmp_req(const void *a, const void *b, void *ud) {
+    const request *ra = &((const request *)ud)[*(const size_t *)a], *rb = &((const request *)ud)[*(const size_t *)b];
+    size_t n = ra->len < rb->len ? ra->len : rb->len;
+    for (size_t i = 0; i < n; i++)
+        if (ra->ids[i] != rb->ids[i]) return ra->ids[i] < rb->ids[i] ? -1 : 1;
+    if (ra->len != rb->len) return ra->len < rb->len ? -1 : 1;
+    size_t ia = *(const size_t *)a, ib = *(const size_t *)b;
+    return ia < ib ? -1 : ia > ib;
+}
+
 int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn score, void *score_ud, size_t batch,
            void (*progress)(void *ud, size_t done, size_t total), void *progress_ud, mc_result *r) {
     memset(r, 0, sizeof *r);
@@ -328,14 +356,29 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
         }
         free(ctx);
     }
-    /* score in batches, docs kept whole for the progress count */
+    /* score in batches, in the order of the requests' tokens: the choices of a question, and
+     * questions with the same few-shot examples, come one after the other, so a scorer that keeps
+     * the last context computed (stages/evaluate.c) computes a shared prefix once */
+    size_t *ord = malloc(sizeof(size_t) * (n_req ? n_req : 1));
+    double *out = malloc(sizeof(double) * (batch ? batch : 1));
+    if (!rc && (!ord || !out)) rc = err_set(ERR_STAGE, "out of memory");
+    for (size_t k = 0; !rc && k < n_req; k++) ord[k] = k;
+    if (!rc) qsort_r(ord, n_req, sizeof *ord, cmp_req, req);
     for (size_t s = 0; !rc && s < n_req;) {
         size_t n = n_req - s < batch ? n_req - s : batch;
-        for (size_t k = 0; k < n; k++) seqs[k] = (mc_seq){req[s + k].ids, req[s + k].len, req[s + k].cont_start};
-        rc = score(score_ud, seqs, n, ll + s);
+        for (size_t k = 0; k < n; k++) {
+            const request *rq = &req[ord[s + k]];
+            size_t a = s + k > 0 ? common_prefix(rq, &req[ord[s + k - 1]]) : 0;
+            size_t b = s + k + 1 < n_req ? common_prefix(rq, &req[ord[s + k + 1]]) : 0;
+            seqs[k] = (mc_seq){rq->ids, rq->len, rq->cont_start, a > b ? a : b};
+        }
+        rc = score(score_ud, seqs, n, out);
+        for (size_t k = 0; !rc && k < n; k++) ll[ord[s + k]] = out[k];
         s += n;
-        if (progress) progress(progress_ud, req[s - 1].doc + 1, t->n_docs);
+        if (progress) progress(progress_ud, (size_t)((double)t->n_docs * (double)s / (double)n_req), t->n_docs);
     }
+    free(ord);
+    free(out);
     if (!rc) {
         r->subjects = json_object();
         r->per_doc = json_array();
@@ -394,30 +437,44 @@ void mc_docs_free(mc_doc **docs, size_t n) {
     *docs = NULL;
 }
 
-int mc_load_docs(mc_format f, const char *path, int64_t limit, uint64_t seed, mc_doc **docs, size_t *n) {
+int mc_load_docs(mc_format f, char *const *paths, size_t n_paths, mc_record_fn transform, void *transform_ud,
+                 int64_t limit, uint64_t seed, mc_doc **docs, size_t *n) {
     *docs = NULL;
     *n = 0;
-    dataset_reader *rd;
-    int rc = dataset_reader_open(&rd, path, DATASET_TYPE_AUTO);
-    if (rc) return rc;
-    size_t cap = 0;
-    json_t *rec;
-    while (!(rc = dataset_reader_next(rd, &rec)) && rec) {
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 64;
-            mc_doc *p = realloc(*docs, cap * sizeof *p);
-            if (!p) { json_decref(rec); rc = err_set(ERR_STAGE, "out of memory"); break; }
-            *docs = p;
+    size_t cap = 0, base = 0;
+    int rc = 0;
+    for (size_t p = 0; !rc && p < n_paths; p++) {
+        dataset_reader *rd;
+        if ((rc = dataset_reader_open(&rd, paths[p], DATASET_TYPE_AUTO))) break;
+        json_t *rec;
+        size_t last = 0;
+        while (!(rc = dataset_reader_next(rd, &rec)) && rec) {
+            if (*n == cap) {
+                cap = cap ? 2 * cap : 64;
+                mc_doc *np = realloc(*docs, cap * sizeof *np);
+                if (!np) { json_decref(rec); rc = err_set(ERR_STAGE, "out of memory"); break; }
+                *docs = np;
+            }
+            char what[600];
+            last = dataset_reader_index(rd);
+            snprintf(what, sizeof what, "%s: record %zu", paths[p], last);
+            json_t *use = rec;
+            if (transform) {
+                rc = transform(transform_ud, rec, what, &use);
+                json_decref(rec);
+                if (rc) break;
+                if (!use) continue; /* left out */
+            }
+            rc = mc_doc_from_record(f, use, what, &(*docs)[*n]);
+            json_decref(use);
+            if (rc) break;
+            (*docs)[*n].record = base + last;
+            (*n)++;
         }
-        char what[600];
-        snprintf(what, sizeof what, "%s: record %zu", path, dataset_reader_index(rd));
-        rc = mc_doc_from_record(f, rec, what, &(*docs)[*n]);
-        json_decref(rec);
-        if (rc) break;
-        (*docs)[*n].record = dataset_reader_index(rd);
-        (*n)++;
+        dataset_reader_close(&rd);
+        base += last + 1;
     }
-    dataset_reader_close(&rd);
+    const char *path = n_paths == 1 ? paths[0] : "the task's files";
     if (!rc && *n == 0) rc = err_set(ERR_DATA, "'%s' holds no records", path);
     if (!rc && limit > 0 && (size_t)limit < *n) {
         /* a seeded subset, in file order: pick by a partial Fisher-Yates over indices */

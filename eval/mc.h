@@ -23,9 +23,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum mc_format { MC_MMLU, MC_ARC, MC_HELLASWAG } mc_format;
+typedef enum mc_format { MC_MMLU, MC_ARC, MC_HELLASWAG, MC_LUA } mc_format;
 
-/* "mmlu", "arc", "hellaswag" -> the format; ERR_RECIPE naming the choices otherwise */
+/* "mmlu", "arc", "hellaswag", "lua" -> the format; ERR_RECIPE naming the choices otherwise.
+ * MC_LUA: a hook (core/hooks.h, task(record, ctx)) turns each record into the fields
+ * {text: the question as asked (doc_to_text), choices: [strings] (each scored as " " + choice),
+ *  gold: the right one (an index from 0, or the choice's text), subject: optional}; the doc is then
+ * built from that table as from a record (mc_load_docs' transform). Few-shot examples are
+ * "text + ' ' + choices[gold]", as for ARC and HellaSwag. */
 int mc_format_parse(const char *name, mc_format *out);
 
 /* One question, as the harness sees it. */
@@ -56,10 +61,13 @@ typedef int (*mc_encode_fn)(void *ud, const char *text, size_t len, int32_t **id
 int mc_encode_pair(mc_encode_fn encode, void *ud, int32_t bos, const char *context, const char *continuation,
                    int32_t **ids, size_t *n_ids, size_t *cont_start);
 
-/* The model: for n sequences, the sum of log p(seq[t] | seq[<t]) over t in [cont_start, len). */
+/* The model: for n sequences, the sum of log p(seq[t] | seq[<t]) over t in [cont_start, len). mc_run
+ * hands the requests over sorted by their tokens (shared contexts next to each other). */
 typedef struct mc_seq {
     const int32_t *ids;
     size_t len, cont_start;
+    size_t shared; /* leading tokens it has in common with the requests before and after it in
+                    * that order (the most of the two): what a scorer may compute once for both */
 } mc_seq;
 typedef int (*mc_score_fn)(void *ud, const mc_seq *seqs, size_t n, double *loglik);
 
@@ -88,9 +96,15 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
            void (*progress)(void *ud, size_t done, size_t total), void *progress_ud, mc_result *r);
 void mc_result_free(mc_result *r);
 
-/* Read a task file (any format data/dataset_read.h reads) into docs; at most limit docs (0: all),
- * a seeded random subset when the file holds more. */
-int mc_load_docs(mc_format f, const char *path, int64_t limit, uint64_t seed, mc_doc **docs, size_t *n);
+/* What a record becomes before mc_doc_from_record (MC_LUA: the task hook's table): *out a new
+ * reference, or NULL to leave the record out. */
+typedef int (*mc_record_fn)(void *ud, const json_t *record, const char *what, json_t **out);
+
+/* Read task files (any format data/dataset_read.h reads; several: one split in shards, read in
+ * order, records numbered across them) into docs; at most limit docs (0: all), a seeded random
+ * subset in file order when there are more. transform (may be NULL) is applied to each record. */
+int mc_load_docs(mc_format f, char *const *paths, size_t n_paths, mc_record_fn transform, void *transform_ud,
+                 int64_t limit, uint64_t seed, mc_doc **docs, size_t *n);
 void mc_docs_free(mc_doc **docs, size_t n);
 
 #endif

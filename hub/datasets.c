@@ -511,3 +511,42 @@ void hub_dataset_free(hub_dataset *d) {
     free(d->split);
     memset(d, 0, sizeof *d);
 }
+
+bool hub_dataset_url(const char *url, char **repo, char **rev) {
+    *repo = *rev = NULL;
+    if (!url || strncmp(url, "hf://datasets/", 14)) return false;
+    const char *s = url + 14, *slash1 = strchr(s, '/');
+    if (!slash1 || strchr(slash1 + 1, '/')) return false;
+    size_t n = strlen(s);
+    char *spec = strndup(s, n && s[n - 1] == '/' ? n - 1 : n);
+    bool ok = spec && !hub_parse_repo_spec(spec, repo, rev) && hub_repo_id_valid(*repo);
+    free(spec);
+    if (!ok) {
+        err_clear();
+        free(*repo);
+        free(*rev);
+        *repo = *rev = NULL;
+    }
+    return ok;
+}
+
+int hub_fetch_url(const hub_config *cfg, const char *url, hub_progress_fn progress, void *user, char **local) {
+    int rc;
+    if (!strncmp(url, "hf://datasets/", 14)) {
+        const char *s = url + 14, *slash1 = strchr(s, '/'), *slash2 = slash1 ? strchr(slash1 + 1, '/') : NULL;
+        if (!slash2 || !slash2[1])
+            return err_set(ERR_RECIPE, "url '%s': expected hf://datasets/org/name[@revision]/path/in/repo", url);
+        char *spec = strndup(s, (size_t)(slash2 - s)), *repo = NULL, *rev = NULL;
+        rc = spec ? hub_parse_repo_spec(spec, &repo, &rev) : err_set(ERR_STAGE, "out of memory");
+        if (rc) rc = err_set(ERR_RECIPE, "url '%s': %s", url, err_msg());
+        else rc = hub_file_download(cfg, HUB_REPO_DATASET, repo, rev, slash2 + 1, progress, user, local);
+        free(spec);
+        free(repo);
+        free(rev);
+    } else if (!strncmp(url, "https://", 8) || !strncmp(url, "http://", 7)) {
+        rc = hub_url_download(cfg, url, progress, user, local);
+    } else {
+        rc = err_set(ERR_RECIPE, "url '%s': expected https://... or hf://datasets/org/name/path", url);
+    }
+    return rc;
+}

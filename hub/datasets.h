@@ -40,6 +40,14 @@ typedef struct hub_dataset_opts {
 } hub_dataset_opts;
 
 int hub_dataset_resolve(const hub_config *cfg, const hub_dataset_opts *o, hub_dataset *out);
+
+/* A recipe's `url:` for data (the dataset stage, evaluate's tasks):
+ * hub_dataset_url: true when url is a whole hub dataset, "hf://datasets/org/name[@rev]" (no file
+ * path), with *repo and *rev (NULL: none given) malloc'd; false otherwise (nothing allocated).
+ * hub_fetch_url: a single file, "hf://datasets/org/name[@rev]/path/in/repo" or https://..., into the
+ * HF cache; *local (malloc'd) is its path there. ERR_RECIPE for another form, naming the url. */
+bool hub_dataset_url(const char *url, char **repo, char **rev);
+int hub_fetch_url(const hub_config *cfg, const char *url, hub_progress_fn progress, void *user, char **local);
 void hub_dataset_free(hub_dataset *d);
 
 /* ---- pieces exposed for tests ---- */

@@ -62,9 +62,13 @@ typedef struct ops_nf4 {
     const float *nested_absmax;  /* ceil(blocks / 256) */
     const float *nested_map;     /* 256 entries (bitsandbytes' dynamic map) */
     float nested_offset;
+    /* not quantized at all when set: rows*cols values in the backend's activation dtype (fp32 on
+     * cpu, bf16 on cuda), row-major; codes and scales unused. A float model run as it is
+     * (generation of a merged export), through the same ops. */
+    const void *dense;
 } ops_nf4;
 
-/* the scale of block b of a host-memory W (either form) */
+/* the scale of block b of a host-memory W (either form; not for a dense W) */
 static inline float ops_nf4_block_scale(const ops_nf4 *W, int64_t b) {
     if (!W->absmax_q) return W->absmax[b];
     float v = W->nested_map[W->absmax_q[b]] * W->nested_absmax[b / 256];
@@ -195,10 +199,11 @@ typedef struct ops_table {
     double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 
-    /* Optional ops, NULL where a backend lacks them: the model refuses a configuration that needs
-     * one before it runs (llama_init names the op and the backend). They stay outside
-     * OPS_TABLE_OPS (below) until the cuda table has them and test_ops_gpu checks them. */
-    /* attention_fwd / _bwd / _cached with the ops_attn options (host struct) */
+    /* The family ops (sliding window, Gemma): both backends have them. An op added later may be NULL
+     * in a backend that lacks it; the model then refuses a configuration that needs it before it
+     * runs (llama_init names the op and the backend), and the op stays outside OPS_TABLE_OPS
+     * (below) until the cuda table has it and test_ops_gpu checks it. */
+    /* attention_fwd / _bwd / _cached with the ops_attn options (host struct; head dims up to 256) */
     void (*attention_ex_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
                              const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
     void (*attention_ex_bwd)(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
@@ -211,6 +216,10 @@ typedef struct ops_table {
     void (*geglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
     /* x *= s over n activations (Gemma's embedding scale) */
     void (*act_scale)(void *x, int64_t n, float s);
+    /* seq_start [T] (backend memory) now holds h_seq_start [T] (host): called by the model after
+     * each upload, so that the backend can pick an attention kernel for the layout without reading
+     * device memory back (the CUDA backend runs equal-length sequences on cuDNN's fused attention) */
+    void (*attention_layout)(const int32_t *seq_start, const int32_t *h_seq_start, int T);
     /* questions about the backend (last, so the positional CUDA table stays readable) */
     int own_memory; /* 1: memory apart from the host's (a GPU): plans must fit it, and alloc_host
                        is host memory distinct from alloc's; 0: backend memory is host memory */
@@ -234,13 +243,14 @@ typedef struct ops_table {
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 
-/* Every op of the table, in table order: the function pointers from embedding_fwd to scale. A
+/* Every op of the table, in table order: the function pointers from embedding_fwd to act_scale. A
  * static assertion (ops_cpu.c) keeps the list and the struct in step, and test_ops_gpu fails for
  * an op of the list that it does not check against the reference. */
 #define OPS_TABLE_OPS(X)                                                                                    \
     X(embedding_fwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(add_inplace) X(rope) X(attention_fwd) X(attention_bwd) \
     X(attention_cached) X(swiglu_fwd) X(swiglu_bwd) X(qlinear_fwd) X(qlinear_bwd) X(xent_fwd_bwd) X(logits)  \
-    X(adamw) X(sum_squares) X(scale)
+    X(adamw) X(sum_squares) X(scale) X(attention_ex_fwd) X(attention_ex_bwd) X(attention_ex_cached) X(geglu_fwd)   \
+    X(geglu_bwd) X(act_scale)
 
 static inline size_t ops_act_size(const ops_table *ops) { return ops->act_dtype == OPS_F32 ? 4 : 2; }
 

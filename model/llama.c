@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/half.h"
@@ -190,8 +191,47 @@ static int load_norm(loader *ld, const char *name, int64_t numel, uint16_t **dst
     return load_dense_as(ld, name, numel, dst, ld->plus_one);
 }
 
-/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
- * NF4 here from a float one */
+/* a float linear kept as it is (llama_load_opts.dense): its values in the backend's activation
+ * dtype (exact on the cpu, whose activations are fp32) */
+static int load_linear_dense(loader *ld, const char *prefix, int64_t out, int64_t in, llama_linear *lin) {
+    const ops_table *o = ld->m->ops;
+    int64_t n = out * in, esz = (int64_t)ops_act_size(o);
+    void *w = carve_take(&ld->cv, n * esz);
+    lin->w = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = w};
+    if (!ld->cv.base) return 0;
+    char name[256];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const st_tensor *t;
+    int rc = loader_find(ld, name, n, &t);
+    if (rc) return rc;
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32)", ld->path, name,
+                       st_dtype_name(t->dtype));
+    if (t->dtype == ST_BF16 && esz == 2) {
+        o->upload(w, t->data, (size_t)n * 2);
+        return 0;
+    }
+    void *h = malloc((size_t)(n * esz));
+    if (!h) return err_set(ERR_STAGE, "out of memory loading '%s'", name);
+    const uint8_t *src = t->data;
+    for (int64_t i = 0; i < n; i++) {
+        float v;
+        if (t->dtype == ST_F32) memcpy(&v, src + 4 * i, 4);
+        else {
+            uint16_t u;
+            memcpy(&u, src + 2 * i, 2);
+            v = t->dtype == ST_F16 ? f16_to_f32(u) : bf16_to_f32(u);
+        }
+        if (esz == 4) ((float *)h)[i] = v;
+        else ((uint16_t *)h)[i] = f32_to_bf16(v);
+    }
+    o->upload(w, h, (size_t)(n * esz));
+    free(h);
+    return 0;
+}
+
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, quantized to
+ * NF4 here from a float one, or kept as it is (dense) when the options say so */
 static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
     char name[256];
     lin->bias = NULL;
@@ -217,6 +257,7 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         }
         bs = bl.w.blocksize;
     }
+    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, out, in, lin);
     int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
     /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
      * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
@@ -268,7 +309,8 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         free(ha);
         return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
-    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, 2);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the machine's cores, up to 16: a 7B loads in seconds */
+    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
     if (bad >= 0) {
         free(hc);
         free(ha);
@@ -1038,6 +1080,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
     const ops_table *o = m->ops;
     o->upload(A->ids, b->ids, sizeof(int32_t) * (size_t)T);
     o->upload(A->seq_start, A->h_seq_start, sizeof(int32_t) * (size_t)T);
+    if (o->attention_layout) o->attention_layout(A->seq_start, A->h_seq_start, T);
     o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)T);
     o->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)T);
     o->embedding_fwd(A->res[0], A->ids, m->embed, T, m->C);
@@ -1183,7 +1226,8 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
     m->kv_len += n;
 }
 
-int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+/* the checks llama_decode and llama_decode_losses share */
+static int decode_check(llama_model *m, const int32_t *ids, int n) {
     if (!m->kv_mem) return err_set(ERR_STAGE, "llama_generate_begin was not called");
     if (n <= 0 || m->kv_len + n > m->kv_max)
         return err_set(ERR_USAGE, "generation reached the KV cache length (%d positions)", m->kv_max);
@@ -1197,6 +1241,54 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= m->V)
             return err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
+    return 0;
+}
+
+int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses,
+                        float *logits) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
+    for (int t = 0; t < n; t++)
+        if (targets[t] >= m->V) return err_set(ERR_DATA, "target id %d is outside the vocabulary (0..%d)", targets[t], m->V - 1);
+    llama_acts *A = m->acts;
+    int most = m->plan_T < A->mlp_rows ? m->plan_T : A->mlp_rows;
+    for (int done = 0, k; done < n; done += k) {
+        k = n - done < most ? n - done : most;
+        decode_chunk(m, ids + done, k);
+        int f = 0; /* the rows from the first with a target (a context's rows before it need none) */
+        while (f < k && targets[done + f] < 0) f++;
+        memset(losses + done, 0, sizeof(float) * (size_t)f);
+        if (f == k) continue;
+        int r = k - f;
+        for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
+        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f);
+        m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
+        if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V);
+            m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+            return 0;
+        }
+    }
+    if (logits) {
+        void *xl = act_at(m, A->res[0], (int64_t)((n - 1) % most) * m->C);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+        m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+        m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
+    }
+    return 0;
+}
+
+int llama_kv_truncate(llama_model *m, int len) {
+    if (len < 0 || len > m->kv_len) return err_set(ERR_USAGE, "cannot cut the KV cache of %d positions to %d", m->kv_len, len);
+    m->kv_len = len;
+    return 0;
+}
+
+int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
+    int rc = decode_check(m, ids, n);
+    if (rc) return rc;
     int last = 0, most = m->plan_T < m->acts->mlp_rows ? m->plan_T : m->acts->mlp_rows; /* MLP buffer rows */
     for (int done = 0; done < n; done += last) {
         last = n - done < most ? n - done : most;

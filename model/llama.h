@@ -157,6 +157,9 @@ typedef struct llama_model {
 typedef struct llama_load_opts {
     int blocksize;      /* NF4 blocksize when quantizing at load (default 64) */
     bool double_quant;  /* keep absmax double-quantized as bitsandbytes does (default true) */
+    bool dense;         /* keep float linears as they are (ops_nf4.dense, in the backend's activation
+                         * dtype) instead of quantizing them: generation of a model as it is. A
+                         * bitsandbytes 4-bit checkpoint stays 4-bit. */
 } llama_load_opts;
 #define LLAMA_LOAD_OPTS_DEFAULT ((llama_load_opts){.blocksize = 64, .double_quant = true})
 
@@ -237,5 +240,13 @@ int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits);
  * decode appends n tokens at the next positions and writes the last position's logits (host [V]). */
 int llama_generate_begin(llama_model *m, int max_len);
 int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits);
+/* decode, and for each of the n positions losses[t] = -log p(targets[t]) (host [n]; 0 where
+ * targets[t] < 0): a continuation scored after a cached context without a [n, V] download;
+ * logits (may be NULL): the last position's, as llama_decode writes them */
+int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses,
+                        float *logits);
+/* forget the cached positions from len on (len <= kv_len): the next decode continues at len, so a
+ * shared prefix is computed once and each continuation after it in turn */
+int llama_kv_truncate(llama_model *m, int len);
 
 #endif

@@ -21,7 +21,7 @@
 #include "runner/commands.h"
 
 typedef struct generate_args {
-    const char *model, *adapter, *prompt, *device, *chat_kwargs;
+    const char *model, *adapter, *prompt, *device, *chat_kwargs, *quantize;
     bool chat;
     int64_t max_new_tokens, top_k, seed;
     double temperature, top_p, repetition_penalty;
@@ -30,7 +30,9 @@ typedef struct generate_args {
 } generate_args;
 
 static const cli_opt generate_opts[] = {
-    {"model", 0, CLI_STR, "DIR", "base model (NF4-quantized at load when not already)", CLI_AT(generate_args, model), 0, 0},
+    {"model", 0, CLI_STR, "DIR", "the model, run as it is (bf16, f16, f32 or bitsandbytes 4-bit)", CLI_AT(generate_args, model), 0, 0},
+    {"quantize", 0, CLI_STR, "none|nf4", "nf4: quantize a float model's linears to NF4 at load, as training does\n"
+                                         "(none: as it is, the default)", CLI_AT(generate_args, quantize), 0, 0},
     {"adapter", 0, CLI_STR, "DIR", "PEFT LoRA adapter", CLI_AT(generate_args, adapter), 0, 0},
     {"prompt", 0, CLI_STR, "TEXT", "the prompt ('-' reads it from stdin)", CLI_AT(generate_args, prompt), 0, 0},
     {"max-new-tokens", 0, CLI_INT, "N", "tokens to generate (128)", CLI_AT(generate_args, max_new_tokens), 1, 1e7},
@@ -170,6 +172,8 @@ int cmd_generate(int argc, char **argv) {
                        .repetition_penalty = go.sample.repetition_penalty, .seed = (int64_t)go.sample.seed};
     int n_pos, rc = cli_parse(&cli_generate, &a, argc, argv, NULL, &n_pos);
     if (!rc && (!a.model || !a.prompt)) rc = cli_usage_error(&cli_generate, "--model and --prompt are required");
+    if (!rc && a.quantize && strcmp(a.quantize, "none") && strcmp(a.quantize, "nf4"))
+        rc = cli_usage_error(&cli_generate, "--quantize must be none or nf4, not '%s'", a.quantize);
     if (rc) {
         cli_list_free(&a.stops);
         return rc == CLI_HELP ? 0 : rc;
@@ -195,7 +199,9 @@ int cmd_generate(int argc, char **argv) {
     if (adir && (rc = check_not_merged(mdir, adir))) goto out;
     if ((rc = device_ops(device, &ops))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&tok, mdir))) goto out;
-    if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
+    llama_load_opts lo = LLAMA_LOAD_OPTS_DEFAULT;
+    lo.dense = !a.quantize || !strcmp(a.quantize, "none"); /* a merged export checks against itself */
+    if ((rc = llama_init(&m, &cfg, mdir, &lo, ops))) goto out;
     if (adir && ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir)) ||
                  (rc = llama_peft_attach(m, &ad, adir))))
         goto out;

@@ -279,25 +279,6 @@ static void hub_progress_cb(void *user, const hub_progress *p) {
     stage_progress(user, p->file, (double)p->done, (double)p->total, "B");
 }
 
-/* "hf://datasets/org/name[@rev]" without a file path: a whole dataset; *repo, *rev malloc'd */
-static bool hub_dataset_url(const char *url, char **repo, char **rev) {
-    *repo = *rev = NULL;
-    if (!url || strncmp(url, "hf://datasets/", 14)) return false;
-    const char *s = url + 14, *slash1 = strchr(s, '/');
-    if (!slash1 || strchr(slash1 + 1, '/')) return false;
-    size_t n = strlen(s);
-    char *spec = strndup(s, n && s[n - 1] == '/' ? n - 1 : n);
-    bool ok = spec && !hub_parse_repo_spec(spec, repo, rev) && hub_repo_id_valid(*repo);
-    free(spec);
-    if (!ok) {
-        err_clear();
-        free(*repo);
-        free(*rev);
-        *repo = *rev = NULL;
-    }
-    return ok;
-}
-
 /* the resolution of a whole hub dataset: params -> commit and files (download: fetched too) */
 static int resolve_hub_dataset(const json_t *params, bool download, stage_ctx *c, hub_dataset *d) {
     char *repo, *rev;
@@ -371,24 +352,7 @@ static int fetch_url(stage_ctx *c, const char *url, char **local) {
     hub_config cfg;
     int rc = hub_config_from_env(&cfg);
     if (rc) return rc;
-    if (!strncmp(url, "hf://datasets/", 14)) {
-        const char *s = url + 14, *slash1 = strchr(s, '/'), *slash2 = slash1 ? strchr(slash1 + 1, '/') : NULL;
-        if (!slash2 || !slash2[1]) {
-            hub_config_free(&cfg);
-            return err_set(ERR_RECIPE, "url '%s': expected hf://datasets/org/name[@revision]/path/in/repo", url);
-        }
-        char *spec = strndup(s, (size_t)(slash2 - s)), *repo = NULL, *rev = NULL;
-        rc = hub_parse_repo_spec(spec, &repo, &rev);
-        if (rc) rc = err_set(ERR_RECIPE, "url '%s': %s", url, err_msg());
-        else rc = hub_file_download(&cfg, HUB_REPO_DATASET, repo, rev, slash2 + 1, hub_progress_cb, c, local);
-        free(spec);
-        free(repo);
-        free(rev);
-    } else if (!strncmp(url, "https://", 8) || !strncmp(url, "http://", 7)) {
-        rc = hub_url_download(&cfg, url, hub_progress_cb, c, local);
-    } else {
-        rc = err_set(ERR_RECIPE, "url '%s': expected https://... or hf://datasets/org/name/path", url);
-    }
+    rc = hub_fetch_url(&cfg, url, hub_progress_cb, c, local);
     stage_progress_done(c);
     hub_config_free(&cfg);
     return rc;

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/collective.h"
 #include "core/fsutil.h"
@@ -41,6 +42,7 @@
 #include "train/trainer.h"
 #include "train/dataset_build.h"
 #include "eval/mc.h"
+#include "hub/datasets.h"
 #include "stages/stage.h"
 
 static const param_spec eval_params[] = {
@@ -64,14 +66,25 @@ static const param_spec eval_params[] = {
      "fixed-order GPU reductions: the same losses and greedy generations run after run (default: the recipe's "
      "deterministic; docs/determinism.md)", 0},
     {"tasks", PARAM_ANY, "[]", 0, -1, NULL,
-     "multiple-choice benchmarks scored as lm-evaluation-harness does: [{name, format: mmlu|arc|hellaswag, "
-     "path, num_fewshot, fewshot_path, limit}]", 0},
+     "multiple-choice benchmarks scored as lm-evaluation-harness does: [{name, format: mmlu|arc|hellaswag|lua, "
+     "path | url (a file, or hf://datasets/ORG/NAME with config and split, default test), num_fewshot, "
+     "fewshot_path | fewshot_split, limit (a seeded subset), hook (format lua: task(record, ctx))}]", 0},
     {"task_max_tokens", PARAM_INT, "2048", 16, 1 << 20, NULL,
      "longest task sequence (context + answer); longer ones are cut from the left, as the harness does", 0},
     {0}};
 
 /* the keys of one `tasks:` entry */
-static const char *const task_keys[] = {"name", "format", "path", "num_fewshot", "fewshot_path", "limit"};
+static const char *const task_keys[] = {"name", "format", "path", "url", "config", "split", "num_fewshot",
+                                        "fewshot_path", "fewshot_split", "limit", "hook"};
+#define TASK_KEYS_TEXT "name, format, path, url, config, split, num_fewshot, fewshot_path, fewshot_split, limit, hook"
+
+static bool whole_hub_url(const char *url) {
+    char *repo, *rev;
+    bool whole = hub_dataset_url(url, &repo, &rev);
+    free(repo);
+    free(rev);
+    return whole;
+}
 
 static int check_tasks(const json_t *tasks) {
     if (!json_is_array(tasks)) return err_set(ERR_RECIPE, "tasks must be a list of mappings");
@@ -84,20 +97,47 @@ static int check_tasks(const json_t *tasks) {
         json_object_foreach(t, k, v) {
             bool known = false;
             for (size_t j = 0; j < sizeof task_keys / sizeof *task_keys; j++) known |= !strcmp(k, task_keys[j]);
-            if (!known) return err_set(ERR_RECIPE, "tasks[%zu]: unknown key '%s' (name, format, path, num_fewshot, fewshot_path, limit)", i, k);
+            if (!known) return err_set(ERR_RECIPE, "tasks[%zu]: unknown key '%s' (" TASK_KEYS_TEXT ")", i, k);
         }
         const char *name = json_string_value(json_object_get(t, "name")), *fmt = json_string_value(json_object_get(t, "format"));
         if (!name || !*name || strchr(name, '.')) return err_set(ERR_RECIPE, "tasks[%zu] needs a 'name' (no dots: it names the metrics NAME.acc)", i);
         mc_format f;
-        if (!fmt) return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'format': mmlu, arc or hellaswag", i, name);
+        if (!fmt) return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'format': mmlu, arc, hellaswag or lua", i, name);
         if (mc_format_parse(fmt, &f)) return err_wrap("tasks[%zu] ('%s')", i, name);
-        if (!json_is_string(json_object_get(t, "path"))) return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'path' (a JSON, JSONL or CSV file of records)", i, name);
+        json_t *path = json_object_get(t, "path"), *url = json_object_get(t, "url");
+        if (path && url) return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): path and url are alternatives: set one", i, name);
+        if (path && !json_is_string(path)) return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): path must be a file", i, name);
+        if (!path && !json_is_string(url))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s') needs a 'path' (a JSON, JSONL, CSV or Parquet file of records) or a 'url' "
+                                       "(hf://datasets/ORG/NAME with split, hf://datasets/ORG/NAME/FILE or https://...)", i, name);
+        const char *u = json_string_value(url);
+        if (u && strncmp(u, "hf://datasets/", 14) && strncmp(u, "https://", 8) && strncmp(u, "http://", 7))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): url '%s': expected hf://datasets/ORG/NAME[@REV][/FILE] or https://...",
+                           i, name, u);
+        bool whole = u && whole_hub_url(u);
+        static const char *const split_keys[] = {"config", "split", "fewshot_split"};
+        for (size_t j = 0; j < 3; j++) {
+            json_t *sv = json_object_get(t, split_keys[j]);
+            if (!sv) continue;
+            if (!json_is_string(sv) || !*json_string_value(sv))
+                return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): %s must be a name", i, name, split_keys[j]);
+            if (!whole)
+                return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): %s picks a part of a whole hub dataset (url: "
+                                           "hf://datasets/ORG/NAME); %s", i, name, split_keys[j],
+                               u ? "this url is one file" : "a path is one file (use fewshot_path for the examples)");
+        }
         json_t *k1 = json_object_get(t, "num_fewshot"), *lim = json_object_get(t, "limit"), *fp = json_object_get(t, "fewshot_path");
         if (k1 && (!json_is_integer(k1) || json_integer_value(k1) < 0 || json_integer_value(k1) > 64))
             return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): num_fewshot must be a whole number from 0 to 64", i, name);
         if (lim && (!json_is_integer(lim) || json_integer_value(lim) < 0))
             return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): limit must be a whole number >= 0", i, name);
         if (fp && !json_is_string(fp)) return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): fewshot_path must be a file", i, name);
+        if (fp && json_object_get(t, "fewshot_split"))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): fewshot_path and fewshot_split are alternatives: set one", i, name);
+        json_t *hook = json_object_get(t, "hook");
+        if (hook && (!json_is_string(hook) || f != MC_LUA))
+            return err_set(ERR_RECIPE, "tasks[%zu] ('%s'): hook is the Lua file of a task of format lua "
+                                       "(it defines task(record, ctx))", i, name);
     }
     return 0;
 }
@@ -109,7 +149,67 @@ static void eval_key_files(const json_t *p, void (*add)(void *ud, const char *pa
     json_array_foreach(json_object_get(p, "tasks"), i, t) {
         if (json_is_string(json_object_get(t, "path"))) add(ud, json_string_value(json_object_get(t, "path")));
         if (json_is_string(json_object_get(t, "fewshot_path"))) add(ud, json_string_value(json_object_get(t, "fewshot_path")));
+        if (json_is_string(json_object_get(t, "hook"))) add(ud, json_string_value(json_object_get(t, "hook")));
     }
+}
+
+static void task_hub_progress(void *user, const hub_progress *p) {
+    stage_progress(user, p->file, (double)p->done, (double)p->total, "B");
+}
+
+/* one split of a task's whole hub dataset (url: hf://datasets/ORG/NAME[@REV]) */
+static int task_hub_split(const json_t *t, const char *split, bool download, stage_ctx *c, hub_dataset *d) {
+    char *repo, *rev;
+    if (!hub_dataset_url(json_string_value(json_object_get(t, "url")), &repo, &rev))
+        return err_set(ERR_RECIPE, "not a whole hub dataset");
+    hub_config cfg;
+    int rc = hub_config_from_env(&cfg);
+    if (!rc) {
+        hub_dataset_opts o = {.repo = repo, .revision = rev, .config = json_string_value(json_object_get(t, "config")),
+                              .split = split, .download = download, .interrupted = c ? c->interrupted : NULL,
+                              .progress = c ? task_hub_progress : NULL, .progress_user = c};
+        rc = hub_dataset_resolve(&cfg, &o, d);
+        hub_config_free(&cfg);
+    }
+    free(repo);
+    free(rev);
+    return rc;
+}
+
+static const char *task_split(const json_t *t) {
+    const char *s = json_string_value(json_object_get(t, "split"));
+    return s ? s : "test"; /* the split benchmarks are scored on */
+}
+
+/* the plan's key: each whole hub dataset's commit and files, for its split and fewshot_split */
+static int eval_resolve(const json_t *p, json_t **out) {
+    *out = NULL;
+    json_t *all = json_object();
+    size_t i;
+    json_t *t;
+    int rc = 0;
+    json_array_foreach(json_object_get(p, "tasks"), i, t) {
+        if (!whole_hub_url(json_string_value(json_object_get(t, "url")))) continue;
+        const char *splits[2] = {task_split(t), json_string_value(json_object_get(t, "fewshot_split"))};
+        json_t *one = json_object();
+        for (int k = 0; k < 2 && !rc && splits[k]; k++) {
+            hub_dataset d;
+            if ((rc = task_hub_split(t, splits[k], false, NULL, &d))) break;
+            json_t *files = json_array();
+            for (int f = 0; f < d.n_files; f++) json_array_append_new(files, json_string(d.files[f]));
+            json_object_set_new(one, k ? "fewshot" : "records", json_pack("{s:s, s:s, s:s, s:s, s:o}", "repo", d.repo,
+                                "commit", d.commit, "config", d.config ? d.config : "default", "split", d.split, "files", files));
+            hub_dataset_free(&d);
+        }
+        json_object_set_new(all, json_string_value(json_object_get(t, "name")), one);
+        if (rc) {
+            err_wrap("tasks[%zu] ('%s')", i, json_string_value(json_object_get(t, "name")));
+            break;
+        }
+    }
+    if (rc || !json_object_size(all)) json_decref(all);
+    else *out = all;
+    return rc;
 }
 
 
@@ -500,43 +600,92 @@ static void log_table(stage_ctx *ctx, const side *sides, int n_sides, bool base,
 
 typedef struct task_scorer {
     llama_model *m;
-    int max_T; /* the plan's tokens a forward */
-    int32_t *ids, *labels, *seq_start;
-    float *losses;
+    int max_T;           /* the KV cache's positions (the longest task sequence) */
+    int32_t *cache;      /* host copy of the tokens in the KV cache [cache_len] */
+    int cache_len;
+    bool lp_valid;       /* lp holds log p(. | cache) (the last cached position's distribution) */
+    double *lp;          /* [V] */
+    float *logits, *losses;
+    int32_t *targets;
+    int64_t fed, total;  /* tokens through the model, tokens in the requests */
+    double shared_ll;    /* log-likelihood of the cached continuation tokens after shared_cs */
+    int shared_cs;
 } task_scorer;
 
 static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
     return tokenizer_encode(ud, text, len, false, ids, n);
 }
 
-/* sequences packed into forwards of up to max_T tokens; the continuation's tokens are the labels,
- * so the per-position losses are -log p of each continuation token */
+/* log-softmax of logits into lp: the terms exp(l - max) <= 1 in float (a vector loop; once a
+ * question, on the host), summed in double */
+static void log_softmax(const float *logits, int V, double *lp) {
+    float mx = -INFINITY;
+    for (int v = 0; v < V; v++) mx = logits[v] > mx ? logits[v] : mx;
+    double z = 0;
+    for (int v = 0; v < V; v++) z += (double)expf(logits[v] - mx);
+    double lz = (double)mx + log(z);
+    for (int v = 0; v < V; v++) lp[v] = (double)logits[v] - lz;
+}
+
+/* One request on the KV cache. Its tokens up to X (the context, and the first tokens of the
+ * continuation that the neighbouring requests share: " " before each letter with a byte-level
+ * tokenizer) are computed once: the part already in the cache (the longest common prefix: the
+ * few-shot examples of the previous question) is not computed again, the rest is decoded with the
+ * log-likelihood of its continuation tokens and the distribution after its last token kept. Each
+ * choice then reads its next token from that distribution, and a longer remainder is decoded after
+ * it and cut off the cache again. mc_run hands the requests over sorted by their tokens, so the
+ * choices of a question and questions with the same examples come one after the other. */
+static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
+    llama_model *m = s->m;
+    int len = (int)q->len, cs = (int)q->cont_start;
+    if (cs < 1) return err_set(ERR_DATA, "a task context encodes to no token");
+    if (len > s->max_T) return err_set(ERR_DATA, "a task sequence of %d tokens is longer than the %d planned", len, s->max_T);
+    int X = (int)q->shared; /* the tokens computed once: [cs, len - 1] */
+    if (X < cs) X = cs;
+    if (X > len - 1) X = len - 1;
+    int lcp = 0;
+    while (lcp < s->cache_len && lcp < X && s->cache[lcp] == q->ids[lcp]) lcp++;
+    int rc = 0;
+    s->total += len - 1;
+    if (!(s->lp_valid && lcp == X && s->cache_len == X && s->shared_cs == cs)) {
+        int keep = lcp < cs - 1 ? lcp : cs - 1; /* from the context's last token on: its logits are needed */
+        s->lp_valid = false;
+        if ((rc = llama_kv_truncate(m, keep))) return rc;
+        s->cache_len = keep;
+        int n = X - keep;
+        for (int t = 0; t < n - 1; t++) s->targets[t] = keep + t >= cs - 1 ? q->ids[keep + t + 1] : -1;
+        s->targets[n - 1] = -1;
+        if ((rc = llama_decode_losses(m, q->ids + keep, n, s->targets, s->losses, s->logits))) return rc;
+        memcpy(s->cache + keep, q->ids + keep, sizeof(int32_t) * (size_t)n);
+        s->cache_len = X;
+        s->fed += n;
+        s->shared_ll = 0;
+        for (int t = 0; t < n - 1; t++) s->shared_ll -= s->losses[t];
+        s->shared_cs = cs;
+        log_softmax(s->logits, m->V, s->lp);
+        s->lp_valid = true;
+    }
+    double ll = s->shared_ll + s->lp[q->ids[X]];
+    int rest = len - X - 1; /* tokens after that, each predicted by the one before */
+    if (rest > 0) {
+        for (int t = 0; t < rest; t++) s->targets[t] = q->ids[X + 1 + t];
+        rc = llama_decode_losses(m, q->ids + X, rest, s->targets, s->losses, NULL);
+        s->fed += rest;
+        int r2 = llama_kv_truncate(m, X); /* the shared part stays cached for the next choice */
+        if (rc || (rc = r2)) {
+            s->lp_valid = false, s->cache_len = 0;
+            return rc;
+        }
+        for (int t = 0; t < rest; t++) ll -= s->losses[t];
+    }
+    *loglik = ll;
+    return 0;
+}
+
 static int score_seqs(void *ud, const mc_seq *seqs, size_t n, double *loglik) {
-    task_scorer *s = ud;
-    for (size_t i = 0; i < n;) {
-        int T = 0;
-        size_t j = i;
-        while (j < n && T + (int)seqs[j].len <= s->max_T) {
-            for (size_t t = 0; t < seqs[j].len; t++) {
-                s->ids[T + (int)t] = seqs[j].ids[t];
-                s->labels[T + (int)t] = t >= seqs[j].cont_start ? seqs[j].ids[t] : -100;
-                s->seq_start[T + (int)t] = T;
-            }
-            T += (int)seqs[j].len;
-            j++;
-        }
-        if (j == i) return err_set(ERR_DATA, "a task sequence of %zu tokens is longer than the plan's %d", seqs[i].len, s->max_T);
-        llama_batch b = {.ids = s->ids, .labels = s->labels, .seq_start = s->seq_start, .T = T};
-        double sum;
-        int64_t nt;
-        int rc = llama_forward_loss(s->m, &b, &sum, &nt, s->losses);
+    for (size_t i = 0; i < n; i++) {
+        int rc = score_one(ud, &seqs[i], &loglik[i]);
         if (rc) return rc;
-        for (size_t k = i, off = 0; k < j; off += seqs[k].len, k++) {
-            double ll = 0;
-            for (size_t t = seqs[k].cont_start; t < seqs[k].len; t++) ll -= s->losses[off + t - 1];
-            loglik[k] = ll;
-        }
-        i = j;
     }
     return 0;
 }
@@ -545,43 +694,134 @@ static void task_progress(void *ud, size_t done, size_t total) {
     stage_progress(ud, "tasks", (double)done, (double)total, "questions");
 }
 
+/* where a task's records (or its few-shot examples) are: local files or downloaded ones */
+typedef struct task_files {
+    char **paths;
+    size_t n;
+    hub_dataset hd; /* a whole hub dataset's split (hub) */
+    bool hub;
+} task_files;
+
+static void task_files_free(task_files *tf) {
+    if (tf->hub) hub_dataset_free(&tf->hd);
+    else {
+        for (size_t i = 0; i < tf->n; i++) free(tf->paths[i]);
+        free(tf->paths);
+    }
+    memset(tf, 0, sizeof *tf);
+}
+
+/* records (fewshot false): path, or url (one file, or a whole hub dataset's split, "test" by
+ * default); few-shot examples (true): fewshot_path, or the whole hub dataset's fewshot_split;
+ * none (n = 0) when neither is set. */
+static int task_source(stage_ctx *ctx, const json_t *t, bool fewshot, task_files *tf) {
+    memset(tf, 0, sizeof *tf);
+    const char *path = json_string_value(json_object_get(t, fewshot ? "fewshot_path" : "path"));
+    const char *url = json_string_value(json_object_get(t, "url"));
+    const char *split = fewshot ? json_string_value(json_object_get(t, "fewshot_split")) : task_split(t);
+    int rc = 0;
+    if (path) {
+        tf->paths = malloc(sizeof *tf->paths);
+        if (!tf->paths || !(tf->paths[0] = stage_recipe_path(ctx, path))) rc = err_set(ERR_STAGE, "out of memory");
+        else tf->n = 1;
+    } else if (url && whole_hub_url(url)) {
+        if (!split) return 0;
+        hub_dataset *d = &tf->hd;
+        rc = task_hub_split(t, split, true, ctx, d);
+        stage_progress_done(ctx);
+        if (!rc) {
+            tf->hub = true;
+            tf->paths = d->local;
+            tf->n = (size_t)d->n_files;
+        }
+    } else if (url && !fewshot) {
+        hub_config cfg;
+        tf->paths = calloc(1, sizeof *tf->paths);
+        if (!tf->paths) return err_set(ERR_STAGE, "out of memory");
+        if (!(rc = hub_config_from_env(&cfg))) {
+            rc = hub_fetch_url(&cfg, url, task_hub_progress, ctx, &tf->paths[0]);
+            stage_progress_done(ctx);
+            hub_config_free(&cfg);
+        }
+        if (!rc) tf->n = 1;
+    }
+    if (rc) task_files_free(tf);
+    return rc;
+}
+
+typedef struct lua_task {
+    hooks *h;
+    json_t *ctx; /* task(record, ctx)'s ctx: {task=, purpose="evaluate"} */
+} lua_task;
+
+static int lua_record(void *ud, const json_t *record, const char *what, json_t **out) {
+    lua_task *lt = ud;
+    return hooks_task(lt->h, record, lt->ctx, what, out);
+}
+
 /* every task on the model as it is now; results under results[name][side], metrics NAME.acc... */
 static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, bool tuned, json_t *results) {
     json_t *tasks = stage_json(ctx, "tasks");
     size_t i;
     json_t *t;
     task_scorer sc = {.m = m, .max_T = max_T};
-    sc.ids = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.labels = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.seq_start = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.cache = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc.targets = malloc(sizeof(int32_t) * (size_t)max_T);
     sc.losses = malloc(sizeof(float) * (size_t)max_T);
-    int rc = sc.ids && sc.labels && sc.seq_start && sc.losses ? 0 : err_set(ERR_STAGE, "out of memory");
+    sc.logits = malloc(sizeof(float) * (size_t)m->V);
+    sc.lp = malloc(sizeof(double) * (size_t)m->V);
+    int rc = sc.cache && sc.targets && sc.losses && sc.logits && sc.lp ? 0 : err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = llama_generate_begin(m, max_T); /* the KV cache the requests share */
     json_array_foreach(tasks, i, t) {
         if (rc) break;
         const char *name = json_string_value(json_object_get(t, "name"));
         mc_format f;
         mc_format_parse(json_string_value(json_object_get(t, "format")), &f);
-        char *path = stage_recipe_path(ctx, json_string_value(json_object_get(t, "path")));
-        const char *fps = json_string_value(json_object_get(t, "fewshot_path"));
-        char *fpath = fps ? stage_recipe_path(ctx, fps) : NULL;
+        task_files recs = {0}, fs = {0};
+        hooks *th = NULL;
+        lua_task lt = {.ctx = json_pack("{s:s, s:s}", "task", name, "purpose", "evaluate")};
         mc_doc *docs = NULL, *shots = NULL;
         size_t n = 0, ns = 0;
-        rc = mc_load_docs(f, path, json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);
-        if (!rc && fpath) rc = mc_load_docs(f, fpath, 0, 0, &shots, &ns);
+        if (f == MC_LUA) {
+            /* the task's own hook, else the recipe's hooks.task; the recipe's sandbox settings */
+            const char *hk = json_string_value(json_object_get(t, "hook"));
+            char *hpath = hk ? stage_recipe_path(ctx, hk) : NULL;
+            rc = hooks_open(&th, ctx->hooks);
+            if (!rc && hpath) rc = hooks_bind(th, "task", hpath);
+            if (!rc && !hooks_has(th, "task"))
+                rc = err_set(ERR_RECIPE, "format lua needs a hook: the task's 'hook' (a Lua file defining task(record, ctx)) "
+                                         "or the recipe's hooks: {task: FILE}");
+            free(hpath);
+            lt.h = th;
+        }
+        if (!rc) rc = task_source(ctx, t, false, &recs);
+        if (!rc) rc = mc_load_docs(f, recs.paths, recs.n, th ? lua_record : NULL, &lt,
+                                   json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);
+        if (!rc) rc = task_source(ctx, t, true, &fs);
+        if (!rc && fs.n) rc = mc_load_docs(f, fs.paths, fs.n, th ? lua_record : NULL, &lt, 0, 0, &shots, &ns);
         if (!rc) {
             mc_task task = {.name = name, .format = f, .docs = docs, .n_docs = n, .shots = shots, .n_shots = ns,
                             .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
                             .max_len = (size_t)max_T, .bos = -1};
             mc_result r;
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            int64_t fed0 = sc.fed, total0 = sc.total;
+            sc.cache_len = 0, sc.lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
             rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, 64, task_progress, ctx, &r);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
             stage_progress_done(ctx);
+            double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            int64_t fed = sc.fed - fed0, total = sc.total - total0;
             if (!rc) {
                 const char *which = tuned ? "tuned" : "base";
                 json_t *tr = json_object_get(results, name);
                 if (!tr) json_object_set_new(results, name, tr = json_object());
-                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O}", "acc", r.acc, "acc_norm", r.acc_norm,
-                                                        "n", (json_int_t)r.n, "truncated", (json_int_t)r.truncated,
-                                                        "subjects", r.subjects, "docs", r.per_doc));
+                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:f}", "acc", r.acc,
+                                                        "acc_norm", r.acc_norm, "n", (json_int_t)r.n, "truncated",
+                                                        (json_int_t)r.truncated, "subjects", r.subjects, "docs", r.per_doc,
+                                                        "tokens", (json_int_t)total, "tokens_computed", (json_int_t)fed,
+                                                        "seconds", secs));
                 char metric[300];
                 snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
                 stage_metric(ctx, metric, r.acc);
@@ -589,6 +829,9 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
                 stage_metric(ctx, metric, r.acc_norm);
                 stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r.acc, r.acc_norm,
                            r.n, r.truncated ? " (some contexts cut from the left)" : "");
+                stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed, "
+                           "the rest shared with a context already in the cache", name, which, (long long)total, secs,
+                           secs > 0 ? (double)total / secs : 0.0, (long long)fed);
                 if (r.truncated)
                     stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name,
                                r.truncated, max_T);
@@ -598,13 +841,17 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
         if (rc) err_wrap("task '%s'", name);
         mc_docs_free(&docs, n);
         mc_docs_free(&shots, ns);
-        free(path);
-        free(fpath);
+        task_files_free(&recs);
+        task_files_free(&fs);
+        if (th && !rc) stage_note_hook_files(ctx, th, "task");
+        hooks_free(&th);
+        json_decref(lt.ctx);
     }
-    free(sc.ids);
-    free(sc.labels);
-    free(sc.seq_start);
+    free(sc.cache);
+    free(sc.targets);
     free(sc.losses);
+    free(sc.logits);
+    free(sc.lp);
     return rc;
 }
 
@@ -843,8 +1090,9 @@ const stage_kind stage_kind_evaluate = {
     .params = eval_params,
     .check = eval_check,
     .key_files = eval_key_files,
+    .resolve = eval_resolve,
     .run = eval_run,
-    .key_hooks = "format|score|generate",
+    .key_hooks = "format|score|generate|task",
     .device_dependent = true,
     .data_parallel = true,
     .metrics = eval_metrics,

@@ -20,6 +20,7 @@ expect 2 "init-model: --hidden needs a whole number, not 'abc'" "$BIN" init-mode
 expect 2 "init-model: --hidden needs a whole number, not 'abc'" "$BIN" init-model --out "$T/m" --hidden=abc
 expect 2 "generate: --top-p must be between 0 and 1, not 2" "$BIN" generate --model x --prompt y --top-p 2
 expect 2 "generate: --model needs a value" "$BIN" generate --model
+expect 2 "generate: --quantize must be none or nf4, not 'int8'" "$BIN" generate --model x --prompt y --quantize int8
 expect 2 "schema: --commands takes no value" "$BIN" schema --commands=yes
 expect 2 "inspect: unexpected argument 'b' \(after 'a'\)" "$BIN" inspect a b
 expect 2 "cache: missing arguments" "$BIN" cache

@@ -63,7 +63,7 @@ stages:
 Y
 "$BIN" validate bad1.yaml >"$T/b1" 2>&1; rc=$?
 check "unknown format: exit 3 (got $rc)" test $rc -eq 3
-check "... with the position and the choices" grep -q "bad1.yaml:[0-9]*:[0-9]*: .*tasks\[0\] ('mmlu'): unknown task format 'mmmlu' (mmlu, arc or hellaswag)" "$T/b1"
+check "... with the position and the choices" grep -q "bad1.yaml:[0-9]*:[0-9]*: .*tasks\[0\] ('mmlu'): unknown task format 'mmmlu' (mmlu, arc, hellaswag or lua)" "$T/b1"
 sed 's/format: mmmlu, path: mmlu.jsonl/format: mmlu, path: nosuch.jsonl/' bad1.yaml > bad2.yaml
 "$BIN" validate bad2.yaml >"$T/b2" 2>&1; rc=$?
 check "missing task file: exit 3 naming it (got $rc)" bash -c "test $rc -eq 3 && grep -q \"file 'nosuch.jsonl' does not exist\" '$T/b2'"

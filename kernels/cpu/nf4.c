@@ -429,6 +429,10 @@ void nf4_dequantize(float *dst, const uint8_t *codes, const float *absmax, const
 
 void ops_nf4_dequant_rows(const ops_nf4 *W, int64_t r0, int64_t nr, float *dst) {
     int64_t first = r0 * W->cols, count = nr * W->cols;
+    if (W->dense) { /* fp32 on the cpu backend, whose memory this is */
+        if (count > 0) memcpy(dst, (const float *)W->dense + first, sizeof(float) * (size_t)count);
+        return;
+    }
     if (!W->absmax_q) {
         dequant_range(dst, W->codes, W->absmax, W->quant_map, W->blocksize, first, count);
         return;

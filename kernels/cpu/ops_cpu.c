@@ -290,7 +290,7 @@ const ops_table *ops_cpu(void) { return &cpu_table; }
 
 /* OPS_TABLE_OPS names every op, in order, and nothing else lies between its first and last */
 #define OPS_COUNT_ONE(op) +1
-_Static_assert(offsetof(ops_table, scale) - offsetof(ops_table, embedding_fwd) ==
+_Static_assert(offsetof(ops_table, act_scale) - offsetof(ops_table, embedding_fwd) ==
                    (0 OPS_TABLE_OPS(OPS_COUNT_ONE) - 1) * sizeof(void (*)(void)),
                "OPS_TABLE_OPS in kernels/ops.h must list every op of ops_table");
 #undef OPS_COUNT_ONE

@@ -101,7 +101,7 @@ __device__ __forceinline__ void load_tile_async(bf16 *dst, int ldd, const bf16 *
 template <int HDP>
 __global__ void __launch_bounds__(MMA_THREADS)
     mma_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                   int Tq, int Tk, int q_off, int nh, int nkv, int hd, float scale_log2, int vec) {
+                   int Tq, int Tk, int q_off, int nh, int nkv, int hd, attn_params ap, int vec) {
     constexpr int LD = HDP + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Qs = (bf16 *)smem;
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int qvalid = min(MMA_BR, Tq - q0);
     const bf16 *kbase = k + (int64_t)kvh * hd, *vbase = v + (int64_t)kvh * hd;
 
-    const int kbeg = seq_start ? seq_start[q0] : 0, kend = q_off + q0 + qvalid;
+    const int kbeg = attn_first_key(seq_start ? seq_start[q0] : 0, q_off + q0, ap.window), kend = q_off + q0 + qvalid;
     auto load_kv = [&](int buf, int k0) {
         bf16 *Kd = KVs + buf * 2 * MMA_BC * LD, *Vd = Kd + MMA_BC * LD;
         int kvalid = min(MMA_BC, Tk - k0);
@@ -145,7 +145,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
     }
     // the warp's own key range: nothing to do on tiles outside it
     const int wt0 = q0 + warp * 16, wt1 = min(wt0 + 15, Tq - 1);
-    const int wkmin = wt0 < Tq ? (seq_start ? seq_start[wt0] : 0) : INT_MAX, wkmax = q_off + wt1;
+    const int wkmin = wt0 < Tq ? attn_first_key(seq_start ? seq_start[wt0] : 0, q_off + wt0, ap.window) : INT_MAX,
+              wkmax = q_off + wt1;
 
     float o[HDP / 8][4];
 #pragma unroll
@@ -181,8 +182,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int r = e >> 1, key = k0 + 8 * j + 2 * tq + (e & 1);
-                    bool ok = key >= ssrow[r] && key <= prow[r];
-                    s[j][e] = ok ? s[j][e] * scale_log2 : -INFINITY;
+                    bool ok = attn_visible(key, ssrow[r], prow[r], ap.window);
+                    s[j][e] = ok ? attn_score_log2(s[j][e], ap) : -INFINITY;
                     mx[r] = fmaxf(mx[r], s[j][e]);
                 }
 #pragma unroll
@@ -251,7 +252,8 @@ __global__ void __launch_bounds__(MMA_THREADS)
 
 template <int HDP>
 static void mma_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                           const int32_t *seq_start, int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec) {
+                           const int32_t *seq_start, int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec,
+                           attn_params ap) {
     size_t smem = (size_t)(MMA_BR + 4 * MMA_BC) * (HDP + 8) * sizeof(bf16);
     static bool attr_set = false;
     if (!attr_set) {
@@ -260,16 +262,16 @@ static void mma_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, 
     }
     dim3 grid(CEIL_DIV(Tq, MMA_BR), nh);
     mma_fwd_kernel<HDP><<<grid, MMA_THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh,
-                                                                     nkv, hd, LOG2E / sqrtf((float)hd), vec);
+                                                                     nkv, hd, ap, vec);
     CUDA_CHECK_LAUNCH();
 }
 
 void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                  int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec) {
+                  int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec, attn_params ap) {
     if (hd <= 64)
-        mma_fwd_launch<64>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+        mma_fwd_launch<64>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
     else
-        mma_fwd_launch<128>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+        mma_fwd_launch<128>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ template <int HDP, bool DET>
 __global__ void __launch_bounds__(MMA_THREADS)
     mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, int *dq_turn, const bf16 *dout,
                    const float *lse, const float *Dv, const bf16 *q, const bf16 *k, const bf16 *v,
-                   const int32_t *seq_start, int T, int nh, int nkv, int hd, float scale, float scale_log2, int vec) {
+                   const int32_t *seq_start, int T, int nh, int nkv, int hd, attn_params ap, int vec) {
     constexpr int LD = HDP + 8, LDS = MMA_BQ + 8;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Ks = (bf16 *)smem;                     // [64][LD]
@@ -312,9 +314,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
     const int dq_m = warp & 1, dq_n0 = (warp >> 1) * (HDP / 16);
 
     // The query steps that can see these keys: from k0 (causal) up to the first query whose
-    // sequence starts after the last key (seq_start never decreases); the same for every head.
+    // sequence starts after the last key (seq_start never decreases) or that is past the sliding
+    // window's reach; the same for every head.
     int nsteps = 0;
-    for (int q0 = k0; q0 < T && seq_start[q0] <= klast; q0 += MMA_BQ) nsteps++;
+    for (int q0 = k0; q0 < T && seq_start[q0] <= klast && (ap.window <= 0 || q0 - klast < ap.window); q0 += MMA_BQ)
+        nsteps++;
     const int total = rep * nsteps; // step i: head h_first + i / nsteps, queries k0 + (i % nsteps) * 32
     // step i's Q and dO tiles (cp.async, so they load while step i - 1 computes) and side values
     auto issue = [&](int i, int buf) {
@@ -386,10 +390,11 @@ __global__ void __launch_bounds__(MMA_THREADS)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int qi = 8 * j + 2 * tq + (e & 1), t = q0 + qi, key = (e >> 1) ? key1 : key0;
-                    bool ok = t < T && key <= klast && key >= ss_s[qi] && key <= t;
-                    float p = ok ? exp2f(st[j][e] * scale_log2 - lse_s[qi]) : 0.0f;
+                    bool ok = t < T && key <= klast && attn_visible(key, ss_s[qi], t, ap.window);
+                    float sl = ok ? attn_score_log2(st[j][e], ap) : 0.0f;
+                    float p = ok ? exp2f(sl - lse_s[qi]) : 0.0f;
                     st[j][e] = p;
-                    dpt[j][e] = p * (dpt[j][e] - D_s[qi]) * scale;
+                    dpt[j][e] = p * (dpt[j][e] - D_s[qi]) * ap.scale * attn_cap_grad(sl, ap);
                 }
 #pragma unroll
             for (int j = 0; j < MMA_BQ / 8; j++) {
@@ -557,7 +562,7 @@ __global__ void __launch_bounds__(MMA_THREADS)
 template <int HDP>
 static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                            const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh,
-                           int nkv, int hd, int vec) {
+                           int nkv, int hd, int vec, attn_params ap) {
     size_t smem = (size_t)(2 * MMA_BC + 4 * MMA_BQ) * (HDP + 8) * sizeof(bf16) +
                   (size_t)MMA_BC * (MMA_BQ + 8) * sizeof(bf16) + 2 * 3 * MMA_BQ * sizeof(float);
     static bool attr_set = false;
@@ -591,13 +596,12 @@ static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, 
         CUDA_CHECK(cudaMemsetAsync(dq_turn, 0, nturn * sizeof(int), cuda_stream()));
     }
     dim3 grid(tiles, nkv, split);
-    float scale = 1.0f / sqrtf((float)hd);
     if (det)
-        mma_bwd_kernel<HDP, true><<<grid, MMA_THREADS, smem, cuda_stream()>>>(
-            dq_acc, dk, dv, dkv_acc, dq_turn, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, scale, scale * LOG2E, vec);
+        mma_bwd_kernel<HDP, true><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, dq_turn, dout, lse,
+                                                                           D, q, k, v, seq_start, T, nh, nkv, hd, ap, vec);
     else
-        mma_bwd_kernel<HDP, false><<<grid, MMA_THREADS, smem, cuda_stream()>>>(
-            dq_acc, dk, dv, dkv_acc, NULL, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, scale, scale * LOG2E, vec);
+        mma_bwd_kernel<HDP, false><<<grid, MMA_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dkv_acc, NULL, dout, lse,
+                                                                            D, q, k, v, seq_start, T, nh, nkv, hd, ap, vec);
     CUDA_CHECK_LAUNCH();
     if (dkv_acc && det) {
         launch_sum_slices_bf16(dk, dkv_acc, split, 2 * (int64_t)nkvel, (int64_t)nkvel);
@@ -610,9 +614,9 @@ static void mma_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, 
 
 void attn_mma_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                   const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
-                  int hd, int vec) {
+                  int hd, int vec, attn_params ap) {
     if (hd <= 64)
-        mma_bwd_launch<64>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        mma_bwd_launch<64>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
     else
-        mma_bwd_launch<128>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        mma_bwd_launch<128>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
 }

@@ -43,7 +43,7 @@ struct tiled_fwd_layout {
 template <int HDP, int BC>
 __global__ void __launch_bounds__(ATT_THREADS)
     tiled_fwd_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, float scale_log2, int vec) {
+                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, attn_params ap, int vec) {
     typedef tiled_fwd_layout<HDP, BC> L;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Qs = (bf16 *)smem;
@@ -65,8 +65,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
         m_s[threadIdx.x] = -INFINITY;
         l_s[threadIdx.x] = 0.0f;
     }
-    // query i sits at key position q_off + i; keys [kbeg, kend) can matter to this tile
-    const int kbeg = seq_start ? seq_start[q0] : 0, kend = q_off + q0 + qvalid;
+    // query i sits at key position q_off + i; keys [kbeg, kend) can matter to this tile (the
+    // first query sees the earliest key)
+    const int kbeg = attn_first_key(seq_start ? seq_start[q0] : 0, q_off + q0, ap.window), kend = q_off + q0 + qvalid;
 
     // this lane's row for the softmax (two lanes a row), its key position and sequence start
     const int srow = warp * 16 + lane / 2, half = lane & 1, t_row = q0 + srow, p_row = q_off + t_row;
@@ -103,8 +104,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
             float mloc = -INFINITY;
             for (int j = half; j < BC; j += 2) {
                 int key = k0 + j;
-                bool ok = key >= ss_row && key <= p_row; // ss_row > every key past Tq
-                float sv = ok ? sr[j] * scale_log2 : -INFINITY;
+                bool ok = attn_visible(key, ss_row, p_row, ap.window); // ss_row > every key past Tq
+                float sv = ok ? attn_score_log2(sr[j], ap) : -INFINITY;
                 sr[j] = sv;
                 mloc = fmaxf(mloc, sv);
             }
@@ -161,7 +162,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 template <int HDP, int BC>
 static void tiled_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                            const int32_t *seq_start, int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec) {
+                            const int32_t *seq_start, int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec,
+                            attn_params ap) {
     size_t smem = tiled_fwd_layout<HDP, BC>::bytes;
     static bool attr_set = false;
     if (!attr_set) {
@@ -170,18 +172,19 @@ static void tiled_fwd_launch(bf16 *out, float *lse, const bf16 *q, const bf16 *k
         attr_set = true;
     }
     dim3 grid(CEIL_DIV(Tq, ATT_BR), nh);
-    float scale_log2 = LOG2E / sqrtf((float)hd);
     tiled_fwd_kernel<HDP, BC><<<grid, ATT_THREADS, smem, cuda_stream()>>>(out, lse, q, k, v, seq_start, Tq, Tk, q_off,
-                                                                          nh, nkv, hd, scale_log2, vec);
+                                                                          nh, nkv, hd, ap, vec);
     CUDA_CHECK_LAUNCH();
 }
 
 void attn_tiled_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec) {
+                    int Tq, int Tk, int q_off, int nh, int nkv, int hd, int vec, attn_params ap) {
     if (hd <= 64)
-        tiled_fwd_launch<64, 64>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+        tiled_fwd_launch<64, 64>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
+    else if (hd <= 128)
+        tiled_fwd_launch<128, 32>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
     else
-        tiled_fwd_launch<128, 32>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec);
+        tiled_fwd_launch<256, 32>(out, lse, q, k, v, seq_start, Tq, Tk, q_off, nh, nkv, hd, vec, ap);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -201,7 +204,7 @@ template <int HDP>
 __global__ void __launch_bounds__(ATT_THREADS)
     tiled_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *Dv,
                     const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
-                    int hd, float scale, float scale_log2, int vec) {
+                    int hd, attn_params ap, int vec) {
     typedef tiled_bwd_layout<HDP> L;
     extern __shared__ __align__(128) unsigned char smem[];
     bf16 *Ks = (bf16 *)smem;
@@ -234,8 +237,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
     for (int hq = kvh * rep; hq < (kvh + 1) * rep; hq++) {
         // queries before k0 cannot see these keys; past the first query whose sequence starts
-        // after the last key, none can (seq_start never decreases)
-        for (int q0 = k0; q0 < T && seq_start[q0] <= klast; q0 += ATT_BQ) {
+        // after the last key, none can (seq_start never decreases), nor past the window's reach
+        for (int q0 = k0; q0 < T && seq_start[q0] <= klast && (ap.window <= 0 || q0 - klast < ap.window);
+             q0 += ATT_BQ) {
             __syncthreads(); // the previous step's readers of Qs, dOs, dSt are done
             int qvalid = min(ATT_BQ, T - q0);
             load_tile<HDP>(Qs, L::LDQ, q + (int64_t)q0 * ldq + (int64_t)hq * hd, ldq, ATT_BQ, qvalid, hd, vec);
@@ -273,9 +277,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
             // P^T and dS^T = P^T (dP^T - D) * scale; lane = query column
             for (int r = 0; r < 16; r++) {
                 int kr = warp * 16 + r, key = k0 + kr, c = lane, t = q0 + c;
-                bool ok = t < T && key <= klast && key >= ss_s[c] && key <= t;
-                float p = ok ? exp2f(St[kr * L::LDT + c] * scale_log2 - lse_s[c]) : 0.0f;
-                float ds = p * (dPt[kr * L::LDT + c] - D_s[c]) * scale;
+                bool ok = t < T && key <= klast && attn_visible(key, ss_s[c], t, ap.window);
+                float sl = ok ? attn_score_log2(St[kr * L::LDT + c], ap) : 0.0f;
+                float p = ok ? exp2f(sl - lse_s[c]) : 0.0f;
+                float ds = p * (dPt[kr * L::LDT + c] - D_s[c]) * ap.scale * attn_cap_grad(sl, ap);
                 Pt[kr * L::LDB + c] = __float2bfloat16_rn(p);
                 dSt[kr * L::LDB + c] = __float2bfloat16_rn(ds);
             }
@@ -342,7 +347,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 template <int HDP>
 static void tiled_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                             const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh,
-                            int nkv, int hd, int vec) {
+                            int nkv, int hd, int vec, attn_params ap) {
     size_t smem = tiled_bwd_layout<HDP>::bytes;
     static bool attr_set = false;
     if (!attr_set) {
@@ -351,17 +356,18 @@ static void tiled_bwd_launch(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout
         attr_set = true;
     }
     dim3 grid(CEIL_DIV(T, ATT_BK), nkv);
-    float scale = 1.0f / sqrtf((float)hd);
     tiled_bwd_kernel<HDP><<<grid, ATT_THREADS, smem, cuda_stream()>>>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start,
-                                                                      T, nh, nkv, hd, scale, scale * LOG2E, vec);
+                                                                      T, nh, nkv, hd, ap, vec);
     CUDA_CHECK_LAUNCH();
 }
 
 void attn_tiled_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                     const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int nh, int nkv,
-                    int hd, int vec) {
+                    int hd, int vec, attn_params ap) {
     if (hd <= 64)
-        tiled_bwd_launch<64>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        tiled_bwd_launch<64>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
+    else if (hd <= 128)
+        tiled_bwd_launch<128>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
     else
-        tiled_bwd_launch<128>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec);
+        tiled_bwd_launch<256>(dq_acc, dk, dv, dout, lse, D, q, k, v, seq_start, T, nh, nkv, hd, vec, ap);
 }

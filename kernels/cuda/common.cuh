@@ -55,6 +55,7 @@ enum cuda_scratch_slot {
                          // deterministic mode: one [2][T, nkv*hd] slice per share of the heads
     SCRATCH_ATTN_TURN,   // deterministic mode: int turn counters of the ordered dq sum [nh, T/32]
     SCRATCH_REDUCE,      // double accumulators and the per-block partial sums of the reductions
+    SCRATCH_CUDNN_WS,    // cuDNN attention plan workspace (attention_cudnn.cu)
     SCRATCH_COUNT
 };
 void *cuda_scratch(int slot, size_t bytes);

@@ -4,6 +4,7 @@
 #define KERNELS_CUDA_CUDA_EXT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -33,14 +34,26 @@ void *cuda_comm_stream(void);
 void cuda_comm_after_main(void);
 void cuda_main_after_comm(void);
 
-/* The attention kernels: CUDA_ATTN_MMA (default: register-resident FlashAttention-2 order on
- * mma.sync tensor-core instructions) or CUDA_ATTN_TILED (the first, simpler tiled kernels on
- * WMMA with shared-memory accumulators, kept as a cross-check). The environment variable
- * QLORA_CUDA_ATTENTION=tiled|mma sets the initial choice. */
-enum cuda_attn_kernel { CUDA_ATTN_MMA = 0, CUDA_ATTN_TILED = 1 };
+/* The attention kernels: CUDA_ATTN_CUDNN (default: cuDNN's fused flash attention, opened with
+ * dlopen on first use; it takes equal-length sequences, see cuda_attention_layout, and every
+ * other layout, head dims cuDNN cannot take, or a machine without cuDNN runs CUDA_ATTN_MMA),
+ * CUDA_ATTN_MMA (our register-resident FlashAttention-2 order on mma.sync tensor-core
+ * instructions) or CUDA_ATTN_TILED (the first, simpler tiled kernels on WMMA with shared-memory
+ * accumulators, kept as a cross-check). The environment variable
+ * QLORA_CUDA_ATTENTION=cudnn|mma|tiled sets the initial choice; "cudnn" set there makes a
+ * missing cuDNN an error instead of a fallback. */
+enum cuda_attn_kernel { CUDA_ATTN_MMA = 0, CUDA_ATTN_TILED = 1, CUDA_ATTN_CUDNN = 2 };
 void cuda_attention_select(int kernel);
 int cuda_attention_selected(void);
 const char *cuda_attention_name(int kernel);
+/* 0 when cuDNN is loaded (msg: its version), -1 and why not (msg) otherwise */
+int cuda_attention_cudnn_probe(char *msg, size_t cap);
+/* the host copy of seq_start [T] just uploaded to seq_start (the op table's attention_layout):
+ * attention calls with that device pointer and T run on cuDNN when it holds T/L sequences of L
+ * tokens each; NULL seq_start is one sequence */
+void cuda_attention_layout(const int32_t *seq_start, const int32_t *h_seq_start, int T);
+/* attention forward and backward calls that ran on cuDNN so far (tests, benchmarks) */
+long cuda_attention_cudnn_calls(void);
 
 /* Deterministic mode (docs/determinism.md): on, every op sums in a fixed order, so the same
  * inputs give the same bits on every run (same GPU model, driver and build): attention's backward

@@ -255,6 +255,82 @@ void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gat
     launch_map8(n, vec, swiglu_bwd_op{dgate, dup, dout, gate, up});
 }
 
+// GeGLU with the tanh GELU (Gemma's gelu_pytorch_tanh), as cpu_geglu_fwd/_bwd:
+// gelu(g) = 0.5 g (1 + tanh u), u = sqrt(2/pi) (g + 0.044715 g^3),
+// d gelu/dg = 0.5 (1 + tanh u) + 0.5 g (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 g^2)
+#define GELU_K 0.7978845608028654f
+__device__ __forceinline__ float gelu_tanh_f(float g) {
+    return 0.5f * g * (1.0f + tanhf(GELU_K * (g + 0.044715f * g * g * g)));
+}
+
+struct geglu_fwd_op {
+    bf16 *out;
+    const bf16 *gate, *up;
+    __device__ void vec(int64_t i) const {
+        float g[8], u[8];
+        load8(g, gate + i);
+        load8(u, up + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) g[j] = gelu_tanh_f(g[j]) * u[j];
+        store8(out + i, g);
+    }
+    __device__ void one(int64_t i) const {
+        out[i] = __float2bfloat16_rn(gelu_tanh_f(__bfloat162float(gate[i])) * __bfloat162float(up[i]));
+    }
+};
+
+void launch_geglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n) {
+    launch_map8(n, aligned16(out) && aligned16(gate) && aligned16(up), geglu_fwd_op{out, gate, up});
+}
+
+struct geglu_bwd_op {
+    bf16 *dgate, *dup;
+    const bf16 *dout, *gate, *up;
+    __device__ static void one_f(float d, float g, float u, float *dg, float *du) {
+        float th = tanhf(GELU_K * (g + 0.044715f * g * g * g));
+        float dgelu = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * GELU_K * (1.0f + 3.0f * 0.044715f * g * g);
+        *du = d * 0.5f * g * (1.0f + th);
+        *dg = d * u * dgelu;
+    }
+    __device__ void vec(int64_t i) const {
+        float d[8], g[8], u[8], dg[8], du[8];
+        load8(d, dout + i);
+        load8(g, gate + i);
+        load8(u, up + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) one_f(d[j], g[j], u[j], &dg[j], &du[j]);
+        store8(dgate + i, dg);
+        store8(dup + i, du);
+    }
+    __device__ void one(int64_t i) const {
+        float dg, du;
+        one_f(__bfloat162float(dout[i]), __bfloat162float(gate[i]), __bfloat162float(up[i]), &dg, &du);
+        dgate[i] = __float2bfloat16_rn(dg);
+        dup[i] = __float2bfloat16_rn(du);
+    }
+};
+
+void launch_geglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n) {
+    int vec = aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up);
+    launch_map8(n, vec, geglu_bwd_op{dgate, dup, dout, gate, up});
+}
+
+// x *= s (Gemma's embedding scale, s already rounded to the model's dtype by the caller)
+struct act_scale_op {
+    bf16 *x;
+    float s;
+    __device__ void vec(int64_t i) const {
+        float a[8];
+        load8(a, x + i);
+#pragma unroll
+        for (int j = 0; j < 8; j++) a[j] *= s;
+        store8(x + i, a);
+    }
+    __device__ void one(int64_t i) const { x[i] = __float2bfloat16_rn(__bfloat162float(x[i]) * s); }
+};
+
+void launch_act_scale(bf16 *x, int64_t n, float s) { launch_map8(n, aligned16(x), act_scale_op{x, s}); }
+
 struct f32_to_bf16_op {
     bf16 *dst;
     const float *src;

@@ -14,6 +14,9 @@ void launch_add_inplace(bf16 *y, const bf16 *x, int64_t n);
 void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
 void launch_swiglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
+void launch_geglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
+void launch_geglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
+void launch_act_scale(bf16 *x, int64_t n, float s);
 void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n);
 // dst[i] = bf16(sum over z = 0..ns-1, in that order, of src[z * stride + i])
 void launch_sum_slices_bf16(bf16 *dst, const float *src, int ns, int64_t stride, int64_t n);
@@ -21,14 +24,14 @@ void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out);
 void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t seed);
 void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed);
 
-// attention.cu
+// attention.cu; opt NULL: plain causal attention scaled by 1/sqrt(hd)
 void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                          const int32_t *seq_start, int T, int nh, int nkv, int hd);
+                          const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
 void launch_attention_cached(bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, int Tq, int Tk, int nh,
-                             int nkv, int hd);
+                             int nkv, int hd, const ops_attn *opt);
 void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                           const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                          int T, int nh, int nkv, int hd);
+                          int T, int nh, int nkv, int hd, const ops_attn *opt);
 
 // optim.cu
 void launch_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,

@@ -200,8 +200,14 @@ __global__ void nf4_dequant_cols_kernel(bf16 *__restrict__ dst, const uint8_t *_
 }
 
 void launch_nf4_dequant_cols(bf16 *dst, const ops_nf4 *W, int64_t c0, int64_t w, cudaStream_t s) {
-    CUDA_REQUIRE(W->blocksize >= 8 && W->blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     if (w <= 0 || W->rows <= 0) return;
+    if (W->dense) { // not quantized: the columns as they are
+        CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)w * sizeof(bf16), (const bf16 *)W->dense + c0,
+                                     (size_t)W->cols * sizeof(bf16), (size_t)w * sizeof(bf16), (size_t)W->rows,
+                                     cudaMemcpyDeviceToDevice, s));
+        return;
+    }
+    CUDA_REQUIRE(W->blocksize >= 8 && W->blocksize % 8 == 0, "nf4 blocksize must be a multiple of 8");
     int vec = c0 % 8 == 0 && w % 8 == 0 && W->cols % 8 == 0 && ((uintptr_t)W->codes & 3) == 0 &&
               ((uintptr_t)dst & 15) == 0;
     int64_t threads = vec ? W->rows * (w / 8) : W->rows * w;

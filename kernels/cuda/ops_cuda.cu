@@ -339,20 +339,39 @@ static void cu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, i
 static void cu_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
                              const int32_t *seq_start, int T, int nh, int nkv, int hd) {
     launch_attention_fwd((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv,
-                         hd);
+                         hd, NULL);
+}
+
+static void cu_attention_ex_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                                const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt) {
+    launch_attention_fwd((bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv,
+                         hd, opt);
 }
 
 static void cu_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
                              const void *q, const void *k, const void *v, const int32_t *seq_start, int T, int nh,
                              int nkv, int hd) {
     launch_attention_bwd((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)out, lse,
-                         (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv, hd);
+                         (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv, hd, NULL);
+}
+
+static void cu_attention_ex_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                                const void *q, const void *k, const void *v, const int32_t *seq_start, int T, int nh,
+                                int nkv, int hd, const ops_attn *opt) {
+    launch_attention_bwd((bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, (const bf16 *)out, lse,
+                         (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, nh, nkv, hd, opt);
 }
 
 static void cu_attention_cached(void *out, const void *q, const void *kcache, const void *vcache, int Tq, int Tk,
                                 int nh, int nkv, int hd) {
     launch_attention_cached((bf16 *)out, (const bf16 *)q, (const bf16 *)kcache, (const bf16 *)vcache, Tq, Tk, nh, nkv,
-                            hd);
+                            hd, NULL);
+}
+
+static void cu_attention_ex_cached(void *out, const void *q, const void *kcache, const void *vcache, int Tq, int Tk,
+                                   int nh, int nkv, int hd, const ops_attn *opt) {
+    launch_attention_cached((bf16 *)out, (const bf16 *)q, (const bf16 *)kcache, (const bf16 *)vcache, Tq, Tk, nh, nkv,
+                            hd, opt);
 }
 
 static void cu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n) {
@@ -363,10 +382,22 @@ static void cu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *
     launch_swiglu_bwd((bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
 }
 
+static void cu_geglu_fwd(void *out, const void *gate, const void *up, int64_t n) {
+    launch_geglu_fwd((bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+}
+
+static void cu_geglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n) {
+    launch_geglu_bwd((bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
+}
+
+static void cu_act_scale(void *x, int64_t n, float s) { launch_act_scale((bf16 *)x, n, s); }
+
 // rows [r0, r0+nr) of W to bf16 at dst, queued on stream s (either form of absmax)
 static void dequant_rows(bf16 *dst, const ops_nf4 *W, int64_t r0, int64_t nr, cudaStream_t s) {
     int64_t e0 = r0 * W->cols, n = nr * W->cols, b0 = e0 / W->blocksize;
-    if (W->absmax_q)
+    if (W->dense) // not quantized: bf16 rows as they are
+        CUDA_CHECK(cudaMemcpyAsync(dst, (const bf16 *)W->dense + e0, (size_t)n * sizeof(bf16), cudaMemcpyDeviceToDevice, s));
+    else if (W->absmax_q)
         launch_nf4_dequant_dq_bf16(dst, W->codes + e0 / 2, W->absmax_q + b0, W->nested_absmax + b0 / 256,
                                    W->nested_map, W->nested_offset, W->quant_map, n, W->blocksize, s);
     else
@@ -634,12 +665,13 @@ static const ops_table g_table = {
     cu_adamw,
     cu_sum_squares,
     cu_scale,
-    nullptr, /* attention_ex_fwd: sliding window, scale and soft-capping are CPU-only for now */
-    nullptr, /* attention_ex_bwd */
-    nullptr, /* attention_ex_cached */
-    nullptr, /* geglu_fwd: gemma3 runs on the CPU reference only for now */
-    nullptr, /* geglu_bwd */
-    nullptr, /* act_scale */
+    cu_attention_ex_fwd,
+    cu_attention_ex_bwd,
+    cu_attention_ex_cached,
+    cu_geglu_fwd,
+    cu_geglu_bwd,
+    cu_act_scale,
+    cuda_attention_layout,
     1, /* own_memory */
     cu_info,
     cuda_scratch_cap_set,

@@ -36,6 +36,8 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/fsutil.h"
+#include "export/merge.h"
 #include "formats/peft.h"
 #include "formats/safetensors.h"
 #include "model/llama.h"
@@ -286,6 +288,124 @@ TEST(export_merged) {
     free(lg);
 }
 
+/* ---- models run as they are (llama_load_opts.dense: what `generate --model DIR` does) ---- */
+
+static llama_model *load_dense(const char *dir) {
+    llama_model *m = NULL;
+    llama_load_opts o = LLAMA_LOAD_OPTS_DEFAULT;
+    o.dense = true;
+    if (llama_load(&m, dir, &o, ops_cpu())) {
+        fprintf(stderr, "%s: %s\n", dir, err_msg());
+        return NULL;
+    }
+    return m;
+}
+
+/* logits of ids[0..n) (seen as one sequence) from dir as it is, with the adapter at adir (or none) */
+static float *dense_logits(const char *dir, const char *adir, const int32_t *tok, int n) {
+    llama_model *m = load_dense(dir);
+    CHECK(m != NULL);
+    if (!m) return NULL;
+    CHECK(m->layers[0].lin[0].w.dense != NULL && m->layers[0].lin[0].w.codes == NULL);
+    int rc = 0;
+    if (adir) {
+        peft_adapter a;
+        rc = peft_adapter_load(&a, adir);
+        if (!rc) {
+            rc = llama_peft_attach(m, &a, adir);
+            peft_adapter_free(&a);
+        }
+        if (rc) fprintf(stderr, "%s\n", err_msg());
+        CHECK(rc == 0);
+    }
+    float *lg = rc ? NULL : malloc(sizeof(float) * (size_t)n * (size_t)m->V);
+    llama_batch b = {.ids = tok, .labels = NULL, .seq_start = NULL, .T = n};
+    if (lg && (llama_plan(m, n, LLAMA_CKPT_NONE) || llama_forward_logits(m, &b, lg))) {
+        fprintf(stderr, "%s\n", err_msg());
+        free(lg);
+        lg = NULL;
+    }
+    llama_free(&m);
+    return lg;
+}
+
+/* The dense path is the exact weights: the same figures as the full-rank trick of exact_logits,
+ * against torch fp32 on the same files. */
+TEST(dense_exact) {
+    float *lg = dense_logits(DIR "/merged", NULL, ids, T);
+    compare("merged/ as it is (dense)", lg, "merged", TOL_EXACT);
+    float *la = dense_logits(DIR "/base", DIR "/adapter_list", ids, T);
+    compare("base/ as it is + adapter_list/", la, "list", TOL_EXACT);
+    /* the merged export, run as it is, against its base + adapter: bf16 rounding of the merge */
+    if (lg && la) {
+        double e = rel_err(lg, la, (int64_t)T * V);
+        fprintf(stderr, "  merged/ vs base/ + adapter_list/, both as they are: %.2e (tol %.1e)\n", e,
+                TOL_MERGED_VS_ADAPTER);
+        CHECK(e <= TOL_MERGED_VS_ADAPTER);
+    }
+    free(lg);
+    free(la);
+}
+
+/* Per family (the tiny checkpoints of test_golden, our init_model's layouts, and the adapters
+ * make_golden.py loads with peft): merge with export/merge.c, run the merged model as it is,
+ * compare with the base + adapter as they are (bf16 rounding of the merged weights; the adapters
+ * move the logits by far more, checked below) and with the NF4 quantization of the merged model
+ * (what generate did before: that differs by NF4's error, which the dense path must not have). */
+static void family_merged(const char *name) {
+    char base[96], adir[96], tmpl[] = "/tmp/qlora-dense-XXXXXX";
+    snprintf(base, sizeof base, "golden/%s-tiny", name);
+    snprintf(adir, sizeof adir, "golden/%s_adapter", name);
+    char *tmp = mkdtemp(tmpl);
+    CHECK(tmp != NULL);
+    if (!tmp) return;
+    char *out = fs_join(tmp, "merged");
+    merge_src *ms = NULL;
+    int rc = merge_open(&ms, base, adir, 2);
+    if (!rc) rc = merge_write_model(ms, out, 0, NULL, NULL);
+    if (rc) fprintf(stderr, "%s: %s\n", name, err_msg());
+    CHECK(rc == 0);
+    merge_close(&ms);
+    int32_t tok[40];
+    llama_model *probe = rc ? NULL : load_dense(base);
+    int vocab = probe ? probe->V : 0;
+    llama_free(&probe);
+    for (int i = 0; i < 40; i++) tok[i] = vocab ? (int32_t)((i * 7919 + 13) % vocab) : 0;
+    float *merged = rc ? NULL : dense_logits(out, NULL, tok, 40);
+    float *with_adapter = rc ? NULL : dense_logits(base, adir, tok, 40);
+    float *plain = rc ? NULL : dense_logits(base, NULL, tok, 40);
+    float *nf4 = NULL;
+    if (!rc) {
+        llama_model *m = NULL;
+        llama_load_opts o = LLAMA_LOAD_OPTS_DEFAULT;
+        CHECK(llama_load(&m, out, &o, ops_cpu()) == 0);
+        if (m) {
+            nf4 = malloc(sizeof(float) * 40 * (size_t)m->V);
+            llama_batch b = {.ids = tok, .T = 40};
+            CHECK(llama_plan(m, 40, LLAMA_CKPT_NONE) == 0 && llama_forward_logits(m, &b, nf4) == 0);
+        }
+        llama_free(&m);
+    }
+    CHECK(merged && with_adapter && plain && nf4);
+    if (merged && with_adapter && plain && nf4) {
+        int64_t n = 40 * (int64_t)vocab;
+        double e = rel_err(merged, with_adapter, n), moved = rel_err(plain, with_adapter, n),
+               e_nf4 = rel_err(nf4, with_adapter, n);
+        fprintf(stderr, "  %s: merged as it is vs base + adapter %.2e (tol %.1e); the adapter moves the logits by "
+                        "%.2e; merged quantized to NF4 %.2e\n", name, e, TOL_MERGED_VS_ADAPTER, moved, e_nf4);
+        CHECK(e <= TOL_MERGED_VS_ADAPTER);
+        CHECK(moved > 10 * TOL_MERGED_VS_ADAPTER);
+        CHECK(e_nf4 > e);
+    }
+    free(merged), free(with_adapter), free(plain), free(nf4);
+    fs_rm_rf(tmp);
+    free(out);
+}
+
+TEST(dense_merged_qwen3) { family_merged("qwen3"); }
+TEST(dense_merged_mistral) { family_merged("mistral"); }
+TEST(dense_merged_gemma3) { family_merged("gemma3"); }
+
 /* AutoTokenizer.from_pretrained(merged/) encodes the dump's text as our tokenizer does */
 TEST(export_tokenizer) {
     const st_tensor *t = st_find(gold, "tok_ids");
@@ -313,6 +433,10 @@ int main(void) {
     RUN(export_adapter_all);
     RUN(export_merged);
     RUN(export_tokenizer);
+    RUN(dense_exact);
+    RUN(dense_merged_qwen3);
+    RUN(dense_merged_mistral);
+    RUN(dense_merged_gemma3);
     st_close(&gold);
     return test_summary();
 }

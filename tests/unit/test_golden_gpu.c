@@ -16,10 +16,16 @@ TEST(golden_llama_gpu) { check_case(&models[0], false, gpu, tol_bf16); }
 TEST(golden_llama_packed_gpu) { check_case(&models[0], true, gpu, tol_bf16); }
 TEST(golden_qwen2_gpu) { check_case(&models[1], false, gpu, tol_bf16); }
 TEST(golden_qwen2_packed_gpu) { check_case(&models[1], true, gpu, tol_bf16); }
-/* qwen3's q/k norms run through the same rmsnorm kernels (rows of head_dim); the windowed mistral
- * and gemma3 need the optional ops the cuda table does not have yet (llama_init refuses them) */
+/* qwen3's q/k norms run through the same rmsnorm kernels (rows of head_dim) */
 TEST(golden_qwen3_gpu) { check_case(&models[2], false, gpu, tol_bf16); }
 TEST(golden_qwen3_packed_gpu) { check_case(&models[2], true, gpu, tol_bf16); }
+/* mistral's sliding window (6 tokens, shorter than the dumps' sequences) and gemma3 (GeGLU, the
+ * embedding scale, query_pre_attn_scalar, four norms of (1 + w), interleaved local and global
+ * layers with their own rotary bases) through the _ex attention ops */
+TEST(golden_mistral_gpu) { check_case(&models[3], false, gpu, tol_bf16); }
+TEST(golden_mistral_packed_gpu) { check_case(&models[3], true, gpu, tol_bf16); }
+TEST(golden_gemma3_gpu) { check_case(&models[4], false, gpu, tol_bf16); }
+TEST(golden_gemma3_packed_gpu) { check_case(&models[4], true, gpu, tol_bf16); }
 
 int main(void) {
     gpu = ops_cuda();
@@ -33,5 +39,9 @@ int main(void) {
     RUN(golden_qwen2_packed_gpu);
     RUN(golden_qwen3_gpu);
     RUN(golden_qwen3_packed_gpu);
+    RUN(golden_mistral_gpu);
+    RUN(golden_mistral_packed_gpu);
+    RUN(golden_gemma3_gpu);
+    RUN(golden_gemma3_packed_gpu);
     return test_summary();
 }

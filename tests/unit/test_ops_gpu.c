@@ -144,7 +144,20 @@ static void *dev_i32(const int32_t *h, int64_t n) {
 
 /* |g - r| <= max(atol_frac * rms(ref), atol_abs) + eps * |r| for every element and
  * nmse <= 1e-4; prints the worst element */
+/* as check_close_abs, but up to max_bad elements (each within 3 times its limit, none NaN) may
+ * exceed the limit: attention's backward on the first rows of a sequence (two or three keys)
+ * computes dS = P (dP - D) from two nearly equal bf16-derived numbers, and every kernel (mma,
+ * tiled, cuDNN) lands an element there 1-1.7 times the rms-based limit now and then; a wrong
+ * mask, scale or layout puts thousands of elements off */
+static void check_close_abs_few(const char *what, const tens *out, double eps, double atol_frac, double atol_abs,
+                                int64_t max_bad);
+
 static void check_close_abs(const char *what, const tens *out, double eps, double atol_frac, double atol_abs) {
+    check_close_abs_few(what, out, eps, atol_frac, atol_abs, 0);
+}
+
+static void check_close_abs_few(const char *what, const tens *out, double eps, double atol_frac, double atol_abs,
+                                int64_t max_bad) {
     float *g = tens_download(out);
     const float *r = out->h;
     double ss = 0, err2 = 0;
@@ -162,6 +175,12 @@ static void check_close_abs(const char *what, const tens *out, double eps, doubl
         }
     }
     double nmse = ss > 0 ? err2 / ss : err2;
+    if (bad && bad <= max_bad && worst_ratio <= 3.0) {
+        if (getenv("QLORA_TEST_VERBOSE"))
+            fprintf(stderr, "  %s: %lld of %lld elements over the limit (allowed %lld, worst %.2fx)\n", what,
+                    (long long)bad, (long long)out->n, (long long)max_bad, worst_ratio);
+        bad = 0;
+    }
     if (!bad && !(nmse <= 1e-4)) {
         test_cur_failed = 1;
         test_failed_checks++;
@@ -374,6 +393,36 @@ TEST(add_swiglu) {
     }
 }
 
+TEST(geglu_act_scale) {
+    const int64_t sizes[] = {1, 7, 12345, 1 << 20};
+    for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+        int64_t n = sizes[s];
+        tens g = tens_rand(n, 1, 2.0f, 0.0f), u = tens_rand(n, 1, 1.0f, 0.0f), out = tens_out(n, 1);
+        cpu->geglu_fwd(out.h, g.h, u.h, n);
+        GPU(geglu_fwd)(out.d, g.d, u.d, n);
+        check_close("geglu_fwd", &out, EPS_BF, 1e-3);
+        tens dout = tens_rand(n, 1, 1.0f, 0.0f), dg = tens_out(n, 1), du = tens_out(n, 1);
+        cpu->geglu_bwd(dg.h, du.h, dout.h, g.h, u.h, n);
+        GPU(geglu_bwd)(dg.d, du.d, dout.d, g.d, u.d, n);
+        check_close("geglu_bwd dgate", &dg, EPS_BF, 1e-3);
+        check_close("geglu_bwd dup", &du, EPS_BF, 1e-3);
+        /* in place, as the model calls it (dgate, dup = gate, up) */
+        tens g2 = tens_copy(&g), u2 = tens_copy(&u);
+        GPU(geglu_bwd)(g2.d, u2.d, dout.d, g2.d, u2.d, n);
+        memcpy(g2.h, dg.h, sizeof(float) * (size_t)n), memcpy(u2.h, du.h, sizeof(float) * (size_t)n);
+        check_close("geglu_bwd in place dgate", &g2, EPS_BF, 1e-3);
+        check_close("geglu_bwd in place dup", &u2, EPS_BF, 1e-3);
+        /* Gemma's embedding scale: sqrt(2560) rounded to bf16 */
+        tens x = tens_rand(n, 1, 0.05f, 0.0f);
+        float sc = bf_round(sqrtf(2560.0f));
+        cpu->act_scale(x.h, n, sc);
+        GPU(act_scale)(x.d, n, sc);
+        check_close("act_scale", &x, 8e-3, 0);
+        tens_free(&g), tens_free(&u), tens_free(&out), tens_free(&dout), tens_free(&dg), tens_free(&du);
+        tens_free(&g2), tens_free(&u2), tens_free(&x);
+    }
+}
+
 TEST(rope) {
     const int shapes[][3] = {{37, 3, 64}, {16, 4, 128}, {9, 2, 16}, {100, 1, 80}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
@@ -398,9 +447,14 @@ TEST(rope) {
 
 /* ---- attention ---- */
 
-/* sequence starts for T tokens cut into pieces of random length (one piece when !packed) */
+/* sequence starts for T tokens cut into pieces of random length (packed 1), four pieces of T/4
+ * tokens (packed 2: the layout cuDNN's fused attention takes as a batch) or one piece (0) */
 static int32_t *make_seq_start(int T, int packed) {
     int32_t *ss = malloc(sizeof(int32_t) * (size_t)T);
+    if (packed == 2) {
+        for (int t = 0; t < T; t++) ss[t] = t - t % (T / 4);
+        return ss;
+    }
     int start = 0, left = packed ? rnd_int(1, T) : T;
     for (int t = 0; t < T; t++) {
         if (left == 0) {
@@ -413,17 +467,23 @@ static int32_t *make_seq_start(int T, int packed) {
     return ss;
 }
 
-/* both kernel families (cuda_ext.h), each against the reference */
+/* each kernel choice (cuda_ext.h) against the reference: with cuDNN selected, head dims that are
+ * multiples of 8 run there (one sequence, equal sequences as a batch, sequences of different
+ * lengths as a ragged batch) and the rest on the mma kernels */
 static void attention_check(void) {
     /* T, nh, nkv, hd, packed */
     const int cfgs[][5] = {{64, 2, 2, 64, 0},  {200, 4, 2, 128, 1}, {130, 4, 1, 64, 1}, {77, 2, 2, 32, 0},
                            {256, 8, 8, 128, 1}, {100, 6, 3, 80, 1},  {50, 2, 1, 36, 1},  {1, 2, 2, 64, 0},
-                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}};
+                           {300, 4, 4, 128, 0}, {129, 2, 2, 64, 1}, {512, 4, 4, 64, 2}, {1024, 4, 2, 64, 2},
+                           {384, 4, 1, 64, 0},  {768, 2, 2, 128, 0}, {256, 6, 2, 128, 2}, {200, 4, 2, 64, 2},
+                           {700, 4, 2, 128, 1}, {333, 2, 1, 64, 1}, {90, 4, 2, 24, 1},   {150, 4, 2, 32, 1},
+                           {160, 2, 2, 96, 1}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
         int32_t *ss = make_seq_start(T, packed);
         int32_t *ssd = dev_i32(ss, T);
+        cuda_attention_layout(ssd, ss, T);
         tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
         tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
         cpu->attention_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
@@ -442,12 +502,17 @@ static void attention_check(void) {
         tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
         cpu->attention_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd);
         GPU(attention_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        int64_t few = 1 + nq / 50000; /* see check_close_abs_few */
         snprintf(what, sizeof what, "attention_bwd dq T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dq, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dq, 3e-2, 3e-2, 1e-4, few);
+        /* cuDNN sums grouped-query dk, dv over the heads of a group from bf16 per-head partials
+         * (ours sum in fp32): the key most queries attend to carries the largest partials and
+         * their rounding, about 2^-9 of each, so those checks get 5% of the rms instead of 3% */
+        double kv_frac = cuda_attention_selected() == CUDA_ATTN_CUDNN && nkv < nh ? 5e-2 : 3e-2;
         snprintf(what, sizeof what, "attention_bwd dk T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dk, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dk, 3e-2, kv_frac, 1e-4, few);
         snprintf(what, sizeof what, "attention_bwd dv T=%d nh=%d nkv=%d hd=%d packed=%d", T, nh, nkv, hd, packed);
-        check_close_abs(what, &dv, 3e-2, 3e-2, 1e-4);
+        check_close_abs_few(what, &dv, 3e-2, kv_frac, 1e-4, few);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
         tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
         free(ss), gpu->free(ssd);
@@ -469,12 +534,91 @@ static void attention_cached_check(void) {
     }
 }
 
+/* the _ex ops: sliding windows (shorter and longer than the packed pieces, 1 = the token alone),
+ * another score scale (Gemma's query_pre_attn_scalar^-0.5), Gemma-2's soft-capping, head dims
+ * up to Gemma-3's 256 */
+static void attention_ex_check(void) {
+    /* T, nh, nkv, hd, packed, window, scale (x1000; 0: default), softcap (0: none) */
+    const int cfgs[][8] = {{200, 4, 2, 64, 1, 17, 0, 0},     {300, 4, 1, 128, 0, 64, 0, 0},
+                           {130, 2, 2, 32, 1, 1, 0, 0},      {257, 8, 4, 256, 1, 100, 62, 0},
+                           {100, 4, 2, 256, 0, 0, 62, 0},    {150, 4, 4, 64, 1, 0, 0, 4},
+                           {190, 6, 3, 128, 1, 33, 88, 30},  {70, 2, 1, 80, 0, 500, 0, 0},
+                           {129, 4, 2, 256, 0, 40, 0, 20},   {64, 2, 2, 64, 0, 64, 125, 0}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
+        ops_attn opt = {.window = cfgs[c][5], .scale = cfgs[c][6] / 1000.0f, .softcap = (float)cfgs[c][7]};
+        int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
+        int32_t *ss = make_seq_start(T, packed);
+        int32_t *ssd = dev_i32(ss, T);
+        /* larger scores, so that the soft-capping bites */
+        float amp = opt.softcap > 0 ? 3.0f : 1.0f;
+        tens q = tens_rand(nq, 1, amp, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+        tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
+        cpu->attention_ex_fwd(out.h, lse.h, q.h, k.h, v.h, ss, T, nh, nkv, hd, &opt);
+        GPU(attention_ex_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd, &opt);
+        char what[160];
+        snprintf(what, sizeof what, "attention_ex_fwd out T=%d nh=%d nkv=%d hd=%d packed=%d window=%d scale=%g cap=%g",
+                 T, nh, nkv, hd, packed, opt.window, opt.scale, opt.softcap);
+        check_close(what, &out, EPS_BF, 2e-2);
+        snprintf(what, sizeof what, "attention_ex_fwd lse T=%d hd=%d window=%d", T, hd, opt.window);
+        check_close(what, &lse, 1e-3, 1e-3);
+
+        tens out_ref = tens_copy(&out), lse_ref = tens_copy(&lse);
+        for (int64_t i = 0; i < nq; i++) out_ref.h[i] = bf_round(out_ref.h[i]);
+        tens_upload(&out_ref);
+        tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
+        tens dq = tens_out(nq, 1), dk = tens_out(nk, 1), dv = tens_out(nk, 1);
+        cpu->attention_ex_bwd(dq.h, dk.h, dv.h, dout.h, out_ref.h, lse_ref.h, q.h, k.h, v.h, ss, T, nh, nkv, hd, &opt);
+        GPU(attention_ex_bwd)(dq.d, dk.d, dv.d, dout.d, out_ref.d, lse_ref.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd, &opt);
+        const char *names[3] = {"dq", "dk", "dv"};
+        tens *grads[3] = {&dq, &dk, &dv};
+        for (int i = 0; i < 3; i++) {
+            snprintf(what, sizeof what, "attention_ex_bwd %s T=%d nh=%d nkv=%d hd=%d packed=%d window=%d scale=%g cap=%g",
+                     names[i], T, nh, nkv, hd, packed, opt.window, opt.scale, opt.softcap);
+            check_close_abs(what, grads[i], 3e-2, 3e-2, 1e-4);
+        }
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out), tens_free(&lse), tens_free(&out_ref);
+        tens_free(&lse_ref), tens_free(&dout), tens_free(&dq), tens_free(&dk), tens_free(&dv);
+        free(ss), gpu->free(ssd);
+    }
+    /* generation: Tq, Tk, nh, nkv, hd, window, scale (x1000), softcap */
+    const int ccfgs[][8] = {{1, 300, 4, 2, 64, 100, 0, 0}, {5, 200, 8, 2, 256, 64, 62, 0},
+                            {3, 130, 2, 1, 32, 0, 0, 30},  {64, 64, 2, 2, 128, 16, 0, 0}};
+    for (size_t c = 0; c < sizeof ccfgs / sizeof *ccfgs; c++) {
+        int Tq = ccfgs[c][0], Tk = ccfgs[c][1], nh = ccfgs[c][2], nkv = ccfgs[c][3], hd = ccfgs[c][4];
+        ops_attn opt = {.window = ccfgs[c][5], .scale = ccfgs[c][6] / 1000.0f, .softcap = (float)ccfgs[c][7]};
+        tens q = tens_rand((int64_t)Tq * nh * hd, 1, 1.0f, 0.0f);
+        tens k = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f), v = tens_rand((int64_t)Tk * nkv * hd, 1, 1.0f, 0.0f);
+        tens out = tens_out((int64_t)Tq * nh * hd, 1);
+        cpu->attention_ex_cached(out.h, q.h, k.h, v.h, Tq, Tk, nh, nkv, hd, &opt);
+        GPU(attention_ex_cached)(out.d, q.d, k.d, v.d, Tq, Tk, nh, nkv, hd, &opt);
+        char what[128];
+        snprintf(what, sizeof what, "attention_ex_cached Tq=%d Tk=%d hd=%d window=%d", Tq, Tk, hd, opt.window);
+        check_close(what, &out, EPS_BF, 2e-2);
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&out);
+    }
+}
+
 TEST(attention) {
-    for (int kernel = 0; kernel < 2; kernel++) {
+    for (int kernel = 0; kernel < 3; kernel++) {
         cuda_attention_select(kernel);
         fprintf(stderr, "  kernels: %s\n", cuda_attention_name(kernel));
+        long before = cuda_attention_cudnn_calls();
         attention_check();
         attention_cached_check();
+        long ran = cuda_attention_cudnn_calls() - before; /* before the ex cases: they never run on cuDNN */
+        attention_ex_check();
+        char why[512];
+        if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
+            /* 19 of the 21 shapes above are layouts and head dims cuDNN takes: most of their
+             * forwards and backwards must have run there (the check must not pass on the fallback) */
+            fprintf(stderr, "  %s: %ld attention calls ran on cuDNN\n", why, ran);
+            CHECK(ran >= 32);
+        } else if (kernel == CUDA_ATTN_CUDNN) {
+            fprintf(stderr, "  cuDNN not checked here: %s\n", why);
+        } else {
+            CHECK_EQ_INT(ran, 0); /* mma and tiled selected: nothing runs on cuDNN */
+        }
     }
     cuda_attention_select(CUDA_ATTN_MMA);
     /* the deterministic mode's ordered dq sum and per-share dK/dV slices, against the reference */
@@ -594,12 +738,22 @@ typedef struct qlin {
     ops_nf4 wh, wd;       /* host and device views */
     uint8_t *codes_h, *codes_d, *aq_h, *aq_d;
     float *absmax_h, *absmax_d, *qm_d, *nest_h, *nest_d, *nmap_h, *nmap_d;
+    float *dense_h;  /* dense: fp32 host values (bf16-rounded) */
+    void *dense_d;   /* dense: bf16 on the device */
 } qlin;
 
-/* dq: absmax double-quantized as bitsandbytes stores it (random codes and nested scales) */
+/* dq: 1 absmax double-quantized as bitsandbytes stores it (random codes and nested scales);
+ * 2 not quantized at all (ops_nf4.dense: a float model run as it is) */
 static qlin qlin_make(int out, int in, int dq) {
     qlin q;
     memset(&q, 0, sizeof q);
+    if (dq == 2) {
+        tens w = tens_rand((int64_t)out * in, 1, 1.0f / sqrtf((float)in), 0.0f);
+        q.dense_h = w.h, q.dense_d = w.d;
+        q.wh = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = q.dense_h};
+        q.wd = (ops_nf4){.rows = out, .cols = in, .blocksize = 64, .dense = q.dense_d};
+        return q;
+    }
     int64_t n = (int64_t)out * in, nb = nf4_nblocks(n, 64), bytes = nf4_packed_bytes(n), nn = nf4_nblocks(nb, 256);
     q.codes_h = malloc((size_t)bytes);
     for (int64_t i = 0; i < bytes; i++) q.codes_h[i] = (uint8_t)rnd_u64();
@@ -637,6 +791,11 @@ static qlin qlin_make(int out, int in, int dq) {
 }
 
 static void qlin_free(qlin *q) {
+    if (q->dense_h) {
+        free(q->dense_h);
+        gpu->free(q->dense_d);
+        return;
+    }
     free(q->codes_h), free(q->absmax_h), free(q->aq_h), free(q->nest_h), free(q->nmap_h);
     gpu->free(q->codes_d), gpu->free(q->qm_d);
     if (q->absmax_d) gpu->free(q->absmax_d);
@@ -644,14 +803,17 @@ static void qlin_free(qlin *q) {
 }
 
 TEST(qlinear) {
-    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax,
-     * scratch cap in KiB (0: none; else the weight goes in row ranges through one buffer) */
+    /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax (2: a dense
+     * weight, not quantized), scratch cap in KiB (0: none; else the weight goes in row ranges
+     * through one buffer) */
     const int cfgs[][9] = {{16, 64, 96, 8, 0, 0, 0, 0, 0},     {37, 256, 160, 16, 10, 1, 0, 0, 0},
                            {32, 4096, 4096, 16, 0, 0, 1, 0, 0}, {5, 128, 64, 4, 25, 0, 1, 0, 0},
                            {64, 512, 1376, 0, 0, 0, 0, 0, 0},   {1, 64, 64, 16, 5, 1, 0, 0, 0},
                            {128, 1024, 256, 64, 0, 1, 1, 0, 0}, {32, 4096, 4096, 16, 0, 0, 1, 1, 0},
                            {37, 256, 160, 16, 10, 1, 0, 1, 0},  {64, 512, 1376, 16, 5, 0, 1, 1, 64},
-                           {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256}};
+                           {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256},
+                           {16, 64, 96, 8, 0, 1, 0, 2, 0},      {37, 256, 160, 16, 10, 0, 1, 2, 0},
+                           {64, 512, 1376, 16, 5, 0, 1, 2, 64}, {20, 11008, 512, 16, 5, 0, 1, 2, 256}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], in = cfgs[c][1], out = cfgs[c][2], r = cfgs[c][3], accumulate = cfgs[c][6];
         float p = (float)cfgs[c][4] / 100.0f;
@@ -795,6 +957,7 @@ int main(void) {
     RUN(embedding);
     RUN(rmsnorm);
     RUN(add_swiglu);
+    RUN(geglu_act_scale);
     RUN(rope);
     RUN(attention);
     RUN(deterministic_refuses_tiled);
