@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/half.h"
 #include "core/rng.h"
@@ -560,11 +561,17 @@ int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
     m->lora_params = m->ops->alloc(bytes);
     m->lora_grads = m->ops->alloc(bytes);
     void *(*adam_alloc)(size_t) = m->adam_host ? m->ops->alloc_host : m->ops->alloc;
-    m->lora_m = adam_alloc(bytes);
-    m->lora_v = adam_alloc(bytes);
+    size_t adam_bytes = bytes;
+    if (m->adam_shard_world > 1) {
+        int64_t lo, hi;
+        coll_shard(off, m->adam_shard_world, m->adam_shard_rank, &lo, &hi);
+        adam_bytes = sizeof(float) * (size_t)(hi > lo ? hi - lo : 1);
+    }
+    m->lora_m = adam_alloc(adam_bytes);
+    m->lora_v = adam_alloc(adam_bytes);
     if (m->adam_host && (!m->lora_m || !m->lora_v))
         return err_set(ERR_STAGE, "cannot allocate %.1f MiB of pinned host memory for the AdamW state: turn "
-                                  "optimizer_offload off", 2.0 * (double)bytes / 1048576.0);
+                                  "optimizer_offload off", 2.0 * (double)adam_bytes / 1048576.0);
     if (!m->lora_params || !m->lora_grads || !m->lora_m || !m->lora_v)
         return err_set(ERR_STAGE, "out of memory: LoRA state needs %.1f MiB", 4.0 * (double)bytes / 1048576.0);
     float scale = cfg->rslora ? cfg->alpha / sqrtf((float)cfg->r) : cfg->alpha / (float)cfg->r;

@@ -134,6 +134,9 @@ typedef struct llama_model {
     bool adam_host; /* set before llama_lora_attach: lora_m, lora_v in ops->alloc_host memory (pinned,
                      * device-mapped host RAM on cuda: the fused AdamW reads them over PCIe, the
                      * device keeps 8 bytes a LoRA parameter fewer; the same kernel, the same bits) */
+    int adam_shard_world, adam_shard_rank; /* set before llama_lora_attach: world > 1 makes lora_m and
+                     * lora_v hold this rank's piece of the LoRA buffer only, coll_shard(n_lora_params,
+                     * world, rank): the sharded optimizer (ZeRO-1, train/trainer.h) */
 
     /* activation plan (after llama_plan) */
     int mlp_chunk_rows;   /* tokens per MLP chunk with checkpointing; 0: LLAMA_MLP_CHUNK_ROWS (set before llama_plan) */
