@@ -3,8 +3,8 @@
 # The demo recipe, shortened, trained by one process with gradient_accumulation_steps 4 and by two
 # ranks with 2 each (the same global batch of 16 rows): every step's loss and gradient norm must
 # be equal and the adapters the same bytes (the CPU backend sums the micro-batches' gradients in
-# fp64 and rounds once, train/trainer.h). The same with the optimizer state sharded (ZeRO-1) and a
-# bucket a layer, and with two processes started as a Slurm without PMIx starts them (only
+# fp64 and rounds once, train/trainer.h). The same on three ranks with the optimizer state sharded
+# (ZeRO-1) and a bucket a layer, and with two processes started as a Slurm without PMIx starts them (only
 # SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, meeting at MASTER_ADDR:MASTER_PORT). The ranks are
 # started once with mpirun and once by --gpus 2.
 # Then: rank 1 killed mid-run, the next run resumes from rank 0's checkpoint and ends with the
@@ -62,17 +62,23 @@ cmp "$one/adapter/adapter_model.safetensors" "$two/adapter/adapter_model.safeten
   fail "the adapters of 1 process and 2 ranks differ"
 grep -q "gradients: 1 bucket a step" "$tmp"/runs/demo/*/train.rank1.log || fail "the demo's gradients did not go in one bucket"
 
-# 2b. the optimizer state sharded over the ranks (ZeRO-1), a bucket a layer: the same bytes again
+# 2b. three ranks (uneven pieces), the optimizer state sharded over them (ZeRO-1), a bucket a layer,
+# clipping at work: the bytes of one process with the same global batch of 12 rows
+SHARD=(--set stages.train.micro_batch_size=2 --set stages.train.max_grad_norm=0.5)
+fresh "$tmp/one6"
+QLORA_CACHE="$tmp/one6" "$BIN" "$SRC/recipes/demo.yaml" "${BASE[@]}" "${STEPS[@]}" "${SHARD[@]}" \
+  --set stages.train.gradient_accumulation_steps=6 >"$tmp/one6.txt" 2>&1 || { cat "$tmp/one6.txt"; fail "the one-process run (accumulation 6) failed"; }
 fresh "$tmp/zero"
-QLORA_CACHE="$tmp/zero" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${STEPS[@]}" \
-  --set stages.train.gradient_accumulation_steps=2 --set stages.train.shard_optimizer=true \
+QLORA_CACHE="$tmp/zero" env ASAN_OPTIONS="$NOLEAK" mpirun -np 3 --oversubscribe "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" \
+  "${STEPS[@]}" "${SHARD[@]}" --set stages.train.gradient_accumulation_steps=2 --set stages.train.shard_optimizer=true \
   --set stages.train.grad_bucket_mb=0 >"$tmp/zero.txt" 2>&1 || { cat "$tmp/zero.txt"; fail "the sharded run failed"; }
-grep -q "optimizer state sharded over 2 ranks (ZeRO-1): AdamW m and v .* MiB a rank instead of" "$tmp/zero.txt" ||
+grep -q "optimizer state sharded over 3 ranks (ZeRO-1): AdamW m and v .* MiB a rank instead of" "$tmp/zero.txt" ||
   { cat "$tmp/zero.txt"; fail "the sharded run did not report its memory"; }
 grep -q "gradients: 2 buckets a step" "$tmp/zero.txt" || { cat "$tmp/zero.txt"; fail "expected a bucket a layer"; }
-$CMP losses "$one/train_log.jsonl" "$(artifact_of "$tmp/zero")/train_log.jsonl" 0 || fail "the sharded run's losses differ"
-cmp "$one/adapter/adapter_model.safetensors" "$(artifact_of "$tmp/zero")/adapter/adapter_model.safetensors" ||
-  fail "the sharded optimizer trained another adapter than one process"
+one6=$(artifact_of "$tmp/one6")
+$CMP losses "$one6/train_log.jsonl" "$(artifact_of "$tmp/zero")/train_log.jsonl" 0 || fail "the sharded run's losses differ"
+cmp "$one6/adapter/adapter_model.safetensors" "$(artifact_of "$tmp/zero")/adapter/adapter_model.safetensors" ||
+  fail "the sharded optimizer on 3 ranks trained another adapter than one process"
 
 # 2c. a Slurm without PMIx: two processes with only SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and
 # torchrun's MASTER_ADDR / MASTER_PORT; they meet there and train what one process trains

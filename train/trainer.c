@@ -648,10 +648,12 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if (bucketed) {
         if ((rc = buckets_plan(&bk, m, cfg->bucket_bytes, exact ? sizeof(double) : sizeof(float)))) goto out;
         bk.acc = acc;
-        hook_log(hooks, "gradients: %d bucket%s a step (buckets of %s%.2f MiB, the largest %.2f MiB; %s sums)", bk.n,
-                 bk.n == 1 ? "" : "s", cfg->bucket_bytes > 0 ? "at least " : "one layer, ",
-                 cfg->bucket_bytes > 0 ? (double)cfg->bucket_bytes / 1048576.0 : 0.0,
-                 (double)bk.max_elems * (exact ? 8.0 : 4.0) / 1048576.0, exact ? "exact fp64" : "fp32");
+    {
+        char size[64] = "a layer each";
+        if (cfg->bucket_bytes > 0) snprintf(size, sizeof size, "whole layers, at least %.2f MiB", (double)cfg->bucket_bytes / 1048576.0);
+        hook_log(hooks, "gradients: %d bucket%s a step (%s; the largest %.3f MiB; %s sums)", bk.n, bk.n == 1 ? "" : "s",
+                 size, (double)bk.max_elems * (exact ? 8.0 : 4.0) / 1048576.0, exact ? "exact fp64" : "fp32");
+    }
     }
     double t_run = now_s();
     bool interrupted = false;
