@@ -162,7 +162,9 @@ krc=$?
 mpid=""
 [ "$krc" != 0 ] || fail "the run with a killed rank ended with 0 (it finished before the kill?)"
 [ -z "$(find "$tmp/kill/artifacts/train" -mindepth 1 -maxdepth 1 2>/dev/null)" ] || fail "a killed run committed a train artifact"
-QLORA_CACHE="$tmp/kill" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/resume.txt" 2>&1 ||
+# (resumed with the optimizer sharded: each rank takes its piece of the whole checkpoint)
+QLORA_CACHE="$tmp/kill" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" \
+  --set stages.train.shard_optimizer=true >"$tmp/resume.txt" 2>&1 ||
   { cat "$tmp/resume.txt"; fail "the run after the kill failed"; }
 grep -q "resuming from checkpoint step" "$tmp/resume.txt" || { cat "$tmp/resume.txt"; fail "the run after the kill did not resume"; }
 echo "rank 1 killed (mpirun exit $krc); $(grep -o 'resuming from checkpoint step [0-9]*' "$tmp/resume.txt" | head -1)"
@@ -171,7 +173,8 @@ cmp -s "$ref" "$(artifact_of "$tmp/kill")/adapter/adapter_model.safetensors" ||
 
 # 4b. Ctrl-C on rank 1 alone: every rank stops at the next step boundary, rank 0 saves, exit 7
 fresh "$tmp/int"
-QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/int.txt" 2>&1 &
+QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" \
+  --set stages.train.shard_optimizer=true >"$tmp/int.txt" 2>&1 &
 mpid=$!
 rank1=""
 for _ in $(seq 1 600); do
@@ -190,6 +193,12 @@ irc=$?
 mpid=""
 [ "$irc" = 7 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: exit $irc, expected 7"; }
 [ "$(grep -c 'qlora-run: error: .*interrupted at step' "$tmp/int.txt")" = 1 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: expected one 'interrupted at step' message"; }
+# the sharded run's checkpoint (m and v gathered from both ranks) resumed without sharding
+QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/int2.txt" 2>&1 ||
+  { cat "$tmp/int2.txt"; fail "the run after SIGINT failed"; }
+grep -q "resuming from checkpoint step" "$tmp/int2.txt" || { cat "$tmp/int2.txt"; fail "the run after SIGINT did not resume"; }
+cmp -s "$ref" "$(artifact_of "$tmp/int")/adapter/adapter_model.safetensors" ||
+  fail "a sharded run interrupted and resumed unsharded differs from an uninterrupted run"
 
 # 5. a checkpoint of two ranks resumed by one process (another number of ranks)
 fresh "$tmp/kill1"
