@@ -327,6 +327,10 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     if (!qwen) c->max_window_layers = 0;
     c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_GEMMA3;
     if (c->arch == ARCH_GEMMA3 && (rc = parse_gemma3(c, j, path))) goto fail;
+    /* 4.x keeps partial_rotary_factor at the top level; 5.x in rope_parameters (read above) */
+    if (c->partial_rotary_factor == 0 && json_object_get(j, "partial_rotary_factor") &&
+        (rc = get_num(j, "partial_rotary_factor", 1.0, &c->partial_rotary_factor, path)))
+        goto fail;
     if (c->arch == ARCH_PHI3 && (rc = parse_phi3(c, j, path))) goto fail;
     if (c->arch != ARCH_PHI3 && c->partial_rotary_factor != 0 && c->partial_rotary_factor != 1) {
         rc = err_set(ERR_DATA, "%s: partial_rotary_factor %g is only supported for phi3", path, c->partial_rotary_factor);

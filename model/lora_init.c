@@ -76,7 +76,7 @@ static int targets_check_family(const json_t *targets, const model_config *c) {
     size_t n = json_is_array(targets) ? json_array_size(targets) : 1;
     for (size_t i = 0; i < n; i++) {
         const json_t *v = json_is_array(targets) ? json_array_get(targets, i) : targets;
-        bool sel[LORA_N_KINDS], any = false;
+        bool sel[LORA_N_KINDS] = {false}, any = false;
         int rc = select_one(json_string_value(v), sel);
         if (rc) return rc;
         for (int k = 0; k < LORA_N_KINDS; k++) any |= sel[k] && lora_kind_of(c, k);
