@@ -232,6 +232,12 @@ typedef struct ops_table {
      * in the order they were queued. The CPU copies at once (a test of the bookkeeping). */
     void (*side_copy)(int slot, void *dst, const void *src, size_t bytes);
     void (*side_wait)(int slot);
+    /* Optional (last, so the positional CUDA table needs no entry while it has none): rope over
+     * the first rot dims of each head only (j pairs with j + rot/2, inv_freq[rot/2]), the rest
+     * passing unchanged, the rotated values multiplied by mscale (phi3's partial rotary and
+     * longrope's attention factor); inverse = 1 applies the transpose (times mscale). */
+    void (*rope_ex)(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                    int inverse);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 
