@@ -17,7 +17,6 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +28,7 @@
 #include "core/fsutil.h"
 #include "core/hash.h"
 #include "core/json_in.h"
+#include "core/str.h"
 #include "net/http.h"
 
 #ifndef QLORA_VERSION
@@ -39,16 +39,6 @@
 #define HUB_RETRY_AFTER_CAP_S 120.0
 
 /* ---------- small helpers ---------- */
-
-static char *xasprintf(const char *fmt, ...) ERR_PRINTF(1, 2);
-static char *xasprintf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static bool is_hex(const char *s, size_t n) {
     if (strlen(s) != n) return false;
