@@ -383,20 +383,23 @@ static void add_key_file(vctx *v, const char *path) {
     json_array_append_new(v->key_files, json_string(path));
 }
 
-/* a kind's own key files (stage_kind.key_files): resolved against the recipe's folder; one that
- * does not exist is a recipe error at the stage */
-typedef struct kind_files {
+/* a kind's own key paths (stage_kind.key_paths): resolved against the recipe's folder and made
+ * absolute (the plan labels files relative to the recipe); a file that does not exist is a recipe
+ * error at the stage, a folder that does not exist is the stage's to report */
+typedef struct kind_paths {
     vctx *v;
     const char *recipe_dir;
     const yt_node *at;
-} kind_files;
+} kind_paths;
 
-static void add_kind_file(void *ud, const char *path) {
-    kind_files *k = ud;
+static void add_kind_path(void *ud, const char *path, stage_key_path what) {
+    kind_paths *k = ud;
     char *given = path[0] == '/' ? strdup(path) : fs_join(k->recipe_dir, path);
     char *real = given ? realpath(given, NULL) : NULL;
-    if (!real || fs_is_dir(real)) errs_add(k->v->e, k->at, "%s: file '%s' does not exist (looked for '%s')", k->v->where, path, given ? given : path);
-    else add_key_file(k->v, real);
+    bool is_dir = real && fs_is_dir(real);
+    if (what == STAGE_KEY_DIR ? is_dir : real && !is_dir) add_key_file(k->v, real);
+    else if (what == STAGE_KEY_FILE)
+        errs_add(k->v->e, k->at, "%s: file '%s' does not exist (looked for '%s')", k->v->where, path, given ? given : path);
     free(real);
     free(given);
 }
@@ -1098,17 +1101,9 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
             errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
         }
-        if (kind->key_files) {
-            kind_files kf = {&sv, r->dir, st};
-            kind->key_files(rs->params, add_kind_file, &kf);
-        }
         if (kind->key_paths) {
-            json_t *paths = json_array();
-            kind->key_paths(rs->params, r->dir, paths);
-            size_t pi;
-            json_t *pv;
-            json_array_foreach(paths, pi, pv) add_key_file(&sv, json_string_value(pv));
-            json_decref(paths);
+            kind_paths kp = {&sv, r->dir, st};
+            kind->key_paths(rs->params, add_kind_path, &kp);
         }
     }
     /* the hooks that shape this kind's output */

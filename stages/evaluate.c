@@ -140,13 +140,16 @@ static int check_tasks(const json_t *tasks) {
 }
 
 /* tasks[].path and fewshot_path: their content is part of the key */
-static void eval_key_files(const json_t *p, void (*add)(void *ud, const char *path), void *ud) {
+static void eval_key_paths(const json_t *p, void (*add)(void *ud, const char *path, stage_key_path what), void *ud) {
     size_t i;
     json_t *t;
     json_array_foreach(json_object_get(p, "tasks"), i, t) {
-        if (json_is_string(json_object_get(t, "path"))) add(ud, json_string_value(json_object_get(t, "path")));
-        if (json_is_string(json_object_get(t, "fewshot_path"))) add(ud, json_string_value(json_object_get(t, "fewshot_path")));
-        if (json_is_string(json_object_get(t, "hook"))) add(ud, json_string_value(json_object_get(t, "hook")));
+        const char *path = json_string_value(json_object_get(t, "path"));
+        const char *fewshot = json_string_value(json_object_get(t, "fewshot_path"));
+        const char *hook = json_string_value(json_object_get(t, "hook"));
+        if (path) add(ud, path, STAGE_KEY_FILE);
+        if (fewshot) add(ud, fewshot, STAGE_KEY_FILE);
+        if (hook) add(ud, hook, STAGE_KEY_FILE);
     }
 }
 
@@ -1084,7 +1087,7 @@ const stage_kind stage_kind_evaluate = {
     .doc = "loss, perplexity, generations and hook scores of the base and tuned model, side by side",
     .params = eval_params,
     .check = eval_check,
-    .key_files = eval_key_files,
+    .key_paths = eval_key_paths,
     .resolve = eval_resolve,
     .run = eval_run,
     .key_hooks = "format|score|generate|task",
