@@ -740,70 +740,74 @@ static char *abs_path(const char *p) {
     return r ? r : strdup(p);
 }
 
-int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_snapshot *out) {
-    memset(out, 0, sizeof *out);
-    if (!hub_repo_id_valid(o->repo)) return err_set(ERR_USAGE, "not a repo id: '%s' (expected org/name)", o->repo);
-    const char *rev = o->revision && *o->revision ? o->revision : "main";
+/* One hub_snapshot_download call: what its steps share. */
+typedef struct snapshot_call {
+    const hub_config *cfg;
+    const hub_fetch_opts *o;
+    const char *rev;
     repo_paths p;
-    repo_paths_init(&p, cfg, o->type, o->repo);
-    int rc = 0;
-    char *commit = NULL, **files = NULL;
-    int n_files = 0;
-    hub_engine he;
-    hub_engine_init(&he, cfg, (err_subject){cfg, o->type, o->repo, rev, NULL}, o->progress, o->progress_user,
-                    o->interrupted);
+    hub_engine he;      /* must not move while it runs */
+    char *commit;       /* the listing: the revision's commit and every file */
+    char **files;
+    int n_files;
+    const char **want;  /* the wanted files (borrowed from files) */
+    int n_want;
+} snapshot_call;
 
-    if (cfg->offline) {
-        rc = snapshot_from_cache(cfg, o, &p, rev, out, "HF_HUB_OFFLINE is set");
-        goto done;
-    }
-    /* 1. the listing: revision -> commit, and the file names */
-    char *qrev = hub_url_quote(rev, false);
+static void snapshot_call_free(snapshot_call *sc) {
+    net_engine_free(&sc->he.g);
+    free(sc->commit);
+    free_list(sc->files, sc->n_files);
+    free((void *)sc->want);
+    repo_paths_free(&sc->p);
+}
+
+/* 1. The listing: revision -> commit, and the file names. When the hub cannot be reached, a
+ * cached snapshot still serves, as with the Python tools: *served says it did (out is filled). */
+static int snapshot_list(snapshot_call *sc, hub_snapshot *out, bool *served) {
+    const hub_config *cfg = sc->cfg;
+    const hub_fetch_opts *o = sc->o;
+    char *qrev = hub_url_quote(sc->rev, false);
     char *api = xasprintf("%s/api/%ss/%s/revision/%s", cfg->endpoint, repo_noun(o->type), o->repo, qrev);
     free(qrev);
     net_headers h;
     net_headers_init(&h);
     net_buf body = {.limit = 64u << 20};
     bool unreachable = false;
-    rc = net_request(&he.pol, api, false, true, o->interrupted, &h, &body, &unreachable);
+    int rc = net_request(&sc->he.pol, api, false, true, o->interrupted, &h, &body, &unreachable);
     if (rc == ERR_NETWORK && unreachable) {
-        /* the hub is unreachable: a cached snapshot still serves, as with the Python tools */
         char why[512];
         snprintf(why, sizeof why, "%s", err_msg());
         err_clear();
-        if (!snapshot_from_cache(cfg, o, &p, rev, out, why)) rc = 0;
-        else rc = ERR_NETWORK;
-        free(api);
-        free(body.data);
-        net_headers_free(&h);
-        goto done;
+        rc = snapshot_from_cache(cfg, o, &sc->p, sc->rev, out, why) ? ERR_NETWORK : 0;
+        *served = !rc;
+    } else {
+        if (!rc && h.status != 200) rc = http_error(&sc->he.subj, &h, api);
+        if (!rc) rc = hub_listing_parse(body.data ? body.data : "", body.len, &sc->commit, &sc->files, &sc->n_files);
+        if (rc == ERR_DATA && h.status == 200) err_wrap("%s", api);
     }
-    if (!rc && h.status != 200) rc = http_error(&he.subj, &h, api);
-    if (!rc) rc = hub_listing_parse(body.data ? body.data : "", body.len, &commit, &files, &n_files);
-    if (rc == ERR_DATA && h.status == 200) err_wrap("%s", api);
     free(api);
     free(body.data);
     net_headers_free(&h);
-    if (rc) goto done;
+    return rc;
+}
 
-    /* 2. the wanted files, pickle refused */
-    const char **want = calloc((size_t)n_files + 1, sizeof *want);
+/* 2. The wanted files (the caller's select, else include/exclude), pickle refused. None wanted is
+ * an error, unless the caller selects: then the listing was all it wanted. */
+static int snapshot_pick(snapshot_call *sc) {
+    const hub_fetch_opts *o = sc->o;
+    int n_files = sc->n_files;
+    sc->want = calloc((size_t)n_files + 1, sizeof *sc->want);
     bool *picked = o->select ? calloc((size_t)n_files + 1, sizeof *picked) : NULL;
-    if (!want || (o->select && !picked)) {
-        free((void *)want);
+    if (!sc->want || (o->select && !picked)) {
         free(picked);
-        rc = err_set(ERR_STAGE, "out of memory");
-        goto done;
+        return err_set(ERR_STAGE, "out of memory");
     }
-    if (o->select && (rc = o->select(o->select_user, commit, files, n_files, picked))) {
-        free((void *)want);
-        free(picked);
-        goto done;
-    }
-    int n_want = 0, n_safetensors = 0;
+    int rc = o->select ? o->select(o->select_user, sc->commit, sc->files, n_files, picked) : 0;
+    int n_safetensors = 0;
     const char *a_pickle = NULL;
-    for (int i = 0; i < n_files; i++) {
-        const char *f = files[i];
+    for (int i = 0; i < n_files && !rc; i++) {
+        const char *f = sc->files[i];
         if (hub_path_is_pickle(f) && !a_pickle) a_pickle = f;
         if (picked ? !picked[i] : !wanted(o, f)) continue;
         if (hub_path_is_pickle(f) && !o->allow_pickle) {
@@ -813,31 +817,32 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         }
         size_t fl = strlen(f);
         if (fl > 12 && !strcmp(f + fl - 12, ".safetensors")) n_safetensors++;
-        want[n_want++] = f;
+        sc->want[sc->n_want++] = f;
     }
+    free(picked);
     if (!rc && o->type == HUB_REPO_MODEL && !o->include && !n_safetensors && a_pickle && !o->allow_pickle)
         rc = err_set(ERR_DATA, "model '%s' at '%s' has no .safetensors weights, only PyTorch pickle files such as '%s' "
                                "(refused: a pickle can run code when loaded); pick a revision or repo with "
-                               "safetensors weights, or set allow_pickle if you trust it", o->repo, rev, a_pickle);
-    free(picked);
-    if (!rc && !n_want && o->select) { /* the listing was all the caller wanted */
-        free((void *)want);
-        out->commit = strdup(commit);
-        goto done;
-    }
-    if (!rc && !n_want)
+                               "safetensors weights, or set allow_pickle if you trust it", o->repo, sc->rev, a_pickle);
+    if (!rc && !sc->n_want && !o->select)
         rc = err_set(ERR_NETWORK, "no file of %s '%s' at '%s' matches the include/exclude patterns", repo_noun(o->type),
-                     o->repo, rev);
-    if (rc) { free((void *)want); goto done; }
-    rc = write_ref(&p, rev, commit);
-    if (rc) { free((void *)want); goto done; }
+                     o->repo, sc->rev);
+    return rc;
+}
 
-    /* 3. a transfer per file not already in the snapshot */
-    char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
-    out->files = calloc((size_t)n_want + 1, sizeof *out->files);
-    for (int i = 0; i < n_want; i++) {
-        out->files[out->n_files++] = strdup(want[i]);
-        char *local = fs_join(snap, want[i]);
+/* 3. A transfer per wanted file not already in the snapshot (with verify, a cached one is
+ * re-hashed first and fetched again when corrupt), all run at once; out gets the snapshot. */
+static int snapshot_fetch(snapshot_call *sc, hub_snapshot *out) {
+    const hub_config *cfg = sc->cfg;
+    const hub_fetch_opts *o = sc->o;
+    int rc = write_ref(&sc->p, sc->rev, sc->commit);
+    if (rc) return rc;
+    char *snap = xasprintf("%s/snapshots/%s", sc->p.repo_dir, sc->commit);
+    out->files = calloc((size_t)sc->n_want + 1, sizeof *out->files);
+    for (int i = 0; i < sc->n_want; i++) {
+        const char *f = sc->want[i];
+        out->files[out->n_files++] = strdup(f);
+        char *local = fs_join(snap, f);
         int64_t s = fs_size(local); /* follows the link: a blob is there */
         struct stat lst;
         bool linked = lstat(local, &lst) == 0 && S_ISLNK(lst.st_mode);
@@ -848,30 +853,41 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         }
         free(local);
         if (s >= 0 && linked) { out->bytes_total += s; continue; }
-        char *qpath = hub_url_quote(want[i], true);
-        char *url = xasprintf("%s/%s%s/resolve/%s/%s", cfg->endpoint, repo_prefix(o->type), o->repo, commit, qpath);
+        char *qpath = hub_url_quote(f, true);
+        char *url = xasprintf("%s/%s%s/resolve/%s/%s", cfg->endpoint, repo_prefix(o->type), o->repo, sc->commit, qpath);
         free(qpath);
-        hub_engine_add_file(&he, want[i], url, commit, snap);
+        hub_engine_add_file(&sc->he, f, url, sc->commit, snap);
         free(url);
     }
-    free((void *)want);
-    if (!rc && he.g.n) rc = engine_prepare_hub(&he, &p);
-    if (!rc && he.g.n) rc = net_engine_run(&he.g);
-    for (int i = 0; i < he.g.n; i++) out->bytes_total += he.g.x[i]->size > 0 ? he.g.x[i]->size : 0;
-    out->bytes_downloaded = he.g.downloaded;
+    net_engine *g = &sc->he.g;
+    if (!rc && g->n) rc = engine_prepare_hub(&sc->he, &sc->p);
+    if (!rc && g->n) rc = net_engine_run(g);
+    for (int i = 0; i < g->n; i++) out->bytes_total += g->x[i]->size > 0 ? g->x[i]->size : 0;
+    out->bytes_downloaded = g->downloaded;
     if (!rc) {
-        out->commit = strdup(commit);
+        out->commit = strdup(sc->commit);
         out->dir = abs_path(snap);
     }
     free(snap);
-done:
-    if (rc) {
-        hub_snapshot_free(out);
+    return rc;
+}
+
+int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_snapshot *out) {
+    memset(out, 0, sizeof *out);
+    if (!hub_repo_id_valid(o->repo)) return err_set(ERR_USAGE, "not a repo id: '%s' (expected org/name)", o->repo);
+    snapshot_call sc = {.cfg = cfg, .o = o, .rev = o->revision && *o->revision ? o->revision : "main"};
+    repo_paths_init(&sc.p, cfg, o->type, o->repo);
+    hub_engine_init(&sc.he, cfg, (err_subject){cfg, o->type, o->repo, sc.rev, NULL}, o->progress, o->progress_user,
+                    o->interrupted);
+    bool served = false;
+    int rc;
+    if (cfg->offline) rc = snapshot_from_cache(cfg, o, &sc.p, sc.rev, out, "HF_HUB_OFFLINE is set");
+    else if (!(rc = snapshot_list(&sc, out, &served)) && !served && !(rc = snapshot_pick(&sc))) {
+        if (sc.n_want) rc = snapshot_fetch(&sc, out);
+        else out->commit = strdup(sc.commit); /* the listing was all the caller wanted */
     }
-    net_engine_free(&he.g);
-    free(commit);
-    free_list(files, n_files);
-    repo_paths_free(&p);
+    if (rc) hub_snapshot_free(out);
+    snapshot_call_free(&sc);
     return rc;
 }
 
