@@ -139,17 +139,17 @@ static int check_tasks(const json_t *tasks) {
     return 0;
 }
 
-/* tasks[].path and fewshot_path: their content is part of the key */
+/* the files a task entry names: their content is part of the key */
+static const char *const task_file_keys[] = {"path", "fewshot_path", "hook"};
+
 static void eval_key_paths(const json_t *p, void (*add)(void *ud, const char *path, stage_key_path what), void *ud) {
     size_t i;
     json_t *t;
     json_array_foreach(json_object_get(p, "tasks"), i, t) {
-        const char *path = json_string_value(json_object_get(t, "path"));
-        const char *fewshot = json_string_value(json_object_get(t, "fewshot_path"));
-        const char *hook = json_string_value(json_object_get(t, "hook"));
-        if (path) add(ud, path, STAGE_KEY_FILE);
-        if (fewshot) add(ud, fewshot, STAGE_KEY_FILE);
-        if (hook) add(ud, hook, STAGE_KEY_FILE);
+        for (size_t k = 0; k < sizeof task_file_keys / sizeof *task_file_keys; k++) {
+            const char *f = json_string_value(json_object_get(t, task_file_keys[k]));
+            if (f) add(ud, f, STAGE_KEY_FILE);
+        }
     }
 }
 
@@ -211,7 +211,6 @@ static int eval_resolve(const json_t *p, json_t **out) {
     else *out = all;
     return rc;
 }
-
 
 static int eval_check(const json_t *p) {
     int trc = check_tasks(json_object_get(p, "tasks"));
