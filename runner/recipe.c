@@ -829,6 +829,22 @@ void recipe_free(recipe **pr) {
     *pr = NULL;
 }
 
+/* The stages in a new order (order[i]: the old index of the stage that goes to place i), their
+ * references remapped. */
+static void stages_reorder(recipe *r, const int *order) {
+    int n = r->n_stages;
+    recipe_stage *ns = malloc((size_t)n * sizeof *ns);
+    int *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++) pos[order[i]] = i;
+    for (int i = 0; i < n; i++) {
+        ns[i] = r->stages[order[i]];
+        for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
+    }
+    free(r->stages);
+    r->stages = ns;
+    free(pos);
+}
+
 /* Topological sort (Kahn, stable by recipe order); on a cycle, name it. */
 static int toposort(recipe *r, errs *e) {
     int n = r->n_stages;
@@ -869,19 +885,7 @@ static int toposort(recipe *r, errs *e) {
         }
         free(next);
     }
-    if (!rc) {
-        /* reorder stages; remap ref targets */
-        recipe_stage *ns = malloc((size_t)n * sizeof *ns);
-        int *pos = malloc((size_t)n * sizeof *pos);
-        for (int i = 0; i < n; i++) pos[order[i]] = i;
-        for (int i = 0; i < n; i++) {
-            ns[i] = r->stages[order[i]];
-            for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
-        }
-        free(r->stages);
-        r->stages = ns;
-        free(pos);
-    }
+    if (!rc) stages_reorder(r, order);
     free(state);
     free(order);
     free(stack);
@@ -1011,20 +1015,12 @@ static void load_gates(recipe *r, const yt_node *gn, errs *e) {
 /* With gates, the held-back stages go last (stable): a valid topological order still, since
  * every stage that reads a held one is held too. */
 static void order_held_last(recipe *r) {
-    int n = r->n_stages, *order = malloc((size_t)n * sizeof *order), *pos = malloc((size_t)n * sizeof *pos), no = 0;
+    int n = r->n_stages, *order = malloc((size_t)n * sizeof *order), no = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < n; i++)
             if (recipe_stage_held(r, i) == (pass == 1)) order[no++] = i;
-    recipe_stage *ns = malloc((size_t)n * sizeof *ns);
-    for (int i = 0; i < n; i++) pos[order[i]] = i;
-    for (int i = 0; i < n; i++) {
-        ns[i] = r->stages[order[i]];
-        for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
-    }
-    free(r->stages);
-    r->stages = ns;
+    stages_reorder(r, order);
     free(order);
-    free(pos);
 }
 
 static json_t *gates_json(const recipe *r) {
