@@ -4,8 +4,8 @@
 # hyparquet with hyparquet-compressors (pinned, installed under $QLORA_BUILD/npm), and against
 # the records pyarrow wrote (tests/parquet_check.mjs); int96.parquet (INT96 timestamps, which the
 # fixtures' pyarrow does not write by default) is built by tests/golden/make_int96.py from the
-# format's documentation, its expected records computed there with Python's datetime. Skips (exit 0) only when node or the npm
-# registry is missing.
+# format's documentation, its expected records computed there with Python's datetime. Skips
+# (exit 0) only when node or the npm registry is missing.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 . "$QLORA_SRC/tests/npm_pkg.sh"
