@@ -539,9 +539,11 @@ static int run_ranked(const char *path, const run_opts *o) {
     if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
     if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
     const char *outdir = o->out ? o->out : r->output_dir;
-    if (!rc && lead && outdir && !o->dry_run) rc = outdir_check(outdir, r->name); /* before any stage runs */
-    for (int i = 0; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++)
-        if (r->stages[i].kind->flags & STAGE_KIND_EXPORTS) rc = outdir_check_stage(outdir, r->stages[i].name);
+    for (int i = 0, first = 1; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++) { /* before any stage runs */
+        if (!(r->stages[i].kind->flags & STAGE_KIND_EXPORTS) || R.p.st[i].status == PLAN_SKIP) continue;
+        if (first) rc = outdir_check(outdir, r->name), first = 0;
+        if (!rc) rc = outdir_check_stage(outdir, r->stages[i].name);
+    }
     rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
     if (!rc) rc = share_plan(&R);
     if (rc) goto done;

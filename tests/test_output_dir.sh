@@ -62,6 +62,9 @@ run recipes/r.yaml --out theirs
 if [ $? -eq 2 ] && grep -q "not a previous output of this recipe" out.txt && [ "$(ls theirs)" = a.txt ]
 then ok "--out a user's folder: refused, untouched"
 else bad "--out a user's folder"; fi
+run recipes/r.yaml --out theirs --until lora
+if [ $? -eq 0 ] && [ "$(ls theirs)" = a.txt ]; then ok "a run that exports nothing does not check --out"
+else bad "--until lora with a user's folder as --out"; fi
 recipe other '' "$GEN" > recipes/other.yaml
 run recipes/other.yaml --out exports
 if [ $? -eq 2 ] && grep -q "holds the exports of recipe 'gen'" out.txt; then ok "another recipe's output_dir: refused"
