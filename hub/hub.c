@@ -665,12 +665,33 @@ static int snapshot_from_cache(const hub_config *cfg, const hub_fetch_opts *o, c
     char **all = NULL;
     int n = 0;
     list_tree(dir, NULL, &all, &n);
+    qsort(all, (size_t)n, sizeof *all, cmp_str);
+    /* a caller that picks files itself (a hub dataset: configs and splits) picks among the cached
+     * ones, the listing huggingface_hub's offline mode knows too */
+    bool *picked = o->select ? calloc((size_t)n + 1, sizeof *picked) : NULL;
+    int rc = o->select && !picked ? err_set(ERR_STAGE, "out of memory") : 0;
+    if (!rc && o->select && (rc = o->select(o->select_user, commit, all, n, picked)))
+        err_wrap("%s: only the files of the cached snapshot %s are known", why, dir);
     out->files = calloc((size_t)n + 1, sizeof *out->files);
     for (int i = 0; i < n; i++) {
-        if (wanted(o, all[i])) out->files[out->n_files++] = all[i];
+        if (!rc && (picked ? picked[i] : wanted(o, all[i]))) out->files[out->n_files++] = all[i];
         else free(all[i]);
     }
     free(all);
+    free(picked);
+    if (rc || (o->select && !out->n_files)) { /* an error, or the listing was all the caller wanted */
+        if (rc) {
+            free(commit);
+            free(dir);
+            free(out->files);
+            out->files = NULL;
+            return rc;
+        }
+        out->commit = commit;
+        out->dir = dir;
+        out->offline = true;
+        return 0;
+    }
     if (!out->n_files) {
         free(commit);
         free(dir);

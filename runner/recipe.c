@@ -44,6 +44,9 @@ static const param_spec top_params[] = {
      "docs/multi-gpu.md)", 0},
     {"cache_dir", PARAM_STRING, NULL, 1, 0, NULL, "the artifact cache (default $QLORA_CACHE or ~/.cache/qlora-run)", 0},
     {"runs_dir", PARAM_STRING, NULL, 1, 0, NULL, "where run records go (default $QLORA_RUNS or ./runs)", 0},
+    {"output_dir", PARAM_STRING, NULL, 1, 0, NULL,
+     "where the exports go, one folder per export stage (OUTPUT_DIR/STAGE/adapter, ...), copied there when "
+     "complete; relative to the recipe's folder; `--out DIR` overrides it (docs/exports.md)", 0},
     {"hooks", PARAM_ANY, NULL, 1, 0, NULL, "Lua hook files by hook point, and the sandbox's allowances (see below)", 0},
     {"stages", PARAM_ANY, NULL, 1, 0, NULL, "the stages: a mapping of stage name to {kind: ..., parameters}", PARAM_REQUIRED},
     {"gates", PARAM_ANY, NULL, 1, 0, NULL, "quality gates: STAGE.METRIC to {min, max, max_regression}; exports and publishing run only when all pass (see below)", 0},
@@ -816,6 +819,7 @@ void recipe_free(recipe **pr) {
     free(r->name);
     free(r->cache_dir);
     free(r->runs_dir);
+    free(r->output_dir);
     json_decref(r->hooks);
     json_decref(r->resolved);
     for (int i = 0; i < r->n_gates; i++) {
@@ -1054,11 +1058,15 @@ static json_t *load_top(recipe *r, errs *e) {
     const char *rd = json_string_value(json_object_get(top, "runs_dir"));
     if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
     if (rd) r->runs_dir = rd[0] == '/' ? strdup(rd) : fs_join(r->dir, rd);
+    const char *od = json_string_value(json_object_get(top, "output_dir"));
+    if (od && !*od) errs_add(e, yt_map_get(r->root, "output_dir"), "recipe: 'output_dir' is empty: name a folder for the exports");
+    else if (od) r->output_dir = od[0] == '/' ? strdup(od) : fs_join(r->dir, od);
     /* absolute, so stages may change directory freely */
     char *absdir = realpath(r->dir, NULL);
     if (absdir) {
         if (cd && cd[0] != '/') { free(r->cache_dir); r->cache_dir = fs_join(absdir, cd); }
         if (rd && rd[0] != '/') { free(r->runs_dir); r->runs_dir = fs_join(absdir, rd); }
+        if (od && *od && od[0] != '/') { free(r->output_dir); r->output_dir = fs_join(absdir, od); }
         free(absdir);
     }
     if (!valid_stage_name(r->name))
@@ -1207,6 +1215,7 @@ static json_t *build_resolved(const recipe *r, const json_t *top) {
     json_object_set(res, "gpus", json_object_get(top, "gpus"));
     json_object_set(res, "cache_dir", json_object_get(top, "cache_dir"));
     json_object_set(res, "runs_dir", json_object_get(top, "runs_dir"));
+    if (json_object_get(top, "output_dir")) json_object_set(res, "output_dir", json_object_get(top, "output_dir"));
     json_object_set(res, "hooks", r->hooks);
     json_t *stages = json_object();
     for (int i = 0; i < r->n_stages; i++) {

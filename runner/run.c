@@ -22,6 +22,7 @@
 #include "runner/cache.h"
 #include "model/device.h"
 #include "runner/gates.h"
+#include "runner/outdir.h"
 #include "runner/plan.h"
 #include "runner/ranks.h"
 #include "runner/recipe.h"
@@ -583,6 +584,12 @@ static int run_ranked(const char *path, const run_opts *o) {
     if (!rc && lead) cache_clean_tmp(&R.c);
     if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
     if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
+    const char *outdir = o->out ? o->out : r->output_dir;
+    for (int i = 0, first = 1; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++) { /* before any stage runs */
+        if (!(r->stages[i].kind->flags & STAGE_KIND_EXPORTS) || R.p.st[i].status == PLAN_SKIP) continue;
+        if (first) rc = outdir_check(outdir, r->name), first = 0;
+        if (!rc) rc = outdir_check_stage(outdir, r->stages[i].name);
+    }
     rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
     if (!rc) rc = share_plan(&R);
     if (rc) goto done;
@@ -660,6 +667,20 @@ static int run_ranked(const char *path, const run_opts *o) {
     json_object_set_new(run_keys, "keys", keys);
     if (lead) cache_index_run(&R.c, r->name, run_keys);
     json_decref(run_keys);
+    for (int i = 0; lead && outdir && i < r->n_stages; i++) { /* complete exports, even when a later stage failed */
+        if (R.state[i] != ST_DONE || !(r->stages[i].kind->flags & STAGE_KIND_EXPORTS)) continue;
+        char *d = cache_artifact_dir(&R.c, r->stages[i].kind->name, R.p.st[i].key);
+        int prc = outdir_publish(outdir, r->name, r->stages[i].name, d);
+        if (!prc) {
+            outf("exports of '%s' in %s/%s", r->stages[i].name, outdir, r->stages[i].name);
+        } else if (!R.failed_rc) {
+            R.failed_rc = prc;
+            R.failed_msg = strdup(err_msg());
+        } else {
+            warnf("%s", err_msg());
+        }
+        free(d);
+    }
 
     if (R.failed_rc) {
         rc = R.failed_rc;
@@ -785,6 +806,7 @@ const cli_opt run_cli_opts[] = {
     {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
     {"gpus", 0, CLI_STR, "N|all", "train data parallel on N GPUs of this machine (ranks started by mpirun;\ndocs/multi-gpu.md)", CLI_AT(run_opts, gpus_text), 0, 0},
     {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
+    {"out", 0, CLI_STR, "DIR", "copy the exports to DIR/STAGE/ when complete (overrides the recipe's output_dir;\ndocs/exports.md)", CLI_AT(run_opts, out), 0, 0},
     {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
     {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout and nothing else (so not with --quiet)", CLI_AT(run_opts, json), 0, 0},
     {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes, errors only", CLI_AT(run_opts, quiet), 0, 0},

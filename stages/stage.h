@@ -113,8 +113,10 @@ typedef struct metric_spec {
 } metric_spec;
 
 enum stage_kind_flags {
-    STAGE_KIND_PUBLISHES = 1 << 0 /* exports or publishes: starts only after every gate of the
-                                     recipe passed, and is ordered after the gated stages */
+    STAGE_KIND_PUBLISHES = 1 << 0, /* exports or publishes: starts only after every gate of the
+                                      recipe passed, and is ordered after the gated stages */
+    STAGE_KIND_EXPORTS = 1 << 1 /* its artifact holds exports (adapter/, model/, model-*.gguf, nf4/):
+                                   copied to the recipe's output_dir when complete */
 };
 
 typedef enum stage_key_path { STAGE_KEY_FILE, STAGE_KEY_DIR } stage_key_path;
