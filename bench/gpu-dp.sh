@@ -1,9 +1,11 @@
 #!/bin/bash
-# gpu-dp.sh (branch dataparallel): world size 1 over NCCL against the plain single-GPU path.
+# gpu-dp.sh: world size 1 over NCCL against the plain single-GPU path (since dp2 a world of one
+# calls no all-reduce and makes no stream wait: the two rows should be equal within noise).
 # Run from the repository root, with the programs bundled by
-# ../shared/tools/device-bundle .device/dataparallel/bundle build/qlora-run build/bench/train_gpu
+#   ../shared/tools/device-bundle .device/NAME/bundle build-cuda/qlora-run build-cuda/bench/train_gpu
+# and BUNDLE=.device/NAME/bundle (default .device/dataparallel/bundle). About 100 s.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-B=$(cd "$(dirname "$0")/../.device/dataparallel/bundle" && pwd)
+B=$(cd "${BUNDLE:-$(dirname "$0")/../.device/dataparallel/bundle}" && pwd)
 O=${OUT:-/tmp/gpu-dp}
 mkdir -p "$O"
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }

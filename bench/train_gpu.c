@@ -411,7 +411,8 @@ static int bench_train(int argc, char **argv) {
             return rc;
         m->layer_done = bench_layer_done;
         m->layer_done_ud = m;
-        fprintf(stderr, "nccl: a communicator of %d rank, one all-reduce a layer on the comm stream\n", coll_world());
+        fprintf(stderr, "nccl: a communicator of %d rank, %s\n", coll_world(),
+                coll_world() == 1 ? "no all-reduce and no stream wait (one rank)" : "one all-reduce a layer on the comm stream");
     }
     cuda_mem_reset_peak();
     for (int s = 0; s < warmup + steps; s++) {

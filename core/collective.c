@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/collective_rdv.h"
 #include "core/err.h"
 
 #ifdef QLORA_HAVE_MPI
@@ -17,10 +18,16 @@
 
 static struct {
     bool ready, mpi_up;
+    bool rendezvous; /* srun without PMI: the world is joined through MASTER_ADDR:MASTER_PORT */
     int rank, world, local_rank, local_world;
     const char *launcher;
     int agreed_rc; /* sticky failure of coll_agree (0: none) */
     char agreed_msg[2048];
+#ifdef QLORA_HAVE_MPI
+    MPI_Comm comm; /* MPI_COMM_WORLD, or the world joined by the rendezvous */
+    MPI_Request *pending; /* gradient all-reduces in flight (coll_allreduce_grads_f64) */
+    int n_pending, cap_pending;
+#endif
 } g = {.world = 1, .local_world = 1, .launcher = "single"};
 
 static int env_int(const char *name, int fallback) {
@@ -29,6 +36,16 @@ static int env_int(const char *name, int fallback) {
     char *end;
     long x = strtol(v, &end, 10);
     return *end || x < 0 || x > INT_MAX ? fallback : (int)x;
+}
+
+/* Slurm's task count for a step of srun: SLURM_STEP_NUM_TASKS, which only srun sets; or
+ * SLURM_NTASKS when MASTER_PORT asks for the rendezvous (a launch by hand, or a site's srun
+ * wrapper that exports the task count only) */
+static int slurm_world(void) {
+    if (!getenv("SLURM_PROCID")) return 0;
+    if (getenv("SLURM_STEP_NUM_TASKS")) return env_int("SLURM_STEP_NUM_TASKS", 0);
+    if (getenv("MASTER_PORT") && getenv("SLURM_NTASKS")) return env_int("SLURM_NTASKS", 0);
+    return 0;
 }
 
 /* The first launcher whose variables are set wins; Slurm's SLURM_NTASKS alone is not a launch
@@ -46,14 +63,17 @@ static void read_env(void) {
         g.rank = env_int("PMI_RANK", 0);
         g.local_rank = env_int("MPI_LOCALRANKID", 0);
         g.local_world = env_int("MPI_LOCALNRANKS", 1);
-    } else if (getenv("SLURM_STEP_NUM_TASKS") && getenv("SLURM_PROCID")) {
+    } else if (slurm_world() > 0) {
         g.launcher = "srun";
-        g.world = env_int("SLURM_STEP_NUM_TASKS", 1);
+        g.world = slurm_world();
         g.rank = env_int("SLURM_PROCID", 0);
         g.local_rank = env_int("SLURM_LOCALID", 0);
         /* "2(x3),1": the first node's count is enough for a GPU index */
         const char *t = getenv("SLURM_STEP_TASKS_PER_NODE");
         g.local_world = t && atoi(t) > 0 ? atoi(t) : 1;
+        /* srun --mpi=pmix (or pmi2) hands MPI its bootstrap; plain srun does not: then the
+         * ranks meet at MASTER_ADDR:MASTER_PORT (coll_rendezvous.c) */
+        g.rendezvous = !getenv("PMIX_RANK") && !getenv("PMI_FD") && !getenv("PMIX_NAMESPACE");
     }
     if (g.world < 1) g.world = 1;
     if (g.rank >= g.world) g.rank = 0;
@@ -62,8 +82,7 @@ static void read_env(void) {
 int coll_env_world(void) {
     if (getenv("OMPI_COMM_WORLD_SIZE")) return env_int("OMPI_COMM_WORLD_SIZE", 0);
     if (getenv("PMI_SIZE")) return env_int("PMI_SIZE", 0);
-    if (getenv("SLURM_STEP_NUM_TASKS") && getenv("SLURM_PROCID")) return env_int("SLURM_STEP_NUM_TASKS", 0);
-    return 0;
+    return slurm_world();
 }
 
 bool coll_have_mpi(void) {
@@ -80,14 +99,26 @@ int coll_init(void) {
     g.ready = true;
     if (g.world == 1) return 0;
 #ifdef QLORA_HAVE_MPI
+    g.comm = MPI_COMM_WORLD;
+    if (g.rendezvous) {
+        int rc = coll_rendezvous_join(g.rank, g.world, &g.comm);
+        if (rc) {
+            g.world = 1;
+            g.rank = 0;
+            return rc;
+        }
+        g.mpi_up = true;
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        return 0;
+    }
     int flag = 0;
     MPI_Initialized(&flag);
     if (!flag && MPI_Init(NULL, NULL) != MPI_SUCCESS)
         return err_set(ERR_STAGE, "cannot start MPI for rank %d of %d (launched by %s)", g.rank, g.world, g.launcher);
     g.mpi_up = true;
     int r = 0, w = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &r);
-    MPI_Comm_size(MPI_COMM_WORLD, &w);
+    MPI_Comm_rank(g.comm, &r);
+    MPI_Comm_size(g.comm, &w);
     if (r != g.rank || w != g.world) { /* a launcher's variables that MPI does not confirm */
         g.rank = r;
         g.world = w;
@@ -104,6 +135,15 @@ int coll_init(void) {
                    "(apt-get install libopenmpi-dev openmpi-bin) and rebuild, or run one process",
                    g.launcher, w);
 #endif
+}
+
+void coll_shard(int64_t n, int world, int rank, int64_t *lo, int64_t *hi) {
+    if (world < 1) world = 1;
+    int64_t per = (n + world - 1) / world;
+    per = (per + 63) / 64 * 64;
+    int64_t a = (int64_t)rank * per;
+    *lo = a < n ? a : n;
+    *hi = *lo + per < n ? *lo + per : n;
 }
 
 int coll_rank(void) { return g.rank; }
@@ -140,7 +180,7 @@ int coll_allreduce_f64(double *buf, int n) {
     if (g.world == 1 || n <= 0) return 0;
 #ifdef QLORA_HAVE_MPI
     MPI_Request req;
-    if (MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+    if (MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, g.comm, &req) != MPI_SUCCESS)
         return err_set(ERR_STAGE, "MPI: all-reduce of %d values failed", n);
     return wait_request(&req);
 #else
@@ -154,7 +194,7 @@ int coll_allreduce_f32(float *buf, int64_t n) {
     /* MPI counts are int: large buffers go in pieces */
     for (int64_t off = 0; off < n; off += INT_MAX / 2) {
         int c = (int)(n - off < INT_MAX / 2 ? n - off : INT_MAX / 2);
-        if (MPI_Allreduce(MPI_IN_PLACE, buf + off, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+        if (MPI_Allreduce(MPI_IN_PLACE, buf + off, c, MPI_FLOAT, MPI_SUM, g.comm) != MPI_SUCCESS)
             return err_set(ERR_STAGE, "MPI: all-reduce of %lld gradients failed", (long long)n);
     }
     return 0;
@@ -168,7 +208,7 @@ int coll_bcast(void *buf, size_t bytes, int root) {
 #ifdef QLORA_HAVE_MPI
     if (bytes > INT_MAX) return err_set(ERR_STAGE, "MPI: broadcast of %zu bytes is too large", bytes);
     MPI_Request req;
-    if (MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+    if (MPI_Ibcast(buf, (int)bytes, MPI_BYTE, root, g.comm, &req) != MPI_SUCCESS)
         return err_set(ERR_STAGE, "MPI: broadcast failed");
     return wait_request(&req);
 #else
@@ -201,7 +241,7 @@ int coll_agree(int rc, int *interrupted) {
     double v[2] = {rc ? (double)(g.world - g.rank) : 0.0, interrupted && *interrupted ? 1.0 : 0.0};
 #ifdef QLORA_HAVE_MPI
     MPI_Request req;
-    if (MPI_Iallreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, &req) != MPI_SUCCESS)
+    if (MPI_Iallreduce(MPI_IN_PLACE, v, 2, MPI_DOUBLE, MPI_MAX, g.comm, &req) != MPI_SUCCESS)
         return err_set(ERR_STAGE, "MPI: agreement failed");
     int w = wait_request(&req);
     if (w) return w;
@@ -240,6 +280,9 @@ static struct {
     int (*all_reduce)(const void *, void *, size_t, int, int, nccl_comm, void *);
     int (*comm_destroy)(nccl_comm);
     const char *(*error_string)(int);
+    /* for the sharded optimizer's gather of the parameters (optional: older NCCLs have them too) */
+    int (*broadcast)(const void *, void *, size_t, int, int, nccl_comm, void *);
+    int (*group_start)(void), (*group_end)(void);
 } nccl;
 
 enum { NCCL_FLOAT32 = 7, NCCL_SUM = 0 };
@@ -261,6 +304,9 @@ static int nccl_open(void) {
     *(void **)&nccl.all_reduce = dlsym(nccl.lib, "ncclAllReduce");
     *(void **)&nccl.comm_destroy = dlsym(nccl.lib, "ncclCommDestroy");
     *(void **)&nccl.error_string = dlsym(nccl.lib, "ncclGetErrorString");
+    *(void **)&nccl.broadcast = dlsym(nccl.lib, "ncclBroadcast");
+    *(void **)&nccl.group_start = dlsym(nccl.lib, "ncclGroupStart");
+    *(void **)&nccl.group_end = dlsym(nccl.lib, "ncclGroupEnd");
     if (!nccl.get_unique_id || !nccl.comm_init_rank || !nccl.all_reduce || !nccl.comm_destroy) {
         dlclose(nccl.lib);
         nccl.lib = NULL;
@@ -296,6 +342,7 @@ int coll_nccl_init(void *stream, void (*before)(void), void (*after)(void)) {
 bool coll_nccl_active(void) { return nccl.comm != NULL; }
 
 int coll_allreduce_grads(float *buf, int64_t n) {
+    if (g.world == 1 || n <= 0) return 0; /* one rank: nothing to sum, no stream to order */
     if (nccl.comm) {
         if (nccl.before) nccl.before();
         int r = nccl.all_reduce(buf, buf, (size_t)n, NCCL_FLOAT32, NCCL_SUM, nccl.comm, nccl.stream);
@@ -304,8 +351,115 @@ int coll_allreduce_grads(float *buf, int64_t n) {
     return coll_allreduce_f32(buf, n);
 }
 
-void coll_grads_wait(void) {
+int coll_allreduce_grads_f64(double *buf, int64_t n) {
+    if (g.world == 1 || n <= 0) return 0;
+#ifdef QLORA_HAVE_MPI
+    for (int64_t off = 0; off < n; off += INT_MAX / 2) {
+        int c = (int)(n - off < INT_MAX / 2 ? n - off : INT_MAX / 2);
+        if (g.n_pending == g.cap_pending) {
+            int cap = g.cap_pending ? 2 * g.cap_pending : 16;
+            MPI_Request *p = realloc(g.pending, (size_t)cap * sizeof *p);
+            if (!p) return err_set(ERR_STAGE, "out of memory");
+            g.pending = p;
+            g.cap_pending = cap;
+        }
+        if (MPI_Iallreduce(MPI_IN_PLACE, buf + off, c, MPI_DOUBLE, MPI_SUM, g.comm, &g.pending[g.n_pending]) !=
+            MPI_SUCCESS)
+            return err_set(ERR_STAGE, "MPI: all-reduce of %lld gradients failed", (long long)n);
+        g.n_pending++;
+        /* a nudge: Open MPI moves a nonblocking collective only inside MPI calls */
+        int flag;
+        MPI_Testall(g.n_pending, g.pending, &flag, MPI_STATUSES_IGNORE);
+    }
+    return 0;
+#else
+    return 0;
+#endif
+}
+
+void coll_grads_progress(void) {
+#ifdef QLORA_HAVE_MPI
+    if (g.n_pending) {
+        int flag;
+        MPI_Testall(g.n_pending, g.pending, &flag, MPI_STATUSES_IGNORE);
+    }
+#endif
+}
+
+int coll_grads_wait(void) {
+    if (g.world == 1) return 0;
     if (nccl.comm && nccl.after) nccl.after();
+    int rc = 0;
+#ifdef QLORA_HAVE_MPI
+    for (int i = 0; i < g.n_pending; i++) {
+        int w = wait_request(&g.pending[i]);
+        if (w && !rc) rc = w;
+    }
+    g.n_pending = 0;
+#endif
+    return rc;
+}
+
+int coll_allgather_f32(float *buf, const int64_t *off) {
+    if (g.world == 1) return 0;
+    if (nccl.comm) {
+        if (!nccl.broadcast || !nccl.group_start || !nccl.group_end)
+            return err_set(ERR_STAGE, "this NCCL lacks ncclBroadcast or ncclGroupStart: turn shard_optimizer off");
+        if (nccl.before) nccl.before();
+        /* an all-gather of unequal pieces: every rank broadcasts its own, in one group */
+        int r = nccl.group_start();
+        for (int k = 0; k < g.world && !r; k++)
+            if (off[k + 1] > off[k])
+                r = nccl.broadcast(buf + off[k], buf + off[k], (size_t)(off[k + 1] - off[k]), NCCL_FLOAT32, k, nccl.comm,
+                                   nccl.stream);
+        int e = nccl.group_end();
+        if (!r) r = e;
+        if (nccl.after) nccl.after();
+        return r ? err_set(ERR_STAGE, "NCCL: gathering the updated parameters: %s", nccl_err(r)) : 0;
+    }
+#ifdef QLORA_HAVE_MPI
+    int *counts = malloc(2 * sizeof(int) * (size_t)g.world), rc = 0;
+    if (!counts) return err_set(ERR_STAGE, "out of memory");
+    int *displs = counts + g.world;
+    if (off[g.world] > INT_MAX) rc = err_set(ERR_STAGE, "MPI: %lld parameters are too many for one gather", (long long)off[g.world]);
+    for (int k = 0; k < g.world && !rc; k++) {
+        counts[k] = (int)(off[k + 1] - off[k]);
+        displs[k] = (int)off[k];
+    }
+    if (!rc && MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, g.comm) != MPI_SUCCESS)
+        rc = err_set(ERR_STAGE, "MPI: gathering the updated parameters failed");
+    free(counts);
+    return rc;
+#else
+    return 0;
+#endif
+}
+
+int coll_gather_f32(float *buf, const int64_t *off, int root) {
+    if (g.world == 1) return 0;
+#ifdef QLORA_HAVE_MPI
+    int *counts = malloc(2 * sizeof(int) * (size_t)g.world), rc = 0;
+    if (!counts) return err_set(ERR_STAGE, "out of memory");
+    int *displs = counts + g.world;
+    if (off[g.world] > INT_MAX) rc = err_set(ERR_STAGE, "MPI: %lld values are too many for one gather", (long long)off[g.world]);
+    for (int k = 0; k < g.world && !rc; k++) {
+        counts[k] = (int)(off[k + 1] - off[k]);
+        displs[k] = (int)off[k];
+    }
+    if (!rc) {
+        int r = g.rank == root ? MPI_Gatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, root, g.comm)
+                               : MPI_Gatherv(buf + off[g.rank], counts[g.rank], MPI_FLOAT, NULL, NULL, NULL, MPI_FLOAT,
+                                             root, g.comm);
+        if (r != MPI_SUCCESS) rc = err_set(ERR_STAGE, "MPI: gathering the optimizer state failed");
+    }
+    free(counts);
+    return rc;
+#else
+    (void)buf;
+    (void)off;
+    (void)root;
+    return 0;
+#endif
 }
 
 void coll_finalize(void) {
@@ -315,8 +469,16 @@ void coll_finalize(void) {
     if (g.mpi_up) {
         int fin = 0;
         MPI_Finalized(&fin);
-        if (!fin) MPI_Finalize();
+        if (!fin) {
+            /* a world joined by connect/accept: MPI_Finalize lets go of it (MPI_Comm_disconnect
+             * waits forever in Open MPI 4.1's fence between the singletons) */
+            MPI_Finalize();
+        }
     }
+    free(g.pending);
+    g.pending = NULL;
+    g.n_pending = g.cap_pending = 0;
 #endif
     g.mpi_up = false;
+    coll_rendezvous_end();
 }

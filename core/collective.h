@@ -4,7 +4,9 @@
  * comes from the launcher's environment, read once by coll_init():
  *   mpirun (Open MPI)  OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK / _LOCAL_SIZE
  *   MPICH-style PMI    PMI_RANK / PMI_SIZE (local rank from MPI_LOCAL_RANKID when set)
- *   srun (Slurm)       SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID
+ *   srun (Slurm)       SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID (SLURM_NTASKS when
+ *                      MASTER_PORT is set); without PMIx or PMI (no PMIX_RANK, PMI_FD) the ranks
+ *                      meet at MASTER_ADDR:MASTER_PORT (core/collective_rdv.h)
  *   nothing            rank 0 of 1
  * A world larger than one needs MPI (the build finds Open MPI's libopenmpi-dev); MPI does the
  * process bootstrap and the CPU collectives. On CUDA, NCCL all-reduces the gradients in device
@@ -42,6 +44,11 @@ int coll_local_world(void);
 const char *coll_launcher(void); /* "mpirun", "pmi", "srun" or "single" */
 bool coll_have_mpi(void);        /* built with MPI */
 
+/* The piece [*lo, *hi) of n values that rank owns when they are split over world ranks (the sharded
+ * optimizer's): contiguous, in rank order, of ceil(n / world) rounded up to 64 values (aligned
+ * vector loads on a GPU); the last ranks' pieces may be shorter or empty. */
+void coll_shard(int64_t n, int world, int rank, int64_t *lo, int64_t *hi);
+
 /* The world size the environment announces, without starting anything (0 when none does). */
 int coll_env_world(void);
 
@@ -69,9 +76,20 @@ int coll_nccl_init(void *stream, void (*before)(void), void (*after)(void));
 bool coll_nccl_active(void);
 /* One bucket of the gradient all-reduce (sums in place): with NCCL queued on its stream after
  * everything queued on the compute stream so far, and returns at once; with MPI done on return
- * (host memory). A world of one without NCCL returns at once. coll_grads_wait() orders the
- * compute stream after every bucket queued (no-op with MPI). */
+ * (host memory). A world of one returns at once, NCCL or not: no call, no event, no wait. */
 int coll_allreduce_grads(float *buf, int64_t n);
-void coll_grads_wait(void);
+/* The same for fp64 sums in host memory (the CPU backend's exact reduction, train/trainer.h):
+ * started with MPI_Iallreduce and left in flight; coll_grads_progress() lets MPI move them while
+ * the backward goes on; coll_grads_wait() finishes them. */
+int coll_allreduce_grads_f64(double *buf, int64_t n);
+void coll_grads_progress(void);
+/* Orders the compute stream after every NCCL bucket queued, and waits for the MPI ones in flight.
+ * A world of one returns at once. */
+int coll_grads_wait(void);
+/* The sharded optimizer (ZeRO-1): rank k holds buf[off[k] .. off[k+1]) up to date, off[0..world]
+ * ascending; afterwards every rank holds all of it. NCCL in device memory when NCCL is up, else
+ * MPI in host memory. coll_gather_f32 brings every piece to root only (host memory, MPI). */
+int coll_allgather_f32(float *buf, const int64_t *off);
+int coll_gather_f32(float *buf, const int64_t *off, int root);
 
 #endif

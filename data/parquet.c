@@ -611,18 +611,6 @@ static int field_list(const pq_file *f, char *buf, size_t cap) {
     return 0;
 }
 
-static int check_leaf_types(pq_file *f, const pq_node *n) {
-    where w = {f, -1, -1, -1};
-    for (int l = n->leaf_first; l < n->leaf_end; l++) {
-        const pq_node *leaf = &f->nodes[f->leaves[l]];
-        if (leaf->type == T_INT96)
-            return bad(&w, "column '%s' is INT96 (a legacy timestamp) that records cannot carry; leave it out "
-                           "(format alpaca, chat and completion read only their fields) or rewrite the file",
-                       leaf->path);
-    }
-    return 0;
-}
-
 int pq_project(pq_file *f, const char *const *names, const int *required, size_t n) {
     const pq_node *root = &f->nodes[0];
     int *proj = calloc((size_t)root->n_children + 1, sizeof *proj);
@@ -633,10 +621,7 @@ int pq_project(pq_file *f, const char *const *names, const int *required, size_t
         bool want = !names;
         for (size_t i = 0; names && i < n; i++)
             if (!strcmp(names[i], c->name)) want = true;
-        if (want) {
-            if (names) rc = check_leaf_types(f, c);
-            proj[np++] = root->children[k];
-        }
+        if (want) proj[np++] = root->children[k];
     }
     for (size_t i = 0; names && i < n && !rc; i++) {
         if (!required || !required[i]) continue;
@@ -1444,6 +1429,36 @@ static void skip_one(asm_ctx *a, const pq_node *n) {
     for (int l = n->leaf_first; l < n->leaf_end; l++) a->f->cols[l].lpos++;
 }
 
+/* An INT96 value (a legacy Spark/Impala timestamp: 8 bytes of nanoseconds within the day, then
+ * 4 of the Julian day, both little-endian) as the JSON text hyparquet gives it (its Date's
+ * toJSON): the instant truncated toward zero to milliseconds, "YYYY-MM-DDTHH:MM:SS.mmmZ" (a
+ * year outside 0..9999 as +/-YYYYYY); null beyond a JavaScript Date's range, 8.64e15 ms either
+ * side of 1970 (docs/parquet.md). */
+static json_t *int96_json(const uint8_t *p) {
+    int64_t nod;
+    int32_t jday;
+    memcpy(&nod, p, 8);
+    memcpy(&jday, p + 8, 4);
+    __int128 ns = (__int128)((int64_t)jday - 2440588) * 86400000000000LL + nod;
+    __int128 ms = ns / 1000000; /* C division truncates toward zero, as BigInt's does */
+    if (ms > (__int128)8640000000000000LL || ms < -(__int128)8640000000000000LL) return json_null();
+    int64_t t = (int64_t)ms, days = t / 86400000, rem = t % 86400000;
+    if (rem < 0) rem += 86400000, days--;
+    /* civil date from days since 1970-01-01 (proleptic Gregorian), by 400-year eras */
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+    char year[16], buf[64];
+    if (y >= 0 && y <= 9999) snprintf(year, sizeof year, "%04lld", (long long)y);
+    else snprintf(year, sizeof year, "%c%06lld", y < 0 ? '-' : '+', (long long)(y < 0 ? -y : y));
+    snprintf(buf, sizeof buf, "%s-%02lld-%02lldT%02lld:%02lld:%02lld.%03lldZ", year, (long long)m, (long long)d,
+             (long long)(rem / 3600000), (long long)(rem / 60000 % 60), (long long)(rem / 1000 % 60),
+             (long long)(rem % 1000));
+    return json_string(buf);
+}
+
 static json_t *leaf_json(asm_ctx *a, const pq_node *n, const pq_val *v) {
     switch (n->type) {
     case T_BOOLEAN: return json_boolean(v->u.i);
@@ -1471,7 +1486,8 @@ static json_t *leaf_json(asm_ctx *a, const pq_node *n, const pq_val *v) {
         }
         return json_stringn_nocheck((const char *)v->u.p, v->n);
     }
-    default: row_bad(a, n, "INT96 values cannot be read", NULL); return NULL;
+    case T_INT96: return int96_json(v->u.p);
+    default: row_bad(a, n, "a value of an unknown physical type", NULL); return NULL;
     }
 }
 

@@ -13,7 +13,7 @@
  * (BYTE_ARRAY with or without a STRING annotation; the bytes must be UTF-8 without NUL) as
  * JSON strings, integers as integers (unsigned annotations honoured), floats as reals
  * (NaN and infinities as null), booleans, null for a missing value, lists as arrays, structs as
- * objects. INT96 and other types without a JSON form are refused when a projected column uses them.
+ * objects; INT96 timestamps as ISO 8601 text, as hyparquet gives them (docs/parquet.md).
  *
  * Only the projected columns are decoded, one row group at a time: memory is the decoded
  * projected columns of one row group (the file itself is memory-mapped).

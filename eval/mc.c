@@ -11,6 +11,7 @@
 
 #include "core/err.h"
 #include "core/rng.h"
+#include "core/str.h"
 #include "data/dataset_read.h"
 
 int mc_format_parse(const char *name, mc_format *out) {
@@ -28,16 +29,6 @@ void mc_doc_free(mc_doc *d) {
     free(d->choices);
     free(d->subject);
     memset(d, 0, sizeof *d);
-}
-
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
 }
 
 /* Python's str.strip() for ASCII whitespace */

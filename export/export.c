@@ -1,10 +1,13 @@
 /* export.c: PEFT, merged and GGUF exports (see export.h). */
+#define _GNU_SOURCE
 #include "export/export.h"
 
 #include <dirent.h>
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -92,7 +95,9 @@ int export_run(const export_opts *o, const char *dir) {
     }
     if (!rc && (o->formats & EXPORT_PEFT)) {
         char *p = fs_join(dir, "adapter");
-        rc = peft_adapter_save(merge_adapter(m), p);
+        peft_adapter named = *merge_adapter(m); /* shallow: only the name differs, save only reads */
+        if (o->set_base_model) named.base_model = (char *)o->base_model;
+        rc = peft_adapter_save(&named, p);
         free(p);
     }
     if (!rc && (o->formats & EXPORT_MERGED)) {
@@ -115,5 +120,85 @@ int export_run(const export_opts *o, const char *dir) {
         free(p);
     }
     merge_close(&m);
+    return rc;
+}
+
+char *export_model_name(const char *model_name, const char *base_dir) {
+    if (model_name) {
+        const char *slash = strrchr(model_name, '/');
+        return strdup(slash && slash[1] ? slash + 1 : model_name);
+    }
+    model_config cfg;
+    if (config_load(&cfg, base_dir)) return NULL;
+    char *out = NULL;
+    if (asprintf(&out, "generated-%s", config_arch_name(cfg.arch)) < 0) out = NULL;
+    config_free(&cfg);
+    return out;
+}
+
+bool export_entry(const char *name) {
+    return !strcmp(name, "adapter") || !strcmp(name, "model") || !strcmp(name, "nf4") ||
+           !fnmatch("model-*.gguf", name, 0) || !fnmatch("model-*.gguf.tmp*", name, 0);
+}
+
+int export_check_out(const char *out, const char *label) {
+    struct stat st;
+    if (stat(out, &st)) return 0; /* a new directory */
+    if (!S_ISDIR(st.st_mode)) return err_set(ERR_USAGE, "%s '%s' is a file: name a new directory for the export", label, out);
+    DIR *d = opendir(out);
+    if (!d) return err_errno(ERR_USAGE, "%s '%s': cannot read the directory", label, out);
+    char list[256] = "";
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || export_entry(e->d_name)) continue;
+        if (n++ >= 3) continue;
+        if (n > 1) strncat(list, ", ", sizeof list - strlen(list) - 1);
+        strncat(list, "'", sizeof list - strlen(list) - 1);
+        strncat(list, e->d_name, sizeof list - strlen(list) - 1);
+        strncat(list, "'", sizeof list - strlen(list) - 1);
+    }
+    closedir(d);
+    if (n)
+        return err_set(ERR_USAGE,
+                       "%s '%s' holds %d file%s that an export did not write (%s%s): an export replaces its folder "
+                       "as a whole, so it writes only into a new or empty directory or over a previous export; "
+                       "name another directory (e.g. %s/export)",
+                       label, out, n, n > 1 ? "s" : "", list, n > 3 ? ", ..." : "", out);
+    return 0;
+}
+
+/* copy a tree of regular files and directories (an export's adapter/, model/, nf4/) */
+static int copy_tree(const char *from, const char *to) {
+    if (!fs_is_dir(from)) return copy_stream(from, to);
+    int rc = fs_mkdir_p(to);
+    DIR *d = rc ? NULL : opendir(from);
+    if (!rc && !d) rc = err_errno(ERR_STAGE, "cannot open '%s'", from);
+    for (struct dirent *e; !rc && d && (e = readdir(d));) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char *a = fs_join(from, e->d_name), *b = fs_join(to, e->d_name);
+        rc = copy_tree(a, b);
+        free(a);
+        free(b);
+    }
+    if (d) closedir(d);
+    return rc;
+}
+
+int export_copy_out(const char *from, const char *to, const char *label) {
+    int rc = export_check_out(to, label);
+    char *tmp = NULL;
+    if (!rc) rc = pubdir_begin(&tmp, to);
+    DIR *d = rc ? NULL : opendir(from);
+    if (!rc && !d) rc = err_errno(ERR_STAGE, "cannot open '%s'", from);
+    for (struct dirent *e; !rc && d && (e = readdir(d));) {
+        if (!export_entry(e->d_name) || strstr(e->d_name, ".tmp")) continue;
+        char *a = fs_join(from, e->d_name), *b = fs_join(tmp, e->d_name);
+        rc = copy_tree(a, b);
+        free(a);
+        free(b);
+    }
+    if (d) closedir(d);
+    if (!rc) rc = pubdir_commit(&tmp, to);
+    pubdir_abort(&tmp);
     return rc;
 }

@@ -32,8 +32,24 @@ static int gemma_norm_name(const char *hf, char *out, size_t n) {
     return -1;
 }
 
+/* phi3's fused projections, as llama.cpp's converter names them: qkv_proj -> attn_qkv, and
+ * gate_up_proj -> ffn_up (which holds gate and up, gate first; llama.cpp splits it) */
+static int phi3_name(const char *hf, char *out, size_t n) {
+    static const struct { const char *hf, *gg; } g[] = {{"self_attn.qkv_proj", "attn_qkv"}, {"mlp.gate_up_proj", "ffn_up"}};
+    int layer, used = 0;
+    char mod[64];
+    if (sscanf(hf, "model.layers.%d.%63[a-z_.]%n", &layer, mod, &used) != 2 || (size_t)used != strlen(hf)) return -1;
+    char *dot = strrchr(mod, '.');
+    if (!dot || strcmp(dot, ".weight")) return -1;
+    *dot = 0;
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++)
+        if (!strcmp(mod, g[i].hf)) { snprintf(out, n, "blk.%d.%s.weight", layer, g[i].gg); return 0; }
+    return -1;
+}
+
 int gguf_export_tensor_name_arch(const model_config *c, const char *hf, char *out, size_t n) {
     if (c->arch == ARCH_GEMMA3 && gemma_norm_name(hf, out, n) == 0) return 0;
+    if (c->arch == ARCH_PHI3 && phi3_name(hf, out, n) == 0) return 0;
     return gguf_export_tensor_name(hf, out, n);
 }
 
@@ -79,7 +95,8 @@ void gguf_permute_qk(float *w, int n_head, int64_t n_rows, int64_t row_len) {
 /* ---- tensors ---- */
 
 typedef struct ex_tensor {
-    const config_tensor *ct; /* NULL for rope_freqs */
+    const config_tensor *ct; /* NULL for the rope tensors below */
+    int rope;                /* with ct NULL: 0 rope_freqs (llama3), 1 rope_factors_long, 2 rope_factors_short (phi3) */
     ggml_type type;
     int permute_heads;       /* 0: none */
 } ex_tensor;
@@ -120,6 +137,12 @@ static int ex_fill(void *arg, const char *name, void *dst, uint64_t nbytes) {
         if (!strcmp(c->names[i], name)) e = &c->t[i];
     if (!e) return err_set(ERR_STAGE, "internal: unknown gguf tensor '%s'", name);
     const model_config *cfg = merge_config(c->m);
+    if (!e->ct && e->rope) { /* longrope's factors as the config gives them */
+        float *f = dst;
+        for (int i = 0; i < cfg->n_rope_factors; i++)
+            f[i] = (float)(e->rope == 1 ? cfg->rope_long_factor[i] : cfg->rope_short_factor[i]);
+        return 0;
+    }
     if (!e->ct) {
         rope_freqs(cfg, dst);
         return 0;
@@ -284,13 +307,18 @@ static int model_keys(gguf_writer *w, const model_config *c, const char *arch, c
     if (!rc) rc = gguf_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)c->num_kv_heads);
     if (!rc) rc = gguf_set_f32(w, KEY("rope.freq_base"), (float)c->rope_theta);
     if (!rc) rc = gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), (float)c->rms_norm_eps);
-    if (!rc) rc = gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)c->head_dim);
+    if (!rc) rc = gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)config_rope_dim(c));
     if (!rc) rc = gguf_set_u32(w, KEY("vocab_size"), (uint32_t)c->vocab_size);
     if (!rc && (int64_t)c->head_dim * c->num_heads != c->hidden_size) {
         rc = gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)c->head_dim);
         if (!rc) rc = gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)c->head_dim);
     }
-    if (!rc && c->sliding_window > 0) rc = gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+    /* phi3: the converter always writes it, 0 without a window (how llama.cpp tells Phi-4 apart) */
+    if (!rc && (c->sliding_window > 0 || c->arch == ARCH_PHI3))
+        rc = gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)c->sliding_window);
+    if (!rc && c->arch == ARCH_PHI3)
+        rc = gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)c->rope_original_max_position);
+    if (!rc && c->rope_type == ROPE_LONGROPE) rc = gguf_set_f32(w, KEY("rope.scaling.attn_factor"), (float)c->rope_attn_factor);
     if (!rc && c->rope_type == ROPE_LINEAR) {
         rc = gguf_set_str(w, KEY("rope.scaling.type"), "linear");
         if (!rc) rc = gguf_set_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
@@ -314,11 +342,12 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
                            c->query_pre_attn_scalar, want);
     }
     /* llama.cpp's names; llama and mistral share "llama" (interleaved rope: q/k rows permuted) */
-    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3" : "llama";
+    const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3"
+                     : c->arch == ARCH_PHI3 ? "phi3" : "llama";
     bool permute = c->arch == ARCH_LLAMA || c->arch == ARCH_MISTRAL;
     size_t n;
     const config_tensor *ts = merge_tensors(m, &n);
-    ex_ctx x = {m, calloc(n + 1, sizeof(ex_tensor)), 0, calloc(n + 1, 64), NULL, 0, 0, 0, progress, arg};
+    ex_ctx x = {m, calloc(n + 2, sizeof(ex_tensor)), 0, calloc(n + 2, 64), NULL, 0, 0, 0, progress, arg};
     gguf_writer *w = NULL;
     tokfile tf;
     bool have_tf = false;
@@ -361,6 +390,17 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
         e->type = GGML_TYPE_F32;
         snprintf(x.names[x.n], 64, "rope_freqs.weight");
         int64_t ne[1] = {c->head_dim / 2};
+        rc = gguf_add_tensor(w, x.names[x.n], GGML_TYPE_F32, 1, ne, ex_fill, &x);
+        x.n++;
+    }
+    /* longrope: both factor lists, llama.cpp picks by its context size */
+    for (int r = 1; !rc && r <= 2 && c->rope_type == ROPE_LONGROPE; r++) {
+        ex_tensor *e = &x.t[x.n];
+        e->ct = NULL;
+        e->rope = r;
+        e->type = GGML_TYPE_F32;
+        snprintf(x.names[x.n], 64, "%s", r == 1 ? "rope_factors_long.weight" : "rope_factors_short.weight");
+        int64_t ne[1] = {c->n_rope_factors};
         rc = gguf_add_tensor(w, x.names[x.n], GGML_TYPE_F32, 1, ne, ex_fill, &x);
         x.n++;
     }

@@ -418,6 +418,30 @@ typedef struct pick_state {
     names chosen;
 } pick_state;
 
+/* offline (or the hub unreachable), main's snapshot not in the cache: hub.c's message */
+static bool snap_not_cached(void) {
+    return err_code() == ERR_NETWORK && strstr(err_msg(), "is not in the cache");
+}
+
+/* The split's files of push_to_hub's layout name their count ("train-00001-of-00003"): a cached
+ * snapshot (offline) missing one of them is an interrupted download, not a smaller split */
+static int check_shards(const char *repo, const names *chosen) {
+    for (int i = 0; i < chosen->n; i++) {
+        const char *f = chosen->v[i], *of = strstr(f, "-of-");
+        unsigned total;
+        if (!of || of - f < 5 || sscanf(of + 4, "%5u", &total) != 1) continue;
+        int have = 0;
+        for (int k = 0; k < chosen->n; k++)
+            have += !strncmp(chosen->v[k], f, (size_t)(of - f - 5)) && strstr(chosen->v[k], "-of-") &&
+                    !strncmp(strstr(chosen->v[k], "-of-"), of, 9);
+        if ((unsigned)have != total)
+            return err_set(ERR_NETWORK, "dataset '%s': the cache holds %d of the %u files of '%.*s*%.9s' (a download "
+                                        "was interrupted): run once online to complete it",
+                           repo, have, total, (int)(of - f - 5), f, of);
+    }
+    return 0;
+}
+
 static int on_listing(void *user, const char *commit, char *const *files, int n, bool *want) {
     pick_state *st = user;
     char *readme = NULL;
@@ -440,6 +464,7 @@ static int on_listing(void *user, const char *commit, char *const *files, int n,
     names_free(&st->chosen);
     for (int f = 0; !rc && f < n; f++)
         if (want[f]) names_add(&st->chosen, files[f], strlen(files[f]));
+    if (!rc && st->cfg->offline) rc = check_shards(st->o->repo, &st->chosen);
     if (!st->o->download || !st->found)
         for (int f = 0; f < n; f++) want[f] = false; /* the listing is all we need */
     return rc;
@@ -447,20 +472,27 @@ static int on_listing(void *user, const char *commit, char *const *files, int n,
 
 int hub_dataset_resolve(const hub_config *cfg, const hub_dataset_opts *o, hub_dataset *out) {
     memset(out, 0, sizeof *out);
-    if (cfg->offline)
-        return err_set(ERR_NETWORK, "dataset '%s': a hub dataset's files are resolved from the hub's listing, and "
-                                    "HF_HUB_OFFLINE is set (name the files with path: or url: .../FILE instead)",
-                       o->repo);
     const char *rev = o->revision && *o->revision ? o->revision : "main";
     pick_state st = {cfg, o, false, false, NULL, {0}};
     hub_snapshot snap;
     int rc = 0;
+    char first[1024] = "";
     for (int pass = 0; pass < 2; pass++) {
         hub_fetch_opts fo = {.type = HUB_REPO_DATASET, .repo = o->repo, .revision = pass ? CONVERT_REV : rev,
                              .progress = o->progress, .progress_user = o->progress_user,
                              .interrupted = o->interrupted, .select = on_listing, .select_user = &st};
         st.converted = pass == 1;
         rc = hub_snapshot_download(cfg, &fo, &snap);
+        if (rc && pass == 0 && snap_not_cached() && !strcmp(rev, "main")) {
+            /* offline, main never cached: a script dataset's conversion may be */
+            snprintf(first, sizeof first, "%s", err_msg());
+            err_clear();
+            continue;
+        }
+        if (rc && pass == 1 && first[0] && snap_not_cached()) { /* neither: say what is missing first */
+            rc = err_set(ERR_NETWORK, "%s (nor its %s branch)", first, CONVERT_REV);
+            break;
+        }
         if (rc || st.found) break;
         hub_snapshot_free(&snap);
         if (pass == 0 && strcmp(rev, "main")) { /* the conversion follows main, not a pinned revision */

@@ -1,10 +1,10 @@
 /* hub.c: the Hugging Face Hub client (see hub.h for the protocol and the cache layout).
  *
- * Three parts, on the libcurl plumbing of net/http.c (init, retry policy, handle setup, error
- * messages): small parsers (exposed for tests and fuzzing), a blocking request for the
- * API listing and HEAD revalidation, and a transfer engine on one curl multi handle that
- * runs every file as a little state machine (HEAD -> GET -> verify -> rename -> link),
- * with retries scheduled by time so one slow or rate-limited file never blocks the rest. */
+ * On the transfer engine of net/transfer.h (parallel ranged downloads, retries, checksums while
+ * the bytes arrive): small parsers (exposed for tests and fuzzing), what a HEAD on resolve says
+ * about a file, the hub's error messages, the cache layout (blobs, snapshot links, refs,
+ * .no_exist) and the calls that resolve, list, filter and download a snapshot, one file or a
+ * plain URL. */
 #define _GNU_SOURCE
 #include "hub/hub.h"
 
@@ -12,12 +12,9 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <fnmatch.h>
 #include <jansson.h>
 #include <openssl/evp.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,26 +26,16 @@
 #include "core/fsutil.h"
 #include "core/hash.h"
 #include "core/json_in.h"
+#include "core/str.h"
 #include "net/http.h"
+#include "net/transfer.h"
 
 #ifndef QLORA_VERSION
 #define QLORA_VERSION "dev"
 #endif
 
-#define HUB_MAX_HOPS 10
-#define HUB_RETRY_AFTER_CAP_S 120.0
 
 /* ---------- small helpers ---------- */
-
-static char *xasprintf(const char *fmt, ...) ERR_PRINTF(1, 2);
-static char *xasprintf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
-    va_end(ap);
-    return s;
-}
 
 static bool is_hex(const char *s, size_t n) {
     if (strlen(s) != n) return false;
@@ -313,21 +300,6 @@ done:
     return rc;
 }
 
-double hub_retry_after_parse(const char *value, double now_epoch) {
-    if (!value) return -1;
-    while (*value == ' ') value++;
-    char *end;
-    double s = strtod(value, &end);
-    if (end != value) {
-        while (*end == ' ' || *end == '\r' || *end == '\n') end++;
-        return *end || s < 0 ? -1 : s;
-    }
-    time_t t = curl_getdate(value, NULL); /* an HTTP date */
-    if (t < 0) return -1;
-    double d = (double)t - now_epoch;
-    return d < 0 ? 0 : d;
-}
-
 char *hub_blob_link_target(const char *rel_path, const char *etag) {
     int depth = 0;
     for (const char *p = rel_path; *p; p++)
@@ -339,108 +311,36 @@ char *hub_blob_link_target(const char *rel_path, const char *etag) {
     return out;
 }
 
-/* ---------- response headers ---------- */
-
-typedef struct resp_headers {
-    long status;
-    char *commit, *etag, *linked_etag, *location, *error_code, *error_message, *retry_after, *content_range;
-    int64_t linked_size, content_length; /* -1 if absent */
-} resp_headers;
-
-static void headers_reset(resp_headers *h) {
-    free(h->commit);
-    free(h->etag);
-    free(h->linked_etag);
-    free(h->location);
-    free(h->error_code);
-    free(h->error_message);
-    free(h->retry_after);
-    free(h->content_range);
-    memset(h, 0, sizeof *h);
-    h->linked_size = h->content_length = -1;
-}
-
-static void set_str(char **dst, const char *v, size_t n) {
-    free(*dst);
-    *dst = strndup(v, n);
-}
-
-/* One header line as libcurl hands it over ("Name: value\r\n"). A new status line (after a
- * 100-continue or a followed redirect) starts a fresh set. */
-static void headers_line(resp_headers *h, const char *line, size_t len) {
-    if (len >= 5 && !strncmp(line, "HTTP/", 5)) {
-        headers_reset(h);
-        /* the status code: up to three digits after the first space (the line is not
-         * NUL-terminated, so no strtol on it) */
-        const char *sp = memchr(line, ' ', len), *end = line + len;
-        long st = 0;
-        if (sp)
-            for (const char *p = sp + 1; p < end && p < sp + 4 && *p >= '0' && *p <= '9'; p++) st = st * 10 + (*p - '0');
-        h->status = st;
-        return;
-    }
-    const char *colon = memchr(line, ':', len);
-    if (!colon) return;
-    size_t nlen = (size_t)(colon - line);
-    const char *v = colon + 1, *end = line + len;
-    while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
-    size_t vlen = (size_t)(end - v);
-#define IS(name) (nlen == sizeof(name) - 1 && !strncasecmp(line, name, nlen))
-    if (IS("x-repo-commit")) set_str(&h->commit, v, vlen);
-    else if (IS("etag")) set_str(&h->etag, v, vlen);
-    else if (IS("x-linked-etag")) set_str(&h->linked_etag, v, vlen);
-    else if (IS("location")) set_str(&h->location, v, vlen);
-    else if (IS("x-error-code")) set_str(&h->error_code, v, vlen);
-    else if (IS("x-error-message")) set_str(&h->error_message, v, vlen);
-    else if (IS("retry-after")) set_str(&h->retry_after, v, vlen);
-    else if (IS("content-range")) set_str(&h->content_range, v, vlen);
-    else if (IS("x-linked-size") || IS("content-length")) {
-        char buf[32];
-        if (vlen == 0 || vlen >= sizeof buf) return;
-        memcpy(buf, v, vlen);
-        buf[vlen] = 0;
-        char *e;
-        long long x = strtoll(buf, &e, 10);
-        if (*e || x < 0) return;
-        if (IS("x-linked-size")) h->linked_size = x;
-        else h->content_length = x;
-    }
-#undef IS
-}
-
-static size_t on_header(char *buf, size_t size, size_t n, void *user) {
-    headers_line(user, buf, size * n);
-    return size * n;
-}
+/* ---------- what a HEAD says ---------- */
 
 /* What a HEAD on resolve says about a file (docs/hub-protocol.md): all three are required. */
-static int meta_from_headers(const resp_headers *h, hub_file_meta *m) {
+static int meta_from_headers(const net_headers *h, hub_file_meta *m) {
     memset(m, 0, sizeof *m);
     m->status = h->status;
-    const char *raw = h->linked_etag ? h->linked_etag : h->etag;
-    if (!h->commit || !is_hex(h->commit, 40))
+    const char *commit = net_headers_get(h, "x-repo-commit"), *linked_etag = net_headers_get(h, "x-linked-etag");
+    const char *raw = linked_etag ? linked_etag : h->etag;
+    int64_t linked_size = net_headers_size(h, "x-linked-size");
+    if (!commit || !is_hex(commit, 40))
         return err_set(ERR_DATA, "no commit in the answer (X-Repo-Commit): is HF_ENDPOINT a hub?");
-    memcpy(m->commit, h->commit, 41);
+    memcpy(m->commit, commit, 41);
     if (!raw || !hub_etag_normalize(raw, m->etag, sizeof m->etag))
         return err_set(ERR_DATA, "no usable ETag in the answer");
-    m->size = h->linked_size >= 0 ? h->linked_size : (h->status / 100 == 3 ? -1 : h->content_length);
+    m->size = linked_size >= 0 ? linked_size : (h->status / 100 == 3 ? -1 : h->content_length);
     if (m->size < 0) return err_set(ERR_DATA, "no file size in the answer (X-Linked-Size or Content-Length)");
     return 0;
 }
 
 int hub_file_meta_parse(const char *raw, size_t len, hub_file_meta *m) {
-    resp_headers h;
-    memset(&h, 0, sizeof h);
-    headers_reset(&h);
+    net_headers h;
+    net_headers_init(&h);
     for (size_t i = 0; i < len;) {
         const char *nl = memchr(raw + i, '\n', len - i);
         size_t n = nl ? (size_t)(nl - (raw + i)) + 1 : len - i;
-        headers_line(&h, raw + i, n);
+        net_headers_line(&h, raw + i, n);
         i += n;
     }
     int rc = meta_from_headers(&h, m);
-    headers_reset(&h);
+    net_headers_free(&h);
     return rc;
 }
 
@@ -452,10 +352,10 @@ typedef struct err_subject {
     const char *repo, *revision, *file; /* any may be NULL */
 } err_subject;
 
-static int http_error(const err_subject *s, const resp_headers *h, const char *url) {
+static int http_error(const err_subject *s, const net_headers *h, const char *url) {
     char code[64] = "", msg[300] = "", what[700];
-    net_clean_text(code, sizeof code, h->error_code);
-    net_clean_text(msg, sizeof msg, h->error_message);
+    net_clean_text(code, sizeof code, net_headers_get(h, "x-error-code"));
+    net_clean_text(msg, sizeof msg, net_headers_get(h, "x-error-message"));
     const char *noun = repo_noun(s->type);
     if (s->repo && s->file) snprintf(what, sizeof what, "'%s' in %s '%s'", s->file, noun, s->repo);
     else if (s->repo) snprintf(what, sizeof what, "%s '%s'", noun, s->repo);
@@ -485,493 +385,6 @@ static int http_error(const err_subject *s, const resp_headers *h, const char *u
     if (st == 429) return err_set(ERR_NETWORK, "%s: still rate limited (HTTP 429) after %d retries: try later%s",
                                   what, s->cfg->max_retries, extra);
     return err_set(ERR_NETWORK, "%s: the server answered HTTP %ld%s", what, st, extra);
-}
-
-static double backoff_s(const hub_config *cfg, int attempt) { return net_backoff_s(cfg->retry_base_s, attempt); }
-
-static double retry_delay(const hub_config *cfg, const resp_headers *h, int attempt) {
-    if (h && h->status == 429) {
-        double ra = hub_retry_after_parse(h->retry_after, (double)time(NULL));
-        if (ra >= 0) return ra > HUB_RETRY_AFTER_CAP_S ? HUB_RETRY_AFTER_CAP_S : ra;
-    }
-    return backoff_s(cfg, attempt);
-}
-
-/* ---------- one easy handle, set up the same way everywhere ---------- */
-
-static struct curl_slist *base_headers(const hub_config *cfg, const char *url, bool send_token) {
-    struct curl_slist *l = NULL;
-    l = curl_slist_append(l, "Accept-Encoding: identity");
-    if (send_token && cfg->token) {
-        char *a = net_url_origin(url), *b = net_url_origin(cfg->endpoint);
-        if (a && b && !strcmp(a, b)) {
-            char *line = xasprintf("Authorization: Bearer %s", cfg->token);
-            l = curl_slist_append(l, line);
-            memset(line, 0, strlen(line));
-            free(line);
-        }
-        free(a);
-        free(b);
-    }
-    return l;
-}
-
-static void easy_setup(CURL *e, const hub_config *cfg, const char *url, struct curl_slist *hdrs, char *errbuf) {
-    net_opts o = {.timeout_s = cfg->timeout_s, .ca_file = cfg->ca_file};
-    net_easy_setup(e, &o, url, hdrs, errbuf);
-}
-
-/* ---------- blocking requests: API listing and HEAD revalidation ---------- */
-
-/* GET (or HEAD) url with retries on transient failures; redirects followed by hand, the token
- * only ever sent to the endpoint's origin. On return h holds the final answer's headers and
- * body its content; a non-2xx final answer is left for the caller to explain (returns 0).
- * *unreachable tells a failure to get any answer (no retry for a refused connection: the
- * caller may have the answer cached, as the Python tools do). */
-static int request_blocking(const hub_config *cfg, const char *url0, bool head, bool send_token,
-                            volatile int *interrupted, resp_headers *h, net_buf *body, bool *unreachable) {
-    net_init();
-    char *url = strdup(url0);
-    char errbuf[CURL_ERROR_SIZE];
-    int rc = 0, attempt = 0, hops = 0;
-    CURL *e = curl_easy_init();
-    for (;;) {
-        if (interrupted && *interrupted) { rc = err_set(ERR_INTERRUPTED, "interrupted"); break; }
-        headers_reset(h);
-        body->len = 0;
-        struct curl_slist *hdrs = base_headers(cfg, url, send_token);
-        curl_easy_reset(e);
-        easy_setup(e, cfg, url, hdrs, errbuf);
-        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-        curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
-        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, net_buf_write);
-        curl_easy_setopt(e, CURLOPT_WRITEDATA, body);
-        if (head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-        CURLcode c = curl_easy_perform(e);
-        curl_slist_free_all(hdrs);
-        attempt++;
-        double delay = -1;
-        if (c != CURLE_OK) {
-            if (!net_curl_retryable(c) || c == CURLE_COULDNT_CONNECT || attempt > cfg->max_retries) {
-                rc = net_curl_error(c, errbuf, url, attempt);
-                if (unreachable) *unreachable = c != CURLE_PEER_FAILED_VERIFICATION && c != CURLE_SSL_CACERT_BADFILE;
-                break;
-            }
-            delay = backoff_s(cfg, attempt);
-        } else {
-            curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &h->status);
-            if (h->status >= 300 && h->status < 400 && h->location) {
-                char *next = net_url_resolve(url, h->location);
-                if (!next || ++hops > HUB_MAX_HOPS) {
-                    free(next);
-                    rc = err_set(ERR_NETWORK, "too many or broken redirects from '%s'", url0);
-                    break;
-                }
-                free(url);
-                url = next;
-                attempt = 0;
-                continue;
-            }
-            if (net_status_retryable(h->status) && attempt <= cfg->max_retries) delay = retry_delay(cfg, h, attempt);
-        }
-        if (delay < 0) break;
-        for (double end = net_now() + delay; net_now() < end;) {
-            if (interrupted && *interrupted) break;
-            struct timespec ts = {0, 50 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    curl_easy_cleanup(e);
-    free(url);
-    return rc;
-}
-
-/* ---------- the transfer engine ---------- */
-
-/* Where the bytes of a GET go: the partial file and, for a hub blob, the checksum, computed
- * while the bytes arrive (no second pass). libcurl hands over 16 KB pieces at arbitrary file
- * offsets; writing each as it comes made the page cache zero the part of every page a piece
- * did not cover (measured: 5% of the transfer in memset alone). So the pieces are gathered into
- * page-aligned 256 KB blocks, each written (in page-aligned 16 KB writes, see XS_WRITE) and
- * hashed from the same memory while it is hot.
- *
- * SHA-256 costs about 0.5 s of CPU a GB, as much as receiving and writing the bytes: with a
- * second core, a hashing thread digests the blocks (a ring of 16, so a thread that is briefly
- * descheduled does not stall the receiver) while the receiving thread goes on writing; without
- * one, the receiving thread hashes each block after writing it. QLORA_HUB_HASH=thread|inline
- * forces one. */
-#define XS_BLOCK (256u << 10)
-#define XS_RING 16
-#define XS_PAGE 4096
-
-typedef struct xsink {
-    int fd;
-    EVP_MD_CTX *md;          /* NULL: nothing to check */
-    char *buf[XS_RING];
-    size_t len[XS_RING];     /* bytes of each submitted block */
-    size_t fill;             /* bytes in the block being filled, buf[submitted % XS_RING] */
-    int64_t off;             /* file offset of that block's first byte */
-    int64_t hashed;          /* bytes fed to md */
-    int err;                 /* errno of a failed write */
-    bool threaded;
-    /* with a thread: blocks [done, submitted) are its to hash */
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uint64_t submitted, done;
-    bool stop, waiting;
-} xsink;
-
-static void *xsink_main(void *arg) {
-    xsink *s = arg;
-    pthread_mutex_lock(&s->mu);
-    for (;;) {
-        while (s->done == s->submitted && !s->stop) pthread_cond_wait(&s->cv, &s->mu);
-        if (s->done == s->submitted) break;
-        int i = (int)(s->done % XS_RING);
-        size_t n = s->len[i];
-        pthread_mutex_unlock(&s->mu);
-        EVP_DigestUpdate(s->md, s->buf[i], n);
-        pthread_mutex_lock(&s->mu);
-        s->hashed += (int64_t)n;
-        s->done++;
-        if (s->waiting) pthread_cond_broadcast(&s->cv);
-    }
-    pthread_mutex_unlock(&s->mu);
-    return NULL;
-}
-
-/* a thread wherever there is a second core: both ways do the same work (gather, write, hash),
- * the thread only moves the hash off the receiving thread (2 cores, loopback, 2 GB: median
- * 797 MB/s with the thread against 700 inline; choosing by the load average picked inline
- * whenever the previous download had raised it) */
-static bool hash_thread_wanted(void) {
-    const char *force = getenv("QLORA_HUB_HASH");
-    if (force && !strcmp(force, "thread")) return true;
-    if (force && !strcmp(force, "inline")) return false;
-    return sysconf(_SC_NPROCESSORS_ONLN) >= 2;
-}
-
-/* bytes go to fd from offset `off`; md (may be NULL) has seen everything before it */
-static xsink *xsink_start(int fd, int64_t off, EVP_MD_CTX *md) {
-    xsink *s = calloc(1, sizeof *s);
-    if (!s) return NULL;
-    s->fd = fd;
-    s->off = off;
-    s->md = md;
-    s->threaded = md && hash_thread_wanted();
-    int nbuf = s->threaded ? XS_RING : 1;
-    for (int i = 0; i < nbuf; i++)
-        if (!(s->buf[i] = malloc(XS_BLOCK))) goto fail;
-    if (s->threaded) {
-        pthread_mutex_init(&s->mu, NULL);
-        pthread_cond_init(&s->cv, NULL);
-        if (pthread_create(&s->th, NULL, xsink_main, s)) {
-            pthread_mutex_destroy(&s->mu);
-            pthread_cond_destroy(&s->cv);
-            goto fail;
-        }
-    }
-    return s;
-fail:
-    for (int i = 0; i < XS_RING; i++) free(s->buf[i]);
-    free(s);
-    return NULL;
-}
-
-/* A block goes out in 16 KB writes: one write of 256 KB makes the page cache take a large folio,
- * and on the benchmark's VM (free memory handed back to the host) those cost up to twice the
- * CPU of small ones and vary wildly (2 GB, loopback, median of 4: 16 KB writes 978 MB/s, 64 KB
- * 600, 256 KB 720 with runs from 350 to 990; curl writes ~8 KB at a time). */
-#define XS_WRITE (16u << 10)
-
-static bool xsink_pwrite(xsink *s, const char *p, size_t n) {
-    for (size_t done = 0; done < n;) {
-        size_t want = n - done < XS_WRITE ? n - done : XS_WRITE;
-        ssize_t w = pwrite(s->fd, p + done, want, (off_t)(s->off + (int64_t)done));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            s->err = w < 0 ? errno : EIO;
-            return false;
-        }
-        done += (size_t)w;
-    }
-    return true;
-}
-
-/* write the block being filled, hand it to the hash, start the next one */
-static bool xsink_flush(xsink *s) {
-    if (!s->fill) return !s->err;
-    int i = s->threaded ? (int)(s->submitted % XS_RING) : 0;
-    char *p = s->buf[i];
-    size_t n = s->fill;
-    if (s->threaded) { /* the thread reads the block while we write it */
-        pthread_mutex_lock(&s->mu);
-        s->len[i] = n;
-        s->submitted++;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-    }
-    bool ok = !s->err && xsink_pwrite(s, p, n);
-    if (!s->threaded && s->md) {
-        EVP_DigestUpdate(s->md, p, n);
-        s->hashed += (int64_t)n;
-    }
-    s->off += (int64_t)n;
-    s->fill = 0;
-    if (s->threaded) { /* the next block to fill must be hashed already */
-        pthread_mutex_lock(&s->mu);
-        s->waiting = true;
-        while (s->submitted - s->done >= XS_RING) pthread_cond_wait(&s->cv, &s->mu);
-        s->waiting = false;
-        pthread_mutex_unlock(&s->mu);
-    }
-    return ok;
-}
-
-static bool xsink_put(xsink *s, const char *p, size_t n) {
-    while (n) {
-        /* the first block ends on a page boundary of the file (a resume starts anywhere) */
-        size_t cap = XS_BLOCK - (size_t)(s->off % XS_PAGE);
-        char *b = s->buf[s->threaded ? s->submitted % XS_RING : 0];
-        size_t k = cap - s->fill < n ? cap - s->fill : n;
-        memcpy(b + s->fill, p, k);
-        s->fill += k;
-        p += k;
-        n -= k;
-        if (s->fill == cap && !xsink_flush(s)) return false;
-    }
-    return !s->err;
-}
-
-/* write what is left, finish the hash; *hashed: the bytes fed to md. 0, or the errno of a
- * failed write (the file then holds an unknown prefix of the bytes) */
-static int xsink_finish(xsink **sp, int64_t *hashed) {
-    xsink *s = *sp;
-    *hashed = 0;
-    if (!s) return 0;
-    xsink_flush(s);
-    if (s->threaded) {
-        pthread_mutex_lock(&s->mu);
-        s->stop = true;
-        pthread_cond_broadcast(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-        pthread_join(s->th, NULL);
-        pthread_mutex_destroy(&s->mu);
-        pthread_cond_destroy(&s->cv);
-    }
-    *hashed = s->hashed;
-    int err = s->err;
-    for (int i = 0; i < XS_RING; i++) free(s->buf[i]);
-    free(s);
-    *sp = NULL;
-    return err;
-}
-
-typedef enum xstate { X_WAIT_HEAD, X_WAIT_GET, X_WAIT_LOCK, X_RUNNING, X_DONE, X_MISSING } xstate;
-
-typedef struct xfer {
-    /* what: set by the caller */
-    char *name;        /* shown in messages and progress */
-    char *url;         /* the current request */
-    bool hub;          /* HEAD first, blob cache, snapshot link */
-    bool optional;     /* a 404 leaves it X_MISSING instead of failing */
-    char *commit;      /* hub: the commit the file must belong to (NULL: take it from the HEAD) */
-    char *dest;        /* final path (hub: blob_dir/<etag>, known after the HEAD) */
-    char *blob_dir, *lock_dir; /* hub: <repo>/blobs and .locks/<folder> */
-    char *snapshot_root, *rel; /* hub: snapshots/<commit> and the repo path, for the link */
-    int64_t size;      /* expected size, -1 unknown */
-    char etag[130];
-    bool send_token;
-    /* how it goes */
-    xstate state, next;
-    bool get_phase;
-    int attempts, hops, checksum_failures;
-    double not_before;
-    CURL *easy;
-    struct curl_slist *hdrs;
-    char errbuf[CURL_ERROR_SIZE];
-    resp_headers h;
-    net_buf errbody;
-    int fd;            /* the open partial file, -1 if none */
-    char *part;        /* dest + ".incomplete" */
-    EVP_MD_CTX *md;    /* the checksum, computed while the bytes arrive (no second pass) */
-    int64_t md_off;    /* bytes of part that md has seen */
-    xsink *sink;       /* while a GET writes */
-    int64_t have;      /* bytes in part */
-    int64_t start_have;
-    int64_t req_have;  /* have when the current request started: progress resets the retry count */
-    bool cached;       /* answered from the cache */
-    bool write_failed, range_mismatch;
-    int write_errno;   /* why the write failed (ENOSPC, ...) */
-    int lock_fd;
-    char *lock_path;
-} xfer;
-
-typedef struct engine {
-    const hub_config *cfg;
-    CURLM *multi;
-    xfer **x;
-    int n;
-    err_subject subj;
-    hub_progress_fn progress;
-    void *user;
-    volatile int *interrupted;
-    int64_t downloaded;
-    bool unreachable;  /* the failure was getting no answer at all */
-    double t_last_progress, rate, rate_t, rate_bytes;
-} engine;
-
-static void xfer_free(xfer *x) {
-    if (!x) return;
-    free(x->name);
-    free(x->url);
-    free(x->commit);
-    free(x->dest);
-    free(x->blob_dir);
-    free(x->lock_dir);
-    free(x->snapshot_root);
-    free(x->rel);
-    free(x->part);
-    free(x->lock_path);
-    free(x->errbody.data);
-    headers_reset(&x->h);
-    int64_t hashed;
-    xsink_finish(&x->sink, &hashed);
-    if (x->fd >= 0) close(x->fd);
-    if (x->md) EVP_MD_CTX_free(x->md);
-    if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
-    free(x);
-}
-
-static xfer *xfer_new(const char *name, const char *url) {
-    xfer *x = calloc(1, sizeof *x);
-    x->name = strdup(name);
-    x->url = strdup(url);
-    x->size = -1;
-    x->lock_fd = -1;
-    x->fd = -1;
-    x->errbody.limit = 8192;
-    headers_reset(&x->h);
-    return x;
-}
-
-/* Start (or continue) the streaming checksum at offset `from` of the partial file: the ETag
- * names the hash (64 hex: SHA-256 of the bytes; 40 hex: git's SHA-1 of "blob <size>\0" + bytes).
- * A resumed file's first part is read back once. */
-static bool xfer_hash_begin(xfer *x, int64_t from) {
-    if (x->md && x->md_off == from) return true;
-    const EVP_MD *type = is_hex(x->etag, 64) ? EVP_sha256() : is_hex(x->etag, 40) && x->size >= 0 ? EVP_sha1() : NULL;
-    if (!x->hub || !type) return true;
-    if (!x->md) x->md = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(x->md, type, NULL);
-    x->md_off = 0;
-    if (type == EVP_sha1()) {
-        char head[64];
-        int hl = snprintf(head, sizeof head, "blob %lld", (long long)x->size);
-        EVP_DigestUpdate(x->md, head, (size_t)hl + 1);
-    }
-    size_t cap = 1 << 20;
-    char *buf = from > 0 ? malloc(cap) : NULL;
-    while (x->md_off < from) {
-        size_t want = from - x->md_off < (int64_t)cap ? (size_t)(from - x->md_off) : cap;
-        ssize_t k = buf ? pread(x->fd, buf, want, (off_t)x->md_off) : -1;
-        if (k <= 0) { free(buf); return false; }
-        EVP_DigestUpdate(x->md, buf, (size_t)k);
-        x->md_off += k;
-    }
-    free(buf);
-    return true;
-}
-
-static size_t on_body_file(char *buf, size_t size, size_t n, void *user) {
-    xfer *x = user;
-    size_t k = size * n;
-    long st = 0;
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
-    if (st != 200 && st != 206) { /* an error page: keep its start for the message */
-        size_t room = x->errbody.limit > x->errbody.len ? x->errbody.limit - x->errbody.len : 0;
-        if (room) net_buf_write(buf, 1, k < room ? k : room, &x->errbody);
-        return k;
-    }
-    if (x->fd < 0) {
-        x->fd = open(x->part, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-        if (x->fd < 0) { x->write_failed = true; x->write_errno = errno; return 0; }
-        if (st == 206) {
-            long long a = -1;
-            if (!x->h.content_range || sscanf(x->h.content_range, "bytes %lld-", &a) != 1 || a != x->have) {
-                x->range_mismatch = true; /* the server resumed somewhere else: start over */
-                return 0;
-            }
-        } else { /* 200: the whole file again, even if we asked for a range */
-            /* truncate only a file that has bytes: on ext4 a truncation to 0 marks the file as
-             * "replaced by truncation", and its close then starts writeback of every byte written
-             * since (measured: close took ~1 s on a 2 GB blob) */
-            struct stat sb;
-            x->have = 0;
-            if (fstat(x->fd, &sb) || (sb.st_size > 0 && ftruncate(x->fd, 0))) {
-                x->write_failed = true;
-                x->write_errno = errno;
-                return 0;
-            }
-        }
-        if (!xfer_hash_begin(x, x->have)) { x->write_failed = true; x->write_errno = errno; return 0; }
-        if (!(x->sink = xsink_start(x->fd, x->have, x->md))) {
-            x->write_failed = true;
-            x->write_errno = ENOMEM;
-            return 0;
-        }
-    }
-    if (!xsink_put(x->sink, buf, k)) {
-        x->write_failed = true;
-        x->write_errno = x->sink->err;
-        return 0;
-    }
-    x->have += (int64_t)k;
-    return k;
-}
-
-/* Finish the partial file of this request. No fsync: a blob is named by its checksum and
- * checked before the rename; forcing gigabytes to disk would cost the disk's sync speed (the
- * Python tools do not either). */
-static int xfer_close_out(xfer *x) {
-    int64_t hashed;
-    int err = xsink_finish(&x->sink, &hashed);
-    if (x->md) x->md_off += hashed;
-    if (x->fd >= 0 && close(x->fd) && !err) err = errno;
-    x->fd = -1;
-    if (err) {
-        errno = err;
-        return err_errno(ERR_STAGE, "cannot write '%s'", x->part);
-    }
-    return 0;
-}
-
-static void engine_emit(engine *g, const char *file, bool force) {
-    if (!g->progress) return;
-    double t = net_now();
-    if (!force && t - g->t_last_progress < 0.1) return;
-    g->t_last_progress = t;
-    hub_progress p = {.file = file};
-    for (int i = 0; i < g->n && !p.file; i++) /* name a file that is moving */
-        if (g->x[i]->state == X_RUNNING && g->x[i]->get_phase) p.file = g->x[i]->name;
-    int64_t dl = 0;
-    for (int i = 0; i < g->n; i++) {
-        xfer *x = g->x[i];
-        if (x->size > 0) p.total += x->size;
-        p.files_total += x->state != X_MISSING;
-        if (x->state == X_DONE) { p.files_done++; p.done += x->size > 0 ? x->size : x->have; }
-        else p.done += x->have;
-        dl += x->have - x->start_have;
-    }
-    if (t - g->rate_t >= 1.0 || force) {
-        if (g->rate_t > 0) g->rate = (double)(dl - g->rate_bytes) / (t - g->rate_t);
-        if (g->rate < 0) g->rate = 0;
-        g->rate_t = t;
-        g->rate_bytes = (double)dl;
-    }
-    p.rate = g->rate;
-    g->progress(g->user, &p);
 }
 
 /* relative symlink snapshots/<commit>/<rel> -> ../../blobs/<etag>, parents checked to be real
@@ -1018,286 +431,88 @@ static int link_snapshot(const char *root, const char *rel, const char *etag) {
     return rc;
 }
 
-/* git's blob id: sha1("blob <size>\0" + content), the ETag of a small (non-LFS) hub file */
-static int git_blob_sha1_hex(const char *path, char out[41]) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_errno(ERR_STAGE, "cannot open '%s'", path);
-    int64_t size = fs_size(path);
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(c, EVP_sha1(), NULL);
-    char head[64];
-    int hl = snprintf(head, sizeof head, "blob %lld", (long long)size);
-    EVP_DigestUpdate(c, head, (size_t)hl + 1);
-    char buf[65536];
-    size_t k;
-    while ((k = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(c, buf, k);
-    fclose(f);
-    unsigned char md[20];
-    EVP_DigestFinal_ex(c, md, NULL);
-    EVP_MD_CTX_free(c);
-    for (int i = 0; i < 20; i++) sprintf(out + 2 * i, "%02x", md[i]);
-    return 0;
+/* ---------- hub files on the transfer engine (net/transfer.h) ---------- */
+
+/* The engine's settings from the hub's: the token only ever goes to the endpoint's origin. */
+static net_policy hub_policy(const hub_config *cfg) {
+    return (net_policy){.http = {.timeout_s = cfg->timeout_s, .ca_file = cfg->ca_file},
+                        .parallel = cfg->parallel,
+                        .max_retries = cfg->max_retries,
+                        .retry_base_s = cfg->retry_base_s,
+                        .token = cfg->token,
+                        .token_url = cfg->endpoint};
 }
 
-/* Is the finished file what the ETag promised? 64 hex: SHA-256 (LFS); 40 hex: git SHA-1. */
-static int verify_blob(const char *path, const char *etag, bool *ok) {
-    *ok = true;
-    if (is_hex(etag, 64)) {
-        char got[65];
-        int rc = sha256_file_hex(path, got);
-        if (rc) return rc;
-        *ok = !strcasecmp(got, etag);
-    } else if (is_hex(etag, 40)) {
-        char got[41];
-        int rc = git_blob_sha1_hex(path, got);
-        if (rc) return rc;
-        *ok = !strcasecmp(got, etag);
-    }
-    return 0;
+/* What a repo file adds to its transfer: where its blob, lock and snapshot link go. A transfer
+ * without one (a plain URL) goes straight to its destination. */
+typedef struct hub_file {
+    char *commit;              /* the commit the file must belong to (NULL: take it from the HEAD) */
+    char *blob_dir, *lock_dir; /* <repo>/blobs and .locks/<folder> */
+    char *snapshot_root, *rel; /* snapshots/<commit> and the repo path, for the link */
+} hub_file;
+
+static void hub_file_free(void *p) {
+    hub_file *f = p;
+    if (!f) return;
+    free(f->commit);
+    free(f->blob_dir);
+    free(f->lock_dir);
+    free(f->snapshot_root);
+    free(f->rel);
+    free(f);
 }
 
-static void engine_detach(engine *g, xfer *x) {
-    if (x->easy) {
-        curl_multi_remove_handle(g->multi, x->easy);
-        curl_easy_cleanup(x->easy);
-        x->easy = NULL;
-    }
-    curl_slist_free_all(x->hdrs);
-    x->hdrs = NULL;
-}
+/* One call's engine: the transfers, and what its messages name. */
+typedef struct hub_engine {
+    net_engine g;
+    net_policy pol;
+    err_subject subj;
+} hub_engine;
 
-static void schedule(xfer *x, xstate st, double delay) {
-    x->state = st;
-    x->not_before = net_now() + delay;
-}
-
-static int xfer_start(engine *g, xfer *x) {
-    x->get_phase = x->state == X_WAIT_GET;
-    headers_reset(&x->h);
-    x->errbody.len = 0;
-    x->write_failed = x->range_mismatch = false;
-    x->write_errno = 0;
-    if (x->get_phase) {
-        x->have = fs_size(x->part);
-        if (x->have < 0) x->have = 0;
-        if (x->size >= 0 && x->have > x->size) { /* not this file: start over */
-            unlink(x->part);
-            x->have = 0;
-        }
-        if (!x->attempts && !x->hops) x->start_have = x->have;
-        x->req_have = x->have;
-    }
-    x->easy = curl_easy_init();
-    if (!x->easy) return err_set(ERR_STAGE, "curl_easy_init failed");
-    x->hdrs = base_headers(g->cfg, x->url, x->send_token);
-    if (x->get_phase && x->have > 0) {
-        char range[64];
-        snprintf(range, sizeof range, "Range: bytes=%lld-", (long long)x->have);
-        x->hdrs = curl_slist_append(x->hdrs, range);
-    }
-    easy_setup(x->easy, g->cfg, x->url, x->hdrs, x->errbuf);
-    curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(x->easy, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, &x->h);
-    if (x->get_phase) {
-        curl_easy_setopt(x->easy, CURLOPT_WRITEFUNCTION, on_body_file);
-        curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
-    } else {
-        curl_easy_setopt(x->easy, CURLOPT_NOBODY, 1L);
-    }
-    x->state = X_RUNNING;
-    if (curl_multi_add_handle(g->multi, x->easy) != CURLM_OK) return err_set(ERR_STAGE, "curl_multi_add_handle failed");
-    return 0;
-}
-
-/* the blob is in place (downloaded or cached): link it and finish */
-static int xfer_finish(engine *g, xfer *x) {
-    if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
-    if (x->hub) {
-        int rc = link_snapshot(x->snapshot_root, x->rel, x->etag);
-        if (rc) return rc;
-    }
-    x->state = X_DONE;
-    engine_emit(g, x->name, false);
-    return 0;
-}
-
-static int xfer_claim(engine *g, xfer *x);
-
-/* After a HEAD: decide the blob, reuse it if cached, else take the lock and queue the GET. */
-static int xfer_after_head(engine *g, xfer *x, const char *download_url) {
+/* After the HEAD of a repo file: the blob is named by its ETag, checked against it, and written
+ * under the blob's lock. */
+static int hub_head_done(net_engine *g, net_xfer *x) {
+    const hub_engine *he = g->user;
+    hub_file *f = x->user;
     hub_file_meta m;
     int rc = meta_from_headers(&x->h, &m);
-    if (rc) return err_wrap("'%s' from %s", x->name, g->cfg->endpoint);
-    if (x->commit && strcasecmp(x->commit, m.commit))
+    if (rc) return err_wrap("'%s' from %s", x->name, he->subj.cfg->endpoint);
+    if (f->commit && strcasecmp(f->commit, m.commit))
         return err_set(ERR_DATA, "'%s': the server answered for commit %s, not the listed %s", x->name, m.commit,
-                       x->commit);
-    memcpy(x->etag, m.etag, sizeof x->etag);
+                       f->commit);
+    memcpy(x->checksum, m.etag, sizeof x->checksum);
     x->size = m.size;
-    if (!x->commit) x->commit = strdup(m.commit);
-    if (!x->snapshot_root) {
-        char *repo_dir = fs_dirname(x->blob_dir);
-        x->snapshot_root = xasprintf("%s/snapshots/%s", repo_dir, x->commit);
+    if (!f->commit) f->commit = strdup(m.commit);
+    if (!f->snapshot_root) {
+        char *repo_dir = fs_dirname(f->blob_dir);
+        f->snapshot_root = xasprintf("%s/snapshots/%s", repo_dir, f->commit);
         free(repo_dir);
-    }
-    if (strcmp(download_url, x->url)) {
-        free(x->url);
-        x->url = strdup(download_url);
     }
     free(x->dest);
     free(x->part);
     free(x->lock_path);
-    x->dest = xasprintf("%s/%s", x->blob_dir, x->etag);
+    x->dest = xasprintf("%s/%s", f->blob_dir, x->checksum);
     x->part = xasprintf("%s.incomplete", x->dest);
-    x->lock_path = xasprintf("%s/%s.lock", x->lock_dir, x->etag);
-    x->hops = 0;
-    return xfer_claim(g, x);
-}
-
-/* Reuse the blob if it is there; else take its lock (another process, or another file of ours
- * with the same content, may be fetching it: then wait) and queue the GET. */
-static int xfer_claim(engine *g, xfer *x) {
-    if (fs_size(x->dest) == x->size) { /* already in the cache (ours or Python's) */
-        x->cached = true;
-        return xfer_finish(g, x);
-    }
-    if (x->lock_fd < 0) {
-        int rc = fs_lock(x->lock_path, false, &x->lock_fd);
-        if (rc == ERR_LOCKED) {
-            err_clear();
-            schedule(x, X_WAIT_LOCK, 0.2);
-            return 0;
-        }
-        if (rc) return rc;
-        if (fs_size(x->dest) == x->size) { /* it finished while we waited */
-            x->cached = true;
-            return xfer_finish(g, x);
-        }
-    }
-    if (fs_exists(x->dest)) unlink(x->dest); /* a blob of the wrong size is corrupt: fetch it again */
-    x->attempts = 0;
-    schedule(x, X_WAIT_GET, 0);
+    x->lock_path = xasprintf("%s/%s.lock", f->lock_dir, x->checksum);
     return 0;
 }
 
-/* A GET ended with a complete body: check it, move it into place. */
-static int xfer_after_get(engine *g, xfer *x) {
-    int rc = xfer_close_out(x);
-    if (rc) return rc;
-    if (x->size >= 0 && x->have != x->size) { /* the server closed early without an error */
-        if (x->have > x->size) unlink(x->part);
-        return -1;                            /* retry */
-    }
-    if (x->hub) {
-        bool ok = true;
-        if (x->md && x->md_off == x->have) {
-            unsigned char md[EVP_MAX_MD_SIZE];
-            unsigned int n = 0;
-            char hex[2 * EVP_MAX_MD_SIZE + 1];
-            EVP_DigestFinal_ex(x->md, md, &n);
-            for (unsigned i = 0; i < n; i++) sprintf(hex + 2 * i, "%02x", md[i]);
-            ok = !strcasecmp(hex, x->etag);
-            EVP_MD_CTX_free(x->md);
-            x->md = NULL;
-        } else if ((rc = verify_blob(x->part, x->etag, &ok))) {
-            return rc;
-        }
-        if (!ok) {
-            unlink(x->part); /* never keep bytes that fail their checksum */
-            if (++x->checksum_failures >= 2)
-                return err_set(ERR_DATA, "'%s': the downloaded bytes do not match the hub's checksum %s twice; "
-                                         "the partial blob was deleted (a broken proxy or mirror?)", x->name, x->etag);
-            x->have = 0;
-            x->start_have = 0;
-            return -1;
-        }
-    }
-    if (rename(x->part, x->dest)) return err_errno(ERR_STAGE, "cannot rename '%s' into place", x->part);
-    char *dir = fs_dirname(x->dest);
-    fs_fsync_dir(dir);
-    free(dir);
-    return xfer_finish(g, x);
+/* the blob is in place (downloaded or cached): link it into the snapshot */
+static int hub_file_done(net_engine *g, net_xfer *x) {
+    (void)g;
+    hub_file *f = x->user;
+    return f ? link_snapshot(f->snapshot_root, f->rel, x->checksum) : 0;
 }
 
-static int xfer_done(engine *g, xfer *x, CURLcode c) {
-    long st = 0;
-    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
-    x->h.status = st;
-    char *redirect = NULL;
-    if (st >= 300 && st < 400 && x->h.location) redirect = net_url_resolve(x->url, x->h.location);
-    engine_detach(g, x);
-    int rc = 0;
-    if (x->get_phase && (rc = xfer_close_out(x))) { free(redirect); return rc; }
-    if (x->range_mismatch) { unlink(x->part); x->have = 0; x->md_off = -1; }
-    if (x->write_failed && !x->range_mismatch) {
-        free(redirect);
-        errno = x->write_errno ? x->write_errno : EIO;
-        return err_errno(ERR_STAGE, "cannot write '%s'", x->part);
-    }
-    xstate again = x->get_phase ? X_WAIT_GET : X_WAIT_HEAD;
-
-    if (c != CURLE_OK && !x->range_mismatch) {
-        free(redirect);
-        if (x->get_phase && x->have > x->req_have) x->attempts = 0; /* a cut after progress: resume freely */
-        /* a refused connection before any answer is a hub that is down, not a blip: fail at once
-         * (the caller may have the file cached); during the download it is worth a retry */
-        bool down = c == CURLE_COULDNT_CONNECT && !x->get_phase;
-        if (!net_curl_retryable(c) || down || ++x->attempts > g->cfg->max_retries) {
-            g->unreachable = c == CURLE_COULDNT_CONNECT || c == CURLE_COULDNT_RESOLVE_HOST ||
-                             c == CURLE_COULDNT_RESOLVE_PROXY || c == CURLE_OPERATION_TIMEDOUT;
-            return net_curl_error(c, x->errbuf, x->url, x->attempts);
-        }
-        schedule(x, again, backoff_s(g->cfg, x->attempts));
-        return 0;
-    }
-    if (x->range_mismatch) { free(redirect); schedule(x, again, 0); return 0; }
-    if (redirect) {
-        if (++x->hops > HUB_MAX_HOPS) { free(redirect); return err_set(ERR_NETWORK, "'%s': too many redirects", x->name); }
-        char *a = net_url_origin(redirect), *b = net_url_origin(x->url);
-        bool same = a && b && !strcmp(a, b);
-        free(a);
-        free(b);
-        if (!x->get_phase && x->hub && !same) { /* the CDN: its URL is the download URL, this answer is the HEAD's */
-            rc = xfer_after_head(g, x, redirect);
-            free(redirect);
-            return rc;
-        }
-        free(x->url);
-        x->url = redirect; /* a relative or same-host redirect (a renamed repo), or the GET's CDN hop */
-        schedule(x, again, 0);
-        return 0;
-    }
-    if (st == 200 || st == 206 || (st == 416 && x->get_phase)) {
-        if (!x->get_phase) {
-            if (!x->hub) { schedule(x, X_WAIT_GET, 0); return 0; }
-            return xfer_after_head(g, x, x->url);
-        }
-        if (st == 416) { /* our partial file is already whole, or not this file at all */
-            if (x->size < 0 || x->have != x->size) { unlink(x->part); x->have = 0; }
-        }
-        rc = xfer_after_get(g, x);
-        if (rc == -1) {
-            if (++x->attempts > g->cfg->max_retries)
-                return err_set(ERR_NETWORK, "'%s': the download kept stopping early (%lld of %lld bytes) after %d "
-                                            "attempts", x->name, (long long)x->have, (long long)x->size, x->attempts);
-            schedule(x, X_WAIT_GET, x->checksum_failures && x->have == 0 ? 0 : backoff_s(g->cfg, x->attempts));
-            return 0;
-        }
-        return rc;
-    }
-    if (net_status_retryable(st) && ++x->attempts <= g->cfg->max_retries) {
-        schedule(x, again, retry_delay(g->cfg, &x->h, x->attempts));
-        return 0;
-    }
-    if (st == 404 && x->optional) {
-        x->state = X_MISSING;
-        return 0;
-    }
-    if (st == 404 && x->hub && x->h.commit && is_hex(x->h.commit, 40) && x->h.error_code &&
-        !strcmp(x->h.error_code, "EntryNotFound") && x->blob_dir) {
+static int hub_http_failed(net_engine *g, net_xfer *x) {
+    const hub_engine *he = g->user;
+    hub_file *f = x->user;
+    const char *commit = net_headers_get(&x->h, "x-repo-commit"), *code = net_headers_get(&x->h, "x-error-code");
+    if (x->h.status == 404 && f && commit && is_hex(commit, 40) && code && !strcmp(code, "EntryNotFound") &&
+        f->blob_dir) {
         /* remember the absence, as the Python tools do: .no_exist/<commit>/<path> */
-        char *repo_dir = fs_dirname(x->blob_dir);
-        char *ne = xasprintf("%s/.no_exist/%s/%s", repo_dir, x->h.commit, x->rel);
+        char *repo_dir = fs_dirname(f->blob_dir);
+        char *ne = xasprintf("%s/.no_exist/%s/%s", repo_dir, commit, f->rel);
         char *ned = fs_dirname(ne);
         if (!fs_mkdir_p(ned)) fs_write_atomic(ne, "", 0);
         err_clear();
@@ -1305,92 +520,39 @@ static int xfer_done(engine *g, xfer *x, CURLcode c) {
         free(ne);
         free(ned);
     }
-    err_subject s = g->subj;
-    if (x->hub) s.file = x->rel;
+    err_subject s = he->subj;
+    if (f) s.file = f->rel;
     else { s.repo = NULL; s.file = NULL; }
     return http_error(&s, &x->h, x->name);
 }
 
-/* Run every transfer to the end; on the first hard failure stop the rest (their partial
- * files stay for a later resume) and return its error. */
-static int engine_run(engine *g) {
-    int rc = 0;
-    for (;;) {
-        if (g->interrupted && *g->interrupted) { rc = err_set(ERR_INTERRUPTED, "download interrupted"); break; }
-        double t = net_now(), wait = 1.0;
-        int running = 0, pending = 0;
-        for (int i = 0; i < g->n; i++) running += g->x[i]->state == X_RUNNING;
-        for (int i = 0; i < g->n && !rc; i++) {
-            xfer *x = g->x[i];
-            if (x->state != X_WAIT_HEAD && x->state != X_WAIT_GET && x->state != X_WAIT_LOCK) continue;
-            pending++;
-            if (x->not_before > t) { if (x->not_before - t < wait) wait = x->not_before - t; continue; }
-            if (x->state == X_WAIT_LOCK) { rc = xfer_claim(g, x); continue; }
-            if (running >= g->cfg->parallel) continue;
-            rc = xfer_start(g, x);
-            running++;
-        }
-        if (rc) break;
-        if (!running && !pending) break;
-        int still = 0;
-        curl_multi_perform(g->multi, &still);
-        CURLMsg *m;
-        int left, finished = 0;
-        while (!rc && (m = curl_multi_info_read(g->multi, &left))) {
-            if (m->msg != CURLMSG_DONE) continue;
-            xfer *x = NULL;
-            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-            rc = xfer_done(g, x, m->data.result);
-            finished++;
-        }
-        if (rc) break;
-        engine_emit(g, NULL, false);
-        /* a request ended: start what it queued (the GET after a HEAD) or finish, without
-         * first sleeping in the poll below (that cost up to 100 ms a file) */
-        if (finished) continue;
-        if (running) {
-            int ms = (int)(wait * 1000);
-            curl_multi_poll(g->multi, NULL, 0, ms < 100 ? (ms < 1 ? 1 : ms) : 100, NULL);
-        } else if (pending) {
-            struct timespec ts = {0, (long)((wait < 0.05 ? wait : 0.05) * 1e9) + 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    for (int i = 0; i < g->n; i++) {
-        xfer *x = g->x[i];
-        engine_detach(g, x);
-        int64_t hashed; /* partial files stay for a resume; errors here would hide the real one */
-        xsink_finish(&x->sink, &hashed);
-        if (x->md) x->md_off += hashed;
-        if (x->fd >= 0) { close(x->fd); x->fd = -1; }
-        if (x->lock_fd >= 0) fs_unlock(&x->lock_fd);
-    }
-    for (int i = 0; i < g->n; i++) g->downloaded += g->x[i]->have - g->x[i]->start_have;
-    if (!rc) engine_emit(g, NULL, true);
-    return rc;
+/* he must not move while the engine runs (the engine points to its policy). */
+static void hub_engine_init(hub_engine *he, const hub_config *cfg, err_subject subj, hub_progress_fn progress,
+                            void *user, volatile int *interrupted) {
+    he->pol = hub_policy(cfg);
+    he->subj = subj;
+    net_engine_init(&he->g, &he->pol);
+    he->g.hooks = (net_engine_hooks){hub_head_done, hub_file_done, hub_http_failed};
+    he->g.user = he;
+    he->g.progress = progress;
+    he->g.progress_user = user;
+    he->g.interrupted = interrupted;
 }
 
-static void engine_init(engine *g, const hub_config *cfg) {
-    memset(g, 0, sizeof *g);
-    net_init();
-    g->cfg = cfg;
-    g->multi = curl_multi_init();
-    /* separate connections for parallel files: bulk transfers multiplexed on one HTTP/2
-     * connection share its window and go slower */
-    curl_multi_setopt(g->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
-    curl_multi_setopt(g->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)cfg->parallel);
-}
-
-static void engine_add(engine *g, xfer *x) {
-    g->x = realloc(g->x, (size_t)(g->n + 1) * sizeof *g->x);
-    g->x[g->n++] = x;
-}
-
-static void engine_free(engine *g) {
-    for (int i = 0; i < g->n; i++) xfer_free(g->x[i]);
-    free(g->x);
-    if (g->multi) curl_multi_cleanup(g->multi);
-    memset(g, 0, sizeof *g);
+/* A repo file: a HEAD on url first. commit: the one it must belong to (NULL: the HEAD says);
+ * snapshot_root: where it is linked (NULL: snapshots/<that commit>). */
+static net_xfer *hub_engine_add_file(hub_engine *he, const char *rel, const char *url, const char *commit,
+                                     const char *snapshot_root) {
+    net_xfer *x = net_engine_add(&he->g, rel, url);
+    hub_file *f = calloc(1, sizeof *f);
+    f->rel = strdup(rel);
+    f->commit = commit ? strdup(commit) : NULL;
+    f->snapshot_root = snapshot_root ? strdup(snapshot_root) : NULL;
+    x->user = f;
+    x->user_free = hub_file_free;
+    x->send_token = true;
+    x->state = NET_X_WAIT_HEAD;
+    return x;
 }
 
 /* ---------- the hub ---------- */
@@ -1503,12 +665,33 @@ static int snapshot_from_cache(const hub_config *cfg, const hub_fetch_opts *o, c
     char **all = NULL;
     int n = 0;
     list_tree(dir, NULL, &all, &n);
+    qsort(all, (size_t)n, sizeof *all, cmp_str);
+    /* a caller that picks files itself (a hub dataset: configs and splits) picks among the cached
+     * ones, the listing huggingface_hub's offline mode knows too */
+    bool *picked = o->select ? calloc((size_t)n + 1, sizeof *picked) : NULL;
+    int rc = o->select && !picked ? err_set(ERR_STAGE, "out of memory") : 0;
+    if (!rc && o->select && (rc = o->select(o->select_user, commit, all, n, picked)))
+        err_wrap("%s: only the files of the cached snapshot %s are known", why, dir);
     out->files = calloc((size_t)n + 1, sizeof *out->files);
     for (int i = 0; i < n; i++) {
-        if (wanted(o, all[i])) out->files[out->n_files++] = all[i];
+        if (!rc && (picked ? picked[i] : wanted(o, all[i]))) out->files[out->n_files++] = all[i];
         else free(all[i]);
     }
     free(all);
+    free(picked);
+    if (rc || (o->select && !out->n_files)) { /* an error, or the listing was all the caller wanted */
+        if (rc) {
+            free(commit);
+            free(dir);
+            free(out->files);
+            out->files = NULL;
+            return rc;
+        }
+        out->commit = commit;
+        out->dir = dir;
+        out->offline = true;
+        return 0;
+    }
     if (!out->n_files) {
         free(commit);
         free(dir);
@@ -1540,7 +723,7 @@ static int verify_cached(const char *link, bool *ok) {
     target[k] = 0;
     const char *etag = strrchr(target, '/');
     etag = etag ? etag + 1 : target;
-    int rc = verify_blob(link, etag, ok);
+    int rc = net_checksum_file(link, etag, ok);
     if (rc || *ok) return rc;
     char *dir = fs_dirname(link), *blob = fs_join(dir, target);
     if (unlink(blob) && errno != ENOENT) rc = err_errno(ERR_STAGE, "cannot delete the corrupt blob '%s'", blob);
@@ -1551,13 +734,14 @@ static int verify_cached(const char *link, bool *ok) {
 }
 
 /* every hub transfer learns its blob name from the HEAD; it needs the folders first */
-static int engine_prepare_hub(engine *g, const repo_paths *p) {
+static int engine_prepare_hub(hub_engine *he, const repo_paths *p) {
     char *blobs = xasprintf("%s/blobs", p->repo_dir);
     int rc = fs_mkdir_p(blobs);
     if (!rc) rc = fs_mkdir_p(p->locks);
-    for (int i = 0; i < g->n && !rc; i++) {
-        g->x[i]->blob_dir = strdup(blobs);
-        g->x[i]->lock_dir = strdup(p->locks);
+    for (int i = 0; i < he->g.n && !rc; i++) {
+        hub_file *f = he->g.x[i]->user;
+        f->blob_dir = strdup(blobs);
+        f->lock_dir = strdup(p->locks);
     }
     free(blobs);
     return rc;
@@ -1577,74 +761,74 @@ static char *abs_path(const char *p) {
     return r ? r : strdup(p);
 }
 
-int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_snapshot *out) {
-    memset(out, 0, sizeof *out);
-    if (!hub_repo_id_valid(o->repo)) return err_set(ERR_USAGE, "not a repo id: '%s' (expected org/name)", o->repo);
-    const char *rev = o->revision && *o->revision ? o->revision : "main";
+/* One hub_snapshot_download call: what its steps share. */
+typedef struct snapshot_call {
+    const hub_config *cfg;
+    const hub_fetch_opts *o;
+    const char *rev;
     repo_paths p;
-    repo_paths_init(&p, cfg, o->type, o->repo);
-    int rc = 0;
-    char *commit = NULL, **files = NULL;
-    int n_files = 0;
-    engine g;
-    engine_init(&g, cfg);
-    g.subj = (err_subject){cfg, o->type, o->repo, rev, NULL};
-    g.progress = o->progress;
-    g.user = o->progress_user;
-    g.interrupted = o->interrupted;
+    hub_engine he;      /* must not move while it runs */
+    char *commit;       /* the listing: the revision's commit and every file */
+    char **files;
+    int n_files;
+    const char **want;  /* the wanted files (borrowed from files) */
+    int n_want;
+} snapshot_call;
 
-    if (cfg->offline) {
-        rc = snapshot_from_cache(cfg, o, &p, rev, out, "HF_HUB_OFFLINE is set");
-        goto done;
-    }
-    /* 1. the listing: revision -> commit, and the file names */
-    char *qrev = hub_url_quote(rev, false);
+static void snapshot_call_free(snapshot_call *sc) {
+    net_engine_free(&sc->he.g);
+    free(sc->commit);
+    free_list(sc->files, sc->n_files);
+    free((void *)sc->want);
+    repo_paths_free(&sc->p);
+}
+
+/* 1. The listing: revision -> commit, and the file names. When the hub cannot be reached, a
+ * cached snapshot still serves, as with the Python tools: *served says it did (out is filled). */
+static int snapshot_list(snapshot_call *sc, hub_snapshot *out, bool *served) {
+    const hub_config *cfg = sc->cfg;
+    const hub_fetch_opts *o = sc->o;
+    char *qrev = hub_url_quote(sc->rev, false);
     char *api = xasprintf("%s/api/%ss/%s/revision/%s", cfg->endpoint, repo_noun(o->type), o->repo, qrev);
     free(qrev);
-    resp_headers h;
-    memset(&h, 0, sizeof h);
-    headers_reset(&h);
+    net_headers h;
+    net_headers_init(&h);
     net_buf body = {.limit = 64u << 20};
     bool unreachable = false;
-    rc = request_blocking(cfg, api, false, true, o->interrupted, &h, &body, &unreachable);
+    int rc = net_request(&sc->he.pol, api, false, true, o->interrupted, &h, &body, &unreachable);
     if (rc == ERR_NETWORK && unreachable) {
-        /* the hub is unreachable: a cached snapshot still serves, as with the Python tools */
         char why[512];
         snprintf(why, sizeof why, "%s", err_msg());
         err_clear();
-        if (!snapshot_from_cache(cfg, o, &p, rev, out, why)) rc = 0;
-        else rc = ERR_NETWORK;
-        free(api);
-        free(body.data);
-        headers_reset(&h);
-        goto done;
+        rc = snapshot_from_cache(cfg, o, &sc->p, sc->rev, out, why) ? ERR_NETWORK : 0;
+        *served = !rc;
+    } else {
+        if (!rc && h.status != 200) rc = http_error(&sc->he.subj, &h, api);
+        if (!rc) rc = hub_listing_parse(body.data ? body.data : "", body.len, &sc->commit, &sc->files, &sc->n_files);
+        if (rc == ERR_DATA && h.status == 200) err_wrap("%s", api);
     }
-    if (!rc && h.status != 200) rc = http_error(&g.subj, &h, api);
-    if (!rc) rc = hub_listing_parse(body.data ? body.data : "", body.len, &commit, &files, &n_files);
-    if (rc == ERR_DATA && h.status == 200) err_wrap("%s", api);
     free(api);
     free(body.data);
-    headers_reset(&h);
-    if (rc) goto done;
+    net_headers_free(&h);
+    return rc;
+}
 
-    /* 2. the wanted files, pickle refused */
-    const char **want = calloc((size_t)n_files + 1, sizeof *want);
+/* 2. The wanted files (the caller's select, else include/exclude), pickle refused. None wanted is
+ * an error, unless the caller selects: then the listing was all it wanted. */
+static int snapshot_pick(snapshot_call *sc) {
+    const hub_fetch_opts *o = sc->o;
+    int n_files = sc->n_files;
+    sc->want = calloc((size_t)n_files + 1, sizeof *sc->want);
     bool *picked = o->select ? calloc((size_t)n_files + 1, sizeof *picked) : NULL;
-    if (!want || (o->select && !picked)) {
-        free((void *)want);
+    if (!sc->want || (o->select && !picked)) {
         free(picked);
-        rc = err_set(ERR_STAGE, "out of memory");
-        goto done;
+        return err_set(ERR_STAGE, "out of memory");
     }
-    if (o->select && (rc = o->select(o->select_user, commit, files, n_files, picked))) {
-        free((void *)want);
-        free(picked);
-        goto done;
-    }
-    int n_want = 0, n_safetensors = 0;
+    int rc = o->select ? o->select(o->select_user, sc->commit, sc->files, n_files, picked) : 0;
+    int n_safetensors = 0;
     const char *a_pickle = NULL;
-    for (int i = 0; i < n_files; i++) {
-        const char *f = files[i];
+    for (int i = 0; i < n_files && !rc; i++) {
+        const char *f = sc->files[i];
         if (hub_path_is_pickle(f) && !a_pickle) a_pickle = f;
         if (picked ? !picked[i] : !wanted(o, f)) continue;
         if (hub_path_is_pickle(f) && !o->allow_pickle) {
@@ -1654,31 +838,32 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         }
         size_t fl = strlen(f);
         if (fl > 12 && !strcmp(f + fl - 12, ".safetensors")) n_safetensors++;
-        want[n_want++] = f;
+        sc->want[sc->n_want++] = f;
     }
+    free(picked);
     if (!rc && o->type == HUB_REPO_MODEL && !o->include && !n_safetensors && a_pickle && !o->allow_pickle)
         rc = err_set(ERR_DATA, "model '%s' at '%s' has no .safetensors weights, only PyTorch pickle files such as '%s' "
                                "(refused: a pickle can run code when loaded); pick a revision or repo with "
-                               "safetensors weights, or set allow_pickle if you trust it", o->repo, rev, a_pickle);
-    free(picked);
-    if (!rc && !n_want && o->select) { /* the listing was all the caller wanted */
-        free((void *)want);
-        out->commit = strdup(commit);
-        goto done;
-    }
-    if (!rc && !n_want)
+                               "safetensors weights, or set allow_pickle if you trust it", o->repo, sc->rev, a_pickle);
+    if (!rc && !sc->n_want && !o->select)
         rc = err_set(ERR_NETWORK, "no file of %s '%s' at '%s' matches the include/exclude patterns", repo_noun(o->type),
-                     o->repo, rev);
-    if (rc) { free((void *)want); goto done; }
-    rc = write_ref(&p, rev, commit);
-    if (rc) { free((void *)want); goto done; }
+                     o->repo, sc->rev);
+    return rc;
+}
 
-    /* 3. a transfer per file not already in the snapshot */
-    char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit);
-    out->files = calloc((size_t)n_want + 1, sizeof *out->files);
-    for (int i = 0; i < n_want; i++) {
-        out->files[out->n_files++] = strdup(want[i]);
-        char *local = fs_join(snap, want[i]);
+/* 3. A transfer per wanted file not already in the snapshot (with verify, a cached one is
+ * re-hashed first and fetched again when corrupt), all run at once; out gets the snapshot. */
+static int snapshot_fetch(snapshot_call *sc, hub_snapshot *out) {
+    const hub_config *cfg = sc->cfg;
+    const hub_fetch_opts *o = sc->o;
+    int rc = write_ref(&sc->p, sc->rev, sc->commit);
+    if (rc) return rc;
+    char *snap = xasprintf("%s/snapshots/%s", sc->p.repo_dir, sc->commit);
+    out->files = calloc((size_t)sc->n_want + 1, sizeof *out->files);
+    for (int i = 0; i < sc->n_want; i++) {
+        const char *f = sc->want[i];
+        out->files[out->n_files++] = strdup(f);
+        char *local = fs_join(snap, f);
         int64_t s = fs_size(local); /* follows the link: a blob is there */
         struct stat lst;
         bool linked = lstat(local, &lst) == 0 && S_ISLNK(lst.st_mode);
@@ -1689,37 +874,41 @@ int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_sn
         }
         free(local);
         if (s >= 0 && linked) { out->bytes_total += s; continue; }
-        char *qpath = hub_url_quote(want[i], true);
-        char *url = xasprintf("%s/%s%s/resolve/%s/%s", cfg->endpoint, repo_prefix(o->type), o->repo, commit, qpath);
+        char *qpath = hub_url_quote(f, true);
+        char *url = xasprintf("%s/%s%s/resolve/%s/%s", cfg->endpoint, repo_prefix(o->type), o->repo, sc->commit, qpath);
         free(qpath);
-        xfer *x = xfer_new(want[i], url);
+        hub_engine_add_file(&sc->he, f, url, sc->commit, snap);
         free(url);
-        x->hub = true;
-        x->send_token = true;
-        x->commit = strdup(commit);
-        x->snapshot_root = strdup(snap);
-        x->rel = strdup(want[i]);
-        x->state = X_WAIT_HEAD;
-        engine_add(&g, x);
     }
-    free((void *)want);
-    if (!rc && g.n) rc = engine_prepare_hub(&g, &p);
-    if (!rc && g.n) rc = engine_run(&g);
-    for (int i = 0; i < g.n; i++) out->bytes_total += g.x[i]->size > 0 ? g.x[i]->size : 0;
-    out->bytes_downloaded = g.downloaded;
+    net_engine *g = &sc->he.g;
+    if (!rc && g->n) rc = engine_prepare_hub(&sc->he, &sc->p);
+    if (!rc && g->n) rc = net_engine_run(g);
+    for (int i = 0; i < g->n; i++) out->bytes_total += g->x[i]->size > 0 ? g->x[i]->size : 0;
+    out->bytes_downloaded = g->downloaded;
     if (!rc) {
-        out->commit = strdup(commit);
+        out->commit = strdup(sc->commit);
         out->dir = abs_path(snap);
     }
     free(snap);
-done:
-    if (rc) {
-        hub_snapshot_free(out);
+    return rc;
+}
+
+int hub_snapshot_download(const hub_config *cfg, const hub_fetch_opts *o, hub_snapshot *out) {
+    memset(out, 0, sizeof *out);
+    if (!hub_repo_id_valid(o->repo)) return err_set(ERR_USAGE, "not a repo id: '%s' (expected org/name)", o->repo);
+    snapshot_call sc = {.cfg = cfg, .o = o, .rev = o->revision && *o->revision ? o->revision : "main"};
+    repo_paths_init(&sc.p, cfg, o->type, o->repo);
+    hub_engine_init(&sc.he, cfg, (err_subject){cfg, o->type, o->repo, sc.rev, NULL}, o->progress, o->progress_user,
+                    o->interrupted);
+    bool served = false;
+    int rc;
+    if (cfg->offline) rc = snapshot_from_cache(cfg, o, &sc.p, sc.rev, out, "HF_HUB_OFFLINE is set");
+    else if (!(rc = snapshot_list(&sc, out, &served)) && !served && !(rc = snapshot_pick(&sc))) {
+        if (sc.n_want) rc = snapshot_fetch(&sc, out);
+        else out->commit = strdup(sc.commit); /* the listing was all the caller wanted */
     }
-    engine_free(&g);
-    free(commit);
-    free_list(files, n_files);
-    repo_paths_free(&p);
+    if (rc) hub_snapshot_free(out);
+    snapshot_call_free(&sc);
     return rc;
 }
 
@@ -1769,25 +958,18 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         return err_set(ERR_NETWORK, "HF_HUB_OFFLINE is set, and '%s' of %s '%s' at revision '%s' is not in the cache "
                                     "(%s): download it once online", path, repo_noun(type), repo, rev, cfg->cache_dir);
     }
-    engine g;
-    engine_init(&g, cfg);
-    g.subj = (err_subject){cfg, type, repo, rev, NULL};
-    g.progress = progress;
-    g.user = user;
+    hub_engine he;
+    hub_engine_init(&he, cfg, (err_subject){cfg, type, repo, rev, NULL}, progress, user, NULL);
     char *qrev = hub_url_quote(rev, false), *qpath = hub_url_quote(path, true);
     char *url = xasprintf("%s/%s%s/resolve/%s/%s", cfg->endpoint, repo_prefix(type), repo, qrev, qpath);
     free(qrev);
     free(qpath);
-    xfer *x = xfer_new(path, url);
+    net_xfer *x = hub_engine_add_file(&he, path, url, NULL, NULL);
+    hub_file *f = x->user;
     free(url);
-    x->hub = true;
-    x->send_token = true;
-    x->rel = strdup(path);
-    x->state = X_WAIT_HEAD;
-    engine_add(&g, x);
-    rc = engine_prepare_hub(&g, &p);
-    if (!rc) rc = engine_run(&g);
-    if (rc == ERR_NETWORK && g.unreachable && commit) { /* the hub is down: the cached file serves */
+    rc = engine_prepare_hub(&he, &p);
+    if (!rc) rc = net_engine_run(&he.g);
+    if (rc == ERR_NETWORK && he.g.unreachable && commit) { /* the hub is down: the cached file serves */
         char *snap = xasprintf("%s/snapshots/%s", p.repo_dir, commit), *local = fs_join(snap, path);
         if (fs_size(local) >= 0) {
             err_clear();
@@ -1797,11 +979,11 @@ int hub_file_download(const hub_config *cfg, hub_repo_type type, const char *rep
         free(snap);
         free(local);
     } else {
-        if (!rc) rc = write_ref(&p, rev, x->commit);
-        if (!rc) *local_path = abs_file_path(x->snapshot_root, path);
+        if (!rc) rc = write_ref(&p, rev, f->commit);
+        if (!rc) *local_path = abs_file_path(f->snapshot_root, path);
     }
     free(commit);
-    engine_free(&g);
+    net_engine_free(&he.g);
     repo_paths_free(&p);
     return rc;
 }
@@ -1857,21 +1039,21 @@ int hub_url_download(const hub_config *cfg, const char *url, hub_progress_fn pro
         goto out;
     }
     /* revalidate: the same ETag and size as last time means the same bytes */
-    resp_headers h;
-    memset(&h, 0, sizeof h);
-    headers_reset(&h);
+    net_headers h;
+    net_headers_init(&h);
     net_buf body = {.limit = 1 << 16};
     bool unreachable = false;
-    rc = request_blocking(cfg, url, true, false, NULL, &h, &body, &unreachable);
+    net_policy pol = hub_policy(cfg);
+    rc = net_request(&pol, url, true, false, NULL, &h, &body, &unreachable);
     if (rc && unreachable && complete) { /* keep working with what we have */
         err_clear();
         rc = 0;
         *local_path = abs_path(dest);
-        headers_reset(&h);
+        net_headers_free(&h);
         goto out;
     }
     free(body.data);
-    if (rc) { headers_reset(&h); goto out; }
+    if (rc) { net_headers_free(&h); goto out; }
     char etag[130] = "";
     if (h.status == 200 && h.etag && !hub_etag_normalize(h.etag, etag, sizeof etag)) {
         /* an ETag that is no file name is still fine to compare */
@@ -1881,10 +1063,10 @@ int hub_url_download(const hub_config *cfg, const char *url, hub_progress_fn pro
     if (h.status == 404 || h.status == 401 || h.status == 403) {
         err_subject s = {cfg, HUB_REPO_MODEL, NULL, NULL, NULL};
         rc = http_error(&s, &h, url);
-        headers_reset(&h);
+        net_headers_free(&h);
         goto out;
     }
-    headers_reset(&h);
+    net_headers_free(&h);
     const char *old_etag = json_string_value(json_object_get(meta, "etag"));
     json_t *old_size = json_object_get(meta, "size");
     bool same = *etag && old_etag && !strcmp(old_etag, etag) &&
@@ -1903,19 +1085,15 @@ int hub_url_download(const hub_config *cfg, const char *url, hub_progress_fn pro
     free(txt);
     if (!rc) {
         unlink(dest);
-        engine g;
-        engine_init(&g, cfg);
-        g.subj = (err_subject){cfg, HUB_REPO_MODEL, NULL, NULL, NULL};
-        g.progress = progress;
-        g.user = user;
-        xfer *x = xfer_new(url, url);
+        hub_engine he;
+        hub_engine_init(&he, cfg, (err_subject){cfg, HUB_REPO_MODEL, NULL, NULL, NULL}, progress, user, NULL);
+        net_xfer *x = net_engine_add(&he.g, url, url);
         x->dest = strdup(dest);
         x->part = strdup(part);
         x->size = size;
-        x->state = X_WAIT_GET;
-        engine_add(&g, x);
-        rc = engine_run(&g);
-        engine_free(&g);
+        x->state = NET_X_WAIT_GET;
+        rc = net_engine_run(&he.g);
+        net_engine_free(&he.g);
     }
     if (!rc) {
         json_object_set_new(m, "complete", json_true());
@@ -1940,11 +1118,8 @@ int hub_url_fetch_files(const hub_config *cfg, const char *base_url, const char 
     if (strncmp(base_url, "http://", 7) && strncmp(base_url, "https://", 8))
         return err_set(ERR_USAGE, "not an http(s) URL: '%s'", base_url);
     if (cfg->offline) return err_set(ERR_NETWORK, "HF_HUB_OFFLINE is set: cannot download from '%s'", base_url);
-    engine g;
-    engine_init(&g, cfg);
-    g.subj = (err_subject){cfg, HUB_REPO_MODEL, NULL, NULL, NULL};
-    g.progress = progress;
-    g.user = user;
+    hub_engine he;
+    hub_engine_init(&he, cfg, (err_subject){cfg, HUB_REPO_MODEL, NULL, NULL, NULL}, progress, user, NULL);
     size_t bl = strlen(base_url);
     bool slash = bl > 0 && base_url[bl - 1] == '/';
     int rc = 0;
@@ -1954,19 +1129,18 @@ int hub_url_fetch_files(const hub_config *cfg, const char *base_url, const char 
         char *q = hub_url_quote(names[i], true);
         char *url = xasprintf("%s%s%s", base_url, slash ? "" : "/", q);
         free(q);
-        xfer *x = xfer_new(names[i], url);
+        net_xfer *x = net_engine_add(&he.g, names[i], url);
         free(url);
         x->dest = fs_join(dir, names[i]);
         x->part = xasprintf("%s.incomplete", x->dest);
         x->optional = optional && optional[i];
-        x->state = X_WAIT_GET;
+        x->state = NET_X_WAIT_GET;
         char *d = fs_dirname(x->dest);
         rc = fs_mkdir_p(d);
         free(d);
-        engine_add(&g, x);
     }
-    if (!rc) rc = engine_run(&g);
-    for (int i = 0; i < g.n && !rc; i++) found[i] = g.x[i]->state == X_DONE;
-    engine_free(&g);
+    if (!rc) rc = net_engine_run(&he.g);
+    for (int i = 0; i < he.g.n && !rc; i++) found[i] = he.g.x[i]->state == NET_X_DONE;
+    net_engine_free(&he.g);
     return rc;
 }

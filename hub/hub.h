@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/transfer.h"
+
 typedef enum hub_repo_type { HUB_REPO_MODEL, HUB_REPO_DATASET, HUB_REPO_SPACE } hub_repo_type;
 
 /* Settings, normally from the environment: HF_ENDPOINT, HF_TOKEN (else $HF_HOME/token),
@@ -50,14 +52,10 @@ typedef struct hub_config {
 int hub_config_from_env(hub_config *cfg);
 void hub_config_free(hub_config *cfg);
 
-/* Progress over all files of one call. Called at most ~10 times a second and once at the end. */
-typedef struct hub_progress {
-    const char *file;      /* the file that moved last (repo path or URL basename) */
-    int64_t done, total;   /* bytes; total grows while sizes become known */
-    double rate;           /* bytes/s over the last second or so */
-    int files_done, files_total;
-} hub_progress;
-typedef void (*hub_progress_fn)(void *user, const hub_progress *p);
+/* Progress over all files of one call (net/transfer.h): called at most ~10 times a second and
+ * once at the end; file is a repo path or a URL basename. */
+typedef net_progress hub_progress;
+typedef net_progress_fn hub_progress_fn;
 
 /* The default allow list: what a model stage needs, nothing else. */
 extern const char *const hub_default_include[]; /* NULL-terminated */
@@ -133,8 +131,6 @@ bool hub_path_is_pickle(const char *path);
 /* Parse the API answer: {"sha": "...", "siblings": [{"rfilename": ...}]}; *files malloc'd
  * (free each and the array). ERR_DATA on a malformed listing or an unsafe name. */
 int hub_listing_parse(const char *json, size_t len, char **commit, char ***files, int *n_files);
-/* Retry-After: seconds or an HTTP date; -1 if unparseable */
-double hub_retry_after_parse(const char *value, double now_epoch);
 /* What the HEAD's raw header block ("HTTP/1.1 302 Found\r\nX-Repo-Commit: ...") says about a
  * file: commit, ETag (X-Linked-Etag first), size (X-Linked-Size, else Content-Length unless a
  * redirect). ERR_DATA if one is missing or unusable. */

@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -387,6 +388,64 @@ static int lfs_basic(pusher *p, upfile *u, json_t *upload) {
     return rc;
 }
 
+/* ---- resumable multipart: the parts already sent, remembered across runs ----
+ * A multipart upload (S3's, behind the hub's LFS server) keeps the parts it received until it
+ * is completed, and the hub hands out the same upload for an object again while it is open;
+ * its presigned part URLs change with every batch answer, its upload id does not. So each part's
+ * ETag is written (atomically) to STATE_DIR/multipart-<oid>.json as soon as the storage answers,
+ * and a later run whose batch answer names the same upload sends only the parts missing, then
+ * completes with every ETag. Another upload id (the old upload expired) starts over. */
+
+/* the upload's identity: the uploadId query parameter of its URLs, else the completion URL
+ * without its query (malloc'd) */
+static char *multipart_id(const char *done_url, const char *part_url) {
+    const char *urls[2] = {done_url, part_url};
+    for (int i = 0; i < 2; i++) {
+        const char *q = urls[i] ? strchr(urls[i], '?') : NULL;
+        for (const char *a = q; a; a = strchr(a + 1, '&')) {
+            if (strncmp(a + 1, "uploadId=", 9)) continue;
+            size_t n = strcspn(a + 10, "&#");
+            return strndup(a + 10, n);
+        }
+    }
+    return strndup(done_url, strcspn(done_url, "?#"));
+}
+
+static char *multipart_state_path(const pusher *p, const upfile *u) {
+    if (!p->o->state_dir) return NULL;
+    char name[96];
+    snprintf(name, sizeof name, "multipart-%s.json", u->sha);
+    return fs_join(p->o->state_dir, name);
+}
+
+/* the ETags remembered for this object, upload and chunk size: {"1": "\"...\"", ...} (new ref) */
+static json_t *multipart_state_load(const char *path, const upfile *u, const char *id, long long chunk) {
+    json_t *j = path ? json_load_file(path, 0, NULL) : NULL, *parts = NULL;
+    if (j && !strcmp(json_string_value(json_object_get(j, "format")) ?: "", "qlora-run-multipart") &&
+        json_integer_value(json_object_get(j, "version")) == 1 &&
+        !strcmp(json_string_value(json_object_get(j, "oid")) ?: "", u->sha) &&
+        json_integer_value(json_object_get(j, "size")) == u->size &&
+        json_integer_value(json_object_get(j, "chunk_size")) == chunk &&
+        !strcmp(json_string_value(json_object_get(j, "upload")) ?: "", id) && json_is_object(json_object_get(j, "parts")))
+        parts = json_incref(json_object_get(j, "parts"));
+    json_decref(j);
+    return parts ? parts : json_object();
+}
+
+static int multipart_state_save(const char *path, const upfile *u, const char *id, long long chunk, json_t *parts) {
+    if (!path) return 0;
+    json_t *j = json_pack("{s:s, s:i, s:s, s:I, s:I, s:s, s:O}", "format", "qlora-run-multipart", "version", 1, "oid", u->sha,
+                          "size", (json_int_t)u->size, "chunk_size", (json_int_t)chunk, "upload", id, "parts", parts);
+    char *text = json_dumps(j, JSON_INDENT(1) | JSON_SORT_KEYS);
+    json_decref(j);
+    char *dir = fs_dirname(path);
+    int rc = text ? fs_mkdir_p(dir) : err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = fs_write_atomic(path, text, strlen(text));
+    free(dir);
+    free(text);
+    return rc;
+}
+
 static int lfs_multipart(pusher *p, upfile *u, json_t *upload) {
     json_t *hdr = json_object_get(upload, "header");
     const char *cs = json_string_value(json_object_get(hdr, "chunk_size")), *done_url = json_string_value(json_object_get(upload, "href"));
@@ -410,8 +469,18 @@ static int lfs_multipart(pusher *p, upfile *u, json_t *upload) {
     if (!f) { free(urls); return err_errno(ERR_STAGE, "cannot open '%s'", u->f->local); }
     json_t *plist = json_array();
     int rc = 0;
+    char *id = multipart_id(done_url, urls[0]), *state = multipart_state_path(p, u);
+    json_t *sent = multipart_state_load(state, u, id, chunk);
     for (int64_t i = 0; i < parts && !rc; i++) {
         int64_t off = i * chunk, len = u->size - off < chunk ? u->size - off : chunk;
+        char num[24];
+        snprintf(num, sizeof num, "%lld", (long long)i + 1);
+        const char *had = json_string_value(json_object_get(sent, num));
+        if (had) { /* sent by an earlier run to this same upload */
+            json_array_append_new(plist, json_pack("{s:I, s:s}", "partNumber", (json_int_t)(i + 1), "etag", had));
+            p->done += len;
+            continue;
+        }
         resp r = {0};
         req q = {.method = "PUT", .url = urls[i], .file = f, .off = off, .len = len};
         rc = request(p, &q, &r);
@@ -419,20 +488,26 @@ static int lfs_multipart(pusher *p, upfile *u, json_t *upload) {
         if (!rc && !r.etag[0]) rc = err_set(ERR_DATA, "part %lld of '%s': the storage answered without an ETag", (long long)i + 1, u->f->path);
         if (!rc) {
             json_array_append_new(plist, json_pack("{s:I, s:s}", "partNumber", (json_int_t)(i + 1), "etag", r.etag));
+            json_object_set_new(sent, num, json_string(r.etag));
+            if (multipart_state_save(state, u, id, chunk, sent)) err_clear(); /* resuming is a saving, not a need */
             progress(p, u->f->path, len);
         }
         free(r.body.data);
     }
     fclose(f);
     free(urls);
-    if (rc) { json_decref(plist); return rc; }
+    json_decref(sent);
+    free(id);
+    if (rc) { json_decref(plist); free(state); return rc; }
     char *b = dump(json_pack("{s:s, s:o}", "oid", u->sha, "parts", plist));
     resp r = {0};
     req q = {.method = "POST", .url = done_url, .content_type = "application/vnd.git-lfs+json", .body = b, .body_len = strlen(b), .lfs_accept = true};
     rc = request(p, &q, &r);
     if (!rc && (r.status < 200 || r.status >= 300)) rc = status_error(p, "completing the multipart upload", &r, u->f->path);
+    if (!rc && state) unlink(state); /* the upload is closed: its parts mean nothing any more */
     free(r.body.data);
     free(b);
+    free(state);
     return rc;
 }
 

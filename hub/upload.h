@@ -12,7 +12,8 @@
  * The commit is the last request: a failure before it leaves nothing committed (uploaded LFS
  * objects are only referenced by a commit). Transient failures (transport, 429, 5xx) are
  * retried with exponential backoff, each multipart part on its own (a cut costs one part, not
- * the file); an LFS object the hub already holds is not sent again, so a run that failed
+ * the file), and the parts sent are remembered in state_dir (a killed run resumes with the
+ * parts missing, when the hub hands out the same upload again); an LFS object the hub already holds is not sent again, so a run that failed
  * before its commit re-sends only what is missing. The token (HF_TOKEN) goes only to the endpoint's origin, never to
  * presigned storage URLs, and never into a message or log.
  *
@@ -45,6 +46,8 @@ typedef struct hub_push_opts {
     hub_progress_fn progress;
     void *progress_user;
     volatile int *interrupted;
+    const char *state_dir;     /* where a multipart upload's sent parts are remembered, so that a
+                                  killed run resumes with the parts missing; NULL: not kept */
 } hub_push_opts;
 
 typedef struct hub_push_result {

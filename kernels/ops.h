@@ -240,6 +240,12 @@ typedef struct ops_table {
      * kernel without a fixed-order form) when the backend cannot honour it. NULL: the backend is
      * deterministic always (cpu: its reductions run in a fixed order whatever the thread count). */
     int (*deterministic_set)(int on, char *why, size_t cap);
+    /* Optional (after the entries the positional CUDA table lists, so it needs none while it has none): rope over
+     * the first rot dims of each head only (j pairs with j + rot/2, inv_freq[rot/2]), the rest
+     * passing unchanged, the rotated values multiplied by mscale (phi3's partial rotary and
+     * longrope's attention factor); inverse = 1 applies the transpose (times mscale). */
+    void (*rope_ex)(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                    int inverse);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 

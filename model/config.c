@@ -14,11 +14,11 @@
 #include "formats/pyjson.h"
 #include "core/json_in.h"
 
-#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma3_text"
+#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma3_text, phi3"
 
-static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"};
+static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"};
 static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                                     "Gemma3ForCausalLM"};
+                                     "Gemma3ForCausalLM", "Phi3ForCausalLM"};
 
 const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
@@ -61,6 +61,47 @@ static int get_token(const json_t *j, const char *key, int def, int *out, const 
     return 0;
 }
 
+/* one list of longrope factors (positive numbers) into dst; *n: how many */
+static int get_factors(const json_t *r, const char *list, const char *key, const char *path, double *dst, int *n) {
+    json_t *v = json_object_get(r, list);
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > CONFIG_MAX_ROPE_FACTORS)
+        return err_set(ERR_DATA, "%s: %s.%s must be a list of 1..%d numbers (one per rotated frequency)", path, key,
+                       list, CONFIG_MAX_ROPE_FACTORS);
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        json_t *e = json_array_get(v, i);
+        if (!json_is_number(e) || json_number_value(e) <= 0)
+            return err_set(ERR_DATA, "%s: %s.%s[%zu] must be a positive number", path, key, list, i);
+        dst[i] = json_number_value(e);
+    }
+    *n = (int)json_array_size(v);
+    return 0;
+}
+
+/* phi3's longrope ("su" in the first 128k configs): short and long factors, the original context
+ * length (here or at the top level, see parse_phi3), an optional factor and attention_factor */
+static int parse_longrope(model_config *c, const json_t *r, const char *key, const char *path) {
+    int ns = 0, nl = 0, rc;
+    c->rope_type = ROPE_LONGROPE;
+    if ((rc = get_factors(r, "short_factor", key, path, c->rope_short_factor, &ns))) return rc;
+    if ((rc = get_factors(r, "long_factor", key, path, c->rope_long_factor, &nl))) return rc;
+    if (ns != nl)
+        return err_set(ERR_DATA, "%s: %s has %d short_factor and %d long_factor entries (they must be as many)", path,
+                       key, ns, nl);
+    c->n_rope_factors = ns;
+    if (json_object_get(r, "original_max_position_embeddings") &&
+        (rc = get_int(r, "original_max_position_embeddings", 4096, 1, &c->rope_original_max_position, path)))
+        return rc;
+    c->rope_factor = 0; /* 0: max_position_embeddings / original, as transformers derives it */
+    json_t *f = json_object_get(r, "factor");
+    if (f && !json_is_null(f) && (rc = get_num(r, "factor", 1.0, &c->rope_factor, path))) return rc;
+    c->rope_attn_factor = 0;
+    f = json_object_get(r, "attention_factor");
+    if (f && !json_is_null(f) && (rc = get_num(r, "attention_factor", 1.0, &c->rope_attn_factor, path))) return rc;
+    if (c->rope_factor < 0 || c->rope_attn_factor < 0)
+        return err_set(ERR_DATA, "%s: %s factor and attention_factor must be positive", path, key);
+    return 0;
+}
+
 /* rope_scaling (4.x) or rope_parameters (5.x): both are {"rope_type"|"type": ..., ...} */
 static int parse_rope(model_config *c, const json_t *r, const char *key, const char *path) {
     if (!r || json_is_null(r)) return 0;
@@ -70,11 +111,16 @@ static int parse_rope(model_config *c, const json_t *r, const char *key, const c
     const char *type = json_is_string(t) ? json_string_value(t) : "default";
     int rc = 0;
     if (json_object_get(r, "rope_theta")) rc = get_num(r, "rope_theta", c->rope_theta, &c->rope_theta, path);
+    if (!rc && json_object_get(r, "partial_rotary_factor"))
+        rc = get_num(r, "partial_rotary_factor", 1.0, &c->partial_rotary_factor, path);
     if (rc) return rc;
     if (!strcmp(type, "default")) { c->rope_type = ROPE_DEFAULT; return 0; }
+    if (c->arch == ARCH_PHI3 && (!strcmp(type, "longrope") || !strcmp(type, "su"))) return parse_longrope(c, r, key, path);
     if (!strcmp(type, "linear")) c->rope_type = ROPE_LINEAR;
     else if (!strcmp(type, "dynamic")) c->rope_type = ROPE_DYNAMIC;
     else if (!strcmp(type, "llama3")) c->rope_type = ROPE_LLAMA3;
+    else if (c->arch == ARCH_PHI3)
+        return err_set(ERR_DATA, "%s: %s type '%s' is not supported for phi3 (supported: default, longrope, su)", path, key, type);
     else return err_set(ERR_DATA, "%s: %s type '%s' is not supported (supported: default, linear, dynamic, llama3)", path, key, type);
     if ((rc = get_num(r, "factor", 1.0, &c->rope_factor, path))) return rc;
     if (c->rope_factor <= 0) return err_set(ERR_DATA, "%s: %s factor must be positive", path, key);
@@ -142,6 +188,44 @@ static int parse_gemma3(model_config *c, const json_t *j, const char *path) {
             return err_set(ERR_DATA, "%s: rope_parameters.sliding_attention type '%s' is not supported (supported: default)", path, t);
         if ((rc = parse_rope(c, fu, "rope_parameters.full_attention", path))) return rc;
     }
+    return 0;
+}
+
+/* phi3's own keys (transformers' Phi3Config defaults where a key is absent) */
+static int parse_phi3(model_config *c, const json_t *j, const char *path) {
+    const char *act;
+    int rc = json_in_str(j, "hidden_act", path, "silu", &act);
+    if (rc) return rc;
+    if (strcmp(act, "silu")) return err_set(ERR_DATA, "%s: hidden_act '%s' is not supported (supported: silu)", path, act);
+    /* dropout inside the model would make training differ from transformers' */
+    static const char *drops[] = {"resid_pdrop", "embd_pdrop", "attention_dropout"};
+    for (int i = 0; i < 3; i++) {
+        double p;
+        if ((rc = json_in_num(j, drops[i], path, 0.0, &p))) return rc;
+        if (p != 0) return err_set(ERR_DATA, "%s: \"%s\" is %g: dropout inside the model is not supported (it must be 0)", path, drops[i], p);
+    }
+    if (c->head_dim * c->num_heads != c->hidden_size)
+        return err_set(ERR_DATA, "%s: phi3's head_dim must be hidden_size / num_attention_heads (%lld), not %d", path,
+                       (long long)(c->hidden_size / c->num_heads), c->head_dim);
+    if (c->partial_rotary_factor == 0 && (rc = json_in_num(j, "partial_rotary_factor", path, 1.0, &c->partial_rotary_factor)))
+        return rc;
+    double prf = c->partial_rotary_factor;
+    int dim = (int)(c->head_dim * prf); /* transformers: int(head_dim * partial_rotary_factor) */
+    if (!(prf > 0 && prf <= 1) || dim < 2 || dim % 2)
+        return err_set(ERR_DATA, "%s: partial_rotary_factor %g gives %d rotated dims of a head of %d (expected an even "
+                                 "number in 2..head_dim)", path, prf, dim, c->head_dim);
+    c->rope_dim = dim;
+    if (!c->rope_original_max_position &&
+        (rc = get_int(j, "original_max_position_embeddings", 4096, 1, &c->rope_original_max_position, path)))
+        return rc;
+    if (c->rope_type != ROPE_LONGROPE) return 0;
+    if (c->n_rope_factors != dim / 2)
+        return err_set(ERR_DATA, "%s: longrope has %d short/long factors, but %d rotated dims need %d", path,
+                       c->n_rope_factors, dim, dim / 2);
+    double factor = c->rope_factor > 0 ? c->rope_factor
+                  : (double)c->max_position_embeddings / (double)c->rope_original_max_position;
+    if (c->rope_attn_factor == 0)
+        c->rope_attn_factor = factor <= 1 ? 1.0 : sqrt(1 + log(factor) / log((double)c->rope_original_max_position));
     return 0;
 }
 
@@ -243,6 +327,16 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     if (!qwen) c->max_window_layers = 0;
     c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_GEMMA3;
     if (c->arch == ARCH_GEMMA3 && (rc = parse_gemma3(c, j, path))) goto fail;
+    /* 4.x keeps partial_rotary_factor at the top level; 5.x in rope_parameters (read above) */
+    if (c->partial_rotary_factor == 0 && json_object_get(j, "partial_rotary_factor") &&
+        (rc = get_num(j, "partial_rotary_factor", 1.0, &c->partial_rotary_factor, path)))
+        goto fail;
+    if (c->arch == ARCH_PHI3 && (rc = parse_phi3(c, j, path))) goto fail;
+    if (c->arch != ARCH_PHI3 && c->partial_rotary_factor != 0 && c->partial_rotary_factor != 1) {
+        rc = err_set(ERR_DATA, "%s: partial_rotary_factor %g is only supported for phi3", path, c->partial_rotary_factor);
+        goto fail;
+    }
+    if (c->partial_rotary_factor == 0) c->partial_rotary_factor = 1;
     if ((rc = check_layer_types(c, json_object_get(j, "layer_types"), path))) goto fail;
 #undef INT_FIELD
     if ((rc = parse_quant(c, json_object_get(j, "quantization_config"), path))) goto fail;
@@ -286,6 +380,23 @@ json_t *config_to_json(const model_config *c) {
     json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
     if (c->rope_type == ROPE_DEFAULT) {
         json_object_set_new(j, "rope_scaling", json_null());
+    } else if (c->rope_type == ROPE_LONGROPE) {
+        json_t *r = json_object(), *sf = json_array(), *lf = json_array();
+        for (int i = 0; i < c->n_rope_factors; i++) {
+            json_array_append_new(sf, json_real(c->rope_short_factor[i]));
+            json_array_append_new(lf, json_real(c->rope_long_factor[i]));
+        }
+        json_object_set_new(r, "type", json_string("longrope"));
+        json_object_set_new(r, "short_factor", sf);
+        json_object_set_new(r, "long_factor", lf);
+        /* transformers 4.x's Phi3Config takes exactly type, short_factor and long_factor: the others
+         * only when they are not what max_position / original implies */
+        double f = (double)c->max_position_embeddings / (double)c->rope_original_max_position;
+        double af = f <= 1 ? 1.0 : sqrt(1 + log(f) / log((double)c->rope_original_max_position));
+        if (c->rope_factor > 0 && c->rope_factor != f) json_object_set_new(r, "factor", json_real(c->rope_factor));
+        if (fabs(c->rope_attn_factor - af) > 1e-12 * af || json_object_get(r, "factor"))
+            json_object_set_new(r, "attention_factor", json_real(c->rope_attn_factor));
+        json_object_set_new(j, "rope_scaling", r);
     } else {
         static const char *names[] = {"default", "linear", "dynamic", "llama3"};
         json_t *r = json_object();
@@ -340,6 +451,16 @@ json_t *config_to_json(const model_config *c) {
         json_object_set_new(j, "attn_logit_softcapping", json_null());
         json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
         json_object_del(j, "hidden_act");
+        break;
+    case ARCH_PHI3:
+        /* Phi3Config has no head_dim (hidden / heads) nor attention_bias */
+        json_object_del(j, "head_dim");
+        json_object_set_new(j, "original_max_position_embeddings", json_integer(c->rope_original_max_position));
+        if (c->partial_rotary_factor != 1) json_object_set_new(j, "partial_rotary_factor", json_real(c->partial_rotary_factor));
+        json_object_set_new(j, "resid_pdrop", json_real(0.0));
+        json_object_set_new(j, "embd_pdrop", json_real(0.0));
+        json_object_set_new(j, "sliding_window", c->sliding_window ? json_integer(c->sliding_window) : json_null());
+        json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
         break;
     case ARCH_COUNT:
         break;
@@ -411,6 +532,11 @@ static const preset gemma3_presets[] = {
     {"tiny", 128, 352, 259, 512, 4, 4, 1, 1e-6, 1000000.0, true},
     {0}}; /* the real sizes are the named presets gemma3-1b ... gemma3-27b */
 
+/* phi3: a tiny of Phi-3-mini's layout (multi-head, untied, the window of the 4k model scaled down) */
+static const preset phi3_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 4, 1e-5, 10000.0, false},
+    {0}}; /* the real size is the named preset phi3-mini */
+
 /* qwen3: heads of 48 at tiny (4 x 48 != 128: head_dim independent of hidden/heads, as in Qwen3) */
 static const preset qwen3_presets[] = {
     {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 1000000.0, true},
@@ -445,10 +571,12 @@ static const named_preset named_presets[] = {
     {"gemma3-4b", ARCH_GEMMA3, {"", 2560, 10240, 262208, 131072, 34, 8, 4, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
     {"gemma3-12b", ARCH_GEMMA3, {"", 3840, 15360, 262208, 131072, 48, 16, 8, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
     {"gemma3-27b", ARCH_GEMMA3, {"", 5376, 21504, 262208, 131072, 62, 32, 16, 1e-6, 1000000.0, true}, 128, false, 2, 1, 1024, 168, 8},
+    /* Phi-3-mini-4k-instruct (3.8B: fused qkv_proj and gate_up_proj, a window of 2047) */
+    {"phi3-mini", ARCH_PHI3, {"", 3072, 8192, 32064, 4096, 32, 32, 32, 1e-5, 10000.0, false}, 0, false, 1, 32000, 2047, 0, 0},
     {0}};
 
 #define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b, " \
-                     "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b"
+                     "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, phi3-mini"
 const char *const config_preset_names = PRESET_NAMES;
 
 static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {
@@ -477,6 +605,11 @@ static void fill_preset(model_config *c, model_arch arch, const preset *p, int h
         c->sliding_window = 512;
     }
     c->max_window_layers = arch == ARCH_QWEN2 || arch == ARCH_QWEN3 ? p->layers : 0;
+    c->partial_rotary_factor = 1;
+    if (arch == ARCH_PHI3) {
+        c->rope_original_max_position = p->max_pos;
+        c->sliding_window = p->max_pos / 2 - 1; /* as the 4k model's 2047 */
+    }
     c->bos_token_id = 1;
     c->eos_token_id = 2;
     c->pad_token_id = -1;
@@ -505,6 +638,10 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
         }
         c->bos_token_id = n->bos;
         c->eos_token_id = n->eos;
+        if (n->arch == ARCH_PHI3) {
+            c->sliding_window = n->window;
+            c->pad_token_id = 32000;
+        }
         if (n->arch == ARCH_GEMMA3) {
             c->sliding_window = n->window;
             c->query_pre_attn_scalar = n->qpas;
@@ -517,7 +654,8 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
         return 0;
     }
     const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets
-                      : arch == ARCH_QWEN3 ? qwen3_presets : arch == ARCH_GEMMA3 ? gemma3_presets : llama_presets;
+                      : arch == ARCH_QWEN3 ? qwen3_presets : arch == ARCH_GEMMA3 ? gemma3_presets
+                      : arch == ARCH_PHI3 ? phi3_presets : llama_presets;
     const preset *p = NULL;
     for (const preset *q = tab; q->name; q++)
         if (!strcmp(q->name, name)) p = q;
@@ -575,7 +713,15 @@ int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
     size_t k = 0;
     put_tensor(t, &k, TROLE_EMBED, -1, V, H, "model.embed_tokens.weight");
     bool o_bias = c->attention_bias && c->arch != ARCH_QWEN2;
-    for (int l = 0; l < c->num_layers; l++) {
+    for (int l = 0; l < c->num_layers && config_fused(c); l++) {
+        put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.input_layernorm.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, q + 2 * kv, H, "model.layers.%d.self_attn.qkv_proj.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, H, q, "model.layers.%d.self_attn.o_proj.weight", l);
+        put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, 2 * I, H, "model.layers.%d.mlp.gate_up_proj.weight", l);
+        put_tensor(t, &k, TROLE_LINEAR, l, H, I, "model.layers.%d.mlp.down_proj.weight", l);
+    }
+    for (int l = 0; l < c->num_layers && !config_fused(c); l++) {
         put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.input_layernorm.weight", l);
         put_tensor(t, &k, TROLE_LINEAR, l, q, H, "model.layers.%d.self_attn.q_proj.weight", l);
         if (c->attention_bias) put_tensor(t, &k, TROLE_BIAS, l, q, 0, "model.layers.%d.self_attn.q_proj.bias", l);
@@ -616,19 +762,26 @@ int config_linear_shape(const model_config *c, const char *module, int64_t *out_
     char name[32];
     if (sscanf(module, "model.layers.%d.%31[a-z_.]%n", &layer, name, &used) == 2 && (size_t)used == strlen(module) &&
         layer >= 0 && layer < c->num_layers) {
-        static const struct { const char *n; int o, i; } lin[] = {
-            {"self_attn.q_proj", 'q', 'H'}, {"self_attn.k_proj", 'k', 'H'}, {"self_attn.v_proj", 'k', 'H'},
-            {"self_attn.o_proj", 'H', 'q'}, {"mlp.gate_proj", 'I', 'H'}, {"mlp.up_proj", 'I', 'H'}, {"mlp.down_proj", 'H', 'I'}};
+        /* 'f': fused, phi3 only ('Q': q + 2 kv, 'J': 2 I); 'u': unfused, every other family */
+        static const struct { const char *n; int o, i, only; } lin[] = {
+            {"self_attn.q_proj", 'q', 'H', 'u'}, {"self_attn.k_proj", 'k', 'H', 'u'}, {"self_attn.v_proj", 'k', 'H', 'u'},
+            {"self_attn.o_proj", 'H', 'q', 0}, {"mlp.gate_proj", 'I', 'H', 'u'}, {"mlp.up_proj", 'I', 'H', 'u'},
+            {"mlp.down_proj", 'H', 'I', 0}, {"self_attn.qkv_proj", 'Q', 'H', 'f'}, {"mlp.gate_up_proj", 'J', 'H', 'f'}};
         for (size_t k = 0; k < sizeof lin / sizeof *lin; k++) {
-            if (strcmp(name, lin[k].n)) continue;
+            if (strcmp(name, lin[k].n) || (lin[k].only && (lin[k].only == 'f') != config_fused(c))) continue;
             int64_t dims[2];
             int sel[2] = {lin[k].o, lin[k].i};
-            for (int d = 0; d < 2; d++) dims[d] = sel[d] == 'q' ? q : sel[d] == 'k' ? kv : sel[d] == 'I' ? I : H;
+            for (int d = 0; d < 2; d++)
+                dims[d] = sel[d] == 'q' ? q : sel[d] == 'k' ? kv : sel[d] == 'I' ? I : sel[d] == 'Q' ? q + 2 * kv
+                        : sel[d] == 'J' ? 2 * I : H;
             *out_features = dims[0];
             *in_features = dims[1];
             return 0;
         }
     }
+    if (config_fused(c))
+        return err_set(ERR_DATA, "'%s' is not a linear module of this %s model (%d layers; modules: model.layers.N.self_attn.{qkv,o}_proj, model.layers.N.mlp.{gate_up,down}_proj, lm_head)",
+                       module, arch_names[c->arch], c->num_layers);
     return err_set(ERR_DATA, "'%s' is not a linear module of this %s model (%d layers; modules: model.layers.N.self_attn.{q,k,v,o}_proj, model.layers.N.mlp.{gate,up,down}_proj, lm_head)",
                    module, arch_names[c->arch], c->num_layers);
 }

@@ -1,5 +1,5 @@
-/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3 and gemma3
- * (text) families.
+/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3, gemma3
+ * (text) and phi3 (Phi-3 / Phi-4 mini) families.
  *
  * config_load reads config.json (transformers 4.x or 5.x style: rope_theta/rope_scaling or
  * rope_parameters, torch_dtype or dtype) and, when present, quantization_config. Any other
@@ -13,8 +13,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_COUNT } model_arch;
-typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3 } rope_kind;
+typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_PHI3, ARCH_COUNT } model_arch;
+typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3, ROPE_LONGROPE } rope_kind;
+
+#define CONFIG_MAX_ROPE_FACTORS 256 /* longrope: one factor per rotated frequency (rope_dim / 2) */
 
 typedef struct model_config {
     model_arch arch;
@@ -38,6 +40,16 @@ typedef struct model_config {
     double query_pre_attn_scalar;
     double rope_local_theta;
     int sliding_window_pattern;
+    /* phi3: q/k/v in one qkv_proj [(nh + 2 nkv) hd, C], gate and up in one gate_up_proj [2 I, C]
+     * (gate first), rotary on the first rope_dim of each head only (partial_rotary_factor), and
+     * longrope (4.x "su"): inv_freq[i] = 1 / (factor[i] * theta^(2i/rope_dim)) with the short factors
+     * while the longest sequence of a batch is within rope_original_max_position, the long ones
+     * beyond it; cos and sin scaled by rope_attn_factor (transformers' attention_factor) */
+    int rope_dim;                /* rotated dims of a head (0: head_dim) */
+    double partial_rotary_factor; /* 1 when the config has none */
+    int n_rope_factors;          /* longrope: rope_dim / 2 */
+    double rope_short_factor[CONFIG_MAX_ROPE_FACTORS], rope_long_factor[CONFIG_MAX_ROPE_FACTORS];
+    double rope_attn_factor;     /* longrope: 1 when max_position <= original */
     /* quantization_config (bitsandbytes 4-bit), when the checkpoint is pre-quantized */
     bool quantized;
     char quant_type[8];     /* "nf4" | "fp4" */
@@ -65,6 +77,10 @@ int config_arch_from_name(const char *name, model_arch *a);
 int config_check(const model_config *c);
 /* the sliding window of layer l (0: full attention) */
 int64_t config_layer_window(const model_config *c, int l);
+/* phi3's fused projections: qkv_proj and gate_up_proj hold q|k|v and gate|up, row blocks in that order */
+static inline bool config_fused(const model_config *c) { return c->arch == ARCH_PHI3; }
+/* rotated dims of each head (partial rotary: fewer than head_dim) */
+static inline int config_rope_dim(const model_config *c) { return c->rope_dim > 0 ? c->rope_dim : c->head_dim; }
 
 /* The checkpoint's tensors as transformers names and shapes them (docs/llama-checkpoint.md),
  * in state-dict order: embeddings, then per layer, then the final norm and lm_head. */

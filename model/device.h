@@ -36,8 +36,9 @@ int device_deterministic(const ops_table *ops, bool on, int world);
 void device_lean_scratch(const ops_table *ops, bool lean);
 
 /* Data parallel: the gradient all-reduce of this backend (core/collective.h). On cuda, NCCL on a
- * stream of its own when world > 1 (or on one rank with QLORA_NCCL=1, to measure that path); on
- * cpu nothing to start: MPI sums host memory. A collective: every rank calls it. */
+ * stream of its own when world > 1 (or on one rank with QLORA_NCCL=1: the communicator is made,
+ * but a world of one queues no all-reduce); on cpu nothing to start: MPI sums host memory. A
+ * collective: every rank calls it. */
 int device_collective(const ops_table *ops, int world);
 /* Data parallel: the GPU of this process, by its local rank (core/collective.h); an error naming
  * the rank when the machine shows too few GPUs. No-op for device cpu or without a GPU. */

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/half.h"
 #include "core/rng.h"
@@ -71,12 +72,31 @@ static const char *target_paths[LLAMA_NTARGETS] = {"self_attn.q_proj", "self_att
 const char *llama_target_name(llama_target t) { return target_names[t]; }
 const char *llama_target_path(llama_target t) { return target_paths[t]; }
 
+llama_target llama_target_group(const model_config *c, llama_target t) {
+    if (!config_fused(c)) return t;
+    return t == LLAMA_K || t == LLAMA_V ? LLAMA_Q : t == LLAMA_UP ? LLAMA_GATE : t;
+}
+
+const char *llama_target_module(const model_config *c, llama_target t) {
+    if (!config_fused(c)) return target_paths[t];
+    if (llama_target_group(c, t) != t) return NULL;
+    return t == LLAMA_Q ? "self_attn.qkv_proj" : t == LLAMA_GATE ? "mlp.gate_up_proj" : target_paths[t];
+}
+
 int llama_targets_parse(uint32_t *mask, const char *const *names, int n) {
     *mask = 0;
     for (int i = 0; i < n; i++) {
         const char *s = names[i];
         if (!strcmp(s, "all-linear") || !strcmp(s, "all_linear") || !strcmp(s, "all")) {
             *mask |= LLAMA_TARGETS_ALL;
+            continue;
+        }
+        if (!strcmp(s, "qkv_proj")) { /* phi3's fused projections */
+            *mask |= (1u << LLAMA_Q) | (1u << LLAMA_K) | (1u << LLAMA_V);
+            continue;
+        }
+        if (!strcmp(s, "gate_up_proj")) {
+            *mask |= (1u << LLAMA_GATE) | (1u << LLAMA_UP);
             continue;
         }
         int found = -1;
@@ -86,7 +106,7 @@ int llama_targets_parse(uint32_t *mask, const char *const *names, int n) {
         }
         if (found < 0)
             return err_set(ERR_USAGE, "unknown LoRA target '%s' (expected q_proj, k_proj, v_proj, o_proj, gate_proj, "
-                                      "up_proj, down_proj or all-linear)", s);
+                                      "up_proj, down_proj, phi3's qkv_proj and gate_up_proj, or all-linear)", s);
         *mask |= 1u << found;
     }
     return 0;
@@ -111,11 +131,19 @@ static void *act_at(const llama_model *m, void *p, int64_t elems) {
 
 /* ---- rotary frequencies (transformers' modeling_rope_utils) ---- */
 
-static void rope_inv_freq(const model_config *c, int hd, float *inv, bool local) {
+/* hd: the rotated dims (phi3's partial rotary: fewer than head_dim); long: longrope's long factors */
+static void rope_inv_freq(const model_config *c, int hd, float *inv, bool local, bool long_factors) {
     for (int i = 0; i < hd / 2; i++) {
         double f = 1.0 / pow(local ? c->rope_local_theta : c->rope_theta, (double)(2 * i) / hd);
         if (local) { /* gemma3's sliding layers: the default rope of their own base */
             inv[i] = (float)f;
+            continue;
+        }
+        if (c->rope_type == ROPE_LONGROPE) {
+            /* transformers: 1 / (ext * base ** (arange(0, dim, 2).float() / dim)), in fp32 */
+            float expo = (float)(2 * i) / (float)hd;
+            float ext = (float)(long_factors ? c->rope_long_factor[i] : c->rope_short_factor[i]);
+            inv[i] = 1.0f / (ext * powf((float)c->rope_theta, expo));
             continue;
         }
         if (c->rope_type == ROPE_LINEAR) {
@@ -193,7 +221,8 @@ static int load_norm(loader *ld, const char *name, int64_t numel, uint16_t **dst
 
 /* a float linear kept as it is (llama_load_opts.dense): its values in the backend's activation
  * dtype (exact on the cpu, whose activations are fp32) */
-static int load_linear_dense(loader *ld, const char *prefix, int64_t out, int64_t in, llama_linear *lin) {
+static int load_linear_dense(loader *ld, const char *prefix, int64_t row0, int64_t total, int64_t out, int64_t in,
+                             llama_linear *lin) {
     const ops_table *o = ld->m->ops;
     int64_t n = out * in, esz = (int64_t)ops_act_size(o);
     void *w = carve_take(&ld->cv, n * esz);
@@ -202,18 +231,19 @@ static int load_linear_dense(loader *ld, const char *prefix, int64_t out, int64_
     char name[256];
     snprintf(name, sizeof name, "%s.weight", prefix);
     const st_tensor *t;
-    int rc = loader_find(ld, name, n, &t);
+    int rc = loader_find(ld, name, total * in, &t);
     if (rc) return rc;
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
         return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32)", ld->path, name,
                        st_dtype_name(t->dtype));
+    int64_t skip = row0 * in * (t->dtype == ST_F32 ? 4 : 2); /* a block of phi3's fused tensors */
     if (t->dtype == ST_BF16 && esz == 2) {
-        o->upload(w, t->data, (size_t)n * 2);
+        o->upload(w, (const uint8_t *)t->data + skip, (size_t)n * 2);
         return 0;
     }
     void *h = malloc((size_t)(n * esz));
     if (!h) return err_set(ERR_STAGE, "out of memory loading '%s'", name);
-    const uint8_t *src = t->data;
+    const uint8_t *src = (const uint8_t *)t->data + skip;
     for (int64_t i = 0; i < n; i++) {
         float v;
         if (t->dtype == ST_F32) memcpy(&v, src + 4 * i, 4);
@@ -230,10 +260,14 @@ static int load_linear_dense(loader *ld, const char *prefix, int64_t out, int64_
     return 0;
 }
 
-/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, quantized to
- * NF4 here from a float one, or kept as it is (dense) when the options say so */
-static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t in, bool bias, llama_linear *lin) {
+/* a frozen linear [out, in]: read as stored from a bitsandbytes 4-bit checkpoint, or quantized to
+ * NF4 here from a float one, or kept as it is (dense) when the options say so. It is rows [row0, row0 + out) of the checkpoint's [total, in] tensor
+ * prefix.weight: the whole of it (row0 0, total out), or a block of phi3's fused qkv_proj or
+ * gate_up_proj (NF4 blocks never straddle two blocks of rows: each holds a multiple of 64 values) */
+static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t total, int64_t out, int64_t in,
+                       bool bias, llama_linear *lin) {
     char name[256];
+    bool part = row0 != 0 || total != out;
     lin->bias = NULL;
     lin->in = in;
     lin->out = out;
@@ -250,18 +284,25 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
     if (pre) {
         int rc = bnb_linear_load(ld->st, prefix, &bl);
         if (rc) return rc;
-        if (bl.w.rows != out || bl.w.cols != in) {
+        if (bl.w.rows != total || bl.w.cols != in) {
             bnb_linear_free(&bl);
             return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
-                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)out, (long long)in);
+                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)total, (long long)in);
         }
         bs = bl.w.blocksize;
+        if (part && ((row0 * in) % bs || n % bs)) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is quantized in blocks of %lld values, which do not split at its "
+                                     "fused projections' boundaries", ld->path, prefix, (long long)bs);
+        }
     }
-    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, out, in, lin);
+    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, row0, total, out, in, lin);
     int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
     /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
      * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
-    bool dq = pre ? bl.nested : ld->opts.double_quant;
+    /* a block of a pre-quantized fused tensor keeps the de-nested scales (the nested groups of 256
+     * blocks need not align with it) */
+    bool dq = pre ? bl.nested && !part : ld->opts.double_quant;
     uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
     float *absmax = dq ? NULL : carve_take(&ld->cv, nb * 4);
     uint8_t *absmax_q = dq ? carve_take(&ld->cv, nb) : NULL;
@@ -276,14 +317,14 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
     }
     const ops_table *o = ld->m->ops;
     if (pre) {
-        o->upload(codes, bl.w.codes, (size_t)nf4_packed_bytes(n));
+        o->upload(codes, bl.w.codes + row0 * in / 2, (size_t)nf4_packed_bytes(n));
         if (dq) {
             o->upload(absmax_q, bl.absmax_q, (size_t)nb);
             o->upload(nested, bl.nested_absmax, sizeof(float) * (size_t)nn);
             o->upload(nmap, bl.nested_map, sizeof bl.nested_map);
             lin->w.nested_offset = bl.nested_offset;
         } else {
-            o->upload(absmax, bl.absmax, sizeof(float) * (size_t)nb);
+            o->upload(absmax, bl.absmax + row0 * in / bs, sizeof(float) * (size_t)nb);
         }
         o->upload(qmap, bl.qmap, sizeof bl.qmap);
         bnb_linear_free(&bl);
@@ -291,13 +332,14 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
     }
     snprintf(name, sizeof name, "%s.weight", prefix);
     const st_tensor *t;
-    int rc = loader_find(ld, name, n, &t);
+    int rc = loader_find(ld, name, total * in, &t);
     if (rc) return rc;
     int src;
+    const char *data = (const char *)t->data;
     switch (t->dtype) {
-    case ST_F32: src = NF4_SRC_F32; break;
-    case ST_F16: src = NF4_SRC_F16; break;
-    case ST_BF16: src = NF4_SRC_BF16; break;
+    case ST_F32: src = NF4_SRC_F32, data += row0 * in * 4; break;
+    case ST_F16: src = NF4_SRC_F16, data += row0 * in * 2; break;
+    case ST_BF16: src = NF4_SRC_BF16, data += row0 * in * 2; break;
     default:
         return err_set(ERR_DATA, "%s: tensor '%s' has dtype %s (expected BF16, F16 or F32)", ld->path, name,
                        st_dtype_name(t->dtype));
@@ -310,11 +352,12 @@ static int load_linear(loader *ld, const char prefix[200], int64_t out, int64_t 
         return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the machine's cores, up to 16: a 7B loads in seconds */
-    int64_t bad = nf4_quantize(hc, ha, t->data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
+    int64_t bad = nf4_quantize(hc, ha, data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
     if (bad >= 0) {
         free(hc);
         free(ha);
-        return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name, (long long)bad);
+        return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name,
+                       (long long)(bad + row0 * in));
     }
     if (dq) { /* what bitsandbytes' compress_statistics keeps of absmax */
         float map[NF4_DYNAMIC_MAP_SIZE];
@@ -353,17 +396,23 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
-    bool gemma = m->cfg.arch == ARCH_GEMMA3;
-    m->inv_freq = carve_take(&ld->cv, (int64_t)m->hd / 2 * 4);
-    m->inv_freq_local = gemma ? carve_take(&ld->cv, (int64_t)m->hd / 2 * 4) : m->inv_freq;
+    bool gemma = m->cfg.arch == ARCH_GEMMA3, lr = m->cfg.rope_type == ROPE_LONGROPE;
+    int half = m->rot / 2;
+    m->inv_freq = carve_take(&ld->cv, (int64_t)half * 4);
+    m->inv_freq_local = gemma ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
+    m->inv_freq_long = lr ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
     if (ld->cv.base) {
-        float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
+        float *inv = malloc(sizeof(float) * (size_t)half);
         if (!inv) return err_set(ERR_STAGE, "out of memory");
-        rope_inv_freq(&m->cfg, m->hd, inv, false);
-        m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
+        rope_inv_freq(&m->cfg, m->rot, inv, false, false);
+        m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)half);
         if (gemma) {
-            rope_inv_freq(&m->cfg, m->hd, inv, true);
-            m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)(m->hd / 2));
+            rope_inv_freq(&m->cfg, m->rot, inv, true, false);
+            m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)half);
+        }
+        if (lr) {
+            rope_inv_freq(&m->cfg, m->rot, inv, false, true);
+            m->ops->upload(m->inv_freq_long, inv, sizeof(float) * (size_t)half);
         }
         free(inv);
     }
@@ -396,9 +445,17 @@ static int load_all(loader *ld) {
             if ((rc = load_norm(ld, name, m->hd, &ly->k_norm))) return rc;
         }
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            /* phi3: q, k, v are row blocks of qkv_proj, gate and up of gate_up_proj */
+            int g = (int)llama_target_group(&m->cfg, (llama_target)t);
+            int64_t row0 = 0, total = outs[t];
+            for (int u = g; u < LLAMA_NTARGETS && (int)llama_target_group(&m->cfg, (llama_target)u) == g; u++) {
+                if (u < t) row0 += outs[u];
+                if (u != t) total += outs[u];
+            }
             char prefix[200];
-            snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, target_paths[t]);
-            if ((rc = load_linear(ld, prefix, outs[t], ins[t], has_bias(&m->cfg, (llama_target)t), &ly->lin[t])))
+            snprintf(prefix, sizeof prefix, "model.layers.%d.%s", l, llama_target_module(&m->cfg, (llama_target)g));
+            if ((rc = load_linear(ld, prefix, row0, total, outs[t], ins[t], has_bias(&m->cfg, (llama_target)t),
+                                  &ly->lin[t])))
                 return rc;
         }
     }
@@ -428,6 +485,16 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         int hd = m->hd;
         free(m);
         return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, hd);
+    }
+    m->rot = config_rope_dim(cfg) > 0 && config_rope_dim(cfg) <= m->hd ? config_rope_dim(cfg) : m->hd;
+    if (cfg->arch == ARCH_PHI3 && m->hd != cfg->head_dim) m->rot = m->hd; /* an unset head_dim: full rotary */
+    m->rope_mscale = cfg->rope_type == ROPE_LONGROPE && cfg->rope_attn_factor > 0 ? (float)cfg->rope_attn_factor : 1.0f;
+    if (m->rot % 2 || ((m->rot != m->hd || m->rope_mscale != 1.0f) && !ops->rope_ex)) {
+        int rot = m->rot;
+        free(m);
+        if (rot % 2) return err_set(ERR_DATA, "%s: %d rotated dims of a head must be even", path, rot);
+        return err_set(ERR_DATA, "%s: partial rotary or longrope's attention factor needs an op the %s backend does "
+                                 "not have yet (rope_ex); use device: cpu", path, ops->name);
     }
     if (cfg->arch == ARCH_GEMMA3) {
         if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {
@@ -524,25 +591,35 @@ int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
         return err_set(ERR_USAGE, "lora_dropout must be in [0, 1) (got %g)", cfg->dropout);
     if (!(cfg->targets & LLAMA_TARGETS_ALL)) return err_set(ERR_USAGE, "no LoRA target modules");
     m->lora = *cfg;
+    /* phi3: a fused module is targeted whole (one A, one B over its blocks) */
+    for (int t = 0; t < LLAMA_NTARGETS; t++) {
+        int g = (int)llama_target_group(&m->cfg, (llama_target)t);
+        if (g != t && !(cfg->targets & (1u << t)) != !(cfg->targets & (1u << g)))
+            return err_set(ERR_USAGE, "%s has no separate %s: target %s as a whole", config_arch_name(m->cfg.arch),
+                           target_names[t], strrchr(llama_target_module(&m->cfg, (llama_target)g), '.') + 1);
+    }
     int n = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
-        if (cfg->targets & (1u << t)) n += 2 * m->L;
+        if ((cfg->targets & (1u << t)) && (int)llama_target_group(&m->cfg, (llama_target)t) == t) n += 2 * m->L;
     m->lora_tensors = calloc((size_t)n, sizeof(llama_lora_tensor));
     if (!m->lora_tensors) return err_set(ERR_STAGE, "out of memory");
     int64_t off = 0;
     int k = 0;
     for (int l = 0; l < m->L; l++)
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            if (!(cfg->targets & (1u << t))) continue;
+            if (!(cfg->targets & (1u << t)) || (int)llama_target_group(&m->cfg, (llama_target)t) != t) continue;
             llama_linear *lin = &m->layers[l].lin[t];
+            int64_t out = lin->out; /* a fused module's B covers all its blocks */
+            for (int u = t + 1; u < LLAMA_NTARGETS && (int)llama_target_group(&m->cfg, (llama_target)u) == t; u++)
+                out += m->layers[l].lin[u].out;
             for (int b = 0; b < 2; b++) {
                 llama_lora_tensor *lt = &m->lora_tensors[k++];
                 snprintf(lt->name, sizeof lt->name, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
-                         target_paths[t], b ? 'B' : 'A');
+                         llama_target_module(&m->cfg, (llama_target)t), b ? 'B' : 'A');
                 lt->layer = l;
                 lt->target = (llama_target)t;
                 lt->is_B = b;
-                lt->rows = b ? lin->out : cfg->r;
+                lt->rows = b ? out : cfg->r;
                 lt->cols = b ? cfg->r : lin->in;
                 lt->offset = off;
                 off += lt->rows * lt->cols;
@@ -560,20 +637,32 @@ int llama_lora_attach(llama_model *m, const llama_lora_config *cfg) {
     m->lora_params = m->ops->alloc(bytes);
     m->lora_grads = m->ops->alloc(bytes);
     void *(*adam_alloc)(size_t) = m->adam_host ? m->ops->alloc_host : m->ops->alloc;
-    m->lora_m = adam_alloc(bytes);
-    m->lora_v = adam_alloc(bytes);
+    size_t adam_bytes = bytes;
+    if (m->adam_shard_world > 1) {
+        int64_t lo, hi;
+        coll_shard(off, m->adam_shard_world, m->adam_shard_rank, &lo, &hi);
+        adam_bytes = sizeof(float) * (size_t)(hi > lo ? hi - lo : 1);
+    }
+    m->lora_m = adam_alloc(adam_bytes);
+    m->lora_v = adam_alloc(adam_bytes);
     if (m->adam_host && (!m->lora_m || !m->lora_v))
         return err_set(ERR_STAGE, "cannot allocate %.1f MiB of pinned host memory for the AdamW state: turn "
-                                  "optimizer_offload off", 2.0 * (double)bytes / 1048576.0);
+                                  "optimizer_offload off", 2.0 * (double)adam_bytes / 1048576.0);
     if (!m->lora_params || !m->lora_grads || !m->lora_m || !m->lora_v)
         return err_set(ERR_STAGE, "out of memory: LoRA state needs %.1f MiB", 4.0 * (double)bytes / 1048576.0);
     float scale = cfg->rslora ? cfg->alpha / sqrtf((float)cfg->r) : cfg->alpha / (float)cfg->r;
     for (k = 0; k < n; k += 2) {
         const llama_lora_tensor *a = &m->lora_tensors[k], *b = &m->lora_tensors[k + 1];
-        ops_lora *L = &m->layers[a->layer].lin[a->target].lora;
-        *L = (ops_lora){.A = m->lora_params + a->offset, .B = m->lora_params + b->offset,
-                        .dA = m->lora_grads + a->offset, .dB = m->lora_grads + b->offset,
-                        .r = cfg->r, .scale = scale, .dropout = cfg->dropout};
+        /* each block of a fused module: the shared A (its gradient accumulates over the blocks, as
+         * qlinear_bwd adds into dA) and its rows of B */
+        int64_t row = 0;
+        for (int u = a->target; u < LLAMA_NTARGETS && (int)llama_target_group(&m->cfg, (llama_target)u) == (int)a->target; u++) {
+            llama_linear *lin = &m->layers[a->layer].lin[u];
+            lin->lora = (ops_lora){.A = m->lora_params + a->offset, .B = m->lora_params + b->offset + row * cfg->r,
+                                   .dA = m->lora_grads + a->offset, .dB = m->lora_grads + b->offset + row * cfg->r,
+                                   .r = cfg->r, .scale = scale, .dropout = cfg->dropout};
+            row += lin->out;
+        }
     }
     if (m->plan_T) return llama_plan(m, m->plan_T, m->ckpt); /* xa buffers for the new branches */
     return 0;
@@ -805,7 +894,7 @@ static const ops_lora *pass_lora(const llama_model *m, int l, int t, bool train,
     if (!L->A) return NULL;
     *buf = *L;
     buf->dropout = train ? m->lora.dropout : 0.0f;
-    buf->dropout_seed = linear_seed(seed, l, t);
+    buf->dropout_seed = linear_seed(seed, l, (int)llama_target_group(&m->cfg, (llama_target)t)); /* one mask a fused module */
     return buf;
 }
 
@@ -842,7 +931,14 @@ static bool attn_ex(const llama_model *m, const ops_attn *opt) {
 
 /* the rotary frequencies of layer l (gemma3's sliding layers have their own) */
 static const float *layer_inv_freq(const llama_model *m, int l) {
+    if (m->rope_long) return m->inv_freq_long;
     return config_layer_window(&m->cfg, l) > 0 ? m->inv_freq_local : m->inv_freq;
+}
+
+/* rotary on rows of x [T, nh*hd]: the plain op, or rope_ex for phi3's partial rotary and scale */
+static void rope_apply(const llama_model *m, void *x, const float *inv, int T, int nh, int inverse) {
+    if (m->rot == m->hd && m->rope_mscale == 1.0f) m->ops->rope(x, m->acts->pos, inv, T, nh, m->hd, inverse);
+    else m->ops->rope_ex(x, m->acts->pos, inv, T, nh, m->hd, m->rot, m->rope_mscale, inverse);
 }
 
 static void glu_fwd(const llama_model *m, void *out, const void *gate, const void *up, int64_t n) {
@@ -908,8 +1004,8 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->rmsnorm_fwd(a->k, a->rstdk, a->kr, ly->k_norm, T * m->nkv, m->hd, m->eps);
     }
     const float *inv = layer_inv_freq(m, l);
-    o->rope(a->q, A->pos, inv, T, m->nh, m->hd, 0);
-    o->rope(a->k, A->pos, inv, T, m->nkv, m->hd, 0);
+    rope_apply(m, a->q, inv, T, m->nh, 0);
+    rope_apply(m, a->k, inv, T, m->nkv, 0);
     ops_attn opt = layer_attn(m, l);
     if (attn_ex(m, &opt))
         o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
@@ -1007,8 +1103,8 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
         o->attention_bwd(A->dq, A->dk, A->dv, A->datt, a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh,
                          m->nkv, m->hd);
     const float *inv = layer_inv_freq(m, l);
-    o->rope(A->dq, A->pos, inv, T, m->nh, m->hd, 1);
-    o->rope(A->dk, A->pos, inv, T, m->nkv, m->hd, 1);
+    rope_apply(m, A->dq, inv, T, m->nh, 1);
+    rope_apply(m, A->dk, inv, T, m->nkv, 1);
     void *dq = A->dq, *dk = A->dk;
     if (m->cfg.qk_norm) { /* through the per-head norms (rmsnorm_bwd accumulates: start from zero) */
         o->zero(A->dqr, (size_t)T * (size_t)m->nh * (size_t)m->hd * es);
@@ -1068,6 +1164,11 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
                                  "attention is not implemented on the %s backend; use a shorter sequence_len or "
                                  "device: cpu", (long long)m->cfg.sliding_window, m->ops->name);
     A->windowed = windowed;
+    /* longrope: the long factors when the longest sequence is beyond the original context
+     * (transformers: max(position_ids) + 1 > original_max_position_embeddings) */
+    m->rope_long = false;
+    for (int t = 0; m->cfg.rope_type == ROPE_LONGROPE && t < T; t++)
+        if (A->h_pos[t] + 1 > m->cfg.rope_original_max_position) m->rope_long = true;
     if (b->labels)
         for (int t = 0; t + 1 < T; t++) {
             int lab = b->labels[t + 1];
@@ -1174,6 +1275,9 @@ int llama_generate_begin(llama_model *m, int max_len) {
         if (!m->kv_mem) return err_set(ERR_STAGE, "out of memory: a KV cache of %d positions", max_len);
     }
     m->kv_len = 0;
+    /* longrope in generation: chosen once for the whole cache (its keys are rotated once), by the
+     * length asked for, as llama.cpp chooses by its context size */
+    m->rope_long = m->cfg.rope_type == ROPE_LONGROPE && max_len > m->cfg.rope_original_max_position;
     return 0;
 }
 
@@ -1204,8 +1308,8 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
             o->rmsnorm_fwd(k_new, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
         }
         const float *inv = layer_inv_freq(m, l);
-        o->rope(a->q, A->pos, inv, n, m->nh, m->hd, 0);
-        o->rope(k_new, A->pos, inv, n, m->nkv, m->hd, 0);
+        rope_apply(m, a->q, inv, n, m->nh, 0);
+        rope_apply(m, k_new, inv, n, m->nkv, 0);
         ops_attn opt = layer_attn(m, l);
         if ((opt.window > 0 && P + n > opt.window) || opt.scale > 0)
             o->attention_ex_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd, &opt);

@@ -1,4 +1,4 @@
-/* llama.h: the llama, mistral, qwen2 and qwen3 decoder families with frozen NF4 base weights and
+/* llama.h: the llama, mistral, qwen2, qwen3, gemma3 (text) and phi3 decoder families with frozen NF4 base weights and
  * trainable LoRA adapters, written once against the op table (kernels/ops.h), so the same code
  * runs on ops_cpu() and ops_cuda().
  *
@@ -55,7 +55,16 @@ typedef enum llama_target {
 /* "q_proj" ...; and the HF module path inside a layer: "self_attn.q_proj", "mlp.down_proj" */
 const char *llama_target_name(llama_target t);
 const char *llama_target_path(llama_target t);
-/* bit mask from names ("q_proj", "q", "all-linear"); ERR_USAGE naming the unknown one */
+/* phi3's fused projections (config_fused): q, k, v are the row blocks of one qkv_proj and gate, up
+ * of one gate_up_proj. The engine keeps seven linears (each block its own NF4 tensor, split at
+ * load), and one LoRA pair per fused module: A [r, C] shared by the blocks, B [block rows summed, r]
+ * whose row slices are the blocks' B. llama_target_group: the target whose slot holds the pair
+ * (q for k and v, gate for up; t itself elsewhere); llama_target_module: the HF module path inside
+ * a layer ("self_attn.qkv_proj"), NULL for a block that is not a module of its own. */
+llama_target llama_target_group(const model_config *c, llama_target t);
+const char *llama_target_module(const model_config *c, llama_target t);
+/* bit mask from names ("q_proj", "q", "all-linear"; "qkv_proj" sets q, k and v, "gate_up_proj" gate
+ * and up); ERR_USAGE naming the unknown one */
 int llama_targets_parse(uint32_t *mask, const char *const *names, int n);
 
 typedef struct llama_lora_config {
@@ -113,6 +122,15 @@ typedef struct llama_model {
     llama_layer *layers;  /* host array [L] */
     float *inv_freq;      /* [hd/2], rope scaling applied */
     float *inv_freq_local; /* gemma3's sliding layers: [hd/2] from rope_local_base_freq, no scaling */
+    /* phi3: rotary over the first rot dims of each head (inv_freq has rot/2 entries), the rotated
+     * values times rope_mscale (longrope's attention factor); inv_freq_long: longrope's long
+     * factors, used for a batch whose longest sequence exceeds original_max_position_embeddings (as
+     * transformers switches per forward), and in generation when the cache asked for is longer (as
+     * llama.cpp decides by its context size); rope_long: what the current pass uses */
+    int rot;
+    float rope_mscale;
+    float *inv_freq_long;
+    bool rope_long;
     float embed_scale;    /* gemma3: sqrt(hidden) rounded to the checkpoint's dtype; 0: none */
     void *weights;        /* the single allocation carved into the frozen tensors */
     int64_t weight_bytes;
@@ -134,6 +152,9 @@ typedef struct llama_model {
     bool adam_host; /* set before llama_lora_attach: lora_m, lora_v in ops->alloc_host memory (pinned,
                      * device-mapped host RAM on cuda: the fused AdamW reads them over PCIe, the
                      * device keeps 8 bytes a LoRA parameter fewer; the same kernel, the same bits) */
+    int adam_shard_world, adam_shard_rank; /* set before llama_lora_attach: world > 1 makes lora_m and
+                     * lora_v hold this rank's piece of the LoRA buffer only, coll_shard(n_lora_params,
+                     * world, rank): the sharded optimizer (ZeRO-1, train/trainer.h) */
 
     /* activation plan (after llama_plan) */
     int mlp_chunk_rows;   /* tokens per MLP chunk with checkpointing; 0: LLAMA_MLP_CHUNK_ROWS (set before llama_plan) */

@@ -7,9 +7,10 @@
 
 #include "core/err.h"
 
-static int module_target(const char *module) {
+static int module_target(const model_config *c, const char *module) {
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
-        const char *p = llama_target_path((llama_target)t);
+        const char *p = llama_target_module(c, (llama_target)t); /* phi3: qkv_proj, gate_up_proj */
+        if (!p) continue;
         size_t lm = strlen(module), lp = strlen(p);
         if (lm > lp && module[lm - lp - 1] == '.' && !strcmp(module + lm - lp, p)) return t;
     }
@@ -20,13 +21,14 @@ int llama_peft_attach(llama_model *m, const peft_adapter *a, const char *where) 
     llama_lora_config lc = {.r = a->r, .alpha = (float)a->alpha, .dropout = (float)a->dropout,
                             .rslora = a->use_rslora, .targets = 0};
     for (size_t i = 0; i < a->n_lora; i++) {
-        int t = module_target(a->lora[i].module);
+        int t = module_target(&m->cfg, a->lora[i].module);
         if (t < 0) return err_set(ERR_DATA, "'%s': module '%s' is not a linear of a %s model", where, a->lora[i].module,
                                   config_arch_name(m->cfg.arch));
         if (a->lora[i].r != a->r)
             return err_set(ERR_DATA, "'%s': module '%s' has rank %d but the adapter's r is %d (rank_pattern is not supported)",
                            where, a->lora[i].module, a->lora[i].r, a->r);
-        lc.targets |= 1u << t;
+        for (int u = 0; u < LLAMA_NTARGETS; u++) /* a fused module: all its blocks */
+            if ((int)llama_target_group(&m->cfg, (llama_target)u) == t) lc.targets |= 1u << u;
     }
     int rc = llama_lora_attach(m, &lc);
     if (rc) return err_wrap("'%s'", where);

@@ -8,8 +8,13 @@
 #include "core/err.h"
 #include "core/rng.h"
 
-const char *const lora_module_kinds[LORA_N_KINDS] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                     "gate_proj", "up_proj", "down_proj"};
+const char *const lora_module_kinds[LORA_N_KINDS] = {"q_proj",  "k_proj",    "v_proj",   "o_proj",      "gate_proj",
+                                                     "up_proj", "down_proj", "qkv_proj", "gate_up_proj"};
+
+bool lora_kind_of(const model_config *c, int kind) {
+    bool fused_only = kind >= 7, both = kind == 3 || kind == 6;
+    return both || fused_only == config_fused(c);
+}
 
 void lora_module_dims(const model_config *c, int kind, int64_t *in, int64_t *out) {
     int64_t C = c->hidden_size, I = c->intermediate_size;
@@ -21,12 +26,15 @@ void lora_module_dims(const model_config *c, int kind, int64_t *in, int64_t *out
     case 3: *in = q, *out = C; break;
     case 4:
     case 5: *in = C, *out = I; break;
+    case 7: *in = C, *out = q + 2 * kv; break;
+    case 8: *in = C, *out = 2 * I; break;
     default: *in = I, *out = C; break;
     }
 }
 
 void lora_module_path(char *buf, size_t n, int layer, int kind) {
-    snprintf(buf, n, "model.layers.%d.%s.%s", layer, kind < 4 ? "self_attn" : "mlp", lora_module_kinds[kind]);
+    bool attn = kind < 4 || kind == 7;
+    snprintf(buf, n, "model.layers.%d.%s.%s", layer, attn ? "self_attn" : "mlp", lora_module_kinds[kind]);
 }
 
 static int select_one(const char *t, bool sel[LORA_N_KINDS]) {
@@ -43,7 +51,7 @@ static int select_one(const char *t, bool sel[LORA_N_KINDS]) {
     if (!any)
         return err_set(ERR_RECIPE,
                        "target '%s' matches no module: use q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
-                       "down_proj or all-linear",
+                       "down_proj (phi3: qkv_proj, o_proj, gate_up_proj, down_proj) or all-linear",
                        t);
     return 0;
 }
@@ -63,10 +71,34 @@ int lora_targets_select(const json_t *targets, bool sel[LORA_N_KINDS]) {
     return 0;
 }
 
+/* every target must name a module of c's family (q_proj is none of phi3's, qkv_proj none of llama's) */
+static int targets_check_family(const json_t *targets, const model_config *c) {
+    size_t n = json_is_array(targets) ? json_array_size(targets) : 1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *v = json_is_array(targets) ? json_array_get(targets, i) : targets;
+        bool sel[LORA_N_KINDS] = {false}, any = false;
+        int rc = select_one(json_string_value(v), sel);
+        if (rc) return rc;
+        for (int k = 0; k < LORA_N_KINDS; k++) any |= sel[k] && lora_kind_of(c, k);
+        if (!any)
+            return err_set(ERR_RECIPE, "target '%s' matches no module of a %s model (its modules: %s)",
+                           json_string_value(v), config_arch_name(c->arch),
+                           config_fused(c) ? "qkv_proj, o_proj, gate_up_proj, down_proj"
+                                           : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+    }
+    return 0;
+}
+
 int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_opts *o) {
     bool sel[LORA_N_KINDS];
     int rc = lora_targets_select(o->targets, sel);
+    if (!rc) rc = targets_check_family(o->targets, c);
     if (rc) return rc;
+    for (int k = 0; k < LORA_N_KINDS; k++) sel[k] = sel[k] && lora_kind_of(c, k);
+    /* the order of a layer's modules in the adapter: as the family's layer lists them */
+    static const int order_plain[] = {0, 1, 2, 3, 4, 5, 6}, order_fused[] = {7, 3, 8, 6};
+    const int *order = config_fused(c) ? order_fused : order_plain;
+    int n_order = config_fused(c) ? 4 : 7;
     if (o->r < 1) return err_set(ERR_RECIPE, "r must be at least 1");
     peft_adapter_init(a);
     a->r = o->r;
@@ -81,14 +113,15 @@ int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_
     json_t *v;
     json_array_foreach(o->targets, i, v) all = all || !strcmp(json_string_value(v), "all-linear");
     if (all) {
-        for (int k = 0; !rc && k < LORA_N_KINDS; k++) rc = peft_adapter_add_target(a, lora_module_kinds[k]);
+        for (int oi = 0; !rc && oi < n_order; oi++) rc = peft_adapter_add_target(a, lora_module_kinds[order[oi]]);
     } else if (json_is_string(o->targets)) {
         rc = peft_adapter_add_target(a, json_string_value(o->targets));
     } else {
         json_array_foreach(o->targets, i, v) if (!rc) rc = peft_adapter_add_target(a, json_string_value(v));
     }
     for (int l = 0; !rc && l < c->num_layers; l++)
-        for (int k = 0; !rc && k < LORA_N_KINDS; k++) {
+        for (int oi = 0; !rc && oi < n_order; oi++) {
+            int k = order[oi];
             if (!sel[k]) continue;
             char path[128];
             lora_module_path(path, sizeof path, l, k);

@@ -1,9 +1,10 @@
 /* lora_init.h: which linear modules of a Llama-family model get LoRA, and a fresh adapter.
  *
- * The seven linear modules of a decoder layer, in the order every adapter here lists them
- * (layer by layer): self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj. A target is a
+ * The linear modules of a decoder layer, in the order every adapter here lists them (layer by
+ * layer): self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj; phi3's are self_attn.qkv_proj,
+ * self_attn.o_proj, mlp.gate_up_proj and mlp.down_proj (its fused projections). A target is a
  * module-name suffix as peft matches it ("q_proj", "self_attn.q_proj"); "all-linear" selects
- * all seven (peft's shortcut, which never includes lm_head).
+ * all of the family's (peft's shortcut, which never includes lm_head).
  *
  * A fresh adapter is peft's init_lora_weights=true: A ~ kaiming_uniform(a=sqrt(5)), i.e.
  * U(-1/sqrt(in), 1/sqrt(in)), B = 0. Element i of A is
@@ -19,17 +20,20 @@
 #include "formats/peft.h"
 #include "model/config.h"
 
-#define LORA_N_KINDS 7
-extern const char *const lora_module_kinds[LORA_N_KINDS]; /* "q_proj", ..., "down_proj" */
+#define LORA_N_KINDS 9
+/* "q_proj", ..., "down_proj" (0..6), then phi3's "qkv_proj" (7) and "gate_up_proj" (8) */
+extern const char *const lora_module_kinds[LORA_N_KINDS];
+/* true when kind k is a module of c's family */
+bool lora_kind_of(const model_config *c, int kind);
 
-/* in/out features of module kind k (0..6) */
+/* in/out features of module kind k (0..8) */
 void lora_module_dims(const model_config *c, int kind, int64_t *in, int64_t *out);
 /* "model.layers.<layer>.self_attn.q_proj" etc. into buf */
 void lora_module_path(char *buf, size_t n, int layer, int kind);
 
 /* Expand a recipe's targets (a JSON list of strings or one string; "all-linear") into the
- * list of kinds it selects (sel[k] true). Returns ERR_RECIPE naming a target that matches no
- * module of a Llama-family model. */
+ * list of kinds it selects (sel[k] true) in any family. Returns ERR_RECIPE naming a target that
+ * matches no module of any family; lora_adapter_create checks them against the model's family. */
 int lora_targets_select(const json_t *targets, bool sel[LORA_N_KINDS]);
 
 typedef struct lora_init_opts {

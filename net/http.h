@@ -1,8 +1,8 @@
-/* http.h: the libcurl plumbing every HTTP user shares (the hub client in hub/, the Lua hooks'
- * qlora.http_post through the runner): one process-wide curl init, URL helpers, the retry
- * policy (which failures are transient, exponential backoff), one way to set up an easy handle
- * (TLS verification on, http/https only, timeouts, no signals), curl errors turned into
- * messages that say what to do, and a bounded in-memory response body.
+/* http.h: the libcurl plumbing every HTTP user shares (the transfer engine in transfer.h, the
+ * hub client in hub/, the Lua hooks' qlora.http_post through the runner): one process-wide curl
+ * init, URL helpers, the retry policy (which failures are transient, exponential backoff), one
+ * way to set up an easy handle (TLS verification on, http/https only, timeouts, no signals), curl
+ * errors turned into messages that say what to do, and a bounded in-memory response body.
  *
  * The hub protocol itself (its headers, its cache layout, its error codes) is in hub/; nothing
  * here knows about it. Ownership: every char * returned is malloc'd and the caller frees it. */

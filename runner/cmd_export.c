@@ -1,15 +1,15 @@
 /* cmd_export.c: qlora-run export: PEFT adapter, merged model or GGUF outside a recipe
  * (model/export.c, shared with the export stage). */
 #define _GNU_SOURCE
-#include <dirent.h>
-#include <fnmatch.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+
+#include <jansson.h>
 
 #include "core/err.h"
+#include "core/fsutil.h"
 #include "core/log.h"
 #include "core/progress.h"
 #include "core/pubdir.h"
@@ -54,40 +54,6 @@ const cli_cmd cli_export = {
     .max_pos = 0, .opts = export_opts_table,
 };
 
-/* What export writes into OUT: an OUT holding anything else is a user's folder, never replaced
- * (replacing means removing what is there). */
-static bool export_entry(const char *name) {
-    return !strcmp(name, "adapter") || !strcmp(name, "model") || !strcmp(name, "nf4") ||
-           !fnmatch("model-*.gguf", name, 0) || !fnmatch("model-*.gguf.tmp*", name, 0);
-}
-
-static int check_out(const char *out) {
-    struct stat st;
-    if (stat(out, &st)) return 0; /* a new directory */
-    if (!S_ISDIR(st.st_mode))
-        return err_set(ERR_USAGE, "--out '%s' is a file: name a new directory for the export", out);
-    DIR *d = opendir(out);
-    if (!d) return err_errno(ERR_USAGE, "--out '%s': cannot read the directory", out);
-    char list[256] = "";
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || export_entry(e->d_name)) continue;
-        if (n++ >= 3) continue;
-        if (n > 1) strncat(list, ", ", sizeof list - strlen(list) - 1);
-        strncat(list, "'", sizeof list - strlen(list) - 1);
-        strncat(list, e->d_name, sizeof list - strlen(list) - 1);
-        strncat(list, "'", sizeof list - strlen(list) - 1);
-    }
-    closedir(d);
-    if (n)
-        return err_set(ERR_USAGE,
-                       "--out '%s' holds %d file%s that an export did not write (%s%s): export replaces its folder "
-                       "as a whole, so it writes only into a new or empty directory or over a previous export; "
-                       "name another directory (e.g. --out %s/export)",
-                       out, n, n > 1 ? "s" : "", list, n > 3 ? ", ..." : "", out);
-    return 0;
-}
-
 static int on_progress(void *arg, const char *what, uint64_t done, uint64_t total) {
     progress_update("export", what, (double)done / 1e6, (double)total / 1e6, "MB");
     return 0;
@@ -121,12 +87,26 @@ int cmd_export(int argc, char **argv) {
     if (rc) return rc;
     o.threads = (int)threads;
     o.progress = on_progress;
-    if ((rc = check_out(out))) return rc;
+    if ((rc = export_check_out(out, "--out"))) return rc;
     /* the same forms as generate: a stage artifact or an export holding model/ or adapter/ */
     char *bdir = command_artifact_subdir(o.base, "model", "config.json");
     char *adir = o.adapter ? command_artifact_subdir(o.adapter, "adapter", "adapter_config.json") : NULL;
     o.base = bdir;
     o.adapter = adir;
+    /* GGUF general.name: an artifact's model as its stage names it (the hub repo, the source
+     * folder, or generated-<arch>), never the artifact's "model" folder or hash */
+    char *gname = NULL;
+    if (strcmp(bdir, a.base)) {
+        char *mp = fs_join(a.base, "manifest.json");
+        json_t *man = json_load_file(mp, 0, NULL);
+        free(mp);
+        const char *mn = json_string_value(json_object_get(json_object_get(man, "report"), "model_name"));
+        if (!mn) mn = json_string_value(json_object_get(json_object_get(man, "params"), "repo"));
+        if (man) gname = export_model_name(mn, bdir);
+        json_decref(man);
+        err_clear();
+        o.name = gname;
+    }
     /* "." or "dir/..": publish under the directory's real name (rename cannot move "." aside) */
     char *real = NULL;
     const char *last = strrchr(out, '/') ? strrchr(out, '/') + 1 : out;
@@ -142,6 +122,7 @@ int cmd_export(int argc, char **argv) {
     pubdir_abort(&tmp);
     if (!rc) notef("wrote '%s'", out);
     free(real);
+    free(gname);
     free(bdir);
     free(adir);
     return rc;

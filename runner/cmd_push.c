@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "hub/upload.h"
 #include "runner/cli.h"
+#include "runner/cache.h"
 #include "runner/commands.h"
 
 typedef struct push_args {
@@ -98,9 +99,16 @@ int cmd_push(int argc, char **argv) {
     if (!rc) rc = hub_config_from_env(&cfg);
     hub_push_result res = {0};
     if (!rc) {
+        /* a multipart upload's sent parts, remembered in the artifact cache's work folder so that
+         * a killed push resumes (hub/upload.h) */
+        cache ca = {0};
+        char *state = cache_open(&ca, NULL) ? NULL : cache_work_dir(&ca, "push");
+        err_clear();
         hub_push_opts o = {.type = !strcmp(type, "dataset") ? HUB_REPO_DATASET : HUB_REPO_MODEL, .repo = repo, .revision = rev,
-                           .private_repo = !pub, .commit_message = msg, .files = files, .n_files = n};
+                           .private_repo = !pub, .commit_message = msg, .files = files, .n_files = n, .state_dir = state};
         rc = hub_push(&cfg, &o, &res);
+        free(state);
+        cache_close(&ca);
     }
     if (!rc) {
         outf("%s@%s: commit %s (%d files: %d regular, %d LFS, %d already there; %.1f MB sent)%s", repo, rev, res.commit_oid, n,

@@ -47,6 +47,9 @@ static const param_spec top_params[] = {
      "docs/multi-gpu.md)", 0},
     {"cache_dir", PARAM_STRING, NULL, 1, 0, NULL, "the artifact cache (default $QLORA_CACHE or ~/.cache/qlora-run)", 0},
     {"runs_dir", PARAM_STRING, NULL, 1, 0, NULL, "where run records go (default $QLORA_RUNS or ./runs)", 0},
+    {"output_dir", PARAM_STRING, NULL, 1, 0, NULL,
+     "where the exports go, one folder per export stage (OUTPUT_DIR/STAGE/adapter, ...), copied there when "
+     "complete; relative to the recipe's folder; `--out DIR` overrides it (docs/exports.md)", 0},
     {"hooks", PARAM_ANY, NULL, 1, 0, NULL, "Lua hook files by hook point, and the sandbox's allowances (see below)", 0},
     {"stages", PARAM_ANY, NULL, 1, 0, NULL, "the stages: a mapping of stage name to {kind: ..., parameters}", PARAM_REQUIRED},
     {"gates", PARAM_ANY, NULL, 1, 0, NULL, "quality gates: STAGE.METRIC to {min, max, max_regression}; exports and publishing run only when all pass (see below)", 0},
@@ -386,20 +389,23 @@ static void add_key_file(vctx *v, const char *path) {
     json_array_append_new(v->key_files, json_string(path));
 }
 
-/* a kind's own key files (stage_kind.key_files): resolved against the recipe's folder; one that
- * does not exist is a recipe error at the stage */
-typedef struct kind_files {
+/* a kind's own key paths (stage_kind.key_paths): resolved against the recipe's folder and made
+ * absolute (the plan labels files relative to the recipe); a file that does not exist is a recipe
+ * error at the stage, a folder that does not exist is the stage's to report */
+typedef struct kind_paths {
     vctx *v;
     const char *recipe_dir;
     const yt_node *at;
-} kind_files;
+} kind_paths;
 
-static void add_kind_file(void *ud, const char *path) {
-    kind_files *k = ud;
+static void add_kind_path(void *ud, const char *path, stage_key_path what) {
+    kind_paths *k = ud;
     char *given = path[0] == '/' ? strdup(path) : fs_join(k->recipe_dir, path);
     char *real = given ? realpath(given, NULL) : NULL;
-    if (!real || fs_is_dir(real)) errs_add(k->v->e, k->at, "%s: file '%s' does not exist (looked for '%s')", k->v->where, path, given ? given : path);
-    else add_key_file(k->v, real);
+    bool is_dir = real && fs_is_dir(real);
+    if (what == STAGE_KEY_DIR ? is_dir : real && !is_dir) add_key_file(k->v, real);
+    else if (what == STAGE_KEY_FILE)
+        errs_add(k->v->e, k->at, "%s: file '%s' does not exist (looked for '%s')", k->v->where, path, given ? given : path);
     free(real);
     free(given);
 }
@@ -497,146 +503,80 @@ static void open_stage_hooks(errs *e, recipe_stage *rs, hooks *h, const json_t *
 }
 
 /* Convert node n to JSON per spec; NULL (with an error recorded) when it does not fit. */
-static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
-    errs *e = v->e;
-    if (s->type == PARAM_ANY) return yt_to_json(n);
-    if (s->type == PARAM_ENTRIES) return entries_value(v, s, n);
-    if (s->type == PARAM_LIST || s->type == PARAM_FILES) {
-        json_t *arr = json_array();
-        if (n->type == YT_MAP) {
-            errs_add(e, n, "%s: '%s' must be %s, not a mapping", v->where, s->name, type_name(s->type));
+/* For a message about a value not among choices: the "(did you mean ...)" suffix and the allowed
+ * values as text. Free both. */
+static void choices_hint(const char *choices, const char *given, char **sug, char **all) {
+    size_t nc;
+    const char **c = split_choices(choices, &nc);
+    *sug = suggest_suffix(given, c, nc);
+    *all = choices_text(choices);
+    free(c);
+}
+
+/* A PARAM_FILES item: a glob next to the recipe; every file it matches goes into arr (absolute)
+ * and into the key. False (with the error) when it matches none. */
+static bool files_item(vctx *v, const yt_node *it, json_t *arr) {
+    char *p = resolve_path(it, it->text);
+    glob_t g;
+    int gr = glob(p, 0, NULL, &g);
+    if (gr != 0 || g.gl_pathc == 0) {
+        errs_add(v->e, it, "%s: '%s' matches no file (looked for '%s')", v->where, it->text, p);
+        if (gr == 0) globfree(&g);
+        free(p);
+        return false;
+    }
+    for (size_t k = 0; k < g.gl_pathc; k++) {
+        char *rp = realpath(g.gl_pathv[k], NULL);
+        json_array_append_new(arr, json_string(rp ? rp : g.gl_pathv[k]));
+        add_key_file(v, rp ? rp : g.gl_pathv[k]);
+        free(rp);
+    }
+    globfree(&g);
+    free(p);
+    return true;
+}
+
+/* PARAM_LIST and PARAM_FILES: a list of plain values, or one value standing for a list of one. */
+static json_t *list_value(vctx *v, const param_spec *s, const yt_node *n) {
+    if (n->type == YT_MAP) {
+        errs_add(v->e, n, "%s: '%s' must be %s, not a mapping", v->where, s->name, type_name(s->type));
+        return NULL;
+    }
+    json_t *arr = json_array();
+    size_t cnt = n->type == YT_SEQ ? n->n : 1;
+    for (size_t i = 0; i < cnt; i++) {
+        const yt_node *it = n->type == YT_SEQ ? n->vals[i] : n;
+        if (it->type != YT_SCALAR || yt_is_null(it)) {
+            errs_add(v->e, it, "%s: each item of '%s' must be a plain value", v->where, s->name);
             json_decref(arr);
             return NULL;
         }
-        size_t cnt = n->type == YT_SEQ ? n->n : 1;
-        for (size_t i = 0; i < cnt; i++) {
-            const yt_node *it = n->type == YT_SEQ ? n->vals[i] : n;
-            if (it->type != YT_SCALAR || yt_is_null(it)) {
-                errs_add(e, it, "%s: each item of '%s' must be a plain value", v->where, s->name);
-                json_decref(arr);
-                return NULL;
-            }
-            if (s->type == PARAM_LIST && s->choices && !in_choices(it->text, s->choices)) {
-                size_t nc;
-                const char **c = split_choices(s->choices, &nc);
-                char *sug = suggest_suffix(it->text, c, nc), *all = choices_text(s->choices);
-                errs_add(e, it, "%s: '%s' is not allowed in '%s'%s; allowed: %s", v->where, it->text, s->name, sug, all);
-                free(c); free(sug); free(all);
-                json_decref(arr);
-                return NULL;
-            }
-            if (s->type == PARAM_FILES) {
-                char *p = resolve_path(it, it->text);
-                glob_t g;
-                int gr = glob(p, 0, NULL, &g);
-                if (gr != 0 || g.gl_pathc == 0) {
-                    errs_add(e, it, "%s: '%s' matches no file (looked for '%s')", v->where, it->text, p);
-                    if (gr == 0) globfree(&g);
-                    free(p);
-                    json_decref(arr);
-                    return NULL;
-                }
-                for (size_t k = 0; k < g.gl_pathc; k++) {
-                    char *rp = realpath(g.gl_pathv[k], NULL);
-                    json_array_append_new(arr, json_string(rp ? rp : g.gl_pathv[k]));
-                    add_key_file(v, rp ? rp : g.gl_pathv[k]);
-                    free(rp);
-                }
-                globfree(&g);
-                free(p);
-            } else {
-                json_array_append_new(arr, json_string(it->text));
-            }
-        }
-        return arr;
-    }
-    if (n->type != YT_SCALAR) {
-        errs_add(e, n, "%s: '%s' must be %s, not %s", v->where, s->name, type_name(s->type), node_what(n));
-        return NULL;
-    }
-    const char *t = n->text;
-    switch (s->type) {
-    case PARAM_STRING: {
-        char *p = (s->flags & PARAM_PATH_OR_WORD) ? resolve_path(n, t) : NULL;
-        if (p && (strchr(t, '/') || strchr(t, '.') || fs_exists(p))) {
-            /* a path: it must exist, and its content (a directory's files) enters the key */
-            if (!fs_exists(p)) {
-                errs_add(e, n, "%s: '%s' names '%s', which does not exist (paths are relative to the recipe's directory)", v->where, s->name, t);
-                free(p);
-                return NULL;
-            }
-            add_key_file(v, p);
-            json_t *j = json_string(p);
-            free(p);
-            return j;
-        }
-        free(p);
-        if ((s->flags & PARAM_PATH_OR_WORD) && s->choices && !in_choices(t, s->choices)) {
-            size_t nc;
-            const char **c = split_choices(s->choices, &nc);
-            char *sug = suggest_suffix(t, c, nc), *all = choices_text(s->choices);
-            errs_add(e, n, "%s: %s '%s' is neither a keyword (%s) nor a file or directory next to the recipe%s",
-                     v->where, s->name, t, all, sug);
-            free(c);
+        if (s->type == PARAM_LIST && s->choices && !in_choices(it->text, s->choices)) {
+            char *sug, *all;
+            choices_hint(s->choices, it->text, &sug, &all);
+            errs_add(v->e, it, "%s: '%s' is not allowed in '%s'%s; allowed: %s", v->where, it->text, s->name, sug, all);
             free(sug);
             free(all);
+            json_decref(arr);
             return NULL;
         }
-        return json_string(t);
+        if (s->type == PARAM_LIST) json_array_append_new(arr, json_string(it->text));
+        else if (!files_item(v, it, arr)) {
+            json_decref(arr);
+            return NULL;
+        }
     }
-    case PARAM_REF: return json_string(t); /* checked once every stage is known */
-    case PARAM_BOOL:
-        if (!n->quoted && (!strcmp(t, "true") || !strcmp(t, "True"))) return json_true();
-        if (!n->quoted && (!strcmp(t, "false") || !strcmp(t, "False"))) return json_false();
-        errs_add(e, n, "%s: '%s' must be true or false, not '%s'", v->where, s->name, t);
-        return NULL;
-    case PARAM_INT: {
-        char *end;
-        errno = 0;
-        long long x = strtoll(t, &end, 10);
-        if (n->quoted || !*t || *end || errno) {
-            /* 1e3 or 1000.0 written for an integer: accept when exact */
-            double d = strtod(t, &end);
-            if (!n->quoted && *t && !*end && isfinite(d) && d == floor(d) && fabs(d) < 9e15) x = (long long)d;
-            else {
-                errs_add(e, n, "%s: '%s' must be an integer, not '%s'", v->where, s->name, t);
-                return NULL;
-            }
-        }
-        if (s->min <= s->max && (x < s->min || x > s->max)) {
-            errs_add(e, n, "%s: '%s' is %lld, out of range [%.15g, %.15g]", v->where, s->name, x, s->min, s->max);
-            return NULL;
-        }
-        return json_integer(x);
-    }
-    case PARAM_FLOAT: {
-        char *end;
-        errno = 0;
-        double d = strtod(t, &end);
-        if (n->quoted || !*t || *end || errno || !isfinite(d)) {
-            errs_add(e, n, "%s: '%s' must be a number, not '%s'", v->where, s->name, t);
-            return NULL;
-        }
-        if (s->min <= s->max && (d < s->min || d > s->max)) {
-            errs_add(e, n, "%s: '%s' is %g, out of range [%g, %g]", v->where, s->name, d, s->min, s->max);
-            return NULL;
-        }
-        return json_real(d);
-    }
-    case PARAM_ENUM:
-        if (!in_choices(t, s->choices)) {
-            size_t nc;
-            const char **c = split_choices(s->choices, &nc);
-            char *sug = suggest_suffix(t, c, nc), *all = choices_text(s->choices);
-            errs_add(e, n, "%s: '%s' must be one of %s, not '%s'%s", v->where, s->name, all, t, sug);
-            free(c); free(sug); free(all);
-            return NULL;
-        }
-        return json_string(t);
-    case PARAM_FILE: {
-        char *p = resolve_path(n, t);
-        if (!fs_exists(p) || fs_is_dir(p)) {
-            errs_add(e, n, "%s: file '%s' does not exist (paths are relative to the recipe's directory)", v->where, t);
+    return arr;
+}
+
+/* PARAM_STRING; with PARAM_PATH_OR_WORD, a path next to the recipe (it must exist, and its content,
+ * a directory's files, enters the key) or one of the keywords. */
+static json_t *string_value(vctx *v, const param_spec *s, const yt_node *n) {
+    const char *t = n->text;
+    char *p = (s->flags & PARAM_PATH_OR_WORD) ? resolve_path(n, t) : NULL;
+    if (p && (strchr(t, '/') || strchr(t, '.') || fs_exists(p))) {
+        if (!fs_exists(p)) {
+            errs_add(v->e, n, "%s: '%s' names '%s', which does not exist (paths are relative to the recipe's directory)", v->where, s->name, t);
             free(p);
             return NULL;
         }
@@ -645,6 +585,109 @@ static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
         free(p);
         return j;
     }
+    free(p);
+    if ((s->flags & PARAM_PATH_OR_WORD) && s->choices && !in_choices(t, s->choices)) {
+        char *sug, *all;
+        choices_hint(s->choices, t, &sug, &all);
+        errs_add(v->e, n, "%s: %s '%s' is neither a keyword (%s) nor a file or directory next to the recipe%s",
+                 v->where, s->name, t, all, sug);
+        free(sug);
+        free(all);
+        return NULL;
+    }
+    return json_string(t);
+}
+
+static json_t *bool_value(vctx *v, const param_spec *s, const yt_node *n) {
+    const char *t = n->text;
+    if (!n->quoted && (!strcmp(t, "true") || !strcmp(t, "True"))) return json_true();
+    if (!n->quoted && (!strcmp(t, "false") || !strcmp(t, "False"))) return json_false();
+    errs_add(v->e, n, "%s: '%s' must be true or false, not '%s'", v->where, s->name, t);
+    return NULL;
+}
+
+static json_t *int_value(vctx *v, const param_spec *s, const yt_node *n) {
+    const char *t = n->text;
+    char *end;
+    errno = 0;
+    long long x = strtoll(t, &end, 10);
+    if (n->quoted || !*t || *end || errno) {
+        /* 1e3 or 1000.0 written for an integer: accept when exact */
+        double d = strtod(t, &end);
+        if (!n->quoted && *t && !*end && isfinite(d) && d == floor(d) && fabs(d) < 9e15) x = (long long)d;
+        else {
+            errs_add(v->e, n, "%s: '%s' must be an integer, not '%s'", v->where, s->name, t);
+            return NULL;
+        }
+    }
+    if (s->min <= s->max && (x < s->min || x > s->max)) {
+        errs_add(v->e, n, "%s: '%s' is %lld, out of range [%.15g, %.15g]", v->where, s->name, x, s->min, s->max);
+        return NULL;
+    }
+    return json_integer(x);
+}
+
+static json_t *float_value(vctx *v, const param_spec *s, const yt_node *n) {
+    const char *t = n->text;
+    char *end;
+    errno = 0;
+    double d = strtod(t, &end);
+    if (n->quoted || !*t || *end || errno || !isfinite(d)) {
+        errs_add(v->e, n, "%s: '%s' must be a number, not '%s'", v->where, s->name, t);
+        return NULL;
+    }
+    if (s->min <= s->max && (d < s->min || d > s->max)) {
+        errs_add(v->e, n, "%s: '%s' is %g, out of range [%g, %g]", v->where, s->name, d, s->min, s->max);
+        return NULL;
+    }
+    return json_real(d);
+}
+
+static json_t *enum_value(vctx *v, const param_spec *s, const yt_node *n) {
+    const char *t = n->text;
+    if (in_choices(t, s->choices)) return json_string(t);
+    char *sug, *all;
+    choices_hint(s->choices, t, &sug, &all);
+    errs_add(v->e, n, "%s: '%s' must be one of %s, not '%s'%s", v->where, s->name, all, t, sug);
+    free(sug);
+    free(all);
+    return NULL;
+}
+
+/* PARAM_FILE: a file next to the recipe (absolute in the result); its content enters the key. */
+static json_t *file_value(vctx *v, const param_spec *s, const yt_node *n) {
+    (void)s;
+    const char *t = n->text;
+    char *p = resolve_path(n, t);
+    if (!fs_exists(p) || fs_is_dir(p)) {
+        errs_add(v->e, n, "%s: file '%s' does not exist (paths are relative to the recipe's directory)", v->where, t);
+        free(p);
+        return NULL;
+    }
+    add_key_file(v, p);
+    json_t *j = json_string(p);
+    free(p);
+    return j;
+}
+
+/* One parameter's YAML value checked against its spec and typed: NULL after an error (added to
+ * v->e with the node's position). */
+static json_t *typed_value(vctx *v, const param_spec *s, const yt_node *n) {
+    if (s->type == PARAM_ANY) return yt_to_json(n);
+    if (s->type == PARAM_ENTRIES) return entries_value(v, s, n);
+    if (s->type == PARAM_LIST || s->type == PARAM_FILES) return list_value(v, s, n);
+    if (n->type != YT_SCALAR) {
+        errs_add(v->e, n, "%s: '%s' must be %s, not %s", v->where, s->name, type_name(s->type), node_what(n));
+        return NULL;
+    }
+    switch (s->type) {
+    case PARAM_STRING: return string_value(v, s, n);
+    case PARAM_REF: return json_string(n->text); /* checked once every stage is known */
+    case PARAM_BOOL: return bool_value(v, s, n);
+    case PARAM_INT: return int_value(v, s, n);
+    case PARAM_FLOAT: return float_value(v, s, n);
+    case PARAM_ENUM: return enum_value(v, s, n);
+    case PARAM_FILE: return file_value(v, s, n);
     default: return yt_to_json(n);
     }
 }
@@ -779,6 +822,7 @@ void recipe_free(recipe **pr) {
     free(r->name);
     free(r->cache_dir);
     free(r->runs_dir);
+    free(r->output_dir);
     json_decref(r->hooks);
     json_decref(r->resolved);
     for (int i = 0; i < r->n_gates; i++) {
@@ -790,6 +834,22 @@ void recipe_free(recipe **pr) {
     yt_free(&r->root);
     free(r);
     *pr = NULL;
+}
+
+/* The stages in a new order (order[i]: the old index of the stage that goes to place i), their
+ * references remapped. */
+static void stages_reorder(recipe *r, const int *order) {
+    int n = r->n_stages;
+    recipe_stage *ns = malloc((size_t)n * sizeof *ns);
+    int *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++) pos[order[i]] = i;
+    for (int i = 0; i < n; i++) {
+        ns[i] = r->stages[order[i]];
+        for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
+    }
+    free(r->stages);
+    r->stages = ns;
+    free(pos);
 }
 
 /* Topological sort (Kahn, stable by recipe order); on a cycle, name it. */
@@ -832,19 +892,7 @@ static int toposort(recipe *r, errs *e) {
         }
         free(next);
     }
-    if (!rc) {
-        /* reorder stages; remap ref targets */
-        recipe_stage *ns = malloc((size_t)n * sizeof *ns);
-        int *pos = malloc((size_t)n * sizeof *pos);
-        for (int i = 0; i < n; i++) pos[order[i]] = i;
-        for (int i = 0; i < n; i++) {
-            ns[i] = r->stages[order[i]];
-            for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
-        }
-        free(r->stages);
-        r->stages = ns;
-        free(pos);
-    }
+    if (!rc) stages_reorder(r, order);
     free(state);
     free(order);
     free(stack);
@@ -974,20 +1022,12 @@ static void load_gates(recipe *r, const yt_node *gn, errs *e) {
 /* With gates, the held-back stages go last (stable): a valid topological order still, since
  * every stage that reads a held one is held too. */
 static void order_held_last(recipe *r) {
-    int n = r->n_stages, *order = malloc((size_t)n * sizeof *order), *pos = malloc((size_t)n * sizeof *pos), no = 0;
+    int n = r->n_stages, *order = malloc((size_t)n * sizeof *order), no = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < n; i++)
             if (recipe_stage_held(r, i) == (pass == 1)) order[no++] = i;
-    recipe_stage *ns = malloc((size_t)n * sizeof *ns);
-    for (int i = 0; i < n; i++) pos[order[i]] = i;
-    for (int i = 0; i < n; i++) {
-        ns[i] = r->stages[order[i]];
-        for (int k = 0; k < ns[i].n_refs; k++) ns[i].refs[k].target = pos[ns[i].refs[k].target];
-    }
-    free(r->stages);
-    r->stages = ns;
+    stages_reorder(r, order);
     free(order);
-    free(pos);
 }
 
 static json_t *gates_json(const recipe *r) {
@@ -1022,11 +1062,15 @@ static json_t *load_top(recipe *r, errs *e) {
     const char *rd = json_string_value(json_object_get(top, "runs_dir"));
     if (cd) r->cache_dir = cd[0] == '/' ? strdup(cd) : fs_join(r->dir, cd);
     if (rd) r->runs_dir = rd[0] == '/' ? strdup(rd) : fs_join(r->dir, rd);
+    const char *od = json_string_value(json_object_get(top, "output_dir"));
+    if (od && !*od) errs_add(e, yt_map_get(r->root, "output_dir"), "recipe: 'output_dir' is empty: name a folder for the exports");
+    else if (od) r->output_dir = od[0] == '/' ? strdup(od) : fs_join(r->dir, od);
     /* absolute, so stages may change directory freely */
     char *absdir = realpath(r->dir, NULL);
     if (absdir) {
         if (cd && cd[0] != '/') { free(r->cache_dir); r->cache_dir = fs_join(absdir, cd); }
         if (rd && rd[0] != '/') { free(r->runs_dir); r->runs_dir = fs_join(absdir, rd); }
+        if (od && *od && od[0] != '/') { free(r->output_dir); r->output_dir = fs_join(absdir, od); }
         free(absdir);
     }
     if (!valid_stage_name(r->name))
@@ -1105,17 +1149,9 @@ static void load_stage(recipe *r, const yt_node *key, const yt_node *st, json_t 
             errs_add(e, st, "%s: %s", where, err_msg());
             err_clear();
         }
-        if (kind->key_files) {
-            kind_files kf = {&sv, r->dir, st};
-            kind->key_files(rs->params, add_kind_file, &kf);
-        }
         if (kind->key_paths) {
-            json_t *paths = json_array();
-            kind->key_paths(rs->params, r->dir, paths);
-            size_t pi;
-            json_t *pv;
-            json_array_foreach(paths, pi, pv) add_key_file(&sv, json_string_value(pv));
-            json_decref(paths);
+            kind_paths kp = {&sv, r->dir, st};
+            kind->key_paths(rs->params, add_kind_path, &kp);
         }
     }
     /* the hooks that shape this kind's output */
@@ -1187,6 +1223,7 @@ static json_t *build_resolved(const recipe *r, const json_t *top) {
     json_object_set(res, "gpus", json_object_get(top, "gpus"));
     json_object_set(res, "cache_dir", json_object_get(top, "cache_dir"));
     json_object_set(res, "runs_dir", json_object_get(top, "runs_dir"));
+    if (json_object_get(top, "output_dir")) json_object_set(res, "output_dir", json_object_get(top, "output_dir"));
     json_object_set(res, "hooks", r->hooks);
     json_t *stages = json_object();
     for (int i = 0; i < r->n_stages; i++) {

@@ -55,6 +55,7 @@ typedef struct recipe {
     char device[8]; /* auto | cuda | cpu */
     int gpus;       /* processes to start on this machine (gpus: N); 0 = all its GPUs */
     char *cache_dir, *runs_dir; /* NULL: defaults */
+    char *output_dir;           /* output_dir: absolute; NULL: exports stay in the cache only */
     json_t *hooks;  /* resolved hooks mapping (absolute paths) */
     int n_stages;
     recipe_stage *stages; /* topological order */

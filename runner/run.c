@@ -22,6 +22,7 @@
 #include "runner/cache.h"
 #include "model/device.h"
 #include "runner/gates.h"
+#include "runner/outdir.h"
 #include "runner/plan.h"
 #include "runner/ranks.h"
 #include "runner/recipe.h"
@@ -86,6 +87,171 @@ static void run_hook_log(void *ud, const char *level, const char *msg) {
 
 static void wait_note(void *arg) { notef("waiting: another run is computing stage '%s'", (const char *)arg); }
 
+/* Another run may have produced the stage while we waited for its lock: then it is cached. */
+static bool made_meanwhile(runner *R, int i) {
+    recipe_stage *s = &R->r->stages[i];
+    plan_stage *ps = &R->p.st[i];
+    if (ps->forced || coll_world() > 1) return false;
+    json_t *m = NULL;
+    char *why = NULL;
+    bool hit = cache_lookup(&R->c, s->kind->name, ps->key, &m, &why) == 0;
+    if (hit) {
+        ps->manifest = m;
+        ps->status = PLAN_CACHED;
+    }
+    free(why);
+    return hit;
+}
+
+/* The stage's log in the run record: <stage>.log, or <stage>.rankN.log (the step log of another
+ * rank). NULL if it cannot be opened. */
+static FILE *open_stage_log(const runner *R, const recipe_stage *s, char **logpath) {
+    char name[128];
+    if (coll_rank() == 0) snprintf(name, sizeof name, "%s.log", s->name);
+    else snprintf(name, sizeof name, "%s.rank%d.log", s->name, coll_rank());
+    *logpath = fs_join(R->run_dir, name);
+    return fopen(*logpath, "a");
+}
+
+/* What the stage's run sees: its params, its inputs' artifacts, its output and work folders, the
+ * run's log, events and interrupt flag. */
+static void stage_ctx_init(runner *R, int i, stage_ctx *ctx, char *tmp, char *work, FILE *log) {
+    recipe_stage *s = &R->r->stages[i];
+    ctx->name = s->name;
+    ctx->kind = s->kind;
+    ctx->params = s->params;
+    ctx->out_dir = tmp;
+    ctx->recipe_path = R->r->path;
+    ctx->recipe_dir = R->r->dir;
+    ctx->cache_dir = R->c.root;
+    ctx->work_dir = work;
+    ctx->seed = R->r->seed;
+    ctx->device = R->p.device;
+    ctx->hooks = s->hooks;
+    ctx->log = log;
+    ctx->events = R->ev;
+    ctx->interrupted = &interrupted;
+    ctx->jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    for (int k = 0; k < s->n_refs; k++) {
+        int t = s->refs[k].target;
+        stage_input *in = &ctx->inputs[ctx->n_inputs++];
+        in->role = s->refs[k].role;
+        in->stage = R->r->stages[t].name;
+        in->kind = R->r->stages[t].kind->name;
+        in->dir = cache_artifact_dir(&R->c, in->kind, R->p.st[t].key);
+        in->manifest = R->p.st[t].manifest;
+    }
+    ctx->metrics = json_object();
+    ctx->report = json_object();
+}
+
+static void stage_ctx_release(stage_ctx *ctx) {
+    for (int k = 0; k < ctx->n_inputs; k++) free((char *)ctx->inputs[k].dir);
+    json_decref(ctx->metrics);
+    json_decref(ctx->report);
+    json_decref(ctx->hook_files);
+}
+
+/* The artifact's manifest.json: what made it (kind, key, params, inputs), what it measured,
+ * when, where and with which program. */
+static json_t *stage_manifest(const runner *R, int i, const stage_ctx *ctx, const char *started, double secs) {
+    const recipe_stage *s = &R->r->stages[i];
+    const plan_stage *ps = &R->p.st[i];
+    char finished[32];
+    utc_stamp(finished, sizeof finished, false);
+    json_t *m = json_object();
+    json_object_set_new(m, "stage", json_string(s->name));
+    json_object_set_new(m, "recipe", json_string(R->r->name));
+    json_object_set_new(m, "kind", json_string(s->kind->name));
+    json_object_set_new(m, "kind_version", json_integer(s->kind->version));
+    json_object_set_new(m, "key", json_string(ps->key));
+    json_object_set(m, "params", s->params);
+    json_object_set(m, "key_doc", ps->key_doc);
+    json_t *inputs = json_object();
+    for (int k = 0; k < s->n_refs; k++) {
+        json_t *in = json_object();
+        int t = s->refs[k].target;
+        json_object_set_new(in, "stage", json_string(R->r->stages[t].name));
+        json_object_set_new(in, "kind", json_string(R->r->stages[t].kind->name));
+        json_object_set_new(in, "key", json_string(R->p.st[t].key));
+        json_object_set_new(inputs, s->refs[k].role, in);
+    }
+    json_object_set_new(m, "inputs", inputs);
+    json_object_set(m, "metrics", ctx->metrics);
+    json_object_set(m, "report", ctx->report);
+    json_object_set_new(m, "device", json_string(R->p.device));
+    json_object_set_new(m, "started", json_string(started));
+    json_object_set_new(m, "finished", json_string(finished));
+    json_object_set_new(m, "seconds", json_real(secs));
+    json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
+    json_object_set_new(m, "program", version_json());
+    if (json_array_size(ctx->hook_files)) json_object_set_new(m, "hook_files", plan_file_hashes(&R->c, ctx->hook_files));
+    return m;
+}
+
+/* Rank 0 commits the finished artifact into the cache (the manifest, then the rename), reads its
+ * manifest back for the stages after it, drops the work folder and says it is done. */
+static int commit_stage(runner *R, int i, stage_ctx *ctx, const char *tmp, const char *work, const char *started,
+                        double secs) {
+    recipe_stage *s = &R->r->stages[i];
+    plan_stage *ps = &R->p.st[i];
+    json_t *m = stage_manifest(R, i, ctx, started, secs);
+    int rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
+    json_decref(m);
+    if (rc) return rc;
+    char *why = NULL;
+    json_decref(ps->manifest); /* a forced stage had the old artifact's manifest */
+    ps->manifest = NULL;
+    cache_lookup(&R->c, s->kind->name, ps->key, &ps->manifest, &why);
+    free(why);
+    fs_rm_rf(work);
+    err_clear();
+    json_t *ev = json_object();
+    json_object_set_new(ev, "seconds", json_real(secs));
+    json_object_set(ev, "metrics", ctx->metrics);
+    stage_event(ctx, "stage_end", ev);
+    outf("  %s done in %.1f s", s->name, secs);
+    return 0;
+}
+
+/* A failure goes into the events and the stage's log, and its message names the stage. */
+static void note_stage_failure(stage_ctx *ctx, FILE *log, double secs, int rc) {
+    json_t *ev = json_object();
+    json_object_set_new(ev, "seconds", json_real(secs));
+    json_object_set_new(ev, "code", json_integer(rc));
+    json_object_set_new(ev, "error", json_string(err_msg()));
+    stage_event(ctx, "stage_failed", ev);
+    if (log) fprintf(log, "error: %s\n", err_msg());
+    err_wrap("stage '%s'", ctx->name);
+}
+
+/* The stage's run into tmp, told in events, then committed (rank 0) or dropped (the others). */
+static int run_stage_into(runner *R, int i, char *tmp, char *work, FILE *log) {
+    recipe_stage *s = &R->r->stages[i];
+    plan_stage *ps = &R->p.st[i];
+    stage_ctx ctx = {0};
+    stage_ctx_init(R, i, &ctx, tmp, work, log);
+    json_t *ev = json_object();
+    json_object_set_new(ev, "kind", json_string(s->kind->name));
+    json_object_set_new(ev, "key", json_string(ps->key));
+    json_object_set_new(ev, "why", json_string(ps->why ? ps->why : ""));
+    stage_event(&ctx, "stage_start", ev);
+    outf("> %s (%s): %s", s->name, s->kind->name, ps->why ? ps->why : "running");
+    char started[32];
+    utc_stamp(started, sizeof started, false);
+    double t0 = now_s();
+    err_clear();
+    int rc = s->kind->run(&ctx);
+    progress_finish();
+    double secs = now_s() - t0;
+    if (!rc && interrupted) rc = err_set(ERR_INTERRUPTED, "interrupted");
+    if (!rc && coll_rank() != 0) fs_rm_rf(tmp); /* rank 0 commits the artifact; this rank's copy goes */
+    else if (!rc) rc = commit_stage(R, i, &ctx, tmp, work, started, secs);
+    if (rc) note_stage_failure(&ctx, log, secs, rc);
+    stage_ctx_release(&ctx);
+    return rc;
+}
+
 /* Run one stage (not cached): lock, re-check, temp dir, run, commit. Data parallel, the other
  * ranks of a data_parallel stage run it into a temp dir of their own that nothing commits, and
  * rank 0 runs it even if another run committed it while rank 0 waited for the lock (the other
@@ -93,141 +259,22 @@ static void wait_note(void *arg) { notef("waiting: another run is computing stag
 static int exec_stage(runner *R, int i) {
     recipe_stage *s = &R->r->stages[i];
     plan_stage *ps = &R->p.st[i];
-    const bool lead = coll_rank() == 0, together = coll_world() > 1;
     int lockfd = -1;
-    int rc = lead ? cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted) : 0;
+    int rc = coll_rank() == 0 ? cache_lock(&R->c, ps->key, &lockfd, wait_note, s->name, &interrupted) : 0;
     if (rc) return rc;
-    /* another run may have produced it while we waited */
-    if (!ps->forced && !together) {
-        json_t *m = NULL;
-        char *why = NULL;
-        if (cache_lookup(&R->c, s->kind->name, ps->key, &m, &why) == 0) {
-            ps->manifest = m;
-            ps->status = PLAN_CACHED;
-            free(why);
-            fs_unlock(&lockfd);
-            return 0;
-        }
-        free(why);
+    if (made_meanwhile(R, i)) {
+        fs_unlock(&lockfd);
+        return 0;
     }
-    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->work_key);
+    char *tmp = NULL, *work = cache_work_dir(&R->c, ps->work_key), *logpath = NULL;
+    FILE *log = NULL;
     rc = cache_tmp_dir(&R->c, s->kind->name, ps->key, &tmp);
     if (!rc) rc = fs_mkdir_p(work);
-    char *logpath = NULL;
-    FILE *log = NULL;
     if (!rc) {
-        char name[128];
-        if (lead) snprintf(name, sizeof name, "%s.log", s->name);
-        else snprintf(name, sizeof name, "%s.rank%d.log", s->name, coll_rank()); /* the per-rank step log */
-        logpath = fs_join(R->run_dir, name);
-        log = fopen(logpath, "a");
+        log = open_stage_log(R, s, &logpath);
+        rc = run_stage_into(R, i, tmp, work, log);
     }
-    stage_ctx ctx = {0};
-    if (!rc) {
-        ctx.name = s->name;
-        ctx.kind = s->kind;
-        ctx.params = s->params;
-        ctx.out_dir = tmp;
-        ctx.recipe_path = R->r->path;
-        ctx.recipe_dir = R->r->dir;
-        ctx.cache_dir = R->c.root;
-        ctx.work_dir = work;
-        ctx.seed = R->r->seed;
-        ctx.device = R->p.device;
-        ctx.hooks = s->hooks;
-        ctx.log = log;
-        ctx.events = R->ev;
-        ctx.interrupted = &interrupted;
-        ctx.jobs = (int)sysconf(_SC_NPROCESSORS_ONLN);
-        for (int k = 0; k < s->n_refs; k++) {
-            int t = s->refs[k].target;
-            stage_input *in = &ctx.inputs[ctx.n_inputs++];
-            in->role = s->refs[k].role;
-            in->stage = R->r->stages[t].name;
-            in->kind = R->r->stages[t].kind->name;
-            in->dir = cache_artifact_dir(&R->c, in->kind, R->p.st[t].key);
-            in->manifest = R->p.st[t].manifest;
-        }
-        ctx.metrics = json_object();
-        ctx.report = json_object();
-        json_t *ev = json_object();
-        json_object_set_new(ev, "kind", json_string(s->kind->name));
-        json_object_set_new(ev, "key", json_string(ps->key));
-        json_object_set_new(ev, "why", json_string(ps->why ? ps->why : ""));
-        stage_event(&ctx, "stage_start", ev);
-        outf("> %s (%s): %s", s->name, s->kind->name, ps->why ? ps->why : "running");
-        char started[32];
-        utc_stamp(started, sizeof started, false);
-        double t0 = now_s();
-        err_clear();
-        rc = s->kind->run(&ctx);
-        progress_finish();
-        double secs = now_s() - t0;
-        if (!rc && interrupted) rc = err_set(ERR_INTERRUPTED, "interrupted");
-        if (!rc && !lead) { /* rank 0 commits the artifact; this rank's copy goes */
-            fs_rm_rf(tmp);
-        } else if (!rc) {
-            char finished[32];
-            utc_stamp(finished, sizeof finished, false);
-            json_t *m = json_object();
-            json_object_set_new(m, "stage", json_string(s->name));
-            json_object_set_new(m, "recipe", json_string(R->r->name));
-            json_object_set_new(m, "kind", json_string(s->kind->name));
-            json_object_set_new(m, "kind_version", json_integer(s->kind->version));
-            json_object_set_new(m, "key", json_string(ps->key));
-            json_object_set(m, "params", s->params);
-            json_object_set(m, "key_doc", ps->key_doc);
-            json_t *inputs = json_object();
-            for (int k = 0; k < s->n_refs; k++) {
-                json_t *in = json_object();
-                int t = s->refs[k].target;
-                json_object_set_new(in, "stage", json_string(R->r->stages[t].name));
-                json_object_set_new(in, "kind", json_string(R->r->stages[t].kind->name));
-                json_object_set_new(in, "key", json_string(R->p.st[t].key));
-                json_object_set_new(inputs, s->refs[k].role, in);
-            }
-            json_object_set_new(m, "inputs", inputs);
-            json_object_set(m, "metrics", ctx.metrics);
-            json_object_set(m, "report", ctx.report);
-            json_object_set_new(m, "device", json_string(R->p.device));
-            json_object_set_new(m, "started", json_string(started));
-            json_object_set_new(m, "finished", json_string(finished));
-            json_object_set_new(m, "seconds", json_real(secs));
-            json_object_set_new(m, "program_version", json_string(QLORA_VERSION));
-            json_object_set_new(m, "program", version_json());
-            if (json_array_size(ctx.hook_files)) json_object_set_new(m, "hook_files", plan_file_hashes(&R->c, ctx.hook_files));
-            rc = cache_commit(&R->c, s->kind->name, ps->key, tmp, m);
-            if (!rc) {
-                char *why = NULL;
-                json_decref(ps->manifest); /* a forced stage had the old artifact's manifest */
-                ps->manifest = NULL;
-                cache_lookup(&R->c, s->kind->name, ps->key, &ps->manifest, &why);
-                free(why);
-                fs_rm_rf(work);
-                err_clear();
-                json_t *e2 = json_object();
-                json_object_set_new(e2, "seconds", json_real(secs));
-                json_object_set(e2, "metrics", ctx.metrics);
-                stage_event(&ctx, "stage_end", e2);
-                outf("  %s done in %.1f s", s->name, secs);
-            }
-            json_decref(m);
-        }
-        if (rc) {
-            json_t *e2 = json_object();
-            json_object_set_new(e2, "seconds", json_real(secs));
-            json_object_set_new(e2, "code", json_integer(rc));
-            json_object_set_new(e2, "error", json_string(err_msg()));
-            stage_event(&ctx, "stage_failed", e2);
-            if (log) fprintf(log, "error: %s\n", err_msg());
-            err_wrap("stage '%s'", s->name);
-        }
-        for (int k = 0; k < ctx.n_inputs; k++) free((char *)ctx.inputs[k].dir);
-        json_decref(ctx.metrics);
-        json_decref(ctx.report);
-        json_decref(ctx.hook_files);
-    }
-    if (rc && tmp) {
+    if (rc && tmp) { /* a failed stage leaves no temp artifact; its error stays */
         int keep = err_code();
         char msg[4096];
         snprintf(msg, sizeof msg, "%s", err_msg());
@@ -537,6 +584,12 @@ static int run_ranked(const char *path, const run_opts *o) {
     if (!rc && lead) cache_clean_tmp(&R.c);
     if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
     if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
+    const char *outdir = o->out ? o->out : r->output_dir;
+    for (int i = 0, first = 1; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++) { /* before any stage runs */
+        if (!(r->stages[i].kind->flags & STAGE_KIND_EXPORTS) || R.p.st[i].status == PLAN_SKIP) continue;
+        if (first) rc = outdir_check(outdir, r->name), first = 0;
+        if (!rc) rc = outdir_check_stage(outdir, r->stages[i].name);
+    }
     rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
     if (!rc) rc = share_plan(&R);
     if (rc) goto done;
@@ -614,6 +667,20 @@ static int run_ranked(const char *path, const run_opts *o) {
     json_object_set_new(run_keys, "keys", keys);
     if (lead) cache_index_run(&R.c, r->name, run_keys);
     json_decref(run_keys);
+    for (int i = 0; lead && outdir && i < r->n_stages; i++) { /* complete exports, even when a later stage failed */
+        if (R.state[i] != ST_DONE || !(r->stages[i].kind->flags & STAGE_KIND_EXPORTS)) continue;
+        char *d = cache_artifact_dir(&R.c, r->stages[i].kind->name, R.p.st[i].key);
+        int prc = outdir_publish(outdir, r->name, r->stages[i].name, d);
+        if (!prc) {
+            outf("exports of '%s' in %s/%s", r->stages[i].name, outdir, r->stages[i].name);
+        } else if (!R.failed_rc) {
+            R.failed_rc = prc;
+            R.failed_msg = strdup(err_msg());
+        } else {
+            warnf("%s", err_msg());
+        }
+        free(d);
+    }
 
     if (R.failed_rc) {
         rc = R.failed_rc;
@@ -739,6 +806,7 @@ const cli_opt run_cli_opts[] = {
     {"jobs", 'j', CLI_INT, "N", "run up to N independent stages at once", CLI_AT(run_opts, jobs), 1, 1024},
     {"gpus", 0, CLI_STR, "N|all", "train data parallel on N GPUs of this machine (ranks started by mpirun;\ndocs/multi-gpu.md)", CLI_AT(run_opts, gpus_text), 0, 0},
     {"dry-run", 0, CLI_FLAG, NULL, "print the plan and stop (same as `qlora-run plan`)", CLI_AT(run_opts, dry_run), 0, 0},
+    {"out", 0, CLI_STR, "DIR", "copy the exports to DIR/STAGE/ when complete (overrides the recipe's output_dir;\ndocs/exports.md)", CLI_AT(run_opts, out), 0, 0},
     {"lock", 0, CLI_FLAG, NULL, "exit at once (code 6) if another run of this recipe is in progress", CLI_AT(run_opts, lock), 0, 0},
     {"json", 0, CLI_FLAG, NULL, "print events as JSON lines on stdout and nothing else (so not with --quiet)", CLI_AT(run_opts, json), 0, 0},
     {"quiet", 'q', CLI_FLAG, NULL, "no progress or notes, errors only", CLI_AT(run_opts, quiet), 0, 0},

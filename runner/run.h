@@ -18,6 +18,7 @@ typedef struct run_opts {
     bool stages;                      /* show --stages: stage names only */
     int64_t jobs;
     const char *gpus_text; /* --gpus as given */
+    const char *out;       /* --out: the exports' folder, overriding the recipe's output_dir */
     int gpus;     /* --gpus: -1 unset, 0 all, N */
     int argc;     /* the command line, for --gpus to start the ranks with */
     char **argv;

@@ -41,11 +41,12 @@ static void format_thousands(char *buf, size_t n, int64_t v) {
 }
 
 /* the base model's name for adapter_config.json, as peft writes it: the hub repo id or the
- * folder the model was loaded from (a generated model's own folder in the cache), so that
- * AutoPeftModelForCausalLM finds the base */
+ * folder the model was loaded from, so that AutoPeftModelForCausalLM finds the base; a generated
+ * model (init_model) has no name a user can load it by: null, never a path inside the cache
+ * (docs/exports.md) */
 static char *base_model_name(const stage_input *in) {
     const char *name = stage_model_name(in);
-    return name ? strdup(name) : fs_join(in->dir, "model");
+    return name ? strdup(name) : NULL;
 }
 
 static int attach_run(stage_ctx *ctx) {
@@ -105,7 +106,7 @@ static const metric_spec attach_metrics[] = {
 
 const stage_kind stage_kind_attach_lora = {
     .name = "attach_lora",
-    .version = 1,
+    .version = 2, /* 2: a generated base is named null, not by its cache path */
     .doc = "create a LoRA adapter (A kaiming-uniform, B zero) for a model, in PEFT format",
     .params = attach_params,
     .check = attach_check,

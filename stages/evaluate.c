@@ -142,14 +142,17 @@ static int check_tasks(const json_t *tasks) {
     return 0;
 }
 
-/* tasks[].path and fewshot_path: their content is part of the key */
-static void eval_key_files(const json_t *p, void (*add)(void *ud, const char *path), void *ud) {
+/* the files a task entry names: their content is part of the key */
+static const char *const task_file_keys[] = {"path", "fewshot_path", "hook"};
+
+static void eval_key_paths(const json_t *p, void (*add)(void *ud, const char *path, stage_key_path what), void *ud) {
     size_t i;
     json_t *t;
     json_array_foreach(json_object_get(p, "tasks"), i, t) {
-        if (json_is_string(json_object_get(t, "path"))) add(ud, json_string_value(json_object_get(t, "path")));
-        if (json_is_string(json_object_get(t, "fewshot_path"))) add(ud, json_string_value(json_object_get(t, "fewshot_path")));
-        if (json_is_string(json_object_get(t, "hook"))) add(ud, json_string_value(json_object_get(t, "hook")));
+        for (size_t k = 0; k < sizeof task_file_keys / sizeof *task_file_keys; k++) {
+            const char *f = json_string_value(json_object_get(t, task_file_keys[k]));
+            if (f) add(ud, f, STAGE_KEY_FILE);
+        }
     }
 }
 
@@ -211,7 +214,6 @@ static int eval_resolve(const json_t *p, json_t **out) {
     else *out = all;
     return rc;
 }
-
 
 static int eval_check(const json_t *p) {
     int trc = check_tasks(json_object_get(p, "tasks"));
@@ -1089,7 +1091,7 @@ const stage_kind stage_kind_evaluate = {
     .doc = "loss, perplexity, generations and hook scores of the base and tuned model, side by side",
     .params = eval_params,
     .check = eval_check,
-    .key_files = eval_key_files,
+    .key_paths = eval_key_paths,
     .resolve = eval_resolve,
     .run = eval_run,
     .key_hooks = "format|score|generate|task",

@@ -63,10 +63,20 @@ static int run(stage_ctx *c) {
     o.base = base;
     o.adapter = adapter;
     o.include_nf4 = stage_bool(c, "include_nf4");
-    /* GGUF general.name: the model's own name (the repo's last part, or its folder's), as
-     * llama.cpp's converter writes it; a generated model keeps its stage's name */
+    /* adapter_config.json's base_model_name_or_path: the hub repo id or the source folder, as
+     * peft writes it, whatever the adapter's own says (made by an older version, or by hand);
+     * GGUF general.name: the model's own name (the repo's last part, or its folder's), as
+     * llama.cpp's converter writes it. A generated base has no name to load it by: null and
+     * "generated-<arch>" (docs/exports.md). */
     const char *mname = stage_model_name(mi);
-    o.name = mname ? (strrchr(mname, '/') && strrchr(mname, '/')[1] ? strrchr(mname, '/') + 1 : mname) : mi->stage;
+    char *gname = export_model_name(mname, base);
+    if (!gname) {
+        rc = err_code();
+        goto out;
+    }
+    o.set_base_model = true;
+    o.base_model = mname;
+    o.name = gname;
     o.threads = c->jobs > 0 ? c->jobs : 2;
     o.progress = on_progress;
     o.progress_arg = c;
@@ -76,6 +86,8 @@ static int run(stage_ctx *c) {
         stage_logf(c, "exported%s%s%s%s from '%s'%s%s", o.formats & EXPORT_PEFT ? " adapter/" : "", o.formats & EXPORT_MERGED ? " model/" : "",
                    o.formats & EXPORT_GGUF ? " gguf" : "", o.include_nf4 ? " nf4/" : "", mi->stage, ai ? " + " : "", ai ? ai->stage : "");
     }
+    free(gname);
+out:
     free(base);
     free(adapter);
     return rc;
@@ -83,10 +95,10 @@ static int run(stage_ctx *c) {
 
 const stage_kind stage_kind_export = {
     .name = "export",
-    .version = 1,
+    .version = 2, /* 2: the base named as peft and llama.cpp name it, never a stage or cache path */
     .doc = "export the adapter (PEFT), the merged model (bf16 safetensors) and GGUF",
     .params = params,
     .check = check,
     .run = run,
-    .flags = STAGE_KIND_PUBLISHES,
+    .flags = STAGE_KIND_PUBLISHES | STAGE_KIND_EXPORTS,
 };

@@ -275,15 +275,11 @@ static int fetch_run(stage_ctx *c) {
  * directory (the content of every file in it, as for a tokenizer directory), so that replacing
  * the weights in place re-runs what was made from them instead of reusing stale artifacts. The
  * hash memo keeps this to a stat per file after the first run. */
-static void fetch_key_paths(const json_t *params, const char *recipe_dir, json_t *paths) {
+static void fetch_key_paths(const json_t *params, void (*add)(void *ud, const char *path, stage_key_path what),
+                            void *ud) {
     const char *source = json_string_value(json_object_get(params, "source"));
     const char *path = json_string_value(json_object_get(params, "path"));
-    if (!source || strcmp(source, "path") || !path) return;
-    char *given = path[0] == '/' ? strdup(path) : fs_join(recipe_dir, path);
-    char *dir = realpath(given, NULL); /* absolute: plan labels files relative to the recipe */
-    free(given);
-    if (dir && fs_is_dir(dir)) json_array_append_new(paths, json_string(dir));
-    free(dir);
+    if (source && !strcmp(source, "path") && path) add(ud, path, STAGE_KEY_DIR);
 }
 static const metric_spec fetch_metrics[] = {
     {"bytes_total", METRIC_NEITHER, "size of the model's files"},

@@ -119,7 +119,8 @@ static int run(stage_ctx *c) {
         hub_push_opts o = {.type = !strcmp(stage_str(c, "repo_type"), "dataset") ? HUB_REPO_DATASET : HUB_REPO_MODEL,
                            .repo = stage_str(c, "repo"), .revision = stage_str(c, "revision"), .private_repo = stage_bool(c, "private"),
                            .commit_message = stage_str(c, "commit_message"), .commit_description = desc, .files = files, .n_files = n,
-                           .progress = on_progress, .progress_user = c, .interrupted = c->interrupted};
+                           .progress = on_progress, .progress_user = c, .interrupted = c->interrupted,
+                           .state_dir = c->work_dir};
         rc = hub_push(&cfg, &o, &res);
         stage_progress_done(c);
     }
@@ -148,6 +149,19 @@ static int run(stage_ctx *c) {
     return rc;
 }
 
+/* The hub the artifact goes to (HF_ENDPOINT) is part of the target, with repo, revision and
+ * path_in_repo: publishing the same artifact to another endpoint is not "already done". The
+ * token is not: it says who uploads, not where. */
+static int push_resolve(const json_t *p, json_t **out) {
+    (void)p;
+    hub_config cfg;
+    *out = NULL;
+    int rc = hub_config_from_env(&cfg);
+    if (!rc) *out = json_pack("{s:s}", "endpoint", cfg.endpoint);
+    hub_config_free(&cfg);
+    return rc;
+}
+
 static const metric_spec push_metrics[] = {
     {"files", METRIC_NEITHER, "files in the commit"},
     {"lfs_files", METRIC_NEITHER, "files that went through LFS"},
@@ -161,6 +175,7 @@ const stage_kind stage_kind_push_to_hub = {
     .params = params,
     .check = check,
     .run = run,
+    .resolve = push_resolve,
     .metrics = push_metrics,
     .flags = STAGE_KIND_PUBLISHES,
 };

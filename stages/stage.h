@@ -113,9 +113,13 @@ typedef struct metric_spec {
 } metric_spec;
 
 enum stage_kind_flags {
-    STAGE_KIND_PUBLISHES = 1 << 0 /* exports or publishes: starts only after every gate of the
-                                     recipe passed, and is ordered after the gated stages */
+    STAGE_KIND_PUBLISHES = 1 << 0, /* exports or publishes: starts only after every gate of the
+                                      recipe passed, and is ordered after the gated stages */
+    STAGE_KIND_EXPORTS = 1 << 1 /* its artifact holds exports (adapter/, model/, model-*.gguf, nf4/):
+                                   copied to the recipe's output_dir when complete */
 };
+
+typedef enum stage_key_path { STAGE_KEY_FILE, STAGE_KEY_DIR } stage_key_path;
 
 typedef struct stage_kind {
     const char *name;
@@ -125,22 +129,21 @@ typedef struct stage_kind {
     /* optional: cross-field checks at load time; return 0 or err_set(ERR_RECIPE, ...) naming the key */
     int (*check)(const json_t *params);
     int (*run)(stage_ctx *ctx);
-    /* optional: files named inside structured params (e.g. evaluate's tasks[].path), as written
-     * in the recipe; the loader resolves each against the recipe's folder, checks it exists and
-     * puts its content in the stage's cache key. Call add once a file. */
-    void (*key_files)(const json_t *params, void (*add)(void *ud, const char *path), void *ud);
     /* Everything else the runner knows about the kind, so that no runner code asks for a kind
      * by name:
      * key_hooks: the hook points ('|'-separated, from core/hooks.h) whose files shape the
      *   output, so their content enters this kind's cache key (and no other kind's); NULL: none.
      * device_dependent: the output differs between cpu and cuda, so the resolved device enters
      *   the key.
-     * key_paths: optional; files or directories the key hashes beyond the PARAM_FILE,
-     *   PARAM_FILES and PARAM_PATH_OR_WORD parameters (fetch_model's linked local folder).
-     *   Appends absolute paths (JSON strings) to `paths`; params are resolved and valid. */
+     * key_paths: optional; files or folders whose content the key hashes beyond the PARAM_FILE,
+     *   PARAM_FILES and PARAM_PATH_OR_WORD parameters (evaluate's tasks[].path, fetch_model's
+     *   linked local folder). Call add once a path, as written in the recipe: the loader resolves
+     *   it against the recipe's folder. A STAGE_KEY_FILE that is not a file is a recipe error at
+     *   the stage, naming it; a STAGE_KEY_DIR that is not a folder is left out (the stage says so
+     *   when it runs). params are resolved and valid. */
     const char *key_hooks;
     bool device_dependent;
-    void (*key_paths)(const json_t *params, const char *recipe_dir, json_t *paths);
+    void (*key_paths)(const json_t *params, void (*add)(void *ud, const char *path, stage_key_path what), void *ud);
     /* optional: what the params name but do not pin, resolved when the plan is made (a hub
      * dataset's branch -> its commit and file list); *out becomes part of the cache key, so a
      * new commit re-runs the stage and the same one does not. An error leaves the reason in

@@ -61,6 +61,12 @@ static const param_spec train_params[] = {
     {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
      "AdamW's m and v in pinned host memory; the device reads them over PCIe in the optimizer step "
      "(no effect on cpu)", PARAM_NOKEY},
+    {"grad_bucket_mb", PARAM_FLOAT, "25", 0, 1e6, NULL,
+     "data parallel: LoRA gradients all-reduced in buckets of whole layers, each at least this many MiB, started "
+     "as the backward finishes them (0: one bucket a layer)", PARAM_NOKEY},
+    {"shard_optimizer", PARAM_BOOL, "false", 0, -1, NULL,
+     "data parallel: each rank keeps the AdamW state of its piece of the LoRA parameters only and the updated "
+     "pieces are gathered (ZeRO-1); the same adapter as without", PARAM_NOKEY},
     {"eval_steps", PARAM_INT, "0", 0, 1e12, NULL, "evaluate on the val split every N steps (0: start and end only)", 0},
     {"save_steps", PARAM_INT, "50", 0, 1e12, NULL, "checkpoint every N steps (0: only at the end and on interrupt)",
      PARAM_NOKEY},
@@ -242,13 +248,18 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
     stage_logf(ctx, "device: %s, %.1f GiB total, %.1f GiB free after the plan", di.name, di.total_bytes / (1024 * MiB),
                di.free_bytes / (1024 * MiB));
     double lora_mib = 8.0 * (double)m->n_lora_params / MiB; /* params + grads; m, v as much again */
-    char adam[96];
-    if (m->adam_host) snprintf(adam, sizeof adam, "; AdamW state %.1f MiB in pinned host memory", lora_mib);
-    else snprintf(adam, sizeof adam, " and AdamW state");
+    int64_t lo = 0, hi = m->n_lora_params;
+    if (m->adam_shard_world > 1) coll_shard(m->n_lora_params, m->adam_shard_world, m->adam_shard_rank, &lo, &hi);
+    double adam_mib = 8.0 * (double)(hi - lo) / MiB;
+    char adam[128];
+    if (m->adam_host)
+        snprintf(adam, sizeof adam, "; AdamW state %.1f MiB in pinned host memory%s", adam_mib,
+                 m->adam_shard_world > 1 ? " (this rank's piece)" : "");
+    else snprintf(adam, sizeof adam, " and AdamW state%s", m->adam_shard_world > 1 ? " of this rank's piece" : "");
     stage_logf(ctx, "plan: frozen weights %.1f MiB (NF4%s), LoRA %lld params (%.1f MiB with grads%s), "
                     "activations %.1f MiB for %d tokens; %.1f MiB allocated so far on the device",
                (double)m->weight_bytes / MiB, m->layers[0].lin[0].w.absmax_q ? " + double-quant absmax" : "",
-               (long long)m->n_lora_params, m->adam_host ? lora_mib : 2 * lora_mib, adam, (double)m->act_bytes / MiB,
+               (long long)m->n_lora_params, m->adam_host ? lora_mib : lora_mib + adam_mib, adam, (double)m->act_bytes / MiB,
                max_T, di.live_bytes / MiB);
     stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s%s",
                di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
@@ -283,11 +294,12 @@ static int train_run_stage(stage_ctx *ctx) {
     /* data parallel: the gradient all-reduce's communicator (NCCL on a GPU), before any weight is loaded */
     if ((rc = device_collective(ops, coll_world()))) goto out;
     if (coll_nccl_active())
-        stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), one bucket a decoder layer on a "
-                        "stream of their own", coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher());
+        stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), in buckets on a stream of their own%s",
+                   coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher(),
+                   coll_world() == 1 ? " (one rank: no call is made)" : "");
     else if (coll_world() > 1)
-        stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), one bucket a decoder layer",
-                   coll_world(), coll_rank(), coll_launcher());
+        stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), in buckets", coll_world(), coll_rank(),
+                   coll_launcher());
     if ((rc = config_load(&cfg, mdir))) goto out;
     if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
     if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
@@ -304,6 +316,11 @@ static int train_run_stage(stage_ctx *ctx) {
     if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
     /* the AdamW state off the device: placed before the plan, so the plan counts it out */
     m->adam_host = stage_bool(ctx, "optimizer_offload");
+    const bool shard = stage_bool(ctx, "shard_optimizer") && coll_world() > 1;
+    if (shard) { /* the AdamW state of this rank's piece only */
+        m->adam_shard_world = coll_world();
+        m->adam_shard_rank = coll_rank();
+    }
     if (m->adam_host && !ops->own_memory) /* alloc_host is its plain allocation there */
         stage_logf(ctx, "optimizer_offload: the %s backend keeps everything in host memory already (no effect)",
                    ops->name);
@@ -330,6 +347,8 @@ static int train_run_stage(stage_ctx *ctx) {
         .work_dir = ctx->work_dir,
         .rank = coll_rank(),
         .world = coll_world(),
+        .bucket_bytes = (int64_t)(stage_float(ctx, "grad_bucket_mb") * 1048576.0),
+        .shard_optimizer = shard,
     };
     if (tc.micro_batch_size > train.n_rows)
         stage_warnf(ctx, "micro_batch_size %d is more than the %lld training rows: every micro-batch repeats rows "

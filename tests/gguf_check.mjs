@@ -71,11 +71,15 @@ function writeSafetensors(file, tensors) {
 function makeAdapter(baseDir, outDir) {
   const cfg = JSON.parse(fs.readFileSync(path.join(baseDir, "config.json"), "utf8"));
   const H = cfg.hidden_size, d = cfg.head_dim ?? H / cfg.num_attention_heads, r = 4;
-  const shapes = { q_proj: [cfg.num_attention_heads * d, H], k_proj: [cfg.num_key_value_heads * d, H], v_proj: [cfg.num_key_value_heads * d, H] };
+  const q = cfg.num_attention_heads * d, kv = cfg.num_key_value_heads * d;
+  // phi3: its fused projections, both (q|k|v and gate|up merged as one module each)
+  const phi3 = cfg.model_type === "phi3";
+  const shapes = phi3 ? { "self_attn.qkv_proj": [q + 2 * kv, H], "mlp.gate_up_proj": [2 * cfg.intermediate_size, H] }
+    : { "self_attn.q_proj": [q, H], "self_attn.k_proj": [kv, H], "self_attn.v_proj": [kv, H] };
   const tensors = {};
   for (let l = 0; l < cfg.num_hidden_layers; l++)
     for (const [m, [out, inp]] of Object.entries(shapes)) {
-      const p = `base_model.model.model.layers.${l}.self_attn.${m}`;
+      const p = `base_model.model.model.layers.${l}.${m}`;
       tensors[p + ".lora_A.weight"] = { shape: [r, inp], data: Array.from({ length: r * inp }, () => 0.2 * rand()) };
       tensors[p + ".lora_B.weight"] = { shape: [out, r], data: Array.from({ length: out * r }, () => 0.2 * rand()) };
     }
@@ -83,7 +87,7 @@ function makeAdapter(baseDir, outDir) {
   writeSafetensors(path.join(outDir, "adapter_model.safetensors"), tensors);
   fs.writeFileSync(path.join(outDir, "adapter_config.json"), JSON.stringify({
     peft_type: "LORA", task_type: "CAUSAL_LM", r, lora_alpha: 8, lora_dropout: 0.0,
-    target_modules: ["q_proj", "k_proj", "v_proj"], use_rslora: false, bias: "none" }, null, 2));
+    target_modules: Object.keys(shapes).map((m) => m.split(".")[1]), use_rslora: false, bias: "none" }, null, 2));
 }
 
 const GG = { "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight" };

@@ -14,7 +14,12 @@ STATE_DIR/repos/ORG/NAME/REV/PATH   committed files
 Environment: EXPECT_TOKEN (the token to require), FAIL ("STATUS:STEP[:COUNT]", STEP one of
 create branch preupload batch put part complete verify commit; COUNT answers fail, then it
 works), LFS_THRESHOLD (bytes; larger or binary files go to LFS), CHUNK (multipart part size),
-MULTIPART_THRESHOLD (bytes; larger LFS objects go multipart).
+MULTIPART_THRESHOLD (bytes; larger LFS objects go multipart), HANG_PART (N: the first PUT of part
+N is held, unanswered and not stored, and STATE_DIR/hanging is written, so the test can kill the
+client mid-upload).
+
+A multipart upload stays open until completed, as S3's does: a later batch answer for the same
+object names the same uploadId (with freshly signed part URLs), and the parts it received stay.
 """
 import base64
 import hashlib
@@ -23,6 +28,7 @@ import os
 import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STATE = sys.argv[1]
@@ -31,10 +37,14 @@ LFS_THRESHOLD = int(os.environ.get("LFS_THRESHOLD", "10485760"))
 CHUNK = int(os.environ.get("CHUNK", "65536"))
 MULTIPART_THRESHOLD = int(os.environ.get("MULTIPART_THRESHOLD", str(4 * 65536)))
 FAIL = os.environ.get("FAIL", "")
+HANG_PART = int(os.environ.get("HANG_PART", "0"))
 LOCK = threading.RLock()
 repos = {}  # "org/name" -> {"private": bool, "branches": {name: {path: bytes}}, "commits": n}
 objects = {}  # oid -> bytes (LFS storage)
 parts = {}  # (oid, n) -> bytes
+uploads = {}  # oid -> uploadId of its open multipart upload
+batches = [0]  # batch answers so far: each one signs its URLs anew
+hung = []
 fail_left = {}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -100,6 +110,14 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         expect(self.headers.get("Transfer-Encoding") is None, "chunked bodies are not expected")
         return self.rfile.read(n)
+
+    def query(self, name):
+        q = self.path.partition("?")[2]
+        for kv in q.split("&"):
+            k, _, v = kv.partition("=")
+            if k == name:
+                return v
+        return None
 
     def need_token(self):
         """the hub's own URLs want the token: 401 as the hub answers, not a format error"""
@@ -230,10 +248,14 @@ class H(BaseHTTPRequestHandler):
                 multipart = True
                 n = -(-o["size"] // CHUNK)
                 hdr = {"chunk_size": str(CHUNK)}
+                with LOCK:
+                    uid = uploads.setdefault(o["oid"], f"up{len(uploads) + 1}x{o['oid'][:6]}")
+                    batches[0] += 1
+                    sig = batches[0]
                 for i in range(1, n + 1):
-                    hdr[str(i)] = f"{base}/storage/{o['oid']}/part/{i}?X-Amz-Signature=s{i}"
+                    hdr[str(i)] = f"{base}/storage/{o['oid']}/part/{i}?uploadId={uid}&X-Amz-Signature=s{i}b{sig}"
                 out.append({"oid": o["oid"], "size": o["size"],
-                            "actions": {"upload": {"href": f"{base}/lfs/complete/{o['oid']}", "header": hdr}}})
+                            "actions": {"upload": {"href": f"{base}/lfs/complete/{o['oid']}?uploadId={uid}", "header": hdr}}})
             else:
                 out.append({"oid": o["oid"], "size": o["size"], "actions": {
                     "upload": {"href": f"{base}/storage/{o['oid']}?X-Amz-Signature=secret", "header": {"X-Storage-Ticket": "t-" + o["oid"][:8]}},
@@ -254,6 +276,12 @@ class H(BaseHTTPRequestHandler):
     def part(self, oid, n):
         expect(not self.headers.get("Authorization"), "the token was sent to a storage URL")
         data = self.body()
+        expect(self.query("uploadId") == uploads.get(oid), f"part {n}: uploadId {self.query('uploadId')!r} is not the open upload's")
+        if n == HANG_PART and not hung:
+            hung.append(n)
+            open(os.path.join(STATE, "hanging"), "w").close()
+            time.sleep(60)  # the client is killed meanwhile; this part is never stored
+            return
         if self.fail("part"):
             return
         expect(0 < len(data) <= CHUNK, f"part {n}: {len(data)} bytes, chunk size {CHUNK}")
@@ -266,6 +294,7 @@ class H(BaseHTTPRequestHandler):
         b = self.json_body("application/vnd.git-lfs+json")
         exact_keys(b, ["oid", "parts"], "completion")
         expect(b["oid"] == oid, "completion: oid differs from the URL's")
+        expect(self.query("uploadId") == uploads.get(oid), "completion: not the open upload's uploadId")
         if self.fail("complete"):
             return
         data = b""
@@ -280,6 +309,7 @@ class H(BaseHTTPRequestHandler):
         expect(hashlib.sha256(data).hexdigest() == oid, "completion: the parts do not add up to the oid")
         with LOCK:
             objects[oid] = data
+            uploads.pop(oid, None)
         self.answer(200, {"oid": oid})
 
     def verify(self):

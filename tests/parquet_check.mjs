@@ -18,6 +18,7 @@ const bigText = (s) => s.replace(/^-/, "").length >= 16;
 // hyparquet's values as JSON would carry them
 function norm(v) {
   if (v === undefined || v === null) return null;
+  if (v instanceof Date) return v.toJSON(); // INT96 timestamps: ISO text, null for an Invalid Date
   if (typeof v === "bigint") return bigText(v.toString()) ? v.toString() : Number(v);
   if (typeof v === "number" && Number.isInteger(v) && bigText(String(v))) return BigInt(v).toString();
   if (v instanceof Uint8Array) return new TextDecoder("utf-8", { fatal: true }).decode(v);

@@ -6,12 +6,8 @@
 # key. Bad input exits 4 with the template's line:col or the record, and caches nothing; a model
 # without a template and chat_template: tokenizer_default names the built-in templates.
 set -euo pipefail
-: "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
-cd "$W"
-fail() { echo "FAIL: $*"; exit 1; }
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
+test_init
 
 cat > tpl.jinja <<'EOF2'
 {{- bos_token }}
@@ -26,27 +22,12 @@ cat > chat.jsonl <<'EOF2'
 {"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}]}
 {"conversations": [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "A1", "train": false}, {"from": "human", "value": "Q2"}, {"from": "gpt", "value": " A2 "}]}
 EOF2
-recipe() { # $1 name, $2 extra dataset lines
-    cat > "$1.yaml" <<EOF2
-name: $1
-stages:
-  base:
-    kind: init_model
-    arch: llama
-    layers: 1
-    hidden: 64
-  data:
-    kind: dataset
-    model: base
-    path: ${3:-chat.jsonl}
-    format: chat
-    sequence_len: 256
-    shuffle: false
-$2
-EOF2
+recipe() { # recipe NAME FILE [DATASET LINE...]
+    local name=$1 file=$2
+    shift 2
+    dataset_recipe "$name" "path: $file" "format: chat" "sequence_len: 256" "shuffle: false" "$@" > "$name.yaml"
 }
-recipe good "    chat_template_file: tpl.jinja
-    eot_tokens: ['<|eot_id|>']"
+recipe good chat.jsonl "chat_template_file: tpl.jinja" "eot_tokens: ['<|eot_id|>']"
 "$QLORA_BIN" good.yaml > out.txt 2>&1 || { cat out.txt; fail "the recipe with a template file"; }
 grep -q "chat template: .*tpl.jinja" out.txt || { cat out.txt; fail "the log does not name the template"; }
 "$QLORA_BIN" data show good.yaml data > show.txt 2>&1 || { cat show.txt; fail "data show"; }
@@ -71,26 +52,22 @@ echo "{#- changed -#}" >> tpl.jinja
 grep -A1 "^  data" plan.txt | grep -q "run" || { cat plan.txt; fail "a changed template did not invalidate the dataset"; }
 
 expect4() { # $1 recipe, $2 message pattern
-    local rc=0 before after
+    local before after
     before=$(ls cache/artifacts/dataset 2>/dev/null | wc -l)
-    "$QLORA_BIN" "$1.yaml" > "$1.txt" 2>&1 || rc=$?
-    [ "$rc" = 4 ] || { cat "$1.txt"; fail "$1: exit $rc, expected 4"; }
-    grep -q -- "$2" "$1.txt" || { cat "$1.txt"; fail "$1: the message lacks '$2'"; }
+    expect_fail 4 "$2" "$QLORA_BIN" "$1.yaml"
     after=$(ls cache/artifacts/dataset 2>/dev/null | wc -l)
     [ "$before" = "$after" ] || fail "$1: a dataset artifact was cached ($before -> $after)"
 }
 printf '{%% if messages %%}\n{{ messages[0].content }\n' > bad.jinja
-recipe badtpl "    chat_template_file: bad.jinja"
+recipe badtpl chat.jsonl "chat_template_file: bad.jinja"
 expect4 badtpl "bad.jinja:2:"
 echo '{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}' > alt.jsonl
-recipe reject "    chat_template_file: tpl.jinja" alt.jsonl
+recipe reject alt.jsonl "chat_template_file: tpl.jinja"
 expect4 reject "record 0: .*tpl.jinja:4:13: template error: roles must alternate"
-recipe nodefault "    chat_template: tokenizer_default"
+recipe nodefault chat.jsonl "chat_template: tokenizer_default"
 expect4 nodefault "has no chat template.*llama-2, llama-3, chatml"
-recipe unset ""
+recipe unset chat.jsonl
 # unset on a model with no template: the built-in llama-3, whose special tokens this byte tokenizer
 # lacks, so an error naming the way out (issue 14 item 8), not a silently broken dataset
-rc=0; "$QLORA_BIN" unset.yaml > unset.txt 2>&1 || rc=$?
-[ "$rc" = 3 ] || { cat unset.txt; fail "no template, chat_template unset: exit $rc, expected 3"; }
-grep -q "chat_template: llama-3 needs the special tokens" unset.txt || { cat unset.txt; fail "the fallback's missing tokens are not named"; }
+expect_fail 3 "chat_template: llama-3 needs the special tokens" "$QLORA_BIN" unset.yaml
 echo "ok: chat template recipe, masks, cache key, errors"

@@ -2,10 +2,11 @@
 # test_data_parallel.sh: data-parallel training through MPI on the CPU backend (docs/multi-gpu.md).
 # The demo recipe, shortened, trained by one process with gradient_accumulation_steps 4 and by two
 # ranks with 2 each (the same global batch of 16 rows): every step's loss and gradient norm must
-# agree within 1e-6 relative, and the adapters within 1e-5 of each tensor's scale (the sums of the
-# two ranks' gradients round in another order than one process's, and AdamW divides the tiny
-# gradients of the zero-initialised B matrices by their own size, which carries a 1e-7
-# difference into the update). The ranks are started once with mpirun and once by --gpus 2.
+# be equal and the adapters the same bytes (the CPU backend sums the micro-batches' gradients in
+# fp64 and rounds once, train/trainer.h). The same on three ranks with the optimizer state sharded
+# (ZeRO-1) and a bucket a layer, and with two processes started as a Slurm without PMIx starts them (only
+# SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, meeting at MASTER_ADDR:MASTER_PORT). The ranks are
+# started once with mpirun and once by --gpus 2.
 # Then: rank 1 killed mid-run, the next run resumes from rank 0's checkpoint and ends with the
 # same bytes as an uninterrupted run; SIGINT on rank 1 stops both with a checkpoint (exit 7); a
 # checkpoint of two ranks resumed by one process; evaluate split over the ranks; and bad input
@@ -56,9 +57,57 @@ QLORA_CACHE="$tmp/two" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${BASE[@]}" 
   --set stages.train.gradient_accumulation_steps=2 >"$tmp/two.txt" 2>&1 || { cat "$tmp/two.txt"; fail "the two-rank run failed"; }
 two=$(artifact_of "$tmp/two")
 [ -d "$two" ] || fail "no train artifact from the two-rank run"
-$CMP losses "$one/train_log.jsonl" "$two/train_log.jsonl" 1e-6 || fail "per-step losses differ between 1 process and 2 ranks"
-$CMP adapter "$one/adapter/adapter_model.safetensors" "$two/adapter/adapter_model.safetensors" 1e-5 ||
+$CMP losses "$one/train_log.jsonl" "$two/train_log.jsonl" 0 || fail "per-step losses differ between 1 process and 2 ranks"
+cmp "$one/adapter/adapter_model.safetensors" "$two/adapter/adapter_model.safetensors" ||
   fail "the adapters of 1 process and 2 ranks differ"
+grep -q "gradients: 1 bucket a step" "$tmp"/runs/demo/*/train.rank1.log || fail "the demo's gradients did not go in one bucket"
+
+# 2b. three ranks (uneven pieces), the optimizer state sharded over them (ZeRO-1), a bucket a layer,
+# clipping at work: the bytes of one process with the same global batch of 12 rows
+SHARD=(--set stages.train.micro_batch_size=2 --set stages.train.max_grad_norm=0.5)
+fresh "$tmp/one6"
+QLORA_CACHE="$tmp/one6" "$BIN" "$SRC/recipes/demo.yaml" "${BASE[@]}" "${STEPS[@]}" "${SHARD[@]}" \
+  --set stages.train.gradient_accumulation_steps=6 >"$tmp/one6.txt" 2>&1 || { cat "$tmp/one6.txt"; fail "the one-process run (accumulation 6) failed"; }
+fresh "$tmp/zero"
+QLORA_CACHE="$tmp/zero" env ASAN_OPTIONS="$NOLEAK" mpirun -np 3 --oversubscribe "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" \
+  "${STEPS[@]}" "${SHARD[@]}" --set stages.train.gradient_accumulation_steps=2 --set stages.train.shard_optimizer=true \
+  --set stages.train.grad_bucket_mb=0 >"$tmp/zero.txt" 2>&1 || { cat "$tmp/zero.txt"; fail "the sharded run failed"; }
+grep -q "optimizer state sharded over 3 ranks (ZeRO-1): AdamW m and v .* MiB a rank instead of" "$tmp/zero.txt" ||
+  { cat "$tmp/zero.txt"; fail "the sharded run did not report its memory"; }
+grep -q "gradients: 2 buckets a step" "$tmp/zero.txt" || { cat "$tmp/zero.txt"; fail "expected a bucket a layer"; }
+one6=$(artifact_of "$tmp/one6")
+$CMP losses "$one6/train_log.jsonl" "$(artifact_of "$tmp/zero")/train_log.jsonl" 0 || fail "the sharded run's losses differ"
+cmp "$one6/adapter/adapter_model.safetensors" "$(artifact_of "$tmp/zero")/adapter/adapter_model.safetensors" ||
+  fail "the sharded optimizer on 3 ranks trained another adapter than one process"
+
+# 2c. a Slurm without PMIx: two processes with only SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID and
+# torchrun's MASTER_ADDR / MASTER_PORT; they meet there and train what one process trains
+port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
+fresh "$tmp/srun"
+mkdir -p "$tmp/rdvtmp"
+SRUN=(env -u OMPI_MCA_btl ASAN_OPTIONS="$NOLEAK" TMPDIR="$tmp/rdvtmp" QLORA_CACHE="$tmp/srun" SLURM_NTASKS=2 MASTER_ADDR=127.0.0.1
+      MASTER_PORT="$port" QLORA_RENDEZVOUS_TIMEOUT=120)
+"${SRUN[@]}" SLURM_PROCID=1 SLURM_LOCALID=1 "$BIN" "$SRC/recipes/demo.yaml" "${BASE[@]}" "${STEPS[@]}" \
+  --set stages.train.gradient_accumulation_steps=2 >"$tmp/srun1.txt" 2>&1 &
+mpid=$!
+"${SRUN[@]}" SLURM_PROCID=0 SLURM_LOCALID=0 "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${STEPS[@]}" \
+  --set stages.train.gradient_accumulation_steps=2 >"$tmp/srun0.txt" 2>&1
+rc0=$?
+wait "$mpid"
+rc1=$?
+mpid=""
+[ "$rc0$rc1" = 00 ] || { cat "$tmp/srun0.txt" "$tmp/srun1.txt"; fail "srun without PMI: exit $rc0 and $rc1"; }
+grep -q "data parallel: 2 ranks (srun)" "$tmp/srun0.txt" || { cat "$tmp/srun0.txt"; fail "srun without PMI: not 2 ranks"; }
+cmp "$one/adapter/adapter_model.safetensors" "$(artifact_of "$tmp/srun")/adapter/adapter_model.safetensors" ||
+  fail "the ranks joined at MASTER_PORT trained another adapter than one process"
+[ -z "$(ls -A "$tmp/rdvtmp")" ] || fail "rank 0 left its name server's files behind: $(ls "$tmp/rdvtmp")"
+# without MASTER_PORT a step of srun without PMI says what to set
+env SLURM_STEP_NUM_TASKS=2 SLURM_NTASKS=2 SLURM_PROCID=0 "$BIN" "$SRC/recipes/demo.yaml" --set device=cpu --until train \
+  >"$tmp/nomaster.txt" 2>&1
+rc=$?
+[ "$rc" = 2 ] || { cat "$tmp/nomaster.txt"; fail "srun without PMI and MASTER_PORT: exit $rc, expected 2"; }
+grep -q "srun started 2 tasks without PMI .*set MASTER_ADDR .* and MASTER_PORT" "$tmp/nomaster.txt" ||
+  { cat "$tmp/nomaster.txt"; fail "no clear message for srun without PMI and MASTER_PORT"; }
 [ "$(ls "$tmp/two/artifacts/train" | wc -l)" = 1 ] || fail "more than one train artifact from two ranks"
 ls "$tmp"/runs/demo/*/train.rank1.log >/dev/null 2>&1 || fail "no per-rank step log (train.rank1.log)"
 
@@ -113,7 +162,9 @@ krc=$?
 mpid=""
 [ "$krc" != 0 ] || fail "the run with a killed rank ended with 0 (it finished before the kill?)"
 [ -z "$(find "$tmp/kill/artifacts/train" -mindepth 1 -maxdepth 1 2>/dev/null)" ] || fail "a killed run committed a train artifact"
-QLORA_CACHE="$tmp/kill" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/resume.txt" 2>&1 ||
+# (resumed with the optimizer sharded: each rank takes its piece of the whole checkpoint)
+QLORA_CACHE="$tmp/kill" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" \
+  --set stages.train.shard_optimizer=true >"$tmp/resume.txt" 2>&1 ||
   { cat "$tmp/resume.txt"; fail "the run after the kill failed"; }
 grep -q "resuming from checkpoint step" "$tmp/resume.txt" || { cat "$tmp/resume.txt"; fail "the run after the kill did not resume"; }
 echo "rank 1 killed (mpirun exit $krc); $(grep -o 'resuming from checkpoint step [0-9]*' "$tmp/resume.txt" | head -1)"
@@ -122,7 +173,8 @@ cmp -s "$ref" "$(artifact_of "$tmp/kill")/adapter/adapter_model.safetensors" ||
 
 # 4b. Ctrl-C on rank 1 alone: every rank stops at the next step boundary, rank 0 saves, exit 7
 fresh "$tmp/int"
-QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/int.txt" 2>&1 &
+QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" \
+  --set stages.train.shard_optimizer=true >"$tmp/int.txt" 2>&1 &
 mpid=$!
 rank1=""
 for _ in $(seq 1 600); do
@@ -141,6 +193,12 @@ irc=$?
 mpid=""
 [ "$irc" = 7 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: exit $irc, expected 7"; }
 [ "$(grep -c 'qlora-run: error: .*interrupted at step' "$tmp/int.txt")" = 1 ] || { cat "$tmp/int.txt"; fail "SIGINT on rank 1: expected one 'interrupted at step' message"; }
+# the sharded run's checkpoint (m and v gathered from both ranks) resumed without sharding
+QLORA_CACHE="$tmp/int" "${MPI[@]}" "$BIN" "$SRC/recipes/demo.yaml" "${LOUD[@]}" "${LONG[@]}" >"$tmp/int2.txt" 2>&1 ||
+  { cat "$tmp/int2.txt"; fail "the run after SIGINT failed"; }
+grep -q "resuming from checkpoint step" "$tmp/int2.txt" || { cat "$tmp/int2.txt"; fail "the run after SIGINT did not resume"; }
+cmp -s "$ref" "$(artifact_of "$tmp/int")/adapter/adapter_model.safetensors" ||
+  fail "a sharded run interrupted and resumed unsharded differs from an uninterrupted run"
 
 # 5. a checkpoint of two ranks resumed by one process (another number of ranks)
 fresh "$tmp/kill1"

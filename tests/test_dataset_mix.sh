@@ -9,13 +9,9 @@
 #   - an entry file is in the cache key; errors: weight outside an entry, an unknown entry key,
 #     an entry without a source (exit 3), a renamed column the Parquet file lacks (exit 4).
 set -euo pipefail
-: "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 G="$QLORA_SRC/tests/golden/parquet"
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_RUNS="$W/runs"
-cd "$W"
-fail() { echo "FAIL: $*"; exit 1; }
+test_init
 
 cp "$G/alpaca_snappy.parquet" a.parquet
 cp "$G/chat_clean.parquet" chat.parquet
@@ -25,21 +21,7 @@ sed -e 's/"instruction":/"q":/; s/"input":/"ctx":/; s/"output":/"a":/' plain.jso
 grep -q '"q":' qa.jsonl && ! grep -q '"instruction":' qa.jsonl || fail "qa.jsonl"
 
 stage_head() { # stage_head NAME SEED
-    cat <<YAML
-name: mix-$1
-seed: $2
-stages:
-  base:
-    kind: init_model
-    arch: llama
-    layers: 1
-    hidden: 64
-  data:
-    kind: dataset
-    model: base
-    sequence_len: 2048
-    shuffle: false
-YAML
+    TOP="seed: $2" dataset_recipe "mix-$1" "sequence_len: 2048" "shuffle: false"
 }
 mix() { # mix NAME SEED
     stage_head "$1" "$2"

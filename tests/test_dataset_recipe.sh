@@ -4,34 +4,13 @@
 # format hook; the cache (a changed hook file means a new key); exit codes and messages for a
 # broken hook (3) and malformed data (4).
 set -euo pipefail
-: "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
+test_init
 cp -r "$QLORA_SRC/hooks" "$W/hooks"
-cd "$W"
-fail() { echo "FAIL: $*"; exit 1; }
 
-cat > gen.yaml <<'YAML'
-name: data-gen
-seed: 7
-stages:
-  base:
-    kind: init_model
-    arch: llama
-    layers: 1
-    hidden: 64
-  data:
-    kind: dataset
-    model: base
-    generator: hooks/demo_task.lua
-    format: lua
-    format_hook: hooks/demo_task.lua
-    hook_args: {n: 300}
-    sequence_len: 128
-    sample_packing: true
-    val_set_size: 0.1
-YAML
+TOP="seed: 7" dataset_recipe data-gen "generator: hooks/demo_task.lua" "format: lua" \
+    "format_hook: hooks/demo_task.lua" "hook_args: {n: 300}" "sequence_len: 128" "sample_packing: true" \
+    "val_set_size: 0.1" > gen.yaml
 "$QLORA_BIN" gen.yaml > out.txt 2>&1 || { cat out.txt; fail "generator recipe"; }
 grep -q "300 records -> 300 sequences" out.txt || { cat out.txt; fail "generator stats"; }
 art=$(ls -d cache/artifacts/dataset/*/ | head -1)
@@ -52,50 +31,23 @@ cat > alpaca.json <<'JSON'
   {"instruction": "Add.", "input": "2 3", "output": "5"}
 ]
 JSON
-cat > file.yaml <<'YAML'
-name: data-file
-hooks:
-  format: hooks/alpaca.lua
-stages:
-  base:
-    kind: init_model
-    arch: llama
-    layers: 1
-    hidden: 64
-  data:
-    kind: dataset
-    model: base
-    path: alpaca.json
-    format: lua
-    sequence_len: 512
-YAML
+TOP="hooks:
+  format: hooks/alpaca.lua" dataset_recipe data-file "path: alpaca.json" "format: lua" "sequence_len: 512" > file.yaml
 "$QLORA_BIN" file.yaml > out.txt 2>&1 || { cat out.txt; fail "file recipe"; }
 grep -q "2 records -> 2 sequences" out.txt || { cat out.txt; fail "file stats"; }
 
 # a broken hook is a recipe error before anything runs
 printf 'function format(r)\n  return {prompt = r.x response = 1}\nend\n' > hooks/broken.lua
 sed 's|hooks/alpaca.lua|hooks/broken.lua|' file.yaml > broken.yaml
-set +e
-"$QLORA_BIN" validate broken.yaml > out.txt 2>&1; rc=$?
-set -e
-[ $rc -eq 3 ] || { cat out.txt; fail "broken hook: exit $rc (want 3)"; }
-grep -q "broken.lua:2:" out.txt || { cat out.txt; fail "broken hook: no file:line"; }
+expect_fail 3 "broken.lua:2:" "$QLORA_BIN" validate broken.yaml
 
 # malformed data: exit 4 with file:line:col
 printf '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]\n' > alpaca.json
-set +e
-"$QLORA_BIN" file.yaml > out.txt 2>&1; rc=$?
-set -e
-[ $rc -eq 4 ] || { cat out.txt; fail "malformed data: exit $rc (want 4)"; }
-grep -q "alpaca.json:3:" out.txt || { cat out.txt; fail "malformed data: no file:line:col"; }
+expect_fail 4 "alpaca.json:3:" "$QLORA_BIN" file.yaml
 # a missing field names the record
 printf '[{"instruction": "a", "output": "b"}, {"instruction": "c"}]\n' > alpaca.json
 sed -i 's|hooks:|hooks:\n  allow: []|' file.yaml
-set +e
-"$QLORA_BIN" file.yaml > out.txt 2>&1; rc=$?
-set -e
-[ $rc -eq 4 ] || { cat out.txt; fail "missing field: exit $rc (want 4)"; }
-grep -q "record 1" out.txt && grep -q "missing 'output'" out.txt || { cat out.txt; fail "missing field message"; }
+expect_fail 4 "missing 'output'.*record 1" "$QLORA_BIN" file.yaml
 
 # a url source goes through the hub client's plain-URL download (python3's http.server here)
 command -v python3 >/dev/null || fail "python3 is needed to serve the url source (make deps, or apt-get install python3)"

@@ -7,7 +7,9 @@
 #   - an unknown split names the available ones (exit 3);
 #   - a README `configs:` block picks files per config and split (default: true honoured);
 #   - a script dataset (no data file on main) falls back to refs/convert/parquet
-#     ({config}/{split}/0000.parquet); an unknown config names the available ones.
+#     ({config}/{split}/0000.parquet); an unknown config names the available ones;
+#   - offline (HF_HUB_OFFLINE=1, the server stopped): cached datasets resolve from the HF cache to
+#     the same key and artifact; an uncached split, dataset or shard is named.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
 . "$QLORA_SRC/tests/hub_server.sh"
@@ -143,4 +145,34 @@ recipe script3 hf://datasets/tst/script alpaca "config: third"
 rc=0; "$QLORA_BIN" script3.yaml > script3.log 2>&1 || rc=$?
 [ $rc = 3 ] && grep -q "has no config 'third' (it has 'default', 'other')" script3.log ||
     { cat script3.log; fail "unknown config of a conversion: exit $rc"; }
+# offline (HF_HUB_OFFLINE=1, the hub stopped): a cached dataset resolves from the HF cache alone,
+# to the same commit and files, so the same key and a byte-identical artifact; what is not cached
+# is named
+kill "$(cat "$HUB_T/nginx.pid")" # the server only: the work folder is under HUB_T
+online_key=$(grep -l "\"split\": \"train\"" cache/artifacts/dataset/*/manifest.json | xargs grep -l "$C2" | head -1)
+export HF_HUB_OFFLINE=1 QLORA_CACHE=$W/cache-offline
+"$QLORA_BIN" pushed.yaml > off1.log 2>&1 || { cat off1.log; fail "offline: a cached hub dataset"; }
+grep -q "main at commit ${C2:0:12}: 3 file(s)" off1.log && grep -q "180 records" off1.log || { cat off1.log; fail "offline resolution"; }
+off_dir=$(ls -d cache-offline/artifacts/dataset/*/ | head -1)
+[ "$(basename "$off_dir")" = "$(basename "$(dirname "$online_key")")" ] || fail "offline: another key than online"
+for f in $(cd "$(dirname "$online_key")" && ls | grep -v manifest.json); do
+    cmp -s "$(dirname "$online_key")/$f" "$off_dir/$f" || fail "offline: $f differs from the online artifact"
+done
+"$QLORA_BIN" script.yaml > off2.log 2>&1 || { cat off2.log; fail "offline: a cached Parquet conversion"; }
+grep -q "refs/convert/parquet at commit ${CV:0:12}: 1 file(s)" off2.log || { cat off2.log; fail "offline conversion"; }
+"$QLORA_BIN" cfgalp.yaml > off3.log 2>&1 || { cat off3.log; fail "offline: README configs"; }
+recipe cfgtest hf://datasets/tst/cfg chat "split: test" "chat_template_file: plain.jinja"
+rc=0; "$QLORA_BIN" cfgtest.yaml > off4.log 2>&1 || rc=$?
+[ $rc = 4 ] && grep -q "HF_HUB_OFFLINE is set: only the files of the cached snapshot .* are known: dataset 'tst/cfg', config 'chat', split 'test'" off4.log ||
+    { cat off4.log; fail "offline: an uncached split: exit $rc"; }
+recipe never hf://datasets/tst/never alpaca
+rc=0; "$QLORA_BIN" never.yaml > off5.log 2>&1 || rc=$?
+[ $rc = 8 ] && grep -q "HF_HUB_OFFLINE is set, and dataset 'tst/never' at revision 'main' is not in the cache" off5.log ||
+    { cat off5.log; fail "offline: an uncached dataset: exit $rc"; }
+# an interrupted download (a shard's link missing) is not a smaller split
+rm "$HF_HUB_CACHE/datasets--tst--alpaca-pq/snapshots/$C2/data/train-00001-of-00003.parquet"
+rc=0; "$QLORA_BIN" pushed.yaml --force data > off6.log 2>&1 || rc=$?
+[ $rc = 8 ] && grep -q "the cache holds 2 of the 3 files of 'data/train-\*-of-00003'" off6.log ||
+    { cat off6.log; fail "offline: a missing shard: exit $rc"; }
+unset HF_HUB_OFFLINE
 echo "ok: hub datasets (push_to_hub layout, README configs, refs/convert/parquet, cache key by commit)"

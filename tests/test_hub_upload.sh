@@ -5,8 +5,9 @@
 # commits last; the files on the "hub" equal the originals; the repo is created private; a
 # branch is created; the token never reaches storage URLs or the output; an LFS object already
 # there is not sent again; transient 5xx are retried; 401/403/404/409/413/5xx end with exit 8,
-# advice, and no commit. The push_to_hub stage: publishes once (cache key = artifact + target),
-# again for a new target, and never when a gate fails.
+# advice, and no commit; a push killed mid-multipart resumes with the missing parts. The
+# push_to_hub stage: publishes once (cache key = artifact + target, HF_ENDPOINT included), again
+# for a new target or endpoint, and never when a gate fails.
 set -u
 BIN=${QLORA_BIN:?}
 SRC=${QLORA_SRC:-$(pwd)}
@@ -77,6 +78,22 @@ start FAIL=503:part:2
 [ $rc -eq 0 ] && [ "$(grep -c '/part/1 no 503' "$S/requests.log")" -eq 2 ] && cmp -s "$D/sub/model.safetensors" "$S/repos/org/model/main/sub/model.safetensors" \
   && ok "a part that fails twice with 503 is retried and the upload completes" || bad "retry rc $rc: $(reqs)"
 
+# a push killed mid-upload resumes with the parts missing: the parts sent are remembered (the
+# cache's work folder), the hub keeps the open upload, and the next run completes it
+start HANG_PART=3
+"$BIN" push "$D" org/resume > "$W/killed.out" 2>&1 & PUSH_PID=$!
+for _ in $(seq 300); do [ -f "$S/hanging" ] && break; sleep 0.1; done
+kill -9 $PUSH_PID; wait $PUSH_PID 2>/dev/null
+st=$(ls "$QLORA_CACHE"/work/push/multipart-*.json 2>/dev/null | head -1)
+[ -f "$S/hanging" ] && [ -n "$st" ] && python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["parts"]; sys.exit(sorted(p) != ["1", "2"])' "$st" \
+  && ok "a push killed at part 3 has parts 1 and 2 remembered" || bad "killed push: state '$st' $(cat "$st" 2>&1) $(reqs)"
+: > "$S/requests.log"
+out=$("$BIN" push "$D" org/resume 2>&1); rc=$?
+sent=$(grep -o 'PUT /storage/[0-9a-f]*/part/[0-9]* no 200' "$S/requests.log" | sed 's/.*part.\([0-9]*\) .*/\1/' | tr '\n' ,)
+[ $rc -eq 0 ] && [ "$sent" = "3,4,5," ] && cmp -s "$D/sub/model.safetensors" "$S/repos/org/resume/main/sub/model.safetensors" \
+  && ! grep -q " 400 " "$S/requests.log" && [ ! -e "$st" ] \
+  && ok "the next push sends only parts 3-5, completes the upload, and forgets its state" || bad "resume rc $rc: parts $sent; $out $(reqs)"
+
 # hub errors: exit 8, advice, nothing committed
 check_error() { # STATUS STEP EXPECTED-TEXT
   start FAIL="$1:$2"
@@ -118,6 +135,14 @@ out=$(RANK=8 MIN_PARAMS=1e12 "$BIN" "$W/publish.yaml" 2>&1); rc=$?
 start FAIL=409:commit
 out=$(RANK=2 "$BIN" "$W/publish.yaml" 2>&1); rc=$?
 [ $rc -eq 8 ] && grep -q "stage 'push'.*conflict on branch" <<<"$out" && ok "a hub error in the stage exits 8" || bad "stage 409: rc $rc $out"
+
+# another hub (HF_ENDPOINT) is another target: the same artifact is published there too
+start
+out=$("$BIN" "$W/publish.yaml" 2>&1); rc=$?
+same=0
+for a in "$W"/cache/artifacts/attach_lora/*/; do cmp -s "$S/repos/org/adapter/main/adapter_model.safetensors" "$a/adapter/adapter_model.safetensors" && same=1; done
+[ $rc -eq 0 ] && [ $same = 1 ] && grep -q "commit/main no 200\|commit/main yes 200" "$S/requests.log" \
+  && ok "another HF_ENDPOINT publishes again (the endpoint is in the key)" || bad "new endpoint: rc $rc $out $(reqs)"
 
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ]

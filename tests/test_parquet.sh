@@ -7,7 +7,8 @@
 #     give byte-identical dataset artifacts, for format alpaca and format chat;
 #   - type: parquet on a file without the extension, and auto by the PAR1 magic;
 #   - bad input (truncated, wrong magic, corrupt footer, a page that fails to decompress, a
-#     column the format needs that the file lacks) exits 4 naming the file and the place,
+#     column the format needs that the file lacks, a column of a type the format cannot use)
+#     exits 4 naming the file and the place (the record, for a value),
 #     and leaves nothing in the cache.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
@@ -55,6 +56,7 @@ stages:
     sequence_len: 2048
     val_set_size: 0.1
 $tpl
+${BUILD_EXTRA:-}
 YAML
     QLORA_CACHE="$W/cache-$1" "$QLORA_BIN" "$1.yaml" > "$1.log" 2>&1
 }
@@ -111,6 +113,12 @@ printf '\125\125\125\125\125\125\125\125\125\125\125\125\125\125\125\125\125\125
     dd of=page.parquet bs=1 seek=$((off + 12)) conv=notrunc status=none
 expect4 page page.parquet alpaca "page.parquet: row group 0, column '" "page " "GZIP"
 expect4 column "$G/chat_clean.parquet" alpaca "chat_clean.parquet: no column 'instruction' (the file has 'messages')"
+# a column of a type the format cannot use (a list where alpaca reads text)
+BUILD_EXTRA=$'    field_instruction: messages\n    field_output: messages' expect4 type "$G/chat_clean.parquet" alpaca \
+    "chat_clean.parquet: record 0: 'instruction' must be a string, not a list"
+# INT96 (legacy Spark/Impala timestamps) read as hyparquet reads them (all values: test_parquet_js.sh)
+"$QLORA_BIN" data read "$G/int96.parquet" --columns ts,text --n 2 > int96.out
+[ "$(sed -n 2p int96.out)" = '{"ts":"2021-03-04T05:06:07.123Z","text":"nanoseconds truncated"}' ] || { cat int96.out; fail "INT96"; }
 # data read says the same
 rc=0; "$QLORA_BIN" data read truncated.parquet > /dev/null 2> err.txt || rc=$?
 [ $rc = 4 ] && grep -q "truncated.parquet" err.txt || { cat err.txt; fail "data read on a truncated file: exit $rc"; }

@@ -2,8 +2,10 @@
 # test_parquet_js.sh: every record qlora-run reads from each Parquet fixture (tests/golden/parquet/,
 # written by pyarrow with tests/golden/make_parquet.py) against an independent reader, npm's
 # hyparquet with hyparquet-compressors (pinned, installed under $QLORA_BUILD/npm), and against
-# the records pyarrow wrote (tests/parquet_check.mjs). Skips (exit 0) only when node or the npm
-# registry is missing.
+# the records pyarrow wrote (tests/parquet_check.mjs); int96.parquet (INT96 timestamps, which the
+# fixtures' pyarrow does not write by default) is built by tests/golden/make_int96.py from the
+# format's documentation, its expected records computed there with Python's datetime. Skips
+# (exit 0) only when node or the npm registry is missing.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
 . "$QLORA_SRC/tests/npm_pkg.sh"

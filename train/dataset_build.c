@@ -131,7 +131,10 @@ static int field_str(const json_t *rec, const char *key, bool required, const ch
         if (required) return err_set(ERR_DATA, "%s: missing '%s'", what, key);
         return 0;
     }
-    if (!json_is_string(v)) return err_set(ERR_DATA, "%s: '%s' must be a string", what, key);
+    if (!json_is_string(v))
+        return err_set(ERR_DATA, "%s: '%s' must be a string, not %s (map a text field or column to it)", what, key,
+                       json_is_array(v) ? "a list" : json_is_object(v) ? "an object" : json_is_boolean(v) ? "a boolean"
+                                                                                               : "a number");
     *out = json_string_value(v);
     return 0;
 }

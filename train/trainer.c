@@ -338,10 +338,38 @@ typedef struct run_state {
     trainer_ckpt_header hd; /* the state after the last completed step */
     int64_t last_saved;     /* step of the newest checkpoint on disk (-1: none) */
     int rank, world;
+    bool sharded;           /* ZeRO-1: adam_m, adam_v hold [shard[rank], shard[rank + 1]) only */
+    int64_t *shard;         /* [world + 1] */
 } run_state;
+
+/* ZeRO-1: rank 0 gathers every rank's piece of m and v (a collective: every rank comes here at
+ * the same step), then writes the one checkpoint, the same file an unsharded run writes */
+static int save_checkpoint_sharded(run_state *s) {
+    const int64_t n = s->m->n_params, lo = s->shard[s->rank], hi = s->shard[s->rank + 1];
+    size_t nb = (size_t)n * sizeof(float);
+    host_state hs = {malloc(nb), malloc(nb), malloc(nb)};
+    int rc = (hs.params && hs.m && hs.v) ? 0 : err_set(ERR_STAGE, "out of memory for a checkpoint");
+    if (hs.m && hs.v) {
+        s->ops->download(hs.m + lo, s->adam_m, (size_t)(hi - lo) * sizeof(float));
+        s->ops->download(hs.v + lo, s->adam_v, (size_t)(hi - lo) * sizeof(float));
+        int c = coll_gather_f32(hs.m, s->shard, 0); /* every rank joins, failed allocation or not */
+        if (!c) c = coll_gather_f32(hs.v, s->shard, 0);
+        if (!rc) rc = c;
+    }
+    if (!rc && s->rank == 0) {
+        s->ops->download(hs.params, s->m->params, nb);
+        rc = ckpt_write(s->cfg->work_dir, &s->hd, &hs);
+    }
+    host_state_free(&hs);
+    if (rc) return err_wrap("cannot write the checkpoint of step %lld", (long long)s->hd.step);
+    s->last_saved = s->hd.step;
+    if (s->rank == 0) ckpt_prune(s->cfg->work_dir, 2);
+    return 0;
+}
 
 static int save_checkpoint(run_state *s) {
     if (!s->cfg->work_dir || s->last_saved == s->hd.step) return 0;
+    if (s->sharded) return save_checkpoint_sharded(s);
     if (s->rank != 0) { /* rank 0 writes; the others' state is the same bytes */
         s->last_saved = s->hd.step;
         return 0;
@@ -381,8 +409,9 @@ static int try_resume(run_state *s, uint64_t chash) {
         } else {
             size_t nb = (size_t)hd.n_params * sizeof(float);
             s->ops->upload(s->m->params, hs.params, nb);
-            s->ops->upload(s->adam_m, hs.m, nb);
-            s->ops->upload(s->adam_v, hs.v, nb);
+            int64_t lo = s->sharded ? s->shard[s->rank] : 0, hi = s->sharded ? s->shard[s->rank + 1] : hd.n_params;
+            s->ops->upload(s->adam_m, hs.m + lo, (size_t)(hi - lo) * sizeof(float));
+            s->ops->upload(s->adam_v, hs.v + lo, (size_t)(hi - lo) * sizeof(float));
             s->hd = hd;
             s->last_saved = hd.step;
             hook_log(s->hooks, "resuming from checkpoint step %lld (%s)", (long long)hd.step, p);
@@ -433,11 +462,19 @@ static void log_step(run_state *s, const trainer_step_info *in) {
     if (s->hooks && s->hooks->progress) s->hooks->progress(s->hooks->ud, (double)in->step, (double)in->total_steps);
 }
 
-/* ---- the gradient all-reduce in buckets, one a layer, started as the backward finishes each ---- */
+/* ---- the gradient all-reduce in buckets, started as the backward finishes each ----
+ * A bucket is a run of whole decoder layers, from the top, closed once it holds bucket_bytes of
+ * what travels (fp32, or fp64 for the exact sums); it is issued when the backward has finished
+ * its lowest layer. */
 
 typedef struct buckets {
     trainer_model *m;
-    int next; /* buckets issued this step: layer n_layers-1-next is due */
+    int n;             /* buckets a step */
+    int *lo, *hi;      /* bucket k: layers lo[k] .. hi[k], k = 0 the top */
+    int next;          /* layers finished this step: layer n_layers-1-next is due */
+    int cur;           /* buckets issued this step */
+    double *acc;       /* exact sums (host): layer l's gradients are added as it finishes */
+    int64_t max_elems; /* the largest bucket */
     int rc;
 } buckets;
 
@@ -446,16 +483,43 @@ static bool buckets_usable(const trainer_model *m) {
            m->layer_off[m->n_layers] == m->n_params;
 }
 
+static int buckets_plan(buckets *b, trainer_model *m, int64_t cap_bytes, size_t elem) {
+    b->m = m;
+    b->lo = malloc(2 * sizeof(int) * (size_t)m->n_layers);
+    if (!b->lo) return err_set(ERR_STAGE, "out of memory");
+    b->hi = b->lo + m->n_layers;
+    b->n = 0;
+    int64_t have = 0;
+    for (int l = m->n_layers - 1; l >= 0; l--) {
+        if (have == 0) b->hi[b->n] = l;
+        have += m->layer_off[l + 1] - m->layer_off[l];
+        if (l == 0 || cap_bytes <= 0 || have * (int64_t)elem >= cap_bytes) {
+            b->lo[b->n++] = l;
+            if (have > b->max_elems) b->max_elems = have;
+            have = 0;
+        }
+    }
+    return 0;
+}
+
 static void bucket_issue(buckets *b, int layer) {
-    int expect = b->m->n_layers - 1 - b->next;
-    if (layer != expect) { /* the model finished layers in another order: issue the due one anyway */
+    trainer_model *m = b->m;
+    int expect = m->n_layers - 1 - b->next;
+    if (layer != expect) { /* the model finished layers in another order: take the due one anyway */
         if (!b->rc) b->rc = err_set(ERR_STAGE, "internal: layer %d's gradients came before layer %d's", layer, expect);
         layer = expect;
     }
-    int64_t off = b->m->layer_off[layer], n = b->m->layer_off[layer + 1] - off;
-    int c = n > 0 ? coll_allreduce_grads(b->m->grads + off, n) : 0;
-    if (c && !b->rc) b->rc = c;
+    if (b->acc) /* the final micro-batch's share of this layer joins the exact sums */
+        for (int64_t i = m->layer_off[layer]; i < m->layer_off[layer + 1]; i++) b->acc[i] += (double)m->grads[i];
     b->next++;
+    if (b->cur >= b->n || layer != b->lo[b->cur]) {
+        if (b->acc) coll_grads_progress();
+        return;
+    }
+    int64_t off = m->layer_off[layer], n = m->layer_off[b->hi[b->cur] + 1] - off;
+    int c = b->acc ? coll_allreduce_grads_f64(b->acc + off, n) : coll_allreduce_grads(m->grads + off, n);
+    if (c && !b->rc) b->rc = c;
+    b->cur++;
 }
 
 static void bucket_ready(void *ud, int layer) { bucket_issue(ud, layer); }
@@ -498,18 +562,37 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     /* the number of ranks is left out on purpose: a run resumes with another number of ranks */
     const uint64_t chash = config_hash(cfg, m->n_params, train);
 
-    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world};
+    /* the CPU backend (gradients in host memory) sums the micro-batches' gradients in fp64, so that
+     * the sum is the same whatever the grouping: N ranks give one process's bytes (trainer.h) */
+    const bool exact = !ops->own_memory;
+    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world,
+                   .sharded = cfg->shard_optimizer && world > 1};
     data_order order = {0};
     train_batch b = {0};
+    buckets bk = {0};
     int64_t *idx = malloc((size_t)global_rows * sizeof *idx);
     int64_t *row_targets = NULL;
-    s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb);
-    s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb);
-    if (m->adam_m) ops->zero(m->adam_m, nb);
-    if (m->adam_v) ops->zero(m->adam_v, nb);
+    double *acc = exact ? malloc((size_t)m->n_params * sizeof *acc) : NULL;
+    double *mb_loss = calloc((size_t)accum * (size_t)world, sizeof *mb_loss); /* per micro-batch, global order */
+    s.shard = malloc(((size_t)world + 1) * sizeof *s.shard);
     int rc = 0;
-    if (!idx || !s.adam_m || !s.adam_v) {
-        rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)m->n_params);
+    if (!idx || (exact && !acc) || !mb_loss || !s.shard) {
+        rc = err_set(ERR_STAGE, "out of memory for the training state of %lld parameters", (long long)m->n_params);
+        goto out;
+    }
+    for (int k = 0; k <= world; k++) {
+        int64_t lo, hi;
+        coll_shard(m->n_params, world, k < world ? k : world - 1, &lo, &hi);
+        s.shard[k] = k < world ? lo : hi;
+    }
+    const int64_t n_opt = s.sharded ? s.shard[rank + 1] - s.shard[rank] : m->n_params, opt_lo = s.sharded ? s.shard[rank] : 0;
+    const size_t nb_opt = (size_t)(n_opt > 0 ? n_opt : 1) * sizeof(float);
+    s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb_opt);
+    s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb_opt);
+    if (m->adam_m) ops->zero(m->adam_m, nb_opt);
+    if (m->adam_v) ops->zero(m->adam_v, nb_opt);
+    if (!s.adam_m || !s.adam_v) {
+        rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)n_opt);
         goto out;
     }
     if (world > 1 && global_rows > train->n_rows) {
@@ -548,6 +631,11 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
                  (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)train->n_rows, (long long)m->n_params,
                  s.hd.step ? " (resumed)" : "");
+    if (s.sharded)
+        hook_log(hooks, "optimizer state sharded over %d ranks (ZeRO-1): AdamW m and v %.2f MiB a rank instead of "
+                        "%.2f MiB (rank %d updates parameters %lld..%lld, then every rank gathers them)",
+                 world, 2.0 * (double)n_opt * 4 / 1048576.0, 2.0 * (double)m->n_params * 4 / 1048576.0, rank,
+                 (long long)s.shard[rank], (long long)s.shard[rank + 1]);
     if (val && s.hd.step == 0) {
         rc = run_eval(&s, val, 0, &s.hd.first_val_loss);
         s.hd.last_val_loss = s.hd.first_val_loss;
@@ -557,7 +645,16 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     /* the gradients travel (several ranks, or NCCL asked for on one to measure its path) in one
      * bucket a layer while the backward goes on, or in one piece after it for a model without layers */
     const bool reduce = world > 1 || coll_nccl_active(), bucketed = reduce && buckets_usable(m);
-    buckets bk = {.m = m};
+    if (bucketed) {
+        if ((rc = buckets_plan(&bk, m, cfg->bucket_bytes, exact ? sizeof(double) : sizeof(float)))) goto out;
+        bk.acc = acc;
+    {
+        char size[64] = "a layer each";
+        if (cfg->bucket_bytes > 0) snprintf(size, sizeof size, "whole layers, at least %.2f MiB", (double)cfg->bucket_bytes / 1048576.0);
+        hook_log(hooks, "gradients: %d bucket%s a step (%s; the largest %.3f MiB; %s sums)", bk.n, bk.n == 1 ? "" : "s",
+                 size, (double)bk.max_elems * (exact ? 8.0 : 4.0) / 1048576.0, exact ? "exact fp64" : "fp32");
+    }
+    }
     double t_run = now_s();
     bool interrupted = false;
     for (;;) {
@@ -582,32 +679,37 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         /* a step with no target token at all (fully masked rows) still advances: zero gradient */
         const float grad_scale = n_targets ? 1.0f / (float)n_targets : 0.0f;
         ops->zero(m->grads, nb);
-        double loss_sum = 0;
+        if (exact) memset(acc, 0, (size_t)m->n_params * sizeof *acc);
+        memset(mb_loss, 0, (size_t)accum * (size_t)world * sizeof *mb_loss);
         bool stop = false;
         rng_state step_rng = rng;
         for (int k = 0; k < rank * accum; k++) rng_next(&step_rng); /* the seeds of the ranks before */
-        bk.next = 0;
+        bk.next = bk.cur = 0;
         bk.rc = 0;
         for (int a = 0; a < accum && !rc; a++) {
             if (world == 1 && hook_interrupted(hooks)) { /* alone: stop between micro-steps */
                 stop = true;
                 break;
             }
-            if (bucketed && a == accum - 1) m->set_layer_done(m->self, bucket_ready, &bk); /* the final pass */
+            const bool last = a == accum - 1;
+            if (bucketed && last) m->set_layer_done(m->self, bucket_ready, &bk); /* the final pass */
             uint64_t dseed = rng_next(&step_rng);
             double ls = 0;
             if ((rc = train_data_batch(train, mine + (int64_t)a * mb, mb, &b))) break;
+            if (exact && a > 0) ops->zero(m->grads, nb); /* each micro-batch's gradient on its own */
             if ((rc = m->train_step(m->self, &b, grad_scale, dseed, &ls))) break;
-            loss_sum += ls;
+            mb_loss[(int64_t)rank * accum + a] = ls;
             n_tokens += b.T;
+            if (exact && !(bucketed && last))
+                for (int64_t i = 0; i < m->n_params; i++) acc[i] += (double)m->grads[i];
         }
         if (bucketed) {
             m->set_layer_done(m->self, NULL, NULL);
             /* a rank that failed before its final pass still issues every bucket: all ranks pass the
              * same collectives */
             while (world > 1 && bk.next < m->n_layers) bucket_issue(&bk, m->n_layers - 1 - bk.next);
-            coll_grads_wait();
-            if (!rc) rc = bk.rc;
+            int w = coll_grads_wait();
+            if (!rc) rc = bk.rc ? bk.rc : w;
         }
         if (rc && world == 1) goto out;
         if (world == 1 && (stop || hook_interrupted(hooks))) { /* the partial step is dropped */
@@ -616,18 +718,24 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         }
         for (int k = (rank + 1) * accum; k < world * accum; k++) rng_next(&step_rng); /* and of those after */
         if (reduce && !bucketed) { /* every rank, failed or not, joins the sums; a failure shows at the boundary */
-            int c = coll_allreduce_grads(m->grads, m->n_params);
-            coll_grads_wait();
-            if (!rc) rc = c;
+            int c = exact ? coll_allreduce_grads_f64(acc, m->n_params) : coll_allreduce_grads(m->grads, m->n_params);
+            int w = coll_grads_wait();
+            if (!rc) rc = c ? c : w;
         }
+        if (exact) /* one rounding, of the exact sum over every micro-batch of every rank */
+            for (int64_t i = 0; i < m->n_params; i++) m->grads[i] = (float)acc[i];
         if (world > 1) {
-            double v[2] = {loss_sum, (double)n_tokens};
-            int c = coll_allreduce_f64(v, 2);
+            /* each micro-batch's loss sits in its own slot (zeros elsewhere: the sum is exact), and
+             * is added in the global order, as one process adds them */
+            double tok = (double)n_tokens;
+            int c = coll_allreduce_f64(mb_loss, accum * world);
+            if (!c) c = coll_allreduce_f64(&tok, 1);
             if (!rc) rc = c;
-            loss_sum = v[0];
-            n_tokens = (int64_t)v[1];
+            n_tokens = (int64_t)tok;
             if (rc) continue;
         }
+        double loss_sum = 0;
+        for (int k = 0; k < accum * world; k++) loss_sum += mb_loss[k];
 
         double loss = n_targets ? loss_sum / (double)n_targets : 0.0;
         double gnorm = sqrt(ops->sum_squares(m->grads, m->n_params));
@@ -643,8 +751,13 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
             if (world == 1) goto out;
             continue;
         }
-        ops->adamw(m->params, m->grads, s.adam_m, s.adam_v, m->n_params, (float)lr, (float)cfg->adam_beta1,
-                   (float)cfg->adam_beta2, (float)cfg->adam_epsilon, (float)cfg->weight_decay, (int)(step + 1));
+        /* sharded: this rank's piece only (AdamW is elementwise: the same bytes as the whole
+         * update's), then every rank gathers the others' pieces */
+        if (n_opt > 0)
+            ops->adamw(m->params + opt_lo, m->grads + opt_lo, s.adam_m, s.adam_v, n_opt, (float)lr,
+                       (float)cfg->adam_beta1, (float)cfg->adam_beta2, (float)cfg->adam_epsilon,
+                       (float)cfg->weight_decay, (int)(step + 1));
+        if (s.sharded && (rc = coll_allgather_f32(m->params, s.shard))) continue;
         ops->sync();
 
         rng = step_rng;
@@ -692,6 +805,10 @@ out:
     free(idx);
     free(row_targets);
     free(order.perm);
+    free(acc);
+    free(mb_loss);
+    free(s.shard);
+    free(bk.lo);
     train_batch_free(&b);
     if (s.adam_m && s.adam_m != m->adam_m) ops->free(s.adam_m);
     if (s.adam_v && s.adam_v != m->adam_v) ops->free(s.adam_v);

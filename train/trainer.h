@@ -18,11 +18,26 @@
  * run of dropout seeds, so the ranks together take exactly the rows and seeds one process with
  * accum x world takes. The normaliser is the target tokens of the whole global batch (every
  * rank knows every row's count, so it is summed before the step, as one process sums it); the
- * gradients are all-reduced (core/collective.h: MPI on the CPU, NCCL on CUDA) before the norm,
- * the clipping and AdamW, which every rank then applies to identical bytes. Only rank 0 writes
- * checkpoints and calls the on_step / on_eval hooks; evaluation splits the val micro-batches
- * over the ranks. A failure or an interrupt on any rank stops every rank at the next step
- * boundary (coll_agree), the last checkpoint intact.
+ * gradients are all-reduced (core/collective.h: MPI on the CPU, NCCL on CUDA) in buckets of whole
+ * layers (bucket_bytes) started as the final micro-batch's backward finishes them, before the
+ * norm, the clipping and AdamW, which every rank then applies to identical bytes. Only rank 0
+ * writes checkpoints and calls the on_step / on_eval hooks; evaluation splits the val
+ * micro-batches over the ranks. A failure or an interrupt on any rank stops every rank at the next
+ * step boundary (coll_agree), the last checkpoint intact.
+ *
+ * Equal to one process, bit for bit, on the CPU backend (gradients in host memory): each
+ * micro-batch's gradient (fp32, as the backward makes it) is added into an fp64 sum, the ranks'
+ * fp64 sums are all-reduced, and the total is rounded to fp32 once. An fp64 sum of a few fp32
+ * values is exact unless they span more than ~2^29 in magnitude, so its value does not depend on
+ * how the micro-batches are grouped into ranks or on MPI's reduction order; where it is not exact
+ * the two groupings differ by at most 2^-52 relative before the one rounding. Each micro-batch's
+ * loss travels in its own slot and is added in the global order, as one process adds them. On a
+ * GPU the micro-batches accumulate in fp32 in place and NCCL sums in fp32 (equal to rounding).
+ * With shard_optimizer (ZeRO-1) rank r keeps AdamW's m and v for its piece of the buffer only
+ * (coll_shard), updates that piece after the global norm and clipping on the whole gradient, and
+ * every rank gathers the updated pieces: AdamW is elementwise, so the bytes equal the unsharded
+ * update's; checkpoints gather the pieces to rank 0 and hold the whole state (resumable on any
+ * number of ranks, sharded or not).
  *
  * Determinism: the data order, the dropout seeds (an rng_state saved in checkpoints) and
  * the op order depend only on the seed and the step, so a run killed at any moment and
@@ -39,6 +54,7 @@
 #define MODEL_TRAINER_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kernels/ops.h"
@@ -52,7 +68,9 @@ typedef struct trainer_model {
     int64_t n_params;
     float *params; /* backend memory: every trainable value, one buffer */
     float *grads;  /* backend memory, same layout; train_step accumulates (+=) into it */
-    float *adam_m, *adam_v; /* optional backend buffers for AdamW state (NULL: the trainer allocates) */
+    /* optional backend buffers for AdamW state (NULL: the trainer allocates); with shard_optimizer
+     * over several ranks they hold this rank's piece only (coll_shard of n_params) */
+    float *adam_m, *adam_v;
     /* Forward and backward of one micro-batch: grads += grad_scale * d(sum of target-token
      * losses)/d(params); *loss_sum = that (unscaled) sum. dropout_seed varies per micro-step. */
     int (*train_step)(void *self, const train_batch *b, float grad_scale, uint64_t dropout_seed, double *loss_sum);
@@ -86,6 +104,8 @@ typedef struct trainer_config {
     uint64_t seed;
     const char *work_dir; /* checkpoints; NULL: none, no resume */
     int rank, world;      /* data parallel: this process is rank of world (world 0 or 1: alone) */
+    int64_t bucket_bytes; /* gradient all-reduce buckets of at least this many bytes (<= 0: one a layer) */
+    bool shard_optimizer; /* ZeRO-1: each rank keeps the AdamW state of its piece (coll_shard) only */
 } trainer_config;
 
 /* what one optimizer step did (for the log line, events and the on_step hook) */

@@ -52,6 +52,8 @@ void cpu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, i
 void cpu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T, int C);
 void cpu_add_inplace(void *y, const void *x, int64_t n);
 void cpu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
+void cpu_rope_ex(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                 int inverse);
 void cpu_swiglu_fwd(void *out, const void *gate, const void *up, int64_t n);
 void cpu_swiglu_bwd(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
 void cpu_geglu_fwd(void *out, const void *gate, const void *up, int64_t n);

@@ -68,6 +68,28 @@ void cpu_rope(void *q_, const int32_t *pos, const float *inv_freq, int T, int nh
     }
 }
 
+/* partial rotary with a scale (phi3): dims [0, rot) of each head rotate as cpu_rope's over rot
+ * (j pairs with j + rot/2, inv_freq[rot/2]), dims [rot, hd) pass unchanged; the rotated ones are
+ * multiplied by mscale (cos and sin scaled, as transformers' attention_scaling) */
+void cpu_rope_ex(void *q_, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                 int inverse) {
+    float *q = q_;
+    int half = rot / 2;
+    float sgn = inverse ? -1.0f : 1.0f;
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < half; j++) {
+            float ang = (float)pos[t] * inv_freq[j];
+            float c = cosf(ang) * mscale, s = sgn * sinf(ang) * mscale; /* transformers scales cos, sin in fp32 */
+            for (int h = 0; h < nh; h++) {
+                float *qh = q + ((int64_t)t * nh + h) * hd;
+                float x1 = qh[j], x2 = qh[j + half];
+                qh[j] = x1 * c - x2 * s;
+                qh[j + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
 /* ---- SwiGLU ---- */
 
 void cpu_swiglu_fwd(void *out_, const void *gate_, const void *up_, int64_t n) {

@@ -284,6 +284,7 @@ static const ops_table cpu_table = {
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
     .side_copy = cpu_side_copy,
     .side_wait = cpu_side_wait,
+    .rope_ex = cpu_rope_ex,
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }

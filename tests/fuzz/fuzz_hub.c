@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char e[130];
     if (hub_etag_normalize(s, e, sizeof e) && (strchr(e, '/') || e[0] == '.' || !e[0])) abort();
     if (hub_path_safe(s) && escapes(s)) abort();
-    (void)hub_retry_after_parse(s, 1.7e9);
+    (void)net_retry_after_parse(s, 1.7e9);
     free(s);
     err_clear();
     return 0;

@@ -10,7 +10,7 @@
 
 static void clear_env(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK",
-                          "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID"};
+                          "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "MASTER_PORT"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) unsetenv(vars[i]);
 }
 
@@ -21,6 +21,10 @@ TEST(env_world) {
     setenv("SLURM_NTASKS", "4", 1);
     setenv("SLURM_PROCID", "0", 1);
     CHECK_EQ_INT(coll_env_world(), 0);
+    /* ... unless MASTER_PORT asks for the rendezvous of an srun without PMI */
+    setenv("MASTER_PORT", "29500", 1);
+    CHECK_EQ_INT(coll_env_world(), 4);
+    unsetenv("MASTER_PORT");
     setenv("SLURM_STEP_NUM_TASKS", "4", 1);
     CHECK_EQ_INT(coll_env_world(), 4);
     setenv("OMPI_COMM_WORLD_SIZE", "3", 1); /* mpirun's variables come first */
@@ -52,6 +56,43 @@ TEST(world_of_one) {
     free(s);
 }
 
+/* world 1: the gradient collectives touch nothing and wait for nothing */
+TEST(grads_alone) {
+    double d[2] = {0.25, -3};
+    CHECK_EQ_INT(coll_allreduce_grads_f64(d, 2), 0);
+    coll_grads_progress();
+    CHECK_EQ_INT(coll_grads_wait(), 0);
+    CHECK(d[0] == 0.25 && d[1] == -3);
+    float p[4] = {1, 2, 3, 4};
+    int64_t off[2] = {0, 4};
+    CHECK_EQ_INT(coll_allgather_f32(p, off), 0);
+    CHECK_EQ_INT(coll_gather_f32(p, off, 0), 0);
+    CHECK(p[0] == 1 && p[3] == 4);
+}
+
+/* the sharded optimizer's pieces: contiguous, in rank order, covering everything once, 64-aligned */
+TEST(shard_pieces) {
+    const int64_t ns[] = {0, 1, 63, 64, 65, 1000, 262144 + 17};
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+        for (int w = 1; w <= 9; w++) {
+            int64_t end = 0, big = 0;
+            for (int r = 0; r < w; r++) {
+                int64_t lo, hi;
+                coll_shard(ns[i], w, r, &lo, &hi);
+                CHECK(lo == end);
+                CHECK(hi >= lo);
+                CHECK(lo % 64 == 0 || lo == ns[i]);
+                if (hi - lo > big) big = hi - lo;
+                end = hi;
+            }
+            CHECK(end == ns[i]);
+            CHECK(big <= (ns[i] + w - 1) / w + 63); /* no rank holds much more than its share */
+        }
+    int64_t lo, hi;
+    coll_shard(1000, 2, 1, &lo, &hi);
+    CHECK(lo == 512 && hi == 1000);
+}
+
 TEST(agreement_alone) {
     int intr = 1;
     CHECK_EQ_INT(coll_agree(0, &intr), 0);
@@ -80,6 +121,8 @@ int main(void) {
     RUN(env_world);
     RUN(world_of_one);
     RUN(agreement_alone);
+    RUN(grads_alone);
+    RUN(shard_pieces);
     RUN(nccl_missing);
     coll_finalize();
     return test_summary();

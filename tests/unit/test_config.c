@@ -1,6 +1,7 @@
 /* test_config.c: config.json of llama/mistral/qwen2 in both transformers layouts, the 4.x
  * writer, presets, the tensor layout against a transformers-written checkpoint, and the
  * adapter-vs-model validator. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include "formats/safetensors.h"
 #include "model/adapter.h"
 #include "model/config.h"
+#include "model/lora_init.h"
 #include "test.h"
 
 static char tmpdir[256];
@@ -173,7 +175,7 @@ TEST(test_presets) {
     static const struct { const char *name; long long params; } real[] = {
         {"llama3-8b", 8030261248LL}, {"llama3-70b", 70553706496LL}, {"qwen3-0.6b", 596049920LL},
         {"qwen3-8b", 8190735360LL}, {"qwen3-32b", 32762123264LL}, {"mistral-7b", 7248023552LL},
-        {"gemma3-1b", 999885952LL}};
+        {"gemma3-1b", 999885952LL}, {"phi3-mini", 3821079552LL}};
     for (size_t i = 0; i < sizeof real / sizeof *real; i++) {
         CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, real[i].name), 0);
         if (config_param_count(&c) != real[i].params)
@@ -190,8 +192,8 @@ TEST(test_presets) {
 /* the families' errors: file, key, supported values, before anything runs */
 TEST(test_family_rejects) {
     model_config c;
-    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"phi3\"}"), ERR_DATA);
-    CHECK(strstr(err_msg(), "config.json: model_type 'phi3' is not supported (supported: llama, mistral, qwen2, qwen3, gemma3_text)") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"phi\"}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "config.json: model_type 'phi' is not supported (supported: llama, mistral, qwen2, qwen3, gemma3_text, phi3)") != NULL);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3\"}"), ERR_DATA);
     CHECK(strstr(err_msg(), "multimodal") != NULL);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"final_logit_softcapping\":30.0}"), ERR_DATA);
@@ -216,6 +218,105 @@ TEST(test_family_rejects) {
     CHECK(d.arch == ARCH_GEMMA3 && d.qk_norm && d.sliding_window == 512 && d.sliding_window_pattern == 6 &&
           d.query_pre_attn_scalar == 64 && d.rope_local_theta == 10000.0 && d.rope_type == ROPE_LINEAR && d.head_dim == 64);
     json_decref(j);
+}
+
+/* "factors":[...] of n entries, each v */
+static char *factors_json(const char *key, int n, double v) {
+    char *s = malloc(32 + (size_t)n * 8), *p = s;
+    p += sprintf(p, "\"%s\":[", key);
+    for (int i = 0; i < n; i++) p += sprintf(p, "%s%.2f", i ? "," : "", v + 0.01 * i);
+    sprintf(p, "]");
+    return s;
+}
+
+/* phi3 as transformers 4.x writes Phi-3-mini-128k-instruct ("su", original_max_position_embeddings at the
+ * top) and 5.x writes Phi-4-mini (rope_parameters with partial_rotary_factor 0.75: 96 of 128 dims) */
+TEST(test_phi3_configs) {
+    model_config c;
+    char *sf = factors_json("short_factor", 48, 1.0), *lf = factors_json("long_factor", 48, 1.5), text[4096];
+    snprintf(text, sizeof text,
+             "{\"architectures\":[\"Phi3ForCausalLM\"],\"model_type\":\"phi3\",\"hidden_size\":3072,\"intermediate_size\":8192,"
+             "\"num_attention_heads\":32,\"num_key_value_heads\":32,\"num_hidden_layers\":32,\"vocab_size\":32064,"
+             "\"max_position_embeddings\":131072,\"original_max_position_embeddings\":4096,\"rope_theta\":10000.0,"
+             "\"rope_scaling\":{\"type\":\"su\",%s,%s},\"sliding_window\":262144,\"hidden_act\":\"silu\","
+             "\"resid_pdrop\":0.0,\"embd_pdrop\":0.0,\"attention_dropout\":0.0,\"bos_token_id\":1,\"eos_token_id\":32000,"
+             "\"pad_token_id\":32000,\"torch_dtype\":\"bfloat16\"}", sf, lf);
+    CHECK_EQ_INT(from_text(&c, text), 0);
+    CHECK(c.arch == ARCH_PHI3 && c.rope_type == ROPE_LONGROPE && c.n_rope_factors == 48 && c.rope_dim == 96);
+    CHECK(c.rope_original_max_position == 4096 && c.rope_long_factor[47] == 1.5 + 0.47 && c.sliding_window == 262144);
+    CHECK(fabs(c.rope_attn_factor - sqrt(1 + log(32.0) / log(4096.0))) < 1e-12); /* 1.1902 */
+    int64_t out, in;
+    CHECK_EQ_INT(config_linear_shape(&c, "model.layers.3.self_attn.qkv_proj", &out, &in), 0);
+    CHECK(out == 9216 && in == 3072);
+    CHECK_EQ_INT(config_linear_shape(&c, "model.layers.3.mlp.gate_up_proj", &out, &in), 0);
+    CHECK(out == 16384 && in == 3072);
+    CHECK_EQ_INT(config_linear_shape(&c, "model.layers.3.self_attn.q_proj", &out, &in), ERR_DATA);
+    CHECK(strstr(err_msg(), "self_attn.{qkv,o}_proj") != NULL);
+    /* written back (4.x form: exactly type, short_factor, long_factor) and read again */
+    json_t *j = config_to_json(&c);
+    CHECK(json_object_size(json_object_get(j, "rope_scaling")) == 3 && !json_object_get(j, "head_dim"));
+    model_config d;
+    CHECK_EQ_INT(config_from_json(&d, j, "config.json"), 0);
+    CHECK(d.rope_type == ROPE_LONGROPE && d.rope_attn_factor == c.rope_attn_factor && d.rope_short_factor[5] == c.rope_short_factor[5]);
+    json_decref(j);
+    free(sf), free(lf);
+    sf = factors_json("short_factor", 48, 1.0), lf = factors_json("long_factor", 48, 2.0);
+    snprintf(text, sizeof text,
+             "{\"model_type\":\"phi3\",\"hidden_size\":3072,\"intermediate_size\":8192,\"num_attention_heads\":24,"
+             "\"num_key_value_heads\":8,\"num_hidden_layers\":32,\"vocab_size\":200064,\"max_position_embeddings\":131072,"
+             "\"original_max_position_embeddings\":4096,\"tie_word_embeddings\":true,\"sliding_window\":null,"
+             "\"rope_parameters\":{\"rope_type\":\"longrope\",\"rope_theta\":10000.0,\"partial_rotary_factor\":0.75,%s,%s},"
+             "\"dtype\":\"bfloat16\"}", sf, lf);
+    CHECK_EQ_INT(from_text(&c, text), 0);
+    CHECK(c.head_dim == 128 && c.rope_dim == 96 && c.partial_rotary_factor == 0.75 && c.sliding_window == 0 && c.tie_word_embeddings);
+    /* the errors: file, key, what is supported */
+    char *bad = strstr(text, "0.75");
+    memcpy(bad, "0.50", 4); /* 64 rotated dims want 32 factors, not 48 */
+    CHECK_EQ_INT(from_text(&c, text), ERR_DATA);
+    CHECK(strstr(err_msg(), "config.json: longrope has 48 short/long factors, but 64 rotated dims need 32") != NULL);
+    free(sf), free(lf);
+    static const struct { const char *json, *msg; } rejects[] = {
+        {"{\"model_type\":\"phi3\",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}}",
+         "rope_scaling type 'yarn' is not supported for phi3 (supported: default, longrope, su)"},
+        {"{\"model_type\":\"phi3\",\"hidden_act\":\"gelu\"}", "hidden_act 'gelu' is not supported (supported: silu)"},
+        {"{\"model_type\":\"phi3\",\"resid_pdrop\":0.1}", "\"resid_pdrop\" is 0.1: dropout inside the model is not supported"},
+        {"{\"model_type\":\"phi3\",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1],\"long_factor\":[1,2]}}",
+         "rope_scaling has 1 short_factor and 2 long_factor entries"},
+        {"{\"model_type\":\"phi3\",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,\"x\"],\"long_factor\":[1,2]}}",
+         "rope_scaling.short_factor[1] must be a positive number"},
+        {"{\"model_type\":\"phi3\",\"partial_rotary_factor\":0.001}", "partial_rotary_factor 0.001 gives 0 rotated dims"},
+        {"{\"model_type\":\"llama\",\"partial_rotary_factor\":0.5}", "partial_rotary_factor 0.5 is only supported for phi3"},
+    };
+    for (size_t i = 0; i < sizeof rejects / sizeof *rejects; i++) {
+        CHECK_EQ_INT(from_text(&c, rejects[i].json), ERR_DATA);
+        if (!strstr(err_msg(), rejects[i].msg)) fprintf(stderr, "  got: %s\n  want: %s\n", err_msg(), rejects[i].msg);
+        CHECK(strstr(err_msg(), rejects[i].msg) != NULL);
+    }
+    /* the preset, and LoRA targets of its family */
+    CHECK(config_preset_is_named("phi3-mini", NULL));
+    CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, "phi3-mini"), 0);
+    CHECK(c.arch == ARCH_PHI3 && c.sliding_window == 2047 && c.eos_token_id == 32000 && c.pad_token_id == 32000);
+    CHECK_EQ_INT(config_preset(&c, ARCH_PHI3, "tiny"), 0);
+    json_t *tg = json_pack("[s]", "q_proj");
+    lora_init_opts o = {.r = 4, .alpha = 8, .targets = tg};
+    peft_adapter a;
+    CHECK_EQ_INT(lora_adapter_create(&a, &c, &o), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "target 'q_proj' matches no module of a phi3 model (its modules: qkv_proj, o_proj, gate_up_proj, down_proj)") != NULL);
+    json_decref(tg);
+    tg = json_string("all-linear");
+    o.targets = tg;
+    CHECK_EQ_INT(lora_adapter_create(&a, &c, &o), 0);
+    CHECK(a.n_lora == 16 && !strcmp(a.lora[0].module, "model.layers.0.self_attn.qkv_proj") && a.lora[0].out == 4 * 32 + 2 * 4 * 32);
+    CHECK(!strcmp(a.lora[2].module, "model.layers.0.mlp.gate_up_proj") && a.lora[2].out == 2 * 352);
+    CHECK_EQ_INT(adapter_validate(&a, &c, "ad"), 0);
+    peft_adapter_free(&a);
+    json_decref(tg);
+    CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, "tiny"), 0);
+    tg = json_pack("[s]", "qkv_proj");
+    o.targets = tg;
+    CHECK_EQ_INT(lora_adapter_create(&a, &c, &o), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "matches no module of a llama model") != NULL);
+    json_decref(tg);
 }
 
 TEST(test_adapter_validate) {
@@ -261,6 +362,7 @@ int main(void) {
     RUN(test_rejects);
     RUN(test_presets);
     RUN(test_family_rejects);
+    RUN(test_phi3_configs);
     RUN(test_adapter_validate);
     fs_rm_rf(tmpdir);
     return test_summary();

@@ -33,9 +33,7 @@
 
 /* our PEFT adapter of g holding the inputs' LoRA A/B (already uploaded into m) into dir */
 static int write_adapter(const gmodel *g, const model_config *c, llama_model *m, const char *dir) {
-    json_t *tg = json_array();
-    for (int k = 0; k < LLAMA_NTARGETS; k++)
-        if (g->targets & (1u << k)) json_array_append_new(tg, json_string(llama_target_name((llama_target)k)));
+    json_t *tg = golden_target_names(c, g->targets);
     lora_init_opts o = {.r = g->r, .alpha = g->alpha, .dropout = 0, .use_rslora = g->rslora, .seed = 1, .targets = tg};
     peft_adapter a;
     int rc = lora_adapter_create(&a, c, &o);
@@ -143,6 +141,25 @@ static int make_gemma3(void) {
     return make_checkpoint(&c, "golden/gemma3-tiny");
 }
 
+static int make_phi3(void) {
+    model_config c;
+    tiny_config(&c, ARCH_PHI3);
+    c.num_kv_heads = 2;                 /* qkv_proj [4*16 + 2*2*16, 64] */
+    c.rope_theta = 10000.0;
+    c.rms_norm_eps = 1e-5;
+    c.partial_rotary_factor = 0.5;      /* 8 of each head's 16 dims rotate */
+    c.rope_dim = 8;
+    c.sliding_window = 10;
+    c.rope_type = ROPE_LONGROPE;        /* original context 16 of 512: attention factor 1.5 */
+    c.rope_original_max_position = 16;
+    c.n_rope_factors = 4;
+    static const double sf[] = {1.0, 1.25, 1.5, 2.0}, lf[] = {1.0, 3.0, 9.0, 27.0};
+    for (int i = 0; i < 4; i++) c.rope_short_factor[i] = sf[i], c.rope_long_factor[i] = lf[i];
+    c.rope_attn_factor = 1.5;
+    c.rope_factor = 0;                  /* derived: 512 / 16 */
+    return make_checkpoint(&c, "golden/phi3-tiny");
+}
+
 static int make_inputs(const gmodel *g) {
     model_config c;
     llama_model *m = golden_model(g, &c, NULL, ops_cpu());
@@ -191,10 +208,7 @@ static int make_inputs(const gmodel *g) {
     st_writer_meta(w, "config", cs);
     json_t *lj = json_pack("{s:i, s:f, s:b, s:f, s:f, s:i}", "r", g->r, "alpha", (double)g->alpha, "rslora",
                            g->rslora, "lr", (double)ADAM_LR, "weight_decay", (double)ADAM_WD, "steps", ADAM_STEPS);
-    json_t *tg = json_array();
-    for (int k = 0; k < LLAMA_NTARGETS; k++)
-        if (g->targets & (1u << k)) json_array_append_new(tg, json_string(llama_target_name((llama_target)k)));
-    json_object_set_new(lj, "targets", tg);
+    json_object_set_new(lj, "targets", golden_target_names(&c, g->targets));
     char *ls = json_dumps(lj, JSON_COMPACT | JSON_SORT_KEYS);
     st_writer_meta(w, "lora", ls);
     int rc = st_writer_finish(&w);
@@ -260,7 +274,10 @@ TEST(golden_adapters_as_peft_loaded_them) {
     check_adapter(&models[2]);
     check_adapter(&models[3]);
     check_adapter(&models[4]);
+    check_adapter(&models[5]);
 }
+TEST(golden_phi3) { check_case(&models[5], false, ops_cpu(), GOLDEN_TOL_CPU); }
+TEST(golden_phi3_packed) { check_case(&models[5], true, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_gemma3) { check_case(&models[4], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_gemma3_packed) { check_case(&models[4], true, ops_cpu(), GOLDEN_TOL_CPU); }
 
@@ -277,7 +294,8 @@ int main(int argc, char **argv) {
             for (int i = 2; i < argc; i++) want |= !strcmp(argv[i], models[k].name);
             if (!want) continue;
             int rc = !strcmp(models[k].name, "qwen2") ? make_qwen2() : !strcmp(models[k].name, "qwen3") ? make_qwen3()
-                   : !strcmp(models[k].name, "mistral") ? make_mistral() : !strcmp(models[k].name, "gemma3") ? make_gemma3() : 0;
+                   : !strcmp(models[k].name, "mistral") ? make_mistral() : !strcmp(models[k].name, "gemma3") ? make_gemma3()
+                   : !strcmp(models[k].name, "phi3") ? make_phi3() : 0;
             if (rc || make_inputs(&models[k])) {
                 fprintf(stderr, "%s: %s\n", models[k].name, err_msg());
                 return 1;
@@ -295,6 +313,8 @@ int main(int argc, char **argv) {
     RUN(golden_mistral_window_packed);
     RUN(golden_gemma3);
     RUN(golden_gemma3_packed);
+    RUN(golden_phi3);
+    RUN(golden_phi3_packed);
     RUN(golden_adapters_as_peft_loaded_them);
     return test_summary();
 }

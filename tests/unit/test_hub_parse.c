@@ -171,13 +171,13 @@ TEST(test_head_headers) {
 }
 
 TEST(test_retry_after) {
-    CHECK_NEAR(hub_retry_after_parse("2", 0), 2.0, 1e-9);
-    CHECK_NEAR(hub_retry_after_parse(" 30\r\n", 0), 30.0, 1e-9);
-    CHECK_NEAR(hub_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", 1445412475.0), 5.0, 1e-9);
-    CHECK_NEAR(hub_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490.0), 0.0, 1e-9);
-    CHECK(hub_retry_after_parse("soon", 0) < 0);
-    CHECK(hub_retry_after_parse("-3", 0) < 0);
-    CHECK(hub_retry_after_parse(NULL, 0) < 0);
+    CHECK_NEAR(net_retry_after_parse("2", 0), 2.0, 1e-9);
+    CHECK_NEAR(net_retry_after_parse(" 30\r\n", 0), 30.0, 1e-9);
+    CHECK_NEAR(net_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", 1445412475.0), 5.0, 1e-9);
+    CHECK_NEAR(net_retry_after_parse("Wed, 21 Oct 2015 07:28:00 GMT", 1445412490.0), 0.0, 1e-9);
+    CHECK(net_retry_after_parse("soon", 0) < 0);
+    CHECK(net_retry_after_parse("-3", 0) < 0);
+    CHECK(net_retry_after_parse(NULL, 0) < 0);
 }
 
 TEST(test_config_env) {

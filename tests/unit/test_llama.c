@@ -311,9 +311,10 @@ TEST(kv_cache_matches_forward) { kv_check(); }
 
 /* the same two checks on qwen3 (q/k norms), a mistral with a sliding window of 6 (shorter than
  * the sequences here: the windowed ops forward, backward and through the KV cache) and gemma3
- * (its four norms, GeGLU, local and global layers) */
+ * (its four norms, GeGLU, local and global layers) and phi3 (fused projections sharing one LoRA A,
+ * partial rotary with longrope's scale, a window of 10) */
 TEST(families_grads_and_kv_cache) {
-    static const char *dirs[] = {"golden/qwen3-tiny", "golden/mistral-tiny", "golden/gemma3-tiny"};
+    static const char *dirs[] = {"golden/qwen3-tiny", "golden/mistral-tiny", "golden/gemma3-tiny", "golden/phi3-tiny"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         small_dir = dirs[i];
         fprintf(stderr, "  %s\n", dirs[i]);

@@ -106,6 +106,37 @@ TEST(rope_inverse_is_transpose) {
     CHECK_NEAR(q[5], q0[5] * cosf(a) + q0[1] * sinf(a), 1e-6);
 }
 
+/* rope_ex: phi3's partial rotary (the first rot dims of each head) times a scale */
+TEST(rope_ex_partial_scaled) {
+    int T = 4, nh = 3, hd = 8, rot = 4, n = T * nh * hd;
+    float x[96], y[96], rx[96], ry[96], inv[4], full[96];
+    int32_t pos[4] = {0, 1, 5, 17};
+    fill(x, n, 7, 1.0f), fill(y, n, 8, 1.0f);
+    for (int j = 0; j < rot / 2; j++) inv[j] = powf(10000.0f, -2.0f * j / rot);
+    memcpy(rx, x, sizeof x), memcpy(ry, y, sizeof y);
+    ops->rope_ex(rx, pos, inv, T, nh, hd, rot, 1.5f, 0);
+    ops->rope_ex(ry, pos, inv, T, nh, hd, rot, 1.5f, 1);
+    CHECK_NEAR(probe(rx, y, n), probe(x, ry, n), 1e-4); /* the backward is the transpose */
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < nh; h++)
+            for (int j = 0; j < hd; j++) {
+                int i = (t * nh + h) * hd + j;
+                if (j >= rot) CHECK(rx[i] == x[i]); /* the pass-through dims */
+            }
+    /* pair (j, j + rot/2) rotates by pos * inv[j], scaled */
+    float a = 5 * inv[1];
+    int i = (2 * nh + 1) * hd;
+    CHECK_NEAR(rx[i + 1], 1.5f * (x[i + 1] * cosf(a) - x[i + 3] * sinf(a)), 1e-5);
+    CHECK_NEAR(rx[i + 3], 1.5f * (x[i + 3] * cosf(a) + x[i + 1] * sinf(a)), 1e-5);
+    /* the whole head with scale 1 is plain rope */
+    float inv8[4];
+    for (int j = 0; j < hd / 2; j++) inv8[j] = powf(10000.0f, -2.0f * j / hd);
+    memcpy(rx, x, sizeof x), memcpy(full, x, sizeof x);
+    ops->rope_ex(rx, pos, inv8, T, nh, hd, hd, 1.0f, 0);
+    ops->rope(full, pos, inv8, T, nh, hd, 0);
+    for (int k = 0; k < n; k++) CHECK(rx[k] == full[k]);
+}
+
 /* ---- attention ---- */
 
 enum { AT = 7, ANH = 4, ANKV = 2, AHD = 8 };
@@ -412,6 +443,7 @@ int main(void) {
     ops = ops_cpu();
     RUN(rmsnorm_grad);
     RUN(rope_inverse_is_transpose);
+    RUN(rope_ex_partial_scaled);
     RUN(attention_grad_packed);
     RUN(attention_packing_equals_separate);
     RUN(attention_cached_equals_full);

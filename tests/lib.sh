@@ -1,0 +1,43 @@
+# lib.sh: what the script tests share. Source it after `set -euo pipefail`:
+#     . "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
+#     test_init            # W, the caches, cd "$W"
+# It checks QLORA_BIN (set by ctest), and gives:
+#   W                      a temporary folder, removed at exit (kept when KEEP is set); the test
+#                          runs in it, with QLORA_CACHE=$W/cache and QLORA_RUNS=$W/runs exported
+#   fail MSG               print "FAIL: MSG" and exit 1
+#   dataset_recipe NAME [LINE...]
+#                          a recipe on stdout: a generated one-layer Llama ('base', the byte
+#                          tokenizer) and a dataset stage 'data' on it; each LINE is one more line
+#                          of that stage, indented here. TOP (a variable) holds top-level lines
+#                          that go after the name (seed:, hooks:).
+#   expect_fail CODE TEXT CMD [ARG...]
+#                          run CMD, its output in $W/expect.txt: it must exit CODE and say TEXT
+#                          (a pattern for plain grep: basic regex); else the output is shown and the test fails
+: "${QLORA_BIN:?QLORA_BIN must name the qlora-run binary (ctest sets it)}"
+
+fail() { echo "FAIL: $*"; exit 1; }
+
+test_init() {
+    W=$(mktemp -d)
+    trap '[ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
+    export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
+    cd "$W"
+}
+
+dataset_recipe() {
+    local name=$1 line
+    shift
+    printf 'name: %s\n' "$name"
+    [ -z "${TOP:-}" ] || printf '%s\n' "$TOP"
+    printf 'stages:\n  base:\n    kind: init_model\n    arch: llama\n    layers: 1\n    hidden: 64\n'
+    printf '  data:\n    kind: dataset\n    model: base\n'
+    for line in "$@"; do [ -z "$line" ] || printf '    %s\n' "$line"; done
+}
+
+expect_fail() {
+    local code=$1 text=$2 rc=0
+    shift 2
+    "$@" > "$W/expect.txt" 2>&1 || rc=$?
+    [ "$rc" = "$code" ] || { cat "$W/expect.txt"; fail "$*: exit $rc, expected $code"; }
+    grep -q -- "$text" "$W/expect.txt" || { cat "$W/expect.txt"; fail "$*: the output lacks '$text'"; }
+}
