@@ -92,6 +92,8 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     m->nkv = cfg->num_kv_heads;
     m->hd = cfg->head_dim;
     m->eps = (float)cfg->rms_norm_eps;
+    m->rot = m->hd; /* full rotary, no longrope scale: the plain rope op (llama_load's default) */
+    m->rope_mscale = 1.0f;
     m->layers = calloc((size_t)m->L, sizeof(llama_layer));
     int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
