@@ -291,9 +291,19 @@ static const floor_row floors[] = {{"7b", 2048, 1, 21557, 14806}, {"7b", 2048, 4
                                    {"7b", 512, 8, 22599, 15518},  {"1b", 2048, 4, 105284, 74296},
                                    {"70b", 2048, 1, 2391, 1615},  {NULL, 0, 0, 0, 0}};
 
+/* the trainer's buckets (grad_bucket_mb, 25 MiB): a run of whole layers from the top, sent when
+ * the backward has finished its lowest layer */
+#define BENCH_BUCKET_BYTES ((int64_t)25 << 20)
+static int bench_bucket_top = -1; /* the bucket's first (highest) layer; -1: none open */
+static int bench_allreduces;      /* calls made, for the log line */
+
 static void bench_layer_done(void *ud, int l) {
     llama_model *m = ud;
-    int64_t off = m->lora_layer_off[l], n = m->lora_layer_off[l + 1] - off;
+    if (bench_bucket_top < 0) bench_bucket_top = l;
+    int64_t off = m->lora_layer_off[l], n = m->lora_layer_off[bench_bucket_top + 1] - off;
+    if (l > 0 && n * 4 < BENCH_BUCKET_BYTES) return;
+    bench_bucket_top = -1;
+    bench_allreduces++;
     if (n > 0 && coll_allreduce_grads(m->lora_grads + off, n)) {
         fprintf(stderr, "train_gpu: %s\n", err_msg());
         exit(1);
@@ -413,8 +423,8 @@ static int bench_train(int argc, char **argv) {
             return rc;
         m->layer_done = bench_layer_done;
         m->layer_done_ud = m;
-        fprintf(stderr, "nccl: a communicator of %d rank, %s\n", coll_world(),
-                coll_world() == 1 ? "no all-reduce and no stream wait (one rank)" : "one all-reduce a layer on the comm stream");
+        fprintf(stderr, "nccl: a communicator of %d rank(s): the trainer's buckets of 25 MiB all-reduced on the comm "
+                        "stream as the backward reaches them\n", coll_world());
     }
     cuda_mem_reset_peak();
     for (int s = 0; s < warmup + steps; s++) {
@@ -474,6 +484,7 @@ static int bench_train(int argc, char **argv) {
            seq, batch, mode_s,
            tok_s, med * 1e3, 100.0 * mfu, floor_s,
            peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
+    if (nccl) fprintf(stderr, "nccl: %d all-reduces in %d steps\n", bench_allreduces, warmup + steps);
     fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
             cuda_attention_cudnn_calls());
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "

@@ -342,7 +342,9 @@ int coll_nccl_init(void *stream, void (*before)(void), void (*after)(void)) {
 bool coll_nccl_active(void) { return nccl.comm != NULL; }
 
 int coll_allreduce_grads(float *buf, int64_t n) {
-    if (g.world == 1 || n <= 0) return 0; /* one rank: nothing to sum, no stream to order */
+    /* one rank without NCCL: nothing to sum; with a communicator (QLORA_NCCL=1, train_gpu --nccl on)
+     * a world of one runs the same buckets, streams and events as several ranks (issue 18) */
+    if ((g.world == 1 && !nccl.comm) || n <= 0) return 0;
     if (nccl.comm) {
         if (nccl.before) nccl.before();
         int r = nccl.all_reduce(buf, buf, (size_t)n, NCCL_FLOAT32, NCCL_SUM, nccl.comm, nccl.stream);
@@ -387,7 +389,7 @@ void coll_grads_progress(void) {
 }
 
 int coll_grads_wait(void) {
-    if (g.world == 1) return 0;
+    if (g.world == 1 && !nccl.comm) return 0;
     if (nccl.comm && nccl.after) nccl.after();
     int rc = 0;
 #ifdef QLORA_HAVE_MPI
