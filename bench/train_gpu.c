@@ -204,6 +204,16 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     return 0;
 }
 
+/* --targets "q,v" / "all-linear" as a LoRA target mask */
+static int parse_targets(const char *targets, uint32_t *mask) {
+    char tbuf[128];
+    snprintf(tbuf, sizeof tbuf, "%s", targets);
+    const char *names[LLAMA_NTARGETS];
+    int nn = 0;
+    for (char *t = strtok(tbuf, ","); t && nn < LLAMA_NTARGETS; t = strtok(NULL, ",")) names[nn++] = t;
+    return llama_targets_parse(mask, names, nn);
+}
+
 /* ---- the memory plan ---- */
 
 /* the scratch cap of a checkpointed run (cuda_scratch_cap_set): the lean plan */
@@ -348,12 +358,7 @@ static int bench_train(int argc, char **argv) {
     int rc = config_preset(&cfg, ARCH_LLAMA, preset);
     if (rc) return rc;
     uint32_t mask = 0;
-    char tbuf[128];
-    snprintf(tbuf, sizeof tbuf, "%s", targets);
-    const char *names[LLAMA_NTARGETS];
-    int nn = 0;
-    for (char *s = strtok(tbuf, ","); s && nn < LLAMA_NTARGETS; s = strtok(NULL, ",")) names[nn++] = s;
-    if ((rc = llama_targets_parse(&mask, names, nn))) return rc;
+    if ((rc = parse_targets(targets, &mask))) return rc;
 
     llama_model *m;
     if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
@@ -538,12 +543,7 @@ static int bench_fit(int argc, char **argv) {
     if (rc) return rc;
     if (cfg.arch == ARCH_GEMMA3) return err_set(ERR_USAGE, "fit plans the llama-family layer (not gemma3)");
     uint32_t mask = 0;
-    char tbuf[128];
-    snprintf(tbuf, sizeof tbuf, "%s", targets);
-    const char *names[LLAMA_NTARGETS];
-    int nn = 0;
-    for (char *t = strtok(tbuf, ","); t && nn < LLAMA_NTARGETS; t = strtok(NULL, ",")) names[nn++] = t;
-    if ((rc = llama_targets_parse(&mask, names, nn))) return rc;
+    if ((rc = parse_targets(targets, &mask))) return rc;
     llama_model *m;
     if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
     llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
