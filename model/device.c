@@ -54,6 +54,14 @@ void device_info_get(const ops_table *ops, device_info *out) {
     if (ops->info) ops->info(out);
 }
 
+int device_deterministic_model(const ops_table *ops, bool on, int head_dim, const char *model_dir) {
+    if (!on || !ops->deterministic_set || strcmp(ops->name, "cuda") || head_dim <= 128) return 0;
+    return err_set(ERR_RECIPE, "deterministic: true cannot be honoured for the model in '%s': its head_dim is %d, and "
+                               "attention with head dims over 128 runs on the tiled kernels, whose backward has no "
+                               "fixed-order form; set deterministic: false (or train on device: cpu)",
+                   model_dir, head_dim);
+}
+
 int device_deterministic(const ops_table *ops, bool on, int world) {
     char why[512] = "";
     if (ops->deterministic_set && ops->deterministic_set(on ? 1 : 0, why, sizeof why))

@@ -28,6 +28,10 @@ void device_info_get(const ops_table *ops, device_info *out);
  * backward; with world > 1 on cuda an NCCL reduction that runs in the switch: NCCL_ALGO with NVLS
  * or CollNet, NCCL_NVLS_ENABLE or NCCL_COLLNET_ENABLE other than 0; unset ones are set to 0). */
 int device_deterministic(const ops_table *ops, bool on, int world);
+/* deterministic mode and the model: on cuda, attention with head dims over 128 runs on the tiled
+ * kernels, whose backward has no fixed-order form: ERR_RECIPE naming the model's head dim, before
+ * any weight is loaded (train; the forward alone is fixed-order everywhere) */
+int device_deterministic_model(const ops_table *ops, bool on, int head_dim, const char *model_dir);
 
 /* The lean plan of a run that checkpoints every layer: cap the backend's largest scratch (the
  * dequantized weight, shared with the cross-entropy chunk and attention's dq) at

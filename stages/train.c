@@ -295,12 +295,12 @@ static int train_run_stage(stage_ctx *ctx) {
     if ((rc = device_collective(ops, coll_world()))) goto out;
     if (coll_nccl_active())
         stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), in buckets on a stream of their own%s",
-                   coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher(),
-                   coll_world() == 1 ? " (one rank: no call is made)" : "");
+                   coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher(), "");
     else if (coll_world() > 1)
         stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), in buckets", coll_world(), coll_rank(),
                    coll_launcher());
     if ((rc = config_load(&cfg, mdir))) goto out;
+    if ((rc = device_deterministic_model(ops, stage_bool(ctx, "deterministic"), (int)cfg.head_dim, mdir))) goto out;
     if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
     if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
     if (train_data_open(&val, din->dir, "val") == 0) have_val = val.n_rows > 0;

@@ -217,6 +217,13 @@ TEST(test_deterministic_refusals) {
     CHECK_EQ_STR(getenv("NCCL_COLLNET_ENABLE"), "0");
     unsetenv("NCCL_NVLS_ENABLE");
     unsetenv("NCCL_COLLNET_ENABLE");
+    /* a head dim the fixed-order backward does not take (Gemma-3's 256): refused before loading */
+    CHECK_EQ_INT(device_deterministic_model(&t, true, 128, "m"), 0);
+    CHECK_EQ_INT(device_deterministic_model(&t, false, 256, "m"), 0);
+    CHECK_EQ_INT(device_deterministic_model(&t, true, 256, "/models/gemma3"), ERR_RECIPE);
+    CHECK(strstr(err_msg(), "'/models/gemma3'") && strstr(err_msg(), "head_dim is 256"));
+    err_clear();
+    CHECK_EQ_INT(device_deterministic_model(ops_cpu(), true, 256, "m"), 0);
     /* the cpu backend is deterministic always: accepted at any world size */
     CHECK_EQ_INT(device_deterministic(ops_cpu(), true, 4), 0);
 }
