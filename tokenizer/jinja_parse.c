@@ -553,6 +553,29 @@ static void parse_targets(parser *P, svec *names) {
     }
 }
 
+
+/* a macro's or call block's parameters after its "(", through the ")": names, each with an
+ * optional default (n->kw names, n->kwv defaults or NULL, n->nkw how many) */
+static void parse_params(parser *P, jnode *n) {
+    svec params = {0};
+    nvec defs = {0};
+    while (!is_op(peek(P), ")")) {
+        if (params.n) expect_op(P, ",");
+        if (is_op(peek(P), ")")) break;
+        sv_push(P, &params, expect_name(P, NULL));
+        jnode *d = NULL;
+        if (is_op(peek(P), "=")) {
+            next(P);
+            d = parse_expr(P);
+        }
+        nv_push(P, &defs, d);
+    }
+    next(P);
+    n->kw = params.v;
+    n->kwv = defs.v;
+    n->nkw = params.n;
+}
+
 static jnode *parse_statement(parser *P, const jtok *open) {
     const jtok *t = next(P);
     if (t->kind != T_NAME) perr(P, t, "expected a statement name after '{%%', found %s", tok_desc(t));
@@ -660,23 +683,7 @@ static jnode *parse_statement(parser *P, const jtok *open) {
         n = mk(P, N_MACRO, t);
         n->name = expect_name(P, &n->name_len);
         expect_op(P, "(");
-        svec params = {0};
-        nvec defs = {0};
-        while (!is_op(peek(P), ")")) {
-            if (params.n) expect_op(P, ",");
-            if (is_op(peek(P), ")")) break;
-            sv_push(P, &params, expect_name(P, NULL));
-            jnode *d = NULL;
-            if (is_op(peek(P), "=")) {
-                next(P);
-                d = parse_expr(P);
-            }
-            nv_push(P, &defs, d);
-        }
-        next(P);
-        n->kw = params.v;
-        n->kwv = defs.v;
-        n->nkw = params.n;
+        parse_params(P, n);
         expect_block_end(P);
         static const char *const ends[] = {"endmacro", NULL};
         parse_body(P, ends, &n->b, t);
@@ -684,26 +691,10 @@ static jnode *parse_statement(parser *P, const jtok *open) {
         expect_block_end(P);
     } else if (is_name(t, "call")) {
         n = mk(P, N_CALL_BLOCK, t);
-        svec params = {0};
-        nvec defs = {0};
         if (is_op(peek(P), "(")) {
             next(P);
-            while (!is_op(peek(P), ")")) {
-                if (params.n) expect_op(P, ",");
-                if (is_op(peek(P), ")")) break;
-                sv_push(P, &params, expect_name(P, NULL));
-                jnode *d = NULL;
-                if (is_op(peek(P), "=")) {
-                    next(P);
-                    d = parse_expr(P);
-                }
-                nv_push(P, &defs, d);
-            }
-            next(P);
+            parse_params(P, n);
         }
-        n->kw = params.v;
-        n->kwv = defs.v;
-        n->nkw = params.n;
         n->a = parse_expr(P);
         if (n->a->kind != N_CALL) perr(P, t, "a call block needs a macro call: {%% call m(...) %%}");
         expect_block_end(P);
