@@ -19,6 +19,15 @@ static double device_free_bytes(const ops_table *ops) {
     return di.free_bytes;
 }
 
+/* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
+ * offload_inputs): its activations, the largest dequantized weight and half the ops' margin */
+static double checkpointed_need(const llama_model *m, int max_T) {
+    double wmax = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++)
+        wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
+}
+
 int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget,
                     llama_plan_choice *out) {
     llama_plan_choice ch = {0};
@@ -56,19 +65,14 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     m->offload_inputs = ck == LLAMA_CKPT_EVERY && offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     if (ck == LLAMA_CKPT_EVERY && dev) {
         m->mlp_chunk_rows = max_T;
-        double wmax = 0;
-        for (int t = 0; t < LLAMA_NTARGETS; t++)
-            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
         double room = budget > 0 ? budget : device_free_bytes(m->ops);
-#define NEED() ((double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN)
         /* what does not fit: first the layer inputs go to host memory (copied beside the compute),
          * then the lean knobs */
-        if (NEED() > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy) m->offload_inputs = true;
-        ch.lean = NEED() > room;
-#undef NEED
+        if (checkpointed_need(m, max_T) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
+            m->offload_inputs = true;
+        ch.lean = checkpointed_need(m, max_T) > room;
         if (ch.lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
     }
-    ch.offload = m->offload_inputs;
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);
     if (rc && dev && ck == LLAMA_CKPT_NONE && mode == LLAMA_PLAN_AUTO) { /* the device said no: the lean plan */

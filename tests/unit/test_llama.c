@@ -327,8 +327,8 @@ TEST(families_grads_and_kv_cache) {
 /* offload_inputs: an 8-layer model (so inputs go out, come back three layers ahead, and the last
  * three stay) trains two steps with the layer inputs in host memory, bit for bit as without, with
  * the plan's device activations three layer inputs instead of eight and the rest on the host */
-TEST(offload_changes_nothing) {
-    char dir[] = "/tmp/test_llama_offload_XXXXXX";
+/* an 8-layer tiny llama generated into a fresh folder under /tmp (dir: its template) */
+static void deep_model(char *dir) {
     CHECK(mkdtemp(dir) != NULL);
     init_model_opts io;
     init_model_opts_default(&io);
@@ -336,6 +336,17 @@ TEST(offload_changes_nothing) {
     CHECK_EQ_INT(init_model_resolve(&io, &sh), 0);
     io.seed = 5;
     CHECK_EQ_INT(init_model_write(&io, dir, NULL), 0);
+}
+
+static void remove_dir(const char *dir) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
+TEST(offload_changes_nothing) {
+    char dir[] = "/tmp/test_llama_offload_XXXXXX";
+    deep_model(dir);
     enum { T = 20 };
     const char *keep = small_dir;
     small_dir = dir;
@@ -379,9 +390,54 @@ TEST(offload_changes_nothing) {
     }
     llama_free(&a);
     llama_free(&c);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    remove_dir(dir);
+}
+
+/* llama_plan_auto on a device (a CPU table posing as one: 2 GiB of 8 in use): a memory_budget
+ * below what the device holds already is refused naming both; one the checkpointed plan misses
+ * only by its layer inputs takes the offload and not the lean knobs */
+static void fake_device_info(ops_backend_info *out) {
+    out->total_bytes = 8.0 * 1073741824.0;
+    out->free_bytes = 6.0 * 1073741824.0;
+}
+
+TEST(plan_budget_on_a_device) {
+    char dir[] = "/tmp/test_llama_budget_XXXXXX";
+    deep_model(dir);
+    ops_table dev = *ops_cpu();
+    dev.own_memory = 1;
+    dev.info = fake_device_info;
+    llama_model *m = NULL;
+    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    llama_lora_config lc = {.r = 4, .alpha = 8, .targets = LLAMA_TARGETS_ALL};
+    if (m) CHECK_EQ_INT(llama_lora_attach(m, &lc), 0);
+    if (m) {
+        enum { T = 64 };
+        const double GiB = 1073741824.0;
+        llama_plan_choice ch;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_AUTO, 1.5 * GiB, &ch), ERR_STAGE);
+        CHECK(strstr(err_msg(), "memory_budget 1.50 GiB is below") && strstr(err_msg(), "(2.00 GiB"));
+        err_clear();
+        /* what the checkpointed plan needs beside the 2 GiB in use, inputs on the device or not */
+        double wmax = 0;
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        m->mlp_chunk_rows = T;
+        m->offload_inputs = false;
+        double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+        m->offload_inputs = true;
+        double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+        CHECK(on_host < on_dev);
+        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + 0.5 * (on_dev + on_host);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+        CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
+        CHECK(ch.in_use_bytes == 2.0 * GiB);
+        /* off: the same budget takes the lean knobs instead */
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+        CHECK(!ch.offload && ch.lean && m->host_act_bytes == 0);
+    }
+    llama_free(&m);
+    remove_dir(dir);
 }
 
 TEST(bad_inputs) {
@@ -442,6 +498,7 @@ int main(void) {
     RUN(kv_cache_matches_forward);
     RUN(families_grads_and_kv_cache);
     RUN(offload_changes_nothing);
+    RUN(plan_budget_on_a_device);
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
     return test_summary();
