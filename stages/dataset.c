@@ -255,24 +255,6 @@ static int dataset_check_one(const json_t *p) {
     return chat_params_check(p, fmt);
 }
 
-/* ---- the tokenizer behind dataset_tokenizer ---- */
-
-static int tok_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
-    return tokenizer_encode(ud, text, len, false, ids, n);
-}
-
-static void tok_adapt(tokenizer *t, dataset_tokenizer *out) {
-    out->ud = t;
-    out->encode = tok_encode;
-    out->bos = tokenizer_bos(t);
-    out->eos = tokenizer_eos(t);
-    out->vocab_size = tokenizer_vocab_size(t);
-    const char *b = out->bos >= 0 ? tokenizer_token(t, out->bos) : NULL;
-    const char *e = out->eos >= 0 ? tokenizer_token(t, out->eos) : NULL;
-    out->bos_token = b ? b : "";
-    out->eos_token = e ? e : "";
-}
-
 /* ---- sources ---- */
 
 static void hub_progress_cb(void *user, const hub_progress *p) {
@@ -684,7 +666,7 @@ static int dataset_run(stage_ctx *c) {
     }
     if (!rc) {
         dataset_tokenizer tok;
-        tok_adapt(t, &tok);
+        dataset_tokenizer_of(t, &tok);
         src.paths = paths;
         src.n_paths = n_paths;
         src.hooks = hk;

@@ -17,6 +17,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/rng.h"
+#include "tokenizer/tokenizer.h"
 #include "train/dataset_build.h"
 
 #define BATCH 4096
@@ -1122,6 +1123,22 @@ static int build_mix(builder *b, const dataset_source *src) {
     free(avail);
     free(take);
     return rc;
+}
+
+static int tok_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
+    return tokenizer_encode(ud, text, len, false, ids, n);
+}
+
+void dataset_tokenizer_of(tokenizer *t, dataset_tokenizer *out) {
+    out->ud = t;
+    out->encode = tok_encode;
+    out->bos = tokenizer_bos(t);
+    out->eos = tokenizer_eos(t);
+    out->vocab_size = tokenizer_vocab_size(t);
+    const char *b = out->bos >= 0 ? tokenizer_token(t, out->bos) : NULL;
+    const char *e = out->eos >= 0 ? tokenizer_token(t, out->eos) : NULL;
+    out->bos_token = b ? b : "";
+    out->eos_token = e ? e : "";
 }
 
 int dataset_build(const dataset_opts *o, const dataset_source *src, const dataset_tokenizer *tok, const char *out_dir,

@@ -44,6 +44,9 @@ typedef struct dataset_tokenizer {
     const char *bos_token;   /* their text, for templates ("" if none) */
     const char *eos_token;
 } dataset_tokenizer;
+/* the dataset_tokenizer of a loaded tokenizer (encode without BOS; its BOS/EOS ids and texts) */
+struct tokenizer;
+void dataset_tokenizer_of(struct tokenizer *t, dataset_tokenizer *out);
 
 typedef enum dataset_format {
     DATASET_FORMAT_ALPACA,

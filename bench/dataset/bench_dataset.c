@@ -24,6 +24,7 @@
 #include "core/rng.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/chat_template.h"
+#include "bench/byte_tokenizer.h"
 #include "train/dataset_build.h"
 
 static const char *words[] = {
@@ -68,20 +69,6 @@ static int write_records(const char *path, int n) {
     return fclose(f) ? err_errno(ERR_STAGE, "cannot write '%s'", path) : 0;
 }
 
-static int byte_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
-    (void)ud;
-    int32_t *o = malloc((len + 1) * sizeof *o);
-    if (!o) return err_set(ERR_STAGE, "out of memory");
-    for (size_t i = 0; i < len; i++) o[i] = (unsigned char)text[i];
-    *ids = o;
-    *n = len;
-    return 0;
-}
-
-static int real_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
-    return tokenizer_encode(ud, text, len, false, ids, n);
-}
-
 static double clock_s(clockid_t c) {
     struct timespec t;
     clock_gettime(c, &t);
@@ -115,7 +102,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err_msg());
         return 1;
     }
-    dataset_tokenizer tok = {NULL, byte_encode, 256, 257, 259, "<s>", "</s>"};
+    dataset_tokenizer tok = BYTE_TOKENIZER;
     const char *tok_name = "byte (built-in, id = byte)";
     tokenizer *t = NULL;
     if (tokdir) {
@@ -123,8 +110,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", err_msg());
             return 1;
         }
-        tok = (dataset_tokenizer){t, real_encode, tokenizer_bos(t), tokenizer_eos(t), tokenizer_vocab_size(t),
-                                  tokenizer_token(t, tokenizer_bos(t)), tokenizer_token(t, tokenizer_eos(t))};
+        dataset_tokenizer_of(t, &tok);
         tok_name = tokdir;
     }
     dataset_opts o = {.format = DATASET_FORMAT_ALPACA, .sequence_len = 512, .sample_packing = true,

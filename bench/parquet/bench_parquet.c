@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "data/parquet.h"
 #include "tokenizer/tokenizer.h"
+#include "bench/byte_tokenizer.h"
 #include "train/dataset_build.h"
 
 static double now(void) {
@@ -35,20 +36,6 @@ static double cpu_now(void) {
     struct timespec t;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int byte_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
-    (void)ud;
-    int32_t *o = malloc((len + 1) * sizeof *o);
-    if (!o) return err_set(ERR_STAGE, "out of memory");
-    for (size_t i = 0; i < len; i++) o[i] = (unsigned char)text[i];
-    *ids = o;
-    *n = len;
-    return 0;
-}
-
-static int real_encode(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
-    return tokenizer_encode(ud, text, len, false, ids, n);
 }
 
 static const char *const cols[] = {"instruction", "input", "output"};
@@ -133,15 +120,14 @@ int main(int argc, char **argv) {
     printf("records            %lld JSON objects, 1 thread, best of %d: %.3f s wall, %.3f s CPU (%.0f K rows/s)\n", rows,
            repeat, best, best_cpu, rows / best_cpu / 1e3);
     /* dataset_build */
-    dataset_tokenizer tok = {NULL, byte_encode, 256, 257, 259, "<s>", "</s>"};
+    dataset_tokenizer tok = BYTE_TOKENIZER;
     tokenizer *t = NULL;
     if (tokdir) {
         if (tokenizer_load(&t, tokdir)) {
             fprintf(stderr, "%s\n", err_msg());
             return 1;
         }
-        tok = (dataset_tokenizer){t, real_encode, tokenizer_bos(t), tokenizer_eos(t), tokenizer_vocab_size(t),
-                                  tokenizer_token(t, tokenizer_bos(t)), tokenizer_token(t, tokenizer_eos(t))};
+        dataset_tokenizer_of(t, &tok);
     }
     dataset_opts o = {.format = DATASET_FORMAT_ALPACA, .sequence_len = 512, .sample_packing = true,
                       .val_set_size = 0.02, .shuffle = true, .seed = 1, .jobs = jobs};
