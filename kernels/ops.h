@@ -106,6 +106,9 @@ typedef struct ops_backend_info {
     const char *attention;          /* the attention kernels in use ("mma" | "tiled"), or "" */
     size_t scratch_cap;             /* the cap scratch_cap_set set: 0 when uncapped */
     int deterministic;              /* 1 when every op sums in a fixed order (always 1 on cpu) */
+    double det_attn_workspace_cap;  /* deterministic mode: the most attention's backward takes as a
+                                     * workspace of 2 h s^2 bytes a sequence (cuDNN's dS buffer) beyond
+                                     * the plan; 0 when it takes none */
     char driver[64];                /* the GPU driver's release ("580.159.04"); "" on cpu */
     int cuda_driver, cuda_runtime;  /* CUDA versions as CUDA writes them (13000 = 13.0); 0 on cpu */
 } ops_backend_info;

@@ -19,13 +19,24 @@ static double device_free_bytes(const ops_table *ops) {
     return di.free_bytes;
 }
 
+/* deterministic mode on a backend whose attention backward keeps a workspace of 2 h s^2 bytes a
+ * sequence (up to its cap; at most 2 h T^2 for T tokens in all): that workspace */
+static double det_attn_workspace(const llama_model *m, int max_T) {
+    device_info di;
+    device_info_get(m->ops, &di);
+    if (!di.deterministic || di.det_attn_workspace_cap <= 0) return 0;
+    return fmin(di.det_attn_workspace_cap, 2.0 * m->nh * (double)max_T * (double)max_T);
+}
+
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
- * offload_inputs): its activations, the largest dequantized weight and half the ops' margin */
+ * offload_inputs): its activations, the largest dequantized weight, deterministic attention's
+ * workspace and half the ops' margin */
 static double checkpointed_need(const llama_model *m, int max_T) {
     double wmax = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
-    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + 0.5 * GPU_SCRATCH_MARGIN;
+    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + det_attn_workspace(m, max_T) +
+           0.5 * GPU_SCRATCH_MARGIN;
 }
 
 int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget,
@@ -52,7 +63,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
             budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
         }
-        ch.plain_bytes = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE);
+        ch.plain_bytes = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE) + det_attn_workspace(m, max_T);
         if (ch.plain_bytes > budget) {
             ch.over_budget = true;
             ck = LLAMA_CKPT_EVERY;

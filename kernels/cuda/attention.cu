@@ -4,8 +4,9 @@
 // layouts and options it takes) and our two kernel families (cuda_ext.h; head dims over 128 always
 // take the tiled one), and the ops_attn options (sliding window, score scale, soft-capping)
 // resolved into attn_params.
-// In deterministic mode (cuda_det()) cuDNN is not used (its backward sums dQ in no fixed order)
-// and the backward runs on the mma family, which has the fixed-order dq sum.
+// In deterministic mode (cuda_det()) cuDNN runs only with plans built for it (deterministic
+// reductions, engines without the nondeterministic note: attention_cudnn.cu); where cuDNN
+// cannot, the backward runs on the mma family, which has the fixed-order dq sum.
 #include "attention_common.cuh"
 #include "cuda_ext.h"
 
@@ -180,7 +181,7 @@ static void attn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
     int vec = attn_vec(q, k, v, hd);
     int sel = cuda_attention_selected();
     attn_cudnn_layout L;
-    if (sel == CUDA_ATTN_CUDNN && !cuda_det() && attn_plain(ap, hd) && Tq == Tk && vec && lse &&
+    if (sel == CUDA_ATTN_CUDNN && attn_plain(ap, hd) && Tq == Tk && vec && lse &&
         attn_vec(out, lse, q, 8)) {
         cudnn_missing();
         if (cudnn_layout(seq_start, Tq, nh, nkv, hd, &L) && attn_cudnn_fwd(out, lse, q, k, v, &L, nh, nkv, hd) == 0) {
@@ -231,7 +232,7 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
     attn_params ap = attn_resolve(opt, hd);
     int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd), sel = cuda_attention_selected();
     attn_cudnn_layout L;
-    if (sel == CUDA_ATTN_CUDNN && !cuda_det() && attn_plain(ap, hd) && vec && attn_vec(dq, out, lse, 8)) {
+    if (sel == CUDA_ATTN_CUDNN && attn_plain(ap, hd) && vec && attn_vec(dq, out, lse, 8)) {
         cudnn_missing();
         if (cudnn_layout(seq_start, T, nh, nkv, hd, &L) &&
             attn_cudnn_bwd(dq, dk, dv, dout, out, lse, q, k, v, &L, nh, nkv, hd) == 0) {

@@ -9,6 +9,8 @@
 // nodes): bf16 Q, K, V, O in the [b, h, s, d] view of our token-major rows, fp32 scores, a
 // causal mask from generated row/column indices, softmax statistics (natural-log
 // log-sum-exp) written to our lse, and for the backward dQ through an fp32 accumulator.
+// In deterministic mode (cuda_det()) the plans are built apart: their reductions are marked
+// deterministic and only engines without cuDNN's nondeterministic note are taken.
 // Two layouts: dense (b sequences of s tokens each) and ragged (b sequences of at most s tokens,
 // packed back to back: per-sequence lengths bound the products, a padding mask hides the rest,
 // and per-sequence offsets place each sequence's rows); attention.cu decides which. Plans are
@@ -32,6 +34,8 @@
 #endif
 
 #ifndef HAVE_CUDNN_HEADERS
+extern "C" double cuda_attention_det_workspace_cap(void) { return 0; }
+extern "C" void cuda_attention_det_cudnn_bwd(int) {}
 extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
     snprintf(msg, cap, "built without the cuDNN headers (cudnn_graph.h)");
     return -1;
@@ -287,7 +291,24 @@ static tns padding(builder *b, Desc *ops, int *n, const tns &s, const tns &seq_l
 }
 
 // operation graph -> the first engine configuration the heuristics offer that builds a plan
-static Desc build_plan(builder *b, Desc *ops, int n, int64_t *ws) {
+// whether an engine configuration's engine carries cuDNN's "nondeterministic" numerical note
+// (an engine whose notes cannot be read counts as nondeterministic)
+static bool cfg_nondeterministic(Desc cfg) {
+    Desc e = nullptr;
+    if (F.CreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &e) != CUDNN_STATUS_SUCCESS) return true;
+    int64_t n = 0;
+    cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    bool nd = F.GetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) !=
+                  CUDNN_STATUS_SUCCESS ||
+              F.GetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                             CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) != CUDNN_STATUS_SUCCESS;
+    for (int64_t i = 0; !nd && i < n; i++) nd = notes[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+    F.DestroyDescriptor(e);
+    return nd;
+}
+
+// det: only engine configurations without the nondeterministic note
+static Desc build_plan(builder *b, Desc *ops, int n, int64_t *ws, bool det) {
     if (b->fail) return nullptr;
     Desc g = mk(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
     set(b, g, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_handle, "graph handle");
@@ -317,6 +338,10 @@ static Desc build_plan(builder *b, Desc *ops, int n, int64_t *ws) {
     }
     for (int64_t i = 0; i < got; i++) {
         Desc p = nullptr;
+        if (det && cfg_nondeterministic(cfg[i])) {
+            b->fail = "execution plan (only engines marked nondeterministic)", b->st = CUDNN_STATUS_NOT_SUPPORTED;
+            continue;
+        }
         if (F.CreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &p) != CUDNN_STATUS_SUCCESS) continue;
         if (F.SetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_handle) == CUDNN_STATUS_SUCCESS &&
             F.SetAttribute(p, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg[i]) ==
@@ -344,6 +369,7 @@ enum {
 
 struct plan {
     int bwd, ragged, b, s, T, nh, nkv, hd;
+    int det; // built for deterministic mode (cuda_det()): deterministic reductions and engines
     Desc p;
     int64_t ws;
     int64_t uid[U_COUNT];
@@ -351,6 +377,32 @@ struct plan {
 };
 
 static plan g_plans[64];
+
+// The deterministic backward keeps dS for a whole [b, h, s, s] batch in a bf16 workspace
+// (2 b h s^2 bytes and a little more: 256 MiB for 32 heads of 2048 tokens). A plan that needs
+// more than the cap is not used (the mma kernels' fixed-order backward runs instead); the
+// memory plan counts up to the cap (ops_backend_info.det_attn_workspace_cap, model/llama_plan.c).
+#define DET_WS_CAP (320.0 * 1048576.0)
+
+// Whether deterministic mode runs the backward on cuDNN's deterministic plans. Off unless
+// QLORA_CUDA_DET_CUDNN_BWD=1 or cuda_attention_det_cudnn_bwd(1): those plans match the CPU
+// reference on the H200 (test_ops_gpu), but their run-to-run bits are not yet measured there
+// (bench/gpu-determinism.sh does); until then the mma kernels' fixed-order backward runs.
+static int g_det_bwd = -1;
+
+static bool det_bwd_on(void) {
+    if (g_det_bwd < 0) {
+        const char *e = getenv("QLORA_CUDA_DET_CUDNN_BWD");
+        g_det_bwd = e && !strcmp(e, "1");
+    }
+    return g_det_bwd == 1;
+}
+
+extern "C" void cuda_attention_det_cudnn_bwd(int on) { g_det_bwd = on ? 1 : 0; }
+
+extern "C" double cuda_attention_det_workspace_cap(void) {
+    return det_bwd_on() && cuda_attention_cudnn_probe(nullptr, 0) == 0 ? DET_WS_CAP : 0;
+}
 static int g_nplans, g_evict;
 
 // the [b, h, s, d] view of token-major rows [b*s, h*d]
@@ -369,8 +421,9 @@ static void transposed(int64_t dim[4], int64_t str[4]) { // [.., s, d] -> [.., d
 static void report(const plan *pl, builder *b) {
     char last[512] = "";
     F.GetLastErrorString(last, sizeof last);
-    fprintf(stderr, "cuDNN attention %s (%s b=%d s=%d T=%d heads=%d/%d hd=%d): %s failed (%s)%s%s; that shape runs "
-            "on the mma kernels\n", pl->bwd ? "backward" : "forward", pl->ragged ? "ragged" : "dense", pl->b, pl->s,
+    fprintf(stderr, "cuDNN attention %s%s (%s b=%d s=%d T=%d heads=%d/%d hd=%d): %s failed (%s)%s%s; that shape runs "
+            "on the mma kernels\n", pl->bwd ? "backward" : "forward", pl->det ? ", deterministic" : "",
+            pl->ragged ? "ragged" : "dense", pl->b, pl->s,
             pl->T, pl->nh, pl->nkv, pl->hd, b->fail, F.GetErrorString(b->st), last[0] ? ": " : "", last);
 }
 
@@ -445,7 +498,7 @@ static void build_fwd(plan *pl) {
     if (c.seq)
         pl->uid[U_SEQ] = c.seq->uid, pl->uid[U_OFFQ] = c.offq->uid, pl->uid[U_OFFKV] = c.offkv->uid,
         pl->uid[U_OFFST] = c.offst->uid;
-    pl->p = build_plan(b, ops, n, &pl->ws);
+    pl->p = build_plan(b, ops, n, &pl->ws, pl->det);
     if (!pl->p) report(pl, b), pl->failed = 1;
     release(b);
 }
@@ -525,31 +578,37 @@ static void build_bwd(plan *pl) {
         ops[n++] = matmul(b, dST, Q, dKf, c.seq, nullptr, c.seq);
         ops[n++] = reduce(b, CUDNN_REDUCE_TENSOR_ADD, dKf, dK);
     }
-    // dQ = dS K, through the fp32 accumulator
+    // dQ = dS K: through the fp32 accumulator, or (deterministic) straight into dQ, which is the
+    // graph that makes cuDNN's Hopper engines keep dS in a [b, h, s, s] bf16 workspace and sum
+    // dQ in a fixed order instead of adding blocks' parts atomically
     int64_t kdim[4], kstr[4];
     memcpy(kdim, KT.dim, sizeof kdim), memcpy(kstr, KT.str, sizeof kstr);
     transposed(kdim, kstr);
     tns K = tensor(b, CUDNN_DATA_BFLOAT16, kdim, kstr, true, false, c.offkv);
     ops[n++] = reshape(b, KT, K);
-    ops[n++] = matmul(b, dS, K, dQacc, c.seq, nullptr, c.seq);
-    ops[n++] = pw(b, CUDNN_POINTWISE_IDENTITY, dQacc, nullptr, nullptr, dQ);
+    if (pl->det) {
+        ops[n++] = matmul(b, dS, K, dQ, c.seq, nullptr, c.seq);
+    } else {
+        ops[n++] = matmul(b, dS, K, dQacc, c.seq, nullptr, c.seq);
+        ops[n++] = pw(b, CUDNN_POINTWISE_IDENTITY, dQacc, nullptr, nullptr, dQ);
+    }
     pl->uid[U_Q] = Q.uid, pl->uid[U_K] = KT.uid, pl->uid[U_V] = VT.uid, pl->uid[U_O] = O.uid;
     pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = c.scale.uid, pl->uid[U_NEGINF] = c.neg_inf.uid;
     pl->uid[U_DO] = dO.uid, pl->uid[U_DQ] = dQ.uid, pl->uid[U_DK] = dK.uid, pl->uid[U_DV] = dV.uid;
-    pl->uid[U_D] = Dsum.uid, pl->uid[U_DQACC] = dQacc.uid, pl->uid[U_ONE] = one.uid;
+    pl->uid[U_D] = Dsum.uid, pl->uid[U_DQACC] = pl->det ? -1 : dQacc.uid, pl->uid[U_ONE] = one.uid;
     if (c.seq)
         pl->uid[U_SEQ] = c.seq->uid, pl->uid[U_OFFQ] = c.offq->uid, pl->uid[U_OFFKV] = c.offkv->uid,
         pl->uid[U_OFFST] = c.offst->uid;
-    pl->p = build_plan(b, ops, n, &pl->ws);
+    pl->p = build_plan(b, ops, n, &pl->ws, pl->det);
     if (!pl->p) report(pl, b), pl->failed = 1;
     release(b);
 }
 
 static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
-    int ragged = L->dev != nullptr, T = L->T;
+    int ragged = L->dev != nullptr, T = L->T, det = cuda_det() ? 1 : 0;
     for (int i = 0; i < g_nplans; i++) {
         plan *p = &g_plans[i];
-        if (p->bwd == bwd && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T && p->nh == nh &&
+        if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T && p->nh == nh &&
             p->nkv == nkv && p->hd == hd)
             return p->failed ? nullptr : p;
     }
@@ -557,11 +616,17 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
     plan *p = &g_plans[g_nplans < cap ? g_nplans++ : g_evict++ % cap]; // then oldest first
     if (p->p) F.DestroyDescriptor(p->p);
     memset(p, 0, sizeof *p);
-    p->bwd = bwd, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv, p->hd = hd;
+    p->bwd = bwd, p->det = det, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv, p->hd = hd;
     if (bwd)
         build_bwd(p);
     else
         build_fwd(p);
+    if (!p->failed && p->det && p->ws > DET_WS_CAP) {
+        fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is over "
+                "the %.0f MiB cap; that shape runs on the mma kernels\n", bwd ? "backward" : "forward", p->b, p->s,
+                nh, nkv, hd, p->ws / 1048576.0, DET_WS_CAP / 1048576.0);
+        p->failed = 1;
+    }
     return p->failed ? nullptr : p;
 }
 
@@ -615,14 +680,17 @@ int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *o
                    const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
     // cuDNN up to 9.15 needs a padding-mask workaround when s is not a multiple of 128
     if (cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
-        (!L->dev && g_version <= 91500 && L->s % 128))
+        (!L->dev && g_version <= 91500 && L->s % 128) || (cuda_det() && !det_bwd_on()))
         return -1;
     plan *pl = get_plan(1, L, nh, nkv, hd);
     if (!pl) return -1;
     size_t T = (size_t)L->T;
     float *D = (float *)cuda_scratch(SCRATCH_ATTN_D, T * nh * sizeof(float));
-    float *dq_acc = (float *)cuda_scratch(SCRATCH_ATTN_DQ, T * nh * hd * sizeof(float));
-    if (g_version < 90600) CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, T * nh * hd * sizeof(float), cuda_stream()));
+    float *dq_acc = nullptr;
+    if (!pl->det) {
+        dq_acc = (float *)cuda_scratch(SCRATCH_ATTN_DQ, T * nh * hd * sizeof(float));
+        if (g_version < 90600) CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, T * nh * hd * sizeof(float), cuda_stream()));
+    }
     float scale = 1.0f / sqrtf((float)hd), neg_inf = mask_value(), one = 1.0f;
     int64_t uids[18] = {pl->uid[U_Q],  pl->uid[U_K],  pl->uid[U_V],     pl->uid[U_O],     pl->uid[U_LSE],
                         pl->uid[U_DO], pl->uid[U_DQ], pl->uid[U_DK],    pl->uid[U_DV],    pl->uid[U_D],
@@ -631,7 +699,13 @@ int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *o
     void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, (void *)dout, dq, dk, dv, D, dq_acc,
                       &scale, &neg_inf, &one};
     if (L->dev) ragged_ptrs(L, ptrs + 14);
-    return run(pl, L->dev ? 18 : 14, uids, ptrs);
+    int n = L->dev ? 18 : 14;
+    if (pl->det) { // no accumulator in the deterministic graph: drop its entry (index 10)
+        memmove(uids + 10, uids + 11, (size_t)(n - 11) * sizeof *uids);
+        memmove(ptrs + 10, ptrs + 11, (size_t)(n - 11) * sizeof *ptrs);
+        n--;
+    }
+    return run(pl, n, uids, ptrs);
 }
 
 #endif

@@ -54,6 +54,12 @@ int cuda_attention_cudnn_probe(char *msg, size_t cap);
 void cuda_attention_layout(const int32_t *seq_start, const int32_t *h_seq_start, int T);
 /* attention forward and backward calls that ran on cuDNN so far (tests, benchmarks) */
 long cuda_attention_cudnn_calls(void);
+/* deterministic mode: the largest workspace a cuDNN attention backward plan may take (bytes);
+ * a shape needing more runs on the mma kernels */
+double cuda_attention_det_workspace_cap(void);
+/* deterministic mode's backward on cuDNN's deterministic plans (1) or the mma kernels (0, the
+ * default; QLORA_CUDA_DET_CUDNN_BWD=1 sets 1): see attention_cudnn.cu */
+void cuda_attention_det_cudnn_bwd(int on);
 
 /* Deterministic mode (docs/determinism.md): on, every op sums in a fixed order, so the same
  * inputs give the same bits on every run (same GPU model, driver and build): attention's backward

@@ -630,6 +630,7 @@ static void cu_info(ops_backend_info *out) {
     out->attention = cuda_attention_name(cuda_attention_selected());
     out->scratch_cap = cuda_scratch_cap();
     out->deterministic = cuda_det() ? 1 : 0;
+    out->det_attn_workspace_cap = out->deterministic ? cuda_attention_det_workspace_cap() : 0;
     cuda_versions(&out->cuda_driver, &out->cuda_runtime);
     cuda_driver_release(out->driver, sizeof out->driver);
 }

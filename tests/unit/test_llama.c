@@ -401,6 +401,40 @@ static void fake_device_info(ops_backend_info *out) {
     out->free_bytes = 6.0 * 1073741824.0;
 }
 
+static double g_fake_det_cap;
+static void fake_det_device_info(ops_backend_info *out) {
+    fake_device_info(out);
+    out->deterministic = 1;
+    out->det_attn_workspace_cap = g_fake_det_cap;
+}
+
+/* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
+ * cap) is part of the plan the budget is checked against */
+TEST(plan_counts_det_workspace) {
+    char dir[] = "/tmp/test_llama_detws_XXXXXX";
+    deep_model(dir);
+    ops_table dev = *ops_cpu();
+    dev.own_memory = 1;
+    dev.info = fake_device_info;
+    llama_model *m = NULL;
+    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    if (m) {
+        enum { T = 64 };
+        const double GiB = 1073741824.0;
+        llama_plan_choice plain, det;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
+        dev.info = fake_det_device_info; /* m->ops is &dev */
+        g_fake_det_cap = 1e12;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+        CHECK(det.plain_bytes - plain.plain_bytes == 2.0 * m->nh * T * T);
+        g_fake_det_cap = 1000;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+        CHECK(det.plain_bytes - plain.plain_bytes == 1000);
+    }
+    llama_free(&m);
+    remove_dir(dir);
+}
+
 TEST(plan_budget_on_a_device) {
     char dir[] = "/tmp/test_llama_budget_XXXXXX";
     deep_model(dir);
@@ -499,6 +533,7 @@ int main(void) {
     RUN(families_grads_and_kv_cache);
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
+    RUN(plan_counts_det_workspace);
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
     return test_summary();

@@ -620,12 +620,23 @@ TEST(attention) {
             CHECK_EQ_INT(ran, 0); /* mma and tiled selected: nothing runs on cuDNN */
         }
     }
+    /* the deterministic mode against the reference: the mma kernels' ordered dq sum and per-share
+     * dK/dV slices, and cuDNN's deterministic plans (dQ straight from the dS workspace) */
+    for (int kernel = CUDA_ATTN_MMA; kernel <= CUDA_ATTN_CUDNN; kernel += CUDA_ATTN_CUDNN - CUDA_ATTN_MMA) {
+        cuda_attention_select(kernel);
+        cuda_attention_det_cudnn_bwd(kernel == CUDA_ATTN_CUDNN);
+        CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+        long before = cuda_attention_cudnn_calls();
+        attention_check();
+        long ran = cuda_attention_cudnn_calls() - before;
+        fprintf(stderr, "  kernels: %s, deterministic: %ld calls ran on cuDNN\n",
+                kernel == CUDA_ATTN_CUDNN ? "cudnn" : "mma", ran);
+        if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(ran >= 16);
+        if (kernel == CUDA_ATTN_MMA) CHECK_EQ_INT(ran, 0);
+        CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
+    }
+    cuda_attention_det_cudnn_bwd(0);
     cuda_attention_select(CUDA_ATTN_MMA);
-    /* the deterministic mode's ordered dq sum and per-share dK/dV slices, against the reference */
-    CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
-    fprintf(stderr, "  kernels: mma, deterministic\n");
-    attention_check();
-    CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
 }
 
 /* ---- deterministic mode (cuda_ext.h): every op it changes, twice on one input, the same bits ---- */
@@ -658,6 +669,7 @@ static int attention_bwd_twice(int T, int nh, int nkv, int hd, int packed, int r
     int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
     int32_t *ss = make_seq_start(T, packed);
     int32_t *ssd = dev_i32(ss, T);
+    cuda_attention_layout(ssd, ss, T); /* what the trainer does: cuDNN takes only a layout it was told */
     tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
     tens dout = tens_rand(nq, 1, 1.0f, 0.0f);
     tens out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
@@ -693,14 +705,34 @@ TEST(deterministic_same_bits) {
      * shares), packed sequences, odd head dims, a grid larger than the machine holds at once */
     const int cfgs[][5] = {{2048, 32, 32, 128, 0}, {2048, 32, 8, 128, 1}, {4096, 32, 8, 128, 1}, {300, 8, 2, 128, 1},
                            {1024, 16, 4, 64, 1},   {77, 6, 3, 80, 1},     {129, 4, 1, 64, 0}};
-    /* the default mode first, for the record: its dq atomics usually differ run to run */
-    int nd_same = attention_bwd_twice(2048, 32, 8, 128, 1, 0);
-    fprintf(stderr, "  default mode, attention_bwd T=2048 GQA 32/8 twice: %s\n",
-            nd_same ? "the same bits (by chance)" : "different bits (atomics)");
+    /* with the mma kernels, then with cuDNN selected and its deterministic backward plans on
+     * (where it takes the shape and the workspace fits the cap; the mma kernels elsewhere) */
+    long on_cudnn = 0;
+    for (int kernel = CUDA_ATTN_MMA; kernel <= CUDA_ATTN_CUDNN; kernel += CUDA_ATTN_CUDNN - CUDA_ATTN_MMA) {
+        cuda_attention_select(kernel);
+        cuda_attention_det_cudnn_bwd(kernel == CUDA_ATTN_CUDNN);
+        /* the default mode first, for the record: its dq atomics usually differ run to run */
+        int nd_same = attention_bwd_twice(2048, 32, 8, 128, 1, 0);
+        fprintf(stderr, "  default mode, %s, attention_bwd T=2048 GQA 32/8 twice: %s\n",
+                kernel == CUDA_ATTN_CUDNN ? "cudnn" : "mma", nd_same ? "the same bits (by chance)" : "different bits");
+        CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+        for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++)
+            for (int rep = 0; rep < 2; rep++) {
+                long before = cuda_attention_cudnn_calls();
+                CHECK(attention_bwd_twice(cfgs[c][0], cfgs[c][1], cfgs[c][2], cfgs[c][3], cfgs[c][4], 1));
+                long ran = cuda_attention_cudnn_calls() - before;
+                if (kernel == CUDA_ATTN_CUDNN) on_cudnn += ran;
+                if (rep == 0)
+                    fprintf(stderr, "  deterministic, T=%d heads %d/%d hd %d%s: %s\n", cfgs[c][0], cfgs[c][1],
+                            cfgs[c][2], cfgs[c][3], cfgs[c][4] ? " packed" : "",
+                            ran ? "cuDNN (deterministic plan)" : "mma (fixed-order dq)");
+            }
+        CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
+    }
+    cuda_attention_det_cudnn_bwd(0);
+    cuda_attention_select(CUDA_ATTN_MMA);
+    if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(on_cudnn > 0); /* the cuDNN plans were the ones checked */
     CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
-    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++)
-        for (int rep = 0; rep < 2; rep++)
-            CHECK(attention_bwd_twice(cfgs[c][0], cfgs[c][1], cfgs[c][2], cfgs[c][3], cfgs[c][4], 1));
 
     /* the grad norm's sum of squares (fixed order in both modes) */
     const int64_t sizes[] = {10007, (1 << 24) + 13};
