@@ -118,6 +118,25 @@ if [ $det_ok -eq 1 ]; then
 fi
 
 # ---- d. the 7B shape: bits, tokens/s in both modes, the default mode's spread
+# ---- d. evaluate (issue 23, item 3): the demo recipe on cuda in deterministic mode, twice with
+# empty caches: its evaluate results (val loss base and tuned, greedy generations, scores) equal
+if [ $det_ok -eq 1 ]; then
+    stamp "demo recipe twice on cuda, deterministic: evaluate's results"
+    for n in E1 E2; do
+        QLORA_CACHE=$W/cache-$n QLORA_RUNS=$W/runs-$n timeout 90 "$B/run" qlora-run "$R/recipes/demo.yaml" \
+            --set device=$DEVICE --set deterministic=true > "$O/demo-$n.log" 2>&1
+        echo "demo $n rc=$?"
+    done
+    e1=$(find "$W/cache-E1/artifacts/evaluate" -name results.json | head -n1)
+    e2=$(find "$W/cache-E2/artifacts/evaluate" -name results.json | head -n1)
+    [ -n "$e1" ] && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("val loss", r["val"]["data"]["tuned"]["loss"], "first generation", repr(r["generations"][0]["tuned"]))' "$e1"
+    if [ -n "$e1" ] && [ -n "$e2" ] && cmp -s "$e1" "$e2"; then
+        verdict ok "evaluate twice in deterministic mode: results.json byte-identical (losses, generations, scores)"
+    else
+        verdict bad "evaluate in deterministic mode differs between two runs"
+    fi
+fi
+
 if have train_gpu && [ $det_ok -eq 1 ]; then
     stamp "7B q,v 2048 x 1 (train_gpu, 10 steps)"
     T="timeout 40 $B/run train_gpu train --model 7b --targets q,v --seq 2048 --batch 1 --ckpt auto --steps 10 --warmup 2"
