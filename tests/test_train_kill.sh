@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_train_kill.sh: crash safety of training through the real program. The demo recipe
 # (shortened) is killed with SIGKILL at KILLS (default 8) moments spread over an uninterrupted
-# train run's wall time (kill i at (i + r)/KILLS of it, r random in [0, 1)), run again after each
+# train run's wall time (even kill i at (i + r)/KILLS of it, r random in [0, 1); odd ones soon after
+# a checkpoint appears), run again after each
 # kill, and must end with an adapter byte-identical to an uninterrupted run's every time. Where
 # each kill landed is read from the cache (before the first checkpoint, in training, after the
 # artifact): at least a quarter must land in training, or the test proved nothing about resuming.
@@ -37,7 +38,20 @@ for i in $(seq 0 $((KILLS - 1))); do
   d=$(( (i * 32768 + RANDOM) * T / (KILLS * 32768) )) # ms into the run
   QLORA_CACHE="$c" "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until train >/dev/null 2>&1 &
   pid=$!
-  sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
+  if [ $((i % 2)) -eq 1 ]; then
+    # every other kill waits for a checkpoint (then up to 0.1 s more): on a loaded machine the
+    # start-up takes most of the run's wall time, and kills placed by the clock alone would miss
+    # the training loop
+    for _ in $(seq 1 2000); do
+      ls "$c"/work/*/checkpoint-*.bin >/dev/null 2>&1 && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.01
+    done
+    d="a checkpoint + $((RANDOM % 100))"
+    sleep "0.0$((RANDOM % 10))"
+  else
+    sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
+  fi
   kill -9 "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
   if [ -n "$(adapter_of "$c" 2>/dev/null)" ]; then where="after the train artifact"; after=$((after + 1))
