@@ -774,7 +774,7 @@ static int bench_ops(int argc, char **argv) {
     for (int i = 0; i < hd / 2; i++) invh[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
     ops->upload(inv, invh, sizeof(float) * (size_t)hd / 2);
     TIME_OP("rope q", 0, ops->rope(q, ssd, inv, T, nh, hd, 0));
-    TIME_OP("xent_fwd_bwd (V=32000)", 6.0 * T * C * (double)V, ops->xent_fwd_bwd(losses, dq, o, E, tgtd, T, C, V, 1e-3f));
+    TIME_OP("xent_fwd_bwd (V=32000)", 6.0 * T * C * (double)V, ops->xent_fwd_bwd(losses, dq, o, E, tgtd, T, C, V, 1e-3f, 0.0f));
 #undef TIME_OP
     return 0;
 }

@@ -188,11 +188,14 @@ typedef struct ops_table {
      * for each t with target[t] >= 0: losses[t] = -log softmax(x[t] E^T)[target[t]],
      * dx[t] = grad_scale * (softmax - onehot) E; rows with target < 0 get losses[t] = 0, dx[t] = 0.
      * losses [T] fp32 in backend memory (the model sums it in double on the host);
-     * dx may be NULL (evaluation). E bf16 [V, C]. */
+     * dx may be NULL (evaluation). E bf16 [V, C].
+     * softcap > 0: Gemma-2's final logit soft-capping, every logit z = x E^T taken as
+     * softcap * tanh(z / softcap) (the loss's softmax, and dx through its 1 - tanh^2); 0: none. */
     void (*xent_fwd_bwd)(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target,
-                         int T, int C, int V, float grad_scale);
-    /* logits[T, V] (fp32, backend memory) = x E^T: evaluation and generation only */
-    void (*logits)(float *logits, const void *x, const uint16_t *E, int T, int C, int V);
+                         int T, int C, int V, float grad_scale, float softcap);
+    /* logits[T, V] (fp32, backend memory) = x E^T, soft-capped as above when softcap > 0:
+     * evaluation and generation only */
+    void (*logits)(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap);
 
     /* optimizer over fp32 tensors, torch.optim.AdamW semantics (step counts from 1):
      * p -= lr*wd*p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

@@ -1,4 +1,4 @@
-/* config.c: config.json of the llama, mistral and qwen2 families (see config.h and
+/* config.c: config.json of the decoder families config.h lists (see config.h and
  * docs/llama-checkpoint.md). Reading accepts both transformers layouts; writing uses the
  * 4.x one through the Python-compatible dumper, so the file reads like transformers' own. */
 #include "config.h"
@@ -14,11 +14,11 @@
 #include "formats/pyjson.h"
 #include "core/json_in.h"
 
-#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma3_text, phi3"
+#define SUPPORTED_ARCHS "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3"
 
-static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"};
+static const char *arch_names[] = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "gemma2"};
 static const char *arch_classes[] = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                                     "Gemma3ForCausalLM", "Phi3ForCausalLM"};
+                                     "Gemma3ForCausalLM", "Phi3ForCausalLM", "Gemma2ForCausalLM"};
 
 const char *config_arch_name(model_arch a) { return (unsigned)a < ARCH_COUNT ? arch_names[a] : "?"; }
 
@@ -157,29 +157,52 @@ static int parse_quant(model_config *c, const json_t *q, const char *path) {
     return 0;
 }
 
-/* gemma3_text's own keys (transformers' Gemma3TextConfig defaults where a key is absent) */
-static int parse_gemma3(model_config *c, const json_t *j, const char *path) {
+/* a soft-capping key: a positive number, or null (none); def when absent */
+static int get_softcap(const json_t *j, const char *key, double def, double *out, const char *path) {
+    json_t *v = json_object_get(j, key);
+    if (!v) { *out = def; return 0; }
+    if (json_is_null(v)) { *out = 0; return 0; }
+    if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
+        return err_set(ERR_DATA, "%s: \"%s\" must be a positive number or null (got %s)", path, key,
+                       json_is_number(v) ? "a number <= 0" : json_in_type_name(v));
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* gemma2's and gemma3_text's own keys (transformers' Gemma2Config / Gemma3TextConfig defaults
+ * where a key is absent) */
+static int parse_gemma(model_config *c, const json_t *j, const char *path) {
     int64_t v;
+    bool g2 = c->arch == ARCH_GEMMA2;
     int rc = json_in_num(j, "query_pre_attn_scalar", path, 256, &c->query_pre_attn_scalar);
-    if (!rc) rc = json_in_num(j, "rope_local_base_freq", path, 10000.0, &c->rope_local_theta);
-    if (!rc) rc = json_in_int(j, "sliding_window_pattern", path, 6, 1, 1 << 20, &v);
+    if (!rc && !g2) rc = json_in_num(j, "rope_local_base_freq", path, 10000.0, &c->rope_local_theta);
+    if (!rc && !g2) rc = json_in_int(j, "sliding_window_pattern", path, 6, 1, 1 << 20, &v);
     if (rc) return rc;
-    c->sliding_window_pattern = (int)v;
+    /* gemma2: every other layer slides, from layer 0 on (4.x: not layer_idx % 2), one rope base */
+    c->sliding_window_pattern = g2 ? 2 : (int)v;
     if (c->query_pre_attn_scalar <= 0) return err_set(ERR_DATA, "%s: \"query_pre_attn_scalar\" must be positive", path);
     if (!json_object_get(j, "sliding_window")) c->sliding_window = 4096;
     const char *act;
     if ((rc = json_in_str(j, "hidden_activation", path, "gelu_pytorch_tanh", &act))) return rc;
     if (strcmp(act, "gelu_pytorch_tanh"))
         return err_set(ERR_DATA, "%s: hidden_activation '%s' is not supported (supported: gelu_pytorch_tanh)", path, act);
-    static const char *caps[] = {"final_logit_softcapping", "attn_logit_softcapping"};
-    for (int i = 0; i < 2; i++) {
-        json_t *cap = json_object_get(j, caps[i]);
-        if (cap && !json_is_null(cap))
-            return err_set(ERR_DATA, "%s: \"%s\" (Gemma-2's soft-capping) is not supported; it must be null", path, caps[i]);
-    }
+    /* Gemma2Config's defaults are 50 and 30; Gemma3TextConfig's null */
+    if ((rc = get_softcap(j, "attn_logit_softcapping", g2 ? 50.0 : 0, &c->attn_softcap, path))) return rc;
+    if ((rc = get_softcap(j, "final_logit_softcapping", g2 ? 30.0 : 0, &c->final_softcap, path))) return rc;
+    if (json_is_true(json_object_get(j, "use_bidirectional_attention")))
+        return err_set(ERR_DATA, "%s: \"use_bidirectional_attention\" true (an encoder) is not supported; it must be "
+                                 "false or absent", path);
     /* 5.x: rope_parameters per layer type, {"full_attention": {...}, "sliding_attention": {...}} */
     json_t *rp = json_object_get(j, "rope_parameters");
-    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) {
+    bool per_type = json_is_object(rp) && json_object_get(rp, "sliding_attention");
+    if (g2) {
+        if (per_type)
+            return err_set(ERR_DATA, "%s: gemma2 with rope_parameters per layer type is not supported (its layers share "
+                                     "one rope: {\"rope_type\": ..., \"rope_theta\": ...})", path);
+        c->rope_local_theta = c->rope_theta;
+        return 0;
+    }
+    if (per_type) {
         json_t *sl = json_object_get(rp, "sliding_attention"), *fu = json_object_get(rp, "full_attention");
         if ((rc = json_in_num(sl, "rope_theta", path, c->rope_local_theta, &c->rope_local_theta))) return rc;
         const char *t;
@@ -249,7 +272,7 @@ static int check_layer_types(const model_config *c, const json_t *lt, const char
 
 int64_t config_layer_window(const model_config *c, int l) {
     if (c->sliding_window <= 0) return 0;
-    if (c->arch == ARCH_GEMMA3) return (l + 1) % c->sliding_window_pattern ? c->sliding_window : 0;
+    if (config_gemma(c)) return (l + 1) % c->sliding_window_pattern ? c->sliding_window : 0;
     if ((c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN3) && l < c->max_window_layers) return 0;
     return c->sliding_window;
 }
@@ -298,10 +321,11 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     c->rope_factor = 1.0;
     /* 5.x folds rope_theta into rope_parameters; 4.x keeps rope_scaling next to rope_theta */
     json_t *rp = json_object_get(j, "rope_parameters");
-    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) rp = NULL; /* gemma3: parse_gemma3 */
+    if (json_is_object(rp) && json_object_get(rp, "sliding_attention")) rp = NULL; /* gemma3: parse_gemma */
     if ((rc = parse_rope(c, rp, "rope_parameters", path))) goto fail;
     if ((rc = parse_rope(c, json_object_get(j, "rope_scaling"), "rope_scaling", path))) goto fail;
-    if ((rc = get_bool(j, "tie_word_embeddings", false, &c->tie_word_embeddings, path))) goto fail;
+    /* Gemma2Config and Gemma3TextConfig tie by default (gemma-2-2b's config.json has no such key) */
+    if ((rc = get_bool(j, "tie_word_embeddings", config_gemma(c), &c->tie_word_embeddings, path))) goto fail;
     /* Qwen2 always has q/k/v biases (and none on o_proj); its config has no key for it */
     if ((rc = get_bool(j, "attention_bias", c->arch == ARCH_QWEN2, &c->attention_bias, path))) goto fail;
     if (c->arch == ARCH_QWEN2) c->attention_bias = true;
@@ -326,7 +350,7 @@ int config_from_json(model_config *c, const json_t *j, const char *path) {
     INT_FIELD("max_window_layers", 28, 0, c->max_window_layers);
     if (!qwen) c->max_window_layers = 0;
     c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_GEMMA3;
-    if (c->arch == ARCH_GEMMA3 && (rc = parse_gemma3(c, j, path))) goto fail;
+    if (config_gemma(c) && (rc = parse_gemma(c, j, path))) goto fail;
     /* 4.x keeps partial_rotary_factor at the top level; 5.x in rope_parameters (read above) */
     if (c->partial_rotary_factor == 0 && json_object_get(j, "partial_rotary_factor") &&
         (rc = get_num(j, "partial_rotary_factor", 1.0, &c->partial_rotary_factor, path)))
@@ -436,21 +460,26 @@ json_t *config_to_json(const model_config *c) {
         if (c->pad_token_id >= 0) json_object_set_new(j, "pad_token_id", json_integer(c->pad_token_id));
         break;
     case ARCH_GEMMA3:
+    case ARCH_GEMMA2:
         json_object_set_new(j, "attention_bias", json_false());
         json_object_set_new(j, "hidden_activation", json_string("gelu_pytorch_tanh"));
         /* an int in transformers 5.x (its strict config refuses 24.0) */
         json_object_set_new(j, "query_pre_attn_scalar", c->query_pre_attn_scalar == floor(c->query_pre_attn_scalar) ? json_integer((json_int_t)c->query_pre_attn_scalar) : json_real(c->query_pre_attn_scalar));
-        json_object_set_new(j, "rope_local_base_freq", json_real(c->rope_local_theta));
+        if (c->arch == ARCH_GEMMA3) {
+            json_object_set_new(j, "rope_local_base_freq", json_real(c->rope_local_theta));
+            json_object_set_new(j, "sliding_window_pattern", json_integer(c->sliding_window_pattern));
+        }
         json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
-        json_object_set_new(j, "sliding_window_pattern", json_integer(c->sliding_window_pattern));
         json_t *lt = json_array(); /* what transformers >= 4.53 and 5.x read */
         for (int l = 0; l < c->num_layers; l++)
             json_array_append_new(lt, json_string(config_layer_window(c, l) ? "sliding_attention" : "full_attention"));
         json_object_set_new(j, "layer_types", lt);
-        json_object_set_new(j, "final_logit_softcapping", json_null());
-        json_object_set_new(j, "attn_logit_softcapping", json_null());
+        json_object_set_new(j, "final_logit_softcapping", c->final_softcap > 0 ? json_real(c->final_softcap) : json_null());
+        json_object_set_new(j, "attn_logit_softcapping", c->attn_softcap > 0 ? json_real(c->attn_softcap) : json_null());
         json_object_set_new(j, "pad_token_id", token_json(c->pad_token_id));
-        json_object_del(j, "hidden_act");
+        /* Gemma2's checkpoints carry both names of the activation; Gemma3's only hidden_activation */
+        if (c->arch == ARCH_GEMMA2) json_object_set_new(j, "hidden_act", json_string("gelu_pytorch_tanh"));
+        else json_object_del(j, "hidden_act");
         break;
     case ARCH_PHI3:
         /* Phi3Config has no head_dim (hidden / heads) nor attention_bias */
@@ -532,6 +561,11 @@ static const preset gemma3_presets[] = {
     {"tiny", 128, 352, 259, 512, 4, 4, 1, 1e-6, 1000000.0, true},
     {0}}; /* the real sizes are the named presets gemma3-1b ... gemma3-27b */
 
+/* gemma2: a tiny of the 2b's layout (grouped kv heads, heads wider than hidden / heads) */
+static const preset gemma2_presets[] = {
+    {"tiny", 128, 352, 259, 512, 4, 4, 2, 1e-6, 10000.0, true},
+    {0}}; /* the real sizes are the named presets gemma2-2b ... gemma2-27b */
+
 /* phi3: a tiny of Phi-3-mini's layout (multi-head, untied, the window of the 4k model scaled down) */
 static const preset phi3_presets[] = {
     {"tiny", 128, 352, 259, 512, 4, 4, 4, 1e-5, 10000.0, false},
@@ -571,12 +605,16 @@ static const named_preset named_presets[] = {
     {"gemma3-4b", ARCH_GEMMA3, {"", 2560, 10240, 262208, 131072, 34, 8, 4, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
     {"gemma3-12b", ARCH_GEMMA3, {"", 3840, 15360, 262208, 131072, 48, 16, 8, 1e-6, 1000000.0, true}, 256, false, 2, 1, 1024, 256, 8},
     {"gemma3-27b", ARCH_GEMMA3, {"", 5376, 21504, 262208, 131072, 62, 32, 16, 1e-6, 1000000.0, true}, 128, false, 2, 1, 1024, 168, 8},
+    /* Gemma-2 2B / 9B / 27B (gemma-2-*b: one rope base, soft-capping 50 and 30, a window of 4096) */
+    {"gemma2-2b", ARCH_GEMMA2, {"", 2304, 9216, 256000, 8192, 26, 8, 4, 1e-6, 10000.0, true}, 256, false, 2, 1, 4096, 256, 0},
+    {"gemma2-9b", ARCH_GEMMA2, {"", 3584, 14336, 256000, 8192, 42, 16, 8, 1e-6, 10000.0, true}, 256, false, 2, 1, 4096, 256, 0},
+    {"gemma2-27b", ARCH_GEMMA2, {"", 4608, 36864, 256000, 8192, 46, 32, 16, 1e-6, 10000.0, true}, 128, false, 2, 1, 4096, 144, 0},
     /* Phi-3-mini-4k-instruct (3.8B: fused qkv_proj and gate_up_proj, a window of 2047) */
     {"phi3-mini", ARCH_PHI3, {"", 3072, 8192, 32064, 4096, 32, 32, 32, 1e-5, 10000.0, false}, 0, false, 1, 32000, 2047, 0, 0},
     {0}};
 
 #define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b, " \
-                     "gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, phi3-mini"
+                     "gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, phi3-mini"
 const char *const config_preset_names = PRESET_NAMES;
 
 static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {
@@ -603,6 +641,14 @@ static void fill_preset(model_config *c, model_arch arch, const preset *p, int h
         c->rope_local_theta = 10000.0;
         c->sliding_window_pattern = 6;
         c->sliding_window = 512;
+    }
+    if (arch == ARCH_GEMMA2) {
+        c->query_pre_attn_scalar = c->head_dim;
+        c->rope_local_theta = c->rope_theta;
+        c->sliding_window_pattern = 2;
+        c->sliding_window = 128; /* tiny: shorter than its context, so that it counts */
+        c->attn_softcap = 50.0;
+        c->final_softcap = 30.0;
     }
     c->max_window_layers = arch == ARCH_QWEN2 || arch == ARCH_QWEN3 ? p->layers : 0;
     c->partial_rotary_factor = 1;
@@ -642,7 +688,7 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
             c->sliding_window = n->window;
             c->pad_token_id = 32000;
         }
-        if (n->arch == ARCH_GEMMA3) {
+        if (config_gemma(c)) {
             c->sliding_window = n->window;
             c->query_pre_attn_scalar = n->qpas;
             c->pad_token_id = 0;
@@ -655,13 +701,14 @@ int config_preset(model_config *c, model_arch arch, const char *name) {
     }
     const preset *tab = arch == ARCH_MISTRAL ? mistral_presets : arch == ARCH_QWEN2 ? qwen2_presets
                       : arch == ARCH_QWEN3 ? qwen3_presets : arch == ARCH_GEMMA3 ? gemma3_presets
+                      : arch == ARCH_GEMMA2 ? gemma2_presets
                       : arch == ARCH_PHI3 ? phi3_presets : llama_presets;
     const preset *p = NULL;
     for (const preset *q = tab; q->name; q++)
         if (!strcmp(q->name, name)) p = q;
     if (!p) return err_set(ERR_USAGE, "unknown preset '%s' (presets: " PRESET_NAMES ")", name);
     /* qwen3's heads are 128 wide whatever the hidden size; tiny keeps them independent too (48) */
-    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : arch == ARCH_GEMMA3 ? 64 : 0);
+    fill_preset(c, arch, p, arch == ARCH_QWEN3 ? 48 : arch == ARCH_GEMMA3 || arch == ARCH_GEMMA2 ? 64 : 0);
     return 0;
 }
 
@@ -680,7 +727,7 @@ int64_t config_param_count(const model_config *c) {
     int64_t layer = H * q + 2 * H * kv + q * H + 3 * H * I + 2 * H;
     if (c->attention_bias) layer += q + 2 * kv + (c->arch == ARCH_QWEN2 ? 0 : H);
     if (c->qk_norm) layer += 2 * c->head_dim;
-    if (c->arch == ARCH_GEMMA3) layer += 2 * H;
+    if (config_gemma(c)) layer += 2 * H;
     if (c->mlp_bias) layer += 2 * I + H;
     return V * H + c->num_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
 }
@@ -736,7 +783,7 @@ int config_tensors(const model_config *c, config_tensor **out, size_t *n) {
             put_tensor(t, &k, TROLE_NORM, l, c->head_dim, 0, "model.layers.%d.self_attn.k_norm.weight", l);
         }
         put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-        if (c->arch == ARCH_GEMMA3) {
+        if (config_gemma(c)) {
             put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.pre_feedforward_layernorm.weight", l);
             put_tensor(t, &k, TROLE_NORM, l, H, 0, "model.layers.%d.post_feedforward_layernorm.weight", l);
         }

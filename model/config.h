@@ -1,5 +1,5 @@
-/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3, gemma3
- * (text) and phi3 (Phi-3 / Phi-4 mini) families.
+/* config.h: a Hugging Face model's config.json for the llama, mistral, qwen2, qwen3, gemma2,
+ * gemma3 (text) and phi3 (Phi-3 / Phi-4 mini) families.
  *
  * config_load reads config.json (transformers 4.x or 5.x style: rope_theta/rope_scaling or
  * rope_parameters, torch_dtype or dtype) and, when present, quantization_config. Any other
@@ -13,7 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_PHI3, ARCH_COUNT } model_arch;
+typedef enum model_arch { ARCH_LLAMA, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_GEMMA3, ARCH_PHI3, ARCH_GEMMA2, ARCH_COUNT } model_arch;
 typedef enum rope_kind { ROPE_DEFAULT, ROPE_LINEAR, ROPE_DYNAMIC, ROPE_LLAMA3, ROPE_LONGROPE } rope_kind;
 
 #define CONFIG_MAX_ROPE_FACTORS 256 /* longrope: one factor per rotated frequency (rope_dim / 2) */
@@ -40,6 +40,12 @@ typedef struct model_config {
     double query_pre_attn_scalar;
     double rope_local_theta;
     int sliding_window_pattern;
+    /* gemma2 (Gemma2ForCausalLM): gemma3's layer without q/k norms, one rope base (rope_local_theta
+     * = rope_theta), sliding and global layers alternating (sliding_window_pattern 2: layer 0
+     * slides), and soft-capping, cap * tanh(x / cap) (0: none; gemma3 reads them too): of the
+     * attention scores after their scale (attn_logit_softcapping) and of the final logits
+     * (final_logit_softcapping), which the loss, evaluation and generation all see */
+    double attn_softcap, final_softcap;
     /* phi3: q/k/v in one qkv_proj [(nh + 2 nkv) hd, C], gate and up in one gate_up_proj [2 I, C]
      * (gate first), rotary on the first rope_dim of each head only (partial_rotary_factor), and
      * longrope (4.x "su"): inv_freq[i] = 1 / (factor[i] * theta^(2i/rope_dim)) with the short factors
@@ -71,12 +77,14 @@ int config_preset(model_config *c, model_arch arch, const char *preset);
 bool config_preset_is_named(const char *name, model_arch *arch);
 extern const char *const config_preset_names; /* "tiny, 1b, ..., mistral-7b" for messages */
 int64_t config_param_count(const model_config *c);
-/* "llama"|"mistral"|"qwen2" -> arch; ERR_USAGE naming the supported ones otherwise */
+/* "llama"|"mistral"|... -> arch; ERR_USAGE naming the supported ones otherwise */
 int config_arch_from_name(const char *name, model_arch *a);
 /* sizes consistent (positive, heads a multiple of kv heads, even head_dim); ERR_USAGE */
 int config_check(const model_config *c);
 /* the sliding window of layer l (0: full attention) */
 int64_t config_layer_window(const model_config *c, int l);
+/* the Gemma layer: (1 + w) norms, four a layer, GeGLU, embeddings x sqrt(hidden), query_pre_attn_scalar */
+static inline bool config_gemma(const model_config *c) { return c->arch == ARCH_GEMMA3 || c->arch == ARCH_GEMMA2; }
 /* phi3's fused projections: qkv_proj and gate_up_proj hold q|k|v and gate|up, row blocks in that order */
 static inline bool config_fused(const model_config *c) { return c->arch == ARCH_PHI3; }
 /* rotated dims of each head (partial rotary: fewer than head_dim) */

@@ -246,8 +246,8 @@ int init_model_resolve(init_model_opts *o, const init_model_shape *s) {
     if (s->max_position) c->max_position_embeddings = s->max_position;
     if (s->hidden > 1 << 20 || s->layers > 4096 || s->heads > 4096 || s->kv_heads > 4096 || s->vocab > 1 << 24 || s->intermediate > 1 << 22)
         return err_set(ERR_USAGE, "model sizes out of range");
-    /* qwen3's and gemma3's head_dim is their own (the preset's); elsewhere it follows hidden / heads */
-    if (arch != ARCH_QWEN3 && arch != ARCH_GEMMA3) {
+    /* qwen3's and gemma's head_dim is their own (the preset's); elsewhere it follows hidden / heads */
+    if (arch != ARCH_QWEN3 && arch != ARCH_GEMMA3 && arch != ARCH_GEMMA2) {
         if (c->hidden_size % c->num_heads)
             return err_set(ERR_USAGE, "hidden size %lld is not a multiple of the %d heads", (long long)c->hidden_size, c->num_heads);
         c->head_dim = (int)(c->hidden_size / c->num_heads);

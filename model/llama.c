@@ -396,17 +396,18 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
-    bool gemma = m->cfg.arch == ARCH_GEMMA3, lr = m->cfg.rope_type == ROPE_LONGROPE;
+    bool gemma = config_gemma(&m->cfg), lr = m->cfg.rope_type == ROPE_LONGROPE;
+    bool local = m->cfg.arch == ARCH_GEMMA3; /* its sliding layers' own rope base (gemma2 has one) */
     int half = m->rot / 2;
     m->inv_freq = carve_take(&ld->cv, (int64_t)half * 4);
-    m->inv_freq_local = gemma ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
+    m->inv_freq_local = local ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
     m->inv_freq_long = lr ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
     if (ld->cv.base) {
         float *inv = malloc(sizeof(float) * (size_t)half);
         if (!inv) return err_set(ERR_STAGE, "out of memory");
         rope_inv_freq(&m->cfg, m->rot, inv, false, false);
         m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)half);
-        if (gemma) {
+        if (local) {
             rope_inv_freq(&m->cfg, m->rot, inv, true, false);
             m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)half);
         }
@@ -496,11 +497,11 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         return err_set(ERR_DATA, "%s: partial rotary or longrope's attention factor needs an op the %s backend does "
                                  "not have yet (rope_ex); use device: cpu", path, ops->name);
     }
-    if (cfg->arch == ARCH_GEMMA3) {
+    if (config_gemma(cfg)) {
         if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {
             free(m);
-            return err_set(ERR_DATA, "%s: gemma3 needs ops the %s backend does not have yet (GeGLU, the embedding "
-                                     "scale, scaled and windowed attention); use device: cpu", path, ops->name);
+            return err_set(ERR_DATA, "%s: %s needs ops the %s backend does not have yet (GeGLU, the embedding "
+                                     "scale, scaled and windowed attention); use device: cpu", path, config_arch_name(cfg->arch), ops->name);
         }
         /* transformers multiplies in the weights' dtype: sqrt(hidden) rounded to it */
         float sc = sqrtf((float)m->C);
@@ -790,7 +791,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
             a->rstd2 = carve_take(cv, T * 4);
             a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
             plan_qk_norm(m, A, a, cv, T, l == 0);
-            if (m->cfg.arch == ARCH_GEMMA3) {
+            if (config_gemma(&m->cfg)) {
                 a->o_raw = carve_take(cv, T * C * es);
                 a->d_raw = carve_take(cv, T * C * es);
                 a->rstd_po = carve_take(cv, T * 4);
@@ -824,7 +825,7 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
 
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
     free_acts(m);
-    if (m->cfg.arch == ARCH_GEMMA3) ckpt = LLAMA_CKPT_NONE; /* see llama.h */
+    if (config_gemma(&m->cfg)) ckpt = LLAMA_CKPT_NONE; /* see llama.h */
     if (max_T <= 0) return err_set(ERR_USAGE, "micro-batch of %d tokens", max_T);
     m->ckpt = ckpt;
     llama_acts *A = calloc(1, sizeof *A);
@@ -870,7 +871,7 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
 }
 
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {
-    if (m->cfg.arch == ARCH_GEMMA3) ckpt = LLAMA_CKPT_NONE;
+    if (config_gemma(&m->cfg)) ckpt = LLAMA_CKPT_NONE;
     llama_acts A;
     memset(&A, 0, sizeof A);
     A.layer = calloc((size_t)m->L, sizeof(layer_acts));
@@ -916,17 +917,19 @@ static void *rows_at(const llama_model *m, void *p, int64_t t0, int64_t width) {
 
 static float *xa_at(const llama_model *m, float *xa, int64_t t0) { return xa ? xa + t0 * m->lora.r : NULL; }
 
-/* the attention options of layer l: its sliding window, if any; gemma3's score scale */
+/* the attention options of layer l: its sliding window, if any; Gemma's score scale and
+ * soft-capping */
 static ops_attn layer_attn(const llama_model *m, int l) {
     ops_attn a = {0};
     a.window = (int)config_layer_window(&m->cfg, l);
-    if (m->cfg.arch == ARCH_GEMMA3) a.scale = (float)(1.0 / sqrt(m->cfg.query_pre_attn_scalar));
+    if (config_gemma(&m->cfg)) a.scale = (float)(1.0 / sqrt(m->cfg.query_pre_attn_scalar));
+    a.softcap = (float)m->cfg.attn_softcap;
     return a;
 }
 
-/* the ex attention ops are needed: a window this batch reaches, or another scale */
+/* the ex attention ops are needed: a window this batch reaches, another scale or a soft-cap */
 static bool attn_ex(const llama_model *m, const ops_attn *opt) {
-    return (m->acts->windowed && opt->window > 0) || opt->scale > 0;
+    return (m->acts->windowed && opt->window > 0) || opt->scale > 0 || opt->softcap > 0;
 }
 
 /* the rotary frequencies of layer l (gemma3's sliding layers have their own) */
@@ -942,7 +945,7 @@ static void rope_apply(const llama_model *m, void *x, const float *inv, int T, i
 }
 
 static void glu_fwd(const llama_model *m, void *out, const void *gate, const void *up, int64_t n) {
-    (m->cfg.arch == ARCH_GEMMA3 ? m->ops->geglu_fwd : m->ops->swiglu_fwd)(out, gate, up, n);
+    (config_gemma(&m->cfg) ? m->ops->geglu_fwd : m->ops->swiglu_fwd)(out, gate, up, n);
 }
 
 /* the MLP forward of rows [t0, t0+n) into out rows (down's output, before the residual add) */
@@ -1011,7 +1014,7 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
     else
         o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
-    if (m->cfg.arch == ARCH_GEMMA3) { /* never lean (llama_plan): norms after o and after down */
+    if (config_gemma(&m->cfg)) { /* never lean (llama_plan): norms after o and after down */
         linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
         o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, T, m->C, m->eps);
         o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
@@ -1065,7 +1068,7 @@ static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, const void *
     }
     void *dres = rows_at(m, (void *)dout, t0, m->C);
     linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
-    (m->cfg.arch == ARCH_GEMMA3 ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up,
+    (config_gemma(&m->cfg) ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up,
                                                                  (int64_t)n * m->I);
     linear_bwd(m, l, LLAMA_GATE, dn, A->dgate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, 0, seed);
     linear_bwd(m, l, LLAMA_UP, dn, A->dup, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, 1, seed);
@@ -1076,7 +1079,7 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     const llama_layer *ly = &m->layers[l];
-    bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = m->cfg.arch == ARCH_GEMMA3;
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = config_gemma(&m->cfg);
     size_t es = ops_act_size(o);
     /* gemma3: through down's output norm first (rmsnorm_bwd accumulates: from zero) */
     const void *dmlp = A->dres;
@@ -1220,7 +1223,8 @@ int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scal
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     int T = b->T;
-    o->xent_fwd_bwd(A->losses, A->dn, A->nf, m->lm_head, A->target, T, m->C, m->V, grad_scale);
+    o->xent_fwd_bwd(A->losses, A->dn, A->nf, m->lm_head, A->target, T, m->C, m->V, grad_scale,
+                    (float)m->cfg.final_softcap);
     o->zero(A->dres, (size_t)T * (size_t)m->C * ops_act_size(o));
     o->rmsnorm_bwd(A->dres, A->dn, A->res[m->L], m->final_norm, A->rstdf, T, m->C);
     for (int l = m->L - 1; l >= 0; l--) {
@@ -1240,7 +1244,8 @@ int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, i
     int rc = batch_forward(m, b, false, 0);
     if (rc) return rc;
     llama_acts *A = m->acts;
-    m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, b->T, m->C, m->V, 1.0f);
+    m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, b->T, m->C, m->V, 1.0f,
+                            (float)m->cfg.final_softcap);
     sum_losses(m, b->T, loss_sum, n_targets, token_losses);
     return 0;
 }
@@ -1253,7 +1258,7 @@ int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits) {
     size_t bytes = sizeof(float) * (size_t)b->T * (size_t)m->V;
     float *d = m->ops->alloc(bytes);
     if (!d) return err_set(ERR_STAGE, "out of memory for [%d, %d] logits", b->T, m->V);
-    m->ops->logits(d, m->acts->nf, m->lm_head, b->T, m->C, m->V);
+    m->ops->logits(d, m->acts->nf, m->lm_head, b->T, m->C, m->V, (float)m->cfg.final_softcap);
     m->ops->download(logits, d, bytes);
     m->ops->free(d);
     return 0;
@@ -1311,11 +1316,11 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
         rope_apply(m, a->q, inv, n, m->nh, 0);
         rope_apply(m, k_new, inv, n, m->nkv, 0);
         ops_attn opt = layer_attn(m, l);
-        if ((opt.window > 0 && P + n > opt.window) || opt.scale > 0)
+        if ((opt.window > 0 && P + n > opt.window) || opt.scale > 0 || opt.softcap > 0)
             o->attention_ex_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd, &opt);
         else
             o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
-        bool gemma = m->cfg.arch == ARCH_GEMMA3; /* its plan is never lean: o_raw, d_raw exist */
+        bool gemma = config_gemma(&m->cfg); /* its plan is never lean: o_raw, d_raw exist */
         linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
         if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
@@ -1367,10 +1372,11 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
         for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
         m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
-        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
+                                (float)m->cfg.final_softcap);
         m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
         if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
-            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V);
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
             m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
             return 0;
         }
@@ -1378,7 +1384,7 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
     if (logits) {
         void *xl = act_at(m, A->res[0], (int64_t)((n - 1) % most) * m->C);
         m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
-        m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+        m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
         m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
     }
     return 0;
@@ -1401,7 +1407,7 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     llama_acts *A = m->acts;
     void *xl = act_at(m, A->res[0], (int64_t)(last - 1) * m->C);
     m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
-    m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V);
+    m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
     m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
     return 0;
 }

@@ -84,7 +84,7 @@ void cpu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *b
 void cpu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                      const float *xa, int T, int accumulate);
 void cpu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target,
-                      int T, int C, int V, float grad_scale);
-void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V);
+                      int T, int C, int V, float grad_scale, float softcap);
+void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap);
 
 #endif

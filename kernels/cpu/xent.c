@@ -3,7 +3,9 @@
  * The vocabulary is walked in XENT_CHUNK-row chunks of E (converted to fp32 once per chunk and
  * thread) with an online softmax (running max and sum), so no [T, V] logits tensor exists; the
  * backward makes a second pass that recomputes each chunk's logits. The matmuls go through
- * cpu_gemm_acc (register-blocked, see ops_cpu.c). */
+ * cpu_gemm_acc (register-blocked, see ops_cpu.c). With a soft-cap (Gemma-2's final logits) each
+ * logit is cap * tanh(z / cap) wherever it is used, and the gradient of the raw z is the capped
+ * logit's times 1 - tanh^2 = 1 - (capped / cap)^2. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +22,21 @@ typedef struct xent_args {
     const uint16_t *E;
     const int32_t *target;
     int T, C, V;
-    float grad_scale;
+    float grad_scale, softcap;
 } xent_args;
 
-/* logits of rows [lo, hi) for one vocabulary chunk: L[n, nv] = x E^T (Et: the chunk transposed) */
+/* z = cap * tanh(z / cap) over n logits (cap 0: unchanged) */
+static void softcap_rows(float *z, int64_t n, float cap) {
+    if (cap > 0)
+        for (int64_t i = 0; i < n; i++) z[i] = cap * tanhf(z[i] / cap);
+}
+
+/* logits of rows [lo, hi) for one vocabulary chunk: L[n, nv] = x E^T (Et: the chunk transposed),
+ * soft-capped when asked */
 static void xent_chunk_logits(const xent_args *a, int64_t lo, int64_t n, const float *Et, int nv, float *L) {
     memset(L, 0, sizeof(float) * (size_t)(n * nv));
     cpu_gemm_acc(L, nv, a->x + lo * a->C, a->C, Et, nv, n, nv, a->C);
+    softcap_rows(L, n * nv, a->softcap);
 }
 
 static void xent_rows(void *ctx, int64_t lo, int64_t hi) {
@@ -76,8 +86,12 @@ static void xent_rows(void *ctx, int64_t lo, int64_t hi) {
                     memset(p, 0, sizeof(float) * (size_t)nv);
                     continue;
                 }
-                for (int v = 0; v < nv; v++) p[v] = a->grad_scale * expf(p[v] - mx[t]);
-                if (tg >= v0 && tg < v0 + nv) p[tg - v0] -= a->grad_scale;
+                float cap = a->softcap;
+                for (int v = 0; v < nv; v++) {
+                    float g = expf(p[v] - mx[t]) - (v0 + v == tg ? 1.0f : 0.0f);
+                    if (cap > 0) g *= 1.0f - (p[v] / cap) * (p[v] / cap);
+                    p[v] = a->grad_scale * g;
+                }
             }
             cpu_gemm_acc(a->dx + lo * C, C, L, nv, e, C, n, C, nv);
         }
@@ -90,9 +104,9 @@ static void xent_rows(void *ctx, int64_t lo, int64_t hi) {
 }
 
 void cpu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target,
-                      int T, int C, int V, float grad_scale) {
+                      int T, int C, int V, float grad_scale, float softcap) {
     xent_args a = {.losses = losses, .dx = dx, .x = x, .E = E, .target = target, .T = T, .C = C, .V = V,
-                   .grad_scale = grad_scale};
+                   .grad_scale = grad_scale, .softcap = softcap};
     cpu_parallel_for(T, (dx ? 3.0 : 1.0) * T * C * V, xent_rows, &a);
 }
 
@@ -108,11 +122,12 @@ static void logits_rows(void *ctx, int64_t lo, int64_t hi) {
         cpu_transpose(et, e, nv, C);
         cpu_gemm_acc(a->logits + lo * V + v0, V, a->x + lo * C, C, et, nv, hi - lo, nv, C);
     }
+    softcap_rows(a->logits + lo * V, (hi - lo) * V, a->softcap);
     free(e);
     free(et);
 }
 
-void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
-    xent_args a = {.logits = logits, .x = x, .E = E, .T = T, .C = C, .V = V};
+void cpu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap) {
+    xent_args a = {.logits = logits, .x = x, .E = E, .T = T, .C = C, .V = V, .softcap = softcap};
     cpu_parallel_for(T, (double)T * C * V, logits_rows, &a);
 }

@@ -45,7 +45,9 @@ void launch_scale(float *g, int64_t n, float s);
 // xent.cu
 // per-row loss (0 where target < 0) into row_loss[Tc]; dlogits written in place as bf16
 void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
-                      const int32_t *target, int Tc, int V, float grad_scale, int want_grad);
+                      const int32_t *target, int Tc, int V, float grad_scale, int want_grad, float softcap);
+// z = cap * tanh(z / cap) over n fp32 values (the soft-capped logits of generation and evaluation)
+void launch_softcap(float *z, int64_t n, float cap);
 
 // nf4.cu (see nf4_cuda.h for the exported C API)
 void launch_nf4_dequant_bf16(bf16 *dst, const uint8_t *codes, const float *absmax, const float *quant_map,

@@ -583,22 +583,24 @@ static int xent_chunk_rows(int T, int V) {
 }
 
 static void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
-                            int C, int V, float grad_scale) {
+                            int C, int V, float grad_scale, float softcap) {
     int Tc = xent_chunk_rows(T, V);
     float *logits = (float *)cuda_scratch(SCRATCH_XENT, (size_t)Tc * V * sizeof(float));
     for (int t0 = 0; t0 < T; t0 += Tc) {
         int n = T - t0 < Tc ? T - t0 : Tc;
         const bf16 *xc = (const bf16 *)x + (size_t)t0 * C;
         gemm_rm(0, 1, n, V, C, 1.0f, xc, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
-        launch_xent_rows(losses + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL);
+        launch_xent_rows(losses + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL,
+                         softcap);
         if (dx)
             gemm_rm(0, 0, n, C, V, 1.0f, (const bf16 *)logits, 2 * V, (const bf16 *)E, C, 0.0f,
                     (bf16 *)dx + (size_t)t0 * C, C, 0);
     }
 }
 
-static void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V) {
+static void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap) {
     gemm_rm(0, 1, T, V, C, 1.0f, (const bf16 *)x, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
+    launch_softcap(logits, (int64_t)T * V, softcap);
 }
 
 static void cu_adamw(float *param, const float *grad, float *m, float *v, int64_t n, float lr, float beta1,

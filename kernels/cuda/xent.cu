@@ -1,6 +1,8 @@
 // xent.cu: the row kernel of the chunked lm_head + cross-entropy (ops_cuda.cu runs the GEMMs).
 // One block per row of a logits chunk: max, sum of exp, log-sum-exp, the row's loss, then
 // grad_scale * (softmax - onehot) written as bf16 over the start of the same row's memory.
+// A soft-cap (Gemma-2's final logits, cap > 0) first rewrites the row as cap * tanh(z / cap); the
+// gradient of the raw z is then the capped one's times 1 - (capped / cap)^2.
 #include "launch.cuh"
 
 #include <float.h>
@@ -26,11 +28,15 @@ __device__ __forceinline__ float block_reduce(float v, float *sh, bool is_max) {
 }
 
 __global__ void xent_rows_kernel(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
-                                 const int32_t *target, int V, float grad_scale, int want_grad) {
+                                 const int32_t *target, int V, float grad_scale, int want_grad, float softcap) {
     __shared__ float sh[32];
     int row = blockIdx.x;
-    const float *l = logits + (int64_t)row * ld_logits;
+    float *l = logits + (int64_t)row * ld_logits;
     int tgt = target[row];
+    if (softcap > 0.0f) {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) l[j] = softcap * tanhf(l[j] / softcap);
+        __syncthreads();
+    }
     float mx = -FLT_MAX;
     for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
     mx = block_reduce(mx, sh, true);
@@ -58,6 +64,7 @@ __global__ void xent_rows_kernel(float *row_loss, float *logits, int ld_logits, 
             int j = c0 + k * XENT_THREADS + threadIdx.x;
             if (j < V) {
                 float g = tgt >= 0 ? grad_scale * (__expf(v[k] - mx) * inv_s - (j == tgt ? 1.0f : 0.0f)) : 0.0f;
+                if (softcap > 0.0f) g *= 1.0f - (v[k] / softcap) * (v[k] / softcap);
                 d[j] = __float2bfloat16_rn(g);
             }
         }
@@ -66,9 +73,21 @@ __global__ void xent_rows_kernel(float *row_loss, float *logits, int ld_logits, 
 }
 
 void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
-                      const int32_t *target, int Tc, int V, float grad_scale, int want_grad) {
+                      const int32_t *target, int Tc, int V, float grad_scale, int want_grad, float softcap) {
     if (Tc == 0) return;
     xent_rows_kernel<<<Tc, XENT_THREADS, 0, cuda_stream()>>>(row_loss, logits, ld_logits, dlogits, ld_dlogits, target,
-                                                             V, grad_scale, want_grad);
+                                                             V, grad_scale, want_grad, softcap);
+    CUDA_CHECK_LAUNCH();
+}
+
+__global__ void softcap_kernel(float *z, int64_t n, float cap) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        z[i] = cap * tanhf(z[i] / cap);
+}
+
+void launch_softcap(float *z, int64_t n, float cap) {
+    if (n == 0 || cap <= 0.0f) return;
+    int64_t blocks = (n + 255) / 256;
+    softcap_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, cuda_stream()>>>(z, n, cap);
     CUDA_CHECK_LAUNCH();
 }

@@ -17,7 +17,8 @@ Models: llama (llama3 rope scaling), qwen2 (biases, tied), qwen3 (q/k per-head n
 independent of hidden/heads), mistral (sliding window 6, linear rope scaling), gemma3 (gemma3_text:
 (1 + w) norms, GeGLU, local and global layers), phi3 (fused qkv_proj and gate_up_proj, rotary on half
 of each head, longrope with an original context of 16: the 24-token row takes the long factors, the
-packed sequences the short ones; a window of 10).
+packed sequences the short ones; a window of 10), gemma2 (Gemma2ForCausalLM: gemma3's layer without q/k
+norms, one rope base, layer 0 sliding, attention scores soft-capped at 1 and final logits at 3).
 
 Usage (where torch, transformers and peft are installed; no GPU needed):
   python3 make_golden.py IN_DIR OUT_DIR [MODEL...]     (default: all of them)
@@ -183,7 +184,7 @@ def main():
     peft_version = peft.__version__ if peft is not None else "none (LoRA by hand)"
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft_version}", flush=True)
     failed = 0
-    for name in sys.argv[3:] or ("llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3"):
+    for name in sys.argv[3:] or ("llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "gemma2"):
         config, lora, tensors = load_inputs(f"{src}/{name}_inputs.safetensors")
         model, params, inv_freq = build(config, lora, tensors)
         for packed in (False, True):

@@ -47,6 +47,9 @@ static const gmodel models[] = {
      * beyond its original context of 16: long factors; the packed sequences are not: short), a
      * window of 10; LoRA on all four of its linears */
     {"phi3", "golden/phi3-tiny", 4, 8.0f, false, LLAMA_TARGETS_ALL},
+    /* gemma2: gemma3's layer without q/k norms, one rope base, layer 0 sliding (window 6), layer 1
+     * global, attention scores capped at 1 and final logits at 3 (small caps, so that they bite) */
+    {"gemma2", "golden/gemma2-tiny", 4, 8.0f, false, LLAMA_TARGETS_ALL},
 };
 
 /* the LoRA target names of mask for c's family, as peft names the modules (a JSON array) */
@@ -149,7 +152,7 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
         dense = m->layers[l].k_norm;
     } else if (strstr(t->name, "input_layernorm")) {
         dense = m->layers[l].attn_norm;
-    } else if (m->cfg.arch == ARCH_GEMMA3 && strstr(t->name, "post_attention_layernorm")) {
+    } else if (config_gemma(&m->cfg) && strstr(t->name, "post_attention_layernorm")) {
         dense = m->layers[l].post_attn_norm;
     } else if (strstr(t->name, "post_feedforward_layernorm")) {
         dense = m->layers[l].post_mlp_norm;
@@ -158,8 +161,8 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
     }
     uint16_t *h = malloc(2 * (size_t)numel);
     o->download(h, dense, 2 * (size_t)numel);
-    /* gemma3 keeps 1 + w: the checkpoint's w is one less */
-    float minus = m->cfg.arch == ARCH_GEMMA3 && t->role == TROLE_NORM ? 1.0f : 0.0f;
+    /* gemma2/3 keep 1 + w: the checkpoint's w is one less */
+    float minus = config_gemma(&m->cfg) && t->role == TROLE_NORM ? 1.0f : 0.0f;
     for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]) - minus;
     free(h);
     return f;

@@ -175,7 +175,8 @@ TEST(test_presets) {
     static const struct { const char *name; long long params; } real[] = {
         {"llama3-8b", 8030261248LL}, {"llama3-70b", 70553706496LL}, {"qwen3-0.6b", 596049920LL},
         {"qwen3-8b", 8190735360LL}, {"qwen3-32b", 32762123264LL}, {"mistral-7b", 7248023552LL},
-        {"gemma3-1b", 999885952LL}, {"phi3-mini", 3821079552LL}};
+        {"gemma3-1b", 999885952LL}, {"phi3-mini", 3821079552LL}, {"gemma2-2b", 2614341888LL},
+        {"gemma2-9b", 9241705984LL}, {"gemma2-27b", 27227128320LL}};
     for (size_t i = 0; i < sizeof real / sizeof *real; i++) {
         CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, real[i].name), 0);
         if (config_param_count(&c) != real[i].params)
@@ -189,15 +190,72 @@ TEST(test_presets) {
     CHECK_EQ_INT(config_layer_window(&c, 5), 0); /* every sixth layer is global */
 }
 
+/* gemma-2-2b's config.json as transformers 4.42 wrote it (google/gemma-2-2b), and the 5.x form */
+TEST(test_gemma2) {
+    model_config c;
+    CHECK_EQ_INT(from_text(&c, "{\"architectures\":[\"Gemma2ForCausalLM\"],\"attention_bias\":false,\"attention_dropout\":0.0,"
+                               "\"attn_logit_softcapping\":50.0,\"bos_token_id\":2,\"cache_implementation\":\"hybrid\","
+                               "\"eos_token_id\":1,\"final_logit_softcapping\":30.0,\"head_dim\":256,\"hidden_act\":\"gelu_pytorch_tanh\","
+                               "\"hidden_activation\":\"gelu_pytorch_tanh\",\"hidden_size\":2304,\"initializer_range\":0.02,"
+                               "\"intermediate_size\":9216,\"max_position_embeddings\":8192,\"model_type\":\"gemma2\","
+                               "\"num_attention_heads\":8,\"num_hidden_layers\":26,\"num_key_value_heads\":4,\"pad_token_id\":0,"
+                               "\"query_pre_attn_scalar\":256,\"rms_norm_eps\":1e-06,\"rope_theta\":10000.0,\"sliding_window\":4096,"
+                               "\"torch_dtype\":\"float32\",\"transformers_version\":\"4.42.4\",\"use_cache\":true,\"vocab_size\":256000}"),
+                 0);
+    CHECK(c.arch == ARCH_GEMMA2 && !c.qk_norm && c.head_dim == 256 && c.attn_softcap == 50.0 && c.final_softcap == 30.0);
+    CHECK(c.query_pre_attn_scalar == 256 && c.rope_local_theta == 10000.0 && c.tie_word_embeddings);
+    CHECK_EQ_INT(config_layer_window(&c, 0), 4096); /* 4.x: layer_idx % 2 == 0 slides */
+    CHECK_EQ_INT(config_layer_window(&c, 1), 0);
+    CHECK_EQ_INT(config_layer_window(&c, 24), 4096);
+    /* the preset is that model (tied, as Gemma2Config's default) */
+    model_config p;
+    CHECK_EQ_INT(config_preset(&p, ARCH_LLAMA, "gemma2-2b"), 0);
+    CHECK(p.arch == ARCH_GEMMA2 && p.hidden_size == 2304 && p.num_layers == 26 && p.sliding_window == 4096 &&
+          p.attn_softcap == 50.0 && p.final_softcap == 30.0 && p.tie_word_embeddings);
+    /* 5.x: rope_parameters, layer_types, defaults where keys are absent (Gemma2Config's) */
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma2\",\"num_hidden_layers\":3,\"head_dim\":128,\"hidden_size\":512,"
+                               "\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rope_parameters\":{\"rope_type\":\"default\","
+                               "\"rope_theta\":20000.0},\"layer_types\":[\"sliding_attention\",\"full_attention\",\"sliding_attention\"]}"),
+                 0);
+    CHECK(c.rope_theta == 20000.0 && c.rope_local_theta == 20000.0 && c.attn_softcap == 50.0 && c.final_softcap == 30.0 &&
+          c.sliding_window == 4096 && c.query_pre_attn_scalar == 256);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma2\",\"attn_logit_softcapping\":null,\"final_logit_softcapping\":null}"), 0);
+    CHECK(c.attn_softcap == 0 && c.final_softcap == 0);
+    /* read back from what we write, the keys transformers 4.x and 5.x read */
+    CHECK_EQ_INT(config_preset(&p, ARCH_GEMMA2, "tiny"), 0);
+    json_t *j = config_to_json(&p);
+    CHECK(json_real_value(json_object_get(j, "attn_logit_softcapping")) == 50.0);
+    CHECK(json_real_value(json_object_get(j, "final_logit_softcapping")) == 30.0);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "hidden_activation")), "gelu_pytorch_tanh"));
+    CHECK(!json_object_get(j, "sliding_window_pattern") && !json_object_get(j, "rope_local_base_freq"));
+    CHECK(!strcmp(json_string_value(json_array_get(json_object_get(j, "layer_types"), 0)), "sliding_attention"));
+    model_config d;
+    CHECK_EQ_INT(config_from_json(&d, j, "config.json"), 0);
+    CHECK(d.arch == ARCH_GEMMA2 && !d.qk_norm && d.sliding_window == 128 && d.sliding_window_pattern == 2 && d.head_dim == 64 &&
+          d.attn_softcap == 50.0 && d.final_softcap == 30.0 && d.query_pre_attn_scalar == 64 && d.tie_word_embeddings);
+    json_decref(j);
+}
+
 /* the families' errors: file, key, supported values, before anything runs */
 TEST(test_family_rejects) {
     model_config c;
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"phi\"}"), ERR_DATA);
-    CHECK(strstr(err_msg(), "config.json: model_type 'phi' is not supported (supported: llama, mistral, qwen2, qwen3, gemma3_text, phi3)") != NULL);
+    CHECK(strstr(err_msg(), "config.json: model_type 'phi' is not supported (supported: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3)") != NULL);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3\"}"), ERR_DATA);
     CHECK(strstr(err_msg(), "multimodal") != NULL);
-    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"final_logit_softcapping\":30.0}"), ERR_DATA);
-    CHECK(strstr(err_msg(), "final_logit_softcapping") != NULL);
+    /* gemma3 carries Gemma-2's soft-capping when its config asks (the same code path) */
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"final_logit_softcapping\":30.0}"), 0);
+    CHECK(c.final_softcap == 30.0 && c.attn_softcap == 0);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"final_logit_softcapping\":-1}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "config.json: \"final_logit_softcapping\" must be a positive number or null (got a number <= 0)") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma2\",\"attn_logit_softcapping\":\"50\"}"), ERR_DATA);
+    CHECK(strstr(err_msg(), "config.json: \"attn_logit_softcapping\" must be a positive number or null (got a string)") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma2\",\"rope_parameters\":{\"full_attention\":{},\"sliding_attention\":{}}}"),
+                 ERR_DATA);
+    CHECK(strstr(err_msg(), "gemma2 with rope_parameters per layer type is not supported") != NULL);
+    CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma2\",\"num_hidden_layers\":2,\"layer_types\":[\"full_attention\",\"sliding_attention\"]}"),
+                 ERR_DATA);
+    CHECK(strstr(err_msg(), "\"layer_types\"[0] is \"full_attention\", which disagrees") != NULL);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"gemma3_text\",\"hidden_activation\":\"relu\"}"), ERR_DATA);
     CHECK(strstr(err_msg(), "gelu_pytorch_tanh") != NULL);
     CHECK_EQ_INT(from_text(&c, "{\"model_type\":\"llama\",\"rope_scaling\":{\"rope_type\":\"longrope\",\"factor\":4}}"), ERR_DATA);
@@ -362,6 +420,7 @@ int main(void) {
     RUN(test_rejects);
     RUN(test_presets);
     RUN(test_family_rejects);
+    RUN(test_gemma2);
     RUN(test_phi3_configs);
     RUN(test_adapter_validate);
     fs_rm_rf(tmpdir);

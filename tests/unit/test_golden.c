@@ -8,7 +8,10 @@
  * scaling x2, one kv head; LoRA on q, k, v, o, down) and `gemma3` (golden/gemma3-tiny, gemma3_text:
  * (1 + w) norms, four a layer, embeddings x sqrt(hidden), GeGLU, q/k norms, head_dim 32 on hidden
  * 64, scores x 24^-0.5, layer 0 local (window 6, rope base 1e4), layer 1 global (base 1e6, linear
- * x4), tied; LoRA r=4 on all linears).
+ * x4), tied; LoRA r=4 on all linears), `phi3` (golden/phi3-tiny, see golden_check.h) and `gemma2`
+ * (golden/gemma2-tiny: gemma3's layer without q/k norms, head_dim 32 on hidden 64, 2 kv heads,
+ * scores x 24^-0.5 and soft-capped at 1, final logits soft-capped at 3, layer 0 sliding (window
+ * 6), layer 1 global, one rope base 1e4, tied; LoRA r=4 on all linears).
  * Each runs one 24-token row as one sequence and as two packed sequences (13 + 11 tokens).
  *
  *   test_golden --make-inputs [MODEL...]  (run from tests/) quantizes the models with our NF4 code and
@@ -66,7 +69,7 @@ static int make_checkpoint(const model_config *cp, const char *dir) {
             float z = rng_normal(11, stream, (uint64_t)k), v;
             switch (ts[i].role) {
             /* gemma3 scales by 1 + w: a w whose 1 + w is exact in bf16 (see llama.h) */
-            case TROLE_NORM: v = c.arch == ARCH_GEMMA3 ? bf16_to_f32(f32_to_bf16(1.0f + 0.1f * z)) - 1.0f : 1.0f + 0.1f * z; break;
+            case TROLE_NORM: v = config_gemma(&c) ? bf16_to_f32(f32_to_bf16(1.0f + 0.1f * z)) - 1.0f : 1.0f + 0.1f * z; break;
             case TROLE_BIAS: v = 0.1f * z; break;
             case TROLE_EMBED: case TROLE_LM_HEAD: v = 0.3f * z; break;
             default: v = 0.08f * z; break;
@@ -139,6 +142,22 @@ static int make_gemma3(void) {
     c.tie_word_embeddings = true;
     c.bos_token_id = 2, c.eos_token_id = 1, c.pad_token_id = 0;
     return make_checkpoint(&c, "golden/gemma3-tiny");
+}
+
+static int make_gemma2(void) {
+    model_config c;
+    tiny_config(&c, ARCH_GEMMA2);
+    c.head_dim = 32;                 /* 4 heads of 32 on a hidden size of 64, 2 kv heads */
+    c.query_pre_attn_scalar = 24;    /* scores scaled by 24^-0.5, not hd^-0.5 */
+    c.sliding_window = 6;            /* layer 0 sliding (window 6), layer 1 global */
+    c.sliding_window_pattern = 2;
+    c.rope_theta = 10000.0;
+    c.rope_local_theta = 10000.0;
+    c.attn_softcap = 1.0;            /* scores reach about 2, logits about 8: both caps bite */
+    c.final_softcap = 3.0;
+    c.tie_word_embeddings = true;
+    c.bos_token_id = 2, c.eos_token_id = 1, c.pad_token_id = 0;
+    return make_checkpoint(&c, "golden/gemma2-tiny");
 }
 
 static int make_phi3(void) {
@@ -275,11 +294,14 @@ TEST(golden_adapters_as_peft_loaded_them) {
     check_adapter(&models[3]);
     check_adapter(&models[4]);
     check_adapter(&models[5]);
+    check_adapter(&models[6]);
 }
 TEST(golden_phi3) { check_case(&models[5], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_phi3_packed) { check_case(&models[5], true, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_gemma3) { check_case(&models[4], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_gemma3_packed) { check_case(&models[4], true, ops_cpu(), GOLDEN_TOL_CPU); }
+TEST(golden_gemma2) { check_case(&models[6], false, ops_cpu(), GOLDEN_TOL_CPU); }
+TEST(golden_gemma2_packed) { check_case(&models[6], true, ops_cpu(), GOLDEN_TOL_CPU); }
 
 TEST(golden_qwen3) { check_case(&models[2], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_qwen3_packed) { check_case(&models[2], true, ops_cpu(), GOLDEN_TOL_CPU); }
@@ -295,7 +317,7 @@ int main(int argc, char **argv) {
             if (!want) continue;
             int rc = !strcmp(models[k].name, "qwen2") ? make_qwen2() : !strcmp(models[k].name, "qwen3") ? make_qwen3()
                    : !strcmp(models[k].name, "mistral") ? make_mistral() : !strcmp(models[k].name, "gemma3") ? make_gemma3()
-                   : !strcmp(models[k].name, "phi3") ? make_phi3() : 0;
+                   : !strcmp(models[k].name, "phi3") ? make_phi3() : !strcmp(models[k].name, "gemma2") ? make_gemma2() : 0;
             if (rc || make_inputs(&models[k])) {
                 fprintf(stderr, "%s: %s\n", models[k].name, err_msg());
                 return 1;
@@ -315,6 +337,8 @@ int main(int argc, char **argv) {
     RUN(golden_gemma3_packed);
     RUN(golden_phi3);
     RUN(golden_phi3_packed);
+    RUN(golden_gemma2);
+    RUN(golden_gemma2_packed);
     RUN(golden_adapters_as_peft_loaded_them);
     return test_summary();
 }

@@ -26,6 +26,10 @@ TEST(golden_mistral_gpu) { check_case(&models[3], false, gpu, tol_bf16); }
 TEST(golden_mistral_packed_gpu) { check_case(&models[3], true, gpu, tol_bf16); }
 TEST(golden_gemma3_gpu) { check_case(&models[4], false, gpu, tol_bf16); }
 TEST(golden_gemma3_packed_gpu) { check_case(&models[4], true, gpu, tol_bf16); }
+/* gemma2: the soft-capped scores through the mma / tiled kernels (never cuDNN) and the soft-capped
+ * final logits through the chunked cross-entropy */
+TEST(golden_gemma2_gpu) { check_case(&models[6], false, gpu, tol_bf16); }
+TEST(golden_gemma2_packed_gpu) { check_case(&models[6], true, gpu, tol_bf16); }
 
 int main(void) {
     gpu = ops_cuda();
@@ -43,5 +47,7 @@ int main(void) {
     RUN(golden_mistral_packed_gpu);
     RUN(golden_gemma3_gpu);
     RUN(golden_gemma3_packed_gpu);
+    RUN(golden_gemma2_gpu);
+    RUN(golden_gemma2_packed_gpu);
     return test_summary();
 }

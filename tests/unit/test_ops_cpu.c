@@ -373,11 +373,12 @@ typedef struct {
     float x[XT * XC], losses[XT];
     uint16_t E[XV * XC];
     int32_t target[XT];
+    float cap; /* the final logits' soft-cap (0: none) */
 } xent_ctx;
 
 static double xent_loss(void *p) {
     xent_ctx *c = p;
-    ops->xent_fwd_bwd(c->losses, NULL, c->x, c->E, c->target, XT, XC, XV, 1.0f);
+    ops->xent_fwd_bwd(c->losses, NULL, c->x, c->E, c->target, XT, XC, XV, 1.0f, c->cap);
     double s = 0;
     for (int t = 0; t < XT; t++) s += c->losses[t];
     return s;
@@ -390,7 +391,7 @@ TEST(xent_grad_and_value) {
     int32_t tg[XT] = {3, -100, 299, 150};
     memcpy(c.target, tg, sizeof tg);
     float dx[XT * XC];
-    ops->xent_fwd_bwd(c.losses, dx, c.x, c.E, c.target, XT, XC, XV, 0.5f);
+    ops->xent_fwd_bwd(c.losses, dx, c.x, c.E, c.target, XT, XC, XV, 0.5f, 0.0f);
     for (int i = 0; i < XT * XC; i++) dx[i] *= 2.0f; /* grad_scale 0.5 */
     CHECK(fd_max_err(c.x, XT * XC, dx, xent_loss, &c, XT * XC) < 1e-2);
     for (int i = XC; i < 2 * XC; i++) CHECK(dx[i] == 0.0f); /* ignored row */
@@ -398,11 +399,48 @@ TEST(xent_grad_and_value) {
     /* the value against logits + a double log-softmax */
     xent_loss(&c); /* the probes above left the losses of a perturbed x */
     static float lg[XT * XV];
-    ops->logits(lg, c.x, c.E, XT, XC, XV);
+    ops->logits(lg, c.x, c.E, XT, XC, XV, 0.0f);
     double mx = -1e30, s = 0;
     for (int v = 0; v < XV; v++) mx = fmax(mx, lg[3 * XV + v]);
     for (int v = 0; v < XV; v++) s += exp(lg[3 * XV + v] - mx);
     CHECK_NEAR(c.losses[3], mx + log(s) - lg[3 * XV + 150], 1e-4);
+}
+
+/* Gemma-2's final logit soft-capping, at a cap of 1.5 where the logits reach about 3: the loss is
+ * the log-softmax of cap * tanh(z / cap), the gradient goes through tanh, the logits are capped */
+TEST(xent_softcap) {
+    static xent_ctx c;
+    fill(c.x, XT * XC, 62, 1.0f);
+    fill_bf16(c.E, XV * XC, 63, 0.5f, 0.0f);
+    int32_t tg[XT] = {7, 42, -100, 299};
+    memcpy(c.target, tg, sizeof tg);
+    c.cap = 1.5f;
+    float dx[XT * XC];
+    ops->xent_fwd_bwd(c.losses, dx, c.x, c.E, c.target, XT, XC, XV, 1.0f, c.cap);
+    CHECK(fd_max_err(c.x, XT * XC, dx, xent_loss, &c, XT * XC) < 1e-2);
+    for (int i = 2 * XC; i < 3 * XC; i++) CHECK(dx[i] == 0.0f); /* ignored row */
+    xent_loss(&c);
+    static float raw[XT * XV], capped[XT * XV];
+    ops->logits(raw, c.x, c.E, XT, XC, XV, 0.0f);
+    ops->logits(capped, c.x, c.E, XT, XC, XV, c.cap);
+    double most = 0;
+    for (int i = 0; i < XT * XV; i++) {
+        CHECK_NEAR(capped[i], c.cap * tanh(raw[i] / c.cap), 1e-5);
+        most = fmax(most, fabs(raw[i]));
+    }
+    CHECK(most > 2 * c.cap); /* the cap bites */
+    for (int t = 0; t < XT; t++) {
+        if (tg[t] < 0) continue;
+        double mx = -1e30, s = 0;
+        for (int v = 0; v < XV; v++) mx = fmax(mx, capped[t * XV + v]);
+        for (int v = 0; v < XV; v++) s += exp(capped[t * XV + v] - mx);
+        CHECK_NEAR(c.losses[t], mx + log(s) - capped[t * XV + tg[t]], 1e-4);
+    }
+    /* the same rows uncapped give another loss */
+    float capped_loss = c.losses[0];
+    c.cap = 0;
+    xent_loss(&c);
+    CHECK(fabsf(c.losses[0] - capped_loss) > 1e-2f);
 }
 
 /* ---- AdamW ---- */
@@ -455,6 +493,7 @@ int main(void) {
     RUN(qlinear_grad_dropout);
     RUN(dropout_mask_rate);
     RUN(xent_grad_and_value);
+    RUN(xent_softcap);
     RUN(adamw_torch_semantics);
     RUN(embedding_and_add);
     return test_summary();

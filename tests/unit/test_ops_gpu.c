@@ -753,7 +753,7 @@ TEST(deterministic_same_bits) {
         tens l[2], dx[2];
         for (int r = 0; r < 2; r++) {
             l[r] = tens_out(T, 0), dx[r] = tens_out((int64_t)T * C, 1);
-            GPU(xent_fwd_bwd)(l[r].d, dx[r].d, x.d, E.d, tgtd, T, C, V, 1.0f / (float)T);
+            GPU(xent_fwd_bwd)(l[r].d, dx[r].d, x.d, E.d, tgtd, T, C, V, 1.0f / (float)T, 0.0f);
         }
         CHECK(same_bits("xent losses", l[0].d, l[1].d, (size_t)T * 4));
         CHECK(same_bits("xent dx", dx[0].d, dx[1].d, (size_t)T * C * 2));
@@ -897,10 +897,13 @@ TEST(qlinear) {
 /* ---- lm_head + cross-entropy, logits ---- */
 
 TEST(xent_and_logits) {
-    /* T, C, V */
-    const int cfgs[][3] = {{16, 64, 1000}, {40, 256, 32000}, {9, 128, 50}, {3, 64, 131}};
+    /* T, C, V, the final logits' soft-cap (0: none; Gemma-2's 30, and 3 and 5 where it bites
+     * logits of about 4 and 8) */
+    const int cfgs[][4] = {{16, 64, 1000, 0}, {40, 256, 32000, 0}, {9, 128, 50, 0}, {3, 64, 131, 0},
+                           {40, 256, 32000, 5}, {16, 64, 1000, 3},  {9, 128, 50, 30}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], C = cfgs[c][1], V = cfgs[c][2];
+        float cap = (float)cfgs[c][3];
         tens x = tens_rand((int64_t)T * C, 1, 1.0f, 0.0f), E = tens_rand((int64_t)V * C, 1, 0.5f, 0.0f);
         uint16_t *Eh = malloc(2 * (size_t)V * C);
         for (int64_t i = 0; i < (int64_t)V * C; i++) Eh[i] = f32_to_bf16(E.h[i]);
@@ -914,21 +917,23 @@ TEST(xent_and_logits) {
         float gs = 1.0f / (float)(count ? count : 1);
         for (int with_grad = 0; with_grad < 2; with_grad++) {
             tens losses = tens_out(T, 0), dx = tens_out((int64_t)T * C, 1);
-            cpu->xent_fwd_bwd(losses.h, with_grad ? dx.h : NULL, x.h, Eh, tgt, T, C, V, gs);
-            GPU(xent_fwd_bwd)(losses.d, with_grad ? dx.d : NULL, x.d, E.d, tgtd, T, C, V, gs);
+            cpu->xent_fwd_bwd(losses.h, with_grad ? dx.h : NULL, x.h, Eh, tgt, T, C, V, gs, cap);
+            GPU(xent_fwd_bwd)(losses.d, with_grad ? dx.d : NULL, x.d, E.d, tgtd, T, C, V, gs, cap);
             char what[128];
-            snprintf(what, sizeof what, "xent losses T=%d C=%d V=%d", T, C, V);
+            snprintf(what, sizeof what, "xent losses T=%d C=%d V=%d cap=%g", T, C, V, cap);
             check_close(what, &losses, 5e-3, 1e-3);
             if (with_grad) {
-                snprintf(what, sizeof what, "xent dx T=%d C=%d V=%d", T, C, V);
+                snprintf(what, sizeof what, "xent dx T=%d C=%d V=%d cap=%g", T, C, V, cap);
                 check_close(what, &dx, 3e-2, 2e-2);
             }
             tens_free(&losses), tens_free(&dx);
         }
         tens logits = tens_out((int64_t)T * V, 0);
-        cpu->logits(logits.h, x.h, Eh, T, C, V);
-        GPU(logits)(logits.d, x.d, E.d, T, C, V);
-        check_close("logits", &logits, 1e-2, 1e-3);
+        cpu->logits(logits.h, x.h, Eh, T, C, V, cap);
+        GPU(logits)(logits.d, x.d, E.d, T, C, V, cap);
+        char what[96];
+        snprintf(what, sizeof what, "logits T=%d C=%d V=%d cap=%g", T, C, V, cap);
+        check_close(what, &logits, 1e-2, 1e-3);
         tens_free(&x), tens_free(&E), tens_free(&logits);
         free(Eh), free(tgt), gpu->free(tgtd);
     }
