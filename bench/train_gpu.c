@@ -99,7 +99,7 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
     int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
     /* one allocation carved as llama_init does, so llama_free releases it */
-    bool gemma = cfg->arch == ARCH_GEMMA3;
+    bool gemma = config_gemma(cfg); /* gemma2 too: its soft-caps come with cfg */
     int64_t bytes = align256(64) + align256(256 * 4) + 2 * align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) +
                     align256(C * 2);
     if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
@@ -541,7 +541,7 @@ static int bench_fit(int argc, char **argv) {
     model_config cfg;
     int rc = config_preset(&cfg, ARCH_LLAMA, preset);
     if (rc) return rc;
-    if (cfg.arch == ARCH_GEMMA3) return err_set(ERR_USAGE, "fit plans the llama-family layer (not gemma3)");
+    if (config_gemma(&cfg)) return err_set(ERR_USAGE, "fit plans the llama-family layer (not %s)", config_arch_name(cfg.arch));
     uint32_t mask = 0;
     if ((rc = parse_targets(targets, &mask))) return rc;
     llama_model *m;

@@ -19,7 +19,7 @@ int gguf_export_type(const char *name, ggml_type *t) {
     return 0;
 }
 
-/* gemma3's four norms a layer, as llama.cpp names them (its post_attention_layernorm follows o) */
+/* gemma2's and gemma3's four norms a layer, as llama.cpp names them (its post_attention_layernorm follows o) */
 static int gemma_norm_name(const char *hf, char *out, size_t n) {
     static const struct { const char *hf, *gg; } g[] = {
         {"post_attention_layernorm", "post_attention_norm"}, {"pre_feedforward_layernorm", "ffn_norm"},
@@ -48,7 +48,7 @@ static int phi3_name(const char *hf, char *out, size_t n) {
 }
 
 int gguf_export_tensor_name_arch(const model_config *c, const char *hf, char *out, size_t n) {
-    if (c->arch == ARCH_GEMMA3 && gemma_norm_name(hf, out, n) == 0) return 0;
+    if (config_gemma(c) && gemma_norm_name(hf, out, n) == 0) return 0;
     if (c->arch == ARCH_PHI3 && phi3_name(hf, out, n) == 0) return 0;
     return gguf_export_tensor_name(hf, out, n);
 }
@@ -155,8 +155,8 @@ static int ex_fill(void *arg, const char *name, void *dst, uint64_t nbytes) {
     }
     int rc = merge_read(c->m, e->ct->name, c->buf);
     if (rc) return rc;
-    /* gemma3's norms scale by 1 + w; llama.cpp's converter stores 1 + w */
-    if (cfg->arch == ARCH_GEMMA3 && e->ct->role == TROLE_NORM)
+    /* gemma2's and gemma3's norms scale by 1 + w; llama.cpp's converter stores 1 + w */
+    if (config_gemma(cfg) && e->ct->role == TROLE_NORM)
         for (int64_t i = 0; i < n; i++) c->buf[i] += 1.0f;
     if (e->permute_heads) gguf_permute_qk(c->buf, e->permute_heads, e->ct->shape[0], e->ct->ndim > 1 ? e->ct->shape[1] : 1);
     ggml_encode(e->type, c->buf, dst, n);
@@ -319,6 +319,9 @@ static int model_keys(gguf_writer *w, const model_config *c, const char *arch, c
     if (!rc && c->arch == ARCH_PHI3)
         rc = gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)c->rope_original_max_position);
     if (!rc && c->rope_type == ROPE_LONGROPE) rc = gguf_set_f32(w, KEY("rope.scaling.attn_factor"), (float)c->rope_attn_factor);
+    /* gemma2: the converter writes both caps (llama.cpp assumes 50 and 30 when a file has none) */
+    if (!rc && c->arch == ARCH_GEMMA2) rc = gguf_set_f32(w, KEY("attn_logit_softcapping"), (float)c->attn_softcap);
+    if (!rc && c->arch == ARCH_GEMMA2) rc = gguf_set_f32(w, KEY("final_logit_softcapping"), (float)c->final_softcap);
     if (!rc && c->rope_type == ROPE_LINEAR) {
         rc = gguf_set_str(w, KEY("rope.scaling.type"), "linear");
         if (!rc) rc = gguf_set_f32(w, KEY("rope.scaling.factor"), (float)c->rope_factor);
@@ -340,10 +343,25 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
                                      "query_pre_attn_scalar %g) has no GGUF form llama.cpp runs as it is: llama.cpp "
                                      "assumes 6, 10000 and %g", c->sliding_window_pattern, c->rope_local_theta,
                            c->query_pre_attn_scalar, want);
+        if (c->attn_softcap > 0 || c->final_softcap > 0)
+            return err_set(ERR_DATA, "this gemma3 soft-caps its %s (attn_logit_softcapping %g, final_logit_softcapping %g): "
+                                     "llama.cpp's gemma3 does not, so it has no GGUF form",
+                           c->attn_softcap > 0 ? "attention scores" : "final logits", c->attn_softcap, c->final_softcap);
+    }
+    /* llama.cpp's gemma2: every other layer sliding from layer 0, scores scaled by head_dim^-0.5
+     * (hidden/heads for the 46-layer 27B), both caps on, one rope base */
+    if (c->arch == ARCH_GEMMA2) {
+        double want = c->num_layers == 46 ? (double)c->hidden_size / c->num_heads : c->head_dim;
+        if (c->query_pre_attn_scalar != want || c->attn_softcap <= 0 || c->final_softcap <= 0 || c->rope_type != ROPE_DEFAULT)
+            return err_set(ERR_DATA, "this gemma2 (query_pre_attn_scalar %g, attn_logit_softcapping %g, "
+                                     "final_logit_softcapping %g, rope type %s) has no GGUF form llama.cpp runs as it is: "
+                                     "llama.cpp assumes a query_pre_attn_scalar of %g, both soft-caps set and the default rope",
+                           c->query_pre_attn_scalar, c->attn_softcap, c->final_softcap,
+                           c->rope_type == ROPE_DEFAULT ? "default" : "scaled", want);
     }
     /* llama.cpp's names; llama and mistral share "llama" (interleaved rope: q/k rows permuted) */
     const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3"
-                     : c->arch == ARCH_PHI3 ? "phi3" : "llama";
+                     : c->arch == ARCH_GEMMA2 ? "gemma2" : c->arch == ARCH_PHI3 ? "phi3" : "llama";
     bool permute = c->arch == ARCH_LLAMA || c->arch == ARCH_MISTRAL;
     size_t n;
     const config_tensor *ts = merge_tensors(m, &n);

@@ -4,7 +4,8 @@
  * llama and mistral are written as arch "llama" with the q/k rows permuted from HF's
  * rotate_half layout back to interleaved pairs; qwen2 and qwen3 as arch "qwen2" / "qwen3",
  * unpermuted (NEOX rope), qwen3's q/k norms as attn_q_norm / attn_k_norm; gemma3 as "gemma3"
- * with its norms stored as 1 + w (as the converter does) and the sliding window key. Norms and other 1-D tensors are F32; 2-D tensors take the requested type (a row
+ * with its norms stored as 1 + w (as the converter does) and the sliding window key; gemma2 as
+ * "gemma2" likewise, plus its attn_logit_softcapping and final_logit_softcapping keys. Norms and other 1-D tensors are F32; 2-D tensors take the requested type (a row
  * that q8_0 cannot hold falls back to f16, as the converter does). llama3 rope scaling
  * becomes the rope_freqs.weight tensor. The tokenizer (tokenizer.json of the base) becomes
  * the tokenizer.ggml.* keys: "gpt2" for byte-level BPE, "llama" with scores and token types
@@ -19,7 +20,7 @@
 int gguf_export_type(const char *name, ggml_type *t);
 /* the GGUF tensor name of an HF tensor name into out (NULL-terminated), ERR_STAGE if unknown */
 int gguf_export_tensor_name(const char *hf, char *out, size_t n);
-/* the same for c's family (gemma3 names its four norms its own way) */
+/* the same for c's family (gemma2 and gemma3 name their four norms their own way) */
 int gguf_export_tensor_name_arch(const model_config *c, const char *hf, char *out, size_t n);
 /* write path (atomic); name: general.name (NULL: the base directory's name) */
 int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char *name,

@@ -20,13 +20,14 @@ typedef struct init_args {
 #define SIZE_OPT(n, f, h) {n, 0, CLI_INT, "N", h, CLI_AT(init_args, s.f), 0, 1e12}
 static const cli_opt init_opts[] = {
     {"out", 0, CLI_STR, "DIR", "where to write the model (required)", CLI_AT(init_args, out), 0, 0},
-    {"arch", 0, CLI_STR, "ARCH", "llama, mistral, qwen2, qwen3, gemma3 or phi3 (the named preset's, else llama)",
+    {"arch", 0, CLI_STR, "ARCH", "llama, mistral, qwen2, qwen3, gemma2, gemma3 or phi3 (the named preset's, else llama)",
      CLI_AT(init_args, s.arch), 0, 0},
     {"preset", 0, CLI_STR, "NAME", "tiny: hidden 128, 4 layers (a CPU demo); 1b: TinyLlama-1.1B's shape;\n"
                                    "7b/13b/70b: Llama-2's (mistral and qwen2 have their own); default tiny;\n"
                                    "or a real model's shape, which sets the architecture: llama3-8b, llama3-70b\n"
-                                   "(Llama-3.1), qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b (v0.3), gemma3-1b,\n"
-                                   "gemma3-4b, gemma3-12b, gemma3-27b (the text models), phi3-mini\n"
+                                   "(Llama-3.1), qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b (v0.3), gemma2-2b,\n"
+                                   "gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b (the text\n"
+                                   "models), phi3-mini\n"
                                    "(Phi-3-mini-4k: fused qkv_proj and gate_up_proj)",
      CLI_AT(init_args, s.preset), 0, 0},
     SIZE_OPT("hidden", hidden, "override one size of the preset (likewise the next five)"),

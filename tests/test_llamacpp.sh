@@ -4,7 +4,9 @@
 # llama.cpp comes from npm with its prebuilt CPU binary (node-llama-cpp and
 # @node-llama-cpp/linux-x64, pinned; no build, no GPU). For llama (with llama3 rope scaling),
 # mistral, qwen2, qwen3 (q/k norms, head_dim 48 on hidden 64), gemma3 (its (1 + w) norms,
-# four a layer, GeGLU, 5 local layers and a global one) and phi3 (fused qkv_proj and gate_up_proj,
+# four a layer, GeGLU, 5 local layers and a global one), gemma2 (the same layer without q/k norms,
+# sliding and global layers alternating, a window of 8 that the 28 positions pass, attention
+# scores soft-capped at 2: caps llama.cpp reads from the file's gemma2.*_softcapping keys) and phi3 (fused qkv_proj and gate_up_proj,
 # the LoRA on both; and once with partial rotary and longrope) a tiny generated model with
 # peaked logits (initializer range 0.5) is quantized to NF4, given a random LoRA adapter, and
 # exported to an f32 GGUF (the NF4 base dequantized + the adapter merged, what the engine
@@ -73,12 +75,13 @@ compare() { # NAME
 }
 
 shape="--preset tiny --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 96 --initializer-range 0.5"
-for arch in llama mistral qwen2 qwen3 gemma3 phi3 phi3lr; do
+for arch in llama mistral qwen2 qwen3 gemma3 gemma2 phi3 phi3lr; do
   mkdir -p "$W/$arch"
   s=$shape
   # llama.cpp fixes gemma3's pattern (5 local layers, 1 global); 0.1: its sqrt(hidden)-scaled embeddings
   # at 0.5 give one token over and over, which would prove little
   [ $arch = gemma3 ] && s="$shape --layers 6 --kv-heads 1 --initializer-range 0.1"
+  [ $arch = gemma2 ] && s="$shape --initializer-range 0.1"
   "$QLORA_BIN" init-model --arch ${arch%lr} $s --seed 7 --out "$W/$arch/bf16" > "$W/$arch/log" 2>&1 || { bad "$arch: init-model"; continue; }
   # phi3lr: Phi-4-mini's partial rotary (half of each head here) and the 128k models' longrope, with
   # an original context of 16: llama.cpp (context 256) and our generate (28 positions) both take
@@ -87,6 +90,11 @@ for arch in llama mistral qwen2 qwen3 gemma3 phi3 phi3lr; do
     set_json "$W/$arch/bf16/config.json" partial_rotary_factor 0.5
     set_json "$W/$arch/bf16/config.json" original_max_position_embeddings 16
     set_json "$W/$arch/bf16/config.json" rope_scaling '{"type":"longrope","short_factor":[1.0,1.5,2.0,4.0],"long_factor":[1.0,3.0,9.0,27.0]}'
+  fi
+  if [ $arch = gemma2 ]; then
+    set_json "$W/$arch/bf16/config.json" sliding_window 8
+    set_json "$W/$arch/bf16/config.json" attn_logit_softcapping 2.0
+    set_json "$W/$arch/bf16/config.json" final_logit_softcapping 5.0
   fi
   [ $arch = llama ] && set_json "$W/llama/bf16/config.json" rope_scaling \
     '{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64}'
