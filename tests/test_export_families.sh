@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_export_families.sh: the phi3, qwen3 and gemma3 exports that transformers and peft were shown
+# test_export_families.sh: the phi3, qwen3, gemma3 and gemma2 exports that transformers and peft were shown
 # to load (tests/golden/check_merged_families.py on the GPU machine's CPU, its log beside it: no
 # missing or unexpected key, every LoRA tensor unchanged, the merged weights within half a bf16 step
 # of peft's merge_and_unload, merged logits within 4e-3 of base + adapter) are still what
@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v python3 >/dev/null || fail "python3 is needed to compare the merged values (make deps, or apt-get install python3)"
 header() { local n; n=$(od -An -tu8 -N8 "$1" | tr -d ' '); head -c $((8 + n)) "$1"; }
-for f in phi3 qwen3 gemma3; do
+for f in phi3 qwen3 gemma3 gemma2; do
   P="$G/export_families/$f"
   "$BIN" export --base "$G/$f-tiny" --adapter "$G/${f}_adapter" --format peft,merged --out "$tmp/$f" >"$tmp/log" 2>&1 ||
     { cat "$tmp/log"; fail "$f: qlora-run export failed"; }

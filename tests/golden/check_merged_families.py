@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """check_merged_families.py: our exports of the newer families as transformers and peft load them.
 
-For each FAMILY given (phi3, qwen3, gemma3), with the committed tiny checkpoint
+For each FAMILY given (phi3, qwen3, gemma3, gemma2), with the committed tiny checkpoint
 tests/golden/<FAMILY>-tiny (bf16), the adapter tests/golden/<FAMILY>_adapter (written by
 test_golden --make-inputs) and EXPORTS/<FAMILY>/{model,adapter} (what
 `qlora-run export --base golden/<FAMILY>-tiny --adapter golden/<FAMILY>_adapter --format merged,peft`

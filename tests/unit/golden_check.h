@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "core/err.h"
+#include "core/fsutil.h"
 #include "core/half.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
@@ -213,7 +214,19 @@ typedef struct golden_tol {
 } golden_tol;
 #define GOLDEN_TOL_CPU ((golden_tol){1e-6, 1e-4, 1e-4, 1e-3, 1e-3})
 
+/* gemma2's dumps wait for a sitting where torch is (tests/golden/README.md): until they are
+ * committed its cases say so and are skipped; once they exist they count like every other */
+static bool golden_pending(const gmodel *g, bool packed) {
+    char path[128];
+    snprintf(path, sizeof path, "golden/%s%s_golden.safetensors", g->name, packed ? "_packed" : "");
+    if (strcmp(g->name, "gemma2") || fs_exists(path)) return false;
+    fprintf(stderr, "  SKIP %s: %s is not generated yet (make_golden.py %s where torch is: tests/golden/README.md)\n",
+            g->name, path, g->name);
+    return true;
+}
+
 static void check_case(const gmodel *g, bool packed, const ops_table *ops, golden_tol tol) {
+    if (golden_pending(g, packed)) return;
     char path[128];
     snprintf(path, sizeof path, "golden/%s_inputs.safetensors", g->name);
     st_model *in = NULL, *gold = NULL;

@@ -312,9 +312,11 @@ TEST(kv_cache_matches_forward) { kv_check(); }
 /* the same two checks on qwen3 (q/k norms), a mistral with a sliding window of 6 (shorter than
  * the sequences here: the windowed ops forward, backward and through the KV cache) and gemma3
  * (its four norms, GeGLU, local and global layers) and phi3 (fused projections sharing one LoRA A,
- * partial rotary with longrope's scale, a window of 10) */
+ * partial rotary with longrope's scale, a window of 10) and gemma2 (scores capped at 1 and final
+ * logits at 3, both biting: the caps' backward through the whole model, the capped cached attention) */
 TEST(families_grads_and_kv_cache) {
-    static const char *dirs[] = {"golden/qwen3-tiny", "golden/mistral-tiny", "golden/gemma3-tiny", "golden/phi3-tiny"};
+    static const char *dirs[] = {"golden/qwen3-tiny", "golden/mistral-tiny", "golden/gemma3-tiny", "golden/phi3-tiny",
+                                 "golden/gemma2-tiny"};
     for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
         small_dir = dirs[i];
         fprintf(stderr, "  %s\n", dirs[i]);
@@ -322,6 +324,61 @@ TEST(families_grads_and_kv_cache) {
         kv_check();
     }
     small_dir = QWEN2_DIR;
+}
+
+/* gemma2's two soft-caps, what each does to the model's output (golden/gemma2-tiny: scores capped at
+ * 1, final logits at 3): the logits are 3 tanh(z / 3) of the uncapped ones, the loss is the
+ * cross-entropy of the capped logits (evaluation's log-likelihoods), and the attention cap changes
+ * every row but the first (whose one key takes all the weight whatever its score) */
+TEST(gemma2_softcaps) {
+    enum { T = 14 };
+    llama_model *m = NULL;
+    CHECK_EQ_INT(llama_load(&m, "golden/gemma2-tiny", NULL, ops_cpu()), 0);
+    if (!m) return;
+    CHECK(m->cfg.arch == ARCH_GEMMA2 && m->cfg.attn_softcap == 1.0 && m->cfg.final_softcap == 3.0);
+    CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
+    int32_t ids[T], labels[T], ss[T];
+    small_batch(ids, labels, ss, T, m->V);
+    for (int t = 0; t < T; t++) ss[t] = 0;
+    llama_batch b = {ids, labels, ss, T};
+    int64_t n = (int64_t)T * m->V;
+    float *capped = malloc(sizeof(float) * (size_t)n), *raw = malloc(sizeof(float) * (size_t)n);
+    float *open = malloc(sizeof(float) * (size_t)n);
+    CHECK_EQ_INT(llama_forward_logits(m, &b, capped), 0);
+    double loss_sum = 0;
+    int64_t count = 0;
+    CHECK_EQ_INT(llama_forward_loss(m, &b, &loss_sum, &count, NULL), 0);
+    m->cfg.final_softcap = 0;
+    CHECK_EQ_INT(llama_forward_logits(m, &b, raw), 0);
+    double most = 0, worst = 0, want = 0;
+    int64_t want_n = 0;
+    for (int64_t i = 0; i < n; i++) {
+        most = fmax(most, fabs(raw[i]));
+        worst = fmax(worst, fabs(capped[i] - 3.0 * tanh(raw[i] / 3.0)));
+    }
+    for (int t = 0; t + 1 < T; t++) { /* the shifted labels, as the loss takes them */
+        if (labels[t + 1] < 0) continue;
+        const float *z = capped + (int64_t)t * m->V;
+        double mx = -1e30, se = 0;
+        for (int v = 0; v < m->V; v++) mx = fmax(mx, z[v]);
+        for (int v = 0; v < m->V; v++) se += exp(z[v] - mx);
+        want += mx + log(se) - z[labels[t + 1]];
+        want_n++;
+    }
+    fprintf(stderr, "  final cap: logits up to %.2f uncapped, capped within %.1e of 3 tanh(z / 3); loss %.6f, "
+                    "from the capped logits %.6f\n", most, worst, loss_sum / (double)count, want / (double)want_n);
+    CHECK(most > 6.0); /* the cap bites */
+    CHECK(worst < 1e-5);
+    CHECK_EQ_INT(count, want_n);
+    CHECK(fabs(loss_sum - want) < 1e-4 * fabs(want));
+    m->cfg.attn_softcap = 0;
+    CHECK_EQ_INT(llama_forward_logits(m, &b, open), 0);
+    double first = rel_err(open, raw, m->V), rest = rms_rel(open + m->V, raw + m->V, n - m->V);
+    fprintf(stderr, "  attention cap: row 0 moves %.1e, the others %.2e (rms)\n", first, rest);
+    CHECK(first < 1e-6);
+    CHECK(rest > 1e-2);
+    free(capped), free(raw), free(open);
+    llama_free(&m);
 }
 
 /* offload_inputs: an 8-layer model (so inputs go out, come back three layers ahead, and the last
@@ -531,6 +588,7 @@ int main(void) {
     RUN(model_grad_with_dropout);
     RUN(kv_cache_matches_forward);
     RUN(families_grads_and_kv_cache);
+    RUN(gemma2_softcaps);
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
     RUN(plan_counts_det_workspace);
