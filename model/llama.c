@@ -501,7 +501,8 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {
             free(m);
             return err_set(ERR_DATA, "%s: %s needs ops the %s backend does not have yet (GeGLU, the embedding "
-                                     "scale, scaled and windowed attention); use device: cpu", path, config_arch_name(cfg->arch), ops->name);
+                                     "scale, scaled and windowed attention); use device: cpu", path,
+                           config_arch_name(cfg->arch), ops->name);
         }
         /* transformers multiplies in the weights' dtype: sqrt(hidden) rounded to it */
         float sc = sqrtf((float)m->C);
@@ -1245,7 +1246,7 @@ int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, i
     if (rc) return rc;
     llama_acts *A = m->acts;
     m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, b->T, m->C, m->V, 1.0f,
-                            (float)m->cfg.final_softcap);
+                         (float)m->cfg.final_softcap);
     sum_losses(m, b->T, loss_sum, n_targets, token_losses);
     return 0;
 }
@@ -1373,10 +1374,11 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
         m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
-                                (float)m->cfg.final_softcap);
+                             (float)m->cfg.final_softcap);
         m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
         if (logits && done + k == n) { /* the rows are normed already: the last one's logits */
-            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
+            m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V,
+                           (float)m->cfg.final_softcap);
             m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
             return 0;
         }

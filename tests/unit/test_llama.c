@@ -327,8 +327,9 @@ TEST(families_grads_and_kv_cache) {
 }
 
 /* gemma2's two soft-caps, what each does to the model's output (golden/gemma2-tiny: scores capped at
- * 1, final logits at 3): the logits are 3 tanh(z / 3) of the uncapped ones, the loss is the
- * cross-entropy of the capped logits (evaluation's log-likelihoods), and the attention cap changes
+ * 1, final logits at 3): the logits are 3 tanh(z / 3) of the uncapped ones, the loss and
+ * evaluation's scoring through the KV cache are the cross-entropy of the capped logits (generation
+ * samples from the capped logits decode writes), and the attention cap changes
  * every row but the first (whose one key takes all the weight whatever its score) */
 TEST(gemma2_softcaps) {
     enum { T = 14 };
@@ -371,6 +372,19 @@ TEST(gemma2_softcaps) {
     CHECK(worst < 1e-5);
     CHECK_EQ_INT(count, want_n);
     CHECK(fabs(loss_sum - want) < 1e-4 * fabs(want));
+    /* evaluation's scoring through the KV cache sees the same capped logits */
+    int32_t next[T];
+    float tok_loss[T], last[256];
+    CHECK(m->V <= 256);
+    for (int t = 0; t < T; t++) next[t] = t + 1 < T ? labels[t + 1] : -100;
+    m->cfg.final_softcap = 3.0;
+    CHECK_EQ_INT(llama_generate_begin(m, T), 0);
+    CHECK_EQ_INT(llama_decode_losses(m, ids, T, next, tok_loss, last), 0);
+    double scored = 0;
+    for (int t = 0; t < T; t++) scored += tok_loss[t];
+    CHECK(fabs(scored - want) < 1e-4 * fabs(want));
+    CHECK(rel_err(last, capped + (int64_t)(T - 1) * m->V, m->V) < 1e-5);
+    m->cfg.final_softcap = 0;
     m->cfg.attn_softcap = 0;
     CHECK_EQ_INT(llama_forward_logits(m, &b, open), 0);
     double first = rel_err(open, raw, m->V), rest = rms_rel(open + m->V, raw + m->V, n - m->V);
