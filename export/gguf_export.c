@@ -355,7 +355,8 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
         if (c->query_pre_attn_scalar != want || c->attn_softcap <= 0 || c->final_softcap <= 0 || c->rope_type != ROPE_DEFAULT)
             return err_set(ERR_DATA, "this gemma2 (query_pre_attn_scalar %g, attn_logit_softcapping %g, "
                                      "final_logit_softcapping %g, rope type %s) has no GGUF form llama.cpp runs as it is: "
-                                     "llama.cpp assumes a query_pre_attn_scalar of %g, both soft-caps set and the default rope",
+                                     "llama.cpp assumes a query_pre_attn_scalar of %g, both soft-caps set and the default rope (the merged "
+                                     "and peft formats carry it as it is)",
                            c->query_pre_attn_scalar, c->attn_softcap, c->final_softcap,
                            c->rope_type == ROPE_DEFAULT ? "default" : "scaled", want);
     }

@@ -35,4 +35,12 @@ for f in phi3 qwen3 gemma3 gemma2; do
     { cat "$tmp/check"; fail "$f: model/model.safetensors: values"; }
   echo "$f: $(tail -1 "$tmp/check")"
 done
+# a gemma2 llama.cpp would run as another model (it fixes the score scale at head_dim^-0.5; this one
+# has query_pre_attn_scalar 24 of a head_dim of 32) has no GGUF form: an error naming why, no file
+if "$BIN" export --base "$G/gemma2-tiny" --adapter "$G/gemma2_adapter" --format gguf --out "$tmp/g2gguf" >"$tmp/log" 2>&1; then
+  fail "gemma2: a GGUF was written for query_pre_attn_scalar 24"
+fi
+grep -q "query_pre_attn_scalar 24, attn_logit_softcapping 1, final_logit_softcapping 3.*has no GGUF form" "$tmp/log" ||
+  { cat "$tmp/log"; fail "gemma2: the GGUF refusal does not say why"; }
+[ ! -e "$tmp/g2gguf" ] || fail "gemma2: the refused GGUF export left $tmp/g2gguf"
 echo "export families: adapters and merged models as proven"
