@@ -205,7 +205,7 @@ typedef struct ops_table {
     double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 
-    /* The family ops (sliding window, Gemma): both backends have them. An op added later may be NULL
+    /* The family ops (sliding window, Gemma, phi3's rotary): both backends have them. An op added later may be NULL
      * in a backend that lacks it; the model then refuses a configuration that needs it before it
      * runs (llama_init names the op and the backend), and the op stays outside OPS_TABLE_OPS
      * (below) until the cuda table has it and test_ops_gpu checks it. */
@@ -222,6 +222,11 @@ typedef struct ops_table {
     void (*geglu_bwd)(void *dgate, void *dup, const void *dout, const void *gate, const void *up, int64_t n);
     /* x *= s over n activations (Gemma's embedding scale) */
     void (*act_scale)(void *x, int64_t n, float s);
+    /* rope over the first rot dims of each head only (j pairs with j + rot/2, inv_freq[rot/2]), the
+     * rest passing unchanged, cos and sin multiplied by mscale (phi3's partial rotary and longrope's
+     * attention factor); inverse = 1 applies the transpose (times mscale). rot = hd, mscale = 1: rope. */
+    void (*rope_ex)(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                    int inverse);
     /* seq_start [T] (backend memory) now holds h_seq_start [T] (host): called by the model after
      * each upload, so that the backend can pick an attention kernel for the layout without reading
      * device memory back (the CUDA backend runs equal-length sequences on cuDNN's fused attention) */
@@ -246,23 +251,17 @@ typedef struct ops_table {
      * kernel without a fixed-order form) when the backend cannot honour it. NULL: the backend is
      * deterministic always (cpu: its reductions run in a fixed order whatever the thread count). */
     int (*deterministic_set)(int on, char *why, size_t cap);
-    /* Optional (after the entries the positional CUDA table lists, so it needs none while it has none): rope over
-     * the first rot dims of each head only (j pairs with j + rot/2, inv_freq[rot/2]), the rest
-     * passing unchanged, the rotated values multiplied by mscale (phi3's partial rotary and
-     * longrope's attention factor); inverse = 1 applies the transpose (times mscale). */
-    void (*rope_ex)(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
-                    int inverse);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 
-/* Every op of the table, in table order: the function pointers from embedding_fwd to act_scale. A
+/* Every op of the table, in table order: the function pointers from embedding_fwd to rope_ex. A
  * static assertion (ops_cpu.c) keeps the list and the struct in step, and test_ops_gpu fails for
  * an op of the list that it does not check against the reference. */
 #define OPS_TABLE_OPS(X)                                                                                    \
     X(embedding_fwd) X(rmsnorm_fwd) X(rmsnorm_bwd) X(add_inplace) X(rope) X(attention_fwd) X(attention_bwd) \
     X(attention_cached) X(swiglu_fwd) X(swiglu_bwd) X(qlinear_fwd) X(qlinear_bwd) X(xent_fwd_bwd) X(logits)  \
     X(adamw) X(sum_squares) X(scale) X(attention_ex_fwd) X(attention_ex_bwd) X(attention_ex_cached) X(geglu_fwd)   \
-    X(geglu_bwd) X(act_scale)
+    X(geglu_bwd) X(act_scale) X(rope_ex)
 
 static inline size_t ops_act_size(const ops_table *ops) { return ops->act_dtype == OPS_F32 ? 4 : 2; }
 

@@ -490,12 +490,10 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
     m->rot = config_rope_dim(cfg) > 0 && config_rope_dim(cfg) <= m->hd ? config_rope_dim(cfg) : m->hd;
     if (cfg->arch == ARCH_PHI3 && m->hd != cfg->head_dim) m->rot = m->hd; /* an unset head_dim: full rotary */
     m->rope_mscale = cfg->rope_type == ROPE_LONGROPE && cfg->rope_attn_factor > 0 ? (float)cfg->rope_attn_factor : 1.0f;
-    if (m->rot % 2 || ((m->rot != m->hd || m->rope_mscale != 1.0f) && !ops->rope_ex)) {
+    if (m->rot % 2) {
         int rot = m->rot;
         free(m);
-        if (rot % 2) return err_set(ERR_DATA, "%s: %d rotated dims of a head must be even", path, rot);
-        return err_set(ERR_DATA, "%s: partial rotary or longrope's attention factor needs an op the %s backend does "
-                                 "not have yet (rope_ex); use device: cpu", path, ops->name);
+        return err_set(ERR_DATA, "%s: %d rotated dims of a head must be even", path, rot);
     }
     if (config_gemma(cfg)) {
         if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {

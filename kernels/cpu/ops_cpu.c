@@ -281,17 +281,17 @@ static const ops_table cpu_table = {
     .geglu_fwd = cpu_geglu_fwd,
     .geglu_bwd = cpu_geglu_bwd,
     .act_scale = cpu_act_scale,
+    .rope_ex = cpu_rope_ex,
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
     .side_copy = cpu_side_copy,
     .side_wait = cpu_side_wait,
-    .rope_ex = cpu_rope_ex,
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }
 
 /* OPS_TABLE_OPS names every op, in order, and nothing else lies between its first and last */
 #define OPS_COUNT_ONE(op) +1
-_Static_assert(offsetof(ops_table, act_scale) - offsetof(ops_table, embedding_fwd) ==
+_Static_assert(offsetof(ops_table, rope_ex) - offsetof(ops_table, embedding_fwd) ==
                    (0 OPS_TABLE_OPS(OPS_COUNT_ONE) - 1) * sizeof(void (*)(void)),
                "OPS_TABLE_OPS in kernels/ops.h must list every op of ops_table");
 #undef OPS_COUNT_ONE

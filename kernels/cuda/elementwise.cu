@@ -422,14 +422,18 @@ void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RoPE, rotate_half convention: (x1, x2) = (q[i], q[i + hd/2]) -> (x1 c - x2 s, x2 c + x1 s).
+// RoPE, rotate_half convention: (x1, x2) = (q[i], q[i + rot/2]) -> (x1 c - x2 s, x2 c + x1 s) over
+// the first rot dims of each head of hd (rot = hd: the whole head; phi3's partial rotary: fewer,
+// the rest of the head passing unchanged, so no thread touches it). mscale multiplies cos and sin
+// (longrope's attention factor), as the reference scales them in fp32 before the rotation.
 // The angle is pos * inv_freq in fp32 as the reference computes it. Fast-math sine and cosine
 // lose accuracy at angles of thousands of radians, so the angle is first reduced to [-pi, pi]
 // in double (exact enough: the fp32 angle times a double 1/(2 pi)), then __sincosf takes it
 // (absolute error ~1e-6, far below bf16's resolution).
 
-__global__ void rope_kernel(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
-    int half = hd / 2;
+__global__ void rope_kernel(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot,
+                            float mscale, int inverse) {
+    int half = rot / 2;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)T * nh * half) return;
     int j = (int)(i % half);
@@ -440,17 +444,24 @@ __global__ void rope_kernel(bf16 *q, const int32_t *pos, const float *inv_freq, 
     double turns = rint((double)ang * (1.0 / two_pi));
     float red = (float)fma(-turns, two_pi, (double)ang), sr, c;
     __sincosf(red, &sr, &c);
-    float s = inverse ? -sr : sr;
+    c *= mscale;
+    float s = (inverse ? -sr : sr) * mscale;
     bf16 *p = q + th * hd;
     float x1 = __bfloat162float(p[j]), x2 = __bfloat162float(p[j + half]);
     p[j] = __float2bfloat16_rn(x1 * c - x2 * s);
     p[j + half] = __float2bfloat16_rn(x2 * c + x1 * s);
 }
 
-void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
-    int64_t n = (int64_t)T * nh * (hd / 2);
+void launch_rope_ex(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                    int inverse) {
+    CUDA_REQUIRE(rot > 0 && rot % 2 == 0 && rot <= hd, "rope: the rotated dims must be even and at most head_dim");
+    int64_t n = (int64_t)T * nh * (rot / 2);
     if (n == 0) return;
     rope_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(q, pos, inv_freq, T, nh,
-                                                                                              hd, inverse);
+                                                                                              hd, rot, mscale, inverse);
     CUDA_CHECK_LAUNCH();
+}
+
+void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse) {
+    launch_rope_ex(q, pos, inv_freq, T, nh, hd, hd, 1.0f, inverse);
 }

@@ -12,6 +12,9 @@ void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, in
 void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T, int C);
 void launch_add_inplace(bf16 *y, const bf16 *x, int64_t n);
 void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
+// the first rot dims of each head only, cos and sin times mscale (ops.h rope_ex)
+void launch_rope_ex(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                    int inverse);
 void launch_swiglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_swiglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_geglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);

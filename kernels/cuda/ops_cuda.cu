@@ -392,6 +392,11 @@ static void cu_geglu_bwd(void *dgate, void *dup, const void *dout, const void *g
 
 static void cu_act_scale(void *x, int64_t n, float s) { launch_act_scale((bf16 *)x, n, s); }
 
+static void cu_rope_ex(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
+                       int inverse) {
+    launch_rope_ex((bf16 *)q, pos, inv_freq, T, nh, hd, rot, mscale, inverse);
+}
+
 // rows [r0, r0+nr) of W to bf16 at dst, queued on stream s (either form of absmax)
 static void dequant_rows(bf16 *dst, const ops_nf4 *W, int64_t r0, int64_t nr, cudaStream_t s) {
     int64_t e0 = r0 * W->cols, n = nr * W->cols, b0 = e0 / W->blocksize;
@@ -674,6 +679,7 @@ static const ops_table g_table = {
     cu_geglu_fwd,
     cu_geglu_bwd,
     cu_act_scale,
+    cu_rope_ex,
     cuda_attention_layout,
     1, /* own_memory */
     cu_info,

@@ -30,6 +30,11 @@ TEST(golden_gemma3_packed_gpu) { check_case(&models[4], true, gpu, tol_bf16); }
  * final logits through the chunked cross-entropy */
 TEST(golden_gemma2_gpu) { check_case(&models[6], false, gpu, tol_bf16); }
 TEST(golden_gemma2_packed_gpu) { check_case(&models[6], true, gpu, tol_bf16); }
+/* phi3: fused qkv_proj and gate_up_proj with one LoRA each, rotary on 8 of each head's 16 dims
+ * times longrope's attention factor (rope_ex), a window of 10; the whole row (24 tokens, past the
+ * original context of 16) takes the long factors, the packed sequences the short ones */
+TEST(golden_phi3_gpu) { check_case(&models[5], false, gpu, tol_bf16); }
+TEST(golden_phi3_packed_gpu) { check_case(&models[5], true, gpu, tol_bf16); }
 
 int main(void) {
     gpu = ops_cuda();
@@ -49,5 +54,7 @@ int main(void) {
     RUN(golden_gemma3_packed_gpu);
     RUN(golden_gemma2_gpu);
     RUN(golden_gemma2_packed_gpu);
+    RUN(golden_phi3_gpu);
+    RUN(golden_phi3_packed_gpu);
     return test_summary();
 }

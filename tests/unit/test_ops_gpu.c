@@ -445,6 +445,47 @@ TEST(rope) {
     }
 }
 
+/* rope_ex: phi3's partial rotary (rot of hd dims; the rest must come back untouched) with longrope's
+ * attention factor, forward and inverse; rot = hd with mscale 1 is rope itself */
+TEST(rope_ex) {
+    /* T, nh, hd, rot, mscale (x1000) */
+    const int shapes[][5] = {{37, 3, 64, 32, 1500}, {16, 4, 96, 96, 1190}, {9, 2, 16, 8, 1000},
+                             {100, 32, 96, 48, 1000}, {50, 4, 128, 64, 1190}, {21, 2, 80, 80, 1000}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        int T = shapes[s][0], nh = shapes[s][1], hd = shapes[s][2], rot = shapes[s][3];
+        float mscale = (float)shapes[s][4] / 1000.0f;
+        int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+        for (int t = 0; t < T; t++) pos[t] = rnd_int(0, 131071); /* the 128k variants' positions */
+        float *inv = malloc(sizeof(float) * (size_t)rot / 2);
+        for (int i = 0; i < rot / 2; i++) /* base frequencies over longrope-like factors of 1..30 */
+            inv[i] = (float)(1.0 / (pow(10000.0, 2.0 * i / rot) * (1.0 + 29.0 * i / (rot / 2))));
+        int32_t *posd = dev_i32(pos, T);
+        float *invd = gpu->alloc(sizeof(float) * (size_t)rot / 2);
+        gpu->upload(invd, inv, sizeof(float) * (size_t)rot / 2);
+        for (int inverse = 0; inverse < 2; inverse++) {
+            tens q = tens_rand((int64_t)T * nh * hd, 1, 1.0f, 0.0f);
+            float *in = malloc(sizeof(float) * (size_t)q.n);
+            memcpy(in, q.h, sizeof(float) * (size_t)q.n);
+            cpu->rope_ex(q.h, pos, inv, T, nh, hd, rot, mscale, inverse);
+            GPU(rope_ex)(q.d, posd, invd, T, nh, hd, rot, mscale, inverse);
+            char what[96];
+            snprintf(what, sizeof what, "rope_ex%s T=%d nh=%d hd=%d rot=%d mscale=%g", inverse ? " inverse" : "", T, nh,
+                     hd, rot, mscale);
+            check_close(what, &q, EPS_BF, 2e-3);
+            /* the dims past rot: the input's bf16 values, bit for bit */
+            float *got = tens_download(&q);
+            int64_t moved = 0;
+            for (int64_t r = 0; r < (int64_t)T * nh; r++)
+                for (int d = rot; d < hd; d++) moved += got[r * hd + d] != in[r * hd + d];
+            if (moved) fprintf(stderr, "  %s: %lld dims past rot changed\n", what, (long long)moved);
+            CHECK(moved == 0);
+            free(got), free(in);
+            tens_free(&q);
+        }
+        free(pos), free(inv), gpu->free(posd), gpu->free(invd);
+    }
+}
+
 /* ---- attention ---- */
 
 /* sequence starts for T tokens cut into pieces of random length (packed 1), four pieces of T/4
@@ -996,6 +1037,7 @@ int main(void) {
     RUN(add_swiglu);
     RUN(geglu_act_scale);
     RUN(rope);
+    RUN(rope_ex);
     RUN(attention);
     RUN(deterministic_refuses_tiled);
     RUN(deterministic_same_bits);
