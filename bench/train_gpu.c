@@ -80,28 +80,24 @@ static void synth_bf16(const ops_table *ops, uint16_t *dst, int64_t n, float amp
     (void)ops;
 }
 
-static int synth_model(llama_model **out, const model_config *cfg, const ops_table *ops, uint64_t seed) {
+/* the shape is llama_init's (llama_shape_init); preset names the model in messages */
+static int synth_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops,
+                       uint64_t seed) {
     llama_model *m = calloc(1, sizeof *m);
-    m->cfg = *cfg;
-    m->ops = ops;
-    m->C = (int)cfg->hidden_size;
-    m->I = (int)cfg->intermediate_size;
-    m->V = (int)cfg->vocab_size;
-    m->L = cfg->num_layers;
-    m->nh = cfg->num_heads;
-    m->nkv = cfg->num_kv_heads;
-    m->hd = cfg->head_dim;
-    m->eps = (float)cfg->rms_norm_eps;
-    m->rot = m->hd; /* full rotary, no longrope scale: the plain rope op (llama_load's default) */
-    m->rope_mscale = 1.0f;
+    int rc = llama_shape_init(m, cfg, ops, preset);
+    if (rc) {
+        free(m);
+        return rc;
+    }
     m->layers = calloc((size_t)m->L, sizeof(llama_layer));
     int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
     int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
     int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
     /* one allocation carved as llama_init does, so llama_free releases it */
-    bool gemma = config_gemma(cfg); /* gemma2 too: its soft-caps come with cfg */
-    int64_t bytes = align256(64) + align256(256 * 4) + 2 * align256(m->hd / 2 * 4) + align256((int64_t)m->V * C * 2) +
-                    align256(C * 2);
+    bool gemma = config_gemma(cfg), local, lng; /* gemma2 too: its soft-caps come with cfg */
+    llama_rope_needs(m, &local, &lng);
+    int64_t bytes = align256(64) + align256(256 * 4) + (1 + local + lng) * align256(m->rot / 2 * 4) +
+                    align256((int64_t)m->V * C * 2) + align256(C * 2);
     if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
     for (int l = 0; l < m->L; l++) {
         bytes += (gemma ? 4 : 2) * align256(C * 2) + (cfg->qk_norm ? 2 * align256(m->hd * 2) : 0);
@@ -124,22 +120,15 @@ static int synth_model(llama_model **out, const model_config *cfg, const ops_tab
     float *nested_map = TAKE(256 * 4), hmap[256]; /* bitsandbytes' dynamic map, shared too */
     nf4_dynamic_map(hmap);
     ops->upload(nested_map, hmap, sizeof hmap);
-    m->inv_freq = TAKE(m->hd / 2 * 4);
-    /* the sliding layers' own frequencies (gemma3's rope_local_base_freq; the same elsewhere) */
-    m->inv_freq_local = TAKE(m->hd / 2 * 4);
+    /* the rotary tables as llama_init lays them out (gemma3's sliding layers', longrope's long ones) */
+    m->inv_freq = TAKE(m->rot / 2 * 4);
+    m->inv_freq_local = local ? TAKE(m->rot / 2 * 4) : m->inv_freq;
+    m->inv_freq_long = lng ? TAKE(m->rot / 2 * 4) : m->inv_freq;
     m->embed = TAKE((int64_t)m->V * C * 2);
     m->final_norm = TAKE(C * 2);
     m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
     ops->upload(quant_map, nf4_quant_map(OPS_NF4), 64);
-    float *inv = malloc(sizeof(float) * (size_t)(m->hd / 2));
-    for (int i = 0; i < m->hd / 2; i++) inv[i] = (float)(1.0 / pow(cfg->rope_theta, (double)(2 * i) / m->hd));
-    ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)(m->hd / 2));
-    for (int i = 0; i < m->hd / 2; i++)
-        inv[i] = (float)(1.0 / pow(gemma ? cfg->rope_local_theta : cfg->rope_theta, (double)(2 * i) / m->hd));
-    ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)(m->hd / 2));
-    /* gemma3: embeddings times sqrt(hidden) rounded to bf16, as llama_init does */
-    if (gemma) m->embed_scale = bf16_to_f32(f32_to_bf16(sqrtf((float)C)));
-    free(inv);
+    if ((rc = llama_rope_upload(m))) return rc;
     int64_t n_ones = C > m->hd ? C : m->hd;
     uint16_t *ones = malloc(2 * (size_t)n_ones);
     for (int64_t i = 0; i < n_ones; i++) ones[i] = f32_to_bf16(1.0f);
@@ -361,7 +350,7 @@ static int bench_train(int argc, char **argv) {
     if ((rc = parse_targets(targets, &mask))) return rc;
 
     llama_model *m;
-    if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
+    if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
     llama_lora_config lc = {.r = r, .alpha = 2.0f * (float)r, .dropout = 0.05f, .rslora = false, .targets = mask};
     m->adam_host = offload;
     if ((rc = llama_lora_attach(m, &lc))) return rc;
@@ -545,7 +534,7 @@ static int bench_fit(int argc, char **argv) {
     uint32_t mask = 0;
     if ((rc = parse_targets(targets, &mask))) return rc;
     llama_model *m;
-    if ((rc = synth_model(&m, &cfg, ops, 1234))) return rc;
+    if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
     llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
     if ((rc = llama_lora_attach(m, &lc))) return rc;
     size_t live, peak, fr = 0, tot = 0;

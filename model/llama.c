@@ -396,27 +396,13 @@ static bool has_bias(const model_config *c, llama_target t) {
 static int load_all(loader *ld) {
     llama_model *m = ld->m;
     int rc;
-    bool gemma = config_gemma(&m->cfg), lr = m->cfg.rope_type == ROPE_LONGROPE;
-    bool local = m->cfg.arch == ARCH_GEMMA3; /* its sliding layers' own rope base (gemma2 has one) */
-    int half = m->rot / 2;
-    m->inv_freq = carve_take(&ld->cv, (int64_t)half * 4);
-    m->inv_freq_local = local ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
-    m->inv_freq_long = lr ? carve_take(&ld->cv, (int64_t)half * 4) : m->inv_freq;
-    if (ld->cv.base) {
-        float *inv = malloc(sizeof(float) * (size_t)half);
-        if (!inv) return err_set(ERR_STAGE, "out of memory");
-        rope_inv_freq(&m->cfg, m->rot, inv, false, false);
-        m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)half);
-        if (local) {
-            rope_inv_freq(&m->cfg, m->rot, inv, true, false);
-            m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)half);
-        }
-        if (lr) {
-            rope_inv_freq(&m->cfg, m->rot, inv, false, true);
-            m->ops->upload(m->inv_freq_long, inv, sizeof(float) * (size_t)half);
-        }
-        free(inv);
-    }
+    bool gemma = config_gemma(&m->cfg), local, lng;
+    llama_rope_needs(m, &local, &lng);
+    int64_t half = m->rot / 2;
+    m->inv_freq = carve_take(&ld->cv, half * 4);
+    m->inv_freq_local = local ? carve_take(&ld->cv, half * 4) : m->inv_freq;
+    m->inv_freq_long = lng ? carve_take(&ld->cv, half * 4) : m->inv_freq;
+    if (ld->cv.base && (rc = llama_rope_upload(m))) return rc;
     ld->plus_one = gemma;
     if ((rc = load_dense(ld, "model.embed_tokens.weight", (int64_t)m->V * m->C, &m->embed))) return rc;
     if ((rc = load_norm(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
@@ -463,14 +449,33 @@ static int load_all(loader *ld) {
     return 0;
 }
 
-int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
-               const ops_table *ops) {
-    *out = NULL;
+void llama_rope_needs(const llama_model *m, bool *local, bool *lng) {
+    *local = m->cfg.arch == ARCH_GEMMA3;
+    *lng = m->cfg.rope_type == ROPE_LONGROPE;
+}
+
+int llama_rope_upload(llama_model *m) {
+    int half = m->rot / 2;
+    float *inv = malloc(sizeof(float) * (size_t)(half > 0 ? half : 1));
+    if (!inv) return err_set(ERR_STAGE, "out of memory");
+    rope_inv_freq(&m->cfg, m->rot, inv, false, false);
+    m->ops->upload(m->inv_freq, inv, sizeof(float) * (size_t)half);
+    if (m->inv_freq_local != m->inv_freq) {
+        rope_inv_freq(&m->cfg, m->rot, inv, true, false);
+        m->ops->upload(m->inv_freq_local, inv, sizeof(float) * (size_t)half);
+    }
+    if (m->inv_freq_long != m->inv_freq) {
+        rope_inv_freq(&m->cfg, m->rot, inv, false, true);
+        m->ops->upload(m->inv_freq_long, inv, sizeof(float) * (size_t)half);
+    }
+    free(inv);
+    return 0;
+}
+
+int llama_shape_init(llama_model *m, const model_config *cfg, const ops_table *ops, const char *path) {
     if (cfg->num_heads <= 0 || cfg->num_kv_heads <= 0 || cfg->num_heads % cfg->num_kv_heads)
         return err_set(ERR_DATA, "%s: num_attention_heads (%d) must be a multiple of num_key_value_heads (%d)", path,
                        cfg->num_heads, cfg->num_kv_heads);
-    llama_model *m = calloc(1, sizeof *m);
-    if (!m) return err_set(ERR_STAGE, "out of memory");
     m->cfg = *cfg;
     m->cfg.skip_modules = NULL;
     m->ops = ops;
@@ -482,30 +487,33 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
     m->nkv = cfg->num_kv_heads;
     m->hd = cfg->head_dim > 0 ? cfg->head_dim : m->C / m->nh;
     m->eps = (float)cfg->rms_norm_eps;
-    if (m->hd % 2) {
-        int hd = m->hd;
-        free(m);
-        return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, hd);
-    }
+    if (m->hd % 2) return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, m->hd);
     m->rot = config_rope_dim(cfg) > 0 && config_rope_dim(cfg) <= m->hd ? config_rope_dim(cfg) : m->hd;
     if (cfg->arch == ARCH_PHI3 && m->hd != cfg->head_dim) m->rot = m->hd; /* an unset head_dim: full rotary */
     m->rope_mscale = cfg->rope_type == ROPE_LONGROPE && cfg->rope_attn_factor > 0 ? (float)cfg->rope_attn_factor : 1.0f;
-    if (m->rot % 2) {
-        int rot = m->rot;
-        free(m);
-        return err_set(ERR_DATA, "%s: %d rotated dims of a head must be even", path, rot);
-    }
+    if (m->rot % 2) return err_set(ERR_DATA, "%s: %d rotated dims of a head must be even", path, m->rot);
     if (config_gemma(cfg)) {
-        if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd) {
-            free(m);
+        if (!ops->geglu_fwd || !ops->act_scale || !ops->attention_ex_fwd)
             return err_set(ERR_DATA, "%s: %s needs ops the %s backend does not have yet (GeGLU, the embedding "
                                      "scale, scaled and windowed attention); use device: cpu", path,
                            config_arch_name(cfg->arch), ops->name);
-        }
         /* transformers multiplies in the weights' dtype: sqrt(hidden) rounded to it */
         float sc = sqrtf((float)m->C);
         m->embed_scale = !strcmp(cfg->dtype, "bfloat16") ? bf16_to_f32(f32_to_bf16(sc))
                        : !strcmp(cfg->dtype, "float16") ? f16_to_f32(f32_to_f16(sc)) : sc;
+    }
+    return 0;
+}
+
+int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
+               const ops_table *ops) {
+    *out = NULL;
+    llama_model *m = calloc(1, sizeof *m);
+    if (!m) return err_set(ERR_STAGE, "out of memory");
+    int rc = llama_shape_init(m, cfg, ops, path);
+    if (rc) {
+        free(m);
+        return rc;
     }
     m->layers = calloc((size_t)m->L, sizeof(llama_layer));
     loader ld = {.m = m, .path = path, .opts = opts ? *opts : LLAMA_LOAD_OPTS_DEFAULT};
@@ -513,7 +521,7 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         llama_free(&m);
         return err_set(ERR_USAGE, "invalid NF4 blocksize %d", ld.opts.blocksize);
     }
-    int rc = st_open(&ld.st, path);
+    rc = st_open(&ld.st, path);
     if (rc) {
         llama_free(&m);
         return rc;

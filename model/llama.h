@@ -189,6 +189,18 @@ typedef struct llama_load_opts {
  * as stored. cfg is copied (skip_modules is not kept). */
 int llama_init(llama_model **out, const model_config *cfg, const char *path, const llama_load_opts *opts,
                const ops_table *ops);
+/* The shape llama_init derives from cfg before it reads a weight (sizes, head dim, phi3's rotated
+ * dims and longrope scale, gemma3's embedding scale, m->cfg as a copy of cfg without skip_modules),
+ * into m (zeroed by the caller; nothing allocated): also what a caller that makes its weights
+ * itself (bench/train_gpu) starts from. An error for a shape the model refuses; path names the
+ * config in messages. */
+int llama_shape_init(llama_model *m, const model_config *cfg, const ops_table *ops, const char *path);
+/* The rotary tables (rot/2 floats each) the model needs beside inv_freq: gemma3's sliding layers'
+ * (inv_freq_local) and longrope's long factors (inv_freq_long); a table it lacks is inv_freq itself. */
+void llama_rope_needs(const llama_model *m, bool *local, bool *lng);
+/* computes the frequencies into the tables m->inv_freq, _local and _long point at (backend memory)
+ * and uploads each distinct one */
+int llama_rope_upload(llama_model *m);
 /* config_load(dir) + llama_init(dir): an HF model directory */
 int llama_load(llama_model **out, const char *dir, const llama_load_opts *opts, const ops_table *ops);
 void llama_free(llama_model **m);
