@@ -85,14 +85,16 @@ void attn_mma_bwd(float *dq_acc, bf16 *dk, bf16 *dv, const bf16 *dout, const flo
 // dev pointing to int32 device arrays: lengths [b], then the first element of each sequence (and
 // one past the last) [b+1] in q-shaped ([T, nh*hd]), kv-shaped ([T, nkv*hd]) and lse-shaped
 // ([nh, T]: the token index) tensors. Same tensor layouts as above; it uses the dq/D scratch
-// slots itself. -1 when cuDNN is missing or cannot take the shape: the caller runs mma instead.
+// slots itself. ap: the score scale and a sliding window (ap.window > 0) go into the graph;
+// soft-capping does not (-1). -1 when cuDNN is missing or cannot take the shape: the caller runs
+// our kernels instead.
 struct attn_cudnn_layout {
     int b, s, T;
     const int32_t *dev;
 };
 int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L,
-                   int nh, int nkv, int hd);
+                   int nh, int nkv, int hd, attn_params ap);
 int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd);
+                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd, attn_params ap);
 
 #endif

@@ -7,8 +7,10 @@
 // cuda_attention_name() says why. The graphs follow the operation pattern cuDNN's runtime
 // fusion engine recognises as scaled dot-product attention (docs/cuda-attention.md lists the
 // nodes): bf16 Q, K, V, O in the [b, h, s, d] view of our token-major rows, fp32 scores, a
-// causal mask from generated row/column indices, softmax statistics (natural-log
-// log-sum-exp) written to our lse, and for the backward dQ through an fp32 accumulator.
+// causal mask from generated row/column indices (and, for sliding-window layers, a second mask
+// keeping keys less than the window behind the query), softmax statistics (natural-log
+// log-sum-exp) written to our lse, and for the backward dQ through an fp32 accumulator. The score
+// scale is a pass-by-value scalar, so Gemma's query_pre_attn_scalar costs no plan of its own.
 // In deterministic mode (cuda_det()) the plans are built apart: their reductions are marked
 // deterministic and only engines without cuDNN's nondeterministic note are taken.
 // Two layouts: dense (b sequences of s tokens each) and ragged (b sequences of at most s tokens,
@@ -41,11 +43,11 @@ extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
     return -1;
 }
 int attn_cudnn_fwd(bf16 *, float *, const bf16 *, const bf16 *, const bf16 *, const attn_cudnn_layout *, int, int,
-                   int) {
+                   int, attn_params) {
     return -1;
 }
 int attn_cudnn_bwd(bf16 *, bf16 *, bf16 *, const bf16 *, const bf16 *, const float *, const bf16 *, const bf16 *,
-                   const bf16 *, const attn_cudnn_layout *, int, int, int) {
+                   const bf16 *, const attn_cudnn_layout *, int, int, int, attn_params) {
     return -1;
 }
 #else
@@ -131,7 +133,7 @@ extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
 // ---- graph building: every descriptor of one graph is kept until the plan is built ----
 
 struct builder {
-    Desc keep[160];
+    Desc keep[224];
     int nkeep;
     int64_t uid;
     const char *fail; // the first step that failed, NULL while all is well
@@ -200,9 +202,9 @@ static tns like(builder *b, const tns &t, cudnnDataType_t dt = CUDNN_DATA_FLOAT)
     return tensor(b, dt, t.dim, t.str, true);
 }
 
-static tns scalar(builder *b) {
+static tns scalar(builder *b, cudnnDataType_t dt = CUDNN_DATA_FLOAT) {
     const int64_t one[4] = {1, 1, 1, 1};
-    return tensor(b, CUDNN_DATA_FLOAT, one, one, false, true);
+    return tensor(b, dt, one, one, false, true);
 }
 
 // y = mode(x[, b2[, t]]), computed in prec; axis >= 0 for GEN_INDEX
@@ -271,6 +273,24 @@ static tns causal(builder *b, Desc *ops, int *n, const tns &s, const tns &neg_in
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, CUDNN_DATA_FLOAT, 3);
     tns keep = like(b, s, CUDNN_DATA_BOOLEAN);
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_CMP_GE, row, &col, nullptr, keep, CUDNN_DATA_BOOLEAN);
+    tns out = like(b, s);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_BINARY_SELECT, s, &neg_inf, &keep, out);
+    return out;
+}
+
+// the sliding window on scores s (after the causal mask): keep key col when col + window > row
+// (query row sees the window keys up to itself: row - col < window), -inf elsewhere; window is
+// a pass-by-value scalar of type dt. cuDNN's SDPA engines recognise this pattern (cudnn-frontend
+// builds it the same way) with the indices and window in fp32 (variant 0) or int32 (variant 1).
+static tns windowed(builder *b, Desc *ops, int *n, const tns &s, const tns &window, const tns &neg_inf,
+                    cudnnDataType_t dt) {
+    tns row = like(b, s, dt), col = like(b, s, dt);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, row, dt, 2);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_GEN_INDEX, s, nullptr, nullptr, col, dt, 3);
+    tns reach = like(b, s, dt);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_ADD, col, &window, nullptr, reach, dt, 3);
+    tns keep = like(b, s, CUDNN_DATA_BOOLEAN);
+    ops[(*n)++] = pw(b, CUDNN_POINTWISE_CMP_GT, reach, &row, nullptr, keep, CUDNN_DATA_BOOLEAN);
     tns out = like(b, s);
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_BINARY_SELECT, s, &neg_inf, &keep, out);
     return out;
@@ -364,12 +384,13 @@ static Desc build_plan(builder *b, Desc *ops, int n, int64_t *ws, bool det) {
 
 enum {
     U_Q, U_K, U_V, U_O, U_LSE, U_SCALE, U_NEGINF, U_DO, U_DQ, U_DK, U_DV, U_D, U_DQACC, U_ONE,
-    U_SEQ, U_OFFQ, U_OFFKV, U_OFFST, U_COUNT
+    U_SEQ, U_OFFQ, U_OFFKV, U_OFFST, U_WIN, U_COUNT
 };
 
 struct plan {
     int bwd, ragged, b, s, T, nh, nkv, hd;
     int det; // built for deterministic mode (cuda_det()): deterministic reductions and engines
+    int windowed, variant; // a sliding-window mask in the graph; its encoding (windowed())
     Desc p;
     int64_t ws;
     int64_t uid[U_COUNT];
@@ -421,10 +442,11 @@ static void transposed(int64_t dim[4], int64_t str[4]) { // [.., s, d] -> [.., d
 static void report(const plan *pl, builder *b) {
     char last[512] = "";
     F.GetLastErrorString(last, sizeof last);
-    fprintf(stderr, "cuDNN attention %s%s (%s b=%d s=%d T=%d heads=%d/%d hd=%d): %s failed (%s)%s%s; that shape runs "
-            "on the mma kernels\n", pl->bwd ? "backward" : "forward", pl->det ? ", deterministic" : "",
-            pl->ragged ? "ragged" : "dense", pl->b, pl->s,
-            pl->T, pl->nh, pl->nkv, pl->hd, b->fail, F.GetErrorString(b->st), last[0] ? ": " : "", last);
+    fprintf(stderr, "cuDNN attention %s%s (%s b=%d s=%d T=%d heads=%d/%d hd=%d%s): %s failed (%s)%s%s; that shape "
+            "runs on our kernels\n", pl->bwd ? "backward" : "forward", pl->det ? ", deterministic" : "",
+            pl->ragged ? "ragged" : "dense", pl->b, pl->s, pl->T, pl->nh, pl->nkv, pl->hd,
+            pl->windowed ? (pl->variant ? " window int32" : " window fp32") : "", b->fail, F.GetErrorString(b->st),
+            last[0] ? ": " : "", last);
 }
 
 // what both graphs share: the ragged layout's tensors (sequence lengths; element offsets of
@@ -432,6 +454,7 @@ static void report(const plan *pl, builder *b) {
 struct common {
     const tns *seq, *offq, *offkv, *offst; // all NULL for a dense batch
     tns seq_t, offq_t, offkv_t, offst_t, scale, neg_inf;
+    tns window; // a sliding-window layer's window (pl->windowed)
 };
 
 static void make_common(builder *b, const plan *pl, common *c) {
@@ -445,6 +468,7 @@ static void make_common(builder *b, const plan *pl, common *c) {
         c->seq = &c->seq_t, c->offq = &c->offq_t, c->offkv = &c->offkv_t, c->offst = &c->offst_t;
     }
     c->scale = scalar(b), c->neg_inf = scalar(b);
+    if (pl->windowed) c->window = scalar(b, pl->variant ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT);
 }
 
 // scale * Q K^T with the padding (ragged) and causal masks
@@ -456,7 +480,9 @@ static tns masked_scores(builder *b, Desc *ops, int *n, const plan *pl, common *
     tns S1 = like(b, S);
     ops[(*n)++] = pw(b, CUDNN_POINTWISE_MUL, S, &c->scale, nullptr, S1);
     if (c->seq) S1 = padding(b, ops, n, S1, *c->seq, c->neg_inf);
-    return causal(b, ops, n, S1, c->neg_inf);
+    tns S2 = causal(b, ops, n, S1, c->neg_inf);
+    if (!pl->windowed) return S2;
+    return windowed(b, ops, n, S2, c->window, c->neg_inf, pl->variant ? CUDNN_DATA_INT32 : CUDNN_DATA_FLOAT);
 }
 
 static void build_fwd(plan *pl) {
@@ -476,7 +502,7 @@ static void build_fwd(plan *pl) {
     int64_t rdim[4] = {bs, h, s, 1}, rstr[4] = {(int64_t)h * s, s, 1, 1};
     int64_t lstr[4] = {s, pl->T, 1, 1}; // our lse [nh, T]
     tns LSE = tensor(b, CUDNN_DATA_FLOAT, rdim, lstr, false, false, c.offst);
-    Desc ops[48];
+    Desc ops[56];
     int n = 0;
     tns S2 = masked_scores(b, ops, &n, pl, &c, Q, KT);
     tns M = tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, true);
@@ -495,6 +521,7 @@ static void build_fwd(plan *pl) {
     ops[n++] = matmul(b, P, V, O, c.seq, nullptr, c.seq);
     pl->uid[U_Q] = Q.uid, pl->uid[U_K] = KT.uid, pl->uid[U_V] = V.uid, pl->uid[U_O] = O.uid;
     pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = c.scale.uid, pl->uid[U_NEGINF] = c.neg_inf.uid;
+    pl->uid[U_WIN] = pl->windowed ? c.window.uid : 0;
     if (c.seq)
         pl->uid[U_SEQ] = c.seq->uid, pl->uid[U_OFFQ] = c.offq->uid, pl->uid[U_OFFKV] = c.offkv->uid,
         pl->uid[U_OFFST] = c.offst->uid;
@@ -534,7 +561,7 @@ static void build_bwd(plan *pl) {
     tns dQacc = c.seq ? tensor(b, CUDNN_DATA_FLOAT, dim, str, false, false, c.offq)
                       : tensor(b, CUDNN_DATA_FLOAT, fdim, fstr, false);
     tns one = scalar(b);
-    Desc ops[64];
+    Desc ops[72];
     int n = 0;
     // D = rowsum(dO * O)
     int64_t pdim[4] = {bs, h, s, d}, pstr[4] = {(int64_t)h * s * d, (int64_t)s * d, (int64_t)h * d, 1};
@@ -594,6 +621,7 @@ static void build_bwd(plan *pl) {
     }
     pl->uid[U_Q] = Q.uid, pl->uid[U_K] = KT.uid, pl->uid[U_V] = VT.uid, pl->uid[U_O] = O.uid;
     pl->uid[U_LSE] = LSE.uid, pl->uid[U_SCALE] = c.scale.uid, pl->uid[U_NEGINF] = c.neg_inf.uid;
+    pl->uid[U_WIN] = pl->windowed ? c.window.uid : 0;
     pl->uid[U_DO] = dO.uid, pl->uid[U_DQ] = dQ.uid, pl->uid[U_DK] = dK.uid, pl->uid[U_DV] = dV.uid;
     pl->uid[U_D] = Dsum.uid, pl->uid[U_DQACC] = pl->det ? -1 : dQacc.uid, pl->uid[U_ONE] = one.uid;
     if (c.seq)
@@ -604,23 +632,30 @@ static void build_bwd(plan *pl) {
     release(b);
 }
 
-static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
+// the cached plan of this graph, built on first use; a windowed graph whose fp32 encoding no engine
+// takes is built again in the int32 one before the shape is given up
+static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed) {
     int ragged = L->dev != nullptr, T = L->T, det = cuda_det() ? 1 : 0;
     for (int i = 0; i < g_nplans; i++) {
         plan *p = &g_plans[i];
-        if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T && p->nh == nh &&
-            p->nkv == nkv && p->hd == hd)
+        if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T &&
+            p->nh == nh && p->nkv == nkv && p->hd == hd && p->windowed == windowed)
             return p->failed ? nullptr : p;
     }
     const int cap = (int)(sizeof g_plans / sizeof *g_plans);
     plan *p = &g_plans[g_nplans < cap ? g_nplans++ : g_evict++ % cap]; // then oldest first
     if (p->p) F.DestroyDescriptor(p->p);
-    memset(p, 0, sizeof *p);
-    p->bwd = bwd, p->det = det, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv, p->hd = hd;
-    if (bwd)
-        build_bwd(p);
-    else
-        build_fwd(p);
+    for (int variant = 0; variant < (windowed ? 2 : 1); variant++) {
+        memset(p, 0, sizeof *p);
+        p->bwd = bwd, p->det = det, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv,
+        p->hd = hd;
+        p->windowed = windowed, p->variant = variant;
+        if (bwd)
+            build_bwd(p);
+        else
+            build_fwd(p);
+        if (!p->failed) break;
+    }
     if (!p->failed && p->det && p->ws > DET_WS_CAP) {
         fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is over "
                 "the %.0f MiB cap; that shape runs on the mma kernels\n", bwd ? "backward" : "forward", p->b, p->s,
@@ -663,26 +698,38 @@ static void ragged_ptrs(const attn_cudnn_layout *L, void **ptrs) {
     ptrs[0] = p, ptrs[1] = p + L->b, ptrs[2] = p + 2 * L->b + 1, ptrs[3] = p + 3 * L->b + 2;
 }
 
+// the window as the graph's scalar takes it (the plan's encoding) at ptrs[i], uids[i]
+static int window_arg(const plan *pl, const attn_params &ap, int64_t *uids, void **ptrs, int i, float *wf, int32_t *wi) {
+    if (!pl->windowed) return i;
+    *wf = (float)ap.window, *wi = ap.window;
+    uids[i] = pl->uid[U_WIN];
+    ptrs[i] = pl->variant ? (void *)wi : (void *)wf;
+    return i + 1;
+}
+
 int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L,
-                   int nh, int nkv, int hd) {
-    if (cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000)) return -1;
-    plan *pl = get_plan(0, L, nh, nkv, hd);
+                   int nh, int nkv, int hd, attn_params ap) {
+    if (ap.softcap != 0.0f || cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000)) return -1;
+    plan *pl = get_plan(0, L, nh, nkv, hd, ap.window > 0);
     if (!pl) return -1;
-    float scale = 1.0f / sqrtf((float)hd), neg_inf = mask_value();
-    int64_t uids[11] = {pl->uid[U_Q], pl->uid[U_K], pl->uid[U_V], pl->uid[U_O], pl->uid[U_LSE], pl->uid[U_SCALE],
+    float scale = ap.scale, neg_inf = mask_value(), wf;
+    int32_t wi;
+    int64_t uids[12] = {pl->uid[U_Q], pl->uid[U_K], pl->uid[U_V], pl->uid[U_O], pl->uid[U_LSE], pl->uid[U_SCALE],
                         pl->uid[U_NEGINF], pl->uid[U_SEQ], pl->uid[U_OFFQ], pl->uid[U_OFFKV], pl->uid[U_OFFST]};
-    void *ptrs[11] = {(void *)q, (void *)k, (void *)v, out, lse, &scale, &neg_inf};
-    if (L->dev) ragged_ptrs(L, ptrs + 7);
-    return run(pl, L->dev ? 11 : 7, uids, ptrs);
+    void *ptrs[12] = {(void *)q, (void *)k, (void *)v, out, lse, &scale, &neg_inf};
+    int n = 7;
+    if (L->dev) ragged_ptrs(L, ptrs + 7), n = 11;
+    n = window_arg(pl, ap, uids, ptrs, n, &wf, &wi);
+    return run(pl, n, uids, ptrs);
 }
 
 int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd) {
+                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd, attn_params ap) {
     // cuDNN up to 9.15 needs a padding-mask workaround when s is not a multiple of 128
-    if (cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
+    if (ap.softcap != 0.0f || cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
         (!L->dev && g_version <= 91500 && L->s % 128) || (cuda_det() && !det_bwd_on()))
         return -1;
-    plan *pl = get_plan(1, L, nh, nkv, hd);
+    plan *pl = get_plan(1, L, nh, nkv, hd, ap.window > 0);
     if (!pl) return -1;
     size_t T = (size_t)L->T;
     float *D = (float *)cuda_scratch(SCRATCH_ATTN_D, T * nh * sizeof(float));
@@ -691,20 +738,22 @@ int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *o
         dq_acc = (float *)cuda_scratch(SCRATCH_ATTN_DQ, T * nh * hd * sizeof(float));
         if (g_version < 90600) CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, T * nh * hd * sizeof(float), cuda_stream()));
     }
-    float scale = 1.0f / sqrtf((float)hd), neg_inf = mask_value(), one = 1.0f;
-    int64_t uids[18] = {pl->uid[U_Q],  pl->uid[U_K],  pl->uid[U_V],     pl->uid[U_O],     pl->uid[U_LSE],
+    float scale = ap.scale, neg_inf = mask_value(), one = 1.0f, wf;
+    int32_t wi;
+    int64_t uids[19] = {pl->uid[U_Q],  pl->uid[U_K],  pl->uid[U_V],     pl->uid[U_O],     pl->uid[U_LSE],
                         pl->uid[U_DO], pl->uid[U_DQ], pl->uid[U_DK],    pl->uid[U_DV],    pl->uid[U_D],
                         pl->uid[U_DQACC], pl->uid[U_SCALE], pl->uid[U_NEGINF], pl->uid[U_ONE], pl->uid[U_SEQ],
                         pl->uid[U_OFFQ], pl->uid[U_OFFKV], pl->uid[U_OFFST]};
-    void *ptrs[18] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, (void *)dout, dq, dk, dv, D, dq_acc,
+    void *ptrs[19] = {(void *)q, (void *)k, (void *)v, (void *)out, (void *)lse, (void *)dout, dq, dk, dv, D, dq_acc,
                       &scale, &neg_inf, &one};
-    if (L->dev) ragged_ptrs(L, ptrs + 14);
-    int n = L->dev ? 18 : 14;
+    int n = 14;
+    if (L->dev) ragged_ptrs(L, ptrs + 14), n = 18;
     if (pl->det) { // no accumulator in the deterministic graph: drop its entry (index 10)
         memmove(uids + 10, uids + 11, (size_t)(n - 11) * sizeof *uids);
         memmove(ptrs + 10, ptrs + 11, (size_t)(n - 11) * sizeof *ptrs);
         n--;
     }
+    n = window_arg(pl, ap, uids, ptrs, n, &wf, &wi);
     return run(pl, n, uids, ptrs);
 }
 

@@ -1,0 +1,42 @@
+#!/bin/bash
+# phi3gpu (issue 15): phi3 on CUDA (rope_ex) and cuDNN attention for Gemma-3 (head dim 256, windows).
+#   bash .device/phi3gpu/run.sh      (from the repository root on the GPU machine; logs in $OUT/phi3gpu/)
+# test_ops_gpu (rope_ex against the reference; the _ex attention cases on cuDNN: windows, scales,
+# head dim 256), test_golden_gpu (phi3's dumps among the families), then train_gpu rows: Phi-3-mini
+# (fused qkv_proj / gate_up_proj LoRA) and Gemma-3-12B on our kernels (--attention mma: head dim
+# 256 on tiled, the "before") and on cuDNN (the default). A test_ops_gpu_mutant beside the programs
+# (built for the sitting only, not committed) is run too when present.
+# BUDGET (seconds, default 200): rows that would start later than that are skipped.
+B=$(cd "$(dirname "$0")" && pwd); O=${OUT:-/tmp/o}/phi3gpu; mkdir -p "$O"
+T0=$(date +%s); BUDGET=${BUDGET:-200}
+stamp() { echo "== $(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s $*"; }
+{
+stamp start; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+(cd tests && timeout ${OPS_TIMEOUT:-150} "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+grep -E "^FAIL|off \(|nmse|passed|failed|^seed|cuDNN|kernels:" "$O/test_ops_gpu.log" | grep -v "^  ex " | tail -n 30
+grep -E "^  ex " "$O/test_ops_gpu.log" | sort | uniq -c | head -n 30
+stamp golden
+(cd tests && timeout ${GOLDEN_TIMEOUT:-120} "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
+grep -E "^ok|^FAIL|worst|passed|failed|phi3" "$O/test_golden_gpu.log" | tail -n 30
+if [ -x "$B/bin/test_ops_gpu_mutant" ]; then
+  stamp mutant
+  (cd tests && timeout ${OPS_TIMEOUT:-150} "$B/run" test_ops_gpu_mutant > "$O/mutant.log" 2>&1; echo "test_ops_gpu_mutant rc=$?")
+  grep -E "^FAIL|passed|failed" "$O/mutant.log" | tail -n 8
+  grep -E "rope_ex|window=" "$O/mutant.log" | grep -E "off|nmse|changed" | head -n 12
+fi
+stamp bench
+row() {
+  if [ $(( $(date +%s) - T0 )) -gt "$BUDGET" ]; then echo "row $* skipped (BUDGET)"; return; fi
+  echo "### train_gpu train $*" >> "$O/bench.log"
+  timeout ${ROW_TIMEOUT:-60} "$B/run" train_gpu train "$@" --seq 2048 --batch 1 --steps ${STEPS:-10} --warmup 2 \
+    --ckpt auto >> "$O/bench.log" 2>&1; echo "row $* rc=$?"
+}
+row --model phi3-mini --targets qkv_proj
+row --model phi3-mini --targets all-linear
+row --model gemma3-12b --targets q,v --attention mma
+row --model gemma3-12b --targets q,v
+row --model gemma3-12b --targets all-linear
+row --model 7b --targets q,v
+grep -E "^###|^\||error|plan:|attention|cuDNN" "$O/bench.log"
+stamp end
+} 2>&1 | tee "$O/run.log"
