@@ -4,7 +4,9 @@
 # test_ops_gpu (rope_ex against the reference; the _ex attention cases on cuDNN: windows, scales,
 # head dim 256), test_golden_gpu (phi3's dumps among the families), then train_gpu rows: Phi-3-mini
 # (fused qkv_proj / gate_up_proj LoRA) and Gemma-3-12B on our kernels (--attention mma: head dim
-# 256 on tiled, the "before") and on cuDNN (the default). A test_ops_gpu_mutant beside the programs
+# 256 on tiled, the "before"), on cuDNN as the default has it (global layers; the sliding ones on
+# tiled) and with QLORA_CUDA_ATTENTION_EX=cudnn (windows and scales in cuDNN's graph: off by default
+# until this sitting has run). A test_ops_gpu_mutant beside the programs
 # (built for the sitting only, not committed) is run too when present.
 # BUDGET (seconds, default 200): rows that would start later than that are skipped.
 B=$(cd "$(dirname "$0")" && pwd); O=${OUT:-/tmp/o}/phi3gpu; mkdir -p "$O"
@@ -25,18 +27,21 @@ if [ -x "$B/bin/test_ops_gpu_mutant" ]; then
   grep -E "rope_ex|window=" "$O/mutant.log" | grep -E "off|nmse|changed" | head -n 12
 fi
 stamp bench
-row() {
+row() { # EX ARGS...: EX is QLORA_CUDA_ATTENTION_EX's value
+  local ex=$1; shift
   if [ $(( $(date +%s) - T0 )) -gt "$BUDGET" ]; then echo "row $* skipped (BUDGET)"; return; fi
-  echo "### train_gpu train $*" >> "$O/bench.log"
-  timeout ${ROW_TIMEOUT:-60} "$B/run" train_gpu train "$@" --seq 2048 --batch 1 --steps ${STEPS:-10} --warmup 2 \
-    --ckpt auto >> "$O/bench.log" 2>&1; echo "row $* rc=$?"
+  echo "### QLORA_CUDA_ATTENTION_EX=$ex train_gpu train $*" >> "$O/bench.log"
+  QLORA_CUDA_ATTENTION_EX=$ex timeout ${ROW_TIMEOUT:-60} "$B/run" train_gpu train "$@" --seq 2048 --batch 1 \
+    --steps ${STEPS:-10} --warmup 2 --ckpt auto >> "$O/bench.log" 2>&1; echo "row $ex $* rc=$?"
 }
-row --model phi3-mini --targets qkv_proj
-row --model phi3-mini --targets all-linear
-row --model gemma3-12b --targets q,v --attention mma
-row --model gemma3-12b --targets q,v
-row --model gemma3-12b --targets all-linear
-row --model 7b --targets q,v
+row off --model phi3-mini --targets qkv_proj
+row off --model phi3-mini --targets all-linear
+row cudnn --model phi3-mini --targets qkv_proj
+row off --model gemma3-12b --targets q,v --attention mma
+row off --model gemma3-12b --targets q,v
+row cudnn --model gemma3-12b --targets q,v
+row cudnn --model gemma3-12b --targets all-linear
+row off --model 7b --targets q,v
 grep -E "^###|^\||error|plan:|attention|cuDNN" "$O/bench.log"
 stamp end
 } 2>&1 | tee "$O/run.log"

@@ -1,9 +1,10 @@
 // attention.cu: the attention ops (forward, backward, KV-cache generation): argument checks,
 // the backward's shared preparation (D = rowsum(dout * out), the fp32 dq accumulator and its
 // conversion to bf16), the choice between cuDNN's fused attention (attention_cudnn.cu, for the
-// layouts and options it takes: the score scale and sliding windows, head dims up to 256, not
-// soft-capping) and our two kernel families (cuda_ext.h; head dims over 128 take the tiled one),
-// and the ops_attn options (sliding window, score scale, soft-capping) resolved into attn_params.
+// layouts and options it takes: head dims up to 256; the score scale and sliding windows when
+// cuda_attention_cudnn_ex is on; never soft-capping) and our two kernel families (cuda_ext.h;
+// head dims over 128 take the tiled one), and the ops_attn options (sliding window, score scale,
+// soft-capping) resolved into attn_params.
 // In deterministic mode (cuda_det()) cuDNN runs only with plans built for it (deterministic
 // reductions, engines without the nondeterministic note: attention_cudnn.cu); where cuDNN
 // cannot, the backward runs on the mma family, which has the fixed-order dq sum.
@@ -45,7 +46,8 @@ extern "C" const char *cuda_attention_name(int kernel) {
     if (kernel != CUDA_ATTN_CUDNN) return "mma";
     char why[512];
     if (cuda_attention_cudnn_probe(why, sizeof why) == 0)
-        snprintf(name, sizeof name, "cudnn (fused flash attention, %s; other layouts on mma)", why);
+        snprintf(name, sizeof name, "cudnn (fused flash attention, %s%s; other layouts on mma)", why,
+                 cuda_attention_cudnn_ex(-1) ? ", sliding windows and score scales too" : "");
     else
         snprintf(name, sizeof name, "mma (cuDNN unavailable: %s)", why);
     return name;
@@ -171,8 +173,29 @@ static attn_params attn_resolve(const ops_attn *opt, int hd) {
 
 static bool attn_use_tiled(int hd) { return hd > 128 || cuda_attention_selected() == CUDA_ATTN_TILED; }
 
-// cuDNN's graphs take the score scale and a sliding window; soft-capping goes to our kernels
-static bool attn_cudnn_takes(attn_params ap) { return ap.softcap == 0.0f; }
+static int g_cudnn_ex = -1;
+
+extern "C" int cuda_attention_cudnn_ex(int on) {
+    if (on >= 0) {
+        g_cudnn_ex = on ? 1 : 0;
+    } else if (g_cudnn_ex < 0) {
+        const char *e = getenv("QLORA_CUDA_ATTENTION_EX");
+        if (!e || !*e || !strcmp(e, "off"))
+            g_cudnn_ex = 0;
+        else if (!strcmp(e, "cudnn"))
+            g_cudnn_ex = 1;
+        else
+            CUDA_REQUIRE(0, "QLORA_CUDA_ATTENTION_EX must be cudnn or off");
+    }
+    return g_cudnn_ex;
+}
+
+// cuDNN's graphs take the score scale and a sliding window (cuda_attention_cudnn_ex on; else only
+// plain causal attention at 1/sqrt(hd)); soft-capping goes to our kernels
+static bool attn_cudnn_takes(attn_params ap, int hd) {
+    if (ap.softcap != 0.0f) return false;
+    return cuda_attention_cudnn_ex(-1) || (ap.window == 0 && ap.scale == 1.0f / sqrtf((float)hd));
+}
 
 // a window that reaches back over the longest sequence masks nothing: the plain causal graph
 static attn_params attn_cudnn_params(attn_params ap, const attn_cudnn_layout *L) {
@@ -185,7 +208,7 @@ static void attn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const 
     int vec = attn_vec(q, k, v, hd);
     int sel = cuda_attention_selected();
     attn_cudnn_layout L;
-    if (sel == CUDA_ATTN_CUDNN && attn_cudnn_takes(ap) && Tq == Tk && vec && lse &&
+    if (sel == CUDA_ATTN_CUDNN && attn_cudnn_takes(ap, hd) && Tq == Tk && vec && lse &&
         attn_vec(out, lse, q, 8)) {
         cudnn_missing();
         if (cudnn_layout(seq_start, Tq, nh, nkv, hd, &L) &&
@@ -237,7 +260,7 @@ void launch_attention_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const 
     attn_params ap = attn_resolve(opt, hd);
     int vec = attn_vec(q, k, v, hd) && attn_vec(dout, dk, dv, hd), sel = cuda_attention_selected();
     attn_cudnn_layout L;
-    if (sel == CUDA_ATTN_CUDNN && attn_cudnn_takes(ap) && vec && attn_vec(dq, out, lse, 8)) {
+    if (sel == CUDA_ATTN_CUDNN && attn_cudnn_takes(ap, hd) && vec && attn_vec(dq, out, lse, 8)) {
         cudnn_missing();
         if (cudnn_layout(seq_start, T, nh, nkv, hd, &L) &&
             attn_cudnn_bwd(dq, dk, dv, dout, out, lse, q, k, v, &L, nh, nkv, hd, attn_cudnn_params(ap, &L)) == 0) {

@@ -577,9 +577,10 @@ static void attention_cached_check(void) {
 
 /* the _ex ops: sliding windows (shorter and longer than the packed pieces, 1 = the token alone),
  * another score scale (Gemma's query_pre_attn_scalar^-0.5), Gemma-2's soft-capping, head dims
- * up to Gemma-3's 256. The layout is announced (cuda_attention_layout), so with cuDNN selected the
- * cases without soft-capping run there (windows and scales in its graph, head dims up to 256); a
- * line per case says where each ran, and the number that ran on cuDNN is returned. */
+ * up to Gemma-3's 256. The layout is announced (cuda_attention_layout), so with cuDNN selected and
+ * its _ex options on (cuda_attention_cudnn_ex) the cases without soft-capping run there (windows
+ * and scales in its graph, head dims up to 256); a line per case says where each ran, and the
+ * number of calls that ran on cuDNN is returned. */
 static long attention_ex_check(void) {
     long on_cudnn = 0;
     /* T, nh, nkv, hd, packed, window, scale (x1000; 0: default), softcap (0: none) */
@@ -667,19 +668,31 @@ TEST(attention) {
         attention_check();
         attention_cached_check();
         long ran = cuda_attention_cudnn_calls() - before;
-        long ran_ex = attention_ex_check();
+        /* the _ex options on cuDNN: off (the default) then on (cuda_attention_cudnn_ex) */
+        int ex_was = cuda_attention_cudnn_ex(-1);
+        cuda_attention_cudnn_ex(0);
+        long ran_ex_off = attention_ex_check(), ran_ex = 0;
+        if (kernel == CUDA_ATTN_CUDNN) {
+            cuda_attention_cudnn_ex(1);
+            ran_ex = attention_ex_check();
+        }
+        cuda_attention_cudnn_ex(ex_was);
         char why[512];
         if (kernel == CUDA_ATTN_CUDNN && cuda_attention_cudnn_probe(why, sizeof why) == 0) {
             /* 19 of the 21 shapes above are layouts and head dims cuDNN takes: most of their
              * forwards and backwards must have run there (the check must not pass on the fallback);
-             * of the 13 _ex shapes, the 10 without soft-capping (windows, scales, head dim 256) */
-            fprintf(stderr, "  %s: %ld attention calls ran on cuDNN, %ld of the _ex ones\n", why, ran, ran_ex);
+             * none of the 13 _ex shapes while the _ex options are off (each has a window or a
+             * scale of its own), and with them on the 10 without soft-capping (windows, scales,
+             * head dim 256) */
+            fprintf(stderr, "  %s: %ld attention calls ran on cuDNN; of the _ex ones %ld with the options off, "
+                    "%ld on\n", why, ran, ran_ex_off, ran_ex);
             CHECK(ran >= 32);
+            CHECK_EQ_INT(ran_ex_off, 0);
             CHECK(ran_ex >= 16);
         } else if (kernel == CUDA_ATTN_CUDNN) {
             fprintf(stderr, "  cuDNN not checked here: %s\n", why);
         } else {
-            CHECK_EQ_INT(ran + ran_ex, 0); /* mma and tiled selected: nothing runs on cuDNN */
+            CHECK_EQ_INT(ran + ran_ex_off, 0); /* mma and tiled selected: nothing runs on cuDNN */
         }
     }
     /* the deterministic mode against the reference: the mma kernels' ordered dq sum and per-share
