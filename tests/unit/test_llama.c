@@ -594,6 +594,53 @@ TEST(rope_scaling_linear) {
     config_free(&c);
 }
 
+/* llama_shape_init: what llama_init and bench/train_gpu's generated models both start from */
+TEST(shape_init) {
+    model_config c;
+    llama_model m;
+    bool local, lng;
+    /* phi3: 8 of each head's 16 dims rotate, longrope's attention factor 1.5, the long table */
+    CHECK(config_load(&c, "golden/phi3-tiny") == 0);
+    memset(&m, 0, sizeof m);
+    CHECK(llama_shape_init(&m, &c, ops_cpu(), "golden/phi3-tiny") == 0);
+    CHECK(m.hd == 16 && m.rot == 8 && m.nh == 4 && m.nkv == 2 && m.C == 64);
+    CHECK_NEAR(m.rope_mscale, 1.5, 1e-6);
+    llama_rope_needs(&m, &local, &lng);
+    CHECK(!local && lng);
+    /* what llama_init loads has the same shape, and its tables are the ones llama_rope_upload writes */
+    llama_model *full = NULL;
+    CHECK(llama_init(&full, &c, "golden/phi3-tiny", NULL, ops_cpu()) == 0);
+    if (full) {
+        CHECK(full->rot == m.rot && full->rope_mscale == m.rope_mscale && full->hd == m.hd);
+        CHECK(full->inv_freq_long != full->inv_freq && full->inv_freq_local == full->inv_freq);
+        float lo[4], hi[4];
+        full->ops->download(lo, full->inv_freq, sizeof lo);
+        full->ops->download(hi, full->inv_freq_long, sizeof hi);
+        for (int i = 0; i < 4; i++) CHECK_NEAR(lo[i] / hi[i], c.rope_long_factor[i] / c.rope_short_factor[i], 1e-5);
+        llama_free(&full);
+    }
+    /* an odd number of rotated dims is refused, naming the config */
+    c.rope_dim = 5;
+    memset(&m, 0, sizeof m);
+    CHECK(llama_shape_init(&m, &c, ops_cpu(), "golden/phi3-tiny") == ERR_DATA);
+    CHECK(strstr(err_msg(), "golden/phi3-tiny: 5 rotated dims of a head must be even") != NULL);
+    config_free(&c);
+    /* gemma3: the sliding layers' table, the embedding scale sqrt(64) = 8 */
+    CHECK(config_load(&c, "golden/gemma3-tiny") == 0);
+    memset(&m, 0, sizeof m);
+    CHECK(llama_shape_init(&m, &c, ops_cpu(), "golden/gemma3-tiny") == 0);
+    CHECK(m.hd == 32 && m.rot == 32 && m.rope_mscale == 1.0f);
+    CHECK_NEAR(m.embed_scale, 8.0, 0);
+    llama_rope_needs(&m, &local, &lng);
+    CHECK(local && !lng);
+    /* heads that do not group */
+    c.num_kv_heads = 3;
+    memset(&m, 0, sizeof m);
+    CHECK(llama_shape_init(&m, &c, ops_cpu(), "golden/gemma3-tiny") == ERR_DATA);
+    CHECK(strstr(err_msg(), "must be a multiple of num_key_value_heads") != NULL);
+    config_free(&c);
+}
+
 int main(void) {
     RUN(bnb_checkpoint_logits);
     RUN(double_quant_kept);
@@ -608,5 +655,6 @@ int main(void) {
     RUN(plan_counts_det_workspace);
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
+    RUN(shape_init);
     return test_summary();
 }
