@@ -9,6 +9,15 @@
 # until this sitting has run). A test_ops_gpu_mutant beside the programs
 # (built for the sitting only, not committed) is run too when present.
 # BUDGET (seconds, default 200): rows that would start later than that are skipped.
+# Made ready with (on the development machine; the device call then carries .device/phi3gpu):
+#   cmake -S . -B build-cuda -DQLORA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQLORA_WERROR=ON
+#   cmake --build build-cuda -j2 --target train_gpu test_ops_gpu test_golden_gpu
+#   ../shared/tools/device-bundle .device/phi3gpu build-cuda/tests/test_ops_gpu \
+#     build-cuda/tests/test_golden_gpu build-cuda/bench/train_gpu && strip .device/phi3gpu/bin/*
+#   cp bench/gpu-phi3.sh .device/phi3gpu/run.sh
+# Not yet run (written while the device was not lent). The famgpu sitting (bench/RESULTS.md, 18:46)
+# ran test_ops_gpu, the golden and six such rows in 23 s; this one has two more rows and a second
+# pass of the _ex attention cases, so budget about a minute plus the machine's start.
 B=$(cd "$(dirname "$0")" && pwd); O=${OUT:-/tmp/o}/phi3gpu; mkdir -p "$O"
 T0=$(date +%s); BUDGET=${BUDGET:-200}
 stamp() { echo "== $(date -u +%H:%M:%S) +$(( $(date +%s) - T0 ))s $*"; }
