@@ -205,10 +205,10 @@ typedef struct ops_table {
     double (*sum_squares)(const float *g, int64_t n); /* sum of g^2 in double */
     void (*scale)(float *g, int64_t n, float s);      /* g *= s */
 
-    /* The family ops (sliding window, Gemma, phi3's rotary): both backends have them. An op added later may be NULL
-     * in a backend that lacks it; the model then refuses a configuration that needs it before it
-     * runs (llama_init names the op and the backend), and the op stays outside OPS_TABLE_OPS
-     * (below) until the cuda table has it and test_ops_gpu checks it. */
+    /* The family ops (sliding window, Gemma, phi3's rotary): both backends have them. An op added
+     * later may be NULL in a backend that lacks it; the model then refuses a configuration that
+     * needs it before it runs (llama_init names the op and the backend), and the op stays outside
+     * OPS_TABLE_OPS (below) until the cuda table has it and test_ops_gpu checks it. */
     /* attention_fwd / _bwd / _cached with the ops_attn options (host struct; head dims up to 256) */
     void (*attention_ex_fwd)(void *out, float *lse, const void *q, const void *k, const void *v,
                              const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);

@@ -699,7 +699,8 @@ static void ragged_ptrs(const attn_cudnn_layout *L, void **ptrs) {
 }
 
 // the window as the graph's scalar takes it (the plan's encoding) at ptrs[i], uids[i]
-static int window_arg(const plan *pl, const attn_params &ap, int64_t *uids, void **ptrs, int i, float *wf, int32_t *wi) {
+static int window_arg(const plan *pl, const attn_params &ap, int64_t *uids, void **ptrs, int i, float *wf,
+                      int32_t *wi) {
     if (!pl->windowed) return i;
     *wf = (float)ap.window, *wi = ap.window;
     uids[i] = pl->uid[U_WIN];
