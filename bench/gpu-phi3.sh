@@ -15,6 +15,12 @@
 #   ../shared/tools/device-bundle .device/phi3gpu build-cuda/tests/test_ops_gpu \
 #     build-cuda/tests/test_golden_gpu build-cuda/bench/train_gpu && strip .device/phi3gpu/bin/*
 #   cp bench/gpu-phi3.sh .device/phi3gpu/run.sh
+# and, for the mutant (two faults the new checks must catch, never committed): in
+# kernels/cuda/elementwise.cu drop "* mscale" from rope_kernel's sine (longrope's factor on cos
+# only), in kernels/cuda/attention_cudnn.cu make windowed()'s CMP_GT a CMP_GE (one key too many);
+# rebuild test_ops_gpu, copy it to .device/phi3gpu/bin/test_ops_gpu_mutant, strip, restore both.
+# Expected: rope_ex fails at mscale 1.19 and 1.5 (not at 1), attention fails on the windowed _ex
+# cases with the options on.
 # Not yet run (written while the device was not lent). The famgpu sitting (bench/RESULTS.md, 18:46)
 # ran test_ops_gpu, the golden and six such rows in 23 s; this one has two more rows and a second
 # pass of the _ex attention cases, so budget about a minute plus the machine's start.
