@@ -78,6 +78,11 @@ int cuda_attention_cudnn_ex(int on);
 int cuda_deterministic_set(int on, char *why, size_t cap);
 int cuda_deterministic(void);
 
+/* Scratch bytes the fused LoRA kernels (kernels/cuda/lora.cu) take for a branch of rank r on an
+ * input [T, in] (partial sums and counters); 0 for a rank they do not take (r > 64: the GEMM path,
+ * whose dropout input is T * in bf16). For memory plans. */
+size_t cuda_lora_scratch_bytes(int64_t T, int64_t in, int r);
+
 #ifdef __cplusplus
 }
 #endif

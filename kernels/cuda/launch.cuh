@@ -27,6 +27,19 @@ void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out);
 void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t seed);
 void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed);
 
+// lora.cu: the x side of a LoRA branch, dropout drawn on the fly (ops_dropout_keep over t*in + c,
+// scaled by 1/(1-p); p = 0: none). Ranks 1..LORA_FUSED_MAX_R (lora_fused_ok); larger ones take the
+// GEMM path of ops_cuda.cu.
+#define LORA_FUSED_MAX_R 64
+bool lora_fused_ok(int r);
+// xa [T, r] fp32 (may be NULL) and xa16 [T, r] bf16 (may be NULL) = drop(x) A^T; x bf16 [T, in], A fp32 [r, in]
+void launch_lora_down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int T, int in, int r, float p,
+                      uint64_t seed);
+// dA [r, in] += g^T drop(x); dx [T, in] = (accumulate ? dx : 0) + (g A) * keep / (1-p) (dx NULL: only
+// dA); g bf16 [T, r] (the branch's scale already in it)
+void launch_lora_up_bwd(float *dA, bf16 *dx, int accumulate, const bf16 *g, const bf16 *x, const float *A, int T,
+                        int in, int r, float p, uint64_t seed);
+
 // attention.cu; opt NULL: plain causal attention scaled by 1/sqrt(hd)
 void launch_attention_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                           const int32_t *seq_start, int T, int nh, int nkv, int hd, const ops_attn *opt);
