@@ -212,8 +212,9 @@ static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* the CUDA ops' own scratch at T tokens (kernels/cuda): one slot shared by the dequantized weight
  * (or a cap-sized row range of it), the cross-entropy's logits chunk and attention's fp32 dq; the
- * LoRA copies, the dropout input (reused for the LoRA dx), attention's D and (grouped-query) dk,
- * dv, and the cuBLAS workspace */
+ * LoRA scratch (B's bf16 copy, xa and dy B, and the fused kernels' partial sums or, on the GEMM
+ * path, A's copy and the dropout input), attention's D and (grouped-query) dk, dv, and the cuBLAS
+ * workspace */
 static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
@@ -228,8 +229,15 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) 
     int64_t r = m->lora.r, xent_rows = (cap ? cap : (64 << 20)) / ((int64_t)m->V * 4);
     if (xent_rows > T) xent_rows = T;
     int64_t shared = max64(max_w, max64(xent_rows * m->V * 4, T * m->nh * m->hd * 4));
-    int64_t b = shared + r * (max_in + max_out) * 2 + 2 * T * r * 2 + T * m->nh * 4 + (32 << 20);
-    if (m->lora.dropout > 0) b += T * max_in * 2;
+    int64_t b = shared + r * max_out * 2 + 2 * T * r * 2 + T * m->nh * 4 + (32 << 20);
+    /* the fused LoRA kernels' partial sums (kernels/cuda/lora.cu; 0 for a rank they do not take);
+     * the GEMM path's bf16 copy of A and dropout input instead */
+    int64_t fused = 0;
+    for (int t = 0; t < LLAMA_NTARGETS && cuda_lora_fused(); t++)
+        if (m->layers[0].lin[t].lora.A)
+            fused = max64(fused, (int64_t)cuda_lora_scratch_bytes(T, m->layers[0].lin[t].in, (int)r));
+    if (fused) b += fused;
+    else b += r * max_in * 2 + (m->lora.dropout > 0 ? T * max_in * 2 : 0);
     if (m->nkv < m->nh) b += 2 * T * m->nkv * m->hd * 4; /* split grouped-query heads: fp32 dk, dv */
     return b;
 }
@@ -721,6 +729,45 @@ static int bench_ops(int argc, char **argv) {
     TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
     TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
     TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
+    /* the all-linear LoRA path of one layer (issue 21): each linear's forward and backward as the
+     * model runs them (dx accumulated over q, k, v and over gate, up), frozen only, then with LoRA
+     * r 16 + dropout 0.05 through the fused kernels (kernels/cuda/lora.cu) and through the GEMMs
+     * (QLORA_CUDA_LORA=gemm); the LoRA columns less the frozen one are the branch's cost */
+    {
+        struct {
+            const char *name;
+            const ops_nf4 *W;
+            void *x, *y, *dx;
+            int acc;
+        } mods[] = {{"q", &Wqkv, q, o, dq, 0},   {"k", &Wqkv, q, o, dq, 1}, {"v", &Wqkv, q, o, dq, 1},
+                    {"o", &Wqkv, q, o, dk, 0},   {"gate", &Wup, q, y, dv, 0}, {"up", &Wup, q, y, dv, 1},
+                    {"down", &Wdown, x, o, dx, 0}};
+        const int nm = (int)(sizeof mods / sizeof *mods);
+        double tot[3] = {0, 0, 0};
+        int fused0 = cuda_lora_fused();
+        printf("\n| linear fwd+bwd (7B layer, T=%d) | frozen us | + LoRA r16 dropout 0.05, fused us | + LoRA, GEMMs us | LoRA cost fused / GEMMs us |\n|---|---|---|---|---|\n", T);
+        for (int i = 0; i < nm; i++) {
+            double us[3];
+            for (int v3 = 0; v3 < 3; v3++) {
+                const ops_lora *lp = v3 ? &Ld : NULL;
+                cuda_lora_fused_set(v3 == 1);
+                for (int w = 0; w < 2 + reps; w++) {
+                    if (w == 2) cuda_or_die(cudaEventRecord(e0, st), "record");
+                    ops->qlinear_fwd(mods[i].y, mods[i].x, mods[i].W, NULL, lp, lp ? xa : NULL, T);
+                    ops->qlinear_bwd(mods[i].dx, mods[i].y, mods[i].x, mods[i].W, lp, lp ? xa : NULL, T, mods[i].acc);
+                }
+                cuda_or_die(cudaEventRecord(e1, st), "record");
+                cuda_or_die(cudaEventSynchronize(e1), "sync");
+                us[v3] = time_ms(e0, e1) * 1e3 / reps;
+                tot[v3] += us[v3];
+            }
+            printf("| %s (%lld x %lld) | %.1f | %.1f | %.1f | %.1f / %.1f |\n", mods[i].name, (long long)mods[i].W->rows,
+                   (long long)mods[i].W->cols, us[0], us[1], us[2], us[1] - us[0], us[2] - us[0]);
+        }
+        printf("| layer, all seven | %.1f | %.1f | %.1f | %.1f / %.1f |\n\n", tot[0], tot[1], tot[2], tot[1] - tot[0],
+               tot[2] - tot[0]);
+        cuda_lora_fused_set(fused0);
+    }
     /* a packed row: four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN) */
     int32_t *pk = malloc((size_t)T * 4), *pkd = ops->alloc((size_t)T * 4);
     int cut[5] = {0, T * 35 / 100, T * 60 / 100, T * 90 / 100, T};

@@ -28,8 +28,8 @@ void launch_dropout_bf16(bf16 *dst, const bf16 *x, int64_t n, float p, uint64_t 
 void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t seed);
 
 // lora.cu: the x side of a LoRA branch, dropout drawn on the fly (ops_dropout_keep over t*in + c,
-// scaled by 1/(1-p); p = 0: none). Ranks 1..LORA_FUSED_MAX_R (lora_fused_ok); larger ones take the
-// GEMM path of ops_cuda.cu.
+// scaled by 1/(1-p); p = 0: none). Ranks 1..LORA_FUSED_MAX_R; larger ones, and every rank while
+// cuda_lora_fused() is 0, take the GEMM path of ops_cuda.cu: lora_fused_ok(r) says which.
 #define LORA_FUSED_MAX_R 64
 bool lora_fused_ok(int r);
 // xa [T, r] fp32 (may be NULL) and xa16 [T, r] bf16 (may be NULL) = drop(x) A^T; x bf16 [T, in], A fp32 [r, in]

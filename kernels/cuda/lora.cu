@@ -19,8 +19,11 @@
 // last block of a group to finish (an atomic counter, which decides only who adds, not the order)
 // adds the partials in split order and resets the counter for the next call.
 #include "launch.cuh"
+#include "cuda_ext.h"
 
 #include <mma.h>
+#include <stdlib.h>
+#include <string.h>
 
 using namespace nvcuda;
 
@@ -39,7 +42,19 @@ static int sm_count(void) {
     return n;
 }
 
-bool lora_fused_ok(int r) { return r >= 1 && r <= LORA_FUSED_MAX_R; }
+static int g_fused = -1; // cuda_lora_fused_set; -1: not read from the environment yet
+
+extern "C" int cuda_lora_fused(void) {
+    if (g_fused < 0) {
+        const char *e = getenv("QLORA_CUDA_LORA");
+        g_fused = !(e && !strcmp(e, "gemm"));
+    }
+    return g_fused;
+}
+
+extern "C" void cuda_lora_fused_set(int on) { g_fused = on ? 1 : 0; }
+
+bool lora_fused_ok(int r) { return r >= 1 && r <= LORA_FUSED_MAX_R && cuda_lora_fused(); }
 
 // 8 elements of row t of x from column c (zero past T or past cend), dropped and scaled; keep bits
 // of the 8 into *bits at bit b0
@@ -380,7 +395,7 @@ static lora_up_shape up_shape(int T, int in) {
 static int r16_of(int r) { return CEIL_DIV(r, 16); }
 
 extern "C" size_t cuda_lora_scratch_bytes(int64_t T, int64_t in, int r) {
-    if (!lora_fused_ok(r) || T <= 0 || in <= 0) return 0;
+    if (r < 1 || r > LORA_FUSED_MAX_R || T <= 0 || in <= 0) return 0;
     lora_down_shape d = down_shape((int)T, (int)in);
     lora_up_shape u = up_shape((int)T, (int)in);
     size_t rp = (size_t)r16_of(r) * 16;
@@ -391,7 +406,7 @@ extern "C" size_t cuda_lora_scratch_bytes(int64_t T, int64_t in, int r) {
 
 void launch_lora_down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int T, int in, int r, float p,
                       uint64_t seed) {
-    CUDA_REQUIRE(lora_fused_ok(r), "lora_down: rank out of the fused range");
+    CUDA_REQUIRE(r >= 1 && r <= LORA_FUSED_MAX_R, "lora_down: rank out of the fused range");
     if (T <= 0) return;
     lora_down_shape s = down_shape(T, in);
     int R16 = r16_of(r), rp = R16 * 16;
@@ -416,7 +431,7 @@ void launch_lora_down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int 
 
 void launch_lora_up_bwd(float *dA, bf16 *dx, int accumulate, const bf16 *g, const bf16 *x, const float *A, int T,
                         int in, int r, float p, uint64_t seed) {
-    CUDA_REQUIRE(lora_fused_ok(r), "lora_up_bwd: rank out of the fused range");
+    CUDA_REQUIRE(r >= 1 && r <= LORA_FUSED_MAX_R, "lora_up_bwd: rank out of the fused range");
     if (T <= 0) return;
     lora_up_shape s = up_shape(T, in);
     int R16 = r16_of(r), rp = R16 * 16;

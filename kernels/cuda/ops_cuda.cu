@@ -485,15 +485,27 @@ template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
 }
 
 // y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
-// The LoRA output is accumulated into y by the second GEMM (beta = 1): no extra pass over y.
+// Fused (lora.cu, ranks up to 64): xa in one pass over x with the mask drawn on the fly, then
+// y = scale xa B^T, and the base GEMMs add x W^T onto it (beta = 1: cuBLAS reads y in its epilogue,
+// no pass of its own over y). Otherwise the dropout input is materialized and the LoRA output is
+// accumulated into y by the second GEMM (beta = 1).
 static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                            float *xa, int T) {
     int out = (int)W->rows, in = (int)W->cols;
-    for_weight_rows(W, [&](int r0, int nr, const bf16 *w) { // y[:, rows r0..] = x W[r0..]^T
-        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, w, in, 0.0f, (bf16 *)y + r0, out, 0);
+    bool fused = lora && lora_fused_ok(lora->r);
+    if (fused) {
+        int r = lora->r;
+        bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
+        bf16 *xa16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16));
+        launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
+        launch_lora_down(xa, xa16, (const bf16 *)x, lora->A, T, in, r, lora->dropout, lora->dropout_seed);
+        gemm_rm(0, 1, T, out, r, lora->scale, xa16, r, b16, r, 0.0f, y, out, 0);
+    }
+    for_weight_rows(W, [&](int r0, int nr, const bf16 *w) { // y[:, rows r0..] (+)= x W[r0..]^T
+        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, w, in, fused ? 1.0f : 0.0f, (bf16 *)y + r0, out, 0);
     });
     if (bias) launch_add_bias((bf16 *)y, (const bf16 *)bias, T, out);
-    if (!lora) return;
+    if (!lora || fused) return;
     int r = lora->r;
     bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
     bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
@@ -516,10 +528,26 @@ static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint1
 }
 
 // dx = dy W + scale (dy B) A * mask; dA += scale (dy B)^T drop(x); dB += scale dy^T xa.
+// Fused (lora.cu): dB and g = scale dy B on cuBLAS, then dA and dx's LoRA part in one pass over x
+// (the mask drawn again from the hash), then the base GEMMs add dy W onto dx (beta = 1).
 static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
                            const float *xa, int T, int accumulate) {
     int out = (int)W->rows, in = (int)W->cols;
     size_t wbytes = (size_t)out * (size_t)in * sizeof(bf16);
+    bool fused = lora && lora_fused_ok(lora->r);
+    if (fused) {
+        int r = lora->r;
+        bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
+        bf16 *g16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16) * 2);
+        bf16 *xa16 = g16 + (size_t)T * r;
+        launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
+        launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+        gemm_rm(1, 0, out, r, T, lora->scale, (const bf16 *)dy, out, xa16, r, 1.0f, lora->dB, r, 1);
+        gemm_rm(0, 0, T, r, out, lora->scale, (const bf16 *)dy, out, b16, r, 0.0f, g16, r, 0);
+        launch_lora_up_bwd(lora->dA, (bf16 *)dx, accumulate, g16, (const bf16 *)x, lora->A, T, in, r, lora->dropout,
+                           lora->dropout_seed);
+        accumulate = 1; // dx holds the LoRA part now
+    }
     if (dx && g_scratch_cap && wbytes > g_scratch_cap) {
         // capped: dx[:, c0..c0+w) = dy W[:, c0..c0+w), column range by column range, so each
         // element of dx comes from one GEMM (row ranges would sum many bf16 partial results)
@@ -538,7 +566,7 @@ static void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf
                     dx, in, 0);
         });
     }
-    if (!lora) return;
+    if (!lora || fused) return;
     int r = lora->r;
     bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
     bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));

@@ -836,6 +836,35 @@ TEST(deterministic_same_bits) {
         tens_free(&x), tens_free(&E);
         free(tgt), gpu->free(tgtd);
     }
+    /* the LoRA branch's split reductions (lora.cu: partial sums added in split order) */
+    {
+        int T = 1000, in = 4096, out = 1024, r = 16;
+        tens x = tens_rand((int64_t)T * in, 1, 1.0f, 0.0f), dy = tens_rand((int64_t)T * out, 1, 1.0f, 0.0f);
+        tens A = tens_rand((int64_t)r * in, 0, 0.02f, 0.0f), B = tens_rand((int64_t)out * r, 0, 0.05f, 0.0f);
+        int64_t nb = nf4_nblocks((int64_t)out * in, 64);
+        uint8_t *codes = gpu->alloc((size_t)nf4_packed_bytes((int64_t)out * in));
+        float *absmax = gpu->alloc(sizeof(float) * (size_t)nb), *qm = gpu->alloc(64);
+        nf4_cuda_fill_random(codes, absmax, (int64_t)out * in, 64, 5, 0.01f, 0.02f);
+        gpu->upload(qm, nf4_quant_map(OPS_NF4), 64);
+        ops_nf4 W = {.codes = codes, .absmax = absmax, .quant_map = qm, .rows = out, .cols = in, .blocksize = 64};
+        tens y[2], xa[2], dx[2], dA[2], dB[2];
+        for (int k = 0; k < 2; k++) {
+            y[k] = tens_out((int64_t)T * out, 1), xa[k] = tens_out((int64_t)T * r, 0), dx[k] = tens_out((int64_t)T * in, 1);
+            dA[k] = tens_out((int64_t)r * in, 0), dB[k] = tens_out((int64_t)out * r, 0);
+            gpu->zero(dA[k].d, sizeof(float) * (size_t)r * in), gpu->zero(dB[k].d, sizeof(float) * (size_t)out * r);
+            ops_lora L = {A.d, B.d, dA[k].d, dB[k].d, r, 2.0f, 0.05f, 77};
+            GPU(qlinear_fwd)(y[k].d, x.d, &W, NULL, &L, xa[k].d, T);
+            GPU(qlinear_bwd)(dx[k].d, dy.d, x.d, &W, &L, xa[k].d, T, 0);
+        }
+        CHECK(same_bits("qlinear y", y[0].d, y[1].d, (size_t)T * out * 2));
+        CHECK(same_bits("qlinear xa", xa[0].d, xa[1].d, (size_t)T * r * 4));
+        CHECK(same_bits("qlinear dx", dx[0].d, dx[1].d, (size_t)T * in * 2));
+        CHECK(same_bits("qlinear dA", dA[0].d, dA[1].d, (size_t)r * in * 4));
+        CHECK(same_bits("qlinear dB", dB[0].d, dB[1].d, (size_t)out * r * 4));
+        for (int k = 0; k < 2; k++) tens_free(&y[k]), tens_free(&xa[k]), tens_free(&dx[k]), tens_free(&dA[k]), tens_free(&dB[k]);
+        tens_free(&x), tens_free(&dy), tens_free(&A), tens_free(&B);
+        gpu->free(codes), gpu->free(absmax), gpu->free(qm);
+    }
     CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
 }
 
@@ -920,7 +949,18 @@ TEST(qlinear) {
                            {37, 256, 160, 16, 10, 1, 0, 1, 0},  {64, 512, 1376, 16, 5, 0, 1, 1, 64},
                            {48, 1024, 2752, 8, 0, 1, 0, 0, 96}, {20, 11008, 512, 16, 5, 0, 1, 1, 256},
                            {16, 64, 96, 8, 0, 1, 0, 2, 0},      {37, 256, 160, 16, 10, 0, 1, 2, 0},
-                           {64, 512, 1376, 16, 5, 0, 1, 2, 64}, {20, 11008, 512, 16, 5, 0, 1, 2, 256}};
+                           {64, 512, 1376, 16, 5, 0, 1, 2, 64}, {20, 11008, 512, 16, 5, 0, 1, 2, 256},
+                           /* the fused LoRA kernels (kernels/cuda/lora.cu): reductions split over
+                            * blocks (T=300: in split for xa, T split for dA), columns off the 8- and
+                            * 64-wide tiles (in 200, 1000), ranks padded to 16 (24, 33), the largest
+                            * fused rank (64) and one past it (80: the GEMM path) */
+                           {300, 1024, 512, 16, 5, 0, 1, 0, 0}, {700, 200, 96, 24, 10, 1, 0, 0, 0},
+                           {129, 512, 256, 64, 5, 0, 1, 1, 0},  {64, 512, 256, 80, 5, 0, 1, 0, 0},
+                           {33, 1000, 300, 33, 25, 1, 1, 0, 0}, {2, 4096, 64, 16, 50, 0, 1, 0, 0}};
+    /* every configuration through both LoRA paths: the fused kernels (the default) and the GEMMs */
+    for (int path = 0; path < 2; path++) {
+    cuda_lora_fused_set(path == 0);
+    fprintf(stderr, "  LoRA path: %s\n", path == 0 ? "fused kernels" : "GEMMs");
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], in = cfgs[c][1], out = cfgs[c][2], r = cfgs[c][3], accumulate = cfgs[c][6];
         float p = (float)cfgs[c][4] / 100.0f;
@@ -967,6 +1007,8 @@ TEST(qlinear) {
         tens_free(&y), tens_free(&xa), tens_free(&xa_ref), tens_free(&dy), tens_free(&dx);
         free(bias_h);
     }
+    }
+    cuda_lora_fused_set(1);
 }
 
 /* ---- lm_head + cross-entropy, logits ---- */
