@@ -8,9 +8,10 @@
 #include "model/device.h"
 #include "model/llama.h"
 
-/* the ops' scratch beside the plan on a GPU (dequantized weight or its cap, LoRA copies, the
- * dropout input, attention's and the cross-entropy's buffers, cuBLAS's workspace): a margin the
- * auto choice keeps free */
+/* the ops' scratch beside the plan on a GPU (dequantized weight or its cap, LoRA copies and the
+ * fused LoRA kernels' partial sums, or the dropout input on the GEMM path of ranks over 64,
+ * attention's and the cross-entropy's buffers, cuBLAS's workspace): a margin the auto choice keeps
+ * free */
 #define GPU_SCRATCH_MARGIN (1024.0 * 1048576.0)
 
 static double device_free_bytes(const ops_table *ops) {
