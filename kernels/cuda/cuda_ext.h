@@ -82,9 +82,10 @@ int cuda_deterministic(void);
  * input [T, in] (partial sums and counters); 0 for a rank they do not take (r > 64: the GEMM path,
  * whose dropout input is T * in bf16). For memory plans. */
 size_t cuda_lora_scratch_bytes(int64_t T, int64_t in, int r);
-/* 1 (the default): the LoRA branches of qlinear run the fused kernels where the rank allows; 0: the
- * cuBLAS GEMMs with the dropout input materialized, as before them (cross-checks and benchmarks;
- * QLORA_CUDA_LORA=gemm sets 0 at start). */
+/* 1: the LoRA branches of qlinear run the fused kernels where the rank allows; 0: the cuBLAS GEMMs
+ * with the dropout input materialized, as before them. QLORA_CUDA_LORA=fused|gemm sets the value at
+ * start; unset, the default of lora.cu (LORA_FUSED_DEFAULT: 0 until a GPU sitting has checked the
+ * fused kernels). Tests and benchmarks set it to run both paths. */
 void cuda_lora_fused_set(int on);
 int cuda_lora_fused(void);
 

@@ -42,12 +42,17 @@ static int sm_count(void) {
     return n;
 }
 
+// Off by default until a GPU sitting has run test_ops_gpu and bench/gpu-lora.sh on these kernels
+// (they were written while no GPU was lent; checked then only by running this file's kernels on the
+// CPU through a SIMT emulation of the block, its warps and WMMA, against a double-precision sum).
+#define LORA_FUSED_DEFAULT 0
+
 static int g_fused = -1; // cuda_lora_fused_set; -1: not read from the environment yet
 
 extern "C" int cuda_lora_fused(void) {
     if (g_fused < 0) {
         const char *e = getenv("QLORA_CUDA_LORA");
-        g_fused = !(e && !strcmp(e, "gemm"));
+        g_fused = e && !strcmp(e, "fused") ? 1 : e && !strcmp(e, "gemm") ? 0 : LORA_FUSED_DEFAULT;
     }
     return g_fused;
 }
@@ -56,16 +61,20 @@ extern "C" void cuda_lora_fused_set(int on) { g_fused = on ? 1 : 0; }
 
 bool lora_fused_ok(int r) { return r >= 1 && r <= LORA_FUSED_MAX_R && cuda_lora_fused(); }
 
+// 8 bf16 in one 16-byte access (a struct of the pairs, never a uint4 read through another type)
+struct __align__(16) bf16x8v {
+    __nv_bfloat162 h[4];
+};
+
 // 8 elements of row t of x from column c (zero past T or past cend), dropped and scaled; keep bits
 // of the 8 into *bits at bit b0
 __device__ __forceinline__ void load_drop8(float *f, uint32_t *bits, int b0, const bf16 *x, int t, int T, int in,
                                            int c, int cend, bool vec, float p, float inv, uint64_t seed) {
     if (t < T && vec && c + 8 <= cend) {
-        uint4 v = *reinterpret_cast<const uint4 *>(x + (int64_t)t * in + c);
-        const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
+        bf16x8v v = *reinterpret_cast<const bf16x8v *>(x + (int64_t)t * in + c);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            float2 q = __bfloat1622float2(h[j]);
+            float2 q = __bfloat1622float2(v.h[j]);
             f[2 * j] = q.x;
             f[2 * j + 1] = q.y;
         }
@@ -87,11 +96,10 @@ __device__ __forceinline__ void load_drop8(float *f, uint32_t *bits, int b0, con
 }
 
 __device__ __forceinline__ void store_bf16x8(bf16 *dst, const float *f) {
-    uint4 v;
-    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
+    bf16x8v v;
 #pragma unroll
-    for (int j = 0; j < 4; j++) h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
-    *reinterpret_cast<uint4 *>(dst) = v;
+    for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
+    *reinterpret_cast<bf16x8v *>(dst) = v;
 }
 
 // rows [0, RP) x columns [c, c+64) of A [r, in] (fp32) to bf16 at dst (row stride XS_LD), zero past r
@@ -277,11 +285,10 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
                     bf16 *d = dx + (int64_t)tt * in + c;
                     if (vec && c + 8 <= in) {
                         if (accumulate) {
-                            uint4 o = *reinterpret_cast<const uint4 *>(d);
-                            const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&o);
+                            bf16x8v o = *reinterpret_cast<const bf16x8v *>(d);
 #pragma unroll
                             for (int j = 0; j < 4; j++) {
-                                float2 q = __bfloat1622float2(h[j]);
+                                float2 q = __bfloat1622float2(o.h[j]);
                                 f[2 * j] += q.x;
                                 f[2 * j + 1] += q.y;
                             }
@@ -301,19 +308,23 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
     float *red = ys; // [RP, 64], row stride YS_LD
     for (int w = 0; w < 4; w++) {
         if (warp == w) {
+            if (w > 0) { // every lane has read the sum so far before any lane writes over it
 #pragma unroll
-            for (int m = 0; m < R16; m++)
+                for (int m = 0; m < R16; m++)
 #pragma unroll
-                for (int n = 0; n < 4; n++) {
-                    float *at = red + m * 16 * YS_LD + n * 16;
-                    if (w > 0) {
+                    for (int n = 0; n < 4; n++) {
                         wmma::fragment<wmma::accumulator, 16, 16, 16, float> prev;
-                        wmma::load_matrix_sync(prev, at, YS_LD, wmma::mem_row_major);
+                        wmma::load_matrix_sync(prev, red + m * 16 * YS_LD + n * 16, YS_LD, wmma::mem_row_major);
 #pragma unroll
                         for (int i = 0; i < prev.num_elements; i++) dacc[m][n].x[i] = prev.x[i] + dacc[m][n].x[i];
                     }
-                    wmma::store_matrix_sync(at, dacc[m][n], YS_LD, wmma::mem_row_major);
-                }
+                __syncwarp();
+            }
+#pragma unroll
+            for (int m = 0; m < R16; m++)
+#pragma unroll
+                for (int n = 0; n < 4; n++)
+                    wmma::store_matrix_sync(red + m * 16 * YS_LD + n * 16, dacc[m][n], YS_LD, wmma::mem_row_major);
         }
         __syncthreads();
     }

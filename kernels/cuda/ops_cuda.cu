@@ -485,10 +485,10 @@ template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
 }
 
 // y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
-// Fused (lora.cu, ranks up to 64): xa in one pass over x with the mask drawn on the fly, then
-// y = scale xa B^T, and the base GEMMs add x W^T onto it (beta = 1: cuBLAS reads y in its epilogue,
-// no pass of its own over y). Otherwise the dropout input is materialized and the LoRA output is
-// accumulated into y by the second GEMM (beta = 1).
+// Fused (lora.cu: ranks up to 64, while cuda_lora_fused() is on): xa in one pass over x with the
+// mask drawn on the fly, then y = scale xa B^T, and the base GEMMs add x W^T onto it (beta = 1:
+// cuBLAS reads y in its epilogue, no pass of its own over y). Otherwise the dropout input is
+// materialized and the LoRA output is accumulated into y by the second GEMM (beta = 1).
 static void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                            float *xa, int T) {
     int out = (int)W->rows, in = (int)W->cols;
