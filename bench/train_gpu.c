@@ -489,6 +489,8 @@ static int bench_train(int argc, char **argv) {
     if (nccl) fprintf(stderr, "nccl: %d all-reduces in %d steps\n", bench_allreduces, warmup + steps);
     fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
             cuda_attention_cudnn_calls());
+    fprintf(stderr, "LoRA branches: %s\n",
+            cuda_lora_fused() && r <= 64 ? "fused kernels (QLORA_CUDA_LORA=fused)" : "cuBLAS GEMMs, dropout input materialized");
     fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
                     "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
             m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,

@@ -836,8 +836,11 @@ TEST(deterministic_same_bits) {
         tens_free(&x), tens_free(&E);
         free(tgt), gpu->free(tgtd);
     }
-    /* the LoRA branch's split reductions (lora.cu: partial sums added in split order) */
-    {
+    /* qlinear with LoRA through both paths (the fused kernels' split reductions add their partial
+     * sums in split order) */
+    int fused0 = cuda_lora_fused();
+    for (int path = 0; path < 2; path++) {
+        cuda_lora_fused_set(path == 0);
         int T = 1000, in = 4096, out = 1024, r = 16;
         tens x = tens_rand((int64_t)T * in, 1, 1.0f, 0.0f), dy = tens_rand((int64_t)T * out, 1, 1.0f, 0.0f);
         tens A = tens_rand((int64_t)r * in, 0, 0.02f, 0.0f), B = tens_rand((int64_t)out * r, 0, 0.05f, 0.0f);
@@ -865,6 +868,7 @@ TEST(deterministic_same_bits) {
         tens_free(&x), tens_free(&dy), tens_free(&A), tens_free(&B);
         gpu->free(codes), gpu->free(absmax), gpu->free(qm);
     }
+    cuda_lora_fused_set(fused0);
     CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
 }
 
@@ -957,7 +961,8 @@ TEST(qlinear) {
                            {300, 1024, 512, 16, 5, 0, 1, 0, 0}, {700, 200, 96, 24, 10, 1, 0, 0, 0},
                            {129, 512, 256, 64, 5, 0, 1, 1, 0},  {64, 512, 256, 80, 5, 0, 1, 0, 0},
                            {33, 1000, 300, 33, 25, 1, 1, 0, 0}, {2, 4096, 64, 16, 50, 0, 1, 0, 0}};
-    /* every configuration through both LoRA paths: the fused kernels (the default) and the GEMMs */
+    /* every configuration through both LoRA paths: the fused kernels and the GEMMs */
+    int fused0 = cuda_lora_fused();
     for (int path = 0; path < 2; path++) {
     cuda_lora_fused_set(path == 0);
     fprintf(stderr, "  LoRA path: %s\n", path == 0 ? "fused kernels" : "GEMMs");
@@ -1008,7 +1013,7 @@ TEST(qlinear) {
         free(bias_h);
     }
     }
-    cuda_lora_fused_set(1);
+    cuda_lora_fused_set(fused0);
 }
 
 /* ---- lm_head + cross-entropy, logits ---- */
