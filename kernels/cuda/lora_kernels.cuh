@@ -93,14 +93,17 @@ lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, co
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[R16];
 #pragma unroll
     for (int n = 0; n < R16; n++) wmma::fill_fragment(acc[n], 0.0f);
-    int row = lane >> 1, cb = (lane & 1) * 32;
+    // a 16 x 64 tile in four steps of 4 rows: lane takes 8 columns of row 4v + lane/8 (a step reads
+    // four whole 128-byte rows)
+    int lrow = lane >> 3, col = (lane & 7) * 8;
     for (int kc = k0 + warp * 64; kc < k1; kc += 4 * 64) {
         uint32_t bits = 0;
 #pragma unroll
         for (int v = 0; v < 4; v++) {
             float f[8];
-            load_drop8(f, &bits, v * 8, x, t0 + row, T, in, kc + cb + v * 8, k1, vec, p, inv, seed);
-            store_bf16x8(xs[warp] + row * XS_LD + cb + v * 8, f);
+            int row = 4 * v + lrow;
+            load_drop8(f, &bits, v * 8, x, t0 + row, T, in, kc + col, k1, vec, p, inv, seed);
+            store_bf16x8(xs[warp] + row * XS_LD + col, f);
         }
         load_a_tile<RP>(as[warp], A, r, in, kc, k1, vec4, lane, 32);
         __syncwarp();
@@ -178,7 +181,7 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
     for (int m = 0; m < R16; m++)
 #pragma unroll
         for (int n = 0; n < 4; n++) wmma::fill_fragment(dacc[m][n], 0.0f);
-    int row = lane >> 1, cb = (lane & 1) * 32;
+    int lrow = lane >> 3, col = (lane & 7) * 8; // as in lora_down: row 4v + lrow, 8 columns from col
     float *y = ys + warp * 16 * YS_LD;
     for (int t = tb0 + warp * 16; t < tb1; t += 4 * 16) {
         for (int e = lane; e < 16 * RP; e += 32) {
@@ -189,8 +192,9 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
 #pragma unroll
         for (int v = 0; v < 4; v++) {
             float f[8];
-            load_drop8(f, &bits, v * 8, x, t + row, tb1, in, c0 + cb + v * 8, in, vec, p, inv, seed);
-            store_bf16x8(xs[warp] + row * XS_LD + cb + v * 8, f);
+            int row = 4 * v + lrow;
+            load_drop8(f, &bits, v * 8, x, t + row, tb1, in, c0 + col, in, vec, p, inv, seed);
+            store_bf16x8(xs[warp] + row * XS_LD + col, f);
         }
         __syncwarp();
         // dA [RP, 64] += g^T [RP, 16] drop(x) [16, 64]
@@ -223,15 +227,14 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
 #pragma unroll
             for (int n = 0; n < 4; n++) wmma::store_matrix_sync(y + n * 16, acc[n], YS_LD, wmma::mem_row_major);
             __syncwarp();
-            int tt = t + row;
-            if (tt < tb1) {
 #pragma unroll
-                for (int v = 0; v < 4; v++) {
-                    int c = c0 + cb + v * 8;
+            for (int v = 0; v < 4; v++) {
+                int row = 4 * v + lrow, tt = t + row, c = c0 + col;
+                if (tt < tb1) {
                     float f[8];
 #pragma unroll
                     for (int j = 0; j < 8; j++)
-                        f[j] = (bits >> (v * 8 + j)) & 1u ? y[row * YS_LD + cb + v * 8 + j] * inv : 0.0f;
+                        f[j] = (bits >> (v * 8 + j)) & 1u ? y[row * YS_LD + col + j] * inv : 0.0f;
                     bf16 *d = dx + (int64_t)tt * in + c;
                     if (vec && c + 8 <= in) {
                         if (accumulate) {
