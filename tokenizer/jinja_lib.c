@@ -953,79 +953,162 @@ static jv find(jrender *r, const jstr *t, const jstr *sub, bool right) {
     return jv_int(hit ? (int64_t)ju8_count(t->p, (size_t)(hit - t->p)) : -1);
 }
 
+/* range(stop) or range(start, stop[, step]) */
+static jv builtin_range(jrender *r, const jfunc *f, const args *a) {
+    int64_t b = 0, e, st = 1;
+    if (a->n == 1) e = arg_int(r, a, 0, "stop", 0, "range");
+    else if (a->n >= 2) {
+        b = arg_int(r, a, 0, "start", 0, "range");
+        e = arg_int(r, a, 1, "stop", 0, "range");
+        st = arg_int(r, a, 2, "step", 1, "range");
+    } else jr_fail(r, "range expected at least 1 argument");
+    if (st == 0) jr_fail(r, "range() arg 3 must not be zero");
+    jlist *l = jlist_new(&r->arena, 0);
+    for (int64_t i = b; st > 0 ? i < e : i > e; i += st) {
+        jr_step(r, 1);
+        jlist_push(&r->arena, l, jv_int(i));
+        if ((st > 0 && i > INT64_MAX - st) || (st < 0 && i < INT64_MIN - st)) break;
+    }
+    return jv_list(l);
+}
+
+/* namespace(...) and dict(...): a dict (or namespace) from a dict and keyword arguments */
+static jv builtin_dict(jrender *r, const jfunc *f, const args *a) {
+    jdict *d = jdict_new(&r->arena, a->nkw);
+    if (a->n >= 1 && a->v[0].t == JV_DICT)
+        for (size_t i = 0; i < a->v[0].u.d->n; i++) jdict_set(&r->arena, d, a->v[0].u.d->k[i], a->v[0].u.d->v[i]);
+    for (size_t i = 0; i < a->nkw; i++) jdict_set(&r->arena, d, jv_cstr(&r->arena, a->kw[i]), a->kwv[i]);
+    return (jv){.t = f->id == F_NAMESPACE ? JV_NS : JV_DICT, .u.d = d};
+}
+
+/* strftime_now(format): the render's clock (lim.now when set) in local time */
+static jv builtin_strftime(jrender *r, const jfunc *f, const args *a) {
+    jv fmt = need_str(r, arg(a, 0, "format"), "strftime_now");
+    time_t now = r->lim.now ? (time_t)r->lim.now : time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    char buf[512];
+    size_t k = fmt.u.s->len < 200 ? strftime(buf, sizeof buf, fmt.u.s->p, &tm) : 0;
+    return jv_str(&r->arena, buf, k);
+}
+
+/* str.splitlines() */
+static jv str_splitlines(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jlist *l = jlist_new(&r->arena, 0);
+    size_t i = 0;
+    while (i < s->len) {
+        size_t e = i;
+        while (e < s->len && s->p[e] != '\n' && s->p[e] != '\r') e++;
+        jlist_push(&r->arena, l, jv_str(&r->arena, s->p + i, e - i));
+        if (e < s->len && s->p[e] == '\r' && e + 1 < s->len && s->p[e + 1] == '\n') e++;
+        i = e + 1;
+    }
+    return jv_list(l);
+}
+
+/* str.startswith / str.endswith: a string or a tuple of strings */
+static jv str_affix(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jv p = arg(a, 0, "prefix");
+    bool end = f->id == M_ENDSWITH;
+    if (p.t == JV_STR) return jv_bool(affix(s, p.u.s, end));
+    if (p.t == JV_LIST) {
+        for (size_t i = 0; i < p.u.l->n; i++)
+            if (need_str(r, p.u.l->v[i], "startswith/endswith").u.s && affix(s, p.u.l->v[i].u.s, end)) return jv_bool(true);
+        return jv_bool(false);
+    }
+    jr_fail(r, "%s needs a string or a tuple of strings", end ? "endswith" : "startswith");
+}
+
+/* str.count(sub) */
+static jv str_count(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    const jstr *sub = need_str(r, arg(a, 0, "sub"), "count").u.s;
+    if (!sub->len) return jv_int((int64_t)ju8_count(s->p, s->len) + 1);
+    int64_t k = 0;
+    for (const char *p = s->p; (p = memmem(p, s->len - (size_t)(p - s->p), sub->p, sub->len)); p += sub->len) k++;
+    return jv_int(k);
+}
+
+/* str.join(iterable) */
+static jv str_join(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jlist *l = jlib_to_list(r, arg(a, 0, "iterable")).u.l;
+    jbuf b = newbuf(r);
+    for (size_t i = 0; i < l->n; i++) {
+        if (i) jbuf_put(&b, s->p, s->len);
+        jbuf_put(&b, need_str(r, l->v[i], "join").u.s->p, l->v[i].u.s->len);
+    }
+    return str_of(r, &b);
+}
+
+/* str.isdigit / isalpha / isspace / isupper / islower */
+static jv str_is(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    if (!s->len) return jv_bool(false);
+    bool any_cased = false;
+    for (size_t i = 0; i < s->len;) {
+        size_t adv;
+        uint32_t c = ju8_decode(s->p + i, s->len - i, &adv);
+        i += adv;
+        bool ok = f->id == M_ISDIGIT   ? c >= '0' && c <= '9'
+                  : f->id == M_ISALPHA ? (c < 0x80 ? ((c | 32) >= 'a' && (c | 32) <= 'z') : cp_cased(c))
+                  : f->id == M_ISSPACE ? ju8_isspace(c)
+                  : f->id == M_ISUPPER ? cp_upper(c) == c
+                                       : cp_lower(c) == c;
+        if (!ok) return jv_bool(false);
+        any_cased |= cp_cased(c);
+    }
+    return jv_bool(f->id == M_ISUPPER || f->id == M_ISLOWER ? any_cased : true);
+}
+
+/* str.removeprefix / str.removesuffix */
+static jv str_remove_affix(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    const jstr *x = need_str(r, arg(a, 0, "prefix"), "removeprefix").u.s;
+    bool end = f->id == M_REMOVESUFFIX;
+    if (!affix(s, x, end)) return self;
+    return jv_str(&r->arena, end ? s->p : s->p + x->len, s->len - x->len);
+}
+
+/* dict.values() */
+static jv dict_values(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    jlist *l = jlist_new(&r->arena, self.u.d->n);
+    memcpy(l->v, self.u.d->v, self.u.d->n * sizeof *l->v);
+    l->n = self.u.d->n;
+    return jv_list(l);
+}
+
 jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const char **kw, const jv *kwv, size_t nkw) {
     args a = {av, n, kw, kwv, nkw};
     jv self = f->self;
     const jstr *s = self.t == JV_STR ? self.u.s : NULL;
     switch (f->id) {
-    case F_RANGE: {
-        int64_t b = 0, e, st = 1;
-        if (n == 1) e = arg_int(r, &a, 0, "stop", 0, "range");
-        else if (n >= 2) {
-            b = arg_int(r, &a, 0, "start", 0, "range");
-            e = arg_int(r, &a, 1, "stop", 0, "range");
-            st = arg_int(r, &a, 2, "step", 1, "range");
-        } else jr_fail(r, "range expected at least 1 argument");
-        if (st == 0) jr_fail(r, "range() arg 3 must not be zero");
-        jlist *l = jlist_new(&r->arena, 0);
-        for (int64_t i = b; st > 0 ? i < e : i > e; i += st) {
-            jr_step(r, 1);
-            jlist_push(&r->arena, l, jv_int(i));
-            if ((st > 0 && i > INT64_MAX - st) || (st < 0 && i < INT64_MIN - st)) break;
-        }
-        return jv_list(l);
-    }
+    case F_RANGE: return builtin_range(r, f, &a);
     case F_NAMESPACE:
-    case F_DICT: {
-        jdict *d = jdict_new(&r->arena, nkw);
-        if (n >= 1 && av[0].t == JV_DICT)
-            for (size_t i = 0; i < av[0].u.d->n; i++) jdict_set(&r->arena, d, av[0].u.d->k[i], av[0].u.d->v[i]);
-        for (size_t i = 0; i < nkw; i++) jdict_set(&r->arena, d, jv_cstr(&r->arena, kw[i]), kwv[i]);
-        return (jv){.t = f->id == F_NAMESPACE ? JV_NS : JV_DICT, .u.d = d};
-    }
+    case F_DICT: return builtin_dict(r, f, &a);
     case F_RAISE: {
         jv m = n ? jv_to_str(&r->arena, av[0]) : jv_cstr(&r->arena, "");
         jr_fail(r, "template error: %s", m.u.s->p);
     }
-    case F_STRFTIME: {
-        jv fmt = need_str(r, arg(&a, 0, "format"), "strftime_now");
-        time_t now = r->lim.now ? (time_t)r->lim.now : time(NULL);
-        struct tm tm;
-        localtime_r(&now, &tm);
-        char buf[512];
-        size_t k = fmt.u.s->len < 200 ? strftime(buf, sizeof buf, fmt.u.s->p, &tm) : 0;
-        return jv_str(&r->arena, buf, k);
-    }
+    case F_STRFTIME: return builtin_strftime(r, f, &a);
     case M_STRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "strip"), 3);
     case M_LSTRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "lstrip"), 1);
     case M_RSTRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "rstrip"), 2);
     case M_SPLIT:
     case M_RSPLIT:
         return split(r, s, arg_str(r, &a, 0, "sep", "split"), arg_int(r, &a, 1, "maxsplit", -1, "split"), f->id == M_RSPLIT);
-    case M_SPLITLINES: {
-        jlist *l = jlist_new(&r->arena, 0);
-        size_t i = 0;
-        while (i < s->len) {
-            size_t e = i;
-            while (e < s->len && s->p[e] != '\n' && s->p[e] != '\r') e++;
-            jlist_push(&r->arena, l, jv_str(&r->arena, s->p + i, e - i));
-            if (e < s->len && s->p[e] == '\r' && e + 1 < s->len && s->p[e + 1] == '\n') e++;
-            i = e + 1;
-        }
-        return jv_list(l);
-    }
+    case M_SPLITLINES: return str_splitlines(r, f, &a);
     case M_STARTSWITH:
-    case M_ENDSWITH: {
-        jv p = arg(&a, 0, "prefix");
-        bool end = f->id == M_ENDSWITH;
-        if (p.t == JV_STR) return jv_bool(affix(s, p.u.s, end));
-        if (p.t == JV_LIST) {
-            for (size_t i = 0; i < p.u.l->n; i++)
-                if (need_str(r, p.u.l->v[i], "startswith/endswith").u.s && affix(s, p.u.l->v[i].u.s, end)) return jv_bool(true);
-            return jv_bool(false);
-        }
-        jr_fail(r, "%s needs a string or a tuple of strings", end ? "endswith" : "startswith");
-    }
+    case M_ENDSWITH: return str_affix(r, f, &a);
     case M_REPLACE:
         return replace(r, self, need_str(r, arg(&a, 0, "old"), "replace"), need_str(r, arg(&a, 1, "new"), "replace"),
                        arg_int(r, &a, 2, "count", -1, "replace"));
@@ -1040,50 +1123,15 @@ jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const c
         if (f->id == M_INDEX && v.u.i < 0) jr_fail(r, "substring not found");
         return v;
     }
-    case M_COUNT: {
-        const jstr *sub = need_str(r, arg(&a, 0, "sub"), "count").u.s;
-        if (!sub->len) return jv_int((int64_t)ju8_count(s->p, s->len) + 1);
-        int64_t k = 0;
-        for (const char *p = s->p; (p = memmem(p, s->len - (size_t)(p - s->p), sub->p, sub->len)); p += sub->len) k++;
-        return jv_int(k);
-    }
-    case M_JOIN: {
-        jlist *l = jlib_to_list(r, arg(&a, 0, "iterable")).u.l;
-        jbuf b = newbuf(r);
-        for (size_t i = 0; i < l->n; i++) {
-            if (i) jbuf_put(&b, s->p, s->len);
-            jbuf_put(&b, need_str(r, l->v[i], "join").u.s->p, l->v[i].u.s->len);
-        }
-        return str_of(r, &b);
-    }
+    case M_COUNT: return str_count(r, f, &a);
+    case M_JOIN: return str_join(r, f, &a);
     case M_ISDIGIT:
     case M_ISALPHA:
     case M_ISSPACE:
     case M_ISUPPER:
-    case M_ISLOWER: {
-        if (!s->len) return jv_bool(false);
-        bool any_cased = false;
-        for (size_t i = 0; i < s->len;) {
-            size_t adv;
-            uint32_t c = ju8_decode(s->p + i, s->len - i, &adv);
-            i += adv;
-            bool ok = f->id == M_ISDIGIT   ? c >= '0' && c <= '9'
-                      : f->id == M_ISALPHA ? (c < 0x80 ? ((c | 32) >= 'a' && (c | 32) <= 'z') : cp_cased(c))
-                      : f->id == M_ISSPACE ? ju8_isspace(c)
-                      : f->id == M_ISUPPER ? cp_upper(c) == c
-                                           : cp_lower(c) == c;
-            if (!ok) return jv_bool(false);
-            any_cased |= cp_cased(c);
-        }
-        return jv_bool(f->id == M_ISUPPER || f->id == M_ISLOWER ? any_cased : true);
-    }
+    case M_ISLOWER: return str_is(r, f, &a);
     case M_REMOVEPREFIX:
-    case M_REMOVESUFFIX: {
-        const jstr *x = need_str(r, arg(&a, 0, "prefix"), "removeprefix").u.s;
-        bool end = f->id == M_REMOVESUFFIX;
-        if (!affix(s, x, end)) return self;
-        return jv_str(&r->arena, end ? s->p : s->p + x->len, s->len - x->len);
-    }
+    case M_REMOVESUFFIX: return str_remove_affix(r, f, &a);
     case M_GET: {
         jv k = arg(&a, 0, "key"), d = arg(&a, 1, "default");
         jv *v = jdict_get(self.u.d, k);
@@ -1091,12 +1139,7 @@ jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const c
     }
     case M_ITEMS: return items_of(r, self);
     case M_KEYS: return jlib_to_list(r, self);
-    case M_VALUES: {
-        jlist *l = jlist_new(&r->arena, self.u.d->n);
-        memcpy(l->v, self.u.d->v, self.u.d->n * sizeof *l->v);
-        l->n = self.u.d->n;
-        return jv_list(l);
-    }
+    case M_VALUES: return dict_values(r, f, &a);
     }
     jr_fail(r, "internal: builtin %d", f->id);
 }
