@@ -967,6 +967,146 @@ static int plain_decode(const where *w, const pq_node *leaf, const uint8_t *p, c
                type_names[leaf->type], avail);
 }
 
+/* dictionary indices (RLE/bit-packed hybrid, width byte first) into the page's dictionary */
+static int dict_decode(pq_file *f, const where *w, const pq_node *leaf, pq_col *c, const uint8_t *p,
+                       const uint8_t *end, pq_val *out, size_t nn) {
+    if (!c->dict && nn) return bad(w, "dictionary-encoded values but no dictionary page before them");
+    if (nn == 0) return 0;
+    if (p >= end) return bad(w, "dictionary indices missing");
+    int bw = *p++;
+    if (bw > 32) return bad(w, "dictionary index width %d is above 32", bw);
+    if (nn > f->idx_cap) {
+        uint32_t *ix = realloc(f->idx, nn * sizeof *ix);
+        if (!ix) return err_set(ERR_STAGE, "out of memory");
+        f->idx = ix;
+        f->idx_cap = nn;
+    }
+    if (!rle_decode(p, end, bw, f->idx, nn)) return bad(w, "dictionary indices end early");
+    size_t sb = 0, nd = c->n_dict;
+    const pq_val *d = c->dict;
+    for (size_t i = 0; i < nn; i++) {
+        uint32_t k = f->idx[i];
+        if (k >= nd) return bad(w, "dictionary index %u is past the dictionary's %zu entries", k, nd);
+        out[i] = d[k];
+        sb += d[k].n;
+    }
+    if (leaf->type == T_BYTE_ARRAY || leaf->type == T_FIXED) c->string_bytes += sb;
+    return 0;
+}
+
+/* RLE booleans: a 4-byte length, then the hybrid runs of width 1 */
+static int rle_bool_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end, pq_val *out,
+                           size_t nn) {
+    if (leaf->type != T_BOOLEAN) return bad(w, "RLE values in a %s column", type_names[leaf->type]);
+    if (end - p < 4) return bad(w, "RLE booleans without their length");
+    uint32_t len;
+    memcpy(&len, p, 4);
+    p += 4;
+    if (len > (size_t)(end - p)) return bad(w, "RLE booleans run past the page");
+    uint32_t *tmp = malloc((nn ? nn : 1) * sizeof *tmp);
+    if (!tmp) return err_set(ERR_STAGE, "out of memory");
+    bool ok = rle_decode(p, p + len, 1, tmp, nn);
+    for (size_t i = 0; ok && i < nn; i++) out[i].u.i = tmp[i] & 1;
+    free(tmp);
+    if (!ok) return bad(w, "RLE booleans end early");
+    return 0;
+}
+
+/* DELTA_BINARY_PACKED integers */
+static int delta_int_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end, pq_val *out,
+                            size_t nn) {
+    int rc = 0;
+    if (leaf->type != T_INT32 && leaf->type != T_INT64)
+        return bad(w, "DELTA_BINARY_PACKED values in a %s column", type_names[leaf->type]);
+    int64_t *v;
+    size_t n;
+    const char *why = delta_decode(&p, end, &v, &n);
+    if (why) return bad(w, "%s", why);
+    if (n < nn) rc = bad(w, "DELTA_BINARY_PACKED holds %zu values, the levels say %zu", n, nn);
+    for (size_t i = 0; !rc && i < nn; i++) out[i].u.i = leaf->type == T_INT32 ? sign_ext32((uint32_t)v[i]) : v[i];
+    free(v);
+    return rc;
+}
+
+/* DELTA_LENGTH_BYTE_ARRAY (lengths, then the bytes) and DELTA_BYTE_ARRAY (prefix lengths shared
+ * with the value before, suffix lengths, then the suffixes: the values rebuilt in the column's
+ * buffer) */
+static int delta_bytes_decode(const where *w, const pq_node *leaf, pq_col *c, int enc, const uint8_t *p,
+                              const uint8_t *end, pq_val *out, size_t nn) {
+    int rc = 0;
+    if (leaf->type != T_BYTE_ARRAY && (enc == E_DELTA_LENGTH || leaf->type != T_FIXED))
+        return bad(w, "%s values in a %s column", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY",
+                   type_names[leaf->type]);
+    int64_t *pre = NULL, *len = NULL;
+    size_t npre = nn, nlen;
+    const char *why = NULL;
+    if (enc == E_DELTA_BYTE_ARRAY) why = delta_decode(&p, end, &pre, &npre);
+    if (!why) why = delta_decode(&p, end, &len, &nlen);
+    if (!why && (nlen < nn || npre < nn)) why = "fewer lengths than values";
+    uint64_t total = 0, suffix = 0;
+    for (size_t i = 0; !why && i < nn; i++) {
+        if (len[i] < 0 || (pre && pre[i] < 0)) why = "a negative length";
+        else if (pre && (i == 0 ? pre[i] != 0 : (uint64_t)pre[i] > out[i - 1].n)) why = "a prefix longer than the value before it";
+        else {
+            suffix += (uint64_t)len[i];
+            total += (uint64_t)len[i] + (pre ? (uint64_t)pre[i] : 0);
+            if (total > MAX_PAGE_BYTES) why = "values larger than a page may hold";
+            else out[i].n = (uint32_t)(len[i] + (pre ? pre[i] : 0));
+        }
+    }
+    if (!why && suffix > (uint64_t)(end - p)) why = "the string bytes run past the page";
+    if (!why && !pre) {
+        for (size_t i = 0; i < nn; i++) out[i].u.p = p, p += out[i].n;
+    } else if (!why) {
+        uint8_t *buf;
+        if ((rc = col_buffer(c, (size_t)total, &buf))) {
+            free(pre);
+            free(len);
+            return rc;
+        }
+        uint8_t *q = buf;
+        for (size_t i = 0; i < nn; i++) {
+            if (pre[i]) memcpy(q, out[i - 1].u.p, (size_t)pre[i]);
+            memcpy(q + pre[i], p, (size_t)len[i]);
+            p += len[i];
+            out[i].u.p = q;
+            q += out[i].n;
+        }
+    }
+    free(pre);
+    free(len);
+    if (why) return bad(w, "%s: %s", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY", why);
+    c->string_bytes += total;
+    return 0;
+}
+
+/* BYTE_STREAM_SPLIT: byte j of value i at p[j * nn + i] */
+static int byte_stream_split_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end,
+                                    pq_val *out, size_t nn) {
+    size_t k = leaf->type == T_INT32 || leaf->type == T_FLOAT    ? 4
+               : leaf->type == T_INT64 || leaf->type == T_DOUBLE ? 8
+                                                                 : 0;
+    if (!k) return bad(w, "BYTE_STREAM_SPLIT values in a %s column", type_names[leaf->type]);
+    if (nn > (size_t)(end - p) / k) return bad(w, "BYTE_STREAM_SPLIT values end early");
+    for (size_t i = 0; i < nn; i++) {
+        uint8_t b[8];
+        for (size_t j = 0; j < k; j++) b[j] = p[j * nn + i];
+        if (k == 4) {
+            uint32_t x;
+            memcpy(&x, b, 4);
+            if (leaf->type == T_INT32) out[i].u.i = sign_ext32(x);
+            else {
+                float fl;
+                memcpy(&fl, &x, 4);
+                out[i].u.d = fl;
+            }
+        } else {
+            memcpy(&out[i].u, b, 8);
+        }
+    }
+    return 0;
+}
+
 /* the values of one data page (nn non-null ones) in encoding enc from [p, end) */
 static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col *c, int enc, const uint8_t *p,
                          const uint8_t *end, size_t nn) {
@@ -976,128 +1116,12 @@ static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col
     switch (enc) {
     case E_PLAIN: rc = plain_decode(w, leaf, p, end, out, nn, &c->string_bytes); break;
     case E_PLAIN_DICT:
-    case E_RLE_DICT: {
-        if (!c->dict && nn) return bad(w, "dictionary-encoded values but no dictionary page before them");
-        if (nn == 0) break;
-        if (p >= end) return bad(w, "dictionary indices missing");
-        int bw = *p++;
-        if (bw > 32) return bad(w, "dictionary index width %d is above 32", bw);
-        if (nn > f->idx_cap) {
-            uint32_t *ix = realloc(f->idx, nn * sizeof *ix);
-            if (!ix) return err_set(ERR_STAGE, "out of memory");
-            f->idx = ix;
-            f->idx_cap = nn;
-        }
-        if (!rle_decode(p, end, bw, f->idx, nn)) return bad(w, "dictionary indices end early");
-        size_t sb = 0, nd = c->n_dict;
-        const pq_val *d = c->dict;
-        for (size_t i = 0; i < nn; i++) {
-            uint32_t k = f->idx[i];
-            if (k >= nd) return bad(w, "dictionary index %u is past the dictionary's %zu entries", k, nd);
-            out[i] = d[k];
-            sb += d[k].n;
-        }
-        if (leaf->type == T_BYTE_ARRAY || leaf->type == T_FIXED) c->string_bytes += sb;
-        break;
-    }
-    case E_RLE: {
-        if (leaf->type != T_BOOLEAN) return bad(w, "RLE values in a %s column", type_names[leaf->type]);
-        if (end - p < 4) return bad(w, "RLE booleans without their length");
-        uint32_t len;
-        memcpy(&len, p, 4);
-        p += 4;
-        if (len > (size_t)(end - p)) return bad(w, "RLE booleans run past the page");
-        uint32_t *tmp = malloc((nn ? nn : 1) * sizeof *tmp);
-        if (!tmp) return err_set(ERR_STAGE, "out of memory");
-        bool ok = rle_decode(p, p + len, 1, tmp, nn);
-        for (size_t i = 0; ok && i < nn; i++) out[i].u.i = tmp[i] & 1;
-        free(tmp);
-        if (!ok) return bad(w, "RLE booleans end early");
-        break;
-    }
-    case E_DELTA_BINARY: {
-        if (leaf->type != T_INT32 && leaf->type != T_INT64)
-            return bad(w, "DELTA_BINARY_PACKED values in a %s column", type_names[leaf->type]);
-        int64_t *v;
-        size_t n;
-        const char *why = delta_decode(&p, end, &v, &n);
-        if (why) return bad(w, "%s", why);
-        if (n < nn) rc = bad(w, "DELTA_BINARY_PACKED holds %zu values, the levels say %zu", n, nn);
-        for (size_t i = 0; !rc && i < nn; i++) out[i].u.i = leaf->type == T_INT32 ? sign_ext32((uint32_t)v[i]) : v[i];
-        free(v);
-        break;
-    }
+    case E_RLE_DICT: rc = dict_decode(f, w, leaf, c, p, end, out, nn); break;
+    case E_RLE: rc = rle_bool_decode(w, leaf, p, end, out, nn); break;
+    case E_DELTA_BINARY: rc = delta_int_decode(w, leaf, p, end, out, nn); break;
     case E_DELTA_LENGTH:
-    case E_DELTA_BYTE_ARRAY: {
-        if (leaf->type != T_BYTE_ARRAY && (enc == E_DELTA_LENGTH || leaf->type != T_FIXED))
-            return bad(w, "%s values in a %s column", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY",
-                       type_names[leaf->type]);
-        int64_t *pre = NULL, *len = NULL;
-        size_t npre = nn, nlen;
-        const char *why = NULL;
-        if (enc == E_DELTA_BYTE_ARRAY) why = delta_decode(&p, end, &pre, &npre);
-        if (!why) why = delta_decode(&p, end, &len, &nlen);
-        if (!why && (nlen < nn || npre < nn)) why = "fewer lengths than values";
-        uint64_t total = 0, suffix = 0;
-        for (size_t i = 0; !why && i < nn; i++) {
-            if (len[i] < 0 || (pre && pre[i] < 0)) why = "a negative length";
-            else if (pre && (i == 0 ? pre[i] != 0 : (uint64_t)pre[i] > out[i - 1].n)) why = "a prefix longer than the value before it";
-            else {
-                suffix += (uint64_t)len[i];
-                total += (uint64_t)len[i] + (pre ? (uint64_t)pre[i] : 0);
-                if (total > MAX_PAGE_BYTES) why = "values larger than a page may hold";
-                else out[i].n = (uint32_t)(len[i] + (pre ? pre[i] : 0));
-            }
-        }
-        if (!why && suffix > (uint64_t)(end - p)) why = "the string bytes run past the page";
-        if (!why && !pre) {
-            for (size_t i = 0; i < nn; i++) out[i].u.p = p, p += out[i].n;
-        } else if (!why) {
-            uint8_t *buf;
-            if ((rc = col_buffer(c, (size_t)total, &buf))) {
-                free(pre);
-                free(len);
-                return rc;
-            }
-            uint8_t *q = buf;
-            for (size_t i = 0; i < nn; i++) {
-                if (pre[i]) memcpy(q, out[i - 1].u.p, (size_t)pre[i]);
-                memcpy(q + pre[i], p, (size_t)len[i]);
-                p += len[i];
-                out[i].u.p = q;
-                q += out[i].n;
-            }
-        }
-        free(pre);
-        free(len);
-        if (why) return bad(w, "%s: %s", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY", why);
-        c->string_bytes += total;
-        break;
-    }
-    case E_BYTE_STREAM_SPLIT: {
-        size_t k = leaf->type == T_INT32 || leaf->type == T_FLOAT    ? 4
-                   : leaf->type == T_INT64 || leaf->type == T_DOUBLE ? 8
-                                                                     : 0;
-        if (!k) return bad(w, "BYTE_STREAM_SPLIT values in a %s column", type_names[leaf->type]);
-        if (nn > (size_t)(end - p) / k) return bad(w, "BYTE_STREAM_SPLIT values end early");
-        for (size_t i = 0; i < nn; i++) {
-            uint8_t b[8];
-            for (size_t j = 0; j < k; j++) b[j] = p[j * nn + i];
-            if (k == 4) {
-                uint32_t x;
-                memcpy(&x, b, 4);
-                if (leaf->type == T_INT32) out[i].u.i = sign_ext32(x);
-                else {
-                    float fl;
-                    memcpy(&fl, &x, 4);
-                    out[i].u.d = fl;
-                }
-            } else {
-                memcpy(&out[i].u, b, 8);
-            }
-        }
-        break;
-    }
+    case E_DELTA_BYTE_ARRAY: rc = delta_bytes_decode(w, leaf, c, enc, p, end, out, nn); break;
+    case E_BYTE_STREAM_SPLIT: rc = byte_stream_split_decode(w, leaf, p, end, out, nn); break;
     default: return bad(w, "encoding %d is not supported", enc);
     }
     if (!rc) c->n_val += nn;
