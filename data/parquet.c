@@ -387,6 +387,64 @@ static int build_tree(pq_file *f, schema_el *els, int i, int parent, int depth, 
     return i + 1;
 }
 
+/* the row groups' metadata (the list at rg_at, up to end), now that the schema gives the leaves */
+static int footer_row_groups(pq_file *f, where *w, const uint8_t *rg_at, const uint8_t *end) {
+    thrift_in t2;
+    thrift_init(&t2, rg_at, (size_t)(end - rg_at));
+    uint8_t et;
+    uint32_t n_rg;
+    if (thrift_list(&t2, &et, &n_rg)) {
+        if (et != THRIFT_STRUCT) thrift_fail(&t2, "row groups are not structures");
+        f->rgs = calloc(n_rg ? n_rg : 1, sizeof *f->rgs);
+        if (!f->rgs) return err_set(ERR_STAGE, "out of memory");
+        for (uint32_t g = 0; g < n_rg && !t2.bad; g++) {
+            f->n_rgs = (int)g + 1;
+            f->rgs[g].cols = calloc((size_t)f->n_leaves, sizeof *f->rgs[g].cols);
+            if (!f->rgs[g].cols) return err_set(ERR_STAGE, "out of memory");
+            bool external = false;
+            int n_cols = -1;
+            parse_row_group(&t2, &f->rgs[g], f->n_leaves, &external, &n_cols);
+            if (!t2.bad && external) {
+                w->rg = (int)g;
+                return bad(w, "a column lives in another file (file_path is set); qlora-run reads "
+                              "self-contained Parquet files");
+            }
+            if (!t2.bad && n_cols < 0) thrift_fail(&t2, "a row group without columns");
+        }
+    }
+    if (t2.bad) return bad(w, "corrupt row group metadata (%s)", t2.why);
+    return 0;
+}
+
+/* every chunk of every row group: its type the schema's, its bytes inside the file; the row
+ * groups' rows add up to the file's */
+static int footer_check_chunks(pq_file *f, where *w) {
+    int rc = 0;
+    int64_t total = 0;
+    for (int g = 0; !rc && g < f->n_rgs; g++) {
+        row_group *rg = &f->rgs[g];
+        w->rg = g;
+        if (rg->num_rows < 0) rc = bad(w, "negative row count");
+        total += rg->num_rows;
+        for (int c = 0; !rc && c < f->n_leaves; c++) {
+            chunk_meta *m = &rg->cols[c];
+            if (m->type != f->nodes[f->leaves[c]].type)
+                rc = bad(w, "column '%s' is %s in the row group but %s in the schema", f->nodes[f->leaves[c]].path,
+                        m->type >= 0 && m->type <= T_FIXED ? type_names[m->type] : "?",
+                        type_names[f->nodes[f->leaves[c]].type]);
+            else if (m->start < 4 || m->size < 0 || m->num_values < 0 || (uint64_t)m->start > f->size ||
+                     (uint64_t)m->size > f->size - (uint64_t)m->start)
+                rc = bad(w, "column '%s' lies outside the file (bytes %lld+%lld of %zu); the file is truncated or "
+                            "damaged", f->nodes[f->leaves[c]].path, (long long)m->start, (long long)m->size, f->size);
+        }
+    }
+    if (!rc && total != f->num_rows) {
+        w->rg = -1;
+        rc = bad(w, "the row groups hold %lld rows but the file says %lld", (long long)total, (long long)f->num_rows);
+    }
+    return rc;
+}
+
 static int parse_footer(pq_file *f, const uint8_t *p, size_t n) {
     where w = {f, -1, -1, -1};
     thrift_in t;
@@ -441,54 +499,8 @@ static int parse_footer(pq_file *f, const uint8_t *p, size_t n) {
         for (int i = 0; i < f->n_nodes; i++)
             if (f->nodes[i].type >= 0) f->leaves[f->nodes[i].leaf_first] = i;
     }
-    if (!rc && rg_at) {
-        thrift_in t2;
-        thrift_init(&t2, rg_at, (size_t)(p + n - rg_at));
-        uint8_t et;
-        uint32_t n_rg;
-        if (thrift_list(&t2, &et, &n_rg)) {
-            if (et != THRIFT_STRUCT) thrift_fail(&t2, "row groups are not structures");
-            f->rgs = calloc(n_rg ? n_rg : 1, sizeof *f->rgs);
-            if (!f->rgs) return err_set(ERR_STAGE, "out of memory");
-            for (uint32_t g = 0; g < n_rg && !t2.bad; g++) {
-                f->n_rgs = (int)g + 1;
-                f->rgs[g].cols = calloc((size_t)f->n_leaves, sizeof *f->rgs[g].cols);
-                if (!f->rgs[g].cols) return err_set(ERR_STAGE, "out of memory");
-                bool external = false;
-                int n_cols = -1;
-                parse_row_group(&t2, &f->rgs[g], f->n_leaves, &external, &n_cols);
-                if (!t2.bad && external) {
-                    w.rg = (int)g;
-                    return bad(&w, "a column lives in another file (file_path is set); qlora-run reads "
-                                   "self-contained Parquet files");
-                }
-                if (!t2.bad && n_cols < 0) thrift_fail(&t2, "a row group without columns");
-            }
-        }
-        if (t2.bad) rc = bad(&w, "corrupt row group metadata (%s)", t2.why);
-    }
-    int64_t total = 0;
-    for (int g = 0; !rc && g < f->n_rgs; g++) {
-        row_group *rg = &f->rgs[g];
-        w.rg = g;
-        if (rg->num_rows < 0) rc = bad(&w, "negative row count");
-        total += rg->num_rows;
-        for (int c = 0; !rc && c < f->n_leaves; c++) {
-            chunk_meta *m = &rg->cols[c];
-            if (m->type != f->nodes[f->leaves[c]].type)
-                rc = bad(&w, "column '%s' is %s in the row group but %s in the schema", f->nodes[f->leaves[c]].path,
-                         m->type >= 0 && m->type <= T_FIXED ? type_names[m->type] : "?",
-                         type_names[f->nodes[f->leaves[c]].type]);
-            else if (m->start < 4 || m->size < 0 || m->num_values < 0 || (uint64_t)m->start > f->size ||
-                     (uint64_t)m->size > f->size - (uint64_t)m->start)
-                rc = bad(&w, "column '%s' lies outside the file (bytes %lld+%lld of %zu); the file is truncated or "
-                             "damaged", f->nodes[f->leaves[c]].path, (long long)m->start, (long long)m->size, f->size);
-        }
-    }
-    if (!rc && total != f->num_rows) {
-        w.rg = -1;
-        rc = bad(&w, "the row groups hold %lld rows but the file says %lld", (long long)total, (long long)f->num_rows);
-    }
+    if (!rc && rg_at) rc = footer_row_groups(f, &w, rg_at, p + n);
+    if (!rc) rc = footer_check_chunks(f, &w);
     return rc;
 }
 
@@ -1270,6 +1282,82 @@ static int dict_page(pq_file *f, const where *w, const pq_node *leaf, pq_col *c,
     return plain_decode(w, leaf, data, data + len, c->dict, n, &sb);
 }
 
+/* a dictionary page (decompressed when the chunk is) into the column's dictionary */
+static int load_dict_page(pq_file *f, const where *w, const chunk_meta *m, const pq_node *node, pq_col *c,
+                          const page_header *h, const uint8_t *body) {
+    int rc;
+    if (!h->has_dict) return bad(w, "a dictionary page without its header");
+    uint8_t *buf = NULL;
+    const uint8_t *data = body;
+    if (m->codec != C_NONE) {
+        if ((rc = decompress(w, c, m->codec, body, (size_t)h->csize, (size_t)h->usize, &buf))) return rc;
+        data = buf;
+    }
+    return dict_page(f, w, node, c, h, data, m->codec != C_NONE ? (size_t)h->usize : (size_t)h->csize);
+}
+
+/* a data page (v1: levels inside the compressed bytes; v2: levels before them, uncompressed): its
+ * repetition and definition levels, then its non-null values */
+static int load_data_page(pq_file *f, const where *w, const chunk_meta *m, const pq_node *node, pq_col *c,
+                          const page_header *h, const uint8_t *body) {
+    bool has_def = node->def_level > 0, has_rep = node->rep_level > 0;
+    int rc;
+    if (h->type != P_DATA && h->type != P_DATA_V2) return bad(w, "unknown page type %d", h->type);
+    if ((h->type == P_DATA && !h->has_v1) || (h->type == P_DATA_V2 && !h->has_v2))
+        return bad(w, "a data page without its header");
+    size_t n = (size_t)h->num_values;
+    if (n > (size_t)m->num_values - c->n_lev)
+        return bad(w, "the pages hold more values than the column chunk's %lld", (long long)m->num_values);
+    if ((rc = levels_grow(c, n, has_def, has_rep))) return rc;
+    const uint8_t *q, *qend;
+    uint8_t *buf = NULL;
+    if (h->type == P_DATA) {
+        q = body;
+        qend = body + h->csize;
+        if (m->codec != C_NONE) {
+            if ((rc = decompress(w, c, m->codec, body, (size_t)h->csize, (size_t)h->usize, &buf))) return rc;
+            q = buf;
+            qend = buf + h->usize;
+        }
+        if (has_rep && (rc = decode_levels(f, w, "repetition", h->rep_enc, true, &q, qend, node->rep_level,
+                                           c->rep + c->n_lev, n)))
+            return rc;
+        if (has_def && (rc = decode_levels(f, w, "definition", h->def_enc, true, &q, qend, node->def_level,
+                                           c->def + c->n_lev, n)))
+            return rc;
+    } else {
+        size_t lv = (size_t)h->rep_len + (size_t)h->def_len;
+        if (lv > (size_t)h->csize || lv > (size_t)h->usize)
+            return bad(w, "the levels (%zu bytes) are larger than the page", lv);
+        q = body;
+        if (has_rep && (rc = decode_levels(f, w, "repetition", E_RLE, false, &q, body + h->rep_len,
+                                           node->rep_level, c->rep + c->n_lev, n)))
+            return rc;
+        q = body + h->rep_len;
+        if (has_def && (rc = decode_levels(f, w, "definition", E_RLE, false, &q, q + h->def_len, node->def_level,
+                                           c->def + c->n_lev, n)))
+            return rc;
+        q = body + lv;
+        qend = body + h->csize;
+        if (m->codec != C_NONE && h->is_compressed) {
+            if ((rc = decompress(w, c, m->codec, q, (size_t)h->csize - lv, (size_t)h->usize - lv, &buf))) return rc;
+            q = buf;
+            qend = buf + (h->usize - lv);
+        }
+    }
+    size_t nn = n;
+    if (has_def) {
+        nn = 0;
+        const uint16_t *d = c->def + c->n_lev;
+        uint16_t md = (uint16_t)node->def_level;
+        for (size_t i = 0; i < n; i++) nn += d[i] == md;
+    }
+    if (has_rep && n && c->rep[c->n_lev] != 0 && c->n_lev == 0)
+        return bad(w, "the first value of the column chunk continues a row (repetition level %d)", c->rep[0]);
+    c->n_lev += n;
+    return decode_values(f, w, node, c, h->encoding, q, qend, nn);
+}
+
 /* decode column chunk `leaf` of row group rg into f->cols[leaf] */
 static int load_chunk(pq_file *f, int rg, int leaf) {
     const chunk_meta *m = &f->rgs[rg].cols[leaf];
@@ -1277,7 +1365,7 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
     pq_col *c = &f->cols[leaf];
     col_reset(c);
     where w = {f, rg, leaf, 0};
-    bool has_def = node->def_level > 0, has_rep = node->rep_level > 0;
+    bool has_rep = node->rep_level > 0;
     const uint8_t *p = f->map + m->start, *end = p + m->size;
     int rc = 0;
     if ((uint64_t)m->num_values > MAX_CHUNK_ENTRIES)
@@ -1302,71 +1390,11 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
             continue;
         }
         if (h.type == P_DICT) {
-            if (!h.has_dict) return bad(&w, "a dictionary page without its header");
-            uint8_t *buf = NULL;
-            const uint8_t *data = body;
-            if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                data = buf;
-            }
-            rc = dict_page(f, &w, node, c, &h, data, m->codec != C_NONE ? (size_t)h.usize : (size_t)h.csize);
+            rc = load_dict_page(f, &w, m, node, c, &h, body);
             w.page++;
             continue;
         }
-        if (h.type != P_DATA && h.type != P_DATA_V2) return bad(&w, "unknown page type %d", h.type);
-        if ((h.type == P_DATA && !h.has_v1) || (h.type == P_DATA_V2 && !h.has_v2))
-            return bad(&w, "a data page without its header");
-        size_t n = (size_t)h.num_values;
-        if (n > (size_t)m->num_values - c->n_lev)
-            return bad(&w, "the pages hold more values than the column chunk's %lld", (long long)m->num_values);
-        if ((rc = levels_grow(c, n, has_def, has_rep))) return rc;
-        const uint8_t *q, *qend;
-        uint8_t *buf = NULL;
-        if (h.type == P_DATA) {
-            q = body;
-            qend = body + h.csize;
-            if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                q = buf;
-                qend = buf + h.usize;
-            }
-            if (has_rep && (rc = decode_levels(f, &w, "repetition", h.rep_enc, true, &q, qend, node->rep_level,
-                                               c->rep + c->n_lev, n)))
-                return rc;
-            if (has_def && (rc = decode_levels(f, &w, "definition", h.def_enc, true, &q, qend, node->def_level,
-                                               c->def + c->n_lev, n)))
-                return rc;
-        } else {
-            size_t lv = (size_t)h.rep_len + (size_t)h.def_len;
-            if (lv > (size_t)h.csize || lv > (size_t)h.usize)
-                return bad(&w, "the levels (%zu bytes) are larger than the page", lv);
-            q = body;
-            if (has_rep && (rc = decode_levels(f, &w, "repetition", E_RLE, false, &q, body + h.rep_len,
-                                               node->rep_level, c->rep + c->n_lev, n)))
-                return rc;
-            q = body + h.rep_len;
-            if (has_def && (rc = decode_levels(f, &w, "definition", E_RLE, false, &q, q + h.def_len, node->def_level,
-                                               c->def + c->n_lev, n)))
-                return rc;
-            q = body + lv;
-            qend = body + h.csize;
-            if (m->codec != C_NONE && h.is_compressed) {
-                if ((rc = decompress(&w, c, m->codec, q, (size_t)h.csize - lv, (size_t)h.usize - lv, &buf))) return rc;
-                q = buf;
-                qend = buf + (h.usize - lv);
-            }
-        }
-        size_t nn = n;
-        if (has_def) {
-            nn = 0;
-            const uint16_t *d = c->def + c->n_lev;
-            uint16_t md = (uint16_t)node->def_level;
-            for (size_t i = 0; i < n; i++) nn += d[i] == md;
-        }
-        if (has_rep && n && c->rep[c->n_lev] != 0 && c->n_lev == 0)
-            return bad(&w, "the first value of the column chunk continues a row (repetition level %d)", c->rep[0]);
-        c->n_lev += n;
-        if ((rc = decode_values(f, &w, node, c, h.encoding, q, qend, nn))) return rc;
+        if ((rc = load_data_page(f, &w, m, node, c, &h, body))) return rc;
         w.page++;
     }
     if (rc) return rc;
