@@ -576,6 +576,13 @@ static void parse_params(parser *P, jnode *n) {
     n->nkw = params.n;
 }
 
+/* the body of a block statement up to its {% END %}, which is consumed */
+static void parse_until(parser *P, const char *end, jnode **body, const jtok *opener) {
+    const char *const ends[] = {end, NULL};
+    parse_body(P, ends, body, opener);
+    expect_block_end(P);
+}
+
 /* {% if %} ... {% elif %} ... {% else %} ... {% endif %} */
 static jnode *parse_if(parser *P, const jtok *t) {
     jnode *n = mk(P, N_IF, t);
@@ -593,9 +600,7 @@ static jnode *parse_if(parser *P, const jtok *t) {
             cur = el;
         } else if (is_name(e, "else")) {
             expect_block_end(P);
-            static const char *const end_if[] = {"endif", NULL};
-            parse_body(P, end_if, &cur->c, t);
-            expect_block_end(P);
+            parse_until(P, "endif", &cur->c, t);
             break;
         } else {
             expect_block_end(P);
@@ -679,9 +684,7 @@ static jnode *parse_set(parser *P, const jtok *t) {
                 n->d = filters;
             }
             expect_block_end(P);
-            static const char *const ends[] = {"endset", NULL};
-            parse_body(P, ends, &n->b, t);
-            expect_block_end(P);
+            parse_until(P, "endset", &n->b, t);
         }
     }
     return n;
@@ -711,9 +714,7 @@ static jnode *parse_call_block(parser *P, const jtok *t) {
     n->a = parse_expr(P);
     if (n->a->kind != N_CALL) perr(P, t, "a call block needs a macro call: {%% call m(...) %%}");
     expect_block_end(P);
-    static const char *const ends[] = {"endcall", NULL};
-    parse_body(P, ends, &n->b, t);
-    expect_block_end(P);
+    parse_until(P, "endcall", &n->b, t);
     return n;
 }
 
@@ -730,9 +731,7 @@ static jnode *parse_filter_block(parser *P, const jtok *t) {
     if (is_op(peek(P), "(")) parse_args(P, f);
     n->d = parse_filter_expr(P, f);
     expect_block_end(P);
-    static const char *const ends[] = {"endfilter", NULL};
-    parse_body(P, ends, &n->b, t);
-    expect_block_end(P);
+    parse_until(P, "endfilter", &n->b, t);
     return n;
 }
 
@@ -741,9 +740,7 @@ static jnode *parse_generation(parser *P, const jtok *t) {
     jnode *n = mk(P, N_GENERATION, t);
     P->t->has_generation = true;
     expect_block_end(P);
-    static const char *const ends[] = {"endgeneration", NULL};
-    parse_body(P, ends, &n->b, t);
-    expect_block_end(P);
+    parse_until(P, "endgeneration", &n->b, t);
     return n;
 }
 
