@@ -8,9 +8,8 @@ set -u
 BIN=${QLORA_BIN:?}
 . "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_TEST_KINDS=1 QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs QLORA_TEST_LOG=$W/ran.log NOTIFY_FILE=$W/notes.txt
+test_init # W, QLORA_CACHE, QLORA_RUNS
+export QLORA_TEST_KINDS=1 QLORA_TEST_LOG=$W/ran.log NOTIFY_FILE=$W/notes.txt
 cp "$SRC"/tests/recipes/gates/* "$W/"
 R=$W/gated.yaml
 ran() { if [ -f "$W/ran.log" ]; then tr '\n' ' ' < "$W/ran.log"; fi; rm -f "$W/ran.log"; }

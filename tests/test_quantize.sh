@@ -7,9 +7,7 @@ set -u
 BIN=${QLORA_BIN:?}
 . "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
+test_init # W, QLORA_CACHE, QLORA_RUNS
 FIX=$SRC/tests/fixtures/bnb
 
 out=$("$BIN" quantize "$FIX/tiny-llama-bf16" "$W/q" 2>&1); rc=$?

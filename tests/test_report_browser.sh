@@ -8,9 +8,7 @@ set -u
 BIN=${QLORA_BIN:?}
 . "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
+test_init # W, QLORA_CACHE, QLORA_RUNS
 # a report that cannot be written (report.html made a directory while the run works) warns, and
 # the run still succeeds
 cp "$SRC/tests/recipes/runner/chain.yaml" "$W/"

@@ -8,9 +8,8 @@ set -u
 BIN=${QLORA_BIN:?}
 . "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_TEST_KINDS=1 QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs QLORA_TEST_LOG=$W/ran.log
+test_init # W, QLORA_CACHE, QLORA_RUNS
+export QLORA_TEST_KINDS=1 QLORA_TEST_LOG=$W/ran.log
 cp "$SRC/tests/recipes/runner/chain.yaml" "$W/"
 echo one > "$W/input.txt"
 R=$W/chain.yaml
