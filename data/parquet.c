@@ -387,6 +387,64 @@ static int build_tree(pq_file *f, schema_el *els, int i, int parent, int depth, 
     return i + 1;
 }
 
+/* the row groups' metadata (the list at rg_at, up to end), now that the schema gives the leaves */
+static int footer_row_groups(pq_file *f, where *w, const uint8_t *rg_at, const uint8_t *end) {
+    thrift_in t2;
+    thrift_init(&t2, rg_at, (size_t)(end - rg_at));
+    uint8_t et;
+    uint32_t n_rg;
+    if (thrift_list(&t2, &et, &n_rg)) {
+        if (et != THRIFT_STRUCT) thrift_fail(&t2, "row groups are not structures");
+        f->rgs = calloc(n_rg ? n_rg : 1, sizeof *f->rgs);
+        if (!f->rgs) return err_set(ERR_STAGE, "out of memory");
+        for (uint32_t g = 0; g < n_rg && !t2.bad; g++) {
+            f->n_rgs = (int)g + 1;
+            f->rgs[g].cols = calloc((size_t)f->n_leaves, sizeof *f->rgs[g].cols);
+            if (!f->rgs[g].cols) return err_set(ERR_STAGE, "out of memory");
+            bool external = false;
+            int n_cols = -1;
+            parse_row_group(&t2, &f->rgs[g], f->n_leaves, &external, &n_cols);
+            if (!t2.bad && external) {
+                w->rg = (int)g;
+                return bad(w, "a column lives in another file (file_path is set); qlora-run reads "
+                              "self-contained Parquet files");
+            }
+            if (!t2.bad && n_cols < 0) thrift_fail(&t2, "a row group without columns");
+        }
+    }
+    if (t2.bad) return bad(w, "corrupt row group metadata (%s)", t2.why);
+    return 0;
+}
+
+/* every chunk of every row group: its type the schema's, its bytes inside the file; the row
+ * groups' rows add up to the file's */
+static int footer_check_chunks(pq_file *f, where *w) {
+    int rc = 0;
+    int64_t total = 0;
+    for (int g = 0; !rc && g < f->n_rgs; g++) {
+        row_group *rg = &f->rgs[g];
+        w->rg = g;
+        if (rg->num_rows < 0) rc = bad(w, "negative row count");
+        total += rg->num_rows;
+        for (int c = 0; !rc && c < f->n_leaves; c++) {
+            chunk_meta *m = &rg->cols[c];
+            if (m->type != f->nodes[f->leaves[c]].type)
+                rc = bad(w, "column '%s' is %s in the row group but %s in the schema", f->nodes[f->leaves[c]].path,
+                        m->type >= 0 && m->type <= T_FIXED ? type_names[m->type] : "?",
+                        type_names[f->nodes[f->leaves[c]].type]);
+            else if (m->start < 4 || m->size < 0 || m->num_values < 0 || (uint64_t)m->start > f->size ||
+                     (uint64_t)m->size > f->size - (uint64_t)m->start)
+                rc = bad(w, "column '%s' lies outside the file (bytes %lld+%lld of %zu); the file is truncated or "
+                            "damaged", f->nodes[f->leaves[c]].path, (long long)m->start, (long long)m->size, f->size);
+        }
+    }
+    if (!rc && total != f->num_rows) {
+        w->rg = -1;
+        rc = bad(w, "the row groups hold %lld rows but the file says %lld", (long long)total, (long long)f->num_rows);
+    }
+    return rc;
+}
+
 static int parse_footer(pq_file *f, const uint8_t *p, size_t n) {
     where w = {f, -1, -1, -1};
     thrift_in t;
@@ -441,54 +499,8 @@ static int parse_footer(pq_file *f, const uint8_t *p, size_t n) {
         for (int i = 0; i < f->n_nodes; i++)
             if (f->nodes[i].type >= 0) f->leaves[f->nodes[i].leaf_first] = i;
     }
-    if (!rc && rg_at) {
-        thrift_in t2;
-        thrift_init(&t2, rg_at, (size_t)(p + n - rg_at));
-        uint8_t et;
-        uint32_t n_rg;
-        if (thrift_list(&t2, &et, &n_rg)) {
-            if (et != THRIFT_STRUCT) thrift_fail(&t2, "row groups are not structures");
-            f->rgs = calloc(n_rg ? n_rg : 1, sizeof *f->rgs);
-            if (!f->rgs) return err_set(ERR_STAGE, "out of memory");
-            for (uint32_t g = 0; g < n_rg && !t2.bad; g++) {
-                f->n_rgs = (int)g + 1;
-                f->rgs[g].cols = calloc((size_t)f->n_leaves, sizeof *f->rgs[g].cols);
-                if (!f->rgs[g].cols) return err_set(ERR_STAGE, "out of memory");
-                bool external = false;
-                int n_cols = -1;
-                parse_row_group(&t2, &f->rgs[g], f->n_leaves, &external, &n_cols);
-                if (!t2.bad && external) {
-                    w.rg = (int)g;
-                    return bad(&w, "a column lives in another file (file_path is set); qlora-run reads "
-                                   "self-contained Parquet files");
-                }
-                if (!t2.bad && n_cols < 0) thrift_fail(&t2, "a row group without columns");
-            }
-        }
-        if (t2.bad) rc = bad(&w, "corrupt row group metadata (%s)", t2.why);
-    }
-    int64_t total = 0;
-    for (int g = 0; !rc && g < f->n_rgs; g++) {
-        row_group *rg = &f->rgs[g];
-        w.rg = g;
-        if (rg->num_rows < 0) rc = bad(&w, "negative row count");
-        total += rg->num_rows;
-        for (int c = 0; !rc && c < f->n_leaves; c++) {
-            chunk_meta *m = &rg->cols[c];
-            if (m->type != f->nodes[f->leaves[c]].type)
-                rc = bad(&w, "column '%s' is %s in the row group but %s in the schema", f->nodes[f->leaves[c]].path,
-                         m->type >= 0 && m->type <= T_FIXED ? type_names[m->type] : "?",
-                         type_names[f->nodes[f->leaves[c]].type]);
-            else if (m->start < 4 || m->size < 0 || m->num_values < 0 || (uint64_t)m->start > f->size ||
-                     (uint64_t)m->size > f->size - (uint64_t)m->start)
-                rc = bad(&w, "column '%s' lies outside the file (bytes %lld+%lld of %zu); the file is truncated or "
-                             "damaged", f->nodes[f->leaves[c]].path, (long long)m->start, (long long)m->size, f->size);
-        }
-    }
-    if (!rc && total != f->num_rows) {
-        w.rg = -1;
-        rc = bad(&w, "the row groups hold %lld rows but the file says %lld", (long long)total, (long long)f->num_rows);
-    }
+    if (!rc && rg_at) rc = footer_row_groups(f, &w, rg_at, p + n);
+    if (!rc) rc = footer_check_chunks(f, &w);
     return rc;
 }
 
@@ -967,6 +979,146 @@ static int plain_decode(const where *w, const pq_node *leaf, const uint8_t *p, c
                type_names[leaf->type], avail);
 }
 
+/* dictionary indices (RLE/bit-packed hybrid, width byte first) into the page's dictionary */
+static int dict_decode(pq_file *f, const where *w, const pq_node *leaf, pq_col *c, const uint8_t *p,
+                       const uint8_t *end, pq_val *out, size_t nn) {
+    if (!c->dict && nn) return bad(w, "dictionary-encoded values but no dictionary page before them");
+    if (nn == 0) return 0;
+    if (p >= end) return bad(w, "dictionary indices missing");
+    int bw = *p++;
+    if (bw > 32) return bad(w, "dictionary index width %d is above 32", bw);
+    if (nn > f->idx_cap) {
+        uint32_t *ix = realloc(f->idx, nn * sizeof *ix);
+        if (!ix) return err_set(ERR_STAGE, "out of memory");
+        f->idx = ix;
+        f->idx_cap = nn;
+    }
+    if (!rle_decode(p, end, bw, f->idx, nn)) return bad(w, "dictionary indices end early");
+    size_t sb = 0, nd = c->n_dict;
+    const pq_val *d = c->dict;
+    for (size_t i = 0; i < nn; i++) {
+        uint32_t k = f->idx[i];
+        if (k >= nd) return bad(w, "dictionary index %u is past the dictionary's %zu entries", k, nd);
+        out[i] = d[k];
+        sb += d[k].n;
+    }
+    if (leaf->type == T_BYTE_ARRAY || leaf->type == T_FIXED) c->string_bytes += sb;
+    return 0;
+}
+
+/* RLE booleans: a 4-byte length, then the hybrid runs of width 1 */
+static int rle_bool_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end, pq_val *out,
+                           size_t nn) {
+    if (leaf->type != T_BOOLEAN) return bad(w, "RLE values in a %s column", type_names[leaf->type]);
+    if (end - p < 4) return bad(w, "RLE booleans without their length");
+    uint32_t len;
+    memcpy(&len, p, 4);
+    p += 4;
+    if (len > (size_t)(end - p)) return bad(w, "RLE booleans run past the page");
+    uint32_t *tmp = malloc((nn ? nn : 1) * sizeof *tmp);
+    if (!tmp) return err_set(ERR_STAGE, "out of memory");
+    bool ok = rle_decode(p, p + len, 1, tmp, nn);
+    for (size_t i = 0; ok && i < nn; i++) out[i].u.i = tmp[i] & 1;
+    free(tmp);
+    if (!ok) return bad(w, "RLE booleans end early");
+    return 0;
+}
+
+/* DELTA_BINARY_PACKED integers */
+static int delta_int_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end, pq_val *out,
+                            size_t nn) {
+    int rc = 0;
+    if (leaf->type != T_INT32 && leaf->type != T_INT64)
+        return bad(w, "DELTA_BINARY_PACKED values in a %s column", type_names[leaf->type]);
+    int64_t *v;
+    size_t n;
+    const char *why = delta_decode(&p, end, &v, &n);
+    if (why) return bad(w, "%s", why);
+    if (n < nn) rc = bad(w, "DELTA_BINARY_PACKED holds %zu values, the levels say %zu", n, nn);
+    for (size_t i = 0; !rc && i < nn; i++) out[i].u.i = leaf->type == T_INT32 ? sign_ext32((uint32_t)v[i]) : v[i];
+    free(v);
+    return rc;
+}
+
+/* DELTA_LENGTH_BYTE_ARRAY (lengths, then the bytes) and DELTA_BYTE_ARRAY (prefix lengths shared
+ * with the value before, suffix lengths, then the suffixes: the values rebuilt in the column's
+ * buffer) */
+static int delta_bytes_decode(const where *w, const pq_node *leaf, pq_col *c, int enc, const uint8_t *p,
+                              const uint8_t *end, pq_val *out, size_t nn) {
+    int rc = 0;
+    if (leaf->type != T_BYTE_ARRAY && (enc == E_DELTA_LENGTH || leaf->type != T_FIXED))
+        return bad(w, "%s values in a %s column", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY",
+                   type_names[leaf->type]);
+    int64_t *pre = NULL, *len = NULL;
+    size_t npre = nn, nlen;
+    const char *why = NULL;
+    if (enc == E_DELTA_BYTE_ARRAY) why = delta_decode(&p, end, &pre, &npre);
+    if (!why) why = delta_decode(&p, end, &len, &nlen);
+    if (!why && (nlen < nn || npre < nn)) why = "fewer lengths than values";
+    uint64_t total = 0, suffix = 0;
+    for (size_t i = 0; !why && i < nn; i++) {
+        if (len[i] < 0 || (pre && pre[i] < 0)) why = "a negative length";
+        else if (pre && (i == 0 ? pre[i] != 0 : (uint64_t)pre[i] > out[i - 1].n)) why = "a prefix longer than the value before it";
+        else {
+            suffix += (uint64_t)len[i];
+            total += (uint64_t)len[i] + (pre ? (uint64_t)pre[i] : 0);
+            if (total > MAX_PAGE_BYTES) why = "values larger than a page may hold";
+            else out[i].n = (uint32_t)(len[i] + (pre ? pre[i] : 0));
+        }
+    }
+    if (!why && suffix > (uint64_t)(end - p)) why = "the string bytes run past the page";
+    if (!why && !pre) {
+        for (size_t i = 0; i < nn; i++) out[i].u.p = p, p += out[i].n;
+    } else if (!why) {
+        uint8_t *buf;
+        if ((rc = col_buffer(c, (size_t)total, &buf))) {
+            free(pre);
+            free(len);
+            return rc;
+        }
+        uint8_t *q = buf;
+        for (size_t i = 0; i < nn; i++) {
+            if (pre[i]) memcpy(q, out[i - 1].u.p, (size_t)pre[i]);
+            memcpy(q + pre[i], p, (size_t)len[i]);
+            p += len[i];
+            out[i].u.p = q;
+            q += out[i].n;
+        }
+    }
+    free(pre);
+    free(len);
+    if (why) return bad(w, "%s: %s", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY", why);
+    c->string_bytes += total;
+    return 0;
+}
+
+/* BYTE_STREAM_SPLIT: byte j of value i at p[j * nn + i] */
+static int byte_stream_split_decode(const where *w, const pq_node *leaf, const uint8_t *p, const uint8_t *end,
+                                    pq_val *out, size_t nn) {
+    size_t k = leaf->type == T_INT32 || leaf->type == T_FLOAT    ? 4
+               : leaf->type == T_INT64 || leaf->type == T_DOUBLE ? 8
+                                                                 : 0;
+    if (!k) return bad(w, "BYTE_STREAM_SPLIT values in a %s column", type_names[leaf->type]);
+    if (nn > (size_t)(end - p) / k) return bad(w, "BYTE_STREAM_SPLIT values end early");
+    for (size_t i = 0; i < nn; i++) {
+        uint8_t b[8];
+        for (size_t j = 0; j < k; j++) b[j] = p[j * nn + i];
+        if (k == 4) {
+            uint32_t x;
+            memcpy(&x, b, 4);
+            if (leaf->type == T_INT32) out[i].u.i = sign_ext32(x);
+            else {
+                float fl;
+                memcpy(&fl, &x, 4);
+                out[i].u.d = fl;
+            }
+        } else {
+            memcpy(&out[i].u, b, 8);
+        }
+    }
+    return 0;
+}
+
 /* the values of one data page (nn non-null ones) in encoding enc from [p, end) */
 static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col *c, int enc, const uint8_t *p,
                          const uint8_t *end, size_t nn) {
@@ -976,128 +1128,12 @@ static int decode_values(pq_file *f, const where *w, const pq_node *leaf, pq_col
     switch (enc) {
     case E_PLAIN: rc = plain_decode(w, leaf, p, end, out, nn, &c->string_bytes); break;
     case E_PLAIN_DICT:
-    case E_RLE_DICT: {
-        if (!c->dict && nn) return bad(w, "dictionary-encoded values but no dictionary page before them");
-        if (nn == 0) break;
-        if (p >= end) return bad(w, "dictionary indices missing");
-        int bw = *p++;
-        if (bw > 32) return bad(w, "dictionary index width %d is above 32", bw);
-        if (nn > f->idx_cap) {
-            uint32_t *ix = realloc(f->idx, nn * sizeof *ix);
-            if (!ix) return err_set(ERR_STAGE, "out of memory");
-            f->idx = ix;
-            f->idx_cap = nn;
-        }
-        if (!rle_decode(p, end, bw, f->idx, nn)) return bad(w, "dictionary indices end early");
-        size_t sb = 0, nd = c->n_dict;
-        const pq_val *d = c->dict;
-        for (size_t i = 0; i < nn; i++) {
-            uint32_t k = f->idx[i];
-            if (k >= nd) return bad(w, "dictionary index %u is past the dictionary's %zu entries", k, nd);
-            out[i] = d[k];
-            sb += d[k].n;
-        }
-        if (leaf->type == T_BYTE_ARRAY || leaf->type == T_FIXED) c->string_bytes += sb;
-        break;
-    }
-    case E_RLE: {
-        if (leaf->type != T_BOOLEAN) return bad(w, "RLE values in a %s column", type_names[leaf->type]);
-        if (end - p < 4) return bad(w, "RLE booleans without their length");
-        uint32_t len;
-        memcpy(&len, p, 4);
-        p += 4;
-        if (len > (size_t)(end - p)) return bad(w, "RLE booleans run past the page");
-        uint32_t *tmp = malloc((nn ? nn : 1) * sizeof *tmp);
-        if (!tmp) return err_set(ERR_STAGE, "out of memory");
-        bool ok = rle_decode(p, p + len, 1, tmp, nn);
-        for (size_t i = 0; ok && i < nn; i++) out[i].u.i = tmp[i] & 1;
-        free(tmp);
-        if (!ok) return bad(w, "RLE booleans end early");
-        break;
-    }
-    case E_DELTA_BINARY: {
-        if (leaf->type != T_INT32 && leaf->type != T_INT64)
-            return bad(w, "DELTA_BINARY_PACKED values in a %s column", type_names[leaf->type]);
-        int64_t *v;
-        size_t n;
-        const char *why = delta_decode(&p, end, &v, &n);
-        if (why) return bad(w, "%s", why);
-        if (n < nn) rc = bad(w, "DELTA_BINARY_PACKED holds %zu values, the levels say %zu", n, nn);
-        for (size_t i = 0; !rc && i < nn; i++) out[i].u.i = leaf->type == T_INT32 ? sign_ext32((uint32_t)v[i]) : v[i];
-        free(v);
-        break;
-    }
+    case E_RLE_DICT: rc = dict_decode(f, w, leaf, c, p, end, out, nn); break;
+    case E_RLE: rc = rle_bool_decode(w, leaf, p, end, out, nn); break;
+    case E_DELTA_BINARY: rc = delta_int_decode(w, leaf, p, end, out, nn); break;
     case E_DELTA_LENGTH:
-    case E_DELTA_BYTE_ARRAY: {
-        if (leaf->type != T_BYTE_ARRAY && (enc == E_DELTA_LENGTH || leaf->type != T_FIXED))
-            return bad(w, "%s values in a %s column", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY",
-                       type_names[leaf->type]);
-        int64_t *pre = NULL, *len = NULL;
-        size_t npre = nn, nlen;
-        const char *why = NULL;
-        if (enc == E_DELTA_BYTE_ARRAY) why = delta_decode(&p, end, &pre, &npre);
-        if (!why) why = delta_decode(&p, end, &len, &nlen);
-        if (!why && (nlen < nn || npre < nn)) why = "fewer lengths than values";
-        uint64_t total = 0, suffix = 0;
-        for (size_t i = 0; !why && i < nn; i++) {
-            if (len[i] < 0 || (pre && pre[i] < 0)) why = "a negative length";
-            else if (pre && (i == 0 ? pre[i] != 0 : (uint64_t)pre[i] > out[i - 1].n)) why = "a prefix longer than the value before it";
-            else {
-                suffix += (uint64_t)len[i];
-                total += (uint64_t)len[i] + (pre ? (uint64_t)pre[i] : 0);
-                if (total > MAX_PAGE_BYTES) why = "values larger than a page may hold";
-                else out[i].n = (uint32_t)(len[i] + (pre ? pre[i] : 0));
-            }
-        }
-        if (!why && suffix > (uint64_t)(end - p)) why = "the string bytes run past the page";
-        if (!why && !pre) {
-            for (size_t i = 0; i < nn; i++) out[i].u.p = p, p += out[i].n;
-        } else if (!why) {
-            uint8_t *buf;
-            if ((rc = col_buffer(c, (size_t)total, &buf))) {
-                free(pre);
-                free(len);
-                return rc;
-            }
-            uint8_t *q = buf;
-            for (size_t i = 0; i < nn; i++) {
-                if (pre[i]) memcpy(q, out[i - 1].u.p, (size_t)pre[i]);
-                memcpy(q + pre[i], p, (size_t)len[i]);
-                p += len[i];
-                out[i].u.p = q;
-                q += out[i].n;
-            }
-        }
-        free(pre);
-        free(len);
-        if (why) return bad(w, "%s: %s", enc == E_DELTA_LENGTH ? "DELTA_LENGTH_BYTE_ARRAY" : "DELTA_BYTE_ARRAY", why);
-        c->string_bytes += total;
-        break;
-    }
-    case E_BYTE_STREAM_SPLIT: {
-        size_t k = leaf->type == T_INT32 || leaf->type == T_FLOAT    ? 4
-                   : leaf->type == T_INT64 || leaf->type == T_DOUBLE ? 8
-                                                                     : 0;
-        if (!k) return bad(w, "BYTE_STREAM_SPLIT values in a %s column", type_names[leaf->type]);
-        if (nn > (size_t)(end - p) / k) return bad(w, "BYTE_STREAM_SPLIT values end early");
-        for (size_t i = 0; i < nn; i++) {
-            uint8_t b[8];
-            for (size_t j = 0; j < k; j++) b[j] = p[j * nn + i];
-            if (k == 4) {
-                uint32_t x;
-                memcpy(&x, b, 4);
-                if (leaf->type == T_INT32) out[i].u.i = sign_ext32(x);
-                else {
-                    float fl;
-                    memcpy(&fl, &x, 4);
-                    out[i].u.d = fl;
-                }
-            } else {
-                memcpy(&out[i].u, b, 8);
-            }
-        }
-        break;
-    }
+    case E_DELTA_BYTE_ARRAY: rc = delta_bytes_decode(w, leaf, c, enc, p, end, out, nn); break;
+    case E_BYTE_STREAM_SPLIT: rc = byte_stream_split_decode(w, leaf, p, end, out, nn); break;
     default: return bad(w, "encoding %d is not supported", enc);
     }
     if (!rc) c->n_val += nn;
@@ -1246,6 +1282,82 @@ static int dict_page(pq_file *f, const where *w, const pq_node *leaf, pq_col *c,
     return plain_decode(w, leaf, data, data + len, c->dict, n, &sb);
 }
 
+/* a dictionary page (decompressed when the chunk is) into the column's dictionary */
+static int load_dict_page(pq_file *f, const where *w, const chunk_meta *m, const pq_node *node, pq_col *c,
+                          const page_header *h, const uint8_t *body) {
+    int rc;
+    if (!h->has_dict) return bad(w, "a dictionary page without its header");
+    uint8_t *buf = NULL;
+    const uint8_t *data = body;
+    if (m->codec != C_NONE) {
+        if ((rc = decompress(w, c, m->codec, body, (size_t)h->csize, (size_t)h->usize, &buf))) return rc;
+        data = buf;
+    }
+    return dict_page(f, w, node, c, h, data, m->codec != C_NONE ? (size_t)h->usize : (size_t)h->csize);
+}
+
+/* a data page (v1: levels inside the compressed bytes; v2: levels before them, uncompressed): its
+ * repetition and definition levels, then its non-null values */
+static int load_data_page(pq_file *f, const where *w, const chunk_meta *m, const pq_node *node, pq_col *c,
+                          const page_header *h, const uint8_t *body) {
+    bool has_def = node->def_level > 0, has_rep = node->rep_level > 0;
+    int rc;
+    if (h->type != P_DATA && h->type != P_DATA_V2) return bad(w, "unknown page type %d", h->type);
+    if ((h->type == P_DATA && !h->has_v1) || (h->type == P_DATA_V2 && !h->has_v2))
+        return bad(w, "a data page without its header");
+    size_t n = (size_t)h->num_values;
+    if (n > (size_t)m->num_values - c->n_lev)
+        return bad(w, "the pages hold more values than the column chunk's %lld", (long long)m->num_values);
+    if ((rc = levels_grow(c, n, has_def, has_rep))) return rc;
+    const uint8_t *q, *qend;
+    uint8_t *buf = NULL;
+    if (h->type == P_DATA) {
+        q = body;
+        qend = body + h->csize;
+        if (m->codec != C_NONE) {
+            if ((rc = decompress(w, c, m->codec, body, (size_t)h->csize, (size_t)h->usize, &buf))) return rc;
+            q = buf;
+            qend = buf + h->usize;
+        }
+        if (has_rep && (rc = decode_levels(f, w, "repetition", h->rep_enc, true, &q, qend, node->rep_level,
+                                           c->rep + c->n_lev, n)))
+            return rc;
+        if (has_def && (rc = decode_levels(f, w, "definition", h->def_enc, true, &q, qend, node->def_level,
+                                           c->def + c->n_lev, n)))
+            return rc;
+    } else {
+        size_t lv = (size_t)h->rep_len + (size_t)h->def_len;
+        if (lv > (size_t)h->csize || lv > (size_t)h->usize)
+            return bad(w, "the levels (%zu bytes) are larger than the page", lv);
+        q = body;
+        if (has_rep && (rc = decode_levels(f, w, "repetition", E_RLE, false, &q, body + h->rep_len,
+                                           node->rep_level, c->rep + c->n_lev, n)))
+            return rc;
+        q = body + h->rep_len;
+        if (has_def && (rc = decode_levels(f, w, "definition", E_RLE, false, &q, q + h->def_len, node->def_level,
+                                           c->def + c->n_lev, n)))
+            return rc;
+        q = body + lv;
+        qend = body + h->csize;
+        if (m->codec != C_NONE && h->is_compressed) {
+            if ((rc = decompress(w, c, m->codec, q, (size_t)h->csize - lv, (size_t)h->usize - lv, &buf))) return rc;
+            q = buf;
+            qend = buf + (h->usize - lv);
+        }
+    }
+    size_t nn = n;
+    if (has_def) {
+        nn = 0;
+        const uint16_t *d = c->def + c->n_lev;
+        uint16_t md = (uint16_t)node->def_level;
+        for (size_t i = 0; i < n; i++) nn += d[i] == md;
+    }
+    if (has_rep && n && c->rep[c->n_lev] != 0 && c->n_lev == 0)
+        return bad(w, "the first value of the column chunk continues a row (repetition level %d)", c->rep[0]);
+    c->n_lev += n;
+    return decode_values(f, w, node, c, h->encoding, q, qend, nn);
+}
+
 /* decode column chunk `leaf` of row group rg into f->cols[leaf] */
 static int load_chunk(pq_file *f, int rg, int leaf) {
     const chunk_meta *m = &f->rgs[rg].cols[leaf];
@@ -1253,7 +1365,7 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
     pq_col *c = &f->cols[leaf];
     col_reset(c);
     where w = {f, rg, leaf, 0};
-    bool has_def = node->def_level > 0, has_rep = node->rep_level > 0;
+    bool has_rep = node->rep_level > 0;
     const uint8_t *p = f->map + m->start, *end = p + m->size;
     int rc = 0;
     if ((uint64_t)m->num_values > MAX_CHUNK_ENTRIES)
@@ -1278,71 +1390,11 @@ static int load_chunk(pq_file *f, int rg, int leaf) {
             continue;
         }
         if (h.type == P_DICT) {
-            if (!h.has_dict) return bad(&w, "a dictionary page without its header");
-            uint8_t *buf = NULL;
-            const uint8_t *data = body;
-            if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                data = buf;
-            }
-            rc = dict_page(f, &w, node, c, &h, data, m->codec != C_NONE ? (size_t)h.usize : (size_t)h.csize);
+            rc = load_dict_page(f, &w, m, node, c, &h, body);
             w.page++;
             continue;
         }
-        if (h.type != P_DATA && h.type != P_DATA_V2) return bad(&w, "unknown page type %d", h.type);
-        if ((h.type == P_DATA && !h.has_v1) || (h.type == P_DATA_V2 && !h.has_v2))
-            return bad(&w, "a data page without its header");
-        size_t n = (size_t)h.num_values;
-        if (n > (size_t)m->num_values - c->n_lev)
-            return bad(&w, "the pages hold more values than the column chunk's %lld", (long long)m->num_values);
-        if ((rc = levels_grow(c, n, has_def, has_rep))) return rc;
-        const uint8_t *q, *qend;
-        uint8_t *buf = NULL;
-        if (h.type == P_DATA) {
-            q = body;
-            qend = body + h.csize;
-            if (m->codec != C_NONE) {
-                if ((rc = decompress(&w, c, m->codec, body, (size_t)h.csize, (size_t)h.usize, &buf))) return rc;
-                q = buf;
-                qend = buf + h.usize;
-            }
-            if (has_rep && (rc = decode_levels(f, &w, "repetition", h.rep_enc, true, &q, qend, node->rep_level,
-                                               c->rep + c->n_lev, n)))
-                return rc;
-            if (has_def && (rc = decode_levels(f, &w, "definition", h.def_enc, true, &q, qend, node->def_level,
-                                               c->def + c->n_lev, n)))
-                return rc;
-        } else {
-            size_t lv = (size_t)h.rep_len + (size_t)h.def_len;
-            if (lv > (size_t)h.csize || lv > (size_t)h.usize)
-                return bad(&w, "the levels (%zu bytes) are larger than the page", lv);
-            q = body;
-            if (has_rep && (rc = decode_levels(f, &w, "repetition", E_RLE, false, &q, body + h.rep_len,
-                                               node->rep_level, c->rep + c->n_lev, n)))
-                return rc;
-            q = body + h.rep_len;
-            if (has_def && (rc = decode_levels(f, &w, "definition", E_RLE, false, &q, q + h.def_len, node->def_level,
-                                               c->def + c->n_lev, n)))
-                return rc;
-            q = body + lv;
-            qend = body + h.csize;
-            if (m->codec != C_NONE && h.is_compressed) {
-                if ((rc = decompress(&w, c, m->codec, q, (size_t)h.csize - lv, (size_t)h.usize - lv, &buf))) return rc;
-                q = buf;
-                qend = buf + (h.usize - lv);
-            }
-        }
-        size_t nn = n;
-        if (has_def) {
-            nn = 0;
-            const uint16_t *d = c->def + c->n_lev;
-            uint16_t md = (uint16_t)node->def_level;
-            for (size_t i = 0; i < n; i++) nn += d[i] == md;
-        }
-        if (has_rep && n && c->rep[c->n_lev] != 0 && c->n_lev == 0)
-            return bad(&w, "the first value of the column chunk continues a row (repetition level %d)", c->rep[0]);
-        c->n_lev += n;
-        if ((rc = decode_values(f, &w, node, c, h.encoding, q, qend, nn))) return rc;
+        if ((rc = load_data_page(f, &w, m, node, c, &h, body))) return rc;
         w.page++;
     }
     if (rc) return rc;

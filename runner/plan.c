@@ -203,13 +203,11 @@ static char *explain(const json_t *old, const json_t *now) {
     return why;
 }
 
-int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
-    memset(p, 0, sizeof *p);
-    p->r = r;
-    p->c = c;
-    snprintf(p->device, sizeof p->device, "%s", plan_resolve_device(r->device));
+/* --only, --until and --force: which stages are selected (--until: with their ancestors) and
+ * forced (with their descendants); a name the recipe lacks is a usage error with a suggestion */
+static int plan_select(plan *p, const plan_opts *o) {
+    const recipe *r = p->r;
     int n = r->n_stages;
-    p->st = calloc((size_t)(n ? n : 1), sizeof *p->st);
     const char *names[3] = {o ? o->only : NULL, o ? o->until : NULL, o ? o->force : NULL};
     const char *flags[3] = {"--only", "--until", "--force"};
     int idx[3] = {-1, -1, -1};
@@ -226,7 +224,6 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
             return rc;
         }
     }
-    /* selection */
     for (int i = 0; i < n; i++) p->st[i].selected = idx[0] < 0 && idx[1] < 0;
     if (idx[0] >= 0) p->st[idx[0]].selected = true;
     if (idx[1] >= 0) {
@@ -241,65 +238,92 @@ int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
             for (int k = 0; k < r->stages[i].n_refs; k++)
                 if (p->st[r->stages[i].refs[k].target].forced) p->st[i].forced = true;
     }
+    return 0;
+}
+
+/* stage i's key document and keys: work_key, and key (with the number of ranks for a kind whose
+ * artifact depends on it) */
+static void stage_keys(plan *p, int i) {
+    plan_stage *ps = &p->st[i];
+    ps->key_doc = key_doc(p, i);
+    char *s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
+    hash_bytes_hex(s, strlen(s), ps->work_key);
+    free(s);
+    memcpy(ps->key, ps->work_key, sizeof ps->key);
+    if (p->r->stages[i].kind->ranks_in_key && coll_world() > 1) {
+        json_object_set_new(ps->key_doc, "world", json_integer(coll_world()));
+        s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
+        hash_bytes_hex(s, strlen(s), ps->key);
+        free(s);
+    }
+}
+
+/* Stage i runs, comes from the cache or is skipped, and why it runs: forced, a stale input or hook
+ * file, a corrupt artifact, or what changed in its key since the recipe's last run. */
+static void stage_status(plan *p, int i) {
+    const recipe *r = p->r;
+    const cache *c = p->c;
+    plan_stage *ps = &p->st[i];
+    char *why = NULL;
+    int lk = cache_lookup(c, r->stages[i].kind->name, ps->key, &ps->manifest, &why);
+    if (lk == 0 && !ps->forced && ps->selected) {
+        char *changed = NULL;
+        for (int k = 0; k < r->stages[i].n_refs && !changed; k++)
+            if (p->st[r->stages[i].refs[k].target].stale) {
+                if (asprintf(&changed, "input '%s' is made again", r->stages[r->stages[i].refs[k].target].name) < 0)
+                    changed = NULL;
+            }
+        if (!changed) changed = hook_files_changed(p, ps->manifest);
+        if (changed) { /* same key, stale content: recompute as --force would */
+            ps->status = PLAN_RUN;
+            ps->forced = ps->stale = true;
+            ps->why = changed;
+            free(why);
+            return;
+        }
+    }
+    if (lk == 0 && !ps->forced) {
+        ps->status = ps->selected ? PLAN_CACHED : PLAN_SKIP;
+        free(why);
+        if (!ps->selected) { /* an unselected input that is cached is fine */ }
+        return;
+    }
+    if (!ps->selected) {
+        ps->status = PLAN_SKIP;
+        free(why);
+        return;
+    }
+    ps->status = PLAN_RUN;
+    if (ps->forced) {
+        ps->why = strdup("forced (--force)");
+        free(why);
+    } else if (lk == 2) {
+        if (asprintf(&ps->why, "cached artifact is corrupt: %s", why ? why : "?") < 0) ps->why = NULL;
+        free(why);
+    } else {
+        free(why);
+        json_t *old = cache_index_get(c, r->name, r->stages[i].name);
+        json_t *olddoc = old ? json_object_get(old, "key_doc") : NULL;
+        char *ex = explain(olddoc, ps->key_doc);
+        if (!ex) ex = strdup(old ? "artifact no longer in the cache" : "not run before");
+        ps->why = ex;
+        json_decref(old);
+    }
+}
+
+int plan_build(plan *p, recipe *r, const cache *c, const plan_opts *o) {
+    memset(p, 0, sizeof *p);
+    p->r = r;
+    p->c = c;
+    snprintf(p->device, sizeof p->device, "%s", plan_resolve_device(r->device));
+    int n = r->n_stages;
+    p->st = calloc((size_t)(n ? n : 1), sizeof *p->st);
+    int rc = plan_select(p, o);
+    if (rc) return rc;
     /* keys in topological order */
     for (int i = 0; i < n; i++) {
-        plan_stage *ps = &p->st[i];
-        ps->key_doc = key_doc(p, i);
-        char *s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
-        hash_bytes_hex(s, strlen(s), ps->work_key);
-        free(s);
-        memcpy(ps->key, ps->work_key, sizeof ps->key);
-        if (r->stages[i].kind->ranks_in_key && coll_world() > 1) {
-            json_object_set_new(ps->key_doc, "world", json_integer(coll_world()));
-            s = json_dumps(ps->key_doc, JSON_COMPACT | JSON_SORT_KEYS);
-            hash_bytes_hex(s, strlen(s), ps->key);
-            free(s);
-        }
-        char *why = NULL;
-        int lk = cache_lookup(c, r->stages[i].kind->name, ps->key, &ps->manifest, &why);
-        if (lk == 0 && !ps->forced && ps->selected) {
-            char *changed = NULL;
-            for (int k = 0; k < r->stages[i].n_refs && !changed; k++)
-                if (p->st[r->stages[i].refs[k].target].stale) {
-                    if (asprintf(&changed, "input '%s' is made again", r->stages[r->stages[i].refs[k].target].name) < 0)
-                        changed = NULL;
-                }
-            if (!changed) changed = hook_files_changed(p, ps->manifest);
-            if (changed) { /* same key, stale content: recompute as --force would */
-                ps->status = PLAN_RUN;
-                ps->forced = ps->stale = true;
-                ps->why = changed;
-                free(why);
-                continue;
-            }
-        }
-        if (lk == 0 && !ps->forced) {
-            ps->status = ps->selected ? PLAN_CACHED : PLAN_SKIP;
-            free(why);
-            if (!ps->selected) { /* an unselected input that is cached is fine */ }
-            continue;
-        }
-        if (!ps->selected) {
-            ps->status = PLAN_SKIP;
-            free(why);
-            continue;
-        }
-        ps->status = PLAN_RUN;
-        if (ps->forced) {
-            ps->why = strdup("forced (--force)");
-            free(why);
-        } else if (lk == 2) {
-            if (asprintf(&ps->why, "cached artifact is corrupt: %s", why ? why : "?") < 0) ps->why = NULL;
-            free(why);
-        } else {
-            free(why);
-            json_t *old = cache_index_get(c, r->name, r->stages[i].name);
-            json_t *olddoc = old ? json_object_get(old, "key_doc") : NULL;
-            char *ex = explain(olddoc, ps->key_doc);
-            if (!ex) ex = strdup(old ? "artifact no longer in the cache" : "not run before");
-            ps->why = ex;
-            json_decref(old);
-        }
+        stage_keys(p, i);
+        stage_status(p, i);
     }
     /* a selected stage whose input is neither selected nor cached cannot run */
     for (int i = 0; i < n; i++) {

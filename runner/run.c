@@ -547,6 +547,238 @@ static int share_plan(runner *R) {
     return coll_agree(rc, NULL);
 }
 
+/* A side task at the end of a run (the summary, on_run_end, the report, TensorBoard) may set and
+ * clear the error: the run's own outcome, rc and its message, is put back after it. */
+typedef struct kept_err {
+    int rc;
+    char msg[4096];
+} kept_err;
+
+static void err_keep(kept_err *k, int rc) {
+    k->rc = rc;
+    snprintf(k->msg, sizeof k->msg, "%s", rc ? err_msg() : "");
+}
+
+static void err_put_back(const kept_err *k) {
+    if (k->rc) err_set(k->rc, "%s", k->msg);
+    else err_clear();
+}
+
+/* Before anything runs: the cache (in use, and the recipe's lock with --lock), the device of this
+ * rank, the plan and the export folders it will write. */
+static int run_prepare(runner *R, const run_opts *o, const char *outdir, int *lockfd, int *usefd) {
+    recipe *r = R->r;
+    const bool lead = coll_rank() == 0;
+    int rc = cache_open(&R->c, r->cache_dir);
+    if (!rc) rc = cache_use(&R->c, usefd);
+    if (!rc && o->lock && lead) {
+        char *lp;
+        if (asprintf(&lp, "%s/locks/recipe-%s.lock", R->c.root, r->name) < 0) lp = NULL;
+        rc = fs_lock(lp, false, lockfd);
+        if (rc == ERR_LOCKED) err_set(ERR_LOCKED, "another run of recipe '%s' holds its lock (--lock): not starting", r->name);
+        if (!rc) {
+            char pid[32];
+            int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+            if (ftruncate(*lockfd, 0) == 0 && write(*lockfd, pid, (size_t)n) < 0) { /* best effort */ }
+        }
+        free(lp);
+    }
+    plan_opts po = {o->only, o->until, o->force};
+    if (!rc && lead) cache_clean_tmp(&R->c);
+    if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
+    if (!rc) rc = plan_build(&R->p, r, &R->c, &po);
+    for (int i = 0, first = 1; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++) { /* before any stage runs */
+        if (!(r->stages[i].kind->flags & STAGE_KIND_EXPORTS) || R->p.st[i].status == PLAN_SKIP) continue;
+        if (first) rc = outdir_check(outdir, r->name), first = 0;
+        if (!rc) rc = outdir_check_stage(outdir, r->stages[i].name);
+    }
+    return rc;
+}
+
+/* The run record (rank 0's; the others write their stage logs into it): its directory, the
+ * resolved recipe, events.jsonl and TensorBoard files; then the run_start event and the plan. */
+static int run_record_open(runner *R, const char *path, const run_opts *o) {
+    const recipe *r = R->r;
+    const bool lead = coll_rank() == 0;
+    int rc = 0;
+    if (lead) {
+        R->run_dir = make_run_dir(r);
+        if (!R->run_dir) rc = err_wrap("cannot create the run record directory");
+    }
+    if (!(rc = coll_agree(rc, NULL))) rc = coll_bcast_str(&R->run_dir, 0);
+    if (rc) return rc;
+    if (lead) {
+        char *y = yt_emit_json(r->resolved);
+        char *rp = fs_join(R->run_dir, "recipe.yaml");
+        fs_write_atomic(rp, y, strlen(y));
+        free(rp);
+        free(y);
+        char *ep = fs_join(R->run_dir, "events.jsonl");
+        rc = events_open(&R->ev, ep, o->json);
+        free(ep);
+        /* TensorBoard files are a view for people, as the report is: a failure warns */
+        if (!rc && r->tensorboard && tb_open(&R->tb, R->run_dir, R->ev)) {
+            warnf("TensorBoard events not written: %s", err_msg());
+            err_clear();
+        }
+    }
+    if ((rc = coll_agree(rc, NULL))) return rc;
+    json_t *ev = json_object();
+    json_object_set_new(ev, "recipe", json_string(r->name));
+    json_object_set_new(ev, "path", json_string(path));
+    json_object_set_new(ev, "device", json_string(R->p.device));
+    json_object_set_new(ev, "run_dir", json_string(R->run_dir));
+    json_object_set_new(ev, "program", version_json());
+    events_emit(R->ev, "run_start", ev);
+    if (!o->quiet && lead) plan_print(&R->p, stderr, false);
+    if (coll_world() > 1)
+        outf("data parallel: %d ranks (%s), rank 0 on %s", coll_world(), coll_launcher(), R->p.device);
+    return 0;
+}
+
+/* The stages: rank 0's hooks, the history the gates compare with, then the workers (several
+ * ranks: one worker, so every rank meets the agreements in the same order), with Ctrl-C caught
+ * while they run. *secs: the workers' wall time. */
+static int run_stages(runner *R, const run_opts *o, double *secs) {
+    const recipe *r = R->r;
+    const bool lead = coll_rank() == 0;
+    int rc = 0;
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    if (lead && hooks_open(&R->hooks, r->hooks)) rc = err_code();
+    if ((rc = coll_agree(rc, NULL))) return rc;
+    if (R->hooks) hooks_set_callbacks(R->hooks, &(lua_host_callbacks){.ud = R, .log = run_hook_log});
+    R->state = calloc((size_t)r->n_stages, sizeof *R->state);
+    R->gate_rows = json_array();
+    {
+        char *parent = fs_dirname(R->run_dir);
+        const char *self = strrchr(R->run_dir, '/');
+        R->history = runrec_history(parent, self ? self + 1 : R->run_dir, 60);
+        free(parent);
+    }
+    if ((rc = check_skipped_gates(R)) != 0) return rc; /* a failed gate there: the workers start nothing */
+    double t0 = now_s();
+    int jobs = o->jobs > 0 && coll_world() == 1 ? (int)o->jobs : 1;
+    pthread_t th[64];
+    if (jobs > 64) jobs = 64;
+    for (int j = 0; j < jobs; j++) pthread_create(&th[j], NULL, worker, R);
+    for (int j = 0; j < jobs; j++) pthread_join(th[j], NULL);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    *secs = now_s() - t0;
+    return 0;
+}
+
+/* The cache's index of this run's keys, and the exports of every stage that completed, even when
+ * a later one failed (a failure to publish is the run's failure unless it already has one). */
+static void run_publish(runner *R, const char *outdir) {
+    const recipe *r = R->r;
+    const bool lead = coll_rank() == 0;
+    json_t *keys = json_object();
+    for (int i = 0; i < r->n_stages; i++)
+        if (R->state[i] == ST_DONE) json_object_set_new(keys, r->stages[i].name, json_string(R->p.st[i].key));
+    json_t *run_keys = json_object();
+    char stamp[32];
+    utc_stamp(stamp, sizeof stamp, false);
+    json_object_set_new(run_keys, "time", json_string(stamp));
+    json_object_set_new(run_keys, "keys", keys);
+    if (lead) cache_index_run(&R->c, r->name, run_keys);
+    json_decref(run_keys);
+    for (int i = 0; lead && outdir && i < r->n_stages; i++) { /* complete exports, even when a later stage failed */
+        if (R->state[i] != ST_DONE || !(r->stages[i].kind->flags & STAGE_KIND_EXPORTS)) continue;
+        char *d = cache_artifact_dir(&R->c, r->stages[i].kind->name, R->p.st[i].key);
+        int prc = outdir_publish(outdir, r->name, r->stages[i].name, d);
+        if (!prc) {
+            outf("exports of '%s' in %s/%s", r->stages[i].name, outdir, r->stages[i].name);
+        } else if (!R->failed_rc) {
+            R->failed_rc = prc;
+            R->failed_msg = strdup(err_msg());
+        } else {
+            warnf("%s", err_msg());
+        }
+        free(d);
+    }
+}
+
+/* The end of the record: the gates, summary.json, the on_run_end hook, the run_end event and the
+ * report; none of them changes the outcome rc (or its message). */
+static void run_record_close(runner *R, int rc, double secs) {
+    const recipe *r = R->r;
+    kept_err k;
+    json_t *end = json_object();
+    json_object_set_new(end, "seconds", json_real(secs));
+    json_object_set_new(end, "ran", json_integer(R->n_ran));
+    json_object_set_new(end, "cached", json_integer(R->n_cached));
+    json_object_set_new(end, "code", json_integer(rc));
+    if (rc) json_object_set_new(end, "error", json_string(err_msg()));
+    if (r->n_gates) {
+        gates_add_unchecked(r, R->gate_rows);
+        events_emit(R->ev, "gates", json_pack("{s:O}", "gates", R->gate_rows));
+    }
+    err_keep(&k, rc);
+    json_t *sum = run_summary(R, rc, secs);
+    if (runrec_write_summary(R->run_dir, sum)) warnf("run summary not written: %s", err_msg());
+    json_decref(sum);
+    err_put_back(&k);
+    if (R->hooks && hooks_has(R->hooks, "on_run_end")) {
+        err_keep(&k, rc);
+        json_t *summary = json_deep_copy(end);
+        json_object_set_new(summary, "recipe", json_string(r->name));
+        json_object_set_new(summary, "run_dir", json_string(R->run_dir));
+        json_object_set_new(summary, "ok", json_boolean(rc == 0));
+        json_object_set(summary, "gates", R->gate_rows);
+        if (hooks_on_run_end(R->hooks, summary)) warnf("on_run_end hook: %s", err_msg());
+        json_decref(summary);
+        err_put_back(&k);
+    }
+    events_emit(R->ev, "run_end", end);
+    /* the report is for people: a failure to write it warns and never changes the outcome */
+    err_keep(&k, rc);
+    if (report_write(R->run_dir)) warnf("report.html not written: %s", err_msg());
+    err_put_back(&k);
+}
+
+/* where the final artifacts are: stages nothing else consumes */
+static void print_final_artifacts(runner *R) {
+    const recipe *r = R->r;
+    for (int i = 0; i < r->n_stages; i++) {
+        if (R->p.st[i].status == PLAN_SKIP) continue;
+        int used = 0;
+        for (int k = 0; k < r->n_stages; k++)
+            for (int q = 0; q < r->stages[k].n_refs; q++) used |= r->stages[k].refs[q].target == i;
+        if (!used) {
+            char *d = cache_artifact_dir(&R->c, r->stages[i].kind->name, R->p.st[i].key);
+            outf("  %s: %s", r->stages[i].name, d);
+            free(d);
+        }
+    }
+}
+
+static void runner_free(runner *R, int rc, int *lockfd, int *usefd) {
+    if (R->tb) {
+        kept_err k;
+        err_keep(&k, rc);
+        if (tb_close(&R->tb, R->ev)) warnf("%s", err_msg());
+        err_put_back(&k);
+    }
+    hooks_free(&R->hooks);
+    if (R->ev) events_close(&R->ev);
+    fs_unlock(lockfd);
+    fs_unlock(usefd);
+    plan_free(&R->p);
+    free(R->state);
+    free(R->failed_msg);
+    json_decref(R->history);
+    json_decref(R->gate_rows);
+    free(R->run_dir);
+    cache_close(&R->c);
+    recipe_free(&R->r);
+    pthread_mutex_destroy(&R->mu);
+    pthread_cond_destroy(&R->cv);
+}
+
 static int run_ranked(const char *path, const run_opts *o) {
     recipe *r = NULL;
     int rc = recipe_load(&r, path, (char *const *)o->sets.v, o->sets.n);
@@ -565,31 +797,9 @@ static int run_ranked(const char *path, const run_opts *o) {
     R.r = r;
     pthread_mutex_init(&R.mu, NULL);
     pthread_cond_init(&R.cv, NULL);
-    rc = cache_open(&R.c, r->cache_dir);
     int lockfd = -1, usefd = -1;
-    if (!rc) rc = cache_use(&R.c, &usefd);
-    if (!rc && o->lock && lead) {
-        char *lp;
-        if (asprintf(&lp, "%s/locks/recipe-%s.lock", R.c.root, r->name) < 0) lp = NULL;
-        rc = fs_lock(lp, false, &lockfd);
-        if (rc == ERR_LOCKED) err_set(ERR_LOCKED, "another run of recipe '%s' holds its lock (--lock): not starting", r->name);
-        if (!rc) {
-            char pid[32];
-            int n = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
-            if (ftruncate(lockfd, 0) == 0 && write(lockfd, pid, (size_t)n) < 0) { /* best effort */ }
-        }
-        free(lp);
-    }
-    plan_opts po = {o->only, o->until, o->force};
-    if (!rc && lead) cache_clean_tmp(&R.c);
-    if (!rc) rc = device_select_rank(r->device, coll_rank(), coll_local_rank(), coll_local_world());
-    if (!rc) rc = plan_build(&R.p, r, &R.c, &po);
     const char *outdir = o->out ? o->out : r->output_dir;
-    for (int i = 0, first = 1; !rc && lead && outdir && !o->dry_run && i < r->n_stages; i++) { /* before any stage runs */
-        if (!(r->stages[i].kind->flags & STAGE_KIND_EXPORTS) || R.p.st[i].status == PLAN_SKIP) continue;
-        if (first) rc = outdir_check(outdir, r->name), first = 0;
-        if (!rc) rc = outdir_check_stage(outdir, r->stages[i].name);
-    }
+    rc = run_prepare(&R, o, outdir, &lockfd, &usefd);
     rc = coll_agree(rc, NULL); /* one rank's failure is everyone's, with its message */
     if (!rc) rc = share_plan(&R);
     if (rc) goto done;
@@ -597,90 +807,10 @@ static int run_ranked(const char *path, const run_opts *o) {
         if (lead) plan_print(&R.p, stdout, false);
         goto done;
     }
-    if (lead) { /* the run record is rank 0's; the others write their stage logs into it */
-        R.run_dir = make_run_dir(r);
-        if (!R.run_dir) rc = err_wrap("cannot create the run record directory");
-    }
-    if (!(rc = coll_agree(rc, NULL))) rc = coll_bcast_str(&R.run_dir, 0);
-    if (rc) goto done;
-    if (lead) {
-        char *y = yt_emit_json(r->resolved);
-        char *rp = fs_join(R.run_dir, "recipe.yaml");
-        fs_write_atomic(rp, y, strlen(y));
-        free(rp);
-        free(y);
-        char *ep = fs_join(R.run_dir, "events.jsonl");
-        rc = events_open(&R.ev, ep, o->json);
-        free(ep);
-        /* TensorBoard files are a view for people, as the report is: a failure warns */
-        if (!rc && r->tensorboard && tb_open(&R.tb, R.run_dir, R.ev)) {
-            warnf("TensorBoard events not written: %s", err_msg());
-            err_clear();
-        }
-    }
-    if ((rc = coll_agree(rc, NULL))) goto done;
-    json_t *ev = json_object();
-    json_object_set_new(ev, "recipe", json_string(r->name));
-    json_object_set_new(ev, "path", json_string(path));
-    json_object_set_new(ev, "device", json_string(R.p.device));
-    json_object_set_new(ev, "run_dir", json_string(R.run_dir));
-    json_object_set_new(ev, "program", version_json());
-    events_emit(R.ev, "run_start", ev);
-    if (!o->quiet && lead) plan_print(&R.p, stderr, false);
-    if (coll_world() > 1)
-        outf("data parallel: %d ranks (%s), rank 0 on %s", coll_world(), coll_launcher(), R.p.device);
-
-    struct sigaction sa = {0}, old_int, old_term;
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    if (lead && hooks_open(&R.hooks, r->hooks)) rc = err_code();
-    if ((rc = coll_agree(rc, NULL))) goto done;
-    if (R.hooks) hooks_set_callbacks(R.hooks, &(lua_host_callbacks){.ud = &R, .log = run_hook_log});
-    R.state = calloc((size_t)r->n_stages, sizeof *R.state);
-    R.gate_rows = json_array();
-    {
-        char *parent = fs_dirname(R.run_dir);
-        const char *self = strrchr(R.run_dir, '/');
-        R.history = runrec_history(parent, self ? self + 1 : R.run_dir, 60);
-        free(parent);
-    }
-    if ((rc = check_skipped_gates(&R)) != 0) goto done; /* a failed gate there: the workers start nothing */
-    double t0 = now_s();
-    /* several ranks: one worker, so every rank meets the agreements in the same order */
-    int jobs = o->jobs > 0 && coll_world() == 1 ? (int)o->jobs : 1;
-    pthread_t th[64];
-    if (jobs > 64) jobs = 64;
-    for (int j = 0; j < jobs; j++) pthread_create(&th[j], NULL, worker, &R);
-    for (int j = 0; j < jobs; j++) pthread_join(th[j], NULL);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    double secs = now_s() - t0;
-
-    json_t *keys = json_object();
-    for (int i = 0; i < r->n_stages; i++)
-        if (R.state[i] == ST_DONE) json_object_set_new(keys, r->stages[i].name, json_string(R.p.st[i].key));
-    json_t *run_keys = json_object();
-    char stamp[32];
-    utc_stamp(stamp, sizeof stamp, false);
-    json_object_set_new(run_keys, "time", json_string(stamp));
-    json_object_set_new(run_keys, "keys", keys);
-    if (lead) cache_index_run(&R.c, r->name, run_keys);
-    json_decref(run_keys);
-    for (int i = 0; lead && outdir && i < r->n_stages; i++) { /* complete exports, even when a later stage failed */
-        if (R.state[i] != ST_DONE || !(r->stages[i].kind->flags & STAGE_KIND_EXPORTS)) continue;
-        char *d = cache_artifact_dir(&R.c, r->stages[i].kind->name, R.p.st[i].key);
-        int prc = outdir_publish(outdir, r->name, r->stages[i].name, d);
-        if (!prc) {
-            outf("exports of '%s' in %s/%s", r->stages[i].name, outdir, r->stages[i].name);
-        } else if (!R.failed_rc) {
-            R.failed_rc = prc;
-            R.failed_msg = strdup(err_msg());
-        } else {
-            warnf("%s", err_msg());
-        }
-        free(d);
-    }
+    if ((rc = run_record_open(&R, path, o))) goto done;
+    double secs = 0;
+    if ((rc = run_stages(&R, o, &secs))) goto done;
+    run_publish(&R, outdir);
 
     if (R.failed_rc) {
         rc = R.failed_rc;
@@ -688,84 +818,13 @@ static int run_ranked(const char *path, const run_opts *o) {
     } else if (interrupted && coll_world() == 1) {
         rc = err_set(ERR_INTERRUPTED, "interrupted: the next run resumes where this one stopped");
     }
-    json_t *end = json_object();
-    json_object_set_new(end, "seconds", json_real(secs));
-    json_object_set_new(end, "ran", json_integer(R.n_ran));
-    json_object_set_new(end, "cached", json_integer(R.n_cached));
-    json_object_set_new(end, "code", json_integer(rc));
-    if (rc) json_object_set_new(end, "error", json_string(err_msg()));
-    if (r->n_gates) {
-        gates_add_unchecked(r, R.gate_rows);
-        events_emit(R.ev, "gates", json_pack("{s:O}", "gates", R.gate_rows));
-    }
-    {
-        char msg[4096];
-        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
-        json_t *sum = run_summary(&R, rc, secs);
-        if (runrec_write_summary(R.run_dir, sum)) warnf("run summary not written: %s", err_msg());
-        json_decref(sum);
-        if (rc) err_set(rc, "%s", msg);
-        else err_clear();
-    }
-    if (R.hooks && hooks_has(R.hooks, "on_run_end")) {
-        char msg[4096];
-        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
-        json_t *summary = json_deep_copy(end);
-        json_object_set_new(summary, "recipe", json_string(r->name));
-        json_object_set_new(summary, "run_dir", json_string(R.run_dir));
-        json_object_set_new(summary, "ok", json_boolean(rc == 0));
-        json_object_set(summary, "gates", R.gate_rows);
-        if (hooks_on_run_end(R.hooks, summary)) warnf("on_run_end hook: %s", err_msg());
-        json_decref(summary);
-        if (rc) err_set(rc, "%s", msg);
-        else err_clear();
-    }
-    events_emit(R.ev, "run_end", end);
-    {
-        /* the report is for people: a failure to write it warns and never changes the outcome */
-        char msg[4096];
-        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
-        if (report_write(R.run_dir)) warnf("report.html not written: %s", err_msg());
-        if (rc) err_set(rc, "%s", msg);
-        else err_clear();
-    }
+    run_record_close(&R, rc, secs);
     if (!rc) {
         outf("done in %.1f s: %d ran, %d cached; run record in %s", secs, R.n_ran, R.n_cached, R.run_dir);
-        /* where the final artifacts are: stages nothing else consumes */
-        for (int i = 0; i < r->n_stages; i++) {
-            if (R.p.st[i].status == PLAN_SKIP) continue;
-            int used = 0;
-            for (int k = 0; k < r->n_stages; k++)
-                for (int q = 0; q < r->stages[k].n_refs; q++) used |= r->stages[k].refs[q].target == i;
-            if (!used) {
-                char *d = cache_artifact_dir(&R.c, r->stages[i].kind->name, R.p.st[i].key);
-                outf("  %s: %s", r->stages[i].name, d);
-                free(d);
-            }
-        }
+        print_final_artifacts(&R);
     }
 done:
-    if (R.tb) {
-        char msg[4096];
-        snprintf(msg, sizeof msg, "%s", rc ? err_msg() : "");
-        if (tb_close(&R.tb, R.ev)) warnf("%s", err_msg());
-        if (rc) err_set(rc, "%s", msg);
-        else err_clear();
-    }
-    hooks_free(&R.hooks);
-    if (R.ev) events_close(&R.ev);
-    fs_unlock(&lockfd);
-    fs_unlock(&usefd);
-    plan_free(&R.p);
-    free(R.state);
-    free(R.failed_msg);
-    json_decref(R.history);
-    json_decref(R.gate_rows);
-    free(R.run_dir);
-    cache_close(&R.c);
-    recipe_free(&r);
-    pthread_mutex_destroy(&R.mu);
-    pthread_cond_destroy(&R.cv);
+    runner_free(&R, rc, &lockfd, &usefd);
     return rc;
 }
 

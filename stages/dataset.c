@@ -554,80 +554,171 @@ static void report_losses(stage_ctx *c, const json_t *stats) {
                        100.0 * (double)(trunc + longr + nolab) / (double)read, len, trunc, longr + nolab);
 }
 
+/* the build's options from the stage's parameters */
+static void dataset_opts_of(stage_ctx *c, dataset_opts *o) {
+    const char *fmt = stage_str(c, "format");
+    o->format = !strcmp(fmt, "chat")         ? DATASET_FORMAT_CHAT
+                : !strcmp(fmt, "completion") ? DATASET_FORMAT_COMPLETION
+                : !strcmp(fmt, "lua")        ? DATASET_FORMAT_LUA
+                                             : DATASET_FORMAT_ALPACA;
+    o->sequence_len = stage_int(c, "sequence_len");
+    o->drop_long = !strcmp(stage_str(c, "truncation"), "drop");
+    o->train_on_inputs = stage_bool(c, "train_on_inputs");
+    o->sample_packing = stage_bool(c, "sample_packing");
+    o->val_set_size = stage_float(c, "val_set_size");
+    o->shuffle = stage_bool(c, "shuffle");
+    json_t *seed = stage_json(c, "seed");
+    o->seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : c->seed;
+    o->skip_errors = !strcmp(stage_str(c, "on_error"), "skip");
+    o->max_records = stage_int(c, "max_records");
+    o->jobs = c->jobs > 0 ? c->jobs : 1;
+    o->hook_args = stage_json(c, "hook_args");
+}
+
+/* the data hooks: the recipe's, with the stage's format_hook and generator bound over them */
+static int dataset_hooks_open(stage_ctx *c, hooks **hk) {
+    json_t *spec = data_hooks_spec(c->hooks);
+    int rc = hooks_open(hk, spec);
+    json_decref(spec);
+    char *fh = stage_path(c, "format_hook"), *gen = stage_path(c, "generator");
+    if (!rc && fh) rc = hooks_bind(*hk, "format", fh);
+    if (!rc && gen) rc = hooks_bind(*hk, "generate", gen);
+    free(fh);
+    free(gen);
+    return rc;
+}
+
+/* Where the records come from: a mix of entries (parts), a whole hub dataset's split, one URL, or
+ * local paths; none with a generator. */
+typedef struct data_sources {
+    char **paths, *fetched;
+    size_t n_paths;
+    hub_dataset hd;
+    bool whole; /* paths are hd's */
+    part_src *psrc;
+    dataset_part *parts;
+    size_t n_parts;
+} data_sources;
+
+static int data_sources_open(stage_ctx *c, dataset_opts *o, data_sources *d) {
+    char *hrepo = NULL, *hrev = NULL;
+    d->whole = hub_dataset_url(stage_str(c, "url"), &hrepo, &hrev);
+    free(hrepo);
+    free(hrev);
+    int rc = 0;
+    bool mixed = json_array_size(stage_json(c, "datasets")) || stage_str(c, "field_instruction") ||
+                 stage_str(c, "field_input") || stage_str(c, "field_output") || stage_str(c, "field");
+    if (mixed) {
+        d->whole = false;
+        rc = build_parts(c, &d->psrc, &d->parts, &d->n_parts);
+        if (!rc && json_array_size(stage_json(c, "datasets"))) o->max_records = 0; /* per entry */
+        else if (!rc) d->parts[0].max_records = o->max_records, o->max_records = 0;
+    } else if (d->whole) {
+        hub_dataset *hd = &d->hd;
+        rc = resolve_hub_dataset(c->params, true, c, hd);
+        stage_progress_done(c);
+        if (!rc) {
+            stage_logf(c, "hub dataset %s: config '%s', split '%s', %s at commit %.12s: %d file(s)", hd->repo, hd->config,
+                       hd->split, hd->revision, hd->commit, hd->n_files);
+            if (!c->report) c->report = json_object();
+            json_object_set_new(c->report, "hub_dataset", hub_dataset_json(hd));
+            d->paths = hd->local;
+            d->n_paths = (size_t)hd->n_files;
+        }
+    } else if (stage_str(c, "url")) {
+        rc = fetch_url(c, stage_str(c, "url"), &d->fetched);
+        if (!rc) {
+            d->paths = &d->fetched;
+            d->n_paths = 1;
+        }
+    } else if (stage_json(c, "path") && !json_is_null(stage_json(c, "path")) && !stage_str(c, "generator")) {
+        rc = resolve_paths(c, stage_json(c, "path"), &d->paths, &d->n_paths);
+    }
+    return rc;
+}
+
+static void data_sources_free(data_sources *d) {
+    for (size_t i = 0; i < d->n_parts; i++) part_src_free(&d->psrc[i]);
+    free(d->psrc);
+    free(d->parts);
+    if (d->paths == &d->fetched) free(d->fetched);
+    else if (d->whole) hub_dataset_free(&d->hd);
+    else dataset_paths_free(&d->paths, d->n_paths);
+}
+
+/* The chat keys: the stage's, or in a mix whose stage is not chat, the first chat entry's; that
+ * Jinja template serves every chat entry. *chat_file: the template file, kept until the build has
+ * written meta.json. */
+static int dataset_chat_setup(stage_ctx *c, const stage_input *in, dataset_opts *o, const data_sources *d,
+                              tokenizer *t, dataset_chat *chat, char **chat_file) {
+    const json_t *cp = c->params;
+    for (size_t i = 0; o->format != DATASET_FORMAT_CHAT && i < d->n_parts; i++)
+        if (d->parts[i].format == DATASET_FORMAT_CHAT) {
+            cp = d->psrc[i].params;
+            break;
+        }
+    const char *cf = json_string_value(json_object_get(cp, "chat_template_file"));
+    char *dir = fs_join(in->dir, "model"), line[1024];
+    char *file = stage_recipe_path(c, cf);
+    bool jinja;
+    const char *builtin;
+    int rc = chat_opts_load(cp, file, dir, t, chat, &jinja, &builtin, line, sizeof line);
+    if (rc) err_wrap("%s", c->name);
+    else stage_logf(c, "%s", line);
+    if (!rc && jinja) o->chat = &chat->o, o->chat_file = *chat_file = file, file = NULL;
+    if (!rc && !jinja) rc = check_template_tokens(t, builtin, in->stage);
+    o->chat_template = !strcmp(builtin, "llama-2") ? DATASET_CHAT_LLAMA2
+                       : !strcmp(builtin, "chatml") ? DATASET_CHAT_CHATML
+                                                    : DATASET_CHAT_LLAMA3;
+    free(dir);
+    free(file);
+    return rc;
+}
+
+/* the build itself, then its figures in the log, the loss warnings and the report */
+static int dataset_build_report(stage_ctx *c, const dataset_opts *o, const data_sources *d, hooks *hk,
+                                tokenizer *t) {
+    dataset_source src = {0};
+    dataset_type_parse(stage_str(c, "type"), &src.type);
+    dataset_tokenizer tok;
+    dataset_tokenizer_of(t, &tok);
+    src.paths = d->paths;
+    src.n_paths = d->n_paths;
+    src.hooks = hk;
+    src.parts = d->parts;
+    src.n_parts = d->n_parts;
+    json_t *stats = NULL;
+    dataset_callbacks cb = {.ud = c, .log = on_log, .metric = on_metric, .progress = on_progress,
+                            .progress_done = on_progress_done, .interrupted = on_interrupted};
+    int rc = dataset_build(o, &src, &tok, c->out_dir, &cb, &stats);
+    if (!rc) {
+        stage_logf(c, "%lld records -> %lld sequences, %lld tokens (%.1f%% masked), packing efficiency %.1f%%",
+                   (long long)json_integer_value(json_object_get(stats, "records_read")),
+                   (long long)json_integer_value(json_object_get(stats, "sequences")),
+                   (long long)json_integer_value(json_object_get(stats, "tokens")),
+                   100 * json_number_value(json_object_get(stats, "masked_share")),
+                   100 * json_number_value(json_object_get(stats, "packing_efficiency")));
+        report_losses(c, stats);
+        if (!c->report) c->report = json_object();
+        json_object_set_new(c->report, "dataset", stats);
+    }
+    return rc;
+}
+
 static int dataset_run(stage_ctx *c) {
     const stage_input *in = stage_input_get(c, "model");
     if (!in) return err_set(ERR_RECIPE, "%s: needs a model input (model: <stage>)", c->name);
     dataset_opts o = {0};
-    const char *fmt = stage_str(c, "format");
-    o.format = !strcmp(fmt, "chat")         ? DATASET_FORMAT_CHAT
-               : !strcmp(fmt, "completion") ? DATASET_FORMAT_COMPLETION
-               : !strcmp(fmt, "lua")        ? DATASET_FORMAT_LUA
-                                            : DATASET_FORMAT_ALPACA;
-    o.sequence_len = stage_int(c, "sequence_len");
-    o.drop_long = !strcmp(stage_str(c, "truncation"), "drop");
-    o.train_on_inputs = stage_bool(c, "train_on_inputs");
-    o.sample_packing = stage_bool(c, "sample_packing");
-    o.val_set_size = stage_float(c, "val_set_size");
-    o.shuffle = stage_bool(c, "shuffle");
-    json_t *seed = stage_json(c, "seed");
-    o.seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : c->seed;
-    o.skip_errors = !strcmp(stage_str(c, "on_error"), "skip");
-    o.max_records = stage_int(c, "max_records");
-    o.jobs = c->jobs > 0 ? c->jobs : 1;
-    o.hook_args = stage_json(c, "hook_args");
-
-    dataset_source src = {0};
-    dataset_type_parse(stage_str(c, "type"), &src.type);
-    char **paths = NULL, *fetched = NULL;
-    size_t n_paths = 0;
+    dataset_opts_of(c, &o);
     hooks *hk = NULL;
     tokenizer *t = NULL;
-    json_t *spec = data_hooks_spec(c->hooks);
-    int rc = hooks_open(&hk, spec);
-    json_decref(spec);
-    char *fh = stage_path(c, "format_hook"), *gen = stage_path(c, "generator");
-    if (!rc && fh) rc = hooks_bind(hk, "format", fh);
-    if (!rc && gen) rc = hooks_bind(hk, "generate", gen);
-    free(fh);
-    free(gen);
-    hub_dataset hd = {0};
-    char *hrepo = NULL, *hrev = NULL;
-    bool whole = hub_dataset_url(stage_str(c, "url"), &hrepo, &hrev);
-    free(hrepo);
-    free(hrev);
-    part_src *psrc = NULL;
-    dataset_part *parts = NULL;
-    size_t n_parts = 0;
-    bool mixed = json_array_size(stage_json(c, "datasets")) || stage_str(c, "field_instruction") ||
-                 stage_str(c, "field_input") || stage_str(c, "field_output") || stage_str(c, "field");
-    if (!rc && mixed) {
-        whole = false;
-        rc = build_parts(c, &psrc, &parts, &n_parts);
-        if (!rc && json_array_size(stage_json(c, "datasets"))) o.max_records = 0; /* per entry */
-        else if (!rc) parts[0].max_records = o.max_records, o.max_records = 0;
-    } else if (!rc && whole) {
-        rc = resolve_hub_dataset(c->params, true, c, &hd);
-        stage_progress_done(c);
-        if (!rc) {
-            stage_logf(c, "hub dataset %s: config '%s', split '%s', %s at commit %.12s: %d file(s)", hd.repo, hd.config,
-                       hd.split, hd.revision, hd.commit, hd.n_files);
-            if (!c->report) c->report = json_object();
-            json_object_set_new(c->report, "hub_dataset", hub_dataset_json(&hd));
-            paths = hd.local;
-            n_paths = (size_t)hd.n_files;
-        }
-    } else if (!rc && stage_str(c, "url")) {
-        rc = fetch_url(c, stage_str(c, "url"), &fetched);
-        if (!rc) {
-            paths = &fetched;
-            n_paths = 1;
-        }
-    } else if (!rc && stage_json(c, "path") && !json_is_null(stage_json(c, "path")) && !stage_str(c, "generator")) {
-        rc = resolve_paths(c, stage_json(c, "path"), &paths, &n_paths);
-    }
+    data_sources d = {0};
+    int rc = dataset_hooks_open(c, &hk);
+    if (!rc) rc = data_sources_open(c, &o, &d);
     if (!rc && o.format != DATASET_FORMAT_LUA && hooks_has(hk, "format"))
-        stage_logf(c, "note: hooks.format is set but format is %s, so the hook is not used here (format: lua uses it)", fmt);
-    if (!rc && n_paths == 0 && !n_parts && !hooks_has(hk, "generate"))
+        stage_logf(c, "note: hooks.format is set but format is %s, so the hook is not used here (format: lua uses it)",
+                   stage_str(c, "format"));
+    if (!rc && d.n_paths == 0 && !d.n_parts && !hooks_has(hk, "generate"))
         rc = err_set(ERR_RECIPE, "%s: no data: set path, url or generator (or hooks.generate in the recipe)", c->name);
     if (!rc) {
         char *dir = fs_join(in->dir, "model");
@@ -638,67 +729,15 @@ static int dataset_run(stage_ctx *c) {
     dataset_chat chat = {0};
     char *chat_file = NULL; /* kept until the build has written meta.json */
     bool any_chat = o.format == DATASET_FORMAT_CHAT;
-    for (size_t i = 0; i < n_parts; i++) any_chat |= parts[i].format == DATASET_FORMAT_CHAT;
-    if (!rc && any_chat) {
-        /* the chat keys: the stage's, or in a mix whose stage is not chat, the first chat entry's;
-         * that Jinja template serves every chat entry */
-        const json_t *cp = c->params;
-        for (size_t i = 0; o.format != DATASET_FORMAT_CHAT && i < n_parts; i++)
-            if (parts[i].format == DATASET_FORMAT_CHAT) {
-                cp = psrc[i].params;
-                break;
-            }
-        const char *cf = json_string_value(json_object_get(cp, "chat_template_file"));
-        char *dir = fs_join(in->dir, "model"), line[1024];
-        char *file = stage_recipe_path(c, cf);
-        bool jinja;
-        const char *builtin;
-        rc = chat_opts_load(cp, file, dir, t, &chat, &jinja, &builtin, line, sizeof line);
-        if (rc) err_wrap("%s", c->name);
-        else stage_logf(c, "%s", line);
-        if (!rc && jinja) o.chat = &chat.o, o.chat_file = chat_file = file, file = NULL;
-        if (!rc && !jinja) rc = check_template_tokens(t, builtin, in->stage);
-        o.chat_template = !strcmp(builtin, "llama-2") ? DATASET_CHAT_LLAMA2
-                          : !strcmp(builtin, "chatml") ? DATASET_CHAT_CHATML
-                                                       : DATASET_CHAT_LLAMA3;
-        free(dir);
-        free(file);
-    }
-    if (!rc) {
-        dataset_tokenizer tok;
-        dataset_tokenizer_of(t, &tok);
-        src.paths = paths;
-        src.n_paths = n_paths;
-        src.hooks = hk;
-        src.parts = parts;
-        src.n_parts = n_parts;
-        json_t *stats = NULL;
-        dataset_callbacks cb = {.ud = c, .log = on_log, .metric = on_metric, .progress = on_progress,
-                                .progress_done = on_progress_done, .interrupted = on_interrupted};
-        rc = dataset_build(&o, &src, &tok, c->out_dir, &cb, &stats);
-        if (!rc) {
-            stage_logf(c, "%lld records -> %lld sequences, %lld tokens (%.1f%% masked), packing efficiency %.1f%%",
-                       (long long)json_integer_value(json_object_get(stats, "records_read")),
-                       (long long)json_integer_value(json_object_get(stats, "sequences")),
-                       (long long)json_integer_value(json_object_get(stats, "tokens")),
-                       100 * json_number_value(json_object_get(stats, "masked_share")),
-                       100 * json_number_value(json_object_get(stats, "packing_efficiency")));
-            report_losses(c, stats);
-            if (!c->report) c->report = json_object();
-            json_object_set_new(c->report, "dataset", stats);
-        }
-    }
+    for (size_t i = 0; i < d.n_parts; i++) any_chat |= d.parts[i].format == DATASET_FORMAT_CHAT;
+    if (!rc && any_chat) rc = dataset_chat_setup(c, in, &o, &d, t, &chat, &chat_file);
+    if (!rc) rc = dataset_build_report(c, &o, &d, hk, t);
     chat_opts_free(&chat);
     free(chat_file);
     if (!rc) stage_note_hook_files(c, hk, "format|generate");
     tokenizer_free(&t);
     hooks_free(&hk);
-    for (size_t i = 0; i < n_parts; i++) part_src_free(&psrc[i]);
-    free(psrc);
-    free(parts);
-    if (paths == &fetched) free(fetched);
-    else if (whole) hub_dataset_free(&hd);
-    else dataset_paths_free(&paths, n_paths);
+    data_sources_free(&d);
     return rc;
 }
 

@@ -857,6 +857,158 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
     return rc;
 }
 
+/* Prompts are formatted as the data was (the dataset artifact's meta.json, *dfmt, says how): the
+ * recipe's format hook, else the data's format hook, chat template or built-in alpaca format,
+ * with the same ctx.args. The chat options point into *dfmt, which the caller frees last. */
+static int eval_formatting(stage_ctx *ctx, eval_state *e, const char *mdir, json_t **dfmt_out) {
+    int rc;
+    json_t *dfmt = NULL;
+    const stage_input *fin = stage_input_get(ctx, "data");
+    if (fin && (rc = train_data_formatting(fin->dir, &dfmt))) return rc;
+    *dfmt_out = dfmt;
+    const char *dformat = json_string_value(json_object_get(dfmt, "format"));
+    const char *dhook = json_string_value(json_object_get(dfmt, "format_hook"));
+    if (!hooks_has(e->hooks, "format") && dformat && !strcmp(dformat, "lua") && dhook &&
+        (rc = hooks_bind(e->hooks, "format", dhook)))
+        return rc;
+    e->alpaca = dformat && !strcmp(dformat, "alpaca");
+    if (dformat && !strcmp(dformat, "chat")) {
+        /* the Jinja template the data was rendered with, when it was one (docs/chat-templates.md) */
+        const char *dtpl = json_string_value(json_object_get(dfmt, "chat_template"));
+        const char *dfile = json_string_value(json_object_get(dfmt, "chat_template_file")); /* absolute */
+        if (dtpl && (!strcmp(dtpl, "tokenizer_default") || !strcmp(dtpl, "file")) &&
+            (rc = chat_template_load(&e->chat, mdir, dfile)))
+            return rc;
+        json_t *mp = json_object_get(dfmt, "message_property_mappings");
+        json_t *kw = json_object_get(dfmt, "chat_template_kwargs");
+        e->chat_o = (chat_format_opts){.tpl = e->chat,
+                                       .field_messages = json_string_value(json_object_get(dfmt, "field_messages")),
+                                       .role_key = json_string_value(json_object_get(mp, "role")),
+                                       .content_key = json_string_value(json_object_get(mp, "content")),
+                                       .kwargs = json_is_object(kw) ? kw : NULL};
+    }
+    e->chat_builtin = !e->chat && dformat && !strcmp(dformat, "chat");
+    if (e->chat_builtin) {
+        const char *btpl = json_string_value(json_object_get(dfmt, "chat_template"));
+        if ((rc = dataset_chat_template_from_name(btpl ? btpl : "llama-3", &e->chat_builtin_tpl))) return rc;
+    }
+    int32_t bos = tokenizer_bos(e->tok), eos = tokenizer_eos(e->tok);
+    const char *bos_t = bos >= 0 ? tokenizer_token(e->tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e->tok, eos) : NULL;
+    json_t *dargs = json_object_get(dfmt, "hook_args");
+    e->fmt_ctx = json_pack("{s:s, s:s, s:s, s:s, s:b, s:O}", "stage", ctx->name, "purpose", "evaluate", "bos_token",
+                           bos_t ? bos_t : "", "eos_token", eos_t ? eos_t : "", "train_on_inputs", 0, "args",
+                           dargs ? dargs : json_null());
+    if (json_is_integer(json_object_get(dfmt, "sequence_len")))
+        json_object_set(e->fmt_ctx, "sequence_len", json_object_get(dfmt, "sequence_len"));
+    hooks_set_callbacks(e->hooks, &(lua_host_callbacks){.ud = e, .tokenize = cb_tokenize, .metric = cb_metric,
+                                                         .log = cb_log});
+    return 0;
+}
+
+/* The sampling and stopping options of the generations; returns the stop list (the caller frees
+ * it; its strings belong to the stage's parameters). */
+static const char **eval_gen_opts(stage_ctx *ctx, eval_state *e) {
+    json_t *seed = stage_json(ctx, "seed"), *stop = stage_json(ctx, "stop");
+    const char **stops = calloc(json_array_size(stop) + 1, sizeof *stops);
+    for (size_t i = 0; i < json_array_size(stop); i++) stops[i] = json_string_value(json_array_get(stop, i));
+    e->gen = (gen_opts){.sample = {.temperature = (float)stage_float(ctx, "temperature"),
+                                   .top_k = (int)stage_int(ctx, "top_k"),
+                                   .top_p = (float)stage_float(ctx, "top_p"),
+                                   .repetition_penalty = (float)stage_float(ctx, "repetition_penalty"),
+                                   .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed},
+                        .max_new_tokens = (int)stage_int(ctx, "max_new_tokens"),
+                        .eos_id = tokenizer_eos(e->tok),
+                        .stop = stops,
+                        .n_stop = (int)json_array_size(stop)};
+    return stops;
+}
+
+/* Every dataset input's val split into sets[] (sides[] names them), the longest row into
+ * *max_row; the data input's records also give prompts to score. */
+static int eval_open_sets(stage_ctx *ctx, eval_state *e, train_data *sets, side *sides, int *n_sets_out,
+                          int64_t *max_row_out) {
+    int rc;
+    int n_sets = 0;
+    int64_t max_row = *max_row_out;
+    for (int k = 0; k < ctx->n_inputs; k++) {
+        if (strcmp(ctx->inputs[k].kind, "dataset")) continue;
+        if (train_data_open(&sets[n_sets], ctx->inputs[k].dir, "val")) {
+            stage_logf(ctx, "note: dataset '%s' has no val split: %s", ctx->inputs[k].stage, err_msg());
+            err_clear();
+            continue;
+        }
+        if (sets[n_sets].n_rows == 0) {
+            train_data_free(&sets[n_sets]);
+            continue;
+        }
+        for (int64_t r = 0; r < sets[n_sets].n_rows; r++)
+            if (sets[n_sets].rows[r + 1] - sets[n_sets].rows[r] > max_row)
+                max_row = sets[n_sets].rows[r + 1] - sets[n_sets].rows[r];
+        sides[n_sets] = (side){.name = ctx->inputs[k].stage};
+        if (!strcmp(ctx->inputs[k].role, "data") &&
+            (rc = add_val_sequences(e, &sets[n_sets], ctx->inputs[k].dir,
+                                    (int64_t)e->n_items + stage_int(ctx, "score_records")))) {
+            *n_sets_out = n_sets + 1; /* freed by the caller */
+            return rc;
+        }
+        n_sets++;
+    }
+    *n_sets_out = n_sets;
+    *max_row_out = max_row;
+    return 0;
+}
+
+/* The results: one table, base and tuned side by side (val losses, scores, generations, tasks),
+ * logged, as metrics, in results.json, as the stage's report and event, and to the on_eval hook. */
+static int eval_write_results(stage_ctx *ctx, eval_state *e, const ops_table *ops, json_t *gens,
+                              json_t *task_results, side *sides, int n_sets, bool base, bool tuned, int score_n,
+                              const double *score, json_t **results_out) {
+    int rc;
+    bool has_tasks = json_array_size(stage_json(ctx, "tasks")) > 0;
+    json_t *results = json_object();
+    *results_out = results; /* freed by the caller */
+    json_t *losses = json_object();
+    for (int k = 0; k < n_sets; k++) {
+        json_t *row = json_pack("{s:I}", "tokens", (json_int_t)sides[k].tokens);
+        if (base) json_object_set_new(row, "base", json_pack("{s:f, s:f}", "loss", sides[k].loss[0], "perplexity", sides[k].ppl[0]));
+        if (tuned) json_object_set_new(row, "tuned", json_pack("{s:f, s:f}", "loss", sides[k].loss[1], "perplexity", sides[k].ppl[1]));
+        json_object_set_new(losses, sides[k].name, row);
+    }
+    json_object_set_new(results, "val", losses);
+    if (score_n) {
+        json_t *s = json_pack("{s:i, s:s}", "n", score_n, "metric", hooks_has(e->hooks, "score") ? "score hook" : "exact_match");
+        if (base) json_object_set_new(s, "base", json_real(score[0]));
+        if (tuned) json_object_set_new(s, "tuned", json_real(score[1]));
+        json_object_set_new(results, "score", s);
+    }
+    json_object_set(results, "generations", gens);
+    if (has_tasks) json_object_set(results, "tasks", task_results);
+    json_object_set_new(results, "generation", json_pack("{s:i, s:f, s:i, s:f, s:f}", "max_new_tokens",
+                                                         e->gen.max_new_tokens, "temperature", e->gen.sample.temperature,
+                                                         "top_k", e->gen.sample.top_k, "top_p", e->gen.sample.top_p,
+                                                         "repetition_penalty", e->gen.sample.repetition_penalty));
+    log_table(ctx, sides, n_sets, base, tuned, score_n, score, gens);
+    if (n_sets) {
+        if (tuned) stage_metric(ctx, "val_loss", sides[0].loss[1]), stage_metric(ctx, "perplexity", sides[0].ppl[1]);
+        if (base) stage_metric(ctx, "val_loss_base", sides[0].loss[0]), stage_metric(ctx, "perplexity_base", sides[0].ppl[0]);
+    }
+    if (score_n) {
+        if (tuned) stage_metric(ctx, "score", score[1]);
+        if (base) stage_metric(ctx, "score_base", score[0]);
+    }
+    json_object_set_new(results, "environment", stage_environment(ops)); /* what produced them */
+    char *text = json_dumps(results, JSON_INDENT(2) | JSON_SORT_KEYS), *rp = fs_join(ctx->out_dir, "results.json");
+    rc = text ? fs_write_atomic(rp, text, strlen(text)) : err_set(ERR_STAGE, "cannot encode the results");
+    free(text);
+    free(rp);
+    if (rc) return rc;
+    json_decref(ctx->report);
+    ctx->report = json_incref(results);
+    stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
+    if (coll_rank() == 0 && hooks_has(e->hooks, "on_eval")) rc = hooks_on_eval(e->hooks, results);
+    return rc;
+}
+
 static int eval_run(stage_ctx *ctx) {
     const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter");
     if (!min) return err_set(ERR_STAGE, "evaluate: no model input");
@@ -878,61 +1030,9 @@ static int eval_run(stage_ctx *ctx) {
     if ((rc = device_deterministic(ops, stage_bool(ctx, "deterministic"), 1))) goto out;
     if ((rc = config_load(&cfg, mdir)) || (rc = tokenizer_load(&e.tok, mdir))) goto out;
     if ((rc = hooks_open(&e.hooks, ctx->hooks))) goto out;
-    /* prompts are formatted as the data was (the dataset artifact's meta.json says how): the
-     * recipe's format hook, else the data's format hook or built-in alpaca format, with the same
-     * ctx.args */
-    const stage_input *fin = stage_input_get(ctx, "data");
-    if (fin && (rc = train_data_formatting(fin->dir, &dfmt))) goto out;
-    const char *dformat = json_string_value(json_object_get(dfmt, "format"));
-    const char *dhook = json_string_value(json_object_get(dfmt, "format_hook"));
-    if (!hooks_has(e.hooks, "format") && dformat && !strcmp(dformat, "lua") && dhook &&
-        (rc = hooks_bind(e.hooks, "format", dhook)))
-        goto out;
-    e.alpaca = dformat && !strcmp(dformat, "alpaca");
-    if (dformat && !strcmp(dformat, "chat")) {
-        /* the Jinja template the data was rendered with, when it was one (docs/chat-templates.md) */
-        const char *dtpl = json_string_value(json_object_get(dfmt, "chat_template"));
-        const char *dfile = json_string_value(json_object_get(dfmt, "chat_template_file")); /* absolute */
-        if (dtpl && (!strcmp(dtpl, "tokenizer_default") || !strcmp(dtpl, "file")) &&
-            (rc = chat_template_load(&e.chat, mdir, dfile)))
-            goto out;
-        json_t *mp = json_object_get(dfmt, "message_property_mappings");
-        json_t *kw = json_object_get(dfmt, "chat_template_kwargs");
-        e.chat_o = (chat_format_opts){.tpl = e.chat,
-                                      .field_messages = json_string_value(json_object_get(dfmt, "field_messages")),
-                                      .role_key = json_string_value(json_object_get(mp, "role")),
-                                      .content_key = json_string_value(json_object_get(mp, "content")),
-                                      .kwargs = json_is_object(kw) ? kw : NULL};
-    }
-    e.chat_builtin = !e.chat && dformat && !strcmp(dformat, "chat");
-    if (e.chat_builtin) {
-        const char *btpl = json_string_value(json_object_get(dfmt, "chat_template"));
-        if ((rc = dataset_chat_template_from_name(btpl ? btpl : "llama-3", &e.chat_builtin_tpl))) goto out;
-    }
-    int32_t bos = tokenizer_bos(e.tok), eos = tokenizer_eos(e.tok);
-    const char *bos_t = bos >= 0 ? tokenizer_token(e.tok, bos) : NULL, *eos_t = eos >= 0 ? tokenizer_token(e.tok, eos) : NULL;
-    json_t *dargs = json_object_get(dfmt, "hook_args");
-    e.fmt_ctx = json_pack("{s:s, s:s, s:s, s:s, s:b, s:O}", "stage", ctx->name, "purpose", "evaluate", "bos_token",
-                          bos_t ? bos_t : "", "eos_token", eos_t ? eos_t : "", "train_on_inputs", 0, "args",
-                          dargs ? dargs : json_null());
-    if (json_is_integer(json_object_get(dfmt, "sequence_len")))
-        json_object_set(e.fmt_ctx, "sequence_len", json_object_get(dfmt, "sequence_len"));
-    hooks_set_callbacks(e.hooks, &(lua_host_callbacks){.ud = &e, .tokenize = cb_tokenize, .metric = cb_metric,
-                                                        .log = cb_log});
+    if ((rc = eval_formatting(ctx, &e, mdir, &dfmt))) goto out;
 
-    /* generation options */
-    json_t *seed = stage_json(ctx, "seed"), *stop = stage_json(ctx, "stop");
-    stops = calloc(json_array_size(stop) + 1, sizeof *stops);
-    for (size_t i = 0; i < json_array_size(stop); i++) stops[i] = json_string_value(json_array_get(stop, i));
-    e.gen = (gen_opts){.sample = {.temperature = (float)stage_float(ctx, "temperature"),
-                                  .top_k = (int)stage_int(ctx, "top_k"),
-                                  .top_p = (float)stage_float(ctx, "top_p"),
-                                  .repetition_penalty = (float)stage_float(ctx, "repetition_penalty"),
-                                  .seed = json_is_integer(seed) ? (uint64_t)json_integer_value(seed) : ctx->seed},
-                       .max_new_tokens = (int)stage_int(ctx, "max_new_tokens"),
-                       .eos_id = tokenizer_eos(e.tok),
-                       .stop = stops,
-                       .n_stop = (int)json_array_size(stop)};
+    stops = eval_gen_opts(ctx, &e);
 
     /* prompts: the recipe's, the file's, then val records to score */
     json_t *pr = stage_json(ctx, "prompts"), *v;
@@ -940,29 +1040,8 @@ static int eval_run(stage_ctx *ctx) {
     json_array_foreach(pr, i, v) if ((rc = add_item(&e, v, "prompts", i))) goto out;
     if (pfile && (rc = load_prompts_file(&e, pfile))) goto out;
 
-    /* datasets: every dataset input's val split */
     int64_t max_row = 1;
-    for (int k = 0; k < ctx->n_inputs; k++) {
-        if (strcmp(ctx->inputs[k].kind, "dataset")) continue;
-        if (train_data_open(&sets[n_sets], ctx->inputs[k].dir, "val")) {
-            stage_logf(ctx, "note: dataset '%s' has no val split: %s", ctx->inputs[k].stage, err_msg());
-            err_clear();
-            continue;
-        }
-        if (sets[n_sets].n_rows == 0) {
-            train_data_free(&sets[n_sets]);
-            continue;
-        }
-        for (int64_t r = 0; r < sets[n_sets].n_rows; r++)
-            if (sets[n_sets].rows[r + 1] - sets[n_sets].rows[r] > max_row)
-                max_row = sets[n_sets].rows[r + 1] - sets[n_sets].rows[r];
-        sides[n_sets] = (side){.name = ctx->inputs[k].stage};
-        if (!strcmp(ctx->inputs[k].role, "data") &&
-            (rc = add_val_sequences(&e, &sets[n_sets], ctx->inputs[k].dir,
-                                    (int64_t)e.n_items + stage_int(ctx, "score_records"))))
-            goto out;
-        n_sets++;
-    }
+    if ((rc = eval_open_sets(ctx, &e, sets, sides, &n_sets, &max_row))) goto out;
 
     if ((rc = llama_init(&e.m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
     if (ain && ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir)) ||
@@ -1001,47 +1080,7 @@ static int eval_run(stage_ctx *ctx) {
         if (has_tasks && (rc = run_tasks(ctx, e.m, e.tok, task_T, true, task_results))) goto out;
     }
 
-    /* results: one table, base and tuned side by side */
-    results = json_object();
-    json_t *losses = json_object();
-    for (int k = 0; k < n_sets; k++) {
-        json_t *row = json_pack("{s:I}", "tokens", (json_int_t)sides[k].tokens);
-        if (base) json_object_set_new(row, "base", json_pack("{s:f, s:f}", "loss", sides[k].loss[0], "perplexity", sides[k].ppl[0]));
-        if (tuned) json_object_set_new(row, "tuned", json_pack("{s:f, s:f}", "loss", sides[k].loss[1], "perplexity", sides[k].ppl[1]));
-        json_object_set_new(losses, sides[k].name, row);
-    }
-    json_object_set_new(results, "val", losses);
-    if (score_n) {
-        json_t *s = json_pack("{s:i, s:s}", "n", score_n, "metric", hooks_has(e.hooks, "score") ? "score hook" : "exact_match");
-        if (base) json_object_set_new(s, "base", json_real(score[0]));
-        if (tuned) json_object_set_new(s, "tuned", json_real(score[1]));
-        json_object_set_new(results, "score", s);
-    }
-    json_object_set(results, "generations", gens);
-    if (has_tasks) json_object_set(results, "tasks", task_results);
-    json_object_set_new(results, "generation", json_pack("{s:i, s:f, s:i, s:f, s:f}", "max_new_tokens",
-                                                         e.gen.max_new_tokens, "temperature", e.gen.sample.temperature,
-                                                         "top_k", e.gen.sample.top_k, "top_p", e.gen.sample.top_p,
-                                                         "repetition_penalty", e.gen.sample.repetition_penalty));
-    log_table(ctx, sides, n_sets, base, tuned, score_n, score, gens);
-    if (n_sets) {
-        if (tuned) stage_metric(ctx, "val_loss", sides[0].loss[1]), stage_metric(ctx, "perplexity", sides[0].ppl[1]);
-        if (base) stage_metric(ctx, "val_loss_base", sides[0].loss[0]), stage_metric(ctx, "perplexity_base", sides[0].ppl[0]);
-    }
-    if (score_n) {
-        if (tuned) stage_metric(ctx, "score", score[1]);
-        if (base) stage_metric(ctx, "score_base", score[0]);
-    }
-    json_object_set_new(results, "environment", stage_environment(ops)); /* what produced them */
-    char *text = json_dumps(results, JSON_INDENT(2) | JSON_SORT_KEYS), *rp = fs_join(ctx->out_dir, "results.json");
-    rc = text ? fs_write_atomic(rp, text, strlen(text)) : err_set(ERR_STAGE, "cannot encode the results");
-    free(text);
-    free(rp);
-    if (rc) goto out;
-    json_decref(ctx->report);
-    ctx->report = json_incref(results);
-    stage_event(ctx, "eval_results", json_deep_copy(results)); /* the event gets fields added */
-    if (coll_rank() == 0 && hooks_has(e.hooks, "on_eval")) rc = hooks_on_eval(e.hooks, results);
+    rc = eval_write_results(ctx, &e, ops, gens, task_results, sides, n_sets, base, tuned, score_n, score, &results);
 
 out:
     json_decref(task_results);

@@ -269,54 +269,39 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
                m->ckpt != LLAMA_CKPT_NONE && m->offload_inputs ? "; layer inputs in pinned host memory" : "");
 }
 
-static int train_run_stage(stage_ctx *ctx) {
-    const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter"),
-                      *din = stage_input_get(ctx, "data");
-    if (!min || !ain || !din) return err_set(ERR_STAGE, "train: missing an input (model, adapter, data)");
-    char *mdir = fs_join(min->dir, "model"), *adir = fs_join(ain->dir, "adapter");
-    char *out_adir = fs_join(ctx->out_dir, "adapter"), *lr_path = stage_path(ctx, "lr_hook");
-    char *log_path = NULL;
-    model_config cfg = {0};
-    peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
-    train_data train = {0}, val = {0};
-    bool have_val = false;
-    llama_model *m = NULL;
-    train_run run = {.ctx = ctx};
+/* The backend, deterministic mode and the gradient all-reduce's communicator, before any weight is
+ * loaded (deterministic mode is refused here where it cannot be honoured). */
+static int train_device_setup(stage_ctx *ctx, const ops_table **ops_out) {
     const ops_table *ops;
     int rc;
-
-    if ((rc = device_ops(ctx->device, &ops))) goto out;
-    /* deterministic mode: refused here, before any weight is loaded, where it cannot be honoured */
-    if ((rc = device_deterministic(ops, stage_bool(ctx, "deterministic"), coll_world()))) goto out;
+    if ((rc = device_ops(ctx->device, &ops))) return rc;
+    *ops_out = ops;
+    if ((rc = device_deterministic(ops, stage_bool(ctx, "deterministic"), coll_world()))) return rc;
     if (stage_bool(ctx, "deterministic") && ops->deterministic_set)
         stage_logf(ctx, "deterministic: every reduction in a fixed order (bit-identical on the same GPU model, "
                         "driver and build)");
     /* data parallel: the gradient all-reduce's communicator (NCCL on a GPU), before any weight is loaded */
-    if ((rc = device_collective(ops, coll_world()))) goto out;
+    if ((rc = device_collective(ops, coll_world()))) return rc;
     if (coll_nccl_active())
         stage_logf(ctx, "gradients: NCCL all-reduce over %d rank%s (rank %d, %s), in buckets on a stream of their own%s",
                    coll_world(), coll_world() == 1 ? "" : "s", coll_rank(), coll_launcher(), "");
     else if (coll_world() > 1)
         stage_logf(ctx, "gradients: MPI all-reduce over %d ranks (rank %d, %s), in buckets", coll_world(), coll_rank(),
                    coll_launcher());
-    if ((rc = config_load(&cfg, mdir))) goto out;
-    if ((rc = device_deterministic_model(ops, stage_bool(ctx, "deterministic"), (int)cfg.head_dim, mdir))) goto out;
-    if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
-    if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
-    if (train_data_open(&val, din->dir, "val") == 0) have_val = val.n_rows > 0;
-    else err_clear();
+    return 0;
+}
 
-    /* hooks: an explicit lr_hook wins over the recipe's hooks.lr */
-    if ((rc = hooks_open(&run.hooks, ctx->hooks))) goto out;
-    if (lr_path && (rc = hooks_bind(run.hooks, "lr", lr_path))) goto out;
-    hooks_set_callbacks(run.hooks, &(lua_host_callbacks){.ud = ctx, .metric = cb_metric, .log = cb_log});
-
-    stage_logf(ctx, "loading %s model (%d layers, hidden %lld) on %s", config_arch_name(cfg.arch), cfg.num_layers,
-               (long long)cfg.hidden_size, ops->name);
-    if ((rc = llama_init(&m, &cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops))) goto out;
+/* The model on the backend with the adapter attached; the AdamW state's place (host memory, this
+ * rank's shard) is set before the plan, so the plan counts it out. */
+static int train_model_load(stage_ctx *ctx, const ops_table *ops, const model_config *cfg, const char *mdir,
+                            peft_adapter *ad, const char *adir, bool shard, llama_model **out) {
+    stage_logf(ctx, "loading %s model (%d layers, hidden %lld) on %s", config_arch_name(cfg->arch), cfg->num_layers,
+               (long long)cfg->hidden_size, ops->name);
+    int rc = llama_init(out, cfg, mdir, &LLAMA_LOAD_OPTS_DEFAULT, ops);
+    if (rc) return rc;
+    llama_model *m = *out;
     /* the AdamW state off the device: placed before the plan, so the plan counts it out */
     m->adam_host = stage_bool(ctx, "optimizer_offload");
-    const bool shard = stage_bool(ctx, "shard_optimizer") && coll_world() > 1;
     if (shard) { /* the AdamW state of this rank's piece only */
         m->adam_shard_world = coll_world();
         m->adam_shard_rank = coll_rank();
@@ -324,8 +309,11 @@ static int train_run_stage(stage_ctx *ctx) {
     if (m->adam_host && !ops->own_memory) /* alloc_host is its plain allocation there */
         stage_logf(ctx, "optimizer_offload: the %s backend keeps everything in host memory already (no effect)",
                    ops->name);
-    if ((rc = llama_peft_attach(m, &ad, adir))) goto out;
+    return llama_peft_attach(m, ad, adir);
+}
 
+/* The trainer's settings from the stage's parameters. */
+static trainer_config trainer_config_of(stage_ctx *ctx, bool shard) {
     json_t *seed = stage_json(ctx, "seed");
     trainer_config tc = {
         .learning_rate = stage_float(ctx, "learning_rate"),
@@ -350,15 +338,97 @@ static int train_run_stage(stage_ctx *ctx) {
         .bucket_bytes = (int64_t)(stage_float(ctx, "grad_bucket_mb") * 1048576.0),
         .shard_optimizer = shard,
     };
+    return tc;
+}
+
+/* the longest row (tokens) of the train split and, when there is one, the validation split */
+static int64_t longest_row(const train_data *train, const train_data *val) {
+    int64_t max_row = 0;
+    for (int64_t r = 0; r < train->n_rows; r++) if (train->rows[r + 1] - train->rows[r] > max_row) max_row = train->rows[r + 1] - train->rows[r];
+    for (int64_t r = 0; val && r < val->n_rows; r++) if (val->rows[r + 1] - val->rows[r] > max_row) max_row = val->rows[r + 1] - val->rows[r];
+    return max_row;
+}
+
+/* The artifact: the trained adapter, the step log (rank 0 with a work dir) and metrics.json. */
+static int train_write_artifact(stage_ctx *ctx, const ops_table *ops, llama_model *m, peft_adapter *ad,
+                                const char *out_adir, train_run *run, const char *log_path, const trainer_result *res,
+                                bool have_val) {
+    int rc;
+    stage_note_environment(ctx, ops);
+    if ((rc = llama_peft_read(m, ad)) || (rc = peft_adapter_save(ad, out_adir))) return rc;
+    if (run->log) {
+        fclose(run->log);
+        run->log = NULL;
+        char *text = NULL, *dst = fs_join(ctx->out_dir, "train_log.jsonl");
+        size_t len = 0;
+        if (!(rc = fs_read_all(log_path, &text, &len))) rc = fs_write_atomic(dst, text, len);
+        free(text);
+        free(dst);
+        if (rc) return rc;
+    }
+    double tps = res->seconds > 0 ? (double)res->tokens / res->seconds : 0;
+    stage_metric(ctx, "steps", (double)res->steps);
+    stage_metric(ctx, "train_loss", res->final_train_loss);
+    if (have_val) {
+        stage_metric(ctx, "val_loss_start", res->first_val_loss);
+        stage_metric(ctx, "val_loss", res->final_val_loss);
+        stage_metric(ctx, "perplexity", exp(res->final_val_loss));
+    }
+    stage_metric(ctx, "train_seconds", res->seconds);
+    stage_metric(ctx, "tokens_per_s", tps);
+    if (res->resumed_from) stage_metric(ctx, "resumed_from_step", (double)res->resumed_from);
+    char *mp = fs_join(ctx->out_dir, "metrics.json");
+    char *mtext = json_dumps(ctx->metrics, JSON_INDENT(2) | JSON_SORT_KEYS);
+    rc = mtext ? fs_write_atomic(mp, mtext, strlen(mtext)) : err_set(ERR_STAGE, "cannot encode the metrics");
+    free(mtext);
+    free(mp);
+    if (!rc && have_val)
+        stage_logf(ctx, "val loss %.4f -> %.4f (%.1f%% lower), perplexity %.3f", res->first_val_loss,
+                   res->final_val_loss, 100.0 * (1.0 - res->final_val_loss / res->first_val_loss),
+                   exp(res->final_val_loss));
+    return rc;
+}
+
+static int train_run_stage(stage_ctx *ctx) {
+    const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter"),
+                      *din = stage_input_get(ctx, "data");
+    if (!min || !ain || !din) return err_set(ERR_STAGE, "train: missing an input (model, adapter, data)");
+    char *mdir = fs_join(min->dir, "model"), *adir = fs_join(ain->dir, "adapter");
+    char *out_adir = fs_join(ctx->out_dir, "adapter"), *lr_path = stage_path(ctx, "lr_hook");
+    char *log_path = NULL;
+    model_config cfg = {0};
+    peft_adapter ad = {0}; /* peft_adapter_load fills it; free is safe on a zeroed one */
+    train_data train = {0}, val = {0};
+    bool have_val = false;
+    llama_model *m = NULL;
+    train_run run = {.ctx = ctx};
+    const ops_table *ops;
+    int rc;
+
+    if ((rc = train_device_setup(ctx, &ops))) goto out;
+    if ((rc = config_load(&cfg, mdir))) goto out;
+    if ((rc = device_deterministic_model(ops, stage_bool(ctx, "deterministic"), (int)cfg.head_dim, mdir))) goto out;
+    if ((rc = peft_adapter_load(&ad, adir)) || (rc = adapter_validate(&ad, &cfg, adir))) goto out;
+    if ((rc = train_data_open(&train, din->dir, "train"))) goto out;
+    if (train_data_open(&val, din->dir, "val") == 0) have_val = val.n_rows > 0;
+    else err_clear();
+
+    /* hooks: an explicit lr_hook wins over the recipe's hooks.lr */
+    if ((rc = hooks_open(&run.hooks, ctx->hooks))) goto out;
+    if (lr_path && (rc = hooks_bind(run.hooks, "lr", lr_path))) goto out;
+    hooks_set_callbacks(run.hooks, &(lua_host_callbacks){.ud = ctx, .metric = cb_metric, .log = cb_log});
+
+    const bool shard = stage_bool(ctx, "shard_optimizer") && coll_world() > 1;
+    if ((rc = train_model_load(ctx, ops, &cfg, mdir, &ad, adir, shard, &m))) goto out;
+
+    trainer_config tc = trainer_config_of(ctx, shard);
     if (tc.micro_batch_size > train.n_rows)
         stage_warnf(ctx, "micro_batch_size %d is more than the %lld training rows: every micro-batch repeats rows "
                          "(each about %.1f times); set micro_batch_size to at most %lld (gradient_accumulation_steps "
                          "gives larger batches)",
                     tc.micro_batch_size, (long long)train.n_rows, (double)tc.micro_batch_size / (double)train.n_rows,
                     (long long)train.n_rows);
-    int64_t max_row = 0;
-    for (int64_t r = 0; r < train.n_rows; r++) if (train.rows[r + 1] - train.rows[r] > max_row) max_row = train.rows[r + 1] - train.rows[r];
-    for (int64_t r = 0; have_val && r < val.n_rows; r++) if (val.rows[r + 1] - val.rows[r] > max_row) max_row = val.rows[r + 1] - val.rows[r];
+    int64_t max_row = longest_row(&train, have_val ? &val : NULL);
     if ((rc = plan_memory(ctx, m, (int)(max_row * tc.micro_batch_size)))) goto out;
     log_device(ctx, m, (int)(max_row * tc.micro_batch_size));
 
@@ -377,39 +447,7 @@ static int train_run_stage(stage_ctx *ctx) {
     rc = trainer_run(&tc, ops, &tm, &train, have_val ? &val : NULL, &th, &res);
     if (rc) goto out;
 
-    /* the artifact */
-    stage_note_environment(ctx, ops);
-    if ((rc = llama_peft_read(m, &ad)) || (rc = peft_adapter_save(&ad, out_adir))) goto out;
-    if (run.log) {
-        fclose(run.log);
-        run.log = NULL;
-        char *text = NULL, *dst = fs_join(ctx->out_dir, "train_log.jsonl");
-        size_t len = 0;
-        if (!(rc = fs_read_all(log_path, &text, &len))) rc = fs_write_atomic(dst, text, len);
-        free(text);
-        free(dst);
-        if (rc) goto out;
-    }
-    double tps = res.seconds > 0 ? (double)res.tokens / res.seconds : 0;
-    stage_metric(ctx, "steps", (double)res.steps);
-    stage_metric(ctx, "train_loss", res.final_train_loss);
-    if (have_val) {
-        stage_metric(ctx, "val_loss_start", res.first_val_loss);
-        stage_metric(ctx, "val_loss", res.final_val_loss);
-        stage_metric(ctx, "perplexity", exp(res.final_val_loss));
-    }
-    stage_metric(ctx, "train_seconds", res.seconds);
-    stage_metric(ctx, "tokens_per_s", tps);
-    if (res.resumed_from) stage_metric(ctx, "resumed_from_step", (double)res.resumed_from);
-    char *mp = fs_join(ctx->out_dir, "metrics.json");
-    char *mtext = json_dumps(ctx->metrics, JSON_INDENT(2) | JSON_SORT_KEYS);
-    rc = mtext ? fs_write_atomic(mp, mtext, strlen(mtext)) : err_set(ERR_STAGE, "cannot encode the metrics");
-    free(mtext);
-    free(mp);
-    if (!rc && have_val)
-        stage_logf(ctx, "val loss %.4f -> %.4f (%.1f%% lower), perplexity %.3f", res.first_val_loss,
-                   res.final_val_loss, 100.0 * (1.0 - res.final_val_loss / res.first_val_loss),
-                   exp(res.final_val_loss));
+    rc = train_write_artifact(ctx, ops, m, &ad, out_adir, &run, log_path, &res, have_val);
 
 out:
     if (run.log) fclose(run.log);

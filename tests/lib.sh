@@ -4,7 +4,14 @@
 # It checks QLORA_BIN (set by ctest), and gives:
 #   W                      a temporary folder, removed at exit (kept when KEEP is set); the test
 #                          runs in it, with QLORA_CACHE=$W/cache and QLORA_RUNS=$W/runs exported
-#   fail MSG               print "FAIL: MSG" and exit 1
+#   fail MSG               print "FAIL: MSG" (on stderr) and exit 1: a test that stops at its first failure
+#   ok NAME, bad NAME      a check that passed / failed, for a test that goes on after a failure:
+#                          counted, and said ("ok   NAME" / "FAIL NAME"; bad then shows the first 30
+#                          lines of the file BAD_SHOW names, when it is set and the file exists)
+#   check NAME CMD [ARG...]
+#                          run CMD: ok NAME when it succeeds, else bad NAME
+#   checks_done            say "P passed, F failed"; its status is 1 when a check failed, so it ends
+#                          the script (or: checks_done || exit 1)
 #   dataset_recipe NAME [LINE...]
 #                          a recipe on stdout: a generated one-layer Llama ('base', the byte
 #                          tokenizer) and a dataset stage 'data' on it; each LINE is one more line
@@ -15,7 +22,25 @@
 #                          (a pattern for plain grep: basic regex); else the output is shown and the test fails
 : "${QLORA_BIN:?QLORA_BIN must name the qlora-run binary (ctest sets it)}"
 
-fail() { echo "FAIL: $*"; exit 1; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+CHECKS_PASSED=0 CHECKS_FAILED=0
+ok() { CHECKS_PASSED=$((CHECKS_PASSED + 1)); echo "ok   $*"; }
+bad() {
+    CHECKS_FAILED=$((CHECKS_FAILED + 1))
+    echo "FAIL $*"
+    if [ -n "${BAD_SHOW:-}" ] && [ -f "$BAD_SHOW" ]; then sed 's/^/    /' "$BAD_SHOW" | head -30; fi
+    return 0
+}
+check() {
+    local name=$1
+    shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+checks_done() {
+    echo "$CHECKS_PASSED passed, $CHECKS_FAILED failed"
+    [ "$CHECKS_FAILED" -eq 0 ]
+}
 
 test_init() {
     W=$(mktemp -d)

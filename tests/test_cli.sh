@@ -3,11 +3,9 @@
 # with bounds, did-you-mean, `--`, -h/--help on stdout with exit 0, misuse on stderr with exit 2.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-pass=0 fail=0
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 # expect CODE 'message regex' cmd...: exit code and a stderr line
 expect() {
   local code=$1 re=$2; shift 2
@@ -38,5 +36,4 @@ expect 3 "learning_rate" "$BIN" show "$SRC/recipes/demo.yaml" --set stages.train
 # help goes to stdout with exit 0 and lists the options from the table
 if "$BIN" generate --help 2>/dev/null | grep -q -- '--repetition-penalty R' && "$BIN" generate -h >/dev/null; then ok "--help from the table"
 else bad "generate --help lacks the table's options"; fi
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

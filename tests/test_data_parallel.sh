@@ -14,12 +14,12 @@
 # from rank 0 and one exit code.
 set -uo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 tmp=$(mktemp -d)
 mpid=""
 cleanup() { [ -n "$mpid" ] && kill "$mpid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v mpirun >/dev/null || fail "mpirun is missing: install openmpi-bin (make deps)"
 command -v node >/dev/null || fail "node is missing (make deps)"
 # CI runs as root on 2 cores: Open MPI's consent to root, and two ranks on whatever cores there are

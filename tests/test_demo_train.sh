@@ -4,12 +4,12 @@
 # clearly above the base model's; a second run finds every stage cached.
 set -euo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export QLORA_CACHE="$tmp/cache" QLORA_RUNS="$tmp/runs"
 
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 start=$(date +%s.%N)
 "$BIN" "$SRC/recipes/demo.yaml" >"$tmp/out.txt" 2>&1 || { cat "$tmp/out.txt"; fail "the demo failed"; }

@@ -4,11 +4,8 @@
 # commit, build type, CUDA and the libraries.
 set -u
 BIN=${QLORA_BIN:?}
-pass=0 fail=0
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 T=$(mktemp -d); trap 'chmod -R u+w "$T"; rm -rf "$T"' EXIT
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 secret=hf_doctorTestSecret0123456789
 HF_TOKEN=$secret HF_ENDPOINT=http://127.0.0.1:1 QLORA_CACHE=$T/cache "$BIN" doctor --timeout 2 >"$T/out" 2>&1
 rc=$?
@@ -34,5 +31,4 @@ check "--offline does not try the hub" grep -qE '^ok +hub +not checked \(--offli
 "$BIN" --version >"$T/v"
 check "--version: commit and build type" grep -qE '^qlora-run [0-9.]+ \(commit [0-9a-f]{7,}(-dirty)?, [A-Za-z]+, (CUDA sm_[0-9]+|no CUDA)' "$T/v"
 check "--version: the libraries it runs with" grep -qE '^libyaml [0-9.]+, Lua 5\.[0-9]+, libcurl [0-9.]+, jansson [0-9.]+, OpenSSL' "$T/v"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

@@ -4,12 +4,9 @@
 # results, the task files in the cache key, and bad tasks refused with their position.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-pass=0 fail=0
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 jqt() { jq -e "$@" >/dev/null; }
 cp "$SRC"/tests/recipes/tasks/* "$T/"
 cd "$T"
@@ -72,5 +69,4 @@ sed 's/format: mmmlu, path: mmlu.jsonl/format: mmlu, path: broken.jsonl/' bad1.y
 "$BIN" bad3.yaml --quiet >"$T/b3" 2>&1; rc=$?
 check "an answer out of range: exit 4 (got $rc)" test $rc -eq 4
 check "... naming the file and record" grep -q "broken.jsonl: record 0: answer index 7 is out of range (4 choices)" "$T/b3"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

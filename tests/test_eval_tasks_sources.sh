@@ -7,15 +7,12 @@
 # (cut from the left and counted).
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
 . "$SRC/tests/hub_server.sh"
 hub_init
-pass=0 fail=0
 T=$HUB_T/work
 mkdir -p "$T"
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 jqt() { jq -e "$@" >/dev/null; }
 cp "$SRC"/tests/recipes/tasks/* "$T/"
 cd "$T"
@@ -131,5 +128,5 @@ check "contexts over task_max_tokens run (rc $rc)" test $rc -eq 0
 n=$(jq '.tasks.m.base.truncated' cache/artifacts/evaluate/*/results.json)
 check "... 48 sequences cut from the left, counted ($n)" test "$n" = 48
 check "... and said in the log" grep -q "note: task m: 48 sequences longer than 300 tokens were cut from the left" long.log
-echo "$pass passed, $fail failed"
-[ -n "${KEEP:-}" ] && cp -r "$T" /tmp/evt-keep; [ $fail -eq 0 ]
+[ -n "${KEEP:-}" ] && cp -r "$T" /tmp/evt-keep
+checks_done

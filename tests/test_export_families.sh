@@ -11,11 +11,11 @@
 # says and rerun check_merged_families.py where torch is.
 set -euo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 G="$SRC/tests/golden"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v python3 >/dev/null || fail "python3 is needed to compare the merged values (make deps, or apt-get install python3)"
 header() { local n; n=$(od -An -tu8 -N8 "$1" | tr -d ' '); head -c $((8 + n)) "$1"; }
 for f in phi3 qwen3 gemma3 gemma2; do

@@ -10,11 +10,11 @@
 # check_export.py where torch is.
 set -euo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 G="$SRC/tests/golden/export"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$BIN" export --base "$G/base" --adapter "$G/adapter_list" --format peft,merged --out "$tmp/out" >"$tmp/log" 2>&1 ||
   { cat "$tmp/log"; fail "qlora-run export failed"; }

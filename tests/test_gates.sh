@@ -6,15 +6,12 @@
 # with its position.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_TEST_KINDS=1 QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs QLORA_TEST_LOG=$W/ran.log NOTIFY_FILE=$W/notes.txt
+test_init # W, QLORA_CACHE, QLORA_RUNS
+export QLORA_TEST_KINDS=1 QLORA_TEST_LOG=$W/ran.log NOTIFY_FILE=$W/notes.txt
 cp "$SRC"/tests/recipes/gates/* "$W/"
 R=$W/gated.yaml
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 ran() { if [ -f "$W/ran.log" ]; then tr '\n' ' ' < "$W/ran.log"; fi; rm -f "$W/ran.log"; }
 last_run() { echo "$(ls -d "$W"/runs/gated/* | sort | tail -n1)/"; }
 py_get() { python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print($2)" "$1"; }
@@ -116,5 +113,4 @@ out=$("$BIN" validate "$W/g4.yaml" 2>&1); rc=$?
 # 8. the README documents exit code 9
 grep -q "^| 9 | a quality gate failed" "$SRC/README.md" && ok "README documents exit 9" || bad "README exit 9"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

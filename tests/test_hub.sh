@@ -10,7 +10,8 @@
 # Retry-After, then success); a second server on 127.0.0.2 plays the CDN and logs the
 # Authorization header it receives. Run from the repo root with QLORA_BIN set (ctest does it).
 set -u
-BIN=${QLORA_BIN:-build/qlora-run}
+BIN=${QLORA_BIN:=build/qlora-run}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 NGINX=${NGINX:-/usr/sbin/nginx}
 [ -x "$NGINX" ] || { echo "FAIL: no nginx at $NGINX (make deps, or apt-get install nginx-light)"; exit 1; }
 
@@ -19,10 +20,6 @@ hub_init
 T=$HUB_T
 unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_HUB_CACHE HUGGINGFACE_HUB_CACHE HF_HUB_OFFLINE TRANSFORMERS_OFFLINE
 
-fails=0
-pass() { echo "ok   $1"; }
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
 
 TOKEN=hf_SecretTestToken0123456789
 WWW=$HUB_WWW CDN=$T/cdn
@@ -272,7 +269,7 @@ if [ -x "$DRV" ]; then
     stage "$T/art-gated" '{"repo":"org/gated"}'
     check "stage gated: exit 8, nothing linked" test "$rc" = 8 -a ! -e "$T/art-gated/model"
 else
-    fail "stage driver $DRV not built"
+    bad "stage driver $DRV not built"
 fi
 
 # 10. offline: cached snapshot served without a request; nothing cached: a clear error
@@ -307,14 +304,13 @@ if mount -t tmpfs -o size=1m tmpfs "$T/full" 2> "$T/mount.err"; then
     check "full disk: no blob under its final name" test -z "$(find "$T/full" -path '*blobs/*' ! -name '*.incomplete' -size +1000k)"
     umount "$T/full"
 else
-    fail "full disk: cannot mount a tmpfs (uid $(id -u), needs root): $(cat "$T/mount.err")"
+    bad "full disk: cannot mount a tmpfs (uid $(id -u), needs root): $(cat "$T/mount.err")"
 fi
 
 # 13. the token never appears in anything we printed
 check "token never printed" test "$(grep -c "$TOKEN" "$T/all-output")" = 0
 
-if [ $fails -gt 0 ]; then
+if [ "$CHECKS_FAILED" -gt 0 ]; then
     echo "--- last stderr:"; cat "$OUT.err"; echo "--- nginx error log:"; tail -20 "$T/logs/error.log"
-    echo "$fails failed"; exit 1
 fi
-echo "all passed"
+checks_done

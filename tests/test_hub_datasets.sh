@@ -12,13 +12,13 @@
 #     the same key and artifact; an uncached split, dataset or shard is named.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 . "$QLORA_SRC/tests/hub_server.sh"
 hub_init
 G="$QLORA_SRC/tests/golden/parquet"
 W=$HUB_T/work
 mkdir -p "$W"
 cd "$W"
-fail() { echo "FAIL: $*"; exit 1; }
 
 # push_to_hub layout at commit C1, then main moves to C2 (one more shard)
 C1=$(hub_commit_of pq-1) C2=$(hub_commit_of pq-2)

@@ -7,6 +7,7 @@
 # Fails when nginx, node, npm or the package are missing.
 set -u
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 HUB_VERSION=2.17.5
 [ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "FAIL: no nginx at ${NGINX:-/usr/sbin/nginx} (make deps, or apt-get install nginx-light)"; exit 1; }
 . "$QLORA_SRC/tests/npm_pkg.sh"
@@ -15,8 +16,6 @@ npm_pkg HUB_JS_DIR @huggingface/hub "$HUB_VERSION"
 hub_init
 T=$HUB_T
 unset HF_TOKEN HF_HUB_OFFLINE HF_HOME
-fails=0
-check() { local name=$1; shift; if "$@"; then echo "ok   $name"; else echo "FAIL $name"; fails=$((fails + 1)); fi; }
 
 # a generated model; the hub's three answers per file: resolve, tree entry, paths-info entry
 "$QLORA_BIN" init-model --out "$T/gen" --preset tiny > /dev/null 2>&1 || { echo "FAIL init-model"; exit 1; }
@@ -65,4 +64,4 @@ check "both caches have the same blob names and links" \
     test "$(cd "$A/models--org--tiny" && find blobs snapshots refs | sort; readlink snapshots/$C/*)" = \
          "$(cd "$B/models--org--tiny" && find blobs snapshots refs | sort; readlink snapshots/$C/*)"
 
-[ $fails = 0 ] && echo "all passed" || { echo "$fails failed"; exit 1; }
+checks_done

@@ -10,14 +10,12 @@
 # for a new target or endpoint, and never when a gate fails.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
 W=$(mktemp -d)
 SERVER_PID=
 cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 TOKEN=hf_test_Secret_Token_123
 # HF_HUB_DOWNLOAD_TIMEOUT: a stalled transfer is given up after this many seconds; the server is
 # slow on a loaded machine, and a test that fails on load proves nothing
@@ -144,5 +142,4 @@ for a in "$W"/cache/artifacts/attach_lora/*/; do cmp -s "$S/repos/org/adapter/ma
 [ $rc -eq 0 ] && [ $same = 1 ] && grep -q "commit/main no 200\|commit/main yes 200" "$S/requests.log" \
   && ok "another HF_ENDPOINT publishes again (the endpoint is in the key)" || bad "new endpoint: rc $rc $out $(reqs)"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

@@ -7,13 +7,10 @@
 # otherwise it is unpacked into a scratch root with dpkg -x.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 BUILD=${QLORA_BUILD:?}
 SRC=${QLORA_SRC:-$(pwd)}
-pass=0 fail=0
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
-check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
 command -v dpkg-deb >/dev/null || { echo "FAIL dpkg-deb is missing (apt-get install dpkg)"; exit 1; }
 
 # ---- make install / make uninstall ----
@@ -64,7 +61,7 @@ check "... and writes nothing" test ! -e "$RO"
 cpack --config "$BUILD/CPackConfig.cmake" -B "$T/pkg" >"$T/cpack.log" 2>&1
 deb=$(ls "$T"/pkg/qlora-run_*.deb 2>/dev/null | head -1)
 check "cpack builds the .deb" test -n "$deb"
-[ -n "$deb" ] || { cat "$T/cpack.log"; echo "$pass passed, $fail failed"; exit 1; }
+[ -n "$deb" ] || { cat "$T/cpack.log"; checks_done; exit 1; }
 dep=$(dpkg-deb -f "$deb" Depends)
 for lib in libyaml-0-2 liblua5.4-0 libcurl4 libjansson4 libpcre2-8-0 libxxhash0 libssl3; do
   check "Depends names $lib" grep -q "$lib" <<<"$dep"
@@ -92,5 +89,4 @@ else
   check "the unpacked demo recipe validates" "$T/root/usr/bin/qlora-run" validate "$T/root/usr/share/qlora-run/recipes/demo.yaml"
   check "the demo runs from the unpacked files" run_demo "$T/root/usr/bin/qlora-run" "$T/root/usr/share/qlora-run"
 fi
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

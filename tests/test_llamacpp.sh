@@ -19,6 +19,7 @@
 # Skips (exit 0) only when the npm registry cannot be reached.
 set -uo pipefail
 : "${QLORA_BIN:?}" "${QLORA_BUILD:?}" "${QLORA_SRC:=.}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 . "$QLORA_SRC/tests/npm_pkg.sh"
 export NODE_LLAMA_CPP_SKIP_DOWNLOAD=true
 npm_pkg LLAMACPP_DIR node-llama-cpp 3.22.1 @node-llama-cpp/linux-x64@3.22.1 --omit=optional --ignore-scripts
@@ -28,8 +29,6 @@ NM="$LLAMACPP_DIR/node_modules"
 GREEDY="$QLORA_SRC/tests/llamacpp_greedy.mjs"
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-fail=0
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 PROMPT="72 101 108 108 111 44 32 119 111 114 108 100"
 N=16
 
@@ -133,5 +132,5 @@ else
   bad "the demo recipe failed: $(tail -3 "$D/log")"
 fi
 
-[ $fail -eq 0 ] && echo "llama.cpp: all families agree" || echo "$fail failure(s)"
-[ $fail -eq 0 ]
+[ $CHECKS_FAILED -eq 0 ] && echo "llama.cpp: all families agree" || echo "$CHECKS_FAILED failure(s)"
+[ $CHECKS_FAILED -eq 0 ]

@@ -3,13 +3,12 @@
 # program as a user runs it. Each check names its item; every one failed before its fix.
 set -uo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
+BAD_SHOW=out.txt # bad shows the output of the last run
 W=$(mktemp -d)
 trap 'chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"' EXIT
 export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
 cd "$W"
-pass=0 failed=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { failed=$((failed+1)); echo "FAIL $*"; [ -f out.txt ] && sed 's/^/    /' out.txt | head -30; }
 run() { "$QLORA_BIN" "$@" > out.txt 2>&1; }
 
 base_yaml() { # name, then extra stages on stdin
@@ -386,5 +385,4 @@ if grep -A1 "^  data" out.txt | grep -q "cached"; then ok "4 dropping allow: [io
 else bad "4 dropping allow: [io] re-made the dataset"; fi
 cd "$W"
 
-echo "$pass passed, $failed failed"
-[ $failed -eq 0 ]
+checks_done

@@ -4,13 +4,12 @@
 # the exports without the cache's hash paths (docs/exports.md).
 set -uo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
+BAD_SHOW=out.txt # bad shows the output of the last run
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 export QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs"
 cd "$W"
-pass=0 failed=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { failed=$((failed+1)); echo "FAIL $*"; [ -f out.txt ] && sed 's/^/    /' out.txt | head -30; }
 run() { "$QLORA_BIN" "$@" > out.txt 2>&1; }
 gname() { python3 "$QLORA_SRC/tests/gguf_kv.py" "$1" general.name 2>&1; }
 base_name() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["base_model_name_or_path"])' "$1" 2>&1; }
@@ -99,5 +98,4 @@ if [ "$(gname ex/model-f16.gguf)" = mybase ]; then ok "export --base ARTIFACT: g
 else bad "export --base ARTIFACT: general.name $(gname ex/model-f16.gguf)"; fi
 cd "$W"
 
-echo "$pass passed, $failed failed"
-[ $failed -eq 0 ]
+checks_done

@@ -12,12 +12,12 @@
 #     and leaves nothing in the cache.
 set -euo pipefail
 : "${QLORA_BIN:?}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 G="$QLORA_SRC/tests/golden/parquet"
 W=$(mktemp -d)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$W"' EXIT
 export QLORA_RUNS="$W/runs"
 cd "$W"
-fail() { echo "FAIL: $*"; exit 1; }
 
 # ---- every fixture: as many records as pyarrow wrote ----
 for f in "$G"/*.parquet; do

@@ -7,10 +7,10 @@
 # model keeps the fused tensors; the GGUF is a phi3 one.
 set -euo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
 QLORA_CACHE="$W/cache" QLORA_RUNS="$W/runs" "$BIN" "$SRC/recipes/demo.yaml" --set stages.base.arch=phi3 \
   --set stages.train.max_steps=150 > "$W/log" 2>&1 || { tail -20 "$W/log"; fail "the phi3 demo recipe failed"; }
 read -r base tuned < <(awk '/val loss \(data\)/ {print $4, $5}' "$W/log")

@@ -5,14 +5,10 @@
 # codes with nothing left behind.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
+test_init # W, QLORA_CACHE, QLORA_RUNS
 FIX=$SRC/tests/fixtures/bnb
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 
 out=$("$BIN" quantize "$FIX/tiny-llama-bf16" "$W/q" 2>&1); rc=$?
 [ $rc -eq 0 ] && ok "quantize runs" || bad "quantize rc $rc: $out"
@@ -61,5 +57,4 @@ grep -q "tensor 'model.layers.0.self_attn.q_proj.weight' holds NaN at flat index
 n=$(ls "$W"/cache/artifacts/quantize_nf4 2>/dev/null | wc -l)
 [ "$n" -eq "$before" ] && ok "nothing committed for the failed stage" || bad "quantize_nf4 artifacts: $before -> $n"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

@@ -8,14 +8,13 @@
 # cache snapshot with its commit, a second run fully cached, and the token in no output, log,
 # event or manifest.
 set -u
-BIN=${QLORA_BIN:-build/qlora-run}
+BIN=${QLORA_BIN:=build/qlora-run}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 [ -x "${NGINX:-/usr/sbin/nginx}" ] || { echo "FAIL: no nginx at ${NGINX:-/usr/sbin/nginx} (make deps, or apt-get install nginx-light)"; exit 1; }
 . "$(dirname "$0")/hub_server.sh"
 hub_init
 T=$HUB_T
 unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_HUB_CACHE HF_HUB_OFFLINE LLAMA_REVISION
-fails=0
-check() { local name=$1; shift; if "$@"; then echo "ok   $name"; else echo "FAIL $name"; fails=$((fails + 1)); fi; }
 TOKEN=hf_LlamaGateToken987654321
 
 # the stand-in model and data
@@ -91,4 +90,4 @@ check "token in no output" test "$(grep -c "$TOKEN" "$T/output")" = 0
 check "token in no run record (logs, events)" test -z "$(grep -rl "$TOKEN" "$QLORA_RUNS")"
 check "token in no cache manifest" test -z "$(grep -rl "$TOKEN" "$QLORA_CACHE" --include '*.json')"
 
-[ $fails = 0 ] && echo "all passed" || { echo "$fails failed"; exit 1; }
+checks_done

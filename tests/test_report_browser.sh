@@ -6,13 +6,9 @@
 # that cannot be written warns without failing the run.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
+test_init # W, QLORA_CACHE, QLORA_RUNS
 # a report that cannot be written (report.html made a directory while the run works) warns, and
 # the run still succeeds
 cp "$SRC/tests/recipes/runner/chain.yaml" "$W/"
@@ -68,5 +64,4 @@ grep -q "stages.eval.max_new_tokens: 8 -> 6" <<<"$out" && grep -q "eval: differe
   && ok "runs diff shows the parameter and the artifact that changed" || bad "runs diff: $out"
 "$BIN" report "$W/nope" >/dev/null 2>&1; [ $? -eq 2 ] && ok "report of a missing run: usage error" || bad "report missing"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

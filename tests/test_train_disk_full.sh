@@ -5,6 +5,7 @@
 # succeed once there is room again. Needs root for the tmpfs (CI runs as root): fails without it.
 set -uo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 tmp=$(mktemp -d)
 small="$tmp/small"
@@ -17,7 +18,6 @@ if ! out=$(mount -t tmpfs -o size=64k tmpfs "$small" 2>&1); then
 fi
 export QLORA_CACHE="$tmp/cache" QLORA_RUNS="$tmp/runs"
 SET=(--set stages.train.max_steps=20 --set stages.train.save_steps=4 --quiet)
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$BIN" "$SRC/recipes/demo.yaml" "${SET[@]}" --until lora >/dev/null 2>&1 || fail "the stages before train failed"
 rm -rf "$QLORA_CACHE/work"

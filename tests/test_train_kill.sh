@@ -9,13 +9,13 @@
 # Then SIGINT: the run stops with exit code 7 (interrupted), and the next run resumes.
 set -uo pipefail
 BIN=${QLORA_BIN:?QLORA_BIN must name the qlora-run program}
+. "${QLORA_SRC:=$(pwd)}/tests/lib.sh"
 SRC=${QLORA_SRC:-.}
 KILLS=${KILLS:-8} # the 20-of-20 proof over a whole recipe is tests/test_crash_kill.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export QLORA_RUNS="$tmp/runs"
 SET=(--set stages.train.max_steps=40 --set stages.train.save_steps=4 --set stages.train.eval_steps=0 --quiet)
-fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # the trained adapter of the run whose cache is $1
 adapter_of() { find "$1/artifacts/train" -name adapter_model.safetensors | head -1; }

@@ -511,18 +511,6 @@ bool jlib_test(jrender *r, const char *name, jv x, const jv *av, size_t n) {
 
 /* ---- filters ---- */
 
-static const char *const FILTERS[] = {
-    "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "first", "float", "indent", "int", "items",
-    "join", "last", "length", "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse",
-    "round", "safe", "select", "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper",
-    "wordcount", "center", "batch", "e", "escape", "striptags", NULL};
-
-bool jlib_has_filter(const char *name) {
-    for (const char *const *f = FILTERS; *f; f++)
-        if (!strcmp(*f, name)) return true;
-    return false;
-}
-
 static int64_t length_of(jrender *r, jv x) {
     switch (x.t) {
     case JV_STR: return (int64_t)ju8_count(x.u.s->p, x.u.s->len);
@@ -630,221 +618,292 @@ static bool parse_int_text(const jstr *s, int64_t *out) {
     return true;
 }
 
-jv jlib_filter(jrender *r, const char *name, jv x, const jv *av, size_t n, const char **kw, const jv *kwv, size_t nkw) {
-    args a = {av, n, kw, kwv, nkw};
-#define IS(s) (!strcmp(name, s))
-    if (IS("trim")) {
-        jv s = jv_to_str(&r->arena, x);
-        return strip(r, s, arg_str(r, &a, 0, "chars", "trim"), 3);
+/* One function a filter: x is the value filtered, a its arguments, name the name it was called by. */
+typedef jv (*filter_fn)(jrender *r, jv x, const args *a, const char *name);
+
+static jv filter_trim(jrender *r, jv x, const args *a, const char *name) {
+    jv s = jv_to_str(&r->arena, x);
+    return strip(r, s, arg_str(r, a, 0, "chars", "trim"), 3);
+}
+
+static jv filter_tojson(jrender *r, jv x, const args *a, const char *name) { return tojson(r, x, a); }
+
+static jv filter_length(jrender *r, jv x, const args *a, const char *name) { return jv_int(length_of(r, x)); }
+
+static jv filter_safe(jrender *r, jv x, const args *a, const char *name) { return x; }
+
+static jv filter_string(jrender *r, jv x, const args *a, const char *name) { return jv_to_str(&r->arena, x); }
+
+static jv filter_upper(jrender *r, jv x, const args *a, const char *name) { return recase(r, x, 1); }
+
+static jv filter_lower(jrender *r, jv x, const args *a, const char *name) { return recase(r, x, 0); }
+
+static jv filter_capitalize(jrender *r, jv x, const args *a, const char *name) { return recase(r, x, 2); }
+
+static jv filter_title(jrender *r, jv x, const args *a, const char *name) { return title_filter(r, x); }
+
+static jv filter_default(jrender *r, jv x, const args *a, const char *name) {
+    jv dflt = arg(a, 0, "default_value");
+    bool boolean = jv_truthy(arg(a, 1, "boolean"));
+    if (x.t == JV_UNDEF || (boolean && !jv_truthy(x))) return dflt.t == JV_UNDEF ? jv_str(&r->arena, "", 0) : dflt;
+    return x;
+}
+
+static jv filter_join(jrender *r, jv x, const args *a, const char *name) {
+    const jstr *d = arg_str(r, a, 0, "d", "join");
+    const jstr *attr = arg_str(r, a, 1, "attribute", "join");
+    jlist *l = jlib_to_list(r, x).u.l;
+    jr_step(r, l->n);
+    jbuf b = newbuf(r);
+    for (size_t i = 0; i < l->n; i++) {
+        if (i && d) jbuf_put(&b, d->p, d->len);
+        jv_write_str(&b, attr ? get_path(r, l->v[i], attr) : l->v[i]);
     }
-    if (IS("tojson")) return tojson(r, x, &a);
-    if (IS("length") || IS("count")) return jv_int(length_of(r, x));
-    if (IS("safe")) return x;
-    if (IS("string")) return jv_to_str(&r->arena, x);
-    if (IS("upper")) return recase(r, x, 1);
-    if (IS("lower")) return recase(r, x, 0);
-    if (IS("capitalize")) return recase(r, x, 2);
-    if (IS("title")) return title_filter(r, x);
-    if (IS("default") || IS("d")) {
-        jv dflt = arg(&a, 0, "default_value");
-        bool boolean = jv_truthy(arg(&a, 1, "boolean"));
-        if (x.t == JV_UNDEF || (boolean && !jv_truthy(x))) return dflt.t == JV_UNDEF ? jv_str(&r->arena, "", 0) : dflt;
-        return x;
-    }
-    if (IS("join")) {
-        const jstr *d = arg_str(r, &a, 0, "d", "join");
-        const jstr *attr = arg_str(r, &a, 1, "attribute", "join");
-        jlist *l = jlib_to_list(r, x).u.l;
-        jr_step(r, l->n);
+    return str_of(r, &b);
+}
+
+static jv filter_first_last(jrender *r, jv x, const args *a, const char *name) {
+    if (x.t == JV_UNDEF) return x;
+    jlist *l = jlib_to_list(r, x).u.l;
+    if (!l->n) return jv_undef();
+    return !strcmp(name, "first") ? l->v[0] : l->v[l->n - 1];
+}
+
+static jv filter_list(jrender *r, jv x, const args *a, const char *name) {
+    jv l = jlib_to_list(r, x);
+    if (x.t != JV_LIST) return l;
+    jlist *c = jlist_new(&r->arena, l.u.l->n);
+    memcpy(c->v, l.u.l->v, l.u.l->n * sizeof *c->v);
+    c->n = l.u.l->n;
+    return jv_list(c);
+}
+
+static jv filter_items(jrender *r, jv x, const args *a, const char *name) { return items_of(r, x); }
+
+static jv filter_reverse(jrender *r, jv x, const args *a, const char *name) {
+    if (x.t == JV_STR) {
+        jlist *cs = jlib_to_list(r, x).u.l;
         jbuf b = newbuf(r);
-        for (size_t i = 0; i < l->n; i++) {
-            if (i && d) jbuf_put(&b, d->p, d->len);
-            jv_write_str(&b, attr ? get_path(r, l->v[i], attr) : l->v[i]);
-        }
+        for (size_t i = cs->n; i-- > 0;) jbuf_put(&b, cs->v[i].u.s->p, cs->v[i].u.s->len);
         return str_of(r, &b);
     }
-    if (IS("first") || IS("last")) {
-        if (x.t == JV_UNDEF) return x;
-        jlist *l = jlib_to_list(r, x).u.l;
-        if (!l->n) return jv_undef();
-        return IS("first") ? l->v[0] : l->v[l->n - 1];
-    }
-    if (IS("list")) {
-        jv l = jlib_to_list(r, x);
-        if (x.t != JV_LIST) return l;
-        jlist *c = jlist_new(&r->arena, l.u.l->n);
-        memcpy(c->v, l.u.l->v, l.u.l->n * sizeof *c->v);
-        c->n = l.u.l->n;
-        return jv_list(c);
-    }
-    if (IS("items")) return items_of(r, x);
-    if (IS("reverse")) {
-        if (x.t == JV_STR) {
-            jlist *cs = jlib_to_list(r, x).u.l;
-            jbuf b = newbuf(r);
-            for (size_t i = cs->n; i-- > 0;) jbuf_put(&b, cs->v[i].u.s->p, cs->v[i].u.s->len);
-            return str_of(r, &b);
-        }
-        jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, l->n);
-        for (size_t i = l->n; i-- > 0;) o->v[o->n++] = l->v[i];
-        return jv_list(o);
-    }
-    if (IS("map")) {
-        jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, l->n);
-        jr_step(r, l->n);
-        const jstr *attr = NULL;
-        for (size_t k = 0; k < nkw; k++)
-            if (!strcmp(kw[k], "attribute")) attr = need_str(r, kwv[k], "map(attribute=...)").u.s;
-        if (attr) {
-            jv dflt = arg(&(args){NULL, 0, kw, kwv, nkw}, 0, "default");
-            for (size_t i = 0; i < l->n; i++) {
-                jv v = get_path(r, l->v[i], attr);
-                o->v[o->n++] = v.t == JV_UNDEF && dflt.t != JV_UNDEF ? dflt : v;
-            }
-            return jv_list(o);
-        }
-        if (!n || av[0].t != JV_STR) jr_fail(r, "map needs a filter name or attribute=");
-        const char *f = av[0].u.s->p;
-        if (!jlib_has_filter(f)) jr_fail(r, "no filter named '%s'", f);
-        for (size_t i = 0; i < l->n; i++) o->v[o->n++] = jlib_filter(r, f, l->v[i], av + 1, n - 1, kw, kwv, nkw);
-        return jv_list(o);
-    }
-    if (IS("select")) return select_items(r, x, &a, false, true);
-    if (IS("reject")) return select_items(r, x, &a, false, false);
-    if (IS("selectattr")) return select_items(r, x, &a, true, true);
-    if (IS("rejectattr")) return select_items(r, x, &a, true, false);
-    if (IS("dictsort")) {
-        if (x.t != JV_DICT) jr_fail(r, "dictsort needs a dict, not %s", jv_type_name(x));
-        bool cs = jv_truthy(arg(&a, 0, "case_sensitive"));
-        const jstr *by = arg_str(r, &a, 1, "by", "dictsort");
-        bool rev = jv_truthy(arg(&a, 2, "reverse"));
-        bool by_value = by && EQ(by->p, by->len, "value");
-        jlist *it = items_of(r, x).u.l;
-        jv *keys = jarena_alloc(&r->arena, (it->n + 1) * sizeof *keys);
-        for (size_t i = 0; i < it->n; i++) keys[i] = sort_key(r, it->v[i].u.l->v[by_value], cs);
-        return sorted(r, it, keys, rev);
-    }
-    if (IS("sort")) {
-        bool rev = jv_truthy(arg(&a, 0, "reverse")), cs = jv_truthy(arg(&a, 1, "case_sensitive"));
-        const jstr *attr = arg_str(r, &a, 2, "attribute", "sort");
-        jlist *l = jlib_to_list(r, x).u.l;
-        jv *keys = jarena_alloc(&r->arena, (l->n + 1) * sizeof *keys);
-        for (size_t i = 0; i < l->n; i++) keys[i] = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
-        return sorted(r, l, keys, rev);
-    }
-    if (IS("unique")) {
-        bool cs = jv_truthy(arg(&a, 0, "case_sensitive"));
-        const jstr *attr = arg_str(r, &a, 1, "attribute", "unique");
-        jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, 0), *seen = jlist_new(&r->arena, 0);
-        jr_step(r, l->n * (l->n + 1) / 2 > 1000000 ? 1000000 : l->n * (l->n + 1) / 2);
+    jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, l->n);
+    for (size_t i = l->n; i-- > 0;) o->v[o->n++] = l->v[i];
+    return jv_list(o);
+}
+
+static jv filter_map(jrender *r, jv x, const args *a, const char *name) {
+    jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, l->n);
+    jr_step(r, l->n);
+    const jstr *attr = NULL;
+    for (size_t k = 0; k < a->nkw; k++)
+        if (!strcmp(a->kw[k], "attribute")) attr = need_str(r, a->kwv[k], "map(attribute=...)").u.s;
+    if (attr) {
+        jv dflt = arg(&(args){NULL, 0, a->kw, a->kwv, a->nkw}, 0, "default");
         for (size_t i = 0; i < l->n; i++) {
-            jv k = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
-            bool dup = false;
-            for (size_t j = 0; j < seen->n && !dup; j++) dup = jv_equal(seen->v[j], k);
-            if (!dup) {
-                jlist_push(&r->arena, seen, k);
-                jlist_push(&r->arena, o, l->v[i]);
-            }
+            jv v = get_path(r, l->v[i], attr);
+            o->v[o->n++] = v.t == JV_UNDEF && dflt.t != JV_UNDEF ? dflt : v;
         }
         return jv_list(o);
     }
-    if (IS("replace")) {
-        jv s = jv_to_str(&r->arena, x);
-        jv old = need_str(r, arg(&a, 0, "old"), "replace"), nw = need_str(r, arg(&a, 1, "new"), "replace");
-        return replace(r, s, old, nw, arg_int(r, &a, 2, "count", -1, "replace"));
-    }
-    if (IS("int")) {
-        int64_t dflt = arg_int(r, &a, 0, "default", 0, "int");
-        if (x.t == JV_INT) return x;
-        if (x.t == JV_BOOL) return jv_int(x.u.b);
-        if (x.t == JV_FLOAT) return isfinite(x.u.f) && fabs(x.u.f) < 9.2e18 ? jv_int((int64_t)x.u.f) : jv_int(dflt);
-        if (x.t == JV_STR) {
-            int64_t v;
-            if (parse_int_text(x.u.s, &v)) return jv_int(v);
-            char *end;
-            double f = strtod(x.u.s->p, &end);
-            if (end != x.u.s->p && !*end && isfinite(f) && fabs(f) < 9.2e18) return jv_int((int64_t)f);
+    if (!a->n || a->v[0].t != JV_STR) jr_fail(r, "map needs a filter name or attribute=");
+    const char *f = a->v[0].u.s->p;
+    if (!jlib_has_filter(f)) jr_fail(r, "no filter named '%s'", f);
+    for (size_t i = 0; i < l->n; i++)
+        o->v[o->n++] = jlib_filter(r, f, l->v[i], a->v + 1, a->n - 1, a->kw, a->kwv, a->nkw);
+    return jv_list(o);
+}
+
+static jv filter_select(jrender *r, jv x, const args *a, const char *name) {
+    return select_items(r, x, a, false, true);
+}
+
+static jv filter_reject(jrender *r, jv x, const args *a, const char *name) {
+    return select_items(r, x, a, false, false);
+}
+
+static jv filter_selectattr(jrender *r, jv x, const args *a, const char *name) {
+    return select_items(r, x, a, true, true);
+}
+
+static jv filter_rejectattr(jrender *r, jv x, const args *a, const char *name) {
+    return select_items(r, x, a, true, false);
+}
+
+static jv filter_dictsort(jrender *r, jv x, const args *a, const char *name) {
+    if (x.t != JV_DICT) jr_fail(r, "dictsort needs a dict, not %s", jv_type_name(x));
+    bool cs = jv_truthy(arg(a, 0, "case_sensitive"));
+    const jstr *by = arg_str(r, a, 1, "by", "dictsort");
+    bool rev = jv_truthy(arg(a, 2, "reverse"));
+    bool by_value = by && EQ(by->p, by->len, "value");
+    jlist *it = items_of(r, x).u.l;
+    jv *keys = jarena_alloc(&r->arena, (it->n + 1) * sizeof *keys);
+    for (size_t i = 0; i < it->n; i++) keys[i] = sort_key(r, it->v[i].u.l->v[by_value], cs);
+    return sorted(r, it, keys, rev);
+}
+
+static jv filter_sort(jrender *r, jv x, const args *a, const char *name) {
+    bool rev = jv_truthy(arg(a, 0, "reverse")), cs = jv_truthy(arg(a, 1, "case_sensitive"));
+    const jstr *attr = arg_str(r, a, 2, "attribute", "sort");
+    jlist *l = jlib_to_list(r, x).u.l;
+    jv *keys = jarena_alloc(&r->arena, (l->n + 1) * sizeof *keys);
+    for (size_t i = 0; i < l->n; i++) keys[i] = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
+    return sorted(r, l, keys, rev);
+}
+
+static jv filter_unique(jrender *r, jv x, const args *a, const char *name) {
+    bool cs = jv_truthy(arg(a, 0, "case_sensitive"));
+    const jstr *attr = arg_str(r, a, 1, "attribute", "unique");
+    jlist *l = jlib_to_list(r, x).u.l, *o = jlist_new(&r->arena, 0), *seen = jlist_new(&r->arena, 0);
+    jr_step(r, l->n * (l->n + 1) / 2 > 1000000 ? 1000000 : l->n * (l->n + 1) / 2);
+    for (size_t i = 0; i < l->n; i++) {
+        jv k = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
+        bool dup = false;
+        for (size_t j = 0; j < seen->n && !dup; j++) dup = jv_equal(seen->v[j], k);
+        if (!dup) {
+            jlist_push(&r->arena, seen, k);
+            jlist_push(&r->arena, o, l->v[i]);
         }
-        return jv_int(dflt);
     }
-    if (IS("float")) {
-        jv d = arg(&a, 0, "default");
-        double dflt = d.t == JV_FLOAT ? d.u.f : d.t == JV_INT ? (double)d.u.i : 0.0;
-        if (x.t == JV_FLOAT) return x;
-        if (x.t == JV_INT) return jv_float((double)x.u.i);
-        if (x.t == JV_BOOL) return jv_float(x.u.b);
-        if (x.t == JV_STR) {
-            char *end;
-            double f = strtod(x.u.s->p, &end);
-            if (end != x.u.s->p && !*end) return jv_float(f);
-        }
-        return jv_float(dflt);
+    return jv_list(o);
+}
+
+static jv filter_replace(jrender *r, jv x, const args *a, const char *name) {
+    jv s = jv_to_str(&r->arena, x);
+    jv old = need_str(r, arg(a, 0, "old"), "replace"), nw = need_str(r, arg(a, 1, "new"), "replace");
+    return replace(r, s, old, nw, arg_int(r, a, 2, "count", -1, "replace"));
+}
+
+static jv filter_int(jrender *r, jv x, const args *a, const char *name) {
+    int64_t dflt = arg_int(r, a, 0, "default", 0, "int");
+    if (x.t == JV_INT) return x;
+    if (x.t == JV_BOOL) return jv_int(x.u.b);
+    if (x.t == JV_FLOAT) return isfinite(x.u.f) && fabs(x.u.f) < 9.2e18 ? jv_int((int64_t)x.u.f) : jv_int(dflt);
+    if (x.t == JV_STR) {
+        int64_t v;
+        if (parse_int_text(x.u.s, &v)) return jv_int(v);
+        char *end;
+        double f = strtod(x.u.s->p, &end);
+        if (end != x.u.s->p && !*end && isfinite(f) && fabs(f) < 9.2e18) return jv_int((int64_t)f);
     }
-    if (IS("abs")) {
-        if (x.t == JV_INT) return x.u.i == INT64_MIN ? jv_float(9.223372036854775808e18) : jv_int(x.u.i < 0 ? -x.u.i : x.u.i);
-        if (x.t == JV_FLOAT) return jv_float(fabs(x.u.f));
-        jr_fail(r, "abs needs a number, not %s", jv_type_name(x));
+    return jv_int(dflt);
+}
+
+static jv filter_float(jrender *r, jv x, const args *a, const char *name) {
+    jv d = arg(a, 0, "default");
+    double dflt = d.t == JV_FLOAT ? d.u.f : d.t == JV_INT ? (double)d.u.i : 0.0;
+    if (x.t == JV_FLOAT) return x;
+    if (x.t == JV_INT) return jv_float((double)x.u.i);
+    if (x.t == JV_BOOL) return jv_float(x.u.b);
+    if (x.t == JV_STR) {
+        char *end;
+        double f = strtod(x.u.s->p, &end);
+        if (end != x.u.s->p && !*end) return jv_float(f);
     }
-    if (IS("round")) {
-        int64_t prec = arg_int(r, &a, 0, "precision", 0, "round");
-        const jstr *method = arg_str(r, &a, 1, "method", "round");
-        double v = x.t == JV_FLOAT ? x.u.f : x.t == JV_INT ? (double)x.u.i : 0;
-        double m = pow(10, (double)prec);
-        if (method && EQ(method->p, method->len, "floor")) v = floor(v * m) / m;
-        else if (method && EQ(method->p, method->len, "ceil")) v = ceil(v * m) / m;
-        else v = round(v * m) / m;
-        return jv_float(v);
-    }
-    if (IS("sum")) {
-        const jstr *attr = arg_str(r, &a, 0, "attribute", "sum");
-        jv acc = arg(&a, 1, "start");
-        if (acc.t == JV_UNDEF) acc = jv_int(0);
-        jlist *l = jlib_to_list(r, x).u.l;
-        jr_step(r, l->n);
-        for (size_t i = 0; i < l->n; i++) {
-            jv v = attr ? get_path(r, l->v[i], attr) : l->v[i];
-            if ((acc.t == JV_INT || acc.t == JV_FLOAT) && (v.t == JV_INT || v.t == JV_FLOAT || v.t == JV_BOOL)) {
-                if (acc.t == JV_INT && v.t != JV_FLOAT) {
-                    int64_t s;
-                    if (__builtin_add_overflow(acc.u.i, v.t == JV_INT ? v.u.i : v.u.b, &s)) jr_fail(r, "integer overflow");
-                    acc = jv_int(s);
-                } else {
-                    acc = jv_float((acc.t == JV_INT ? (double)acc.u.i : acc.u.f) +
-                                   (v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : v.u.b));
-                }
+    return jv_float(dflt);
+}
+
+static jv filter_abs(jrender *r, jv x, const args *a, const char *name) {
+    if (x.t == JV_INT) return x.u.i == INT64_MIN ? jv_float(9.223372036854775808e18) : jv_int(x.u.i < 0 ? -x.u.i : x.u.i);
+    if (x.t == JV_FLOAT) return jv_float(fabs(x.u.f));
+    jr_fail(r, "abs needs a number, not %s", jv_type_name(x));
+}
+
+static jv filter_round(jrender *r, jv x, const args *a, const char *name) {
+    int64_t prec = arg_int(r, a, 0, "precision", 0, "round");
+    const jstr *method = arg_str(r, a, 1, "method", "round");
+    double v = x.t == JV_FLOAT ? x.u.f : x.t == JV_INT ? (double)x.u.i : 0;
+    double m = pow(10, (double)prec);
+    if (method && EQ(method->p, method->len, "floor")) v = floor(v * m) / m;
+    else if (method && EQ(method->p, method->len, "ceil")) v = ceil(v * m) / m;
+    else v = round(v * m) / m;
+    return jv_float(v);
+}
+
+static jv filter_sum(jrender *r, jv x, const args *a, const char *name) {
+    const jstr *attr = arg_str(r, a, 0, "attribute", "sum");
+    jv acc = arg(a, 1, "start");
+    if (acc.t == JV_UNDEF) acc = jv_int(0);
+    jlist *l = jlib_to_list(r, x).u.l;
+    jr_step(r, l->n);
+    for (size_t i = 0; i < l->n; i++) {
+        jv v = attr ? get_path(r, l->v[i], attr) : l->v[i];
+        if ((acc.t == JV_INT || acc.t == JV_FLOAT) && (v.t == JV_INT || v.t == JV_FLOAT || v.t == JV_BOOL)) {
+            if (acc.t == JV_INT && v.t != JV_FLOAT) {
+                int64_t s;
+                if (__builtin_add_overflow(acc.u.i, v.t == JV_INT ? v.u.i : v.u.b, &s)) jr_fail(r, "integer overflow");
+                acc = jv_int(s);
             } else {
-                jr_fail(r, "sum: cannot add '%s'", jv_type_name(v));
+                acc = jv_float((acc.t == JV_INT ? (double)acc.u.i : acc.u.f) +
+                               (v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : v.u.b));
             }
+        } else {
+            jr_fail(r, "sum: cannot add '%s'", jv_type_name(v));
         }
-        return acc;
     }
-    if (IS("min") || IS("max")) {
-        jlist *l = jlib_to_list(r, x).u.l;
-        if (!l->n) return jv_undef();
-        bool cs = jv_truthy(arg(&a, 0, "case_sensitive"));
-        const jstr *attr = arg_str(r, &a, 1, "attribute", name);
-        jv best = l->v[0], bk = sort_key(r, attr ? get_path(r, best, attr) : best, cs);
-        for (size_t i = 1; i < l->n; i++) {
-            jv k = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
-            int c = cmp_keys(r, k, bk);
-            if (IS("min") ? c < 0 : c > 0) {
-                best = l->v[i];
-                bk = k;
-            }
+    return acc;
+}
+
+static jv filter_min_max(jrender *r, jv x, const args *a, const char *name) {
+    jlist *l = jlib_to_list(r, x).u.l;
+    if (!l->n) return jv_undef();
+    bool cs = jv_truthy(arg(a, 0, "case_sensitive"));
+    const jstr *attr = arg_str(r, a, 1, "attribute", name);
+    jv best = l->v[0], bk = sort_key(r, attr ? get_path(r, best, attr) : best, cs);
+    for (size_t i = 1; i < l->n; i++) {
+        jv k = sort_key(r, attr ? get_path(r, l->v[i], attr) : l->v[i], cs);
+        int c = cmp_keys(r, k, bk);
+        if (!strcmp(name, "min") ? c < 0 : c > 0) {
+            best = l->v[i];
+            bk = k;
         }
-        return best;
     }
-    if (IS("attr")) {
-        jv nm = need_str(r, arg(&a, 0, "name"), "attr");
-        return jr_getattr(r, x, nm.u.s->p, nm.u.s->len);
-    }
-    if (IS("indent")) return indent(r, x, &a);
-    if (IS("wordcount")) {
-        jv s = jv_to_str(&r->arena, x);
-        return jv_int((int64_t)split(r, s.u.s, NULL, -1, false).u.l->n);
-    }
-#undef IS
-    jr_fail(r, "the filter '%s' is not supported", name);
+    return best;
+}
+
+static jv filter_attr(jrender *r, jv x, const args *a, const char *name) {
+    jv nm = need_str(r, arg(a, 0, "name"), "attr");
+    return jr_getattr(r, x, nm.u.s->p, nm.u.s->len);
+}
+
+static jv filter_indent(jrender *r, jv x, const args *a, const char *name) { return indent(r, x, a); }
+
+static jv filter_wordcount(jrender *r, jv x, const args *a, const char *name) {
+    jv s = jv_to_str(&r->arena, x);
+    return jv_int((int64_t)split(r, s.u.s, NULL, -1, false).u.l->n);
+}
+/* Every filter a template may name (the parser refuses others); a NULL function: known to Jinja
+ * but not supported here, which fails when the template reaches it. */
+static const struct {
+    const char *name;
+    filter_fn fn;
+} FILTERS[] = {
+    {"abs", filter_abs}, {"attr", filter_attr}, {"capitalize", filter_capitalize}, {"count", filter_length},
+    {"d", filter_default}, {"default", filter_default}, {"dictsort", filter_dictsort}, {"first", filter_first_last},
+    {"float", filter_float}, {"indent", filter_indent}, {"int", filter_int}, {"items", filter_items},
+    {"join", filter_join}, {"last", filter_first_last}, {"length", filter_length}, {"list", filter_list},
+    {"lower", filter_lower}, {"map", filter_map}, {"max", filter_min_max}, {"min", filter_min_max}, {"reject", filter_reject},
+    {"rejectattr", filter_rejectattr}, {"replace", filter_replace}, {"reverse", filter_reverse},
+    {"round", filter_round}, {"safe", filter_safe}, {"select", filter_select}, {"selectattr", filter_selectattr},
+    {"sort", filter_sort}, {"string", filter_string}, {"sum", filter_sum}, {"title", filter_title},
+    {"tojson", filter_tojson}, {"trim", filter_trim}, {"unique", filter_unique}, {"upper", filter_upper},
+    {"wordcount", filter_wordcount}, {"center", NULL}, {"batch", NULL}, {"e", NULL}, {"escape", NULL},
+    {"striptags", NULL}, {NULL, NULL}
+};
+
+static int filter_index(const char *name) {
+    for (int i = 0; FILTERS[i].name; i++)
+        if (!strcmp(FILTERS[i].name, name)) return i;
+    return -1;
+}
+
+bool jlib_has_filter(const char *name) { return filter_index(name) >= 0; }
+
+jv jlib_filter(jrender *r, const char *name, jv x, const jv *av, size_t n, const char **kw, const jv *kwv, size_t nkw) {
+    int i = filter_index(name);
+    if (i < 0 || !FILTERS[i].fn) jr_fail(r, "the filter '%s' is not supported", name);
+    args a = {av, n, kw, kwv, nkw};
+    return FILTERS[i].fn(r, x, &a, name);
 }
 
 /* ---- methods and globals ---- */
@@ -894,79 +953,162 @@ static jv find(jrender *r, const jstr *t, const jstr *sub, bool right) {
     return jv_int(hit ? (int64_t)ju8_count(t->p, (size_t)(hit - t->p)) : -1);
 }
 
+/* range(stop) or range(start, stop[, step]) */
+static jv builtin_range(jrender *r, const jfunc *f, const args *a) {
+    int64_t b = 0, e, st = 1;
+    if (a->n == 1) e = arg_int(r, a, 0, "stop", 0, "range");
+    else if (a->n >= 2) {
+        b = arg_int(r, a, 0, "start", 0, "range");
+        e = arg_int(r, a, 1, "stop", 0, "range");
+        st = arg_int(r, a, 2, "step", 1, "range");
+    } else jr_fail(r, "range expected at least 1 argument");
+    if (st == 0) jr_fail(r, "range() arg 3 must not be zero");
+    jlist *l = jlist_new(&r->arena, 0);
+    for (int64_t i = b; st > 0 ? i < e : i > e; i += st) {
+        jr_step(r, 1);
+        jlist_push(&r->arena, l, jv_int(i));
+        if ((st > 0 && i > INT64_MAX - st) || (st < 0 && i < INT64_MIN - st)) break;
+    }
+    return jv_list(l);
+}
+
+/* namespace(...) and dict(...): a dict (or namespace) from a dict and keyword arguments */
+static jv builtin_dict(jrender *r, const jfunc *f, const args *a) {
+    jdict *d = jdict_new(&r->arena, a->nkw);
+    if (a->n >= 1 && a->v[0].t == JV_DICT)
+        for (size_t i = 0; i < a->v[0].u.d->n; i++) jdict_set(&r->arena, d, a->v[0].u.d->k[i], a->v[0].u.d->v[i]);
+    for (size_t i = 0; i < a->nkw; i++) jdict_set(&r->arena, d, jv_cstr(&r->arena, a->kw[i]), a->kwv[i]);
+    return (jv){.t = f->id == F_NAMESPACE ? JV_NS : JV_DICT, .u.d = d};
+}
+
+/* strftime_now(format): the render's clock (lim.now when set) in local time */
+static jv builtin_strftime(jrender *r, const jfunc *f, const args *a) {
+    jv fmt = need_str(r, arg(a, 0, "format"), "strftime_now");
+    time_t now = r->lim.now ? (time_t)r->lim.now : time(NULL);
+    struct tm tm;
+    localtime_r(&now, &tm);
+    char buf[512];
+    size_t k = fmt.u.s->len < 200 ? strftime(buf, sizeof buf, fmt.u.s->p, &tm) : 0;
+    return jv_str(&r->arena, buf, k);
+}
+
+/* str.splitlines() */
+static jv str_splitlines(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jlist *l = jlist_new(&r->arena, 0);
+    size_t i = 0;
+    while (i < s->len) {
+        size_t e = i;
+        while (e < s->len && s->p[e] != '\n' && s->p[e] != '\r') e++;
+        jlist_push(&r->arena, l, jv_str(&r->arena, s->p + i, e - i));
+        if (e < s->len && s->p[e] == '\r' && e + 1 < s->len && s->p[e + 1] == '\n') e++;
+        i = e + 1;
+    }
+    return jv_list(l);
+}
+
+/* str.startswith / str.endswith: a string or a tuple of strings */
+static jv str_affix(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jv p = arg(a, 0, "prefix");
+    bool end = f->id == M_ENDSWITH;
+    if (p.t == JV_STR) return jv_bool(affix(s, p.u.s, end));
+    if (p.t == JV_LIST) {
+        for (size_t i = 0; i < p.u.l->n; i++)
+            if (need_str(r, p.u.l->v[i], "startswith/endswith").u.s && affix(s, p.u.l->v[i].u.s, end)) return jv_bool(true);
+        return jv_bool(false);
+    }
+    jr_fail(r, "%s needs a string or a tuple of strings", end ? "endswith" : "startswith");
+}
+
+/* str.count(sub) */
+static jv str_count(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    const jstr *sub = need_str(r, arg(a, 0, "sub"), "count").u.s;
+    if (!sub->len) return jv_int((int64_t)ju8_count(s->p, s->len) + 1);
+    int64_t k = 0;
+    for (const char *p = s->p; (p = memmem(p, s->len - (size_t)(p - s->p), sub->p, sub->len)); p += sub->len) k++;
+    return jv_int(k);
+}
+
+/* str.join(iterable) */
+static jv str_join(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    jlist *l = jlib_to_list(r, arg(a, 0, "iterable")).u.l;
+    jbuf b = newbuf(r);
+    for (size_t i = 0; i < l->n; i++) {
+        if (i) jbuf_put(&b, s->p, s->len);
+        jbuf_put(&b, need_str(r, l->v[i], "join").u.s->p, l->v[i].u.s->len);
+    }
+    return str_of(r, &b);
+}
+
+/* str.isdigit / isalpha / isspace / isupper / islower */
+static jv str_is(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    if (!s->len) return jv_bool(false);
+    bool any_cased = false;
+    for (size_t i = 0; i < s->len;) {
+        size_t adv;
+        uint32_t c = ju8_decode(s->p + i, s->len - i, &adv);
+        i += adv;
+        bool ok = f->id == M_ISDIGIT   ? c >= '0' && c <= '9'
+                  : f->id == M_ISALPHA ? (c < 0x80 ? ((c | 32) >= 'a' && (c | 32) <= 'z') : cp_cased(c))
+                  : f->id == M_ISSPACE ? ju8_isspace(c)
+                  : f->id == M_ISUPPER ? cp_upper(c) == c
+                                       : cp_lower(c) == c;
+        if (!ok) return jv_bool(false);
+        any_cased |= cp_cased(c);
+    }
+    return jv_bool(f->id == M_ISUPPER || f->id == M_ISLOWER ? any_cased : true);
+}
+
+/* str.removeprefix / str.removesuffix */
+static jv str_remove_affix(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    const jstr *s = self.t == JV_STR ? self.u.s : NULL;
+    const jstr *x = need_str(r, arg(a, 0, "prefix"), "removeprefix").u.s;
+    bool end = f->id == M_REMOVESUFFIX;
+    if (!affix(s, x, end)) return self;
+    return jv_str(&r->arena, end ? s->p : s->p + x->len, s->len - x->len);
+}
+
+/* dict.values() */
+static jv dict_values(jrender *r, const jfunc *f, const args *a) {
+    jv self = f->self;
+    jlist *l = jlist_new(&r->arena, self.u.d->n);
+    memcpy(l->v, self.u.d->v, self.u.d->n * sizeof *l->v);
+    l->n = self.u.d->n;
+    return jv_list(l);
+}
+
 jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const char **kw, const jv *kwv, size_t nkw) {
     args a = {av, n, kw, kwv, nkw};
     jv self = f->self;
     const jstr *s = self.t == JV_STR ? self.u.s : NULL;
     switch (f->id) {
-    case F_RANGE: {
-        int64_t b = 0, e, st = 1;
-        if (n == 1) e = arg_int(r, &a, 0, "stop", 0, "range");
-        else if (n >= 2) {
-            b = arg_int(r, &a, 0, "start", 0, "range");
-            e = arg_int(r, &a, 1, "stop", 0, "range");
-            st = arg_int(r, &a, 2, "step", 1, "range");
-        } else jr_fail(r, "range expected at least 1 argument");
-        if (st == 0) jr_fail(r, "range() arg 3 must not be zero");
-        jlist *l = jlist_new(&r->arena, 0);
-        for (int64_t i = b; st > 0 ? i < e : i > e; i += st) {
-            jr_step(r, 1);
-            jlist_push(&r->arena, l, jv_int(i));
-            if ((st > 0 && i > INT64_MAX - st) || (st < 0 && i < INT64_MIN - st)) break;
-        }
-        return jv_list(l);
-    }
+    case F_RANGE: return builtin_range(r, f, &a);
     case F_NAMESPACE:
-    case F_DICT: {
-        jdict *d = jdict_new(&r->arena, nkw);
-        if (n >= 1 && av[0].t == JV_DICT)
-            for (size_t i = 0; i < av[0].u.d->n; i++) jdict_set(&r->arena, d, av[0].u.d->k[i], av[0].u.d->v[i]);
-        for (size_t i = 0; i < nkw; i++) jdict_set(&r->arena, d, jv_cstr(&r->arena, kw[i]), kwv[i]);
-        return (jv){.t = f->id == F_NAMESPACE ? JV_NS : JV_DICT, .u.d = d};
-    }
+    case F_DICT: return builtin_dict(r, f, &a);
     case F_RAISE: {
         jv m = n ? jv_to_str(&r->arena, av[0]) : jv_cstr(&r->arena, "");
         jr_fail(r, "template error: %s", m.u.s->p);
     }
-    case F_STRFTIME: {
-        jv fmt = need_str(r, arg(&a, 0, "format"), "strftime_now");
-        time_t now = r->lim.now ? (time_t)r->lim.now : time(NULL);
-        struct tm tm;
-        localtime_r(&now, &tm);
-        char buf[512];
-        size_t k = fmt.u.s->len < 200 ? strftime(buf, sizeof buf, fmt.u.s->p, &tm) : 0;
-        return jv_str(&r->arena, buf, k);
-    }
+    case F_STRFTIME: return builtin_strftime(r, f, &a);
     case M_STRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "strip"), 3);
     case M_LSTRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "lstrip"), 1);
     case M_RSTRIP: return strip(r, self, arg_str(r, &a, 0, "chars", "rstrip"), 2);
     case M_SPLIT:
     case M_RSPLIT:
         return split(r, s, arg_str(r, &a, 0, "sep", "split"), arg_int(r, &a, 1, "maxsplit", -1, "split"), f->id == M_RSPLIT);
-    case M_SPLITLINES: {
-        jlist *l = jlist_new(&r->arena, 0);
-        size_t i = 0;
-        while (i < s->len) {
-            size_t e = i;
-            while (e < s->len && s->p[e] != '\n' && s->p[e] != '\r') e++;
-            jlist_push(&r->arena, l, jv_str(&r->arena, s->p + i, e - i));
-            if (e < s->len && s->p[e] == '\r' && e + 1 < s->len && s->p[e + 1] == '\n') e++;
-            i = e + 1;
-        }
-        return jv_list(l);
-    }
+    case M_SPLITLINES: return str_splitlines(r, f, &a);
     case M_STARTSWITH:
-    case M_ENDSWITH: {
-        jv p = arg(&a, 0, "prefix");
-        bool end = f->id == M_ENDSWITH;
-        if (p.t == JV_STR) return jv_bool(affix(s, p.u.s, end));
-        if (p.t == JV_LIST) {
-            for (size_t i = 0; i < p.u.l->n; i++)
-                if (need_str(r, p.u.l->v[i], "startswith/endswith").u.s && affix(s, p.u.l->v[i].u.s, end)) return jv_bool(true);
-            return jv_bool(false);
-        }
-        jr_fail(r, "%s needs a string or a tuple of strings", end ? "endswith" : "startswith");
-    }
+    case M_ENDSWITH: return str_affix(r, f, &a);
     case M_REPLACE:
         return replace(r, self, need_str(r, arg(&a, 0, "old"), "replace"), need_str(r, arg(&a, 1, "new"), "replace"),
                        arg_int(r, &a, 2, "count", -1, "replace"));
@@ -981,50 +1123,15 @@ jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const c
         if (f->id == M_INDEX && v.u.i < 0) jr_fail(r, "substring not found");
         return v;
     }
-    case M_COUNT: {
-        const jstr *sub = need_str(r, arg(&a, 0, "sub"), "count").u.s;
-        if (!sub->len) return jv_int((int64_t)ju8_count(s->p, s->len) + 1);
-        int64_t k = 0;
-        for (const char *p = s->p; (p = memmem(p, s->len - (size_t)(p - s->p), sub->p, sub->len)); p += sub->len) k++;
-        return jv_int(k);
-    }
-    case M_JOIN: {
-        jlist *l = jlib_to_list(r, arg(&a, 0, "iterable")).u.l;
-        jbuf b = newbuf(r);
-        for (size_t i = 0; i < l->n; i++) {
-            if (i) jbuf_put(&b, s->p, s->len);
-            jbuf_put(&b, need_str(r, l->v[i], "join").u.s->p, l->v[i].u.s->len);
-        }
-        return str_of(r, &b);
-    }
+    case M_COUNT: return str_count(r, f, &a);
+    case M_JOIN: return str_join(r, f, &a);
     case M_ISDIGIT:
     case M_ISALPHA:
     case M_ISSPACE:
     case M_ISUPPER:
-    case M_ISLOWER: {
-        if (!s->len) return jv_bool(false);
-        bool any_cased = false;
-        for (size_t i = 0; i < s->len;) {
-            size_t adv;
-            uint32_t c = ju8_decode(s->p + i, s->len - i, &adv);
-            i += adv;
-            bool ok = f->id == M_ISDIGIT   ? c >= '0' && c <= '9'
-                      : f->id == M_ISALPHA ? (c < 0x80 ? ((c | 32) >= 'a' && (c | 32) <= 'z') : cp_cased(c))
-                      : f->id == M_ISSPACE ? ju8_isspace(c)
-                      : f->id == M_ISUPPER ? cp_upper(c) == c
-                                           : cp_lower(c) == c;
-            if (!ok) return jv_bool(false);
-            any_cased |= cp_cased(c);
-        }
-        return jv_bool(f->id == M_ISUPPER || f->id == M_ISLOWER ? any_cased : true);
-    }
+    case M_ISLOWER: return str_is(r, f, &a);
     case M_REMOVEPREFIX:
-    case M_REMOVESUFFIX: {
-        const jstr *x = need_str(r, arg(&a, 0, "prefix"), "removeprefix").u.s;
-        bool end = f->id == M_REMOVESUFFIX;
-        if (!affix(s, x, end)) return self;
-        return jv_str(&r->arena, end ? s->p : s->p + x->len, s->len - x->len);
-    }
+    case M_REMOVESUFFIX: return str_remove_affix(r, f, &a);
     case M_GET: {
         jv k = arg(&a, 0, "key"), d = arg(&a, 1, "default");
         jv *v = jdict_get(self.u.d, k);
@@ -1032,12 +1139,7 @@ jv jlib_call_builtin(jrender *r, const jfunc *f, const jv *av, size_t n, const c
     }
     case M_ITEMS: return items_of(r, self);
     case M_KEYS: return jlib_to_list(r, self);
-    case M_VALUES: {
-        jlist *l = jlist_new(&r->arena, self.u.d->n);
-        memcpy(l->v, self.u.d->v, self.u.d->n * sizeof *l->v);
-        l->n = self.u.d->n;
-        return jv_list(l);
-    }
+    case M_VALUES: return dict_values(r, f, &a);
     }
     jr_fail(r, "internal: builtin %d", f->id);
 }

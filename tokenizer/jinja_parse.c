@@ -576,156 +576,196 @@ static void parse_params(parser *P, jnode *n) {
     n->nkw = params.n;
 }
 
+/* the body of a block statement up to its {% END %}, which is consumed */
+static void parse_until(parser *P, const char *end, jnode **body, const jtok *opener) {
+    const char *const ends[] = {end, NULL};
+    parse_body(P, ends, body, opener);
+    expect_block_end(P);
+}
+
+/* {% if %} ... {% elif %} ... {% else %} ... {% endif %} */
+static jnode *parse_if(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_IF, t);
+    n->a = parse_expr(P);
+    expect_block_end(P);
+    static const char *const ends[] = {"elif", "else", "endif", NULL};
+    jnode *cur = n;
+    for (;;) {
+        const jtok *e = parse_body(P, ends, &cur->b, t);
+        if (is_name(e, "elif")) {
+            jnode *el = mk(P, N_IF, e);
+            el->a = parse_expr(P);
+            expect_block_end(P);
+            cur->c = el;
+            cur = el;
+        } else if (is_name(e, "else")) {
+            expect_block_end(P);
+            parse_until(P, "endif", &cur->c, t);
+            break;
+        } else {
+            expect_block_end(P);
+            break;
+        }
+    }
+    return n;
+}
+
+/* {% for targets in iterable [if filter] %} ... [{% else %} ...] {% endfor %} */
+static jnode *parse_for(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_FOR, t);
+    svec names = {0};
+    parse_targets(P, &names);
+    n->names = names.v;
+    n->nnames = names.n;
+    const jtok *in = next(P);
+    if (!is_name(in, "in")) perr(P, in, "expected 'in' in a for loop, found %s", tok_desc(in));
+    n->a = parse_or(P); /* no conditional expression: its 'if' filters the loop */
+    if (is_name(peek(P), "if")) {
+        next(P);
+        n->d = parse_expr(P);
+    }
+    if (is_name(peek(P), "recursive")) perr(P, peek(P), "recursive loops are not supported");
+    expect_block_end(P);
+    static const char *const ends[] = {"else", "endfor", NULL};
+    const jtok *e = parse_body(P, ends, &n->b, t);
+    if (is_name(e, "else")) {
+        expect_block_end(P);
+        static const char *const end_for[] = {"endfor", NULL};
+        parse_body(P, end_for, &n->c, t);
+    }
+    expect_block_end(P);
+    return n;
+}
+
+/* {% set ns.attr = x %}, {% set a[, b] = x[, y] %} or the block form {% set x [| filters] %} ... {% endset %} */
+static jnode *parse_set(parser *P, const jtok *t) {
+    jnode *n;
+    const jtok *nt = peek(P);
+    if (nt->kind == T_NAME && is_op(peek2(P), ".")) {
+        n = mk(P, N_SET_ATTR, t);
+        n->a = mk(P, N_NAME, nt);
+        n->a->name = expect_name(P, &n->a->name_len);
+        next(P);
+        n->name = expect_name(P, &n->name_len);
+        expect_op(P, "=");
+        n->b = parse_expr(P);
+        expect_block_end(P);
+    } else {
+        svec names = {0};
+        parse_targets(P, &names);
+        if (is_op(peek(P), "=")) {
+            next(P);
+            n = mk(P, N_SET, t);
+            n->names = names.v;
+            n->nnames = names.n;
+            n->a = parse_expr(P);
+            if (is_op(peek(P), ",")) { /* set a, b = x, y */
+                nvec items = {0};
+                nv_push(P, &items, n->a);
+                while (is_op(peek(P), ",")) {
+                    next(P);
+                    nv_push(P, &items, parse_expr(P));
+                }
+                jnode *tu = mk(P, N_TUPLE, t);
+                tu->kids = items.v;
+                tu->n = items.n;
+                n->a = tu;
+            }
+            expect_block_end(P);
+        } else {
+            if (names.n != 1) perr(P, peek(P), "a block set takes one name");
+            n = mk(P, N_SET_BLOCK, t);
+            n->names = names.v;
+            n->nnames = 1;
+            jnode *filters = NULL; /* {% set x | filter %} */
+            if (is_op(peek(P), "|")) {
+                jnode *ph = mk(P, N_LIT, peek(P));
+                filters = parse_filter_expr(P, ph);
+                n->d = filters;
+            }
+            expect_block_end(P);
+            parse_until(P, "endset", &n->b, t);
+        }
+    }
+    return n;
+}
+
+/* {% macro name(params) %} ... {% endmacro [name] %} */
+static jnode *parse_macro(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_MACRO, t);
+    n->name = expect_name(P, &n->name_len);
+    expect_op(P, "(");
+    parse_params(P, n);
+    expect_block_end(P);
+    static const char *const ends[] = {"endmacro", NULL};
+    parse_body(P, ends, &n->b, t);
+    if (peek(P)->kind == T_NAME) next(P); /* {% endmacro name %} */
+    expect_block_end(P);
+    return n;
+}
+
+/* {% call[(params)] m(args) %} ... {% endcall %} */
+static jnode *parse_call_block(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_CALL_BLOCK, t);
+    if (is_op(peek(P), "(")) {
+        next(P);
+        parse_params(P, n);
+    }
+    n->a = parse_expr(P);
+    if (n->a->kind != N_CALL) perr(P, t, "a call block needs a macro call: {%% call m(...) %%}");
+    expect_block_end(P);
+    parse_until(P, "endcall", &n->b, t);
+    return n;
+}
+
+/* {% filter f(args) | ... %} ... {% endfilter %} */
+static jnode *parse_filter_block(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_FILTER_BLOCK, t);
+    /* the filter chain applied to a placeholder that the evaluator fills with the body */
+    jnode *ph = mk(P, N_LIT, t);
+    const jtok *ft = peek(P);
+    jnode *f = mk(P, N_FILTER, ft);
+    f->name = expect_name(P, &f->name_len);
+    if (!jlib_has_filter(f->name)) perr(P, ft, "no filter named '%s'", f->name);
+    f->a = ph;
+    if (is_op(peek(P), "(")) parse_args(P, f);
+    n->d = parse_filter_expr(P, f);
+    expect_block_end(P);
+    parse_until(P, "endfilter", &n->b, t);
+    return n;
+}
+
+/* {% generation %} ... {% endgeneration %}: the assistant spans a template marks */
+static jnode *parse_generation(parser *P, const jtok *t) {
+    jnode *n = mk(P, N_GENERATION, t);
+    P->t->has_generation = true;
+    expect_block_end(P);
+    parse_until(P, "endgeneration", &n->b, t);
+    return n;
+}
+
 static jnode *parse_statement(parser *P, const jtok *open) {
     const jtok *t = next(P);
     if (t->kind != T_NAME) perr(P, t, "expected a statement name after '{%%', found %s", tok_desc(t));
     enter(P);
     jnode *n;
     if (is_name(t, "if")) {
-        n = mk(P, N_IF, t);
-        n->a = parse_expr(P);
-        expect_block_end(P);
-        static const char *const ends[] = {"elif", "else", "endif", NULL};
-        jnode *cur = n;
-        for (;;) {
-            const jtok *e = parse_body(P, ends, &cur->b, t);
-            if (is_name(e, "elif")) {
-                jnode *el = mk(P, N_IF, e);
-                el->a = parse_expr(P);
-                expect_block_end(P);
-                cur->c = el;
-                cur = el;
-            } else if (is_name(e, "else")) {
-                expect_block_end(P);
-                static const char *const end_if[] = {"endif", NULL};
-                parse_body(P, end_if, &cur->c, t);
-                expect_block_end(P);
-                break;
-            } else {
-                expect_block_end(P);
-                break;
-            }
-        }
+        n = parse_if(P, t);
     } else if (is_name(t, "for")) {
-        n = mk(P, N_FOR, t);
-        svec names = {0};
-        parse_targets(P, &names);
-        n->names = names.v;
-        n->nnames = names.n;
-        const jtok *in = next(P);
-        if (!is_name(in, "in")) perr(P, in, "expected 'in' in a for loop, found %s", tok_desc(in));
-        n->a = parse_or(P); /* no conditional expression: its 'if' filters the loop */
-        if (is_name(peek(P), "if")) {
-            next(P);
-            n->d = parse_expr(P);
-        }
-        if (is_name(peek(P), "recursive")) perr(P, peek(P), "recursive loops are not supported");
-        expect_block_end(P);
-        static const char *const ends[] = {"else", "endfor", NULL};
-        const jtok *e = parse_body(P, ends, &n->b, t);
-        if (is_name(e, "else")) {
-            expect_block_end(P);
-            static const char *const end_for[] = {"endfor", NULL};
-            parse_body(P, end_for, &n->c, t);
-        }
-        expect_block_end(P);
+        n = parse_for(P, t);
     } else if (is_name(t, "set")) {
-        const jtok *nt = peek(P);
-        if (nt->kind == T_NAME && is_op(peek2(P), ".")) {
-            n = mk(P, N_SET_ATTR, t);
-            n->a = mk(P, N_NAME, nt);
-            n->a->name = expect_name(P, &n->a->name_len);
-            next(P);
-            n->name = expect_name(P, &n->name_len);
-            expect_op(P, "=");
-            n->b = parse_expr(P);
-            expect_block_end(P);
-        } else {
-            svec names = {0};
-            parse_targets(P, &names);
-            if (is_op(peek(P), "=")) {
-                next(P);
-                n = mk(P, N_SET, t);
-                n->names = names.v;
-                n->nnames = names.n;
-                n->a = parse_expr(P);
-                if (is_op(peek(P), ",")) { /* set a, b = x, y */
-                    nvec items = {0};
-                    nv_push(P, &items, n->a);
-                    while (is_op(peek(P), ",")) {
-                        next(P);
-                        nv_push(P, &items, parse_expr(P));
-                    }
-                    jnode *tu = mk(P, N_TUPLE, t);
-                    tu->kids = items.v;
-                    tu->n = items.n;
-                    n->a = tu;
-                }
-                expect_block_end(P);
-            } else {
-                if (names.n != 1) perr(P, peek(P), "a block set takes one name");
-                n = mk(P, N_SET_BLOCK, t);
-                n->names = names.v;
-                n->nnames = 1;
-                jnode *filters = NULL; /* {% set x | filter %} */
-                if (is_op(peek(P), "|")) {
-                    jnode *ph = mk(P, N_LIT, peek(P));
-                    filters = parse_filter_expr(P, ph);
-                    n->d = filters;
-                }
-                expect_block_end(P);
-                static const char *const ends[] = {"endset", NULL};
-                parse_body(P, ends, &n->b, t);
-                expect_block_end(P);
-            }
-        }
+        n = parse_set(P, t);
     } else if (is_name(t, "macro")) {
-        n = mk(P, N_MACRO, t);
-        n->name = expect_name(P, &n->name_len);
-        expect_op(P, "(");
-        parse_params(P, n);
-        expect_block_end(P);
-        static const char *const ends[] = {"endmacro", NULL};
-        parse_body(P, ends, &n->b, t);
-        if (peek(P)->kind == T_NAME) next(P); /* {% endmacro name %} */
-        expect_block_end(P);
+        n = parse_macro(P, t);
     } else if (is_name(t, "call")) {
-        n = mk(P, N_CALL_BLOCK, t);
-        if (is_op(peek(P), "(")) {
-            next(P);
-            parse_params(P, n);
-        }
-        n->a = parse_expr(P);
-        if (n->a->kind != N_CALL) perr(P, t, "a call block needs a macro call: {%% call m(...) %%}");
-        expect_block_end(P);
-        static const char *const ends[] = {"endcall", NULL};
-        parse_body(P, ends, &n->b, t);
-        expect_block_end(P);
+        n = parse_call_block(P, t);
     } else if (is_name(t, "filter")) {
-        n = mk(P, N_FILTER_BLOCK, t);
-        /* the filter chain applied to a placeholder that the evaluator fills with the body */
-        jnode *ph = mk(P, N_LIT, t);
-        const jtok *ft = peek(P);
-        jnode *f = mk(P, N_FILTER, ft);
-        f->name = expect_name(P, &f->name_len);
-        if (!jlib_has_filter(f->name)) perr(P, ft, "no filter named '%s'", f->name);
-        f->a = ph;
-        if (is_op(peek(P), "(")) parse_args(P, f);
-        n->d = parse_filter_expr(P, f);
-        expect_block_end(P);
-        static const char *const ends[] = {"endfilter", NULL};
-        parse_body(P, ends, &n->b, t);
-        expect_block_end(P);
+        n = parse_filter_block(P, t);
     } else if (is_name(t, "break") || is_name(t, "continue")) {
         n = mk(P, is_name(t, "break") ? N_BREAK : N_CONTINUE, t);
         expect_block_end(P);
     } else if (is_name(t, "generation")) {
-        n = mk(P, N_GENERATION, t);
-        P->t->has_generation = true;
-        expect_block_end(P);
-        static const char *const ends[] = {"endgeneration", NULL};
-        parse_body(P, ends, &n->b, t);
-        expect_block_end(P);
+        n = parse_generation(P, t);
     } else if (is_name(t, "include") || is_name(t, "import") || is_name(t, "from") || is_name(t, "extends")) {
         perr(P, t, "'%.*s' reads other files, which a chat template may not do", (int)t->n, t->p);
     } else {

@@ -461,20 +461,9 @@ static bool bytelevel_unmap(const char *s, size_t len, tok_buf *out) {
 
 #define MAX_IDS (1 << 24)
 
-static int parse_model(const loadctx *c, json_t *root, json_t *added) {
+/* the BPE model's options: those we do not support refused, the flags read */
+static int model_options(const loadctx *c, json_t *m) {
     tokenizer *t = c->t;
-    json_t *m = json_object_get(root, "model");
-    if (!json_is_object(m)) return bad(c, "model", "missing or not an object");
-    const char *ty = type_of(m);
-    if (!ty && json_object_get(m, "merges")) ty = "BPE"; /* old files omit the type */
-    if (!ty || strcmp(ty, "BPE")) {
-        char msg[200];
-        snprintf(msg, sizeof msg, "unsupported model type '%s' (supported: BPE)", ty ? ty : "(none)");
-        return bad(c, "model", msg);
-    }
-    json_t *vocab = json_object_get(m, "vocab"), *merges = json_object_get(m, "merges");
-    if (!json_is_object(vocab)) return bad(c, "model.vocab", "missing or not an object");
-    if (!json_is_array(merges)) return bad(c, "model.merges", "missing or not an array");
     const char *s;
     int rc;
     if ((rc = get_str(c, m, "continuing_subword_prefix", "model", false, &s, NULL))) return rc;
@@ -487,8 +476,14 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
     if ((rc = get_bool(c, m, "byte_fallback", "model", false, &t->byte_fallback))) return rc;
     if ((rc = get_bool(c, m, "fuse_unk", "model", false, &t->fuse_unk))) return rc;
     if ((rc = get_bool(c, m, "ignore_merges", "model", false, &t->ignore_merges))) return rc;
+    return 0;
+}
 
-    /* ids: vocab and added tokens */
+/* Ids: the vocabulary's and the added tokens' (the largest sizes the tables), every vocabulary
+ * token's text, and the map from text to id. */
+static int model_ids(const loadctx *c, json_t *vocab, json_t *added) {
+    tokenizer *t = c->t;
+    int rc;
     int64_t max_id = -1;
     const char *key;
     json_t *v;
@@ -526,13 +521,19 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
         if ((rc = tok_strmap_put(&t->vocab, t->tok[id], (uint32_t)len, id))) return rc;
     }
     t->words = &t->vocab;
+    return 0;
+}
 
+/* Byte-level vocabularies: every id's raw bytes and the map encoding looks words up in; others:
+ * the ids of single ASCII characters. Both: the <0xNN> byte-fallback ids. */
+static int model_byte_tables(tokenizer *t, size_t vocab_size) {
+    int rc;
     if (t->byte_level) {
         /* raw bytes of every id, and the map encoding looks words up in */
         t->raw = calloc((size_t)t->n_ids, sizeof *t->raw);
         t->raw_len = calloc((size_t)t->n_ids, sizeof *t->raw_len);
         if (!t->raw || !t->raw_len) return err_set(ERR_STAGE, "out of memory");
-        if ((rc = tok_strmap_init(&t->vocab_raw, (uint32_t)json_object_size(vocab)))) return rc;
+        if ((rc = tok_strmap_init(&t->vocab_raw, (uint32_t)vocab_size))) return rc;
         tok_buf b = {0};
         for (int32_t id = 0; id < t->n_ids; id++) {
             if (!t->tok[id]) continue;
@@ -566,8 +567,15 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
         snprintf(name, sizeof name, "<0x%02X>", b2);
         t->byte_fb[b2] = tok_strmap_get(&t->vocab, name, 6);
     }
+    return 0;
+}
 
-    /* merges, in rank order */
+/* the merges, in rank order: each a string "a b" or a pair ["a", "b"] of vocabulary tokens whose
+ * concatenation is a vocabulary token too */
+static int model_merges(const loadctx *c, json_t *merges) {
+    tokenizer *t = c->t;
+    int rc;
+    size_t i;
     if ((rc = tok_mergemap_init(&t->merges, (uint32_t)json_array_size(merges)))) return rc;
     tok_buf cat = {0};
     json_t *mg;
@@ -610,7 +618,16 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
     }
     free(cat.p);
     if (rc) return rc;
+    return rc;
+}
 
+/* unk_token: a vocabulary token or an added one */
+static int model_unk(const loadctx *c, json_t *m, json_t *added) {
+    tokenizer *t = c->t;
+    const char *s;
+    int rc;
+    size_t i;
+    json_t *a;
     if ((rc = get_str(c, m, "unk_token", "model", false, &s, NULL))) return rc;
     t->unk_id = s ? tok_strmap_get(&t->vocab, s, (uint32_t)strlen(s)) : -1;
     if (s && t->unk_id < 0) {
@@ -619,6 +636,27 @@ static int parse_model(const loadctx *c, json_t *root, json_t *added) {
         if (t->unk_id < 0) return bad(c, "model.unk_token", "names a token that is not in the vocabulary");
     }
     return 0;
+}
+
+static int parse_model(const loadctx *c, json_t *root, json_t *added) {
+    tokenizer *t = c->t;
+    json_t *m = json_object_get(root, "model");
+    if (!json_is_object(m)) return bad(c, "model", "missing or not an object");
+    const char *ty = type_of(m);
+    if (!ty && json_object_get(m, "merges")) ty = "BPE"; /* old files omit the type */
+    if (!ty || strcmp(ty, "BPE")) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "unsupported model type '%s' (supported: BPE)", ty ? ty : "(none)");
+        return bad(c, "model", msg);
+    }
+    json_t *vocab = json_object_get(m, "vocab"), *merges = json_object_get(m, "merges");
+    if (!json_is_object(vocab)) return bad(c, "model.vocab", "missing or not an object");
+    if (!json_is_array(merges)) return bad(c, "model.merges", "missing or not an array");
+    int rc;
+    if ((rc = model_options(c, m)) || (rc = model_ids(c, vocab, added))) return rc;
+    if ((rc = model_byte_tables(t, json_object_size(vocab)))) return rc;
+    if ((rc = model_merges(c, merges))) return rc;
+    return model_unk(c, m, added);
 }
 
 /* Normalize an added token's content the way encoding normalizes text (tokenizer_encode.c). */

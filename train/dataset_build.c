@@ -340,9 +340,8 @@ static int encode(const dataset_tokenizer *tok, const char *s, size_t len, int32
     return tok->encode(tok->ud, s, len, ids, n);
 }
 
-static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, item *it) {
-    if (it->kind == ITEM_CHAT && chat_format_record(o->chat, it->rec, &it->f)) return err_wrap("%s", it->what);
-    const hooks_format_result *f = &it->f;
+/* the item's segments as one text (*all, NUL-terminated, *total bytes) and the byte end of each */
+static int join_segments(const hooks_format_result *f, char **all_out, size_t *total_out, size_t **ends_out) {
     size_t total = 0;
     for (int i = 0; i < f->n; i++) total += f->seg[i].len;
     char *all = malloc(total + 1);
@@ -359,42 +358,37 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
         ends[i] = pos;
     }
     all[total] = 0;
+    *all_out = all;
+    *total_out = total;
+    *ends_out = ends;
+    return 0;
+}
 
-    int32_t *full;
-    size_t nf;
-    int rc = encode(tok, all, total, &full, &nf);
-    /* token boundary of each segment: the prefix ending there tokenized alone (docs/alpaca.md:
-     * the prompt is tokenized alone), only where the train flag changes */
-    size_t *tb = calloc((size_t)f->n + 1, sizeof *tb);
-    if (!rc && !tb) rc = err_set(ERR_STAGE, "out of memory");
-    if (!rc) {
-        tb[f->n] = nf;
-        for (int i = 1; i < f->n && !rc; i++) {
-            if (o->train_on_inputs || f->seg[i].train == f->seg[i - 1].train) {
-                tb[i] = tb[i - 1];
-                continue;
-            }
-            int32_t *pre;
-            size_t np;
-            rc = encode(tok, all, ends[i - 1], &pre, &np);
-            free(pre);
-            tb[i] = np < tb[i - 1] ? tb[i - 1] : np > nf ? nf : np;
+/* Token boundary of each segment (tb[f->n] = nf): the prefix ending there tokenized alone
+ * (docs/alpaca.md: the prompt is tokenized alone), only where the train flag changes. */
+static int segment_bounds(const dataset_opts *o, const dataset_tokenizer *tok, const hooks_format_result *f,
+                          const char *all, const size_t *ends, size_t nf, size_t *tb) {
+    int rc = 0;
+    tb[f->n] = nf;
+    for (int i = 1; i < f->n && !rc; i++) {
+        if (o->train_on_inputs || f->seg[i].train == f->seg[i - 1].train) {
+            tb[i] = tb[i - 1];
+            continue;
         }
+        int32_t *pre;
+        size_t np;
+        rc = encode(tok, all, ends[i - 1], &pre, &np);
+        free(pre);
+        tb[i] = np < tb[i - 1] ? tb[i - 1] : np > nf ? nf : np;
     }
-    if (rc) {
-        free(all);
-        free(ends);
-        free(tb);
-        free(full);
-        return err_wrap("%s", it->what);
-    }
-    bool add_bos = tok->bos >= 0 && it->kind != ITEM_CHAT;
+    return rc;
+}
+
+/* Whether the sequence gets an EOS of ours: not for chat templates, nor where the text already
+ * ends its turn with EOS (directly, or followed by white space). */
+static bool eos_wanted(const dataset_tokenizer *tok, const item *it, const char *all, size_t total,
+                       const int32_t *full, size_t nf) {
     bool add_eos = tok->eos >= 0 && it->kind != ITEM_CHAT;
-    /* EOS is trained when the response is: the last segment with more than white space
-     * decides (a chat template's trailing newline does not) */
-    int last = f->n - 1;
-    while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
-    bool last_trained = o->train_on_inputs || f->seg[last].train;
     if (it->kind == ITEM_SEGMENTS && nf > 0 && full[nf - 1] == tok->eos) add_eos = false; /* template ended a turn with it */
     /* ... or ended it with EOS followed by white space (ChatML's "<|im_end|>\n" where EOS is
      * <|im_end|>): the turn's own EOS is the trained stop, a second one would teach a double stop */
@@ -403,6 +397,51 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
         while (tl && (all[tl - 1] == ' ' || all[tl - 1] == '\t' || all[tl - 1] == '\r' || all[tl - 1] == '\n')) tl--;
         if (tl >= el && !memcmp(all + tl - el, tok->eos_token, el)) add_eos = false;
     }
+    return add_eos;
+}
+
+/* Cut to sequence_len (or drop, truncation: drop), and drop a sequence with nothing to train. */
+static void item_fit(const dataset_opts *o, item *it, const int32_t *labels, size_t *n) {
+    if (it->kind != ITEM_TEXT && *n > (size_t)o->sequence_len) {
+        if (o->drop_long) it->drop = DROP_LONG;
+        *n = (size_t)o->sequence_len;
+        it->truncated = true;
+    }
+    if (it->kind != ITEM_TEXT && !it->drop) {
+        size_t trained = 0;
+        for (size_t t = 0; t < *n; t++) trained += labels[t] != DATASET_IGNORE_INDEX;
+        if (!trained) it->drop = DROP_NO_LABELS;
+    }
+}
+
+static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, item *it) {
+    if (it->kind == ITEM_CHAT && chat_format_record(o->chat, it->rec, &it->f)) return err_wrap("%s", it->what);
+    const hooks_format_result *f = &it->f;
+    char *all = NULL;
+    size_t total = 0, *ends = NULL;
+    int rc = join_segments(f, &all, &total, &ends);
+    if (rc) return rc;
+
+    int32_t *full;
+    size_t nf;
+    rc = encode(tok, all, total, &full, &nf);
+    size_t *tb = calloc((size_t)f->n + 1, sizeof *tb);
+    if (!rc && !tb) rc = err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = segment_bounds(o, tok, f, all, ends, nf, tb);
+    if (rc) {
+        free(all);
+        free(ends);
+        free(tb);
+        free(full);
+        return err_wrap("%s", it->what);
+    }
+    bool add_bos = tok->bos >= 0 && it->kind != ITEM_CHAT;
+    /* EOS is trained when the response is: the last segment with more than white space
+     * decides (a chat template's trailing newline does not) */
+    int last = f->n - 1;
+    while (last > 0 && strspn(f->seg[last].text, " \t\r\n") == f->seg[last].len) last--;
+    bool last_trained = o->train_on_inputs || f->seg[last].train;
+    bool add_eos = eos_wanted(tok, it, all, total, full, nf);
     size_t n = nf + add_bos + add_eos;
     int32_t *ids = malloc((n ? n : 1) * sizeof *ids), *labels = malloc((n ? n : 1) * sizeof *labels);
     if (!ids || !labels) {
@@ -437,16 +476,7 @@ static int tokenize_item(const dataset_opts *o, const dataset_tokenizer *tok, it
     free(tb);
     free(full);
 
-    if (it->kind != ITEM_TEXT && n > (size_t)o->sequence_len) {
-        if (o->drop_long) it->drop = DROP_LONG;
-        n = (size_t)o->sequence_len;
-        it->truncated = true;
-    }
-    if (it->kind != ITEM_TEXT && !it->drop) {
-        size_t trained = 0;
-        for (size_t t = 0; t < n; t++) trained += labels[t] != DATASET_IGNORE_INDEX;
-        if (!trained) it->drop = DROP_NO_LABELS;
-    }
+    item_fit(o, it, labels, &n);
     it->ids = ids;
     it->labels = labels;
     it->n = n;

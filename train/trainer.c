@@ -545,6 +545,300 @@ static int diverged(run_state *s, int64_t step, double loss, double gnorm) {
                    (long long)(step + 1), lbuf, gbuf, where);
 }
 
+/* The loop's own state beside run_state: the data order, the step's rows, the sums and the
+ * dropout seeds. */
+typedef struct step_loop {
+    const train_data *train, *val;
+    data_order order;
+    train_batch b;
+    buckets bk;
+    int64_t *idx;         /* [global_rows] the rows of the step, every rank's */
+    int64_t *row_targets; /* [train rows] target tokens a row: the step's normaliser, known before it runs */
+    double *acc;          /* [n_params] exact: the fp64 sum of the micro-batches' gradients */
+    double *mb_loss;      /* [accum * world] the loss of each micro-batch, in the global order */
+    rng_state rng;        /* dropout seeds, as of the last completed step */
+    bool exact;           /* the CPU backend: gradients summed in fp64 (trainer.h) */
+    bool reduce, bucketed;
+    int mb, accum;
+    int64_t local_rows, global_rows, total;
+    size_t nb;            /* bytes of the trainable parameters */
+    int64_t n_opt, opt_lo; /* the parameters this rank's optimizer updates */
+} step_loop;
+
+/* Buffers, the optimizer state (this rank's shard of it), the data order and the checks that need
+ * the split: before any step. */
+static int loop_setup(run_state *s, step_loop *L) {
+    trainer_model *m = s->m;
+    const ops_table *ops = s->ops;
+    const int world = s->world;
+    L->idx = malloc((size_t)L->global_rows * sizeof *L->idx);
+    L->acc = L->exact ? malloc((size_t)m->n_params * sizeof *L->acc) : NULL;
+    L->mb_loss = calloc((size_t)L->accum * (size_t)world, sizeof *L->mb_loss);
+    s->shard = malloc(((size_t)world + 1) * sizeof *s->shard);
+    if (!L->idx || (L->exact && !L->acc) || !L->mb_loss || !s->shard)
+        return err_set(ERR_STAGE, "out of memory for the training state of %lld parameters", (long long)m->n_params);
+    for (int k = 0; k <= world; k++) {
+        int64_t lo, hi;
+        coll_shard(m->n_params, world, k < world ? k : world - 1, &lo, &hi);
+        s->shard[k] = k < world ? lo : hi;
+    }
+    L->n_opt = s->sharded ? s->shard[s->rank + 1] - s->shard[s->rank] : m->n_params;
+    L->opt_lo = s->sharded ? s->shard[s->rank] : 0;
+    const size_t nb_opt = (size_t)(L->n_opt > 0 ? L->n_opt : 1) * sizeof(float);
+    s->adam_m = m->adam_m ? m->adam_m : ops->alloc(nb_opt);
+    s->adam_v = m->adam_v ? m->adam_v : ops->alloc(nb_opt);
+    if (m->adam_m) ops->zero(m->adam_m, nb_opt);
+    if (m->adam_v) ops->zero(m->adam_v, nb_opt);
+    if (!s->adam_m || !s->adam_v)
+        return err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)L->n_opt);
+    if (world > 1 && L->global_rows > L->train->n_rows)
+        return err_set(ERR_RECIPE,
+                       "the global batch of %lld rows (micro_batch_size %d x gradient_accumulation_steps %d x %d ranks) "
+                       "is larger than the train split (%lld rows): run fewer ranks or lower the batch",
+                       (long long)L->global_rows, L->mb, L->accum, world, (long long)L->train->n_rows);
+    int rc = order_init(&L->order, L->train->n_rows, s->cfg->seed);
+    if (rc) return rc;
+    /* target tokens per row, known before a step runs: the step's normaliser */
+    L->row_targets = malloc((size_t)L->train->n_rows * sizeof *L->row_targets);
+    if (!L->row_targets) return err_set(ERR_STAGE, "out of memory");
+    for (int64_t r = 0; r < L->train->n_rows; r++) L->row_targets[r] = train_data_row_targets(L->train, r);
+    return 0;
+}
+
+/* The run starts where the newest checkpoint left it (or at step 0) and says what it will do. */
+static int loop_start(run_state *s, step_loop *L, uint64_t chash, trainer_result *res) {
+    const trainer_config *cfg = s->cfg;
+    const trainer_hooks *hooks = s->hooks;
+    const int world = s->world, rank = s->rank, mb = L->mb, accum = L->accum;
+    const int64_t total = L->total, n_rows = L->train->n_rows, n_params = s->m->n_params;
+    rng_seed(&L->rng, rng_u64(cfg->seed, rng_stream_of("dropout"), 0));
+    s->hd = (trainer_ckpt_header){.total_steps = total, .n_params = n_params, .config_hash = chash,
+                                  .first_val_loss = NAN, .last_val_loss = NAN, .last_train_loss = NAN};
+    memcpy(s->hd.rng, L->rng.s, sizeof L->rng.s);
+    int rc;
+    if (cfg->work_dir && (rc = try_resume(s, chash))) return rc;
+    memcpy(L->rng.s, s->hd.rng, sizeof L->rng.s);
+    res->resumed_from = s->hd.step;
+    /* every rank set up (or failed to) and read the same checkpoint before rank 0 writes one */
+    if (world > 1 && (rc = coll_agree(0, NULL))) return rc;
+
+    if (world > 1)
+        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation x %d ranks (rank %d), %lld rows, %lld "
+                        "trainable parameters%s",
+                 (long long)total, mb, mb == 1 ? "" : "s", accum, world, rank, (long long)n_rows,
+                 (long long)n_params, s->hd.step ? " (resumed)" : "");
+    else
+        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
+                 (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)n_rows, (long long)n_params,
+                 s->hd.step ? " (resumed)" : "");
+    if (s->sharded)
+        hook_log(hooks, "optimizer state sharded over %d ranks (ZeRO-1): AdamW m and v %.2f MiB a rank instead of "
+                        "%.2f MiB (rank %d updates parameters %lld..%lld, then every rank gathers them)",
+                 world, 2.0 * (double)L->n_opt * 4 / 1048576.0, 2.0 * (double)n_params * 4 / 1048576.0, rank,
+                 (long long)s->shard[rank], (long long)s->shard[rank + 1]);
+    return 0;
+}
+
+/* The gradients travel (several ranks, or NCCL asked for on one to measure its path) in one
+ * bucket a layer while the backward goes on, or in one piece after it for a model without layers. */
+static int loop_buckets(run_state *s, step_loop *L) {
+    trainer_model *m = s->m;
+    const bool exact = L->exact;
+    L->reduce = s->world > 1 || coll_nccl_active();
+    L->bucketed = L->reduce && buckets_usable(m);
+    if (!L->bucketed) return 0;
+    int rc = buckets_plan(&L->bk, m, s->cfg->bucket_bytes, exact ? sizeof(double) : sizeof(float));
+    if (rc) return rc;
+    L->bk.acc = L->acc;
+    char size[64] = "a layer each";
+    if (s->cfg->bucket_bytes > 0)
+        snprintf(size, sizeof size, "whole layers, at least %.2f MiB", (double)s->cfg->bucket_bytes / 1048576.0);
+    hook_log(s->hooks, "gradients: %d bucket%s a step (%s; the largest %.3f MiB; %s sums)", L->bk.n,
+             L->bk.n == 1 ? "" : "s", size, (double)L->bk.max_elems * (exact ? 8.0 : 4.0) / 1048576.0,
+             exact ? "exact fp64" : "fp32");
+    return 0;
+}
+
+/* This rank's micro-batches, forward and backward, gradients accumulated (exact: each on its own,
+ * added in fp64; bucketed: sent layer by layer while the final backward goes on). Alone, an
+ * interrupt between micro-steps sets *stop. */
+static int step_gradients(run_state *s, step_loop *L, const int64_t *mine, float grad_scale, rng_state *step_rng,
+                          int64_t *n_tokens, bool *stop) {
+    trainer_model *m = s->m;
+    const ops_table *ops = s->ops;
+    const int world = s->world, rank = s->rank, accum = L->accum;
+    const bool exact = L->exact, bucketed = L->bucketed;
+    int rc = 0;
+    L->bk.next = L->bk.cur = 0;
+    L->bk.rc = 0;
+    for (int a = 0; a < accum && !rc; a++) {
+        if (world == 1 && hook_interrupted(s->hooks)) { /* alone: stop between micro-steps */
+            *stop = true;
+            break;
+        }
+        const bool last = a == accum - 1;
+        if (bucketed && last) m->set_layer_done(m->self, bucket_ready, &L->bk); /* the final pass */
+        uint64_t dseed = rng_next(step_rng);
+        double ls = 0;
+        if ((rc = train_data_batch(L->train, mine + (int64_t)a * L->mb, L->mb, &L->b))) break;
+        if (exact && a > 0) ops->zero(m->grads, L->nb); /* each micro-batch's gradient on its own */
+        if ((rc = m->train_step(m->self, &L->b, grad_scale, dseed, &ls))) break;
+        L->mb_loss[(int64_t)rank * accum + a] = ls;
+        *n_tokens += L->b.T;
+        if (exact && !(bucketed && last))
+            for (int64_t i = 0; i < m->n_params; i++) L->acc[i] += (double)m->grads[i];
+    }
+    if (bucketed) {
+        m->set_layer_done(m->self, NULL, NULL);
+        /* a rank that failed before its final pass still issues every bucket: all ranks pass the
+         * same collectives */
+        while (world > 1 && L->bk.next < m->n_layers) bucket_issue(&L->bk, m->n_layers - 1 - L->bk.next);
+        int w = coll_grads_wait();
+        if (!rc) rc = L->bk.rc ? L->bk.rc : w;
+    }
+    return rc;
+}
+
+/* The sums over the ranks: the gradients (when not sent in buckets), the micro-batches' losses
+ * and the tokens; exact, the one rounding of the fp64 sum. Every rank joins, failed or not (rc:
+ * its own failure so far, which shows at the step boundary). */
+static int step_reduce(run_state *s, step_loop *L, int rc, int64_t *n_tokens) {
+    trainer_model *m = s->m;
+    const int world = s->world, accum = L->accum;
+    if (L->reduce && !L->bucketed) {
+        int c = L->exact ? coll_allreduce_grads_f64(L->acc, m->n_params) : coll_allreduce_grads(m->grads, m->n_params);
+        int w = coll_grads_wait();
+        if (!rc) rc = c ? c : w;
+    }
+    if (L->exact) /* one rounding, of the exact sum over every micro-batch of every rank */
+        for (int64_t i = 0; i < m->n_params; i++) m->grads[i] = (float)L->acc[i];
+    if (world > 1) {
+        /* each micro-batch's loss sits in its own slot (zeros elsewhere: the sum is exact), and
+         * is added in the global order, as one process adds them */
+        double tok = (double)*n_tokens;
+        int c = coll_allreduce_f64(L->mb_loss, accum * world);
+        if (!c) c = coll_allreduce_f64(&tok, 1);
+        if (!rc) rc = c;
+        *n_tokens = (int64_t)tok;
+    }
+    return rc;
+}
+
+/* The update: a diverged step refused, gradients clipped, the learning rate (schedule, then the
+ * lr hook), AdamW on this rank's piece; sharded, every rank then gathers the others' pieces. */
+static int step_update(run_state *s, const step_loop *L, int64_t step, double loss, double *gnorm, double *lr) {
+    const trainer_config *cfg = s->cfg;
+    const ops_table *ops = s->ops;
+    const trainer_hooks *hooks = s->hooks;
+    trainer_model *m = s->m;
+    int rc;
+    *gnorm = sqrt(ops->sum_squares(m->grads, m->n_params));
+    if (!isfinite(loss) || !isfinite(*gnorm)) return diverged(s, step, loss, *gnorm);
+    if (cfg->max_grad_norm > 0 && *gnorm > cfg->max_grad_norm)
+        ops->scale(m->grads, m->n_params, (float)(cfg->max_grad_norm / (*gnorm + 1e-6)));
+    *lr = trainer_schedule_lr(cfg->schedule, cfg->learning_rate, step, cfg->warmup_steps, L->total);
+    if (hooks && hooks->lr && (rc = hooks->lr(hooks->ud, step, L->total, cfg->learning_rate, lr))) return rc;
+    /* sharded: this rank's piece only (AdamW is elementwise: the same bytes as the whole
+     * update's), then every rank gathers the others' pieces */
+    if (L->n_opt > 0)
+        ops->adamw(m->params + L->opt_lo, m->grads + L->opt_lo, s->adam_m, s->adam_v, L->n_opt, (float)*lr,
+                   (float)cfg->adam_beta1, (float)cfg->adam_beta2, (float)cfg->adam_epsilon,
+                   (float)cfg->weight_decay, (int)(step + 1));
+    if (s->sharded && (rc = coll_allgather_f32(m->params, s->shard))) return rc;
+    ops->sync();
+    return 0;
+}
+
+/* One optimizer step over the global batch, then its log line, evaluation, checkpoint and
+ * on_step hook. Alone, an interrupt during it sets *stop and the partial step is dropped. With
+ * several ranks a failure still joins the step's collectives and is returned, to be agreed on at
+ * the next step boundary. */
+static int train_one_step(run_state *s, step_loop *L, trainer_result *res, bool *stop) {
+    const trainer_config *cfg = s->cfg;
+    const trainer_hooks *hooks = s->hooks;
+    trainer_model *m = s->m;
+    const int world = s->world, rank = s->rank, accum = L->accum;
+    double t0 = now_s();
+    const int64_t step = s->hd.step; /* 0-based index of the step being taken */
+    int64_t n_targets = 0, n_tokens = 0;
+    for (int64_t k = 0; k < L->global_rows; k++) {
+        L->idx[k] = order_row(&L->order, s->hd.cursor + k);
+        n_targets += L->row_targets[L->idx[k]];
+    }
+    const int64_t *mine = L->idx + (int64_t)rank * L->local_rows; /* this rank's share */
+    /* a step with no target token at all (fully masked rows) still advances: zero gradient */
+    const float grad_scale = n_targets ? 1.0f / (float)n_targets : 0.0f;
+    s->ops->zero(m->grads, L->nb);
+    if (L->exact) memset(L->acc, 0, (size_t)m->n_params * sizeof *L->acc);
+    memset(L->mb_loss, 0, (size_t)accum * (size_t)world * sizeof *L->mb_loss);
+    rng_state step_rng = L->rng;
+    for (int k = 0; k < rank * accum; k++) rng_next(&step_rng); /* the seeds of the ranks before */
+    int rc = step_gradients(s, L, mine, grad_scale, &step_rng, &n_tokens, stop);
+    if (rc && world == 1) return rc;
+    if (world == 1 && (*stop || hook_interrupted(hooks))) { /* the partial step is dropped */
+        *stop = true;
+        return 0;
+    }
+    for (int k = (rank + 1) * accum; k < world * accum; k++) rng_next(&step_rng); /* and of those after */
+    if ((rc = step_reduce(s, L, rc, &n_tokens))) return rc;
+    double loss_sum = 0;
+    for (int k = 0; k < accum * world; k++) loss_sum += L->mb_loss[k];
+
+    double loss = n_targets ? loss_sum / (double)n_targets : 0.0, gnorm = 0, lr = 0;
+    if ((rc = step_update(s, L, step, loss, &gnorm, &lr))) return rc;
+
+    L->rng = step_rng;
+    s->hd.step = step + 1;
+    s->hd.cursor += L->global_rows;
+    s->hd.tokens += n_tokens;
+    s->hd.last_train_loss = loss;
+    memcpy(s->hd.rng, L->rng.s, sizeof L->rng.s);
+    res->tokens += n_tokens;
+
+    double secs = now_s() - t0;
+    trainer_step_info info = {.step = s->hd.step, .total_steps = L->total, .loss = loss, .grad_norm = gnorm, .lr = lr,
+                              .ms = secs * 1e3, .tokens_per_s = secs > 0 ? (double)n_tokens / secs : 0,
+                              .tokens = n_tokens, .target_tokens = n_targets,
+                              .epoch = (double)s->hd.cursor / (double)L->train->n_rows};
+    log_step(s, &info);
+    if (L->val && cfg->eval_steps > 0 && s->hd.step % cfg->eval_steps == 0 && s->hd.step < L->total)
+        rc = run_eval(s, L->val, s->hd.step, &s->hd.last_val_loss);
+    if (!rc && cfg->save_steps > 0 && s->hd.step % cfg->save_steps == 0 && s->hd.step < L->total)
+        rc = save_checkpoint(s);
+    if (!rc && rank == 0 && hooks && hooks->on_step) rc = hooks->on_step(hooks->ud, &info);
+    return rc;
+}
+
+/* The end: interrupted, a checkpoint to resume from and ERR_INTERRUPTED; finished, the final
+ * validation loss and the last checkpoint. */
+static int loop_end(run_state *s, const step_loop *L, bool interrupted) {
+    const trainer_config *cfg = s->cfg;
+    int rc;
+    if (interrupted) {
+        if ((rc = save_checkpoint(s))) return rc;
+        rc = err_set(ERR_INTERRUPTED, "interrupted at step %lld of %lld%s%s%s", (long long)s->hd.step,
+                     (long long)L->total, cfg->work_dir ? ": checkpoint saved in '" : "",
+                     cfg->work_dir ? cfg->work_dir : "", cfg->work_dir ? "'; run again to resume" : "");
+        hook_event(s->hooks, "interrupted", json_pack("{s:I}", "step", (json_int_t)s->hd.step));
+        return rc;
+    }
+    if (L->val && (rc = run_eval(s, L->val, s->hd.step, &s->hd.last_val_loss))) return rc;
+    return save_checkpoint(s);
+}
+
+static void loop_free(run_state *s, step_loop *L) {
+    free(L->idx);
+    free(L->row_targets);
+    free(L->order.perm);
+    free(L->acc);
+    free(L->mb_loss);
+    free(s->shard);
+    free(L->bk.lo);
+    train_batch_free(&L->b);
+    if (s->adam_m && s->adam_m != s->m->adam_m) s->ops->free(s->adam_m);
+    if (s->adam_v && s->adam_v != s->m->adam_v) s->ops->free(s->adam_v);
+}
+
 int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *m, const train_data *train,
                 const train_data *val, const trainer_hooks *hooks, trainer_result *res) {
     memset(res, 0, sizeof *res);
@@ -555,105 +849,30 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
     if (val && val->n_rows < 1) val = NULL;
 
     const int world = cfg->world > 1 ? cfg->world : 1, rank = world > 1 ? cfg->rank : 0;
-    const int mb = cfg->micro_batch_size, accum = cfg->gradient_accumulation_steps;
-    const int64_t local_rows = (int64_t)mb * accum, global_rows = local_rows * world;
-    const int64_t total = trainer_total_steps(cfg, train->n_rows);
-    const size_t nb = (size_t)m->n_params * sizeof(float);
+    /* the CPU backend (gradients in host memory) sums the micro-batches' gradients in fp64, so that
+     * the sum is the same whatever the grouping: N ranks give one process's bytes (trainer.h) */
+    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world,
+                   .sharded = cfg->shard_optimizer && world > 1};
+    step_loop L = {.train = train, .val = val, .exact = !ops->own_memory, .mb = cfg->micro_batch_size,
+                   .accum = cfg->gradient_accumulation_steps, .total = trainer_total_steps(cfg, train->n_rows),
+                   .nb = (size_t)m->n_params * sizeof(float)};
+    L.local_rows = (int64_t)L.mb * L.accum;
+    L.global_rows = L.local_rows * world;
     /* the number of ranks is left out on purpose: a run resumes with another number of ranks */
     const uint64_t chash = config_hash(cfg, m->n_params, train);
 
-    /* the CPU backend (gradients in host memory) sums the micro-batches' gradients in fp64, so that
-     * the sum is the same whatever the grouping: N ranks give one process's bytes (trainer.h) */
-    const bool exact = !ops->own_memory;
-    run_state s = {.cfg = cfg, .ops = ops, .m = m, .hooks = hooks, .last_saved = -1, .rank = rank, .world = world,
-                   .sharded = cfg->shard_optimizer && world > 1};
-    data_order order = {0};
-    train_batch b = {0};
-    buckets bk = {0};
-    int64_t *idx = malloc((size_t)global_rows * sizeof *idx);
-    int64_t *row_targets = NULL;
-    double *acc = exact ? malloc((size_t)m->n_params * sizeof *acc) : NULL;
-    double *mb_loss = calloc((size_t)accum * (size_t)world, sizeof *mb_loss); /* per micro-batch, global order */
-    s.shard = malloc(((size_t)world + 1) * sizeof *s.shard);
-    int rc = 0;
-    if (!idx || (exact && !acc) || !mb_loss || !s.shard) {
-        rc = err_set(ERR_STAGE, "out of memory for the training state of %lld parameters", (long long)m->n_params);
-        goto out;
-    }
-    for (int k = 0; k <= world; k++) {
-        int64_t lo, hi;
-        coll_shard(m->n_params, world, k < world ? k : world - 1, &lo, &hi);
-        s.shard[k] = k < world ? lo : hi;
-    }
-    const int64_t n_opt = s.sharded ? s.shard[rank + 1] - s.shard[rank] : m->n_params, opt_lo = s.sharded ? s.shard[rank] : 0;
-    const size_t nb_opt = (size_t)(n_opt > 0 ? n_opt : 1) * sizeof(float);
-    s.adam_m = m->adam_m ? m->adam_m : ops->alloc(nb_opt);
-    s.adam_v = m->adam_v ? m->adam_v : ops->alloc(nb_opt);
-    if (m->adam_m) ops->zero(m->adam_m, nb_opt);
-    if (m->adam_v) ops->zero(m->adam_v, nb_opt);
-    if (!s.adam_m || !s.adam_v) {
-        rc = err_set(ERR_STAGE, "out of memory for the optimizer state of %lld parameters", (long long)n_opt);
-        goto out;
-    }
-    if (world > 1 && global_rows > train->n_rows) {
-        rc = err_set(ERR_RECIPE,
-                     "the global batch of %lld rows (micro_batch_size %d x gradient_accumulation_steps %d x %d ranks) "
-                     "is larger than the train split (%lld rows): run fewer ranks or lower the batch",
-                     (long long)global_rows, mb, accum, world, (long long)train->n_rows);
-        goto out;
-    }
-    if ((rc = order_init(&order, train->n_rows, cfg->seed))) goto out;
-    /* target tokens per row, known before a step runs: the step's normaliser */
-    row_targets = malloc((size_t)train->n_rows * sizeof *row_targets);
-    if (!row_targets) {
-        rc = err_set(ERR_STAGE, "out of memory");
-        goto out;
-    }
-    for (int64_t r = 0; r < train->n_rows; r++) row_targets[r] = train_data_row_targets(train, r);
-
-    rng_state rng;
-    rng_seed(&rng, rng_u64(cfg->seed, rng_stream_of("dropout"), 0));
-    s.hd = (trainer_ckpt_header){.total_steps = total, .n_params = m->n_params, .config_hash = chash,
-                                 .first_val_loss = NAN, .last_val_loss = NAN, .last_train_loss = NAN};
-    memcpy(s.hd.rng, rng.s, sizeof rng.s);
-    if (cfg->work_dir && (rc = try_resume(&s, chash))) goto out;
-    memcpy(rng.s, s.hd.rng, sizeof rng.s);
-    res->resumed_from = s.hd.step;
-    /* every rank set up (or failed to) and read the same checkpoint before rank 0 writes one */
-    if (world > 1 && (rc = coll_agree(0, NULL))) goto out;
-
-    if (world > 1)
-        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation x %d ranks (rank %d), %lld rows, %lld "
-                        "trainable parameters%s",
-                 (long long)total, mb, mb == 1 ? "" : "s", accum, world, rank, (long long)train->n_rows,
-                 (long long)m->n_params, s.hd.step ? " (resumed)" : "");
-    else
-        hook_log(hooks, "training %lld steps: %d row%s x %d accumulation, %lld rows, %lld trainable parameters%s",
-                 (long long)total, mb, mb == 1 ? "" : "s", accum, (long long)train->n_rows, (long long)m->n_params,
-                 s.hd.step ? " (resumed)" : "");
-    if (s.sharded)
-        hook_log(hooks, "optimizer state sharded over %d ranks (ZeRO-1): AdamW m and v %.2f MiB a rank instead of "
-                        "%.2f MiB (rank %d updates parameters %lld..%lld, then every rank gathers them)",
-                 world, 2.0 * (double)n_opt * 4 / 1048576.0, 2.0 * (double)m->n_params * 4 / 1048576.0, rank,
-                 (long long)s.shard[rank], (long long)s.shard[rank + 1]);
-    if (val && s.hd.step == 0) {
+    int rc = loop_setup(&s, &L);
+    if (!rc) rc = loop_start(&s, &L, chash, res);
+    if (rc) goto out;
+    if (val && s.hd.step == 0) { /* the loss the run starts from */
         rc = run_eval(&s, val, 0, &s.hd.first_val_loss);
         s.hd.last_val_loss = s.hd.first_val_loss;
         if (rc && world == 1) goto out;
     }
-
-    /* the gradients travel (several ranks, or NCCL asked for on one to measure its path) in one
-     * bucket a layer while the backward goes on, or in one piece after it for a model without layers */
-    const bool reduce = world > 1 || coll_nccl_active(), bucketed = reduce && buckets_usable(m);
-    if (bucketed) {
-        if ((rc = buckets_plan(&bk, m, cfg->bucket_bytes, exact ? sizeof(double) : sizeof(float)))) goto out;
-        bk.acc = acc;
-    {
-        char size[64] = "a layer each";
-        if (cfg->bucket_bytes > 0) snprintf(size, sizeof size, "whole layers, at least %.2f MiB", (double)cfg->bucket_bytes / 1048576.0);
-        hook_log(hooks, "gradients: %d bucket%s a step (%s; the largest %.3f MiB; %s sums)", bk.n, bk.n == 1 ? "" : "s",
-                 size, (double)bk.max_elems * (exact ? 8.0 : 4.0) / 1048576.0, exact ? "exact fp64" : "fp32");
-    }
+    int c = loop_buckets(&s, &L);
+    if (c) {
+        rc = c;
+        goto out;
     }
     double t_run = now_s();
     bool interrupted = false;
@@ -667,133 +886,17 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
             interrupted = true;
             break;
         }
-        if (s.hd.step >= total) break;
-        double t0 = now_s();
-        const int64_t step = s.hd.step; /* 0-based index of the step being taken */
-        int64_t n_targets = 0, n_tokens = 0;
-        for (int64_t k = 0; k < global_rows; k++) {
-            idx[k] = order_row(&order, s.hd.cursor + k);
-            n_targets += row_targets[idx[k]];
-        }
-        const int64_t *mine = idx + (int64_t)rank * local_rows; /* this rank's share */
-        /* a step with no target token at all (fully masked rows) still advances: zero gradient */
-        const float grad_scale = n_targets ? 1.0f / (float)n_targets : 0.0f;
-        ops->zero(m->grads, nb);
-        if (exact) memset(acc, 0, (size_t)m->n_params * sizeof *acc);
-        memset(mb_loss, 0, (size_t)accum * (size_t)world * sizeof *mb_loss);
+        if (s.hd.step >= L.total) break;
         bool stop = false;
-        rng_state step_rng = rng;
-        for (int k = 0; k < rank * accum; k++) rng_next(&step_rng); /* the seeds of the ranks before */
-        bk.next = bk.cur = 0;
-        bk.rc = 0;
-        for (int a = 0; a < accum && !rc; a++) {
-            if (world == 1 && hook_interrupted(hooks)) { /* alone: stop between micro-steps */
-                stop = true;
-                break;
-            }
-            const bool last = a == accum - 1;
-            if (bucketed && last) m->set_layer_done(m->self, bucket_ready, &bk); /* the final pass */
-            uint64_t dseed = rng_next(&step_rng);
-            double ls = 0;
-            if ((rc = train_data_batch(train, mine + (int64_t)a * mb, mb, &b))) break;
-            if (exact && a > 0) ops->zero(m->grads, nb); /* each micro-batch's gradient on its own */
-            if ((rc = m->train_step(m->self, &b, grad_scale, dseed, &ls))) break;
-            mb_loss[(int64_t)rank * accum + a] = ls;
-            n_tokens += b.T;
-            if (exact && !(bucketed && last))
-                for (int64_t i = 0; i < m->n_params; i++) acc[i] += (double)m->grads[i];
-        }
-        if (bucketed) {
-            m->set_layer_done(m->self, NULL, NULL);
-            /* a rank that failed before its final pass still issues every bucket: all ranks pass the
-             * same collectives */
-            while (world > 1 && bk.next < m->n_layers) bucket_issue(&bk, m->n_layers - 1 - bk.next);
-            int w = coll_grads_wait();
-            if (!rc) rc = bk.rc ? bk.rc : w;
-        }
+        rc = train_one_step(&s, &L, res, &stop);
         if (rc && world == 1) goto out;
-        if (world == 1 && (stop || hook_interrupted(hooks))) { /* the partial step is dropped */
+        if (stop) {
             interrupted = true;
             break;
         }
-        for (int k = (rank + 1) * accum; k < world * accum; k++) rng_next(&step_rng); /* and of those after */
-        if (reduce && !bucketed) { /* every rank, failed or not, joins the sums; a failure shows at the boundary */
-            int c = exact ? coll_allreduce_grads_f64(acc, m->n_params) : coll_allreduce_grads(m->grads, m->n_params);
-            int w = coll_grads_wait();
-            if (!rc) rc = c ? c : w;
-        }
-        if (exact) /* one rounding, of the exact sum over every micro-batch of every rank */
-            for (int64_t i = 0; i < m->n_params; i++) m->grads[i] = (float)acc[i];
-        if (world > 1) {
-            /* each micro-batch's loss sits in its own slot (zeros elsewhere: the sum is exact), and
-             * is added in the global order, as one process adds them */
-            double tok = (double)n_tokens;
-            int c = coll_allreduce_f64(mb_loss, accum * world);
-            if (!c) c = coll_allreduce_f64(&tok, 1);
-            if (!rc) rc = c;
-            n_tokens = (int64_t)tok;
-            if (rc) continue;
-        }
-        double loss_sum = 0;
-        for (int k = 0; k < accum * world; k++) loss_sum += mb_loss[k];
-
-        double loss = n_targets ? loss_sum / (double)n_targets : 0.0;
-        double gnorm = sqrt(ops->sum_squares(m->grads, m->n_params));
-        if (!isfinite(loss) || !isfinite(gnorm)) {
-            rc = diverged(&s, step, loss, gnorm);
-            if (world == 1) goto out;
-            continue;
-        }
-        if (cfg->max_grad_norm > 0 && gnorm > cfg->max_grad_norm)
-            ops->scale(m->grads, m->n_params, (float)(cfg->max_grad_norm / (gnorm + 1e-6)));
-        double lr = trainer_schedule_lr(cfg->schedule, cfg->learning_rate, step, cfg->warmup_steps, total);
-        if (hooks && hooks->lr && (rc = hooks->lr(hooks->ud, step, total, cfg->learning_rate, &lr))) {
-            if (world == 1) goto out;
-            continue;
-        }
-        /* sharded: this rank's piece only (AdamW is elementwise: the same bytes as the whole
-         * update's), then every rank gathers the others' pieces */
-        if (n_opt > 0)
-            ops->adamw(m->params + opt_lo, m->grads + opt_lo, s.adam_m, s.adam_v, n_opt, (float)lr,
-                       (float)cfg->adam_beta1, (float)cfg->adam_beta2, (float)cfg->adam_epsilon,
-                       (float)cfg->weight_decay, (int)(step + 1));
-        if (s.sharded && (rc = coll_allgather_f32(m->params, s.shard))) continue;
-        ops->sync();
-
-        rng = step_rng;
-        s.hd.step = step + 1;
-        s.hd.cursor += global_rows;
-        s.hd.tokens += n_tokens;
-        s.hd.last_train_loss = loss;
-        memcpy(s.hd.rng, rng.s, sizeof rng.s);
-        res->tokens += n_tokens;
-
-        double secs = now_s() - t0;
-        trainer_step_info info = {.step = s.hd.step, .total_steps = total, .loss = loss, .grad_norm = gnorm, .lr = lr,
-                                  .ms = secs * 1e3, .tokens_per_s = secs > 0 ? (double)n_tokens / secs : 0,
-                                  .tokens = n_tokens, .target_tokens = n_targets,
-                                  .epoch = (double)s.hd.cursor / (double)train->n_rows};
-        log_step(&s, &info);
-        if (val && cfg->eval_steps > 0 && s.hd.step % cfg->eval_steps == 0 && s.hd.step < total)
-            rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss);
-        if (!rc && cfg->save_steps > 0 && s.hd.step % cfg->save_steps == 0 && s.hd.step < total)
-            rc = save_checkpoint(&s);
-        if (!rc && rank == 0 && hooks && hooks->on_step) rc = hooks->on_step(hooks->ud, &info);
     }
     res->seconds = now_s() - t_run;
-
-    if (interrupted) {
-        if ((rc = save_checkpoint(&s))) goto out;
-        rc = err_set(ERR_INTERRUPTED, "interrupted at step %lld of %lld%s%s%s", (long long)s.hd.step, (long long)total,
-                     cfg->work_dir ? ": checkpoint saved in '" : "", cfg->work_dir ? cfg->work_dir : "",
-                     cfg->work_dir ? "'; run again to resume" : "");
-        hook_event(hooks, "interrupted", json_pack("{s:I}", "step", (json_int_t)s.hd.step));
-        goto out;
-    }
-    if (val) {
-        if ((rc = run_eval(&s, val, s.hd.step, &s.hd.last_val_loss))) goto out;
-    }
-    if ((rc = save_checkpoint(&s))) goto out;
+    rc = loop_end(&s, &L, interrupted);
 
 out:
     if (m->set_layer_done) m->set_layer_done(m->self, NULL, NULL);
@@ -802,15 +905,6 @@ out:
     res->final_val_loss = s.hd.last_val_loss;
     res->final_train_loss = s.hd.last_train_loss;
     if (hooks && hooks->progress) hooks->progress(hooks->ud, -1, -1); /* done */
-    free(idx);
-    free(row_targets);
-    free(order.perm);
-    free(acc);
-    free(mb_loss);
-    free(s.shard);
-    free(bk.lo);
-    train_batch_free(&b);
-    if (s.adam_m && s.adam_m != m->adam_m) ops->free(s.adam_m);
-    if (s.adam_v && s.adam_v != m->adam_v) ops->free(s.adam_v);
+    loop_free(&s, &L);
     return rc;
 }

@@ -12,6 +12,7 @@
  * pyarrow's defaults). The tokenizer is the byte layout of the generated tokenizer unless
  * --tokenizer names a directory with a tokenizer.json. Prints the best of --repeat runs. */
 #define _GNU_SOURCE
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,25 +47,8 @@ static int open_projected(pq_file **f, const char *path) {
     return rc;
 }
 
-int main(int argc, char **argv) {
-    const char *path = NULL, *tokdir = NULL;
-    int jobs = 2, repeat = 3;
-    const char *only = NULL; /* --only decode|records|dataset (profiling) */
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--jobs") && i + 1 < argc) jobs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokdir = argv[++i];
-        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
-        else if (argv[i][0] != '-' && !path) path = argv[i];
-        else {
-            fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
-            return 2;
-        }
-    }
-    if (!path) {
-        fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
-        return 2;
-    }
+/* decode: every row group's projected columns into value arrays, one thread */
+static int bench_decode(const char *path, int repeat, bool run) {
     pq_file *f;
     if (open_projected(&f, path)) {
         fprintf(stderr, "%s\n", err_msg());
@@ -72,10 +56,9 @@ int main(int argc, char **argv) {
     }
     printf("file               %s (%.1f MB, %lld rows, %d row groups)\n", path, (double)fs_size(path) / 1e6,
            (long long)pq_num_rows(f), pq_num_row_groups(f));
-    /* decode */
     double best = 1e9, best_cpu = 1e9, first = 0, first_cpu = 0;
     size_t bytes = 0;
-    for (int r = 0; r < repeat && (!only || !strcmp(only, "decode")); r++) {
+    for (int r = 0; r < repeat && run; r++) {
         double t0 = now(), c0 = cpu_now();
         bytes = 0;
         for (int g = 0; g < pq_num_row_groups(f); g++) {
@@ -96,10 +79,15 @@ int main(int argc, char **argv) {
     printf("decode             %.1f MB of strings, 1 thread: first pass %.3f s wall (%.3f s CPU, %.0f MB/s); "
            "best of %d %.3f s wall, %.3f s CPU: %.0f MB/s of CPU time\n", mb, first, first_cpu, mb / first_cpu, repeat,
            best, best_cpu, mb / best_cpu);
-    /* records */
-    best = best_cpu = 1e9;
+    return 0;
+}
+
+/* records: every row assembled into a JSON object, one thread */
+static int bench_records(const char *path, int repeat, bool run) {
+    pq_file *f;
+    double best = 1e9, best_cpu = 1e9;
     long long rows = 0;
-    for (int r = 0; r < repeat && (!only || !strcmp(only, "records")); r++) {
+    for (int r = 0; r < repeat && run; r++) {
         if (open_projected(&f, path)) return 1;
         double t0 = now(), c0 = cpu_now();
         json_t *rec;
@@ -119,7 +107,11 @@ int main(int argc, char **argv) {
     }
     printf("records            %lld JSON objects, 1 thread, best of %d: %.3f s wall, %.3f s CPU (%.0f K rows/s)\n", rows,
            repeat, best, best_cpu, rows / best_cpu / 1e3);
-    /* dataset_build */
+    return 0;
+}
+
+/* dataset: dataset_build end to end from the file, as the dataset stage runs it */
+static int bench_dataset(const char *path, const char *tokdir, int jobs, int repeat, bool run) {
     dataset_tokenizer tok = BYTE_TOKENIZER;
     tokenizer *t = NULL;
     if (tokdir) {
@@ -134,11 +126,11 @@ int main(int argc, char **argv) {
     char *paths[1] = {(char *)path};
     dataset_source src = {paths, 1, DATASET_TYPE_AUTO, NULL, NULL, 0};
     log_set_quiet(true);
-    best = 1e9;
+    double best = 1e9;
     long long tokens = 0;
     struct timespec p0;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p0);
-    for (int r = 0; r < repeat && (!only || !strcmp(only, "dataset")); r++) {
+    for (int r = 0; r < repeat && run; r++) {
         char dir[] = "/tmp/qlora_bench_pq_XXXXXX";
         if (!mkdtemp(dir)) return 1;
         json_t *stats = NULL;
@@ -161,4 +153,28 @@ int main(int argc, char **argv) {
            "(%.2f s CPU a run), %lld tokens\n", tokdir ? tokdir : "byte tokenizer", jobs, repeat, best, cpu / repeat, tokens);
     tokenizer_free(&t);
     return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *path = NULL, *tokdir = NULL;
+    int jobs = 2, repeat = 3;
+    const char *only = NULL; /* --only decode|records|dataset (profiling) */
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--jobs") && i + 1 < argc) jobs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokdir = argv[++i];
+        else if (!strcmp(argv[i], "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (argv[i][0] != '-' && !path) path = argv[i];
+        else {
+            fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: bench_parquet FILE.parquet [--jobs N] [--tokenizer DIR] [--repeat N] [--only decode|records|dataset]\n");
+        return 2;
+    }
+    if (bench_decode(path, repeat, !only || !strcmp(only, "decode"))) return 1;
+    if (bench_records(path, repeat, !only || !strcmp(only, "records"))) return 1;
+    return bench_dataset(path, tokdir, jobs, repeat, !only || !strcmp(only, "dataset"));
 }

@@ -1,5 +1,5 @@
-/* qlinear.c: the NF4 linear with its LoRA branch (plain C reference; the lm_head and the
- * cross-entropy are in xent.c, as on cuda).
+/* qlinear.c: the NF4 linear with its LoRA branch (plain C reference; cuda: qlinear.cu; the
+ * lm_head and the cross-entropy are in xent.c, as on cuda).
  *
  * qlinear: y = x W^T + bias + scale * (drop(x) A^T) B^T. W stays 4-bit: QL_TILE rows at a time
  * are dequantized into a small fp32 scratch (ops_nf4_dequant_rows) and used for every token

@@ -1,5 +1,6 @@
 // launch.cuh: the launchers of the CUDA backend, one per kernel, each on cuda_stream().
-// Internal to kernels/cuda (C++ linkage); ops_cuda.cu binds them into the op table.
+// Internal to kernels/cuda (C++ linkage); ops_cuda.cu binds them into the op table, with the
+// entries of the ops that are compositions of GEMMs and kernels (qlinear.cu, xent.cu).
 #ifndef KERNELS_CUDA_LAUNCH_CUH
 #define KERNELS_CUDA_LAUNCH_CUH
 
@@ -29,7 +30,7 @@ void launch_add_masked(bf16 *dx, const bf16 *src, int64_t n, float p, uint64_t s
 
 // lora.cu: the x side of a LoRA branch, dropout drawn on the fly (ops_dropout_keep over t*in + c,
 // scaled by 1/(1-p); p = 0: none). Ranks 1..LORA_FUSED_MAX_R; larger ones, and every rank while
-// cuda_lora_fused() is 0, take the GEMM path of ops_cuda.cu: lora_fused_ok(r) says which.
+// cuda_lora_fused() is 0, take the GEMM path of qlinear.cu: lora_fused_ok(r) says which.
 #define LORA_FUSED_MAX_R 64
 bool lora_fused_ok(int r);
 // xa [T, r] fp32 (may be NULL) and xa16 [T, r] bf16 (may be NULL) = drop(x) A^T; x bf16 [T, in], A fp32 [r, in]
@@ -58,7 +59,16 @@ void launch_adamw(float *param, const float *grad, float *m, float *v, int64_t n
 void launch_sum_squares(double *acc, double *part, const float *g, int64_t n);
 void launch_scale(float *g, int64_t n, float s);
 
-// xent.cu
+// qlinear.cu: the op table's qlinear entries (ops.h)
+void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
+                    float *xa, int T);
+void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
+                    const float *xa, int T, int accumulate);
+
+// xent.cu: the op table's lm_head + cross-entropy and logits entries (ops.h)
+void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
+                     int C, int V, float grad_scale, float softcap);
+void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap);
 // per-row loss (0 where target < 0) into row_loss[Tc]; dlogits written in place as bf16
 void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
                       const int32_t *target, int Tc, int V, float grad_scale, int want_grad, float softcap);
@@ -81,5 +91,14 @@ void launch_nf4_dequant_cols(bf16 *dst, const ops_nf4 *W, int64_t c0, int64_t w,
 // lda/ldb/ldc are row strides in elements. A and B are bf16; C is bf16 or fp32 (c_f32).
 void gemm_rm(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B,
              int ldb, float beta, void *C, int ldc, int c_f32);
+
+// ops_cuda.cu: the runtime state qlinear.cu and xent.cu read. g_side: the stream the NF4
+// dequantization feeding a GEMM runs on; g_ev_start: the main stream's work before it (the side
+// stream waits on it); g_ev_chunk[c]: row chunk c of the weight is dequantized (at most
+// DQ_CHUNKS chunks, QLORA_CUDA_DQ_CHUNKS); g_scratch_cap: cuda_scratch_cap_set's cap, 0 for none.
+#define DQ_CHUNKS 4
+extern cudaStream_t g_side;
+extern cudaEvent_t g_ev_start, g_ev_chunk[DQ_CHUNKS];
+extern size_t g_scratch_cap;
 
 #endif

@@ -1,6 +1,8 @@
-// xent.cu: the row kernel of the chunked lm_head + cross-entropy (ops_cuda.cu runs the GEMMs).
-// One block per row of a logits chunk: max, sum of exp, log-sum-exp, the row's loss, then
-// grad_scale * (softmax - onehot) written as bf16 over the start of the same row's memory.
+// xent.cu: the chunked lm_head + cross-entropy and the plain logits, the op table's xent_fwd_bwd
+// and logits (plain C reference: kernels/cpu/xent.c): cuBLAS GEMMs (gemm_rm) around one row
+// kernel. The row kernel: one block per row of a logits chunk: max, sum of exp, log-sum-exp, the
+// row's loss, then grad_scale * (softmax - onehot) written as bf16 over the start of the same
+// row's memory.
 // A soft-cap (Gemma-2's final logits, cap > 0) first rewrites the row as cap * tanh(z / cap); the
 // gradient of the raw z is then the capped one's times 1 - (capped / cap)^2.
 #include "launch.cuh"
@@ -90,4 +92,41 @@ void launch_softcap(float *z, int64_t n, float cap) {
     int64_t blocks = (n + 255) / 256;
     softcap_kernel<<<(unsigned)(blocks < 65535 ? blocks : 65535), 256, 0, cuda_stream()>>>(z, n, cap);
     CUDA_CHECK_LAUNCH();
+}
+
+// lm_head + cross-entropy + its backward, in chunks of tokens each over the whole vocabulary
+// (two GEMMs per chunk, where vocabulary chunks with an online softmax need a third to recompute
+// the logits for the gradient):
+// one chunk's fp32 logits [Tc, V] (at most XENT_CHUNK_BYTES) is the only logits memory there
+// is. The row kernel overwrites each logits row with its bf16 gradient in place (the bf16 row
+// fits in the first half of the fp32 row), which the dx GEMM then reads with a stride of 2V.
+static const size_t XENT_CHUNK_BYTES = 64u << 20;
+
+static int xent_chunk_rows(int T, int V) {
+    size_t cap = g_scratch_cap && g_scratch_cap < XENT_CHUNK_BYTES ? g_scratch_cap : XENT_CHUNK_BYTES;
+    size_t rows = cap / ((size_t)V * sizeof(float));
+    if (rows < 16) rows = 16;
+    if (rows > (size_t)T) rows = (size_t)T;
+    return (int)rows;
+}
+
+void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
+                     int C, int V, float grad_scale, float softcap) {
+    int Tc = xent_chunk_rows(T, V);
+    float *logits = (float *)cuda_scratch(SCRATCH_XENT, (size_t)Tc * V * sizeof(float));
+    for (int t0 = 0; t0 < T; t0 += Tc) {
+        int n = T - t0 < Tc ? T - t0 : Tc;
+        const bf16 *xc = (const bf16 *)x + (size_t)t0 * C;
+        gemm_rm(0, 1, n, V, C, 1.0f, xc, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
+        launch_xent_rows(losses + t0, logits, V, (bf16 *)logits, 2 * V, target + t0, n, V, grad_scale, dx != NULL,
+                         softcap);
+        if (dx)
+            gemm_rm(0, 0, n, C, V, 1.0f, (const bf16 *)logits, 2 * V, (const bf16 *)E, C, 0.0f,
+                    (bf16 *)dx + (size_t)t0 * C, C, 0);
+    }
+}
+
+void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap) {
+    gemm_rm(0, 1, T, V, C, 1.0f, (const bf16 *)x, C, (const bf16 *)E, C, 0.0f, logits, V, 1);
+    launch_softcap(logits, (int64_t)T * V, softcap);
 }
