@@ -251,6 +251,11 @@ typedef struct ops_table {
      * kernel without a fixed-order form) when the backend cannot honour it. NULL: the backend is
      * deterministic always (cpu: its reductions run in a fixed order whatever the thread count). */
     int (*deterministic_set)(int on, char *why, size_t cap);
+    /* Optional: the whole of W (NF4, either form of scales) dequantized into dst (backend memory:
+     * rows*cols values in the activation dtype, row-major), each value the one qlinear_fwd's tiles
+     * hold, bit for bit. A model may then keep them as W's dense copy (ops_nf4.dense) and skip the
+     * dequantization in every forward (inference only: llama_dense_weights). */
+    void (*nf4_dequant)(void *dst, const ops_nf4 *W);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 

@@ -579,6 +579,7 @@ void llama_free(llama_model **pm) {
     if (!m) return;
     free_acts(m);
     if (m->kv_mem) m->ops->free(m->kv_mem);
+    if (m->dense_mem) m->ops->free(m->dense_mem);
     if (m->weights) m->ops->free(m->weights);
     float *bufs[4] = {m->lora_params, m->lora_grads, m->lora_m, m->lora_v};
     for (int i = 0; i < 4; i++)
@@ -588,6 +589,64 @@ void llama_free(llama_model **pm) {
     free(m->layers);
     free(m);
     *pm = NULL;
+}
+
+/* ---- the linears kept dequantized (inference) ---- */
+
+static bool dense_is_ours(const llama_model *m, const void *p) {
+    const char *a = m->dense_mem, *q = p;
+    return a && q >= a && q < a + m->dense_bytes;
+}
+
+/* one linear's share of dense_mem: each starts 256-byte aligned, as the ops' scratch does (the
+ * GEMMs that read it may pick their kernel by alignment) */
+static int64_t dense_slot(const llama_model *m, const ops_nf4 *w) {
+    return (w->rows * w->cols * (int64_t)ops_act_size(m->ops) + 255) / 256 * 256;
+}
+
+int64_t llama_dense_bytes(const llama_model *m) {
+    int64_t n = 0;
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            const ops_nf4 *w = &m->layers[l].lin[t].w;
+            if (!w->dense || dense_is_ours(m, w->dense)) n += dense_slot(m, w);
+        }
+    return n;
+}
+
+int llama_dense_weights(llama_model *m, bool on) {
+    if (!on || m->dense_mem) {
+        if (!on && m->dense_mem) {
+            for (int l = 0; l < m->L; l++)
+                for (int t = 0; t < LLAMA_NTARGETS; t++)
+                    if (dense_is_ours(m, m->layers[l].lin[t].w.dense)) m->layers[l].lin[t].w.dense = NULL;
+            m->ops->sync(); /* no forward in flight reads it */
+            m->ops->free(m->dense_mem);
+            m->dense_mem = NULL;
+            m->dense_bytes = 0;
+        }
+        return 0;
+    }
+    if (!m->ops->nf4_dequant)
+        return err_set(ERR_STAGE, "the %s backend cannot keep the weights dequantized (no nf4_dequant op)", m->ops->name);
+    int64_t bytes = llama_dense_bytes(m);
+    if (bytes == 0) return 0;
+    char *mem = m->ops->alloc((size_t)bytes);
+    if (!mem)
+        return err_set(ERR_STAGE, "out of memory: %.2f GiB for the dequantized base weights on %s", (double)bytes / 1073741824.0,
+                       m->ops->name);
+    m->dense_mem = mem;
+    m->dense_bytes = bytes;
+    size_t off = 0;
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            ops_nf4 *w = &m->layers[l].lin[t].w;
+            if (w->dense) continue; /* loaded as it is */
+            m->ops->nf4_dequant(mem + off, w);
+            w->dense = mem + off;
+            off += (size_t)dense_slot(m, w);
+        }
+    return 0;
 }
 
 /* ---- LoRA ---- */

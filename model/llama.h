@@ -134,6 +134,8 @@ typedef struct llama_model {
     float embed_scale;    /* gemma3: sqrt(hidden) rounded to the checkpoint's dtype; 0: none */
     void *weights;        /* the single allocation carved into the frozen tensors */
     int64_t weight_bytes;
+    void *dense_mem;      /* llama_dense_weights: the linears dequantized (one allocation, dense_bytes) */
+    int64_t dense_bytes;
 
     /* LoRA (after llama_lora_attach) */
     llama_lora_config lora;
@@ -268,6 +270,30 @@ int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, i
                        float *token_losses);
 /* Forward only, no dropout: logits (host [T, V]) of every position of b (labels unused). */
 int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits);
+
+/* Inference only (evaluation, generation): on, every NF4 linear is dequantized once into one backend
+ * allocation (llama_dense_bytes: rows*cols values in the activation dtype, bf16 on a GPU) and the
+ * forwards read it there (ops_nf4.dense) instead of dequantizing it in each one; the values are
+ * those the forward would dequantize (the backend's nf4_dequant), so every result is the same, bit
+ * for bit. Off frees it. Linears loaded dense already are left alone. A backward after it is
+ * correct too (LoRA gradients read no weight they change). ERR_STAGE when the backend lacks the op
+ * or its memory is short (nothing is kept then). */
+int64_t llama_dense_bytes(const llama_model *m);
+int llama_dense_weights(llama_model *m, bool on);
+
+/* The choice of llama_dense_auto (llama_plan.c): ON keeps them (an error when they do not fit), OFF
+ * never, AUTO when they fit on a device: within budget_bytes less what the process uses already
+ * (budget > 0), else the device's free memory less the ops' margin; never on a backend without its
+ * own memory (a CPU's dequantized tiles cost little beside its multiply-adds, and 8 bytes a
+ * parameter instead of half of one). Call it after the plan and the KV cache are allocated, so
+ * they count; a copy an earlier call kept is freed when this one says no. What was decided is in
+ * *out (may be NULL). */
+typedef enum llama_dense_mode { LLAMA_DENSE_AUTO, LLAMA_DENSE_ON, LLAMA_DENSE_OFF } llama_dense_mode;
+typedef struct llama_dense_choice {
+    bool kept;
+    double need_bytes, room_bytes; /* room: 0 when not asked (ON, OFF, no device) */
+} llama_dense_choice;
+int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget_bytes, llama_dense_choice *out);
 
 /* Generation with a KV cache of up to max_len positions (one sequence): begin resets the cache;
  * decode appends n tokens at the next positions and writes the last position's logits (host [V]). */

@@ -100,3 +100,22 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     if (out) *out = ch;
     return rc;
 }
+
+int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama_dense_choice *out) {
+    llama_dense_choice ch = {.need_bytes = (double)llama_dense_bytes(m)};
+    bool keep = mode == LLAMA_DENSE_ON;
+    if (mode == LLAMA_DENSE_AUTO && m->ops->own_memory && m->ops->nf4_dequant) {
+        device_info di;
+        device_info_get(m->ops, &di);
+        /* the weights, the plan and the KV cache are allocated already: what is in use counts
+         * against the budget; the ops' scratch keeps its margin either way */
+        double room = di.free_bytes;
+        if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes));
+        ch.room_bytes = room - GPU_SCRATCH_MARGIN;
+        keep = ch.need_bytes > 0 && ch.need_bytes <= ch.room_bytes;
+    }
+    int rc = llama_dense_weights(m, keep); /* a copy kept by an earlier choice goes when this one says no */
+    ch.kept = keep && !rc && m->dense_mem;
+    if (out) *out = ch;
+    return rc;
+}

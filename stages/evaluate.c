@@ -71,6 +71,13 @@ static const param_spec eval_params[] = {
      "fewshot_path | fewshot_split, limit (a seeded subset), hook (format lua: task(record, ctx))}]", 0},
     {"task_max_tokens", PARAM_INT, "2048", 16, 1 << 20, NULL,
      "longest task sequence (context + answer); longer ones are cut from the left, as the harness does", 0},
+    {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
+     "keep the base's linear weights dequantized (bf16 on a GPU) for the whole stage instead of dequantizing "
+     "them in every forward: the same numbers, bit for bit, in less time (auto: on a GPU, when they fit "
+     "memory_budget, or the device's free memory, beside the weights, activations and KV cache)", PARAM_NOKEY},
+    {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
+     "memory the stage may use, e.g. 24GB: on a GPU all of the process's device memory, which decides "
+     "dense_weights: auto (default: what the device has free)", PARAM_NOKEY},
     {0}};
 
 /* the keys of one `tasks:` entry */
@@ -218,6 +225,8 @@ static int eval_resolve(const json_t *p, json_t **out) {
 static int eval_check(const json_t *p) {
     int trc = check_tasks(json_object_get(p, "tasks"));
     if (trc) return trc;
+    double budget;
+    if ((trc = stage_parse_budget(json_string_value(json_object_get(p, "memory_budget")), &budget))) return trc;
     json_t *pr = json_object_get(p, "prompts");
     if (!json_is_array(pr)) return err_set(ERR_RECIPE, "prompts must be a list of strings or records");
     size_t i;
@@ -1009,6 +1018,44 @@ static int eval_write_results(stage_ctx *ctx, eval_state *e, const ops_table *op
     return rc;
 }
 
+/* dense_weights: the KV cache the stage will use is allocated first (the longest of the tasks' and
+ * the generations'), so that what the device has left is known, then the linears are kept
+ * dequantized when the mode and the memory say so */
+static int keep_dense(eval_state *e, int task_T) {
+    stage_ctx *ctx = e->ctx;
+    llama_model *m = e->m;
+    const char *mode = stage_str(ctx, "dense_weights");
+    double budget;
+    int rc = stage_parse_budget(stage_str(ctx, "memory_budget"), &budget);
+    if (rc) return rc;
+    int kv = task_T;
+    for (size_t i = 0; i < e->n_items; i++) {
+        int n = e->items[i].n_ids;
+        if (!e->items[i].ids) {
+            int32_t *ids = NULL;
+            size_t nt = 0;
+            if ((rc = tokenizer_encode(e->tok, e->items[i].text, strlen(e->items[i].text), true, &ids, &nt))) return rc;
+            free(ids);
+            n = (int)nt;
+        }
+        n += e->gen.max_new_tokens;
+        if (m->cfg.max_position_embeddings > 0 && n > m->cfg.max_position_embeddings) n = (int)m->cfg.max_position_embeddings;
+        if (n > kv) kv = n;
+    }
+    if (kv > 0 && (rc = llama_generate_begin(m, kv))) return rc;
+    llama_dense_choice ch;
+    rc = llama_dense_auto(m, !strcmp(mode, "on") ? LLAMA_DENSE_ON : !strcmp(mode, "off") ? LLAMA_DENSE_OFF : LLAMA_DENSE_AUTO,
+                          budget, &ch);
+    if (rc) return err_wrap("dense_weights: %s (auto keeps them only when they fit; off never does)", mode);
+    double gib = 1073741824.0;
+    if (ch.kept)
+        stage_logf(ctx, "base weights kept dequantized on %s: %.1f MiB (dense_weights: %s)", m->ops->name, ch.need_bytes / 1048576.0, mode);
+    else if (!strcmp(mode, "auto") && ch.room_bytes != 0)
+        stage_logf(ctx, "base weights dequantized in each forward: keeping them would take %.2f GiB, %.2f GiB are left",
+                   ch.need_bytes / gib, ch.room_bytes / gib);
+    return 0;
+}
+
 static int eval_run(stage_ctx *ctx) {
     const stage_input *min = stage_input_get(ctx, "model"), *ain = stage_input_get(ctx, "adapter");
     if (!min) return err_set(ERR_STAGE, "evaluate: no model input");
@@ -1055,6 +1102,7 @@ static int eval_run(stage_ctx *ctx) {
         task_T = (int)cfg.max_position_embeddings;
     if (has_tasks && task_T > plan_T) plan_T = task_T;
     if ((rc = llama_plan(e.m, plan_T, LLAMA_CKPT_NONE))) goto out;
+    if ((rc = keep_dense(&e, has_tasks ? task_T : 0))) goto out;
     task_results = json_object();
 
     for (i = 0; i < e.n_items; i++)

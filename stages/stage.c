@@ -2,9 +2,11 @@
 #define _GNU_SOURCE
 #include "stage.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/collective.h"
 #include "core/events.h"
@@ -165,4 +167,18 @@ json_t *stage_environment(const ops_table *ops) {
 
 void stage_note_environment(stage_ctx *c, const ops_table *ops) {
     if (c->report) json_object_set_new(c->report, "environment", stage_environment(ops));
+}
+
+int stage_parse_budget(const char *s, double *bytes) {
+    *bytes = 0;
+    if (!s) return 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (v > 0 && end != s && !*end)
+        return err_set(ERR_RECIPE, "memory_budget '%s' needs a unit: write %sGB or %sMB", s, s, s);
+    bool gb = !strcasecmp(end, "GB") || !strcasecmp(end, "GiB"), mb = !strcasecmp(end, "MB") || !strcasecmp(end, "MiB");
+    if (!(v > 0) || !isfinite(v) || !(gb || mb))
+        return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", s);
+    *bytes = v * (gb ? 1073741824.0 : 1048576.0);
+    return 0;
 }

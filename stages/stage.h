@@ -207,6 +207,10 @@ void stage_note_files(stage_ctx *c, const json_t *paths);
 struct ops_table;
 void stage_note_environment(stage_ctx *c, const struct ops_table *ops);
 json_t *stage_environment(const struct ops_table *ops); /* the object itself (new reference) */
+/* memory_budget (train, evaluate): "8GB" / "512MB" (GiB and MiB alike: powers of 1024) to bytes;
+ * 0 when s is NULL. ERR_RECIPE for anything else (a bare number too: it used to mean MB). The one
+ * parser, for check() at load time and for the run. */
+int stage_parse_budget(const char *s, double *bytes);
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);

@@ -77,22 +77,6 @@ static const param_spec train_params[] = {
      "recipe's deterministic; docs/determinism.md)", 0},
     {0}};
 
-/* memory_budget: "8GB" / "512MB" (GiB and MiB alike: powers of 1024) to bytes; 0 if unset. The one
- * parser, for check() at load time and for the run. A bare number is refused: it used to mean MB. */
-static int parse_budget(const char *s, double *bytes) {
-    *bytes = 0;
-    if (!s) return 0;
-    char *end;
-    double v = strtod(s, &end);
-    if (v > 0 && end != s && !*end)
-        return err_set(ERR_RECIPE, "memory_budget '%s' needs a unit: write %sGB or %sMB", s, s, s);
-    bool gb = !strcasecmp(end, "GB") || !strcasecmp(end, "GiB"), mb = !strcasecmp(end, "MB") || !strcasecmp(end, "MiB");
-    if (!(v > 0) || !isfinite(v) || !(gb || mb))
-        return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", s);
-    *bytes = v * (gb ? 1073741824.0 : 1048576.0);
-    return 0;
-}
-
 static int train_check(const json_t *p) {
     if (json_integer_value(json_object_get(p, "max_steps")) > 0 &&
         json_integer_value(json_object_get(p, "warmup_steps")) > json_integer_value(json_object_get(p, "max_steps")))
@@ -100,7 +84,7 @@ static int train_check(const json_t *p) {
                        (long long)json_integer_value(json_object_get(p, "warmup_steps")),
                        (long long)json_integer_value(json_object_get(p, "max_steps")));
     double budget;
-    return parse_budget(json_string_value(json_object_get(p, "memory_budget")), &budget);
+    return stage_parse_budget(json_string_value(json_object_get(p, "memory_budget")), &budget);
 }
 
 /* ---- hooks, events and the persistent train log ---- */
@@ -217,7 +201,7 @@ static int train_log_open(train_run *r, const char *path, int64_t resume_step) {
 static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     const char *mode = stage_str(ctx, "activation_checkpointing");
     double budget;
-    int rc = parse_budget(stage_str(ctx, "memory_budget"), &budget);
+    int rc = stage_parse_budget(stage_str(ctx, "memory_budget"), &budget);
     if (rc) return rc;
     llama_plan_choice ch;
     const char *off = stage_str(ctx, "activation_offload");

@@ -245,6 +245,8 @@ static void cpu_side_copy(int slot, void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 static void cpu_side_wait(int slot) { (void)slot; }
+/* the tiles' own function over all the rows: the values qlinear reads, bit for bit */
+static void cpu_nf4_dequant(void *dst, const ops_nf4 *W) { ops_nf4_dequant_rows(W, 0, W->rows, dst); }
 
 static const ops_table cpu_table = {
     .name = "cpu",
@@ -285,6 +287,7 @@ static const ops_table cpu_table = {
     .own_memory = 0, /* no device: info and scratch_cap_set stay NULL */
     .side_copy = cpu_side_copy,
     .side_wait = cpu_side_wait,
+    .nf4_dequant = cpu_nf4_dequant,
 };
 
 const ops_table *ops_cpu(void) { return &cpu_table; }

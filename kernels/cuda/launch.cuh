@@ -69,6 +69,7 @@ void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, c
 void cu_xent_fwd_bwd(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *target, int T,
                      int C, int V, float grad_scale, float softcap);
 void cu_logits(float *logits, const void *x, const uint16_t *E, int T, int C, int V, float softcap);
+void cu_nf4_dequant(void *dst, const ops_nf4 *W);
 // per-row loss (0 where target < 0) into row_loss[Tc]; dlogits written in place as bf16
 void launch_xent_rows(float *row_loss, float *logits, int ld_logits, bf16 *dlogits, int ld_dlogits,
                       const int32_t *target, int Tc, int V, float grad_scale, int want_grad, float softcap);

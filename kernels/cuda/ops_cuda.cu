@@ -473,6 +473,7 @@ static const ops_table g_table = {
     cu_side_copy,
     cu_side_wait,
     cu_deterministic_set,
+    cu_nf4_dequant,
 };
 
 extern "C" const ops_table *ops_cuda(void) {

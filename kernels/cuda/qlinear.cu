@@ -24,6 +24,10 @@ static void dequant_rows(bf16 *dst, const ops_nf4 *W, int64_t r0, int64_t nr, cu
         launch_nf4_dequant_bf16(dst, W->codes + e0 / 2, W->absmax + b0, W->quant_map, n, W->blocksize, s);
 }
 
+// the whole of W, as dequant_rows writes each chunk of it (the values every qlinear tile holds):
+// the table's nf4_dequant (evaluate's dense_weights keeps it)
+void cu_nf4_dequant(void *dst, const ops_nf4 *W) { dequant_rows((bf16 *)dst, W, 0, W->rows, cuda_stream()); }
+
 // a chunk may start at element e when e is a whole number of blocks (and of 256 blocks with
 // double quant, whose nested scales cover 256 blocks each) and of 8 elements (vector stores)
 static bool chunk_start_ok(const ops_nf4 *W, int64_t e) {
@@ -40,13 +44,13 @@ typedef struct wchunks {
     int bound[DQ_CHUNKS + 1];
 } wchunks;
 
-static wchunks dequant_weight(const ops_nf4 *W) {
+// the row chunks of W (c.w unset): chunk starts must fall on whole quantization blocks, even
+// elements and 16-byte rows; one chunk unless QLORA_CUDA_DQ_CHUNKS asks for the overlap (see the
+// top of this file)
+static wchunks weight_chunks(const ops_nf4 *W) {
     size_t n = (size_t)W->rows * (size_t)W->cols;
-    bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, n * sizeof(bf16));
     wchunks c;
-    c.w = w;
-    // chunk starts must fall on whole quantization blocks, even elements and 16-byte rows;
-    // one chunk unless QLORA_CUDA_DQ_CHUNKS asks for the overlap (see the top of this file)
+    c.w = NULL;
     static int max_chunks = -1;
     if (max_chunks < 0) {
         const char *e = getenv("QLORA_CUDA_DQ_CHUNKS");
@@ -57,6 +61,15 @@ static wchunks dequant_weight(const ops_nf4 *W) {
         if (!chunk_start_ok(W, W->rows * i / chunks * W->cols)) chunks = 1;
     c.n = chunks;
     for (int i = 0; i <= chunks; i++) c.bound[i] = (int)(W->rows * i / chunks);
+    return c;
+}
+
+static wchunks dequant_weight(const ops_nf4 *W) {
+    size_t n = (size_t)W->rows * (size_t)W->cols;
+    wchunks c = weight_chunks(W);
+    bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, n * sizeof(bf16));
+    c.w = w;
+    int chunks = c.n;
     cudaStream_t main_s = cuda_stream();
     // the side stream may overwrite the scratch only after the previous op's GEMMs read it
     CUDA_CHECK(cudaEventRecord(g_ev_start, main_s));
@@ -73,7 +86,8 @@ static void wait_chunk(int i) { CUDA_CHECK(cudaStreamWaitEvent(cuda_stream(), g_
 // Runs f(r0, nr, rows) over row ranges of W dequantized to bf16. Under a scratch cap
 // (cuda_scratch_cap_set: the lean plan of a checkpointed run) a weight larger than the cap goes
 // through one cap-sized buffer in sequence on the main stream, so the scratch never holds more
-// than the cap, whatever the model (a 70B down_proj is 448 MiB in bf16).
+// than the cap, whatever the model (a 70B down_proj is 448 MiB in bf16). A dense W (kept
+// dequantized, or never quantized) is read where it is, in the same row ranges: the same GEMMs.
 template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
     size_t bytes = (size_t)W->rows * (size_t)W->cols * sizeof(bf16);
     if (g_scratch_cap && bytes > g_scratch_cap) {
@@ -83,12 +97,22 @@ template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
             rc = 1;
             while (rc < W->rows && !chunk_start_ok(W, rc * W->cols)) rc++;
         }
-        bf16 *w = (bf16 *)cuda_scratch(SCRATCH_W_BF16, (size_t)rc * W->cols * sizeof(bf16));
+        bf16 *w = W->dense ? NULL : (bf16 *)cuda_scratch(SCRATCH_W_BF16, (size_t)rc * W->cols * sizeof(bf16));
         for (int64_t r0 = 0; r0 < W->rows; r0 += rc) {
             int64_t nr = W->rows - r0 < rc ? W->rows - r0 : rc;
+            if (W->dense) {
+                f((int)r0, (int)nr, (const bf16 *)W->dense + (size_t)r0 * W->cols);
+                continue;
+            }
             dequant_rows(w, W, r0, nr, cuda_stream());
             f((int)r0, (int)nr, (const bf16 *)w);
         }
+        return;
+    }
+    if (W->dense) {
+        wchunks wc = weight_chunks(W);
+        for (int i = 0; i < wc.n; i++)
+            f(wc.bound[i], wc.bound[i + 1] - wc.bound[i], (const bf16 *)W->dense + (size_t)wc.bound[i] * W->cols);
         return;
     }
     wchunks wc = dequant_weight(W);

@@ -347,4 +347,71 @@ out:
     st_close(&gold);
 }
 
+/* llama_dense_weights changes no bit (the evaluate stage's dense_weights): g's checkpoint quantized
+ * at load (double quant), LoRA B made non-zero; the logits of a forward, the loss and LoRA gradients
+ * of a backward, and a KV-cache decode's losses and last logits, with the linears kept dequantized,
+ * equal the NF4 path's bit for bit, and again after they are dropped. */
+static void check_dense_bits(const gmodel *g, const ops_table *ops) {
+    model_config c;
+    llama_model *m = golden_model(g, &c, NULL, ops);
+    CHECK(m != NULL);
+    if (!m) return;
+    llama_lora_init_peft(m, 7);
+    float *lp = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    m->ops->download(lp, m->lora_params, sizeof(float) * (size_t)m->n_lora_params);
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        if (!t->is_B) continue;
+        for (int64_t i = 0; i < t->rows * t->cols; i++) lp[t->offset + i] = 0.02f * (float)rng_normal(11, (uint64_t)k, (uint64_t)i);
+    }
+    m->ops->upload(m->lora_params, lp, sizeof(float) * (size_t)m->n_lora_params);
+    CHECK(llama_plan(m, GT, LLAMA_CKPT_NONE) == 0);
+    int32_t ids[GT], labels[GT], ss[GT];
+    golden_batch(m->V, ids, labels, ss, false);
+    llama_batch b = {.ids = ids, .labels = labels, .seq_start = ss, .T = GT};
+    size_t nlog = (size_t)GT * (size_t)m->V, np = (size_t)m->n_lora_params;
+    enum { NDEC = 9 };
+    /* per pass: logits, loss, gradients, the decode's losses and last logits */
+    size_t per = nlog + 1 + np + NDEC + (size_t)m->V;
+    float *out[3];
+    for (int pass = 0; pass < 3; pass++) {
+        float *o = out[pass] = calloc(per, sizeof(float));
+        if (pass == 1) {
+            CHECK(llama_dense_weights(m, true) == 0);
+            CHECK(m->dense_mem != NULL && m->dense_bytes == llama_dense_bytes(m) && m->dense_bytes > 0);
+            for (int l = 0; l < m->L; l++)
+                for (int t = 0; t < LLAMA_NTARGETS; t++) CHECK(m->layers[l].lin[t].w.dense != NULL);
+        } else if (pass == 2) {
+            CHECK(llama_dense_weights(m, false) == 0);
+            CHECK(m->dense_mem == NULL && m->layers[0].lin[0].w.dense == NULL);
+        }
+        CHECK(llama_forward_logits(m, &b, o) == 0);
+        double loss;
+        int64_t nt;
+        llama_lora_zero_grads(m);
+        CHECK(llama_forward_backward(m, &b, 0.5f, 0, &loss, &nt) == 0);
+        o[nlog] = (float)loss;
+        m->ops->download(o + nlog + 1, m->lora_grads, sizeof(float) * np);
+        int32_t tg[NDEC];
+        for (int t = 0; t < NDEC; t++) tg[t] = ids[t + 1];
+        CHECK(llama_generate_begin(m, 16) == 0);
+        CHECK(llama_decode_losses(m, ids, 3, tg, o + nlog + 1 + np, NULL) == 0); /* a context, then the rest on the cache */
+        CHECK(llama_decode_losses(m, ids + 3, NDEC - 3, tg + 3, o + nlog + 1 + np + 3, o + nlog + 1 + np + NDEC) == 0);
+    }
+    for (int pass = 1; pass < 3; pass++) {
+        size_t first = per;
+        for (size_t i = 0; i < per && first == per; i++)
+            if (memcmp(&out[0][i], &out[pass][i], sizeof(float))) first = i;
+        if (first < per)
+            fprintf(stderr, "  %s: dense pass %d differs from the NF4 path at value %zu of %zu (%g vs %g)\n", g->name,
+                    pass, first, per, out[0][first], out[pass][first]);
+        CHECK(first == per);
+    }
+    fprintf(stderr, "  %s on %s: %zu values equal bit for bit with the linears kept dequantized\n", g->name, ops->name, per);
+    for (int pass = 0; pass < 3; pass++) free(out[pass]);
+    free(lp);
+    config_free(&c);
+    llama_free(&m);
+}
+
 #endif

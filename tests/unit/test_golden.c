@@ -307,6 +307,10 @@ TEST(golden_qwen3) { check_case(&models[2], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_qwen3_packed) { check_case(&models[2], true, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_mistral_window) { check_case(&models[3], false, ops_cpu(), GOLDEN_TOL_CPU); }
 TEST(golden_mistral_window_packed) { check_case(&models[3], true, ops_cpu(), GOLDEN_TOL_CPU); }
+/* the linears kept dequantized (evaluate's dense_weights): every family, bit for bit */
+TEST(dense_weights_same_bits) {
+    for (size_t i = 0; i < sizeof models / sizeof *models; i++) check_dense_bits(&models[i], ops_cpu());
+}
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "--make-inputs")) {
@@ -340,5 +344,6 @@ int main(int argc, char **argv) {
     RUN(golden_gemma2);
     RUN(golden_gemma2_packed);
     RUN(golden_adapters_as_peft_loaded_them);
+    RUN(dense_weights_same_bits);
     return test_summary();
 }

@@ -35,6 +35,11 @@ TEST(golden_gemma2_packed_gpu) { check_case(&models[6], true, gpu, tol_bf16); }
  * original context of 16) takes the long factors, the packed sequences the short ones */
 TEST(golden_phi3_gpu) { check_case(&models[5], false, gpu, tol_bf16); }
 TEST(golden_phi3_packed_gpu) { check_case(&models[5], true, gpu, tol_bf16); }
+/* the linears kept dequantized (evaluate's dense_weights): the GEMMs read the kept bf16 copy instead
+ * of the per-op scratch, bit for bit the same results, every family */
+TEST(dense_weights_same_bits_gpu) {
+    for (size_t i = 0; i < sizeof models / sizeof *models; i++) check_dense_bits(&models[i], gpu);
+}
 
 int main(void) {
     gpu = ops_cuda();
@@ -56,5 +61,6 @@ int main(void) {
     RUN(golden_gemma2_packed_gpu);
     RUN(golden_phi3_gpu);
     RUN(golden_phi3_packed_gpu);
+    RUN(dense_weights_same_bits_gpu);
     return test_summary();
 }

@@ -545,6 +545,49 @@ TEST(plan_budget_on_a_device) {
     remove_dir(dir);
 }
 
+/* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
+ * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin, and
+ * not when they do not (freeing a copy kept before); on a backend without its own memory only on */
+TEST(dense_auto_choice) {
+    char dir[] = "/tmp/test_llama_dense_XXXXXX";
+    deep_model(dir);
+    ops_table dev = *ops_cpu();
+    dev.own_memory = 1;
+    dev.info = fake_device_info;
+    llama_model *m = NULL, *c = NULL;
+    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    CHECK_EQ_INT(llama_load(&c, dir, NULL, ops_cpu()), 0);
+    if (m && c) {
+        const double GiB = 1073741824.0;
+        llama_dense_choice ch;
+        double need = (double)llama_dense_bytes(m);
+        CHECK(need >= 4.0 * (double)m->L * (double)m->C * (double)m->C); /* fp32 on this table, q and o at least */
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0); /* 6 GiB free, less the margin */
+        CHECK(ch.kept && m->dense_mem && ch.need_bytes == need && ch.room_bytes == 5.0 * GiB);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 3.0 * GiB + 0.5 * need, &ch), 0);
+        CHECK(!ch.kept && !m->dense_mem && !m->layers[0].lin[0].w.dense && ch.room_bytes == 0.5 * need);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 3.0 * GiB + need, &ch), 0);
+        CHECK(ch.kept && m->dense_mem);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
+        CHECK(!ch.kept && !m->dense_mem);
+        CHECK_EQ_INT(llama_dense_auto(c, LLAMA_DENSE_AUTO, 0, &ch), 0);
+        CHECK(!ch.kept && !c->dense_mem && ch.room_bytes == 0);
+        CHECK_EQ_INT(llama_dense_auto(c, LLAMA_DENSE_ON, 0, &ch), 0);
+        CHECK(ch.kept && c->dense_mem && c->dense_bytes == (int64_t)ch.need_bytes);
+        ops_table none = *ops_cpu(); /* a backend without the op: on is refused, naming it */
+        none.nf4_dequant = NULL;
+        llama_model *n = NULL;
+        CHECK_EQ_INT(llama_load(&n, dir, NULL, &none), 0);
+        if (n) CHECK_EQ_INT(llama_dense_auto(n, LLAMA_DENSE_ON, 0, &ch), ERR_STAGE);
+        CHECK(strstr(err_msg(), "cannot keep the weights dequantized (no nf4_dequant op)") != NULL);
+        err_clear();
+        llama_free(&n);
+    }
+    llama_free(&m);
+    llama_free(&c);
+    remove_dir(dir);
+}
+
 TEST(bad_inputs) {
     llama_model *m = small_model(0.0f, LLAMA_CKPT_NONE, 8);
     CHECK(m != NULL);
@@ -653,6 +696,7 @@ int main(void) {
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
     RUN(plan_counts_det_workspace);
+    RUN(dense_auto_choice);
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
     RUN(shape_init);
