@@ -447,9 +447,10 @@ int hooks_task(hooks *h, const json_t *record, const json_t *ctx, const char *wh
     }
     if ((rc = lua_host_call(lh, 2, 1, ERR_DATA, "task", what))) return rc;
     if (!lua_isnil(L, -1) && !lua_istable(L, -1)) {
+        const char *type = luaL_typename(L, -1); /* a static name: still valid once the value is popped */
         lua_settop(L, top);
         return err_set(ERR_DATA, "%s: task() for %s must return a table {text=, choices=, gold=} or nil, not a %s",
-                       lua_host_path(lh), what ? what : "a record", luaL_typename(L, -1));
+                       lua_host_path(lh), what ? what : "a record", type);
     }
     if (lua_istable(L, -1)) rc = lua_host_to_json(lh, L, -1, out);
     lua_settop(L, top);

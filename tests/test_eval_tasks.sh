@@ -36,6 +36,19 @@ for t in mmlu arc hellaswag; do
   check "$t: acc and acc_norm equal transformers'" jqt -n --slurpfile g "$G" --slurpfile r "$r" \
     "\$g[0].$t.acc == \$r[0].tasks.$t.base.acc and \$g[0].$t.acc_norm == \$r[0].tasks.$t.base.acc_norm"
 done
+# dense_weights: on (the linears kept dequantized; not part of the key, so --force): every
+# log-likelihood the same, bit for bit, and the log says so; a budget without a unit is refused
+cp "$r" "$T/results-nf4.json"
+"$BIN" tasks.yaml --set stages.eval.dense_weights=on --force eval >"$T/dense.log" 2>&1
+rc=$?
+check "dense_weights: on runs (rc $rc)" test $rc -eq 0
+check "... and says the weights were kept" grep -q "base weights kept dequantized on cpu: [0-9.]* MiB (dense_weights: on)" "$T/dense.log"
+check "... the same log-likelihoods, bit for bit" jqt -n --slurpfile a "$T/results-nf4.json" --slurpfile b "$r" '
+  [$a[0].tasks[], $b[0].tasks[]] | length == 6 and
+  ([$a[0].tasks | to_entries[] | .value.base.docs[].loglik] == [$b[0].tasks | to_entries[] | .value.base.docs[].loglik])'
+"$BIN" validate tasks.yaml --set stages.eval.memory_budget=12 >"$T/mb.log" 2>&1; rc=$?
+check "memory_budget without a unit: exit 3 saying how to write it (got $rc)" \
+  bash -c "test $rc -eq 3 && grep -q \"memory_budget '12' needs a unit: write 12GB or 12MB\" '$T/mb.log'"
 # a second run: cached; an edited task file: evaluate runs again
 out=$("$BIN" plan tasks.yaml 2>&1)
 check "unchanged: evaluate cached" grep -qE "eval +evaluate +cached" <<<"$out"

@@ -75,6 +75,58 @@ recipe luanohook '{name: t, format: lua, path: arc_custom.jsonl}'
 "$BIN" luanohook.yaml --quiet > luanohook.log 2>&1; rc=$?
 check "format lua without a hook: exit 3 saying what to set (got $rc)" \
     bash -c "test $rc -eq 3 && grep -q 'format lua needs a hook' luanohook.log"
+# lua through the recipe's hooks: {task: FILE} (no per-task hook), the tuned side of an adapter
+# (attach_lora: B = 0, so the base's numbers): NAME.acc and NAME.acc_norm in the manifest, the
+# same accuracy as the arc format's on the same questions; the hook file in the key; bad hooks
+luarecipe() { # luarecipe NAME HOOK
+    cat > "$1.yaml" <<Y
+name: $1
+seed: 1
+device: cpu
+hooks: {task: $2}
+stages:
+  base: {kind: init_model, preset: tiny, hidden: 64, layers: 2}
+  lora: {kind: attach_lora, model: base, lora_r: 4}
+  eval:
+    kind: evaluate
+    model: base
+    adapter: lora
+    compare_base: false
+    max_new_tokens: 2
+    tasks:
+      - {name: arcref, format: arc, path: arc.jsonl, num_fewshot: 1}
+      - {name: arclua, format: lua, path: arc_custom.jsonl, num_fewshot: 1}
+Y
+}
+cp arc_custom.lua recipe_task.lua
+luarecipe luahooks recipe_task.lua
+"$BIN" luahooks.yaml --quiet > luahooks.log 2>&1; rc=$?
+check "hooks.task in the recipe runs format lua (rc $rc)" test $rc -eq 0
+[ $rc -eq 0 ] || cat luahooks.log
+r=$(for d in "$T"/cache/artifacts/evaluate/*/; do jq -e .tasks.arclua.tuned "$d/results.json" >/dev/null 2>&1 && echo "$d/results.json"; done | head -1)
+m=${r%results.json}manifest.json
+check "the manifest has arclua.acc and arclua.acc_norm (tuned), no _base" jqt --slurpfile r "$r" '
+  .metrics["arclua.acc"] == $r[0].tasks.arclua.tuned.acc and .metrics["arclua.acc_norm"] == $r[0].tasks.arclua.tuned.acc_norm
+  and (.metrics | has("arclua.acc_base") | not) and $r[0].tasks.arclua.tuned.n == 4' "$m"
+check "... the arc format's accuracy on the same four questions" jqt -n --slurpfile r "$r" --slurpfile m "$m" '
+  ($r[0].tasks.arcref.tuned.docs | map(select(.record < 4)) | map(if .pred == .gold then 1 else 0 end) | add / 4)
+  == $m[0].metrics["arclua.acc"]'
+out=$("$BIN" plan luahooks.yaml 2>&1)
+check "unchanged: cached" grep -qE "eval +evaluate +cached" <<<"$out"
+echo "-- edited" >> recipe_task.lua
+out=$("$BIN" plan luahooks.yaml 2>&1)
+check "an edited hooks.task file re-runs evaluate" grep -qE "eval +evaluate +run" <<<"$out"
+printf 'function task(record, ctx)\n  return "Question: " .. record.q\nend\n' > notatable.lua
+luarecipe luastr notatable.lua
+"$BIN" luastr.yaml --quiet > luastr.log 2>&1; rc=$?
+check "hooks.task returning a string: exit 4 (got $rc)" test $rc -eq 4
+check "... naming the hook, the record and what it must return" \
+    grep -q "notatable.lua: task() for .*arc_custom.jsonl: record 0 must return a table {text=, choices=, gold=} or nil, not a string" luastr.log
+printf 'function task(record, ctx)\n  return {text = record.q, choices = record.opts, gold = 1\nend\n' > syntax.lua
+luarecipe luasyn syntax.lua
+"$BIN" luasyn.yaml --quiet > luasyn.log 2>&1; rc=$?
+check "hooks.task with a syntax error: exit 3 (got $rc) at the recipe line, naming the file and line" \
+    bash -c "test $rc -eq 3 && grep -q 'luasyn.yaml:4:[0-9]*: hooks: .*syntax.lua:3: ' luasyn.log"
 cp arc.jsonl arc_bad.jsonl
 echo '{"question": "Which?", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "E"}' >> arc_bad.jsonl
 recipe arcbad '{name: t, format: arc, path: arc_bad.jsonl}'
