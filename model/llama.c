@@ -1352,40 +1352,59 @@ int llama_generate_begin(llama_model *m, int max_len) {
     return 0;
 }
 
-/* n <= plan_T tokens at positions kv_len.. */
-static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
+/* n <= plan_T tokens at positions kv_len.. . seg (n_seg > 1): the rows are n_seg sequences of
+ * seg[j] tokens, each continuing the cached kv_len positions on its own (positions kv_len.., keys:
+ * the cache and its own rows before it); the cache keeps its kv_len positions afterwards. */
+static void decode_chunk(llama_model *m, const int32_t *ids, int n, const int *seg, int n_seg) {
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
     layer_acts *a = &A->layer[0];
-    int64_t C = m->C, kvd = (int64_t)m->nkv * m->hd, P = m->kv_len;
-    for (int t = 0; t < n; t++) A->h_pos[t] = (int32_t)(P + t);
+    int64_t C = m->C, kvd = (int64_t)m->nkv * m->hd, qd = (int64_t)m->nh * m->hd, P = m->kv_len;
+    bool multi = n_seg > 1;
+    if (multi)
+        for (int j = 0, t = 0; j < n_seg; j++)
+            for (int i = 0; i < seg[j]; i++) A->h_pos[t++] = (int32_t)(P + i);
+    else
+        for (int t = 0; t < n; t++) A->h_pos[t] = (int32_t)(P + t);
     o->upload(A->ids, ids, sizeof(int32_t) * (size_t)n);
     o->upload(A->pos, A->h_pos, sizeof(int32_t) * (size_t)n);
     void *x = A->res[0];
     o->embedding_fwd(x, A->ids, m->embed, n, m->C);
     if (m->embed_scale > 0) o->act_scale(x, (int64_t)n * m->C, m->embed_scale);
+    size_t es = ops_act_size(o);
     for (int l = 0; l < m->L; l++) {
         const llama_layer *ly = &m->layers[l];
         void *kc = act_at(m, m->kv_mem, (int64_t)(2 * l) * m->kv_max * kvd);
         void *vc = act_at(m, m->kv_mem, (int64_t)(2 * l + 1) * m->kv_max * kvd);
         void *k_new = act_at(m, kc, P * kvd), *v_new = act_at(m, vc, P * kvd);
+        /* several sequences: their keys and values go to the cache one sequence at a time */
+        void *k_out = multi ? a->k : k_new, *v_out = multi ? a->v : v_new;
         o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, n, m->C, m->eps);
         bool qkn = m->cfg.qk_norm;
         linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, NULL, n, false, 0);
-        linear_fwd(m, l, LLAMA_K, qkn ? a->kr : k_new, a->n1, NULL, n, false, 0);
-        linear_fwd(m, l, LLAMA_V, v_new, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_K, qkn ? a->kr : k_out, a->n1, NULL, n, false, 0);
+        linear_fwd(m, l, LLAMA_V, v_out, a->n1, NULL, n, false, 0);
         if (qkn) {
             o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, n * m->nh, m->hd, m->eps);
-            o->rmsnorm_fwd(k_new, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
+            o->rmsnorm_fwd(k_out, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
         }
         const float *inv = layer_inv_freq(m, l);
         rope_apply(m, a->q, inv, n, m->nh, 0);
-        rope_apply(m, k_new, inv, n, m->nkv, 0);
+        rope_apply(m, k_out, inv, n, m->nkv, 0);
         ops_attn opt = layer_attn(m, l);
-        if ((opt.window > 0 && P + n > opt.window) || opt.scale > 0 || opt.softcap > 0)
-            o->attention_ex_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd, &opt);
-        else
-            o->attention_cached(a->att, a->q, kc, vc, n, (int)(P + n), m->nh, m->nkv, m->hd);
+        for (int j = 0, t0 = 0; j < (multi ? n_seg : 1); j++) {
+            int nj = multi ? seg[j] : n;
+            if (multi) {
+                o->copy(k_new, rows_at(m, k_out, t0, kvd), (size_t)nj * (size_t)kvd * es);
+                o->copy(v_new, rows_at(m, v_out, t0, kvd), (size_t)nj * (size_t)kvd * es);
+            }
+            void *att = rows_at(m, a->att, t0, qd), *q = rows_at(m, a->q, t0, qd);
+            if ((opt.window > 0 && P + nj > opt.window) || opt.scale > 0 || opt.softcap > 0)
+                o->attention_ex_cached(att, q, kc, vc, nj, (int)(P + nj), m->nh, m->nkv, m->hd, &opt);
+            else
+                o->attention_cached(att, q, kc, vc, nj, (int)(P + nj), m->nh, m->nkv, m->hd);
+            t0 += nj;
+        }
         bool gemma = config_gemma(&m->cfg); /* its plan is never lean: o_raw, d_raw exist */
         linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
         if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, n, m->C, m->eps);
@@ -1398,7 +1417,7 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n) {
         if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
     }
-    m->kv_len += n;
+    if (!multi) m->kv_len += n;
 }
 
 /* the checks llama_decode and llama_decode_losses share */
@@ -1429,7 +1448,7 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
     int most = m->plan_T < A->mlp_rows ? m->plan_T : A->mlp_rows;
     for (int done = 0, k; done < n; done += k) {
         k = n - done < most ? n - done : most;
-        decode_chunk(m, ids + done, k);
+        decode_chunk(m, ids + done, k, NULL, 1);
         int f = 0; /* the rows from the first with a target (a context's rows before it need none) */
         while (f < k && targets[done + f] < 0) f++;
         memset(losses + done, 0, sizeof(float) * (size_t)f);
@@ -1457,6 +1476,45 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
     return 0;
 }
 
+int llama_decode_segments(llama_model *m, const int32_t *ids, const int *seg, int n_seg, const int32_t *targets,
+                          float *losses, float *logits) {
+    if (n_seg < 1) return err_set(ERR_USAGE, "no sequence to decode");
+    int n = 0, longest = 0;
+    for (int j = 0; j < n_seg; j++) {
+        if (seg[j] < 1) return err_set(ERR_USAGE, "sequence %d of the batch is empty", j);
+        n += seg[j];
+        longest = seg[j] > longest ? seg[j] : longest;
+    }
+    int rc = decode_check(m, ids, longest); /* each sequence continues the cache on its own */
+    for (int t = longest; !rc && t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->V) rc = err_set(ERR_DATA, "token id %d is outside the vocabulary (0..%d)", ids[t], m->V - 1);
+    for (int t = 0; !rc && t < n; t++)
+        if (targets[t] >= m->V) rc = err_set(ERR_DATA, "target id %d is outside the vocabulary (0..%d)", targets[t], m->V - 1);
+    if (rc) return rc;
+    llama_acts *A = m->acts;
+    int most = m->plan_T < A->mlp_rows ? m->plan_T : A->mlp_rows;
+    if (n > most) return err_set(ERR_USAGE, "a batch of %d tokens is more than the plan's %d", n, most);
+    decode_chunk(m, ids, n, seg, n_seg);
+    /* each sequence: its rows from the first with a target through its last (whose logits are
+     * asked for), normed, the cross-entropy on them, the last row's logits */
+    for (int j = 0, t0 = 0; j < n_seg; t0 += seg[j], j++) {
+        int e = t0 + seg[j] - 1, f = t0;
+        while (f < e && targets[f] < 0) f++;
+        memset(losses + t0, 0, sizeof(float) * (size_t)(f - t0));
+        int r = e - f + 1;
+        for (int t = 0; t < r; t++) A->h_target[t] = targets[f + t] >= 0 ? targets[f + t] : -100;
+        m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
+                             (float)m->cfg.final_softcap);
+        m->ops->download(losses + f, A->losses, sizeof(float) * (size_t)r);
+        m->ops->logits(A->logits, act_at(m, A->nf, (int64_t)(r - 1) * m->C), m->lm_head, 1, m->C, m->V,
+                       (float)m->cfg.final_softcap);
+        m->ops->download(logits + (size_t)j * (size_t)m->V, A->logits, sizeof(float) * (size_t)m->V);
+    }
+    return 0;
+}
+
 int llama_kv_truncate(llama_model *m, int len) {
     if (len < 0 || len > m->kv_len) return err_set(ERR_USAGE, "cannot cut the KV cache of %d positions to %d", m->kv_len, len);
     m->kv_len = len;
@@ -1469,7 +1527,7 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     int last = 0, most = m->plan_T < m->acts->mlp_rows ? m->plan_T : m->acts->mlp_rows; /* MLP buffer rows */
     for (int done = 0; done < n; done += last) {
         last = n - done < most ? n - done : most;
-        decode_chunk(m, ids + done, last);
+        decode_chunk(m, ids + done, last, NULL, 1);
     }
     llama_acts *A = m->acts;
     void *xl = act_at(m, A->res[0], (int64_t)(last - 1) * m->C);

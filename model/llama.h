@@ -304,6 +304,14 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits);
  * logits (may be NULL): the last position's, as llama_decode writes them */
 int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t *targets, float *losses,
                         float *logits);
+/* n_seg sequences side by side (ids: seg[0] tokens, then seg[1], ...), each continuing the cached
+ * kv_len positions on its own: its positions start at kv_len and its rows attend to the cache and
+ * to its own rows before them, never to another sequence's (the questions of a benchmark after
+ * their shared examples: the weights are read once for all). losses as llama_decode_losses, per
+ * row of ids; logits (host [n_seg, V]): each sequence's last position's. The cache keeps kv_len
+ * positions afterwards. The tokens together at most the plan's rows (ERR_USAGE). */
+int llama_decode_segments(llama_model *m, const int32_t *ids, const int *seg, int n_seg, const int32_t *targets,
+                          float *losses, float *logits);
 /* forget the cached positions from len on (len <= kv_len): the next decode continues at len, so a
  * shared prefix is computed once and each continuation after it in turn */
 int llama_kv_truncate(llama_model *m, int len);

@@ -71,6 +71,9 @@ static const param_spec eval_params[] = {
      "fewshot_path | fewshot_split, limit (a seeded subset), hook (format lua: task(record, ctx))}]", 0},
     {"task_max_tokens", PARAM_INT, "2048", 16, 1 << 20, NULL,
      "longest task sequence (context + answer); longer ones are cut from the left, as the harness does", 0},
+    {"task_batch", PARAM_INT, "16", 1, 256, NULL,
+     "questions whose shared context is in the KV cache scored side by side in one pass, each attending to the "
+     "context and itself only (1: one at a time; on a GPU the sums may differ in their last bits)", 0},
     {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
      "keep the base's linear weights dequantized (bf16 on a GPU) for the whole stage instead of dequantizing "
      "them in every forward: the same numbers, bit for bit, in less time (auto: on a GPU, when they fit "
@@ -619,8 +622,14 @@ typedef struct task_scorer {
     float *logits, *losses;
     int32_t *targets;
     int64_t fed, total;  /* tokens through the model, tokens in the requests */
+    int64_t forwards;    /* passes through the model */
     double shared_ll;    /* log-likelihood of the cached continuation tokens after shared_cs */
     int shared_cs;
+    int batch;           /* task_batch: questions scored side by side in one pass (1: one at a time) */
+    int batch_rows;      /* the most tokens such a pass may have (the plan's) */
+    float *blogits;      /* [batch, V]: each question's distribution after its context */
+    int32_t *bids, *btargets;
+    float *blosses;      /* [batch_rows] */
 } task_scorer;
 
 static int enc_tok(void *ud, const char *text, size_t len, int32_t **ids, size_t *n) {
@@ -667,6 +676,7 @@ static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
         for (int t = 0; t < n - 1; t++) s->targets[t] = keep + t >= cs - 1 ? q->ids[keep + t + 1] : -1;
         s->targets[n - 1] = -1;
         if ((rc = llama_decode_losses(m, q->ids + keep, n, s->targets, s->losses, s->logits))) return rc;
+        s->forwards++;
         memcpy(s->cache + keep, q->ids + keep, sizeof(int32_t) * (size_t)n);
         s->cache_len = X;
         s->fed += n;
@@ -682,6 +692,7 @@ static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
         for (int t = 0; t < rest; t++) s->targets[t] = q->ids[X + 1 + t];
         rc = llama_decode_losses(m, q->ids + X, rest, s->targets, s->losses, NULL);
         s->fed += rest;
+        s->forwards++;
         int r2 = llama_kv_truncate(m, X); /* the shared part stays cached for the next choice */
         if (rc || (rc = r2)) {
             s->lp_valid = false, s->cache_len = 0;
@@ -693,10 +704,106 @@ static int score_one(task_scorer *s, const mc_seq *q, double *loglik) {
     return 0;
 }
 
+/* a request's X (score_one's): the tokens up to it are its context and what its neighbours share */
+static int seq_x(const mc_seq *q) {
+    int len = (int)q->len, cs = (int)q->cont_start, X = (int)q->shared;
+    if (X < cs) X = cs;
+    if (X > len - 1) X = len - 1;
+    return X;
+}
+
+static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb) {
+    int k = 0;
+    while (k < na && k < nb && a[k] == b[k]) k++;
+    return k;
+}
+
+/* Several questions in one pass (task_batch): the requests from seqs[0] on, a question being the
+ * run of requests with the same tokens up to the same X, each answer one token after X (MMLU's
+ * letters). When the KV cache already holds all that the questions share (the description and
+ * the solved examples: the question before them put it there), each question's own tokens from
+ * the end of that common part go through the model side by side with the others'
+ * (llama_decode_segments: each attends to the cache and itself only), and every request reads its
+ * answer from its question's distribution, as score_one does. *used: the requests scored (0: none
+ * here, score_one goes on). */
+#define BATCH_SLACK 64 /* tokens a question may recompute that the cache could have given it */
+static int score_batch(task_scorer *s, const mc_seq *seqs, size_t n, double *loglik, size_t *used) {
+    *used = 0;
+    enum { MAXQ = 256 };
+    size_t first[MAXQ + 1];
+    int nq = 0, P = s->cache_len, rows = 0, shared = INT32_MAX;
+    size_t i = 0;
+    while (i < n && nq < s->batch && nq < MAXQ) {
+        const mc_seq *q = &seqs[i];
+        int X = seq_x(q), cs = (int)q->cont_start;
+        if ((int)q->len - X - 1 != 0 || cs < 1 || (int)q->len > s->max_T) break; /* a longer answer: score_one */
+        size_t e = i + 1;
+        while (e < n && seq_x(&seqs[e]) == X && (int)seqs[e].cont_start == cs && (int)seqs[e].len - X - 1 == 0 &&
+               !memcmp(seqs[e].ids, q->ids, sizeof(int32_t) * (size_t)X))
+            e++;
+        int lcp = common_prefix(s->cache, s->cache_len, q->ids, X);
+        int keep = lcp < cs - 1 ? lcp : cs - 1;
+        int p = keep < P ? keep : P;
+        /* the pass computes each question's tokens from p on: worth it while the cache holds what
+         * they have in common, give or take a few tokens (else the first goes alone and puts it there) */
+        if (nq) {
+            int mutual = common_prefix(seqs[first[0]].ids, seq_x(&seqs[first[0]]), q->ids, X);
+            int sh = mutual < shared ? mutual : shared;
+            if (sh - p > BATCH_SLACK) break;
+            shared = sh;
+        }
+        int grown = rows + (X - p) + nq * (P - p); /* the earlier questions start at p too */
+        if (grown > s->batch_rows) break;
+        rows = grown, P = p;
+        first[nq++] = i;
+        i = e;
+    }
+    if (nq < 2) return 0;
+    first[nq] = i;
+    int seg[MAXQ], t = 0;
+    for (int j = 0; j < nq; j++) {
+        const mc_seq *q = &seqs[first[j]];
+        int X = seq_x(q), cs = (int)q->cont_start;
+        seg[j] = X - P;
+        for (int r = 0; r < seg[j]; r++) {
+            s->bids[t + r] = q->ids[P + r];
+            /* row P + r predicts token P + r + 1: the context's last token onwards (cs - 1), short of X */
+            s->btargets[t + r] = P + r >= cs - 1 && P + r + 1 < X ? q->ids[P + r + 1] : -1;
+        }
+        t += seg[j];
+    }
+    llama_model *m = s->m;
+    int rc = llama_kv_truncate(m, P);
+    if (!rc) rc = llama_decode_segments(m, s->bids, seg, nq, s->btargets, s->blosses, s->blogits);
+    if (rc) {
+        s->lp_valid = false, s->cache_len = 0;
+        return rc;
+    }
+    s->cache_len = P; /* the cache keeps the common part; score_one's distribution is gone */
+    s->lp_valid = false;
+    s->fed += t;
+    s->forwards++;
+    for (int j = 0, t0 = 0; j < nq; t0 += seg[j], j++) {
+        double ll0 = 0;
+        for (int r = 0; r < seg[j]; r++) ll0 -= s->btargets[t0 + r] >= 0 ? s->blosses[t0 + r] : 0.0f;
+        log_softmax(s->blogits + (size_t)j * (size_t)m->V, m->V, s->lp);
+        for (size_t k = first[j]; k < first[j + 1]; k++) {
+            loglik[k] = ll0 + s->lp[seqs[k].ids[seq_x(&seqs[k])]];
+            s->total += (int64_t)seqs[k].len - 1;
+        }
+    }
+    *used = i;
+    return 0;
+}
+
 static int score_seqs(void *ud, const mc_seq *seqs, size_t n, double *loglik) {
-    for (size_t i = 0; i < n; i++) {
-        int rc = score_one(ud, &seqs[i], &loglik[i]);
+    task_scorer *s = ud;
+    for (size_t i = 0; i < n;) {
+        size_t used = 0;
+        int rc = s->batch > 1 ? score_batch(s, seqs + i, n - i, loglik + i, &used) : 0;
+        if (!rc && !used) rc = score_one(s, &seqs[i], &loglik[i]), used = 1;
         if (rc) return rc;
+        i += used;
     }
     return 0;
 }
@@ -775,13 +882,19 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
     json_t *tasks = stage_json(ctx, "tasks");
     size_t i;
     json_t *t;
-    task_scorer sc = {.m = m, .max_T = max_T};
+    task_scorer sc = {.m = m, .max_T = max_T, .batch = (int)stage_int(ctx, "task_batch"), .batch_rows = m->plan_T};
+    sc.bids = malloc(sizeof(int32_t) * (size_t)m->plan_T);
+    sc.btargets = malloc(sizeof(int32_t) * (size_t)m->plan_T);
+    sc.blosses = malloc(sizeof(float) * (size_t)m->plan_T);
+    sc.blogits = malloc(sizeof(float) * (size_t)sc.batch * (size_t)m->V);
     sc.cache = malloc(sizeof(int32_t) * (size_t)max_T);
     sc.targets = malloc(sizeof(int32_t) * (size_t)max_T);
     sc.losses = malloc(sizeof(float) * (size_t)max_T);
     sc.logits = malloc(sizeof(float) * (size_t)m->V);
     sc.lp = malloc(sizeof(double) * (size_t)m->V);
-    int rc = sc.cache && sc.targets && sc.losses && sc.logits && sc.lp ? 0 : err_set(ERR_STAGE, "out of memory");
+    int rc = sc.cache && sc.targets && sc.losses && sc.logits && sc.lp && sc.bids && sc.btargets && sc.blosses && sc.blogits
+                 ? 0
+                 : err_set(ERR_STAGE, "out of memory");
     if (!rc) rc = llama_generate_begin(m, max_T); /* the KV cache the requests share */
     json_array_foreach(tasks, i, t) {
         if (rc) break;
@@ -819,20 +932,22 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
             clock_gettime(CLOCK_MONOTONIC, &t0);
             int64_t fed0 = sc.fed, total0 = sc.total;
             sc.cache_len = 0, sc.lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
-            rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, 64, task_progress, ctx, &r);
+            int64_t fw0 = sc.forwards;
+            /* the requests handed over at a time: enough for task_batch questions of four answers */
+            rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, sc.batch > 16 ? 4 * (size_t)sc.batch : 64, task_progress, ctx, &r);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             stage_progress_done(ctx);
             double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-            int64_t fed = sc.fed - fed0, total = sc.total - total0;
+            int64_t fed = sc.fed - fed0, total = sc.total - total0, forwards = sc.forwards - fw0;
             if (!rc) {
                 const char *which = tuned ? "tuned" : "base";
                 json_t *tr = json_object_get(results, name);
                 if (!tr) json_object_set_new(results, name, tr = json_object());
-                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:f}", "acc", r.acc,
+                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:I, s:f}", "acc", r.acc,
                                                         "acc_norm", r.acc_norm, "n", (json_int_t)r.n, "truncated",
                                                         (json_int_t)r.truncated, "subjects", r.subjects, "docs", r.per_doc,
                                                         "tokens", (json_int_t)total, "tokens_computed", (json_int_t)fed,
-                                                        "seconds", secs));
+                                                        "forwards", (json_int_t)forwards, "seconds", secs));
                 char metric[300];
                 snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
                 stage_metric(ctx, metric, r.acc);
@@ -840,9 +955,9 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
                 stage_metric(ctx, metric, r.acc_norm);
                 stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r.acc, r.acc_norm,
                            r.n, r.truncated ? " (some contexts cut from the left)" : "");
-                stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed, "
-                           "the rest shared with a context already in the cache", name, which, (long long)total, secs,
-                           secs > 0 ? (double)total / secs : 0.0, (long long)fed);
+                stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed "
+                           "in %lld passes, the rest shared with a context already in the cache", name, which,
+                           (long long)total, secs, secs > 0 ? (double)total / secs : 0.0, (long long)fed, (long long)forwards);
                 if (r.truncated)
                     stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name,
                                r.truncated, max_T);
@@ -863,6 +978,10 @@ static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, 
     free(sc.losses);
     free(sc.logits);
     free(sc.lp);
+    free(sc.bids);
+    free(sc.btargets);
+    free(sc.blosses);
+    free(sc.blogits);
     return rc;
 }
 

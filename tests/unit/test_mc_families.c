@@ -3,7 +3,9 @@
  * For a generated model of each family (llama, mistral, qwen2, qwen3, gemma3, phi3: init_model's
  * tiny shape, hidden 64, 2 layers, seed 1, the byte tokenizer), the evaluate stage scores
  * tests/recipes/tasks' three tasks (MMLU 2-shot, ARC limit 4, HellaSwag) on the CPU through its KV
- * cache: contexts shared between requests computed once, answers decoded after them. Here every
+ * cache: contexts shared between requests computed once, answers decoded after them, one
+ * question at a time (task_batch: 1) and the questions of a subject side by side after their shared
+ * examples (task_batch: 16, fewer passes through the model). Here every
  * request is scored again from scratch, one whole-sequence forward each (llama_forward_logits,
  * log-softmax in double), through the same request builder (mc_run) and the same NF4 weights:
  * every choice's log-likelihood agrees within 1e-4 and the accuracies are equal.
@@ -92,20 +94,31 @@ static void check_family(const char *arch) {
     if (rc) fprintf(stderr, "%s: %s\n", arch, err_msg());
     CHECK_EQ_INT(rc, 0);
 
-    /* the stage, as a recipe runs it */
-    json_t *tl = json_array();
-    for (size_t t = 0; t < N_TASKS; t++) json_array_append_new(tl, json_loads(tasks[t].json, 0, NULL));
-    json_t *params = json_pack("{s:s, s:o, s:i, s:i}", "model", "base", "tasks", tl, "max_new_tokens", 2,
-                               "score_records", 0);
-    stage_ctx ctx;
-    fix_ctx(&ctx, &stage_kind_evaluate, "eval", params, out, NULL);
-    fix_input(&ctx, "model", "init_model", art);
-    fs_mkdir_p(out);
-    if (!rc) rc = stage_kind_evaluate.check(params);
-    if (!rc) rc = stage_kind_evaluate.run(&ctx);
-    if (rc) fprintf(stderr, "%s: evaluate: %s\n", arch, err_msg());
-    CHECK_EQ_INT(rc, 0);
-    json_t *res = json_object_get(ctx.report, "tasks");
+    /* the stage, as a recipe runs it: questions one at a time (task_batch 1), then side by side */
+    json_t *reports[2] = {NULL, NULL};
+    for (int b = 0; b < 2; b++) {
+        json_t *tl = json_array();
+        for (size_t t = 0; t < N_TASKS; t++) json_array_append_new(tl, json_loads(tasks[t].json, 0, NULL));
+        json_t *params = json_pack("{s:s, s:o, s:i, s:i, s:i}", "model", "base", "tasks", tl, "max_new_tokens", 2,
+                                   "score_records", 0, "task_batch", b ? 16 : 1);
+        stage_ctx ctx;
+        fix_ctx(&ctx, &stage_kind_evaluate, "eval", params, out, NULL);
+        fix_input(&ctx, "model", "init_model", art);
+        fs_mkdir_p(out);
+        if (!rc) rc = stage_kind_evaluate.check(params);
+        if (!rc) rc = stage_kind_evaluate.run(&ctx);
+        if (rc) fprintf(stderr, "%s: evaluate: %s\n", arch, err_msg());
+        CHECK_EQ_INT(rc, 0);
+        reports[b] = ctx.report;
+        json_decref(ctx.metrics);
+        json_decref(ctx.hook_files);
+        json_decref(params);
+    }
+    /* side by side: fewer passes through the model for MMLU (its questions share their examples) */
+    json_int_t pass1 = json_integer_value(json_object_get(json_object_get(json_object_get(json_object_get(reports[0], "tasks"), "mmlu"), "base"), "forwards"));
+    json_int_t pass16 = json_integer_value(json_object_get(json_object_get(json_object_get(json_object_get(reports[1], "tasks"), "mmlu"), "base"), "forwards"));
+    fprintf(stderr, "  %s: MMLU in %lld passes one question at a time, %lld side by side\n", arch, (long long)pass1, (long long)pass16);
+    CHECK(pass1 >= 12 && pass16 > 0 && pass16 < pass1);
 
     /* the reference: the same weights (NF4 at load, as the stage), each request from scratch */
     tokenizer *tok = NULL;
@@ -130,21 +143,23 @@ static void check_family(const char *arch) {
         mc_result r = {0};
         if (!rc) rc = mc_run(&task, enc, tok, score_full, &fs, 64, NULL, NULL, &r);
         CHECK_EQ_INT(rc, 0);
-        json_t *base = json_object_get(json_object_get(res, d->name), "base");
-        json_t *sd = json_object_get(base, "docs");
-        CHECK(!rc && json_array_size(sd) == json_array_size(r.per_doc) && json_array_size(sd) == n && n > 0);
-        for (size_t i = 0; !rc && i < json_array_size(sd) && i < json_array_size(r.per_doc); i++) {
-            json_t *a = json_object_get(json_array_get(sd, i), "loglik"), *b = json_object_get(json_array_get(r.per_doc, i), "loglik");
-            CHECK(json_array_size(a) == json_array_size(b) && json_array_size(a) > 0);
-            for (size_t j = 0; j < json_array_size(a) && j < json_array_size(b); j++) {
-                double e = fabs(json_real_value(json_array_get(a, j)) - json_real_value(json_array_get(b, j)));
-                worst = e > worst || isnan(e) ? e : worst;
-                compared++;
+        for (int rb = 0; rb < 2; rb++) {
+            json_t *base = json_object_get(json_object_get(json_object_get(reports[rb], "tasks"), d->name), "base");
+            json_t *sd = json_object_get(base, "docs");
+            CHECK(!rc && json_array_size(sd) == json_array_size(r.per_doc) && json_array_size(sd) == n && n > 0);
+            for (size_t i = 0; !rc && i < json_array_size(sd) && i < json_array_size(r.per_doc); i++) {
+                json_t *a = json_object_get(json_array_get(sd, i), "loglik"), *b = json_object_get(json_array_get(r.per_doc, i), "loglik");
+                CHECK(json_array_size(a) == json_array_size(b) && json_array_size(a) > 0);
+                for (size_t j = 0; j < json_array_size(a) && j < json_array_size(b); j++) {
+                    double e = fabs(json_real_value(json_array_get(a, j)) - json_real_value(json_array_get(b, j)));
+                    worst = e > worst || isnan(e) ? e : worst;
+                    compared++;
+                }
             }
-        }
-        if (!rc) {
-            CHECK(json_real_value(json_object_get(base, "acc")) == r.acc);
-            CHECK(json_real_value(json_object_get(base, "acc_norm")) == r.acc_norm);
+            if (!rc) {
+                CHECK(json_real_value(json_object_get(base, "acc")) == r.acc);
+                CHECK(json_real_value(json_object_get(base, "acc_norm")) == r.acc_norm);
+            }
         }
         mc_result_free(&r);
         mc_docs_free(&docs, n);
@@ -152,14 +167,12 @@ static void check_family(const char *arch) {
     }
     fprintf(stderr, "  %s: %zu log-likelihoods, KV-cache scoring against whole forwards: worst %.2e\n", arch, compared,
             worst);
-    CHECK(compared >= 12 * 4 + 4 * 4 + 4 * 4 && worst <= 1e-4);
+    CHECK(compared >= 2 * (12 * 4 + 4 * 4 + 4 * 4) && worst <= 1e-4);
     free(fs.logits);
     llama_free(&m);
     tokenizer_free(&tok);
-    json_decref(ctx.report);
-    json_decref(ctx.metrics);
-    json_decref(ctx.hook_files);
-    json_decref(params);
+    json_decref(reports[0]);
+    json_decref(reports[1]);
     fs_rm_rf(root);
     free(art);
     free(mdir);
