@@ -80,6 +80,11 @@ static const task_def tasks[] = {
 };
 #define N_TASKS (sizeof tasks / sizeof *tasks)
 
+/* the stage's results of task name on the base model (borrowed) */
+static json_t *task_base(json_t *report, const char *name) {
+    return json_object_get(json_object_get(json_object_get(report, "tasks"), name), "base");
+}
+
 static void check_family(const char *arch) {
     char root[] = "/tmp/test_mc_families_XXXXXX";
     CHECK(mkdtemp(root) != NULL);
@@ -115,8 +120,8 @@ static void check_family(const char *arch) {
         json_decref(params);
     }
     /* side by side: fewer passes through the model for MMLU (its questions share their examples) */
-    json_int_t pass1 = json_integer_value(json_object_get(json_object_get(json_object_get(json_object_get(reports[0], "tasks"), "mmlu"), "base"), "forwards"));
-    json_int_t pass16 = json_integer_value(json_object_get(json_object_get(json_object_get(json_object_get(reports[1], "tasks"), "mmlu"), "base"), "forwards"));
+    json_int_t pass1 = json_integer_value(json_object_get(task_base(reports[0], "mmlu"), "forwards"));
+    json_int_t pass16 = json_integer_value(json_object_get(task_base(reports[1], "mmlu"), "forwards"));
     fprintf(stderr, "  %s: MMLU in %lld passes one question at a time, %lld side by side\n", arch, (long long)pass1, (long long)pass16);
     CHECK(pass1 >= 12 && pass16 > 0 && pass16 < pass1);
 
@@ -144,7 +149,7 @@ static void check_family(const char *arch) {
         if (!rc) rc = mc_run(&task, enc, tok, score_full, &fs, 64, NULL, NULL, &r);
         CHECK_EQ_INT(rc, 0);
         for (int rb = 0; rb < 2; rb++) {
-            json_t *base = json_object_get(json_object_get(json_object_get(reports[rb], "tasks"), d->name), "base");
+            json_t *base = task_base(reports[rb], d->name);
             json_t *sd = json_object_get(base, "docs");
             CHECK(!rc && json_array_size(sd) == json_array_size(r.per_doc) && json_array_size(sd) == n && n > 0);
             for (size_t i = 0; !rc && i < json_array_size(sd) && i < json_array_size(r.per_doc); i++) {
