@@ -11,7 +11,7 @@
 #   tests/golden/make_mc_golden_families.sh --score OUT tests/golden/mc        # part two
 set -eu
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-FAMILIES="llama mistral qwen2 qwen3 gemma3 phi3"
+FAMILIES="llama mistral qwen2 qwen3 gemma2 gemma3 phi3"
 if [ "${1:-}" = --score ]; then
   out=$2 dst=$3
   for f in $FAMILIES; do
