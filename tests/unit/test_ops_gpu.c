@@ -942,6 +942,32 @@ static void qlin_free(qlin *q) {
     if (q->aq_d) gpu->free(q->aq_d), gpu->free(q->nest_d), gpu->free(q->nmap_d);
 }
 
+/* the table's nf4_dequant (evaluate's dense_weights): the whole weight, each value the bf16 of the
+ * reference dequantization bit for bit, plain and double-quantized absmax, shapes whose row
+ * chunks split (11008 x 512) */
+TEST(nf4_dequant_whole_weight) {
+    CHECK(gpu->nf4_dequant != NULL);
+    if (!gpu->nf4_dequant) return;
+    const int shapes[][3] = {{96, 64, 0}, {160, 256, 1}, {11008, 512, 0}, {512, 11008, 1}};
+    for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+        int out = shapes[c][0], in = shapes[c][1];
+        qlin q = qlin_make(out, in, shapes[c][2]);
+        size_t n = (size_t)out * in;
+        void *dst = gpu->alloc(n * 2);
+        gpu->nf4_dequant(dst, &q.wd);
+        uint16_t *got = malloc(n * 2);
+        float *ref = malloc(n * sizeof(float));
+        gpu->download(got, dst, n * 2);
+        ops_nf4_dequant_rows(&q.wh, 0, out, ref);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += got[i] != f32_to_bf16(ref[i]);
+        if (bad) fprintf(stderr, "  nf4_dequant %d x %d dq %d: %zu of %zu values differ\n", out, in, shapes[c][2], bad, n);
+        CHECK(bad == 0);
+        free(got), free(ref), gpu->free(dst);
+        qlin_free(&q);
+    }
+}
+
 TEST(qlinear) {
     /* T, in, out, r (0: no LoRA), dropout (x100), bias, accumulate, double-quant absmax (2: a dense
      * weight, not quantized), scratch cap in KiB (0: none; else the weight goes in row ranges
@@ -1122,6 +1148,7 @@ int main(void) {
     RUN(attention);
     RUN(deterministic_refuses_tiled);
     RUN(deterministic_same_bits);
+    RUN(nf4_dequant_whole_weight);
     RUN(qlinear);
     RUN(xent_and_logits);
     RUN(adamw_norm_scale);
