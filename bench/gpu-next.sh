@@ -1,0 +1,87 @@
+#!/bin/bash
+# gpu-next.sh PART: the GPU sittings the session of 2026-12-04 21:24-00:24 UTC prepared but could
+# not run (the device was withdrawn at 21:44). Each PART fits one `run` call (at most 600 s):
+#   A  test_ops_gpu (every op, the new ones included: rope_ex, soft-capped cross-entropy, fused
+#      LoRA, nf4_dequant, cuDNN's deterministic backward), gemma2's golden dumps made with torch +
+#      transformers + peft (then commit tests/golden/gemma2*_golden.safetensors), test_golden_gpu,
+#      bench/gpu-determinism.sh                                                        ~300 s
+#   B  bench/gpu-lora.sh (the fused LoRA kernels against the GEMM path: ops, rows) and
+#      bench/gpu-phi3.sh (phi3 on CUDA; cuDNN for windows and head dim 256)          ~350 s
+#   C  bench/evaltasks/run.sh (dense_weights + task_batch on 14,042 MMLU-shaped questions beside
+#      transformers) and the family rows beside transformers + peft + bitsandbytes     ~500 s
+# Logs under $OUT/<part>/; each sub-script says what it shows and what to copy into RESULTS.md.
+#
+# Prepare on the development machine (the carry limit is 64 MiB, so the programs travel packed):
+#   cmake -S . -B build-cuda -DQLORA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DQLORA_WERROR=ON
+#   cmake --build build-cuda -j2
+#   ../shared/tools/device-bundle .device/next/b build-cuda/qlora-run build-cuda/bench/train_gpu \
+#       build-cuda/tests/test_ops_gpu build-cuda/tests/test_golden_gpu
+#   strip .device/next/b/bin/* && tar -C .device/next -cJf .device/next/b.tar.xz b && rm -rf .device/next/b
+# and, for part C's peer, bitsandbytes built for sm_90 from its source for the sitting (never
+# committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
+# Then: run `bash bench/gpu-next.sh A` with carry [".device/next"] (C: [".device/next", ".device/peer"]).
+set -u
+PART=${1:?usage: gpu-next.sh A|B|C}
+R=$(pwd)
+O=${OUT:-/tmp/gpu-next}/$PART
+mkdir -p "$O"
+export PYTHONUNBUFFERED=1
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+NB=/tmp/gpu-next
+if [ ! -x "$NB/b/run" ]; then
+    mkdir -p "$NB" && tar -C "$NB" -xJf "$R/.device/next/b.tar.xz" || { echo "no bundle (.device/next/b.tar.xz)"; exit 2; }
+fi
+B=$NB/b
+stamp "part $PART"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+git -C "$R" log --oneline -1 2>/dev/null
+
+case $PART in
+A)
+    (cd tests && timeout 240 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+    grep -E "^(ok|FAIL)|check failed|differ|calls ran|deterministic|passed" "$O/test_ops_gpu.log" | head -60
+    stamp "gemma2 golden dumps"
+    (cd tests && timeout 120 python3 golden/make_golden.py golden golden gemma2 > "$O/make_golden_gemma2.log" 2>&1
+     echo "make_golden gemma2 rc=$?"
+     timeout 60 python3 golden/check_merged_families.py golden golden/export_families gemma2 > "$O/check_merged_gemma2.log" 2>&1
+     echo "check_merged gemma2 rc=$?"
+     cp golden/gemma2_golden.safetensors golden/gemma2_packed_golden.safetensors "$O/" 2>/dev/null)
+    tail -3 "$O/make_golden_gemma2.log" "$O/check_merged_gemma2.log"
+    (cd tests && timeout 150 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
+    grep -E "^(ok|FAIL|SKIP)|worst|passed" "$O/test_golden_gpu.log" | head -40
+    stamp determinism
+    OUT=$O DET_RUNS=2 BUNDLE=$B timeout 330 bash bench/gpu-determinism.sh > "$O/determinism.txt" 2>&1
+    grep -E "^== (PASS|FAIL)|tok/s|spread|final loss" "$O/determinism.txt" | head -30
+    ;;
+B)
+    rm -rf .device/lora && ln -s "$B" .device/lora
+    OUT=$O/lora timeout 330 bash bench/gpu-lora.sh 2>&1 | tail -40
+    cp bench/gpu-phi3.sh "$B/gpu-phi3.sh"
+    OUT=$O BUDGET=150 timeout 220 bash "$B/gpu-phi3.sh" 2>&1 | tail -40
+    ;;
+C)
+    E=$NB/evaltasks
+    mkdir -p "$E" && cp bench/evaltasks/* "$E/" && ln -sfn "$B" "$E/bundle"
+    OUT=$O timeout 330 bash "$E/run.sh" 2>&1 | tail -30
+    stamp "family rows: qlora-run (train_gpu) and transformers + peft + bitsandbytes, 2048 x 1, no recompute"
+    for m in llama3-8b qwen3-8b gemma3-12b; do
+        for t in q,v all-linear; do
+            timeout 60 "$B/run" train_gpu train --model $m --targets $t --seq 2048 --batch 1 --ckpt auto --steps 6 \
+                --warmup 2 2>&1 | grep -E "^\||error"
+        done
+    done | tee "$O/rows.log"
+    export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH}
+    for s in llama3-8b qwen3-8b gemma3-12b; do
+        timeout 150 python3 bench/hf_qlora_bench.py --shape $s --model-dir /tmp/hf-$s --qlora 2048x1:qv,2048x1:all \
+            --no-grad-ckpt --steps 6 --warmup 2 --jsonl "$O/peer.jsonl" > "$O/peer-$s.log" 2>&1
+        echo "peer $s rc=$?"; rm -rf /tmp/hf-$s
+    done
+    grep -h '"phase": "bench"' "$O/peer.jsonl" 2>/dev/null | python3 -c '
+import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    print(r["label"], r["tokens_per_s"], "tok/s", r["peak_alloc_gib"], "GiB peak")'
+    ;;
+*) echo "PART must be A, B or C"; exit 2 ;;
+esac
+stamp "end of part $PART"
