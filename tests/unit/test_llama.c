@@ -481,14 +481,21 @@ static void fake_det_device_info(ops_backend_info *out) {
 
 /* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
  * cap) is part of the plan the budget is checked against */
+/* the deep model in dir, loaded on the CPU table posing as an 8 GiB device (2 GiB in use) */
+static llama_model *fake_device_model(char *dir, ops_table *dev) {
+    deep_model(dir);
+    *dev = *ops_cpu();
+    dev->own_memory = 1;
+    dev->info = fake_device_info;
+    llama_model *m = NULL;
+    CHECK_EQ_INT(llama_load(&m, dir, NULL, dev), 0);
+    return m;
+}
+
 TEST(plan_counts_det_workspace) {
     char dir[] = "/tmp/test_llama_detws_XXXXXX";
-    deep_model(dir);
-    ops_table dev = *ops_cpu();
-    dev.own_memory = 1;
-    dev.info = fake_device_info;
-    llama_model *m = NULL;
-    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev);
     if (m) {
         enum { T = 64 };
         const double GiB = 1073741824.0;
@@ -508,12 +515,8 @@ TEST(plan_counts_det_workspace) {
 
 TEST(plan_budget_on_a_device) {
     char dir[] = "/tmp/test_llama_budget_XXXXXX";
-    deep_model(dir);
-    ops_table dev = *ops_cpu();
-    dev.own_memory = 1;
-    dev.info = fake_device_info;
-    llama_model *m = NULL;
-    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev);
     llama_lora_config lc = {.r = 4, .alpha = 8, .targets = LLAMA_TARGETS_ALL};
     if (m) CHECK_EQ_INT(llama_lora_attach(m, &lc), 0);
     if (m) {
