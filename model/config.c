@@ -386,25 +386,10 @@ int config_load(model_config *c, const char *dir) {
 
 static json_t *token_json(int id) { return id < 0 ? json_null() : json_integer(id); }
 
-json_t *config_to_json(const model_config *c) {
-    json_t *j = json_object();
-    json_object_set_new(j, "architectures", json_pack("[s]", arch_classes[c->arch]));
-    json_object_set_new(j, "model_type", json_string(arch_names[c->arch]));
-    json_object_set_new(j, "vocab_size", json_integer(c->vocab_size));
-    json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
-    json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
-    json_object_set_new(j, "num_hidden_layers", json_integer(c->num_layers));
-    json_object_set_new(j, "num_attention_heads", json_integer(c->num_heads));
-    json_object_set_new(j, "num_key_value_heads", json_integer(c->num_kv_heads));
-    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
-    json_object_set_new(j, "hidden_act", json_string("silu"));
-    json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
-    json_object_set_new(j, "initializer_range", json_real(c->initializer_range));
-    json_object_set_new(j, "rms_norm_eps", json_real(c->rms_norm_eps));
-    json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
-    if (c->rope_type == ROPE_DEFAULT) {
-        json_object_set_new(j, "rope_scaling", json_null());
-    } else if (c->rope_type == ROPE_LONGROPE) {
+/* config.json's rope_scaling: null, longrope's factors (phi3), or linear/dynamic/llama3 */
+static json_t *rope_scaling_json(const model_config *c) {
+    if (c->rope_type == ROPE_DEFAULT) return json_null();
+    if (c->rope_type == ROPE_LONGROPE) {
         json_t *r = json_object(), *sf = json_array(), *lf = json_array();
         for (int i = 0; i < c->n_rope_factors; i++) {
             json_array_append_new(sf, json_real(c->rope_short_factor[i]));
@@ -420,26 +405,22 @@ json_t *config_to_json(const model_config *c) {
         if (c->rope_factor > 0 && c->rope_factor != f) json_object_set_new(r, "factor", json_real(c->rope_factor));
         if (fabs(c->rope_attn_factor - af) > 1e-12 * af || json_object_get(r, "factor"))
             json_object_set_new(r, "attention_factor", json_real(c->rope_attn_factor));
-        json_object_set_new(j, "rope_scaling", r);
-    } else {
-        static const char *names[] = {"default", "linear", "dynamic", "llama3"};
-        json_t *r = json_object();
-        json_object_set_new(r, "rope_type", json_string(names[c->rope_type]));
-        json_object_set_new(r, "factor", json_real(c->rope_factor));
-        if (c->rope_type == ROPE_LLAMA3) {
-            json_object_set_new(r, "low_freq_factor", json_real(c->rope_low_freq_factor));
-            json_object_set_new(r, "high_freq_factor", json_real(c->rope_high_freq_factor));
-            json_object_set_new(r, "original_max_position_embeddings", json_integer(c->rope_original_max_position));
-        }
-        json_object_set_new(j, "rope_scaling", r);
+        return r;
     }
-    json_object_set_new(j, "attention_dropout", json_real(0.0));
-    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tie_word_embeddings));
-    json_object_set_new(j, "bos_token_id", token_json(c->bos_token_id));
-    json_object_set_new(j, "eos_token_id", token_json(c->eos_token_id));
-    json_object_set_new(j, "torch_dtype", json_string(c->dtype[0] ? c->dtype : "float32"));
-    json_object_set_new(j, "transformers_version", json_string("4.46.0"));
-    json_object_set_new(j, "use_cache", json_true());
+    static const char *names[] = {"default", "linear", "dynamic", "llama3"};
+    json_t *r = json_object();
+    json_object_set_new(r, "rope_type", json_string(names[c->rope_type]));
+    json_object_set_new(r, "factor", json_real(c->rope_factor));
+    if (c->rope_type == ROPE_LLAMA3) {
+        json_object_set_new(r, "low_freq_factor", json_real(c->rope_low_freq_factor));
+        json_object_set_new(r, "high_freq_factor", json_real(c->rope_high_freq_factor));
+        json_object_set_new(r, "original_max_position_embeddings", json_integer(c->rope_original_max_position));
+    }
+    return r;
+}
+
+/* the keys of config.json that only one family's config class has */
+static void family_keys_json(json_t *j, const model_config *c) {
     switch (c->arch) {
     case ARCH_LLAMA:
         json_object_set_new(j, "attention_bias", json_boolean(c->attention_bias));
@@ -494,23 +475,53 @@ json_t *config_to_json(const model_config *c) {
     case ARCH_COUNT:
         break;
     }
-    if (c->quantized) {
-        json_t *q = json_object();
-        json_object_set_new(q, "_load_in_4bit", json_true());
-        json_object_set_new(q, "_load_in_8bit", json_false());
-        json_object_set_new(q, "bnb_4bit_compute_dtype", json_string(c->compute_dtype[0] ? c->compute_dtype : "float32"));
-        json_object_set_new(q, "bnb_4bit_quant_storage", json_string("uint8"));
-        json_object_set_new(q, "bnb_4bit_quant_type", json_string(c->quant_type[0] ? c->quant_type : "nf4"));
-        json_object_set_new(q, "bnb_4bit_use_double_quant", json_boolean(c->double_quant));
-        json_object_set_new(q, "llm_int8_enable_fp32_cpu_offload", json_false());
-        json_object_set_new(q, "llm_int8_has_fp16_weight", json_false());
-        json_object_set_new(q, "llm_int8_skip_modules", c->skip_modules ? json_deep_copy(c->skip_modules) : json_null());
-        json_object_set_new(q, "llm_int8_threshold", json_real(6.0));
-        json_object_set_new(q, "load_in_4bit", json_true());
-        json_object_set_new(q, "load_in_8bit", json_false());
-        json_object_set_new(q, "quant_method", json_string("bitsandbytes"));
-        json_object_set_new(j, "quantization_config", q);
-    }
+}
+
+/* a quantized checkpoint's quantization_config, as transformers writes bitsandbytes' */
+static json_t *quantization_json(const model_config *c) {
+    json_t *q = json_object();
+    json_object_set_new(q, "_load_in_4bit", json_true());
+    json_object_set_new(q, "_load_in_8bit", json_false());
+    json_object_set_new(q, "bnb_4bit_compute_dtype", json_string(c->compute_dtype[0] ? c->compute_dtype : "float32"));
+    json_object_set_new(q, "bnb_4bit_quant_storage", json_string("uint8"));
+    json_object_set_new(q, "bnb_4bit_quant_type", json_string(c->quant_type[0] ? c->quant_type : "nf4"));
+    json_object_set_new(q, "bnb_4bit_use_double_quant", json_boolean(c->double_quant));
+    json_object_set_new(q, "llm_int8_enable_fp32_cpu_offload", json_false());
+    json_object_set_new(q, "llm_int8_has_fp16_weight", json_false());
+    json_object_set_new(q, "llm_int8_skip_modules", c->skip_modules ? json_deep_copy(c->skip_modules) : json_null());
+    json_object_set_new(q, "llm_int8_threshold", json_real(6.0));
+    json_object_set_new(q, "load_in_4bit", json_true());
+    json_object_set_new(q, "load_in_8bit", json_false());
+    json_object_set_new(q, "quant_method", json_string("bitsandbytes"));
+    return q;
+}
+
+json_t *config_to_json(const model_config *c) {
+    json_t *j = json_object();
+    json_object_set_new(j, "architectures", json_pack("[s]", arch_classes[c->arch]));
+    json_object_set_new(j, "model_type", json_string(arch_names[c->arch]));
+    json_object_set_new(j, "vocab_size", json_integer(c->vocab_size));
+    json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
+    json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->num_layers));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->num_heads));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->num_kv_heads));
+    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
+    json_object_set_new(j, "initializer_range", json_real(c->initializer_range));
+    json_object_set_new(j, "rms_norm_eps", json_real(c->rms_norm_eps));
+    json_object_set_new(j, "rope_theta", json_real(c->rope_theta));
+    json_object_set_new(j, "rope_scaling", rope_scaling_json(c));
+    json_object_set_new(j, "attention_dropout", json_real(0.0));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tie_word_embeddings));
+    json_object_set_new(j, "bos_token_id", token_json(c->bos_token_id));
+    json_object_set_new(j, "eos_token_id", token_json(c->eos_token_id));
+    json_object_set_new(j, "torch_dtype", json_string(c->dtype[0] ? c->dtype : "float32"));
+    json_object_set_new(j, "transformers_version", json_string("4.46.0"));
+    json_object_set_new(j, "use_cache", json_true());
+    family_keys_json(j, c);
+    if (c->quantized) json_object_set_new(j, "quantization_config", quantization_json(c));
     return j;
 }
 
