@@ -298,17 +298,13 @@ static int cmp_req(const void *a, const void *b, void *ud) {
     return ia < ib ? -1 : ia > ib;
 }
 
-int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn score, void *score_ud, size_t batch,
-           void (*progress)(void *ud, size_t done, size_t total), void *progress_ud, mc_result *r) {
-    memset(r, 0, sizeof *r);
+/* every (question, choice) request of the task, encoded as the harness encodes it: the few-shot
+ * prefix and the question as the context, " " + the choice as the continuation, cut from the left
+ * to max_len (counted in r->truncated) */
+static int build_requests(const mc_task *t, mc_encode_fn encode, void *enc_ud, request *req, mc_result *r) {
     const mc_doc *shots = t->shots ? t->shots : t->docs;
     size_t n_shots = t->shots ? t->n_shots : t->n_docs;
-    size_t n_req = 0;
-    for (size_t i = 0; i < t->n_docs; i++) n_req += (size_t)t->docs[i].n_choices;
-    request *req = calloc(n_req ? n_req : 1, sizeof *req);
-    double *ll = calloc(n_req ? n_req : 1, sizeof *ll);
-    mc_seq *seqs = calloc(batch ? batch : 1, sizeof *seqs);
-    int rc = req && ll && seqs ? 0 : err_set(ERR_STAGE, "out of memory");
+    int rc = 0;
     size_t q = 0;
     for (size_t i = 0; !rc && i < t->n_docs; i++) {
         const mc_doc *d = &t->docs[i];
@@ -347,9 +343,16 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
         }
         free(ctx);
     }
-    /* score in batches, in the order of the requests' tokens: the choices of a question, and
-     * questions with the same few-shot examples, come one after the other, so a scorer that keeps
-     * the last context computed (stages/evaluate.c) computes a shared prefix once */
+    return rc;
+}
+
+/* score in batches, in the order of the requests' tokens: the choices of a question, and questions
+ * with the same few-shot examples, come one after the other, so a scorer that keeps the last context
+ * computed (stages/evaluate.c) computes a shared prefix once */
+static int score_requests(const mc_task *t, request *req, size_t n_req, double *ll, mc_seq *seqs, size_t batch,
+                          mc_score_fn score, void *score_ud, void (*progress)(void *ud, size_t done, size_t total),
+                          void *progress_ud) {
+    int rc = 0;
     size_t *ord = malloc(sizeof(size_t) * (n_req ? n_req : 1));
     double *out = malloc(sizeof(double) * (batch ? batch : 1));
     if (!rc && (!ord || !out)) rc = err_set(ERR_STAGE, "out of memory");
@@ -370,44 +373,62 @@ int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn scor
     }
     free(ord);
     free(out);
-    if (!rc) {
-        r->subjects = json_object();
-        r->per_doc = json_array();
-        double acc = 0, accn = 0;
-        for (size_t i = 0, k = 0; i < t->n_docs; i++) {
-            const mc_doc *d = &t->docs[i];
-            int best = 0, bestn = 0;
-            json_t *lls = json_array();
-            for (int c = 0; c < d->n_choices; c++) {
-                double v = ll[k + (size_t)c], vn = v / (double)n_chars(d->choices[c]);
-                if (v > ll[k + (size_t)best]) best = c;
-                if (vn > ll[k + (size_t)bestn] / (double)n_chars(d->choices[bestn])) bestn = c;
-                json_array_append_new(lls, json_real(v));
-            }
-            k += (size_t)d->n_choices;
-            double a = best == d->gold, an = bestn == d->gold;
-            acc += a, accn += an;
-            json_array_append_new(r->per_doc, json_pack("{s:I, s:o, s:i, s:i, s:i}", "record", (json_int_t)d->record,
-                                                        "loglik", lls, "pred", best, "pred_norm", bestn, "gold", d->gold));
-            if (d->subject[0]) {
-                json_t *sj = json_object_get(r->subjects, d->subject);
-                if (!sj) json_object_set_new(r->subjects, d->subject, sj = json_pack("{s:f, s:f, s:i}", "acc", 0.0, "acc_norm", 0.0, "n", 0));
-                json_object_set_new(sj, "acc", json_real(json_real_value(json_object_get(sj, "acc")) + a));
-                json_object_set_new(sj, "acc_norm", json_real(json_real_value(json_object_get(sj, "acc_norm")) + an));
-                json_object_set_new(sj, "n", json_integer(json_integer_value(json_object_get(sj, "n")) + 1));
-            }
+    return rc;
+}
+
+/* acc (argmax of the log-likelihoods) and acc_norm (divided by the choice's length in
+ * characters), per document, per subject and over the task */
+static void tally(const mc_task *t, const double *ll, mc_result *r) {
+    r->subjects = json_object();
+    r->per_doc = json_array();
+    double acc = 0, accn = 0;
+    for (size_t i = 0, k = 0; i < t->n_docs; i++) {
+        const mc_doc *d = &t->docs[i];
+        int best = 0, bestn = 0;
+        json_t *lls = json_array();
+        for (int c = 0; c < d->n_choices; c++) {
+            double v = ll[k + (size_t)c], vn = v / (double)n_chars(d->choices[c]);
+            if (v > ll[k + (size_t)best]) best = c;
+            if (vn > ll[k + (size_t)bestn] / (double)n_chars(d->choices[bestn])) bestn = c;
+            json_array_append_new(lls, json_real(v));
         }
-        const char *key;
-        json_t *sj;
-        json_object_foreach(r->subjects, key, sj) {
-            double n = (double)json_integer_value(json_object_get(sj, "n"));
-            json_object_set_new(sj, "acc", json_real(json_real_value(json_object_get(sj, "acc")) / n));
-            json_object_set_new(sj, "acc_norm", json_real(json_real_value(json_object_get(sj, "acc_norm")) / n));
+        k += (size_t)d->n_choices;
+        double a = best == d->gold, an = bestn == d->gold;
+        acc += a, accn += an;
+        json_array_append_new(r->per_doc, json_pack("{s:I, s:o, s:i, s:i, s:i}", "record", (json_int_t)d->record,
+                                                    "loglik", lls, "pred", best, "pred_norm", bestn, "gold", d->gold));
+        if (d->subject[0]) {
+            json_t *sj = json_object_get(r->subjects, d->subject);
+            if (!sj) json_object_set_new(r->subjects, d->subject, sj = json_pack("{s:f, s:f, s:i}", "acc", 0.0, "acc_norm", 0.0, "n", 0));
+            json_object_set_new(sj, "acc", json_real(json_real_value(json_object_get(sj, "acc")) + a));
+            json_object_set_new(sj, "acc_norm", json_real(json_real_value(json_object_get(sj, "acc_norm")) + an));
+            json_object_set_new(sj, "n", json_integer(json_integer_value(json_object_get(sj, "n")) + 1));
         }
-        r->n = t->n_docs;
-        r->acc = t->n_docs ? acc / (double)t->n_docs : NAN;
-        r->acc_norm = t->n_docs ? accn / (double)t->n_docs : NAN;
     }
+    const char *key;
+    json_t *sj;
+    json_object_foreach(r->subjects, key, sj) {
+        double n = (double)json_integer_value(json_object_get(sj, "n"));
+        json_object_set_new(sj, "acc", json_real(json_real_value(json_object_get(sj, "acc")) / n));
+        json_object_set_new(sj, "acc_norm", json_real(json_real_value(json_object_get(sj, "acc_norm")) / n));
+    }
+    r->n = t->n_docs;
+    r->acc = t->n_docs ? acc / (double)t->n_docs : NAN;
+    r->acc_norm = t->n_docs ? accn / (double)t->n_docs : NAN;
+}
+
+int mc_run(const mc_task *t, mc_encode_fn encode, void *enc_ud, mc_score_fn score, void *score_ud, size_t batch,
+           void (*progress)(void *ud, size_t done, size_t total), void *progress_ud, mc_result *r) {
+    memset(r, 0, sizeof *r);
+    size_t n_req = 0;
+    for (size_t i = 0; i < t->n_docs; i++) n_req += (size_t)t->docs[i].n_choices;
+    request *req = calloc(n_req ? n_req : 1, sizeof *req);
+    double *ll = calloc(n_req ? n_req : 1, sizeof *ll);
+    mc_seq *seqs = calloc(batch ? batch : 1, sizeof *seqs);
+    int rc = req && ll && seqs ? 0 : err_set(ERR_STAGE, "out of memory");
+    if (!rc) rc = build_requests(t, encode, enc_ud, req, r);
+    if (!rc) rc = score_requests(t, req, n_req, ll, seqs, batch, score, score_ud, progress, progress_ud);
+    if (!rc) tally(t, ll, r);
     for (size_t i = 0; req && i < n_req; i++) free(req[i].ids);
     free(req);
     free(ll);
