@@ -264,72 +264,40 @@ static int load_linear_dense(loader *ld, const char *prefix, int64_t row0, int64
  * NF4 here from a float one, or kept as it is (dense) when the options say so. It is rows [row0, row0 + out) of the checkpoint's [total, in] tensor
  * prefix.weight: the whole of it (row0 0, total out), or a block of phi3's fused qkv_proj or
  * gate_up_proj (NF4 blocks never straddle two blocks of rows: each holds a multiple of 64 values) */
-static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t total, int64_t out, int64_t in,
-                       bool bias, llama_linear *lin) {
-    char name[256];
-    bool part = row0 != 0 || total != out;
-    lin->bias = NULL;
-    lin->in = in;
-    lin->out = out;
-    if (bias) {
-        snprintf(name, sizeof name, "%s.bias", prefix);
-        int rc = load_dense(ld, name, out, &lin->bias);
-        if (rc) return rc;
-    }
-    /* a pre-quantized Linear brings its own blocksize and code table (NF4 or FP4) */
-    bnb_linear bl;
-    memset(&bl, 0, sizeof bl);
-    bool pre = bnb_linear_present(ld->st, prefix);
-    int64_t n = out * in, bs = ld->opts.blocksize;
-    if (pre) {
-        int rc = bnb_linear_load(ld->st, prefix, &bl);
-        if (rc) return rc;
-        if (bl.w.rows != total || bl.w.cols != in) {
-            bnb_linear_free(&bl);
-            return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
-                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)total, (long long)in);
-        }
-        bs = bl.w.blocksize;
-        if (part && ((row0 * in) % bs || n % bs)) {
-            bnb_linear_free(&bl);
-            return err_set(ERR_DATA, "%s: '%s.weight' is quantized in blocks of %lld values, which do not split at its "
-                                     "fused projections' boundaries", ld->path, prefix, (long long)bs);
-        }
-    }
-    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, row0, total, out, in, lin);
-    int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
-    /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
-     * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
-    /* a block of a pre-quantized fused tensor keeps the de-nested scales (the nested groups of 256
-     * blocks need not align with it) */
-    bool dq = pre ? bl.nested && !part : ld->opts.double_quant;
-    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
-    float *absmax = dq ? NULL : carve_take(&ld->cv, nb * 4);
-    uint8_t *absmax_q = dq ? carve_take(&ld->cv, nb) : NULL;
-    float *nested = dq ? carve_take(&ld->cv, nn * 4) : NULL;
-    float *nmap = dq ? carve_take(&ld->cv, NF4_DYNAMIC_MAP_SIZE * 4) : NULL;
-    float *qmap = carve_take(&ld->cv, 16 * 4);
-    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
-                       .blocksize = (int)bs, .absmax_q = absmax_q, .nested_absmax = nested, .nested_map = nmap};
-    if (!ld->cv.base) {
-        bnb_linear_free(&bl);
-        return 0;
-    }
+/* a pre-quantized Linear's codes, scales and code table (rows row0.. of a fused tensor) to the
+ * backend, as bitsandbytes stored them */
+/* the backend buffers a linear's NF4 weight was carved into (lin->w holds them as const) */
+typedef struct nf4_bufs {
+    uint8_t *codes, *absmax_q;
+    float *absmax, *nested, *nmap, *qmap;
+} nf4_bufs;
+
+static void upload_prequantized(loader *ld, llama_linear *lin, const nf4_bufs *B, bnb_linear *bl, int64_t row0,
+                                bool dq) {
     const ops_table *o = ld->m->ops;
-    if (pre) {
-        o->upload(codes, bl.w.codes + row0 * in / 2, (size_t)nf4_packed_bytes(n));
-        if (dq) {
-            o->upload(absmax_q, bl.absmax_q, (size_t)nb);
-            o->upload(nested, bl.nested_absmax, sizeof(float) * (size_t)nn);
-            o->upload(nmap, bl.nested_map, sizeof bl.nested_map);
-            lin->w.nested_offset = bl.nested_offset;
-        } else {
-            o->upload(absmax, bl.absmax + row0 * in / bs, sizeof(float) * (size_t)nb);
-        }
-        o->upload(qmap, bl.qmap, sizeof bl.qmap);
-        bnb_linear_free(&bl);
-        return 0;
+    int64_t in = lin->w.cols, n = lin->w.rows * in, bs = lin->w.blocksize, nb = nf4_nblocks(n, (int)bs);
+    o->upload(B->codes, bl->w.codes + row0 * in / 2, (size_t)nf4_packed_bytes(n));
+    if (dq) {
+        o->upload(B->absmax_q, bl->absmax_q, (size_t)nb);
+        o->upload(B->nested, bl->nested_absmax, sizeof(float) * (size_t)nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE));
+        o->upload(B->nmap, bl->nested_map, sizeof bl->nested_map);
+        lin->w.nested_offset = bl->nested_offset;
+    } else {
+        o->upload(B->absmax, bl->absmax + row0 * in / bs, sizeof(float) * (size_t)nb);
     }
+    o->upload(B->qmap, bl->qmap, sizeof bl->qmap);
+}
+
+/* the checkpoint's bf16/f16/f32 weight prefix.weight (rows row0.. of total) quantized to NF4 here,
+ * double-quantized as bitsandbytes' compress_statistics when dq, and uploaded to the backend */
+static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin, const nf4_bufs *B, int64_t row0,
+                               int64_t total, bool dq) {
+    const ops_table *o = ld->m->ops;
+    int64_t in = lin->w.cols, n = lin->w.rows * in, bs = lin->w.blocksize, nb = nf4_nblocks(n, (int)bs);
+    int64_t nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+    uint8_t *codes = B->codes, *absmax_q = B->absmax_q;
+    float *absmax = B->absmax, *nested = B->nested, *nmap = B->nmap, *qmap = B->qmap;
+    char name[256];
     snprintf(name, sizeof name, "%s.weight", prefix);
     const st_tensor *t;
     int rc = loader_find(ld, name, total * in, &t);
@@ -384,6 +352,66 @@ static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t
     free(hc);
     free(ha);
     return 0;
+}
+
+static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t total, int64_t out, int64_t in,
+                       bool bias, llama_linear *lin) {
+    char name[256];
+    bool part = row0 != 0 || total != out;
+    lin->bias = NULL;
+    lin->in = in;
+    lin->out = out;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        int rc = load_dense(ld, name, out, &lin->bias);
+        if (rc) return rc;
+    }
+    /* a pre-quantized Linear brings its own blocksize and code table (NF4 or FP4) */
+    bnb_linear bl;
+    memset(&bl, 0, sizeof bl);
+    bool pre = bnb_linear_present(ld->st, prefix);
+    int64_t n = out * in, bs = ld->opts.blocksize;
+    if (pre) {
+        int rc = bnb_linear_load(ld->st, prefix, &bl);
+        if (rc) return rc;
+        if (bl.w.rows != total || bl.w.cols != in) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is [%lld, %lld] where the config implies [%lld, %lld]", ld->path,
+                           prefix, (long long)bl.w.rows, (long long)bl.w.cols, (long long)total, (long long)in);
+        }
+        bs = bl.w.blocksize;
+        if (part && ((row0 * in) % bs || n % bs)) {
+            bnb_linear_free(&bl);
+            return err_set(ERR_DATA, "%s: '%s.weight' is quantized in blocks of %lld values, which do not split at its "
+                                     "fused projections' boundaries", ld->path, prefix, (long long)bs);
+        }
+    }
+    if (ld->opts.dense && !pre) return load_linear_dense(ld, prefix, row0, total, out, in, lin);
+    int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+    /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
+     * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
+    /* a block of a pre-quantized fused tensor keeps the de-nested scales (the nested groups of 256
+     * blocks need not align with it) */
+    bool dq = pre ? bl.nested && !part : ld->opts.double_quant;
+    uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
+    float *absmax = dq ? NULL : carve_take(&ld->cv, nb * 4);
+    uint8_t *absmax_q = dq ? carve_take(&ld->cv, nb) : NULL;
+    float *nested = dq ? carve_take(&ld->cv, nn * 4) : NULL;
+    float *nmap = dq ? carve_take(&ld->cv, NF4_DYNAMIC_MAP_SIZE * 4) : NULL;
+    float *qmap = carve_take(&ld->cv, 16 * 4);
+    lin->w = (ops_nf4){.codes = codes, .absmax = absmax, .quant_map = qmap, .rows = out, .cols = in,
+                       .blocksize = (int)bs, .absmax_q = absmax_q, .nested_absmax = nested, .nested_map = nmap};
+    if (!ld->cv.base) {
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    nf4_bufs B = {codes, absmax_q, absmax, nested, nmap, qmap};
+    if (pre) {
+        upload_prequantized(ld, lin, &B, &bl, row0, dq);
+        bnb_linear_free(&bl);
+        return 0;
+    }
+    return quantize_and_upload(ld, prefix, lin, &B, row0, total, dq);
 }
 
 static bool has_bias(const model_config *c, llama_target t) {
