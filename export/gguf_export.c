@@ -330,9 +330,9 @@ static int model_keys(gguf_writer *w, const model_config *c, const char *arch, c
     return rc;
 }
 
-int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char *name,
-                      int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
-    const model_config *c = merge_config(m);
+/* a config llama.cpp would run as another model (its fixed assumptions for gemma2/gemma3, or a
+ * rope scaling GGUF cannot say) has no GGUF form: refused, with the reason */
+static int gguf_form_check(const model_config *c) {
     if (c->rope_type == ROPE_DYNAMIC) return err_set(ERR_DATA, "dynamic rope scaling has no GGUF form");
     /* llama.cpp fixes these for gemma3 (every sixth layer global, local rope base 1e4, scores
      * scaled by head_dim^-0.5, or (hidden/heads)^-0.5 for the 62-layer 27B) */
@@ -360,6 +360,41 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
                            c->query_pre_attn_scalar, c->attn_softcap, c->final_softcap,
                            c->rope_type == ROPE_DEFAULT ? "default" : "scaled", want);
     }
+    return 0;
+}
+
+/* the tensors llama.cpp reads for scaled rope: llama3's rope_freqs, longrope's two factor lists
+ * (llama.cpp picks by its context size) */
+static int add_rope_tensors(gguf_writer *w, ex_ctx *x, const model_config *c) {
+    int rc = 0;
+    if (c->rope_type == ROPE_LLAMA3) {
+        ex_tensor *e = &x->t[x->n];
+        e->ct = NULL;
+        e->type = GGML_TYPE_F32;
+        snprintf(x->names[x->n], 64, "rope_freqs.weight");
+        int64_t ne[1] = {c->head_dim / 2};
+        rc = gguf_add_tensor(w, x->names[x->n], GGML_TYPE_F32, 1, ne, ex_fill, x);
+        x->n++;
+    }
+    /* longrope: both factor lists, llama.cpp picks by its context size */
+    for (int r = 1; !rc && r <= 2 && c->rope_type == ROPE_LONGROPE; r++) {
+        ex_tensor *e = &x->t[x->n];
+        e->ct = NULL;
+        e->rope = r;
+        e->type = GGML_TYPE_F32;
+        snprintf(x->names[x->n], 64, "%s", r == 1 ? "rope_factors_long.weight" : "rope_factors_short.weight");
+        int64_t ne[1] = {c->n_rope_factors};
+        rc = gguf_add_tensor(w, x->names[x->n], GGML_TYPE_F32, 1, ne, ex_fill, x);
+        x->n++;
+    }
+    return rc;
+}
+
+int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char *name,
+                      int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
+    const model_config *c = merge_config(m);
+    int rc = gguf_form_check(c);
+    if (rc) return rc;
     /* llama.cpp's names; llama and mistral share "llama" (interleaved rope: q/k rows permuted) */
     const char *arch = c->arch == ARCH_QWEN2 ? "qwen2" : c->arch == ARCH_QWEN3 ? "qwen3" : c->arch == ARCH_GEMMA3 ? "gemma3"
                      : c->arch == ARCH_GEMMA2 ? "gemma2" : c->arch == ARCH_PHI3 ? "phi3" : "llama";
@@ -370,7 +405,7 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
     gguf_writer *w = NULL;
     tokfile tf;
     bool have_tf = false;
-    int rc = x.t && x.names ? gguf_writer_open(&w) : err_set(ERR_STAGE, "out of memory");
+    rc = x.t && x.names ? gguf_writer_open(&w) : err_set(ERR_STAGE, "out of memory");
     char *base_name = NULL;
     if (!rc && !name) {
         char *b = strdup(merge_base_dir(m));
@@ -403,26 +438,7 @@ int gguf_export_write(merge_src *m, const char *path, ggml_type type, const char
         rc = gguf_add_tensor(w, x.names[x.n], e->type, one_d ? 1 : 2, ne, ex_fill, &x);
         x.n++;
     }
-    if (!rc && c->rope_type == ROPE_LLAMA3) {
-        ex_tensor *e = &x.t[x.n];
-        e->ct = NULL;
-        e->type = GGML_TYPE_F32;
-        snprintf(x.names[x.n], 64, "rope_freqs.weight");
-        int64_t ne[1] = {c->head_dim / 2};
-        rc = gguf_add_tensor(w, x.names[x.n], GGML_TYPE_F32, 1, ne, ex_fill, &x);
-        x.n++;
-    }
-    /* longrope: both factor lists, llama.cpp picks by its context size */
-    for (int r = 1; !rc && r <= 2 && c->rope_type == ROPE_LONGROPE; r++) {
-        ex_tensor *e = &x.t[x.n];
-        e->ct = NULL;
-        e->rope = r;
-        e->type = GGML_TYPE_F32;
-        snprintf(x.names[x.n], 64, "%s", r == 1 ? "rope_factors_long.weight" : "rope_factors_short.weight");
-        int64_t ne[1] = {c->n_rope_factors};
-        rc = gguf_add_tensor(w, x.names[x.n], GGML_TYPE_F32, 1, ne, ex_fill, &x);
-        x.n++;
-    }
+    if (!rc) rc = add_rope_tensors(w, &x, c);
     if (!rc) rc = gguf_writer_write(&w, path);
     gguf_writer_free(&w);
     if (have_tf) tokfile_free(&tf);
