@@ -665,7 +665,15 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
     return p->failed ? nullptr : p;
 }
 
-static int run(plan *pl, int n, const int64_t *uids, void *const *ptrs) {
+// the variant pack of the first n (uid, pointer) pairs, leaving out a tensor the plan's graph does
+// not have (uid -1: the deterministic backward's missing dQ accumulator)
+static int run(plan *pl, int n, const int64_t *all_uids, void *const *all_ptrs) {
+    int64_t uids[U_COUNT];
+    void *ptrs[U_COUNT];
+    int k = 0;
+    for (int i = 0; i < n && k < U_COUNT; i++)
+        if (all_uids[i] >= 0) uids[k] = all_uids[i], ptrs[k++] = all_ptrs[i];
+    n = k;
     void *ws = pl->ws > 0 ? cuda_scratch(SCRATCH_CUDNN_WS, (size_t)pl->ws) : nullptr;
     builder B = {};
     Desc vp = mk(&B, CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
@@ -749,11 +757,6 @@ int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *o
                       &scale, &neg_inf, &one};
     int n = 14;
     if (L->dev) ragged_ptrs(L, ptrs + 14), n = 18;
-    if (pl->det) { // no accumulator in the deterministic graph: drop its entry (index 10)
-        memmove(uids + 10, uids + 11, (size_t)(n - 11) * sizeof *uids);
-        memmove(ptrs + 10, ptrs + 11, (size_t)(n - 11) * sizeof *ptrs);
-        n--;
-    }
     n = window_arg(pl, ap, uids, ptrs, n, &wf, &wi);
     return run(pl, n, uids, ptrs);
 }
