@@ -277,6 +277,13 @@ void attn_mma_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf1
 // ---------------------------------------------------------------------------------------------
 // backward
 
+// one dQ element into the fp32 accumulator: stored (deterministic mode: the block holds the turn,
+// so the value already includes the earlier blocks' parts) or added atomically (default)
+template <bool DET> __device__ __forceinline__ void dq_put(float *p, float v) {
+    if (DET) __stcg(p, v);
+    else atomicAdd(p, v);
+}
+
 template <int HDP, bool DET>
 __global__ void __launch_bounds__(MMA_THREADS)
     mma_bwd_kernel(float *dq_acc, bf16 *dk, bf16 *dv, float *dkv_acc, int *dq_turn, const bf16 *dout,
@@ -470,31 +477,16 @@ __global__ void __launch_bounds__(MMA_THREADS)
                     mma_bf16_16816(dqf[2 * np + 1], a, b + 2);
                 }
             }
-            if (DET) {
 #pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    int t = q0 + dq_m * 16 + g + 8 * r;
-                    if (t >= T) continue;
-                    float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
+            for (int r = 0; r < 2; r++) {
+                int t = q0 + dq_m * 16 + g + 8 * r;
+                if (t >= T) continue;
+                float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
 #pragma unroll
-                    for (int n = 0; n < HDP / 16; n++) {
-                        int d = (dq_n0 + n) * 8 + 2 * tq;
-                        if (d < hd) __stcg(dst + d, dqf[n][2 * r]);
-                        if (d + 1 < hd) __stcg(dst + d + 1, dqf[n][2 * r + 1]);
-                    }
-                }
-            } else {
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    int t = q0 + dq_m * 16 + g + 8 * r;
-                    if (t >= T) continue;
-                    float *dst = dq_acc + (int64_t)t * ldq + (int64_t)hq * hd;
-#pragma unroll
-                    for (int n = 0; n < HDP / 16; n++) {
-                        int d = (dq_n0 + n) * 8 + 2 * tq;
-                        if (d < hd) atomicAdd(dst + d, dqf[n][2 * r]);
-                        if (d + 1 < hd) atomicAdd(dst + d + 1, dqf[n][2 * r + 1]);
-                    }
+                for (int n = 0; n < HDP / 16; n++) {
+                    int d = (dq_n0 + n) * 8 + 2 * tq;
+                    if (d < hd) dq_put<DET>(dst + d, dqf[n][2 * r]);
+                    if (d + 1 < hd) dq_put<DET>(dst + d + 1, dqf[n][2 * r + 1]);
                 }
             }
         }
