@@ -606,6 +606,14 @@ static json_t *bool_value(vctx *v, const param_spec *s, const yt_node *n) {
     return NULL;
 }
 
+/* a number within the spec's [min, max] (no bounds when min > max); else the error, the value as
+ * shown */
+static bool in_range(vctx *v, const param_spec *s, const yt_node *n, double x, const char *shown) {
+    if (s->min > s->max || (x >= s->min && x <= s->max)) return true;
+    errs_add(v->e, n, "%s: '%s' is %s, out of range [%.15g, %.15g]", v->where, s->name, shown, s->min, s->max);
+    return false;
+}
+
 static json_t *int_value(vctx *v, const param_spec *s, const yt_node *n) {
     const char *t = n->text;
     char *end;
@@ -620,11 +628,9 @@ static json_t *int_value(vctx *v, const param_spec *s, const yt_node *n) {
             return NULL;
         }
     }
-    if (s->min <= s->max && (x < s->min || x > s->max)) {
-        errs_add(v->e, n, "%s: '%s' is %lld, out of range [%.15g, %.15g]", v->where, s->name, x, s->min, s->max);
-        return NULL;
-    }
-    return json_integer(x);
+    char shown[32];
+    snprintf(shown, sizeof shown, "%lld", x);
+    return in_range(v, s, n, (double)x, shown) ? json_integer(x) : NULL;
 }
 
 static json_t *float_value(vctx *v, const param_spec *s, const yt_node *n) {
@@ -636,11 +642,9 @@ static json_t *float_value(vctx *v, const param_spec *s, const yt_node *n) {
         errs_add(v->e, n, "%s: '%s' must be a number, not '%s'", v->where, s->name, t);
         return NULL;
     }
-    if (s->min <= s->max && (d < s->min || d > s->max)) {
-        errs_add(v->e, n, "%s: '%s' is %g, out of range [%g, %g]", v->where, s->name, d, s->min, s->max);
-        return NULL;
-    }
-    return json_real(d);
+    char shown[32];
+    snprintf(shown, sizeof shown, "%g", d);
+    return in_range(v, s, n, d, shown) ? json_real(d) : NULL;
 }
 
 static json_t *enum_value(vctx *v, const param_spec *s, const yt_node *n) {
