@@ -137,37 +137,43 @@ TEST(test_train_kill_resume) {
     free(ref);
 }
 
+/* the reference run's parameters with KEY set true, into out-NAME and work-NAME (*work, for the
+ * caller to free): whether its adapter equals the reference run's byte for byte */
+static int same_adapter_with(const char *name, const char *key, char **work) {
+    char od[64], wd[64];
+    snprintf(od, sizeof od, "out-%s", name), snprintf(wd, sizeof wd, "work-%s", name);
+    char *out = fs_join(root, od);
+    *work = fs_join(root, wd);
+    json_t *p = train_params(3e-3, 30);
+    json_object_set_new(p, key, json_true());
+    size_t nref = 0, n = 0;
+    int same = run_train(p, out, *work, NULL, NULL) == 0;
+    char *ref = read_adapter(ref_out, &nref), *got = same ? read_adapter(out, &n) : NULL;
+    same = ref && got && n == nref && memcmp(got, ref, n) == 0;
+    free(ref), free(got), free(out);
+    return same;
+}
+
 /* optimizer_offload on the CPU backend is a no-op by design (m and v are host memory already): the
  * option is accepted and changes no bit, the adapter and the final checkpoint (params, m, v) equal
  * the reference run's. What offloading does is tested on the GPU, in test_offload_gpu. */
 TEST(test_train_offload_cpu_is_noop) {
-    size_t nref = 0, n = 0, nc_ref = 0, nc = 0;
-    char *ref = read_adapter(ref_out, &nref);
-    char *out = fs_join(root, "out-offload"), *work = fs_join(root, "work-offload");
-    json_t *p = train_params(3e-3, 30);
-    json_object_set_new(p, "optimizer_offload", json_true());
-    CHECK_EQ_INT(run_train(p, out, work, NULL, NULL), 0);
-    char *got = read_adapter(out, &n);
-    CHECK(ref && got && n == nref && memcmp(got, ref, n) == 0);
+    size_t nc_ref = 0, nc = 0;
+    char *work = NULL;
+    CHECK(same_adapter_with("offload", "optimizer_offload", &work));
     char *cref_path = fs_join(root, "work-ref/checkpoint-00000030.bin"), *c_path = fs_join(work, "checkpoint-00000030.bin");
     char *cref = NULL, *c = NULL;
     CHECK_EQ_INT(fs_read_all(cref_path, &cref, &nc_ref), 0);
     CHECK_EQ_INT(fs_read_all(c_path, &c, &nc), 0);
     CHECK(cref && c && nc == nc_ref && memcmp(c, cref, nc) == 0);
-    free(ref), free(got), free(cref), free(c), free(cref_path), free(c_path), free(out), free(work);
+    free(cref), free(c), free(cref_path), free(c_path), free(work);
 }
 
 /* deterministic: true on the CPU: accepted (its reductions are fixed-order whatever the thread
  * count), the same adapter bytes as the reference run, and the artifact records what produced it */
 TEST(test_train_deterministic_cpu) {
-    size_t nref = 0, n = 0;
-    char *ref = read_adapter(ref_out, &nref);
-    char *out = fs_join(root, "out-det"), *work = fs_join(root, "work-det");
-    json_t *p = train_params(3e-3, 30);
-    json_object_set_new(p, "deterministic", json_true());
-    CHECK_EQ_INT(run_train(p, out, work, NULL, NULL), 0);
-    char *got = read_adapter(out, &n);
-    CHECK(ref && got && n == nref && memcmp(got, ref, n) == 0);
+    char *work = NULL;
+    CHECK(same_adapter_with("det", "deterministic", &work));
     json_t *env = json_object_get(last_report, "environment");
     CHECK(json_is_true(json_object_get(env, "deterministic")));
     CHECK_EQ_STR(json_string_value(json_object_get(env, "device")), "cpu");
@@ -175,7 +181,7 @@ TEST(test_train_deterministic_cpu) {
     CHECK_EQ_STR(json_string_value(json_object_get(env, "cuda_runtime")), "");
     CHECK(json_string_value(json_object_get(env, "program_version")) != NULL);
     CHECK_EQ_INT(json_integer_value(json_object_get(env, "ranks")), 1);
-    free(ref), free(got), free(out), free(work);
+    free(work);
 }
 
 /* a backend that cannot honour the mode, and a data-parallel all-reduce in the switch: errors
