@@ -271,19 +271,22 @@ int llama_forward_loss(llama_model *m, const llama_batch *b, double *loss_sum, i
 /* Forward only, no dropout: logits (host [T, V]) of every position of b (labels unused). */
 int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits);
 
-/* Inference only (evaluation, generation): on, every NF4 linear is dequantized once into one backend
- * allocation (llama_dense_bytes: rows*cols values in the activation dtype, bf16 on a GPU) and the
- * forwards read it there (ops_nf4.dense) instead of dequantizing it in each one; the values are
- * those the forward would dequantize (the backend's nf4_dequant), so every result is the same, bit
- * for bit. Off frees it. Linears loaded dense already are left alone. A backward after it is
- * correct too (LoRA gradients read no weight they change). ERR_STAGE when the backend lacks the op
- * or its memory is short (nothing is kept then). */
+/* On, every NF4 linear is dequantized once into one backend allocation (llama_dense_bytes:
+ * rows*cols values in the activation dtype, bf16 on a GPU) and the forwards and backwards read it
+ * there (ops_nf4.dense) instead of dequantizing it in each one (evaluation, generation, and
+ * training when the device has room: the base is frozen, so the copy never goes stale); the
+ * values are those a pass would dequantize (the backend's nf4_dequant) and the matrix products
+ * run over the same row ranges, so every result is the same, bit for bit. Off frees it. Linears
+ * loaded dense already are left alone. ERR_STAGE when the backend lacks the op or its memory is
+ * short (nothing is kept then). */
 int64_t llama_dense_bytes(const llama_model *m);
 int llama_dense_weights(llama_model *m, bool on);
 
 /* The choice of llama_dense_auto (llama_plan.c): ON keeps them (an error when they do not fit), OFF
  * never, AUTO when they fit on a device: within budget_bytes less what the process uses already
- * (budget > 0), else the device's free memory less the ops' margin; never on a backend without its
+ * (budget > 0), else the device's free memory, less the ops' margin and, after a plan, the
+ * scratch the first pass over its tokens allocates (with, in deterministic mode, attention
+ * backward's workspace); never on a backend without its
  * own memory (a CPU's dequantized tiles cost little beside its multiply-adds, and 8 bytes a
  * parameter instead of half of one). Call it after the plan and the KV cache are allocated, so
  * they count; a copy an earlier call kept is freed when this one says no. What was decided is in

@@ -29,6 +29,18 @@ static double det_attn_workspace(const llama_model *m, int max_T) {
     return fmin(di.det_attn_workspace_cap, 2.0 * m->nh * (double)max_T * (double)max_T);
 }
 
+/* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
+ * summed though some share one): attention's fp32 dq, its row sums and split grouped-query dk/dv,
+ * the LoRA branch's dropout input and (dy B) A at the widest input, and xa; the fixed-size rest is
+ * in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the choices made here. */
+static double token_scratch(const llama_model *m, int T) {
+    double in_max = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
+    double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + (m->nkv < m->nh ? 8.0 * m->nkv * m->hd : 0) + 4.0 * in_max +
+                 4.0 * m->lora.r;
+    return per * T;
+}
+
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
  * offload_inputs): its activations, the largest dequantized weight, deterministic attention's
  * workspace and half the ops' margin */
@@ -111,6 +123,9 @@ int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama
          * against the budget; the ops' scratch keeps its margin either way */
         double room = di.free_bytes;
         if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes));
+        /* the first pass over the plan's tokens allocates the ops' scratch (and, in deterministic
+         * mode, attention backward's workspace): kept free */
+        if (m->plan_T > 0) room -= token_scratch(m, m->plan_T) + det_attn_workspace(m, m->plan_T);
         ch.room_bytes = room - GPU_SCRATCH_MARGIN;
         keep = ch.need_bytes > 0 && ch.need_bytes <= ch.room_bytes;
     }

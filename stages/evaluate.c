@@ -1143,11 +1143,7 @@ static int eval_write_results(stage_ctx *ctx, eval_state *e, const ops_table *op
 static int keep_dense(eval_state *e, int task_T) {
     stage_ctx *ctx = e->ctx;
     llama_model *m = e->m;
-    const char *mode = stage_str(ctx, "dense_weights");
-    double budget;
-    int rc = stage_parse_budget(stage_str(ctx, "memory_budget"), &budget);
-    if (rc) return rc;
-    int kv = task_T;
+    int rc, kv = task_T;
     for (size_t i = 0; i < e->n_items; i++) {
         int n = e->items[i].n_ids;
         if (!e->items[i].ids) {
@@ -1162,17 +1158,7 @@ static int keep_dense(eval_state *e, int task_T) {
         if (n > kv) kv = n;
     }
     if (kv > 0 && (rc = llama_generate_begin(m, kv))) return rc;
-    llama_dense_choice ch;
-    rc = llama_dense_auto(m, !strcmp(mode, "on") ? LLAMA_DENSE_ON : !strcmp(mode, "off") ? LLAMA_DENSE_OFF : LLAMA_DENSE_AUTO,
-                          budget, &ch);
-    if (rc) return err_wrap("dense_weights: %s (auto keeps them only when they fit; off never does)", mode);
-    double gib = 1073741824.0;
-    if (ch.kept)
-        stage_logf(ctx, "base weights kept dequantized on %s: %.1f MiB (dense_weights: %s)", m->ops->name, ch.need_bytes / 1048576.0, mode);
-    else if (!strcmp(mode, "auto") && ch.room_bytes != 0)
-        stage_logf(ctx, "base weights dequantized in each forward: keeping them would take %.2f GiB, %.2f GiB are left",
-                   ch.need_bytes / gib, ch.room_bytes / gib);
-    return 0;
+    return stage_dense_weights(ctx, m, NULL);
 }
 
 static int eval_run(stage_ctx *ctx) {

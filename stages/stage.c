@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "core/progress.h"
 #include "model/device.h"
+#include "model/llama.h"
 
 const param_spec *stage_param_find(const stage_kind *k, const char *name) {
     for (const param_spec *p = k->params; p && p->name; p++)
@@ -180,5 +181,25 @@ int stage_parse_budget(const char *s, double *bytes) {
     if (!(v > 0) || !isfinite(v) || !(gb || mb))
         return err_set(ERR_RECIPE, "memory_budget '%s' must look like 8GB or 512MB", s);
     *bytes = v * (gb ? 1073741824.0 : 1048576.0);
+    return 0;
+}
+
+int stage_dense_weights(stage_ctx *c, llama_model *m, bool *kept) {
+    const char *mode = stage_str(c, "dense_weights");
+    double budget;
+    int rc = stage_parse_budget(stage_str(c, "memory_budget"), &budget);
+    if (rc) return rc;
+    llama_dense_choice ch;
+    rc = llama_dense_auto(m, !strcmp(mode, "on") ? LLAMA_DENSE_ON : !strcmp(mode, "off") ? LLAMA_DENSE_OFF : LLAMA_DENSE_AUTO,
+                          budget, &ch);
+    if (rc) return err_wrap("dense_weights: %s (auto keeps them only when they fit; off never does)", mode);
+    const double gib = 1073741824.0;
+    if (ch.kept)
+        stage_logf(c, "base weights kept dequantized on %s: %.1f MiB (dense_weights: %s)", m->ops->name,
+                   ch.need_bytes / 1048576.0, mode);
+    else if (!strcmp(mode, "auto") && ch.room_bytes != 0)
+        stage_logf(c, "base weights dequantized in each pass: keeping them would take %.2f GiB, %.2f GiB are left",
+                   ch.need_bytes / gib, ch.room_bytes / gib);
+    if (kept) *kept = ch.kept;
     return 0;
 }

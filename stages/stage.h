@@ -211,6 +211,12 @@ json_t *stage_environment(const struct ops_table *ops); /* the object itself (ne
  * 0 when s is NULL. ERR_RECIPE for anything else (a bare number too: it used to mean MB). The one
  * parser, for check() at load time and for the run. */
 int stage_parse_budget(const char *s, double *bytes);
+/* dense_weights (evaluate, train): the stage's "auto|on|off" applied to m (llama_dense_auto) within
+ * its memory_budget, after everything else the stage holds on the device is allocated (the plan,
+ * a KV cache), and the choice logged; *kept (may be NULL) says whether the linears are kept
+ * dequantized. An error says what to set. */
+struct llama_model;
+int stage_dense_weights(stage_ctx *c, struct llama_model *m, bool *kept);
 /* For a kind's check(): helpers shared with the commands report ERR_USAGE; in a recipe the
  * same mistake is an invalid recipe. Re-labels the current error as ERR_RECIPE. */
 int stage_error_as_recipe(void);

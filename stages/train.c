@@ -58,6 +58,11 @@ static const param_spec train_params[] = {
      "memory the run may use, e.g. 24GB: on a GPU all of the process's device memory (CUDA context, weights, LoRA "
      "state, activations, scratch), which decides checkpointing and offload; on the CPU the activations' "
      "(default: what the device has free; half of RAM on the CPU)", PARAM_NOKEY},
+    {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
+     "keep the base's linear weights dequantized (bf16 on a GPU) for the whole run instead of dequantizing them "
+     "in every forward and backward: the same numbers, bit for bit, in less time (auto: on a GPU, when they fit "
+     "memory_budget, or the device's free memory, beside the weights, LoRA state and the activations' plan, "
+     "which comes first)", PARAM_NOKEY},
     {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
      "AdamW's m and v in pinned host memory; the device reads them over PCIe in the optimizer step "
      "(no effect on cpu)", PARAM_NOKEY},
@@ -219,8 +224,13 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
                    ch.in_use_bytes > 0 ? " beside what the device holds already" : "");
     if (ch.device_refused)
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
-    if (!rc) stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
-    return rc;
+    if (rc) return rc;
+    stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
+    /* the activations were planned first; the base weights kept dequantized take what is left */
+    bool kept;
+    if ((rc = stage_dense_weights(ctx, m, &kept))) return rc;
+    stage_metric(ctx, "dense_weights_mb", kept ? (double)m->dense_bytes / 1048576.0 : 0);
+    return 0;
 }
 
 /* the start-up report on a GPU: device, memory, the plan, kernels, checkpointing */
@@ -245,8 +255,9 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
                (double)m->weight_bytes / MiB, m->layers[0].lin[0].w.absmax_q ? " + double-quant absmax" : "",
                (long long)m->n_lora_params, m->adam_host ? lora_mib : lora_mib + adam_mib, adam, (double)m->act_bytes / MiB,
                max_T, di.live_bytes / MiB);
-    stage_logf(ctx, "kernels: attention %s; NF4 dequantized into a bf16 scratch per linear%s; checkpointing %s%s",
-               di.attention, di.scratch_cap ? " (capped: row ranges)" : "",
+    stage_logf(ctx, "kernels: attention %s; %s%s; checkpointing %s%s", di.attention,
+               m->dense_mem ? "NF4 kept dequantized in bf16 (dense_weights)" : "NF4 dequantized into a bf16 scratch per linear",
+               di.scratch_cap ? " (capped: row ranges)" : "",
                m->ckpt == LLAMA_CKPT_NONE            ? "none"
                : m->mlp_chunk_rows > 0 && m->mlp_chunk_rows < max_T ? "every layer (lean plan: MLP in chunks of rows)"
                                                                      : "every layer",
@@ -459,6 +470,7 @@ static const metric_spec train_metrics[] = {
     {"train_seconds", METRIC_LOWER, "seconds spent training"},
     {"tokens_per_s", METRIC_HIGHER, "training throughput"},
     {"activation_mb", METRIC_LOWER, "planned activation memory"},
+    {"dense_weights_mb", METRIC_NEITHER, "base weights kept dequantized (dense_weights; 0: dequantized in each pass)"},
     {"resumed_from_step", METRIC_NEITHER, "the checkpoint step a resumed run started from"},
     {0}};
 

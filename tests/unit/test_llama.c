@@ -479,8 +479,6 @@ static void fake_det_device_info(ops_backend_info *out) {
     out->det_attn_workspace_cap = g_fake_det_cap;
 }
 
-/* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
- * cap) is part of the plan the budget is checked against */
 /* the deep model in dir, loaded on the CPU table posing as an 8 GiB device (2 GiB in use) */
 static llama_model *fake_device_model(char *dir, ops_table *dev) {
     deep_model(dir);
@@ -492,6 +490,8 @@ static llama_model *fake_device_model(char *dir, ops_table *dev) {
     return m;
 }
 
+/* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
+ * cap) is part of the plan the budget is checked against */
 TEST(plan_counts_det_workspace) {
     char dir[] = "/tmp/test_llama_detws_XXXXXX";
     ops_table dev;
@@ -549,8 +549,9 @@ TEST(plan_budget_on_a_device) {
 }
 
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
- * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin, and
- * not when they do not (freeing a copy kept before); on a backend without its own memory only on */
+ * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
+ * after a plan, the scratch its first pass takes and deterministic attention's workspace), and not
+ * when they do not (freeing a copy kept before); on a backend without its own memory only on */
 TEST(dense_auto_choice) {
     char dir[] = "/tmp/test_llama_dense_XXXXXX";
     deep_model(dir);
@@ -573,6 +574,17 @@ TEST(dense_auto_choice) {
         CHECK(ch.kept && m->dense_mem);
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
         CHECK(!ch.kept && !m->dense_mem);
+        /* after a plan, the scratch its first pass allocates stays free (attention's fp32 dq at
+         * least), and in deterministic mode attention backward's workspace as well */
+        CHECK_EQ_INT(llama_plan(m, 64, LLAMA_CKPT_NONE), 0);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0);
+        double planned = ch.room_bytes;
+        CHECK(ch.kept && planned <= 5.0 * GiB - 64.0 * 4 * m->nh * m->hd && planned > 4.0 * GiB);
+        dev.info = fake_det_device_info;
+        g_fake_det_cap = 1000;
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0);
+        CHECK(ch.kept && ch.room_bytes == planned - 1000);
+        dev.info = fake_device_info;
         CHECK_EQ_INT(llama_dense_auto(c, LLAMA_DENSE_AUTO, 0, &ch), 0);
         CHECK(!ch.kept && !c->dense_mem && ch.room_bytes == 0);
         CHECK_EQ_INT(llama_dense_auto(c, LLAMA_DENSE_ON, 0, &ch), 0);

@@ -1,8 +1,9 @@
 /* test_train_stage.c: attach_lora + train stages on a generated tiny llama and a synthetic
  * task, run directly (no runner): the loss falls, the artifact is complete, a run killed
  * with SIGKILL or stopped by SIGINT resumes to the same adapter bytes, a huge learning rate
- * is reported as divergence (and leaves no adapter), a bad lr hook is a clear error, and
- * optimizer_offload is accepted on the CPU, where it is a no-op (test_offload_gpu tests what it does). */
+ * is reported as divergence (and leaves no adapter), a bad lr hook is a clear error,
+ * optimizer_offload is accepted on the CPU, where it is a no-op (test_offload_gpu tests what it does),
+ * and dense_weights: on changes no bit. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <sys/wait.h>
@@ -137,17 +138,18 @@ TEST(test_train_kill_resume) {
     free(ref);
 }
 
-/* the reference run's parameters with KEY set true, into out-NAME and work-NAME (*work, for the
- * caller to free): whether its adapter equals the reference run's byte for byte */
-static int same_adapter_with(const char *name, const char *key, char **work) {
+/* the reference run's parameters with KEY set to value (json_true() when NULL; the reference is
+ * taken), into out-NAME and work-NAME (*work, for the caller to free): whether its adapter equals
+ * the reference run's byte for byte; its metrics in *metrics when asked */
+static int same_adapter_with(const char *name, const char *key, json_t *value, char **work, json_t **metrics) {
     char od[64], wd[64];
     snprintf(od, sizeof od, "out-%s", name), snprintf(wd, sizeof wd, "work-%s", name);
     char *out = fs_join(root, od);
     *work = fs_join(root, wd);
     json_t *p = train_params(3e-3, 30);
-    json_object_set_new(p, key, json_true());
+    json_object_set_new(p, key, value ? value : json_true());
     size_t nref = 0, n = 0;
-    int same = run_train(p, out, *work, NULL, NULL) == 0;
+    int same = run_train(p, out, *work, NULL, metrics) == 0;
     char *ref = read_adapter(ref_out, &nref), *got = same ? read_adapter(out, &n) : NULL;
     same = ref && got && n == nref && memcmp(got, ref, n) == 0;
     free(ref), free(got), free(out);
@@ -160,7 +162,7 @@ static int same_adapter_with(const char *name, const char *key, char **work) {
 TEST(test_train_offload_cpu_is_noop) {
     size_t nc_ref = 0, nc = 0;
     char *work = NULL;
-    CHECK(same_adapter_with("offload", "optimizer_offload", &work));
+    CHECK(same_adapter_with("offload", "optimizer_offload", NULL, &work, NULL));
     char *cref_path = fs_join(root, "work-ref/checkpoint-00000030.bin"), *c_path = fs_join(work, "checkpoint-00000030.bin");
     char *cref = NULL, *c = NULL;
     CHECK_EQ_INT(fs_read_all(cref_path, &cref, &nc_ref), 0);
@@ -173,7 +175,7 @@ TEST(test_train_offload_cpu_is_noop) {
  * count), the same adapter bytes as the reference run, and the artifact records what produced it */
 TEST(test_train_deterministic_cpu) {
     char *work = NULL;
-    CHECK(same_adapter_with("det", "deterministic", &work));
+    CHECK(same_adapter_with("det", "deterministic", NULL, &work, NULL));
     json_t *env = json_object_get(last_report, "environment");
     CHECK(json_is_true(json_object_get(env, "deterministic")));
     CHECK_EQ_STR(json_string_value(json_object_get(env, "device")), "cpu");
@@ -182,6 +184,23 @@ TEST(test_train_deterministic_cpu) {
     CHECK(json_string_value(json_object_get(env, "program_version")) != NULL);
     CHECK_EQ_INT(json_integer_value(json_object_get(env, "ranks")), 1);
     free(work);
+}
+
+/* dense_weights: on, the base's linears kept dequantized for the whole run (fp32 on the CPU, which
+ * auto never chooses there): the forwards and backwards read the kept copy and change no bit, and
+ * the metric says how much was kept; off keeps nothing. A wrong value in the copy, or a pass that
+ * dequantized other rows than it reads, changes the adapter. */
+TEST(test_train_dense_weights) {
+    char *work = NULL;
+    json_t *metrics = NULL;
+    CHECK(same_adapter_with("dense", "dense_weights", json_string("on"), &work, &metrics));
+    double mb = json_number_value(json_object_get(metrics, "dense_weights_mb"));
+    CHECK(mb > 0);
+    fprintf(stderr, "  dense_weights: on kept %.3f MiB; the adapter equals the reference's\n", mb);
+    json_decref(metrics), free(work), metrics = NULL;
+    CHECK(same_adapter_with("dense-off", "dense_weights", json_string("off"), &work, &metrics));
+    CHECK(json_number_value(json_object_get(metrics, "dense_weights_mb")) == 0);
+    json_decref(metrics), free(work);
 }
 
 /* a backend that cannot honour the mode, and a data-parallel all-reduce in the switch: errors
@@ -383,6 +402,7 @@ int main(void) {
     RUN(test_train_deterministic_cpu);
     RUN(test_deterministic_refusals);
     RUN(test_train_offload_cpu_is_noop);
+    RUN(test_train_dense_weights);
     RUN(test_train_sigint);
     RUN(test_train_diverges);
     RUN(test_train_lr_hook);
