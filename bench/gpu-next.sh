@@ -9,6 +9,9 @@
 #      bench/gpu-phi3.sh (phi3 on CUDA; cuDNN for windows and head dim 256)          ~350 s
 #   C  bench/evaltasks/run.sh (dense_weights + task_batch on 14,042 MMLU-shaped questions beside
 #      transformers) and the family rows beside transformers + peft + bitsandbytes     ~500 s
+#   D  dense weights in training (the train stage's dense_weights, train_gpu --dense): the rows with
+#      the linears kept dequantized against dequantized in each pass, the same checksum in
+#      deterministic mode either way, and the 1b bench recipe with dense_weights auto and off ~330 s
 # Logs under $OUT/<part>/; each sub-script says what it shows and what to copy into RESULTS.md.
 #
 # Prepare on the development machine (the carry limit is 64 MiB, so the programs travel packed):
@@ -21,7 +24,7 @@
 # committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next"] (C: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C}
+PART=${1:?usage: gpu-next.sh A|B|C|D}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -82,6 +85,31 @@ for l in sys.stdin:
     r = json.loads(l)
     print(r["label"], r["tokens_per_s"], "tok/s", r["peak_alloc_gib"], "GiB peak")'
     ;;
-*) echo "PART must be A, B or C"; exit 2 ;;
+D)
+    stamp "dense weights: train_gpu rows, --dense on against off"
+    for row in "7b q,v 2048 1" "7b all-linear 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
+        set -- $row
+        for d in on off; do
+            timeout 70 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --steps 8 \
+                --warmup 2 --dense $d 2>&1 | grep -E "^\||kept dequantized|error"
+        done
+    done | tee "$O/rows.log"
+    stamp "dense weights change no bit: deterministic 7B q,v, --dense on and off, the same checksum"
+    for d in on off; do
+        timeout 70 "$B/run" train_gpu train --model 7b --targets q,v --seq 2048 --batch 1 --steps 6 --warmup 0 \
+            --deterministic on --dense $d 2>&1 | grep -E "^checksum|error"
+    done | tee "$O/det-checksums.log"
+    [ "$(grep -c '^checksum' "$O/det-checksums.log")" = 2 ] && [ "$(cut -d, -f1 "$O/det-checksums.log" | sort -u | wc -l)" = 1 ] \
+        && echo "== PASS: the same checksum with and without dense weights" || echo "== FAIL: checksums differ"
+    stamp "the bench recipe (1b preset, 12 steps): dense_weights auto and off"
+    for d in auto off; do
+        QLORA_CACHE=/tmp/dcache QLORA_RUNS=/tmp/druns timeout 120 "$B/run" qlora-run "$R/recipes/bench-7b.yaml" \
+            --set stages.base.preset=1b --set stages.train.max_steps=12 --set stages.train.dense_weights=$d --force train \
+            > "$O/recipe-$d.log" 2>&1
+        echo "recipe dense_weights=$d rc=$?"
+        grep -E "kept dequantized|dequantized in each pass|kernels:|step (6|12)/" "$O/recipe-$d.log" | tail -5
+    done
+    ;;
+*) echo "PART must be A, B, C or D"; exit 2 ;;
 esac
 stamp "end of part $PART"

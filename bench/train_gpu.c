@@ -3,7 +3,7 @@
  *   train_gpu train [--model 7b|1b|13b|70b|tiny|NAMED] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
  *                   [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
- *                   [--act-offload auto|on|off] [--deterministic off|on]
+ *                   [--act-offload auto|on|off] [--deterministic off|on] [--dense off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -21,7 +21,9 @@
  * fit. --optimizer-offload on keeps AdamW's m and v in pinned host memory (ops->alloc_host), out
  * of the device plan, as the train stage's optimizer_offload does. --nccl on takes the data-parallel
  * path on one rank (docs/multi-gpu.md): a NCCL communicator of one, and each layer's LoRA
- * gradients all-reduced on the comm stream as soon as the backward has queued them. It prints the
+ * gradients all-reduced on the comm stream as soon as the backward has queued them. --dense on
+ * keeps every linear dequantized in bf16 for the run (the train stage's dense_weights), out of the
+ * memory there is before the activations are planned. It prints the
  * median step, tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per
  * token against 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md). */
 #include <cuda_runtime.h>
@@ -80,6 +82,95 @@ static void synth_bf16(const ops_table *ops, uint16_t *dst, int64_t n, float amp
     (void)ops;
 }
 
+/* the next sz bytes (256-aligned) of a carved allocation */
+static void *take(char **p, int64_t sz) {
+    void *r = *p;
+    *p += align256(sz);
+    return r;
+}
+
+/* the linears' shapes of m's layer: [out] and [in] by target */
+static void synth_shapes(const llama_model *m, int64_t outs[LLAMA_NTARGETS], int64_t ins[LLAMA_NTARGETS]) {
+    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    const int64_t o[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C}, i[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
+    memcpy(outs, o, sizeof o);
+    memcpy(ins, i, sizeof i);
+}
+
+/* the bytes of the one allocation synth_model carves as llama_init does (so llama_free releases it) */
+static int64_t synth_weight_bytes(const llama_model *m, const model_config *cfg, bool local, bool lng) {
+    int64_t C = m->C, outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
+    synth_shapes(m, outs, ins);
+    int64_t bytes = align256(64) + align256(256 * 4) + (1 + local + lng) * align256(m->rot / 2 * 4) +
+                    align256((int64_t)m->V * C * 2) + align256(C * 2);
+    if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
+    for (int l = 0; l < m->L; l++) {
+        bytes += (config_gemma(cfg) ? 4 : 2) * align256(C * 2) + (cfg->qk_norm ? 2 * align256(m->hd * 2) : 0);
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            int64_t n = outs[t] * ins[t], nb = nf4_nblocks(n, 64);
+            /* double quant kept as bitsandbytes stores it: 1 byte a block + a scale per 256 */
+            bytes += align256(nf4_packed_bytes(n)) + align256(nb) + align256(nf4_nblocks(nb, 256) * 4);
+        }
+    }
+    return bytes;
+}
+
+/* what synth_layer shares between layers: the maps, a row of ones and scratch for absmax */
+typedef struct synth_ctx {
+    const ops_table *ops;
+    const model_config *cfg;
+    float *quant_map, *nested_map, *tmp_f32, *hnest;
+    const uint16_t *ones; /* bf16 1.0, max(C, hd) of them, on the host */
+    uint64_t seed;
+} synth_ctx;
+
+/* a norm weight of n ones carved from *p */
+static void *synth_norm(const synth_ctx *sc, char **p, int64_t n) {
+    void *w = take(p, n * 2);
+    sc->ops->upload(w, sc->ones, 2 * (size_t)n);
+    return w;
+}
+
+/* layer l carved from *p: norms of ones (qwen3's and gemma3's q/k norms, gemma3's four norms) and
+ * random NF4 linears with double-quantized absmax */
+static void synth_layer(llama_model *m, const synth_ctx *sc, int l, char **p) {
+    const ops_table *ops = sc->ops;
+    int64_t C = m->C, outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
+    synth_shapes(m, outs, ins);
+    llama_layer *ly = &m->layers[l];
+    ly->attn_norm = synth_norm(sc, p, C);
+    ly->mlp_norm = synth_norm(sc, p, C);
+    if (sc->cfg->qk_norm) { /* qwen3, gemma3: per-head norms of q and k */
+        ly->q_norm = synth_norm(sc, p, m->hd);
+        ly->k_norm = synth_norm(sc, p, m->hd);
+    }
+    if (config_gemma(sc->cfg)) { /* gemma3's norms of o's and down's outputs */
+        ly->post_attn_norm = synth_norm(sc, p, C);
+        ly->post_mlp_norm = synth_norm(sc, p, C);
+    }
+    for (int t = 0; t < LLAMA_NTARGETS; t++) {
+        llama_linear *lin = &ly->lin[t];
+        int64_t n = outs[t] * ins[t];
+        int64_t nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, 256);
+        uint8_t *codes = take(p, nf4_packed_bytes(n));
+        uint8_t *absmax_q = take(p, nb);
+        float *nested = take(p, nn * 4);
+        /* absmax of 64 normal draws is about 2.4 sigma: weights of std ~ 1/sqrt(in); as double
+         * quant: offset 2.4 sigma plus map[code] (in [-1, 1]) * 0.4 sigma, codes random bytes */
+        float sigma = 1.0f / sqrtf((float)ins[t]);
+        nf4_cuda_fill_random(codes, sc->tmp_f32, n, 64, sc->seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
+                             2.0f * sigma, 2.8f * sigma);
+        ops->copy(absmax_q, codes + (nf4_packed_bytes(n) - nb), (size_t)nb);
+        for (int64_t i = 0; i < nn; i++) sc->hnest[i] = 0.4f * sigma;
+        ops->upload(nested, sc->hnest, sizeof(float) * (size_t)nn);
+        lin->w = (ops_nf4){.codes = codes, .quant_map = sc->quant_map, .rows = outs[t], .cols = ins[t],
+                           .blocksize = 64, .absmax_q = absmax_q, .nested_absmax = nested,
+                           .nested_map = sc->nested_map, .nested_offset = 2.4f * sigma};
+        lin->in = ins[t];
+        lin->out = outs[t];
+    }
+}
+
 /* the shape is llama_init's (llama_shape_init); preset names the model in messages */
 static int synth_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops,
                        uint64_t seed) {
@@ -90,23 +181,10 @@ static int synth_model(llama_model **out, const model_config *cfg, const char *p
         return rc;
     }
     m->layers = calloc((size_t)m->L, sizeof(llama_layer));
-    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
-    int64_t outs[LLAMA_NTARGETS] = {qd, kvd, kvd, C, m->I, m->I, C};
-    int64_t ins[LLAMA_NTARGETS] = {C, C, C, qd, C, C, m->I};
-    /* one allocation carved as llama_init does, so llama_free releases it */
-    bool gemma = config_gemma(cfg), local, lng; /* gemma2 too: its soft-caps come with cfg */
+    int64_t C = m->C;
+    bool local, lng; /* gemma2 too: its soft-caps come with cfg */
     llama_rope_needs(m, &local, &lng);
-    int64_t bytes = align256(64) + align256(256 * 4) + (1 + local + lng) * align256(m->rot / 2 * 4) +
-                    align256((int64_t)m->V * C * 2) + align256(C * 2);
-    if (!cfg->tie_word_embeddings) bytes += align256((int64_t)m->V * C * 2);
-    for (int l = 0; l < m->L; l++) {
-        bytes += (gemma ? 4 : 2) * align256(C * 2) + (cfg->qk_norm ? 2 * align256(m->hd * 2) : 0);
-        for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            int64_t n = outs[t] * ins[t], nb = nf4_nblocks(n, 64);
-            /* double quant kept as bitsandbytes stores it: 1 byte a block + a scale per 256 */
-            bytes += align256(nf4_packed_bytes(n)) + align256(nb) + align256(nf4_nblocks(nb, 256) * 4);
-        }
-    }
+    int64_t bytes = synth_weight_bytes(m, cfg, local, lng);
     m->weights = ops->alloc((size_t)bytes);
     if (!m->weights) {
         free(m->layers);
@@ -115,79 +193,43 @@ static int synth_model(llama_model **out, const model_config *cfg, const char *p
     }
     m->weight_bytes = bytes;
     char *p = m->weights;
-#define TAKE(sz) (p += align256(sz), (void *)(p - align256(sz)))
-    float *quant_map = TAKE(64); /* [16], shared by every linear */
-    float *nested_map = TAKE(256 * 4), hmap[256]; /* bitsandbytes' dynamic map, shared too */
+    synth_ctx sc = {.ops = ops, .cfg = cfg, .seed = seed};
+    sc.quant_map = take(&p, 64);             /* [16], shared by every linear */
+    sc.nested_map = take(&p, 256 * 4);       /* bitsandbytes' dynamic map, shared too */
+    float hmap[256];
     nf4_dynamic_map(hmap);
-    ops->upload(nested_map, hmap, sizeof hmap);
+    ops->upload(sc.nested_map, hmap, sizeof hmap);
     /* the rotary tables as llama_init lays them out (gemma3's sliding layers', longrope's long ones) */
-    m->inv_freq = TAKE(m->rot / 2 * 4);
-    m->inv_freq_local = local ? TAKE(m->rot / 2 * 4) : m->inv_freq;
-    m->inv_freq_long = lng ? TAKE(m->rot / 2 * 4) : m->inv_freq;
-    m->embed = TAKE((int64_t)m->V * C * 2);
-    m->final_norm = TAKE(C * 2);
-    m->lm_head = cfg->tie_word_embeddings ? m->embed : TAKE((int64_t)m->V * C * 2);
-    ops->upload(quant_map, nf4_quant_map(OPS_NF4), 64);
+    m->inv_freq = take(&p, m->rot / 2 * 4);
+    m->inv_freq_local = local ? take(&p, m->rot / 2 * 4) : m->inv_freq;
+    m->inv_freq_long = lng ? take(&p, m->rot / 2 * 4) : m->inv_freq;
+    m->embed = take(&p, (int64_t)m->V * C * 2);
+    m->final_norm = take(&p, C * 2);
+    m->lm_head = cfg->tie_word_embeddings ? m->embed : take(&p, (int64_t)m->V * C * 2);
+    ops->upload(sc.quant_map, nf4_quant_map(OPS_NF4), 64);
     if ((rc = llama_rope_upload(m))) return rc;
     int64_t n_ones = C > m->hd ? C : m->hd;
     uint16_t *ones = malloc(2 * (size_t)n_ones);
     for (int64_t i = 0; i < n_ones; i++) ones[i] = f32_to_bf16(1.0f);
+    sc.ones = ones;
     ops->upload(m->final_norm, ones, 2 * (size_t)C);
     uint8_t *tmp_codes = ops->alloc((size_t)SYNTH_CHUNK / 2);
     float *tmp_absmax = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
-    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, quant_map);
+    synth_bf16(ops, m->embed, (int64_t)m->V * C, 0.05f, seed, tmp_codes, tmp_absmax, sc.quant_map);
     if (!cfg->tie_word_embeddings)
-        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, quant_map);
+        synth_bf16(ops, m->lm_head, (int64_t)m->V * C, 0.05f, seed ^ 0x5bd1e995u, tmp_codes, tmp_absmax, sc.quant_map);
     ops->free(tmp_codes);
     ops->free(tmp_absmax);
-    int64_t max_nb = 0;
+    int64_t max_nb = 0, outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
+    synth_shapes(m, outs, ins);
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         if (nf4_nblocks(outs[t] * ins[t], 64) > max_nb) max_nb = nf4_nblocks(outs[t] * ins[t], 64);
-    float *tmp_f32 = ops->alloc((size_t)max_nb * 4), *hnest = malloc(sizeof(float) * (size_t)(max_nb / 256 + 1));
-    for (int l = 0; l < m->L; l++) {
-        llama_layer *ly = &m->layers[l];
-        ly->attn_norm = TAKE(C * 2);
-        ly->mlp_norm = TAKE(C * 2);
-        ops->upload(ly->attn_norm, ones, 2 * (size_t)C);
-        ops->upload(ly->mlp_norm, ones, 2 * (size_t)C);
-        if (cfg->qk_norm) { /* qwen3, gemma3: per-head norms of q and k */
-            ly->q_norm = TAKE(m->hd * 2);
-            ly->k_norm = TAKE(m->hd * 2);
-            ops->upload(ly->q_norm, ones, 2 * (size_t)m->hd);
-            ops->upload(ly->k_norm, ones, 2 * (size_t)m->hd);
-        }
-        if (gemma) { /* gemma3's norms of o's and down's outputs */
-            ly->post_attn_norm = TAKE(C * 2);
-            ly->post_mlp_norm = TAKE(C * 2);
-            ops->upload(ly->post_attn_norm, ones, 2 * (size_t)C);
-            ops->upload(ly->post_mlp_norm, ones, 2 * (size_t)C);
-        }
-        for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            llama_linear *lin = &ly->lin[t];
-            int64_t n = outs[t] * ins[t];
-            int64_t nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, 256);
-            uint8_t *codes = TAKE(nf4_packed_bytes(n));
-            uint8_t *absmax_q = TAKE(nb);
-            float *nested = TAKE(nn * 4);
-            /* absmax of 64 normal draws is about 2.4 sigma: weights of std ~ 1/sqrt(in); as double
-             * quant: offset 2.4 sigma plus map[code] (in [-1, 1]) * 0.4 sigma, codes random bytes */
-            float sigma = 1.0f / sqrtf((float)ins[t]);
-            nf4_cuda_fill_random(codes, tmp_f32, n, 64, seed + 1000003u * (uint64_t)(l * LLAMA_NTARGETS + t),
-                                 2.0f * sigma, 2.8f * sigma);
-            ops->copy(absmax_q, codes + (nf4_packed_bytes(n) - nb), (size_t)nb);
-            for (int64_t i = 0; i < nn; i++) hnest[i] = 0.4f * sigma;
-            ops->upload(nested, hnest, sizeof(float) * (size_t)nn);
-            lin->w = (ops_nf4){.codes = codes, .quant_map = quant_map, .rows = outs[t], .cols = ins[t],
-                               .blocksize = 64, .absmax_q = absmax_q, .nested_absmax = nested,
-                               .nested_map = nested_map, .nested_offset = 2.4f * sigma};
-            lin->in = ins[t];
-            lin->out = outs[t];
-        }
-    }
-#undef TAKE
+    sc.tmp_f32 = ops->alloc((size_t)max_nb * 4);
+    sc.hnest = malloc(sizeof(float) * (size_t)(max_nb / 256 + 1));
+    for (int l = 0; l < m->L; l++) synth_layer(m, &sc, l, &p);
     free(ones);
-    free(hnest);
-    ops->free(tmp_f32);
+    free(sc.hnest);
+    ops->free(sc.tmp_f32);
     ops->sync();
     *out = m;
     return 0;
@@ -317,110 +359,240 @@ static void bench_layer_done(void *ud, int l) {
     }
 }
 
-static int bench_train(int argc, char **argv) {
-    const char *preset = "7b", *targets = "q,v", *ckpt_s = "auto";
-    int seq = 2048, batch = 1, steps = 10, warmup = 2, r = 16;
-    double budget_gib = 0;
-    bool offload = false, nccl = false, det = false;
+/* the options of `train_gpu train` */
+typedef struct train_opts {
+    const char *preset, *targets, *ckpt_s;
+    int seq, batch, steps, warmup, r;
+    double budget_gib;
+    bool offload, nccl, det, dense;
+} train_opts;
+
+static bool on_value(const char *v) { return !strcmp(v, "on") || !strcmp(v, "1"); }
+
+static int train_opts_parse(int argc, char **argv, train_opts *o) {
+    *o = (train_opts){.preset = "7b", .targets = "q,v", .ckpt_s = "auto", .seq = 2048, .batch = 1, .steps = 10,
+                      .warmup = 2, .r = 16};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
-        if (!strcmp(a, "--model")) preset = v;
-        else if (!strcmp(a, "--targets")) targets = v;
-        else if (!strcmp(a, "--seq")) seq = atoi(v);
-        else if (!strcmp(a, "--batch")) batch = atoi(v);
-        else if (!strcmp(a, "--steps")) steps = atoi(v);
-        else if (!strcmp(a, "--warmup")) warmup = atoi(v);
-        else if (!strcmp(a, "--ckpt")) ckpt_s = v;
-        else if (!strcmp(a, "--budget-gib")) budget_gib = atof(v);
-        else if (!strcmp(a, "--r")) r = atoi(v);
-        else if (!strcmp(a, "--optimizer-offload")) offload = !strcmp(v, "on") || !strcmp(v, "1");
-        else if (!strcmp(a, "--nccl")) nccl = !strcmp(v, "on") || !strcmp(v, "1");
+        if (!strcmp(a, "--model")) o->preset = v;
+        else if (!strcmp(a, "--targets")) o->targets = v;
+        else if (!strcmp(a, "--seq")) o->seq = atoi(v);
+        else if (!strcmp(a, "--batch")) o->batch = atoi(v);
+        else if (!strcmp(a, "--steps")) o->steps = atoi(v);
+        else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
+        else if (!strcmp(a, "--ckpt")) o->ckpt_s = v;
+        else if (!strcmp(a, "--budget-gib")) o->budget_gib = atof(v);
+        else if (!strcmp(a, "--r")) o->r = atoi(v);
+        else if (!strcmp(a, "--optimizer-offload")) o->offload = on_value(v);
+        else if (!strcmp(a, "--nccl")) o->nccl = on_value(v);
         else if (!strcmp(a, "--act-offload")) act_offload = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : 2;
         else if (!strcmp(a, "--attention")) {
             if (strcmp(v, "cudnn") && strcmp(v, "mma") && strcmp(v, "tiled"))
                 return err_set(ERR_USAGE, "--attention must be cudnn, mma or tiled, not '%s'", v);
             cuda_attention_select(!strcmp(v, "tiled") ? CUDA_ATTN_TILED : !strcmp(v, "mma") ? CUDA_ATTN_MMA : CUDA_ATTN_CUDNN);
         }
-        else if (!strcmp(a, "--deterministic")) det = !strcmp(v, "on") || !strcmp(v, "1");
+        else if (!strcmp(a, "--deterministic")) o->det = on_value(v);
+        else if (!strcmp(a, "--dense")) o->dense = on_value(v);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
-    if (seq <= 0 || batch <= 0 || steps <= 0) return err_set(ERR_USAGE, "--seq, --batch and --steps must be positive");
-    const ops_table *ops = ops_cuda();
-    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
-    char why[512];
-    if (ops->deterministic_set(det, why, sizeof why)) return err_set(ERR_USAGE, "--deterministic on: %s", why);
+    if (o->seq <= 0 || o->batch <= 0 || o->steps <= 0)
+        return err_set(ERR_USAGE, "--seq, --batch and --steps must be positive");
+    return 0;
+}
+
+/* the model of o's preset with QLoRA's standard adapter attached (the AdamW state where o puts it) */
+static int train_model(const train_opts *o, const ops_table *ops, llama_model **out) {
     model_config cfg;
-    int rc = config_preset(&cfg, ARCH_LLAMA, preset);
+    int rc = config_preset(&cfg, ARCH_LLAMA, o->preset);
     if (rc) return rc;
     uint32_t mask = 0;
-    if ((rc = parse_targets(targets, &mask))) return rc;
-
-    llama_model *m;
-    if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
-    llama_lora_config lc = {.r = r, .alpha = 2.0f * (float)r, .dropout = 0.05f, .rslora = false, .targets = mask};
-    m->adam_host = offload;
+    if ((rc = parse_targets(o->targets, &mask))) return rc;
+    if ((rc = synth_model(out, &cfg, o->preset, ops, 1234))) return rc;
+    llama_model *m = *out;
+    llama_lora_config lc = {.r = o->r, .alpha = 2.0f * (float)o->r, .dropout = 0.05f, .rslora = false, .targets = mask};
+    m->adam_host = o->offload;
     if ((rc = llama_lora_attach(m, &lc))) return rc;
     llama_lora_init_peft(m, 42);
+    return 0;
+}
 
-    int T = seq * batch;
+/* a plan that needs more than has: what would fit, as an error */
+static int plan_refused(llama_model *m, int64_t T, llama_checkpointing ckpt, int64_t need, int64_t need_every,
+                        int64_t has) {
+    int64_t lo = 0, hi = T; /* the longest micro-batch with checkpointing on every layer */
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2, nm;
+        plan_pick(m, mid, LLAMA_CKPT_EVERY, has, &nm);
+        if (nm <= has) lo = mid;
+        else hi = mid - 1;
+    }
+    char fit[160];
+    if (ckpt == LLAMA_CKPT_NONE && need_every <= has)
+        snprintf(fit, sizeof fit, "activation checkpointing on every layer (%.2f GiB)", need_every / GIB);
+    else if (lo > 0)
+        snprintf(fit, sizeof fit, "checkpointing every layer with micro-batches of at most %lld tokens", (long long)lo);
+    else snprintf(fit, sizeof fit, "nothing: the frozen weights alone take %.2f GiB", m->weight_bytes / GIB);
+    return err_set(ERR_STAGE, "the plan needs %.2f GiB (checkpointing %s, %lld tokens) but %.2f GiB is available; "
+                              "would fit: %s", need / GIB, ckpt == LLAMA_CKPT_NONE ? "none" : "every layer",
+                   (long long)T, has / GIB, fit);
+}
+
+/* The plan for T tokens: checkpointing as o asks (auto: none when it fits), a checkpointed run
+ * with the fastest knobs that fit (plan_pick), and with --dense on the linears kept dequantized
+ * (llama_dense_weights) out of what the device has first. What it needs in all in *need. */
+typedef struct train_plan {
+    llama_checkpointing ckpt;
+    lean_opt use;
+    int64_t need, dense;
+} train_plan;
+
+static int train_plan_make(llama_model *m, const train_opts *o, int64_t T, train_plan *p) {
     cuda_device_info dev;
     cuda_device_query(&dev);
     size_t live, peak;
     cuda_mem_stats(&live, &peak);
-    int64_t has = budget_gib > 0 ? (int64_t)(budget_gib * GIB) : (int64_t)dev.free_bytes + (int64_t)live - (256 << 20);
+    int64_t has = o->budget_gib > 0 ? (int64_t)(o->budget_gib * GIB) : (int64_t)dev.free_bytes + (int64_t)live - (256 << 20);
+    p->dense = o->dense ? llama_dense_bytes(m) : 0;
+    has -= p->dense;
     int64_t need_none, need_every;
     plan_pick(m, T, LLAMA_CKPT_NONE, has, &need_none);
     lean_opt lean = plan_pick(m, T, LLAMA_CKPT_EVERY, has, &need_every);
-    llama_checkpointing ckpt;
-    if (!strcmp(ckpt_s, "none")) ckpt = LLAMA_CKPT_NONE;
-    else if (!strcmp(ckpt_s, "every")) ckpt = LLAMA_CKPT_EVERY;
-    else if (!strcmp(ckpt_s, "auto")) ckpt = need_none <= has ? LLAMA_CKPT_NONE : LLAMA_CKPT_EVERY;
+    if (!strcmp(o->ckpt_s, "none")) p->ckpt = LLAMA_CKPT_NONE;
+    else if (!strcmp(o->ckpt_s, "every")) p->ckpt = LLAMA_CKPT_EVERY;
+    else if (!strcmp(o->ckpt_s, "auto")) p->ckpt = need_none <= has ? LLAMA_CKPT_NONE : LLAMA_CKPT_EVERY;
     else return err_set(ERR_USAGE, "--ckpt must be auto, none or every");
-    int64_t need = ckpt == LLAMA_CKPT_NONE ? need_none : need_every;
-    if (need > has) {
-        /* what would fit: the longest micro-batch with checkpointing on every layer */
-        int64_t lo = 0, hi = T;
-        while (lo < hi) {
-            int64_t mid = (lo + hi + 1) / 2;
-            int64_t nm;
-            plan_pick(m, mid, LLAMA_CKPT_EVERY, has, &nm);
-            if (nm <= has) lo = mid;
-            else hi = mid - 1;
-        }
-        char fit[160];
-        if (ckpt == LLAMA_CKPT_NONE && need_every <= has)
-            snprintf(fit, sizeof fit, "activation checkpointing on every layer (%.2f GiB)", need_every / GIB);
-        else if (lo > 0)
-            snprintf(fit, sizeof fit, "checkpointing every layer with micro-batches of at most %lld tokens",
-                     (long long)lo);
-        else
-            snprintf(fit, sizeof fit, "nothing: the frozen weights alone take %.2f GiB", m->weight_bytes / GIB);
-        llama_free(&m);
-        return err_set(ERR_STAGE, "the plan needs %.2f GiB (checkpointing %s, %d tokens) but %.2f GiB is available; "
-                                  "would fit: %s", need / GIB, ckpt == LLAMA_CKPT_NONE ? "none" : "every layer", T,
-                       has / GIB, fit);
-    }
-    /* a checkpointed run takes the fastest knobs that fit (plan_pick) */
-    lean_opt use = ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
-    m->mlp_chunk_rows = use.mlp_rows > 0 ? use.mlp_rows : T;
-    m->offload_inputs = ckpt == LLAMA_CKPT_EVERY && use.offload;
-    cuda_scratch_cap_set((size_t)use.cap);
-    if ((rc = llama_plan(m, T, ckpt))) return rc;
+    p->need = p->ckpt == LLAMA_CKPT_NONE ? need_none : need_every;
+    if (p->need > has) return plan_refused(m, T, p->ckpt, p->need, need_every, has);
+    p->need += p->dense;
+    p->use = p->ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
+    m->mlp_chunk_rows = p->use.mlp_rows > 0 ? p->use.mlp_rows : (int)T;
+    m->offload_inputs = p->ckpt == LLAMA_CKPT_EVERY && p->use.offload;
+    cuda_scratch_cap_set((size_t)p->use.cap);
+    int rc = llama_plan(m, (int)T, p->ckpt);
+    if (!rc && o->dense) rc = llama_dense_weights(m, true);
+    return rc;
+}
 
+/* what the steps measured */
+typedef struct train_steps_out {
+    double *times; /* the measured steps' seconds (after the warm-up), sorted */
+    double loss0, loss_last, loss_sum;
+} train_steps_out;
+
+/* o's warm-up and measured steps on one batch: forward and backward, the all-reduce with --nccl,
+ * the gradient-norm clip and AdamW, each step synced and timed */
+static int train_steps(llama_model *m, const ops_table *ops, const train_opts *o, const llama_batch *b,
+                       train_steps_out *r) {
+    int64_t ntgt = llama_count_targets(b);
+    r->times = malloc(sizeof(double) * (size_t)o->steps);
+    r->loss0 = r->loss_last = r->loss_sum = 0;
+    cuda_mem_reset_peak();
+    for (int s = 0; s < o->warmup + o->steps; s++) {
+        double t0 = now_s();
+        llama_lora_zero_grads(m);
+        double loss;
+        int64_t n;
+        int rc = llama_forward_backward(m, b, 1.0f / (float)ntgt, 7000 + (uint64_t)s, &loss, &n);
+        if (rc) return rc;
+        if (o->nccl) coll_grads_wait();
+        double norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
+        if (norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
+        ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
+                   0.0f, s + 1);
+        ops->sync();
+        double dt = now_s() - t0;
+        if (s == 0) r->loss0 = loss / (double)n;
+        r->loss_last = loss / (double)n;
+        r->loss_sum += loss;
+        if (s >= o->warmup) r->times[s - o->warmup] = dt;
+        fprintf(stderr, "step %d/%d | loss %.4f | grad norm %.3f | %.1f ms\n", s + 1, o->warmup + o->steps,
+                loss / (double)n, norm, dt * 1e3);
+    }
+    qsort(r->times, (size_t)o->steps, sizeof(double), cmp_double);
+    return 0;
+}
+
+/* what two runs compare bit for bit (bench/RESULTS.md, deterministic mode) */
+static void train_checksum(const llama_model *m, const ops_table *ops, const train_steps_out *r, bool det) {
+    size_t nb = sizeof(float) * (size_t)m->n_lora_params;
+    unsigned char *hp = malloc(nb);
+    ops->download(hp, m->lora_params, nb);
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < nb; i++) h = (h ^ hp[i]) * 1099511628211ull;
+    free(hp);
+    fprintf(stderr, "checksum: LoRA params fnv1a64 %016llx, loss sum over the steps %.17g, last loss %.9g "
+                    "(deterministic %s)\n", (unsigned long long)h, r->loss_sum, r->loss_last, det ? "on" : "off");
+}
+
+/* the row of bench/RESULTS.md's table (stdout) and what the plan and kernels were (stderr) */
+static void train_report(const llama_model *m, const train_opts *o, const train_plan *p, const train_steps_out *r) {
+    int T = o->seq * o->batch;
+    double med = r->times[o->steps / 2];
+    size_t live, peak, fr = 0, tot = 0;
+    cuda_mem_stats(&live, &peak);
+    cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
+    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
+    double n_lin = (double)m->L * (double)(C * qd + 2 * C * kvd + qd * C + 3 * C * m->I) + (double)m->V * C;
+    /* the attention term at the attention width (nh * hd: hidden for Llama, not for Qwen3 or Gemma-3) */
+    double flops_tok = 4.0 * n_lin + 6.0 * (double)m->n_lora_params + 6.0 * m->L * (double)o->seq * (double)qd;
+    double tok_s = (double)T / med, mfu = tok_s * flops_tok / (PEAK_TFLOPS * 1e12);
+    double floor_tok = 0;
+    for (const floor_row *f = floors; f->model; f++)
+        if (!strcmp(f->model, o->preset) && f->seq == o->seq && f->batch == o->batch)
+            floor_tok = p->ckpt == LLAMA_CKPT_EVERY ? f->tok_s_recompute : f->tok_s;
+    char floor_s[32] = "-";
+    if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
+    char mode_s[128];
+    snprintf(mode_s, sizeof mode_s, "%s%s%s%s%s", p->ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none",
+             p->ckpt == LLAMA_CKPT_EVERY && m->offload_inputs ? ", inputs on host" : "", o->nccl ? ", NCCL" : "",
+             o->det ? ", deterministic" : "", m->dense_mem ? ", dense weights" : "");
+    printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", o->preset,
+           o->targets, o->seq, o->batch, mode_s, tok_s, med * 1e3, 100.0 * mfu, floor_s, peak / GIB,
+           (double)(tot - fr) / GIB, r->loss0, r->loss_last);
+    if (o->nccl) fprintf(stderr, "nccl: %d all-reduces in %d steps\n", bench_allreduces, o->warmup + o->steps);
+    fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
+            cuda_attention_cudnn_calls());
+    fprintf(stderr, "LoRA branches: %s\n",
+            cuda_lora_fused() && o->r <= 64 ? "fused kernels (QLORA_CUDA_LORA=fused)" : "cuBLAS GEMMs, dropout input materialized");
+    fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
+                    "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
+            m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
+            (cuda_host_mem_live() - (double)m->host_act_bytes) / 1048576.0, m->act_bytes / GIB,
+            llama_plan_bytes(m, T, p->ckpt) / GIB, flops_tok / 1e9);
+    if (m->dense_mem) fprintf(stderr, "base weights kept dequantized in bf16: %.2f GiB\n", m->dense_bytes / GIB);
+    if (m->host_act_bytes)
+        fprintf(stderr, "layer inputs offloaded: %.2f GiB in pinned host memory\n", m->host_act_bytes / GIB);
+    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
+                    "GiB\n", p->need / GIB, plan_scratch_bytes(m, T, p->use.cap) / GIB, cuda_scratch_cap() >> 20,
+            m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
+}
+
+static int bench_train(int argc, char **argv) {
+    train_opts o;
+    int rc = train_opts_parse(argc, argv, &o);
+    if (rc) return rc;
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    char why[512];
+    if (ops->deterministic_set(o.det, why, sizeof why)) return err_set(ERR_USAGE, "--deterministic on: %s", why);
+    llama_model *m = NULL;
+    int T = o.seq * o.batch;
+    train_plan p = {0};
+    if ((rc = train_model(&o, ops, &m)) || (rc = train_plan_make(m, &o, T, &p))) {
+        llama_free(&m);
+        return rc;
+    }
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)T), *ss = malloc(sizeof(int32_t) * (size_t)T);
     uint64_t z = 99;
     for (int t = 0; t < T; t++) {
         z = z * 6364136223846793005ull + 1442695040888963407ull;
         ids[t] = (int32_t)((z >> 33) % (uint64_t)m->V);
-        ss[t] = t - t % seq;
+        ss[t] = t - t % o.seq;
     }
     llama_batch b = {.ids = ids, .labels = ids, .seq_start = ss, .T = T};
-    int64_t ntgt = llama_count_targets(&b);
-    double *times = malloc(sizeof(double) * (size_t)steps);
-    double loss0 = 0, loss_last = 0, loss_sum = 0;
-    if (nccl) { /* the trainer's bucketed all-reduce (train/trainer.c), on a world of one */
+    if (o.nccl) { /* the trainer's bucketed all-reduce (train/trainer.c), on a world of one */
         if ((rc = coll_init()) || (rc = coll_nccl_init(cuda_comm_stream(), cuda_comm_after_main, cuda_main_after_comm)))
             return rc;
         m->layer_done = bench_layer_done;
@@ -428,85 +600,17 @@ static int bench_train(int argc, char **argv) {
         fprintf(stderr, "nccl: a communicator of %d rank(s): the trainer's buckets of 25 MiB all-reduced on the comm "
                         "stream as the backward reaches them\n", coll_world());
     }
-    cuda_mem_reset_peak();
-    for (int s = 0; s < warmup + steps; s++) {
-        double t0 = now_s();
-        llama_lora_zero_grads(m);
-        double loss;
-        int64_t n;
-        if ((rc = llama_forward_backward(m, &b, 1.0f / (float)ntgt, 7000 + (uint64_t)s, &loss, &n))) return rc;
-        if (nccl) coll_grads_wait();
-        double norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
-        if (norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
-        ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
-                   0.0f, s + 1);
-        ops->sync();
-        double dt = now_s() - t0;
-        if (s == 0) loss0 = loss / (double)n;
-        loss_last = loss / (double)n;
-        loss_sum += loss;
-        if (s >= warmup) times[s - warmup] = dt;
-        fprintf(stderr, "step %d/%d | loss %.4f | grad norm %.3f | %.1f ms\n", s + 1, warmup + steps, loss / (double)n,
-                norm, dt * 1e3);
+    train_steps_out r = {0};
+    if (!(rc = train_steps(m, ops, &o, &b, &r))) {
+        train_checksum(m, ops, &r, o.det);
+        train_report(m, &o, &p, &r);
     }
-    { /* what two runs compare bit for bit (bench/RESULTS.md, deterministic mode) */
-        size_t nb = sizeof(float) * (size_t)m->n_lora_params;
-        unsigned char *hp = malloc(nb);
-        ops->download(hp, m->lora_params, nb);
-        uint64_t h = 1469598103934665603ull;
-        for (size_t i = 0; i < nb; i++) h = (h ^ hp[i]) * 1099511628211ull;
-        free(hp);
-        fprintf(stderr, "checksum: LoRA params fnv1a64 %016llx, loss sum over the steps %.17g, last loss %.9g "
-                        "(deterministic %s)\n", (unsigned long long)h, loss_sum, loss_last, det ? "on" : "off");
-    }
-    qsort(times, (size_t)steps, sizeof(double), cmp_double);
-    double med = times[steps / 2];
-    cuda_mem_stats(&live, &peak);
-    size_t fr = 0, tot = 0;
-    cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
-
-    int64_t C = m->C, qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
-    double n_lin = (double)m->L * (double)(C * qd + 2 * C * kvd + qd * C + 3 * C * m->I) + (double)m->V * C;
-    /* the attention term at the attention width (nh * hd: hidden for Llama, not for Qwen3 or Gemma-3) */
-    double flops_tok = 4.0 * n_lin + 6.0 * (double)m->n_lora_params + 6.0 * m->L * (double)seq * (double)qd;
-    double tok_s = (double)T / med, mfu = tok_s * flops_tok / (PEAK_TFLOPS * 1e12);
-    double floor_tok = 0;
-    for (const floor_row *f = floors; f->model; f++)
-        if (!strcmp(f->model, preset) && f->seq == seq && f->batch == batch)
-            floor_tok = ckpt == LLAMA_CKPT_EVERY ? f->tok_s_recompute : f->tok_s;
-    char floor_s[32] = "-";
-    if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
-    char mode_s[96];
-    snprintf(mode_s, sizeof mode_s, "%s%s",
-             ckpt == LLAMA_CKPT_EVERY ? (m->offload_inputs ? (nccl ? "every layer, inputs on host, NCCL" : "every layer, inputs on host")
-                                                           : (nccl ? "every layer, NCCL" : "every layer"))
-                                      : (nccl ? "none, NCCL" : "none"),
-             det ? ", deterministic" : "");
-    printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", preset, targets,
-           seq, batch, mode_s,
-           tok_s, med * 1e3, 100.0 * mfu, floor_s,
-           peak / GIB, (double)(tot - fr) / GIB, loss0, loss_last);
-    if (nccl) fprintf(stderr, "nccl: %d all-reduces in %d steps\n", bench_allreduces, warmup + steps);
-    fprintf(stderr, "attention kernels: %s; %ld calls ran on cuDNN\n", cuda_attention_name(cuda_attention_selected()),
-            cuda_attention_cudnn_calls());
-    fprintf(stderr, "LoRA branches: %s\n",
-            cuda_lora_fused() && r <= 64 ? "fused kernels (QLORA_CUDA_LORA=fused)" : "cuBLAS GEMMs, dropout input materialized");
-    fprintf(stderr, "plan: weights %.2f GiB, LoRA %lld params (%.1f MiB with grads and AdamW state; %.1f MiB of "
-                    "it in pinned host memory), activations %.2f GiB (llama_plan_bytes %.2f), GFLOP/token %.2f\n",
-            m->weight_bytes / GIB, (long long)m->n_lora_params, 16.0 * m->n_lora_params / 1048576.0,
-            (cuda_host_mem_live() - (double)m->host_act_bytes) / 1048576.0, m->act_bytes / GIB,
-            llama_plan_bytes(m, T, ckpt) / GIB, flops_tok / 1e9);
-    if (m->host_act_bytes)
-        fprintf(stderr, "layer inputs offloaded: %.2f GiB in pinned host memory\n", m->host_act_bytes / GIB);
-    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
-                    "GiB\n", need / GIB, plan_scratch_bytes(m, T, use.cap) / GIB, cuda_scratch_cap() >> 20,
-            m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     free(ids);
     free(ss);
-    free(times);
+    free(r.times);
     llama_free(&m);
-    if (nccl) coll_finalize();
-    return 0;
+    if (o.nccl) coll_finalize();
+    return rc;
 }
 
 /* ---- NF4 dequantize bandwidth ---- */
@@ -665,112 +769,154 @@ static int bench_nf4(int argc, char **argv) {
 
 /* ---- per-op times at the 7B layer shape ---- */
 
-static int bench_ops(int argc, char **argv) {
-    int T = 2048, reps = 20;
-    for (int i = 2; i + 1 < argc; i += 2)
-        if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
-    const ops_table *ops = ops_cuda();
-    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
-    cudaStream_t st = (cudaStream_t)cuda_stream_handle();
+enum { OB_C = 4096, OB_I = 11008, OB_NH = 32, OB_HD = 128, OB_R = 16, OB_V = 32000, OB_REPS = 20 };
+
+/* the buffers of `train_gpu ops`: random activations and weights of the Llama-2-7B layer shape on
+ * the device, T tokens, one sequence (ss, ssd) */
+typedef struct ops_bench {
+    const ops_table *ops;
+    cudaStream_t st;
     cudaEvent_t e0, e1;
-    cuda_or_die(cudaEventCreate(&e0), "event");
-    cuda_or_die(cudaEventCreate(&e1), "event");
-    const int C = 4096, I = 11008, nh = 32, hd = 128, r = 16, V = 32000;
-    float *qm = ops->alloc(64);
-    ops->upload(qm, nf4_quant_map(OPS_NF4), 64);
+    int T;
+    float *qm, *absmax, *lse, *rstd, *losses, *A, *B, *dA, *dB, *xa;
+    uint8_t *codes;
+    uint16_t *x, *y, *dx, *q, *k, *v, *o, *dq, *dk, *dv, *E;
+    int32_t *ss, *ssd, *tgtd;
+    ops_nf4 Wqkv, Wup, Wdown;
+    ops_lora L, Ld; /* r 16, alpha 32; Ld with dropout 0.05 */
+} ops_bench;
+
+/* times stmt over OB_REPS runs after two warm-ups on ob's stream and prints a table row */
+#define TIME_OP(ob, name, flops, stmt)                                                                      \
+    do {                                                                                                    \
+        for (int i_ = 0; i_ < 2; i_++) { stmt; }                                                           \
+        cuda_or_die(cudaEventRecord((ob)->e0, (ob)->st), "record");                                        \
+        for (int i_ = 0; i_ < OB_REPS; i_++) { stmt; }                                                    \
+        cuda_or_die(cudaEventRecord((ob)->e1, (ob)->st), "record");                                        \
+        cuda_or_die(cudaEventSynchronize((ob)->e1), "sync");                                               \
+        double us_ = time_ms((ob)->e0, (ob)->e1) * 1e3 / OB_REPS;                                         \
+        printf("| %s | %.1f | %.1f |\n", name, us_, (flops) > 0 ? (flops) / (us_ * 1e-6) / 1e12 : 0.0);  \
+    } while (0)
+
+static void ops_bench_setup(ops_bench *ob, const ops_table *ops, int T) {
+    const int C = OB_C, I = OB_I, nh = OB_NH, r = OB_R, V = OB_V;
+    ob->ops = ops;
+    ob->T = T;
+    ob->st = (cudaStream_t)cuda_stream_handle();
+    cuda_or_die(cudaEventCreate(&ob->e0), "event");
+    cuda_or_die(cudaEventCreate(&ob->e1), "event");
+    ob->qm = ops->alloc(64);
+    ops->upload(ob->qm, nf4_quant_map(OPS_NF4), 64);
     int64_t nw = (int64_t)I * C;
-    uint8_t *codes = ops->alloc((size_t)nw / 2);
-    float *absmax = ops->alloc((size_t)nw / 64 * 4);
-    nf4_cuda_fill_random(codes, absmax, nw, 64, 3, 0.02f, 0.04f);
+    ob->codes = ops->alloc((size_t)nw / 2);
+    ob->absmax = ops->alloc((size_t)nw / 64 * 4);
+    nf4_cuda_fill_random(ob->codes, ob->absmax, nw, 64, 3, 0.02f, 0.04f);
     uint8_t *tc = ops->alloc((size_t)SYNTH_CHUNK / 2);
     float *ta = ops->alloc((size_t)SYNTH_CHUNK / 64 * 4);
-    uint16_t *x = ops->alloc((size_t)T * I * 2), *y = ops->alloc((size_t)T * I * 2), *dx = ops->alloc((size_t)T * I * 2);
-    uint16_t *q = ops->alloc((size_t)T * C * 2), *k = ops->alloc((size_t)T * C * 2), *v = ops->alloc((size_t)T * C * 2);
-    uint16_t *o = ops->alloc((size_t)T * C * 2), *dq = ops->alloc((size_t)T * C * 2), *dk = ops->alloc((size_t)T * C * 2);
-    uint16_t *dv = ops->alloc((size_t)T * C * 2), *E = ops->alloc((size_t)V * C * 2);
-    synth_bf16(ops, x, (int64_t)T * I, 1.0f, 1, tc, ta, qm);
-    synth_bf16(ops, y, (int64_t)T * I, 1.0f, 2, tc, ta, qm);
-    synth_bf16(ops, q, (int64_t)T * C, 1.0f, 3, tc, ta, qm);
-    synth_bf16(ops, k, (int64_t)T * C, 1.0f, 4, tc, ta, qm);
-    synth_bf16(ops, v, (int64_t)T * C, 1.0f, 5, tc, ta, qm);
-    synth_bf16(ops, E, (int64_t)V * C, 0.05f, 6, tc, ta, qm);
-    float *lse = ops->alloc((size_t)nh * T * 4), *rstd = ops->alloc((size_t)T * 4), *losses = ops->alloc((size_t)T * 4);
-    float *A = ops->alloc((size_t)r * I * 4), *B = ops->alloc((size_t)I * r * 4), *dA = ops->alloc((size_t)r * I * 4);
-    float *dB = ops->alloc((size_t)I * r * 4), *xa = ops->alloc((size_t)T * r * 4);
-    int32_t *ss = calloc((size_t)T, 4), *tgt = malloc((size_t)T * 4);
+    uint16_t **big[] = {&ob->x, &ob->y, &ob->dx}, **act[] = {&ob->q, &ob->k, &ob->v, &ob->o, &ob->dq, &ob->dk, &ob->dv};
+    for (int i = 0; i < 3; i++) *big[i] = ops->alloc((size_t)T * I * 2);
+    for (int i = 0; i < 7; i++) *act[i] = ops->alloc((size_t)T * C * 2);
+    ob->E = ops->alloc((size_t)V * C * 2);
+    synth_bf16(ops, ob->x, (int64_t)T * I, 1.0f, 1, tc, ta, ob->qm);
+    synth_bf16(ops, ob->y, (int64_t)T * I, 1.0f, 2, tc, ta, ob->qm);
+    synth_bf16(ops, ob->q, (int64_t)T * C, 1.0f, 3, tc, ta, ob->qm);
+    synth_bf16(ops, ob->k, (int64_t)T * C, 1.0f, 4, tc, ta, ob->qm);
+    synth_bf16(ops, ob->v, (int64_t)T * C, 1.0f, 5, tc, ta, ob->qm);
+    synth_bf16(ops, ob->E, (int64_t)V * C, 0.05f, 6, tc, ta, ob->qm);
+    ob->lse = ops->alloc((size_t)nh * T * 4), ob->rstd = ops->alloc((size_t)T * 4), ob->losses = ops->alloc((size_t)T * 4);
+    ob->A = ops->alloc((size_t)r * I * 4), ob->B = ops->alloc((size_t)I * r * 4), ob->dA = ops->alloc((size_t)r * I * 4);
+    ob->dB = ops->alloc((size_t)I * r * 4), ob->xa = ops->alloc((size_t)T * r * 4);
+    ob->ss = calloc((size_t)T, 4);
+    int32_t *tgt = malloc((size_t)T * 4);
     for (int t = 0; t < T; t++) tgt[t] = (t * 7919) % V;
-    int32_t *ssd = ops->alloc((size_t)T * 4), *tgtd = ops->alloc((size_t)T * 4);
-    ops->upload(ssd, ss, (size_t)T * 4);
-    cuda_attention_layout(ssd, ss, T);
-    ops->upload(tgtd, tgt, (size_t)T * 4);
-    ops_nf4 Wqkv = {.codes = codes, .absmax = absmax, .quant_map = qm, .rows = C, .cols = C, .blocksize = 64};
-    ops_nf4 Wup = Wqkv, Wdown = Wqkv;
-    Wup.rows = I;
-    Wdown.cols = I;
-    ops_lora L = {A, B, dA, dB, r, 2.0f, 0.0f, 0}, Ld = L;
-    Ld.dropout = 0.05f;
-    double attn_f = 4.0 * T * (double)T * hd * nh / 2.0; /* causal */
-    printf("| op (7B layer shape, T=%d) | us | TFLOP/s |\n|---|---|---|\n", T);
-#define TIME_OP(name, flops, stmt)                                                                            \
-    do {                                                                                                      \
-        for (int i_ = 0; i_ < 2; i_++) { stmt; }                                                             \
-        cuda_or_die(cudaEventRecord(e0, st), "record");                                                      \
-        for (int i_ = 0; i_ < reps; i_++) { stmt; }                                                          \
-        cuda_or_die(cudaEventRecord(e1, st), "record");                                                      \
-        cuda_or_die(cudaEventSynchronize(e1), "sync");                                                       \
-        double us_ = time_ms(e0, e1) * 1e3 / reps;                                                           \
-        printf("| %s | %.1f | %.1f |\n", name, us_, (flops) > 0 ? (flops) / (us_ * 1e-6) / 1e12 : 0.0);    \
-    } while (0)
+    ob->ssd = ops->alloc((size_t)T * 4), ob->tgtd = ops->alloc((size_t)T * 4);
+    ops->upload(ob->ssd, ob->ss, (size_t)T * 4);
+    cuda_attention_layout(ob->ssd, ob->ss, T);
+    ops->upload(ob->tgtd, tgt, (size_t)T * 4);
+    free(tgt);
+    ob->Wqkv = (ops_nf4){.codes = ob->codes, .absmax = ob->absmax, .quant_map = ob->qm, .rows = C, .cols = C, .blocksize = 64};
+    ob->Wup = ob->Wdown = ob->Wqkv;
+    ob->Wup.rows = I;
+    ob->Wdown.cols = I;
+    ob->L = (ops_lora){ob->A, ob->B, ob->dA, ob->dB, r, 2.0f, 0.0f, 0};
+    ob->Ld = ob->L;
+    ob->Ld.dropout = 0.05f;
+}
+
+/* NF4 dequantization and the linears alone */
+static void ops_time_linears(ops_bench *ob) {
+    const ops_table *ops = ob->ops;
+    const int T = ob->T, C = OB_C, I = OB_I;
+    int64_t nw = (int64_t)I * C;
     uint16_t *wbuf = ops->alloc((size_t)nw * 2);
-    TIME_OP("nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, nw, 64));
-    TIME_OP("nf4 dequant 4096x4096", 0, nf4_cuda_dequant_bf16(wbuf, codes, absmax, qm, (int64_t)C * C, 64));
-    TIME_OP("qlinear_fwd q (4096x4096, no LoRA)", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, NULL, NULL, T));
-    TIME_OP("qlinear_fwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &L, xa, T));
-    TIME_OP("qlinear_fwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_fwd(o, q, &Wqkv, NULL, &Ld, xa, T));
-    TIME_OP("qlinear_bwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &L, xa, T, 0));
-    TIME_OP("qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C, ops->qlinear_bwd(dq, o, q, &Wqkv, &Ld, xa, T, 0));
-    TIME_OP("qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I, ops->qlinear_fwd(y, q, &Wup, NULL, NULL, NULL, T));
-    TIME_OP("qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I, ops->qlinear_bwd(dx, o, x, &Wdown, NULL, NULL, T, 0));
-    /* the all-linear LoRA path of one layer (issue 21): each linear's forward and backward as the
-     * model runs them (dx accumulated over q, k, v and over gate, up), frozen only, then with LoRA
-     * r 16 + dropout 0.05 through the fused kernels (kernels/cuda/lora.cu) and through the GEMMs
-     * (QLORA_CUDA_LORA=gemm); the LoRA columns less the frozen one are the branch's cost */
-    {
-        struct {
-            const char *name;
-            const ops_nf4 *W;
-            void *x, *y, *dx;
-            int acc;
-        } mods[] = {{"q", &Wqkv, q, o, dq, 0},   {"k", &Wqkv, q, o, dq, 1}, {"v", &Wqkv, q, o, dq, 1},
-                    {"o", &Wqkv, q, o, dk, 0},   {"gate", &Wup, q, y, dv, 0}, {"up", &Wup, q, y, dv, 1},
-                    {"down", &Wdown, x, o, dx, 0}};
-        const int nm = (int)(sizeof mods / sizeof *mods);
-        double tot[3] = {0, 0, 0};
-        int fused0 = cuda_lora_fused();
-        printf("\n| linear fwd+bwd (7B layer, T=%d) | frozen us | + LoRA r16 dropout 0.05, fused us | + LoRA, GEMMs us | LoRA cost fused / GEMMs us |\n|---|---|---|---|---|\n", T);
-        for (int i = 0; i < nm; i++) {
-            double us[3];
-            for (int v3 = 0; v3 < 3; v3++) {
-                const ops_lora *lp = v3 ? &Ld : NULL;
-                cuda_lora_fused_set(v3 == 1);
-                for (int w = 0; w < 2 + reps; w++) {
-                    if (w == 2) cuda_or_die(cudaEventRecord(e0, st), "record");
-                    ops->qlinear_fwd(mods[i].y, mods[i].x, mods[i].W, NULL, lp, lp ? xa : NULL, T);
-                    ops->qlinear_bwd(mods[i].dx, mods[i].y, mods[i].x, mods[i].W, lp, lp ? xa : NULL, T, mods[i].acc);
-                }
-                cuda_or_die(cudaEventRecord(e1, st), "record");
-                cuda_or_die(cudaEventSynchronize(e1), "sync");
-                us[v3] = time_ms(e0, e1) * 1e3 / reps;
-                tot[v3] += us[v3];
+    TIME_OP(ob, "nf4 dequant 11008x4096", 0, nf4_cuda_dequant_bf16(wbuf, ob->codes, ob->absmax, ob->qm, nw, 64));
+    TIME_OP(ob, "nf4 dequant 4096x4096", 0, nf4_cuda_dequant_bf16(wbuf, ob->codes, ob->absmax, ob->qm, (int64_t)C * C, 64));
+    TIME_OP(ob, "qlinear_fwd q (4096x4096, no LoRA)", 2.0 * T * C * (double)C,
+            ops->qlinear_fwd(ob->o, ob->q, &ob->Wqkv, NULL, NULL, NULL, T));
+    TIME_OP(ob, "qlinear_fwd q + LoRA", 2.0 * T * C * (double)C, ops->qlinear_fwd(ob->o, ob->q, &ob->Wqkv, NULL, &ob->L, ob->xa, T));
+    TIME_OP(ob, "qlinear_fwd q + LoRA dropout", 2.0 * T * C * (double)C,
+            ops->qlinear_fwd(ob->o, ob->q, &ob->Wqkv, NULL, &ob->Ld, ob->xa, T));
+    TIME_OP(ob, "qlinear_bwd q + LoRA", 2.0 * T * C * (double)C,
+            ops->qlinear_bwd(ob->dq, ob->o, ob->q, &ob->Wqkv, &ob->L, ob->xa, T, 0));
+    TIME_OP(ob, "qlinear_bwd q + LoRA dropout", 2.0 * T * C * (double)C,
+            ops->qlinear_bwd(ob->dq, ob->o, ob->q, &ob->Wqkv, &ob->Ld, ob->xa, T, 0));
+    TIME_OP(ob, "qlinear_fwd up (11008x4096)", 2.0 * T * C * (double)I,
+            ops->qlinear_fwd(ob->y, ob->q, &ob->Wup, NULL, NULL, NULL, T));
+    TIME_OP(ob, "qlinear_bwd down (4096x11008)", 2.0 * T * C * (double)I,
+            ops->qlinear_bwd(ob->dx, ob->o, ob->x, &ob->Wdown, NULL, NULL, T, 0));
+    ops->free(wbuf);
+}
+
+/* the all-linear LoRA path of one layer (issue 21): each linear's forward and backward as the
+ * model runs them (dx accumulated over q, k, v and over gate, up), frozen only, then with LoRA
+ * r 16 + dropout 0.05 through the fused kernels (kernels/cuda/lora.cu) and through the GEMMs
+ * (QLORA_CUDA_LORA=gemm); the LoRA columns less the frozen one are the branch's cost */
+static void ops_time_lora_layer(ops_bench *ob) {
+    const ops_table *ops = ob->ops;
+    const int T = ob->T;
+    struct {
+        const char *name;
+        const ops_nf4 *W;
+        void *x, *y, *dx;
+        int acc;
+    } mods[] = {{"q", &ob->Wqkv, ob->q, ob->o, ob->dq, 0},   {"k", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},
+                {"v", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},   {"o", &ob->Wqkv, ob->q, ob->o, ob->dk, 0},
+                {"gate", &ob->Wup, ob->q, ob->y, ob->dv, 0}, {"up", &ob->Wup, ob->q, ob->y, ob->dv, 1},
+                {"down", &ob->Wdown, ob->x, ob->o, ob->dx, 0}};
+    const int nm = (int)(sizeof mods / sizeof *mods);
+    double tot[3] = {0, 0, 0};
+    int fused0 = cuda_lora_fused();
+    printf("\n| linear fwd+bwd (7B layer, T=%d) | frozen us | + LoRA r16 dropout 0.05, fused us | + LoRA, GEMMs us | LoRA cost fused / GEMMs us |\n|---|---|---|---|---|\n", T);
+    for (int i = 0; i < nm; i++) {
+        double us[3];
+        for (int v3 = 0; v3 < 3; v3++) {
+            const ops_lora *lp = v3 ? &ob->Ld : NULL;
+            cuda_lora_fused_set(v3 == 1);
+            for (int w = 0; w < 2 + OB_REPS; w++) {
+                if (w == 2) cuda_or_die(cudaEventRecord(ob->e0, ob->st), "record");
+                ops->qlinear_fwd(mods[i].y, mods[i].x, mods[i].W, NULL, lp, lp ? ob->xa : NULL, T);
+                ops->qlinear_bwd(mods[i].dx, mods[i].y, mods[i].x, mods[i].W, lp, lp ? ob->xa : NULL, T, mods[i].acc);
             }
-            printf("| %s (%lld x %lld) | %.1f | %.1f | %.1f | %.1f / %.1f |\n", mods[i].name, (long long)mods[i].W->rows,
-                   (long long)mods[i].W->cols, us[0], us[1], us[2], us[1] - us[0], us[2] - us[0]);
+            cuda_or_die(cudaEventRecord(ob->e1, ob->st), "record");
+            cuda_or_die(cudaEventSynchronize(ob->e1), "sync");
+            us[v3] = time_ms(ob->e0, ob->e1) * 1e3 / OB_REPS;
+            tot[v3] += us[v3];
         }
-        printf("| layer, all seven | %.1f | %.1f | %.1f | %.1f / %.1f |\n\n", tot[0], tot[1], tot[2], tot[1] - tot[0],
-               tot[2] - tot[0]);
-        cuda_lora_fused_set(fused0);
+        printf("| %s (%lld x %lld) | %.1f | %.1f | %.1f | %.1f / %.1f |\n", mods[i].name, (long long)mods[i].W->rows,
+               (long long)mods[i].W->cols, us[0], us[1], us[2], us[1] - us[0], us[2] - us[0]);
     }
-    /* a packed row: four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN) */
+    printf("| layer, all seven | %.1f | %.1f | %.1f | %.1f / %.1f |\n\n", tot[0], tot[1], tot[2], tot[1] - tot[0],
+           tot[2] - tot[0]);
+    cuda_lora_fused_set(fused0);
+}
+
+/* attention forward and backward on every kernel: one sequence, grouped-query 32/8 and a packed
+ * row of four sequences of 35, 25, 30 and 10% of T (a ragged batch for cuDNN); then the
+ * deterministic mode's backward (ordered dq hand-off; GQA: per-share dK/dV slices) */
+static void ops_time_attention(ops_bench *ob) {
+    const ops_table *ops = ob->ops;
+    const int T = ob->T, nh = OB_NH, hd = OB_HD;
+    double attn_f = 4.0 * T * (double)T * hd * nh / 2.0; /* causal */
     int32_t *pk = malloc((size_t)T * 4), *pkd = ops->alloc((size_t)T * 4);
     int cut[5] = {0, T * 35 / 100, T * 60 / 100, T * 90 / 100, T};
     double pk_f = 0;
@@ -779,49 +925,76 @@ static int bench_ops(int argc, char **argv) {
         pk_f += 4.0 * (double)(cut[i + 1] - cut[i]) * (cut[i + 1] - cut[i]) * hd * nh / 2.0;
     }
     ops->upload(pkd, pk, (size_t)T * 4);
+    uint16_t *o = ob->o, *q = ob->q, *k = ob->k, *v = ob->v, *dq = ob->dq, *dk = ob->dk, *dv = ob->dv;
+    float *lse = ob->lse;
     for (int kern = 2; kern >= 0; kern--) {
-        cuda_attention_layout(ssd, ss, T); /* the backend knows the layout of the seq_start told last */
+        cuda_attention_layout(ob->ssd, ob->ss, T); /* the backend knows the layout of the seq_start told last */
+        const char *kn = cuda_attention_name(kern);
         char name[160];
         cuda_attention_select(kern);
-        snprintf(name, sizeof name, "attention_fwd %s", cuda_attention_name(kern));
-        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, nh, hd));
-        snprintf(name, sizeof name, "attention_bwd %s", cuda_attention_name(kern));
-        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
-        snprintf(name, sizeof name, "attention_fwd %s, GQA 32/8", cuda_attention_name(kern));
-        TIME_OP(name, attn_f, ops->attention_fwd(o, lse, q, k, v, ssd, T, nh, 8, hd));
-        snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", cuda_attention_name(kern));
-        TIME_OP(name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+        snprintf(name, sizeof name, "attention_fwd %s", kn);
+        TIME_OP(ob, name, attn_f, ops->attention_fwd(o, lse, q, k, v, ob->ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s", kn);
+        TIME_OP(ob, name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ob->ssd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_fwd %s, GQA 32/8", kn);
+        TIME_OP(ob, name, attn_f, ops->attention_fwd(o, lse, q, k, v, ob->ssd, T, nh, 8, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, GQA 32/8", kn);
+        TIME_OP(ob, name, 2.5 * attn_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ob->ssd, T, nh, 8, hd));
         cuda_attention_layout(pkd, pk, T);
-        snprintf(name, sizeof name, "attention_fwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
-        TIME_OP(name, pk_f, ops->attention_fwd(o, lse, q, k, v, pkd, T, nh, nh, hd));
-        snprintf(name, sizeof name, "attention_bwd %s, packed 35/25/30/10%%", cuda_attention_name(kern));
-        TIME_OP(name, 2.5 * pk_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, pkd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_fwd %s, packed 35/25/30/10%%", kn);
+        TIME_OP(ob, name, pk_f, ops->attention_fwd(o, lse, q, k, v, pkd, T, nh, nh, hd));
+        snprintf(name, sizeof name, "attention_bwd %s, packed 35/25/30/10%%", kn);
+        TIME_OP(ob, name, 2.5 * pk_f, ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, pkd, T, nh, nh, hd));
     }
-    /* the deterministic mode's backward (ordered dq hand-off; GQA: per-share dK/dV slices) */
     cuda_deterministic_set(1, NULL, 0);
-    TIME_OP("attention_bwd mma, deterministic", 2.5 * attn_f,
-            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, nh, hd));
-    TIME_OP("attention_bwd mma, GQA 32/8, deterministic", 2.5 * attn_f,
-            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ssd, T, nh, 8, hd));
+    TIME_OP(ob, "attention_bwd mma, deterministic", 2.5 * attn_f,
+            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ob->ssd, T, nh, nh, hd));
+    TIME_OP(ob, "attention_bwd mma, GQA 32/8, deterministic", 2.5 * attn_f,
+            ops->attention_bwd(dq, dk, dv, o, o, lse, q, k, v, ob->ssd, T, nh, 8, hd));
     cuda_deterministic_set(0, NULL, 0);
-    TIME_OP("rmsnorm_fwd", 0, ops->rmsnorm_fwd(o, rstd, q, E, T, C, 1e-5f));
-    TIME_OP("rmsnorm_bwd", 0, ops->rmsnorm_bwd(dq, o, q, E, rstd, T, C));
-    TIME_OP("swiglu_fwd", 0, ops->swiglu_fwd(dx, x, y, (int64_t)T * I));
-    TIME_OP("swiglu_bwd", 0, ops->swiglu_bwd(dx, dq, x, y, x, (int64_t)T * C));
-    float *inv = ops->alloc((size_t)hd / 2 * 4), invh[64];
+    free(pk);
+}
+
+/* the norms, SwiGLU, RoPE and the cross-entropy */
+static void ops_time_pointwise(ops_bench *ob) {
+    const ops_table *ops = ob->ops;
+    const int T = ob->T, C = OB_C, I = OB_I, nh = OB_NH, hd = OB_HD, V = OB_V;
+    TIME_OP(ob, "rmsnorm_fwd", 0, ops->rmsnorm_fwd(ob->o, ob->rstd, ob->q, ob->E, T, C, 1e-5f));
+    TIME_OP(ob, "rmsnorm_bwd", 0, ops->rmsnorm_bwd(ob->dq, ob->o, ob->q, ob->E, ob->rstd, T, C));
+    TIME_OP(ob, "swiglu_fwd", 0, ops->swiglu_fwd(ob->dx, ob->x, ob->y, (int64_t)T * I));
+    TIME_OP(ob, "swiglu_bwd", 0, ops->swiglu_bwd(ob->dx, ob->dq, ob->x, ob->y, ob->x, (int64_t)T * C));
+    float *inv = ops->alloc((size_t)hd / 2 * 4), invh[OB_HD / 2];
     for (int i = 0; i < hd / 2; i++) invh[i] = (float)(1.0 / pow(10000.0, 2.0 * i / hd));
     ops->upload(inv, invh, sizeof(float) * (size_t)hd / 2);
-    TIME_OP("rope q", 0, ops->rope(q, ssd, inv, T, nh, hd, 0));
-    TIME_OP("xent_fwd_bwd (V=32000)", 6.0 * T * C * (double)V, ops->xent_fwd_bwd(losses, dq, o, E, tgtd, T, C, V, 1e-3f, 0.0f));
-#undef TIME_OP
+    TIME_OP(ob, "rope q", 0, ops->rope(ob->q, ob->ssd, inv, T, nh, hd, 0));
+    TIME_OP(ob, "xent_fwd_bwd (V=32000)", 6.0 * T * C * (double)V,
+            ops->xent_fwd_bwd(ob->losses, ob->dq, ob->o, ob->E, ob->tgtd, T, C, V, 1e-3f, 0.0f));
+    ops->free(inv);
+}
+
+static int bench_ops(int argc, char **argv) {
+    int T = 2048;
+    for (int i = 2; i + 1 < argc; i += 2)
+        if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    ops_bench ob;
+    ops_bench_setup(&ob, ops, T);
+    printf("| op (7B layer shape, T=%d) | us | TFLOP/s |\n|---|---|---|\n", T);
+    ops_time_linears(&ob);
+    ops_time_lora_layer(&ob);
+    ops_time_attention(&ob);
+    ops_time_pointwise(&ob);
     return 0;
 }
+#undef TIME_OP
 
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
                "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
+               "                       [--act-offload auto|on|off] [--dense off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");
