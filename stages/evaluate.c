@@ -877,111 +877,141 @@ static int lua_record(void *ud, const json_t *record, const char *what, json_t *
     return hooks_task(lt->h, record, lt->ctx, what, out);
 }
 
+/* the scorer's buffers for the plan's rows and max_T cache positions */
+static int task_scorer_init(task_scorer *sc, llama_model *m, int max_T, int batch) {
+    *sc = (task_scorer){.m = m, .max_T = max_T, .batch = batch, .batch_rows = m->plan_T};
+    sc->bids = malloc(sizeof(int32_t) * (size_t)m->plan_T);
+    sc->btargets = malloc(sizeof(int32_t) * (size_t)m->plan_T);
+    sc->blosses = malloc(sizeof(float) * (size_t)m->plan_T);
+    sc->blogits = malloc(sizeof(float) * (size_t)sc->batch * (size_t)m->V);
+    sc->cache = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc->targets = malloc(sizeof(int32_t) * (size_t)max_T);
+    sc->losses = malloc(sizeof(float) * (size_t)max_T);
+    sc->logits = malloc(sizeof(float) * (size_t)m->V);
+    sc->lp = malloc(sizeof(double) * (size_t)m->V);
+    return sc->cache && sc->targets && sc->losses && sc->logits && sc->lp && sc->bids && sc->btargets && sc->blosses &&
+                   sc->blogits
+               ? 0
+               : err_set(ERR_STAGE, "out of memory");
+}
+
+static void task_scorer_free(task_scorer *sc) {
+    void *bufs[] = {sc->cache, sc->targets, sc->losses, sc->logits, sc->lp, sc->bids, sc->btargets, sc->blosses, sc->blogits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+}
+
+/* format lua: the task's own hook, else the recipe's hooks.task; the recipe's sandbox settings */
+static int task_hook_open(stage_ctx *ctx, const json_t *t, hooks **th) {
+    const char *hk = json_string_value(json_object_get(t, "hook"));
+    char *hpath = hk ? stage_recipe_path(ctx, hk) : NULL;
+    int rc = hooks_open(th, ctx->hooks);
+    if (!rc && hpath) rc = hooks_bind(*th, "task", hpath);
+    if (!rc && !hooks_has(*th, "task"))
+        rc = err_set(ERR_RECIPE, "format lua needs a hook: the task's 'hook' (a Lua file defining task(record, ctx)) "
+                                 "or the recipe's hooks: {task: FILE}");
+    free(hpath);
+    return rc;
+}
+
+/* what one task's scoring cost: tokens in the requests, tokens computed, passes, seconds */
+typedef struct task_cost {
+    int64_t total, fed, forwards;
+    double secs;
+} task_cost;
+
+/* a task's result into results[name][base|tuned], the stage's metrics and the log */
+static void task_record(stage_ctx *ctx, const char *name, bool tuned, const mc_result *r, const task_cost *c,
+                        int max_T, json_t *results) {
+    const char *which = tuned ? "tuned" : "base";
+    json_t *tr = json_object_get(results, name);
+    if (!tr) json_object_set_new(results, name, tr = json_object());
+    json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:I, s:f}", "acc", r->acc,
+                                            "acc_norm", r->acc_norm, "n", (json_int_t)r->n, "truncated",
+                                            (json_int_t)r->truncated, "subjects", r->subjects, "docs", r->per_doc,
+                                            "tokens", (json_int_t)c->total, "tokens_computed", (json_int_t)c->fed,
+                                            "forwards", (json_int_t)c->forwards, "seconds", c->secs));
+    char metric[300];
+    snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
+    stage_metric(ctx, metric, r->acc);
+    snprintf(metric, sizeof metric, "%s.acc_norm%s", name, tuned ? "" : "_base");
+    stage_metric(ctx, metric, r->acc_norm);
+    stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r->acc, r->acc_norm,
+               r->n, r->truncated ? " (some contexts cut from the left)" : "");
+    stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed "
+               "in %lld passes, the rest shared with a context already in the cache", name, which,
+               (long long)c->total, c->secs, c->secs > 0 ? (double)c->total / c->secs : 0.0, (long long)c->fed,
+               (long long)c->forwards);
+    if (r->truncated)
+        stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name, r->truncated,
+                   max_T);
+}
+
+/* the questions of task t (and its few-shot examples) scored from an empty cache, timed */
+static int task_score(stage_ctx *ctx, task_scorer *sc, tokenizer *tok, const json_t *t, mc_format f, mc_doc *docs,
+                      size_t n, mc_doc *shots, size_t ns, bool tuned, json_t *results) {
+    const char *name = json_string_value(json_object_get(t, "name"));
+    mc_task task = {.name = name, .format = f, .docs = docs, .n_docs = n, .shots = shots, .n_shots = ns,
+                    .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
+                    .max_len = (size_t)sc->max_T, .bos = -1};
+    mc_result r;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    task_cost c = {.total = sc->total, .fed = sc->fed, .forwards = sc->forwards};
+    sc->cache_len = 0, sc->lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
+    /* the requests handed over at a time: enough for task_batch questions of four answers */
+    int rc = mc_run(&task, enc_tok, tok, score_seqs, sc, sc->batch > 16 ? 4 * (size_t)sc->batch : 64, task_progress, ctx, &r);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    stage_progress_done(ctx);
+    if (rc) return rc;
+    c.secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    c.total = sc->total - c.total, c.fed = sc->fed - c.fed, c.forwards = sc->forwards - c.forwards;
+    task_record(ctx, name, tuned, &r, &c, sc->max_T, results);
+    mc_result_free(&r);
+    return 0;
+}
+
+/* one entry of tasks: its records and few-shot examples loaded (through its Lua hook for format
+ * lua), scored, and recorded */
+static int run_task(stage_ctx *ctx, task_scorer *sc, tokenizer *tok, const json_t *t, bool tuned, json_t *results) {
+    const char *name = json_string_value(json_object_get(t, "name"));
+    mc_format f;
+    mc_format_parse(json_string_value(json_object_get(t, "format")), &f);
+    task_files recs = {0}, fs = {0};
+    hooks *th = NULL;
+    lua_task lt = {.ctx = json_pack("{s:s, s:s}", "task", name, "purpose", "evaluate")};
+    mc_doc *docs = NULL, *shots = NULL;
+    size_t n = 0, ns = 0;
+    int rc = f == MC_LUA ? task_hook_open(ctx, t, &th) : 0;
+    lt.h = th;
+    if (!rc) rc = task_source(ctx, t, false, &recs);
+    if (!rc) rc = mc_load_docs(f, recs.paths, recs.n, th ? lua_record : NULL, &lt,
+                               json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);
+    if (!rc) rc = task_source(ctx, t, true, &fs);
+    if (!rc && fs.n) rc = mc_load_docs(f, fs.paths, fs.n, th ? lua_record : NULL, &lt, 0, 0, &shots, &ns);
+    if (!rc) rc = task_score(ctx, sc, tok, t, f, docs, n, shots, ns, tuned, results);
+    if (rc) err_wrap("task '%s'", name);
+    mc_docs_free(&docs, n);
+    mc_docs_free(&shots, ns);
+    task_files_free(&recs);
+    task_files_free(&fs);
+    if (th && !rc) stage_note_hook_files(ctx, th, "task");
+    hooks_free(&th);
+    json_decref(lt.ctx);
+    return rc;
+}
+
 /* every task on the model as it is now; results under results[name][side], metrics NAME.acc... */
 static int run_tasks(stage_ctx *ctx, llama_model *m, tokenizer *tok, int max_T, bool tuned, json_t *results) {
-    json_t *tasks = stage_json(ctx, "tasks");
+    task_scorer sc;
+    int rc = task_scorer_init(&sc, m, max_T, (int)stage_int(ctx, "task_batch"));
+    if (!rc) rc = llama_generate_begin(m, max_T); /* the KV cache the requests share */
     size_t i;
     json_t *t;
-    task_scorer sc = {.m = m, .max_T = max_T, .batch = (int)stage_int(ctx, "task_batch"), .batch_rows = m->plan_T};
-    sc.bids = malloc(sizeof(int32_t) * (size_t)m->plan_T);
-    sc.btargets = malloc(sizeof(int32_t) * (size_t)m->plan_T);
-    sc.blosses = malloc(sizeof(float) * (size_t)m->plan_T);
-    sc.blogits = malloc(sizeof(float) * (size_t)sc.batch * (size_t)m->V);
-    sc.cache = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.targets = malloc(sizeof(int32_t) * (size_t)max_T);
-    sc.losses = malloc(sizeof(float) * (size_t)max_T);
-    sc.logits = malloc(sizeof(float) * (size_t)m->V);
-    sc.lp = malloc(sizeof(double) * (size_t)m->V);
-    int rc = sc.cache && sc.targets && sc.losses && sc.logits && sc.lp && sc.bids && sc.btargets && sc.blosses && sc.blogits
-                 ? 0
-                 : err_set(ERR_STAGE, "out of memory");
-    if (!rc) rc = llama_generate_begin(m, max_T); /* the KV cache the requests share */
-    json_array_foreach(tasks, i, t) {
+    json_array_foreach(stage_json(ctx, "tasks"), i, t) {
         if (rc) break;
-        const char *name = json_string_value(json_object_get(t, "name"));
-        mc_format f;
-        mc_format_parse(json_string_value(json_object_get(t, "format")), &f);
-        task_files recs = {0}, fs = {0};
-        hooks *th = NULL;
-        lua_task lt = {.ctx = json_pack("{s:s, s:s}", "task", name, "purpose", "evaluate")};
-        mc_doc *docs = NULL, *shots = NULL;
-        size_t n = 0, ns = 0;
-        if (f == MC_LUA) {
-            /* the task's own hook, else the recipe's hooks.task; the recipe's sandbox settings */
-            const char *hk = json_string_value(json_object_get(t, "hook"));
-            char *hpath = hk ? stage_recipe_path(ctx, hk) : NULL;
-            rc = hooks_open(&th, ctx->hooks);
-            if (!rc && hpath) rc = hooks_bind(th, "task", hpath);
-            if (!rc && !hooks_has(th, "task"))
-                rc = err_set(ERR_RECIPE, "format lua needs a hook: the task's 'hook' (a Lua file defining task(record, ctx)) "
-                                         "or the recipe's hooks: {task: FILE}");
-            free(hpath);
-            lt.h = th;
-        }
-        if (!rc) rc = task_source(ctx, t, false, &recs);
-        if (!rc) rc = mc_load_docs(f, recs.paths, recs.n, th ? lua_record : NULL, &lt,
-                                   json_integer_value(json_object_get(t, "limit")), ctx->seed, &docs, &n);
-        if (!rc) rc = task_source(ctx, t, true, &fs);
-        if (!rc && fs.n) rc = mc_load_docs(f, fs.paths, fs.n, th ? lua_record : NULL, &lt, 0, 0, &shots, &ns);
-        if (!rc) {
-            mc_task task = {.name = name, .format = f, .docs = docs, .n_docs = n, .shots = shots, .n_shots = ns,
-                            .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
-                            .max_len = (size_t)max_T, .bos = -1};
-            mc_result r;
-            struct timespec t0, t1;
-            clock_gettime(CLOCK_MONOTONIC, &t0);
-            int64_t fed0 = sc.fed, total0 = sc.total;
-            sc.cache_len = 0, sc.lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
-            int64_t fw0 = sc.forwards;
-            /* the requests handed over at a time: enough for task_batch questions of four answers */
-            rc = mc_run(&task, enc_tok, tok, score_seqs, &sc, sc.batch > 16 ? 4 * (size_t)sc.batch : 64, task_progress, ctx, &r);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            stage_progress_done(ctx);
-            double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-            int64_t fed = sc.fed - fed0, total = sc.total - total0, forwards = sc.forwards - fw0;
-            if (!rc) {
-                const char *which = tuned ? "tuned" : "base";
-                json_t *tr = json_object_get(results, name);
-                if (!tr) json_object_set_new(results, name, tr = json_object());
-                json_object_set_new(tr, which, json_pack("{s:f, s:f, s:I, s:I, s:O, s:O, s:I, s:I, s:I, s:f}", "acc", r.acc,
-                                                        "acc_norm", r.acc_norm, "n", (json_int_t)r.n, "truncated",
-                                                        (json_int_t)r.truncated, "subjects", r.subjects, "docs", r.per_doc,
-                                                        "tokens", (json_int_t)total, "tokens_computed", (json_int_t)fed,
-                                                        "forwards", (json_int_t)forwards, "seconds", secs));
-                char metric[300];
-                snprintf(metric, sizeof metric, "%s.acc%s", name, tuned ? "" : "_base");
-                stage_metric(ctx, metric, r.acc);
-                snprintf(metric, sizeof metric, "%s.acc_norm%s", name, tuned ? "" : "_base");
-                stage_metric(ctx, metric, r.acc_norm);
-                stage_logf(ctx, "task %s (%s): acc %.4f, acc_norm %.4f over %zu questions%s", name, which, r.acc, r.acc_norm,
-                           r.n, r.truncated ? " (some contexts cut from the left)" : "");
-                stage_logf(ctx, "task %s (%s): %lld request tokens in %.1f s (%.0f tokens/s), %lld of them computed "
-                           "in %lld passes, the rest shared with a context already in the cache", name, which,
-                           (long long)total, secs, secs > 0 ? (double)total / secs : 0.0, (long long)fed, (long long)forwards);
-                if (r.truncated)
-                    stage_logf(ctx, "note: task %s: %zu sequences longer than %d tokens were cut from the left", name,
-                               r.truncated, max_T);
-                mc_result_free(&r);
-            }
-        }
-        if (rc) err_wrap("task '%s'", name);
-        mc_docs_free(&docs, n);
-        mc_docs_free(&shots, ns);
-        task_files_free(&recs);
-        task_files_free(&fs);
-        if (th && !rc) stage_note_hook_files(ctx, th, "task");
-        hooks_free(&th);
-        json_decref(lt.ctx);
+        rc = run_task(ctx, &sc, tok, t, tuned, results);
     }
-    free(sc.cache);
-    free(sc.targets);
-    free(sc.losses);
-    free(sc.logits);
-    free(sc.lp);
-    free(sc.bids);
-    free(sc.btargets);
-    free(sc.blosses);
-    free(sc.blogits);
+    task_scorer_free(&sc);
     return rc;
 }
 
