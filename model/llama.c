@@ -642,22 +642,43 @@ int64_t llama_dense_bytes(const llama_model *m) {
     return n;
 }
 
-int llama_dense_weights(llama_model *m, bool on) {
-    if (!on || m->dense_mem) {
-        if (!on && m->dense_mem) {
-            for (int l = 0; l < m->L; l++)
-                for (int t = 0; t < LLAMA_NTARGETS; t++)
-                    if (dense_is_ours(m, m->layers[l].lin[t].w.dense)) m->layers[l].lin[t].w.dense = NULL;
-            m->ops->sync(); /* no forward in flight reads it */
-            m->ops->free(m->dense_mem);
-            m->dense_mem = NULL;
-            m->dense_bytes = 0;
+/* frees the copy dense_mem holds (linears loaded dense stay as they are) */
+static void dense_drop(llama_model *m) {
+    if (!m->dense_mem) return;
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            if (dense_is_ours(m, m->layers[l].lin[t].w.dense)) m->layers[l].lin[t].w.dense = NULL;
+    m->ops->sync(); /* no pass in flight reads it */
+    m->ops->free(m->dense_mem);
+    m->dense_mem = NULL;
+    m->dense_bytes = 0;
+}
+
+/* The quantized linears, layer by layer, while their slots fit max_bytes: the bytes they take
+ * (*n_out: how many). */
+static int64_t dense_prefix(const llama_model *m, int64_t max_bytes, int *n_out) {
+    int64_t bytes = 0;
+    int n = 0;
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            const ops_nf4 *w = &m->layers[l].lin[t].w;
+            if (w->dense && !dense_is_ours(m, w->dense)) continue; /* loaded as it is */
+            if (bytes + dense_slot(m, w) > max_bytes) goto done;
+            bytes += dense_slot(m, w);
+            n++;
         }
-        return 0;
-    }
+done:
+    *n_out = n;
+    return bytes;
+}
+
+int llama_dense_weights_within(llama_model *m, int64_t max_bytes) {
+    dense_drop(m); /* a copy kept by an earlier call goes first: the new one may be larger */
+    if (max_bytes <= 0) return 0;
     if (!m->ops->nf4_dequant)
         return err_set(ERR_STAGE, "the %s backend cannot keep the weights dequantized (no nf4_dequant op)", m->ops->name);
-    int64_t bytes = llama_dense_bytes(m);
+    int n;
+    int64_t bytes = dense_prefix(m, max_bytes, &n);
     if (bytes == 0) return 0;
     char *mem = m->ops->alloc((size_t)bytes);
     if (!mem)
@@ -667,14 +688,20 @@ int llama_dense_weights(llama_model *m, bool on) {
     m->dense_bytes = bytes;
     size_t off = 0;
     for (int l = 0; l < m->L; l++)
-        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+        for (int t = 0; t < LLAMA_NTARGETS && n > 0; t++) {
             ops_nf4 *w = &m->layers[l].lin[t].w;
             if (w->dense) continue; /* loaded as it is */
             m->ops->nf4_dequant(mem + off, w);
             w->dense = mem + off;
             off += (size_t)dense_slot(m, w);
+            n--;
         }
     return 0;
+}
+
+int llama_dense_weights(llama_model *m, bool on) {
+    if (on && m->dense_mem && m->dense_bytes == llama_dense_bytes(m)) return 0; /* kept whole already */
+    return llama_dense_weights_within(m, on ? INT64_MAX : 0);
 }
 
 /* ---- LoRA ---- */

@@ -281,20 +281,24 @@ int llama_forward_logits(llama_model *m, const llama_batch *b, float *logits);
  * short (nothing is kept then). */
 int64_t llama_dense_bytes(const llama_model *m);
 int llama_dense_weights(llama_model *m, bool on);
+/* The same for the linears, layer by layer, that fit max_bytes (0: none; a copy kept before is
+ * freed first): each one kept skips its dequantization, the others are dequantized as before. */
+int llama_dense_weights_within(llama_model *m, int64_t max_bytes);
 
-/* The choice of llama_dense_auto (llama_plan.c): ON keeps them (an error when they do not fit), OFF
- * never, AUTO when they fit on a device: within budget_bytes less what the process uses already
- * (budget > 0), else the device's free memory, less the ops' margin and, after a plan, the
- * scratch the first pass over its tokens allocates (with, in deterministic mode, attention
- * backward's workspace); never on a backend without its
- * own memory (a CPU's dequantized tiles cost little beside its multiply-adds, and 8 bytes a
- * parameter instead of half of one). Call it after the plan and the KV cache are allocated, so
- * they count; a copy an earlier call kept is freed when this one says no. What was decided is in
- * *out (may be NULL). */
+/* The choice of llama_dense_auto (llama_plan.c): ON keeps them all (an error when they do not
+ * fit), OFF none, AUTO on a device as many as fit, layer by layer (all of them when they all do):
+ * within budget_bytes less what the process uses already (budget > 0), else the device's free
+ * memory, less the ops' margin and, after a plan, the scratch the first pass over its tokens
+ * allocates (with, in deterministic mode, attention backward's workspace); never on a backend
+ * without its own memory (a CPU's dequantized tiles cost little beside its multiply-adds, and 8
+ * bytes a parameter instead of half of one). Call it after the plan and the KV cache are
+ * allocated, so they count; a copy an earlier call kept is given back first. What was decided is
+ * in *out (may be NULL). */
 typedef enum llama_dense_mode { LLAMA_DENSE_AUTO, LLAMA_DENSE_ON, LLAMA_DENSE_OFF } llama_dense_mode;
 typedef struct llama_dense_choice {
-    bool kept;
+    bool kept;                     /* some or all of them */
     double need_bytes, room_bytes; /* room: 0 when not asked (ON, OFF, no device) */
+    double kept_bytes;             /* need_bytes when all of them; less when only those that fit */
 } llama_dense_choice;
 int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget_bytes, llama_dense_choice *out);
 

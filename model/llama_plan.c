@@ -115,22 +115,25 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
 
 int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama_dense_choice *out) {
     llama_dense_choice ch = {.need_bytes = (double)llama_dense_bytes(m)};
-    bool keep = mode == LLAMA_DENSE_ON;
+    int64_t limit = mode == LLAMA_DENSE_ON ? INT64_MAX : 0;
     if (mode == LLAMA_DENSE_AUTO && m->ops->own_memory && m->ops->nf4_dequant) {
         device_info di;
         device_info_get(m->ops, &di);
         /* the weights, the plan and the KV cache are allocated already: what is in use counts
          * against the budget; the ops' scratch keeps its margin either way */
-        double room = di.free_bytes;
-        if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes));
+        double room = di.free_bytes + (double)m->dense_bytes; /* a copy kept before is given back first */
+        if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes) + (double)m->dense_bytes);
         /* the first pass over the plan's tokens allocates the ops' scratch (and, in deterministic
          * mode, attention backward's workspace): kept free */
         if (m->plan_T > 0) room -= token_scratch(m, m->plan_T) + det_attn_workspace(m, m->plan_T);
         ch.room_bytes = room - GPU_SCRATCH_MARGIN;
-        keep = ch.need_bytes > 0 && ch.need_bytes <= ch.room_bytes;
+        /* what does not fit whole is kept in part: as many linears as fit, layer by layer (each
+         * saves its share of the dequantization) */
+        limit = (int64_t)fmax(0, fmin(ch.room_bytes, ch.need_bytes));
     }
-    int rc = llama_dense_weights(m, keep); /* a copy kept by an earlier choice goes when this one says no */
-    ch.kept = keep && !rc && m->dense_mem;
+    int rc = mode == LLAMA_DENSE_ON ? llama_dense_weights(m, true) : llama_dense_weights_within(m, limit);
+    ch.kept_bytes = rc ? 0 : (double)m->dense_bytes;
+    ch.kept = ch.kept_bytes > 0;
     if (out) *out = ch;
     return rc;
 }

@@ -76,7 +76,7 @@ static const param_spec eval_params[] = {
      "context and itself only (1: one at a time; on a GPU the sums may differ in their last bits)", 0},
     {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
      "keep the base's linear weights dequantized (bf16 on a GPU) for the whole stage instead of dequantizing "
-     "them in every forward: the same numbers, bit for bit, in less time (auto: on a GPU, when they fit "
+     "them in every forward: the same numbers, bit for bit, in less time (auto: on a GPU, as many layers' as fit "
      "memory_budget, or the device's free memory, beside the weights, activations and KV cache)", PARAM_NOKEY},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
      "memory the stage may use, e.g. 24GB: on a GPU all of the process's device memory, which decides "

@@ -194,7 +194,11 @@ int stage_dense_weights(stage_ctx *c, llama_model *m, bool *kept) {
                           budget, &ch);
     if (rc) return err_wrap("dense_weights: %s (auto keeps them only when they fit; off never does)", mode);
     const double gib = 1073741824.0;
-    if (ch.kept)
+    if (ch.kept && ch.kept_bytes < ch.need_bytes)
+        stage_logf(c, "base weights kept dequantized on %s in part: %.1f of %.1f MiB, the first layers' linears "
+                      "(dense_weights: %s; what is left after the plan); the rest dequantized in each pass",
+                   m->ops->name, ch.kept_bytes / 1048576.0, ch.need_bytes / 1048576.0, mode);
+    else if (ch.kept)
         stage_logf(c, "base weights kept dequantized on %s: %.1f MiB (dense_weights: %s)", m->ops->name,
                    ch.need_bytes / 1048576.0, mode);
     else if (!strcmp(mode, "auto") && ch.room_bytes != 0)

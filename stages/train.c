@@ -60,9 +60,9 @@ static const param_spec train_params[] = {
      "(default: what the device has free; half of RAM on the CPU)", PARAM_NOKEY},
     {"dense_weights", PARAM_ENUM, "off", 0, -1, "auto|on|off",
      "keep the base's linear weights dequantized (bf16 on a GPU) for the whole run instead of dequantizing them "
-     "in every forward and backward: the same numbers, bit for bit, in less time (auto: on a GPU, when they fit "
-     "memory_budget, or the device's free memory, beside the weights, LoRA state and the activations' plan, "
-     "which comes first)", PARAM_NOKEY},
+     "in every forward and backward: the same numbers, bit for bit, in less time (auto: on a GPU, as many "
+     "layers' as fit memory_budget, or the device's free memory, beside the weights, LoRA state and the "
+     "activations' plan, which comes first)", PARAM_NOKEY},
     {"optimizer_offload", PARAM_BOOL, "false", 0, -1, NULL,
      "AdamW's m and v in pinned host memory; the device reads them over PCIe in the optimizer step "
      "(no effect on cpu)", PARAM_NOKEY},

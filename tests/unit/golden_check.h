@@ -347,10 +347,11 @@ out:
     st_close(&gold);
 }
 
-/* llama_dense_weights changes no bit (the evaluate stage's dense_weights): g's checkpoint quantized
- * at load (double quant), LoRA B made non-zero; the logits of a forward, the loss and LoRA gradients
- * of a backward, and a KV-cache decode's losses and last logits, with the linears kept dequantized,
- * equal the NF4 path's bit for bit, and again after they are dropped. */
+/* llama_dense_weights changes no bit (the evaluate and train stages' dense_weights): g's checkpoint
+ * quantized at load (double quant), LoRA B made non-zero; the logits of a forward, the loss and LoRA
+ * gradients of a backward, and a KV-cache decode's losses and last logits, with the linears kept
+ * dequantized (all of them, then the first half), equal the NF4 path's bit for bit, and again after
+ * they are dropped. */
 static void check_dense_bits(const gmodel *g, const ops_table *ops) {
     model_config c;
     llama_model *m = golden_model(g, &c, NULL, ops);
@@ -373,15 +374,20 @@ static void check_dense_bits(const gmodel *g, const ops_table *ops) {
     enum { NDEC = 9 };
     /* per pass: logits, loss, gradients, the decode's losses and last logits */
     size_t per = nlog + 1 + np + NDEC + (size_t)m->V;
-    float *out[3];
-    for (int pass = 0; pass < 3; pass++) {
+    enum { PASSES = 4 };
+    float *out[PASSES];
+    for (int pass = 0; pass < PASSES; pass++) {
         float *o = out[pass] = calloc(per, sizeof(float));
         if (pass == 1) {
             CHECK(llama_dense_weights(m, true) == 0);
             CHECK(m->dense_mem != NULL && m->dense_bytes == llama_dense_bytes(m) && m->dense_bytes > 0);
             for (int l = 0; l < m->L; l++)
                 for (int t = 0; t < LLAMA_NTARGETS; t++) CHECK(m->layers[l].lin[t].w.dense != NULL);
-        } else if (pass == 2) {
+        } else if (pass == 2) { /* about half of them: the first layers' kept, the others dequantized */
+            CHECK(llama_dense_weights_within(m, llama_dense_bytes(m) / 2) == 0);
+            CHECK(m->dense_mem != NULL && m->dense_bytes > 0 && m->dense_bytes <= llama_dense_bytes(m) / 2);
+            CHECK(m->layers[0].lin[0].w.dense != NULL && m->layers[m->L - 1].lin[LLAMA_NTARGETS - 1].w.dense == NULL);
+        } else if (pass == 3) {
             CHECK(llama_dense_weights(m, false) == 0);
             CHECK(m->dense_mem == NULL && m->layers[0].lin[0].w.dense == NULL);
         }
@@ -398,7 +404,7 @@ static void check_dense_bits(const gmodel *g, const ops_table *ops) {
         CHECK(llama_decode_losses(m, ids, 3, tg, o + nlog + 1 + np, NULL) == 0); /* a context, then the rest on the cache */
         CHECK(llama_decode_losses(m, ids + 3, NDEC - 3, tg + 3, o + nlog + 1 + np + 3, o + nlog + 1 + np + NDEC) == 0);
     }
-    for (int pass = 1; pass < 3; pass++) {
+    for (int pass = 1; pass < PASSES; pass++) {
         size_t first = per;
         for (size_t i = 0; i < per && first == per; i++)
             if (memcmp(&out[0][i], &out[pass][i], sizeof(float))) first = i;
@@ -407,8 +413,9 @@ static void check_dense_bits(const gmodel *g, const ops_table *ops) {
                     pass, first, per, out[0][first], out[pass][first]);
         CHECK(first == per);
     }
-    fprintf(stderr, "  %s on %s: %zu values equal bit for bit with the linears kept dequantized\n", g->name, ops->name, per);
-    for (int pass = 0; pass < 3; pass++) free(out[pass]);
+    fprintf(stderr, "  %s on %s: %zu values equal bit for bit with the linears kept dequantized, all or half\n", g->name,
+            ops->name, per);
+    for (int pass = 0; pass < PASSES; pass++) free(out[pass]);
     free(lp);
     config_free(&c);
     llama_free(&m);

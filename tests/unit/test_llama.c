@@ -550,8 +550,9 @@ TEST(plan_budget_on_a_device) {
 
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
  * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
- * after a plan, the scratch its first pass takes and deterministic attention's workspace), and not
- * when they do not (freeing a copy kept before); on a backend without its own memory only on */
+ * after a plan, the scratch its first pass takes and deterministic attention's workspace), those of
+ * the first layers that fit when not all do, none when not one does; on a backend without its own
+ * memory only on */
 TEST(dense_auto_choice) {
     char dir[] = "/tmp/test_llama_dense_XXXXXX";
     deep_model(dir);
@@ -568,20 +569,40 @@ TEST(dense_auto_choice) {
         CHECK(need >= 4.0 * (double)m->L * (double)m->C * (double)m->C); /* fp32 on this table, q and o at least */
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0); /* 6 GiB free, less the margin */
         CHECK(ch.kept && m->dense_mem && ch.need_bytes == need && ch.room_bytes == 5.0 * GiB);
+        /* (this fake's free memory does not shrink when a copy is kept: each call below starts
+         * from none, as a real device's free memory would count a kept copy back) */
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
+        CHECK(!ch.kept && !m->dense_mem && !m->layers[0].lin[0].w.dense);
+        /* room for half: the first layers' linears, as many as fit, the rest left quantized */
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 3.0 * GiB + 0.5 * need, &ch), 0);
-        CHECK(!ch.kept && !m->dense_mem && !m->layers[0].lin[0].w.dense && ch.room_bytes == 0.5 * need);
+        CHECK(ch.kept && ch.room_bytes == 0.5 * need && ch.kept_bytes > 0 && ch.kept_bytes <= 0.5 * need);
+        CHECK(m->dense_bytes == (int64_t)ch.kept_bytes && m->layers[0].lin[0].w.dense != NULL);
+        CHECK(m->layers[m->L - 1].lin[LLAMA_NTARGETS - 1].w.dense == NULL);
+        int kept_n = 0;
+        for (int l = 0; l < m->L; l++)
+            for (int t = 0; t < LLAMA_NTARGETS; t++) {
+                bool d = m->layers[l].lin[t].w.dense != NULL;
+                CHECK(!d || kept_n == l * LLAMA_NTARGETS + t); /* a prefix, in layer order */
+                kept_n += d;
+            }
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 3.0 * GiB + need, &ch), 0);
-        CHECK(ch.kept && m->dense_mem);
+        CHECK(ch.kept && m->dense_mem && ch.kept_bytes == need);
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
         CHECK(!ch.kept && !m->dense_mem);
+        /* room for no linear at all: none kept */
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 3.0 * GiB + 16, &ch), 0);
+        CHECK(!ch.kept && !m->dense_mem && ch.kept_bytes == 0);
         /* after a plan, the scratch its first pass allocates stays free (attention's fp32 dq at
          * least), and in deterministic mode attention backward's workspace as well */
         CHECK_EQ_INT(llama_plan(m, 64, LLAMA_CKPT_NONE), 0);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0);
         double planned = ch.room_bytes;
         CHECK(ch.kept && planned <= 5.0 * GiB - 64.0 * 4 * m->nh * m->hd && planned > 4.0 * GiB);
         dev.info = fake_det_device_info;
         g_fake_det_cap = 1000;
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &ch), 0);
         CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &ch), 0);
         CHECK(ch.kept && ch.room_bytes == planned - 1000);
         dev.info = fake_device_info;
