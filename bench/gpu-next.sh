@@ -4,7 +4,9 @@
 #   A  test_ops_gpu (every op, the new ones included: rope_ex, soft-capped cross-entropy, fused
 #      LoRA, nf4_dequant, cuDNN's deterministic backward), gemma2's golden dumps made with torch +
 #      transformers + peft (then commit tests/golden/gemma2*_golden.safetensors), test_golden_gpu,
-#      bench/gpu-determinism.sh                                                        ~300 s
+#      bench/gpu-determinism.sh, transformers' multiple-choice log-likelihoods for every family
+#      (tests/golden/make_mc_golden_families.sh part two, on .device/mcfam; then commit
+#      $OUT/A/mc/FAMILY.json as tests/golden/mc/, which test_eval_tasks.sh then compares)   ~330 s
 #   B  bench/gpu-lora.sh (the fused LoRA kernels against the GEMM path: ops, rows) and
 #      bench/gpu-phi3.sh (phi3 on CUDA; cuDNN for windows and head dim 256)          ~350 s
 #   C  bench/evaltasks/run.sh (dense_weights + task_batch on 14,042 MMLU-shaped questions beside
@@ -22,7 +24,10 @@
 #   strip .device/next/b/bin/* && tar -C .device/next -cJf .device/next/b.tar.xz b && rm -rf .device/next/b
 # and, for part C's peer, bitsandbytes built for sm_90 from its source for the sitting (never
 # committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
-# Then: run `bash bench/gpu-next.sh A` with carry [".device/next"] (C: [".device/next", ".device/peer"]).
+# and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
+#   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
+# Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D:
+# [".device/next"]; C: [".device/next", ".device/peer"]).
 set -u
 PART=${1:?usage: gpu-next.sh A|B|C|D}
 R=$(pwd)
@@ -52,6 +57,20 @@ A)
     tail -3 "$O/make_golden_gemma2.log" "$O/check_merged_gemma2.log"
     (cd tests && timeout 150 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
     grep -E "^(ok|FAIL|SKIP)|worst|passed" "$O/test_golden_gpu.log" | head -40
+    stamp "multiple-choice log-likelihoods by transformers, every family"
+    mkdir -p "$O/mc"
+    timeout 120 bash tests/golden/make_mc_golden_families.sh --score "$R/.device/mcfam/out" "$O/mc" > "$O/mc.log" 2>&1
+    echo "make_mc_golden_families --score rc=$?"; ls "$O/mc"
+    python3 - "$O/mc" "$R/.device/mcfam/out" <<'PY' 2>&1 | tail -9
+import json, os, sys
+d, ours = sys.argv[1], sys.argv[2]
+for f in sorted(os.listdir(d)):
+    fam = f[:-5]; g = json.load(open(os.path.join(d, f))); r = json.load(open(f"{ours}/ours-{fam}.json"))
+    worst = max(abs(v - r["tasks"][t]["base"]["docs"][i]["loglik"][k])
+                for t in g for i, row in enumerate(g[t]["loglik"]) for k, v in enumerate(row))
+    same = all(g[t]["acc"] == r["tasks"][t]["base"]["acc"] for t in g)
+    print(f"{fam}: worst |loglik difference| {worst:.2e}, accuracies equal: {same}")
+PY
     stamp determinism
     OUT=$O DET_RUNS=2 BUNDLE=$B timeout 330 bash bench/gpu-determinism.sh > "$O/determinism.txt" 2>&1
     grep -E "^== (PASS|FAIL)|tok/s|spread|final loss" "$O/determinism.txt" | head -30
