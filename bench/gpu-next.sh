@@ -1,6 +1,8 @@
 #!/bin/bash
-# gpu-next.sh PART: the GPU sittings the session of 2026-12-04 21:24-00:24 UTC prepared but could
-# not run (the device was withdrawn at 21:44). Each PART fits one `run` call (at most 600 s):
+# gpu-next.sh PART: the GPU sittings the sessions of 2026-12-04 21:24 and 2026-12-05 00:26 UTC
+# prepared but could not run (no device was lent). Each PART fits one `run` call (at most 600 s);
+# all five take about 1,760 s, more than one session's 1,800 with the machine's start, so when the
+# budget is short the order is A, D, C with E, then B:
 #   A  test_ops_gpu (every op, the new ones included: rope_ex, soft-capped cross-entropy, fused
 #      LoRA, nf4_dequant, cuDNN's deterministic backward), gemma2's golden dumps made with torch +
 #      transformers + peft (then commit tests/golden/gemma2*_golden.safetensors), test_golden_gpu,
@@ -10,7 +12,8 @@
 #   B  bench/gpu-lora.sh (the fused LoRA kernels against the GEMM path: ops, rows) and
 #      bench/gpu-phi3.sh (phi3 on CUDA; cuDNN for windows and head dim 256)          ~350 s
 #   C  bench/evaltasks/run.sh (dense_weights + task_batch on 14,042 MMLU-shaped questions beside
-#      transformers) and the family rows beside transformers + peft + bitsandbytes     ~500 s
+#      transformers) and the family rows (Llama-3-8B, Qwen3-8B, Gemma-3-12B; q,v, all-linear) ~450 s
+#   E  the same family rows by transformers + peft + bitsandbytes (the peer), right after C  ~300 s
 #   D  dense weights in training (the train stage's dense_weights, train_gpu --dense): the rows with
 #      the linears kept dequantized against dequantized in each pass, the same checksum in
 #      deterministic mode either way, and the 1b bench recipe with dense_weights auto and off ~330 s
@@ -22,14 +25,14 @@
 #   ../shared/tools/device-bundle .device/next/b build-cuda/qlora-run build-cuda/bench/train_gpu \
 #       build-cuda/tests/test_ops_gpu build-cuda/tests/test_golden_gpu
 #   strip .device/next/b/bin/* && tar -C .device/next -cJf .device/next/b.tar.xz b && rm -rf .device/next/b
-# and, for part C's peer, bitsandbytes built for sm_90 from its source for the sitting (never
+# and, for part E's peer, bitsandbytes built for sm_90 from its source for the sitting (never
 # committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D:
-# [".device/next"]; C: [".device/next", ".device/peer"]).
+# [".device/next"]; E: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -92,6 +95,9 @@ C)
                 --warmup 2 2>&1 | grep -E "^\||error"
         done
     done | tee "$O/rows.log"
+    ;;
+E)
+    stamp "the peer for part C's family rows: transformers + peft + bitsandbytes, 2048 x 1, no recompute"
     export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH}
     for s in llama3-8b qwen3-8b gemma3-12b; do
         timeout 150 python3 bench/hf_qlora_bench.py --shape $s --model-dir /tmp/hf-$s --qlora 2048x1:qv,2048x1:all \
@@ -129,6 +135,6 @@ D)
         grep -E "kept dequantized|dequantized in each pass|kernels:|step (6|12)/" "$O/recipe-$d.log" | tail -5
     done
     ;;
-*) echo "PART must be A, B, C or D"; exit 2 ;;
+*) echo "PART must be A, B, C, D or E"; exit 2 ;;
 esac
 stamp "end of part $PART"
