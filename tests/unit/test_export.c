@@ -245,30 +245,17 @@ TEST(test_gguf_writer_layout) {
     CHECK(w == NULL);
 }
 
-TEST(test_export_all) {
-    char *base = P("base"), *ad = P("adapter"), *out = P("out");
-    make_model(base, "llama");
-    make_adapter(ad, 64, 32, 96);
-    fs_mkdir_p(out);
-    export_opts o = {.base = base, .adapter = ad, .formats = EXPORT_PEFT | EXPORT_MERGED | EXPORT_GGUF, .gguf_type = GGML_TYPE_F16, .threads = 2};
-    CHECK_EQ_INT(export_run(&o, out), 0);
-    /* peft re-saved */
-    char *pa = fs_join(out, "adapter");
-    peft_adapter a;
-    CHECK_EQ_INT(peft_adapter_load(&a, pa), 0);
-    CHECK_EQ_INT(a.n_lora, 6);
-    free(pa);
-    /* merged: W + 2 * B @ A, rounded to bf16 once */
-    char *pm = fs_join(out, "model");
-    st_model *mb, *mm;
-    CHECK_EQ_INT(st_open(&mb, base), 0);
-    CHECK_EQ_INT(st_open(&mm, pm), 0);
+/* ---- test_export_all's steps: one export (peft, merged, f16 GGUF), then a q8_0 GGUF of it ---- */
+
+/* merged k_proj of layer 1 is W + 2 * B @ A, rounded to bf16 once (wm gets it, (32, 64)); an
+ * untargeted tensor keeps the base's bytes */
+static void export_check_merged(st_model *mb, st_model *mm, const peft_adapter *a, float *wm) {
     CHECK_EQ_INT(st_count(mb), st_count(mm));
     const char *qn = "model.layers.1.self_attn.k_proj.weight";
     const st_tensor *tb = st_find(mb, qn), *tm = st_find(mm, qn);
-    const peft_lora *l = peft_adapter_find(&a, "model.layers.1.self_attn.k_proj");
+    const peft_lora *l = peft_adapter_find(a, "model.layers.1.self_attn.k_proj");
     CHECK(tb && tm && l && tm->dtype == ST_BF16);
-    float *wb = malloc(32 * 64 * 4), *wm = malloc(32 * 64 * 4);
+    float *wb = malloc(32 * 64 * 4);
     st_read_f32(tb, 0, 32 * 64, wb);
     st_read_f32(tm, 0, 32 * 64, wm);
     int bad = 0;
@@ -280,16 +267,25 @@ TEST(test_export_all) {
             if (fabsf(want - wm[o2 * 64 + i]) > 1e-6f * (1 + fabsf(want)) && fabsf(want - wm[o2 * 64 + i]) > fabsf(want) * 0.0079f) bad++;
         }
     CHECK_EQ_INT(bad, 0);
-    /* untargeted tensors are the base's bytes */
     const st_tensor *vb = st_find(mb, "model.layers.0.self_attn.v_proj.weight"), *vm = st_find(mm, "model.layers.0.self_attn.v_proj.weight");
     CHECK(vb && vm && vb->nbytes == vm->nbytes && !memcmp(vb->data, vm->data, vb->nbytes));
+    free(wb);
+}
+
+/* the merged directory is a plain (unquantized) model with a tokenizer.json beside it */
+static void export_check_merged_config(const char *pm) {
     model_config mc;
     CHECK_EQ_INT(config_load(&mc, pm), 0);
     CHECK(!mc.quantized);
     char *tok = fs_join(pm, "tokenizer.json");
     CHECK(fs_exists(tok));
     free(tok);
-    /* gguf: metadata, names, shapes, permuted q/k */
+    config_free(&mc);
+}
+
+/* the f16 GGUF: metadata, tensor names and shapes, 32-byte alignment, q/k rows permuted from the
+ * merged weights wm (layer 1's k_proj) */
+static void export_check_gguf_f16(const char *out, const float *wm) {
     char gname[64];
     export_gguf_name(GGML_TYPE_F16, gname, sizeof gname);
     char *pg = fs_join(out, gname);
@@ -329,12 +325,15 @@ TEST(test_export_all) {
     }
     gguf_done(&g);
     free(pg);
-    /* q8_0: every matrix quantized, values close to the merged weights */
-    o.formats = EXPORT_GGUF;
-    o.gguf_type = GGML_TYPE_Q8_0;
-    CHECK_EQ_INT(export_run(&o, out), 0);
+}
+
+/* the q8_0 GGUF: its quantization keys, and v_proj (vm, the merged model's) bit for bit by the
+ * reference q8_0 rule */
+static void export_check_gguf_q8_0(const char *out, const st_tensor *vm) {
+    char gname[64];
     export_gguf_name(GGML_TYPE_Q8_0, gname, sizeof gname);
-    pg = fs_join(out, gname);
+    char *pg = fs_join(out, gname);
+    gfile g;
     CHECK_EQ_INT(gguf_parse(&g, pg), 0);
     CHECK_EQ_INT(kv_u32(&g, "general.quantization_version"), 2);
     CHECK_EQ_INT(kv_u32(&g, "general.file_type"), 7);
@@ -364,9 +363,35 @@ TEST(test_export_all) {
     }
     gguf_done(&g);
     free(pg);
-    free(wb);
+}
+
+TEST(test_export_all) {
+    char *base = P("base"), *ad = P("adapter"), *out = P("out");
+    make_model(base, "llama");
+    make_adapter(ad, 64, 32, 96);
+    fs_mkdir_p(out);
+    export_opts o = {.base = base, .adapter = ad, .formats = EXPORT_PEFT | EXPORT_MERGED | EXPORT_GGUF, .gguf_type = GGML_TYPE_F16, .threads = 2};
+    CHECK_EQ_INT(export_run(&o, out), 0);
+    /* the adapter re-saved with all six LoRA pairs; it stays loaded for the merged step */
+    char *pa = fs_join(out, "adapter");
+    peft_adapter a;
+    CHECK_EQ_INT(peft_adapter_load(&a, pa), 0);
+    CHECK_EQ_INT(a.n_lora, 6);
+    free(pa);
+    char *pm = fs_join(out, "model");
+    st_model *mb, *mm;
+    CHECK_EQ_INT(st_open(&mb, base), 0);
+    CHECK_EQ_INT(st_open(&mm, pm), 0);
+    float *wm = malloc(32 * 64 * 4);
+    export_check_merged(mb, mm, &a, wm);
+    export_check_merged_config(pm);
+    export_check_gguf_f16(out, wm);
+    /* the same export again, GGUF alone, as q8_0 */
+    o.formats = EXPORT_GGUF;
+    o.gguf_type = GGML_TYPE_Q8_0;
+    CHECK_EQ_INT(export_run(&o, out), 0);
+    export_check_gguf_q8_0(out, st_find(mm, "model.layers.0.self_attn.v_proj.weight"));
     free(wm);
-    config_free(&mc);
     st_close(&mb);
     st_close(&mm);
     peft_adapter_free(&a);
