@@ -55,6 +55,124 @@ static void with_offset(const char *json, size_t len, const char *offset, char *
     snprintf(out, n, "%.*s%s}", (int)(k - json + 17), json, offset);
 }
 
+/* ---- reproduces_transformers_checkpoint's steps, one fixture tensor or Linear at a time ---- */
+
+/* ours (t) has the fixture tensor r's dtype and shape, and its bytes unless r is a Linear's absmax
+ * or quant_state; true when r is a quant_state, whose Linear the next steps recompute */
+static bool bnb_check_tensor(const st_tensor *r, const st_tensor *t) {
+    CHECK(t != NULL);
+    if (!t) {
+        fprintf(stderr, "  missing %s\n", r->name);
+        return false;
+    }
+    CHECK_EQ_INT(t->dtype, r->dtype);
+    CHECK_EQ_INT(t->ndim, r->ndim);
+    for (int d = 0; d < r->ndim; d++) CHECK_EQ_INT(t->shape[d], r->shape[d]);
+    const char *qs = strstr(r->name, ".weight.quant_state.");
+    bool nested_piece = strstr(r->name, ".weight.absmax") || strstr(r->name, ".weight.nested_absmax");
+    if (!qs && !nested_piece) { /* codes, maps and kept tensors: the same bytes */
+        if (t->nbytes != r->nbytes || memcmp(t->data, r->data, r->nbytes)) {
+            fprintf(stderr, "  %s differs\n", r->name);
+            CHECK(0);
+        }
+        return false;
+    }
+    return qs != NULL;
+}
+
+/* the quant_state JSON of ours (t) equals the fixture's (r) once both carry the fixture's offset,
+ * written as Python writes it, and our offset is within 1e-6 relative; returns the fixture's */
+static float bnb_check_quant_state(const st_tensor *r, const st_tensor *t) {
+    json_t *js = json_loadb((const char *)r->data, r->nbytes, 0, NULL), *jo = json_loadb((const char *)t->data, t->nbytes, 0, NULL);
+    float their = (float)json_real_value(json_object_get(js, "nested_offset"));
+    float mine = (float)json_real_value(json_object_get(jo, "nested_offset"));
+    CHECK_NEAR(mine, their, fabs(their) * 1e-6);
+    json_decref(js);
+    json_decref(jo);
+    char a[512], b[512], rep_off[64];
+    const char *k = strstr((const char *)r->data, "\"nested_offset\": ");
+    snprintf(rep_off, sizeof rep_off, "%.*s", (int)((const char *)r->data + r->nbytes - k - 18), k + 17);
+    char repr[40]; /* our repr of their offset is Python's */
+    pyjson_float_repr((double)their, repr, sizeof repr);
+    CHECK_EQ_STR(repr, rep_off);
+    with_offset((const char *)t->data, t->nbytes, rep_off, a, sizeof a);
+    with_offset((const char *)r->data, r->nbytes, rep_off, b, sizeof b);
+    CHECK_EQ_STR(a, b);
+    return their;
+}
+
+/* the Linear's nested pieces recomputed from the bf16 source with the fixture's offset (their):
+ * nested_absmax byte-equal, nested codes at most one map entry from the fixture's (counted into
+ * nested_diff of nested_total); returns its number of blocks, or -1 when its weight is missing */
+static int64_t bnb_check_nested(st_model *src, st_model *ref, const char *prefix, float their, const float *map,
+                                int *nested_diff, int *nested_total) {
+    char name[300];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const st_tensor *w = st_find(src, name);
+    CHECK(w != NULL);
+    if (!w) return -1;
+    int64_t n = st_numel(w), nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, 256);
+    float *am = malloc((size_t)nb * 4), *nabs = malloc((size_t)nn * 4);
+    uint8_t *q = malloc((size_t)nb);
+    CHECK_EQ_INT(nf4_absmax(am, w->data, NF4_SRC_BF16, n, 64, 1), -1);
+    nf4_double_quant(q, nabs, am, nb, their, map);
+    snprintf(name, sizeof name, "%s.weight.absmax", prefix);
+    const st_tensor *ra = st_find(ref, name);
+    snprintf(name, sizeof name, "%s.weight.nested_absmax", prefix);
+    const st_tensor *rn = st_find(ref, name);
+    CHECK(ra && rn && rn->nbytes == (uint64_t)nn * 4 && !memcmp(rn->data, nabs, (size_t)nn * 4));
+    for (int64_t bi = 0; ra && bi < nb; bi++) {
+        int d = (int)q[bi] - (int)ra->data[bi];
+        (*nested_total)++;
+        if (d) (*nested_diff)++;
+        CHECK(d >= -1 && d <= 1);
+    }
+    free(am);
+    free(nabs);
+    free(q);
+    return nb;
+}
+
+/* the Linear loads from both files; the largest relative difference of the de-nested absmax over
+ * its nb blocks (ours with its own offset against the fixture's) raises *worst_absmax */
+static void bnb_check_denested(st_model *ours, st_model *ref, const char *prefix, int64_t nb, double *worst_absmax) {
+    bnb_linear lo, lr;
+    CHECK_EQ_INT(bnb_linear_load(ours, prefix, &lo), 0);
+    CHECK_EQ_INT(bnb_linear_load(ref, prefix, &lr), 0);
+    for (int64_t bi = 0; bi < nb; bi++) {
+        double rel = fabs(lo.absmax[bi] - lr.absmax[bi]) / lr.absmax[bi];
+        if (rel > *worst_absmax) *worst_absmax = rel;
+    }
+    bnb_linear_free(&lo);
+    bnb_linear_free(&lr);
+}
+
+/* every fixture tensor against ours, every Linear's nested pieces recomputed; all 14 Linears seen,
+ * at most 2% of nested codes one entry off, de-nested absmax within 1e-2 */
+static void bnb_check_tensors(st_model *ours, st_model *ref, st_model *src) {
+    float map[NF4_DYNAMIC_MAP_SIZE];
+    nf4_dynamic_map(map);
+    int linears = 0, nested_diff = 0, nested_total = 0;
+    double worst_absmax = 0;
+    for (size_t i = 0; i < st_count(ref); i++) {
+        const st_tensor *r = st_at(ref, i), *t = st_find(ours, r->name);
+        if (!bnb_check_tensor(r, t)) continue;
+        /* one Linear: recompute its nested pieces with the fixture's offset */
+        linears++;
+        char prefix[256];
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(strstr(r->name, ".weight.quant_state.") - r->name), r->name);
+        float their = bnb_check_quant_state(r, t);
+        int64_t nb = bnb_check_nested(src, ref, prefix, their, map, &nested_diff, &nested_total);
+        if (nb < 0) continue;
+        bnb_check_denested(ours, ref, prefix, nb, &worst_absmax);
+    }
+    CHECK_EQ_INT(linears, 14);
+    fprintf(stderr, "  nested codes: %d of %d differ by one entry (cuda search vs cpu table); "
+            "de-nested absmax max rel diff %.2g\n", nested_diff, nested_total, worst_absmax);
+    CHECK(nested_diff * 50 <= nested_total);
+    CHECK(worst_absmax < 1e-2); /* where a nested code differs: one step of the 8-bit map */
+}
+
 TEST(reproduces_transformers_checkpoint) {
     char *out = tmp_path("nf4");
     bnb_opts o;
@@ -80,89 +198,7 @@ TEST(reproduces_transformers_checkpoint) {
     CHECK_EQ_INT(st_open(&src, BF16_DIR), 0);
     if (!ours || !ref || !src) goto out;
     CHECK_EQ_INT(st_count(ours), st_count(ref));
-    float map[NF4_DYNAMIC_MAP_SIZE];
-    nf4_dynamic_map(map);
-    int linears = 0, nested_diff = 0, nested_total = 0;
-    double worst_absmax = 0;
-    for (size_t i = 0; i < st_count(ref); i++) {
-        const st_tensor *r = st_at(ref, i), *t = st_find(ours, r->name);
-        CHECK(t != NULL);
-        if (!t) {
-            fprintf(stderr, "  missing %s\n", r->name);
-            continue;
-        }
-        CHECK_EQ_INT(t->dtype, r->dtype);
-        CHECK_EQ_INT(t->ndim, r->ndim);
-        for (int d = 0; d < r->ndim; d++) CHECK_EQ_INT(t->shape[d], r->shape[d]);
-        const char *qs = strstr(r->name, ".weight.quant_state.");
-        bool nested_piece = strstr(r->name, ".weight.absmax") || strstr(r->name, ".weight.nested_absmax");
-        if (!qs && !nested_piece) { /* codes, maps and kept tensors: the same bytes */
-            if (t->nbytes != r->nbytes || memcmp(t->data, r->data, r->nbytes)) {
-                fprintf(stderr, "  %s differs\n", r->name);
-                CHECK(0);
-            }
-            continue;
-        }
-        if (!qs) continue;
-        /* one Linear: recompute its nested pieces with the fixture's offset */
-        linears++;
-        char prefix[256], name[300];
-        snprintf(prefix, sizeof prefix, "%.*s", (int)(qs - r->name), r->name);
-        json_t *js = json_loadb((const char *)r->data, r->nbytes, 0, NULL), *jo = json_loadb((const char *)t->data, t->nbytes, 0, NULL);
-        float their = (float)json_real_value(json_object_get(js, "nested_offset"));
-        float mine = (float)json_real_value(json_object_get(jo, "nested_offset"));
-        CHECK_NEAR(mine, their, fabs(their) * 1e-6);
-        json_decref(js);
-        json_decref(jo);
-        char a[512], b[512], rep_off[64];
-        const char *k = strstr((const char *)r->data, "\"nested_offset\": ");
-        snprintf(rep_off, sizeof rep_off, "%.*s", (int)((const char *)r->data + r->nbytes - k - 18), k + 17);
-        char repr[40]; /* our repr of their offset is Python's */
-        pyjson_float_repr((double)their, repr, sizeof repr);
-        CHECK_EQ_STR(repr, rep_off);
-        with_offset((const char *)t->data, t->nbytes, rep_off, a, sizeof a);
-        with_offset((const char *)r->data, r->nbytes, rep_off, b, sizeof b);
-        CHECK_EQ_STR(a, b);
-
-        snprintf(name, sizeof name, "%s.weight", prefix);
-        const st_tensor *w = st_find(src, name);
-        CHECK(w != NULL);
-        if (!w) continue;
-        int64_t n = st_numel(w), nb = nf4_nblocks(n, 64), nn = nf4_nblocks(nb, 256);
-        float *am = malloc((size_t)nb * 4), *nabs = malloc((size_t)nn * 4);
-        uint8_t *q = malloc((size_t)nb);
-        CHECK_EQ_INT(nf4_absmax(am, w->data, NF4_SRC_BF16, n, 64, 1), -1);
-        nf4_double_quant(q, nabs, am, nb, their, map);
-        snprintf(name, sizeof name, "%s.weight.absmax", prefix);
-        const st_tensor *ra = st_find(ref, name);
-        snprintf(name, sizeof name, "%s.weight.nested_absmax", prefix);
-        const st_tensor *rn = st_find(ref, name);
-        CHECK(ra && rn && rn->nbytes == (uint64_t)nn * 4 && !memcmp(rn->data, nabs, (size_t)nn * 4));
-        for (int64_t bi = 0; ra && bi < nb; bi++) {
-            int d = (int)q[bi] - (int)ra->data[bi];
-            nested_total++;
-            if (d) nested_diff++;
-            CHECK(d >= -1 && d <= 1);
-        }
-        /* de-nested absmax: ours (own offset) against the fixture's */
-        bnb_linear lo, lr;
-        CHECK_EQ_INT(bnb_linear_load(ours, prefix, &lo), 0);
-        CHECK_EQ_INT(bnb_linear_load(ref, prefix, &lr), 0);
-        for (int64_t bi = 0; bi < nb; bi++) {
-            double rel = fabs(lo.absmax[bi] - lr.absmax[bi]) / lr.absmax[bi];
-            if (rel > worst_absmax) worst_absmax = rel;
-        }
-        bnb_linear_free(&lo);
-        bnb_linear_free(&lr);
-        free(am);
-        free(nabs);
-        free(q);
-    }
-    CHECK_EQ_INT(linears, 14);
-    fprintf(stderr, "  nested codes: %d of %d differ by one entry (cuda search vs cpu table); "
-            "de-nested absmax max rel diff %.2g\n", nested_diff, nested_total, worst_absmax);
-    CHECK(nested_diff * 50 <= nested_total);
-    CHECK(worst_absmax < 1e-2); /* where a nested code differs: one step of the 8-bit map */
+    bnb_check_tensors(ours, ref, src);
     {
         char *c1 = fs_join(out, "config.json"), *g1 = fs_join(out, "generation_config.json");
         CHECK(files_equal(c1, NF4_DIR "/config.json"));
