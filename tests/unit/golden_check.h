@@ -225,6 +225,123 @@ static bool golden_pending(const gmodel *g, bool packed) {
     return true;
 }
 
+/* ---- check_case's steps: weights, LoRA, forward, loss, gradients, AdamW ---- */
+
+/* every weight the model holds equals, bit for bit, the one torch used (the inputs file in) */
+static void golden_check_weights(llama_model *m, model_config *c, st_model *in) {
+    config_tensor *ts;
+    size_t n;
+    config_tensors(c, &ts, &n);
+    for (size_t i = 0; i < n; i++) {
+        int64_t numel = ts[i].ndim == 2 ? ts[i].shape[0] * ts[i].shape[1] : ts[i].shape[0];
+        float *f = model_tensor_f32(m, &ts[i]);
+        const float *ref = golden_f32(in, ts[i].name, numel);
+        bool same = ref && !memcmp(f, ref, sizeof(float) * (size_t)numel);
+        if (!same) fprintf(stderr, "  %s: differs from the inputs file (rel err %.2e)\n", ts[i].name, ref ? rel_err(f, ref, numel) : 1.0);
+        CHECK(same);
+        free(f);
+    }
+    free(ts);
+}
+
+/* the inputs file holds every LoRA A/B; they are uploaded, and the host copy returned (the caller
+ * frees it) */
+static float *golden_load_lora(llama_model *m, st_model *in) {
+    float *lp = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        const float *src = golden_f32(in, t->name, t->rows * t->cols);
+        CHECK(src != NULL);
+        if (src) memcpy(lp + t->offset, src, sizeof(float) * (size_t)(t->rows * t->cols));
+    }
+    m->ops->upload(m->lora_params, lp, sizeof(float) * (size_t)m->n_lora_params);
+    return lp;
+}
+
+/* the rope frequencies and a forward's logits match torch's within tol */
+static void golden_check_forward(const gmodel *g, bool packed, llama_model *m, llama_batch b, st_model *gold,
+                                 golden_tol tol) {
+    float inv[64];
+    m->ops->download(inv, m->inv_freq, sizeof(float) * (size_t)(m->rot / 2));
+    const float *ginv = golden_f32(gold, "inv_freq", m->rot / 2);
+    CHECK(ginv && rel_err(inv, ginv, m->rot / 2) <= tol.inv_freq);
+
+    float *logits = malloc(sizeof(float) * (size_t)GT * (size_t)m->V);
+    CHECK(llama_forward_logits(m, &b, logits) == 0);
+    const float *glog = golden_f32(gold, "logits", (int64_t)GT * m->V);
+    double e = glog ? rel_err(logits, glog, (int64_t)GT * m->V) : 1;
+    fprintf(stderr, "  %s%s: logits rel err %.2e\n", g->name, packed ? " packed" : "", e);
+    CHECK(e <= tol.logits);
+    free(logits);
+}
+
+/* a forward-backward counts the batch's targets and its mean loss matches torch's within tol;
+ * returns the target count, which scales every later step */
+static int64_t golden_check_loss(const gmodel *g, bool packed, llama_model *m, llama_batch b, st_model *gold,
+                                 golden_tol tol) {
+    int64_t nt = llama_count_targets(&b), nt2;
+    double loss_sum;
+    llama_lora_zero_grads(m);
+    CHECK(llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2) == 0);
+    CHECK_EQ_INT(nt, nt2);
+    float loss = (float)(loss_sum / (double)nt);
+    const float *gloss = golden_f32(gold, "loss", 1);
+    double e = gloss ? fabs(loss - gloss[0]) / fabs(gloss[0]) : 1;
+    fprintf(stderr, "  %s%s: loss %.6f (torch %.6f) rel err %.2e\n", g->name, packed ? " packed" : "", loss,
+            gloss ? gloss[0] : 0.0f, e);
+    CHECK(e <= tol.loss);
+    return nt;
+}
+
+/* that backward's LoRA gradients, tensor by tensor, match torch's within tol */
+static void golden_check_grads(const gmodel *g, bool packed, llama_model *m, st_model *gold, golden_tol tol) {
+    float *grads = malloc(sizeof(float) * (size_t)m->n_lora_params);
+    m->ops->download(grads, m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
+    double worst = 0;
+    for (int k = 0; k < m->n_lora_tensors; k++) {
+        const llama_lora_tensor *t = &m->lora_tensors[k];
+        char name[200];
+        snprintf(name, sizeof name, "grad.%s", t->name);
+        const float *gg = golden_f32(gold, name, t->rows * t->cols);
+        double ek = gg ? rel_err(grads + t->offset, gg, t->rows * t->cols) : 1;
+        if (ek > tol.grads) fprintf(stderr, "  %s: rel err %.2e\n", name, ek);
+        worst = fmax(worst, ek);
+    }
+    fprintf(stderr, "  %s%s: worst LoRA gradient rel err %.2e over %d tensors\n", g->name, packed ? " packed" : "",
+            worst, m->n_lora_tensors);
+    CHECK(worst <= tol.grads);
+    free(grads);
+}
+
+/* 10 AdamW steps on the same batch (nt targets): the loss before each step matches torch's within
+ * tol, and the curve falls */
+static void golden_check_adam(const gmodel *g, bool packed, llama_model *m, llama_batch b, st_model *gold, int64_t nt,
+                              golden_tol tol) {
+    int64_t nt2;
+    double loss_sum;
+    const float *gcurve = golden_f32(gold, "adam_losses", ADAM_STEPS);
+    float curve[ADAM_STEPS];
+    for (int s = 0; s < ADAM_STEPS; s++) {
+        llama_lora_zero_grads(m);
+        llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2);
+        curve[s] = (float)(loss_sum / (double)nt);
+        m->ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, ADAM_LR, 0.9f, 0.999f,
+                      1e-8f, ADAM_WD, s + 1);
+    }
+    /* each step against that step's torch loss: the curve falls 10.5 -> 0.05 on qwen2, so an error
+     * measured against the first (largest) value would let the last steps be off many times over */
+    double e = gcurve ? 0 : 1;
+    for (int s = 0; gcurve && s < ADAM_STEPS; s++) e = fmax(e, fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
+    fprintf(stderr, "  %s%s: adam curve %.5f -> %.5f (torch %.5f -> %.5f) worst step rel err %.2e; per step:", g->name,
+            packed ? " packed" : "", curve[0], curve[ADAM_STEPS - 1], gcurve ? gcurve[0] : 0.0f,
+            gcurve ? gcurve[ADAM_STEPS - 1] : 0.0f, e);
+    for (int s = 0; gcurve && s < ADAM_STEPS; s++) fprintf(stderr, " %.1e", fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
+    fprintf(stderr, "\n");
+    CHECK(e <= tol.curve);
+    CHECK(curve[ADAM_STEPS - 1] < curve[0]);
+}
+
+/* one golden case: g's inputs file and (packed or not) torch's dump, compared step by step */
 static void check_case(const gmodel *g, bool packed, const ops_table *ops, golden_tol tol) {
     if (golden_pending(g, packed)) return;
     char path[128];
@@ -247,98 +364,17 @@ static void check_case(const gmodel *g, bool packed, const ops_table *ops, golde
     llama_model *m = golden_model(g, &c, path, ops);
     CHECK(m != NULL);
     if (!m) goto out;
-    /* the weights torch used, bit for bit */
-    config_tensor *ts;
-    size_t n;
-    config_tensors(&c, &ts, &n);
-    for (size_t i = 0; i < n; i++) {
-        int64_t numel = ts[i].ndim == 2 ? ts[i].shape[0] * ts[i].shape[1] : ts[i].shape[0];
-        float *f = model_tensor_f32(m, &ts[i]);
-        const float *ref = golden_f32(in, ts[i].name, numel);
-        bool same = ref && !memcmp(f, ref, sizeof(float) * (size_t)numel);
-        if (!same) fprintf(stderr, "  %s: differs from the inputs file (rel err %.2e)\n", ts[i].name, ref ? rel_err(f, ref, numel) : 1.0);
-        CHECK(same);
-        free(f);
-    }
-    free(ts);
-    /* LoRA A/B from the inputs file */
-    float *lp = malloc(sizeof(float) * (size_t)m->n_lora_params);
-    for (int k = 0; k < m->n_lora_tensors; k++) {
-        const llama_lora_tensor *t = &m->lora_tensors[k];
-        const float *src = golden_f32(in, t->name, t->rows * t->cols);
-        CHECK(src != NULL);
-        if (src) memcpy(lp + t->offset, src, sizeof(float) * (size_t)(t->rows * t->cols));
-    }
-    m->ops->upload(m->lora_params, lp, sizeof(float) * (size_t)m->n_lora_params);
+    golden_check_weights(m, &c, in);
+    float *lp = golden_load_lora(m, in);
     /* the packed case also exercises checkpointing: recomputed layers must give the same gradients */
     CHECK(llama_plan(m, GT, packed ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE) == 0);
     int32_t ids[GT], labels[GT], ss[GT];
     golden_batch(m->V, ids, labels, ss, packed);
     llama_batch b = {.ids = ids, .labels = labels, .seq_start = ss, .T = GT};
-
-    float inv[64];
-    m->ops->download(inv, m->inv_freq, sizeof(float) * (size_t)(m->rot / 2));
-    const float *ginv = golden_f32(gold, "inv_freq", m->rot / 2);
-    CHECK(ginv && rel_err(inv, ginv, m->rot / 2) <= tol.inv_freq);
-
-    float *logits = malloc(sizeof(float) * (size_t)GT * (size_t)m->V);
-    CHECK(llama_forward_logits(m, &b, logits) == 0);
-    const float *glog = golden_f32(gold, "logits", (int64_t)GT * m->V);
-    double e = glog ? rel_err(logits, glog, (int64_t)GT * m->V) : 1;
-    fprintf(stderr, "  %s%s: logits rel err %.2e\n", g->name, packed ? " packed" : "", e);
-    CHECK(e <= tol.logits);
-
-    int64_t nt = llama_count_targets(&b), nt2;
-    double loss_sum;
-    llama_lora_zero_grads(m);
-    CHECK(llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2) == 0);
-    CHECK_EQ_INT(nt, nt2);
-    float loss = (float)(loss_sum / (double)nt);
-    const float *gloss = golden_f32(gold, "loss", 1);
-    e = gloss ? fabs(loss - gloss[0]) / fabs(gloss[0]) : 1;
-    fprintf(stderr, "  %s%s: loss %.6f (torch %.6f) rel err %.2e\n", g->name, packed ? " packed" : "", loss,
-            gloss ? gloss[0] : 0.0f, e);
-    CHECK(e <= tol.loss);
-
-    float *grads = malloc(sizeof(float) * (size_t)m->n_lora_params);
-    m->ops->download(grads, m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
-    double worst = 0;
-    for (int k = 0; k < m->n_lora_tensors; k++) {
-        const llama_lora_tensor *t = &m->lora_tensors[k];
-        char name[200];
-        snprintf(name, sizeof name, "grad.%s", t->name);
-        const float *gg = golden_f32(gold, name, t->rows * t->cols);
-        double ek = gg ? rel_err(grads + t->offset, gg, t->rows * t->cols) : 1;
-        if (ek > tol.grads) fprintf(stderr, "  %s: rel err %.2e\n", name, ek);
-        worst = fmax(worst, ek);
-    }
-    fprintf(stderr, "  %s%s: worst LoRA gradient rel err %.2e over %d tensors\n", g->name, packed ? " packed" : "",
-            worst, m->n_lora_tensors);
-    CHECK(worst <= tol.grads);
-
-    /* 10 AdamW steps on the same batch; the loss before each step */
-    const float *gcurve = golden_f32(gold, "adam_losses", ADAM_STEPS);
-    float curve[ADAM_STEPS];
-    for (int s = 0; s < ADAM_STEPS; s++) {
-        llama_lora_zero_grads(m);
-        llama_forward_backward(m, &b, 1.0f / (float)nt, 0, &loss_sum, &nt2);
-        curve[s] = (float)(loss_sum / (double)nt);
-        m->ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, ADAM_LR, 0.9f, 0.999f,
-                      1e-8f, ADAM_WD, s + 1);
-    }
-    /* each step against that step's torch loss: the curve falls 10.5 -> 0.05 on qwen2, so an error
-     * measured against the first (largest) value would let the last steps be off many times over */
-    e = gcurve ? 0 : 1;
-    for (int s = 0; gcurve && s < ADAM_STEPS; s++) e = fmax(e, fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
-    fprintf(stderr, "  %s%s: adam curve %.5f -> %.5f (torch %.5f -> %.5f) worst step rel err %.2e; per step:", g->name,
-            packed ? " packed" : "", curve[0], curve[ADAM_STEPS - 1], gcurve ? gcurve[0] : 0.0f,
-            gcurve ? gcurve[ADAM_STEPS - 1] : 0.0f, e);
-    for (int s = 0; gcurve && s < ADAM_STEPS; s++) fprintf(stderr, " %.1e", fabs((double)curve[s] - gcurve[s]) / fabs((double)gcurve[s]));
-    fprintf(stderr, "\n");
-    CHECK(e <= tol.curve);
-    CHECK(curve[ADAM_STEPS - 1] < curve[0]);
-    free(grads);
-    free(logits);
+    golden_check_forward(g, packed, m, b, gold, tol);
+    int64_t nt = golden_check_loss(g, packed, m, b, gold, tol);
+    golden_check_grads(g, packed, m, gold, tol);
+    golden_check_adam(g, packed, m, b, gold, nt, tol);
     free(lp);
     config_free(&c);
     llama_free(&m);
