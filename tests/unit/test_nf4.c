@@ -91,6 +91,125 @@ static void to_dtype(void *dst, const float *x, int64_t n, st_dtype d) {
     }
 }
 
+/* ---- fixture_case's steps; each adds the differences it finds to *bad ---- */
+
+/* the fast and _ref quantizers agree on in, and the codes and quant_map equal bitsandbytes';
+ * codes and absmax get the fast quantizer's output */
+static void nf4_case_quantize(const char *key, const st_tensor *in, int bs, int quant_type, uint8_t *codes,
+                              float *absmax, long *bad) {
+    int64_t n = st_numel(in), nb = nf4_nblocks(n, bs), nbytes = nf4_packed_bytes(n);
+    int sd = src_dtype_of(in->dtype);
+    uint8_t *codes_ref = malloc((size_t)nbytes);
+    float *absmax_ref = malloc((size_t)nb * 4);
+    CHECK_EQ_INT(nf4_quantize(codes, absmax, in->data, sd, n, bs, quant_type, 2), -1);
+    CHECK_EQ_INT(nf4_quantize_ref(codes_ref, absmax_ref, in->data, sd, n, bs, quant_type), -1);
+    *bad += diff_bytes("codes (fast vs ref)", key, codes, codes_ref, (size_t)nbytes, 1);
+    *bad += diff_bytes("absmax (fast vs ref)", key, absmax, absmax_ref, (size_t)nb, 4);
+
+    const st_tensor *t = need("%s.cpu.%s", key, "codes");
+    if (t && (int64_t)t->nbytes == nbytes) *bad += diff_bytes("codes", key, codes, t->data, (size_t)nbytes, 1);
+    else (*bad)++;
+    t = need("%s.cpu.%s", key, "quant_map");
+    if (t) *bad += diff_bytes("quant_map", key, nf4_quant_map(quant_type), t->data, 16, 4);
+    free(codes_ref);
+    free(absmax_ref);
+}
+
+/* our own offset is within 1e-6 relative of bitsandbytes' (offset), and the absmax it de-nests to
+ * within 1e-6 relative of the fixture's (absmax_codes qa, nested_absmax na); returns that absmax
+ * (the caller frees it); q and nabs are scratch for nb blocks */
+static float *nf4_case_own_offset(const char *key, const float *absmax, int64_t nb, float offset, const float *map,
+                                  const st_tensor *qa, const st_tensor *na, uint8_t *q, float *nabs, long *bad) {
+    float own = nf4_absmax_mean(absmax, nb);
+    CHECK_NEAR(own, offset, fabs(offset) * 1e-6);
+    nf4_double_quant(q, nabs, absmax, nb, own, map);
+    float *own_absmax = malloc((size_t)nb * 4);
+    nf4_double_dequant(own_absmax, q, nabs, map, nb, own);
+    for (int64_t b = 0; b < nb; b++) {
+        float nab;
+        memcpy(&nab, (const uint8_t *)na->data + (b / 256) * 4, 4); /* fixture data may be unaligned */
+        float want = map[((const uint8_t *)qa->data)[b]] * nab + offset;
+        if (!(fabsf(own_absmax[b] - want) <= 1e-6f * fabsf(want) + 1e-7f)) {
+            if (!*bad) fprintf(stderr, "  %s: own-offset absmax %lld: %.9g vs %.9g\n", key, (long long)b, own_absmax[b], want);
+            (*bad)++;
+            break;
+        }
+    }
+    return own_absmax;
+}
+
+/* with double quant: the nested map, and absmax_codes and nested_absmax computed (fast == _ref)
+ * from our absmax with the fixture's own offset, equal bitsandbytes'; *deq_absmax gets the absmax
+ * they de-nest to, *own_absmax the one our own offset gives (the caller frees both); false when
+ * the fixture lacks one of the pieces */
+static bool nf4_case_nested(const char *key, const float *absmax, int64_t nb, float **deq_absmax, float **own_absmax,
+                            long *bad) {
+    const st_tensor *off = need("%s.cpu.%s", key, "offset");
+    const st_tensor *qa = need("%s.cpu.%s", key, "absmax_codes");
+    const st_tensor *na = need("%s.cpu.%s", key, "nested_absmax");
+    const st_tensor *nm = need("%s.cpu.%s", key, "nested_quant_map");
+    if (!off || !qa || !na || !nm) return false;
+    float offset;
+    memcpy(&offset, off->data, 4);
+    float map[NF4_DYNAMIC_MAP_SIZE];
+    nf4_dynamic_map(map);
+    *bad += diff_bytes("nested_quant_map", key, map, nm->data, NF4_DYNAMIC_MAP_SIZE, 4);
+    int64_t nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
+    uint8_t *q = malloc((size_t)nb), *q_ref = malloc((size_t)nb);
+    float *nabs = malloc((size_t)nn * 4), *nabs_ref = malloc((size_t)nn * 4);
+    nf4_double_quant(q, nabs, absmax, nb, offset, map);
+    nf4_double_quant_ref(q_ref, nabs_ref, absmax, nb, offset, map);
+    *bad += diff_bytes("absmax_codes (fast vs ref)", key, q, q_ref, (size_t)nb, 1);
+    *bad += diff_bytes("absmax_codes", key, q, qa->data, (size_t)nb, 1);
+    *bad += diff_bytes("nested_absmax", key, nabs, na->data, (size_t)nn, 4);
+    *deq_absmax = malloc((size_t)nb * 4);
+    nf4_double_dequant(*deq_absmax, q, nabs, map, nb, offset);
+    *own_absmax = nf4_case_own_offset(key, absmax, nb, offset, map, qa, na, q, nabs, bad);
+    free(q);
+    free(q_ref);
+    free(nabs);
+    free(nabs_ref);
+    return true;
+}
+
+/* the dequantized output (scaled by deq_absmax): fast == _ref, and cast to the input dtype like
+ * bitsandbytes does, equal to its stored output; with own_absmax (double quant with our own
+ * offset) within one unit in the last place of that dtype */
+static void nf4_case_dequant(const char *key, const st_tensor *in, const uint8_t *codes, const float *deq_absmax,
+                             const float *own_absmax, int bs, int quant_type, long *bad) {
+    int64_t n = st_numel(in);
+    size_t isz = st_dtype_size(in->dtype);
+    char dname[256];
+    snprintf(dname, sizeof dname, "%s.cpu.dequant", key);
+    const st_tensor *t = st_find(cases, dname);
+    float *deq = malloc((size_t)n * 4), *deq_ref = malloc((size_t)n * 4);
+    void *cast = malloc((size_t)n * isz);
+    nf4_dequantize(deq, codes, deq_absmax, nf4_quant_map(quant_type), bs, 0, n, 2);
+    nf4_dequantize_ref(deq_ref, codes, deq_absmax, nf4_quant_map(quant_type), bs, 0, n);
+    *bad += diff_bytes("dequant (fast vs ref)", key, deq, deq_ref, (size_t)n, 4);
+    if (t) { /* the 512x1024 case has no stored dequant */
+        to_dtype(cast, deq, n, in->dtype);
+        *bad += diff_values("dequant", key, cast, t->data, n, in->dtype);
+        if (own_absmax) { /* own offset: within one unit in the last place of the input dtype */
+            nf4_dequantize(deq, codes, own_absmax, nf4_quant_map(quant_type), bs, 0, n, 1);
+            for (int64_t i = 0; i < n; i++) {
+                float want = value_at(t->data, i, in->dtype);
+                float ulp = in->dtype == ST_F32 ? 1e-6f : in->dtype == ST_F16 ? 9.8e-4f : 7.9e-3f;
+                if (!(fabsf(deq[i] - want) <= fabsf(want) * ulp + 1e-30f)) {
+                    fprintf(stderr, "  %s: own-offset dequant %lld: %.9g vs %.9g\n", key, (long long)i, deq[i], want);
+                    (*bad)++;
+                    break;
+                }
+            }
+        }
+    }
+    free(cast);
+    free(deq);
+    free(deq_ref);
+}
+
+/* one manifest case (key names input, quant type and dq/nodq): quantize, the absmax or its double
+ * quant, dequantize; returns the number of differences from bitsandbytes' cpu path */
 static long fixture_case(const char *key, json_t *info) {
     char input[128], qt[8], dq[8];
     int bs = (int)json_integer_value(json_object_get(info, "blocksize"));
@@ -103,107 +222,25 @@ static long fixture_case(const char *key, json_t *info) {
     const st_tensor *in = need("%s%s.input", input, "");
     if (!in) return 1;
     int64_t n = st_numel(in), nb = nf4_nblocks(n, bs), nbytes = nf4_packed_bytes(n);
-    int sd = src_dtype_of(in->dtype);
-    size_t isz = st_dtype_size(in->dtype);
     long bad = 0;
 
-    uint8_t *codes = malloc((size_t)nbytes), *codes_ref = malloc((size_t)nbytes);
-    float *absmax = malloc((size_t)nb * 4), *absmax_ref = malloc((size_t)nb * 4);
-    CHECK_EQ_INT(nf4_quantize(codes, absmax, in->data, sd, n, bs, quant_type, 2), -1);
-    CHECK_EQ_INT(nf4_quantize_ref(codes_ref, absmax_ref, in->data, sd, n, bs, quant_type), -1);
-    bad += diff_bytes("codes (fast vs ref)", key, codes, codes_ref, (size_t)nbytes, 1);
-    bad += diff_bytes("absmax (fast vs ref)", key, absmax, absmax_ref, (size_t)nb, 4);
-
-    const st_tensor *t = need("%s.cpu.%s", key, "codes");
-    if (t && (int64_t)t->nbytes == nbytes) bad += diff_bytes("codes", key, codes, t->data, (size_t)nbytes, 1);
-    else bad++;
-    t = need("%s.cpu.%s", key, "quant_map");
-    if (t) bad += diff_bytes("quant_map", key, nf4_quant_map(quant_type), t->data, 16, 4);
-
+    uint8_t *codes = malloc((size_t)nbytes);
+    float *absmax = malloc((size_t)nb * 4);
+    nf4_case_quantize(key, in, bs, quant_type, codes, absmax, &bad);
     float *deq_absmax = absmax; /* what the 4-bit dequantization scales by */
     float *own_absmax = NULL;
     if (!nested) {
-        t = need("%s.cpu.%s", key, "absmax");
+        const st_tensor *t = need("%s.cpu.%s", key, "absmax");
         if (t && (int64_t)t->nbytes == nb * 4) bad += diff_bytes("absmax", key, absmax, t->data, (size_t)nb, 4);
         else bad++;
-    } else {
-        const st_tensor *off = need("%s.cpu.%s", key, "offset");
-        const st_tensor *qa = need("%s.cpu.%s", key, "absmax_codes");
-        const st_tensor *na = need("%s.cpu.%s", key, "nested_absmax");
-        const st_tensor *nm = need("%s.cpu.%s", key, "nested_quant_map");
-        if (!off || !qa || !na || !nm) return bad + 1;
-        float offset;
-        memcpy(&offset, off->data, 4);
-        float map[NF4_DYNAMIC_MAP_SIZE];
-        nf4_dynamic_map(map);
-        bad += diff_bytes("nested_quant_map", key, map, nm->data, NF4_DYNAMIC_MAP_SIZE, 4);
-        int64_t nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
-        uint8_t *q = malloc((size_t)nb), *q_ref = malloc((size_t)nb);
-        float *nabs = malloc((size_t)nn * 4), *nabs_ref = malloc((size_t)nn * 4);
-        nf4_double_quant(q, nabs, absmax, nb, offset, map);
-        nf4_double_quant_ref(q_ref, nabs_ref, absmax, nb, offset, map);
-        bad += diff_bytes("absmax_codes (fast vs ref)", key, q, q_ref, (size_t)nb, 1);
-        bad += diff_bytes("absmax_codes", key, q, qa->data, (size_t)nb, 1);
-        bad += diff_bytes("nested_absmax", key, nabs, na->data, (size_t)nn, 4);
-        deq_absmax = malloc((size_t)nb * 4);
-        nf4_double_dequant(deq_absmax, q, nabs, map, nb, offset);
-
-        /* our own offset: the de-nested absmax stays within 1e-6 relative of bitsandbytes' */
-        float own = nf4_absmax_mean(absmax, nb);
-        CHECK_NEAR(own, offset, fabs(offset) * 1e-6);
-        nf4_double_quant(q, nabs, absmax, nb, own, map);
-        own_absmax = malloc((size_t)nb * 4);
-        nf4_double_dequant(own_absmax, q, nabs, map, nb, own);
-        for (int64_t b = 0; b < nb; b++) {
-            float nab;
-            memcpy(&nab, (const uint8_t *)na->data + (b / 256) * 4, 4); /* fixture data may be unaligned */
-            float want = map[((const uint8_t *)qa->data)[b]] * nab + offset;
-            if (!(fabsf(own_absmax[b] - want) <= 1e-6f * fabsf(want) + 1e-7f)) {
-                if (!bad) fprintf(stderr, "  %s: own-offset absmax %lld: %.9g vs %.9g\n", key, (long long)b, own_absmax[b], want);
-                bad++;
-                break;
-            }
-        }
-        free(q);
-        free(q_ref);
-        free(nabs);
-        free(nabs_ref);
+    } else if (!nf4_case_nested(key, absmax, nb, &deq_absmax, &own_absmax, &bad)) {
+        return bad + 1;
     }
-
-    /* dequantized output, cast to the input dtype like bitsandbytes does */
-    char dname[256];
-    snprintf(dname, sizeof dname, "%s.cpu.dequant", key);
-    t = st_find(cases, dname);
-    float *deq = malloc((size_t)n * 4), *deq_ref = malloc((size_t)n * 4);
-    void *cast = malloc((size_t)n * isz);
-    nf4_dequantize(deq, codes, deq_absmax, nf4_quant_map(quant_type), bs, 0, n, 2);
-    nf4_dequantize_ref(deq_ref, codes, deq_absmax, nf4_quant_map(quant_type), bs, 0, n);
-    bad += diff_bytes("dequant (fast vs ref)", key, deq, deq_ref, (size_t)n, 4);
-    if (t) { /* the 512x1024 case has no stored dequant */
-        to_dtype(cast, deq, n, in->dtype);
-        bad += diff_values("dequant", key, cast, t->data, n, in->dtype);
-        if (own_absmax) { /* own offset: within one unit in the last place of the input dtype */
-            nf4_dequantize(deq, codes, own_absmax, nf4_quant_map(quant_type), bs, 0, n, 1);
-            for (int64_t i = 0; i < n; i++) {
-                float want = value_at(t->data, i, in->dtype);
-                float ulp = in->dtype == ST_F32 ? 1e-6f : in->dtype == ST_F16 ? 9.8e-4f : 7.9e-3f;
-                if (!(fabsf(deq[i] - want) <= fabsf(want) * ulp + 1e-30f)) {
-                    fprintf(stderr, "  %s: own-offset dequant %lld: %.9g vs %.9g\n", key, (long long)i, deq[i], want);
-                    bad++;
-                    break;
-                }
-            }
-        }
-    }
-    free(cast);
-    free(deq);
-    free(deq_ref);
+    nf4_case_dequant(key, in, codes, deq_absmax, own_absmax, bs, quant_type, &bad);
     if (deq_absmax != absmax) free(deq_absmax);
     free(own_absmax);
     free(codes);
-    free(codes_ref);
     free(absmax);
-    free(absmax_ref);
     return bad;
 }
 
