@@ -35,6 +35,9 @@ void lora_module_path(char *buf, size_t n, int layer, int kind);
  * list of kinds it selects (sel[k] true) in any family. Returns ERR_RECIPE naming a target that
  * matches no module of any family; lora_adapter_create checks them against the model's family. */
 int lora_targets_select(const json_t *targets, bool sel[LORA_N_KINDS]);
+/* The same, and every target a module of c's family (q_proj is none of phi3's): ERR_RECIPE naming
+ * the target and the family's modules. */
+int lora_targets_check(const json_t *targets, const model_config *c);
 
 typedef struct lora_init_opts {
     int r;

@@ -13,6 +13,7 @@
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
+#include "model/config.h"
 
 #define MAX_ERRORS 20
 #define MAX_EXTENDS 16
@@ -903,6 +904,47 @@ static int toposort(recipe *r, errs *e) {
     return rc;
 }
 
+/* ---- the models, before anything runs ---- */
+
+/* the preview of stage i's "model" input (NULL when it has none or it is not known) */
+static const stage_model_preview *model_input(const recipe *r, const stage_model_preview *pv, int i) {
+    for (int k = 0; k < r->stages[i].n_refs; k++)
+        if (!strcmp(r->stages[i].refs[k].role, "model"))
+            return pv[r->stages[i].refs[k].target].config ? &pv[r->stages[i].refs[k].target] : NULL;
+    return NULL;
+}
+
+/* What each stage's model will be, as far as that is known before anything runs (its kind's
+ * model_preview: a generated model from its params, a local folder's config.json read as the
+ * stages will read it, passed on through quantize_nf4), and each kind's check_model against its
+ * model input's: an architecture, rope type or field a local config.json has and the engine does
+ * not support, or a LoRA target the family lacks, refuses the recipe before any stage runs or
+ * writes to the cache. Stages are in topological order. */
+static void preview_models(recipe *r, errs *e) {
+    stage_model_preview *pv = calloc((size_t)(r->n_stages ? r->n_stages : 1), sizeof *pv);
+    for (int i = 0; pv && i < r->n_stages; i++) {
+        recipe_stage *rs = &r->stages[i];
+        if (!rs->params) continue;
+        const stage_model_preview *in = model_input(r, pv, i);
+        if (rs->kind->model_preview && rs->kind->model_preview(rs->params, r->dir, in, &pv[i])) {
+            errs_add(e, rs->node, "stage '%s': %s", rs->name, err_msg());
+            err_clear();
+            continue;
+        }
+        const char *key = NULL;
+        if (in && rs->kind->check_model && rs->kind->check_model(rs->params, in->config, &key)) {
+            const yt_node *at = key ? yt_map_get(rs->node, key) : NULL;
+            char model[PATH_MAX + 32] = "", dflt[128] = "";
+            if (in->from) snprintf(model, sizeof model, " (the model: %s)", in->from);
+            if (key && !at) snprintf(dflt, sizeof dflt, " (%s is not set: its default)", key);
+            errs_add(e, at ? at : rs->node, "stage '%s': %s%s%s", rs->name, err_msg(), dflt, model);
+            err_clear();
+        }
+    }
+    for (int i = 0; pv && i < r->n_stages; i++) stage_model_preview_free(&pv[i]);
+    free(pv);
+}
+
 bool recipe_stage_held(const recipe *r, int i) {
     if (r->stages[i].kind->flags & STAGE_KIND_PUBLISHES) return true;
     for (int k = 0; k < r->stages[i].n_refs; k++)
@@ -1271,6 +1313,7 @@ int recipe_load(recipe **out, const char *path, char *const *sets, int n_sets) {
         free(kinds);
     }
     if (!e.n) toposort(r, &e);
+    if (!e.n) preview_models(r, &e);
     if (!e.n) load_gates(r, yt_map_get(root, "gates"), &e);
     if (!e.n && r->n_gates) order_held_last(r);
     if (top) {

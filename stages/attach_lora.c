@@ -28,6 +28,12 @@ static int attach_check(const json_t *params) {
     return lora_targets_select(json_object_get(params, "lora_target_modules"), sel);
 }
 
+/* before anything runs: every target a module of the family the model input will hold */
+static int attach_check_model(const json_t *params, const model_config *c, const char **key) {
+    *key = "lora_target_modules";
+    return lora_targets_check(json_object_get(params, "lora_target_modules"), c);
+}
+
 /* "1,234,567" */
 static void format_thousands(char *buf, size_t n, int64_t v) {
     char raw[32];
@@ -111,5 +117,6 @@ const stage_kind stage_kind_attach_lora = {
     .params = attach_params,
     .check = attach_check,
     .run = attach_run,
+    .check_model = attach_check_model,
     .metrics = attach_metrics,
 };

@@ -18,6 +18,8 @@
 #include "core/fsutil.h"
 #include "core/log.h"
 #include "hub/hub.h"
+#include "model/config.h"
+#include "tokenizer/tokfile.h"
 #include "stages/stage.h"
 
 static const param_spec fetch_params[] = {
@@ -281,6 +283,46 @@ static void fetch_key_paths(const json_t *params, void (*add)(void *ud, const ch
     const char *path = json_string_value(json_object_get(params, "path"));
     if (source && !strcmp(source, "path") && path) add(ud, path, STAGE_KEY_DIR);
 }
+/* a local tokenizer.json whose model the engine does not implement (Unigram, WordPiece) */
+static int preview_tokenizer(const char *dir) {
+    char *tj = fs_join(dir, "tokenizer.json"), type[64];
+    int rc = fs_exists(tj) ? tokfile_model_type(tj, type, sizeof type) : 0;
+    if (!rc && fs_exists(tj) && *type && strcmp(type, "BPE"))
+        rc = err_set(ERR_DATA, "%s: model type '%s' is not supported (only BPE tokenizers)", tj, type);
+    free(tj);
+    return rc;
+}
+
+/* source: path: the folder's config.json, read as the stages after it will read it, and its
+ * tokenizer's model type (a folder without them is the run's to report); the hub and URLs are
+ * not known before the fetch */
+static int fetch_preview(const json_t *params, const char *recipe_dir, const stage_model_preview *in,
+                         stage_model_preview *out) {
+    (void)in;
+    const char *source = json_string_value(json_object_get(params, "source"));
+    const char *path = json_string_value(json_object_get(params, "path"));
+    if (!source || strcmp(source, "path") || !path) return 0;
+    char *dir = path[0] == '/' || !recipe_dir || !strcmp(recipe_dir, ".") ? strdup(path) : fs_join(recipe_dir, path);
+    char *cj = fs_join(dir, "config.json");
+    int rc = 0;
+    if (fs_exists(cj) && !fs_is_dir(cj)) {
+        out->config = calloc(1, sizeof *out->config);
+        rc = out->config ? config_load(out->config, dir) : err_set(ERR_STAGE, "out of memory");
+        if (rc) {
+            if (out->config) config_free(out->config);
+            free(out->config);
+            out->config = NULL;
+        } else {
+            out->from = cj;
+            cj = NULL;
+        }
+    }
+    if (!rc) rc = preview_tokenizer(dir);
+    free(cj);
+    free(dir);
+    return rc;
+}
+
 static const metric_spec fetch_metrics[] = {
     {"bytes_total", METRIC_NEITHER, "size of the model's files"},
     {"bytes_downloaded", METRIC_NEITHER, "bytes this run downloaded"},
@@ -295,5 +337,6 @@ const stage_kind stage_kind_fetch_model = {
     .check = fetch_check,
     .run = fetch_run,
     .key_paths = fetch_key_paths,
+    .model_preview = fetch_preview,
     .metrics = fetch_metrics,
 };

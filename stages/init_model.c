@@ -29,19 +29,36 @@ static const param_spec params[] = {
     {"max_shard_size", PARAM_STRING, "5GB", 0, -1, NULL, "safetensors shard size limit (5GB, 500MB, ...)", 0},
     {0}};
 
-static int check(const json_t *p) {
-    init_model_opts o;
-    init_model_opts_default(&o);
+/* the architecture and shape p asks for, into o->cfg */
+static int resolve_params(const json_t *p, init_model_opts *o) {
+    init_model_opts_default(o);
     init_model_shape s = {json_string_value(json_object_get(p, "arch")), json_string_value(json_object_get(p, "preset")),
                           json_integer_value(json_object_get(p, "hidden")), json_integer_value(json_object_get(p, "layers")),
                           json_integer_value(json_object_get(p, "heads")), json_integer_value(json_object_get(p, "kv_heads")),
                           json_integer_value(json_object_get(p, "intermediate")), json_integer_value(json_object_get(p, "vocab")),
                           json_integer_value(json_object_get(p, "max_position"))};
+    return init_model_resolve(o, &s);
+}
+
+static int check(const json_t *p) {
+    init_model_opts o;
     uint64_t shard;
-    int rc = init_model_resolve(&o, &s);
+    int rc = resolve_params(p, &o);
     const char *ms = json_string_value(json_object_get(p, "max_shard_size"));
     if (!rc && ms) rc = init_model_parse_size(ms, &shard);
     return rc ? stage_error_as_recipe() : 0;
+}
+
+/* the model the params describe (its vocabulary may still grow to the tokenizer's) */
+static int preview(const json_t *p, const char *recipe_dir, const stage_model_preview *in, stage_model_preview *out) {
+    (void)recipe_dir, (void)in;
+    init_model_opts o;
+    int rc = resolve_params(p, &o);
+    if (rc) return rc;
+    out->config = malloc(sizeof *out->config);
+    if (!out->config) return err_set(ERR_STAGE, "out of memory");
+    *out->config = o.cfg;
+    return 0;
 }
 
 typedef struct progress_arg {
@@ -103,5 +120,6 @@ const stage_kind stage_kind_init_model = {
     .params = params,
     .check = check,
     .run = run,
+    .model_preview = preview,
     .metrics = init_metrics,
 };

@@ -94,6 +94,12 @@ static const metric_spec quantize_metrics[] = {
     {"seconds", METRIC_LOWER, "seconds spent"},
     {0}};
 
+/* the model of its input, quantized */
+static int preview(const json_t *p, const char *recipe_dir, const stage_model_preview *in, stage_model_preview *out) {
+    (void)p, (void)recipe_dir;
+    return stage_model_preview_copy(out, in);
+}
+
 const stage_kind stage_kind_quantize_nf4 = {
     .name = "quantize_nf4",
     .version = 1,
@@ -101,5 +107,6 @@ const stage_kind stage_kind_quantize_nf4 = {
     .params = params,
     .check = check,
     .run = run,
+    .model_preview = preview,
     .metrics = quantize_metrics,
 };

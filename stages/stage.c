@@ -184,6 +184,27 @@ int stage_parse_budget(const char *s, double *bytes) {
     return 0;
 }
 
+int stage_model_preview_copy(stage_model_preview *out, const stage_model_preview *in) {
+    *out = (stage_model_preview){0};
+    if (!in || !in->config) return 0;
+    out->config = malloc(sizeof *out->config);
+    out->from = in->from ? strdup(in->from) : NULL;
+    if (!out->config || (in->from && !out->from)) {
+        stage_model_preview_free(out);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    *out->config = *in->config;
+    json_incref(out->config->skip_modules);
+    return 0;
+}
+
+void stage_model_preview_free(stage_model_preview *p) {
+    if (p->config) config_free(p->config);
+    free(p->config);
+    free(p->from);
+    *p = (stage_model_preview){0};
+}
+
 int stage_dense_weights(stage_ctx *c, llama_model *m, bool *kept) {
     const char *mode = stage_str(c, "dense_weights");
     double budget;

@@ -121,6 +121,17 @@ enum stage_kind_flags {
 
 typedef enum stage_key_path { STAGE_KEY_FILE, STAGE_KEY_DIR } stage_key_path;
 
+/* The model an artifact will hold, as far as it is known before anything runs (a kind's
+ * model_preview): its config, and the config.json it was read from. */
+struct model_config;
+typedef struct stage_model_preview {
+    struct model_config *config; /* NULL: not known before the stage runs (a hub model not fetched yet) */
+    char *from;                  /* the config.json it came from; NULL: the stage's own params */
+} stage_model_preview;
+/* out as a copy of in (nothing when in is NULL or unknown) */
+int stage_model_preview_copy(stage_model_preview *out, const stage_model_preview *in);
+void stage_model_preview_free(stage_model_preview *p);
+
 typedef struct stage_kind {
     const char *name;
     int version; /* bump when the output changes meaning: old artifacts stop matching */
@@ -149,6 +160,18 @@ typedef struct stage_kind {
      * new commit re-runs the stage and the same one does not. An error leaves the reason in
      * the key instead (the run then reports it). */
     int (*resolve)(const json_t *params, json_t **out);
+    /* optional, for a kind whose artifact holds a model: what that model will be, as far as it is
+     * known before anything runs, into *out (zeroed): built from the params (init_model), read
+     * from a local folder's config.json as a stage would read it (fetch_model; a relative path is
+     * against recipe_dir), or its model input's, in (quantize_nf4; in is NULL when not known). An
+     * error is the config's own, naming the file and the key: the recipe is refused before any
+     * stage runs or writes to the cache. */
+    int (*model_preview)(const json_t *params, const char *recipe_dir, const stage_model_preview *in,
+                         stage_model_preview *out);
+    /* optional: the params checked against the model its "model" input will hold (that input's
+     * preview), before anything runs: attach_lora's targets against the family's modules. *key:
+     * the param at fault. */
+    int (*check_model)(const json_t *params, const struct model_config *c, const char **key);
     /* Data parallel (docs/multi-gpu.md): every rank runs it together (the others run a stage
      * once, on rank 0, and read its artifact from the shared cache). ranks_in_key: its result
      * depends on the number of ranks (train's global batch grows with them), so its key holds

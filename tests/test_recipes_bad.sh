@@ -27,5 +27,10 @@ for f in *.yaml; do
     pass=$((pass+1))
   fi
 done
+# refused when loaded means nothing ran: running (not validating) a recipe whose LoRA targets are
+# not its family's writes no artifact, not even the base it would have generated first
+out=$("$BIN" lora-target-family-default.yaml 2>&1); rc=$?
+if [ $rc -eq 3 ] && [ -z "$(ls -A "$QLORA_CACHE/artifacts" 2>/dev/null)" ]; then pass=$((pass+1))
+else echo "FAIL run of lora-target-family-default: exit $rc (want 3) or artifacts written:"; ls -R "$QLORA_CACHE" | head; fail=$((fail+1)); fi
 echo "$pass passed, $fail failed"
 [ $fail -eq 0 ] && [ $pass -ge 40 ]

@@ -2,6 +2,7 @@
 #include "tokenizer/tokfile.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,6 +48,64 @@ static void scan_pre(const json_t *p, const char **regex, bool *bytelevel_regex)
     size_t i;
     json_t *e;
     json_array_foreach(seq, i, e) scan_pre(e, regex, bytelevel_regex);
+}
+
+/* the string starting at p (just after its opening quote): the position of its closing quote,
+ * escapes stepped over; end when unterminated */
+static const char *string_end(const char *p, const char *end) {
+    while (p < end && *p != '"') p += *p == '\\' ? 2 : 1;
+    return p < end ? p : end;
+}
+
+static const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    return p;
+}
+
+int tokfile_model_type(const char *path, char *out, size_t cap) {
+    char *buf = NULL;
+    size_t n = 0;
+    if (cap) *out = 0;
+    int rc = fs_read_all(path, &buf, &n);
+    if (rc) return rc;
+    const char *end = buf + n;
+    int depth = 0, model_depth = -1; /* model_depth: the depth inside "model": {...} while there */
+    bool model_next = false;         /* the value after the top-level key "model" comes next */
+    for (const char *p = buf; p < end; p++) {
+        if (*p == '"') {
+            const char *s = p + 1, *q = string_end(s, end);
+            if (q >= end) break;
+            const char *after = skip_ws(q + 1, end);
+            p = q;
+            if (after >= end || *after != ':') { /* a value */
+                model_next = false;
+                continue;
+            }
+            size_t len = (size_t)(q - s);
+            if (depth == 1 && len == 5 && !memcmp(s, "model", 5)) model_next = true;
+            else if (depth == model_depth && len == 4 && !memcmp(s, "type", 4)) {
+                const char *v = skip_ws(after + 1, end);
+                if (v < end && *v == '"') {
+                    const char *ve = string_end(v + 1, end);
+                    size_t vl = (size_t)(ve - v - 1);
+                    if (cap) snprintf(out, cap, "%.*s", (int)(vl < cap ? vl : cap - 1), v + 1);
+                }
+                break;
+            }
+            p = after; /* the ':' */
+        } else if (*p == '{' || *p == '[') {
+            depth++;
+            if (*p == '{' && model_next && depth == 2) model_depth = 2;
+            model_next = false;
+        } else if (*p == '}' || *p == ']') {
+            if (depth == model_depth) break; /* the model object ended without a type */
+            depth--;
+        } else if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t' && *p != ',') {
+            model_next = false; /* a literal value (null, a number) */
+        }
+    }
+    free(buf);
+    return 0;
 }
 
 /* "<s>" or {"content": "<s>", ...} */

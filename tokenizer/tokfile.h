@@ -33,6 +33,13 @@ int tokfile_load(tokfile *t, const char *dir);
 void tokfile_free(tokfile *t);
 int32_t tokfile_id(const tokfile *t, const char *token); /* -1 if absent (linear scan) */
 
+/* The "type" of tokenizer.json's top-level "model" object ("BPE", "Unigram", "WordPiece") into
+ * out, found by scanning the file's text (strings and nesting stepped over, nothing parsed or
+ * kept): a check before anything runs that costs one read of the file, where loading a
+ * 262k-token vocabulary takes a second or more. "" when the model object has no type (old files
+ * omit it) or is not there. the error of reading the file when it cannot be. */
+int tokfile_model_type(const char *path, char *out, size_t cap);
+
 /* the files a tokenizer directory may hold (NULL-terminated), copied along with a model */
 extern const char *const tokfile_names[];
 

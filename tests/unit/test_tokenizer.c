@@ -12,6 +12,7 @@
 #include "core/fsutil.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_impl.h"
+#include "tokenizer/tokfile.h"
 #include "test.h"
 
 static tokenizer *load(const char *dir) {
@@ -424,6 +425,46 @@ TEST(malformed_files_are_refused) {
     rmdir(dir);
 }
 
+/* tokfile_model_type: the top-level model's type by scanning, whatever comes before it (nested
+ * "model" keys, braces, quotes and escapes inside strings), and "" when there is none; the
+ * fixtures' real tokenizer.json files (tokenizer/) give what their parse gives */
+TEST(model_type_scan) {
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"model\": {\"type\": \"BPE\", \"vocab\": {}}}", "BPE"},
+        {"{\"version\":\"1.0\",\"model\":{\"type\":\"Unigram\"}}", "Unigram"},
+        {"{\"decoder\": {\"model\": {\"type\": \"WordPiece\"}}, \"model\": {\"vocab\": {\"}\": 1, \"type\": 2}, "
+         "\"type\": \"BPE\"}}", "BPE"},
+        {"{\"added_tokens\": [{\"content\": \"\\\"model\\\": {\\\"type\\\": \\\"X\\\"\"}], \"model\": {\n  \"type\" :\n "
+         "\"WordPiece\"}}", "WordPiece"},
+        {"{\"model\": {\"merges\": [], \"vocab\": {}}}", ""},
+        {"{\"model\": null, \"type\": \"BPE\"}", ""},
+        {"{\"truncation\": null}", ""},
+    };
+    char dir[] = "/tmp/qlora-tokty-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *p = fs_join(dir, "tokenizer.json"), got[32];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        CHECK_EQ_INT(fs_write_atomic(p, cases[i].json, strlen(cases[i].json)), 0);
+        CHECK_EQ_INT(tokfile_model_type(p, got, sizeof got), 0);
+        if (strcmp(got, cases[i].want)) fprintf(stderr, "case %zu: '%s', want '%s'\n", i, got, cases[i].want);
+        CHECK_EQ_STR(got, cases[i].want);
+    }
+    unlink(p);
+    free(p);
+    rmdir(dir);
+    CHECK(tokfile_model_type("/nonexistent/tokenizer.json", got, sizeof got) != 0);
+    err_clear();
+    const char *real[] = {"tokenizer/tiny-bl", "tokenizer/tiny-sp", "tokenizer/tiny-sp-meta"};
+    for (size_t i = 0; i < sizeof real / sizeof *real; i++) {
+        char *f = fs_join(real[i], "tokenizer.json");
+        CHECK_EQ_INT(tokfile_model_type(f, got, sizeof got), 0);
+        CHECK_EQ_STR(got, "BPE");
+        free(f);
+    }
+}
+
 int main(void) {
     RUN(byte_level_bpe);
     RUN(string_and_pair_merges_agree);
@@ -436,5 +477,6 @@ int main(void) {
     RUN(generated_byte_tokenizer_loads);
     RUN(missing_files);
     RUN(malformed_files_are_refused);
+    RUN(model_type_scan);
     return test_summary();
 }
