@@ -106,6 +106,42 @@ static int link_model(stage_ctx *c, const char *target) {
     return rc;
 }
 
+/* dir's tokenizer.json, when there is one, of a model the engine does not implement (Unigram, WordPiece) */
+static int preview_tokenizer(const char *dir) {
+    char *tj = fs_join(dir, "tokenizer.json"), type[64];
+    int rc = fs_exists(tj) ? tokfile_model_type(tj, type, sizeof type) : 0;
+    if (!rc && fs_exists(tj) && *type && strcmp(type, "BPE"))
+        rc = err_set(ERR_DATA, "%s: model type '%s' is not supported (only BPE tokenizers)", tj, type);
+    free(tj);
+    return rc;
+}
+
+/* Before the weights: config.json and tokenizer.json alone, read as the stages after this one will
+ * read them, so that an architecture, rope type or tokenizer the engine does not implement costs
+ * two small files instead of the download. *commit: the commit they came from, which pins the
+ * download that follows (a branch moving in between cannot mix two commits). */
+static int hub_precheck(const hub_config *cfg, const hub_fetch_opts *o, char **commit) {
+    static const char *const small[] = {"config.json", "tokenizer.json", NULL};
+    hub_fetch_opts p = *o;
+    p.include = small;
+    p.select = NULL;
+    hub_snapshot s;
+    int rc = hub_snapshot_download(cfg, &p, &s);
+    if (rc) return rc;
+    char *cj = fs_join(s.dir, "config.json");
+    if (fs_exists(cj)) {
+        model_config mc;
+        rc = config_load(&mc, s.dir);
+        config_free(&mc);
+    }
+    if (!rc) rc = preview_tokenizer(s.dir);
+    if (rc) err_wrap("%s@%s: not downloaded", o->repo, o->revision ? o->revision : "main");
+    else *commit = strdup(s.commit);
+    free(cj);
+    hub_snapshot_free(&s);
+    return rc;
+}
+
 static int fetch_hub(stage_ctx *c, json_t *report) {
     hub_config cfg;
     int rc = hub_config_from_env(&cfg);
@@ -124,9 +160,13 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
         .progress_user = &st,
         .interrupted = c->interrupted,
     };
-    hub_snapshot s;
+    hub_snapshot s = {0};
     double t0 = now_s();
-    rc = hub_snapshot_download(&cfg, &o, &s);
+    const char *rev = o.revision ? o.revision : "main";
+    char *commit = NULL;
+    rc = hub_precheck(&cfg, &o, &commit);
+    o.revision = commit;
+    if (!rc) rc = hub_snapshot_download(&cfg, &o, &s);
     double dt = now_s() - t0;
     stage_progress_done(c);
     free((void *)inc);
@@ -139,7 +179,6 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
     }
     if (!rc) rc = link_model(c, s.dir);
     if (!rc) {
-        const char *rev = o.revision ? o.revision : "main";
         if (s.offline && !cfg.offline) stage_logf(c, "the hub is unreachable: using the cached snapshot");
         if (s.n_corrupt) stage_logf(c, "%d cached file(s) failed their checksum and were fetched again", s.n_corrupt);
         stage_logf(c, "%s@%s is commit %s: %d files, %.1f MB (%.1f MB downloaded%s)", o.repo, rev, s.commit, s.n_files,
@@ -162,6 +201,7 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
         stage_event(c, "fetch", ev);
     }
     hub_snapshot_free(&s);
+    free(commit);
     hub_config_free(&cfg);
     return rc;
 }
@@ -283,16 +323,6 @@ static void fetch_key_paths(const json_t *params, void (*add)(void *ud, const ch
     const char *path = json_string_value(json_object_get(params, "path"));
     if (source && !strcmp(source, "path") && path) add(ud, path, STAGE_KEY_DIR);
 }
-/* a local tokenizer.json whose model the engine does not implement (Unigram, WordPiece) */
-static int preview_tokenizer(const char *dir) {
-    char *tj = fs_join(dir, "tokenizer.json"), type[64];
-    int rc = fs_exists(tj) ? tokfile_model_type(tj, type, sizeof type) : 0;
-    if (!rc && fs_exists(tj) && *type && strcmp(type, "BPE"))
-        rc = err_set(ERR_DATA, "%s: model type '%s' is not supported (only BPE tokenizers)", tj, type);
-    free(tj);
-    return rc;
-}
-
 /* source: path: the folder's config.json, read as the stages after it will read it, and its
  * tokenizer's model type (a folder without them is the run's to report); the hub and URLs are
  * not known before the fetch */

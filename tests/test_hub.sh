@@ -36,7 +36,8 @@ make_safetensors() { # out n
     head -c $((n * 4)) /dev/urandom >> "$out"
 }
 SRC=$T/src; mkdir -p "$SRC"
-echo '{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":8}' > "$SRC/config.json"
+echo '{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":8,"num_attention_heads":2,"num_key_value_heads":2,"num_hidden_layers":1,"intermediate_size":16,"vocab_size":16}' > "$SRC/config.json"
+echo '{"architectures":["BertModel"],"model_type":"bert","hidden_size":8}' > "$SRC/bert-config.json"
 echo '{"bos_token_id":1,"eos_token_id":2}' > "$SRC/generation_config.json"
 echo '{"version":"1.0","model":{"type":"BPE","vocab":{}}}' > "$SRC/tokenizer.json"
 echo '# a readme nobody asked for' > "$SRC/README.md"
@@ -80,6 +81,13 @@ add_file "" org/pickle $C_pickle config.json "$SRC/config.json" 0
 add_file "" org/pickle $C_pickle pytorch_model.bin "$SRC/pytorch_model.bin" 0
 add_api models org/pickle main $C_pickle config.json pytorch_model.bin
 add_api models org/evil main $(commit_of evil) config.json ../../../../escaped.json
+# an architecture the engine does not implement: the fetch_model stage reads config.json before the weights
+C_bert=$(commit_of bert)
+add_file "" org/bert $C_bert config.json "$SRC/bert-config.json" 0
+add_file "" org/bert $C_bert model.safetensors "$SRC/model.safetensors" 1
+add_api models org/bert main $C_bert config.json model.safetensors
+add_api models org/bert $C_bert $C_bert config.json model.safetensors # what a download pinned to the commit lists
+hub_branch "" org/bert main $C_bert
 # a dataset repo, fetched by branch
 C_data=$(commit_of data)
 add_file datasets/ org/data main alpaca.json "$SRC/alpaca.json" 0
@@ -266,6 +274,11 @@ if [ -x "$DRV" ]; then
     check "stage url: no partial files" test -z "$(find "$T/art-url" -name '*.incomplete')"
     stage "$T/art-bad" '{"source":"hub"}'
     check "stage: repo required" test "$rc" = 3
+    stage "$T/art-bert" '{"repo":"org/bert"}'
+    check "stage: an unsupported model_type, exit 4 naming it" \
+        bash -c "test $rc = 4 && grep -q \"org/bert@main: not downloaded: .*config.json: model_type 'bert' is not supported\" '$OUT.err'"
+    check "... its config.json was, and its weights were not downloaded" \
+        bash -c "grep -q 'org/bert/resolve/.*config.json' '$T/logs/hub.log' && ! grep -q 'org/bert/resolve/.*model.safetensors' '$T/logs/hub.log'"
     stage "$T/art-gated" '{"repo":"org/gated"}'
     check "stage gated: exit 8, nothing linked" test "$rc" = 8 -a ! -e "$T/art-gated/model"
 else
