@@ -70,6 +70,8 @@ hub_add_api() { # kind repo rev commit files...
     for x in "$@"; do sib="$sib${sib:+,}{\"rfilename\":\"$x\"}"; done
     mkdir -p "$(dirname "$f")"
     echo "{\"id\":\"$repo\",\"sha\":\"$commit\",\"private\":false,\"siblings\":[$sib]}" > "$f"
+    # the hub answers for the commit itself too (a download pinned to it, as fetch_model's is)
+    [ -e "$HUB_WWW/api/$kind/$repo/revision/$commit" ] || cp "$f" "$HUB_WWW/api/$kind/$repo/revision/$commit"
 }
 
 hub_branch() { echo "~^/$1$2/resolve/$3/ $4;" >> "$HUB_T/map.commit"; }

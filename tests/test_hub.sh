@@ -86,7 +86,6 @@ C_bert=$(commit_of bert)
 add_file "" org/bert $C_bert config.json "$SRC/bert-config.json" 0
 add_file "" org/bert $C_bert model.safetensors "$SRC/model.safetensors" 1
 add_api models org/bert main $C_bert config.json model.safetensors
-add_api models org/bert $C_bert $C_bert config.json model.safetensors # what a download pinned to the commit lists
 hub_branch "" org/bert main $C_bert
 # a dataset repo, fetched by branch
 C_data=$(commit_of data)

@@ -95,6 +95,7 @@ add_api() { # repo commit files...
     for x in "$@"; do sib="$sib${sib:+,}{\"rfilename\":\"$x\"}"; done
     mkdir -p "$WWW/api/models/$repo/revision"
     echo "{\"id\":\"$repo\",\"sha\":\"$commit\",\"private\":false,\"siblings\":[$sib]}" > "$WWW/api/models/$repo/revision/main"
+    cp "$WWW/api/models/$repo/revision/main" "$WWW/api/models/$repo/revision/$commit" # the hub answers for the commit too
 }
 MODEL_FILES=$(cd model && ls)
 for r in private tiny; do
