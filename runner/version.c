@@ -14,18 +14,18 @@
 #define QLORA_BUILD_TYPE "unknown"
 #endif
 
-/* "sm_80 sm_86" from CMake's "80;86" (or "80-real;90-virtual") */
+/* "sm_80 sm_86" from CMake's list "80;86" (or "80-real;90-virtual"), passed as "80,86" */
 static void cuda_archs(char *out, size_t cap) {
     out[0] = 0;
 #ifdef QLORA_CUDA_ARCHS
     const char *p = QLORA_CUDA_ARCHS;
     size_t n = 0;
     while (*p && n + 8 < cap) {
-        size_t len = strcspn(p, ";");
+        size_t len = strcspn(p, ",;");
         size_t digits = strspn(p, "0123456789");
         if (digits > len) digits = len;
         n += (size_t)snprintf(out + n, cap - n, "%ssm_%.*s", n ? " " : "", (int)digits, p);
-        p += len + (p[len] == ';');
+        p += len + (p[len] == ',' || p[len] == ';');
     }
 #else
     (void)cap;

@@ -89,4 +89,13 @@ else
   check "the unpacked demo recipe validates" "$T/root/usr/bin/qlora-run" validate "$T/root/usr/share/qlora-run/recipes/demo.yaml"
   check "the demo runs from the unpacked files" run_demo "$T/root/usr/bin/qlora-run" "$T/root/usr/share/qlora-run"
 fi
+# a CUDA build with the default architecture list (what `make` gives a user with nvcc installed; CI
+# pins one architecture): the list is one definition, not one -D per architecture (configured only)
+if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+  cmake -S "$SRC" -B "$T/cuda-default" -DQLORA_CUDA=ON -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" \
+    >"$T/cuda-default.log" 2>&1
+  check "a CUDA configure with the default architectures succeeds" test $? -eq 0
+  check "... and passes them as one definition" grep -q 'QLORA_CUDA_ARCHS=\\"80,86,89,90\\"' "$T/cuda-default/CMakeFiles/qlora.dir/flags.make"
+  check "... with no stray -D per architecture" bash -c "! grep -qE -e '-D(86|89)' '$T/cuda-default/CMakeFiles/qlora.dir/flags.make'"
+fi
 checks_done
