@@ -2,13 +2,14 @@
 # gpu-next.sh PART: the GPU sittings the sessions of 2026-12-04 21:24 and 2026-12-05 00:26 UTC
 # prepared but could not run (no device was lent). Each PART fits one `run` call (at most 600 s);
 # all five take about 1,760 s, more than one session's 1,800 with the machine's start, so when the
-# budget is short the order is A, D, C with E, then B:
+# budget is short the order is A, D, F, C with E, then B:
 #   A  test_ops_gpu (every op, the new ones included: rope_ex, soft-capped cross-entropy, fused
 #      LoRA, nf4_dequant, cuDNN's deterministic backward), gemma2's golden dumps made with torch +
 #      transformers + peft (then commit tests/golden/gemma2*_golden.safetensors), test_golden_gpu,
-#      bench/gpu-determinism.sh, transformers' multiple-choice log-likelihoods for every family
+#      transformers' multiple-choice log-likelihoods for every family
 #      (tests/golden/make_mc_golden_families.sh part two, on .device/mcfam; then commit
-#      $OUT/A/mc/FAMILY.json as tests/golden/mc/, which test_eval_tasks.sh then compares)   ~330 s
+#      $OUT/A/mc/FAMILY.json as tests/golden/mc/, which test_eval_tasks.sh then compares)   ~150 s
+#   F  bench/gpu-determinism.sh (the deterministic mode's proofs and costs)               ~200 s
 #   B  bench/gpu-lora.sh (the fused LoRA kernels against the GEMM path: ops, rows) and
 #      bench/gpu-phi3.sh (phi3 on CUDA; cuDNN for windows and head dim 256)          ~350 s
 #   C  bench/evaltasks/run.sh (dense_weights + task_batch on 14,042 MMLU-shaped questions beside
@@ -32,7 +33,7 @@
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D:
 # [".device/next"]; E: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -74,6 +75,8 @@ for f in sorted(os.listdir(d)):
     same = all(g[t]["acc"] == r["tasks"][t]["base"]["acc"] for t in g)
     print(f"{fam}: worst |loglik difference| {worst:.2e}, accuracies equal: {same}")
 PY
+    ;;
+F)
     stamp determinism
     OUT=$O DET_RUNS=2 BUNDLE=$B timeout 330 bash bench/gpu-determinism.sh > "$O/determinism.txt" 2>&1
     grep -E "^== (PASS|FAIL)|tok/s|spread|final loss" "$O/determinism.txt" | head -30
@@ -135,6 +138,6 @@ D)
         grep -E "kept dequantized|dequantized in each pass|kernels:|step (6|12)/" "$O/recipe-$d.log" | tail -5
     done
     ;;
-*) echo "PART must be A, B, C, D or E"; exit 2 ;;
+*) echo "PART must be A, B, C, D, E or F"; exit 2 ;;
 esac
 stamp "end of part $PART"
