@@ -632,15 +632,6 @@ static int64_t dense_slot(const llama_model *m, const ops_nf4 *w) {
     return (w->rows * w->cols * (int64_t)ops_act_size(m->ops) + 255) / 256 * 256;
 }
 
-int64_t llama_dense_bytes(const llama_model *m) {
-    int64_t n = 0;
-    for (int l = 0; l < m->L; l++)
-        for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            const ops_nf4 *w = &m->layers[l].lin[t].w;
-            if (!w->dense || dense_is_ours(m, w->dense)) n += dense_slot(m, w);
-        }
-    return n;
-}
 
 /* frees the copy dense_mem holds (linears loaded dense stay as they are) */
 static void dense_drop(llama_model *m) {
@@ -670,6 +661,11 @@ static int64_t dense_prefix(const llama_model *m, int64_t max_bytes, int *n_out)
 done:
     *n_out = n;
     return bytes;
+}
+
+int64_t llama_dense_bytes(const llama_model *m) {
+    int n;
+    return dense_prefix(m, INT64_MAX, &n);
 }
 
 int llama_dense_weights_within(llama_model *m, int64_t max_bytes) {

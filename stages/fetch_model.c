@@ -108,9 +108,9 @@ static int link_model(stage_ctx *c, const char *target) {
 
 /* dir's tokenizer.json, when there is one, of a model the engine does not implement (Unigram, WordPiece) */
 static int preview_tokenizer(const char *dir) {
-    char *tj = fs_join(dir, "tokenizer.json"), type[64];
+    char *tj = fs_join(dir, "tokenizer.json"), type[64] = "";
     int rc = fs_exists(tj) ? tokfile_model_type(tj, type, sizeof type) : 0;
-    if (!rc && fs_exists(tj) && *type && strcmp(type, "BPE"))
+    if (!rc && *type && strcmp(type, "BPE"))
         rc = err_set(ERR_DATA, "%s: model type '%s' is not supported (only BPE tokenizers)", tj, type);
     free(tj);
     return rc;
