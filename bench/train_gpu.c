@@ -959,8 +959,8 @@ static void ops_time_attention(ops_bench *ob) {
 static void ops_time_pointwise(ops_bench *ob) {
     const ops_table *ops = ob->ops;
     const int T = ob->T, C = OB_C, I = OB_I, nh = OB_NH, hd = OB_HD, V = OB_V;
-    TIME_OP(ob, "rmsnorm_fwd", 0, ops->rmsnorm_fwd(ob->o, ob->rstd, ob->q, ob->E, T, C, 1e-5f));
-    TIME_OP(ob, "rmsnorm_bwd", 0, ops->rmsnorm_bwd(ob->dq, ob->o, ob->q, ob->E, ob->rstd, T, C));
+    TIME_OP(ob, "rmsnorm_fwd", 0, ops->rmsnorm_fwd(ob->o, ob->rstd, ob->q, ob->E, 0.0f, T, C, 1e-5f));
+    TIME_OP(ob, "rmsnorm_bwd", 0, ops->rmsnorm_bwd(ob->dq, ob->o, ob->q, ob->E, 0.0f, ob->rstd, T, C));
     TIME_OP(ob, "swiglu_fwd", 0, ops->swiglu_fwd(ob->dx, ob->x, ob->y, (int64_t)T * I));
     TIME_OP(ob, "swiglu_bwd", 0, ops->swiglu_bwd(ob->dx, ob->dq, ob->x, ob->y, ob->x, (int64_t)T * C));
     float *inv = ops->alloc((size_t)hd / 2 * 4), invh[OB_HD / 2];

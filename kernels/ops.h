@@ -147,10 +147,13 @@ typedef struct ops_table {
 
     /* out[t] = table[ids[t]]  (table bf16 [V, C]) */
     void (*embedding_fwd)(void *out, const int32_t *ids, const uint16_t *table, int T, int C);
-    /* out = x * rstd * w; rstd[T] saved for backward */
-    void (*rmsnorm_fwd)(void *out, float *rstd, const void *x, const uint16_t *w, int T, int C, float eps);
+    /* out = x * rstd * (w_add + w), the scale summed in fp32 (Gemma's (1 + w): w_add 1; else 0);
+     * rstd[T] saved for backward */
+    void (*rmsnorm_fwd)(void *out, float *rstd, const void *x, const uint16_t *w, float w_add, int T, int C,
+                        float eps);
     /* dx += d(out)/dx * dout  (accumulates into dx: the residual stream's gradient) */
-    void (*rmsnorm_bwd)(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T, int C);
+    void (*rmsnorm_bwd)(void *dx, const void *dout, const void *x, const uint16_t *w, float w_add, const float *rstd,
+                        int T, int C);
     /* y += x  (residual add), n elements */
     void (*add_inplace)(void *y, const void *x, int64_t n);
     /* in-place rotate_half RoPE on rows of q [T, ld] (nh heads of hd, contiguous from the row start;

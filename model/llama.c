@@ -172,7 +172,7 @@ typedef struct loader {
     const char *path;
     llama_load_opts opts;
     carve cv;
-    bool plus_one; /* gemma3: norms are stored as 1 + w */
+
 } loader;
 
 static int loader_find(loader *ld, const char *name, int64_t numel, const st_tensor **out) {
@@ -185,14 +185,15 @@ static int loader_find(loader *ld, const char *name, int64_t numel, const st_ten
     return 0;
 }
 
-/* a frozen dense tensor, stored bf16 (norms plus one: gemma3's (1 + w), summed in fp32) */
-static int load_dense_as(loader *ld, const char *name, int64_t numel, uint16_t **dst, bool plus_one) {
+/* a frozen dense tensor, stored bf16 (norms too: gemma's 1 + w is summed in fp32 by the op, as
+ * transformers does, never rounded to bf16: m->norm_add) */
+static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
     *dst = carve_take(&ld->cv, numel * 2);
     if (!ld->cv.base) return 0;
     const st_tensor *t;
     int rc = loader_find(ld, name, numel, &t);
     if (rc) return rc;
-    if (t->dtype == ST_BF16 && !plus_one) {
+    if (t->dtype == ST_BF16) {
         ld->m->ops->upload(*dst, t->data, (size_t)numel * 2);
         return 0;
     }
@@ -204,19 +205,11 @@ static int load_dense_as(loader *ld, const char *name, int64_t numel, uint16_t *
         return err_set(ERR_STAGE, "out of memory loading '%s'", name);
     }
     rc = st_read_f32(t, 0, numel, f);
-    for (int64_t i = 0; !rc && i < numel; i++) h[i] = f32_to_bf16(plus_one ? 1.0f + f[i] : f[i]);
+    for (int64_t i = 0; !rc && i < numel; i++) h[i] = f32_to_bf16(f[i]);
     if (!rc) ld->m->ops->upload(*dst, h, (size_t)numel * 2);
     free(f);
     free(h);
     return rc;
-}
-
-static int load_dense(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
-    return load_dense_as(ld, name, numel, dst, false);
-}
-
-static int load_norm(loader *ld, const char *name, int64_t numel, uint16_t **dst) {
-    return load_dense_as(ld, name, numel, dst, ld->plus_one);
 }
 
 /* a float linear kept as it is (llama_load_opts.dense): its values in the backend's activation
@@ -288,10 +281,36 @@ static void upload_prequantized(loader *ld, llama_linear *lin, const nf4_bufs *B
     o->upload(B->qmap, bl->qmap, sizeof bl->qmap);
 }
 
+/* A block of rows of a fused tensor (phi3's qkv_proj, gate_up_proj) with double quant: bitsandbytes
+ * quantizes the fused Linear whole, so the offset and the nested groups of 256 blocks are the whole
+ * tensor's. Its absmax is double-quantized whole and de-nested here, and the rows' share of it
+ * (ha: nb blocks from block b0) kept in f32, as a pre-quantized fused tensor's is: the same
+ * weights as bitsandbytes', bit for bit. */
+static int fused_absmax(float *ha, const void *data, int src, int64_t all, int bs, int64_t b0, int64_t nb,
+                        int threads, const char *name) {
+    int64_t nball = nf4_nblocks(all, bs), nn = nf4_nblocks(nball, NF4_NESTED_BLOCKSIZE);
+    float *a = malloc(sizeof(float) * (size_t)nball), *hn = malloc(sizeof(float) * (size_t)nn);
+    uint8_t *q = malloc((size_t)nball);
+    int rc = 0;
+    if (!a || !hn || !q) rc = err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
+    if (!rc) {
+        float map[NF4_DYNAMIC_MAP_SIZE];
+        nf4_dynamic_map(map);
+        nf4_absmax(a, data, src, all, bs, threads); /* finiteness: the rows' own pass reports it */
+        float offset = nf4_absmax_mean(a, nball);
+        nf4_double_quant(q, hn, a, nball, offset, map);
+        nf4_double_dequant(a, q, hn, map, nball, offset);
+        memcpy(ha, a + b0, sizeof(float) * (size_t)nb);
+    }
+    free(a), free(hn), free(q);
+    return rc;
+}
+
 /* the checkpoint's bf16/f16/f32 weight prefix.weight (rows row0.. of total) quantized to NF4 here,
- * double-quantized as bitsandbytes' compress_statistics when dq, and uploaded to the backend */
+ * double-quantized as bitsandbytes' compress_statistics when dq (fused_dq: a block of a fused
+ * tensor, see fused_absmax), and uploaded to the backend */
 static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin, const nf4_bufs *B, int64_t row0,
-                               int64_t total, bool dq) {
+                               int64_t total, bool dq, bool fused_dq) {
     const ops_table *o = ld->m->ops;
     int64_t in = lin->w.cols, n = lin->w.rows * in, bs = lin->w.blocksize, nb = nf4_nblocks(n, (int)bs);
     int64_t nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
@@ -303,7 +322,7 @@ static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin
     int rc = loader_find(ld, name, total * in, &t);
     if (rc) return rc;
     int src;
-    const char *data = (const char *)t->data;
+    const char *data = (const char *)t->data, *whole = data;
     switch (t->dtype) {
     case ST_F32: src = NF4_SRC_F32, data += row0 * in * 4; break;
     case ST_F16: src = NF4_SRC_F16, data += row0 * in * 2; break;
@@ -326,6 +345,12 @@ static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin
         free(ha);
         return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name,
                        (long long)(bad + row0 * in));
+    }
+    if (fused_dq && (rc = fused_absmax(ha, whole, src, total * in, (int)bs, row0 * in / bs, nb,
+                                       cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus, name))) {
+        free(hc);
+        free(ha);
+        return rc;
     }
     if (dq) { /* what bitsandbytes' compress_statistics keeps of absmax */
         float map[NF4_DYNAMIC_MAP_SIZE];
@@ -390,9 +415,9 @@ static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t
     int64_t nb = nf4_nblocks(n, (int)bs), nn = nf4_nblocks(nb, NF4_NESTED_BLOCKSIZE);
     /* double quant stays as bitsandbytes stores it (1 byte a block + a scale per 256 blocks):
      * 3 bytes per 64 weights less than fp32 absmax, de-nested block by block inside the ops */
-    /* a block of a pre-quantized fused tensor keeps the de-nested scales (the nested groups of 256
-     * blocks need not align with it) */
-    bool dq = pre ? bl.nested && !part : ld->opts.double_quant;
+    /* a block of a fused tensor, pre-quantized or quantized here, keeps the de-nested scales of
+     * the whole tensor's double quant (the nested groups of 256 blocks need not align with it) */
+    bool dq = pre ? bl.nested && !part : ld->opts.double_quant && !part;
     uint8_t *codes = carve_take(&ld->cv, nf4_packed_bytes(n));
     float *absmax = dq ? NULL : carve_take(&ld->cv, nb * 4);
     uint8_t *absmax_q = dq ? carve_take(&ld->cv, nb) : NULL;
@@ -411,7 +436,7 @@ static int load_linear(loader *ld, const char prefix[200], int64_t row0, int64_t
         bnb_linear_free(&bl);
         return 0;
     }
-    return quantize_and_upload(ld, prefix, lin, &B, row0, total, dq);
+    return quantize_and_upload(ld, prefix, lin, &B, row0, total, dq, part && ld->opts.double_quant);
 }
 
 static bool has_bias(const model_config *c, llama_target t) {
@@ -431,9 +456,8 @@ static int load_all(loader *ld) {
     m->inv_freq_local = local ? carve_take(&ld->cv, half * 4) : m->inv_freq;
     m->inv_freq_long = lng ? carve_take(&ld->cv, half * 4) : m->inv_freq;
     if (ld->cv.base && (rc = llama_rope_upload(m))) return rc;
-    ld->plus_one = gemma;
     if ((rc = load_dense(ld, "model.embed_tokens.weight", (int64_t)m->V * m->C, &m->embed))) return rc;
-    if ((rc = load_norm(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
+    if ((rc = load_dense(ld, "model.norm.weight", m->C, &m->final_norm))) return rc;
     if (m->cfg.tie_word_embeddings) m->lm_head = m->embed;
     else if ((rc = load_dense(ld, "lm_head.weight", (int64_t)m->V * m->C, &m->lm_head))) return rc;
     int64_t qd = (int64_t)m->nh * m->hd, kvd = (int64_t)m->nkv * m->hd;
@@ -443,21 +467,21 @@ static int load_all(loader *ld) {
         llama_layer *ly = &m->layers[l];
         char name[256];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((rc = load_norm(ld, name, m->C, &ly->attn_norm))) return rc;
+        if ((rc = load_dense(ld, name, m->C, &ly->attn_norm))) return rc;
         /* gemma3's post_attention_layernorm follows o; its pre_feedforward_layernorm is the MLP's */
         snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, gemma ? "pre_feedforward_layernorm" : "post_attention_layernorm");
-        if ((rc = load_norm(ld, name, m->C, &ly->mlp_norm))) return rc;
+        if ((rc = load_dense(ld, name, m->C, &ly->mlp_norm))) return rc;
         if (gemma) {
             snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-            if ((rc = load_norm(ld, name, m->C, &ly->post_attn_norm))) return rc;
+            if ((rc = load_dense(ld, name, m->C, &ly->post_attn_norm))) return rc;
             snprintf(name, sizeof name, "model.layers.%d.post_feedforward_layernorm.weight", l);
-            if ((rc = load_norm(ld, name, m->C, &ly->post_mlp_norm))) return rc;
+            if ((rc = load_dense(ld, name, m->C, &ly->post_mlp_norm))) return rc;
         }
         if (m->cfg.qk_norm) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((rc = load_norm(ld, name, m->hd, &ly->q_norm))) return rc;
+            if ((rc = load_dense(ld, name, m->hd, &ly->q_norm))) return rc;
             snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((rc = load_norm(ld, name, m->hd, &ly->k_norm))) return rc;
+            if ((rc = load_dense(ld, name, m->hd, &ly->k_norm))) return rc;
         }
         for (int t = 0; t < LLAMA_NTARGETS; t++) {
             /* phi3: q, k, v are row blocks of qkv_proj, gate and up of gate_up_proj */
@@ -515,6 +539,7 @@ int llama_shape_init(llama_model *m, const model_config *cfg, const ops_table *o
     m->nkv = cfg->num_kv_heads;
     m->hd = cfg->head_dim > 0 ? cfg->head_dim : m->C / m->nh;
     m->eps = (float)cfg->rms_norm_eps;
+    m->norm_add = config_gemma(cfg) ? 1.0f : 0.0f;
     if (m->hd % 2) return err_set(ERR_DATA, "%s: head_dim %d must be even for rotary embeddings", path, m->hd);
     m->rot = config_rope_dim(cfg) > 0 && config_rope_dim(cfg) <= m->hd ? config_rope_dim(cfg) : m->hd;
     if (cfg->arch == ARCH_PHI3 && m->hd != cfg->head_dim) m->rot = m->hd; /* an unset head_dim: full rotary */
@@ -1114,14 +1139,14 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     int64_t C = m->C;
     size_t es = ops_act_size(o);
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
-    o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
+    o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, m->norm_add, T, m->C, m->eps);
     bool qkn = m->cfg.qk_norm;
     linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, a->xa[LLAMA_Q], T, train, seed);
     linear_fwd(m, l, LLAMA_K, qkn ? a->kr : a->k, a->n1, a->xa[LLAMA_K], T, train, seed);
     linear_fwd(m, l, LLAMA_V, a->v, a->n1, a->xa[LLAMA_V], T, train, seed);
     if (qkn) { /* each head's hd values are one row of the norm */
-        o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, T * m->nh, m->hd, m->eps);
-        o->rmsnorm_fwd(a->k, a->rstdk, a->kr, ly->k_norm, T * m->nkv, m->hd, m->eps);
+        o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, m->norm_add, T * m->nh, m->hd, m->eps);
+        o->rmsnorm_fwd(a->k, a->rstdk, a->kr, ly->k_norm, m->norm_add, T * m->nkv, m->hd, m->eps);
     }
     const float *inv = layer_inv_freq(m, l);
     rope_apply(m, a->q, inv, T, m->nh, 0);
@@ -1133,13 +1158,13 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
     if (config_gemma(&m->cfg)) { /* never lean (llama_plan): norms after o and after down */
         linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
-        o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, T, m->C, m->eps);
+        o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
         o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
         o->add_inplace(a->res_mid, A->tmp, T * C);
-        o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, T, m->C, m->eps);
+        o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, m->norm_add, T, m->C, m->eps);
         mlp_forward_rows(m, l, a, a->d_raw, 0, T, train, seed);
         if (res_out) {
-            o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, T, m->C, m->eps);
+            o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, m->norm_add, T, m->C, m->eps);
             o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
             o->add_inplace(res_out, A->tmp, T * C);
         }
@@ -1153,7 +1178,7 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
         o->add_inplace(a->res_mid, A->tmp, T * C);
     }
-    o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, T, m->C, m->eps);
+    o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, m->norm_add, T, m->C, m->eps);
     if (lean) {
         if (!res_out) return;
         for (int t0 = 0; t0 < T; t0 += A->mlp_rows) {
@@ -1202,16 +1227,16 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const void *dmlp = A->dres;
     if (gemma) {
         o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
-        o->rmsnorm_bwd(A->dtmp, A->dres, a->d_raw, ly->post_mlp_norm, a->rstd_pd, T, m->C);
+        o->rmsnorm_bwd(A->dtmp, A->dres, a->d_raw, ly->post_mlp_norm, m->norm_add, a->rstd_pd, T, m->C);
         dmlp = A->dtmp;
     }
     for (int t0 = 0; t0 < T; t0 += A->mlp_rows)
         mlp_backward_rows(m, l, a, dmlp, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
-    o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, a->rstd2, T, m->C);
+    o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, m->norm_add, a->rstd2, T, m->C);
     const void *dO = A->dres;
     if (gemma) {
         o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
-        o->rmsnorm_bwd(A->dtmp, A->dres, a->o_raw, ly->post_attn_norm, a->rstd_po, T, m->C);
+        o->rmsnorm_bwd(A->dtmp, A->dres, a->o_raw, ly->post_attn_norm, m->norm_add, a->rstd_po, T, m->C);
         dO = A->dtmp;
     }
     linear_bwd(m, l, LLAMA_O, A->datt, dO, a->att, a->xa[LLAMA_O], T, 0, seed);
@@ -1229,8 +1254,8 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     if (m->cfg.qk_norm) { /* through the per-head norms (rmsnorm_bwd accumulates: start from zero) */
         o->zero(A->dqr, (size_t)T * (size_t)m->nh * (size_t)m->hd * es);
         o->zero(A->dkr, (size_t)T * (size_t)m->nkv * (size_t)m->hd * es);
-        o->rmsnorm_bwd(A->dqr, A->dq, a->qr, ly->q_norm, a->rstdq, T * m->nh, m->hd);
-        o->rmsnorm_bwd(A->dkr, A->dk, a->kr, ly->k_norm, a->rstdk, T * m->nkv, m->hd);
+        o->rmsnorm_bwd(A->dqr, A->dq, a->qr, ly->q_norm, m->norm_add, a->rstdq, T * m->nh, m->hd);
+        o->rmsnorm_bwd(A->dkr, A->dk, a->kr, ly->k_norm, m->norm_add, a->rstdk, T * m->nkv, m->hd);
         dq = A->dqr;
         dk = A->dkr;
     }
@@ -1238,12 +1263,12 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     void *n1 = a->n1;
     if (lean) {
         n1 = a->att;
-        o->rmsnorm_fwd(n1, a->rstd1, res_in, ly->attn_norm, T, m->C, m->eps);
+        o->rmsnorm_fwd(n1, a->rstd1, res_in, ly->attn_norm, m->norm_add, T, m->C, m->eps);
     }
     linear_bwd(m, l, LLAMA_Q, A->dn, dq, n1, a->xa[LLAMA_Q], T, 0, seed);
     linear_bwd(m, l, LLAMA_K, A->dn, dk, n1, a->xa[LLAMA_K], T, 1, seed);
     linear_bwd(m, l, LLAMA_V, A->dn, A->dv, n1, a->xa[LLAMA_V], T, 1, seed);
-    o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, a->rstd1, T, m->C);
+    o->rmsnorm_bwd(A->dres, A->dn, res_in, ly->attn_norm, m->norm_add, a->rstd1, T, m->C);
 }
 
 int64_t llama_count_targets(const llama_batch *b) {
@@ -1313,7 +1338,7 @@ static int batch_forward(llama_model *m, const llama_batch *b, bool train, uint6
         layer_forward(m, l, a, A->res[l], A->res[l + 1], T, train, seed);
         if (train && l + 1 < m->L) offload_input_out(m, l + 1);
     }
-    o->rmsnorm_fwd(A->nf, A->rstdf, A->res[m->L], m->final_norm, T, m->C, m->eps);
+    o->rmsnorm_fwd(A->nf, A->rstdf, A->res[m->L], m->final_norm, m->norm_add, T, m->C, m->eps);
     return 0;
 }
 
@@ -1343,7 +1368,7 @@ int llama_forward_backward(llama_model *m, const llama_batch *b, float grad_scal
     o->xent_fwd_bwd(A->losses, A->dn, A->nf, m->lm_head, A->target, T, m->C, m->V, grad_scale,
                     (float)m->cfg.final_softcap);
     o->zero(A->dres, (size_t)T * (size_t)m->C * ops_act_size(o));
-    o->rmsnorm_bwd(A->dres, A->dn, A->res[m->L], m->final_norm, A->rstdf, T, m->C);
+    o->rmsnorm_bwd(A->dres, A->dn, A->res[m->L], m->final_norm, m->norm_add, A->rstdf, T, m->C);
     for (int l = m->L - 1; l >= 0; l--) {
         layer_acts *a = &A->layer[m->ckpt == LLAMA_CKPT_EVERY ? 0 : l];
         offload_input_ready(m, l);
@@ -1430,14 +1455,14 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n, const int *s
         void *k_new = act_at(m, kc, P * kvd), *v_new = act_at(m, vc, P * kvd);
         /* several sequences: their keys and values go to the cache one sequence at a time */
         void *k_out = multi ? a->k : k_new, *v_out = multi ? a->v : v_new;
-        o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, n, m->C, m->eps);
+        o->rmsnorm_fwd(a->n1, a->rstd1, x, ly->attn_norm, m->norm_add, n, m->C, m->eps);
         bool qkn = m->cfg.qk_norm;
         linear_fwd(m, l, LLAMA_Q, qkn ? a->qr : a->q, a->n1, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_K, qkn ? a->kr : k_out, a->n1, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_V, v_out, a->n1, NULL, n, false, 0);
         if (qkn) {
-            o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, n * m->nh, m->hd, m->eps);
-            o->rmsnorm_fwd(k_out, a->rstdk, a->kr, ly->k_norm, n * m->nkv, m->hd, m->eps);
+            o->rmsnorm_fwd(a->q, a->rstdq, a->qr, ly->q_norm, m->norm_add, n * m->nh, m->hd, m->eps);
+            o->rmsnorm_fwd(k_out, a->rstdk, a->kr, ly->k_norm, m->norm_add, n * m->nkv, m->hd, m->eps);
         }
         const float *inv = layer_inv_freq(m, l);
         rope_apply(m, a->q, inv, n, m->nh, 0);
@@ -1458,14 +1483,14 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n, const int *s
         }
         bool gemma = config_gemma(&m->cfg); /* its plan is never lean: o_raw, d_raw exist */
         linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
-        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, n, m->C, m->eps);
+        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
-        o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, n, m->C, m->eps);
+        o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, m->norm_add, n, m->C, m->eps);
         linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, NULL, n, false, 0);
         linear_fwd(m, l, LLAMA_UP, a->up, a->n2, NULL, n, false, 0);
         glu_fwd(m, a->act, a->gate, a->up, (int64_t)n * m->I);
         linear_fwd(m, l, LLAMA_DOWN, gemma ? a->d_raw : A->tmp, a->act, NULL, n, false, 0);
-        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, n, m->C, m->eps);
+        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, m->norm_add, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);
     }
     if (!multi) m->kv_len += n;
@@ -1507,7 +1532,7 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
         int r = k - f;
         for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r, m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
                              (float)m->cfg.final_softcap);
         m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
@@ -1520,7 +1545,7 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
     }
     if (logits) {
         void *xl = act_at(m, A->res[0], (int64_t)((n - 1) % most) * m->C);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, m->norm_add, 1, m->C, m->eps);
         m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
         m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
     }
@@ -1555,7 +1580,7 @@ int llama_decode_segments(llama_model *m, const int32_t *ids, const int *seg, in
         int r = e - f + 1;
         for (int t = 0; t < r; t++) A->h_target[t] = targets[f + t] >= 0 ? targets[f + t] : -100;
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, r, m->C, m->eps);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r, m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
                              (float)m->cfg.final_softcap);
         m->ops->download(losses + f, A->losses, sizeof(float) * (size_t)r);
@@ -1582,7 +1607,7 @@ int llama_decode(llama_model *m, const int32_t *ids, int n, float *logits) {
     }
     llama_acts *A = m->acts;
     void *xl = act_at(m, A->res[0], (int64_t)(last - 1) * m->C);
-    m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, 1, m->C, m->eps);
+    m->ops->rmsnorm_fwd(A->nf, A->rstdf, xl, m->final_norm, m->norm_add, 1, m->C, m->eps);
     m->ops->logits(A->logits, A->nf, m->lm_head, 1, m->C, m->V, (float)m->cfg.final_softcap);
     m->ops->download(logits, A->logits, sizeof(float) * (size_t)m->V);
     return 0;

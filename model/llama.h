@@ -28,8 +28,8 @@
  * sliding_window - 1 positions back is masked, through the ops' attention_ex_* (a backend without
  * them refuses a sequence longer than the window). Qwen3 normalises each head of q and k with its
  * own RMSNorm (q_norm, k_norm: [head_dim]) before RoPE.
- * Gemma-3 (text): norms scale by (1 + w), stored so at load (bf16(1 + w): exact for the weights
- * of the golden test, a bf16 rounding of the scale otherwise); embeddings times sqrt(hidden);
+ * Gemma-3 (text): norms scale by (1 + w), the 1 added in fp32 by the norm op (norm_add), as
+ * transformers computes it, the weights kept as the checkpoint has them; embeddings times sqrt(hidden);
  * o's and down's outputs normed before their residual add; GeGLU; its local layers slide with
  * their own rope base. It keeps every layer's activations (a checkpointed plan is taken as
  * LLAMA_CKPT_NONE) and runs on a backend with the optional ops it needs (geglu, act_scale,
@@ -114,6 +114,7 @@ typedef struct llama_model {
     const ops_table *ops;
     int C, I, V, L, nh, nkv, hd; /* hidden, intermediate, vocab, layers, heads, kv heads, head dim */
     float eps;
+    float norm_add; /* added to every norm's weight in fp32 (gemma2/3: 1, their (1 + w)); else 0 */
 
     /* frozen weights (backend memory) */
     uint16_t *embed;      /* [V, C] */

@@ -48,8 +48,9 @@ static inline float bf16f(uint16_t h) {
 
 /* the ops, each in the file named as its CUDA kernels' file: elementwise.c */
 void cpu_embedding_fwd(void *out, const int32_t *ids, const uint16_t *table, int T, int C);
-void cpu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, int T, int C, float eps);
-void cpu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T, int C);
+void cpu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, float w_add, int T, int C, float eps);
+void cpu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, float w_add, const float *rstd,
+                     int T, int C);
 void cpu_add_inplace(void *y, const void *x, int64_t n);
 void cpu_rope(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
 void cpu_rope_ex(void *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,

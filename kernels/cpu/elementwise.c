@@ -12,7 +12,13 @@ void cpu_embedding_fwd(void *out_, const int32_t *ids, const uint16_t *table, in
 }
 
 /* HF LlamaRMSNorm: y = w * x / sqrt(mean(x^2) + eps), the mean taken in fp32 */
-void cpu_rmsnorm_fwd(void *out_, float *rstd, const void *x_, const uint16_t *w, int T, int C, float eps) {
+/* the norm's scale: w_add + w in fp32 (0 + w is w: no bit changes where w_add is 0) */
+static inline float norm_scale(const uint16_t *w, float w_add, int i) {
+    return w_add != 0.0f ? w_add + bf16f(w[i]) : bf16f(w[i]);
+}
+
+void cpu_rmsnorm_fwd(void *out_, float *rstd, const void *x_, const uint16_t *w, float w_add, int T, int C,
+                     float eps) {
     float *out = out_;
     const float *x = x_;
     for (int t = 0; t < T; t++) {
@@ -22,12 +28,12 @@ void cpu_rmsnorm_fwd(void *out_, float *rstd, const void *x_, const uint16_t *w,
         float r = (float)(1.0 / sqrt(ss / C + eps));
         rstd[t] = r;
         float *ot = out + (int64_t)t * C;
-        for (int i = 0; i < C; i++) ot[i] = bf16f(w[i]) * (xt[i] * r);
+        for (int i = 0; i < C; i++) ot[i] = norm_scale(w, w_add, i) * (xt[i] * r);
     }
 }
 
 /* with g = w * dout: dx = r * g - r^3 / C * x * sum(g * x) */
-void cpu_rmsnorm_bwd(void *dx_, const void *dout_, const void *x_, const uint16_t *w, const float *rstd,
+void cpu_rmsnorm_bwd(void *dx_, const void *dout_, const void *x_, const uint16_t *w, float w_add, const float *rstd,
                      int T, int C) {
     float *dx = dx_;
     const float *dout = dout_, *x = x_;
@@ -35,10 +41,10 @@ void cpu_rmsnorm_bwd(void *dx_, const void *dout_, const void *x_, const uint16_
         const float *xt = x + (int64_t)t * C, *dt = dout + (int64_t)t * C;
         float r = rstd[t];
         double gx = 0;
-        for (int i = 0; i < C; i++) gx += (double)bf16f(w[i]) * dt[i] * xt[i];
+        for (int i = 0; i < C; i++) gx += (double)norm_scale(w, w_add, i) * dt[i] * xt[i];
         float c = (float)(gx * r * r * r / C);
         float *dxt = dx + (int64_t)t * C;
-        for (int i = 0; i < C; i++) dxt[i] += r * bf16f(w[i]) * dt[i] - c * xt[i];
+        for (int i = 0; i < C; i++) dxt[i] += r * norm_scale(w, w_add, i) * dt[i] - c * xt[i];
     }
 }
 

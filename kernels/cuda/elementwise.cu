@@ -60,8 +60,9 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-__global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps,
-                                   int vec) {
+// the scale is wadd + w in fp32 (Gemma's 1 + w); wadd 0 leaves w as it is, bit for bit
+__global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C,
+                                   float eps, int vec) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= T) return;
     const bf16 *xr = x + (int64_t)row * C;
@@ -88,28 +89,35 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
             float f[8], g[8];
             load8(f, xr + c);
             load8(g, w + c);
+            if (wadd != 0.0f) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) g[j] += wadd;
+            }
 #pragma unroll
             for (int j = 0; j < 8; j++) f[j] = f[j] * r * g[j];
             store8(orow + c, f);
         }
     } else {
-        for (int c = lane; c < C; c += 32)
-            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * __bfloat162float(w[c]));
+        for (int c = lane; c < C; c += 32) {
+            float g = __bfloat162float(w[c]);
+            if (wadd != 0.0f) g += wadd;
+            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * g);
+        }
     }
 }
 
-void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps) {
+void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C, float eps) {
     if (T == 0) return;
     int vec = C % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w);
     const int rows_per_block = 8;
-    rmsnorm_fwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(out, rstd, x, w, T, C,
-                                                                                               eps, vec);
+    rmsnorm_fwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(out, rstd, x, w, wadd,
+                                                                                               T, C, eps, vec);
     CUDA_CHECK_LAUNCH();
 }
 
 // dx += rstd * w * dout - x * rstd^3 / C * sum(dout * w * x)
-__global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T,
-                                   int C, int vec) {
+__global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, float wadd,
+                                   const float *rstd, int T, int C, int vec) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (row >= T) return;
     const bf16 *xr = x + (int64_t)row * C, *dr = dout + (int64_t)row * C;
@@ -121,12 +129,19 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
             load8(a, xr + c);
             load8(b, dr + c);
             load8(g, w + c);
+            if (wadd != 0.0f) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) g[j] += wadd;
+            }
 #pragma unroll
             for (int j = 0; j < 8; j++) s += a[j] * b[j] * g[j];
         }
     } else {
-        for (int c = lane; c < C; c += 32)
-            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * __bfloat162float(w[c]);
+        for (int c = lane; c < C; c += 32) {
+            float g = __bfloat162float(w[c]);
+            if (wadd != 0.0f) g += wadd;
+            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * g;
+        }
     }
     s = warp_sum(s);
     float r = rstd[row];
@@ -138,6 +153,10 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
             load8(b, dr + c);
             load8(g, w + c);
             load8(d, dxr + c);
+            if (wadd != 0.0f) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) g[j] += wadd;
+            }
 #pragma unroll
             for (int j = 0; j < 8; j++) d[j] += r * g[j] * b[j] - a[j] * k;
             store8(dxr + c, d);
@@ -145,17 +164,19 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
     } else {
         for (int c = lane; c < C; c += 32) {
             float a = __bfloat162float(xr[c]), b = __bfloat162float(dr[c]), g = __bfloat162float(w[c]);
+            if (wadd != 0.0f) g += wadd;
             dxr[c] = __float2bfloat16_rn(__bfloat162float(dxr[c]) + r * g * b - a * k);
         }
     }
 }
 
-void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T, int C) {
+void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, float wadd, const float *rstd, int T,
+                        int C) {
     if (T == 0) return;
     int vec = C % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w);
     const int rows_per_block = 8;
-    rmsnorm_bwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(dx, dout, x, w, rstd, T,
-                                                                                               C, vec);
+    rmsnorm_bwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(dx, dout, x, w, wadd,
+                                                                                               rstd, T, C, vec);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -9,8 +9,9 @@
 
 // elementwise.cu
 void launch_embedding_fwd(bf16 *out, const int32_t *ids, const bf16 *table, int T, int C);
-void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, int T, int C, float eps);
-void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, const float *rstd, int T, int C);
+void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C, float eps);
+void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, float wadd, const float *rstd, int T,
+                        int C);
 void launch_add_inplace(bf16 *y, const bf16 *x, int64_t n);
 void launch_rope(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int inverse);
 // the first rot dims of each head only, cos and sin times mscale (ops.h rope_ex)

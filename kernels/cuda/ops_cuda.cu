@@ -318,13 +318,14 @@ static void cu_embedding_fwd(void *out, const int32_t *ids, const uint16_t *tabl
     launch_embedding_fwd((bf16 *)out, ids, (const bf16 *)table, T, C);
 }
 
-static void cu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, int T, int C, float eps) {
-    launch_rmsnorm_fwd((bf16 *)out, rstd, (const bf16 *)x, (const bf16 *)w, T, C, eps);
+static void cu_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, float w_add, int T, int C,
+                           float eps) {
+    launch_rmsnorm_fwd((bf16 *)out, rstd, (const bf16 *)x, (const bf16 *)w, w_add, T, C, eps);
 }
 
-static void cu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, const float *rstd, int T,
-                           int C) {
-    launch_rmsnorm_bwd((bf16 *)dx, (const bf16 *)dout, (const bf16 *)x, (const bf16 *)w, rstd, T, C);
+static void cu_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, float w_add,
+                           const float *rstd, int T, int C) {
+    launch_rmsnorm_bwd((bf16 *)dx, (const bf16 *)dout, (const bf16 *)x, (const bf16 *)w, w_add, rstd, T, C);
 }
 
 static void cu_add_inplace(void *y, const void *x, int64_t n) { launch_add_inplace((bf16 *)y, (const bf16 *)x, n); }

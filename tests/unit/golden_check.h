@@ -162,9 +162,8 @@ static float *model_tensor_f32(llama_model *m, const config_tensor *t) {
     }
     uint16_t *h = malloc(2 * (size_t)numel);
     o->download(h, dense, 2 * (size_t)numel);
-    /* gemma2/3 keep 1 + w: the checkpoint's w is one less */
-    float minus = config_gemma(&m->cfg) && t->role == TROLE_NORM ? 1.0f : 0.0f;
-    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]) - minus;
+    /* norms as the checkpoint has them (gemma's 1 + w is added in the op: norm_add) */
+    for (int64_t i = 0; i < numel; i++) f[i] = bf16_to_f32(h[i]);
     free(h);
     return f;
 }

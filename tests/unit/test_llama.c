@@ -197,6 +197,58 @@ TEST(double_quant_kept) {
     llama_free(&m);
 }
 
+/* phi3's fused qkv_proj and gate_up_proj quantized at load with double quant: each block of rows
+ * holds the weights bitsandbytes gives the fused Linear (its offset and nested groups are the
+ * whole tensor's), bit for bit: the same numbers as loading the checkpoint `quantize` writes */
+TEST(fused_double_quant_as_bnb) {
+    char dir[] = "/tmp/qlora-fusedXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char out[64];
+    snprintf(out, sizeof out, "%s/nf4", dir);
+    bnb_opts bo;
+    bnb_opts_default(&bo);
+    bnb_report rep;
+    CHECK_EQ_INT(bnb_quantize_dir("golden/phi3-tiny", out, &bo, &rep), 0);
+    bnb_report_free(&rep);
+    llama_model *m = NULL;
+    llama_load_opts o = LLAMA_LOAD_OPTS_DEFAULT;
+    CHECK(llama_load(&m, "golden/phi3-tiny", &o, ops_cpu()) == 0);
+    char path[96];
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    st_model *st = NULL;
+    CHECK(st_open(&st, path) == 0);
+    const char *mods[2] = {"model.layers.1.self_attn.qkv_proj", "model.layers.1.mlp.gate_up_proj"};
+    const int first[2] = {LLAMA_Q, LLAMA_GATE}, parts[2] = {3, 2};
+    for (int f = 0; m && st && f < 2; f++) {
+        bnb_linear bl;
+        if (bnb_linear_load(st, mods[f], &bl)) {
+            CHECK(0);
+            continue;
+        }
+        CHECK(bl.nested); /* the checkpoint is double-quantized */
+        int64_t n = bl.w.rows * bl.w.cols, at = 0, off = 0;
+        float *b = malloc(sizeof(float) * (size_t)n), *a = malloc(sizeof(float) * (size_t)n);
+        bnb_linear_dequant(&bl, b);
+        for (int u = first[f]; u < first[f] + parts[f]; u++) {
+            const ops_nf4 *w = &m->layers[1].lin[u].w;
+            ops_nf4_dequant_rows(w, 0, w->rows, a + at);
+            at += w->rows * w->cols;
+        }
+        CHECK_EQ_INT(at, n);
+        for (int64_t i = 0; i < n && at == n; i++) off += memcmp(a + i, b + i, 4) != 0;
+        if (off) fprintf(stderr, "  %s: %lld of %lld weights differ from bitsandbytes'\n", mods[f], (long long)off, (long long)n);
+        CHECK_EQ_INT(off, 0);
+        free(a);
+        free(b);
+        bnb_linear_free(&bl);
+    }
+    st_close(&st);
+    llama_free(&m);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 static void mlp_chunks_case(void) {
     enum { T = 20 };
     llama_model *a = small_model(0.0f, LLAMA_CKPT_NONE, T), *c = small_model(0.0f, LLAMA_CKPT_EVERY, T);
@@ -761,6 +813,7 @@ TEST(shape_init) {
 
 int main(void) {
     RUN(bnb_checkpoint_logits);
+    RUN(fused_double_quant_as_bnb);
     RUN(double_quant_kept);
     RUN(checkpointing_changes_nothing);
     RUN(checkpointing_mlp_chunks);

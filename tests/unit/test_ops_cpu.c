@@ -55,11 +55,11 @@ static double fd_max_err(float *param, int64_t n, const float *analytic, loss_fn
 
 /* ---- RMSNorm ---- */
 
-typedef struct { float *x, *out, *R, *rstd; uint16_t *w; int T, C; } norm_ctx;
+typedef struct { float *x, *out, *R, *rstd; uint16_t *w; float w_add; int T, C; } norm_ctx;
 
 static double norm_loss(void *p) {
     norm_ctx *c = p;
-    ops->rmsnorm_fwd(c->out, c->rstd, c->x, c->w, c->T, c->C, 1e-5f);
+    ops->rmsnorm_fwd(c->out, c->rstd, c->x, c->w, c->w_add, c->T, c->C, 1e-5f);
     return probe(c->out, c->R, (int64_t)c->T * c->C);
 }
 
@@ -69,17 +69,22 @@ TEST(rmsnorm_grad) {
     uint16_t w[16];
     fill(x, 48, 1, 1.0f), fill(R, 48, 2, 1.0f), fill(dx0, 48, 3, 1.0f);
     fill_bf16(w, 16, 4, 0.3f, 1.0f);
-    norm_ctx c = {x, out, R, rstd, w, T, C};
-    norm_loss(&c);
-    /* dx accumulates: start from dx0 and subtract it */
-    memcpy(dx, dx0, sizeof dx);
-    ops->rmsnorm_bwd(dx, R, x, w, rstd, T, C);
-    for (int i = 0; i < 48; i++) dx[i] -= dx0[i];
-    CHECK(fd_max_err(x, 48, dx, norm_loss, &c, 48) < 1e-2);
-    /* the forward itself: w * x / rms */
-    double ss = 0;
-    for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
-    CHECK_NEAR(out[5], bf16_to_f32(w[5]) * x[5] / sqrt(ss / C + 1e-5), 1e-5);
+    /* w_add 0 (w as it is) and 1 (gemma's 1 + w, w near 0) */
+    for (int a = 0; a < 2; a++) {
+        if (a) fill_bf16(w, 16, 5, 0.05f, 0.0f);
+        norm_ctx c = {x, out, R, rstd, w, (float)a, T, C};
+        norm_loss(&c);
+        /* dx accumulates: start from dx0 and subtract it */
+        memcpy(dx, dx0, sizeof dx);
+        ops->rmsnorm_bwd(dx, R, x, w, (float)a, rstd, T, C);
+        for (int i = 0; i < 48; i++) dx[i] -= dx0[i];
+        CHECK(fd_max_err(x, 48, dx, norm_loss, &c, 48) < 1e-2);
+        /* the forward itself: (w_add + w) * x / rms, the sum in fp32 (not rounded to bf16) */
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        for (int i = 0; i < C; i++)
+            CHECK_NEAR(out[i], ((float)a + bf16_to_f32(w[i])) * x[i] / sqrt(ss / C + 1e-5), 1e-5);
+    }
 }
 
 /* ---- RoPE ---- */
