@@ -16,12 +16,21 @@
 #include "model/config.h"
 #include "export/gguf_export.h"
 #include "export/merge.h"
+#include "formats/safetensors.h"
 
 int export_format_from_name(const char *name, unsigned *bit) {
     if (!strcmp(name, "peft")) *bit = EXPORT_PEFT;
     else if (!strcmp(name, "merged")) *bit = EXPORT_MERGED;
     else if (!strcmp(name, "gguf")) *bit = EXPORT_GGUF;
     else return err_set(ERR_USAGE, "unknown export format '%s' (peft, merged or gguf)", name);
+    return 0;
+}
+
+int export_merged_dtype(const char *name, int *dtype) {
+    if (!strcmp(name, "bf16")) *dtype = ST_BF16;
+    else if (!strcmp(name, "f16")) *dtype = ST_F16;
+    else if (!strcmp(name, "f32")) *dtype = ST_F32;
+    else return err_set(ERR_USAGE, "unknown merged model dtype '%s' (bf16, f16 or f32)", name);
     return 0;
 }
 
@@ -103,7 +112,7 @@ int export_run(const export_opts *o, const char *dir) {
     if (!rc && (o->formats & EXPORT_MERGED)) {
         char *p = fs_join(dir, "model");
         prog pg = {o, "merged"};
-        rc = merge_write_model(m, p, o->max_shard_bytes, on_progress, &pg);
+        rc = merge_write_model(m, p, o->merged_dtype, o->max_shard_bytes, on_progress, &pg);
         free(p);
     }
     if (!rc && (o->formats & EXPORT_GGUF)) {

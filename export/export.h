@@ -23,6 +23,7 @@ typedef struct export_opts {
     const char *adapter;      /* PEFT adapter directory; NULL exports the base alone */
     unsigned formats;         /* EXPORT_* bits */
     ggml_type gguf_type;
+    int merged_dtype;         /* the merged model's tensors: ST_BF16 (0 too), ST_F16 or ST_F32 */
     bool include_nf4;
     const char *name;         /* GGUF general.name; NULL: the base directory's name */
     bool set_base_model;      /* write base_model below into adapter_config.json, not the adapter's own */
@@ -33,6 +34,8 @@ typedef struct export_opts {
     void *progress_arg;
 } export_opts;
 
+/* "bf16"|"f16"|"f32" -> ST_BF16|ST_F16|ST_F32 (the merged model's dtype); ERR_USAGE otherwise */
+int export_merged_dtype(const char *name, int *dtype);
 /* "peft"|"merged"|"gguf" -> EXPORT_* bit; ERR_USAGE naming the formats otherwise */
 int export_format_from_name(const char *name, unsigned *bit);
 int export_run(const export_opts *o, const char *dir);

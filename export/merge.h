@@ -33,11 +33,12 @@ const peft_adapter *merge_adapter(const merge_src *m);
 /* the merged tensor `name` as f32 into dst (numel elements) */
 int merge_read(merge_src *m, const char *name, float *dst);
 
-/* Write the merged model as an HF directory: bf16 safetensors (sharded above
+/* Write the merged model as an HF directory: safetensors in dtype (ST_BF16, ST_F16 or ST_F32;
+ * config.json's dtype says which; anything else: bf16) (sharded above
  * max_shard_bytes, 0: 5 GB), config.json without quantization_config,
  * generation_config.json and the tokenizer files of the base. Complete or not at all.
  * progress: as in init_model.h (may be NULL). */
-int merge_write_model(merge_src *m, const char *out_dir, uint64_t max_shard_bytes,
+int merge_write_model(merge_src *m, const char *out_dir, int dtype, uint64_t max_shard_bytes,
                       int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg);
 
 #endif

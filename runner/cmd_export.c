@@ -19,7 +19,7 @@
 #include "runner/commands.h"
 
 typedef struct export_args {
-    const char *base, *adapter, *out, *gguf_type, *shard;
+    const char *base, *adapter, *out, *gguf_type, *merged_dtype, *shard;
     cli_list formats;
     bool include_nf4;
     int64_t threads;
@@ -33,11 +33,13 @@ static const cli_opt export_opts_table[] = {
      CLI_AT(export_args, adapter), 0, 0},
     {"format", 0, CLI_LIST, "FMT", "peft:   OUT/adapter/, checked against the base, saved as peft writes it\n"
                                    "merged: OUT/model/, W + scale*B@A in fp32, saved as bf16 safetensors\n"
+                                   "        (--merged-dtype)\n"
                                    "gguf:   OUT/model-<type>.gguf for llama.cpp (default type f16)\n"
                                    "repeat the option or separate formats with commas",
      CLI_AT(export_args, formats), 0, 0},
     {"out", 0, CLI_STR, "DIR", "where the exports go", CLI_AT(export_args, out), 0, 0},
     {"gguf-type", 0, CLI_STR, "TYPE", "f16, bf16, q8_0 or f32 (f16)", CLI_AT(export_args, gguf_type), 0, 0},
+    {"merged-dtype", 0, CLI_STR, "TYPE", "bf16, f16 or f32: the merged model's tensors (bf16)", CLI_AT(export_args, merged_dtype), 0, 0},
     {"include-nf4", 0, CLI_FLAG, NULL, "also copy the 4-bit base checkpoint to OUT/nf4/", CLI_AT(export_args, include_nf4), 0, 0},
     {"max-shard-size", 0, CLI_STR, "SIZE", "largest safetensors shard of a merged model (5GB)", CLI_AT(export_args, shard), 0, 0},
     {"threads", 0, CLI_INT, "N", "threads for merging and writing (2)", CLI_AT(export_args, threads), 1, 1024},
@@ -47,7 +49,8 @@ static const cli_opt export_opts_table[] = {
 const cli_cmd cli_export = {
     .name = "export",
     .usage = "export --base DIR [--adapter DIR] --format peft|merged|gguf[,...] --out DIR\n"
-             "       [--gguf-type f16|bf16|q8_0|f32] [--include-nf4] [--max-shard-size 5GB] [--threads N]",
+             "       [--gguf-type f16|bf16|q8_0|f32] [--merged-dtype bf16|f16|f32] [--include-nf4]\n"
+             "       [--max-shard-size 5GB] [--threads N]",
     .summary = "PEFT adapter, merged model or GGUF",
     .footer = "OUT appears complete or not at all. An existing OUT is replaced only when it holds nothing\n"
               "but a previous export (adapter/, model/, nf4/, model-*.gguf); a folder with other files is refused.",
@@ -76,6 +79,7 @@ int cmd_export(int argc, char **argv) {
     cli_list_free(&a.formats);
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (a.gguf_type && (rc = gguf_export_type(a.gguf_type, &o.gguf_type))) return rc;
+    if (a.merged_dtype && (rc = export_merged_dtype(a.merged_dtype, &o.merged_dtype))) return rc;
     o.base = a.base;
     o.adapter = a.adapter;
     o.include_nf4 = a.include_nf4;

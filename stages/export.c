@@ -15,6 +15,7 @@ static const param_spec params[] = {
     {"formats", PARAM_LIST, "[peft]", 0, -1, "peft|merged|gguf",
      "what to write: peft (adapter/), merged (model/: bf16 safetensors), gguf (model-<type>.gguf)", 0},
     {"gguf_type", PARAM_ENUM, "f16", 0, -1, "f16|bf16|q8_0", "tensor type of the GGUF file's matrices", 0},
+    {"merged_dtype", PARAM_ENUM, "bf16", 0, -1, "bf16|f16|f32", "tensor type of the merged model (formats: merged)", 0},
     {"include_nf4", PARAM_BOOL, "false", 0, -1, NULL, "also copy the 4-bit base checkpoint (bitsandbytes layout) to nf4/", 0},
     {"max_shard_size", PARAM_STRING, "5GB", 0, -1, NULL, "safetensors shard size limit of the merged model", 0},
     {0}};
@@ -57,6 +58,7 @@ static int run(stage_ctx *c) {
     if (!mi) return err_set(ERR_STAGE, "export: no model input");
     int rc = formats_of(stage_json(c, "formats"), &o.formats);
     if (!rc) rc = gguf_export_type(stage_str(c, "gguf_type"), &o.gguf_type);
+    if (!rc) rc = export_merged_dtype(stage_str(c, "merged_dtype"), &o.merged_dtype);
     if (!rc) rc = init_model_parse_size(stage_str(c, "max_shard_size"), &o.max_shard_bytes);
     if (rc) return rc;
     char *base = fs_join(mi->dir, "model"), *adapter = ai ? fs_join(ai->dir, "adapter") : NULL;

@@ -428,8 +428,48 @@ TEST(test_export_qwen2_and_nf4) {
     char *mo = P("nf4merged");
     merge_src *ms;
     CHECK_EQ_INT(merge_open(&ms, "fixtures/bnb/tiny-llama-nf4", NULL, 2), 0);
-    CHECK_EQ_INT(merge_write_model(ms, mo, 0, NULL, NULL), 0);
+    CHECK_EQ_INT(merge_write_model(ms, mo, ST_BF16, 0, NULL, NULL), 0);
+    /* --merged-dtype f32 and f16: the same merged numbers, unrounded or as f16; config.json says so */
+    char *mo32 = P("nf4merged32"), *mo16 = P("nf4merged16");
+    CHECK_EQ_INT(merge_write_model(ms, mo32, ST_F32, 0, NULL, NULL), 0);
+    CHECK_EQ_INT(merge_write_model(ms, mo16, ST_F16, 0, NULL, NULL), 0);
     merge_close(&ms);
+    {
+        st_model *s32, *s16, *s_bf;
+        CHECK_EQ_INT(st_open(&s32, mo32), 0);
+        CHECK_EQ_INT(st_open(&s16, mo16), 0);
+        CHECK_EQ_INT(st_open(&s_bf, mo), 0);
+        const char *nm = "model.layers.1.mlp.up_proj.weight";
+        const st_tensor *t32 = st_find(s32, nm), *t16 = st_find(s16, nm), *tb = st_find(s_bf, nm);
+        CHECK(t32 && t16 && tb && t32->dtype == ST_F32 && t16->dtype == ST_F16 && tb->dtype == ST_BF16);
+        if (t32 && t16 && tb) {
+            int64_t n = st_numel(t32), off32 = 0, off16 = 0;
+            float *f32 = malloc((size_t)n * 4), *f16v = malloc((size_t)n * 4);
+            st_read_f32(t32, 0, n, f32);
+            st_read_f32(t16, 0, n, f16v);
+            const uint16_t *hb = (const uint16_t *)tb->data;
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t b;
+                memcpy(&b, hb + i, 2);
+                off32 += f32_to_bf16(f32[i]) != b;
+                off16 += f16_to_f32(f32_to_f16(f32[i])) != f16v[i];
+            }
+            CHECK_EQ_INT(off32, 0);
+            CHECK_EQ_INT(off16, 0);
+            free(f32);
+            free(f16v);
+        }
+        model_config c32, c16;
+        CHECK_EQ_INT(config_load(&c32, mo32), 0);
+        CHECK_EQ_INT(config_load(&c16, mo16), 0);
+        CHECK_EQ_STR(c32.dtype, "float32");
+        CHECK_EQ_STR(c16.dtype, "float16");
+        config_free(&c32);
+        config_free(&c16);
+        st_close(&s32);
+        st_close(&s16);
+        st_close(&s_bf);
+    }
     st_model *a, *b;
     CHECK_EQ_INT(st_open(&a, mo), 0);
     CHECK_EQ_INT(st_open(&b, "fixtures/bnb/tiny-llama-bf16"), 0);

@@ -362,7 +362,7 @@ static void family_merged(const char *name) {
     char *out = fs_join(tmp, "merged");
     merge_src *ms = NULL;
     int rc = merge_open(&ms, base, adir, 2);
-    if (!rc) rc = merge_write_model(ms, out, 0, NULL, NULL);
+    if (!rc) rc = merge_write_model(ms, out, ST_BF16, 0, NULL, NULL);
     if (rc) fprintf(stderr, "%s: %s\n", name, err_msg());
     CHECK(rc == 0);
     merge_close(&ms);
