@@ -24,15 +24,16 @@ check "per-subject MMLU results" jqt '.tasks.mmlu.base.subjects | has("anatomy")
 check "every MMLU question scored with four log-likelihoods below 0" jqt '[.tasks.mmlu.base.docs[] | .loglik | length == 4 and all(. < 0)] | all and length == 12' "$r"
 check "limit: 4 ARC questions" jqt '.tasks.arc.base.n == 4' "$r"
 check "acc is the share of argmax == gold" jqt '(.tasks.mmlu.base.docs | map(if .pred == .gold then 1 else 0 end) | add / length) == .tasks.mmlu.base.acc' "$r"
-# the log-likelihoods and accuracies against transformers (tests/golden/make_mc_golden.py, run on
-# the model our engine computes with: the NF4 base dequantized to bf16): results.json R against
-# the dump G, for the model WHO
+# the log-likelihoods and accuracies against transformers (tests/golden/make_mc_golden.py, fp32, run
+# on the weights our engine computes with: the NF4 base dequantized, exported in f32): results.json
+# R against the dump G, for the model WHO. Both sides compute in fp32 on the same weights, so 1e-4
+# is room for summation order only (the dumps of 2026-12-05 agree within 5e-6)
 mc_against() {
   local g=$1 r=$2 who=$3 worst
   worst=$(jq -n --slurpfile g "$g" --slurpfile r "$r" '
     [ $g[0] | to_entries[] | .key as $t | .value.loglik | to_entries[] | .key as $i | .value | to_entries[]
       | (.value - $r[0].tasks[$t].base.docs[$i].loglik[.key]) | fabs ] | max')
-  check "$who: every choice's log-likelihood within ${MC_TOL:=1e-3} of transformers' (worst $worst)" \
+  check "$who: every choice's log-likelihood within ${MC_TOL:=1e-4} of transformers' (worst $worst)" \
     awk -v w="$worst" -v t="$MC_TOL" 'BEGIN { exit !(w != "" && w + 0 <= t + 0) }'
   for t in mmlu arc hellaswag; do
     check "$who $t: acc and acc_norm equal transformers'" jqt -n --slurpfile g "$g" --slurpfile r "$r" \

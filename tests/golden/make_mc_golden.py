@@ -11,9 +11,10 @@ accuracies. tests/test_eval_tasks.sh compares qlora-run's results.json with it.
     python3 make_mc_golden.py MODEL_DIR TASK_DIR > golden/mc/golden.json
 
 MODEL_DIR: the weights our engine computes with for tasks.yaml's base: its init_model artifact
-quantized to NF4 (the engine loads a bf16 model as NF4) and exported dequantized to bf16:
+quantized to NF4 (the engine loads a bf16 model as NF4) and exported dequantized in f32 (the CPU
+path computes with the dequantized weights unrounded; a bf16 export would differ by its rounding):
     qlora-run quantize CACHE/artifacts/init_model/KEY/model nf4
-    qlora-run export --base nf4 --format merged --out deq        # MODEL_DIR = deq/model
+    qlora-run export --base nf4 --format merged --merged-dtype f32 --out deq   # MODEL_DIR = deq/model
 The ARC task's `limit: 4` subset is qlora-run's (results.json's "record" fields), given as the
 third argument, e.g. '[1,2,3,5]'.
 """

@@ -3,8 +3,8 @@
 # a generated model of each family (golden/mc/FAMILY.json), as golden/mc/golden.json is the llama's.
 # Part one runs anywhere qlora-run is built: for each family, tasks.yaml with --set
 # stages.base.arch=FAMILY (init_model's tiny shape, hidden 64, 2 layers, seed 1), then the weights
-# the engine computes with (NF4, exported dequantized to bf16) into OUT/deq-FAMILY/model and the
-# stage's results into OUT/ours-FAMILY.json. Part two needs torch and transformers (the GPU machine's
+# the engine computes with (NF4, exported dequantized in f32, as the CPU path computes with them)
+# into OUT/deq-FAMILY/model and the stage's results into OUT/ours-FAMILY.json. Part two needs torch and transformers (the GPU machine's
 # CPU): make_mc_golden.py on each of them.
 #
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh OUT            # part one
@@ -31,5 +31,5 @@ for f in $FAMILIES; do
   jq -c '[.tasks.arc.base.docs[].record]' "$out/ours-$f.json" > "$out/arc-pick-$f.json"
   rm -rf "$out/deq-$f" nf4-$f
   "$BIN" quantize c-$f/artifacts/init_model/*/model nf4-$f > log 2>&1 || { cat log; exit 1; }
-  "$BIN" export --base nf4-$f --format merged --out "$out/deq-$f" > log 2>&1 || { cat log; exit 1; }
+  "$BIN" export --base nf4-$f --format merged --merged-dtype f32 --out "$out/deq-$f" > log 2>&1 || { cat log; exit 1; }
 done
