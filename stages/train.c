@@ -58,7 +58,7 @@ static const param_spec train_params[] = {
      "memory the run may use, e.g. 24GB: on a GPU all of the process's device memory (CUDA context, weights, LoRA "
      "state, activations, scratch), which decides checkpointing and offload; on the CPU the activations' "
      "(default: what the device has free; half of RAM on the CPU)", PARAM_NOKEY},
-    {"dense_weights", PARAM_ENUM, "off", 0, -1, "auto|on|off",
+    {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
      "keep the base's linear weights dequantized (bf16 on a GPU) for the whole run instead of dequantizing them "
      "in every forward and backward: the same numbers, bit for bit, in less time (auto: on a GPU, as many "
      "layers' as fit memory_budget, or the device's free memory, beside the weights, LoRA state and the "

@@ -180,9 +180,9 @@ extern "C" int cuda_attention_cudnn_ex(int on) {
         g_cudnn_ex = on ? 1 : 0;
     } else if (g_cudnn_ex < 0) {
         const char *e = getenv("QLORA_CUDA_ATTENTION_EX");
-        if (!e || !*e || !strcmp(e, "off"))
+        if (e && !strcmp(e, "off"))
             g_cudnn_ex = 0;
-        else if (!strcmp(e, "cudnn"))
+        else if (!e || !*e || !strcmp(e, "cudnn"))
             g_cudnn_ex = 1;
         else
             CUDA_REQUIRE(0, "QLORA_CUDA_ATTENTION_EX must be cudnn or off");

@@ -405,16 +405,17 @@ static plan g_plans[64];
 // memory plan counts up to the cap (ops_backend_info.det_attn_workspace_cap, model/llama_plan.c).
 #define DET_WS_CAP (320.0 * 1048576.0)
 
-// Whether deterministic mode runs the backward on cuDNN's deterministic plans. Off unless
-// QLORA_CUDA_DET_CUDNN_BWD=1 or cuda_attention_det_cudnn_bwd(1): those plans match the CPU
-// reference on the H200 (test_ops_gpu), but their run-to-run bits are not yet measured there
-// (bench/gpu-determinism.sh does); until then the mma kernels' fixed-order backward runs.
+// Whether deterministic mode runs the backward on cuDNN's deterministic plans. On unless
+// QLORA_CUDA_DET_CUDNN_BWD=0 or cuda_attention_det_cudnn_bwd(0): those plans match the CPU
+// reference on the H200 (test_ops_gpu), and two 7B runs gave one checksum there
+// (bench/gpu-determinism.sh, 2026-12-05) at 0.3% below the default mode's speed, where the mma
+// kernels' fixed-order backward (which runs for shapes over the cap) costs 19%.
 static int g_det_bwd = -1;
 
 static bool det_bwd_on(void) {
     if (g_det_bwd < 0) {
         const char *e = getenv("QLORA_CUDA_DET_CUDNN_BWD");
-        g_det_bwd = e && !strcmp(e, "1");
+        g_det_bwd = !(e && !strcmp(e, "0"));
     }
     return g_det_bwd == 1;
 }

@@ -57,11 +57,11 @@ long cuda_attention_cudnn_calls(void);
 /* deterministic mode: the largest workspace a cuDNN attention backward plan may take (bytes);
  * a shape needing more runs on the mma kernels */
 double cuda_attention_det_workspace_cap(void);
-/* deterministic mode's backward on cuDNN's deterministic plans (1) or the mma kernels (0, the
- * default; QLORA_CUDA_DET_CUDNN_BWD=1 sets 1): see attention_cudnn.cu */
+/* deterministic mode's backward on cuDNN's deterministic plans (1, the default) or the mma
+ * kernels (0; QLORA_CUDA_DET_CUDNN_BWD=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_bwd(int on);
-/* The _ex options on cuDNN (off by default until a GPU sitting has checked them against the
- * reference: bench/gpu-phi3.sh): on, sliding windows and a score scale other than 1/sqrt(hd) go
+/* The _ex options on cuDNN (on by default since the H200 sitting of 2026-12-05: test_ops_gpu's
+ * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and a score scale other than 1/sqrt(hd) go
  * into cuDNN's graph (docs/cuda-attention.md); off, such calls run on our kernels, as plain
  * causal attention at 1/sqrt(hd) always runs on cuDNN. QLORA_CUDA_ATTENTION_EX=cudnn|off sets the
  * initial value; cuda_attention_cudnn_ex(-1) only reads it. Returns the value now in force. */
