@@ -33,7 +33,7 @@
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D:
 # [".device/next"]; E: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -75,6 +75,34 @@ for f in sorted(os.listdir(d)):
     same = all(g[t]["acc"] == r["tasks"][t]["base"]["acc"] for t in g)
     print(f"{fam}: worst |loglik difference| {worst:.2e}, accuracies equal: {same}")
 PY
+    ;;
+G)
+    # the defaults flipped after parts A-E (cuDNN for windows and scales, cuDNN's deterministic
+    # backward, dense_weights auto in training) and gemma's norms summed in fp32: the op tests,
+    # the golden models, transformers' multiple-choice log-likelihoods on the f32 export, the
+    # determinism proofs again, the deterministic mode's cost on more train_gpu rows. In order of
+    # need, each log written as it ends (a call cut short keeps what ran).
+    (cd tests && timeout 100 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+    grep -E "^FAIL|off \(worst|passed" "$O/test_ops_gpu.log" | head
+    (cd tests && timeout 100 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
+    grep -E "^(ok|FAIL|SKIP)|passed|failed" "$O/test_golden_gpu.log" | tr '\n' ' '; echo
+    mkdir -p "$O/mc"
+    timeout 150 bash tests/golden/make_mc_golden_families.sh --score "$R/.device/mcfam/out" "$O/mc" > "$O/mc.log" 2>&1
+    echo "make_mc_golden_families --score rc=$?"
+    (cd "$O" && tar -czf mc.tgz mc && rm -rf mc)
+    stamp determinism
+    OUT=$O DET_RUNS=2 BUNDLE=$B timeout 200 bash bench/gpu-determinism.sh > "$O/determinism.txt" 2>&1
+    (cd "$O" && tar -czf determinism.tgz determinism && rm -rf determinism)
+    grep -E "^== (PASS|FAIL)|tok/s|spread|final loss" "$O/determinism.txt" | head -30
+    stamp "deterministic mode's cost on more rows (on, off)"
+    for r in "7b q,v 2048 4" "7b all-linear 2048 1" "1b q,v 2048 4" "7b q,v 4096 1"; do
+        set -- $r
+        for d in on off; do
+            timeout 60 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --steps 8 \
+                --warmup 2 --deterministic $d 2>&1 | grep -E "^\||over the .* cap" >> "$O/det-rows.txt"
+        done
+    done
+    cat "$O/det-rows.txt"
     ;;
 F)
     stamp determinism
