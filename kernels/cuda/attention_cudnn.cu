@@ -38,6 +38,7 @@
 #ifndef HAVE_CUDNN_HEADERS
 extern "C" double cuda_attention_det_workspace_cap(void) { return 0; }
 extern "C" void cuda_attention_det_cudnn_bwd(int) {}
+extern "C" void cuda_attention_det_cudnn_split(int) {}
 extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
     snprintf(msg, cap, "built without the cuDNN headers (cudnn_graph.h)");
     return -1;
@@ -389,6 +390,7 @@ enum {
 
 struct plan {
     int bwd, ragged, b, s, T, nh, nkv, hd;
+    int hsq, hskv; // the heads a token's row holds (q-, kv-shaped): nh, nkv, or more for a head group
     int det; // built for deterministic mode (cuda_det()): deterministic reductions and engines
     int windowed, variant; // a sliding-window mask in the graph; its encoding (windowed())
     Desc p;
@@ -427,9 +429,9 @@ extern "C" double cuda_attention_det_workspace_cap(void) {
 }
 static int g_nplans, g_evict;
 
-// the [b, h, s, d] view of token-major rows [b*s, h*d]
-static void bshd(int64_t out_dim[4], int64_t out_str[4], int b, int h, int s, int d) {
-    int64_t dim[4] = {b, h, s, d}, str[4] = {(int64_t)s * h * d, d, (int64_t)h * d, 1};
+// the [b, h, s, d] view of token-major rows [b*s, hs*d] (h of the row's hs heads: a head group)
+static void bshd(int64_t out_dim[4], int64_t out_str[4], int b, int h, int s, int d, int hs) {
+    int64_t dim[4] = {b, h, s, d}, str[4] = {(int64_t)s * hs * d, d, (int64_t)hs * d, 1};
     memcpy(out_dim, dim, sizeof dim), memcpy(out_str, str, sizeof str);
 }
 
@@ -493,10 +495,10 @@ static void build_fwd(plan *pl) {
     common c;
     make_common(b, pl, &c);
     int64_t dim[4], str[4];
-    bshd(dim, str, bs, h, s, d);
+    bshd(dim, str, bs, h, s, d, pl->hsq);
     tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
-    bshd(dim, str, bs, hk, s, d);
+    bshd(dim, str, bs, hk, s, d, pl->hskv);
     tns V = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     transposed(dim, str);
     tns KT = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
@@ -538,12 +540,12 @@ static void build_bwd(plan *pl) {
     common c;
     make_common(b, pl, &c);
     int64_t dim[4], str[4];
-    bshd(dim, str, bs, h, s, d);
+    bshd(dim, str, bs, h, s, d, pl->hsq);
     tns Q = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     tns O = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     tns dO = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
     tns dQ = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offq);
-    bshd(dim, str, bs, hk, s, d);
+    bshd(dim, str, bs, hk, s, d, pl->hskv);
     tns dK = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     tns dV = tensor(b, CUDNN_DATA_BFLOAT16, dim, str, false, false, c.offkv);
     transposed(dim, str);
@@ -558,7 +560,7 @@ static void build_bwd(plan *pl) {
     // [b, h, s, 1] and [b, h, s, d]; ragged in the layouts of lse and dq (T rows, not b*s)
     tns Dsum = c.seq ? tensor(b, CUDNN_DATA_FLOAT, rdim, lstr, false, false, c.offst)
                      : tensor(b, CUDNN_DATA_FLOAT, rdim, rstr, false);
-    bshd(dim, str, bs, h, s, d);
+    bshd(dim, str, bs, h, s, d, pl->hsq);
     tns dQacc = c.seq ? tensor(b, CUDNN_DATA_FLOAT, dim, str, false, false, c.offq)
                       : tensor(b, CUDNN_DATA_FLOAT, fdim, fstr, false);
     tns one = scalar(b);
@@ -634,13 +636,17 @@ static void build_bwd(plan *pl) {
 }
 
 // the cached plan of this graph, built on first use; a windowed graph whose fp32 encoding no engine
-// takes is built again in the int32 one before the shape is given up
-static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed) {
+// takes is built again in the int32 one before the shape is given up. hsq, hskv: the heads of a
+// token's row (nh, nkv but for a head group's plan); quiet_cap: a deterministic plan over the
+// workspace cap fails without a word (the caller tries a split)
+static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed, int hsq, int hskv,
+                      int quiet_cap) {
     int ragged = L->dev != nullptr, T = L->T, det = cuda_det() ? 1 : 0;
     for (int i = 0; i < g_nplans; i++) {
         plan *p = &g_plans[i];
         if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T &&
-            p->nh == nh && p->nkv == nkv && p->hd == hd && p->windowed == windowed)
+            p->nh == nh && p->nkv == nkv && p->hd == hd && p->windowed == windowed && p->hsq == hsq &&
+            p->hskv == hskv)
             return p->failed ? nullptr : p;
     }
     const int cap = (int)(sizeof g_plans / sizeof *g_plans);
@@ -649,7 +655,7 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
     for (int variant = 0; variant < (windowed ? 2 : 1); variant++) {
         memset(p, 0, sizeof *p);
         p->bwd = bwd, p->det = det, p->ragged = ragged, p->b = L->b, p->s = L->s, p->T = T, p->nh = nh, p->nkv = nkv,
-        p->hd = hd;
+        p->hd = hd, p->hsq = hsq, p->hskv = hskv;
         p->windowed = windowed, p->variant = variant;
         if (bwd)
             build_bwd(p);
@@ -658,9 +664,10 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
         if (!p->failed) break;
     }
     if (!p->failed && p->det && p->ws > DET_WS_CAP) {
-        fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is over "
-                "the %.0f MiB cap; that shape runs on the mma kernels\n", bwd ? "backward" : "forward", p->b, p->s,
-                nh, nkv, hd, p->ws / 1048576.0, DET_WS_CAP / 1048576.0);
+        if (!quiet_cap)
+            fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is "
+                    "over the %.0f MiB cap; that shape runs on the mma kernels\n", bwd ? "backward" : "forward",
+                    p->b, p->s, nh, nkv, hd, p->ws / 1048576.0, DET_WS_CAP / 1048576.0);
         p->failed = 1;
     }
     return p->failed ? nullptr : p;
@@ -720,7 +727,7 @@ static int window_arg(const plan *pl, const attn_params &ap, int64_t *uids, void
 int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L,
                    int nh, int nkv, int hd, attn_params ap) {
     if (ap.softcap != 0.0f || cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000)) return -1;
-    plan *pl = get_plan(0, L, nh, nkv, hd, ap.window > 0);
+    plan *pl = get_plan(0, L, nh, nkv, hd, ap.window > 0, nh, nkv, 0);
     if (!pl) return -1;
     float scale = ap.scale, neg_inf = mask_value(), wf;
     int32_t wi;
@@ -733,14 +740,10 @@ int attn_cudnn_fwd(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf
     return run(pl, n, uids, ptrs);
 }
 
-int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
-                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd, attn_params ap) {
-    // cuDNN up to 9.15 needs a padding-mask workaround when s is not a multiple of 128
-    if (ap.softcap != 0.0f || cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
-        (!L->dev && g_version <= 91500 && L->s % 128) || (cuda_det() && !det_bwd_on()))
-        return -1;
-    plan *pl = get_plan(1, L, nh, nkv, hd, ap.window > 0);
-    if (!pl) return -1;
+// one backward call of a plan (L: its layout) on the tensors at these pointers
+static int bwd_call(plan *pl, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                    const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int hd,
+                    attn_params ap) {
     size_t T = (size_t)L->T;
     float *D = (float *)cuda_scratch(SCRATCH_ATTN_D, T * nh * sizeof(float));
     float *dq_acc = nullptr;
@@ -760,6 +763,68 @@ int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *o
     if (L->dev) ragged_ptrs(L, ptrs + 14), n = 18;
     n = window_arg(pl, ap, uids, ptrs, n, &wf, &wi);
     return run(pl, n, uids, ptrs);
+}
+
+// Deterministic mode, a dense batch whose backward plan needs more dS workspace than the cap
+// (32 heads of 2048 tokens x 2, or of 4096 x 1): one call per row and per group of kv heads (with
+// their q heads), each plan under the cap, issued one after another on the stream, so the bits
+// stay fixed. Off unless QLORA_CUDA_DET_CUDNN_SPLIT=1 until a GPU sitting has checked it
+// (test_ops_gpu's deterministic shapes over the cap; bench/gpu-next.sh H); then the mma form runs.
+static int g_det_split = -1;
+
+static bool det_split_on(void) {
+    if (g_det_split < 0) {
+        const char *e = getenv("QLORA_CUDA_DET_CUDNN_SPLIT");
+        g_det_split = e && !strcmp(e, "1");
+    }
+    return g_det_split == 1;
+}
+
+extern "C" void cuda_attention_det_cudnn_split(int on) { g_det_split = on ? 1 : 0; }
+
+static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
+                         const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv,
+                         int hd, attn_params ap) {
+    int group = nh / nkv, s = L->s, hk;
+    attn_cudnn_layout row = {1, s, L->T, nullptr};
+    plan *pl = nullptr;
+    for (hk = nkv; hk >= 1 && !pl; hk--) // the most kv heads a call whose plan fits
+        if (nkv % hk == 0 && (L->b > 1 || hk < nkv))
+            pl = get_plan(1, &row, hk * group, hk, hd, ap.window > 0, nh, nkv, 1);
+    if (!pl) {
+        static int said[16][4], nsaid;
+        for (int i = 0; i < nsaid && i < 16; i++)
+            if (said[i][0] == L->b && said[i][1] == s && said[i][2] == nh && said[i][3] == hd) return -1;
+        int *w = said[nsaid++ % 16];
+        w[0] = L->b, w[1] = s, w[2] = nh, w[3] = hd;
+        fprintf(stderr, "cuDNN attention backward, deterministic (b=%d s=%d heads=%d/%d hd=%d): no row or head group "
+                "fits the %.0f MiB workspace cap; that shape runs on the mma kernels\n", L->b, s, nh, nkv, hd,
+                DET_WS_CAP / 1048576.0);
+        return -1;
+    }
+    hk++;
+    for (int r = 0; r < L->b; r++)
+        for (int g = 0; g < nkv / hk; g++) {
+            size_t oq = ((size_t)r * s * nh + (size_t)g * hk * group) * hd;
+            size_t okv = ((size_t)r * s * nkv + (size_t)g * hk) * hd;
+            size_t ol = (size_t)g * hk * group * L->T + (size_t)r * s; // lse [nh, T]
+            int rc = bwd_call(pl, dq + oq, dk + okv, dv + okv, dout + oq, out + oq, lse + ol, q + oq, k + okv,
+                              v + okv, &row, hk * group, hd, ap);
+            if (rc) return rc; // the caller's mma backward then writes all of dq, dk and dv again
+        }
+    return 0;
+}
+
+int attn_cudnn_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *q,
+                   const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv, int hd, attn_params ap) {
+    // cuDNN up to 9.15 needs a padding-mask workaround when s is not a multiple of 128
+    if (ap.softcap != 0.0f || cuda_attention_cudnn_probe(nullptr, 0) || (L->dev && g_version < 91000) ||
+        (!L->dev && g_version <= 91500 && L->s % 128) || (cuda_det() && !det_bwd_on()))
+        return -1;
+    bool split = cuda_det() && !L->dev && det_split_on();
+    plan *pl = get_plan(1, L, nh, nkv, hd, ap.window > 0, nh, nkv, split);
+    if (!pl) return split ? det_split_bwd(dq, dk, dv, dout, out, lse, q, k, v, L, nh, nkv, hd, ap) : -1;
+    return bwd_call(pl, dq, dk, dv, dout, out, lse, q, k, v, L, nh, hd, ap);
 }
 
 #endif

@@ -60,6 +60,10 @@ double cuda_attention_det_workspace_cap(void);
 /* deterministic mode's backward on cuDNN's deterministic plans (1, the default) or the mma
  * kernels (0; QLORA_CUDA_DET_CUDNN_BWD=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_bwd(int on);
+/* deterministic mode, a dense batch whose cuDNN backward plan needs more workspace than the cap:
+ * one call per row and group of kv heads (1), or the mma kernels (0, the default until a GPU
+ * sitting has checked it; QLORA_CUDA_DET_CUDNN_SPLIT=1 sets 1): see attention_cudnn.cu */
+void cuda_attention_det_cudnn_split(int on);
 /* The _ex options on cuDNN (on by default since the H200 sitting of 2026-12-05: test_ops_gpu's
  * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and a score scale other than 1/sqrt(hd) go
  * into cuDNN's graph (docs/cuda-attention.md); off, such calls run on our kernels, as plain

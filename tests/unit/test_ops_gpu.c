@@ -723,7 +723,7 @@ TEST(attention) {
         if (kernel == CUDA_ATTN_MMA) CHECK_EQ_INT(ran, 0);
         CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
     }
-    cuda_attention_det_cudnn_bwd(0);
+    cuda_attention_det_cudnn_bwd(1); /* the default */
     cuda_attention_select(CUDA_ATTN_MMA);
 }
 
@@ -788,6 +788,63 @@ static int attention_bwd_twice(int T, int nh, int nkv, int hd, int packed, int r
     return ok;
 }
 
+/* deterministic mode, dense batches whose cuDNN plan is over the workspace cap, split into rows and
+ * groups of kv heads (cuda_attention_det_cudnn_split): the same bits twice, the calls on cuDNN,
+ * and within bf16 tolerance of the mma kernels' deterministic backward (checked against the CPU
+ * reference above; these shapes are too large for the CPU reference here): 4 rows of 2048 tokens
+ * with GQA 32/8 (split by rows), one 4096-token row with 32 heads (split by head groups) */
+static void det_split_check(void) {
+    const int cfgs[][5] = {{8192, 32, 8, 128, 2}, {4096, 32, 32, 128, 0}};
+    for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
+        int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
+        int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
+        int32_t *ss = make_seq_start(T, packed);
+        int32_t *ssd = dev_i32(ss, T);
+        cuda_attention_layout(ssd, ss, T);
+        tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+        tens dout = tens_rand(nq, 1, 1.0f, 0.0f), out = tens_out(nq, 1), lse = tens_out((int64_t)nh * T, 0);
+        cuda_attention_select(CUDA_ATTN_MMA);
+        CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+        GPU(attention_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        tens ref[3] = {tens_out(nq, 1), tens_out(nk, 1), tens_out(nk, 1)}, g[2][3];
+        GPU(attention_bwd)(ref[0].d, ref[1].d, ref[2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        for (int i = 0; i < 3; i++) {
+            free(ref[i].h);
+            ref[i].h = tens_download(&ref[i]);
+        }
+        CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
+        cuda_attention_select(CUDA_ATTN_CUDNN);
+        cuda_attention_det_cudnn_split(1);
+        CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
+        long before = cuda_attention_cudnn_calls();
+        for (int r = 0; r < 2; r++) {
+            g[r][0] = tens_out(nq, 1), g[r][1] = tens_out(nk, 1), g[r][2] = tens_out(nk, 1);
+            GPU(attention_bwd)(g[r][0].d, g[r][1].d, g[r][2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
+        }
+        long ran = cuda_attention_cudnn_calls() - before;
+        fprintf(stderr, "  deterministic, split, T=%d heads %d/%d%s: %ld backward calls on cuDNN\n", T, nh, nkv,
+                packed ? " (4 rows)" : "", ran);
+        if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(ran >= 2);
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            char what[128];
+            snprintf(what, sizeof what, "split attention_bwd %s T=%d nh=%d nkv=%d", names[i], T, nh, nkv);
+            CHECK(same_bits(what, g[0][i].d, g[1][i].d, (size_t)g[0][i].n * 2));
+            free(g[0][i].h);
+            g[0][i].h = ref[i].h; /* against the mma kernels' result */
+            check_close_abs_few(what, &g[0][i], 3e-2, 3e-2, 1e-4, 1 + g[0][i].n / 50000);
+            g[0][i].h = NULL;
+        }
+        CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
+        cuda_attention_det_cudnn_split(0);
+        for (int r = 0; r < 2; r++) tens_free(&g[r][0]), tens_free(&g[r][1]), tens_free(&g[r][2]);
+        for (int i = 0; i < 3; i++) tens_free(&ref[i]);
+        tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&dout), tens_free(&out), tens_free(&lse);
+        free(ss), gpu->free(ssd);
+    }
+    cuda_attention_select(CUDA_ATTN_MMA);
+}
+
 TEST(deterministic_same_bits) {
     /* T, nh, nkv, hd, packed: the Llama-2-7B layer (MHA), a GQA 32/8 layer (its dK/dV split over
      * shares), packed sequences, odd head dims, a grid larger than the machine holds at once */
@@ -818,9 +875,10 @@ TEST(deterministic_same_bits) {
             }
         CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
     }
-    cuda_attention_det_cudnn_bwd(0);
+    cuda_attention_det_cudnn_bwd(1); /* the default */
     cuda_attention_select(CUDA_ATTN_MMA);
     if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(on_cudnn > 0); /* the cuDNN plans were the ones checked */
+    det_split_check();
     CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
 
     /* the grad norm's sum of squares (fixed order in both modes) */
