@@ -525,6 +525,8 @@ TEST(test_export_qwen2_and_nf4) {
     merge_close(&lora);
     free(ad);
     free(mo);
+    free(mo32);
+    free(mo16);
     free(base);
     free(out);
 }
