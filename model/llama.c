@@ -172,7 +172,6 @@ typedef struct loader {
     const char *path;
     llama_load_opts opts;
     carve cv;
-
 } loader;
 
 static int loader_find(loader *ld, const char *name, int64_t numel, const st_tensor **out) {
@@ -339,15 +338,17 @@ static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin
         return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
     }
     long cpus = sysconf(_SC_NPROCESSORS_ONLN); /* the machine's cores, up to 16: a 7B loads in seconds */
-    int64_t bad = nf4_quantize(hc, ha, data, src, n, (int)bs, OPS_NF4, cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus);
+    int threads = cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus;
+    int64_t bad = nf4_quantize(hc, ha, data, src, n, (int)bs, OPS_NF4, threads);
     if (bad >= 0) {
         free(hc);
         free(ha);
         return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name,
                        (long long)(bad + row0 * in));
     }
-    if (fused_dq && (rc = fused_absmax(ha, whole, src, total * in, (int)bs, row0 * in / bs, nb,
-                                       cpus < 2 ? 2 : cpus > 16 ? 16 : (int)cpus, name))) {
+    /* each block of rows takes the whole tensor's absmax pass again (three for qkv_proj): one more
+     * read of the tensor a block, beside the quantization's own */
+    if (fused_dq && (rc = fused_absmax(ha, whole, src, total * in, (int)bs, row0 * in / bs, nb, threads, name))) {
         free(hc);
         free(ha);
         return rc;
