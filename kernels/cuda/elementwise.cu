@@ -60,7 +60,14 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// the scale is wadd + w in fp32 (Gemma's 1 + w); wadd 0 leaves w as it is, bit for bit
+// the norm's scale is wadd + w in fp32 (Gemma's 1 + w); wadd 0 leaves w as it is, bit for bit
+__device__ __forceinline__ void add_scale8(float g[8], float wadd) {
+    if (wadd != 0.0f) {
+#pragma unroll
+        for (int j = 0; j < 8; j++) g[j] += wadd;
+    }
+}
+
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C,
                                    float eps, int vec) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -89,10 +96,7 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
             float f[8], g[8];
             load8(f, xr + c);
             load8(g, w + c);
-            if (wadd != 0.0f) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) g[j] += wadd;
-            }
+            add_scale8(g, wadd);
 #pragma unroll
             for (int j = 0; j < 8; j++) f[j] = f[j] * r * g[j];
             store8(orow + c, f);
@@ -129,10 +133,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
             load8(a, xr + c);
             load8(b, dr + c);
             load8(g, w + c);
-            if (wadd != 0.0f) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) g[j] += wadd;
-            }
+            add_scale8(g, wadd);
 #pragma unroll
             for (int j = 0; j < 8; j++) s += a[j] * b[j] * g[j];
         }
@@ -153,10 +154,7 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
             load8(b, dr + c);
             load8(g, w + c);
             load8(d, dxr + c);
-            if (wadd != 0.0f) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) g[j] += wadd;
-            }
+            add_scale8(g, wadd);
 #pragma unroll
             for (int j = 0; j < 8; j++) d[j] += r * g[j] * b[j] - a[j] * k;
             store8(dxr + c, d);
