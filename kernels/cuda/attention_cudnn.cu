@@ -797,9 +797,9 @@ static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const b
             if (said[i][0] == L->b && said[i][1] == s && said[i][2] == nh && said[i][3] == hd) return -1;
         int *w = said[nsaid++ % 16];
         w[0] = L->b, w[1] = s, w[2] = nh, w[3] = hd;
-        fprintf(stderr, "cuDNN attention backward, deterministic (b=%d s=%d heads=%d/%d hd=%d): no row or head group "
-                "fits the %.0f MiB workspace cap; that shape runs on the mma kernels\n", L->b, s, nh, nkv, hd,
-                DET_WS_CAP / 1048576.0);
+        fprintf(stderr, "cuDNN attention backward, deterministic (b=%d s=%d heads=%d/%d hd=%d): no plan for a row or "
+                "a head group under the %.0f MiB workspace cap; that shape runs on the mma kernels\n", L->b, s, nh,
+                nkv, hd, DET_WS_CAP / 1048576.0);
         return -1;
     }
     hk++;
