@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/fsutil.h"
+#include "core/half.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "formats/bnb.h"
@@ -243,6 +245,61 @@ TEST(fused_double_quant_as_bnb) {
         bnb_linear_free(&bl);
     }
     st_close(&st);
+    llama_free(&m);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
+/* Gemma's norms scale by 1 + w with the 1 added in fp32 (transformers' Gemma3RMSNorm), not by a
+ * bf16 rounding of 1 + w: a copy of the gemma3 golden model whose final norm holds weights where
+ * the two differ (w near 0.0123: 1 + w is 1.0123 in fp32, 1.015625 in bf16), the loaded model's
+ * norm through the op, against (1 + w) * x / rms computed here */
+TEST(gemma_norm_scale_fp32) {
+    char dir[] = "/tmp/qlora-gnormXXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char *src = fs_join("golden/gemma3-tiny", "config.json"), *dst = fs_join(dir, "config.json"), *data = NULL;
+    size_t len = 0;
+    CHECK(fs_read_all(src, &data, &len) == 0 && fs_write_atomic(dst, data, len) == 0);
+    free(src), free(dst), free(data);
+    st_model *st = NULL;
+    CHECK(st_open(&st, "golden/gemma3-tiny/model.safetensors") == 0);
+    st_writer *w = NULL;
+    CHECK(st_writer_open(&w, dir, "model", 0) == 0);
+    uint16_t norm[4096];
+    int C = 0;
+    for (size_t i = 0; st && w && i < st_count(st); i++) {
+        const st_tensor *t = st_at(st, i);
+        const void *bytes = t->data;
+        if (!strcmp(t->name, "model.norm.weight")) {
+            C = (int)t->shape[0];
+            for (int c = 0; c < C && c < 4096; c++) norm[c] = f32_to_bf16(0.0123f + 0.0007f * (float)(c % 7));
+            bytes = norm;
+        }
+        CHECK(st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, bytes, NULL, NULL) == 0);
+    }
+    CHECK(st_writer_finish(&w) == 0);
+    st_close(&st);
+    llama_model *m = NULL;
+    llama_load_opts o = LLAMA_LOAD_OPTS_DEFAULT;
+    CHECK(llama_load(&m, dir, &o, ops_cpu()) == 0);
+    if (m && C > 0 && C <= 4096) {
+        CHECK(m->norm_add == 1.0f);
+        float x[2 * 4096], out[2 * 4096], rstd[2], worst = 0;
+        for (int i = 0; i < 2 * C; i++) x[i] = sinf(0.37f * (float)i) + 0.1f;
+        m->ops->rmsnorm_fwd(out, rstd, x, m->final_norm, m->norm_add, 2, C, m->eps);
+        for (int t = 0; t < 2; t++) {
+            double ss = 0;
+            for (int c = 0; c < C; c++) ss += (double)x[t * C + c] * x[t * C + c];
+            float r = (float)(1.0 / sqrt(ss / C + m->eps));
+            for (int c = 0; c < C; c++) {
+                float want = (1.0f + bf16_to_f32(norm[c])) * (x[t * C + c] * r);
+                worst = fmaxf(worst, fabsf(out[t * C + c] - want) / fmaxf(fabsf(want), 1e-6f));
+            }
+        }
+        if (worst > 1e-6f) fprintf(stderr, "  gemma final norm: worst relative difference %.3g\n", worst);
+        CHECK(worst <= 1e-6f); /* a bf16-rounded 1 + w is 3e-3 off here */
+    }
     llama_free(&m);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -814,6 +871,7 @@ TEST(shape_init) {
 int main(void) {
     RUN(bnb_checkpoint_logits);
     RUN(fused_double_quant_as_bnb);
+    RUN(gemma_norm_scale_fp32);
     RUN(double_quant_kept);
     RUN(checkpointing_changes_nothing);
     RUN(checkpointing_mlp_chunks);
