@@ -71,11 +71,9 @@ int lora_targets_select(const json_t *targets, bool sel[LORA_N_KINDS]) {
     return 0;
 }
 
-/* every target must name a module of c's family (q_proj is none of phi3's, qkv_proj none of llama's) */
-int lora_targets_check(const json_t *targets, const model_config *c) {
-    bool all[LORA_N_KINDS];
-    int bad = lora_targets_select(targets, all); /* a list of names, each of some family */
-    if (bad) return bad;
+/* every target (already a valid list: lora_targets_select) must name a module of c's family
+ * (q_proj is none of phi3's, qkv_proj none of llama's) */
+static int targets_check_family(const json_t *targets, const model_config *c) {
     size_t n = json_is_array(targets) ? json_array_size(targets) : 1;
     for (size_t i = 0; i < n; i++) {
         const json_t *v = json_is_array(targets) ? json_array_get(targets, i) : targets;
@@ -92,10 +90,14 @@ int lora_targets_check(const json_t *targets, const model_config *c) {
     return 0;
 }
 
+int lora_targets_check(const json_t *targets, const model_config *c, bool sel[LORA_N_KINDS]) {
+    int rc = lora_targets_select(targets, sel);
+    return rc ? rc : targets_check_family(targets, c);
+}
+
 int lora_adapter_create(peft_adapter *a, const model_config *c, const lora_init_opts *o) {
     bool sel[LORA_N_KINDS];
-    int rc = lora_targets_select(o->targets, sel);
-    if (!rc) rc = lora_targets_check(o->targets, c);
+    int rc = lora_targets_check(o->targets, c, sel);
     if (rc) return rc;
     for (int k = 0; k < LORA_N_KINDS; k++) sel[k] = sel[k] && lora_kind_of(c, k);
     /* the order of a layer's modules in the adapter: as the family's layer lists them */

@@ -37,7 +37,7 @@ void lora_module_path(char *buf, size_t n, int layer, int kind);
 int lora_targets_select(const json_t *targets, bool sel[LORA_N_KINDS]);
 /* The same, and every target a module of c's family (q_proj is none of phi3's): ERR_RECIPE naming
  * the target and the family's modules. */
-int lora_targets_check(const json_t *targets, const model_config *c);
+int lora_targets_check(const json_t *targets, const model_config *c, bool sel[LORA_N_KINDS]);
 
 typedef struct lora_init_opts {
     int r;

@@ -30,8 +30,9 @@ static int attach_check(const json_t *params) {
 
 /* before anything runs: every target a module of the family the model input will hold */
 static int attach_check_model(const json_t *params, const model_config *c, const char **key) {
+    bool sel[LORA_N_KINDS];
     *key = "lora_target_modules";
-    return lora_targets_check(json_object_get(params, "lora_target_modules"), c);
+    return lora_targets_check(json_object_get(params, "lora_target_modules"), c, sel);
 }
 
 /* "1,234,567" */
