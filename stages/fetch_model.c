@@ -332,7 +332,8 @@ static int fetch_preview(const json_t *params, const char *recipe_dir, const sta
     const char *source = json_string_value(json_object_get(params, "source"));
     const char *path = json_string_value(json_object_get(params, "path"));
     if (!source || strcmp(source, "path") || !path) return 0;
-    char *dir = path[0] == '/' || !recipe_dir || !strcmp(recipe_dir, ".") ? strdup(path) : fs_join(recipe_dir, path);
+    /* a recipe in the current folder: messages name the path as written, not ./path */
+    char *dir = stage_path_in(recipe_dir && strcmp(recipe_dir, ".") ? recipe_dir : NULL, path);
     char *cj = fs_join(dir, "config.json");
     int rc = 0;
     if (fs_exists(cj) && !fs_is_dir(cj)) {

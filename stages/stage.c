@@ -50,11 +50,13 @@ double stage_float(const stage_ctx *c, const char *key) { return json_number_val
 bool stage_bool(const stage_ctx *c, const char *key) { return json_is_true(json_object_get(c->params, key)); }
 json_t *stage_json(const stage_ctx *c, const char *key) { return json_object_get(c->params, key); }
 
-char *stage_recipe_path(const stage_ctx *c, const char *p) {
+char *stage_path_in(const char *recipe_dir, const char *p) {
     if (!p) return NULL;
-    if (p[0] == '/' || !c->recipe_dir) return strdup(p);
-    return fs_join(c->recipe_dir, p);
+    if (p[0] == '/' || !recipe_dir) return strdup(p);
+    return fs_join(recipe_dir, p);
 }
+
+char *stage_recipe_path(const stage_ctx *c, const char *p) { return stage_path_in(c->recipe_dir, p); }
 
 char *stage_path(const stage_ctx *c, const char *key) { return stage_recipe_path(c, stage_str(c, key)); }
 

@@ -199,6 +199,8 @@ char *stage_path(const stage_ctx *c, const char *key);
 /* a path as written in the recipe (in a structured param, say), resolved against its folder;
  * malloc'd, NULL for NULL */
 char *stage_recipe_path(const stage_ctx *c, const char *path);
+/* the same against a recipe folder, where no stage runs yet (a kind's model_preview) */
+char *stage_path_in(const char *recipe_dir, const char *path);
 /* the artifact dir of the input referenced by param `role`, NULL if none */
 const stage_input *stage_input_get(const stage_ctx *c, const char *role);
 /* The name users know an input's model by (its manifest's report "model_name", written by
