@@ -33,6 +33,10 @@ rm cache/artifacts/export; mv exported cache/artifacts/export
 expect 2 "an unknown option" "run: unknown option '--fast'" "$BIN" r.yaml --fast
 expect 2 "--only names no stage" "--only 'nosuch': the recipe has no such stage" "$BIN" r.yaml --only nosuch
 expect 2 "--jobs 0" "--jobs must be between 1 and 1024, not 0" "$BIN" r.yaml --jobs 0
+expect 2 "export --merged-dtype f8" "unknown merged model dtype 'f8' \(bf16, f16 or f32\)" \
+  "$BIN" export --base nowhere --format merged --merged-dtype f8 --out nowhere-out
+expect 2 "export --format safetensors" "unknown export format 'safetensors' \(peft, merged or gguf\)" \
+  "$BIN" export --base nowhere --format safetensors --out nowhere-out
 QLORA_CACHE=$W/empty expect 2 "--only a stage whose inputs are not cached" "" "$BIN" r.yaml --only train
 
 # 3
