@@ -259,6 +259,10 @@ typedef struct ops_table {
      * hold, bit for bit. A model may then keep them as W's dense copy (ops_nf4.dense) and skip the
      * dequantization in every forward (inference only: llama_dense_weights). */
     void (*nf4_dequant)(void *dst, const ops_nf4 *W);
+    /* Optional: in deterministic mode, lower the workspace attention's backward may take to bytes
+     * (ops_backend_info.det_attn_workspace_cap reports it; 0 restores the backend's default): a
+     * memory plan with less room than that workspace trades it for more, smaller calls. */
+    void (*det_workspace_cap_set)(double bytes);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 

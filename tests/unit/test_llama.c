@@ -581,11 +581,14 @@ static void fake_device_info(ops_backend_info *out) {
     out->free_bytes = 6.0 * 1073741824.0;
 }
 
-static double g_fake_det_cap;
+static double g_fake_det_cap, g_fake_det_default;
 static void fake_det_device_info(ops_backend_info *out) {
     fake_device_info(out);
     out->deterministic = 1;
     out->det_attn_workspace_cap = g_fake_det_cap;
+}
+static void fake_det_cap_set(double bytes) {
+    g_fake_det_cap = bytes > 0 && bytes < g_fake_det_default ? bytes : g_fake_det_default;
 }
 
 /* the deep model in dir, loaded on the CPU table posing as an 8 GiB device (2 GiB in use) */
@@ -617,6 +620,25 @@ TEST(plan_counts_det_workspace) {
         g_fake_det_cap = 1000;
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
         CHECK(det.plain_bytes - plain.plain_bytes == 1000);
+        /* checkpointed, a budget the plan misses by half the workspace: the workspace is lowered
+         * by that half (smaller calls) and the cap is the default again at the next plan */
+        dev.det_workspace_cap_set = fake_det_cap_set;
+        g_fake_det_cap = g_fake_det_default = 1e12;
+        double ws = 2.0 * m->nh * T * T, wmax = 0;
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+        CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
+        m->mlp_chunk_rows = T;
+        double acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + acts + 0.5 * ws;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &det), 0);
+        CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+        CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
+        /* no room for any of it: 1 byte (the backend's fixed-order kernels, which take none) */
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - ws, &det), 0);
+        CHECK(det.det_ws_bytes == 1 && g_fake_det_cap == 1);
     }
     llama_free(&m);
     remove_dir(dir);

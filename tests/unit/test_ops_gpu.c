@@ -792,11 +792,13 @@ static int attention_bwd_twice(int T, int nh, int nkv, int hd, int packed, int r
  * groups of kv heads (cuda_attention_det_cudnn_split): the same bits twice, the calls on cuDNN,
  * and within bf16 tolerance of the mma kernels' deterministic backward (checked against the CPU
  * reference above; these shapes are too large for the CPU reference here): 4 rows of 2048 tokens
- * with GQA 32/8 (split by rows), one 4096-token row with 32 heads (split by head groups) */
+ * with GQA 32/8 (split by rows), one 4096-token row with 32 heads (split by head groups), and one
+ * 2048-token row with 32 heads under a cap a memory plan lowered to 40 MiB (groups of 4 heads) */
 static void det_split_check(void) {
-    const int cfgs[][5] = {{8192, 32, 8, 128, 2}, {4096, 32, 32, 128, 0}};
+    const int cfgs[][6] = {{8192, 32, 8, 128, 2, 0}, {4096, 32, 32, 128, 0, 0}, {2048, 32, 32, 128, 0, 40}};
     for (size_t c = 0; c < sizeof cfgs / sizeof *cfgs; c++) {
         int T = cfgs[c][0], nh = cfgs[c][1], nkv = cfgs[c][2], hd = cfgs[c][3], packed = cfgs[c][4];
+        cuda_attention_det_workspace_cap_set(cfgs[c][5] * 1048576.0);
         int64_t nq = (int64_t)T * nh * hd, nk = (int64_t)T * nkv * hd;
         int32_t *ss = make_seq_start(T, packed);
         int32_t *ssd = dev_i32(ss, T);
@@ -822,9 +824,9 @@ static void det_split_check(void) {
             GPU(attention_bwd)(g[r][0].d, g[r][1].d, g[r][2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         }
         long ran = cuda_attention_cudnn_calls() - before;
-        fprintf(stderr, "  deterministic, split, T=%d heads %d/%d%s: %ld backward calls on cuDNN\n", T, nh, nkv,
-                packed ? " (4 rows)" : "", ran);
-        if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(ran >= 2);
+        fprintf(stderr, "  deterministic, split, T=%d heads %d/%d%s, cap %.0f MiB: %ld backward calls on cuDNN\n", T,
+                nh, nkv, packed ? " (4 rows)" : "", cuda_attention_det_workspace_cap() / 1048576.0, ran);
+        if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(ran >= (cfgs[c][5] ? 16 : 2));
         const char *names[3] = {"dq", "dk", "dv"};
         for (int i = 0; i < 3; i++) {
             char what[128];
@@ -836,7 +838,7 @@ static void det_split_check(void) {
             g[0][i].h = NULL;
         }
         CHECK(cuda_deterministic_set(0, NULL, 0) == 0);
-        cuda_attention_det_cudnn_split(0);
+        cuda_attention_det_workspace_cap_set(0);
         for (int r = 0; r < 2; r++) tens_free(&g[r][0]), tens_free(&g[r][1]), tens_free(&g[r][2]);
         for (int i = 0; i < 3; i++) tens_free(&ref[i]);
         tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&dout), tens_free(&out), tens_free(&lse);
