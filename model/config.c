@@ -622,10 +622,13 @@ static const named_preset named_presets[] = {
     {"gemma2-27b", ARCH_GEMMA2, {"", 4608, 36864, 256000, 8192, 46, 32, 16, 1e-6, 10000.0, true}, 128, false, 2, 1, 4096, 144, 0},
     /* Phi-3-mini-4k-instruct (3.8B: fused qkv_proj and gate_up_proj, a window of 2047) */
     {"phi3-mini", ARCH_PHI3, {"", 3072, 8192, 32064, 4096, 32, 32, 32, 1e-5, 10000.0, false}, 0, false, 1, 32000, 2047, 0, 0},
+    /* Phi-4 (microsoft/phi-4, 14.7B: the phi3 layer with grouped-query attention 40/10, full rotary,
+     * no window) */
+    {"phi4", ARCH_PHI3, {"", 5120, 17920, 100352, 16384, 40, 40, 10, 1e-5, 250000.0, false}, 0, false, 100257, 100265, 0, 0, 0},
     {0}};
 
 #define PRESET_NAMES "tiny, 1b, 7b, 13b, 70b, llama3-8b, llama3-70b, qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b, " \
-                     "gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, phi3-mini"
+                     "gemma2-2b, gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b, phi3-mini, phi4"
 const char *const config_preset_names = PRESET_NAMES;
 
 static void fill_preset(model_config *c, model_arch arch, const preset *p, int head_dim) {

@@ -27,8 +27,8 @@ static const cli_opt init_opts[] = {
                                    "or a real model's shape, which sets the architecture: llama3-8b, llama3-70b\n"
                                    "(Llama-3.1), qwen3-0.6b, qwen3-8b, qwen3-32b, mistral-7b (v0.3), gemma2-2b,\n"
                                    "gemma2-9b, gemma2-27b, gemma3-1b, gemma3-4b, gemma3-12b, gemma3-27b (the text\n"
-                                   "models), phi3-mini\n"
-                                   "(Phi-3-mini-4k: fused qkv_proj and gate_up_proj)",
+                                   "models), phi3-mini (Phi-3-mini-4k: fused qkv_proj and\n"
+                                   "gate_up_proj), phi4 (Phi-4, 14B)",
      CLI_AT(init_args, s.preset), 0, 0},
     SIZE_OPT("hidden", hidden, "override one size of the preset (likewise the next five)"),
     SIZE_OPT("layers", layers, "number of decoder layers"),

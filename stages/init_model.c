@@ -10,7 +10,7 @@
 
 static const param_spec params[] = {
     {"arch", PARAM_ENUM, NULL, 0, -1, "llama|mistral|qwen2|qwen3|gemma2|gemma3|phi3", "architecture (default: the named preset's, else llama)", 0},
-    {"preset", PARAM_ENUM, "tiny", 0, -1, "tiny|1b|7b|13b|70b|llama3-8b|llama3-70b|qwen3-0.6b|qwen3-8b|qwen3-32b|mistral-7b|gemma2-2b|gemma2-9b|gemma2-27b|gemma3-1b|gemma3-4b|gemma3-12b|gemma3-27b",
+    {"preset", PARAM_ENUM, "tiny", 0, -1, "tiny|1b|7b|13b|70b|llama3-8b|llama3-70b|qwen3-0.6b|qwen3-8b|qwen3-32b|mistral-7b|gemma2-2b|gemma2-9b|gemma2-27b|gemma3-1b|gemma3-4b|gemma3-12b|gemma3-27b|phi3-mini|phi4",
      "size: tiny (CPU demo), 1b (TinyLlama-1.1B shape), 7b, 13b, 70b (Llama-2 shapes), or a real model's shape "
      "(llama3-8b: Llama-3.1-8B, qwen3-8b: Qwen3-8B, ...)", 0},
     {"hidden", PARAM_INT, NULL, 8, 1 << 20, NULL, "hidden size (overrides the preset)", 0},

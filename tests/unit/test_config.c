@@ -176,7 +176,7 @@ TEST(test_presets) {
         {"llama3-8b", 8030261248LL}, {"llama3-70b", 70553706496LL}, {"qwen3-0.6b", 596049920LL},
         {"qwen3-8b", 8190735360LL}, {"qwen3-32b", 32762123264LL}, {"mistral-7b", 7248023552LL},
         {"gemma3-1b", 999885952LL}, {"phi3-mini", 3821079552LL}, {"gemma2-2b", 2614341888LL},
-        {"gemma2-9b", 9241705984LL}, {"gemma2-27b", 27227128320LL}};
+        {"gemma2-9b", 9241705984LL}, {"gemma2-27b", 27227128320LL}, {"phi4", 14659507200LL}};
     for (size_t i = 0; i < sizeof real / sizeof *real; i++) {
         CHECK_EQ_INT(config_preset(&c, ARCH_LLAMA, real[i].name), 0);
         if (config_param_count(&c) != real[i].params)
