@@ -39,7 +39,7 @@
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H:
 # [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|M}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -124,6 +124,9 @@ H)
     grep -E "^(ok|FAIL|SKIP)|passed|failed" "$O/test_golden_gpu.log" | tr '\n' ' '; echo
     (cd tests && timeout 120 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
     grep -E "^FAIL|off \(worst|split|passed" "$O/test_ops_gpu.log" | head
+    stamp "the floor of the 2048-token rows on this card (the floors in train_gpu are the H200's)"
+    timeout 90 python3 bench/step_floor.py 7b:2048x1 7b:2048x4 1b:2048x4 70b:2048x1 > "$O/floor.jsonl" 2> "$O/floor.err"
+    echo "step_floor rc=$?"; cat "$O/floor.jsonl"
     stamp "deterministic mode's cost on each row (on, split, off)"
     for r in "7b q,v 2048 4 auto" "7b all-linear 2048 1 auto" "1b q,v 2048 4 auto" "7b q,v 4096 1 auto" \
              "7b q,v 2048 1 every --budget-gib 4.2" "7b q,v 2048 1 auto --dense on"; do
@@ -188,6 +191,66 @@ J)
         $T --model 70b --targets q,v --seq 16384 --batch 1 --ckpt every --budget-gib 47 --steps 1 --warmup 1
     } > "$O/long-rows.log" 2>&1
     grep -E "^\||plan total|error|fit" "$O/long-rows.log"
+    ;;
+K)
+    # after H-J (2026-12-05 05:29-05:37 UTC, an H100): the rows with the linears kept dequantized
+    # (--dense on) beside NF4 alone and the floor on the same card; deterministic mode with the
+    # split now its default (1b 2048 x 4 twice: one checksum) and the checkpointed 7B in 4.2 GiB
+    # with attention backward's workspace lowered to fit; test_ops_gpu (the split under a lowered cap)
+    stamp "the floor of the 2048-token rows"
+    timeout 60 python3 bench/step_floor.py 7b:2048x1 7b:2048x4 1b:2048x4 > "$O/floor.jsonl" 2> "$O/floor.err"
+    echo "step_floor rc=$?"; cat "$O/floor.jsonl"
+    stamp "dense on and off"
+    for r in "7b q,v 2048 1" "7b q,v 2048 4" "7b all-linear 2048 1" "1b q,v 2048 4"; do
+        set -- $r
+        for d in on off; do
+            timeout 60 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --dense $d \
+                --steps 8 --warmup 2 2>&1 | grep -E "^\||error" | tee -a "$O/dense-rows.txt"
+        done
+    done
+    stamp "deterministic mode, split by default"
+    for i in 1 2; do
+        timeout 60 "$B/run" train_gpu train --model 1b --targets q,v --seq 2048 --batch 4 --ckpt auto --deterministic on \
+            --steps 8 --warmup 2 2>&1 | grep -E "^\||^checksum|cap|error" | tee -a "$O/det.txt"
+    done
+    for d in on off; do
+        timeout 60 "$B/run" train_gpu train --model 7b --targets q,v --seq 2048 --batch 1 --ckpt every --budget-gib 4.2 \
+            --deterministic $d --steps 8 --warmup 2 2>&1 | grep -E "^\||^checksum|lowered|plan total|cap|error" | tee -a "$O/det.txt"
+    done
+    (cd tests && timeout 150 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+    grep -E "^FAIL|split|passed" "$O/test_ops_gpu.log" | head
+    ;;
+M)
+    # issue 21's memory table: train_gpu fit (the plan's arithmetic) for the 8B, 14B, 32B and 70B
+    # shapes at 8-80 GiB, then one training step at each length the plan gives, within the budget
+    # less the CUDA context (the used column is nvidia-smi's: all of the process's device memory),
+    # shortest first, while this part's time lasts (a step at 390k tokens takes minutes)
+    tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
+    for mdl in llama3-8b phi4 qwen3-32b llama3-70b; do
+        timeout 60 "$B/run" train_gpu fit --model $mdl --targets $(tg $mdl) 2>/dev/null | tee -a "$O/fit.md"
+    done
+    python3 - "$O/fit.md" > "$O/cells.txt" <<'PY'
+import re, sys
+ctx, cells = 0.0, []
+for l in open(sys.argv[1]):
+    m = re.search(r"context ([0-9.]+)", l)
+    if m: ctx = float(m.group(1)); continue
+    f = [x.strip() for x in l.strip().strip("|").split("|")]
+    if len(f) == 6 and f[3].isdigit() and float(f[2]) < 79:
+        cells.append((int(f[3]) * {"llama3-8b": 1, "phi4": 2, "qwen3-32b": 4, "llama3-70b": 9}[f[0]], f[0], f[2], f[3], "%.2f" % (float(f[2]) - ctx)))
+for c in sorted(cells): print(*c[1:])
+PY
+    cat "$O/cells.txt"
+    end=$(( $(date +%s) + ${M_SECONDS:-420} ))
+    while read -r mdl bud len has; do
+        left=$(( end - $(date +%s) ))
+        [ $left -lt 30 ] && { echo "| $mdl | q,v | $bud GiB | $len | not measured (time) |"; continue; }
+        c="$O/cell-$mdl-$bud.log"
+        timeout $left "$B/run" train_gpu train --model $mdl --targets $(tg $mdl) --seq $len --batch 1 --ckpt every \
+            --budget-gib $has --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
+        echo "$mdl $bud GiB $len (budget $has GiB beside the context): rc=$? $(grep -E '^\|' "$c")"
+        grep -E "plan total|scratch MiB" "$c"
+    done < "$O/cells.txt"
     ;;
 F)
     stamp determinism

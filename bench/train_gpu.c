@@ -465,6 +465,17 @@ static int train_plan_make(llama_model *m, const train_opts *o, int64_t T, train
     else return err_set(ERR_USAGE, "--ckpt must be auto, none or every");
     p->need = p->ckpt == LLAMA_CKPT_NONE ? need_none : need_every;
     if (p->need > has) return plan_refused(m, T, p->ckpt, p->need, need_every, has);
+    if (o->det) { /* deterministic attention backward's workspace (2 h s T bytes up to its cap), lowered
+                   * to the room left, as llama_plan_auto does: more, smaller calls */
+        double ws = fmin(cuda_attention_det_workspace_cap(), 2.0 * m->nh * (double)o->seq * (double)T);
+        if (ws > 0 && p->need + ws > has) {
+            ws = (double)(has - p->need);
+            cuda_attention_det_workspace_cap_set(ws > 1 ? ws : 1);
+            fprintf(stderr, "deterministic attention backward's workspace lowered to %.1f MiB to fit the budget\n",
+                    ws / 1048576.0);
+        }
+        p->need += (int64_t)ws;
+    }
     p->need += p->dense;
     p->use = p->ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
     m->mlp_chunk_rows = p->use.mlp_rows > 0 ? p->use.mlp_rows : (int)T;
@@ -567,6 +578,13 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
                     "GiB\n", p->need / GIB, plan_scratch_bytes(m, T, p->use.cap) / GIB, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
+    /* the ops' scratch as allocated, slot by slot (kernels/cuda/common.cuh), beside the plan's count */
+    static const char *slots[] = {"weight/xent/dq", "lora A", "lora B", "xa", "dropout x", "lora dx", "", "",
+                                  "attn D", "attn dkv", "attn turn", "reduce", "cudnn ws", "lora part", "lora turn"};
+    fprintf(stderr, "scratch MiB:");
+    for (int s = 0; s < (int)(sizeof slots / sizeof *slots); s++)
+        if (*slots[s] && cuda_scratch_slot_bytes(s)) fprintf(stderr, " %s %.1f", slots[s], cuda_scratch_slot_bytes(s) / 1048576.0);
+    fprintf(stderr, "\n");
 }
 
 static int bench_train(int argc, char **argv) {
