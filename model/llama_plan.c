@@ -42,12 +42,13 @@ static double token_scratch(const llama_model *m, int T) {
 }
 
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
- * offload_inputs): its activations, the largest dequantized weight, deterministic attention's
- * workspace and half the ops' margin */
-static double checkpointed_need(const llama_model *m, int max_T) {
+ * offload_inputs, and with lean the scratch cap): its activations, the largest dequantized weight
+ * (or the cap), deterministic attention's workspace and half the ops' margin */
+static double checkpointed_need(const llama_model *m, int max_T, bool lean) {
     double wmax = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+    if (lean) wmax = fmin(wmax, (double)DEVICE_LEAN_SCRATCH);
     return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + det_attn_workspace(m, max_T) +
            0.5 * GPU_SCRATCH_MARGIN;
 }
@@ -56,7 +57,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
                     llama_plan_choice *out) {
     llama_plan_choice ch = {0};
     llama_checkpointing ck = mode == LLAMA_PLAN_EVERY ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
-    bool dev = m->ops->own_memory;
+    bool dev = m->ops->own_memory, given = budget > 0;
     if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* the default, unless lowered below */
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
@@ -93,17 +94,28 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         double room = budget > 0 ? budget : device_free_bytes(m->ops);
         /* what does not fit: first the layer inputs go to host memory (copied beside the compute),
          * then the lean knobs */
-        if (checkpointed_need(m, max_T) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
+        if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
             m->offload_inputs = true;
-        ch.lean = checkpointed_need(m, max_T) > room;
+        ch.lean = checkpointed_need(m, max_T, false) > room;
         if (ch.lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
         /* deterministic attention's workspace gives way last: its backward in more, smaller calls
          * (none left: the fixed-order mma kernels, which take no workspace) */
-        double over = checkpointed_need(m, max_T) - room, ws = det_attn_workspace(m, max_T);
-        if (over > 0 && ws > 0 && m->ops->det_workspace_cap_set) {
-            ch.det_ws_bytes = fmax(ws - over, 1.0);
+        double need = checkpointed_need(m, max_T, ch.lean), ws = det_attn_workspace(m, max_T);
+        if (need > room && ws > 0 && m->ops->det_workspace_cap_set) {
+            double keep = ws - (need - room); /* what is left of it (1 byte: none) */
+            ch.det_ws_bytes = keep > 1 ? keep : 1;
             m->ops->det_workspace_cap_set(ch.det_ws_bytes);
+            need -= ws - (keep > 1 ? keep : 0);
         }
+        /* a memory_budget that even the leanest plan misses: said now, not found out by the
+         * device (or not at all, on a device larger than the budget) */
+        if (given && need > room)
+            return err_set(ERR_STAGE, "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
+                                      "checkpointed%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; "
+                                      "lower sequence_len or micro_batch_size%s, or raise memory_budget",
+                           max_T, need / 1073741824.0, m->offload_inputs ? " and its inputs on the host" : "",
+                           ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0,
+                           offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)" : "");
     }
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);

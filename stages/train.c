@@ -56,8 +56,9 @@ static const param_spec train_params[] = {
      PARAM_NOKEY},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
      "memory the run may use, e.g. 24GB: on a GPU all of the process's device memory (CUDA context, weights, LoRA "
-     "state, activations, scratch), which decides checkpointing and offload; on the CPU the activations' "
-     "(default: what the device has free; half of RAM on the CPU)", PARAM_NOKEY},
+     "state, activations, scratch), which decides checkpointing and offload, and a budget even the leanest "
+     "plan misses is refused before training; on the CPU the activations' (default: what the device has free; "
+     "half of RAM on the CPU)", PARAM_NOKEY},
     {"dense_weights", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
      "keep the base's linear weights dequantized (bf16 on a GPU) for the whole run instead of dequantizing them "
      "in every forward and backward: the same numbers, bit for bit, in less time (auto: on a GPU, as many "

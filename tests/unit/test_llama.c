@@ -636,9 +636,13 @@ TEST(plan_counts_det_workspace) {
         CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
         CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
-        /* no room for any of it: 1 byte (the backend's fixed-order kernels, which take none) */
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - ws, &det), 0);
+        /* no room for any of it: 1 byte (the backend's fixed-order kernels, which take none); less
+         * room still: refused */
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws, &det), 0);
         CHECK(det.det_ws_bytes == 1 && g_fake_det_cap == 1);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws - 1024, &det),
+                     ERR_STAGE);
+        err_clear();
     }
     llama_free(&m);
     remove_dir(dir);
@@ -671,9 +675,22 @@ TEST(plan_budget_on_a_device) {
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
         CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
         CHECK(ch.in_use_bytes == 2.0 * GiB);
-        /* off: the same budget takes the lean knobs instead */
+        /* off: the same budget is refused (the lean knobs, a scratch cap over this model's largest
+         * weight, save nothing here), saying what it needs and what to change; with the inputs on
+         * the device planned for, it fits */
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
+        if (!strstr(err_msg(), "activation_offload be auto")) fprintf(stderr, "  %s\n", err_msg());
+        CHECK(strstr(err_msg(), "a micro-batch of 64 tokens needs about") && strstr(err_msg(), "over memory_budget") &&
+              strstr(err_msg(), "activation_offload be auto"));
+        err_clear();
+        budget += 0.5 * (on_dev - on_host);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
-        CHECK(!ch.offload && ch.lean && m->host_act_bytes == 0);
+        CHECK(!ch.offload && !ch.lean && m->host_act_bytes == 0);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, 2.0 * GiB + 64.0 * 1048576.0, &ch),
+                     ERR_STAGE);
+        CHECK(strstr(err_msg(), "over memory_budget 2.06 GiB") && strstr(err_msg(), "inputs on the host") &&
+              !strstr(err_msg(), "activation_offload be auto"));
+        err_clear();
     }
     llama_free(&m);
     remove_dir(dir);
