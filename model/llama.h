@@ -222,6 +222,9 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
  * checkpointing choice or a memory report before the first step). */
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt);
+/* the ops' scratch on a GPU that grows with the tokens of a pass (model/llama_plan.c), which the
+ * plans of llama_plan_auto and llama_dense_auto count beside the activations */
+double llama_token_scratch_bytes(const llama_model *m, int T);
 
 /* The plan a run asks for by mode (llama_plan.c): LLAMA_PLAN_NONE and LLAMA_PLAN_EVERY as told,
  * LLAMA_PLAN_AUTO checkpointing every layer only when the activations without it would not fit

@@ -30,10 +30,10 @@ static double det_attn_workspace(const llama_model *m, int max_T) {
 }
 
 /* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
- * summed though some share one): attention's fp32 dq, its row sums and split grouped-query dk/dv,
+ * summed though some share one; llama.h): attention's fp32 dq, its row sums and split grouped-query dk/dv,
  * the LoRA branch's dropout input and (dy B) A at the widest input, and xa; the fixed-size rest is
  * in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the choices made here. */
-static double token_scratch(const llama_model *m, int T) {
+double llama_token_scratch_bytes(const llama_model *m, int T) {
     double in_max = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
     double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + (m->nkv < m->nh ? 8.0 * m->nkv * m->hd : 0) + 4.0 * in_max +
@@ -43,14 +43,15 @@ static double token_scratch(const llama_model *m, int T) {
 
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
  * offload_inputs, and with lean the scratch cap): its activations, the largest dequantized weight
- * (or the cap), deterministic attention's workspace and half the ops' margin */
+ * (or the cap), the ops' scratch that grows with the tokens, deterministic attention's workspace
+ * and half the ops' margin */
 static double checkpointed_need(const llama_model *m, int max_T, bool lean) {
     double wmax = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
     if (lean) wmax = fmin(wmax, (double)DEVICE_LEAN_SCRATCH);
-    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + det_attn_workspace(m, max_T) +
-           0.5 * GPU_SCRATCH_MARGIN;
+    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + llama_token_scratch_bytes(m, max_T) +
+           det_attn_workspace(m, max_T) + 0.5 * GPU_SCRATCH_MARGIN;
 }
 
 int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget,
@@ -78,7 +79,8 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
             budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
         }
-        ch.plain_bytes = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE) + det_attn_workspace(m, max_T);
+        ch.plain_bytes = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE) + det_attn_workspace(m, max_T) +
+                         (dev ? llama_token_scratch_bytes(m, max_T) : 0);
         if (ch.plain_bytes > budget) {
             ch.over_budget = true;
             ck = LLAMA_CKPT_EVERY;
@@ -145,7 +147,7 @@ int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama
         if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes) + (double)m->dense_bytes);
         /* the first pass over the plan's tokens allocates the ops' scratch (and, in deterministic
          * mode, attention backward's workspace): kept free */
-        if (m->plan_T > 0) room -= token_scratch(m, m->plan_T) + det_attn_workspace(m, m->plan_T);
+        if (m->plan_T > 0) room -= llama_token_scratch_bytes(m, m->plan_T) + det_attn_workspace(m, m->plan_T);
         ch.room_bytes = room - GPU_SCRATCH_MARGIN;
         /* what does not fit whole is kept in part: as many linears as fit, layer by layer (each
          * saves its share of the dequantization) */

@@ -220,8 +220,9 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     if (!rc && ch.offload)
         stage_logf(ctx, "layer inputs offloaded to pinned host memory: %.1f MiB on the host", (double)m->host_act_bytes / 1048576.0);
     if (ch.over_budget)
-        stage_logf(ctx, "activations need %.1f MB without checkpointing, over the %.1f MB the budget leaves them%s: "
-                        "checkpointing every layer", ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0,
+        stage_logf(ctx, "activations (and on a GPU the ops' scratch) need %.1f MB without checkpointing, over the "
+                        "%.1f MB the budget leaves them%s: checkpointing every layer",
+                   ch.plain_bytes / 1048576.0, ch.budget_bytes / 1048576.0,
                    ch.in_use_bytes > 0 ? " beside what the device holds already" : "");
     if (ch.device_refused)
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");

@@ -630,7 +630,7 @@ TEST(plan_counts_det_workspace) {
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
         CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
         m->mlp_chunk_rows = T;
-        double acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+        double acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY) + llama_token_scratch_bytes(m, T);
         double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + acts + 0.5 * ws;
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &det), 0);
         CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
@@ -671,7 +671,8 @@ TEST(plan_budget_on_a_device) {
         m->offload_inputs = true;
         double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
         CHECK(on_host < on_dev);
-        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + 0.5 * (on_dev + on_host);
+        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) +
+                        0.5 * (on_dev + on_host);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
         CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
         CHECK(ch.in_use_bytes == 2.0 * GiB);
