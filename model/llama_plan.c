@@ -30,12 +30,14 @@ static double det_attn_workspace(const llama_model *m, int max_T) {
 }
 
 /* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
- * summed though some share one; llama.h): attention's fp32 dq, its row sums and split grouped-query dk/dv,
- * the LoRA branch's dropout input and (dy B) A at the widest input, and xa; the fixed-size rest is
- * in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the choices made here. */
+ * summed though some share one; llama.h): attention's fp32 dq, its row sums and split grouped-query
+ * dk/dv, the LoRA branch's dropout input and (dy B) A at the widest input a LoRA targets, and xa;
+ * the fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
+ * choices made here. */
 double llama_token_scratch_bytes(const llama_model *m, int T) {
     double in_max = 0;
-    for (int t = 0; t < LLAMA_NTARGETS; t++) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
+    for (int t = 0; t < LLAMA_NTARGETS; t++)
+        if (m->layers[0].lin[t].lora.A) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
     double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + (m->nkv < m->nh ? 8.0 * m->nkv * m->hd : 0) + 4.0 * in_max +
                  4.0 * m->lora.r;
     return per * T;
