@@ -1,9 +1,15 @@
 #!/bin/bash
 # gpu-next.sh PART: the GPU sittings prepared by the sessions of 2026-12-04 21:24 and 2026-12-05
-# 00:26 UTC. Parts A-G ran on 2026-12-05 03:30-04:12 UTC (bench/RESULTS.md, "Sitting of
-# 2026-12-05"); H and I are what is left (issue 21's memory rows, the deterministic mode's cost
-# on every row, the 7B recipe and the peer's 7B rows in one sitting). Each PART fits one `run`
-# call (at most 600 s):
+# 00:26 UTC. Parts A-G ran on 2026-12-05 03:30-04:12 UTC on an H200, H-J at 05:29-05:37 on an
+# H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); K and M are what is left
+# (no machine could be started for them that session). Each PART fits one `run` call (at most
+# 600 s):
+#   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
+#      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
+#      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap) ~250 s
+#   M  issue 21's memory table: train_gpu fit for llama3-8b, phi4, qwen3-32b, llama3-70b at
+#      8-80 GiB, then one step at each planned length (shortest first, M_SECONDS=420); the
+#      "scratch MiB" lines say what the plan misses at long context                      ~500 s
 #   H  test_golden_gpu, test_ops_gpu; deterministic on/split/off on six train_gpu rows;
 #      checkpointed 7B at 4.2 GiB; 70B at 38 GiB                                            ~400 s
 #   I  recipes/bench-7b.yaml at 7B, its train stage twice deterministic; the peer's 7B rows  ~450 s
@@ -36,8 +42,8 @@
 # committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
-# Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H:
-# [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
+# M: [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
 PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|M}
 R=$(pwd)
