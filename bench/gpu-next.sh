@@ -230,7 +230,8 @@ M)
     # issue 21's memory table: train_gpu fit (the plan's arithmetic) for the 8B, 14B, 32B and 70B
     # shapes at 8-80 GiB, then one training step at each length the plan gives, within the budget
     # less the CUDA context (the used column is nvidia-smi's: all of the process's device memory),
-    # shortest first, while this part's time lasts (a step at 390k tokens takes minutes)
+    # shortest first, while this part's time lasts (a step at 390k tokens takes minutes); then, on
+    # the development machine, `python3 bench/memory_table.py M` prints README's table
     tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
     for mdl in llama3-8b phi4 qwen3-32b llama3-70b; do
         timeout 60 "$B/run" train_gpu fit --model $mdl --targets $(tg $mdl) 2>/dev/null | tee -a "$O/fit.md"
