@@ -419,13 +419,16 @@ static double g_det_cap = DET_WS_CAP;
 // kernels' fixed-order backward (which runs for shapes over the cap) costs 19%.
 static int g_det_bwd = -1;
 
-static bool det_bwd_on(void) {
-    if (g_det_bwd < 0) {
-        const char *e = getenv("QLORA_CUDA_DET_CUDNN_BWD");
-        g_det_bwd = !(e && !strcmp(e, "0"));
+// a switch set by its setter, else read once from the environment: on unless name=0
+static bool env_switch(int *g, const char *name) {
+    if (*g < 0) {
+        const char *e = getenv(name);
+        *g = !(e && !strcmp(e, "0"));
     }
-    return g_det_bwd == 1;
+    return *g == 1;
 }
+
+static bool det_bwd_on(void) { return env_switch(&g_det_bwd, "QLORA_CUDA_DET_CUDNN_BWD"); }
 
 extern "C" void cuda_attention_det_cudnn_bwd(int on) { g_det_bwd = on ? 1 : 0; }
 
@@ -789,13 +792,7 @@ static int bwd_call(plan *pl, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, co
 // same bits twice, and the rows over the cap trained 18-33% faster than on the mma form.
 static int g_det_split = -1;
 
-static bool det_split_on(void) {
-    if (g_det_split < 0) {
-        const char *e = getenv("QLORA_CUDA_DET_CUDNN_SPLIT");
-        g_det_split = !(e && !strcmp(e, "0"));
-    }
-    return g_det_split == 1;
-}
+static bool det_split_on(void) { return env_switch(&g_det_split, "QLORA_CUDA_DET_CUDNN_SPLIT"); }
 
 extern "C" void cuda_attention_det_cudnn_split(int on) { g_det_split = on ? 1 : 0; }
 
@@ -808,15 +805,8 @@ static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const b
     for (hk = nkv; hk >= 1 && !pl; hk--) // the most kv heads a call whose plan fits
         if (nkv % hk == 0 && (L->b > 1 || hk < nkv))
             pl = get_plan(1, &row, hk * group, hk, hd, ap.window > 0, nh, nkv, 1);
-    if (!pl) {
-        static int said[16][4], nsaid;
-        for (int i = 0; i < nsaid && i < 16; i++)
-            if (said[i][0] == L->b && said[i][1] == s && said[i][2] == nh && said[i][3] == hd) return -1;
-        int *w = said[nsaid++ % 16];
-        w[0] = L->b, w[1] = s, w[2] = nh, w[3] = hd;
-        fprintf(stderr, "cuDNN attention backward, deterministic (b=%d s=%d heads=%d/%d hd=%d): no plan for a row or "
-                "a head group under the %.0f MiB workspace cap; that shape runs on the mma kernels\n", L->b, s, nh,
-                nkv, hd, g_det_cap / 1048576.0);
+    if (!pl) { // the whole batch's plan (cached, over the cap) says so, once
+        get_plan(1, L, nh, nkv, hd, ap.window > 0, nh, nkv, 0);
         return -1;
     }
     hk++;
