@@ -16,7 +16,6 @@
 #include "model/config.h"
 #include "export/gguf_export.h"
 #include "export/merge.h"
-#include "formats/safetensors.h"
 
 int export_format_from_name(const char *name, unsigned *bit) {
     if (!strcmp(name, "peft")) *bit = EXPORT_PEFT;
@@ -26,11 +25,9 @@ int export_format_from_name(const char *name, unsigned *bit) {
     return 0;
 }
 
-int export_merged_dtype(const char *name, int *dtype) {
-    if (!strcmp(name, "bf16")) *dtype = ST_BF16;
-    else if (!strcmp(name, "f16")) *dtype = ST_F16;
-    else if (!strcmp(name, "f32")) *dtype = ST_F32;
-    else return err_set(ERR_USAGE, "unknown merged model dtype '%s' (bf16, f16 or f32)", name);
+int export_merged_dtype(const char *name, st_dtype *dtype) {
+    if (st_float_dtype_parse(name, dtype))
+        return err_set(ERR_USAGE, "unknown merged model dtype '%s' (bf16, f16 or f32)", name);
     return 0;
 }
 

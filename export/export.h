@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "formats/gguf.h"
+#include "formats/safetensors.h"
 
 enum export_format { EXPORT_PEFT = 1, EXPORT_MERGED = 2, EXPORT_GGUF = 4 };
 
@@ -23,7 +24,7 @@ typedef struct export_opts {
     const char *adapter;      /* PEFT adapter directory; NULL exports the base alone */
     unsigned formats;         /* EXPORT_* bits */
     ggml_type gguf_type;
-    int merged_dtype;         /* the merged model's tensors: ST_BF16 (0 too), ST_F16 or ST_F32 */
+    st_dtype merged_dtype;    /* the merged model's tensors: ST_BF16 (0, ST_BOOL, too), ST_F16 or ST_F32 */
     bool include_nf4;
     const char *name;         /* GGUF general.name; NULL: the base directory's name */
     bool set_base_model;      /* write base_model below into adapter_config.json, not the adapter's own */
@@ -34,8 +35,9 @@ typedef struct export_opts {
     void *progress_arg;
 } export_opts;
 
-/* "bf16"|"f16"|"f32" -> ST_BF16|ST_F16|ST_F32 (the merged model's dtype); ERR_USAGE otherwise */
-int export_merged_dtype(const char *name, int *dtype);
+/* "bf16"|"f16"|"f32" (as st_float_dtype_parse names them) -> ST_BF16|ST_F16|ST_F32 (the merged
+ * model's dtype); ERR_USAGE otherwise */
+int export_merged_dtype(const char *name, st_dtype *dtype);
 /* "peft"|"merged"|"gguf" -> EXPORT_* bit; ERR_USAGE naming the formats otherwise */
 int export_format_from_name(const char *name, unsigned *bit);
 int export_run(const export_opts *o, const char *dir);

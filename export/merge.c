@@ -203,7 +203,7 @@ int merge_read(merge_src *m, const char *name, float *dst) {
 
 typedef struct write_ctx {
     merge_src *m;
-    int dtype; /* ST_BF16, ST_F16 or ST_F32 */
+    st_dtype dtype; /* ST_BF16, ST_F16 or ST_F32 */
     float *buf;
     int64_t cap;
     uint64_t done, total;
@@ -211,11 +211,9 @@ typedef struct write_ctx {
     void *arg;
 } write_ctx;
 
-static int elem_size(int dtype) { return dtype == ST_F32 ? 4 : 2; }
-
 static int fill_tensor(void *arg, const char *name, void *dst, uint64_t nbytes) {
     write_ctx *c = arg;
-    int64_t n = (int64_t)(nbytes / (uint64_t)elem_size(c->dtype));
+    int64_t n = (int64_t)(nbytes / st_dtype_size(c->dtype));
     if (n > c->cap) {
         free(c->buf);
         c->cap = n;
@@ -273,19 +271,19 @@ static int write_generation_config(const char *base, const char *dir, const mode
     return rc;
 }
 
-int merge_write_model(merge_src *m, const char *out_dir, int dtype, uint64_t max_shard_bytes,
+int merge_write_model(merge_src *m, const char *out_dir, st_dtype dtype, uint64_t max_shard_bytes,
                       int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg) {
     if (dtype != ST_F16 && dtype != ST_F32) dtype = ST_BF16;
     write_ctx c = {m, dtype, NULL, 0, 0, 0, progress, arg};
     model_config cfg = m->cfg;
-    snprintf(cfg.dtype, sizeof cfg.dtype, "%s", dtype == ST_F32 ? "float32" : dtype == ST_F16 ? "float16" : "bfloat16");
+    snprintf(cfg.dtype, sizeof cfg.dtype, "%s", st_float_dtype_torch_name(dtype));
     char *tmp = NULL;
     st_writer *w = NULL;
     int rc = pubdir_begin(&tmp, out_dir);
     if (!rc) rc = st_writer_open(&w, tmp, "model", max_shard_bytes ? max_shard_bytes : 5000000000ull);
     for (size_t i = 0; i < m->n && !rc; i++) {
-        c.total += (uint64_t)numel_of(&m->t[i]) * (uint64_t)elem_size(dtype);
-        rc = st_writer_add(w, m->t[i].name, (st_dtype)dtype, m->t[i].ndim, m->t[i].shape, NULL, fill_tensor, &c);
+        c.total += (uint64_t)numel_of(&m->t[i]) * st_dtype_size(dtype);
+        rc = st_writer_add(w, m->t[i].name, dtype, m->t[i].ndim, m->t[i].shape, NULL, fill_tensor, &c);
     }
     if (!rc) rc = st_writer_finish(&w);
     if (!rc) rc = config_save(&cfg, tmp);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "formats/peft.h"
+#include "formats/safetensors.h"
 #include "model/config.h"
 
 typedef struct merge_src merge_src;
@@ -38,7 +39,7 @@ int merge_read(merge_src *m, const char *name, float *dst);
  * max_shard_bytes, 0: 5 GB), config.json without quantization_config,
  * generation_config.json and the tokenizer files of the base. Complete or not at all.
  * progress: as in init_model.h (may be NULL). */
-int merge_write_model(merge_src *m, const char *out_dir, int dtype, uint64_t max_shard_bytes,
+int merge_write_model(merge_src *m, const char *out_dir, st_dtype dtype, uint64_t max_shard_bytes,
                       int (*progress)(void *arg, uint64_t done, uint64_t total), void *arg);
 
 #endif

@@ -31,6 +31,18 @@ int st_dtype_from_name(const char *s) {
     return -1;
 }
 
+int st_float_dtype_parse(const char *name, st_dtype *d) {
+    if (!strcmp(name, "bf16") || !strcmp(name, "bfloat16")) *d = ST_BF16;
+    else if (!strcmp(name, "f16") || !strcmp(name, "float16") || !strcmp(name, "fp16")) *d = ST_F16;
+    else if (!strcmp(name, "f32") || !strcmp(name, "float32") || !strcmp(name, "fp32")) *d = ST_F32;
+    else return -1;
+    return 0;
+}
+
+const char *st_float_dtype_torch_name(st_dtype d) {
+    return d == ST_F32 ? "float32" : d == ST_F16 ? "float16" : "bfloat16";
+}
+
 int64_t st_numel(const st_tensor *t) {
     int64_t n = 1;
     for (int i = 0; i < t->ndim; i++) n *= t->shape[i];

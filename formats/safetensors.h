@@ -49,6 +49,11 @@ int64_t st_numel(const st_tensor *t);
 const char *st_dtype_name(st_dtype d);
 int st_dtype_from_name(const char *s); /* -1 if unknown */
 size_t st_dtype_size(st_dtype d);
+/* a float dtype to write a model in, as users and config.json name it: bf16|bfloat16,
+ * f16|float16|fp16, f32|float32|fp32 -> 0 and *d; -1 otherwise (the caller says what it expected) */
+int st_float_dtype_parse(const char *name, st_dtype *d);
+/* config.json's torch dtype of ST_F32 or ST_F16 ("float32", "float16"); "bfloat16" otherwise */
+const char *st_float_dtype_torch_name(st_dtype d);
 
 /* Drop the tensor's pages from this process's resident set once read (the mapping stays
  * valid: a later access reads them from the page cache again). Streaming converters call it

@@ -26,14 +26,8 @@ void init_model_opts_default(init_model_opts *o) {
 }
 
 int init_model_dtype(const char *name, st_dtype *d) {
-    if (!strcmp(name, "bf16") || !strcmp(name, "bfloat16")) *d = ST_BF16;
-    else if (!strcmp(name, "f16") || !strcmp(name, "float16") || !strcmp(name, "fp16")) *d = ST_F16;
-    else if (!strcmp(name, "f32") || !strcmp(name, "float32") || !strcmp(name, "fp32")) *d = ST_F32;
-    else return err_set(ERR_USAGE, "unknown dtype '%s' (bf16, f16 or f32)", name);
-    return 0;
+    return st_float_dtype_parse(name, d) ? err_set(ERR_USAGE, "unknown dtype '%s' (bf16, f16 or f32)", name) : 0;
 }
-
-static const char *dtype_torch_name(st_dtype d) { return d == ST_F32 ? "float32" : d == ST_F16 ? "float16" : "bfloat16"; }
 
 /* ---- weights ---- */
 
@@ -180,7 +174,7 @@ int init_model_write(const init_model_opts *o, const char *dir, model_config *fi
     model_config cfg = o->cfg;
     cfg.skip_modules = NULL;
     cfg.quantized = false;
-    snprintf(cfg.dtype, sizeof cfg.dtype, "%s", dtype_torch_name(o->dtype));
+    snprintf(cfg.dtype, sizeof cfg.dtype, "%s", st_float_dtype_torch_name(o->dtype));
     if (o->dtype != ST_BF16 && o->dtype != ST_F16 && o->dtype != ST_F32) return err_set(ERR_USAGE, "generated weights must be bf16, f16 or f32");
     int rc = apply_tokenizer(o, &cfg);
     if (!rc) rc = config_check(&cfg);
