@@ -583,7 +583,8 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
                                   "attn D", "attn dkv", "attn turn", "reduce", "cudnn ws", "lora part", "lora turn"};
     fprintf(stderr, "scratch MiB:");
     for (int s = 0; s < (int)(sizeof slots / sizeof *slots); s++)
-        if (*slots[s] && cuda_scratch_slot_bytes(s)) fprintf(stderr, " %s %.1f", slots[s], cuda_scratch_slot_bytes(s) / 1048576.0);
+        if (*slots[s] && cuda_scratch_slot_bytes(s))
+            fprintf(stderr, " %s %.1f", slots[s], cuda_scratch_slot_bytes(s) / 1048576.0);
     fprintf(stderr, "\n");
 }
 

@@ -658,7 +658,6 @@ static int64_t dense_slot(const llama_model *m, const ops_nf4 *w) {
     return (w->rows * w->cols * (int64_t)ops_act_size(m->ops) + 255) / 256 * 256;
 }
 
-
 /* frees the copy dense_mem holds (linears loaded dense stay as they are) */
 static void dense_drop(llama_model *m) {
     if (!m->dense_mem) return;
@@ -1533,7 +1532,8 @@ int llama_decode_losses(llama_model *m, const int32_t *ids, int n, const int32_t
         int r = k - f;
         for (int t = 0; t < r; t++) A->h_target[t] = targets[done + f + t] >= 0 ? targets[done + f + t] : -100;
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r, m->C, m->eps);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r,
+                            m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
                              (float)m->cfg.final_softcap);
         m->ops->download(losses + done + f, A->losses, sizeof(float) * (size_t)r);
@@ -1581,7 +1581,8 @@ int llama_decode_segments(llama_model *m, const int32_t *ids, const int *seg, in
         int r = e - f + 1;
         for (int t = 0; t < r; t++) A->h_target[t] = targets[f + t] >= 0 ? targets[f + t] : -100;
         m->ops->upload(A->target, A->h_target, sizeof(int32_t) * (size_t)r);
-        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r, m->C, m->eps);
+        m->ops->rmsnorm_fwd(A->nf, A->rstdf, act_at(m, A->res[0], (int64_t)f * m->C), m->final_norm, m->norm_add, r,
+                            m->C, m->eps);
         m->ops->xent_fwd_bwd(A->losses, NULL, A->nf, m->lm_head, A->target, r, m->C, m->V, 1.0f,
                              (float)m->cfg.final_softcap);
         m->ops->download(losses + f, A->losses, sizeof(float) * (size_t)r);

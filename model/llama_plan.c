@@ -114,12 +114,14 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         /* a memory_budget that even the leanest plan misses: said now, not found out by the
          * device (or not at all, on a device larger than the budget) */
         if (given && need > room)
-            return err_set(ERR_STAGE, "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
-                                      "checkpointed%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; "
-                                      "lower sequence_len or micro_batch_size%s, or raise memory_budget",
+            return err_set(ERR_STAGE,
+                           "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
+                           "checkpointed%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; lower "
+                           "sequence_len or micro_batch_size%s, or raise memory_budget",
                            max_T, need / 1073741824.0, m->offload_inputs ? " and its inputs on the host" : "",
                            ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0,
-                           offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)" : "");
+                           offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
+                                                                              : "");
     }
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);

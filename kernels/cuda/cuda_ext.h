@@ -71,8 +71,9 @@ void cuda_attention_det_cudnn_bwd(int on);
  * QLORA_CUDA_DET_CUDNN_SPLIT=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_split(int on);
 /* The _ex options on cuDNN (on by default since the H200 sitting of 2026-12-05: test_ops_gpu's
- * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and a score scale other than 1/sqrt(hd) go
- * into cuDNN's graph (docs/cuda-attention.md); off, such calls run on our kernels, as plain
+ * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and
+ * a score scale other than 1/sqrt(hd) go into cuDNN's graph (docs/cuda-attention.md); off, such
+ * calls run on our kernels, as plain
  * causal attention at 1/sqrt(hd) always runs on cuDNN. QLORA_CUDA_ATTENTION_EX=cudnn|off sets the
  * initial value; cuda_attention_cudnn_ex(-1) only reads it. Returns the value now in force. */
 int cuda_attention_cudnn_ex(int on);

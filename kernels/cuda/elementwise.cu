@@ -61,11 +61,11 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // the norm's scale is wadd + w in fp32 (Gemma's 1 + w); wadd 0 leaves w as it is, bit for bit
+__device__ __forceinline__ float norm_scale(float w, float wadd) { return wadd != 0.0f ? w + wadd : w; }
+
 __device__ __forceinline__ void add_scale8(float g[8], float wadd) {
-    if (wadd != 0.0f) {
 #pragma unroll
-        for (int j = 0; j < 8; j++) g[j] += wadd;
-    }
+    for (int j = 0; j < 8; j++) g[j] = norm_scale(g[j], wadd);
 }
 
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C,
@@ -102,11 +102,8 @@ __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const 
             store8(orow + c, f);
         }
     } else {
-        for (int c = lane; c < C; c += 32) {
-            float g = __bfloat162float(w[c]);
-            if (wadd != 0.0f) g += wadd;
-            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * g);
-        }
+        for (int c = lane; c < C; c += 32)
+            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * norm_scale(__bfloat162float(w[c]), wadd));
     }
 }
 
@@ -138,11 +135,8 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
             for (int j = 0; j < 8; j++) s += a[j] * b[j] * g[j];
         }
     } else {
-        for (int c = lane; c < C; c += 32) {
-            float g = __bfloat162float(w[c]);
-            if (wadd != 0.0f) g += wadd;
-            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * g;
-        }
+        for (int c = lane; c < C; c += 32)
+            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * norm_scale(__bfloat162float(w[c]), wadd);
     }
     s = warp_sum(s);
     float r = rstd[row];
@@ -161,8 +155,8 @@ __global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, co
         }
     } else {
         for (int c = lane; c < C; c += 32) {
-            float a = __bfloat162float(xr[c]), b = __bfloat162float(dr[c]), g = __bfloat162float(w[c]);
-            if (wadd != 0.0f) g += wadd;
+            float a = __bfloat162float(xr[c]), b = __bfloat162float(dr[c]);
+            float g = norm_scale(__bfloat162float(w[c]), wadd);
             dxr[c] = __float2bfloat16_rn(__bfloat162float(dxr[c]) + r * g * b - a * k);
         }
     }
