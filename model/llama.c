@@ -172,6 +172,9 @@ typedef struct loader {
     const char *path;
     llama_load_opts opts;
     carve cv;
+    /* the fused tensor whose de-nested absmax was computed last (fused_absmax), for its next blocks */
+    char fused_name[256];
+    float *fused_a;
 } loader;
 
 static int loader_find(loader *ld, const char *name, int64_t numel, const st_tensor **out) {
@@ -282,27 +285,32 @@ static void upload_prequantized(loader *ld, llama_linear *lin, const nf4_bufs *B
 
 /* A block of rows of a fused tensor (phi3's qkv_proj, gate_up_proj) with double quant: bitsandbytes
  * quantizes the fused Linear whole, so the offset and the nested groups of 256 blocks are the whole
- * tensor's. Its absmax is double-quantized whole and de-nested here, and the rows' share of it
- * (ha: nb blocks from block b0) kept in f32, as a pre-quantized fused tensor's is: the same
- * weights as bitsandbytes', bit for bit. */
-static int fused_absmax(float *ha, const void *data, int src, int64_t all, int bs, int64_t b0, int64_t nb,
-                        int threads, const char *name) {
-    int64_t nball = nf4_nblocks(all, bs), nn = nf4_nblocks(nball, NF4_NESTED_BLOCKSIZE);
-    float *a = malloc(sizeof(float) * (size_t)nball), *hn = malloc(sizeof(float) * (size_t)nn);
-    uint8_t *q = malloc((size_t)nball);
-    int rc = 0;
-    if (!a || !hn || !q) rc = err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
-    if (!rc) {
+ * tensor's. Its absmax is double-quantized whole and de-nested here (once: the tensor's other blocks,
+ * loaded next, take it from ld), and the rows' share of it (ha: nb blocks from block b0) kept in
+ * f32, as a pre-quantized fused tensor's is: the same weights as bitsandbytes', bit for bit. */
+static int fused_absmax(loader *ld, float *ha, const char *name, const void *data, int src, int64_t all, int bs,
+                        int64_t b0, int64_t nb, int threads) {
+    if (!ld->fused_a || strcmp(ld->fused_name, name)) {
+        int64_t nball = nf4_nblocks(all, bs), nn = nf4_nblocks(nball, NF4_NESTED_BLOCKSIZE);
+        float *a = malloc(sizeof(float) * (size_t)nball), *hn = malloc(sizeof(float) * (size_t)nn);
+        uint8_t *q = malloc((size_t)nball);
+        if (!a || !hn || !q) {
+            free(a), free(hn), free(q);
+            return err_set(ERR_STAGE, "out of memory quantizing '%s'", name);
+        }
         float map[NF4_DYNAMIC_MAP_SIZE];
         nf4_dynamic_map(map);
         nf4_absmax(a, data, src, all, bs, threads); /* finiteness: the rows' own pass reports it */
         float offset = nf4_absmax_mean(a, nball);
         nf4_double_quant(q, hn, a, nball, offset, map);
         nf4_double_dequant(a, q, hn, map, nball, offset);
-        memcpy(ha, a + b0, sizeof(float) * (size_t)nb);
+        free(hn), free(q);
+        free(ld->fused_a);
+        ld->fused_a = a;
+        snprintf(ld->fused_name, sizeof ld->fused_name, "%s", name);
     }
-    free(a), free(hn), free(q);
-    return rc;
+    memcpy(ha, ld->fused_a + b0, sizeof(float) * (size_t)nb);
+    return 0;
 }
 
 /* the checkpoint's bf16/f16/f32 weight prefix.weight (rows row0.. of total) quantized to NF4 here,
@@ -346,9 +354,7 @@ static int quantize_and_upload(loader *ld, const char *prefix, llama_linear *lin
         return err_set(ERR_DATA, "%s: tensor '%s' holds a NaN or Inf at element %lld", ld->path, name,
                        (long long)(bad + row0 * in));
     }
-    /* each block of rows takes the whole tensor's absmax pass again (three for qkv_proj): one more
-     * read of the tensor a block, beside the quantization's own */
-    if (fused_dq && (rc = fused_absmax(ha, whole, src, total * in, (int)bs, row0 * in / bs, nb, threads, name))) {
+    if (fused_dq && (rc = fused_absmax(ld, ha, name, whole, src, total * in, (int)bs, row0 * in / bs, nb, threads))) {
         free(hc);
         free(ha);
         return rc;
@@ -592,6 +598,7 @@ int llama_init(llama_model **out, const model_config *cfg, const char *path, con
         rc = load_all(&ld);
     }
     st_close(&ld.st);
+    free(ld.fused_a);
     if (rc) {
         llama_free(&m);
         return rc;
