@@ -1,9 +1,12 @@
 #!/bin/bash
 # gpu-next.sh PART: the GPU sittings prepared by the sessions of 2026-12-04 21:24 and 2026-12-05
 # 00:26 UTC. Parts A-G ran on 2026-12-05 03:30-04:12 UTC on an H200, H-J at 05:29-05:37 on an
-# H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); K and M are what is left
-# (no machine could be started for them that session). Each PART fits one `run` call (at most
-# 600 s):
+# H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); K, M and N are what is
+# left (no machine was lent for them in the sessions of 2026-12-05 05:26 and 07:09 UTC). Each PART
+# fits one `run` call (at most 600 s):
+#   N  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws: what the plan's
+#      count of one dense sequence assumes of packed batches), then the long rows of J again: the
+#      plan now counts cuDNN's workspace, so "plan total" should meet "measured peak"       ~250 s
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
 #      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap) ~250 s
@@ -43,9 +46,9 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# M: [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# M, N: [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|M}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|M|N}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -258,6 +261,24 @@ PY
         echo "$mdl $bud GiB $len (budget $has GiB beside the context): rc=$? $(grep -E '^\|' "$c")"
         grep -E "plan total|scratch MiB" "$c"
     done < "$O/cells.txt"
+    ;;
+N)
+    # the plan undercounted the long rows of J by 8,192 bytes a token on Llama-3-8B (32/8 heads)
+    # and 24,576 on the 70B (64/8): cuDNN's backward workspace with grouped-query heads (dK and dV
+    # for every q head, 4 h d bytes a token, by the arithmetic) less the mma kernels' fp32 dk, dv
+    # (8 h_kv d), which the plan counted and cuDNN's path never allocates. The two now share one
+    # slot, the plan counts the larger and asks cuDNN for its size, and caps cuDNN's workspace at
+    # what it counted and left free (attn-ws shows what cuDNN answers, and what packed batches'
+    # padded plans take beside it; test_ops_gpu's attention_workspace_cap runs under that cap).
+    stamp "cuDNN attention workspace by layout"
+    timeout 200 "$B/run" train_gpu attn-ws 2>&1 | tee "$O/attn-ws.md" | grep -vE "^\| (32/32|40/10)"
+    stamp "the long rows again: plan total against measured peak"
+    T="timeout 150 $B/run train_gpu train"
+    {
+        $T --model llama3-8b --targets q,v --seq 32768 --batch 1 --ckpt every --budget-gib 23 --steps 2 --warmup 1
+        $T --model 70b --targets q,v --seq 16384 --batch 1 --ckpt every --budget-gib 47 --steps 1 --warmup 1
+    } > "$O/long-rows.log" 2>&1
+    grep -E "^\||plan total|scratch MiB|cap|error" "$O/long-rows.log"
     ;;
 F)
     stamp determinism

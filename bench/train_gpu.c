@@ -252,11 +252,31 @@ static int parse_targets(const char *targets, uint32_t *mask) {
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+/* cuDNN attention's workspace at T tokens outside deterministic mode (cuda_attention_workspace,
+ * as the train stage's plan counts it): asked of cuDNN for each T, or with attn_ws_line (fit, whose
+ * search reaches lengths no plan is built for) on the line through its answers at 4,096 and 8,192
+ * tokens, which `train` at the length found then measures */
+static bool attn_ws_line;
+
+static double attn_ws_bytes(const llama_model *m, int64_t T) {
+    int windowed = 0;
+    for (int l = 0; l < m->L && !windowed; l++) windowed = config_layer_window(&m->cfg, l) > 0;
+    if (!attn_ws_line) return cuda_attention_workspace((int)T, m->nh, m->nkv, m->hd, windowed);
+    static const llama_model *at;
+    static double w1, w2;
+    if (at != m) {
+        at = m;
+        w1 = cuda_attention_workspace(4096, m->nh, m->nkv, m->hd, windowed);
+        w2 = cuda_attention_workspace(8192, m->nh, m->nkv, m->hd, windowed);
+    }
+    return fmax(0, w1 + (w2 - w1) * (double)(T - 4096) / 4096.0);
+}
+
 /* the CUDA ops' own scratch at T tokens (kernels/cuda): one slot shared by the dequantized weight
  * (or a cap-sized row range of it), the cross-entropy's logits chunk and attention's fp32 dq; the
  * LoRA scratch (B's bf16 copy, xa and dy B, and the fused kernels' partial sums or, on the GEMM
- * path, A's copy and the dropout input), attention's D and (grouped-query) dk, dv, and the cuBLAS
- * workspace */
+ * path, A's copy and the dropout input), attention's D, its (grouped-query) dk, dv or cuDNN's
+ * workspace, and the cuBLAS workspace */
 static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
@@ -280,8 +300,9 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) 
             fused = max64(fused, (int64_t)cuda_lora_scratch_bytes(T, m->layers[0].lin[t].in, (int)r));
     if (fused) b += fused;
     else b += r * max_in * 2 + (m->lora.dropout > 0 ? T * max_in * 2 : 0);
-    if (m->nkv < m->nh) b += 2 * T * m->nkv * m->hd * 4; /* split grouped-query heads: fp32 dk, dv */
-    return b;
+    /* one slot: the mma kernels' fp32 dk, dv of grouped-query heads split over blocks, or cuDNN's
+     * workspace, the larger */
+    return b + max64(m->nkv < m->nh ? 2 * T * m->nkv * m->hd * 4 : 0, (int64_t)attn_ws_bytes(m, T));
 }
 
 /* With checkpointing, the plan's knobs from the fastest to the leanest: the ops' scratch cap
@@ -477,6 +498,10 @@ static int train_plan_make(llama_model *m, const train_opts *o, int64_t T, train
         p->need += (int64_t)ws;
     }
     p->need += p->dense;
+    /* cuDNN's workspace: its slot as the plan counted it and the room the plan leaves (a padded
+     * layout over that runs on the mma kernels), as the train stage's plan sets it */
+    double slot = fmax(m->nkv < m->nh ? 8.0 * (double)T * m->nkv * m->hd : 0, attn_ws_bytes(m, T));
+    cuda_attention_workspace_cap_set(fmax(1, slot + (double)(has + p->dense - p->need)));
     p->use = p->ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
     m->mlp_chunk_rows = p->use.mlp_rows > 0 ? p->use.mlp_rows : (int)T;
     m->offload_inputs = p->ckpt == LLAMA_CKPT_EVERY && p->use.offload;
@@ -575,12 +600,13 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     if (m->dense_mem) fprintf(stderr, "base weights kept dequantized in bf16: %.2f GiB\n", m->dense_bytes / GIB);
     if (m->host_act_bytes)
         fprintf(stderr, "layer inputs offloaded: %.2f GiB in pinned host memory\n", m->host_act_bytes / GIB);
-    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB, cap %zu MiB, MLP rows a chunk %d); measured peak %.3f "
-                    "GiB\n", p->need / GIB, plan_scratch_bytes(m, T, p->use.cap) / GIB, cuda_scratch_cap() >> 20,
+    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB with cuDNN's attention workspace %.1f MiB, cap %zu MiB, "
+                    "MLP rows a chunk %d); measured peak %.3f GiB\n", p->need / GIB,
+            plan_scratch_bytes(m, T, p->use.cap) / GIB, attn_ws_bytes(m, T) / 1048576.0, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     /* the ops' scratch as allocated, slot by slot (kernels/cuda/common.cuh), beside the plan's count */
     static const char *slots[] = {"weight/xent/dq", "lora A", "lora B", "xa", "dropout x", "lora dx", "", "",
-                                  "attn D", "attn dkv", "attn turn", "reduce", "cudnn ws", "lora part", "lora turn"};
+                                  "attn D", "", "attn turn", "reduce", "cudnn ws or attn dkv", "lora part", "lora turn"};
     fprintf(stderr, "scratch MiB:");
     for (int s = 0; s < (int)(sizeof slots / sizeof *slots); s++)
         if (*slots[s] && cuda_scratch_slot_bytes(s))
@@ -670,6 +696,8 @@ static int bench_fit(int argc, char **argv) {
     if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
     llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
     if ((rc = llama_lora_attach(m, &lc))) return rc;
+    attn_ws_line = true;
+    attn_ws_bytes(m, 4096); /* cuDNN loaded first: its device memory is part of the context measured */
     size_t live, peak, fr = 0, tot = 0;
     cuda_mem_stats(&live, &peak);
     cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
@@ -701,6 +729,39 @@ static int bench_fit(int argc, char **argv) {
         fflush(stdout);
     }
     llama_free(&m);
+    return 0;
+}
+
+/* train_gpu attn-ws: the workspace cuDNN's attention plans ask for, by heads, tokens and layout
+ * (dense: b equal sequences; ragged: b packed sequences padded to s, T tokens in all), outside
+ * deterministic mode and, for the dense backward, in it: what the memory plan's count
+ * (cuda_attention_workspace, one dense sequence) assumes of the others */
+static int bench_attn_ws(void) {
+    if (!ops_cuda()) return err_set(ERR_STAGE, "no CUDA device");
+    char why[256];
+    if (cuda_attention_cudnn_probe(why, sizeof why)) return err_set(ERR_STAGE, "%s", why);
+    static const int heads[][2] = {{32, 32}, {32, 8}, {64, 8}, {40, 10}}, lens[] = {2048, 8192, 32768};
+    printf("%s\n| heads q/kv | T | layout | fwd MiB | bwd MiB | bwd bytes a token | / (4 h d) |\n"
+           "| --- | --- | --- | --- | --- | --- | --- |\n", why);
+    for (size_t h = 0; h < sizeof heads / sizeof *heads; h++)
+        for (size_t t = 0; t < sizeof lens / sizeof *lens; t++) {
+            int nh = heads[h][0], nkv = heads[h][1], T = lens[t];
+            struct { const char *name; int b, s, ragged, det; } L[] = {{"dense 1 x T", 1, T, 0, 0},
+                                                                      {"dense 4 x T/4", 4, T / 4, 0, 0},
+                                                                      {"ragged 4, s = T/2", 4, T / 2, 1, 0},
+                                                                      {"ragged 16, s = T", 16, T, 1, 0},
+                                                                      {"dense 1 x T, deterministic", 1, T, 0, 1}};
+            for (size_t l = 0; l < sizeof L / sizeof *L; l++) {
+                if (L[l].det && T > 8192) continue; /* dS alone is 2 h T^2 bytes */
+                if (cuda_deterministic_set(L[l].det, why, sizeof why)) return err_set(ERR_STAGE, "%s", why);
+                double f = cuda_attention_cudnn_workspace(0, L[l].b, L[l].s, T, L[l].ragged, nh, nkv, 128, 0);
+                double b = cuda_attention_cudnn_workspace(1, L[l].b, L[l].s, T, L[l].ragged, nh, nkv, 128, 0);
+                printf("| %d/%d | %d | %s | %.1f | %.1f | %.0f | %.3f |\n", nh, nkv, T, L[l].name, f / 1048576.0,
+                       b / 1048576.0, b / T, b / (4.0 * nh * 128 * T));
+                fflush(stdout);
+            }
+            cuda_deterministic_set(0, why, sizeof why);
+        }
     return 0;
 }
 
@@ -1016,7 +1077,8 @@ int main(int argc, char **argv) {
                "                       [--act-offload auto|on|off] [--dense off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
-               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n");
+               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n"
+               "       train_gpu attn-ws\n");
         return argc < 2 ? 2 : 0;
     }
     int rc;
@@ -1024,7 +1086,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "nf4")) rc = bench_nf4(argc, argv);
     else if (!strcmp(argv[1], "ops")) rc = bench_ops(argc, argv);
     else if (!strcmp(argv[1], "fit")) rc = bench_fit(argc, argv);
-    else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops)", argv[1]);
+    else if (!strcmp(argv[1], "attn-ws")) rc = bench_attn_ws();
+    else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops, fit, attn-ws)", argv[1]);
     if (rc) fprintf(stderr, "train_gpu: %s\n", err_msg());
     return rc;
 }

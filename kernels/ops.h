@@ -263,6 +263,14 @@ typedef struct ops_table {
      * (ops_backend_info.det_attn_workspace_cap reports it; 0 restores the backend's default): a
      * memory plan with less room than that workspace trades it for more, smaller calls. */
     void (*det_workspace_cap_set)(double bytes);
+    /* Optional, outside deterministic mode: attention's own workspace beside the plan (cuDNN's;
+     * with grouped-query heads its backward keeps dK and dV for every q head). attn_workspace: the
+     * bytes the forward or backward of one sequence of T tokens takes (0: none; windowed: the
+     * model has sliding-window layers); attn_workspace_cap_set: the most any call may take (0: no
+     * cap), a layout that would take more (a packed batch's padded shape) running on kernels
+     * whose scratch llama_token_scratch_bytes counts. */
+    double (*attn_workspace)(int T, int nh, int nkv, int hd, int windowed);
+    void (*attn_workspace_cap_set)(double bytes);
 } ops_table;
 #define OPS_SIDE_SLOTS 8
 

@@ -246,6 +246,7 @@ typedef struct llama_plan_choice {
     bool offload;            /* the layer inputs went to host memory (offload_inputs) */
     double det_ws_bytes;     /* deterministic mode, checkpointed: > 0 when attention backward's workspace
                               * was lowered to this to fit (ops det_workspace_cap_set) */
+    double attn_ws_bytes;    /* on a device: attention's own workspace counted (ops attn_workspace) */
 } llama_plan_choice;
 /* offload: LLAMA_OFFLOAD_AUTO moves the checkpointed layer inputs to host memory (offload_inputs)
  * when the checkpointed plan does not fit the budget, first without the lean knobs, then with

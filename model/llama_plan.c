@@ -29,18 +29,42 @@ static double det_attn_workspace(const llama_model *m, int max_T) {
     return fmin(di.det_attn_workspace_cap, 2.0 * m->nh * (double)max_T * (double)max_T);
 }
 
+/* attention's own workspace on a device, outside deterministic mode: cuDNN's plans, asked of the
+ * backend (with grouped-query heads its backward keeps dK and dV for every q head, 4 h d bytes a
+ * token; the H100 sitting of 2026-12-05 found 8,192 bytes a token more than planned on Llama-3-8B
+ * and 24,576 on the 70B shape, where the plan had counted only the mma kernels' fp32 dk, dv) */
+static double attn_workspace(const llama_model *m, int T) {
+    if (!m->ops->own_memory || !m->ops->attn_workspace || T <= 0) return 0;
+    int windowed = 0;
+    for (int l = 0; l < m->L && !windowed; l++) windowed = config_layer_window(&m->cfg, l) > 0;
+    return m->ops->attn_workspace(T, m->nh, m->nkv, m->hd, windowed);
+}
+
+/* the slot attention's backward keeps beside its dq (kernels/cuda/ops_cuda.cu): cuDNN's workspace
+ * or the mma kernels' fp32 dk, dv of grouped-query heads split over blocks, whichever is larger */
+static double attn_slot_bytes(const llama_model *m, int T) {
+    double dkv = m->nkv < m->nh ? 8.0 * m->nkv * m->hd * (double)T : 0;
+    return fmax(dkv, attn_workspace(m, T));
+}
+
 /* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
- * summed though some share one; llama.h): attention's fp32 dq, its row sums and split grouped-query
- * dk/dv, the LoRA branch's dropout input and (dy B) A at the widest input a LoRA targets, and xa;
- * the fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
+ * summed though some share one; llama.h): attention's fp32 dq, its row sums and attn_slot_bytes,
+ * the LoRA branch's dropout input and (dy B) A at the widest input a LoRA targets, and xa; the
+ * fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
  * choices made here. */
 double llama_token_scratch_bytes(const llama_model *m, int T) {
     double in_max = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         if (m->layers[0].lin[t].lora.A) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
-    double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + (m->nkv < m->nh ? 8.0 * m->nkv * m->hd : 0) + 4.0 * in_max +
-                 4.0 * m->lora.r;
-    return per * T;
+    double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + 4.0 * in_max + 4.0 * m->lora.r;
+    return per * T + attn_slot_bytes(m, T);
+}
+
+/* the cap on cuDNN's workspace: the slot the plan counted for T tokens and what the plan leaves
+ * free beside it, so a batch whose layout would take more runs within the plan
+ * (attn_workspace_cap_set) */
+static void attn_workspace_cap(const llama_model *m, int T, double slack) {
+    if (m->ops->attn_workspace_cap_set) m->ops->attn_workspace_cap_set(fmax(1, attn_slot_bytes(m, T) + fmax(0, slack)));
 }
 
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
@@ -62,6 +86,9 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     llama_checkpointing ck = mode == LLAMA_PLAN_EVERY ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE;
     bool dev = m->ops->own_memory, given = budget > 0;
     if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* the default, unless lowered below */
+    if (m->ops->attn_workspace_cap_set) m->ops->attn_workspace_cap_set(0);
+    /* asked first: the backend may load its attention library (device memory in use) to answer */
+    ch.attn_ws_bytes = dev ? attn_workspace(m, max_T) : 0;
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
          * context, the weights, the LoRA state) comes off it before the activations */
@@ -122,6 +149,12 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
                            ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0,
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
                                                                               : "");
+        attn_workspace_cap(m, max_T, room - need);
+    } else if (dev && mode == LLAMA_PLAN_AUTO) {
+        attn_workspace_cap(m, max_T, budget - ch.plain_bytes);
+    } else if (dev && given) {
+        attn_workspace_cap(m, max_T, budget - (double)llama_plan_bytes(m, max_T, ck) - llama_token_scratch_bytes(m, max_T) -
+                                         det_attn_workspace(m, max_T));
     }
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);
@@ -129,6 +162,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         err_clear();
         ch.device_refused = true;
         ch.lean = true;
+        attn_workspace_cap(m, max_T, 0);
         device_lean_scratch(m->ops, true);
         m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
         m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
@@ -160,6 +194,9 @@ int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama
     int rc = mode == LLAMA_DENSE_ON ? llama_dense_weights(m, true) : llama_dense_weights_within(m, limit);
     ch.kept_bytes = rc ? 0 : (double)m->dense_bytes;
     ch.kept = ch.kept_bytes > 0;
+    /* what the copy leaves free is what attention's workspace may take beyond its count */
+    if (!rc && mode == LLAMA_DENSE_AUTO && m->ops->own_memory && m->ops->nf4_dequant)
+        attn_workspace_cap(m, m->plan_T, ch.room_bytes - ch.kept_bytes);
     if (out) *out = ch;
     return rc;
 }

@@ -1236,9 +1236,10 @@ static int eval_run(stage_ctx *ctx) {
     if (has_tasks && cfg.max_position_embeddings > 0 && task_T > cfg.max_position_embeddings)
         task_T = (int)cfg.max_position_embeddings;
     if (has_tasks && task_T > plan_T) plan_T = task_T;
-    /* a train stage before this one in the process may have lowered deterministic attention's
-     * workspace to fit its budget (llama_plan_auto): the default again */
+    /* a train stage before this one in the process may have capped attention's workspace to fit
+     * its budget (llama_plan_auto): the defaults again (llama_dense_auto caps it to this plan) */
     if (e.m->ops->det_workspace_cap_set) e.m->ops->det_workspace_cap_set(0);
+    if (e.m->ops->attn_workspace_cap_set) e.m->ops->attn_workspace_cap_set(0);
     if ((rc = llama_plan(e.m, plan_T, LLAMA_CKPT_NONE))) goto out;
     if ((rc = keep_dense(&e, has_tasks ? task_T : 0))) goto out;
     task_results = json_object();

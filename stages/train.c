@@ -229,6 +229,9 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     if (ch.det_ws_bytes > 0)
         stage_logf(ctx, "deterministic attention backward's workspace lowered to %.1f MiB to fit: smaller calls%s",
                    ch.det_ws_bytes / 1048576.0, ch.det_ws_bytes <= 1 ? " (none: the fixed-order mma kernels)" : "");
+    if (ch.attn_ws_bytes > 0)
+        stage_logf(ctx, "attention's workspace (cuDNN) for %d tokens: %.1f MiB, counted in the plan", max_T,
+                   ch.attn_ws_bytes / 1048576.0);
     if (rc) return rc;
     stage_metric(ctx, "activation_mb", (double)m->act_bytes / 1048576.0);
     /* the activations were planned first; the base weights kept dequantized take what is left */

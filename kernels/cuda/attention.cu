@@ -150,6 +150,19 @@ static void cudnn_missing(void) {
     CUDA_REQUIRE(0, msg);
 }
 
+// The memory plan's count of cuDNN's workspace (ops attn_workspace, model/llama_plan.c): the
+// larger of the forward and backward plans of one sequence of T tokens, windowed or not as the
+// model's layers are; 0 in deterministic mode (its own cap bounds it) or when cuDNN is not the
+// kernel asked for. A layout that would take more runs within cuda_attention_workspace_cap_set.
+extern "C" double cuda_attention_workspace(int T, int nh, int nkv, int hd, int windowed) {
+    if (T <= 0 || cuda_det() || cuda_attention_selected() != CUDA_ATTN_CUDNN) return 0;
+    double ws = 0;
+    for (int w = 0; w <= (windowed && cuda_attention_cudnn_ex(-1) ? 1 : 0); w++)
+        for (int bwd = 0; bwd < 2; bwd++)
+            ws = fmax(ws, cuda_attention_cudnn_workspace(bwd, 1, T, T, 0, nh, nkv, hd, w));
+    return ws;
+}
+
 static int attn_vec(const void *a, const void *b, const void *c, int hd) {
     return hd % 8 == 0 && ((uintptr_t)a & 15) == 0 && ((uintptr_t)b & 15) == 0 && ((uintptr_t)c & 15) == 0;
 }

@@ -38,6 +38,8 @@
 #ifndef HAVE_CUDNN_HEADERS
 extern "C" double cuda_attention_det_workspace_cap(void) { return 0; }
 extern "C" void cuda_attention_det_workspace_cap_set(double) {}
+extern "C" void cuda_attention_workspace_cap_set(double) {}
+extern "C" double cuda_attention_cudnn_workspace(int, int, int, int, int, int, int, int, int) { return -1; }
 extern "C" void cuda_attention_det_cudnn_bwd(int) {}
 extern "C" void cuda_attention_det_cudnn_split(int) {}
 extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
@@ -439,6 +441,16 @@ extern "C" double cuda_attention_det_workspace_cap(void) {
 extern "C" void cuda_attention_det_workspace_cap_set(double bytes) {
     g_det_cap = bytes > 0 && bytes < DET_WS_CAP ? bytes : DET_WS_CAP;
 }
+
+// The other plans' workspace (grouped-query heads: cuDNN's backward keeps dK and dV for every q
+// head, 4 h d bytes a token, where our kernels take 8 h_kv d of fp32 partial sums) is counted by
+// the memory plan for one sequence of its tokens (cuda_attention_workspace), and a ragged batch's
+// plan is built for its padded shape, which may take more: the plan sets this cap (0: none) to
+// what it counted and left free, and a plan over it is not used (that layout runs on the mma
+// kernels), so no batch takes more device memory than the plan said.
+static double g_ws_cap;
+
+extern "C" void cuda_attention_workspace_cap_set(double bytes) { g_ws_cap = bytes > 0 ? bytes : 0; }
 static int g_nplans, g_evict;
 
 // the [b, h, s, d] view of token-major rows [b*s, hs*d] (h of the row's hs heads: a head group)
@@ -652,11 +664,13 @@ static void build_bwd(plan *pl) {
 // caller tries a split)
 static plan *under_cap(plan *p, int quiet) {
     if (p->failed) return nullptr;
-    if (!p->det || p->ws <= g_det_cap) return p;
+    double cap = p->det ? g_det_cap : g_ws_cap;
+    if ((!p->det && cap <= 0) || p->ws <= cap) return p;
     if (!quiet && !p->said_cap)
-        fprintf(stderr, "cuDNN attention %s, deterministic (b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is "
-                "over the %.0f MiB cap; that shape runs on the mma kernels\n", p->bwd ? "backward" : "forward",
-                p->b, p->s, p->nh, p->nkv, p->hd, p->ws / 1048576.0, g_det_cap / 1048576.0);
+        fprintf(stderr, "cuDNN attention %s%s (%s b=%d s=%d heads=%d/%d hd=%d): workspace %.0f MiB is over the "
+                "%.0f MiB cap; that shape runs on the mma kernels\n", p->bwd ? "backward" : "forward",
+                p->det ? ", deterministic" : "", p->ragged ? "ragged" : "dense", p->b, p->s, p->nh, p->nkv, p->hd,
+                p->ws / 1048576.0, cap / 1048576.0);
     p->said_cap |= !quiet;
     return nullptr;
 }
@@ -665,15 +679,15 @@ static plan *under_cap(plan *p, int quiet) {
 // takes is built again in the int32 one before the shape is given up. hsq, hskv: the heads of a
 // token's row (nh, nkv but for a head group's plan); quiet_cap: a deterministic plan over the
 // workspace cap fails without a word (the caller tries a split)
-static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed, int hsq, int hskv,
-                      int quiet_cap) {
+static plan *find_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed, int hsq,
+                       int hskv) {
     int ragged = L->dev != nullptr, T = L->T, det = cuda_det() ? 1 : 0;
     for (int i = 0; i < g_nplans; i++) {
         plan *p = &g_plans[i];
         if (p->bwd == bwd && p->det == det && p->ragged == ragged && p->b == L->b && p->s == L->s && p->T == T &&
             p->nh == nh && p->nkv == nkv && p->hd == hd && p->windowed == windowed && p->hsq == hsq &&
             p->hskv == hskv)
-            return under_cap(p, quiet_cap);
+            return p;
     }
     const int cap = (int)(sizeof g_plans / sizeof *g_plans);
     plan *p = &g_plans[g_nplans < cap ? g_nplans++ : g_evict++ % cap]; // then oldest first
@@ -689,7 +703,24 @@ static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int 
             build_fwd(p);
         if (!p->failed) break;
     }
-    return under_cap(p, quiet_cap);
+    return p;
+}
+
+static plan *get_plan(int bwd, const attn_cudnn_layout *L, int nh, int nkv, int hd, int windowed, int hsq, int hskv,
+                      int quiet_cap) {
+    return under_cap(find_plan(bwd, L, nh, nkv, hd, windowed, hsq, hskv), quiet_cap);
+}
+
+// the workspace of the plan of this layout (built and cached on first use; cap or no cap), in
+// the current mode; -1 when cuDNN is missing or no plan builds. ragged: b sequences of at most s
+// tokens, T in all (the pointer a ragged plan's call passes is not needed to build it)
+extern "C" double cuda_attention_cudnn_workspace(int bwd, int b, int s, int T, int ragged, int nh, int nkv, int hd,
+                                                 int windowed) {
+    static const int32_t any = 0;
+    if (cuda_attention_cudnn_probe(nullptr, 0) || (ragged && g_version < 91000)) return -1;
+    attn_cudnn_layout L = {b, s, T, ragged ? &any : nullptr};
+    plan *p = find_plan(bwd, &L, nh, nkv, hd, windowed, nh, nkv);
+    return p->failed ? -1 : (double)p->ws;
 }
 
 // the variant pack of the first n (uid, pointer) pairs, leaving out a tensor the plan's graph does

@@ -55,7 +55,7 @@ enum cuda_scratch_slot {
                          // deterministic mode: one [2][T, nkv*hd] slice per share of the heads
     SCRATCH_ATTN_TURN,   // deterministic mode: int turn counters of the ordered dq sum [nh, T/32]
     SCRATCH_REDUCE,      // double accumulators and the per-block partial sums of the reductions
-    SCRATCH_CUDNN_WS,    // cuDNN attention plan workspace (attention_cudnn.cu)
+    SCRATCH_CUDNN_WS,    // cuDNN attention plan workspace (attention_cudnn.cu); also ATTN_DKV's buffer
     SCRATCH_LORA_PART,   // lora.cu: fp32 partial sums of the split reductions (cuda_lora_scratch_bytes)
     SCRATCH_LORA_TURN,   // lora.cu: int counters of the split reductions (zero between calls)
     SCRATCH_COUNT

@@ -63,6 +63,15 @@ double cuda_attention_det_workspace_cap(void);
 /* lower that cap to bytes (a memory plan with little room; more, smaller calls); 0 or more than
  * the default: the default (320 MiB) */
 void cuda_attention_det_workspace_cap_set(double bytes);
+/* Outside deterministic mode: the workspace cuDNN's attention plans take for one sequence of T
+ * tokens (the larger of forward and backward; 0 when cuDNN is not the kernel asked for), which
+ * the memory plan counts; and the most any plan may take (0: no cap), a layout over it (a ragged
+ * batch padded to more) running on the mma kernels. See attention_cudnn.cu. */
+double cuda_attention_workspace(int T, int nh, int nkv, int hd, int windowed);
+void cuda_attention_workspace_cap_set(double bytes);
+/* the workspace of cuDNN's forward (bwd 0) or backward plan of b sequences of s tokens, T in all
+ * (ragged: of at most s tokens, packed), in the current mode; -1 when no plan builds (bench) */
+double cuda_attention_cudnn_workspace(int bwd, int b, int s, int T, int ragged, int nh, int nkv, int hd, int windowed);
 /* deterministic mode's backward on cuDNN's deterministic plans (1, the default) or the mma
  * kernels (0; QLORA_CUDA_DET_CUDNN_BWD=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_bwd(int on);

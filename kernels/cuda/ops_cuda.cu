@@ -94,6 +94,8 @@ void *cuda_cublas_workspace(size_t *bytes) {
 // The logits chunk of the cross-entropy and the fp32 dq accumulator of attention's backward
 // share the dequantized-weight slot: all three are used by one op at a time on the main stream,
 // and the side stream's dequantization waits for the main stream's earlier work (g_ev_start).
+// The mma kernels' fp32 dk, dv partial sums share cuDNN's workspace slot: one attention backward
+// runs on one of the two, and the memory plan counts the larger (model/llama_plan.c).
 size_t g_scratch_cap; // 0: unlimited (cuda_scratch_cap_set); launch.cuh
 
 extern "C" void cuda_scratch_cap_set(size_t bytes) { g_scratch_cap = bytes; }
@@ -101,6 +103,7 @@ extern "C" size_t cuda_scratch_cap(void) { return g_scratch_cap; }
 
 void *cuda_scratch(int slot, size_t bytes) {
     if (slot == SCRATCH_XENT || slot == SCRATCH_ATTN_DQ) slot = SCRATCH_W_BF16;
+    if (slot == SCRATCH_ATTN_DKV) slot = SCRATCH_CUDNN_WS;
     if (bytes == 0) bytes = 1;
     if (bytes > g_scratch_bytes[slot]) {
         // grows only on the first call with a larger shape (the first step): the step after it
@@ -480,6 +483,8 @@ static const ops_table g_table = {
     cu_deterministic_set,
     cu_nf4_dequant,
     cuda_attention_det_workspace_cap_set,
+    cuda_attention_workspace,
+    cuda_attention_workspace_cap_set,
 };
 
 extern "C" const ops_table *ops_cuda(void) {

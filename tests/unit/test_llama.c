@@ -648,6 +648,70 @@ TEST(plan_counts_det_workspace) {
     remove_dir(dir);
 }
 
+/* attention's own workspace on a device (ops attn_workspace: cuDNN's; with grouped-query heads
+ * its backward keeps dK and dV for every q head) shares a slot with the mma kernels' fp32 dk, dv
+ * (8 h_kv d bytes a token), and the plan counts the larger of the two; the cap it sets
+ * (attn_workspace_cap_set) is that slot plus what the plan leaves free: a checkpointed plan that
+ * fits exactly caps it at the slot, one byte less is refused; llama_dense_auto keeps the slot
+ * free of the dequantized copy and caps it at the slot and what the copy leaves */
+static double g_fake_aws_cap = -1, g_fake_aws_per = 0;
+static int g_fake_aws_T;
+static double fake_attn_workspace(int T, int nh, int nkv, int hd, int windowed) {
+    (void)nh, (void)nkv, (void)hd, (void)windowed;
+    g_fake_aws_T = T;
+    return g_fake_aws_per * T;
+}
+static void fake_attn_workspace_cap_set(double bytes) { g_fake_aws_cap = bytes; }
+
+TEST(plan_counts_attn_workspace) {
+    char dir[] = "/tmp/test_llama_aws_XXXXXX";
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev);
+    if (m) {
+        enum { T = 64 };
+        const double GiB = 1073741824.0;
+        CHECK(m->nkv < m->nh);
+        double dkv = 8.0 * m->nkv * m->hd * T, aws = 1.5 * dkv;
+        llama_plan_choice plain, ch;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
+        dev.attn_workspace = fake_attn_workspace; /* m->ops is &dev */
+        dev.attn_workspace_cap_set = fake_attn_workspace_cap_set;
+        /* smaller than the mma kernels' dk, dv: the slot is theirs, the plan unchanged */
+        g_fake_aws_per = 0.5 * dkv / T;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
+        CHECK(g_fake_aws_T == T && ch.attn_ws_bytes == 0.5 * dkv && ch.plain_bytes == plain.plain_bytes);
+        g_fake_aws_per = aws / T;
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
+        CHECK(ch.attn_ws_bytes == aws && ch.plain_bytes - plain.plain_bytes == aws - dkv);
+        CHECK(!ch.over_budget && g_fake_aws_cap == aws + (5.0 * GiB - ch.plain_bytes)); /* 2 GiB in use */
+        /* checkpointed: a budget the plan fits exactly, then one a byte short */
+        double wmax = 0;
+        for (int t = 0; t < LLAMA_NTARGETS; t++)
+            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        m->mlp_chunk_rows = T;
+        m->offload_inputs = false;
+        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY) +
+                        llama_token_scratch_bytes(m, T);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+        CHECK(!ch.lean && fabs(g_fake_aws_cap - aws) < 1);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 1, &ch), ERR_STAGE);
+        err_clear();
+        /* the copy of the dequantized linears leaves the slot free */
+        CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
+        llama_dense_choice dc, dc0;
+        dev.attn_workspace = NULL;
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc0), 0);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
+        dev.attn_workspace = fake_attn_workspace;
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc), 0);
+        CHECK(dc.kept && dc.room_bytes == dc0.room_bytes - (aws - dkv));
+        CHECK(fabs(g_fake_aws_cap - (aws + dc.room_bytes - dc.kept_bytes)) < 1);
+        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
+    }
+    llama_free(&m);
+    remove_dir(dir);
+}
+
 TEST(plan_budget_on_a_device) {
     char dir[] = "/tmp/test_llama_budget_XXXXXX";
     ops_table dev;
@@ -922,6 +986,7 @@ int main(void) {
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
     RUN(plan_counts_det_workspace);
+    RUN(plan_counts_attn_workspace);
     RUN(dense_auto_choice);
     RUN(decode_segments);
     RUN(bad_inputs);

@@ -1019,6 +1019,82 @@ static void qlin_free(qlin *q) {
 /* the table's nf4_dequant (evaluate's dense_weights): the whole weight, each value the bf16 of the
  * reference dequantization bit for bit, plain and double-quantized absmax, shapes whose row
  * chunks split (11008 x 512) */
+/* Outside deterministic mode, cuDNN's own workspace and its cap (attention_cudnn.cu): the memory
+ * plan counts cuda_attention_workspace (one sequence of T tokens) and caps the workspace at it;
+ * under that cap the dense batch still runs on cuDNN, and a packed batch whose padded ragged plan
+ * takes more runs on the mma kernels, within bf16 tolerance of cuDNN's uncapped result. GQA 32/8,
+ * whose cuDNN backward keeps dK and dV for every q head. */
+TEST(attention_workspace_cap) {
+    if (cuda_attention_cudnn_probe(NULL, 0)) {
+        fprintf(stderr, "  no cuDNN: skipped\n");
+        return;
+    }
+    enum { T = 2048, NH = 32, NKV = 8, HD = 128 };
+    cuda_attention_select(CUDA_ATTN_CUDNN);
+    double W = cuda_attention_workspace(T, NH, NKV, HD, 0);
+    CHECK(W >= 0);
+    int64_t nq = (int64_t)T * NH * HD, nk = (int64_t)T * NKV * HD;
+    tens q = tens_rand(nq, 1, 1.0f, 0.0f), k = tens_rand(nk, 1, 1.0f, 0.0f), v = tens_rand(nk, 1, 1.0f, 0.0f);
+    tens dout = tens_rand(nq, 1, 1.0f, 0.0f), out = tens_out(nq, 1), lse = tens_out((int64_t)NH * T, 0);
+    for (int packed = 0; packed < 2; packed++) {
+        int32_t *ss = make_seq_start(T, packed);
+        int32_t *ssd = dev_i32(ss, T);
+        cuda_attention_layout(ssd, ss, T);
+        /* the plan this layout takes (attention.cu: equal sequences dense, else ragged with the
+         * sequence count and the longest sequence padded to powers of two, the longest to 64 or more) */
+        int n = 0, longest = 0, equal = 1, first = -1;
+        for (int t = 0; t < T; t++) {
+            if (ss[t] != t) continue;
+            int len = 1;
+            while (t + len < T && ss[t + len] == t) len++;
+            if (first < 0) first = len;
+            equal &= len == first;
+            n++;
+            if (len > longest) longest = len;
+        }
+        int b = 1, sp = 64;
+        while (b < n) b *= 2;
+        while (sp < longest) sp *= 2;
+        double Wl = equal ? cuda_attention_cudnn_workspace(1, n, T / n, T, 0, NH, NKV, HD, 0)
+                          : cuda_attention_cudnn_workspace(1, b, sp, T, 1, NH, NKV, HD, 0);
+        cuda_attention_workspace_cap_set(0);
+        GPU(attention_fwd)(out.d, lse.d, q.d, k.d, v.d, ssd, T, NH, NKV, HD);
+        tens ref[3] = {tens_out(nq, 1), tens_out(nk, 1), tens_out(nk, 1)}, g[3];
+        long before = cuda_attention_cudnn_calls();
+        GPU(attention_bwd)(ref[0].d, ref[1].d, ref[2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, NH, NKV, HD);
+        long uncapped = cuda_attention_cudnn_calls() - before;
+        for (int i = 0; i < 3; i++) {
+            free(ref[i].h);
+            ref[i].h = tens_download(&ref[i]);
+            g[i] = tens_out(ref[i].n, 1);
+        }
+        cuda_attention_workspace_cap_set(W > 0 ? W : 1);
+        before = cuda_attention_cudnn_calls();
+        GPU(attention_bwd)(g[0].d, g[1].d, g[2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, NH, NKV, HD);
+        long capped = cuda_attention_cudnn_calls() - before;
+        cuda_attention_workspace_cap_set(0);
+        fprintf(stderr, "  %s (%d sequences%s): backward plan workspace %.1f MiB, the count for %d tokens %.1f MiB; "
+                "under that cap on %s\n", equal ? "dense" : "ragged", n, equal ? "" : ", padded", Wl / 1048576.0, T,
+                W / 1048576.0, capped ? "cuDNN" : "the mma kernels");
+        CHECK(uncapped == (Wl >= 0 ? 1 : 0));
+        if (!packed) CHECK(Wl >= 0 && Wl <= W && capped == 1); /* the layout the plan counts */
+        else CHECK(capped == (Wl >= 0 && Wl <= (W > 0 ? W : 1) ? 1 : 0));
+        const char *names[3] = {"dq", "dk", "dv"};
+        for (int i = 0; i < 3; i++) {
+            char what[128];
+            snprintf(what, sizeof what, "capped attention_bwd %s packed=%d", names[i], packed);
+            free(g[i].h);
+            g[i].h = ref[i].h;
+            ref[i].h = NULL;
+            check_close_abs_few(what, &g[i], 3e-2, 3e-2, 1e-4, 1 + g[i].n / 50000);
+            tens_free(&g[i]), tens_free(&ref[i]);
+        }
+        free(ss), gpu->free(ssd);
+    }
+    tens_free(&q), tens_free(&k), tens_free(&v), tens_free(&dout), tens_free(&out), tens_free(&lse);
+    cuda_attention_select(CUDA_ATTN_MMA);
+}
+
 TEST(nf4_dequant_whole_weight) {
     CHECK(gpu->nf4_dequant != NULL);
     if (!gpu->nf4_dequant) return;
@@ -1222,6 +1298,7 @@ int main(void) {
     RUN(attention);
     RUN(deterministic_refuses_tiled);
     RUN(deterministic_same_bits);
+    RUN(attention_workspace_cap);
     RUN(nf4_dequant_whole_weight);
     RUN(qlinear);
     RUN(xent_and_logits);
