@@ -10,9 +10,9 @@
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
 #      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap) ~250 s
-#   M  issue 21's memory table: train_gpu fit for llama3-8b, phi4, qwen3-32b, llama3-70b at
-#      8-80 GiB, then one step at each planned length (shortest first, M_SECONDS=420); the
-#      "scratch MiB" lines say what the plan misses at long context                      ~500 s
+#   M  issue 21's memory table: train_gpu fit (the train stage's plan, llama_plan_longest) for
+#      llama3-8b, phi4, qwen3-32b, llama3-70b at 8-80 GiB, then one step at each length within
+#      that memory_budget (train --memory-budget, shortest first, M_SECONDS=420)           ~500 s
 #   H  test_golden_gpu, test_ops_gpu; deterministic on/split/off on six train_gpu rows;
 #      checkpointed 7B at 4.2 GiB; 70B at 38 GiB                                            ~400 s
 #   I  recipes/bench-7b.yaml at 7B, its train stage twice deterministic; the peer's 7B rows  ~450 s
@@ -230,36 +230,36 @@ K)
     grep -E "^FAIL|split|passed" "$O/test_ops_gpu.log" | head
     ;;
 M)
-    # issue 21's memory table: train_gpu fit (the plan's arithmetic) for the 8B, 14B, 32B and 70B
-    # shapes at 8-80 GiB, then one training step at each length the plan gives, within the budget
-    # less the CUDA context (the used column is nvidia-smi's: all of the process's device memory),
-    # shortest first, while this part's time lasts (a step at 390k tokens takes minutes); then, on
-    # the development machine, `python3 bench/memory_table.py M` prints README's table
+    # issue 21's memory table: train_gpu fit (the train stage's own plan, llama_plan_longest: what
+    # `memory_budget: G` takes with every layer checkpointed) for the 8B, 14B, 32B and 70B shapes
+    # at 8-80 GiB, then one training step at each length found, planned by the train stage's
+    # llama_plan_auto within that memory_budget (the used column is nvidia-smi's: all of the
+    # process's device memory), shortest first, while this part's time lasts (a step at 390k
+    # tokens takes minutes); then, on the development machine, `python3 bench/memory_table.py M`
+    # prints README's table
     tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
     for mdl in llama3-8b phi4 qwen3-32b llama3-70b; do
-        timeout 60 "$B/run" train_gpu fit --model $mdl --targets $(tg $mdl) 2>/dev/null | tee -a "$O/fit.md"
+        timeout 90 "$B/run" train_gpu fit --model $mdl --targets $(tg $mdl) 2>/dev/null | tee -a "$O/fit.md"
     done
     python3 - "$O/fit.md" > "$O/cells.txt" <<'PY'
-import re, sys
-ctx, cells = 0.0, []
+import sys
+cells = []
 for l in open(sys.argv[1]):
-    m = re.search(r"context ([0-9.]+)", l)
-    if m: ctx = float(m.group(1)); continue
     f = [x.strip() for x in l.strip().strip("|").split("|")]
     if len(f) == 6 and f[3].isdigit() and float(f[2]) < 79:
-        cells.append((int(f[3]) * {"llama3-8b": 1, "phi4": 2, "qwen3-32b": 4, "llama3-70b": 9}[f[0]], f[0], f[2], f[3], "%.2f" % (float(f[2]) - ctx)))
+        cells.append((int(f[3]) * {"llama3-8b": 1, "phi4": 2, "qwen3-32b": 4, "llama3-70b": 9}[f[0]], f[0], f[2], f[3]))
 for c in sorted(cells): print(*c[1:])
 PY
     cat "$O/cells.txt"
     end=$(( $(date +%s) + ${M_SECONDS:-420} ))
-    while read -r mdl bud len has; do
+    while read -r mdl bud len; do
         left=$(( end - $(date +%s) ))
         [ $left -lt 30 ] && { echo "| $mdl | q,v | $bud GiB | $len | not measured (time) |"; continue; }
         c="$O/cell-$mdl-$bud.log"
         timeout $left "$B/run" train_gpu train --model $mdl --targets $(tg $mdl) --seq $len --batch 1 --ckpt every \
-            --budget-gib $has --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
-        echo "$mdl $bud GiB $len (budget $has GiB beside the context): rc=$? $(grep -E '^\|' "$c")"
-        grep -E "plan total|scratch MiB" "$c"
+            --memory-budget $bud --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
+        echo "$mdl $bud GiB $len: rc=$? $(grep -E '^\|' "$c")"
+        grep -E "stage plan|scratch MiB|cap;" "$c"
     done < "$O/cells.txt"
     ;;
 N)

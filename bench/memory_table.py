@@ -1,8 +1,8 @@
 """memory_table.py DIR: README's memory table from `bench/gpu-next.sh M`'s output folder DIR.
 
-DIR holds fit.md (`train_gpu fit`, one table per model: the longest single sequence each budget
-trains by the plan's arithmetic) and cell-MODEL-BUDGET.log (one `train_gpu train` step at that
-length within that budget). Each cell of the table printed here is the length with what the step
+DIR holds fit.md (`train_gpu fit`, one table per model: the longest single sequence the train
+stage's plan takes within each memory_budget) and cell-MODEL-BUDGET.log (one `train_gpu train
+--memory-budget` step at that length, planned by the train stage's plan within that budget). Each cell of the table printed here is the length with what the step
 used (nvidia-smi's used GiB: all of the process's device memory) when the step ran, marked
 "(plan)" when it did not run (too long for the sitting), "(failed: ...)" when it ran and failed,
 and "over" when it used more than the budget: those say the plan is short, not that the length

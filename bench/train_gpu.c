@@ -253,23 +253,11 @@ static int parse_targets(const char *targets, uint32_t *mask) {
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 /* cuDNN attention's workspace at T tokens outside deterministic mode (cuda_attention_workspace,
- * as the train stage's plan counts it): asked of cuDNN for each T, or with attn_ws_line (fit, whose
- * search reaches lengths no plan is built for) on the line through its answers at 4,096 and 8,192
- * tokens, which `train` at the length found then measures */
-static bool attn_ws_line;
-
+ * as the train stage's plan counts it) */
 static double attn_ws_bytes(const llama_model *m, int64_t T) {
     int windowed = 0;
     for (int l = 0; l < m->L && !windowed; l++) windowed = config_layer_window(&m->cfg, l) > 0;
-    if (!attn_ws_line) return cuda_attention_workspace((int)T, m->nh, m->nkv, m->hd, windowed);
-    static const llama_model *at;
-    static double w1, w2;
-    if (at != m) {
-        at = m;
-        w1 = cuda_attention_workspace(4096, m->nh, m->nkv, m->hd, windowed);
-        w2 = cuda_attention_workspace(8192, m->nh, m->nkv, m->hd, windowed);
-    }
-    return fmax(0, w1 + (w2 - w1) * (double)(T - 4096) / 4096.0);
+    return cuda_attention_workspace((int)T, m->nh, m->nkv, m->hd, windowed);
 }
 
 /* the CUDA ops' own scratch at T tokens (kernels/cuda): one slot shared by the dequantized weight
@@ -384,7 +372,7 @@ static void bench_layer_done(void *ud, int l) {
 typedef struct train_opts {
     const char *preset, *targets, *ckpt_s;
     int seq, batch, steps, warmup, r;
-    double budget_gib;
+    double budget_gib, memory_budget;
     bool offload, nccl, det, dense;
 } train_opts;
 
@@ -404,6 +392,7 @@ static int train_opts_parse(int argc, char **argv, train_opts *o) {
         else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--ckpt")) o->ckpt_s = v;
         else if (!strcmp(a, "--budget-gib")) o->budget_gib = atof(v);
+        else if (!strcmp(a, "--memory-budget")) o->memory_budget = atof(v);
         else if (!strcmp(a, "--r")) o->r = atoi(v);
         else if (!strcmp(a, "--optimizer-offload")) o->offload = on_value(v);
         else if (!strcmp(a, "--nccl")) o->nccl = on_value(v);
@@ -467,9 +456,36 @@ typedef struct train_plan {
     llama_checkpointing ckpt;
     lean_opt use;
     int64_t need, dense;
+    bool stage; /* --memory-budget: the train stage's plan; need is then the whole process's */
 } train_plan;
 
+/* --memory-budget G: the train stage's own plan (llama_plan_auto, llama_dense_auto) within G GiB
+ * of device memory in all, as `memory_budget: G` plans it (where --budget-gib is this benchmark's
+ * own plan of the weights, LoRA state, activations and scratch, without the CUDA context) */
+static int train_plan_stage(llama_model *m, const train_opts *o, int64_t T, train_plan *p) {
+    llama_plan_choice ch;
+    llama_plan_mode mode = !strcmp(o->ckpt_s, "none")    ? LLAMA_PLAN_NONE
+                           : !strcmp(o->ckpt_s, "every") ? LLAMA_PLAN_EVERY
+                                                          : LLAMA_PLAN_AUTO;
+    int rc = llama_plan_auto(m, (int)T, mode,
+                             act_offload == 1 ? LLAMA_OFFLOAD_ON : act_offload == 0 ? LLAMA_OFFLOAD_OFF : LLAMA_OFFLOAD_AUTO,
+                             o->memory_budget * GIB, &ch);
+    if (rc) return rc;
+    llama_dense_choice dc = {0};
+    if (o->dense && (rc = llama_dense_auto(m, LLAMA_DENSE_AUTO, o->memory_budget * GIB, &dc))) return rc;
+    p->stage = true;
+    p->ckpt = m->ckpt;
+    p->use = (lean_opt){(int64_t)cuda_scratch_cap(), m->mlp_chunk_rows < T ? m->mlp_chunk_rows : 0, m->offload_inputs};
+    p->dense = m->dense_bytes;
+    p->need = (int64_t)(ch.in_use_bytes + ch.need_bytes + dc.kept_bytes);
+    fprintf(stderr, "stage plan: %.2f GiB in use before it, %.2f GiB counted for the activations and scratch%s%s, "
+                    "%.2f GiB of dense weights; memory_budget %.2f GiB\n", ch.in_use_bytes / GIB, ch.need_bytes / GIB,
+            ch.offload ? ", inputs on the host" : "", ch.lean ? ", lean" : "", dc.kept_bytes / GIB, o->memory_budget);
+    return 0;
+}
+
 static int train_plan_make(llama_model *m, const train_opts *o, int64_t T, train_plan *p) {
+    if (o->memory_budget > 0) return train_plan_stage(m, o, T, p);
     cuda_device_info dev;
     cuda_device_query(&dev);
     size_t live, peak;
@@ -600,7 +616,10 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     if (m->dense_mem) fprintf(stderr, "base weights kept dequantized in bf16: %.2f GiB\n", m->dense_bytes / GIB);
     if (m->host_act_bytes)
         fprintf(stderr, "layer inputs offloaded: %.2f GiB in pinned host memory\n", m->host_act_bytes / GIB);
-    fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB with cuDNN's attention workspace %.1f MiB, cap %zu MiB, "
+    if (p->stage) /* the whole process against nvidia-smi's used (the table's column) */
+        fprintf(stderr, "stage plan total %.3f GiB (in use before it included); the process uses %.3f GiB\n",
+                p->need / GIB, (double)(tot - fr) / GIB);
+    else fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB with cuDNN's attention workspace %.1f MiB, cap %zu MiB, "
                     "MLP rows a chunk %d); measured peak %.3f GiB\n", p->need / GIB,
             plan_scratch_bytes(m, T, p->use.cap) / GIB, attn_ws_bytes(m, T) / 1048576.0, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
@@ -668,12 +687,12 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) {
 
 /* ---- fit: the longest sequence each memory budget trains ---- */
 
-/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80]: for each budget (GiB of
- * device memory in all: the CUDA context as measured here, the frozen weights, LoRA with AdamW
- * state, activations and scratch), the longest single sequence (a multiple of 256 tokens) whose
- * plan fits with every layer checkpointed, taking the knobs plan_pick takes (the layer inputs
- * offloaded to host memory, then the lean knobs): the plan's own arithmetic over the real
- * allocation sizes; `train` at that length measures it. */
+/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80]: for each budget (the train
+ * stage's memory_budget: GiB of device memory in all, the CUDA context, frozen weights and LoRA
+ * with AdamW state included), the longest single sequence (a multiple of 256 tokens) the train
+ * stage's own plan takes with every layer checkpointed (llama_plan_longest: the layer inputs
+ * offloaded to host memory, then the lean knobs, as llama_plan_auto chooses them), allocating
+ * nothing; `train --memory-budget` at that length measures it. */
 static int bench_fit(int argc, char **argv) {
     const char *preset = "llama3-8b", *targets = "q,v", *budgets = "8,12,16,24,48,80";
     for (int i = 2; i < argc; i += 2) {
@@ -696,36 +715,22 @@ static int bench_fit(int argc, char **argv) {
     if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
     llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
     if ((rc = llama_lora_attach(m, &lc))) return rc;
-    attn_ws_line = true;
-    attn_ws_bytes(m, 4096); /* cuDNN loaded first: its device memory is part of the context measured */
-    size_t live, peak, fr = 0, tot = 0;
-    cuda_mem_stats(&live, &peak);
-    cuda_or_die(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
-    double ctx = (double)(tot - fr) - (double)live; /* the CUDA context and what is not ours */
-    printf("| model | LoRA | budget GiB | longest sequence | plan GiB (+ context %.2f) | knobs |\n| --- | --- | --- | --- | --- | --- |\n",
-           ctx / GIB);
+    printf("| model | LoRA | budget GiB | longest sequence | in use + plan GiB | knobs |\n| --- | --- | --- | --- | --- | --- |\n");
     char bbuf[128];
     snprintf(bbuf, sizeof bbuf, "%s", budgets);
     for (char *t = strtok(bbuf, ","); t; t = strtok(NULL, ",")) {
         double b = atof(t);
-        int64_t has = (int64_t)(b * GIB - ctx), need = 0, lo = 0, hi = (int64_t)1 << 22;
-        while (lo < hi) { /* in units of 256 tokens */
-            int64_t mid = (lo + hi + 1) / 2;
-            plan_pick(m, mid * 256, LLAMA_CKPT_EVERY, has, &need);
-            if (need <= has) lo = mid;
-            else hi = mid - 1;
-        }
-        if (!lo) {
-            printf("| %s | %s | %g | does not fit (weights and LoRA state %.2f GiB) | - | - |\n", preset, targets, b,
-                   (m->weight_bytes + 16.0 * m->n_lora_params) / GIB);
+        llama_plan_choice ch;
+        int T = llama_plan_longest(m, b * GIB, LLAMA_OFFLOAD_AUTO, 256, 1 << 30, &ch);
+        if (!T) {
+            printf("| %s | %s | %g | does not fit (%.2f GiB in use: context, weights, LoRA state) | - | - |\n", preset,
+                   targets, b, ch.in_use_bytes / GIB);
             continue;
         }
-        lean_opt o = plan_pick(m, lo * 256, LLAMA_CKPT_EVERY, has, &need);
-        char mlp[48] = "MLP whole";
-        if (o.mlp_rows) snprintf(mlp, sizeof mlp, "MLP in %d-row chunks", o.mlp_rows);
-        printf("| %s | %s | %g | %lld | %.2f | %s%s, %s |\n", preset, targets, b, (long long)(lo * 256),
-               (need + ctx) / GIB, o.offload ? "inputs on host" : "inputs on device", o.cap ? ", scratch capped" : "",
-               mlp);
+        printf("| %s | %s | %g | %d | %.2f + %.2f | %s%s%s |\n", preset, targets, b, T, ch.in_use_bytes / GIB,
+               ch.need_bytes / GIB, ch.offload ? "inputs on host" : "inputs on device",
+               ch.lean ? ", lean (scratch capped, MLP in row chunks)" : "",
+               ch.attn_ws_bytes > 0 ? ", cuDNN workspace counted" : "");
         fflush(stdout);
     }
     llama_free(&m);
@@ -1074,7 +1079,7 @@ int main(int argc, char **argv) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
                "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
-               "                       [--act-offload auto|on|off] [--dense off|on]\n"
+               "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n"

@@ -247,6 +247,8 @@ typedef struct llama_plan_choice {
     double det_ws_bytes;     /* deterministic mode, checkpointed: > 0 when attention backward's workspace
                               * was lowered to this to fit (ops det_workspace_cap_set) */
     double attn_ws_bytes;    /* on a device: attention's own workspace counted (ops attn_workspace) */
+    double need_bytes;       /* what the chosen plan was counted to need beside in_use_bytes: activations,
+                              * the ops' scratch and, checkpointed on a device, half their margin */
 } llama_plan_choice;
 /* offload: LLAMA_OFFLOAD_AUTO moves the checkpointed layer inputs to host memory (offload_inputs)
  * when the checkpointed plan does not fit the budget, first without the lean knobs, then with
@@ -254,6 +256,13 @@ typedef struct llama_plan_choice {
 typedef enum llama_offload_mode { LLAMA_OFFLOAD_AUTO, LLAMA_OFFLOAD_ON, LLAMA_OFFLOAD_OFF } llama_offload_mode;
 int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget_bytes,
                     llama_plan_choice *out);
+/* The longest micro-batch (a multiple of step tokens, at most max_T) that llama_plan_auto would
+ * plan within budget_bytes (memory_budget: the whole process's device memory) with every layer
+ * checkpointed, by the same choices and arithmetic, allocating nothing; its choice in *out (may
+ * be NULL). 0 when not even step tokens fit, or off a device. Resets deterministic attention's
+ * workspace cap to its default, as a new plan does. */
+int llama_plan_longest(llama_model *m, double budget_bytes, llama_offload_mode offload, int step, int max_T,
+                       llama_plan_choice *out);
 
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */

@@ -33,8 +33,11 @@ static double det_attn_workspace(const llama_model *m, int max_T) {
  * backend (with grouped-query heads its backward keeps dK and dV for every q head, 4 h d bytes a
  * token; the H100 sitting of 2026-12-05 found 8,192 bytes a token more than planned on Llama-3-8B
  * and 24,576 on the 70B shape, where the plan had counted only the mma kernels' fp32 dk, dv) */
+static const double *g_aws_line; /* set during llama_plan_longest's search (see there) */
+
 static double attn_workspace(const llama_model *m, int T) {
     if (!m->ops->own_memory || !m->ops->attn_workspace || T <= 0) return 0;
+    if (g_aws_line) return fmax(0, g_aws_line[0] + (g_aws_line[1] - g_aws_line[0]) * (T - 4096) / 4096.0);
     int windowed = 0;
     for (int l = 0; l < m->L && !windowed; l++) windowed = config_layer_window(&m->cfg, l) > 0;
     return m->ops->attn_workspace(T, m->nh, m->nkv, m->hd, windowed);
@@ -80,6 +83,75 @@ static double checkpointed_need(const llama_model *m, int max_T, bool lean) {
            det_attn_workspace(m, max_T) + 0.5 * GPU_SCRATCH_MARGIN;
 }
 
+/* the checkpointed plan of max_T tokens in room bytes on a device: the layer inputs go to host
+ * memory (offload auto) when the plain checkpointed plan does not fit, then the lean knobs, then
+ * deterministic attention's workspace gives way (its backward in more, smaller calls; none left:
+ * the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
+ * *lean and *det_keep (> 0: that workspace lowered to it); returns what the plan needs. */
+static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room, bool *lean,
+                                  double *det_keep) {
+    m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
+    m->mlp_chunk_rows = max_T;
+    if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
+        m->offload_inputs = true;
+    *lean = checkpointed_need(m, max_T, false) > room;
+    if (*lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+    double need = checkpointed_need(m, max_T, *lean), ws = det_attn_workspace(m, max_T);
+    *det_keep = 0;
+    if (need > room && ws > 0 && m->ops->det_workspace_cap_set) {
+        double keep = ws - (need - room); /* what is left of it (1 byte: none) */
+        *det_keep = keep > 1 ? keep : 1;
+        need -= ws - (keep > 1 ? keep : 0);
+    }
+    return need;
+}
+
+/* what the device holds already (the CUDA context, the weights, the LoRA state): it comes off a
+ * budget, which on a device is the whole process's memory */
+static double device_in_use(const ops_table *ops) {
+    device_info di;
+    device_info_get(ops, &di);
+    return di.total_bytes - di.free_bytes;
+}
+
+int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload, int step, int max_T,
+                       llama_plan_choice *out) {
+    llama_plan_choice ch = {0};
+    if (out) *out = ch;
+    if (!m->ops->own_memory || budget <= 0 || step <= 0) return 0;
+    int rows = m->mlp_chunk_rows;
+    bool offl = m->offload_inputs;
+    if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* as a new plan starts */
+    /* the search asks at lengths no run plans (a cuDNN plan takes 0.1-1 s to build): attention's
+     * workspace on the line through the backend's answers at 4,096 and 8,192 tokens, which also
+     * loads its library before what is in use is read; then the length found is asked for and
+     * shortened while the answer does not fit */
+    double line[2] = {attn_workspace(m, 4096), attn_workspace(m, 8192)};
+    ch.in_use_bytes = device_in_use(m->ops);
+    double room = budget - ch.in_use_bytes;
+    int lo = 0, hi = max_T / step;
+    bool lean;
+    double keep;
+    g_aws_line = line;
+    while (lo < hi) { /* the need grows with the tokens at every knob */
+        int mid = lo + (hi - lo + 1) / 2;
+        if (checkpointed_choose(m, mid * step, offload, room, &lean, &keep) <= room) lo = mid;
+        else hi = mid - 1;
+    }
+    g_aws_line = NULL;
+    while (lo > 0 && checkpointed_choose(m, lo * step, offload, room, &lean, &keep) > room) lo--;
+    if (lo > 0) {
+        int T = lo * step;
+        ch.need_bytes = checkpointed_choose(m, T, offload, room, &ch.lean, &ch.det_ws_bytes);
+        ch.offload = m->offload_inputs;
+        ch.attn_ws_bytes = attn_workspace(m, T);
+    }
+    ch.budget_bytes = room;
+    m->mlp_chunk_rows = rows, m->offload_inputs = offl;
+    if (out) *out = ch;
+    return lo * step;
+}
+
 int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offload_mode offload, double budget,
                     llama_plan_choice *out) {
     llama_plan_choice ch = {0};
@@ -92,9 +164,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
          * context, the weights, the LoRA state) comes off it before the activations */
-        device_info di;
-        device_info_get(m->ops, &di);
-        ch.in_use_bytes = di.total_bytes - di.free_bytes;
+        ch.in_use_bytes = device_in_use(m->ops);
         budget -= ch.in_use_bytes;
         if (budget <= 0)
             return err_set(ERR_STAGE, "memory_budget %.2f GiB is below what the model already uses on the device "
@@ -120,24 +190,12 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
      * they are taken only when the plain checkpointed plan would not fit the budget (or the
      * device's free memory). */
     m->offload_inputs = ck == LLAMA_CKPT_EVERY && offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
+    ch.need_bytes = ch.plain_bytes;
     if (ck == LLAMA_CKPT_EVERY && dev) {
-        m->mlp_chunk_rows = max_T;
         double room = budget > 0 ? budget : device_free_bytes(m->ops);
-        /* what does not fit: first the layer inputs go to host memory (copied beside the compute),
-         * then the lean knobs */
-        if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
-            m->offload_inputs = true;
-        ch.lean = checkpointed_need(m, max_T, false) > room;
-        if (ch.lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
-        /* deterministic attention's workspace gives way last: its backward in more, smaller calls
-         * (none left: the fixed-order mma kernels, which take no workspace) */
-        double need = checkpointed_need(m, max_T, ch.lean), ws = det_attn_workspace(m, max_T);
-        if (need > room && ws > 0 && m->ops->det_workspace_cap_set) {
-            double keep = ws - (need - room); /* what is left of it (1 byte: none) */
-            ch.det_ws_bytes = keep > 1 ? keep : 1;
-            m->ops->det_workspace_cap_set(ch.det_ws_bytes);
-            need -= ws - (keep > 1 ? keep : 0);
-        }
+        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes);
+        if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
+        ch.need_bytes = need;
         /* a memory_budget that even the leanest plan misses: said now, not found out by the
          * device (or not at all, on a device larger than the budget) */
         if (given && need > room)

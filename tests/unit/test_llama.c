@@ -712,6 +712,48 @@ TEST(plan_counts_attn_workspace) {
     remove_dir(dir);
 }
 
+/* llama_plan_longest: the longest micro-batch llama_plan_auto plans within a memory_budget, by
+ * its own arithmetic (the fake device: 2 GiB of 8 in use): that length plans, 16 tokens more is
+ * refused; the inputs kept on the device, it is shorter; a budget below what is in use fits
+ * nothing; the model's knobs are left as they were */
+TEST(plan_longest_is_what_auto_plans) {
+    char dir[] = "/tmp/test_llama_longest_XXXXXX";
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev);
+    if (m) {
+        const double GiB = 1073741824.0;
+        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + 24.0 * 1048576.0;
+        llama_plan_choice ch, lc;
+        m->mlp_chunk_rows = 77;
+        int T = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
+        CHECK(T > 64 && T % 16 == 0 && m->mlp_chunk_rows == 77 && !m->offload_inputs);
+        CHECK(lc.in_use_bytes == 2.0 * GiB && lc.need_bytes > 0 && lc.need_bytes <= budget - 2.0 * GiB);
+        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+        CHECK(ch.need_bytes == lc.need_bytes && ch.offload == lc.offload && ch.lean == lc.lean);
+        CHECK_EQ_INT(llama_plan_auto(m, T + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
+        err_clear();
+        int on_dev = llama_plan_longest(m, budget, LLAMA_OFFLOAD_OFF, 16, 1 << 22, &lc);
+        CHECK(on_dev > 0 && on_dev < T && !lc.offload);
+        CHECK_EQ_INT(llama_plan_auto(m, on_dev, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+        CHECK_EQ_INT(llama_plan_auto(m, on_dev + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
+        err_clear();
+        /* with attention's own workspace (searched on a line through two answers, then asked) */
+        dev.attn_workspace = fake_attn_workspace;
+        g_fake_aws_per = 24.0 * m->nkv * m->hd;
+        int with_ws = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
+        CHECK(with_ws > 0 && with_ws < T && lc.attn_ws_bytes == g_fake_aws_per * with_ws);
+        CHECK_EQ_INT(llama_plan_auto(m, with_ws, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+        CHECK_EQ_INT(llama_plan_auto(m, with_ws + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
+        err_clear();
+        dev.attn_workspace = NULL;
+        CHECK(llama_plan_longest(m, 1.5 * GiB, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc) == 0);
+        CHECK(llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1000, NULL) == 992); /* capped by max_T */
+        fprintf(stderr, "  longest in %.3f GiB: %d tokens (inputs on the device: %d)\n", budget / GiB, T, on_dev);
+    }
+    llama_free(&m);
+    remove_dir(dir);
+}
+
 TEST(plan_budget_on_a_device) {
     char dir[] = "/tmp/test_llama_budget_XXXXXX";
     ops_table dev;
@@ -987,6 +1029,7 @@ int main(void) {
     RUN(plan_budget_on_a_device);
     RUN(plan_counts_det_workspace);
     RUN(plan_counts_attn_workspace);
+    RUN(plan_longest_is_what_auto_plans);
     RUN(dense_auto_choice);
     RUN(decode_segments);
     RUN(bad_inputs);
