@@ -114,6 +114,13 @@ static double device_in_use(const ops_table *ops) {
     return di.total_bytes - di.free_bytes;
 }
 
+/* the checkpointed plan of T tokens fits room (llama_plan_longest) */
+static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room) {
+    bool lean;
+    double keep;
+    return checkpointed_choose(m, T, offload, room, &lean, &keep) <= room;
+}
+
 int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload, int step, int max_T,
                        llama_plan_choice *out) {
     llama_plan_choice ch = {0};
@@ -124,22 +131,39 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
     if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* as a new plan starts */
     /* the search asks at lengths no run plans (a cuDNN plan takes 0.1-1 s to build): attention's
      * workspace on the line through the backend's answers at 4,096 and 8,192 tokens, which also
-     * loads its library before what is in use is read; then the length found is asked for and
-     * shortened while the answer does not fit */
+     * loads its library before what is in use is read. The length found is then asked for: where
+     * it does not fit, the line is moved by what it missed there and the search runs again below
+     * it (three times at most); then lengths are asked for one by one: up from the one found in
+     * doubling steps until one does not fit, and the gap between halved. */
     double line[2] = {attn_workspace(m, 4096), attn_workspace(m, 8192)};
     ch.in_use_bytes = device_in_use(m->ops);
     double room = budget - ch.in_use_bytes;
-    int lo = 0, hi = max_T / step;
-    bool lean;
-    double keep;
-    g_aws_line = line;
-    while (lo < hi) { /* the need grows with the tokens at every knob */
-        int mid = lo + (hi - lo + 1) / 2;
-        if (checkpointed_choose(m, mid * step, offload, room, &lean, &keep) <= room) lo = mid;
-        else hi = mid - 1;
+    int top = max_T / step, lo = 0, hi = top, bad = top + 1; /* bad: steps known not to fit (top + 1: none) */
+    for (int round = 0; round < 3; round++) {
+        g_aws_line = line;
+        while (lo < hi) { /* the need grows with the tokens at every knob */
+            int mid = lo + (hi - lo + 1) / 2;
+            if (fits_in(m, mid * step, offload, room)) lo = mid;
+            else hi = mid - 1;
+        }
+        double on_line = attn_workspace(m, lo * step);
+        g_aws_line = NULL;
+        if (lo == 0 || fits_in(m, lo * step, offload, room)) break;
+        bad = lo;
+        double miss = attn_workspace(m, lo * step) - on_line;
+        line[0] += miss, line[1] += miss;
+        hi = lo - 1, lo = 0;
     }
-    g_aws_line = NULL;
-    while (lo > 0 && checkpointed_choose(m, lo * step, offload, room, &lean, &keep) > room) lo--;
+    if (bad > top) { /* no length is known not to fit: from the one found, up in doubling steps */
+        int d = 1;
+        while (lo + d <= top && fits_in(m, (lo + d) * step, offload, room)) lo += d, d *= 2;
+        bad = lo + d <= top ? lo + d : top + 1;
+    }
+    while (bad - lo > 1) {
+        int mid = lo + (bad - lo) / 2;
+        if (fits_in(m, mid * step, offload, room)) lo = mid;
+        else bad = mid;
+    }
     if (lo > 0) {
         int T = lo * step;
         ch.need_bytes = checkpointed_choose(m, T, offload, room, &ch.lean, &ch.det_ws_bytes);
@@ -198,15 +222,20 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         ch.need_bytes = need;
         /* a memory_budget that even the leanest plan misses: said now, not found out by the
          * device (or not at all, on a device larger than the budget) */
-        if (given && need > room)
+        if (given && need > room) {
+            bool offl = m->offload_inputs;
+            int fits = llama_plan_longest(m, room + ch.in_use_bytes, offload, 1, max_T, NULL);
+            char most[96] = "";
+            if (fits > 0) snprintf(most, sizeof most, " (at most %d tokens a micro-batch fit)", fits);
             return err_set(ERR_STAGE,
                            "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
                            "checkpointed%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; lower "
-                           "sequence_len or micro_batch_size%s, or raise memory_budget",
-                           max_T, need / 1073741824.0, m->offload_inputs ? " and its inputs on the host" : "",
-                           ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0,
+                           "sequence_len or micro_batch_size%s%s, or raise memory_budget",
+                           max_T, need / 1073741824.0, offl ? " and its inputs on the host" : "",
+                           ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0, most,
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
                                                                               : "");
+        }
         attn_workspace_cap(m, max_T, room - need);
     } else if (dev && mode == LLAMA_PLAN_AUTO) {
         attn_workspace_cap(m, max_T, budget - ch.plain_bytes);

@@ -654,12 +654,12 @@ TEST(plan_counts_det_workspace) {
  * (attn_workspace_cap_set) is that slot plus what the plan leaves free: a checkpointed plan that
  * fits exactly caps it at the slot, one byte less is refused; llama_dense_auto keeps the slot
  * free of the dequantized copy and caps it at the slot and what the copy leaves */
-static double g_fake_aws_cap = -1, g_fake_aws_per = 0;
+static double g_fake_aws_cap = -1, g_fake_aws_per = 0, g_fake_aws_sq = 0;
 static int g_fake_aws_T;
 static double fake_attn_workspace(int T, int nh, int nkv, int hd, int windowed) {
     (void)nh, (void)nkv, (void)hd, (void)windowed;
     g_fake_aws_T = T;
-    return g_fake_aws_per * T;
+    return g_fake_aws_per * T + g_fake_aws_sq * (double)T * T;
 }
 static void fake_attn_workspace_cap_set(double bytes) { g_fake_aws_cap = bytes; }
 
@@ -745,10 +745,27 @@ TEST(plan_longest_is_what_auto_plans) {
         CHECK_EQ_INT(llama_plan_auto(m, with_ws, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
         CHECK_EQ_INT(llama_plan_auto(m, with_ws + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
         err_clear();
+        /* a workspace off the line through 4,096 and 8,192 tokens (growing with the square):
+         * the search moves the line and asks again */
+        g_fake_aws_sq = 0.05;
+        int curved = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
+        CHECK(curved > 0 && curved < with_ws);
+        CHECK_EQ_INT(llama_plan_auto(m, curved, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+        CHECK_EQ_INT(llama_plan_auto(m, curved + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
+        err_clear();
+        /* one growing slower than that line: the search goes up from what the line gave */
+        g_fake_aws_sq = -0.01;
+        int bent = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
+        CHECK(bent > with_ws);
+        CHECK_EQ_INT(llama_plan_auto(m, bent, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+        CHECK_EQ_INT(llama_plan_auto(m, bent + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
+        err_clear();
+        g_fake_aws_sq = 0;
         dev.attn_workspace = NULL;
         CHECK(llama_plan_longest(m, 1.5 * GiB, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc) == 0);
         CHECK(llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1000, NULL) == 992); /* capped by max_T */
-        fprintf(stderr, "  longest in %.3f GiB: %d tokens (inputs on the device: %d)\n", budget / GiB, T, on_dev);
+        fprintf(stderr, "  longest in %.3f GiB: %d tokens (inputs on the device: %d; with a workspace: %d, %d)\n",
+                budget / GiB, T, on_dev, with_ws, curved);
     }
     llama_free(&m);
     remove_dir(dir);
@@ -789,7 +806,16 @@ TEST(plan_budget_on_a_device) {
         if (!strstr(err_msg(), "activation_offload be auto")) fprintf(stderr, "  %s\n", err_msg());
         CHECK(strstr(err_msg(), "a micro-batch of 64 tokens needs about") && strstr(err_msg(), "over memory_budget") &&
               strstr(err_msg(), "activation_offload be auto"));
+        /* and says how many tokens do fit: that many plan, one more does not */
+        const char *most = strstr(err_msg(), "(at most ");
+        int fits = most ? atoi(most + 9) : 0;
+        CHECK(fits > 0 && fits < 64);
         err_clear();
+        if (fits > 0) {
+            CHECK_EQ_INT(llama_plan_auto(m, fits, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+            CHECK_EQ_INT(llama_plan_auto(m, fits + 1, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
+            err_clear();
+        }
         budget += 0.5 * (on_dev - on_host);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
         CHECK(!ch.offload && !ch.lean && m->host_act_bytes == 0);
