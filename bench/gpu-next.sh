@@ -6,7 +6,8 @@
 # fits one `run` call (at most 600 s):
 #   N  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws: what the plan's
 #      count of one dense sequence assumes of packed batches), then the long rows of J again: the
-#      plan now counts cuDNN's workspace, so "plan total" should meet "measured peak"       ~250 s
+#      plan now counts cuDNN's workspace, so "plan total" should meet "measured peak"; then
+#      train_gpu ops (the per-op table of one 7B layer, after)                              ~350 s
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
 #      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap) ~250 s
@@ -279,6 +280,9 @@ N)
         $T --model 70b --targets q,v --seq 16384 --batch 1 --ckpt every --budget-gib 47 --steps 1 --warmup 1
     } > "$O/long-rows.log" 2>&1
     grep -E "^\||plan total|scratch MiB|cap|error" "$O/long-rows.log"
+    stamp "per-op times at the 7B layer shape, 2048 tokens (the after of RESULTS.md's per-op table)"
+    timeout 120 "$B/run" train_gpu ops --seq 2048 > "$O/ops.md" 2>&1; echo "ops rc=$?"
+    grep -E "^\|" "$O/ops.md" | head -40
     ;;
 F)
     stamp determinism
