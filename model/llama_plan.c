@@ -1,4 +1,5 @@
-/* llama_plan.c: the activation plan a run asks for by mode and memory budget (see llama.h).
+/* llama_plan.c: the activation plan a run asks for by mode and memory budget (see llama.h; what
+ * is counted and chosen, for users: docs/memory.md).
  * The model's own knobs (mlp_chunk_rows) and the backend's scratch cap are set here, so the
  * training stage only says what it wants and reports what was chosen. */
 #include <math.h>
