@@ -716,6 +716,18 @@ TEST(plan_counts_attn_workspace) {
  * its own arithmetic (the fake device: 2 GiB of 8 in use): that length plans, 16 tokens more is
  * refused; the inputs kept on the device, it is shorter; a budget below what is in use fits
  * nothing; the model's knobs are left as they were */
+/* llama_plan_longest's answer (multiples of 16 tokens), checked: llama_plan_auto plans that many
+ * tokens within the budget and refuses 16 more */
+static int longest_checked(llama_model *m, double budget, llama_offload_mode offload, llama_plan_choice *out) {
+    int T = llama_plan_longest(m, budget, offload, 16, 1 << 22, out);
+    llama_plan_choice ch;
+    CHECK(T > 0);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, offload, budget, &ch), 0);
+    CHECK_EQ_INT(llama_plan_auto(m, T + 16, LLAMA_PLAN_EVERY, offload, budget, &ch), ERR_STAGE);
+    err_clear();
+    return T;
+}
+
 TEST(plan_longest_is_what_auto_plans) {
     char dir[] = "/tmp/test_llama_longest_XXXXXX";
     ops_table dev;
@@ -727,39 +739,25 @@ TEST(plan_longest_is_what_auto_plans) {
         m->mlp_chunk_rows = 77;
         int T = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
         CHECK(T > 64 && T % 16 == 0 && m->mlp_chunk_rows == 77 && !m->offload_inputs);
+        CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) == T);
         CHECK(lc.in_use_bytes == 2.0 * GiB && lc.need_bytes > 0 && lc.need_bytes <= budget - 2.0 * GiB);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
         CHECK(ch.need_bytes == lc.need_bytes && ch.offload == lc.offload && ch.lean == lc.lean);
-        CHECK_EQ_INT(llama_plan_auto(m, T + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
-        err_clear();
-        int on_dev = llama_plan_longest(m, budget, LLAMA_OFFLOAD_OFF, 16, 1 << 22, &lc);
-        CHECK(on_dev > 0 && on_dev < T && !lc.offload);
-        CHECK_EQ_INT(llama_plan_auto(m, on_dev, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
-        CHECK_EQ_INT(llama_plan_auto(m, on_dev + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
-        err_clear();
+        int on_dev = longest_checked(m, budget, LLAMA_OFFLOAD_OFF, &lc);
+        CHECK(on_dev < T && !lc.offload);
         /* with attention's own workspace (searched on a line through two answers, then asked) */
         dev.attn_workspace = fake_attn_workspace;
         g_fake_aws_per = 24.0 * m->nkv * m->hd;
-        int with_ws = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
-        CHECK(with_ws > 0 && with_ws < T && lc.attn_ws_bytes == g_fake_aws_per * with_ws);
-        CHECK_EQ_INT(llama_plan_auto(m, with_ws, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
-        CHECK_EQ_INT(llama_plan_auto(m, with_ws + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
-        err_clear();
+        int with_ws = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
+        CHECK(with_ws < T && lc.attn_ws_bytes == g_fake_aws_per * with_ws);
         /* a workspace off the line through 4,096 and 8,192 tokens (growing with the square):
          * the search moves the line and asks again */
         g_fake_aws_sq = 0.05;
-        int curved = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
-        CHECK(curved > 0 && curved < with_ws);
-        CHECK_EQ_INT(llama_plan_auto(m, curved, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
-        CHECK_EQ_INT(llama_plan_auto(m, curved + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
-        err_clear();
+        int curved = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
+        CHECK(curved < with_ws);
         /* one growing slower than that line: the search goes up from what the line gave */
         g_fake_aws_sq = -0.01;
-        int bent = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
-        CHECK(bent > with_ws);
-        CHECK_EQ_INT(llama_plan_auto(m, bent, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
-        CHECK_EQ_INT(llama_plan_auto(m, bent + 16, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
-        err_clear();
+        CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) > with_ws);
         g_fake_aws_sq = 0;
         dev.attn_workspace = NULL;
         CHECK(llama_plan_longest(m, 1.5 * GiB, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc) == 0);
