@@ -211,12 +211,20 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
     if (rc) return rc;
     llama_plan_choice ch;
     const char *off = stage_str(ctx, "activation_offload");
+    llama_offload_mode offload =
+        !strcmp(off, "on") ? LLAMA_OFFLOAD_ON : !strcmp(off, "off") ? LLAMA_OFFLOAD_OFF : LLAMA_OFFLOAD_AUTO;
+    /* with a budget on a device: how long a micro-batch it could take (before the plan allocates,
+     * as llama_plan_longest reads what is in use), to size sequence_len by */
+    int longest = budget > 0 ? llama_plan_longest(m, budget, offload, 64, 1 << 28, NULL) : 0;
+    if (longest > 0)
+        stage_logf(ctx, "memory_budget %s takes micro-batches of up to %d tokens with every layer checkpointed%s",
+                   stage_str(ctx, "memory_budget"), longest,
+                   offload == LLAMA_OFFLOAD_OFF ? " (activation_offload: off)" : "");
     rc = llama_plan_auto(m, max_T,
                          !strcmp(mode, "auto")          ? LLAMA_PLAN_AUTO
                          : !strcmp(mode, "every_layer") ? LLAMA_PLAN_EVERY
                                                         : LLAMA_PLAN_NONE,
-                         !strcmp(off, "on") ? LLAMA_OFFLOAD_ON : !strcmp(off, "off") ? LLAMA_OFFLOAD_OFF : LLAMA_OFFLOAD_AUTO,
-                         budget, &ch);
+                         offload, budget, &ch);
     if (!rc && ch.offload)
         stage_logf(ctx, "layer inputs offloaded to pinned host memory: %.1f MiB on the host", (double)m->host_act_bytes / 1048576.0);
     if (ch.over_budget)
