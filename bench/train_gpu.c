@@ -252,19 +252,11 @@ static int parse_targets(const char *targets, uint32_t *mask) {
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* cuDNN attention's workspace at T tokens outside deterministic mode (cuda_attention_workspace,
- * as the train stage's plan counts it) */
-static double attn_ws_bytes(const llama_model *m, int64_t T) {
-    int windowed = 0;
-    for (int l = 0; l < m->L && !windowed; l++) windowed = config_layer_window(&m->cfg, l) > 0;
-    return cuda_attention_workspace((int)T, m->nh, m->nkv, m->hd, windowed);
-}
-
 /* the CUDA ops' own scratch at T tokens (kernels/cuda): one slot shared by the dequantized weight
  * (or a cap-sized row range of it), the cross-entropy's logits chunk and attention's fp32 dq; the
  * LoRA scratch (B's bf16 copy, xa and dy B, and the fused kernels' partial sums or, on the GEMM
- * path, A's copy and the dropout input), attention's D, its (grouped-query) dk, dv or cuDNN's
- * workspace, and the cuBLAS workspace */
+ * path, A's copy and the dropout input), attention's D and its slot (llama_attn_slot_bytes), and
+ * the cuBLAS workspace */
 static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) {
     int64_t max_w = 0, max_in = 0, max_out = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++) {
@@ -288,9 +280,7 @@ static int64_t plan_scratch_bytes(const llama_model *m, int64_t T, int64_t cap) 
             fused = max64(fused, (int64_t)cuda_lora_scratch_bytes(T, m->layers[0].lin[t].in, (int)r));
     if (fused) b += fused;
     else b += r * max_in * 2 + (m->lora.dropout > 0 ? T * max_in * 2 : 0);
-    /* one slot: the mma kernels' fp32 dk, dv of grouped-query heads split over blocks, or cuDNN's
-     * workspace, the larger */
-    return b + max64(m->nkv < m->nh ? 2 * T * m->nkv * m->hd * 4 : 0, (int64_t)attn_ws_bytes(m, T));
+    return b + (int64_t)llama_attn_slot_bytes(m, (int)T); /* cuDNN's workspace or the mma kernels' dk, dv */
 }
 
 /* With checkpointing, the plan's knobs from the fastest to the leanest: the ops' scratch cap
@@ -516,8 +506,7 @@ static int train_plan_make(llama_model *m, const train_opts *o, int64_t T, train
     p->need += p->dense;
     /* cuDNN's workspace: its slot as the plan counted it and the room the plan leaves (a padded
      * layout over that runs on the mma kernels), as the train stage's plan sets it */
-    double slot = fmax(m->nkv < m->nh ? 8.0 * (double)T * m->nkv * m->hd : 0, attn_ws_bytes(m, T));
-    cuda_attention_workspace_cap_set(fmax(1, slot + (double)(has + p->dense - p->need)));
+    cuda_attention_workspace_cap_set(fmax(1, llama_attn_slot_bytes(m, (int)T) + (double)(has + p->dense - p->need)));
     p->use = p->ckpt == LLAMA_CKPT_EVERY ? lean : lean_opts[0];
     m->mlp_chunk_rows = p->use.mlp_rows > 0 ? p->use.mlp_rows : (int)T;
     m->offload_inputs = p->ckpt == LLAMA_CKPT_EVERY && p->use.offload;
@@ -619,9 +608,9 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     if (p->stage) /* the whole process against nvidia-smi's used (the table's column) */
         fprintf(stderr, "stage plan total %.3f GiB (in use before it included); the process uses %.3f GiB\n",
                 p->need / GIB, (double)(tot - fr) / GIB);
-    else fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB with cuDNN's attention workspace %.1f MiB, cap %zu MiB, "
+    else fprintf(stderr, "plan total %.3f GiB (scratch %.3f GiB with attention backward's slot %.1f MiB, cap %zu MiB, "
                     "MLP rows a chunk %d); measured peak %.3f GiB\n", p->need / GIB,
-            plan_scratch_bytes(m, T, p->use.cap) / GIB, attn_ws_bytes(m, T) / 1048576.0, cuda_scratch_cap() >> 20,
+            plan_scratch_bytes(m, T, p->use.cap) / GIB, llama_attn_slot_bytes(m, T) / 1048576.0, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     /* the ops' scratch as allocated, slot by slot (kernels/cuda/common.cuh), beside the plan's count */
     static const char *slots[] = {"weight/xent/dq", "lora A", "lora B", "xa", "dropout x", "lora dx", "", "",

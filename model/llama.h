@@ -225,6 +225,10 @@ int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ck
 /* the ops' scratch on a GPU that grows with the tokens of a pass (model/llama_plan.c), which the
  * plans of llama_plan_auto and llama_dense_auto count beside the activations */
 double llama_token_scratch_bytes(const llama_model *m, int T);
+/* the part of it attention's backward keeps beside its dq on a GPU: the backend's own workspace
+ * for T tokens (cuDNN's, ops attn_workspace) or the mma kernels' fp32 dk, dv of grouped-query
+ * heads, whichever is larger (they share one buffer) */
+double llama_attn_slot_bytes(const llama_model *m, int T);
 
 /* The plan a run asks for by mode (llama_plan.c): LLAMA_PLAN_NONE and LLAMA_PLAN_EVERY as told,
  * LLAMA_PLAN_AUTO checkpointing every layer only when the activations without it would not fit

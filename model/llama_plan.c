@@ -44,15 +44,13 @@ static double attn_workspace(const llama_model *m, int T) {
     return m->ops->attn_workspace(T, m->nh, m->nkv, m->hd, windowed);
 }
 
-/* the slot attention's backward keeps beside its dq (kernels/cuda/ops_cuda.cu): cuDNN's workspace
- * or the mma kernels' fp32 dk, dv of grouped-query heads split over blocks, whichever is larger */
-static double attn_slot_bytes(const llama_model *m, int T) {
+double llama_attn_slot_bytes(const llama_model *m, int T) {
     double dkv = m->nkv < m->nh ? 8.0 * m->nkv * m->hd * (double)T : 0;
     return fmax(dkv, attn_workspace(m, T));
 }
 
 /* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
- * summed though some share one; llama.h): attention's fp32 dq, its row sums and attn_slot_bytes,
+ * summed though some share one; llama.h): attention's fp32 dq, its row sums and its slot,
  * the LoRA branch's dropout input and (dy B) A at the widest input a LoRA targets, and xa; the
  * fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
  * choices made here. */
@@ -61,14 +59,14 @@ double llama_token_scratch_bytes(const llama_model *m, int T) {
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         if (m->layers[0].lin[t].lora.A) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
     double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + 4.0 * in_max + 4.0 * m->lora.r;
-    return per * T + attn_slot_bytes(m, T);
+    return per * T + llama_attn_slot_bytes(m, T);
 }
 
 /* the cap on cuDNN's workspace: the slot the plan counted for T tokens and what the plan leaves
  * free beside it, so a batch whose layout would take more runs within the plan
  * (attn_workspace_cap_set) */
 static void attn_workspace_cap(const llama_model *m, int T, double slack) {
-    if (m->ops->attn_workspace_cap_set) m->ops->attn_workspace_cap_set(fmax(1, attn_slot_bytes(m, T) + fmax(0, slack)));
+    if (m->ops->attn_workspace_cap_set) m->ops->attn_workspace_cap_set(fmax(1, llama_attn_slot_bytes(m, T) + fmax(0, slack)));
 }
 
 /* a checkpointed plan on a device with the model's current knobs (mlp_chunk_rows,
@@ -82,6 +80,13 @@ static double checkpointed_need(const llama_model *m, int max_T, bool lean) {
     if (lean) wmax = fmin(wmax, (double)DEVICE_LEAN_SCRATCH);
     return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_EVERY) + wmax + llama_token_scratch_bytes(m, max_T) +
            det_attn_workspace(m, max_T) + 0.5 * GPU_SCRATCH_MARGIN;
+}
+
+/* the plan without checkpointing: its activations, deterministic attention's workspace and, on a
+ * device, the ops' scratch that grows with the tokens */
+static double plain_need(const llama_model *m, int max_T) {
+    return (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE) + det_attn_workspace(m, max_T) +
+           (m->ops->own_memory ? llama_token_scratch_bytes(m, max_T) : 0);
 }
 
 /* the checkpointed plan of max_T tokens in room bytes on a device: the layer inputs go to host
@@ -185,7 +190,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     if (m->ops->det_workspace_cap_set) m->ops->det_workspace_cap_set(0); /* the default, unless lowered below */
     if (m->ops->attn_workspace_cap_set) m->ops->attn_workspace_cap_set(0);
     /* asked first: the backend may load its attention library (device memory in use) to answer */
-    ch.attn_ws_bytes = dev ? attn_workspace(m, max_T) : 0;
+    ch.attn_ws_bytes = attn_workspace(m, max_T);
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
          * context, the weights, the LoRA state) comes off it before the activations */
@@ -203,8 +208,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
             budget = pages > 0 && psz > 0 ? 0.5 * (double)pages * (double)psz : 4.0 * 1073741824.0;
         }
-        ch.plain_bytes = (double)llama_plan_bytes(m, max_T, LLAMA_CKPT_NONE) + det_attn_workspace(m, max_T) +
-                         (dev ? llama_token_scratch_bytes(m, max_T) : 0);
+        ch.plain_bytes = plain_need(m, max_T);
         if (ch.plain_bytes > budget) {
             ch.over_budget = true;
             ck = LLAMA_CKPT_EVERY;
@@ -215,9 +219,11 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
      * they are taken only when the plain checkpointed plan would not fit the budget (or the
      * device's free memory). */
     m->offload_inputs = ck == LLAMA_CKPT_EVERY && offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
-    ch.need_bytes = ch.plain_bytes;
+    double room = budget; /* what the plan is counted against (0: nothing to count against) */
+    if (ck == LLAMA_CKPT_NONE)
+        ch.need_bytes = mode == LLAMA_PLAN_AUTO ? ch.plain_bytes : plain_need(m, max_T);
     if (ck == LLAMA_CKPT_EVERY && dev) {
-        double room = budget > 0 ? budget : device_free_bytes(m->ops);
+        room = budget > 0 ? budget : device_free_bytes(m->ops);
         double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
@@ -237,13 +243,8 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
                                                                               : "");
         }
-        attn_workspace_cap(m, max_T, room - need);
-    } else if (dev && mode == LLAMA_PLAN_AUTO) {
-        attn_workspace_cap(m, max_T, budget - ch.plain_bytes);
-    } else if (dev && given) {
-        attn_workspace_cap(m, max_T, budget - (double)llama_plan_bytes(m, max_T, ck) - llama_token_scratch_bytes(m, max_T) -
-                                         det_attn_workspace(m, max_T));
     }
+    if (dev && room > 0) attn_workspace_cap(m, max_T, room - ch.need_bytes);
     device_lean_scratch(m->ops, ch.lean);
     int rc = llama_plan(m, max_T, ck);
     if (rc && dev && ck == LLAMA_CKPT_NONE && mode == LLAMA_PLAN_AUTO) { /* the device said no: the lean plan */

@@ -451,6 +451,7 @@ extern "C" void cuda_attention_det_workspace_cap_set(double bytes) {
 static double g_ws_cap;
 
 extern "C" void cuda_attention_workspace_cap_set(double bytes) { g_ws_cap = bytes > 0 ? bytes : 0; }
+
 static int g_nplans, g_evict;
 
 // the [b, h, s, d] view of token-major rows [b*s, hs*d] (h of the row's hs heads: a head group)
