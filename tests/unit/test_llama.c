@@ -602,6 +602,16 @@ static llama_model *fake_device_model(char *dir, ops_table *dev) {
     return m;
 }
 
+/* the memory_budget a checkpointed plan of T tokens with acts bytes of activations needs on the
+ * fake device (llama_plan.c's checkpointed_need, no lean knobs): the 2 GiB in use, half the ops'
+ * 1 GiB margin, the largest dequantized weight and the ops' token scratch */
+static double fake_ckpt_budget(const llama_model *m, int T, double acts) {
+    double wmax = 0;
+    for (int t = 0; t < LLAMA_NTARGETS; t++)
+        wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+    return 2.0 * 1073741824.0 + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) + acts;
+}
+
 /* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
  * cap) is part of the plan the budget is checked against */
 TEST(plan_counts_det_workspace) {
@@ -624,14 +634,11 @@ TEST(plan_counts_det_workspace) {
          * by that half (smaller calls) and the cap is the default again at the next plan */
         dev.det_workspace_cap_set = fake_det_cap_set;
         g_fake_det_cap = g_fake_det_default = 1e12;
-        double ws = 2.0 * m->nh * T * T, wmax = 0;
-        for (int t = 0; t < LLAMA_NTARGETS; t++)
-            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
+        double ws = 2.0 * m->nh * T * T;
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
         CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
         m->mlp_chunk_rows = T;
-        double acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY) + llama_token_scratch_bytes(m, T);
-        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + acts + 0.5 * ws;
+        double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY)) + 0.5 * ws;
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &det), 0);
         CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
@@ -685,13 +692,9 @@ TEST(plan_counts_attn_workspace) {
         CHECK(ch.attn_ws_bytes == aws && ch.plain_bytes - plain.plain_bytes == aws - dkv);
         CHECK(!ch.over_budget && g_fake_aws_cap == aws + (5.0 * GiB - ch.plain_bytes)); /* 2 GiB in use */
         /* checkpointed: a budget the plan fits exactly, then one a byte short */
-        double wmax = 0;
-        for (int t = 0; t < LLAMA_NTARGETS; t++)
-            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
         m->mlp_chunk_rows = T;
         m->offload_inputs = false;
-        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY) +
-                        llama_token_scratch_bytes(m, T);
+        double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY));
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
         CHECK(!ch.lean && fabs(g_fake_aws_cap - aws) < 1);
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 1, &ch), ERR_STAGE);
@@ -783,17 +786,13 @@ TEST(plan_budget_on_a_device) {
         CHECK(strstr(err_msg(), "memory_budget 1.50 GiB is below") && strstr(err_msg(), "(2.00 GiB"));
         err_clear();
         /* what the checkpointed plan needs beside the 2 GiB in use, inputs on the device or not */
-        double wmax = 0;
-        for (int t = 0; t < LLAMA_NTARGETS; t++)
-            wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
         m->mlp_chunk_rows = T;
         m->offload_inputs = false;
         double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
         m->offload_inputs = true;
         double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
         CHECK(on_host < on_dev);
-        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) +
-                        0.5 * (on_dev + on_host);
+        double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
         CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
         CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
         CHECK(ch.in_use_bytes == 2.0 * GiB);
