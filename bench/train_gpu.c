@@ -676,24 +676,102 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) {
 
 /* ---- fit: the longest sequence each memory budget trains ---- */
 
-/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80]: for each budget (the train
- * stage's memory_budget: GiB of device memory in all, the CUDA context, frozen weights and LoRA
- * with AdamW state included), the longest single sequence (a multiple of 256 tokens) the train
- * stage's own plan takes with every layer checkpointed (llama_plan_longest: the layer inputs
- * offloaded to host memory, then the lean knobs, as llama_plan_auto chooses them), allocating
- * nothing; `train --memory-budget` at that length measures it. */
+/* fit --paper G: the same arithmetic with no GPU. A CPU table poses as a device (as test_llama's
+ * fake device does) holding G GiB beside the allocations (the CUDA context and the libraries'
+ * modules: what a run's whole-device use exceeds its allocator's peak by, 0.59-0.60 GiB on the
+ * H100 and H200 rows of bench/RESULTS.md), the frozen weights as synth_model lays them out
+ * (counted, not made) and the LoRA state llama_lora_attach allocates (made, in host memory). Its
+ * activations are bf16 as on CUDA; cuDNN's attention workspace is taken as 4 h d bytes a token
+ * for grouped-query heads (its backward's dK and dV for every q head) and none otherwise, which
+ * the H100 sitting of 2026-12-05 inferred from the plan's misses and `train_gpu attn-ws` is to
+ * measure. A plan on paper, not a measurement. */
+static double g_paper_held; /* bytes the posing device holds: context, weights, allocations */
+
+static void paper_info(ops_backend_info *out) {
+    out->total_bytes = 1e15;
+    out->free_bytes = out->total_bytes - g_paper_held;
+}
+
+static void *paper_alloc(size_t bytes) {
+    g_paper_held += (double)bytes;
+    return ops_cpu()->alloc(bytes);
+}
+
+static void paper_side_copy(int slot, void *dst, const void *src, size_t bytes) {
+    (void)slot;
+    memcpy(dst, src, bytes);
+}
+
+static double paper_attn_workspace(int T, int nh, int nkv, int hd, int windowed) {
+    (void)windowed;
+    return nkv < nh ? 4.0 * nh * hd * (double)T : 0;
+}
+
+/* the model of cfg's shape on the posing device: no weight made, their bytes held */
+static int paper_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops) {
+    llama_model *m = calloc(1, sizeof *m);
+    int rc = m ? llama_shape_init(m, cfg, ops, preset) : err_set(ERR_STAGE, "out of memory");
+    if (rc) {
+        free(m);
+        return rc;
+    }
+    m->layers = calloc((size_t)m->L, sizeof(llama_layer));
+    if (!m->layers) {
+        free(m);
+        return err_set(ERR_STAGE, "out of memory");
+    }
+    bool local, lng;
+    llama_rope_needs(m, &local, &lng);
+    g_paper_held += (double)synth_weight_bytes(m, cfg, local, lng);
+    int64_t outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
+    synth_shapes(m, outs, ins);
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            llama_linear *lin = &m->layers[l].lin[t];
+            lin->w = (ops_nf4){.rows = outs[t], .cols = ins[t], .blocksize = 64};
+            lin->in = ins[t], lin->out = outs[t];
+        }
+    *out = m;
+    return 0;
+}
+
+/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80] [--paper G]: for each
+ * budget (the train stage's memory_budget: GiB of device memory in all, the CUDA context, frozen
+ * weights and LoRA with AdamW state included), the longest single sequence (a multiple of 256
+ * tokens) the train stage's own plan takes with every layer checkpointed (llama_plan_longest: the
+ * layer inputs offloaded to host memory, then the lean knobs, as llama_plan_auto chooses them),
+ * allocating nothing; `train --memory-budget` at that length measures it. --paper: on no GPU
+ * (above). */
 static int bench_fit(int argc, char **argv) {
     const char *preset = "llama3-8b", *targets = "q,v", *budgets = "8,12,16,24,48,80";
+    double paper = -1;
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return err_set(ERR_USAGE, "'%s' needs a value", a);
         if (!strcmp(a, "--model")) preset = v;
         else if (!strcmp(a, "--targets")) targets = v;
         else if (!strcmp(a, "--budgets")) budgets = v;
+        else if (!strcmp(a, "--paper")) paper = atof(v);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
     }
-    const ops_table *ops = ops_cuda();
-    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    static ops_table paper_ops;
+    const ops_table *ops;
+    if (paper >= 0) {
+        paper_ops = *ops_cpu();
+        paper_ops.name = "paper";
+        paper_ops.own_memory = 1;
+        paper_ops.act_dtype = OPS_BF16;
+        paper_ops.info = paper_info;
+        paper_ops.alloc = paper_alloc;
+        paper_ops.side_copy = paper_side_copy;
+        paper_ops.attn_workspace = paper_attn_workspace;
+        paper_ops.attn_workspace_cap_set = NULL;
+        paper_ops.det_workspace_cap_set = NULL;
+        g_paper_held = paper * GIB;
+        ops = &paper_ops;
+    } else if (!(ops = ops_cuda())) {
+        return err_set(ERR_STAGE, "no CUDA device");
+    }
     model_config cfg;
     int rc = config_preset(&cfg, ARCH_LLAMA, preset);
     if (rc) return rc;
@@ -701,9 +779,12 @@ static int bench_fit(int argc, char **argv) {
     uint32_t mask = 0;
     if ((rc = parse_targets(targets, &mask))) return rc;
     llama_model *m;
-    if ((rc = synth_model(&m, &cfg, preset, ops, 1234))) return rc;
+    if ((rc = paper >= 0 ? paper_model(&m, &cfg, preset, ops) : synth_model(&m, &cfg, preset, ops, 1234))) return rc;
     llama_lora_config lc = {.r = 16, .alpha = 32.0f, .dropout = 0.05f, .rslora = false, .targets = mask};
     if ((rc = llama_lora_attach(m, &lc))) return rc;
+    if (paper >= 0)
+        printf("On paper: %.2f GiB held beside the allocations; cuDNN's workspace taken as 4 h d bytes a token with "
+               "grouped-query heads.\n\n", paper);
     printf("| model | LoRA | budget GiB | longest sequence | in use + plan GiB | knobs |\n| --- | --- | --- | --- | --- | --- |\n");
     char bbuf[128];
     snprintf(bbuf, sizeof bbuf, "%s", budgets);
@@ -1071,7 +1152,7 @@ int main(int argc, char **argv) {
                "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
-               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80]\n"
+               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)]\n"
                "       train_gpu attn-ws\n");
         return argc < 2 ? 2 : 0;
     }
