@@ -10,7 +10,8 @@
 #      train_gpu ops (the per-op table of one 7B layer, after)                              ~350 s
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
-#      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap) ~250 s
+#      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap); on an
+#      H200, the 70B row at 38 GiB and its floor                                  ~250 s (H200: ~400 s)
 #   M  issue 21's memory table: train_gpu fit (the train stage's plan, llama_plan_longest) for
 #      llama3-8b, phi4, qwen3-32b, llama3-70b at 8-80 GiB, then one step at each length within
 #      that memory_budget (train --memory-budget, shortest first, M_SECONDS=420)           ~500 s
@@ -229,6 +230,14 @@ K)
     done
     (cd tests && timeout 150 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
     grep -E "^FAIL|split|passed" "$O/test_ops_gpu.log" | head
+    # the 70B row's target is the H200's: on one, that row at this commit (last seen there at
+    # ca27b30, 1,607 tok/s at 37.94 GiB) and its floor
+    if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+        stamp "70B at 38 GiB on this H200"
+        timeout 90 python3 bench/step_floor.py 70b:2048x1 >> "$O/floor.jsonl" 2>> "$O/floor.err"; tail -1 "$O/floor.jsonl"
+        timeout 120 "$B/run" train_gpu train --model 70b --targets q,v --seq 2048 --batch 1 --ckpt every --budget-gib 38 \
+            --steps 4 --warmup 1 2>&1 | grep -E "^\||plan total|error" | tee "$O/70b.txt"
+    fi
     ;;
 M)
     # issue 21's memory table: train_gpu fit (the train stage's own plan, llama_plan_longest: what
