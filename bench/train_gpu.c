@@ -775,7 +775,6 @@ static int bench_fit(int argc, char **argv) {
     model_config cfg;
     int rc = config_preset(&cfg, ARCH_LLAMA, preset);
     if (rc) return rc;
-    if (config_gemma(&cfg)) return err_set(ERR_USAGE, "fit plans the llama-family layer (not %s)", config_arch_name(cfg.arch));
     uint32_t mask = 0;
     if ((rc = parse_targets(targets, &mask))) return rc;
     llama_model *m;

@@ -33,7 +33,8 @@
 typedef struct layer_acts {
     void *n1, *q, *k, *v, *att, *res_mid, *n2, *gate, *up, *act;
     void *qr, *kr;        /* qwen3: q, k before their per-head norm (NULL otherwise) */
-    void *o_raw, *d_raw;  /* gemma3: o's and down's outputs before their norms [T, C] */
+    void *o_raw, *d_raw;  /* gemma: o's and down's outputs before their norms [T, C] (checkpointed:
+                           * d_raw is dact's [rows, I] slot, one MLP chunk at a time) */
     float *rstd_po, *rstd_pd;
     float *rstdq, *rstdk; /* [T * nh], [T * nkv] */
     float *rstd1, *rstd2; /* [T] */
@@ -52,7 +53,7 @@ struct llama_acts {
     /* backward scratch, shared by all layers */
     void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
     void *dqr, *dkr;   /* qwen3: gradients of q, k before their norm */
-    void *dtmp;        /* gemma3: d(o_raw), then d(d_raw) [T, C] */
+    void *dtmp;        /* gemma, no checkpointing: d(o_raw), then d(d_raw) [T, C] */
     bool windowed;     /* the batch has a sequence longer than a layer's sliding window */
     int mlp_rows;      /* tokens per MLP chunk (checkpointing: the [rows, I] buffers; T otherwise) */
     float *losses;     /* [T] */
@@ -897,8 +898,10 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         a->v = carve_take(cv, T * kvd * es);
         a->att = carve_take(cv, T * W * es);
         a->res_mid = A->datt = carve_take(cv, T * W * es);
-        /* without a LoRA branch on down_proj, its backward never reads act: dact takes act's slot */
-        int64_t slots = m->layers[0].lin[LLAMA_DOWN].lora.A ? 4 : 3;
+        /* without a LoRA branch on down_proj, its backward never reads act: dact takes act's slot
+         * (gemma's down output, normed before its residual add, lives in dact's own slot) */
+        bool gemma = config_gemma(&m->cfg);
+        int64_t slots = m->layers[0].lin[LLAMA_DOWN].lora.A || gemma ? 4 : 3;
         char *region = carve_take(cv, max64(slots * rows * I, 2 * T * kvd) * es);
         a->gate = A->dgate = region;
         a->up = A->dup = region + rows * I * es;
@@ -910,6 +913,12 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
         a->rstd2 = carve_take(cv, T * 4);
         a->lse = carve_take(cv, (int64_t)m->nh * T * 4);
         plan_qk_norm(m, A, a, cv, T, true);
+        if (gemma) { /* o's output until its norm's backward; down's, a chunk at a time */
+            a->o_raw = carve_take(cv, T * C * es);
+            a->d_raw = A->dact;
+            a->rstd_po = carve_take(cv, T * 4);
+            a->rstd_pd = carve_take(cv, T * 4);
+        }
         for (int t = 0; t < LLAMA_NTARGETS; t++)
             a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
         if (m->offload_inputs && m->L > 3 && m->ops->side_copy) { /* three on the device in turn (see offload_after_forward) */
@@ -974,7 +983,6 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
 
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
     free_acts(m);
-    if (config_gemma(&m->cfg)) ckpt = LLAMA_CKPT_NONE; /* see llama.h */
     if (max_T <= 0) return err_set(ERR_USAGE, "micro-batch of %d tokens", max_T);
     m->ckpt = ckpt;
     llama_acts *A = calloc(1, sizeof *A);
@@ -1020,7 +1028,6 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
 }
 
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {
-    if (config_gemma(&m->cfg)) ckpt = LLAMA_CKPT_NONE;
     llama_acts A;
     memset(&A, 0, sizeof A);
     A.layer = calloc((size_t)m->L, sizeof(layer_acts));
@@ -1163,12 +1170,28 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
     else
         o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
-    if (config_gemma(&m->cfg)) { /* never lean (llama_plan): norms after o and after down */
+    if (config_gemma(&m->cfg)) { /* norms after o and after down, before their residual adds */
         linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
-        o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
-        o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
-        o->add_inplace(a->res_mid, A->tmp, T * C);
+        if (lean) { /* the norm straight into res_mid: x + n == n + x, bit for bit */
+            o->rmsnorm_fwd(a->res_mid, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
+            o->add_inplace(a->res_mid, res_in, T * C);
+        } else {
+            o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
+            o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
+            o->add_inplace(a->res_mid, A->tmp, T * C);
+        }
         o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, m->norm_add, T, m->C, m->eps);
+        if (lean) { /* down's output a chunk at a time (d_raw: dact's slot), normed into res_out */
+            if (!res_out) return;
+            for (int t0 = 0; t0 < T; t0 += A->mlp_rows) {
+                int n = T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows;
+                mlp_forward_rows(m, l, a, a->d_raw, t0, n, train, seed);
+                o->rmsnorm_fwd(rows_at(m, res_out, t0, C), a->rstd_pd + t0, a->d_raw, ly->post_mlp_norm, m->norm_add,
+                               n, m->C, m->eps);
+            }
+            o->add_inplace(res_out, a->res_mid, T * C);
+            return;
+        }
         mlp_forward_rows(m, l, a, a->d_raw, 0, T, train, seed);
         if (res_out) {
             o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, m->norm_add, T, m->C, m->eps);
@@ -1203,19 +1226,29 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
 }
 
 /* the MLP backward of rows [t0, t0+n): dn rows = d(n2 rows); the lean plan first recomputes the
- * chunk's forward (and down's LoRA input product xa, into dact's buffer, which is free then) */
+ * chunk's forward (and down's LoRA input product xa, into dact's buffer, which is free then).
+ * dout: d(down's output), or for gemma's lean plan d(the layer's output), taken through down's
+ * norm here for the chunk's rows (its output d_raw recomputed into dact's slot, d(d_raw) in dn's
+ * rows until gate's backward writes them). */
 static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, const void *dout, int t0, int n, uint64_t seed) {
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
-    bool lean = m->ckpt == LLAMA_CKPT_EVERY;
+    bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = config_gemma(&m->cfg);
     void *n2 = rows_at(m, a->n2, t0, m->C), *dn = rows_at(m, A->dn, t0, m->C);
-    if (lean && m->layers[l].lin[LLAMA_DOWN].lora.A) {
+    if (lean && (gemma || m->layers[l].lin[LLAMA_DOWN].lora.A)) {
         mlp_forward_rows(m, l, a, A->dact, t0, n, true, seed);
     } else if (lean) { /* gate and up only: act (dact's slot) is not read without down's LoRA */
         linear_fwd(m, l, LLAMA_GATE, a->gate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, true, seed);
         linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, true, seed);
     }
     void *dres = rows_at(m, (void *)dout, t0, m->C);
+    if (lean && gemma) { /* the norm's rstd again (its output is not kept), then its backward */
+        const llama_layer *ly = &m->layers[l];
+        o->rmsnorm_fwd(dn, a->rstd_pd + t0, A->dact, ly->post_mlp_norm, m->norm_add, n, m->C, m->eps);
+        o->zero(dn, (size_t)n * (size_t)m->C * ops_act_size(o));
+        o->rmsnorm_bwd(dn, dres, A->dact, ly->post_mlp_norm, m->norm_add, a->rstd_pd + t0, n, m->C);
+        dres = dn;
+    }
     linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
     (config_gemma(&m->cfg) ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up,
                                                                  (int64_t)n * m->I);
@@ -1230,9 +1263,10 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const llama_layer *ly = &m->layers[l];
     bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = config_gemma(&m->cfg);
     size_t es = ops_act_size(o);
-    /* gemma3: through down's output norm first (rmsnorm_bwd accumulates: from zero) */
+    /* gemma: through down's output norm first (rmsnorm_bwd accumulates: from zero); the lean
+     * plan does it a chunk at a time (mlp_backward_rows) */
     const void *dmlp = A->dres;
-    if (gemma) {
+    if (gemma && !lean) {
         o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
         o->rmsnorm_bwd(A->dtmp, A->dres, a->d_raw, ly->post_mlp_norm, m->norm_add, a->rstd_pd, T, m->C);
         dmlp = A->dtmp;
@@ -1241,10 +1275,11 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
         mlp_backward_rows(m, l, a, dmlp, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
     o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, m->norm_add, a->rstd2, T, m->C);
     const void *dO = A->dres;
-    if (gemma) {
-        o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
-        o->rmsnorm_bwd(A->dtmp, A->dres, a->o_raw, ly->post_attn_norm, m->norm_add, a->rstd_po, T, m->C);
-        dO = A->dtmp;
+    if (gemma) { /* lean: into dn, free until q's backward writes it */
+        void *d = lean ? A->dn : A->dtmp;
+        o->zero(d, (size_t)T * (size_t)m->C * es);
+        o->rmsnorm_bwd(d, A->dres, a->o_raw, ly->post_attn_norm, m->norm_add, a->rstd_po, T, m->C);
+        dO = d;
     }
     linear_bwd(m, l, LLAMA_O, A->datt, dO, a->att, a->xa[LLAMA_O], T, 0, seed);
     ops_attn opt = layer_attn(m, l);
@@ -1488,7 +1523,7 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n, const int *s
                 o->attention_cached(att, q, kc, vc, nj, (int)(P + nj), m->nh, m->nkv, m->hd);
             t0 += nj;
         }
-        bool gemma = config_gemma(&m->cfg); /* its plan is never lean: o_raw, d_raw exist */
+        bool gemma = config_gemma(&m->cfg); /* o_raw, d_raw exist in both plans (d_raw: n rows) */
         linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
         if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, n, m->C, m->eps);
         o->add_inplace(x, A->tmp, n * C);

@@ -31,9 +31,9 @@
  * Gemma-3 (text): norms scale by (1 + w), the 1 added in fp32 by the norm op (norm_add), as
  * transformers computes it, the weights kept as the checkpoint has them; embeddings times sqrt(hidden);
  * o's and down's outputs normed before their residual add; GeGLU; its local layers slide with
- * their own rope base. It keeps every layer's activations (a checkpointed plan is taken as
- * LLAMA_CKPT_NONE) and runs on a backend with the optional ops it needs (geglu, act_scale,
- * attention_ex: the CPU reference today).
+ * their own rope base. Checkpointed, o's output is kept beside the layer's working set and down's
+ * is made again a chunk at a time in the backward. It runs on a backend with the optional ops it
+ * needs (geglu, act_scale, attention_ex: the CPU and CUDA ones).
  *
  * Ownership: llama_init/llama_free pair up; llama_free releases every backend buffer. */
 #ifndef MODEL_LLAMA_H

@@ -135,7 +135,7 @@ static void grads_of(llama_model *m, const llama_batch *b, uint64_t seed, float 
     m->ops->download(g, m->lora_grads, sizeof(float) * (size_t)m->n_lora_params);
 }
 
-TEST(checkpointing_changes_nothing) {
+static void ckpt_case(void) {
     enum { T = 20 };
     llama_model *a = small_model(0.1f, LLAMA_CKPT_NONE, T), *c = small_model(0.1f, LLAMA_CKPT_EVERY, T);
     CHECK(a && c);
@@ -159,6 +159,21 @@ TEST(checkpointing_changes_nothing) {
     free(gc);
     llama_free(&a);
     llama_free(&c);
+}
+
+/* the golden models checkpointing is checked on: qwen2's layer and gemma's (norms after o and
+ * down, which the checkpointed plan keeps and recomputes; gemma2's soft-caps) */
+static const char *const ckpt_dirs[] = {QWEN2_DIR, "golden/gemma3-tiny", "golden/gemma2-tiny"};
+
+/* every layer checkpointed gives the same loss and gradients, bit for bit (dropout on: the MLP
+ * is one chunk), in less memory */
+TEST(checkpointing_changes_nothing) {
+    for (size_t i = 0; i < sizeof ckpt_dirs / sizeof *ckpt_dirs; i++) {
+        small_dir = ckpt_dirs[i];
+        fprintf(stderr, "  %s\n", small_dir);
+        ckpt_case();
+    }
+    small_dir = QWEN2_DIR;
 }
 
 /* the bitsandbytes checkpoint (double quant) is kept nested; the rows match bnb's de-nested ones */
@@ -336,13 +351,18 @@ static void mlp_chunks_case(void) {
 }
 
 /* checkpointing with the MLP in chunks of 6 rows (no dropout: chunks may split the sums), with
- * LoRA on every linear and on q, v only (then dact shares act's buffer) */
+ * LoRA on every linear and on q, v only (then dact shares act's buffer, but for gemma, whose
+ * down output is made again a chunk at a time into dact's own slot) */
 TEST(checkpointing_mlp_chunks) {
-    for (int pass = 0; pass < 2; pass++) {
-        small_targets = pass ? (1u << LLAMA_Q) | (1u << LLAMA_V) : LLAMA_TARGETS_ALL;
-        mlp_chunks_case();
-    }
+    for (size_t i = 0; i < sizeof ckpt_dirs / sizeof *ckpt_dirs; i++)
+        for (int pass = 0; pass < 2; pass++) {
+            small_dir = ckpt_dirs[i];
+            small_targets = pass ? (1u << LLAMA_Q) | (1u << LLAMA_V) : LLAMA_TARGETS_ALL;
+            fprintf(stderr, "  %s, LoRA on %s\n", small_dir, pass ? "q, v" : "every linear");
+            mlp_chunks_case();
+        }
     small_targets = LLAMA_TARGETS_ALL;
+    small_dir = QWEN2_DIR;
 }
 
 static void grad_check(void) {
@@ -508,15 +528,17 @@ TEST(gemma2_softcaps) {
  * three stay) trains two steps with the layer inputs in host memory, bit for bit as without, with
  * the plan's device activations three layer inputs instead of eight and the rest on the host */
 /* an 8-layer tiny llama generated into a fresh folder under /tmp (dir: its template) */
-static void deep_model(char *dir) {
+static void deep_model_of(char *dir, const char *arch) {
     CHECK(mkdtemp(dir) != NULL);
     init_model_opts io;
     init_model_opts_default(&io);
-    init_model_shape sh = {"llama", "tiny", 32, 8, 4, 2, 48, 0, 0};
+    init_model_shape sh = {arch, "tiny", 32, 8, 4, 2, 48, 0, 0};
     CHECK_EQ_INT(init_model_resolve(&io, &sh), 0);
     io.seed = 5;
     CHECK_EQ_INT(init_model_write(&io, dir, NULL), 0);
 }
+
+static void deep_model(char *dir) { deep_model_of(dir, "llama"); }
 
 static void remove_dir(const char *dir) {
     char cmd[128];
@@ -524,9 +546,10 @@ static void remove_dir(const char *dir) {
     CHECK(system(cmd) == 0);
 }
 
-TEST(offload_changes_nothing) {
+static void offload_case(const char *arch) {
     char dir[] = "/tmp/test_llama_offload_XXXXXX";
-    deep_model(dir);
+    deep_model_of(dir, arch);
+    fprintf(stderr, "  %s\n", arch);
     enum { T = 20 };
     const char *keep = small_dir;
     small_dir = dir;
@@ -571,6 +594,13 @@ TEST(offload_changes_nothing) {
     llama_free(&a);
     llama_free(&c);
     remove_dir(dir);
+}
+
+/* the layer inputs in host memory (8 layers: five go there) change nothing, bit for bit: llama's
+ * layer and gemma3's */
+TEST(offload_changes_nothing) {
+    offload_case("llama");
+    offload_case("gemma3");
 }
 
 /* llama_plan_auto on a device (a CPU table posing as one: 2 GiB of 8 in use): a memory_budget
