@@ -7,7 +7,8 @@
 #   N  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws: what the plan's
 #      count of one dense sequence assumes of packed batches), then the long rows of J again: the
 #      plan now counts cuDNN's workspace, so "plan total" should meet "measured peak"; then
-#      train_gpu ops (the per-op table of one 7B layer, after)                              ~350 s
+#      train_gpu ops (the per-op table of one 7B layer, after); Gemma checkpointed: test_golden_gpu
+#      and Gemma-3-12B at 16,384 tokens within 24 GiB                                       ~500 s
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
 #      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap); on an
@@ -292,6 +293,15 @@ N)
     stamp "per-op times at the 7B layer shape, 2048 tokens (the after of RESULTS.md's per-op table)"
     timeout 120 "$B/run" train_gpu ops --seq 2048 > "$O/ops.md" 2>&1; echo "ops rc=$?"
     grep -E "^\|" "$O/ops.md" | head -40
+    # Gemma checkpoints since c3fa974 (before, its plan kept every layer's activations): the golden
+    # packed cases run the checkpointed plan on the GPU, and a Gemma-3-12B row at 16,384 tokens
+    # trains within a 24 GiB memory_budget (the plan on paper takes 99,328 there)
+    stamp "gemma checkpointed: golden dumps, then Gemma-3-12B at 16k in 24 GiB"
+    (cd tests && timeout 120 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
+    grep -E "^FAIL|gemma|passed" "$O/test_golden_gpu.log" | head
+    timeout 150 "$B/run" train_gpu train --model gemma3-12b --targets q,v --seq 16384 --batch 1 --ckpt every \
+        --memory-budget 24 --steps 1 --warmup 1 > "$O/gemma-16k.log" 2>&1; echo "gemma 16k rc=$?"
+    grep -E "^\||stage plan|scratch MiB|error" "$O/gemma-16k.log"
     ;;
 F)
     stamp determinism
