@@ -871,7 +871,11 @@ static bool offloaded(const llama_model *m) {
  *   q: also res[L] (between the last layer's forward and the final norm's backward)
  *   MLP region: gate, up, act, dact of one chunk of rows (dgate, dup in place over gate, up;
  *               dact over act when down_proj has no LoRA); dk, dv during attention's backward
- * so a layer's working set is 8 [T, C] buffers plus the region, beside the L layer inputs. */
+ *   gemma: o_raw of its own (o's output until its norm's backward); d_raw, down's output of a
+ *               chunk, in dact's slot (never over act) until down's backward writes dact; dn's
+ *               rows take d(d_raw), then d(n2); dn takes d(o_raw) until q's backward
+ * so a layer's working set is 8 [T, C] buffers (gemma 9) plus the region, beside the L layer
+ * inputs. */
 /* qwen3's q/k before their norm, the norms' rstd, and (once) their gradients: own buffers in both
  * plans, a small cost ((nh + nkv) * hd values a token) beside the rest of a layer */
 static void plan_qk_norm(const llama_model *m, llama_acts *A, layer_acts *a, carve *cv, int64_t T, bool scratch) {
