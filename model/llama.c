@@ -53,7 +53,6 @@ struct llama_acts {
     /* backward scratch, shared by all layers */
     void *dres, *dn, *datt, *dq, *dk, *dv, *dgate, *dup, *dact, *tmp;
     void *dqr, *dkr;   /* qwen3: gradients of q, k before their norm */
-    void *dtmp;        /* gemma, no checkpointing: d(o_raw), then d(d_raw) [T, C] */
     bool windowed;     /* the batch has a sequence longer than a layer's sliding window */
     int mlp_rows;      /* tokens per MLP chunk (checkpointing: the [rows, I] buffers; T otherwise) */
     float *losses;     /* [T] */
@@ -958,7 +957,6 @@ static void plan_layout(const llama_model *m, llama_acts *A, carve *cv, int T, l
                 a->d_raw = carve_take(cv, T * C * es);
                 a->rstd_po = carve_take(cv, T * 4);
                 a->rstd_pd = carve_take(cv, T * 4);
-                if (l == 0) A->dtmp = carve_take(cv, T * C * es);
             }
             for (int t = 0; t < LLAMA_NTARGETS; t++)
                 a->xa[t] = m->layers[0].lin[t].lora.A ? carve_take(cv, (int64_t)T * m->lora.r * 4) : NULL;
@@ -1118,6 +1116,35 @@ static void mlp_forward_rows(llama_model *m, int l, layer_acts *a, void *out, in
     if (out) linear_fwd(m, l, LLAMA_DOWN, out, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, train, seed);
 }
 
+/* o's output of T rows into dst, as the residual adds it: gemma's normed (o_raw and its rstd kept
+ * for the backward) */
+static void attn_out_fwd(llama_model *m, int l, layer_acts *a, void *dst, int T, bool train, uint64_t seed) {
+    if (!config_gemma(&m->cfg)) {
+        linear_fwd(m, l, LLAMA_O, dst, a->att, a->xa[LLAMA_O], T, train, seed);
+        return;
+    }
+    linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
+    m->ops->rmsnorm_fwd(dst, a->rstd_po, a->o_raw, m->layers[l].post_attn_norm, m->norm_add, T, m->C, m->eps);
+}
+
+/* gemma's down output of rows [t0, ..): its rows of the layer's d_raw, or with checkpointing
+ * d_raw itself (dact's slot: one chunk) */
+static void *d_raw_rows(const llama_model *m, const layer_acts *a, int t0) {
+    return m->ckpt == LLAMA_CKPT_EVERY ? a->d_raw : rows_at(m, a->d_raw, t0, m->C);
+}
+
+/* the MLP of rows [t0, t0+n) into dst (those rows), as the residual adds it: gemma's down output
+ * normed */
+static void mlp_out_fwd(llama_model *m, int l, layer_acts *a, void *dst, int t0, int n, bool train, uint64_t seed) {
+    if (!config_gemma(&m->cfg)) {
+        mlp_forward_rows(m, l, a, dst, t0, n, train, seed);
+        return;
+    }
+    void *raw = d_raw_rows(m, a, t0);
+    mlp_forward_rows(m, l, a, raw, t0, n, train, seed);
+    m->ops->rmsnorm_fwd(dst, a->rstd_pd + t0, raw, m->layers[l].post_mlp_norm, m->norm_add, n, m->C, m->eps);
+}
+
 /* offload_inputs with checkpointing: layer l's input is ring buffer l % 3 (A->res[l]); the inputs
  * of layers 0..L-4 go to host memory during the forward and come back during the backward, each
  * copy on the side stream, slot = ring buffer. The last three inputs stay in their buffers. */
@@ -1174,41 +1201,11 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
     else
         o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
-    if (config_gemma(&m->cfg)) { /* norms after o and after down, before their residual adds */
-        linear_fwd(m, l, LLAMA_O, a->o_raw, a->att, a->xa[LLAMA_O], T, train, seed);
-        if (lean) { /* the norm straight into res_mid: x + n == n + x, bit for bit */
-            o->rmsnorm_fwd(a->res_mid, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
-            o->add_inplace(a->res_mid, res_in, T * C);
-        } else {
-            o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, T, m->C, m->eps);
-            o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
-            o->add_inplace(a->res_mid, A->tmp, T * C);
-        }
-        o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, m->norm_add, T, m->C, m->eps);
-        if (lean) { /* down's output a chunk at a time (d_raw: dact's slot), normed into res_out */
-            if (!res_out) return;
-            for (int t0 = 0; t0 < T; t0 += A->mlp_rows) {
-                int n = T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows;
-                mlp_forward_rows(m, l, a, a->d_raw, t0, n, train, seed);
-                o->rmsnorm_fwd(rows_at(m, res_out, t0, C), a->rstd_pd + t0, a->d_raw, ly->post_mlp_norm, m->norm_add,
-                               n, m->C, m->eps);
-            }
-            o->add_inplace(res_out, a->res_mid, T * C);
-            return;
-        }
-        mlp_forward_rows(m, l, a, a->d_raw, 0, T, train, seed);
-        if (res_out) {
-            o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, m->norm_add, T, m->C, m->eps);
-            o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
-            o->add_inplace(res_out, A->tmp, T * C);
-        }
-        return;
-    }
     if (lean) { /* o's output straight into res_mid: x + o(a) == o(a) + x, bit for bit */
-        linear_fwd(m, l, LLAMA_O, a->res_mid, a->att, a->xa[LLAMA_O], T, train, seed);
+        attn_out_fwd(m, l, a, a->res_mid, T, train, seed);
         o->add_inplace(a->res_mid, res_in, T * C);
     } else {
-        linear_fwd(m, l, LLAMA_O, A->tmp, a->att, a->xa[LLAMA_O], T, train, seed);
+        attn_out_fwd(m, l, a, A->tmp, T, train, seed);
         o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
         o->add_inplace(a->res_mid, A->tmp, T * C);
     }
@@ -1217,12 +1214,12 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         if (!res_out) return;
         for (int t0 = 0; t0 < T; t0 += A->mlp_rows) {
             int n = T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows;
-            mlp_forward_rows(m, l, a, rows_at(m, res_out, t0, C), t0, n, train, seed);
+            mlp_out_fwd(m, l, a, rows_at(m, res_out, t0, C), t0, n, train, seed);
         }
         o->add_inplace(res_out, a->res_mid, T * C);
         return;
     }
-    mlp_forward_rows(m, l, a, A->tmp, 0, T, train, seed);
+    mlp_out_fwd(m, l, a, A->tmp, 0, T, train, seed);
     if (res_out) {
         o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
         o->add_inplace(res_out, A->tmp, T * C);
@@ -1231,9 +1228,9 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
 
 /* the MLP backward of rows [t0, t0+n): dn rows = d(n2 rows); the lean plan first recomputes the
  * chunk's forward (and down's LoRA input product xa, into dact's buffer, which is free then).
- * dout: d(down's output), or for gemma's lean plan d(the layer's output), taken through down's
- * norm here for the chunk's rows (its output d_raw recomputed into dact's slot, d(d_raw) in dn's
- * rows until gate's backward writes them). */
+ * dout: d(the layer's output); gemma's goes through down's norm here first (d_raw: the layer's
+ * rows, or recomputed into dact's slot with its rstd), d(d_raw) in dn's rows until gate's backward
+ * writes them. */
 static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, const void *dout, int t0, int n, uint64_t seed) {
     const ops_table *o = m->ops;
     llama_acts *A = m->acts;
@@ -1246,16 +1243,17 @@ static void mlp_backward_rows(llama_model *m, int l, layer_acts *a, const void *
         linear_fwd(m, l, LLAMA_UP, a->up, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, true, seed);
     }
     void *dres = rows_at(m, (void *)dout, t0, m->C);
-    if (lean && gemma) { /* the norm's rstd again (its output is not kept), then its backward */
+    if (gemma) { /* rmsnorm_bwd accumulates: from zero */
         const llama_layer *ly = &m->layers[l];
-        o->rmsnorm_fwd(dn, a->rstd_pd + t0, A->dact, ly->post_mlp_norm, m->norm_add, n, m->C, m->eps);
+        void *raw = d_raw_rows(m, a, t0);
+        if (lean) /* the norm's rstd again (its output is not kept) */
+            o->rmsnorm_fwd(dn, a->rstd_pd + t0, raw, ly->post_mlp_norm, m->norm_add, n, m->C, m->eps);
         o->zero(dn, (size_t)n * (size_t)m->C * ops_act_size(o));
-        o->rmsnorm_bwd(dn, dres, A->dact, ly->post_mlp_norm, m->norm_add, a->rstd_pd + t0, n, m->C);
+        o->rmsnorm_bwd(dn, dres, raw, ly->post_mlp_norm, m->norm_add, a->rstd_pd + t0, n, m->C);
         dres = dn;
     }
     linear_bwd(m, l, LLAMA_DOWN, A->dact, dres, a->act, xa_at(m, a->xa[LLAMA_DOWN], t0), n, 0, seed);
-    (config_gemma(&m->cfg) ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up,
-                                                                 (int64_t)n * m->I);
+    (gemma ? o->geglu_bwd : o->swiglu_bwd)(A->dgate, A->dup, A->dact, a->gate, a->up, (int64_t)n * m->I);
     linear_bwd(m, l, LLAMA_GATE, dn, A->dgate, n2, xa_at(m, a->xa[LLAMA_GATE], t0), n, 0, seed);
     linear_bwd(m, l, LLAMA_UP, dn, A->dup, n2, xa_at(m, a->xa[LLAMA_UP], t0), n, 1, seed);
 }
@@ -1267,23 +1265,14 @@ static void layer_backward(llama_model *m, int l, layer_acts *a, const void *res
     const llama_layer *ly = &m->layers[l];
     bool lean = m->ckpt == LLAMA_CKPT_EVERY, gemma = config_gemma(&m->cfg);
     size_t es = ops_act_size(o);
-    /* gemma: through down's output norm first (rmsnorm_bwd accumulates: from zero); the lean
-     * plan does it a chunk at a time (mlp_backward_rows) */
-    const void *dmlp = A->dres;
-    if (gemma && !lean) {
-        o->zero(A->dtmp, (size_t)T * (size_t)m->C * es);
-        o->rmsnorm_bwd(A->dtmp, A->dres, a->d_raw, ly->post_mlp_norm, m->norm_add, a->rstd_pd, T, m->C);
-        dmlp = A->dtmp;
-    }
     for (int t0 = 0; t0 < T; t0 += A->mlp_rows)
-        mlp_backward_rows(m, l, a, dmlp, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
+        mlp_backward_rows(m, l, a, A->dres, t0, T - t0 < A->mlp_rows ? T - t0 : A->mlp_rows, seed);
     o->rmsnorm_bwd(A->dres, A->dn, a->res_mid, ly->mlp_norm, m->norm_add, a->rstd2, T, m->C);
     const void *dO = A->dres;
-    if (gemma) { /* lean: into dn, free until q's backward writes it */
-        void *d = lean ? A->dn : A->dtmp;
-        o->zero(d, (size_t)T * (size_t)m->C * es);
-        o->rmsnorm_bwd(d, A->dres, a->o_raw, ly->post_attn_norm, m->norm_add, a->rstd_po, T, m->C);
-        dO = d;
+    if (gemma) { /* into dn, free until q's backward writes it */
+        o->zero(A->dn, (size_t)T * (size_t)m->C * es);
+        o->rmsnorm_bwd(A->dn, A->dres, a->o_raw, ly->post_attn_norm, m->norm_add, a->rstd_po, T, m->C);
+        dO = A->dn;
     }
     linear_bwd(m, l, LLAMA_O, A->datt, dO, a->att, a->xa[LLAMA_O], T, 0, seed);
     ops_attn opt = layer_attn(m, l);
@@ -1527,16 +1516,10 @@ static void decode_chunk(llama_model *m, const int32_t *ids, int n, const int *s
                 o->attention_cached(att, q, kc, vc, nj, (int)(P + nj), m->nh, m->nkv, m->hd);
             t0 += nj;
         }
-        bool gemma = config_gemma(&m->cfg); /* o_raw, d_raw exist in both plans (d_raw: n rows) */
-        linear_fwd(m, l, LLAMA_O, gemma ? a->o_raw : A->tmp, a->att, NULL, n, false, 0);
-        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_po, a->o_raw, ly->post_attn_norm, m->norm_add, n, m->C, m->eps);
+        attn_out_fwd(m, l, a, A->tmp, n, false, 0);
         o->add_inplace(x, A->tmp, n * C);
         o->rmsnorm_fwd(a->n2, a->rstd2, x, ly->mlp_norm, m->norm_add, n, m->C, m->eps);
-        linear_fwd(m, l, LLAMA_GATE, a->gate, a->n2, NULL, n, false, 0);
-        linear_fwd(m, l, LLAMA_UP, a->up, a->n2, NULL, n, false, 0);
-        glu_fwd(m, a->act, a->gate, a->up, (int64_t)n * m->I);
-        linear_fwd(m, l, LLAMA_DOWN, gemma ? a->d_raw : A->tmp, a->act, NULL, n, false, 0);
-        if (gemma) o->rmsnorm_fwd(A->tmp, a->rstd_pd, a->d_raw, ly->post_mlp_norm, m->norm_add, n, m->C, m->eps);
+        mlp_out_fwd(m, l, a, A->tmp, 0, n, false, 0);
         o->add_inplace(x, A->tmp, n * C);
     }
     if (!multi) m->kv_len += n;
