@@ -606,9 +606,11 @@ TEST(offload_changes_nothing) {
 /* llama_plan_auto on a device (a CPU table posing as one: 2 GiB of 8 in use): a memory_budget
  * below what the device holds already is refused naming both; one the checkpointed plan misses
  * only by its layer inputs takes the offload and not the lean knobs */
+static const double GiB = 1073741824.0;
+
 static void fake_device_info(ops_backend_info *out) {
-    out->total_bytes = 8.0 * 1073741824.0;
-    out->free_bytes = 6.0 * 1073741824.0;
+    out->total_bytes = 8.0 * GiB;
+    out->free_bytes = 6.0 * GiB;
 }
 
 static double g_fake_det_cap, g_fake_det_default;
@@ -632,6 +634,17 @@ static llama_model *fake_device_model(char *dir, ops_table *dev) {
     return m;
 }
 
+/* body(m, dev) on the fake device's model (m->ops is dev: a body may change its entries), then
+ * the model and its folder are removed */
+static void on_fake_device(void (*body)(llama_model *m, ops_table *dev)) {
+    char dir[] = "/tmp/test_llama_plan_XXXXXX";
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev);
+    if (m) body(m, &dev);
+    llama_free(&m);
+    remove_dir(dir);
+}
+
 /* the memory_budget a checkpointed plan of T tokens with acts bytes of activations needs on the
  * fake device (llama_plan.c's checkpointed_need, no lean knobs): the 2 GiB in use, half the ops'
  * 1 GiB margin, the largest dequantized weight and the ops' token scratch */
@@ -639,51 +652,45 @@ static double fake_ckpt_budget(const llama_model *m, int T, double acts) {
     double wmax = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         wmax = fmax(wmax, 2.0 * (double)m->layers[0].lin[t].in * (double)m->layers[0].lin[t].out);
-    return 2.0 * 1073741824.0 + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) + acts;
+    return 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) + acts;
 }
 
 /* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
  * cap) is part of the plan the budget is checked against */
-TEST(plan_counts_det_workspace) {
-    char dir[] = "/tmp/test_llama_detws_XXXXXX";
-    ops_table dev;
-    llama_model *m = fake_device_model(dir, &dev);
-    if (m) {
-        enum { T = 64 };
-        const double GiB = 1073741824.0;
-        llama_plan_choice plain, det;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
-        dev.info = fake_det_device_info; /* m->ops is &dev */
-        g_fake_det_cap = 1e12;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
-        CHECK(det.plain_bytes - plain.plain_bytes == 2.0 * m->nh * T * T);
-        g_fake_det_cap = 1000;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
-        CHECK(det.plain_bytes - plain.plain_bytes == 1000);
-        /* checkpointed, a budget the plan misses by half the workspace: the workspace is lowered
-         * by that half (smaller calls) and the cap is the default again at the next plan */
-        dev.det_workspace_cap_set = fake_det_cap_set;
-        g_fake_det_cap = g_fake_det_default = 1e12;
-        double ws = 2.0 * m->nh * T * T;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
-        CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
-        m->mlp_chunk_rows = T;
-        double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY)) + 0.5 * ws;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &det), 0);
-        CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
-        CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
-        /* no room for any of it: 1 byte (the backend's fixed-order kernels, which take none); less
-         * room still: refused */
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws, &det), 0);
-        CHECK(det.det_ws_bytes == 1 && g_fake_det_cap == 1);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws - 1024, &det),
-                     ERR_STAGE);
-        err_clear();
-    }
-    llama_free(&m);
-    remove_dir(dir);
+static void plan_counts_det_workspace_case(llama_model *m, ops_table *dev) {
+    enum { T = 64 };
+    llama_plan_choice plain, det;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
+    dev->info = fake_det_device_info; /* m->ops is dev */
+    g_fake_det_cap = 1e12;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+    CHECK(det.plain_bytes - plain.plain_bytes == 2.0 * m->nh * T * T);
+    g_fake_det_cap = 1000;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+    CHECK(det.plain_bytes - plain.plain_bytes == 1000);
+    /* checkpointed, a budget the plan misses by half the workspace: the workspace is lowered
+     * by that half (smaller calls) and the cap is the default again at the next plan */
+    dev->det_workspace_cap_set = fake_det_cap_set;
+    g_fake_det_cap = g_fake_det_default = 1e12;
+    double ws = 2.0 * m->nh * T * T;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+    CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
+    m->mlp_chunk_rows = T;
+    double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY)) + 0.5 * ws;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &det), 0);
+    CHECK(det.lean && fabs(det.det_ws_bytes - 0.5 * ws) < 1 && g_fake_det_cap == det.det_ws_bytes);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &det), 0);
+    CHECK(det.det_ws_bytes == 0 && g_fake_det_cap == 1e12);
+    /* no room for any of it: 1 byte (the backend's fixed-order kernels, which take none); less
+     * room still: refused */
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws, &det), 0);
+    CHECK(det.det_ws_bytes == 1 && g_fake_det_cap == 1);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 0.5 * ws - 1024, &det),
+                 ERR_STAGE);
+    err_clear();
 }
+
+TEST(plan_counts_det_workspace) { on_fake_device(plan_counts_det_workspace_case); }
 
 /* attention's own workspace on a device (ops attn_workspace: cuDNN's; with grouped-query heads
  * its backward keeps dK and dV for every q head) shares a slot with the mma kernels' fp32 dk, dv
@@ -700,50 +707,44 @@ static double fake_attn_workspace(int T, int nh, int nkv, int hd, int windowed) 
 }
 static void fake_attn_workspace_cap_set(double bytes) { g_fake_aws_cap = bytes; }
 
-TEST(plan_counts_attn_workspace) {
-    char dir[] = "/tmp/test_llama_aws_XXXXXX";
-    ops_table dev;
-    llama_model *m = fake_device_model(dir, &dev);
-    if (m) {
-        enum { T = 64 };
-        const double GiB = 1073741824.0;
-        CHECK(m->nkv < m->nh);
-        double dkv = 8.0 * m->nkv * m->hd * T, aws = 1.5 * dkv;
-        llama_plan_choice plain, ch;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
-        dev.attn_workspace = fake_attn_workspace; /* m->ops is &dev */
-        dev.attn_workspace_cap_set = fake_attn_workspace_cap_set;
-        /* smaller than the mma kernels' dk, dv: the slot is theirs, the plan unchanged */
-        g_fake_aws_per = 0.5 * dkv / T;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
-        CHECK(g_fake_aws_T == T && ch.attn_ws_bytes == 0.5 * dkv && ch.plain_bytes == plain.plain_bytes);
-        g_fake_aws_per = aws / T;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
-        CHECK(ch.attn_ws_bytes == aws && ch.plain_bytes - plain.plain_bytes == aws - dkv);
-        CHECK(!ch.over_budget && g_fake_aws_cap == aws + (5.0 * GiB - ch.plain_bytes)); /* 2 GiB in use */
-        /* checkpointed: a budget the plan fits exactly, then one a byte short */
-        m->mlp_chunk_rows = T;
-        m->offload_inputs = false;
-        double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY));
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
-        CHECK(!ch.lean && fabs(g_fake_aws_cap - aws) < 1);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 1, &ch), ERR_STAGE);
-        err_clear();
-        /* the copy of the dequantized linears leaves the slot free */
-        CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
-        llama_dense_choice dc, dc0;
-        dev.attn_workspace = NULL;
-        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc0), 0);
-        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
-        dev.attn_workspace = fake_attn_workspace;
-        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc), 0);
-        CHECK(dc.kept && dc.room_bytes == dc0.room_bytes - (aws - dkv));
-        CHECK(fabs(g_fake_aws_cap - (aws + dc.room_bytes - dc.kept_bytes)) < 1);
-        CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
-    }
-    llama_free(&m);
-    remove_dir(dir);
+static void plan_counts_attn_workspace_case(llama_model *m, ops_table *dev) {
+    enum { T = 64 };
+    CHECK(m->nkv < m->nh);
+    double dkv = 8.0 * m->nkv * m->hd * T, aws = 1.5 * dkv;
+    llama_plan_choice plain, ch;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &plain), 0);
+    dev->attn_workspace = fake_attn_workspace; /* m->ops is dev */
+    dev->attn_workspace_cap_set = fake_attn_workspace_cap_set;
+    /* smaller than the mma kernels' dk, dv: the slot is theirs, the plan unchanged */
+    g_fake_aws_per = 0.5 * dkv / T;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
+    CHECK(g_fake_aws_T == T && ch.attn_ws_bytes == 0.5 * dkv && ch.plain_bytes == plain.plain_bytes);
+    g_fake_aws_per = aws / T;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_OFF, 7.0 * GiB, &ch), 0);
+    CHECK(ch.attn_ws_bytes == aws && ch.plain_bytes - plain.plain_bytes == aws - dkv);
+    CHECK(!ch.over_budget && g_fake_aws_cap == aws + (5.0 * GiB - ch.plain_bytes)); /* 2 GiB in use */
+    /* checkpointed: a budget the plan fits exactly, then one a byte short */
+    m->mlp_chunk_rows = T;
+    m->offload_inputs = false;
+    double budget = fake_ckpt_budget(m, T, (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY));
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+    CHECK(!ch.lean && fabs(g_fake_aws_cap - aws) < 1);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget - 1, &ch), ERR_STAGE);
+    err_clear();
+    /* the copy of the dequantized linears leaves the slot free */
+    CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
+    llama_dense_choice dc, dc0;
+    dev->attn_workspace = NULL;
+    CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc0), 0);
+    CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
+    dev->attn_workspace = fake_attn_workspace;
+    CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_AUTO, 0, &dc), 0);
+    CHECK(dc.kept && dc.room_bytes == dc0.room_bytes - (aws - dkv));
+    CHECK(fabs(g_fake_aws_cap - (aws + dc.room_bytes - dc.kept_bytes)) < 1);
+    CHECK_EQ_INT(llama_dense_auto(m, LLAMA_DENSE_OFF, 0, &dc), 0);
 }
+
+TEST(plan_counts_attn_workspace) { on_fake_device(plan_counts_attn_workspace_case); }
 
 /* llama_plan_longest: the longest micro-batch llama_plan_auto plans within a memory_budget, by
  * its own arithmetic (the fake device: 2 GiB of 8 in use): that length plans, 16 tokens more is
@@ -761,100 +762,89 @@ static int longest_checked(llama_model *m, double budget, llama_offload_mode off
     return T;
 }
 
-TEST(plan_longest_is_what_auto_plans) {
-    char dir[] = "/tmp/test_llama_longest_XXXXXX";
-    ops_table dev;
-    llama_model *m = fake_device_model(dir, &dev);
-    if (m) {
-        const double GiB = 1073741824.0;
-        double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + 24.0 * 1048576.0;
-        llama_plan_choice ch, lc;
-        m->mlp_chunk_rows = 77;
-        int T = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
-        CHECK(T > 64 && T % 16 == 0 && m->mlp_chunk_rows == 77 && !m->offload_inputs);
-        CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) == T);
-        CHECK(lc.in_use_bytes == 2.0 * GiB && lc.need_bytes > 0 && lc.need_bytes <= budget - 2.0 * GiB);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
-        CHECK(ch.need_bytes == lc.need_bytes && ch.offload == lc.offload && ch.lean == lc.lean);
-        int on_dev = longest_checked(m, budget, LLAMA_OFFLOAD_OFF, &lc);
-        CHECK(on_dev < T && !lc.offload);
-        /* with attention's own workspace (searched on a line through two answers, then asked) */
-        dev.attn_workspace = fake_attn_workspace;
-        g_fake_aws_per = 24.0 * m->nkv * m->hd;
-        int with_ws = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
-        CHECK(with_ws < T && lc.attn_ws_bytes == g_fake_aws_per * with_ws);
-        /* a workspace off the line through 4,096 and 8,192 tokens (growing with the square):
-         * the search moves the line and asks again */
-        g_fake_aws_sq = 0.05;
-        int curved = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
-        CHECK(curved < with_ws);
-        /* one growing slower than that line: the search goes up from what the line gave */
-        g_fake_aws_sq = -0.01;
-        CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) > with_ws);
-        g_fake_aws_sq = 0;
-        dev.attn_workspace = NULL;
-        CHECK(llama_plan_longest(m, 1.5 * GiB, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc) == 0);
-        CHECK(llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1000, NULL) == 992); /* capped by max_T */
-        fprintf(stderr, "  longest in %.3f GiB: %d tokens (inputs on the device: %d; with a workspace: %d, %d)\n",
-                budget / GiB, T, on_dev, with_ws, curved);
-    }
-    llama_free(&m);
-    remove_dir(dir);
+static void plan_longest_is_what_auto_plans_case(llama_model *m, ops_table *dev) {
+    double budget = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + 24.0 * 1048576.0;
+    llama_plan_choice ch, lc;
+    m->mlp_chunk_rows = 77;
+    int T = llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc);
+    CHECK(T > 64 && T % 16 == 0 && m->mlp_chunk_rows == 77 && !m->offload_inputs);
+    CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) == T);
+    CHECK(lc.in_use_bytes == 2.0 * GiB && lc.need_bytes > 0 && lc.need_bytes <= budget - 2.0 * GiB);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+    CHECK(ch.need_bytes == lc.need_bytes && ch.offload == lc.offload && ch.lean == lc.lean);
+    int on_dev = longest_checked(m, budget, LLAMA_OFFLOAD_OFF, &lc);
+    CHECK(on_dev < T && !lc.offload);
+    /* with attention's own workspace (searched on a line through two answers, then asked) */
+    dev->attn_workspace = fake_attn_workspace;
+    g_fake_aws_per = 24.0 * m->nkv * m->hd;
+    int with_ws = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
+    CHECK(with_ws < T && lc.attn_ws_bytes == g_fake_aws_per * with_ws);
+    /* a workspace off the line through 4,096 and 8,192 tokens (growing with the square):
+     * the search moves the line and asks again */
+    g_fake_aws_sq = 0.05;
+    int curved = longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc);
+    CHECK(curved < with_ws);
+    /* one growing slower than that line: the search goes up from what the line gave */
+    g_fake_aws_sq = -0.01;
+    CHECK(longest_checked(m, budget, LLAMA_OFFLOAD_AUTO, &lc) > with_ws);
+    g_fake_aws_sq = 0;
+    dev->attn_workspace = NULL;
+    CHECK(llama_plan_longest(m, 1.5 * GiB, LLAMA_OFFLOAD_AUTO, 16, 1 << 22, &lc) == 0);
+    CHECK(llama_plan_longest(m, budget, LLAMA_OFFLOAD_AUTO, 16, 1000, NULL) == 992); /* capped by max_T */
+    fprintf(stderr, "  longest in %.3f GiB: %d tokens (inputs on the device: %d; with a workspace: %d, %d)\n",
+            budget / GiB, T, on_dev, with_ws, curved);
 }
 
-TEST(plan_budget_on_a_device) {
-    char dir[] = "/tmp/test_llama_budget_XXXXXX";
-    ops_table dev;
-    llama_model *m = fake_device_model(dir, &dev);
+TEST(plan_longest_is_what_auto_plans) { on_fake_device(plan_longest_is_what_auto_plans_case); }
+
+static void plan_budget_case(llama_model *m, ops_table *dev) {
+    (void)dev;
     llama_lora_config lc = {.r = 4, .alpha = 8, .targets = LLAMA_TARGETS_ALL};
-    if (m) CHECK_EQ_INT(llama_lora_attach(m, &lc), 0);
-    if (m) {
-        enum { T = 64 };
-        const double GiB = 1073741824.0;
-        llama_plan_choice ch;
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_AUTO, 1.5 * GiB, &ch), ERR_STAGE);
-        CHECK(strstr(err_msg(), "memory_budget 1.50 GiB is below") && strstr(err_msg(), "(2.00 GiB"));
-        err_clear();
-        /* what the checkpointed plan needs beside the 2 GiB in use, inputs on the device or not */
-        m->mlp_chunk_rows = T;
-        m->offload_inputs = false;
-        double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
-        m->offload_inputs = true;
-        double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
-        CHECK(on_host < on_dev);
-        double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
-        CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
-        CHECK(ch.in_use_bytes == 2.0 * GiB);
-        /* off: the same budget is refused (the lean knobs, a scratch cap over this model's largest
-         * weight, save nothing here), saying what it needs and what to change; with the inputs on
-         * the device planned for, it fits */
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
-        if (!strstr(err_msg(), "activation_offload be auto")) fprintf(stderr, "  %s\n", err_msg());
-        CHECK(strstr(err_msg(), "a micro-batch of 64 tokens needs about") && strstr(err_msg(), "over memory_budget") &&
-              strstr(err_msg(), "activation_offload be auto"));
-        /* and says how many tokens do fit: that many plan, one more does not */
-        const char *most = strstr(err_msg(), "(at most ");
-        int fits = most ? atoi(most + 9) : 0;
-        CHECK(fits > 0 && fits < 64);
-        err_clear();
-        if (fits > 0) {
-            CHECK_EQ_INT(llama_plan_auto(m, fits, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
-            CHECK_EQ_INT(llama_plan_auto(m, fits + 1, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
-            err_clear();
-        }
-        budget += 0.5 * (on_dev - on_host);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
-        CHECK(!ch.offload && !ch.lean && m->host_act_bytes == 0);
-        CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, 2.0 * GiB + 64.0 * 1048576.0, &ch),
-                     ERR_STAGE);
-        CHECK(strstr(err_msg(), "over memory_budget 2.06 GiB") && strstr(err_msg(), "inputs on the host") &&
-              !strstr(err_msg(), "activation_offload be auto"));
+    CHECK_EQ_INT(llama_lora_attach(m, &lc), 0);
+    enum { T = 64 };
+    llama_plan_choice ch;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_AUTO, LLAMA_OFFLOAD_AUTO, 1.5 * GiB, &ch), ERR_STAGE);
+    CHECK(strstr(err_msg(), "memory_budget 1.50 GiB is below") && strstr(err_msg(), "(2.00 GiB"));
+    err_clear();
+    /* what the checkpointed plan needs beside the 2 GiB in use, inputs on the device or not */
+    m->mlp_chunk_rows = T;
+    m->offload_inputs = false;
+    double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    m->offload_inputs = true;
+    double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    CHECK(on_host < on_dev);
+    double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+    CHECK(ch.offload && !ch.lean && m->offload_inputs && m->host_act_bytes > 0);
+    CHECK(ch.in_use_bytes == 2.0 * GiB);
+    /* off: the same budget is refused (the lean knobs, a scratch cap over this model's largest
+     * weight, save nothing here), saying what it needs and what to change; with the inputs on
+     * the device planned for, it fits */
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
+    if (!strstr(err_msg(), "activation_offload be auto")) fprintf(stderr, "  %s\n", err_msg());
+    CHECK(strstr(err_msg(), "a micro-batch of 64 tokens needs about") && strstr(err_msg(), "over memory_budget") &&
+          strstr(err_msg(), "activation_offload be auto"));
+    /* and says how many tokens do fit: that many plan, one more does not */
+    const char *most = strstr(err_msg(), "(at most ");
+    int fits = most ? atoi(most + 9) : 0;
+    CHECK(fits > 0 && fits < 64);
+    err_clear();
+    if (fits > 0) {
+        CHECK_EQ_INT(llama_plan_auto(m, fits, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+        CHECK_EQ_INT(llama_plan_auto(m, fits + 1, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
         err_clear();
     }
-    llama_free(&m);
-    remove_dir(dir);
+    budget += 0.5 * (on_dev - on_host);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
+    CHECK(!ch.offload && !ch.lean && m->host_act_bytes == 0);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, 2.0 * GiB + 64.0 * 1048576.0, &ch),
+                 ERR_STAGE);
+    CHECK(strstr(err_msg(), "over memory_budget 2.06 GiB") && strstr(err_msg(), "inputs on the host") &&
+          !strstr(err_msg(), "activation_offload be auto"));
+    err_clear();
 }
+
+TEST(plan_budget_on_a_device) { on_fake_device(plan_budget_case); }
 
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
  * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
@@ -863,15 +853,10 @@ TEST(plan_budget_on_a_device) {
  * memory only on */
 TEST(dense_auto_choice) {
     char dir[] = "/tmp/test_llama_dense_XXXXXX";
-    deep_model(dir);
-    ops_table dev = *ops_cpu();
-    dev.own_memory = 1;
-    dev.info = fake_device_info;
-    llama_model *m = NULL, *c = NULL;
-    CHECK_EQ_INT(llama_load(&m, dir, NULL, &dev), 0);
+    ops_table dev;
+    llama_model *m = fake_device_model(dir, &dev), *c = NULL;
     CHECK_EQ_INT(llama_load(&c, dir, NULL, ops_cpu()), 0);
     if (m && c) {
-        const double GiB = 1073741824.0;
         llama_dense_choice ch;
         double need = (double)llama_dense_bytes(m);
         CHECK(need >= 4.0 * (double)m->L * (double)m->C * (double)m->C); /* fp32 on this table, q and o at least */
