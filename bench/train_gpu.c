@@ -131,8 +131,8 @@ static void *synth_norm(const synth_ctx *sc, char **p, int64_t n) {
     return w;
 }
 
-/* layer l carved from *p: norms of ones (qwen3's and gemma3's q/k norms, gemma3's four norms) and
- * random NF4 linears with double-quantized absmax */
+/* layer l carved from *p (its linears sized by shaped_model): norms of ones (qwen3's and gemma3's
+ * q/k norms, gemma3's four norms) and random NF4 linears with double-quantized absmax */
 static void synth_layer(llama_model *m, const synth_ctx *sc, int l, char **p) {
     const ops_table *ops = sc->ops;
     int64_t C = m->C, outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
@@ -166,21 +166,36 @@ static void synth_layer(llama_model *m, const synth_ctx *sc, int l, char **p) {
         lin->w = (ops_nf4){.codes = codes, .quant_map = sc->quant_map, .rows = outs[t], .cols = ins[t],
                            .blocksize = 64, .absmax_q = absmax_q, .nested_absmax = nested,
                            .nested_map = sc->nested_map, .nested_offset = 2.4f * sigma};
-        lin->in = ins[t];
-        lin->out = outs[t];
     }
 }
 
-/* the shape is llama_init's (llama_shape_init); preset names the model in messages */
-static int synth_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops,
-                       uint64_t seed) {
+/* the model of cfg's shape, its layers' linears sized (llama_shape_init; preset names the model
+ * in messages), no weight made: what synth_model fills and fit --paper plans */
+static int shaped_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops) {
     llama_model *m = calloc(1, sizeof *m);
-    int rc = llama_shape_init(m, cfg, ops, preset);
+    int rc = m ? llama_shape_init(m, cfg, ops, preset) : err_set(ERR_STAGE, "out of memory");
+    if (!rc && !(m->layers = calloc((size_t)m->L, sizeof(llama_layer)))) rc = err_set(ERR_STAGE, "out of memory");
     if (rc) {
         free(m);
         return rc;
     }
-    m->layers = calloc((size_t)m->L, sizeof(llama_layer));
+    int64_t outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
+    synth_shapes(m, outs, ins);
+    for (int l = 0; l < m->L; l++)
+        for (int t = 0; t < LLAMA_NTARGETS; t++) {
+            llama_linear *lin = &m->layers[l].lin[t];
+            lin->w = (ops_nf4){.rows = outs[t], .cols = ins[t], .blocksize = 64};
+            lin->in = ins[t], lin->out = outs[t];
+        }
+    *out = m;
+    return 0;
+}
+
+static int synth_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops,
+                       uint64_t seed) {
+    llama_model *m;
+    int rc = shaped_model(&m, cfg, preset, ops);
+    if (rc) return rc;
     int64_t C = m->C;
     bool local, lng; /* gemma2 too: its soft-caps come with cfg */
     llama_rope_needs(m, &local, &lng);
@@ -709,29 +724,11 @@ static double paper_attn_workspace(int T, int nh, int nkv, int hd, int windowed)
 
 /* the model of cfg's shape on the posing device: no weight made, their bytes held */
 static int paper_model(llama_model **out, const model_config *cfg, const char *preset, const ops_table *ops) {
-    llama_model *m = calloc(1, sizeof *m);
-    int rc = m ? llama_shape_init(m, cfg, ops, preset) : err_set(ERR_STAGE, "out of memory");
-    if (rc) {
-        free(m);
-        return rc;
-    }
-    m->layers = calloc((size_t)m->L, sizeof(llama_layer));
-    if (!m->layers) {
-        free(m);
-        return err_set(ERR_STAGE, "out of memory");
-    }
+    int rc = shaped_model(out, cfg, preset, ops);
+    if (rc) return rc;
     bool local, lng;
-    llama_rope_needs(m, &local, &lng);
-    g_paper_held += (double)synth_weight_bytes(m, cfg, local, lng);
-    int64_t outs[LLAMA_NTARGETS], ins[LLAMA_NTARGETS];
-    synth_shapes(m, outs, ins);
-    for (int l = 0; l < m->L; l++)
-        for (int t = 0; t < LLAMA_NTARGETS; t++) {
-            llama_linear *lin = &m->layers[l].lin[t];
-            lin->w = (ops_nf4){.rows = outs[t], .cols = ins[t], .blocksize = 64};
-            lin->in = ins[t], lin->out = outs[t];
-        }
-    *out = m;
+    llama_rope_needs(*out, &local, &lng);
+    g_paper_held += (double)synth_weight_bytes(*out, cfg, local, lng);
     return 0;
 }
 
