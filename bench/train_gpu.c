@@ -712,11 +712,6 @@ static void *paper_alloc(size_t bytes) {
     return ops_cpu()->alloc(bytes);
 }
 
-static void paper_side_copy(int slot, void *dst, const void *src, size_t bytes) {
-    (void)slot;
-    memcpy(dst, src, bytes);
-}
-
 static double paper_attn_workspace(int T, int nh, int nkv, int hd, int windowed) {
     (void)windowed;
     return nkv < nh ? 4.0 * nh * hd * (double)T : 0;
@@ -760,10 +755,7 @@ static int bench_fit(int argc, char **argv) {
         paper_ops.act_dtype = OPS_BF16;
         paper_ops.info = paper_info;
         paper_ops.alloc = paper_alloc;
-        paper_ops.side_copy = paper_side_copy;
         paper_ops.attn_workspace = paper_attn_workspace;
-        paper_ops.attn_workspace_cap_set = NULL;
-        paper_ops.det_workspace_cap_set = NULL;
         g_paper_held = paper * GIB;
         ops = &paper_ops;
     } else if (!(ops = ops_cuda())) {
