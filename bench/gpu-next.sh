@@ -4,11 +4,11 @@
 # H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); K, M and N are what is
 # left (no machine was lent for them in the sessions of 2026-12-05 05:26 and 07:09 UTC). Each PART
 # fits one `run` call (at most 600 s):
-#   N  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws: what the plan's
-#      count of one dense sequence assumes of packed batches), then the long rows of J again: the
-#      plan now counts cuDNN's workspace, so "plan total" should meet "measured peak"; then
-#      train_gpu ops (the per-op table of one 7B layer, after); Gemma checkpointed: test_golden_gpu
-#      and Gemma-3-12B at 16,384 tokens within 24 GiB                                       ~500 s
+#   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
+#      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
+#      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B);
+#      cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~450 s
+#   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
 #      within 4.2 GiB (the workspace lowered); test_ops_gpu (the split under a lowered cap); on an
@@ -49,17 +49,20 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# M, N: [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# L, M, N: [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|M|N}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
 export PYTHONUNBUFFERED=1
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 NB=/tmp/gpu-next
-if [ ! -x "$NB/b/run" ]; then
-    mkdir -p "$NB" && tar -C "$NB" -xJf "$R/.device/next/b.tar.xz" || { echo "no bundle (.device/next/b.tar.xz)"; exit 2; }
+# a warm machine keeps the bundle unpacked; a new one (another checksum) replaces it
+sum=$(sha256sum "$R/.device/next/b.tar.xz" 2>/dev/null | cut -c1-16)
+if [ ! -x "$NB/b/run" ] || [ "$(cat "$NB/b.sum" 2>/dev/null)" != "$sum" ]; then
+    rm -rf "$NB/b" && mkdir -p "$NB" && tar -C "$NB" -xJf "$R/.device/next/b.tar.xz" || { echo "no bundle (.device/next/b.tar.xz)"; exit 2; }
+    echo "$sum" > "$NB/b.sum"
 fi
 B=$NB/b
 stamp "part $PART"
@@ -274,34 +277,50 @@ PY
     done < "$O/cells.txt"
     ;;
 N)
-    # the plan undercounted the long rows of J by 8,192 bytes a token on Llama-3-8B (32/8 heads)
-    # and 24,576 on the 70B (64/8): cuDNN's backward workspace with grouped-query heads (dK and dV
-    # for every q head, 4 h d bytes a token, by the arithmetic) less the mma kernels' fp32 dk, dv
-    # (8 h_kv d), which the plan counted and cuDNN's path never allocates. The two now share one
-    # slot, the plan counts the larger and asks cuDNN for its size, and caps cuDNN's workspace at
-    # what it counted and left free (attn-ws shows what cuDNN answers, and what packed batches'
-    # padded plans take beside it; test_ops_gpu's attention_workspace_cap runs under that cap).
-    stamp "cuDNN attention workspace by layout"
-    timeout 200 "$B/run" train_gpu attn-ws 2>&1 | tee "$O/attn-ws.md" | grep -vE "^\| (32/32|40/10)"
-    stamp "the long rows again: plan total against measured peak"
-    T="timeout 150 $B/run train_gpu train"
-    {
-        $T --model llama3-8b --targets q,v --seq 32768 --batch 1 --ckpt every --budget-gib 23 --steps 2 --warmup 1
-        $T --model 70b --targets q,v --seq 16384 --batch 1 --ckpt every --budget-gib 47 --steps 1 --warmup 1
-    } > "$O/long-rows.log" 2>&1
-    grep -E "^\||plan total|scratch MiB|cap|error" "$O/long-rows.log"
-    stamp "per-op times at the 7B layer shape, 2048 tokens (the after of RESULTS.md's per-op table)"
-    timeout 120 "$B/run" train_gpu ops --seq 2048 > "$O/ops.md" 2>&1; echo "ops rc=$?"
-    grep -E "^\|" "$O/ops.md" | head -40
     # Gemma checkpoints since c3fa974 (before, its plan kept every layer's activations): the golden
     # packed cases run the checkpointed plan on the GPU, and a Gemma-3-12B row at 16,384 tokens
     # trains within a 24 GiB memory_budget (the plan on paper takes 99,328 there)
     stamp "gemma checkpointed: golden dumps, then Gemma-3-12B at 16k in 24 GiB"
     (cd tests && timeout 120 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
     grep -E "^FAIL|gemma|passed" "$O/test_golden_gpu.log" | head
-    timeout 150 "$B/run" train_gpu train --model gemma3-12b --targets q,v --seq 16384 --batch 1 --ckpt every \
-        --memory-budget 24 --steps 1 --warmup 1 > "$O/gemma-16k.log" 2>&1; echo "gemma 16k rc=$?"
+    timeout 120 "$B/run" train_gpu train --model gemma3-12b --targets q,v --seq 16384 --batch 1 --ckpt every \
+        --memory-budget 24 --steps 2 --warmup 1 > "$O/gemma-16k.log" 2>&1; echo "gemma 16k rc=$?"
     grep -E "^\||stage plan|scratch MiB|error" "$O/gemma-16k.log"
+    # the after of RESULTS.md's per-op table: the ops at the 7B layer shape, then where one whole
+    # 7B step's device time goes, op by op, and the time the device waits between ops (what
+    # capturing the step in a CUDA graph could take back)
+    stamp "per-op times at the 7B layer shape, 2048 tokens"
+    timeout 120 "$B/run" train_gpu ops --seq 2048 > "$O/ops.md" 2>&1; echo "ops rc=$?"
+    grep -E "^\|" "$O/ops.md" | head -40
+    stamp "one 7B step op by op (train --profile on)"
+    for r in "7b q,v 2048 1 auto" "7b all-linear 2048 1 auto" "7b q,v 2048 1 every" "1b q,v 2048 4 auto"; do
+        set -- $r
+        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 --steps 6 --warmup 2 \
+            --profile on > "$O/profile-$1-${2/,/}-$4-$5.md" 2>&1; echo "profile $r rc=$?"
+        grep -E "^\||^device|^step" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
+    done
+    stamp "cuDNN attention workspace by layout"
+    timeout 150 "$B/run" train_gpu attn-ws 2>&1 | tee "$O/attn-ws.md" | grep -vE "^\| (32/32|40/10)"
+    ;;
+L)
+    # the memory table's longer cells (README): one step at each CELL (MODEL:GIB:TOKENS:SECONDS,
+    # the length train_gpu fit found on the device in part M), with the train stage's plan within
+    # that memory_budget, while this call's time lasts: a cell starts only when its SECONDS (the
+    # step's estimate, with the model's set-up) are left
+    shift
+    tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
+    end=$(( $(date +%s) + ${L_SECONDS:-570} ))
+    for cell in "$@"; do
+        IFS=: read -r mdl bud len est <<< "$cell"
+        left=$(( end - $(date +%s) ))
+        [ $left -lt $est ] && { echo "$mdl $bud GiB $len: not started ($left s left, about $est s needed)"; continue; }
+        c="$O/cell-$mdl-$bud.log"
+        stamp "$mdl at $len tokens within $bud GiB"
+        timeout $left "$B/run" train_gpu train --model $mdl --targets $(tg $mdl) --seq $len --batch 1 --ckpt every \
+            --memory-budget $bud --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
+        echo "$mdl $bud GiB $len: rc=$? $(grep -E '^\|' "$c")"
+        grep -E "stage plan|scratch MiB|cap;" "$c"
+    done
     ;;
 F)
     stamp determinism

@@ -3,7 +3,7 @@
  *   train_gpu train [--model 7b|1b|13b|70b|tiny|NAMED] [--targets q,v|all-linear] [--seq 2048] [--batch 1]
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
  *                   [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
- *                   [--act-offload auto|on|off] [--deterministic off|on] [--dense off|on]
+ *                   [--act-offload auto|on|off] [--deterministic off|on] [--dense off|on] [--profile off|on]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -25,7 +25,9 @@
  * keeps every linear dequantized in bf16 for the run (the train stage's dense_weights), out of the
  * memory there is before the activations are planned. It prints the
  * median step, tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per
- * token against 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md). */
+ * token against 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md).
+ * --profile on then runs one more step with every op timed by CUDA events: the step's device time
+ * op by op and the device's idle time between ops (train_profile). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -378,7 +380,7 @@ typedef struct train_opts {
     const char *preset, *targets, *ckpt_s;
     int seq, batch, steps, warmup, r;
     double budget_gib, memory_budget;
-    bool offload, nccl, det, dense;
+    bool offload, nccl, det, dense, profile;
 } train_opts;
 
 static bool on_value(const char *v) { return !strcmp(v, "on") || !strcmp(v, "1"); }
@@ -409,6 +411,7 @@ static int train_opts_parse(int argc, char **argv, train_opts *o) {
         }
         else if (!strcmp(a, "--deterministic")) o->det = on_value(v);
         else if (!strcmp(a, "--dense")) o->dense = on_value(v);
+        else if (!strcmp(a, "--profile")) o->profile = on_value(v);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
@@ -637,6 +640,256 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     fprintf(stderr, "\n");
 }
 
+static float time_ms(cudaEvent_t a, cudaEvent_t b) {
+    float ms = 0;
+    cuda_or_die(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
+    return ms;
+}
+
+/* ---- --profile on: one more step, op by op ----
+ * The step runs once more through a copy of the CUDA op table whose compute ops each record a CUDA
+ * event on the ops' stream before and after the real op. After the step: each op's device time
+ * (end - start: its kernels, and any wait inside it, as the real op host-syncs) summed by op and
+ * shape, and the device's idle time between one op's end and the next op's start (the host
+ * launching the next op late: launch overhead, and the host's own syncs). The idle time bounds what
+ * capturing the step in a CUDA graph could take back. The events themselves add a little host work
+ * a call (two records), so the idle time measured is if anything more than a plain step's. */
+static const ops_table *prof_real;
+static cudaEvent_t *prof_ev; /* [2 * prof_cap]: start and end of each call */
+static int *prof_label;      /* [prof_cap]: index into prof_names */
+static int prof_n, prof_cap, prof_nlabels;
+static char prof_names[128][64];
+
+static int prof_label_of(const char *name) {
+    for (int i = 0; i < prof_nlabels; i++)
+        if (!strcmp(prof_names[i], name)) return i;
+    if (prof_nlabels == 128) return 127; /* the last row takes what does not fit */
+    snprintf(prof_names[prof_nlabels], sizeof prof_names[0], "%s", name);
+    return prof_nlabels++;
+}
+
+static void prof_begin(const char *name) {
+    if (prof_n == prof_cap) {
+        int cap = prof_cap ? 2 * prof_cap : 4096;
+        prof_ev = realloc(prof_ev, sizeof(cudaEvent_t) * 2 * (size_t)cap);
+        prof_label = realloc(prof_label, sizeof(int) * (size_t)cap);
+        if (!prof_ev || !prof_label) { fprintf(stderr, "train_gpu: out of host memory\n"); exit(1); }
+        for (int i = 2 * prof_cap; i < 2 * cap; i++) cuda_or_die(cudaEventCreate(&prof_ev[i]), "cudaEventCreate");
+        prof_cap = cap;
+    }
+    prof_label[prof_n] = prof_label_of(name);
+    cuda_or_die(cudaEventRecord(prof_ev[2 * prof_n], (cudaStream_t)cuda_stream_handle()), "cudaEventRecord");
+}
+
+static void prof_end(void) {
+    cuda_or_die(cudaEventRecord(prof_ev[2 * prof_n + 1], (cudaStream_t)cuda_stream_handle()), "cudaEventRecord");
+    prof_n++;
+}
+
+/* "qlinear_fwd 4096x4096" with what the call carries: LoRA, dropout, dense weights */
+static const char *prof_linear(char *buf, size_t cap, const char *op, const ops_nf4 *W, const ops_lora *lora) {
+    snprintf(buf, cap, "%s %lldx%lld%s%s%s", op, (long long)W->rows, (long long)W->cols, lora ? " +LoRA" : "",
+             lora && lora->dropout > 0 ? " +dropout" : "", W->dense ? " (dense)" : "");
+    return buf;
+}
+
+#define PROF(label, call)                                                                                 \
+    do {                                                                                                  \
+        prof_begin(label);                                                                                \
+        call;                                                                                             \
+        prof_end();                                                                                       \
+    } while (0)
+
+static void prof_copy(void *d, const void *s, size_t n) { PROF("copy", prof_real->copy(d, s, n)); }
+static void prof_zero(void *p, size_t n) { PROF("zero", prof_real->zero(p, n)); }
+static void prof_upload(void *d, const void *s, size_t n) { PROF("upload (host -> device)", prof_real->upload(d, s, n)); }
+static void prof_download(void *d, const void *s, size_t n) {
+    PROF("download (device -> host, a sync)", prof_real->download(d, s, n));
+}
+static void prof_embedding_fwd(void *out, const int32_t *ids, const uint16_t *t, int T, int C) {
+    PROF("embedding_fwd", prof_real->embedding_fwd(out, ids, t, T, C));
+}
+static void prof_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, float wa, int T, int C,
+                             float eps) {
+    PROF("rmsnorm_fwd", prof_real->rmsnorm_fwd(out, rstd, x, w, wa, T, C, eps));
+}
+static void prof_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, float wa, const float *rstd,
+                             int T, int C) {
+    PROF("rmsnorm_bwd", prof_real->rmsnorm_bwd(dx, dout, x, w, wa, rstd, T, C));
+}
+static void prof_add_inplace(void *y, const void *x, int64_t n) { PROF("add_inplace", prof_real->add_inplace(y, x, n)); }
+static void prof_rope(void *q, const int32_t *pos, const float *inv, int T, int nh, int hd, int inverse) {
+    PROF(inverse ? "rope (backward)" : "rope", prof_real->rope(q, pos, inv, T, nh, hd, inverse));
+}
+static void prof_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v, const int32_t *ss,
+                               int T, int nh, int nkv, int hd) {
+    PROF("attention_fwd", prof_real->attention_fwd(out, lse, q, k, v, ss, T, nh, nkv, hd));
+}
+static void prof_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                               const void *q, const void *k, const void *v, const int32_t *ss, int T, int nh, int nkv,
+                               int hd) {
+    PROF("attention_bwd", prof_real->attention_bwd(dq, dk, dv, dout, out, lse, q, k, v, ss, T, nh, nkv, hd));
+}
+static void prof_attention_ex_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
+                                  const int32_t *ss, int T, int nh, int nkv, int hd, const ops_attn *opt) {
+    PROF("attention_ex_fwd", prof_real->attention_ex_fwd(out, lse, q, k, v, ss, T, nh, nkv, hd, opt));
+}
+static void prof_attention_ex_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                                  const void *q, const void *k, const void *v, const int32_t *ss, int T, int nh,
+                                  int nkv, int hd, const ops_attn *opt) {
+    PROF("attention_ex_bwd", prof_real->attention_ex_bwd(dq, dk, dv, dout, out, lse, q, k, v, ss, T, nh, nkv, hd, opt));
+}
+static void prof_swiglu_fwd(void *out, const void *g, const void *u, int64_t n) {
+    PROF("swiglu_fwd", prof_real->swiglu_fwd(out, g, u, n));
+}
+static void prof_swiglu_bwd(void *dg, void *du, const void *dout, const void *g, const void *u, int64_t n) {
+    PROF("swiglu_bwd", prof_real->swiglu_bwd(dg, du, dout, g, u, n));
+}
+static void prof_geglu_fwd(void *out, const void *g, const void *u, int64_t n) {
+    PROF("geglu_fwd", prof_real->geglu_fwd(out, g, u, n));
+}
+static void prof_geglu_bwd(void *dg, void *du, const void *dout, const void *g, const void *u, int64_t n) {
+    PROF("geglu_bwd", prof_real->geglu_bwd(dg, du, dout, g, u, n));
+}
+static void prof_act_scale(void *x, int64_t n, float s) { PROF("act_scale", prof_real->act_scale(x, n, s)); }
+static void prof_rope_ex(void *q, const int32_t *pos, const float *inv, int T, int nh, int hd, int rot, float ms,
+                         int inverse) {
+    PROF(inverse ? "rope_ex (backward)" : "rope_ex", prof_real->rope_ex(q, pos, inv, T, nh, hd, rot, ms, inverse));
+}
+static void prof_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
+                             float *xa, int T) {
+    char b[64];
+    PROF(prof_linear(b, sizeof b, "qlinear_fwd", W, lora), prof_real->qlinear_fwd(y, x, W, bias, lora, xa, T));
+}
+static void prof_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
+                             const float *xa, int T, int acc) {
+    char b[64];
+    PROF(prof_linear(b, sizeof b, "qlinear_bwd", W, lora), prof_real->qlinear_bwd(dx, dy, x, W, lora, xa, T, acc));
+}
+static void prof_xent(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *tgt, int T, int C,
+                      int V, float gs, float softcap) {
+    PROF("xent_fwd_bwd (lm_head)", prof_real->xent_fwd_bwd(losses, dx, x, E, tgt, T, C, V, gs, softcap));
+}
+static void prof_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1, float b2,
+                       float eps, float wd, int step) {
+    PROF("adamw", prof_real->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step));
+}
+static double prof_sum_squares(const float *g, int64_t n) {
+    double r;
+    PROF("sum_squares (grad norm, a sync)", r = prof_real->sum_squares(g, n));
+    return r;
+}
+static void prof_scale(float *g, int64_t n, float s) { PROF("scale", prof_real->scale(g, n, s)); }
+static void prof_side_wait(int slot) { PROF("side_wait (offload copies)", prof_real->side_wait(slot)); }
+
+/* real's table with the compute ops timed */
+static ops_table prof_table(const ops_table *real) {
+    prof_real = real;
+    ops_table t = *real;
+    t.copy = prof_copy;
+    t.zero = prof_zero;
+    t.upload = prof_upload;
+    t.download = prof_download;
+    t.embedding_fwd = prof_embedding_fwd;
+    t.rmsnorm_fwd = prof_rmsnorm_fwd;
+    t.rmsnorm_bwd = prof_rmsnorm_bwd;
+    t.add_inplace = prof_add_inplace;
+    t.rope = prof_rope;
+    t.attention_fwd = prof_attention_fwd;
+    t.attention_bwd = prof_attention_bwd;
+    t.swiglu_fwd = prof_swiglu_fwd;
+    t.swiglu_bwd = prof_swiglu_bwd;
+    t.qlinear_fwd = prof_qlinear_fwd;
+    t.qlinear_bwd = prof_qlinear_bwd;
+    t.xent_fwd_bwd = prof_xent;
+    t.adamw = prof_adamw;
+    t.sum_squares = prof_sum_squares;
+    t.scale = prof_scale;
+    if (real->attention_ex_fwd) t.attention_ex_fwd = prof_attention_ex_fwd;
+    if (real->attention_ex_bwd) t.attention_ex_bwd = prof_attention_ex_bwd;
+    if (real->geglu_fwd) t.geglu_fwd = prof_geglu_fwd;
+    if (real->geglu_bwd) t.geglu_bwd = prof_geglu_bwd;
+    if (real->act_scale) t.act_scale = prof_act_scale;
+    if (real->rope_ex) t.rope_ex = prof_rope_ex;
+    if (real->side_wait) t.side_wait = prof_side_wait;
+    return t;
+}
+#undef PROF
+
+typedef struct prof_row {
+    int label, calls;
+    double ms;
+} prof_row;
+
+static int prof_row_cmp(const void *a, const void *b) {
+    double x = ((const prof_row *)a)->ms, y = ((const prof_row *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* one step (as train_steps runs it) through the timed table, then its table on stdout */
+static int train_profile(llama_model *m, const ops_table *ops, const llama_batch *b, int step) {
+    ops_table pt = prof_table(ops);
+    int64_t ntgt = llama_count_targets(b);
+    prof_n = 0;
+    ops->sync();
+    double t0 = now_s();
+    m->ops = &pt;
+    llama_lora_zero_grads(m);
+    double loss;
+    int64_t n;
+    int rc = llama_forward_backward(m, b, 1.0f / (float)ntgt, 9000 + (uint64_t)step, &loss, &n);
+    if (!rc) {
+        double norm = sqrt(pt.sum_squares(m->lora_grads, m->n_lora_params));
+        if (norm > 1.0) pt.scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
+        pt.adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
+                 0.0f, step);
+    }
+    ops->sync();
+    double wall = now_s() - t0;
+    m->ops = ops;
+    if (rc) return rc;
+    if (!prof_n) return err_set(ERR_STAGE, "--profile: the step called no op");
+    prof_row rows[128] = {{0}};
+    for (int i = 0; i < prof_nlabels; i++) rows[i].label = i;
+    double busy = 0, idle = 0, worst[4] = {0};
+    int worst_at[4] = {0}, nidle = 0;
+    for (int i = 0; i < prof_n; i++) {
+        double ms = time_ms(prof_ev[2 * i], prof_ev[2 * i + 1]);
+        rows[prof_label[i]].calls++;
+        rows[prof_label[i]].ms += ms;
+        busy += ms;
+        if (i == 0) continue;
+        double gap = time_ms(prof_ev[2 * i - 1], prof_ev[2 * i]);
+        if (gap <= 0) continue;
+        idle += gap;
+        nidle += gap > 0.002; /* the events' resolution is about 0.5 us */
+        for (int k = 0; k < 4; k++)
+            if (gap > worst[k]) {
+                memmove(worst + k + 1, worst + k, sizeof(double) * (size_t)(3 - k));
+                memmove(worst_at + k + 1, worst_at + k, sizeof(int) * (size_t)(3 - k));
+                worst[k] = gap, worst_at[k] = i;
+                break;
+            }
+    }
+    double span = time_ms(prof_ev[0], prof_ev[2 * prof_n - 1]);
+    qsort(rows, (size_t)prof_nlabels, sizeof *rows, prof_row_cmp);
+    printf("\n| op (one step, %lld tokens) | calls | ms | share of the step's device span |\n|---|---|---|---|\n",
+           (long long)b->T);
+    for (int i = 0; i < prof_nlabels; i++)
+        printf("| %s | %d | %.3f | %.1f%% |\n", prof_names[rows[i].label], rows[i].calls, rows[i].ms,
+               100.0 * rows[i].ms / span);
+    printf("| idle between ops | %d | %.3f | %.1f%% |\n", nidle, idle, 100.0 * idle / span);
+    printf("\ndevice span %.3f ms (first op's start to last op's end): ops %.3f ms, idle between them %.3f ms "
+           "(%.2f%%) over %d calls; host wall %.3f ms (the first launch and the last sync included)\n",
+           span, busy, idle, 100.0 * idle / span, prof_n, wall * 1e3);
+    printf("step's largest idle gaps:");
+    for (int k = 0; k < 4 && worst[k] > 0; k++)
+        printf(" %.3f ms before %s (after %s);", worst[k], prof_names[prof_label[worst_at[k]]],
+               prof_names[prof_label[worst_at[k] - 1]]);
+    printf("\n");
+    return 0;
+}
+
 static int bench_train(int argc, char **argv) {
     train_opts o;
     int rc = train_opts_parse(argc, argv, &o);
@@ -672,6 +925,7 @@ static int bench_train(int argc, char **argv) {
     if (!(rc = train_steps(m, ops, &o, &b, &r))) {
         train_checksum(m, ops, &r, o.det);
         train_report(m, &o, &p, &r);
+        if (o.profile) rc = train_profile(m, ops, &b, o.warmup + o.steps + 1);
     }
     free(ids);
     free(ss);
@@ -683,11 +937,6 @@ static int bench_train(int argc, char **argv) {
 
 /* ---- NF4 dequantize bandwidth ---- */
 
-static float time_ms(cudaEvent_t a, cudaEvent_t b) {
-    float ms = 0;
-    cuda_or_die(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
-    return ms;
-}
 
 /* ---- fit: the longest sequence each memory budget trains ---- */
 
@@ -1137,7 +1386,7 @@ int main(int argc, char **argv) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
                "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
-               "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)]\n"
+               "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)] [--profile off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)]\n"
