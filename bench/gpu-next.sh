@@ -7,7 +7,8 @@
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B);
-#      cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~450 s
+#                                                                                         ~300 s
+#   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
 #   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
 #      1.1B 2048 x 4 deterministic twice (split, one checksum); the checkpointed 7B deterministic
@@ -49,9 +50,9 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# L, M, N: [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# L, M, N, W: [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|W}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -299,6 +300,8 @@ N)
             --profile on > "$O/profile-$1-${2/,/}-$4-$5.md" 2>&1; echo "profile $r rc=$?"
         grep -E "^\||^device|^step" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
     done
+    ;;
+W)
     stamp "cuDNN attention workspace by layout"
     timeout 150 "$B/run" train_gpu attn-ws 2>&1 | tee "$O/attn-ws.md" | grep -vE "^\| (32/32|40/10)"
     ;;
