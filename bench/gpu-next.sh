@@ -6,8 +6,8 @@
 # fits one `run` call (at most 600 s):
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
-#      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B);
-#                                                                                         ~300 s
+#      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
+#                                                                                          ~300 s
 #   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
 #   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
