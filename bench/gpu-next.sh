@@ -278,28 +278,32 @@ PY
     done < "$O/cells.txt"
     ;;
 N)
-    # Gemma checkpoints since c3fa974 (before, its plan kept every layer's activations): the golden
-    # packed cases run the checkpointed plan on the GPU, and a Gemma-3-12B row at 16,384 tokens
-    # trains within a 24 GiB memory_budget (the plan on paper takes 99,328 there)
-    stamp "gemma checkpointed: golden dumps, then Gemma-3-12B at 16k in 24 GiB"
+    # in the order of what matters most, should the call's time run out: Gemma checkpointed on the
+    # GPU (since c3fa974; before, its plan kept every layer's activations): the golden packed cases
+    # run the checkpointed plan; where one whole 7B step's device time goes, op by op, and the time
+    # the device waits between ops (what capturing the step in a CUDA graph could take back);
+    # Gemma-3-12B at 16,384 tokens within a 24 GiB memory_budget (the plan on paper takes 99,328
+    # there); the per-op table at the 7B layer shape (the after of RESULTS.md's); two more profiles
+    stamp "gemma checkpointed: golden dumps"
     (cd tests && timeout 120 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
     grep -E "^FAIL|gemma|passed" "$O/test_golden_gpu.log" | head
+    prof() {
+        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 --steps 6 --warmup 2 \
+            --profile on > "$O/profile-$1-${2/,/}-$4-$5.md" 2>&1; echo "profile $* rc=$?"
+        grep -E "^\||^device|^step's" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
+    }
+    stamp "one 7B step op by op (train --profile on)"
+    prof 7b q,v 2048 1 auto
+    prof 7b q,v 2048 1 every
+    stamp "Gemma-3-12B at 16k in 24 GiB"
     timeout 120 "$B/run" train_gpu train --model gemma3-12b --targets q,v --seq 16384 --batch 1 --ckpt every \
         --memory-budget 24 --steps 2 --warmup 1 > "$O/gemma-16k.log" 2>&1; echo "gemma 16k rc=$?"
     grep -E "^\||stage plan|scratch MiB|error" "$O/gemma-16k.log"
-    # the after of RESULTS.md's per-op table: the ops at the 7B layer shape, then where one whole
-    # 7B step's device time goes, op by op, and the time the device waits between ops (what
-    # capturing the step in a CUDA graph could take back)
     stamp "per-op times at the 7B layer shape, 2048 tokens"
     timeout 120 "$B/run" train_gpu ops --seq 2048 > "$O/ops.md" 2>&1; echo "ops rc=$?"
     grep -E "^\|" "$O/ops.md" | head -40
-    stamp "one 7B step op by op (train --profile on)"
-    for r in "7b q,v 2048 1 auto" "7b all-linear 2048 1 auto" "7b q,v 2048 1 every" "1b q,v 2048 4 auto"; do
-        set -- $r
-        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 --steps 6 --warmup 2 \
-            --profile on > "$O/profile-$1-${2/,/}-$4-$5.md" 2>&1; echo "profile $r rc=$?"
-        grep -E "^\||^device|^step" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
-    done
+    prof 7b all-linear 2048 1 auto
+    prof 1b q,v 2048 4 auto
     ;;
 W)
     stamp "cuDNN attention workspace by layout"
