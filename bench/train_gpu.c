@@ -43,6 +43,7 @@
 #include "kernels/cuda/cuda_ext.h"
 #include "kernels/cuda/nf4_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/ops_prof.h"
 #include "model/config.h"
 #include "model/llama.h"
 
@@ -647,191 +648,42 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) {
 }
 
 /* ---- --profile on: one more step, op by op ----
- * The step runs once more through a copy of the CUDA op table whose compute ops each record a CUDA
- * event on the ops' stream before and after the real op. After the step: each op's device time
- * (end - start: its kernels, and any wait inside it, as the real op host-syncs) summed by op and
- * shape, and the device's idle time between one op's end and the next op's start (the host
- * launching the next op late: launch overhead, and the host's own syncs). The idle time bounds what
- * capturing the step in a CUDA graph could take back. The events themselves add a little host work
- * a call (two records), so the idle time measured is if anything more than a plain step's. */
-static const ops_table *prof_real;
-static cudaEvent_t *prof_ev; /* [2 * prof_cap]: start and end of each call */
-static int *prof_label;      /* [prof_cap]: index into prof_names */
-static int prof_n, prof_cap, prof_nlabels;
-static char prof_names[128][64];
+ * The step runs once more through kernels/ops_prof's copy of the CUDA op table, its clock marks
+ * CUDA events recorded on the ops' stream: each op's device time (end - start: its kernels, and
+ * for an op that syncs the host, its wait) by op and shape, and the device's idle time between
+ * ops (the host launching the next op late), which bounds what capturing the step in a CUDA graph
+ * could take back. The two event records a call add a little host work, so the idle time measured
+ * is if anything more than a plain step's. */
+static cudaEvent_t *ev;
+static int ev_cap;
 
-static int prof_label_of(const char *name) {
-    for (int i = 0; i < prof_nlabels; i++)
-        if (!strcmp(prof_names[i], name)) return i;
-    if (prof_nlabels == 128) return 127; /* the last row takes what does not fit */
-    snprintf(prof_names[prof_nlabels], sizeof prof_names[0], "%s", name);
-    return prof_nlabels++;
-}
-
-static void prof_begin(const char *name) {
-    if (prof_n == prof_cap) {
-        int cap = prof_cap ? 2 * prof_cap : 4096;
-        prof_ev = realloc(prof_ev, sizeof(cudaEvent_t) * 2 * (size_t)cap);
-        prof_label = realloc(prof_label, sizeof(int) * (size_t)cap);
-        if (!prof_ev || !prof_label) { fprintf(stderr, "train_gpu: out of host memory\n"); exit(1); }
-        for (int i = 2 * prof_cap; i < 2 * cap; i++) cuda_or_die(cudaEventCreate(&prof_ev[i]), "cudaEventCreate");
-        prof_cap = cap;
+static int ev_mark(void *ud, int i) {
+    (void)ud;
+    if (i >= ev_cap) {
+        int cap = ev_cap ? 2 * ev_cap : 8192;
+        while (cap <= i) cap *= 2;
+        cudaEvent_t *e = realloc(ev, sizeof(cudaEvent_t) * (size_t)cap);
+        if (!e) return -1;
+        ev = e;
+        for (int k = ev_cap; k < cap; k++)
+            if (cudaEventCreate(&ev[k]) != cudaSuccess) return -1;
+        ev_cap = cap;
     }
-    prof_label[prof_n] = prof_label_of(name);
-    cuda_or_die(cudaEventRecord(prof_ev[2 * prof_n], (cudaStream_t)cuda_stream_handle()), "cudaEventRecord");
+    return cudaEventRecord(ev[i], (cudaStream_t)cuda_stream_handle()) == cudaSuccess ? 0 : -1;
 }
 
-static void prof_end(void) {
-    cuda_or_die(cudaEventRecord(prof_ev[2 * prof_n + 1], (cudaStream_t)cuda_stream_handle()), "cudaEventRecord");
-    prof_n++;
+static double ev_ms(void *ud, int a, int b) {
+    (void)ud;
+    return time_ms(ev[a], ev[b]);
 }
 
-/* "qlinear_fwd 4096x4096" with what the call carries: LoRA, dropout, dense weights */
-static const char *prof_linear(char *buf, size_t cap, const char *op, const ops_nf4 *W, const ops_lora *lora) {
-    snprintf(buf, cap, "%s %lldx%lld%s%s%s", op, (long long)W->rows, (long long)W->cols, lora ? " +LoRA" : "",
-             lora && lora->dropout > 0 ? " +dropout" : "", W->dense ? " (dense)" : "");
-    return buf;
-}
-
-#define PROF(label, call)                                                                                 \
-    do {                                                                                                  \
-        prof_begin(label);                                                                                \
-        call;                                                                                             \
-        prof_end();                                                                                       \
-    } while (0)
-
-static void prof_copy(void *d, const void *s, size_t n) { PROF("copy", prof_real->copy(d, s, n)); }
-static void prof_zero(void *p, size_t n) { PROF("zero", prof_real->zero(p, n)); }
-static void prof_upload(void *d, const void *s, size_t n) { PROF("upload (host -> device)", prof_real->upload(d, s, n)); }
-static void prof_download(void *d, const void *s, size_t n) {
-    PROF("download (device -> host, a sync)", prof_real->download(d, s, n));
-}
-static void prof_embedding_fwd(void *out, const int32_t *ids, const uint16_t *t, int T, int C) {
-    PROF("embedding_fwd", prof_real->embedding_fwd(out, ids, t, T, C));
-}
-static void prof_rmsnorm_fwd(void *out, float *rstd, const void *x, const uint16_t *w, float wa, int T, int C,
-                             float eps) {
-    PROF("rmsnorm_fwd", prof_real->rmsnorm_fwd(out, rstd, x, w, wa, T, C, eps));
-}
-static void prof_rmsnorm_bwd(void *dx, const void *dout, const void *x, const uint16_t *w, float wa, const float *rstd,
-                             int T, int C) {
-    PROF("rmsnorm_bwd", prof_real->rmsnorm_bwd(dx, dout, x, w, wa, rstd, T, C));
-}
-static void prof_add_inplace(void *y, const void *x, int64_t n) { PROF("add_inplace", prof_real->add_inplace(y, x, n)); }
-static void prof_rope(void *q, const int32_t *pos, const float *inv, int T, int nh, int hd, int inverse) {
-    PROF(inverse ? "rope (backward)" : "rope", prof_real->rope(q, pos, inv, T, nh, hd, inverse));
-}
-static void prof_attention_fwd(void *out, float *lse, const void *q, const void *k, const void *v, const int32_t *ss,
-                               int T, int nh, int nkv, int hd) {
-    PROF("attention_fwd", prof_real->attention_fwd(out, lse, q, k, v, ss, T, nh, nkv, hd));
-}
-static void prof_attention_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
-                               const void *q, const void *k, const void *v, const int32_t *ss, int T, int nh, int nkv,
-                               int hd) {
-    PROF("attention_bwd", prof_real->attention_bwd(dq, dk, dv, dout, out, lse, q, k, v, ss, T, nh, nkv, hd));
-}
-static void prof_attention_ex_fwd(void *out, float *lse, const void *q, const void *k, const void *v,
-                                  const int32_t *ss, int T, int nh, int nkv, int hd, const ops_attn *opt) {
-    PROF("attention_ex_fwd", prof_real->attention_ex_fwd(out, lse, q, k, v, ss, T, nh, nkv, hd, opt));
-}
-static void prof_attention_ex_bwd(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
-                                  const void *q, const void *k, const void *v, const int32_t *ss, int T, int nh,
-                                  int nkv, int hd, const ops_attn *opt) {
-    PROF("attention_ex_bwd", prof_real->attention_ex_bwd(dq, dk, dv, dout, out, lse, q, k, v, ss, T, nh, nkv, hd, opt));
-}
-static void prof_swiglu_fwd(void *out, const void *g, const void *u, int64_t n) {
-    PROF("swiglu_fwd", prof_real->swiglu_fwd(out, g, u, n));
-}
-static void prof_swiglu_bwd(void *dg, void *du, const void *dout, const void *g, const void *u, int64_t n) {
-    PROF("swiglu_bwd", prof_real->swiglu_bwd(dg, du, dout, g, u, n));
-}
-static void prof_geglu_fwd(void *out, const void *g, const void *u, int64_t n) {
-    PROF("geglu_fwd", prof_real->geglu_fwd(out, g, u, n));
-}
-static void prof_geglu_bwd(void *dg, void *du, const void *dout, const void *g, const void *u, int64_t n) {
-    PROF("geglu_bwd", prof_real->geglu_bwd(dg, du, dout, g, u, n));
-}
-static void prof_act_scale(void *x, int64_t n, float s) { PROF("act_scale", prof_real->act_scale(x, n, s)); }
-static void prof_rope_ex(void *q, const int32_t *pos, const float *inv, int T, int nh, int hd, int rot, float ms,
-                         int inverse) {
-    PROF(inverse ? "rope_ex (backward)" : "rope_ex", prof_real->rope_ex(q, pos, inv, T, nh, hd, rot, ms, inverse));
-}
-static void prof_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
-                             float *xa, int T) {
-    char b[64];
-    PROF(prof_linear(b, sizeof b, "qlinear_fwd", W, lora), prof_real->qlinear_fwd(y, x, W, bias, lora, xa, T));
-}
-static void prof_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, const ops_lora *lora,
-                             const float *xa, int T, int acc) {
-    char b[64];
-    PROF(prof_linear(b, sizeof b, "qlinear_bwd", W, lora), prof_real->qlinear_bwd(dx, dy, x, W, lora, xa, T, acc));
-}
-static void prof_xent(float *losses, void *dx, const void *x, const uint16_t *E, const int32_t *tgt, int T, int C,
-                      int V, float gs, float softcap) {
-    PROF("xent_fwd_bwd (lm_head)", prof_real->xent_fwd_bwd(losses, dx, x, E, tgt, T, C, V, gs, softcap));
-}
-static void prof_adamw(float *p, const float *g, float *m, float *v, int64_t n, float lr, float b1, float b2,
-                       float eps, float wd, int step) {
-    PROF("adamw", prof_real->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, step));
-}
-static double prof_sum_squares(const float *g, int64_t n) {
-    double r;
-    PROF("sum_squares (grad norm, a sync)", r = prof_real->sum_squares(g, n));
-    return r;
-}
-static void prof_scale(float *g, int64_t n, float s) { PROF("scale", prof_real->scale(g, n, s)); }
-static void prof_side_wait(int slot) { PROF("side_wait (offload copies)", prof_real->side_wait(slot)); }
-
-/* real's table with the compute ops timed */
-static ops_table prof_table(const ops_table *real) {
-    prof_real = real;
-    ops_table t = *real;
-    t.copy = prof_copy;
-    t.zero = prof_zero;
-    t.upload = prof_upload;
-    t.download = prof_download;
-    t.embedding_fwd = prof_embedding_fwd;
-    t.rmsnorm_fwd = prof_rmsnorm_fwd;
-    t.rmsnorm_bwd = prof_rmsnorm_bwd;
-    t.add_inplace = prof_add_inplace;
-    t.rope = prof_rope;
-    t.attention_fwd = prof_attention_fwd;
-    t.attention_bwd = prof_attention_bwd;
-    t.swiglu_fwd = prof_swiglu_fwd;
-    t.swiglu_bwd = prof_swiglu_bwd;
-    t.qlinear_fwd = prof_qlinear_fwd;
-    t.qlinear_bwd = prof_qlinear_bwd;
-    t.xent_fwd_bwd = prof_xent;
-    t.adamw = prof_adamw;
-    t.sum_squares = prof_sum_squares;
-    t.scale = prof_scale;
-    if (real->attention_ex_fwd) t.attention_ex_fwd = prof_attention_ex_fwd;
-    if (real->attention_ex_bwd) t.attention_ex_bwd = prof_attention_ex_bwd;
-    if (real->geglu_fwd) t.geglu_fwd = prof_geglu_fwd;
-    if (real->geglu_bwd) t.geglu_bwd = prof_geglu_bwd;
-    if (real->act_scale) t.act_scale = prof_act_scale;
-    if (real->rope_ex) t.rope_ex = prof_rope_ex;
-    if (real->side_wait) t.side_wait = prof_side_wait;
-    return t;
-}
-#undef PROF
-
-typedef struct prof_row {
-    int label, calls;
-    double ms;
-} prof_row;
-
-static int prof_row_cmp(const void *a, const void *b) {
-    double x = ((const prof_row *)a)->ms, y = ((const prof_row *)b)->ms;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-/* one step (as train_steps runs it) through the timed table, then its table on stdout */
+/* one step (as train_steps runs it) through the profiled table, then its table on stdout */
 static int train_profile(llama_model *m, const ops_table *ops, const llama_batch *b, int step) {
-    ops_table pt = prof_table(ops);
+    ops_table pt;
+    ops_prof_clock clock = {.mark = ev_mark, .ms = ev_ms};
     int64_t ntgt = llama_count_targets(b);
-    prof_n = 0;
     ops->sync();
+    ops_prof_wrap(&pt, ops, &clock);
     double t0 = now_s();
     m->ops = &pt;
     llama_lora_zero_grads(m);
@@ -847,46 +699,12 @@ static int train_profile(llama_model *m, const ops_table *ops, const llama_batch
     ops->sync();
     double wall = now_s() - t0;
     m->ops = ops;
-    if (rc) return rc;
-    if (!prof_n) return err_set(ERR_STAGE, "--profile: the step called no op");
-    prof_row rows[128] = {{0}};
-    for (int i = 0; i < prof_nlabels; i++) rows[i].label = i;
-    double busy = 0, idle = 0, worst[4] = {0};
-    int worst_at[4] = {0}, nidle = 0;
-    for (int i = 0; i < prof_n; i++) {
-        double ms = time_ms(prof_ev[2 * i], prof_ev[2 * i + 1]);
-        rows[prof_label[i]].calls++;
-        rows[prof_label[i]].ms += ms;
-        busy += ms;
-        if (i == 0) continue;
-        double gap = time_ms(prof_ev[2 * i - 1], prof_ev[2 * i]);
-        if (gap <= 0) continue;
-        idle += gap;
-        nidle += gap > 0.002; /* the events' resolution is about 0.5 us */
-        for (int k = 0; k < 4; k++)
-            if (gap > worst[k]) {
-                memmove(worst + k + 1, worst + k, sizeof(double) * (size_t)(3 - k));
-                memmove(worst_at + k + 1, worst_at + k, sizeof(int) * (size_t)(3 - k));
-                worst[k] = gap, worst_at[k] = i;
-                break;
-            }
-    }
-    double span = time_ms(prof_ev[0], prof_ev[2 * prof_n - 1]);
-    qsort(rows, (size_t)prof_nlabels, sizeof *rows, prof_row_cmp);
-    printf("\n| op (one step, %lld tokens) | calls | ms | share of the step's device span |\n|---|---|---|---|\n",
-           (long long)b->T);
-    for (int i = 0; i < prof_nlabels; i++)
-        printf("| %s | %d | %.3f | %.1f%% |\n", prof_names[rows[i].label], rows[i].calls, rows[i].ms,
-               100.0 * rows[i].ms / span);
-    printf("| idle between ops | %d | %.3f | %.1f%% |\n", nidle, idle, 100.0 * idle / span);
-    printf("\ndevice span %.3f ms (first op's start to last op's end): ops %.3f ms, idle between them %.3f ms "
-           "(%.2f%%) over %d calls; host wall %.3f ms (the first launch and the last sync included)\n",
-           span, busy, idle, 100.0 * idle / span, prof_n, wall * 1e3);
-    printf("step's largest idle gaps:");
-    for (int k = 0; k < 4 && worst[k] > 0; k++)
-        printf(" %.3f ms before %s (after %s);", worst[k], prof_names[prof_label[worst_at[k]]],
-               prof_names[prof_label[worst_at[k] - 1]]);
-    printf("\n");
+    ops_prof_report r;
+    if (rc || (rc = ops_prof_report_make(&r))) return rc;
+    char what[96];
+    snprintf(what, sizeof what, "one step, %lld tokens", (long long)b->T);
+    ops_prof_print(stdout, &r, what);
+    printf("host wall %.3f ms (the first launch and the last sync included)\n", wall * 1e3);
     return 0;
 }
 

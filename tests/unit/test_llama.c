@@ -9,6 +9,7 @@
  *  - LoRA dropout: the whole model's gradients match finite differences with dropout on (the mask
  *    is the same in forward, backward and recompute), and the seed changes the mask
  *  - generation through the KV cache equals the full forward's logits
+ *  - a step through kernels/ops_prof's timed table is the same step, and its report counts the ops
  *  - bad inputs are errors with messages, not crashes */
 #include <math.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "formats/bnb.h"
+#include "kernels/ops_prof.h"
 #include "model/config.h"
 #include "model/init_model.h"
 #include "model/llama.h"
@@ -174,6 +176,71 @@ TEST(checkpointing_changes_nothing) {
         ckpt_case();
     }
     small_dir = QWEN2_DIR;
+}
+
+/* the calls of rows whose name starts with prefix */
+static int prof_calls(const ops_prof_report *r, const char *prefix) {
+    int n = 0;
+    for (int i = 0; i < r->nrows; i++)
+        if (!strncmp(r->rows[i].name, prefix, strlen(prefix))) n += r->rows[i].calls;
+    return n;
+}
+
+/* kernels/ops_prof (train_gpu --profile): a step through the timed table is the same step, bit for
+ * bit, on both plans, and the report counts every op it made: seven linears a layer forward and
+ * backward (the checkpointed plan's recompute runs the forward's again), attention once a layer
+ * each way, and the times add up (the ops and the gaps between them are the span) */
+TEST(profiled_table_changes_nothing) {
+    enum { T = 20 };
+    for (int every = 0; every < 2; every++) {
+        llama_model *m = small_model(0.1f, every ? LLAMA_CKPT_EVERY : LLAMA_CKPT_NONE, T);
+        CHECK(m != NULL);
+        if (!m) return;
+        int32_t ids[T], labels[T], ss[T];
+        small_batch(ids, labels, ss, T, m->V);
+        llama_batch b = {ids, labels, ss, T};
+        size_t nb = sizeof(float) * (size_t)m->n_lora_params;
+        float *g0 = malloc(nb), *g1 = malloc(nb);
+        double l0, l1;
+        grads_of(m, &b, 77, g0, &l0);
+        const ops_table *real = m->ops;
+        ops_table pt;
+        ops_prof_clock clock = ops_prof_wall_clock();
+        ops_prof_wrap(&pt, real, &clock);
+        m->ops = &pt;
+        grads_of(m, &b, 77, g1, &l1);
+        m->ops = real;
+        CHECK(l0 == l1);
+        CHECK(!memcmp(g0, g1, nb));
+        ops_prof_report r;
+        CHECK_EQ_INT(ops_prof_report_make(&r), 0);
+        int L = m->L, passes = every ? 2 : 1;
+        CHECK_EQ_INT(prof_calls(&r, "qlinear_fwd"), 7 * L * passes);
+        CHECK_EQ_INT(prof_calls(&r, "qlinear_bwd"), 7 * L);
+        CHECK_EQ_INT(prof_calls(&r, "attention_fwd") + prof_calls(&r, "attention_ex_fwd"), L * passes);
+        CHECK_EQ_INT(prof_calls(&r, "attention_bwd") + prof_calls(&r, "attention_ex_bwd"), L);
+        CHECK(prof_calls(&r, "xent_fwd_bwd") >= 1);
+        /* a linear's row carries its shape and what the call does: gate and up [I, C], down [C, I] */
+        char up[64], down[64];
+        snprintf(up, sizeof up, "qlinear_fwd %lldx%lld +LoRA +dropout", (long long)m->I, (long long)m->C);
+        snprintf(down, sizeof down, "qlinear_fwd %lldx%lld +LoRA +dropout", (long long)m->C, (long long)m->I);
+        CHECK_EQ_INT(prof_calls(&r, up), 2 * L * passes);
+        CHECK_EQ_INT(prof_calls(&r, down), L * passes);
+        int calls = 0;
+        double ms = 0;
+        for (int i = 0; i < r.nrows; i++) calls += r.rows[i].calls, ms += r.rows[i].ms;
+        CHECK_EQ_INT(calls, r.calls);
+        CHECK_NEAR(ms, r.busy_ms, 1e-9 * r.calls + 1e-9);
+        CHECK(r.busy_ms > 0 && r.idle_ms >= 0);
+        CHECK_NEAR(r.busy_ms + r.idle_ms, r.span_ms, 1e-6 * r.span_ms + 1e-9);
+        for (int i = 1; i < r.nrows; i++) CHECK(r.rows[i - 1].ms >= r.rows[i].ms);
+        /* counting starts afresh at each wrap; no call, no report */
+        ops_prof_wrap(&pt, real, &clock);
+        CHECK(ops_prof_report_make(&r) != 0);
+        free(g0);
+        free(g1);
+        llama_free(&m);
+    }
 }
 
 /* the bitsandbytes checkpoint (double quant) is kept nested; the rows match bnb's de-nested ones */
@@ -1057,6 +1124,7 @@ int main(void) {
     RUN(fused_double_quant_as_bnb);
     RUN(gemma_norm_scale_fp32);
     RUN(double_quant_kept);
+    RUN(profiled_table_changes_nothing);
     RUN(checkpointing_changes_nothing);
     RUN(checkpointing_mlp_chunks);
     RUN(model_grad_with_dropout);
