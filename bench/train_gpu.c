@@ -753,9 +753,6 @@ static int bench_train(int argc, char **argv) {
     return rc;
 }
 
-/* ---- NF4 dequantize bandwidth ---- */
-
-
 /* ---- fit: the longest sequence each memory budget trains ---- */
 
 /* fit --paper G: the same arithmetic with no GPU. A CPU table poses as a device (as test_llama's
@@ -894,6 +891,8 @@ static int bench_attn_ws(void) {
         }
     return 0;
 }
+
+/* ---- NF4 dequantize bandwidth ---- */
 
 static int bench_nf4(int argc, char **argv) {
     int reps = 50;
