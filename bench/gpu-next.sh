@@ -313,7 +313,8 @@ L)
     # the memory table's longer cells (README): one step at each CELL (MODEL:GIB:TOKENS:SECONDS,
     # the length train_gpu fit found on the device in part M), with the train stage's plan within
     # that memory_budget, while this call's time lasts: a cell starts only when its SECONDS (the
-    # step's estimate, with the model's set-up) are left
+    # step's estimate, with the model's set-up) are left; then `python3 bench/memory_table.py L`
+    # prints README's table with L's steps in it
     shift
     tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
     end=$(( $(date +%s) + ${L_SECONDS:-570} ))

@@ -1,4 +1,5 @@
-"""memory_table.py DIR: README's memory table from `bench/gpu-next.sh M`'s output folder DIR.
+"""memory_table.py DIR [DIR...]: README's memory table from `bench/gpu-next.sh M`'s output folder DIR
+(and L's: the longer cells, one step each, in other sittings).
 
 DIR holds fit.md (`train_gpu fit`, one table per model: the longest single sequence the train
 stage's plan takes within each memory_budget) and cell-MODEL-BUDGET.log (one `train_gpu train
@@ -6,14 +7,45 @@ stage's plan takes within each memory_budget) and cell-MODEL-BUDGET.log (one `tr
 used (nvidia-smi's used GiB: all of the process's device memory) when the step ran, marked
 "(plan)" when it did not run (too long for the sitting), "(failed: ...)" when it ran and failed,
 and "over" when it used more than the budget: those say the plan is short, not that the length
-fits. Rows: budgets; columns: models, in fit.md's order.
+fits. Rows: budgets; columns: models, in fit.md's order. With no fit.md in the first DIR, the
+lengths and the cells no folder logged are README.md's (the table in the working tree), so a later
+sitting's steps (part L) fill in the cells README still marks "(plan)"; a step logged in several
+folders counts as its last.
 """
 import os, re, sys
 
 NAMES = {"llama3-8b": "8B (Llama-3)", "phi4": "14B (Phi-4)", "qwen3-32b": "32B (Qwen3)", "llama3-70b": "70B (Llama-3)"}
 
 
+README_CELLS = {}  # (model, budget) -> README's cell as written, kept where no folder logged a step
+
+
+def cells_of_readme(path):
+    """the lengths of README's table: (model, budget) -> length or "does not fit" """
+    names = {v: k for k, v in NAMES.items()}
+    fit, models, budgets, cols = {}, [], [], None
+    for line in open(path):
+        f = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(f) == 5 and f[0] == "budget" and f[1] in names:
+            cols = [names[x] for x in f[1:]]
+            models = cols
+            continue
+        if cols and len(f) == 5 and f[0].endswith(" GiB"):
+            b = f[0][:-4]
+            budgets.append(b)
+            for m, cell in zip(cols, f[1:]):
+                fit[m, b] = "does not fit" if cell == "does not fit" else cell.split(" ")[0].replace(",", "")
+                README_CELLS[m, b] = cell
+        elif cols and budgets:
+            break
+    if not fit:
+        sys.exit("memory_table.py: no memory table in %s" % path)
+    return fit, models, budgets
+
+
 def cells_of(folder):
+    if not os.path.exists(os.path.join(folder, "fit.md")):
+        return cells_of_readme(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
     fit, models, budgets = {}, [], []
     for line in open(os.path.join(folder, "fit.md")):
         f = [x.strip() for x in line.strip().strip("|").split("|")]
@@ -28,11 +60,13 @@ def cells_of(folder):
     return fit, models, sorted(budgets, key=float)
 
 
-def measured(folder, model, budget):
+def measured(folders, model, budget):
     """(used GiB, None) of the step at that cell, (None, why) when it failed, None when not run"""
-    path = os.path.join(folder, "cell-%s-%s.log" % (model, budget))
-    if not os.path.exists(path):
+    paths = [os.path.join(d, "cell-%s-%s.log" % (model, budget)) for d in folders]
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
         return None
+    path = paths[-1]
     rows = [l for l in open(path) if l.startswith("|")]
     if not rows:
         last = [l.strip() for l in open(path) if l.strip()]
@@ -41,8 +75,8 @@ def measured(folder, model, budget):
     return float(f[9]), None
 
 
-def table(folder):
-    fit, models, budgets = cells_of(folder)
+def table(folders):
+    fit, models, budgets = cells_of(folders[0])
     out = ["| budget | " + " | ".join(NAMES.get(m, m) for m in models) + " |",
            "| --- |" + " --- |" * len(models)]
     for b in budgets:
@@ -53,9 +87,9 @@ def table(folder):
                 row.append("does not fit" if length.startswith("does not fit") else length)
                 continue
             cell = "{:,}".format(int(length))
-            got = measured(folder, m, b)
+            got = measured(folders, m, b)
             if got is None:
-                row.append(cell + " (plan)")
+                row.append(README_CELLS.get((m, b), cell + " (plan)"))
             elif got[0] is None:
                 row.append(cell + " (failed: %s)" % got[1].replace("|", "/"))
             else:
@@ -65,6 +99,6 @@ def table(folder):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: memory_table.py DIR (the M folder of bench/gpu-next.sh)")
-    print(table(sys.argv[1]))
+    if len(sys.argv) < 2:
+        sys.exit("usage: memory_table.py DIR [DIR...] (the M and L folders of bench/gpu-next.sh)")
+    print(table(sys.argv[1:]))
