@@ -657,18 +657,17 @@ static float time_ms(cudaEvent_t a, cudaEvent_t b) {
 static cudaEvent_t *ev;
 static int ev_cap;
 
+static int ev_reserve(void *ud, int n) {
+    (void)ud;
+    cudaEvent_t *e = realloc(ev, sizeof(cudaEvent_t) * (size_t)n);
+    if (!e) return -1;
+    for (ev = e; ev_cap < n; ev_cap++)
+        if (cudaEventCreate(&ev[ev_cap]) != cudaSuccess) return -1;
+    return 0;
+}
+
 static int ev_mark(void *ud, int i) {
     (void)ud;
-    if (i >= ev_cap) {
-        int cap = ev_cap ? 2 * ev_cap : 8192;
-        while (cap <= i) cap *= 2;
-        cudaEvent_t *e = realloc(ev, sizeof(cudaEvent_t) * (size_t)cap);
-        if (!e) return -1;
-        ev = e;
-        for (int k = ev_cap; k < cap; k++)
-            if (cudaEventCreate(&ev[k]) != cudaSuccess) return -1;
-        ev_cap = cap;
-    }
     return cudaEventRecord(ev[i], (cudaStream_t)cuda_stream_handle()) == cudaSuccess ? 0 : -1;
 }
 
@@ -680,7 +679,7 @@ static double ev_ms(void *ud, int a, int b) {
 /* one step (as train_steps runs it) through the profiled table, then its table on stdout */
 static int train_profile(llama_model *m, const ops_table *ops, const llama_batch *b, int step) {
     ops_table pt;
-    ops_prof_clock clock = {.mark = ev_mark, .ms = ev_ms};
+    ops_prof_clock clock = {.reserve = ev_reserve, .mark = ev_mark, .ms = ev_ms};
     int64_t ntgt = llama_count_targets(b);
     ops->sync();
     ops_prof_wrap(&pt, ops, &clock);

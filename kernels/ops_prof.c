@@ -22,16 +22,17 @@ static int prof_label_of(const char *name) {
     return prof_nlabels++;
 }
 
-/* call prof_n begins: mark 2 prof_n */
+/* call prof_n begins: mark 2 prof_n (the labels and the clock's marks grow together) */
 static void prof_begin(const char *name) {
     if (prof_n == prof_cap) {
         int cap = prof_cap ? 2 * prof_cap : 4096;
         int *l = realloc(prof_label, sizeof(int) * (size_t)cap);
-        if (!l) {
+        if (l) prof_label = l;
+        if (!l || prof_clock.reserve(prof_clock.ud, 2 * cap)) {
             prof_failed = 1;
             return;
         }
-        prof_label = l, prof_cap = cap;
+        prof_cap = cap;
     }
     prof_label[prof_n] = prof_label_of(name);
     if (prof_clock.mark(prof_clock.ud, 2 * prof_n)) prof_failed = 1;
@@ -142,7 +143,7 @@ static void prof_side_wait(int slot) { PROF("side_wait (offload copies)", prof_r
 void ops_prof_wrap(ops_table *out, const ops_table *real, const ops_prof_clock *clock) {
     prof_real = real;
     prof_clock = *clock;
-    prof_n = prof_nlabels = prof_failed = 0;
+    prof_n = prof_cap = prof_nlabels = prof_failed = 0; /* this clock has no marks reserved yet */
     ops_table t = *real;
     t.copy = prof_copy;
     t.zero = prof_zero;
@@ -181,7 +182,8 @@ static int row_cmp(const void *a, const void *b) {
 
 int ops_prof_report_make(ops_prof_report *r) {
     memset(r, 0, sizeof *r);
-    if (prof_failed) return err_set(ERR_STAGE, "profile: a clock mark could not be set (out of memory?)");
+    if (prof_failed) return err_set(ERR_STAGE, "profile: a clock mark could not be reserved or set (out of host "
+                                      "memory, or no CUDA event could be made); the step ran, untimed");
     if (!prof_n) return err_set(ERR_STAGE, "profile: no op was called through the profiled table");
     for (int i = 0; i < prof_nlabels; i++) memcpy(r->rows[i].name, prof_names[i], sizeof r->rows[i].name);
     r->nrows = prof_nlabels;
@@ -228,17 +230,17 @@ void ops_prof_print(FILE *f, const ops_prof_report *r, const char *what) {
 /* ---- the host's clock ---- */
 
 static double *wall_t;
-static int wall_cap;
+
+static int wall_reserve(void *ud, int n) {
+    (void)ud;
+    double *t = realloc(wall_t, sizeof(double) * (size_t)n);
+    if (!t) return -1;
+    wall_t = t;
+    return 0;
+}
 
 static int wall_mark(void *ud, int i) {
     (void)ud;
-    if (i >= wall_cap) {
-        int cap = wall_cap ? 2 * wall_cap : 8192;
-        while (cap <= i) cap *= 2;
-        double *t = realloc(wall_t, sizeof(double) * (size_t)cap);
-        if (!t) return -1;
-        wall_t = t, wall_cap = cap;
-    }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     wall_t[i] = (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
@@ -250,4 +252,6 @@ static double wall_ms(void *ud, int a, int b) {
     return wall_t[b] - wall_t[a];
 }
 
-ops_prof_clock ops_prof_wall_clock(void) { return (ops_prof_clock){.mark = wall_mark, .ms = wall_ms}; }
+ops_prof_clock ops_prof_wall_clock(void) {
+    return (ops_prof_clock){.reserve = wall_reserve, .mark = wall_mark, .ms = wall_ms};
+}

@@ -17,7 +17,9 @@
 #include "kernels/ops.h"
 
 typedef struct ops_prof_clock {
-    /* set mark i once the work queued so far has run; 0, or -1 when it cannot */
+    /* room for marks [0, n) (called as the calls outgrow it, n doubling); 0, or -1 when none */
+    int (*reserve)(void *ud, int n);
+    /* set mark i (< the n reserved) once the work queued so far has run; 0, or -1 when it cannot */
     int (*mark)(void *ud, int i);
     /* milliseconds from mark a to mark b, once that work has run (after the table's sync) */
     double (*ms)(void *ud, int a, int b);

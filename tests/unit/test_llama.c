@@ -186,6 +186,16 @@ static int prof_calls(const ops_prof_report *r, const char *prefix) {
     return n;
 }
 
+static int prof_reserve_fails(void *ud, int n) {
+    (void)ud, (void)n;
+    return -1;
+}
+
+static int prof_mark_fails(void *ud, int i) {
+    (void)ud, (void)i;
+    return -1;
+}
+
 /* kernels/ops_prof (train_gpu --profile): a step through the timed table is the same step, bit for
  * bit, on both plans, and the report counts every op it made: seven linears a layer forward and
  * backward (the checkpointed plan's recompute runs the forward's again), attention once a layer
@@ -237,6 +247,18 @@ TEST(profiled_table_changes_nothing) {
         /* counting starts afresh at each wrap; no call, no report */
         ops_prof_wrap(&pt, real, &clock);
         CHECK(ops_prof_report_make(&r) != 0);
+        /* a clock that cannot keep its marks: the same step still, and a report that says so */
+        for (int k = 0; k < 2; k++) {
+            ops_prof_clock broken = clock;
+            if (k) broken.mark = prof_mark_fails;
+            else broken.reserve = prof_reserve_fails;
+            ops_prof_wrap(&pt, real, &broken);
+            m->ops = &pt;
+            grads_of(m, &b, 77, g1, &l1);
+            m->ops = real;
+            CHECK(l0 == l1 && !memcmp(g0, g1, nb));
+            CHECK(ops_prof_report_make(&r) != 0 && strstr(err_msg(), "clock mark"));
+        }
         free(g0);
         free(g1);
         llama_free(&m);
