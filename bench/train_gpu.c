@@ -541,8 +541,23 @@ typedef struct train_steps_out {
     double loss0, loss_last, loss_sum;
 } train_steps_out;
 
-/* o's warm-up and measured steps on one batch: forward and backward, the all-reduce with --nccl,
- * the gradient-norm clip and AdamW, each step synced and timed */
+/* one optimizer step on b through m->ops: forward and backward, the all-reduce with --nccl, the
+ * gradient-norm clip and AdamW (step counts from 1); the loss summed over n targets, and the norm */
+static int bench_step(llama_model *m, const train_opts *o, const llama_batch *b, int64_t ntgt, int step, double *loss,
+                      int64_t *n, double *norm) {
+    const ops_table *ops = m->ops;
+    llama_lora_zero_grads(m);
+    int rc = llama_forward_backward(m, b, 1.0f / (float)ntgt, 6999 + (uint64_t)step, loss, n); /* 7000 the first */
+    if (rc) return rc;
+    if (o->nccl) coll_grads_wait();
+    *norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
+    if (*norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / *norm));
+    ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.0f,
+               step);
+    return 0;
+}
+
+/* o's warm-up and measured steps on one batch (bench_step), each synced and timed */
 static int train_steps(llama_model *m, const ops_table *ops, const train_opts *o, const llama_batch *b,
                        train_steps_out *r) {
     int64_t ntgt = llama_count_targets(b);
@@ -550,17 +565,10 @@ static int train_steps(llama_model *m, const ops_table *ops, const train_opts *o
     r->loss0 = r->loss_last = r->loss_sum = 0;
     cuda_mem_reset_peak();
     for (int s = 0; s < o->warmup + o->steps; s++) {
-        double t0 = now_s();
-        llama_lora_zero_grads(m);
-        double loss;
+        double t0 = now_s(), loss, norm;
         int64_t n;
-        int rc = llama_forward_backward(m, b, 1.0f / (float)ntgt, 7000 + (uint64_t)s, &loss, &n);
+        int rc = bench_step(m, o, b, ntgt, s + 1, &loss, &n, &norm);
         if (rc) return rc;
-        if (o->nccl) coll_grads_wait();
-        double norm = sqrt(ops->sum_squares(m->lora_grads, m->n_lora_params));
-        if (norm > 1.0) ops->scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
-        ops->adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
-                   0.0f, s + 1);
         ops->sync();
         double dt = now_s() - t0;
         if (s == 0) r->loss0 = loss / (double)n;
@@ -676,28 +684,21 @@ static double ev_ms(void *ud, int a, int b) {
     return time_ms(ev[a], ev[b]);
 }
 
-/* one step (as train_steps runs it) through the profiled table, then its table on stdout */
-static int train_profile(llama_model *m, const ops_table *ops, const llama_batch *b, int step) {
+/* one more step (bench_step, as train_steps runs them) through the profiled table, then its table
+ * on stdout */
+static int train_profile(llama_model *m, const train_opts *o, const llama_batch *b, int step) {
+    const ops_table *ops = m->ops;
     ops_table pt;
     ops_prof_clock clock = {.reserve = ev_reserve, .mark = ev_mark, .ms = ev_ms};
-    int64_t ntgt = llama_count_targets(b);
     ops->sync();
     ops_prof_wrap(&pt, ops, &clock);
-    double t0 = now_s();
-    m->ops = &pt;
-    llama_lora_zero_grads(m);
-    double loss;
+    double t0 = now_s(), loss, norm;
     int64_t n;
-    int rc = llama_forward_backward(m, b, 1.0f / (float)ntgt, 9000 + (uint64_t)step, &loss, &n);
-    if (!rc) {
-        double norm = sqrt(pt.sum_squares(m->lora_grads, m->n_lora_params));
-        if (norm > 1.0) pt.scale(m->lora_grads, m->n_lora_params, (float)(1.0 / norm));
-        pt.adamw(m->lora_params, m->lora_grads, m->lora_m, m->lora_v, m->n_lora_params, 2e-4f, 0.9f, 0.999f, 1e-8f,
-                 0.0f, step);
-    }
+    m->ops = &pt;
+    int rc = bench_step(m, o, b, llama_count_targets(b), step, &loss, &n, &norm);
+    m->ops = ops;
     ops->sync();
     double wall = now_s() - t0;
-    m->ops = ops;
     ops_prof_report r;
     if (rc || (rc = ops_prof_report_make(&r))) return rc;
     char what[96];
@@ -742,7 +743,7 @@ static int bench_train(int argc, char **argv) {
     if (!(rc = train_steps(m, ops, &o, &b, &r))) {
         train_checksum(m, ops, &r, o.det);
         train_report(m, &o, &p, &r);
-        if (o.profile) rc = train_profile(m, ops, &b, o.warmup + o.steps + 1);
+        if (o.profile) rc = train_profile(m, &o, &b, o.warmup + o.steps + 1);
     }
     free(ids);
     free(ss);
