@@ -17,33 +17,33 @@ import os, re, sys
 NAMES = {"llama3-8b": "8B (Llama-3)", "phi4": "14B (Phi-4)", "qwen3-32b": "32B (Qwen3)", "llama3-70b": "70B (Llama-3)"}
 
 
-README_CELLS = {}  # (model, budget) -> README's cell as written, kept where no folder logged a step
-
-
 def cells_of_readme(path):
-    """the lengths of README's table: (model, budget) -> length or "does not fit" """
+    """README's table: its lengths ((model, budget) -> length or "does not fit"), models, budgets
+    and its cells as written"""
     names = {v: k for k, v in NAMES.items()}
-    fit, models, budgets, cols = {}, [], [], None
+    fit, written, models, budgets = {}, {}, [], []
     for line in open(path):
         f = [x.strip() for x in line.strip().strip("|").split("|")]
         if len(f) == 5 and f[0] == "budget" and f[1] in names:
-            cols = [names[x] for x in f[1:]]
-            models = cols
+            models = [names[x] for x in f[1:]]
             continue
-        if cols and len(f) == 5 and f[0].endswith(" GiB"):
+        if models and len(f) == 5 and f[0].endswith(" GiB"):
             b = f[0][:-4]
             budgets.append(b)
-            for m, cell in zip(cols, f[1:]):
+            for m, cell in zip(models, f[1:]):
                 fit[m, b] = "does not fit" if cell == "does not fit" else cell.split(" ")[0].replace(",", "")
-                README_CELLS[m, b] = cell
-        elif cols and budgets:
+                written[m, b] = cell
+        elif models and budgets:
             break
     if not fit:
-        sys.exit("memory_table.py: no memory table in %s" % path)
-    return fit, models, budgets
+        sys.exit("memory_table.py: %s has no table headed '| budget | %s |' to take the lengths from: "
+                 "restore that header, or give part M's folder (its fit.md) first" % (path, " | ".join(NAMES.values())))
+    return fit, models, budgets, written
 
 
 def cells_of(folder):
+    """the lengths (fit.md of part M, else README's), models, budgets, and the cells kept as written
+    where no folder logged a step (README's; none with fit.md)"""
     if not os.path.exists(os.path.join(folder, "fit.md")):
         return cells_of_readme(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
     fit, models, budgets = {}, [], []
@@ -57,7 +57,7 @@ def cells_of(folder):
         if budget not in budgets:
             budgets.append(budget)
         fit[model, budget] = length
-    return fit, models, sorted(budgets, key=float)
+    return fit, models, sorted(budgets, key=float), {}
 
 
 def measured(folders, model, budget):
@@ -76,7 +76,7 @@ def measured(folders, model, budget):
 
 
 def table(folders):
-    fit, models, budgets = cells_of(folders[0])
+    fit, models, budgets, written = cells_of(folders[0])
     out = ["| budget | " + " | ".join(NAMES.get(m, m) for m in models) + " |",
            "| --- |" + " --- |" * len(models)]
     for b in budgets:
@@ -89,7 +89,7 @@ def table(folders):
             cell = "{:,}".format(int(length))
             got = measured(folders, m, b)
             if got is None:
-                row.append(README_CELLS.get((m, b), cell + " (plan)"))
+                row.append(written.get((m, b), cell + " (plan)"))
             elif got[0] is None:
                 row.append(cell + " (failed: %s)" % got[1].replace("|", "/"))
             else:
@@ -101,4 +101,7 @@ def table(folders):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit("usage: memory_table.py DIR [DIR...] (the M and L folders of bench/gpu-next.sh)")
+    for d in sys.argv[1:]:
+        if not os.path.isdir(d):
+            sys.exit("memory_table.py: %s is not a folder (give gpu-next.sh's M or L output folders)" % d)
     print(table(sys.argv[1:]))
