@@ -58,6 +58,18 @@ O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
 export PYTHONUNBUFFERED=1
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+# the memory table's models: LoRA on q,v; on phi4 its fused q, k, v projection
+tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; }
+# one step of the memory table's cell MODEL in BUDGET GiB at TOKENS, within SECONDS: the train
+# stage's plan within that memory_budget, every layer checkpointed; its log is cell-MODEL-BUDGET.log
+# (bench/memory_table.py reads it)
+table_step() {
+    local c="$O/cell-$1-$2.log"
+    timeout $4 "$B/run" train_gpu train --model $1 --targets $(tg $1) --seq $3 --batch 1 --ckpt every \
+        --memory-budget $2 --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
+    echo "$1 $2 GiB $3: rc=$? $(grep -E '^\|' "$c")"
+    grep -E "stage plan|scratch MiB|cap;" "$c"
+}
 NB=/tmp/gpu-next
 # a warm machine keeps the bundle unpacked; a new one (another checksum) replaces it
 sum=$(sha256sum "$R/.device/next/b.tar.xz" 2>/dev/null | cut -c1-16)
@@ -252,7 +264,6 @@ M)
     # process's device memory), shortest first, while this part's time lasts (a step at 390k
     # tokens takes minutes); then, on the development machine, `python3 bench/memory_table.py M`
     # prints README's table
-    tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
     for mdl in llama3-8b phi4 qwen3-32b llama3-70b; do
         timeout 90 "$B/run" train_gpu fit --model $mdl --targets $(tg $mdl) 2>/dev/null | tee -a "$O/fit.md"
     done
@@ -270,11 +281,7 @@ PY
     while read -r mdl bud len; do
         left=$(( end - $(date +%s) ))
         [ $left -lt 30 ] && { echo "| $mdl | q,v | $bud GiB | $len | not measured (time) |"; continue; }
-        c="$O/cell-$mdl-$bud.log"
-        timeout $left "$B/run" train_gpu train --model $mdl --targets $(tg $mdl) --seq $len --batch 1 --ckpt every \
-            --memory-budget $bud --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
-        echo "$mdl $bud GiB $len: rc=$? $(grep -E '^\|' "$c")"
-        grep -E "stage plan|scratch MiB|cap;" "$c"
+        table_step $mdl $bud $len $left
     done < "$O/cells.txt"
     ;;
 N)
@@ -316,18 +323,13 @@ L)
     # step's estimate, with the model's set-up) are left; then `python3 bench/memory_table.py L`
     # prints README's table with L's steps in it
     shift
-    tg() { [ $1 = phi4 ] && echo qkv_proj || echo q,v; } # phi3's fused q, k, v projection
     end=$(( $(date +%s) + ${L_SECONDS:-570} ))
     for cell in "$@"; do
         IFS=: read -r mdl bud len est <<< "$cell"
         left=$(( end - $(date +%s) ))
         [ $left -lt $est ] && { echo "$mdl $bud GiB $len: not started ($left s left, about $est s needed)"; continue; }
-        c="$O/cell-$mdl-$bud.log"
         stamp "$mdl at $len tokens within $bud GiB"
-        timeout $left "$B/run" train_gpu train --model $mdl --targets $(tg $mdl) --seq $len --batch 1 --ckpt every \
-            --memory-budget $bud --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
-        echo "$mdl $bud GiB $len: rc=$? $(grep -E '^\|' "$c")"
-        grep -E "stage plan|scratch MiB|cap;" "$c"
+        table_step $mdl $bud $len $left
     done
     ;;
 F)
