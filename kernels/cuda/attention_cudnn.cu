@@ -42,6 +42,7 @@ extern "C" void cuda_attention_workspace_cap_set(double) {}
 extern "C" double cuda_attention_cudnn_workspace(int, int, int, int, int, int, int, int, int) { return -1; }
 extern "C" void cuda_attention_det_cudnn_bwd(int) {}
 extern "C" void cuda_attention_det_cudnn_split(int) {}
+extern "C" long cuda_attention_det_split_calls(void) { return 0; }
 extern "C" int cuda_attention_cudnn_probe(char *msg, size_t cap) {
     snprintf(msg, cap, "built without the cuDNN headers (cudnn_graph.h)");
     return -1;
@@ -828,6 +829,10 @@ static bool det_split_on(void) { return env_switch(&g_det_split, "QLORA_CUDA_DET
 
 extern "C" void cuda_attention_det_cudnn_split(int on) { g_det_split = on ? 1 : 0; }
 
+static long g_det_split_calls; // cuDNN calls made by det_split_bwd, one a row and head group
+
+extern "C" long cuda_attention_det_split_calls(void) { return g_det_split_calls; }
+
 static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const bf16 *out, const float *lse,
                          const bf16 *q, const bf16 *k, const bf16 *v, const attn_cudnn_layout *L, int nh, int nkv,
                          int hd, attn_params ap) {
@@ -850,6 +855,7 @@ static int det_split_bwd(bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const b
             int rc = bwd_call(pl, dq + oq, dk + okv, dv + okv, dout + oq, out + oq, lse + ol, q + oq, k + okv,
                               v + okv, &row, hk * group, hd, ap);
             if (rc) return rc; // the caller's mma backward then writes all of dq, dk and dv again
+            g_det_split_calls++;
         }
     return 0;
 }

@@ -79,6 +79,8 @@ void cuda_attention_det_cudnn_bwd(int on);
  * one call per row and group of kv heads (1, the default), or the mma kernels (0;
  * QLORA_CUDA_DET_CUDNN_SPLIT=0 sets 0): see attention_cudnn.cu */
 void cuda_attention_det_cudnn_split(int on);
+/* the cuDNN calls that split so far, one a row and group of kv heads (tests) */
+long cuda_attention_det_split_calls(void);
 /* The _ex options on cuDNN (on by default since the H200 sitting of 2026-12-05: test_ops_gpu's
  * cases, the golden models, and +53% on Gemma-3-12B in bench/gpu-phi3.sh): on, sliding windows and
  * a score scale other than 1/sqrt(hd) go into cuDNN's graph (docs/cuda-attention.md); off, such

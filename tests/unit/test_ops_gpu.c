@@ -818,15 +818,26 @@ static void det_split_check(void) {
         cuda_attention_select(CUDA_ATTN_CUDNN);
         cuda_attention_det_cudnn_split(1);
         CHECK(cuda_deterministic_set(1, NULL, 0) == 0);
-        long before = cuda_attention_cudnn_calls();
+        long before = cuda_attention_cudnn_calls(), split_before = cuda_attention_det_split_calls();
         for (int r = 0; r < 2; r++) {
             g[r][0] = tens_out(nq, 1), g[r][1] = tens_out(nk, 1), g[r][2] = tens_out(nk, 1);
             GPU(attention_bwd)(g[r][0].d, g[r][1].d, g[r][2].d, dout.d, out.d, lse.d, q.d, k.d, v.d, ssd, T, nh, nkv, hd);
         }
-        long ran = cuda_attention_cudnn_calls() - before;
-        fprintf(stderr, "  deterministic, split, T=%d heads %d/%d%s, cap %.0f MiB: %ld backward calls on cuDNN\n", T,
-                nh, nkv, packed ? " (4 rows)" : "", cuda_attention_det_workspace_cap() / 1048576.0, ran);
-        if (cuda_attention_cudnn_probe(NULL, 0) == 0) CHECK(ran >= (cfgs[c][5] ? 16 : 2));
+        long ran = cuda_attention_cudnn_calls() - before, pieces = cuda_attention_det_split_calls() - split_before;
+        /* the plan keeps dS, 2 b h s^2 bytes, in its workspace: each call under the cap takes at
+         * most cap / (2 s^2) heads of one row, so a run is at least that many pieces, whatever the
+         * card and cuDNN version add to it */
+        int rows = packed ? 4 : 1, s = T / rows;
+        double cap = cuda_attention_det_workspace_cap(), ds = 2.0 * rows * nh * (double)s * s;
+        long least = (long)ceil(ds / cap);
+        fprintf(stderr,
+                "  deterministic, split, T=%d heads %d/%d%s, cap %.0f MiB: %ld backward calls on cuDNN, %ld pieces "
+                "(dS alone asks for at least %ld a run)\n",
+                T, nh, nkv, packed ? " (4 rows)" : "", cap / 1048576.0, ran, pieces, least);
+        if (cuda_attention_cudnn_probe(NULL, 0) == 0) {
+            CHECK(ran == 2);
+            CHECK(pieces % 2 == 0 && pieces / 2 >= least && pieces / 2 <= (long)rows * nkv);
+        }
         const char *names[3] = {"dq", "dk", "dv"};
         for (int i = 0; i < 3; i++) {
             char what[128];
