@@ -763,12 +763,15 @@ static int bench_train(int argc, char **argv) {
  * activations are bf16 as on CUDA; cuDNN's attention workspace is taken as 4 h d bytes a token
  * for grouped-query heads (its backward's dK and dV for every q head) and none otherwise, which
  * the H100 sitting of 2026-12-05 inferred from the plan's misses and `train_gpu attn-ws` is to
- * measure. A plan on paper, not a measurement. */
+ * measure. The host's RAM for offloaded layer inputs is taken as unlimited, or --host-gib G
+ * available. A plan on paper, not a measurement. */
 static double g_paper_held; /* bytes the posing device holds: context, weights, allocations */
+static double g_paper_host = 1e15; /* the host RAM available to pinned allocations (bytes) */
 
 static void paper_info(ops_backend_info *out) {
     out->total_bytes = 1e15;
     out->free_bytes = out->total_bytes - g_paper_held;
+    out->host_free_bytes = g_paper_host;
 }
 
 static void *paper_alloc(size_t bytes) {
@@ -791,13 +794,14 @@ static int paper_model(llama_model **out, const model_config *cfg, const char *p
     return 0;
 }
 
-/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80] [--paper G]: for each
+/* train_gpu fit --model M [--targets T] [--budgets 8,12,16,24,48,80] [--paper G [--host-gib H]]: for each
  * budget (the train stage's memory_budget: GiB of device memory in all, the CUDA context, frozen
  * weights and LoRA with AdamW state included), the longest single sequence (a multiple of 256
  * tokens) the train stage's own plan takes with every layer checkpointed (llama_plan_longest: the
  * layer inputs offloaded to host memory, then the lean knobs, as llama_plan_auto chooses them),
- * allocating nothing; `train --memory-budget` at that length measures it. --paper: on no GPU
- * (above). */
+ * allocating nothing; `train --memory-budget` at that length measures it. The offloaded inputs
+ * must fit the host's available RAM (llama_plan.c's share of it): the knobs column gives their
+ * pinned GiB. --paper: on no GPU (above), the host's RAM unlimited unless --host-gib. */
 static int bench_fit(int argc, char **argv) {
     const char *preset = "llama3-8b", *targets = "q,v", *budgets = "8,12,16,24,48,80";
     double paper = -1;
@@ -808,10 +812,12 @@ static int bench_fit(int argc, char **argv) {
         else if (!strcmp(a, "--targets")) targets = v;
         else if (!strcmp(a, "--budgets")) budgets = v;
         else if (!strcmp(a, "--paper")) paper = atof(v);
+        else if (!strcmp(a, "--host-gib")) g_paper_host = atof(v) * GIB;
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
     }
     static ops_table paper_ops;
     const ops_table *ops;
+    if (paper < 0 && g_paper_host < 1e15) return err_set(ERR_USAGE, "--host-gib is for --paper (a device's run takes the host's own RAM)");
     if (paper >= 0) {
         paper_ops = *ops_cpu();
         paper_ops.name = "paper";
@@ -836,7 +842,8 @@ static int bench_fit(int argc, char **argv) {
     if ((rc = llama_lora_attach(m, &lc))) return rc;
     if (paper >= 0)
         printf("On paper: %.2f GiB held beside the allocations; cuDNN's workspace taken as 4 h d bytes a token with "
-               "grouped-query heads.\n\n", paper);
+               "grouped-query heads; %s.\n\n", paper,
+               g_paper_host < 1e15 ? "the host's RAM as --host-gib gives it" : "the host's RAM unlimited");
     printf("| model | LoRA | budget GiB | longest sequence | in use + plan GiB | knobs |\n| --- | --- | --- | --- | --- | --- |\n");
     char bbuf[128];
     snprintf(bbuf, sizeof bbuf, "%s", budgets);
@@ -849,8 +856,11 @@ static int bench_fit(int argc, char **argv) {
                    targets, b, ch.in_use_bytes / GIB);
             continue;
         }
+        char where[64] = "inputs on device";
+        if (ch.offload)
+            snprintf(where, sizeof where, "inputs on host (%.2f GiB pinned)", llama_offload_host_bytes(m, T) / GIB);
         printf("| %s | %s | %g | %d | %.2f + %.2f | %s%s%s |\n", preset, targets, b, T, ch.in_use_bytes / GIB,
-               ch.need_bytes / GIB, ch.offload ? "inputs on host" : "inputs on device",
+               ch.need_bytes / GIB, where,
                ch.lean ? ", lean (scratch capped, MLP in row chunks)" : "",
                ch.attn_ws_bytes > 0 ? ", cuDNN workspace counted" : "");
         fflush(stdout);

@@ -111,6 +111,9 @@ typedef struct ops_backend_info {
                                      * the plan; 0 when it takes none */
     char driver[64];                /* the GPU driver's release ("580.159.04"); "" on cpu */
     int cuda_driver, cuda_runtime;  /* CUDA versions as CUDA writes them (13000 = 13.0); 0 on cpu */
+    double host_free_bytes;         /* a device's backend: the host RAM its pinned allocations (alloc_host)
+                                     * may still take; 0: not known. device_info_get fills it from
+                                     * /proc/meminfo's MemAvailable when the backend leaves it 0 */
 } ops_backend_info;
 
 /* what the _ex attention ops add to plain causal attention (all zero: the same as attention_fwd)

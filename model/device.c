@@ -46,12 +46,26 @@ const char *device_resolve(const char *device) {
     return ops_cuda() ? "cuda" : "cpu";
 }
 
+/* the host RAM the kernel could still give without swapping (/proc/meminfo's MemAvailable: free
+ * pages, plus the page cache and reclaimable slabs it can drop); 0 when not known */
+static double host_available_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kib) == 1) break;
+    fclose(f);
+    return kib * 1024.0;
+}
+
 void device_info_get(const ops_table *ops, device_info *out) {
     memset(out, 0, sizeof *out);
     out->attention = "";
     snprintf(out->name, sizeof out->name, "%s", ops->name);
     out->deterministic = ops->deterministic_set == NULL; /* such a backend is deterministic always */
     if (ops->info) ops->info(out);
+    if (ops->own_memory && ops->alloc_host && out->host_free_bytes <= 0) out->host_free_bytes = host_available_bytes();
 }
 
 int device_deterministic_model(const ops_table *ops, bool on, int head_dim, const char *model_dir) {

@@ -1014,19 +1014,23 @@ int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt) {
     plan_layout(m, A, &cv, max_T, ckpt);
     if (offloaded(m)) {
         A->in_bytes = (size_t)max_T * (size_t)m->C * ops_act_size(m->ops);
-        m->host_act_bytes = (int64_t)(A->in_bytes * (size_t)(m->L - 3));
+        m->host_act_bytes = llama_offload_host_bytes(m, max_T);
         m->acts_host = m->ops->alloc_host((size_t)m->host_act_bytes);
         if (!m->acts_host) {
             double mib = (double)m->host_act_bytes / 1048576.0;
             free_acts(m);
             return err_set(ERR_STAGE, "out of pinned host memory: offloading the layer inputs of %d tokens needs "
-                                      "%.1f MiB of host RAM; use a shorter sequence_len or activation_offload: false",
+                                      "%.1f MiB of host RAM; use a shorter sequence_len or activation_offload: off",
                            max_T, mib);
         }
         A->host_in = m->acts_host;
     }
     m->plan_T = max_T;
     return 0;
+}
+
+int64_t llama_offload_host_bytes(const llama_model *m, int max_T) {
+    return m->L > 3 ? (int64_t)max_T * m->C * (int64_t)ops_act_size(m->ops) * (m->L - 3) : 0;
 }
 
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt) {

@@ -222,6 +222,9 @@ const llama_lora_tensor *llama_lora_find(const llama_model *m, const char *name)
  * checkpointing choice or a memory report before the first step). */
 int llama_plan(llama_model *m, int max_T, llama_checkpointing ckpt);
 int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ckpt);
+/* the pinned host memory the layer inputs of max_T tokens take when offloaded (offload_inputs with
+ * every layer checkpointed; three stay on the device in turn): host_act_bytes of such a plan */
+int64_t llama_offload_host_bytes(const llama_model *m, int max_T);
 /* the ops' scratch on a GPU that grows with the tokens of a pass (model/llama_plan.c), which the
  * plans of llama_plan_auto and llama_dense_auto count beside the activations */
 double llama_token_scratch_bytes(const llama_model *m, int T);

@@ -89,8 +89,26 @@ static double plain_need(const llama_model *m, int max_T) {
            (m->ops->own_memory ? llama_token_scratch_bytes(m, max_T) : 0);
 }
 
+/* Offloaded layer inputs live in pinned host memory, which the kernel cannot page out: the host
+ * must hold them beside the rest of the process (the dataset, AdamW's state with
+ * optimizer_offload, the weights' staging) and everything else on the machine. The plan lets them
+ * take at most this share of the RAM the host has available (the backend's host_free_bytes, our
+ * own offloaded inputs of an earlier plan counted back in); not known: not counted. */
+#define HOST_PIN_SHARE 0.9
+
+static double host_pin_room(const llama_model *m) {
+    device_info di;
+    device_info_get(m->ops, &di);
+    return di.host_free_bytes > 0 ? HOST_PIN_SHARE * (di.host_free_bytes + (double)m->host_act_bytes) : INFINITY;
+}
+
+static bool host_holds(const llama_model *m, int T) {
+    return (double)llama_offload_host_bytes(m, T) <= host_pin_room(m);
+}
+
 /* the checkpointed plan of max_T tokens in room bytes on a device: the layer inputs go to host
- * memory (offload auto) when the plain checkpointed plan does not fit, then the lean knobs, then
+ * memory (offload auto; when the host holds them) when the plain checkpointed plan does not fit,
+ * then the lean knobs, then
  * deterministic attention's workspace gives way (its backward in more, smaller calls; none left:
  * the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
  * *lean and *det_keep (> 0: that workspace lowered to it); returns what the plan needs. */
@@ -98,7 +116,8 @@ static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode 
                                   double *det_keep) {
     m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     m->mlp_chunk_rows = max_T;
-    if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy)
+    if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy &&
+        host_holds(m, max_T))
         m->offload_inputs = true;
     *lean = checkpointed_need(m, max_T, false) > room;
     if (*lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
@@ -120,11 +139,11 @@ static double device_in_use(const ops_table *ops) {
     return di.total_bytes - di.free_bytes;
 }
 
-/* the checkpointed plan of T tokens fits room (llama_plan_longest) */
+/* the checkpointed plan of T tokens fits room, and the host its offloaded inputs (llama_plan_longest) */
 static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room) {
     bool lean;
     double keep;
-    return checkpointed_choose(m, T, offload, room, &lean, &keep) <= room;
+    return checkpointed_choose(m, T, offload, room, &lean, &keep) <= room && (!m->offload_inputs || host_holds(m, T));
 }
 
 int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload, int step, int max_T,
@@ -227,18 +246,32 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
+        double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
+        /* the inputs the plan must keep on the host do not fit there: said now, not found out
+         * by a failed pinned allocation (with offload auto they stay on the device, below) */
+        if (m->offload_inputs && pin > pin_room)
+            return err_set(ERR_STAGE,
+                           "activation_offload: on keeps the layer inputs of a %d-token micro-batch in pinned host "
+                           "memory, %.2f GiB: over the %.2f GiB the host can give (%.0f%% of its available RAM); "
+                           "lower sequence_len or micro_batch_size, or let activation_offload be auto",
+                           max_T, pin / 1073741824.0, pin_room / 1073741824.0, 100.0 * HOST_PIN_SHARE);
         /* a memory_budget that even the leanest plan misses: said now, not found out by the
          * device (or not at all, on a device larger than the budget) */
         if (given && need > room) {
             bool offl = m->offload_inputs;
             int fits = llama_plan_longest(m, room + ch.in_use_bytes, offload, 1, max_T, NULL);
-            char most[96] = "";
+            char most[96] = "", host[192] = "";
             if (fits > 0) snprintf(most, sizeof most, " (at most %d tokens a micro-batch fit)", fits);
+            if (!offl && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy && pin > pin_room)
+                snprintf(host, sizeof host,
+                         " (its layer inputs stay on the device: on the host they would take %.2f GiB of pinned "
+                         "memory, over the %.2f GiB the host can give)",
+                         pin / 1073741824.0, pin_room / 1073741824.0);
             return err_set(ERR_STAGE,
                            "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
-                           "checkpointed%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; lower "
+                           "checkpointed%s%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; lower "
                            "sequence_len or micro_batch_size%s%s, or raise memory_budget",
-                           max_T, need / 1073741824.0, offl ? " and its inputs on the host" : "",
+                           max_T, need / 1073741824.0, offl ? " and its inputs on the host" : "", host,
                            ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0, most,
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
                                                                               : "");

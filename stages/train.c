@@ -52,7 +52,8 @@ static const param_spec train_params[] = {
      "recompute each layer in backward (auto: only when memory_budget needs it)", 0},
     {"activation_offload", PARAM_ENUM, "auto", 0, -1, "auto|on|off",
      "with checkpointing, keep the layer inputs in pinned host memory, copied out and back beside the "
-     "compute (auto: when the checkpointed plan does not fit memory_budget or the device; the same bits)",
+     "compute (auto: when the checkpointed plan does not fit memory_budget or the device, and 90% of the host's "
+     "available RAM holds them; the same bits)",
      PARAM_NOKEY},
     {"memory_budget", PARAM_STRING, NULL, 0, -1, NULL,
      "memory the run may use, e.g. 24GB: on a GPU all of the process's device memory (CUDA context, weights, LoRA "

@@ -697,9 +697,34 @@ TEST(offload_changes_nothing) {
  * only by its layer inputs takes the offload and not the lean knobs */
 static const double GiB = 1073741824.0;
 
+/* the host's RAM available to pinned memory, less what fake_alloc_host has pinned (as
+ * MemAvailable shrinks by a pinned allocation) */
+static double g_fake_host = 64.0 * 1073741824.0, g_fake_pinned;
+static struct {
+    void *p;
+    size_t n;
+} g_pins[8];
+
+static void *fake_alloc_host(size_t n) {
+    void *p = ops_cpu()->alloc_host(n);
+    for (int i = 0; p && i < 8; i++)
+        if (!g_pins[i].p) {
+            g_pins[i].p = p, g_pins[i].n = n, g_fake_pinned += (double)n;
+            break;
+        }
+    return p;
+}
+
+static void fake_free_host(void *p) {
+    for (int i = 0; p && i < 8; i++)
+        if (g_pins[i].p == p) g_fake_pinned -= (double)g_pins[i].n, g_pins[i].p = NULL;
+    ops_cpu()->free_host(p);
+}
+
 static void fake_device_info(ops_backend_info *out) {
     out->total_bytes = 8.0 * GiB;
     out->free_bytes = 6.0 * GiB;
+    out->host_free_bytes = g_fake_host - g_fake_pinned;
 }
 
 static double g_fake_det_cap, g_fake_det_default;
@@ -935,6 +960,61 @@ static void plan_budget_case(llama_model *m, ops_table *dev) {
 
 TEST(plan_budget_on_a_device) { on_fake_device(plan_budget_case); }
 
+/* offloaded layer inputs are pinned host memory: the plan lets them take 90% of the RAM the host
+ * has available (host_free_bytes). A budget that needs the offload, with a host too small for it:
+ * auto keeps the inputs on the device and refuses the budget, saying why; on is refused, naming
+ * the pinned GiB; a host just large enough takes it, and a re-plan counts the plan's own inputs
+ * back in. The longest micro-batch is then the longest the host holds (or the device alone). */
+static void plan_host_ram_case(llama_model *m, ops_table *dev) {
+    dev->alloc_host = fake_alloc_host, dev->free_host = fake_free_host;
+    enum { T = 64 };
+    llama_plan_choice ch;
+    m->mlp_chunk_rows = T;
+    m->offload_inputs = false;
+    double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    m->offload_inputs = true;
+    double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    m->offload_inputs = false;
+    double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
+    double pin = (double)llama_offload_host_bytes(m, T);
+    CHECK(pin == (double)T * m->C * ops_act_size(m->ops) * (m->L - 3) && pin > 0);
+    g_fake_host = pin / 0.9 - 64; /* 90% of it is short of the inputs by a few bytes */
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), ERR_STAGE);
+    if (!strstr(err_msg(), "stay on the device")) fprintf(stderr, "  %s\n", err_msg());
+    CHECK(strstr(err_msg(), "over memory_budget") && strstr(err_msg(), "its layer inputs stay on the device") &&
+          strstr(err_msg(), "pinned memory") && !strstr(err_msg(), "and its inputs on the host"));
+    err_clear();
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_ON, budget, &ch), ERR_STAGE);
+    CHECK(strstr(err_msg(), "activation_offload: on keeps the layer inputs of a 64-token micro-batch") &&
+          strstr(err_msg(), "let activation_offload be auto"));
+    err_clear();
+    g_fake_host = pin / 0.9 + 64;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+    CHECK(ch.offload && m->host_act_bytes == (int64_t)pin);
+    CHECK(g_fake_pinned == pin); /* the host has that much less available: the same plan again */
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
+    CHECK(ch.offload && m->host_act_bytes == (int64_t)pin);
+    CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0); /* the pinned inputs given back */
+    CHECK(m->host_act_bytes == 0);
+    /* the longest: the host unlimited, the inputs on the device, and a host that holds the inputs
+     * of 2,000 tokens more than the device alone trains: those, to the step of 16 */
+    double big = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + 24.0 * 1048576.0, per = pin / T;
+    g_fake_host = 1e15;
+    llama_plan_choice lc;
+    int unlimited = longest_checked(m, big, LLAMA_OFFLOAD_AUTO, &lc);
+    int on_device = longest_checked(m, big, LLAMA_OFFLOAD_OFF, &lc);
+    CHECK(on_device + 2000 < unlimited);
+    g_fake_host = per * (on_device + 2000) / 0.9;
+    int held = longest_checked(m, big, LLAMA_OFFLOAD_AUTO, &lc);
+    CHECK(held <= on_device + 2000 && held > on_device + 2000 - 32 && lc.offload);
+    CHECK((double)llama_offload_host_bytes(m, held) <= 0.9 * g_fake_host);
+    fprintf(stderr, "  longest in %.3f GiB: %d tokens with the host unlimited, %d with room for %d tokens' inputs, %d "
+            "on the device alone\n", big / GiB, unlimited, held, on_device + 2000, on_device);
+    g_fake_host = 64.0 * GiB;
+}
+
+TEST(plan_host_ram) { on_fake_device(plan_host_ram_case); }
+
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
  * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
  * after a plan, the scratch its first pass takes and deterministic attention's workspace), those of
@@ -1155,6 +1235,7 @@ int main(void) {
     RUN(gemma2_softcaps);
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
+    RUN(plan_host_ram);
     RUN(plan_counts_det_workspace);
     RUN(plan_counts_attn_workspace);
     RUN(plan_longest_is_what_auto_plans);
