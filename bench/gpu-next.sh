@@ -1,9 +1,13 @@
 #!/bin/bash
 # gpu-next.sh PART: the GPU sittings prepared by the sessions of 2026-12-04 21:24 and 2026-12-05
 # 00:26 UTC. Parts A-G ran on 2026-12-05 03:30-04:12 UTC on an H200, H-J at 05:29-05:37 on an
-# H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); K, M and N are what is
-# left (no machine was lent for them in the sessions of 2026-12-05 05:26 and 07:09 UTC). Each PART
-# fits one `run` call (at most 600 s):
+# H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); M at 10:09 on an H100;
+# N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:16 UTC").
+# Left: L's 80 GiB cells on an H200, one call each, at the lengths a host with 124 GiB available
+# holds (README's table; `train_gpu fit --paper 0.63 --host-gib 124`):
+#   L llama3-70b:80:94976:330    L phi4:80:316160:480    L qwen3-32b:80:191744:500
+#   L llama3-8b:80:504320:590 (the estimate is near a call's limit)
+# Each PART fits one `run` call (at most 600 s):
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
@@ -68,7 +72,7 @@ table_step() {
     timeout $4 "$B/run" train_gpu train --model $1 --targets $(tg $1) --seq $3 --batch 1 --ckpt every \
         --memory-budget $2 --steps 1 --warmup 0 > "$c" 2>&1 < /dev/null
     echo "$1 $2 GiB $3: rc=$? $(grep -E '^\|' "$c")"
-    grep -E "stage plan|scratch MiB|cap;" "$c"
+    grep -E "stage plan|scratch MiB|cap;|offloaded|pinned" "$c"
 }
 NB=/tmp/gpu-next
 # a warm machine keeps the bundle unpacked; a new one (another checksum) replaces it
