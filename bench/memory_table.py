@@ -10,7 +10,8 @@ and "over" when it used more than the budget: those say the plan is short, not t
 fits. Rows: budgets; columns: models, in fit.md's order. With no fit.md in the first DIR, the
 lengths and the cells no folder logged are README.md's (the table in the working tree), so a later
 sitting's steps (part L) fill in the cells README still marks "(plan)"; a step logged in several
-folders counts as its last.
+folders counts as its last, and a step at another length than the table's (the plan changed since)
+does not count.
 """
 import os, re, sys
 
@@ -60,19 +61,22 @@ def cells_of(folder):
     return fit, models, sorted(budgets, key=float), {}
 
 
-def measured(folders, model, budget):
-    """(used GiB, None) of the step at that cell, (None, why) when it failed, None when not run"""
+def measured(folders, model, budget, length):
+    """(used GiB, None) of the last step logged at that cell and the table's length, (None, why)
+    when the last log of the cell failed, None when not run (a step at another length, of a plan
+    since changed, is left out)"""
     paths = [os.path.join(d, "cell-%s-%s.log" % (model, budget)) for d in folders]
-    paths = [p for p in paths if os.path.exists(p)]
-    if not paths:
-        return None
-    path = paths[-1]
-    rows = [l for l in open(path) if l.startswith("|")]
-    if not rows:
-        last = [l.strip() for l in open(path) if l.strip()]
-        return None, (last[-1] if last else "no output")[:60]
-    f = [x.strip() for x in rows[-1].strip().strip("|").split("|")]
-    return float(f[9]), None
+    for path in reversed([p for p in paths if os.path.exists(p)]):
+        rows = [l for l in open(path) if l.startswith("|")]
+        if not rows:
+            last = [l.strip() for l in open(path) if l.strip()]
+            return None, (last[-1] if last else "no output")[:60]
+        f = [x.strip() for x in rows[-1].strip().strip("|").split("|")]
+        tokens = int(f[2].split(" x ")[0])
+        if tokens == int(length):
+            return float(f[9]), None
+        sys.stderr.write("%s: a step at %d tokens, not the table's %s: left out\n" % (path, tokens, length))
+    return None
 
 
 def table(folders):
@@ -87,7 +91,7 @@ def table(folders):
                 row.append("does not fit" if length.startswith("does not fit") else length)
                 continue
             cell = "{:,}".format(int(length))
-            got = measured(folders, m, b)
+            got = measured(folders, m, b, length)
             if got is None:
                 row.append(written.get((m, b), cell + " (plan)"))
             elif got[0] is None:

@@ -640,7 +640,7 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
             plan_scratch_bytes(m, T, p->use.cap) / GIB, llama_attn_slot_bytes(m, T) / 1048576.0, cuda_scratch_cap() >> 20,
             m->acts ? m->mlp_chunk_rows : 0, peak / GIB);
     /* the ops' scratch as allocated, slot by slot (kernels/cuda/common.cuh), beside the plan's count */
-    static const char *slots[] = {"weight/xent/dq", "lora A", "lora B", "xa", "dropout x", "lora dx", "", "",
+    static const char *slots[] = {"weight/xent/dq", "lora A", "lora B", "xa", "dropout x", "", "",
                                   "attn D", "", "attn turn", "reduce", "cudnn ws or attn dkv", "lora part", "lora turn"};
     fprintf(stderr, "scratch MiB:");
     for (int s = 0; s < (int)(sizeof slots / sizeof *slots); s++)

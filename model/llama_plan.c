@@ -51,14 +51,17 @@ double llama_attn_slot_bytes(const llama_model *m, int T) {
 
 /* the ops' scratch on a GPU that grows with the tokens of a pass (kernels/cuda/common.cuh's slots,
  * summed though some share one; llama.h): attention's fp32 dq, its row sums and its slot,
- * the LoRA branch's dropout input and (dy B) A at the widest input a LoRA targets, and xa; the
- * fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
+ * with lora_dropout the LoRA branch's dropout input at the widest input a LoRA targets (bf16; in
+ * the backward the same buffer then takes (dy B) A: one [T, in] buffer, not two, as the H100 of
+ * 2026-12-05 measured it; without dropout (dy B) A goes straight into dx), and xa, bf16 twice;
+ * the fixed-size rest is in GPU_SCRATCH_MARGIN. The ops allocate it in the first pass, after the
  * choices made here. */
 double llama_token_scratch_bytes(const llama_model *m, int T) {
     double in_max = 0;
     for (int t = 0; t < LLAMA_NTARGETS; t++)
         if (m->layers[0].lin[t].lora.A) in_max = fmax(in_max, (double)m->layers[0].lin[t].in);
-    double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + 4.0 * in_max + 4.0 * m->lora.r;
+    double drop_x = m->lora.dropout > 0 ? 2.0 * in_max : 0;
+    double per = 4.0 * m->nh * m->hd + 4.0 * m->nh + drop_x + 4.0 * m->lora.r;
     return per * T + llama_attn_slot_bytes(m, T);
 }
 

@@ -46,8 +46,7 @@ enum cuda_scratch_slot {
     SCRATCH_LORA_A,      // bf16 copy of A [r, in]
     SCRATCH_LORA_B,      // bf16 copy of B [out, r]
     SCRATCH_LORA_XA,     // bf16 xa / (dy B) [T, r]
-    SCRATCH_DROP_X,      // dropout(x) [T, in] (bf16)
-    SCRATCH_LORA_DX,     // (dy B) A before the dropout mask [T, in] (bf16)
+    SCRATCH_DROP_X,      // dropout(x) [T, in] (bf16); in the backward, once dA has it, (dy B) A before the mask
     SCRATCH_XENT,        // logits chunk [Tc, V] fp32
     SCRATCH_ATTN_DQ,     // fp32 dq accumulator [T, nh*hd]
     SCRATCH_ATTN_D,      // rowsum(dout*out) [nh, T]

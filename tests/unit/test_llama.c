@@ -1015,6 +1015,24 @@ static void plan_host_ram_case(llama_model *m, ops_table *dev) {
 
 TEST(plan_host_ram) { on_fake_device(plan_host_ram_case); }
 
+/* the token scratch counts one [T, in] bf16 buffer for the LoRA branch with lora_dropout (the
+ * dropout input, whose buffer the backward's (dy B) A then takes; kernels/cuda/qlinear.cu) at the
+ * widest input a LoRA targets, and none without dropout; the plan before 2026-12-05 counted two
+ * (4 x in), 6-7% of the longest contexts of README's memory table */
+static void token_scratch_case(llama_model *m, ops_table *dev) {
+    (void)dev;
+    llama_lora_config lc = {.r = 4, .alpha = 8, .dropout = 0.1f, .targets = LLAMA_TARGETS_ALL};
+    CHECK_EQ_INT(llama_lora_attach(m, &lc), 0);
+    enum { T = 100 };
+    double with = llama_token_scratch_bytes(m, T);
+    CHECK(with == (4.0 * m->nh * m->hd + 4.0 * m->nh + 2.0 * m->I + 4.0 * 4) * T + llama_attn_slot_bytes(m, T));
+    m->lora.dropout = 0;
+    CHECK(with - llama_token_scratch_bytes(m, T) == 2.0 * m->I * T); /* down's input, the widest */
+    m->lora.dropout = 0.1f;
+}
+
+TEST(token_scratch_one_lora_buffer) { on_fake_device(token_scratch_case); }
+
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
  * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
  * after a plan, the scratch its first pass takes and deterministic attention's workspace), those of
@@ -1236,6 +1254,7 @@ int main(void) {
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
     RUN(plan_host_ram);
+    RUN(token_scratch_one_lora_buffer);
     RUN(plan_counts_det_workspace);
     RUN(plan_counts_attn_workspace);
     RUN(plan_longest_is_what_auto_plans);
