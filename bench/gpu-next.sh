@@ -7,7 +7,7 @@
 # table, for a host with 124 GiB available; `train_gpu fit --paper 0.63 --host-gib 124`), on an
 # H200 (the 80 GiB row), one call for each line:
 #   L llama3-8b:24:151552:90 phi4:24:99072:70 llama3-70b:48:43008:90 qwen3-32b:48:125440:230
-#   L llama3-8b:48:360448:330 phi4:48:266240:300 (an H100 does these two lines too)
+#   L llama3-8b:48:360448:330    L phi4:48:266240:300 (an H100 does these three lines too)
 #   L llama3-70b:80:94976:330    L phi4:80:316160:480    L qwen3-32b:80:191744:500
 #   L llama3-8b:80:504320:590 (the estimate is near a call's limit)
 # Each PART fits one `run` call (at most 600 s):
