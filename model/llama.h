@@ -251,6 +251,11 @@ typedef struct llama_plan_choice {
     bool device_refused;     /* auto: the plain plan did not fit the device, so checkpointing */
     bool lean;               /* the lean knobs were taken */
     bool offload;            /* the layer inputs went to host memory (offload_inputs) */
+    bool host_short;         /* checkpointed, offload auto: the plan did not fit without the offload, but
+                              * the host could not hold the inputs (host_pin_bytes over host_room_bytes) */
+    double host_pin_bytes;   /* checkpointed on a device: the inputs' pinned bytes, offloaded or not */
+    double host_room_bytes;  /* what the plan lets them take: 90% of the host's available RAM (INFINITY:
+                              * not known) */
     double det_ws_bytes;     /* deterministic mode, checkpointed: > 0 when attention backward's workspace
                               * was lowered to this to fit (ops det_workspace_cap_set) */
     double attn_ws_bytes;    /* on a device: attention's own workspace counted (ops attn_workspace) */

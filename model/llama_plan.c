@@ -114,14 +114,16 @@ static bool host_holds(const llama_model *m, int T) {
  * then the lean knobs, then
  * deterministic attention's workspace gives way (its backward in more, smaller calls; none left:
  * the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
- * *lean and *det_keep (> 0: that workspace lowered to it); returns what the plan needs. */
+ * *lean and *det_keep (> 0: that workspace lowered to it), and *host_short (may be NULL) when the
+ * offload was wanted but the host cannot hold the inputs; returns what the plan needs. */
 static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room, bool *lean,
-                                  double *det_keep) {
+                                  double *det_keep, bool *host_short) {
     m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     m->mlp_chunk_rows = max_T;
-    if (checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy &&
-        host_holds(m, max_T))
-        m->offload_inputs = true;
+    bool want = checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy;
+    bool holds = want && host_holds(m, max_T);
+    if (host_short) *host_short = want && !holds;
+    if (holds) m->offload_inputs = true;
     *lean = checkpointed_need(m, max_T, false) > room;
     if (*lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
     double need = checkpointed_need(m, max_T, *lean), ws = det_attn_workspace(m, max_T);
@@ -146,7 +148,8 @@ static double device_in_use(const ops_table *ops) {
 static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room) {
     bool lean;
     double keep;
-    return checkpointed_choose(m, T, offload, room, &lean, &keep) <= room && (!m->offload_inputs || host_holds(m, T));
+    return checkpointed_choose(m, T, offload, room, &lean, &keep, NULL) <= room &&
+           (!m->offload_inputs || host_holds(m, T));
 }
 
 int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload, int step, int max_T,
@@ -194,7 +197,7 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
     }
     if (lo > 0) {
         int T = lo * step;
-        ch.need_bytes = checkpointed_choose(m, T, offload, room, &ch.lean, &ch.det_ws_bytes);
+        ch.need_bytes = checkpointed_choose(m, T, offload, room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
         ch.offload = m->offload_inputs;
         ch.attn_ws_bytes = attn_workspace(m, T);
     }
@@ -246,10 +249,13 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         ch.need_bytes = mode == LLAMA_PLAN_AUTO ? ch.plain_bytes : plain_need(m, max_T);
     if (ck == LLAMA_CKPT_EVERY && dev) {
         room = budget > 0 ? budget : device_free_bytes(m->ops);
-        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes);
+        bool host_short;
+        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes, &host_short);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
         double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
+        ch.host_pin_bytes = pin, ch.host_room_bytes = pin_room;
+        ch.host_short = host_short;
         /* the inputs the plan must keep on the host do not fit there: said now, not found out
          * by a failed pinned allocation (with offload auto they stay on the device, below) */
         if (m->offload_inputs && pin > pin_room)
@@ -265,7 +271,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             int fits = llama_plan_longest(m, room + ch.in_use_bytes, offload, 1, max_T, NULL);
             char most[96] = "", host[192] = "";
             if (fits > 0) snprintf(most, sizeof most, " (at most %d tokens a micro-batch fit)", fits);
-            if (!offl && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy && pin > pin_room)
+            if (host_short)
                 snprintf(host, sizeof host,
                          " (its layer inputs stay on the device: on the host they would take %.2f GiB of pinned "
                          "memory, over the %.2f GiB the host can give)",

@@ -994,8 +994,26 @@ static void plan_host_ram_case(llama_model *m, ops_table *dev) {
     CHECK(g_fake_pinned == pin); /* the host has that much less available: the same plan again */
     CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
     CHECK(ch.offload && m->host_act_bytes == (int64_t)pin);
+    CHECK(!ch.host_short && ch.host_pin_bytes == pin && fabs(ch.host_room_bytes - 0.9 * g_fake_host) < 1);
     CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0); /* the pinned inputs given back */
     CHECK(m->host_act_bytes == 0);
+    /* deterministic mode, a budget the inputs on the device miss only by half of attention's
+     * workspace: with the host short of room the plan keeps them there and lowers the workspace,
+     * and says the host was short (the stage logs it); with room, the inputs go to the host */
+    dev->info = fake_det_device_info;
+    dev->det_workspace_cap_set = fake_det_cap_set;
+    g_fake_det_cap = g_fake_det_default = 1e12;
+    m->mlp_chunk_rows = T;
+    double ws = 2.0 * m->nh * T * T, det_budget = fake_ckpt_budget(m, T, on_dev) + 0.5 * ws;
+    g_fake_host = pin / 0.9 - 64;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, det_budget, &ch), 0);
+    CHECK(ch.host_short && !ch.offload && ch.det_ws_bytes > 0 && m->host_act_bytes == 0);
+    g_fake_host = 64.0 * GiB;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, det_budget, &ch), 0);
+    CHECK(!ch.host_short && ch.offload && ch.det_ws_bytes == 0);
+    dev->info = fake_device_info;
+    dev->det_workspace_cap_set = NULL;
+    CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
     /* the longest: the host unlimited, the inputs on the device, and a host that holds the inputs
      * of 2,000 tokens more than the device alone trains: those, to the step of 16 */
     double big = 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + 24.0 * 1048576.0, per = pin / T;
