@@ -10,7 +10,11 @@
 #   L llama3-8b:48:360448:330    L phi4:48:266240:300 (an H100 does these three lines too)
 #   L llama3-70b:80:94976:330    L phi4:80:316160:480    L qwen3-32b:80:191744:500
 #   L llama3-8b:80:504320:590 (the estimate is near a call's limit)
+# and R (issue 21's rows through the user's path, qlora-run recipes/bench-7b.yaml).
 # Each PART fits one `run` call (at most 600 s):
+#   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1
+#      (dense_weights auto), 2048 x 4, all-linear, every layer checkpointed within memory_budget
+#      4.2GB, then the 1.1B at 2048 x 4; the median step of steps 3-20 as tok/s     ~300 s
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
@@ -183,6 +187,32 @@ H)
         $T --model 70b --targets q,v --seq 2048 --batch 1 --ckpt every --budget-gib 38 --steps 4 --warmup 1
     } > "$O/memory-rows.log" 2>&1
     grep -E "^\||plan total|error" "$O/memory-rows.log"
+    ;;
+R)
+    # issue 21's targets name bench/train_gpu "and the same rows through qlora-run
+    # recipes/bench-7b.yaml": each row a variant of the recipe (--set), on one cache, so the 7B
+    # model is made and quantized once; tok/s from the median step time of steps 3-20
+    export QLORA_CACHE=/tmp/r-cache QLORA_RUNS=/tmp/r-runs
+    row() { # LABEL TOKENS-A-STEP [--set ...]
+        local label=$1 tok=$2; shift 2
+        stamp "$label"
+        timeout 200 "$B/run" qlora-run "$R/recipes/bench-7b.yaml" "$@" > "$O/$label.log" 2>&1; local rc=$?
+        python3 - "$O/$label.log" "$tok" "$label" "$rc" <<'PY'
+import re, statistics, sys
+log, tok, label, rc = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ms = [float(m.group(2)) for m in (re.search(r"step (\d+)/\d+ .*\| (\d+) ms \|", l) for l in open(log)) if m and int(m.group(1)) >= 3]
+peak = [l.strip() for l in open(log) if "peak" in l or "plan total" in l or "kept" in l][-2:]
+print("| %s | %s | %s | rc %s | %s |" % (label, "%.0f" % (tok / statistics.median(ms) * 1000) if ms else "-",
+      "%.1f ms" % statistics.median(ms) if ms else "-", rc, " / ".join(peak)[:160]))
+PY
+    }
+    row 7b-qv-2048x1 2048
+    row 7b-qv-2048x4 8192 --set stages.train.micro_batch_size=4
+    row 7b-all-linear-2048x1 2048 --set "stages.lora.lora_target_modules=[all-linear]"
+    row 7b-qv-every-4.2GB 2048 --set stages.train.activation_checkpointing=every_layer --set stages.train.memory_budget=4.2GB \
+        --set stages.train.dense_weights=off
+    row 1b-qv-2048x4 8192 --set stages.base.preset=1b --set stages.train.micro_batch_size=4
+    rm -rf /tmp/r-cache /tmp/r-runs
     ;;
 I)
     # the user's path and the peer for the 7B rows, in one sitting: recipes/bench-7b.yaml at the 7B
