@@ -812,12 +812,14 @@ static int bench_fit(int argc, char **argv) {
         else if (!strcmp(a, "--targets")) targets = v;
         else if (!strcmp(a, "--budgets")) budgets = v;
         else if (!strcmp(a, "--paper")) paper = atof(v);
-        else if (!strcmp(a, "--host-gib")) g_paper_host = atof(v) * GIB;
+        else if (!strcmp(a, "--host-gib") && atof(v) > 0) g_paper_host = atof(v) * GIB;
+        else if (!strcmp(a, "--host-gib")) return err_set(ERR_USAGE, "--host-gib wants GiB of host RAM above 0, not '%s'", v);
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
     }
     static ops_table paper_ops;
     const ops_table *ops;
-    if (paper < 0 && g_paper_host < 1e15) return err_set(ERR_USAGE, "--host-gib is for --paper (a device's run takes the host's own RAM)");
+    if (paper < 0 && g_paper_host < 1e15)
+        return err_set(ERR_USAGE, "--host-gib is for --paper (on a GPU the plan takes the host's own available RAM)");
     if (paper >= 0) {
         paper_ops = *ops_cpu();
         paper_ops.name = "paper";
@@ -1216,7 +1218,8 @@ int main(int argc, char **argv) {
                "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)] [--profile off|on]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
-               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)]\n"
+               "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)\n"
+               "                     [--host-gib G (the host's RAM available; default: unlimited)]]\n"
                "       train_gpu attn-ws\n");
         return argc < 2 ? 2 : 0;
     }

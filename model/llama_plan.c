@@ -111,9 +111,8 @@ static bool host_holds(const llama_model *m, int T) {
 
 /* the checkpointed plan of max_T tokens in room bytes on a device: the layer inputs go to host
  * memory (offload auto; when the host holds them) when the plain checkpointed plan does not fit,
- * then the lean knobs, then
- * deterministic attention's workspace gives way (its backward in more, smaller calls; none left:
- * the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
+ * then the lean knobs, then deterministic attention's workspace gives way (its backward in more,
+ * smaller calls; none left: the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
  * *lean and *det_keep (> 0: that workspace lowered to it), and *host_short (may be NULL) when the
  * offload was wanted but the host cannot hold the inputs; returns what the plan needs. */
 static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room, bool *lean,
