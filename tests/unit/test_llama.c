@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/collective.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/half.h"
@@ -23,6 +24,7 @@
 #include "formats/bnb.h"
 #include "kernels/ops_prof.h"
 #include "model/config.h"
+#include "model/device.h"
 #include "model/init_model.h"
 #include "model/llama.h"
 #include "test.h"
@@ -1051,6 +1053,36 @@ static void token_scratch_case(llama_model *m, ops_table *dev) {
 
 TEST(token_scratch_one_lora_buffer) { on_fake_device(token_scratch_case); }
 
+/* two ranks of a data-parallel run on one machine (MPI_LOCALNRANKS=2, in a world of one so no MPI
+ * starts): each plans its offloaded inputs in half the host's RAM. Runs last: the collective's
+ * state stays set for the process. */
+static void host_ram_shared_case(llama_model *m, ops_table *dev) {
+    (void)dev;
+    enum { T = 64 };
+    device_info di;
+    g_fake_host = 64.0 * GiB;
+    device_info_get(m->ops, &di);
+    CHECK(di.host_free_bytes == 64.0 * GiB);
+    setenv("PMI_SIZE", "1", 1), setenv("PMI_RANK", "0", 1), setenv("MPI_LOCALNRANKS", "2", 1);
+    CHECK_EQ_INT(coll_init(), 0);
+    CHECK(coll_world() == 1 && coll_local_world() == 2);
+    device_info_get(m->ops, &di);
+    CHECK(di.host_free_bytes == 32.0 * GiB);
+    /* a host whose whole RAM would hold the inputs, half of it not: offload on is refused */
+    double pin = (double)llama_offload_host_bytes(m, T);
+    g_fake_host = 1.5 * pin / 0.9;
+    llama_plan_choice ch;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_ON, 7.0 * GiB, &ch), ERR_STAGE);
+    CHECK(strstr(err_msg(), "over the") != NULL);
+    err_clear();
+    g_fake_host = 2.5 * pin / 0.9;
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_ON, 7.0 * GiB, &ch), 0);
+    CHECK(ch.offload);
+    g_fake_host = 64.0 * GiB;
+}
+
+TEST(host_ram_shared_by_local_ranks) { on_fake_device(host_ram_shared_case); }
+
 /* llama_dense_auto: on a device (the CPU table posing as one, 2 GiB of 8 in use) auto keeps the
  * dequantized linears when they fit the budget less what is in use and the ops' 1 GiB margin (and,
  * after a plan, the scratch its first pass takes and deterministic attention's workspace), those of
@@ -1281,5 +1313,6 @@ int main(void) {
     RUN(bad_inputs);
     RUN(rope_scaling_linear);
     RUN(shape_init);
+    RUN(host_ram_shared_by_local_ranks); /* last: it leaves the collective with two local ranks */
     return test_summary();
 }
