@@ -4,12 +4,12 @@
 # H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); M at 10:09 on an H100;
 # N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:30 UTC").
 # Left: the cells at the lengths the plan takes since it counts the LoRA scratch once (README's
-# table, for a host with 124 GiB available; `train_gpu fit --paper 0.63 --host-gib 124`), on an
+# table, for a host with 120 GiB available; `train_gpu fit --paper 0.63 --host-gib 120`), on an
 # H200 (the 80 GiB row), one call for each line:
 #   L llama3-8b:24:151552:90 phi4:24:99072:70 llama3-70b:48:43008:90 qwen3-32b:48:125440:230
 #   L llama3-8b:48:360448:330    L phi4:48:266240:300 (an H100 does these three lines too)
-#   L llama3-70b:80:94976:330    L phi4:80:316160:480    L qwen3-32b:80:191744:500
-#   L llama3-8b:80:504320:590 (the estimate is near a call's limit)
+#   L llama3-70b:80:91904:330    L phi4:80:305920:470    L qwen3-32b:80:185600:480
+#   L llama3-8b:80:487936:570 (the estimate is near a call's limit)
 # and R (issue 21's rows through the user's path, qlora-run recipes/bench-7b.yaml).
 # Each PART fits one `run` call (at most 600 s):
 #   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1

@@ -4,8 +4,8 @@
 # arithmetic today (model/llama_plan.c). The table was measured on an H100 (bench/RESULTS.md,
 # 2026-12-05: `train_gpu fit` on the device, then a step at each length); `train_gpu fit --paper
 # 0.63` works the same plan with no GPU (the context as that sitting measured it) and gave every
-# length within 256 tokens of the device's. The host's RAM is README's: 124 GiB available (the lent
-# machines' 128 GiB), which holds the 80 GiB row's offloaded inputs to 90% of it. A change to the plan that moves a length further, or
+# length within 256 tokens of the device's. The host's RAM is README's: 120 GiB available (the lent
+# machines have 128 GiB, 124 available), which holds the 80 GiB row's offloaded inputs to 90% of it. A change to the plan that moves a length further, or
 # a cell whose measured use is over its budget, fails here: measure the table again
 # (bench/gpu-next.sh M, bench/memory_table.py).
 set -u
@@ -22,7 +22,7 @@ col=2
 for m in llama3-8b phi4 qwen3-32b llama3-70b; do
     t=q,v
     [ $m = phi4 ] && t=qkv_proj
-    out=$("$TG" fit --model $m --targets $t --paper 0.63 --host-gib 124 2>&1) || { bad "train_gpu fit --paper for $m failed: $out"; col=$((col + 1)); continue; }
+    out=$("$TG" fit --model $m --targets $t --paper 0.63 --host-gib 120 2>&1) || { bad "train_gpu fit --paper for $m failed: $out"; col=$((col + 1)); continue; }
     for b in 8 12 16 24 48 80; do
         want=$(printf '%s\n' "$out" | awk -F'|' -v b=$b '$4 + 0 == b && $4 ~ /[0-9]/ { gsub(/ /, "", $5); print $5 }')
         got=$(printf '%s\n' "$table" | awk -F'|' -v b="$b GiB" -v c=$((col + 1)) '{ r = $2; gsub(/^ +| +$/, "", r) } r == b { v = $c; gsub(/^ +| +$/, "", v); print v }')
