@@ -35,6 +35,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/collective.h"
 #include "core/err.h"
 #include "core/half.h"
@@ -49,12 +50,6 @@
 
 #define PEAK_TFLOPS 790.0 /* bf16 matmul measured on the H200 (the baseline, bench/RESULTS.md) */
 #define GIB (1024.0 * 1024.0 * 1024.0)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -565,12 +560,12 @@ static int train_steps(llama_model *m, const ops_table *ops, const train_opts *o
     r->loss0 = r->loss_last = r->loss_sum = 0;
     cuda_mem_reset_peak();
     for (int s = 0; s < o->warmup + o->steps; s++) {
-        double t0 = now_s(), loss, norm;
+        double t0 = clock_now_s(), loss, norm;
         int64_t n;
         int rc = bench_step(m, o, b, ntgt, s + 1, &loss, &n, &norm);
         if (rc) return rc;
         ops->sync();
-        double dt = now_s() - t0;
+        double dt = clock_now_s() - t0;
         if (s == 0) r->loss0 = loss / (double)n;
         r->loss_last = loss / (double)n;
         r->loss_sum += loss;
@@ -692,13 +687,13 @@ static int train_profile(llama_model *m, const train_opts *o, const llama_batch 
     ops_prof_clock clock = {.reserve = ev_reserve, .mark = ev_mark, .ms = ev_ms};
     ops->sync();
     ops_prof_wrap(&pt, ops, &clock);
-    double t0 = now_s(), loss, norm;
+    double t0 = clock_now_s(), loss, norm;
     int64_t n;
     m->ops = &pt;
     int rc = bench_step(m, o, b, llama_count_targets(b), step, &loss, &n, &norm);
     m->ops = ops;
     ops->sync();
-    double wall = now_s() - t0;
+    double wall = clock_now_s() - t0;
     ops_prof_report r;
     if (rc || (rc = ops_prof_report_make(&r))) return rc;
     char what[96];

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/collective_rdv.h"
 #include "core/err.h"
 
@@ -160,15 +161,11 @@ const char *coll_launcher(void) { return g.launcher; }
 static int wait_request(MPI_Request *req) {
     int done = 0;
     long sleep_ns = 0;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_now_s();
     for (;;) {
         if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) return err_set(ERR_STAGE, "MPI: a collective failed");
         if (done) return 0;
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        double waited = (double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec);
-        if (waited < 1e-3) continue;
+        if (clock_now_s() - t0 < 1e-3) continue;
         sleep_ns = sleep_ns ? (sleep_ns * 2 > 5000000 ? 5000000 : sleep_ns * 2) : 50000;
         struct timespec ts = {0, sleep_ns};
         nanosleep(&ts, NULL);

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 
 #ifdef QLORA_HAVE_MPI
@@ -33,12 +34,6 @@ static struct {
     pid_t server;       /* rank 0's ompi-server */
     char dir[PATH_MAX]; /* its temporary folder, with the URI file */
 } rdv = {.server = -1};
-
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double timeout_s(void) {
     const char *v = getenv("QLORA_RENDEZVOUS_TIMEOUT");
@@ -70,7 +65,7 @@ static int recv_lines(int fd, char *buf, size_t cap, int lines, double deadline)
     size_t len = 0;
     int seen = 0;
     while (seen < lines) {
-        double left = deadline - mono_s();
+        double left = deadline - clock_now_s();
         if (left <= 0) return -1;
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int pr = poll(&p, 1, (int)(left * 1000) + 1);
@@ -135,7 +130,7 @@ static int server_start(char **uri) {
         _exit(127);
     }
     rdv.server = pid;
-    double deadline = mono_s() + 30;
+    double deadline = clock_now_s() + 30;
     for (;;) {
         char buf[4096] = "";
         FILE *f = fopen(file, "r");
@@ -158,7 +153,7 @@ static int server_start(char **uri) {
             return err_set(ERR_STAGE, "'%s' ended before it reported its URI (exit %d)", file,
                            WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
         }
-        if (mono_s() > deadline) {
+        if (clock_now_s() > deadline) {
             free(prog);
             return err_set(ERR_STAGE, "ompi-server did not report its URI in '%s' within 30 s", file);
         }
@@ -195,9 +190,9 @@ static int serve_ranks(int lfd, int world, const char *uri, const char *port_nam
     char token[256];
     token_of(token, sizeof token);
     int have = 0, rc = 0;
-    double deadline = mono_s() + timeout_s();
+    double deadline = clock_now_s() + timeout_s();
     while (have < world - 1 && !rc) {
-        double left = deadline - mono_s();
+        double left = deadline - clock_now_s();
         struct pollfd p = {.fd = lfd, .events = POLLIN};
         int pr = left > 0 ? poll(&p, 1, (int)(left * 1000) + 1) : 0;
         if (pr < 0 && errno == EINTR) continue;
@@ -212,7 +207,7 @@ static int serve_ranks(int lfd, int world, const char *uri, const char *port_nam
         char hello[512];
         int v = 0, w = -1, r = -1;
         char tok[256] = "";
-        if (recv_lines(fd, hello, sizeof hello, 1, mono_s() + 10) ||
+        if (recv_lines(fd, hello, sizeof hello, 1, clock_now_s() + 10) ||
             sscanf(hello, "qlora-rdv %d %d %d %255s", &v, &w, &r, tok) != 4 || v != 1) {
             close(fd); /* not one of ours */
             continue;
@@ -249,7 +244,7 @@ static int serve_ranks(int lfd, int world, const char *uri, const char *port_nam
 
 static int ask_rank0(int rank, int world, const char *addr, const char *port, char **uri, char **port_name) {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
-    double deadline = mono_s() + timeout_s();
+    double deadline = clock_now_s() + timeout_s();
     int fd = -1;
     long wait_ms = 50;
     while (fd < 0) {
@@ -266,7 +261,7 @@ static int ask_rank0(int rank, int world, const char *addr, const char *port, ch
             res = NULL;
         }
         if (fd >= 0) break;
-        if (mono_s() > deadline)
+        if (clock_now_s() > deadline)
             return err_set(ERR_STAGE, "rank %d of %d cannot reach rank 0 at MASTER_ADDR %s MASTER_PORT %s within %.0f s "
                                       "(QLORA_RENDEZVOUS_TIMEOUT)%s%s", rank, world, addr, port, timeout_s(),
                            gr ? ": " : "", gr ? gai_strerror(gr) : "");

@@ -3,23 +3,17 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "log.h"
 
 static double t_start, t_last;
 static char cur_label[64];
 static int shown;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void progress_update(const char *label, const char *what, double done, double total, const char *unit) {
     if (!log_is_tty()) return;
-    double t = now();
+    double t = clock_now_s();
     if (strncmp(cur_label, label, sizeof cur_label - 1)) {
         snprintf(cur_label, sizeof cur_label, "%s", label);
         t_start = t;

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/pubdir.h"
@@ -304,12 +305,6 @@ static int check_opts(const bnb_opts *o) {
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- bnb_quantize_dir, in its steps ---- */
 
 /* the input's config.json, which must be an unquantized Hugging Face model's */
@@ -455,7 +450,7 @@ static void report_totals(bnb_report *rep, qlinear *ql, size_t nt) {
 }
 
 int bnb_quantize_dir(const char *in_dir, const char *out_dir, const bnb_opts *o, bnb_report *rep) {
-    double t0 = now_s();
+    double t0 = clock_now_s();
     memset(rep, 0, sizeof *rep);
     int rc = check_opts(o);
     if (rc) return rc;
@@ -503,7 +498,7 @@ done:
     if (w) st_writer_free(&w);
     if (tmp) pubdir_abort(&tmp);
     report_totals(rep, ql, nt);
-    rep->seconds = now_s() - t0;
+    rep->seconds = clock_now_s() - t0;
     free(ql);
     st_close(&m);
     json_decref(cfg);

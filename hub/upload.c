@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
@@ -99,7 +100,7 @@ static size_t on_header(char *b, size_t size, size_t n, void *ud) {
 }
 
 static void sleep_s(double s, volatile int *interrupted) {
-    for (double end = net_now() + s; net_now() < end;) {
+    for (double end = clock_now_s() + s; clock_now_s() < end;) {
         if (interrupted && *interrupted) return;
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);

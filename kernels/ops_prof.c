@@ -4,8 +4,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 
 static const ops_table *prof_real;
@@ -241,9 +241,7 @@ static int wall_reserve(void *ud, int n) {
 
 static int wall_mark(void *ud, int i) {
     (void)ud;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    wall_t[i] = (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
+    wall_t[i] = 1e3 * clock_now_s();
     return 0;
 }
 

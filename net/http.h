@@ -17,9 +17,6 @@
 /* curl_global_init, once per process, from any thread. Every user of libcurl calls it first. */
 void net_init(void);
 
-/* Monotonic seconds (for deadlines and backoff). */
-double net_now(void);
-
 /* "scheme://host:port" of a URL with the host lowercased (NULL if unparsable): credentials go
  * only to the origin they belong to. */
 char *net_url_origin(const char *url);

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/hash.h"
@@ -214,7 +215,7 @@ int net_request(const net_policy *pol, const char *url0, bool head, bool send_to
             if (net_status_retryable(h->status) && attempt <= pol->max_retries) delay = retry_delay(pol, h, attempt);
         }
         if (delay < 0) break;
-        for (double end = net_now() + delay; net_now() < end;) {
+        for (double end = clock_now_s() + delay; clock_now_s() < end;) {
             if (interrupted && *interrupted) break;
             struct timespec ts = {0, 50 * 1000 * 1000};
             nanosleep(&ts, NULL);
@@ -564,7 +565,7 @@ static int xfer_close_out(xfer *x) {
 
 static void engine_emit(engine *g, const char *file, bool force) {
     if (!g->progress) return;
-    double t = net_now();
+    double t = clock_now_s();
     if (!force && t - g->t_last_progress < 0.1) return;
     g->t_last_progress = t;
     net_progress p = {.file = file};
@@ -601,7 +602,7 @@ static void engine_detach(engine *g, xfer *x) {
 
 static void schedule(xfer *x, net_xstate st, double delay) {
     x->state = st;
-    x->not_before = net_now() + delay;
+    x->not_before = clock_now_s() + delay;
 }
 
 static int xfer_start(engine *g, xfer *x) {
@@ -818,7 +819,7 @@ int net_engine_run(engine *g) {
     int rc = 0;
     for (;;) {
         if (g->interrupted && *g->interrupted) { rc = err_set(ERR_INTERRUPTED, "download interrupted"); break; }
-        double t = net_now(), wait = 1.0;
+        double t = clock_now_s(), wait = 1.0;
         int running = 0, pending = 0;
         for (int i = 0; i < g->n; i++) running += g->x[i]->state == NET_X_RUNNING;
         for (int i = 0; i < g->n && !rc; i++) {

@@ -13,6 +13,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "hub/hub.h"
@@ -136,7 +137,7 @@ static void check_hub(tally *t, const doctor_args *a) {
     net_easy_setup(e, &o, url, NULL, errbuf);
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT, (long)a->timeout);
-    double t0 = net_now();
+    double t0 = clock_now_s();
     CURLcode c = curl_easy_perform(e);
     long status = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
@@ -147,7 +148,7 @@ static void check_hub(tally *t, const doctor_args *a) {
         err_clear();
     } else {
         line(t, status < 500 ? "ok" : "warn", "hub", "%s answered HTTP %ld in %.0f ms", cfg.endpoint, status,
-             (net_now() - t0) * 1e3);
+             (clock_now_s() - t0) * 1e3);
     }
     hub_config_free(&cfg);
 }

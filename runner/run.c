@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/collective.h"
 #include "core/err.h"
 #include "core/events.h"
@@ -62,12 +63,6 @@ typedef struct runner {
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } runner;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void utc_stamp(char *buf, size_t n, bool compact) {
     time_t t = time(NULL);
@@ -239,11 +234,11 @@ static int run_stage_into(runner *R, int i, char *tmp, char *work, FILE *log) {
     outf("> %s (%s): %s", s->name, s->kind->name, ps->why ? ps->why : "running");
     char started[32];
     utc_stamp(started, sizeof started, false);
-    double t0 = now_s();
+    double t0 = clock_now_s();
     err_clear();
     int rc = s->kind->run(&ctx);
     progress_finish();
-    double secs = now_s() - t0;
+    double secs = clock_now_s() - t0;
     if (!rc && interrupted) rc = err_set(ERR_INTERRUPTED, "interrupted");
     if (!rc && coll_rank() != 0) fs_rm_rf(tmp); /* rank 0 commits the artifact; this rank's copy goes */
     else if (!rc) rc = commit_stage(R, i, &ctx, tmp, work, started, secs);
@@ -659,7 +654,7 @@ static int run_stages(runner *R, const run_opts *o, double *secs) {
         free(parent);
     }
     if ((rc = check_skipped_gates(R)) != 0) return rc; /* a failed gate there: the workers start nothing */
-    double t0 = now_s();
+    double t0 = clock_now_s();
     int jobs = o->jobs > 0 && coll_world() == 1 ? (int)o->jobs : 1;
     pthread_t th[64];
     if (jobs > 64) jobs = 64;
@@ -667,7 +662,7 @@ static int run_stages(runner *R, const run_opts *o, double *secs) {
     for (int j = 0; j < jobs; j++) pthread_join(th[j], NULL);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    *secs = now_s() - t0;
+    *secs = clock_now_s() - t0;
     return 0;
 }
 

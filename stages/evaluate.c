@@ -23,8 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/collective.h"
 #include "core/fsutil.h"
 #include "core/hooks.h"
@@ -954,16 +954,15 @@ static int task_score(stage_ctx *ctx, task_scorer *sc, tokenizer *tok, const jso
                     .num_fewshot = (int)json_integer_value(json_object_get(t, "num_fewshot")),
                     .max_len = (size_t)sc->max_T, .bos = -1};
     mc_result r;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = clock_now_s();
     task_cost c = {.total = sc->total, .fed = sc->fed, .forwards = sc->forwards};
     sc->cache_len = 0, sc->lp_valid = false; /* each task from an empty cache: its scores depend on it alone */
     /* the requests handed over at a time: enough for task_batch questions of four answers */
     int rc = mc_run(&task, enc_tok, tok, score_seqs, sc, sc->batch > 16 ? 4 * (size_t)sc->batch : 64, task_progress, ctx, &r);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double t1 = clock_now_s();
     stage_progress_done(ctx);
     if (rc) return rc;
-    c.secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    c.secs = t1 - t0;
     c.total = sc->total - c.total, c.fed = sc->fed - c.fed, c.forwards = sc->forwards - c.forwards;
     task_record(ctx, name, tuned, &r, &c, sc->max_T, results);
     mc_result_free(&r);

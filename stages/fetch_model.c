@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
@@ -77,18 +78,12 @@ typedef struct fetch_state {
     double last_event;
 } fetch_state;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* a bar on a terminal; without one, a progress event every 10 s for the run's log */
 static void on_progress(void *user, const hub_progress *p) {
     fetch_state *st = user;
     stage_ctx *c = st->ctx;
     stage_progress(c, p->file ? p->file : "", (double)p->done / 1e6, (double)p->total / 1e6, "MB");
-    double t = now_s();
+    double t = clock_now_s();
     if (!log_is_tty() && t - st->last_event >= 10.0) {
         st->last_event = t;
         stage_event(c, "fetch_progress",
@@ -147,7 +142,7 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
     int rc = hub_config_from_env(&cfg);
     if (rc) return rc;
     const char **inc = patterns(c, "include"), **exc = patterns(c, "exclude");
-    fetch_state st = {c, now_s()};
+    fetch_state st = {c, clock_now_s()};
     hub_fetch_opts o = {
         .type = HUB_REPO_MODEL,
         .repo = stage_str(c, "repo"),
@@ -161,13 +156,13 @@ static int fetch_hub(stage_ctx *c, json_t *report) {
         .interrupted = c->interrupted,
     };
     hub_snapshot s = {0};
-    double t0 = now_s();
+    double t0 = clock_now_s();
     const char *rev = o.revision ? o.revision : "main";
     char *commit = NULL;
     rc = hub_precheck(&cfg, &o, &commit);
     o.revision = commit;
     if (!rc) rc = hub_snapshot_download(&cfg, &o, &s);
-    double dt = now_s() - t0;
+    double dt = clock_now_s() - t0;
     stage_progress_done(c);
     free((void *)inc);
     free((void *)exc);
@@ -240,7 +235,7 @@ static int fetch_url(stage_ctx *c, json_t *report) {
                            "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"};
     const bool optional[] = {false, true, true, true, true, true, true};
     bool found[7] = {0};
-    fetch_state st = {c, now_s()};
+    fetch_state st = {c, clock_now_s()};
     rc = hub_url_fetch_files(&cfg, url, first, optional, 7, dir, on_progress, &st, found);
     json_t *files = json_array();
     for (int i = 0; i < 7 && !rc; i++)

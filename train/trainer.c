@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/collective.h"
 #include "core/err.h"
 #include "core/fsutil.h"
@@ -51,12 +52,6 @@ int64_t trainer_total_steps(const trainer_config *cfg, int64_t n_rows) {
 }
 
 /* ---- helpers ---- */
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void hook_log(const trainer_hooks *h, const char *fmt, ...) ERR_PRINTF(2, 3);
 static void hook_log(const trainer_hooks *h, const char *fmt, ...) {
@@ -758,7 +753,7 @@ static int train_one_step(run_state *s, step_loop *L, trainer_result *res, bool 
     const trainer_hooks *hooks = s->hooks;
     trainer_model *m = s->m;
     const int world = s->world, rank = s->rank, accum = L->accum;
-    double t0 = now_s();
+    double t0 = clock_now_s();
     const int64_t step = s->hd.step; /* 0-based index of the step being taken */
     int64_t n_targets = 0, n_tokens = 0;
     for (int64_t k = 0; k < L->global_rows; k++) {
@@ -795,7 +790,7 @@ static int train_one_step(run_state *s, step_loop *L, trainer_result *res, bool 
     memcpy(s->hd.rng, L->rng.s, sizeof L->rng.s);
     res->tokens += n_tokens;
 
-    double secs = now_s() - t0;
+    double secs = clock_now_s() - t0;
     trainer_step_info info = {.step = s->hd.step, .total_steps = L->total, .loss = loss, .grad_norm = gnorm, .lr = lr,
                               .ms = secs * 1e3, .tokens_per_s = secs > 0 ? (double)n_tokens / secs : 0,
                               .tokens = n_tokens, .target_tokens = n_targets,
@@ -874,7 +869,7 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
         rc = c;
         goto out;
     }
-    double t_run = now_s();
+    double t_run = clock_now_s();
     bool interrupted = false;
     for (;;) {
         /* the step boundary: with several ranks, everyone learns here whether anyone failed or
@@ -895,7 +890,7 @@ int trainer_run(const trainer_config *cfg, const ops_table *ops, trainer_model *
             break;
         }
     }
-    res->seconds = now_s() - t_run;
+    res->seconds = clock_now_s() - t_run;
     rc = loop_end(&s, &L, interrupted);
 
 out:
