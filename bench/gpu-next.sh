@@ -61,9 +61,9 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# L, M, N, W: [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# L, M, N, R, W: [".device/next"]; E, I: [".device/next", ".device/peer"]).
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|W}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|W}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -334,7 +334,7 @@ N)
     prof() {
         timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 --steps 6 --warmup 2 \
             --profile on > "$O/profile-$1-${2/,/}-$4-$5.md" 2>&1; echo "profile $* rc=$?"
-        grep -E "^\||^device|^step's" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
+        grep -E "^\||^span|^largest|^host wall" "$O/profile-$1-${2/,/}-$4-$5.md" | head -45
     }
     stamp "one 7B step op by op (train --profile on)"
     prof 7b q,v 2048 1 auto
