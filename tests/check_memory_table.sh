@@ -7,7 +7,8 @@
 # length within 256 tokens of the device's. The host's RAM is README's: 120 GiB available (the lent
 # machines have 128 GiB, 124 available), which holds the 80 GiB row's offloaded inputs to 90% of it. A change to the plan that moves a length further, or
 # a cell whose measured use is over its budget, fails here: measure the table again
-# (bench/gpu-next.sh M, bench/memory_table.py).
+# (bench/gpu-next.sh M, bench/memory_table.py). Last, bench/memory_table.py on made-up step logs:
+# which steps fill a cell.
 set -u
 TG=${TRAIN_GPU:?set TRAIN_GPU to the built bench/train_gpu}
 SRC=${QLORA_SRC:-$(pwd)}
@@ -44,5 +45,22 @@ for m in llama3-8b phi4 qwen3-32b llama3-70b; do
     done
     col=$((col + 1))
 done
+# bench/memory_table.py, which fills README's table from a sitting's step logs: a step at the
+# table's length fills its cell; one at another length (a plan since changed) is left out, the
+# cell kept as README writes it; a folder that is not there is refused
+L=$(mktemp -d); trap 'rm -rf "$L"' EXIT
+step() { echo "| llama3-8b | q,v | $1 x 1 | every layer, inputs on host | 1 | 1 | 1% | - | $2 | $3 | 1 -> 1 |"; }
+step 11264 6.78 7.38 > "$L/cell-llama3-8b-8.log"
+step 47104 10.40 11.02 > "$L/cell-llama3-8b-12.log"
+mt=$(cd "$SRC" && python3 bench/memory_table.py "$L" 2>"$L/err")
+row() { printf '%s\n' "$mt" | awk -F'|' -v b="$1 GiB" '{ r = $2; gsub(/^ +| +$/, "", r) } r == b { v = $3; gsub(/^ +| +$/, "", v); print v }'; }
+readme8=$(printf '%s\n' "$table" | awk -F'|' '{ r = $2; gsub(/^ +| +$/, "", r) } r == "8 GiB" { v = $3; gsub(/^ +| +$/, "", v); print v }')
+[ "$(row 12)" = "47,104 (11.02 GiB used)" ] && ok "memory_table.py fills a cell from a step at the table's length" \
+    || bad "memory_table.py, 12 GiB: '$(row 12)'"
+[ "$(row 8)" = "$readme8" ] && grep -q "a step at 11264 tokens, not the table's" "$L/err" \
+    && ok "memory_table.py leaves out a step at another length, and says so" || bad "memory_table.py, 8 GiB: '$(row 8)' $(cat "$L/err")"
+(cd "$SRC" && python3 bench/memory_table.py "$L/none" >/dev/null 2>"$L/err2"); rc=$?
+[ $rc -ne 0 ] && grep -q "is not a folder" "$L/err2" && ok "memory_table.py refuses a folder that is not there" \
+    || bad "memory_table.py on a missing folder: rc $rc $(cat "$L/err2")"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
