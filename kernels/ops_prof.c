@@ -218,7 +218,8 @@ void ops_prof_print(FILE *f, const ops_prof_report *r, const char *what) {
     for (int i = 0; i < r->nrows; i++)
         fprintf(f, "| %s | %d | %.3f | %.1f%% |\n", r->rows[i].name, r->rows[i].calls, r->rows[i].ms,
                 100.0 * r->rows[i].ms / span);
-    fprintf(f, "| idle between ops | %d | %.3f | %.1f%% |\n", r->idle_gaps, r->idle_ms, 100.0 * r->idle_ms / span);
+    fprintf(f, "| idle between ops (calls: the gaps over 2 us) | %d | %.3f | %.1f%% |\n", r->idle_gaps, r->idle_ms,
+            100.0 * r->idle_ms / span);
     fprintf(f, "\nspan %.3f ms (the first op's start to the last op's end): ops %.3f ms, idle between them %.3f ms "
                "(%.2f%%), %d calls\n", r->span_ms, r->busy_ms, r->idle_ms, 100.0 * r->idle_ms / span, r->calls);
     fprintf(f, "largest idle gaps:");
