@@ -248,13 +248,11 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         ch.need_bytes = mode == LLAMA_PLAN_AUTO ? ch.plain_bytes : plain_need(m, max_T);
     if (ck == LLAMA_CKPT_EVERY && dev) {
         room = budget > 0 ? budget : device_free_bytes(m->ops);
-        bool host_short;
-        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes, &host_short);
+        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
         double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
         ch.host_pin_bytes = pin, ch.host_room_bytes = pin_room;
-        ch.host_short = host_short;
         /* the inputs the plan must keep on the host do not fit there: said now, not found out
          * by a failed pinned allocation (with offload auto they stay on the device, below) */
         if (m->offload_inputs && pin > pin_room)
@@ -270,7 +268,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             int fits = llama_plan_longest(m, room + ch.in_use_bytes, offload, 1, max_T, NULL);
             char most[96] = "", host[192] = "";
             if (fits > 0) snprintf(most, sizeof most, " (at most %d tokens a micro-batch fit)", fits);
-            if (host_short)
+            if (ch.host_short)
                 snprintf(host, sizeof host,
                          " (its layer inputs stay on the device: on the host they would take %.2f GiB of pinned "
                          "memory, over the %.2f GiB the host can give)",
