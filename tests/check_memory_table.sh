@@ -45,6 +45,12 @@ for m in llama3-8b phi4 qwen3-32b llama3-70b; do
     done
     col=$((col + 1))
 done
+# fit's --host-gib: above 0, and only on paper (a GPU run plans with the host's own RAM)
+out=$("$TG" fit --model llama3-8b --paper 0.63 --host-gib 0 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "host-gib wants GiB of host RAM above 0" <<<"$out" && ok "fit refuses --host-gib 0" || bad "--host-gib 0: rc $rc $out"
+out=$("$TG" fit --model llama3-8b --host-gib 64 2>&1); rc=$?
+[ $rc -eq 2 ] && grep -q "host-gib is for --paper" <<<"$out" && ok "fit refuses --host-gib without --paper" || bad "--host-gib alone: rc $rc $out"
+
 # bench/memory_table.py, which fills README's table from a sitting's step logs: a step at the
 # table's length fills its cell; one at another length (a plan since changed) is left out, the
 # cell kept as README writes it; a folder that is not there is refused
