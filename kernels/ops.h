@@ -112,9 +112,8 @@ typedef struct ops_backend_info {
     char driver[64];                /* the GPU driver's release ("580.159.04"); "" on cpu */
     int cuda_driver, cuda_runtime;  /* CUDA versions as CUDA writes them (13000 = 13.0); 0 on cpu */
     double host_free_bytes;         /* a device's backend: the host RAM its pinned allocations (alloc_host)
-                                     * may still take; 0: not known. device_info_get fills it from
-                                     * /proc/meminfo's MemAvailable when the backend leaves it 0, and
-                                     * gives each of several ranks on the machine an even share */
+                                     * may still take; 0: not known (model/device.h's
+                                     * device_host_free_bytes then reads MemAvailable) */
 } ops_backend_info;
 
 /* what the _ex attention ops add to plain causal attention (all zero: the same as attention_fwd)

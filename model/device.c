@@ -65,10 +65,16 @@ void device_info_get(const ops_table *ops, device_info *out) {
     snprintf(out->name, sizeof out->name, "%s", ops->name);
     out->deterministic = ops->deterministic_set == NULL; /* such a backend is deterministic always */
     if (ops->info) ops->info(out);
-    if (ops->own_memory && ops->alloc_host && out->host_free_bytes <= 0) out->host_free_bytes = host_available_bytes();
+}
+
+double device_host_free_bytes(const ops_table *ops) {
+    device_info di;
+    device_info_get(ops, &di);
+    double avail = di.host_free_bytes;
+    if (avail <= 0 && ops->own_memory && ops->alloc_host) avail = host_available_bytes();
     /* the ranks of a data-parallel run on this machine plan at about the same time, each seeing
      * the RAM before the others pin theirs: each counts on its share */
-    if (coll_local_world() > 1) out->host_free_bytes /= coll_local_world();
+    return coll_local_world() > 1 ? avail / coll_local_world() : avail;
 }
 
 int device_deterministic_model(const ops_table *ops, bool on, int head_dim, const char *model_dir) {

@@ -22,6 +22,11 @@ const char *device_resolve(const char *device);
  * name = "cpu" (the other fields 0 / ""). */
 typedef ops_backend_info device_info;
 void device_info_get(const ops_table *ops, device_info *out);
+/* the host RAM this process's pinned allocations (alloc_host) may still take: the backend's
+ * host_free_bytes, else, for a device with memory of its own, /proc/meminfo's MemAvailable; an
+ * even share of it with several ranks on the machine (coll_local_world); 0 when not known.
+ * Reads /proc/meminfo: for plans, not for a step. */
+double device_host_free_bytes(const ops_table *ops);
 
 /* Deterministic mode (a recipe's `deterministic`, docs/determinism.md): tell the backend, before
  * any op runs. 0, or ERR_RECIPE naming what cannot be made fixed-order (the tiled attention

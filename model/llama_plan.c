@@ -100,9 +100,8 @@ static double plain_need(const llama_model *m, int max_T) {
 #define HOST_PIN_SHARE 0.9
 
 static double host_pin_room(const llama_model *m) {
-    device_info di;
-    device_info_get(m->ops, &di);
-    return di.host_free_bytes > 0 ? HOST_PIN_SHARE * (di.host_free_bytes + (double)m->host_act_bytes) : INFINITY;
+    double avail = device_host_free_bytes(m->ops);
+    return avail > 0 ? HOST_PIN_SHARE * (avail + (double)m->host_act_bytes) : INFINITY;
 }
 
 static bool host_holds(const llama_model *m, int T) {

@@ -1059,15 +1059,12 @@ TEST(token_scratch_one_lora_buffer) { on_fake_device(token_scratch_case); }
 static void host_ram_shared_case(llama_model *m, ops_table *dev) {
     (void)dev;
     enum { T = 64 };
-    device_info di;
     g_fake_host = 64.0 * GiB;
-    device_info_get(m->ops, &di);
-    CHECK(di.host_free_bytes == 64.0 * GiB);
+    CHECK(device_host_free_bytes(m->ops) == 64.0 * GiB);
     setenv("PMI_SIZE", "1", 1), setenv("PMI_RANK", "0", 1), setenv("MPI_LOCALNRANKS", "2", 1);
     CHECK_EQ_INT(coll_init(), 0);
     CHECK(coll_world() == 1 && coll_local_world() == 2);
-    device_info_get(m->ops, &di);
-    CHECK(di.host_free_bytes == 32.0 * GiB);
+    CHECK(device_host_free_bytes(m->ops) == 32.0 * GiB);
     /* a host whose whole RAM would hold the inputs, half of it not: offload on is refused */
     double pin = (double)llama_offload_host_bytes(m, T);
     g_fake_host = 1.5 * pin / 0.9;
