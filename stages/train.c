@@ -285,6 +285,25 @@ static void log_device(stage_ctx *ctx, const llama_model *m, int max_T) {
                m->ckpt != LLAMA_CKPT_NONE && m->offload_inputs ? "; layer inputs in pinned host memory" : "");
 }
 
+/* the end-of-training report on a GPU: the peak of the run's own allocations and what the whole
+ * process holds of the device (the CUDA context and libraries' workspaces too), which is what
+ * memory_budget bounds */
+static void log_device_used(stage_ctx *ctx, const ops_table *ops) {
+    if (!ops->own_memory) return;
+    device_info di;
+    device_info_get(ops, &di);
+    const double GiB = 1073741824.0;
+    double used = di.total_bytes - di.free_bytes;
+    const char *budget = stage_str(ctx, "memory_budget");
+    char within[96] = "";
+    if (budget) snprintf(within, sizeof within, " (memory_budget %s)", budget);
+    stage_logf(ctx, "device memory: the run's allocations peaked at %.2f GiB; the process holds %.2f GiB of the "
+                    "device%s",
+               di.peak_bytes / GiB, used / GiB, within);
+    stage_metric(ctx, "device_peak_mb", di.peak_bytes / 1048576.0);
+    stage_metric(ctx, "device_used_mb", used / 1048576.0);
+}
+
 /* The backend, deterministic mode and the gradient all-reduce's communicator, before any weight is
  * loaded (deterministic mode is refused here where it cannot be honoured). */
 static int train_device_setup(stage_ctx *ctx, const ops_table **ops_out) {
@@ -462,6 +481,7 @@ static int train_run_stage(stage_ctx *ctx) {
     trainer_result res;
     rc = trainer_run(&tc, ops, &tm, &train, have_val ? &val : NULL, &th, &res);
     if (rc) goto out;
+    log_device_used(ctx, ops);
 
     rc = train_write_artifact(ctx, ops, m, &ad, out_adir, &run, log_path, &res, have_val);
 
@@ -491,6 +511,8 @@ static const metric_spec train_metrics[] = {
     {"train_seconds", METRIC_LOWER, "seconds spent training"},
     {"tokens_per_s", METRIC_HIGHER, "training throughput"},
     {"activation_mb", METRIC_LOWER, "planned activation memory"},
+    {"device_peak_mb", METRIC_LOWER, "peak of the run's own device allocations (GPU)"},
+    {"device_used_mb", METRIC_LOWER, "device memory the whole process holds after training (GPU)"},
     {"dense_weights_mb", METRIC_NEITHER, "base weights kept dequantized (dense_weights; 0: dequantized in each pass)"},
     {"resumed_from_step", METRIC_NEITHER, "the checkpoint step a resumed run started from"},
     {0}};
