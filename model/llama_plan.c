@@ -275,11 +275,13 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
             return err_set(ERR_STAGE,
                            "a micro-batch of %d tokens needs about %.2f GiB of device memory with every layer "
                            "checkpointed%s%s, beside the %.2f GiB in use: over memory_budget %.2f GiB; lower "
-                           "sequence_len or micro_batch_size%s%s, or raise memory_budget",
+                           "sequence_len or micro_batch_size%s%s, or raise memory_budget to %.2fGB",
                            max_T, need / 1073741824.0, offl ? " and its inputs on the host" : "", host,
                            ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0, most,
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
-                                                                              : "");
+                                                                              : "",
+                           /* the least budget this plan fits, up to the next hundredth of a GiB */
+                           ceil((need + ch.in_use_bytes) / 1073741824.0 * 100.0) / 100.0);
         }
     }
     if (dev && room > 0) attn_workspace_cap(m, max_T, room - ch.need_bytes);

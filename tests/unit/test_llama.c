@@ -950,6 +950,16 @@ static void plan_budget_case(llama_model *m, ops_table *dev) {
         CHECK_EQ_INT(llama_plan_auto(m, fits + 1, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
         err_clear();
     }
+    /* and names the least memory_budget that takes the micro-batch, to the hundredth of a GiB: it
+     * plans there and is refused a hundredth below */
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), ERR_STAGE);
+    const char *least = strstr(err_msg(), "raise memory_budget to ");
+    double least_gib = least ? atof(least + strlen("raise memory_budget to ")) : 0;
+    CHECK(least_gib > budget / GiB);
+    err_clear();
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, least_gib * GiB, &ch), 0);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, (least_gib - 0.01) * GiB, &ch), ERR_STAGE);
+    err_clear();
     budget += 0.5 * (on_dev - on_host);
     CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, budget, &ch), 0);
     CHECK(!ch.offload && !ch.lean && m->host_act_bytes == 0);
