@@ -3,18 +3,17 @@
 # 00:26 UTC. Parts A-G ran on 2026-12-05 03:30-04:12 UTC on an H200, H-J at 05:29-05:37 on an
 # H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); M at 10:09 on an H100;
 # N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:30 UTC").
-# Left: the cells at the lengths the plan takes since it counts the LoRA scratch once (README's
-# table, for a host with 120 GiB available; `train_gpu fit --paper 0.63 --host-gib 120`), on an
-# H200 (the 80 GiB row), one call for each line:
-#   L llama3-8b:24:151552:90 phi4:24:99072:70 llama3-70b:48:43008:90 qwen3-32b:48:125440:230
-#   L llama3-8b:48:360448:330    L phi4:48:266240:300 (an H100 does these three lines too)
+# R and L's 24 and 48 GiB cells ran at 16:42-17:12 on an H100 ("Sitting of 2026-12-05 16:42-17:12
+# UTC"). Left: the 80 GiB row at the lengths README's table gives (for a host with 120 GiB
+# available; `train_gpu fit --paper 0.63 --host-gib 120`), on an H200 (an 80 GiB budget does not
+# fit an H100), one call for each line:
 #   L llama3-70b:80:91904:330    L phi4:80:305920:470    L qwen3-32b:80:185600:480
 #   L llama3-8b:80:487936:570 (the estimate is near a call's limit)
-# and R (issue 21's rows through the user's path, qlora-run recipes/bench-7b.yaml).
+# and R again on an H200 (its checkpointed row at memory_budget 5.2GB has not run yet).
 # Each PART fits one `run` call (at most 600 s):
 #   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1
 #      (dense_weights auto), 2048 x 4, all-linear, every layer checkpointed within memory_budget
-#      4.8GB (the whole process; train_gpu's 4.2 GiB of its own allocations), then the 1.1B at
+#      5.2GB (the whole process; train_gpu's 4.2 GiB of its own allocations), then the 1.1B at
 #      2048 x 4; the median step of steps 3-20 as tok/s; then train_gpu's rows in the same sitting
 #                                                                                          ~200 s
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
@@ -211,10 +210,13 @@ PY
     row 7b-qv-2048x1 2048
     row 7b-qv-2048x4 8192 --set stages.train.micro_batch_size=4
     row 7b-all-linear-2048x1 2048 --set "stages.lora.lora_target_modules=[all-linear]"
-    # memory_budget bounds the whole process (the CUDA context and the libraries' workspaces too,
-    # about 0.6 GiB), where train_gpu's --budget-gib 4.2 bounds its own allocations: the same
-    # plan is memory_budget 4.8GB, and the train stage's "device memory:" line gives both figures
-    row 7b-qv-every-4.8GB 2048 --set stages.train.activation_checkpointing=every_layer --set stages.train.memory_budget=4.8GB \
+    # memory_budget bounds the whole process, where train_gpu's --budget-gib 4.2 bounds its own
+    # allocations: on the H100 of 2026-12-05 17:11 the stage found 4.35 GiB in use before its plan
+    # (weights 3.60, LoRA state 0.13, cuBLAS's workspace, the CUDA context and libraries 0.59) and
+    # counted 0.81 GiB for 2048 tokens (half its 1 GiB margin for the ops' fixed scratch
+    # included), so 4.8GB was refused and 5.2GB is the least; the train stage's "device memory:"
+    # line gives the run's allocation peak (train_gpu's peak column) and the whole process's use
+    row 7b-qv-every-5.2GB 2048 --set stages.train.activation_checkpointing=every_layer --set stages.train.memory_budget=5.2GB \
         --set stages.train.dense_weights=off
     row 1b-qv-2048x4 8192 --set stages.base.preset=1b --set stages.train.micro_batch_size=4
     rm -rf /tmp/r-cache /tmp/r-runs
