@@ -67,6 +67,12 @@ void device_info_get(const ops_table *ops, device_info *out) {
     if (ops->info) ops->info(out);
 }
 
+double device_used_bytes(const ops_table *ops) {
+    device_info di;
+    device_info_get(ops, &di);
+    return di.total_bytes - di.free_bytes;
+}
+
 double device_host_free_bytes(const ops_table *ops) {
     device_info di;
     device_info_get(ops, &di);

@@ -22,6 +22,9 @@ const char *device_resolve(const char *device);
  * name = "cpu" (the other fields 0 / ""). */
 typedef ops_backend_info device_info;
 void device_info_get(const ops_table *ops, device_info *out);
+/* the device memory in use (total less free: on a device of its own, all of this process's, the
+ * CUDA context and the libraries' modules too), which a memory_budget bounds; 0 on cpu */
+double device_used_bytes(const ops_table *ops);
 /* the host RAM this process's pinned allocations (alloc_host) may still take: the backend's
  * host_free_bytes, else, for a device with memory of its own, /proc/meminfo's MemAvailable; an
  * even share of it with several ranks on the machine (coll_local_world); 0 when not known.

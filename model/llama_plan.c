@@ -134,14 +134,6 @@ static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode 
     return need;
 }
 
-/* what the device holds already (the CUDA context, the weights, the LoRA state): it comes off a
- * budget, which on a device is the whole process's memory */
-static double device_in_use(const ops_table *ops) {
-    device_info di;
-    device_info_get(ops, &di);
-    return di.total_bytes - di.free_bytes;
-}
-
 /* the checkpointed plan of T tokens fits room, and the host its offloaded inputs (llama_plan_longest) */
 static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room) {
     bool lean;
@@ -165,7 +157,7 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
      * it (three times at most); then lengths are asked for one by one: up from the one found in
      * doubling steps until one does not fit, and the gap between halved. */
     double line[2] = {attn_workspace(m, 4096), attn_workspace(m, 8192)};
-    ch.in_use_bytes = device_in_use(m->ops);
+    ch.in_use_bytes = device_used_bytes(m->ops);
     double room = budget - ch.in_use_bytes;
     int top = max_T / step, lo = 0, hi = top, bad = top + 1; /* bad: steps known not to fit (top + 1: none) */
     for (int round = 0; round < 3; round++) {
@@ -217,7 +209,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     if (budget > 0 && dev) {
         /* on a device the budget is the whole process's memory: what is in use already (the CUDA
          * context, the weights, the LoRA state) comes off it before the activations */
-        ch.in_use_bytes = device_in_use(m->ops);
+        ch.in_use_bytes = device_used_bytes(m->ops);
         budget -= ch.in_use_bytes;
         if (budget <= 0)
             return err_set(ERR_STAGE, "memory_budget %.2f GiB is below what the model already uses on the device "
@@ -311,7 +303,7 @@ int llama_dense_auto(llama_model *m, llama_dense_mode mode, double budget, llama
         /* the weights, the plan and the KV cache are allocated already: what is in use counts
          * against the budget; the ops' scratch keeps its margin either way */
         double room = di.free_bytes + (double)m->dense_bytes; /* a copy kept before is given back first */
-        if (budget > 0) room = fmin(room, budget - (di.total_bytes - di.free_bytes) + (double)m->dense_bytes);
+        if (budget > 0) room = fmin(room, budget - device_used_bytes(m->ops) + (double)m->dense_bytes);
         /* the first pass over the plan's tokens allocates the ops' scratch (and, in deterministic
          * mode, attention backward's workspace): kept free */
         if (m->plan_T > 0) room -= llama_token_scratch_bytes(m, m->plan_T) + det_attn_workspace(m, m->plan_T);

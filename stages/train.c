@@ -293,7 +293,7 @@ static void log_device_used(stage_ctx *ctx, const ops_table *ops) {
     device_info di;
     device_info_get(ops, &di);
     const double GiB = 1073741824.0;
-    double used = di.total_bytes - di.free_bytes;
+    double used = device_used_bytes(ops);
     const char *budget = stage_str(ctx, "memory_budget");
     char within[96] = "";
     if (budget) snprintf(within, sizeof within, " (memory_budget %s)", budget);
