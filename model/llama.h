@@ -225,6 +225,12 @@ int64_t llama_plan_bytes(const llama_model *m, int max_T, llama_checkpointing ck
 /* the pinned host memory the layer inputs of max_T tokens take when offloaded (offload_inputs with
  * every layer checkpointed; three stay on the device in turn): host_act_bytes of such a plan */
 int64_t llama_offload_host_bytes(const llama_model *m, int max_T);
+/* Offloaded layer inputs live in pinned host memory, which the kernel cannot page out: the host
+ * must hold them beside the rest of the process (the dataset, AdamW's state with
+ * optimizer_offload, the weights' staging) and everything else on the machine. The memory plan
+ * lets them take at most this share of the RAM the host has available (model/device.h's
+ * device_host_free_bytes, its own offloaded inputs of an earlier plan counted back in). */
+#define LLAMA_HOST_PIN_SHARE 0.9
 /* the ops' scratch on a GPU that grows with the tokens of a pass (model/llama_plan.c), which the
  * plans of llama_plan_auto and llama_dense_auto count beside the activations */
 double llama_token_scratch_bytes(const llama_model *m, int T);
@@ -254,7 +260,7 @@ typedef struct llama_plan_choice {
     bool host_short;         /* checkpointed, offload auto: the plan did not fit without the offload, but
                               * the host could not hold the inputs (host_pin_bytes over host_room_bytes) */
     double host_pin_bytes;   /* checkpointed on a device: the inputs' pinned bytes, offloaded or not */
-    double host_room_bytes;  /* what the plan lets them take: 90% of the host's available RAM (INFINITY:
+    double host_room_bytes;  /* what the plan lets them take: LLAMA_HOST_PIN_SHARE of the host's RAM (INFINITY:
                               * not known) */
     double det_ws_bytes;     /* deterministic mode, checkpointed: > 0 when attention backward's workspace
                               * was lowered to this to fit (ops det_workspace_cap_set) */

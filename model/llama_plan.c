@@ -92,20 +92,12 @@ static double plain_need(const llama_model *m, int max_T) {
            (m->ops->own_memory ? llama_token_scratch_bytes(m, max_T) : 0);
 }
 
-/* Offloaded layer inputs live in pinned host memory, which the kernel cannot page out: the host
- * must hold them beside the rest of the process (the dataset, AdamW's state with
- * optimizer_offload, the weights' staging) and everything else on the machine. The plan lets them
- * take at most this share of the RAM the host has available (the backend's host_free_bytes, our
- * own offloaded inputs of an earlier plan counted back in); not known: not counted. */
-#define HOST_PIN_SHARE 0.9
-
+/* what LLAMA_HOST_PIN_SHARE (llama.h) lets the offloaded inputs take, INFINITY when the host's
+ * RAM is not known. Read once a plan: MemAvailable moves, and a search that read it at every
+ * length it asks would see another host each time. */
 static double host_pin_room(const llama_model *m) {
     double avail = device_host_free_bytes(m->ops);
-    return avail > 0 ? HOST_PIN_SHARE * (avail + (double)m->host_act_bytes) : INFINITY;
-}
-
-static bool host_holds(const llama_model *m, int T) {
-    return (double)llama_offload_host_bytes(m, T) <= host_pin_room(m);
+    return avail > 0 ? LLAMA_HOST_PIN_SHARE * (avail + (double)m->host_act_bytes) : INFINITY;
 }
 
 /* the checkpointed plan of max_T tokens in room bytes on a device: the layer inputs go to host
@@ -113,13 +105,13 @@ static bool host_holds(const llama_model *m, int T) {
  * then the lean knobs, then deterministic attention's workspace gives way (its backward in more,
  * smaller calls; none left: the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
  * *lean and *det_keep (> 0: that workspace lowered to it), and *host_short (may be NULL) when the
- * offload was wanted but the host cannot hold the inputs; returns what the plan needs. */
-static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room, bool *lean,
-                                  double *det_keep, bool *host_short) {
+ * offload was wanted but the inputs are over host_room (host_pin_room); returns what the plan needs. */
+static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room,
+                                  double host_room, bool *lean, double *det_keep, bool *host_short) {
     m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     m->mlp_chunk_rows = max_T;
     bool want = checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy;
-    bool holds = want && host_holds(m, max_T);
+    bool holds = want && (double)llama_offload_host_bytes(m, max_T) <= host_room;
     if (host_short) *host_short = want && !holds;
     if (holds) m->offload_inputs = true;
     *lean = checkpointed_need(m, max_T, false) > room;
@@ -134,12 +126,12 @@ static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode 
     return need;
 }
 
-/* the checkpointed plan of T tokens fits room, and the host its offloaded inputs (llama_plan_longest) */
-static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room) {
+/* the checkpointed plan of T tokens fits room, and host_room its offloaded inputs (llama_plan_longest) */
+static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room, double host_room) {
     bool lean;
     double keep;
-    return checkpointed_choose(m, T, offload, room, &lean, &keep, NULL) <= room &&
-           (!m->offload_inputs || host_holds(m, T));
+    return checkpointed_choose(m, T, offload, room, host_room, &lean, &keep, NULL) <= room &&
+           (!m->offload_inputs || (double)llama_offload_host_bytes(m, T) <= host_room);
 }
 
 int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload, int step, int max_T,
@@ -158,18 +150,18 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
      * doubling steps until one does not fit, and the gap between halved. */
     double line[2] = {attn_workspace(m, 4096), attn_workspace(m, 8192)};
     ch.in_use_bytes = device_used_bytes(m->ops);
-    double room = budget - ch.in_use_bytes;
+    double room = budget - ch.in_use_bytes, host_room = host_pin_room(m);
     int top = max_T / step, lo = 0, hi = top, bad = top + 1; /* bad: steps known not to fit (top + 1: none) */
     for (int round = 0; round < 3; round++) {
         g_aws_line = line;
         while (lo < hi) { /* the need grows with the tokens at every knob */
             int mid = lo + (hi - lo + 1) / 2;
-            if (fits_in(m, mid * step, offload, room)) lo = mid;
+            if (fits_in(m, mid * step, offload, room, host_room)) lo = mid;
             else hi = mid - 1;
         }
         double on_line = attn_workspace(m, lo * step);
         g_aws_line = NULL;
-        if (lo == 0 || fits_in(m, lo * step, offload, room)) break;
+        if (lo == 0 || fits_in(m, lo * step, offload, room, host_room)) break;
         bad = lo;
         double miss = attn_workspace(m, lo * step) - on_line;
         line[0] += miss, line[1] += miss;
@@ -177,17 +169,18 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
     }
     if (bad > top) { /* no length is known not to fit: from the one found, up in doubling steps */
         int d = 1;
-        while (lo + d <= top && fits_in(m, (lo + d) * step, offload, room)) lo += d, d *= 2;
+        while (lo + d <= top && fits_in(m, (lo + d) * step, offload, room, host_room)) lo += d, d *= 2;
         bad = lo + d <= top ? lo + d : top + 1;
     }
     while (bad - lo > 1) {
         int mid = lo + (bad - lo) / 2;
-        if (fits_in(m, mid * step, offload, room)) lo = mid;
+        if (fits_in(m, mid * step, offload, room, host_room)) lo = mid;
         else bad = mid;
     }
     if (lo > 0) {
         int T = lo * step;
-        ch.need_bytes = checkpointed_choose(m, T, offload, room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
+        ch.need_bytes =
+            checkpointed_choose(m, T, offload, room, host_room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
         ch.offload = m->offload_inputs;
         ch.attn_ws_bytes = attn_workspace(m, T);
     }
@@ -239,10 +232,10 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         ch.need_bytes = mode == LLAMA_PLAN_AUTO ? ch.plain_bytes : plain_need(m, max_T);
     if (ck == LLAMA_CKPT_EVERY && dev) {
         room = budget > 0 ? budget : device_free_bytes(m->ops);
-        double need = checkpointed_choose(m, max_T, offload, room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
+        double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
+        double need = checkpointed_choose(m, max_T, offload, room, pin_room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
-        double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
         ch.host_pin_bytes = pin, ch.host_room_bytes = pin_room;
         /* the inputs the plan must keep on the host do not fit there: said now, not found out
          * by a failed pinned allocation (with offload auto they stay on the device, below) */
@@ -251,7 +244,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
                            "activation_offload: on keeps the layer inputs of a %d-token micro-batch in pinned host "
                            "memory, %.2f GiB: over the %.2f GiB the host can give (%.0f%% of its available RAM); "
                            "lower sequence_len or micro_batch_size, or let activation_offload be auto",
-                           max_T, pin / 1073741824.0, pin_room / 1073741824.0, 100.0 * HOST_PIN_SHARE);
+                           max_T, pin / 1073741824.0, pin_room / 1073741824.0, 100.0 * LLAMA_HOST_PIN_SHARE);
         /* a memory_budget that even the leanest plan misses: said now, not found out by the
          * device (or not at all, on a device larger than the budget) */
         if (given && need > room) {

@@ -230,8 +230,8 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
         stage_logf(ctx, "layer inputs offloaded to pinned host memory: %.1f MiB on the host", (double)m->host_act_bytes / 1048576.0);
     if (!rc && ch.host_short)
         stage_logf(ctx, "layer inputs kept on the device: offloaded they would take %.1f MiB of pinned host memory, over "
-                        "the %.1f MiB the host can give (90%% of its available RAM)",
-                   ch.host_pin_bytes / 1048576.0, ch.host_room_bytes / 1048576.0);
+                        "the %.1f MiB the host can give (%.0f%% of its available RAM)",
+                   ch.host_pin_bytes / 1048576.0, ch.host_room_bytes / 1048576.0, 100.0 * LLAMA_HOST_PIN_SHARE);
     if (ch.over_budget)
         stage_logf(ctx, "activations (and on a GPU the ops' scratch) need %.1f MB without checkpointing, over the "
                         "%.1f MB the budget leaves them%s: checkpointing every layer",
