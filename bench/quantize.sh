@@ -16,7 +16,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo
 echo '### kernels (4096x11008 bf16, best of 3)'
 echo '```'
-cc -O2 -I"$SRC" -o "$DIR/quantize_kernel" "$SRC/bench/quantize_kernel.c" "$SRC/kernels/cpu/nf4.c" -lm -lpthread
+cc -O2 -I"$SRC" -o "$DIR/quantize_kernel" "$SRC/bench/quantize_kernel.c" "$SRC/kernels/cpu/nf4.c" "$SRC/core/clock.c" -lm -lpthread
 nice "$DIR/quantize_kernel"
 echo '```'
 

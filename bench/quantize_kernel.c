@@ -3,16 +3,10 @@
  * Built and run by bench/quantize.sh; prints one line per measurement. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/half.h"
 #include "kernels/cpu/nf4.h"
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 int main(void) {
     const int64_t n = 4096LL * 11008;
@@ -35,27 +29,27 @@ int main(void) {
     for (int th = 1; th <= 2; th++) {
         double best = 1e9;
         for (int r = 0; r < 3; r++) {
-            double t0 = now();
+            double t0 = clock_now_s();
             nf4_quantize(codes, absmax, x, NF4_SRC_BF16, n, 64, OPS_NF4, th);
-            double t = now() - t0;
+            double t = clock_now_s() - t0;
             best = t < best ? t : best;
         }
         printf("nf4_quantize bf16 %lldx%lld, %d thread(s): %.0f MB/s of bf16 (%.1f ms)\n", 4096LL, 11008LL, th,
                mb / best, best * 1e3);
     }
-    double t0 = now();
+    double t0 = clock_now_s();
     nf4_quantize_ref(codes, absmax, x, NF4_SRC_BF16, n, 64, OPS_NF4);
-    printf("nf4_quantize_ref (scalar reference): %.0f MB/s\n", mb / (now() - t0));
-    t0 = now();
+    printf("nf4_quantize_ref (scalar reference): %.0f MB/s\n", mb / (clock_now_s() - t0));
+    t0 = clock_now_s();
     nf4_absmax(absmax, x, NF4_SRC_BF16, n, 64, 2);
-    printf("nf4_absmax, 2 threads: %.0f MB/s\n", mb / (now() - t0));
-    t0 = now();
+    printf("nf4_absmax, 2 threads: %.0f MB/s\n", mb / (clock_now_s() - t0));
+    t0 = clock_now_s();
     nf4_double_quant(q, nabs, absmax, nb, nf4_absmax_mean(absmax, nb), map);
-    printf("nf4_double_quant (%lld absmax): %.1f ms\n", (long long)nb, (now() - t0) * 1e3);
+    printf("nf4_double_quant (%lld absmax): %.1f ms\n", (long long)nb, (clock_now_s() - t0) * 1e3);
     for (int th = 1; th <= 2; th++) {
-        t0 = now();
+        t0 = clock_now_s();
         nf4_dequantize(out, codes, absmax, nf4_quant_map(OPS_NF4), 64, 0, n, th);
-        double t = now() - t0;
+        double t = clock_now_s() - t0;
         printf("nf4_dequantize to f32, %d thread(s): %.0f M elements/s (%.0f MB/s of f32 out)\n", th, n / t / 1e6,
                n * 4 / t / 1e6);
     }

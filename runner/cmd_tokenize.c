@@ -8,8 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "tokenizer/tokenizer.h"
@@ -43,11 +43,6 @@ const cli_cmd cli_tokenize = {
     .max_pos = 0, .opts = tokenize_opts,
 };
 
-static double now_s(clockid_t clk) {
-    struct timespec ts;
-    clock_gettime(clk, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ids are most of the output: format them without printf */
 static void put_id(int32_t v) {
@@ -134,11 +129,11 @@ int cmd_tokenize(int argc, char **argv) {
             if (len && line[len - 1] == '\n') len--;
             int32_t *ids;
             size_t nid;
-            double t0 = stats ? now_s(CLOCK_MONOTONIC) : 0, c0 = stats ? now_s(CLOCK_THREAD_CPUTIME_ID) : 0;
+            double t0 = stats ? clock_now_s() : 0, c0 = stats ? clock_thread_cpu_s() : 0;
             rc = tokenizer_encode(t, line, len, !no_special, &ids, &nid);
             if (stats) {
-                secs += now_s(CLOCK_MONOTONIC) - t0;
-                cpu += now_s(CLOCK_THREAD_CPUTIME_ID) - c0;
+                secs += clock_now_s() - t0;
+                cpu += clock_thread_cpu_s() - c0;
             }
             if (rc) {
                 err_wrap("stdin: line %zu", lineno);

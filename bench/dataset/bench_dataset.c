@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
@@ -68,13 +68,6 @@ static int write_records(const char *path, int n) {
     fputs("]\n", f);
     return fclose(f) ? err_errno(ERR_STAGE, "cannot write '%s'", path) : 0;
 }
-
-static double clock_s(clockid_t c) {
-    struct timespec t;
-    clock_gettime(c, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-static double now(void) { return clock_s(CLOCK_MONOTONIC); }
 
 int main(int argc, char **argv) {
     int n = 52000, jobs = 2;
@@ -142,9 +135,9 @@ int main(int argc, char **argv) {
     }
     json_t *stats = NULL;
     log_set_quiet(true);
-    double t0 = now(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+    double t0 = clock_now_s(), c0 = clock_process_cpu_s();
     int rc = dataset_build(&o, &src, &tok, out, NULL, &stats);
-    double dt = now() - t0, cpu = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    double dt = clock_now_s() - t0, cpu = clock_process_cpu_s() - c0;
     if (rc) {
         fprintf(stderr, "%s\n", err_msg());
         return 1;

@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "core/fsutil.h"
 #include "core/log.h"
@@ -26,18 +26,6 @@
 #include "bench/byte_tokenizer.h"
 #include "train/dataset_build.h"
 
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* CPU time of this thread: on a shared machine the wall clock also counts other jobs' turns */
-static double cpu_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static const char *const cols[] = {"instruction", "input", "output"};
 
@@ -59,7 +47,7 @@ static int bench_decode(const char *path, int repeat, bool run) {
     double best = 1e9, best_cpu = 1e9, first = 0, first_cpu = 0;
     size_t bytes = 0;
     for (int r = 0; r < repeat && run; r++) {
-        double t0 = now(), c0 = cpu_now();
+        double t0 = clock_now_s(), c0 = clock_thread_cpu_s();
         bytes = 0;
         for (int g = 0; g < pq_num_row_groups(f); g++) {
             size_t b;
@@ -69,7 +57,7 @@ static int bench_decode(const char *path, int repeat, bool run) {
             }
             bytes += b;
         }
-        double dt = now() - t0, dc = cpu_now() - c0;
+        double dt = clock_now_s() - t0, dc = clock_thread_cpu_s() - c0;
         if (r == 0) first = dt, first_cpu = dc;
         if (dt < best) best = dt;
         if (dc < best_cpu) best_cpu = dc;
@@ -89,14 +77,14 @@ static int bench_records(const char *path, int repeat, bool run) {
     long long rows = 0;
     for (int r = 0; r < repeat && run; r++) {
         if (open_projected(&f, path)) return 1;
-        double t0 = now(), c0 = cpu_now();
+        double t0 = clock_now_s(), c0 = clock_thread_cpu_s();
         json_t *rec;
         rows = 0;
         while (!pq_next(f, &rec) && rec) {
             json_decref(rec);
             rows++;
         }
-        double dt = now() - t0, dc = cpu_now() - c0;
+        double dt = clock_now_s() - t0, dc = clock_thread_cpu_s() - c0;
         if (err_code()) {
             fprintf(stderr, "%s\n", err_msg());
             return 1;
@@ -128,15 +116,14 @@ static int bench_dataset(const char *path, const char *tokdir, int jobs, int rep
     log_set_quiet(true);
     double best = 1e9;
     long long tokens = 0;
-    struct timespec p0;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p0);
+    double p0 = clock_process_cpu_s();
     for (int r = 0; r < repeat && run; r++) {
         char dir[] = "/tmp/qlora_bench_pq_XXXXXX";
         if (!mkdtemp(dir)) return 1;
         json_t *stats = NULL;
-        double t0 = now();
+        double t0 = clock_now_s();
         int rc = dataset_build(&o, &src, &tok, dir, NULL, &stats);
-        double dt = now() - t0;
+        double dt = clock_now_s() - t0;
         fs_rm_rf(dir);
         if (rc) {
             fprintf(stderr, "%s\n", err_msg());
@@ -146,9 +133,7 @@ static int bench_dataset(const char *path, const char *tokdir, int jobs, int rep
         json_decref(stats);
         if (dt < best) best = dt;
     }
-    struct timespec p1;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &p1);
-    double cpu = (double)(p1.tv_sec - p0.tv_sec) + 1e-9 * (double)(p1.tv_nsec - p0.tv_nsec);
+    double cpu = clock_process_cpu_s() - p0;
     printf("dataset            read + format + tokenize (%s, %d threads) + pack + write: best of %d %.2f s wall "
            "(%.2f s CPU a run), %lld tokens\n", tokdir ? tokdir : "byte tokenizer", jobs, repeat, best, cpu / repeat, tokens);
     tokenizer_free(&t);

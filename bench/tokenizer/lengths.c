@@ -11,17 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/err.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_impl.h"
-
-static double cpu_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* MB/s of encoding text[0..n) as consecutive strings of about len bytes */
 static double pass_rate(tokenizer *t, const char *text, size_t n, size_t len) {
@@ -29,7 +23,7 @@ static double pass_rate(tokenizer *t, const char *text, size_t n, size_t len) {
     for (int pass = 0; pass < 4; pass++) {
         tok_cache_free(t);
         if (tok_cache_init(t)) return -1;
-        double t0 = cpu_now();
+        double t0 = clock_thread_cpu_s();
         for (size_t a = 0; a < n;) {
             size_t e = a + len < n ? a + len : n;
             while (e < n && ((unsigned char)text[e] & 0xC0) == 0x80) e++; /* a whole character */
@@ -39,7 +33,7 @@ static double pass_rate(tokenizer *t, const char *text, size_t n, size_t len) {
             free(ids);
             a = e;
         }
-        double r = (double)n / (cpu_now() - t0) / 1e6;
+        double r = (double)n / (clock_thread_cpu_s() - t0) / 1e6;
         if (r > best) best = r;
     }
     return best;
