@@ -4,18 +4,19 @@
 # H100 (bench/RESULTS.md, "Sitting of 2026-12-05" and the one after it); M at 10:09 on an H100;
 # N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:30 UTC").
 # R and L's 24 and 48 GiB cells ran at 16:42-17:12 on an H100 ("Sitting of 2026-12-05 16:42-17:12
-# UTC"). Left: the 80 GiB row at the lengths README's table gives (for a host with 120 GiB
-# available; `train_gpu fit --paper 0.63 --host-gib 120`), on an H200 (an 80 GiB budget does not
-# fit an H100), one call for each line:
-#   L llama3-70b:80:91904:330    L phi4:80:305920:470    L qwen3-32b:80:185600:480
-#   L llama3-8b:80:487936:570 (the estimate is near a call's limit)
-# and R again on an H200 (its checkpointed row at memory_budget 5.2GB has not run yet).
+# UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
+# H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left, on an H200 (needs_h200: an 80 GiB budget
+# does not fit an H100), one call each:
+#   L_SECONDS=590 bash bench/gpu-next.sh L llama3-8b:80:487936:570 (the step alone is about 540 s)
+#   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
+#     power beside each row, and train_gpu on the recipe's own quantized 7B (--weights), to
+#     explain the recipe's 2-4% below train_gpu                                       ~230 s
 # Each PART fits one `run` call (at most 600 s):
 #   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1
 #      (dense_weights auto), 2048 x 4, all-linear, every layer checkpointed within memory_budget
-#      5.2GB (the whole process; train_gpu's 4.2 GiB of its own allocations), then the 1.1B at
-#      2048 x 4; the median step of steps 3-20 as tok/s; then train_gpu's rows in the same sitting
-#                                                                                          ~200 s
+#      5.2GB and 5.3GB (the whole process; train_gpu's 4.2 GiB of its own allocations), then the
+#      1.1B at 2048 x 4; the median step of steps 3-20 as tok/s; then train_gpu's rows in the same
+#      sitting, two of them on the recipe's quantized 7B; the SM clock and power beside each ~230 s
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
@@ -194,10 +195,27 @@ R)
     # recipes/bench-7b.yaml": each row a variant of the recipe (--set), on one cache, so the 7B
     # model is made and quantized once; tok/s from the median step time of steps 3-20
     export QLORA_CACHE=/tmp/r-cache QLORA_RUNS=/tmp/r-runs
+    # the SM clock and the board's power, sampled every 200 ms while a row runs: the recipe's rows
+    # ran 2-4% below train_gpu's on the same plan (2026-12-05 19:17, H200), a gap that grew with
+    # the tokens; a card held at its power limit clocks down more on some values than others
+    smi_on() { nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 200 > "$O/smi-$1.csv" 2>/dev/null & SMI=$!; }
+    smi_off() { kill $SMI 2>/dev/null; wait $SMI 2>/dev/null
+        python3 - "$O/smi-$1.csv" "$1" <<'PY'
+import statistics, sys
+rows = [l.split(",") for l in open(sys.argv[1]) if l.count(",") == 1]
+busy = [(float(c), float(w)) for c, w in rows if float(w) > 200]  # the steps, not the set-up
+if busy:
+    print("   %s: SM clock median %.0f MHz (min %.0f), power median %.0f W over %d samples above 200 W" % (
+        sys.argv[2], statistics.median(c for c, _ in busy), min(c for c, _ in busy),
+        statistics.median(w for _, w in busy), len(busy)))
+PY
+    }
     row() { # LABEL TOKENS-A-STEP [--set ...]
         local label=$1 tok=$2; shift 2
         stamp "$label"
+        smi_on "$label"
         timeout 200 "$B/run" qlora-run "$R/recipes/bench-7b.yaml" "$@" > "$O/$label.log" 2>&1; local rc=$?
+        smi_off "$label"
         python3 - "$O/$label.log" "$tok" "$label" "$rc" <<'PY'
 import re, statistics, sys
 log, tok, label, rc = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -218,15 +236,28 @@ PY
     # line gives the run's allocation peak (train_gpu's peak column) and the whole process's use
     row 7b-qv-every-5.2GB 2048 --set stages.train.activation_checkpointing=every_layer --set stages.train.memory_budget=5.2GB \
         --set stages.train.dense_weights=off
+    # 5.2GB is the least that takes the row, with the lean knobs (10,807 tok/s in 4.04 GiB on the
+    # H200 of 19:18); the plan without them, train_gpu's 4.16 GiB row, needs about 5.3GB
+    row 7b-qv-every-5.3GB 2048 --set stages.train.activation_checkpointing=every_layer --set stages.train.memory_budget=5.3GB \
+        --set stages.train.dense_weights=off
     row 1b-qv-2048x4 8192 --set stages.base.preset=1b --set stages.train.micro_batch_size=4
-    rm -rf /tmp/r-cache /tmp/r-runs
     stamp "the same rows by train_gpu in this sitting"
+    # the recipe's own quantized 7B (quantize_nf4's artifact) as train_gpu's weights: the harness
+    # on the recipe's values, beside its synthetic ones
+    W7=$(python3 -c 'import glob, json, sys
+print(next((d[:-12] for d in glob.glob("/tmp/r-cache/artifacts/base_nf4/*/config.json")
+            if json.load(open(d)).get("hidden_size") == 4096), ""))')
+    echo "the recipe's 7B: ${W7:-not found}"
     for r in "7b q,v 2048 1 auto --dense on" "7b q,v 2048 4 auto --dense on" "7b all-linear 2048 1 auto --dense on" \
-             "1b q,v 2048 4 auto --dense on" "7b q,v 2048 1 every --budget-gib 4.2"; do
+             "1b q,v 2048 4 auto --dense on" "7b q,v 2048 1 every --budget-gib 4.2" \
+             ${W7:+"7b q,v 2048 1 auto --dense on --weights $W7" "7b q,v 2048 4 auto --dense on --weights $W7"}; do
         set -- $r
-        timeout 60 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 ${@:6} --steps 8 \
-            --warmup 2 2>&1 | grep -E "^\||error" | tee -a "$O/train_gpu-rows.txt"
+        smi_on "train_gpu-$1-$2-$3x$4-$5${7:+-$7}${9:+-weights}"
+        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 ${@:6} --steps 8 \
+            --warmup 2 2>&1 | grep -E "^\||^weights|error" | tee -a "$O/train_gpu-rows.txt"
+        smi_off "train_gpu-$1-$2-$3x$4-$5${7:+-$7}${9:+-weights}"
     done
+    rm -rf /tmp/r-cache /tmp/r-runs
     ;;
 I)
     # the user's path and the peer for the 7B rows, in one sitting: recipes/bench-7b.yaml at the 7B

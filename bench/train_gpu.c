@@ -4,6 +4,7 @@
  *                   [--steps 10] [--warmup 2] [--ckpt auto|none|every] [--budget-gib G] [--r 16]
  *                   [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on]
  *                   [--act-offload auto|on|off] [--deterministic off|on] [--dense off|on] [--profile off|on]
+ *                   [--weights DIR]
  *   train_gpu nf4   [--reps 50]     NF4 dequantize GB/s against a device-to-device copy
  *   train_gpu ops   [--seq 2048]    per-op times at the Llama-2-7B layer shape
  *
@@ -27,7 +28,10 @@
  * median step, tokens/s, MFU with the baseline's FLOP count (4 N_lin + 6 N_lora + 6 L s h per
  * token against 790 TFLOP/s), the share of the baseline's floor and peak memory (bench/RESULTS.md).
  * --profile on then runs one more step with every op timed by CUDA events: the step's device time
- * op by op and the device's idle time between ops (train_profile). */
+ * op by op and the device's idle time between ops (train_profile). --weights DIR loads a model
+ * folder instead (its config.json and safetensors, bf16 or NF4 as the quantize_nf4 stage writes
+ * them: a recipe's artifact), as the train stage loads it, so the harness and a recipe can be
+ * timed on the same weights; --model then only names the row (and its floor). */
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -373,7 +377,7 @@ static void bench_layer_done(void *ud, int l) {
 
 /* the options of `train_gpu train` */
 typedef struct train_opts {
-    const char *preset, *targets, *ckpt_s;
+    const char *preset, *targets, *ckpt_s, *weights;
     int seq, batch, steps, warmup, r;
     double budget_gib, memory_budget;
     bool offload, nccl, det, dense, profile;
@@ -408,6 +412,7 @@ static int train_opts_parse(int argc, char **argv, train_opts *o) {
         else if (!strcmp(a, "--deterministic")) o->det = on_value(v);
         else if (!strcmp(a, "--dense")) o->dense = on_value(v);
         else if (!strcmp(a, "--profile")) o->profile = on_value(v);
+        else if (!strcmp(a, "--weights")) o->weights = v;
         else return err_set(ERR_USAGE, "unknown option '%s'", a);
         i++;
     }
@@ -416,14 +421,20 @@ static int train_opts_parse(int argc, char **argv, train_opts *o) {
     return 0;
 }
 
-/* the model of o's preset with QLoRA's standard adapter attached (the AdamW state where o puts it) */
+/* the model of o's preset (or o's model folder, --weights) with QLoRA's standard adapter attached
+ * (the AdamW state where o puts it) */
 static int train_model(const train_opts *o, const ops_table *ops, llama_model **out) {
     model_config cfg;
-    int rc = config_preset(&cfg, ARCH_LLAMA, o->preset);
+    int rc = o->weights ? config_load(&cfg, o->weights) : config_preset(&cfg, ARCH_LLAMA, o->preset);
     if (rc) return rc;
     uint32_t mask = 0;
     if ((rc = parse_targets(o->targets, &mask))) return rc;
-    if ((rc = synth_model(out, &cfg, o->preset, ops, 1234))) return rc;
+    if (o->weights) {
+        if ((rc = llama_init(out, &cfg, o->weights, &LLAMA_LOAD_OPTS_DEFAULT, ops))) return rc;
+        fprintf(stderr, "weights: %s (%d layers, hidden %lld)\n", o->weights, cfg.num_layers,
+                (long long)cfg.hidden_size);
+    } else if ((rc = synth_model(out, &cfg, o->preset, ops, 1234)))
+        return rc;
     llama_model *m = *out;
     llama_lora_config lc = {.r = o->r, .alpha = 2.0f * (float)o->r, .dropout = 0.05f, .rslora = false, .targets = mask};
     m->adam_host = o->offload;
@@ -1211,6 +1222,7 @@ int main(int argc, char **argv) {
                "                       [--steps N] [--warmup N] [--ckpt auto|none|every] [--budget-gib G] [--r N]\n"
                "                       [--attention cudnn|mma|tiled] [--optimizer-offload off|on] [--nccl off|on] [--deterministic off|on]\n"
                "                       [--act-offload auto|on|off] [--dense off|on] [--memory-budget G (the train stage's plan)] [--profile off|on]\n"
+               "                       [--weights DIR (a model folder, e.g. a recipe's quantize_nf4 artifact)]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)\n"
