@@ -7,7 +7,13 @@
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
 # H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left, on an H200 (needs_h200: an 80 GiB budget
 # does not fit an H100), one call each:
-#   L_SECONDS=590 bash bench/gpu-next.sh L llama3-8b:80:487936:570 (the step alone is about 540 s)
+#   Llama-3-8B at 80 GiB: its step is about 540 s and the set-up (the model, 108 GiB of pinned
+#   host memory) took 85-100 s for the other 80 GiB cells, over a call's 600 s. A process that
+#   starts its own session (setsid) runs on between calls while the machine is held, so: R first,
+#   then one call that starts it and waits, then one that waits for its end:
+#     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
+#         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
+#     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
 #   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
 #     power beside each row, and train_gpu on the recipe's own quantized 7B (--weights), to
 #     explain the recipe's 2-4% below train_gpu                                       ~230 s
