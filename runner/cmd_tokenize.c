@@ -43,7 +43,6 @@ const cli_cmd cli_tokenize = {
     .max_pos = 0, .opts = tokenize_opts,
 };
 
-
 /* ids are most of the output: format them without printf */
 static void put_id(int32_t v) {
     char b[12], *p = b + sizeof b;
