@@ -619,9 +619,10 @@ static void train_report(const llama_model *m, const train_opts *o, const train_
     char floor_s[32] = "-";
     if (floor_tok > 0) snprintf(floor_s, sizeof floor_s, "%.1f%%", 100.0 * tok_s / floor_tok);
     char mode_s[128];
-    snprintf(mode_s, sizeof mode_s, "%s%s%s%s%s", p->ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none",
+    snprintf(mode_s, sizeof mode_s, "%s%s%s%s%s%s", p->ckpt == LLAMA_CKPT_EVERY ? "every layer" : "none",
              p->ckpt == LLAMA_CKPT_EVERY && m->offload_inputs ? ", inputs on host" : "", o->nccl ? ", NCCL" : "",
-             o->det ? ", deterministic" : "", m->dense_mem ? ", dense weights" : "");
+             o->det ? ", deterministic" : "", m->dense_mem ? ", dense weights" : "",
+             o->weights ? ", loaded weights (--weights)" : "");
     printf("| %s | %s | %d x %d | %s | %.0f | %.1f | %.1f%% | %s | %.2f | %.2f | %.3f -> %.3f |\n", o->preset,
            o->targets, o->seq, o->batch, mode_s, tok_s, med * 1e3, 100.0 * mfu, floor_s, peak / GIB,
            (double)(tot - fr) / GIB, r->loss0, r->loss_last);
