@@ -267,6 +267,8 @@ typedef struct llama_plan_choice {
     double attn_ws_bytes;    /* on a device: attention's own workspace counted (ops attn_workspace) */
     double need_bytes;       /* what the chosen plan was counted to need beside in_use_bytes: activations,
                               * the ops' scratch and, checkpointed on a device, half their margin */
+    double unlean_bytes;     /* with lean: what the plan without the lean knobs would need beside
+                              * in_use_bytes (the same inputs' place), the faster plan a larger budget takes */
 } llama_plan_choice;
 /* offload: LLAMA_OFFLOAD_AUTO moves the checkpointed layer inputs to host memory (offload_inputs)
  * when the checkpointed plan does not fit the budget, first without the lean knobs, then with

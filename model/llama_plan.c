@@ -234,6 +234,12 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
         room = budget > 0 ? budget : device_free_bytes(m->ops);
         double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
         double need = checkpointed_choose(m, max_T, offload, room, pin_room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
+        if (ch.lean) { /* the faster plan they gave up, for the stage to name the budget it takes */
+            int rows = m->mlp_chunk_rows;
+            m->mlp_chunk_rows = max_T;
+            ch.unlean_bytes = checkpointed_need(m, max_T, false);
+            m->mlp_chunk_rows = rows;
+        }
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
         ch.host_pin_bytes = pin, ch.host_room_bytes = pin_room;

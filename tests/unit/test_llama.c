@@ -972,6 +972,31 @@ static void plan_budget_case(llama_model *m, ops_table *dev) {
 
 TEST(plan_budget_on_a_device) { on_fake_device(plan_budget_case); }
 
+/* the lean knobs taken to fit a budget: the choice carries what the plan without them needs
+ * (unlean_bytes, which the train stage turns into the budget it names), and that budget, what is
+ * in use counted, takes the plan without them, where a little less takes the lean one */
+static void plan_unlean_case(llama_model *m, ops_table *dev) {
+    (void)dev;
+    enum { T = 4 * LLAMA_MLP_CHUNK_ROWS };
+    llama_plan_choice ch;
+    m->offload_inputs = false;
+    m->mlp_chunk_rows = T;
+    double whole_acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
+    double chunked_acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    CHECK(chunked_acts + 1024 < whole_acts); /* the MLP's row chunks save memory at this length */
+    double whole = fake_ckpt_budget(m, T, whole_acts);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, whole, &ch), 0);
+    CHECK(!ch.lean && ch.unlean_bytes == 0 && m->mlp_chunk_rows == T);
+    CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, whole - 1024, &ch), 0);
+    CHECK(ch.lean && m->mlp_chunk_rows == LLAMA_MLP_CHUNK_ROWS);
+    CHECK(fabs(ch.in_use_bytes + ch.unlean_bytes - whole) < 1);
+    CHECK(ch.need_bytes < ch.unlean_bytes);
+    CHECK_EQ_INT(llama_plan(m, T, LLAMA_CKPT_NONE), 0);
+}
+
+TEST(plan_unlean) { on_fake_device(plan_unlean_case); }
+
 /* offloaded layer inputs are pinned host memory: the plan lets them take 90% of the RAM the host
  * has available (host_free_bytes). A budget that needs the offload, with a host too small for it:
  * auto keeps the inputs on the device and refuses the budget, saying why; on is refused, naming
@@ -1310,6 +1335,7 @@ int main(void) {
     RUN(gemma2_softcaps);
     RUN(offload_changes_nothing);
     RUN(plan_budget_on_a_device);
+    RUN(plan_unlean);
     RUN(plan_host_ram);
     RUN(token_scratch_one_lora_buffer);
     RUN(plan_counts_det_workspace);
