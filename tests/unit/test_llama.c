@@ -771,6 +771,14 @@ static double fake_ckpt_budget(const llama_model *m, int T, double acts) {
     return 2.0 * GiB + 0.5 * 1024.0 * 1048576.0 + wmax + llama_token_scratch_bytes(m, T) + acts;
 }
 
+/* the checkpointed plan's activations at T tokens with the MLP in chunks of rows and the layer
+ * inputs on the host or not (the model's knobs are left so) */
+static double ckpt_acts(llama_model *m, int T, int rows, bool on_host) {
+    m->mlp_chunk_rows = rows;
+    m->offload_inputs = on_host;
+    return (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+}
+
 /* deterministic mode's attention workspace (cuDNN's dS buffer, 2 h T^2 bytes up to the backend's
  * cap) is part of the plan the budget is checked against */
 static void plan_counts_det_workspace_case(llama_model *m, ops_table *dev) {
@@ -923,11 +931,7 @@ static void plan_budget_case(llama_model *m, ops_table *dev) {
     CHECK(strstr(err_msg(), "memory_budget 1.50 GiB is below") && strstr(err_msg(), "(2.00 GiB"));
     err_clear();
     /* what the checkpointed plan needs beside the 2 GiB in use, inputs on the device or not */
-    m->mlp_chunk_rows = T;
-    m->offload_inputs = false;
-    double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
-    m->offload_inputs = true;
-    double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    double on_dev = ckpt_acts(m, T, T, false), on_host = ckpt_acts(m, T, T, true);
     CHECK(on_host < on_dev);
     double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
     CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_AUTO, budget, &ch), 0);
@@ -979,11 +983,7 @@ static void plan_unlean_case(llama_model *m, ops_table *dev) {
     (void)dev;
     enum { T = 4 * LLAMA_MLP_CHUNK_ROWS };
     llama_plan_choice ch;
-    m->offload_inputs = false;
-    m->mlp_chunk_rows = T;
-    double whole_acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
-    m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
-    double chunked_acts = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    double whole_acts = ckpt_acts(m, T, T, false), chunked_acts = ckpt_acts(m, T, LLAMA_MLP_CHUNK_ROWS, false);
     CHECK(chunked_acts + 1024 < whole_acts); /* the MLP's row chunks save memory at this length */
     double whole = fake_ckpt_budget(m, T, whole_acts);
     CHECK_EQ_INT(llama_plan_auto(m, T, LLAMA_PLAN_EVERY, LLAMA_OFFLOAD_OFF, whole, &ch), 0);
@@ -1006,11 +1006,7 @@ static void plan_host_ram_case(llama_model *m, ops_table *dev) {
     dev->alloc_host = fake_alloc_host, dev->free_host = fake_free_host;
     enum { T = 64 };
     llama_plan_choice ch;
-    m->mlp_chunk_rows = T;
-    m->offload_inputs = false;
-    double on_dev = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
-    m->offload_inputs = true;
-    double on_host = (double)llama_plan_bytes(m, T, LLAMA_CKPT_EVERY);
+    double on_dev = ckpt_acts(m, T, T, false), on_host = ckpt_acts(m, T, T, true);
     m->offload_inputs = false;
     double budget = fake_ckpt_budget(m, T, 0.5 * (on_dev + on_host));
     double pin = (double)llama_offload_host_bytes(m, T);
