@@ -268,7 +268,8 @@ typedef struct llama_plan_choice {
     double need_bytes;       /* what the chosen plan was counted to need beside in_use_bytes: activations,
                               * the ops' scratch and, checkpointed on a device, half their margin */
     double unlean_bytes;     /* with lean: what the plan without the lean knobs would need beside
-                              * in_use_bytes (the same inputs' place), the faster plan a larger budget takes */
+                              * in_use_bytes (the same inputs' place), the faster plan a larger budget takes;
+                              * 0 without lean */
 } llama_plan_choice;
 /* offload: LLAMA_OFFLOAD_AUTO moves the checkpointed layer inputs to host memory (offload_inputs)
  * when the checkpointed plan does not fit the budget, first without the lean knobs, then with
@@ -283,6 +284,9 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
  * workspace cap to its default, as a new plan does. */
 int llama_plan_longest(llama_model *m, double budget_bytes, llama_offload_mode offload, int step, int max_T,
                        llama_plan_choice *out);
+/* the memory_budget, in GiB up to the next hundredth, that bytes of the whole process's device
+ * memory take: the least budget a plan's refusal and the train stage's log lines name */
+double llama_budget_gib(double bytes);
 
 typedef struct llama_batch {
     const int32_t *ids;       /* host [T] */

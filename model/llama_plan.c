@@ -92,6 +92,8 @@ static double plain_need(const llama_model *m, int max_T) {
            (m->ops->own_memory ? llama_token_scratch_bytes(m, max_T) : 0);
 }
 
+double llama_budget_gib(double bytes) { return ceil(bytes / 1073741824.0 * 100.0) / 100.0; }
+
 /* what LLAMA_HOST_PIN_SHARE (llama.h) lets the offloaded inputs take, INFINITY when the host's
  * RAM is not known. Read once a plan: MemAvailable moves, and a search that read it at every
  * length it asks would see another host each time. */
@@ -104,17 +106,20 @@ static double host_pin_room(const llama_model *m) {
  * memory (offload auto; when the host holds them) when the plain checkpointed plan does not fit,
  * then the lean knobs, then deterministic attention's workspace gives way (its backward in more,
  * smaller calls; none left: the fixed-order mma kernels, which take none). Sets m->offload_inputs and m->mlp_chunk_rows,
- * *lean and *det_keep (> 0: that workspace lowered to it), and *host_short (may be NULL) when the
- * offload was wanted but the inputs are over host_room (host_pin_room); returns what the plan needs. */
+ * *lean and *det_keep (> 0: that workspace lowered to it), *unlean (may be NULL; with *lean what the
+ * plan without the lean knobs needs, else 0), and *host_short (may be NULL) when the offload was
+ * wanted but the inputs are over host_room (host_pin_room); returns what the plan needs. */
 static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode offload, double room,
-                                  double host_room, bool *lean, double *det_keep, bool *host_short) {
+                                  double host_room, bool *lean, double *unlean, double *det_keep, bool *host_short) {
     m->offload_inputs = offload == LLAMA_OFFLOAD_ON && m->ops->side_copy;
     m->mlp_chunk_rows = max_T;
     bool want = checkpointed_need(m, max_T, false) > room && offload == LLAMA_OFFLOAD_AUTO && m->ops->side_copy;
     bool holds = want && (double)llama_offload_host_bytes(m, max_T) <= host_room;
     if (host_short) *host_short = want && !holds;
     if (holds) m->offload_inputs = true;
-    *lean = checkpointed_need(m, max_T, false) > room;
+    double whole = checkpointed_need(m, max_T, false); /* the plan without the lean knobs */
+    *lean = whole > room;
+    if (unlean) *unlean = *lean ? whole : 0;
     if (*lean) m->mlp_chunk_rows = LLAMA_MLP_CHUNK_ROWS;
     double need = checkpointed_need(m, max_T, *lean), ws = det_attn_workspace(m, max_T);
     *det_keep = 0;
@@ -130,7 +135,7 @@ static double checkpointed_choose(llama_model *m, int max_T, llama_offload_mode 
 static bool fits_in(llama_model *m, int T, llama_offload_mode offload, double room, double host_room) {
     bool lean;
     double keep;
-    return checkpointed_choose(m, T, offload, room, host_room, &lean, &keep, NULL) <= room &&
+    return checkpointed_choose(m, T, offload, room, host_room, &lean, NULL, &keep, NULL) <= room &&
            (!m->offload_inputs || (double)llama_offload_host_bytes(m, T) <= host_room);
 }
 
@@ -179,8 +184,8 @@ int llama_plan_longest(llama_model *m, double budget, llama_offload_mode offload
     }
     if (lo > 0) {
         int T = lo * step;
-        ch.need_bytes =
-            checkpointed_choose(m, T, offload, room, host_room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
+        ch.need_bytes = checkpointed_choose(m, T, offload, room, host_room, &ch.lean, &ch.unlean_bytes,
+                                            &ch.det_ws_bytes, &ch.host_short);
         ch.offload = m->offload_inputs;
         ch.attn_ws_bytes = attn_workspace(m, T);
     }
@@ -233,13 +238,8 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
     if (ck == LLAMA_CKPT_EVERY && dev) {
         room = budget > 0 ? budget : device_free_bytes(m->ops);
         double pin = (double)llama_offload_host_bytes(m, max_T), pin_room = host_pin_room(m);
-        double need = checkpointed_choose(m, max_T, offload, room, pin_room, &ch.lean, &ch.det_ws_bytes, &ch.host_short);
-        if (ch.lean) { /* the faster plan they gave up, for the stage to name the budget it takes */
-            int rows = m->mlp_chunk_rows;
-            m->mlp_chunk_rows = max_T;
-            ch.unlean_bytes = checkpointed_need(m, max_T, false);
-            m->mlp_chunk_rows = rows;
-        }
+        double need = checkpointed_choose(m, max_T, offload, room, pin_room, &ch.lean, &ch.unlean_bytes,
+                                          &ch.det_ws_bytes, &ch.host_short);
         if (ch.det_ws_bytes > 0) m->ops->det_workspace_cap_set(ch.det_ws_bytes);
         ch.need_bytes = need;
         ch.host_pin_bytes = pin, ch.host_room_bytes = pin_room;
@@ -271,8 +271,7 @@ int llama_plan_auto(llama_model *m, int max_T, llama_plan_mode mode, llama_offlo
                            ch.in_use_bytes / 1073741824.0, (room + ch.in_use_bytes) / 1073741824.0, most,
                            offload == LLAMA_OFFLOAD_OFF && m->ops->side_copy ? " (or let activation_offload be auto)"
                                                                               : "",
-                           /* the least budget this plan fits, up to the next hundredth of a GiB */
-                           ceil((need + ch.in_use_bytes) / 1073741824.0 * 100.0) / 100.0);
+                           llama_budget_gib(need + ch.in_use_bytes));
         }
     }
     if (dev && room > 0) attn_workspace_cap(m, max_T, room - ch.need_bytes);

@@ -239,11 +239,11 @@ static int plan_memory(stage_ctx *ctx, llama_model *m, int max_T) {
                    ch.in_use_bytes > 0 ? " beside what the device holds already" : "");
     if (ch.device_refused)
         stage_logf(ctx, "activations without checkpointing do not fit the device: checkpointing every layer");
-    if (!rc && ch.lean && budget > 0 && ch.in_use_bytes > 0)
+    if (!rc && ch.lean && ch.in_use_bytes > 0) /* in use is counted only against a memory_budget */
         stage_logf(ctx, "the lean knobs were taken to fit memory_budget %s (the ops' scratch capped, each weight "
                         "dequantized in row ranges; the MLP in row chunks): slower; memory_budget %.2fGB takes the "
                         "plan without them",
-                   stage_str(ctx, "memory_budget"), ceil((ch.unlean_bytes + ch.in_use_bytes) / 1073741824.0 * 100.0) / 100.0);
+                   stage_str(ctx, "memory_budget"), llama_budget_gib(ch.unlean_bytes + ch.in_use_bytes));
     if (ch.det_ws_bytes > 0)
         stage_logf(ctx, "deterministic attention backward's workspace lowered to %.1f MiB to fit: smaller calls%s",
                    ch.det_ws_bytes / 1048576.0, ch.det_ws_bytes <= 1 ? " (none: the fixed-order mma kernels)" : "");
