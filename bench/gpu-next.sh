@@ -15,14 +15,16 @@
 #         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
 #     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
 #   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
-#     power beside each row, and train_gpu on the recipe's own quantized 7B (--weights), to
-#     explain the recipe's 2-4% below train_gpu                                       ~230 s
+#     power beside each row, and train_gpu over the recipe's 20 steps, on its synthetic weights
+#     and on the recipe's own quantized 7B (--weights), to explain the recipe's 2-4% below
+#     train_gpu                                                                        ~260 s
 # Each PART fits one `run` call (at most 600 s):
 #   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1
 #      (dense_weights auto), 2048 x 4, all-linear, every layer checkpointed within memory_budget
 #      5.2GB and 5.3GB (the whole process; train_gpu's 4.2 GiB of its own allocations), then the
 #      1.1B at 2048 x 4; the median step of steps 3-20 as tok/s; then train_gpu's rows in the same
-#      sitting, two of them on the recipe's quantized 7B; the SM clock and power beside each ~230 s
+#      sitting over the same 20 steps, two of them on the recipe's quantized 7B; the SM clock and
+#      power beside each                                                                   ~260 s
 #   N  Gemma checkpointed on the GPU (test_golden_gpu's packed cases, Gemma-3-12B at 16k in 24 GiB);
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
@@ -254,14 +256,19 @@ PY
 print(next((d[:-12] for d in glob.glob("/tmp/r-cache/artifacts/base_nf4/*/config.json")
             if json.load(open(d)).get("hidden_size") == 4096), ""))')
     echo "the recipe's 7B: ${W7:-not found}"
+    # 20 steps, the median of steps 3-20: the recipe's window (train_gpu had run 8, the median of
+    # 3-8: a card that warms over a longer run clocks down, and the recipe's x4 row runs 8.5 s);
+    # each row's whole log kept, its step times in it
     for r in "7b q,v 2048 1 auto --dense on" "7b q,v 2048 4 auto --dense on" "7b all-linear 2048 1 auto --dense on" \
              "1b q,v 2048 4 auto --dense on" "7b q,v 2048 1 every --budget-gib 4.2" \
              ${W7:+"7b q,v 2048 1 auto --dense on --weights $W7" "7b q,v 2048 4 auto --dense on --weights $W7"}; do
         set -- $r
-        smi_on "train_gpu-$1-$2-$3x$4-$5${7:+-$7}${9:+-weights}"
-        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 ${@:6} --steps 8 \
-            --warmup 2 2>&1 | grep -E "^\||^weights|error" | tee -a "$O/train_gpu-rows.txt"
-        smi_off "train_gpu-$1-$2-$3x$4-$5${7:+-$7}${9:+-weights}"
+        label="train_gpu-$1-$2-$3x$4-$5${7:+-$7}${9:+-weights}"
+        smi_on "$label"
+        timeout 90 "$B/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt $5 ${@:6} --steps 18 \
+            --warmup 2 > "$O/$label.log" 2>&1
+        grep -E "^\||^weights|error" "$O/$label.log" | tee -a "$O/train_gpu-rows.txt"
+        smi_off "$label"
     done
     rm -rf /tmp/r-cache /tmp/r-runs
     ;;
