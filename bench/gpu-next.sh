@@ -9,11 +9,13 @@
 # does not fit an H100), one call each:
 #   Llama-3-8B at 80 GiB: its step is about 540 s and the set-up (the model, 108 GiB of pinned
 #   host memory) took 85-100 s for the other 80 GiB cells, over a call's 600 s. A process that
-#   starts its own session (setsid) runs on between calls while the machine is held, so: R first,
-#   then one call that starts it and waits, then one that waits for its end:
+#   starts its own session (setsid) runs on between calls while the machine is held, so: V and R
+#   first, then one call that starts it and waits, then one that waits for its end:
 #     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
 #         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
 #     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
+#   V: the RMSNorm and RoPE kernels of 2026-12-05 21:30 against those before (test_ops_gpu,
+#     test_golden_gpu, train_gpu ops and three rows by both bundles)                 ~330 s
 #   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
 #     power beside each row, and train_gpu over the recipe's 20 steps, on its synthetic weights
 #     and on the recipe's own quantized 7B (--weights), to explain the recipe's 2-4% below
@@ -29,6 +31,9 @@
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
 #                                                                                          ~300 s
+#   V  the block-a-row RMSNorm and block-a-token RoPE against the kernels before them (the bundle
+#      of 1207694, kept as .device/prev/b.tar.xz): test_ops_gpu, test_golden_gpu, train_gpu ops
+#      of both, then 7B q,v x1 and x4 and 1.1B x4 by each, twice                         ~330 s
 #   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
 #   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
@@ -71,9 +76,11 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# L, M, N, R, W: [".device/next"]; E, I: [".device/next", ".device/peer"]).
+# L, M, N, R, W: [".device/next"]; V: [".device/next", ".device/prev"]; E, I: [".device/next",
+# ".device/peer"]). .device/prev/b.tar.xz is the bundle of 1207694 (the kernels before V's), made as
+# above from a worktree of that commit when this checkout lacks it.
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|W}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|V|W}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -406,6 +413,40 @@ N)
     grep -E "^\|" "$O/ops.md" | head -40
     prof 7b all-linear 2048 1 auto
     prof 1b q,v 2048 4 auto
+    ;;
+V)
+    # the block-a-row RMSNorm and the block-a-token RoPE (kernels/cuda/elementwise_kernels.cuh)
+    # against the kernels before them (the bundle of 1207694 in .device/prev/b.tar.xz): in the 7B
+    # step of 13:57 rmsnorm_fwd ran 16.6 us a call, rmsnorm_bwd 35.6, rope 28.3 (2.0 TB/s, 1.9 TB/s
+    # 1.2 TB/s of the 4.8 the card has), 7.0 ms of 117 in all
+    P=$NB/prev
+    psum=$(sha256sum "$R/.device/prev/b.tar.xz" 2>/dev/null | cut -c1-16)
+    if [ ! -x "$P/b/run" ] || [ "$(cat "$P/b.sum" 2>/dev/null)" != "$psum" ]; then
+        rm -rf "$P" && mkdir -p "$P" && tar -C "$P" -xJf "$R/.device/prev/b.tar.xz" || { echo "no .device/prev/b.tar.xz"; exit 2; }
+        echo "$psum" > "$P/b.sum"
+    fi
+    (cd tests && timeout 240 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+    grep -E "^(ok|FAIL)|check failed|passed" "$O/test_ops_gpu.log" | grep -iE "rmsnorm|rope|FAIL|failed|passed" | head -20
+    (cd tests && timeout 120 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
+    grep -E "FAIL|failed|passed" "$O/test_golden_gpu.log" | head -8
+    for k in prev new; do
+        b=$B; [ $k = prev ] && b=$P/b
+        stamp "train_gpu ops, $k"
+        timeout 120 "$b/run" train_gpu ops > "$O/ops-$k.md" 2>&1
+        grep -E "^\| (rmsnorm|rope|swiglu)" "$O/ops-$k.md"
+    done
+    # the rows over the recipe's window, each bundle in turn, twice
+    for pass in 1 2; do
+        for r in "7b q,v 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
+            for k in prev new; do
+                b=$B; [ $k = prev ] && b=$P/b
+                set -- $r
+                timeout 90 "$b/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --dense on \
+                    --steps 18 --warmup 2 > "$O/row-$pass-$k-$1-$4.log" 2>&1
+                echo "$k: $(grep -E '^\| ' "$O/row-$pass-$k-$1-$4.log" | tail -1)"
+            done
+        done
+    done
     ;;
 W)
     stamp "cuDNN attention workspace by layout"

@@ -1,32 +1,14 @@
 // elementwise.cu: embedding, RMSNorm forward/backward, residual add, RoPE, SwiGLU, and the
 // small helpers of the qlinear op (fp32 -> bf16 copies, bias, dropout). All memory-bound: bf16
 // in and out, fp32 arithmetic, 16-byte (8 x bf16) accesses where the shape and alignment allow.
+// The RMSNorm and RoPE kernels are in elementwise_kernels.cuh (tests/emu runs them on the CPU).
 #include "launch.cuh"
+
+#include "elementwise_kernels.cuh"
 
 #define EW_THREADS 256
 
 static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
-struct bf16x8 {
-    __nv_bfloat162 h[4];
-};
-
-__device__ __forceinline__ void load8(float *f, const bf16 *p) {
-    bf16x8 v = *reinterpret_cast<const bf16x8 *>(p);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float2 t = __bfloat1622float2(v.h[j]);
-        f[2 * j] = t.x;
-        f[2 * j + 1] = t.y;
-    }
-}
-
-__device__ __forceinline__ void store8(bf16 *p, const float *f) {
-    bf16x8 v;
-#pragma unroll
-    for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
-    *reinterpret_cast<bf16x8 *>(p) = v;
-}
 
 // ---------------------------------------------------------------------------------------------
 // embedding: out[t] = table[ids[t]]
@@ -53,119 +35,31 @@ void launch_embedding_fwd(bf16 *out, const int32_t *ids, const bf16 *table, int 
 }
 
 // ---------------------------------------------------------------------------------------------
-// RMSNorm: one warp per row; the second pass over the row hits L1/L2.
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// the norm's scale is wadd + w in fp32 (Gemma's 1 + w); wadd 0 leaves w as it is, bit for bit
-__device__ __forceinline__ float norm_scale(float w, float wadd) { return wadd != 0.0f ? w + wadd : w; }
-
-__device__ __forceinline__ void add_scale8(float g[8], float wadd) {
-#pragma unroll
-    for (int j = 0; j < 8; j++) g[j] = norm_scale(g[j], wadd);
-}
-
-__global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C,
-                                   float eps, int vec) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= T) return;
-    const bf16 *xr = x + (int64_t)row * C;
-    bf16 *orow = out + (int64_t)row * C;
-    float ss = 0.0f;
-    if (vec) {
-        for (int c = lane * 8; c < C; c += 256) {
-            float f[8];
-            load8(f, xr + c);
-#pragma unroll
-            for (int j = 0; j < 8; j++) ss += f[j] * f[j];
-        }
-    } else {
-        for (int c = lane; c < C; c += 32) {
-            float f = __bfloat162float(xr[c]);
-            ss += f * f;
-        }
-    }
-    ss = warp_sum(ss);
-    float r = rsqrtf(ss / (float)C + eps);
-    if (lane == 0) rstd[row] = r;
-    if (vec) {
-        for (int c = lane * 8; c < C; c += 256) {
-            float f[8], g[8];
-            load8(f, xr + c);
-            load8(g, w + c);
-            add_scale8(g, wadd);
-#pragma unroll
-            for (int j = 0; j < 8; j++) f[j] = f[j] * r * g[j];
-            store8(orow + c, f);
-        }
-    } else {
-        for (int c = lane; c < C; c += 32)
-            orow[c] = __float2bfloat16_rn(__bfloat162float(xr[c]) * r * norm_scale(__bfloat162float(w[c]), wadd));
-    }
-}
+// RMSNorm (elementwise_kernels.cuh): a block a row for the residual stream's widths, else a warp
 
 void launch_rmsnorm_fwd(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C, float eps) {
     if (T == 0) return;
     int vec = C % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w);
+    if (norm_by_row(C, vec)) {
+        rmsnorm_fwd_row_kernel<<<T, norm_row_threads(C), 0, cuda_stream()>>>(out, rstd, x, w, wadd, C, eps);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
     const int rows_per_block = 8;
     rmsnorm_fwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(out, rstd, x, w, wadd,
                                                                                                T, C, eps, vec);
     CUDA_CHECK_LAUNCH();
 }
 
-// dx += rstd * w * dout - x * rstd^3 / C * sum(dout * w * x)
-__global__ void rmsnorm_bwd_kernel(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, float wadd,
-                                   const float *rstd, int T, int C, int vec) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= T) return;
-    const bf16 *xr = x + (int64_t)row * C, *dr = dout + (int64_t)row * C;
-    bf16 *dxr = dx + (int64_t)row * C;
-    float s = 0.0f;
-    if (vec) {
-        for (int c = lane * 8; c < C; c += 256) {
-            float a[8], b[8], g[8];
-            load8(a, xr + c);
-            load8(b, dr + c);
-            load8(g, w + c);
-            add_scale8(g, wadd);
-#pragma unroll
-            for (int j = 0; j < 8; j++) s += a[j] * b[j] * g[j];
-        }
-    } else {
-        for (int c = lane; c < C; c += 32)
-            s += __bfloat162float(xr[c]) * __bfloat162float(dr[c]) * norm_scale(__bfloat162float(w[c]), wadd);
-    }
-    s = warp_sum(s);
-    float r = rstd[row];
-    float k = r * r * r * s / (float)C;
-    if (vec) {
-        for (int c = lane * 8; c < C; c += 256) {
-            float a[8], b[8], g[8], d[8];
-            load8(a, xr + c);
-            load8(b, dr + c);
-            load8(g, w + c);
-            load8(d, dxr + c);
-            add_scale8(g, wadd);
-#pragma unroll
-            for (int j = 0; j < 8; j++) d[j] += r * g[j] * b[j] - a[j] * k;
-            store8(dxr + c, d);
-        }
-    } else {
-        for (int c = lane; c < C; c += 32) {
-            float a = __bfloat162float(xr[c]), b = __bfloat162float(dr[c]);
-            float g = norm_scale(__bfloat162float(w[c]), wadd);
-            dxr[c] = __float2bfloat16_rn(__bfloat162float(dxr[c]) + r * g * b - a * k);
-        }
-    }
-}
-
 void launch_rmsnorm_bwd(bf16 *dx, const bf16 *dout, const bf16 *x, const bf16 *w, float wadd, const float *rstd, int T,
                         int C) {
     if (T == 0) return;
     int vec = C % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w);
+    if (norm_by_row(C, vec)) {
+        rmsnorm_bwd_row_kernel<<<T, norm_row_threads(C), 0, cuda_stream()>>>(dx, dout, x, w, wadd, rstd, C);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
     const int rows_per_block = 8;
     rmsnorm_bwd_kernel<<<CEIL_DIV(T, rows_per_block), rows_per_block * 32, 0, cuda_stream()>>>(dx, dout, x, w, wadd,
                                                                                                rstd, T, C, vec);
@@ -435,41 +329,20 @@ void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// RoPE, rotate_half convention: (x1, x2) = (q[i], q[i + rot/2]) -> (x1 c - x2 s, x2 c + x1 s) over
-// the first rot dims of each head of hd (rot = hd: the whole head; phi3's partial rotary: fewer,
-// the rest of the head passing unchanged, so no thread touches it). mscale multiplies cos and sin
-// (longrope's attention factor), as the reference scales them in fp32 before the rotation.
-// The angle is pos * inv_freq in fp32 as the reference computes it. Fast-math sine and cosine
-// lose accuracy at angles of thousands of radians, so the angle is first reduced to [-pi, pi]
-// in double (exact enough: the fp32 angle times a double 1/(2 pi)), then __sincosf takes it
-// (absolute error ~1e-6, far below bf16's resolution).
-
-__global__ void rope_kernel(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot,
-                            float mscale, int inverse) {
-    int half = rot / 2;
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)T * nh * half) return;
-    int j = (int)(i % half);
-    int64_t th = i / half; // t * nh + head
-    int t = (int)(th / nh);
-    float ang = (float)pos[t] * inv_freq[j];
-    const double two_pi = 6.283185307179586;
-    double turns = rint((double)ang * (1.0 / two_pi));
-    float red = (float)fma(-turns, two_pi, (double)ang), sr, c;
-    __sincosf(red, &sr, &c);
-    c *= mscale;
-    float s = (inverse ? -sr : sr) * mscale;
-    bf16 *p = q + th * hd;
-    float x1 = __bfloat162float(p[j]), x2 = __bfloat162float(p[j + half]);
-    p[j] = __float2bfloat16_rn(x1 * c - x2 * s);
-    p[j + half] = __float2bfloat16_rn(x2 * c + x1 * s);
-}
+// RoPE (elementwise_kernels.cuh): a block a token where the pairs go eight at a time, else a thread
+// a pair
 
 void launch_rope_ex(bf16 *q, const int32_t *pos, const float *inv_freq, int T, int nh, int hd, int rot, float mscale,
                     int inverse) {
     CUDA_REQUIRE(rot > 0 && rot % 2 == 0 && rot <= hd, "rope: the rotated dims must be even and at most head_dim");
     int64_t n = (int64_t)T * nh * (rot / 2);
     if (n == 0) return;
+    if (rope_by_row(hd, rot, aligned16(q))) {
+        rope_row_kernel<<<T, rope_row_threads(nh, rot), 0, cuda_stream()>>>(q, pos, inv_freq, nh, hd, rot, mscale,
+                                                                            inverse);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
     rope_kernel<<<(unsigned)CEIL_DIV(n, (int64_t)EW_THREADS), EW_THREADS, 0, cuda_stream()>>>(q, pos, inv_freq, T, nh,
                                                                                               hd, rot, mscale, inverse);
     CUDA_CHECK_LAUNCH();

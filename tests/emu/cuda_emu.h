@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -58,11 +59,27 @@ struct dim3 {
 };
 struct emu_idx { unsigned x, y, z; };
 inline thread_local emu_idx threadIdx, blockIdx;
-inline dim3 gridDim;
+inline dim3 gridDim, blockDim;
 inline std::barrier<> *emu_block_bar, *emu_warp_bar[32];
 
 inline void __syncthreads() { emu_block_bar->arrive_and_wait(); }
 inline void __syncwarp() { emu_warp_bar[threadIdx.x >> 5]->arrive_and_wait(); }
+/* the value of lane ^ o: every lane of the warp must take part (a barrier each side) */
+inline float emu_shfl_slot[32][32];
+inline float __shfl_xor_sync(unsigned, float v, int o) {
+    unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    emu_shfl_slot[w][l] = v;
+    __syncwarp();
+    float r = emu_shfl_slot[w][l ^ (unsigned)o];
+    __syncwarp();
+    return r;
+}
+/* the device's fast approximations, here the library's functions */
+inline void __sincosf(float a, float *s, float *c) {
+    *s = sinf(a);
+    *c = cosf(a);
+}
+inline float rsqrtf(float a) { return 1.0f / sqrtf(a); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline int atomicAdd(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline float __ldcg(const float *p) {
@@ -74,6 +91,7 @@ inline float __ldcg(const float *p) {
 /* run body (one kernel call) over grid with `threads` threads a block (a multiple of 32, <= 1024) */
 inline void emu_launch(dim3 grid, unsigned threads, const std::function<void()> &body) {
     gridDim = grid;
+    blockDim = dim3(threads);
     std::barrier<> bar((std::ptrdiff_t)threads);
     std::vector<std::barrier<> *> warps;
     for (unsigned w = 0; w < threads / 32; w++) warps.push_back(new std::barrier<>(32));
