@@ -1186,7 +1186,6 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
     const llama_acts *A = m->acts;
     const llama_layer *ly = &m->layers[l];
     int64_t C = m->C;
-    size_t es = ops_act_size(o);
     bool lean = m->ckpt == LLAMA_CKPT_EVERY;
     o->rmsnorm_fwd(a->n1, a->rstd1, res_in, ly->attn_norm, m->norm_add, T, m->C, m->eps);
     bool qkn = m->cfg.qk_norm;
@@ -1205,14 +1204,10 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->attention_ex_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd, &opt);
     else
         o->attention_fwd(a->att, a->lse, a->q, a->k, a->v, A->seq_start, T, m->nh, m->nkv, m->hd);
-    if (lean) { /* o's output straight into res_mid: x + o(a) == o(a) + x, bit for bit */
-        attn_out_fwd(m, l, a, a->res_mid, T, train, seed);
-        o->add_inplace(a->res_mid, res_in, T * C);
-    } else {
-        attn_out_fwd(m, l, a, A->tmp, T, train, seed);
-        o->copy(a->res_mid, res_in, (size_t)(T * C) * es);
-        o->add_inplace(a->res_mid, A->tmp, T * C);
-    }
+    /* o's output straight into res_mid, then x added: x + o(a) == o(a) + x, bit for bit, with no
+     * copy of x first (and the same for the MLP's output below) */
+    attn_out_fwd(m, l, a, a->res_mid, T, train, seed);
+    o->add_inplace(a->res_mid, res_in, T * C);
     o->rmsnorm_fwd(a->n2, a->rstd2, a->res_mid, ly->mlp_norm, m->norm_add, T, m->C, m->eps);
     if (lean) {
         if (!res_out) return;
@@ -1223,11 +1218,8 @@ static void layer_forward(llama_model *m, int l, layer_acts *a, const void *res_
         o->add_inplace(res_out, a->res_mid, T * C);
         return;
     }
-    mlp_out_fwd(m, l, a, A->tmp, 0, T, train, seed);
-    if (res_out) {
-        o->copy(res_out, a->res_mid, (size_t)(T * C) * es);
-        o->add_inplace(res_out, A->tmp, T * C);
-    }
+    mlp_out_fwd(m, l, a, res_out ? res_out : A->tmp, 0, T, train, seed);
+    if (res_out) o->add_inplace(res_out, a->res_mid, T * C);
 }
 
 /* the MLP backward of rows [t0, t0+n): dn rows = d(n2 rows); the lean plan first recomputes the
