@@ -238,19 +238,17 @@ struct act_scale_op {
 
 void launch_act_scale(bf16 *x, int64_t n, float s) { launch_map8(n, aligned16(x), act_scale_op{x, s}); }
 
-struct f32_to_bf16_op {
-    bf16 *dst;
-    const float *src;
-    __device__ void vec(int64_t i) const {
-        float4 a = reinterpret_cast<const float4 *>(src + i)[0], b = reinterpret_cast<const float4 *>(src + i)[1];
-        float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        store8(dst + i, f);
-    }
-    __device__ void one(int64_t i) const { dst[i] = __float2bfloat16_rn(src[i]); }
-};
-
 void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n) {
     launch_map8(n, aligned16(dst) && aligned16(src), f32_to_bf16_op{dst, src});
+}
+
+void launch_f32_to_bf16_pieces(int k, bf16 *const *dst, const float *const *src, const int64_t *n) {
+    CUDA_REQUIRE(k >= 1 && k <= CVT_MAX_PIECES, "f32_to_bf16_pieces: 1 to 4 pieces");
+    unsigned blocks;
+    cvt_pieces p = cvt_pieces_make(k, dst, src, n, EW_THREADS, &blocks);
+    if (blocks == 0) return;
+    f32_to_bf16_pieces_kernel<<<blocks, EW_THREADS, 0, cuda_stream()>>>(p);
+    CUDA_CHECK_LAUNCH();
 }
 
 // dst[i] = bf16(src[i] + src[stride + i] + ... ) over ns slices, added in slice order (the

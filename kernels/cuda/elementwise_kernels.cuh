@@ -26,6 +26,61 @@ __device__ __forceinline__ void store8(bf16 *p, const float *f) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// fp32 -> bf16, rounded to nearest even: the map of elementwise.cu (8 elements a thread), and the
+// same over up to CVT_MAX_PIECES arrays in one launch (a LoRA branch's A, B and xa: three small
+// arrays whose launches cost more than their bytes), each piece a run of whole blocks
+
+struct f32_to_bf16_op {
+    bf16 *dst;
+    const float *src;
+    __device__ void vec(int64_t i) const {
+        float4 a = reinterpret_cast<const float4 *>(src + i)[0], b = reinterpret_cast<const float4 *>(src + i)[1];
+        float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        store8(dst + i, f);
+    }
+    __device__ void one(int64_t i) const { dst[i] = __float2bfloat16_rn(src[i]); }
+};
+
+#define CVT_MAX_PIECES 4
+struct cvt_pieces {
+    bf16 *dst[CVT_MAX_PIECES];
+    const float *src[CVT_MAX_PIECES];
+    int64_t n[CVT_MAX_PIECES];
+    int vec[CVT_MAX_PIECES];             /* 16-byte aligned dst and src */
+    unsigned first_block[CVT_MAX_PIECES + 1]; /* piece i: blocks [first_block[i], first_block[i + 1]) */
+    int k;
+};
+
+// the launch of k pieces of `threads`-thread blocks; *blocks: the grid (0: nothing to convert)
+inline cvt_pieces cvt_pieces_make(int k, bf16 *const *dst, const float *const *src, const int64_t *n, int threads,
+                                  unsigned *blocks) {
+    cvt_pieces p = {};
+    unsigned b = 0;
+    for (int i = 0; i < k; i++) {
+        p.dst[i] = dst[i], p.src[i] = src[i], p.n[i] = n[i];
+        p.vec[i] = ((uintptr_t)dst[i] & 15) == 0 && ((uintptr_t)src[i] & 15) == 0;
+        p.first_block[i] = b;
+        b += (unsigned)((n[i] + 8 * (int64_t)threads - 1) / (8 * (int64_t)threads));
+    }
+    p.first_block[k] = b;
+    p.k = k;
+    *blocks = b;
+    return p;
+}
+
+__global__ void f32_to_bf16_pieces_kernel(cvt_pieces p) {
+    int k = 0;
+    while (k + 1 < p.k && blockIdx.x >= p.first_block[k + 1]) k++;
+    int64_t i0 = ((int64_t)(blockIdx.x - p.first_block[k]) * blockDim.x + threadIdx.x) * 8, n = p.n[k];
+    if (i0 >= n) return;
+    f32_to_bf16_op f{p.dst[k], p.src[k]};
+    if (p.vec[k] && i0 + 8 <= n)
+        f.vec(i0);
+    else
+        for (int64_t i = i0; i < n && i < i0 + 8; i++) f.one(i);
+}
+
+// ---------------------------------------------------------------------------------------------
 // RMSNorm. Hidden sizes of 1024 and more (the residual stream): a block a row, each thread holding
 // up to NORM_VPT vectors of 8 in registers between the sum and the scaling, so the row is read once
 // and every multiprocessor has rows in flight. Narrower rows (Gemma's q/k norms over a head) and

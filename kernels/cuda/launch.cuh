@@ -23,6 +23,8 @@ void launch_geglu_fwd(bf16 *out, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_geglu_bwd(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate, const bf16 *up, int64_t n);
 void launch_act_scale(bf16 *x, int64_t n, float s);
 void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n);
+// the same over k (1..4) arrays in one launch: dst[i][0..n[i]) = bf16(src[i][0..n[i]))
+void launch_f32_to_bf16_pieces(int k, bf16 *const *dst, const float *const *src, const int64_t *n);
 // dst[i] = bf16(sum over z = 0..ns-1, in that order, of src[z * stride + i])
 void launch_sum_slices_bf16(bf16 *dst, const float *src, int ns, int64_t stride, int64_t n);
 void launch_add_bias(bf16 *y, const bf16 *bias, int T, int n_out);

@@ -123,47 +123,57 @@ template <typename F> static void for_weight_rows(const ops_nf4 *W, F f) {
     }
 }
 
+// the bf16 copies the GEMMs read of a LoRA branch's fp32 A [r, in] and B [out, r] and of its saved
+// xa [T, r] (each dst NULL: not wanted), in one launch
+static void lora_to_bf16(const ops_lora *lora, bf16 *a16, bf16 *b16, bf16 *xa16, const float *xa, int in, int out,
+                         int T) {
+    bf16 *dst[3];
+    const float *src[3];
+    int64_t n[3];
+    int k = 0;
+    if (a16) dst[k] = a16, src[k] = lora->A, n[k++] = (int64_t)lora->r * in;
+    if (b16) dst[k] = b16, src[k] = lora->B, n[k++] = (int64_t)out * lora->r;
+    if (xa16) dst[k] = xa16, src[k] = xa, n[k++] = (int64_t)T * lora->r;
+    launch_f32_to_bf16_pieces(k, dst, src, n);
+}
+
 // y = x W^T + bias + scale * (drop(x) A^T) B^T; xa = drop(x) A^T saved (fp32) for backward.
-// Fused (lora.cu: ranks up to 64, while cuda_lora_fused() is on): xa in one pass over x with the
-// mask drawn on the fly, then y = scale xa B^T, and the base GEMMs add x W^T onto it (beta = 1:
-// cuBLAS reads y in its epilogue, no pass of its own over y). Otherwise the dropout input is
-// materialized and the LoRA output is accumulated into y by the second GEMM (beta = 1).
+// The LoRA branch first: y = scale xa B^T, then the base GEMMs add x W^T onto it (beta = 1: cuBLAS
+// reads y in its compute-bound epilogue, where the memory-bound rank-r GEMM would have read it
+// after them). Fused (lora.cu: ranks up to 64, while cuda_lora_fused() is on): xa in one pass over
+// x with the mask drawn on the fly; otherwise the dropout input is materialized and xa is a GEMM.
 void cu_qlinear_fwd(void *y, const void *x, const ops_nf4 *W, const uint16_t *bias, const ops_lora *lora,
                     float *xa, int T) {
     int out = (int)W->rows, in = (int)W->cols;
-    bool fused = lora && lora_fused_ok(lora->r);
-    if (fused) {
+    if (lora) {
         int r = lora->r;
         bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
         bf16 *xa16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16));
-        launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
-        launch_lora_down(xa, xa16, (const bf16 *)x, lora->A, T, in, r, lora->dropout, lora->dropout_seed);
+        if (lora_fused_ok(r)) {
+            launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
+            launch_lora_down(xa, xa16, (const bf16 *)x, lora->A, T, in, r, lora->dropout, lora->dropout_seed);
+        } else {
+            bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
+            lora_to_bf16(lora, a16, b16, NULL, NULL, in, out, 0);
+            const bf16 *xin = (const bf16 *)x;
+            if (lora->dropout > 0.0f) {
+                bf16 *xd = (bf16 *)cuda_scratch(SCRATCH_DROP_X, (size_t)T * in * sizeof(bf16));
+                launch_dropout_bf16(xd, xin, (int64_t)T * in, lora->dropout, lora->dropout_seed);
+                xin = xd;
+            }
+            if (xa) { // kept in fp32 for the backward's dB
+                gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa, r, 1);
+                launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+            } else {
+                gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa16, r, 0);
+            }
+        }
         gemm_rm(0, 1, T, out, r, lora->scale, xa16, r, b16, r, 0.0f, y, out, 0);
     }
     for_weight_rows(W, [&](int r0, int nr, const bf16 *w) { // y[:, rows r0..] (+)= x W[r0..]^T
-        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, w, in, fused ? 1.0f : 0.0f, (bf16 *)y + r0, out, 0);
+        gemm_rm(0, 1, T, nr, in, 1.0f, (const bf16 *)x, in, w, in, lora ? 1.0f : 0.0f, (bf16 *)y + r0, out, 0);
     });
     if (bias) launch_add_bias((bf16 *)y, (const bf16 *)bias, T, out);
-    if (!lora || fused) return;
-    int r = lora->r;
-    bf16 *a16 = (bf16 *)cuda_scratch(SCRATCH_LORA_A, (size_t)r * in * sizeof(bf16));
-    bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
-    bf16 *xa16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16));
-    launch_f32_to_bf16(a16, lora->A, (int64_t)r * in);
-    launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
-    const bf16 *xin = (const bf16 *)x;
-    if (lora->dropout > 0.0f) {
-        bf16 *xd = (bf16 *)cuda_scratch(SCRATCH_DROP_X, (size_t)T * in * sizeof(bf16));
-        launch_dropout_bf16(xd, xin, (int64_t)T * in, lora->dropout, lora->dropout_seed);
-        xin = xd;
-    }
-    if (xa) { // kept in fp32 for the backward's dB
-        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa, r, 1);
-        launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
-    } else {
-        gemm_rm(0, 1, T, r, in, 1.0f, xin, in, a16, in, 0.0f, xa16, r, 0);
-    }
-    gemm_rm(0, 1, T, out, r, lora->scale, xa16, r, b16, r, 1.0f, y, out, 0);
 }
 
 // dx = dy W + scale (dy B) A * mask; dA += scale (dy B)^T drop(x); dB += scale dy^T xa.
@@ -179,8 +189,7 @@ void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, c
         bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
         bf16 *g16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16) * 2);
         bf16 *xa16 = g16 + (size_t)T * r;
-        launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
-        launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+        lora_to_bf16(lora, NULL, b16, xa16, xa, in, out, T);
         gemm_rm(1, 0, out, r, T, lora->scale, (const bf16 *)dy, out, xa16, r, 1.0f, lora->dB, r, 1);
         gemm_rm(0, 0, T, r, out, lora->scale, (const bf16 *)dy, out, b16, r, 0.0f, g16, r, 0);
         launch_lora_up_bwd(lora->dA, (bf16 *)dx, accumulate, g16, (const bf16 *)x, lora->A, T, in, r, lora->dropout,
@@ -211,9 +220,7 @@ void cu_qlinear_bwd(void *dx, const void *dy, const void *x, const ops_nf4 *W, c
     bf16 *b16 = (bf16 *)cuda_scratch(SCRATCH_LORA_B, (size_t)out * r * sizeof(bf16));
     bf16 *g16 = (bf16 *)cuda_scratch(SCRATCH_LORA_XA, (size_t)T * r * sizeof(bf16) * 2);
     bf16 *xa16 = g16 + (size_t)T * r;
-    launch_f32_to_bf16(a16, lora->A, (int64_t)r * in);
-    launch_f32_to_bf16(b16, lora->B, (int64_t)out * r);
-    launch_f32_to_bf16(xa16, xa, (int64_t)T * r);
+    lora_to_bf16(lora, a16, b16, xa16, xa, in, out, T);
     // dB [out, r] += scale dy^T xa
     gemm_rm(1, 0, out, r, T, lora->scale, (const bf16 *)dy, out, xa16, r, 1.0f, lora->dB, r, 1);
     // g [T, r] = scale dy B

@@ -5,8 +5,8 @@
  * warp-a-row kernel on the same rows; the block-a-token RoPE bit for bit against the thread-a-pair
  * kernel (the same arithmetic) and within bf16 rounding of a double-precision rotation, with the
  * dims past a partial rot untouched and heads that take the block more than one pass; the
- * launchers' choice of kernel by shape. test_ops_gpu checks the same kernels on a GPU against the
- * CPU op table. */
+ * launchers' choice of kernel by shape; fp32 -> bf16 over several arrays in one launch.
+ * test_ops_gpu checks the same kernels on a GPU against the CPU op table. */
 #include "tests/emu/cuda_emu.h"
 
 #include <cmath>
@@ -141,7 +141,36 @@ static void test_rope(int T, int nh, int hd, int rot, float mscale, int inverse)
     CHECK(bad == 0, "T=%d nh=%d hd=%d rot=%d: %d values off a double-precision rotation", T, nh, hd, rot, bad);
 }
 
+/* three arrays in one launch: a tail short of 8, an aligned run of whole vectors, and one whose
+ * destination starts off 16 bytes (elements one by one); nothing past each n written */
+static void test_f32_to_bf16_pieces(void) {
+    const int64_t n[3] = {37, 1024, 1000};
+    std::vector<float> src[3];
+    std::vector<bf16x8> dbuf[3];
+    bf16 *dst[3];
+    const float *srcp[3];
+    for (int i = 0; i < 3; i++) {
+        src[i].resize(n[i] + 8);
+        for (auto &v : src[i]) v = urand(-3.0f, 3.0f);
+        dbuf[i].assign(n[i] / 8 + 4, bf16x8{});
+        dst[i] = reinterpret_cast<bf16 *>(dbuf[i].data()) + (i == 2 ? 1 : 0);
+        for (int64_t e = 0; e < n[i] + 8; e++) dst[i][e] = bf16{0x7fc1}; /* a NaN no conversion makes */
+        srcp[i] = src[i].data() + (i == 0 ? 4 : 0);
+    }
+    unsigned blocks;
+    cvt_pieces p = cvt_pieces_make(3, dst, srcp, n, 64, &blocks);
+    CHECK(blocks == 1 + 2 + 2 && p.vec[1] && !p.vec[2], "%u blocks, vec %d %d", blocks, p.vec[1], p.vec[2]);
+    emu_launch(dim3(blocks), 64, [&] { f32_to_bf16_pieces_kernel(p); });
+    int bad = 0, past = 0;
+    for (int i = 0; i < 3; i++) {
+        for (int64_t e = 0; e < n[i]; e++) bad += dst[i][e].u != __float2bfloat16_rn(srcp[i][e]).u;
+        for (int64_t e = n[i]; e < n[i] + 8; e++) past += dst[i][e].u != 0x7fc1;
+    }
+    CHECK(bad == 0 && past == 0, "f32_to_bf16_pieces: %d wrong, %d written past n", bad, past);
+}
+
 int main(void) {
+    test_f32_to_bf16_pieces();
     /* widths: 1024 (one vector a thread short of a warp's four), Llama-2's 4096, 2056 (257
      * vectors: the last warp nearly idle), 5120 (14B), 8192 (70B), 16384 (the most) */
     const int widths[] = {1024, 4096, 2056, 5120, 8192, NORM_ROW_MAX_C};
@@ -166,8 +195,8 @@ int main(void) {
         fprintf(stderr, "elementwise_emu: %d failed\n", g_fail);
         return 1;
     }
-    printf("elementwise_emu: RMSNorm (block a row, %zu widths, forward and backward) and RoPE (block a token, %zu "
-           "shapes) pass\n",
+    printf("elementwise_emu: RMSNorm (block a row, %zu widths, forward and backward), RoPE (block a token, %zu "
+           "shapes) and fp32 -> bf16 in pieces pass\n",
            sizeof widths / sizeof *widths, sizeof shapes / sizeof *shapes);
     return 0;
 }
