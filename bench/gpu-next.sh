@@ -14,8 +14,9 @@
 #     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
 #         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
 #     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
-#   V: the RMSNorm and RoPE kernels of 2026-12-05 21:30 against those before (test_ops_gpu,
-#     test_golden_gpu, train_gpu ops and three rows by both bundles)                 ~330 s
+#   V: the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the layer's copies, the LoRA
+#     branch's launches) against those before: test_ops_gpu, test_golden_gpu, train_gpu ops and
+#     three rows by both bundles                                                       ~330 s
 #   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
 #     power beside each row, and train_gpu over the recipe's 20 steps, on its synthetic weights
 #     and on the recipe's own quantized 7B (--weights), to explain the recipe's 2-4% below
@@ -31,9 +32,9 @@
 #      train_gpu ops (the per-op table of one 7B layer, after); one whole step op by op and the
 #      device's idle time between ops (train --profile on: 7B q,v, all-linear, checkpointed; 1.1B)
 #                                                                                          ~300 s
-#   V  the block-a-row RMSNorm and block-a-token RoPE against the kernels before them (the bundle
-#      of 1207694, kept as .device/prev/b.tar.xz): test_ops_gpu, test_golden_gpu, train_gpu ops
-#      of both, then 7B q,v x1 and x4 and 1.1B x4 by each, twice                         ~330 s
+#   V  the kernels of 2026-12-05 21:10-22:00 against those before them (the bundle of 1207694,
+#      kept as .device/prev/b.tar.xz): test_ops_gpu, test_golden_gpu, train_gpu ops of both, then
+#      7B q,v x1 and x4 and 1.1B x4 by each, twice                                         ~330 s
 #   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
 #   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
@@ -415,10 +416,12 @@ N)
     prof 1b q,v 2048 4 auto
     ;;
 V)
-    # the block-a-row RMSNorm and the block-a-token RoPE (kernels/cuda/elementwise_kernels.cuh)
-    # against the kernels before them (the bundle of 1207694 in .device/prev/b.tar.xz): in the 7B
-    # step of 13:57 rmsnorm_fwd ran 16.6 us a call, rmsnorm_bwd 35.6, rope 28.3 (2.0 TB/s, 1.9 TB/s
-    # 1.2 TB/s of the 4.8 the card has), 7.0 ms of 117 in all
+    # the session of 2026-12-05 21:10's changes against the bundle before them (1207694, in
+    # .device/prev/b.tar.xz): the block-a-row RMSNorm and the block-a-token RoPE
+    # (kernels/cuda/elementwise_kernels.cuh; in the 7B step of 13:57 rmsnorm_fwd ran 16.6 us a
+    # call, rmsnorm_bwd 35.6, rope 28.3: 2.0, 1.9 and 1.2 TB/s of the 4.8 the card has, 7.0 ms of
+    # 117 in all), the layer's forward without its two copies of x (0.9 ms), a LoRA branch's
+    # conversions in one launch and its output written before the base GEMMs (qlinear rows)
     P=$NB/prev
     psum=$(sha256sum "$R/.device/prev/b.tar.xz" 2>/dev/null | cut -c1-16)
     if [ ! -x "$P/b/run" ] || [ "$(cat "$P/b.sum" 2>/dev/null)" != "$psum" ]; then
@@ -433,7 +436,7 @@ V)
         b=$B; [ $k = prev ] && b=$P/b
         stamp "train_gpu ops, $k"
         timeout 120 "$b/run" train_gpu ops > "$O/ops-$k.md" 2>&1
-        grep -E "^\| (rmsnorm|rope|swiglu)" "$O/ops-$k.md"
+        grep -E "^\| (rmsnorm|rope|swiglu|qlinear|layer)" "$O/ops-$k.md"
     done
     # the rows over the recipe's window, each bundle in turn, twice
     for pass in 1 2; do
