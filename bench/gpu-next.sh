@@ -35,6 +35,8 @@
 #   V  the kernels of 2026-12-05 21:10-22:00 against those before them (the bundle of 1207694,
 #      kept as .device/prev/b.tar.xz): test_ops_gpu, test_golden_gpu, train_gpu ops of both, then
 #      7B q,v x1 and x4 and 1.1B x4 by each, twice                                         ~330 s
+#   U  a LoRA branch kernel by kernel: q, up and down, forward and backward, frozen, on GEMMs and
+#      fused (train_gpu lora-kernels under ncu --profile-from-start off)                   ~120 s
 #   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
 #   L CELL...  the memory table's longer cells, one step each (CELL = MODEL:GIB:TOKENS:SECONDS)
 #   K  the floor; dense on/off on the four plain rows (this card's shares of its floor); the
@@ -77,11 +79,11 @@
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
-# L, M, N, R, W: [".device/next"]; V: [".device/next", ".device/prev"]; E, I: [".device/next",
+# L, M, N, R, U, W: [".device/next"]; V: [".device/next", ".device/prev"]; E, I: [".device/next",
 # ".device/peer"]). .device/prev/b.tar.xz is the bundle of 1207694 (the kernels before V's), made as
 # above from a worktree of that commit when this checkout lacks it.
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|V|W}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|U|V|W}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -448,6 +450,40 @@ V)
                     --steps 18 --warmup 2 > "$O/row-$pass-$k-$1-$4.log" 2>&1
                 echo "$k: $(grep -E '^\| ' "$O/row-$pass-$k-$1-$4.log" | tail -1)"
             done
+        done
+    done
+    ;;
+U)
+    # where a LoRA branch's time goes, kernel by kernel: one linear's forward and backward, frozen,
+    # on the GEMM path and on the fused kernels (train_gpu lora-kernels), each kernel timed by
+    # Nsight Compute (on Firecracker; on gVisor ncu cannot read the device, and the mean times
+    # alone come back). The branch costs about 148 us a linear a step where its bytes need about
+    # 30 (train_gpu ops, 2026-12-05 13:57: the layer's seven 3,467 us against 2,432 frozen)
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    echo "ncu: ${NCU:-not found}"
+    for lin in q up down; do
+        for path in frozen gemm fused; do
+            f="$O/ncu-$lin-$path"
+            if [ -n "$NCU" ]; then
+                timeout 120 "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
+                    "$B/run" train_gpu lora-kernels --linear $lin --path $path > "$f.csv" 2> "$f.err"
+                echo "$lin $path: rc=$? $(grep -E '^\| ' "$f.csv")"
+                python3 - "$f.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+if rows:
+    h = rows[0]
+    k, u, v = h.index("Kernel Name"), h.index("Metric Unit"), h.index("Metric Value")
+    tot = 0
+    for r in rows[1:]:
+        us = float(r[v].replace(",", "")) / {"nsecond": 1000, "usecond": 1, "msecond": 0.001}.get(r[u], 1)
+        tot += us
+        print("   %8.1f us  %s" % (us, r[k][:110]))
+    print("   %8.1f us  in all, %d kernels" % (tot, len(rows) - 1))
+PY
+            else
+                timeout 60 "$B/run" train_gpu lora-kernels --linear $lin --path $path 2>&1 | grep -E "^\| |error"
+            fi
         done
     done
     ;;

@@ -32,6 +32,7 @@
  * folder instead (its config.json and safetensors, bf16 or NF4 as the quantize_nf4 stage writes
  * them: a recipe's artifact), as the train stage loads it, so the harness and a recipe can be
  * timed on the same weights; --model then only names the row (and its floor). */
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdio.h>
@@ -1217,6 +1218,51 @@ static int bench_ops(int argc, char **argv) {
 }
 #undef TIME_OP
 
+/* train_gpu lora-kernels: one linear of the 7B layer shape (q 4096x4096, up 11008x4096 or down
+ * 4096x11008), forward and backward as the model runs them, frozen or with LoRA r 16 + dropout 0.05
+ * on the GEMM path or the fused kernels: the mean of OB_REPS runs after warm-ups, then one more run
+ * between cudaProfilerStart and Stop, for `ncu --profile-from-start off` to time each of its
+ * kernels (bench/gpu-next.sh U) */
+static int bench_lora_kernels(int argc, char **argv) {
+    int T = 2048;
+    const char *lin = "q", *path = "gemm";
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--seq")) T = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--linear")) lin = argv[i + 1];
+        else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
+        else return err_set(ERR_USAGE, "lora-kernels: unknown option '%s' (--seq, --linear, --path)", argv[i]);
+    }
+    bool frozen = !strcmp(path, "frozen"), fused = !strcmp(path, "fused");
+    if (!frozen && !fused && strcmp(path, "gemm"))
+        return err_set(ERR_USAGE, "lora-kernels: --path is frozen, gemm or fused, not '%s'", path);
+    if (strcmp(lin, "q") && strcmp(lin, "up") && strcmp(lin, "down"))
+        return err_set(ERR_USAGE, "lora-kernels: --linear is q, up or down, not '%s'", lin);
+    if (T < 1) return err_set(ERR_USAGE, "lora-kernels: --seq must be positive");
+    const ops_table *ops = ops_cuda();
+    if (!ops) return err_set(ERR_STAGE, "no CUDA device");
+    ops_bench ob;
+    ops_bench_setup(&ob, ops, T);
+    const ops_nf4 *W = !strcmp(lin, "up") ? &ob.Wup : !strcmp(lin, "down") ? &ob.Wdown : &ob.Wqkv;
+    void *x = !strcmp(lin, "down") ? ob.x : ob.q, *y = !strcmp(lin, "up") ? ob.y : ob.o, *dx = !strcmp(lin, "down") ? ob.dx : ob.dq;
+    const ops_lora *lp = frozen ? NULL : &ob.Ld;
+    cuda_lora_fused_set(fused);
+    for (int w = 0; w < 2 + OB_REPS; w++) {
+        if (w == 2) cuda_or_die(cudaEventRecord(ob.e0, ob.st), "record");
+        ops->qlinear_fwd(y, x, W, NULL, lp, lp ? ob.xa : NULL, T);
+        ops->qlinear_bwd(dx, y, x, W, lp, lp ? ob.xa : NULL, T, 0);
+    }
+    cuda_or_die(cudaEventRecord(ob.e1, ob.st), "record");
+    cuda_or_die(cudaEventSynchronize(ob.e1), "sync");
+    printf("| %s (%lld x %lld), T=%d | %s | %.1f us forward and backward |\n", lin, (long long)W->rows,
+           (long long)W->cols, T, path, time_ms(ob.e0, ob.e1) * 1e3 / OB_REPS);
+    cuda_or_die(cudaProfilerStart(), "profiler start");
+    ops->qlinear_fwd(y, x, W, NULL, lp, lp ? ob.xa : NULL, T);
+    ops->qlinear_bwd(dx, y, x, W, lp, lp ? ob.xa : NULL, T, 0);
+    ops->sync();
+    cuda_or_die(cudaProfilerStop(), "profiler stop");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: train_gpu train [--model 7b|1b|13b|70b|tiny|llama3-8b|qwen3-8b|gemma3-12b|...] [--targets q,v|all-linear] [--seq N] [--batch N]\n"
@@ -1226,6 +1272,7 @@ int main(int argc, char **argv) {
                "                       [--weights DIR (a model folder, e.g. a recipe's quantize_nf4 artifact)]\n"
                "       train_gpu nf4 [--reps N]\n"
                "       train_gpu ops [--seq N]\n"
+               "       train_gpu lora-kernels [--linear q|up|down] [--path frozen|gemm|fused] [--seq N]\n"
                "       train_gpu fit [--model M] [--targets T] [--budgets 8,12,16,24,48,80] [--paper CONTEXT_GIB (no GPU)\n"
                "                     [--host-gib G (the host's RAM available; default: unlimited)]]\n"
                "       train_gpu attn-ws\n");
@@ -1237,7 +1284,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "ops")) rc = bench_ops(argc, argv);
     else if (!strcmp(argv[1], "fit")) rc = bench_fit(argc, argv);
     else if (!strcmp(argv[1], "attn-ws")) rc = bench_attn_ws();
-    else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops, fit, attn-ws)", argv[1]);
+    else if (!strcmp(argv[1], "lora-kernels")) rc = bench_lora_kernels(argc, argv);
+    else rc = err_set(ERR_USAGE, "unknown benchmark '%s' (train, nf4, ops, fit, attn-ws, lora-kernels)", argv[1]);
     if (rc) fprintf(stderr, "train_gpu: %s\n", err_msg());
     return rc;
 }
