@@ -5,22 +5,25 @@
 # N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:30 UTC").
 # R and L's 24 and 48 GiB cells ran at 16:42-17:12 on an H100 ("Sitting of 2026-12-05 16:42-17:12
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
-# H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left, on an H200 (needs_h200: an 80 GiB budget
-# does not fit an H100), one call each:
-#   Llama-3-8B at 80 GiB: its step is about 540 s and the set-up (the model, 108 GiB of pinned
-#   host memory) took 85-100 s for the other 80 GiB cells, over a call's 600 s. A process that
-#   starts its own session (setsid) runs on between calls while the machine is held, so: V and R
-#   first, then one call that starts it and waits, then one that waits for its end:
+# H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left for the next sitting, on an H200 (issue 21's
+# targets are the H200's; needs_h200 for the 8B cell: an 80 GiB budget does not fit an H100), in
+# this order, about 1,400 s of calls beside the machine's start (150-450 s) in a 1,800 s lease:
+#   1. V (~330 s): the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the layer's copies, the
+#      LoRA branch's launches) against those before: test_ops_gpu, test_golden_gpu, train_gpu
+#      ops and three rows by both bundles. If a row is slower, the kernels go back first.
+#   2. R (~260 s): the recipe's rows with those kernels; its checkpointed row at 5.3GB (the plan
+#      without the lean knobs), the SM clock and power beside each row, and train_gpu over the
+#      recipe's 20 steps, on its synthetic weights and on the recipe's own quantized 7B
+#      (--weights), to explain the recipe's 2-4% below train_gpu.
+#   3. U (~120 s): a LoRA branch kernel by kernel, under ncu (the next thing to make faster).
+#   4. Llama-3-8B at 80 GiB (~700 s over two calls): its step is about 540 s and the set-up (the
+#      model, 108 GiB of pinned host memory) took 85-100 s for the other 80 GiB cells, over a
+#      call's 600 s. A process that starts its own session (setsid) runs on between calls while
+#      the machine is held (idle_release is 30 s: the second call at once), so one call that
+#      starts it and waits, then one that waits for its end:
 #     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
 #         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
 #     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
-#   V: the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the layer's copies, the LoRA
-#     branch's launches) against those before: test_ops_gpu, test_golden_gpu, train_gpu ops and
-#     three rows by both bundles                                                       ~330 s
-#   R again: its checkpointed row at 5.3GB (the plan without the lean knobs), the SM clock and
-#     power beside each row, and train_gpu over the recipe's 20 steps, on its synthetic weights
-#     and on the recipe's own quantized 7B (--weights), to explain the recipe's 2-4% below
-#     train_gpu                                                                        ~260 s
 # Each PART fits one `run` call (at most 600 s):
 #   R  issue 21's rows through `qlora-run recipes/bench-7b.yaml` on one cache: 7B q,v 2048 x 1
 #      (dense_weights auto), 2048 x 4, all-linear, every layer checkpointed within memory_budget
