@@ -4,12 +4,26 @@
 #ifndef KERNELS_CUDA_ELEMENTWISE_KERNELS_CUH
 #define KERNELS_CUDA_ELEMENTWISE_KERNELS_CUH
 
-struct bf16x8 {
+struct __align__(16) bf16x8 {
     __nv_bfloat162 h[4];
 };
 
-__device__ __forceinline__ void load8(float *f, const bf16 *p) {
-    bf16x8 v = *reinterpret_cast<const bf16x8 *>(p);
+// 8 bf16 at p (16-byte aligned) in one 16-byte access: read and written as a uint4 and copied
+// to or from the pairs (a bf16x8 read through its own type is copied member by member, four 4-byte
+// accesses: what every map here did until 2026-12-05, as the PTX showed)
+__device__ __forceinline__ bf16x8 ld_bf16x8(const bf16 *p) {
+    uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    bf16x8 v;
+    memcpy(&v, &raw, sizeof v);
+    return v;
+}
+__device__ __forceinline__ void st_bf16x8(bf16 *p, const bf16x8 &v) {
+    uint4 raw;
+    memcpy(&raw, &v, sizeof raw);
+    *reinterpret_cast<uint4 *>(p) = raw;
+}
+
+__device__ __forceinline__ void unpack8(float *f, bf16x8 v) {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         float2 t = __bfloat1622float2(v.h[j]);
@@ -18,11 +32,13 @@ __device__ __forceinline__ void load8(float *f, const bf16 *p) {
     }
 }
 
+__device__ __forceinline__ void load8(float *f, const bf16 *p) { unpack8(f, ld_bf16x8(p)); }
+
 __device__ __forceinline__ void store8(bf16 *p, const float *f) {
     bf16x8 v;
 #pragma unroll
     for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
-    *reinterpret_cast<bf16x8 *>(p) = v;
+    st_bf16x8(p, v);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,15 +133,6 @@ __device__ __forceinline__ float block_sum(float v, float *red) {
 #define NORM_ROW_MAX_THREADS 512
 #define NORM_ROW_MAX_C (NORM_ROW_MAX_THREADS * NORM_VPT * 8)
 
-__device__ __forceinline__ void unpack8(float *f, bf16x8 v) {
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float2 t = __bfloat1622float2(v.h[j]);
-        f[2 * j] = t.x;
-        f[2 * j + 1] = t.y;
-    }
-}
-
 __global__ void rmsnorm_fwd_kernel(bf16 *out, float *rstd, const bf16 *x, const bf16 *w, float wadd, int T, int C,
                                    float eps, int vec) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -171,13 +178,13 @@ __global__ void __launch_bounds__(NORM_ROW_MAX_THREADS) rmsnorm_fwd_row_kernel(b
                                                                float wadd, int C, float eps) {
     __shared__ float red[32];
     const int row = blockIdx.x, nv = C / 8, tid = threadIdx.x, nt = blockDim.x;
-    const bf16x8 *xr = reinterpret_cast<const bf16x8 *>(x + (int64_t)row * C);
+    const bf16 *xr = x + (int64_t)row * C;
     bf16x8 v[NORM_VPT];
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < NORM_VPT; k++) {
         int c = tid + k * nt;
-        if (c < nv) v[k] = xr[c];
+        if (c < nv) v[k] = ld_bf16x8(xr + 8 * c);
     }
 #pragma unroll
     for (int k = 0; k < NORM_VPT; k++) {
@@ -257,13 +264,12 @@ __global__ void __launch_bounds__(NORM_ROW_MAX_THREADS) rmsnorm_bwd_row_kernel(b
                                                                float wadd, const float *rstd, int C) {
     __shared__ float red[32];
     const int row = blockIdx.x, nv = C / 8, tid = threadIdx.x, nt = blockDim.x;
-    const bf16x8 *xr = reinterpret_cast<const bf16x8 *>(x + (int64_t)row * C);
-    const bf16x8 *dr = reinterpret_cast<const bf16x8 *>(dout + (int64_t)row * C);
+    const bf16 *xr = x + (int64_t)row * C, *dr = dout + (int64_t)row * C;
     bf16x8 xv[NORM_VPT], dv[NORM_VPT];
 #pragma unroll
     for (int k = 0; k < NORM_VPT; k++) {
         int c = tid + k * nt;
-        if (c < nv) xv[k] = xr[c], dv[k] = dr[c];
+        if (c < nv) xv[k] = ld_bf16x8(xr + 8 * c), dv[k] = ld_bf16x8(dr + 8 * c);
     }
     float s = 0.0f;
 #pragma unroll

@@ -11,17 +11,30 @@ using namespace nvcuda;
 #define XS_LD 72         // bf16 row stride of a 16 x 64 tile in shared memory (64 + 8: banks)
 #define YS_LD 68         // fp32 row stride of a 16 x 64 tile
 
-// 8 bf16 in one 16-byte access (a struct of the pairs, never a uint4 read through another type)
+// 8 bf16 as their pairs; read and written in one 16-byte access as a uint4 and copied to or from
+// the pairs (ld_x8, st_x8): a bf16x8v read through its own type is copied member by member, four
+// 4-byte accesses, as the PTX showed on 2026-12-05
 struct __align__(16) bf16x8v {
     __nv_bfloat162 h[4];
 };
+__device__ __forceinline__ bf16x8v ld_x8(const bf16 *p) {
+    uint4 raw = *reinterpret_cast<const uint4 *>(p);
+    bf16x8v v;
+    memcpy(&v, &raw, sizeof v);
+    return v;
+}
+__device__ __forceinline__ void st_x8(bf16 *p, const bf16x8v &v) {
+    uint4 raw;
+    memcpy(&raw, &v, sizeof raw);
+    *reinterpret_cast<uint4 *>(p) = raw;
+}
 
 // 8 elements of row t of x from column c (zero past T or past cend), dropped and scaled; keep bits
 // of the 8 into *bits at bit b0
 __device__ __forceinline__ void load_drop8(float *f, uint32_t *bits, int b0, const bf16 *x, int t, int T, int in,
                                            int c, int cend, bool vec, float p, float inv, uint64_t seed) {
     if (t < T && vec && c + 8 <= cend) {
-        bf16x8v v = *reinterpret_cast<const bf16x8v *>(x + (int64_t)t * in + c);
+        bf16x8v v = ld_x8(x + (int64_t)t * in + c);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             float2 q = __bfloat1622float2(v.h[j]);
@@ -49,7 +62,7 @@ __device__ __forceinline__ void store_bf16x8(bf16 *dst, const float *f) {
     bf16x8v v;
 #pragma unroll
     for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
-    *reinterpret_cast<bf16x8v *>(dst) = v;
+    st_x8(dst, v);
 }
 
 // rows [0, RP) x columns [c, c+64) of A [r, in] (fp32) to bf16 at dst (row stride XS_LD), zero past r
@@ -238,7 +251,7 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
                     bf16 *d = dx + (int64_t)tt * in + c;
                     if (vec && c + 8 <= in) {
                         if (accumulate) {
-                            bf16x8v o = *reinterpret_cast<const bf16x8v *>(d);
+                            bf16x8v o = ld_x8(d);
 #pragma unroll
                             for (int j = 0; j < 4; j++) {
                                 float2 q = __bfloat1622float2(o.h[j]);

@@ -33,6 +33,7 @@ using std::min;
 
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
 struct __nv_bfloat16 { uint16_t u; };
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 typedef __nv_bfloat16 bf16;
