@@ -7,10 +7,11 @@
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
 # H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left for the next sitting, on an H200 (issue 21's
 # targets are the H200's; needs_h200 for the 8B cell: an 80 GiB budget does not fit an H100), in
-# this order, about 1,400 s of calls beside the machine's start (150-450 s) in a 1,800 s lease:
-#   1. V (~330 s): the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the layer's copies, the
-#      LoRA branch's launches) against those before: test_ops_gpu, test_golden_gpu, train_gpu
-#      ops and three rows by both bundles. If a row is slower, the kernels go back first.
+# this order, about 1,500 s of calls beside the machine's start (150-450 s) in a 1,800 s lease:
+#   1. V (~400 s): the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the maps' 16-byte
+#      accesses, the layer's copies, the LoRA branch's launches) against those before:
+#      test_ops_gpu, test_golden_gpu, train_gpu ops and three rows by both bundles, all-linear
+#      on both LoRA paths. If a row is slower, the kernels go back first.
 #   2. R (~260 s): the recipe's rows with those kernels; its checkpointed row at 5.3GB (the plan
 #      without the lean knobs), the SM clock and power beside each row, and train_gpu over the
 #      recipe's 20 steps, on its synthetic weights and on the recipe's own quantized 7B
@@ -37,7 +38,7 @@
 #                                                                                          ~300 s
 #   V  the kernels of 2026-12-05 21:10-22:00 against those before them (the bundle of 1207694,
 #      kept as .device/prev/b.tar.xz): test_ops_gpu, test_golden_gpu, train_gpu ops of both, then
-#      7B q,v x1 and x4 and 1.1B x4 by each, twice                                         ~330 s
+#      7B q,v x1 and x4 and 1.1B x4 by each, twice; all-linear on GEMMs and fused         ~400 s
 #   U  a LoRA branch kernel by kernel: q, up and down, forward and backward, frozen, on GEMMs and
 #      fused (train_gpu lora-kernels under ncu --profile-from-start off)                   ~120 s
 #   W  cuDNN's attention workspace by heads, tokens and layout (train_gpu attn-ws)        ~150 s
@@ -426,7 +427,8 @@ V)
     # (kernels/cuda/elementwise_kernels.cuh; in the 7B step of 13:57 rmsnorm_fwd ran 16.6 us a
     # call, rmsnorm_bwd 35.6, rope 28.3: 2.0, 1.9 and 1.2 TB/s of the 4.8 the card has, 7.0 ms of
     # 117 in all), the layer's forward without its two copies of x (0.9 ms), a LoRA branch's
-    # conversions in one launch and its output written before the base GEMMs (qlinear rows)
+    # conversions in one launch and its output written before the base GEMMs (qlinear rows), and
+    # every map's 16-byte accesses, which had been four 4-byte ones (28a0e02)
     P=$NB/prev
     psum=$(sha256sum "$R/.device/prev/b.tar.xz" 2>/dev/null | cut -c1-16)
     if [ ! -x "$P/b/run" ] || [ "$(cat "$P/b.sum" 2>/dev/null)" != "$psum" ]; then
@@ -454,6 +456,13 @@ V)
                 echo "$k: $(grep -E '^\| ' "$O/row-$pass-$k-$1-$4.log" | tail -1)"
             done
         done
+    done
+    # the fused LoRA kernels read x 16 bytes at a time since 28a0e02 (4 before): all-linear on
+    # both LoRA paths of the new bundle (they had tied, 15,043 against 14,978 tok/s)
+    for lp in gemm fused; do
+        QLORA_CUDA_LORA=$lp timeout 90 "$B/run" train_gpu train --model 7b --targets all-linear --seq 2048 --batch 1 \
+            --ckpt auto --dense on --steps 18 --warmup 2 > "$O/row-all-linear-$lp.log" 2>&1
+        echo "all-linear, LoRA on $lp: $(grep -E '^\| ' "$O/row-all-linear-$lp.log" | tail -1)"
     done
     ;;
 U)
