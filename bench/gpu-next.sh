@@ -470,7 +470,11 @@ U)
     # on the GEMM path and on the fused kernels (train_gpu lora-kernels), each kernel timed by
     # Nsight Compute (on Firecracker; on gVisor ncu cannot read the device, and the mean times
     # alone come back). The branch costs about 148 us a linear a step where its bytes need about
-    # 30 (train_gpu ops, 2026-12-05 13:57: the layer's seven 3,467 us against 2,432 frozen)
+    # 30 (train_gpu ops, 2026-12-05 13:57: the layer's seven 3,467 us against 2,432 frozen). What
+    # to look at: map8_kernel<dropout_op> and <add_masked_op> against their bytes (8 us for q's
+    # [2048, 4096] at 4 TB/s): the mask's hash (ops_dropout_keep: splitmix64, three 64-bit
+    # multiplies and a 64-bit int-to-float conversion an element) may bind them, and a 32-bit
+    # hash would free them; the rank-16 GEMMs (cuBLAS with 16 columns or rows) against theirs
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     echo "ncu: ${NCU:-not found}"
     for lin in q up down; do
