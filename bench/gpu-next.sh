@@ -7,7 +7,7 @@
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
 # H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left for the next sitting, on an H200 (issue 21's
 # targets are the H200's; needs_h200 for the 8B cell: an 80 GiB budget does not fit an H100), in
-# this order, about 1,500 s of calls beside the machine's start (150-450 s) in a 1,800 s lease:
+# this order (1-4 about 1,230 s of calls beside the machine's start, 150-450 s, in a 1,800 s lease):
 #   1. V (~400 s): the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the maps' 16-byte
 #      accesses, the layer's copies, the LoRA branch's launches) against those before:
 #      test_ops_gpu, test_golden_gpu, train_gpu ops and three rows by both bundles, all-linear
@@ -16,8 +16,11 @@
 #      without the lean knobs), the SM clock and power beside each row, and train_gpu over the
 #      recipe's 20 steps, on its synthetic weights and on the recipe's own quantized 7B
 #      (--weights), to explain the recipe's 2-4% below train_gpu.
-#   3. U (~120 s): a LoRA branch kernel by kernel, under ncu (the next thing to make faster).
-#   4. Llama-3-8B at 80 GiB (~700 s over two calls): its step is about 540 s and the set-up (the
+#   3. I (~450 s, carry .device/peer too): the peer (transformers + peft + bitsandbytes) on the
+#      7B rows in the same sitting as ours, which issue 21's "Show" asks for and the H200 has not
+#      had since these rows changed (its 7B rows beside the peer ran on an H100 at 05:29).
+#   4. U (~120 s): a LoRA branch kernel by kernel, under ncu (the next thing to make faster).
+#   5. Llama-3-8B at 80 GiB (~700 s over two calls; likely a sitting of its own): its step is about 540 s and the set-up (the
 #      model, 108 GiB of pinned host memory) took 85-100 s for the other 80 GiB cells, over a
 #      call's 600 s. A process that starts its own session (setsid) runs on between calls while
 #      the machine is held (idle_release is 30 s: the second call at once), so one call that
@@ -78,8 +81,9 @@
 #   ../shared/tools/device-bundle .device/next/b build-cuda/qlora-run build-cuda/bench/train_gpu \
 #       build-cuda/tests/test_ops_gpu build-cuda/tests/test_golden_gpu
 #   strip .device/next/b/bin/* && tar -C .device/next -cJf .device/next/b.tar.xz b && rm -rf .device/next/b
-# and, for part E's peer, bitsandbytes built for sm_90 from its source for the sitting (never
-# committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so).
+# and, for parts E and I's peer, bitsandbytes built for sm_90 from its source for the sitting
+# (never committed) in .device/peer/bnb (its python package with libbitsandbytes_cuda130.so), its
+# commit in .device/peer/BNB_COMMIT (the peer's report records it).
 # and, for part A's multiple-choice dumps, part one of tests/golden/make_mc_golden_families.sh:
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
@@ -302,7 +306,7 @@ I)
     done
     rm -rf /tmp/i-cache /tmp/i-runs
     stamp "the peer, 7B rows"
-    export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH} BNB_COMMIT=$(cat "$R/.device/peer/BNB_COMMIT" 2>/dev/null)
     timeout 200 python3 bench/hf_qlora_bench.py --shape 7b --model-dir /tmp/hf-7b --qlora 2048x1:qv,2048x4:qv,2048x1:all \
         --no-grad-ckpt --steps 6 --warmup 2 --jsonl "$O/peer.jsonl" > "$O/peer-7b.log" 2>&1; echo "peer rc=$?"
     timeout 100 python3 bench/hf_qlora_bench.py --shape 7b --model-dir /tmp/hf-7b --qlora 2048x1:qv \
@@ -548,7 +552,7 @@ C)
     ;;
 E)
     stamp "the peer for part C's family rows: transformers + peft + bitsandbytes, 2048 x 1, no recompute"
-    export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH} BNB_COMMIT=$(cat "$R/.device/peer/BNB_COMMIT" 2>/dev/null)
     for s in llama3-8b qwen3-8b gemma3-12b; do
         timeout 150 python3 bench/hf_qlora_bench.py --shape $s --model-dir /tmp/hf-$s --qlora 2048x1:qv,2048x1:all \
             --no-grad-ckpt --steps 6 --warmup 2 --jsonl "$O/peer.jsonl" > "$O/peer-$s.log" 2>&1
