@@ -1,9 +1,12 @@
 // lora_kernels.cuh: the device code of the fused LoRA kernels (lora.cu says what they compute) and
 // the grids they run on, apart from their launchers so that a test can also run them on the CPU
 // (tests/emu/: a SIMT emulation of one block at a time, its warps and WMMA). Include it after the
-// CUDA headers (launch.cuh, <mma.h>) or the emulation's stand-ins for them; it includes nothing.
+// CUDA headers (launch.cuh, <mma.h>) or the emulation's stand-ins for them; it includes only
+// bf16x8.cuh (8 bf16 in one 16-byte access: bf16x8, load8, store8).
 #ifndef KERNELS_CUDA_LORA_KERNELS_CUH
 #define KERNELS_CUDA_LORA_KERNELS_CUH
+
+#include "bf16x8.cuh"
 
 using namespace nvcuda;
 
@@ -11,36 +14,12 @@ using namespace nvcuda;
 #define XS_LD 72         // bf16 row stride of a 16 x 64 tile in shared memory (64 + 8: banks)
 #define YS_LD 68         // fp32 row stride of a 16 x 64 tile
 
-// 8 bf16 as their pairs; read and written in one 16-byte access as a uint4 and copied to or from
-// the pairs (ld_x8, st_x8): a bf16x8v read through its own type is copied member by member, four
-// 4-byte accesses, as the PTX showed on 2026-12-05
-struct __align__(16) bf16x8v {
-    __nv_bfloat162 h[4];
-};
-__device__ __forceinline__ bf16x8v ld_x8(const bf16 *p) {
-    uint4 raw = *reinterpret_cast<const uint4 *>(p);
-    bf16x8v v;
-    memcpy(&v, &raw, sizeof v);
-    return v;
-}
-__device__ __forceinline__ void st_x8(bf16 *p, const bf16x8v &v) {
-    uint4 raw;
-    memcpy(&raw, &v, sizeof raw);
-    *reinterpret_cast<uint4 *>(p) = raw;
-}
-
 // 8 elements of row t of x from column c (zero past T or past cend), dropped and scaled; keep bits
 // of the 8 into *bits at bit b0
 __device__ __forceinline__ void load_drop8(float *f, uint32_t *bits, int b0, const bf16 *x, int t, int T, int in,
                                            int c, int cend, bool vec, float p, float inv, uint64_t seed) {
     if (t < T && vec && c + 8 <= cend) {
-        bf16x8v v = ld_x8(x + (int64_t)t * in + c);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float2 q = __bfloat1622float2(v.h[j]);
-            f[2 * j] = q.x;
-            f[2 * j + 1] = q.y;
-        }
+        load8(f, x + (int64_t)t * in + c);
     } else {
 #pragma unroll
         for (int j = 0; j < 8; j++) f[j] = t < T && c + j < cend ? __bfloat162float(x[(int64_t)t * in + c + j]) : 0.0f;
@@ -58,12 +37,6 @@ __device__ __forceinline__ void load_drop8(float *f, uint32_t *bits, int b0, con
     }
 }
 
-__device__ __forceinline__ void store_bf16x8(bf16 *dst, const float *f) {
-    bf16x8v v;
-#pragma unroll
-    for (int j = 0; j < 4; j++) v.h[j] = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);
-    st_x8(dst, v);
-}
 
 // rows [0, RP) x columns [c, c+64) of A [r, in] (fp32) to bf16 at dst (row stride XS_LD), zero past r
 // and past cend; the threads tid, tid+nthr, ... of the group each take 4 columns
@@ -116,7 +89,7 @@ lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, co
             float f[8];
             int row = 4 * v + lrow;
             load_drop8(f, &bits, v * 8, x, t0 + row, T, in, kc + col, k1, vec, p, inv, seed);
-            store_bf16x8(xs[warp] + row * XS_LD + col, f);
+            store8(xs[warp] + row * XS_LD + col, f);
         }
         load_a_tile<RP>(as[warp], A, r, in, kc, k1, vec4, lane, 32);
         __syncwarp();
@@ -207,7 +180,7 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
             float f[8];
             int row = 4 * v + lrow;
             load_drop8(f, &bits, v * 8, x, t + row, tb1, in, c0 + col, in, vec, p, inv, seed);
-            store_bf16x8(xs[warp] + row * XS_LD + col, f);
+            store8(xs[warp] + row * XS_LD + col, f);
         }
         __syncwarp();
         // dA [RP, 64] += g^T [RP, 16] drop(x) [16, 64]
@@ -251,15 +224,12 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
                     bf16 *d = dx + (int64_t)tt * in + c;
                     if (vec && c + 8 <= in) {
                         if (accumulate) {
-                            bf16x8v o = ld_x8(d);
+                            float o[8];
+                            load8(o, d);
 #pragma unroll
-                            for (int j = 0; j < 4; j++) {
-                                float2 q = __bfloat1622float2(o.h[j]);
-                                f[2 * j] += q.x;
-                                f[2 * j + 1] += q.y;
-                            }
+                            for (int j = 0; j < 8; j++) f[j] += o[j];
                         }
-                        store_bf16x8(d, f);
+                        store8(d, f);
                     } else {
                         for (int j = 0; j < 8 && c + j < in; j++)
                             d[j] = __float2bfloat16_rn(f[j] + (accumulate ? __bfloat162float(d[j]) : 0.0f));
