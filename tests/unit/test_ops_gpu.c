@@ -1175,8 +1175,12 @@ TEST(qlinear) {
                  cfgs[c][7], cfgs[c][8]);
         check_close(what, &y, EPS_BF, 2.5e-2);
         if (r) {
+            /* the device rounds drop(x) and A to bf16 before the product, the reference does not:
+             * about 0.3% of xa's rms an element, and one element in some thousands past 1% (a
+             * simulation of these shapes: 0.1-1.5% of runs of a configuration, the worst 1.36x the
+             * limit), so one may pass the limit, by at most 3x */
             snprintf(what, sizeof what, "qlinear_fwd xa T=%d in=%d r=%d p=%.2f", T, in, r, p);
-            check_close(what, &xa, 1e-2, 1e-2);
+            check_close_abs_few(what, &xa, 1e-2, 1e-2, 0.0, 1 + xa.n / 50000);
         }
         /* backward: xa from the reference on both sides */
         tens xa_ref = tens_copy(&xa);
