@@ -7,11 +7,9 @@
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
 # H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left for the next sitting, on an H200 (issue 21's
 # targets are the H200's; needs_h200 for the 8B cell: an 80 GiB budget does not fit an H100), in
-# this order (1-4 about 1,230 s of calls beside the machine's start, 150-450 s, in a 1,800 s lease):
-#   1. V (~400 s): the kernels of 2026-12-05 21:10-22:00 (RMSNorm, RoPE, the maps' 16-byte
-#      accesses, the layer's copies, the LoRA branch's launches) against those before:
-#      test_ops_gpu, test_golden_gpu, train_gpu ops and three rows by both bundles, all-linear
-#      on both LoRA paths. If a row is slower, the kernels go back first.
+# this order (2-4 about 830 s of calls beside the machine's start, 150-450 s, in a 1,800 s lease):
+#   1. V (~140 s): ran at 22:12 on an H100 ("Sitting of 2026-12-05 22:12-22:15 UTC": +3.2-4.6%
+#      on the three rows); again on an H200 if the lease allows, beside R.
 #   2. R (~260 s): the recipe's rows with those kernels; its checkpointed row at 5.3GB (the plan
 #      without the lean knobs), the SM clock and power beside each row, and train_gpu over the
 #      recipe's 20 steps, on its synthetic weights and on the recipe's own quantized 7B
