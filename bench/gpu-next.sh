@@ -5,22 +5,20 @@
 # N, K and L's 48 GiB cells at 13:57-14:16 on an H200 ("Sitting of 2026-12-05 13:57-14:30 UTC").
 # R and L's 24 and 48 GiB cells ran at 16:42-17:12 on an H100 ("Sitting of 2026-12-05 16:42-17:12
 # UTC"). L's 80 GiB cells of Phi-4, Qwen3-32B and Llama-3-70B and R ran at 19:13-19:34 on an
-# H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). Left for the next sitting, on an H200 (issue 21's
-# targets are the H200's; needs_h200 for the 8B cell: an 80 GiB budget does not fit an H100), in
-# this order (2-4 about 830 s of calls beside the machine's start, 150-450 s, in a 1,800 s lease):
-#   1. V (~140 s): ran at 22:12 on an H100 ("Sitting of 2026-12-05 22:12-22:15 UTC": +3.2-4.6%
-#      on the three rows); again on an H200 if the lease allows, beside R.
-#   2. R (~260 s): the recipe's rows with those kernels; its checkpointed row at 5.3GB (the plan
-#      without the lean knobs), the SM clock and power beside each row, and train_gpu over the
-#      recipe's 20 steps, on its synthetic weights and on the recipe's own quantized 7B
-#      (--weights), to explain the recipe's 2-4% below train_gpu.
-#   3. I (~450 s, carry .device/peer too): the peer (transformers + peft + bitsandbytes) on the
-#      7B rows in the same sitting as ours, which issue 21's "Show" asks for and the H200 has not
-#      had since these rows changed (its 7B rows beside the peer ran on an H100 at 05:29).
-#   4. U (~120 s): a LoRA branch kernel by kernel, under ncu (the next thing to make faster).
-#   5. Llama-3-8B at 80 GiB (~700 s over two calls; likely a sitting of its own): its step is about 540 s and the set-up (the
-#      model, 108 GiB of pinned host memory) took 85-100 s for the other 80 GiB cells, over a
-#      call's 600 s. A process that starts its own session (setsid) runs on between calls while
+# H200 ("Sitting of 2026-12-05 19:11-19:34 UTC"). V ran at 22:12 and R and U at 23:03 on an H100
+# ("Sitting of 2026-12-05 22:12-22:15 UTC" and "... 23:03-23:09 UTC"). Left for the next sitting,
+# on an H200 (issue 21's targets are the H200's; needs_h200 only for the 8B cell: an 80 GiB budget
+# does not fit an H100), in this order (1-3 about 830 s of calls beside the machine's start):
+#   1. R (~260 s): the recipe's rows with this session's kernels on the H200 (the x4 row was 1.0%
+#      short there before them; 19,716 on an H100 with them); the checkpointed row at 5.3GB.
+#   2. I (~450 s, carry .device/peer too): the peer (transformers + peft + bitsandbytes) on the
+#      7B rows in the same sitting as ours, which issue 21's "Show" asks for.
+#   3. V (~140 s) on the H200, if the lease allows.
+#   4. (not a sitting) make lora_down and lora_up_bwd run at their bytes' speed (U: a fifth and a
+#      half of it), then U again.
+#   5. Llama-3-8B at 80 GiB (~700 s over two calls; likely a sitting of its own): its step is
+#      about 540 s and the set-up (the model, 108 GiB of pinned host memory) took 85-100 s for the
+#      other 80 GiB cells, over a call's 600 s. A process that starts its own session (setsid) runs on between calls while
 #      the machine is held (idle_release is 30 s: the second call at once), so one call that
 #      starts it and waits, then one that waits for its end:
 #     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
