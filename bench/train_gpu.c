@@ -1096,39 +1096,55 @@ static void ops_time_linears(ops_bench *ob) {
     ops->free(wbuf);
 }
 
+/* the seven linears of a 7B layer on ob's buffers, as the model runs them: each one's input, output
+ * and input gradient, and whether its backward adds into that gradient (q, k, v into one d(n1);
+ * gate, up into one d(n2)) */
+typedef struct bench_linear {
+    const char *name;
+    const ops_nf4 *W;
+    void *x, *y, *dx;
+    int acc;
+} bench_linear;
+enum { BENCH_NLINEARS = 7 };
+
+static void bench_linears(ops_bench *ob, bench_linear out[BENCH_NLINEARS]) {
+    const bench_linear l[BENCH_NLINEARS] = {
+        {"q", &ob->Wqkv, ob->q, ob->o, ob->dq, 0},   {"k", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},
+        {"v", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},   {"o", &ob->Wqkv, ob->q, ob->o, ob->dk, 0},
+        {"gate", &ob->Wup, ob->q, ob->y, ob->dv, 0}, {"up", &ob->Wup, ob->q, ob->y, ob->dv, 1},
+        {"down", &ob->Wdown, ob->x, ob->o, ob->dx, 0}};
+    memcpy(out, l, sizeof l);
+}
+
+/* us a forward and backward of b (LoRA lp, or frozen when NULL; the backward adding into dx when
+ * acc), the mean of OB_REPS after two warm-ups */
+static double time_linear(ops_bench *ob, const bench_linear *b, const ops_lora *lp, int acc) {
+    const ops_table *ops = ob->ops;
+    for (int w = 0; w < 2 + OB_REPS; w++) {
+        if (w == 2) cuda_or_die(cudaEventRecord(ob->e0, ob->st), "record");
+        ops->qlinear_fwd(b->y, b->x, b->W, NULL, lp, lp ? ob->xa : NULL, ob->T);
+        ops->qlinear_bwd(b->dx, b->y, b->x, b->W, lp, lp ? ob->xa : NULL, ob->T, acc);
+    }
+    cuda_or_die(cudaEventRecord(ob->e1, ob->st), "record");
+    cuda_or_die(cudaEventSynchronize(ob->e1), "sync");
+    return time_ms(ob->e0, ob->e1) * 1e3 / OB_REPS;
+}
+
 /* the all-linear LoRA path of one layer (issue 21): each linear's forward and backward as the
  * model runs them (dx accumulated over q, k, v and over gate, up), frozen only, then with LoRA
  * r 16 + dropout 0.05 through the fused kernels (kernels/cuda/lora.cu) and through the GEMMs
  * (QLORA_CUDA_LORA=gemm); the LoRA columns less the frozen one are the branch's cost */
 static void ops_time_lora_layer(ops_bench *ob) {
-    const ops_table *ops = ob->ops;
-    const int T = ob->T;
-    struct {
-        const char *name;
-        const ops_nf4 *W;
-        void *x, *y, *dx;
-        int acc;
-    } mods[] = {{"q", &ob->Wqkv, ob->q, ob->o, ob->dq, 0},   {"k", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},
-                {"v", &ob->Wqkv, ob->q, ob->o, ob->dq, 1},   {"o", &ob->Wqkv, ob->q, ob->o, ob->dk, 0},
-                {"gate", &ob->Wup, ob->q, ob->y, ob->dv, 0}, {"up", &ob->Wup, ob->q, ob->y, ob->dv, 1},
-                {"down", &ob->Wdown, ob->x, ob->o, ob->dx, 0}};
-    const int nm = (int)(sizeof mods / sizeof *mods);
+    bench_linear mods[BENCH_NLINEARS];
+    bench_linears(ob, mods);
     double tot[3] = {0, 0, 0};
     int fused0 = cuda_lora_fused();
-    printf("\n| linear fwd+bwd (7B layer, T=%d) | frozen us | + LoRA r16 dropout 0.05, fused us | + LoRA, GEMMs us | LoRA cost fused / GEMMs us |\n|---|---|---|---|---|\n", T);
-    for (int i = 0; i < nm; i++) {
+    printf("\n| linear fwd+bwd (7B layer, T=%d) | frozen us | + LoRA r16 dropout 0.05, fused us | + LoRA, GEMMs us | LoRA cost fused / GEMMs us |\n|---|---|---|---|---|\n", ob->T);
+    for (int i = 0; i < BENCH_NLINEARS; i++) {
         double us[3];
         for (int v3 = 0; v3 < 3; v3++) {
-            const ops_lora *lp = v3 ? &ob->Ld : NULL;
             cuda_lora_fused_set(v3 == 1);
-            for (int w = 0; w < 2 + OB_REPS; w++) {
-                if (w == 2) cuda_or_die(cudaEventRecord(ob->e0, ob->st), "record");
-                ops->qlinear_fwd(mods[i].y, mods[i].x, mods[i].W, NULL, lp, lp ? ob->xa : NULL, T);
-                ops->qlinear_bwd(mods[i].dx, mods[i].y, mods[i].x, mods[i].W, lp, lp ? ob->xa : NULL, T, mods[i].acc);
-            }
-            cuda_or_die(cudaEventRecord(ob->e1, ob->st), "record");
-            cuda_or_die(cudaEventSynchronize(ob->e1), "sync");
-            us[v3] = time_ms(ob->e0, ob->e1) * 1e3 / OB_REPS;
+            us[v3] = time_linear(ob, &mods[i], v3 ? &ob->Ld : NULL, mods[i].acc);
             tot[v3] += us[v3];
         }
         printf("| %s (%lld x %lld) | %.1f | %.1f | %.1f | %.1f / %.1f |\n", mods[i].name, (long long)mods[i].W->rows,
@@ -1242,22 +1258,16 @@ static int bench_lora_kernels(int argc, char **argv) {
     if (!ops) return err_set(ERR_STAGE, "no CUDA device");
     ops_bench ob;
     ops_bench_setup(&ob, ops, T);
-    const ops_nf4 *W = !strcmp(lin, "up") ? &ob.Wup : !strcmp(lin, "down") ? &ob.Wdown : &ob.Wqkv;
-    void *x = !strcmp(lin, "down") ? ob.x : ob.q, *y = !strcmp(lin, "up") ? ob.y : ob.o, *dx = !strcmp(lin, "down") ? ob.dx : ob.dq;
+    bench_linear mods[BENCH_NLINEARS], *b = mods;
+    bench_linears(&ob, mods);
+    while (strcmp(b->name, lin)) b++; /* lin is one of them (checked above) */
     const ops_lora *lp = frozen ? NULL : &ob.Ld;
     cuda_lora_fused_set(fused);
-    for (int w = 0; w < 2 + OB_REPS; w++) {
-        if (w == 2) cuda_or_die(cudaEventRecord(ob.e0, ob.st), "record");
-        ops->qlinear_fwd(y, x, W, NULL, lp, lp ? ob.xa : NULL, T);
-        ops->qlinear_bwd(dx, y, x, W, lp, lp ? ob.xa : NULL, T, 0);
-    }
-    cuda_or_die(cudaEventRecord(ob.e1, ob.st), "record");
-    cuda_or_die(cudaEventSynchronize(ob.e1), "sync");
-    printf("| %s (%lld x %lld), T=%d | %s | %.1f us forward and backward |\n", lin, (long long)W->rows,
-           (long long)W->cols, T, path, time_ms(ob.e0, ob.e1) * 1e3 / OB_REPS);
+    printf("| %s (%lld x %lld), T=%d | %s | %.1f us forward and backward |\n", lin, (long long)b->W->rows,
+           (long long)b->W->cols, T, path, time_linear(&ob, b, lp, 0));
     cuda_or_die(cudaProfilerStart(), "profiler start");
-    ops->qlinear_fwd(y, x, W, NULL, lp, lp ? ob.xa : NULL, T);
-    ops->qlinear_bwd(dx, y, x, W, lp, lp ? ob.xa : NULL, T, 0);
+    ops->qlinear_fwd(b->y, b->x, b->W, NULL, lp, lp ? ob.xa : NULL, T);
+    ops->qlinear_bwd(b->dx, b->y, b->x, b->W, lp, lp ? ob.xa : NULL, T, 0);
     ops->sync();
     cuda_or_die(cudaProfilerStop(), "profiler stop");
     return 0;
