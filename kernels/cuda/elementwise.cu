@@ -8,8 +8,6 @@
 
 #define EW_THREADS 256
 
-static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 // ---------------------------------------------------------------------------------------------
 // embedding: out[t] = table[ids[t]]
 
@@ -238,9 +236,7 @@ struct act_scale_op {
 
 void launch_act_scale(bf16 *x, int64_t n, float s) { launch_map8(n, aligned16(x), act_scale_op{x, s}); }
 
-void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n) {
-    launch_map8(n, aligned16(dst) && aligned16(src), f32_to_bf16_op{dst, src});
-}
+void launch_f32_to_bf16(bf16 *dst, const float *src, int64_t n) { launch_f32_to_bf16_pieces(1, &dst, &src, &n); }
 
 void launch_f32_to_bf16_pieces(int k, bf16 *const *dst, const float *const *src, const int64_t *n) {
     CUDA_REQUIRE(k >= 1 && k <= CVT_MAX_PIECES, "f32_to_bf16_pieces: 1 to 4 pieces");

@@ -6,10 +6,13 @@
 
 #include "bf16x8.cuh"
 
+// the vector paths' condition on each pointer they read or write 16 bytes at a time
+static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 // ---------------------------------------------------------------------------------------------
-// fp32 -> bf16, rounded to nearest even: the map of elementwise.cu (8 elements a thread), and the
-// same over up to CVT_MAX_PIECES arrays in one launch (a LoRA branch's A, B and xa: three small
-// arrays whose launches cost more than their bytes), each piece a run of whole blocks
+// fp32 -> bf16, rounded to nearest even, 8 elements a thread, over up to CVT_MAX_PIECES arrays in
+// one launch (a LoRA branch's A, B and xa: three small arrays whose launches cost more than their
+// bytes), each piece a run of whole blocks; launch_f32_to_bf16 is the launch of one piece
 
 struct f32_to_bf16_op {
     bf16 *dst;
@@ -39,7 +42,7 @@ inline cvt_pieces cvt_pieces_make(int k, bf16 *const *dst, const float *const *s
     unsigned b = 0;
     for (int i = 0; i < k; i++) {
         p.dst[i] = dst[i], p.src[i] = src[i], p.n[i] = n[i];
-        p.vec[i] = ((uintptr_t)dst[i] & 15) == 0 && ((uintptr_t)src[i] & 15) == 0;
+        p.vec[i] = aligned16(dst[i]) && aligned16(src[i]);
         p.first_block[i] = b;
         b += (unsigned)((n[i] + 8 * (int64_t)threads - 1) / (8 * (int64_t)threads));
     }
