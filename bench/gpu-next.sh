@@ -106,12 +106,17 @@ table_step() {
     grep -E "stage plan|scratch MiB|cap;|offloaded|pinned" "$c"
 }
 NB=/tmp/gpu-next
-# a warm machine keeps the bundle unpacked; a new one (another checksum) replaces it
-sum=$(sha256sum "$R/.device/next/b.tar.xz" 2>/dev/null | cut -c1-16)
-if [ ! -x "$NB/b/run" ] || [ "$(cat "$NB/b.sum" 2>/dev/null)" != "$sum" ]; then
-    rm -rf "$NB/b" && mkdir -p "$NB" && tar -C "$NB" -xJf "$R/.device/next/b.tar.xz" || { echo "no bundle (.device/next/b.tar.xz)"; exit 2; }
-    echo "$sum" > "$NB/b.sum"
-fi
+# unpack NAME DIR: .device/NAME/b.tar.xz into DIR/b. A warm machine keeps it unpacked; a new one
+# (another checksum) replaces it
+unpack() {
+    local t="$R/.device/$1/b.tar.xz" sum
+    sum=$(sha256sum "$t" 2>/dev/null | cut -c1-16)
+    if [ ! -x "$2/b/run" ] || [ "$(cat "$2/b.sum" 2>/dev/null)" != "$sum" ]; then
+        rm -rf "$2/b" && mkdir -p "$2" && tar -C "$2" -xJf "$t" || { echo "no bundle (.device/$1/b.tar.xz)"; exit 2; }
+        echo "$sum" > "$2/b.sum"
+    fi
+}
+unpack next "$NB"
 B=$NB/b
 stamp "part $PART"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -431,18 +436,14 @@ V)
     # 117 in all), the layer's forward without its two copies of x (0.9 ms), a LoRA branch's
     # conversions in one launch and its output written before the base GEMMs (qlinear rows), and
     # every map's 16-byte accesses, which had been four 4-byte ones (28a0e02)
-    P=$NB/prev
-    psum=$(sha256sum "$R/.device/prev/b.tar.xz" 2>/dev/null | cut -c1-16)
-    if [ ! -x "$P/b/run" ] || [ "$(cat "$P/b.sum" 2>/dev/null)" != "$psum" ]; then
-        rm -rf "$P" && mkdir -p "$P" && tar -C "$P" -xJf "$R/.device/prev/b.tar.xz" || { echo "no .device/prev/b.tar.xz"; exit 2; }
-        echo "$psum" > "$P/b.sum"
-    fi
+    unpack prev "$NB/prev"
+    bundle() { [ "$1" = prev ] && echo "$NB/prev/b" || echo "$B"; } # the programs of prev or new
     (cd tests && timeout 240 "$B/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
     grep -E "^(ok|FAIL)|check failed|passed" "$O/test_ops_gpu.log" | grep -iE "rmsnorm|rope|FAIL|failed|passed" | head -20
     (cd tests && timeout 120 "$B/run" test_golden_gpu > "$O/test_golden_gpu.log" 2>&1; echo "test_golden_gpu rc=$?")
     grep -E "FAIL|failed|passed" "$O/test_golden_gpu.log" | head -8
     for k in prev new; do
-        b=$B; [ $k = prev ] && b=$P/b
+        b=$(bundle $k)
         stamp "train_gpu ops, $k"
         timeout 120 "$b/run" train_gpu ops > "$O/ops-$k.md" 2>&1
         grep -E "^\| (rmsnorm|rope|swiglu|qlinear|layer)" "$O/ops-$k.md"
@@ -451,7 +452,7 @@ V)
     for pass in 1 2; do
         for r in "7b q,v 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
             for k in prev new; do
-                b=$B; [ $k = prev ] && b=$P/b
+                b=$(bundle $k)
                 set -- $r
                 timeout 90 "$b/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --dense on \
                     --steps 18 --warmup 2 > "$O/row-$pass-$k-$1-$4.log" 2>&1
