@@ -8,6 +8,7 @@
  * launchers' choice of kernel by shape; fp32 -> bf16 over several arrays in one launch.
  * test_ops_gpu checks the same kernels on a GPU against the CPU op table. */
 #include "tests/emu/cuda_emu.h"
+#include "tests/emu/emu_check.h"
 
 #include <cmath>
 #include <cstdio>
@@ -16,22 +17,8 @@
 
 #include "kernels/cuda/elementwise_kernels.cuh"
 
-static int g_fail;
-#define CHECK(c, ...)                                                                                               \
-    do {                                                                                                            \
-        if (!(c)) {                                                                                                 \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #c);                                            \
-            fprintf(stderr, __VA_ARGS__);                                                                           \
-            fputc('\n', stderr);                                                                                    \
-            g_fail++;                                                                                               \
-        }                                                                                                           \
-    } while (0)
-
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static float urand(float lo, float hi) { /* xorshift64*: the same values on every machine */
-    g_rng ^= g_rng >> 12, g_rng ^= g_rng << 25, g_rng ^= g_rng >> 27;
-    return lo + (hi - lo) * (float)((g_rng * 2685821657736338717ull) >> 40) / 16777216.0f;
-}
+/* uniform in [lo, hi) */
+static float urand(float lo, float hi) { return lo + (hi - lo) * 0.5f * (emu_rnd() + 1.0f); }
 static std::vector<bf16> rand_bf16(size_t n, float lo, float hi) {
     std::vector<bf16> v(n);
     for (auto &x : v) x = __float2bfloat16_rn(urand(lo, hi));
@@ -61,9 +48,9 @@ static void test_rmsnorm(int T, int C, float wadd) {
     rows x(xv), w(wv), dout(dov), dx_row(dxv), dx_warp(dxv), out_row(std::vector<bf16>((size_t)T * C)),
         out_warp(std::vector<bf16>((size_t)T * C));
     std::vector<float> rstd_row(T), rstd_warp(T);
-    CHECK(norm_by_row(C, 1), "C=%d: the launcher would not take the block-a-row kernel", C);
+    emu_expect(norm_by_row(C, 1), "C=%d: the launcher would not take the block-a-row kernel", C);
     int threads = norm_row_threads(C);
-    CHECK(threads % 32 == 0 && threads <= NORM_ROW_MAX_THREADS && threads * NORM_VPT * 8 >= C &&
+    emu_expect(threads % 32 == 0 && threads <= NORM_ROW_MAX_THREADS && threads * NORM_VPT * 8 >= C &&
               (threads - 32) * NORM_VPT * 8 < C,
           "C=%d: %d threads", C, threads);
     emu_launch(dim3(T), threads, [&] { rmsnorm_fwd_row_kernel(out_row.p, rstd_row.data(), x.p, w.p, wadd, C, eps); });
@@ -74,16 +61,16 @@ static void test_rmsnorm(int T, int C, float wadd) {
         double ss = 0;
         for (int c = 0; c < C; c++) ss += (double)f(x.p[t * C + c]) * f(x.p[t * C + c]);
         double r = 1.0 / std::sqrt(ss / C + eps);
-        CHECK(std::fabs(rstd_row[t] - r) <= 1e-5 * r, "C=%d row %d: rstd %.9g, want %.9g", C, t, rstd_row[t], r);
+        emu_expect(std::fabs(rstd_row[t] - r) <= 1e-5 * r, "C=%d row %d: rstd %.9g, want %.9g", C, t, rstd_row[t], r);
         for (int c = 0; c < C; c++) {
             double g = (double)f(w.p[c]) + wadd, xc = f(x.p[t * C + c]);
             bad += !near_bf16(f(out_row.p[t * C + c]), xc * r * g, 1.01, 1e-6);
             differ += f(out_row.p[t * C + c]) != f(out_warp.p[t * C + c]);
         }
     }
-    CHECK(bad == 0, "C=%d wadd=%g: %d outputs off the double-precision norm by more than a bf16 ulp", C, wadd, bad);
+    emu_expect(bad == 0, "C=%d wadd=%g: %d outputs off the double-precision norm by more than a bf16 ulp", C, wadd, bad);
     /* another order of the squares may move an output by one ulp, rarely */
-    CHECK(differ <= T * C / 100, "C=%d: %d of %d outputs differ from the warp kernel's", C, differ, T * C);
+    emu_expect(differ <= T * C / 100, "C=%d: %d of %d outputs differ from the warp kernel's", C, differ, T * C);
 
     /* the backward from the same rstd on both kernels */
     emu_launch(dim3(T), threads, [&] { rmsnorm_bwd_row_kernel(dx_row.p, dout.p, x.p, w.p, wadd, rstd_row.data(), C); });
@@ -101,9 +88,9 @@ static void test_rmsnorm(int T, int C, float wadd) {
             differ += f(dx_row.p[t * C + c]) != f(dx_warp.p[t * C + c]);
         }
     }
-    CHECK(bad_bwd == 0, "C=%d wadd=%g: %d of dx off the double-precision backward by more than a bf16 ulp", C, wadd,
+    emu_expect(bad_bwd == 0, "C=%d wadd=%g: %d of dx off the double-precision backward by more than a bf16 ulp", C, wadd,
           bad_bwd);
-    CHECK(differ <= T * C / 100, "C=%d: %d of %d dx differ from the warp kernel's", C, differ, T * C);
+    emu_expect(differ <= T * C / 100, "C=%d: %d of %d dx differ from the warp kernel's", C, differ, T * C);
 }
 
 static void test_rope(int T, int nh, int hd, int rot, float mscale, int inverse) {
@@ -113,7 +100,7 @@ static void test_rope(int T, int nh, int hd, int rot, float mscale, int inverse)
     std::vector<float> inv(rot / 2);
     for (int i = 0; i < rot / 2; i++) inv[i] = (float)(1.0 / std::pow(500000.0, 2.0 * i / rot));
     rows q_row(qv), q_pair(qv);
-    CHECK(rope_by_row(hd, rot, true), "hd=%d rot=%d: the launcher would not take the block-a-token kernel", hd, rot);
+    emu_expect(rope_by_row(hd, rot, true), "hd=%d rot=%d: the launcher would not take the block-a-token kernel", hd, rot);
     int threads = rope_row_threads(nh, rot);
     emu_launch(dim3(T), threads,
                [&] { rope_row_kernel(q_row.p, pos.data(), inv.data(), nh, hd, rot, mscale, inverse); });
@@ -136,9 +123,9 @@ static void test_rope(int T, int nh, int hd, int rot, float mscale, int inverse)
                 bad += !near_bf16(f(q_row.p[o + j + half]), x2 * c + x1 * s, 1.01, 1e-2);
             }
         }
-    CHECK(differ == 0, "T=%d nh=%d hd=%d rot=%d: %d values differ from the thread-a-pair kernel's", T, nh, hd, rot, differ);
-    CHECK(moved == 0, "hd=%d rot=%d: %d dims past rot changed", hd, rot, moved);
-    CHECK(bad == 0, "T=%d nh=%d hd=%d rot=%d: %d values off a double-precision rotation", T, nh, hd, rot, bad);
+    emu_expect(differ == 0, "T=%d nh=%d hd=%d rot=%d: %d values differ from the thread-a-pair kernel's", T, nh, hd, rot, differ);
+    emu_expect(moved == 0, "hd=%d rot=%d: %d dims past rot changed", hd, rot, moved);
+    emu_expect(bad == 0, "T=%d nh=%d hd=%d rot=%d: %d values off a double-precision rotation", T, nh, hd, rot, bad);
 }
 
 /* three arrays in one launch: a tail short of 8, an aligned run of whole vectors, and one whose
@@ -159,14 +146,14 @@ static void test_f32_to_bf16_pieces(void) {
     }
     unsigned blocks;
     cvt_pieces p = cvt_pieces_make(3, dst, srcp, n, 64, &blocks);
-    CHECK(blocks == 1 + 2 + 2 && p.vec[1] && !p.vec[2], "%u blocks, vec %d %d", blocks, p.vec[1], p.vec[2]);
+    emu_expect(blocks == 1 + 2 + 2 && p.vec[1] && !p.vec[2], "%u blocks, vec %d %d", blocks, p.vec[1], p.vec[2]);
     emu_launch(dim3(blocks), 64, [&] { f32_to_bf16_pieces_kernel(p); });
     int bad = 0, past = 0;
     for (int i = 0; i < 3; i++) {
         for (int64_t e = 0; e < n[i]; e++) bad += dst[i][e].u != __float2bfloat16_rn(srcp[i][e]).u;
         for (int64_t e = n[i]; e < n[i] + 8; e++) past += dst[i][e].u != 0x7fc1;
     }
-    CHECK(bad == 0 && past == 0, "f32_to_bf16_pieces: %d wrong, %d written past n", bad, past);
+    emu_expect(bad == 0 && past == 0, "f32_to_bf16_pieces: %d wrong, %d written past n", bad, past);
 }
 
 int main(void) {
@@ -178,7 +165,7 @@ int main(void) {
         test_rmsnorm(3, C, 0.0f);
         test_rmsnorm(2, C, 1.0f);
     }
-    CHECK(!norm_by_row(1016, 1) && !norm_by_row(4096, 0) && !norm_by_row(NORM_ROW_MAX_C + 8, 1),
+    emu_expect(!norm_by_row(1016, 1) && !norm_by_row(4096, 0) && !norm_by_row(NORM_ROW_MAX_C + 8, 1),
           "narrow, unaligned and over-wide rows take the warp kernel");
     /* T, nh, hd, rot, mscale: Llama's 128-dim heads, 64, phi3's partial rotary (96 of which 48;
      * 80), a block's heads in more than one pass (64 x 128: 512 > 256 threads), head dim 256 */
@@ -186,17 +173,13 @@ int main(void) {
                              {2, 2, 256, 256}};
     for (auto &s : shapes)
         for (int inverse = 0; inverse < 2; inverse++) test_rope(s[0], s[1], s[2], s[3], inverse ? 1.0f : 1.19f, inverse);
-    CHECK(!rope_by_row(64, 8, true) && !rope_by_row(100, 100, true) && !rope_by_row(128, 128, false),
+    emu_expect(!rope_by_row(64, 8, true) && !rope_by_row(100, 100, true) && !rope_by_row(128, 128, false),
           "rot / 2 off 8, hd off 8 and unaligned q take the thread-a-pair kernel");
-    CHECK(rope_row_threads(32, 128) == 256 && rope_row_threads(8, 128) == 64 && rope_row_threads(64, 128) == 256 &&
+    emu_expect(rope_row_threads(32, 128) == 256 && rope_row_threads(8, 128) == 64 && rope_row_threads(64, 128) == 256 &&
               rope_row_threads(3, 48) == 32,
           "rope_row_threads");
-    if (g_fail) {
-        fprintf(stderr, "elementwise_emu: %d failed\n", g_fail);
-        return 1;
-    }
     printf("elementwise_emu: RMSNorm (block a row, %zu widths, forward and backward), RoPE (block a token, %zu "
-           "shapes) and fp32 -> bf16 in pieces pass\n",
+           "shapes) and fp32 -> bf16 in pieces\n",
            sizeof widths / sizeof *widths, sizeof shapes / sizeof *shapes);
-    return 0;
+    return emu_summary();
 }

@@ -6,6 +6,7 @@
  * split counters back at zero. The mask is ops_dropout_keep's, the one every backend draws.
  * test_ops_gpu checks the same kernels on a GPU against the CPU op table. */
 #include "tests/emu/cuda_emu.h"
+#include "tests/emu/emu_check.h"
 
 #include "kernels/ops.h"
 
@@ -60,14 +61,7 @@ static void up(float *dA, bf16 *dx, int acc, const bf16 *g, const bf16 *x, const
 #undef UP
 }
 
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static float rnd(void) { /* uniform in [-1, 1) */
-    g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((g_rng >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
 static float bfr(float f) { return __bfloat162float(__float2bfloat16_rn(f)); }
-
-static int g_failed, g_checks;
 
 /* |got - ref| <= rel * (|ref| + rms(ref)) for every element */
 static void check(const char *what, const float *got, const double *ref, size_t n, double rel) {
@@ -82,18 +76,11 @@ static void check(const char *what, const float *got, const double *ref, size_t 
             bad++;
         }
     }
-    g_checks++;
-    if (bad) {
-        g_failed++;
-        printf("  FAIL %s: %zu of %zu elements off (worst [%zu]: got %.6g, want %.6g)\n", what, bad, n, worst,
+    emu_expect(!bad, "%s: %zu of %zu elements off (worst [%zu]: got %.6g, want %.6g)", what, bad, n, worst,
                (double)got[worst], ref[worst]);
-    }
 }
 
-static void expect(const char *what, bool ok) {
-    g_checks++;
-    if (!ok) g_failed++, printf("  FAIL %s\n", what);
-}
+static void expect(const char *what, bool ok) { emu_expect(ok, "%s", what); }
 
 static void run(int T, int in, int r, float p, int acc, int want_dx, int sms) {
     printf("T=%d in=%d r=%d p=%.2f accumulate=%d dx=%d sms=%d\n", T, in, r, p, acc, want_dx, sms);
@@ -101,11 +88,11 @@ static void run(int T, int in, int r, float p, int acc, int want_dx, int sms) {
     size_t nx = (size_t)T * in, na = (size_t)r * in, ng = (size_t)T * r;
     std::vector<bf16> x(nx), g(ng), dx0(nx);
     std::vector<float> A(na), dA0(na);
-    for (auto &v : x) v = __float2bfloat16_rn(rnd());
-    for (auto &v : g) v = __float2bfloat16_rn(0.1f * rnd());
-    for (auto &v : dx0) v = __float2bfloat16_rn(rnd());
-    for (auto &v : A) v = 0.05f * rnd();
-    for (auto &v : dA0) v = 0.01f * rnd();
+    for (auto &v : x) v = __float2bfloat16_rn(emu_rnd());
+    for (auto &v : g) v = __float2bfloat16_rn(0.1f * emu_rnd());
+    for (auto &v : dx0) v = __float2bfloat16_rn(emu_rnd());
+    for (auto &v : A) v = 0.05f * emu_rnd();
+    for (auto &v : dA0) v = 0.01f * emu_rnd();
     /* the reference, in double over the operands as the kernels round them */
     float inv = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
     std::vector<float> xd(nx), A16(na);
@@ -174,6 +161,5 @@ int main(int argc, char **argv) {
     for (const auto &c : cfgs) run(c[0], c[1], c[2], (float)c[3] / 100.0f, c[4], c[5], c[6]);
     if (argc > 1 && !strcmp(argv[1], "--big")) /* the 7B shapes' tilings (minutes) */
         run(512, 4096, 16, 0.05f, 1, 1, 132), run(256, 11008, 64, 0.05f, 0, 1, 132);
-    printf("%d checks, %d failed\n", g_checks, g_failed);
-    return g_failed ? 1 : 0;
+    return emu_summary();
 }
