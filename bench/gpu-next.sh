@@ -87,7 +87,7 @@
 # ".device/peer"]). .device/prev/b.tar.xz is the bundle of 1207694 (the kernels before V's), made as
 # above from a worktree of that commit when this checkout lacks it.
 set -u
-PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|U|V|W}
+PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|U|V|W|X}
 R=$(pwd)
 O=${OUT:-/tmp/gpu-next}/$PART
 mkdir -p "$O"
@@ -121,6 +121,36 @@ B=$NB/b
 stamp "part $PART"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 git -C "$R" log --oneline -1 2>/dev/null
+
+# ncu_linear LINEAR PATH [BUNDLE TAG]: one linear's forward and backward (train_gpu lora-kernels) by
+# BUNDLE's programs ($B's by default), each kernel timed by Nsight Compute where it is installed (on
+# Firecracker; on gVisor ncu cannot read the device, and the mean times alone come back); the log
+# is $O/ncu-LINEAR-PATH[-TAG].csv
+ncu_linear() {
+    local lin=$1 path=$2 b=${3:-$B} f="$O/ncu-$1-$2${4:+-$4}"
+    NCU=${NCU-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)}
+    if [ -n "$NCU" ]; then
+        timeout 120 "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
+            "$b/run" train_gpu lora-kernels --linear $lin --path $path > "$f.csv" 2> "$f.err"
+        echo "$lin $path${4:+ ($4)}: rc=$? $(grep -E '^\| ' "$f.csv")"
+        python3 - "$f.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+if rows:
+    h = rows[0]
+    k, u, v = h.index("Kernel Name"), h.index("Metric Unit"), h.index("Metric Value")
+    tot = 0
+    for r in rows[1:]:
+        us = float(r[v].replace(",", "")) / {"ns": 1000, "nsecond": 1000, "us": 1, "usecond": 1, "ms": 0.001,
+                                             "msecond": 0.001}[r[u]]
+        tot += us
+        print("   %8.1f us  %s" % (us, r[k][:110]))
+    print("   %8.1f us  in all, %d kernels" % (tot, len(rows) - 1))
+PY
+    else
+        timeout 60 "$b/run" train_gpu lora-kernels --linear $lin --path $path 2>&1 | grep -E "^\| |error"
+    fi
+}
 
 case $PART in
 A)
@@ -478,32 +508,36 @@ U)
     # [2048, 4096] at 4 TB/s): the mask's hash (ops_dropout_keep: splitmix64, three 64-bit
     # multiplies and a 64-bit int-to-float conversion an element) may bind them, and a 32-bit
     # hash would free them; the rank-16 GEMMs (cuBLAS with 16 columns or rows) against theirs
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    echo "ncu: ${NCU:-not found}"
     for lin in q up down; do
-        for path in frozen gemm fused; do
-            f="$O/ncu-$lin-$path"
-            if [ -n "$NCU" ]; then
-                timeout 120 "$NCU" --clock-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
-                    "$B/run" train_gpu lora-kernels --linear $lin --path $path > "$f.csv" 2> "$f.err"
-                echo "$lin $path: rc=$? $(grep -E '^\| ' "$f.csv")"
-                python3 - "$f.csv" <<'PY'
-import csv, sys
-rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-if rows:
-    h = rows[0]
-    k, u, v = h.index("Kernel Name"), h.index("Metric Unit"), h.index("Metric Value")
-    tot = 0
-    for r in rows[1:]:
-        us = float(r[v].replace(",", "")) / {"ns": 1000, "nsecond": 1000, "us": 1, "usecond": 1, "ms": 0.001,
-                                             "msecond": 0.001}[r[u]]
-        tot += us
-        print("   %8.1f us  %s" % (us, r[k][:110]))
-    print("   %8.1f us  in all, %d kernels" % (tot, len(rows) - 1))
-PY
-            else
-                timeout 60 "$B/run" train_gpu lora-kernels --linear $lin --path $path 2>&1 | grep -E "^\| |error"
-            fi
+        for path in frozen gemm fused; do ncu_linear $lin $path; done
+    done
+    ;;
+X)
+    # the fused LoRA kernels rewritten (2026-12-06 00:00 UTC; the bundle of that commit as
+    # .device/lora/b.tar.xz, carried beside .device/next, the kernels before it): lora_down a block
+    # of 64 rows sharing each A tile (it read A once per 16 rows, twice x's bytes from L2), both
+    # kernels reading their next tile into registers while the tensor cores work on the one before,
+    # the grids one wave of 4 blocks a multiprocessor. U of 23:03 (H100): lora_down 73.3 us where
+    # its 45 MB need ~15, lora_up_bwd 83.8 where its 135 MB need ~45; the branch 196.8 fused, 211.6
+    # on GEMMs. Then the rows on both paths, twice: if fused wins every row, flip
+    # LORA_FUSED_DEFAULT (lora.cu)
+    unpack lora "$NB/lora"
+    L=$NB/lora/b
+    (cd tests && timeout 150 "$L/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
+    grep -E "^FAIL|lora|passed|failed" "$O/test_ops_gpu.log" | head -12
+    for lin in down q; do
+        ncu_linear $lin gemm "$L" new
+        ncu_linear $lin fused "$B" before
+        ncu_linear $lin fused "$L" new
+    done
+    for pass in 1 2; do
+        for r in "7b q,v 2048 1" "7b all-linear 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
+            set -- $r
+            for lp in gemm fused; do
+                QLORA_CUDA_LORA=$lp timeout 90 "$L/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 \
+                    --ckpt auto --dense on --steps 18 --warmup 2 > "$O/row-$pass-$lp-$1-$2-$4.log" 2>&1
+                echo "$lp: $(grep -E '^\| ' "$O/row-$pass-$lp-$1-$2-$4.log" | tail -1)"
+            done
         done
     done
     ;;

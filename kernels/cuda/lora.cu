@@ -73,28 +73,26 @@ static int *lora_counters(size_t n) {
     return c;
 }
 
-// the blocks a launch aims at: enough for every multiprocessor to keep several in flight
-static int lora_target_blocks(void) { return 4 * sm_count(); }
+// the blocks a launch aims at: one wave of LORA_BLOCKS_PER_SM on every multiprocessor
+static int lora_target_blocks(void) { return LORA_BLOCKS_PER_SM * sm_count(); }
 
 static int r16_of(int r) { return CEIL_DIV(r, 16); }
 
 extern "C" size_t cuda_lora_scratch_bytes(int64_t T, int64_t in, int r) {
     if (r < 1 || r > LORA_FUSED_MAX_R || T <= 0 || in <= 0) return 0;
-    lora_down_shape d = lora_down_grid((int)T, (int)in, lora_target_blocks());
-    lora_up_shape u = lora_up_grid((int)T, (int)in, lora_target_blocks());
-    size_t rp = (size_t)r16_of(r) * 16;
-    size_t pd = d.ks > 1 ? (size_t)d.ks * d.rowtiles * 16 * rp : 0, pu = u.ts > 1 ? (size_t)u.ts * u.strips * rp * 64 : 0;
+    lora_down_shape d = lora_down_grid((int)T, (int)in, r, lora_target_blocks());
+    lora_up_shape u = lora_up_grid((int)T, (int)in, r, lora_target_blocks());
     size_t cnt = (size_t)(d.rowtiles > u.strips ? d.rowtiles : u.strips);
-    return (pd > pu ? pd : pu) * sizeof(float) + cnt * sizeof(int);
+    return (d.part > u.part ? d.part : u.part) * sizeof(float) + cnt * sizeof(int);
 }
 
 void launch_lora_down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int T, int in, int r, float p,
                       uint64_t seed) {
     CUDA_REQUIRE(r >= 1 && r <= LORA_FUSED_MAX_R, "lora_down: rank out of the fused range");
     if (T <= 0) return;
-    lora_down_shape s = lora_down_grid(T, in, lora_target_blocks());
-    int R16 = r16_of(r), rp = R16 * 16;
-    float *part = (float *)cuda_scratch(SCRATCH_LORA_PART, (size_t)(s.ks > 1 ? s.ks : 0) * s.rowtiles * 16 * rp * 4);
+    lora_down_shape s = lora_down_grid(T, in, r, lora_target_blocks());
+    int R16 = r16_of(r);
+    float *part = (float *)cuda_scratch(SCRATCH_LORA_PART, s.part * sizeof(float));
     int *cnt = lora_counters((size_t)s.rowtiles);
     int vec = in % 8 == 0 && al16(x), vec4 = in % 4 == 0 && al16(A);
     float inv = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
@@ -117,17 +115,17 @@ void launch_lora_up_bwd(float *dA, bf16 *dx, int accumulate, const bf16 *g, cons
                         int in, int r, float p, uint64_t seed) {
     CUDA_REQUIRE(r >= 1 && r <= LORA_FUSED_MAX_R, "lora_up_bwd: rank out of the fused range");
     if (T <= 0) return;
-    lora_up_shape s = lora_up_grid(T, in, lora_target_blocks());
-    int R16 = r16_of(r), rp = R16 * 16;
-    float *part = (float *)cuda_scratch(SCRATCH_LORA_PART, (size_t)(s.ts > 1 ? s.ts : 0) * s.strips * rp * 64 * 4);
+    lora_up_shape s = lora_up_grid(T, in, r, lora_target_blocks());
+    int R16 = r16_of(r);
+    float *part = (float *)cuda_scratch(SCRATCH_LORA_PART, s.part * sizeof(float));
     int *cnt = lora_counters((size_t)s.strips);
-    int vec = in % 8 == 0 && al16(x) && (!dx || al16(dx)), vec4 = in % 4 == 0 && al16(A);
+    int vec = in % 8 == 0 && al16(x) && (!dx || al16(dx)), vec4 = in % 4 == 0 && al16(A), gvec = r % 8 == 0 && al16(g);
     float inv = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
     dim3 grid((unsigned)s.strips, (unsigned)s.ts);
     cudaStream_t st = cuda_stream();
 #define UP(R)                                                                                                       \
     lora_up_bwd_kernel<R><<<grid, LORA_THREADS, 0, st>>>(dA, dx, accumulate, part, cnt, g, x, A, T, in, r, s.tchunk, \
-                                                         p, inv, seed, vec, vec4)
+                                                         p, inv, seed, vec, vec4, gvec)
     switch (R16) {
     case 1: UP(1); break;
     case 2: UP(2); break;

@@ -20,12 +20,12 @@
 static std::vector<float> g_part;
 static std::vector<int> g_cnt(1 << 16, 0);
 
-/* the launchers of lora.cu, with the grid aiming at 4 blocks a multiprocessor of `sms` */
+/* the launchers of lora.cu, with the grid aiming at LORA_BLOCKS_PER_SM blocks a multiprocessor of `sms` */
 static void down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int T, int in, int r, float p, uint64_t seed,
                  int sms) {
-    lora_down_shape s = lora_down_grid(T, in, 4 * sms);
+    lora_down_shape s = lora_down_grid(T, in, r, LORA_BLOCKS_PER_SM * sms);
     int R16 = CEIL_DIV(r, 16);
-    g_part.assign((size_t)s.ks * s.rowtiles * 16 * R16 * 16 + 1, NAN); /* unwritten partials poison the sums */
+    g_part.assign(s.part + 1, NAN); /* unwritten partials poison the sums */
     float inv = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
     int vec = in % 8 == 0, vec4 = in % 4 == 0;
     float *part = g_part.data();
@@ -43,15 +43,15 @@ static void down(float *xa, bf16 *xa16, const bf16 *x, const float *A, int T, in
 
 static void up(float *dA, bf16 *dx, int acc, const bf16 *g, const bf16 *x, const float *A, int T, int in, int r,
                float p, uint64_t seed, int sms) {
-    lora_up_shape s = lora_up_grid(T, in, 4 * sms);
+    lora_up_shape s = lora_up_grid(T, in, r, LORA_BLOCKS_PER_SM * sms);
     int R16 = CEIL_DIV(r, 16);
-    g_part.assign((size_t)s.ts * s.strips * R16 * 16 * 64 + 1, NAN);
+    g_part.assign(s.part + 1, NAN);
     float inv = p > 0 ? 1.0f / (1.0f - p) : 1.0f;
-    int vec = in % 8 == 0, vec4 = in % 4 == 0;
+    int vec = in % 8 == 0, vec4 = in % 4 == 0, gvec = r % 8 == 0;
     float *part = g_part.data();
     int *cnt = g_cnt.data();
     dim3 grid((unsigned)s.strips, (unsigned)s.ts);
-#define UP(R) emu_launch(grid, LORA_THREADS, [&] { lora_up_bwd_kernel<R>(dA, dx, acc, part, cnt, g, x, A, T, in, r, s.tchunk, p, inv, seed, vec, vec4); })
+#define UP(R) emu_launch(grid, LORA_THREADS, [&] { lora_up_bwd_kernel<R>(dA, dx, acc, part, cnt, g, x, A, T, in, r, s.tchunk, p, inv, seed, vec, vec4, gvec); })
     switch (R16) {
     case 1: UP(1); break;
     case 2: UP(2); break;
