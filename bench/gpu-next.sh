@@ -328,6 +328,8 @@ I)
     # shape through qlora-run (dense_weights auto), its train stage again deterministic twice on
     # the same cache (one adapter), then transformers + peft + bitsandbytes on the same rows
     # (carry .device/peer too)
+    # I_PEER_ONLY=1: the peer alone, in a sitting whose R gave the recipe's rows
+    [ "${I_PEER_ONLY:-0}" = 1 ] || {
     stamp "recipes/bench-7b.yaml, 7B"
     export QLORA_CACHE=/tmp/i-cache QLORA_RUNS=/tmp/i-runs
     timeout 240 "$B/run" qlora-run "$R/recipes/bench-7b.yaml" > "$O/recipe-7b.log" 2>&1; echo "recipe rc=$?"
@@ -338,6 +340,7 @@ I)
             -newer "$O/recipe-7b.log" -exec sha256sum {} + | cut -c1-16 | sort -u | tr '\n' ' ')"
     done
     rm -rf /tmp/i-cache /tmp/i-runs
+    }
     stamp "the peer, 7B rows"
     export PYTHONPATH=$R/.device/peer/bnb${PYTHONPATH:+:$PYTHONPATH} BNB_COMMIT=$(cat "$R/.device/peer/BNB_COMMIT" 2>/dev/null)
     timeout 200 python3 bench/hf_qlora_bench.py --shape 7b --model-dir /tmp/hf-7b --qlora 2048x1:qv,2048x4:qv,2048x1:all \
@@ -525,12 +528,13 @@ X)
     L=$NB/lora/b
     (cd tests && timeout 150 "$L/run" test_ops_gpu > "$O/test_ops_gpu.log" 2>&1; echo "test_ops_gpu rc=$?")
     grep -E "^FAIL|lora|passed|failed" "$O/test_ops_gpu.log" | head -12
-    for lin in down q; do
+    # in order of need (a call cut short keeps what ran): down's kernels, the rows once, q's
+    # kernels, the rows again
+    for pass in 1 2; do
+        lin=$([ $pass = 1 ] && echo down || echo q)
         ncu_linear $lin gemm "$L" new
         ncu_linear $lin fused "$B" before
         ncu_linear $lin fused "$L" new
-    done
-    for pass in 1 2; do
         for r in "7b q,v 2048 1" "7b all-linear 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
             set -- $r
             for lp in gemm fused; do
