@@ -91,6 +91,19 @@ __device__ __forceinline__ void load_a_tile(bf16 *dst, const float *A, int r, in
 
 #define LORA_DOWN_ROWS 64
 
+// a chunk of lora_down from column kc, raw: the thread's 8 columns from kc + col of x's rows t,
+// t + 4, t + 8, t + 12 and its AV float4s of the A tile (rows arow + 8i, 4 columns from kc + acol);
+// zero past T, k1 and r
+template <int AV>
+__device__ __forceinline__ void fetch_down_chunk(uint4 *xr, float4 *ar, const bf16 *x, const float *A, int t, int T,
+                                                 int in, int kc, int k1, int col, int arow, int acol, int r, bool vec,
+                                                 bool vec4) {
+#pragma unroll
+    for (int v = 0; v < 4; v++) xr[v] = fetch8(x, t + 4 * v, T, in, kc + col, k1, vec);
+#pragma unroll
+    for (int i = 0; i < AV; i++) ar[i] = fetch_a4(A, arow + 8 * i, r, in, kc + acol, k1, vec4);
+}
+
 template <int R16>
 __global__ void __launch_bounds__(LORA_THREADS, LORA_BLOCKS_PER_SM)
 lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, const float *A, int T, int in, int r,
@@ -114,10 +127,7 @@ lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, co
     int lrow = lane >> 3, col = (lane & 7) * 8, arow = threadIdx.x >> 4, acol = (threadIdx.x & 15) * 4;
     uint4 xr[4];
     float4 ar[AV];
-#pragma unroll
-    for (int v = 0; v < 4; v++) xr[v] = fetch8(x, tw + 4 * v + lrow, T, in, k0 + col, k1, vec);
-#pragma unroll
-    for (int i = 0; i < AV; i++) ar[i] = fetch_a4(A, arow + 8 * i, r, in, k0 + acol, k1, vec4);
+    fetch_down_chunk<AV>(xr, ar, x, A, tw + lrow, T, in, k0, k1, col, arow, acol, r, vec, vec4);
     for (int kc = k0; kc < k1; kc += 64) {
         uint32_t bits = 0;
 #pragma unroll
@@ -130,12 +140,8 @@ lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, co
 #pragma unroll
         for (int i = 0; i < AV; i++) put_a4(as + (arow + 8 * i) * XS_LD + acol, ar[i]);
         __syncthreads();
-        if (kc + 64 < k1) { // the next chunk's loads, in flight during this chunk's products
-#pragma unroll
-            for (int v = 0; v < 4; v++) xr[v] = fetch8(x, tw + 4 * v + lrow, T, in, kc + 64 + col, k1, vec);
-#pragma unroll
-            for (int i = 0; i < AV; i++) ar[i] = fetch_a4(A, arow + 8 * i, r, in, kc + 64 + acol, k1, vec4);
-        }
+        if (kc + 64 < k1) // the next chunk's loads, in flight during this chunk's products
+            fetch_down_chunk<AV>(xr, ar, x, A, tw + lrow, T, in, kc + 64, k1, col, arow, acol, r, vec, vec4);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa;
@@ -189,9 +195,20 @@ lora_down_kernel(float *xa, bf16 *xa16, float *part, int *cnt, const bf16 *x, co
 // chunk's x and g are read into registers while the warp works on the chunk before, and its dx
 // (where dx is accumulated into) while the warp works on its products.
 
-// 8 bf16 of row i of g [T, r] from column j8 (a multiple of 8), raw; zero past T or past r
-__device__ __forceinline__ uint4 fetch_g8(const bf16 *g, int t, int T, int r, int j8, bool gvec) {
-    return fetch8(g, t, T, r, j8, r, gvec);
+// a warp's chunk from row t, raw: x's 16 x 64 tile (lane: 8 columns from c of rows 4v + lrow) and
+// g's [16, RP] (lane: the pieces e = lane + 32k of 8 columns, row e / G8, columns 8 (e % G8)); zero
+// past tb1, in and r
+template <int R16>
+__device__ __forceinline__ void fetch_up_chunk(uint4 *xr, uint4 *gr, const bf16 *x, const bf16 *g, int t, int tb1,
+                                               int in, int c, int lrow, int lane, int r, bool vec, bool gvec) {
+    constexpr int G8 = R16 * 2;
+#pragma unroll
+    for (int v = 0; v < 4; v++) xr[v] = fetch8(x, t + 4 * v + lrow, tb1, in, c, in, vec);
+#pragma unroll
+    for (int k = 0; k < R16; k++) {
+        int e = lane + 32 * k;
+        gr[k] = fetch8(g, t + e / G8, tb1, r, 8 * (e % G8), r, gvec);
+    }
 }
 
 template <int R16>
@@ -221,13 +238,7 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
     float *y = ys + warp * 16 * YS_LD;
     uint4 xr[4], gr[R16]; // g's pieces e = lane + 32k: row e / G8, columns 8 (e % G8)
     int t = tb0 + warp * 16;
-#pragma unroll
-    for (int v = 0; v < 4; v++) xr[v] = fetch8(x, t + 4 * v + lrow, tb1, in, c0 + col, in, vec);
-#pragma unroll
-    for (int k = 0; k < R16; k++) {
-        int e = lane + 32 * k;
-        gr[k] = fetch_g8(g, t + e / G8, tb1, r, 8 * (e % G8), gvec);
-    }
+    fetch_up_chunk<R16>(xr, gr, x, g, t, tb1, in, c0 + col, lrow, lane, r, vec, gvec);
     for (; t < tb1; t += 4 * 16) {
         uint4 dr[4] = {};
         if (dx && accumulate) { // this chunk's dx, in flight during its products
@@ -249,15 +260,8 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
         }
         __syncwarp();
         int tn = t + 4 * 16;
-        if (tn < tb1) { // the next chunk's x and g, in flight during this chunk's products
-#pragma unroll
-            for (int v = 0; v < 4; v++) xr[v] = fetch8(x, tn + 4 * v + lrow, tb1, in, c0 + col, in, vec);
-#pragma unroll
-            for (int k = 0; k < R16; k++) {
-                int e = lane + 32 * k;
-                gr[k] = fetch_g8(g, tn + e / G8, tb1, r, 8 * (e % G8), gvec);
-            }
-        }
+        if (tn < tb1) // the next chunk's x and g, in flight during this chunk's products
+            fetch_up_chunk<R16>(xr, gr, x, g, tn, tb1, in, c0 + col, lrow, lane, r, vec, gvec);
         // dA [RP, 64] += g^T [RP, 16] drop(x) [16, 64]
 #pragma unroll
         for (int m = 0; m < R16; m++) {
