@@ -532,10 +532,10 @@ X)
     # kernels, the rows again
     for pass in 1 2; do
         lin=$([ $pass = 1 ] && echo down || echo q)
-        ncu_linear $lin gemm "$L" new
-        ncu_linear $lin fused "$B" before
         ncu_linear $lin fused "$L" new
-        for r in "7b q,v 2048 1" "7b all-linear 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
+        ncu_linear $lin fused "$B" before
+        ncu_linear $lin gemm "$L" new
+        for r in "7b all-linear 2048 1" "7b q,v 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
             set -- $r
             for lp in gemm fused; do
                 QLORA_CUDA_LORA=$lp timeout 90 "$L/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 \
