@@ -13,9 +13,9 @@
 #      short there before them; 19,716 on an H100 with them); the checkpointed row at 5.3GB.
 #   2. I (~450 s, carry .device/peer too): the peer (transformers + peft + bitsandbytes) on the
 #      7B rows in the same sitting as ours, which issue 21's "Show" asks for.
-#   3. V (~140 s) on the H200, if the lease allows.
-#   4. (not a sitting) make lora_down and lora_up_bwd run at their bytes' speed (U: a fifth and a
-#      half of it), then U again.
+#   3. X (~450 s; any card, carry .device/lora too): the fused LoRA kernels rewritten for their
+#      bytes (2026-12-06 00:00, not yet run on a GPU): test_ops_gpu, ncu, the rows on both paths.
+#   4. V (~140 s) on the H200, if the lease allows.
 #   5. Llama-3-8B at 80 GiB (~700 s over two calls; likely a sitting of its own): its step is
 #      about 540 s and the set-up (the model, 108 GiB of pinned host memory) took 85-100 s for the
 #      other 80 GiB cells, over a call's 600 s. A process that starts its own session (setsid) runs on between calls while
