@@ -10,13 +10,14 @@ struct __align__(16) bf16x8 {
 // 8 bf16 at p (16-byte aligned, global or shared memory) in one 16-byte access: read and written
 // as a uint4 and copied to or from the pairs (a bf16x8 read through its own type is copied member
 // by member, four 4-byte accesses: what every map and the fused LoRA kernels did until 2026-12-05,
-// as the PTX showed; tests/check_kernels_ptx.sh holds it)
-__device__ __forceinline__ bf16x8 ld_bf16x8(const bf16 *p) {
-    uint4 raw = *reinterpret_cast<const uint4 *>(p);
+// as the PTX showed; tests/check_kernels_ptx.sh holds it). bf16x8_of gives the pairs of a uint4
+// read earlier (the fused LoRA kernels fetch a tile's bits before they need its values)
+__device__ __forceinline__ bf16x8 bf16x8_of(uint4 raw) {
     bf16x8 v;
     memcpy(&v, &raw, sizeof v);
     return v;
 }
+__device__ __forceinline__ bf16x8 ld_bf16x8(const bf16 *p) { return bf16x8_of(*reinterpret_cast<const uint4 *>(p)); }
 __device__ __forceinline__ void st_bf16x8(bf16 *p, const bf16x8 &v) {
     uint4 raw;
     memcpy(&raw, &v, sizeof raw);

@@ -2,7 +2,7 @@
 // the grids they run on, apart from their launchers so that a test can also run them on the CPU
 // (tests/emu/: a SIMT emulation of one block at a time, its warps and WMMA). Include it after the
 // CUDA headers (launch.cuh, <mma.h>) or the emulation's stand-ins for them; it includes only
-// bf16x8.cuh (8 bf16 in one 16-byte access: bf16x8, load8, store8).
+// bf16x8.cuh (8 bf16 in one 16-byte access: bf16x8, bf16x8_of, unpack8, store8).
 #ifndef KERNELS_CUDA_LORA_KERNELS_CUH
 #define KERNELS_CUDA_LORA_KERNELS_CUH
 
@@ -36,8 +36,7 @@ __device__ __forceinline__ uint4 fetch8(const bf16 *x, int t, int T, int in, int
 // *bits at bit b0 (elements fetch8 zeroed stay zero either way)
 __device__ __forceinline__ void drop8(float *f, uint32_t *bits, int b0, uint4 raw, int t, int in, int c, float p,
                                       float inv, uint64_t seed) {
-    bf16x8 v;
-    memcpy(&v, &raw, sizeof v);
+    bf16x8 v = bf16x8_of(raw);
     unpack8(f, v);
     if (p > 0.0f) {
         uint64_t base = (uint64_t)t * (uint64_t)in + (uint64_t)c;
@@ -302,9 +301,7 @@ lora_up_bwd_kernel(float *dA, bf16 *dx, int accumulate, float *part, int *cnt, c
                         f[j] = (bits >> (v * 8 + j)) & 1u ? y[row * YS_LD + col + j] * inv : 0.0f;
                     if (accumulate) {
                         float o[8];
-                        bf16x8 ov;
-                        memcpy(&ov, &dr[v], sizeof ov);
-                        unpack8(o, ov);
+                        unpack8(o, bf16x8_of(dr[v]));
 #pragma unroll
                         for (int j = 0; j < 8; j++) f[j] += o[j];
                     }
