@@ -84,8 +84,10 @@
 #   BIN=build/qlora-run tests/golden/make_mc_golden_families.sh .device/mcfam/out
 # Then: run `bash bench/gpu-next.sh A` with carry [".device/next", ".device/mcfam"] (B, D, H, J, K,
 # L, M, N, R, U, W: [".device/next"]; V: [".device/next", ".device/prev"]; E, I: [".device/next",
-# ".device/peer"]). .device/prev/b.tar.xz is the bundle of 1207694 (the kernels before V's), made as
-# above from a worktree of that commit when this checkout lacks it.
+# ".device/peer"]; X: [".device/next", ".device/lora"]). .device/prev/b.tar.xz is the bundle of
+# 1207694 (the kernels before V's), made as above from a worktree of that commit when this checkout
+# lacks it; X's .device/next is the bundle of c4f1cb7 (the fused kernels before X's) and
+# .device/lora that of c782947 or later, made as above into .device/lora.
 set -u
 PART=${1:?usage: gpu-next.sh A|B|C|D|E|F|G|H|I|J|K|L|M|N|R|U|V|W|X}
 R=$(pwd)
@@ -148,6 +150,7 @@ if rows:
     print("   %8.1f us  in all, %d kernels" % (tot, len(rows) - 1))
 PY
     else
+        echo "$lin $path${4:+ ($4)}: ncu not found, so train_gpu's own event times (ncu's per-kernel table needs Nsight Compute on the PATH or under /opt/nvidia/nsight-compute)"
         timeout 60 "$b/run" train_gpu lora-kernels --linear $lin --path $path 2>&1 | grep -E "^\| |error"
     fi
 }
