@@ -38,9 +38,10 @@ static int sm_count(void) {
     return n;
 }
 
-// Off by default until a GPU sitting has run test_ops_gpu and bench/gpu-lora.sh on these kernels
-// (they were written while no GPU was lent; checked then only by running this file's kernels on the
-// CPU through a SIMT emulation of the block, its warps and WMMA, against a double-precision sum).
+// Off by default: on the GPU (test_ops_gpu passed on them) they tied the GEMM path on every row until
+// 2026-12-05, and their rewrite of 2026-12-06 (lora_kernels.cuh: 64-row blocks of lora_down, the next
+// tile fetched during the products) is checked only on the CPU (tests/emu/lora_emu.cpp) until
+// `bench/gpu-next.sh X` runs it; flip this if X shows the fused path ahead on every row.
 #define LORA_FUSED_DEFAULT 0
 
 static int g_fused = -1; // cuda_lora_fused_set; -1: not read from the environment yet
