@@ -20,6 +20,8 @@
 #   expect_fail CODE TEXT CMD [ARG...]
 #                          run CMD, its output in $W/expect.txt: it must exit CODE and say TEXT
 #                          (a pattern for plain grep: basic regex); else the output is shown and the test fails
+#   flip_byte FILE OFFSET  xor the byte at OFFSET with 0x20, in place: it always changes, whatever
+#                          the file held (a constant written there may already be the byte)
 : "${QLORA_BIN:?QLORA_BIN must name the qlora-run binary (ctest sets it)}"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -65,4 +67,10 @@ expect_fail() {
     "$@" > "$W/expect.txt" 2>&1 || rc=$?
     [ "$rc" = "$code" ] || { cat "$W/expect.txt"; fail "$*: exit $rc, expected $code"; }
     grep -q -- "$text" "$W/expect.txt" || { cat "$W/expect.txt"; fail "$*: the output lacks '$text'"; }
+}
+
+flip_byte() {
+    local b
+    b=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+    printf "$(printf '\\%03o' $((b ^ 32)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }

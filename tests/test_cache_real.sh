@@ -37,7 +37,7 @@ stages:
     kind: attach_lora
     model: nf4
 YAML
-"$BIN" c.yaml -q || { bad "the recipe did not run"; finish; exit 1; }
+"$BIN" c.yaml -q || { bad "the recipe did not run"; checks_done; exit 1; }
 NF4=$(art cache quantize_nf4)
 ST=$NF4/model/model.safetensors
 cp -p "$ST" orig.safetensors
@@ -45,11 +45,6 @@ size=$(stat -c %s "$ST")
 check "the quantized weights are over 1 MiB, so the hash memo keeps them ($size bytes)" test "$size" -ge 1048576
 check "the memo holds them" grep -q " $size [0-9]* [0-9a-f]\{32\} " cache/hash-memo
 
-flip() { # FILE OFFSET: xor one byte with 0x20, in place
-    local b
-    b=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
-    printf "$(printf '\\%03o' $((b ^ 32)))" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
-}
 ran_nf4() { # did the last run compute nf4 (a stage_start event), and why?
     local ev; ev=$(ls -d runs/relc/* | sort | tail -n1)/events.jsonl
     grep '"type":"stage_start"' "$ev" | grep '"stage":"nf4"' | sed 's/.*"why":"\([^"]*\)".*/\1/'
@@ -57,7 +52,7 @@ ran_nf4() { # did the last run compute nf4 (a stage_start event), and why?
 restored() { cmp -s "$ST" orig.safetensors; }
 
 # --- a flipped byte, mtime changed
-flip "$ST" $((size / 2))
+flip_byte "$ST" $((size / 2))
 plan=$("$BIN" plan c.yaml 2>&1)
 check "flip: plan sees the corruption before use" grep -q "why: cached artifact is corrupt: file 'model/model.safetensors' does not match its hash" <<<"$plan"
 "$BIN" c.yaml -q; rc=$?
@@ -69,7 +64,7 @@ check "flip: lora (same key) stays cached" test -z "$(grep '"type":"stage_start"
 # --- a flipped byte with size and mtime put back: the memo is trusted until a verify
 ST=$(art cache quantize_nf4)/model/model.safetensors
 cp -p "$ST" stamp
-flip "$ST" $((size / 3))
+flip_byte "$ST" $((size / 3))
 touch -r stamp "$ST"
 check "touch -r: size and mtime unchanged" test "$(stat -c '%s %Y' "$ST")" = "$(stat -c '%s %Y' stamp)" -a "$(stat -c %y "$ST")" = "$(stat -c %y stamp)"
 plan=$("$BIN" plan c.yaml 2>&1)
@@ -98,7 +93,7 @@ damage_and_rerun() { # NAME FILE COMMAND...
     check "$name: the artifact is whole again" restored
 }
 NF4=$(art cache quantize_nf4)
-damage_and_rerun "small file (config.json) flipped" "$NF4/model/config.json" flip "$NF4/model/config.json" 10
+damage_and_rerun "small file (config.json) flipped" "$NF4/model/config.json" flip_byte "$NF4/model/config.json" 10
 NF4=$(art cache quantize_nf4)
 damage_and_rerun "weights truncated" "$NF4/model/model.safetensors" truncate -s -1 "$NF4/model/model.safetensors"
 NF4=$(art cache quantize_nf4)
@@ -158,4 +153,4 @@ kill -INT $pid; wait $pid; rc=$?
 check "the run was not disturbed (interrupted by us: 7, got $rc)" test $rc -eq 7
 "$BIN" cache gc --keep-last 0 >gc.out 2>&1; rc=$?
 check "cache gc with no run: collects (rc $rc)" test $rc -eq 0 -a -z "$(art cache2 quantize_nf4)"
-finish
+checks_done

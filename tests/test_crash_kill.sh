@@ -21,12 +21,12 @@ rel_recipe "$W/r.yaml" 40
 cd "$W"
 
 # the stages before training, kept aside; then the uninterrupted reference run from there
-"$BIN" r.yaml -q --until data || { bad "the stages before training failed"; finish; exit 1; }
+"$BIN" r.yaml -q --until data || { bad "the stages before training failed"; checks_done; exit 1; }
 cp -a cache pre
 t0=$(now_ms)
 "$BIN" r.yaml -q; rc=$?
 T=$(( $(now_ms) - t0 ))
-[ $rc -eq 0 ] || { bad "the uninterrupted run failed (rc $rc)"; finish; exit 1; }
+[ $rc -eq 0 ] || { bad "the uninterrupted run failed (rc $rc)"; checks_done; exit 1; }
 mkdir ref
 cp "$(art cache train)/adapter/adapter_model.safetensors" ref/train.safetensors
 cp "$(art cache export)/adapter/adapter_model.safetensors" ref/export.safetensors
@@ -103,4 +103,4 @@ check "checkpoints left by a kill after the commit are removed by the next run" 
 check "kill -9 at $N moments: final adapter byte-identical $same of $N" test $same -eq $N
 # The test only proves something if kills hit the training loop: ask for a quarter of them.
 check "at least $((N / 4)) kills landed mid-training ($in_train)" test $in_train -ge $((N / 4))
-finish
+checks_done

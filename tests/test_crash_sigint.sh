@@ -12,9 +12,9 @@ rel_recipe "$W/r.yaml" 120 # long enough that the polls below catch it mid-run o
 cd "$W"
 NOSAVE=(--set stages.train.save_steps=0) # not part of the cache key: same stage, same artifact
 
-"$BIN" r.yaml -q --until data || { bad "the stages before training failed"; finish; exit 1; }
+"$BIN" r.yaml -q --until data || { bad "the stages before training failed"; checks_done; exit 1; }
 cp -a cache pre
-"$BIN" r.yaml -q "${NOSAVE[@]}" || { bad "the uninterrupted run failed"; finish; exit 1; }
+"$BIN" r.yaml -q "${NOSAVE[@]}" || { bad "the uninterrupted run failed"; checks_done; exit 1; }
 cp "$(art cache export)/adapter/adapter_model.safetensors" ref.safetensors
 
 # interrupt SIG once the training log in the stage's work dir shows step AT
@@ -87,4 +87,4 @@ check "SIGINT while waiting: it says so" grep -q "interrupted while waiting for 
 check "SIGINT while waiting: the other run goes on" kill -0 $pa
 kill -INT $pa; wait $pa; rc=$?
 check "and the other run stops with 7 when it gets its own (got $rc)" test $rc -eq 7
-finish
+checks_done

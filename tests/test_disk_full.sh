@@ -20,7 +20,7 @@ fi
 rel_cleanup_extra='umount "$MNT" 2>/dev/null'
 
 # the reference: every stage on an ordinary disk
-"$BIN" r.yaml -q || { bad "the reference run failed"; finish; exit 1; }
+"$BIN" r.yaml -q || { bad "the reference run failed"; checks_done; exit 1; }
 cp -a cache full
 ref_export=$(art full export)
 
@@ -65,4 +65,4 @@ full_disk quantize_nf4 200 "the 4-bit weights do not fit"
 full_disk train 200 "the first checkpoint does not fit"
 full_disk train 420 "the final checkpoint fits, the adapter does not" --set stages.train.save_steps=0
 full_disk export 500 "the merged model does not fit"
-finish
+checks_done

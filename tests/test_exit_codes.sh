@@ -96,7 +96,7 @@ YAML
 ( unset HF_HUB_OFFLINE TRANSFORMERS_OFFLINE; export HF_ENDPOINT=http://127.0.0.1:$port HF_HOME=$W/hf no_proxy='*'
   expect 8 "download failed: the hub unreachable" "stage 'm': request to http://127.0.0.1:$port failed: .*not in the cache .*: download it once online" "$BIN" r8.yaml -q
   expect 8 "download failed: qlora-run fetch" "request to http://127.0.0.1:$port failed" "$BIN" fetch org/tiny
-  echo "$pass $fail" > counts )
-read -r pass fail < counts
+  echo "$CHECKS_PASSED $CHECKS_FAILED" > counts )
+read -r CHECKS_PASSED CHECKS_FAILED < counts
 check "exit 8: nothing committed" test -z "$(grep -l "\"recipe\": \"fetch\"" cache/artifacts/*/*/manifest.json)"
-finish
+checks_done

@@ -28,4 +28,12 @@ W=$T
 want "expect_fail: the code and text" 0 'W="'"$T"'"; expect_fail 3 "went wrong" bash -c "echo it went wrong; exit 3"'
 want "expect_fail: another code fails" 1 'W="'"$T"'"; expect_fail 3 "went wrong" bash -c "echo it went wrong; exit 4"' 'exit 4, expected 3'
 want "expect_fail: missing text fails" 1 'W="'"$T"'"; expect_fail 3 "not said" bash -c "echo it went wrong; exit 3"' "lacks 'not said'"
+# flip_byte changes the byte whatever it held (the ends, NUL, space, % and \ that printf
+# could take for its own, 0x7f/0x80 and 0x5a, which test_hub once wrote over itself), and only that byte
+want "flip_byte: the byte changes, nothing else does" 0 'cd "'"$T"'"
+    for v in 0 1 32 37 90 92 127 128 223 254 255; do
+        printf "ab\\000%b\\000z" "\\0$(printf %o $v)" > f; cp f g; flip_byte f 3
+        [ "$(od -An -tu1 -j3 -N1 f | tr -d " ")" = $((v ^ 32)) ] || { echo "byte $v: $(od -An -tu1 f)"; exit 1; }
+        [ "$(cmp -l f g | wc -l)" = 1 ] && [ "$(stat -c %s f)" = 6 ] || { echo "byte $v: other bytes moved"; exit 1; }
+    done'
 echo "$n passed, 0 failed"

@@ -77,12 +77,12 @@ for t in os.execute io.popen package.loadlib; do
 done
 
 # ---------------------------------------------------------------- the local hub
-[ -x "$NGINX" ] || { bad "no nginx at $NGINX (apt-get install nginx-light): the hub checks cannot run"; finish; exit 1; }
-command -v openssl >/dev/null || { bad "no openssl program: the TLS checks cannot run"; finish; exit 1; }
+[ -x "$NGINX" ] || { bad "no nginx at $NGINX (apt-get install nginx-light): the hub checks cannot run"; checks_done; exit 1; }
+command -v openssl >/dev/null || { bad "no openssl program: the TLS checks cannot run"; checks_done; exit 1; }
 TOKEN=hf_SecurityTestToken$(date +%N)XYZ
 WWW=$W/www
 mkdir -p "$WWW" logs tmp
-"$BIN" init-model --out model --preset tiny --tokenizer byte --seed 5 >/dev/null 2>&1 || { bad "init-model failed"; finish; exit 1; }
+"$BIN" init-model --out model --preset tiny --tokenizer byte --seed 5 >/dev/null 2>&1 || { bad "init-model failed"; checks_done; exit 1; }
 commit_of() { printf '%s' "$1" | sha1sum | cut -c1-40; }
 : > etags.map; : > commits.map
 add_file() { # repo commit path srcfile
@@ -114,7 +114,7 @@ c=$(commit_of pickle); add_file org/pickle "$c" config.json model/config.json; a
 add_api org/pickle "$c" config.json pytorch_model.bin
 
 openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 -subj "/CN=127.0.0.1" \
-    -addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 || { bad "openssl could not make a certificate"; finish; exit 1; }
+    -addext "subjectAltName=IP:127.0.0.1" >/dev/null 2>&1 || { bad "openssl could not make a certificate"; checks_done; exit 1; }
 free_port() {
     local p
     for p in $(shuf -i 20000-60000 -n 50); do (echo > /dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo $p; return; }; done
@@ -164,7 +164,7 @@ for _ in 1 2 3 4 5; do # ports picked free may be taken by the time nginx binds:
     write_conf
     if "$NGINX" -p "$W" -c "$W/nginx.conf" -e "$W/logs/error.log" 2>nginx.err; then started=1; break; fi
 done
-[ $started = 1 ] || { cat nginx.err logs/error.log; bad "nginx did not start"; finish; exit 1; }
+[ $started = 1 ] || { cat nginx.err logs/error.log; bad "nginx did not start"; checks_done; exit 1; }
 rel_cleanup_extra='[ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null; sleep 0.2'
 for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$P1) 2>/dev/null && break; sleep 0.1; done
 export HF_ENDPOINT=http://127.0.0.1:$P1
@@ -289,4 +289,4 @@ sed -i "s|URL|https://127.0.0.1:$P2/hook|" post.lua
 "$BIN" h.yaml >h.out 2>&1
 check "tls: a hook's https post to a self-signed server is refused" grep -q "on_run_end hook: .*refused: .*\(certificate\|SSL\)" h.out
 check "tls: the request never reached the server" test "$(grep -c "POST /hook" logs/access.log)" -eq "$n0"
-finish
+checks_done

@@ -1,22 +1,18 @@
 # common.sh: shared by the reliability tests (tests/test_crash_*.sh, test_disk_full.sh, ...):
-# a temp dir, pass/fail counters, and the small real recipe they run: a generated tiny
-# Llama (init_model), NF4 (quantize_nf4), LoRA (attach_lora), a synthetic task from the Lua
-# generator hooks/demo_task.lua (dataset), a short CPU training run with a checkpoint every
-# step (train) and an export of the adapter and the merged model (export).
+# tests/lib.sh's checks (ok, bad, check, checks_done, flip_byte), a temp dir, and the small real
+# recipe they run: a generated tiny Llama (init_model), NF4 (quantize_nf4), LoRA (attach_lora), a
+# synthetic task from the Lua generator hooks/demo_task.lua (dataset), a short CPU training run
+# with a checkpoint every step (train) and an export of the adapter and the merged model (export).
 # Source it from a test run from the repo root with QLORA_BIN set (ctest does it).
 BIN=${QLORA_BIN:?set QLORA_BIN to the built qlora-run}
 SRC=${QLORA_SRC:-$(pwd)}
+. "$SRC/tests/lib.sh"
 W=$(mktemp -d /tmp/qlora-rel.XXXXXX)
 rel_cleanup_extra=:
 rel_cleanup() { eval "$rel_cleanup_extra"; rm -rf "$W"; }
 trap rel_cleanup EXIT
 export QLORA_CACHE=$W/cache QLORA_RUNS=$W/runs QLORA_CPU_THREADS=${QLORA_CPU_THREADS:-2}
 unset HF_TOKEN HUGGING_FACE_HUB_TOKEN HF_HUB_OFFLINE QLORA_TEST_KINDS
-pass=0 fail=0
-ok() { pass=$((pass + 1)); echo "ok   $1"; }
-bad() { fail=$((fail + 1)); echo "FAIL $1"; }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else bad "$name"; fi; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; }
 
 # rel_recipe FILE [STEPS]: the recipe above, `name: rel`, the hook file copied beside it
 rel_recipe() {
