@@ -37,58 +37,59 @@ check "an uninterrupted run is deterministic (reference run took $T ms)" test $?
 
 same=0 resumed=0 in_train=0 before_train=0 after_train=0
 for ((i = 0; i < N; i++)); do
-    # the moment is a share of an uninterrupted run timed just before: on a machine busy with
-    # other work (ctest -j2, a build) one run takes 0.6-5 s, and a window timed once at the start
-    # put 17 of 20 kills after training on 2026-12-05 (or 14 before the first checkpoint)
-    # (on 2026-12-05 one run of this test under three jobs on two cores failed, its log lost:
-    # the odd trials below no longer depend on the load for their moment)
+    # An even trial's moment is a share of an uninterrupted run timed just before: on a machine
+    # busy with other work (ctest -j2, a build) one run takes 0.6-5 s, and a window timed once at
+    # the start put 17 of 20 kills after training on 2026-12-05 (or 14 before the first
+    # checkpoint). Timing alone still failed "a quarter in training" once that day, under three
+    # jobs on two cores: an odd trial waits for a checkpoint instead, whatever the load.
     lcg_next
     if ((i % 2 == 0)); then
         rm -rf cache; cp -a pre cache
         t0=$(now_ms)
         "$BIN" r.yaml -q >/dev/null 2>&1 || { bad "trial $i: the uninterrupted run that times it failed"; continue; }
         T=$(( $(now_ms) - t0 ))
-        rm -rf cache; cp -a pre cache
+    fi
+    rm -rf cache; cp -a pre cache
+    "$BIN" r.yaml -q >/dev/null 2>&1 & pid=$!
+    t0=$(now_ms)
+    if ((i % 2 == 0)); then
         d=$(( (i / 2 * 32768 + LCG) * T / ((N + 1) / 2 * 32768) ))
-        "$BIN" r.yaml -q >/dev/null 2>&1 & pid=$!
         sleep "$(printf '%d.%03d' $((d / 1000)) $((d % 1000)))"
+        moment="at $d ms"
     else
-        rm -rf cache; cp -a pre cache
         s=$(( 1 + LCG % 30 )) d=$(( LCG * 20 / 32768 ))
-        "$BIN" r.yaml -q >/dev/null 2>&1 & pid=$!
-        t0=$(now_ms)
-        while kill -0 $pid 2>/dev/null; do   # checkpoint names are zero-padded: ls sorts them
-            ck=$(ls cache/work/*/checkpoint-*.bin 2>/dev/null | tail -n1 | sed 's/.*checkpoint-0*\([0-9]*\)\.bin/\1/')
+        while kill -0 $pid 2>/dev/null; do
+            ck=$(newest_checkpoint)
             [ -n "$ck" ] && [ "$ck" -ge $s ] && break
             sleep 0.005
         done
         sleep "0.$(printf '%03d' $d)"
-        d=$(( $(now_ms) - t0 ))" ms, step $s's checkpoint + "$(( LCG * 20 / 32768 ))
+        moment="at $(( $(now_ms) - t0 )) ms, step $s's checkpoint + $d ms"
     fi
     kill -9 $pid 2>/dev/null
     wait $pid 2>/dev/null
     # where did it land?
-    ck=$(ls cache/work/*/checkpoint-*.bin 2>/dev/null | sed 's/.*checkpoint-0*\([0-9]*\)\.bin/\1/' | sort -n | tail -n1)
+    ck=$(newest_checkpoint)
     if [ -n "$(art cache train)" ]; then where="after training"; after_train=$((after_train + 1))
     elif [ -n "$ck" ]; then where="in training (checkpoint of step $ck)"; in_train=$((in_train + 1))
     else where="before the first checkpoint"; before_train=$((before_train + 1)); fi
     # nothing half-written under a final name
     if ! "$BIN" cache verify >verify.out 2>&1; then
-        bad "trial $i: kill at $d ms ($where) left a corrupt artifact: $(cat verify.out)"; continue
+        bad "trial $i: kill $moment ($where) left a corrupt artifact: $(cat verify.out)"; continue
     fi
     for a in cache/artifacts/*/*/; do
         [ -e "$a" ] && [ ! -f "$a/manifest.json" ] && bad "trial $i: $a has no manifest"
     done
     "$BIN" r.yaml -q >rerun.out 2>&1; rc=$?
-    if [ $rc -ne 0 ]; then bad "trial $i: the run after a kill at $d ms ($where) failed (rc $rc): $(tail -n3 rerun.out)"; continue; fi
+    if [ $rc -ne 0 ]; then bad "trial $i: the run after a kill $moment ($where) failed (rc $rc): $(tail -n3 rerun.out)"; continue; fi
     grep -q '"resumed_from_step"' "$(art cache train)/manifest.json" && resumed=$((resumed + 1))
     if cmp -s ref/train.safetensors "$(art cache train)/adapter/adapter_model.safetensors" &&
        cmp -s ref/export.safetensors "$(art cache export)/adapter/adapter_model.safetensors" &&
        cmp -s ref/merged.safetensors "$(art cache export)/model/model.safetensors"; then
         same=$((same + 1))
-        echo "     trial $i: kill at $d ms ($where): identical"
+        echo "     trial $i: kill $moment ($where): identical"
     else
-        bad "trial $i: kill at $d ms ($where): the final adapter differs from the uninterrupted run's"
+        bad "trial $i: kill $moment ($where): the final adapter differs from the uninterrupted run's"
     fi
     left=$(find cache/tmp cache/work -mindepth 1 | head -n3)
     [ -z "$left" ] || bad "trial $i: temp or work files left after the successful run: $left"

@@ -60,8 +60,8 @@ for dmg in flip cut; do
     kill -9 $pid; wait $pid 2>/dev/null
     cks=$(ls cache/work/*/checkpoint-*.bin | sort)
     newest=$(tail -n1 <<<"$cks"); older=$(tail -n2 <<<"$cks" | head -n1)
-    ostep=$(sed 's/.*checkpoint-0*\([0-9]*\)\.bin/\1/' <<<"$older")
-    if [ $dmg = flip ]; then printf 'X' | dd of="$newest" bs=1 seek=200 conv=notrunc status=none
+    ostep=$(checkpoint_step <<<"$older")
+    if [ $dmg = flip ]; then flip_byte "$newest" 200
     else truncate -s -100 "$newest"; fi
     "$BIN" r.yaml >again.txt 2>&1; rc=$?
     check "damaged checkpoint ($dmg): the run succeeds (rc $rc)" test $rc -eq 0

@@ -62,6 +62,10 @@ YAML
 
 # the artifact directory of a kind in the cache $1 (the only one of that kind)
 art() { ls -d "$1"/artifacts/"$2"/*/ 2>/dev/null | grep -v '\.old\.' | head -n1; }
+# the step of each checkpoint file named on stdin (.../checkpoint-00000012.bin -> 12)
+checkpoint_step() { sed 's/.*checkpoint-0*\([0-9]*\)\.bin/\1/'; }
+# the step of the newest checkpoint in ./cache's work folders, or nothing
+newest_checkpoint() { ls cache/work/*/checkpoint-*.bin 2>/dev/null | checkpoint_step | sort -n | tail -n1; }
 # milliseconds since the epoch
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # a reproducible pseudo-random stream (an LCG in shell arithmetic: same numbers in every bash)
