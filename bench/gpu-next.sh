@@ -18,9 +18,9 @@
 #   4. V (~140 s) on the H200, if the lease allows.
 #   5. Llama-3-8B at 80 GiB (~700 s over two calls; likely a sitting of its own): its step is
 #      about 540 s and the set-up (the model, 108 GiB of pinned host memory) took 85-100 s for the
-#      other 80 GiB cells, over a call's 600 s. A process that starts its own session (setsid) runs on between calls while
-#      the machine is held (idle_release is 30 s: the second call at once), so one call that
-#      starts it and waits, then one that waits for its end:
+#      other 80 GiB cells, over a call's 600 s. A process that starts its own session (setsid)
+#      runs on between calls while the machine is held (idle_release is 30 s: the second call at
+#      once), so one call that starts it and waits, then one that waits for its end:
 #     setsid bash -c 'OUT=/tmp/gpu-next L_SECONDS=900 bash bench/gpu-next.sh L llama3-8b:80:487936:700 \
 #         > /tmp/cell-8b.txt 2>&1' < /dev/null & sleep 585; cat /tmp/cell-8b.txt
 #     until grep -q "end of part L" /tmp/cell-8b.txt; do sleep 5; done; cat /tmp/cell-8b.txt; cp -r /tmp/gpu-next/L $OUT/
@@ -153,6 +153,15 @@ PY
         echo "$lin $path${4:+ ($4)}: ncu not found, so train_gpu's own event times (ncu's per-kernel table needs Nsight Compute on the PATH or under /opt/nvidia/nsight-compute)"
         timeout 60 "$b/run" train_gpu lora-kernels --linear $lin --path $path 2>&1 | grep -E "^\| |error"
     fi
+}
+
+# window_row BUNDLE LOG MODEL TARGETS SEQ BATCH: a row over the recipe's window (train_gpu, 18
+# steps, the median of 3-18, dense weights) by BUNDLE's programs, its log LOG, its table line said;
+# QLORA_CUDA_LORA in the environment picks the LoRA path
+window_row() {
+    timeout 90 "$1/run" train_gpu train --model $3 --targets $4 --seq $5 --batch $6 --ckpt auto --dense on \
+        --steps 18 --warmup 2 > "$2" 2>&1
+    grep -E '^\| ' "$2" | tail -1
 }
 
 case $PART in
@@ -488,20 +497,15 @@ V)
     for pass in 1 2; do
         for r in "7b q,v 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
             for k in prev new; do
-                b=$(bundle $k)
                 set -- $r
-                timeout 90 "$b/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 --ckpt auto --dense on \
-                    --steps 18 --warmup 2 > "$O/row-$pass-$k-$1-$4.log" 2>&1
-                echo "$k: $(grep -E '^\| ' "$O/row-$pass-$k-$1-$4.log" | tail -1)"
+                echo "$k: $(window_row "$(bundle $k)" "$O/row-$pass-$k-$1-$4.log" "$@")"
             done
         done
     done
     # the fused LoRA kernels read x 16 bytes at a time since 28a0e02 (4 before): all-linear on
     # both LoRA paths of the new bundle (they had tied, 15,043 against 14,978 tok/s)
     for lp in gemm fused; do
-        QLORA_CUDA_LORA=$lp timeout 90 "$B/run" train_gpu train --model 7b --targets all-linear --seq 2048 --batch 1 \
-            --ckpt auto --dense on --steps 18 --warmup 2 > "$O/row-all-linear-$lp.log" 2>&1
-        echo "all-linear, LoRA on $lp: $(grep -E '^\| ' "$O/row-all-linear-$lp.log" | tail -1)"
+        echo "all-linear, LoRA on $lp: $(QLORA_CUDA_LORA=$lp window_row "$B" "$O/row-all-linear-$lp.log" 7b all-linear 2048 1)"
     done
     ;;
 U)
@@ -541,9 +545,7 @@ X)
         for r in "7b all-linear 2048 1" "7b q,v 2048 1" "7b q,v 2048 4" "1b q,v 2048 4"; do
             set -- $r
             for lp in gemm fused; do
-                QLORA_CUDA_LORA=$lp timeout 90 "$L/run" train_gpu train --model $1 --targets $2 --seq $3 --batch $4 \
-                    --ckpt auto --dense on --steps 18 --warmup 2 > "$O/row-$pass-$lp-$1-$2-$4.log" 2>&1
-                echo "$lp: $(grep -E '^\| ' "$O/row-$pass-$lp-$1-$2-$4.log" | tail -1)"
+                echo "$lp: $(QLORA_CUDA_LORA=$lp window_row "$L" "$O/row-$pass-$lp-$1-$2-$4.log" "$@")"
             done
         done
     done
